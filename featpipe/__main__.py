@@ -1,0 +1,5 @@
+import sys
+
+from featpipe.cli import main
+
+sys.exit(main())

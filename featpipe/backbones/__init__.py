@@ -1,0 +1,32 @@
+"""Backbones: registry, spec strings, layers and preprocessing."""
+
+from featpipe.backbones import efficientnet_lite, timm_models, torchvision_models  # noqa: F401  (register)
+from featpipe.backbones.base import Backbone, FeatureModel, state_dict_sha256
+from featpipe.backbones.layers import LOGITS, POOLED, POOLINGS, LayerSpec, pool
+from featpipe.backbones.preprocessing import Preprocessing
+from featpipe.backbones.registry import (
+    BackboneSpec,
+    get_backbone,
+    list_backbones,
+    register_backbone,
+    register_family,
+    unregister_backbone,
+)
+
+__all__ = [
+    "LOGITS",
+    "POOLED",
+    "POOLINGS",
+    "Backbone",
+    "BackboneSpec",
+    "FeatureModel",
+    "LayerSpec",
+    "Preprocessing",
+    "get_backbone",
+    "list_backbones",
+    "pool",
+    "register_backbone",
+    "register_family",
+    "state_dict_sha256",
+    "unregister_backbone",
+]

@@ -1,0 +1,191 @@
+"""A frozen backbone: a torch module, its preprocessing, and named layers to read from."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from featpipe.backbones.layers import LOGITS, POOLED, LayerSpec, pool, resolve_pooling
+from featpipe.backbones.preprocessing import Preprocessing
+from featpipe.errors import ConfigError, unknown_name
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes and values), for provenance."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _last_linear(model: nn.Module) -> str | None:
+    name = None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            name = n
+    return name
+
+
+@dataclass
+class Backbone:
+    """A pretrained network and everything needed to feed it and read it.
+
+    ``spec`` is the canonical spec string (``torchvision:resnet18@none``); ``stages`` are the
+    module names of its stages in forward order (used by partial fine-tuning);
+    ``classifier`` is the module whose input is the ``pooled`` layer.
+    """
+
+    spec: str
+    model: nn.Module
+    preprocessing: Preprocessing
+    weights_sha256: str = ""
+    stages: list[str] = field(default_factory=list)
+    classifier: str | None = None
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        if not self.weights_sha256:
+            self.weights_sha256 = state_dict_sha256(self.model)
+        if self.classifier is None:
+            self.classifier = _last_linear(self.model)
+
+    def at_size(self, image_size: int | None) -> Backbone:
+        """The same model fed at another input size (None keeps the weights' own size)."""
+        if image_size is None:
+            return self
+        return replace(self, preprocessing=self.preprocessing.at_size(image_size))
+
+    def identity(self) -> dict:
+        """What identifies the features this backbone computes, for store keys and provenance."""
+        return {
+            "spec": self.spec,
+            "weights_sha256": self.weights_sha256,
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+
+    def module_names(self) -> list[str]:
+        return [n for n, _ in self.model.named_modules() if n]
+
+    def layer_names(self) -> list[str]:
+        """Every name a layer request may use: ``pooled``, ``logits`` and the module names."""
+        extra = [POOLED] if self.classifier else []
+        return [*extra, LOGITS, *self.module_names()]
+
+    def _module_for(self, spec: LayerSpec) -> tuple[nn.Module, bool]:
+        """The module to hook, and whether to read its input (True) instead of its output."""
+        modules = dict(self.model.named_modules())
+        if spec.module == POOLED and self.classifier:
+            return modules[self.classifier], True
+        if spec.module == LOGITS:
+            return self.model, False
+        if spec.module in modules and spec.module:
+            return modules[spec.module], False
+        raise unknown_name(
+            "layer", spec.module, self.layer_names(),
+            hint=f"List them with `featpipe layers {self.spec}`.",
+        )
+
+    def features(self, layers: Sequence[str | LayerSpec]) -> FeatureModel:
+        """A module that returns ``{layer name: (B, D) tensor}`` for every requested layer."""
+        specs = [s if isinstance(s, LayerSpec) else LayerSpec.parse(s) for s in layers]
+        if not specs:
+            raise ConfigError("Ask for at least one layer, e.g. 'pooled'.")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"Layer requests repeat a name: {names}.")
+        for s in specs:
+            self._module_for(s)  # fail early on unknown names
+        return FeatureModel(self, specs)
+
+    def describe_layers(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, output shape for one image) for every module, from one dummy forward pass."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        handles = []
+        for name, module in self.model.named_modules():
+            if not name:
+                continue
+
+            def hook(_m, _inp, out, name=name):
+                if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+                    out = out[0]
+                if isinstance(out, torch.Tensor) and name not in shapes:
+                    shapes[name] = tuple(out.shape[1:])
+
+            handles.append(module.register_forward_hook(hook))
+        if self.classifier:
+            cls_mod = dict(self.model.named_modules())[self.classifier]
+            handles.append(
+                cls_mod.register_forward_pre_hook(
+                    lambda _m, inp: shapes.setdefault(POOLED, tuple(inp[0].shape[1:]))
+                )
+            )
+        try:
+            size = self.preprocessing.crop
+            x = torch.zeros(1, 3, size, size, device=_device_of(self.model))
+            with torch.inference_mode():
+                logits = self.model(x)
+            shapes[LOGITS] = tuple(logits.shape[1:])
+        finally:
+            for h in handles:
+                h.remove()
+        return [(n, shapes[n]) for n in self.layer_names() if n in shapes]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class FeatureModel(nn.Module):
+    """Runs the backbone once and returns pooled activations of several layers."""
+
+    def __init__(self, backbone: Backbone, specs: list[LayerSpec]):
+        super().__init__()
+        self.backbone = backbone
+        self.model = backbone.model
+        self.specs = specs
+        self.poolings: dict[str, str] = {}  # resolved after the first forward pass
+        self._out: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for spec in specs:
+            module, read_input = backbone._module_for(spec)
+            if spec.module == LOGITS:
+                continue
+            if read_input:
+                h = module.register_forward_pre_hook(
+                    lambda _m, inp, spec=spec: self._capture(spec, inp[0])
+                )
+            else:
+                h = module.register_forward_hook(
+                    lambda _m, _i, out, spec=spec: self._capture(spec, out)
+                )
+            self._handles.append(h)
+
+    def _capture(self, spec: LayerSpec, out) -> None:
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        pooling = resolve_pooling(spec.pooling, out)
+        self.poolings[spec.name] = pooling
+        self._out[spec.name] = pool(out, pooling, spec.name).float()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._out = {}
+        logits = self.model(x)
+        for spec in self.specs:
+            if spec.module == LOGITS:
+                self.poolings[spec.name] = resolve_pooling(spec.pooling, logits)
+                self._out[spec.name] = pool(logits, self.poolings[spec.name], spec.name).float()
+        out, self._out = self._out, {}
+        return {s.name: out[s.name] for s in self.specs}
+
+    def remove(self) -> None:
+        """Detach the hooks from the backbone's model."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []

@@ -1,0 +1,85 @@
+"""Layer requests ("layer3:avg") and the poolings that turn activations into vectors."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from featpipe.errors import ConfigError
+
+POOLED = "pooled"  # the input of the backbone's classifier: its final pooled features
+LOGITS = "logits"  # the backbone's own output
+POOLINGS = ("avg", "max", "avgmax", "grid:k", "cls", "mean", "none")
+_GRID = re.compile(r"grid:(\d+)$")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A module name and how to pool its output; ``pooling=None`` picks it from the shape
+    (avg for B×C×H×W maps, cls for B×T×C tokens, none for B×D vectors)."""
+
+    module: str
+    pooling: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The name features are stored under: the request as the user wrote it."""
+        return self.module if self.pooling is None else f"{self.module}:{self.pooling}"
+
+    @classmethod
+    def parse(cls, text: str) -> LayerSpec:
+        text = text.strip()
+        module, sep, pooling = text.partition(":")
+        if not module:
+            raise ConfigError(f"Layer request {text!r} has no module name; write e.g. 'layer3:avg'.")
+        if not sep:
+            return cls(module)
+        if (pooling not in POOLINGS or pooling == "grid:k") and not _GRID.match(pooling):
+            raise ConfigError(
+                f"Unknown pooling {pooling!r} in layer request {text!r}. "
+                f"Valid poolings: {', '.join(POOLINGS)} (k a positive integer, e.g. grid:2)."
+            )
+        return cls(module, pooling)
+
+
+def resolve_pooling(pooling: str | None, output: torch.Tensor) -> str:
+    """The pooling actually applied to ``output`` for a request (None picks by shape)."""
+    if pooling is not None:
+        return pooling
+    return {4: "avg", 3: "cls", 2: "none"}.get(output.ndim, "none")
+
+
+def pool(output: torch.Tensor, pooling: str, layer: str = "") -> torch.Tensor:
+    """Reduce a module output to a (B, D) tensor."""
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    nd = output.ndim
+    if pooling == "none":
+        return output.flatten(1)
+    if pooling in ("avg", "max", "avgmax") or pooling.startswith("grid:"):
+        if nd != 4:
+            raise ConfigError(
+                f"Pooling {pooling!r} needs a B×C×H×W map but layer {layer!r} gives shape "
+                f"{tuple(output.shape)}; use {'cls or mean' if nd == 3 else 'none'}."
+            )
+        if pooling == "avg":
+            return output.mean(dim=(2, 3))
+        if pooling == "max":
+            return output.amax(dim=(2, 3))
+        if pooling == "avgmax":
+            return torch.cat([output.mean(dim=(2, 3)), output.amax(dim=(2, 3))], dim=1)
+        k = int(_GRID.match(pooling).group(1))
+        if k < 1:
+            raise ConfigError(f"grid pooling needs k >= 1; got {pooling!r}.")
+        return F.adaptive_avg_pool2d(output, k).flatten(1)
+    if pooling in ("cls", "mean"):
+        if nd != 3:
+            raise ConfigError(
+                f"Pooling {pooling!r} needs B×T×C tokens but layer {layer!r} gives shape "
+                f"{tuple(output.shape)}; use {'avg, max, avgmax or grid:k' if nd == 4 else 'none'}."
+            )
+        return output[:, 0] if pooling == "cls" else output.mean(dim=1)
+    raise ConfigError(f"Unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}.")

@@ -1,0 +1,64 @@
+"""The ``featpipe`` command: one console script, a subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from featpipe.errors import FeaturePipeError
+
+# Each module defines ``register(subparsers)``, which adds its subcommands and sets ``func``.
+COMMAND_MODULES = ("backbones", "extract", "heads", "finetune", "run")
+
+DESCRIPTION = """\
+featpipe: frozen-backbone features cached in HDF5, classical heads on them, and fine-tuning
+of the same backbone, compared under one evaluation harness.
+
+Typical session:
+  featpipe backbones                         # what can be loaded
+  featpipe layers efficientnet_lite0         # which layers can be read
+  featpipe extract digits --layers pooled blocks.5:avg
+  featpipe info data/cache/<store>.h5        # what a store holds
+  featpipe probe data/cache/<store>.h5 --layer pooled
+  featpipe run pipelines/demo.toml           # a declared experiment with its report
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="featpipe", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    from featpipe import __version__
+
+    parser.add_argument("--version", action="version", version=f"featpipe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"featpipe.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"featpipe.cli.{name}":
+                raise
+            continue  # a subcommand not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FeaturePipeError as exc:
+        print(f"featpipe {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"featpipe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The ImageSource contract: a sized, indexable collection of labelled images with splits."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from featpipe.errors import ConfigError, SourceError
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+SPLIT_CODES: dict[str, int] = {name: code for code, name in enumerate(SPLIT_NAMES)}
+
+
+def split_code(split: str) -> int:
+    """The uint8 code stored for a split name."""
+    try:
+        return SPLIT_CODES[split]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown split {split!r}. Valid splits: {', '.join(SPLIT_NAMES)}."
+        ) from None
+
+
+class ImageSource(ABC):
+    """Labelled images with stable ids and a train/val/test assignment.
+
+    Subclasses set ``classes`` (list of names), ``ids`` (list of stable strings),
+    ``labels`` (int64 array indexing ``classes``) and ``splits`` (uint8 array of
+    ``SPLIT_CODES``), and implement :meth:`load` and :meth:`_fingerprint_parts`.
+    """
+
+    classes: list[str]
+    ids: list[str]
+    labels: np.ndarray
+    splits: np.ndarray
+
+    @abstractmethod
+    def load(self, index: int) -> Image.Image:
+        """The image at ``index`` as an RGB PIL image; raises ImageReadError naming the file."""
+
+    def read_bytes(self, index: int) -> bytes | None:
+        """The encoded file bytes (for GPU decoding), or None when the image lives in memory."""
+        return None
+
+    def path(self, index: int) -> str | None:
+        """The file behind ``index``, when there is one."""
+        return None
+
+    @abstractmethod
+    def _fingerprint_parts(self, content: bool) -> Iterable[bytes]:
+        """Exactly one bytes object per sample, in row order, that changes when that image
+        changes: file size and mtime, or the file's content (or pixels) when ``content``."""
+
+    def describe(self) -> dict:
+        """A short JSON-serialisable description for provenance (kind, root, ...)."""
+        return {"kind": type(self).__name__}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fingerprint(self, content: bool = False) -> str:
+        """sha256 over ids, labels, splits, class names and per-file size/mtime (or contents)."""
+        h = hashlib.sha256()
+        h.update("\x1f".join(self.classes).encode())
+        h.update("\x1e".join(self.ids).encode())
+        h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(self.splits, dtype=np.uint8).tobytes())
+        for part in self._fingerprint_parts(content):
+            h.update(part)
+        return h.hexdigest()
+
+    def indices(self, split: str | None = None) -> np.ndarray:
+        """Row indices of one split (all rows when ``split`` is None)."""
+        if split is None:
+            return np.arange(len(self))
+        return np.flatnonzero(self.splits == split_code(split))
+
+    def split_counts(self) -> dict[str, int]:
+        return {name: int((self.splits == code).sum()) for name, code in SPLIT_CODES.items()}
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSource:
+        """A view on some rows of this source (same classes, ids, splits)."""
+        return SubsetSource(self, np.asarray(indices, dtype=np.int64))
+
+
+class SubsetSource(ImageSource):
+    """Rows ``indices`` of a parent source."""
+
+    def __init__(self, parent: ImageSource, indices: np.ndarray):
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(parent)):
+            raise SourceError(
+                f"Subset indices must lie in [0, {len(parent)}); got {indices.min()}..{indices.max()}."
+            )
+        self.parent = parent
+        self.rows = indices
+        self.classes = list(parent.classes)
+        self.ids = [parent.ids[i] for i in indices]
+        self.labels = np.asarray(parent.labels)[indices]
+        self.splits = np.asarray(parent.splits)[indices]
+
+    def load(self, index: int) -> Image.Image:
+        return self.parent.load(int(self.rows[index]))
+
+    def read_bytes(self, index: int) -> bytes | None:
+        return self.parent.read_bytes(int(self.rows[index]))
+
+    def path(self, index: int) -> str | None:
+        return self.parent.path(int(self.rows[index]))
+
+    def _fingerprint_parts(self, content: bool) -> Iterable[bytes]:
+        parts = list(self.parent._fingerprint_parts(content))
+        return [parts[i] for i in self.rows]
+
+    def describe(self) -> dict:
+        return {**self.parent.describe(), "subset": len(self.rows)}

@@ -1,0 +1,63 @@
+"""One exception root for featpipe; each subclass also refines the builtin it is closest to."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class FeaturePipeError(Exception):
+    """Root of every error featpipe raises on purpose."""
+
+
+class ConfigError(FeaturePipeError, ValueError):
+    """A parameter, option or pipeline key is invalid."""
+
+
+class UnknownNameError(FeaturePipeError, KeyError):
+    """A backbone, weights, layer, head or dataset name is not known."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class SourceError(FeaturePipeError, ValueError):
+    """An image source is malformed: empty class folder, one class, bad manifest."""
+
+
+class ImageReadError(FeaturePipeError, OSError):
+    """An image file could not be read or decoded; the message names its path."""
+
+
+class StoreMismatchError(FeaturePipeError, ValueError):
+    """A feature store was made from other inputs than the ones asked for."""
+
+
+class IncompleteStoreError(FeaturePipeError, RuntimeError):
+    """A feature store has chunks that are not written yet."""
+
+
+class HeadMismatchError(FeaturePipeError, ValueError):
+    """A fitted head is applied to features from another backbone, layer or class list."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 5) -> str:
+    """A hint naming the closest valid choices, e.g. " Did you mean: 'resnet18', 'resnet34'?"."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    if not close:
+        close = [c for c in choices if name.lower() in c.lower()][:n]
+    if not close:
+        return ""
+    return " Did you mean: " + ", ".join(repr(c) for c in close) + "?"
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -> UnknownNameError:
+    """Build the standard 'unknown X' error: what was received, the closest valid names, the fix."""
+    choices = sorted(choices)
+    msg = f"Unknown {kind} {name!r}.{did_you_mean(name, choices)}"
+    if len(choices) <= 12:
+        msg += f" Valid: {', '.join(choices)}."
+    if hint:
+        msg += f" {hint}"
+    return UnknownNameError(msg)

@@ -1,0 +1,53 @@
+"""Shared fixtures: the ``toy`` backbone, tiny image folders, and the shared CIFAR-10 archive."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpg.tar.gz"
+
+
+def make_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class=6, size=(20, 16),
+                      seed=0, splits: tuple[str, ...] | None = None) -> Path:
+    """Write small random RGB JPEGs as root/[split/]class/NNN.jpg; returns root."""
+    rng = np.random.default_rng(seed)
+    for split in splits or (None,):
+        for ci, name in enumerate(classes):
+            folder = root / split / name if split else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = np.full((size[1], size[0], 3), 40 + 70 * ci, np.uint8)
+                noise = rng.integers(0, 60, base.shape, dtype=np.uint8)
+                Image.fromarray(base + noise).save(folder / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """root/{cat,dog,fox}/NNN.jpg, 6 images per class."""
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def split_image_folder(tmp_path: Path) -> Path:
+    """root/{train,val,test}/{cat,dog,fox}/NNN.jpg."""
+    return make_image_folder(tmp_path / "splits", per_class=4, splits=("train", "val", "test"))
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    """The shared CIFAR-10 JPEGs, extracted once per session (skips when absent)."""
+    if not CIFAR_ARCHIVE.exists():
+        pytest.skip(f"{CIFAR_ARCHIVE} is not on this machine")
+    root = tmp_path_factory.mktemp("cifar10")
+    with tarfile.open(CIFAR_ARCHIVE) as tar:
+        tar.extractall(root, filter="data")
+    return root
