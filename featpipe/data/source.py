@@ -93,7 +93,8 @@ class SubsetSource(ImageSource):
     def __init__(self, parent: ImageSource, indices: np.ndarray):
         if len(indices) and (indices.min() < 0 or indices.max() >= len(parent)):
             raise SourceError(
-                f"Subset indices must lie in [0, {len(parent)}); got {indices.min()}..{indices.max()}."
+                f"Subset indices must lie in [0, {len(parent)}); "
+                f"got {indices.min()}..{indices.max()}."
             )
         self.parent = parent
         self.rows = indices

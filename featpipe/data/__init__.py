@@ -1,0 +1,35 @@
+"""Image sources: folders, CSV manifests, arrays and built-in datasets, with seeded splits."""
+
+from featpipe.data.arrays import ArraySource
+from featpipe.data.builtin import (
+    BUILTIN_SOURCES,
+    list_builtin_sources,
+    load_builtin,
+    register_builtin_source,
+)
+from featpipe.data.folder import IMAGE_EXTENSIONS, ImageFolderSource
+from featpipe.data.images import load_rgb, to_rgb
+from featpipe.data.manifest import CSVSource
+from featpipe.data.resolve import open_source
+from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, ImageSource, SubsetSource
+from featpipe.data.splits import stratified_split, subsample
+
+__all__ = [
+    "BUILTIN_SOURCES",
+    "IMAGE_EXTENSIONS",
+    "SPLIT_CODES",
+    "SPLIT_NAMES",
+    "ArraySource",
+    "CSVSource",
+    "ImageFolderSource",
+    "ImageSource",
+    "SubsetSource",
+    "list_builtin_sources",
+    "load_builtin",
+    "load_rgb",
+    "open_source",
+    "register_builtin_source",
+    "stratified_split",
+    "subsample",
+    "to_rgb",
+]

@@ -1,0 +1,129 @@
+"""``ArraySource``: images held in a numpy array."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from featpipe.data.images import to_rgb
+from featpipe.data.source import ImageSource, split_code
+from featpipe.data.splits import assign_splits
+from featpipe.errors import SourceError
+
+
+class ArraySource(ImageSource):
+    """Images from a uint8 array shaped (N, H, W) (gray) or (N, H, W, 1|3|4).
+
+    ``labels`` are class names (``classes`` defaults to their sorted unique values) or integer
+    indices (``classes`` defaults to "0".."max"). ``splits`` are names or codes per row, or None
+    to split by the fractions. Ids are ``"<name>/000123"``. RGBA images are composited on white.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: Sequence[int] | Sequence[str] | np.ndarray,
+        *,
+        classes: Sequence[str] | None = None,
+        splits: Sequence[str] | Sequence[int] | np.ndarray | None = None,
+        val_fraction: float = 0.0,
+        test_fraction: float = 0.0,
+        seed: int = 0,
+        name: str = "arrays",
+    ):
+        self.images = _check_images(images)
+        self.name = name
+        n = len(self.images)
+        self.classes, self.labels = _encode_labels(labels, classes, n)
+        if splits is not None:
+            splits = _encode_splits(splits, n)
+        self.splits = assign_splits(
+            self.labels,
+            splits,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            origin=f"the splits given to ArraySource {name!r}",
+        )
+        width = max(6, len(str(n - 1)))
+        self.ids = [f"{name}/{i:0{width}d}" for i in range(n)]
+
+    def load(self, index: int) -> Image.Image:
+        return to_rgb(Image.fromarray(self.images[index]))
+
+    def _fingerprint_parts(self, content: bool) -> Iterator[bytes]:
+        # Hashing pixels in memory is cheap, so the content is always what is fingerprinted.
+        shape = str(self.images.shape[1:]).encode()
+        for image in self.images:
+            yield hashlib.sha256(shape + np.ascontiguousarray(image).tobytes()).digest()
+
+    def describe(self) -> dict:
+        return {"kind": type(self).__name__, "name": self.name, "shape": list(self.images.shape)}
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise SourceError(
+            f"ArraySource needs uint8 images; got dtype {images.dtype}. Scale to 0..255 and "
+            "convert, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]."
+        )
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (3, 4))):
+        raise SourceError(
+            f"ArraySource needs images shaped (N, H, W) or (N, H, W, 1|3|4); got {images.shape}."
+        )
+    if len(images) == 0:
+        raise SourceError("ArraySource got no images (N = 0).")
+    return images
+
+
+def _encode_labels(
+    labels: Sequence[int] | Sequence[str] | np.ndarray, classes: Sequence[str] | None, n: int
+) -> tuple[list[str], np.ndarray]:
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise SourceError(f"ArraySource needs one label per image ({n}); got shape {labels.shape}.")
+    if labels.dtype.kind in "iu":
+        if labels.min() < 0:
+            raise SourceError(f"Integer labels must be >= 0; got {labels.min()}.")
+        classes = (
+            [str(c) for c in classes]
+            if classes is not None
+            else [str(i) for i in range(int(labels.max()) + 1)]
+        )
+        if labels.max() >= len(classes):
+            raise SourceError(
+                f"Integer label {labels.max()} has no class name: classes has {len(classes)} "
+                "entries. Pass one name per label value."
+            )
+        return classes, labels.astype(np.int64)
+    if labels.dtype.kind not in "UO":
+        raise SourceError(f"Labels must be integers or class names; got dtype {labels.dtype}.")
+    names = [str(label) for label in labels]
+    classes = [str(c) for c in classes] if classes is not None else sorted(set(names))
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise SourceError(
+            f"Labels {unknown[:5]} are not in classes {classes}. Add them to classes or fix them."
+        )
+    return classes, np.array([index[name] for name in names], dtype=np.int64)
+
+
+def _encode_splits(splits: Sequence[str] | Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    splits = np.asarray(splits)
+    if splits.shape != (n,):
+        raise SourceError(f"ArraySource needs one split per image ({n}); got shape {splits.shape}.")
+    if splits.dtype.kind in "iu":
+        if splits.min() < 0 or splits.max() > 2:
+            raise SourceError(
+                "Split codes must be 0 (train), 1 (val) or 2 (test); got "
+                f"{splits.min()}..{splits.max()}."
+            )
+        return splits.astype(np.uint8)
+    return np.array([split_code(str(s)) for s in splits], dtype=np.uint8)

@@ -1,0 +1,75 @@
+"""Shared behaviour of sources whose images are files on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from featpipe.data.images import load_rgb
+from featpipe.data.source import ImageSource
+from featpipe.errors import ImageReadError
+
+_HASH_PROGRESS_MIN = 2000  # hashing fewer files than this is quick enough to do silently
+
+
+class FileSource(ImageSource):
+    """An ImageSource backed by one image file per row; subclasses fill ``files``."""
+
+    files: list[Path]
+
+    def load(self, index: int) -> Image.Image:
+        return load_rgb(self.files[index])
+
+    def read_bytes(self, index: int) -> bytes:
+        try:
+            return self.files[index].read_bytes()
+        except OSError as err:
+            raise ImageReadError(
+                f"Cannot read image file {str(self.files[index])!r}: {err}. "
+                "Check that it exists and is readable, or remove it from the dataset."
+            ) from err
+
+    def path(self, index: int) -> str:
+        return str(self.files[index])
+
+    def _fingerprint_parts(self, content: bool) -> Iterator[bytes]:
+        files = tqdm(
+            self.files,
+            desc="hashing images",
+            unit="file",
+            leave=False,
+            disable=not content or len(self.files) < _HASH_PROGRESS_MIN,  # stat() is quick
+        )
+        for file in files:
+            yield _file_digest(file) if content else _file_stat(file)
+
+
+def _file_stat(file: Path) -> bytes:
+    try:
+        st = os.stat(file)
+    except OSError as err:
+        raise ImageReadError(
+            f"Image file {str(file)!r} is listed by the source but cannot be read: {err}. "
+            "Restore it or open the source again."
+        ) from err
+    return struct.pack("<qq", st.st_size, st.st_mtime_ns)
+
+
+def _file_digest(file: Path) -> bytes:
+    h = hashlib.sha256()
+    try:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as err:
+        raise ImageReadError(
+            f"Image file {str(file)!r} is listed by the source but cannot be read: {err}. "
+            "Restore it or open the source again."
+        ) from err
+    return h.digest()

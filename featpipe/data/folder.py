@@ -1,0 +1,161 @@
+"""``ImageFolderSource``: a class-per-folder tree, optionally with train/val/test subfolders."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from featpipe.data.files import FileSource
+from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES
+from featpipe.data.splits import assign_splits
+from featpipe.errors import ConfigError, SourceError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class ImageFolderSource(FileSource):
+    """Images laid out as ``root/<class>/<image>`` or ``root/<split>/<class>/<image>``.
+
+    The split layout is used when every folder under ``root`` is one of train/val/test
+    (``train`` is required). A missing ``val`` (or ``test``) folder is carved out of ``train``
+    with ``val_fraction`` (``test_fraction``); a fraction for a folder that exists is ignored
+    with a warning. The plain layout is split by both fractions, stratified and seeded.
+
+    Class folders are searched recursively; hidden files and folders are skipped; extensions
+    match case-insensitively. Classes are the sorted union of class folder names over all
+    splits. A split folder that lacks some class is allowed (small val/test sets often do)
+    but warns, since it is also what a misspelt class folder looks like.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        val_fraction: float = 0.0,
+        test_fraction: float = 0.0,
+        seed: int = 0,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    ):
+        self.root = Path(root)
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.extensions = _normalise_extensions(extensions)
+        if not self.root.is_dir():
+            what = "is not a folder" if self.root.exists() else "does not exist"
+            raise SourceError(f"Image folder {str(self.root)!r} {what}.")
+
+        tops = _subfolders(self.root)
+        self.layout = "splits" if tops and set(tops) <= set(SPLIT_NAMES) else "flat"
+        if self.layout == "splits" and "train" not in tops:
+            raise SourceError(
+                f"{str(self.root)!r} has split folders {', '.join(sorted(tops))} but no 'train' "
+                "folder. Add root/train/<class>/..., or point at a folder of class folders."
+            )
+        split_dirs = {name: self.root / name for name in tops} if self.layout == "splits" else {}
+        per_split = {name: self._scan_classes(folder) for name, folder in split_dirs.items()}
+        if self.layout == "flat":
+            per_split = {"train": self._scan_classes(self.root)}
+        self.classes = sorted({c for found in per_split.values() for c in found})
+        self._check_classes(per_split)
+
+        rows = sorted(
+            (file.relative_to(self.root).as_posix(), split, cls)
+            for split, found in per_split.items()
+            for cls, files in found.items()
+            for file in files
+        )
+        class_index = {name: i for i, name in enumerate(self.classes)}
+        self.ids = [row[0] for row in rows]
+        self.files = [self.root / row[0] for row in rows]
+        self.labels = np.array([class_index[row[2]] for row in rows], dtype=np.int64)
+        given = np.array([SPLIT_CODES[row[1]] for row in rows], dtype=np.uint8)
+        self.splits = assign_splits(
+            self.labels,
+            given,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            origin=f"image folder {str(self.root)!r}",
+        )
+
+    def describe(self) -> dict:
+        return {
+            "kind": type(self).__name__,
+            "root": str(self.root.resolve()),
+            "layout": self.layout,
+            "images": len(self),
+            "classes": len(self.classes),
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+        }
+
+    def _scan_classes(self, folder: Path) -> dict[str, list[Path]]:
+        """{class name: image files} for the class folders directly under ``folder``."""
+        found = {}
+        for name in _subfolders(folder):
+            files = _image_files(folder / name, self.extensions)
+            if not files:
+                raise SourceError(
+                    f"Class folder {str(folder / name)!r} contains no images with extensions "
+                    f"{', '.join(self.extensions)}. Add images or remove the folder."
+                )
+            found[name] = files
+        if not found:
+            raise SourceError(
+                f"No class folders in {str(folder)!r}: expected images laid out as "
+                f"<root>/<class>/<image> or <root>/train/<class>/<image>, with extensions "
+                f"{', '.join(self.extensions)}."
+            )
+        return found
+
+    def _check_classes(self, per_split: dict[str, dict[str, list[Path]]]) -> None:
+        if len(self.classes) < 2:
+            found = f"only {self.classes[0]!r}" if self.classes else "none"
+            raise SourceError(
+                f"A classifier needs at least two classes; found {found} in {str(self.root)!r}. "
+                "Put each class's images in its own folder: <root>/<class>/<image>."
+            )
+        for split, found in per_split.items():
+            missing = sorted(set(self.classes) - set(found))
+            if missing:
+                warnings.warn(
+                    f"Split folder {str(self.root / split)!r} has no folder for class(es) "
+                    f"{', '.join(map(repr, missing))} that other splits have; check the spelling "
+                    "if this is not intended.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+
+
+def _normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    out = tuple(sorted({"." + e.lower().lstrip(".") for e in extensions if e.strip(".")}))
+    if not out:
+        raise ConfigError(f"extensions must name at least one file type; got {extensions!r}.")
+    return out
+
+
+def _subfolders(folder: Path) -> list[str]:
+    """Names of the visible sub-folders of ``folder`` (symlinks followed), sorted."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+
+
+def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """Image files anywhere under ``folder``, skipping hidden files and folders."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files += [
+            Path(dirpath, name)
+            for name in filenames
+            if not name.startswith(".") and name.lower().endswith(extensions)
+        ]
+    return files

@@ -1,0 +1,150 @@
+"""``CSVSource``: images listed in a CSV manifest with columns ``path,label[,split]``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from featpipe.data.files import FileSource
+from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES
+from featpipe.data.splits import assign_splits
+from featpipe.errors import SourceError, did_you_mean
+
+_REQUIRED = ("path", "label")
+_MAX_LISTED = 5  # how many offending lines an error message quotes
+
+
+class CSVSource(FileSource):
+    """Rows of a CSV manifest with a header naming ``path``, ``label`` and optionally ``split``.
+
+    Paths are relative to the CSV's folder (absolute paths also work) and are the sample ids
+    as written; labels are class names (classes are their sorted unique values); ``split``
+    values are train/val/test. Without a split column the rows are split by the fractions;
+    with one, val/test are carved out of train by their fractions only when no row names them.
+    Other columns are ignored.
+    """
+
+    def __init__(
+        self,
+        csv_path: str | Path,
+        *,
+        val_fraction: float = 0.0,
+        test_fraction: float = 0.0,
+        seed: int = 0,
+    ):
+        self.csv_path = Path(csv_path)
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        rows, has_split = self._read()
+        base = self.csv_path.parent
+        self.ids = [row["path"] for row in rows]
+        self.files = [base / row["path"] for row in rows]  # an absolute path replaces base
+        self._check_files(rows)
+        self.classes = sorted({row["label"] for row in rows})
+        if len(self.classes) < 2:
+            raise SourceError(
+                f"A classifier needs at least two classes; found only {self.classes[0]!r} in "
+                f"the label column of {str(self.csv_path)!r}."
+            )
+        class_index = {name: i for i, name in enumerate(self.classes)}
+        self.labels = np.array([class_index[row["label"]] for row in rows], dtype=np.int64)
+        given = (
+            np.array([SPLIT_CODES[row["split"]] for row in rows], dtype=np.uint8)
+            if has_split
+            else None
+        )
+        self.splits = assign_splits(
+            self.labels,
+            given,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            origin=f"the split column of {str(self.csv_path)!r}",
+        )
+
+    def describe(self) -> dict:
+        return {
+            "kind": type(self).__name__,
+            "csv": str(self.csv_path.resolve()),
+            "images": len(self),
+            "classes": len(self.classes),
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+        }
+
+    def _read(self) -> tuple[list[dict], bool]:
+        """Validated rows (line numbers under ``line``) and whether a split column exists."""
+        where = str(self.csv_path)
+        try:
+            with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.reader(f)
+                header = [h.strip().lower() for h in next(reader, [])]
+                missing = [c for c in _REQUIRED if c not in header]
+                if missing:
+                    hint = "".join(did_you_mean(c, header) for c in missing)
+                    raise SourceError(
+                        f"CSV manifest {where!r} needs a header with columns path,label[,split]; "
+                        f"missing {', '.join(missing)} in header {header}.{hint}"
+                    )
+                rows = [
+                    self._parse_row(values, header, reader.line_num)
+                    for values in reader
+                    if any(v.strip() for v in values)  # blank lines
+                ]
+        except OSError as err:
+            raise SourceError(f"Cannot read CSV manifest {where!r}: {err}.") from err
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise SourceError(
+                f"CSV manifest {where!r} is not a valid UTF-8 CSV file: {err}."
+            ) from err
+        if not rows:
+            raise SourceError(f"CSV manifest {where!r} lists no images.")
+        seen: dict[str, int] = {}
+        for row in rows:
+            first = seen.setdefault(row["path"], row["line"])
+            if first != row["line"]:
+                raise SourceError(
+                    f"{where}, line {row['line']}: path {row['path']!r} is already listed on "
+                    f"line {first}; each image may appear once."
+                )
+        return rows, "split" in header
+
+    def _parse_row(self, values: list[str], header: list[str], line: int) -> dict:
+        where = f"{self.csv_path}, line {line}"
+        if len(values) != len(header):
+            raise SourceError(
+                f"{where}: expected {len(header)} fields ({','.join(header)}), got "
+                f"{len(values)}: {values}. Quote fields that contain commas."
+            )
+        row = {name: value.strip() for name, value in zip(header, values, strict=True)}
+        row["line"] = line
+        for column in _REQUIRED:
+            if not row[column]:
+                raise SourceError(f"{where}: empty {column!r} field.")
+        if "split" in row:
+            row["split"] = row["split"].lower()
+            if row["split"] not in SPLIT_CODES:
+                raise SourceError(
+                    f"{where}: unknown split {row['split']!r}. Valid splits: "
+                    f"{', '.join(SPLIT_NAMES)}."
+                )
+        row["path"] = Path(row["path"]).as_posix()
+        return row
+
+    def _check_files(self, rows: list[dict]) -> None:
+        missing = [
+            (row, file) for row, file in zip(rows, self.files, strict=True) if not file.is_file()
+        ]
+        if missing:
+            listed = "; ".join(
+                f"line {row['line']}: {str(file)!r}" for row, file in missing[:_MAX_LISTED]
+            )
+            more = f" (and {len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
+            raise SourceError(
+                f"CSV manifest {str(self.csv_path)!r} lists {len(missing)} missing file(s): "
+                f"{listed}{more}. Paths are relative to the CSV's folder; fix or remove those rows."
+            )

@@ -1,0 +1,137 @@
+"""Seeded, stratified train/val/test assignment and subsampling."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+
+from featpipe.data.source import SPLIT_CODES, ImageSource, split_code
+from featpipe.errors import ConfigError
+
+TRAIN, VAL, TEST = (SPLIT_CODES[name] for name in ("train", "val", "test"))
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0
+) -> np.ndarray:
+    """uint8 split codes (``SPLIT_CODES``) for ``labels``, stratified per class and seeded.
+
+    Each class gives ``round(n_class * fraction)`` rows (give or take one, so that the totals
+    match ``round(N * fraction)``) to val and to test; every class keeps at least one train row.
+    The same labels, fractions and seed always give the same split.
+    """
+    _check_fractions(val_fraction, test_fraction)
+    _check_seed(seed)
+    labels = np.asarray(labels)
+    codes = np.full(len(labels), TRAIN, dtype=np.uint8)
+    if len(labels) == 0 or val_fraction == test_fraction == 0:
+        return codes
+    rng = np.random.default_rng(seed)
+    classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    n_val = _allocate(sizes, _round_half_up(len(labels) * val_fraction), rng)
+    n_test = _allocate(sizes, _round_half_up(len(labels) * test_fraction), rng)
+    # A class too small for both quotas gives up val rows first: test is what gets reported.
+    excess = np.maximum(n_val + n_test - (sizes - 1), 0)
+    from_val = np.minimum(excess, n_val)
+    n_val -= from_val
+    n_test -= excess - from_val
+    for c in range(len(classes)):
+        rows = rng.permutation(np.flatnonzero(inverse == c))
+        codes[rows[: n_val[c]]] = VAL
+        codes[rows[n_val[c] : n_val[c] + n_test[c]]] = TEST
+    return codes
+
+
+def assign_splits(
+    labels: np.ndarray,
+    splits: np.ndarray | None,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    origin: str,
+) -> np.ndarray:
+    """Split codes for a source: ``splits`` as given (or all train when None), with val and test
+    carved out of the train rows by their fractions wherever the source names no such rows.
+
+    A fraction for a split the source already has is ignored with a warning naming ``origin``.
+    """
+    _check_fractions(val_fraction, test_fraction)
+    labels = np.asarray(labels)
+    if splits is None:
+        return stratified_split(labels, val_fraction, test_fraction, seed)
+    splits = np.asarray(splits, dtype=np.uint8).copy()
+    carve = {}
+    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
+        present = bool((splits == SPLIT_CODES[name]).any())
+        if present and fraction:
+            warnings.warn(
+                f"{name}_fraction={fraction} is ignored: {origin} already has {name} rows.",
+                UserWarning,
+                stacklevel=3,
+            )
+        carve[name] = 0.0 if present else fraction
+    train = np.flatnonzero(splits == TRAIN)
+    splits[train] = stratified_split(labels[train], carve["val"], carve["test"], seed)
+    return splits
+
+
+def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> ImageSource:
+    """A seeded, class-stratified subset with at most ``n`` rows of each split named in
+    ``per_split`` (e.g. ``{"train": 5000, "test": 1000}``); splits not named are kept whole.
+    Rows keep their original order."""
+    _check_seed(seed)
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(source.labels)
+    named = {split_code(name): n for name, n in per_split.items()}
+    for name, n in per_split.items():
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ConfigError(
+                f"subsample needs a count >= 0 for each split; got {name}={n!r}. "
+                "Write e.g. {'train': 5000, 'test': 1000}."
+            )
+    keep = [np.flatnonzero(~np.isin(source.splits, list(named)))]
+    for code, n in named.items():
+        rows = np.flatnonzero(source.splits == code)
+        if len(rows) <= n:
+            keep.append(rows)
+            continue
+        classes, inverse, sizes = np.unique(labels[rows], return_inverse=True, return_counts=True)
+        counts = _allocate(sizes, int(n), rng)
+        for c in range(len(classes)):
+            keep.append(rng.choice(rows[inverse == c], size=counts[c], replace=False))
+    return source.subset(np.sort(np.concatenate(keep)))
+
+
+def _allocate(sizes: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Share ``total`` rows among classes in proportion to ``sizes`` (largest remainder, ties
+    broken at random): each class gets the floor or the ceiling of its exact share."""
+    exact = sizes * (total / sizes.sum())
+    counts = np.floor(exact).astype(np.int64)
+    remainder = exact - counts
+    order = np.lexsort((rng.random(len(sizes)), -remainder))
+    counts[order[: total - counts.sum()]] += 1
+    return np.minimum(counts, sizes)
+
+
+def _round_half_up(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 <= f < 1:
+            raise ConfigError(f"{name} must be a number in [0, 1); got {f!r}.")
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"val_fraction + test_fraction must be below 1 so that training rows remain; got "
+            f"{val_fraction} + {test_fraction} = {val_fraction + test_fraction}."
+        )
+
+
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ConfigError(f"seed must be an integer (splits are reproducible); got {seed!r}.")
