@@ -7,16 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpg.tar.gz"
 
 
-def make_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class=6, size=(20, 16),
-                      seed=0, splits: tuple[str, ...] | None = None) -> Path:
+def make_image_folder(
+    root: Path,
+    classes=("cat", "dog", "fox"),
+    per_class=6,
+    size=(20, 16),
+    seed=0,
+    splits: tuple[str, ...] | None = None,
+) -> Path:
     """Write small random RGB JPEGs as root/[split/]class/NNN.jpg; returns root."""
     rng = np.random.default_rng(seed)
     for split in splits or (None,):

@@ -20,7 +20,7 @@ def state_dict_sha256(model: nn.Module) -> str:
     for key, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -87,7 +87,9 @@ class Backbone:
         if spec.module in modules and spec.module:
             return modules[spec.module], False
         raise unknown_name(
-            "layer", spec.module, self.layer_names(),
+            "layer",
+            spec.module,
+            self.layer_names(),
             hint=f"List them with `featpipe layers {self.spec}`.",
         )
 
@@ -120,11 +122,11 @@ class Backbone:
             handles.append(module.register_forward_hook(hook))
         if self.classifier:
             cls_mod = dict(self.model.named_modules())[self.classifier]
-            handles.append(
-                cls_mod.register_forward_pre_hook(
-                    lambda _m, inp: shapes.setdefault(POOLED, tuple(inp[0].shape[1:]))
-                )
-            )
+
+            def pre_hook(_m, inp) -> None:  # must return None: a value would replace the input
+                shapes.setdefault(POOLED, tuple(inp[0].shape[1:]))
+
+            handles.append(cls_mod.register_forward_pre_hook(pre_hook))
         try:
             size = self.preprocessing.crop
             x = torch.zeros(1, 3, size, size, device=_device_of(self.model))

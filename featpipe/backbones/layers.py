@@ -34,7 +34,9 @@ class LayerSpec:
         text = text.strip()
         module, sep, pooling = text.partition(":")
         if not module:
-            raise ConfigError(f"Layer request {text!r} has no module name; write e.g. 'layer3:avg'.")
+            raise ConfigError(
+                f"Layer request {text!r} has no module name; write e.g. 'layer3:avg'."
+            )
         if not sep:
             return cls(module)
         if (pooling not in POOLINGS or pooling == "grid:k") and not _GRID.match(pooling):

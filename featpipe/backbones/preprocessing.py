@@ -38,7 +38,8 @@ class Preprocessing:
             )
         if self.crop < 1 or self.resize < self.crop:
             raise ConfigError(
-                f"Preprocessing needs 1 <= crop <= resize; got resize={self.resize}, crop={self.crop}."
+                "Preprocessing needs 1 <= crop <= resize; "
+                f"got resize={self.resize}, crop={self.crop}."
             )
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))

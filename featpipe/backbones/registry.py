@@ -8,6 +8,7 @@ state-dict file (loaded with ``weights_only=True``).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,14 +32,18 @@ class BackboneSpec:
     def parse(cls, text: str) -> BackboneSpec:
         text = text.strip()
         if not text:
-            raise ConfigError("Empty backbone spec; try 'efficientnet_lite0' or `featpipe backbones`.")
+            raise ConfigError(
+                "Empty backbone spec; try 'efficientnet_lite0' or `featpipe backbones`."
+            )
         head, _, weights = text.partition("@")
         family, sep, name = head.partition(":")
         if not sep:
             family, name = "builtin", head
         if family not in ("builtin", *_FAMILIES):
             raise unknown_name(
-                "backbone family", family, ["builtin", *_FAMILIES],
+                "backbone family",
+                family,
+                ["builtin", *_FAMILIES],
                 hint="Write e.g. 'torchvision:resnet18@none' or 'timm:resnet18@none'.",
             )
         return cls(family, name, weights or None)
@@ -64,9 +69,7 @@ def unregister_backbone(name: str) -> None:
     _BUILTINS.pop(name, None)
 
 
-def register_family(
-    family: str, factory: BackboneFactory, names: Callable[[], list[str]]
-) -> None:
+def register_family(family: str, factory: BackboneFactory, names: Callable[[], list[str]]) -> None:
     """Register a model library (``torchvision``, ``timm``): how to build one and list all."""
     _FAMILIES[family] = (factory, names)
 
@@ -88,9 +91,17 @@ def get_backbone(spec: str | BackboneSpec, image_size: int | None = None) -> Bac
     parsed = spec if isinstance(spec, BackboneSpec) else BackboneSpec.parse(spec)
     if parsed.family == "builtin":
         if parsed.name not in _BUILTINS:
+            close = [
+                f"{fam}:{n}"
+                for fam, (_, names) in sorted(_FAMILIES.items())
+                for n in difflib.get_close_matches(parsed.name, names(), n=3, cutoff=0.75)
+            ]
+            hint = f"Close library models: {', '.join(map(repr, close))}. " if close else ""
             raise unknown_name(
-                "backbone", parsed.name, list(_BUILTINS) + [f"torchvision:{parsed.name}"],
-                hint="See `featpipe backbones`; torchvision and timm models need a "
+                "backbone",
+                parsed.name,
+                list(_BUILTINS),
+                hint=hint + "See `featpipe backbones`; torchvision and timm models need a "
                 "'torchvision:' or 'timm:' prefix.",
             )
         backbone = _BUILTINS[parsed.name](parsed)
@@ -99,7 +110,9 @@ def get_backbone(spec: str | BackboneSpec, image_size: int | None = None) -> Bac
         valid = names()
         if parsed.name not in valid:
             raise unknown_name(
-                f"{parsed.family} model", parsed.name, valid,
+                f"{parsed.family} model",
+                parsed.name,
+                valid,
                 hint=f"See `featpipe backbones --family {parsed.family}`.",
             )
         backbone = factory(parsed)

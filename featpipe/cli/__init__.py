@@ -27,7 +27,9 @@ Typical session:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="featpipe", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="featpipe",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from featpipe import __version__
 
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except FeaturePipeError as exc:
         print(f"featpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"featpipe {args.command}: interrupted", file=sys.stderr)
         return 130

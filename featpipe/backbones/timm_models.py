@@ -1,0 +1,124 @@
+"""``timm:<model>[@weights]``: every model in ``timm.list_models()``.
+
+weights: omitted or ``none`` (random init, seed 0), ``pretrained`` (timm's hub weights, needs
+the network or a warm cache), or a path to a local state-dict file. Preprocessing comes from
+the model's ``pretrained_cfg``. timm is imported on first use: it is slow to import.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from pathlib import Path
+
+from torch import nn
+
+from featpipe.backbones.base import Backbone
+from featpipe.backbones.preprocessing import Preprocessing
+from featpipe.backbones.registry import BackboneSpec, register_family
+from featpipe.backbones.weights import (
+    fetch_error,
+    file_sha256,
+    is_weights_path,
+    load_strict,
+    read_state_dict,
+    seeded,
+    stages_of,
+)
+from featpipe.errors import unknown_name
+
+
+@cache
+def model_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def create(name: str, pretrained: bool = False) -> nn.Module:
+    """``timm.create_model``, with ``dynamic_img_size`` where the model takes it so that vision
+    transformers also run at another ``--image-size`` than the one they were trained at."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, dynamic_img_size=True)
+    except TypeError:  # CNNs take no such argument
+        return timm.create_model(name, pretrained=pretrained)
+
+
+def preprocessing_of(model: nn.Module) -> Preprocessing:
+    """Preprocessing from the model's ``pretrained_cfg`` (timm's ``resolve_data_config``)."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    crop = int(cfg["input_size"][-1])
+    return Preprocessing(
+        resize=math.floor(crop / cfg["crop_pct"]),
+        crop=crop,
+        interpolation=cfg["interpolation"],
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+    )
+
+
+def _classifier_of(model: nn.Module) -> str | None:
+    """The classifier timm names in ``pretrained_cfg`` (None lets Backbone guess)."""
+    name = getattr(model, "pretrained_cfg", {}).get("classifier")
+    modules = dict(model.named_modules())
+    return name if isinstance(name, str) and isinstance(modules.get(name), nn.Linear) else None
+
+
+def _block_containers(model: nn.Module) -> set[str]:
+    # feature_info names stage outputs such as 'blocks.2' or 'stages.1': their parent holds
+    # the stages, while names without a dot ('layer1') are stages already.
+    info = getattr(model, "feature_info", None)
+    modules = [f.get("module", "") for f in info] if isinstance(info, list) else []
+    return {m.split(".")[0] for m in modules if "." in m}
+
+
+def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Backbone:
+    """A Backbone around a timm model: its preprocessing, classifier and stages."""
+    backbone = Backbone(
+        spec=spec,
+        model=model,
+        preprocessing=preprocessing_of(model),
+        weights_sha256=weights_sha256,
+        classifier=_classifier_of(model),
+    )
+    backbone.stages = stages_of(model, _block_containers(model), exclude=backbone.classifier)
+    return backbone
+
+
+def build(spec: BackboneSpec) -> Backbone:
+    """Build ``timm:<name>[@weights]`` in eval mode with its preprocessing."""
+    weights = spec.weights or "none"
+    sha = ""  # empty: Backbone hashes the loaded state dict
+    if weights == "none":
+        model = seeded(lambda: create(spec.name))
+    elif weights == "pretrained":
+        try:
+            model = create(spec.name, pretrained=True)
+        except OSError as exc:  # hub download failures (HF hub errors are OSErrors)
+            raise fetch_error(
+                f"timm pretrained weights for {spec.name!r}",
+                exc,
+                "Fill the Hugging Face cache ($HF_HOME) on a machine with network, or save "
+                f"the state dict and give it as 'timm:{spec.name}@/path/to/weights.pth'.",
+            ) from exc
+    elif is_weights_path(weights):
+        path = Path(weights).expanduser().resolve()
+        model = seeded(lambda: create(spec.name))
+        load_strict(model, read_state_dict(path), source=str(path))
+        sha, weights = file_sha256(path), str(path)
+    else:
+        raise unknown_name(
+            f"weights for timm:{spec.name}",
+            weights,
+            ["none", "pretrained", "<path to state dict>"],
+            hint="timm weights are 'none' (random init), 'pretrained' (hub download) or a "
+            "path to a state-dict file.",
+        )
+    return make_backbone(str(BackboneSpec("timm", spec.name, weights)), model, sha)
+
+
+register_family("timm", build, model_names)

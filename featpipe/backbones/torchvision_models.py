@@ -1,0 +1,119 @@
+"""``torchvision:<model>[@weights]``: torchvision's classification models and Weights enums.
+
+weights: omitted or ``DEFAULT`` (the enum's default), an enum member name (``IMAGENET1K_V2``),
+``none`` (random init, seed 0), or a path to a local state-dict file. Preprocessing always
+comes from the enum's metadata (the DEFAULT member for ``none`` and local files).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torchvision import models
+
+from featpipe.backbones.base import Backbone
+from featpipe.backbones.preprocessing import Preprocessing
+from featpipe.backbones.registry import BackboneSpec, register_family
+from featpipe.backbones.weights import (
+    fetch_error,
+    file_sha256,
+    is_weights_path,
+    load_strict,
+    read_state_dict,
+    seeded,
+    stages_of,
+)
+from featpipe.errors import unknown_name
+
+IMAGENET_DEFAULT = Preprocessing(resize=256, crop=224)
+
+
+def model_names() -> list[str]:
+    return models.list_models(module=models)
+
+
+def _weights_enum(name: str) -> type[Enum] | None:
+    try:
+        return models.get_model_weights(name)
+    except ValueError:  # a model without published weights
+        return None
+
+
+def preprocessing_of(weights: Enum | None) -> Preprocessing:
+    """The preprocessing a Weights enum member declares (``weights.transforms()``)."""
+    if weights is None:
+        return IMAGENET_DEFAULT
+    t = weights.transforms()
+    return Preprocessing(
+        resize=int(t.resize_size[0]),
+        crop=int(t.crop_size[0]),
+        interpolation=t.interpolation.value,
+        mean=tuple(t.mean),
+        std=tuple(t.std),
+        antialias=bool(t.antialias),
+    )
+
+
+def _resolve_member(enum: type[Enum] | None, spec: BackboneSpec) -> Enum:
+    """The enum member a weights name stands for (``DEFAULT`` resolved to the real member)."""
+    valid = [*(enum.__members__ if enum else []), "none", "<path to state dict>"]
+    if enum is None or spec.weights not in enum.__members__:
+        raise unknown_name(
+            f"weights for torchvision:{spec.name}",
+            spec.weights,
+            valid,
+            hint="Use an enum name, 'none' for random init, or a path to a state-dict file.",
+        )
+    return enum[spec.weights]
+
+
+def _download(name: str, member: Enum) -> torch.nn.Module:
+    try:
+        return models.get_model(name, weights=member)
+    except OSError as exc:  # URLError, timeouts, DNS failures
+        filename = Path(urlparse(member.url).path).name
+        checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+        raise fetch_error(
+            f"torchvision weights {type(member).__name__}.{member.name} from {member.url}",
+            exc,
+            f"Place {filename} in $TORCH_HOME/hub/checkpoints/ (here: {checkpoints}/), or give a "
+            f"local state-dict file as 'torchvision:{name}@/path/to/{filename}'.",
+        ) from exc
+
+
+def build(spec: BackboneSpec) -> Backbone:
+    """Build ``torchvision:<name>[@weights]`` in eval mode with its preprocessing."""
+    enum = _weights_enum(spec.name)
+    weights = spec.weights or "DEFAULT"
+    meta = enum.DEFAULT if enum is not None else None
+    sha = ""  # empty: Backbone hashes the loaded state dict
+    if weights == "none":
+        model = seeded(lambda: models.get_model(spec.name, weights=None))
+    elif is_weights_path(weights):
+        path = Path(weights).expanduser().resolve()
+        model = seeded(lambda: models.get_model(spec.name, weights=None))
+        load_strict(model, read_state_dict(path), source=str(path))
+        sha, weights = file_sha256(path), str(path)
+    else:
+        meta = _resolve_member(enum, BackboneSpec(spec.family, spec.name, weights))
+        model = _download(spec.name, meta)
+        weights = meta.name
+    backbone = Backbone(
+        spec=str(BackboneSpec("torchvision", spec.name, weights)),
+        model=model,
+        preprocessing=preprocessing_of(meta),
+        weights_sha256=sha,
+    )
+    backbone.stages = stages_of(model, expand=_containers(model), exclude=backbone.classifier)
+    return backbone
+
+
+def _containers(model: torch.nn.Module) -> list[str]:
+    # VGG, MobileNet, EfficientNet, ConvNeXt, DenseNet... keep their stages in ``features``.
+    return ["features"] if isinstance(getattr(model, "features", None), torch.nn.Sequential) else []
+
+
+register_family("torchvision", build, model_names)

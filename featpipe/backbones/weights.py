@@ -1,0 +1,133 @@
+"""Helpers shared by the backbone families: weights from local files, deterministic random
+init, offline-download errors, and the list of a network's stages."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from featpipe.errors import ConfigError, FeaturePipeError
+
+STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+class WeightsUnavailableError(FeaturePipeError, OSError):
+    """Pretrained weights could not be fetched or are not installed."""
+
+
+def is_weights_path(weights: str) -> bool:
+    """Whether a spec's ``@weights`` part names a local state-dict file rather than a tag."""
+    return (
+        weights.lower().endswith(STATE_DICT_SUFFIXES)
+        or "/" in weights
+        or os.sep in weights
+        or Path(weights).is_file()
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a plain state dict safely (``weights_only=True``, on CPU)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"Weights file {str(path)!r} does not exist. Give the path of a state-dict file "
+            f"({', '.join(STATE_DICT_SUFFIXES)}), a weights name, or 'none' for random init."
+        )
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # pickle/zip errors have many types; keep the cause chained
+        raise ConfigError(
+            f"Could not read {str(path)!r} as a state dict with torch.load(weights_only=True): "
+            f"{exc}. Save weights with torch.save(model.state_dict(), path)."
+        ) from exc
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ConfigError(
+            f"{str(path)!r} holds a {type(state).__name__}, not a state dict of tensors. "
+            "Save weights with torch.save(model.state_dict(), path)."
+        )
+    return dict(state)
+
+
+def _few(keys: Iterable[str], n: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(repr(k) for k in keys[:n]) + more
+
+
+def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the differing keys."""
+    expected = model.state_dict()
+    missing = expected.keys() - state.keys()
+    unexpected = state.keys() - expected.keys()
+    reshaped = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or reshaped:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
+        if reshaped:
+            parts.append(f"{len(reshaped)} shape mismatches ({'; '.join(reshaped[:3])})")
+        raise ConfigError(
+            f"The state dict from {source} does not fit {type(model).__name__}: "
+            f"{', '.join(parts)}. Check that the file was saved from the same architecture "
+            "(and the same number of classes)."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
+    """Build a randomly initialised model reproducibly, leaving the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def fetch_error(what: str, exc: BaseException, fixes: str) -> WeightsUnavailableError:
+    """The error for hub weights that could not be downloaded (offline machines)."""
+    return WeightsUnavailableError(
+        f"Could not fetch {what} ({type(exc).__name__}: {exc}). This machine may be offline. "
+        f"{fixes} Or append '@none' to the spec for random init."
+    )
+
+
+def stages_of(
+    model: nn.Module, expand: Iterable[str] = (), exclude: str | None = None
+) -> list[str]:
+    """Module names of a network's stages in forward order, for partial fine-tuning.
+
+    Top-level children holding parameters, except the classifier; a child named in ``expand``
+    (a container of blocks such as ``features`` or ``blocks``) contributes its children instead.
+    Assumes children are registered in forward order, as in torchvision and timm.
+    """
+    expand = set(expand)
+    head = exclude.split(".")[0] if exclude else None
+    out = []
+    for name, child in model.named_children():
+        if name == head:
+            continue
+        subs = child.named_children() if name in expand else [("", child)]
+        for sub, module in subs:
+            if next(module.parameters(), None) is not None:
+                out.append(f"{name}.{sub}" if sub else name)
+    return out

