@@ -1,0 +1,222 @@
+"""``featpipe extract`` (features into a store) and ``featpipe info`` (what a store holds)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EXTRACT_EPILOG = """\
+examples:
+  featpipe extract digits --image-size 64
+  featpipe extract data/pets --val-fraction 0.1 --test-fraction 0.2 --seed 0 \\
+      --backbone torchvision:resnet50@IMAGENET1K_V2 --layers layer3:avg avgpool
+  featpipe extract manifest.csv --layers pooled blocks.5:avg blocks.3:grid:2 --dtype float32
+  featpipe extract cifar10/ --limit-train 5000 --limit-test 1000 --image-size 128 --out c10.h5
+
+The same inputs reuse the cached store without computing anything; an interrupted run
+resumes where it stopped when started again with the same arguments.
+"""
+
+INFO_EPILOG = """\
+examples:
+  featpipe info data/cache/digits-efficientnet_lite0-0123456789abcdef.h5
+  featpipe info store.h5 --json
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "extract",
+        help="extract backbone features of an image set into a cached HDF5 store",
+        description="Run a frozen backbone over an image set and cache pooled features of one "
+        "or more layers in a resumable HDF5 store.",
+        epilog=EXTRACT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="built-in dataset name (digits), image folder, or CSV manifest",
+    )
+    p.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        help="backbone spec (default: %(default)s; see `featpipe backbones`)",
+    )
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        default=["pooled"],
+        metavar="LAYER",
+        help="layers as NAME[:POOLING], e.g. pooled blocks.5:avg layer3:grid:2 "
+        "(default: pooled; see `featpipe layers SPEC`)",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--cache-dir",
+        default="data/cache",
+        help="folder of stores named by their inputs (default: %(default)s)",
+    )
+    where.add_argument("--out", metavar="FILE", help="write the store to this file instead")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a store at the path even if made from other inputs",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="stored feature dtype (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="images per batch, also the store's chunk size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes (default: min(4, cores); 0: main process)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="input size in pixels (default: the weights' own)",
+    )
+    p.add_argument(
+        "--data-path",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="where images are decoded (default: gpu on CUDA, else cpu)",
+    )
+    split = p.add_argument_group("splits (passed to the source)")
+    split.add_argument("--val-fraction", type=float, metavar="F")
+    split.add_argument("--test-fraction", type=float, metavar="F")
+    split.add_argument("--seed", type=int, metavar="S", help="seed of splits and subsampling")
+    for name in ("train", "val", "test"):
+        split.add_argument(
+            f"--limit-{name}",
+            type=int,
+            metavar="N",
+            help=f"keep a stratified sample of at most N {name} images",
+        )
+    p.add_argument(
+        "--hash-contents",
+        action="store_true",
+        help="fingerprint image bytes instead of file sizes and times",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_extract)
+
+    q = subparsers.add_parser(
+        "info",
+        help="show what a feature store holds",
+        description="Provenance, layers, splits and completeness of a feature store.",
+        epilog=INFO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("store", metavar="STORE", help="path of a .h5 feature store")
+    q.add_argument("--json", action="store_true", help="print the description as JSON")
+    q.set_defaults(func=run_info)
+
+
+def _open_source(args: argparse.Namespace):
+    from featpipe.data import open_source, subsample
+
+    options = {
+        name: getattr(args, name)
+        for name in ("val_fraction", "test_fraction", "seed")
+        if getattr(args, name) is not None
+    }
+    source = open_source(args.source, **options)
+    limits = {s: getattr(args, f"limit_{s}") for s in ("train", "val", "test")}
+    limits = {s: n for s, n in limits.items() if n is not None}
+    if limits:
+        source = subsample(source, limits, seed=args.seed or 0)
+    return source
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from featpipe.extract import extract
+
+    store = extract(
+        _open_source(args),
+        args.backbone,
+        args.layers,
+        cache_dir=args.cache_dir,
+        out=args.out,
+        overwrite=args.overwrite,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        image_size=args.image_size,
+        data_path=args.data_path,
+        progress=not args.no_progress,
+        hash_contents=args.hash_contents,
+    )
+    s = store.extraction
+    if s["reused"]:
+        print(f"reused cached store: nothing to compute ({len(store)} images)")
+    else:
+        resumed = " (resumed)" if s.get("resumed") else ""
+        print(
+            f"extracted {s['images']} images in {s['seconds']:.1f} s "
+            f"({s['images_per_s']:.1f} images/s) on {s['device']}{resumed}; "
+            f"{format_bytes(s['bytes_written'])} written"
+        )
+    print(f"features written to {store.path}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from featpipe.store import FeatureStore
+
+    info = FeatureStore(args.store).info()
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    done, total = info["chunks_done"], info["chunks_total"]
+    state = "complete" if info["complete"] else "INCOMPLETE (resume with the same extract call)"
+    lines = [
+        f"store       {info['path']}  ({format_bytes(info['file_size'])}, {info['format']})",
+        f"state       {state}: {done}/{total} chunks of {info['rows_per_chunk']} rows",
+        f"key         {info['key']}",
+        f"backbone    {info['backbone']}",
+        f"weights     sha256 {info['weights_sha256']}",
+        f"preprocess  {json.dumps(info['preprocessing'], sort_keys=True)}",
+        f"source      {json.dumps(info['source'], sort_keys=True)}",
+        f"fingerprint {info['source_fingerprint']}",
+        f"created     {info['created']} with featpipe {info['featpipe_version']}",
+        "versions    " + ", ".join(f"{k} {v}" for k, v in sorted((info["versions"] or {}).items())),
+        f"samples     {info['samples']} in {len(info['classes'])} classes; splits "
+        + ", ".join(f"{k} {v}" for k, v in info["splits"].items()),
+        "layers",
+    ]
+    for name, layer in info["layers"].items():
+        lines.append(
+            f"  {name:<24} {layer['shape'][0]} x {layer['dim']}  {layer['dtype']}  "
+            f"pooling {layer['pooling']}"
+        )
+    if info.get("extraction"):
+        e = info["extraction"]
+        lines.append(
+            f"extraction  {e.get('images')} images in {e.get('seconds')} s "
+            f"({e.get('images_per_s')} images/s) on {e.get('device')}"
+        )
+    print("\n".join(lines))
+    return 0

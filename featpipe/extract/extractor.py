@@ -1,0 +1,134 @@
+"""``extract``: features of a backbone's layers over an image source, cached in a store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from featpipe.backbones import Backbone, LayerSpec, get_backbone
+from featpipe.data.source import ImageSource
+from featpipe.errors import ConfigError
+from featpipe.extract.datapath import get_data_path
+from featpipe.extract.loop import (
+    cpu_threads,
+    default_workers,
+    prepare_model,
+    probe_layers,
+    resolve_device,
+    run_chunks,
+)
+from featpipe.extract.target import Action, Request, plan
+from featpipe.store import FeatureStore, StoreWriter, store_filename
+from featpipe.store.schema import DTYPES
+
+NOTHING_COMPUTED = {
+    "images": 0,
+    "seconds": 0.0,
+    "images_per_s": 0.0,
+    "bytes_written": 0,
+    "computed_chunks": 0,
+    "reused": False,
+    "resumed": False,
+}
+
+
+def source_name(source: ImageSource) -> str:
+    """A short readable name for cache file names: dataset name, folder or CSV name, or kind."""
+    desc = source.describe()
+    for field in ("name", "root", "csv"):
+        if desc.get(field):
+            return Path(str(desc[field])).stem
+    return str(desc.get("kind", type(source).__name__))
+
+
+def _check_options(dtype: str, batch_size: int, workers: int | None) -> None:
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise ConfigError(f"workers must be None (automatic) or an integer >= 0; got {workers!r}.")
+
+
+def extract(
+    source: ImageSource | str,
+    backbone: str | Backbone = "efficientnet_lite0",
+    layers: Sequence[str] = ("pooled",),
+    *,
+    cache_dir: str | Path = "data/cache",
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    dtype: str = "float16",
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str = "auto",
+    image_size: int | None = None,
+    data_path: str = "auto",
+    progress: bool = True,
+    hash_contents: bool = False,
+) -> FeatureStore:
+    """Features of ``layers`` of ``backbone`` over ``source``, in a complete store.
+
+    The store lives at ``out``, or in ``cache_dir`` under a name keyed by every input that
+    changes features (image set fingerprint, backbone spec, weights, preprocessing, layers with
+    their pooling, dtype): the same inputs reuse it without computing anything, and an
+    interrupted run resumes where it stopped (chunk size ``batch_size`` is fixed when the store
+    is created). A store at ``out`` made from other inputs raises StoreMismatchError unless
+    ``overwrite``, which replaces whatever is there. Stats of the run are in
+    ``store.extraction``.
+    """
+    _check_options(dtype, batch_size, workers)
+    dev = resolve_device(device)
+    src = source if isinstance(source, ImageSource) else _open_source(source)
+    if isinstance(backbone, Backbone):
+        bb = backbone.at_size(image_size)
+    else:
+        bb = get_backbone(backbone, image_size=image_size)
+    stage = get_data_path(data_path, bb.preprocessing, dev)
+    names = [LayerSpec.parse(layer).name for layer in layers]
+    model = bb.features(names)  # validates layer names before any file is touched
+    try:
+        request = Request.build(src.fingerprint(content=hash_contents), bb.identity(), names, dtype)
+        if out is not None:
+            path = Path(out)
+        else:
+            path = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
+        action = plan(path, request, overwrite)
+        if action is Action.REUSE:
+            store = FeatureStore(path)
+            store.extraction = {**NOTHING_COMPUTED, "reused": True}
+            return store
+        with cpu_threads(dev):
+            model = prepare_model(model, dev)
+            if action is Action.CREATE:
+                StoreWriter.create(
+                    path,
+                    ids=src.ids,
+                    labels=src.labels,
+                    splits=src.splits,
+                    classes=src.classes,
+                    layers=probe_layers(model, bb.preprocessing.crop, dev),
+                    dtype=dtype,
+                    rows_per_chunk=batch_size,
+                    attrs=request.store_attrs({**src.describe(), "hash_contents": hash_contents}),
+                ).close()  # run_chunks reopens it once its DataLoader workers are started
+            stats = run_chunks(
+                model,
+                src,
+                stage,
+                path,
+                dev,
+                workers=default_workers() if workers is None else workers,
+                progress=progress,
+            )
+    finally:
+        model.remove()  # the hooks must not stay on the caller's backbone
+    store = FeatureStore(path)
+    store.extraction = stats
+    return store
+
+
+def _open_source(spec: str) -> ImageSource:
+    from featpipe.data import open_source  # the data package is only needed for spec strings
+
+    return open_source(spec)

@@ -1,0 +1,190 @@
+"""The extraction loop: chunks of images through the data path and the model into the store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from featpipe.backbones.base import FeatureModel
+from featpipe.data.source import ImageSource
+from featpipe.errors import ConfigError
+from featpipe.extract.datapath import DataPath
+from featpipe.extract.writer_thread import BackgroundWriter
+from featpipe.store import StoreWriter
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    return min(4, available_cores())
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` (or ``cuda:N``) without CUDA raises."""
+    kind = device.split(":", 1)[0]
+    if kind not in DEVICES or (kind != "cuda" and ":" in device):
+        raise ConfigError(f"Unknown device {device!r}; valid: auto, cpu, cuda, cuda:N.")
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"Device {device!r} was asked for, but torch sees no CUDA device "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). "
+            "Use --device cpu or --device auto."
+        )
+    return torch.device(device)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on CPU (keeps CPU features exact and reproducible)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def cpu_threads(device: torch.device) -> Iterator[None]:
+    """Use every available core for the forward pass on CPU, then restore the setting."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(available_cores())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def prepare_model(model: FeatureModel, device: torch.device) -> FeatureModel:
+    model.eval()
+    if device.type == "cuda":
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def probe_layers(
+    model: FeatureModel, crop: int, device: torch.device
+) -> dict[str, tuple[int, str]]:
+    """(dim, resolved pooling) of every layer, from one forward pass on a dummy image; the
+    store's datasets must be allocated before the first real batch is written."""
+    x = torch.zeros(1, 3, crop, crop, device=device)
+    with torch.inference_mode(), autocast(device):
+        out = model(x)
+    return {name: (int(t.shape[1]), model.poolings[name]) for name, t in out.items()}
+
+
+class ChunkDataset(Dataset):
+    """Item ``i`` is ``(chunk index, collated batch)`` of the ``i``-th pending chunk."""
+
+    def __init__(
+        self, source: ImageSource, data_path: DataPath, chunks: Sequence[tuple[int, int, int]]
+    ):
+        self.source = source
+        self.data_path = data_path
+        self.chunks = list(chunks)  # (chunk index, first row, end row)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int):
+        index, start, stop = self.chunks[i]
+        items = [self.data_path.load(self.source, row) for row in range(start, stop)]
+        return index, self.data_path.collate(items)
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not compete with the forward pass
+
+
+def run_chunks(
+    model: FeatureModel,
+    source: ImageSource,
+    data_path: DataPath,
+    path: Path,
+    device: torch.device,
+    *,
+    workers: int,
+    progress: bool = True,
+) -> dict:
+    """Compute and write every chunk of the store at ``path`` not done yet, then mark it
+    complete; returns the run's stats (also stored in its ``extraction`` attribute)."""
+    with StoreWriter.open(path) as writer:
+        pending = writer.pending_chunks()
+        chunks = [(i, *writer.chunk_rows(i)) for i in pending]
+        n_rows, n_chunks, dtype = writer.n_rows, writer.n_chunks, writer.dtype
+    todo = sum(stop - start for _, start, stop in chunks)
+    loader = DataLoader(
+        ChunkDataset(source, data_path, chunks),
+        batch_size=None,  # an item already is one chunk of rows
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=2 if workers else None,
+    )
+    torch_dtype = getattr(torch, dtype)
+    bar = tqdm(
+        total=n_rows,
+        initial=n_rows - todo,
+        unit="img",
+        desc=f"extract {path.name}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    images = 0
+    start_time = time.perf_counter()
+    # Start the workers before the file is opened: forked workers would otherwise inherit its
+    # descriptor and HDF5 lock, and keep the store locked after an error.
+    batches = iter(loader)
+    try:
+        with (
+            StoreWriter.open(path) as writer,
+            BackgroundWriter(writer.write_chunk) as background,
+            torch.inference_mode(),
+            autocast(device),
+        ):
+            for index, batch in batches:
+                features = model(data_path.to_batch(batch, device))
+                rows = next(iter(features.values())).shape[0]
+                background.submit(
+                    index, {name: t.to(torch_dtype).cpu().numpy() for name, t in features.items()}
+                )
+                images += rows
+                bar.update(rows)
+            background.close()  # every chunk written before the store is marked complete
+            stats = _stats(images, time.perf_counter() - start_time, background)
+            stats.update(
+                resumed=len(pending) < n_chunks,
+                device=str(device),
+                data_path=data_path.name,
+                workers=workers,
+                rows_per_chunk=writer.rows_per_chunk,
+            )
+            writer.finish(stats)
+    finally:
+        bar.close()
+    return stats
+
+
+def _stats(images: int, seconds: float, background: BackgroundWriter) -> dict:
+    return {
+        "images": images,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(images / seconds, 1) if seconds > 0 else 0.0,
+        "bytes_written": int(background.bytes_written),
+        "computed_chunks": int(background.chunks_written),
+        "reused": False,
+    }

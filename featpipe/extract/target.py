@@ -1,0 +1,98 @@
+"""Decide what to do with the store file an extraction asks for: reuse, resume, or create."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from featpipe.errors import StoreMismatchError
+from featpipe.store import FeatureStore, store_key
+
+
+class Action(Enum):
+    REUSE = "reuse"  # complete store with the same key: nothing to compute
+    RESUME = "resume"  # incomplete store with the same key: write the missing chunks
+    CREATE = "create"  # no store there (or overwrite): lay out a new one
+
+
+@dataclass(frozen=True)
+class Request:
+    """Every input that changes features, as asked for by this call."""
+
+    key: str
+    source_fingerprint: str
+    backbone: dict  # Backbone.identity(): spec, weights_sha256, preprocessing
+    layers: list[str]
+    dtype: str
+
+    @classmethod
+    def build(
+        cls, source_fingerprint: str, backbone: dict, layers: list[str], dtype: str
+    ) -> Request:
+        key = store_key(source_fingerprint, backbone, layers, dtype)
+        return cls(key, source_fingerprint, backbone, list(layers), dtype)
+
+    def store_attrs(self, source_description: dict) -> dict:
+        """The provenance attributes of a new store made for this request."""
+        return {
+            "key": self.key,
+            "backbone": self.backbone,
+            "weights_sha256": self.backbone["weights_sha256"],
+            "preprocessing": self.backbone["preprocessing"],
+            "source_fingerprint": self.source_fingerprint,
+            "source": source_description,
+        }
+
+    def as_attrs(self) -> dict:
+        """The same inputs as stored in a store's attributes."""
+        return {
+            "spec": self.backbone["spec"],
+            "weights_sha256": self.backbone["weights_sha256"],
+            "preprocessing": self.backbone["preprocessing"],
+            "source_fingerprint": self.source_fingerprint,
+            "layers": sorted(self.layers),
+            "dtype": self.dtype,
+        }
+
+
+def _stored_inputs(attrs: dict) -> dict:
+    return {
+        "spec": attrs.get("backbone", {}).get("spec"),
+        "weights_sha256": attrs.get("weights_sha256"),
+        "preprocessing": attrs.get("preprocessing"),
+        "source_fingerprint": attrs.get("source_fingerprint"),
+        "layers": sorted(attrs.get("layers", [])),
+        "dtype": attrs.get("dtype"),
+    }
+
+
+def _short(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def plan(path: Path, request: Request, overwrite: bool) -> Action:
+    """The action for ``path``; raises StoreMismatchError when a store made from other inputs
+    (or a file that is not a store) is there and ``overwrite`` is False."""
+    if not path.exists() or overwrite:
+        return Action.CREATE
+    fix = "Pass overwrite=True (--overwrite) to replace it, or write to another path."
+    try:
+        store = FeatureStore(path)
+    except (OSError, KeyError, StoreMismatchError) as exc:
+        raise StoreMismatchError(
+            f"{path} exists but is not a readable featpipe store ({exc}). {fix}"
+        ) from exc
+    if store.key == request.key:
+        return Action.REUSE if store.complete else Action.RESUME
+    stored, asked = _stored_inputs(store.attrs), request.as_attrs()
+    diffs = [
+        f"{name}: store has {_short(stored[name])}, asked for {_short(asked[name])}"
+        for name in asked
+        if stored[name] != asked[name]
+    ] or [f"key: store has {store.key!r}, asked for {request.key!r}"]
+    raise StoreMismatchError(
+        f"{path} holds features made from other inputs: " + "; ".join(diffs) + f". {fix}"
+    )

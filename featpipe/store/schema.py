@@ -1,0 +1,100 @@
+"""The on-disk layout of a feature store (HDF5, format version 1).
+
+One ``.h5`` file holds the pooled features of one or more layers of one backbone over one image
+set, plus everything needed to tell where they came from. Plain ``h5py`` reads all of it::
+
+    /                       attrs: format="featpipe.store", format_version=1, featpipe_version,
+                                   created (ISO 8601), key (16 hex chars, see store_key),
+                                   backbone (JSON: spec, weights_sha256, preprocessing),
+                                   weights_sha256, preprocessing (JSON), source_fingerprint,
+                                   source (JSON description of the image source),
+                                   layers (JSON list of layer names), dtype, versions (JSON:
+                                   python, torch, torchvision, h5py, numpy),
+                                   rows_per_chunk, n_chunks, complete (bool),
+                                   extraction (JSON: stats of the run that completed it)
+    /samples/id             (N,)  utf-8 strings, stable sample ids
+    /samples/label          (N,)  int64, index into /classes
+    /samples/split          (N,)  uint8 codes; attrs: names=["train","val","test"]
+    /classes                (C,)  utf-8 class names
+    /features/<layer>       (N, D) float16 or float32, chunked (rows_per_chunk, D);
+                                   attrs: layer, pooling, dim, dtype
+    /progress/chunk_done    (n_chunks,) bool
+
+Rows are cut into chunks of ``rows_per_chunk`` rows (the last one may be shorter); chunk ``i``
+holds rows ``[i * rows_per_chunk, min(N, (i + 1) * rows_per_chunk))``. Every array is allocated
+at full size when the file is created (chunks allocated early, so later writes touch only raw
+data, never HDF5 metadata). A writer writes a chunk's rows for every layer, then sets its
+``chunk_done`` flag, then flushes; ``complete`` is set only after every flag is set. Resuming
+writes only the chunks not marked done, so it is idempotent, and a killed run loses at most the
+chunks in flight. Rows of chunks not done hold unspecified values: read ``chunk_done`` first.
+Chunk bookkeeping does not depend on who writes a chunk, so several writers (ranks) can each
+fill a disjoint range of chunks.
+
+Layer names are ``LayerSpec.name`` strings (``pooled``, ``blocks.5:avg``, ``layer3:grid:2``)
+used directly as dataset names. A file is created under a temporary name and renamed into place
+once its layout is written, so a file at a store's path always has the full layout.
+
+Reading the pooled features of the train split with plain h5py::
+
+    with h5py.File(path, "r") as f:
+        assert f.attrs["complete"]
+        train = f["samples/split"][:] == 0
+        X = f["features/pooled"][:][train]
+        y = f["samples/label"][:][train]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+FORMAT = "featpipe.store"
+FORMAT_VERSION = 1
+DTYPES = ("float16", "float32")
+
+SAMPLES_ID = "samples/id"
+SAMPLES_LABEL = "samples/label"
+SAMPLES_SPLIT = "samples/split"
+CLASSES = "classes"
+FEATURES = "features"
+CHUNK_DONE = "progress/chunk_done"
+
+# Root attributes stored as JSON text (decoded by the reader).
+JSON_ATTRS = ("backbone", "preprocessing", "source", "layers", "versions", "extraction")
+
+
+def encode_attr(value: Any) -> Any:
+    """A value HDF5 can store as an attribute: dicts and lists become JSON text."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def decode_attr(name: str, value: Any) -> Any:
+    """One attribute as a plain Python value, JSON attributes decoded."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if name in JSON_ATTRS and isinstance(value, str):
+        value = json.loads(value)
+    return value
+
+
+def decode_attrs(raw: Any) -> dict:
+    """Root attributes as plain Python values, JSON attributes decoded."""
+    return {name: decode_attr(name, value) for name, value in raw.items()}
+
+
+def chunk_bounds(index: int, rows_per_chunk: int, n_rows: int) -> tuple[int, int]:
+    """The row range ``[start, stop)`` of chunk ``index``."""
+    start = index * rows_per_chunk
+    return start, min(n_rows, start + rows_per_chunk)
+
+
+def n_chunks_for(n_rows: int, rows_per_chunk: int) -> int:
+    return -(-n_rows // rows_per_chunk)

@@ -1,0 +1,190 @@
+"""The HDF5 feature store: layout, round trips, incomplete stores, keys."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from featpipe.errors import ConfigError, IncompleteStoreError, UnknownNameError
+from featpipe.store import FeatureStore, StoreWriter, store_filename, store_key
+
+SPLITS = ["train"] * 6 + ["val"] * 2 + ["test"] * 3
+
+
+def _features(n=11, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "pooled": rng.normal(size=(n, 5)).astype(np.float32),
+        "stage1:grid:2": rng.normal(size=(n, 8)).astype(np.float32),
+    }
+
+
+def _partial_store(path, done_chunks=(0, 2), n=10, rows=3):
+    """A store of 4 chunks (3+3+3+1 rows) with only ``done_chunks`` written."""
+    x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    with StoreWriter.create(
+        path,
+        ids=[f"s{i}" for i in range(n)],
+        labels=np.arange(n) % 2,
+        splits=np.zeros(n, np.uint8),
+        classes=["a", "b"],
+        layers={"pooled": (2, "none")},
+        dtype="float32",
+        rows_per_chunk=rows,
+        attrs={"key": "k"},
+    ) as w:
+        for i in done_chunks:
+            start, stop = w.chunk_rows(i)
+            w.write_chunk(i, {"pooled": x[start:stop]})
+    return x
+
+
+def test_from_arrays_round_trip(tmp_path):
+    feats = _features()
+    labels = np.array([0, 1, 2] * 3 + [0, 1])
+    store = FeatureStore.from_arrays(
+        tmp_path / "s.h5",
+        feats,
+        labels,
+        SPLITS,
+        ["a", "b", "c"],
+        ids=[f"img{i}" for i in range(11)],
+        attrs={"backbone": {"spec": "toy"}},
+    )
+    assert store.complete and len(store) == 11
+    assert store.layers == ["pooled", "stage1:grid:2"]
+    assert store.classes == ["a", "b", "c"]
+    assert store.split_counts() == {"train": 6, "val": 2, "test": 3}
+    assert store.layer_info("stage1:grid:2") == {"dim": 8, "pooling": "grid:2", "dtype": "float32"}
+    X, y = store.arrays("pooled", split="val")
+    np.testing.assert_array_equal(X, feats["pooled"][6:8])
+    np.testing.assert_array_equal(y, labels[6:8])
+    assert store.ids("test") == ["img8", "img9", "img10"]
+    np.testing.assert_array_equal(store.labels(), labels)
+    assert store.attrs["backbone"] == {"spec": "toy"}
+    info = store.info()
+    assert info["chunks_done"] == info["chunks_total"] == 1
+    assert info["layers"]["pooled"]["shape"] == [11, 5]
+
+
+def test_plain_h5py_reads_everything(tmp_path):
+    feats = _features()
+    FeatureStore.from_arrays(tmp_path / "s.h5", feats, [0] * 11, [0] * 11, ["a"], dtype="float16")
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f.attrs["format"] == "featpipe.store" and f.attrs["format_version"] == 1
+        assert bool(f.attrs["complete"])
+        ds = f["features/pooled"]
+        assert ds.dtype == np.float16 and ds.chunks[1] == 5
+        np.testing.assert_allclose(ds[:], feats["pooled"], rtol=1e-3, atol=1e-3)
+        assert list(f["samples/split"].attrs["names"]) == ["train", "val", "test"]
+        assert f["progress/chunk_done"][:].all()
+        assert f["samples/id"].asstr()[0] == "0"
+
+
+def test_split_codes_and_names_give_the_same_store(tmp_path):
+    feats = _features()
+    codes = [{"train": 0, "val": 1, "test": 2}[s] for s in SPLITS]
+    a = FeatureStore.from_arrays(tmp_path / "a.h5", feats, [0] * 11, SPLITS, ["a"])
+    b = FeatureStore.from_arrays(tmp_path / "b.h5", feats, [0] * 11, codes, ["a"])
+    assert a.split_counts() == b.split_counts() and a.key == b.key
+
+
+def test_unknown_layer_and_split_list_the_valid_ones(tmp_path):
+    store = FeatureStore.from_arrays(tmp_path / "s.h5", _features(), [0] * 11, SPLITS, ["a"])
+    with pytest.raises(UnknownNameError, match="pooled"):
+        store.arrays("poold")
+    with pytest.raises(UnknownNameError, match="train, val"):
+        store.arrays("pooled", split="training")
+
+
+def test_incomplete_store_is_refused_unless_allowed(tmp_path):
+    x = _partial_store(tmp_path / "p.h5")
+    store = FeatureStore(tmp_path / "p.h5")
+    assert not store.complete
+    with pytest.raises(IncompleteStoreError, match="2 of 4 chunks"):
+        store.arrays("pooled")
+    with pytest.raises(IncompleteStoreError):
+        next(store.iter_chunks("pooled"))
+    X, y = store.arrays("pooled", allow_incomplete=True)
+    rows = [0, 1, 2, 6, 7, 8]  # chunks 0 and 2
+    np.testing.assert_array_equal(X, x[rows])
+    np.testing.assert_array_equal(y, np.array(rows) % 2)
+    assert store.info()["chunks_done"] == 2
+
+
+def test_finish_refuses_missing_chunks_and_resume_completes(tmp_path):
+    x = _partial_store(tmp_path / "p.h5")
+    with StoreWriter.open(tmp_path / "p.h5") as w:
+        assert w.pending_chunks() == [1, 3]
+        with pytest.raises(ConfigError, match="2 of 4 chunks"):
+            w.finish()
+        for i in w.pending_chunks():
+            start, stop = w.chunk_rows(i)
+            w.write_chunk(i, {"pooled": x[start:stop]})
+        w.write_chunk(0, {"pooled": x[0:3]})  # rewriting a done chunk is harmless
+        w.finish()
+    store = FeatureStore(tmp_path / "p.h5")
+    assert store.complete
+    np.testing.assert_array_equal(store.arrays("pooled")[0], x)
+
+
+def test_write_chunk_checks_shape_and_layers(tmp_path):
+    _partial_store(tmp_path / "p.h5", done_chunks=())
+    with StoreWriter.open(tmp_path / "p.h5") as w:
+        with pytest.raises(ConfigError, match="shape"):
+            w.write_chunk(3, {"pooled": np.zeros((3, 2))})  # last chunk has 1 row
+        with pytest.raises(ConfigError, match="lacks"):
+            w.write_chunk(0, {})
+        assert w.pending_chunks() == [0, 1, 2, 3]
+
+
+def test_create_leaves_no_temporary_file(tmp_path):
+    _partial_store(tmp_path / "p.h5")
+    assert [p.name for p in tmp_path.iterdir()] == ["p.h5"]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 100])
+def test_iter_chunks_is_bounded_and_complete(tmp_path, rows):
+    feats = _features()
+    store = FeatureStore.from_arrays(tmp_path / "s.h5", feats, list(range(11)), SPLITS, ["a"])
+    blocks = list(store.iter_chunks("pooled", rows=rows))
+    assert all(len(x) <= rows for x, _ in blocks)
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in blocks]), feats["pooled"])
+    train = list(store.iter_chunks("pooled", split="train", rows=rows))
+    np.testing.assert_array_equal(np.concatenate([y for _, y in train]), np.arange(6))
+
+
+BASE = dict(
+    source_fingerprint="f" * 64,
+    backbone_identity={"spec": "toy", "weights_sha256": "w", "preprocessing": {"crop": 32}},
+    layers=["pooled", "stage1:avg"],
+    dtype="float16",
+)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"source_fingerprint": "e" * 64},
+        {"backbone_identity": {**BASE["backbone_identity"], "spec": "toy@1"}},
+        {"backbone_identity": {**BASE["backbone_identity"], "weights_sha256": "v"}},
+        {"backbone_identity": {**BASE["backbone_identity"], "preprocessing": {"crop": 24}}},
+        {"layers": ["pooled", "stage1:max"]},
+        {"layers": ["pooled"]},
+        {"dtype": "float32"},
+    ],
+)
+def test_store_key_changes_with_every_input(change):
+    assert store_key(**{**BASE, **change}) != store_key(**BASE)
+
+
+def test_store_key_is_stable_and_ignores_layer_order():
+    key = store_key(**BASE)
+    assert len(key) == 16 and int(key, 16) >= 0
+    assert key == store_key(**{**BASE, "layers": ["stage1:avg", "pooled"]})
+
+
+def test_store_filename_is_readable():
+    name = store_filename("pets", "timm:convnext_tiny@/some/dir/w.pth", "0123456789abcdef")
+    assert name == "pets-timm_convnext_tiny-0123456789abcdef.h5"
