@@ -1,0 +1,246 @@
+"""``featpipe probe`` (select, refit and test heads on a store) and ``featpipe predict``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from featpipe.errors import ConfigError
+
+PROBE_EXAMPLES = """\
+examples:
+  featpipe probe data/cache/digits-abc.h5 --layer pooled
+  featpipe probe store.h5 --layer blocks.5:avg --heads logreg,knn --out results.json
+  featpipe probe store.h5 --heads logreg --few-shot 5 --draws 10 --save-dir heads/
+
+Hyper-parameters are chosen on the val split (stratified CV on train when there is none),
+the head is refitted on train+val, and only then is the test split read.
+"""
+
+PREDICT_EXAMPLES = """\
+examples:
+  featpipe predict heads/logreg.joblib store.h5 --split test --out preds.csv
+  featpipe predict heads/logreg.joblib photos/*.jpg
+  featpipe predict heads/logreg.joblib photos/            # every image in a folder
+
+Features for images are computed with the backbone and layer named in the head's sidecar.
+Head files are loaded with joblib, which runs code: only load files you trust.
+"""
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from featpipe.heads.registry import list_heads
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "probe",
+        help="select, refit and test classical heads on a feature store",
+        description="Train classical heads on cached features with leakage-free "
+        "hyper-parameter selection, and report val/test accuracy.",
+        epilog=PROBE_EXAMPLES,
+        formatter_class=fmt,
+    )
+    p.add_argument("store", help="feature store (.h5) written by `featpipe extract`")
+    p.add_argument("--layer", help="feature layer (default: the store's only layer)")
+    p.add_argument(
+        "--heads",
+        default="logreg",
+        help=f"comma-separated heads from: {', '.join(list_heads())} (default: logreg)",
+    )
+    p.add_argument("--cv", type=int, default=5, help="folds when the store has no val split")
+    p.add_argument("--seed", type=int, default=0, help="seed for CV folds and few-shot draws")
+    p.add_argument(
+        "--few-shot",
+        type=int,
+        metavar="K",
+        help="also report K-examples-per-class accuracy (fixed default params)",
+    )
+    p.add_argument("--draws", type=int, default=5, help="few-shot draws (default: 5)")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--save-dir", type=Path, help="save each fitted head (joblib + JSON sidecar)")
+    p.set_defaults(func=run_probe)
+
+    q = subparsers.add_parser(
+        "predict",
+        help="predict with a saved head on a store or on image files",
+        description="Predict classes with a head saved by `featpipe probe --save-dir`.",
+        epilog=PREDICT_EXAMPLES,
+        formatter_class=fmt,
+    )
+    q.add_argument("head", type=Path, help="saved head (.joblib) with its .json sidecar")
+    q.add_argument("inputs", nargs="+", help="one feature store (.h5), or image files/folders")
+    q.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        help="with a store: predict only this split (default: all rows)",
+    )
+    q.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    q.add_argument("--device", default="auto", help="auto, cpu or cuda (images only)")
+    q.add_argument("--out", type=Path, help="CSV file to write (default: standard output)")
+    q.set_defaults(func=run_predict)
+
+
+def _pick_layer(store, layer: str | None) -> str:
+    if layer is not None:
+        return layer
+    if len(store.layers) == 1:
+        return store.layers[0]
+    raise ConfigError(
+        f"{store.path} holds several layers ({', '.join(store.layers)}); choose one with --layer."
+    )
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from featpipe.heads import few_shot, save_head, select_and_fit
+    from featpipe.heads.registry import make_head
+    from featpipe.store import FeatureStore
+
+    store = FeatureStore(args.store)
+    layer = _pick_layer(store, args.layer)
+    names = [n.strip() for n in args.heads.split(",") if n.strip()]
+    for name in names:
+        make_head(name)  # unknown names fail before any training
+    rows, report = (
+        [],
+        {
+            "store": str(store.path),
+            "store_key": store.key,
+            "layer": layer,
+            "split_counts": store.split_counts(),
+            "heads": [],
+        },
+    )
+    for name in names:
+        result = select_and_fit(name, store, layer, cv=args.cv, seed=args.seed, progress=True)
+        entry = result.summary()
+        if args.few_shot:
+            fs = few_shot(name, store, layer, args.few_shot, draws=args.draws, seed=args.seed)
+            entry["few_shot"] = fs.summary()
+        if args.save_dir:
+            path = save_head(
+                result.estimator,
+                args.save_dir / f"{name}.joblib",
+                store=store,
+                layer=layer,
+                selection=result,
+            )
+            entry["saved"] = str(path)
+        report["heads"].append(entry)
+        rows.append(_row(entry))
+    _print_table(rows, few_shot=bool(args.few_shot))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _row(entry: dict) -> list[str]:
+    params = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry["params"].items()
+    )
+    test = entry["test_accuracy"]
+    row = [
+        entry["head"],
+        params,
+        f"{entry['val_accuracy']:.4f}",
+        "-" if test is None else f"{test:.4f}",
+        f"{entry['fit_seconds']:.2f}",
+    ]
+    if "few_shot" in entry:
+        fs = entry["few_shot"]
+        row.append(f"{fs['mean']:.4f} ± {fs['std']:.4f}")
+    return row
+
+
+def _print_table(rows: list[list[str]], few_shot: bool) -> None:
+    header = ["head", "chosen", "val acc", "test acc", "fit s"] + (["few-shot"] if few_shot else [])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _image_files(inputs: list[str]) -> list[Path]:
+    files = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"{path} is neither a file nor a folder.")
+    if not files:
+        raise ConfigError(f"No images found in {', '.join(inputs)}.")
+    return files
+
+
+def _is_store(inputs: list[str]) -> bool:
+    return len(inputs) == 1 and Path(inputs[0]).suffix.lower() in (".h5", ".hdf5")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from featpipe.heads import check_head_matches, load_head
+
+    head, sidecar = load_head(args.head)
+    layer = sidecar.get("layer")
+    if _is_store(args.inputs):
+        from featpipe.store import FeatureStore
+
+        store = FeatureStore(args.inputs[0])
+        check_head_matches(sidecar, store, layer)
+        X, _ = store.arrays(layer, args.split)
+        ids = store.ids(args.split)
+    else:
+        files = _image_files(args.inputs)
+        X = _embed(files, sidecar, args)
+        ids = [str(f) for f in files]
+    pred = head.predict(X)
+    proba = head.predict_proba(X).max(axis=1) if hasattr(head, "predict_proba") else None
+    names = sidecar.get("classes") or []
+    out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["id", "predicted_class", "probability"])
+        for i, (sid, label) in enumerate(zip(ids, pred, strict=True)):
+            name = names[int(label)] if isinstance(label, (int, np.integer)) and names else label
+            writer.writerow([sid, name, "" if proba is None else f"{proba[i]:.6f}"])
+    finally:
+        if args.out:
+            out.close()
+            print(f"wrote {len(ids)} predictions to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _embed(files: list[Path], sidecar: dict, args: argparse.Namespace) -> np.ndarray:
+    from featpipe.errors import HeadMismatchError
+    from featpipe.heads import Embedder
+
+    backbone = sidecar.get("backbone") or {}
+    if not backbone.get("spec"):
+        raise ConfigError(
+            f"{args.head} was saved without a store, so its sidecar names no backbone; predict "
+            "on a feature store instead."
+        )
+    size = (backbone.get("preprocessing") or {}).get("crop")
+    emb = Embedder(
+        backbone["spec"],
+        layer=sidecar["layer"],
+        image_size=size,
+        batch_size=args.batch_size,
+        device=args.device,
+    ).fit()
+    if emb.backbone_identity_["weights_sha256"] != backbone.get("weights_sha256"):
+        raise HeadMismatchError(
+            f"The weights of {backbone['spec']!r} on this machine (sha256 "
+            f"{emb.backbone_identity_['weights_sha256'][:12]}...) differ from those the head was "
+            f"trained on ({str(backbone.get('weights_sha256'))[:12]}...)."
+        )
+    return emb.transform([str(f) for f in files])

@@ -1,0 +1,73 @@
+"""Few-shot probes: k training examples per class, repeated over seeded draws."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+
+from featpipe.errors import ConfigError
+from featpipe.heads.registry import make_head
+from featpipe.heads.splits import FeatureSplits
+
+
+@dataclass
+class FewShotResult:
+    k: int
+    draws: int
+    accuracies: list[float]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.accuracies))
+
+    def summary(self) -> dict:
+        return {
+            "k": self.k,
+            "draws": self.draws,
+            "mean": self.mean,
+            "std": self.std,
+            "accuracies": self.accuracies,
+        }
+
+
+def few_shot(
+    estimator: BaseEstimator | str,
+    source: object,
+    layer: str | None = None,
+    k: int = 5,
+    *,
+    draws: int = 5,
+    seed: int = 0,
+) -> FewShotResult:
+    """Test accuracy of ``estimator`` (fixed hyper-parameters) fitted on ``k`` examples per
+    class drawn from train, over ``draws`` seeded draws (mean and std across draws)."""
+    if int(k) < 1 or int(draws) < 1:
+        raise ConfigError(f"few-shot needs k >= 1 and draws >= 1; got k={k}, draws={draws}.")
+    head = make_head(estimator) if isinstance(estimator, str) else estimator
+    data = FeatureSplits(source, layer)
+    X_tr, y_tr = data.get("train")
+    labels = np.arange(len(data.classes)) if data.classes is not None else np.unique(y_tr)
+    counts = {int(c): int(np.sum(y_tr == c)) for c in labels}
+    short = {c: n for c, n in counts.items() if n < k}
+    if short:
+        detail = ", ".join(f"{data.class_name(c)!r} has {n}" for c, n in short.items())
+        raise ConfigError(
+            f"few-shot with k={k} needs {k} training examples per class, but {detail}. "
+            "Lower --few-shot or drop those classes."
+        )
+    X_te, y_te = data.get("test")
+    rng = np.random.default_rng(seed)
+    accuracies = []
+    for _ in range(int(draws)):
+        rows = np.concatenate(
+            [rng.choice(np.flatnonzero(y_tr == c), size=k, replace=False) for c in labels]
+        )
+        est = clone(head).fit(X_tr[rows], y_tr[rows])
+        accuracies.append(float(np.mean(est.predict(X_te) == y_te)))
+    return FewShotResult(k=int(k), draws=int(draws), accuracies=accuracies)

@@ -1,0 +1,154 @@
+"""Save a fitted head with joblib plus a JSON sidecar that ties it to the features it expects."""
+
+from __future__ import annotations
+
+import json
+import platform
+import warnings
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from featpipe.errors import ConfigError, HeadMismatchError
+from featpipe.heads.registry import head_name
+
+SIDECAR_FORMAT = "featpipe.head"
+_NO_STORE = {"store_key": None, "store_path": None, "backbone": None}
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``head.joblib`` -> ``head.joblib.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("featpipe", "scikit-learn", "torch", "numpy", "joblib"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _plain(value: object) -> object:
+    """JSON-safe form of parameter values (numpy scalars, tuples, arrays)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def _store_provenance(store: object) -> dict:
+    attrs = dict(getattr(store, "attrs", {}) or {})
+    backbone = attrs.get("backbone") or {}
+    if isinstance(backbone, str):
+        backbone = json.loads(backbone)
+    return {
+        "store_key": getattr(store, "key", attrs.get("key")),
+        "store_path": str(getattr(store, "path", "")),
+        "backbone": {
+            "spec": backbone.get("spec"),
+            "weights_sha256": backbone.get("weights_sha256", attrs.get("weights_sha256")),
+            "preprocessing": backbone.get("preprocessing", attrs.get("preprocessing")),
+        },
+    }
+
+
+def save_head(
+    head: BaseEstimator,
+    path: str | Path,
+    *,
+    store: object = None,
+    layer: str | None = None,
+    selection: object = None,
+) -> Path:
+    """Write ``path`` (joblib) and ``<path>.json``: store key, backbone spec and weights sha,
+    layer, classes, preprocessing, chosen hyper-parameters and library versions."""
+    if not hasattr(head, "classes_"):
+        raise ConfigError(f"Only a fitted head can be saved; {type(head).__name__} is not fitted.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    params = head.get_params(deep=False)
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "format_version": 1,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "head": head_name(head) or type(head).__name__,
+        "estimator": f"{type(head).__module__}.{type(head).__qualname__}",
+        "params": _plain(params),
+        "preprocessing": {"preprocess": params.get("preprocess"), "pca": params.get("pca")},
+        "layer": layer,
+        "n_features": getattr(head, "n_features_in_", None),
+        "class_labels": _plain(head.classes_),
+        "classes": list(store.classes) if store is not None else _plain(head.classes_),
+        "hyperparameters": _plain(getattr(selection, "params", None)),
+        "val_accuracy": getattr(selection, "val_accuracy", None),
+        "test_accuracy": getattr(selection, "test_accuracy", None),
+        "versions": _versions(),
+        **(_store_provenance(store) if store is not None else _NO_STORE),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    joblib.dump(head, tmp)
+    tmp.replace(path)  # never leave a half-written model under the real name
+    sidecar_path(path).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return path
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """The JSON sidecar of a saved head (``<path>.json``)."""
+    side = sidecar_path(path)
+    if not side.exists():
+        raise ConfigError(f"{side} is missing; a head saved by featpipe has a JSON sidecar.")
+    data = json.loads(side.read_text())
+    if data.get("format") != SIDECAR_FORMAT:
+        raise ConfigError(f"{side} is not a featpipe head sidecar (format={data.get('format')!r}).")
+    return data
+
+
+def load_head(path: str | Path) -> tuple[BaseEstimator, dict]:
+    """(fitted head, sidecar dict). joblib runs code while loading: load trusted files only."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"No saved head at {path}.")
+    warnings.warn(
+        f"Loading {path} with joblib, which can run arbitrary code on load: only load head "
+        "files from a source you trust.",
+        UserWarning,
+        stacklevel=2,
+    )
+    sidecar = read_sidecar(path)
+    return joblib.load(path), sidecar
+
+
+def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
+    """Raise HeadMismatchError when ``store``/``layer`` are not the features the head was
+    trained on: another backbone spec or weights, another layer, or another class list."""
+    saved = sidecar.get("backbone") or {}
+    now = _store_provenance(store)["backbone"]
+    problems = []
+    for key in ("spec", "weights_sha256"):
+        if saved.get(key) != now.get(key):
+            problems.append(f"backbone {key}: head {saved.get(key)!r}, store {now.get(key)!r}")
+    if sidecar.get("layer") != layer:
+        problems.append(f"layer: head {sidecar.get('layer')!r}, requested {layer!r}")
+    if list(sidecar.get("classes") or []) != list(store.classes):
+        problems.append(f"classes: head {sidecar.get('classes')}, store {list(store.classes)}")
+    if problems:
+        raise HeadMismatchError(
+            "This head was trained on other features: "
+            + "; ".join(problems)
+            + ". Extract features with the head's backbone and layer, or train a new head."
+        )

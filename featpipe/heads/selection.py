@@ -1,0 +1,197 @@
+"""Hyper-parameter selection without test leakage (Kornblith et al. 2019).
+
+Choose on the validation split (or stratified k-fold CV on train when there is no validation
+split), refit on train+val with the chosen values, and only then read and predict the test split.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.model_selection import ParameterGrid, StratifiedKFold
+from tqdm.auto import tqdm
+
+from featpipe.errors import ConfigError
+from featpipe.heads.estimators import LogisticProbe
+from featpipe.heads.preprocess import make_preprocessor
+from featpipe.heads.registry import default_grid, head_name, make_head
+from featpipe.heads.splits import FeatureSplits
+from featpipe.heads.torch_logreg import logreg_path
+
+
+@dataclass
+class SelectionResult:
+    """What a selection run chose and how the refit head did.
+
+    ``curve`` is every candidate with its validation score (mean over folds under CV);
+    ``test_scores`` are ``predict_proba`` (or ``decision_function``) on test, for the
+    evaluation harness. Test fields are None when the source has no test rows.
+    """
+
+    head: str
+    params: dict
+    curve: list[tuple[dict, float]]
+    estimator: BaseEstimator
+    val_accuracy: float
+    selection: str  # "val" or "cv<k>"
+    select_seconds: float
+    fit_seconds: float
+    predict_seconds: float | None = None
+    test_accuracy: float | None = None
+    test_labels: np.ndarray | None = None
+    test_pred: np.ndarray | None = None
+    test_scores: np.ndarray | None = None
+    test_ids: list[str] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-serialisable figures (no arrays, no estimator)."""
+        return {
+            "head": self.head,
+            "params": _jsonable(self.params),
+            "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "selection": self.selection,
+            "select_seconds": self.select_seconds,
+            "fit_seconds": self.fit_seconds,
+            "predict_seconds": self.predict_seconds,
+            "curve": [{"params": _jsonable(p), "val_score": s} for p, s in self.curve],
+        }
+
+
+def _jsonable(params: dict) -> dict:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in params.items()}
+
+
+def _candidate_scores(
+    head: BaseEstimator, candidates: list[dict], X_tr, y_tr, X_va, y_va, progress: bool
+) -> list[float]:
+    """Validation accuracy of each candidate fitted on (X_tr, y_tr)."""
+    if _use_logreg_path(head, candidates):
+        # One warm-started pass over C, on features preprocessed once (fitted on train only).
+        prep = make_preprocessor(head.preprocess, _pca(head, X_tr)).fit(X_tr)
+        Cs = [c["C"] for c in candidates]
+        order = np.argsort(Cs)  # warm starts work from strong to weak regularisation
+        path = logreg_path(
+            prep.transform(X_tr),
+            y_tr,
+            [Cs[i] for i in order],
+            X_val=prep.transform(X_va),
+            y_val=y_va,
+            tol=head.tol,
+            max_iter=head.max_iter,
+            device=head.device,
+            n_threads=head.n_threads,
+            progress=progress,
+        )
+        scores = np.empty(len(Cs))
+        scores[order] = path.val_accuracy
+        return scores.tolist()
+    scores = []
+    for params in tqdm(candidates, desc=type(head).__name__, disable=not progress):
+        est = clone(head).set_params(**params).fit(X_tr, y_tr)
+        scores.append(float(est.score(X_va, y_va)))
+    return scores
+
+
+def _use_logreg_path(head: BaseEstimator, candidates: list[dict]) -> bool:
+    return isinstance(head, LogisticProbe) and all(set(c) == {"C"} for c in candidates)
+
+
+def _pca(head: LogisticProbe, X: np.ndarray) -> int | None:
+    return None if head.pca is None else min(int(head.pca), *X.shape)
+
+
+def _cv_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    _, counts = np.unique(y, return_counts=True)
+    folds = min(int(cv), int(counts.min()))
+    if folds < 2:
+        raise ConfigError(
+            f"No validation split and the rarest training class has {counts.min()} sample(s); "
+            "cross-validation needs at least 2 per class. Add a val split or more samples."
+        )
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(skf.split(np.zeros(len(y)), y))
+
+
+def select_and_fit(
+    estimator: BaseEstimator | str,
+    source: object,
+    layer: str | None = None,
+    *,
+    grid: dict | list[dict] | None = None,
+    cv: int = 5,
+    seed: int = 0,
+    progress: bool = False,
+) -> SelectionResult:
+    """Choose hyper-parameters on val (or CV on train), refit on train+val, then predict test.
+
+    ``estimator`` is a head name (``logreg``, ``linear_svm``, ``rbf_svm``, ``mlp``, ``knn``) or
+    any scikit-learn classifier; ``source`` a FeatureStore or ``{"train": (X, y), ...}``;
+    ``grid`` a parameter grid (default: the head's own, e.g. 45 C values for ``logreg``).
+    Ties go to the first candidate in grid order.
+    """
+    head = make_head(estimator) if isinstance(estimator, str) else clone(estimator)
+    name = estimator if isinstance(estimator, str) else (head_name(head) or type(head).__name__)
+    if grid is None:
+        if head_name(head) is None:
+            raise ConfigError(f"{type(head).__name__} has no default grid; pass grid=.")
+        grid = default_grid(head_name(head))
+    candidates = list(ParameterGrid(grid))
+    if not candidates:
+        raise ConfigError(f"The grid {grid!r} has no candidates.")
+    data = FeatureSplits(source, layer)
+
+    start = time.perf_counter()
+    X_tr, y_tr = data.get("train")
+    if data.has("val"):
+        X_va, y_va = data.get("val")
+        scores = _candidate_scores(head, candidates, X_tr, y_tr, X_va, y_va, progress)
+        X_fit, y_fit = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
+        mode = "val"
+    else:
+        folds = _cv_splits(y_tr, cv, seed)
+        per_fold = [
+            _candidate_scores(head, candidates, X_tr[a], y_tr[a], X_tr[b], y_tr[b], progress)
+            for a, b in folds
+        ]
+        scores = np.mean(per_fold, axis=0).tolist()
+        X_fit, y_fit = X_tr, y_tr
+        mode = f"cv{len(folds)}"
+    select_seconds = time.perf_counter() - start
+    best = int(np.argmax(scores))
+
+    start = time.perf_counter()
+    final = head.set_params(**candidates[best]).fit(X_fit, y_fit)
+    fit_seconds = time.perf_counter() - start
+    result = SelectionResult(
+        head=name,
+        params=candidates[best],
+        curve=list(zip(candidates, scores, strict=True)),
+        estimator=final,
+        val_accuracy=float(scores[best]),
+        selection=mode,
+        select_seconds=select_seconds,
+        fit_seconds=fit_seconds,
+    )
+    if data.has("test"):  # only now, after the refit, is the test split read
+        X_te, y_te = data.get("test")
+        start = time.perf_counter()
+        result.test_pred = final.predict(X_te)
+        result.test_scores = _scores(final, X_te)
+        result.predict_seconds = time.perf_counter() - start
+        result.test_labels = y_te
+        result.test_accuracy = float(np.mean(result.test_pred == y_te))
+        result.test_ids = data.ids("test")
+    return result
+
+
+def _scores(est: BaseEstimator, X: np.ndarray) -> np.ndarray | None:
+    if hasattr(est, "predict_proba"):
+        return est.predict_proba(X)
+    if hasattr(est, "decision_function"):
+        return est.decision_function(X)
+    return None

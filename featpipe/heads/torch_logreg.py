@@ -1,0 +1,307 @@
+"""Multinomial L2 logistic regression by full-batch L-BFGS in torch, and its warm-started C path.
+
+The objective is exactly scikit-learn's ``LogisticRegression(C=C)`` (L2, multinomial, lbfgs):
+
+    C * sum_i cross_entropy(x_i, y_i) + 0.5 * ||W||^2      (intercept not penalised)
+
+which is minimised, as scikit-learn does, in the scaled form ``mean_i CE + ||W||^2 / (2 C n)``
+so that ``tol`` means the same thing (max |gradient| of the scaled objective). Training runs in
+float32 on CPU (all threads) or CUDA; the fitted coefficients are float64 numpy arrays and
+prediction is plain numpy, so a fitted model behaves and pickles like any scikit-learn linear
+classifier (two classes use its binary layout: ``coef_`` of shape (1, D)).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.special import expit, log_softmax, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from tqdm.auto import tqdm
+
+from featpipe.errors import ConfigError
+from featpipe.heads.device import resolve_device
+
+
+@contextmanager
+def cpu_threads(n_threads: int | None) -> Iterator[None]:
+    """Run torch CPU work on ``n_threads`` threads (None: every CPU thread), then restore
+    the caller's setting. Fewer threads help on a machine busy with other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n_threads) if n_threads else os.cpu_count() or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def logistic_objective(
+    X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, C: float
+) -> float:
+    """scikit-learn's multinomial objective ``C * sum CE + 0.5 ||W||^2`` in float64.
+
+    ``y`` holds class indices 0..K-1. ``coef`` is (K, D), or (1, D) for two classes in
+    scikit-learn's binary layout, which is expanded to the symmetric multinomial form
+    (w1 = -w0 = coef / 2) before evaluating.
+    """
+    coef, intercept = np.asarray(coef, np.float64), np.asarray(intercept, np.float64)
+    if coef.shape[0] == 1:
+        coef = np.vstack([-coef / 2, coef / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    logits = np.asarray(X, np.float64) @ coef.T + intercept
+    ce = -log_softmax(logits, axis=1)[np.arange(len(y)), y]
+    return float(C * ce.sum() + 0.5 * np.sum(coef**2))
+
+
+class _Problem:
+    """Training data on one device, and an L-BFGS minimiser of the scaled objective."""
+
+    def __init__(self, X: np.ndarray, y_idx: np.ndarray, n_classes: int, device: torch.device):
+        self.X = torch.as_tensor(np.ascontiguousarray(X, np.float32), device=device)
+        self.y = torch.as_tensor(y_idx, dtype=torch.long, device=device)
+        self.n_classes = n_classes
+        self.device = device
+
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros(self.n_classes, self.X.shape[1] + 1, device=self.device)
+
+    def minimise(
+        self, C: float, start: torch.Tensor, tol: float, max_iter: int
+    ) -> tuple[torch.Tensor, int]:
+        """(K, D+1) weights with the intercept in the last column, and the iterations used."""
+        params = start.detach().clone().requires_grad_(True)
+        reg = 1.0 / (C * self.X.shape[0])
+        opt = torch.optim.LBFGS(
+            [params],
+            lr=1.0,
+            max_iter=max_iter,
+            tolerance_grad=tol,
+            tolerance_change=1e-10,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            logits = torch.addmm(params[:, -1], self.X, params[:, :-1].T)
+            loss = F.cross_entropy(logits, self.y) + 0.5 * reg * params[:, :-1].square().sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return params.detach(), int(opt.state[params].get("n_iter", 0))
+
+    def accuracy(self, W: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> float:
+        logits = torch.addmm(W[:, -1], X, W[:, :-1].T)
+        return (logits.argmax(1) == y).sum().item() / len(y)
+
+
+def _sklearn_layout(W: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(coef_, intercept_) as float64; two classes collapse to scikit-learn's (1, D) layout."""
+    W = W.double().cpu().numpy()
+    coef, intercept = W[:, :-1], W[:, -1]
+    if W.shape[0] == 2:  # logit difference: the same predictions, the binary convention
+        return coef[1:] - coef[:1], intercept[1:] - intercept[:1]
+    return coef.copy(), intercept.copy()
+
+
+def _warn_not_converged(n_iter: int, max_iter: int, C: float) -> None:
+    if n_iter >= max_iter:
+        warnings.warn(
+            f"L-BFGS stopped at max_iter={max_iter} before reaching tol (C={C:g}); "
+            "raise max_iter or standardise the features.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+
+class TorchLogisticRegression(ClassifierMixin, BaseEstimator):
+    """scikit-learn's L2 multinomial ``LogisticRegression`` objective, fitted by full-batch
+    L-BFGS in torch (float32, CPU or CUDA).
+
+    Parameters
+    ----------
+    C : inverse regularisation strength, as in scikit-learn.
+    tol : stop when max |gradient| of the scaled objective falls below it.
+    max_iter : most L-BFGS iterations.
+    device : ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    n_threads : CPU threads for torch (None: all of them).
+    warm_start : start from the previous fit's solution (same classes and features).
+    """
+
+    def __init__(
+        self,
+        C: float = 1.0,
+        *,
+        tol: float = 1e-4,
+        max_iter: int = 1000,
+        device: str = "auto",
+        n_threads: int | None = None,
+        warm_start: bool = False,
+    ):
+        self.C = C
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+        self.n_threads = n_threads
+        self.warm_start = warm_start
+
+    def _check_params(self) -> None:
+        if not (np.isfinite(self.C) and self.C > 0):
+            raise ConfigError(f"C must be a positive finite number; got {self.C!r}.")
+        if self.tol < 0 or int(self.max_iter) < 1:
+            raise ConfigError(
+                f"tol must be >= 0 and max_iter >= 1; got tol={self.tol}, max_iter={self.max_iter}."
+            )
+
+    def fit(self, X, y) -> TorchLogisticRegression:
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+        classes, y_idx = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ConfigError(
+                f"Logistic regression needs samples of at least 2 classes; got 1 class "
+                f"({classes[0]!r}). Check the labels of the training split."
+            )
+        problem = _Problem(X, y_idx, len(classes), resolve_device(self.device))
+        start = problem.zeros()
+        if self.warm_start and hasattr(self, "coef_") and np.array_equal(self.classes_, classes):
+            start = _torch_weights(self.coef_, self.intercept_, problem.device)
+        with cpu_threads(self.n_threads):
+            W, n_iter = problem.minimise(float(self.C), start, self.tol, int(self.max_iter))
+        _warn_not_converged(n_iter, int(self.max_iter), self.C)
+        self.classes_ = classes
+        self.coef_, self.intercept_ = _sklearn_layout(W)
+        self.n_iter_ = np.array([n_iter])
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits (n, K), or the logit of the second class (n,) for two classes."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        scores = X @ self.coef_.T + self.intercept_
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict(self, X) -> np.ndarray:
+        scores = self.decision_function(X)
+        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+        return self.classes_[index]
+
+    def predict_proba(self, X) -> np.ndarray:
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            p1 = expit(scores)
+            return np.column_stack([1 - p1, p1])
+        return softmax(scores, axis=1)
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        return np.log(self.predict_proba(X))
+
+
+def _torch_weights(coef: np.ndarray, intercept: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Inverse of :func:`_sklearn_layout` (binary -> symmetric two-row form)."""
+    W = np.column_stack([coef, intercept])
+    if W.shape[0] == 1:
+        W = np.vstack([-W / 2, W / 2])
+    return torch.as_tensor(W, dtype=torch.float32, device=device)
+
+
+@dataclass
+class LogRegPath:
+    """Solutions along a C path, in the order fitted, with validation accuracy when asked."""
+
+    Cs: np.ndarray
+    classes: np.ndarray
+    coefs: list[np.ndarray]
+    intercepts: list[np.ndarray]
+    n_iter: list[int]
+    val_accuracy: np.ndarray | None
+    seconds: float
+
+    @property
+    def best_index(self) -> int:
+        """Index of the highest validation accuracy (the smaller C wins a tie)."""
+        if self.val_accuracy is None:
+            raise ConfigError("This path was fitted without validation data; pass X_val, y_val.")
+        return int(np.argmax(self.val_accuracy))
+
+    def estimator(self, index: int, **params) -> TorchLogisticRegression:
+        """A fitted ``TorchLogisticRegression`` holding the solution at ``index``."""
+        est = TorchLogisticRegression(C=float(self.Cs[index]), **params)
+        est.classes_ = self.classes
+        est.coef_, est.intercept_ = self.coefs[index].copy(), self.intercepts[index].copy()
+        est.n_iter_ = np.array([self.n_iter[index]])
+        est.n_features_in_ = est.coef_.shape[1]
+        return est
+
+
+def logreg_path(
+    X: np.ndarray,
+    y: np.ndarray,
+    Cs: Sequence[float],
+    *,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    tol: float = 1e-4,
+    max_iter: int = 1000,
+    device: str = "auto",
+    n_threads: int | None = None,
+    progress: bool = False,
+) -> LogRegPath:
+    """Fit every C in ``Cs`` in order, each warm-started from the previous solution.
+
+    Pass ``Cs`` in increasing order (strong to weak regularisation): each solution is then a
+    good start for the next. With ``X_val``/``y_val`` the validation accuracy of each solution
+    is recorded (labels in ``y_val`` that never occur in ``y`` count as errors).
+    """
+    if len(Cs) == 0:
+        raise ConfigError("logreg_path needs at least one C value.")
+    X = np.asarray(X)
+    classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
+    if len(classes) < 2:
+        raise ConfigError(f"Logistic regression needs at least 2 classes; got {list(classes)}.")
+    problem = _Problem(X, y_idx, len(classes), resolve_device(device))
+    val = None
+    if X_val is not None and y_val is not None:
+        pos = {c: i for i, c in enumerate(classes.tolist())}
+        yv = np.array([pos.get(c, -1) for c in np.asarray(y_val).tolist()])
+        val = (
+            torch.as_tensor(np.ascontiguousarray(X_val, np.float32), device=problem.device),
+            torch.as_tensor(yv, dtype=torch.long, device=problem.device),
+        )
+    coefs, intercepts, iters, accs = [], [], [], []
+    W = problem.zeros()
+    start = time.perf_counter()
+    with cpu_threads(n_threads):
+        for C in tqdm(list(Cs), desc="C path", unit="C", disable=not progress):
+            W, n_iter = problem.minimise(float(C), W, tol, max_iter)
+            _warn_not_converged(n_iter, max_iter, C)
+            coef, intercept = _sklearn_layout(W)
+            coefs.append(coef)
+            intercepts.append(intercept)
+            iters.append(n_iter)
+            if val is not None:
+                accs.append(problem.accuracy(W, *val))
+    if problem.device.type == "cuda":
+        torch.cuda.synchronize()
+    return LogRegPath(
+        Cs=np.asarray(Cs, dtype=np.float64),
+        classes=classes,
+        coefs=coefs,
+        intercepts=intercepts,
+        n_iter=iters,
+        val_accuracy=np.asarray(accs) if val is not None else None,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,79 @@
+"""Few-shot probes and the streaming (chunked) linear head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featpipe.errors import ConfigError
+from featpipe.heads import KNNProbe, LogisticProbe, StreamingLinearHead, few_shot
+from featpipe.store import FeatureStore
+
+
+def blobs(n: int, d: int = 8, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(7).normal(scale=2.0, size=(classes, d))
+    y = np.arange(n) % classes
+    return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def test_few_shot_mean_std_over_seeded_draws() -> None:
+    data = {"train": blobs(60), "test": blobs(60, seed=1)}
+    a = few_shot(LogisticProbe(C=1.0, device="cpu"), data, k=2, draws=4, seed=0)
+    b = few_shot(LogisticProbe(C=1.0, device="cpu"), data, k=2, draws=4, seed=0)
+    c = few_shot(LogisticProbe(C=1.0, device="cpu"), data, k=2, draws=4, seed=1)
+    assert a.accuracies == b.accuracies and a.accuracies != c.accuracies
+    assert len(a.accuracies) == 4 and a.mean == pytest.approx(np.mean(a.accuracies))
+    assert a.std == pytest.approx(np.std(a.accuracies)) and a.mean > 0.5
+    assert few_shot(KNNProbe(n_neighbors=1), data, k=10, draws=1).mean > a.mean - 0.2
+
+
+def test_few_shot_names_a_class_that_is_too_small(tmp_path) -> None:
+    X, y = blobs(30)
+    y[y == 2] = 1
+    y[0] = 2  # class 'fox' has one training example
+    store = FeatureStore.from_arrays(
+        tmp_path / "s.h5",
+        {"pooled": np.vstack([X, X])},
+        np.concatenate([y, y]),
+        ["train"] * 30 + ["test"] * 30,
+        ["cat", "dog", "fox"],
+    )
+    with pytest.raises(ConfigError, match=r"k=3 .* 'fox' has 1"):
+        few_shot("knn", store, "pooled", k=3)
+
+
+class ChunkOnlyStore:
+    """A store that can only be read chunk by chunk; records the largest chunk handed out."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray):
+        self.X, self.y, self.classes, self.max_rows = X, y, ["a", "b", "c"], 0
+
+    def arrays(self, *args, **kw):
+        raise AssertionError("the streaming head must not load the whole split")
+
+    def iter_chunks(self, layer, split=None, rows=None):
+        for start in range(0, len(self.X), rows):
+            chunk = self.X[start : start + rows]
+            self.max_rows = max(self.max_rows, len(chunk))
+            yield chunk.copy(), self.y[start : start + rows].copy()
+
+
+def test_streaming_head_trains_from_chunks_only() -> None:
+    X, y = blobs(3000, seed=0)
+    store = ChunkOnlyStore(X * 10 + 5, y)  # unscaled: the first pass must standardise
+    head = StreamingLinearHead(chunk_rows=256, epochs=3).fit_store(store, "pooled")
+    assert store.max_rows == 256
+    X_te, y_te = blobs(600, seed=1)
+    assert head.score(X_te * 10 + 5, y_te) > 0.9
+    np.testing.assert_allclose(head.scaler_.mean_, (X * 10 + 5).mean(0), rtol=1e-4)
+
+
+def test_streaming_head_on_a_feature_store(tmp_path) -> None:
+    X, y = blobs(500)
+    store = FeatureStore.from_arrays(
+        tmp_path / "s.h5", {"pooled": X}, y, ["train"] * 500, ["a", "b", "c"]
+    )
+    head = StreamingLinearHead(chunk_rows=100).fit_store(store, "pooled")
+    assert head.score(*blobs(300, seed=2)) > 0.9
+    assert list(head.classes_) == [0, 1, 2]

@@ -1,0 +1,97 @@
+"""TorchLogisticRegression minimises scikit-learn's objective; the C path warm-starts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits, make_classification
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from featpipe.errors import ConfigError
+from featpipe.heads import TorchLogisticRegression, logistic_objective, logreg_path
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    scaler = StandardScaler().fit(X_tr)
+    return scaler.transform(X_tr), y_tr, scaler.transform(X_te), y_te
+
+
+@pytest.mark.parametrize("C", [1e-3, 1e-1, 1.0, 10.0])
+def test_same_objective_and_accuracy_as_sklearn(digits, C: float) -> None:
+    X_tr, y_tr, X_te, y_te = digits
+    ref = LogisticRegression(C=C, tol=1e-8, max_iter=20_000).fit(X_tr, y_tr)
+    ours = TorchLogisticRegression(C=C, tol=1e-6, device="cpu", n_threads=1).fit(X_tr, y_tr)
+    f_ref = logistic_objective(X_tr, y_tr, ref.coef_, ref.intercept_, C)
+    f_ours = logistic_objective(X_tr, y_tr, ours.coef_, ours.intercept_, C)
+    assert f_ours == pytest.approx(f_ref, rel=1e-4)
+    assert f_ours >= f_ref * (1 - 1e-7)  # the reference is the (tight) optimum
+    assert abs(ours.score(X_te, y_te) - ref.score(X_te, y_te)) <= 0.002
+    assert ours.coef_.shape == (10, 64) and ours.intercept_.shape == (10,)
+    assert ours.n_iter_[0] > 0
+
+
+def test_objective_helper_is_sklearn_scaled_loss(digits) -> None:
+    """logistic_objective = C * sum CE + 0.5 ||W||^2, checked against a direct computation."""
+    X, y = digits[0][:50], digits[1][:50]
+    rng = np.random.default_rng(0)
+    W, b, C = rng.normal(size=(10, 64)), rng.normal(size=10), 0.3
+    z = X @ W.T + b
+    ce = np.log(np.exp(z).sum(1)) - z[np.arange(50), y]
+    assert logistic_objective(X, y, W, b, C) == pytest.approx(C * ce.sum() + 0.5 * (W**2).sum())
+
+
+def test_binary_uses_sklearn_layout() -> None:
+    X, y = make_classification(200, 6, random_state=0)
+    est = TorchLogisticRegression(device="cpu").fit(X, np.where(y, "b", "a"))
+    assert est.coef_.shape == (1, 6) and est.decision_function(X).shape == (200,)
+    proba = est.predict_proba(X)
+    np.testing.assert_array_equal(est.classes_[proba.argmax(1)], est.predict(X))
+    # Multinomial with two classes equals scikit-learn's binomial objective at 2C.
+    ref = LogisticRegression(C=2.0, tol=1e-10, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=2e-3, atol=2e-3)
+
+
+def test_path_matches_independent_fits_and_reports_val_accuracy(digits) -> None:
+    X_tr, y_tr, X_te, y_te = digits
+    Cs = [1e-4, 1e-2, 1.0]
+    path = logreg_path(X_tr, y_tr, Cs, X_val=X_te, y_val=y_te, tol=1e-6, device="cpu")
+    assert len(path.coefs) == 3 and path.val_accuracy.shape == (3,)
+    for i, C in enumerate(Cs):
+        cold = TorchLogisticRegression(C=C, tol=1e-6, device="cpu").fit(X_tr, y_tr)
+        f_path = logistic_objective(X_tr, y_tr, path.coefs[i], path.intercepts[i], C)
+        f_cold = logistic_objective(X_tr, y_tr, cold.coef_, cold.intercept_, C)
+        assert f_path == pytest.approx(f_cold, rel=1e-4)
+        assert path.val_accuracy[i] == pytest.approx(cold.score(X_te, y_te), abs=0.003)
+    best = path.estimator(path.best_index)
+    assert best.score(X_te, y_te) == pytest.approx(path.val_accuracy.max(), abs=1e-9)
+
+
+def test_warm_start_needs_fewer_iterations(digits) -> None:
+    X_tr, y_tr = digits[:2]
+    est = TorchLogisticRegression(C=1.0, device="cpu", warm_start=True).fit(X_tr, y_tr)
+    first = est.n_iter_[0]
+    est.set_params(C=1.2).fit(X_tr, y_tr)
+    assert est.n_iter_[0] < first
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"C": 0.0}, "C must be a positive"),
+        ({"C": -1.0}, "C must be a positive"),
+        ({"device": "tpu"}, "Unknown device 'tpu'"),
+    ],
+)
+def test_bad_params_raise_config_error(params: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        TorchLogisticRegression(**params).fit(np.eye(4), [0, 1, 0, 1])
+
+
+def test_one_class_is_refused() -> None:
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        TorchLogisticRegression(device="cpu").fit(np.eye(3), [1, 1, 1])
