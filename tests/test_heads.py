@@ -94,3 +94,13 @@ def test_knn_metric_is_checked() -> None:
     cos = KNNProbe(metric="cosine", preprocess="none").fit(X, y)
     scaled = KNNProbe(metric="cosine", preprocess="none").fit(X * 7, y)
     np.testing.assert_array_equal(cos.predict(X), scaled.predict(X * 7))  # scale invariant
+
+
+def test_rbf_svm_fits_on_a_stratified_subsample_when_asked() -> None:
+    X, y = blobs(n=120)
+    limited = RBFSVMProbe(max_train_samples=30).fit(X, y)
+    full = RBFSVMProbe(max_train_samples=None).fit(X, y)
+    assert limited.classifier_.shape_fit_[0] == 30
+    assert list(limited.classes_) == [0, 1, 2]
+    assert full.classifier_.shape_fit_[0] == 120
+    assert limited.score(X, y) > 0.9

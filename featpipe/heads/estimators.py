@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.svm import SVC, LinearSVC
+from sklearn.utils import resample
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -36,6 +37,9 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
     front of the classifier built by :meth:`_make_classifier`. Fitted state: ``preprocessor_``,
     ``classifier_``, ``classes_``, ``n_features_in_``."""
 
+    # Heads whose fit cost grows faster than linearly expose this as a parameter.
+    max_train_samples: int | None = None
+
     def __init__(self, preprocess: str = "standardize", pca: int | None = None):
         self.preprocess = preprocess
         self.pca = pca
@@ -46,6 +50,9 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
     def fit(self, X, y) -> ProbeHead:
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
+        limit = self.max_train_samples
+        if limit is not None and X.shape[0] > limit:  # a seeded, stratified subsample
+            X, y = resample(X, y, replace=False, n_samples=limit, stratify=y, random_state=0)
         # PCA cannot keep more components than samples or features (few-shot draws are tiny).
         pca = None if self.pca is None else min(int(self.pca), *X.shape)
         self.preprocessor_ = make_preprocessor(self.preprocess, pca)
@@ -130,7 +137,11 @@ class LinearSVMProbe(ProbeHead):
 
 
 class RBFSVMProbe(ProbeHead):
-    """Kernel SVM with an RBF kernel (``gamma='scale'`` is 1 / (D * Var(X)))."""
+    """Kernel SVM with an RBF kernel (``gamma='scale'`` is 1 / (D * Var(X))).
+
+    Kernel SVMs cost O(n²) memory and more in time, so by default the fit uses a seeded,
+    stratified subsample of at most ``max_train_samples`` rows (None: every row).
+    """
 
     def __init__(
         self,
@@ -139,10 +150,12 @@ class RBFSVMProbe(ProbeHead):
         gamma: float | str = "scale",
         preprocess: str = "standardize",
         pca: int | None = None,
+        max_train_samples: int | None = 10_000,
     ):
         super().__init__(preprocess=preprocess, pca=pca)
         self.C = C
         self.gamma = gamma
+        self.max_train_samples = max_train_samples
 
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
         return SVC(C=self.C, kernel="rbf", gamma=self.gamma)
