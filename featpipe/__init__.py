@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -10,27 +9,28 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-# Public names, imported on first use so that `import featpipe` stays cheap.
-_EXPORTS = {
-    "FeaturePipeError": "featpipe.errors",
-    "ImageSource": "featpipe.data",
-    "ImageFolderSource": "featpipe.data",
-    "CSVSource": "featpipe.data",
-    "ArraySource": "featpipe.data",
-    "open_source": "featpipe.data",
-    "Backbone": "featpipe.backbones",
-    "get_backbone": "featpipe.backbones",
-    "list_backbones": "featpipe.backbones",
-    "register_backbone": "featpipe.backbones",
-    "FeatureStore": "featpipe.store",
-    "extract": "featpipe.extract",
-    "Embedder": "featpipe.heads",
-}
+# `extract` is both a subpackage and its main function: importing the function here, after the
+# subpackage, makes `featpipe.extract` the function, as users expect.
+from featpipe.backbones import Backbone, get_backbone, list_backbones, register_backbone
+from featpipe.data import ArraySource, CSVSource, ImageFolderSource, ImageSource, open_source
+from featpipe.errors import FeaturePipeError
+from featpipe.extract import extract
+from featpipe.heads import Embedder
+from featpipe.store import FeatureStore
 
-__all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'featpipe' has no attribute {name!r}")
+__all__ = [
+    "ArraySource",
+    "Backbone",
+    "CSVSource",
+    "Embedder",
+    "FeaturePipeError",
+    "FeatureStore",
+    "ImageFolderSource",
+    "ImageSource",
+    "__version__",
+    "extract",
+    "get_backbone",
+    "list_backbones",
+    "open_source",
+    "register_backbone",
+]
