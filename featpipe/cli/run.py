@@ -1,0 +1,69 @@
+"""``featpipe run`` (a declared experiment end to end) and ``featpipe report`` (rebuild reports)."""
+
+from __future__ import annotations
+
+import argparse
+
+RUN_EPILOG = """\
+examples:
+  featpipe run pipelines/demo.toml
+  featpipe run pipelines/cifar10_cpu.toml --data /tmp/cifar10 --out runs/c10
+  featpipe run pipelines/demo.toml --set finetune.epochs=1 --set 'probes.heads=["logreg"]'
+
+Running the same file again skips every method already in OUT/results.jsonl with the same
+settings ("reusing finished ...") and reuses cached feature stores, so an interrupted run
+resumes where it stopped.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run a declared experiment (pipelines/*.toml) and write its report",
+        description="Extract features, fit every head, fine-tune, evaluate all methods on the "
+        "same test images, and write results.jsonl, report.md and report.html.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pipeline", metavar="FILE", help="pipeline TOML file")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: the file's `out`)")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="image source: built-in name, folder or CSV (replaces source.data)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a key by its dotted path, value in TOML (repeatable)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_command)
+
+    r = subparsers.add_parser(
+        "report",
+        help="rebuild report.md and report.html of a run from its results.jsonl",
+        description="Rebuild RUN_DIR/report.md, RUN_DIR/plots/*.png and RUN_DIR/report.html "
+        "from RUN_DIR/results.jsonl alone.",
+    )
+    r.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `featpipe run`")
+    r.set_defaults(func=report_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from featpipe.pipeline import load_config, run_pipeline
+
+    config = load_config(args.pipeline, args.overrides, data=args.data, out=args.out)
+    run_pipeline(config, progress=not args.quiet)
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from featpipe.report import write_report
+
+    written = write_report(args.run_dir)
+    print(f"wrote {written['report.md']} and {written['report.html']}")
+    return 0

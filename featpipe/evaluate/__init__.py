@@ -1,0 +1,27 @@
+"""Evaluation harness: one metric function, paired comparisons and cost measurement."""
+
+from featpipe.evaluate.compare import Comparison, McNemarResult, compare, mcnemar, paired_bootstrap
+from featpipe.evaluate.cost import Cost, Timer, measure, peak_host_rss_bytes, reset_peak_host_rss
+from featpipe.evaluate.metrics import (
+    aggregate_over_seeds,
+    compute_metrics,
+    confusion_matrix,
+    expected_calibration_error,
+)
+
+__all__ = [
+    "Comparison",
+    "Cost",
+    "McNemarResult",
+    "Timer",
+    "aggregate_over_seeds",
+    "compare",
+    "compute_metrics",
+    "confusion_matrix",
+    "expected_calibration_error",
+    "mcnemar",
+    "measure",
+    "paired_bootstrap",
+    "peak_host_rss_bytes",
+    "reset_peak_host_rss",
+]

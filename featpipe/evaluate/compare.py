@@ -1,0 +1,142 @@
+"""Paired comparison of two methods on the same test images: bootstrap interval and McNemar."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from featpipe.errors import ConfigError
+
+# Below this many discordant pairs the chi-square approximation is poor; use the exact test.
+EXACT_BELOW = 25
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """``b``: A right and B wrong; ``c``: A wrong and B right."""
+
+    b: int
+    c: int
+    statistic: float
+    p_value: float
+    method: str  # "exact" (binomial) or "chi2" (with continuity correction)
+
+
+def mcnemar(
+    correct_a: np.ndarray, correct_b: np.ndarray, exact_below: int = EXACT_BELOW
+) -> McNemarResult:
+    """McNemar's test on paired correctness: exact two-sided binomial when the discordant count
+    ``b + c`` is below ``exact_below``, else chi-square (1 dof) with continuity correction."""
+    a, b_ = _paired(correct_a, correct_b)
+    b = int(np.sum(a & ~b_))
+    c = int(np.sum(~a & b_))
+    n = b + c
+    if n == 0:
+        return McNemarResult(b, c, 0.0, 1.0, "exact")
+    if n < exact_below:
+        p = min(1.0, 2.0 * float(stats.binom.cdf(min(b, c), n, 0.5)))
+        return McNemarResult(b, c, float(min(b, c)), p, "exact")
+    statistic = (abs(b - c) - 1) ** 2 / n
+    return McNemarResult(b, c, float(statistic), float(stats.chi2.sf(statistic, 1)), "chi2")
+
+
+def paired_bootstrap(
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Accuracy difference A - B and its percentile interval, resampling test images jointly
+    so that each resample keeps the pairing."""
+    a, b = _paired(correct_a, correct_b)
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate(
+        [
+            diff[rng.integers(0, len(diff), size=(min(100, n_boot - s), len(diff)))].mean(axis=1)
+            for s in range(0, n_boot, 100)
+        ]
+    )
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(diff.mean()), float(lo), float(hi)
+
+
+def _paired(correct_a, correct_b) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ConfigError(
+            f"A paired comparison needs two equal-length 1-d correctness vectors over the same "
+            f"test images; got shapes {a.shape} and {b.shape}."
+        )
+    return a, b
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A minus B on the same test images; differences are fractions (0.031 = 3.1 points)."""
+
+    name_a: str
+    name_b: str
+    difference: float
+    ci_low: float
+    ci_high: float
+    mcnemar: McNemarResult
+    cost_ratio: float | None  # cost of A / cost of B, when both are known
+
+    @property
+    def distinguishable(self) -> bool:
+        return self.ci_low > 0 or self.ci_high < 0
+
+    def sentence(self) -> str:
+        """E.g. "fine-tuning (full) beats logistic regression on layer pooled by 3.1 points
+        (95 % CI 2.2 to 4.0, McNemar p=0.001) at 46 times the cost"."""
+        pts = 100 * self.difference
+        ci = f"95 % CI {100 * self.ci_low:.1f} to {100 * self.ci_high:.1f}"
+        p = f"McNemar p{_format_p(self.mcnemar.p_value)}"
+        if not self.distinguishable:
+            text = (
+                f"{self.name_a} is not distinguishable from {self.name_b} "
+                f"(difference {pts:+.1f} points, {ci}, {p})"
+            )
+        elif pts > 0:
+            text = f"{self.name_a} beats {self.name_b} by {pts:.1f} points ({ci}, {p})"
+        else:  # the interval of the gap, stated as positive points like the gap itself
+            ci = f"95 % CI {-100 * self.ci_high:.1f} to {-100 * self.ci_low:.1f}"
+            text = f"{self.name_a} trails {self.name_b} by {-pts:.1f} points ({ci}, {p})"
+        if self.cost_ratio is not None:
+            text += f" at {_format_ratio(self.cost_ratio)} the cost"
+        return text
+
+
+def compare(
+    name_a: str,
+    correct_a: np.ndarray,
+    name_b: str,
+    correct_b: np.ndarray,
+    *,
+    cost_a: float | None = None,
+    cost_b: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Comparison:
+    """Compare two methods from their per-image correctness on the same test images."""
+    diff, lo, hi = paired_bootstrap(correct_a, correct_b, n_boot=n_boot, seed=seed)
+    ratio = cost_a / cost_b if cost_a and cost_b else None
+    return Comparison(name_a, name_b, diff, lo, hi, mcnemar(correct_a, correct_b), ratio)
+
+
+def _format_p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"={p:.3f}" if p < 0.01 else f"={p:.2f}"
+
+
+def _format_ratio(ratio: float) -> str:
+    if ratio >= 10:
+        return f"{ratio:.0f} times"
+    if ratio >= 1:
+        return f"{ratio:.1f} times"
+    return f"{ratio:.2g} times"

@@ -1,0 +1,185 @@
+"""One metric function for every method: accuracy, calibration, confusion, bootstrap intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from featpipe.errors import ConfigError
+
+ECE_BINS = 15
+CI_LEVEL = 0.95
+# Metrics that get a bootstrap interval; each is a function of the resampled test rows.
+CI_METRICS = ("top1", "top5", "balanced_accuracy", "macro_f1", "log_loss")
+_EPS = 1e-15
+_BOOT_BATCH = 100  # resamples per vectorised step, to bound memory on large test sets
+
+
+def _check_inputs(y_true, proba, classes) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    y = np.asarray(y_true)
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2:
+        raise ConfigError(f"proba must be a 2-d (n_samples, n_classes) array; got shape {p.shape}.")
+    if y.ndim != 1 or len(y) != len(p):
+        raise ConfigError(
+            f"y_true must be 1-d with one label per row of proba ({len(p)}); got shape {y.shape}."
+        )
+    if len(y) == 0:
+        raise ConfigError("Cannot compute metrics on an empty test set.")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ConfigError(
+            f"y_true must hold integer class indices; got dtype {y.dtype}. "
+            "Map names to indices with the store's class list."
+        )
+    n_classes = p.shape[1]
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ConfigError(
+            f"y_true holds labels {y.min()}..{y.max()} but proba has {n_classes} columns."
+        )
+    if classes is None:
+        classes = [str(i) for i in range(n_classes)]
+    elif len(classes) != n_classes:
+        raise ConfigError(f"{len(classes)} class names for {n_classes} proba columns.")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise ConfigError("proba must be finite and non-negative (probabilities, not scores).")
+    # Some heads (e.g. SVM via Platt scaling) give rows that sum to 1 only approximately.
+    p = p / np.clip(p.sum(axis=1, keepdims=True), _EPS, None)
+    return y.astype(np.int64), p, list(classes)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class."""
+    flat = np.asarray(y_true) * n_classes + np.asarray(y_pred)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def _scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """top-1, balanced accuracy and macro F1 from one (C, C) or a stack (B, C, C) of confusions.
+
+    Follows scikit-learn: balanced accuracy averages recall over classes present in y_true; macro
+    F1 averages over classes present in y_true or y_pred, with 0 for an undefined F1.
+    """
+    cm = cm.astype(np.float64)
+    diag = np.diagonal(cm, axis1=-2, axis2=-1)
+    support = cm.sum(axis=-1)
+    predicted = cm.sum(axis=-2)
+    total = support.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, diag / support, np.nan)
+        f1 = np.where(support + predicted > 0, 2 * diag / (support + predicted), np.nan)
+        return {
+            "top1": diag.sum(axis=-1) / total,
+            "balanced_accuracy": np.nanmean(recall, axis=-1),
+            "macro_f1": np.nanmean(f1, axis=-1),
+        }
+
+
+def expected_calibration_error(
+    y_true: Sequence[int] | np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS
+) -> float:
+    """ECE over ``n_bins`` equal-width confidence bins (lo, hi]: sum of bin weight times
+    |accuracy - mean confidence| (Guo et al., 2017), confidence = the top probability."""
+    y, p, _ = _check_inputs(y_true, proba, None)
+    conf = p.max(axis=1)
+    correct = p.argmax(axis=1) == y
+    bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    acc_sum = np.bincount(bins, weights=correct, minlength=n_bins)
+    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
+    return float(np.abs(acc_sum - conf_sum).sum() / len(y))
+
+
+def _percentile_ci(samples: np.ndarray) -> list[float]:
+    alpha = (1 - CI_LEVEL) / 2
+    lo, hi = np.nanquantile(samples, [alpha, 1 - alpha])
+    return [float(lo), float(hi)]
+
+
+def _bootstrap(
+    y: np.ndarray,
+    pred: np.ndarray,
+    top5_hit: np.ndarray | None,
+    nll: np.ndarray,
+    n_classes: int,
+    n_boot: int,
+    seed: int,
+) -> dict[str, list[float]]:
+    """Percentile intervals from ``n_boot`` resamples of the test rows (with replacement)."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    draws: dict[str, list[np.ndarray]] = {m: [] for m in CI_METRICS}
+    flat = y * n_classes + pred
+    for start in range(0, n_boot, _BOOT_BATCH):
+        b = min(_BOOT_BATCH, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n))
+        # One bincount over (resample, true, pred) cells gives all b confusion matrices at once.
+        cells = (np.arange(b)[:, None] * n_classes * n_classes + flat[idx]).ravel()
+        cms = np.bincount(cells, minlength=b * n_classes * n_classes)
+        scores = _scores_from_confusion(cms.reshape(b, n_classes, n_classes))
+        for name, values in scores.items():
+            draws[name].append(values)
+        draws["log_loss"].append(nll[idx].mean(axis=1))
+        if top5_hit is not None:
+            draws["top5"].append(top5_hit[idx].mean(axis=1))
+    return {m: _percentile_ci(np.concatenate(v)) for m, v in draws.items() if v}
+
+
+def compute_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    proba: np.ndarray,
+    classes: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Every test metric of one method, as a JSON-serialisable dict.
+
+    ``y_true`` holds class indices into the columns of ``proba`` (n, C). Returns ``n``, ``top1``,
+    ``top5`` (only when C > 5), ``balanced_accuracy``, ``macro_f1``, ``log_loss``, ``ece`` (15
+    bins), ``confusion`` (C×C list, rows = true class), ``per_class_accuracy`` ({class: recall or
+    None when the class is absent from the test set}) and ``ci`` ({metric: [lo, hi]}, 95 %
+    percentile bootstrap over test rows; empty when ``n_boot`` is 0).
+    """
+    y, p, names = _check_inputs(y_true, proba, classes)
+    n_classes = p.shape[1]
+    pred = p.argmax(axis=1)
+    cm = confusion_matrix(y, pred, n_classes)
+    scores = {k: float(v) for k, v in _scores_from_confusion(cm).items()}
+    nll = -np.log(np.clip(p[np.arange(len(y)), y], _EPS, None))
+    top5_hit = None
+    if n_classes > 5:
+        top5 = np.argpartition(-p, 5, axis=1)[:, :5]
+        top5_hit = (top5 == y[:, None]).any(axis=1).astype(np.float64)
+    support = cm.sum(axis=1)
+    per_class = {
+        name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(names)
+    }
+    out = {
+        "n": len(y),
+        "top1": scores["top1"],
+        **({"top5": float(top5_hit.mean())} if top5_hit is not None else {}),
+        "balanced_accuracy": scores["balanced_accuracy"],
+        "macro_f1": scores["macro_f1"],
+        "log_loss": float(nll.mean()),
+        "ece": expected_calibration_error(y, p),
+        "confusion": cm.tolist(),
+        "per_class_accuracy": per_class,
+        "ci": _bootstrap(y, pred, top5_hit, nll, n_classes, n_boot, seed) if n_boot > 0 else {},
+    }
+    return out
+
+
+SCALAR_METRICS = ("top1", "top5", "balanced_accuracy", "macro_f1", "log_loss", "ece")
+
+
+def aggregate_over_seeds(metrics: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation (ddof=1; 0 for one seed) of each scalar metric."""
+    if not metrics:
+        raise ConfigError("aggregate_over_seeds needs at least one metrics dict.")
+    out = {}
+    for name in SCALAR_METRICS:
+        values = [m[name] for m in metrics if m.get(name) is not None]
+        if not values:
+            continue
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        out[name] = {"mean": float(np.mean(values)), "std": std, "n": len(values)}
+    return out

@@ -1,0 +1,263 @@
+"""The report as format-neutral blocks (paragraphs, tables, lists, figures), rendered to Markdown
+and HTML by ``markdown.py`` and ``html.py`` so that both always say the same thing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from featpipe.report import plots
+from featpipe.report.summary import (
+    MethodSummary,
+    best,
+    comparisons,
+    latest_rows,
+    provenance,
+    summarize,
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # file stem under plots/
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[str | Table | Figure | list[str]] = field(default_factory=list)
+
+
+@dataclass
+class Document:
+    title: str
+    sections: list[Section]
+
+    def figures(self) -> list[Figure]:
+        return [b for s in self.sections for b in s.blocks if isinstance(b, Figure)]
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}"
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def _mib(x: float | None) -> str:
+    return "" if x is None else f"{x / 2**20:.0f}"
+
+
+def _top1_cell(s: MethodSummary) -> str:
+    agg = s.aggregate["top1"]
+    text = f"{100 * agg['mean']:.1f}"
+    if agg["n"] > 1:
+        text += f" ± {100 * agg['std']:.1f}"
+    if s.top1_ci:
+        text += f" ({100 * s.top1_ci[0]:.1f}–{100 * s.top1_ci[1]:.1f})"
+    return text
+
+
+def _mean(s: MethodSummary, metric: str) -> float | None:
+    agg = s.aggregate.get(metric)
+    return agg["mean"] if agg else None
+
+
+def _params(params: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items())
+
+
+def _results_table(summaries: list[MethodSummary]) -> Table:
+    header = [
+        "method",
+        "seeds",
+        "top-1 % (95 % CI)",
+        "top-5 %",
+        "balanced acc %",
+        "macro F1 %",
+        "log loss",
+        "ECE",
+        "extraction s",
+        "fit s",
+        "predict s",
+        "total s",
+        "images/s",
+        "peak host MiB",
+        "peak device MiB",
+        "trainable params",
+        "chosen parameters",
+    ]
+    rows = []
+    for s in summaries:
+        trainable = s.cost("trainable_params")
+        rows.append(
+            [
+                s.label,
+                ", ".join(map(str, s.seeds)),
+                _top1_cell(s),
+                _pct(_mean(s, "top5")),
+                _pct(_mean(s, "balanced_accuracy")),
+                _pct(_mean(s, "macro_f1")),
+                _num(_mean(s, "log_loss"), 3),
+                _num(_mean(s, "ece"), 3),
+                _num(s.cost("extraction_seconds"), 1),
+                _num(s.cost("fit_seconds"), 1),
+                _num(s.cost("predict_seconds"), 2),
+                _num(s.cost("total_seconds"), 1),
+                _num(s.cost("images_per_s"), 0),
+                _mib(s.cost("peak_host_bytes")),
+                _mib(s.cost("peak_device_bytes")),
+                "" if trainable is None else f"{trainable:,.0f}",
+                _params(s.params),
+            ]
+        )
+    return Table(header, rows)
+
+
+def _store_costs(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    """The cost record of each feature store (by backbone and store key), once."""
+    stores: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        store = row["provenance"].get("store")
+        if row["kind"] == "probe" and store:
+            stores.setdefault((row["backbone"], store.get("key", "")), row["cost"])
+    return stores
+
+
+def _cost_lines(rows: list[dict]) -> list[str]:
+    """Each store's extraction once, however many probes share it, and the run's total."""
+    stores = _store_costs(rows)
+    lines = []
+    for (backbone, _key), cost in stores.items():
+        reused = " (store reused from the cache: time of the run that built it)"
+        lines.append(
+            f"extraction, {backbone}: {cost['extraction_seconds']:.1f} s"
+            f"{reused if cost['extraction_reused'] else ''}"
+        )
+    extraction = sum(c["extraction_seconds"] for c in stores.values())
+    fit = sum(r["cost"]["fit_seconds"] for r in rows)
+    predict = sum(r["cost"]["predict_seconds"] for r in rows)
+    lines.append(
+        f"whole run: {extraction + fit + predict:.1f} s = extraction {extraction:.1f} s + "
+        f"fitting {fit:.1f} s + prediction {predict:.1f} s"
+    )
+    return lines
+
+
+def _per_class_table(picks: list[MethodSummary]) -> Table:
+    classes = picks[0].rows[0]["classes"]
+    rows = []
+    for name in classes:
+        cells = [s.rows[0]["metrics"]["per_class_accuracy"].get(name) for s in picks]
+        rows.append([name, *(_pct(c) for c in cells)])
+    return Table(["class", *(s.label for s in picks)], rows)
+
+
+def build_document(rows: list[dict], n_boot: int = 1000) -> Document:
+    """Everything a report shows, from results rows alone (the latest per method and seed)."""
+    rows = latest_rows(rows)
+    summaries = summarize(rows)
+    run = rows[0]["run"] if rows else "(empty)"
+    if not rows:
+        return Document(f"featpipe report: {run}", [Section("Results", ["No results yet."])])
+    n_test = rows[0]["metrics"]["n"]
+    classes = rows[0]["classes"]
+    overview = Section(
+        "Results",
+        [
+            f"{len(summaries)} methods on {n_test} test images of {len(classes)} classes. "
+            "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
+            "percentile bootstrap interval over test images; costs are wall seconds on the machine "
+            "named under provenance.",
+            _results_table(summaries),
+        ],
+    )
+    overview.blocks += [
+        "Wall seconds. Feature extraction is shared by every probe on the same store, so the "
+        "run's total counts it once; each probe's own total includes it, to compare probes "
+        "against fine-tuning from images.",
+        _cost_lines(rows),
+    ]
+    sections = [overview]
+    paired = comparisons(summaries, n_boot=n_boot)
+    if paired:
+        sections.append(
+            Section(
+                "Paired comparisons",
+                [
+                    "Same test images; difference in top-1 points with a paired bootstrap 95 % "
+                    "interval and McNemar's test; cost is total wall seconds.",
+                    [f"{p.comparison.sentence()} (seed {p.seed})." for p in paired],
+                ],
+            )
+        )
+    figures = Section(
+        "Figures",
+        [
+            Figure(
+                "accuracy_by_method",
+                "Test top-1 by method with 95 % bootstrap intervals.",
+                plots.accuracy_by_method(summaries),
+            ),
+            Figure(
+                "accuracy_vs_cost",
+                "Test top-1 against total wall seconds (log scale).",
+                plots.accuracy_vs_cost(summaries),
+            ),
+        ],
+    )
+    if len({s.layer for s in summaries if s.kind == "probe"}) > 1:
+        figures.blocks.append(
+            Figure(
+                "accuracy_by_layer",
+                "Test top-1 by layer for each head.",
+                plots.accuracy_by_layer(summaries),
+            )
+        )
+    if any(s.kind == "finetune" and s.rows[0]["history"] for s in summaries):
+        figures.blocks.append(
+            Figure(
+                "finetune_curves",
+                "Fine-tuning curves (first seed).",
+                plots.finetune_curves(summaries),
+            )
+        )
+    sections.append(figures)
+    picks = [s for s in (best(summaries, "probe"), best(summaries, "finetune")) if s]
+    if picks:
+        sections.append(
+            Section(
+                "Best methods",
+                [
+                    *(
+                        Figure(
+                            f"confusion_{s.kind}",
+                            f"Confusion matrix of the best {s.kind}: {s.label} "
+                            f"(seed {s.seeds[0]}).",
+                            plots.confusion(s.rows[0]["metrics"]["confusion"], classes, s.label),
+                        )
+                        for s in picks
+                    ),
+                    "Per-class accuracy (%) on test, first seed:",
+                    _per_class_table(picks),
+                ],
+            )
+        )
+    sections.append(
+        Section(
+            "Provenance",
+            [
+                Table(["item", "value"], [[k, v] for k, v in provenance(rows)]),
+            ],
+        )
+    )
+    return Document(f"featpipe report: {run}", sections)

@@ -1,0 +1,57 @@
+"""Render a report document as one self-contained HTML file (figures inline as base64 PNG)."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+
+from featpipe.report.content import Document, Figure, Table
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
+figure { margin: 1em 0; } figcaption { font-size: 0.85em; color: #555; }
+img { max-width: 100%; }
+"""
+
+
+def _table(table: Table) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in table.header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in table.rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(fig: Figure) -> str:
+    data = base64.b64encode(fig.png).decode("ascii")
+    return (
+        f'<figure><img alt="{escape(fig.caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{escape(fig.caption)}</figcaption></figure>"
+    )
+
+
+def render_html(doc: Document) -> str:
+    """The report as a single HTML page that needs no other file."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(doc.title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{escape(doc.title)}</h1>",
+    ]
+    for section in doc.sections:
+        parts.append(f"<h2>{escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Table):
+                parts.append(_table(block))
+            elif isinstance(block, Figure):
+                parts.append(_figure(block))
+            elif isinstance(block, list):
+                parts.append("<ul>" + "".join(f"<li>{escape(i)}</li>" for i in block) + "</ul>")
+            else:
+                parts.append(f"<p>{escape(block)}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,170 @@
+"""Report figures as PNG bytes (matplotlib's Agg canvas, no pyplot global state)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from featpipe.report.summary import MethodSummary
+
+_COLORS = {"probe": "#4C72B0", "finetune": "#DD8452"}
+_SERIES = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    # No Software metadata: rebuilding from the same rows gives the same bytes.
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
+    """Horizontal bars of mean top-1 with the 95 % bootstrap interval."""
+    order = sorted(summaries, key=lambda s: s.top1)
+    fig = Figure(figsize=(8, 0.4 * len(order) + 1.2))
+    ax = fig.add_subplot()
+    y = np.arange(len(order))
+    acc = [100 * s.top1 for s in order]
+    ax.barh(y, acc, color=[_COLORS[s.kind] for s in order])
+    for i, s in enumerate(order):
+        if s.top1_ci:
+            lo, hi = (100 * v for v in s.top1_ci)
+            ax.errorbar(
+                acc[i],
+                i,
+                xerr=[[acc[i] - lo], [hi - acc[i]]],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
+            )
+    ax.set_yticks(y, [s.label for s in order], fontsize=8)
+    ax.set_xlabel("test top-1 accuracy (%), bars: 95 % bootstrap CI")
+    ax.set_xlim(max(0.0, min(acc) - 15), 100)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def accuracy_vs_cost(summaries: list[MethodSummary]) -> bytes:
+    """Top-1 against total wall seconds (extraction + fit + predict), log x axis."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.add_subplot()
+    for kind, color in _COLORS.items():
+        pts = [s for s in summaries if s.kind == kind and s.cost("total_seconds")]
+        if pts:
+            ax.scatter(
+                [s.cost("total_seconds") for s in pts],
+                [100 * s.top1 for s in pts],
+                color=color,
+                label=kind,
+                s=40,
+            )
+        for s in pts:
+            ax.annotate(
+                s.label,
+                (s.cost("total_seconds"), 100 * s.top1),
+                fontsize=7,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("wall seconds (extraction + fit + predict, log scale)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _png(fig)
+
+
+def accuracy_by_layer(summaries: list[MethodSummary]) -> bytes:
+    """One line per (backbone, head) across the layers, in extraction order."""
+    probes = [s for s in summaries if s.kind == "probe"]
+    layers = list(dict.fromkeys(s.layer for s in probes))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    for key in dict.fromkeys((s.backbone, s.head) for s in probes):
+        by_layer = {s.layer: 100 * s.top1 for s in probes if (s.backbone, s.head) == key}
+        xs = [i for i, layer in enumerate(layers) if layer in by_layer]
+        ax.plot(xs, [by_layer[layers[i]] for i in xs], marker="o", label=" / ".join(key))
+    ax.set_xticks(range(len(layers)), layers, fontsize=8)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def finetune_curves(summaries: list[MethodSummary]) -> bytes:
+    """Per fine-tune (first seed): losses on the left axis, accuracies on the right, by epoch."""
+    tunes = [s for s in summaries if s.kind == "finetune" and s.rows[0]["history"]]
+    fig = Figure(figsize=(8, 3.2 * max(1, len(tunes))))
+    for i, s in enumerate(tunes):
+        history = s.rows[0]["history"]
+        ax = fig.add_subplot(len(tunes), 1, i + 1)
+        ax2 = ax.twinx()
+        epochs = [h.get("epoch", j + 1) for j, h in enumerate(history)]
+        keys = [k for k in history[0] if k != "epoch" and _numeric(history, k)]
+        # One colour per quantity across both axes; dashed lines are accuracies (right axis).
+        plotted = [k for k in keys if "loss" in k or "acc" in k]
+        for key, color in zip(plotted, _SERIES, strict=False):
+            target, style = (ax, "-") if "loss" in key else (ax2, "--")
+            target.plot(
+                epochs,
+                [np.nan if h.get(key) is None else h[key] for h in history],
+                marker=".",
+                linestyle=style,
+                color=color,
+                label=key,
+            )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(s.label, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax2.set_ylabel("accuracy")
+        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        if handles:
+            ax.legend(handles=handles, fontsize=7, loc="center right")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _numeric(history: list[dict], key: str) -> bool:
+    """Numbers in every epoch that has the key (epoch 0 may log val_loss but no train_loss)."""
+    values = [h.get(key) for h in history]
+    present = [v for v in values if v is not None]
+    return bool(present) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in present
+    )
+
+
+def confusion(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
+    """Row-normalised confusion matrix (rows = true class), counts in the cells when few."""
+    cm = np.asarray(matrix, dtype=np.float64)
+    norm = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)
+    size = min(10.0, 2.5 + 0.45 * len(classes))
+    fig = Figure(figsize=(size, size))
+    ax = fig.add_subplot()
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    if len(classes) <= 20:
+        for (i, j), count in np.ndenumerate(cm.astype(int)):
+            if count:
+                ax.text(
+                    j,
+                    i,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    return _png(fig)

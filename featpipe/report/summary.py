@@ -1,0 +1,144 @@
+"""What every report shows, computed once from results rows: per-method summaries over seeds,
+paired comparisons, the best methods and the provenance."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from featpipe.evaluate import Comparison, aggregate_over_seeds, compare
+
+
+@dataclass
+class MethodSummary:
+    """One method aggregated over its seeds (rows in seed order)."""
+
+    method: str
+    label: str
+    kind: str
+    backbone: str
+    layer: str | None
+    head: str | None
+    mode: str | None
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r["seed"] for r in self.rows]
+
+    @property
+    def aggregate(self) -> dict[str, dict[str, float]]:
+        return aggregate_over_seeds([r["metrics"] for r in self.rows])
+
+    @property
+    def top1(self) -> float:
+        return self.aggregate["top1"]["mean"]
+
+    @property
+    def top1_ci(self) -> tuple[float, float] | None:
+        """The bootstrap interval, averaged over seeds (each seed tests the same images)."""
+        cis = [r["metrics"]["ci"]["top1"] for r in self.rows if "top1" in r["metrics"]["ci"]]
+        if not cis:
+            return None
+        return float(np.mean([c[0] for c in cis])), float(np.mean([c[1] for c in cis]))
+
+    def cost(self, name: str) -> float | None:
+        """Mean of a cost field over seeds (None when no seed has it)."""
+        values = [r["cost"][name] for r in self.rows if r["cost"].get(name) is not None]
+        return float(np.mean(values)) if values else None
+
+    @property
+    def params(self) -> dict:
+        return self.rows[0]["params"]
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per (method, seed): the last one written, since a re-run with changed settings
+    appends a new row beside the old one. Order of first appearance is kept."""
+    latest: dict[tuple[str, int], dict] = {}
+    for row in rows:
+        latest[row["method"], row["seed"]] = row
+    return list(latest.values())
+
+
+def summarize(rows: list[dict]) -> list[MethodSummary]:
+    """One summary per method, in the order methods first appear."""
+    by_method: dict[str, MethodSummary] = {}
+    for row in rows:
+        summary = by_method.get(row["method"])
+        if summary is None:
+            summary = by_method[row["method"]] = MethodSummary(
+                row["method"],
+                row["label"],
+                row["kind"],
+                row["backbone"],
+                row["layer"],
+                row["head"],
+                row["mode"],
+            )
+        summary.rows.append(row)
+    for summary in by_method.values():
+        summary.rows.sort(key=lambda r: r["seed"])
+    return list(by_method.values())
+
+
+def best(summaries: list[MethodSummary], kind: str) -> MethodSummary | None:
+    """The method of one kind with the highest mean top-1."""
+    candidates = [s for s in summaries if s.kind == kind]
+    return max(candidates, key=lambda s: s.top1) if candidates else None
+
+
+def _correct(row: dict) -> np.ndarray:
+    return np.asarray(row["test"]["y_true"]) == np.asarray(row["test"]["y_pred"])
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    comparison: Comparison
+    seed: int
+
+
+def _compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResult | None:
+    """A against B on the lowest seed both ran, if they tested the same images."""
+    rows_b = {r["seed"]: r for r in b.rows}
+    for row_a in a.rows:
+        row_b = rows_b.get(row_a["seed"])
+        if row_b and row_a["test"]["ids_sha256"] == row_b["test"]["ids_sha256"]:
+            result = compare(
+                a.label,
+                _correct(row_a),
+                b.label,
+                _correct(row_b),
+                cost_a=row_a["cost"]["total_seconds"],
+                cost_b=row_b["cost"]["total_seconds"],
+                n_boot=n_boot,
+                seed=row_a["seed"],
+            )
+            return PairedResult(result, row_a["seed"])
+    return None
+
+
+def comparisons(summaries: list[MethodSummary], n_boot: int = 1000) -> list[PairedResult]:
+    """Each fine-tuning mode against each probe; without fine-tunes, the best probe against
+    the other probes."""
+    finetunes = [s for s in summaries if s.kind == "finetune"]
+    probes = [s for s in summaries if s.kind == "probe"]
+    if not finetunes:
+        top = best(summaries, "probe")
+        finetunes, probes = ([top], [p for p in probes if p is not top]) if top else ([], [])
+    pairs = (_compare_pair(a, b, n_boot) for a in finetunes for b in probes)
+    return [p for p in pairs if p is not None]
+
+
+def provenance(rows: list[dict]) -> list[tuple[str, str]]:
+    """(item, value) lines: each distinct backbone, source, version set and device."""
+    seen: dict[str, list[str]] = {}
+    for row in rows:
+        prov = row["provenance"]
+        for key, value in prov.items():
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            if text not in seen.setdefault(key, []):
+                seen[key].append(text)
+    return [(key, value) for key, values in seen.items() for value in values]

@@ -1,0 +1,91 @@
+"""Paired bootstrap, McNemar's test against hand calculations, and the comparison sentence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from featpipe.errors import ConfigError
+from featpipe.evaluate import compare, mcnemar, paired_bootstrap
+
+
+def pairs(both, a_only, b_only, neither):
+    """Correctness vectors with the given counts of each (A, B) outcome."""
+    a = [1] * both + [1] * a_only + [0] * b_only + [0] * neither
+    b = [1] * both + [0] * a_only + [1] * b_only + [0] * neither
+    return np.array(a, bool), np.array(b, bool)
+
+
+def test_mcnemar_exact_small_counts():
+    a, b = pairs(50, 1, 6, 10)  # 7 discordant pairs: exact binomial
+    r = mcnemar(a, b)
+    # Two-sided: 2 * P(X <= 1), X ~ Bin(7, 1/2) = 2 * (1 + 7) / 128
+    assert (r.b, r.c, r.method) == (1, 6, "exact")
+    assert r.p_value == pytest.approx(2 * 8 / 128)
+
+
+def test_mcnemar_chi_square_with_continuity_correction():
+    a, b = pairs(100, 40, 20, 5)  # 60 discordant pairs: chi-square
+    r = mcnemar(a, b)
+    statistic = (abs(40 - 20) - 1) ** 2 / 60  # 6.0167
+    assert r.method == "chi2"
+    assert r.statistic == pytest.approx(statistic)
+    # chi-square with 1 dof: p = erfc(sqrt(x / 2))
+    assert r.p_value == pytest.approx(math.erfc(math.sqrt(statistic / 2)))
+
+
+def test_mcnemar_no_discordant_pairs():
+    a, b = pairs(10, 0, 0, 3)
+    assert mcnemar(a, b).p_value == 1.0
+
+
+def test_paired_bootstrap_interval():
+    a, b = pairs(600, 80, 20, 300)  # A is 6 points better
+    diff, lo, hi = paired_bootstrap(a, b, n_boot=1000, seed=0)
+    assert diff == pytest.approx(0.06)
+    assert lo < diff < hi
+    assert lo > 0.03 and hi < 0.09  # sd of the paired difference is ~0.01 here
+
+
+def test_paired_bootstrap_uses_pairing():
+    # Identical correctness: every resample gives a difference of exactly 0.
+    rng = np.random.default_rng(0)
+    a = rng.random(500) < 0.7
+    assert paired_bootstrap(a, a.copy(), n_boot=200) == (0.0, 0.0, 0.0)
+
+
+def test_sentence_when_a_wins():
+    a, b = pairs(600, 80, 20, 300)
+    c = compare(
+        "fine-tuning (full)", a, "logistic regression on layer pooled", b, cost_a=460.0, cost_b=10.0
+    )
+    text = c.sentence()
+    assert text.startswith(
+        "fine-tuning (full) beats logistic regression on layer pooled by 6.0 points"
+    )
+    assert "95 % CI" in text and "McNemar p<0.001" in text
+    assert text.endswith("at 46 times the cost")
+
+
+def test_sentence_when_ci_includes_zero():
+    a, b = pairs(600, 12, 10, 300)
+    c = compare("A", a, "B", b, cost_a=1.0, cost_b=4.0)
+    assert not c.distinguishable
+    text = c.sentence()
+    assert text.startswith("A is not distinguishable from B (difference +0.2 points")
+    assert "at 0.25 times the cost" in text
+
+
+def test_sentence_when_a_loses():
+    a, b = pairs(600, 20, 80, 300)
+    c = compare("A", a, "B", b)
+    lo, hi = -100 * c.ci_high, -100 * c.ci_low
+    assert 0 < lo < 6.0 < hi
+    assert c.sentence().startswith(f"A trails B by 6.0 points (95 % CI {lo:.1f} to {hi:.1f}")
+
+
+def test_unpaired_inputs_raise():
+    with pytest.raises(ConfigError, match="same test images"):
+        mcnemar(np.ones(3, bool), np.ones(4, bool))

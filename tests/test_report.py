@@ -1,0 +1,246 @@
+"""results.jsonl schema, reading/repair, and reports rebuilt from the results alone."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+
+import numpy as np
+import pytest
+
+from featpipe.cli import main
+from featpipe.evaluate import compute_metrics
+from featpipe.report import (
+    SCHEMA_VERSION,
+    ResultsFormatError,
+    append_result,
+    ids_sha256,
+    read_results,
+    validate_row,
+    write_report,
+)
+from featpipe.report import results as results_module
+from featpipe.report.summary import latest_rows, summarize
+
+CLASSES = ["a", "b", "c", "d", "e", "f"]
+
+
+def make_row(
+    method,
+    kind="probe",
+    acc=0.8,
+    seed=0,
+    layer="pooled",
+    head="logreg",
+    mode=None,
+    fit_seconds=1.0,
+    n=120,
+    history=None,
+):
+    """A schema-valid row whose test predictions are right with probability ``acc``."""
+    rng = np.random.default_rng(seed + len(method))
+    y = np.arange(n) % len(CLASSES)
+    pred = np.where(rng.random(n) < acc, y, (y + 1) % len(CLASSES))
+    proba = np.full((n, len(CLASSES)), 0.04)
+    proba[np.arange(n), pred] = 0.8
+    probe = kind == "probe"
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run": "unit",
+        "method": method,
+        "kind": kind,
+        "label": method,
+        "backbone": "toy",
+        "layer": layer if probe else None,
+        "head": head if probe else None,
+        "mode": mode,
+        "seed": seed,
+        "config_hash": "h",
+        "created": "2025-01-01T00:00:00+00:00",
+        "classes": CLASSES,
+        "metrics": compute_metrics(y, proba, CLASSES, n_boot=100, seed=seed),
+        "val_accuracy": acc,
+        "params": {"C": 1.0},
+        "curve": None,
+        "history": history,
+        "cost": {
+            "extraction_seconds": 3.0 if probe else 0.0,
+            "extraction_reused": False,
+            "fit_seconds": fit_seconds,
+            "predict_seconds": 0.1,
+            "total_seconds": (3.0 if probe else 0.0) + fit_seconds + 0.1,
+            "images_per_s": 50.0,
+            "peak_host_bytes": 2**27,
+            "peak_device_bytes": None,
+            "trainable_params": 10,
+        },
+        "test": {
+            "ids_sha256": ids_sha256(map(str, range(n))),
+            "y_true": y.tolist(),
+            "y_pred": pred.tolist(),
+        },
+        "provenance": {
+            "backbone": {"spec": "toy", "weights_sha256": "ab12"},
+            "device": "cpu",
+            "store": {"path": "s.h5", "key": "k"},
+        },
+    }
+
+
+HISTORY = [
+    {"epoch": 1, "train_loss": 1.2, "val_loss": 1.0, "val_accuracy": 0.6},
+    {"epoch": 2, "train_loss": 0.7, "val_loss": 0.8, "val_accuracy": 0.8},
+]
+
+
+def make_rows():
+    return [
+        make_row("toy/logreg@pooled", acc=0.8),
+        make_row("toy/knn@pooled", acc=0.6, head="knn"),
+        make_row("toy/logreg@stage1", acc=0.5, layer="stage1"),
+        make_row("toy/knn@stage1", acc=0.45, layer="stage1", head="knn"),
+        make_row(
+            "toy/finetune:full", "finetune", acc=0.95, mode="full", fit_seconds=60, history=HISTORY
+        ),
+        make_row(
+            "toy/finetune:full",
+            "finetune",
+            acc=0.93,
+            seed=1,
+            mode="full",
+            fit_seconds=60,
+            history=HISTORY,
+        ),
+    ]
+
+
+@pytest.fixture
+def rows():
+    return make_rows()
+
+
+def test_valid_rows_pass_and_round_trip(tmp_path, rows):
+    path = tmp_path / "results.jsonl"
+    for row in rows:
+        append_result(path, row)
+    assert read_results(path) == json.loads(json.dumps(rows))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda r: r.pop("metrics"), "missing field 'metrics'"),
+        (lambda r: r.update(seed="0"), "'seed' must be int"),
+        (lambda r: r.update(seed=True), "'seed' must be int"),
+        (lambda r: r.update(kind="probe2"), "kind 'probe2'"),
+        (lambda r: r.update(schema_version=99), "schema_version 99"),
+        (lambda r: r["cost"].pop("fit_seconds"), "cost: missing field 'fit_seconds'"),
+        (lambda r: r["test"]["y_pred"].pop(), "disagree"),
+        (lambda r: r["metrics"]["confusion"].pop(), "confusion must be 6×6"),
+    ],
+)
+def test_schema_violations_name_the_field(rows, mutate, match):
+    row = copy.deepcopy(rows[0])
+    mutate(row)
+    with pytest.raises(ResultsFormatError, match=match):
+        validate_row(row)
+
+
+def test_schema_is_documented_for_every_field():
+    doc = results_module.__doc__
+    for name in results_module.ROW_FIELDS:
+        assert f"``{name}``" in doc, name
+
+
+def test_partial_last_line_is_skipped_and_repaired(tmp_path, rows):
+    path = tmp_path / "results.jsonl"
+    for row in rows[:2]:
+        append_result(path, row)
+    with path.open("a") as fh:
+        fh.write(json.dumps(rows[2])[:50])  # an interrupted write
+    with pytest.warns(UserWarning, match="partial last line"):
+        assert len(read_results(path, repair=True)) == 2
+    append_result(path, rows[3])
+    assert [r["method"] for r in read_results(path)] == [rows[i]["method"] for i in (0, 1, 3)]
+
+
+def test_bad_line_in_the_middle_is_an_error(tmp_path, rows):
+    path = tmp_path / "results.jsonl"
+    path.write_text("{not json\n" + json.dumps(rows[0]) + "\n")
+    with pytest.raises(ResultsFormatError, match=r"results.jsonl:1"):
+        read_results(path)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    """A run folder with results.jsonl and the reports written from it (rendered once)."""
+    folder = tmp_path_factory.mktemp("run")
+    for row in make_rows():
+        append_result(folder / "results.jsonl", row)
+    write_report(folder)
+    return folder
+
+
+def test_report_contents(report_dir):
+    md = (report_dir / "report.md").read_text()
+    assert "| toy/logreg@pooled | 0 |" in md
+    assert "toy/finetune:full | 0, 1 |" in md  # two seeds aggregated on one line
+    # fine-tune vs each probe, with the CI wording
+    assert md.count("toy/finetune:full beats") + md.count("is not distinguishable") == 4
+    assert "95 % CI" in md and "McNemar p" in md
+    # four probes share one 3 s extraction: counted once in the run's total
+    assert "whole run: 127.6 s = extraction 3.0 s + fitting 124.0 s + prediction 0.6 s" in md
+    for name in (
+        "accuracy_by_method",
+        "accuracy_vs_cost",
+        "accuracy_by_layer",
+        "finetune_curves",
+        "confusion_probe",
+        "confusion_finetune",
+    ):
+        assert f"plots/{name}.png" in md
+        assert (report_dir / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ab12" in md  # provenance: weights hash
+
+
+def test_html_is_self_contained(report_dir):
+    html = (report_dir / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == 6
+    assert all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert not re.search(r'(src|href)="(?!data:)', html)  # nothing loaded from elsewhere
+
+
+def test_featpipe_report_rebuilds_the_same_report(report_dir, tmp_path, capsys):
+    rebuilt = tmp_path / "copy"
+    rebuilt.mkdir()
+    (rebuilt / "results.jsonl").write_bytes((report_dir / "results.jsonl").read_bytes())
+    assert main(["report", str(rebuilt)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    for name in ("report.md", "report.html", "plots/accuracy_vs_cost.png"):
+        assert (rebuilt / name).read_bytes() == (report_dir / name).read_bytes(), name
+
+
+def test_single_layer_run_has_no_layer_plot(tmp_path):
+    rows = [r for r in make_rows() if r["layer"] != "stage1" and r["kind"] == "probe"]
+    written = write_report(tmp_path, rows)
+    assert "accuracy_by_layer" not in written and "finetune_curves" not in written
+    md = written["report.md"].read_text()
+    # Without fine-tunes, the best probe is compared with the others.
+    assert "toy/logreg@pooled beats toy/knn@pooled" in md
+
+
+def test_latest_row_per_method_and_seed_wins():
+    old = make_row("toy/logreg@pooled", acc=0.2)
+    new = make_row("toy/logreg@pooled", acc=0.9)
+    new["config_hash"] = "changed"
+    summaries = summarize(latest_rows([old, make_row("toy/knn@pooled", head="knn"), new]))
+    assert [s.method for s in summaries] == ["toy/logreg@pooled", "toy/knn@pooled"]
+    assert summaries[0].rows == [new]
+
+
+def test_featpipe_report_without_results(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "No results.jsonl" in capsys.readouterr().err
