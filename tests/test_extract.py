@@ -255,8 +255,9 @@ def test_data_paths():
     path = get_data_path("cpu", pre, cpu)
     batch = path.collate([path.load(NoiseSource(3), i) for i in range(3)])
     assert path.to_batch(batch, cpu).shape == (3, 3, 32, 32)
-    with pytest.raises(ConfigError, match="CUDA"):
-        get_data_path("gpu", pre, cpu)
+    assert get_data_path("gpu", pre, cpu).name == "gpu"  # the GPU code path, on CPU tensors
+    with pytest.raises(UnknownNameError, match="Did you mean: 'gpu'"):
+        get_data_path("gpus", pre, cpu)
 
 
 def test_background_writer_hands_errors_to_the_caller():

@@ -59,6 +59,13 @@ class Backbone:
         """The same model fed at another input size (None keeps the weights' own size)."""
         if image_size is None:
             return self
+        fixed = getattr(self.model, "image_size", None)  # torchvision ViTs take one size only
+        if isinstance(fixed, int) and fixed != image_size:
+            raise ConfigError(
+                f"{self.spec} accepts {fixed}×{fixed} inputs only; got image size {image_size}. "
+                f"Omit the image size, or use a timm ViT (timm:...), which resizes its position "
+                "embeddings."
+            )
         return replace(self, preprocessing=self.preprocessing.at_size(image_size))
 
     def identity(self) -> dict:

@@ -9,14 +9,13 @@ decode on the device instead, without any change to the extraction loop.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.data.source import ImageSource
-from featpipe.errors import ConfigError, unknown_name
+from featpipe.errors import unknown_name
 
 DATA_PATHS = ("auto", "cpu", "gpu")
 
@@ -58,22 +57,15 @@ class CPUDataPath:
 
 
 def get_data_path(name: str, preprocessing: Preprocessing, device: torch.device) -> DataPath:
-    """The data path called ``name``: ``cpu``, ``gpu`` (decode on the CUDA device) or ``auto``
-    (gpu on a CUDA device, else cpu)."""
+    """The data path called ``name``: ``cpu`` (decode and resize in the loader workers), ``gpu``
+    (workers read bytes; decode and resize on ``device``, which may also be the CPU, where it
+    gives the same pixels as ``cpu``) or ``auto`` (gpu on a CUDA device, else cpu)."""
     if name not in DATA_PATHS:
         raise unknown_name("data path", name, DATA_PATHS)
     if name == "auto":
-        name = "gpu" if device.type == "cuda" and _gpu_path_available() else "cpu"
+        name = "gpu" if device.type == "cuda" else "cpu"
     if name == "cpu":
         return CPUDataPath(preprocessing)
-    if device.type != "cuda":
-        raise ConfigError(
-            f"The gpu data path decodes on a CUDA device, but the device is {device}. "
-            "Use --data-path cpu (or auto), or --device cuda on a machine with a GPU."
-        )
-    module = importlib.import_module("featpipe.extract.gpu_path")
-    return module.GPUDataPath(preprocessing, device)
+    from featpipe.extract.gpu_path import GPUDataPath  # torchvision.io only when asked for
 
-
-def _gpu_path_available() -> bool:
-    return importlib.util.find_spec("featpipe.extract.gpu_path") is not None
+    return GPUDataPath(preprocessing, device)

@@ -98,7 +98,8 @@ def extract(
             store = FeatureStore(path)
             store.extraction = {**NOTHING_COMPUTED, "reused": True}
             return store
-        with cpu_threads(dev):
+        n_workers = default_workers(dev, stage.name) if workers is None else workers
+        with cpu_threads(dev, n_workers):
             model = prepare_model(model, dev)
             if action is Action.CREATE:
                 StoreWriter.create(
@@ -118,7 +119,7 @@ def extract(
                 stage,
                 path,
                 dev,
-                workers=default_workers() if workers is None else workers,
+                workers=n_workers,
                 progress=progress,
             )
     finally:

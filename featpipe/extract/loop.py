@@ -29,8 +29,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers() -> int:
-    return min(4, available_cores())
+def default_workers(device: torch.device, data_path: str) -> int:
+    """Loader workers when the user gives none: the GPU path's workers only read bytes, so a
+    few suffice; decoding on the CPU for a GPU needs every core; on a CPU-only machine the
+    forward pass needs the cores more than the decoders do."""
+    cores = available_cores()
+    if device.type == "cuda":
+        return min(4, cores) if data_path == "gpu" else cores
+    return max(1, cores // 4)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -57,11 +63,12 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 @contextlib.contextmanager
-def cpu_threads(device: torch.device) -> Iterator[None]:
-    """Use every available core for the forward pass on CPU, then restore the setting."""
+def cpu_threads(device: torch.device, workers: int) -> Iterator[None]:
+    """On CPU, one forward thread per core the loader workers leave free (threads that share
+    cores with busy decoders stall each other); the old setting is restored afterwards."""
     before = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(available_cores())
+        torch.set_num_threads(max(1, available_cores() - workers))
     try:
         yield
     finally:
