@@ -1,0 +1,183 @@
+"""``featpipe finetune``: fine-tune a backbone with a new head on an image set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  featpipe finetune --data digits --backbone efficientnet_lite0 --mode lpft --image-size 64
+  featpipe finetune --data cifar10/ --limit-train 5000 --limit-test 1000 --image-size 96 \\
+      --mode full --epochs 4 --run-dir runs/c10-full
+  featpipe finetune --data data/pets --mode partial:3 --optimizer adamw --lr 1e-3
+
+Modes: full, partial:N (first N stages frozen; see `featpipe layers SPEC`), bn (batch norm
+frozen), head (only the new head trains), lpft (logistic-regression probe, then full training).
+Run again with the same --run-dir and arguments to resume an interrupted run.
+"""
+
+
+# Recipe options: (flag, type, help); defaults come from FineTuner so the two never drift.
+RECIPE = (
+    ("--mode", str, "full, partial:N, bn, head or lpft"),
+    ("--epochs", int, "most epochs (early stopping may end sooner)"),
+    ("--batch-size", int, "training images per step"),
+    ("--lr", float, "learning rate of the new head"),
+    ("--backbone-lr-scale", float, "backbone learning rate = lr x this"),
+    ("--optimizer", str, "sgd (momentum, Nesterov) or adamw"),
+    ("--momentum", float, "SGD momentum"),
+    ("--weight-decay", float, "weight decay (never on biases or norm parameters)"),
+    ("--warmup-epochs", float, "linear warm-up before the cosine decay, in epochs"),
+    ("--label-smoothing", float, "label smoothing of the training loss"),
+    ("--dropout", float, "dropout in front of the new head"),
+    ("--augment", str, "standard (random resized crop + flip) or none"),
+    ("--patience", int, "epochs without a better val score before stopping; 0: never stop"),
+    ("--probe-C", str, "C of the LP-FT probe, or auto (chosen on val)"),
+    ("--val-fraction", float, "share of train used as val when the source has none"),
+    ("--seed", int, "seed of subsampling, val carving, initialisation and shuffling"),
+    ("--device", str, "auto, cpu or cuda"),
+    ("--workers", int, "DataLoader worker processes (0: the main process)"),
+)
+
+
+def register(subparsers) -> None:
+    from featpipe.finetune import FineTuner
+
+    defaults = FineTuner().get_params()
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a backbone with a new linear head",
+        description="Fine-tune a backbone with a new linear head on an image set, choose the "
+        "epoch on validation, and report validation and test metrics.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="SOURCE",
+        help="built-in dataset name (digits), image folder, or CSV manifest",
+    )
+    p.add_argument(
+        "--backbone",
+        default=defaults["backbone"],
+        help="backbone spec (default: %(default)s; see `featpipe backbones`)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="input size in pixels (default: the weights' own)",
+    )
+    recipe = p.add_argument_group("recipe")
+    for flag, kind, text in RECIPE:
+        name = flag[2:].replace("-", "_")
+        recipe.add_argument(
+            flag, type=kind, default=defaults[name], help=f"{text} (default: %(default)s)"
+        )
+    for split in ("train", "val", "test"):
+        p.add_argument(
+            f"--limit-{split}",
+            type=int,
+            metavar="N",
+            help=f"keep a stratified sample of at most N {split} images",
+        )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="run folder (default: runs/finetune-<backbone>-<mode>-<time>)",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over even if the run folder holds a checkpoint",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars within epochs (epoch lines stay)",
+    )
+    p.set_defaults(func=run_finetune)
+
+
+def _source(args: argparse.Namespace):
+    from featpipe.data import open_source, subsample
+
+    source = open_source(args.data)
+    limits = {s: getattr(args, f"limit_{s}") for s in ("train", "val", "test")}
+    limits = {s: n for s, n in limits.items() if n is not None}
+    return subsample(source, limits, seed=args.seed) if limits else source
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    if args.run_dir is not None:
+        return args.run_dir
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{args.backbone}-{args.mode}".replace(":", "_").replace("/", "_")
+    return Path("runs") / f"finetune-{name}-{stamp}"
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from featpipe.finetune import FineTuner
+
+    source = _source(args)
+    run_dir = _run_dir(args)
+    params = {name: getattr(args, name) for name in (f[2:].replace("-", "_") for f, _, _ in RECIPE)}
+    if params["probe_C"] != "auto":
+        params["probe_C"] = float(params["probe_C"])
+    params["patience"] = params["patience"] or None
+    tuner = FineTuner(
+        args.backbone,
+        image_size=args.image_size,
+        run_dir=run_dir,
+        resume=not args.no_resume,
+        verbose=1 if args.no_progress else 2,
+        **params,
+    )
+    counts = source.split_counts()
+    print(f"{args.backbone} mode={args.mode} on {len(source)} images {counts}; run: {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        **tuner.get_params(),
+        "run_dir": str(run_dir),
+        "data": str(args.data),
+        "limits": {s: getattr(args, f"limit_{s}") for s in ("train", "val", "test")},
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    start = time.perf_counter()
+    tuner.fit(source)
+    fit_seconds = time.perf_counter() - start
+    best = tuner.history_[tuner.best_epoch_]
+    metrics = {
+        "mode": args.mode,
+        "backbone": args.backbone,
+        "best_epoch": tuner.best_epoch_,
+        "epochs_run": tuner.history_[-1]["epoch"],
+        "val_accuracy": best["val_accuracy"],
+        "val_loss": best["val_loss"],
+        "fit_seconds": fit_seconds,
+        "trainable_params": tuner.trainable_params_,
+        "probe": tuner.probe_,
+    }
+    if counts["test"]:
+        start = time.perf_counter()
+        metrics["test"] = tuner.evaluate("test")  # the one look at test, after selection
+        metrics["test_seconds"] = time.perf_counter() - start
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    print(f"val accuracy {100 * metrics['val_accuracy']:.2f}% (epoch {tuner.best_epoch_})", end="")
+    if "test" in metrics:
+        t = metrics["test"]
+        lo, hi = t["ci"].get("top1", (float("nan"),) * 2)
+        print(
+            f", test accuracy {100 * t['top1']:.2f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f})", end=""
+        )
+    print(f"; fit {fit_seconds:.1f} s; results in {run_dir}")
+    return 0

@@ -1,0 +1,92 @@
+"""Training behaviour as small callbacks: early stopping, checkpoints, history, progress."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from featpipe.finetune import checkpoint
+
+if TYPE_CHECKING:
+    from featpipe.finetune.tuner import FineTuner
+
+
+class Callback:
+    """Hooks the tuner calls; ``logs`` is the epoch's history row (epoch 0 = before training)."""
+
+    def on_fit_start(self, tuner: FineTuner) -> None:
+        pass
+
+    def on_epoch_end(self, tuner: FineTuner, logs: dict) -> None:
+        pass
+
+    def on_fit_end(self, tuner: FineTuner) -> None:
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop once ``patience`` epochs have passed without a better validation score."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def on_epoch_end(self, tuner: FineTuner, logs: dict) -> None:
+        if logs["epoch"] - tuner.best_epoch_ >= self.patience:
+            tuner.stop_training_ = True
+
+
+class Checkpoint(Callback):
+    """``best.pt`` (weights of the best validation epoch) and ``last.pt`` (everything needed to
+    resume) in ``run_dir``, each written atomically after every epoch."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+
+    def on_epoch_end(self, tuner: FineTuner, logs: dict) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if tuner.best_epoch_ == logs["epoch"]:  # best before last: last.pt never names a
+            checkpoint.save(self.run_dir / checkpoint.BEST, tuner.best_state())  # missing best
+        checkpoint.save(self.run_dir / checkpoint.LAST, tuner.training_state())
+
+
+class HistoryLogger(Callback):
+    """``history.jsonl``: one JSON object per epoch, rewritten whole so that after a resume it
+    holds exactly the epochs of the restored run."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_epoch_end(self, tuner: FineTuner, logs: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in tuner.history_))
+        os.replace(tmp, self.path)
+
+
+class ProgressPrinter(Callback):
+    """One line per epoch on stdout."""
+
+    def on_fit_start(self, tuner: FineTuner) -> None:
+        if tuner.start_epoch_:
+            print(f"resumed from epoch {tuner.start_epoch_} ({tuner.run_dir})", flush=True)
+
+    def on_epoch_end(self, tuner: FineTuner, logs: dict) -> None:
+        parts = [f"epoch {logs['epoch']:>3}/{tuner.epochs}"]
+        if logs.get("train_loss") is not None:
+            parts.append(f"train loss {logs['train_loss']:.4f}")
+        parts.append(f"val loss {logs['val_loss']:.4f} acc {100 * logs['val_accuracy']:.2f}%")
+        if logs.get("images_per_s"):
+            parts.append(
+                f"lr {logs['lr']:.2e}  {logs['seconds']:.1f}s ({logs['images_per_s']:.0f} img/s)"
+            )
+        if tuner.best_epoch_ == logs["epoch"]:
+            parts.append("*")
+        print("  ".join(parts), flush=True)
+
+    def on_fit_end(self, tuner: FineTuner) -> None:
+        print(
+            f"best epoch {tuner.best_epoch_}: val accuracy {100 * tuner.best_score_[0]:.2f}%",
+            flush=True,
+        )

@@ -1,0 +1,78 @@
+"""Checkpoint files: atomic writes, tensors and plain containers only (``weights_only=True``)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featpipe.errors import ConfigError
+
+BEST, LAST = "best.pt", "last.pt"
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """Every random state a training step reads, as tensors and primitives."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "gauss": gauss,
+        },
+        "python": random.getstate(),
+        "loader": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    random.setstate(_as_tuples(state["python"]))
+    generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value):
+    """random.setstate wants tuples back where serialisation may have made lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def save(path: str | Path, state: dict) -> None:
+    """Write ``state`` to ``path`` via a temporary file, so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_config(saved: dict, current: dict, path: Path) -> None:
+    """Resuming with other settings would silently mix two experiments: refuse."""
+    keys = sorted(set(saved) | set(current))
+    diff = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
+    if diff:
+        raise ConfigError(
+            f"Checkpoint {path} was written with another configuration ({'; '.join(diff)}). "
+            "Use another run directory, or resume=False (CLI: --no-resume) to start over."
+        )

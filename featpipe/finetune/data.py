@@ -1,0 +1,105 @@
+"""Datasets for fine-tuning: the source's splits through the backbone's preprocessing."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+
+from featpipe.backbones import Preprocessing
+from featpipe.backbones.preprocessing import INTERPOLATIONS
+from featpipe.data.source import SPLIT_CODES, ImageSource
+from featpipe.data.splits import stratified_split
+from featpipe.errors import ConfigError, SourceError
+
+AUGMENTATIONS = ("standard", "none")
+# Milder than ImageNet's (0.08, 1): a few epochs on a small set cannot absorb tiny crops.
+CROP_SCALE = (0.25, 1.0)
+
+
+def train_transform(pre: Preprocessing, augment: str) -> Callable:
+    """RandomResizedCrop + horizontal flip at the crop size, with the same normalisation."""
+    if augment == "none":
+        return pre.transform()
+    if augment != "standard":
+        raise ConfigError(f"Unknown augment {augment!r}. Valid: {', '.join(AUGMENTATIONS)}.")
+    return T.Compose(
+        [
+            T.ToImage(),
+            T.RandomResizedCrop(
+                pre.crop,
+                scale=CROP_SCALE,
+                interpolation=INTERPOLATIONS[pre.interpolation],
+                antialias=pre.antialias,
+            ),
+            T.RandomHorizontalFlip(),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(pre.mean, pre.std),
+        ]
+    )
+
+
+class SourceDataset(Dataset):
+    """Rows ``indices`` of ``source`` as (image tensor, label) pairs."""
+
+    def __init__(self, source: ImageSource, indices: np.ndarray, transform: Callable):
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(source.labels, dtype=np.int64)[self.indices]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.source.load(int(self.indices[i]))), int(self.labels[i])
+
+
+def split_rows(
+    source: ImageSource, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Train and val row indices; with no val split, a stratified, seeded ``val_fraction`` of
+    train becomes val (the bool says so)."""
+    train, val = source.indices("train"), source.indices("val")
+    if len(train) == 0:
+        raise SourceError(f"The source has no train split (splits: {source.split_counts()}).")
+    if len(val):
+        return train, val, False
+    if not 0 < val_fraction < 1:
+        raise ConfigError(
+            f"The source has no val split, so val_fraction must be in (0, 1); got {val_fraction}."
+        )
+    codes = stratified_split(np.asarray(source.labels)[train], val_fraction=val_fraction, seed=seed)
+    return train[codes == SPLIT_CODES["train"]], train[codes == SPLIT_CODES["val"]], True
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; numpy and random follow it.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        worker_init_fn=_seed_worker if workers else None,
+        drop_last=shuffle and len(dataset) > batch_size,  # no size-1 batch through batch norm
+        pin_memory=pin_memory,
+    )

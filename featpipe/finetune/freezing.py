@@ -1,0 +1,106 @@
+"""Fine-tuning modes: which parameters train and which modules stay in eval mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from featpipe.errors import ConfigError
+
+MODES = ("full", "partial:N", "bn", "head", "lpft")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A parsed mode string; ``stages`` is N for ``partial:N``."""
+
+    kind: str
+    stages: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Mode:
+        kind, sep, n = str(text).strip().partition(":")
+        if kind == "partial" and sep and n.isdigit() and int(n) >= 1:
+            return cls("partial", int(n))
+        if not sep and kind in ("full", "bn", "head", "lpft"):
+            return cls(kind)
+        raise ConfigError(
+            f"Unknown fine-tuning mode {text!r}. Valid modes: {', '.join(MODES)} "
+            "(N >= 1 stages frozen, e.g. 'partial:2'; list stages with `featpipe layers SPEC`)."
+        )
+
+    def __str__(self) -> str:
+        return f"partial:{self.stages}" if self.kind == "partial" else self.kind
+
+
+@dataclass
+class Frozen:
+    """What a mode froze: parameter names without gradients, and modules kept in eval mode
+    (so their batch-norm running statistics and dropout do not change while training)."""
+
+    params: list[str] = field(default_factory=list)
+    eval_modules: list[nn.Module] = field(default_factory=list)
+
+
+def _is_bn(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def _stage_prefix_params(model: nn.Module, stage: str) -> list[str]:
+    """Parameters registered before the first stage (a stem outside ``stages``) belong to it."""
+    out = []
+    for name, _ in model.named_parameters():
+        if name.startswith(stage + "."):
+            break
+        out.append(name)
+    return out
+
+
+def freeze(model: nn.Module, mode: Mode, stages: list[str], head: str) -> Frozen:
+    """Set ``requires_grad`` for ``mode`` on ``model`` whose new classifier is module ``head``."""
+    modules = dict(model.named_modules())
+    frozen_modules: list[str] = []
+    if mode.kind == "partial":
+        if not stages:
+            raise ConfigError("This backbone declares no stages, so 'partial:N' cannot be used.")
+        if mode.stages > len(stages):
+            raise ConfigError(
+                f"Mode 'partial:{mode.stages}' freezes more stages than the backbone has "
+                f"({len(stages)}: {', '.join(stages)}); use N between 1 and {len(stages)}."
+            )
+        frozen_modules = list(stages[: mode.stages])
+        params = set(_stage_prefix_params(model, stages[0]))
+        # A stem that the stage list leaves out (parameters before the first stage) is frozen
+        # with the first stage: training it under frozen stages would make no sense.
+        frozen_modules += [
+            n
+            for n, m in model.named_children()
+            if any(f"{n}.{p}" in params for p, _ in m.named_parameters())
+        ]
+    elif mode.kind == "head":
+        frozen_modules = [n for n in modules if n and not _related(n, head)]
+    elif mode.kind == "bn":
+        frozen_modules = [n for n, m in modules.items() if n and _is_bn(m)]
+
+    frozen = Frozen()
+    for name in frozen_modules:
+        module = modules[name]
+        for pname, p in module.named_parameters(prefix=name):
+            if p.requires_grad:
+                p.requires_grad_(False)
+                frozen.params.append(pname)
+        frozen.eval_modules.append(module)
+    return frozen
+
+
+def _related(name: str, head: str) -> bool:
+    """True for the head, its ancestors and its descendants."""
+    return head == name or head.startswith(name + ".") or name.startswith(head + ".")
+
+
+def set_train_mode(model: nn.Module, frozen: Frozen) -> None:
+    """``model.train()`` except for frozen modules, which keep their statistics."""
+    model.train()
+    for module in frozen.eval_modules:
+        module.eval()

@@ -1,0 +1,446 @@
+"""``FineTuner``: a backbone with a new linear head, trained on an image source."""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from featpipe.backbones import Backbone, get_backbone
+from featpipe.data.source import ImageSource
+from featpipe.errors import ConfigError, HeadMismatchError
+from featpipe.evaluate.metrics import compute_metrics
+from featpipe.finetune import checkpoint, probe
+from featpipe.finetune.callbacks import (
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    HistoryLogger,
+    ProgressPrinter,
+)
+from featpipe.finetune.data import SourceDataset, loader, split_rows, train_transform
+from featpipe.finetune.freezing import Mode, freeze, set_train_mode
+from featpipe.finetune.recipe import build_optimizer, param_groups, warmup_cosine
+from featpipe.heads.torch_logreg import resolve_device
+
+# Parameters that do not change what is computed: a resumed run may change them.
+_NOT_CONFIG = ("callbacks", "device", "resume", "run_dir", "verbose", "workers")
+
+
+class FineTuner(ClassifierMixin, BaseEstimator):
+    """Fine-tune ``backbone`` with a new linear head on the classes of an ``ImageSource``.
+
+    Evaluation uses the backbone's own preprocessing (the one extraction uses); training adds
+    RandomResizedCrop + flip at the same crop size (``augment="standard"``). ``mode`` is
+    ``full``, ``partial:N`` (first N of ``Backbone.stages`` frozen), ``bn`` (batch norm frozen),
+    ``head`` (only the new head trains) or ``lpft`` (head starts from a logistic-regression
+    probe on pooled train features, then everything trains).
+
+    The epoch with the best validation accuracy (ties: lower val loss) is kept; with
+    ``patience`` set, training stops after that many epochs without improvement. With
+    ``run_dir`` the run writes ``history.jsonl``, ``best.pt`` and ``last.pt`` there and, with
+    ``resume=True``, continues from ``last.pt`` when its configuration matches. ``verbose``:
+    0 silent, 1 a line per epoch, 2 also progress bars within epochs.
+
+    Labels are class indices into ``class_names_`` (``classes_`` is ``arange(C)``), as in
+    ``ImageSource.labels``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        *,
+        mode: str = "full",
+        epochs: int = 10,
+        batch_size: int = 32,
+        lr: float = 0.01,
+        backbone_lr_scale: float = 0.1,
+        optimizer: str = "sgd",
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 1.0,
+        label_smoothing: float = 0.1,
+        dropout: float = 0.2,
+        augment: str = "standard",
+        image_size: int | None = None,
+        val_fraction: float = 0.1,
+        patience: int | None = 3,
+        probe_C: float | str = "auto",
+        device: str = "auto",
+        seed: int = 0,
+        run_dir: str | Path | None = None,
+        resume: bool = True,
+        workers: int = 0,
+        callbacks: list[Callback] | None = None,
+        verbose: int = 2,
+    ):
+        self.backbone = backbone
+        self.mode = mode
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.backbone_lr_scale = backbone_lr_scale
+        self.optimizer = optimizer
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.label_smoothing = label_smoothing
+        self.dropout = dropout
+        self.augment = augment
+        self.image_size = image_size
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.probe_C = probe_C
+        self.device = device
+        self.seed = seed
+        self.run_dir = run_dir
+        self.resume = resume
+        self.workers = workers
+        self.callbacks = callbacks
+        self.verbose = verbose
+
+    # ---------------------------------------------------------------- fit
+
+    def fit(self, source: ImageSource, y=None) -> FineTuner:
+        """Train on the source's train split, select the epoch on val (carved from train,
+        stratified and seeded, when the source has none). ``y`` is ignored.
+
+        Epoch 0 is the model before training; for LP-FT that is the probe, so fine-tuning
+        that does not beat the probe on val returns the probe."""
+        mode = self._check_params()
+        self.device_ = resolve_device(self.device)
+        self.backbone_ = get_backbone(self.backbone, self.image_size)
+        self.source_ = source
+        self.class_names_ = list(source.classes)
+        self.classes_ = np.arange(len(self.class_names_))
+        train_rows, self.val_rows_, self.val_carved_ = split_rows(
+            source, self.val_fraction, self.seed
+        )
+        saved = self._resumable(source)
+        train_loader = self._train_loader(source, train_rows)
+        self._build(mode, len(train_loader), fresh=saved is None, train_rows=train_rows)
+        self.history_, self.stop_training_, self.start_epoch_ = [], False, 0
+        if saved is not None:
+            self._restore(saved)
+
+        callbacks = self._callbacks()
+        for cb in callbacks:
+            cb.on_fit_start(self)
+        if saved is None:
+            self._end_epoch(
+                {"epoch": 0, "train_loss": None, **self._validate(), **self._start_notes()},
+                callbacks,
+            )
+        epoch = self.history_[-1]["epoch"]
+        while epoch < self.epochs and not self.stop_training_:
+            epoch += 1
+            logs = {"epoch": epoch, **self._train_epoch(train_loader, epoch), **self._validate()}
+            self._end_epoch(logs, callbacks)
+
+        self.model_.load_state_dict(self._best_weights)
+        self.model_.eval()
+        for cb in callbacks:
+            cb.on_fit_end(self)
+        return self
+
+    def _train_loader(self, source: ImageSource, rows: np.ndarray) -> DataLoader:
+        augment = train_transform(self.backbone_.preprocessing, self.augment)
+        self.generator_ = torch.Generator().manual_seed(self.seed)  # shuffling and worker seeds
+        return loader(
+            SourceDataset(source, rows, augment),
+            self.batch_size,
+            self.workers,
+            shuffle=True,
+            generator=self.generator_,
+            pin_memory=self.device_.type == "cuda",
+        )
+
+    def _build(self, mode: Mode, steps: int, fresh: bool, train_rows: np.ndarray) -> None:
+        """The model with its new head (from the probe for a fresh LP-FT run), frozen as
+        ``mode`` says, and its optimiser and per-step schedule."""
+        fitted_probe = None
+        if mode.kind == "lpft" and fresh:  # a resumed run restores the head from last.pt
+            fitted_probe = self._fit_probe(train_rows)
+        self.probe_ = fitted_probe[2] if fitted_probe else None
+        _seed_everything(self.seed)
+        model, self.head_ = _attach_head(self.backbone_, len(self.classes_), self.dropout)
+        if fitted_probe:
+            probe.load_into(_linear(model, self.head_), *fitted_probe[:2])
+        self.frozen_ = freeze(model, mode, self.backbone_.stages, self.head_)
+        self.model_ = model.to(self.device_)
+        if self.device_.type == "cuda":
+            self.model_ = self.model_.to(memory_format=torch.channels_last)
+        groups = param_groups(model, self.head_, self.lr, self.backbone_lr_scale, self.weight_decay)
+        self.optimizer_ = build_optimizer(
+            self.optimizer, groups, self.lr, self.momentum, self.weight_decay
+        )
+        self.scheduler_ = warmup_cosine(
+            self.optimizer_, round(self.warmup_epochs * steps), self.epochs * steps
+        )
+        self.trainable_params_ = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def _start_notes(self) -> dict:
+        notes = {"val_split": "source"}
+        if self.val_carved_:
+            notes["val_split"] = (
+                f"carved {self.val_fraction:g} of train (stratified, seed {self.seed})"
+            )
+        if self.probe_:
+            notes["probe"] = self.probe_
+        return notes
+
+    def _check_params(self) -> Mode:
+        mode = Mode.parse(self.mode)
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (name != "epochs"):
+                raise ConfigError(
+                    f"{name} must be an integer >= {int(name != 'epochs')}; got {value!r}."
+                )
+        if not self.lr > 0 or self.backbone_lr_scale < 0 or self.weight_decay < 0:
+            raise ConfigError(
+                f"Need lr > 0, backbone_lr_scale >= 0 and weight_decay >= 0; got lr={self.lr}, "
+                f"backbone_lr_scale={self.backbone_lr_scale}, weight_decay={self.weight_decay}."
+            )
+        if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
+            raise ConfigError(
+                f"dropout and label_smoothing must be in [0, 1); got {self.dropout}, "
+                f"{self.label_smoothing}."
+            )
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(
+                f"patience must be >= 1 or None (no early stopping); got {self.patience!r}."
+            )
+        return mode
+
+    def _callbacks(self) -> list[Callback]:
+        out: list[Callback] = []
+        if self.patience is not None:
+            out.append(EarlyStopping(self.patience))
+        if self.run_dir is not None:
+            out += [Checkpoint(self.run_dir), HistoryLogger(Path(self.run_dir) / "history.jsonl")]
+        if self.verbose >= 1:
+            out.append(ProgressPrinter())
+        return out + list(self.callbacks or [])
+
+    def _fit_probe(self, train_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        eval_tf = self.backbone_.preprocessing.transform()
+        self.backbone_.model.to(self.device_)
+        feats = [
+            probe.pooled_features(
+                self.backbone_,
+                loader(
+                    SourceDataset(self.source_, rows, eval_tf), 2 * self.batch_size, self.workers
+                ),
+                self.device_,
+                self.verbose >= 2,
+            )
+            for rows in (train_rows, self.val_rows_)
+        ]
+        return probe.fit_probe(*feats, len(self.classes_), self.probe_C, self.device)
+
+    # ---------------------------------------------------------------- loop
+
+    def _train_epoch(self, data, epoch: int) -> dict:
+        set_train_mode(self.model_, self.frozen_)
+        cuda = self.device_.type == "cuda"
+        start, total, seen, correct = time.perf_counter(), 0.0, 0, 0
+        for images, labels in tqdm(
+            data, desc=f"epoch {epoch}", unit="batch", leave=False, disable=self.verbose < 2
+        ):
+            images = images.to(
+                self.device_,
+                non_blocking=True,
+                memory_format=torch.channels_last if cuda else torch.preserve_format,
+            )
+            labels = labels.to(self.device_, non_blocking=True)
+            with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=cuda):
+                logits = self.model_(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"Training loss became {loss.item()} in epoch {epoch}; lower lr (now "
+                    f"{self.lr}) or use more warm-up epochs."
+                )
+            self.optimizer_.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer_.step()
+            self.scheduler_.step()
+            total += loss.item() * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+        seconds = time.perf_counter() - start
+        return {
+            "train_loss": total / seen,
+            "train_accuracy": correct / seen,
+            "lr": self.optimizer_.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_s": seen / seconds,
+        }
+
+    def _validate(self) -> dict:
+        proba = self._proba(self.source_, self.val_rows_)
+        m = compute_metrics(
+            np.asarray(self.source_.labels)[self.val_rows_], proba, self.class_names_, n_boot=0
+        )
+        return {"val_loss": m["log_loss"], "val_accuracy": m["top1"]}
+
+    def _end_epoch(self, logs: dict, callbacks: list[Callback]) -> None:
+        score = (logs["val_accuracy"], -logs["val_loss"])
+        if not self.history_ or score > self.best_score_:
+            self.best_epoch_, self.best_score_ = logs["epoch"], score
+            self._best_weights = copy.deepcopy(self.model_.state_dict())
+        self.history_.append(logs)
+        for cb in callbacks:
+            cb.on_epoch_end(self, logs)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _config(self, source: ImageSource) -> dict:
+        params = {k: v for k, v in self.get_params().items() if k not in _NOT_CONFIG}
+        return {**params, "source": source.fingerprint(), "classes": list(source.classes)}
+
+    def _resumable(self, source: ImageSource) -> dict | None:
+        """The saved state to continue from, or None to start afresh."""
+        self.config_ = self._config(source)
+        if self.run_dir is None or not self.resume:
+            return None
+        path = Path(self.run_dir) / checkpoint.LAST
+        if not path.exists():
+            return None
+        saved = checkpoint.load(path)
+        checkpoint.check_config(saved["config"], self.config_, path)
+        saved["best"] = checkpoint.load(Path(self.run_dir) / checkpoint.BEST)
+        return saved
+
+    def training_state(self) -> dict:
+        """Everything ``last.pt`` holds: weights, optimiser, schedule, RNG states, history."""
+        return {
+            "config": self.config_,
+            "epoch": self.history_[-1]["epoch"],
+            "model": self.model_.state_dict(),
+            "optimizer": self.optimizer_.state_dict(),
+            "scheduler": self.scheduler_.state_dict(),
+            "scaler": None,  # bf16 autocast needs no loss scaling
+            "rng": checkpoint.rng_state(self.generator_),
+            "history": self.history_,
+            "best_epoch": self.best_epoch_,
+            "best_score": list(self.best_score_),
+            "stopped": self.stop_training_,
+            "probe": self.probe_,
+        }
+
+    def best_state(self) -> dict:
+        return {"epoch": self.best_epoch_, "model": self._best_weights}
+
+    def _restore(self, saved: dict) -> None:
+        self.model_.load_state_dict(saved["model"])
+        self.optimizer_.load_state_dict(saved["optimizer"])
+        self.scheduler_.load_state_dict(saved["scheduler"])
+        self.history_ = list(saved["history"])
+        self.best_epoch_, self.best_score_ = saved["best_epoch"], tuple(saved["best_score"])
+        self._best_weights = saved["best"]["model"]
+        self.stop_training_ = saved["stopped"]
+        self.probe_ = saved["probe"]
+        self.start_epoch_ = saved["epoch"]
+        checkpoint.set_rng_state(saved["rng"], self.generator_)
+
+    # ---------------------------------------------------------------- predict
+
+    @torch.inference_mode()
+    def _proba(self, source: ImageSource, rows: np.ndarray) -> np.ndarray:
+        self.model_.eval()
+        data = loader(
+            SourceDataset(source, rows, self.backbone_.preprocessing.transform()),
+            2 * self.batch_size,
+            self.workers,
+        )
+        cuda = self.device_.type == "cuda"
+        out = []
+        for images, _ in data:
+            images = images.to(
+                self.device_, memory_format=torch.channels_last if cuda else torch.preserve_format
+            )
+            with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=cuda):
+                out.append(torch.softmax(self.model_(images).float(), dim=1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes_)), np.float32)
+
+    def _rows(self, X: ImageSource | str) -> tuple[ImageSource, np.ndarray]:
+        check_is_fitted(self)
+        if isinstance(X, str):
+            return self.source_, self.source_.indices(X)
+        if isinstance(X, ImageSource):
+            if list(X.classes) != self.class_names_:
+                raise HeadMismatchError(
+                    f"This FineTuner was fitted on classes {self.class_names_}; the source has "
+                    f"{list(X.classes)}. Predict on a source with the same class list."
+                )
+            return X, np.arange(len(X))
+        raise ConfigError(
+            f"FineTuner predicts an ImageSource or a split name of the fitted source "
+            f"('train', 'val', 'test'); got {type(X).__name__}."
+        )
+
+    def predict_proba(self, X: ImageSource | str) -> np.ndarray:
+        """(n, C) class probabilities for a source (all rows) or a split of the fitted one."""
+        check_is_fitted(self)
+        return self._proba(*self._rows(X))
+
+    def predict(self, X: ImageSource | str) -> np.ndarray:
+        return self.predict_proba(X).argmax(axis=1)
+
+    def score(self, X: ImageSource | str, y=None, sample_weight=None) -> float:
+        """Accuracy; ``y`` defaults to the source's own labels."""
+        source, rows = self._rows(X)
+        y = np.asarray(source.labels)[rows] if y is None else np.asarray(y)
+        return float(np.average(self.predict(X) == y, weights=sample_weight))
+
+    def evaluate(self, X: ImageSource | str, n_boot: int = 1000) -> dict:
+        """``compute_metrics`` (the heads' metric code) on a source or a split of the fitted one."""
+        source, rows = self._rows(X)
+        proba = self.predict_proba(X)
+        return compute_metrics(
+            np.asarray(source.labels)[rows], proba, self.class_names_, n_boot=n_boot, seed=self.seed
+        )
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_") and hasattr(self, "best_epoch_")
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _attach_head(backbone: Backbone, n_classes: int, dropout: float) -> tuple[nn.Module, str]:
+    """Replace the backbone's classifier by a fresh (dropout +) linear layer for ``n_classes``."""
+    name = backbone.classifier
+    old = backbone.model.get_submodule(name) if name else None
+    if not isinstance(old, nn.Linear):
+        raise ConfigError(
+            f"Backbone {backbone.spec!r} has no linear classifier to replace (found "
+            f"{type(old).__name__}); fine-tuning needs one whose input is the pooled features."
+        )
+    linear = nn.Linear(old.in_features, n_classes)
+    head = nn.Sequential(nn.Dropout(dropout), linear) if dropout > 0 else linear
+    backbone.model.set_submodule(name, head)
+    return backbone.model, name
+
+
+def _linear(model: nn.Module, head: str) -> nn.Linear:
+    module = model.get_submodule(head)
+    return module if isinstance(module, nn.Linear) else module[-1]
+
+
+__all__ = ["FineTuner"]

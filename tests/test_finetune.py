@@ -1,0 +1,267 @@
+"""FineTuner: modes freeze what they say, LP-FT starts at the probe, model selection, resume."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from finetune_child import BATCH, N_TRAIN, N_VAL, synthetic_source
+from PIL import Image
+from sklearn.exceptions import NotFittedError
+
+from featpipe.backbones import Preprocessing, get_backbone
+from featpipe.cli import main as cli_main
+from featpipe.data import ArraySource
+from featpipe.errors import ConfigError, HeadMismatchError
+from featpipe.finetune import Callback, FineTuner, Mode, checkpoint
+from featpipe.finetune.data import train_transform
+from featpipe.finetune.freezing import freeze
+from featpipe.finetune.recipe import param_groups, warmup_cosine
+
+CHILD = Path(__file__).with_name("finetune_child.py")
+
+
+def tuner(**kw) -> FineTuner:
+    params = dict(epochs=2, batch_size=8, lr=0.05, patience=None, verbose=0, seed=0)
+    return FineTuner("toy", **{**params, **kw})
+
+
+class Snapshots(Callback):
+    """Copies of the weights at the end of every epoch (epoch 0 = before training)."""
+
+    def __init__(self):
+        self.states: dict[int, dict] = {}
+
+    def on_epoch_end(self, tuner, logs):
+        self.states[logs["epoch"]] = copy.deepcopy(tuner.model_.state_dict())
+
+
+@pytest.fixture(scope="module")
+def source() -> ArraySource:
+    return synthetic_source()
+
+
+def test_training_beats_chance(source):
+    ft = tuner(mode="full", epochs=3).fit(source)
+    assert ft.history_[0]["val_accuracy"] < 0.6  # random head: near chance (1/3)
+    assert max(h["val_accuracy"] for h in ft.history_) >= 0.9
+    assert ft.score("test") >= 0.75
+    proba = ft.predict_proba("test")
+    assert proba.shape == (12, 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert set(ft.history_[1]) >= {
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "seconds",
+        "images_per_s",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("full", Mode("full")),
+        ("partial:2", Mode("partial", 2)),
+        ("bn", Mode("bn")),
+        ("head", Mode("head")),
+        ("lpft", Mode("lpft")),
+    ],
+)
+def test_mode_parse(text, expected):
+    assert Mode.parse(text) == expected
+    assert str(expected) == text
+
+
+@pytest.mark.parametrize("text", ["fulll", "partial", "partial:0", "partial:x", "bn:2"])
+def test_unknown_mode_lists_valid_modes(text, source):
+    with pytest.raises(ConfigError, match=r"Valid modes: full, partial:N, bn, head, lpft"):
+        tuner(mode=text).fit(source)
+
+
+def test_partial_beyond_stages_names_them(source):
+    with pytest.raises(ConfigError, match=r"3: stem, stage1, stage2"):
+        tuner(mode="partial:4").fit(source)
+
+
+def test_partial_freezes_a_stem_left_out_of_the_stages():
+    model = get_backbone("toy").model
+    frozen = freeze(model, Mode.parse("partial:1"), ["stage1", "stage2"], head="fc")
+    assert {n.split(".")[0] for n in frozen.params} == {"stem", "stage1"}
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("stage2"))
+
+
+def _frozen_expectation(mode: str, name: str) -> bool:
+    """Whether backbone state entry ``name`` (a parameter or BN buffer) must stay unchanged."""
+    stage = name.split(".")[0]
+    is_bn = name.split(".")[1] == "1"  # toy stages are Sequential(conv, bn, relu)
+    return {
+        "full": False,
+        "partial:1": stage == "stem",
+        "partial:2": stage in ("stem", "stage1"),
+        "bn": is_bn,
+        "head": True,
+    }[mode]
+
+
+@pytest.mark.parametrize("mode", ["full", "partial:1", "partial:2", "bn", "head"])
+def test_mode_freezes_exactly_what_it_says(mode, source):
+    before = get_backbone("toy").model.state_dict()
+    snaps = Snapshots()
+    ft = tuner(mode=mode, epochs=1, callbacks=[snaps]).fit(source)
+    after = snaps.states[1]  # the trained epoch, whether or not it was selected
+    for name, value in before.items():
+        if name.startswith("fc.") or name.endswith("num_batches_tracked"):
+            continue
+        if _frozen_expectation(mode, name):
+            assert torch.equal(after[name], value), f"{mode}: {name} changed"
+        elif not name.endswith(".0.bias"):  # a conv bias before batch norm gets zero gradient
+            assert not torch.equal(after[name], value), f"{mode}: {name} did not train"
+    assert not torch.equal(after["fc.1.weight"], snaps.states[0]["fc.1.weight"])  # head trains
+    n_trainable = sum(v.numel() for k, v in ft.model_.named_parameters() if v.requires_grad)
+    assert ft.trainable_params_ == n_trainable
+
+
+def test_lpft_starts_where_the_probe_ends():
+    # Weak signal so that the probe is not perfect and the comparison means something.
+    rng = np.random.default_rng(1)
+    n = 150
+    labels = np.arange(n) % 3
+    images = rng.integers(0, 200, (n, 24, 24, 3), dtype=np.uint8)
+    images[np.arange(n), :, :, labels] += 25
+    src = ArraySource(images, labels, splits=["train"] * 90 + ["val"] * 60)
+    ft = tuner(mode="lpft", epochs=1, probe_C=1.0).fit(src)
+    start = ft.history_[0]
+    assert start["epoch"] == 0 and start["probe"]["C"] == 1.0
+    assert 0.4 < ft.probe_["val_accuracy"] < 1.0
+    assert abs(start["val_accuracy"] - ft.probe_["val_accuracy"]) <= 0.005
+
+
+def test_early_stopping_keeps_the_best_validation_epoch(source, monkeypatch):
+    scripted = iter([0.2, 0.5, 0.8, 0.6, 0.7, 0.95, 0.99])  # best at epoch 2, then 2 worse
+    monkeypatch.setattr(
+        FineTuner, "_validate", lambda self: {"val_loss": 1.0, "val_accuracy": next(scripted)}
+    )
+    snaps = Snapshots()
+    ft = tuner(epochs=6, patience=2, callbacks=[snaps]).fit(source)
+    assert [h["epoch"] for h in ft.history_] == [0, 1, 2, 3, 4]
+    assert ft.best_epoch_ == 2
+    final = ft.model_.state_dict()
+    assert all(torch.equal(final[k], v) for k, v in snaps.states[2].items())
+    assert not torch.equal(final["fc.1.weight"], snaps.states[4]["fc.1.weight"])
+
+
+def test_val_is_carved_from_train_when_missing():
+    src = synthetic_source()
+    no_val = ArraySource(
+        np.stack([np.asarray(src.load(i)) for i in range(len(src))]),
+        src.labels,
+        splits=np.where(src.splits == 1, 0, src.splits),
+    )
+    ft = tuner(epochs=1, val_fraction=0.25).fit(no_val)
+    assert ft.history_[0]["val_split"].startswith("carved 0.25 of train")
+    counts = np.bincount(no_val.labels[ft.val_rows_], minlength=3)
+    assert counts.sum() == 15 and counts.min() == 5  # stratified: 5 per class of 60 train rows
+
+
+def test_same_seed_same_weights_on_cpu(source):
+    a = tuner(epochs=1).fit(source).model_.state_dict()
+    b = tuner(epochs=1).fit(source).model_.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_dir_files_and_config_mismatch(source, tmp_path):
+    ft = tuner(epochs=2, run_dir=tmp_path).fit(source)
+    rows = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and rows == ft.history_
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and set(last["rng"]) >= {"torch", "numpy", "python", "loader"}
+    best = checkpoint.load(tmp_path / "best.pt")
+    assert best["epoch"] == ft.best_epoch_
+    assert not list(tmp_path.glob("*.tmp"))
+    # A finished run resumes to the same result without training again.
+    again = tuner(epochs=2, run_dir=tmp_path).fit(source)
+    assert again.history_ == ft.history_
+    with pytest.raises(ConfigError, match=r"lr: checkpoint 0.05, now 0.1"):
+        tuner(epochs=2, lr=0.1, run_dir=tmp_path).fit(source)
+    tuner(epochs=1, lr=0.1, run_dir=tmp_path, resume=False).fit(source)  # starts over
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    run = [sys.executable, str(CHILD)]
+    subprocess.run([*run, tmp_path / "a", tmp_path / "a.pt"], check=True, timeout=120)
+    # Loads: epoch 0 validates (N_VAL); each epoch trains (N_TRAIN) and validates (N_VAL).
+    kill_at = N_VAL + (N_TRAIN + N_VAL) + N_TRAIN // 2  # half-way through epoch 2's training
+    killed = subprocess.run([*run, tmp_path / "b", tmp_path / "b.pt", str(kill_at)], timeout=120)
+    assert killed.returncode == -9
+    assert checkpoint.load(tmp_path / "b" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "b.pt").exists()
+    subprocess.run([*run, tmp_path / "b", tmp_path / "b.pt"], check=True, timeout=120)
+    a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert N_TRAIN % BATCH == 0  # the kill arithmetic assumes whole batches
+
+
+def test_param_groups_and_schedule():
+    model = get_backbone("toy").model
+    groups = {g["name"]: g for g in param_groups(model, "fc", 0.1, 0.1, 1e-4)}
+    assert set(groups) == {"head", "head_no_decay", "backbone", "backbone_no_decay"}
+    assert groups["head"]["lr"] == 0.1 and math.isclose(groups["backbone"]["lr"], 0.01)
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0
+    assert all(p.ndim <= 1 for p in groups["backbone_no_decay"]["params"])
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = warmup_cosine(opt, warmup_steps=4, total_steps=12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4] == 1.0 and all(a > b for a, b in itertools.pairwise(lrs[4:]))
+
+
+def test_predict_needs_fit_and_a_source(source):
+    with pytest.raises(NotFittedError):
+        tuner().predict("test")
+    ft = tuner(epochs=1).fit(source)
+    with pytest.raises(ConfigError, match="ImageSource or a split name"):
+        ft.predict(np.zeros((2, 3)))
+    assert ft.predict(source).shape == (len(source),)
+    other = ArraySource(np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"])
+    with pytest.raises(HeadMismatchError, match="same class list"):
+        ft.predict(other)
+
+
+def test_cli_finetune_writes_run_folder(split_image_folder, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = "finetune --backbone toy --mode lpft --epochs 2 --batch-size 4 --no-progress"
+    code = cli_main([*args.split(), "--data", str(split_image_folder), "--run-dir", str(run_dir)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "epoch   2/2" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["test"]["top1"] <= 1 and metrics["probe"]["C"] > 0
+    assert json.loads((run_dir / "config.json").read_text())["mode"] == "lpft"
+    assert {"history.jsonl", "best.pt", "last.pt"} <= {p.name for p in run_dir.iterdir()}
+
+
+def test_train_transform_keeps_crop_size_and_normalisation():
+    pre = Preprocessing(resize=36, crop=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    image = Image.fromarray(np.full((16, 20, 3), 255, np.uint8))
+    out = train_transform(pre, "standard")(image)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    assert torch.allclose(out, torch.ones_like(out))  # white stays (1 - 0.5) / 0.5 after crops
+    assert torch.equal(train_transform(pre, "none")(image), pre.transform()(image))
+    with pytest.raises(ConfigError, match="Valid: standard, none"):
+        train_transform(pre, "heavy")
