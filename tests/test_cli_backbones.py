@@ -80,7 +80,7 @@ def test_layers_unknown_backbone_is_a_clean_error(capsys):
 
 def test_layers_fixed_size_model_at_other_size(capsys):
     code, _, err = run(capsys, "layers", "torchvision:vit_b_16@none", "--image-size", "64")
-    assert code == 2 and "Omit --image-size" in err
+    assert code == 2 and "Omit the image size" in err
 
 
 @pytest.mark.parametrize("command", ["backbones", "layers"])

@@ -16,8 +16,7 @@ from sklearn.utils import estimator_checks as ec
 from toy_backbone import build_toy
 
 import featpipe
-from featpipe.backbones import get_backbone, register_backbone
-from featpipe.backbones.registry import _BUILTINS
+from featpipe.backbones import get_backbone, register_backbone, unregister_backbone
 from featpipe.errors import ConfigError
 from featpipe.heads import Embedder
 
@@ -33,8 +32,12 @@ def build_counting_toy(spec):
     return bb
 
 
-if "counting_toy" not in _BUILTINS:
+@pytest.fixture(autouse=True, scope="module")
+def counting_toy():
+    """Registered for this module only: other tests list the registry."""
     register_backbone("counting_toy")(build_counting_toy)
+    yield
+    unregister_backbone("counting_toy")
 
 
 def image_paths(folder) -> tuple[list[str], np.ndarray]:
