@@ -61,6 +61,10 @@ def load(args: argparse.Namespace) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         X, y = out["train"]
         X_tr, X_va, y_tr, y_va = train_test_split(X, y, test_size=0.1, stratify=y, random_state=0)
         out["train"], out["val"] = (X_tr, y_tr), (X_va, y_va)
+    if args.limit_train and args.limit_train < len(out["train"][1]):
+        X, y = out["train"]  # a stratified subset, for machines where the full path is too slow
+        X, _, y, _ = train_test_split(X, y, train_size=args.limit_train, stratify=y, random_state=0)
+        out["train"] = (X, y)
     return out
 
 
@@ -93,6 +97,7 @@ def main() -> None:
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--max-iter", type=int, default=1000)
     p.add_argument("--n-cs", type=int, default=len(LOGREG_CS), help="C values (log 1e-6..1e5)")
+    p.add_argument("--limit-train", type=int, help="use a stratified subset of N train rows")
     p.add_argument("--skip-sklearn", action="store_true", help="time the torch path only")
     args = p.parse_args()
     if not args.store and not args.synthetic:
