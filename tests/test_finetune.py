@@ -265,3 +265,19 @@ def test_train_transform_keeps_crop_size_and_normalisation():
     assert torch.equal(train_transform(pre, "none")(image), pre.transform()(image))
     with pytest.raises(ConfigError, match="Valid: standard, none"):
         train_transform(pre, "heavy")
+
+
+def test_lpft_trains_every_parameter_under_fixed_batch_norm_statistics(source):
+    # The probe was fitted on eval-mode features; batch statistics of the new images would
+    # change those features at the first step (on real data LP-FT then diverged).
+    before = get_backbone("toy").model.state_dict()
+    snaps = Snapshots()
+    tuner(mode="lpft", epochs=1, callbacks=[snaps]).fit(source)
+    after = snaps.states[1]
+    for name, value in before.items():
+        if name.startswith("fc.") or name.endswith(("num_batches_tracked", ".0.bias")):
+            continue
+        if name.endswith(("running_mean", "running_var")):
+            assert torch.equal(after[name], value), f"{name} changed"
+        else:
+            assert not torch.equal(after[name], value), f"{name} did not train"

@@ -91,6 +91,11 @@ def freeze(model: nn.Module, mode: Mode, stages: list[str], head: str) -> Frozen
                 p.requires_grad_(False)
                 frozen.params.append(pname)
         frozen.eval_modules.append(module)
+    if mode.kind == "lpft":
+        # Every parameter trains, but batch-norm statistics stay those the probe was fitted
+        # under: batch statistics of the new images would change the features at the first
+        # step, the probe's head would start from garbage, and training diverges.
+        frozen.eval_modules += [m for m in modules.values() if _is_bn(m)]
     return frozen
 
 

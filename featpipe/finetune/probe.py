@@ -1,4 +1,5 @@
-"""The LP step of LP-FT: a logistic regression on pooled features, folded into a linear layer."""
+"""The LP step of LP-FT: a logistic regression on standardised pooled features, loaded into a
+fixed standardisation and a linear layer."""
 
 from __future__ import annotations
 
@@ -33,18 +34,35 @@ def pooled_features(
     return np.concatenate(xs), np.concatenate(ys)
 
 
+class Standardize(nn.Module):
+    """A fixed ``(x - mean) / std`` in front of an LP-FT head. The probe's weights stay in the
+    standardised space they were fitted in: folded into raw-feature weights (W / std) they
+    would make SGD steps on the head up to 1/std² too large, and training diverges."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 def fit_probe(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
     n_classes: int,
     C: float | str,
     device: str,
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Fit standardise + logistic regression (``C="auto"`` picks C on val) and return the
-    equivalent (C, D) weight and (C,) bias on raw features, plus a summary."""
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Fit standardise + logistic regression (``C="auto"`` picks C on val); returns the
+    head's tensors (mean, std, (C, D) weight, (C,) bias) and a summary."""
     (X, y), (Xv, yv) = train, val
     mean, std = X.mean(axis=0), X.std(axis=0)
-    std = np.where(std > 0, std, 1.0)  # constant features: as StandardScaler does
+    # Floor tiny scales: a unit nearly constant in eval mode varies once batch norm trains,
+    # and dividing by its tiny std would blow up the logits and the first fine-tuning steps.
+    floor = 0.1 * float(np.median(std[std > 0])) if np.any(std > 0) else 1.0
+    std = np.maximum(std, floor)
     Cs = PROBE_CS if C == "auto" else (float(C),)
     path = logreg_path((X - mean) / std, y, Cs, X_val=(Xv - mean) / std, y_val=yv, device=device)
     best = path.best_index
@@ -54,18 +72,20 @@ def fit_probe(
     W = np.zeros((n_classes, X.shape[1]))
     b = np.full(n_classes, -1e4)  # a class absent from train is never predicted, as in the probe
     W[path.classes], b[path.classes] = coef, intercept
-    # Fold the standardisation: W (x - mean) / std + b == (W / std) x + (b - (W / std) mean).
-    W = W / std
-    b = b - W @ mean
     summary = {
         "C": float(path.Cs[best]),
         "val_accuracy": float(path.val_accuracy[best]),
         "seconds": path.seconds,
     }
-    return torch.as_tensor(W, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), summary
+    tensors = {"mean": mean, "std": std, "weight": W, "bias": b}
+    return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in tensors.items()}, summary
 
 
-def load_into(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+def load_into(head: nn.Sequential, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy a fitted probe into an LP-FT head (Standardize first, Linear last)."""
+    standardize, linear = head[0], head[-1]
     with torch.no_grad():
-        linear.weight.copy_(weight)
-        linear.bias.copy_(bias)
+        standardize.mean.copy_(tensors["mean"])
+        standardize.std.copy_(tensors["std"])
+        linear.weight.copy_(tensors["weight"])
+        linear.bias.copy_(tensors["bias"])

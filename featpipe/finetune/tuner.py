@@ -171,11 +171,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         fitted_probe = None
         if mode.kind == "lpft" and fresh:  # a resumed run restores the head from last.pt
             fitted_probe = self._fit_probe(train_rows)
-        self.probe_ = fitted_probe[2] if fitted_probe else None
+        self.probe_ = fitted_probe[1] if fitted_probe else None
         _seed_everything(self.seed)
-        model, self.head_ = _attach_head(self.backbone_, len(self.classes_), self.dropout)
+        model, self.head_ = _attach_head(
+            self.backbone_, len(self.classes_), self.dropout, standardize=mode.kind == "lpft"
+        )
         if fitted_probe:
-            probe.load_into(_linear(model, self.head_), *fitted_probe[:2])
+            probe.load_into(model.get_submodule(self.head_), fitted_probe[0])
         self.frozen_ = freeze(model, mode, self.backbone_.stages, self.head_)
         self.model_ = model.to(self.device_)
         if self.device_.type == "cuda":
@@ -233,7 +235,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             out.append(ProgressPrinter())
         return out + list(self.callbacks or [])
 
-    def _fit_probe(self, train_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def _fit_probe(self, train_rows: np.ndarray) -> tuple[dict[str, torch.Tensor], dict]:
         eval_tf = self.backbone_.preprocessing.transform()
         self.backbone_.model.to(self.device_)
         feats = [
@@ -423,8 +425,11 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _attach_head(backbone: Backbone, n_classes: int, dropout: float) -> tuple[nn.Module, str]:
-    """Replace the backbone's classifier by a fresh (dropout +) linear layer for ``n_classes``."""
+def _attach_head(
+    backbone: Backbone, n_classes: int, dropout: float, standardize: bool = False
+) -> tuple[nn.Module, str]:
+    """Replace the backbone's classifier by a fresh ([standardise +] [dropout +]) linear layer
+    for ``n_classes``."""
     name = backbone.classifier
     old = backbone.model.get_submodule(name) if name else None
     if not isinstance(old, nn.Linear):
@@ -433,7 +438,9 @@ def _attach_head(backbone: Backbone, n_classes: int, dropout: float) -> tuple[nn
             f"{type(old).__name__}); fine-tuning needs one whose input is the pooled features."
         )
     linear = nn.Linear(old.in_features, n_classes)
-    head = nn.Sequential(nn.Dropout(dropout), linear) if dropout > 0 else linear
+    layers = [probe.Standardize(old.in_features)] if standardize else []
+    layers += [nn.Dropout(dropout)] if dropout > 0 else []
+    head = nn.Sequential(*layers, linear) if layers else linear
     backbone.model.set_submodule(name, head)
     return backbone.model, name
 
