@@ -215,7 +215,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
 
 def test_param_groups_and_schedule():
     model = get_backbone("toy").model
-    groups = {g["name"]: g for g in param_groups(model, "fc", 0.1, 0.1, 1e-4)}
+    groups = {g["name"]: g for g in param_groups(model, "fc", 0.1, 0.01, 1e-4)}
     assert set(groups) == {"head", "head_no_decay", "backbone", "backbone_no_decay"}
     assert groups["head"]["lr"] == 0.1 and math.isclose(groups["backbone"]["lr"], 0.01)
     assert groups["backbone_no_decay"]["weight_decay"] == 0.0

@@ -13,12 +13,12 @@ OPTIMIZERS = ("sgd", "adamw")
 
 
 def param_groups(
-    model: nn.Module, head: str, lr: float, backbone_lr_scale: float, weight_decay: float
+    model: nn.Module, head: str, head_lr: float, backbone_lr: float, weight_decay: float
 ) -> list[dict]:
     """Trainable parameters in up to four groups: head/backbone x decay/no-decay.
 
     Biases and normalisation weights (every tensor with ndim <= 1) get no weight decay;
-    the backbone learns at ``lr * backbone_lr_scale`` so pretrained features move slowly.
+    the backbone learns at its own (lower) rate so pretrained features move slowly.
     """
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -31,7 +31,7 @@ def param_groups(
         out.append(
             {
                 "params": params,
-                "lr": lr if is_head else lr * backbone_lr_scale,
+                "lr": head_lr if is_head else backbone_lr,
                 "weight_decay": weight_decay if decay else 0.0,
                 "name": f"{'head' if is_head else 'backbone'}{'' if decay else '_no_decay'}",
             }

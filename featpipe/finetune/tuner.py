@@ -182,7 +182,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.model_ = model.to(self.device_)
         if self.device_.type == "cuda":
             self.model_ = self.model_.to(memory_format=torch.channels_last)
-        groups = param_groups(model, self.head_, self.lr, self.backbone_lr_scale, self.weight_decay)
+        # An LP-FT head is already fitted: it moves at the backbone's pace, not at the fast
+        # rate a fresh head needs (at that rate it diverged on digits).
+        backbone_lr = self.lr * self.backbone_lr_scale
+        head_lr = backbone_lr if mode.kind == "lpft" else self.lr
+        groups = param_groups(model, self.head_, head_lr, backbone_lr, self.weight_decay)
         self.optimizer_ = build_optimizer(
             self.optimizer, groups, self.lr, self.momentum, self.weight_decay
         )
