@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from featpipe.errors import unknown_name
+from featpipe.errors import ConfigError, unknown_name
 from featpipe.heads.estimators import (
     KNNProbe,
     LinearSVMProbe,
@@ -31,7 +31,7 @@ HEADS: dict[str, HeadEntry] = {}
 def register_head(name: str, factory: Callable[..., BaseEstimator], grid: dict[str, list]) -> None:
     """Add a head under ``name``; a duplicate name raises."""
     if name in HEADS:
-        raise ValueError(f"A head named {name!r} is already registered.")
+        raise ConfigError(f"A head named {name!r} is already registered.")
     HEADS[name] = HeadEntry(name, factory, grid)
 
 
