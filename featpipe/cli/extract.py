@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from featpipe.cli.options import add_limit_options, apply_limits
+
 EXTRACT_EPILOG = """\
 examples:
   featpipe extract digits --image-size 64
@@ -100,13 +102,7 @@ def register(subparsers) -> None:
     split.add_argument("--val-fraction", type=float, metavar="F")
     split.add_argument("--test-fraction", type=float, metavar="F")
     split.add_argument("--seed", type=int, metavar="S", help="seed of splits and subsampling")
-    for name in ("train", "val", "test"):
-        split.add_argument(
-            f"--limit-{name}",
-            type=int,
-            metavar="N",
-            help=f"keep a stratified sample of at most N {name} images",
-        )
+    add_limit_options(split)
     p.add_argument(
         "--hash-contents",
         action="store_true",
@@ -128,19 +124,14 @@ def register(subparsers) -> None:
 
 
 def _open_source(args: argparse.Namespace):
-    from featpipe.data import open_source, subsample
+    from featpipe.data import open_source
 
     options = {
         name: getattr(args, name)
         for name in ("val_fraction", "test_fraction", "seed")
         if getattr(args, name) is not None
     }
-    source = open_source(args.source, **options)
-    limits = {s: getattr(args, f"limit_{s}") for s in ("train", "val", "test")}
-    limits = {s: n for s, n in limits.items() if n is not None}
-    if limits:
-        source = subsample(source, limits, seed=args.seed or 0)
-    return source
+    return apply_limits(open_source(args.source, **options), args, seed=args.seed or 0)
 
 
 def format_bytes(n: float) -> str:

@@ -8,6 +8,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from featpipe.cli.options import add_limit_options, apply_limits
+
 EPILOG = """\
 examples:
   featpipe finetune --data digits --backbone efficientnet_lite0 --mode lpft --image-size 64
@@ -80,13 +82,7 @@ def register(subparsers) -> None:
         recipe.add_argument(
             flag, type=kind, default=defaults[name], help=f"{text} (default: %(default)s)"
         )
-    for split in ("train", "val", "test"):
-        p.add_argument(
-            f"--limit-{split}",
-            type=int,
-            metavar="N",
-            help=f"keep a stratified sample of at most N {split} images",
-        )
+    add_limit_options(p)
     p.add_argument(
         "--run-dir",
         type=Path,
@@ -107,12 +103,9 @@ def register(subparsers) -> None:
 
 
 def _source(args: argparse.Namespace):
-    from featpipe.data import open_source, subsample
+    from featpipe.data import open_source
 
-    source = open_source(args.data)
-    limits = {s: getattr(args, f"limit_{s}") for s in ("train", "val", "test")}
-    limits = {s: n for s, n in limits.items() if n is not None}
-    return subsample(source, limits, seed=args.seed) if limits else source
+    return apply_limits(open_source(args.data), args, seed=args.seed)
 
 
 def _run_dir(args: argparse.Namespace) -> Path:

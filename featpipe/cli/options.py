@@ -1,0 +1,26 @@
+"""Command-line options shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from featpipe.data import ImageSource, subsample
+from featpipe.data.source import SPLIT_NAMES
+
+
+def add_limit_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--limit-train/val/test N``: a stratified, seeded subset of each split."""
+    for split in SPLIT_NAMES:
+        parser.add_argument(
+            f"--limit-{split}",
+            type=int,
+            metavar="N",
+            help=f"keep a stratified sample of at most N {split} images",
+        )
+
+
+def apply_limits(source: ImageSource, args: argparse.Namespace, seed: int) -> ImageSource:
+    """The source cut down by the ``--limit-*`` options (unchanged when none is given)."""
+    limits = {s: getattr(args, f"limit_{s}") for s in SPLIT_NAMES}
+    limits = {s: n for s, n in limits.items() if n is not None}
+    return subsample(source, limits, seed=seed) if limits else source
