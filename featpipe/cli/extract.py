@@ -81,8 +81,8 @@ def register(subparsers) -> None:
         "--workers",
         type=int,
         default=None,
-        help="DataLoader worker processes (default: cores/4 on CPU, 4 for the gpu data path, "
-        "every core for CPU decoding on CUDA; 0: decode in the main process)",
+        help="DataLoader worker processes (default: min(4, cores); every core for CPU "
+        "decoding on CUDA; 0: decode in the main process)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument(

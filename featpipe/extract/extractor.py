@@ -99,7 +99,7 @@ def extract(
             store.extraction = {**NOTHING_COMPUTED, "reused": True}
             return store
         n_workers = default_workers(dev, stage.name) if workers is None else workers
-        with cpu_threads(dev, n_workers):
+        with cpu_threads(dev):
             model = prepare_model(model, dev)
             if action is Action.CREATE:
                 StoreWriter.create(

@@ -31,12 +31,12 @@ def available_cores() -> int:
 
 def default_workers(device: torch.device, data_path: str) -> int:
     """Loader workers when the user gives none: the GPU path's workers only read bytes, so a
-    few suffice; decoding on the CPU for a GPU needs every core; on a CPU-only machine the
-    forward pass needs the cores more than the decoders do."""
+    few suffice; decoding on the CPU for a GPU needs every core; on a CPU-only machine one
+    worker per core (at most 4) keeps decoding ahead of the forward pass."""
     cores = available_cores()
-    if device.type == "cuda":
-        return min(4, cores) if data_path == "gpu" else cores
-    return max(1, cores // 4)
+    if device.type == "cuda" and data_path != "gpu":
+        return cores
+    return min(4, cores)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -63,12 +63,12 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 @contextlib.contextmanager
-def cpu_threads(device: torch.device, workers: int) -> Iterator[None]:
-    """On CPU, one forward thread per core the loader workers leave free (threads that share
-    cores with busy decoders stall each other); the old setting is restored afterwards."""
+def cpu_threads(device: torch.device) -> Iterator[None]:
+    """On CPU the forward pass gets every core (it dominates; loader workers that decode
+    beside it wait on a full queue most of the time); the old setting is restored afterwards."""
     before = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(max(1, available_cores() - workers))
+        torch.set_num_threads(available_cores())
     try:
         yield
     finally:
