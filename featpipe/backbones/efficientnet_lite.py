@@ -24,6 +24,7 @@ from featpipe.backbones.registry import BackboneSpec, register_backbone
 from featpipe.backbones.timm_models import create, make_backbone
 from featpipe.backbones.weights import (
     WeightsUnavailableError,
+    build_from_file,
     file_sha256,
     is_weights_path,
     load_strict,
@@ -128,10 +129,7 @@ def build(spec: BackboneSpec) -> Backbone:
     elif weights == "none":
         model, sha = seeded(lambda: _architecture(variant)), ""
     elif is_weights_path(weights):
-        path = Path(weights).expanduser().resolve()
-        model = seeded(lambda: _architecture(variant))
-        load_strict(model, read_state_dict(path), source=str(path))
-        sha, weights = file_sha256(path), str(path)
+        model, sha, weights = build_from_file(lambda: _architecture(variant), weights)
     else:
         raise unknown_name(
             f"weights for {variant}",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from functools import cache
-from pathlib import Path
 
 from torch import nn
 
@@ -17,11 +16,9 @@ from featpipe.backbones.base import Backbone
 from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import (
+    build_from_file,
     fetch_error,
-    file_sha256,
     is_weights_path,
-    load_strict,
-    read_state_dict,
     seeded,
     stages_of,
 )
@@ -106,10 +103,7 @@ def build(spec: BackboneSpec) -> Backbone:
                 f"the state dict and give it as 'timm:{spec.name}@/path/to/weights.pth'.",
             ) from exc
     elif is_weights_path(weights):
-        path = Path(weights).expanduser().resolve()
-        model = seeded(lambda: create(spec.name))
-        load_strict(model, read_state_dict(path), source=str(path))
-        sha, weights = file_sha256(path), str(path)
+        model, sha, weights = build_from_file(lambda: create(spec.name), weights)
     else:
         raise unknown_name(
             f"weights for timm:{spec.name}",

@@ -18,11 +18,9 @@ from featpipe.backbones.base import Backbone
 from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import (
+    build_from_file,
     fetch_error,
-    file_sha256,
     is_weights_path,
-    load_strict,
-    read_state_dict,
     seeded,
     stages_of,
 )
@@ -93,10 +91,9 @@ def build(spec: BackboneSpec) -> Backbone:
     if weights == "none":
         model = seeded(lambda: models.get_model(spec.name, weights=None))
     elif is_weights_path(weights):
-        path = Path(weights).expanduser().resolve()
-        model = seeded(lambda: models.get_model(spec.name, weights=None))
-        load_strict(model, read_state_dict(path), source=str(path))
-        sha, weights = file_sha256(path), str(path)
+        model, sha, weights = build_from_file(
+            lambda: models.get_model(spec.name, weights=None), weights
+        )
     else:
         meta = _resolve_member(enum, BackboneSpec(spec.family, spec.name, weights))
         model = _download(spec.name, meta)

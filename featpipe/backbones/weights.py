@@ -103,6 +103,15 @@ def seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
         return build()
 
 
+def build_from_file(build: Callable[[], nn.Module], weights: str) -> tuple[nn.Module, str, str]:
+    """The architecture from ``build`` with a local state-dict file loaded strictly; returns
+    the model, the file's sha256 and its absolute path (the spec's resolved weights)."""
+    path = Path(weights).expanduser().resolve()
+    model = seeded(build)
+    load_strict(model, read_state_dict(path), source=str(path))
+    return model, file_sha256(path), str(path)
+
+
 def fetch_error(what: str, exc: BaseException, fixes: str) -> WeightsUnavailableError:
     """The error for hub weights that could not be downloaded (offline machines)."""
     return WeightsUnavailableError(
