@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from featpipe.cli.options import add_limit_options, apply_limits
+from featpipe.cli.options import add_image_size_option, add_limit_options, apply_limits
 
 EXTRACT_EPILOG = """\
 examples:
@@ -85,13 +85,7 @@ def register(subparsers) -> None:
         "decoding on CUDA; 0: decode in the main process)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="input size in pixels (default: the weights' own)",
-    )
+    add_image_size_option(p)
     p.add_argument(
         "--data-path",
         choices=("auto", "cpu", "gpu"),

@@ -8,7 +8,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from featpipe.cli.options import add_limit_options, apply_limits
+from featpipe.cli.options import add_image_size_option, add_limit_options, apply_limits
 
 EPILOG = """\
 examples:
@@ -69,13 +69,7 @@ def register(subparsers) -> None:
         default=defaults["backbone"],
         help="backbone spec (default: %(default)s; see `featpipe backbones`)",
     )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="input size in pixels (default: the weights' own)",
-    )
+    add_image_size_option(p)
     recipe = p.add_argument_group("recipe")
     for flag, kind, text in RECIPE:
         name = flag[2:].replace("-", "_")

@@ -8,6 +8,17 @@ from featpipe.data import ImageSource, subsample
 from featpipe.data.source import SPLIT_NAMES
 
 
+def add_image_size_option(parser: argparse.ArgumentParser) -> None:
+    """``--image-size N``: feed the backbone at another size, keeping its crop fraction."""
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="input size in pixels (default: the weights' own)",
+    )
+
+
 def add_limit_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--limit-train/val/test N``: a stratified, seeded subset of each split."""
     for split in SPLIT_NAMES:
