@@ -80,10 +80,13 @@ class _Problem:
         self, C: float, start: torch.Tensor, tol: float, max_iter: int
     ) -> tuple[torch.Tensor, int]:
         """(K, D+1) weights with the intercept in the last column, and the iterations used."""
-        params = start.detach().clone().requires_grad_(True)
-        reg = 1.0 / (C * self.X.shape[0])
+        W = start[:, :-1].clone().requires_grad_(True)  # contiguous, so matmuls stay fast
+        b = start[:, -1].clone().requires_grad_(True)
+        n = self.X.shape[0]
+        reg = 1.0 / (C * n)
+        rows = torch.arange(n, device=self.device)
         opt = torch.optim.LBFGS(
-            [params],
+            [W, b],
             lr=1.0,
             max_iter=max_iter,
             tolerance_grad=tol,
@@ -92,15 +95,22 @@ class _Problem:
             line_search_fn="strong_wolfe",
         )
 
+        # The gradient is written by hand rather than by autograd, whose backward of the
+        # weights computes X.T @ G: several times slower than (G.T @ X) on CPU, for one pass.
+        @torch.no_grad()
         def closure() -> torch.Tensor:
-            opt.zero_grad()
-            logits = torch.addmm(params[:, -1], self.X, params[:, :-1].T)
-            loss = F.cross_entropy(logits, self.y) + 0.5 * reg * params[:, :-1].square().sum()
-            loss.backward()
+            log_p = F.linear(self.X, W, b).log_softmax(1)
+            loss = -log_p[rows, self.y].mean() + 0.5 * reg * W.square().sum()
+            residual = log_p.exp_()
+            residual[rows, self.y] -= 1.0
+            residual /= n
+            W.grad = residual.T @ self.X + reg * W
+            b.grad = residual.sum(0)
             return loss
 
         opt.step(closure)
-        return params.detach(), int(opt.state[params].get("n_iter", 0))
+        n_iter = int(opt.state[W].get("n_iter", 0))  # LBFGS keeps its state on the first param
+        return torch.cat([W.detach(), b.detach()[:, None]], dim=1), n_iter
 
     def accuracy(self, W: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> float:
         logits = torch.addmm(W[:, -1], X, W[:, :-1].T)
