@@ -287,3 +287,22 @@ def test_background_writer_finishes_queued_chunks_when_the_caller_fails():
         release.set()
         raise KeyboardInterrupt
     assert written == [0, 1, 2]
+
+
+def test_cpu_extraction_runs_channels_last_and_keeps_the_models_features(tmp_path):
+    backbone = get_backbone("toy")
+    source = NoiseSource(12)
+    x = torch.stack([backbone.preprocessing.transform()(source.load(i)) for i in range(12)])
+    with torch.inference_mode():
+        expected = backbone.model(x).numpy()  # the model as loaded: contiguous layout
+    layouts = []
+    backbone.model.stem.register_forward_pre_hook(
+        lambda _module, args: layouts.append(
+            args[0].is_contiguous(memory_format=torch.channels_last)
+        )
+    )
+    store = extract(source, backbone, ["logits"], out=tmp_path / "s.h5", dtype="float32", **FAST)
+    assert layouts[-3:] == [True] * 3  # every chunk's batch
+    assert backbone.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    # a different summation order, not different features
+    np.testing.assert_allclose(store.arrays("logits")[0], expected, rtol=1e-5, atol=1e-6)

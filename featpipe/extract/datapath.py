@@ -50,10 +50,8 @@ class CPUDataPath:
         return torch.stack(items)
 
     def to_batch(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-        if device.type == "cuda":
-            # channels-last suits convolutions under autocast; pinned memory makes this async
-            return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
-        return batch.to(device)
+        # channels-last, as the model is (see prepare_model); pinned memory makes this async
+        return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
 
 
 def get_data_path(name: str, preprocessing: Preprocessing, device: torch.device) -> DataPath:

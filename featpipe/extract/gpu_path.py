@@ -108,19 +108,18 @@ class GPUDataPath:
 
     def to_batch(self, batch: Batch, device: torch.device) -> torch.Tensor:
         """Normalised float32 (B, 3, crop, crop) on ``device``, in the batch's order
-        (channels-last on CUDA, which is what the model wants under autocast)."""
+        (channels-last, the layout of the model, see ``loop.prepare_model``)."""
         # The loop calls this under bf16 autocast; preprocessing must stay in float32.
         with torch.autocast(device.type, enabled=False):
             return self._to_batch(batch, device)
 
     def _to_batch(self, batch: Batch, device: torch.device) -> torch.Tensor:
         crop = self.preprocessing.crop
-        layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         pixels = torch.empty(
             (len(batch.names), 3, crop, crop),
             dtype=torch.uint8,
             device=device,
-            memory_format=layout,
+            memory_format=torch.channels_last,
         )
         if batch.jpeg_rows:
             files = list(torch.split(batch.jpegs, batch.jpeg_sizes))
