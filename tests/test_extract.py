@@ -26,6 +26,7 @@ from featpipe.errors import (
     UnknownNameError,
 )
 from featpipe.extract import CPUDataPath, extract, get_data_path
+from featpipe.extract.host_copy import start_copy
 from featpipe.extract.writer_thread import BackgroundWriter
 from featpipe.store import FeatureStore
 
@@ -306,3 +307,40 @@ def test_cpu_extraction_runs_channels_last_and_keeps_the_models_features(tmp_pat
     assert backbone.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     # a different summation order, not different features
     np.testing.assert_allclose(store.arrays("logits")[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_host_copy_on_cpu_converts_to_the_store_dtype():
+    features = {"pooled": torch.linspace(-1, 1, 12).reshape(3, 4)}
+    copy = start_copy(features, torch.float16)
+    assert copy.done is None
+    arrays = copy.arrays()
+    assert arrays["pooled"].dtype == np.float16
+    np.testing.assert_array_equal(arrays["pooled"], features["pooled"].numpy().astype(np.float16))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_host_copy_from_cuda_is_pinned_and_waits_for_the_device():
+    x = torch.randn(256, 2048, device="cuda")
+    features = {"pooled": (x @ x.T)[:, :1000], "logits": x[:, :10]}
+    copy = start_copy(features, torch.float16)
+    assert copy.done is not None and copy.tensors["pooled"].is_pinned()
+    arrays = copy.arrays()  # waits on the event, not on the whole device
+    for name, t in features.items():
+        np.testing.assert_array_equal(arrays[name], t.half().cpu().numpy())
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_eager_features(tmp_path):
+    pytest.importorskip("torch._inductor")
+    eager = extract(NoiseSource(12), "toy", LAYERS, out=tmp_path / "eager.h5", **FAST)
+    torch._dynamo.reset()
+    compiled = extract(
+        NoiseSource(12), "toy", LAYERS, out=tmp_path / "compiled.h5", torch_compile=True, **FAST
+    )
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
+    assert compiled.key == eager.key  # compiling changes no input of the features
+    for layer in LAYERS:
+        np.testing.assert_allclose(
+            compiled.arrays(layer)[0], eager.arrays(layer)[0], rtol=1e-3, atol=1e-3
+        )

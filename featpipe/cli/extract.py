@@ -102,6 +102,11 @@ def register(subparsers) -> None:
         action="store_true",
         help="fingerprint image bytes instead of file sizes and times",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the model through torch.compile (pays off on long GPU runs)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_extract)
 
@@ -154,6 +159,7 @@ def run_extract(args: argparse.Namespace) -> int:
         data_path=args.data_path,
         progress=not args.no_progress,
         hash_contents=args.hash_contents,
+        torch_compile=args.compile,
     )
     s = store.extraction
     if s["reused"]:

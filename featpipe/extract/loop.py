@@ -16,6 +16,7 @@ from featpipe.backbones.base import FeatureModel
 from featpipe.data.source import ImageSource
 from featpipe.errors import ConfigError
 from featpipe.extract.datapath import DataPath
+from featpipe.extract.host_copy import start_copy
 from featpipe.extract.writer_thread import BackgroundWriter
 from featpipe.store import StoreWriter
 
@@ -160,16 +161,14 @@ def run_chunks(
     try:
         with (
             StoreWriter.open(path) as writer,
-            BackgroundWriter(writer.write_chunk) as background,
+            BackgroundWriter(lambda i, copy: writer.write_chunk(i, copy.arrays())) as background,
             torch.inference_mode(),
             autocast(device),
         ):
             for index, batch in batches:
                 features = model(data_path.to_batch(batch, device))
                 rows = next(iter(features.values())).shape[0]
-                background.submit(
-                    index, {name: t.to(torch_dtype).cpu().numpy() for name, t in features.items()}
-                )
+                background.submit(index, start_copy(features, torch_dtype))
                 images += rows
                 bar.update(rows)
             background.close()  # every chunk written before the store is marked complete

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
-
-WriteChunk = Callable[[int, Mapping[str, np.ndarray]], int]
+WriteChunk = Callable[[int, Any], int]  # (chunk index, the chunk's features) -> bytes written
 _STOP = object()
 
 
@@ -47,7 +46,7 @@ class BackgroundWriter:
         if self._error is not None:
             raise self._error
 
-    def submit(self, chunk: int, features: Mapping[str, np.ndarray]) -> None:
+    def submit(self, chunk: int, features: Any) -> None:
         """Queue one chunk for writing; raises the writer's error if it has failed."""
         self._raise_error()
         while True:
