@@ -102,10 +102,11 @@ class Embedder(TransformerMixin, BaseEstimator):
         params = (self.backbone, self.layer, self.image_size, self.device)
         if built is None or built[0] != params:
             from featpipe.backbones import get_backbone  # heavy; only when images are embedded
+            from featpipe.extract.loop import prepare_model
 
             bb = get_backbone(self.backbone, self.image_size)
             device = resolve_device(self.device)
-            model = bb.features([self.layer]).to(device).eval()
+            model = prepare_model(bb.features([self.layer]), device)  # eval, channels-last
             built = (params, bb, model, device)
             self._built = built
         return built[1], built[2], built[3]
@@ -144,7 +145,8 @@ class Embedder(TransformerMixin, BaseEstimator):
     def _forward(self, images: Sequence[Image.Image]) -> np.ndarray:
         bb, model, device = self._model()
         transform = bb.preprocessing.transform()
-        batch = torch.stack([transform(img) for img in images]).to(device)
+        batch = torch.stack([transform(img) for img in images])
+        batch = batch.to(device, memory_format=torch.channels_last)
         with torch.inference_mode():
             return model(batch)[self.layer].float().cpu().numpy()
 
