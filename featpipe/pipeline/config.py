@@ -183,6 +183,7 @@ SCHEMA: dict[str, Key | dict] = {
         "dtype": Key(_STR, "float16", check=_choices(lambda: ["float16", "float32"], "dtype")),
         "batch_size": Key(_INT, 64, check=_positive),
         "workers": Key(_OPT_INT, None),
+        "compile": Key(_BOOL, False),
         "cache_dir": Key(_STR, "data/cache"),
     },
     "probes": {

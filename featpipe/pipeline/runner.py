@@ -263,6 +263,7 @@ class PipelineRunner:
                 image_size=features["image_size"],
                 progress=self.progress,
                 hash_contents=self.config["source"]["hash_contents"],
+                torch_compile=features["compile"],
             )
         stats = dict(store.extraction or {})
         if stats.get("reused"):
