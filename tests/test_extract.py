@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -332,7 +333,8 @@ def test_host_copy_from_cuda_is_pinned_and_waits_for_the_device():
 
 @pytest.mark.slow
 def test_torch_compile_gives_the_eager_features(tmp_path):
-    pytest.importorskip("torch._inductor")
+    if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
     eager = extract(NoiseSource(12), "toy", LAYERS, out=tmp_path / "eager.h5", **FAST)
     torch._dynamo.reset()
     compiled = extract(
