@@ -244,3 +244,25 @@ def test_latest_row_per_method_and_seed_wins():
 def test_featpipe_report_without_results(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "No results.jsonl" in capsys.readouterr().err
+
+
+def test_point_labels_that_would_collide_are_moved_apart():
+    from matplotlib.figure import Figure
+
+    from featpipe.report.plots import _overlap, label_offsets
+
+    ax = Figure(figsize=(8, 5)).add_subplot()
+    points = [(3.5, 98.1), (3.6, 98.1), (3.7, 98.0), (20.0, 90.0)]
+    labels = ["logistic regression on layer blocks.5:avg"] * 3 + ["lonely"]
+    ax.scatter(*zip(*points, strict=True))
+    ax.set_xscale("log")
+    offsets = label_offsets(ax, points, labels, fontsize=7)
+    assert offsets[3] == (4.0, 2.0)  # nothing near it: the usual place
+    dys = sorted(dy for _, dy in offsets[:3])
+    assert dys[2] - dys[1] >= 9 and dys[1] - dys[0] >= 9  # a line apart (fontsize + 2)
+    per_point = ax.figure.dpi / 72
+    boxes = []
+    for (x, y), (dx, dy), text in zip(points, offsets, labels, strict=True):
+        px, py = ax.transData.transform((x, y)) / per_point
+        boxes.append((px + dx, py + dy, px + dx + 0.6 * 7 * len(text), py + dy + 9))
+    assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])

@@ -63,20 +63,50 @@ def accuracy_vs_cost(summaries: list[MethodSummary]) -> bytes:
                 label=kind,
                 s=40,
             )
-        for s in pts:
-            ax.annotate(
-                s.label,
-                (s.cost("total_seconds"), 100 * s.top1),
-                fontsize=7,
-                xytext=(4, 2),
-                textcoords="offset points",
-            )
     ax.set_xscale("log")
+    pts = [s for s in summaries if s.cost("total_seconds")]
+    xy = [(s.cost("total_seconds"), 100 * s.top1) for s in pts]
+    offsets = label_offsets(ax, xy, [s.label for s in pts], LABEL_FONTSIZE)
+    for s, point, offset in zip(pts, xy, offsets, strict=True):
+        ax.annotate(
+            s.label, point, fontsize=LABEL_FONTSIZE, xytext=offset, textcoords="offset points"
+        )
     ax.set_xlabel("wall seconds (extraction + fit + predict, log scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     return _png(fig)
+
+
+LABEL_FONTSIZE = 7
+
+
+def label_offsets(
+    ax, points: list[tuple[float, float]], labels: list[str], fontsize: float
+) -> list[tuple[float, float]]:
+    """Offsets (points) for point labels, so that no two labels cover each other: from the
+    top, a label that would overlap one already placed moves down a line at a time."""
+    ax.autoscale_view()
+    per_point = ax.figure.dpi / 72  # display pixels per typographic point
+    line = fontsize + 2
+    placed: list[tuple[float, float, float, float]] = []
+    offsets: list[tuple[float, float]] = [(4.0, 2.0)] * len(points)
+    for i in sorted(range(len(points)), key=lambda i: -points[i][1]):
+        x, y = ax.transData.transform(points[i]) / per_point
+        width = 0.6 * fontsize * len(labels[i])  # a generous estimate of the text's width
+        dy = 2.0
+        for _ in range(len(points)):
+            box = (x + 4, y + dy, x + 4 + width, y + dy + line)
+            if not any(_overlap(box, other) for other in placed):
+                break
+            dy -= line
+        placed.append(box)
+        offsets[i] = (4.0, dy)
+    return offsets
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def accuracy_by_layer(summaries: list[MethodSummary]) -> bytes:
