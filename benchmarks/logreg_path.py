@@ -23,8 +23,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from featpipe.device import resolve_device
 from featpipe.heads import TorchLogisticRegression, logreg_path
-from featpipe.heads.device import resolve_device
 from featpipe.heads.registry import LOGREG_CS
 
 

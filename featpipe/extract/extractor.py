@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,16 +10,10 @@ import torch
 
 from featpipe.backbones import Backbone, LayerSpec, get_backbone
 from featpipe.data.source import ImageSource
+from featpipe.device import resolve_device, torch_threads
 from featpipe.errors import ConfigError
 from featpipe.extract.datapath import get_data_path
-from featpipe.extract.loop import (
-    cpu_threads,
-    default_workers,
-    prepare_model,
-    probe_layers,
-    resolve_device,
-    run_chunks,
-)
+from featpipe.extract.loop import default_workers, prepare_model, probe_layers, run_chunks
 from featpipe.extract.target import Action, Request, plan
 from featpipe.store import FeatureStore, StoreWriter, store_filename
 from featpipe.store.schema import DTYPES
@@ -103,7 +98,9 @@ def extract(
             store.extraction = {**NOTHING_COMPUTED, "reused": True}
             return store
         n_workers = default_workers(dev, stage.name) if workers is None else workers
-        with cpu_threads(dev):
+        # On CPU the forward pass gets every core: it dominates, and decoding workers beside
+        # it wait on a full queue most of the time.
+        with torch_threads() if dev.type == "cpu" else contextlib.nullcontext():
             model = prepare_model(model, dev)
             if action is Action.CREATE:
                 StoreWriter.create(

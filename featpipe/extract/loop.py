@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -14,20 +13,11 @@ from tqdm.auto import tqdm
 
 from featpipe.backbones.base import FeatureModel
 from featpipe.data.source import ImageSource
-from featpipe.errors import ConfigError
+from featpipe.device import available_cores
 from featpipe.extract.datapath import DataPath
 from featpipe.extract.host_copy import start_copy
 from featpipe.extract.writer_thread import BackgroundWriter
 from featpipe.store import StoreWriter
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def default_workers(device: torch.device, data_path: str) -> int:
@@ -40,40 +30,11 @@ def default_workers(device: torch.device, data_path: str) -> int:
     return min(4, cores)
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` (or ``cuda:N``) without CUDA raises."""
-    kind = device.split(":", 1)[0]
-    if kind not in DEVICES or (kind != "cuda" and ":" in device):
-        raise ConfigError(f"Unknown device {device!r}; valid: auto, cpu, cuda, cuda:N.")
-    if kind == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"Device {device!r} was asked for, but torch sees no CUDA device "
-            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). "
-            "Use --device cpu or --device auto."
-        )
-    return torch.device(device)
-
-
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; nothing on CPU (keeps CPU features exact and reproducible)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def cpu_threads(device: torch.device) -> Iterator[None]:
-    """On CPU the forward pass gets every core (it dominates; loader workers that decode
-    beside it wait on a full queue most of the time); the old setting is restored afterwards."""
-    before = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(available_cores())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def prepare_model(model: FeatureModel, device: torch.device) -> FeatureModel:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from featpipe.backbones import Backbone, get_backbone
 from featpipe.data.source import ImageSource
+from featpipe.device import resolve_device
 from featpipe.errors import ConfigError, HeadMismatchError
 from featpipe.evaluate.metrics import compute_metrics
 from featpipe.finetune import checkpoint, probe
@@ -31,7 +32,6 @@ from featpipe.finetune.callbacks import (
 from featpipe.finetune.data import SourceDataset, loader, split_rows, train_transform
 from featpipe.finetune.freezing import Mode, freeze, set_train_mode
 from featpipe.finetune.recipe import build_optimizer, param_groups, warmup_cosine
-from featpipe.heads.torch_logreg import resolve_device
 
 # Parameters that do not change what is computed: a resumed run may change them.
 _NOT_CONFIG = ("callbacks", "device", "resume", "run_dir", "verbose", "workers")

@@ -16,8 +16,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from featpipe.data.images import load_rgb, to_rgb
+from featpipe.device import resolve_device
 from featpipe.errors import ConfigError
-from featpipe.heads.device import resolve_device
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 

@@ -13,11 +13,9 @@ classifier (two classes use its binary layout: ``coef_`` of shape (1, D)).
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,20 +28,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
+from featpipe.device import resolve_device, torch_threads
 from featpipe.errors import ConfigError
-from featpipe.heads.device import resolve_device
-
-
-@contextmanager
-def cpu_threads(n_threads: int | None) -> Iterator[None]:
-    """Run torch CPU work on ``n_threads`` threads (None: every CPU thread), then restore
-    the caller's setting. Fewer threads help on a machine busy with other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n_threads) if n_threads else os.cpu_count() or before)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def logistic_objective(
@@ -189,7 +175,7 @@ class TorchLogisticRegression(ClassifierMixin, BaseEstimator):
         start = problem.zeros()
         if self.warm_start and hasattr(self, "coef_") and np.array_equal(self.classes_, classes):
             start = _torch_weights(self.coef_, self.intercept_, problem.device)
-        with cpu_threads(self.n_threads):
+        with torch_threads(self.n_threads):
             W, n_iter = problem.minimise(float(self.C), start, self.tol, int(self.max_iter))
         _warn_not_converged(n_iter, int(self.max_iter), self.C)
         self.classes_ = classes
@@ -294,7 +280,7 @@ def logreg_path(
     coefs, intercepts, iters, accs = [], [], [], []
     W = problem.zeros()
     start = time.perf_counter()
-    with cpu_threads(n_threads):
+    with torch_threads(n_threads):
         for C in tqdm(list(Cs), desc="C path", unit="C", disable=not progress):
             W, n_iter = problem.minimise(float(C), W, tol, max_iter)
             _warn_not_converged(n_iter, max_iter, C)

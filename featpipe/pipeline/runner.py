@@ -195,7 +195,7 @@ class PipelineRunner:
 
     def run(self) -> Path:
         """Run every unfinished method, then write the reports; returns the run folder."""
-        from featpipe.heads.device import resolve_device
+        from featpipe.device import resolve_device
 
         cfg = self.config
         self.run_dir = Path(cfg["out"])
