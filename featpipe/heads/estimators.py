@@ -53,15 +53,19 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
         limit = self.max_train_samples
         if limit is not None and X.shape[0] > limit:  # a seeded, stratified subsample
             X, y = resample(X, y, replace=False, n_samples=limit, stratify=y, random_state=0)
-        # PCA cannot keep more components than samples or features (few-shot draws are tiny).
-        pca = None if self.pca is None else min(int(self.pca), *X.shape)
-        self.preprocessor_ = make_preprocessor(self.preprocess, pca)
+        self.preprocessor_ = self.preprocessor_for(X)
         Z = self.preprocessor_.fit_transform(X)
         self.classifier_ = self._make_classifier(n_samples=X.shape[0]).fit(Z, y)
         self.classes_ = self.classifier_.classes_
         if hasattr(self.classifier_, "n_iter_"):  # iterative solvers report their iterations
             self.n_iter_ = self.classifier_.n_iter_
         return self
+
+    def preprocessor_for(self, X: np.ndarray) -> BaseEstimator:
+        """The unfitted preprocessing step for training rows ``X``: PCA cannot keep more
+        components than samples or features (few-shot draws are tiny)."""
+        pca = None if self.pca is None else min(int(self.pca), *X.shape)
+        return make_preprocessor(self.preprocess, pca)
 
     def transform_features(self, X) -> np.ndarray:
         """The preprocessed features the classifier sees."""

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from featpipe.errors import ConfigError
 from featpipe.heads.estimators import LogisticProbe
-from featpipe.heads.preprocess import make_preprocessor
 from featpipe.heads.registry import default_grid, head_name, make_head
 from featpipe.heads.splits import FeatureSplits
 from featpipe.heads.torch_logreg import logreg_path
@@ -72,7 +71,7 @@ def _candidate_scores(
     """Validation accuracy of each candidate fitted on (X_tr, y_tr)."""
     if _use_logreg_path(head, candidates):
         # One warm-started pass over C, on features preprocessed once (fitted on train only).
-        prep = make_preprocessor(head.preprocess, _pca(head, X_tr)).fit(X_tr)
+        prep = head.preprocessor_for(X_tr).fit(X_tr)
         Cs = [c["C"] for c in candidates]
         order = np.argsort(Cs)  # warm starts work from strong to weak regularisation
         path = logreg_path(
@@ -99,10 +98,6 @@ def _candidate_scores(
 
 def _use_logreg_path(head: BaseEstimator, candidates: list[dict]) -> bool:
     return isinstance(head, LogisticProbe) and all(set(c) == {"C"} for c in candidates)
-
-
-def _pca(head: LogisticProbe, X: np.ndarray) -> int | None:
-    return None if head.pca is None else min(int(head.pca), *X.shape)
 
 
 def _cv_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
