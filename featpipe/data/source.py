@@ -15,6 +15,11 @@ SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 SPLIT_CODES: dict[str, int] = {name: code for code, name in enumerate(SPLIT_NAMES)}
 
 
+def count_splits(codes: np.ndarray) -> dict[str, int]:
+    """Rows per split name, from an array of split codes."""
+    return {name: int((codes == code).sum()) for name, code in SPLIT_CODES.items()}
+
+
 def split_code(split: str) -> int:
     """The uint8 code stored for a split name."""
     try:
@@ -80,7 +85,7 @@ class ImageSource(ABC):
         return np.flatnonzero(self.splits == split_code(split))
 
     def split_counts(self) -> dict[str, int]:
-        return {name: int((self.splits == code).sum()) for name, code in SPLIT_CODES.items()}
+        return count_splits(self.splits)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSource:
         """A view on some rows of this source (same classes, ids, splits)."""

@@ -9,7 +9,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES
+from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, count_splits
 from featpipe.errors import ConfigError, IncompleteStoreError, StoreMismatchError, unknown_name
 from featpipe.store import schema
 from featpipe.store.schema import chunk_bounds, decode_attrs
@@ -87,8 +87,7 @@ class FeatureStore:
         return dict(self._layer_info[layer])
 
     def split_counts(self) -> dict[str, int]:
-        codes = self._splits()
-        return {name: int((codes == code).sum()) for name, code in SPLIT_CODES.items()}
+        return count_splits(self._splits())
 
     def ids(self, split: str | None = None) -> list[str]:
         with self._open() as f:
