@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from featpipe.errors import FeaturePipeError
+from featpipe.interrupt import Interrupted, handle_sigterm
 
 # Each module defines ``register(subparsers)``, which adds its subcommands and sets ``func``.
 COMMAND_MODULES = ("backbones", "extract", "heads", "finetune", "run")
@@ -53,16 +54,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with handle_sigterm():
+            return int(args.func(args) or 0)
     except FeaturePipeError as exc:
         print(f"featpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print(f"featpipe {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see featpipe.interrupt)
+        stop = Interrupted.from_exception(exc)
+        print(f"featpipe {args.command}: {stop.message}", file=sys.stderr)
+        return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""SIGINT and SIGTERM as one exception, so that every long job stops the same way.
+
+A scheduler preempts with SIGTERM and a person with Ctrl-C (SIGINT). Python turns only the
+second into an exception; :func:`handle_sigterm` makes the first one raise too, so that ``with``
+blocks drain their writers and leave resumable state. Code that knows how far it got re-raises
+:class:`Interrupted` with a message saying so (``"interrupted: 3 of 10 chunks done; run the same
+command to resume"``); the CLI prints it and exits with ``128 + signal`` (130 or 143).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+
+class Interrupted(KeyboardInterrupt):
+    """A job stopped by SIGINT or SIGTERM. ``message`` says what was kept and how to go on."""
+
+    def __init__(self, signum: int = signal.SIGINT, message: str = "interrupted"):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.message = message
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def with_message(self, message: str) -> Interrupted:
+        """The same interruption, told with what the interrupted code knows."""
+        return Interrupted(self.signum, message)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> Interrupted:
+        """An Interrupted for any KeyboardInterrupt (plain Ctrl-C is SIGINT)."""
+        return exc if isinstance(exc, Interrupted) else cls(signal.SIGINT)
+
+
+def _raise_interrupted(signum: int, _frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def handle_sigterm() -> Iterator[None]:
+    """Inside the block, SIGTERM raises :class:`Interrupted` in the main thread like Ctrl-C
+    does. Outside the main thread (where Python cannot install handlers) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
