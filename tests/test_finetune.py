@@ -15,13 +15,16 @@ import pytest
 import torch
 from finetune_child import BATCH, N_TRAIN, N_VAL, synthetic_source
 from PIL import Image
+from sklearn.datasets import make_classification
 from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from torch import nn
 
 from featpipe.backbones import Preprocessing, get_backbone
 from featpipe.cli import main as cli_main
 from featpipe.data import ArraySource
 from featpipe.errors import ConfigError, HeadMismatchError
-from featpipe.finetune import Callback, FineTuner, Mode, checkpoint
+from featpipe.finetune import Callback, FineTuner, Mode, checkpoint, probe
 from featpipe.finetune.data import train_transform
 from featpipe.finetune.freezing import freeze
 from featpipe.finetune.recipe import param_groups, warmup_cosine
@@ -281,3 +284,17 @@ def test_lpft_trains_every_parameter_under_fixed_batch_norm_statistics(source):
             assert torch.equal(after[name], value), f"{name} changed"
         else:
             assert not torch.equal(after[name], value), f"{name} did not train"
+
+
+def test_lpft_probe_holds_the_binary_fit_with_the_same_probabilities():
+    # Two classes come back in scikit-learn's one-row layout; the two-output head must give
+    # the probabilities of the fitted logistic regression, at scikit-learn's meaning of C.
+    X, y = make_classification(120, 6, random_state=0)
+    tensors, _ = probe.fit_probe((X[:80], y[:80]), (X[80:], y[80:]), 2, 1.0, "cpu")
+    head = nn.Sequential(probe.Standardize(6), nn.Linear(6, 2))
+    probe.load_into(head, tensors)
+    with torch.no_grad():
+        p_head = torch.softmax(head(torch.as_tensor(X[80:], dtype=torch.float32)), 1).numpy()
+    mean, std = tensors["mean"].numpy(), tensors["std"].numpy()
+    ref = LogisticRegression(C=1.0, tol=1e-10).fit((X[:80] - mean) / std, y[:80])
+    np.testing.assert_allclose(p_head, ref.predict_proba((X[80:] - mean) / std), atol=1e-3)
