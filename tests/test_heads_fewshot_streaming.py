@@ -9,6 +9,7 @@ from sklearn.linear_model import SGDClassifier
 
 from featpipe.errors import ConfigError
 from featpipe.heads import KNNProbe, LogisticProbe, StreamingLinearHead, few_shot
+from featpipe.heads.fewshot import FewShotResult
 from featpipe.store import FeatureStore
 
 
@@ -26,8 +27,14 @@ def test_few_shot_mean_std_over_seeded_draws() -> None:
     c = few_shot(LogisticProbe(C=1.0, device="cpu"), data, k=2, draws=4, seed=1)
     assert a.accuracies == b.accuracies and a.accuracies != c.accuracies
     assert len(a.accuracies) == 4 and a.mean == pytest.approx(np.mean(a.accuracies))
-    assert a.std == pytest.approx(np.std(a.accuracies)) and a.mean > 0.5
+    assert a.std == pytest.approx(np.std(a.accuracies, ddof=1)) and a.mean > 0.5
     assert few_shot(KNNProbe(n_neighbors=1), data, k=10, draws=1).mean > a.mean - 0.2
+
+
+def test_few_shot_spread_is_the_sample_std() -> None:
+    result = FewShotResult(k=1, draws=2, accuracies=[0.5, 0.7])
+    assert result.std == pytest.approx(0.1414, abs=1e-4)  # ddof=0 gave 0.1
+    assert FewShotResult(k=1, draws=1, accuracies=[0.5]).summary()["std"] is None
 
 
 def test_few_shot_names_a_class_that_is_too_small(tmp_path) -> None:

@@ -156,7 +156,8 @@ def _row(entry: dict) -> list[str]:
     ]
     if "few_shot" in entry:
         fs = entry["few_shot"]
-        row.append(f"{fs['mean']:.4f} ± {fs['std']:.4f}")
+        spread = "(1 draw)" if fs["std"] is None else f"± {fs['std']:.4f}"
+        row.append(f"{fs['mean']:.4f} {spread}")
     return row
 
 
