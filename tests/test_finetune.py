@@ -91,7 +91,7 @@ def test_unknown_mode_lists_valid_modes(text, source):
 
 
 def test_partial_beyond_stages_names_them(source):
-    with pytest.raises(ConfigError, match=r"3: stem, stage1, stage2"):
+    with pytest.raises(ConfigError, match=r"3: 0 stem, 1 stage1, 2 stage2"):
         tuner(mode="partial:4").fit(source)
 
 
@@ -100,6 +100,76 @@ def test_partial_freezes_a_stem_left_out_of_the_stages():
     frozen = freeze(model, Mode.parse("partial:1"), ["stage1", "stage2"], head="fc")
     assert {n.split(".")[0] for n in frozen.params} == {"stem", "stage1"}
     assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("stage2"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "stem", "first_block"),
+    [
+        ("torchvision:resnet18@none", ["conv1", "bn1"], "layer1"),
+        ("efficientnet_lite0@none", ["conv_stem", "bn1"], "blocks.0"),  # timm's EfficientNet
+        ("torchvision:mobilenet_v3_small@none", ["features.0"], "features.1"),
+    ],
+)
+def test_partial_1_freezes_the_whole_stem(spec, stem, first_block):
+    # ResNet's stem used to be two stages (conv1, then bn1): partial:1 left bn1 training.
+    b = get_backbone(spec)
+    frozen = freeze(b.model, Mode.parse("partial:1"), b.stages, b.classifier)
+    expected = [n for n, _ in b.model.named_parameters() if n.split(".")[0] in stem]
+    if stem == ["features.0"]:
+        expected = [n for n, _ in b.model.named_parameters() if n.startswith("features.0.")]
+    assert sorted(frozen.params) == sorted(expected)
+    assert [b.model.get_submodule(n) for n in stem] == frozen.eval_modules
+    frozen2 = freeze(get_backbone(spec).model, Mode.parse("partial:2"), b.stages, b.classifier)
+    blocks = {n for n in frozen2.params if n not in expected}
+    assert blocks and all(n.startswith(first_block + ".") for n in blocks)
+
+
+def _tiny_vits():
+    import timm
+    from torchvision.models import VisionTransformer
+
+    from featpipe.backbones.timm_models import make_backbone
+    from featpipe.backbones.torchvision_models import _containers
+    from featpipe.backbones.weights import stages_of
+
+    timm_vit = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2
+    )
+    tv_vit = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
+    )
+    tv_stages = stages_of(tv_vit, _containers(tv_vit), exclude="heads.head")
+    return [
+        (timm_vit, make_backbone("timm:vit", timm_vit).stages, "head"),
+        (tv_vit, tv_stages, "heads.head"),
+    ]
+
+
+def test_partial_freezes_a_vit_stem_with_its_tokens():
+    # The class token and position embedding are parameters of the model (or the encoder)
+    # itself, outside any stage module: they used to train under every partial:N.
+    (timm_vit, timm_stages, timm_head), (tv_vit, tv_stages, tv_head) = _tiny_vits()
+    assert timm_stages == [
+        ("cls_token", "pos_embed", "patch_embed"), ("blocks.0",), ("blocks.1", "norm")
+    ]  # fmt: skip
+    assert tv_stages == [
+        ("class_token", "conv_proj", "encoder.pos_embedding"),
+        ("encoder.layers.encoder_layer_0",),
+        ("encoder.layers.encoder_layer_1", "encoder.ln"),
+    ]
+    for model, stages, head, stem in (
+        (timm_vit, timm_stages, timm_head, ("cls_token", "pos_embed", "patch_embed.")),
+        (tv_vit, tv_stages, tv_head, ("class_token", "conv_proj.", "encoder.pos_embedding")),
+    ):
+        frozen = freeze(model, Mode.parse("partial:1"), stages, head)
+        assert sorted(frozen.params) == sorted(
+            n for n, _ in model.named_parameters() if n.startswith(stem)
+        )
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable and not any(n.startswith(stem) for n in trainable)
+        freeze(model, Mode.parse("partial:3"), stages, head)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert {n.rsplit(".", 1)[0] for n in trainable} == {head}
 
 
 def _frozen_expectation(mode: str, name: str) -> bool:

@@ -17,8 +17,9 @@ examples:
       --mode full --epochs 4 --run-dir runs/c10-full
   featpipe finetune --data data/pets --mode partial:3 --optimizer adamw --lr 1e-3
 
-Modes: full, partial:N (first N stages frozen; see `featpipe layers SPEC`), bn (batch norm
-frozen), head (only the new head trains), lpft (logistic-regression probe, then full training).
+Modes: full, partial:N (stages 0 to N-1 frozen, stage 0 being the stem; see `featpipe layers
+SPEC`), bn (batch norm frozen), head (only the new head trains), lpft (logistic-regression probe,
+then full training).
 Run again with the same --run-dir and arguments to resume an interrupted run.
 """
 

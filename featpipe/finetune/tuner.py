@@ -42,9 +42,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     Evaluation uses the backbone's own preprocessing (the one extraction uses); training adds
     RandomResizedCrop + flip at the same crop size (``augment="standard"``). ``mode`` is
-    ``full``, ``partial:N`` (first N of ``Backbone.stages`` frozen), ``bn`` (batch norm frozen),
-    ``head`` (only the new head trains) or ``lpft`` (head starts from a logistic-regression
-    probe on pooled train features, then everything trains).
+    ``full``, ``partial:N`` (stages 0 to N-1 of ``Backbone.stages`` frozen, stage 0 being the
+    stem), ``bn`` (batch norm frozen), ``head`` (only the new head trains) or ``lpft`` (head
+    starts from a logistic-regression probe on pooled train features, then everything trains).
 
     The epoch with the best validation accuracy (ties: lower val loss) is kept; with
     ``patience`` set, training stops after that many epochs without improvement. With
