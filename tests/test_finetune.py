@@ -523,3 +523,32 @@ def test_cli_finetune_interrupted_leaves_a_resumable_run(split_image_folder, tmp
     rows = [json.loads(line) for line in history.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert metrics["fit_seconds"] >= sum(r["seconds"] for r in rows[1:])  # every piece counted
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+class CurrentDevice(Callback):
+    """Records the current CUDA device at the end of every epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_epoch_end(self, tuner, logs):
+        self.seen.append(torch.cuda.current_device())
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_fine_tune_runs_on_its_device_and_resumes_on_cpu(tmp_path):
+    last = torch.cuda.device_count() - 1
+    seen = CurrentDevice()
+    with pytest.raises(KeyboardInterrupt, match="epoch 1 of 2 done"):
+        tuner(
+            epochs=2, run_dir=tmp_path, device=f"cuda:{last}", callbacks=[seen, StopAfter(1)]
+        ).fit(synthetic_source())
+    assert seen.seen == [last, last] and torch.cuda.current_device() == 0
+    assert len(checkpoint.load(tmp_path / "last.pt")["rng"]["cuda"]) == torch.cuda.device_count()
+    ft = tuner(epochs=2, run_dir=tmp_path, device="cpu").fit(synthetic_source())
+    assert ft.start_epoch_ == 1 and ft.history_[-1]["epoch"] == 2
+    assert ft.fit_seconds_ >= sum(h["seconds"] for h in ft.history_[1:])

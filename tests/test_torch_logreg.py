@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits, make_classification
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -142,3 +143,19 @@ def test_bad_params_raise_config_error(params: dict, match: str) -> None:
 def test_one_class_is_refused() -> None:
     with pytest.raises(ConfigError, match="at least 2 classes"):
         TorchLogisticRegression(device="cpu").fit(np.eye(3), [1, 1, 1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("n_classes", [2, 10])
+def test_cuda_fit_matches_sklearn(n_classes: int) -> None:
+    X, y = make_classification(
+        400, 8, n_informative=6, n_classes=n_classes, n_clusters_per_class=1, random_state=0
+    )
+    X = StandardScaler().fit_transform(X)
+    ref = LogisticRegression(C=0.1, tol=1e-10, max_iter=10_000).fit(X, y)
+    last = torch.cuda.device_count() - 1
+    ours = TorchLogisticRegression(C=0.1, tol=1e-6, device=f"cuda:{last}").fit(X, y)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-3)
+    path = logreg_path(X, y, [0.1], X_val=X, y_val=y, tol=1e-6, device=f"cuda:{last}")
+    assert path.val_accuracy[0] == pytest.approx(ref.score(X, y), abs=0.005)
