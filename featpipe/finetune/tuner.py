@@ -159,14 +159,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                     **self._validate(),
                 }
                 self._end_epoch(logs, callbacks)
+            self.model_.load_state_dict(self._best_weights)
+            self.model_.eval()
+            self._tick()
+            for cb in callbacks:
+                cb.on_fit_end(self)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under handle_sigterm()
             raise Interrupted.from_exception(exc).with_message(self.interrupted_message()) from None
-
-        self.model_.load_state_dict(self._best_weights)
-        self.model_.eval()
-        self._tick()
-        for cb in callbacks:
-            cb.on_fit_end(self)
         return self
 
     def _tick(self) -> None:
