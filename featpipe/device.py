@@ -22,10 +22,12 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` (or ``cuda:N``) without CUDA raises."""
-    kind = device.split(":", 1)[0]
-    if kind not in DEVICES or (kind != "cuda" and ":" in device):
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` or ``cuda:N`` that this machine lacks
+    raises. ``cuda`` means the current CUDA device (usually ``cuda:0``)."""
+    device = str(device)
+    kind, sep, index = device.partition(":")
+    if kind not in DEVICES or (sep and (kind != "cuda" or not index.isdigit())):
         raise ConfigError(f"Unknown device {device!r}; valid: auto, cpu, cuda, cuda:N.")
     if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,7 +37,29 @@ def resolve_device(device: str) -> torch.device:
             f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). "
             "Use --device cpu or --device auto."
         )
+    if sep and int(index) >= (count := torch.cuda.device_count()):
+        valid = ", ".join(f"cuda:{i}" for i in range(count))
+        raise ConfigError(
+            f"Device {device!r} was asked for, but torch sees {count} CUDA device(s): {valid} "
+            "(CUDA_VISIBLE_DEVICES renumbers them from 0). Use one of those, or cuda."
+        )
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def on_device(device: str | torch.device) -> Iterator[torch.device]:
+    """Make ``device`` the current CUDA device inside the block, then restore the caller's.
+
+    Work that uses the current device rather than an explicit one (DataLoader's pin-memory
+    thread, ``torch.cuda.synchronize()``, cuBLAS handles) would otherwise open a context on
+    GPU 0 and run or allocate there whatever ``cuda:N`` was asked for. CPU: nothing to do.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or device.index is None:
+        yield device
+        return
+    with torch.cuda.device(device):
+        yield device
 
 
 @contextlib.contextmanager

@@ -37,6 +37,9 @@ class Interrupted(KeyboardInterrupt):
         return exc if isinstance(exc, Interrupted) else cls(signal.SIGINT)
 
 
+_STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _raise_interrupted(signum: int, _frame) -> None:
     raise Interrupted(signum)
 
@@ -53,3 +56,22 @@ def handle_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them to the handlers that
+    were in place: for writes that must not be cut in half, such as a checkpoint and the
+    record that names it. Outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _f: held.append(signum)) for s in _STOPS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(held):
+        signal.raise_signal(signum)

@@ -1,10 +1,13 @@
-"""Subprocess for the fine-tuning kill-and-resume test.
+"""Subprocess for the fine-tuning kill-and-resume tests.
 
 usage: finetune_child.py RUN_DIR OUT_FILE [KILL_AFTER_LOADS]
+       finetune_child.py cli SECONDS_PER_IMAGE FEATPIPE_ARGS...
 
 Fine-tunes the toy backbone on a fixed synthetic source and saves the final weights to
 OUT_FILE. With KILL_AFTER_LOADS > 0 the process SIGKILLs itself when it loads that many images,
 which (by the arithmetic in the test) falls in the middle of an epoch after a checkpoint exists.
+``cli`` runs the ``featpipe`` command (with the toy backbone registered), each fine-tuning
+image taking at least SECONDS_PER_IMAGE to load, so that a signal lands inside an epoch.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +59,23 @@ class KillingSource(ImageSource):
         return self.parent._fingerprint_parts(content)
 
 
+def cli(seconds_per_image: float, argv: list[str]) -> int:
+    from featpipe.cli import main as featpipe
+    from featpipe.finetune.data import SourceDataset
+
+    load = SourceDataset.__getitem__
+
+    def slow_load(self, i):
+        time.sleep(seconds_per_image)
+        return load(self, i)
+
+    SourceDataset.__getitem__ = slow_load
+    return featpipe(argv)
+
+
 def main() -> None:
+    if sys.argv[1] == "cli":
+        sys.exit(cli(float(sys.argv[2]), sys.argv[3:]))
     run_dir, out = sys.argv[1], sys.argv[2]
     kill_after = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     torch.set_num_threads(1)  # same reduction order in every process

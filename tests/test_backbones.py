@@ -58,7 +58,7 @@ def test_lite0_identity_and_preprocessing_as_documented(lite0):
     assert lite0.spec == "efficientnet_lite0"
     assert lite0.weights_sha256 == sha256_of(weights_file("efficientnet_lite0"))
     assert lite0.stages == [
-        "conv_stem", "bn1", *(f"blocks.{i}" for i in range(7)), "conv_head", "bn2"
+        ("conv_stem", "bn1"), *((f"blocks.{i}",) for i in range(7)), ("conv_head", "bn2")
     ]  # fmt: skip
     assert lite0.classifier == "classifier"
 
@@ -106,7 +106,7 @@ def test_torchvision_none_is_deterministic_and_leaves_global_rng(resnet18):
     assert torch.equal(rng, torch.random.get_rng_state())
     assert again.weights_sha256 == resnet18.weights_sha256
     assert resnet18.spec == "torchvision:resnet18@none"
-    assert resnet18.stages == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
+    assert resnet18.stages == [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
 
 
 def test_torchvision_preprocessing_comes_from_weights_enum(resnet18):
@@ -119,7 +119,7 @@ def test_torchvision_preprocessing_comes_from_weights_enum(resnet18):
 
 def test_torchvision_features_models_list_feature_stages():
     b = get_backbone("torchvision:mobilenet_v3_small@none")
-    assert b.stages == [f"features.{i}" for i in range(13)]
+    assert b.stages == [(f"features.{i}",) for i in range(13)]
     assert b.preprocessing.crop == 224
 
 
@@ -256,7 +256,8 @@ def test_vit_token_layers_cls_and_mean(vit_tiny):
     assert fm.poolings["blocks.0"] == "cls"
     assert torch.equal(out["blocks.0"], out["blocks.0:cls"])
     assert not torch.allclose(out["blocks.0:cls"], out["blocks.0:mean"])
-    assert vit_tiny.stages[:2] == ["patch_embed", "blocks.0"] and "head" not in vit_tiny.stages
+    assert vit_tiny.stages[:2] == [("cls_token", "pos_embed", "patch_embed"), ("blocks.0",)]
+    assert vit_tiny.stages[-1] == ("blocks.11", "norm") and len(vit_tiny.stages) == 13
 
 
 def test_vit_token_layer_rejects_avg(vit_tiny):

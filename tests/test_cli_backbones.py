@@ -47,7 +47,8 @@ def test_layers_toy_shapes_poolings_and_stages(capsys):
     assert rows["pooled"] == ["32", "none", "32"]
     assert rows["logits"] == ["10", "none", "10"]
     assert rows["stage1"] == ["16×8×8", "avg", "16"]
-    assert "stages (forward order, for fine-tuning): stem, stage1, stage2" in out
+    stages = out.split("stages (fine-tuning with partial:N freezes stages 0 to N-1")[1]
+    assert stages.splitlines()[1:] == ["   0  stem", "   1  stage1", "   2  stage2"]
 
 
 def test_layers_image_size_and_filter(capsys):

@@ -6,8 +6,11 @@ import copy
 import itertools
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +18,20 @@ import pytest
 import torch
 from finetune_child import BATCH, N_TRAIN, N_VAL, synthetic_source
 from PIL import Image
+from sklearn.datasets import make_classification
 from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from torch import nn
 
 from featpipe.backbones import Preprocessing, get_backbone
 from featpipe.cli import main as cli_main
-from featpipe.data import ArraySource
+from featpipe.data import ArraySource, ImageSource
 from featpipe.errors import ConfigError, HeadMismatchError
-from featpipe.finetune import Callback, FineTuner, Mode, checkpoint
+from featpipe.finetune import Callback, FineTuner, Mode, checkpoint, probe
 from featpipe.finetune.data import train_transform
 from featpipe.finetune.freezing import freeze
 from featpipe.finetune.recipe import param_groups, warmup_cosine
+from featpipe.interrupt import Interrupted, deferred, handle_sigterm
 
 CHILD = Path(__file__).with_name("finetune_child.py")
 
@@ -88,7 +95,7 @@ def test_unknown_mode_lists_valid_modes(text, source):
 
 
 def test_partial_beyond_stages_names_them(source):
-    with pytest.raises(ConfigError, match=r"3: stem, stage1, stage2"):
+    with pytest.raises(ConfigError, match=r"3: 0 stem, 1 stage1, 2 stage2"):
         tuner(mode="partial:4").fit(source)
 
 
@@ -97,6 +104,76 @@ def test_partial_freezes_a_stem_left_out_of_the_stages():
     frozen = freeze(model, Mode.parse("partial:1"), ["stage1", "stage2"], head="fc")
     assert {n.split(".")[0] for n in frozen.params} == {"stem", "stage1"}
     assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("stage2"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "stem", "first_block"),
+    [
+        ("torchvision:resnet18@none", ["conv1", "bn1"], "layer1"),
+        ("efficientnet_lite0@none", ["conv_stem", "bn1"], "blocks.0"),  # timm's EfficientNet
+        ("torchvision:mobilenet_v3_small@none", ["features.0"], "features.1"),
+    ],
+)
+def test_partial_1_freezes_the_whole_stem(spec, stem, first_block):
+    # ResNet's stem used to be two stages (conv1, then bn1): partial:1 left bn1 training.
+    b = get_backbone(spec)
+    frozen = freeze(b.model, Mode.parse("partial:1"), b.stages, b.classifier)
+    expected = [n for n, _ in b.model.named_parameters() if n.split(".")[0] in stem]
+    if stem == ["features.0"]:
+        expected = [n for n, _ in b.model.named_parameters() if n.startswith("features.0.")]
+    assert sorted(frozen.params) == sorted(expected)
+    assert [b.model.get_submodule(n) for n in stem] == frozen.eval_modules
+    frozen2 = freeze(get_backbone(spec).model, Mode.parse("partial:2"), b.stages, b.classifier)
+    blocks = {n for n in frozen2.params if n not in expected}
+    assert blocks and all(n.startswith(first_block + ".") for n in blocks)
+
+
+def _tiny_vits():
+    import timm
+    from torchvision.models import VisionTransformer
+
+    from featpipe.backbones.timm_models import make_backbone
+    from featpipe.backbones.torchvision_models import _containers
+    from featpipe.backbones.weights import stages_of
+
+    timm_vit = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2
+    )
+    tv_vit = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
+    )
+    tv_stages = stages_of(tv_vit, _containers(tv_vit), exclude="heads.head")
+    return [
+        (timm_vit, make_backbone("timm:vit", timm_vit).stages, "head"),
+        (tv_vit, tv_stages, "heads.head"),
+    ]
+
+
+def test_partial_freezes_a_vit_stem_with_its_tokens():
+    # The class token and position embedding are parameters of the model (or the encoder)
+    # itself, outside any stage module: they used to train under every partial:N.
+    (timm_vit, timm_stages, timm_head), (tv_vit, tv_stages, tv_head) = _tiny_vits()
+    assert timm_stages == [
+        ("cls_token", "pos_embed", "patch_embed"), ("blocks.0",), ("blocks.1", "norm")
+    ]  # fmt: skip
+    assert tv_stages == [
+        ("class_token", "conv_proj", "encoder.pos_embedding"),
+        ("encoder.layers.encoder_layer_0",),
+        ("encoder.layers.encoder_layer_1", "encoder.ln"),
+    ]
+    for model, stages, head, stem in (
+        (timm_vit, timm_stages, timm_head, ("cls_token", "pos_embed", "patch_embed.")),
+        (tv_vit, tv_stages, tv_head, ("class_token", "conv_proj.", "encoder.pos_embedding")),
+    ):
+        frozen = freeze(model, Mode.parse("partial:1"), stages, head)
+        assert sorted(frozen.params) == sorted(
+            n for n, _ in model.named_parameters() if n.startswith(stem)
+        )
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable and not any(n.startswith(stem) for n in trainable)
+        freeze(model, Mode.parse("partial:3"), stages, head)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert {n.rsplit(".", 1)[0] for n in trainable} == {head}
 
 
 def _frozen_expectation(mode: str, name: str) -> bool:
@@ -281,3 +358,197 @@ def test_lpft_trains_every_parameter_under_fixed_batch_norm_statistics(source):
             assert torch.equal(after[name], value), f"{name} changed"
         else:
             assert not torch.equal(after[name], value), f"{name} did not train"
+
+
+def test_lpft_probe_holds_the_binary_fit_with_the_same_probabilities():
+    # Two classes come back in scikit-learn's one-row layout; the two-output head must give
+    # the probabilities of the fitted logistic regression, at scikit-learn's meaning of C.
+    X, y = make_classification(120, 6, random_state=0)
+    tensors, _ = probe.fit_probe((X[:80], y[:80]), (X[80:], y[80:]), 2, 1.0, "cpu")
+    head = nn.Sequential(probe.Standardize(6), nn.Linear(6, 2))
+    probe.load_into(head, tensors)
+    with torch.no_grad():
+        p_head = torch.softmax(head(torch.as_tensor(X[80:], dtype=torch.float32)), 1).numpy()
+    mean, std = tensors["mean"].numpy(), tensors["std"].numpy()
+    ref = LogisticRegression(C=1.0, tol=1e-10).fit((X[:80] - mean) / std, y[:80])
+    np.testing.assert_allclose(p_head, ref.predict_proba((X[80:] - mean) / std), atol=1e-3)
+
+
+class SlowSource(ImageSource):
+    """Delegates to ``parent``; every image takes at least ``delay`` seconds to load."""
+
+    def __init__(self, parent: ImageSource, delay: float):
+        self.parent, self.delay = parent, delay
+        self.classes, self.ids = parent.classes, parent.ids
+        self.labels, self.splits = parent.labels, parent.splits
+
+    def load(self, index: int):
+        time.sleep(self.delay)
+        return self.parent.load(index)
+
+    def _fingerprint_parts(self, content: bool):
+        return self.parent._fingerprint_parts(content)
+
+
+class StopAfter(Callback):
+    """Ctrl-C at the end of epoch ``epoch``, after the checkpoint callbacks ran."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, tuner, logs):
+        if logs["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_fine_tune_counts_the_time_of_every_epoch(tmp_path):
+    # fit_seconds used to be the wall time of the last (resumed) piece only.
+    first = tuner(epochs=2, run_dir=tmp_path, callbacks=[StopAfter(1)])
+    with pytest.raises(KeyboardInterrupt, match=r"^interrupted: epoch 1 of 2 done; run the same"):
+        first.fit(SlowSource(synthetic_source(), delay=0.01))  # epoch 1 alone takes > 0.6 s
+    saved = checkpoint.load(tmp_path / "last.pt")["fit_seconds"]
+    assert saved == first.fit_seconds_ >= first.history_[1]["seconds"]
+    start = time.perf_counter()
+    ft = tuner(epochs=2, run_dir=tmp_path).fit(synthetic_source())
+    wall = time.perf_counter() - start
+    print(f"first piece {saved:.2f} s, resumed piece {wall:.2f} s, total {ft.fit_seconds_:.2f} s")
+    assert ft.start_epoch_ == 1 and [h["epoch"] for h in ft.history_] == [0, 1, 2]
+    assert saved <= ft.fit_seconds_ <= saved + wall
+    assert ft.fit_seconds_ >= sum(h["seconds"] for h in ft.history_[1:])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_checkpoint_waits_until_the_epoch_is_saved(
+    signum, tmp_path, monkeypatch
+):
+    # A signal between best.pt and last.pt used to leave a best.pt newer than last.pt.
+    save = checkpoint.save
+
+    def save_and_signal(path, state):
+        if state["epoch"] == 1 and not (tmp_path / "signalled").exists():
+            (tmp_path / "signalled").touch()
+            os.kill(os.getpid(), signum)
+        save(path, state)
+
+    monkeypatch.setattr(checkpoint, "save", save_and_signal)
+    with handle_sigterm(), pytest.raises(KeyboardInterrupt, match="epoch 1 of 3 done") as stop:
+        tuner(epochs=3, run_dir=tmp_path).fit(synthetic_source())
+    assert stop.value.exit_code == 128 + signum
+    last = checkpoint.load(tmp_path / "last.pt")
+    assert last["epoch"] == 1 and len(last["history"]) == 2
+    assert checkpoint.load(tmp_path / "best.pt")["epoch"] == last["best_epoch"]
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_deferred_delivers_held_signals_after_the_block():
+    done = []
+    with handle_sigterm(), pytest.raises(Interrupted) as stop, deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("block")
+    assert done == ["block"] and stop.value.signum in (signal.SIGTERM, signal.SIGINT)
+
+
+@pytest.fixture
+def fewer_gpus(monkeypatch) -> list[int]:
+    """torch.cuda sees 2 devices; returns the indices whose RNG state was set."""
+    restored = []
+
+    def set_rng_state(state, device=0):
+        if int(device) >= 2:
+            raise IndexError(f"device {device} of 2")  # what CUDA does
+        restored.append(int(device))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)
+    return restored
+
+
+def test_rng_states_of_gpus_this_machine_lacks_are_skipped(fewer_gpus, monkeypatch):
+    # A checkpoint saved with 8 visible GPUs raised IndexError when resumed with fewer.
+    generator = torch.Generator()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    state = checkpoint.rng_state(generator)
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 8
+    checkpoint.set_rng_state(state, generator)  # on CPU: nothing to restore
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    checkpoint.set_rng_state(state, generator)
+    assert fewer_gpus == [0, 1]
+
+
+def test_a_checkpoint_from_a_cuda_machine_resumes_on_cpu(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        tuner(epochs=2, run_dir=tmp_path, callbacks=[StopAfter(1)]).fit(synthetic_source())
+    last = checkpoint.load(tmp_path / "last.pt")
+    last["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 8  # saved with 8 GPUs
+    checkpoint.save(tmp_path / "last.pt", last)
+    ft = tuner(epochs=2, run_dir=tmp_path, device="cpu").fit(synthetic_source())
+    assert ft.start_epoch_ == 1 and ft.history_[-1]["epoch"] == 2
+
+
+@pytest.mark.slow  # two processes: about 20 s on a loaded 2-core CPU
+def test_cli_finetune_interrupted_leaves_a_resumable_run(split_image_folder, tmp_path):
+    signum = signal.SIGTERM  # SIGINT takes the same path (see the in-process test above)
+    run_dir = tmp_path / "run"
+    args = "finetune --backbone toy --epochs 3 --batch-size 4 --patience 0 --no-progress"
+    command = [sys.executable, str(CHILD), "cli", "0.03", *args.split()]
+    command += ["--data", str(split_image_folder), "--run-dir", str(run_dir)]
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    history = run_dir / "history.jsonl"
+    deadline = time.monotonic() + 60
+    while not (history.exists() and len(history.read_text().splitlines()) >= 2):
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+        time.sleep(0.05)
+    child.send_signal(signum)  # inside epoch 2 (each epoch loads 24 images: > 0.7 s)
+    _, err = child.communicate(timeout=60)
+    done = checkpoint.load(run_dir / "last.pt")["epoch"]
+    assert child.returncode == 128 + signum, err
+    assert err.strip().splitlines()[-1] == (
+        f"featpipe finetune: interrupted: epoch {done} of 3 done; run the same command to resume"
+    )
+    assert "Traceback" not in err and not list(run_dir.glob("*.tmp"))
+    assert len(history.read_text().splitlines()) == done + 1
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from epoch {done}" in again.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = [json.loads(line) for line in history.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert metrics["fit_seconds"] >= sum(r["seconds"] for r in rows[1:])  # every piece counted
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+class CurrentDevice(Callback):
+    """Records the current CUDA device at the end of every epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_epoch_end(self, tuner, logs):
+        self.seen.append(torch.cuda.current_device())
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_fine_tune_runs_on_its_device_and_resumes_on_cpu(tmp_path):
+    last = torch.cuda.device_count() - 1
+    seen = CurrentDevice()
+    with pytest.raises(KeyboardInterrupt, match="epoch 1 of 2 done"):
+        tuner(
+            epochs=2, run_dir=tmp_path, device=f"cuda:{last}", callbacks=[seen, StopAfter(1)]
+        ).fit(synthetic_source())
+    assert seen.seen == [last, last] and torch.cuda.current_device() == 0
+    assert len(checkpoint.load(tmp_path / "last.pt")["rng"]["cuda"]) == torch.cuda.device_count()
+    ft = tuner(epochs=2, run_dir=tmp_path, device="cpu").fit(synthetic_source())
+    assert ft.start_epoch_ == 1 and ft.history_[-1]["epoch"] == 2
+    assert ft.fit_seconds_ >= sum(h["seconds"] for h in ft.history_[1:])

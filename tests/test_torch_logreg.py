@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits, make_classification
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
@@ -51,9 +55,51 @@ def test_binary_uses_sklearn_layout() -> None:
     assert est.coef_.shape == (1, 6) and est.decision_function(X).shape == (200,)
     proba = est.predict_proba(X)
     np.testing.assert_array_equal(est.classes_[proba.argmax(1)], est.predict(X))
-    # Multinomial with two classes equals scikit-learn's binomial objective at 2C.
-    ref = LogisticRegression(C=2.0, tol=1e-10, max_iter=10_000).fit(X, y)
-    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize(("n_classes", "C"), [(2, 0.01), (2, 1.0), (3, 0.1), (10, 0.1)])
+def test_C_means_what_it_means_in_sklearn(n_classes: int, C: float) -> None:
+    # Two classes used to be a symmetric multinomial, whose penalty on the logit difference
+    # is half scikit-learn's: C acted as scikit-learn's 2C.
+    X, y = make_classification(
+        400, 8, n_informative=6, n_classes=n_classes, n_clusters_per_class=1, random_state=0
+    )
+    X = StandardScaler().fit_transform(X)
+    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        ours = TorchLogisticRegression(C=C, tol=1e-6, device="cpu").fit(X, y)
+    assert ours.coef_.shape == ref.coef_.shape
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-3)
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, atol=1e-3)
+    f = [logistic_objective(X, y, m.coef_, m.intercept_, C) for m in (ours, ref)]
+    assert f[0] == pytest.approx(f[1], rel=1e-6)
+    path = logreg_path(X, y, [C], tol=1e-6, device="cpu")
+    np.testing.assert_allclose(path.coefs[0], ref.coef_, atol=1e-3)
+
+
+def test_objective_helper_binary_is_sklearn_binomial_loss() -> None:
+    X, y = make_classification(50, 4, random_state=1)
+    w, b, C = np.array([[0.5, -1.0, 0.2, 0.0]]), np.array([0.3]), 0.7
+    z = X @ w[0] + b[0]
+    loss = np.logaddexp(0, -np.where(y == 1, z, -z)).sum()
+    assert logistic_objective(X, y, w, b, C) == pytest.approx(C * loss + 0.5 * (w**2).sum())
+
+
+def test_warns_whenever_the_gradient_stays_above_tol(digits) -> None:
+    # tol=1e-9 is out of float32's reach: L-BFGS stops on tolerance_change or a failed line
+    # search long before max_iter, and the old check (n_iter >= max_iter) stayed silent.
+    X_tr, y_tr = digits[:2]
+    with pytest.warns(ConvergenceWarning, match=r"above tol=1e-09 \(C=1: [\d.e-]+ after \d+ it"):
+        est = TorchLogisticRegression(C=1.0, tol=1e-9, device="cpu").fit(X_tr, y_tr)
+    assert est.n_iter_[0] < 1000
+    with pytest.warns(ConvergenceWarning, match=r"after \d iterations; max_iter=3\)"):
+        TorchLogisticRegression(C=1.0, max_iter=3, device="cpu").fit(X_tr, y_tr)
+    with pytest.warns(ConvergenceWarning, match=r"tol=1e-09 for 2 of 2 values of C \(C=0.01: "):
+        logreg_path(X_tr, y_tr, [0.01, 1.0], tol=1e-9, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        TorchLogisticRegression(C=1.0, device="cpu").fit(X_tr, y_tr)  # converged: silent
 
 
 def test_path_matches_independent_fits_and_reports_val_accuracy(digits) -> None:
@@ -95,3 +141,19 @@ def test_bad_params_raise_config_error(params: dict, match: str) -> None:
 def test_one_class_is_refused() -> None:
     with pytest.raises(ConfigError, match="at least 2 classes"):
         TorchLogisticRegression(device="cpu").fit(np.eye(3), [1, 1, 1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("n_classes", [2, 10])
+def test_cuda_fit_matches_sklearn(n_classes: int) -> None:
+    X, y = make_classification(
+        400, 8, n_informative=6, n_classes=n_classes, n_clusters_per_class=1, random_state=0
+    )
+    X = StandardScaler().fit_transform(X)
+    ref = LogisticRegression(C=0.1, tol=1e-10, max_iter=10_000).fit(X, y)
+    last = torch.cuda.device_count() - 1
+    ours = TorchLogisticRegression(C=0.1, tol=1e-6, device=f"cuda:{last}").fit(X, y)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-3)
+    path = logreg_path(X, y, [0.1], X_val=X, y_val=y, tol=1e-6, device=f"cuda:{last}")
+    assert path.val_accuracy[0] == pytest.approx(ref.score(X, y), abs=0.005)

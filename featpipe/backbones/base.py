@@ -24,6 +24,11 @@ def state_dict_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def as_stages(stages: Sequence[str | Sequence[str]]) -> list[tuple[str, ...]]:
+    """Stages as tuples of names; a plain name is a stage of one."""
+    return [(s,) if isinstance(s, str) else tuple(s) for s in stages]
+
+
 def _last_linear(model: nn.Module) -> str | None:
     name = None
     for n, m in model.named_modules():
@@ -36,8 +41,9 @@ def _last_linear(model: nn.Module) -> str | None:
 class Backbone:
     """A pretrained network and everything needed to feed it and read it.
 
-    ``spec`` is the canonical spec string (``torchvision:resnet18@none``); ``stages`` are the
-    module names of its stages in forward order (used by partial fine-tuning);
+    ``spec`` is the canonical spec string (``torchvision:resnet18@none``); ``stages`` are its
+    stages in forward order, each a tuple of module or parameter names (a plain name is a
+    stage of one), stage 0 being the stem (``partial:N`` fine-tuning freezes stages 0 to N-1);
     ``classifier`` is the module whose input is the ``pooled`` layer.
     """
 
@@ -45,10 +51,11 @@ class Backbone:
     model: nn.Module
     preprocessing: Preprocessing
     weights_sha256: str = ""
-    stages: list[str] = field(default_factory=list)
+    stages: list[tuple[str, ...]] = field(default_factory=list)
     classifier: str | None = None
 
     def __post_init__(self) -> None:
+        self.stages = as_stages(self.stages)
         self.model.eval()
         if not self.weights_sha256:
             self.weights_sha256 = state_dict_sha256(self.model)

@@ -109,8 +109,12 @@ def build(spec: BackboneSpec) -> Backbone:
 
 
 def _containers(model: torch.nn.Module) -> list[str]:
-    # VGG, MobileNet, EfficientNet, ConvNeXt, DenseNet... keep their stages in ``features``.
-    return ["features"] if isinstance(getattr(model, "features", None), torch.nn.Sequential) else []
+    # VGG, MobileNet, EfficientNet, ConvNeXt, DenseNet... keep their stages in ``features``;
+    # vision transformers their blocks in ``encoder.layers``.
+    modules = dict(model.named_modules())
+    return [
+        n for n in ("features", "encoder.layers") if isinstance(modules.get(n), torch.nn.Sequential)
+    ]
 
 
 register_family("torchvision", build, model_names)

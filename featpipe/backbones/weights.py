@@ -120,23 +120,53 @@ def fetch_error(what: str, exc: BaseException, fixes: str) -> WeightsUnavailable
     )
 
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
 def stages_of(
     model: nn.Module, expand: Iterable[str] = (), exclude: str | None = None
-) -> list[str]:
-    """Module names of a network's stages in forward order, for partial fine-tuning.
+) -> list[tuple[str, ...]]:
+    """A network's stages in forward order, for partial fine-tuning: each a tuple of module
+    or parameter names.
 
-    Top-level children holding parameters, except the classifier; a child named in ``expand``
-    (a container of blocks such as ``features`` or ``blocks``) contributes its children instead.
-    Assumes children are registered in forward order, as in torchvision and timm.
+    The parts are the model's top-level children that hold parameters (except the one holding
+    the classifier ``exclude``), and its own parameters (a ViT's class token and position
+    embedding). A child named in ``expand`` (a container of blocks such as ``features`` or
+    ``blocks``, dotted for a nested one such as ``encoder.layers``) contributes its children
+    instead, and a child on the way to one is opened the same way. Parts are then grouped:
+    a normalisation layer or a parameter joins the stage before it, and everything up to the
+    second module that is not a normalisation layer forms stage 0, the stem (ResNet's conv1 +
+    bn1; a ViT's patch embedding, class token and position embedding). Assumes children are
+    registered in forward order, as in torchvision and timm.
     """
-    expand = set(expand)
     head = exclude.split(".")[0] if exclude else None
-    out = []
-    for name, child in model.named_children():
-        if name == head:
+    stages: list[list[str]] = [[]]
+    has_module = False
+    for name, part in _parts(model, "", set(expand), head):
+        if isinstance(part, nn.Module) and not isinstance(part, _NORMS):
+            if has_module:
+                stages.append([])
+            has_module = True
+        stages[-1].append(name)
+    return [tuple(stage) for stage in stages if stage]
+
+
+def _parts(
+    module: nn.Module, prefix: str, expand: set[str], head: str | None
+) -> Iterable[tuple[str, nn.Module | nn.Parameter]]:
+    """(name, parameter or module) of ``module``'s own parameters, then of its children
+    (opening those in ``expand`` and those on the way to one), in registration order."""
+    for name, p in module.named_parameters(prefix=prefix.rstrip("."), recurse=False):
+        yield name, p
+    for name, child in module.named_children():
+        full = prefix + name
+        if full == head or next(child.parameters(), None) is None:
             continue
-        subs = child.named_children() if name in expand else [("", child)]
-        for sub, module in subs:
-            if next(module.parameters(), None) is not None:
-                out.append(f"{name}.{sub}" if sub else name)
-    return out
+        if full in expand:
+            for sub, block in child.named_children():
+                if next(block.parameters(), None) is not None:
+                    yield f"{full}.{sub}", block
+        elif any(e.startswith(full + ".") for e in expand):
+            yield from _parts(child, full + ".", expand, head)
+        else:
+            yield full, child

@@ -148,5 +148,9 @@ def run_layers(args: argparse.Namespace) -> int:
             print("  ".join(f"{v!s:<{w}}" for v, w in zip(row, widths, strict=True)).rstrip())
     else:
         print(f"\nNo layer name contains {args.filter!r}.")
-    print(f"\nstages (forward order, for fine-tuning): {', '.join(backbone.stages) or '-'}")
+    print("\nstages (fine-tuning with partial:N freezes stages 0 to N-1; stage 0 is the stem):")
+    for i, stage in enumerate(backbone.stages):
+        print(f"  {i:>2}  {' + '.join(stage)}")
+    if not backbone.stages:
+        print("  none declared: partial:N cannot be used")
     return 0 if rows else 1

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from featpipe.cli.options import add_image_size_option, add_limit_options, apply_limits
+from featpipe.interrupt import Interrupted
 
 EPILOG = """\
 examples:
@@ -17,8 +18,9 @@ examples:
       --mode full --epochs 4 --run-dir runs/c10-full
   featpipe finetune --data data/pets --mode partial:3 --optimizer adamw --lr 1e-3
 
-Modes: full, partial:N (first N stages frozen; see `featpipe layers SPEC`), bn (batch norm
-frozen), head (only the new head trains), lpft (logistic-regression probe, then full training).
+Modes: full, partial:N (stages 0 to N-1 frozen, stage 0 being the stem; see `featpipe layers
+SPEC`), bn (batch norm frozen), head (only the new head trains), lpft (logistic-regression probe,
+then full training).
 Run again with the same --run-dir and arguments to resume an interrupted run.
 """
 
@@ -41,7 +43,7 @@ RECIPE = (
     ("--probe-C", str, "C of the LP-FT probe, or auto (chosen on val)"),
     ("--val-fraction", float, "share of train used as val when the source has none"),
     ("--seed", int, "seed of subsampling, val carving, initialisation and shuffling"),
-    ("--device", str, "auto, cpu or cuda"),
+    ("--device", str, "auto, cpu, cuda or cuda:N"),
     ("--workers", int, "DataLoader worker processes (0: the main process)"),
 )
 
@@ -138,9 +140,15 @@ def run_finetune(args: argparse.Namespace) -> int:
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    start = time.perf_counter()
-    tuner.fit(source)
-    fit_seconds = time.perf_counter() - start
+    try:
+        tuner.fit(source)
+    except Interrupted as exc:
+        if args.run_dir is None:  # the default folder has the time in its name
+            raise exc.with_message(
+                tuner.interrupted_message(f"the same command with --run-dir {run_dir}")
+            ) from None
+        raise
+    fit_seconds = tuner.fit_seconds_  # every resumed piece of the run, not only this one
     best = tuner.history_[tuner.best_epoch_]
     metrics = {
         "mode": args.mode,

@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with a store: predict only this split (default: all rows)",
     )
     q.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    q.add_argument("--device", default="auto", help="auto, cpu or cuda (images only)")
+    q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (images only)")
     q.add_argument("--out", type=Path, help="CSV file to write (default: standard output)")
     q.set_defaults(func=run_predict)
 
@@ -156,7 +156,8 @@ def _row(entry: dict) -> list[str]:
     ]
     if "few_shot" in entry:
         fs = entry["few_shot"]
-        row.append(f"{fs['mean']:.4f} ± {fs['std']:.4f}")
+        spread = "(1 draw)" if fs["std"] is None else f"± {fs['std']:.4f}"
+        row.append(f"{fs['mean']:.4f} {spread}")
     return row
 
 

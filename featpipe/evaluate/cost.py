@@ -53,12 +53,14 @@ def reset_peak_host_rss() -> bool:
         return False
 
 
-def _cuda(device: str | None):
+def _cuda_device(device: str | None):
+    """The ``torch.device`` to read memory on, or None off-GPU. Always explicit: the calls
+    without one read the current device, which is GPU 0 whatever ``cuda:N`` the work ran on."""
     if not device or not str(device).startswith("cuda"):
         return None
     import torch
 
-    return torch.cuda if torch.cuda.is_available() else None
+    return torch.device(device) if torch.cuda.is_available() else None
 
 
 @dataclass
@@ -76,16 +78,18 @@ def measure(device: str | None = None) -> Iterator[Cost]:
     """Time a block and record the peak host RSS (and CUDA memory on ``device``) inside it."""
     cost = Cost()
     cost.host_peak_is_lifetime = not reset_peak_host_rss()
-    cuda = _cuda(device)
-    if cuda is not None:
-        cuda.synchronize()
-        cuda.reset_peak_memory_stats()
+    gpu = _cuda_device(device)
+    if gpu is not None:
+        import torch
+
+        torch.cuda.synchronize(gpu)
+        torch.cuda.reset_peak_memory_stats(gpu)
     start = time.perf_counter()
     try:
         yield cost
     finally:
-        if cuda is not None:
-            cuda.synchronize()
-            cost.peak_device_bytes = int(cuda.max_memory_allocated())
+        if gpu is not None:
+            torch.cuda.synchronize(gpu)
+            cost.peak_device_bytes = int(torch.cuda.max_memory_allocated(gpu))
         cost.seconds = time.perf_counter() - start
         cost.peak_host_bytes = peak_host_rss_bytes()

@@ -49,6 +49,7 @@ class Checkpoint(Callback):
         if tuner.best_epoch_ == logs["epoch"]:  # best before last: last.pt never names a
             checkpoint.save(self.run_dir / checkpoint.BEST, tuner.best_state())  # missing best
         checkpoint.save(self.run_dir / checkpoint.LAST, tuner.training_state())
+        tuner.saved_epoch_ = logs["epoch"]
 
 
 class HistoryLogger(Callback):

@@ -43,7 +43,10 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     random.setstate(_as_tuples(state["python"]))
     generator.set_state(state["loader"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process saw; this one may see fewer (or none: a
+        # checkpoint from a CUDA machine resumes on CPU). Restore those that exist.
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def _as_tuples(value):
@@ -52,10 +55,14 @@ def _as_tuples(value):
 
 
 def save(path: str | Path, state: dict) -> None:
-    """Write ``state`` to ``path`` via a temporary file, so a crash never leaves half a file."""
+    """Write ``state`` to ``path`` via a temporary file, synced before it takes the real name,
+    so that a crash or power loss never leaves half a checkpoint under that name."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
 
+from featpipe.backbones.base import as_stages
 from featpipe.errors import ConfigError
 
 MODES = ("full", "partial:N", "bn", "head", "lpft")
@@ -47,43 +49,64 @@ def _is_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
-def _stage_prefix_params(model: nn.Module, stage: str) -> list[str]:
-    """Parameters registered before the first stage (a stem outside ``stages``) belong to it."""
-    out = []
+def describe_stages(stages: list[tuple[str, ...]]) -> str:
+    """``0 conv1 + bn1, 1 layer1, ...``: what ``partial:N`` counts."""
+    return ", ".join(f"{i} {' + '.join(stage)}" for i, stage in enumerate(stages))
+
+
+def _unstaged_stem(model: nn.Module, stages: list[tuple[str, ...]]) -> list[str]:
+    """Top-level modules (or parameters) registered before the first staged parameter that no
+    stage holds: a stem that the stage list leaves out."""
+    staged = [n for stage in stages for n in stage]
+    out: dict[str, None] = {}
     for name, _ in model.named_parameters():
-        if name.startswith(stage + "."):
+        if any(name == s or name.startswith(s + ".") for s in staged):
             break
-        out.append(name)
-    return out
+        out[name.split(".")[0]] = None
+    return list(out)
 
 
-def freeze(model: nn.Module, mode: Mode, stages: list[str], head: str) -> Frozen:
-    """Set ``requires_grad`` for ``mode`` on ``model`` whose new classifier is module ``head``."""
+def freeze(
+    model: nn.Module, mode: Mode, stages: Sequence[str | Sequence[str]], head: str
+) -> Frozen:
+    """Set ``requires_grad`` for ``mode`` on ``model`` whose new classifier is module ``head``.
+
+    ``partial:N`` freezes stages 0 to N-1 of ``stages`` (stage 0: the stem), plus any
+    parameters registered before them that no stage holds."""
+    stages = as_stages(stages)
     modules = dict(model.named_modules())
     frozen_modules: list[str] = []
+    frozen_params: list[str] = []
     if mode.kind == "partial":
         if not stages:
             raise ConfigError("This backbone declares no stages, so 'partial:N' cannot be used.")
         if mode.stages > len(stages):
             raise ConfigError(
                 f"Mode 'partial:{mode.stages}' freezes more stages than the backbone has "
-                f"({len(stages)}: {', '.join(stages)}); use N between 1 and {len(stages)}."
+                f"({len(stages)}: {describe_stages(stages)}); use N between 1 and {len(stages)}."
             )
-        frozen_modules = list(stages[: mode.stages])
-        params = set(_stage_prefix_params(model, stages[0]))
-        # A stem that the stage list leaves out (parameters before the first stage) is frozen
-        # with the first stage: training it under frozen stages would make no sense.
-        frozen_modules += [
-            n
-            for n, m in model.named_children()
-            if any(f"{n}.{p}" in params for p, _ in m.named_parameters())
-        ]
+        names = [n for stage in stages[: mode.stages] for n in stage]
+        # Training a stem left out of the stages under frozen stages would make no sense.
+        names += _unstaged_stem(model, stages)
+        params = dict(model.named_parameters())
+        unknown = [n for n in names if n not in modules and n not in params]
+        if unknown:
+            raise ConfigError(
+                f"Stages name {unknown}, which are neither modules nor parameters of the "
+                "model; a backbone's stages must name its modules (or parameters, such as a "
+                "class token)."
+            )
+        frozen_modules = [n for n in names if n in modules]
+        frozen_params = [n for n in names if n not in modules]
     elif mode.kind == "head":
         frozen_modules = [n for n in modules if n and not _related(n, head)]
     elif mode.kind == "bn":
         frozen_modules = [n for n, m in modules.items() if n and _is_bn(m)]
 
     frozen = Frozen()
+    for name in frozen_params:  # parameters held by no stage module (a class token)
+        model.get_parameter(name).requires_grad_(False)
+        frozen.params.append(name)
     for name in frozen_modules:
         module = modules[name]
         for pname, p in module.named_parameters(prefix=name):

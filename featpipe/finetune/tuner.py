@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from featpipe.backbones import Backbone, get_backbone
 from featpipe.data.source import ImageSource
-from featpipe.device import resolve_device
+from featpipe.device import on_device, resolve_device
 from featpipe.errors import ConfigError, HeadMismatchError
 from featpipe.evaluate.metrics import compute_metrics
 from featpipe.finetune import checkpoint, probe
@@ -32,6 +32,7 @@ from featpipe.finetune.callbacks import (
 from featpipe.finetune.data import SourceDataset, loader, split_rows, train_transform
 from featpipe.finetune.freezing import Mode, freeze, set_train_mode
 from featpipe.finetune.recipe import build_optimizer, param_groups, warmup_cosine
+from featpipe.interrupt import Interrupted, deferred
 
 # Parameters that do not change what is computed: a resumed run may change them.
 _NOT_CONFIG = ("callbacks", "device", "resume", "run_dir", "verbose", "workers")
@@ -42,9 +43,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     Evaluation uses the backbone's own preprocessing (the one extraction uses); training adds
     RandomResizedCrop + flip at the same crop size (``augment="standard"``). ``mode`` is
-    ``full``, ``partial:N`` (first N of ``Backbone.stages`` frozen), ``bn`` (batch norm frozen),
-    ``head`` (only the new head trains) or ``lpft`` (head starts from a logistic-regression
-    probe on pooled train features, then everything trains).
+    ``full``, ``partial:N`` (stages 0 to N-1 of ``Backbone.stages`` frozen, stage 0 being the
+    stem), ``bn`` (batch norm frozen), ``head`` (only the new head trains) or ``lpft`` (head
+    starts from a logistic-regression probe on pooled train features, then everything trains).
 
     The epoch with the best validation accuracy (ties: lower val loss) is kept; with
     ``patience`` set, training stops after that many epochs without improvement. With
@@ -119,6 +120,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         that does not beat the probe on val returns the probe."""
         mode = self._check_params()
         self.device_ = resolve_device(self.device)
+        with on_device(self.device_):
+            return self._fit(mode, source)
+
+    def _fit(self, mode: Mode, source: ImageSource) -> FineTuner:
+        started = time.perf_counter()
         self.backbone_ = get_backbone(self.backbone, self.image_size)
         self.source_ = source
         self.class_names_ = list(source.classes)
@@ -127,31 +133,53 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             source, self.val_fraction, self.seed
         )
         saved = self._resumable(source)
-        train_loader = self._train_loader(source, train_rows)
-        self._build(mode, len(train_loader), fresh=saved is None, train_rows=train_rows)
         self.history_, self.stop_training_, self.start_epoch_ = [], False, 0
-        if saved is not None:
-            self._restore(saved)
+        self.saved_epoch_, self.fit_seconds_ = None, 0.0
+        try:
+            train_loader = self._train_loader(source, train_rows)
+            self._build(mode, len(train_loader), fresh=saved is None, train_rows=train_rows)
+            if saved is not None:
+                self._restore(saved)
+            self._clock = (started, self.fit_seconds_)
 
-        callbacks = self._callbacks()
-        for cb in callbacks:
-            cb.on_fit_start(self)
-        if saved is None:
-            self._end_epoch(
-                {"epoch": 0, "train_loss": None, **self._validate(), **self._start_notes()},
-                callbacks,
-            )
-        epoch = self.history_[-1]["epoch"]
-        while epoch < self.epochs and not self.stop_training_:
-            epoch += 1
-            logs = {"epoch": epoch, **self._train_epoch(train_loader, epoch), **self._validate()}
-            self._end_epoch(logs, callbacks)
-
-        self.model_.load_state_dict(self._best_weights)
-        self.model_.eval()
-        for cb in callbacks:
-            cb.on_fit_end(self)
+            callbacks = self._callbacks()
+            for cb in callbacks:
+                cb.on_fit_start(self)
+            if saved is None:
+                self._end_epoch(
+                    {"epoch": 0, "train_loss": None, **self._validate(), **self._start_notes()},
+                    callbacks,
+                )
+            epoch = self.history_[-1]["epoch"]
+            while epoch < self.epochs and not self.stop_training_:
+                epoch += 1
+                logs = {
+                    "epoch": epoch,
+                    **self._train_epoch(train_loader, epoch),
+                    **self._validate(),
+                }
+                self._end_epoch(logs, callbacks)
+            self.model_.load_state_dict(self._best_weights)
+            self.model_.eval()
+            self._tick()
+            for cb in callbacks:
+                cb.on_fit_end(self)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under handle_sigterm()
+            raise Interrupted.from_exception(exc).with_message(self.interrupted_message()) from None
         return self
+
+    def _tick(self) -> None:
+        """``fit_seconds_``: training time of this run so far, over every resumed piece."""
+        started, before = self._clock
+        self.fit_seconds_ = before + time.perf_counter() - started
+
+    def interrupted_message(self, command: str = "the same command") -> str:
+        """What an interrupted ``fit`` kept, and how to go on."""
+        done = self.saved_epoch_
+        if done is None or self.run_dir is None:
+            where = "no run_dir: nothing kept" if self.run_dir is None else "no epoch saved yet"
+            return f"interrupted before any checkpoint ({where}); run {command} to start over"
+        return f"interrupted: epoch {done} of {self.epochs} done; run {command} to resume"
 
     def _train_loader(self, source: ImageSource, rows: np.ndarray) -> DataLoader:
         augment = train_transform(self.backbone_.preprocessing, self.augment)
@@ -302,13 +330,17 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         return {"val_loss": m["log_loss"], "val_accuracy": m["top1"]}
 
     def _end_epoch(self, logs: dict, callbacks: list[Callback]) -> None:
-        score = (logs["val_accuracy"], -logs["val_loss"])
-        if not self.history_ or score > self.best_score_:
-            self.best_epoch_, self.best_score_ = logs["epoch"], score
-            self._best_weights = copy.deepcopy(self.model_.state_dict())
-        self.history_.append(logs)
-        for cb in callbacks:
-            cb.on_epoch_end(self, logs)
+        # Held signals: an epoch is recorded and checkpointed whole (best.pt, last.pt and
+        # history.jsonl agree), or not at all.
+        with deferred():
+            score = (logs["val_accuracy"], -logs["val_loss"])
+            if not self.history_ or score > self.best_score_:
+                self.best_epoch_, self.best_score_ = logs["epoch"], score
+                self._best_weights = copy.deepcopy(self.model_.state_dict())
+            self.history_.append(logs)
+            self._tick()
+            for cb in callbacks:
+                cb.on_epoch_end(self, logs)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -344,6 +376,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             "best_score": list(self.best_score_),
             "stopped": self.stop_training_,
             "probe": self.probe_,
+            "fit_seconds": self.fit_seconds_,
         }
 
     def best_state(self) -> dict:
@@ -358,7 +391,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self._best_weights = saved["best"]["model"]
         self.stop_training_ = saved["stopped"]
         self.probe_ = saved["probe"]
-        self.start_epoch_ = saved["epoch"]
+        self.start_epoch_ = self.saved_epoch_ = saved["epoch"]
+        # Checkpoints from before fit_seconds was saved: at least their epochs' time.
+        self.fit_seconds_ = saved.get(
+            "fit_seconds", sum(h.get("seconds") or 0.0 for h in self.history_)
+        )
         checkpoint.set_rng_state(saved["rng"], self.generator_)
 
     # ---------------------------------------------------------------- predict
@@ -400,7 +437,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: ImageSource | str) -> np.ndarray:
         """(n, C) class probabilities for a source (all rows) or a split of the fitted one."""
         check_is_fitted(self)
-        return self._proba(*self._rows(X))
+        with on_device(self.device_):
+            return self._proba(*self._rows(X))
 
     def predict(self, X: ImageSource | str) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)

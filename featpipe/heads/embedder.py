@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from featpipe.data.images import load_rgb, to_rgb
-from featpipe.device import resolve_device
+from featpipe.device import on_device, resolve_device
 from featpipe.errors import ConfigError
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
@@ -146,8 +146,8 @@ class Embedder(TransformerMixin, BaseEstimator):
         bb, model, device = self._model()
         transform = bb.preprocessing.transform()
         batch = torch.stack([transform(img) for img in images])
-        batch = batch.to(device, memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with on_device(device), torch.inference_mode():
+            batch = batch.to(device, memory_format=torch.channels_last)
             return model(batch)[self.layer].float().cpu().numpy()
 
     def transform(self, X: Iterable[ImageLike]) -> np.ndarray:

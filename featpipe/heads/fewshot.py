@@ -23,8 +23,12 @@ class FewShotResult:
         return float(np.mean(self.accuracies))
 
     @property
-    def std(self) -> float:
-        return float(np.std(self.accuracies))
+    def std(self) -> float | None:
+        """Sample standard deviation across draws (ddof=1); None for a single draw, whose
+        spread is unknown rather than zero."""
+        if len(self.accuracies) < 2:
+            return None
+        return float(np.std(self.accuracies, ddof=1))
 
     def summary(self) -> dict:
         return {
@@ -46,7 +50,7 @@ def few_shot(
     seed: int = 0,
 ) -> FewShotResult:
     """Test accuracy of ``estimator`` (fixed hyper-parameters) fitted on ``k`` examples per
-    class drawn from train, over ``draws`` seeded draws (mean and std across draws)."""
+    class drawn from train, over ``draws`` seeded draws (mean and sample std across draws)."""
     if int(k) < 1 or int(draws) < 1:
         raise ConfigError(f"few-shot needs k >= 1 and draws >= 1; got k={k}, draws={draws}.")
     head = make_head(estimator) if isinstance(estimator, str) else estimator

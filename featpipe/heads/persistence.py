@@ -17,7 +17,9 @@ from featpipe.errors import ConfigError, HeadMismatchError
 from featpipe.heads.registry import head_name
 
 SIDECAR_FORMAT = "featpipe.head"
-_NO_STORE = {"store_key": None, "store_path": None, "backbone": None}
+# 2: records the stored layer's pooling, width and dtype ("features").
+SIDECAR_VERSION = 2
+_NO_STORE = {"store_key": None, "store_path": None, "backbone": None, "features": None}
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -67,6 +69,19 @@ def _store_provenance(store: object) -> dict:
     }
 
 
+def _features(store: object, layer: str | None) -> dict | None:
+    """What the head's inputs depend on besides the backbone: the stored layer's pooling,
+    width and dtype (float16 features differ from float32 ones)."""
+    if layer is None or layer not in getattr(store, "layers", ()):
+        return None
+    return {"layer": layer, **{k: _plain(v) for k, v in store.layer_info(layer).items()}}
+
+
+def _same(a: object, b: object) -> bool:
+    """Equality of JSON-like values, whether they came from JSON (lists) or not (tuples)."""
+    return json.dumps(_plain(a), sort_keys=True) == json.dumps(_plain(b), sort_keys=True)
+
+
 def save_head(
     head: BaseEstimator,
     path: str | Path,
@@ -75,8 +90,9 @@ def save_head(
     layer: str | None = None,
     selection: object = None,
 ) -> Path:
-    """Write ``path`` (joblib) and ``<path>.json``: store key, backbone spec and weights sha,
-    layer, classes, preprocessing, chosen hyper-parameters and library versions."""
+    """Write ``path`` (joblib) and ``<path>.json``: store key, backbone spec, weights sha and
+    preprocessing, the layer (pooling, width, dtype), classes, the head's preprocessing, the
+    chosen hyper-parameters and library versions."""
     if not hasattr(head, "classes_"):
         raise ConfigError(f"Only a fitted head can be saved; {type(head).__name__} is not fitted.")
     path = Path(path)
@@ -84,7 +100,7 @@ def save_head(
     params = head.get_params(deep=False)
     sidecar = {
         "format": SIDECAR_FORMAT,
-        "format_version": 1,
+        "format_version": SIDECAR_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "head": head_name(head) or type(head).__name__,
         "estimator": f"{type(head).__module__}.{type(head).__qualname__}",
@@ -98,7 +114,11 @@ def save_head(
         "val_accuracy": getattr(selection, "val_accuracy", None),
         "test_accuracy": getattr(selection, "test_accuracy", None),
         "versions": _versions(),
-        **(_store_provenance(store) if store is not None else _NO_STORE),
+        **(
+            {**_store_provenance(store), "features": _features(store, layer)}
+            if store is not None
+            else _NO_STORE
+        ),
     }
     tmp = path.with_name(path.name + ".tmp")
     joblib.dump(head, tmp)
@@ -135,20 +155,38 @@ def load_head(path: str | Path) -> tuple[BaseEstimator, dict]:
 
 def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
     """Raise HeadMismatchError when ``store``/``layer`` are not the features the head was
-    trained on: another backbone spec or weights, another layer, or another class list."""
+    trained on: another backbone spec, weights or preprocessing (image size and crop among
+    it), another layer, pooling, width or dtype, or another class list.
+
+    Sidecars written before pooling and dtype were recorded (format version 1) are checked
+    on what they hold, with a warning that names what cannot be checked."""
     saved = sidecar.get("backbone") or {}
     now = _store_provenance(store)["backbone"]
-    problems = []
-    for key in ("spec", "weights_sha256"):
-        if saved.get(key) != now.get(key):
-            problems.append(f"backbone {key}: head {saved.get(key)!r}, store {now.get(key)!r}")
+    problems = [
+        f"backbone {key}: head {saved.get(key)!r}, store {now.get(key)!r}"
+        for key in ("spec", "weights_sha256", "preprocessing")
+        if not _same(saved.get(key), now.get(key))
+    ]
     if sidecar.get("layer") != layer:
         problems.append(f"layer: head {sidecar.get('layer')!r}, requested {layer!r}")
+    elif layer not in store.layers:
+        problems.append(f"layer: head {layer!r}, not in the store (it holds {store.layers})")
+    elif "features" not in sidecar:
+        warnings.warn(
+            f"This head's sidecar (format version {sidecar.get('format_version')}) does not "
+            "record the pooling, width and dtype of its features, so they are not checked. "
+            "Save the head again with this featpipe to record them.",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif not _same(sidecar["features"], _features(store, layer)):
+        problems.append(f"features: head {sidecar['features']}, store {_features(store, layer)}")
     if list(sidecar.get("classes") or []) != list(store.classes):
         problems.append(f"classes: head {sidecar.get('classes')}, store {list(store.classes)}")
     if problems:
         raise HeadMismatchError(
             "This head was trained on other features: "
             + "; ".join(problems)
-            + ". Extract features with the head's backbone and layer, or train a new head."
+            + ". Extract features with the head's backbone, image size, layer and dtype, or "
+            "train a new head."
         )

@@ -1,12 +1,16 @@
 """A linear head trained chunk by chunk, for features that do not fit in memory.
 
 Two kinds of pass over the chunks: one to accumulate standardisation statistics, then
-``epochs`` passes of ``SGDClassifier.partial_fit``. Only one chunk is held at a time.
+``epochs`` passes of ``SGDClassifier.partial_fit``. Stores built from class folders hold their
+rows grouped by class, and SGD that sees them in that order favours the classes it saw last.
+So every epoch visits the chunks in a new seeded order and shuffles the rows within a buffer of
+``buffer_chunks`` chunks: at most that many chunks are held at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -20,11 +24,39 @@ from tqdm.auto import tqdm
 from featpipe.errors import ConfigError
 
 Chunks = Iterable[tuple[np.ndarray, np.ndarray]]
+# chunks(order): the (X, y) chunks with the indices in ``order``, in that order.
+ChunkReader = Callable[[Sequence[int]], Chunks]
 
 
-def _array_chunks(X: np.ndarray, y: np.ndarray, rows: int) -> Iterator[tuple[np.ndarray, ...]]:
-    for start in range(0, len(X), rows):
-        yield X[start : start + rows], y[start : start + rows]
+def _array_chunks(X: np.ndarray, y: np.ndarray, rows: int) -> ChunkReader:
+    def read(order: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for i in order:
+            yield X[i * rows : (i + 1) * rows], y[i * rows : (i + 1) * rows]
+
+    return read
+
+
+def _shuffled(
+    chunks: Chunks, buffer_chunks: int, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The rows of ``chunks``, shuffled within consecutive groups of ``buffer_chunks`` chunks."""
+    buffer: list[tuple[np.ndarray, np.ndarray]] = []
+    for chunk in chunks:
+        buffer.append(chunk)
+        if len(buffer) == buffer_chunks:
+            yield _mix(buffer, rng)
+            buffer = []
+    if buffer:
+        yield _mix(buffer, rng)
+
+
+def _mix(
+    buffer: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    rows = rng.permutation(sum(len(y) for _, y in buffer))
+    return np.concatenate([X for X, _ in buffer])[rows], np.concatenate([y for _, y in buffer])[
+        rows
+    ]
 
 
 def _log_loss(head: StreamingLinearHead) -> bool:
@@ -35,7 +67,9 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
     """Standardise, then a linear classifier by SGD over chunks (``loss`` as in SGDClassifier).
 
     Use :meth:`fit_store` for a FeatureStore (reads ``store.iter_chunks``), :meth:`fit_chunks`
-    for any re-iterable source of (X, y) chunks, or ``fit`` for arrays (chunked the same way).
+    for any source of (X, y) chunks that can be read in a given order, or ``fit`` for arrays
+    (chunked the same way). Each epoch reads the chunks in a new order drawn from
+    ``random_state`` and shuffles rows within groups of ``buffer_chunks`` chunks.
     """
 
     def __init__(
@@ -45,6 +79,7 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
         alpha: float = 1e-4,
         epochs: int = 10,
         chunk_rows: int = 4096,
+        buffer_chunks: int = 8,
         random_state: int = 0,
         progress: bool = False,
     ):
@@ -52,46 +87,62 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
         self.alpha = alpha
         self.epochs = epochs
         self.chunk_rows = chunk_rows
+        self.buffer_chunks = buffer_chunks
         self.random_state = random_state
         self.progress = progress
 
     def fit(self, X, y) -> StreamingLinearHead:
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
-        rows = int(self.chunk_rows)
-        return self.fit_chunks(lambda: _array_chunks(X, y, rows), classes=np.unique(y))
+        rows = self._chunk_rows()
+        return self.fit_chunks(
+            _array_chunks(X, y, rows), math.ceil(len(X) / rows), classes=np.unique(y)
+        )
 
     def fit_store(self, store, layer: str, split: str = "train") -> StreamingLinearHead:
         """Train on one split of a FeatureStore without loading it whole."""
+        rows = self._chunk_rows()
         return self.fit_chunks(
-            lambda: store.iter_chunks(layer, split, rows=int(self.chunk_rows)),
+            lambda order: store.iter_chunks(layer, split, rows=rows, order=order),
+            math.ceil(len(store) / rows),
             classes=np.arange(len(store.classes)),
         )
 
     def fit_chunks(
-        self, chunks: Callable[[], Chunks], classes: np.ndarray | None = None
+        self, chunks: ChunkReader, n_chunks: int, classes: np.ndarray | None = None
     ) -> StreamingLinearHead:
-        """``chunks()`` must return a fresh iterator of (X, y) each time it is called."""
-        if int(self.epochs) < 1:
-            raise ConfigError(f"epochs must be >= 1; got {self.epochs}.")
+        """``chunks(order)`` returns an iterator over the (X, y) chunks whose indices (0 to
+        ``n_chunks - 1``) are in ``order``, in that order; a chunk may be empty or skipped."""
+        if int(self.epochs) < 1 or int(self.buffer_chunks) < 1:
+            raise ConfigError(
+                f"epochs and buffer_chunks must be >= 1; got {self.epochs}, {self.buffer_chunks}."
+            )
         scaler, seen, n_features = StandardScaler(), [], None
-        for X, y in chunks():  # pass 1: mean and variance, and the label set
-            scaler.partial_fit(X)
-            seen.append(np.unique(y))
-            n_features = X.shape[1]
+        for X, y in chunks(range(n_chunks)):  # pass 1: mean and variance, and the label set
+            if len(y):
+                scaler.partial_fit(X)
+                seen.append(np.unique(y))
+                n_features = X.shape[1]
         if n_features is None:
             raise ConfigError("The training chunks are empty; nothing to fit.")
         classes = np.unique(np.concatenate(seen)) if classes is None else np.asarray(classes)
         if len(classes) < 2:
             raise ConfigError(f"A classifier needs at least 2 classes; got 1 class {classes}.")
         sgd = SGDClassifier(loss=self.loss, alpha=self.alpha, random_state=self.random_state)
+        rng = np.random.default_rng(self.random_state)
         for _ in tqdm(range(int(self.epochs)), desc="SGD epochs", disable=not self.progress):
-            for X, y in chunks():
+            order = rng.permutation(n_chunks)
+            for X, y in _shuffled(chunks(order), int(self.buffer_chunks), rng):
                 sgd.partial_fit(scaler.transform(X), y, classes=classes)
         self.scaler_, self.classifier_ = scaler, sgd
         self.classes_ = sgd.classes_
         self.n_features_in_ = n_features
         return self
+
+    def _chunk_rows(self) -> int:
+        if int(self.chunk_rows) < 1:
+            raise ConfigError(f"chunk_rows must be >= 1; got {self.chunk_rows}.")
+        return int(self.chunk_rows)
 
     def _transform(self, X) -> np.ndarray:
         check_is_fitted(self)

@@ -1,14 +1,16 @@
-"""Multinomial L2 logistic regression by full-batch L-BFGS in torch, and its warm-started C path.
+"""L2 logistic regression by full-batch L-BFGS in torch, and its warm-started C path.
 
-The objective is exactly scikit-learn's ``LogisticRegression(C=C)`` (L2, multinomial, lbfgs):
+The objective is exactly scikit-learn's ``LogisticRegression(C=C)`` (L2, lbfgs):
 
-    C * sum_i cross_entropy(x_i, y_i) + 0.5 * ||W||^2      (intercept not penalised)
+    C * sum_i log_loss(x_i, y_i) + 0.5 * ||W||^2      (intercept not penalised)
 
-which is minimised, as scikit-learn does, in the scaled form ``mean_i CE + ||W||^2 / (2 C n)``
-so that ``tol`` means the same thing (max |gradient| of the scaled objective). Training runs in
-float32 on CPU (all threads) or CUDA; the fitted coefficients are float64 numpy arrays and
-prediction is plain numpy, so a fitted model behaves and pickles like any scikit-learn linear
-classifier (two classes use its binary layout: ``coef_`` of shape (1, D)).
+multinomial for K > 2 classes, binomial for two (one weight row: the logit of the second
+class, as scikit-learn fits it; a symmetric two-row multinomial would halve the penalty and
+make ``C`` mean ``2C``). It is minimised, as scikit-learn does, in the scaled form
+``mean_i log_loss + ||W||^2 / (2 C n)`` so that ``tol`` means the same thing (max |gradient| of
+the scaled objective). Training runs in float32 on CPU (all threads) or CUDA; the fitted
+coefficients are float64 numpy arrays and prediction is plain numpy, so a fitted model behaves
+and pickles like any scikit-learn linear classifier (two classes: ``coef_`` of shape (1, D)).
 """
 
 from __future__ import annotations
@@ -28,44 +30,51 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from featpipe.device import resolve_device, torch_threads
+from featpipe.device import on_device, resolve_device, torch_threads
 from featpipe.errors import ConfigError
 
 
 def logistic_objective(
     X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, C: float
 ) -> float:
-    """scikit-learn's multinomial objective ``C * sum CE + 0.5 ||W||^2`` in float64.
+    """scikit-learn's objective ``C * sum log_loss + 0.5 ||W||^2`` in float64.
 
-    ``y`` holds class indices 0..K-1. ``coef`` is (K, D), or (1, D) for two classes in
-    scikit-learn's binary layout, which is expanded to the symmetric multinomial form
-    (w1 = -w0 = coef / 2) before evaluating.
+    ``y`` holds class indices 0..K-1. ``coef`` is (K, D) (multinomial), or (1, D) for two
+    classes in scikit-learn's binary layout (the logit of class 1; binomial log-loss).
     """
     coef, intercept = np.asarray(coef, np.float64), np.asarray(intercept, np.float64)
-    if coef.shape[0] == 1:
-        coef = np.vstack([-coef / 2, coef / 2])
-        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
     logits = np.asarray(X, np.float64) @ coef.T + intercept
+    if coef.shape[0] == 1:  # binomial: class 0 is the reference with logit 0
+        logits = np.column_stack([np.zeros(len(logits)), logits])
     ce = -log_softmax(logits, axis=1)[np.arange(len(y)), y]
     return float(C * ce.sum() + 0.5 * np.sum(coef**2))
 
 
 class _Problem:
-    """Training data on one device, and an L-BFGS minimiser of the scaled objective."""
+    """Training data on one device, and an L-BFGS minimiser of the scaled objective.
+
+    Weights are (K, D+1) with the intercept in the last column; for two classes one row (the
+    logit of class 1, class 0's logit fixed at 0), which makes the objective scikit-learn's
+    binomial one."""
 
     def __init__(self, X: np.ndarray, y_idx: np.ndarray, n_classes: int, device: torch.device):
         self.X = torch.as_tensor(np.ascontiguousarray(X, np.float32), device=device)
         self.y = torch.as_tensor(y_idx, dtype=torch.long, device=device)
-        self.n_classes = n_classes
+        self.rows = 1 if n_classes == 2 else n_classes
         self.device = device
 
     def zeros(self) -> torch.Tensor:
-        return torch.zeros(self.n_classes, self.X.shape[1] + 1, device=self.device)
+        return torch.zeros(self.rows, self.X.shape[1] + 1, device=self.device)
+
+    def logits(self, X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(n, K) logits; in the binomial case with the reference class's zeros in front."""
+        z = F.linear(X, W, b)
+        return torch.cat([torch.zeros_like(z), z], dim=1) if self.rows == 1 else z
 
     def minimise(
         self, C: float, start: torch.Tensor, tol: float, max_iter: int
-    ) -> tuple[torch.Tensor, int]:
-        """(K, D+1) weights with the intercept in the last column, and the iterations used."""
+    ) -> tuple[torch.Tensor, int, float]:
+        """The weights, the iterations used and the final max |gradient| (compare to tol)."""
         W = start[:, :-1].clone().requires_grad_(True)  # contiguous, so matmuls stay fast
         b = start[:, -1].clone().requires_grad_(True)
         n = self.X.shape[0]
@@ -76,7 +85,7 @@ class _Problem:
             lr=1.0,
             max_iter=max_iter,
             tolerance_grad=tol,
-            tolerance_change=1e-10,
+            tolerance_change=1e-14,
             history_size=20,
             line_search_fn="strong_wolfe",
         )
@@ -85,38 +94,50 @@ class _Problem:
         # weights computes X.T @ G: several times slower than (G.T @ X) on CPU, for one pass.
         @torch.no_grad()
         def closure() -> torch.Tensor:
-            log_p = F.linear(self.X, W, b).log_softmax(1)
-            loss = -log_p[rows, self.y].mean() + 0.5 * reg * W.square().sum()
+            log_p = self.logits(self.X, W, b).log_softmax(1)
+            # The loss in float64: at float32's resolution (~1e-7 of its value) the line search
+            # sees no decrease and stops long before tol. The gradient stays float32.
+            loss = -log_p[rows, self.y].double().mean() + 0.5 * reg * W.double().square().sum()
             residual = log_p.exp_()
             residual[rows, self.y] -= 1.0
-            residual /= n
+            residual = residual[:, -self.rows :] / n  # the reference class has no weights
             W.grad = residual.T @ self.X + reg * W
             b.grad = residual.sum(0)
             return loss
 
         opt.step(closure)
         n_iter = int(opt.state[W].get("n_iter", 0))  # LBFGS keeps its state on the first param
-        return torch.cat([W.detach(), b.detach()[:, None]], dim=1), n_iter
+        # LBFGS also stops on tolerance_change or a failed line search, and its last closure
+        # call may be a rejected trial point: evaluate the gradient where it stopped.
+        closure()
+        grad = max(W.grad.abs().max().item(), b.grad.abs().max().item())
+        return torch.cat([W.detach(), b.detach()[:, None]], dim=1), n_iter, grad
 
     def accuracy(self, W: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> float:
-        logits = torch.addmm(W[:, -1], X, W[:, :-1].T)
+        logits = self.logits(X, W[:, :-1], W[:, -1])
         return (logits.argmax(1) == y).sum().item() / len(y)
 
 
 def _sklearn_layout(W: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(coef_, intercept_) as float64; two classes collapse to scikit-learn's (1, D) layout."""
+    """(coef_, intercept_) as float64 numpy arrays."""
     W = W.double().cpu().numpy()
-    coef, intercept = W[:, :-1], W[:, -1]
-    if W.shape[0] == 2:  # logit difference: the same predictions, the binary convention
-        return coef[1:] - coef[:1], intercept[1:] - intercept[:1]
-    return coef.copy(), intercept.copy()
+    return W[:, :-1].copy(), W[:, -1].copy()
 
 
-def _warn_not_converged(n_iter: int, max_iter: int, C: float) -> None:
-    if n_iter >= max_iter:
+def _warn_not_converged(fits: list[tuple[float, int, float]], max_iter: int, tol: float) -> None:
+    """One warning for the fits, as (C, iterations, final max |gradient|), that stopped above
+    tol, whichever criterion stopped L-BFGS (max_iter, tolerance_change, a failed line
+    search)."""
+    bad = [
+        f"C={C:g}: {grad:.2g} after {n_iter} iterations" for C, n_iter, grad in fits if grad > tol
+    ]
+    if bad:
+        of = f" for {len(bad)} of {len(fits)} values of C" if len(fits) > 1 else ""
         warnings.warn(
-            f"L-BFGS stopped at max_iter={max_iter} before reaching tol (C={C:g}); "
-            "raise max_iter or standardise the features.",
+            f"L-BFGS stopped with max |gradient| above tol={tol:g}{of} ({'; '.join(bad)}; "
+            f"max_iter={max_iter}): the solution has not converged. Standardise the features, "
+            "raise max_iter, or raise tol (in float32 it rarely gets below 1e-6, nor much below "
+            "1e-4 under very strong regularisation).",
             ConvergenceWarning,
             stacklevel=3,
         )
@@ -171,13 +192,22 @@ class TorchLogisticRegression(ClassifierMixin, BaseEstimator):
                 f"Logistic regression needs samples of at least 2 classes; got 1 class "
                 f"({classes[0]!r}). Check the labels of the training split."
             )
-        problem = _Problem(X, y_idx, len(classes), resolve_device(self.device))
-        start = problem.zeros()
-        if self.warm_start and hasattr(self, "coef_") and np.array_equal(self.classes_, classes):
-            start = _torch_weights(self.coef_, self.intercept_, problem.device)
-        with torch_threads(self.n_threads):
-            W, n_iter = problem.minimise(float(self.C), start, self.tol, int(self.max_iter))
-        _warn_not_converged(n_iter, int(self.max_iter), self.C)
+        device = resolve_device(self.device)
+        with on_device(device), torch_threads(self.n_threads):
+            problem = _Problem(X, y_idx, len(classes), device)
+            start = problem.zeros()
+            if (
+                self.warm_start
+                and hasattr(self, "coef_")
+                and np.array_equal(self.classes_, classes)
+            ):
+                start = torch.as_tensor(
+                    np.column_stack([self.coef_, self.intercept_]),
+                    dtype=torch.float32,
+                    device=device,
+                )
+            W, n_iter, grad = problem.minimise(float(self.C), start, self.tol, int(self.max_iter))
+        _warn_not_converged([(self.C, n_iter, grad)], int(self.max_iter), self.tol)
         self.classes_ = classes
         self.coef_, self.intercept_ = _sklearn_layout(W)
         self.n_iter_ = np.array([n_iter])
@@ -204,14 +234,6 @@ class TorchLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def predict_log_proba(self, X) -> np.ndarray:
         return np.log(self.predict_proba(X))
-
-
-def _torch_weights(coef: np.ndarray, intercept: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Inverse of :func:`_sklearn_layout` (binary -> symmetric two-row form)."""
-    W = np.column_stack([coef, intercept])
-    if W.shape[0] == 1:
-        W = np.vstack([-W / 2, W / 2])
-    return torch.as_tensor(W, dtype=torch.float32, device=device)
 
 
 @dataclass
@@ -268,30 +290,33 @@ def logreg_path(
     classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
     if len(classes) < 2:
         raise ConfigError(f"Logistic regression needs at least 2 classes; got {list(classes)}.")
-    problem = _Problem(X, y_idx, len(classes), resolve_device(device))
-    val = None
-    if X_val is not None and y_val is not None:
-        pos = {c: i for i, c in enumerate(classes.tolist())}
-        yv = np.array([pos.get(c, -1) for c in np.asarray(y_val).tolist()])
-        val = (
-            torch.as_tensor(np.ascontiguousarray(X_val, np.float32), device=problem.device),
-            torch.as_tensor(yv, dtype=torch.long, device=problem.device),
-        )
-    coefs, intercepts, iters, accs = [], [], [], []
-    W = problem.zeros()
-    start = time.perf_counter()
-    with torch_threads(n_threads):
+    torch_device = resolve_device(device)
+    coefs, intercepts, iters, accs, fits = [], [], [], [], []
+    with on_device(torch_device), torch_threads(n_threads):
+        problem = _Problem(X, y_idx, len(classes), torch_device)
+        val = None
+        if X_val is not None and y_val is not None:
+            pos = {c: i for i, c in enumerate(classes.tolist())}
+            yv = np.array([pos.get(c, -1) for c in np.asarray(y_val).tolist()])
+            val = (
+                torch.as_tensor(np.ascontiguousarray(X_val, np.float32), device=torch_device),
+                torch.as_tensor(yv, dtype=torch.long, device=torch_device),
+            )
+        W = problem.zeros()
+        start = time.perf_counter()
         for C in tqdm(list(Cs), desc="C path", unit="C", disable=not progress):
-            W, n_iter = problem.minimise(float(C), W, tol, max_iter)
-            _warn_not_converged(n_iter, max_iter, C)
+            W, n_iter, grad = problem.minimise(float(C), W, tol, max_iter)
+            fits.append((C, n_iter, grad))
             coef, intercept = _sklearn_layout(W)
             coefs.append(coef)
             intercepts.append(intercept)
             iters.append(n_iter)
             if val is not None:
                 accs.append(problem.accuracy(W, *val))
-    if problem.device.type == "cuda":
-        torch.cuda.synchronize()
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize(torch_device)
+        seconds = time.perf_counter() - start
+    _warn_not_converged(fits, max_iter, tol)
     return LogRegPath(
         Cs=np.asarray(Cs, dtype=np.float64),
         classes=classes,
@@ -299,5 +324,5 @@ def logreg_path(
         intercepts=intercepts,
         n_iter=iters,
         val_accuracy=np.asarray(accs) if val is not None else None,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
     )

@@ -160,24 +160,33 @@ class FeatureStore:
         *,
         allow_incomplete: bool = False,
         dtype: Any = np.float32,
+        order: Sequence[int] | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(X, y)`` blocks of one layer and split, reading at most ``rows`` stored rows at a
-        time (default: the store's chunk size), so memory stays bounded."""
+        time (default: the store's chunk size), so memory stays bounded. ``order`` visits the
+        blocks (block i: stored rows ``i*rows`` to ``(i+1)*rows``) in that order instead of the
+        file's, for training that must not see the rows grouped as they were stored."""
         rows = self.rows_per_chunk if rows is None else int(rows)
         if rows < 1:
             raise ConfigError(f"rows must be at least 1; got {rows}.")
         self.layer_info(layer)
         mask = self._row_mask(split, allow_incomplete)
-        yield from self._blocks(layer, mask, rows, dtype)
+        yield from self._blocks(layer, mask, rows, dtype, order)
 
     def _blocks(
-        self, layer: str, mask: np.ndarray, rows: int, dtype: Any
+        self,
+        layer: str,
+        mask: np.ndarray,
+        rows: int,
+        dtype: Any,
+        order: Sequence[int] | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         self._check_layer(layer)
         with self._open() as f:
             ds = f[schema.FEATURES][layer]
             labels = f[schema.SAMPLES_LABEL][:]
-            for start in range(0, self._n, rows):
+            starts = range(0, self._n, rows)
+            for start in starts if order is None else (starts[i] for i in order):
                 keep = mask[start : start + rows]
                 if not keep.any():
                     continue
