@@ -25,14 +25,16 @@ def _features(n=11, seed=0):
     }
 
 
-def _partial_store(path, done_chunks=(0, 2), n=10, rows=3):
-    """A store of 4 chunks (3+3+3+1 rows) with only ``done_chunks`` written."""
+def _partial_store(path, done_chunks=(0, 2), n=10, rows=3, splits=None, skips=None):
+    """A store of 4 chunks (3+3+3+1 rows) with only ``done_chunks`` written; ``skips`` maps
+    rows to why their image was skipped."""
     x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    skips = skips or {}
     with StoreWriter.create(
         path,
         ids=[f"s{i}" for i in range(n)],
         labels=np.arange(n) % 2,
-        splits=np.zeros(n, np.uint8),
+        splits=np.zeros(n, np.uint8) if splits is None else np.asarray(splits, np.uint8),
         classes=["a", "b"],
         layers={"pooled": (2, "none")},
         dtype="float32",
@@ -41,7 +43,11 @@ def _partial_store(path, done_chunks=(0, 2), n=10, rows=3):
     ) as w:
         for i in done_chunks:
             start, stop = w.chunk_rows(i)
-            w.write_chunk(i, {"pooled": x[start:stop]})
+            errors = {row - start: why for row, why in skips.items() if start <= row < stop}
+            w.write_chunk(i, {"pooled": x[start:stop]}, errors=errors)
+        assert w.skipped_count() == sum(row // rows in done_chunks for row in skips)
+        if len(done_chunks) == w.n_chunks:
+            w.finish()
     return x
 
 
@@ -145,30 +151,15 @@ def test_write_chunk_checks_shape_and_layers(tmp_path):
         assert w.pending_chunks() == [0, 1, 2, 3]
 
 
-def _store_with_skips(path, skips=None):
-    """The partial-store layout (4 chunks: 3+3+3+1 rows, splits train x6, val x2, test x2),
-    complete, with rows 1 (train), 4 (train) and 8 (test) skipped."""
-    skips = {1: "truncated file", 4: "empty file", 8: "not an image"} if skips is None else skips
-    n, rows = 10, 3
-    x = np.arange(n * 2, dtype=np.float32).reshape(n, 2) + 1
-    with StoreWriter.create(
+def _store_with_skips(path):
+    """A complete store with splits train x6, val x2, test x2, and rows 1 (train), 4 (train)
+    and 8 (test) skipped."""
+    return _partial_store(
         path,
-        ids=[f"s{i}" for i in range(n)],
-        labels=np.arange(n) % 2,
-        splits=np.array([0] * 6 + [1] * 2 + [2] * 2, np.uint8),
-        classes=["a", "b"],
-        layers={"pooled": (2, "none")},
-        dtype="float32",
-        rows_per_chunk=rows,
-        attrs={"key": "k"},
-    ) as w:
-        for i in range(w.n_chunks):
-            start, stop = w.chunk_rows(i)
-            errors = {row - start: why for row, why in skips.items() if start <= row < stop}
-            w.write_chunk(i, {"pooled": x[start:stop]}, errors=errors)
-        assert w.skipped_count() == len(skips)
-        w.finish()
-    return x
+        done_chunks=(0, 1, 2, 3),
+        splits=[0] * 6 + [1] * 2 + [2] * 2,
+        skips={1: "truncated file", 4: "empty file", 8: "not an image"},
+    )
 
 
 def test_skipped_rows_are_left_out_of_every_read(tmp_path):
