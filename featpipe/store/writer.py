@@ -81,6 +81,9 @@ class StoreWriter:
         self.n_chunks = n_chunks_for(self.n_rows, self.rows_per_chunk)
         self.layers: list[str] = schema.decode_attr("layers", file.attrs["layers"])
         self.dtype = str(file.attrs["dtype"])
+        # per-row ok flags and skip reasons (None in format 1 stores, where every row is ok)
+        self._ok = file.get(schema.SAMPLES_OK)
+        self._reasons = file.get(schema.SAMPLES_ERROR)
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -214,29 +217,28 @@ class StoreWriter:
         return written
 
     def _write_ok(self, start: int, ok: np.ndarray, errors: Mapping[int, str]) -> None:
-        if schema.SAMPLES_OK not in self._file:  # format 1: every row is ok
+        if self._ok is None:
             if errors:
                 raise StoreMismatchError(
                     f"{self.path} was made by an older featpipe (store format 1), which cannot "
                     "record skipped images. Pass overwrite=True (--overwrite) to rebuild it."
                 )
             return
-        self._file[schema.SAMPLES_OK][start : start + len(ok)] = ok
-        reasons = self._file[schema.SAMPLES_ERROR]
-        old = reasons[start : start + len(ok)]
+        self._ok[start : start + len(ok)] = ok
+        old = self._reasons[start : start + len(ok)]
         for pos in range(len(ok)):
             # Only skipped rows get a string: each one written costs heap space, even "".
             # A row that failed in an earlier attempt at this chunk but not now is cleared.
             new = errors.get(pos, "")
             if (old[pos] or b"") != new.encode():
-                reasons[start + pos] = new
+                self._reasons[start + pos] = new
 
     def skipped_count(self) -> int:
         """Rows of done chunks that were skipped."""
-        if schema.SAMPLES_OK not in self._file:
+        if self._ok is None:
             return 0
         done = schema.rows_done(self.chunk_done(), self.rows_per_chunk, self.n_rows)
-        return int((done & ~self._file[schema.SAMPLES_OK][:]).sum())
+        return int((done & ~self._ok[:]).sum())
 
     def finish(self, extraction: Mapping[str, Any] | None = None) -> None:
         """Mark the store complete (only when every chunk is done), then flush."""
