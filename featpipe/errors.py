@@ -26,7 +26,16 @@ class SourceError(FeaturePipeError, ValueError):
 
 
 class ImageReadError(FeaturePipeError, OSError):
-    """An image file could not be read or decoded; the message names its path."""
+    """An image file could not be read or decoded; the message names its path.
+
+    ``path`` and ``reason`` (e.g. "truncated file"), when given, are the parts of the message
+    a caller may record on their own (a skipped row's reason in a feature store).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.reason = reason or message
 
 
 class StoreMismatchError(FeaturePipeError, ValueError):

@@ -145,3 +145,51 @@ def test_digits_with_efficientnet_lite0_end_to_end(tmp_path, capsys):
     assert X.shape == (60, 1280) and len(set(y.tolist())) == 10
     assert store.layer_info("blocks.5:avg")["dim"] == 192
     assert store.attrs["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+
+
+def _break(image_folder, names=("dog/002.jpg", "fox/004.jpg", "cat/001.jpg")) -> None:
+    for name in names:
+        path = image_folder / name
+        path.write_bytes(path.read_bytes()[:300])  # truncated
+
+
+def test_unreadable_image_is_one_line_without_a_worker_traceback(
+    image_folder, tmp_path, capsys, monkeypatch
+):
+    _break(image_folder)
+    args = ["extract", str(image_folder), *TOY, "--workers", "2", "--out", str(tmp_path / "s.h5")]
+    monkeypatch.delenv("FEATPIPE_DEBUG", raising=False)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.match(r"featpipe extract: error: Cannot read image '.*cat/001\.jpg': truncated", err)
+    assert "--on-error skip" in err
+
+    monkeypatch.setenv("FEATPIPE_DEBUG", "1")  # the full traceback, then the same line
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.splitlines()[-1].startswith("featpipe extract: error: Cannot read image")
+
+
+def test_on_error_skip_then_info_lists_the_skipped_images(image_folder, tmp_path, capsys):
+    _break(image_folder)
+    out = tmp_path / "s.h5"
+    args = ["extract", str(image_folder), *TOY, "--out", str(out), "--on-error", "skip"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert f"skipped 3 unreadable images (listed by `featpipe info {out}`)" in text
+    assert FeatureStore(out).split_counts()["train"] == 15
+
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "skipped     3 unreadable images, left out of every split:" in text
+    assert "  cat/001.jpg: truncated file\n  dog/002.jpg: truncated file\n" in text
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["skipped"] == 3 and info["skipped_first"]["fox/004.jpg"] == "truncated file"
+
+    assert main(args[:-2]) == 2  # the default, fail, refuses the store that left images out
+    assert (
+        "leaves out 3 unreadable image(s): cat/001.jpg (truncated file)" in capsys.readouterr().err
+    )

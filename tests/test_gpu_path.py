@@ -127,11 +127,20 @@ def test_in_memory_images_fall_back_to_worker_decoding():
 def test_corrupt_jpeg_raises_naming_the_file(tmp_path):
     source = _folder(tmp_path)
     bad = Path(source.path(2))
-    bad.write_bytes(bad.read_bytes()[:40] + b"\x00" * 50)  # JPEG header, garbage after it
+    bad.write_bytes(bad.read_bytes()[:40] + b"\x00" * 50)  # JPEG magic, garbage after it
     path = GPUDataPath(SMALL[0], CPU)
-    batch = path.collate([path.load(source, i) for i in range(len(source))])
-    with pytest.raises(ImageReadError, match=bad.name):
+    with pytest.raises(ImageReadError, match=rf"{bad.name}': not an image"):
+        path.load(source, 2)  # the worker's header check
+    truncated = Path(source.path(3))
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: data.index(b"\xff\xda") + 20])  # a whole header, no pixels
+    batch = path.collate([path.load(source, i) for i in range(len(source)) if i != 2])
+    with pytest.raises(ImageReadError, match=rf"{truncated.name}': truncated file"):
         path.to_batch(batch, CPU)
+    failed = {}
+    out = path.to_batch(batch, CPU, failed)  # recorded instead, the row left blank
+    assert list(failed) == [2] and failed[2].reason == "truncated file"
+    assert out.shape[0] == len(source) - 1
 
 
 def test_cmyk_and_grey_jpegs_match_the_cpu_path(tmp_path):

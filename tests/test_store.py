@@ -6,7 +6,12 @@ import h5py
 import numpy as np
 import pytest
 
-from featpipe.errors import ConfigError, IncompleteStoreError, UnknownNameError
+from featpipe.errors import (
+    ConfigError,
+    IncompleteStoreError,
+    StoreMismatchError,
+    UnknownNameError,
+)
 from featpipe.store import FeatureStore, StoreWriter, store_filename, store_key
 
 SPLITS = ["train"] * 6 + ["val"] * 2 + ["test"] * 3
@@ -20,14 +25,16 @@ def _features(n=11, seed=0):
     }
 
 
-def _partial_store(path, done_chunks=(0, 2), n=10, rows=3):
-    """A store of 4 chunks (3+3+3+1 rows) with only ``done_chunks`` written."""
+def _partial_store(path, done_chunks=(0, 2), n=10, rows=3, splits=None, skips=None):
+    """A store of 4 chunks (3+3+3+1 rows) with only ``done_chunks`` written; ``skips`` maps
+    rows to why their image was skipped."""
     x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    skips = skips or {}
     with StoreWriter.create(
         path,
         ids=[f"s{i}" for i in range(n)],
         labels=np.arange(n) % 2,
-        splits=np.zeros(n, np.uint8),
+        splits=np.zeros(n, np.uint8) if splits is None else np.asarray(splits, np.uint8),
         classes=["a", "b"],
         layers={"pooled": (2, "none")},
         dtype="float32",
@@ -36,7 +43,11 @@ def _partial_store(path, done_chunks=(0, 2), n=10, rows=3):
     ) as w:
         for i in done_chunks:
             start, stop = w.chunk_rows(i)
-            w.write_chunk(i, {"pooled": x[start:stop]})
+            errors = {row - start: why for row, why in skips.items() if start <= row < stop}
+            w.write_chunk(i, {"pooled": x[start:stop]}, errors=errors)
+        assert w.skipped_count() == sum(row // rows in done_chunks for row in skips)
+        if len(done_chunks) == w.n_chunks:
+            w.finish()
     return x
 
 
@@ -72,7 +83,7 @@ def test_plain_h5py_reads_everything(tmp_path):
     feats = _features()
     FeatureStore.from_arrays(tmp_path / "s.h5", feats, [0] * 11, [0] * 11, ["a"], dtype="float16")
     with h5py.File(tmp_path / "s.h5", "r") as f:
-        assert f.attrs["format"] == "featpipe.store" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "featpipe.store" and f.attrs["format_version"] == 2
         assert bool(f.attrs["complete"])
         ds = f["features/pooled"]
         assert ds.dtype == np.float16 and ds.chunks[1] == 5
@@ -80,6 +91,7 @@ def test_plain_h5py_reads_everything(tmp_path):
         assert list(f["samples/split"].attrs["names"]) == ["train", "val", "test"]
         assert f["progress/chunk_done"][:].all()
         assert f["samples/id"].asstr()[0] == "0"
+        assert f["samples/ok"][:].all() and f["samples/error"].asstr()[3] == ""
 
 
 def test_split_codes_and_names_give_the_same_store(tmp_path):
@@ -137,6 +149,91 @@ def test_write_chunk_checks_shape_and_layers(tmp_path):
         with pytest.raises(ConfigError, match="lacks"):
             w.write_chunk(0, {})
         assert w.pending_chunks() == [0, 1, 2, 3]
+
+
+def _store_with_skips(path):
+    """A complete store with splits train x6, val x2, test x2, and rows 1 (train), 4 (train)
+    and 8 (test) skipped."""
+    return _partial_store(
+        path,
+        done_chunks=(0, 1, 2, 3),
+        splits=[0] * 6 + [1] * 2 + [2] * 2,
+        skips={1: "truncated file", 4: "empty file", 8: "not an image"},
+    )
+
+
+def test_skipped_rows_are_left_out_of_every_read(tmp_path):
+    x = _store_with_skips(tmp_path / "s.h5")
+    store = FeatureStore(tmp_path / "s.h5")
+    kept = [0, 2, 3, 5, 6, 7, 9]
+    assert len(store) == 10
+    assert store.skipped() == {"s1": "truncated file", "s4": "empty file", "s8": "not an image"}
+    assert store.skipped("test") == {"s8": "not an image"}
+    assert store.split_counts() == {"train": 4, "val": 2, "test": 1}
+    X, y = store.arrays("pooled")
+    np.testing.assert_array_equal(X, x[kept])
+    np.testing.assert_array_equal(y, np.array(kept) % 2)
+    assert store.ids() == [f"s{i}" for i in kept]
+    np.testing.assert_array_equal(store.labels(), np.array(kept) % 2)
+    for split, rows in {"train": [0, 2, 3, 5], "val": [6, 7], "test": [9]}.items():
+        Xs, ys = store.arrays("pooled", split)
+        assert store.ids(split) == [f"s{i}" for i in rows]  # ids align with arrays
+        np.testing.assert_array_equal(Xs, x[rows])
+        np.testing.assert_array_equal(store.labels(split), ys)
+        blocks = list(store.iter_chunks("pooled", split, rows=2))
+        np.testing.assert_array_equal(np.concatenate([b for b, _ in blocks]), x[rows])
+    info = store.info()
+    assert info["skipped"] == 3 and list(info["skipped_first"]) == ["s1", "s4", "s8"]
+    with h5py.File(tmp_path / "s.h5", "r") as f:  # what plain h5py sees
+        assert f["samples/ok"][:].tolist() == [i in kept for i in range(10)]
+        assert f["samples/error"].asstr()[1] == "truncated file"
+        assert f["samples/error"].asstr()[0] == ""
+        assert not f["features/pooled"][4].any()  # skipped rows hold zeros
+
+
+def test_rewriting_a_chunk_clears_an_earlier_skip(tmp_path):
+    x = _store_with_skips(tmp_path / "s.h5")
+    with StoreWriter.open(tmp_path / "s.h5") as w:
+        w.write_chunk(0, {"pooled": x[0:3]})  # the image of row 1 reads now
+        w.write_chunk(1, {"pooled": x[3:6]}, errors={1: "permission denied"})
+    store = FeatureStore(tmp_path / "s.h5")
+    assert store.skipped() == {"s4": "permission denied", "s8": "not an image"}
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["samples/error"].asstr()[1] == ""
+        np.testing.assert_array_equal(f["features/pooled"][1], x[1])
+
+
+def test_skips_in_chunks_not_done_are_not_known_yet(tmp_path):
+    _partial_store(tmp_path / "p.h5", done_chunks=(0,))
+    store = FeatureStore(tmp_path / "p.h5")
+    assert store.skipped() == {} and store.split_counts()["train"] == 10
+    assert len(store.ids()) == 10  # rows not written yet are not called skipped
+
+
+def _as_format_1(path) -> None:
+    """Rewrite a store as featpipe wrote it before format 2 (no ok or error datasets)."""
+    with h5py.File(path, "r+") as f:
+        del f["samples/ok"], f["samples/error"]
+        f.attrs["format_version"] = 1
+
+
+def test_format_1_stores_stay_readable_with_every_row_ok(tmp_path):
+    x = _partial_store(tmp_path / "p.h5", done_chunks=(0, 1, 2, 3))
+    _as_format_1(tmp_path / "p.h5")
+    store = FeatureStore(tmp_path / "p.h5")
+    assert store.skipped() == {} and store.info()["skipped"] == 0
+    np.testing.assert_array_equal(store.arrays("pooled", allow_incomplete=True)[0], x)
+    assert store.ids() == [f"s{i}" for i in range(10)]
+
+
+def test_format_1_store_cannot_record_a_skip(tmp_path):
+    x = _partial_store(tmp_path / "p.h5", done_chunks=(0,))
+    _as_format_1(tmp_path / "p.h5")
+    with StoreWriter.open(tmp_path / "p.h5") as w:
+        w.write_chunk(1, {"pooled": x[3:6]})  # resuming without skips works
+        with pytest.raises(StoreMismatchError, match=r"format 1.*--overwrite"):
+            w.write_chunk(2, {"pooled": x[6:9]}, errors={0: "truncated file"})
+        assert w.pending_chunks() == [2, 3]
 
 
 def test_create_leaves_no_temporary_file(tmp_path):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from featpipe.errors import FeaturePipeError
 from featpipe.interrupt import Interrupted, handle_sigterm
@@ -23,6 +25,8 @@ Typical session:
   featpipe info data/cache/<store>.h5        # what a store holds
   featpipe probe data/cache/<store>.h5 --layer pooled
   featpipe run pipelines/demo.toml           # a declared experiment with its report
+
+Errors print one line; FEATPIPE_DEBUG=1 prints their full traceback as well.
 """
 
 
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         with handle_sigterm():
             return int(args.func(args) or 0)
     except FeaturePipeError as exc:
+        if os.environ.get("FEATPIPE_DEBUG") == "1":  # the full traceback, for bug reports
+            traceback.print_exc()
         print(f"featpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early: not an error

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from featpipe.cli.options import add_image_size_option, add_limit_options, apply_limits
+from featpipe.data.unreadable import ON_ERROR
 
 EXTRACT_EPILOG = """\
 examples:
@@ -98,6 +99,13 @@ def register(subparsers) -> None:
     split.add_argument("--seed", type=int, metavar="S", help="seed of splits and subsampling")
     add_limit_options(split)
     p.add_argument(
+        "--on-error",
+        choices=ON_ERROR,
+        default="fail",
+        help="an image that cannot be read: stop with its name (fail, the default), or record "
+        "it as skipped and leave it out (skip; `featpipe info` lists them)",
+    )
+    p.add_argument(
         "--hash-contents",
         action="store_true",
         help="fingerprint image bytes instead of file sizes and times",
@@ -160,6 +168,7 @@ def run_extract(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         hash_contents=args.hash_contents,
         torch_compile=args.compile,
+        on_error=args.on_error,
     )
     s = store.extraction
     if s["reused"]:
@@ -171,8 +180,20 @@ def run_extract(args: argparse.Namespace) -> int:
             f"({s['images_per_s']:.1f} images/s) on {s['device']}{resumed}; "
             f"{format_bytes(s['bytes_written'])} written"
         )
+    if s.get("skipped"):
+        print(f"skipped {s['skipped']} unreadable images (listed by `featpipe info {store.path}`)")
     print(f"features written to {store.path}")
     return 0
+
+
+def _skipped_lines(info: dict) -> list[str]:
+    """The skipped images of a store: their count, then the first few with their reasons."""
+    first = info["skipped_first"]
+    lines = [f"skipped     {info['skipped']} unreadable images, left out of every split:"]
+    lines += [f"  {sample_id}: {reason}" for sample_id, reason in first.items()]
+    if info["skipped"] > len(first):
+        lines.append(f"  ... and {info['skipped'] - len(first)} more (FeatureStore.skipped())")
+    return lines
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -199,6 +220,9 @@ def run_info(args: argparse.Namespace) -> int:
         + ", ".join(f"{k} {v}" for k, v in info["splits"].items()),
         "layers",
     ]
+    if info["skipped"]:
+        at = lines.index("layers")
+        lines[at:at] = _skipped_lines(info)
     for name, layer in info["layers"].items():
         lines.append(
             f"  {name:<24} {layer['shape'][0]} x {layer['dim']}  {layer['dtype']}  "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from featpipe.data.unreadable import ON_ERROR
+
 RUN_EPILOG = """\
 examples:
   featpipe run pipelines/demo.toml
@@ -40,6 +42,12 @@ def register(subparsers) -> None:
         default=[],
         help="override a key by its dotted path, value in TOML (repeatable)",
     )
+    p.add_argument(
+        "--on-error",
+        choices=ON_ERROR,
+        help="an image that cannot be read: stop (fail) or leave it out of every method "
+        "(skip); replaces features.on_error",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_command)
 
@@ -56,7 +64,10 @@ def register(subparsers) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from featpipe.pipeline import load_config, run_pipeline
 
-    config = load_config(args.pipeline, args.overrides, data=args.data, out=args.out)
+    overrides = list(args.overrides)
+    if args.on_error:
+        overrides.append(f'features.on_error="{args.on_error}"')
+    config = load_config(args.pipeline, overrides, data=args.data, out=args.out)
     run_pipeline(config, progress=not args.quiet)
     return 0
 

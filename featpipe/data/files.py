@@ -11,9 +11,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from featpipe.data.images import load_rgb
+from featpipe.data.images import load_rgb, read_error
 from featpipe.data.source import ImageSource
-from featpipe.errors import ImageReadError
 
 _HASH_PROGRESS_MIN = 2000  # hashing fewer files than this is quick enough to do silently
 
@@ -30,10 +29,7 @@ class FileSource(ImageSource):
         try:
             return self.files[index].read_bytes()
         except OSError as err:
-            raise ImageReadError(
-                f"Cannot read image file {str(self.files[index])!r}: {err}. "
-                "Check that it exists and is readable, or remove it from the dataset."
-            ) from err
+            raise read_error(self.files[index], err) from err
 
     def path(self, index: int) -> str:
         return str(self.files[index])
@@ -50,14 +46,16 @@ class FileSource(ImageSource):
             yield _file_digest(file) if content else _file_stat(file)
 
 
+# A file that cannot be read is part of the image set as it is now: it gets a fingerprint part
+# of its own (so it changes when the file comes back), and reading its pixels raises the
+# ImageReadError that extraction fails on or records as a skipped row (on_error).
+
+
 def _file_stat(file: Path) -> bytes:
     try:
         st = os.stat(file)
     except OSError as err:
-        raise ImageReadError(
-            f"Image file {str(file)!r} is listed by the source but cannot be read: {err}. "
-            "Restore it or open the source again."
-        ) from err
+        return _unreadable(err)
     return struct.pack("<qq", st.st_size, st.st_mtime_ns)
 
 
@@ -68,8 +66,9 @@ def _file_digest(file: Path) -> bytes:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     except OSError as err:
-        raise ImageReadError(
-            f"Image file {str(file)!r} is listed by the source but cannot be read: {err}. "
-            "Restore it or open the source again."
-        ) from err
+        return _unreadable(err)
     return h.digest()
+
+
+def _unreadable(err: OSError) -> bytes:
+    return f"unreadable:{err.errno}".encode()

@@ -143,19 +143,45 @@ def _normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
 
 
 def _subfolders(folder: Path) -> list[str]:
-    """Names of the visible sub-folders of ``folder`` (symlinks followed), sorted."""
+    """Names of the visible sub-folders of ``folder`` (symlinks followed, except links back
+    to ``folder`` or a folder above it, which would loop), sorted."""
+    here = os.path.realpath(folder)
     with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+        return sorted(
+            e.name
+            for e in entries
+            if not e.name.startswith(".")
+            and e.is_dir()
+            and not _encloses(os.path.realpath(e.path), here)
+        )
 
 
 def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
-    """Image files anywhere under ``folder``, skipping hidden files and folders."""
+    """Image files anywhere under ``folder``, skipping hidden files and folders.
+
+    Symlinks are followed, but each real folder is visited once and links back to ``folder``
+    or a folder above it are not followed: a symlink loop would otherwise list the same
+    images again at every level of the loop, or never end (two loops are exponential).
+    """
+    top = os.path.realpath(folder)
+    seen: set[str] = set()
     files = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        real = os.path.realpath(dirpath)
+        if real in seen or (real != top and _encloses(real, top)):
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        # sorted: which of two links to one folder is listed must not depend on the disk
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files += [
             Path(dirpath, name)
             for name in filenames
             if not name.startswith(".") and name.lower().endswith(extensions)
         ]
     return files
+
+
+def _encloses(outer: str, inner: str) -> bool:
+    """Whether real path ``outer`` is ``inner`` or a folder above it."""
+    return os.path.commonpath([outer, inner]) == outer

@@ -5,6 +5,10 @@ workers, ``to_batch`` runs in the main process and returns a normalised float (B
 tensor on the device. The CPU path decodes with PIL and applies the preprocessing in the
 workers; a GPU path (``featpipe.extract.gpu_path.GPUDataPath``) can ship encoded bytes and
 decode on the device instead, without any change to the extraction loop.
+
+An image that cannot be read takes a ``blank()`` place in its batch, so that batches keep their
+shape (and the other rows their exact features); the extraction loop fails on it or records it
+as skipped.
 """
 
 from __future__ import annotations
@@ -25,13 +29,21 @@ class DataPath(Protocol):
     name: str
 
     def load(self, source: ImageSource, index: int) -> Any:
-        """One sample, ready to collate (runs in a DataLoader worker)."""
+        """One sample, ready to collate (runs in a DataLoader worker); raises ImageReadError
+        for an image that cannot be read."""
+
+    def blank(self) -> Any:
+        """A sample standing in for one that could not be loaded (its features are dropped)."""
 
     def collate(self, items: list[Any]) -> Any:
         """One batch from loaded samples (runs in a DataLoader worker)."""
 
-    def to_batch(self, batch: Any, device: torch.device) -> torch.Tensor:
-        """A normalised float (B, 3, H, W) tensor on ``device`` (runs in the main process)."""
+    def to_batch(
+        self, batch: Any, device: torch.device, failed: dict | None = None
+    ) -> torch.Tensor:
+        """A normalised float (B, 3, H, W) tensor on ``device`` (runs in the main process).
+        An image that cannot be decoded here raises ImageReadError, or, when ``failed`` is a
+        dict, is recorded in it as ``{position in the batch: error}`` and left blank."""
 
 
 class CPUDataPath:
@@ -46,11 +58,17 @@ class CPUDataPath:
     def load(self, source: ImageSource, index: int) -> torch.Tensor:
         return self.transform(source.load(index))
 
+    def blank(self) -> torch.Tensor:
+        return torch.zeros(3, self.preprocessing.crop, self.preprocessing.crop)
+
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(items)
 
-    def to_batch(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-        # channels-last, as the model is (see prepare_model); pinned memory makes this async
+    def to_batch(
+        self, batch: torch.Tensor, device: torch.device, failed: dict | None = None
+    ) -> torch.Tensor:
+        # Decoded in the workers: nothing can fail here. channels-last, as the model is (see
+        # prepare_model); pinned memory makes this async
         return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
 
 

@@ -10,8 +10,9 @@ import torch
 
 from featpipe.backbones import Backbone, LayerSpec, get_backbone
 from featpipe.data.source import ImageSource
+from featpipe.data.unreadable import check_on_error
 from featpipe.device import resolve_device, torch_threads
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, ImageReadError
 from featpipe.extract.datapath import get_data_path
 from featpipe.extract.loop import default_workers, prepare_model, probe_layers, run_chunks
 from featpipe.extract.target import Action, Request, plan
@@ -26,6 +27,7 @@ NOTHING_COMPUTED = {
     "computed_chunks": 0,
     "reused": False,
     "resumed": False,
+    "skipped": 0,
 }
 
 
@@ -64,6 +66,7 @@ def extract(
     progress: bool = True,
     hash_contents: bool = False,
     torch_compile: bool = False,
+    on_error: str = "fail",
 ) -> FeatureStore:
     """Features of ``layers`` of ``backbone`` over ``source``, in a complete store.
 
@@ -75,8 +78,15 @@ def extract(
     ``overwrite``, which replaces whatever is there. Stats of the run are in
     ``store.extraction``. ``torch_compile`` runs the model through ``torch.compile`` (worth
     its compilation time on long GPU runs; the features are the same up to float rounding).
+
+    An image that cannot be read stops the run with one line naming it (``on_error="fail"``),
+    or keeps its row, marked skipped with the reason (``on_error="skip"``): the store's reads
+    leave it out and ``store.skipped()`` lists it. ``on_error`` is not part of the store key
+    (the other rows' features are the same either way), but a store with skipped rows is
+    refused under "fail", whose promise is that every image is in it.
     """
     _check_options(dtype, batch_size, workers)
+    check_on_error(on_error)
     dev = resolve_device(device)
     src = source if isinstance(source, ImageSource) else _open_source(source)
     if isinstance(backbone, Backbone):
@@ -93,9 +103,15 @@ def extract(
         else:
             path = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
         action = plan(path, request, overwrite)
+        if action is not Action.CREATE:
+            _refuse_skipped(FeatureStore(path), on_error)
         if action is Action.REUSE:
             store = FeatureStore(path)
-            store.extraction = {**NOTHING_COMPUTED, "reused": True}
+            store.extraction = {
+                **NOTHING_COMPUTED,
+                "reused": True,
+                "skipped": len(store.skipped()),
+            }
             return store
         n_workers = default_workers(dev, stage.name) if workers is None else workers
         # On CPU the forward pass gets every core: it dominates, and decoding workers beside
@@ -122,12 +138,28 @@ def extract(
                 dev,
                 workers=n_workers,
                 progress=progress,
+                on_error=on_error,
             )
     finally:
         model.remove()  # the hooks must not stay on the caller's backbone
     store = FeatureStore(path)
     store.extraction = stats
     return store
+
+
+def _refuse_skipped(store: FeatureStore, on_error: str, shown: int = 3) -> None:
+    """Under on_error="fail", a store (complete or not) that left out images is not used."""
+    skipped = store.skipped()
+    if on_error == "skip" or not skipped:
+        return
+    names = "; ".join(f"{sid} ({reason})" for sid, reason in list(skipped.items())[:shown])
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    raise ImageReadError(
+        f"{store.path} was extracted with on_error='skip' and leaves out {len(skipped)} "
+        f'unreadable image(s): {names}{more}. Run with --on-error skip (on_error="skip") to '
+        "use it as it is, or fix the files and run again (with --overwrite if only their "
+        "permissions changed)."
+    )
 
 
 def _open_source(spec: str) -> ImageSource:

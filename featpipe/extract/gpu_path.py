@@ -14,18 +14,16 @@ chroma upsampling are not libjpeg-turbo's, and resizing runs in float32.
 
 from __future__ import annotations
 
-import io
 import warnings
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from featpipe.backbones.preprocessing import Preprocessing
-from featpipe.data.images import to_rgb
+from featpipe.data.images import check_header, decode_rgb
 from featpipe.data.source import ImageSource
 from featpipe.errors import ImageReadError
 from featpipe.extract.tensor_ops import normalise, resize_crop
@@ -82,11 +80,16 @@ class GPUDataPath:
         name = source.path(index) or source.ids[index]
         raw = source.read_bytes(index)
         if raw is not None and is_jpeg(raw):
+            check_header(raw, name)  # refuse what the CPU path refuses before decoding (size)
             return Sample(raw, name)
         # Worth the worker's time: a cropped image is far smaller to ship than a full one,
         # and the CPU kernels give the CPU path's pixels exactly.
         pixels = F.pil_to_tensor(source.load(index))
         return Sample(self.geometry(pixels).contiguous(), name)
+
+    def blank(self) -> Sample:
+        crop = self.preprocessing.crop
+        return Sample(torch.zeros((3, crop, crop), dtype=torch.uint8), "")
 
     def collate(self, items: list[Sample]) -> Batch:
         jpeg_rows = [i for i, s in enumerate(items) if isinstance(s.data, bytes)]
@@ -106,14 +109,18 @@ class GPUDataPath:
             names=[s.name for s in items],
         )
 
-    def to_batch(self, batch: Batch, device: torch.device) -> torch.Tensor:
+    def to_batch(
+        self, batch: Batch, device: torch.device, failed: dict | None = None
+    ) -> torch.Tensor:
         """Normalised float32 (B, 3, crop, crop) on ``device``, in the batch's order
-        (channels-last, the layout of the model, see ``loop.prepare_model``)."""
+        (channels-last, the layout of the model, see ``loop.prepare_model``). A JPEG that
+        cannot be decoded raises ImageReadError, or, when ``failed`` is a dict, is recorded
+        there by its position in the batch and left blank."""
         # The loop calls this under bf16 autocast; preprocessing must stay in float32.
         with torch.autocast(device.type, enabled=False):
-            return self._to_batch(batch, device)
+            return self._to_batch(batch, device, failed)
 
-    def _to_batch(self, batch: Batch, device: torch.device) -> torch.Tensor:
+    def _to_batch(self, batch: Batch, device: torch.device, failed: dict | None) -> torch.Tensor:
         crop = self.preprocessing.crop
         pixels = torch.empty(
             (len(batch.names), 3, crop, crop),
@@ -125,6 +132,12 @@ class GPUDataPath:
             files = list(torch.split(batch.jpegs, batch.jpeg_sizes))
             names = [batch.names[i] for i in batch.jpeg_rows]
             images = self._decode(files, names, device)
+            for i, image in enumerate(images):
+                if isinstance(image, ImageReadError):
+                    if failed is None:
+                        raise image
+                    failed[batch.jpeg_rows[i]] = image
+                    images[i] = torch.zeros((3, crop, crop), dtype=torch.uint8, device=device)
             pixels[batch.jpeg_rows] = resize_crop(images, self.preprocessing)
         if batch.pixel_rows:
             # asynchronous when the DataLoader pinned the batch (pin_memory=True on CUDA)
@@ -133,8 +146,9 @@ class GPUDataPath:
 
     def _decode(
         self, files: list[torch.Tensor], names: list[str], device: torch.device
-    ) -> list[torch.Tensor]:
-        """uint8 (3, H, W) RGB images on ``device``; one batched call, per image on failure."""
+    ) -> list[torch.Tensor | ImageReadError]:
+        """uint8 (3, H, W) RGB images on ``device``, or the error of each file that cannot be
+        decoded; one batched call, per image on failure."""
         if device.type == "cuda":
             # nvJPEG can write into memory that kernels still queued on the caller's stream
             # read (pytorch/vision#9606); draining the stream first is the known workaround.
@@ -147,20 +161,17 @@ class GPUDataPath:
             return [_decode_one(f, name, device) for f, name in zip(files, names, strict=True)]
 
 
-def _decode_one(file: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
+def _decode_one(
+    file: torch.Tensor, name: str, device: torch.device
+) -> torch.Tensor | ImageReadError:
     try:
         return _decode_jpegs([file], device)[0]
     except RuntimeError:
         pass
     try:  # Pillow decodes more variants (CMYK, some damaged files) than nvJPEG
-        with Image.open(io.BytesIO(file.numpy().tobytes())) as img:
-            img.load()
-            image = to_rgb(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageReadError(
-            f"Cannot decode JPEG {name!r}: {err}. Re-encode the file (e.g. save it again as "
-            "PNG or JPEG) or remove it from the dataset."
-        ) from err
+        image = decode_rgb(file.numpy().tobytes(), name)
+    except ImageReadError as err:  # returned, not raised: the caller fails or skips the row
+        return err
     return F.pil_to_tensor(image).to(device)
 
 

@@ -13,7 +13,9 @@ from tqdm.auto import tqdm
 
 from featpipe.backbones.base import FeatureModel
 from featpipe.data.source import ImageSource
+from featpipe.data.unreadable import first_failure
 from featpipe.device import available_cores
+from featpipe.errors import ImageReadError
 from featpipe.extract.datapath import DataPath
 from featpipe.extract.host_copy import start_copy
 from featpipe.extract.writer_thread import BackgroundWriter
@@ -57,7 +59,10 @@ def probe_layers(
 
 
 class ChunkDataset(Dataset):
-    """Item ``i`` is ``(chunk index, collated batch)`` of the ``i``-th pending chunk."""
+    """Item ``i`` is ``(chunk index, collated batch, {position: ImageReadError})`` of the
+    ``i``-th pending chunk: an image that cannot be read is blank in the batch, and its error
+    goes to the main process, which fails or skips it (a worker's own exception would arrive
+    wrapped in its traceback)."""
 
     def __init__(
         self, source: ImageSource, data_path: DataPath, chunks: Sequence[tuple[int, int, int]]
@@ -71,8 +76,14 @@ class ChunkDataset(Dataset):
 
     def __getitem__(self, i: int):
         index, start, stop = self.chunks[i]
-        items = [self.data_path.load(self.source, row) for row in range(start, stop)]
-        return index, self.data_path.collate(items)
+        items, failed = [], {}
+        for row in range(start, stop):
+            try:
+                items.append(self.data_path.load(self.source, row))
+            except ImageReadError as err:
+                failed[row - start] = err
+                items.append(self.data_path.blank())
+        return index, self.data_path.collate(items), failed
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -88,9 +99,11 @@ def run_chunks(
     *,
     workers: int,
     progress: bool = True,
+    on_error: str = "fail",
 ) -> dict:
     """Compute and write every chunk of the store at ``path`` not done yet, then mark it
-    complete; returns the run's stats (also stored in its ``extraction`` attribute)."""
+    complete; returns the run's stats (also stored in its ``extraction`` attribute). An image
+    that cannot be read stops the run (``on_error="fail"``) or is recorded as skipped."""
     with StoreWriter.open(path) as writer:
         pending = writer.pending_chunks()
         chunks = [(i, *writer.chunk_rows(i)) for i in pending]
@@ -122,14 +135,20 @@ def run_chunks(
     try:
         with (
             StoreWriter.open(path) as writer,
-            BackgroundWriter(lambda i, copy: writer.write_chunk(i, copy.arrays())) as background,
+            BackgroundWriter(
+                lambda i, item: writer.write_chunk(i, item[0].arrays(), errors=item[1])
+            ) as background,
             torch.inference_mode(),
             autocast(device),
         ):
-            for index, batch in batches:
-                features = model(data_path.to_batch(batch, device))
+            for index, batch, failed in batches:
+                pixels = data_path.to_batch(batch, device, failed)
+                if failed and on_error == "fail":
+                    raise first_failure(failed)
+                features = model(pixels)
                 rows = next(iter(features.values())).shape[0]
-                background.submit(index, start_copy(features, torch_dtype))
+                reasons = {pos: err.reason for pos, err in failed.items()}
+                background.submit(index, (start_copy(features, torch_dtype), reasons))
                 images += rows
                 bar.update(rows)
             background.close()  # every chunk written before the store is marked complete
@@ -140,6 +159,8 @@ def run_chunks(
                 data_path=data_path.name,
                 workers=workers,
                 rows_per_chunk=writer.rows_per_chunk,
+                on_error=on_error,
+                skipped=writer.skipped_count(),
             )
             writer.finish(stats)
     finally:

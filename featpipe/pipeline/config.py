@@ -23,6 +23,7 @@ A pipeline file has these tables (every key optional unless marked required)::
     dtype = "float16"
     batch_size = 64
     cache_dir = "data/cache"
+    on_error = "fail"                  # unreadable image: stop, or "skip" it in every method
 
     [probes]
     heads = ["logreg", "linear_svm", "rbf_svm", "mlp", "knn"]
@@ -82,6 +83,12 @@ def _head_names() -> list[str]:
     from featpipe.heads import list_heads  # imported late: sklearn is slow to import
 
     return list_heads()
+
+
+def _on_error_modes() -> tuple[str, ...]:
+    from featpipe.data.unreadable import ON_ERROR
+
+    return ON_ERROR
 
 
 def _check_modes(value: list[str], where: str) -> None:
@@ -185,6 +192,7 @@ SCHEMA: dict[str, Key | dict] = {
         "workers": Key(_OPT_INT, None),
         "compile": Key(_BOOL, False),
         "cache_dir": Key(_STR, "data/cache"),
+        "on_error": Key(_STR, "fail", check=_choices(_on_error_modes, "on_error")),
     },
     "probes": {
         "heads": Key(_LIST, None, item=str, check=_choices(_head_names, "head")),

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from featpipe.data import ImageSource, open_source, subsample
+from featpipe.data.unreadable import unreadable_images, without
 from featpipe.evaluate import Timer, compute_metrics, measure
 from featpipe.report import RESULTS_FILE, append_result, ids_sha256, read_results, write_report
 from featpipe.report.results import SCHEMA_VERSION
@@ -223,14 +224,19 @@ class PipelineRunner:
             if m.key in done:
                 self.log(f"reusing finished {m.label} (seed {m.seed})")
         todo = [m for m in methods if m.key not in done]
+        stores = []
         for bb in self.config["features"]["backbones"]:
             probes = [m for m in todo if m.kind == "probe" and m.backbone == bb]
             if probes:
                 store, extraction = self._extract(bb)
+                stores.append(store)
                 for m in probes:
                     self._finish(results, rows, m, self._probe(m, store, extraction))
-        for m in (m for m in todo if m.kind == "finetune"):
-            self._finish(results, rows, m, self._finetune(m))
+        tunes = [m for m in todo if m.kind == "finetune"]
+        if tunes:
+            source, skipped = self._finetune_source(stores)
+        for m in tunes:
+            self._finish(results, rows, m, self._finetune(m, source, skipped))
         write_report(self.run_dir, rows)
         self.log(f"report: {self.run_dir / 'report.md'} and {self.run_dir / 'report.html'}")
         return self.run_dir
@@ -264,6 +270,7 @@ class PipelineRunner:
                 progress=self.progress,
                 hash_contents=self.config["source"]["hash_contents"],
                 torch_compile=features["compile"],
+                on_error=features["on_error"],
             )
         stats = dict(store.extraction or {})
         if stats.get("reused"):
@@ -332,13 +339,33 @@ class PipelineRunner:
                 "backbone": store.attrs.get("backbone"),
                 "store": {"path": str(store.path), "key": store.key},
                 "image_size": self.config["features"]["image_size"],
+                "skipped": skip_summary(store.skipped()),
             },
             extra_params={"selection": result.selection, "probabilistic": probabilistic},
         )
 
     # ------------------------------------------------------------ fine-tuning
 
-    def _finetune(self, m: Method) -> dict:
+    def _finetune_source(self, stores: list) -> tuple[ImageSource, dict[str, str]]:
+        """The source fine-tunes train and are tested on, and the images it leaves out: those
+        the feature stores skipped, so that probes and fine-tunes are tested on the same
+        images (comparisons pair them). With no store opened now (no probe to run), every
+        image is decoded once to find them, by the same rules as extraction."""
+        on_error = self.config["features"]["on_error"]
+        if stores:
+            skipped = {sid: why for store in stores for sid, why in store.skipped().items()}
+        else:
+            skipped = unreadable_images(
+                self.source,
+                on_error,
+                workers=self.config["finetune"]["workers"],
+                progress=self.progress,
+            )
+        if skipped:
+            self.log(f"fine-tuning leaves out {len(skipped)} unreadable images")
+        return without(self.source, skipped), skipped
+
+    def _finetune(self, m: Method, source: ImageSource, skipped: dict[str, str]) -> dict:
         from featpipe.finetune import FineTuner
 
         settings = {
@@ -358,19 +385,19 @@ class PipelineRunner:
             **settings,
         )
         with measure(self.device) as cost:
-            tuner.fit(self.source)
+            tuner.fit(source)
             with Timer() as predict:
                 proba = tuner.predict_proba("test")
-        rows = self.source.indices("test")
-        y = np.asarray(self.source.labels)[rows]
-        metrics = _metrics(y, proba, self.source.classes, True, self.config["n_boot"], m.seed)
+        rows = source.indices("test")
+        y = np.asarray(source.labels)[rows]
+        metrics = _metrics(y, proba, source.classes, True, self.config["n_boot"], m.seed)
         return self._row(
             m,
-            list(self.source.classes),
+            list(source.classes),
             metrics,
             proba.argmax(axis=1),
             y,
-            [self.source.ids[i] for i in rows],
+            [source.ids[i] for i in rows],
             val_accuracy=float(tuner.best_score_[0]),
             params={**settings, "best_epoch": int(tuner.best_epoch_)},
             curve=None,
@@ -390,6 +417,7 @@ class PipelineRunner:
                 "backbone": tuner.backbone_.identity(),
                 "store": None,
                 "image_size": settings.get("image_size"),
+                "skipped": skip_summary(skipped),
             },
             extra_params={},
         )
@@ -440,6 +468,12 @@ class PipelineRunner:
             },
             "provenance": {**self.provenance, **provenance},
         }
+
+
+def skip_summary(skipped: dict[str, str], shown: int = 5) -> dict:
+    """What a result row says about the images its method left out: how many, and the first
+    few with their reasons."""
+    return {"count": len(skipped), "first": dict(list(skipped.items())[:shown])}
 
 
 def _plain(value):

@@ -12,7 +12,9 @@ import numpy as np
 from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, count_splits
 from featpipe.errors import ConfigError, IncompleteStoreError, StoreMismatchError, unknown_name
 from featpipe.store import schema
-from featpipe.store.schema import chunk_bounds, decode_attrs
+from featpipe.store.schema import decode_attrs, rows_done
+
+SKIPPED_SHOWN = 5  # skipped images that info() names
 
 
 class FeatureStore:
@@ -21,6 +23,10 @@ class FeatureStore:
 
     ``extraction`` holds the stats of the :func:`featpipe.extract.extract` call that returned
     this object (None otherwise).
+
+    Rows whose image could not be read (``on_error="skip"``) are left out of every read:
+    :meth:`arrays`, :meth:`iter_chunks`, :meth:`ids`, :meth:`labels` and :meth:`split_counts`
+    agree row for row; :meth:`skipped` lists them, and ``len(store)`` counts them.
     """
 
     def __init__(self, path: str | Path):
@@ -70,6 +76,7 @@ class FeatureStore:
             return f[schema.CHUNK_DONE][:]
 
     def __len__(self) -> int:
+        """Rows in the file, skipped rows included."""
         return self._n
 
     def __repr__(self) -> str:
@@ -87,21 +94,37 @@ class FeatureStore:
         return dict(self._layer_info[layer])
 
     def split_counts(self) -> dict[str, int]:
-        return count_splits(self._splits())
+        """Rows per split, skipped rows left out."""
+        return count_splits(self._splits()[self._rows(None)])
 
     def ids(self, split: str | None = None) -> list[str]:
+        """Sample ids of one split (all when None), skipped rows left out: in the order of the
+        rows of :meth:`arrays` with the same split."""
         with self._open() as f:
             ids = f[schema.SAMPLES_ID].asstr()[()]
         return [str(ids[i]) for i in self._rows(split)]
 
     def labels(self, split: str | None = None) -> np.ndarray:
+        """Labels of one split (all when None), skipped rows left out."""
         with self._open() as f:
             labels = f[schema.SAMPLES_LABEL][:]
         return labels[self._rows(split)].astype(np.int64)
 
+    def skipped(self, split: str | None = None) -> dict[str, str]:
+        """``{sample id: reason}`` of the rows of one split (all when None) whose image could
+        not be read (extracted with ``on_error="skip"``), in row order."""
+        with self._open() as f:
+            rows = np.flatnonzero(~self._kept(f) & self._in_split(split))
+            if len(rows) == 0:
+                return {}
+            ids = f[schema.SAMPLES_ID].asstr()[rows]
+            reasons = f[schema.SAMPLES_ERROR].asstr()[rows]
+        return {str(i): str(r) for i, r in zip(ids, reasons, strict=True)}
+
     def info(self) -> dict:
         """Everything ``featpipe info`` prints: provenance, layers, splits, completeness."""
         done = self.chunk_done()
+        skipped = self.skipped()
         a = self.attrs
         return {
             "path": str(self.path),
@@ -114,6 +137,8 @@ class FeatureStore:
             "samples": self._n,
             "classes": self.classes,
             "splits": self.split_counts(),
+            "skipped": len(skipped),
+            "skipped_first": dict(list(skipped.items())[:SKIPPED_SHOWN]),
             "layers": {
                 name: {"shape": [self._n, info["dim"]], **info}
                 for name, info in self._layer_info.items()
@@ -202,10 +227,23 @@ class FeatureStore:
         with self._open() as f:
             return f[schema.SAMPLES_SPLIT][:]
 
-    def _rows(self, split: str | None) -> np.ndarray:
+    def _kept(self, f: h5py.File) -> np.ndarray:
+        """Per-row bool: not skipped (rows of chunks not done yet count as kept)."""
+        if schema.SAMPLES_OK not in f:  # format 1: no row is ever skipped
+            return np.ones(self._n, dtype=bool)
+        done = rows_done(f[schema.CHUNK_DONE][:], self.rows_per_chunk, self._n)
+        return ~done | f[schema.SAMPLES_OK][:]
+
+    def _in_split(self, split: str | None) -> np.ndarray:
         if split is None:
-            return np.arange(self._n)
-        return np.flatnonzero(self._splits() == self._split_code(split))
+            return np.ones(self._n, dtype=bool)
+        return self._splits() == self._split_code(split)
+
+    def _rows(self, split: str | None) -> np.ndarray:
+        """Row indices of ``split`` (all when None), skipped rows left out."""
+        with self._open() as f:
+            kept = self._kept(f)
+        return np.flatnonzero(kept & self._in_split(split))
 
     @staticmethod
     def _split_code(split: str) -> int:
@@ -214,11 +252,11 @@ class FeatureStore:
         return SPLIT_CODES[split]
 
     def _row_mask(self, split: str | None, allow_incomplete: bool) -> np.ndarray:
-        """Rows of ``split`` whose chunk is done; raises on missing chunks unless allowed."""
+        """Rows of ``split`` whose chunk is done, skipped rows left out; raises on missing
+        chunks unless allowed."""
         done = self.chunk_done()
-        mask = np.ones(self._n, dtype=bool)
-        if split is not None:
-            mask &= self._splits() == self._split_code(split)
+        mask = np.zeros(self._n, dtype=bool)
+        mask[self._rows(split)] = True
         if done.all():
             return mask
         if not allow_incomplete:
@@ -227,10 +265,7 @@ class FeatureStore:
                 "written. Rerun the same `featpipe extract` (or extract()) call to resume it, or "
                 "pass allow_incomplete=True to read the finished rows only."
             )
-        for index in np.flatnonzero(~done):
-            start, stop = chunk_bounds(int(index), self.rows_per_chunk, self._n)
-            mask[start:stop] = False
-        return mask
+        return mask & rows_done(done, self.rows_per_chunk, self._n)
 
     # -- writing small stores ------------------------------------------------------------------
     @classmethod

@@ -1,9 +1,9 @@
-"""The on-disk layout of a feature store (HDF5, format version 1).
+"""The on-disk layout of a feature store (HDF5, format version 2).
 
 One ``.h5`` file holds the pooled features of one or more layers of one backbone over one image
 set, plus everything needed to tell where they came from. Plain ``h5py`` reads all of it::
 
-    /                       attrs: format="featpipe.store", format_version=1, featpipe_version,
+    /                       attrs: format="featpipe.store", format_version=2, featpipe_version,
                                    created (ISO 8601), key (16 hex chars, see store_key),
                                    backbone (JSON: spec, weights_sha256, preprocessing),
                                    weights_sha256, preprocessing (JSON), source_fingerprint,
@@ -15,6 +15,8 @@ set, plus everything needed to tell where they came from. Plain ``h5py`` reads a
     /samples/id             (N,)  utf-8 strings, stable sample ids
     /samples/label          (N,)  int64, index into /classes
     /samples/split          (N,)  uint8 codes; attrs: names=["train","val","test"]
+    /samples/ok             (N,)  bool: the image was read and its features are written
+    /samples/error          (N,)  utf-8 strings: why an image was skipped ("" otherwise)
     /classes                (C,)  utf-8 class names
     /features/<layer>       (N, D) float16 or float32, chunked (rows_per_chunk, D);
                                    attrs: layer, pooling, dim, dtype
@@ -30,6 +32,15 @@ chunks in flight. Rows of chunks not done hold unspecified values: read ``chunk_
 Chunk bookkeeping does not depend on who writes a chunk, so several writers (ranks) can each
 fill a disjoint range of chunks.
 
+Skipped rows (``on_error="skip"``): an image that cannot be read keeps its row, with
+``samples/ok`` False, the reason in ``samples/error`` (e.g. "truncated file") and zeros as
+features. ``ok`` and ``error`` are written with the chunk's features, before its
+``chunk_done`` flag, so a done chunk's rows are final, skips included (a reason is the one
+write that touches HDF5 metadata, its global heap, and only skipped rows have one). Readers
+leave skipped rows out of everything they return (features, labels, ids, split counts); a row's
+``ok`` flag means nothing until its chunk is done. Format version 1 has neither dataset: every
+row of a version-1 store is ok.
+
 Layer names are ``LayerSpec.name`` strings (``pooled``, ``blocks.5:avg``, ``layer3:grid:2``)
 used directly as dataset names. A file is created under a temporary name and renamed into place
 once its layout is written, so a file at a store's path always has the full layout.
@@ -38,7 +49,7 @@ Reading the pooled features of the train split with plain h5py::
 
     with h5py.File(path, "r") as f:
         assert f.attrs["complete"]
-        train = f["samples/split"][:] == 0
+        train = (f["samples/split"][:] == 0) & f["samples/ok"][:]
         X = f["features/pooled"][:][train]
         y = f["samples/label"][:][train]
 """
@@ -51,12 +62,14 @@ from typing import Any
 import numpy as np
 
 FORMAT = "featpipe.store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: samples/ok and samples/error (skipped images)
 DTYPES = ("float16", "float32")
 
 SAMPLES_ID = "samples/id"
 SAMPLES_LABEL = "samples/label"
 SAMPLES_SPLIT = "samples/split"
+SAMPLES_OK = "samples/ok"
+SAMPLES_ERROR = "samples/error"
 CLASSES = "classes"
 FEATURES = "features"
 CHUNK_DONE = "progress/chunk_done"
@@ -98,3 +111,8 @@ def chunk_bounds(index: int, rows_per_chunk: int, n_rows: int) -> tuple[int, int
 
 def n_chunks_for(n_rows: int, rows_per_chunk: int) -> int:
     return -(-n_rows // rows_per_chunk)
+
+
+def rows_done(chunk_done: np.ndarray, rows_per_chunk: int, n_rows: int) -> np.ndarray:
+    """Per-row bool: whether the row's chunk is done."""
+    return np.repeat(np.asarray(chunk_done, dtype=bool), rows_per_chunk)[:n_rows]

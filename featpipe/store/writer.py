@@ -59,6 +59,15 @@ def _create_features(group: h5py.Group, name: str, n_rows: int, dim: int, rows: 
     return group[name]
 
 
+def _create_reasons(file: h5py.File, n_rows: int) -> None:
+    """samples/error, allocated now; rows never written read as "" (see write_chunk)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    tid = h5py.h5t.py_create(h5py.string_dtype(), logical=True)
+    space = h5py.h5s.create_simple((n_rows,))
+    h5py.h5d.create(file.id, schema.SAMPLES_ERROR.encode(), tid, space, dcpl=dcpl)
+
+
 class StoreWriter:
     """Writes one store file: :meth:`create` lays it out, :meth:`open` resumes it;
     :meth:`write_chunk` fills a chunk (rows, then done flag, then flush); :meth:`finish`
@@ -72,6 +81,9 @@ class StoreWriter:
         self.n_chunks = n_chunks_for(self.n_rows, self.rows_per_chunk)
         self.layers: list[str] = schema.decode_attr("layers", file.attrs["layers"])
         self.dtype = str(file.attrs["dtype"])
+        # per-row ok flags and skip reasons (None in format 1 stores, where every row is ok)
+        self._ok = file.get(schema.SAMPLES_OK)
+        self._reasons = file.get(schema.SAMPLES_ERROR)
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -128,6 +140,8 @@ class StoreWriter:
             f.create_dataset(schema.SAMPLES_LABEL, data=labels)
             split_ds = f.create_dataset(schema.SAMPLES_SPLIT, data=splits)
             split_ds.attrs["names"] = list(SPLIT_NAMES)
+            f.create_dataset(schema.SAMPLES_OK, data=np.zeros(n, dtype=bool))
+            _create_reasons(f, n)
             f.create_dataset(schema.CLASSES, data=list(classes), dtype=text)
             group = f.create_group(schema.FEATURES)
             for name, (dim, pooling) in layers.items():
@@ -169,10 +183,20 @@ class StoreWriter:
             raise ConfigError(f"Chunk index {index} is outside [0, {self.n_chunks}).")
         return chunk_bounds(index, self.rows_per_chunk, self.n_rows)
 
-    def write_chunk(self, index: int, features: Mapping[str, np.ndarray]) -> int:
+    def write_chunk(
+        self,
+        index: int,
+        features: Mapping[str, np.ndarray],
+        *,
+        errors: Mapping[int, str] | None = None,
+    ) -> int:
         """Write every layer's rows of chunk ``index``, then its done flag, then flush.
-        Returns the number of bytes of features written."""
+        ``errors`` maps positions in the chunk to why that image was skipped: those rows are
+        written as zeros and marked not ok. Returns the number of bytes of features written."""
         start, stop = self.chunk_rows(index)
+        errors = dict(errors or {})
+        ok = np.ones(stop - start, dtype=bool)
+        ok[list(errors)] = False
         missing = set(self.layers) - set(features)
         if missing:
             raise ConfigError(f"Chunk {index} lacks features for layers {sorted(missing)}.")
@@ -185,11 +209,36 @@ class StoreWriter:
                     f"Chunk {index} of layer {name!r} must have shape "
                     f"{(stop - start, ds.shape[1])}; got {block.shape}."
                 )
-            ds[start:stop] = block
+            ds[start:stop] = np.where(ok[:, None], block, 0) if errors else block
             written += block.nbytes
+        self._write_ok(start, ok, errors)
         self._file[schema.CHUNK_DONE][index] = True
         self._file.flush()
         return written
+
+    def _write_ok(self, start: int, ok: np.ndarray, errors: Mapping[int, str]) -> None:
+        if self._ok is None:
+            if errors:
+                raise StoreMismatchError(
+                    f"{self.path} was made by an older featpipe (store format 1), which cannot "
+                    "record skipped images. Pass overwrite=True (--overwrite) to rebuild it."
+                )
+            return
+        self._ok[start : start + len(ok)] = ok
+        old = self._reasons[start : start + len(ok)]
+        for pos in range(len(ok)):
+            # Only skipped rows get a string: each one written costs heap space, even "".
+            # A row that failed in an earlier attempt at this chunk but not now is cleared.
+            new = errors.get(pos, "")
+            if (old[pos] or b"") != new.encode():
+                self._reasons[start + pos] = new
+
+    def skipped_count(self) -> int:
+        """Rows of done chunks that were skipped."""
+        if self._ok is None:
+            return 0
+        done = schema.rows_done(self.chunk_done(), self.rows_per_chunk, self.n_rows)
+        return int((done & ~self._ok[:]).sum())
 
     def finish(self, extraction: Mapping[str, Any] | None = None) -> None:
         """Mark the store complete (only when every chunk is done), then flush."""
