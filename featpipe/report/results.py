@@ -47,6 +47,10 @@ and plots from the rows alone. Fields (``?``: may be null):
   ({description, fingerprint}), ``store`` ({path, key}?), ``image_size``?, ``versions``
   ({python, featpipe, torch, ...}), ``device``.
 
+``metrics``, ``test.y_pred`` and the confusion matrix come from the method's own predictions
+(a head's ``predict``); the probabilities (for SVMs a softmax of the decision function) give only
+top-5, log loss and ECE.
+
 Rows are appended and fsync'ed one at a time, so an interrupted run leaves at most one partial
 last line; :func:`read_results` with ``repair=True`` drops it so the run can resume.
 """
