@@ -130,15 +130,15 @@ def test_killed_and_stopped_runs_resume_to_the_same_results(tmp_path, monkeypatc
         done = child(toml, out, phase, n, signal)
         if signal == "SIGKILL":
             assert done.returncode == -9, done.stderr
-        if phase == "report":  # the row cut in half is dropped, with one plain warning line
-            warning = r"^featpipe: warning: \S+results\.jsonl:3: ignoring a partial last line"
-            assert re.search(warning, done.stderr, re.M) and "UserWarning" not in done.stderr
         else:
             assert done.returncode == 143, done.stderr
             last = done.stderr.strip().splitlines()[-1]
             assert re.fullmatch(
                 rf"featpipe run: interrupted: 2 of 3 method runs done.*; {RESUME}", last
             )
+        if phase == "report":  # the row cut in half is dropped, with one plain warning line
+            warning = r"^featpipe: warning: \S+results\.jsonl:3: ignoring a partial last line"
+            assert re.search(warning, done.stderr, re.M) and "UserWarning" not in done.stderr
     assert main(["run", str(toml), "--out", str(out), "--quiet"]) == 0
 
     expected = {(r["method"], r["seed"]): stable(r) for r in read_results(clean / "results.jsonl")}
