@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_image_folder
 
 from featpipe.cli import _plain_warnings, main
@@ -140,6 +141,20 @@ def test_seed_and_device_reach_the_head():
         for s in (0, 0, 1)
     ]
     assert np.array_equal(svs[0], svs[1]) and not np.array_equal(svs[0], svs[2])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_cpu_keeps_logistic_regression_off_the_gpu():
+    rng = np.random.default_rng(0)
+    data = {s: (rng.normal(size=(60, 5)), np.arange(60) % 3) for s in ("train", "val", "test")}
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    select_and_fit("logreg", data, grid={"C": [0.1, 1.0]}, device="cpu")
+    assert torch.cuda.max_memory_allocated() <= before  # before the fix: fitted on cuda
+    fitted = select_and_fit("logreg", data, grid={"C": [1.0]}, device="cuda").estimator
+    assert fitted.classifier_.device == "cuda"
 
 
 def test_pipeline_device_reaches_logistic_regression(toml, tmp_path, monkeypatch):

@@ -4,7 +4,8 @@ A pipeline file has these tables (every key optional unless marked required)::
 
     name = "demo"                      # run name (default: the file's stem)
     out = "runs/demo"                  # run folder (default: runs/<name>); --out overrides
-    seeds = [0]                        # head-search / fine-tuning seeds
+    seeds = [0]                        # head-search / fine-tuning seeds (heads without
+                                       # randomness run once, with the first seed)
     device = "auto"                    # auto, cpu, cuda, cuda:1, ...
     n_boot = 1000                      # bootstrap resamples for intervals (0: none)
 

@@ -283,10 +283,10 @@ class PipelineRunner:
                         self._finish(results, rows, m, self._probe(m, store, extraction))
             for m in (m for m in todo if m.kind == "finetune"):
                 self._finish(results, rows, m, self._finetune(m))
+            write_report(self.run_dir, rows, run_plan)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: finished rows are on disk
             done = {(r["method"], r["seed"], r["config_hash"]) for r in rows}
             raise _interrupted(exc, len(done & {m.key for m in methods}), len(methods)) from None
-        write_report(self.run_dir, rows, run_plan)
         self.log(f"report: {self.run_dir / 'report.md'} and {self.run_dir / 'report.html'}")
         return self.run_dir
 

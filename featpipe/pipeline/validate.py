@@ -64,7 +64,8 @@ def check_models(config: dict) -> None:
 
     features, finetune = config["features"], config["finetune"]
     built = {}
-    for key, specs in (("features", features["backbones"]), ("finetune", finetune["backbones"])):
+    tuned = finetune["backbones"] if finetune["modes"] else []
+    for key, specs in (("features", features["backbones"]), ("finetune", tuned)):
         for i, spec in enumerate(specs):
             if spec not in built:
                 try:
@@ -73,7 +74,7 @@ def check_models(config: dict) -> None:
                     raise ConfigError(f"{key}.backbones[{i}]: {exc}") from None
     for spec in features["backbones"]:
         _check_layers(built[spec], features["image_size"], features["layers"])
-    for spec in finetune["backbones"] if finetune["modes"] else ():
+    for spec in tuned:
         for i, mode in enumerate(finetune["modes"]):
             _check_finetune(built[spec], mode, finetune, f"finetune.modes[{i}]")
 
