@@ -230,19 +230,26 @@ def test_interrupted_run_says_how_far_it_got(toml, tmp_path, capsys, monkeypatch
 
     out = tmp_path / "run"
     heads = 'probes.heads=["knn", "logreg"]'
-    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+    # A step that knows its own progress (an extraction's chunks) keeps it in the message.
+    inner = "interrupted: 3 of 10 chunks done; run the same command to resume"
+    cases = [
+        (Interrupted(signal.SIGINT), 130, ""),
+        (Interrupted(signal.SIGTERM, inner), 143, " (3 of 10 chunks done)"),
+    ]
+    for stop, code, detail in cases:
         real, calls = featpipe.heads.select_and_fit, []
 
-        def stop_second(*args, real=real, calls=calls, signum=signum, **kwargs):
+        def stop_second(*args, real=real, calls=calls, stop=stop, **kwargs):
             calls.append(1)
             if len(calls) == 2:
-                raise Interrupted(signum)
+                raise stop
             return real(*args, **kwargs)
 
         monkeypatch.setattr(featpipe.heads, "select_and_fit", stop_second)
         assert run(toml, out, heads, "probes.grids.logreg={C=[1.0]}") == code
         assert capsys.readouterr().err.strip() == (
-            "featpipe run: interrupted: 1 of 2 method runs done; run the same command to resume"
+            f"featpipe run: interrupted: 1 of 2 method runs done{detail}; run the same command "
+            "to resume"
         )
         monkeypatch.undo()
         (out / "results.jsonl").unlink()
