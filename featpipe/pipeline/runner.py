@@ -232,43 +232,13 @@ class PipelineRunner:
     def run(self) -> Path:
         """Check the whole plan, run every unfinished method, then write the reports;
         returns the run folder."""
-        from featpipe.device import resolve_device
-
-        cfg = self.config
-        check_grids(cfg)  # before the source is even opened: the cheapest checks first
-        self.device = str(resolve_device(cfg["device"]))
-        if self.source is None:
-            self.source = open_pipeline_source(cfg["source"])
-        check_models(cfg)
-        fingerprint = self.source.fingerprint(content=cfg["source"]["hash_contents"])
-        self.provenance = {
-            "source": {"description": self.source.describe(), "fingerprint": fingerprint},
-            "versions": versions(),
-            "device": describe_device(self.device),
-        }
-        cv_selection = len(self.source.indices("val")) == 0
-        methods = plan(cfg, fingerprint, cv_selection=cv_selection)
-
-        self.run_dir = Path(cfg["out"])
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
-        run_plan = RunPlan(
-            cfg["name"],
-            [
-                PlannedRun(m.method, m.seed, m.config_hash, m.label, m.deterministic)
-                for m in methods
-            ],
-            n_boot=cfg["n_boot"],
-            source_fingerprint=fingerprint,
-        )
-        write_plan(self.run_dir, run_plan)
+        methods, run_plan = self._prepare()
         results = self.run_dir / RESULTS_FILE
         rows = read_results(results, repair=True)
-        done = {(r["method"], r["seed"], r["config_hash"]) for r in rows}
-        finished = len(done & {m.key for m in methods})
+        done = _keys(rows)
         self.log(
-            f"{cfg['name']}: {len(methods)} method runs, {finished} already finished; "
-            f"results in {results}"
+            f"{self.config['name']}: {len(methods)} method runs, "
+            f"{len(done & {m.key for m in methods})} already finished; results in {results}"
         )
         for m in methods:
             if m.key in done:
@@ -285,10 +255,44 @@ class PipelineRunner:
                 self._finish(results, rows, m, self._finetune(m))
             write_report(self.run_dir, rows, run_plan)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: finished rows are on disk
-            done = {(r["method"], r["seed"], r["config_hash"]) for r in rows}
-            raise _interrupted(exc, len(done & {m.key for m in methods}), len(methods)) from None
+            finished = len(_keys(rows) & {m.key for m in methods})
+            raise _interrupted(exc, finished, len(methods)) from None
         self.log(f"report: {self.run_dir / 'report.md'} and {self.run_dir / 'report.html'}")
         return self.run_dir
+
+    def _prepare(self) -> tuple[list[Method], RunPlan]:
+        """Check everything that can be checked before compute, then plan the run and save
+        the plan beside its config; nothing is written unless the checks pass."""
+        from featpipe.device import resolve_device
+
+        cfg = self.config
+        check_grids(cfg)  # before the source is even opened: the cheapest checks first
+        self.device = str(resolve_device(cfg["device"]))
+        if self.source is None:
+            self.source = open_pipeline_source(cfg["source"])
+        check_models(cfg)
+        fingerprint = self.source.fingerprint(content=cfg["source"]["hash_contents"])
+        self.provenance = {
+            "source": {"description": self.source.describe(), "fingerprint": fingerprint},
+            "versions": versions(),
+            "device": describe_device(self.device),
+        }
+        cv_selection = len(self.source.indices("val")) == 0
+        methods = plan(cfg, fingerprint, cv_selection=cv_selection)
+        run_plan = RunPlan(
+            cfg["name"],
+            [
+                PlannedRun(m.method, m.seed, m.config_hash, m.label, m.deterministic)
+                for m in methods
+            ],
+            n_boot=cfg["n_boot"],
+            source_fingerprint=fingerprint,
+        )
+        self.run_dir = Path(cfg["out"])
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
+        write_plan(self.run_dir, run_plan)
+        return methods, run_plan
 
     def _finish(self, results: Path, rows: list[dict], m: Method, row: dict) -> None:
         """Record a finished method at once, so that an interruption loses only the running one."""
@@ -339,7 +343,7 @@ class PipelineRunner:
                 store,
                 layer=m.layer,
                 seed=m.seed,
-                device=self.config["device"],
+                device=self.device,
                 grid=self.config["probes"]["grids"].get(m.head),
                 progress=self.progress,
             )
@@ -503,6 +507,10 @@ class PipelineRunner:
             },
             "provenance": {**self.provenance, **provenance},
         }
+
+
+def _keys(rows: list[dict]) -> set[tuple[str, int, str]]:
+    return {(r["method"], r["seed"], r["config_hash"]) for r in rows}
 
 
 def _interrupted(exc: KeyboardInterrupt, done: int, total: int) -> Interrupted:
