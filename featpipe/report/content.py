@@ -58,6 +58,13 @@ def _mib(x: float | None) -> str:
     return "" if x is None else f"{x / 2**20:.0f}"
 
 
+_SEED_NOTES = (
+    " Deterministic methods have no randomness (a head without a random state, chosen on a "
+    'fixed validation split): they ran once, since seeds do not change them; "identical" '
+    "marks seeds that gave the same predictions."
+)
+
+
 def _top1_cell(s: MethodSummary) -> str:
     agg = s.aggregate["top1"]
     text = f"{100 * agg['mean']:.1f}"
@@ -187,9 +194,8 @@ def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = 
             f"{len(summaries)} methods on {n_test} test images of {len(classes)} classes. "
             "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
             "percentile bootstrap interval over test images; costs are wall seconds on the machine "
-            "named under provenance. Deterministic methods have no randomness (a head without "
-            "a random state, chosen on a fixed validation split): they ran once, since seeds "
-            'do not change them; "identical" marks seeds that gave the same predictions.',
+            "named under provenance."
+            + (_SEED_NOTES if any(s.seed_note for s in summaries) else ""),
             _results_table(summaries),
         ],
     )
@@ -270,8 +276,7 @@ def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = 
                         )
                         for s in picks
                     ),
-                    "Per-class accuracy (%) on test, first seed, of the best probe and the best "
-                    "fine-tune by validation accuracy:",
+                    "Per-class accuracy (%) on test, first seed, of the methods chosen above:",
                     _per_class_table(picks),
                 ],
             )
