@@ -205,6 +205,7 @@ def test_rbf_svm_predictions_are_its_predict(toml, tmp_path):
             r"probes\.grids\.rbf_svm\.C\[0\] = 'big' is not a valid setting",
         ),
         (["probes.grids.knn={n_neighbors=[0]}"], r"probes\.grids\.knn\.n_neighbors\[0\] = 0"),
+        (["source.data=/nonexistent/images"], r"Cannot open image source '/nonexistent/images'"),
         (['features.layers=["stage9"]'], r"features\.layers of toy: Unknown layer 'stage9'"),
         (['features.backbones=["toyy"]'], r"features\.backbones\[0\]: Unknown backbone 'toyy'"),
         (
