@@ -9,6 +9,7 @@ import pytest
 
 from featpipe.errors import ConfigError
 from featpipe.evaluate import compare, mcnemar, paired_bootstrap
+from featpipe.evaluate.compare import format_p
 
 
 def pairs(both, a_only, b_only, neither):
@@ -65,7 +66,7 @@ def test_sentence_when_a_wins():
     assert text.startswith(
         "fine-tuning (full) beats logistic regression on layer pooled by 6.0 points"
     )
-    assert "95 % CI" in text and "McNemar p<0.001" in text
+    assert "95 % CI" in text and "McNemar p=3.6e-09" in text
     assert text.endswith("at 46 times the cost")
 
 
@@ -89,3 +90,46 @@ def test_sentence_when_a_loses():
 def test_unpaired_inputs_raise():
     with pytest.raises(ConfigError, match="same test images"):
         mcnemar(np.ones(3, bool), np.ones(4, bool))
+
+
+def test_sentence_when_the_interval_and_mcnemar_disagree():
+    # The interval excludes zero but McNemar's exact test does not reject (p=0.065): the
+    # sentence must not say "beats" (it did: "A beats B by 0.8 points (..., p=0.07)").
+    a, b = pairs(600, 9, 2, 300)
+    c = compare("A", a, "B", b)
+    assert c.distinguishable and not c.significant and c.verdict == "mixed"
+    assert c.sentence() == (
+        "A is 0.8 points ahead of B, but McNemar's test does not confirm it "
+        "(95 % CI 0.1 to 1.4, McNemar p=0.065)"
+    )
+    c = compare("B", b, "A", a)
+    assert c.sentence().startswith("B is 0.8 points behind A, but McNemar's test does not")
+
+
+def test_compare_without_bootstrap():
+    a, b = pairs(100, 8, 1, 20)
+    c = compare("A", a, "B", b, n_boot=0)
+    assert (c.ci_low, c.ci_high) == (None, None) and not c.distinguishable
+    assert c.verdict == "clear"  # McNemar alone decides
+    assert c.sentence() == "A beats B by 5.4 points (McNemar p=0.039)"
+    assert paired_bootstrap(a, b, n_boot=0) == (pytest.approx(7 / 129), None, None)
+    with pytest.raises(ConfigError, match="n_boot must be an integer >= 0"):
+        compare("A", a, "B", b, n_boot=-1)
+
+
+@pytest.mark.parametrize(
+    ("p", "text"),
+    [
+        (0.0496, "0.0496"),  # not 0.05: it is below the line
+        (0.0504, "0.0504"),
+        (0.05, "0.050"),
+        (0.06, "0.060"),
+        (0.123, "0.12"),
+        (0.5, "0.50"),
+        (1.0, "1.0"),
+        (0.00031, "0.00031"),
+        (3.6e-9, "3.6e-09"),
+    ],
+)
+def test_p_values_have_two_significant_digits(p, text):
+    assert format_p(p) == text

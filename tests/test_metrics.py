@@ -132,3 +132,18 @@ def test_aggregate_over_seeds():
     assert agg["ece"]["n"] == 2
     assert "log_loss" not in agg  # no seed has it
     assert aggregate_over_seeds(runs[:1])["top1"]["std"] == 0.0
+
+
+def test_own_predictions_override_the_argmax():
+    # An SVM's predict can differ from the argmax of its scores (ties in the one-vs-one
+    # vote): the metrics follow the predictions the head itself makes.
+    y = np.array([0, 1, 2, 2])
+    scores = one_hot(np.array([0, 1, 1, 2]), 3, 0.6)
+    m = compute_metrics(y, scores, n_boot=0, y_pred=np.array([0, 1, 2, 2]))
+    assert m["top1"] == m["balanced_accuracy"] == 1.0
+    assert m["confusion"] == [[1, 0, 0], [0, 1, 0], [0, 0, 2]]
+    assert compute_metrics(y, scores, n_boot=0)["top1"] == 0.75
+    with pytest.raises(ConfigError, match=r"y_pred holds 0\.\.3"):
+        compute_metrics(y, scores, n_boot=0, y_pred=np.array([0, 1, 3, 2]))
+    with pytest.raises(ConfigError, match="one integer class index per test row"):
+        compute_metrics(y, scores, n_boot=0, y_pred=np.array([0, 1]))

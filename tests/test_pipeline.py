@@ -159,8 +159,8 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, capsys):
     assert (out / "report.html").exists()
     # probes (test ids from the store) and the fine-tune (from the source) are paired
     assert re.search(
-        r"fine-tuning \(head\) (beats|trails|is not distinguishable from) "
-        r"logistic regression on layer pooled",
+        r"fine-tuning \(head\) (beats|trails|is not distinguishable from|is [\d.]+ points "
+        r"(ahead of|behind)) logistic regression on layer pooled",
         (out / "report.md").read_text(),
     )
     capsys.readouterr()

@@ -14,7 +14,9 @@ from featpipe.cli import main
 from featpipe.evaluate import compute_metrics
 from featpipe.report import (
     SCHEMA_VERSION,
+    PlannedRun,
     ResultsFormatError,
+    RunPlan,
     append_result,
     ids_sha256,
     read_results,
@@ -22,7 +24,7 @@ from featpipe.report import (
     write_report,
 )
 from featpipe.report import results as results_module
-from featpipe.report.summary import latest_rows, summarize
+from featpipe.report.summary import best, latest_rows, summarize
 
 CLASSES = ["a", "b", "c", "d", "e", "f"]
 
@@ -266,3 +268,64 @@ def test_point_labels_that_would_collide_are_moved_apart():
         px, py = ax.transData.transform((x, y)) / per_point
         boxes.append((px + dx, py + dy, px + dx + 0.6 * 7 * len(text), py + dy + 9))
     assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_best_probe_is_chosen_by_validation_not_test(tmp_path):
+    # logreg is best on test but worse on validation: test must not choose it.
+    rows = [
+        make_row("toy/logreg@pooled", acc=0.9),
+        make_row("toy/knn@pooled", acc=0.6, head="knn"),
+        make_row("toy/mlp@pooled", acc=0.5, head="mlp"),
+    ]
+    rows[0]["val_accuracy"], rows[1]["val_accuracy"], rows[2]["val_accuracy"] = 0.70, 0.75, 0.75
+    summaries = summarize(rows)
+    assert best(summaries, "probe").method == "toy/knn@pooled"  # ties: the first listed
+    md = write_report(tmp_path, rows)["report.md"].read_text()
+    assert "Confusion matrix of the best probe by validation accuracy: toy/knn@pooled" in md
+    assert "| class | toy/knn@pooled |" in md
+    assert "- toy/knn@pooled trails toy/logreg@pooled" in md  # the reference is knn
+    assert best(summaries, "finetune") is None
+
+
+def test_comparisons_use_the_plan_n_boot(tmp_path):
+    rows = [make_row("toy/logreg@pooled", acc=0.8), make_row("toy/knn@pooled", acc=0.6)]
+    plan = RunPlan("unit", [PlannedRun(r["method"], 0, "h") for r in rows], n_boot=0)
+    md = write_report(tmp_path, rows, plan)["report.md"].read_text()
+    assert "McNemar's test (no bootstrap interval: n_boot is 0)" in md
+    (sentence,) = [ln for ln in md.splitlines() if ln.startswith("- toy/logreg@pooled")]
+    assert "95 % CI" not in sentence and "McNemar p=" in sentence
+    plan = RunPlan("unit", plan.methods, n_boot=200)
+    md = write_report(tmp_path, rows, plan)["report.md"].read_text()
+    assert "(200 resamples)" in md
+
+
+def test_report_keeps_to_the_rows_of_the_plan(tmp_path):
+    old = make_row("toy/logreg@pooled", acc=0.3)
+    old["config_hash"] = "old"
+    rows = [old, make_row("toy/logreg@pooled", acc=0.8), make_row("toy/knn@pooled", head="knn")]
+    plan = RunPlan(
+        "unit",
+        [
+            PlannedRun("toy/logreg@pooled", 0, "h", "logistic regression"),
+            PlannedRun("toy/mlp@pooled", 0, "h", "MLP"),
+        ],
+    )
+    md = write_report(tmp_path, rows, plan)["report.md"].read_text()
+    assert "| toy/logreg@pooled | 0 |" in md
+    assert "toy/knn@pooled" not in md  # not in the plan
+    assert "1 of 2 method runs of the current configuration have no result yet: MLP (seed 0)" in md
+    assert "also holds 2 row(s) of earlier configurations" in md
+    cells = next(ln for ln in md.splitlines() if ln.startswith("| toy/logreg@pooled |"))
+    assert f"{100 * rows[1]['metrics']['top1']:.1f} (" in cells
+
+
+def test_seeds_that_change_nothing_show_no_spread(tmp_path):
+    a = make_row("toy/knn@pooled", head="knn")
+    b = copy.deepcopy(a)
+    b["seed"] = 1
+    once = make_row("toy/logreg@pooled")
+    once["deterministic"] = True
+    md = write_report(tmp_path, [a, b, once])["report.md"].read_text()
+    assert "| toy/knn@pooled | 0, 1 (identical) |" in md
+    assert "| toy/logreg@pooled | 0 (deterministic) |" in md
+    assert "± 0.0" not in md

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 import traceback
+import warnings
+from collections.abc import Iterator
 
 from featpipe.errors import FeaturePipeError
 from featpipe.interrupt import Interrupted, handle_sigterm
@@ -51,6 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """One line per warning, without the library's source path and line."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"featpipe: warning: {message}{kind}\n"
+
+
+@contextlib.contextmanager
+def _plain_warnings() -> Iterator[None]:
+    # formatwarning rather than showwarning: code that records warnings (catch_warnings,
+    # pytest.warns) still gets them.
+    previous = warnings.formatwarning
+    warnings.formatwarning = _format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with handle_sigterm():
+        with handle_sigterm(), _plain_warnings():
             return int(args.func(args) or 0)
     except FeaturePipeError as exc:
         if os.environ.get("FEATPIPE_DEBUG") == "1":  # the full traceback, for bug reports

@@ -12,9 +12,12 @@ examples:
   featpipe run pipelines/cifar10_cpu.toml --data /tmp/cifar10 --out runs/c10
   featpipe run pipelines/demo.toml --set finetune.epochs=1 --set 'probes.heads=["logreg"]'
 
-Running the same file again skips every method already in OUT/results.jsonl with the same
-settings ("reusing finished ...") and reuses cached feature stores, so an interrupted run
-resumes where it stopped.
+Every backbone, layer, head grid value and fine-tuning mode is checked before anything is
+computed. Running the same file again skips every method already in OUT/results.jsonl with the
+same settings ("reusing finished ...") and reuses cached feature stores, so an interrupted run
+(Ctrl-C, SIGTERM, or a crash) resumes where it stopped. OUT/plan.json lists the rows of the
+current configuration: reports use only those; rows of earlier configurations stay in
+results.jsonl as history.
 """
 
 
@@ -55,7 +58,9 @@ def register(subparsers) -> None:
         "report",
         help="rebuild report.md and report.html of a run from its results.jsonl",
         description="Rebuild RUN_DIR/report.md, RUN_DIR/plots/*.png and RUN_DIR/report.html "
-        "from RUN_DIR/results.jsonl alone.",
+        "from the rows of RUN_DIR/results.jsonl that belong to the run's current configuration "
+        "(listed in RUN_DIR/plan.json; a folder without one, from an older featpipe, reports "
+        "every method's latest rows, with a note).",
     )
     r.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `featpipe run`")
     r.set_defaults(func=report_command)

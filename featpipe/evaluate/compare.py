@@ -11,6 +11,8 @@ from featpipe.errors import ConfigError
 
 # Below this many discordant pairs the chi-square approximation is poor; use the exact test.
 EXACT_BELOW = 25
+# Level at which a paired comparison calls a difference real (with the 95 % interval).
+ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,18 @@ def paired_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-) -> tuple[float, float, float]:
+) -> tuple[float, float | None, float | None]:
     """Accuracy difference A - B and its percentile interval, resampling test images jointly
-    so that each resample keeps the pairing."""
+    so that each resample keeps the pairing. ``n_boot=0`` gives no interval: (diff, None,
+    None)."""
     a, b = _paired(correct_a, correct_b)
     diff = a.astype(np.float64) - b.astype(np.float64)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ConfigError(
+            f"n_boot must be an integer >= 0 (0: no bootstrap interval); got {n_boot!r}."
+        )
+    if n_boot == 0:
+        return float(diff.mean()), None, None
     rng = np.random.default_rng(seed)
     means = np.concatenate(
         [
@@ -78,36 +87,60 @@ def _paired(correct_a, correct_b) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class Comparison:
-    """A minus B on the same test images; differences are fractions (0.031 = 3.1 points)."""
+    """A minus B on the same test images; differences are fractions (0.031 = 3.1 points).
+    ``ci_low``/``ci_high`` are None when no bootstrap was asked for (``n_boot=0``)."""
 
     name_a: str
     name_b: str
     difference: float
-    ci_low: float
-    ci_high: float
+    ci_low: float | None
+    ci_high: float | None
     mcnemar: McNemarResult
     cost_ratio: float | None  # cost of A / cost of B, when both are known
 
     @property
     def distinguishable(self) -> bool:
-        return self.ci_low > 0 or self.ci_high < 0
+        """The bootstrap interval excludes zero (False without an interval)."""
+        return self.ci_low is not None and (self.ci_low > 0 or self.ci_high < 0)
+
+    @property
+    def significant(self) -> bool:
+        """McNemar's test rejects equal accuracy at level ``ALPHA``."""
+        return self.mcnemar.p_value < ALPHA
+
+    @property
+    def verdict(self) -> str:
+        """The call: "clear" when the interval (if any) and McNemar's test both find a difference,
+        "none" when neither does, "mixed" when they disagree."""
+        tests = [self.significant] + ([self.distinguishable] if self.ci_low is not None else [])
+        return "clear" if all(tests) else "none" if not any(tests) else "mixed"
 
     def sentence(self) -> str:
         """E.g. "fine-tuning (full) beats logistic regression on layer pooled by 3.1 points
-        (95 % CI 2.2 to 4.0, McNemar p=0.001) at 46 times the cost"."""
+        (95 % CI 2.2 to 4.0, McNemar p=0.0012) at 46 times the cost". "beats" and "trails"
+        need both the interval and McNemar's test; when they disagree the sentence says so."""
         pts = 100 * self.difference
-        ci = f"95 % CI {100 * self.ci_low:.1f} to {100 * self.ci_high:.1f}"
-        p = f"McNemar p{_format_p(self.mcnemar.p_value)}"
-        if not self.distinguishable:
-            text = (
-                f"{self.name_a} is not distinguishable from {self.name_b} "
-                f"(difference {pts:+.1f} points, {ci}, {p})"
-            )
-        elif pts > 0:
-            text = f"{self.name_a} beats {self.name_b} by {pts:.1f} points ({ci}, {p})"
+        p = f"McNemar p={format_p(self.mcnemar.p_value)}"
+        if self.ci_low is None:
+            figures = p
+        elif pts >= 0 or self.verdict == "none":
+            figures = f"95 % CI {100 * self.ci_low:.1f} to {100 * self.ci_high:.1f}, {p}"
         else:  # the interval of the gap, stated as positive points like the gap itself
-            ci = f"95 % CI {-100 * self.ci_high:.1f} to {-100 * self.ci_low:.1f}"
-            text = f"{self.name_a} trails {self.name_b} by {-pts:.1f} points ({ci}, {p})"
+            figures = f"95 % CI {-100 * self.ci_high:.1f} to {-100 * self.ci_low:.1f}, {p}"
+        a, b = self.name_a, self.name_b
+        if self.verdict == "none":
+            text = f"{a} is not distinguishable from {b} (difference {pts:+.1f} points, {figures})"
+        elif self.verdict == "clear":
+            verb = "beats" if pts > 0 else "trails"
+            text = f"{a} {verb} {b} by {abs(pts):.1f} points ({figures})"
+        else:
+            doubt = (
+                "McNemar's test does not confirm it"
+                if self.distinguishable
+                else "the 95 % interval includes zero"
+            )
+            side = "ahead of" if pts > 0 else "behind"
+            text = f"{a} is {abs(pts):.1f} points {side} {b}, but {doubt} ({figures})"
         if self.cost_ratio is not None:
             text += f" at {_format_ratio(self.cost_ratio)} the cost"
         return text
@@ -130,8 +163,13 @@ def compare(
     return Comparison(name_a, name_b, diff, lo, hi, mcnemar(correct_a, correct_b), ratio)
 
 
-def _format_p(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"={p:.3f}" if p < 0.01 else f"={p:.2f}"
+def format_p(p: float) -> str:
+    """A p-value with two significant digits (``"0.0031"``, ``"3.1e-05"``), or three where
+    two would round onto the ``ALPHA`` line (0.0496 and 0.0504, not 0.050 for both)."""
+    text = f"{p:#.2g}"
+    if float(text) == ALPHA and p != ALPHA:
+        text = f"{p:#.3g}"
+    return text
 
 
 def _format_ratio(ratio: float) -> str:

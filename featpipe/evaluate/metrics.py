@@ -48,6 +48,18 @@ def _check_inputs(y_true, proba, classes) -> tuple[np.ndarray, np.ndarray, list[
     return y.astype(np.int64), p, list(classes)
 
 
+def _check_pred(y_pred, n: int, n_classes: int) -> np.ndarray:
+    pred = np.asarray(y_pred)
+    if pred.shape != (n,) or not np.issubdtype(pred.dtype, np.integer):
+        raise ConfigError(
+            f"y_pred must hold one integer class index per test row ({n}); got shape "
+            f"{pred.shape} and dtype {pred.dtype}."
+        )
+    if n and (pred.min() < 0 or pred.max() >= n_classes):
+        raise ConfigError(f"y_pred holds {pred.min()}..{pred.max()}; valid: 0..{n_classes - 1}.")
+    return pred.astype(np.int64)
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Counts, rows = true class, columns = predicted class."""
     flat = np.asarray(y_true) * n_classes + np.asarray(y_pred)
@@ -130,6 +142,7 @@ def compute_metrics(
     classes: Sequence[str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    y_pred: Sequence[int] | np.ndarray | None = None,
 ) -> dict:
     """Every test metric of one method, as a JSON-serialisable dict.
 
@@ -138,10 +151,14 @@ def compute_metrics(
     bins), ``confusion`` (C×C list, rows = true class), ``per_class_accuracy`` ({class: recall or
     None when the class is absent from the test set}) and ``ci`` ({metric: [lo, hi]}, 95 %
     percentile bootstrap over test rows; empty when ``n_boot`` is 0).
+
+    ``y_pred`` are the method's own predictions (class indices), for heads whose ``predict``
+    is not the argmax of the scores in ``proba`` (an SVM's ties); top-1, balanced accuracy,
+    macro F1, the confusion matrix and per-class accuracy use them. Default: the argmax.
     """
     y, p, names = _check_inputs(y_true, proba, classes)
     n_classes = p.shape[1]
-    pred = p.argmax(axis=1)
+    pred = p.argmax(axis=1) if y_pred is None else _check_pred(y_pred, len(y), n_classes)
     cm = confusion_matrix(y, pred, n_classes)
     scores = {k: float(v) for k, v in _scores_from_confusion(cm).items()}
     nll = -np.log(np.clip(p[np.arange(len(y)), y], _EPS, None))

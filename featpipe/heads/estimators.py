@@ -52,7 +52,8 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         limit = self.max_train_samples
         if limit is not None and X.shape[0] > limit:  # a seeded, stratified subsample
-            X, y = resample(X, y, replace=False, n_samples=limit, stratify=y, random_state=0)
+            seed = getattr(self, "random_state", 0)
+            X, y = resample(X, y, replace=False, n_samples=limit, stratify=y, random_state=seed)
         self.preprocessor_ = self.preprocessor_for(X)
         Z = self.preprocessor_.fit_transform(X)
         self.classifier_ = self._make_classifier(n_samples=X.shape[0]).fit(Z, y)
@@ -143,8 +144,9 @@ class LinearSVMProbe(ProbeHead):
 class RBFSVMProbe(ProbeHead):
     """Kernel SVM with an RBF kernel (``gamma='scale'`` is 1 / (D * Var(X))).
 
-    Kernel SVMs cost O(n²) memory and more in time, so by default the fit uses a seeded,
-    stratified subsample of at most ``max_train_samples`` rows (None: every row).
+    Kernel SVMs cost O(n²) memory and more in time, so by default the fit uses a stratified
+    subsample of at most ``max_train_samples`` rows (None: every row), drawn with
+    ``random_state``.
     """
 
     def __init__(
@@ -155,11 +157,13 @@ class RBFSVMProbe(ProbeHead):
         preprocess: str = "standardize",
         pca: int | None = None,
         max_train_samples: int | None = 10_000,
+        random_state: int = 0,
     ):
         super().__init__(preprocess=preprocess, pca=pca)
         self.C = C
         self.gamma = gamma
         self.max_train_samples = max_train_samples
+        self.random_state = random_state
 
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
         return SVC(C=self.C, kernel="rbf", gamma=self.gamma)

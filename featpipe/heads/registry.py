@@ -23,25 +23,45 @@ class HeadEntry:
     name: str
     factory: Callable[..., BaseEstimator]
     grid: dict[str, list]  # the default selection grid
+    # The parameter a run's seed sets (e.g. "random_state"); None: the head has no randomness,
+    # so seeds change nothing and pipelines run it once.
+    seed_param: str | None = None
 
 
 HEADS: dict[str, HeadEntry] = {}
 
 
-def register_head(name: str, factory: Callable[..., BaseEstimator], grid: dict[str, list]) -> None:
-    """Add a head under ``name``; a duplicate name raises."""
+def register_head(
+    name: str,
+    factory: Callable[..., BaseEstimator],
+    grid: dict[str, list],
+    *,
+    seed_param: str | None = None,
+) -> None:
+    """Add a head under ``name`` with its default grid; a duplicate name raises.
+    ``seed_param`` names the parameter that a run's seed sets, for heads with randomness."""
     if name in HEADS:
         raise ConfigError(f"A head named {name!r} is already registered.")
-    HEADS[name] = HeadEntry(name, factory, grid)
+    HEADS[name] = HeadEntry(name, factory, grid, seed_param)
 
 
 # Kornblith et al. (2019): 45 log-spaced C values over [1e-6, 1e5] for logistic regression.
 LOGREG_CS = [float(c) for c in np.logspace(-6, 5, 45)]
 
 register_head("logreg", LogisticProbe, {"C": LOGREG_CS})
-register_head("linear_svm", LinearSVMProbe, {"C": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]})
-register_head("rbf_svm", RBFSVMProbe, {"C": [0.1, 1.0, 10.0, 100.0]})
-register_head("mlp", MLPProbe, {"alpha": [1e-4, 1e-2, 1.0]})
+register_head(
+    "linear_svm",
+    LinearSVMProbe,
+    {"C": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]},
+    seed_param="random_state",  # liblinear's coordinate order
+)
+register_head(
+    "rbf_svm",
+    RBFSVMProbe,
+    {"C": [0.1, 1.0, 10.0, 100.0]},
+    seed_param="random_state",  # the training subsample
+)
+register_head("mlp", MLPProbe, {"alpha": [1e-4, 1e-2, 1.0]}, seed_param="random_state")
 register_head("knn", KNNProbe, {"n_neighbors": [1, 5, 10, 20], "metric": ["cosine"]})
 
 
@@ -58,6 +78,25 @@ def _entry(name: str) -> HeadEntry:
 def make_head(name: str, **params) -> BaseEstimator:
     """A new, unfitted head by name, e.g. ``make_head("knn", n_neighbors=10)``."""
     return _entry(name).factory(**params)
+
+
+def seed_param(name: str) -> str | None:
+    """The parameter a run's seed sets on head ``name`` (None: the head is deterministic)."""
+    return _entry(name).seed_param
+
+
+def run_params(
+    head: BaseEstimator, *, seed: int | None = None, device: str | None = None
+) -> dict[str, object]:
+    """What a run sets on a head before fitting: its seed parameter (registered heads only)
+    to ``seed``, and ``device`` for heads with a ``device`` parameter. None sets nothing."""
+    params: dict[str, object] = {}
+    name = head_name(head)
+    if seed is not None and name is not None and HEADS[name].seed_param:
+        params[HEADS[name].seed_param] = seed
+    if device is not None and "device" in head.get_params(deep=False):
+        params["device"] = device
+    return params
 
 
 def default_grid(name: str) -> dict[str, list]:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from featpipe.errors import ConfigError
 from featpipe.heads.estimators import LogisticProbe
-from featpipe.heads.registry import default_grid, head_name, make_head
+from featpipe.heads.registry import default_grid, head_name, make_head, run_params
 from featpipe.heads.splits import FeatureSplits
 from featpipe.heads.torch_logreg import logreg_path
 
@@ -119,7 +119,8 @@ def select_and_fit(
     *,
     grid: dict | list[dict] | None = None,
     cv: int = 5,
-    seed: int = 0,
+    seed: int | None = None,
+    device: str | None = None,
     progress: bool = False,
 ) -> SelectionResult:
     """Choose hyper-parameters on val (or CV on train), refit on train+val, then predict test.
@@ -128,8 +129,14 @@ def select_and_fit(
     any scikit-learn classifier; ``source`` a FeatureStore or ``{"train": (X, y), ...}``;
     ``grid`` a parameter grid (default: the head's own, e.g. 45 C values for ``logreg``).
     Ties go to the first candidate in grid order.
+
+    ``seed`` seeds the CV folds and, for registered heads with randomness (``mlp``, the SVMs),
+    the head's seed parameter; None keeps the head's own and folds seeded 0. ``device`` goes
+    to heads with a ``device`` parameter (``logreg``); None keeps the head's own. A grid
+    that names either parameter wins over them.
     """
     head = make_head(estimator) if isinstance(estimator, str) else clone(estimator)
+    head.set_params(**run_params(head, seed=seed, device=device))
     name = estimator if isinstance(estimator, str) else (head_name(head) or type(head).__name__)
     if grid is None:
         if head_name(head) is None:
@@ -148,7 +155,7 @@ def select_and_fit(
         X_fit, y_fit = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
         mode = "val"
     else:
-        folds = _cv_splits(y_tr, cv, seed)
+        folds = _cv_splits(y_tr, cv, 0 if seed is None else seed)
         per_fold = [
             _candidate_scores(head, candidates, X_tr[a], y_tr[a], X_tr[b], y_tr[b], progress)
             for a, b in folds

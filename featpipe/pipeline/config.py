@@ -4,14 +4,17 @@ A pipeline file has these tables (every key optional unless marked required)::
 
     name = "demo"                      # run name (default: the file's stem)
     out = "runs/demo"                  # run folder (default: runs/<name>); --out overrides
-    seeds = [0]                        # head-search / fine-tuning seeds
+    seeds = [0]                        # head-search / fine-tuning seeds (heads without
+                                       # randomness run once, with the first seed)
     device = "auto"                    # auto, cpu, cuda, cuda:1, ...
-    n_boot = 1000                      # bootstrap resamples for intervals
+    n_boot = 1000                      # bootstrap resamples for intervals (0: none)
 
     [source]
     data = "digits"                    # required: built-in name, folder or CSV; --data overrides
     val_fraction = 0.1                 # carved from train where the source has no val split
     test_fraction = 0.2                # carved from train where the source has no test split
+                                       # (default 0.1 and 0.2, silently ignored where the
+                                       # source has the split; a value set here warns)
     split_seed = 0
     limits = { train = 5000, test = 1000 }   # stratified subset per split
     hash_contents = false
@@ -52,6 +55,8 @@ from typing import Any
 from featpipe.errors import ConfigError, did_you_mean
 
 _REQUIRED = object()
+# Split fractions a pipeline uses where the source lacks the split and the file sets none.
+DEFAULT_FRACTIONS = {"val_fraction": 0.1, "test_fraction": 0.2}
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,11 @@ def _positive(value, where: str) -> None:
         raise ConfigError(f"{where} must be > 0; got {value}.")
 
 
+def _non_negative(value, where: str) -> None:
+    if value < 0:
+        raise ConfigError(f"{where} must be >= 0; got {value}.")
+
+
 def _fraction(value, where: str) -> None:
     if not 0 <= value < 1:
         raise ConfigError(f"{where} must be in [0, 1); got {value}.")
@@ -149,6 +159,7 @@ def _grids(value: dict, where: str) -> None:
 
 _INT, _NUM, _STR, _BOOL, _LIST = (int,), (int, float), (str,), (bool,), (list,)
 _OPT_INT = (int, type(None))
+_OPT_NUM = (int, float, type(None))
 
 # FineTuner settings a pipeline may set (backbone, mode, seed, device, run_dir are the runner's).
 FINETUNE_KEYS: dict[str, Key] = {
@@ -174,11 +185,12 @@ SCHEMA: dict[str, Key | dict] = {
     "out": Key(_STR, None),
     "seeds": Key(_LIST, [0], item=int, check=_non_empty),
     "device": Key(_STR, "auto"),
-    "n_boot": Key(_INT, 1000),
+    "n_boot": Key(_INT, 1000, check=_non_negative),
     "source": {
         "data": Key(_STR),
-        "val_fraction": Key(_NUM, 0.1, check=_fraction),
-        "test_fraction": Key(_NUM, 0.2, check=_fraction),
+        # None: DEFAULT_FRACTIONS where the source lacks the split, and no warning where not.
+        "val_fraction": Key(_OPT_NUM, None, check=_fraction),
+        "test_fraction": Key(_OPT_NUM, None, check=_fraction),
         "split_seed": Key(_INT, 0),
         "limits": Key((dict,), {}, check=_limits),
         "hash_contents": Key(_BOOL, False),

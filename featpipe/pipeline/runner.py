@@ -1,8 +1,10 @@
 """Run a declared experiment: extract, fit every head, fine-tune, evaluate, write the report.
 
+The whole plan is checked first (see validate.py), so a bad value fails before any compute.
 Resumable at two levels: feature stores come from extract's cache (an interrupted extraction
 resumes its missing chunks), and a method whose (method, seed, config hash) row is already in
 results.jsonl is skipped, so an interrupted run picks up at the first unfinished method.
+The run folder's plan.json lists the rows of the current config; reports use only those.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,8 +25,20 @@ import numpy as np
 from featpipe.data import ImageSource, open_source, subsample
 from featpipe.data.unreadable import unreadable_images, without
 from featpipe.evaluate import Timer, compute_metrics, measure
-from featpipe.report import RESULTS_FILE, append_result, ids_sha256, read_results, write_report
-from featpipe.report.results import SCHEMA_VERSION
+from featpipe.interrupt import Interrupted
+from featpipe.pipeline.config import DEFAULT_FRACTIONS
+from featpipe.pipeline.validate import check_grids, check_models
+from featpipe.report import (
+    RESULTS_FILE,
+    PlannedRun,
+    RunPlan,
+    append_result,
+    ids_sha256,
+    read_results,
+    write_plan,
+    write_report,
+)
+from featpipe.report.results import SCHEMA_VERSION, write_text_atomic
 
 HEAD_LABELS = {
     "logreg": "logistic regression",
@@ -50,6 +65,7 @@ class Method:
     layer: str | None = None
     head: str | None = None
     mode: str | None = None
+    deterministic: bool = False  # the seed changes nothing: run once, with the first seed
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -60,11 +76,18 @@ def _hash(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan(config: dict, source_fingerprint: str) -> list[Method]:
+def plan(config: dict, source_fingerprint: str, *, cv_selection: bool = False) -> list[Method]:
     """Every (method, seed) of a config in run order: probes per backbone, then fine-tunes.
 
     The config hash covers the data (its fingerprint: images, labels, splits) and each method's
-    own settings, so changing one head's settings or adding a head redoes nothing else."""
+    own settings, so changing one head's settings or adding a head redoes nothing else.
+
+    A head without randomness (no seed parameter in the registry) chosen on a fixed validation
+    split is deterministic: it runs once, with the first seed, whatever ``seeds`` lists. With
+    ``cv_selection`` (no validation split) the seed draws the CV folds, so every head runs per
+    seed. Heads whose seed reaches their estimator hash the parameter it sets."""
+    from featpipe.heads.registry import seed_param
+
     features, finetune = config["features"], config["finetune"]
     several = len(set(features["backbones"]) | set(finetune["backbones"])) > 1
     suffix = (lambda bb: f" [{bb}]") if several else (lambda bb: "")
@@ -82,6 +105,11 @@ def plan(config: dict, source_fingerprint: str) -> list[Method]:
                     "head": head,
                     "grid": config["probes"]["grids"].get(head),
                 }
+                seeded = seed_param(head)
+                if seeded:
+                    settings["seed_param"] = seeded
+                deterministic = not seeded and not cv_selection
+                seeds = config["seeds"][:1] if deterministic else config["seeds"]
                 methods += [
                     Method(
                         f"{bb}/{head}@{layer}",
@@ -92,8 +120,9 @@ def plan(config: dict, source_fingerprint: str) -> list[Method]:
                         _hash(settings),
                         layer=layer,
                         head=head,
+                        deterministic=deterministic,
                     )
-                    for seed in config["seeds"]
+                    for seed in seeds
                 ]
     tune = {k: v for k, v in finetune.items() if k not in _FINETUNE_NOT_RESULT}
     for bb in finetune["backbones"]:
@@ -115,13 +144,20 @@ def plan(config: dict, source_fingerprint: str) -> list[Method]:
 
 
 def open_pipeline_source(section: dict) -> ImageSource:
-    """The source of a config's [source] table, split and limited as declared."""
-    source = open_source(
-        section["data"],
-        val_fraction=section["val_fraction"],
-        test_fraction=section["test_fraction"],
-        seed=section["split_seed"],
-    )
+    """The source of a config's [source] table, split and limited as declared.
+
+    A fraction the file leaves out (None) is its default where the source lacks that split,
+    and says nothing where the source has it: only a fraction the user set is worth a
+    warning that it is ignored."""
+    fractions = {
+        name: default if section[name] is None else section[name]
+        for name, default in DEFAULT_FRACTIONS.items()
+    }
+    with warnings.catch_warnings():
+        for name in DEFAULT_FRACTIONS:
+            if section[name] is None:
+                warnings.filterwarnings("ignore", f"{name}=.* is ignored", UserWarning)
+        source = open_source(section["data"], **fractions, seed=section["split_seed"])
     if section["limits"]:
         source = subsample(source, dict(section["limits"]), seed=section["split_seed"])
     return source
@@ -170,8 +206,8 @@ def probabilities(result) -> tuple[np.ndarray, bool]:
     return z / z.sum(axis=1, keepdims=True), False
 
 
-def _metrics(y, proba, classes, probabilistic: bool, n_boot: int, seed: int) -> dict:
-    metrics = compute_metrics(y, proba, classes, n_boot=n_boot, seed=seed)
+def _metrics(y, proba, classes, probabilistic: bool, n_boot: int, seed: int, y_pred=None) -> dict:
+    metrics = compute_metrics(y, proba, classes, n_boot=n_boot, seed=seed, y_pred=y_pred)
     if not probabilistic:
         metrics["log_loss"] = metrics["ece"] = None
         metrics["ci"].pop("log_loss", None)
@@ -195,51 +231,74 @@ class PipelineRunner:
         self.log = log
 
     def run(self) -> Path:
-        """Run every unfinished method, then write the reports; returns the run folder."""
+        """Check the whole plan, run every unfinished method, then write the reports;
+        returns the run folder."""
+        methods, run_plan = self._prepare()
+        results = self.run_dir / RESULTS_FILE
+        rows = read_results(results, repair=True)
+        done = _keys(rows)
+        self.log(
+            f"{self.config['name']}: {len(methods)} method runs, "
+            f"{len(done & {m.key for m in methods})} already finished; results in {results}"
+        )
+        for m in methods:
+            if m.key in done:
+                self.log(f"reusing finished {m.label} (seed {m.seed})")
+        todo = [m for m in methods if m.key not in done]
+        try:
+            stores = []
+            for bb in self.config["features"]["backbones"]:
+                probes = [m for m in todo if m.kind == "probe" and m.backbone == bb]
+                if probes:
+                    store, extraction = self._extract(bb)
+                    stores.append(store)
+                    for m in probes:
+                        self._finish(results, rows, m, self._probe(m, store, extraction))
+            tunes = [m for m in todo if m.kind == "finetune"]
+            if tunes:
+                source, skipped = self._finetune_source(stores)
+            for m in tunes:
+                self._finish(results, rows, m, self._finetune(m, source, skipped))
+            write_report(self.run_dir, rows, run_plan)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: finished rows are on disk
+            finished = len(_keys(rows) & {m.key for m in methods})
+            raise _interrupted(exc, finished, len(methods)) from None
+        self.log(f"report: {self.run_dir / 'report.md'} and {self.run_dir / 'report.html'}")
+        return self.run_dir
+
+    def _prepare(self) -> tuple[list[Method], RunPlan]:
+        """Check everything that can be checked before compute, then plan the run and save
+        the plan beside its config; nothing is written unless the checks pass."""
         from featpipe.device import resolve_device
 
         cfg = self.config
-        self.run_dir = Path(cfg["out"])
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        results = self.run_dir / RESULTS_FILE
-        rows = read_results(results, repair=True)
-        done = {(r["method"], r["seed"], r["config_hash"]) for r in rows}
+        check_grids(cfg)  # before the source is even opened: the cheapest checks first
+        self.device = str(resolve_device(cfg["device"]))
         if self.source is None:
             self.source = open_pipeline_source(cfg["source"])
-        self.device = str(resolve_device(cfg["device"]))
+        check_models(cfg)
         fingerprint = self.source.fingerprint(content=cfg["source"]["hash_contents"])
         self.provenance = {
             "source": {"description": self.source.describe(), "fingerprint": fingerprint},
             "versions": versions(),
             "device": describe_device(self.device),
         }
-        methods = plan(cfg, fingerprint)
-        finished = len(done & {m.key for m in methods})
-        self.log(
-            f"{cfg['name']}: {len(methods)} method runs, {finished} already finished; "
-            f"results in {results}"
+        cv_selection = len(self.source.indices("val")) == 0
+        methods = plan(cfg, fingerprint, cv_selection=cv_selection)
+        run_plan = RunPlan(
+            cfg["name"],
+            [
+                PlannedRun(m.method, m.seed, m.config_hash, m.label, m.deterministic)
+                for m in methods
+            ],
+            n_boot=cfg["n_boot"],
+            source_fingerprint=fingerprint,
         )
-        for m in methods:
-            if m.key in done:
-                self.log(f"reusing finished {m.label} (seed {m.seed})")
-        todo = [m for m in methods if m.key not in done]
-        stores = []
-        for bb in self.config["features"]["backbones"]:
-            probes = [m for m in todo if m.kind == "probe" and m.backbone == bb]
-            if probes:
-                store, extraction = self._extract(bb)
-                stores.append(store)
-                for m in probes:
-                    self._finish(results, rows, m, self._probe(m, store, extraction))
-        tunes = [m for m in todo if m.kind == "finetune"]
-        if tunes:
-            source, skipped = self._finetune_source(stores)
-        for m in tunes:
-            self._finish(results, rows, m, self._finetune(m, source, skipped))
-        write_report(self.run_dir, rows)
-        self.log(f"report: {self.run_dir / 'report.md'} and {self.run_dir / 'report.html'}")
-        return self.run_dir
+        self.run_dir = Path(cfg["out"])
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
+        write_plan(self.run_dir, run_plan)
+        return methods, run_plan
 
     def _finish(self, results: Path, rows: list[dict], m: Method, row: dict) -> None:
         """Record a finished method at once, so that an interruption loses only the running one."""
@@ -291,6 +350,7 @@ class PipelineRunner:
                 store,
                 layer=m.layer,
                 seed=m.seed,
+                device=self.device,
                 grid=self.config["probes"]["grids"].get(m.head),
                 progress=self.progress,
             )
@@ -303,7 +363,12 @@ class PipelineRunner:
             )
         proba, probabilistic = probabilities(result)
         y = np.asarray(result.test_labels)
-        metrics = _metrics(y, proba, store.classes, probabilistic, self.config["n_boot"], m.seed)
+        # The head's own predictions: an SVM's predict is not the argmax of its decision
+        # function on ties, and selection and test_accuracy use predict.
+        y_pred = np.asarray(result.test_pred)
+        metrics = _metrics(
+            y, proba, store.classes, probabilistic, self.config["n_boot"], m.seed, y_pred
+        )
         n_test = len(y)
         ext_seconds = float(extraction.get("seconds", 0.0))
         per_image = ext_seconds / extraction["images"] if extraction.get("images") else 0.0
@@ -313,7 +378,7 @@ class PipelineRunner:
             m,
             store.classes,
             metrics,
-            proba.argmax(axis=1),
+            y_pred,
             y,
             result.test_ids,
             val_accuracy=result.val_accuracy,
@@ -452,6 +517,7 @@ class PipelineRunner:
             "head": m.head,
             "mode": m.mode,
             "seed": m.seed,
+            "deterministic": m.deterministic,
             "config_hash": m.config_hash,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "classes": list(classes),
@@ -474,6 +540,22 @@ def skip_summary(skipped: dict[str, str], shown: int = 5) -> dict:
     """What a result row says about the images its method left out: how many, and the first
     few with their reasons."""
     return {"count": len(skipped), "first": dict(list(skipped.items())[:shown])}
+
+
+def _keys(rows: list[dict]) -> set[tuple[str, int, str]]:
+    return {(r["method"], r["seed"], r["config_hash"]) for r in rows}
+
+
+def _interrupted(exc: KeyboardInterrupt, done: int, total: int) -> Interrupted:
+    """The interruption told with how many method runs are done (and what the interrupted
+    step said about its own state, e.g. extraction's chunks)."""
+    stop = Interrupted.from_exception(exc)
+    inner = stop.message.removeprefix("interrupted").strip(" :;")
+    inner = inner.removesuffix("run the same command to resume").strip(" ;")
+    detail = f" ({inner})" if inner else ""
+    return stop.with_message(
+        f"interrupted: {done} of {total} method runs done{detail}; run the same command to resume"
+    )
 
 
 def _plain(value):

@@ -19,27 +19,38 @@ from featpipe.report.results import (
     validate_row,
     write_results,
 )
+from featpipe.report.runplan import PLAN_FILE, PlannedRun, RunPlan, read_plan, write_plan
 
 __all__ = [
+    "PLAN_FILE",
     "RESULTS_FILE",
     "SCHEMA_VERSION",
     "Document",
+    "PlannedRun",
     "ResultsFormatError",
+    "RunPlan",
     "append_result",
     "build_document",
     "ids_sha256",
+    "read_plan",
     "read_results",
     "render_html",
     "render_markdown",
     "validate_row",
+    "write_plan",
     "write_report",
     "write_results",
 ]
 
 
-def write_report(run_dir: str | Path, rows: list[dict] | None = None) -> dict[str, Path]:
-    """Write report.md, plots/*.png and report.html into ``run_dir`` from its results.jsonl
-    (or from ``rows``). Returns the paths written, by name."""
+def write_report(
+    run_dir: str | Path, rows: list[dict] | None = None, plan: RunPlan | None = None
+) -> dict[str, Path]:
+    """Write report.md, plots/*.png and report.html into ``run_dir`` from the rows of its
+    current plan. ``rows`` default to run_dir/results.jsonl and ``plan`` to run_dir/plan.json;
+    rows outside the plan (earlier configurations) are left out. A run folder without a plan
+    (older featpipe) reports the latest row of every method and seed, with a note saying so.
+    Returns the paths written, by name."""
     run_dir = Path(run_dir)
     if rows is None:
         results = run_dir / RESULTS_FILE
@@ -48,7 +59,10 @@ def write_report(run_dir: str | Path, rows: list[dict] | None = None) -> dict[st
                 f"No {RESULTS_FILE} in {run_dir}; pass the folder a `featpipe run` wrote to."
             )
         rows = read_results(results)
-    doc = build_document(rows)
+    if plan is None:
+        plan = read_plan(run_dir)
+    rows, notes = _current(rows, plan)
+    doc = build_document(rows, n_boot=plan.n_boot if plan else 1000, notes=notes)
     plots_dir = run_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -61,3 +75,29 @@ def write_report(run_dir: str | Path, rows: list[dict] | None = None) -> dict[st
     written["report.html"] = run_dir / "report.html"
     written["report.html"].write_text(render_html(doc), encoding="utf-8")
     return written
+
+
+def _current(rows: list[dict], plan: RunPlan | None) -> tuple[list[dict], list[str]]:
+    """The rows a report uses, and the notes that say what it left out."""
+    if plan is None:
+        return rows, [
+            f"Note: this run folder has no {PLAN_FILE} (a run by an older featpipe), so this "
+            f"report shows the latest row of every method and seed in {RESULTS_FILE}, which "
+            "may mix configurations. Run the pipeline again to report only the rows of its "
+            "current configuration."
+        ]
+    current, missing, history = plan.select(rows)
+    notes = []
+    if missing:
+        runs = ", ".join(f"{m.label or m.method} (seed {m.seed})" for m in missing)
+        notes.append(
+            f"Note: {len(missing)} of {len(plan.methods)} method runs of the current "
+            f"configuration have no result yet: {runs}. Run the same `featpipe run` command "
+            "to finish them."
+        )
+    if history:
+        notes.append(
+            f"{RESULTS_FILE} also holds {history} row(s) of earlier configurations, kept as "
+            "history and left out of this report."
+        )
+    return current, notes

@@ -4,6 +4,7 @@ and HTML by ``markdown.py`` and ``html.py`` so that both always say the same thi
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from featpipe.report import plots
@@ -57,14 +58,26 @@ def _mib(x: float | None) -> str:
     return "" if x is None else f"{x / 2**20:.0f}"
 
 
+_SEED_NOTES = (
+    " Deterministic methods have no randomness (a head without a random state, chosen on a "
+    'fixed validation split): they ran once, since seeds do not change them; "identical" '
+    "marks seeds that gave the same predictions."
+)
+
+
 def _top1_cell(s: MethodSummary) -> str:
     agg = s.aggregate["top1"]
     text = f"{100 * agg['mean']:.1f}"
-    if agg["n"] > 1:
+    if agg["n"] > 1 and s.seed_note is None:  # no "± 0.0" for seeds that changed nothing
         text += f" ± {100 * agg['std']:.1f}"
     if s.top1_ci:
         text += f" ({100 * s.top1_ci[0]:.1f}–{100 * s.top1_ci[1]:.1f})"
     return text
+
+
+def _seeds_cell(s: MethodSummary) -> str:
+    seeds = ", ".join(map(str, s.seeds))
+    return f"{seeds} ({s.seed_note})" if s.seed_note else seeds
 
 
 def _mean(s: MethodSummary, metric: str) -> float | None:
@@ -102,7 +115,7 @@ def _results_table(summaries: list[MethodSummary]) -> Table:
         rows.append(
             [
                 s.label,
-                ", ".join(map(str, s.seeds)),
+                _seeds_cell(s),
                 _top1_cell(s),
                 _pct(_mean(s, "top5")),
                 _pct(_mean(s, "balanced_accuracy")),
@@ -162,22 +175,27 @@ def _per_class_table(picks: list[MethodSummary]) -> Table:
     return Table(["class", *(s.label for s in picks)], rows)
 
 
-def build_document(rows: list[dict], n_boot: int = 1000) -> Document:
-    """Everything a report shows, from results rows alone (the latest per method and seed)."""
+def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = ()) -> Document:
+    """Everything a report shows, from the rows of one configuration (see
+    :class:`featpipe.report.runplan.RunPlan`; rows repeating a method and seed: the latest
+    wins). ``n_boot`` resamples go into each paired comparison; ``notes`` open the report."""
     rows = latest_rows(rows)
     summaries = summarize(rows)
     run = rows[0]["run"] if rows else "(empty)"
     if not rows:
-        return Document(f"featpipe report: {run}", [Section("Results", ["No results yet."])])
+        empty = Section("Results", [*notes, "No results yet."])
+        return Document(f"featpipe report: {run}", [empty])
     n_test = rows[0]["metrics"]["n"]
     classes = rows[0]["classes"]
     overview = Section(
         "Results",
         [
+            *notes,
             f"{len(summaries)} methods on {n_test} test images of {len(classes)} classes. "
             "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
             "percentile bootstrap interval over test images; costs are wall seconds on the machine "
-            "named under provenance.",
+            "named under provenance."
+            + (_SEED_NOTES if any(s.seed_note for s in summaries) else ""),
             _results_table(summaries),
         ],
     )
@@ -190,12 +208,23 @@ def build_document(rows: list[dict], n_boot: int = 1000) -> Document:
     sections = [overview]
     paired = comparisons(summaries, n_boot=n_boot)
     if paired:
+        interval = (
+            f"a paired bootstrap 95 % interval ({n_boot} resamples) and McNemar's test; a "
+            "method beats another only when both find the difference"
+            if n_boot
+            else "McNemar's test (no bootstrap interval: n_boot is 0)"
+        )
+        pairs = (
+            "Each fine-tuning mode against each probe"
+            if any(s.kind == "finetune" for s in summaries)
+            else "The probe with the best validation accuracy against each other probe"
+        )
         sections.append(
             Section(
                 "Paired comparisons",
                 [
-                    "Same test images; difference in top-1 points with a paired bootstrap 95 % "
-                    "interval and McNemar's test; cost is total wall seconds.",
+                    f"{pairs}, on the same test images; difference in top-1 points with "
+                    f"{interval}; cost is total wall seconds.",
                     [f"{p.comparison.sentence()} (seed {p.seed})." for p in paired],
                 ],
             )
@@ -241,13 +270,13 @@ def build_document(rows: list[dict], n_boot: int = 1000) -> Document:
                     *(
                         Figure(
                             f"confusion_{s.kind}",
-                            f"Confusion matrix of the best {s.kind}: {s.label} "
-                            f"(seed {s.seeds[0]}).",
+                            f"Confusion matrix of the best {s.kind} by validation accuracy: "
+                            f"{s.label} (seed {s.seeds[0]}).",
                             plots.confusion(s.rows[0]["metrics"]["confusion"], classes, s.label),
                         )
                         for s in picks
                     ),
-                    "Per-class accuracy (%) on test, first seed:",
+                    "Per-class accuracy (%) on test, first seed, of the methods chosen above:",
                     _per_class_table(picks),
                 ],
             )

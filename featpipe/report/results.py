@@ -13,9 +13,15 @@ and plots from the rows alone. Fields (``?``: may be null):
 - ``layer`` (str?), ``head`` (str?): feature layer and head name (probes: logreg, linear_svm,
   rbf_svm, mlp, knn).
 - ``mode`` (str?): fine-tuning mode (full, lpft, bn, head, partial:N).
-- ``seed`` (int): seed of the head search or of the fine-tuning.
+- ``seed`` (int): seed of the head search (CV folds and the head's random state) or of the
+  fine-tuning.
+- ``deterministic`` (bool, optional; false when absent): the seed changes nothing for this
+  method (a head without randomness, chosen on a fixed validation split), so a run holds one
+  row for it, with its first seed.
 - ``config_hash`` (str): hash of the data fingerprint and of the settings this method depends
-  on; a re-run skips a (method, seed, config_hash) already present.
+  on; a re-run skips a (method, seed, config_hash) already present. Reports use only the rows
+  of the run's current plan (``plan.json``, see :mod:`featpipe.report.runplan`); rows of
+  earlier configurations stay in the file as history.
 - ``created`` (str): ISO 8601 UTC time the row was written.
 - ``classes`` (list of str): class names; every label below indexes this list.
 - ``metrics`` (object): ``featpipe.evaluate.compute_metrics`` on the test split: ``n``,
@@ -40,6 +46,10 @@ and plots from the rows alone. Fields (``?``: may be null):
 - ``provenance`` (object): ``backbone`` ({spec, weights_sha256, preprocessing}), ``source``
   ({description, fingerprint}), ``store`` ({path, key}?), ``image_size``?, ``versions``
   ({python, featpipe, torch, ...}), ``device``.
+
+``metrics``, ``test.y_pred`` and the confusion matrix come from the method's own predictions
+(a head's ``predict``); the probabilities (for SVMs a softmax of the decision function) give only
+top-5, log loss and ECE.
 
 Rows are appended and fsync'ed one at a time, so an interrupted run leaves at most one partial
 last line; :func:`read_results` with ``repair=True`` drops it so the run can resume.
@@ -110,6 +120,8 @@ COST_FIELDS: dict[str, tuple[type, ...]] = {
     "peak_device_bytes": (int, type(None)),
     "trainable_params": (int, type(None)),
 }
+# Fields a row may lack (rows written by older versions): checked only when present.
+OPTIONAL_ROW_FIELDS: dict[str, tuple[type, ...]] = {"deterministic": (bool,)}
 TEST_FIELDS: dict[str, tuple[type, ...]] = {
     "ids_sha256": (str,),
     "y_true": (list,),
@@ -126,9 +138,13 @@ def ids_sha256(ids: Iterable[str]) -> str:
     return hashlib.sha256("\x1e".join(ids).encode()).hexdigest()
 
 
-def _check_fields(obj: dict, fields: dict[str, tuple[type, ...]], where: str) -> None:
+def _check_fields(
+    obj: dict, fields: dict[str, tuple[type, ...]], where: str, optional: bool = False
+) -> None:
     for name, types in fields.items():
         if name not in obj:
+            if optional:
+                continue
             raise ResultsFormatError(f"{where}: missing field {name!r}.")
         value = obj[name]
         # bool is an int subclass; only fields that ask for bool accept it.
@@ -151,6 +167,7 @@ def validate_row(row: dict, where: str = "row") -> None:
             f"{SCHEMA_VERSION}); rebuild the run with this version of featpipe."
         )
     _check_fields(row, ROW_FIELDS, where)
+    _check_fields(row, OPTIONAL_ROW_FIELDS, where, optional=True)
     if row["kind"] not in KINDS:
         raise ResultsFormatError(f"{where}: kind {row['kind']!r} is not one of {KINDS}.")
     _check_fields(row["metrics"], METRIC_FIELDS, f"{where} metrics")
@@ -223,9 +240,13 @@ def write_results(path: str | Path, rows: Sequence[dict]) -> None:
     """Rewrite a results file with ``rows`` (validated), replacing it atomically."""
     for row in rows:
         validate_row(row, f"row for {row.get('method', '?')!r}")
+    write_text_atomic(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place, so that
+    a kill leaves the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(
-        "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows), encoding="utf-8"
-    )
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

@@ -53,6 +53,21 @@ class MethodSummary:
     def params(self) -> dict:
         return self.rows[0]["params"]
 
+    @property
+    def val_accuracy(self) -> float | None:
+        """Mean validation accuracy over seeds (None when no seed has one)."""
+        values = [r["val_accuracy"] for r in self.rows if r.get("val_accuracy") is not None]
+        return float(np.mean(values)) if values else None
+
+    @property
+    def seed_note(self) -> str | None:
+        """Why the seeds show no spread: "deterministic" (the method has no randomness and
+        ran once), "identical" (several seeds gave the same predictions), or None."""
+        if all(r.get("deterministic") for r in self.rows):
+            return "deterministic"
+        preds = {tuple(r["test"]["y_pred"]) for r in self.rows}
+        return "identical" if len(self.rows) > 1 and len(preds) == 1 else None
+
 
 def latest_rows(rows: list[dict]) -> list[dict]:
     """One row per (method, seed): the last one written, since a re-run with changed settings
@@ -85,9 +100,11 @@ def summarize(rows: list[dict]) -> list[MethodSummary]:
 
 
 def best(summaries: list[MethodSummary], kind: str) -> MethodSummary | None:
-    """The method of one kind with the highest mean top-1."""
-    candidates = [s for s in summaries if s.kind == kind]
-    return max(candidates, key=lambda s: s.top1) if candidates else None
+    """The method of one kind with the highest mean validation accuracy: test accuracy never
+    chooses (it is read once, for the methods chosen). Ties go to the method that comes first
+    in the report (run order). None when no method of that kind has a validation score."""
+    candidates = [s for s in summaries if s.kind == kind and s.val_accuracy is not None]
+    return max(candidates, key=lambda s: s.val_accuracy) if candidates else None
 
 
 def _correct(row: dict) -> np.ndarray:

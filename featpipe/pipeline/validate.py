@@ -1,0 +1,118 @@
+"""Check a whole pipeline before any compute: a bad value fails in seconds, not after an hour
+of extraction, and leaves no store behind.
+
+The schema (config.py) checks types and names; this module checks what only the libraries
+know: each grid value against its head (by fitting the head on a few random rows, which runs
+scikit-learn's own parameter validation), each backbone spec, layer and pooling (by building
+the backbone and running one dummy image through it), and each fine-tuning mode and setting
+against its backbone.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
+
+# A dry fit: enough rows for every head (3 classes, room for CV-free selection), tiny enough
+# to cost milliseconds.
+_DRY_ROWS, _DRY_DIM, _DRY_CLASSES = 30, 6, 3
+
+
+def check_grids(config: dict) -> None:
+    """Every value of every ``probes.grids`` entry is a valid setting of its head: each one is
+    set on a fresh head, alone, and fitted on random rows. Raises ConfigError naming the key."""
+    from sklearn.base import clone
+
+    from featpipe.heads.registry import make_head
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(_DRY_ROWS, _DRY_DIM))
+    y = np.arange(_DRY_ROWS) % _DRY_CLASSES
+    for name, grid in config["probes"]["grids"].items():
+        if name not in config["probes"]["heads"]:
+            continue
+        head = make_head(name)
+        valid = head.get_params(deep=False)
+        if "device" in valid:  # a dry fit needs no accelerator
+            head.set_params(device="cpu")
+        for param, values in grid.items():
+            where = f"probes.grids.{name}.{param}"
+            if param not in valid:
+                raise ConfigError(
+                    f"{where}: head {name!r} has no parameter {param!r}."
+                    f"{did_you_mean(param, valid)} Valid: {', '.join(sorted(valid))}."
+                )
+            for i, value in enumerate(values):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # convergence on random rows
+                        clone(head).set_params(**{param: value}).fit(X, y)
+                except Exception as exc:  # the estimator's own validation, whatever its type
+                    raise ConfigError(
+                        f"{where}[{i}] = {value!r} is not a valid setting of head {name!r}: {exc}"
+                    ) from exc
+
+
+def check_models(config: dict) -> None:
+    """Every backbone builds at its image size, every feature layer exists and pools (one
+    dummy image through the model), every fine-tuning mode fits its backbone and every
+    fine-tuning setting is valid. Raises ConfigError naming the key."""
+    from featpipe.backbones import get_backbone
+
+    features, finetune = config["features"], config["finetune"]
+    built = {}
+    tuned = finetune["backbones"] if finetune["modes"] else []
+    for key, specs in (("features", features["backbones"]), ("finetune", tuned)):
+        for i, spec in enumerate(specs):
+            if spec not in built:
+                try:
+                    built[spec] = get_backbone(spec)
+                except FeaturePipeError as exc:
+                    raise ConfigError(f"{key}.backbones[{i}]: {exc}") from None
+    for spec in features["backbones"]:
+        _check_layers(built[spec], features["image_size"], features["layers"])
+    for spec in tuned:
+        for i, mode in enumerate(finetune["modes"]):
+            _check_finetune(built[spec], mode, finetune, f"finetune.modes[{i}]")
+
+
+def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:
+    import torch
+
+    from featpipe.extract.loop import probe_layers
+
+    try:
+        sized = backbone.at_size(image_size)
+    except FeaturePipeError as exc:
+        raise ConfigError(f"features.image_size: {exc}") from None
+    try:
+        model = sized.features(layers)
+    except FeaturePipeError as exc:
+        raise ConfigError(f"features.layers of {backbone.spec}: {exc}") from None
+    crop = sized.preprocessing.crop
+    try:
+        probe_layers(model, crop, torch.device("cpu"))
+    except (FeaturePipeError, RuntimeError) as exc:  # a pooling or a size the model refuses
+        raise ConfigError(
+            f"features.layers of {backbone.spec}: a dummy {crop}×{crop} image through the "
+            f"model failed: {exc}"
+        ) from None
+    finally:
+        model.remove()
+
+
+def _check_finetune(backbone, mode: str, settings: dict, where: str) -> None:
+    from featpipe.finetune import FineTuner
+    from featpipe.finetune.freezing import Mode, freeze
+
+    options = {k: v for k, v in settings.items() if k not in ("modes", "backbones")}
+    try:
+        FineTuner(backbone.spec, mode=mode, **options)._check_params()
+        backbone.at_size(options["image_size"])
+        # The mode against the backbone's stages (partial:N beyond them); the model is ours.
+        freeze(backbone.model, Mode.parse(mode), backbone.stages, backbone.classifier or "")
+    except FeaturePipeError as exc:
+        raise ConfigError(f"{where} ({mode!r} on {backbone.spec}): {exc}") from None
