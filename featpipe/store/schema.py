@@ -60,9 +60,11 @@ SAMPLES_SPLIT = "samples/split"
 CLASSES = "classes"
 FEATURES = "features"
 CHUNK_DONE = "progress/chunk_done"
+CHUNK_SECONDS = "progress/chunk_seconds"
+CHUNK_RUN = "progress/chunk_run"
 
 # Root attributes stored as JSON text (decoded by the reader).
-JSON_ATTRS = ("backbone", "preprocessing", "source", "layers", "versions", "extraction")
+JSON_ATTRS = ("backbone", "preprocessing", "source", "layers", "versions", "extraction", "compute")
 
 
 def encode_attr(value: Any) -> Any:
