@@ -23,6 +23,7 @@ from extract_child import LAYERS, NoiseSource, chunks_done, read_features, wait_
 from filelock import FileLock
 
 from featpipe.backbones import get_backbone
+from featpipe.cli import main
 from featpipe.errors import (
     ImageReadError,
     NonFiniteFeaturesError,
@@ -251,12 +252,17 @@ def _foreign_hdf5(path: Path) -> None:
     [(_truncated_store, "the file is truncated"), (_foreign_hdf5, "but not a featpipe store")],
     ids=["truncated", "foreign-hdf5"],
 )
-def test_a_damaged_file_at_out_is_refused_clearly_and_overwrite_replaces_it(tmp_path, make, reason):
+def test_a_damaged_file_at_out_is_refused_clearly_and_overwrite_replaces_it(
+    tmp_path, make, reason, capsys
+):
     out = tmp_path / "s.h5"
     make(out)
     with pytest.raises(UnreadableStoreError, match=reason) as err:
         extract(NoiseSource(12), "toy", ["pooled"], out=out, **FAST)
     assert "--overwrite" in str(err.value)
+    assert main(["info", str(out)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"featpipe info: error: {err.value}"
     store = extract(NoiseSource(12), "toy", ["pooled"], out=out, overwrite=True, **FAST)
     assert store.complete
 

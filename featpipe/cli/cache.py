@@ -45,26 +45,24 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
-    q = sub.add_parser(
+    _action(
+        sub,
         "list",
+        run_list,
+        LIST_EPILOG,
         help="each store's source, backbone, layers, rows, state, size and age",
         description="Each store's source, backbone, layers, rows, state, size and age, and\n"
         "leftover files.",
-        epilog=LIST_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    q.add_argument("dir", nargs="?", default=DEFAULT_DIR, metavar="DIR", help=_dir_help())
-    q.set_defaults(func=run_list)
-
-    r = sub.add_parser(
+    r = _action(
+        sub,
         "prune",
+        run_prune,
+        PRUNE_EPILOG,
         help="delete leftover files and, when asked, unfinished or old stores",
         description="Delete leftover files (always) and the stores chosen by --incomplete,\n"
         "--older-than or --all. Stores in use by another process are never touched.",
-        epilog=PRUNE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("dir", nargs="?", default=DEFAULT_DIR, metavar="DIR", help=_dir_help())
     r.add_argument(
         "--incomplete",
         action="store_true",
@@ -79,11 +77,22 @@ def register(subparsers) -> None:
     )
     r.add_argument("--all", action="store_true", help="delete every store not in use")
     r.add_argument("--yes", "-y", action="store_true", help="do not ask before deleting")
-    r.set_defaults(func=run_prune)
 
 
-def _dir_help() -> str:
-    return f"cache folder (default: {DEFAULT_DIR})"
+def _action(sub, name: str, func, epilog: str, **text) -> argparse.ArgumentParser:
+    """One ``featpipe cache`` action, with its DIR argument."""
+    p = sub.add_parser(
+        name, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, **text
+    )
+    p.add_argument(
+        "dir",
+        nargs="?",
+        default=DEFAULT_DIR,
+        metavar="DIR",
+        help=f"cache folder (default: {DEFAULT_DIR})",
+    )
+    p.set_defaults(func=func)
+    return p
 
 
 def _age(days: float) -> str:
