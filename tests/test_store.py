@@ -21,7 +21,7 @@ from featpipe.errors import (
     UnreadableStoreError,
 )
 from featpipe.store import FeatureStore, StoreWriter, store_filename, store_key
-from featpipe.store.lock import lock_path, owner_path
+from featpipe.store.lock import StoreLock, lock_path, owner_path
 
 SPLITS = ["train"] * 6 + ["val"] * 2 + ["test"] * 3
 
@@ -370,3 +370,13 @@ def test_store_key_depends_on_precision_and_decode_path():
     }
     assert len(keys) == 4
     assert store_key(**BASE, compute=cpu) == store_key(**BASE, compute=dict(reversed(cpu.items())))
+
+
+def test_a_folder_where_the_lock_cannot_be_made_is_one_clear_error(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    lock = StoreLock(tmp_path / "s.h5")
+    with pytest.raises(StoreWriteError, match=r"Cannot lock .*s\.h5 for writing \(Permission"):
+        lock.__enter__()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from featpipe.errors import StoreInUseError
+from featpipe.errors import StoreInUseError, StoreWriteError
 
 LOCK_SUFFIX = ".lock"
 OWNER_SUFFIX = ".lock.json"
@@ -101,11 +101,16 @@ class StoreLock:
         self._lock = FileLock(str(lock_path(self.store)))
 
     def __enter__(self) -> StoreLock:
-        self.store.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.store.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire(timeout=0)
         except Timeout:
             self._wait()
+        except OSError as exc:  # e.g. a read-only folder
+            raise StoreWriteError(
+                f"Cannot lock {self.store} for writing ({exc.strerror or exc}): write the store "
+                "to a folder you can write to (--cache-dir or --out)."
+            ) from exc
         self._write_owner()
         _HELD.add(str(self.store.resolve()))
         return self
