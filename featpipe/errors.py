@@ -46,6 +46,23 @@ class IncompleteStoreError(FeaturePipeError, RuntimeError):
     """A feature store has chunks that are not written yet."""
 
 
+class UnreadableStoreError(StoreMismatchError):
+    """A file at a store's path cannot be read as a featpipe store (truncated, damaged, a
+    foreign HDF5 file or not HDF5 at all)."""
+
+
+class StoreInUseError(FeaturePipeError, RuntimeError):
+    """Another process holds a feature store's lock (it is being written)."""
+
+
+class StoreWriteError(FeaturePipeError, OSError):
+    """Writing a feature store failed (full disk, I/O error); finished chunks stay valid."""
+
+
+class NonFiniteFeaturesError(FeaturePipeError, ArithmeticError):
+    """Features are NaN or infinite once converted to the store's dtype (float16 overflow)."""
+
+
 class HeadMismatchError(FeaturePipeError, ValueError):
     """A fitted head is applied to features from another backbone, layer or class list."""
 

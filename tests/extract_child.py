@@ -1,14 +1,18 @@
 """Run one extraction in a subprocess (the kill-and-resume test kills it mid-run).
 
     python extract_child.py OUT N_IMAGES ROWS_PER_CHUNK SECONDS_PER_IMAGE
+    python extract_child.py cli ARG...      # `featpipe ARG...`, with a built-in `noise` source
 
-Prints the extraction stats as JSON when it finishes. Also defines ``NoiseSource``, the tiny
-synthetic image source the extraction tests share.
+The first form prints the extraction stats as JSON when it finishes. The second runs the real
+command line (its messages, exit codes and signal handling), with the `toy` backbone and a
+built-in dataset `noise`: ``NoiseSource(**json.loads($NOISE))``. Also defines
+``NoiseSource``, the tiny synthetic image source the extraction tests share.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -28,8 +32,9 @@ class NoiseSource(ImageSource):
     """``n`` seeded random RGB images of ``size`` pixels, 3 classes, splits train/val/test.
 
     ``delay`` seconds of sleep per image make a run slow enough to kill; ``fail_at`` makes
-    that row fail to decode. Neither changes the fingerprint (they model a slow disk and a
-    transient read error)."""
+    that row fail to decode; loading row ``fill_disk_at`` fills the disk of the folder
+    ``fill_disk`` with a file ``filler``. None of them changes the fingerprint (they model a
+    slow disk, a transient read error and another program taking the disk)."""
 
     def __init__(
         self,
@@ -38,6 +43,8 @@ class NoiseSource(ImageSource):
         seed: int = 0,
         delay: float = 0.0,
         fail_at: int | None = None,
+        fill_disk_at: int | None = None,
+        fill_disk: str | None = None,
     ):
         rng = np.random.default_rng(seed)
         self.pixels = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
@@ -47,10 +54,14 @@ class NoiseSource(ImageSource):
         self.splits = np.array([0, 0, 0, 1, 2, 0][:n] * (n // 6 + 1), dtype=np.uint8)[:n]
         self.delay = delay
         self.fail_at = fail_at
+        self.fill_disk_at = fill_disk_at
+        self.fill_disk = fill_disk
 
     def load(self, index: int) -> Image.Image:
         if self.delay:
             time.sleep(self.delay)
+        if index == self.fill_disk_at:
+            fill_disk(Path(self.fill_disk))
         if index == self.fail_at:
             raise ImageReadError(f"Cannot read image 'noise/{self.ids[index]}.jpg': broken")
         return Image.fromarray(self.pixels[index])
@@ -60,6 +71,46 @@ class NoiseSource(ImageSource):
 
     def describe(self) -> dict:
         return {"kind": "NoiseSource", "name": "noise"}
+
+
+def read_features(path: str | Path) -> dict[str, np.ndarray]:
+    """Every layer's stored features, read with plain h5py."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {name: ds[:] for name, ds in f["features"].items()}
+
+
+def chunks_done(path: str | Path) -> int:
+    """Finished chunks of a store another process is writing (0 while it cannot be read)."""
+    import h5py
+
+    try:  # the writer holds the file open: read without HDF5 file locking
+        with h5py.File(path, "r", locking=False) as f:
+            return int(f["progress/chunk_done"][:].sum())
+    except (OSError, KeyError):
+        return 0
+
+
+def wait_for_chunks(path: str | Path, n: int, process, seconds: float = 60) -> int:
+    """Wait until ``process`` has finished ``n`` chunks of the store at ``path``."""
+    deadline = time.monotonic() + seconds
+    done = 0
+    while time.monotonic() < deadline and process.poll() is None and done < n:
+        time.sleep(0.05)
+        done = chunks_done(path)
+    return done
+
+
+def fill_disk(folder: Path) -> None:
+    """Take every free byte of the file system of ``folder`` with ``folder/filler``."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        for size in (1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                continue
 
 
 LAYERS = ["stem:max", "stage1:grid:2", "stage2:avgmax", "pooled", "logits"]
@@ -82,5 +133,18 @@ def main(out: str, n: int, rows: int, delay: float) -> None:
     print(json.dumps(store.extraction), flush=True)
 
 
+def cli(argv: list[str]) -> int:
+    from featpipe.cli import main as featpipe_main
+    from featpipe.data.builtin import register_builtin_source
+
+    @register_builtin_source("noise")
+    def noise(*, seed: int = 0) -> NoiseSource:
+        return NoiseSource(**{"seed": seed, **json.loads(os.environ.get("NOISE", "{}"))})
+
+    return featpipe_main(argv)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "cli":
+        sys.exit(cli(sys.argv[2:]))
     main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))

@@ -9,14 +9,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
-from extract_child import LAYERS, NoiseSource
+from extract_child import LAYERS, NoiseSource, read_features, wait_for_chunks
 
 from featpipe.backbones import get_backbone
 from featpipe.errors import (
@@ -33,11 +31,6 @@ from featpipe.store import FeatureStore
 
 CHILD = Path(__file__).with_name("extract_child.py")
 FAST = dict(workers=0, device="cpu", progress=False, batch_size=5)
-
-
-def _read_all(path: Path) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return {name: ds[:] for name, ds in f["features"].items()}
 
 
 def test_several_layers_with_different_poolings_in_one_pass(tmp_path):
@@ -172,7 +165,7 @@ def test_resume_writes_only_missing_chunks_and_matches_a_full_run(tmp_path):
     full = extract(
         NoiseSource(23), "toy", LAYERS, out=tmp_path / "full.h5", dtype="float32", **FAST
     )
-    a, b = _read_all(out), _read_all(full.path)
+    a, b = read_features(out), read_features(full.path)
     assert all(np.array_equal(a[k], b[k]) for k in LAYERS)
 
 
@@ -181,18 +174,8 @@ def test_kill_and_resume_matches_an_uninterrupted_run_bitwise(tmp_path):
     out, n, rows = tmp_path / "killed.h5", 300, 10
     cmd = [sys.executable, str(CHILD), str(out), str(n), str(rows)]
     child = subprocess.Popen([*cmd, "0.01"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    done = 0
-    deadline = time.monotonic() + 60
     try:
-        while time.monotonic() < deadline and child.poll() is None:
-            time.sleep(0.05)
-            try:  # the writer holds the file open: read without HDF5 file locking
-                with h5py.File(out, "r", locking=False) as f:
-                    done = int(f["progress/chunk_done"][:].sum())
-            except (OSError, KeyError):
-                continue
-            if done >= 4:
-                break
+        done = wait_for_chunks(out, 4, child)
         assert child.poll() is None, "the child finished before it could be killed"
         os.kill(child.pid, signal.SIGKILL)
     finally:
@@ -200,7 +183,8 @@ def test_kill_and_resume_matches_an_uninterrupted_run_bitwise(tmp_path):
         child.communicate()
     assert 4 <= done < n // rows
     killed = FeatureStore(out)
-    assert not killed.complete and 4 <= killed.chunk_done().sum() < n // rows
+    killed_done = int(killed.chunk_done().sum())
+    assert not killed.complete and 4 <= killed_done < n // rows
     with pytest.raises(IncompleteStoreError):
         killed.arrays("pooled")
 
@@ -217,10 +201,16 @@ def test_kill_and_resume_matches_an_uninterrupted_run_bitwise(tmp_path):
         dtype="float32",
         **{**FAST, "batch_size": rows},
     )
-    a, b = _read_all(out), _read_all(reference.path)
+    a, b = read_features(out), read_features(reference.path)
     assert set(a) == set(LAYERS)
     assert all(np.array_equal(a[k], b[k]) for k in LAYERS)
     assert FeatureStore(out).complete
+    # the store's cost is both runs: the killed one up to its last chunk, and the rerun
+    extraction = FeatureStore(out).attrs["extraction"]
+    killed_run, rerun_run = extraction["runs"]
+    assert killed_run["chunks"] == killed_done and extraction["images"] == n
+    assert rerun_run["chunks"] == stats["computed_chunks"]
+    assert extraction["seconds"] == pytest.approx(killed_run["seconds"] + rerun_run["seconds"])
 
 
 def test_unknown_layer_fails_before_any_file_is_written(tmp_path):

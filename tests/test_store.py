@@ -1,18 +1,28 @@
-"""The HDF5 feature store: layout, round trips, incomplete stores, keys."""
+"""The HDF5 feature store: layout, round trips, incomplete stores, keys, failed writes,
+damaged files."""
 
 from __future__ import annotations
+
+import errno
+import json
 
 import h5py
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from featpipe.errors import (
     ConfigError,
     IncompleteStoreError,
+    NonFiniteFeaturesError,
+    StoreInUseError,
     StoreMismatchError,
+    StoreWriteError,
     UnknownNameError,
+    UnreadableStoreError,
 )
 from featpipe.store import FeatureStore, StoreWriter, store_filename, store_key
+from featpipe.store.lock import StoreLock, lock_path, owner_path
 
 SPLITS = ["train"] * 6 + ["val"] * 2 + ["test"] * 3
 
@@ -285,3 +295,181 @@ def test_store_key_is_stable_and_ignores_layer_order():
 def test_store_filename_is_readable():
     name = store_filename("pets", "timm:convnext_tiny@/some/dir/w.pth", "0123456789abcdef")
     assert name == "pets-timm_convnext_tiny-0123456789abcdef.h5"
+
+
+# -- writing safely --------------------------------------------------------------------------
+
+
+def test_a_chunks_flag_is_flushed_only_after_its_rows(tmp_path):
+    x = _partial_store(tmp_path / "p.h5", done_chunks=())
+    flags_at_flush = []
+    with StoreWriter.open(tmp_path / "p.h5") as w:
+        flush = w._file.flush
+
+        def recording_flush():
+            flags_at_flush.append(bool(w._file["progress/chunk_done"][1]))
+            flush()
+
+        w._file.flush = recording_flush
+        w.write_chunk(1, {"pooled": x[3:6]})
+    # rows first (flag still clear when they are flushed), then the flag
+    assert flags_at_flush == [False, True]
+
+
+def test_a_failed_write_leaves_the_flag_clear_and_says_what_is_safe(tmp_path):
+    x = _partial_store(tmp_path / "p.h5", done_chunks=(0,))
+    with StoreWriter.open(tmp_path / "p.h5") as w:
+        flush = w._file.flush
+
+        def full_disk():
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        w._file.flush = full_disk
+        with pytest.raises(StoreWriteError) as err:
+            w.write_chunk(1, {"pooled": x[3:6]})
+        w._file.flush = flush
+    message = str(err.value)
+    assert str(tmp_path / "p.h5") in message and "no space left on device" in message
+    assert "1 of 4 chunks are written and safe" in message and "\n" not in message
+    assert err.value.errno == errno.ENOSPC
+    assert FeatureStore(tmp_path / "p.h5").chunk_done().tolist() == [True, False, False, False]
+
+
+def test_rewriting_a_done_chunk_clears_its_flag_first(tmp_path):
+    x = _partial_store(tmp_path / "p.h5", done_chunks=(0,))
+    with StoreWriter.open(tmp_path / "p.h5") as w:
+        writes = []
+        w._file.flush = lambda: writes.append(bool(w._file["progress/chunk_done"][0]))
+        w.write_chunk(0, {"pooled": x[0:3]})
+    assert writes == [False, False, True]
+
+
+def test_a_store_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr("featpipe.store.files.free_bytes", lambda folder: 300 * 1024)
+    with pytest.raises(StoreWriteError, match=r"needs 4\d\d\.\d KiB and 300\.0 KiB is free"):
+        StoreWriter.create(
+            tmp_path / "big.h5",
+            ids=[str(i) for i in range(100)],
+            labels=np.zeros(100),
+            splits=np.zeros(100),
+            classes=["a"],
+            layers={"pooled": (512, "none")},
+            dtype="float32",
+            rows_per_chunk=10,
+            attrs={},
+        )
+    assert not list(tmp_path.iterdir())
+
+
+def test_resuming_checks_the_space_its_unfinished_chunks_need(tmp_path, monkeypatch):
+    _partial_store(tmp_path / "p.h5", done_chunks=(0,))
+    monkeypatch.setattr("featpipe.store.files.free_bytes", lambda folder: 1000)
+    with pytest.raises(StoreWriteError, match="writing its 3 unfinished chunks needs"):
+        StoreWriter.open(tmp_path / "p.h5")
+
+
+@pytest.mark.parametrize(
+    "value, dtype, match",
+    [
+        (1e5, "float16", r"float16 holds magnitudes up to 65504.*--dtype float32"),
+        (np.inf, "float32", "produced inf"),
+        (np.nan, "float16", "produced NaN"),
+    ],
+)
+def test_features_that_are_not_finite_are_refused_naming_the_layer(tmp_path, value, dtype, match):
+    feats = _features()
+    feats["stage1:grid:2"][4, 3] = value
+    with pytest.raises(NonFiniteFeaturesError, match=match) as err:
+        FeatureStore.from_arrays(tmp_path / "s.h5", feats, [0] * 11, SPLITS, ["a"], dtype=dtype)
+    assert "'stage1:grid:2'" in str(err.value) and "rows 4 to 4" in str(err.value)
+    assert "--dtype float32" not in str(err.value) or value == 1e5
+    assert not FeatureStore(tmp_path / "s.h5").chunk_done().any()
+
+
+def test_cost_sums_every_run_that_wrote_chunks(tmp_path):
+    x = _partial_store(tmp_path / "p.h5", done_chunks=(0, 2))
+    with StoreWriter.open(tmp_path / "p.h5") as w:
+        w.write_chunk(1, {"pooled": x[3:6]}, seconds=2.5)
+        w.write_chunk(3, {"pooled": x[9:10]}, seconds=0.5)
+        w.finish({"device": "cpu"})
+    extraction = FeatureStore(tmp_path / "p.h5").attrs["extraction"]
+    first, second = extraction["runs"]
+    assert first["images"] == 6 and first["chunks"] == 2  # chunks 0 and 2 (3 rows each)
+    assert second == {**second, "images": 4, "chunks": 2, "seconds": 3.0}
+    assert extraction["images"] == 10 and extraction["device"] == "cpu"
+    assert extraction["seconds"] == pytest.approx(first["seconds"] + 3.0, abs=1e-3)
+
+
+# -- damaged files ---------------------------------------------------------------------------
+
+
+def _truncated(path):
+    FeatureStore.from_arrays(path, _features(200), [0] * 200, [0] * 200, ["a"])
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _foreign(path):
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(3)
+
+
+def _not_hdf5(path):
+    path.write_text("not an HDF5 file")
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (_truncated, "the file is truncated"),
+        (_foreign, "it is an HDF5 file but not a featpipe store"),
+        (_not_hdf5, "it is not an HDF5 file"),
+    ],
+    ids=["truncated", "foreign-hdf5", "not-hdf5"],
+)
+def test_a_damaged_or_foreign_file_gives_one_clear_error(tmp_path, make, reason):
+    path = tmp_path / "s.h5"
+    make(path)
+    with pytest.raises(UnreadableStoreError) as err:
+        FeatureStore(path)
+    message = str(err.value)
+    assert message.startswith(f"{path} is not a readable featpipe store: {reason}")
+    assert "--overwrite" in message and "\n" not in message
+
+
+def test_a_store_whose_lock_is_held_is_in_use_not_damaged(tmp_path):
+    path = tmp_path / "s.h5"
+    _truncated(path)  # e.g. a store another process is still creating
+    held = FileLock(str(lock_path(path)))
+    held.acquire()
+    try:
+        owner_path(path).write_text(json.dumps({"pid": 4242, "host": "elsewhere"}))
+        with pytest.raises(StoreInUseError) as err:
+            FeatureStore(path)
+    finally:
+        held.release()
+    assert "in use by pid 4242 on host elsewhere" in str(err.value)
+    assert "overwrite" not in str(err.value)
+
+
+def test_store_key_depends_on_precision_and_decode_path():
+    cpu = {"precision": "fp32", "decode": "pil"}
+    cuda = {"precision": "bf16", "decode": "nvjpeg"}
+    keys = {
+        store_key(**BASE, compute=cpu),
+        store_key(**BASE, compute=cuda),
+        store_key(**BASE, compute={**cpu, "precision": "bf16"}),
+        store_key(**BASE, compute={**cpu, "decode": "nvjpeg"}),
+    }
+    assert len(keys) == 4
+    assert store_key(**BASE, compute=cpu) == store_key(**BASE, compute=dict(reversed(cpu.items())))
+
+
+def test_a_folder_where_the_lock_cannot_be_made_is_one_clear_error(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    lock = StoreLock(tmp_path / "s.h5")
+    with pytest.raises(StoreWriteError, match=r"Cannot lock .*s\.h5 for writing \(Permission"):
+        lock.__enter__()

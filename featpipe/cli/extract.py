@@ -7,6 +7,7 @@ import json
 
 from featpipe.cli.options import add_image_size_option, add_limit_options, apply_limits
 from featpipe.data.unreadable import ON_ERROR
+from featpipe.store.files import format_bytes
 
 EXTRACT_EPILOG = """\
 examples:
@@ -17,7 +18,9 @@ examples:
   featpipe extract cifar10/ --limit-train 5000 --limit-test 1000 --image-size 128 --out c10.h5
 
 The same inputs reuse the cached store without computing anything; an interrupted run
-resumes where it stopped when started again with the same arguments.
+(Ctrl-C, SIGTERM, a kill, a full disk) resumes where it stopped when started again with the
+same arguments. Two runs writing one store take turns: the second waits for the first (or
+for --lock-timeout seconds) and then reuses its store. `featpipe cache list` shows the stores.
 """
 
 INFO_EPILOG = """\
@@ -115,6 +118,14 @@ def register(subparsers) -> None:
         action="store_true",
         help="run the model through torch.compile (pays off on long GPU runs)",
     )
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="when another process is writing the same store, wait at most this long for it "
+        "(default: wait until it finishes, then reuse its store)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_extract)
 
@@ -141,14 +152,6 @@ def _open_source(args: argparse.Namespace):
     return apply_limits(open_source(args.source, **options), args, seed=args.seed or 0)
 
 
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def run_extract(args: argparse.Namespace) -> int:
     from featpipe.extract import extract
 
@@ -169,6 +172,7 @@ def run_extract(args: argparse.Namespace) -> int:
         hash_contents=args.hash_contents,
         torch_compile=args.compile,
         on_error=args.on_error,
+        lock_timeout=args.lock_timeout,
     )
     s = store.extraction
     if s["reused"]:
@@ -214,6 +218,7 @@ def run_info(args: argparse.Namespace) -> int:
         f"preprocess  {json.dumps(info['preprocessing'], sort_keys=True)}",
         f"source      {json.dumps(info['source'], sort_keys=True)}",
         f"fingerprint {info['source_fingerprint']}",
+        "compute     " + _compute_text(info.get("compute")),
         f"created     {info['created']} with featpipe {info['featpipe_version']}",
         "versions    " + ", ".join(f"{k} {v}" for k, v in sorted((info["versions"] or {}).items())),
         f"samples     {info['samples']} in {len(info['classes'])} classes; splits "
@@ -230,9 +235,17 @@ def run_info(args: argparse.Namespace) -> int:
         )
     if info.get("extraction"):
         e = info["extraction"]
+        runs = len(e.get("runs") or [1])
         lines.append(
             f"extraction  {e.get('images')} images in {e.get('seconds')} s "
             f"({e.get('images_per_s')} images/s) on {e.get('device')}"
+            + (f", over {runs} runs" if runs > 1 else "")
         )
     print("\n".join(lines))
     return 0
+
+
+def _compute_text(compute: dict | None) -> str:
+    if not compute:
+        return "not recorded (made before featpipe recorded precision and decode path)"
+    return ", ".join(f"{k} {v}" for k, v in sorted(compute.items()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,12 +10,19 @@ import torch
 from featpipe.backbones import Backbone, LayerSpec, get_backbone
 from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import check_on_error
-from featpipe.device import resolve_device, torch_threads
+from featpipe.device import on_device, resolve_device, torch_threads
 from featpipe.errors import ConfigError, ImageReadError
 from featpipe.extract.datapath import get_data_path
-from featpipe.extract.loop import default_workers, prepare_model, probe_layers, run_chunks
-from featpipe.extract.target import Action, Request, plan
+from featpipe.extract.loop import (
+    compute_identity,
+    default_workers,
+    prepare_model,
+    probe_layers,
+    run_chunks,
+)
+from featpipe.extract.target import Action, Request, plan, reusable
 from featpipe.store import FeatureStore, StoreWriter, store_filename
+from featpipe.store.lock import StoreLock
 from featpipe.store.schema import DTYPES
 
 NOTHING_COMPUTED = {
@@ -40,13 +46,22 @@ def source_name(source: ImageSource) -> str:
     return str(desc.get("kind", type(source).__name__))
 
 
-def _check_options(dtype: str, batch_size: int, workers: int | None) -> None:
+def _check_options(
+    dtype: str, batch_size: int, workers: int | None, lock_timeout: float | None
+) -> None:
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}.")
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ConfigError(f"workers must be None (automatic) or an integer >= 0; got {workers!r}.")
+    if lock_timeout is not None and (
+        not isinstance(lock_timeout, (int, float)) or not lock_timeout >= 0
+    ):
+        raise ConfigError(
+            f"lock_timeout must be None (wait as long as it takes) or seconds >= 0; "
+            f"got {lock_timeout!r}."
+        )
 
 
 def extract(
@@ -67,17 +82,24 @@ def extract(
     hash_contents: bool = False,
     torch_compile: bool = False,
     on_error: str = "fail",
+    lock_timeout: float | None = None,
 ) -> FeatureStore:
     """Features of ``layers`` of ``backbone`` over ``source``, in a complete store.
 
     The store lives at ``out``, or in ``cache_dir`` under a name keyed by every input that
     changes features (image set fingerprint, backbone spec, weights, preprocessing, layers with
-    their pooling, dtype): the same inputs reuse it without computing anything, and an
-    interrupted run resumes where it stopped (chunk size ``batch_size`` is fixed when the store
-    is created). A store at ``out`` made from other inputs raises StoreMismatchError unless
-    ``overwrite``, which replaces whatever is there. Stats of the run are in
-    ``store.extraction``. ``torch_compile`` runs the model through ``torch.compile`` (worth
-    its compilation time on long GPU runs; the features are the same up to float rounding).
+    their pooling, dtype, and the precision and decode path that ``device`` and ``data_path``
+    give): the same inputs reuse it without computing anything, and an interrupted run resumes
+    where it stopped (chunk size ``batch_size`` is fixed when the store is created). A store
+    at ``out`` made from other inputs raises StoreMismatchError unless ``overwrite``, which
+    replaces whatever is there. Stats of this call are in ``store.extraction``; the cost of
+    every run that built the store is in ``store.attrs["extraction"]``. ``torch_compile``
+    runs the model through ``torch.compile`` (worth its compilation time on long GPU runs; the
+    features are the same up to float rounding).
+
+    One process at a time creates, resumes or finishes a store: another one waits for it
+    (saying for whom) up to ``lock_timeout`` seconds (None: as long as it takes), then raises
+    StoreInUseError; once the first finishes, the waiting one reuses its store.
 
     An image that cannot be read stops the run with one line naming it (``on_error="fail"``),
     or keeps its row, marked skipped with the reason (``on_error="skip"``): the store's reads
@@ -85,7 +107,7 @@ def extract(
     (the other rows' features are the same either way), but a store with skipped rows is
     refused under "fail", whose promise is that every image is in it.
     """
-    _check_options(dtype, batch_size, workers)
+    _check_options(dtype, batch_size, workers, lock_timeout)
     check_on_error(on_error)
     dev = resolve_device(device)
     src = source if isinstance(source, ImageSource) else _open_source(source)
@@ -97,53 +119,66 @@ def extract(
     names = [LayerSpec.parse(layer).name for layer in layers]
     model = bb.features(names)  # validates layer names before any file is touched
     try:
-        request = Request.build(src.fingerprint(content=hash_contents), bb.identity(), names, dtype)
+        request = Request.build(
+            src.fingerprint(content=hash_contents),
+            bb.identity(),
+            names,
+            dtype,
+            compute_identity(dev, stage.name),
+        )
         if out is not None:
             path = Path(out)
         else:
             path = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
-        action = plan(path, request, overwrite)
-        if action is not Action.CREATE:
-            _refuse_skipped(FeatureStore(path), on_error)
-        if action is Action.REUSE:
-            store = FeatureStore(path)
-            store.extraction = {
-                **NOTHING_COMPUTED,
-                "reused": True,
-                "skipped": len(store.skipped()),
-            }
-            return store
-        n_workers = default_workers(dev, stage.name) if workers is None else workers
-        # On CPU the forward pass gets every core: it dominates, and decoding workers beside
-        # it wait on a full queue most of the time.
-        with torch_threads() if dev.type == "cpu" else contextlib.nullcontext():
-            model = prepare_model(model, dev)
-            if action is Action.CREATE:
-                StoreWriter.create(
+        store = reusable(path, request, overwrite)
+        if store is not None:
+            return _reused(store, on_error)
+        with StoreLock(path, timeout=lock_timeout):
+            action = plan(path, request, overwrite)
+            if action is not Action.CREATE:
+                _refuse_skipped(FeatureStore(path), on_error)
+            if action is Action.REUSE:  # another process finished it while this one waited
+                return _reused(FeatureStore(path), on_error)
+            n_workers = default_workers(dev, stage.name) if workers is None else workers
+            # On CPU the forward pass gets every core: it dominates, and decoding workers
+            # beside it wait on a full queue most of the time. On CUDA the device is made
+            # current, so that pinned memory and streams are not created on GPU 0.
+            with torch_threads() if dev.type == "cpu" else on_device(dev):
+                model = prepare_model(model, dev)
+                if action is Action.CREATE:
+                    StoreWriter.create(
+                        path,
+                        ids=src.ids,
+                        labels=src.labels,
+                        splits=src.splits,
+                        classes=src.classes,
+                        layers=probe_layers(model, bb.preprocessing.crop, dev),
+                        dtype=dtype,
+                        rows_per_chunk=batch_size,
+                        attrs=request.store_attrs(
+                            {**src.describe(), "hash_contents": hash_contents}
+                        ),
+                    ).close()  # run_chunks reopens it once its DataLoader workers are started
+                stats = run_chunks(
+                    torch.compile(model) if torch_compile else model,
+                    src,
+                    stage,
                     path,
-                    ids=src.ids,
-                    labels=src.labels,
-                    splits=src.splits,
-                    classes=src.classes,
-                    layers=probe_layers(model, bb.preprocessing.crop, dev),
-                    dtype=dtype,
-                    rows_per_chunk=batch_size,
-                    attrs=request.store_attrs({**src.describe(), "hash_contents": hash_contents}),
-                ).close()  # run_chunks reopens it once its DataLoader workers are started
-            stats = run_chunks(
-                torch.compile(model) if torch_compile else model,
-                src,
-                stage,
-                path,
-                dev,
-                workers=n_workers,
-                progress=progress,
-                on_error=on_error,
-            )
+                    dev,
+                    workers=n_workers,
+                    progress=progress,
+                    on_error=on_error,
+                )
     finally:
         model.remove()  # the hooks must not stay on the caller's backbone
     store = FeatureStore(path)
     store.extraction = stats
+    return store
+
+
+def _reused(store: FeatureStore, on_error: str) -> FeatureStore:
+    _refuse_skipped(store, on_error)
+    store.extraction = {**NOTHING_COMPUTED, "reused": True, "skipped": len(store.skipped())}
     return store
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from featpipe.errors import ImageReadError
 from featpipe.extract.datapath import DataPath
 from featpipe.extract.host_copy import start_copy
 from featpipe.extract.writer_thread import BackgroundWriter
+from featpipe.interrupt import Interrupted
 from featpipe.store import StoreWriter
 
 
@@ -32,11 +34,33 @@ def default_workers(device: torch.device, data_path: str) -> int:
     return min(4, cores)
 
 
+def precision(device: torch.device) -> str:
+    """The forward pass's precision: bf16 autocast on CUDA; fp32 on CPU, which keeps CPU
+    features exact and reproducible."""
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing on CPU (keeps CPU features exact and reproducible)."""
-    if device.type == "cuda":
+    if precision(device) == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def compute_identity(device: torch.device, data_path: str) -> dict[str, str]:
+    """How features are computed beyond the model's inputs (the store's ``compute``
+    attribute, part of its key): ``precision`` (see :func:`precision`) and ``decode``, where
+    the pixels come from. ``pil`` is Pillow's decode and resize: the cpu data path, and also
+    the gpu data path on a CPU device, which gives the same pixels bit for bit (torchvision's
+    CPU JPEG decoder is libjpeg-turbo, as Pillow's, and its uint8 resize kernels match).
+    ``nvjpeg`` is the gpu data path on CUDA (nvJPEG decode, float32 resize). Features of
+    CUDA and CPU extractions differ by percent, so they never share a store. An option that
+    changes pixels later (e.g. a faster, inexact decode) adds its own entry, left out at its
+    exact default so that existing keys stay valid."""
+    on_cuda = device.type == "cuda"
+    return {
+        "precision": precision(device),
+        "decode": "nvjpeg" if on_cuda and data_path == "gpu" else "pil",
+    }
 
 
 def prepare_model(model: FeatureModel, device: torch.device) -> FeatureModel:
@@ -88,6 +112,10 @@ class ChunkDataset(Dataset):
 
 def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not compete with the forward pass
+    # Ctrl-C reaches the whole process group and a scheduler may signal it too: the main
+    # process stops the run and shuts the workers down, which must not print tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def run_chunks(
@@ -102,9 +130,11 @@ def run_chunks(
     on_error: str = "fail",
 ) -> dict:
     """Compute and write every chunk of the store at ``path`` not done yet, then mark it
-    complete; returns the run's stats (also stored in its ``extraction`` attribute). An image
-    that cannot be read stops the run (``on_error="fail"``) or is recorded as skipped."""
-    with StoreWriter.open(path) as writer:
+    complete; returns the run's stats. The store's ``extraction`` attribute gets the cost
+    summed over every run that built it. An image that cannot be read stops the run
+    (``on_error="fail"``) or is recorded as skipped. On SIGINT/SIGTERM the chunks already
+    computed are written and Interrupted says how many are done."""
+    with StoreWriter.open(path) as writer:  # refuses at once when the disk cannot hold it
         pending = writer.pending_chunks()
         chunks = [(i, *writer.chunk_rows(i)) for i in pending]
         n_rows, n_chunks, dtype = writer.n_rows, writer.n_chunks, writer.dtype
@@ -128,6 +158,7 @@ def run_chunks(
         dynamic_ncols=True,
     )
     images = 0
+    background: BackgroundWriter | None = None
     start_time = time.perf_counter()
     # Start the workers before the file is opened: forked workers would otherwise inherit its
     # descriptor and HDF5 lock, and keep the store locked after an error.
@@ -153,18 +184,27 @@ def run_chunks(
                 bar.update(rows)
             background.close()  # every chunk written before the store is marked complete
             stats = _stats(images, time.perf_counter() - start_time, background)
-            stats.update(
-                resumed=len(pending) < n_chunks,
-                device=str(device),
-                data_path=data_path.name,
-                workers=workers,
-                rows_per_chunk=writer.rows_per_chunk,
-                on_error=on_error,
-                skipped=writer.skipped_count(),
-            )
-            writer.finish(stats)
+            run = {
+                "device": str(device),
+                "data_path": data_path.name,
+                "workers": workers,
+                "rows_per_chunk": writer.rows_per_chunk,
+                "on_error": on_error,
+                "skipped": writer.skipped_count(),
+            }
+            writer.finish(run)
+            stats.update(resumed=len(pending) < n_chunks, **run)
+    except KeyboardInterrupt as exc:  # the with blocks above wrote the chunks computed
+        written = background.chunks_written if background is not None else 0
+        done = n_chunks - len(pending) + written
+        raise Interrupted.from_exception(exc).with_message(
+            f"interrupted: {done} of {n_chunks} chunks done; run the same command to resume"
+        ) from None
     finally:
         bar.close()
+        # Stop the workers now, not when the iterator is collected: an error's traceback keeps
+        # it alive, and workers left at exit get SIGTERM, which they ignore (_worker_init).
+        getattr(batches, "_shutdown_workers", lambda: None)()
     return stats
 
 

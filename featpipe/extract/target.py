@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from featpipe.errors import StoreMismatchError
+from featpipe.errors import FeaturePipeError, StoreMismatchError
 from featpipe.store import FeatureStore, store_key
 
 
@@ -26,13 +26,14 @@ class Request:
     backbone: dict  # Backbone.identity(): spec, weights_sha256, preprocessing
     layers: list[str]
     dtype: str
+    compute: dict  # loop.compute_identity(): precision and decode path
 
     @classmethod
     def build(
-        cls, source_fingerprint: str, backbone: dict, layers: list[str], dtype: str
+        cls, source_fingerprint: str, backbone: dict, layers: list[str], dtype: str, compute: dict
     ) -> Request:
-        key = store_key(source_fingerprint, backbone, layers, dtype)
-        return cls(key, source_fingerprint, backbone, list(layers), dtype)
+        key = store_key(source_fingerprint, backbone, layers, dtype, compute)
+        return cls(key, source_fingerprint, backbone, list(layers), dtype, dict(compute))
 
     def store_attrs(self, source_description: dict) -> dict:
         """The provenance attributes of a new store made for this request."""
@@ -43,6 +44,7 @@ class Request:
             "preprocessing": self.backbone["preprocessing"],
             "source_fingerprint": self.source_fingerprint,
             "source": source_description,
+            "compute": self.compute,
         }
 
     def as_attrs(self) -> dict:
@@ -54,6 +56,7 @@ class Request:
             "source_fingerprint": self.source_fingerprint,
             "layers": sorted(self.layers),
             "dtype": self.dtype,
+            "compute": self.compute,
         }
 
 
@@ -65,26 +68,37 @@ def _stored_inputs(attrs: dict) -> dict:
         "source_fingerprint": attrs.get("source_fingerprint"),
         "layers": sorted(attrs.get("layers", [])),
         "dtype": attrs.get("dtype"),
+        "compute": attrs.get("compute"),
     }
 
 
 def _short(value: object) -> str:
+    if value is None:
+        return "nothing (not recorded by the featpipe that made it)"
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
+def reusable(path: Path, request: Request, overwrite: bool) -> FeatureStore | None:
+    """The complete store of this request at ``path``, read without taking its lock (a
+    complete store is never written again); None for anything else, decided under the lock."""
+    if overwrite or not path.is_file():
+        return None
+    try:
+        store = FeatureStore(path)
+        return store if store.key == request.key and store.complete else None
+    except (FeaturePipeError, OSError):
+        return None
+
+
 def plan(path: Path, request: Request, overwrite: bool) -> Action:
-    """The action for ``path``; raises StoreMismatchError when a store made from other inputs
-    (or a file that is not a store) is there and ``overwrite`` is False."""
+    """The action for ``path``, to decide while holding the store's lock; raises
+    StoreMismatchError when a store made from other inputs (or a file that is not a store:
+    UnreadableStoreError) is there and ``overwrite`` is False."""
     if not path.exists() or overwrite:
         return Action.CREATE
     fix = "Pass overwrite=True (--overwrite) to replace it, or write to another path."
-    try:
-        store = FeatureStore(path)
-    except (OSError, KeyError, StoreMismatchError) as exc:
-        raise StoreMismatchError(
-            f"{path} exists but is not a readable featpipe store ({exc}). {fix}"
-        ) from exc
+    store = FeatureStore(path)  # a file that is not a store raises, saying so
     if store.key == request.key:
         return Action.REUSE if store.complete else Action.RESUME
     stored, asked = _stored_inputs(store.attrs), request.as_attrs()

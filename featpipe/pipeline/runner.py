@@ -331,10 +331,9 @@ class PipelineRunner:
                 torch_compile=features["compile"],
                 on_error=features["on_error"],
             )
-        stats = dict(store.extraction or {})
-        if stats.get("reused"):
-            # Nothing was computed now: charge the run that built the store.
-            stats = {**(store.attrs.get("extraction") or {}), "reused": True}
+        # The store's cost: every run that built it, summed (also when reused or resumed).
+        reused = bool((store.extraction or {}).get("reused"))
+        stats = {**(store.attrs.get("extraction") or {}), "reused": reused}
         stats["peak_host_bytes"] = cost.peak_host_bytes
         stats["peak_device_bytes"] = cost.peak_device_bytes
         verb = "reused" if stats.get("reused") else "extracted"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from featpipe.store.schema import FORMAT_VERSION
 
@@ -13,11 +13,17 @@ KEY_LENGTH = 16
 
 
 def store_key(
-    source_fingerprint: str, backbone_identity: dict, layers: Sequence[str], dtype: str
+    source_fingerprint: str,
+    backbone_identity: dict,
+    layers: Sequence[str],
+    dtype: str,
+    compute: Mapping[str, str] | None = None,
 ) -> str:
     """sha256 (first 16 hex chars) over the image set fingerprint, the backbone identity
-    (spec, weights sha256, preprocessing), the layer names (which include the pooling) and the
-    dtype. Equal keys mean equal features; any change gives another key."""
+    (spec, weights sha256, preprocessing), the layer names (which include the pooling), the
+    dtype and ``compute``: how the features were computed (the ``compute`` attribute, see
+    ``schema``: precision and decode path, which move features by percent). Equal keys mean
+    equal features; any change gives another key."""
     payload = {
         "format_version": FORMAT_VERSION,
         "source_fingerprint": source_fingerprint,
@@ -25,6 +31,8 @@ def store_key(
         "layers": sorted(layers),  # the order of requests does not change any feature
         "dtype": str(dtype),
     }
+    if compute is not None:
+        payload["compute"] = dict(compute)
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
 

@@ -12,6 +12,7 @@ import numpy as np
 from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, count_splits
 from featpipe.errors import ConfigError, IncompleteStoreError, StoreMismatchError, unknown_name
 from featpipe.store import schema
+from featpipe.store.files import open_h5, unreadable
 from featpipe.store.schema import decode_attrs, rows_done
 
 SKIPPED_SHOWN = 5  # skipped images that info() names
@@ -36,33 +37,45 @@ class FeatureStore:
             raise FileNotFoundError(f"No feature store at {self.path}.")
         with self._open() as f:
             if f.attrs.get("format") != schema.FORMAT:
-                raise StoreMismatchError(
-                    f"{self.path} is not a featpipe store (its 'format' attribute is "
-                    f"{f.attrs.get('format')!r}, expected {schema.FORMAT!r})."
+                raise unreadable(
+                    self.path,
+                    "it is an HDF5 file but not a featpipe store (its 'format' attribute is "
+                    f"{f.attrs.get('format')!r}, expected {schema.FORMAT!r})",
                 )
-            version = int(f.attrs["format_version"])
+            try:
+                version = int(f.attrs["format_version"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise unreadable(self.path, "its format_version attribute is missing") from exc
             if version > schema.FORMAT_VERSION:
                 raise StoreMismatchError(
                     f"{self.path} has store format version {version}; this featpipe reads up to "
                     f"{schema.FORMAT_VERSION}. Upgrade featpipe."
                 )
-            self.attrs: dict[str, Any] = decode_attrs(f.attrs)
-            self.classes: list[str] = list(f[schema.CLASSES].asstr()[()])
-            self._n = int(f[schema.SAMPLES_LABEL].shape[0])
-            self.layers: list[str] = list(self.attrs["layers"])
-            self._layer_info = {
-                name: {
-                    "dim": int(ds.attrs["dim"]),
-                    "pooling": schema.decode_attr("pooling", ds.attrs["pooling"]),
-                    "dtype": schema.decode_attr("dtype", ds.attrs["dtype"]),
-                }
-                for name, ds in ((n, f[schema.FEATURES][n]) for n in self.layers)
+            try:
+                self._read_layout(f)
+            except (KeyError, ValueError, TypeError, OSError) as exc:
+                raise unreadable(self.path, f"its layout is damaged ({exc})") from exc
+
+    def _read_layout(self, f: h5py.File) -> None:
+        self.attrs: dict[str, Any] = decode_attrs(f.attrs)
+        self.classes: list[str] = list(f[schema.CLASSES].asstr()[()])
+        self._n = int(f[schema.SAMPLES_LABEL].shape[0])
+        self.layers: list[str] = list(self.attrs["layers"])
+        self._layer_info = {
+            name: {
+                "dim": int(ds.attrs["dim"]),
+                "pooling": schema.decode_attr("pooling", ds.attrs["pooling"]),
+                "dtype": schema.decode_attr("dtype", ds.attrs["dtype"]),
             }
+            for name, ds in ((n, f[schema.FEATURES][n]) for n in self.layers)
+        }
         self.key: str = str(self.attrs.get("key", ""))
         self.rows_per_chunk = int(self.attrs["rows_per_chunk"])
+        if schema.CHUNK_DONE not in f:
+            raise KeyError(f"no {schema.CHUNK_DONE} dataset")
 
     def _open(self) -> h5py.File:
-        return h5py.File(self.path, "r")
+        return open_h5(self.path)
 
     # -- description ---------------------------------------------------------------------------
     @property
@@ -148,6 +161,7 @@ class FeatureStore:
             "preprocessing": a.get("preprocessing"),
             "source_fingerprint": a.get("source_fingerprint"),
             "source": a.get("source"),
+            "compute": a.get("compute"),
             "featpipe_version": a.get("featpipe_version"),
             "versions": a.get("versions"),
             "created": a.get("created"),

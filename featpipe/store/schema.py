@@ -10,8 +10,14 @@ set, plus everything needed to tell where they came from. Plain ``h5py`` reads a
                                    source (JSON description of the image source),
                                    layers (JSON list of layer names), dtype, versions (JSON:
                                    python, torch, torchvision, h5py, numpy),
+                                   compute (JSON: precision "fp32" or "bf16", decode "pil" or
+                                   "nvjpeg"; part of the key),
                                    rows_per_chunk, n_chunks, complete (bool),
-                                   extraction (JSON: stats of the run that completed it)
+                                   extraction (JSON: the cost of building the store, summed
+                                   over every run that wrote chunks: images, seconds,
+                                   images_per_s, runs [{started, images, seconds, chunks}];
+                                   and the device, data_path, workers of the run that
+                                   completed it)
     /samples/id             (N,)  utf-8 strings, stable sample ids
     /samples/label          (N,)  int64, index into /classes
     /samples/split          (N,)  uint8 codes; attrs: names=["train","val","test"]
@@ -21,16 +27,28 @@ set, plus everything needed to tell where they came from. Plain ``h5py`` reads a
     /features/<layer>       (N, D) float16 or float32, chunked (rows_per_chunk, D);
                                    attrs: layer, pooling, dim, dtype
     /progress/chunk_done    (n_chunks,) bool
+    /progress/chunk_seconds (n_chunks,) float64: seconds the run that wrote the chunk spent
+                                   on it
+    /progress/chunk_run     (n_chunks,) float64: start time (Unix seconds) of that run
 
 Rows are cut into chunks of ``rows_per_chunk`` rows (the last one may be shorter); chunk ``i``
 holds rows ``[i * rows_per_chunk, min(N, (i + 1) * rows_per_chunk))``. Every array is allocated
 at full size when the file is created (chunks allocated early, so later writes touch only raw
-data, never HDF5 metadata). A writer writes a chunk's rows for every layer, then sets its
-``chunk_done`` flag, then flushes; ``complete`` is set only after every flag is set. Resuming
-writes only the chunks not marked done, so it is idempotent, and a killed run loses at most the
-chunks in flight. Rows of chunks not done hold unspecified values: read ``chunk_done`` first.
-Chunk bookkeeping does not depend on who writes a chunk, so several writers (ranks) can each
-fill a disjoint range of chunks.
+data, never HDF5 metadata). A writer writes a chunk's rows for every layer and flushes, then
+sets its ``chunk_done`` flag (with its ``chunk_seconds`` and ``chunk_run``) and flushes again,
+with HDF5's chunk cache off: a flag on disk always means its rows are there, and a failed
+write (a full disk) leaves the flag clear. ``complete`` is set only after every flag is set.
+Resuming writes only the chunks not marked done, so it is idempotent, and a killed run loses at
+most the chunks in flight. Rows of chunks not done hold unspecified values: read
+``chunk_done`` first. Chunk bookkeeping does not depend on who writes a chunk, so several
+writers (ranks) can each fill a disjoint range of chunks.
+
+``compute`` says how the features were computed beyond the model's inputs: ``precision`` of the
+forward pass (bf16 autocast on CUDA, fp32 on CPU) and ``decode``, where the pixels come from
+(``pil``: Pillow, or torchvision's CPU decoder, which gives the same pixels; ``nvjpeg``: decoded
+and resized on a CUDA device). They move features by percent, so they are part of the key and a
+store is never resumed or reused across them. Later entries (e.g. a faster, inexact decode) are
+left out of ``compute`` at their exact default, so that existing keys stay valid.
 
 Skipped rows (``on_error="skip"``): an image that cannot be read keeps its row, with
 ``samples/ok`` False, the reason in ``samples/error`` (e.g. "truncated file") and zeros as
@@ -44,6 +62,14 @@ row of a version-1 store is ok.
 Layer names are ``LayerSpec.name`` strings (``pooled``, ``blocks.5:avg``, ``layer3:grid:2``)
 used directly as dataset names. A file is created under a temporary name and renamed into place
 once its layout is written, so a file at a store's path always has the full layout.
+
+Beside a store, ``<store>.lock`` is the lock that one writing process holds from creating or
+resuming the store to finishing it, and ``<store>.lock.json`` names the holder (pid, host,
+since) while it is held. Readers take no lock.
+
+Stores written before ``compute``, ``chunk_seconds`` and ``chunk_run`` existed have the same
+format version and stay readable; their keys differ from today's, so they are not reused, and
+resuming one (at ``--out``) is refused as made from other inputs.
 
 Reading the pooled features of the train split with plain h5py::
 
@@ -73,9 +99,11 @@ SAMPLES_ERROR = "samples/error"
 CLASSES = "classes"
 FEATURES = "features"
 CHUNK_DONE = "progress/chunk_done"
+CHUNK_SECONDS = "progress/chunk_seconds"
+CHUNK_RUN = "progress/chunk_run"
 
 # Root attributes stored as JSON text (decoded by the reader).
-JSON_ATTRS = ("backbone", "preprocessing", "source", "layers", "versions", "extraction")
+JSON_ATTRS = ("backbone", "preprocessing", "source", "layers", "versions", "extraction", "compute")
 
 
 def encode_attr(value: Any) -> Any:

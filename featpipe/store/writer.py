@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,21 @@ import h5py
 import numpy as np
 
 from featpipe.data.source import SPLIT_NAMES
-from featpipe.errors import ConfigError, StoreMismatchError
+from featpipe.errors import (
+    ConfigError,
+    NonFiniteFeaturesError,
+    StoreMismatchError,
+    StoreWriteError,
+)
 from featpipe.store import schema
+from featpipe.store.files import (
+    check_free_space,
+    describe_failure,
+    open_h5,
+    os_error_number,
+    unreadable,
+    unwritten_bytes,
+)
 from featpipe.store.schema import chunk_bounds, encode_attr, n_chunks_for
 
 
@@ -68,10 +83,41 @@ def _create_reasons(file: h5py.File, n_rows: int) -> None:
     h5py.h5d.create(file.id, schema.SAMPLES_ERROR.encode(), tid, space, dcpl=dcpl)
 
 
+def _create_run_records(f: h5py.File, n_chunks: int) -> None:
+    """Which run wrote each chunk (its start time) in how many seconds; written in full now,
+    like ``chunk_done``, so that setting them later touches only raw data."""
+    f.create_dataset(schema.CHUNK_SECONDS, data=np.zeros(n_chunks, dtype=np.float64))
+    f.create_dataset(schema.CHUNK_RUN, data=np.zeros(n_chunks, dtype=np.float64))
+
+
+def _all_finite(block: np.ndarray) -> bool:
+    if block.dtype == np.float16:  # numpy's float16 isfinite is slow: read the exponent bits
+        return not ((block.view(np.uint16) & 0x7C00) == 0x7C00).any()
+    return bool(np.isfinite(block).all())
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
+
+
+def _write_failed(path: Path, action: str, exc: BaseException, done: str, fix: str):
+    """One sentence for a failed write: the file, the reason, what is safe, how to go on."""
+    error = StoreWriteError(f"Cannot {action} {path}: {describe_failure(exc)}. {done}; {fix}.")
+    error.errno = os_error_number(exc)
+    return error
+
+
+RESUME_FIX = "free some space (or fix the disk), then run the same command to resume"
+
+
 class StoreWriter:
     """Writes one store file: :meth:`create` lays it out, :meth:`open` resumes it;
-    :meth:`write_chunk` fills a chunk (rows, then done flag, then flush); :meth:`finish`
-    sets ``complete`` once every chunk is done. Use it as a context manager."""
+    :meth:`write_chunk` fills a chunk (rows, flush, done flag, flush); :meth:`finish` sets
+    ``complete`` once every chunk is done. Use it as a context manager.
+
+    Each open starts a *run*: the chunks it writes record its start time and their seconds
+    (``progress/chunk_run``, ``progress/chunk_seconds``), so the cost of a store built by
+    several runs (interrupted, killed, resumed) is their sum (:meth:`cost`)."""
 
     def __init__(self, file: h5py.File):
         self._file = file
@@ -84,6 +130,8 @@ class StoreWriter:
         # per-row ok flags and skip reasons (None in format 1 stores, where every row is ok)
         self._ok = file.get(schema.SAMPLES_OK)
         self._reasons = file.get(schema.SAMPLES_ERROR)
+        self.run_started = time.time()
+        self._clock = time.perf_counter()  # when this run last wrote a chunk (or started)
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -103,7 +151,7 @@ class StoreWriter:
         """Lay out a new store at ``path`` (replacing any file there): samples, classes and
         a (N, dim) dataset per layer (``layers`` maps name -> (dim, pooling)), all allocated.
         The file is built under a temporary name and renamed, so ``path`` never holds a
-        half-made layout."""
+        half-made layout. Refuses (StoreWriteError) when its disk cannot hold the store."""
         path = Path(path)
         dtype = _check_dtype(dtype)
         n = len(ids)
@@ -120,55 +168,77 @@ class StoreWriter:
         if bad:
             raise ConfigError(f"Layer names must be non-empty and contain no '/'; got {bad}.")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         n_chunks = n_chunks_for(n, rows_per_chunk)
+        row_bytes = sum(int(dim) for dim, _ in layers.values()) * np.dtype(dtype).itemsize
+        check_free_space(path, n_chunks * min(rows_per_chunk, n) * row_bytes, "the store")
+        tmp = path.with_name(path.name + ".tmp")
         text = h5py.string_dtype()
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = schema.FORMAT
-            f.attrs["format_version"] = schema.FORMAT_VERSION
-            f.attrs["featpipe_version"] = _featpipe_version()
-            f.attrs["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-            f.attrs["versions"] = encode_attr(_versions())
-            for name, value in attrs.items():
-                f.attrs[name] = encode_attr(value)
-            f.attrs["layers"] = encode_attr(list(layers))
-            f.attrs["dtype"] = dtype
-            f.attrs["rows_per_chunk"] = int(rows_per_chunk)
-            f.attrs["n_chunks"] = int(n_chunks)
-            f.attrs["complete"] = False
-            f.create_dataset(schema.SAMPLES_ID, data=list(ids), dtype=text)
-            f.create_dataset(schema.SAMPLES_LABEL, data=labels)
-            split_ds = f.create_dataset(schema.SAMPLES_SPLIT, data=splits)
-            split_ds.attrs["names"] = list(SPLIT_NAMES)
-            f.create_dataset(schema.SAMPLES_OK, data=np.zeros(n, dtype=bool))
-            _create_reasons(f, n)
-            f.create_dataset(schema.CLASSES, data=list(classes), dtype=text)
-            group = f.create_group(schema.FEATURES)
-            for name, (dim, pooling) in layers.items():
-                ds = _create_features(group, name, n, int(dim), rows_per_chunk, dtype)
-                ds.attrs.update(layer=name, pooling=pooling, dim=int(dim), dtype=dtype)
-            f.create_dataset(schema.CHUNK_DONE, data=np.zeros(n_chunks, dtype=bool))
-        os.replace(tmp, path)
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = schema.FORMAT
+                f.attrs["format_version"] = schema.FORMAT_VERSION
+                f.attrs["featpipe_version"] = _featpipe_version()
+                f.attrs["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+                f.attrs["versions"] = encode_attr(_versions())
+                for name, value in attrs.items():
+                    f.attrs[name] = encode_attr(value)
+                f.attrs["layers"] = encode_attr(list(layers))
+                f.attrs["dtype"] = dtype
+                f.attrs["rows_per_chunk"] = int(rows_per_chunk)
+                f.attrs["n_chunks"] = int(n_chunks)
+                f.attrs["complete"] = False
+                f.create_dataset(schema.SAMPLES_ID, data=list(ids), dtype=text)
+                f.create_dataset(schema.SAMPLES_LABEL, data=labels)
+                split_ds = f.create_dataset(schema.SAMPLES_SPLIT, data=splits)
+                split_ds.attrs["names"] = list(SPLIT_NAMES)
+                f.create_dataset(schema.SAMPLES_OK, data=np.zeros(n, dtype=bool))
+                _create_reasons(f, n)
+                f.create_dataset(schema.CLASSES, data=list(classes), dtype=text)
+                group = f.create_group(schema.FEATURES)
+                for name, (dim, pooling) in layers.items():
+                    ds = _create_features(group, name, n, int(dim), rows_per_chunk, dtype)
+                    ds.attrs.update(layer=name, pooling=pooling, dim=int(dim), dtype=dtype)
+                f.create_dataset(schema.CHUNK_DONE, data=np.zeros(n_chunks, dtype=bool))
+                _create_run_records(f, n_chunks)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise _write_failed(path, "create", exc, "Nothing was written", RESUME_FIX) from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return cls.open(path)
 
     @classmethod
     def open(cls, path: str | Path) -> StoreWriter:
-        """Open an existing store for resuming."""
+        """Open an existing store for resuming; refuses (StoreWriteError) when its disk cannot
+        hold the chunks still to write."""
         path = Path(path)
+        # No chunk cache: every chunk goes to the file inside write_chunk, so a failed write
+        # (a full disk) raises there, and nothing dirty is left for a later flush or close to
+        # fail on. With HDF5's cache the error surfaced in a destructor, a chunk's flag could
+        # reach the file without its rows, and the next flush crashed the process.
+        file = open_h5(path, "r+", rdcc_nbytes=0)
         try:
-            file = h5py.File(path, "r+")
-        except OSError as exc:
-            raise StoreMismatchError(
-                f"{path} cannot be opened as an HDF5 file for writing ({exc}). Delete it or "
-                "pass overwrite=True (--overwrite) to replace it."
-            ) from exc
-        if file.attrs.get("format") != schema.FORMAT:
+            if file.attrs.get("format") != schema.FORMAT:
+                raise unreadable(path, "it is an HDF5 file but not a featpipe store")
+            writer = cls(file)
+            writer._check_space()
+            if schema.CHUNK_RUN not in file:  # a store from before per-chunk costs
+                _create_run_records(file, writer.n_chunks)
+        except BaseException:
             file.close()
-            raise StoreMismatchError(
-                f"{path} is not a featpipe store (format attribute missing). Choose another "
-                "path or pass overwrite=True (--overwrite) to replace it."
-            )
-        return cls(file)
+            raise
+        return writer
+
+    def _check_space(self) -> None:
+        pending = self.pending_chunks()
+        row_bytes = sum(self._file[schema.FEATURES][n].shape[1] for n in self.layers)
+        chunk_bytes = min(self.rows_per_chunk, self.n_rows) * row_bytes
+        needed = len(pending) * chunk_bytes * np.dtype(self.dtype).itemsize
+        # Where the file system keeps the store sparse, its holes are what is left to write.
+        needed = min(needed, unwritten_bytes(self.path))
+        check_free_space(self.path, needed, f"writing its {len(pending)} unfinished chunks")
 
     # -- writing -------------------------------------------------------------------------------
     def chunk_done(self) -> np.ndarray:
@@ -189,32 +259,133 @@ class StoreWriter:
         features: Mapping[str, np.ndarray],
         *,
         errors: Mapping[int, str] | None = None,
+        seconds: float | None = None,
     ) -> int:
-        """Write every layer's rows of chunk ``index``, then its done flag, then flush.
+        """Write every layer's rows of chunk ``index`` (and their ok flags) and flush, then set
+        its done flag and flush again: a flag on disk always means its rows are there.
         ``errors`` maps positions in the chunk to why that image was skipped: those rows are
-        written as zeros and marked not ok. Returns the number of bytes of features written."""
+        written as zeros and marked not ok. ``seconds`` is what the chunk cost (default: the
+        time since this run's previous chunk, or since it started). A failed write leaves the
+        flag clear and raises StoreWriteError. Returns the number of bytes of features
+        written."""
         start, stop = self.chunk_rows(index)
         errors = dict(errors or {})
         ok = np.ones(stop - start, dtype=bool)
         ok[list(errors)] = False
+        blocks = self._checked_blocks(index, features, ok)
+        now = time.perf_counter()
+        seconds = now - self._clock if seconds is None else float(seconds)
+        done = self._file[schema.CHUNK_DONE]
+        try:
+            if done[index]:  # rewriting a finished chunk: it is not finished while we do
+                done[index] = False
+                self._file.flush()
+            for name, block in blocks.items():
+                self._file[schema.FEATURES][name][start:stop] = block
+            self._write_ok(start, ok, errors)
+            self._file[schema.CHUNK_SECONDS][index] = seconds
+            self._file[schema.CHUNK_RUN][index] = self.run_started
+            self._file.flush()
+            done[index] = True
+            self._file.flush()
+        except StoreMismatchError:
+            raise
+        except Exception as exc:
+            raise self._chunk_failed(index, exc) from exc
+        self._clock = now
+        return sum(block.nbytes for block in blocks.values())
+
+    def _checked_blocks(
+        self, index: int, features: Mapping[str, np.ndarray], ok: np.ndarray
+    ) -> dict:
+        """Each layer's rows of the chunk in the store's dtype (skipped rows as zeros),
+        checked before any is written."""
+        start, stop = self.chunk_rows(index)
         missing = set(self.layers) - set(features)
         if missing:
             raise ConfigError(f"Chunk {index} lacks features for layers {sorted(missing)}.")
-        written = 0
+        blocks = {}
         for name in self.layers:
             ds = self._file[schema.FEATURES][name]
-            block = np.asarray(features[name], dtype=ds.dtype)
+            with np.errstate(over="ignore"):  # an overflow is reported just below
+                block = np.asarray(features[name], dtype=ds.dtype)
             if block.shape != (stop - start, ds.shape[1]):
                 raise ConfigError(
                     f"Chunk {index} of layer {name!r} must have shape "
                     f"{(stop - start, ds.shape[1])}; got {block.shape}."
                 )
-            ds[start:stop] = np.where(ok[:, None], block, 0) if errors else block
-            written += block.nbytes
-        self._write_ok(start, ok, errors)
-        self._file[schema.CHUNK_DONE][index] = True
-        self._file.flush()
-        return written
+            if not ok.all():
+                block = np.where(ok[:, None], block, 0).astype(ds.dtype)
+            if not _all_finite(block):
+                raise self._not_finite(name, block, start)
+            blocks[name] = block
+        return blocks
+
+    def _not_finite(self, name: str, block: np.ndarray, start: int) -> NonFiniteFeaturesError:
+        bad = ~np.isfinite(block)
+        rows = np.flatnonzero(bad.any(axis=1)) + start
+        text = (
+            f"Layer {name!r} has {int(bad.sum())} values that are not finite as {self.dtype} "
+            f"(rows {rows[0]} to {rows[-1]} of {self.path}); nothing of their chunk was written"
+        )
+        if np.isnan(block).any():
+            return NonFiniteFeaturesError(
+                f"{text}. The backbone produced NaN: check its weights and the images."
+            )
+        if self.dtype == "float16":
+            return NonFiniteFeaturesError(
+                f"{text}. float16 holds magnitudes up to 65504 and this layer's activations "
+                "go beyond it, so they became inf. Store the features as float32 "
+                "(--dtype float32, or dtype='float32')."
+            )
+        return NonFiniteFeaturesError(
+            f"{text}. The backbone produced inf: check its weights and the images."
+        )
+
+    def _chunk_failed(self, index: int, exc: BaseException) -> StoreWriteError:
+        """Clear the chunk's flag (best effort: it was set last, so it is most likely clear
+        already) and say how much of the store is safe."""
+        with contextlib.suppress(Exception):
+            self._file[schema.CHUNK_DONE][index] = False
+            self._file.flush()
+        try:
+            safe = f"{int(self.chunk_done().sum())} of {self.n_chunks} chunks are written and safe"
+        except Exception:
+            safe = "the chunks marked done are written and safe"
+        return _write_failed(self.path, "write", exc, safe, RESUME_FIX)
+
+    def cost(self) -> dict:
+        """What building the store cost so far, summed over every run that wrote a finished
+        chunk: ``images``, ``seconds``, ``images_per_s`` and ``runs``, one
+        ``{"started", "images", "seconds", "chunks"}`` per run in order (``started`` is None
+        for chunks written before featpipe recorded runs)."""
+        done = self.chunk_done()
+        started = self._file[schema.CHUNK_RUN][:]
+        seconds = self._file[schema.CHUNK_SECONDS][:]
+        runs: dict[float, dict] = {}
+        for index in np.flatnonzero(done):
+            start, stop = self.chunk_rows(int(index))
+            run = runs.setdefault(float(started[index]), {"images": 0, "seconds": 0.0, "chunks": 0})
+            run["images"] += stop - start
+            run["seconds"] += float(seconds[index])
+            run["chunks"] += 1
+        records = [
+            {
+                "started": _iso(key) if key > 0 else None,
+                "images": run["images"],
+                "seconds": round(run["seconds"], 3),
+                "chunks": run["chunks"],
+            }
+            for key, run in sorted(runs.items())
+        ]
+        images = sum(r["images"] for r in records)
+        total = sum(r["seconds"] for r in records)
+        return {
+            "images": images,
+            "seconds": round(total, 3),
+            "images_per_s": round(images / total, 1) if total > 0 else 0.0,
+            "runs": records,
+        }
 
     def _write_ok(self, start: int, ok: np.ndarray, errors: Mapping[int, str]) -> None:
         if self._ok is None:
@@ -241,17 +412,25 @@ class StoreWriter:
         return int((done & ~self._ok[:]).sum())
 
     def finish(self, extraction: Mapping[str, Any] | None = None) -> None:
-        """Mark the store complete (only when every chunk is done), then flush."""
+        """Mark the store complete (only when every chunk is done), then flush.
+        ``extraction`` (about the finishing run: device, data path...) is stored with the
+        summed :meth:`cost` of every run as the ``extraction`` attribute."""
         pending = self.pending_chunks()
         if pending:
             raise ConfigError(
                 f"Cannot mark {self.path} complete: {len(pending)} of {self.n_chunks} chunks "
                 "are not written."
             )
-        if extraction is not None:
-            self._file.attrs["extraction"] = encode_attr(dict(extraction))
-        self._file.attrs["complete"] = True
-        self._file.flush()
+        check_free_space(self.path, 0, "marking it complete")
+        try:
+            if extraction is not None:
+                value = {**dict(extraction), **self.cost()}
+                self._file.attrs["extraction"] = encode_attr(value)
+            self._file.attrs["complete"] = True
+            self._file.flush()
+        except (OSError, RuntimeError) as exc:
+            done = f"All {self.n_chunks} chunks are written"
+            raise _write_failed(self.path, "mark complete", exc, done, RESUME_FIX) from exc
 
     def close(self) -> None:
         if self._file.id.valid:
@@ -260,5 +439,10 @@ class StoreWriter:
     def __enter__(self) -> StoreWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Already failing (the first error is the one to report): close as well as we can.
+        with contextlib.suppress(Exception):
+            self.close()

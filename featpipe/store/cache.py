@@ -1,0 +1,166 @@
+"""What a cache folder holds, and removing from it safely (``featpipe cache``).
+
+Every change of an image set, backbone or layer list makes a new store under a new key, so
+old stores, finished or not, pile up. :func:`scan` describes each store and each leftover
+file (a ``.tmp`` file of a creation that was killed, a lock file whose store is gone);
+:func:`remove` deletes one of them while holding its store's lock, so that a store some
+process is writing is never touched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from featpipe.errors import StoreInUseError, StoreMismatchError, UnreadableStoreError
+from featpipe.store.lock import (
+    LOCK_SUFFIX,
+    OWNER_SUFFIX,
+    StoreLock,
+    describe_owner,
+    holder,
+    lock_path,
+    owner_path,
+)
+from featpipe.store.reader import FeatureStore
+
+STORE_SUFFIX = ".h5"
+TMP_SUFFIX = ".tmp"
+DAY = 86400.0
+
+
+@dataclass
+class CacheEntry:
+    """One store, or one leftover file, of a cache folder."""
+
+    path: Path
+    store: Path  # the store it belongs to (itself, for a store)
+    state: str  # complete, incomplete N/M, in use ..., unreadable, newer format, leftover
+    size: int  # bytes on disk
+    modified: float  # mtime, seconds since the epoch
+    source: str = "-"
+    backbone: str = "-"
+    layers: list[str] = field(default_factory=list)
+    rows: int | None = None
+
+    @property
+    def is_store(self) -> bool:
+        return self.path == self.store
+
+    @property
+    def in_use(self) -> bool:
+        return self.state.startswith("in use")
+
+    def age_days(self, now: float | None = None) -> float:
+        return ((time.time() if now is None else now) - self.modified) / DAY
+
+
+def _disk_size(path: Path) -> int:
+    st = path.stat()
+    return st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+
+
+def _describe_store(path: Path) -> CacheEntry:
+    st = path.stat()
+    entry = CacheEntry(path, path, "unreadable", _disk_size(path), st.st_mtime)
+    owner = holder(path)
+    if owner is not None:
+        entry.state = f"in use by {describe_owner(owner)}"
+    try:
+        store = FeatureStore(path)
+    except StoreInUseError:  # open for writing, by this lock's holder or another program
+        entry.state = entry.state if owner is not None else "in use"
+        return entry
+    except (UnreadableStoreError, OSError):
+        return entry
+    except StoreMismatchError:  # a newer format: not for this featpipe to judge
+        entry.state = "newer format"
+        return entry
+    source = store.attrs.get("source") or {}
+    entry.source = str(source.get("name") or source.get("kind") or "-")
+    entry.backbone = str((store.attrs.get("backbone") or {}).get("spec", "-"))
+    entry.layers = list(store.layers)
+    entry.rows = len(store)
+    if owner is None:
+        done = store.chunk_done()
+        complete = store.complete
+        entry.state = "complete" if complete else f"incomplete {int(done.sum())}/{len(done)}"
+    return entry
+
+
+def _leftover_store(path: Path) -> Path | None:
+    """The store a leftover file belongs to, or None when ``path`` is not one."""
+    name = path.name
+    if name.endswith(STORE_SUFFIX + TMP_SUFFIX):  # a creation that did not finish
+        return path.with_name(name[: -len(TMP_SUFFIX)])
+    if OWNER_SUFFIX + "." in name and name.endswith(TMP_SUFFIX):  # a note being written
+        return path.with_name(name.split(OWNER_SUFFIX + ".", 1)[0])
+    for suffix in (OWNER_SUFFIX, LOCK_SUFFIX):
+        if name.endswith(STORE_SUFFIX + suffix):
+            store = path.with_name(name[: -len(suffix)])
+            return None if store.exists() else store  # kept while their store exists
+    return None
+
+
+def scan(folder: str | Path) -> list[CacheEntry]:
+    """Every store (``*.h5``) and leftover file directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    entries = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.is_symlink():
+            continue
+        if path.name.endswith(STORE_SUFFIX):
+            entries.append(_describe_store(path))
+            continue
+        store = _leftover_store(path)
+        if store is None:
+            continue
+        st = path.stat()
+        owner = holder(store)
+        state = "leftover" if owner is None else f"in use by {describe_owner(owner)}"
+        entries.append(CacheEntry(path, store, state, _disk_size(path), st.st_mtime))
+    return entries
+
+
+def select(
+    entries: list[CacheEntry],
+    *,
+    incomplete: bool = False,
+    older_than_days: float | None = None,
+    everything: bool = False,
+    now: float | None = None,
+) -> list[CacheEntry]:
+    """What ``featpipe cache prune`` deletes: leftover files always; stores when asked for
+    (``incomplete``: incomplete or unreadable ones; ``older_than_days``: not written for that
+    long; both: both conditions; ``everything``: all). Never anything in use."""
+    chosen = []
+    for entry in entries:
+        if entry.in_use:
+            continue
+        if not entry.is_store:
+            chosen.append(entry)
+            continue
+        asked = everything or incomplete or older_than_days is not None
+        if incomplete and not entry.state.startswith(("incomplete", "unreadable")):
+            asked = False
+        if older_than_days is not None and entry.age_days(now) <= older_than_days:
+            asked = False
+        if asked:
+            chosen.append(entry)
+    return chosen
+
+
+def remove(entry: CacheEntry) -> bool:
+    """Delete ``entry`` (a store with its lock files, or a leftover file) while holding its
+    store's lock; False, deleting nothing, when another process holds it."""
+    try:
+        with StoreLock(entry.store, timeout=0):
+            entry.path.unlink(missing_ok=True)
+            if entry.is_store or not entry.store.exists():
+                owner_path(entry.store).unlink(missing_ok=True)
+                # deleted while held, so that no other process can take it in between
+                lock_path(entry.store).unlink(missing_ok=True)
+    except StoreInUseError:
+        return False
+    return True

@@ -1,0 +1,151 @@
+"""One writer per store: an exclusive lock file beside it, and a note of who holds it.
+
+``<store>.lock`` is locked with ``flock`` (the ``filelock`` package) for the whole
+create/resume/write/finish of a store; the holder writes its pid, host and start time into
+``<store>.lock.json``, so that a second process can say whom it waits for. The kernel drops
+the lock when its holder dies, even by SIGKILL; a note left behind by such a holder is
+overwritten by the next one. Readers take no lock. The lock file stays in place on release
+(waiters may hold it open), and ``featpipe cache prune`` removes it with its store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from featpipe.errors import StoreInUseError, StoreWriteError
+
+LOCK_SUFFIX = ".lock"
+OWNER_SUFFIX = ".lock.json"
+
+_HELD: set[str] = set()  # stores this process holds: never "in use by another process"
+
+
+def lock_path(store: str | Path) -> Path:
+    store = Path(store)
+    return store.with_name(store.name + LOCK_SUFFIX)
+
+
+def owner_path(store: str | Path) -> Path:
+    store = Path(store)
+    return store.with_name(store.name + OWNER_SUFFIX)
+
+
+def read_owner(store: str | Path) -> dict:
+    """The note of the lock's holder (``pid``, ``host``, ``since``); {} when there is none."""
+    try:
+        owner = json.loads(owner_path(store).read_text())
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def describe_owner(owner: dict) -> str:
+    """``"pid 123 on host h (since 2026-01-01T10:00:00+00:00)"``, or "another process"."""
+    if not owner.get("pid"):
+        return "another process"
+    text = f"pid {owner['pid']} on host {owner.get('host', '?')}"
+    return f"{text} (since {owner['since']})" if owner.get("since") else text
+
+
+def holder(store: str | Path) -> dict | None:
+    """Who holds the lock of ``store`` now: the holder's note ({} if it wrote none yet), or
+    None when no other process holds it. Takes and drops the lock at once to find out."""
+    store = Path(store)
+    lock = lock_path(store)
+    if str(store.resolve()) in _HELD or not lock.exists():
+        return None  # a holder creates the lock file before it locks it
+    probe = FileLock(str(lock))
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return read_owner(store)
+    except OSError:  # e.g. a read-only folder: no one could have locked it from here
+        return None
+    probe.release()
+    return None
+
+
+def in_use_message(store: str | Path, owner: dict) -> str:
+    return (
+        f"{store} is in use by {describe_owner(owner)}: another extraction is writing it. "
+        "Wait for it to finish; it leaves a complete store that the same command then reuses."
+    )
+
+
+def _stderr(message: str) -> None:
+    print(f"featpipe: {message}", file=sys.stderr, flush=True)
+
+
+class StoreLock:
+    """Exclusive lock of one store, as a context manager. A store held by another process is
+    waited for (saying for whom, through ``notify``) up to ``timeout`` seconds (None: as long
+    as it takes; 0: not at all), then StoreInUseError."""
+
+    def __init__(
+        self,
+        store: str | Path,
+        timeout: float | None = None,
+        notify: Callable[[str], None] = _stderr,
+    ):
+        self.store = Path(store)
+        self.timeout = timeout
+        self.notify = notify
+        self._lock = FileLock(str(lock_path(self.store)))
+
+    def __enter__(self) -> StoreLock:
+        try:
+            self.store.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            self._wait()
+        except OSError as exc:  # e.g. a read-only folder
+            raise StoreWriteError(
+                f"Cannot lock {self.store} for writing ({exc.strerror or exc}): write the store "
+                "to a folder you can write to (--cache-dir or --out)."
+            ) from exc
+        self._write_owner()
+        _HELD.add(str(self.store.resolve()))
+        return self
+
+    def _wait(self) -> None:
+        owner = read_owner(self.store)
+        if self.timeout is not None and self.timeout <= 0:
+            raise StoreInUseError(in_use_message(self.store, owner)) from None
+        limit = "" if self.timeout is None else f" (at most {self.timeout:g} s)"
+        self.notify(f"waiting for {self.store}{limit}: in use by {describe_owner(owner)}")
+        try:
+            self._lock.acquire(timeout=-1 if self.timeout is None else self.timeout)
+        except Timeout:
+            owner = read_owner(self.store) or owner
+            raise StoreInUseError(
+                in_use_message(self.store, owner)
+                + f" Waited {self.timeout:g} s (lock_timeout, --lock-timeout)."
+            ) from None
+
+    def _write_owner(self) -> None:
+        note = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        path = owner_path(self.store)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(note))
+            os.replace(tmp, path)  # readers see the old note or the new one, never half
+        except OSError:
+            tmp.unlink(missing_ok=True)  # the note only helps to explain a wait
+
+    def __exit__(self, *exc) -> None:
+        _HELD.discard(str(self.store.resolve()))
+        if read_owner(self.store).get("pid") == os.getpid():
+            owner_path(self.store).unlink(missing_ok=True)
+        self._lock.release()
