@@ -489,25 +489,31 @@ def test_a_checkpoint_from_a_cuda_machine_resumes_on_cpu(tmp_path):
     assert ft.start_epoch_ == 1 and ft.history_[-1]["epoch"] == 2
 
 
-@pytest.mark.slow  # two processes: about 20 s on a loaded 2-core CPU
-def test_cli_finetune_interrupted_leaves_a_resumable_run(split_image_folder, tmp_path):
-    signum = signal.SIGTERM  # SIGINT takes the same path (see the in-process test above)
+@pytest.mark.slow  # two processes: about 20 s each on a loaded 2-core CPU
+@pytest.mark.parametrize(
+    ("signum", "workers"),
+    [(signal.SIGTERM, 0), (signal.SIGINT, 2)],  # a scheduler's SIGTERM; Ctrl-C with workers
+)
+def test_cli_finetune_interrupted_leaves_a_resumable_run(
+    split_image_folder, tmp_path, signum, workers
+):
     run_dir = tmp_path / "run"
     args = "finetune --backbone toy --epochs 3 --batch-size 4 --patience 0 --no-progress"
-    command = [sys.executable, str(CHILD), "cli", "0.03", *args.split()]
+    command = [sys.executable, str(CHILD), "cli", "0.03", *args.split(), "--workers", str(workers)]
     command += ["--data", str(split_image_folder), "--run-dir", str(run_dir)]
     child = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, which Ctrl-C signals as a whole
     )
     history = run_dir / "history.jsonl"
     deadline = time.monotonic() + 60
     while not (history.exists() and len(history.read_text().splitlines()) >= 2):
         assert child.poll() is None and time.monotonic() < deadline, child.communicate()
         time.sleep(0.05)
-    child.send_signal(signum)  # inside epoch 2 (each epoch loads 24 images: > 0.7 s)
+    os.killpg(child.pid, signum)  # inside epoch 2 (each epoch loads 24 images: > 0.7 s)
     _, err = child.communicate(timeout=60)
     done = checkpoint.load(run_dir / "last.pt")["epoch"]
     assert child.returncode == 128 + signum, err

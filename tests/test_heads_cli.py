@@ -39,6 +39,10 @@ def test_probe_prints_table_writes_json_and_saves_heads(toy_store, tmp_path, cap
             str(out),
             "--save-dir",
             str(heads),
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
         ]
     )
     assert code == 0
@@ -49,6 +53,8 @@ def test_probe_prints_table_writes_json_and_saves_heads(toy_store, tmp_path, cap
     for entry in report["heads"]:
         assert 0 <= entry["test_accuracy"] <= 1 and entry["few_shot"]["draws"] == 2
     assert (heads / "logreg.joblib").exists() and (heads / "logreg.joblib.json").exists()
+    sidecar = json.loads((heads / "logreg.joblib.json").read_text())
+    assert sidecar["params"]["device"] == "cpu"  # --device reaches the head, not "auto"
 
 
 def test_predict_on_store_and_on_images_agree(toy_store, split_image_folder, tmp_path) -> None:

@@ -55,7 +55,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"comma-separated heads from: {', '.join(list_heads())} (default: logreg)",
     )
     p.add_argument("--cv", type=int, default=5, help="folds when the store has no val split")
-    p.add_argument("--seed", type=int, default=0, help="seed for CV folds and few-shot draws")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the randomised heads (mlp, SVMs), CV folds and few-shot draws",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where heads with a torch solver (logreg) run: auto, cpu, cuda or cuda:N",
+    )
     p.add_argument(
         "--few-shot",
         type=int,
@@ -118,7 +128,9 @@ def run_probe(args: argparse.Namespace) -> int:
         },
     )
     for name in names:
-        result = select_and_fit(name, store, layer, cv=args.cv, seed=args.seed, progress=True)
+        result = select_and_fit(
+            name, store, layer, cv=args.cv, seed=args.seed, device=args.device, progress=True
+        )
         entry = result.summary()
         if args.few_shot:
             fs = few_shot(name, store, layer, args.few_shot, draws=args.draws, seed=args.seed)

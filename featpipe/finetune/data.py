@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable
 
 import numpy as np
@@ -82,6 +83,10 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    # Ctrl-C reaches the whole process group: the main process stops training and shuts the
+    # workers down, so they must not print a traceback of their own. (SIGTERM stays: it is
+    # how a worker that does not stop in time is ended.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def loader(

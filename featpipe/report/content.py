@@ -175,6 +175,22 @@ def _per_class_table(picks: list[MethodSummary]) -> Table:
     return Table(["class", *(s.label for s in picks)], rows)
 
 
+def _skipped_notes(rows: list[dict]) -> list[str]:
+    """One sentence when unreadable images were left out (``--on-error skip``): how many, and
+    the first few with their reasons. Every method of a run leaves out the same images."""
+    worst = max(
+        (r["provenance"].get("skipped") or {"count": 0} for r in rows), key=lambda s: s["count"]
+    )
+    if not worst["count"]:
+        return []
+    first = "; ".join(f"{sid} ({reason})" for sid, reason in worst["first"].items())
+    more = " among others" if worst["count"] > len(worst["first"]) else ""
+    return [
+        f"{worst['count']} unreadable image(s) were left out of every method (on_error = "
+        f'"skip"): {first}{more}. `featpipe info STORE` lists them.'
+    ]
+
+
 def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = ()) -> Document:
     """Everything a report shows, from the rows of one configuration (see
     :class:`featpipe.report.runplan.RunPlan`; rows repeating a method and seed: the latest
@@ -191,6 +207,7 @@ def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = 
         "Results",
         [
             *notes,
+            *_skipped_notes(rows),
             f"{len(summaries)} methods on {n_test} test images of {len(classes)} classes. "
             "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
             "percentile bootstrap interval over test images; costs are wall seconds on the machine "
