@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("featpipe")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from featpipe._version import __version__
 
 # `extract` is both a subpackage and its main function: importing the function here, after the
 # subpackage, makes `featpipe.extract` the function, as users expect.

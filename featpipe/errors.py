@@ -14,8 +14,8 @@ class ConfigError(FeaturePipeError, ValueError):
     """A parameter, option or pipeline key is invalid."""
 
 
-class UnknownNameError(FeaturePipeError, KeyError):
-    """A backbone, weights, layer, head or dataset name is not known."""
+class UnknownNameError(ConfigError, KeyError):
+    """A backbone, weights, layer, head, split or dataset name is not known."""
 
     def __str__(self) -> str:  # KeyError would print the message quoted
         return str(self.args[0]) if self.args else ""

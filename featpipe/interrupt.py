@@ -75,3 +75,30 @@ def deferred() -> Iterator[None]:
             signal.signal(signum, handler)
     for signum in dict.fromkeys(held):
         signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
+def forking() -> Iterator[None]:
+    """Block SIGINT and SIGTERM while worker processes are forked (a DataLoader's ``iter``).
+
+    A signal landing inside ``os.fork`` runs its handler in fork's after-fork hooks, where
+    Python prints the exception and drops it, so the main process would run on; and a new
+    worker would die of it, with a traceback, before it can ignore it. Blocked, the signal
+    waits until the workers exist and then reaches the main process as usual; each worker
+    unblocks it in :func:`worker_ignores`. Outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def worker_ignores(*signums: int) -> None:
+    """In a worker forked under :func:`forking`: ignore ``signums`` (the main process stops
+    the run and shuts its workers down), then unblock the stop signals."""
+    for signum in signums:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)

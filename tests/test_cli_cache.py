@@ -14,7 +14,7 @@ import pytest
 from filelock import FileLock
 
 from featpipe.cli import main
-from featpipe.store import FeatureStore, StoreWriter
+from featpipe.store import FeatureStore, StoreWriter, write_arrays
 from featpipe.store.lock import StoreLock, lock_path, owner_path
 
 ATTRS = {"source": {"kind": "ImageFolderSource", "name": "pets"}, "backbone": {"spec": "toy"}}
@@ -22,7 +22,7 @@ ATTRS = {"source": {"kind": "ImageFolderSource", "name": "pets"}, "backbone": {"
 
 def _complete(path, n=12):
     x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
-    FeatureStore.from_arrays(path, {"pooled": x}, [0] * n, ["train"] * n, ["a"], attrs=ATTRS)
+    write_arrays(path, {"pooled": x}, [0] * n, ["train"] * n, ["a"], attrs=ATTRS)
     with StoreLock(path):  # a store made by extract leaves its lock file beside it
         pass
 

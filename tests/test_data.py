@@ -424,7 +424,7 @@ def test_builtin_registry():
         assert "_tiny" in list_builtin_sources()
         assert len(open_source("_tiny")) == 2
     finally:
-        del BUILTIN_SOURCES["_tiny"]
+        BUILTIN_SOURCES.remove("_tiny")
 
 
 def test_open_source_dispatch(tmp_path, image_folder):

@@ -10,7 +10,7 @@ from sklearn.linear_model import SGDClassifier
 from featpipe.errors import ConfigError
 from featpipe.heads import KNNProbe, LogisticProbe, StreamingLinearHead, few_shot
 from featpipe.heads.fewshot import FewShotResult
-from featpipe.store import FeatureStore
+from featpipe.store import write_arrays
 
 
 def blobs(n: int, d: int = 8, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +41,7 @@ def test_few_shot_names_a_class_that_is_too_small(tmp_path) -> None:
     X, y = blobs(30)
     y[y == 2] = 1
     y[0] = 2  # class 'fox' has one training example
-    store = FeatureStore.from_arrays(
+    store = write_arrays(
         tmp_path / "s.h5",
         {"pooled": np.vstack([X, X])},
         np.concatenate([y, y]),
@@ -85,9 +85,7 @@ def test_streaming_head_trains_from_chunks_only() -> None:
 
 def test_streaming_head_on_a_feature_store(tmp_path) -> None:
     X, y = blobs(500)
-    store = FeatureStore.from_arrays(
-        tmp_path / "s.h5", {"pooled": X}, y, ["train"] * 500, ["a", "b", "c"]
-    )
+    store = write_arrays(tmp_path / "s.h5", {"pooled": X}, y, ["train"] * 500, ["a", "b", "c"])
     head = StreamingLinearHead(chunk_rows=100).fit_store(store, "pooled")
     assert head.score(*blobs(300, seed=2)) > 0.9
     assert list(head.classes_) == [0, 1, 2]
@@ -129,7 +127,7 @@ def test_streaming_head_on_a_class_sorted_store_matches_shuffled_rows(tmp_path) 
     accuracy = {}
     for name, order in (("sorted", np.argsort(y[:1200], kind="stable")), ("shuffled", None)):
         train = slice(None) if order is None else order
-        store = FeatureStore.from_arrays(
+        store = write_arrays(
             tmp_path / f"{name}.h5",
             {"p": X[:1200][train]},
             y[:1200][train],

@@ -9,7 +9,7 @@ import pytest
 
 from featpipe.errors import HeadMismatchError
 from featpipe.heads import check_head_matches, load_head, read_sidecar, save_head, select_and_fit
-from featpipe.store import FeatureStore
+from featpipe.store import write_arrays
 
 TOY = {"spec": "toy", "weights_sha256": "a" * 64, "preprocessing": {"resize": 36, "crop": 32}}
 
@@ -21,7 +21,7 @@ def store_with(
     y = np.arange(60) % 3
     X = rng.normal(size=(60, dim)).astype(np.float32) + y[:, None]
     splits = ["train"] * 30 + ["val"] * 15 + ["test"] * 15
-    return FeatureStore.from_arrays(
+    return write_arrays(
         path, {layer: X}, y, splits, list(classes), attrs={"backbone": backbone}, dtype=dtype
     )
 

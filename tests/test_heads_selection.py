@@ -9,7 +9,7 @@ import pytest
 
 from featpipe.errors import ConfigError, UnknownNameError
 from featpipe.heads import KNNProbe, LogisticProbe, select_and_fit
-from featpipe.store import FeatureStore
+from featpipe.store import FeatureStore, write_arrays
 
 SPLIT_SIZES = {"train": 90, "val": 45, "test": 45}
 
@@ -35,7 +35,7 @@ def make_store(path, with_val: bool = True) -> FeatureStore:
     X = np.concatenate([parts[s][0] for s in parts])
     y = np.concatenate([parts[s][1] for s in parts])
     splits = [s for s in parts for _ in range(len(parts[s][1]))]
-    return FeatureStore.from_arrays(path, {"pooled": X}, y, splits, ["a", "b", "c"])
+    return write_arrays(path, {"pooled": X}, y, splits, ["a", "b", "c"])
 
 
 class RecordingStore:

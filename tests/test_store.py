@@ -21,7 +21,7 @@ from featpipe.errors import (
     UnknownNameError,
     UnreadableStoreError,
 )
-from featpipe.store import FeatureStore, StoreWriter, store_filename, store_key
+from featpipe.store import FeatureStore, StoreWriter, store_filename, store_key, write_arrays
 from featpipe.store.lock import StoreLock, lock_path, owner_path
 
 SPLITS = ["train"] * 6 + ["val"] * 2 + ["test"] * 3
@@ -64,7 +64,7 @@ def _partial_store(path, done_chunks=(0, 2), n=10, rows=3, splits=None, skips=No
 def test_from_arrays_round_trip(tmp_path):
     feats = _features()
     labels = np.array([0, 1, 2] * 3 + [0, 1])
-    store = FeatureStore.from_arrays(
+    store = write_arrays(
         tmp_path / "s.h5",
         feats,
         labels,
@@ -91,7 +91,7 @@ def test_from_arrays_round_trip(tmp_path):
 
 def test_plain_h5py_reads_everything(tmp_path):
     feats = _features()
-    FeatureStore.from_arrays(tmp_path / "s.h5", feats, [0] * 11, [0] * 11, ["a"], dtype="float16")
+    write_arrays(tmp_path / "s.h5", feats, [0] * 11, [0] * 11, ["a"], dtype="float16")
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert f.attrs["format"] == "featpipe.store" and f.attrs["format_version"] == 2
         assert bool(f.attrs["complete"])
@@ -107,13 +107,13 @@ def test_plain_h5py_reads_everything(tmp_path):
 def test_split_codes_and_names_give_the_same_store(tmp_path):
     feats = _features()
     codes = [{"train": 0, "val": 1, "test": 2}[s] for s in SPLITS]
-    a = FeatureStore.from_arrays(tmp_path / "a.h5", feats, [0] * 11, SPLITS, ["a"])
-    b = FeatureStore.from_arrays(tmp_path / "b.h5", feats, [0] * 11, codes, ["a"])
+    a = write_arrays(tmp_path / "a.h5", feats, [0] * 11, SPLITS, ["a"])
+    b = write_arrays(tmp_path / "b.h5", feats, [0] * 11, codes, ["a"])
     assert a.split_counts() == b.split_counts() and a.key == b.key
 
 
 def test_unknown_layer_and_split_list_the_valid_ones(tmp_path):
-    store = FeatureStore.from_arrays(tmp_path / "s.h5", _features(), [0] * 11, SPLITS, ["a"])
+    store = write_arrays(tmp_path / "s.h5", _features(), [0] * 11, SPLITS, ["a"])
     with pytest.raises(UnknownNameError, match="pooled"):
         store.arrays("poold")
     with pytest.raises(UnknownNameError, match="train, val"):
@@ -254,7 +254,7 @@ def test_create_leaves_no_temporary_file(tmp_path):
 @pytest.mark.parametrize("rows", [1, 3, 4, 100])
 def test_iter_chunks_is_bounded_and_complete(tmp_path, rows):
     feats = _features()
-    store = FeatureStore.from_arrays(tmp_path / "s.h5", feats, list(range(11)), SPLITS, ["a"])
+    store = write_arrays(tmp_path / "s.h5", feats, list(range(11)), SPLITS, ["a"])
     blocks = list(store.iter_chunks("pooled", rows=rows))
     assert all(len(x) <= rows for x, _ in blocks)
     np.testing.assert_array_equal(np.concatenate([x for x, _ in blocks]), feats["pooled"])
@@ -380,7 +380,7 @@ def test_features_that_are_not_finite_are_refused_naming_the_layer(tmp_path, val
     feats = _features()
     feats["stage1:grid:2"][4, 3] = value
     with pytest.raises(NonFiniteFeaturesError, match=match) as err:
-        FeatureStore.from_arrays(tmp_path / "s.h5", feats, [0] * 11, SPLITS, ["a"], dtype=dtype)
+        write_arrays(tmp_path / "s.h5", feats, [0] * 11, SPLITS, ["a"], dtype=dtype)
     assert "'stage1:grid:2'" in str(err.value) and "rows 4 to 4" in str(err.value)
     assert "--dtype float32" not in str(err.value) or value == 1e5
     assert not FeatureStore(tmp_path / "s.h5").chunk_done().any()
@@ -404,7 +404,7 @@ def test_cost_sums_every_run_that_wrote_chunks(tmp_path):
 
 
 def _truncated(path):
-    FeatureStore.from_arrays(path, _features(200), [0] * 200, [0] * 200, ["a"])
+    write_arrays(path, _features(200), [0] * 200, [0] * 200, ["a"])
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size // 2)
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 from featpipe.backbones.base import Backbone
 from featpipe.errors import ConfigError, unknown_name
+from featpipe.registry import Registry
 
 BackboneFactory = Callable[["BackboneSpec"], Backbone]
-_BUILTINS: dict[str, BackboneFactory] = {}
-_FAMILIES: dict[str, tuple[BackboneFactory, Callable[[], list[str]]]] = {}
+_BUILTINS: Registry[BackboneFactory] = Registry("backbone")
+# family name -> (build one model, list all model names)
+_FAMILIES: Registry[tuple[BackboneFactory, Callable[[], list[str]]]] = Registry("backbone family")
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,11 @@ class BackboneSpec:
         family, sep, name = head.partition(":")
         if not sep:
             family, name = "builtin", head
-        if family not in ("builtin", *_FAMILIES):
+        if family not in list_families():
             raise unknown_name(
                 "backbone family",
                 family,
-                ["builtin", *_FAMILIES],
+                list_families(),
                 hint="Write e.g. 'torchvision:resnet18@none' or 'timm:resnet18@none'.",
             )
         return cls(family, name, weights or None)
@@ -53,25 +55,33 @@ class BackboneSpec:
         return head if self.weights is None else f"{head}@{self.weights}"
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Register a built-in backbone factory under ``name``; a duplicate name raises."""
-
-    def deco(factory: BackboneFactory) -> BackboneFactory:
-        if name in _BUILTINS:
-            raise ConfigError(f"A backbone named {name!r} is already registered.")
-        _BUILTINS[name] = factory
-        return factory
-
-    return deco
+def register_backbone(
+    name: str, *, replace: bool = False
+) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Register a built-in backbone factory under ``name``; a taken name raises unless
+    ``replace``."""
+    return _BUILTINS.decorator(name, replace=replace)
 
 
 def unregister_backbone(name: str) -> None:
-    _BUILTINS.pop(name, None)
+    _BUILTINS.remove(name)
 
 
-def register_family(family: str, factory: BackboneFactory, names: Callable[[], list[str]]) -> None:
-    """Register a model library (``torchvision``, ``timm``): how to build one and list all."""
-    _FAMILIES[family] = (factory, names)
+def register_family(
+    family: str,
+    factory: BackboneFactory,
+    names: Callable[[], list[str]],
+    *,
+    replace: bool = False,
+) -> None:
+    """Register a model library (``torchvision``, ``timm``): how to build one and list all.
+    A taken family name raises unless ``replace``."""
+    _FAMILIES.add(family, (factory, names), replace=replace)
+
+
+def list_families() -> list[str]:
+    """Backbone families that specs may name: ``builtin`` and each registered library."""
+    return ["builtin", *sorted(_FAMILIES)]
 
 
 def list_backbones(filter: str | None = None, family: str | None = None) -> list[str]:

@@ -40,18 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from featpipe import __version__
+    from featpipe._version import __version__
 
     parser.add_argument("--version", action="version", version=f"featpipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"featpipe.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"featpipe.cli.{name}":
-                raise
-            continue  # a subcommand not built yet
-        module.register(sub)
+        importlib.import_module(f"featpipe.cli.{name}").register(sub)
     return parser
 
 

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from featpipe.backbones import POOLINGS, get_backbone, list_backbones
+from featpipe.backbones import POOLINGS, get_backbone, list_backbones, list_families
 from featpipe.backbones.efficientnet_lite import VARIANTS, package_name, weights_installed
 from featpipe.backbones.layers import pool, resolve_pooling
 from featpipe.errors import ConfigError
@@ -53,9 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "local state-dict file, or '@none'.",
         epilog=BACKBONES_EPILOG,
     )
-    p.add_argument(
-        "--family", choices=["builtin", "torchvision", "timm"], help="only list this family"
-    )
+    p.add_argument("--family", choices=list_families(), help="only list this family")
     p.add_argument("--filter", metavar="TEXT", help="only names containing TEXT (any case)")
     p.set_defaults(func=run_backbones)
 

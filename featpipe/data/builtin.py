@@ -9,22 +9,19 @@ import numpy as np
 
 from featpipe.data.arrays import ArraySource
 from featpipe.data.source import ImageSource
-from featpipe.errors import ConfigError, unknown_name
+from featpipe.errors import ConfigError
+from featpipe.registry import Registry
 
 BuiltinFactory = Callable[..., ImageSource]
-BUILTIN_SOURCES: dict[str, BuiltinFactory] = {}
+BUILTIN_SOURCES: Registry[BuiltinFactory] = Registry("dataset")
 
 
-def register_builtin_source(name: str) -> Callable[[BuiltinFactory], BuiltinFactory]:
-    """Register a factory (keyword arguments only) under ``name``; a duplicate name raises."""
-
-    def deco(factory: BuiltinFactory) -> BuiltinFactory:
-        if name in BUILTIN_SOURCES:
-            raise ConfigError(f"A built-in dataset named {name!r} is already registered.")
-        BUILTIN_SOURCES[name] = factory
-        return factory
-
-    return deco
+def register_builtin_source(
+    name: str, *, replace: bool = False
+) -> Callable[[BuiltinFactory], BuiltinFactory]:
+    """Register a factory (keyword arguments only) under ``name``; a taken name raises unless
+    ``replace``."""
+    return BUILTIN_SOURCES.decorator(name, replace=replace)
 
 
 def list_builtin_sources() -> list[str]:
@@ -34,9 +31,7 @@ def list_builtin_sources() -> list[str]:
 
 def load_builtin(name: str, **kwargs) -> ImageSource:
     """The built-in dataset ``name``, built with ``kwargs`` (e.g. ``val_fraction``, ``seed``)."""
-    if name not in BUILTIN_SOURCES:
-        raise unknown_name("dataset", name, BUILTIN_SOURCES)
-    factory = BUILTIN_SOURCES[name]
+    factory = BUILTIN_SOURCES.get_or_raise(name)
     signature = inspect.signature(factory)
     try:
         signature.bind(**kwargs)

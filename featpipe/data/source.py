@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from featpipe.errors import ConfigError, SourceError
+from featpipe.errors import SourceError, UnknownNameError, did_you_mean
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 SPLIT_CODES: dict[str, int] = {name: code for code, name in enumerate(SPLIT_NAMES)}
@@ -21,12 +21,13 @@ def count_splits(codes: np.ndarray) -> dict[str, int]:
 
 
 def split_code(split: str) -> int:
-    """The uint8 code stored for a split name."""
+    """The uint8 code stored for a split name: the one place split names are looked up."""
     try:
         return SPLIT_CODES[split]
-    except KeyError:
-        raise ConfigError(
-            f"Unknown split {split!r}. Valid splits: {', '.join(SPLIT_NAMES)}."
+    except (KeyError, TypeError):
+        raise UnknownNameError(
+            f"Unknown split {split!r}.{did_you_mean(str(split), SPLIT_NAMES)} "
+            f"Valid splits: {', '.join(SPLIT_NAMES)}."
         ) from None
 
 

@@ -20,7 +20,7 @@ from featpipe.errors import ImageReadError
 from featpipe.extract.datapath import DataPath
 from featpipe.extract.host_copy import start_copy
 from featpipe.extract.writer_thread import BackgroundWriter
-from featpipe.interrupt import Interrupted
+from featpipe.interrupt import Interrupted, forking, worker_ignores
 from featpipe.store import StoreWriter
 
 
@@ -114,8 +114,7 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not compete with the forward pass
     # Ctrl-C reaches the whole process group and a scheduler may signal it too: the main
     # process stops the run and shuts the workers down, which must not print tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker_ignores(signal.SIGINT, signal.SIGTERM)
 
 
 def run_chunks(
@@ -162,7 +161,8 @@ def run_chunks(
     start_time = time.perf_counter()
     # Start the workers before the file is opened: forked workers would otherwise inherit its
     # descriptor and HDF5 lock, and keep the store locked after an error.
-    batches = iter(loader)
+    with forking():
+        batches = iter(loader)
     try:
         with (
             StoreWriter.open(path) as writer,

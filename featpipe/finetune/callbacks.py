@@ -5,24 +5,38 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from featpipe.finetune import checkpoint
 
-if TYPE_CHECKING:
-    from featpipe.finetune.tuner import FineTuner
+
+class Trainer(Protocol):
+    """What callbacks read and set on the training loop (``FineTuner`` is one)."""
+
+    epochs: int
+    run_dir: str | Path | None
+    history_: list[dict]
+    start_epoch_: int
+    best_epoch_: int
+    best_score_: tuple[float, ...]
+    stop_training_: bool
+    saved_epoch_: int | None
+
+    def best_state(self) -> dict[str, Any]: ...
+
+    def training_state(self) -> dict[str, Any]: ...
 
 
 class Callback:
     """Hooks the tuner calls; ``logs`` is the epoch's history row (epoch 0 = before training)."""
 
-    def on_fit_start(self, tuner: FineTuner) -> None:
+    def on_fit_start(self, tuner: Trainer) -> None:
         pass
 
-    def on_epoch_end(self, tuner: FineTuner, logs: dict) -> None:
+    def on_epoch_end(self, tuner: Trainer, logs: dict) -> None:
         pass
 
-    def on_fit_end(self, tuner: FineTuner) -> None:
+    def on_fit_end(self, tuner: Trainer) -> None:
         pass
 
 
@@ -32,7 +46,7 @@ class EarlyStopping(Callback):
     def __init__(self, patience: int):
         self.patience = patience
 
-    def on_epoch_end(self, tuner: FineTuner, logs: dict) -> None:
+    def on_epoch_end(self, tuner: Trainer, logs: dict) -> None:
         if logs["epoch"] - tuner.best_epoch_ >= self.patience:
             tuner.stop_training_ = True
 
@@ -44,7 +58,7 @@ class Checkpoint(Callback):
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
 
-    def on_epoch_end(self, tuner: FineTuner, logs: dict) -> None:
+    def on_epoch_end(self, tuner: Trainer, logs: dict) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if tuner.best_epoch_ == logs["epoch"]:  # best before last: last.pt never names a
             checkpoint.save(self.run_dir / checkpoint.BEST, tuner.best_state())  # missing best
@@ -59,7 +73,7 @@ class HistoryLogger(Callback):
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def on_epoch_end(self, tuner: FineTuner, logs: dict) -> None:
+    def on_epoch_end(self, tuner: Trainer, logs: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(json.dumps(row) + "\n" for row in tuner.history_))
@@ -69,11 +83,11 @@ class HistoryLogger(Callback):
 class ProgressPrinter(Callback):
     """One line per epoch on stdout."""
 
-    def on_fit_start(self, tuner: FineTuner) -> None:
+    def on_fit_start(self, tuner: Trainer) -> None:
         if tuner.start_epoch_:
             print(f"resumed from epoch {tuner.start_epoch_} ({tuner.run_dir})", flush=True)
 
-    def on_epoch_end(self, tuner: FineTuner, logs: dict) -> None:
+    def on_epoch_end(self, tuner: Trainer, logs: dict) -> None:
         parts = [f"epoch {logs['epoch']:>3}/{tuner.epochs}"]
         if logs.get("train_loss") is not None:
             parts.append(f"train loss {logs['train_loss']:.4f}")
@@ -86,7 +100,7 @@ class ProgressPrinter(Callback):
             parts.append("*")
         print("  ".join(parts), flush=True)
 
-    def on_fit_end(self, tuner: FineTuner) -> None:
+    def on_fit_end(self, tuner: Trainer) -> None:
         print(
             f"best epoch {tuner.best_epoch_}: val accuracy {100 * tuner.best_score_[0]:.2f}%",
             flush=True,

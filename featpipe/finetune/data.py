@@ -16,6 +16,7 @@ from featpipe.backbones.preprocessing import INTERPOLATIONS
 from featpipe.data.source import SPLIT_CODES, ImageSource
 from featpipe.data.splits import stratified_split
 from featpipe.errors import ConfigError, SourceError
+from featpipe.interrupt import forking, worker_ignores
 
 AUGMENTATIONS = ("standard", "none")
 # Milder than ImageNet's (0.08, 1): a few epochs on a small set cannot absorb tiny crops.
@@ -86,7 +87,15 @@ def _seed_worker(worker_id: int) -> None:
     # Ctrl-C reaches the whole process group: the main process stops training and shuts the
     # workers down, so they must not print a traceback of their own. (SIGTERM stays: it is
     # how a worker that does not stop in time is ended.)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_ignores(signal.SIGINT)
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose workers are forked with the stop signals held (see ``forking``)."""
+
+    def __iter__(self):
+        with forking():
+            return super().__iter__()
 
 
 def loader(
@@ -98,7 +107,7 @@ def loader(
     generator: torch.Generator | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
-    return DataLoader(
+    return _Loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,

@@ -369,7 +369,6 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             "model": self.model_.state_dict(),
             "optimizer": self.optimizer_.state_dict(),
             "scheduler": self.scheduler_.state_dict(),
-            "scaler": None,  # bf16 autocast needs no loss scaling
             "rng": checkpoint.rng_state(self.generator_),
             "history": self.history_,
             "best_epoch": self.best_epoch_,
@@ -485,11 +484,6 @@ def _attach_head(
     head = nn.Sequential(*layers, linear) if layers else linear
     backbone.model.set_submodule(name, head)
     return backbone.model, name
-
-
-def _linear(model: nn.Module, head: str) -> nn.Linear:
-    module = model.get_submodule(head)
-    return module if isinstance(module, nn.Linear) else module[-1]
 
 
 __all__ = ["FineTuner"]

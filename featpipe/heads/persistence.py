@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import platform
 import warnings
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import joblib
-import numpy as np
 from sklearn.base import BaseEstimator
 
 from featpipe.errors import ConfigError, HeadMismatchError
 from featpipe.heads.registry import head_name
+from featpipe.provenance import plain, versions
 
 SIDECAR_FORMAT = "featpipe.head"
 # 2: records the stored layer's pooling, width and dtype ("features").
@@ -26,31 +24,6 @@ def sidecar_path(path: str | Path) -> Path:
     """``head.joblib`` -> ``head.joblib.json``."""
     path = Path(path)
     return path.with_name(path.name + ".json")
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("featpipe", "scikit-learn", "torch", "numpy", "joblib"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
-
-
-def _plain(value: object) -> object:
-    """JSON-safe form of parameter values (numpy scalars, tuples, arrays)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return repr(value)
 
 
 def _store_provenance(store: object) -> dict:
@@ -74,12 +47,12 @@ def _features(store: object, layer: str | None) -> dict | None:
     width and dtype (float16 features differ from float32 ones)."""
     if layer is None or layer not in getattr(store, "layers", ()):
         return None
-    return {"layer": layer, **{k: _plain(v) for k, v in store.layer_info(layer).items()}}
+    return {"layer": layer, **{k: plain(v) for k, v in store.layer_info(layer).items()}}
 
 
 def _same(a: object, b: object) -> bool:
     """Equality of JSON-like values, whether they came from JSON (lists) or not (tuples)."""
-    return json.dumps(_plain(a), sort_keys=True) == json.dumps(_plain(b), sort_keys=True)
+    return json.dumps(plain(a), sort_keys=True) == json.dumps(plain(b), sort_keys=True)
 
 
 def save_head(
@@ -104,16 +77,16 @@ def save_head(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "head": head_name(head) or type(head).__name__,
         "estimator": f"{type(head).__module__}.{type(head).__qualname__}",
-        "params": _plain(params),
+        "params": plain(params),
         "preprocessing": {"preprocess": params.get("preprocess"), "pca": params.get("pca")},
         "layer": layer,
         "n_features": getattr(head, "n_features_in_", None),
-        "class_labels": _plain(head.classes_),
-        "classes": list(store.classes) if store is not None else _plain(head.classes_),
-        "hyperparameters": _plain(getattr(selection, "params", None)),
+        "class_labels": plain(head.classes_),
+        "classes": list(store.classes) if store is not None else plain(head.classes_),
+        "hyperparameters": plain(getattr(selection, "params", None)),
         "val_accuracy": getattr(selection, "val_accuracy", None),
         "test_accuracy": getattr(selection, "test_accuracy", None),
-        "versions": _versions(),
+        "versions": versions(),
         **(
             {**_store_provenance(store), "features": _features(store, layer)}
             if store is not None

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from featpipe.errors import ConfigError, unknown_name
 from featpipe.heads.estimators import (
     KNNProbe,
     LinearSVMProbe,
@@ -16,6 +15,7 @@ from featpipe.heads.estimators import (
     MLPProbe,
     RBFSVMProbe,
 )
+from featpipe.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class HeadEntry:
     seed_param: str | None = None
 
 
-HEADS: dict[str, HeadEntry] = {}
+HEADS: Registry[HeadEntry] = Registry("head", hint="See `featpipe probe --help`.")
 
 
 def register_head(
@@ -37,12 +37,11 @@ def register_head(
     grid: dict[str, list],
     *,
     seed_param: str | None = None,
+    replace: bool = False,
 ) -> None:
-    """Add a head under ``name`` with its default grid; a duplicate name raises.
+    """Add a head under ``name`` with its default grid; a taken name raises unless ``replace``.
     ``seed_param`` names the parameter that a run's seed sets, for heads with randomness."""
-    if name in HEADS:
-        raise ConfigError(f"A head named {name!r} is already registered.")
-    HEADS[name] = HeadEntry(name, factory, grid, seed_param)
+    HEADS.add(name, HeadEntry(name, factory, grid, seed_param), replace=replace)
 
 
 # Kornblith et al. (2019): 45 log-spaced C values over [1e-6, 1e5] for logistic regression.
@@ -70,9 +69,7 @@ def list_heads() -> list[str]:
 
 
 def _entry(name: str) -> HeadEntry:
-    if name not in HEADS:
-        raise unknown_name("head", name, HEADS, hint="See `featpipe probe --help`.")
-    return HEADS[name]
+    return HEADS.get_or_raise(name)
 
 
 def make_head(name: str, **params) -> BaseEstimator:

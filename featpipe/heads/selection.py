@@ -19,6 +19,7 @@ from featpipe.heads.estimators import LogisticProbe
 from featpipe.heads.registry import default_grid, head_name, make_head, run_params
 from featpipe.heads.splits import FeatureSplits
 from featpipe.heads.torch_logreg import logreg_path
+from featpipe.provenance import plain
 
 
 @dataclass
@@ -50,19 +51,15 @@ class SelectionResult:
         """JSON-serialisable figures (no arrays, no estimator)."""
         return {
             "head": self.head,
-            "params": _jsonable(self.params),
+            "params": plain(self.params),
             "val_accuracy": self.val_accuracy,
             "test_accuracy": self.test_accuracy,
             "selection": self.selection,
             "select_seconds": self.select_seconds,
             "fit_seconds": self.fit_seconds,
             "predict_seconds": self.predict_seconds,
-            "curve": [{"params": _jsonable(p), "val_score": s} for p, s in self.curve],
+            "curve": [{"params": plain(p), "val_score": s} for p, s in self.curve],
         }
-
-
-def _jsonable(params: dict) -> dict:
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in params.items()}
 
 
 def _candidate_scores(

@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from featpipe.evaluate import Timer, compute_metrics, measure
 from featpipe.interrupt import Interrupted
 from featpipe.pipeline.config import DEFAULT_FRACTIONS
 from featpipe.pipeline.validate import check_grids, check_models
+from featpipe.provenance import plain, versions
 from featpipe.report import (
     RESULTS_FILE,
     PlannedRun,
@@ -47,7 +47,6 @@ HEAD_LABELS = {
     "mlp": "MLP",
     "knn": "kNN",
 }
-_VERSIONED = ("featpipe", "torch", "torchvision", "timm", "scikit-learn", "numpy", "scipy", "h5py")
 # Sections of the config that change no result (where results go, how many workers).
 _FINETUNE_NOT_RESULT = ("modes", "backbones", "workers")
 
@@ -161,16 +160,6 @@ def open_pipeline_source(section: dict) -> ImageSource:
     if section["limits"]:
         source = subsample(source, dict(section["limits"]), seed=section["split_seed"])
     return source
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def describe_device(device: str) -> str:
@@ -381,10 +370,9 @@ class PipelineRunner:
             y,
             result.test_ids,
             val_accuracy=result.val_accuracy,
-            params={k: _plain(v) for k, v in result.params.items()},
+            params={k: plain(v) for k, v in result.params.items()},
             curve=[
-                {"params": {k: _plain(v) for k, v in p.items()}, "score": s}
-                for p, s in result.curve
+                {"params": {k: plain(v) for k, v in p.items()}, "score": s} for p, s in result.curve
             ],
             history=None,
             cost={
@@ -465,7 +453,7 @@ class PipelineRunner:
             val_accuracy=float(tuner.best_score_[0]),
             params={**settings, "best_epoch": int(tuner.best_epoch_)},
             curve=None,
-            history=[{k: _plain(v) for k, v in h.items()} for h in tuner.history_],
+            history=[{k: plain(v) for k, v in h.items()} for h in tuner.history_],
             cost={
                 "extraction_seconds": 0.0,
                 "extraction_reused": False,
@@ -555,15 +543,6 @@ def _interrupted(exc: KeyboardInterrupt, done: int, total: int) -> Interrupted:
     return stop.with_message(
         f"interrupted: {done} of {total} method runs done{detail}; run the same command to resume"
     )
-
-
-def _plain(value):
-    """numpy scalars and tuples as plain JSON values."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    return value
 
 
 def run_pipeline(

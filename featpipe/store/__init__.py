@@ -3,6 +3,14 @@
 from featpipe.store.key import store_filename, store_key
 from featpipe.store.reader import FeatureStore
 from featpipe.store.schema import FORMAT, FORMAT_VERSION
-from featpipe.store.writer import StoreWriter
+from featpipe.store.writer import StoreWriter, write_arrays
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "FeatureStore", "StoreWriter", "store_filename", "store_key"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "FeatureStore",
+    "StoreWriter",
+    "store_filename",
+    "store_key",
+    "write_arrays",
+]

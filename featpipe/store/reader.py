@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, count_splits
+from featpipe.data.source import count_splits, split_code
 from featpipe.errors import ConfigError, IncompleteStoreError, StoreMismatchError, unknown_name
 from featpipe.store import schema
 from featpipe.store.files import open_h5, unreadable
@@ -251,19 +251,13 @@ class FeatureStore:
     def _in_split(self, split: str | None) -> np.ndarray:
         if split is None:
             return np.ones(self._n, dtype=bool)
-        return self._splits() == self._split_code(split)
+        return self._splits() == split_code(split)
 
     def _rows(self, split: str | None) -> np.ndarray:
         """Row indices of ``split`` (all when None), skipped rows left out."""
         with self._open() as f:
             kept = self._kept(f)
         return np.flatnonzero(kept & self._in_split(split))
-
-    @staticmethod
-    def _split_code(split: str) -> int:
-        if split not in SPLIT_CODES:
-            raise unknown_name("split", split, SPLIT_NAMES)
-        return SPLIT_CODES[split]
 
     def _row_mask(self, split: str | None, allow_incomplete: bool) -> np.ndarray:
         """Rows of ``split`` whose chunk is done, skipped rows left out; raises on missing
@@ -280,82 +274,3 @@ class FeatureStore:
                 "pass allow_incomplete=True to read the finished rows only."
             )
         return mask & rows_done(done, self.rows_per_chunk, self._n)
-
-    # -- writing small stores ------------------------------------------------------------------
-    @classmethod
-    def from_arrays(
-        cls,
-        path: str | Path,
-        features: Mapping[str, np.ndarray],
-        labels: Sequence[int] | np.ndarray,
-        splits: Sequence[str | int] | np.ndarray,
-        classes: Sequence[str],
-        ids: Sequence[str] | None = None,
-        attrs: Mapping[str, Any] | None = None,
-        dtype: str = "float32",
-    ) -> FeatureStore:
-        """Write a complete store from in-memory arrays (tests, Embedder) and open it.
-        ``splits`` may be names ("train") or uint8 codes; ``attrs`` adds root attributes
-        (a ``key`` among them names the store; otherwise one is hashed from the arrays)."""
-        from featpipe.store.writer import StoreWriter
-
-        features = {name: np.asarray(x) for name, x in features.items()}
-        if not features:
-            raise ConfigError("from_arrays needs at least one layer of features.")
-        n = len(labels)
-        for name, x in features.items():
-            if x.ndim != 2 or len(x) != n:
-                raise ConfigError(
-                    f"Features of layer {name!r} must be (n, D) with n={n} rows; got {x.shape}."
-                )
-        codes = _split_codes(splits, n)
-        ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
-        attrs = dict(attrs or {})
-        attrs.setdefault("key", _hash_arrays(features, labels, codes))
-        layers = {
-            name: (x.shape[1], name.partition(":")[2] or "unknown") for name, x in features.items()
-        }
-        rows = max(1, min(n, 4096))
-        with StoreWriter.create(
-            path,
-            ids=ids,
-            labels=np.asarray(labels),
-            splits=codes,
-            classes=list(classes),
-            layers=layers,
-            dtype=dtype,
-            rows_per_chunk=rows,
-            attrs=attrs,
-        ) as writer:
-            for index in range(writer.n_chunks):
-                start, stop = writer.chunk_rows(index)
-                writer.write_chunk(index, {k: x[start:stop] for k, x in features.items()})
-            writer.finish()
-        return cls(path)
-
-
-def _split_codes(splits: Sequence[str | int] | np.ndarray, n: int) -> np.ndarray:
-    values = list(splits)
-    if len(values) != n:
-        raise ConfigError(f"splits must have one entry per row ({n}); got {len(values)}.")
-    codes = []
-    for v in values:
-        if isinstance(v, str):
-            codes.append(FeatureStore._split_code(v))
-        elif int(v) in SPLIT_CODES.values():
-            codes.append(int(v))
-        else:
-            raise ConfigError(f"Unknown split code {v!r}; valid codes: {dict(SPLIT_CODES)}.")
-    return np.asarray(codes, dtype=np.uint8)
-
-
-def _hash_arrays(features: Mapping[str, np.ndarray], labels: Any, codes: np.ndarray) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in sorted(features):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(features[name]).tobytes())
-    h.update(np.asarray(labels, dtype=np.int64).tobytes())
-    h.update(codes.tobytes())
-    return h.hexdigest()[:16]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,13 +14,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from featpipe.data.source import SPLIT_NAMES
+from featpipe._version import __version__
+from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, split_code
 from featpipe.errors import (
     ConfigError,
     NonFiniteFeaturesError,
     StoreMismatchError,
     StoreWriteError,
 )
+from featpipe.provenance import versions
 from featpipe.store import schema
 from featpipe.store.files import (
     check_free_space,
@@ -30,26 +32,8 @@ from featpipe.store.files import (
     unreadable,
     unwritten_bytes,
 )
+from featpipe.store.reader import FeatureStore
 from featpipe.store.schema import chunk_bounds, encode_attr, n_chunks_for
-
-
-def _versions() -> dict:
-    import torch
-    import torchvision
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "h5py": h5py.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def _featpipe_version() -> str:
-    from featpipe import __version__
-
-    return __version__
 
 
 def _check_dtype(dtype: str) -> str:
@@ -177,9 +161,9 @@ class StoreWriter:
             with h5py.File(tmp, "w") as f:
                 f.attrs["format"] = schema.FORMAT
                 f.attrs["format_version"] = schema.FORMAT_VERSION
-                f.attrs["featpipe_version"] = _featpipe_version()
+                f.attrs["featpipe_version"] = __version__
                 f.attrs["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-                f.attrs["versions"] = encode_attr(_versions())
+                f.attrs["versions"] = encode_attr(versions())
                 for name, value in attrs.items():
                     f.attrs[name] = encode_attr(value)
                 f.attrs["layers"] = encode_attr(list(layers))
@@ -446,3 +430,76 @@ class StoreWriter:
         # Already failing (the first error is the one to report): close as well as we can.
         with contextlib.suppress(Exception):
             self.close()
+
+
+def write_arrays(
+    path: str | Path,
+    features: Mapping[str, np.ndarray],
+    labels: Sequence[int] | np.ndarray,
+    splits: Sequence[str | int] | np.ndarray,
+    classes: Sequence[str],
+    ids: Sequence[str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    dtype: str = "float32",
+) -> FeatureStore:
+    """Write a complete store from in-memory arrays (tests, examples) and open it.
+    ``splits`` may be names ("train") or uint8 codes; ``attrs`` adds root attributes
+    (a ``key`` among them names the store; otherwise one is hashed from the arrays)."""
+    features = {name: np.asarray(x) for name, x in features.items()}
+    if not features:
+        raise ConfigError("write_arrays needs at least one layer of features.")
+    n = len(labels)
+    for name, x in features.items():
+        if x.ndim != 2 or len(x) != n:
+            raise ConfigError(
+                f"Features of layer {name!r} must be (n, D) with n={n} rows; got {x.shape}."
+            )
+    codes = _split_codes(splits, n)
+    ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
+    attrs = dict(attrs or {})
+    attrs.setdefault("key", _hash_arrays(features, labels, codes))
+    layers = {
+        name: (x.shape[1], name.partition(":")[2] or "unknown") for name, x in features.items()
+    }
+    rows = max(1, min(n, 4096))
+    with StoreWriter.create(
+        path,
+        ids=ids,
+        labels=np.asarray(labels),
+        splits=codes,
+        classes=list(classes),
+        layers=layers,
+        dtype=dtype,
+        rows_per_chunk=rows,
+        attrs=attrs,
+    ) as writer:
+        for index in range(writer.n_chunks):
+            start, stop = writer.chunk_rows(index)
+            writer.write_chunk(index, {k: x[start:stop] for k, x in features.items()})
+        writer.finish()
+    return FeatureStore(path)
+
+
+def _split_codes(splits: Sequence[str | int] | np.ndarray, n: int) -> np.ndarray:
+    values = list(splits)
+    if len(values) != n:
+        raise ConfigError(f"splits must have one entry per row ({n}); got {len(values)}.")
+    codes = []
+    for v in values:
+        if isinstance(v, str):
+            codes.append(split_code(v))
+        elif int(v) in SPLIT_CODES.values():
+            codes.append(int(v))
+        else:
+            raise ConfigError(f"Unknown split code {v!r}; valid codes: {dict(SPLIT_CODES)}.")
+    return np.asarray(codes, dtype=np.uint8)
+
+
+def _hash_arrays(features: Mapping[str, np.ndarray], labels: Any, codes: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for name in sorted(features):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(features[name]).tobytes())
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
+    h.update(codes.tobytes())
+    return h.hexdigest()[:16]
