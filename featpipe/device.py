@@ -72,3 +72,16 @@ def torch_threads(n_threads: int | None = None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def amp_dtype(device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``device``, or None for plain fp32 (the CPU, whose fp32
+    features then match across machines). CUDA: bf16 where the GPU has it natively
+    (Ampere and later); fp16 on older GPUs (T4, V100), where bf16 is emulated and slow, and
+    where training must then scale its loss (``torch.amp.GradScaler``)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    with torch.cuda.device(device):
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
