@@ -262,7 +262,7 @@ def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = 
             ),
         ],
     )
-    if len({s.layer for s in summaries if s.kind == MethodKind.PROBE}) > 1:
+    if len({s.layer for s in summaries if s.kind == MethodKind.PROBE and s.layer}) > 1:
         figures.blocks.append(
             Figure(
                 "accuracy_by_layer",

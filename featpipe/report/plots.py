@@ -112,7 +112,8 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 
 def accuracy_by_layer(summaries: list[MethodSummary]) -> bytes:
     """One line per (backbone, head) across the layers, in extraction order."""
-    probes = [s for s in summaries if s.kind == MethodKind.PROBE]
+    # Probes on a feature layer (a probe-kind stage may read none, e.g. a baseline).
+    probes = [s for s in summaries if s.kind == MethodKind.PROBE and s.layer and s.head]
     layers = list(dict.fromkeys(s.layer for s in probes))
     fig = Figure(figsize=(8, 4.5))
     ax = fig.add_subplot()

@@ -131,3 +131,37 @@ def _source(context: RunContext) -> tuple[ImageSource, dict[str, str]]:
     if skipped:
         context.log(f"fine-tuning leaves out {len(skipped)} unreadable images")
     return without(context.source, skipped), skipped
+
+
+def tuner_row(
+    tuner, proba: np.ndarray, usage: Usage, predict_seconds: float, *, run: str, limits: dict
+) -> ResultRow:
+    """The row of a FineTuner fitted outside a pipeline (``featpipe finetune``): the same row
+    a pipeline writes, hashed over the source, its ``limits`` and every setting that changes
+    a result."""
+    from featpipe.pipeline.config import SET_BY_RUNNER
+    from featpipe.pipeline.runner import describe_device
+    from featpipe.provenance import versions
+
+    source = tuner.source_
+    fingerprint = source.fingerprint()
+    params = tuner.get_params()
+    settings = {k: v for k, v in params.items() if k not in SET_BY_RUNNER}
+    hashed = {k: v for k, v in params.items() if k not in NOT_RESULT_PARAMS}
+    job = Job(
+        NAME,
+        f"{tuner.backbone}/finetune:{tuner.mode}",
+        MethodKind.FINETUNE,
+        f"fine-tuning ({tuner.mode})",
+        tuner.backbone,
+        tuner.seed,
+        config_hash({"data": fingerprint, "limits": limits, **hashed}),
+        mode=tuner.mode,
+    )
+    provenance = {
+        "source": {"description": source.describe(), "fingerprint": fingerprint},
+        "versions": versions(),
+        "device": describe_device(str(tuner.device_)),
+    }
+    context = RowContext(run, 1000, provenance)
+    return finetune_row(job, context, tuner, proba, usage, predict_seconds, settings, {})

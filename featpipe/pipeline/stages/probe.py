@@ -159,3 +159,47 @@ def probabilities(result) -> tuple[np.ndarray, bool]:
         scores = np.stack([-scores, scores], axis=1)
     z = np.exp(scores - scores.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True), False
+
+
+def store_row(
+    store, layer: str, result, usage: Usage, *, seed: int, cv: int, device: str, run: str
+) -> ResultRow:
+    """The row of a head fitted outside a pipeline (``featpipe probe --run-dir``) on a store
+    that `featpipe extract` built: the same row a pipeline writes, with the store's own
+    provenance, and its extraction counted as reused."""
+    from featpipe.heads.registry import HEADS
+    from featpipe.pipeline.runner import describe_device
+    from featpipe.provenance import versions
+
+    spec = (store.attrs.get("backbone") or {}).get("spec", "?")
+    head = result.head
+    entry = HEADS[head]
+    settings = {"store": store.key, "layer": layer, "head": head, "cv": cv}
+    if entry.seed_param:
+        settings["seed_param"] = entry.seed_param
+    label = f"{entry.label} on layer {layer}"
+    deterministic = not entry.seed_param and store.split_counts().get("val", 0) > 0
+    job = Job(
+        NAME,
+        f"{spec}/{head}@{layer}",
+        MethodKind.PROBE,
+        label,
+        spec,
+        seed,
+        config_hash(settings),
+        layer=layer,
+        head=head,
+        deterministic=deterministic,
+    )
+    source = {
+        "description": store.attrs.get("source"),
+        "fingerprint": store.attrs.get("source_fingerprint"),
+    }
+    context = RowContext(
+        run, 1000, {"source": source, "versions": versions(), "device": describe_device(device)}
+    )
+    stats = store.attrs.get("extraction") or {}
+    extraction = Extraction(
+        seconds=float(stats.get("seconds", 0.0)), images=int(stats.get("images") or 0), reused=True
+    )
+    return probe_row(job, context, store, result, usage, extraction, image_size=None)
