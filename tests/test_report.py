@@ -15,6 +15,7 @@ from featpipe.cli import main
 from featpipe.evaluate import compute_metrics
 from featpipe.report import (
     SCHEMA_VERSION,
+    MethodKind,
     PlannedRun,
     ResultsFormatError,
     RunPlan,
@@ -330,3 +331,19 @@ def test_seeds_that_change_nothing_show_no_spread(tmp_path):
     assert "| toy/knn@pooled | 0, 1 (identical) |" in md
     assert "| toy/logreg@pooled | 0 (deterministic) |" in md
     assert "± 0.0" not in md
+
+
+def test_result_row_round_trips_and_refuses_other_versions(tmp_path, rows):
+    from featpipe.report import ResultRow
+
+    row = ResultRow.from_json(rows[4])
+    assert row.kind is MethodKind.FINETUNE and row.cost.fit_seconds == 60
+    assert row.to_json() == rows[4]  # the same JSON keys and values, in the same order
+    assert list(row.to_json()) == list(rows[4])
+    path = tmp_path / "results.jsonl"
+    append_result(path, row)
+    newer = {**rows[0], "schema_version": SCHEMA_VERSION + 1}
+    with path.open("a") as fh:
+        fh.write(json.dumps(newer) + "\n")
+    with pytest.raises(ResultsFormatError, match=r"results.jsonl:2: schema_version 2 is not sup"):
+        read_results(path)
