@@ -8,11 +8,16 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from featpipe.data import ImageSource
 from featpipe.evaluate import compute_metrics
 from featpipe.report.results import MethodKind, Predictions, ResultRow
+
+if TYPE_CHECKING:
+    from featpipe.pipeline.config import PipelineConfig
 
 
 def config_hash(settings: object) -> str:
@@ -78,7 +83,16 @@ class RowContext:
             **fields,
         )
 
-    def metrics(self, y, proba, classes, seed: int, *, probabilistic=True, y_pred=None) -> dict:
+    def metrics(
+        self,
+        y: np.ndarray,
+        proba: np.ndarray,
+        classes: list[str],
+        seed: int,
+        *,
+        probabilistic: bool = True,
+        y_pred: np.ndarray | None = None,
+    ) -> dict:
         """``compute_metrics`` on the test split. Scores that are not probabilities (an SVM's
         softmaxed decision function) rank classes but give no log loss or calibration."""
         metrics = compute_metrics(y, proba, classes, n_boot=self.n_boot, seed=seed, y_pred=y_pred)
@@ -93,7 +107,7 @@ class RunContext(RowContext):
     """A running pipeline: its config, source, device and run folder, and what its jobs made
     once for the jobs after them (feature stores, the fine-tuning source)."""
 
-    config: Any  # PipelineConfig
+    config: PipelineConfig
     source: ImageSource
     device: str
     run_dir: Path
@@ -114,7 +128,7 @@ def skip_summary(skipped: dict[str, str], shown: int = 5) -> dict:
     return {"count": len(skipped), "first": dict(list(skipped.items())[:shown])}
 
 
-def backbone_suffix(config) -> Callable[[str], str]:
+def backbone_suffix(config: PipelineConfig) -> Callable[[str], str]:
     """Labels name the backbone only when the run has several."""
     several = len(set(config.features.backbones) | set(config.finetune.backbones)) > 1
     return (lambda bb: f" [{bb}]") if several else (lambda bb: "")

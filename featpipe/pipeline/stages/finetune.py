@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from featpipe.data import ImageSource
@@ -21,10 +23,13 @@ from featpipe.pipeline.stages.extract import opened_stores
 from featpipe.provenance import plain
 from featpipe.report.results import MethodKind, Predictions, ResultRow
 
+if TYPE_CHECKING:
+    from featpipe.pipeline.config import PipelineConfig
+
 NAME = "finetune"
 
 
-def plan(config, data: PlanData) -> list[Job]:
+def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
     """One job per (backbone, mode, seed); the config hash covers the data and every
     fine-tuning setting that changes a result."""
     suffix = backbone_suffix(config)

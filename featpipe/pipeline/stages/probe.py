@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from featpipe.errors import ConfigError
@@ -19,10 +21,13 @@ from featpipe.pipeline.stages.extract import feature_store
 from featpipe.provenance import plain
 from featpipe.report.results import MethodKind, Predictions, ResultRow
 
+if TYPE_CHECKING:
+    from featpipe.pipeline.config import PipelineConfig
+
 NAME = "probe"
 
 
-def plan(config, data: PlanData) -> list[Job]:
+def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
     """One job per (backbone, layer, head, seed). The config hash covers the data and the
     head's own settings, so changing one head's grid or adding a head redoes nothing else.
 
