@@ -32,6 +32,7 @@ from featpipe.finetune.data import train_transform
 from featpipe.finetune.freezing import freeze
 from featpipe.finetune.recipe import param_groups, warmup_cosine
 from featpipe.interrupt import Interrupted, deferred, handle_sigterm
+from featpipe.report import read_results
 
 CHILD = Path(__file__).with_name("finetune_child.py")
 
@@ -331,6 +332,12 @@ def test_cli_finetune_writes_run_folder(split_image_folder, tmp_path, capsys):
     assert 0 <= metrics["test"]["top1"] <= 1 and metrics["probe"]["C"] > 0
     assert json.loads((run_dir / "config.json").read_text())["mode"] == "lpft"
     assert {"history.jsonl", "best.pt", "last.pt"} <= {p.name for p in run_dir.iterdir()}
+    # the same result row `featpipe run` writes, so `featpipe report` works on the folder
+    (row,) = read_results(run_dir / "results.jsonl")
+    assert row["kind"] == "finetune" and row["method"] == "toy/finetune:lpft"
+    assert row["metrics"] == metrics["test"] and row["history"]
+    assert cli_main(["report", str(run_dir)]) == 0
+    assert "| fine-tuning (lpft) | 0 |" in (run_dir / "report.md").read_text()
 
 
 def test_train_transform_keeps_crop_size_and_normalisation():

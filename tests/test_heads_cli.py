@@ -9,6 +9,7 @@ import pytest
 
 from featpipe.cli import main
 from featpipe.extract import extract
+from featpipe.report import read_results
 
 
 @pytest.fixture
@@ -55,6 +56,25 @@ def test_probe_prints_table_writes_json_and_saves_heads(toy_store, tmp_path, cap
     assert (heads / "logreg.joblib").exists() and (heads / "logreg.joblib.json").exists()
     sidecar = json.loads((heads / "logreg.joblib.json").read_text())
     assert sidecar["params"]["device"] == "cpu"  # --device reaches the head, not "auto"
+
+
+def test_probe_run_dir_holds_the_rows_featpipe_run_writes(toy_store, tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    argv = ["probe", str(toy_store.path), "--heads", "logreg,knn", "--device", "cpu"]
+    assert main([*argv, "--run-dir", str(run_dir), "--out", str(tmp_path / "r.json")]) == 0
+    assert "appended 2 rows" in capsys.readouterr().out
+    assert (tmp_path / "r.json").exists()  # the probe JSON is still written
+    rows = read_results(run_dir / "results.jsonl")
+    assert [r["method"] for r in rows] == ["toy/logreg@pooled", "toy/knn@pooled"]
+    assert rows[0]["label"] == "logistic regression on layer pooled"
+    assert rows[0]["cost"]["extraction_reused"] is True
+    # again with one head: the folder's report shows the latest row of each method, once
+    assert main([*argv[:2], "--heads", "logreg", "--run-dir", str(run_dir)]) == 0
+    assert len(read_results(run_dir / "results.jsonl")) == 3
+    assert main(["report", str(run_dir)]) == 0
+    md = (run_dir / "report.md").read_text()
+    assert md.count("| logistic regression on layer pooled |") == 1
+    assert "| kNN on layer pooled |" in md and "older featpipe" not in md
 
 
 def test_predict_on_store_and_on_images_agree(toy_store, split_image_folder, tmp_path) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from conftest import make_image_folder
 from featpipe.cli import main
 from featpipe.errors import ConfigError
 from featpipe.finetune import FineTuner
-from featpipe.pipeline import FINETUNE_KEYS, config_from_dict, load_config
+from featpipe.pipeline import config_from_dict, load_config, pipeline_schema
+from featpipe.pipeline.config import SET_BY_RUNNER
 from featpipe.report import read_results
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
@@ -32,11 +34,13 @@ def with_(**tables):
 
 def test_defaults_are_filled():
     cfg = config_from_dict(BASE, default_name="x")
-    assert cfg["name"] == "x" and cfg["out"] == "runs/x"
-    assert cfg["probes"]["heads"] == ["knn", "linear_svm", "logreg", "mlp", "rbf_svm"]
-    assert cfg["probes"]["layers"] == ["pooled"]
-    assert cfg["finetune"]["modes"] == [] and cfg["finetune"]["backbones"] == ["toy"]
-    assert cfg["seeds"] == [0]
+    assert cfg.name == "x" and cfg.out == "runs/x"
+    assert cfg.probes.heads == ("knn", "linear_svm", "logreg", "mlp", "rbf_svm")
+    assert cfg.probes.layers == ("pooled",)
+    assert cfg.finetune.modes == () and cfg.finetune.backbones == ("toy",)
+    assert cfg.seeds == (0,)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seeds = (1,)
 
 
 @pytest.mark.parametrize(
@@ -82,28 +86,70 @@ def test_overrides_and_cli_paths():
         data="other",
         out="runs/o",
     )
-    assert cfg["finetune"]["epochs"] == 2 and cfg["finetune"]["modes"] == ["lpft"]
-    assert cfg["source"]["limits"] == {"train": 50}
-    assert cfg["features"]["cache_dir"] == "/tmp/x y"  # not TOML: taken as a string
-    assert cfg["source"]["data"] == "other" and cfg["out"] == "runs/o"
+    assert cfg.finetune.epochs == 2 and cfg.finetune.modes == ("lpft",)
+    assert cfg.source.limits == {"train": 50}
+    assert cfg.features.cache_dir == "/tmp/x y"  # not TOML: taken as a string
+    assert cfg.source.data == "other" and cfg.out == "runs/o"
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         config_from_dict(BASE, ["finetune.epochs"])
     with pytest.raises(ConfigError, match=r"Unknown key 'finetune\.epohcs'"):
         config_from_dict(BASE, ["finetune.epohcs=2"])
 
 
-def test_finetune_keys_are_finetuner_parameters():
-    params = inspect.signature(FineTuner.__init__).parameters
-    for key, spec in FINETUNE_KEYS.items():
-        assert key in params, key
-        assert params[key].default == spec.default, key
+def test_finetune_defaults_are_finetuners():
+    tuner = FineTuner().get_params()
+    params = config_from_dict(BASE).finetune.params()
+    assert params.keys() == tuner.keys() - set(SET_BY_RUNNER)
+    assert params == {k: tuner[k] for k in params}
 
 
 @pytest.mark.parametrize("name", ["demo", "cifar10_cpu", "cifar10_gpu"])
 def test_shipped_pipelines_validate(name):
     cfg = load_config(PIPELINES / f"{name}.toml", data="somewhere")
-    assert cfg["name"] == name
-    assert len(cfg["features"]["layers"]) >= 1
+    assert cfg.name == name
+    assert len(cfg.features.layers) >= 1
+
+
+def _keys(schema: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for name, spec in schema.get("properties", {}).items():
+        keys.add(prefix + name)
+        keys |= _keys(spec, f"{prefix}{name}.")
+    return keys
+
+
+def _check(value, schema: dict, where: str) -> None:
+    """A small JSON Schema check: types, enums, required and unknown keys."""
+    types = {"integer": int, "number": (int, float), "string": str, "boolean": bool}
+    types |= {"object": dict, "array": list}
+    options = schema.get("anyOf", [schema])
+    assert any(
+        isinstance(value, types[o["type"]]) and (o["type"] == "boolean") == isinstance(value, bool)
+        for o in options
+    ), where
+    if "enum" in schema:
+        assert value in schema["enum"], where
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            _check(item, schema["items"], f"{where}[{i}]")
+    if isinstance(value, dict) and "properties" in schema:
+        assert set(schema.get("required", [])) <= value.keys(), where
+        for key, item in value.items():
+            assert key in schema["properties"], f"{where}.{key}"
+            _check(item, schema["properties"][key], f"{where}.{key}")
+
+
+@pytest.mark.parametrize("name", ["demo", "cifar10_cpu", "cifar10_gpu"])
+def test_schema_describes_the_shipped_pipelines(name, capsys):
+    assert main(["run", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema == pipeline_schema()
+    raw = tomllib.loads((PIPELINES / f"{name}.toml").read_text())
+    _check(raw, schema, name)
+    assert "finetune.epochs" in _keys(schema)
+    assert schema["properties"]["source"]["required"] == ["data"]
+    with pytest.raises(AssertionError):  # the check can fail: a misspelt key
+        _check({**raw, "seed": [0]}, schema, name)
 
 
 def test_toml_errors(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from conftest import make_image_folder
 
@@ -39,7 +41,7 @@ def broken_folder(tmp_path):
     return root
 
 
-def _config(tmp_path, data, **features) -> dict:
+def _config(tmp_path, data, **features):
     raw = {
         "name": "skips",
         "seeds": [0],
@@ -57,7 +59,7 @@ def _config(tmp_path, data, **features) -> dict:
 
 def test_on_error_is_validated():
     base = {"source": {"data": "digits"}, "features": {"backbones": ["toy"]}}
-    assert config_from_dict(base)["features"]["on_error"] == "fail"
+    assert config_from_dict(base).features.on_error == "fail"
     with pytest.raises(ConfigError, match=r"features.on_error: unknown on_error 'ignore'"):
         config_from_dict({**base, "features": {"backbones": ["toy"], "on_error": "ignore"}})
 
@@ -90,7 +92,7 @@ def test_probes_and_finetunes_leave_out_the_same_images(broken_folder, tmp_path,
 
 def test_finetune_alone_finds_the_same_images_by_decoding(broken_folder, tmp_path):
     config = _config(tmp_path, broken_folder, on_error="skip")
-    config["probes"]["heads"] = []  # no store: every image is decoded once instead
+    config = replace(config, probes=replace(config.probes, heads=()))  # no store: decode instead
     tune = read_results(run_pipeline(config, progress=False, log=lambda _: None) / "results.jsonl")
     (row,) = tune
     assert row["provenance"]["skipped"]["count"] == 2
@@ -105,7 +107,7 @@ def _test_ids(root) -> list[str]:
 @pytest.mark.parametrize("heads", [["logreg"], []])
 def test_fail_stops_with_one_line_before_training(broken_folder, tmp_path, heads):
     config = _config(tmp_path, broken_folder)
-    config["probes"]["heads"] = heads
+    config = replace(config, probes=replace(config.probes, heads=tuple(heads)))
     with pytest.raises(ImageReadError) as caught:
         run_pipeline(config, progress=False, log=lambda _: None)
     message = str(caught.value)

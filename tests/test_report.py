@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import re
 
@@ -14,6 +15,7 @@ from featpipe.cli import main
 from featpipe.evaluate import compute_metrics
 from featpipe.report import (
     SCHEMA_VERSION,
+    MethodKind,
     PlannedRun,
     ResultsFormatError,
     RunPlan,
@@ -152,7 +154,7 @@ def test_schema_violations_name_the_field(rows, mutate, match):
 
 def test_schema_is_documented_for_every_field():
     doc = results_module.__doc__
-    for name in results_module.ROW_FIELDS:
+    for name in (f.name for f in dataclasses.fields(results_module.ResultRow)):
         assert f"``{name}``" in doc, name
 
 
@@ -329,3 +331,19 @@ def test_seeds_that_change_nothing_show_no_spread(tmp_path):
     assert "| toy/knn@pooled | 0, 1 (identical) |" in md
     assert "| toy/logreg@pooled | 0 (deterministic) |" in md
     assert "± 0.0" not in md
+
+
+def test_result_row_round_trips_and_refuses_other_versions(tmp_path, rows):
+    from featpipe.report import ResultRow
+
+    row = ResultRow.from_json(rows[4])
+    assert row.kind is MethodKind.FINETUNE and row.cost.fit_seconds == 60
+    assert row.to_json() == rows[4]  # the same JSON keys and values, in the same order
+    assert list(row.to_json()) == list(rows[4])
+    path = tmp_path / "results.jsonl"
+    append_result(path, row)
+    newer = {**rows[0], "schema_version": SCHEMA_VERSION + 1}
+    with path.open("a") as fh:
+        fh.write(json.dumps(newer) + "\n")
+    with pytest.raises(ResultsFormatError, match=r"results.jsonl:2: schema_version 2 is not sup"):
+        read_results(path)

@@ -83,7 +83,8 @@ def register(subparsers) -> None:
         "--run-dir",
         type=Path,
         default=None,
-        help="run folder (default: runs/finetune-<backbone>-<mode>-<time>)",
+        help="run folder (default: runs/finetune-<backbone>-<mode>-<time>); with a test split "
+        "the result row is appended to its results.jsonl, for `featpipe report DIR`",
     )
     p.add_argument(
         "--no-resume",
@@ -112,7 +113,20 @@ def _run_dir(args: argparse.Namespace) -> Path:
     return Path("runs") / f"finetune-{name}-{stamp}"
 
 
+def _record(tuner, proba, usage, test_seconds: float, run_dir: Path, args: argparse.Namespace):
+    """Append the run's result row to run_dir/results.jsonl (what `featpipe run` writes)."""
+    from featpipe.pipeline.stages.finetune import tuner_row
+    from featpipe.report import record_rows
+
+    limits = {s: getattr(args, f"limit_{s}") for s in ("train", "val", "test")}
+    row = tuner_row(tuner, proba, usage, test_seconds, run=run_dir.name, limits=limits)
+    record_rows(run_dir, [row])
+    return row
+
+
 def run_finetune(args: argparse.Namespace) -> int:
+    from featpipe.device import resolve_device
+    from featpipe.evaluate import measure
     from featpipe.finetune import FineTuner
 
     source = _source(args)
@@ -140,14 +154,19 @@ def run_finetune(args: argparse.Namespace) -> int:
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    try:
-        tuner.fit(source)
-    except Interrupted as exc:
-        if args.run_dir is None:  # the default folder has the time in its name
-            raise exc.with_message(
-                tuner.interrupted_message(f"the same command with --run-dir {run_dir}")
-            ) from None
-        raise
+    with measure(str(resolve_device(args.device))) as usage:
+        try:
+            tuner.fit(source)
+        except Interrupted as exc:
+            if args.run_dir is None:  # the default folder has the time in its name
+                raise exc.with_message(
+                    tuner.interrupted_message(f"the same command with --run-dir {run_dir}")
+                ) from None
+            raise
+        if counts["test"]:  # the one look at test, after selection
+            start = time.perf_counter()
+            proba = tuner.predict_proba("test")
+            test_seconds = time.perf_counter() - start
     fit_seconds = tuner.fit_seconds_  # every resumed piece of the run, not only this one
     best = tuner.history_[tuner.best_epoch_]
     metrics = {
@@ -162,9 +181,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         "probe": tuner.probe_,
     }
     if counts["test"]:
-        start = time.perf_counter()
-        metrics["test"] = tuner.evaluate("test")  # the one look at test, after selection
-        metrics["test_seconds"] = time.perf_counter() - start
+        row = _record(tuner, proba, usage, test_seconds, run_dir, args)
+        metrics["test"] = row.metrics
+        metrics["test_seconds"] = test_seconds
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     print(f"val accuracy {100 * metrics['val_accuracy']:.2f}% (epoch {tuner.best_epoch_})", end="")

@@ -75,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--draws", type=int, default=5, help="few-shot draws (default: 5)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--save-dir", type=Path, help="save each fitted head (joblib + JSON sidecar)")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="also append a result row per head to DIR/results.jsonl (the rows `featpipe run` "
+        "writes), for `featpipe report DIR`",
+    )
     p.set_defaults(func=run_probe)
 
     q = subparsers.add_parser(
@@ -108,6 +114,8 @@ def _pick_layer(store, layer: str | None) -> str:
 
 
 def run_probe(args: argparse.Namespace) -> int:
+    from featpipe.device import resolve_device
+    from featpipe.evaluate import measure
     from featpipe.heads import few_shot, save_head, select_and_fit
     from featpipe.heads.registry import make_head
     from featpipe.store import FeatureStore
@@ -127,10 +135,14 @@ def run_probe(args: argparse.Namespace) -> int:
             "heads": [],
         },
     )
+    device = str(resolve_device(args.device))
+    results = []
     for name in names:
-        result = select_and_fit(
-            name, store, layer, cv=args.cv, seed=args.seed, device=args.device, progress=True
-        )
+        with measure(device) as usage:
+            result = select_and_fit(
+                name, store, layer, cv=args.cv, seed=args.seed, device=args.device, progress=True
+            )
+        results.append((result, usage))
         entry = result.summary()
         if args.few_shot:
             fs = few_shot(name, store, layer, args.few_shot, draws=args.draws, seed=args.seed)
@@ -151,7 +163,23 @@ def run_probe(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
+    if args.run_dir:
+        _record(args, store, layer, device, results)
     return 0
+
+
+def _record(args: argparse.Namespace, store, layer: str, device: str, results: list) -> None:
+    from featpipe.pipeline.stages.probe import store_row
+    from featpipe.report import record_rows
+
+    rows = [
+        store_row(
+            store, layer, result, usage, seed=args.seed, cv=args.cv, device=device,
+            run=args.run_dir.name,
+        )
+        for result, usage in results
+    ]  # fmt: skip
+    print(f"appended {len(rows)} rows to {record_rows(args.run_dir, rows)}")
 
 
 def _row(entry: dict) -> list[str]:

@@ -30,7 +30,12 @@ def register(subparsers) -> None:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("pipeline", metavar="FILE", help="pipeline TOML file")
+    p.add_argument("pipeline", metavar="FILE", nargs="?", help="pipeline TOML file")
+    p.add_argument(
+        "--schema",
+        action="store_true",
+        help="print the JSON Schema of pipeline files (for editor completion) and exit",
+    )
     p.add_argument("--out", metavar="DIR", help="run folder (default: the file's `out`)")
     p.add_argument(
         "--data",
@@ -52,7 +57,7 @@ def register(subparsers) -> None:
         "(skip); replaces features.on_error",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_command)
+    p.set_defaults(func=run_command, parser=p)
 
     r = subparsers.add_parser(
         "report",
@@ -67,8 +72,15 @@ def register(subparsers) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from featpipe.pipeline import load_config, run_pipeline
+    import json
 
+    from featpipe.pipeline import load_config, pipeline_schema, run_pipeline
+
+    if args.schema:
+        print(json.dumps(pipeline_schema(), indent=2))
+        return 0
+    if args.pipeline is None:
+        args.parser.error("the following arguments are required: FILE (or --schema)")
     overrides = list(args.overrides)
     if args.on_error:
         overrides.append(f'features.on_error="{args.on_error}"')

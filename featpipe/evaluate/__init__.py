@@ -1,7 +1,15 @@
 """Evaluation harness: one metric function, paired comparisons and cost measurement."""
 
 from featpipe.evaluate.compare import Comparison, McNemarResult, compare, mcnemar, paired_bootstrap
-from featpipe.evaluate.cost import Cost, Timer, measure, peak_host_rss_bytes, reset_peak_host_rss
+from featpipe.evaluate.cost import (
+    Cost,
+    Extraction,
+    Timer,
+    Usage,
+    measure,
+    peak_host_rss_bytes,
+    reset_peak_host_rss,
+)
 from featpipe.evaluate.metrics import (
     aggregate_over_seeds,
     compute_metrics,
@@ -12,8 +20,10 @@ from featpipe.evaluate.metrics import (
 __all__ = [
     "Comparison",
     "Cost",
+    "Extraction",
     "McNemarResult",
     "Timer",
+    "Usage",
     "aggregate_over_seeds",
     "compare",
     "compute_metrics",

@@ -1,4 +1,8 @@
-"""What a method costs: wall time, peak host memory (RSS) and peak device memory."""
+"""What a method costs: wall time, peak host memory (RSS) and peak device memory.
+
+``measure`` records the :class:`Usage` of a block; :meth:`Cost.of` turns usages and timings
+into the one cost record a result row holds, whatever stage produced it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
@@ -64,7 +68,7 @@ def _cuda_device(device: str | None):
 
 
 @dataclass
-class Cost:
+class Usage:
     """Filled in when the ``measure`` block ends."""
 
     seconds: float = 0.0
@@ -73,10 +77,74 @@ class Cost:
     host_peak_is_lifetime: bool = False
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """The cost of the feature store a method read: every run that built it, summed (also when
+    this run reused or resumed it)."""
+
+    seconds: float = 0.0
+    images: int = 0
+    reused: bool = False
+    peak_host_bytes: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cost:
+    """A result row's ``cost`` (documented in :mod:`featpipe.report.results`)."""
+
+    extraction_seconds: float
+    extraction_reused: bool
+    # Written only for methods that read a feature store (rows may lack it).
+    extraction_peak_host_bytes: int | None = field(default=None, metadata={"optional": True})
+    fit_seconds: float
+    predict_seconds: float
+    total_seconds: float
+    images_per_s: float | None
+    peak_host_bytes: int
+    peak_device_bytes: int | None
+    trainable_params: int | None
+
+    @classmethod
+    def of(
+        cls,
+        usage: Usage,
+        *,
+        fit_seconds: float,
+        predict_seconds: float,
+        n_test: int,
+        trainable_params: int | None,
+        extraction: Extraction | None = None,
+    ) -> Cost:
+        """The cost of a method that ran inside ``usage``, read ``extraction``'s store (None:
+        it ran the backbone itself) and predicted ``n_test`` images in ``predict_seconds``.
+        Throughput counts the backbone's share of each image: its extraction time per image."""
+        ext = extraction or Extraction()
+        per_image = ext.seconds / ext.images if ext.images else 0.0
+        busy = per_image * n_test + predict_seconds
+        return cls(
+            extraction_seconds=float(ext.seconds),
+            extraction_reused=bool(ext.reused),
+            fit_seconds=float(fit_seconds),
+            predict_seconds=float(predict_seconds),
+            total_seconds=float(ext.seconds + fit_seconds + predict_seconds),
+            images_per_s=n_test / busy if predict_seconds else None,
+            peak_host_bytes=usage.peak_host_bytes,
+            peak_device_bytes=usage.peak_device_bytes,
+            trainable_params=trainable_params,
+            extraction_peak_host_bytes=None if extraction is None else ext.peak_host_bytes,
+        )
+
+    def to_json(self) -> dict:
+        out = dict(self.__dict__)
+        if out["extraction_peak_host_bytes"] is None:
+            del out["extraction_peak_host_bytes"]
+        return out
+
+
 @contextmanager
-def measure(device: str | None = None) -> Iterator[Cost]:
+def measure(device: str | None = None) -> Iterator[Usage]:
     """Time a block and record the peak host RSS (and CUDA memory on ``device``) inside it."""
-    cost = Cost()
+    cost = Usage()
     cost.host_peak_is_lifetime = not reset_peak_host_rss()
     gpu = _cuda_device(device)
     if gpu is not None:

@@ -34,8 +34,9 @@ from featpipe.finetune.freezing import Mode, freeze, set_train_mode
 from featpipe.finetune.recipe import build_optimizer, param_groups, warmup_cosine
 from featpipe.interrupt import Interrupted, deferred
 
-# Parameters that do not change what is computed: a resumed run may change them.
-_NOT_CONFIG = ("callbacks", "device", "resume", "run_dir", "verbose", "workers")
+# Parameters that change no result (the one list): a resumed run may change them, and a
+# pipeline leaves them out of its config hash.
+NOT_RESULT_PARAMS = ("callbacks", "device", "resume", "run_dir", "verbose", "workers")
 
 
 class FineTuner(ClassifierMixin, BaseEstimator):
@@ -345,7 +346,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     # ---------------------------------------------------------------- checkpoints
 
     def _config(self, source: ImageSource) -> dict:
-        params = {k: v for k, v in self.get_params().items() if k not in _NOT_CONFIG}
+        params = {k: v for k, v in self.get_params().items() if k not in NOT_RESULT_PARAMS}
         return {**params, "source": source.fingerprint(), "classes": list(source.classes)}
 
     def _resumable(self, source: ImageSource) -> dict | None:

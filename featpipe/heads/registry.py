@@ -26,6 +26,11 @@ class HeadEntry:
     # The parameter a run's seed sets (e.g. "random_state"); None: the head has no randomness,
     # so seeds change nothing and pipelines run it once.
     seed_param: str | None = None
+    label: str = ""  # how reports name the head, e.g. "logistic regression"; default: the name
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
 
 HEADS: Registry[HeadEntry] = Registry("head", hint="See `featpipe probe --help`.")
@@ -37,31 +42,35 @@ def register_head(
     grid: dict[str, list],
     *,
     seed_param: str | None = None,
+    label: str = "",
     replace: bool = False,
 ) -> None:
     """Add a head under ``name`` with its default grid; a taken name raises unless ``replace``.
-    ``seed_param`` names the parameter that a run's seed sets, for heads with randomness."""
-    HEADS.add(name, HeadEntry(name, factory, grid, seed_param), replace=replace)
+    ``seed_param`` names the parameter that a run's seed sets, for heads with randomness;
+    ``label`` is how reports name the head (default: ``name``)."""
+    HEADS.add(name, HeadEntry(name, factory, grid, seed_param, label), replace=replace)
 
 
 # Kornblith et al. (2019): 45 log-spaced C values over [1e-6, 1e5] for logistic regression.
 LOGREG_CS = [float(c) for c in np.logspace(-6, 5, 45)]
 
-register_head("logreg", LogisticProbe, {"C": LOGREG_CS})
+register_head("logreg", LogisticProbe, {"C": LOGREG_CS}, label="logistic regression")
 register_head(
     "linear_svm",
     LinearSVMProbe,
     {"C": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]},
     seed_param="random_state",  # liblinear's coordinate order
+    label="linear SVM",
 )
 register_head(
     "rbf_svm",
     RBFSVMProbe,
     {"C": [0.1, 1.0, 10.0, 100.0]},
     seed_param="random_state",  # the training subsample
+    label="RBF SVM",
 )
-register_head("mlp", MLPProbe, {"alpha": [1e-4, 1e-2, 1.0]}, seed_param="random_state")
-register_head("knn", KNNProbe, {"n_neighbors": [1, 5, 10, 20], "metric": ["cosine"]})
+register_head("mlp", MLPProbe, {"alpha": [1e-4, 1e-2, 1.0]}, seed_param="random_state", label="MLP")
+register_head("knn", KNNProbe, {"n_neighbors": [1, 5, 10, 20], "metric": ["cosine"]}, label="kNN")
 
 
 def list_heads() -> list[str]:

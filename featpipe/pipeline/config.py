@@ -1,4 +1,4 @@
-"""Declared experiments: a TOML file, checked against a schema, with defaults filled in.
+"""Declared experiments: a TOML file read into typed, frozen tables, with defaults filled in.
 
 A pipeline file has these tables (every key optional unless marked required)::
 
@@ -36,52 +36,44 @@ A pipeline file has these tables (every key optional unless marked required)::
     [finetune]
     modes = ["full", "lpft"]           # default: none (no fine-tuning)
     backbones = [...]                  # default: features.backbones
-    epochs = 3                         # and the other FineTuner settings, see FINETUNE_KEYS
+    epochs = 3                         # and every other FineTuner setting, with FineTuner's
+                                       # defaults, except those the runner sets (SET_BY_RUNNER)
 
 Relative paths are relative to the working directory. ``--set key=value`` overrides any key by
 its dotted path (``--set finetune.epochs=1``); the value is read as TOML, or as a string when it
-is not valid TOML.
+is not valid TOML. ``featpipe run --schema`` prints the JSON Schema of these tables.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import json
 import tomllib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import typing
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from featpipe.errors import ConfigError, did_you_mean
+from featpipe.pipeline.schema import build, json_schema, option
 
-_REQUIRED = object()
 # Split fractions a pipeline uses where the source lacks the split and the file sets none.
 DEFAULT_FRACTIONS = {"val_fraction": 0.1, "test_fraction": 0.2}
-
-
-@dataclass(frozen=True)
-class Key:
-    """One key of the schema: accepted Python types (after TOML parsing), default, and an
-    optional check that raises ConfigError for values of the right type but wrong content."""
-
-    types: tuple[type, ...]
-    default: Any = _REQUIRED
-    item: type | None = None  # element type for lists
-    check: Callable[[Any, str], None] | None = None
-
-
-def _choices(valid: Callable[[], Iterable[str]], kind: str) -> Callable[[Any, str], None]:
-    def check(value, where: str) -> None:
-        names = list(valid())
-        for i, name in enumerate(value if isinstance(value, list) else [value]):
-            if name not in names:
-                at = f"{where}[{i}]" if isinstance(value, list) else where
-                raise ConfigError(
-                    f"{at}: unknown {kind} {name!r}.{did_you_mean(name, names)} "
-                    f"Valid: {', '.join(sorted(names))}."
-                )
-
-    return check
+# FineTuner parameters a pipeline does not set in [finetune]: each job's backbone, mode and
+# seed, the top-level device, the runner's run folder and logging, and the source's split.
+SET_BY_RUNNER = (
+    "backbone",
+    "mode",
+    "seed",
+    "device",
+    "run_dir",
+    "resume",
+    "callbacks",
+    "verbose",
+    "val_fraction",
+)
 
 
 def _head_names() -> list[str]:
@@ -96,7 +88,7 @@ def _on_error_modes() -> tuple[str, ...]:
     return ON_ERROR
 
 
-def _check_modes(value: list[str], where: str) -> None:
+def _check_modes(value: tuple[str, ...], where: str) -> None:
     from featpipe.finetune.freezing import Mode
 
     for i, text in enumerate(value):
@@ -157,132 +149,111 @@ def _grids(value: dict, where: str) -> None:
                 )
 
 
-_INT, _NUM, _STR, _BOOL, _LIST = (int,), (int, float), (str,), (bool,), (list,)
-_OPT_INT = (int, type(None))
-_OPT_NUM = (int, float, type(None))
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """[source]: the images, their splits and subsets."""
 
-# FineTuner settings a pipeline may set (backbone, mode, seed, device, run_dir are the runner's).
-FINETUNE_KEYS: dict[str, Key] = {
-    "epochs": Key(_INT, 10, check=_positive),
-    "batch_size": Key(_INT, 32, check=_positive),
-    "lr": Key(_NUM, 0.01, check=_positive),
-    "backbone_lr_scale": Key(_NUM, 0.1),
-    "optimizer": Key(_STR, "sgd"),
-    "momentum": Key(_NUM, 0.9),
-    "weight_decay": Key(_NUM, 1e-4),
-    "warmup_epochs": Key(_NUM, 1.0),
-    "label_smoothing": Key(_NUM, 0.1),
-    "dropout": Key(_NUM, 0.2),
-    "augment": Key(_STR, "standard"),
-    "image_size": Key(_OPT_INT, None),
-    "patience": Key(_OPT_INT, 3),
-    "probe_C": Key((int, float, str), "auto"),
-    "workers": Key(_INT, 0),
-}
-
-SCHEMA: dict[str, Key | dict] = {
-    "name": Key(_STR, None),
-    "out": Key(_STR, None),
-    "seeds": Key(_LIST, [0], item=int, check=_non_empty),
-    "device": Key(_STR, "auto"),
-    "n_boot": Key(_INT, 1000, check=_non_negative),
-    "source": {
-        "data": Key(_STR),
-        # None: DEFAULT_FRACTIONS where the source lacks the split, and no warning where not.
-        "val_fraction": Key(_OPT_NUM, None, check=_fraction),
-        "test_fraction": Key(_OPT_NUM, None, check=_fraction),
-        "split_seed": Key(_INT, 0),
-        "limits": Key((dict,), {}, check=_limits),
-        "hash_contents": Key(_BOOL, False),
-    },
-    "features": {
-        "backbones": Key(_LIST, item=str, check=_non_empty),
-        "layers": Key(_LIST, ["pooled"], item=str, check=_non_empty),
-        "image_size": Key(_OPT_INT, None),
-        "dtype": Key(_STR, "float16", check=_choices(lambda: ["float16", "float32"], "dtype")),
-        "batch_size": Key(_INT, 64, check=_positive),
-        "workers": Key(_OPT_INT, None),
-        "compile": Key(_BOOL, False),
-        "cache_dir": Key(_STR, "data/cache"),
-        "on_error": Key(_STR, "fail", check=_choices(_on_error_modes, "on_error")),
-    },
-    "probes": {
-        "heads": Key(_LIST, None, item=str, check=_choices(_head_names, "head")),
-        "layers": Key(_LIST, None, item=str),
-        "grids": Key((dict,), {}, check=_grids),
-    },
-    "finetune": {
-        "modes": Key(_LIST, [], item=str, check=_check_modes),
-        "backbones": Key(_LIST, None, item=str),
-        **FINETUNE_KEYS,
-    },
-}
+    data: str = option(doc="built-in name, image folder or CSV manifest; --data overrides")
+    # None: DEFAULT_FRACTIONS where the source lacks the split, and no warning where not.
+    val_fraction: float | None = option(
+        None, check=_fraction, doc="share of train carved as val where the source has none"
+    )
+    test_fraction: float | None = option(
+        None, check=_fraction, doc="share of train carved as test where the source has none"
+    )
+    split_seed: int = option(0)
+    limits: dict[str, int] = option({}, check=_limits, doc="stratified subset per split")
+    hash_contents: bool = option(False, doc="fingerprint image bytes, not only file names")
 
 
-def _type_name(types: tuple[type, ...], item: type | None) -> str:
-    names = []
-    for t in types:
-        if t is type(None):
-            continue
-        name = {
-            int: "integer",
-            float: "float",
-            str: "string",
-            bool: "boolean",
-            dict: "table",
-            list: "array",
-        }[t]
-        names.append(f"array of {_type_name((item,), None)}s" if t is list and item else name)
-    return " or ".join(dict.fromkeys(names))
+@dataclass(frozen=True, kw_only=True)
+class FeaturesConfig:
+    """[features]: the frozen backbones and the layers stored for the probes."""
+
+    backbones: tuple[str, ...] = option(check=_non_empty, doc="backbone specs")
+    layers: tuple[str, ...] = option(("pooled",), check=_non_empty)
+    image_size: int | None = option(None, doc="default: the weights' own size")
+    dtype: str = option("float16", choices=lambda: ["float16", "float32"], kind="dtype")
+    batch_size: int = option(64, check=_positive)
+    workers: int | None = option(None)
+    compile: bool = option(False)
+    cache_dir: str = option("data/cache")
+    on_error: str = option(
+        "fail", choices=_on_error_modes, kind="on_error", doc="an unreadable image: stop or skip"
+    )
 
 
-def _is(value: Any, types: tuple[type, ...]) -> bool:
-    # TOML booleans are Python bools, which are also ints: an integer key must refuse them.
-    if isinstance(value, bool):
-        return bool in types
-    return isinstance(value, types)
+@dataclass(frozen=True, kw_only=True)
+class ProbesConfig:
+    """[probes]: the heads fitted on each stored layer (None until loaded: every head and
+    every stored layer)."""
+
+    heads: tuple[str, ...] | None = option(None, choices=_head_names, kind="head")
+    layers: tuple[str, ...] | None = option(None, doc="default: all of features.layers")
+    grids: dict[str, dict[str, list]] = option(
+        {}, check=_grids, doc="search grid per head, e.g. logreg = { C = [0.1, 1.0] }"
+    )
 
 
-def _validate(table: dict, schema: dict, prefix: str) -> dict:
-    out = {}
-    for key, value in table.items():
-        where = f"{prefix}{key}"
-        if key not in schema:
-            scope = f"[{prefix[:-1]}]" if prefix else "the top level"
-            raise ConfigError(
-                f"Unknown key {where!r}.{did_you_mean(key, schema)} "
-                f"Valid keys in {scope}: {', '.join(schema)}."
-            )
-        spec = schema[key]
-        if isinstance(spec, dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where} must be a table ([{where}]); got {value!r}.")
-            out[key] = _validate(value, spec, f"{where}.")
-            continue
-        if not _is(value, spec.types):
-            raise ConfigError(
-                f"{where} must be {_type_name(spec.types, spec.item)}; "
-                f"got {type(value).__name__} {value!r}."
-            )
-        if spec.item is not None:
-            for i, item in enumerate(value):
-                if not _is(item, (spec.item,)):
-                    raise ConfigError(
-                        f"{where}[{i}] must be {_type_name((spec.item,), None)}; got {item!r}."
-                    )
-        if spec.check is not None and value is not None:
-            spec.check(value, where)
-        out[key] = value
-    for key, spec in schema.items():
-        if key in out:
-            continue
-        if isinstance(spec, dict):
-            out[key] = _validate({}, spec, f"{prefix}{key}.")
-        elif spec.default is _REQUIRED:
-            raise ConfigError(f"Missing required key {prefix + key!r}; add it to the file.")
-        else:
-            out[key] = copy.deepcopy(spec.default)
-    return out
+def _finetune_table() -> type:
+    """The [finetune] table's class: its modes and backbones, and every FineTuner setting not
+    in SET_BY_RUNNER, with its type and default read from FineTuner itself (one place)."""
+    from featpipe.finetune.tuner import FineTuner
+
+    hints = typing.get_type_hints(FineTuner.__init__)
+    positive = {"epochs", "batch_size", "lr"}
+    specs = [
+        ("modes", tuple[str, ...], option((), check=_check_modes, doc="default: no fine-tuning")),
+        ("backbones", tuple[str, ...] | None, option(None, doc="default: features.backbones")),
+    ]
+    defaults = FineTuner().get_params()
+    # In signature order (get_params sorts), the order rows and reports list them in.
+    params = [p for p in inspect.signature(FineTuner).parameters if p not in SET_BY_RUNNER]
+    for name in params:
+        check = _positive if name in positive else None
+        specs.append((name, hints[name], option(defaults[name], check=check)))
+
+    def finetuner_params(self) -> dict[str, Any]:
+        """The FineTuner keyword arguments of this table."""
+        return {name: getattr(self, name) for name in params}
+
+    namespace = {
+        "params": finetuner_params,
+        "__module__": __name__,
+        "__doc__": "[finetune]: the fine-tuning modes and FineTuner's settings.",
+    }
+    return make_dataclass("FinetuneConfig", specs, frozen=True, kw_only=True, namespace=namespace)
+
+
+FinetuneConfig = _finetune_table()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """A pipeline file (``pipelines/*.toml``)."""
+
+    name: str | None = option(None, doc="run name (default: the file's stem)")
+    out: str | None = option(None, doc="run folder (default: runs/<name>); --out overrides")
+    seeds: tuple[int, ...] = option((0,), check=_non_empty, doc="head-search and fine-tuning seeds")
+    device: str = option("auto", doc="auto, cpu, cuda or cuda:N")
+    n_boot: int = option(1000, check=_non_negative, doc="bootstrap resamples (0: none)")
+    source: SourceConfig
+    features: FeaturesConfig
+    probes: ProbesConfig
+    finetune: FinetuneConfig  # type: ignore[valid-type]
+
+    def to_json(self) -> dict:
+        """The config as JSON-ready tables (arrays as lists), as saved in config.json."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+def pipeline_schema() -> dict:
+    """The JSON Schema of pipeline files (``featpipe run --schema``)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "featpipe pipeline",
+        **json_schema(PipelineConfig),
+    }
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -313,7 +284,7 @@ def load_config(
     *,
     data: str | None = None,
     out: str | None = None,
-) -> dict:
+) -> PipelineConfig:
     """Read, override and validate a pipeline file; returns the full config with defaults.
 
     ``overrides`` are ``key=value`` strings; ``data`` and ``out`` (the CLI's ``--data`` and
@@ -336,7 +307,7 @@ def config_from_dict(
     data: str | None = None,
     out: str | None = None,
     default_name: str = "run",
-) -> dict:
+) -> PipelineConfig:
     """Validate an already-parsed pipeline table (see :func:`load_config`)."""
     raw = copy.deepcopy(raw)
     for text in overrides:
@@ -345,28 +316,34 @@ def config_from_dict(
         _apply(raw, ["source", "data"], str(data))
     if out is not None:
         _apply(raw, ["out"], str(out))
-    config = _validate(raw, SCHEMA, "")
-    config["name"] = config["name"] or default_name
-    config["out"] = config["out"] or f"runs/{config['name']}"
-    features, probes, finetune = config["features"], config["probes"], config["finetune"]
-    if probes["heads"] is None:
-        probes["heads"] = _head_names()
-    if probes["layers"] is None:
-        probes["layers"] = list(features["layers"])
-    for i, layer in enumerate(probes["layers"]):
-        if layer not in features["layers"]:
+    return _complete(build(PipelineConfig, raw), default_name)
+
+
+def _complete(config: PipelineConfig, default_name: str) -> PipelineConfig:
+    """Fill the defaults that come from other keys, and check keys against each other."""
+    features, probes, finetune = config.features, config.probes, config.finetune
+    name = config.name or default_name
+    probes = replace(
+        probes,
+        heads=tuple(_head_names()) if probes.heads is None else probes.heads,
+        layers=features.layers if probes.layers is None else probes.layers,
+    )
+    for i, layer in enumerate(probes.layers):
+        if layer not in features.layers:
             raise ConfigError(
                 f"probes.layers[{i}]: layer {layer!r} is not extracted."
-                f"{did_you_mean(layer, features['layers'])} Add it to features.layers "
-                f"({', '.join(features['layers'])})."
+                f"{did_you_mean(layer, features.layers)} Add it to features.layers "
+                f"({', '.join(features.layers)})."
             )
-    if not probes["heads"] and not finetune["modes"]:
+    if not probes.heads and not finetune.modes:
         raise ConfigError(
             "The pipeline runs no method: probes.heads is empty and finetune.modes is empty. "
             f"Add a head ({', '.join(_head_names())}) or a fine-tuning mode (e.g. 'full')."
         )
-    if finetune["backbones"] is None:
-        finetune["backbones"] = list(features["backbones"])
-    if finetune["image_size"] is None:
-        finetune["image_size"] = features["image_size"]
-    return config
+    finetune = replace(
+        finetune,
+        backbones=features.backbones if finetune.backbones is None else finetune.backbones,
+        image_size=features.image_size if finetune.image_size is None else finetune.image_size,
+    )
+    out = config.out or f"runs/{name}"
+    return replace(config, name=name, out=out, probes=probes, finetune=finetune)

@@ -21,7 +21,7 @@ from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
 _DRY_ROWS, _DRY_DIM, _DRY_CLASSES = 30, 6, 3
 
 
-def check_grids(config: dict) -> None:
+def check_grids(config) -> None:
     """Every value of every ``probes.grids`` entry is a valid setting of its head: each one is
     set on a fresh head, alone, and fitted on random rows. Raises ConfigError naming the key."""
     from sklearn.base import clone
@@ -31,8 +31,8 @@ def check_grids(config: dict) -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(_DRY_ROWS, _DRY_DIM))
     y = np.arange(_DRY_ROWS) % _DRY_CLASSES
-    for name, grid in config["probes"]["grids"].items():
-        if name not in config["probes"]["heads"]:
+    for name, grid in config.probes.grids.items():
+        if name not in config.probes.heads:
             continue
         head = make_head(name)
         valid = head.get_params(deep=False)
@@ -56,27 +56,27 @@ def check_grids(config: dict) -> None:
                     ) from exc
 
 
-def check_models(config: dict) -> None:
+def check_models(config) -> None:
     """Every backbone builds at its image size, every feature layer exists and pools (one
     dummy image through the model), every fine-tuning mode fits its backbone and every
     fine-tuning setting is valid. Raises ConfigError naming the key."""
     from featpipe.backbones import get_backbone
 
-    features, finetune = config["features"], config["finetune"]
+    features, finetune = config.features, config.finetune
     built = {}
-    tuned = finetune["backbones"] if finetune["modes"] else []
-    for key, specs in (("features", features["backbones"]), ("finetune", tuned)):
+    tuned = finetune.backbones if finetune.modes else []
+    for key, specs in (("features", features.backbones), ("finetune", tuned)):
         for i, spec in enumerate(specs):
             if spec not in built:
                 try:
                     built[spec] = get_backbone(spec)
                 except FeaturePipeError as exc:
                     raise ConfigError(f"{key}.backbones[{i}]: {exc}") from None
-    for spec in features["backbones"]:
-        _check_layers(built[spec], features["image_size"], features["layers"])
+    for spec in features.backbones:
+        _check_layers(built[spec], features.image_size, list(features.layers))
     for spec in tuned:
-        for i, mode in enumerate(finetune["modes"]):
-            _check_finetune(built[spec], mode, finetune, f"finetune.modes[{i}]")
+        for i, mode in enumerate(finetune.modes):
+            _check_finetune(built[spec], mode, finetune.params(), f"finetune.modes[{i}]")
 
 
 def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:
@@ -104,11 +104,10 @@ def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:
         model.remove()
 
 
-def _check_finetune(backbone, mode: str, settings: dict, where: str) -> None:
+def _check_finetune(backbone, mode: str, options: dict, where: str) -> None:
     from featpipe.finetune import FineTuner
     from featpipe.finetune.freezing import Mode, freeze
 
-    options = {k: v for k, v in settings.items() if k not in ("modes", "backbones")}
     try:
         FineTuner(backbone.spec, mode=mode, **options)._check_params()
         backbone.at_size(options["image_size"])

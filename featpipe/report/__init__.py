@@ -3,6 +3,7 @@ report.html."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from featpipe.errors import ConfigError
@@ -12,6 +13,8 @@ from featpipe.report.markdown import PLOTS_DIR, render_markdown
 from featpipe.report.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
+    MethodKind,
+    ResultRow,
     ResultsFormatError,
     append_result,
     ids_sha256,
@@ -26,7 +29,9 @@ __all__ = [
     "RESULTS_FILE",
     "SCHEMA_VERSION",
     "Document",
+    "MethodKind",
     "PlannedRun",
+    "ResultRow",
     "ResultsFormatError",
     "RunPlan",
     "append_result",
@@ -34,6 +39,7 @@ __all__ = [
     "ids_sha256",
     "read_plan",
     "read_results",
+    "record_rows",
     "render_html",
     "render_markdown",
     "validate_row",
@@ -75,6 +81,21 @@ def write_report(
     written["report.html"] = run_dir / "report.html"
     written["report.html"].write_text(render_html(doc), encoding="utf-8")
     return written
+
+
+def record_rows(run_dir: str | Path, rows: list[ResultRow], *, n_boot: int = 1000) -> Path:
+    """Append ``rows`` to ``run_dir``/results.jsonl and put them in the folder's plan in place
+    of earlier rows of the same method and seed, so that ``featpipe report run_dir`` shows the
+    latest of each (how `featpipe probe` and `featpipe finetune` record their results)."""
+    run_dir = Path(run_dir)
+    plan = read_plan(run_dir) or RunPlan(rows[0].run if rows else run_dir.name, [], n_boot)
+    new = [PlannedRun(r.method, r.seed, r.config_hash, r.label, r.deterministic) for r in rows]
+    replaced = {(m.method, m.seed) for m in new}
+    kept = [m for m in plan.methods if (m.method, m.seed) not in replaced]
+    for row in rows:
+        append_result(run_dir / RESULTS_FILE, row)
+    write_plan(run_dir, replace(plan, methods=kept + new))
+    return run_dir / RESULTS_FILE
 
 
 def _current(rows: list[dict], plan: RunPlan | None) -> tuple[list[dict], list[str]]:

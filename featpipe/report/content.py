@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from featpipe.report import plots
+from featpipe.report.results import MethodKind
 from featpipe.report.summary import (
     MethodSummary,
     best,
@@ -141,7 +142,7 @@ def _store_costs(rows: list[dict]) -> dict[tuple[str, str], dict]:
     stores: dict[tuple[str, str], dict] = {}
     for row in rows:
         store = row["provenance"].get("store")
-        if row["kind"] == "probe" and store:
+        if row["kind"] == MethodKind.PROBE and store:
             stores.setdefault((row["backbone"], store.get("key", "")), row["cost"])
     return stores
 
@@ -233,7 +234,7 @@ def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = 
         )
         pairs = (
             "Each fine-tuning mode against each probe"
-            if any(s.kind == "finetune" for s in summaries)
+            if any(s.kind == MethodKind.FINETUNE for s in summaries)
             else "The probe with the best validation accuracy against each other probe"
         )
         sections.append(
@@ -261,7 +262,7 @@ def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = 
             ),
         ],
     )
-    if len({s.layer for s in summaries if s.kind == "probe"}) > 1:
+    if len({s.layer for s in summaries if s.kind == MethodKind.PROBE and s.layer}) > 1:
         figures.blocks.append(
             Figure(
                 "accuracy_by_layer",
@@ -269,7 +270,7 @@ def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = 
                 plots.accuracy_by_layer(summaries),
             )
         )
-    if any(s.kind == "finetune" and s.rows[0]["history"] for s in summaries):
+    if any(s.kind == MethodKind.FINETUNE and s.rows[0]["history"] for s in summaries):
         figures.blocks.append(
             Figure(
                 "finetune_curves",
@@ -278,7 +279,7 @@ def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = 
             )
         )
     sections.append(figures)
-    picks = [s for s in (best(summaries, "probe"), best(summaries, "finetune")) if s]
+    picks = [s for s in (best(summaries, kind) for kind in MethodKind) if s]
     if picks:
         sections.append(
             Section(

@@ -9,9 +9,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from featpipe.report.results import MethodKind
 from featpipe.report.summary import MethodSummary
 
-_COLORS = {"probe": "#4C72B0", "finetune": "#DD8452"}
+_COLORS = {MethodKind.PROBE: "#4C72B0", MethodKind.FINETUNE: "#DD8452"}
 _SERIES = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
 
 
@@ -111,7 +112,8 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 
 def accuracy_by_layer(summaries: list[MethodSummary]) -> bytes:
     """One line per (backbone, head) across the layers, in extraction order."""
-    probes = [s for s in summaries if s.kind == "probe"]
+    # Probes on a feature layer (a probe-kind stage may read none, e.g. a baseline).
+    probes = [s for s in summaries if s.kind == MethodKind.PROBE and s.layer and s.head]
     layers = list(dict.fromkeys(s.layer for s in probes))
     fig = Figure(figsize=(8, 4.5))
     ax = fig.add_subplot()
@@ -129,7 +131,7 @@ def accuracy_by_layer(summaries: list[MethodSummary]) -> bytes:
 
 def finetune_curves(summaries: list[MethodSummary]) -> bytes:
     """Per fine-tune (first seed): losses on the left axis, accuracies on the right, by epoch."""
-    tunes = [s for s in summaries if s.kind == "finetune" and s.rows[0]["history"]]
+    tunes = [s for s in summaries if s.kind == MethodKind.FINETUNE and s.rows[0]["history"]]
     fig = Figure(figsize=(8, 3.2 * max(1, len(tunes))))
     for i, s in enumerate(tunes):
         history = s.rows[0]["history"]

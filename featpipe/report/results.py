@@ -1,13 +1,16 @@
 """``results.jsonl``: one JSON object per line, one line per (method, seed) of a run.
 
-Schema version 1. Every row is self-sufficient: ``featpipe report RUN_DIR`` rebuilds all tables
-and plots from the rows alone. Fields (``?``: may be null):
+Schema version 1 (a row of another version is refused, naming its file and line). Rows are
+written and read through :class:`ResultRow`, whose fields follow the list below. Every row is
+self-sufficient: ``featpipe report RUN_DIR`` rebuilds all tables and plots from the rows alone.
+Fields (``?``: may be null):
 
 - ``schema_version`` (int): 1.
 - ``run`` (str): the pipeline's ``name``.
 - ``method`` (str): id unique within the run, e.g. ``efficientnet_lite0/logreg@pooled`` or
   ``efficientnet_lite0/finetune:full``.
-- ``kind`` (str): ``probe`` (a head on cached features) or ``finetune``.
+- ``kind`` (str): a :class:`MethodKind`: ``probe`` (a head on cached features) or
+  ``finetune``.
 - ``label`` (str): human wording, e.g. ``logistic regression on layer pooled``.
 - ``backbone`` (str): the backbone spec as declared.
 - ``layer`` (str?), ``head`` (str?): feature layer and head name (probes: logreg, linear_svm,
@@ -60,73 +63,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import types
+import typing
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from featpipe.errors import FeaturePipeError
+from featpipe.evaluate.cost import Cost
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.jsonl"
-KINDS = ("probe", "finetune")
 
-_NUM = (int, float)
-_OPT_NUM = (int, float, type(None))
-_OPT_STR = (str, type(None))
-_OPT_LIST = (list, type(None))
-# field -> accepted types (bool is excluded from numbers below).
-ROW_FIELDS: dict[str, tuple[type, ...]] = {
-    "schema_version": (int,),
-    "run": (str,),
-    "method": (str,),
-    "kind": (str,),
-    "label": (str,),
-    "backbone": (str,),
-    "layer": _OPT_STR,
-    "head": _OPT_STR,
-    "mode": _OPT_STR,
-    "seed": (int,),
-    "config_hash": (str,),
-    "created": (str,),
-    "classes": (list,),
-    "metrics": (dict,),
-    "val_accuracy": _OPT_NUM,
-    "params": (dict,),
-    "curve": _OPT_LIST,
-    "history": _OPT_LIST,
-    "cost": (dict,),
-    "test": (dict,),
-    "provenance": (dict,),
-}
-METRIC_FIELDS: dict[str, tuple[type, ...]] = {
-    "n": (int,),
-    "top1": _NUM,
-    "balanced_accuracy": _NUM,
-    "macro_f1": _NUM,
-    "log_loss": _OPT_NUM,
-    "ece": _OPT_NUM,
-    "confusion": (list,),
-    "per_class_accuracy": (dict,),
-    "ci": (dict,),
-}
-COST_FIELDS: dict[str, tuple[type, ...]] = {
-    "extraction_seconds": _NUM,
-    "extraction_reused": (bool,),
-    "fit_seconds": _NUM,
-    "predict_seconds": _NUM,
-    "total_seconds": _NUM,
-    "images_per_s": _OPT_NUM,
-    "peak_host_bytes": (int,),
-    "peak_device_bytes": (int, type(None)),
-    "trainable_params": (int, type(None)),
-}
-# Fields a row may lack (rows written by older versions): checked only when present.
-OPTIONAL_ROW_FIELDS: dict[str, tuple[type, ...]] = {"deterministic": (bool,)}
-TEST_FIELDS: dict[str, tuple[type, ...]] = {
-    "ids_sha256": (str,),
-    "y_true": (list,),
-    "y_pred": (list,),
-}
+
+class MethodKind(StrEnum):
+    """What a method trains: a head on cached features, or the backbone itself."""
+
+    PROBE = "probe"
+    FINETUNE = "finetune"
+
+
+KINDS = tuple(MethodKind)
+# A field rows written by older versions may lack: checked only when present.
+_OPTIONAL = {"optional": True}
 
 
 class ResultsFormatError(FeaturePipeError, ValueError):
@@ -138,41 +101,153 @@ def ids_sha256(ids: Iterable[str]) -> str:
     return hashlib.sha256("\x1e".join(ids).encode()).hexdigest()
 
 
-def _check_fields(
-    obj: dict, fields: dict[str, tuple[type, ...]], where: str, optional: bool = False
-) -> None:
-    for name, types in fields.items():
+@dataclass(frozen=True)
+class Predictions:
+    """A row's ``test``: which images, their true classes and the method's predictions."""
+
+    ids_sha256: str
+    y_true: list[int]
+    y_pred: list[int]
+
+    @classmethod
+    def of(cls, ids: Iterable[str], y_true: Iterable, y_pred: Iterable) -> Predictions:
+        return cls(ids_sha256(ids), [int(v) for v in y_true], [int(v) for v in y_pred])
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultRow:
+    """One line of results.jsonl (fields documented above, in this order)."""
+
+    schema_version: int = SCHEMA_VERSION
+    run: str
+    method: str
+    kind: MethodKind
+    label: str
+    backbone: str
+    layer: str | None = None
+    head: str | None = None
+    mode: str | None = None
+    seed: int
+    deterministic: bool = field(default=False, metadata=_OPTIONAL)
+    config_hash: str
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    classes: list[str]
+    metrics: dict
+    val_accuracy: float | None
+    params: dict
+    curve: list | None = None
+    history: list | None = None
+    cost: Cost
+    test: Predictions
+    provenance: dict
+
+    def to_json(self) -> dict:
+        """The row as the JSON object written to results.jsonl."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["kind"] = str(self.kind)
+        out["cost"] = self.cost.to_json()
+        out["test"] = {f.name: getattr(self.test, f.name) for f in fields(self.test)}
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "row") -> ResultRow:
+        """Check a JSON object against the schema and build its row; ResultsFormatError names
+        ``where`` (file:line) and the first field that breaks it."""
+        if not isinstance(obj, dict):
+            raise ResultsFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
+        version = obj.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ResultsFormatError(
+                f"{where}: schema_version {version!r} is not supported (this featpipe reads "
+                f"{SCHEMA_VERSION}); rebuild the run with this version of featpipe."
+            )
+        _check_fields(obj, cls, where)
+        if obj["kind"] not in KINDS:
+            raise ResultsFormatError(
+                f"{where}: kind {obj['kind']!r} is not one of {', '.join(KINDS)}."
+            )
+        _check_fields(obj["metrics"], METRIC_FIELDS, f"{where} metrics")
+        _check_fields(obj["cost"], Cost, f"{where} cost")
+        _check_fields(obj["test"], Predictions, f"{where} test")
+        _check_shapes(obj, where)
+        values = {f.name: obj[f.name] for f in fields(cls) if f.name in obj}
+        values["kind"] = MethodKind(obj["kind"])
+        values["cost"] = _build(Cost, obj["cost"])
+        values["test"] = _build(Predictions, obj["test"])
+        return cls(**values)
+
+
+METRIC_FIELDS: dict[str, Any] = {
+    "n": int,
+    "top1": float,
+    "balanced_accuracy": float,
+    "macro_f1": float,
+    "log_loss": float | None,
+    "ece": float | None,
+    "confusion": list,
+    "per_class_accuracy": dict,
+    "ci": dict,
+}
+
+
+def _build(cls: type, obj: dict):
+    return cls(**{f.name: obj[f.name] for f in fields(cls) if f.name in obj})
+
+
+def _accepts(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a type hint. bool is an int subclass: only bool accepts it;
+    float accepts integers (JSON has one number type)."""
+    if isinstance(hint, types.UnionType):
+        return any(_accepts(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    origin = typing.get_origin(hint) or hint
+    if origin is float:
+        return isinstance(value, int | float)
+    if issubclass(origin, str):  # str and str-valued enums (MethodKind)
+        return isinstance(value, str)
+    if is_dataclass(origin):
+        return isinstance(value, dict)
+    return isinstance(value, origin)
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint) or hint
+    if origin is float:
+        return "int or float"
+    if issubclass(origin, str):
+        return "str"
+    return "object" if is_dataclass(origin) else origin.__name__
+
+
+def _check_fields(obj: dict, spec: type | dict[str, Any], where: str) -> None:
+    """Each field of a dataclass (or of a name -> hint table) is present and of its type; a
+    dataclass field marked optional may be missing."""
+    if isinstance(spec, dict):
+        hints, optional = spec, set()
+    else:
+        hints = typing.get_type_hints(spec)
+        optional = {f.name for f in fields(spec) if f.metadata.get("optional")}
+    for name, hint in hints.items():
         if name not in obj:
-            if optional:
+            if name in optional:
                 continue
             raise ResultsFormatError(f"{where}: missing field {name!r}.")
         value = obj[name]
-        # bool is an int subclass; only fields that ask for bool accept it.
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            valid = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        if not _accepts(value, hint):
             raise ResultsFormatError(
-                f"{where}: field {name!r} must be {valid}; "
+                f"{where}: field {name!r} must be {_type_name(hint)}; "
                 f"got {type(value).__name__} {value!r:.60}."
             )
 
 
-def validate_row(row: dict, where: str = "row") -> None:
-    """Raise ResultsFormatError naming the first field that breaks the schema."""
-    if not isinstance(row, dict):
-        raise ResultsFormatError(f"{where}: expected a JSON object, got {type(row).__name__}.")
-    version = row.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ResultsFormatError(
-            f"{where}: schema_version {version!r} is not supported (this featpipe reads "
-            f"{SCHEMA_VERSION}); rebuild the run with this version of featpipe."
-        )
-    _check_fields(row, ROW_FIELDS, where)
-    _check_fields(row, OPTIONAL_ROW_FIELDS, where, optional=True)
-    if row["kind"] not in KINDS:
-        raise ResultsFormatError(f"{where}: kind {row['kind']!r} is not one of {KINDS}.")
-    _check_fields(row["metrics"], METRIC_FIELDS, f"{where} metrics")
-    _check_fields(row["cost"], COST_FIELDS, f"{where} cost")
-    _check_fields(row["test"], TEST_FIELDS, f"{where} test")
+def _check_shapes(row: dict, where: str) -> None:
     n_classes = len(row["classes"])
     cm = row["metrics"]["confusion"]
     if len(cm) != n_classes or any(len(r) != n_classes for r in cm):
@@ -185,8 +260,17 @@ def validate_row(row: dict, where: str = "row") -> None:
         )
 
 
-def append_result(path: str | Path, row: dict) -> None:
-    """Validate ``row`` and append it as one line, flushed to disk before returning."""
+def validate_row(row: dict, where: str = "row") -> ResultRow:
+    """Raise ResultsFormatError naming the first field that breaks the schema; returns the
+    typed row."""
+    return ResultRow.from_json(row, where)
+
+
+def append_result(path: str | Path, row: ResultRow | dict) -> dict:
+    """Validate ``row`` and append it as one line, flushed to disk before returning; returns
+    the JSON object written."""
+    if isinstance(row, ResultRow):
+        row = row.to_json()
     validate_row(row, f"new row for {row.get('method', '?')!r}")
     line = json.dumps(row, separators=(",", ":"), allow_nan=False)
     path = Path(path)
@@ -195,12 +279,13 @@ def append_result(path: str | Path, row: dict) -> None:
         fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+    return row
 
 
 def read_results(path: str | Path, *, repair: bool = False) -> list[dict]:
-    """All rows of a results file (validated). A partial last line (an interrupted write) is
-    skipped with a warning, and removed from the file when ``repair`` is true; a bad line
-    anywhere else is an error naming its line number."""
+    """All rows of a results file as JSON objects, each validated as a :class:`ResultRow`.
+    A partial last line (an interrupted write) is skipped with a warning, and removed from the
+    file when ``repair`` is true; a bad line anywhere else is an error naming its line number."""
     path = Path(path)
     if not path.exists():
         return []

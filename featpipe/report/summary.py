@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featpipe.evaluate import Comparison, aggregate_over_seeds, compare
+from featpipe.report.results import MethodKind
 
 
 @dataclass
@@ -17,7 +18,7 @@ class MethodSummary:
 
     method: str
     label: str
-    kind: str
+    kind: MethodKind
     backbone: str
     layer: str | None
     head: str | None
@@ -87,7 +88,7 @@ def summarize(rows: list[dict]) -> list[MethodSummary]:
             summary = by_method[row["method"]] = MethodSummary(
                 row["method"],
                 row["label"],
-                row["kind"],
+                MethodKind(row["kind"]),
                 row["backbone"],
                 row["layer"],
                 row["head"],
@@ -99,7 +100,7 @@ def summarize(rows: list[dict]) -> list[MethodSummary]:
     return list(by_method.values())
 
 
-def best(summaries: list[MethodSummary], kind: str) -> MethodSummary | None:
+def best(summaries: list[MethodSummary], kind: MethodKind) -> MethodSummary | None:
     """The method of one kind with the highest mean validation accuracy: test accuracy never
     chooses (it is read once, for the methods chosen). Ties go to the method that comes first
     in the report (run order). None when no method of that kind has a validation score."""
@@ -140,10 +141,10 @@ def _compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResu
 def comparisons(summaries: list[MethodSummary], n_boot: int = 1000) -> list[PairedResult]:
     """Each fine-tuning mode against each probe; without fine-tunes, the best probe against
     the other probes."""
-    finetunes = [s for s in summaries if s.kind == "finetune"]
-    probes = [s for s in summaries if s.kind == "probe"]
+    finetunes = [s for s in summaries if s.kind == MethodKind.FINETUNE]
+    probes = [s for s in summaries if s.kind == MethodKind.PROBE]
     if not finetunes:
-        top = best(summaries, "probe")
+        top = best(summaries, MethodKind.PROBE)
         finetunes, probes = ([top], [p for p in probes if p is not top]) if top else ([], [])
     pairs = (_compare_pair(a, b, n_boot) for a in finetunes for b in probes)
     return [p for p in pairs if p is not None]

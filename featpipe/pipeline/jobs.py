@@ -1,0 +1,134 @@
+"""What stages share: a job (one method and seed of a run), what its rows hold in common, and
+the run's state a job may use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from featpipe.data import ImageSource
+from featpipe.evaluate import compute_metrics
+from featpipe.report.results import MethodKind, Predictions, ResultRow
+
+if TYPE_CHECKING:
+    from featpipe.pipeline.config import PipelineConfig
+
+
+def config_hash(settings: object) -> str:
+    """The hash of the settings a method depends on (JSON, keys sorted)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (method, seed) of a run, planned by ``stage``."""
+
+    stage: str
+    method: str
+    kind: MethodKind
+    label: str
+    backbone: str
+    seed: int
+    config_hash: str
+    layer: str | None = None
+    head: str | None = None
+    mode: str | None = None
+    deterministic: bool = False  # the seed changes nothing: run once, with the first seed
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return self.method, self.seed, self.config_hash
+
+
+@dataclass(frozen=True)
+class PlanData:
+    """What planning knows of the data: its fingerprint (in every config hash) and whether
+    heads choose by cross-validation (no validation split: the seed draws the folds)."""
+
+    fingerprint: str
+    cv_selection: bool = False
+
+
+@dataclass
+class RowContext:
+    """What every row of a run shares: its name, bootstrap resamples and provenance."""
+
+    run: str
+    n_boot: int
+    provenance: dict
+
+    def row(self, job: Job, *, test: Predictions, provenance: dict, **fields: Any) -> ResultRow:
+        """A result row of ``job``: its identity, the run's provenance updated with the
+        method's own, and the measured ``fields`` (metrics, cost, params, ...)."""
+        return ResultRow(
+            run=self.run,
+            method=job.method,
+            kind=job.kind,
+            label=job.label,
+            backbone=job.backbone,
+            layer=job.layer,
+            head=job.head,
+            mode=job.mode,
+            seed=job.seed,
+            deterministic=job.deterministic,
+            config_hash=job.config_hash,
+            test=test,
+            provenance={**self.provenance, **provenance},
+            **fields,
+        )
+
+    def metrics(
+        self,
+        y: np.ndarray,
+        proba: np.ndarray,
+        classes: list[str],
+        seed: int,
+        *,
+        probabilistic: bool = True,
+        y_pred: np.ndarray | None = None,
+    ) -> dict:
+        """``compute_metrics`` on the test split. Scores that are not probabilities (an SVM's
+        softmaxed decision function) rank classes but give no log loss or calibration."""
+        metrics = compute_metrics(y, proba, classes, n_boot=self.n_boot, seed=seed, y_pred=y_pred)
+        if not probabilistic:
+            metrics["log_loss"] = metrics["ece"] = None
+            metrics["ci"].pop("log_loss", None)
+        return metrics
+
+
+@dataclass
+class RunContext(RowContext):
+    """A running pipeline: its config, source, device and run folder, and what its jobs made
+    once for the jobs after them (feature stores, the fine-tuning source)."""
+
+    config: PipelineConfig
+    source: ImageSource
+    device: str
+    run_dir: Path
+    progress: bool = True
+    log: Callable[[str], None] = print
+    made: dict = field(default_factory=dict)
+
+    def once(self, key: object, make: Callable[[], Any]) -> Any:
+        """``make()`` the first time ``key`` is asked for, the same object afterwards."""
+        if key not in self.made:
+            self.made[key] = make()
+        return self.made[key]
+
+
+def skip_summary(skipped: dict[str, str], shown: int = 5) -> dict:
+    """What a result row says about the images its method left out: how many, and the first
+    few with their reasons."""
+    return {"count": len(skipped), "first": dict(list(skipped.items())[:shown])}
+
+
+def backbone_suffix(config: PipelineConfig) -> Callable[[str], str]:
+    """Labels name the backbone only when the run has several."""
+    several = len(set(config.features.backbones) | set(config.finetune.backbones)) > 1
+    return (lambda bb: f" [{bb}]") if several else (lambda bb: "")

@@ -1,0 +1,172 @@
+"""The fine-tuning stage: every mode on every fine-tuning backbone, per seed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from featpipe.data import ImageSource
+from featpipe.data.unreadable import unreadable_images, without
+from featpipe.evaluate import Cost, Timer, Usage, measure
+from featpipe.finetune.tuner import NOT_RESULT_PARAMS
+from featpipe.pipeline.jobs import (
+    Job,
+    PlanData,
+    RowContext,
+    RunContext,
+    backbone_suffix,
+    config_hash,
+    skip_summary,
+)
+from featpipe.pipeline.stages.extract import opened_stores
+from featpipe.provenance import plain
+from featpipe.report.results import MethodKind, Predictions, ResultRow
+
+if TYPE_CHECKING:
+    from featpipe.pipeline.config import PipelineConfig
+
+NAME = "finetune"
+
+
+def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
+    """One job per (backbone, mode, seed); the config hash covers the data and every
+    fine-tuning setting that changes a result."""
+    suffix = backbone_suffix(config)
+    tune = {k: v for k, v in config.finetune.params().items() if k not in NOT_RESULT_PARAMS}
+    jobs = []
+    for bb in config.finetune.backbones:
+        for mode in config.finetune.modes:
+            settings = {
+                "data": data.fingerprint,
+                "n_boot": config.n_boot,
+                **tune,
+                "backbone": bb,
+                "mode": mode,
+            }
+            label = f"fine-tuning ({mode}){suffix(bb)}"
+            jobs += [
+                Job(NAME, f"{bb}/finetune:{mode}", MethodKind.FINETUNE, label, bb, seed,
+                    config_hash(settings), mode=mode)
+                for seed in config.seeds
+            ]  # fmt: skip
+    return jobs
+
+
+def run(job: Job, context: RunContext) -> ResultRow:
+    """Fine-tune the job's backbone in its mode on the run's source, then test it."""
+    from featpipe.finetune import FineTuner
+
+    source, skipped = context.once("finetune source", lambda: _source(context))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job.backbone)
+    settings = context.config.finetune.params()
+    tuner = FineTuner(
+        job.backbone,
+        mode=job.mode,
+        seed=job.seed,
+        device=context.config.device,
+        # Keyed by the config hash: an interrupted fine-tune resumes from its last.pt, a
+        # changed one starts afresh beside it.
+        run_dir=context.run_dir / "finetune" / f"{safe}-{job.mode.replace(':', '')}-{job.seed}-"
+        f"{job.config_hash}",
+        verbose=2 if context.progress else 0,
+        **settings,
+    )
+    with measure(context.device) as usage:
+        tuner.fit(source)
+        with Timer() as predict:
+            proba = tuner.predict_proba("test")
+    return finetune_row(job, context, tuner, proba, usage, predict.seconds, settings, skipped)
+
+
+def finetune_row(
+    job: Job,
+    context: RowContext,
+    tuner,
+    proba: np.ndarray,
+    usage: Usage,
+    predict_seconds: float,
+    settings: dict,
+    skipped: dict[str, str],
+) -> ResultRow:
+    """The row of a fitted FineTuner whose test-split probabilities are ``proba``; also
+    written by ``featpipe finetune``. ``settings`` are the row's params."""
+    source = tuner.source_
+    rows = source.indices("test")
+    y = np.asarray(source.labels)[rows]
+    return context.row(
+        job,
+        classes=list(source.classes),
+        metrics=context.metrics(y, proba, source.classes, job.seed),
+        val_accuracy=float(tuner.best_score_[0]),
+        params={**settings, "best_epoch": int(tuner.best_epoch_)},
+        history=[{k: plain(v) for k, v in h.items()} for h in tuner.history_],
+        cost=Cost.of(
+            usage,
+            fit_seconds=tuner.fit_seconds_,  # every resumed piece, not only this one
+            predict_seconds=predict_seconds,
+            n_test=len(y),
+            trainable_params=int(tuner.trainable_params_),
+        ),
+        test=Predictions.of([source.ids[i] for i in rows], y, proba.argmax(axis=1)),
+        provenance={
+            "backbone": tuner.backbone_.identity(),
+            "store": None,
+            "image_size": settings.get("image_size"),
+            "skipped": skip_summary(skipped),
+        },
+    )
+
+
+def _source(context: RunContext) -> tuple[ImageSource, dict[str, str]]:
+    """The source fine-tunes train and are tested on, and the images it leaves out: those
+    the feature stores skipped, so that probes and fine-tunes are tested on the same
+    images (comparisons pair them). With no store opened now (no probe to run), every
+    image is decoded once to find them, by the same rules as extraction."""
+    stores = opened_stores(context)
+    if stores:
+        skipped = {sid: why for store in stores for sid, why in store.skipped().items()}
+    else:
+        skipped = unreadable_images(
+            context.source,
+            context.config.features.on_error,
+            workers=context.config.finetune.workers,
+            progress=context.progress,
+        )
+    if skipped:
+        context.log(f"fine-tuning leaves out {len(skipped)} unreadable images")
+    return without(context.source, skipped), skipped
+
+
+def tuner_row(
+    tuner, proba: np.ndarray, usage: Usage, predict_seconds: float, *, run: str, limits: dict
+) -> ResultRow:
+    """The row of a FineTuner fitted outside a pipeline (``featpipe finetune``): the same row
+    a pipeline writes, hashed over the source, its ``limits`` and every setting that changes
+    a result."""
+    from featpipe.pipeline.config import SET_BY_RUNNER
+    from featpipe.pipeline.runner import describe_device
+    from featpipe.provenance import versions
+
+    source = tuner.source_
+    fingerprint = source.fingerprint()
+    params = tuner.get_params()
+    settings = {k: v for k, v in params.items() if k not in SET_BY_RUNNER}
+    hashed = {k: v for k, v in params.items() if k not in NOT_RESULT_PARAMS}
+    job = Job(
+        NAME,
+        f"{tuner.backbone}/finetune:{tuner.mode}",
+        MethodKind.FINETUNE,
+        f"fine-tuning ({tuner.mode})",
+        tuner.backbone,
+        tuner.seed,
+        config_hash({"data": fingerprint, "limits": limits, **hashed}),
+        mode=tuner.mode,
+    )
+    provenance = {
+        "source": {"description": source.describe(), "fingerprint": fingerprint},
+        "versions": versions(),
+        "device": describe_device(str(tuner.device_)),
+    }
+    context = RowContext(run, 1000, provenance)
+    return finetune_row(job, context, tuner, proba, usage, predict_seconds, settings, {})
