@@ -126,10 +126,7 @@ def plan_extraction(
     check_on_error(on_error)
     dev = resolve_device(device)
     src = source if isinstance(source, ImageSource) else _open_source(source)
-    if isinstance(backbone, Backbone):
-        bb = backbone.at_size(image_size)
-    else:
-        bb = get_backbone(backbone, image_size=image_size)
+    bb = _sized_backbone(backbone, image_size)
     stage = get_data_path(data_path, bb.preprocessing, dev)
     names = tuple(LayerSpec.parse(layer).name for layer in layers)
     bb.features(names).remove()  # validates layer names before any file is touched
@@ -140,15 +137,12 @@ def plan_extraction(
         dtype,
         compute_identity(dev, stage.name),
     )
-    if out is not None:
-        path = Path(out)
-    else:
-        path = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
+    cached = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
     return ExtractionPlan(
         source=src,
         backbone=bb,
         layers=names,
-        path=path,
+        path=cached if out is None else Path(out),
         request=request,
         dtype=dtype,
         rows_per_chunk=batch_size if chunk_rows is None else chunk_rows,
@@ -295,6 +289,12 @@ def _refuse_skipped(store: FeatureStore, on_error: str, shown: int = 3) -> None:
         "use it as it is, or fix the files and run again (with --overwrite if only their "
         "permissions changed)."
     )
+
+
+def _sized_backbone(backbone: str | Backbone, image_size: int | None) -> Backbone:
+    if isinstance(backbone, Backbone):
+        return backbone.at_size(image_size)
+    return get_backbone(backbone, image_size=image_size)
 
 
 def _open_source(spec: str) -> ImageSource:

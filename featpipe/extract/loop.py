@@ -162,16 +162,11 @@ def run_chunks(
         bounds = {i: writer.chunk_rows(i) for i in pending}
         n_rows, n_chunks = writer.n_rows, writer.n_chunks
     pieces = cut_pieces([(i, *bounds[i]) for i in todo], batch_size)
-    bar = tqdm(
-        total=n_rows,
-        initial=n_rows - sum(stop - start for start, stop in bounds.values()),
-        unit="img",
-        desc=f"extract {path.name}",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    done_rows = n_rows - sum(stop - start for start, stop in bounds.values())
+    bar = _progress_bar(path, n_rows, done_rows, progress)
     loader = _loader(PieceDataset(source, data_path, pieces), workers, inference.device)
     background: BackgroundWriter | None = None
+    start_time = time.perf_counter()
     # Start the workers before the file is opened: forked workers would otherwise inherit its
     # descriptor and HDF5 lock, and keep the store locked after an error.
     with forking():
@@ -183,20 +178,10 @@ def run_chunks(
                 lambda i, chunk: writer.write_chunk(i, chunk.arrays(), errors=chunk.reasons)
             ) as background,
         ):
-            start_time = time.perf_counter()
             images = _compute(batches, inference, data_path, background, bar, on_error, writer)
             background.close()  # every chunk written before the store is marked complete
             stats = _stats(images, time.perf_counter() - start_time, background)
-            run = {
-                "device": str(inference.device),
-                "data_path": data_path.name,
-                "workers": workers,
-                "rows_per_chunk": writer.rows_per_chunk,
-                "on_error": on_error,
-                "skipped": writer.skipped_count(),
-            }
-            if not writer.pending_chunks():
-                writer.finish(run)
+            run = _finish(writer, inference.device, data_path.name, workers, on_error)
             stats.update(resumed=len(pending) < n_chunks, **run)
     except KeyboardInterrupt as exc:  # the with blocks above wrote the chunks computed
         written = background.chunks_written if background is not None else 0
@@ -210,6 +195,34 @@ def run_chunks(
         # it alive, and workers left at exit get SIGTERM, which they ignore (_worker_init).
         getattr(batches, "_shutdown_workers", lambda: None)()
     return stats
+
+
+def _progress_bar(path: Path, n_rows: int, done_rows: int, shown: bool) -> tqdm:
+    return tqdm(
+        total=n_rows,
+        initial=done_rows,
+        unit="img",
+        desc=f"extract {path.name}",
+        disable=not shown,
+        dynamic_ncols=True,
+    )
+
+
+def _finish(
+    writer: StoreWriter, device: torch.device, data_path: str, workers: int, on_error: str
+) -> dict:
+    """Mark the store complete if every chunk is done; returns what the run was."""
+    run = {
+        "device": str(device),
+        "data_path": data_path,
+        "workers": workers,
+        "rows_per_chunk": writer.rows_per_chunk,
+        "on_error": on_error,
+        "skipped": writer.skipped_count(),
+    }
+    if not writer.pending_chunks():
+        writer.finish(run)
+    return run
 
 
 def _selected(chunks: Sequence[int], pending: list[int], n_chunks: int) -> list[int]:
