@@ -19,7 +19,7 @@ from featpipe.backbones import Backbone, get_backbone
 from featpipe.data.images import load_rgb, to_rgb
 from featpipe.device import on_device, resolve_device
 from featpipe.errors import ConfigError
-from featpipe.extract.inference import Inference
+from featpipe.extract.inference import Inference, precision
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
@@ -113,8 +113,13 @@ class Embedder(TransformerMixin, BaseEstimator):
     def _cache_folder(self) -> Path | None:
         if self.cache_dir is None:
             return None
-        bb, _ = self._model()
-        ident = json.dumps({**bb.identity(), "layer": self.layer}, sort_keys=True)
+        bb, inference = self._model()
+        key = {**bb.identity(), "layer": self.layer}
+        # Autocast features differ from fp32 ones by percent: never in one cache. fp32 (the
+        # CPU) is left out of the key, so that caches made before it was recorded stay valid.
+        if (autocast := precision(inference.device)) != "fp32":
+            key["precision"] = autocast
+        ident = json.dumps(key, sort_keys=True)
         folder = Path(self.cache_dir) / hashlib.sha256(ident.encode()).hexdigest()[:24]
         folder.mkdir(parents=True, exist_ok=True)
         return folder

@@ -313,19 +313,14 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def _train_epoch(self, data, epoch: int) -> dict:
         set_train_mode(self.model_, self.frozen_)
+        cuda = self.device_.type == "cuda"
         start, total, seen, correct = time.perf_counter(), 0.0, 0, 0
         for images, labels in tqdm(
             data, desc=f"epoch {epoch}", unit="batch", leave=False, disable=self.verbose < 2
         ):
-            images = images.to(
-                self.device_,
-                non_blocking=True,
-                memory_format=self._layout,
-            )
+            images = images.to(self.device_, non_blocking=True, memory_format=self._layout)
             labels = labels.to(self.device_, non_blocking=True)
-            with torch.autocast(
-                self.device_.type, dtype=torch.bfloat16, enabled=self.device_.type == "cuda"
-            ):
+            with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=cuda):
                 logits = self.model_(images)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
             if not torch.isfinite(loss):
