@@ -53,7 +53,7 @@ from featpipe.backbones.preprocessing import INTERPOLATIONS, Preprocessing
 from featpipe.data import ImageFolderSource
 from featpipe.extract import extract
 from featpipe.extract.gpu_path import GPUDataPath, Sample
-from featpipe.extract.loop import prepare_model
+from featpipe.extract.inference import Inference
 from featpipe.extract.tensor_ops import normalise, resize_crop
 
 DEFAULT_MODELS = ("torchvision:resnet50@none", "torchvision:vit_b_16@none", "efficientnet_lite0")
@@ -82,7 +82,7 @@ def autocast(device: torch.device):
 
 def prepare(backbone: Backbone, device: torch.device) -> torch.nn.Module:
     """The pooled-feature model on ``device`` as extraction runs it (channels-last)."""
-    return prepare_model(backbone.features(["pooled"]), device)
+    return Inference.of_layers(backbone, ["pooled"], device).model
 
 
 def prepare_plain(backbone: Backbone, device: torch.device) -> torch.nn.Module:

@@ -10,7 +10,7 @@ from featpipe.backbones import Backbone, get_backbone, list_backbones, register_
 from featpipe.data import ArraySource, CSVSource, ImageFolderSource, ImageSource, open_source
 from featpipe.errors import FeaturePipeError
 from featpipe.extract import extract
-from featpipe.heads import Embedder
+from featpipe.extract.embedder import Embedder
 from featpipe.store import FeatureStore
 
 __all__ = [

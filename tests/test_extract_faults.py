@@ -32,7 +32,7 @@ from featpipe.errors import (
     StoreWriteError,
     UnreadableStoreError,
 )
-from featpipe.extract import extract
+from featpipe.extract import extract, inference
 from featpipe.extract.loop import compute_identity
 from featpipe.store import FeatureStore
 from featpipe.store.lock import StoreLock, lock_path, owner_path
@@ -285,15 +285,18 @@ def test_a_damaged_file_being_written_by_another_process_is_in_use(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "device, data_path, expected",
+    "device, data_path, amp, expected",
     [
-        ("cpu", "cpu", {"precision": "fp32", "decode": "pil"}),
-        ("cpu", "gpu", {"precision": "fp32", "decode": "pil"}),  # the same pixels, bit for bit
-        ("cuda", "gpu", {"precision": "bf16", "decode": "nvjpeg"}),
-        ("cuda", "cpu", {"precision": "bf16", "decode": "pil"}),
+        ("cpu", "cpu", None, {"precision": "fp32", "decode": "pil"}),
+        ("cpu", "gpu", None, {"precision": "fp32", "decode": "pil"}),  # the same pixels
+        ("cuda", "gpu", torch.bfloat16, {"precision": "bf16", "decode": "nvjpeg"}),
+        ("cuda", "cpu", torch.bfloat16, {"precision": "bf16", "decode": "pil"}),
+        ("cuda", "gpu", torch.float16, {"precision": "fp16", "decode": "nvjpeg"}),  # T4, V100
     ],
 )
-def test_compute_identity(device, data_path, expected):
+def test_compute_identity(device, data_path, amp, expected, monkeypatch):
+    # The GPU's autocast dtype (device.amp_dtype), simulated: this machine may have no GPU.
+    monkeypatch.setattr(inference, "amp_dtype", lambda _device: amp)
     assert compute_identity(torch.device(device), data_path) == expected
 
 

@@ -22,11 +22,13 @@ from sklearn.datasets import make_classification
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from torch import nn
+from toy_backbone import build_toy
 
-from featpipe.backbones import Preprocessing, get_backbone
+from featpipe.backbones import Preprocessing, get_backbone, register_backbone, unregister_backbone
 from featpipe.cli import main as cli_main
 from featpipe.data import ArraySource, ImageSource
-from featpipe.errors import ConfigError, HeadMismatchError
+from featpipe.errors import ConfigError, HeadMismatchError, StoreMismatchError
+from featpipe.extract import extract
 from featpipe.finetune import Callback, FineTuner, Mode, checkpoint, probe
 from featpipe.finetune.data import train_transform
 from featpipe.finetune.freezing import freeze
@@ -379,6 +381,75 @@ def test_lpft_probe_holds_the_binary_fit_with_the_same_probabilities():
     mean, std = tensors["mean"].numpy(), tensors["std"].numpy()
     ref = LogisticRegression(C=1.0, tol=1e-10).fit((X[:80] - mean) / std, y[:80])
     np.testing.assert_allclose(p_head, ref.predict_proba((X[80:] - mean) / std), atol=1e-3)
+
+
+class CountingForward:
+    """Registers backbone ``counting_toy``: the toy backbone counting the images its forward
+    pass sees."""
+
+    def __init__(self):
+        self.images = 0
+
+    def build(self, spec):
+        bb = build_toy(spec)
+        bb.model.register_forward_pre_hook(lambda _m, inp: self.count(inp[0]))
+        return bb
+
+    def count(self, x: torch.Tensor) -> None:
+        self.images += x.shape[0]
+
+
+@pytest.fixture
+def counting_toy():
+    counter = CountingForward()
+    register_backbone("counting_toy")(counter.build)
+    yield counter
+    unregister_backbone("counting_toy")
+
+
+def lpft_start(source, counter, **fit) -> tuple[dict, dict, int]:
+    """(probe summary, head tensors at epoch 0, images through the backbone during fit)."""
+    snaps, before = Snapshots(), counter.images
+    ft = FineTuner(
+        "counting_toy",
+        mode="lpft",
+        epochs=1,
+        batch_size=8,
+        probe_C=1.0,
+        patience=None,
+        verbose=0,
+        callbacks=[snaps],
+    ).fit(source, **fit)
+    head = {k: v for k, v in snaps.states[0].items() if k.startswith("fc.")}
+    return ft.probe_, head, counter.images - before
+
+
+def test_lpft_probe_reads_a_stored_pooled_layer_instead_of_computing_it(counting_toy, tmp_path):
+    src = synthetic_source()
+    opts = dict(dtype="float32", device="cpu", workers=0, progress=False)
+    store = extract(src, "counting_toy", ["pooled", "stage1"], out=tmp_path / "s.h5", **opts)
+    computed, head, images = lpft_start(src, counting_toy)
+    reused, reused_head, reused_images = lpft_start(src, counting_toy, probe_features=store)
+    assert images - reused_images == N_TRAIN + N_VAL  # the probe's forward pass, not run
+    assert reused["features"] == str(store.path) and "features" not in computed
+    assert reused["C"] == computed["C"]
+    assert abs(reused["val_accuracy"] - computed["val_accuracy"]) < 1e-9
+    for name, value in head.items():  # the same probe, up to float rounding
+        torch.testing.assert_close(reused_head[name], value, atol=1e-5, rtol=1e-5)
+
+
+def test_lpft_refuses_a_store_of_other_features(tmp_path):
+    src = synthetic_source()
+    opts = dict(device="cpu", workers=0, progress=False)
+    resized = extract(src, "toy", out=tmp_path / "a.h5", image_size=40, **opts)
+    with pytest.raises(StoreMismatchError, match=r"backbone preprocessing .*image size"):
+        tuner(mode="lpft", epochs=1).fit(src, probe_features=resized)
+    others = extract(synthetic_source(seed=1), "toy", out=tmp_path / "b.h5", **opts)
+    with pytest.raises(StoreMismatchError, match="extracted from other images"):
+        tuner(mode="lpft", epochs=1).fit(src, probe_features=others)
+    no_pooled = extract(src, "toy", ["stage1"], out=tmp_path / "c.h5", **opts)
+    with pytest.raises(StoreMismatchError, match="no 'pooled' layer"):
+        tuner(mode="lpft", epochs=1).fit(src, probe_features=no_pooled)
 
 
 class SlowSource(ImageSource):

@@ -79,7 +79,14 @@ def register(subparsers) -> None:
         "--batch-size",
         type=int,
         default=64,
-        help="images per batch, also the store's chunk size (default: %(default)s)",
+        help="images per forward batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rows per store chunk, the unit of resuming (default: the batch size)",
     )
     p.add_argument(
         "--workers",
@@ -164,6 +171,7 @@ def run_extract(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         dtype=args.dtype,
         batch_size=args.batch_size,
+        chunk_rows=args.chunk_rows,
         workers=args.workers,
         device=args.device,
         image_size=args.image_size,

@@ -68,7 +68,7 @@ class CPUDataPath:
         self, batch: torch.Tensor, device: torch.device, failed: dict | None = None
     ) -> torch.Tensor:
         # Decoded in the workers: nothing can fail here. channels-last, as the model is (see
-        # prepare_model); pinned memory makes this async
+        # Inference); pinned memory makes this async
         return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
 
 

@@ -1,8 +1,11 @@
-"""``extract``: features of a backbone's layers over an image source, cached in a store."""
+"""``extract``: features of a backbone's layers over an image source, cached in a store;
+``plan_extraction`` and ``run_extraction`` are its two halves (plan once, run the chunks in
+one call or in several)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,15 +15,11 @@ from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import check_on_error
 from featpipe.device import on_device, resolve_device, torch_threads
 from featpipe.errors import ConfigError, ImageReadError
-from featpipe.extract.datapath import get_data_path
-from featpipe.extract.loop import (
-    compute_identity,
-    default_workers,
-    prepare_model,
-    probe_layers,
-    run_chunks,
-)
-from featpipe.extract.target import Action, Request, plan, reusable
+from featpipe.extract.datapath import DataPath, get_data_path
+from featpipe.extract.inference import Inference
+from featpipe.extract.loop import compute_identity, default_workers, probe_layers, run_chunks
+from featpipe.extract.target import Action, Request, reusable
+from featpipe.extract.target import plan as decide
 from featpipe.store import FeatureStore, StoreWriter, store_filename
 from featpipe.store.lock import StoreLock
 from featpipe.store.schema import DTYPES
@@ -47,12 +46,19 @@ def source_name(source: ImageSource) -> str:
 
 
 def _check_options(
-    dtype: str, batch_size: int, workers: int | None, lock_timeout: float | None
+    dtype: str,
+    batch_size: int,
+    chunk_rows: int | None,
+    workers: int | None,
+    lock_timeout: float | None,
 ) -> None:
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    for name, value in (("batch_size", batch_size), ("chunk_rows", chunk_rows)):
+        if (value is not None or name == "batch_size") and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigError(f"{name} must be a positive integer; got {value!r}.")
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ConfigError(f"workers must be None (automatic) or an integer >= 0; got {workers!r}.")
     if lock_timeout is not None and (
@@ -62,6 +68,156 @@ def _check_options(
             f"lock_timeout must be None (wait as long as it takes) or seconds >= 0; "
             f"got {lock_timeout!r}."
         )
+
+
+@dataclass(frozen=True)
+class ExtractionPlan:
+    """Everything an extraction needs, resolved and checked before any file is touched:
+    what to compute (source, backbone at its input size, layers, dtype), where (the store's
+    ``path``, keyed by ``request``), and how (device, data path, forward ``batch_size``,
+    ``rows_per_chunk`` of the store, loader workers, ...). Made by :func:`plan_extraction`,
+    run by :func:`run_extraction`."""
+
+    source: ImageSource
+    backbone: Backbone
+    layers: tuple[str, ...]
+    path: Path
+    request: Request
+    dtype: str
+    rows_per_chunk: int
+    batch_size: int
+    device: torch.device
+    data_path: DataPath
+    workers: int
+    overwrite: bool = False
+    progress: bool = True
+    hash_contents: bool = False
+    torch_compile: bool = False
+    on_error: str = "fail"
+    lock_timeout: float | None = None
+
+
+def plan_extraction(
+    source: ImageSource | str,
+    backbone: str | Backbone = "efficientnet_lite0",
+    layers: Sequence[str] = ("pooled",),
+    *,
+    cache_dir: str | Path = "data/cache",
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    dtype: str = "float16",
+    batch_size: int = 64,
+    chunk_rows: int | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    image_size: int | None = None,
+    data_path: str = "auto",
+    progress: bool = True,
+    hash_contents: bool = False,
+    torch_compile: bool = False,
+    on_error: str = "fail",
+    lock_timeout: float | None = None,
+) -> ExtractionPlan:
+    """The plan of :func:`extract` with these arguments (see there), checked: unknown layers,
+    devices and options raise here. ``chunk_rows`` (None: ``batch_size``) is the store's
+    rows per chunk, its unit of resuming and of :func:`run_extraction`'s ``chunks``; the
+    forward pass runs ``batch_size`` rows at a time within a chunk."""
+    _check_options(dtype, batch_size, chunk_rows, workers, lock_timeout)
+    check_on_error(on_error)
+    dev = resolve_device(device)
+    src = source if isinstance(source, ImageSource) else _open_source(source)
+    bb = _sized_backbone(backbone, image_size)
+    stage = get_data_path(data_path, bb.preprocessing, dev)
+    names = tuple(LayerSpec.parse(layer).name for layer in layers)
+    bb.features(names).remove()  # validates layer names before any file is touched
+    request = Request.build(
+        src.fingerprint(content=hash_contents),
+        bb.identity(),
+        list(names),
+        dtype,
+        compute_identity(dev, stage.name),
+    )
+    cached = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
+    return ExtractionPlan(
+        source=src,
+        backbone=bb,
+        layers=names,
+        path=cached if out is None else Path(out),
+        request=request,
+        dtype=dtype,
+        rows_per_chunk=batch_size if chunk_rows is None else chunk_rows,
+        batch_size=batch_size,
+        device=dev,
+        data_path=stage,
+        workers=default_workers(dev, stage.name) if workers is None else workers,
+        overwrite=overwrite,
+        progress=progress,
+        hash_contents=hash_contents,
+        torch_compile=torch_compile,
+        on_error=on_error,
+        lock_timeout=lock_timeout,
+    )
+
+
+def run_extraction(plan: ExtractionPlan, chunks: Sequence[int] | None = None) -> FeatureStore:
+    """Carry out ``plan``: reuse its complete store, or create it (or resume it) and compute
+    the chunks ``chunks`` (indices into the store's chunks of ``plan.rows_per_chunk`` rows;
+    None: every chunk not done yet). The store is marked complete once every chunk is done;
+    runs over disjoint chunks, in any order, give the same store as one run over all of them.
+    ``plan.overwrite`` replaces the store at every call: a plan run in parts should overwrite
+    in its first call only (``dataclasses.replace(plan, overwrite=False)``). Returns the
+    store, with this call's stats in ``store.extraction``."""
+    store = reusable(plan.path, plan.request, plan.overwrite)
+    if store is not None:
+        return _reused(store, plan.on_error)
+    with StoreLock(plan.path, timeout=plan.lock_timeout):
+        action = decide(plan.path, plan.request, plan.overwrite)
+        if action is not Action.CREATE:
+            _refuse_skipped(FeatureStore(plan.path), plan.on_error)
+        if action is Action.REUSE:  # another process finished it while this one waited
+            return _reused(FeatureStore(plan.path), plan.on_error)
+        # On CPU the forward pass gets every core: it dominates, and decoding workers
+        # beside it wait on a full queue most of the time. On CUDA the device is made
+        # current, so that pinned memory and streams are not created on GPU 0.
+        dev = plan.device
+        with (
+            torch_threads() if dev.type == "cpu" else on_device(dev),
+            Inference.of_layers(
+                plan.backbone, plan.layers, dev, compile=plan.torch_compile
+            ) as inference,  # its hooks must not stay on the caller's backbone
+        ):
+            if action is Action.CREATE:
+                _create_store(plan, inference)
+            stats = run_chunks(
+                inference,
+                plan.source,
+                plan.data_path,
+                plan.path,
+                batch_size=plan.batch_size,
+                chunks=chunks,
+                workers=plan.workers,
+                progress=plan.progress,
+                on_error=plan.on_error,
+            )
+    store = FeatureStore(plan.path)
+    store.extraction = stats
+    return store
+
+
+def _create_store(plan: ExtractionPlan, inference: Inference) -> None:
+    """Lay out a new, empty store for ``plan`` (its layers' widths from a dummy image)."""
+    src = plan.source
+    StoreWriter.create(
+        plan.path,
+        ids=src.ids,
+        labels=src.labels,
+        splits=src.splits,
+        classes=src.classes,
+        layers=probe_layers(inference.model, plan.backbone.preprocessing.crop, plan.device),
+        dtype=plan.dtype,
+        rows_per_chunk=plan.rows_per_chunk,
+        attrs=plan.request.store_attrs({**src.describe(), "hash_contents": plan.hash_contents}),
+    ).close()  # run_chunks reopens it once its DataLoader workers are started
 
 
 def extract(
@@ -74,6 +230,7 @@ def extract(
     overwrite: bool = False,
     dtype: str = "float16",
     batch_size: int = 64,
+    chunk_rows: int | None = None,
     workers: int | None = None,
     device: str = "auto",
     image_size: int | None = None,
@@ -84,13 +241,15 @@ def extract(
     on_error: str = "fail",
     lock_timeout: float | None = None,
 ) -> FeatureStore:
-    """Features of ``layers`` of ``backbone`` over ``source``, in a complete store.
+    """Features of ``layers`` of ``backbone`` over ``source``, in a complete store:
+    ``run_extraction(plan_extraction(...))``.
 
     The store lives at ``out``, or in ``cache_dir`` under a name keyed by every input that
     changes features (image set fingerprint, backbone spec, weights, preprocessing, layers with
     their pooling, dtype, and the precision and decode path that ``device`` and ``data_path``
     give): the same inputs reuse it without computing anything, and an interrupted run resumes
-    where it stopped (chunk size ``batch_size`` is fixed when the store is created). A store
+    where it stopped (its chunks of ``chunk_rows`` rows, by default ``batch_size``, are fixed
+    when the store is created; the forward pass runs ``batch_size`` images at a time). A store
     at ``out`` made from other inputs raises StoreMismatchError unless ``overwrite``, which
     replaces whatever is there. Stats of this call are in ``store.extraction``; the cost of
     every run that built the store is in ``store.attrs["extraction"]``. ``torch_compile``
@@ -107,73 +266,8 @@ def extract(
     (the other rows' features are the same either way), but a store with skipped rows is
     refused under "fail", whose promise is that every image is in it.
     """
-    _check_options(dtype, batch_size, workers, lock_timeout)
-    check_on_error(on_error)
-    dev = resolve_device(device)
-    src = source if isinstance(source, ImageSource) else _open_source(source)
-    if isinstance(backbone, Backbone):
-        bb = backbone.at_size(image_size)
-    else:
-        bb = get_backbone(backbone, image_size=image_size)
-    stage = get_data_path(data_path, bb.preprocessing, dev)
-    names = [LayerSpec.parse(layer).name for layer in layers]
-    model = bb.features(names)  # validates layer names before any file is touched
-    try:
-        request = Request.build(
-            src.fingerprint(content=hash_contents),
-            bb.identity(),
-            names,
-            dtype,
-            compute_identity(dev, stage.name),
-        )
-        if out is not None:
-            path = Path(out)
-        else:
-            path = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
-        store = reusable(path, request, overwrite)
-        if store is not None:
-            return _reused(store, on_error)
-        with StoreLock(path, timeout=lock_timeout):
-            action = plan(path, request, overwrite)
-            if action is not Action.CREATE:
-                _refuse_skipped(FeatureStore(path), on_error)
-            if action is Action.REUSE:  # another process finished it while this one waited
-                return _reused(FeatureStore(path), on_error)
-            n_workers = default_workers(dev, stage.name) if workers is None else workers
-            # On CPU the forward pass gets every core: it dominates, and decoding workers
-            # beside it wait on a full queue most of the time. On CUDA the device is made
-            # current, so that pinned memory and streams are not created on GPU 0.
-            with torch_threads() if dev.type == "cpu" else on_device(dev):
-                model = prepare_model(model, dev)
-                if action is Action.CREATE:
-                    StoreWriter.create(
-                        path,
-                        ids=src.ids,
-                        labels=src.labels,
-                        splits=src.splits,
-                        classes=src.classes,
-                        layers=probe_layers(model, bb.preprocessing.crop, dev),
-                        dtype=dtype,
-                        rows_per_chunk=batch_size,
-                        attrs=request.store_attrs(
-                            {**src.describe(), "hash_contents": hash_contents}
-                        ),
-                    ).close()  # run_chunks reopens it once its DataLoader workers are started
-                stats = run_chunks(
-                    torch.compile(model) if torch_compile else model,
-                    src,
-                    stage,
-                    path,
-                    dev,
-                    workers=n_workers,
-                    progress=progress,
-                    on_error=on_error,
-                )
-    finally:
-        model.remove()  # the hooks must not stay on the caller's backbone
-    store = FeatureStore(path)
-    store.extraction = stats
-    return store
+    options = {k: v for k, v in locals().items() if k not in ("source", "backbone", "layers")}
+    return run_extraction(plan_extraction(source, backbone, layers, **options))
 
 
 def _reused(store: FeatureStore, on_error: str) -> FeatureStore:
@@ -195,6 +289,12 @@ def _refuse_skipped(store: FeatureStore, on_error: str, shown: int = 3) -> None:
         "use it as it is, or fix the files and run again (with --overwrite if only their "
         "permissions changed)."
     )
+
+
+def _sized_backbone(backbone: str | Backbone, image_size: int | None) -> Backbone:
+    if isinstance(backbone, Backbone):
+        return backbone.at_size(image_size)
+    return get_backbone(backbone, image_size=image_size)
 
 
 def _open_source(spec: str) -> ImageSource:

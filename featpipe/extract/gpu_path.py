@@ -113,10 +113,10 @@ class GPUDataPath:
         self, batch: Batch, device: torch.device, failed: dict | None = None
     ) -> torch.Tensor:
         """Normalised float32 (B, 3, crop, crop) on ``device``, in the batch's order
-        (channels-last, the layout of the model, see ``loop.prepare_model``). A JPEG that
+        (channels-last, the layout of the model, see ``inference.Inference``). A JPEG that
         cannot be decoded raises ImageReadError, or, when ``failed`` is a dict, is recorded
         there by its position in the batch and left blank."""
-        # The loop calls this under bf16 autocast; preprocessing must stay in float32.
+        # Whatever autocast a caller holds, preprocessing must stay in float32.
         with torch.autocast(device.type, enabled=False):
             return self._to_batch(batch, device, failed)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -16,9 +17,10 @@ from featpipe.backbones.base import FeatureModel
 from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import first_failure
 from featpipe.device import available_cores
-from featpipe.errors import ImageReadError
+from featpipe.errors import ConfigError, ImageReadError
 from featpipe.extract.datapath import DataPath
-from featpipe.extract.host_copy import start_copy
+from featpipe.extract.host_copy import PendingCopy
+from featpipe.extract.inference import Inference, precision
 from featpipe.extract.writer_thread import BackgroundWriter
 from featpipe.interrupt import Interrupted, forking, worker_ignores
 from featpipe.store import StoreWriter
@@ -34,28 +36,17 @@ def default_workers(device: torch.device, data_path: str) -> int:
     return min(4, cores)
 
 
-def precision(device: torch.device) -> str:
-    """The forward pass's precision: bf16 autocast on CUDA; fp32 on CPU, which keeps CPU
-    features exact and reproducible."""
-    return "bf16" if device.type == "cuda" else "fp32"
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if precision(device) == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def compute_identity(device: torch.device, data_path: str) -> dict[str, str]:
     """How features are computed beyond the model's inputs (the store's ``compute``
-    attribute, part of its key): ``precision`` (see :func:`precision`) and ``decode``, where
-    the pixels come from. ``pil`` is Pillow's decode and resize: the cpu data path, and also
-    the gpu data path on a CPU device, which gives the same pixels bit for bit (torchvision's
-    CPU JPEG decoder is libjpeg-turbo, as Pillow's, and its uint8 resize kernels match).
-    ``nvjpeg`` is the gpu data path on CUDA (nvJPEG decode, float32 resize). Features of
-    CUDA and CPU extractions differ by percent, so they never share a store. An option that
-    changes pixels later (e.g. a faster, inexact decode) adds its own entry, left out at its
-    exact default so that existing keys stay valid."""
+    attribute, part of its key): ``precision`` (``fp32`` on CPU, the autocast dtype on CUDA,
+    see :func:`featpipe.extract.inference.precision`) and ``decode``, where the pixels come
+    from. ``pil`` is Pillow's decode and resize: the cpu data path, and also the gpu data path
+    on a CPU device, which gives the same pixels bit for bit (torchvision's CPU JPEG decoder is
+    libjpeg-turbo, as Pillow's, and its uint8 resize kernels match). ``nvjpeg`` is the gpu
+    data path on CUDA (nvJPEG decode, float32 resize). Features of CUDA and CPU extractions
+    differ by percent, so they never share a store. An option that changes pixels later (e.g.
+    a faster, inexact decode) adds its own entry, left out at its exact default so that
+    existing keys stay valid."""
     on_cuda = device.type == "cuda"
     return {
         "precision": precision(device),
@@ -63,51 +54,61 @@ def compute_identity(device: torch.device, data_path: str) -> dict[str, str]:
     }
 
 
-def prepare_model(model: FeatureModel, device: torch.device) -> FeatureModel:
-    """Eval mode, on ``device``, channels-last: convolutions run faster in that layout on
-    CUDA under autocast and on CPU too (oneDNN; measured 1.2-1.4x for ResNet-50 and
-    EfficientNet-Lite0 on a 2-core CPU, see benchmarks/README.md). Models without 4-D
-    weights are unchanged by it."""
-    return model.eval().to(device, memory_format=torch.channels_last)
-
-
 def probe_layers(
     model: FeatureModel, crop: int, device: torch.device
 ) -> dict[str, tuple[int, str]]:
     """(dim, resolved pooling) of every layer, from one forward pass on a dummy image; the
     store's datasets must be allocated before the first real batch is written."""
-    x = torch.zeros(1, 3, crop, crop, device=device)
-    with torch.inference_mode(), autocast(device):
-        out = model(x)
+    out = Inference(model, device)(torch.zeros(1, 3, crop, crop), eager=True)
     return {name: (int(t.shape[1]), model.poolings[name]) for name, t in out.items()}
 
 
-class ChunkDataset(Dataset):
-    """Item ``i`` is ``(chunk index, collated batch, {position: ImageReadError})`` of the
-    ``i``-th pending chunk: an image that cannot be read is blank in the batch, and its error
-    goes to the main process, which fails or skips it (a worker's own exception would arrive
+class Piece(NamedTuple):
+    """Rows ``[start, stop)`` of the store, one forward batch of chunk ``chunk``, starting at
+    ``offset`` in the chunk; ``last`` says the chunk is complete with it."""
+
+    chunk: int
+    start: int
+    stop: int
+    offset: int
+    last: bool
+
+
+def cut_pieces(chunks: Sequence[tuple[int, int, int]], batch_size: int) -> list[Piece]:
+    """The forward batches of ``(chunk index, first row, end row)`` chunks: a chunk is cut
+    into batches of ``batch_size`` rows (a batch never spans two chunks)."""
+    pieces = []
+    for index, start, stop in chunks:
+        for first in range(start, stop, batch_size):
+            end = min(stop, first + batch_size)
+            pieces.append(Piece(index, first, end, first - start, end == stop))
+    return pieces
+
+
+class PieceDataset(Dataset):
+    """Item ``i`` is ``(piece, collated batch, {position in the chunk: ImageReadError})`` of
+    the ``i``-th piece: an image that cannot be read is blank in the batch, and its error goes
+    to the main process, which fails or skips it (a worker's own exception would arrive
     wrapped in its traceback)."""
 
-    def __init__(
-        self, source: ImageSource, data_path: DataPath, chunks: Sequence[tuple[int, int, int]]
-    ):
+    def __init__(self, source: ImageSource, data_path: DataPath, pieces: Sequence[Piece]):
         self.source = source
         self.data_path = data_path
-        self.chunks = list(chunks)  # (chunk index, first row, end row)
+        self.pieces = list(pieces)
 
     def __len__(self) -> int:
-        return len(self.chunks)
+        return len(self.pieces)
 
     def __getitem__(self, i: int):
-        index, start, stop = self.chunks[i]
+        piece = self.pieces[i]
         items, failed = [], {}
-        for row in range(start, stop):
+        for row in range(piece.start, piece.stop):
             try:
                 items.append(self.data_path.load(self.source, row))
             except ImageReadError as err:
-                failed[row - start] = err
+                failed[row - piece.start] = err
                 items.append(self.data_path.blank())
-        return index, self.data_path.collate(items), failed
+        return piece, self.data_path.collate(items), failed
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -117,46 +118,53 @@ def _worker_init(_worker_id: int) -> None:
     worker_ignores(signal.SIGINT, signal.SIGTERM)
 
 
+class _Chunk:
+    """The pieces of one chunk computed so far: their host copies and skipped rows."""
+
+    def __init__(self) -> None:
+        self.copies: list[PendingCopy] = []
+        self.reasons: dict[int, str] = {}
+
+    def add(self, piece: Piece, copy: PendingCopy, failed: dict) -> None:
+        self.copies.append(copy)
+        self.reasons.update({piece.offset + pos: err.reason for pos, err in failed.items()})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every layer's rows of the chunk (waits for the copies; runs on the writer thread)."""
+        parts = [c.arrays() for c in self.copies]
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def run_chunks(
-    model: FeatureModel,
+    inference: Inference,
     source: ImageSource,
     data_path: DataPath,
     path: Path,
-    device: torch.device,
     *,
+    batch_size: int,
+    chunks: Sequence[int] | None = None,
     workers: int,
     progress: bool = True,
     on_error: str = "fail",
 ) -> dict:
-    """Compute and write every chunk of the store at ``path`` not done yet, then mark it
-    complete; returns the run's stats. The store's ``extraction`` attribute gets the cost
-    summed over every run that built it. An image that cannot be read stops the run
-    (``on_error="fail"``) or is recorded as skipped. On SIGINT/SIGTERM the chunks already
-    computed are written and Interrupted says how many are done."""
+    """Compute and write the chunks ``chunks`` of the store at ``path`` (None: every chunk
+    not done yet; chunks already done are not computed again) in forward batches of at most
+    ``batch_size`` rows, then mark the store complete if every chunk is done; returns the
+    run's stats. The store's ``extraction`` attribute gets the cost summed over every run
+    that built it. An image that cannot be read stops the run (``on_error="fail"``) or is
+    recorded as skipped. On SIGINT/SIGTERM the chunks already computed are written and
+    Interrupted says how many are done."""
     with StoreWriter.open(path) as writer:  # refuses at once when the disk cannot hold it
         pending = writer.pending_chunks()
-        chunks = [(i, *writer.chunk_rows(i)) for i in pending]
-        n_rows, n_chunks, dtype = writer.n_rows, writer.n_chunks, writer.dtype
-    todo = sum(stop - start for _, start, stop in chunks)
-    loader = DataLoader(
-        ChunkDataset(source, data_path, chunks),
-        batch_size=None,  # an item already is one chunk of rows
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=2 if workers else None,
-    )
-    torch_dtype = getattr(torch, dtype)
-    bar = tqdm(
-        total=n_rows,
-        initial=n_rows - todo,
-        unit="img",
-        desc=f"extract {path.name}",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    images = 0
+        todo = pending if chunks is None else _selected(chunks, pending, writer.n_chunks)
+        bounds = {i: writer.chunk_rows(i) for i in pending}
+        n_rows, n_chunks = writer.n_rows, writer.n_chunks
+    pieces = cut_pieces([(i, *bounds[i]) for i in todo], batch_size)
+    done_rows = n_rows - sum(stop - start for start, stop in bounds.values())
+    bar = _progress_bar(path, n_rows, done_rows, progress)
+    loader = _loader(PieceDataset(source, data_path, pieces), workers, inference.device)
     background: BackgroundWriter | None = None
     start_time = time.perf_counter()
     # Start the workers before the file is opened: forked workers would otherwise inherit its
@@ -167,32 +175,13 @@ def run_chunks(
         with (
             StoreWriter.open(path) as writer,
             BackgroundWriter(
-                lambda i, item: writer.write_chunk(i, item[0].arrays(), errors=item[1])
+                lambda i, chunk: writer.write_chunk(i, chunk.arrays(), errors=chunk.reasons)
             ) as background,
-            torch.inference_mode(),
-            autocast(device),
         ):
-            for index, batch, failed in batches:
-                pixels = data_path.to_batch(batch, device, failed)
-                if failed and on_error == "fail":
-                    raise first_failure(failed)
-                features = model(pixels)
-                rows = next(iter(features.values())).shape[0]
-                reasons = {pos: err.reason for pos, err in failed.items()}
-                background.submit(index, (start_copy(features, torch_dtype), reasons))
-                images += rows
-                bar.update(rows)
+            images = _compute(batches, inference, data_path, background, bar, on_error, writer)
             background.close()  # every chunk written before the store is marked complete
             stats = _stats(images, time.perf_counter() - start_time, background)
-            run = {
-                "device": str(device),
-                "data_path": data_path.name,
-                "workers": workers,
-                "rows_per_chunk": writer.rows_per_chunk,
-                "on_error": on_error,
-                "skipped": writer.skipped_count(),
-            }
-            writer.finish(run)
+            run = _finish(writer, inference.device, data_path.name, workers, on_error)
             stats.update(resumed=len(pending) < n_chunks, **run)
     except KeyboardInterrupt as exc:  # the with blocks above wrote the chunks computed
         written = background.chunks_written if background is not None else 0
@@ -206,6 +195,86 @@ def run_chunks(
         # it alive, and workers left at exit get SIGTERM, which they ignore (_worker_init).
         getattr(batches, "_shutdown_workers", lambda: None)()
     return stats
+
+
+def _progress_bar(path: Path, n_rows: int, done_rows: int, shown: bool) -> tqdm:
+    return tqdm(
+        total=n_rows,
+        initial=done_rows,
+        unit="img",
+        desc=f"extract {path.name}",
+        disable=not shown,
+        dynamic_ncols=True,
+    )
+
+
+def _finish(
+    writer: StoreWriter, device: torch.device, data_path: str, workers: int, on_error: str
+) -> dict:
+    """Mark the store complete if every chunk is done; returns what the run was."""
+    run = {
+        "device": str(device),
+        "data_path": data_path,
+        "workers": workers,
+        "rows_per_chunk": writer.rows_per_chunk,
+        "on_error": on_error,
+        "skipped": writer.skipped_count(),
+    }
+    if not writer.pending_chunks():
+        writer.finish(run)
+    return run
+
+
+def _selected(chunks: Sequence[int], pending: list[int], n_chunks: int) -> list[int]:
+    """The asked-for chunks that are not done yet, in store order; raises for an index
+    outside the store."""
+    wrong = [i for i in chunks if not (isinstance(i, (int, np.integer)) and 0 <= i < n_chunks)]
+    if wrong:
+        raise ConfigError(
+            f"Chunk indices must be integers in [0, {n_chunks}) (the store has {n_chunks} "
+            f"chunks); got {wrong}."
+        )
+    asked = {int(i) for i in chunks}
+    return [i for i in pending if i in asked]
+
+
+def _loader(dataset: PieceDataset, workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=None,  # an item already is one forward batch
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=2 if workers else None,
+    )
+
+
+def _compute(
+    batches,
+    inference: Inference,
+    data_path: DataPath,
+    background: BackgroundWriter,
+    bar,
+    on_error: str,
+    writer: StoreWriter,
+) -> int:
+    """Run every piece through the model and hand each finished chunk to the writer thread;
+    returns the number of images computed."""
+    dtype = getattr(torch, writer.dtype)
+    images, chunk = 0, _Chunk()
+    for piece, batch, failed in batches:
+        pixels = data_path.to_batch(batch, inference.device, failed)
+        if failed and on_error == "fail":
+            raise first_failure(failed)
+        features = inference(pixels)
+        chunk.add(piece, inference.to_host(features, dtype), failed)
+        if piece.last:
+            background.submit(piece.chunk, chunk)
+            chunk = _Chunk()
+        images += piece.stop - piece.start
+        bar.update(piece.stop - piece.start)
+    return images
 
 
 def _stats(images: int, seconds: float, background: BackgroundWriter) -> dict:

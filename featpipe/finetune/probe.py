@@ -1,7 +1,10 @@
-"""The LP step of LP-FT: a logistic regression on standardised pooled features, loaded into a
-fixed standardisation and a linear layer."""
+"""The LP step of LP-FT: a logistic regression on standardised pooled features (computed, or
+read from a store that already holds them), loaded into a fixed standardisation and a linear
+layer."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import torch
@@ -10,28 +13,76 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from featpipe.backbones import POOLED, Backbone
+from featpipe.data.source import ImageSource
+from featpipe.errors import StoreMismatchError
+from featpipe.extract.inference import Inference
 from featpipe.heads.torch_logreg import logreg_path
+from featpipe.store import FeatureStore
 
 PROBE_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # increasing: each warm-starts the next
 
 
-@torch.inference_mode()
 def pooled_features(
-    backbone: Backbone, data: DataLoader, device: torch.device, progress: bool = False
+    backbone: Backbone,
+    data: DataLoader,
+    device: torch.device,
+    progress: bool = False,
+    *,
+    memory_format: torch.memory_format = torch.channels_last,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The backbone's ``pooled`` features (eval mode) and labels of every batch in ``data``."""
-    feature_model = backbone.features([POOLED])
-    backbone.model.eval()
+    """The backbone's ``pooled`` features and labels of every batch in ``data``, through
+    extraction's forward pass (eval mode, the same autocast), as a store would hold them."""
     xs, ys = [], []
-    try:
+    with Inference.of_layers(backbone, [POOLED], device, memory_format=memory_format) as run:
         for images, labels in tqdm(
             data, desc="probe features", unit="batch", leave=False, disable=not progress
         ):
-            xs.append(feature_model(images.to(device))[POOLED].cpu().numpy())
+            xs.append(run.arrays(images)[POOLED])
             ys.append(labels.numpy())
-    finally:
-        feature_model.remove()
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def stored_features(
+    store: FeatureStore, backbone: Backbone, source: ImageSource, *rows: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(pooled features, labels)`` of each of ``rows`` (row indices of ``source``), the
+    features read from ``store`` instead of computed (in the store's dtype, float16 by
+    default, then as float32); raises StoreMismatchError unless the store holds ``pooled``
+    of the same backbone (spec, weights, preprocessing) over the same images (ids, labels,
+    splits and files: the source's fingerprint)."""
+    check_store(store, backbone, source)
+    X, _ = store.arrays(POOLED)  # every row: check_store refuses stores with skipped rows
+    labels = np.asarray(source.labels)
+    return [(X[r], labels[r]) for r in rows]
+
+
+def check_store(store: FeatureStore, backbone: Backbone, source: ImageSource) -> None:
+    """Raise StoreMismatchError, saying what differs, unless ``store`` has the ``pooled``
+    features that ``backbone`` computes over ``source``."""
+    problems = []
+    if POOLED not in store.layers:
+        problems.append(f"it has no {POOLED!r} layer (it has {store.layers})")
+    stored, asked = _plain(store.attrs.get("backbone")), _plain(backbone.identity())
+    for field in ("spec", "weights_sha256", "preprocessing"):
+        if (stored or {}).get(field) != asked[field]:
+            have = (stored or {}).get(field)
+            problems.append(f"its backbone {field} is {have!r}, the fine-tuning's {asked[field]!r}")
+    hashed = bool((store.attrs.get("source") or {}).get("hash_contents"))
+    if store.attrs.get("source_fingerprint") != source.fingerprint(content=hashed):
+        problems.append("it was extracted from other images (ids, labels, splits or files)")
+    if store.skipped():
+        problems.append(f"it leaves out {len(store.skipped())} unreadable images")
+    if problems:
+        raise StoreMismatchError(
+            f"The probe features cannot come from {store.path}: " + "; ".join(problems) + ". "
+            "Pass a store extracted from the same source with the same backbone and image "
+            "size (layer pooled), or no probe_features to compute them."
+        )
+
+
+def _plain(value):
+    """JSON types only (tuples as lists), as a store's attributes hold them."""
+    return json.loads(json.dumps(value))
 
 
 class Standardize(nn.Module):

@@ -21,6 +21,7 @@ from featpipe.data.source import ImageSource
 from featpipe.device import on_device, resolve_device
 from featpipe.errors import ConfigError, HeadMismatchError
 from featpipe.evaluate.metrics import compute_metrics
+from featpipe.extract.inference import Inference
 from featpipe.finetune import checkpoint, probe
 from featpipe.finetune.callbacks import (
     Callback,
@@ -33,6 +34,7 @@ from featpipe.finetune.data import SourceDataset, loader, split_rows, train_tran
 from featpipe.finetune.freezing import Mode, freeze, set_train_mode
 from featpipe.finetune.recipe import build_optimizer, param_groups, warmup_cosine
 from featpipe.interrupt import Interrupted, deferred
+from featpipe.store import FeatureStore
 
 # Parameters that change no result (the one list): a resumed run may change them, and a
 # pipeline leaves them out of its config hash.
@@ -113,18 +115,26 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- fit
 
-    def fit(self, source: ImageSource, y=None) -> FineTuner:
+    def fit(
+        self, source: ImageSource, y=None, *, probe_features: FeatureStore | None = None
+    ) -> FineTuner:
         """Train on the source's train split, select the epoch on val (carved from train,
         stratified and seeded, when the source has none). ``y`` is ignored.
 
         Epoch 0 is the model before training; for LP-FT that is the probe, so fine-tuning
-        that does not beat the probe on val returns the probe."""
+        that does not beat the probe on val returns the probe. ``probe_features``: a store
+        with the ``pooled`` features of this backbone (same spec, weights and image size)
+        over this source, e.g. the one a pipeline extracted; LP-FT's probe then reads its
+        features from it instead of running the backbone over train and val (a store made
+        from anything else raises StoreMismatchError). Other modes do not use it."""
         mode = self._check_params()
         self.device_ = resolve_device(self.device)
         with on_device(self.device_):
-            return self._fit(mode, source)
+            return self._fit(mode, source, probe_features)
 
-    def _fit(self, mode: Mode, source: ImageSource) -> FineTuner:
+    def _fit(
+        self, mode: Mode, source: ImageSource, probe_features: FeatureStore | None
+    ) -> FineTuner:
         started = time.perf_counter()
         self.backbone_ = get_backbone(self.backbone, self.image_size)
         self.source_ = source
@@ -138,7 +148,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.saved_epoch_, self.fit_seconds_ = None, 0.0
         try:
             train_loader = self._train_loader(source, train_rows)
-            self._build(mode, len(train_loader), fresh=saved is None, train_rows=train_rows)
+            fitted_probe = None
+            if mode.kind == "lpft" and saved is None:  # a resumed run restores it from last.pt
+                fitted_probe = self._fit_probe(train_rows, probe_features)
+            self._build(mode, len(train_loader), fitted_probe)
             if saved is not None:
                 self._restore(saved)
             self._clock = (started, self.fit_seconds_)
@@ -194,12 +207,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             pin_memory=self.device_.type == "cuda",
         )
 
-    def _build(self, mode: Mode, steps: int, fresh: bool, train_rows: np.ndarray) -> None:
-        """The model with its new head (from the probe for a fresh LP-FT run), frozen as
-        ``mode`` says, and its optimiser and per-step schedule."""
-        fitted_probe = None
-        if mode.kind == "lpft" and fresh:  # a resumed run restores the head from last.pt
-            fitted_probe = self._fit_probe(train_rows)
+    def _build(
+        self, mode: Mode, steps: int, fitted_probe: tuple[dict[str, torch.Tensor], dict] | None
+    ) -> None:
+        """The model with its new head (from ``fitted_probe`` for a fresh LP-FT run), frozen
+        as ``mode`` says, and its optimiser and per-step schedule."""
         self.probe_ = fitted_probe[1] if fitted_probe else None
         _seed_everything(self.seed)
         model, self.head_ = _attach_head(
@@ -208,9 +220,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         if fitted_probe:
             probe.load_into(model.get_submodule(self.head_), fitted_probe[0])
         self.frozen_ = freeze(model, mode, self.backbone_.stages, self.head_)
-        self.model_ = model.to(self.device_)
-        if self.device_.type == "cuda":
-            self.model_ = self.model_.to(memory_format=torch.channels_last)
+        self.model_ = model.to(self.device_, memory_format=self._layout)
         # An LP-FT head is already fitted: it moves at the backbone's pace, not at the fast
         # rate a fresh head needs (at that rate it diverged on digits).
         backbone_lr = self.lr * self.backbone_lr_scale
@@ -268,21 +278,37 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             out.append(ProgressPrinter())
         return out + list(self.callbacks or [])
 
-    def _fit_probe(self, train_rows: np.ndarray) -> tuple[dict[str, torch.Tensor], dict]:
-        eval_tf = self.backbone_.preprocessing.transform()
-        self.backbone_.model.to(self.device_)
-        feats = [
-            probe.pooled_features(
-                self.backbone_,
-                loader(
-                    SourceDataset(self.source_, rows, eval_tf), 2 * self.batch_size, self.workers
-                ),
-                self.device_,
-                self.verbose >= 2,
-            )
-            for rows in (train_rows, self.val_rows_)
-        ]
-        return probe.fit_probe(*feats, len(self.classes_), self.probe_C, self.device)
+    @property
+    def _layout(self) -> torch.memory_format:
+        # Channels-last on CUDA, where it speeds up training under autocast; on the CPU the
+        # layout fine-tuning has always used, so that its results stay as they were.
+        return torch.channels_last if self.device_.type == "cuda" else torch.preserve_format
+
+    def _inference(self) -> Inference:
+        """The shared forward pass over the fine-tuned model, in the layout it trains in."""
+        return Inference(self.model_, self.device_, memory_format=self._layout)
+
+    def _fit_probe(
+        self, train_rows: np.ndarray, store: FeatureStore | None
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        rows = (train_rows, self.val_rows_)
+        if store is not None:
+            feats = probe.stored_features(store, self.backbone_, self.source_, *rows)
+        else:
+            feats = [
+                probe.pooled_features(
+                    self.backbone_,
+                    self._eval_loader(self.source_, r),
+                    self.device_,
+                    self.verbose >= 2,
+                    memory_format=self._layout,
+                )
+                for r in rows
+            ]
+        tensors, summary = probe.fit_probe(*feats, len(self.classes_), self.probe_C, self.device)
+        if store is not None:
+            summary["features"] = str(store.path)
+        return tensors, summary
 
     # ---------------------------------------------------------------- loop
 
@@ -293,11 +319,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         for images, labels in tqdm(
             data, desc=f"epoch {epoch}", unit="batch", leave=False, disable=self.verbose < 2
         ):
-            images = images.to(
-                self.device_,
-                non_blocking=True,
-                memory_format=torch.channels_last if cuda else torch.preserve_format,
-            )
+            images = images.to(self.device_, non_blocking=True, memory_format=self._layout)
             labels = labels.to(self.device_, non_blocking=True)
             with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=cuda):
                 logits = self.model_(images)
@@ -400,23 +422,17 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- predict
 
-    @torch.inference_mode()
+    def _eval_loader(self, source: ImageSource, rows: np.ndarray) -> DataLoader:
+        """Batches of ``rows`` with the backbone's own preprocessing, for a forward pass."""
+        dataset = SourceDataset(source, rows, self.backbone_.preprocessing.transform())
+        return loader(dataset, 2 * self.batch_size, self.workers)
+
     def _proba(self, source: ImageSource, rows: np.ndarray) -> np.ndarray:
-        self.model_.eval()
-        data = loader(
-            SourceDataset(source, rows, self.backbone_.preprocessing.transform()),
-            2 * self.batch_size,
-            self.workers,
-        )
-        cuda = self.device_.type == "cuda"
-        out = []
-        for images, _ in data:
-            images = images.to(
-                self.device_, memory_format=torch.channels_last if cuda else torch.preserve_format
-            )
-            with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=cuda):
-                out.append(torch.softmax(self.model_(images).float(), dim=1).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes_)), np.float32)
+        run = self._inference()
+        logits = [run.array(images) for images, _ in self._eval_loader(source, rows)]
+        if not logits:
+            return np.zeros((0, len(self.classes_)), np.float32)
+        return torch.softmax(torch.from_numpy(np.concatenate(logits)), dim=1).numpy()
 
     def _rows(self, X: ImageSource | str) -> tuple[ImageSource, np.ndarray]:
         check_is_fitted(self)

@@ -1,6 +1,5 @@
 """Classical heads on cached features: estimators, selection, few-shot, streaming, persistence."""
 
-from featpipe.heads.embedder import Embedder
 from featpipe.heads.estimators import (
     KNNProbe,
     LinearSVMProbe,
@@ -47,3 +46,13 @@ __all__ = [
     "save_head",
     "select_and_fit",
 ]
+
+
+def __getattr__(name: str):
+    # The Embedder runs backbones, so it lives in featpipe.extract, above the heads; it is
+    # still importable from here, without heads importing extraction when it is not used.
+    if name == "Embedder":
+        from featpipe.extract.embedder import Embedder
+
+        return Embedder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,8 +10,8 @@ set, plus everything needed to tell where they came from. Plain ``h5py`` reads a
                                    source (JSON description of the image source),
                                    layers (JSON list of layer names), dtype, versions (JSON:
                                    python, torch, torchvision, h5py, numpy),
-                                   compute (JSON: precision "fp32" or "bf16", decode "pil" or
-                                   "nvjpeg"; part of the key),
+                                   compute (JSON: precision "fp32", "bf16" or "fp16",
+                                   decode "pil" or "nvjpeg"; part of the key),
                                    rows_per_chunk, n_chunks, complete (bool),
                                    extraction (JSON: the cost of building the store, summed
                                    over every run that wrote chunks: images, seconds,
@@ -44,11 +44,12 @@ most the chunks in flight. Rows of chunks not done hold unspecified values: read
 writers (ranks) can each fill a disjoint range of chunks.
 
 ``compute`` says how the features were computed beyond the model's inputs: ``precision`` of the
-forward pass (bf16 autocast on CUDA, fp32 on CPU) and ``decode``, where the pixels come from
-(``pil``: Pillow, or torchvision's CPU decoder, which gives the same pixels; ``nvjpeg``: decoded
-and resized on a CUDA device). They move features by percent, so they are part of the key and a
-store is never resumed or reused across them. Later entries (e.g. a faster, inexact decode) are
-left out of ``compute`` at their exact default, so that existing keys stay valid.
+forward pass (fp32 on CPU; bf16 autocast on CUDA, fp16 on GPUs without native bf16) and
+``decode``, where the pixels come from (``pil``: Pillow, or torchvision's CPU decoder, which
+gives the same pixels; ``nvjpeg``: decoded and resized on a CUDA device). They move features by
+percent, so they are part of the key and a store is never resumed or reused across them. Later
+entries (e.g. a faster, inexact decode) are left out of ``compute`` at their exact default, so
+that existing keys stay valid.
 
 Skipped rows (``on_error="skip"``): an image that cannot be read keeps its row, with
 ``samples/ok`` False, the reason in ``samples/error`` (e.g. "truncated file") and zeros as

@@ -1,0 +1,189 @@
+"""``Embedder``: a scikit-learn transformer from images to frozen-backbone features, with an
+optional per-image cache so that cross-validation never recomputes a feature."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from featpipe.backbones import Backbone, get_backbone
+from featpipe.data.images import load_rgb, to_rgb
+from featpipe.device import on_device, resolve_device
+from featpipe.errors import ConfigError
+from featpipe.extract.inference import Inference, precision
+
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+
+def _image_key(item: ImageLike) -> str:
+    """Identity of one image: path + size + mtime for files, a hash of the pixels otherwise."""
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item).resolve()
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise ConfigError(f"Cannot read image {path}: {exc}") from exc
+        text = f"file|{path}|{st.st_size}|{st.st_mtime_ns}"
+    elif isinstance(item, Image.Image):
+        text = f"pil|{item.mode}|{item.size}|{hashlib.sha256(item.tobytes()).hexdigest()}"
+    elif isinstance(item, np.ndarray):
+        arr = np.ascontiguousarray(item)
+        text = f"array|{arr.dtype}|{arr.shape}|{hashlib.sha256(arr.tobytes()).hexdigest()}"
+    else:
+        raise ConfigError(
+            f"Embedder takes image paths, PIL images or uint8 arrays; got {type(item).__name__}."
+        )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _to_pil(item: ImageLike) -> Image.Image:
+    if isinstance(item, (str, os.PathLike)):
+        return load_rgb(item)
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if item.dtype != np.uint8 or item.ndim not in (2, 3):
+        raise ConfigError(
+            f"Image arrays must be uint8 (H, W) or (H, W, 3); got {item.dtype} {item.shape}."
+        )
+    return Image.fromarray(item).convert("RGB")
+
+
+def _as_items(X: Iterable[ImageLike] | np.ndarray) -> list[ImageLike]:
+    """A batch of images as a list: a 4-D uint8 array (n, H, W, C) is split by rows."""
+    if isinstance(X, (str, os.PathLike, Image.Image)):
+        raise ConfigError("Pass a sequence of images, not a single image (wrap it in a list).")
+    return list(X)
+
+
+class Embedder(TransformerMixin, BaseEstimator):
+    """Images in, (n, D) float32 features of one backbone layer out, computed in batches with
+    the backbone's own preprocessing by extraction's forward pass (eval mode, channels-last,
+    bf16 or fp16 autocast on CUDA, fp32 on the CPU), so that they match a store's features.
+
+    With ``cache_dir`` each image's feature is stored under a key of (backbone identity,
+    layer, image identity), so ``GridSearchCV`` over a pipeline starting with this transformer
+    computes every image once. ``fit`` learns nothing; it records the output width.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        layer: str = "pooled",
+        image_size: int | None = None,
+        batch_size: int = 32,
+        device: str = "auto",
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        self.backbone = backbone
+        self.layer = layer
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.device = device
+        self.cache_dir = cache_dir
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Inputs are images (paths, PIL, uint8 arrays), not a 2-D numeric matrix.
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.requires_fit = False
+        tags.target_tags.required = False
+        return tags
+
+    def _model(self) -> tuple[Backbone, Inference]:
+        """(backbone, its forward pass), built once per instance (clones rebuild their own)."""
+        built = getattr(self, "_built", None)
+        params = (self.backbone, self.layer, self.image_size, self.device)
+        if built is None or built[0] != params:
+            bb = get_backbone(self.backbone, self.image_size)
+            inference = Inference.of_layers(bb, [self.layer], resolve_device(self.device))
+            built = (params, bb, inference)
+            self._built = built
+        return built[1], built[2]
+
+    def _cache_folder(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        bb, inference = self._model()
+        key = {**bb.identity(), "layer": self.layer}
+        # Autocast features differ from fp32 ones by percent: never in one cache. fp32 (the
+        # CPU) is left out of the key, so that caches made before it was recorded stay valid.
+        if (autocast := precision(inference.device)) != "fp32":
+            key["precision"] = autocast
+        ident = json.dumps(key, sort_keys=True)
+        folder = Path(self.cache_dir) / hashlib.sha256(ident.encode()).hexdigest()[:24]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def fit(self, X=None, y=None) -> Embedder:
+        """Nothing to learn: records the backbone identity and the feature width."""
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1; got {self.batch_size}.")
+        bb, _ = self._model()
+        self.backbone_identity_ = bb.identity()
+        self.n_features_out_ = self._width()
+        return self
+
+    def _width(self) -> int:
+        """Feature width, remembered in the cache folder so cached runs skip the probe pass."""
+        folder = self._cache_folder()
+        meta = folder / "meta.json" if folder else None
+        if meta is not None and meta.exists():
+            return int(json.loads(meta.read_text())["dim"])
+        bb, _ = self._model()
+        blank = Image.new("RGB", (bb.preprocessing.crop, bb.preprocessing.crop))
+        dim = int(self._forward([blank]).shape[1])
+        if meta is not None:
+            meta.write_text(json.dumps({"dim": dim}))
+        return dim
+
+    def _forward(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Features of a batch of images: extraction's forward pass (same precision)."""
+        bb, inference = self._model()
+        transform = bb.preprocessing.transform()
+        batch = torch.stack([transform(img) for img in images])
+        with on_device(inference.device):
+            return inference.arrays(batch)[self.layer]
+
+    def transform(self, X: Iterable[ImageLike]) -> np.ndarray:
+        check_is_fitted(self)
+        items = _as_items(X)
+        out = np.empty((len(items), self.n_features_out_), dtype=np.float32)
+        folder = self._cache_folder()
+        todo = []  # rows whose features are not cached
+        keys = [_image_key(item) for item in items] if folder else [None] * len(items)
+        for i, key in enumerate(keys):
+            file = folder / f"{key}.npy" if folder else None
+            if file is not None and file.exists():
+                out[i] = np.load(file)
+            else:
+                todo.append(i)
+        step = int(self.batch_size)
+        for start in range(0, len(todo), step):
+            rows = todo[start : start + step]
+            feats = self._forward([_to_pil(items[i]) for i in rows])
+            out[rows] = feats
+            if folder:
+                for i, f in zip(rows, feats, strict=True):
+                    tmp = folder / f"{keys[i]}.tmp.npy"
+                    np.save(tmp, f)
+                    tmp.replace(folder / f"{keys[i]}.npy")  # a reader never sees half a file
+        return out
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        check_is_fitted(self)
+        return np.array([f"{self.layer}_{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_built", None)  # the model is rebuilt from its spec after unpickling
+        return state
