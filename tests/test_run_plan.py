@@ -280,3 +280,18 @@ def test_cli_warnings_are_one_plain_line():
     assert text == "featpipe: warning: val_fraction=0.1 is ignored\n"
     assert other == "featpipe: warning: did not converge (RuntimeWarning)\n"
     assert warnings.formatwarning("x", UserWarning, "f.py", 1) != text  # restored after
+
+
+@pytest.mark.slow  # two short fine-tunes of the toy backbone
+def test_lpft_reads_the_probe_features_from_the_runs_store(toml, tmp_path):
+    lpft = ['finetune.modes=["lpft"]', "finetune.epochs=1", "finetune.workers=0"]
+    out = tmp_path / "run"
+    assert run(toml, out, *lpft) == 0
+    rows = {r["kind"]: r for r in read_results(out / "results.jsonl")}
+    store, ft_row = rows["probe"]["provenance"]["store"]["path"], rows["finetune"]
+    assert ft_row["history"][0]["probe"]["features"] == store  # not recomputed
+    # At another image size the store's features are not the fine-tune's: computed afresh.
+    other = tmp_path / "other"
+    assert run(toml, other, *lpft, "finetune.image_size=24") == 0
+    (ft_row,) = [r for r in read_results(other / "results.jsonl") if r["kind"] == "finetune"]
+    assert "features" not in ft_row["history"][0]["probe"]

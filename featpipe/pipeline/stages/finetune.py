@@ -19,7 +19,7 @@ from featpipe.pipeline.jobs import (
     config_hash,
     skip_summary,
 )
-from featpipe.pipeline.stages.extract import opened_stores
+from featpipe.pipeline.stages.extract import feature_store, opened_stores
 from featpipe.provenance import plain
 from featpipe.report.results import MethodKind, Predictions, ResultRow
 
@@ -44,6 +44,8 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 "backbone": bb,
                 "mode": mode,
             }
+            if _reads_store(config, bb, mode):  # the probe then sees stored features
+                settings["probe_features"] = {"dtype": config.features.dtype}
             label = f"fine-tuning ({mode}){suffix(bb)}"
             jobs += [
                 Job(NAME, f"{bb}/finetune:{mode}", MethodKind.FINETUNE, label, bb, seed,
@@ -57,6 +59,7 @@ def run(job: Job, context: RunContext) -> ResultRow:
     """Fine-tune the job's backbone in its mode on the run's source, then test it."""
     from featpipe.finetune import FineTuner
 
+    store = _probe_store(job, context)  # opened first: _source then reads its skips
     source, skipped = context.once("finetune source", lambda: _source(context))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job.backbone)
     settings = context.config.finetune.params()
@@ -73,7 +76,8 @@ def run(job: Job, context: RunContext) -> ResultRow:
         **settings,
     )
     with measure(context.device) as usage:
-        tuner.fit(source)
+        # A store that left images out is not read: the fine-tune's rows are fewer.
+        tuner.fit(source, probe_features=None if skipped else store)
         with Timer() as predict:
             proba = tuner.predict_proba("test")
     return finetune_row(job, context, tuner, proba, usage, predict.seconds, settings, skipped)
@@ -116,6 +120,30 @@ def finetune_row(
             "skipped": skip_summary(skipped),
         },
     )
+
+
+def _reads_store(config: PipelineConfig, backbone: str, mode: str) -> bool:
+    """Whether LP-FT's probe reads the ``pooled`` features of the run's feature store of
+    ``backbone`` instead of running the backbone again: it does when the store has them at
+    the fine-tuning's image size. Decided from the config alone, so a resumed run makes the
+    same choice as an uninterrupted one."""
+    from featpipe.backbones import POOLED
+    from featpipe.finetune.freezing import Mode
+
+    features = config.features
+    return (
+        Mode.parse(mode).kind == "lpft"
+        and backbone in features.backbones
+        and POOLED in features.layers
+        and config.finetune.image_size == features.image_size
+    )
+
+
+def _probe_store(job: Job, context: RunContext):
+    """The feature store LP-FT's probe reads (see ``_reads_store``), or None."""
+    if not _reads_store(context.config, job.backbone, job.mode):
+        return None
+    return feature_store(context, job.backbone)[0]
 
 
 def _source(context: RunContext) -> tuple[ImageSource, dict[str, str]]:
