@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from html import escape
 
 from featpipe.report.content import Document, Figure, Table
@@ -10,7 +11,8 @@ from featpipe.report.content import Document, Figure, Table
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; }
+.table { overflow-x: auto; margin: 0.5em 0; }
+table { border-collapse: collapse; font-size: 0.8em; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 1em 0; } figcaption { font-size: 0.85em; color: #555; }
@@ -18,12 +20,23 @@ img { max-width: 100%; }
 """
 
 
+# Long names and parameter lists ("blocks.5:avg+blocks.6:avg", "hidden_layer_sizes=[512, 256]")
+# have no spaces to wrap at, and would widen the table past 1,280 px; they may break after these.
+_BREAK_AFTER = re.compile(r"([+=,])(?=\S)")
+
+
+def _cell(text: object) -> str:
+    return _BREAK_AFTER.sub(r"\1<wbr>", escape(str(text)))
+
+
 def _table(table: Table) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in table.header)
+    """A table in a box that scrolls sideways, should one still be wider than the page."""
+    head = "".join(f"<th>{_cell(h)}</th>" for h in table.header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in table.rows
+        "<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in table.rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table_ = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="table">{table_}</div>'
 
 
 def _figure(fig: Figure) -> str:
