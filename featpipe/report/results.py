@@ -21,6 +21,8 @@ Fields (``?``: may be null):
 - ``deterministic`` (bool, optional; false when absent): the seed changes nothing for this
   method (a head without randomness, chosen on a fixed validation split), so a run holds one
   row for it, with its first seed.
+- ``train_size`` (int or null, optional; null when absent): the number of training images
+  the method saw in a ``[source] train_sizes`` sweep; null when it used the whole train split.
 - ``config_hash`` (str): hash of the data fingerprint and of the settings this method depends
   on; a re-run skips a (method, seed, config_hash) already present. Reports use only the rows
   of the run's current plan (``plan.json``, see :mod:`featpipe.report.runplan`); rows of
@@ -129,6 +131,8 @@ class ResultRow:
     mode: str | None = None
     seed: int
     deterministic: bool = field(default=False, metadata=_OPTIONAL)
+    # Training images used, with a [source] train_sizes sweep; None: the whole train split.
+    train_size: int | None = field(default=None, metadata=_OPTIONAL)
     config_hash: str
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     classes: list[str]
