@@ -147,7 +147,13 @@ class ResultRow:
 
     def to_json(self) -> dict:
         """The row as the JSON object written to results.jsonl."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)  # an optional field left at None is left out
+            if not (
+                f.metadata.get("optional") and f.default is None and getattr(self, f.name) is None
+            )
+        }
         out["kind"] = str(self.kind)
         out["cost"] = self.cost.to_json()
         out["test"] = {f.name: getattr(self.test, f.name) for f in fields(self.test)}
