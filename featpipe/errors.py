@@ -25,6 +25,10 @@ class SourceError(FeaturePipeError, ValueError):
     """An image source is malformed: empty class folder, one class, bad manifest."""
 
 
+class MissingExtraError(FeaturePipeError, ImportError):
+    """An optional library is not installed; the message names the pip extra that installs it."""
+
+
 class ImageReadError(FeaturePipeError, OSError):
     """An image file could not be read or decoded; the message names its path.
 
