@@ -29,6 +29,10 @@ class MissingExtraError(FeaturePipeError, ImportError):
     """An optional library is not installed; the message names the pip extra that installs it."""
 
 
+class UntrustedFileError(FeaturePipeError, ValueError):
+    """A saved file holds types featpipe does not trust to rebuild; nothing in it was run."""
+
+
 class ImageReadError(FeaturePipeError, OSError):
     """An image file could not be read or decoded; the message names its path.
 

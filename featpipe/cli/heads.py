@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,13 @@ the head is refitted on train+val, and only then is the test split read.
 
 PREDICT_EXAMPLES = """\
 examples:
-  featpipe predict heads/logreg.joblib store.h5 --split test --out preds.csv
-  featpipe predict heads/logreg.joblib photos/*.jpg
-  featpipe predict heads/logreg.joblib photos/            # every image in a folder
+  featpipe predict heads/logreg.skops store.h5 --split test --out preds.csv
+  featpipe predict heads/logreg.skops photos/*.jpg
+  featpipe predict heads/logreg.skops photos/             # every image in a folder
 
 Features for images are computed with the backbone and layer named in the head's sidecar.
-Head files are loaded with joblib, which runs code: only load files you trust.
+.skops heads are loaded without running code; .joblib heads are pickles, which can run code
+when loaded (a warning says so): only load those from a source you trust.
 """
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -74,7 +76,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--draws", type=int, default=5, help="few-shot draws (default: 5)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument("--save-dir", type=Path, help="save each fitted head (joblib + JSON sidecar)")
+    p.add_argument("--save-dir", type=Path, help="save each fitted head (+ a JSON sidecar)")
+    p.add_argument(
+        "--save-format",
+        choices=["skops", "joblib"],
+        help="file format of saved heads: skops (safe to load; the default when skops is "
+        "installed) or joblib (a pickle)",
+    )
     p.set_defaults(func=run_probe)
 
     q = subparsers.add_parser(
@@ -84,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=PREDICT_EXAMPLES,
         formatter_class=fmt,
     )
-    q.add_argument("head", type=Path, help="saved head (.joblib) with its .json sidecar")
+    q.add_argument("head", type=Path, help="saved head (.skops or .joblib) with its .json sidecar")
     q.add_argument("inputs", nargs="+", help="one feature store (.h5), or image files/folders")
     q.add_argument(
         "--split",
@@ -117,6 +125,7 @@ def run_probe(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.heads.split(",") if n.strip()]
     for name in names:
         make_head(name)  # unknown names fail before any training
+    suffix = _save_suffix(args.save_format) if args.save_dir else None
     rows, report = (
         [],
         {
@@ -138,7 +147,7 @@ def run_probe(args: argparse.Namespace) -> int:
         if args.save_dir:
             path = save_head(
                 result.estimator,
-                args.save_dir / f"{name}.joblib",
+                args.save_dir / f"{name}{suffix}",
                 store=store,
                 layer=layer,
                 selection=result,
@@ -152,6 +161,23 @@ def run_probe(args: argparse.Namespace) -> int:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
+
+
+def _save_suffix(choice: str | None) -> str:
+    """The file suffix of saved heads: skops when asked for or installed, else joblib."""
+    import importlib.util
+
+    if choice == "joblib":
+        return ".joblib"
+    if choice is None and importlib.util.find_spec("skops") is None:
+        warnings.warn(
+            'Saving heads with joblib (pickles): pip install "featpipe[skops]" to save .skops '
+            "files, which load without running code.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return ".joblib"
+    return ".skops"  # save_head names the extra if skops is missing
 
 
 def _row(entry: dict) -> list[str]:
