@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featpipe.cli.options import pick_layer
 from featpipe.errors import ConfigError
 
 PROBE_EXAMPLES = """\
@@ -105,23 +106,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_predict)
 
 
-def _pick_layer(store, layer: str | None) -> str:
-    if layer is not None:
-        return layer
-    if len(store.layers) == 1:
-        return store.layers[0]
-    raise ConfigError(
-        f"{store.path} holds several layers ({', '.join(store.layers)}); choose one with --layer."
-    )
-
-
 def run_probe(args: argparse.Namespace) -> int:
     from featpipe.heads import few_shot, save_head, select_and_fit
     from featpipe.heads.registry import make_head
     from featpipe.store import FeatureStore
 
     store = FeatureStore(args.store)
-    layer = _pick_layer(store, args.layer)
+    layer = pick_layer(store, args.layer)
     names = [n.strip() for n in args.heads.split(",") if n.strip()]
     for name in names:
         make_head(name)  # unknown names fail before any training
