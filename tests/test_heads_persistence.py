@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -10,7 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featpipe.errors import FeaturePipeError, HeadMismatchError, UntrustedFileError
+from featpipe.errors import (
+    FeaturePipeError,
+    HeadMismatchError,
+    MissingExtraError,
+    UntrustedFileError,
+)
 from featpipe.heads import check_head_matches, load_head, read_sidecar, save_head, select_and_fit
 from featpipe.heads.registry import HEADS, make_head
 from featpipe.store import write_arrays
@@ -164,3 +170,12 @@ def test_a_damaged_skops_file_is_one_clear_error(saved, tmp_path) -> None:
     (tmp_path / "bad.skops.json").write_text(json.dumps(read_sidecar(saved[0])))
     with pytest.raises(FeaturePipeError, match=r"not a readable \.skops head file"):
         load_head(path)
+
+
+def test_without_skops_the_error_names_the_extra(saved, tmp_path, monkeypatch) -> None:
+    _, store, result = saved
+    monkeypatch.setitem(sys.modules, "skops", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "skops.io", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "featpipe\[skops\]"'):
+        save_head(result.estimator, tmp_path / "h.skops", store=store, layer="pooled")
+    assert not (tmp_path / "h.skops").exists()
