@@ -25,6 +25,14 @@ class SourceError(FeaturePipeError, ValueError):
     """An image source is malformed: empty class folder, one class, bad manifest."""
 
 
+class MissingExtraError(FeaturePipeError, ImportError):
+    """An optional library is not installed; the message names the pip extra that installs it."""
+
+
+class UntrustedFileError(FeaturePipeError, ValueError):
+    """A saved file holds types featpipe does not trust to rebuild; nothing in it was run."""
+
+
 class ImageReadError(FeaturePipeError, OSError):
     """An image file could not be read or decoded; the message names its path.
 

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import sys
+import warnings
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from featpipe.errors import HeadMismatchError
+from featpipe.errors import (
+    FeaturePipeError,
+    HeadMismatchError,
+    MissingExtraError,
+    UntrustedFileError,
+)
 from featpipe.heads import check_head_matches, load_head, read_sidecar, save_head, select_and_fit
+from featpipe.heads.registry import HEADS, make_head
 from featpipe.store import write_arrays
 
 TOY = {"spec": "toy", "weights_sha256": "a" * 64, "preprocessing": {"resize": 36, "crop": 32}}
@@ -59,7 +69,7 @@ def test_sidecar_records_provenance(saved) -> None:
     assert {"scikit-learn", "torch", "numpy", "featpipe"} <= set(side["versions"])
 
 
-def test_load_warns_and_round_trips(saved) -> None:
+def test_a_joblib_head_still_loads_with_the_trust_warning(saved) -> None:
     path, store, result = saved
     with pytest.warns(UserWarning, match="trusted|trust"):
         head, side = load_head(path)
@@ -99,3 +109,73 @@ def test_a_sidecar_from_before_dtype_checks_warns_and_checks_the_rest(saved, tmp
     other = store_with(tmp_path / "other.h5", backbone={**TOY, "spec": "toy@1"})
     with pytest.raises(HeadMismatchError, match="backbone spec"), pytest.warns(UserWarning):
         check_head_matches(old, other, "pooled")
+
+
+# ---------------------------------------------------------------------------- skops files
+
+
+class Booby:
+    """Records being rebuilt: a load that ran this code would leave ``marker`` behind."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __setstate__(self, state: dict) -> None:
+        Path(state["marker"]).write_text("ran")
+        self.__dict__.update(state)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_every_registered_head_round_trips_through_skops(name, tmp_path) -> None:
+    pytest.importorskip("skops")
+    store = store_with(tmp_path / "s.h5")
+    X, y = store.arrays("pooled", "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tiny data: convergence warnings
+        head = make_head(name).fit(X, y)
+    path = save_head(head, tmp_path / f"{name}.skops", store=store, layer="pooled")
+    assert zipfile.is_zipfile(path)  # a skops archive, not a pickle
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "trust" warning, nor any other
+        loaded, side = load_head(path)
+    assert type(loaded) is type(head) and side["file_format"] == "skops" and side["head"] == name
+    X_test, _ = store.arrays("pooled", "test")
+    np.testing.assert_array_equal(loaded.predict(X_test), head.predict(X_test))
+    if hasattr(head, "predict_proba"):
+        np.testing.assert_allclose(loaded.predict_proba(X_test), head.predict_proba(X_test))
+    check_head_matches(side, store, "pooled")
+
+
+def test_a_skops_file_with_an_untrusted_type_is_refused_unrun(tmp_path) -> None:
+    sio = pytest.importorskip("skops.io")
+    marker = tmp_path / "marker"
+    store = store_with(tmp_path / "s.h5")
+    X, y = store.arrays("pooled", "train")
+    head = make_head("knn").fit(X, y)
+    head.extra_ = Booby(str(marker))  # smuggled into a trusted head's fitted state
+    path = save_head(head, tmp_path / "knn.skops", store=store, layer="pooled")
+    assert "test_heads_persistence.Booby" in str(sio.get_untrusted_types(file=path))
+    with pytest.raises(UntrustedFileError, match=r"test_heads_persistence\.Booby.*Nothing in it"):
+        load_head(path)
+    assert not marker.exists()
+    # a type the caller vouches for is rebuilt (and here its code runs)
+    loaded, _ = load_head(path, trusted=("test_heads_persistence.Booby",))
+    assert marker.read_text() == "ran" and isinstance(loaded.extra_, Booby)
+
+
+def test_a_damaged_skops_file_is_one_clear_error(saved, tmp_path) -> None:
+    pytest.importorskip("skops")
+    path = tmp_path / "bad.skops"
+    path.write_bytes(b"not a zip")
+    (tmp_path / "bad.skops.json").write_text(json.dumps(read_sidecar(saved[0])))
+    with pytest.raises(FeaturePipeError, match=r"not a readable \.skops head file"):
+        load_head(path)
+
+
+def test_without_skops_the_error_names_the_extra(saved, tmp_path, monkeypatch) -> None:
+    _, store, result = saved
+    monkeypatch.setitem(sys.modules, "skops", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "skops.io", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "featpipe\[skops\]"'):
+        save_head(result.estimator, tmp_path / "h.skops", store=store, layer="pooled")
+    assert not (tmp_path / "h.skops").exists()

@@ -15,7 +15,7 @@ from featpipe.errors import FeaturePipeError
 from featpipe.interrupt import Interrupted, handle_sigterm
 
 # Each module defines ``register(subparsers)``, which adds its subcommands and sets ``func``.
-COMMAND_MODULES = ("backbones", "extract", "heads", "finetune", "run", "cache")
+COMMAND_MODULES = ("backbones", "extract", "heads", "export", "finetune", "run", "cache")
 
 DESCRIPTION = """\
 featpipe: frozen-backbone features cached in HDF5, classical heads on them, and fine-tuning
@@ -28,6 +28,7 @@ Typical session:
   featpipe info data/cache/<store>.h5        # what a store holds
   featpipe cache list                        # every store in data/cache, and its state
   featpipe probe data/cache/<store>.h5 --layer pooled
+  featpipe export data/cache/<store>.h5 --layer pooled --out features.parquet
   featpipe run pipelines/demo.toml           # a declared experiment with its report
 
 Errors print one line; FEATPIPE_DEBUG=1 prints their full traceback as well.

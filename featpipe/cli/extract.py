@@ -16,6 +16,8 @@ examples:
       --backbone torchvision:resnet50@IMAGENET1K_V2 --layers layer3:avg avgpool
   featpipe extract manifest.csv --layers pooled blocks.5:avg blocks.3:grid:2 --dtype float32
   featpipe extract cifar10/ --limit-train 5000 --limit-test 1000 --image-size 128 --out c10.h5
+  featpipe extract torchvision:CIFAR10@/data/torchvision --val-fraction 0.1 --image-size 96
+  featpipe extract hf-dataset:/data/beans --layers pooled     # a save_to_disk folder
 
 The same inputs reuse the cached store without computing anything; an interrupted run
 (Ctrl-C, SIGTERM, a kill, a full disk) resumes where it stopped when started again with the
@@ -42,7 +44,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "source",
         metavar="SOURCE",
-        help="built-in dataset name (digits), image folder, or CSV manifest",
+        help="built-in dataset (digits), image folder, CSV manifest, torchvision:NAME@ROOT "
+        "or hf-dataset:PATH[?image=COL&label=COL]",
     )
     p.add_argument(
         "--backbone",

@@ -64,7 +64,8 @@ def register(subparsers) -> None:
         "--data",
         required=True,
         metavar="SOURCE",
-        help="built-in dataset name (digits), image folder, or CSV manifest",
+        help="built-in dataset (digits), image folder, CSV manifest, torchvision:NAME@ROOT "
+        "or hf-dataset:PATH[?image=COL&label=COL]",
     )
     p.add_argument(
         "--backbone",

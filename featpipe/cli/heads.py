@@ -6,10 +6,12 @@ import argparse
 import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from featpipe.cli.options import pick_layer
 from featpipe.errors import ConfigError
 
 PROBE_EXAMPLES = """\
@@ -24,12 +26,13 @@ the head is refitted on train+val, and only then is the test split read.
 
 PREDICT_EXAMPLES = """\
 examples:
-  featpipe predict heads/logreg.joblib store.h5 --split test --out preds.csv
-  featpipe predict heads/logreg.joblib photos/*.jpg
-  featpipe predict heads/logreg.joblib photos/            # every image in a folder
+  featpipe predict heads/logreg.skops store.h5 --split test --out preds.csv
+  featpipe predict heads/logreg.skops photos/*.jpg
+  featpipe predict heads/logreg.skops photos/             # every image in a folder
 
 Features for images are computed with the backbone and layer named in the head's sidecar.
-Head files are loaded with joblib, which runs code: only load files you trust.
+.skops heads are loaded without running code; .joblib heads are pickles, which can run code
+when loaded (a warning says so): only load those from a source you trust.
 """
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -74,7 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--draws", type=int, default=5, help="few-shot draws (default: 5)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument("--save-dir", type=Path, help="save each fitted head (joblib + JSON sidecar)")
+    p.add_argument("--save-dir", type=Path, help="save each fitted head (+ a JSON sidecar)")
+    p.add_argument(
+        "--save-format",
+        choices=["skops", "joblib"],
+        help="file format of saved heads: skops (safe to load; the default when skops is "
+        "installed) or joblib (a pickle)",
+    )
     p.add_argument(
         "--run-dir",
         type=Path,
@@ -90,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=PREDICT_EXAMPLES,
         formatter_class=fmt,
     )
-    q.add_argument("head", type=Path, help="saved head (.joblib) with its .json sidecar")
+    q.add_argument("head", type=Path, help="saved head (.skops or .joblib) with its .json sidecar")
     q.add_argument("inputs", nargs="+", help="one feature store (.h5), or image files/folders")
     q.add_argument(
         "--split",
@@ -103,16 +112,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_predict)
 
 
-def _pick_layer(store, layer: str | None) -> str:
-    if layer is not None:
-        return layer
-    if len(store.layers) == 1:
-        return store.layers[0]
-    raise ConfigError(
-        f"{store.path} holds several layers ({', '.join(store.layers)}); choose one with --layer."
-    )
-
-
 def run_probe(args: argparse.Namespace) -> int:
     from featpipe.device import resolve_device
     from featpipe.evaluate import measure
@@ -121,10 +120,11 @@ def run_probe(args: argparse.Namespace) -> int:
     from featpipe.store import FeatureStore
 
     store = FeatureStore(args.store)
-    layer = _pick_layer(store, args.layer)
+    layer = pick_layer(store, args.layer)
     names = [n.strip() for n in args.heads.split(",") if n.strip()]
     for name in names:
         make_head(name)  # unknown names fail before any training
+    suffix = _save_suffix(args.save_format) if args.save_dir else None
     rows, report = (
         [],
         {
@@ -150,7 +150,7 @@ def run_probe(args: argparse.Namespace) -> int:
         if args.save_dir:
             path = save_head(
                 result.estimator,
-                args.save_dir / f"{name}.joblib",
+                args.save_dir / f"{name}{suffix}",
                 store=store,
                 layer=layer,
                 selection=result,
@@ -180,6 +180,23 @@ def _record(args: argparse.Namespace, store, layer: str, device: str, results: l
         for result, usage in results
     ]  # fmt: skip
     print(f"appended {len(rows)} rows to {record_rows(args.run_dir, rows)}")
+
+
+def _save_suffix(choice: str | None) -> str:
+    """The file suffix of saved heads: skops when asked for or installed, else joblib."""
+    import importlib.util
+
+    if choice == "joblib":
+        return ".joblib"
+    if choice is None and importlib.util.find_spec("skops") is None:
+        warnings.warn(
+            'Saving heads with joblib (pickles): pip install "featpipe[skops]" to save .skops '
+            "files, which load without running code.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return ".joblib"
+    return ".skops"  # save_head names the extra if skops is missing
 
 
 def _row(entry: dict) -> list[str]:

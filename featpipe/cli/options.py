@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from featpipe.data import ImageSource, subsample
 from featpipe.data.source import SPLIT_NAMES
+from featpipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from featpipe.store import FeatureStore
 
 
 def add_image_size_option(parser: argparse.ArgumentParser) -> None:
@@ -35,3 +40,14 @@ def apply_limits(source: ImageSource, args: argparse.Namespace, seed: int) -> Im
     limits = {s: getattr(args, f"limit_{s}") for s in SPLIT_NAMES}
     limits = {s: n for s, n in limits.items() if n is not None}
     return subsample(source, limits, seed=seed) if limits else source
+
+
+def pick_layer(store: FeatureStore, layer: str | None) -> str:
+    """``--layer``, or the store's only layer when it is not given."""
+    if layer is not None:
+        return layer
+    if len(store.layers) == 1:
+        return store.layers[0]
+    raise ConfigError(
+        f"{store.path} holds several layers ({', '.join(store.layers)}); choose one with --layer."
+    )

@@ -1,4 +1,5 @@
-"""Image sources: folders, CSV manifests, arrays and built-in datasets, with seeded splits."""
+"""Image sources: folders, CSV manifests, arrays, built-ins, torchvision and Hugging Face
+datasets on disk, parquet, with seeded splits."""
 
 from featpipe.data.arrays import ArraySource
 from featpipe.data.builtin import (
@@ -13,6 +14,8 @@ from featpipe.data.manifest import CSVSource
 from featpipe.data.resolve import open_source
 from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, ImageSource, SubsetSource
 from featpipe.data.splits import stratified_split, subsample
+from featpipe.data.tables import HFDatasetSource, ParquetSource
+from featpipe.data.torchvision_sources import TorchvisionSource
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -21,9 +24,12 @@ __all__ = [
     "SPLIT_NAMES",
     "ArraySource",
     "CSVSource",
+    "HFDatasetSource",
     "ImageFolderSource",
     "ImageSource",
+    "ParquetSource",
     "SubsetSource",
+    "TorchvisionSource",
     "list_builtin_sources",
     "load_builtin",
     "load_rgb",

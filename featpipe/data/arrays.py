@@ -19,7 +19,8 @@ class ArraySource(ImageSource):
 
     ``labels`` are class names (``classes`` defaults to their sorted unique values) or integer
     indices (``classes`` defaults to "0".."max"). ``splits`` are names or codes per row, or None
-    to split by the fractions. Ids are ``"<name>/000123"``. RGBA images are composited on white.
+    to split by the fractions. Ids are ``"<name>/000123"`` unless given (unique strings, one per
+    image). RGBA images are composited on white.
     """
 
     def __init__(
@@ -33,11 +34,12 @@ class ArraySource(ImageSource):
         test_fraction: float = 0.0,
         seed: int = 0,
         name: str = "arrays",
+        ids: Sequence[str] | None = None,
     ):
         self.images = _check_images(images)
         self.name = name
         n = len(self.images)
-        self.classes, self.labels = _encode_labels(labels, classes, n)
+        self.classes, self.labels = encode_labels(labels, classes, n)
         if splits is not None:
             splits = _encode_splits(splits, n)
         self.splits = assign_splits(
@@ -49,7 +51,9 @@ class ArraySource(ImageSource):
             origin=f"the splits given to ArraySource {name!r}",
         )
         width = max(6, len(str(n - 1)))
-        self.ids = [f"{name}/{i:0{width}d}" for i in range(n)]
+        self.ids = [f"{name}/{i:0{width}d}" for i in range(n)] if ids is None else list(ids)
+        if len(self.ids) != n or len(set(self.ids)) != n:
+            raise SourceError(f"ArraySource needs {n} unique ids, one per image; got {len(ids)}.")
 
     def load(self, index: int) -> Image.Image:
         return to_rgb(Image.fromarray(self.images[index]))
@@ -82,9 +86,10 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def _encode_labels(
+def encode_labels(
     labels: Sequence[int] | Sequence[str] | np.ndarray, classes: Sequence[str] | None, n: int
 ) -> tuple[list[str], np.ndarray]:
+    """(class names, int64 label indices) from integer labels or class names (see ArraySource)."""
     labels = np.asarray(labels)
     if labels.shape != (n,):
         raise SourceError(f"ArraySource needs one label per image ({n}); got shape {labels.shape}.")

@@ -31,6 +31,12 @@ def split_code(split: str) -> int:
         ) from None
 
 
+def row_ids(split: str, n: int) -> list[str]:
+    """Ids ``split/00000`` ... for the rows of a dataset's own split, in its order."""
+    width = max(5, len(str(n - 1)))
+    return [f"{split}/{i:0{width}d}" for i in range(n)]
+
+
 class ImageSource(ABC):
     """Labelled images with stable ids and a train/val/test assignment.
 

@@ -1,23 +1,54 @@
-"""Save a fitted head with joblib plus a JSON sidecar that ties it to the features it expects."""
+"""Save a fitted head, with a JSON sidecar that ties it to the features it expects.
+
+``.skops`` files (the ``skops`` extra) are loaded without running code: only the types on
+:data:`SKOPS_TRUSTED` (featpipe's heads and the parts of scikit-learn they hold, which skops
+trusts itself) are rebuilt, and any other type refuses the file. Any other name is a joblib
+pickle, which can run arbitrary code when loaded, so loading one warns.
+"""
 
 from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import joblib
 from sklearn.base import BaseEstimator
 
-from featpipe.errors import ConfigError, HeadMismatchError
+from featpipe.errors import ConfigError, HeadMismatchError, UntrustedFileError
+from featpipe.extras import require
+from featpipe.heads.estimators import KNNProbe, LinearSVMProbe, LogisticProbe, MLPProbe, RBFSVMProbe
 from featpipe.heads.registry import head_name
+from featpipe.heads.streaming import StreamingLinearHead
+from featpipe.heads.torch_logreg import TorchLogisticRegression
 from featpipe.provenance import plain, versions
 
 SIDECAR_FORMAT = "featpipe.head"
 # 2: records the stored layer's pooling, width and dtype ("features").
 SIDECAR_VERSION = 2
 _NO_STORE = {"store_key": None, "store_path": None, "backbone": None, "features": None}
+SKOPS_SUFFIX = ".skops"
+
+# The types a .skops head file may hold beyond those skops trusts by default (numpy,
+# scikit-learn estimators): featpipe's heads, and the optimiser state MLPClassifier keeps.
+SKOPS_TRUSTED: tuple[str, ...] = (
+    *(
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in (
+            KNNProbe,
+            LinearSVMProbe,
+            LogisticProbe,
+            MLPProbe,
+            RBFSVMProbe,
+            StreamingLinearHead,
+            TorchLogisticRegression,
+        )
+    ),
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -63,9 +94,10 @@ def save_head(
     layer: str | None = None,
     selection: object = None,
 ) -> Path:
-    """Write ``path`` (joblib) and ``<path>.json``: store key, backbone spec, weights sha and
+    """Write ``path`` and ``<path>.json``: store key, backbone spec, weights sha and
     preprocessing, the layer (pooling, width, dtype), classes, the head's preprocessing, the
-    chosen hyper-parameters and library versions."""
+    chosen hyper-parameters and library versions. A path ending in ``.skops`` is written with
+    skops (safe to load), any other with joblib."""
     if not hasattr(head, "classes_"):
         raise ConfigError(f"Only a fitted head can be saved; {type(head).__name__} is not fitted.")
     path = Path(path)
@@ -74,6 +106,7 @@ def save_head(
     sidecar = {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_VERSION,
+        "file_format": _file_format(path),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "head": head_name(head) or type(head).__name__,
         "estimator": f"{type(head).__module__}.{type(head).__qualname__}",
@@ -94,7 +127,10 @@ def save_head(
         ),
     }
     tmp = path.with_name(path.name + ".tmp")
-    joblib.dump(head, tmp)
+    if _file_format(path) == "skops":
+        require("skops.io", "skops", "Saving a .skops head").dump(head, tmp)
+    else:
+        joblib.dump(head, tmp)
     tmp.replace(path)  # never leave a half-written model under the real name
     sidecar_path(path).write_text(json.dumps(sidecar, indent=2) + "\n")
     return path
@@ -111,19 +147,45 @@ def read_sidecar(path: str | Path) -> dict:
     return data
 
 
-def load_head(path: str | Path) -> tuple[BaseEstimator, dict]:
-    """(fitted head, sidecar dict). joblib runs code while loading: load trusted files only."""
+def load_head(path: str | Path, trusted: tuple[str, ...] = ()) -> tuple[BaseEstimator, dict]:
+    """(fitted head, sidecar dict). A ``.skops`` file is rebuilt without running code from
+    the types on :data:`SKOPS_TRUSTED` plus ``trusted`` (module.Class names, for heads of your
+    own); another type in it raises UntrustedFileError. Other files are loaded with joblib,
+    which runs code while loading (it warns): load trusted files only."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"No saved head at {path}.")
+    sidecar = read_sidecar(path)
+    if _file_format(path) == "skops":
+        return _load_skops(path, trusted), sidecar
     warnings.warn(
         f"Loading {path} with joblib, which can run arbitrary code on load: only load head "
-        "files from a source you trust.",
+        f"files from a source you trust. Heads saved as {SKOPS_SUFFIX} load safely.",
         UserWarning,
         stacklevel=2,
     )
-    sidecar = read_sidecar(path)
     return joblib.load(path), sidecar
+
+
+def _file_format(path: Path) -> str:
+    return "skops" if path.suffix.lower() == SKOPS_SUFFIX else "joblib"
+
+
+def _load_skops(path: Path, trusted: tuple[str, ...]) -> BaseEstimator:
+    sio = require("skops.io", "skops", f"Loading the head {path}")
+    allowed = [*SKOPS_TRUSTED, *trusted]
+    try:
+        # Checked before loading: skops refuses them too, but only once it is building them.
+        untrusted = sorted(set(sio.get_untrusted_types(file=path)) - set(allowed))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # not a skops archive
+        raise ConfigError(f"{path} is not a readable .skops head file ({err}).") from None
+    if untrusted:
+        raise UntrustedFileError(
+            f"{path} holds type(s) that featpipe does not trust: {', '.join(untrusted)}. "
+            "Nothing in it was run. If you made this file and trust these types, pass them as "
+            "load_head(path, trusted=[...]); otherwise do not use it."
+        )
+    return sio.load(path, trusted=allowed)
 
 
 def check_head_matches(sidecar: dict, store: object, layer: str) -> None:

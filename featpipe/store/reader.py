@@ -9,8 +9,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from featpipe.data.source import count_splits, split_code
+from featpipe.data.source import SPLIT_NAMES, count_splits, split_code
 from featpipe.errors import ConfigError, IncompleteStoreError, StoreMismatchError, unknown_name
+from featpipe.extras import require
 from featpipe.store import schema
 from featpipe.store.files import open_h5, unreadable
 from featpipe.store.schema import decode_attrs, rows_done
@@ -231,6 +232,24 @@ class FeatureStore:
                     continue
                 block = ds[start : start + len(keep)][keep]
                 yield block.astype(dtype, copy=False), labels[start : start + len(keep)][keep]
+
+    def to_pandas(self, layer: str, split: str | None = None, *, dtype: Any = np.float32):
+        """A pandas DataFrame of one layer and split (all when None): columns ``id``,
+        ``split``, ``label``, ``class`` and ``features`` (one 1-D array per row), in the row
+        order of :meth:`arrays`. Needs pandas (``pip install "featpipe[parquet]"``)."""
+        pd = require("pandas", "parquet", "FeatureStore.to_pandas")
+        X, y = self.arrays(layer, split, dtype=dtype)
+        rows = self._rows(split)
+        names = np.asarray(SPLIT_NAMES)[self._splits()[rows]]
+        return pd.DataFrame(
+            {
+                "id": self.ids(split),
+                "split": names,
+                "label": y,
+                "class": np.asarray(self.classes, dtype=object)[y],
+                "features": list(X),
+            }
+        )
 
     # -- helpers -------------------------------------------------------------------------------
     def _check_layer(self, layer: str) -> None:

@@ -1,0 +1,348 @@
+"""Hugging Face ``datasets`` saved to disk, and parquet files: encoded images in an arrow column.
+
+``HFDatasetSource`` opens a ``save_to_disk`` folder with ``datasets.load_from_disk``;
+``ParquetSource`` a parquet file, or a folder of them (``train-00000-of-00002.parquet``,
+``data/test/...``: the split is read from the file's name or folder). Both keep the images
+encoded, in memory-mapped arrow tables, and decode one row at a time as files are decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from featpipe.data.arrays import encode_labels
+from featpipe.data.images import decode_rgb, load_rgb
+from featpipe.data.source import SPLIT_CODES, ImageSource, row_ids
+from featpipe.data.splits import assign_splits
+from featpipe.errors import SourceError, did_you_mean
+from featpipe.extras import require
+
+# The dataset's own split names and the featpipe split each one becomes.
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "val",
+    "valid": "val",
+    "val": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
+# Column names tried, in order, when no column has the Image or ClassLabel type.
+IMAGE_COLUMNS = ("image", "img", "images", "picture", "photo")
+LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "target", "category")
+
+
+class TableSource(ImageSource):
+    """Rows of arrow tables, one per split of the dataset, with an encoded-image column and a
+    label column. Subclasses read the tables (:meth:`_read`).
+
+    ``image``/``label`` name the columns; by default the one column of type ``Image`` (or named
+    image/img/...) and the one of type ``ClassLabel`` (or named label/labels/...) are used.
+    ClassLabel names are the classes; other integer labels give classes "0".."max", string
+    labels their sorted unique values. The dataset's train/validation/test splits are used,
+    and a missing val or test split is carved out of train by its fraction, as for folders.
+    Ids are the dataset's split and row: ``train/00042``.
+    """
+
+    kind = "dataset"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        image: str | None = None,
+        label: str | None = None,
+        val_fraction: float = 0.0,
+        test_fraction: float = 0.0,
+        seed: int = 0,
+    ):
+        self.path = Path(path)
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        tables, features, self._files = self._read()
+        tables = self._known_splits(tables)
+        first = next(iter(tables.values()))
+        self.image_column = _pick_column(
+            image, "image", first.column_names, features, _is_image, IMAGE_COLUMNS, self.path
+        )
+        self.label_column = _pick_column(
+            label, "label", first.column_names, features, _is_class_label, LABEL_COLUMNS, self.path
+        )
+        self.split_names = list(tables)
+        self._sizes = [len(t) for t in tables.values()]
+        self._columns: list | None = None  # read again after pickling (see __getstate__)
+        self._check_image_type(first)
+        values = np.concatenate(
+            [
+                np.asarray(t.column(self.label_column).to_pylist(), dtype=object)
+                for t in tables.values()
+            ]
+        )
+        self.classes, self.labels = self._encode(values, features.get(self.label_column))
+        self.ids = [
+            sid for name, n in zip(tables, self._sizes, strict=True) for sid in row_ids(name, n)
+        ]
+        given = np.concatenate(
+            [
+                np.full(n, SPLIT_CODES[SPLIT_ALIASES[name]], np.uint8)
+                for name, n in zip(tables, self._sizes, strict=True)
+            ]
+        )
+        self.splits = assign_splits(
+            self.labels,
+            given,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            origin=f"{self.kind} {str(self.path)!r}",
+        )
+        self._table_of = np.repeat(np.arange(len(self._sizes)), self._sizes)
+        self._row_in_table = np.concatenate([np.arange(n) for n in self._sizes])
+
+    # -- reading -------------------------------------------------------------------------------
+    def _read(self) -> tuple[dict[str, object], dict, dict[str, list[Path]]]:
+        """({split name: pyarrow Table}, {column: datasets feature}, {split name: files})."""
+        raise NotImplementedError
+
+    def _known_splits(self, tables: dict) -> dict:
+        unknown = [name for name in tables if name not in SPLIT_ALIASES]
+        if len(tables) == 1 and unknown:  # one unnamed table: all of it is train
+            return {"train": next(iter(tables.values()))}
+        if unknown:
+            warnings.warn(
+                f"{self.kind} {str(self.path)!r}: split(s) {', '.join(map(repr, unknown))} "
+                f"are left out; featpipe reads {', '.join(sorted(SPLIT_ALIASES))}.",
+                UserWarning,
+                stacklevel=4,
+            )
+        # train, val, test order, whatever the order of the files or the saved dict
+        known = sorted((k for k in tables if k in SPLIT_ALIASES), key=_split_order)
+        tables = {k: tables[k] for k in known}
+        if "train" not in {SPLIT_ALIASES[name] for name in tables}:
+            raise SourceError(
+                f"{self.kind} {str(self.path)!r} has no train split (it has "
+                f"{', '.join(map(repr, tables)) or 'none'}); featpipe needs train rows to fit on."
+            )
+        return tables
+
+    def _check_image_type(self, table) -> None:
+        import pyarrow as pa
+
+        kind = table.schema.field(self.image_column).type
+        if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
+            return
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            return
+        raise SourceError(
+            f"Column {self.image_column!r} of {str(self.path)!r} holds {kind}, not encoded "
+            "images: featpipe reads an Image column (bytes and path) or a binary column of "
+            "encoded files (PNG, JPEG, ...). Name the image column with ?image=COLUMN."
+        )
+
+    def _encode(self, values: np.ndarray, feature: object) -> tuple[list[str], np.ndarray]:
+        if any(v is None or (isinstance(v, int) and v < 0) for v in values):
+            raise SourceError(
+                f"Column {self.label_column!r} of {str(self.path)!r} has rows without a label "
+                "(None or -1), as unlabelled test splits do. Leave that split out or label it."
+            )
+        kind = np.int64 if all(isinstance(v, int) for v in values) else str
+        names = feature.names if _is_class_label(feature) else None
+        return encode_labels(values.astype(kind), names, len(values))
+
+    def _image_columns(self) -> list:
+        if self._columns is None:
+            tables, _, _ = self._read()
+            self._columns = [tables[name].column(self.image_column) for name in self.split_names]
+        return self._columns
+
+    def _cell(self, index: int) -> tuple[bytes | None, str | None]:
+        """(encoded bytes, file path) of row ``index``'s image; either may be None."""
+        column = self._image_columns()[self._table_of[index]]
+        value = column[int(self._row_in_table[index])].as_py()
+        if isinstance(value, dict):
+            return value.get("bytes"), value.get("path")
+        return value, None
+
+    def _name(self, index: int) -> str:
+        return f"{self.path} [{self.ids[index]}]"
+
+    def load(self, index: int) -> Image.Image:
+        data, path = self._cell(index)
+        if data is not None:
+            return decode_rgb(data, self._name(index))
+        return load_rgb(self._external(path, index))
+
+    def read_bytes(self, index: int) -> bytes:
+        data, path = self._cell(index)
+        return data if data is not None else self._external(path, index).read_bytes()
+
+    def _external(self, path: str | None, index: int) -> Path:
+        if not path:
+            raise SourceError(f"{self._name(index)} has neither image bytes nor a file path.")
+        file = Path(path)
+        return file if file.is_absolute() else self.path.parent / file
+
+    def _fingerprint_parts(self, content: bool) -> Iterator[bytes]:
+        if content:
+            for i in range(len(self)):
+                yield hashlib.sha256(self.read_bytes(i)).digest()
+            return
+        # Without content: the size and mtime of the files that hold each split's rows.
+        stats = [_stat(self._files[name]) for name in self.split_names]
+        for t in self._table_of:
+            yield stats[t]
+
+    def __getstate__(self) -> dict:
+        # Arrow columns would be copied whole into each worker process: reopen them there.
+        return {**self.__dict__, "_columns": None}
+
+    def describe(self) -> dict:
+        return {
+            "kind": type(self).__name__,
+            "root": str(self.path.resolve()),
+            "image_column": self.image_column,
+            "label_column": self.label_column,
+            "splits": self.split_names,
+            "images": len(self),
+            "classes": len(self.classes),
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+        }
+
+
+class HFDatasetSource(TableSource):
+    """A Hugging Face ``Dataset`` or ``DatasetDict`` saved with ``save_to_disk`` (see
+    :class:`TableSource`); a single ``Dataset`` is all train."""
+
+    kind = "Hugging Face dataset"
+
+    def _read(self):
+        datasets = require("datasets", "datasets", "Reading a Hugging Face dataset")
+        try:
+            loaded = datasets.load_from_disk(str(self.path))
+        except (FileNotFoundError, ValueError) as err:
+            raise SourceError(
+                f"Cannot open {str(self.path)!r} as a Hugging Face dataset saved with "
+                f"save_to_disk: {err}"
+            ) from None
+        parts = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+        tables, files = {}, {}
+        for name, ds in parts.items():
+            if ds._indices is not None:  # a selected or shuffled view: materialise its rows
+                ds = ds.flatten_indices(keep_in_memory=True)
+            tables[name] = ds.data.table
+            files[name] = [Path(f["filename"]) for f in ds.cache_files]
+        features = dict(next(iter(parts.values())).features)
+        return tables, features, files
+
+
+class ParquetSource(TableSource):
+    """A parquet file, or a folder of them, with an image column (see :class:`TableSource`).
+
+    In a folder the split of each file comes from its name (``train-00000-of-00002.parquet``,
+    ``test.parquet``) or a folder above it (``data/validation/part-0.parquet``); a lone file,
+    or a folder whose files name no split, is all train. Column types (Image, ClassLabel
+    names) come from the ``huggingface`` metadata that ``datasets`` writes, when present.
+    """
+
+    kind = "parquet dataset"
+
+    def _read(self):
+        datasets = require("datasets", "datasets", "Reading images from parquet")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        files = _parquet_files(self.path)
+        by_split: dict[str, list[Path]] = {}
+        for file in files:
+            by_split.setdefault(_split_of(file, self.path), []).append(file)
+        if len(by_split) > 1 and "" in by_split:
+            raise SourceError(
+                f"The parquet files {', '.join(str(f) for f in by_split[''][:3])} in "
+                f"{str(self.path)!r} name no split while others do; name each file or folder "
+                f"after its split ({', '.join(sorted(SPLIT_ALIASES))})."
+            )
+        try:
+            tables = {
+                name: pa.concat_tables([pq.read_table(f, memory_map=True) for f in group])
+                for name, group in by_split.items()
+            }
+        except (pa.ArrowInvalid, OSError) as err:
+            raise SourceError(f"Cannot read parquet {str(self.path)!r}: {err}") from None
+        first = next(iter(tables.values()))
+        features = dict(datasets.Features.from_arrow_schema(first.schema))
+        return tables, features, by_split
+
+
+def _parquet_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        what = "is not a folder" if not path.is_dir() else "has no .parquet files"
+        raise SourceError(f"Parquet dataset {str(path)!r} {what}.")
+    return files
+
+
+def _split_of(file: Path, root: Path) -> str:
+    """The split a parquet file names (``train-0000-of-0001``, ``test/part.parquet``), or ""."""
+    parts = file.relative_to(root).parts if file != root else (file.name,)
+    for part in reversed(parts):
+        head = re.split(r"[-_.]", part, maxsplit=1)[0].lower()
+        if head in SPLIT_ALIASES:
+            return head
+    return ""
+
+
+def _split_order(name: str) -> int:
+    return SPLIT_CODES[SPLIT_ALIASES[name]]
+
+
+def _is_image(feature: object) -> bool:
+    return type(feature).__name__ == "Image"
+
+
+def _is_class_label(feature: object) -> bool:
+    return type(feature).__name__ == "ClassLabel"
+
+
+def _pick_column(given, role, columns, features, typed, names, path) -> str:
+    """The column named ``given``, else the one whose feature is of the role's type, else
+    the first present of ``names``."""
+    if given is not None:
+        if given not in columns:
+            raise SourceError(
+                f"{str(path)!r} has no column {given!r}.{did_you_mean(given, columns)} "
+                f"Columns: {', '.join(columns)}."
+            )
+        return given
+    candidates = [c for c in columns if typed(features.get(c))]
+    if len(candidates) > 1:
+        raise SourceError(
+            f"{str(path)!r} has several {role} columns ({', '.join(candidates)}); choose one "
+            f"with ?{role}=COLUMN, e.g. ?{role}={candidates[0]}."
+        )
+    candidates = candidates or [c for c in names if c in columns][:1]
+    if not candidates:
+        raise SourceError(
+            f"No {role} column found in {str(path)!r} (columns: {', '.join(columns)}); name it "
+            f"with ?{role}=COLUMN."
+        )
+    return candidates[0]
+
+
+def _stat(files: list[Path]) -> bytes:
+    h = hashlib.sha256()
+    for file in files:
+        st = file.stat()
+        h.update(str(file).encode() + struct.pack("<qq", st.st_size, st.st_mtime_ns))
+    return h.digest()

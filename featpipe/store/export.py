@@ -1,0 +1,129 @@
+"""A store's features for other tools: a parquet file (pandas, polars, duckdb, Spark) or npz.
+
+Both hold, per row: the sample id, its split, the label index, the class name and the feature
+vector (float32). Parquet keeps the vector in one fixed-size list column, ``features``, and the
+store's provenance (key, backbone, layer, classes) in the file's metadata under ``featpipe``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from featpipe.data.source import SPLIT_NAMES
+from featpipe.errors import ConfigError
+from featpipe.extras import require
+from featpipe.store.reader import FeatureStore
+
+FORMATS = ("npz", "parquet")
+
+
+def export_features(
+    store: FeatureStore,
+    layer: str,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    fmt: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write one layer of ``store`` (one split, or all) to ``out`` as ``fmt`` (default: from
+    the suffix, .npz or .parquet). An existing ``out`` is kept unless ``force``. Rows whose
+    image was skipped are left out, as in every read of a store."""
+    out = Path(out)
+    fmt = fmt or out.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise ConfigError(
+            f"Cannot tell the export format of {str(out)!r}: give --format npz or parquet "
+            "(or an .npz or .parquet file name)."
+        )
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force (force=True) to replace it.")
+    store.layer_info(layer)  # an unknown layer fails before anything is written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        (_write_parquet if fmt == "parquet" else _write_npz)(store, layer, split, tmp)
+        tmp.replace(out)  # never a half-written file under the real name
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _splits(split: str | None) -> tuple[str, ...]:
+    return SPLIT_NAMES if split is None else (split,)
+
+
+def _blocks(store: FeatureStore, layer: str, split: str | None) -> Iterator[dict]:
+    """Column blocks (ids, split, label, class, features) of bounded size, split by split."""
+    for name in _splits(split):
+        ids = store.ids(name)
+        start = 0
+        for X, y in store.iter_chunks(layer, name, rows=store.rows_per_chunk * 8):
+            yield {
+                "id": ids[start : start + len(y)],
+                "split": [name] * len(y),
+                "label": y,
+                "class": [store.classes[i] for i in y],
+                "features": X,
+            }
+            start += len(y)
+
+
+def _write_npz(store: FeatureStore, layer: str, split: str | None, path: Path) -> None:
+    blocks = list(_blocks(store, layer, split))
+    dim = store.layer_info(layer)["dim"]
+
+    def joined(key: str, empty) -> np.ndarray:
+        return np.concatenate([np.asarray(b[key]) for b in blocks]) if blocks else empty
+
+    with open(path, "wb") as f:  # np.savez would add ".npz" to a name without it
+        np.savez(
+            f,
+            ids=joined("id", np.array([], dtype=str)),
+            splits=joined("split", np.array([], dtype=str)),
+            labels=joined("label", np.array([], dtype=np.int64)),
+            features=joined("features", np.empty((0, dim), np.float32)),
+            classes=np.array(store.classes, dtype=str),
+            layer=np.array(layer),
+        )
+
+
+def _write_parquet(store: FeatureStore, layer: str, split: str | None, path: Path) -> None:
+    pa = require("pyarrow", "parquet", "Exporting to parquet")
+    import pyarrow.parquet as pq
+
+    dim = store.layer_info(layer)["dim"]
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("split", pa.string()),
+            ("label", pa.int64()),
+            ("class", pa.string()),
+            ("features", pa.list_(pa.float32(), dim)),
+        ],
+        metadata={"featpipe": json.dumps(_provenance(store, layer))},
+    )
+    with pq.ParquetWriter(path, schema) as writer:
+        for block in _blocks(store, layer, split):
+            flat = pa.array(np.ascontiguousarray(block["features"], np.float32).ravel())
+            columns = {**block, "features": pa.FixedSizeListArray.from_arrays(flat, dim)}
+            writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+
+
+def _provenance(store: FeatureStore, layer: str) -> dict:
+    attrs = store.attrs
+    return {
+        "store": str(store.path),
+        "store_key": store.key,
+        "layer": layer,
+        **store.layer_info(layer),
+        "classes": store.classes,
+        "backbone": (attrs.get("backbone") or {}).get("spec"),
+        "weights_sha256": attrs.get("weights_sha256"),
+        "preprocessing": attrs.get("preprocessing"),
+    }
