@@ -33,8 +33,10 @@ class NoiseSource(ImageSource):
 
     ``delay`` seconds of sleep per image make a run slow enough to kill; ``fail_at`` makes
     that row fail to decode; loading row ``fill_disk_at`` fills the disk of the folder
-    ``fill_disk`` with a file ``filler``. None of them changes the fingerprint (they model a
-    slow disk, a transient read error and another program taking the disk)."""
+    ``fill_disk`` with a file ``filler``; loading row ``hold_at`` waits while the file
+    ``hold`` exists. None of them changes the fingerprint (they model a slow disk, a
+    transient read error, another program taking the disk and a run paused at a known
+    point)."""
 
     def __init__(
         self,
@@ -45,6 +47,8 @@ class NoiseSource(ImageSource):
         fail_at: int | None = None,
         fill_disk_at: int | None = None,
         fill_disk: str | None = None,
+        hold_at: int | None = None,
+        hold: str | None = None,
     ):
         rng = np.random.default_rng(seed)
         self.pixels = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
@@ -56,10 +60,13 @@ class NoiseSource(ImageSource):
         self.fail_at = fail_at
         self.fill_disk_at = fill_disk_at
         self.fill_disk = fill_disk
+        self.hold_at, self.hold = hold_at, hold
 
     def load(self, index: int) -> Image.Image:
         if self.delay:
             time.sleep(self.delay)
+        while index == self.hold_at and Path(self.hold).exists():
+            time.sleep(0.02)
         if index == self.fill_disk_at:
             fill_disk(Path(self.fill_disk))
         if index == self.fail_at:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -205,18 +206,29 @@ def test_a_store_in_use_fails_after_the_lock_timeout_saying_by_whom(tmp_path):
 @pytest.mark.slow
 def test_two_extractions_to_one_store_take_turns(tmp_path):
     out, n, rows = tmp_path / "s.h5", 200, 10
-    slow = _env(n=n, delay=0.05)  # 10 s: time for another process to start
-    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = subprocess.Popen(_cli(out, rows=rows), env=slow, **pipes)
+    hold = tmp_path / "hold"
+    hold.touch()  # the first run pauses at its third chunk until the second one waits
+    paused = _env(n=n, hold_at=2 * rows, hold=str(hold))
+    second_log = tmp_path / "second.err"
+    first = subprocess.Popen(_cli(out, rows=rows), env=paused, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     second = None
     try:
         assert wait_for_chunks(out, 1, first) >= 1
-        second = subprocess.Popen(_cli(out, rows=rows), env=slow, **pipes)
+        with second_log.open("w") as err:
+            second = subprocess.Popen(
+                _cli(out, rows=rows), env=_env(n=n), stdout=subprocess.PIPE, stderr=err, text=True
+            )
+        deadline = time.monotonic() + 120
+        while "waiting for" not in second_log.read_text():
+            assert second.poll() is None and time.monotonic() < deadline, second_log.read_text()
+            time.sleep(0.05)
         with pytest.raises(StoreInUseError) as impatient:
             extract(NoiseSource(n), "toy", LAYERS, out=out, lock_timeout=0.5, **F32)
         assert first.poll() is None  # it was still running
+        hold.unlink()
         first_out, first_err = first.communicate(timeout=120)
-        second_out, second_err = second.communicate(timeout=120)
+        second_out, _ = second.communicate(timeout=120)
     finally:
         for process in (first, second):
             if process is not None:
@@ -225,6 +237,7 @@ def test_two_extractions_to_one_store_take_turns(tmp_path):
     assert whom in str(impatient.value) and "overwrite" not in str(impatient.value)
     assert first.returncode == 0, first_err
     assert f"extracted {n} images" in first_out
+    second_err = second_log.read_text()
     assert second.returncode == 0, second_err
     assert f"featpipe: waiting for {out}: {whom}" in second_err
     assert "reused cached store" in second_out
