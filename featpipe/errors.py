@@ -87,3 +87,7 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -
     if hint:
         msg += f" {hint}"
     return UnknownNameError(msg)
+
+
+class MissingExtraError(FeaturePipeError, ImportError):
+    """An optional dependency is not installed; the message names the extra that provides it."""
