@@ -87,7 +87,7 @@ def model_names() -> list[str]:
     from huggingface_hub.errors import CacheNotFound
 
     try:
-        repos = scan_cache_dir().repos
+        repos = scan_cache_dir(hub.cache_dir()).repos
     except (CacheNotFound, OSError):
         return []
     return sorted(r.repo_id for r in repos if r.repo_type == "model")
@@ -129,8 +129,9 @@ def _locate(spec: BackboneSpec) -> tuple[str, str | None, bool, str]:
             )
         return str(path), None, True, f"hf:{path}"
     repo, revision = spec.name, spec.weights
-    if hub.cached_snapshot(repo, revision) is not None:
-        return repo, revision, True, str(spec)
+    snapshot = hub.cached_snapshot(repo, revision)
+    if snapshot is not None:
+        return str(snapshot), None, True, str(spec)
     hub.require_hub(
         f"The weights of hf:{repo}",
         repo,

@@ -37,8 +37,13 @@ def endpoint() -> str:
 
 
 def cache_dir() -> str:
+    """The hub cache folder, from the environment as it is now (HF_HUB_CACHE, HF_HOME)."""
     from huggingface_hub import constants
 
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
     return constants.HF_HUB_CACHE
 
 
@@ -62,7 +67,7 @@ def cached_file(repo_id: str, filenames: Sequence[str], revision: str | None = N
     from huggingface_hub import try_to_load_from_cache
 
     for name in filenames:
-        found = try_to_load_from_cache(repo_id, name, revision=revision)
+        found = try_to_load_from_cache(repo_id, name, cache_dir(), revision=revision)
         if isinstance(found, str):  # otherwise None or the "known not to exist" marker
             return Path(found)
     return None
@@ -74,7 +79,10 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        folder = snapshot_download(
+            repo_id, revision=revision, cache_dir=cache_dir(), local_files_only=True
+        )
+        return Path(folder)
     except (LocalEntryNotFoundError, OSError, ValueError):
         return None
 
