@@ -23,9 +23,16 @@ def pip_line(extra: str) -> str:
     return f'pip install "featpipe[{extra}]"'
 
 
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install, or a module blocked in sys.modules
+        return False
+
+
 def has_extra(extra: str) -> bool:
     """Whether every module of ``extra`` can be imported (without importing it)."""
-    return all(importlib.util.find_spec(m) is not None for m in EXTRAS[extra][0])
+    return all(_findable(m) for m in EXTRAS[extra][0])
 
 
 def import_extra(module: str, extra: str, what: str) -> ModuleType:

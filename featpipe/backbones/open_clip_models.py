@@ -11,6 +11,7 @@ model's preprocess config (the tag's, for a tag). Needs the ``openclip`` extra.
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import cache
 from pathlib import Path
@@ -64,7 +65,14 @@ def model_names() -> list[str]:
 
 
 def _create(name: str) -> nn.Module:
-    return seeded(lambda: _open_clip().create_model(name, load_weights=False))
+    """The architecture, randomly initialised (seed 0); weights are loaded after."""
+    # open_clip warns on the root logger that no weights were loaded: they are, next.
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        return seeded(lambda: _open_clip().create_model(name, load_weights=False))
+    finally:
+        logging.disable(before)
 
 
 def _load(model: nn.Module, path: Path, what: str) -> None:

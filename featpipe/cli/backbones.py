@@ -120,9 +120,8 @@ def run_backbones(args: argparse.Namespace) -> int:
         print(f"{family} ({len(members)}):")
         for n in members:
             print(f"  {n}")
-    if not names:
-        what = f" contains {args.filter!r}" if args.filter else " is listed"
-        print(f"No backbone name{what}" + ("; try a shorter --filter." if args.filter else "."))
+    if not names and args.filter:
+        print(f"No backbone name contains {args.filter!r}; try a shorter --filter.")
     families = [args.family] if args.family else list_families()
     width = max(map(len, families))
     print("\nFamilies:")
