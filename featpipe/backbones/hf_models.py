@@ -219,6 +219,10 @@ def build(spec: BackboneSpec) -> Backbone:
             "preprocessor_config.json, as model.save_pretrained() and "
             "image_processor.save_pretrained() write them."
         ) from exc
+    except ValueError as exc:  # a config transformers does not know (model type, processor)
+        raise ConfigError(
+            f"transformers {transformers.__version__} cannot load {canonical}: {exc}"
+        ) from exc
     tower, projection = _vision_parts(model, canonical)
     net = HFImageModel(tower, projection, "cls" if _has_class_token(tower) else "mean")
     preprocessing = preprocessing_of(processor)

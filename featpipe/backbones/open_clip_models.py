@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import cache
 from pathlib import Path
 
 import torch
@@ -55,13 +54,9 @@ def _open_clip():
     return import_extra("open_clip", "openclip", "open_clip: backbones")
 
 
-@cache
-def _names() -> tuple[str, ...]:
-    return tuple(_open_clip().list_models())
-
-
 def model_names() -> list[str]:
-    return list(_names())
+    # Not cached: open_clip.add_model_config() may register more at any time.
+    return _open_clip().list_models()
 
 
 def _create(name: str) -> nn.Module:
