@@ -136,12 +136,16 @@ def test_torchvision_download_failure_explains_offline_fixes(monkeypatch):
     assert isinstance(info.value.__cause__, urllib.error.URLError)
 
 
-def test_timm_download_failure_explains_offline_fixes(monkeypatch):
+def test_timm_download_failure_explains_offline_fixes(monkeypatch, tmp_path):
     import timm
+
+    from featpipe.backbones import hub
 
     def offline(*_args, **_kwargs):
         raise OSError("cannot reach huggingface.co")
 
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(hub, "unreachable_reason", lambda: None)  # the probe got an answer
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(WeightsUnavailableError, match="@none") as info:
         get_backbone("timm:resnet18@pretrained")

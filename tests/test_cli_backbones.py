@@ -25,7 +25,7 @@ def test_backbones_builtin_first_and_marked_offline(capsys):
 
 def test_backbones_family_and_filter(capsys):
     code, out, _ = run(capsys, "backbones", "--family", "torchvision", "--filter", "RESNET1")
-    listing = out.split("Spec grammar")[0]
+    listing = out.split("\nFamilies:")[0]
     names = [ln.strip() for ln in listing.splitlines() if ln.startswith("  ")]
     assert code == 0
     assert names == [

@@ -45,7 +45,8 @@ def test_every_register_helper_refuses_duplicates(register):
 
 
 def test_a_family_can_be_replaced_on_purpose_and_the_cli_lists_it():
-    factory, names = _FAMILIES["timm"]
+    timm = _FAMILIES["timm"]
+    factory, names = timm.build, timm.names
     register_family("timm", factory, lambda: ["only_this"], replace=True)
     try:
         assert "timm" in list_families()

@@ -1,6 +1,12 @@
 """Backbones: registry, spec strings, layers and preprocessing."""
 
-from featpipe.backbones import efficientnet_lite, timm_models, torchvision_models  # noqa: F401  (register)
+from featpipe.backbones import (  # noqa: F401  (register the families)
+    efficientnet_lite,
+    hf_models,
+    open_clip_models,
+    timm_models,
+    torchvision_models,
+)
 from featpipe.backbones.base import Backbone, FeatureModel, state_dict_sha256
 from featpipe.backbones.layers import LOGITS, POOLED, POOLINGS, LayerSpec, pool
 from featpipe.backbones.preprocessing import Preprocessing

@@ -37,6 +37,25 @@ def _last_linear(model: nn.Module) -> str | None:
     return name
 
 
+class IdentityHead(nn.Linear):
+    """The classifier slot of an image encoder that has none (a CLIP or DINOv2 tower): it
+    passes the pooled features through, so ``pooled`` and ``logits`` are the embedding. It is
+    a Linear by type, with ``in_features`` and no parameters, so that fine-tuning replaces it
+    with a real classifier as it does any other."""
+
+    def __init__(self, features: int):
+        nn.Module.__init__(self)
+        self.in_features = self.out_features = features
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"features={self.in_features}"
+
+
 @dataclass
 class Backbone:
     """A pretrained network and everything needed to feed it and read it.
@@ -44,7 +63,8 @@ class Backbone:
     ``spec`` is the canonical spec string (``torchvision:resnet18@none``); ``stages`` are its
     stages in forward order, each a tuple of module or parameter names (a plain name is a
     stage of one), stage 0 being the stem (``partial:N`` fine-tuning freezes stages 0 to N-1);
-    ``classifier`` is the module whose input is the ``pooled`` layer.
+    ``classifier`` is the module whose input is the ``pooled`` layer; ``token_pooling`` is the
+    default pooling of token outputs (``cls``, or ``mean`` for models without a class token).
     """
 
     spec: str
@@ -53,6 +73,7 @@ class Backbone:
     weights_sha256: str = ""
     stages: list[tuple[str, ...]] = field(default_factory=list)
     classifier: str | None = None
+    token_pooling: str = "cls"
 
     def __post_init__(self) -> None:
         self.stages = as_stages(self.stages)
@@ -186,7 +207,7 @@ class FeatureModel(nn.Module):
     def _capture(self, spec: LayerSpec, out) -> None:
         if isinstance(out, (tuple, list)):
             out = out[0]
-        pooling = resolve_pooling(spec.pooling, out)
+        pooling = resolve_pooling(spec.pooling, out, self.backbone.token_pooling)
         self.poolings[spec.name] = pooling
         self._out[spec.name] = pool(out, pooling, spec.name).float()
 
@@ -195,7 +216,9 @@ class FeatureModel(nn.Module):
         logits = self.model(x)
         for spec in self.specs:
             if spec.module == LOGITS:
-                self.poolings[spec.name] = resolve_pooling(spec.pooling, logits)
+                self.poolings[spec.name] = resolve_pooling(
+                    spec.pooling, logits, self.backbone.token_pooling
+                )
                 self._out[spec.name] = pool(logits, self.poolings[spec.name], spec.name).float()
         out, self._out = self._out, {}
         return {s.name: out[s.name] for s in self.specs}

@@ -47,11 +47,12 @@ class LayerSpec:
         return cls(module, pooling)
 
 
-def resolve_pooling(pooling: str | None, output: torch.Tensor) -> str:
-    """The pooling actually applied to ``output`` for a request (None picks by shape)."""
+def resolve_pooling(pooling: str | None, output: torch.Tensor, tokens: str = "cls") -> str:
+    """The pooling actually applied to ``output`` for a request (None picks by shape;
+    ``tokens`` is the pick for B×T×C tokens: ``mean`` for models without a class token)."""
     if pooling is not None:
         return pooling
-    return {4: "avg", 3: "cls", 2: "none"}.get(output.ndim, "none")
+    return {4: "avg", 3: tokens, 2: "none"}.get(output.ndim, "none")
 
 
 def pool(output: torch.Tensor, pooling: str, layer: str = "") -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""Backbone registry and spec strings: ``[torchvision:|timm:]name[@weights]``.
+"""Backbone registry and spec strings: ``[family:]name[@weights]``.
 
 Built-in names (``efficientnet_lite0``) are registered with :func:`register_backbone`;
-``torchvision:`` and ``timm:`` specs are resolved by those libraries' own model lists.
-``weights`` is a torchvision enum name, ``DEFAULT``, ``none``, or a path to a local
-state-dict file (loaded with ``weights_only=True``).
+library families (``torchvision:``, ``timm:``, ``hf:``, ``open_clip:``) with
+:func:`register_family`. ``weights`` is family-specific: an enum name, ``pretrained``, a tag,
+``none``, or a path to a local weights file.
 """
 
 from __future__ import annotations
@@ -13,18 +13,41 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from featpipe.backbones.base import Backbone
-from featpipe.errors import ConfigError, unknown_name
+from featpipe.errors import ConfigError, MissingExtraError, unknown_name
+from featpipe.extras import has_extra, pip_line
 from featpipe.registry import Registry
 
 BackboneFactory = Callable[["BackboneSpec"], Backbone]
 _BUILTINS: Registry[BackboneFactory] = Registry("backbone")
-# family name -> (build one model, list all model names)
-_FAMILIES: Registry[tuple[BackboneFactory, Callable[[], list[str]]]] = Registry("backbone family")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model library: how to build one of its models and list their names.
+
+    ``open_names``: ``names()`` lists the known ones (a cache's content) and the factory also
+    takes others (local paths), so the registry does not refuse unlisted names. ``extra``: the
+    pip extra that installs the library; without it the family lists nothing and building
+    raises the error that names the extra."""
+
+    build: BackboneFactory
+    names: Callable[[], list[str]]
+    open_names: bool = False
+    extra: str | None = None
+
+    def available(self) -> bool:
+        return self.extra is None or has_extra(self.extra)
+
+    def known_names(self) -> list[str]:
+        return self.names() if self.available() else []
+
+
+_FAMILIES: Registry[Family] = Registry("backbone family")
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A parsed spec: ``family`` is 'builtin', 'torchvision' or 'timm'."""
+    """A parsed spec: ``family`` is 'builtin' or a registered library ('torchvision', ...)."""
 
     family: str
     name: str
@@ -73,10 +96,17 @@ def register_family(
     names: Callable[[], list[str]],
     *,
     replace: bool = False,
+    open_names: bool = False,
+    extra: str | None = None,
 ) -> None:
-    """Register a model library (``torchvision``, ``timm``): how to build one and list all.
-    A taken family name raises unless ``replace``."""
-    _FAMILIES.add(family, (factory, names), replace=replace)
+    """Register a model library (``torchvision``, ``timm``): how to build one and list all
+    (see :class:`Family` for ``open_names`` and ``extra``). A taken family name raises
+    unless ``replace``."""
+    _FAMILIES.add(family, Family(factory, names, open_names, extra), replace=replace)
+
+
+def get_family(family: str) -> Family:
+    return _FAMILIES.get_or_raise(family)
 
 
 def list_families() -> list[str]:
@@ -87,9 +117,9 @@ def list_families() -> list[str]:
 def list_backbones(filter: str | None = None, family: str | None = None) -> list[str]:
     """Sorted backbone names, built-ins first; ``filter`` keeps names containing it."""
     out = [] if family not in (None, "builtin") else sorted(_BUILTINS)
-    for fam, (_, names) in sorted(_FAMILIES.items()):
+    for fam, entry in sorted(_FAMILIES.items()):
         if family in (None, fam):
-            out += [f"{fam}:{n}" for n in sorted(names())]
+            out += [f"{fam}:{n}" for n in sorted(entry.known_names())]
     if filter:
         out = [n for n in out if filter.lower() in n.lower()]
     return out
@@ -103,8 +133,11 @@ def get_backbone(spec: str | BackboneSpec, image_size: int | None = None) -> Bac
         if parsed.name not in _BUILTINS:
             close = [
                 f"{fam}:{n}"
-                for fam, (_, names) in sorted(_FAMILIES.items())
-                for n in difflib.get_close_matches(parsed.name, names(), n=3, cutoff=0.75)
+                for fam, entry in sorted(_FAMILIES.items())
+                if not entry.open_names
+                for n in difflib.get_close_matches(
+                    parsed.name, entry.known_names(), n=3, cutoff=0.75
+                )
             ]
             hint = f"Close library models: {', '.join(map(repr, close))}. " if close else ""
             raise unknown_name(
@@ -116,14 +149,19 @@ def get_backbone(spec: str | BackboneSpec, image_size: int | None = None) -> Bac
             )
         backbone = _BUILTINS[parsed.name](parsed)
     else:
-        factory, names = _FAMILIES[parsed.family]
-        valid = names()
-        if parsed.name not in valid:
+        entry = _FAMILIES[parsed.family]
+        if not entry.available():
+            raise MissingExtraError(
+                f"Backbone {str(parsed)!r} needs the '{entry.extra}' extra, which is not "
+                f"installed. Install it with: {pip_line(entry.extra)}"
+            )
+        valid = entry.names()
+        if not entry.open_names and parsed.name not in valid:
             raise unknown_name(
                 f"{parsed.family} model",
                 parsed.name,
                 valid,
                 hint=f"See `featpipe backbones --family {parsed.family}`.",
             )
-        backbone = factory(parsed)
+        backbone = entry.build(parsed)
     return backbone.at_size(image_size)

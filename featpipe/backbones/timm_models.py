@@ -1,17 +1,20 @@
 """``timm:<model>[@weights]``: every model in ``timm.list_models()``.
 
-weights: omitted or ``none`` (random init, seed 0), ``pretrained`` (timm's hub weights, needs
-the network or a warm cache), or a path to a local state-dict file. Preprocessing comes from
-the model's ``pretrained_cfg``. timm is imported on first use: it is slow to import.
+weights: omitted or ``none`` (random init, seed 0), ``pretrained`` (timm's hub weights, from
+the local HF cache first; see :mod:`featpipe.backbones.hub`), or a path to a local state-dict
+file. Preprocessing comes from the model's ``pretrained_cfg``. timm is imported on first use:
+it is slow to import.
 """
 
 from __future__ import annotations
 
 import math
 from functools import cache
+from pathlib import Path
 
 from torch import nn
 
+from featpipe.backbones import hub
 from featpipe.backbones.base import Backbone
 from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
@@ -24,6 +27,9 @@ from featpipe.backbones.weights import (
 )
 from featpipe.errors import unknown_name
 
+# timm's file names in a hub repo, safetensors first as timm prefers them.
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
 
 @cache
 def model_names() -> list[str]:
@@ -32,15 +38,41 @@ def model_names() -> list[str]:
     return timm.list_models()
 
 
-def create(name: str, pretrained: bool = False) -> nn.Module:
+def create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     """``timm.create_model``, with ``dynamic_img_size`` where the model takes it so that vision
     transformers also run at another ``--image-size`` than the one they were trained at."""
     import timm
 
     try:
-        return timm.create_model(name, pretrained=pretrained, dynamic_img_size=True)
+        return timm.create_model(name, pretrained=pretrained, dynamic_img_size=True, **kwargs)
     except TypeError:  # CNNs take no such argument
-        return timm.create_model(name, pretrained=pretrained)
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def create_pretrained(name: str) -> nn.Module:
+    """The model with timm's pretrained weights: from the local HF cache without touching the
+    network; when they are not cached, downloaded only if the hub can be reached now."""
+    from timm.models import get_pretrained_cfg
+
+    local_hint = (
+        f"save the state dict and give it as 'timm:{name}@/path/to/weights.pth', or append "
+        "'@none' for random init"
+    )
+    cfg = get_pretrained_cfg(name)
+    if cfg is not None and cfg.hf_hub_id:
+        repo, _, revision = cfg.hf_hub_id.partition("@")  # timm writes 'org/name@revision'
+        filename = cfg.hf_hub_filename
+        files = (f"{Path(filename).stem}.safetensors", filename) if filename else _HUB_FILES
+        path = hub.cached_file(repo, files, revision or None)
+        if path is not None:  # loaded as timm loads a local file (filters, class count)
+            overlay = {"file": str(path), "source": None}
+            return create(name, pretrained=True, pretrained_cfg_overlay=overlay)
+        hub.require_hub(f"timm pretrained weights for {name!r}", repo, local_hint)
+    try:  # the hub answers (or the weights come from a URL, cached by torch.hub)
+        return create(name, pretrained=True)
+    except OSError as exc:  # hub and URL download failures
+        what = f"timm pretrained weights for {name!r}"
+        raise fetch_error(what, exc, f"Or {local_hint}.") from exc
 
 
 def preprocessing_of(model: nn.Module) -> Preprocessing:
@@ -93,15 +125,7 @@ def build(spec: BackboneSpec) -> Backbone:
     if weights == "none":
         model = seeded(lambda: create(spec.name))
     elif weights == "pretrained":
-        try:
-            model = create(spec.name, pretrained=True)
-        except OSError as exc:  # hub download failures (HF hub errors are OSErrors)
-            raise fetch_error(
-                f"timm pretrained weights for {spec.name!r}",
-                exc,
-                "Fill the Hugging Face cache ($HF_HOME) on a machine with network, or save "
-                f"the state dict and give it as 'timm:{spec.name}@/path/to/weights.pth'.",
-            ) from exc
+        model = create_pretrained(spec.name)
     elif is_weights_path(weights):
         model, sha, weights = build_from_file(lambda: create(spec.name), weights)
     else:

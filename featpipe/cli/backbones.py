@@ -6,19 +6,26 @@ import argparse
 
 import torch
 
-from featpipe.backbones import POOLINGS, get_backbone, list_backbones, list_families
+from featpipe.backbones import POOLINGS, get_backbone, hub, list_backbones, list_families
 from featpipe.backbones.efficientnet_lite import VARIANTS, package_name, weights_installed
 from featpipe.backbones.layers import pool, resolve_pooling
+from featpipe.backbones.registry import get_family
 from featpipe.errors import ConfigError
+from featpipe.extras import pip_line
 
 SPEC_GRAMMAR = """\
-Spec grammar: [torchvision:|timm:]NAME[@WEIGHTS]
+Spec grammar: [FAMILY:]NAME[@WEIGHTS]
   efficientnet_lite0                      built-in, bundled ImageNet weights (offline)
   torchvision:resnet50@IMAGENET1K_V2      a torchvision Weights enum name (default: DEFAULT)
   timm:convnext_tiny@pretrained           timm hub weights (default for timm: none)
   torchvision:resnet18@none               random init (seed 0), e.g. for tests
   timm:resnet18@/path/to/state_dict.pth   a local state-dict file
-Hub weights need the network or a warm cache ($TORCH_HOME/hub/checkpoints, $HF_HOME)."""
+  hf:facebook/dinov2-small                transformers model from the HF cache ([hf] extra)
+  hf:/path/to/saved_model                 a folder written by save_pretrained()
+  open_clip:ViT-B-32@laion2b_s34b_b79k    OpenCLIP tag from the HF cache ([openclip] extra)
+  open_clip:ViT-B-32@/path/to/ckpt.bin    an OpenCLIP checkpoint file
+Hub weights come from the local cache ($TORCH_HOME/hub/checkpoints, $HF_HOME); not cached,
+they are downloaded only when the hub answers (never with HF_HUB_OFFLINE=1)."""
 
 BACKBONES_EPILOG = f"""\
 {SPEC_GRAMMAR}
@@ -27,6 +34,7 @@ examples:
   featpipe backbones --family builtin
   featpipe backbones --family torchvision --filter resnet
   featpipe backbones --filter vit_tiny
+  featpipe backbones --family hf            (model repos in the local HF cache)
 """
 
 LAYERS_EPILOG = f"""\
@@ -39,6 +47,7 @@ examples:
   featpipe layers efficientnet_lite0
   featpipe layers torchvision:resnet18@none --filter layer
   featpipe layers timm:vit_tiny_patch16_224 --image-size 96 --filter blocks.1
+  featpipe layers hf:/path/to/saved_model --filter hidden_states
 """
 
 
@@ -48,9 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "backbones",
         help="list the backbones that can be loaded",
         formatter_class=fmt,
-        description="List backbone names, built-ins first. Built-ins with bundled weights "
-        "work offline; torchvision and timm models need their weights in the local cache, a "
-        "local state-dict file, or '@none'.",
+        description="List backbone names, built-ins first, then the families available in "
+        "this environment (and, for a family whose extra is not installed, the pip line "
+        "that adds it). Built-ins with bundled weights work offline; library models need "
+        "their weights in the local cache, a local file, or '@none'.",
         epilog=BACKBONES_EPILOG,
     )
     p.add_argument("--family", choices=list_families(), help="only list this family")
@@ -85,11 +95,19 @@ def _builtin_note(name: str) -> str:
     return f"needs: pip install {package_name(name)}"
 
 
+def _family_status(family: str) -> str:
+    if family == "builtin":
+        return "installed (bundled with featpipe)"
+    entry = get_family(family)
+    if not entry.available():
+        return f"not installed: {pip_line(entry.extra)}"
+    if entry.open_names:
+        return f"installed (local folders, or repos cached in {hub.cache_dir()})"
+    return "installed"
+
+
 def run_backbones(args: argparse.Namespace) -> int:
     names = list_backbones(filter=args.filter, family=args.family)
-    if not names:
-        print(f"No backbone name contains {args.filter!r}; try a shorter --filter.")
-        return 1
     builtins = [n for n in names if ":" not in n]
     libraries = [n for n in names if ":" in n]
     if builtins:
@@ -102,19 +120,26 @@ def run_backbones(args: argparse.Namespace) -> int:
         print(f"{family} ({len(members)}):")
         for n in members:
             print(f"  {n}")
+    if not names and args.filter:
+        print(f"No backbone name contains {args.filter!r}; try a shorter --filter.")
+    families = [args.family] if args.family else list_families()
+    width = max(map(len, families))
+    print("\nFamilies:")
+    for family in families:
+        print(f"  {family:<{width}}  {_family_status(family)}")
     print()
     print(SPEC_GRAMMAR)
-    return 0
+    return 1 if not names and args.filter else 0
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "×".join(map(str, shape))
 
 
-def _default_pooling(shape: tuple[int, ...]) -> tuple[str, int]:
+def _default_pooling(shape: tuple[int, ...], tokens: str) -> tuple[str, int]:
     """The pooling a request without ':POOLING' gets, and the feature dimension it gives."""
     dummy = torch.empty((1, *shape), device="meta")  # shape only, no memory
-    pooling = resolve_pooling(None, dummy)
+    pooling = resolve_pooling(None, dummy, tokens)
     return pooling, pool(dummy, pooling).shape[1]
 
 
@@ -128,7 +153,7 @@ def run_layers(args: argparse.Namespace) -> int:
             "Omit --image-size to use the size its weights were trained at."
         ) from exc
     rows = [
-        (name, _shape_text(shape), *_default_pooling(shape))
+        (name, _shape_text(shape), *_default_pooling(shape, backbone.token_pooling))
         for name, shape in layers
         if not args.filter or args.filter.lower() in name.lower()
     ]

@@ -23,7 +23,7 @@ from featpipe.data.images import decode_rgb, load_rgb
 from featpipe.data.source import SPLIT_CODES, ImageSource, row_ids
 from featpipe.data.splits import assign_splits
 from featpipe.errors import SourceError, did_you_mean
-from featpipe.extras import require
+from featpipe.extras import import_extra
 
 # The dataset's own split names and the featpipe split each one becomes.
 SPLIT_ALIASES = {
@@ -226,7 +226,7 @@ class HFDatasetSource(TableSource):
     kind = "Hugging Face dataset"
 
     def _read(self):
-        datasets = require("datasets", "datasets", "Reading a Hugging Face dataset")
+        datasets = import_extra("datasets", "datasets", "Reading a Hugging Face dataset")
         try:
             loaded = datasets.load_from_disk(str(self.path))
         except (FileNotFoundError, ValueError) as err:
@@ -257,7 +257,7 @@ class ParquetSource(TableSource):
     kind = "parquet dataset"
 
     def _read(self):
-        datasets = require("datasets", "datasets", "Reading images from parquet")
+        datasets = import_extra("datasets", "datasets", "Reading images from parquet")
         import pyarrow as pa
         import pyarrow.parquet as pq
 

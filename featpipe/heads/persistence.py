@@ -18,7 +18,7 @@ import joblib
 from sklearn.base import BaseEstimator
 
 from featpipe.errors import ConfigError, HeadMismatchError, UntrustedFileError
-from featpipe.extras import require
+from featpipe.extras import import_extra
 from featpipe.heads.estimators import KNNProbe, LinearSVMProbe, LogisticProbe, MLPProbe, RBFSVMProbe
 from featpipe.heads.registry import head_name
 from featpipe.heads.streaming import StreamingLinearHead
@@ -128,7 +128,7 @@ def save_head(
     }
     tmp = path.with_name(path.name + ".tmp")
     if _file_format(path) == "skops":
-        require("skops.io", "skops", "Saving a .skops head").dump(head, tmp)
+        import_extra("skops.io", "skops", "Saving a .skops head").dump(head, tmp)
     else:
         joblib.dump(head, tmp)
     tmp.replace(path)  # never leave a half-written model under the real name
@@ -172,7 +172,7 @@ def _file_format(path: Path) -> str:
 
 
 def _load_skops(path: Path, trusted: tuple[str, ...]) -> BaseEstimator:
-    sio = require("skops.io", "skops", f"Loading the head {path}")
+    sio = import_extra("skops.io", "skops", f"Loading the head {path}")
     allowed = [*SKOPS_TRUSTED, *trusted]
     try:
         # Checked before loading: skops refuses them too, but only once it is building them.

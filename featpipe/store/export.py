@@ -16,7 +16,7 @@ import numpy as np
 
 from featpipe.data.source import SPLIT_NAMES
 from featpipe.errors import ConfigError
-from featpipe.extras import require
+from featpipe.extras import import_extra
 from featpipe.store.reader import FeatureStore
 
 FORMATS = ("npz", "parquet")
@@ -94,7 +94,7 @@ def _write_npz(store: FeatureStore, layer: str, split: str | None, path: Path) -
 
 
 def _write_parquet(store: FeatureStore, layer: str, split: str | None, path: Path) -> None:
-    pa = require("pyarrow", "parquet", "Exporting to parquet")
+    pa = import_extra("pyarrow", "parquet", "Exporting to parquet")
     import pyarrow.parquet as pq
 
     dim = store.layer_info(layer)["dim"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from featpipe.data.source import SPLIT_NAMES, count_splits, split_code
 from featpipe.errors import ConfigError, IncompleteStoreError, StoreMismatchError, unknown_name
-from featpipe.extras import require
+from featpipe.extras import import_extra
 from featpipe.store import schema
 from featpipe.store.files import open_h5, unreadable
 from featpipe.store.schema import decode_attrs, rows_done
@@ -237,7 +237,7 @@ class FeatureStore:
         """A pandas DataFrame of one layer and split (all when None): columns ``id``,
         ``split``, ``label``, ``class`` and ``features`` (one 1-D array per row), in the row
         order of :meth:`arrays`. Needs pandas (``pip install "featpipe[parquet]"``)."""
-        pd = require("pandas", "parquet", "FeatureStore.to_pandas")
+        pd = import_extra("pandas", "parquet", "FeatureStore.to_pandas")
         X, y = self.arrays(layer, split, dtype=dtype)
         rows = self._rows(split)
         names = np.asarray(SPLIT_NAMES)[self._splits()[rows]]
