@@ -4,8 +4,6 @@ layer."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 from torch import nn
@@ -17,6 +15,7 @@ from featpipe.data.source import ImageSource
 from featpipe.errors import StoreMismatchError
 from featpipe.extract.inference import Inference
 from featpipe.heads.torch_logreg import logreg_path
+from featpipe.provenance import plain
 from featpipe.store import FeatureStore
 
 PROBE_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # increasing: each warm-starts the next
@@ -62,7 +61,7 @@ def check_store(store: FeatureStore, backbone: Backbone, source: ImageSource) ->
     problems = []
     if POOLED not in store.layers:
         problems.append(f"it has no {POOLED!r} layer (it has {store.layers})")
-    stored, asked = _plain(store.attrs.get("backbone")), _plain(backbone.identity())
+    stored, asked = plain(store.attrs.get("backbone")), plain(backbone.identity())
     for field in ("spec", "weights_sha256", "preprocessing"):
         if (stored or {}).get(field) != asked[field]:
             have = (stored or {}).get(field)
@@ -78,11 +77,6 @@ def check_store(store: FeatureStore, backbone: Backbone, source: ImageSource) ->
             "Pass a store extracted from the same source with the same backbone and image "
             "size (layer pooled), or no probe_features to compute them."
         )
-
-
-def _plain(value):
-    """JSON types only (tuples as lists), as a store's attributes hold them."""
-    return json.loads(json.dumps(value))
 
 
 class Standardize(nn.Module):
