@@ -46,7 +46,7 @@ def test_early_stopping_keeps_the_best_epoch(digits) -> None:
     # scikit-learn's rule: stop once n_iter_no_change + 1 epochs passed without gaining tol
     assert all(s < max(scores[: -6 or None]) + est.tol for s in scores[-6:])
     # the weights kept are the best epoch's: scoring the internal val rows reproduces it
-    X_tr, X_va, y_tr, y_va = train_test_split(X, y, test_size=0.1, stratify=y, random_state=0)
+    _, X_va, _, y_va = train_test_split(X, y, test_size=0.1, stratify=y, random_state=0)
     assert est.score(X_va, y_va) == pytest.approx(est.best_validation_score_)
 
 
