@@ -19,9 +19,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.errors import ConfigError
 from featpipe.heads.preprocess import make_preprocessor
-from featpipe.heads.torch_logreg import TorchLogisticRegression, logreg_path
+from featpipe.heads.torch_logreg import (
+    TorchLinearClassifier,
+    TorchLogisticRegression,
+    linear_path,
+)
 from featpipe.heads.torch_mlp import TorchMLPClassifier, mlp_path
-from featpipe.heads.torch_svm import TorchLinearSVC, linear_svm_path
+from featpipe.heads.torch_svm import TorchLinearSVC
 
 
 def _classifier_has(method: str):
@@ -101,6 +105,32 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
         return self.classifier_.decision_function(Z)
 
 
+def _torch_linear(head: ProbeHead, cls: type[TorchLinearClassifier]) -> TorchLinearClassifier:
+    """The torch L-BFGS classifier ``cls`` with the head's C, tol, max_iter, device, threads."""
+    names = ("C", "tol", "max_iter", "device", "n_threads")
+    return cls(**{name: getattr(head, name) for name in names})
+
+
+def _c_path_accuracy(
+    head: ProbeHead, cls: type[TorchLinearClassifier], Z_tr, y_tr, Cs, Z_va, y_va, progress
+) -> np.ndarray:
+    """Validation accuracy along ``cls``'s warm-started C path, with the head's settings."""
+    est = _torch_linear(head, cls)
+    return linear_path(
+        cls,
+        Z_tr,
+        y_tr,
+        Cs,
+        X_val=Z_va,
+        y_val=y_va,
+        tol=est.tol,
+        max_iter=est.max_iter,
+        device=est.device,
+        n_threads=est.n_threads,
+        progress=progress,
+    ).val_accuracy
+
+
 class LogisticProbe(ProbeHead):
     """Multinomial L2 logistic regression (scikit-learn's objective, fitted in torch)."""
 
@@ -125,31 +155,14 @@ class LogisticProbe(ProbeHead):
         self.n_threads = n_threads
 
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
-        return TorchLogisticRegression(
-            C=self.C,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            device=self.device,
-            n_threads=self.n_threads,
-        )
+        return _torch_linear(self, TorchLogisticRegression)
 
     def path_accuracy(
         self, Z_tr, y_tr, Cs: list, Z_va, y_va, progress: bool = False
     ) -> np.ndarray | None:
         """Validation accuracy at each C (increasing) from one warm-started L-BFGS path on
         preprocessed features."""
-        return logreg_path(
-            Z_tr,
-            y_tr,
-            Cs,
-            X_val=Z_va,
-            y_val=y_va,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            device=self.device,
-            n_threads=self.n_threads,
-            progress=progress,
-        ).val_accuracy
+        return _c_path_accuracy(self, TorchLogisticRegression, Z_tr, y_tr, Cs, Z_va, y_va, progress)
 
 
 LINEAR_SVM_SOLVERS = ("lbfgs", "liblinear")
@@ -196,13 +209,7 @@ class LinearSVMProbe(ProbeHead):
                 f"Unknown linear SVM solver {self.solver!r}; "
                 f"valid: {', '.join(LINEAR_SVM_SOLVERS)}."
             )
-        return TorchLinearSVC(
-            C=self.C,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            device=self.device,
-            n_threads=self.n_threads,
-        )
+        return _torch_linear(self, TorchLinearSVC)
 
     def path_accuracy(
         self, Z_tr, y_tr, Cs: list, Z_va, y_va, progress: bool = False
@@ -211,18 +218,7 @@ class LinearSVMProbe(ProbeHead):
         preprocessed features; None for liblinear."""
         if self.solver != "lbfgs":
             return None
-        return linear_svm_path(
-            Z_tr,
-            y_tr,
-            Cs,
-            X_val=Z_va,
-            y_val=y_va,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            device=self.device,
-            n_threads=self.n_threads,
-            progress=progress,
-        ).val_accuracy
+        return _c_path_accuracy(self, TorchLinearSVC, Z_tr, y_tr, Cs, Z_va, y_va, progress)
 
 
 class RBFSVMProbe(ProbeHead):

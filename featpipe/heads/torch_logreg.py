@@ -287,38 +287,9 @@ class LinearPath:
 LogRegPath = LinearPath  # the name it was published under
 
 
-def logreg_path(
-    X: np.ndarray,
-    y: np.ndarray,
-    Cs: Sequence[float],
-    *,
-    X_val: np.ndarray | None = None,
-    y_val: np.ndarray | None = None,
-    tol: float = 1e-4,
-    max_iter: int = 1000,
-    device: str = "auto",
-    n_threads: int | None = None,
-    progress: bool = False,
-) -> LinearPath:
-    """Fit every C in ``Cs`` in order, each warm-started from the previous solution.
-
-    Pass ``Cs`` in increasing order (strong to weak regularisation): each solution is then a
-    good start for the next. With ``X_val``/``y_val`` the validation accuracy of each solution
-    is recorded (labels in ``y_val`` that never occur in ``y`` count as errors).
-    """
-    return linear_path(
-        TorchLogisticRegression,
-        X,
-        y,
-        Cs,
-        X_val=X_val,
-        y_val=y_val,
-        tol=tol,
-        max_iter=max_iter,
-        device=device,
-        n_threads=n_threads,
-        progress=progress,
-    )
+def logreg_path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], **kwargs) -> LinearPath:
+    """The warm-started C path of the logistic regression; keywords as :func:`linear_path`."""
+    return linear_path(TorchLogisticRegression, X, y, Cs, **kwargs)
 
 
 def linear_path(
@@ -335,7 +306,13 @@ def linear_path(
     n_threads: int | None = None,
     progress: bool = False,
 ) -> LinearPath:
-    """The warm-started C path of ``estimator_class``'s objective (see :func:`logreg_path`)."""
+    """Fit ``estimator_class``'s objective at every C in ``Cs`` in order, each warm-started from
+    the previous solution.
+
+    Pass ``Cs`` in increasing order (strong to weak regularisation): each solution is then a
+    good start for the next. With ``X_val``/``y_val`` the validation accuracy of each solution
+    is recorded (labels in ``y_val`` that never occur in ``y`` count as errors).
+    """
     what = estimator_class._what
     if len(Cs) == 0:
         raise ConfigError(f"The C path of {what} needs at least one C value.")
