@@ -18,14 +18,13 @@ held out when the store has none), its val and test accuracy, both times and
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 import warnings
 
 import numpy as np
 import torch
-from logreg_path import load, sklearn_path  # the same data loading and sklearn loop
+from logreg_path import load, parser, sklearn_path  # the same data, options, sklearn loop
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
@@ -127,21 +126,7 @@ BENCHES = {"logreg": bench_logreg, "linear_svm": bench_linear_svm, "mlp": bench_
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("store", nargs="?", help="feature store (.h5)")
-    p.add_argument("--layer", default="pooled")
-    p.add_argument(
-        "--synthetic",
-        nargs=3,
-        type=int,
-        metavar=("N", "D", "C"),
-        help="generate N training rows of D features in C classes instead",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (featpipe's heads)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all)")
-    p.add_argument("--limit-train", type=int, help="use a stratified subset of N train rows")
+    p = parser(__doc__)
     p.add_argument("--heads", default="logreg,linear_svm,mlp", help="comma-separated subset")
     args = p.parse_args()
     if not args.store and not args.synthetic:
