@@ -80,9 +80,10 @@ def sklearn_path(X, y, X_va, y_va, Cs, tol, max_iter):
     return time.perf_counter() - start, accs, models, est
 
 
-def main() -> None:
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options :func:`load` reads, and the torch device and threads."""
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("store", nargs="?", help="feature store (.h5)")
     p.add_argument("--layer", default="pooled")
@@ -93,12 +94,17 @@ def main() -> None:
         metavar=("N", "D", "C"),
         help="generate N training rows of D features in C classes instead",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (torch solver)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (torch solvers)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all)")
+    p.add_argument("--limit-train", type=int, help="use a stratified subset of N train rows")
+    return p
+
+
+def main() -> None:
+    p = parser(__doc__)
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--max-iter", type=int, default=1000)
     p.add_argument("--n-cs", type=int, default=len(LOGREG_CS), help="C values (log 1e-6..1e5)")
-    p.add_argument("--limit-train", type=int, help="use a stratified subset of N train rows")
     p.add_argument("--skip-sklearn", action="store_true", help="time the torch path only")
     args = p.parse_args()
     if not args.store and not args.synthetic:

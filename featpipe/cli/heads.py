@@ -67,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device",
         default="auto",
-        help="where heads with a torch solver (logreg) run: auto, cpu, cuda or cuda:N",
+        help="where heads with a torch solver (logreg, linear_svm, mlp) run: auto, cpu, cuda "
+        "or cuda:N",
     )
     p.add_argument(
         "--few-shot",

@@ -14,37 +14,47 @@ from featpipe.heads.registry import default_grid, list_heads, make_head, registe
 from featpipe.heads.selection import SelectionResult, select_and_fit
 from featpipe.heads.streaming import StreamingLinearHead
 from featpipe.heads.torch_logreg import (
+    LinearPath,
     LogRegPath,
     TorchLogisticRegression,
     logistic_objective,
     logreg_path,
 )
+from featpipe.heads.torch_mlp import MLPPath, TorchMLPClassifier, mlp_path
+from featpipe.heads.torch_svm import TorchLinearSVC, linear_svm_path, squared_hinge_objective
 
 __all__ = [
     "Embedder",
     "FewShotResult",
     "KNNProbe",
+    "LinearPath",
     "LinearSVMProbe",
     "LogRegPath",
     "LogisticProbe",
+    "MLPPath",
     "MLPProbe",
     "ProbeHead",
     "RBFSVMProbe",
     "SelectionResult",
     "StreamingLinearHead",
+    "TorchLinearSVC",
     "TorchLogisticRegression",
+    "TorchMLPClassifier",
     "check_head_matches",
     "default_grid",
     "few_shot",
+    "linear_svm_path",
     "list_heads",
     "load_head",
     "logistic_objective",
     "logreg_path",
     "make_head",
+    "mlp_path",
     "read_sidecar",
     "register_head",
     "save_head",
     "select_and_fit",
+    "squared_hinge_objective",
 ]
 
 

@@ -19,7 +19,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.errors import ConfigError
 from featpipe.heads.preprocess import make_preprocessor
-from featpipe.heads.torch_logreg import TorchLogisticRegression
+from featpipe.heads.torch_logreg import (
+    TorchLinearClassifier,
+    TorchLogisticRegression,
+    linear_path,
+)
+from featpipe.heads.torch_mlp import TorchMLPClassifier, mlp_path
+from featpipe.heads.torch_svm import TorchLinearSVC
 
 
 def _classifier_has(method: str):
@@ -39,6 +45,9 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
 
     # Heads whose fit cost grows faster than linearly expose this as a parameter.
     max_train_samples: int | None = None
+    # Heads that fit a whole grid over this one parameter faster than candidate by candidate
+    # set it and implement ``path_accuracy`` (selection then calls it).
+    path_param: str | None = None
 
     def __init__(self, preprocess: str = "standardize", pca: int | None = None):
         self.preprocess = preprocess
@@ -61,6 +70,13 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
         if hasattr(self.classifier_, "n_iter_"):  # iterative solvers report their iterations
             self.n_iter_ = self.classifier_.n_iter_
         return self
+
+    def path_accuracy(
+        self, Z_tr, y_tr, values: list, Z_va, y_va, progress: bool = False
+    ) -> np.ndarray | None:
+        """Validation accuracy on (Z_va, y_va) at each value of ``path_param`` (increasing),
+        fitted on (Z_tr, y_tr), both already preprocessed; None: no fast path (the default)."""
+        return None
 
     def preprocessor_for(self, X: np.ndarray) -> BaseEstimator:
         """The unfitted preprocessing step for training rows ``X``: PCA cannot keep more
@@ -89,8 +105,36 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
         return self.classifier_.decision_function(Z)
 
 
+def _torch_linear(head: ProbeHead, cls: type[TorchLinearClassifier]) -> TorchLinearClassifier:
+    """The torch L-BFGS classifier ``cls`` with the head's C, tol, max_iter, device, threads."""
+    names = ("C", "tol", "max_iter", "device", "n_threads")
+    return cls(**{name: getattr(head, name) for name in names})
+
+
+def _c_path_accuracy(
+    head: ProbeHead, cls: type[TorchLinearClassifier], Z_tr, y_tr, Cs, Z_va, y_va, progress
+) -> np.ndarray:
+    """Validation accuracy along ``cls``'s warm-started C path, with the head's settings."""
+    est = _torch_linear(head, cls)
+    return linear_path(
+        cls,
+        Z_tr,
+        y_tr,
+        Cs,
+        X_val=Z_va,
+        y_val=y_va,
+        tol=est.tol,
+        max_iter=est.max_iter,
+        device=est.device,
+        n_threads=est.n_threads,
+        progress=progress,
+    ).val_accuracy
+
+
 class LogisticProbe(ProbeHead):
     """Multinomial L2 logistic regression (scikit-learn's objective, fitted in torch)."""
+
+    path_param = "C"
 
     def __init__(
         self,
@@ -111,34 +155,70 @@ class LogisticProbe(ProbeHead):
         self.n_threads = n_threads
 
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
-        return TorchLogisticRegression(
-            C=self.C,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            device=self.device,
-            n_threads=self.n_threads,
-        )
+        return _torch_linear(self, TorchLogisticRegression)
+
+    def path_accuracy(
+        self, Z_tr, y_tr, Cs: list, Z_va, y_va, progress: bool = False
+    ) -> np.ndarray | None:
+        """Validation accuracy at each C (increasing) from one warm-started L-BFGS path on
+        preprocessed features."""
+        return _c_path_accuracy(self, TorchLogisticRegression, Z_tr, y_tr, Cs, Z_va, y_va, progress)
+
+
+LINEAR_SVM_SOLVERS = ("lbfgs", "liblinear")
 
 
 class LinearSVMProbe(ProbeHead):
-    """Linear SVM (squared hinge, one-vs-rest, liblinear)."""
+    """Linear SVM: liblinear's default objective (squared hinge, one-vs-rest, penalised
+    intercept), fitted by torch L-BFGS (``solver="lbfgs"``, CPU or CUDA, a warm-started C path
+    in selection) or by liblinear itself (``solver="liblinear"``, scikit-learn's ``LinearSVC``).
+    ``max_iter`` is L-BFGS iterations or liblinear's; ``random_state`` only seeds liblinear;
+    ``device`` and ``n_threads`` only apply to L-BFGS."""
+
+    path_param = "C"
 
     def __init__(
         self,
         C: float = 1.0,
         *,
+        solver: str = "lbfgs",
         preprocess: str = "standardize",
         pca: int | None = None,
+        tol: float = 1e-4,
         max_iter: int = 5000,
         random_state: int = 0,
+        device: str = "auto",
+        n_threads: int | None = None,
     ):
         super().__init__(preprocess=preprocess, pca=pca)
         self.C = C
+        self.solver = solver
+        self.tol = tol
         self.max_iter = max_iter
         self.random_state = random_state
+        self.device = device
+        self.n_threads = n_threads
 
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
-        return LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
+        if self.solver == "liblinear":
+            return LinearSVC(
+                C=self.C, tol=self.tol, max_iter=self.max_iter, random_state=self.random_state
+            )
+        if self.solver != "lbfgs":
+            raise ConfigError(
+                f"Unknown linear SVM solver {self.solver!r}; "
+                f"valid: {', '.join(LINEAR_SVM_SOLVERS)}."
+            )
+        return _torch_linear(self, TorchLinearSVC)
+
+    def path_accuracy(
+        self, Z_tr, y_tr, Cs: list, Z_va, y_va, progress: bool = False
+    ) -> np.ndarray | None:
+        """Validation accuracy at each C (increasing) from one warm-started L-BFGS path on
+        preprocessed features; None for liblinear."""
+        if self.solver != "lbfgs":
+            return None
+        return _c_path_accuracy(self, TorchLinearSVC, Z_tr, y_tr, Cs, Z_va, y_va, progress)
 
 
 class RBFSVMProbe(ProbeHead):
@@ -169,35 +249,96 @@ class RBFSVMProbe(ProbeHead):
         return SVC(C=self.C, kernel="rbf", gamma=self.gamma)
 
 
+MLP_SOLVERS = ("torch", "sklearn")
+_MLP_SHARED = (  # the MLPProbe parameters both solvers take
+    "hidden_layer_sizes",
+    "alpha",
+    "learning_rate_init",
+    "batch_size",
+    "max_iter",
+    "tol",
+    "n_iter_no_change",
+    "early_stopping",
+    "validation_fraction",
+    "random_state",
+)
+
+
 class MLPProbe(ProbeHead):
-    """A small multilayer perceptron (Adam, ReLU) on the features."""
+    """A small multilayer perceptron (ReLU, Adam) on the features, early stopping on a held-out
+    ``validation_fraction`` of the training rows: trained in torch (``solver="torch"``, CPU or
+    CUDA; every alpha of a selection grid side by side) or by scikit-learn's ``MLPClassifier``
+    (``solver="sklearn"``) with the same settings. ``device`` and ``n_threads`` only apply to
+    torch."""
+
+    path_param = "alpha"
 
     def __init__(
         self,
         hidden_layer_sizes: tuple[int, ...] = (512,),
         *,
         alpha: float = 1e-4,
+        solver: str = "torch",
         learning_rate_init: float = 1e-3,
+        batch_size: int | str = "auto",
         max_iter: int = 200,
+        tol: float = 1e-4,
+        n_iter_no_change: int = 10,
+        early_stopping: bool = True,
+        validation_fraction: float = 0.1,
         preprocess: str = "standardize",
         pca: int | None = None,
         random_state: int = 0,
+        device: str = "auto",
+        n_threads: int | None = None,
     ):
         super().__init__(preprocess=preprocess, pca=pca)
         self.hidden_layer_sizes = hidden_layer_sizes
         self.alpha = alpha
+        self.solver = solver
         self.learning_rate_init = learning_rate_init
+        self.batch_size = batch_size
         self.max_iter = max_iter
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.random_state = random_state
+        self.device = device
+        self.n_threads = n_threads
+
+    def _mlp_params(self) -> dict:
+        return {name: getattr(self, name) for name in _MLP_SHARED}
 
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
-        return MLPClassifier(
-            hidden_layer_sizes=self.hidden_layer_sizes,
-            alpha=self.alpha,
-            learning_rate_init=self.learning_rate_init,
-            max_iter=self.max_iter,
-            random_state=self.random_state,
+        if self.solver == "sklearn":
+            return MLPClassifier(**self._mlp_params())
+        if self.solver != "torch":
+            raise ConfigError(
+                f"Unknown MLP solver {self.solver!r}; valid: {', '.join(MLP_SOLVERS)}."
+            )
+        return TorchMLPClassifier(
+            **self._mlp_params(), device=self.device, n_threads=self.n_threads
         )
+
+    def path_accuracy(
+        self, Z_tr, y_tr, alphas: list, Z_va, y_va, progress: bool = False
+    ) -> np.ndarray | None:
+        """Validation accuracy at each alpha, all trained side by side on preprocessed
+        features; None for scikit-learn."""
+        if self.solver != "torch":
+            return None
+        params = {k: v for k, v in self._mlp_params().items() if k != "alpha"}
+        return mlp_path(
+            Z_tr,
+            y_tr,
+            alphas,
+            X_val=Z_va,
+            y_val=y_va,
+            device=self.device,
+            n_threads=self.n_threads,
+            **params,
+        ).val_accuracy
 
 
 KNN_METRICS = ("cosine", "euclidean")

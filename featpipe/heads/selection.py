@@ -15,10 +15,8 @@ from sklearn.model_selection import ParameterGrid, StratifiedKFold
 from tqdm.auto import tqdm
 
 from featpipe.errors import ConfigError
-from featpipe.heads.estimators import LogisticProbe
 from featpipe.heads.registry import default_grid, head_name, make_head, run_params
 from featpipe.heads.splits import FeatureSplits
-from featpipe.heads.torch_logreg import logreg_path
 from featpipe.provenance import plain
 
 
@@ -66,26 +64,9 @@ def _candidate_scores(
     head: BaseEstimator, candidates: list[dict], X_tr, y_tr, X_va, y_va, progress: bool
 ) -> list[float]:
     """Validation accuracy of each candidate fitted on (X_tr, y_tr)."""
-    if _use_logreg_path(head, candidates):
-        # One warm-started pass over C, on features preprocessed once (fitted on train only).
-        prep = head.preprocessor_for(X_tr).fit(X_tr)
-        Cs = [c["C"] for c in candidates]
-        order = np.argsort(Cs)  # warm starts work from strong to weak regularisation
-        path = logreg_path(
-            prep.transform(X_tr),
-            y_tr,
-            [Cs[i] for i in order],
-            X_val=prep.transform(X_va),
-            y_val=y_va,
-            tol=head.tol,
-            max_iter=head.max_iter,
-            device=head.device,
-            n_threads=head.n_threads,
-            progress=progress,
-        )
-        scores = np.empty(len(Cs))
-        scores[order] = path.val_accuracy
-        return scores.tolist()
+    scores = _path_scores(head, candidates, X_tr, y_tr, X_va, y_va, progress)
+    if scores is not None:
+        return scores
     scores = []
     for params in tqdm(candidates, desc=type(head).__name__, disable=not progress):
         est = clone(head).set_params(**params).fit(X_tr, y_tr)
@@ -93,8 +74,31 @@ def _candidate_scores(
     return scores
 
 
-def _use_logreg_path(head: BaseEstimator, candidates: list[dict]) -> bool:
-    return isinstance(head, LogisticProbe) and all(set(c) == {"C"} for c in candidates)
+def _path_scores(
+    head: BaseEstimator, candidates: list[dict], X_tr, y_tr, X_va, y_va, progress: bool
+) -> list[float] | None:
+    """The candidates' validation accuracy from the head's own path over its ``path_param``
+    (a warm-started C path; MLPs for every alpha side by side), on features preprocessed once
+    (fitted on train only); None when the grid varies anything else or the head has no path."""
+    param = getattr(head, "path_param", None)
+    if param is None or not all(set(c) == {param} for c in candidates):
+        return None
+    prep = head.preprocessor_for(X_tr).fit(X_tr)
+    values = [c[param] for c in candidates]
+    order = np.argsort(values, kind="stable")  # warm starts go from strong to weak penalty
+    accuracy = head.path_accuracy(
+        prep.transform(X_tr),
+        y_tr,
+        [values[i] for i in order],
+        prep.transform(X_va),
+        y_va,
+        progress,
+    )
+    if accuracy is None:
+        return None
+    scores = np.empty(len(values))
+    scores[order] = accuracy
+    return scores.tolist()
 
 
 def _cv_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -11,6 +11,9 @@ make ``C`` mean ``2C``). It is minimised, as scikit-learn does, in the scaled fo
 the scaled objective). Training runs in float32 on CPU (all threads) or CUDA; the fitted
 coefficients are float64 numpy arrays and prediction is plain numpy, so a fitted model behaves
 and pickles like any scikit-learn linear classifier (two classes: ``coef_`` of shape (1, D)).
+
+The solver, the estimator base and the C path are shared with the linear SVM
+(``torch_svm.py``), which only swaps the objective (``_Problem.loss_and_grad``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class _Problem:
         self.X = torch.as_tensor(np.ascontiguousarray(X, np.float32), device=device)
         self.y = torch.as_tensor(y_idx, dtype=torch.long, device=device)
         self.rows = 1 if n_classes == 2 else n_classes
+        self.rows_index = torch.arange(len(y_idx), device=device)
         self.device = device
 
     def zeros(self) -> torch.Tensor:
@@ -71,15 +75,32 @@ class _Problem:
         z = F.linear(X, W, b)
         return torch.cat([torch.zeros_like(z), z], dim=1) if self.rows == 1 else z
 
+    def loss_and_grad(self, W: torch.Tensor, b: torch.Tensor, reg: float) -> torch.Tensor:
+        """The scaled objective at (W, b) in float64, with its gradient written to ``.grad``.
+
+        The gradient is written by hand rather than by autograd, whose backward of the weights
+        computes X.T @ G: several times slower than (G.T @ X) on CPU, for one pass."""
+        n = self.X.shape[0]
+        log_p = self.logits(self.X, W, b).log_softmax(1)
+        # The loss in float64: at float32's resolution (~1e-7 of its value) the line search
+        # sees no decrease and stops long before tol. The gradient stays float32.
+        loss = (
+            -log_p[self.rows_index, self.y].double().mean() + 0.5 * reg * W.double().square().sum()
+        )
+        residual = log_p.exp_()
+        residual[self.rows_index, self.y] -= 1.0
+        residual = residual[:, -self.rows :] / n  # the reference class has no weights
+        W.grad = residual.T @ self.X + reg * W
+        b.grad = residual.sum(0)
+        return loss
+
     def minimise(
         self, C: float, start: torch.Tensor, tol: float, max_iter: int
     ) -> tuple[torch.Tensor, int, float]:
         """The weights, the iterations used and the final max |gradient| (compare to tol)."""
         W = start[:, :-1].clone().requires_grad_(True)  # contiguous, so matmuls stay fast
         b = start[:, -1].clone().requires_grad_(True)
-        n = self.X.shape[0]
-        reg = 1.0 / (C * n)
-        rows = torch.arange(n, device=self.device)
+        reg = 1.0 / (C * self.X.shape[0])
         opt = torch.optim.LBFGS(
             [W, b],
             lr=1.0,
@@ -90,20 +111,9 @@ class _Problem:
             line_search_fn="strong_wolfe",
         )
 
-        # The gradient is written by hand rather than by autograd, whose backward of the
-        # weights computes X.T @ G: several times slower than (G.T @ X) on CPU, for one pass.
         @torch.no_grad()
         def closure() -> torch.Tensor:
-            log_p = self.logits(self.X, W, b).log_softmax(1)
-            # The loss in float64: at float32's resolution (~1e-7 of its value) the line search
-            # sees no decrease and stops long before tol. The gradient stays float32.
-            loss = -log_p[rows, self.y].double().mean() + 0.5 * reg * W.double().square().sum()
-            residual = log_p.exp_()
-            residual[rows, self.y] -= 1.0
-            residual = residual[:, -self.rows :] / n  # the reference class has no weights
-            W.grad = residual.T @ self.X + reg * W
-            b.grad = residual.sum(0)
-            return loss
+            return self.loss_and_grad(W, b, reg)
 
         opt.step(closure)
         n_iter = int(opt.state[W].get("n_iter", 0))  # LBFGS keeps its state on the first param
@@ -143,9 +153,9 @@ def _warn_not_converged(fits: list[tuple[float, int, float]], max_iter: int, tol
         )
 
 
-class TorchLogisticRegression(ClassifierMixin, BaseEstimator):
-    """scikit-learn's L2 multinomial ``LogisticRegression`` objective, fitted by full-batch
-    L-BFGS in torch (float32, CPU or CUDA).
+class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
+    """An L2-regularised linear classifier fitted by full-batch L-BFGS in torch (float32, CPU
+    or CUDA); subclasses name the objective (``_problem``).
 
     Parameters
     ----------
@@ -156,6 +166,9 @@ class TorchLogisticRegression(ClassifierMixin, BaseEstimator):
     n_threads : CPU threads for torch (None: all of them).
     warm_start : start from the previous fit's solution (same classes and features).
     """
+
+    _problem: type[_Problem] = _Problem
+    _what = "Logistic regression"  # for error messages
 
     def __init__(
         self,
@@ -182,19 +195,19 @@ class TorchLogisticRegression(ClassifierMixin, BaseEstimator):
                 f"tol must be >= 0 and max_iter >= 1; got tol={self.tol}, max_iter={self.max_iter}."
             )
 
-    def fit(self, X, y) -> TorchLogisticRegression:
+    def fit(self, X, y) -> TorchLinearClassifier:
         self._check_params()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
         classes, y_idx = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ConfigError(
-                f"Logistic regression needs samples of at least 2 classes; got 1 class "
+                f"{self._what} needs samples of at least 2 classes; got 1 class "
                 f"({classes[0]!r}). Check the labels of the training split."
             )
         device = resolve_device(self.device)
         with on_device(device), torch_threads(self.n_threads):
-            problem = _Problem(X, y_idx, len(classes), device)
+            problem = self._problem(X, y_idx, len(classes), device)
             start = problem.zeros()
             if (
                 self.warm_start
@@ -214,7 +227,7 @@ class TorchLogisticRegression(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        """Logits (n, K), or the logit of the second class (n,) for two classes."""
+        """Scores (n, K), or the score of the second class (n,) for two classes."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         scores = X @ self.coef_.T + self.intercept_
@@ -224,6 +237,11 @@ class TorchLogisticRegression(ClassifierMixin, BaseEstimator):
         scores = self.decision_function(X)
         index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
         return self.classes_[index]
+
+
+class TorchLogisticRegression(TorchLinearClassifier):
+    """scikit-learn's L2 multinomial ``LogisticRegression`` objective, fitted by full-batch
+    L-BFGS in torch (float32, CPU or CUDA). Parameters as :class:`TorchLinearClassifier`."""
 
     def predict_proba(self, X) -> np.ndarray:
         scores = self.decision_function(X)
@@ -237,7 +255,7 @@ class TorchLogisticRegression(ClassifierMixin, BaseEstimator):
 
 
 @dataclass
-class LogRegPath:
+class LinearPath:
     """Solutions along a C path, in the order fitted, with validation accuracy when asked."""
 
     Cs: np.ndarray
@@ -247,6 +265,7 @@ class LogRegPath:
     n_iter: list[int]
     val_accuracy: np.ndarray | None
     seconds: float
+    estimator_class: type[TorchLinearClassifier] = TorchLogisticRegression
 
     @property
     def best_index(self) -> int:
@@ -255,9 +274,9 @@ class LogRegPath:
             raise ConfigError("This path was fitted without validation data; pass X_val, y_val.")
         return int(np.argmax(self.val_accuracy))
 
-    def estimator(self, index: int, **params) -> TorchLogisticRegression:
-        """A fitted ``TorchLogisticRegression`` holding the solution at ``index``."""
-        est = TorchLogisticRegression(C=float(self.Cs[index]), **params)
+    def estimator(self, index: int, **params) -> TorchLinearClassifier:
+        """A fitted estimator (``estimator_class``) holding the solution at ``index``."""
+        est = self.estimator_class(C=float(self.Cs[index]), **params)
         est.classes_ = self.classes
         est.coef_, est.intercept_ = self.coefs[index].copy(), self.intercepts[index].copy()
         est.n_iter_ = np.array([self.n_iter[index]])
@@ -265,7 +284,16 @@ class LogRegPath:
         return est
 
 
-def logreg_path(
+LogRegPath = LinearPath  # the name it was published under
+
+
+def logreg_path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], **kwargs) -> LinearPath:
+    """The warm-started C path of the logistic regression; keywords as :func:`linear_path`."""
+    return linear_path(TorchLogisticRegression, X, y, Cs, **kwargs)
+
+
+def linear_path(
+    estimator_class: type[TorchLinearClassifier],
     X: np.ndarray,
     y: np.ndarray,
     Cs: Sequence[float],
@@ -277,23 +305,25 @@ def logreg_path(
     device: str = "auto",
     n_threads: int | None = None,
     progress: bool = False,
-) -> LogRegPath:
-    """Fit every C in ``Cs`` in order, each warm-started from the previous solution.
+) -> LinearPath:
+    """Fit ``estimator_class``'s objective at every C in ``Cs`` in order, each warm-started from
+    the previous solution.
 
     Pass ``Cs`` in increasing order (strong to weak regularisation): each solution is then a
     good start for the next. With ``X_val``/``y_val`` the validation accuracy of each solution
     is recorded (labels in ``y_val`` that never occur in ``y`` count as errors).
     """
+    what = estimator_class._what
     if len(Cs) == 0:
-        raise ConfigError("logreg_path needs at least one C value.")
+        raise ConfigError(f"The C path of {what} needs at least one C value.")
     X = np.asarray(X)
     classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
     if len(classes) < 2:
-        raise ConfigError(f"Logistic regression needs at least 2 classes; got {list(classes)}.")
+        raise ConfigError(f"{what} needs at least 2 classes; got {list(classes)}.")
     torch_device = resolve_device(device)
     coefs, intercepts, iters, accs, fits = [], [], [], [], []
     with on_device(torch_device), torch_threads(n_threads):
-        problem = _Problem(X, y_idx, len(classes), torch_device)
+        problem = estimator_class._problem(X, y_idx, len(classes), torch_device)
         val = None
         if X_val is not None and y_val is not None:
             pos = {c: i for i, c in enumerate(classes.tolist())}
@@ -317,7 +347,7 @@ def logreg_path(
             torch.cuda.synchronize(torch_device)
         seconds = time.perf_counter() - start
     _warn_not_converged(fits, max_iter, tol)
-    return LogRegPath(
+    return LinearPath(
         Cs=np.asarray(Cs, dtype=np.float64),
         classes=classes,
         coefs=coefs,
@@ -325,4 +355,5 @@ def logreg_path(
         n_iter=iters,
         val_accuracy=np.asarray(accs) if val is not None else None,
         seconds=seconds,
+        estimator_class=estimator_class,
     )

@@ -1,0 +1,157 @@
+"""Time the selection grids of the three fast heads against their scikit-learn counterparts,
+on the same standardised features, grids and tolerances, in one run:
+
+- logreg: 45 values of C, featpipe's warm-started torch L-BFGS path against a warm-started
+  ``LogisticRegression`` loop;
+- linear_svm: the head's 6 values of C, the torch L-BFGS squared-hinge path against
+  ``LinearSVC`` (liblinear, which has no warm start) at each C;
+- mlp: the head's 3 alphas, featpipe's torch MLP (every alpha side by side) against
+  ``MLPClassifier`` at each alpha, both with the head's settings (early stopping included).
+
+    python benchmarks/heads_path.py data/cache/cifar10-....h5 --layer pooled
+    python benchmarks/heads_path.py STORE --limit-train 5000 --heads linear_svm,mlp
+
+Each head prints one line: the C or alpha each side chose on the val split (10 % of train is
+held out when the store has none), its val and test accuracy, both times and
+``speed-up (sklearn / featpipe): N.Nx``. Times include moving the features to the device.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import numpy as np
+import torch
+from logreg_path import load, parser, sklearn_path  # the same data, options, sklearn loop
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from featpipe.device import resolve_device
+from featpipe.heads import (
+    LinearSVMProbe,
+    LogisticProbe,
+    MLPProbe,
+    TorchLogisticRegression,
+    linear_svm_path,
+    logreg_path,
+    mlp_path,
+)
+from featpipe.heads.estimators import _MLP_SHARED
+from featpipe.heads.registry import default_grid
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def line(name, grid_name, ours, ours_s, ref_name, ref, ref_s) -> str:
+    """ours / ref: (chosen value, val accuracy, test accuracy)."""
+
+    def side(label, chosen, seconds):
+        value, val, test = chosen
+        return f"{label} {seconds:7.1f} s ({grid_name}={value:.3g}, val {val:.4f}, test {test:.4f})"
+
+    return (
+        f"{name:<10} {side('featpipe', ours, ours_s)} | {side(ref_name, ref, ref_s)} | "
+        f"speed-up (sklearn / featpipe): {ref_s / ours_s:.1f}x"
+    )
+
+
+def bench_logreg(d, args) -> str:
+    (X, y), (Xv, yv), (Xt, yt) = d
+    head = LogisticProbe()
+    Cs = default_grid("logreg")["C"]
+    path, ours_s = timed(
+        logreg_path, X, y, Cs, X_val=Xv, y_val=yv, tol=head.tol, max_iter=head.max_iter,
+        device=args.device, n_threads=args.threads,
+    )  # fmt: skip
+    best = path.best_index
+    ours = (Cs[best], path.val_accuracy[best], path.estimator(best).score(Xt, yt))
+    ref_s, accs, models, est = sklearn_path(X, y, Xv, yv, Cs, head.tol, head.max_iter)
+    i = int(np.argmax(accs))
+    est.coef_, est.intercept_ = models[i]
+    return line("logreg", "C", ours, ours_s, "sklearn", (Cs[i], accs[i], est.score(Xt, yt)), ref_s)
+
+
+def bench_linear_svm(d, args) -> str:
+    (X, y), (Xv, yv), (Xt, yt) = d
+    head = LinearSVMProbe()
+    Cs = default_grid("linear_svm")["C"]
+    path, ours_s = timed(
+        linear_svm_path, X, y, Cs, X_val=Xv, y_val=yv, tol=head.tol, max_iter=head.max_iter,
+        device=args.device, n_threads=args.threads,
+    )  # fmt: skip
+    best = path.best_index
+    ours = (Cs[best], path.val_accuracy[best], path.estimator(best).score(Xt, yt))
+    start, fits = time.perf_counter(), []
+    for C in Cs:
+        svc = LinearSVC(C=C, tol=head.tol, max_iter=head.max_iter, random_state=0).fit(X, y)
+        fits.append((svc.score(Xv, yv), svc))
+    ref_s = time.perf_counter() - start
+    i = int(np.argmax([a for a, _ in fits]))
+    ref = (Cs[i], fits[i][0], fits[i][1].score(Xt, yt))
+    return line("linear_svm", "C", ours, ours_s, "liblinear", ref, ref_s)
+
+
+def bench_mlp(d, args) -> str:
+    (X, y), (Xv, yv), (Xt, yt) = d
+    shared = MLPProbe().get_params()
+    shared = {k: shared[k] for k in _MLP_SHARED if k != "alpha"}
+    alphas = default_grid("mlp")["alpha"]
+    path, ours_s = timed(
+        mlp_path, X, y, alphas, X_val=Xv, y_val=yv, device=args.device,
+        n_threads=args.threads, **shared,
+    )  # fmt: skip
+    best = path.best_index
+    ours = (alphas[best], path.val_accuracy[best], path.estimators[best].score(Xt, yt))
+    start, fits = time.perf_counter(), []
+    for alpha in alphas:
+        mlp = MLPClassifier(alpha=alpha, **shared).fit(X, y)
+        fits.append((mlp.score(Xv, yv), mlp))
+    ref_s = time.perf_counter() - start
+    i = int(np.argmax([a for a, _ in fits]))
+    ref = (alphas[i], fits[i][0], fits[i][1].score(Xt, yt))
+    epochs = [e.n_iter_ for e in path.estimators], [m.n_iter_ for _, m in fits]
+    print(f"mlp epochs per alpha {alphas}: featpipe {epochs[0]}, sklearn {epochs[1]}")
+    return line("mlp", "alpha", ours, ours_s, "MLPClassifier", ref, ref_s)
+
+
+BENCHES = {"logreg": bench_logreg, "linear_svm": bench_linear_svm, "mlp": bench_mlp}
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--heads", default="logreg,linear_svm,mlp", help="comma-separated subset")
+    args = p.parse_args()
+    if not args.store and not args.synthetic:
+        p.error("give a store path or --synthetic N D C")
+    unknown = set(args.heads.split(",")) - set(BENCHES)
+    if unknown:
+        p.error(f"unknown heads {sorted(unknown)}; valid: {', '.join(BENCHES)}")
+    warnings.simplefilter("ignore", ConvergenceWarning)  # large C hits max_iter on both sides
+
+    data = load(args)
+    scaler = StandardScaler().fit(data["train"][0])
+    d = [(scaler.transform(data[s][0]).astype(np.float32), data[s][1]) for s in ("train", "val")]
+    d.append((scaler.transform(data["test"][0]).astype(np.float32), data["test"][1]))
+    device = resolve_device(args.device)
+    args.device = str(device)
+    print(
+        f"train {d[0][0].shape}, val {len(d[1][1])}, test {len(d[2][1])}; torch device "
+        f"{device}, CPU threads {args.threads or os.cpu_count()}"
+        + (f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
+    )
+    # One tiny fit first: torch's one-off optimiser import and CUDA context are not path cost.
+    TorchLogisticRegression(device=args.device).fit(d[0][0][:50], np.arange(50) % 2)
+    for name in args.heads.split(","):
+        print(BENCHES[name](d, args), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""A multilayer perceptron head in torch: scikit-learn's ``MLPClassifier`` recipe on CPU or CUDA.
+
+ReLU hidden layers (one of 100 units by default), a softmax output, cross-entropy plus
+``0.5 * alpha * ||W||^2 / batch`` (weights, not biases), Glorot-uniform initialisation, Adam
+with a constant learning rate, shuffled minibatches of ``min(200, n)`` rows, and scikit-learn's
+stopping rule: ``n_iter_no_change`` epochs without an improvement of at least ``tol``, in
+accuracy on an internal stratified validation fraction (``early_stopping=True``, the default;
+the best epoch's weights are kept) or in training loss.
+
+Models for several values of ``alpha`` train side by side in one set of batched tensors
+(:func:`mlp_path`): with the same ``random_state`` they share initial weights, validation split
+and batch order, so each one is the model a fit with that alpha alone gives, and a finished
+model leaves the batch. Training runs in float32; the fitted weights are float64 numpy arrays
+(``coefs_``, ``intercepts_``, laid out as scikit-learn's) and prediction is plain numpy.
+Results are deterministic given ``random_state`` on CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.special import softmax
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from featpipe.device import on_device, resolve_device, torch_threads
+from featpipe.errors import ConfigError
+
+
+class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
+    """scikit-learn's ``MLPClassifier`` (ReLU, Adam) trained in torch, early stopping on by
+    default.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : units of each hidden layer.
+    alpha : L2 penalty on the weights, as in scikit-learn.
+    batch_size : rows per Adam step; ``"auto"`` is ``min(200, n)``.
+    learning_rate_init : Adam's (constant) learning rate.
+    max_iter : most epochs.
+    tol, n_iter_no_change : stop after ``n_iter_no_change`` epochs that did not improve the
+        validation accuracy (or, without early stopping, the training loss) by ``tol``.
+    early_stopping : hold out ``validation_fraction`` of the training rows (stratified) to
+        stop on and keep the best epoch's weights. Needs at least 2 rows of every class and a
+        held-out share of at least one row per class; with fewer (few-shot sets) training stops
+        on the training loss instead, and ``validation_scores_`` is None.
+    random_state : seeds initial weights, validation split and batch order.
+    device : ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    n_threads : CPU threads for torch (None: all of them).
+    """
+
+    def __init__(
+        self,
+        hidden_layer_sizes: tuple[int, ...] = (100,),
+        *,
+        alpha: float = 1e-4,
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 1e-3,
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        n_iter_no_change: int = 10,
+        early_stopping: bool = True,
+        validation_fraction: float = 0.1,
+        random_state: int = 0,
+        device: str = "auto",
+        n_threads: int | None = None,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.random_state = random_state
+        self.device = device
+        self.n_threads = n_threads
+
+    def fit(self, X, y) -> TorchMLPClassifier:
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+        (model,) = _fit_many(self, X, y, [self.alpha])
+        for name, value in vars(model).items():
+            if name.endswith("_") and not name.startswith("_"):
+                setattr(self, name, value)
+        return self
+
+    def _scores(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        h = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_, strict=True)):
+            h = h @ W + b
+            if i < len(self.coefs_) - 1:
+                h = np.maximum(h, 0.0)
+        return h
+
+    def predict(self, X) -> np.ndarray:
+        index = self._scores(X).argmax(axis=1)  # checks fitted first
+        return self.classes_[index]
+
+    def predict_proba(self, X) -> np.ndarray:
+        return softmax(self._scores(X), axis=1)
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        return np.log(self.predict_proba(X))
+
+
+@dataclass
+class MLPPath:
+    """One fitted model per alpha, with the accuracy of each on the validation rows given."""
+
+    alphas: np.ndarray
+    estimators: list[TorchMLPClassifier]
+    val_accuracy: np.ndarray | None
+    seconds: float
+
+    @property
+    def best_index(self) -> int:
+        """Index of the highest validation accuracy (the first wins a tie)."""
+        if self.val_accuracy is None:
+            raise ConfigError("This path was fitted without validation data; pass X_val, y_val.")
+        return int(np.argmax(self.val_accuracy))
+
+
+def mlp_path(
+    X: np.ndarray,
+    y: np.ndarray,
+    alphas: Sequence[float],
+    *,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    **params,
+) -> MLPPath:
+    """Train one model per alpha side by side (see the module docstring); ``params`` are
+    :class:`TorchMLPClassifier`'s other parameters. With ``X_val``/``y_val`` each model's
+    accuracy there is recorded (early stopping still uses the internal split of ``X``)."""
+    if len(alphas) == 0:
+        raise ConfigError("mlp_path needs at least one alpha.")
+    template = TorchMLPClassifier(**params)
+    X, y = validate_data(template, X, y, dtype=[np.float64, np.float32])
+    check_classification_targets(y)
+    start = time.perf_counter()
+    models = _fit_many(template, X, y, [float(a) for a in alphas])
+    seconds = time.perf_counter() - start
+    accs = None
+    if X_val is not None and y_val is not None:
+        accs = np.array([m.score(X_val, y_val) for m in models])
+    return MLPPath(np.asarray(alphas, np.float64), models, accs, seconds)
+
+
+def _check_params(p: TorchMLPClassifier, alphas: list[float]) -> list[int]:
+    sizes = [p.hidden_layer_sizes] if np.isscalar(p.hidden_layer_sizes) else p.hidden_layer_sizes
+    bad = []
+    if not all(int(s) >= 1 for s in sizes):
+        bad.append(f"hidden_layer_sizes must be positive; got {p.hidden_layer_sizes!r}")
+    if not all(np.isfinite(a) and a >= 0 for a in alphas):
+        bad.append(f"alpha must be >= 0 and finite; got {alphas}")
+    if not (p.batch_size == "auto" or (isinstance(p.batch_size, int) and p.batch_size >= 1)):
+        bad.append(f"batch_size must be 'auto' or a positive integer; got {p.batch_size!r}")
+    if not (p.learning_rate_init > 0 and int(p.max_iter) >= 1 and p.tol >= 0):
+        bad.append(
+            "learning_rate_init must be > 0, max_iter >= 1 and tol >= 0; got "
+            f"{p.learning_rate_init}, {p.max_iter}, {p.tol}"
+        )
+    if int(p.n_iter_no_change) < 1 or not 0 < p.validation_fraction < 1:
+        bad.append(
+            "n_iter_no_change must be >= 1 and validation_fraction in (0, 1); got "
+            f"{p.n_iter_no_change}, {p.validation_fraction}"
+        )
+    if bad:
+        raise ConfigError("TorchMLPClassifier: " + "; ".join(bad) + ".")
+    return [int(s) for s in sizes]
+
+
+def _early_stopping_split(p: TorchMLPClassifier, X: np.ndarray, y_idx: np.ndarray, k: int):
+    """(X_train, y_train, X_val, y_val), the last two None when there is no early stopping."""
+    if p.early_stopping:
+        n_val = int(np.ceil(p.validation_fraction * len(y_idx)))
+        if np.bincount(y_idx).min() >= 2 and k <= n_val <= len(y_idx) - k:
+            X_tr, X_va, y_tr, y_va = train_test_split(
+                X,
+                y_idx,
+                test_size=p.validation_fraction,
+                stratify=y_idx,
+                random_state=p.random_state,
+            )
+            return X_tr, y_tr, X_va, y_va
+    return X, y_idx, None, None
+
+
+def _fit_many(
+    p: TorchMLPClassifier, X: np.ndarray, y: np.ndarray, alphas: list[float]
+) -> list[TorchMLPClassifier]:
+    """One fitted TorchMLPClassifier per alpha, all trained in one batched loop."""
+    hidden = _check_params(p, alphas)
+    classes, y_idx = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ConfigError(
+            f"An MLP needs samples of at least 2 classes; got 1 class ({classes[0]!r}). "
+            "Check the labels of the training split."
+        )
+    X_tr, y_tr, X_va, y_va = _early_stopping_split(p, X, y_idx, len(classes))
+    device = resolve_device(p.device)
+    with on_device(device), torch_threads(p.n_threads):
+        trainer = _Trainer(p, [X.shape[1], *hidden, len(classes)], alphas, device)
+        fits = trainer.run(X_tr, y_tr, X_va, y_va)
+    models = []
+    for alpha, fit in zip(alphas, fits, strict=True):
+        model = TorchMLPClassifier(**{**p.get_params(), "alpha": alpha})
+        model.classes_ = classes
+        model.n_features_in_ = X.shape[1]
+        model.coefs_ = [W.double().cpu().numpy() for W in fit.weights]
+        model.intercepts_ = [b.double().cpu().numpy() for b in fit.biases]
+        model.n_iter_ = fit.n_iter
+        model.loss_curve_ = fit.losses
+        model.validation_scores_ = fit.scores if X_va is not None else None
+        model.best_validation_score_ = max(fit.scores) if X_va is not None else None
+        models.append(model)
+    late = [f"alpha={a:g}" for a, f in zip(alphas, fits, strict=True) if not f.stopped]
+    if late:
+        warnings.warn(
+            f"The MLP ({', '.join(late)}) reached max_iter={p.max_iter} epochs without "
+            "meeting its stopping rule; raise max_iter or tol.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return models
+
+
+@dataclass
+class _Fit:
+    """One model's record: its kept weights, epochs run, curves and whether it stopped."""
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    n_iter: int = 0
+    losses: list[float] | None = None
+    scores: list[float] | None = None
+    stopped: bool = False
+
+
+class _Trainer:
+    """A models (one per alpha) of the same architecture as one stack of batched weights:
+    layer l holds (A, fan_in, fan_out) weights and (A, 1, fan_out) biases."""
+
+    def __init__(
+        self, p: TorchMLPClassifier, sizes: list[int], alphas: list[float], device: torch.device
+    ):
+        self.p, self.device = p, device
+        self.gen = torch.Generator().manual_seed(int(p.random_state))  # CPU: same on any device
+        self.alphas = torch.tensor(alphas, device=device)  # of the active models
+        self.params: list[torch.Tensor] = []
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            bound = np.sqrt(6.0 / (fan_in + fan_out))  # Glorot uniform, as scikit-learn (ReLU)
+            for shape in [(fan_in, fan_out), (1, fan_out)]:
+                w = (torch.rand(shape, generator=self.gen) * 2 - 1) * bound
+                self.params.append(w.to(device).expand(len(alphas), *shape).clone())
+        self.active = list(range(len(alphas)))  # models still training, by index into alphas
+        self.fits = [
+            _Fit([w[i] for w in self.params[::2]], [b[i, 0] for b in self.params[1::2]], 0, [], [])
+            for i in range(len(alphas))
+        ]
+        for w in self.params:
+            w.requires_grad_(True)
+        self.opt = self._adam()
+
+    def _adam(self) -> torch.optim.Adam:
+        return torch.optim.Adam(self.params, lr=self.p.learning_rate_init, eps=1e-8)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        """(A, n, K) logits of the active models for rows X (n, D)."""
+        h = torch.matmul(X, self.params[0]) + self.params[1]  # (n, D) @ (A, D, H)
+        for i in range(2, len(self.params), 2):
+            h = torch.baddbmm(self.params[i + 1], h.relu(), self.params[i])
+        return h
+
+    def run(self, X_tr, y_tr, X_va, y_va) -> list[_Fit]:
+        p, dev = self.p, self.device
+        X = torch.as_tensor(np.ascontiguousarray(X_tr, np.float32), device=dev)
+        y = torch.as_tensor(y_tr, dtype=torch.long, device=dev)
+        val = None
+        if X_va is not None:
+            val = (
+                torch.as_tensor(np.ascontiguousarray(X_va, np.float32), device=dev),
+                torch.as_tensor(y_va, dtype=torch.long, device=dev),
+            )
+        n = len(y)
+        batch = min(200, n) if p.batch_size == "auto" else min(int(p.batch_size), n)
+        best = [np.inf if val is None else -np.inf] * len(self.fits)
+        stall = [0] * len(self.fits)
+        for epoch in range(1, int(p.max_iter) + 1):
+            order = torch.randperm(n, generator=self.gen).to(dev)
+            total = torch.zeros(len(self.active), device=dev, dtype=torch.float64)
+            for start in range(0, n, batch):
+                rows = order[start : start + batch]
+                total += self._step(X[rows], y[rows]) * len(rows)
+            losses = (total / n).tolist()  # one host sync per epoch
+            scores = self._accuracy(*val).tolist() if val is not None else None
+            finished = []
+            for j, i in enumerate(self.active):
+                fit = self.fits[i]
+                fit.n_iter = epoch
+                fit.losses.append(losses[j])
+                if val is None:  # scikit-learn's rule on the training loss
+                    stall[i] = stall[i] + 1 if losses[j] > best[i] - p.tol else 0
+                    best[i] = min(best[i], losses[j])
+                    improved = True  # without early stopping the last weights are kept
+                else:
+                    fit.scores.append(scores[j])
+                    stall[i] = stall[i] + 1 if scores[j] < best[i] + p.tol else 0
+                    improved = scores[j] > best[i]
+                    best[i] = max(best[i], scores[j])
+                if improved:
+                    fit.weights = [w[j].detach().clone() for w in self.params[::2]]
+                    fit.biases = [b[j, 0].detach().clone() for b in self.params[1::2]]
+                if stall[i] > p.n_iter_no_change:
+                    fit.stopped = True
+                    finished.append(j)
+            if finished:
+                self._drop(finished)
+            if not self.active:
+                break
+        return self.fits
+
+    def _step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One Adam step of every active model on a batch; their losses (A,), float64."""
+        logits = self.forward(X)
+        a, b, k = logits.shape
+        ce = F.cross_entropy(logits.reshape(a * b, k), y.repeat(a), reduction="none")
+        l2 = sum(w.square().sum(dim=(1, 2)) for w in self.params[::2])
+        loss = ce.view(a, b).mean(1) + 0.5 * self.alphas * l2 / b
+        self.opt.zero_grad(set_to_none=True)
+        loss.sum().backward()  # the models share nothing, so each gets its own gradient
+        self.opt.step()
+        return loss.detach().double()
+
+    @torch.no_grad()
+    def _accuracy(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (self.forward(X).argmax(2) == y).float().mean(1)
+
+    def _drop(self, finished: list[int]) -> None:
+        """Take finished models (positions in the batch) out of the weights and Adam's state."""
+        keep = [j for j in range(len(self.active)) if j not in finished]
+        self.active = [self.active[j] for j in keep]
+        if not keep:
+            return
+        index = torch.tensor(keep, device=self.device)
+        self.alphas = self.alphas[index]
+        old = [self.opt.state[w] for w in self.params]
+        self.params = [w.detach()[index].clone().requires_grad_(True) for w in self.params]
+        self.opt = self._adam()
+        for w, state in zip(self.params, old, strict=True):
+            self.opt.state[w] = {
+                k: (v if k == "step" else v[index].clone()) for k, v in state.items()
+            }
