@@ -23,6 +23,8 @@ from featpipe.heads.estimators import KNNProbe, LinearSVMProbe, LogisticProbe, M
 from featpipe.heads.registry import head_name
 from featpipe.heads.streaming import StreamingLinearHead
 from featpipe.heads.torch_logreg import TorchLogisticRegression
+from featpipe.heads.torch_mlp import TorchMLPClassifier
+from featpipe.heads.torch_svm import TorchLinearSVC
 from featpipe.provenance import plain, versions
 
 SIDECAR_FORMAT = "featpipe.head"
@@ -43,7 +45,9 @@ SKOPS_TRUSTED: tuple[str, ...] = (
             MLPProbe,
             RBFSVMProbe,
             StreamingLinearHead,
+            TorchLinearSVC,
             TorchLogisticRegression,
+            TorchMLPClassifier,
         )
     ),
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
