@@ -13,6 +13,7 @@ from featpipe.data.unreadable import check_on_error
 from featpipe.device import on_device, resolve_device, torch_threads
 from featpipe.errors import ConfigError, ImageReadError
 from featpipe.extract.datapath import get_data_path
+from featpipe.extract.fixed_batch import FixedBatch
 from featpipe.extract.loop import (
     compute_identity,
     default_workers,
@@ -78,6 +79,7 @@ def extract(
     device: str = "auto",
     image_size: int | None = None,
     data_path: str = "auto",
+    decode: str = "exact",
     progress: bool = True,
     hash_contents: bool = False,
     torch_compile: bool = False,
@@ -95,7 +97,9 @@ def extract(
     replaces whatever is there. Stats of this call are in ``store.extraction``; the cost of
     every run that built the store is in ``store.attrs["extraction"]``. ``torch_compile``
     runs the model through ``torch.compile`` (worth its compilation time on long GPU runs; the
-    features are the same up to float rounding).
+    features are the same up to float rounding). ``decode="fast"`` decodes JPEGs at the
+    smallest DCT scale that still covers the resize, on the cpu data path: faster, with
+    features a little different (benchmarks/README.md), so it is part of the store key.
 
     One process at a time creates, resumes or finishes a store: another one waits for it
     (saying for whom) up to ``lock_timeout`` seconds (None: as long as it takes), then raises
@@ -115,7 +119,7 @@ def extract(
         bb = backbone.at_size(image_size)
     else:
         bb = get_backbone(backbone, image_size=image_size)
-    stage = get_data_path(data_path, bb.preprocessing, dev)
+    stage = get_data_path(data_path, bb.preprocessing, dev, decode)
     names = [LayerSpec.parse(layer).name for layer in layers]
     model = bb.features(names)  # validates layer names before any file is touched
     try:
@@ -124,7 +128,7 @@ def extract(
             bb.identity(),
             names,
             dtype,
-            compute_identity(dev, stage.name),
+            compute_identity(dev, stage.name, stage.decode),
         )
         if out is not None:
             path = Path(out)
@@ -160,7 +164,7 @@ def extract(
                         ),
                     ).close()  # run_chunks reopens it once its DataLoader workers are started
                 stats = run_chunks(
-                    torch.compile(model) if torch_compile else model,
+                    FixedBatch(torch.compile(model), batch_size) if torch_compile else model,
                     src,
                     stage,
                     path,

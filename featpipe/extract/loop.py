@@ -46,7 +46,7 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def compute_identity(device: torch.device, data_path: str) -> dict[str, str]:
+def compute_identity(device: torch.device, data_path: str, decode: str = "exact") -> dict[str, str]:
     """How features are computed beyond the model's inputs (the store's ``compute``
     attribute, part of its key): ``precision`` (see :func:`precision`) and ``decode``, where
     the pixels come from. ``pil`` is Pillow's decode and resize: the cpu data path, and also
@@ -55,12 +55,13 @@ def compute_identity(device: torch.device, data_path: str) -> dict[str, str]:
     ``nvjpeg`` is the gpu data path on CUDA (nvJPEG decode, float32 resize). Features of
     CUDA and CPU extractions differ by percent, so they never share a store. An option that
     changes pixels later (e.g. a faster, inexact decode) adds its own entry, left out at its
-    exact default so that existing keys stay valid."""
+    exact default so that existing keys stay valid: ``pil-fast`` is the cpu data path with
+    ``decode="fast"`` (JPEGs decoded at reduced DCT scale)."""
     on_cuda = device.type == "cuda"
-    return {
-        "precision": precision(device),
-        "decode": "nvjpeg" if on_cuda and data_path == "gpu" else "pil",
-    }
+    pixels = "nvjpeg" if on_cuda and data_path == "gpu" else "pil"
+    if decode == "fast" and data_path == "cpu":
+        pixels = "pil-fast"
+    return {"precision": precision(device), "decode": pixels}
 
 
 def prepare_model(model: FeatureModel, device: torch.device) -> FeatureModel:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from featpipe.backbones import Backbone, get_backbone
+from featpipe.data.images import check_decode
 from featpipe.data.source import ImageSource
 from featpipe.device import on_device, resolve_device
 from featpipe.errors import ConfigError, HeadMismatchError
@@ -29,7 +30,13 @@ from featpipe.finetune.callbacks import (
     HistoryLogger,
     ProgressPrinter,
 )
-from featpipe.finetune.data import SourceDataset, loader, split_rows, train_transform
+from featpipe.finetune.data import (
+    SourceDataset,
+    image_loader,
+    loader,
+    split_rows,
+    train_transform,
+)
 from featpipe.finetune.freezing import Mode, freeze, set_train_mode
 from featpipe.finetune.recipe import build_optimizer, param_groups, warmup_cosine
 from featpipe.interrupt import Interrupted, deferred
@@ -53,6 +60,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     ``resume=True``, continues from ``last.pt`` when its configuration matches. ``verbose``:
     0 silent, 1 a line per epoch, 2 also progress bars within epochs.
 
+    ``decode="fast"`` reads JPEG files at the smallest DCT scale that still covers the resize
+    (evaluation) or the smallest random crop (training); see ``featpipe extract --decode``.
+
     Labels are class indices into ``class_names_`` (``classes_`` is ``arange(C)``), as in
     ``ImageSource.labels``.
     """
@@ -74,6 +84,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         dropout: float = 0.2,
         augment: str = "standard",
         image_size: int | None = None,
+        decode: str = "exact",
         val_fraction: float = 0.1,
         patience: int | None = 3,
         probe_C: float | str = "auto",
@@ -99,6 +110,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.dropout = dropout
         self.augment = augment
         self.image_size = image_size
+        self.decode = decode
         self.val_fraction = val_fraction
         self.patience = patience
         self.probe_C = probe_C
@@ -182,10 +194,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         return f"interrupted: epoch {done} of {self.epochs} done; run {command} to resume"
 
     def _train_loader(self, source: ImageSource, rows: np.ndarray) -> DataLoader:
-        augment = train_transform(self.backbone_.preprocessing, self.augment)
+        pre = self.backbone_.preprocessing
+        augment = train_transform(pre, self.augment)
         self.generator_ = torch.Generator().manual_seed(self.seed)  # shuffling and worker seeds
         return loader(
-            SourceDataset(source, rows, augment),
+            SourceDataset(source, rows, augment, image_loader(pre, self.decode, self.augment)),
             self.batch_size,
             self.workers,
             shuffle=True,
@@ -235,6 +248,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> Mode:
         mode = Mode.parse(self.mode)
+        check_decode(self.decode)
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (name != "epochs"):
@@ -267,6 +281,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             out.append(ProgressPrinter())
         return out + list(self.callbacks or [])
 
+    def _eval_load(self):
+        return image_loader(self.backbone_.preprocessing, self.decode)
+
     def _fit_probe(self, train_rows: np.ndarray) -> tuple[dict[str, torch.Tensor], dict]:
         eval_tf = self.backbone_.preprocessing.transform()
         self.backbone_.model.to(self.device_)
@@ -274,7 +291,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             probe.pooled_features(
                 self.backbone_,
                 loader(
-                    SourceDataset(self.source_, rows, eval_tf), 2 * self.batch_size, self.workers
+                    SourceDataset(self.source_, rows, eval_tf, self._eval_load()),
+                    2 * self.batch_size,
+                    self.workers,
                 ),
                 self.device_,
                 self.verbose >= 2,
@@ -346,6 +365,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def _config(self, source: ImageSource) -> dict:
         params = {k: v for k, v in self.get_params().items() if k not in _NOT_CONFIG}
+        if params["decode"] == "exact":  # left out, so that older checkpoints still resume
+            del params["decode"]
         return {**params, "source": source.fingerprint(), "classes": list(source.classes)}
 
     def _resumable(self, source: ImageSource) -> dict | None:
@@ -403,7 +424,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     def _proba(self, source: ImageSource, rows: np.ndarray) -> np.ndarray:
         self.model_.eval()
         data = loader(
-            SourceDataset(source, rows, self.backbone_.preprocessing.transform()),
+            SourceDataset(
+                source, rows, self.backbone_.preprocessing.transform(), self._eval_load()
+            ),
             2 * self.batch_size,
             self.workers,
         )

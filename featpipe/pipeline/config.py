@@ -27,6 +27,8 @@ A pipeline file has these tables (every key optional unless marked required)::
     batch_size = 64
     cache_dir = "data/cache"
     on_error = "fail"                  # unreadable image: stop, or "skip" it in every method
+    decode = "exact"                   # or "fast": JPEGs decoded at reduced DCT scale, for
+                                       # extraction and fine-tuning alike (--decode)
 
     [probes]
     heads = ["logreg", "linear_svm", "rbf_svm", "mlp", "knn"]
@@ -88,6 +90,12 @@ def _head_names() -> list[str]:
     from featpipe.heads import list_heads  # imported late: sklearn is slow to import
 
     return list_heads()
+
+
+def _decodes() -> tuple[str, ...]:
+    from featpipe.data.images import DECODES
+
+    return DECODES
 
 
 def _on_error_modes() -> tuple[str, ...]:
@@ -205,6 +213,7 @@ SCHEMA: dict[str, Key | dict] = {
         "compile": Key(_BOOL, False),
         "cache_dir": Key(_STR, "data/cache"),
         "on_error": Key(_STR, "fail", check=_choices(_on_error_modes, "on_error")),
+        "decode": Key(_STR, "exact", check=_choices(_decodes, "decode")),
     },
     "probes": {
         "heads": Key(_LIST, None, item=str, check=_choices(_head_names, "head")),

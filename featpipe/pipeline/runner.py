@@ -91,6 +91,8 @@ def plan(config: dict, source_fingerprint: str, *, cv_selection: bool = False) -
     several = len(set(features["backbones"]) | set(finetune["backbones"])) > 1
     suffix = (lambda bb: f" [{bb}]") if several else (lambda bb: "")
     common = {"data": source_fingerprint, "n_boot": config["n_boot"]}
+    if features["decode"] != "exact":  # hashed only when set, so existing runs keep theirs
+        common["decode"] = features["decode"]
     methods = []
     for bb in features["backbones"]:
         for layer in config["probes"]["layers"]:
@@ -319,6 +321,7 @@ class PipelineRunner:
                 hash_contents=self.config["source"]["hash_contents"],
                 torch_compile=features["compile"],
                 on_error=features["on_error"],
+                decode=features["decode"],
             )
         # The store's cost: every run that built it, summed (also when reused or resumed).
         reused = bool((store.extraction or {}).get("reused"))
@@ -434,6 +437,7 @@ class PipelineRunner:
             run_dir=self.run_dir / "finetune" / f"{safe}-{m.mode.replace(':', '')}-{m.seed}-"
             f"{m.config_hash}",
             verbose=2 if self.progress else 0,
+            decode=self.config["features"]["decode"],
             **settings,
         )
         with measure(self.device) as cost:
