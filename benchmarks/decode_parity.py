@@ -20,7 +20,6 @@ the table says how many there were and at which scales.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
