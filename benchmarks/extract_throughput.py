@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     # A GPU figure must come from the GPU: fail here rather than measure the CPU.
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda, but torch.cuda.is_available() is False", file=sys.stderr)
-            return 2
+        return 2
     if args.images is not None:
         root = args.images
     else:
