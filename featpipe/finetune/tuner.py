@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from featpipe.backbones import Backbone, get_backbone
 from featpipe.data.images import check_decode
 from featpipe.data.source import ImageSource
-from featpipe.device import on_device, resolve_device
+from featpipe.device import amp_dtype, cudnn_autotune, on_device, resolve_device
 from featpipe.errors import ConfigError, HeadMismatchError
 from featpipe.evaluate.metrics import compute_metrics
 from featpipe.finetune import checkpoint, probe
@@ -132,7 +133,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         that does not beat the probe on val returns the probe."""
         mode = self._check_params()
         self.device_ = resolve_device(self.device)
-        with on_device(self.device_):
+        with on_device(self.device_), cudnn_autotune(self.device_):
             return self._fit(mode, source)
 
     def _fit(self, mode: Mode, source: ImageSource) -> FineTuner:
@@ -231,6 +232,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.optimizer_ = build_optimizer(
             self.optimizer, groups, self.lr, self.momentum, self.weight_decay
         )
+        # fp16 autocast (GPUs without bf16) needs its loss scaled; elsewhere a no-op
+        self.scaler_ = torch.amp.GradScaler(
+            "cuda", enabled=amp_dtype(self.device_) == torch.float16
+        )
         self.scheduler_ = warmup_cosine(
             self.optimizer_, round(self.warmup_epochs * steps), self.epochs * steps
         )
@@ -307,7 +312,12 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     def _train_epoch(self, data, epoch: int) -> dict:
         set_train_mode(self.model_, self.frozen_)
         cuda = self.device_.type == "cuda"
-        start, total, seen, correct = time.perf_counter(), 0.0, 0, 0
+        dtype = amp_dtype(self.device_)
+        start, seen = time.perf_counter(), 0
+        # Sums stay on the device: reading them every step (.item(), int(), an `if` on a
+        # tensor) would make the host wait for each step before queuing the next.
+        total = torch.zeros((), device=self.device_)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device_)
         for images, labels in tqdm(
             data, desc=f"epoch {epoch}", unit="batch", leave=False, disable=self.verbose < 2
         ):
@@ -317,25 +327,27 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 memory_format=torch.channels_last if cuda else torch.preserve_format,
             )
             labels = labels.to(self.device_, non_blocking=True)
-            with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast(self.device_.type, dtype=dtype, enabled=dtype is not None):
                 logits = self.model_(images)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"Training loss became {loss.item()} in epoch {epoch}; lower lr (now "
-                    f"{self.lr}) or use more warm-up epochs."
-                )
             self.optimizer_.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer_.step()
+            self.scaler_.scale(loss).backward()  # fp16: scaled, so small gradients survive
+            self.scaler_.step(self.optimizer_)
+            self.scaler_.update()
             self.scheduler_.step()
-            total += loss.item() * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
+            total += loss.detach() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
+        train_loss = total.item() / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"Training loss became {train_loss} in epoch {epoch}; lower lr (now "
+                f"{self.lr}) or use more warm-up epochs."
+            )
         seconds = time.perf_counter() - start
         return {
-            "train_loss": total / seen,
-            "train_accuracy": correct / seen,
+            "train_loss": train_loss,
+            "train_accuracy": int(correct) / max(seen, 1),
             "lr": self.optimizer_.param_groups[0]["lr"],
             "seconds": seconds,
             "images_per_s": seen / seconds,
@@ -431,12 +443,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             self.workers,
         )
         cuda = self.device_.type == "cuda"
+        dtype = amp_dtype(self.device_)
         out = []
         for images, _ in data:
             images = images.to(
                 self.device_, memory_format=torch.channels_last if cuda else torch.preserve_format
             )
-            with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast(self.device_.type, dtype=dtype, enabled=dtype is not None):
                 out.append(torch.softmax(self.model_(images).float(), dim=1).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes_)), np.float32)
 
