@@ -43,5 +43,5 @@ def test_the_training_step_reads_nothing_back_from_the_device(source, monkeypatc
 
 
 def test_a_diverging_loss_still_stops_the_run(source):
-    with pytest.raises(FloatingPointError, match="Training loss became (nan|inf) in epoch 1"):
+    with pytest.raises(FloatingPointError, match=r"Training loss became (nan|inf) in epoch 1"):
         tuner(mode="full", epochs=1, lr=1e12, backbone_lr_scale=1.0, warmup_epochs=0).fit(source)
