@@ -432,6 +432,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="with --make-jpegs: mixed sizes and some progressive files (make_jpegs.py --mixed)",
+    )
+    parser.add_argument(
         "--models", default=",".join(DEFAULT_MODELS), help="comma-separated backbone specs"
     )
     parser.add_argument(
@@ -499,9 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.images is not None:
         root = args.images
     else:
-        root = args.jpeg_dir or Path(tempfile.gettempdir()) / f"featpipe-jpegs-{args.make_jpegs}"
+        name = f"featpipe-jpegs-{args.make_jpegs}" + ("-mixed" if args.mixed else "")
+        root = args.jpeg_dir or Path(tempfile.gettempdir()) / name
         try:
-            make_jpegs(root, args.make_jpegs, archive=args.archive)
+            make_jpegs(root, args.make_jpegs, archive=args.archive, mixed=args.mixed)
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -33,6 +33,7 @@ from featpipe.errors import (
     UnreadableStoreError,
 )
 from featpipe.extract import extract
+from featpipe.extract import loop
 from featpipe.extract.loop import compute_identity
 from featpipe.store import FeatureStore
 from featpipe.store.lock import StoreLock, lock_path, owner_path
@@ -293,8 +294,16 @@ def test_a_damaged_file_being_written_by_another_process_is_in_use(tmp_path):
         ("cuda", "cpu", {"precision": "bf16", "decode": "pil"}),
     ],
 )
-def test_compute_identity(device, data_path, expected):
+def test_compute_identity(device, data_path, expected, monkeypatch):
+    # a GPU with native bf16, whether or not this machine has one
+    native = {"cpu": None, "cuda": torch.bfloat16}
+    monkeypatch.setattr(loop, "amp_dtype", lambda dev: native[torch.device(dev).type])
     assert compute_identity(torch.device(device), data_path) == expected
+
+
+def test_gpus_without_native_bf16_extract_in_fp16(monkeypatch):
+    monkeypatch.setattr(loop, "amp_dtype", lambda dev: torch.float16)
+    assert compute_identity(torch.device("cuda"), "gpu")["precision"] == "fp16"
 
 
 def test_stores_are_never_shared_across_precision_or_decode_path(tmp_path, monkeypatch):

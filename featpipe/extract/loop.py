@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from featpipe.backbones.base import FeatureModel
 from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import first_failure
-from featpipe.device import available_cores
+from featpipe.device import amp_dtype, available_cores
 from featpipe.errors import ImageReadError
 from featpipe.extract.datapath import DataPath
 from featpipe.extract.host_copy import start_copy
@@ -35,15 +35,16 @@ def default_workers(device: torch.device, data_path: str) -> int:
 
 
 def precision(device: torch.device) -> str:
-    """The forward pass's precision: bf16 autocast on CUDA; fp32 on CPU, which keeps CPU
-    features exact and reproducible."""
-    return "bf16" if device.type == "cuda" else "fp32"
+    """The forward pass's precision (``featpipe.device.amp_dtype``): bf16 autocast on CUDA,
+    fp16 on GPUs without native bf16 (T4, V100); fp32 on CPU, which keeps CPU features exact
+    and reproducible."""
+    dtype = amp_dtype(device)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if precision(device) == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = amp_dtype(device)
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def compute_identity(device: torch.device, data_path: str, decode: str = "exact") -> dict[str, str]:
