@@ -118,3 +118,24 @@ def test_fine_tuning_loader_covers_the_smallest_random_crop(tmp_path):
     assert train.size == (320, 240)
     assert min(image_loader(pre, "fast")(source, 0).size) == 64
     assert DECODES == ("exact", "fast")
+
+
+def test_pipelines_take_features_decode_and_hash_it_only_when_fast():
+    from featpipe.errors import ConfigError
+    from featpipe.pipeline.config import config_from_dict
+    from featpipe.pipeline.runner import plan
+
+    raw = {
+        "source": {"data": "digits"},
+        "features": {"backbones": ["toy"]},
+        "probes": {"heads": ["logreg"]},
+        "finetune": {"modes": ["head"]},
+    }
+    exact = config_from_dict(raw)
+    assert exact["features"]["decode"] == "exact"
+    fast = config_from_dict(raw, ["features.decode=fast"])
+    hashes = {m.config_hash for m in plan(exact, "fp")}
+    # exact keeps the hashes runs had before the option existed; fast redoes every method
+    assert not hashes & {m.config_hash for m in plan(fast, "fp")}
+    with pytest.raises(ConfigError, match="decode"):
+        config_from_dict(raw, ["features.decode=quick"])
