@@ -32,8 +32,7 @@ from featpipe.errors import (
     StoreWriteError,
     UnreadableStoreError,
 )
-from featpipe.extract import extract
-from featpipe.extract import loop
+from featpipe.extract import extract, loop
 from featpipe.extract.loop import compute_identity
 from featpipe.store import FeatureStore
 from featpipe.store.lock import StoreLock, lock_path, owner_path
