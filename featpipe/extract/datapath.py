@@ -67,14 +67,11 @@ class CPUDataPath:
         self.transform = preprocessing.geometry() if uint8 else preprocessing.transform()
 
     def load(self, source: ImageSource, index: int) -> torch.Tensor:
-        if self.decode == "fast":
+        if self.decode == "fast":  # a uint8 tensor, already resized: the transform crops
             pre = self.preprocessing
-            image = load_resized(source, index, pre.resize, pre.interpolation)
-        else:
-            image = source.load(index)
-        if self.uint8:
-            return self.transform(F.pil_to_tensor(image))
-        return self.transform(image)
+            return self.transform(load_resized(source, index, pre.resize, pre.interpolation))
+        image = source.load(index)
+        return self.transform(F.pil_to_tensor(image) if self.uint8 else image)
 
     def blank(self) -> torch.Tensor:
         dtype = torch.uint8 if self.uint8 else torch.float32
