@@ -29,7 +29,6 @@ import numpy as np
 import sklearn
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as F
 
 from featpipe.backbones import get_backbone
 from featpipe.data.images import draft_scale, load_resized, load_rgb
