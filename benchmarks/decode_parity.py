@@ -29,6 +29,7 @@ import numpy as np
 import sklearn
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
 from featpipe.backbones import get_backbone
 from featpipe.data.images import draft_scale, load_resized, load_rgb
@@ -67,8 +68,8 @@ def compare(files: list[Path], spec: str, size: int) -> dict:
     fast = [
         load_resized(files_source, i, pre.resize, pre.interpolation) for i in range(len(scaled))
     ]
-    to_uint8 = [torch.from_numpy(np.array(geometry(img))).double() for img in exact]
-    to_uint8_fast = [torch.from_numpy(np.array(geometry(img))).double() for img in fast]
+    to_uint8 = [geometry(F.pil_to_tensor(img)).double() for img in exact]
+    to_uint8_fast = [geometry(pixels).double() for pixels in fast]
     diffs = torch.stack([(a - b).abs() for a, b in zip(to_uint8, to_uint8_fast, strict=True)])
     x_exact = torch.stack([transform(img) for img in exact])
     x_fast = torch.stack([transform(img) for img in fast])
