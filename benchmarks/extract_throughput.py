@@ -224,6 +224,7 @@ def bench_featpipe(
     device: torch.device,
     data_path: str,
     workers: int | None,
+    decode: str = "exact",
 ) -> dict:
     """(c) ``extract`` end to end into a store in a fresh cache folder."""
     source = ImageFolderSource(root)
@@ -241,6 +242,7 @@ def bench_featpipe(
             device=device.type,
             data_path=data_path,
             workers=workers,
+            decode=decode,
             progress=False,
         )
         seconds = time.perf_counter() - start
@@ -251,6 +253,8 @@ def bench_featpipe(
         "seconds": seconds,
         "cpu_ms_per_image": cpu_ms,
         "data_path": stats.get("data_path"),
+        "decode": decode,
+        "device": stats.get("device"),
         "workers": stats.get("workers"),
         "loop_images_per_s": stats.get("images_per_s"),
         "device_peak_mib": device_peak_mib(device),
@@ -351,25 +355,38 @@ def run_model(spec: str, args, root: Path, files: list[Path], device: torch.devi
     _print("(a) forward", result["forward"])
     # (b) and (c) alternate, best of --repeat each, so that load from other processes on a
     # shared machine hits both alike.
+    runs = [(path, decode) for path in args.data_paths for decode in args.decodes]
     for _ in range(args.repeat):
         model = prepare_plain(backbone, device)
         try:
             _keep_best(result, "plain", bench_plain(model, pre, root, n, args.batch_size, device))
         finally:
             model.remove()
-        for data_path in args.data_paths:
+        for data_path, decode in runs:
             row = bench_featpipe(
-                backbone, root, n, args.batch_size, device, data_path, args.workers
+                backbone, root, n, args.batch_size, device, data_path, args.workers, decode
             )
-            _keep_best(result, f"featpipe_{data_path}", row)
+            check_device(row, device)
+            _keep_best(result, f"featpipe_{data_path}_{decode}", row)
     _print("(b) plain", result["plain"])
-    for data_path in args.data_paths:
-        row = result[f"featpipe_{data_path}"]
+    for data_path, decode in runs:
+        row = result[f"featpipe_{data_path}_{decode}"]
         row["c_over_a"] = row["images_per_s"] / result["forward"]["images_per_s"]
         row["c_over_b"] = row["images_per_s"] / result["plain"]["images_per_s"]
-        _print(f"(c) featpipe[{row['data_path']}]", row)
+        _print(f"(c) featpipe[{row['data_path']},{decode}]", row)
         print(f"      c/a = {row['c_over_a']:.3f}   c/b = {row['c_over_b']:.3f}", flush=True)
     return result
+
+
+def check_device(row: dict, device: torch.device) -> None:
+    """Stop when featpipe ran elsewhere than asked: ``device="auto"`` inside featpipe falls
+    back to the CPU silently (e.g. a driver older than the torch wheels need), and a CPU run
+    reported as a GPU figure would be worse than none."""
+    if row.get("device") is None or torch.device(row["device"]).type != device.type:
+        raise SystemExit(
+            f"error: featpipe ran on {row.get('device')!r}, not on {device.type!r}; "
+            "check torch.cuda.is_available() and the NVIDIA driver"
+        )
 
 
 def _keep_best(result: dict, key: str, row: dict) -> None:
@@ -415,6 +432,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="with --make-jpegs: mixed sizes and some progressive files (make_jpegs.py --mixed)",
+    )
+    parser.add_argument(
         "--models", default=",".join(DEFAULT_MODELS), help="comma-separated backbone specs"
     )
     parser.add_argument(
@@ -440,6 +462,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data-paths",
         default=None,
         help="data paths for (c), comma-separated (default: auto,cpu on CUDA, auto on CPU)",
+    )
+    parser.add_argument(
+        "--decodes",
+        default="exact",
+        help="featpipe's decode option for (c), comma-separated: exact, fast (default: exact)",
     )
     parser.add_argument(
         "--parity",
@@ -469,12 +496,18 @@ def main(argv: list[str] | None = None) -> int:
     args.data_paths = (args.data_paths or ("auto,cpu" if device.type == "cuda" else "auto")).split(
         ","
     )
+    args.decodes = args.decodes.split(",")
+    # A GPU figure must come from the GPU: fail here rather than measure the CPU.
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
     if args.images is not None:
         root = args.images
     else:
-        root = args.jpeg_dir or Path(tempfile.gettempdir()) / f"featpipe-jpegs-{args.make_jpegs}"
+        name = f"featpipe-jpegs-{args.make_jpegs}" + ("-mixed" if args.mixed else "")
+        root = args.jpeg_dir or Path(tempfile.gettempdir()) / name
         try:
-            make_jpegs(root, args.make_jpegs, archive=args.archive)
+            make_jpegs(root, args.make_jpegs, archive=args.archive, mixed=args.mixed)
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -522,7 +555,8 @@ def _print_table(results: list[dict]) -> None:
         for key in (k for k in r if k.startswith("featpipe_")):
             c = r[key]
             print(
-                f"| {r['spec']} [{c['data_path']}] | {r['forward']['images_per_s']:.1f} | "
+                f"| {r['spec']} [{c['data_path']}, {c['decode']}] | "
+                f"{r['forward']['images_per_s']:.1f} | "
                 f"{r['plain']['images_per_s']:.1f} | {c['images_per_s']:.1f} | "
                 f"{c['c_over_a']:.3f} | {c['c_over_b']:.3f} |"
             )

@@ -5,6 +5,12 @@ quality 90, as ``OUT/<class>/NNNNN.jpg``, the same number per class. Decoding an
 files costs what it costs for ordinary photo datasets, which is what a data path is measured on.
 
     python benchmarks/make_jpegs.py OUT --n 5000 [--size 500x375] [--archive PATH]
+    python benchmarks/make_jpegs.py OUT --n 5000 --mixed    # the harder case for a GPU path
+
+``--mixed`` makes the set less uniform, as real datasets are: sizes cycle through
+MIXED_SIZES (landscape, portrait, square, large), and every PROGRESSIVE_EVERY-th file is a
+progressive JPEG (which nvJPEG cannot batch-decode in hardware; featpipe's GPU path decodes
+those in its workers).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from tqdm.auto import tqdm
 DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
 DEFAULT_SIZE = (500, 375)
 QUALITY = 90
+MIXED_SIZES = ((500, 375), (375, 500), (640, 480), (400, 400), (1024, 683), (333, 500))
+PROGRESSIVE_EVERY = 8
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -35,11 +43,11 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _upscale(job: tuple[bytes, Path, tuple[int, int]]) -> int:
-    data, out, size = job
+def _upscale(job: tuple[bytes, Path, tuple[int, int], bool]) -> int:
+    data, out, size, progressive = job
     with Image.open(io.BytesIO(data)) as img:
         big = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    big.save(out, "JPEG", quality=QUALITY)
+    big.save(out, "JPEG", quality=QUALITY, progressive=progressive)
     return out.stat().st_size
 
 
@@ -50,6 +58,7 @@ def make_jpegs(
     size: tuple[int, int] = DEFAULT_SIZE,
     archive: str | Path = DEFAULT_ARCHIVE,
     workers: int | None = None,
+    mixed: bool = False,
 ) -> Path:
     """Write ``n`` upscaled CIFAR-10 training images (balanced over classes) under ``out``.
 
@@ -72,6 +81,11 @@ def make_jpegs(
             "(cifar10-jpg.tar.gz, see ../shared/data/README.md)."
         )
     jobs = _read_jobs(archive, out, n, size)
+    if mixed:
+        jobs = [
+            (data, path, MIXED_SIZES[i % len(MIXED_SIZES)], i % PROGRESSIVE_EVERY == 0)
+            for i, (data, path, _, _) in enumerate(jobs)
+        ]
     with (
         ProcessPoolExecutor(workers) as pool,
         tqdm(total=len(jobs), unit="img", desc=f"writing {out}") as bar,
@@ -83,12 +97,12 @@ def make_jpegs(
 
 def _read_jobs(
     archive: Path, out: Path, n: int, size: tuple[int, int]
-) -> list[tuple[bytes, Path, tuple[int, int]]]:
+) -> list[tuple[bytes, Path, tuple[int, int], bool]]:
     """The first ``n // 10`` (or one more) training images of each class, read from the tar."""
     classes = 10
     quota = {c: n // classes + (1 if c < n % classes else 0) for c in range(classes)}
     names: dict[str, int] = {}
-    jobs: list[tuple[bytes, Path, tuple[int, int]]] = []
+    jobs: list[tuple[bytes, Path, tuple[int, int], bool]] = []
     taken: dict[str, int] = {}
     with tarfile.open(archive) as tar:
         for member in tar:
@@ -102,7 +116,7 @@ def _read_jobs(
             folder = out / cls
             folder.mkdir(parents=True, exist_ok=True)
             data = tar.extractfile(member).read()
-            jobs.append((data, folder / f"{taken.get(cls, 0):05d}.jpg", size))
+            jobs.append((data, folder / f"{taken.get(cls, 0):05d}.jpg", size, False))
             taken[cls] = taken.get(cls, 0) + 1
             if len(jobs) == n:
                 break
@@ -117,13 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=5000, help="number of images (default 5000)")
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WxH, 500x375")
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument(
+        "--mixed", action="store_true", help="mixed sizes and some progressive files"
+    )
     args = parser.parse_args(argv)
     try:
-        make_jpegs(args.out, args.n, size=args.size, archive=args.archive)
+        make_jpegs(args.out, args.n, size=args.size, archive=args.archive, mixed=args.mixed)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.n} JPEGs at {args.size[0]}x{args.size[1]} in {args.out}")
+    sizes = "mixed sizes" if args.mixed else f"{args.size[0]}x{args.size[1]}"
+    print(f"{args.n} JPEGs at {sizes} in {args.out}")
     return 0
 
 

@@ -85,3 +85,18 @@ def amp_dtype(device: str | torch.device) -> torch.dtype | None:
     with torch.cuda.device(device):
         native = torch.cuda.is_bf16_supported(including_emulation=False)
     return torch.bfloat16 if native else torch.float16
+
+
+@contextlib.contextmanager
+def cudnn_autotune(device: str | torch.device) -> Iterator[None]:
+    """``cudnn.benchmark`` on inside the block on CUDA (fixed-size batches: cuDNN picks the
+    fastest convolution algorithm once per shape), then the caller's setting again."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -134,13 +134,20 @@ def test_corrupt_jpeg_raises_naming_the_file(tmp_path):
     truncated = Path(source.path(3))
     data = truncated.read_bytes()
     truncated.write_bytes(data[: data.index(b"\xff\xda") + 20])  # a whole header, no pixels
-    batch = path.collate([path.load(source, i) for i in range(len(source)) if i != 2])
+    # no end-of-image marker: nvJPEG could decode garbage, so the worker decodes it (and fails)
     with pytest.raises(ImageReadError, match=rf"{truncated.name}': truncated file"):
+        path.load(source, 3)
+    bogus = Path(source.path(4))
+    data = bytearray(bogus.read_bytes())
+    data[data.index(b"\xff\xc0") + 11] = 0  # sampling factors 0: fails only when decoded
+    bogus.write_bytes(bytes(data))
+    batch = path.collate([path.load(source, i) for i in range(len(source)) if i not in (2, 3)])
+    with pytest.raises(ImageReadError, match=rf"{bogus.name}': cannot decode"):
         path.to_batch(batch, CPU)
     failed = {}
     out = path.to_batch(batch, CPU, failed)  # recorded instead, the row left blank
-    assert list(failed) == [2] and failed[2].reason == "truncated file"
-    assert out.shape[0] == len(source) - 1
+    assert list(failed) == [2] and "cannot decode" in failed[2].reason
+    assert out.shape[0] == len(source) - 2
 
 
 def test_cmyk_and_grey_jpegs_match_the_cpu_path(tmp_path):

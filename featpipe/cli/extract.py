@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from featpipe.cli.options import add_image_size_option, add_limit_options, apply_limits
+from featpipe.cli.options import (
+    add_decode_option,
+    add_image_size_option,
+    add_limit_options,
+    apply_limits,
+)
 from featpipe.data.unreadable import ON_ERROR
 from featpipe.store.files import format_bytes
 
@@ -106,6 +111,7 @@ def register(subparsers) -> None:
         default="auto",
         help="where images are decoded (default: gpu on CUDA, else cpu)",
     )
+    add_decode_option(p)
     split = p.add_argument_group("splits (passed to the source)")
     split.add_argument("--val-fraction", type=float, metavar="F")
     split.add_argument("--test-fraction", type=float, metavar="F")
@@ -179,6 +185,7 @@ def run_extract(args: argparse.Namespace) -> int:
         device=args.device,
         image_size=args.image_size,
         data_path=args.data_path,
+        decode=args.decode,
         progress=not args.no_progress,
         hash_contents=args.hash_contents,
         torch_compile=args.compile,

@@ -8,7 +8,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from featpipe.cli.options import add_image_size_option, add_limit_options, apply_limits
+from featpipe.cli.options import (
+    add_decode_option,
+    add_image_size_option,
+    add_limit_options,
+    apply_limits,
+)
 from featpipe.interrupt import Interrupted
 
 EPILOG = """\
@@ -73,6 +78,7 @@ def register(subparsers) -> None:
         help="backbone spec (default: %(default)s; see `featpipe backbones`)",
     )
     add_image_size_option(p)
+    add_decode_option(p)
     recipe = p.add_argument_group("recipe")
     for flag, kind, text in RECIPE:
         name = flag[2:].replace("-", "_")
@@ -139,6 +145,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     tuner = FineTuner(
         args.backbone,
         image_size=args.image_size,
+        decode=args.decode,
         run_dir=run_dir,
         resume=not args.no_resume,
         verbose=1 if args.no_progress else 2,

@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from featpipe.data import ImageSource, subsample
+from featpipe.data.images import DECODES
 from featpipe.data.source import SPLIT_NAMES
 from featpipe.errors import ConfigError
 
@@ -21,6 +22,18 @@ def add_image_size_option(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="input size in pixels (default: the weights' own)",
+    )
+
+
+def add_decode_option(parser: argparse.ArgumentParser) -> None:
+    """``--decode {exact,fast}``: how Pillow decodes JPEG files."""
+    parser.add_argument(
+        "--decode",
+        choices=DECODES,
+        default="exact",
+        help="JPEG decoding: exact (full size, the default) or fast (libjpeg DCT scaling to "
+        "the smallest 1/2, 1/4 or 1/8 scale that still covers the resize; faster on CPU, "
+        "features change a little: see benchmarks/README.md)",
     )
 
 

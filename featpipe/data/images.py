@@ -12,6 +12,12 @@ Conversion rules (one place, so every source and backbone sees the same pixels):
 - float ``F``: values within [0, 1] are scaled by 255; other ranges are rescaled min..max.
 - Animated images (GIF, WebP, ...): the first frame.
 
+``min_size`` (the ``fast`` decode): a JPEG file may be decoded at 1/2, 1/4 or 1/8 of its size
+by libjpeg's DCT scaling (``PIL.Image.draft``), at the smallest scale whose short side stays at
+least ``min_size``; the resize that follows then starts from fewer pixels. The pixels differ a
+little from a full decode (benchmarks/README.md measures how little); other formats, and JPEGs
+too small to halve, decode exactly.
+
 EXIF orientation is not applied, like torchvision's ``ImageFolder`` loader and ``decode_jpeg``,
 so that the CPU and GPU decoding paths see the same pixels.
 
@@ -34,9 +40,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
-from featpipe.errors import ImageReadError
+from featpipe.errors import ImageReadError, unknown_name
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _WHITE = (255, 255, 255)
@@ -52,25 +59,106 @@ _DECODE_ERRORS = (
 )
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open and fully decode ``path`` as an 8-bit RGB image.
+DECODES = ("exact", "fast")
+
+
+def load_rgb(path: str | Path, min_size: int | None = None) -> Image.Image:
+    """Open and fully decode ``path`` as an 8-bit RGB image (a JPEG at reduced scale, short
+    side still >= ``min_size``, when that is given: see the module notes).
 
     Raises ImageReadError naming the file and the reason when it is missing, unreadable, too
     large or not a valid image.
     """
-    return _decode(path, path)
+    return _decode(path, path, min_size=min_size)[0]
 
 
 def decode_rgb(data: bytes, name: str) -> Image.Image:
     """:func:`load_rgb` for an encoded image in memory; ``name`` (its path) is for messages."""
-    return _decode(io.BytesIO(data), name, size=len(data))
+    return _decode(io.BytesIO(data), name, size=len(data))[0]
 
 
-def _decode(file: str | Path | io.BytesIO, name: str | Path, size: int | None = None):
+def check_decode(decode: str) -> str:
+    """``decode`` when it is one of DECODES; else the standard unknown-name error."""
+    if decode not in DECODES:
+        raise unknown_name("decode", decode, DECODES)
+    return decode
+
+
+def load_source_image(source, index: int, min_size: int | None = None) -> Image.Image:
+    """``source.load(index)``; with ``min_size`` and a file behind the row, that file decoded
+    at the reduced scale :func:`load_rgb` allows (in-memory images as they are)."""
+    path = source.path(index) if min_size else None
+    return source.load(index) if path is None else load_rgb(path, min_size)
+
+
+def load_resized(source, index: int, short_side: int, interpolation: str) -> torch.Tensor:
+    """Row ``index`` of ``source`` as a uint8 (3, H, W) tensor, its short side resized to
+    ``short_side`` when its JPEG file could be decoded at a reduced DCT scale (the ``fast``
+    decode for resize-then-crop transforms); otherwise unresized, as ``source.load`` gives
+    it, so that the exact path's pixels stay exact.
+
+    The scaled image is resized onto exactly the size and area a full decode would be resized
+    to: ``ceil(W / scale)`` pixels cover only ``W / scale`` of the original's. torch's
+    antialiased resize with an explicit ``scale_factor`` (not recomputed from the sizes) maps
+    output pixels onto that area, as Pillow's ``box`` does (within one grey level), at a third
+    of Pillow's cost. Resizing the rounded-up image as if it covered everything instead doubled
+    the mean difference from a full decode.
+    """
+    path = source.path(index)
+    if path is None:
+        return pil_to_uint8(source.load(index))
+    img, full = _decode(path, path, min_size=short_side)
+    pixels = pil_to_uint8(img)
+    if img.size == full:
+        return pixels
+    width, height = full
+    scale = draft_scale(full, short_side)  # how many original pixels one scaled pixel covers
+    if width <= height:  # torchvision's rule for a short-side resize
+        size = (short_side, int(short_side * height / width))
+    else:
+        size = (int(short_side * width / height), short_side)
+    # + 1e-3 pixel: where W / scale is whole, floor(W / scale * factor) must not round down
+    # below the size (it moves the sampling grid by 1e-5 pixel)
+    factors = ((size[1] + 1e-3) * scale / height, (size[0] + 1e-3) * scale / width)
+    resized = torch.nn.functional.interpolate(
+        pixels[None],
+        scale_factor=factors,
+        mode=interpolation,
+        antialias=interpolation != "nearest",
+        recompute_scale_factor=False,
+    )[0]
+    return resized[:, : size[1], : size[0]]  # floor(ceil(H / scale) * factor): size or size + 1
+
+
+def pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as a uint8 (3, H, W) tensor (channels-last in memory, which torch's
+    uint8 resize kernels take as they are)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def draft_scale(size: tuple[int, int], min_size: int) -> int:
+    """The DCT scale (1, 2, 4 or 8) a ``size`` JPEG decodes at so that its short side stays
+    at least ``min_size`` (Pillow's own rule in ``JpegImageFile.draft``)."""
+    ratio = min(size) // max(1, min_size)
+    return next(scale for scale in (8, 4, 2, 1) if ratio >= scale)
+
+
+def _decode(
+    file: str | Path | io.BytesIO,
+    name: str | Path,
+    size: int | None = None,
+    min_size: int | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded RGB image and the file's full (width, height)."""
     try:
         with _strict_size(), Image.open(file) as img:
+            full = img.size
+            # Only at a scale of 2 or more: at scale 1, draft would only change how Pillow
+            # sets up the decoder, and a file that cannot shrink stays exact.
+            if min_size and img.format == "JPEG" and draft_scale(full, min_size) > 1:
+                img.draft("RGB", (min_size, min_size))
             img.load()  # decode now so that truncated files fail here, not later
-            return to_rgb(img)
+            return to_rgb(img), full
     except ImageReadError as err:  # from to_rgb
         raise ImageReadError(
             f"Cannot read image {str(name)!r}: {err.reason}. {_REENCODE}",

@@ -112,6 +112,7 @@ def plan_extraction(
     device: str = "auto",
     image_size: int | None = None,
     data_path: str = "auto",
+    decode: str = "exact",
     progress: bool = True,
     hash_contents: bool = False,
     torch_compile: bool = False,
@@ -127,7 +128,7 @@ def plan_extraction(
     dev = resolve_device(device)
     src = source if isinstance(source, ImageSource) else _open_source(source)
     bb = _sized_backbone(backbone, image_size)
-    stage = get_data_path(data_path, bb.preprocessing, dev)
+    stage = get_data_path(data_path, bb.preprocessing, dev, decode)
     names = tuple(LayerSpec.parse(layer).name for layer in layers)
     bb.features(names).remove()  # validates layer names before any file is touched
     request = Request.build(
@@ -135,7 +136,7 @@ def plan_extraction(
         bb.identity(),
         list(names),
         dtype,
-        compute_identity(dev, stage.name),
+        compute_identity(dev, stage.name, stage.decode),
     )
     cached = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
     return ExtractionPlan(
@@ -183,7 +184,11 @@ def run_extraction(plan: ExtractionPlan, chunks: Sequence[int] | None = None) ->
         with (
             torch_threads() if dev.type == "cpu" else on_device(dev),
             Inference.of_layers(
-                plan.backbone, plan.layers, dev, compile=plan.torch_compile
+                plan.backbone,
+                plan.layers,
+                dev,
+                compile=plan.torch_compile,
+                batch_size=plan.batch_size,
             ) as inference,  # its hooks must not stay on the caller's backbone
         ):
             if action is Action.CREATE:
@@ -235,6 +240,7 @@ def extract(
     device: str = "auto",
     image_size: int | None = None,
     data_path: str = "auto",
+    decode: str = "exact",
     progress: bool = True,
     hash_contents: bool = False,
     torch_compile: bool = False,
@@ -254,7 +260,9 @@ def extract(
     replaces whatever is there. Stats of this call are in ``store.extraction``; the cost of
     every run that built the store is in ``store.attrs["extraction"]``. ``torch_compile``
     runs the model through ``torch.compile`` (worth its compilation time on long GPU runs; the
-    features are the same up to float rounding).
+    features are the same up to float rounding). ``decode="fast"`` decodes JPEGs at the
+    smallest DCT scale that still covers the resize, on the cpu data path: faster, with
+    features a little different (benchmarks/README.md), so it is part of the store key.
 
     One process at a time creates, resumes or finishes a store: another one waits for it
     (saying for whom) up to ``lock_timeout`` seconds (None: as long as it takes), then raises

@@ -3,8 +3,14 @@
 Workers only read files, so a few of them keep a fast GPU fed; ``to_batch`` decodes the whole
 batch with nvJPEG (``torchvision.io.decode_jpeg(list, device="cuda")``), resizes and crops each
 group of same-sized images on the device, and normalises the batch in one op. Anything that is
-not a JPEG file (PNG, in-memory arrays, ...) is decoded and cropped on CPU in the worker, exactly
-as the CPU path does, and joins the batch as uint8 pixels.
+not a JPEG file (PNG, in-memory arrays, ...), and any JPEG whose header says nvJPEG may decode
+it wrongly without an error (progressive, CMYK, 12-bit, truncated: ``jpeg_header``), is decoded
+and cropped on CPU in the worker, exactly as the CPU path does, and joins the batch as uint8
+pixels.
+
+On CUDA the batch is decoded and preprocessed on a stream of its own, so that it overlaps the
+previous batch's forward pass; the forward pass's stream waits for it (``wait_stream``) and
+the allocator is told which stream uses the result (``record_stream``).
 
 On a CPU device the same code decodes with torchvision on CPU (libjpeg-turbo, like Pillow) and
 resizes with torch's uint8 kernels: the CPU path's pixels exactly. That is how it is tested here.
@@ -26,7 +32,8 @@ from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.data.images import check_header, decode_rgb
 from featpipe.data.source import ImageSource
 from featpipe.errors import ImageReadError
-from featpipe.extract.tensor_ops import normalise, resize_crop
+from featpipe.extract.jpeg_header import nvjpeg_safe
+from featpipe.extract.tensor_ops import normalise, place_rows, resize_crop
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -70,16 +77,18 @@ class GPUDataPath:
     normalise there; other images are decoded in the workers."""
 
     name = "gpu"
+    decode = "exact"  # nvJPEG decodes at full size
 
     def __init__(self, preprocessing: Preprocessing, device: torch.device | str):
         self.preprocessing = preprocessing
         self.device = torch.device(device)
         self.geometry = preprocessing.geometry()
+        self._stream: torch.cuda.Stream | None = None  # made on first use, in the main process
 
     def load(self, source: ImageSource, index: int) -> Sample:
         name = source.path(index) or source.ids[index]
         raw = source.read_bytes(index)
-        if raw is not None and is_jpeg(raw):
+        if raw is not None and is_jpeg(raw) and nvjpeg_safe(raw):
             check_header(raw, name)  # refuse what the CPU path refuses before decoding (size)
             return Sample(raw, name)
         # Worth the worker's time: a cropped image is far smaller to ship than a full one,
@@ -118,16 +127,32 @@ class GPUDataPath:
         there by its position in the batch and left blank."""
         # Whatever autocast a caller holds, preprocessing must stay in float32.
         with torch.autocast(device.type, enabled=False):
-            return self._to_batch(batch, device, failed)
+            if device.type != "cuda":
+                return self._to_batch(batch, device, failed)
+            compute = torch.cuda.current_stream(device)
+            stream = self._decode_stream(device)
+            with torch.cuda.stream(stream):
+                out = self._to_batch(batch, device, failed)
+            compute.wait_stream(stream)  # the forward pass starts once the batch is ready
+            out.record_stream(compute)  # and its memory is not reused before it has run
+            return out
+
+    def _decode_stream(self, device: torch.device) -> torch.cuda.Stream:
+        """The stream this path decodes on, drained of its previous batch's work.
+
+        nvJPEG decodes on a stream of its own into tensors allocated on the current stream
+        (pytorch/vision#9606): memory the allocator hands out there must not be read by
+        kernels still queued on that stream. Draining only this stream, whose last work is
+        the previous batch's resize, keeps that true without waiting for the forward pass.
+        """
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+        self._stream.synchronize()
+        return self._stream
 
     def _to_batch(self, batch: Batch, device: torch.device, failed: dict | None) -> torch.Tensor:
         crop = self.preprocessing.crop
-        pixels = torch.empty(
-            (len(batch.names), 3, crop, crop),
-            dtype=torch.uint8,
-            device=device,
-            memory_format=torch.channels_last,
-        )
+        parts, order = [], []
         if batch.jpeg_rows:
             files = list(torch.split(batch.jpegs, batch.jpeg_sizes))
             names = [batch.names[i] for i in batch.jpeg_rows]
@@ -138,10 +163,14 @@ class GPUDataPath:
                         raise image
                     failed[batch.jpeg_rows[i]] = image
                     images[i] = torch.zeros((3, crop, crop), dtype=torch.uint8, device=device)
-            pixels[batch.jpeg_rows] = resize_crop(images, self.preprocessing)
+            parts.append(resize_crop(images, self.preprocessing))
+            order += batch.jpeg_rows
         if batch.pixel_rows:
             # asynchronous when the DataLoader pinned the batch (pin_memory=True on CUDA)
-            pixels[batch.pixel_rows] = batch.pixels.to(device, non_blocking=True)
+            parts.append(batch.pixels.to(device, non_blocking=True))
+            order += batch.pixel_rows
+        pixels = place_rows(torch.cat(parts), order)
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
         return normalise(pixels, self.preprocessing)
 
     def _decode(
@@ -149,14 +178,10 @@ class GPUDataPath:
     ) -> list[torch.Tensor | ImageReadError]:
         """uint8 (3, H, W) RGB images on ``device``, or the error of each file that cannot be
         decoded; one batched call, per image on failure."""
-        if device.type == "cuda":
-            # nvJPEG can write into memory that kernels still queued on the caller's stream
-            # read (pytorch/vision#9606); draining the stream first is the known workaround.
-            torch.cuda.current_stream(device).synchronize()
         try:
             return _decode_jpegs(files, device)
         except RuntimeError:
-            # A batched decode fails as a whole (e.g. one CMYK or corrupt file, which nvJPEG
+            # A batched decode fails as a whole (e.g. one corrupt file, which nvJPEG
             # rejects): retry one by one so that only the bad image takes the slow road.
             return [_decode_one(f, name, device) for f, name in zip(files, names, strict=True)]
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from featpipe.backbones.base import Backbone, FeatureModel
 from featpipe.device import amp_dtype
+from featpipe.extract.fixed_batch import FixedBatch
 from featpipe.extract.host_copy import PendingCopy, start_copy
 
 PRECISIONS = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -38,7 +39,9 @@ class Inference:
     CUDA under autocast and on the CPU too (oneDNN; measured 1.2-1.4x for ResNet-50 and
     EfficientNet-Lite0 on a 2-core CPU, see benchmarks/README.md); models without 4-D weights
     are unchanged by it. A FineTuner keeps the layout it trains in (``torch.preserve_format``
-    on the CPU). ``compile`` runs the model through ``torch.compile``.
+    on the CPU). ``compile`` runs the model through ``torch.compile``, always at
+    ``batch_size`` rows when that is given (:class:`FixedBatch`: a short last batch would
+    compile it again).
     """
 
     def __init__(
@@ -48,12 +51,16 @@ class Inference:
         *,
         memory_format: torch.memory_format = torch.channels_last,
         compile: bool = False,
+        batch_size: int | None = None,
     ):
         self.device = torch.device(device)
         self.memory_format = memory_format
         self.model = model.eval().to(self.device, memory_format=self.memory_format)
         self._autocast_dtype = amp_dtype(self.device)
-        self._run = torch.compile(self.model) if compile else self.model
+        self._run = self.model
+        if compile:
+            compiled = torch.compile(self.model)
+            self._run = FixedBatch(compiled, batch_size) if batch_size else compiled
 
     @classmethod
     def of_layers(

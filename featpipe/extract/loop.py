@@ -36,7 +36,7 @@ def default_workers(device: torch.device, data_path: str) -> int:
     return min(4, cores)
 
 
-def compute_identity(device: torch.device, data_path: str) -> dict[str, str]:
+def compute_identity(device: torch.device, data_path: str, decode: str = "exact") -> dict[str, str]:
     """How features are computed beyond the model's inputs (the store's ``compute``
     attribute, part of its key): ``precision`` (``fp32`` on CPU, the autocast dtype on CUDA,
     see :func:`featpipe.extract.inference.precision`) and ``decode``, where the pixels come
@@ -44,14 +44,14 @@ def compute_identity(device: torch.device, data_path: str) -> dict[str, str]:
     on a CPU device, which gives the same pixels bit for bit (torchvision's CPU JPEG decoder is
     libjpeg-turbo, as Pillow's, and its uint8 resize kernels match). ``nvjpeg`` is the gpu
     data path on CUDA (nvJPEG decode, float32 resize). Features of CUDA and CPU extractions
-    differ by percent, so they never share a store. An option that changes pixels later (e.g.
-    a faster, inexact decode) adds its own entry, left out at its exact default so that
-    existing keys stay valid."""
+    differ by percent, so they never share a store. An option that changes pixels adds its own
+    value, left out at its exact default so that existing keys stay valid: ``pil-fast`` is the
+    cpu data path with ``decode="fast"`` (JPEGs decoded at reduced DCT scale)."""
     on_cuda = device.type == "cuda"
-    return {
-        "precision": precision(device),
-        "decode": "nvjpeg" if on_cuda and data_path == "gpu" else "pil",
-    }
+    pixels = "nvjpeg" if on_cuda and data_path == "gpu" else "pil"
+    if decode == "fast" and data_path == "cpu":
+        pixels = "pil-fast"
+    return {"precision": precision(device), "decode": pixels}
 
 
 def probe_layers(

@@ -39,19 +39,41 @@ def resize_crop(
     first = images[0]
     if via_float is None:
         via_float = first.device.type != "cpu"
-    crop = preprocessing.crop
-    out = torch.empty((len(images), 3, crop, crop), dtype=torch.uint8, device=first.device)
     by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, image in enumerate(images):
         by_size[(image.shape[-2], image.shape[-1])].append(i)
+    order, parts = [], []
     for (height, width), rows in by_size.items():
         per_image = 3 * height * width * 4 if via_float else 0
         step = max(1, RESIZE_BUDGET_BYTES // per_image) if per_image else len(rows)
         for start in range(0, len(rows), step):
             group = rows[start : start + step]
             stacked = torch.stack([images[i] for i in group])
-            out[group] = _resize_crop_stacked(stacked, preprocessing, via_float)
-    return out
+            parts.append(_resize_crop_stacked(stacked, preprocessing, via_float))
+            order += group
+    return place_rows(torch.cat(parts), order)
+
+
+def place_rows(rows: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """``out`` with ``out[order[i]] = rows[i]``, where ``order`` is a permutation.
+
+    Indexing a CUDA tensor with a Python list copies the list to the device through pageable
+    memory, which blocks the host until the device has caught up; one index tensor per
+    batch, copied from pinned memory without blocking, keeps the host ahead of the device.
+    """
+    order = list(order)
+    if order == list(range(len(order))):
+        return rows
+    index = device_index(order, rows.device)
+    return torch.empty_like(rows).index_copy_(0, index, rows)
+
+
+def device_index(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """An int64 index tensor on ``device``, copied from pinned memory without blocking."""
+    index = torch.tensor(values, dtype=torch.int64)
+    if device.type != "cuda":
+        return index
+    return index.pin_memory().to(device, non_blocking=True)
 
 
 def _resize_crop_stacked(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import signal
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from torchvision.transforms import v2 as T
 
 from featpipe.backbones import Preprocessing
 from featpipe.backbones.preprocessing import INTERPOLATIONS
+from featpipe.data.images import check_decode, load_resized, load_source_image
 from featpipe.data.source import SPLIT_CODES, ImageSource
 from featpipe.data.splits import stratified_split
 from featpipe.errors import ConfigError, SourceError
@@ -45,20 +48,50 @@ def train_transform(pre: Preprocessing, augment: str) -> Callable:
     )
 
 
-class SourceDataset(Dataset):
-    """Rows ``indices`` of ``source`` as (image tensor, label) pairs."""
+def image_loader(
+    pre: Preprocessing, decode: str = "exact", augment: str | None = None
+) -> Callable[[ImageSource, int], object]:
+    """How a dataset reads row ``index`` of a source: ``source.load`` for ``decode="exact"``;
+    for ``fast``, JPEG files at the smallest DCT scale that still covers what the transform
+    samples: the resize of evaluation (``augment`` None or "none"), or for the standard
+    augmentation the smallest RandomResizedCrop box (CROP_SCALE of the area at 3:4)."""
+    if check_decode(decode) == "exact":
+        return _load
+    if augment in (None, "none"):
+        return functools.partial(
+            load_resized, short_side=pre.resize, interpolation=pre.interpolation
+        )
+    smallest_side = math.sqrt(CROP_SCALE[0] * 3 / 4)  # of the image's short side, at worst
+    return functools.partial(load_source_image, min_size=math.ceil(pre.crop / smallest_side))
 
-    def __init__(self, source: ImageSource, indices: np.ndarray, transform: Callable):
+
+def _load(source: ImageSource, index: int):
+    return source.load(index)
+
+
+class SourceDataset(Dataset):
+    """Rows ``indices`` of ``source`` as (image tensor, label) pairs; ``load`` reads a row
+    (see :func:`image_loader`)."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        indices: np.ndarray,
+        transform: Callable,
+        load: Callable[[ImageSource, int], object] = _load,
+    ):
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(source.labels, dtype=np.int64)[self.indices]
         self.transform = transform
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.source.load(int(self.indices[i]))), int(self.labels[i])
+        image = self.load(self.source, int(self.indices[i]))
+        return self.transform(image), int(self.labels[i])
 
 
 def split_rows(

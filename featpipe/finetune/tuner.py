@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from featpipe.backbones import Backbone, get_backbone
+from featpipe.data.images import check_decode
 from featpipe.data.source import ImageSource
-from featpipe.device import on_device, resolve_device
+from featpipe.device import amp_dtype, cudnn_autotune, on_device, resolve_device
 from featpipe.errors import ConfigError, HeadMismatchError
 from featpipe.evaluate.metrics import compute_metrics
 from featpipe.extract.inference import Inference
@@ -30,7 +32,13 @@ from featpipe.finetune.callbacks import (
     HistoryLogger,
     ProgressPrinter,
 )
-from featpipe.finetune.data import SourceDataset, loader, split_rows, train_transform
+from featpipe.finetune.data import (
+    SourceDataset,
+    image_loader,
+    loader,
+    split_rows,
+    train_transform,
+)
 from featpipe.finetune.freezing import Mode, freeze, set_train_mode
 from featpipe.finetune.recipe import build_optimizer, param_groups, warmup_cosine
 from featpipe.interrupt import Interrupted, deferred
@@ -56,6 +64,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     ``resume=True``, continues from ``last.pt`` when its configuration matches. ``verbose``:
     0 silent, 1 a line per epoch, 2 also progress bars within epochs.
 
+    ``decode="fast"`` reads JPEG files at the smallest DCT scale that still covers the resize
+    (evaluation) or the smallest random crop (training); see ``featpipe extract --decode``.
+
     Labels are class indices into ``class_names_`` (``classes_`` is ``arange(C)``), as in
     ``ImageSource.labels``.
     """
@@ -77,6 +88,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         dropout: float = 0.2,
         augment: str = "standard",
         image_size: int | None = None,
+        decode: str = "exact",
         val_fraction: float = 0.1,
         patience: int | None = 3,
         probe_C: float | str = "auto",
@@ -102,6 +114,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.dropout = dropout
         self.augment = augment
         self.image_size = image_size
+        self.decode = decode
         self.val_fraction = val_fraction
         self.patience = patience
         self.probe_C = probe_C
@@ -129,7 +142,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         from anything else raises StoreMismatchError). Other modes do not use it."""
         mode = self._check_params()
         self.device_ = resolve_device(self.device)
-        with on_device(self.device_):
+        with on_device(self.device_), cudnn_autotune(self.device_):
             return self._fit(mode, source, probe_features)
 
     def _fit(
@@ -196,10 +209,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         return f"interrupted: epoch {done} of {self.epochs} done; run {command} to resume"
 
     def _train_loader(self, source: ImageSource, rows: np.ndarray) -> DataLoader:
-        augment = train_transform(self.backbone_.preprocessing, self.augment)
+        pre = self.backbone_.preprocessing
+        augment = train_transform(pre, self.augment)
         self.generator_ = torch.Generator().manual_seed(self.seed)  # shuffling and worker seeds
         return loader(
-            SourceDataset(source, rows, augment),
+            SourceDataset(source, rows, augment, image_loader(pre, self.decode, self.augment)),
             self.batch_size,
             self.workers,
             shuffle=True,
@@ -229,6 +243,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.optimizer_ = build_optimizer(
             self.optimizer, groups, self.lr, self.momentum, self.weight_decay
         )
+        # fp16 autocast (GPUs without bf16) needs its loss scaled; elsewhere a no-op
+        self.scaler_ = torch.amp.GradScaler(
+            "cuda", enabled=amp_dtype(self.device_) == torch.float16
+        )
         self.scheduler_ = warmup_cosine(
             self.optimizer_, round(self.warmup_epochs * steps), self.epochs * steps
         )
@@ -246,6 +264,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> Mode:
         mode = Mode.parse(self.mode)
+        check_decode(self.decode)
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (name != "epochs"):
@@ -310,36 +329,45 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             summary["features"] = str(store.path)
         return tensors, summary
 
+    def _eval_load(self):
+        return image_loader(self.backbone_.preprocessing, self.decode)
+
     # ---------------------------------------------------------------- loop
 
     def _train_epoch(self, data, epoch: int) -> dict:
         set_train_mode(self.model_, self.frozen_)
-        cuda = self.device_.type == "cuda"
-        start, total, seen, correct = time.perf_counter(), 0.0, 0, 0
+        dtype = amp_dtype(self.device_)
+        start, seen = time.perf_counter(), 0
+        # Sums stay on the device: reading them every step (.item(), int(), an `if` on a
+        # tensor) would make the host wait for each step before queuing the next.
+        total = torch.zeros((), device=self.device_)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device_)
         for images, labels in tqdm(
             data, desc=f"epoch {epoch}", unit="batch", leave=False, disable=self.verbose < 2
         ):
             images = images.to(self.device_, non_blocking=True, memory_format=self._layout)
             labels = labels.to(self.device_, non_blocking=True)
-            with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast(self.device_.type, dtype=dtype, enabled=dtype is not None):
                 logits = self.model_(images)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"Training loss became {loss.item()} in epoch {epoch}; lower lr (now "
-                    f"{self.lr}) or use more warm-up epochs."
-                )
             self.optimizer_.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer_.step()
+            self.scaler_.scale(loss).backward()  # fp16: scaled, so small gradients survive
+            self.scaler_.step(self.optimizer_)
+            self.scaler_.update()
             self.scheduler_.step()
-            total += loss.item() * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
+            total += loss.detach() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
+        train_loss = total.item() / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"Training loss became {train_loss} in epoch {epoch}; lower lr (now "
+                f"{self.lr}) or use more warm-up epochs."
+            )
         seconds = time.perf_counter() - start
         return {
-            "train_loss": total / seen,
-            "train_accuracy": correct / seen,
+            "train_loss": train_loss,
+            "train_accuracy": int(correct) / max(seen, 1),
             "lr": self.optimizer_.param_groups[0]["lr"],
             "seconds": seconds,
             "images_per_s": seen / seconds,
@@ -369,6 +397,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def _config(self, source: ImageSource) -> dict:
         params = {k: v for k, v in self.get_params().items() if k not in NOT_RESULT_PARAMS}
+        if params["decode"] == "exact":  # left out, so that older checkpoints still resume
+            del params["decode"]
         return {**params, "source": source.fingerprint(), "classes": list(source.classes)}
 
     def _resumable(self, source: ImageSource) -> dict | None:
@@ -424,7 +454,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def _eval_loader(self, source: ImageSource, rows: np.ndarray) -> DataLoader:
         """Batches of ``rows`` with the backbone's own preprocessing, for a forward pass."""
-        dataset = SourceDataset(source, rows, self.backbone_.preprocessing.transform())
+        transform = self.backbone_.preprocessing.transform()
+        dataset = SourceDataset(source, rows, transform, self._eval_load())
         return loader(dataset, 2 * self.batch_size, self.workers)
 
     def _proba(self, source: ImageSource, rows: np.ndarray) -> np.ndarray:

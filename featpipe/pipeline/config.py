@@ -27,6 +27,8 @@ A pipeline file has these tables (every key optional unless marked required)::
     batch_size = 64
     cache_dir = "data/cache"
     on_error = "fail"                  # unreadable image: stop, or "skip" it in every method
+    decode = "exact"                   # or "fast": JPEGs decoded at reduced DCT scale, for
+                                       # extraction and fine-tuning alike (--decode)
 
     [probes]
     heads = ["logreg", "linear_svm", "rbf_svm", "mlp", "knn"]
@@ -73,6 +75,7 @@ SET_BY_RUNNER = (
     "callbacks",
     "verbose",
     "val_fraction",
+    "decode",  # features.decode: one decode for extraction and fine-tuning
 )
 
 
@@ -80,6 +83,12 @@ def _head_names() -> list[str]:
     from featpipe.heads import list_heads  # imported late: sklearn is slow to import
 
     return list_heads()
+
+
+def _decodes() -> tuple[str, ...]:
+    from featpipe.data.images import DECODES
+
+    return DECODES
 
 
 def _on_error_modes() -> tuple[str, ...]:
@@ -180,6 +189,12 @@ class FeaturesConfig:
     cache_dir: str = option("data/cache")
     on_error: str = option(
         "fail", choices=_on_error_modes, kind="on_error", doc="an unreadable image: stop or skip"
+    )
+    decode: str = option(
+        "exact",
+        choices=_decodes,
+        kind="decode",
+        doc="fast: JPEGs decoded at reduced DCT scale, for extraction and fine-tuning alike",
     )
 
 

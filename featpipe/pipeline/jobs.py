@@ -132,3 +132,10 @@ def backbone_suffix(config: PipelineConfig) -> Callable[[str], str]:
     """Labels name the backbone only when the run has several."""
     several = len(set(config.features.backbones) | set(config.finetune.backbones)) > 1
     return (lambda bb: f" [{bb}]") if several else (lambda bb: "")
+
+
+def decode_setting(config: PipelineConfig) -> dict[str, str]:
+    """``features.decode`` for a job's config hash: hashed only when not ``exact``, so that
+    runs made before the option existed keep their hashes."""
+    decode = config.features.decode
+    return {} if decode == "exact" else {"decode": decode}

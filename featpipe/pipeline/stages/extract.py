@@ -35,6 +35,7 @@ def _extract(context: RunContext, backbone: str):
             hash_contents=context.config.source.hash_contents,
             torch_compile=features.compile,
             on_error=features.on_error,
+            decode=features.decode,
         )
     # The store's cost: every run that built it, summed (also when reused or resumed).
     stats = store.attrs.get("extraction") or {}

@@ -17,6 +17,7 @@ from featpipe.pipeline.jobs import (
     RunContext,
     backbone_suffix,
     config_hash,
+    decode_setting,
     skip_summary,
 )
 from featpipe.pipeline.stages.extract import feature_store, opened_stores
@@ -43,6 +44,7 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 **tune,
                 "backbone": bb,
                 "mode": mode,
+                **decode_setting(config),
             }
             if _reads_store(config, bb, mode):  # the probe then sees stored features
                 settings["probe_features"] = {"dtype": config.features.dtype}
@@ -73,6 +75,7 @@ def run(job: Job, context: RunContext) -> ResultRow:
         run_dir=context.run_dir / "finetune" / f"{safe}-{job.mode.replace(':', '')}-{job.seed}-"
         f"{job.config_hash}",
         verbose=2 if context.progress else 0,
+        decode=context.config.features.decode,
         **settings,
     )
     with measure(context.device) as usage:

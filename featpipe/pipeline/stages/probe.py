@@ -15,6 +15,7 @@ from featpipe.pipeline.jobs import (
     RunContext,
     backbone_suffix,
     config_hash,
+    decode_setting,
     skip_summary,
 )
 from featpipe.pipeline.stages.extract import feature_store
@@ -53,6 +54,7 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                     "layer": layer,
                     "head": head,
                     "grid": config.probes.grids.get(head),
+                    **decode_setting(config),
                 }
                 if entry.seed_param:
                     settings["seed_param"] = entry.seed_param

@@ -1,0 +1,159 @@
+"""``decode="fast"``: JPEG DCT-scaled decoding, its parity with the exact decode, and its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featpipe.backbones.preprocessing import Preprocessing
+from featpipe.data import ArraySource, ImageFolderSource
+from featpipe.data.images import DECODES, draft_scale, load_resized, load_rgb, load_source_image
+from featpipe.errors import UnknownNameError
+from featpipe.extract import extract, get_data_path
+from featpipe.extract.loop import compute_identity
+from featpipe.finetune.data import image_loader
+
+CPU = torch.device("cpu")
+
+
+def photo_like(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """Smooth colour fields with some texture: random 24x18 colours upscaled bicubically,
+    plus fine noise (what upscaled CIFAR and ordinary photos look like to a decoder)."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (18, 24, 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+    noise = rng.integers(-6, 7, smooth.shape)
+    return Image.fromarray(np.clip(smooth + noise, 0, 255).astype(np.uint8))
+
+
+def chw_to_hwc(pixels: torch.Tensor) -> np.ndarray:
+    return pixels.permute(1, 2, 0).numpy().astype(float)
+
+
+@pytest.mark.parametrize("size", [(256, 192), (255, 191), (640, 480), (1000, 667), (333, 500)])
+@pytest.mark.parametrize("short_side", [64, 110, 146])
+def test_fast_decode_gives_the_resized_size_of_a_full_decode(tmp_path, size, short_side):
+    root = folder(tmp_path / "img", size=size, n=2)
+    source = ImageFolderSource(root)
+    expected = Preprocessing(short_side, short_side).geometry().transforms[0]
+    full = expected(torch.from_numpy(np.array(source.load(0))).permute(2, 0, 1))
+    fast = load_resized(source, 0, short_side, "bilinear")
+    if draft_scale(size, short_side) > 1:
+        assert fast.shape == full.shape
+    else:
+        assert fast.shape[1:] == (size[1], size[0])  # unresized: the transform resizes it
+
+
+def folder(root: Path, size=(256, 192), n=4, **save) -> Path:
+    for i in range(n):
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        photo_like(size, seed=i).save(root / f"c{i % 2}" / f"{i}.jpg", quality=90, **save)
+    return root
+
+
+@pytest.mark.parametrize("size, min_size", [((256, 192), 64), ((640, 427), 146), ((90, 90), 40)])
+def test_draft_scale_is_pillows_rule(tmp_path, size, min_size):
+    path = tmp_path / "a.jpg"
+    photo_like(size).save(path, quality=90)
+    scale = draft_scale(size, min_size)
+    img = load_rgb(path, min_size=min_size)
+    assert img.size == tuple((s + scale - 1) // scale for s in size)
+    assert min(img.size) >= min_size
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_fast_decode_stays_close_to_exact_after_resize(tmp_path, progressive):
+    root = folder(tmp_path / "img", progressive=progressive)
+    source = ImageFolderSource(root)
+    pre = Preprocessing(resize=64, crop=56, interpolation="bicubic")
+    geometry = pre.geometry()
+    for i in range(len(source)):
+        exact = np.asarray(geometry(source.load(i)), dtype=float)
+        fast = load_resized(source, i, pre.resize, pre.interpolation)
+        assert min(fast.shape[1:]) == pre.resize  # already resized: geometry only crops
+        diff = np.abs(chw_to_hwc(geometry(fast)) - exact)
+        # measured: mean 1.1-1.2, max 8-9 levels on these noisy images (benchmarks/README.md
+        # has the figures on photos)
+        assert diff.mean() < 1.5 and diff.max() <= 12, (diff.mean(), diff.max())
+
+
+def test_fast_decode_resizes_the_area_a_full_decode_covers(tmp_path):
+    """An odd-sized JPEG halves to ceil(W / 2) pixels that cover W / 2 of the original's:
+    resizing them as if they covered the whole image shifts and stretches the result."""
+    root = folder(tmp_path / "img", size=(255, 191), n=2)
+    source = ImageFolderSource(root)
+    pre = Preprocessing(resize=64, crop=64, interpolation="bicubic")
+    geometry = pre.geometry()
+    for i in range(len(source)):
+        exact = np.asarray(geometry(source.load(i)), dtype=float)
+        boxed = chw_to_hwc(geometry(load_resized(source, i, 64, "bicubic")))
+        naive = np.asarray(geometry(load_rgb(source.path(i), min_size=64)), dtype=float)
+        assert np.abs(boxed - exact).mean() < 0.8 * np.abs(naive - exact).mean()
+
+
+def test_fast_decode_is_exact_where_it_cannot_shrink(tmp_path):
+    root = folder(tmp_path / "img", size=(100, 80))  # 80 // 64 = 1: no scaling
+    source = ImageFolderSource(root)
+    for i in range(len(source)):
+        exact = np.asarray(source.load(i))
+        assert np.array_equal(chw_to_hwc(load_resized(source, i, 64, "bilinear")), exact)
+        assert np.array_equal(np.asarray(load_source_image(source, i, 64)), exact)
+    arrays = ArraySource(np.zeros((2, 300, 300, 3), np.uint8), np.array([0, 1]))
+    assert load_resized(arrays, 0, 64, "bilinear").shape == (3, 300, 300)  # in memory: as is
+
+
+def test_decode_choice_is_in_the_store_key_and_exact_keeps_todays(tmp_path):
+    assert compute_identity(CPU, "cpu") == compute_identity(CPU, "cpu", "exact")
+    assert compute_identity(CPU, "cpu", "fast") == {"precision": "fp32", "decode": "pil-fast"}
+    # the gpu path decodes at full size whatever decode says
+    assert get_data_path("gpu", Preprocessing(64, 56), CPU, "fast").decode == "exact"
+    root = folder(tmp_path / "img", n=6)
+    options = dict(cache_dir=tmp_path / "cache", batch_size=4, workers=0, progress=False)
+    exact = extract(ImageFolderSource(root), "toy", ["pooled"], **options)
+    fast = extract(ImageFolderSource(root), "toy", ["pooled"], decode="fast", **options)
+    assert exact.path != fast.path and exact.key != fast.key
+    assert fast.attrs["compute"]["decode"] == "pil-fast"
+    a, _ = exact.arrays("pooled")
+    b, _ = fast.arrays("pooled")
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99
+    with pytest.raises(UnknownNameError, match="Valid: exact, fast"):
+        extract(ImageFolderSource(root), "toy", ["pooled"], decode="quick", **options)
+
+
+def test_fine_tuning_loader_covers_the_smallest_random_crop(tmp_path):
+    root = folder(tmp_path / "img", size=(640, 480), n=2)
+    source = ImageFolderSource(root)
+    pre = Preprocessing(resize=64, crop=56)
+    assert image_loader(pre, "exact")(source, 0).size == (640, 480)
+    train = image_loader(pre, "fast", "standard")(source, 0)
+    # a crop of 1/4 of the area at 3:4 has a side of 0.43 of the short side: >= 56 px
+    assert min(train.size) * np.sqrt(0.25 * 3 / 4) >= 56
+    assert train.size == (320, 240)
+    assert min(image_loader(pre, "fast")(source, 0).shape[1:]) == 64
+    assert DECODES == ("exact", "fast")
+
+
+def test_pipelines_take_features_decode_and_hash_it_only_when_fast():
+    from featpipe.errors import ConfigError
+    from featpipe.pipeline.config import config_from_dict
+    from featpipe.pipeline.runner import plan
+
+    raw = {
+        "source": {"data": "digits"},
+        "features": {"backbones": ["toy"]},
+        "probes": {"heads": ["logreg"]},
+        "finetune": {"modes": ["head"]},
+    }
+    exact = config_from_dict(raw)
+    assert exact["features"]["decode"] == "exact"
+    fast = config_from_dict(raw, ["features.decode=fast"])
+    hashes = {m.config_hash for m in plan(exact, "fp")}
+    # exact keeps the hashes runs had before the option existed; fast redoes every method
+    assert not hashes & {m.config_hash for m in plan(fast, "fp")}
+    with pytest.raises(ConfigError, match="decode"):
+        config_from_dict(raw, ["features.decode=quick"])
