@@ -150,7 +150,7 @@ def test_pipelines_take_features_decode_and_hash_it_only_when_fast():
         "finetune": {"modes": ["head"]},
     }
     exact = config_from_dict(raw)
-    assert exact["features"]["decode"] == "exact"
+    assert exact.features.decode == "exact"
     fast = config_from_dict(raw, ["features.decode=fast"])
     hashes = {m.config_hash for m in plan(exact, "fp")}
     # exact keeps the hashes runs had before the option existed; fast redoes every method
