@@ -30,7 +30,8 @@ A pipeline file has these tables (every key optional unless marked required)::
 
     [probes]
     heads = ["logreg", "linear_svm", "rbf_svm", "mlp", "knn"]
-    layers = ["pooled"]                # default: all of features.layers
+    layers = ["pooled", "pooled+blocks.5:avg"]  # default: all of features.layers; '+'
+                                       # concatenates stored layers (each standardised)
     grids.logreg = { C = [0.01, 0.1, 1.0] }  # search grid per head (default: the head's own)
 
     [finetune]
@@ -189,7 +190,11 @@ class ProbesConfig:
     every stored layer)."""
 
     heads: tuple[str, ...] | None = option(None, choices=_head_names, kind="head")
-    layers: tuple[str, ...] | None = option(None, doc="default: all of features.layers")
+    layers: tuple[str, ...] | None = option(
+        None,
+        doc="default: all of features.layers; 'pooled+blocks.5:avg' concatenates stored "
+        "layers, each standardised on train",
+    )
     grids: dict[str, dict[str, list]] = option(
         {}, check=_grids, doc="search grid per head, e.g. logreg = { C = [0.1, 1.0] }"
     )
@@ -321,6 +326,8 @@ def config_from_dict(
 
 def _complete(config: PipelineConfig, default_name: str) -> PipelineConfig:
     """Fill the defaults that come from other keys, and check keys against each other."""
+    from featpipe.heads.splits import layer_parts  # late: sklearn is slow to import
+
     features, probes, finetune = config.features, config.probes, config.finetune
     name = config.name or default_name
     probes = replace(
@@ -329,12 +336,13 @@ def _complete(config: PipelineConfig, default_name: str) -> PipelineConfig:
         layers=features.layers if probes.layers is None else probes.layers,
     )
     for i, layer in enumerate(probes.layers):
-        if layer not in features.layers:
-            raise ConfigError(
-                f"probes.layers[{i}]: layer {layer!r} is not extracted."
-                f"{did_you_mean(layer, features.layers)} Add it to features.layers "
-                f"({', '.join(features.layers)})."
-            )
+        for part in layer_parts(layer):  # "pooled+blocks.5:avg" reads both
+            if part not in features.layers:
+                raise ConfigError(
+                    f"probes.layers[{i}]: layer {part!r} is not extracted."
+                    f"{did_you_mean(part, features.layers)} Add it to features.layers "
+                    f"({', '.join(features.layers)})."
+                )
     if not probes.heads and not finetune.modes:
         raise ConfigError(
             "The pipeline runs no method: probes.heads is empty and finetune.modes is empty. "

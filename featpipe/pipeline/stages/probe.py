@@ -57,7 +57,7 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 if entry.seed_param:
                     settings["seed_param"] = entry.seed_param
                 deterministic = not entry.seed_param and not data.cv_selection
-                label = f"{entry.label} on layer {layer}{suffix(bb)}"
+                label = f"{entry.label} on {layer_words(layer)}{suffix(bb)}"
                 jobs += [
                     Job(NAME, f"{bb}/{head}@{layer}", MethodKind.PROBE, label, bb, seed,
                         config_hash(settings), layer=layer, head=head, deterministic=deterministic)
@@ -141,6 +141,13 @@ def probe_row(
     )
 
 
+def layer_words(layer: str) -> str:
+    """``layer pooled``, or ``layers pooled+blocks.5:avg`` for concatenated layers."""
+    from featpipe.heads.splits import layer_parts
+
+    return f"layer{'s' if len(layer_parts(layer)) > 1 else ''} {layer}"
+
+
 def head_parameters(estimator) -> int:
     """Learned numbers in a fitted head's classifier (weights, biases, support vectors); kNN,
     which only stores its training set, has none."""
@@ -182,7 +189,7 @@ def store_row(
     settings = {"store": store.key, "layer": layer, "head": head, "cv": cv}
     if entry.seed_param:
         settings["seed_param"] = entry.seed_param
-    label = f"{entry.label} on layer {layer}"
+    label = f"{entry.label} on {layer_words(layer)}"
     deterministic = not entry.seed_param and store.split_counts().get("val", 0) > 0
     job = Job(
         NAME,
