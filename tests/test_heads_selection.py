@@ -167,5 +167,5 @@ def test_concatenated_layers_equal_manual_concatenation_of_standardised_blocks(t
 
 def test_concatenated_layers_name_a_missing_part(tmp_path) -> None:
     store = two_layer_store(tmp_path / "two.h5")
-    with pytest.raises(ConfigError, match="blocks.9"):
+    with pytest.raises(ConfigError, match=r"blocks\.9"):
         select_and_fit(LogisticProbe(), store, layer="pooled+blocks.9", grid={"C": [1.0]})

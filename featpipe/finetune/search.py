@@ -76,9 +76,7 @@ def fit_grid(
     check_grid(grid)
     best, best_params, curve, seconds = None, None, [], 0.0
     for params in ParameterGrid(dict(grid)):
-        candidate = clone(tuner).set_params(
-            **params, run_dir=candidate_dir(tuner.run_dir, params)
-        )
+        candidate = clone(tuner).set_params(**params, run_dir=candidate_dir(tuner.run_dir, params))
         candidate.fit(source, probe_features=probe_features)
         score = float(candidate.best_score_[0])
         curve.append((params, score))

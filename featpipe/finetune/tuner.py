@@ -41,7 +41,19 @@ from featpipe.store import FeatureStore
 # Parameters that change no result (the one list): a resumed run may change them, and a
 # pipeline leaves them out of its config hash.
 NOT_RESULT_PARAMS = ("callbacks", "device", "resume", "run_dir", "verbose", "workers")
+# Settings added after runs were recorded, with the default they had before: left out of
+# config hashes and checkpoint configs while at it, so that those runs still resume.
+LATER_DEFAULTS = {"loss": "cross_entropy"}
 LOSSES = ("cross_entropy", "mse")
+
+
+def result_params(params: dict) -> dict:
+    """The settings of ``params`` that change a result, as configs and hashes hold them."""
+    return {
+        k: v
+        for k, v in params.items()
+        if k not in NOT_RESULT_PARAMS and (k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k])
+    }
 
 
 class FineTuner(ClassifierMixin, BaseEstimator):
@@ -391,8 +403,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     # ---------------------------------------------------------------- checkpoints
 
     def _config(self, source: ImageSource) -> dict:
-        params = {k: v for k, v in self.get_params().items() if k not in NOT_RESULT_PARAMS}
-        return {**params, "source": source.fingerprint(), "classes": list(source.classes)}
+        return {
+            **result_params(self.get_params()),
+            "source": source.fingerprint(),
+            "classes": list(source.classes),
+        }
 
     def _resumable(self, source: ImageSource) -> dict | None:
         """The saved state to continue from, or None to start afresh."""

@@ -17,6 +17,9 @@ A pipeline file has these tables (every key optional unless marked required)::
                                        # source has the split; a value set here warns)
     split_seed = 0
     limits = { train = 5000, test = 1000 }   # stratified subset per split
+    train_sizes = [100, 500, 2000]     # data-size sweep: every method at each number of train
+                                       # images (stratified, seeded, nested subsets of train;
+                                       # val and test fixed); default: none, the whole train
     hash_contents = false
 
     [features]
@@ -39,6 +42,8 @@ A pipeline file has these tables (every key optional unless marked required)::
     backbones = [...]                  # default: features.backbones
     epochs = 3                         # and every other FineTuner setting, with FineTuner's
                                        # defaults, except those the runner sets (SET_BY_RUNNER)
+    grid = { lr = [0.01, 0.05], weight_decay = [0.0, 1e-4] }  # each combination trains, the
+                                       # best on val is tested (default: none)
 
 Relative paths are relative to the working directory. ``--set key=value`` overrides any key by
 its dotted path (``--set finetune.epochs=1``); the value is read as TOML, or as a string when it
@@ -130,6 +135,19 @@ def _limits(value: dict, where: str) -> None:
             raise ConfigError(f"{where}.{split} must be a positive integer; got {n!r}.")
 
 
+def _train_sizes(value: tuple[int, ...], where: str) -> None:
+    if len(set(value)) != len(value) or any(n < 1 for n in value):
+        raise ConfigError(
+            f"{where} must list different positive numbers of training images; got {list(value)}."
+        )
+
+
+def _finetune_grid(value: dict, where: str) -> None:
+    from featpipe.finetune.search import check_grid
+
+    check_grid(value, where)
+
+
 def _grids(value: dict, where: str) -> None:
     heads = _head_names()
     for head, grid in value.items():
@@ -164,6 +182,12 @@ class SourceConfig:
     )
     split_seed: int = option(0)
     limits: dict[str, int] = option({}, check=_limits, doc="stratified subset per split")
+    train_sizes: tuple[int, ...] = option(
+        (),
+        check=_train_sizes,
+        doc="data-size sweep: every method runs on stratified, seeded, nested subsets of train "
+        "of these sizes (val and test fixed); default: the whole train split",
+    )
     hash_contents: bool = option(False, doc="fingerprint image bytes, not only file names")
 
 
@@ -210,6 +234,16 @@ def _finetune_table() -> type:
     specs = [
         ("modes", tuple[str, ...], option((), check=_check_modes, doc="default: no fine-tuning")),
         ("backbones", tuple[str, ...] | None, option(None, doc="default: features.backbones")),
+        (
+            "grid",
+            dict[str, list],
+            option(
+                {},
+                check=_finetune_grid,
+                doc="settings to search, e.g. { lr = [0.01, 0.05], weight_decay = [0, 1e-4] }: "
+                "each combination trains, the best on val is tested",
+            ),
+        ),
     ]
     defaults = FineTuner().get_params()
     # In signature order (get_params sorts), the order rows and reports list them in.

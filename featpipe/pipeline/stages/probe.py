@@ -13,13 +13,16 @@ from featpipe.pipeline.jobs import (
     PlanData,
     RowContext,
     RunContext,
+    at_sizes,
     backbone_suffix,
     config_hash,
     skip_summary,
+    sweep_ids,
 )
 from featpipe.pipeline.stages.extract import feature_store
 from featpipe.provenance import plain
 from featpipe.report.results import MethodKind, Predictions, ResultRow
+from featpipe.store import TrainSubset
 
 if TYPE_CHECKING:
     from featpipe.pipeline.config import PipelineConfig
@@ -63,7 +66,7 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                         config_hash(settings), layer=layer, head=head, deterministic=deterministic)
                     for seed in (config.seeds[:1] if deterministic else config.seeds)
                 ]  # fmt: skip
-    return jobs
+    return at_sizes(config, jobs)
 
 
 def run(job: Job, context: RunContext) -> ResultRow:
@@ -71,6 +74,9 @@ def run(job: Job, context: RunContext) -> ResultRow:
     from featpipe.heads import select_and_fit  # late: tests stop a run inside it
 
     store, extraction = feature_store(context, job.backbone)
+    train_ids = sweep_ids(context, job.train_size)
+    if train_ids is not None:
+        store = TrainSubset(store, train_ids)
     with measure(context.device) as usage:
         result = select_and_fit(
             job.head,
