@@ -122,3 +122,36 @@ def test_scratch_trains_everything_at_the_head_rate(source):
     assert Mode.parse("scratch") == Mode("scratch") and not Mode("scratch").pretrained
     assert ft.trainable_params_ == sum(p.numel() for p in ft.model_.parameters())
     assert {g["initial_lr"] for g in ft.optimizer_.param_groups} == {0.05}
+
+
+def test_cli_finetune_grid_loss_and_scratch(split_image_folder, tmp_path, capsys):
+    from featpipe.cli import main
+    from featpipe.report import read_results
+
+    run_dir = tmp_path / "run"
+    args = [
+        *[
+            "finetune",
+            "--backbone",
+            "toy",
+            "--mode",
+            "scratch",
+            "--loss",
+            "mse",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+        *["--no-progress", "--grid", "lr=1e-6,0.1", "--grid", "dropout=0.5"],
+    ]
+    where = ["--data", str(split_image_folder), "--run-dir", str(run_dir)]
+    assert main([*args, *where]) == 0
+    assert "grid: 2 settings, chosen on val: " in capsys.readouterr().out
+    (row,) = read_results(run_dir / "results.jsonl")
+    assert len(row["curve"]) == 2 and row["params"]["loss"] == "mse"
+    best = max(row["curve"], key=lambda c: c["score"])  # first of equals, as chosen
+    assert {k: row["params"][k] for k in ("lr", "dropout")} == best["params"]
+    assert row["provenance"]["backbone"]["spec"] == "toy@none"
+    assert main([*args, "--grid", "lrr=0.1", *where]) == 2
+    assert "Did you mean: 'lr'?" in capsys.readouterr().err

@@ -53,6 +53,7 @@ class GridResult:
     best: FineTuner
     params: dict
     curve: list[tuple[dict, float]]
+    grid: dict  # what was searched
     fit_seconds: float  # all candidates together: the grid's real cost
 
 
@@ -83,7 +84,7 @@ def fit_grid(
         seconds += candidate.fit_seconds_
         if best is None or score > float(best.best_score_[0]):
             best, best_params = candidate, params
-    return GridResult(best, best_params, curve, seconds)
+    return GridResult(best, best_params, curve, dict(grid), seconds)
 
 
 __all__ = ["GridResult", "check_grid", "fit_grid", "searchable_params"]

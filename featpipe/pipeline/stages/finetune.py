@@ -201,7 +201,14 @@ def _source(context: RunContext) -> tuple[ImageSource, dict[str, str]]:
 
 
 def tuner_row(
-    tuner, proba: np.ndarray, usage: Usage, predict_seconds: float, *, run: str, limits: dict
+    tuner,
+    proba: np.ndarray,
+    usage: Usage,
+    predict_seconds: float,
+    *,
+    run: str,
+    limits: dict,
+    search: GridResult | None = None,
 ) -> ResultRow:
     """The row of a FineTuner fitted outside a pipeline (``featpipe finetune``): the same row
     a pipeline writes, hashed over the source, its ``limits`` and every setting that changes
@@ -222,7 +229,10 @@ def tuner_row(
         f"fine-tuning ({tuner.mode})",
         tuner.backbone,
         tuner.seed,
-        config_hash({"data": fingerprint, "limits": limits, **hashed}),
+        config_hash(
+            {"data": fingerprint, "limits": limits, **hashed}
+            | ({"grid": {k: list(v) for k, v in search.grid.items()}} if search else {})
+        ),
         mode=tuner.mode,
     )
     provenance = {
@@ -231,4 +241,6 @@ def tuner_row(
         "device": describe_device(str(tuner.device_)),
     }
     context = RowContext(run, 1000, provenance)
-    return finetune_row(job, context, tuner, proba, usage, predict_seconds, settings, {})
+    return finetune_row(
+        job, context, tuner, proba, usage, predict_seconds, settings, {}, search=search
+    )
