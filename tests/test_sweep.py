@@ -3,11 +3,10 @@ rows that say their size; and plans without a sweep (or a fine-tuning grid) as b
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from test_finetune_recipe import RecordingSource
+from test_run_plan import PIPELINE as PROBE_PIPELINE
 
 from featpipe.cli import main
 from featpipe.data import ArraySource, nested_subsets, train_subset
@@ -17,27 +16,7 @@ from featpipe.pipeline.runner import plan
 from featpipe.report import read_results
 from featpipe.store import TrainSubset, write_arrays
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_finetune_recipe import RecordingSource
-
-PIPELINE = """
-name = "sweep"
-n_boot = 20
-device = "cpu"
-[source]
-data = "digits"
-limits = { train = 200, val = 100, test = 150 }
-[features]
-backbones = ["toy"]
-image_size = 16
-workers = 0
-cache_dir = "CACHE"
-[probes]
-heads = ["knn"]
-[finetune]
-epochs = 1
-batch_size = 16
-"""
+PIPELINE = PROBE_PIPELINE + "[finetune]\nepochs = 1\nbatch_size = 16\n"
 
 
 def test_nested_subsets_are_nested_stratified_and_seeded():
