@@ -110,3 +110,23 @@ def test_predict_on_store_and_on_images_agree(toy_store, split_image_folder, tmp
 def test_unknown_head_name_is_a_clean_error(toy_store, capsys) -> None:
     assert main(["probe", str(toy_store.path), "--heads", "logreg,svm"]) == 2
     assert "Unknown head 'svm'" in capsys.readouterr().err
+
+
+def test_probe_on_concatenated_layers(split_image_folder, tmp_path, capsys) -> None:
+    store = extract(
+        str(split_image_folder),
+        backbone="toy",
+        layers=["pooled", "stage1"],
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        workers=0,
+    )
+    run_dir = tmp_path / "run"
+    argv = ["probe", str(store.path), "--heads", "logreg", "--device", "cpu"]
+    assert main([*argv, "--layer", "pooled+stage1", "--run-dir", str(run_dir)]) == 0
+    (row,) = read_results(run_dir / "results.jsonl")
+    assert row["layer"] == "pooled+stage1" and row["method"] == "toy/logreg@pooled+stage1"
+    assert row["label"] == "logistic regression on layers pooled+stage1"
+    capsys.readouterr()
+    assert main([*argv, "--layer", "pooled+stage1", "--save-dir", str(tmp_path / "h")]) == 2
+    assert "cannot save a head on concatenated layers" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 
 from featpipe.errors import ConfigError, UnknownNameError
 from featpipe.heads import KNNProbe, LogisticProbe, select_and_fit
+from featpipe.heads.splits import FeatureSplits
 from featpipe.store import FeatureStore, write_arrays
 
 SPLIT_SIZES = {"train": 90, "val": 45, "test": 45}
@@ -130,3 +131,41 @@ def test_errors_name_the_problem() -> None:
     tiny = {"train": (np.eye(4, dtype=np.float32), np.array([0, 0, 0, 1]))}
     with pytest.raises(ConfigError, match="rarest training class has 1 sample"):
         select_and_fit("knn", tiny)
+
+
+def two_layer_store(path) -> FeatureStore:
+    """'pooled' and a 'wide' layer at a scale 1000 times larger."""
+    parts = split_arrays()
+    X = np.concatenate([parts[s][0] for s in parts])
+    y = np.concatenate([parts[s][1] for s in parts])
+    splits = [s for s in parts for _ in range(len(parts[s][1]))]
+    wide = 1000 * np.random.default_rng(5).normal(size=(len(y), 5)).astype(np.float32) + 300
+    return write_arrays(path, {"pooled": X, "wide": wide}, y, splits, ["a", "b", "c"])
+
+
+def test_concatenated_layers_equal_manual_concatenation_of_standardised_blocks(tmp_path) -> None:
+    store = two_layer_store(tmp_path / "two.h5")
+    grid = {"C": [0.01, 1.0]}
+    joined = select_and_fit(LogisticProbe(), store, layer="pooled+wide", grid=grid)
+
+    def standardised(layer: str) -> dict:
+        train = store.arrays(layer, "train")[0]
+        mean, std = train.mean(axis=0), train.std(axis=0)
+        return {s: (store.arrays(layer, s)[0] - mean) / std for s in ("train", "val", "test")}
+
+    a, b = standardised("pooled"), standardised("wide")
+    manual = {s: (np.hstack([a[s], b[s]]), store.labels(s)) for s in a}
+    by_hand = select_and_fit(LogisticProbe(), manual, grid=grid)
+    assert joined.estimator.n_features_in_ == 12 + 5
+    assert joined.curve == by_hand.curve
+    np.testing.assert_allclose(joined.test_scores, by_hand.test_scores, rtol=1e-5, atol=1e-6)
+    # Each block is standardised on its own: the wide layer's scale is gone.
+    X, _ = FeatureSplits(store, "pooled+wide").get("train")
+    np.testing.assert_allclose(X.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(X.std(axis=0), 1, atol=1e-3)
+
+
+def test_concatenated_layers_name_a_missing_part(tmp_path) -> None:
+    store = two_layer_store(tmp_path / "two.h5")
+    with pytest.raises(ConfigError, match=r"blocks\.9"):
+        select_and_fit(LogisticProbe(), store, layer="pooled+blocks.9", grid={"C": [1.0]})

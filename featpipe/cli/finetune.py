@@ -22,17 +22,22 @@ examples:
   featpipe finetune --data cifar10/ --limit-train 5000 --limit-test 1000 --image-size 96 \\
       --mode full --epochs 4 --run-dir runs/c10-full
   featpipe finetune --data data/pets --mode partial:3 --optimizer adamw --lr 1e-3
+  featpipe finetune --data digits --image-size 64 --epochs 3 \
+      --grid lr=0.01,0.05 --grid weight_decay=0,1e-4      # 4 runs, the best on val tested
+  featpipe finetune --data digits --image-size 64 --mode scratch   # the from-scratch baseline
 
 Modes: full, partial:N (stages 0 to N-1 frozen, stage 0 being the stem; see `featpipe layers
 SPEC`), bn (batch norm frozen), head (only the new head trains), lpft (logistic-regression probe,
-then full training).
+then full training), scratch (the same architecture from random initialisation: the baseline).
+--grid KEY=V1,V2 (repeatable) trains every combination of the listed settings (lr, weight_decay,
+dropout, ...), keeps the one with the best validation accuracy and tests only that one.
 Run again with the same --run-dir and arguments to resume an interrupted run.
 """
 
 
 # Recipe options: (flag, type, help); defaults come from FineTuner so the two never drift.
 RECIPE = (
-    ("--mode", str, "full, partial:N, bn, head or lpft"),
+    ("--mode", str, "full, partial:N, bn, head, lpft or scratch"),
     ("--epochs", int, "most epochs (early stopping may end sooner)"),
     ("--batch-size", int, "training images per step"),
     ("--lr", float, "learning rate of the new head"),
@@ -42,6 +47,7 @@ RECIPE = (
     ("--weight-decay", float, "weight decay (never on biases or norm parameters)"),
     ("--warmup-epochs", float, "linear warm-up before the cosine decay, in epochs"),
     ("--label-smoothing", float, "label smoothing of the training loss"),
+    ("--loss", str, "cross_entropy, or mse (squared error of softmax vs one-hot)"),
     ("--dropout", float, "dropout in front of the new head"),
     ("--augment", str, "standard (random resized crop + flip) or none"),
     ("--patience", int, "epochs without a better val score before stopping; 0: never stop"),
@@ -85,6 +91,13 @@ def register(subparsers) -> None:
         recipe.add_argument(
             flag, type=kind, default=defaults[name], help=f"{text} (default: %(default)s)"
         )
+    recipe.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="search a setting (repeatable): every combination trains, the best on val is tested",
+    )
     add_limit_options(p)
     p.add_argument(
         "--run-dir",
@@ -120,13 +133,34 @@ def _run_dir(args: argparse.Namespace) -> Path:
     return Path("runs") / f"finetune-{name}-{stamp}"
 
 
-def _record(tuner, proba, usage, test_seconds: float, run_dir: Path, args: argparse.Namespace):
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``["lr=0.01,0.05", "augment=none,standard"]`` -> ``{"lr": [0.01, 0.05], ...}``: each
+    value read as TOML (a number, a boolean), or else as a string."""
+    from featpipe.errors import ConfigError
+    from featpipe.finetune.search import check_grid
+    from featpipe.pipeline.config import parse_override
+
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--grid needs KEY=V1,V2,...; got {item!r}.")
+        grid[key.strip()] = [parse_override(f"v={v.strip()}")[1] for v in values.split(",")]
+    check_grid(grid, "--grid")
+    return grid
+
+
+def _record(
+    tuner, proba, usage, test_seconds: float, run_dir: Path, args: argparse.Namespace, search
+):
     """Append the run's result row to run_dir/results.jsonl (what `featpipe run` writes)."""
     from featpipe.pipeline.stages.finetune import tuner_row
     from featpipe.report import record_rows
 
     limits = {s: getattr(args, f"limit_{s}") for s in ("train", "val", "test")}
-    row = tuner_row(tuner, proba, usage, test_seconds, run=run_dir.name, limits=limits)
+    row = tuner_row(
+        tuner, proba, usage, test_seconds, run=run_dir.name, limits=limits, search=search
+    )
     record_rows(run_dir, [row])
     return row
 
@@ -135,7 +169,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     from featpipe.device import resolve_device
     from featpipe.evaluate import measure
     from featpipe.finetune import FineTuner
+    from featpipe.finetune.search import fit_grid
 
+    grid = parse_grid(args.grid)  # a bad grid fails before the data is opened
     source = _source(args)
     run_dir = _run_dir(args)
     params = {name: getattr(args, name) for name in (f[2:].replace("-", "_") for f, _, _ in RECIPE)}
@@ -158,13 +194,19 @@ def run_finetune(args: argparse.Namespace) -> int:
         **tuner.get_params(),
         "run_dir": str(run_dir),
         "data": str(args.data),
+        "grid": grid,
         "limits": {s: getattr(args, f"limit_{s}") for s in ("train", "val", "test")},
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     with measure(str(resolve_device(args.device))) as usage:
+        search = None
         try:
-            tuner.fit(source)
+            if grid:
+                search = fit_grid(tuner, source, grid)
+                tuner = search.best
+            else:
+                tuner.fit(source)
         except Interrupted as exc:
             if args.run_dir is None:  # the default folder has the time in its name
                 raise exc.with_message(
@@ -188,12 +230,19 @@ def run_finetune(args: argparse.Namespace) -> int:
         "trainable_params": tuner.trainable_params_,
         "probe": tuner.probe_,
     }
+    if search is not None:
+        metrics["grid"] = [{"params": p, "val_accuracy": v} for p, v in search.curve]
+        metrics["chosen"] = search.params
+        metrics["fit_seconds"] = fit_seconds = search.fit_seconds
     if counts["test"]:
-        row = _record(tuner, proba, usage, test_seconds, run_dir, args)
+        row = _record(tuner, proba, usage, test_seconds, run_dir, args, search)
         metrics["test"] = row.metrics
         metrics["test_seconds"] = test_seconds
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
+    if search is not None:
+        chosen = ", ".join(f"{k}={v}" for k, v in search.params.items())
+        print(f"grid: {len(search.curve)} settings, chosen on val: {chosen}")
     print(f"val accuracy {100 * metrics['val_accuracy']:.2f}% (epoch {tuner.best_epoch_})", end="")
     if "test" in metrics:
         t = metrics["test"]

@@ -51,7 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )
     p.add_argument("store", help="feature store (.h5) written by `featpipe extract`")
-    p.add_argument("--layer", help="feature layer (default: the store's only layer)")
+    p.add_argument(
+        "--layer",
+        help="feature layer (default: the store's only layer); join stored layers with '+' "
+        "(pooled+blocks.5:avg) to concatenate them, each standardised on train",
+    )
     p.add_argument(
         "--heads",
         default="logreg",
@@ -118,10 +122,16 @@ def run_probe(args: argparse.Namespace) -> int:
     from featpipe.evaluate import measure
     from featpipe.heads import few_shot, save_head, select_and_fit
     from featpipe.heads.registry import make_head
+    from featpipe.heads.splits import layer_parts
     from featpipe.store import FeatureStore
 
     store = FeatureStore(args.store)
     layer = pick_layer(store, args.layer)
+    if args.save_dir and len(layer_parts(layer)) > 1:
+        raise ConfigError(
+            f"--save-dir cannot save a head on concatenated layers ({layer!r}) yet: `featpipe "
+            "predict` would need their train statistics. Save heads fitted on one layer."
+        )
     names = [n.strip() for n in args.heads.split(",") if n.strip()]
     for name in names:
         make_head(name)  # unknown names fail before any training

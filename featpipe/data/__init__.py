@@ -13,7 +13,13 @@ from featpipe.data.images import load_rgb, to_rgb
 from featpipe.data.manifest import CSVSource
 from featpipe.data.resolve import open_source
 from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, ImageSource, SubsetSource
-from featpipe.data.splits import stratified_split, subsample
+from featpipe.data.splits import (
+    nested_subsets,
+    stratified_split,
+    subsample,
+    train_subset,
+    with_train_ids,
+)
 from featpipe.data.tables import HFDatasetSource, ParquetSource
 from featpipe.data.torchvision_sources import TorchvisionSource
 
@@ -33,9 +39,12 @@ __all__ = [
     "list_builtin_sources",
     "load_builtin",
     "load_rgb",
+    "nested_subsets",
     "open_source",
     "register_builtin_source",
     "stratified_split",
     "subsample",
     "to_rgb",
+    "train_subset",
+    "with_train_ids",
 ]

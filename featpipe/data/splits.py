@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -104,6 +105,51 @@ def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> 
         for c in range(len(classes)):
             keep.append(rng.choice(rows[inverse == c], size=counts[c], replace=False))
     return source.subset(np.sort(np.concatenate(keep)))
+
+
+def nested_subsets(
+    labels: np.ndarray, sizes: Sequence[int], seed: int = 0
+) -> dict[int, np.ndarray]:
+    """Seeded, class-stratified, nested subsets of rows: ``{n: sorted positions in labels}``.
+
+    Every row gets a rank: its place in a seeded shuffle of its own class, as a fraction of
+    the class size (ties between classes broken at random). The subset of size n is the n
+    lowest ranks, so a larger subset holds every smaller one, and each class fills it in
+    proportion to its size (within one row)."""
+    _check_seed(seed)
+    labels = np.asarray(labels)
+    for n in sizes:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 0 < n <= len(labels):
+            raise ConfigError(
+                f"A subset size must be an integer from 1 to the {len(labels)} rows; got {n!r}."
+            )
+    rng = np.random.default_rng(seed)
+    rank = np.empty(len(labels))
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        rank[rng.permutation(rows)] = (np.arange(len(rows)) + 0.5) / len(rows)
+    order = np.lexsort((rng.random(len(labels)), rank))
+    return {int(n): np.sort(order[:n]) for n in sizes}
+
+
+def with_train_ids(source: ImageSource, ids: Collection[str]) -> ImageSource:
+    """``source`` with only the train rows whose id is in ``ids``; val and test kept whole."""
+    ids = set(ids)
+    keep = [r for r, sid in enumerate(source.ids) if source.splits[r] != TRAIN or sid in ids]
+    return source.subset(keep)
+
+
+def train_subset(source: ImageSource, size: int, seed: int = 0) -> ImageSource:
+    """``source`` with a seeded, stratified subset of ``size`` train rows (see
+    :func:`nested_subsets`: the subsets of one seed are nested); val and test kept whole."""
+    train = source.indices("train")
+    if isinstance(size, numbers.Integral) and size > len(train):
+        raise ConfigError(
+            f"A training subset of {size} images needs at least that many; the source has "
+            f"{len(train)} train images. Use a smaller size."
+        )
+    rows = train[nested_subsets(np.asarray(source.labels)[train], [size], seed)[int(size)]]
+    return with_train_ids(source, [source.ids[r] for r in rows])
 
 
 def _allocate(sizes: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:

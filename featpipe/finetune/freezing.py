@@ -10,7 +10,7 @@ from torch import nn
 from featpipe.backbones.base import as_stages
 from featpipe.errors import ConfigError
 
-MODES = ("full", "partial:N", "bn", "head", "lpft")
+MODES = ("full", "partial:N", "bn", "head", "lpft", "scratch")
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,17 @@ class Mode:
         kind, sep, n = str(text).strip().partition(":")
         if kind == "partial" and sep and n.isdigit() and int(n) >= 1:
             return cls("partial", int(n))
-        if not sep and kind in ("full", "bn", "head", "lpft"):
+        if not sep and kind in ("full", "bn", "head", "lpft", "scratch"):
             return cls(kind)
         raise ConfigError(
             f"Unknown fine-tuning mode {text!r}. Valid modes: {', '.join(MODES)} "
             "(N >= 1 stages frozen, e.g. 'partial:2'; list stages with `featpipe layers SPEC`)."
         )
+
+    @property
+    def pretrained(self) -> bool:
+        """False for ``scratch``: the same architecture from random initialisation."""
+        return self.kind != "scratch"
 
     def __str__(self) -> str:
         return f"partial:{self.stages}" if self.kind == "partial" else self.kind

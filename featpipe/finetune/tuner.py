@@ -6,6 +6,7 @@ import copy
 import math
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from featpipe.backbones import Backbone, get_backbone
+from featpipe.backbones.registry import BackboneSpec
 from featpipe.data.images import check_decode
 from featpipe.data.source import ImageSource
 from featpipe.device import amp_dtype, cudnn_autotune, on_device, resolve_device
@@ -47,6 +49,19 @@ from featpipe.store import FeatureStore
 # Parameters that change no result (the one list): a resumed run may change them, and a
 # pipeline leaves them out of its config hash.
 NOT_RESULT_PARAMS = ("callbacks", "device", "resume", "run_dir", "verbose", "workers")
+# Settings added after runs were recorded, with the default they had before: left out of
+# config hashes and checkpoint configs while at it, so that those runs still resume.
+LATER_DEFAULTS = {"loss": "cross_entropy", "decode": "exact"}
+LOSSES = ("cross_entropy", "mse")
+
+
+def result_params(params: dict) -> dict:
+    """The settings of ``params`` that change a result, as configs and hashes hold them."""
+    return {
+        k: v
+        for k, v in params.items()
+        if k not in NOT_RESULT_PARAMS and (k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k])
+    }
 
 
 class FineTuner(ClassifierMixin, BaseEstimator):
@@ -55,8 +70,15 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     Evaluation uses the backbone's own preprocessing (the one extraction uses); training adds
     RandomResizedCrop + flip at the same crop size (``augment="standard"``). ``mode`` is
     ``full``, ``partial:N`` (stages 0 to N-1 of ``Backbone.stages`` frozen, stage 0 being the
-    stem), ``bn`` (batch norm frozen), ``head`` (only the new head trains) or ``lpft`` (head
-    starts from a logistic-regression probe on pooled train features, then everything trains).
+    stem), ``bn`` (batch norm frozen), ``head`` (only the new head trains), ``lpft`` (head
+    starts from a logistic-regression probe on pooled train features, then everything trains)
+    or ``scratch`` (the same architecture from random initialisation, ``@none`` weights, with
+    the same recipe and splits: the baseline a transfer result is read against; with nothing
+    pretrained to preserve, the backbone learns at the head's rate, ``backbone_lr_scale`` 1).
+
+    ``loss`` is ``cross_entropy`` or ``mse`` (squared error between the softmax output and
+    the one-hot target, label-smoothed like cross-entropy's); validation and test metrics are
+    the same for both. ``dropout`` sits in front of the new linear head.
 
     The epoch with the best validation accuracy (ties: lower val loss) is kept; with
     ``patience`` set, training stops after that many epochs without improvement. With
@@ -85,6 +107,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         weight_decay: float = 1e-4,
         warmup_epochs: float = 1.0,
         label_smoothing: float = 0.1,
+        loss: str = "cross_entropy",
         dropout: float = 0.2,
         augment: str = "standard",
         image_size: int | None = None,
@@ -111,6 +134,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.warmup_epochs = warmup_epochs
         self.label_smoothing = label_smoothing
+        self.loss = loss
         self.dropout = dropout
         self.augment = augment
         self.image_size = image_size
@@ -149,7 +173,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self, mode: Mode, source: ImageSource, probe_features: FeatureStore | None
     ) -> FineTuner:
         started = time.perf_counter()
-        self.backbone_ = get_backbone(self.backbone, self.image_size)
+        self.backbone_ = get_backbone(_spec_for(self.backbone, mode), self.image_size)
         self.source_ = source
         self.class_names_ = list(source.classes)
         self.classes_ = np.arange(len(self.class_names_))
@@ -237,7 +261,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.model_ = model.to(self.device_, memory_format=self._layout)
         # An LP-FT head is already fitted: it moves at the backbone's pace, not at the fast
         # rate a fresh head needs (at that rate it diverged on digits).
-        backbone_lr = self.lr * self.backbone_lr_scale
+        backbone_lr = self.lr * (self.backbone_lr_scale if mode.pretrained else 1.0)
         head_lr = backbone_lr if mode.kind == "lpft" else self.lr
         groups = param_groups(model, self.head_, head_lr, backbone_lr, self.weight_decay)
         self.optimizer_ = build_optimizer(
@@ -281,6 +305,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 f"dropout and label_smoothing must be in [0, 1); got {self.dropout}, "
                 f"{self.label_smoothing}."
             )
+        if self.loss not in LOSSES:
+            raise ConfigError(f"Unknown loss {self.loss!r}. Valid losses: {', '.join(LOSSES)}.")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(
                 f"patience must be >= 1 or None (no early stopping); got {self.patience!r}."
@@ -349,7 +375,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             labels = labels.to(self.device_, non_blocking=True)
             with torch.autocast(self.device_.type, dtype=dtype, enabled=dtype is not None):
                 logits = self.model_(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+                loss = self._loss(logits.float(), labels)
             self.optimizer_.zero_grad(set_to_none=True)
             self.scaler_.scale(loss).backward()  # fp16: scaled, so small gradients survive
             self.scaler_.step(self.optimizer_)
@@ -372,6 +398,15 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             "seconds": seconds,
             "images_per_s": seen / seconds,
         }
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.loss == "cross_entropy":
+            return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        n = logits.shape[1]
+        target = F.one_hot(labels, n).float() * (1 - self.label_smoothing)
+        target += self.label_smoothing / n
+        # Summed over classes (the squared distance between two distributions), mean over images.
+        return (torch.softmax(logits, dim=1) - target).pow(2).sum(dim=1).mean()
 
     def _validate(self) -> dict:
         proba = self._proba(self.source_, self.val_rows_)
@@ -396,10 +431,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     # ---------------------------------------------------------------- checkpoints
 
     def _config(self, source: ImageSource) -> dict:
-        params = {k: v for k, v in self.get_params().items() if k not in NOT_RESULT_PARAMS}
-        if params["decode"] == "exact":  # left out, so that older checkpoints still resume
-            del params["decode"]
-        return {**params, "source": source.fingerprint(), "classes": list(source.classes)}
+        return {
+            **result_params(self.get_params()),
+            "source": source.fingerprint(),
+            "classes": list(source.classes),
+        }
 
     def _resumable(self, source: ImageSource) -> dict | None:
         """The saved state to continue from, or None to start afresh."""
@@ -506,6 +542,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_") and hasattr(self, "best_epoch_")
+
+
+def _spec_for(backbone: str, mode: Mode) -> str:
+    """The spec a mode builds: ``scratch`` swaps the weights for ``none`` (random init)."""
+    if mode.pretrained:
+        return backbone
+    return str(replace(BackboneSpec.parse(backbone), weights="none"))
 
 
 def _seed_everything(seed: int) -> None:

@@ -13,16 +13,40 @@ import numpy as np
 from featpipe.errors import ConfigError
 
 SplitArrays = Mapping[str, tuple[np.ndarray, np.ndarray]]
+# ``pooled+blocks.5:avg``: several stored layers read as one, side by side.
+LAYER_JOIN = "+"
+
+
+def layer_parts(layer: str) -> list[str]:
+    """The stored layers a (possibly concatenated) layer name reads."""
+    return [part.strip() for part in layer.split(LAYER_JOIN)]
+
+
+def block_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (1 where constant) of one layer's train rows."""
+    std = train.std(axis=0)
+    return train.mean(axis=0), np.where(std > 0, std, 1.0)
+
+
+def concatenated(blocks: list[np.ndarray], stats: list[tuple[np.ndarray, np.ndarray]]):
+    """``blocks`` side by side, each standardised by its own layer's train ``stats``, so that
+    no layer dominates the others by its scale."""
+    out = [(X - mean) / std for X, (mean, std) in zip(blocks, stats, strict=True)]
+    return np.concatenate(out, axis=1).astype(np.float32)
 
 
 class FeatureSplits:
     """Per-split (X, y) of one layer. ``source`` is a FeatureStore (anything with ``arrays``,
     ``split_counts`` and ``classes``) or a mapping ``{"train": (X, y), "val": ..., "test": ...}``.
+
+    A store's layer may join several stored layers with ``+`` (``pooled+blocks.5:avg``): their
+    features are concatenated, each block standardised on its own with train-split statistics.
     """
 
     def __init__(self, source: object, layer: str | None = None):
         self.source = source
         self.layer = layer
+        self._stats = None  # per-layer train statistics of a concatenated layer
         self.is_store = hasattr(source, "arrays") and hasattr(source, "split_counts")
         if self.is_store and layer is None:
             raise ConfigError(
@@ -50,7 +74,13 @@ class FeatureSplits:
     def get(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(X float32 (n, D), y (n,)) of one split."""
         if self.is_store:
-            return self.source.arrays(self.layer, split)
+            parts = layer_parts(self.layer)
+            if len(parts) == 1:
+                return self.source.arrays(self.layer, split)
+            if self._stats is None:
+                self._stats = [block_stats(self.source.arrays(p, "train")[0]) for p in parts]
+            blocks = [self.source.arrays(part, split) for part in parts]
+            return concatenated([X for X, _ in blocks], self._stats), blocks[0][1]
         X, y = self.source[split]
         return np.asarray(X, dtype=np.float32), np.asarray(y)
 

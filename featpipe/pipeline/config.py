@@ -17,6 +17,9 @@ A pipeline file has these tables (every key optional unless marked required)::
                                        # source has the split; a value set here warns)
     split_seed = 0
     limits = { train = 5000, test = 1000 }   # stratified subset per split
+    train_sizes = [100, 500, 2000]     # data-size sweep: every method at each number of train
+                                       # images (stratified, seeded, nested subsets of train;
+                                       # val and test fixed); default: none, the whole train
     hash_contents = false
 
     [features]
@@ -32,7 +35,8 @@ A pipeline file has these tables (every key optional unless marked required)::
 
     [probes]
     heads = ["logreg", "linear_svm", "rbf_svm", "mlp", "knn"]
-    layers = ["pooled"]                # default: all of features.layers
+    layers = ["pooled", "pooled+blocks.5:avg"]  # default: all of features.layers; '+'
+                                       # concatenates stored layers (each standardised)
     grids.logreg = { C = [0.01, 0.1, 1.0] }  # search grid per head (default: the head's own)
 
     [finetune]
@@ -40,6 +44,8 @@ A pipeline file has these tables (every key optional unless marked required)::
     backbones = [...]                  # default: features.backbones
     epochs = 3                         # and every other FineTuner setting, with FineTuner's
                                        # defaults, except those the runner sets (SET_BY_RUNNER)
+    grid = { lr = [0.01, 0.05], weight_decay = [0.0, 1e-4] }  # each combination trains, the
+                                       # best on val is tested (default: none)
 
 Relative paths are relative to the working directory. ``--set key=value`` overrides any key by
 its dotted path (``--set finetune.epochs=1``); the value is read as TOML, or as a string when it
@@ -138,6 +144,19 @@ def _limits(value: dict, where: str) -> None:
             raise ConfigError(f"{where}.{split} must be a positive integer; got {n!r}.")
 
 
+def _train_sizes(value: tuple[int, ...], where: str) -> None:
+    if len(set(value)) != len(value) or any(n < 1 for n in value):
+        raise ConfigError(
+            f"{where} must list different positive numbers of training images; got {list(value)}."
+        )
+
+
+def _finetune_grid(value: dict, where: str) -> None:
+    from featpipe.finetune.search import check_grid
+
+    check_grid(value, where)
+
+
 def _grids(value: dict, where: str) -> None:
     heads = _head_names()
     for head, grid in value.items():
@@ -172,6 +191,12 @@ class SourceConfig:
     )
     split_seed: int = option(0)
     limits: dict[str, int] = option({}, check=_limits, doc="stratified subset per split")
+    train_sizes: tuple[int, ...] = option(
+        (),
+        check=_train_sizes,
+        doc="data-size sweep: every method runs on stratified, seeded, nested subsets of train "
+        "of these sizes (val and test fixed); default: the whole train split",
+    )
     hash_contents: bool = option(False, doc="fingerprint image bytes, not only file names")
 
 
@@ -204,7 +229,11 @@ class ProbesConfig:
     every stored layer)."""
 
     heads: tuple[str, ...] | None = option(None, choices=_head_names, kind="head")
-    layers: tuple[str, ...] | None = option(None, doc="default: all of features.layers")
+    layers: tuple[str, ...] | None = option(
+        None,
+        doc="default: all of features.layers; 'pooled+blocks.5:avg' concatenates stored "
+        "layers, each standardised on train",
+    )
     grids: dict[str, dict[str, list]] = option(
         {}, check=_grids, doc="search grid per head, e.g. logreg = { C = [0.1, 1.0] }"
     )
@@ -220,6 +249,16 @@ def _finetune_table() -> type:
     specs = [
         ("modes", tuple[str, ...], option((), check=_check_modes, doc="default: no fine-tuning")),
         ("backbones", tuple[str, ...] | None, option(None, doc="default: features.backbones")),
+        (
+            "grid",
+            dict[str, list],
+            option(
+                {},
+                check=_finetune_grid,
+                doc="settings to search, e.g. { lr = [0.01, 0.05], weight_decay = [0, 1e-4] }: "
+                "each combination trains, the best on val is tested",
+            ),
+        ),
     ]
     defaults = FineTuner().get_params()
     # In signature order (get_params sorts), the order rows and reports list them in.
@@ -336,6 +375,8 @@ def config_from_dict(
 
 def _complete(config: PipelineConfig, default_name: str) -> PipelineConfig:
     """Fill the defaults that come from other keys, and check keys against each other."""
+    from featpipe.heads.splits import layer_parts  # late: sklearn is slow to import
+
     features, probes, finetune = config.features, config.probes, config.finetune
     name = config.name or default_name
     probes = replace(
@@ -344,12 +385,13 @@ def _complete(config: PipelineConfig, default_name: str) -> PipelineConfig:
         layers=features.layers if probes.layers is None else probes.layers,
     )
     for i, layer in enumerate(probes.layers):
-        if layer not in features.layers:
-            raise ConfigError(
-                f"probes.layers[{i}]: layer {layer!r} is not extracted."
-                f"{did_you_mean(layer, features.layers)} Add it to features.layers "
-                f"({', '.join(features.layers)})."
-            )
+        for part in layer_parts(layer):  # "pooled+blocks.5:avg" reads both
+            if part not in features.layers:
+                raise ConfigError(
+                    f"probes.layers[{i}]: layer {part!r} is not extracted."
+                    f"{did_you_mean(part, features.layers)} Add it to features.layers "
+                    f"({', '.join(features.layers)})."
+                )
     if not probes.heads and not finetune.modes:
         raise ConfigError(
             "The pipeline runs no method: probes.heads is empty and finetune.modes is empty. "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ class Job:
     head: str | None = None
     mode: str | None = None
     deterministic: bool = False  # the seed changes nothing: run once, with the first seed
+    train_size: int | None = None  # train images of a data-size sweep; None: all of them
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -77,6 +78,7 @@ class RowContext:
             mode=job.mode,
             seed=job.seed,
             deterministic=job.deterministic,
+            train_size=job.train_size,
             config_hash=job.config_hash,
             test=test,
             provenance={**self.provenance, **provenance},
@@ -126,6 +128,44 @@ def skip_summary(skipped: dict[str, str], shown: int = 5) -> dict:
     """What a result row says about the images its method left out: how many, and the first
     few with their reasons."""
     return {"count": len(skipped), "first": dict(list(skipped.items())[:shown])}
+
+
+def sweep(config: PipelineConfig) -> tuple[int | None, ...]:
+    """The training-set sizes each method runs at: (None,) for the whole train split."""
+    return tuple(sorted(config.source.train_sizes)) or (None,)
+
+
+def sized(job: Job, size: int | None) -> Job:
+    """``job`` at one size of a data-size sweep: its own method name (reports keep one row
+    per method and seed), label and config hash. ``None`` leaves the job as it is."""
+    if size is None:
+        return job
+    return replace(
+        job,
+        method=f"{job.method}#n={size}",
+        label=f"{job.label}, {size} train images",
+        config_hash=config_hash({"method": job.config_hash, "train_size": size}),
+        train_size=size,
+    )
+
+
+def at_sizes(config: PipelineConfig, jobs: list[Job]) -> list[Job]:
+    """Every job at every size of the config's sweep, smallest size first (``jobs`` as they
+    are without a sweep)."""
+    return [sized(job, size) for size in sweep(config) for job in jobs]
+
+
+def sweep_ids(context: RunContext, size: int | None) -> frozenset[str] | None:
+    """The ids of the train images a method sees at one size of the sweep (None: all)."""
+    if size is None:
+        return None
+    from featpipe.data.splits import train_subset
+
+    def make() -> frozenset[str]:
+        sub = train_subset(context.source, size, context.config.source.split_seed)
+        return frozenset(sub.ids[r] for r in sub.indices("train"))
+
+    return context.once(("train ids", size), make)
 
 
 def backbone_suffix(config: PipelineConfig) -> Callable[[str], str]:

@@ -22,7 +22,7 @@ from featpipe.interrupt import Interrupted
 from featpipe.pipeline.config import DEFAULT_FRACTIONS, PipelineConfig, SourceConfig
 from featpipe.pipeline.jobs import Job, PlanData, RunContext
 from featpipe.pipeline.stages import plan_jobs, run_job
-from featpipe.pipeline.validate import check_grids, check_models
+from featpipe.pipeline.validate import check_grids, check_models, check_sizes
 from featpipe.provenance import versions
 from featpipe.report import (
     RESULTS_FILE,
@@ -124,6 +124,7 @@ class PipelineRunner:
         device = str(resolve_device(cfg.device))
         if self.source is None:
             self.source = open_pipeline_source(cfg.source)
+        check_sizes(cfg, self.source)
         check_models(cfg)
         fingerprint = self.source.fingerprint(content=cfg.source.hash_contents)
         jobs = plan(cfg, fingerprint, cv_selection=len(self.source.indices("val")) == 0)

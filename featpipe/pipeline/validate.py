@@ -77,6 +77,27 @@ def check_models(config) -> None:
     for spec in tuned:
         for i, mode in enumerate(finetune.modes):
             _check_finetune(built[spec], mode, finetune.params(), f"finetune.modes[{i}]")
+    if finetune.modes and finetune.grid:
+        from sklearn.model_selection import ParameterGrid
+
+        from featpipe.finetune import FineTuner
+
+        for candidate in ParameterGrid(dict(finetune.grid)):
+            try:
+                FineTuner(**{**finetune.params(), **candidate})._check_params()
+            except FeaturePipeError as exc:
+                raise ConfigError(f"finetune.grid {candidate}: {exc}") from None
+
+
+def check_sizes(config, source) -> None:
+    """Every size of the data-size sweep fits in the source's train split."""
+    n_train = len(source.indices("train"))
+    too_big = [n for n in config.source.train_sizes if n > n_train]
+    if too_big:
+        raise ConfigError(
+            f"source.train_sizes {too_big} exceed the {n_train} train images of the source; "
+            f"use sizes up to {n_train}."
+        )
 
 
 def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:

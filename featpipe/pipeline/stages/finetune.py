@@ -7,24 +7,28 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featpipe.data import ImageSource
+from featpipe.data.splits import with_train_ids
 from featpipe.data.unreadable import unreadable_images, without
 from featpipe.evaluate import Cost, Timer, Usage, measure
-from featpipe.finetune.tuner import NOT_RESULT_PARAMS
+from featpipe.finetune.tuner import result_params
 from featpipe.pipeline.jobs import (
     Job,
     PlanData,
     RowContext,
     RunContext,
+    at_sizes,
     backbone_suffix,
     config_hash,
     decode_setting,
     skip_summary,
+    sweep_ids,
 )
 from featpipe.pipeline.stages.extract import feature_store, opened_stores
 from featpipe.provenance import plain
 from featpipe.report.results import MethodKind, Predictions, ResultRow
 
 if TYPE_CHECKING:
+    from featpipe.finetune.search import GridResult
     from featpipe.pipeline.config import PipelineConfig
 
 NAME = "finetune"
@@ -34,7 +38,7 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
     """One job per (backbone, mode, seed); the config hash covers the data and every
     fine-tuning setting that changes a result."""
     suffix = backbone_suffix(config)
-    tune = {k: v for k, v in config.finetune.params().items() if k not in NOT_RESULT_PARAMS}
+    tune = result_params(config.finetune.params())
     jobs = []
     for bb in config.finetune.backbones:
         for mode in config.finetune.modes:
@@ -46,6 +50,8 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 "mode": mode,
                 **decode_setting(config),
             }
+            if config.finetune.grid:  # left out when empty: hashes stay as they were
+                settings["grid"] = config.finetune.grid
             if _reads_store(config, bb, mode):  # the probe then sees stored features
                 settings["probe_features"] = {"dtype": config.features.dtype}
             label = f"fine-tuning ({mode}){suffix(bb)}"
@@ -54,17 +60,23 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                     config_hash(settings), mode=mode)
                 for seed in config.seeds
             ]  # fmt: skip
-    return jobs
+    return at_sizes(config, jobs)
 
 
 def run(job: Job, context: RunContext) -> ResultRow:
-    """Fine-tune the job's backbone in its mode on the run's source, then test it."""
+    """Fine-tune the job's backbone in its mode on the run's source (each setting of the
+    grid, when there is one, the best on val kept), then test it."""
     from featpipe.finetune import FineTuner
+    from featpipe.finetune.search import fit_grid
 
     store = _probe_store(job, context)  # opened first: _source then reads its skips
     source, skipped = context.once("finetune source", lambda: _source(context))
+    train_ids = sweep_ids(context, job.train_size)
+    if train_ids is not None:
+        source = with_train_ids(source, train_ids)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job.backbone)
     settings = context.config.finetune.params()
+    grid = context.config.finetune.grid
     tuner = FineTuner(
         job.backbone,
         mode=job.mode,
@@ -78,12 +90,21 @@ def run(job: Job, context: RunContext) -> ResultRow:
         decode=context.config.features.decode,
         **settings,
     )
+    # A store that left images out is not read (the fine-tune's rows are fewer), nor one
+    # whose train rows are more than the sweep's subset.
+    probe_features = None if skipped or train_ids is not None else store
     with measure(context.device) as usage:
-        # A store that left images out is not read: the fine-tune's rows are fewer.
-        tuner.fit(source, probe_features=None if skipped else store)
+        if grid:
+            search = fit_grid(tuner, source, grid, probe_features=probe_features)
+            tuner = search.best
+        else:
+            search = None
+            tuner.fit(source, probe_features=probe_features)
         with Timer() as predict:
-            proba = tuner.predict_proba("test")
-    return finetune_row(job, context, tuner, proba, usage, predict.seconds, settings, skipped)
+            proba = tuner.predict_proba("test")  # the winner's only: test is read once
+    return finetune_row(
+        job, context, tuner, proba, usage, predict.seconds, settings, skipped, search=search
+    )
 
 
 def finetune_row(
@@ -95,10 +116,22 @@ def finetune_row(
     predict_seconds: float,
     settings: dict,
     skipped: dict[str, str],
+    *,
+    search: GridResult | None = None,
 ) -> ResultRow:
     """The row of a fitted FineTuner whose test-split probabilities are ``proba``; also
-    written by ``featpipe finetune``. ``settings`` are the row's params."""
+    written by ``featpipe finetune``. ``settings`` are the row's params; with a grid
+    ``search``, the winner's settings replace them, its ``curve`` lists every candidate's
+    validation accuracy and the fitting time counts every candidate."""
     source = tuner.source_
+    extra: dict = {}
+    fit_seconds = tuner.fit_seconds_  # every resumed piece, not only this one
+    if search is not None:
+        settings = {**settings, **search.params, "selection": "val"}
+        extra["curve"] = [
+            {"params": {k: plain(v) for k, v in p.items()}, "score": s} for p, s in search.curve
+        ]
+        fit_seconds = search.fit_seconds
     rows = source.indices("test")
     y = np.asarray(source.labels)[rows]
     return context.row(
@@ -110,7 +143,7 @@ def finetune_row(
         history=[{k: plain(v) for k, v in h.items()} for h in tuner.history_],
         cost=Cost.of(
             usage,
-            fit_seconds=tuner.fit_seconds_,  # every resumed piece, not only this one
+            fit_seconds=fit_seconds,
             predict_seconds=predict_seconds,
             n_test=len(y),
             trainable_params=int(tuner.trainable_params_),
@@ -122,6 +155,7 @@ def finetune_row(
             "image_size": settings.get("image_size"),
             "skipped": skip_summary(skipped),
         },
+        **extra,
     )
 
 
@@ -170,7 +204,14 @@ def _source(context: RunContext) -> tuple[ImageSource, dict[str, str]]:
 
 
 def tuner_row(
-    tuner, proba: np.ndarray, usage: Usage, predict_seconds: float, *, run: str, limits: dict
+    tuner,
+    proba: np.ndarray,
+    usage: Usage,
+    predict_seconds: float,
+    *,
+    run: str,
+    limits: dict,
+    search: GridResult | None = None,
 ) -> ResultRow:
     """The row of a FineTuner fitted outside a pipeline (``featpipe finetune``): the same row
     a pipeline writes, hashed over the source, its ``limits`` and every setting that changes
@@ -183,7 +224,7 @@ def tuner_row(
     fingerprint = source.fingerprint()
     params = tuner.get_params()
     settings = {k: v for k, v in params.items() if k not in SET_BY_RUNNER}
-    hashed = {k: v for k, v in params.items() if k not in NOT_RESULT_PARAMS}
+    hashed = result_params(params)
     job = Job(
         NAME,
         f"{tuner.backbone}/finetune:{tuner.mode}",
@@ -191,7 +232,10 @@ def tuner_row(
         f"fine-tuning ({tuner.mode})",
         tuner.backbone,
         tuner.seed,
-        config_hash({"data": fingerprint, "limits": limits, **hashed}),
+        config_hash(
+            {"data": fingerprint, "limits": limits, **hashed}
+            | ({"grid": {k: list(v) for k, v in search.grid.items()}} if search else {})
+        ),
         mode=tuner.mode,
     )
     provenance = {
@@ -200,4 +244,6 @@ def tuner_row(
         "device": describe_device(str(tuner.device_)),
     }
     context = RowContext(run, 1000, provenance)
-    return finetune_row(job, context, tuner, proba, usage, predict_seconds, settings, {})
+    return finetune_row(
+        job, context, tuner, proba, usage, predict_seconds, settings, {}, search=search
+    )

@@ -13,14 +13,17 @@ from featpipe.pipeline.jobs import (
     PlanData,
     RowContext,
     RunContext,
+    at_sizes,
     backbone_suffix,
     config_hash,
     decode_setting,
     skip_summary,
+    sweep_ids,
 )
 from featpipe.pipeline.stages.extract import feature_store
 from featpipe.provenance import plain
 from featpipe.report.results import MethodKind, Predictions, ResultRow
+from featpipe.store import TrainSubset
 
 if TYPE_CHECKING:
     from featpipe.pipeline.config import PipelineConfig
@@ -59,13 +62,13 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 if entry.seed_param:
                     settings["seed_param"] = entry.seed_param
                 deterministic = not entry.seed_param and not data.cv_selection
-                label = f"{entry.label} on layer {layer}{suffix(bb)}"
+                label = f"{entry.label} on {layer_words(layer)}{suffix(bb)}"
                 jobs += [
                     Job(NAME, f"{bb}/{head}@{layer}", MethodKind.PROBE, label, bb, seed,
                         config_hash(settings), layer=layer, head=head, deterministic=deterministic)
                     for seed in (config.seeds[:1] if deterministic else config.seeds)
                 ]  # fmt: skip
-    return jobs
+    return at_sizes(config, jobs)
 
 
 def run(job: Job, context: RunContext) -> ResultRow:
@@ -73,6 +76,9 @@ def run(job: Job, context: RunContext) -> ResultRow:
     from featpipe.heads import select_and_fit  # late: tests stop a run inside it
 
     store, extraction = feature_store(context, job.backbone)
+    train_ids = sweep_ids(context, job.train_size)
+    if train_ids is not None:
+        store = TrainSubset(store, train_ids)
     with measure(context.device) as usage:
         result = select_and_fit(
             job.head,
@@ -143,6 +149,13 @@ def probe_row(
     )
 
 
+def layer_words(layer: str) -> str:
+    """``layer pooled``, or ``layers pooled+blocks.5:avg`` for concatenated layers."""
+    from featpipe.heads.splits import layer_parts
+
+    return f"layer{'s' if len(layer_parts(layer)) > 1 else ''} {layer}"
+
+
 def head_parameters(estimator) -> int:
     """Learned numbers in a fitted head's classifier (weights, biases, support vectors); kNN,
     which only stores its training set, has none."""
@@ -184,7 +197,7 @@ def store_row(
     settings = {"store": store.key, "layer": layer, "head": head, "cv": cv}
     if entry.seed_param:
         settings["seed_param"] = entry.seed_param
-    label = f"{entry.label} on layer {layer}"
+    label = f"{entry.label} on {layer_words(layer)}"
     deterministic = not entry.seed_param and store.split_counts().get("val", 0) > 0
     job = Job(
         NAME,

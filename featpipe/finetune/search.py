@@ -1,0 +1,90 @@
+"""A fine-tuning grid: every combination trains, validation accuracy chooses.
+
+Each candidate is a clone of one ``FineTuner`` with some settings changed (``lr``,
+``weight_decay``, ``dropout``, ...). Candidates select their epoch on val as usual; the
+candidate with the best validation accuracy at its best epoch wins (ties: the first in grid
+order). Nothing here reads the test split: the caller tests the winner, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sklearn.base import clone
+from sklearn.model_selection import ParameterGrid
+
+from featpipe.data.source import ImageSource
+from featpipe.errors import ConfigError, did_you_mean
+from featpipe.finetune.tuner import NOT_RESULT_PARAMS, FineTuner
+from featpipe.store import FeatureStore
+
+# A grid varies the recipe, not what is fine-tuned or how the run is kept.
+NOT_SEARCHED = (*NOT_RESULT_PARAMS, "backbone", "mode", "seed")
+
+
+def searchable_params() -> list[str]:
+    """FineTuner settings a grid may vary."""
+    return [p for p in FineTuner().get_params() if p not in NOT_SEARCHED]
+
+
+def check_grid(grid: dict, where: str = "grid") -> None:
+    """A ConfigError unless ``grid`` maps searchable settings to non-empty lists."""
+    valid = searchable_params()
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where} must be a table of setting = [values]; got {grid!r}.")
+    for name, values in grid.items():
+        if name not in valid:
+            raise ConfigError(
+                f"{where}.{name}: not a searchable fine-tuning setting.{did_you_mean(name, valid)}"
+                f" Valid: {', '.join(valid)}."
+            )
+        if not isinstance(values, list | tuple) or not values:
+            raise ConfigError(
+                f"{where}.{name} must be a non-empty array of values, e.g. lr = [0.01, 0.05]; "
+                f"got {values!r}."
+            )
+
+
+@dataclass
+class GridResult:
+    """The fitted winner, its settings, and every candidate's validation accuracy."""
+
+    best: FineTuner
+    params: dict
+    curve: list[tuple[dict, float]]
+    grid: dict  # what was searched
+    fit_seconds: float  # all candidates together: the grid's real cost
+
+
+def candidate_dir(run_dir: str | Path | None, params: dict) -> Path | None:
+    """Each candidate's own checkpoint folder, so that an interrupted grid resumes."""
+    if run_dir is None:
+        return None
+    name = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return Path(run_dir) / "".join(c if c.isalnum() or c in "-_.,=" else "_" for c in name)
+
+
+def fit_grid(
+    tuner: FineTuner,
+    source: ImageSource,
+    grid: dict,
+    *,
+    probe_features: FeatureStore | None = None,
+) -> GridResult:
+    """Fit ``tuner`` once per combination of ``grid`` (``{"lr": [...], ...}``) and keep the
+    one with the best validation accuracy. Only the winner is kept in memory."""
+    check_grid(grid)
+    best, best_params, curve, seconds = None, None, [], 0.0
+    for params in ParameterGrid(dict(grid)):
+        candidate = clone(tuner).set_params(**params, run_dir=candidate_dir(tuner.run_dir, params))
+        candidate.fit(source, probe_features=probe_features)
+        score = float(candidate.best_score_[0])
+        curve.append((params, score))
+        seconds += candidate.fit_seconds_
+        if best is None or score > float(best.best_score_[0]):
+            best, best_params = candidate, params
+    return GridResult(best, best_params, curve, dict(grid), seconds)
+
+
+__all__ = ["GridResult", "check_grid", "fit_grid", "searchable_params"]

@@ -1,0 +1,157 @@
+"""The recipe's other knobs: the mse loss, the grid over lr / weight decay / dropout, and the
+from-scratch baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from finetune_child import synthetic_source
+
+from featpipe.backbones import get_backbone
+from featpipe.data import ImageSource
+from featpipe.errors import ConfigError
+from featpipe.finetune import FineTuner, Mode
+from featpipe.finetune.search import check_grid, fit_grid
+
+
+def tuner(**kw) -> FineTuner:
+    params = dict(epochs=2, batch_size=8, lr=0.05, patience=None, verbose=0, seed=0)
+    return FineTuner(**{"backbone": "toy", **params, **kw})
+
+
+@pytest.fixture(scope="module")
+def source():
+    return synthetic_source()
+
+
+class RecordingSource(ImageSource):
+    """Delegates to ``parent`` and records every row it loads, in order."""
+
+    def __init__(self, parent: ImageSource):
+        self.parent, self.loaded = parent, []
+        self.classes, self.ids = parent.classes, parent.ids
+        self.labels, self.splits = parent.labels, parent.splits
+
+    def load(self, index: int):
+        self.loaded.append(int(index))
+        return self.parent.load(index)
+
+    def _fingerprint_parts(self, content: bool):
+        return self.parent._fingerprint_parts(content)
+
+
+def test_mse_loss_trains(source):
+    ft = tuner(loss="mse", epochs=3, lr=0.2).fit(source)
+    losses = [h["train_loss"] for h in ft.history_[1:]]
+    assert losses[-1] < losses[0]
+    assert max(h["val_accuracy"] for h in ft.history_) >= 0.8  # chance: 1/3
+    # The metrics are the same code for both losses: val_loss stays the log loss.
+    assert ft.history_[-1]["val_loss"] > 0
+
+
+def test_mse_is_squared_error_between_softmax_and_one_hot():
+    ft = tuner(loss="mse", label_smoothing=0.0)
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    p = torch.softmax(logits, 1)
+    expected = ((p - torch.eye(3)[labels]) ** 2).sum(1).mean()
+    assert torch.allclose(ft._loss(logits, labels), expected)
+
+
+def test_unknown_loss_is_refused(source):
+    with pytest.raises(ConfigError, match="Valid losses: cross_entropy, mse"):
+        tuner(loss="hinge").fit(source)
+
+
+def test_grid_chooses_on_val_and_test_is_read_once_for_the_winner(source):
+    recording = RecordingSource(source)
+    grid = {"lr": [1e-6, 0.1], "weight_decay": [1e-4]}
+    result = fit_grid(tuner(epochs=2), recording, grid)
+    test_rows = set(np.flatnonzero(source.splits == 2).tolist())
+    assert not test_rows & set(recording.loaded)  # two fits, no test image
+    assert len(result.curve) == 2
+    scores = [s for _, s in result.curve]
+    assert result.params == result.curve[int(np.argmax(scores))][0]
+    assert float(result.best.best_score_[0]) == max(scores)
+    assert result.params["lr"] == 0.1  # lr 1e-6 cannot move from chance in two epochs
+    assert result.fit_seconds >= result.best.fit_seconds_
+
+    before = len(recording.loaded)
+    result.best.predict_proba("test")
+    read = recording.loaded[before:]
+    assert sorted(read) == sorted(test_rows)  # each test image once, for the winner only
+
+
+def test_grid_keys_are_checked():
+    check_grid({"lr": [0.1], "weight_decay": [0.0], "dropout": [0.0, 0.5]})
+    with pytest.raises(ConfigError, match="Did you mean: 'lr'"):
+        check_grid({"lrr": [0.1]})
+    with pytest.raises(ConfigError, match="not a searchable"):
+        check_grid({"mode": ["full"]})
+    with pytest.raises(ConfigError, match="non-empty array"):
+        check_grid({"lr": []})
+
+
+def test_dropout_is_searchable_and_sits_in_front_of_the_head(source):
+    result = fit_grid(tuner(epochs=1), source, {"dropout": [0.0, 0.6]})
+    assert [p["dropout"] for p, _ in result.curve] == [0.0, 0.6]
+    ft = tuner(epochs=1, dropout=0.6).fit(source)
+    head = ft.model_.get_submodule(ft.head_)
+    assert isinstance(head[0], torch.nn.Dropout) and head[0].p == 0.6
+
+
+def test_scratch_starts_from_random_not_pretrained_weights(source):
+    pretrained = get_backbone("toy@7").model.state_dict()  # 'toy@7': weights seeded 7
+    scratch = tuner(backbone="toy@7", mode="scratch", epochs=0).fit(source)
+    random_init = get_backbone("toy@none").model.state_dict()
+    state = scratch.model_.state_dict()
+    convs = [k for k in pretrained if k.startswith("stem.0")]
+    for key in convs:
+        assert not torch.equal(state[key], pretrained[key])
+        assert torch.equal(state[key], random_init[key])
+    assert "@none" in scratch.backbone_.spec
+    # The same build in any other mode starts from the pretrained weights.
+    full = tuner(backbone="toy@7", mode="full", epochs=0).fit(source)
+    for key in convs:
+        assert torch.equal(full.model_.state_dict()[key], pretrained[key])
+
+
+def test_scratch_trains_everything_at_the_head_rate(source):
+    ft = tuner(backbone="toy@7", mode="scratch", epochs=1, backbone_lr_scale=0.1).fit(source)
+    assert Mode.parse("scratch") == Mode("scratch") and not Mode("scratch").pretrained
+    assert ft.trainable_params_ == sum(p.numel() for p in ft.model_.parameters())
+    assert {g["initial_lr"] for g in ft.optimizer_.param_groups} == {0.05}
+
+
+def test_cli_finetune_grid_loss_and_scratch(split_image_folder, tmp_path, capsys):
+    from featpipe.cli import main
+    from featpipe.report import read_results
+
+    run_dir = tmp_path / "run"
+    args = [
+        *[
+            "finetune",
+            "--backbone",
+            "toy",
+            "--mode",
+            "scratch",
+            "--loss",
+            "mse",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+        *["--no-progress", "--grid", "lr=1e-6,0.1", "--grid", "dropout=0.5"],
+    ]
+    where = ["--data", str(split_image_folder), "--run-dir", str(run_dir)]
+    assert main([*args, *where]) == 0
+    assert "grid: 2 settings, chosen on val: " in capsys.readouterr().out
+    (row,) = read_results(run_dir / "results.jsonl")
+    assert len(row["curve"]) == 2 and row["params"]["loss"] == "mse"
+    best = max(row["curve"], key=lambda c: c["score"])  # first of equals, as chosen
+    assert {k: row["params"][k] for k in ("lr", "dropout")} == best["params"]
+    assert row["provenance"]["backbone"]["spec"] == "toy@none"
+    assert main([*args, "--grid", "lrr=0.1", *where]) == 2
+    assert "Did you mean: 'lr'?" in capsys.readouterr().err
