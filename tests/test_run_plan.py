@@ -59,7 +59,8 @@ def run(toml: Path, out: Path, *overrides: str) -> int:
 
 def table_row(md: str, label: str) -> list[str]:
     """The cells of a method's line in the report's results table."""
-    (line,) = [ln for ln in md.splitlines() if ln.startswith(f"| {label} |")]
+    results = md.split("## Results", 1)[1].split("\n## ", 1)[0]
+    (line,) = [ln for ln in results.splitlines() if ln.startswith(f"| {label} |")]
     return [c.strip() for c in line.strip("|").split("|")]
 
 
