@@ -124,6 +124,7 @@ def data_checks(run_dir: Path, rows: list[dict], source=None) -> DataChecks | No
         checks = check_store(store)
     else:
         return None
+    run_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(checks.to_json()) + "\n", encoding="utf-8")
     return checks
 

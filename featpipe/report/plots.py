@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import warnings
@@ -36,8 +37,16 @@ CJK_PACKAGE = "fonts-noto-cjk"
 
 @functools.cache
 def cjk_font() -> str | None:
-    """The first installed CJK-capable font family, or None."""
+    """The first installed CJK-capable font family, or None. matplotlib's font list is cached
+    on disk and misses fonts installed after it was built: those are added from the system's
+    font files."""
     installed = {f.name for f in font_manager.fontManager.ttflist}
+    if not installed.intersection(CJK_FONTS):
+        for path in font_manager.findSystemFonts():
+            if any(k in path.lower() for k in ("cjk", "wqy", "droidsansfallback", "sourcehan")):
+                with contextlib.suppress(OSError, RuntimeError, ValueError):
+                    font_manager.fontManager.addfont(path)
+        installed = {f.name for f in font_manager.fontManager.ttflist}
     return next((name for name in CJK_FONTS if name in installed), None)
 
 
