@@ -107,6 +107,13 @@ def test_warning_fires_on_a_broken_finetune(tmp_path):
     assert "Warnings (results that look broken):" in md and "looks broken" in md
 
 
+def test_warning_on_a_head_at_its_iteration_limit():
+    row = make_row("toy/mlp@pooled", head="mlp", n=300)
+    row["params"]["hit_iteration_limit"] = True
+    (line,) = warnings_for(summarize([row]))
+    assert line.startswith("toy/mlp@pooled stopped at its iteration limit (max_iter)")
+
+
 def test_warning_on_too_few_test_images():
     (line,) = warnings_for(summarize([make_row("toy/logreg@pooled", n=30)]))
     assert line.startswith("Only 30 test images")

@@ -154,9 +154,9 @@ def _finetune_sentence(summaries: list[MethodSummary], n_boot: int) -> str | Non
 def _layer_sentence(summaries: list[MethodSummary]) -> str | None:
     by_layer: dict[str, MethodSummary] = {}
     for s in summaries:
-        if s.kind == MethodKind.PROBE and s.layer and s.val_accuracy is not None:
-            if s.layer not in by_layer or _val(s) > _val(by_layer[s.layer]):
-                by_layer[s.layer] = s
+        usable = s.kind == MethodKind.PROBE and s.layer and s.val_accuracy is not None
+        if usable and (s.layer not in by_layer or _val(s) > _val(by_layer[s.layer])):
+            by_layer[s.layer] = s
     if len(by_layer) < 2:
         return None
     top = max(by_layer.values(), key=_val)
@@ -250,12 +250,12 @@ def _finetune_warnings(s: MethodSummary) -> list[str]:
         )
     elif len(history) > 1 and row["params"].get("best_epoch") == 0:
         problems.append("no epoch improved on its starting point (best epoch 0)")
-    if probe_val is not None and row.get("val_accuracy") is not None:
-        if row["val_accuracy"] < probe_val:
-            problems.append(
-                f"it ends below the probe it started from ({_pct(row['val_accuracy'])} "
-                f"against the probe's {_pct(probe_val)} on validation)"
-            )
+    end = row.get("val_accuracy")
+    if probe_val is not None and end is not None and end < probe_val:
+        problems.append(
+            f"it ends below the probe it started from ({_pct(end)} against the probe's "
+            f"{_pct(probe_val)} on validation)"
+        )
     if not problems:
         return []
     return [

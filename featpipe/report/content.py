@@ -105,7 +105,7 @@ def _mean(s: MethodSummary, metric: str) -> float | None:
 
 
 # Row bookkeeping rather than choices: left out of the parameter cell.
-_BOOKKEEPING = ("selection", "probabilistic")
+_BOOKKEEPING = ("selection", "probabilistic", "hit_iteration_limit")
 # Shown first when no search varied anything: the knobs people look for.
 _KEY_PARAMS = (
     *("C", "alpha", "n_neighbors", "gamma", "hidden_layer_sizes", "max_iter"),
@@ -129,9 +129,7 @@ def _params(s: MethodSummary) -> str | Folded:
     first, e.g. ``C=0.1``; the rest folded away."""
     params = {k: v for k, v in s.params.items() if k not in _BOOKKEEPING}
     curve = s.rows[0].get("curve") or []
-    varied = [
-        k for k in params if len({json.dumps(c["params"].get(k)) for c in curve}) > 1
-    ]
+    varied = [k for k in params if len({json.dumps(c["params"].get(k)) for c in curve}) > 1]
     first = varied or [k for k in _KEY_PARAMS if k in params]
     order = list(dict.fromkeys([*first[:_SHOWN], *params]))
     short = ", ".join(f"{k}={_value(params[k], True)}" for k in order[:_SHOWN])

@@ -184,7 +184,9 @@ def comparisons(summaries: list[MethodSummary], n_boot: int = 1000) -> list[Pair
     return [p for p in pairs if p is not None]
 
 
-def all_pairs(summaries: list[MethodSummary], n_boot: int = 1000) -> dict[tuple[int, int], Comparison]:
+def all_pairs(
+    summaries: list[MethodSummary], n_boot: int = 1000
+) -> dict[tuple[int, int], Comparison]:
     """Every ordered pair (i, j), i before j, of methods that tested the same images."""
     out = {}
     for i, a in enumerate(summaries):
