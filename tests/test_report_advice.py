@@ -72,6 +72,8 @@ def test_sweep_plot_and_crossover(tmp_path):
     md = written["report.md"].read_text()
     assert "Fine-tuning starts to pay off from 500 training images (sweep: 100, 500, 2000)" in md
     assert "at 2000 training images" in md  # the main recommendation: the largest size
+    paired = md.split("## Paired comparisons")[1].split("\n## ")[0]
+    assert "#n2000" in paired and "#n100 " not in paired and "#n500" not in paired
     png = written["accuracy_by_train_size"].read_bytes()
     assert png[:4] == b"\x89PNG"
     # the probe ahead everywhere: no crossover

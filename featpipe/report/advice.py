@@ -73,8 +73,8 @@ def recommendation(summaries: list[MethodSummary], n_boot: int) -> list[str]:
     if not summaries:
         return []
     swept = [s for s in summaries if s.train_size is not None]
-    largest = _largest(summaries)
-    at_full = [s for s in summaries if s.train_size == largest]
+    largest = largest_size(summaries)
+    at_full = at_largest_size(summaries)
     advice = advise(at_full, n_boot)
     chosen = advice.chosen
     if chosen is None:
@@ -99,11 +99,17 @@ def recommendation(summaries: list[MethodSummary], n_boot: int) -> list[str]:
     return text
 
 
-def _largest(summaries: list[MethodSummary]) -> int | None:
+def largest_size(summaries: list[MethodSummary]) -> int | None:
     """The training-set size of the main results: None (the whole train split) when any row
     has it, else the largest size of the sweep."""
     sizes = {s.train_size for s in summaries}
     return None if None in sizes else max(sizes)
+
+
+def at_largest_size(summaries: list[MethodSummary]) -> list[MethodSummary]:
+    """The methods at the main results' training-set size (all of them without a sweep)."""
+    largest = largest_size(summaries)
+    return [s for s in summaries if s.train_size == largest]
 
 
 def _tie_sentence(advice: Advice) -> str:

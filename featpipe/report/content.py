@@ -434,10 +434,12 @@ def build_document(
     sections = [recommendation, overview]
     if checks is not None:
         sections.append(_checks_section(summaries, checks))
-    comparison_sections = _comparison_sections(summaries, n_boot)
+    # With a sweep, comparisons and the best methods are those at the largest size.
+    main = advice.at_largest_size(summaries)
+    comparison_sections = _comparison_sections(main, n_boot)
     sections += [s for s in comparison_sections if not s.appendix]
     sections.append(_figures(summaries))
-    picks = [s for s in (best(summaries, kind) for kind in MethodKind) if s]
+    picks = [s for s in (best(main, kind) for kind in MethodKind) if s]
     if picks:
         sections.append(
             Section(
