@@ -159,7 +159,7 @@ def dup_store(tmp_path):
 def test_data_checks_find_duplicates_near_duplicates_and_small_classes(dup_store, tmp_path):
     source, store = dup_store
     checks = check_store(store, content_hashes(source))
-    assert checks.basis.startswith("content hash")
+    assert checks.basis.startswith("by content hash")
     assert checks.duplicates == [[["train", "dups/000000"], ["test", "dups/000032"]]]
     # (the toy backbone's few features make other pairs close too)
     assert {"dups/000032", "dups/000033"} <= checks.near_test
@@ -177,7 +177,7 @@ def test_near_duplicates_by_cosine():
     ids = ["a", "b", "c", "d", "e"]
     checks = check_data(ids, np.array([0, 1, 0, 1, 0]), splits, ["x", "y"], features=features)
     assert checks.near == [["c", "a", pytest.approx(0.99995, abs=1e-5)]]  # d: cosine 0.71
-    assert checks.basis.startswith("identical stored features") and not checks.duplicates
+    assert checks.basis.startswith("by identical stored features") and not checks.duplicates
 
 
 def test_report_lists_checks_and_top1_without_duplicates(dup_store, tmp_path):

@@ -18,8 +18,8 @@ MIN_PER_CLASS = 10  # fewer val or test images of a class than this: its accurac
 SHOWN = 5  # example ids listed per finding
 _BLOCK = 1024  # test rows per similarity block (memory: _BLOCK x train rows floats)
 
-CONTENT = "content hash (sha256 of each image file, or of its pixels for in-memory images)"
-FEATURES = "identical stored features (the source was not at hand to hash image contents)"
+CONTENT = "by content hash: sha256 of each image file, or of its pixels for in-memory images"
+FEATURES = "by identical stored features; the source was not at hand to hash image contents"
 
 
 @dataclass

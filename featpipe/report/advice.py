@@ -125,10 +125,12 @@ def _tie_sentence(advice: Advice) -> str:
     cheap = advice.cheapest
     if cheap is not None and cheap is not chosen and tied:
         ratio = chosen.cost("total_seconds") / cheap.cost("total_seconds")
+        cost = f"1/{_ratio(ratio)} of the cost" if ratio >= 1.5 else "about the same cost"
         text += (
-            f" The cheapest of these is {cheap.label}, at 1/{_ratio(ratio)} of the cost "
-            f"({cheap.cost('total_seconds'):.1f} s against {chosen.cost('total_seconds'):.1f} s;"
-            f" validation {_pct(cheap.val_accuracy or 0)}, {_test(cheap)})."
+            f" The cheapest of these is {cheap.label}, at {cost} "
+            f"({cheap.cost('total_seconds'):.1f} s against {chosen.cost('total_seconds'):.1f} s"
+            f" in all, shared feature extraction included; validation "
+            f"{_pct(cheap.val_accuracy or 0)}, {_test(cheap)})."
         )
     elif cheap is chosen and tied:
         text += " It is also the cheapest of them."
