@@ -75,7 +75,8 @@ def test_probe_run_dir_holds_the_rows_featpipe_run_writes(toy_store, tmp_path, c
     assert len(read_results(run_dir / "results.jsonl")) == 3
     assert main(["report", str(run_dir)]) == 0
     md = (run_dir / "report.md").read_text()
-    assert md.count("| logistic regression on layer pooled |") == 1
+    results = md.split("## Results", 1)[1].split("\n## ", 1)[0]  # the results table
+    assert results.count("| logistic regression on layer pooled |") == 1
     assert "| kNN on layer pooled |" in md and "older featpipe" not in md
 
 

@@ -191,9 +191,13 @@ def test_report_contents(report_dir):
     md = (report_dir / "report.md").read_text()
     assert "| toy/logreg@pooled | 0 |" in md
     assert "toy/finetune:full | 0, 1 |" in md  # two seeds aggregated on one line
-    # fine-tune vs each probe, with the CI wording
-    assert md.count("toy/finetune:full beats") + md.count("is not distinguishable") == 4
-    assert "95 % CI" in md and "McNemar p" in md
+    # the fine-tune against the best probe only (none is tied with it), with the CI wording;
+    # every pair in the appendix's matrix
+    (paired,) = [ln for ln in md.splitlines() if ln.startswith("- toy/finetune:full beats")]
+    assert "toy/logreg@pooled by" in paired and "95 % CI" in paired and "McNemar p" in paired
+    assert md.index("## Recommendation") < md.index("## Results")
+    appendix = md[md.index("## Appendix: All paired comparisons") :]
+    assert "| 5. toy/finetune:full | +13.3* |" in appendix
     # four probes share one 3 s extraction: counted once in the run's total
     assert "whole run: 127.6 s = extraction 3.0 s + fitting 124.0 s + prediction 0.6 s" in md
     for name in (
@@ -285,7 +289,9 @@ def test_best_probe_is_chosen_by_validation_not_test(tmp_path):
     md = write_report(tmp_path, rows)["report.md"].read_text()
     assert "Confusion matrix of the best probe by validation accuracy: toy/knn@pooled" in md
     assert "| class | toy/knn@pooled |" in md
-    assert "- toy/knn@pooled trails toy/logreg@pooled" in md  # the reference is knn
+    # the reference is knn, against the runner-up on validation (mlp), not the best on test
+    assert "- toy/knn@pooled beats toy/mlp@pooled" in md
+    assert "- toy/knn@pooled trails" not in md
     assert best(summaries, "finetune") is None
 
 

@@ -15,7 +15,7 @@ from featpipe.errors import FeaturePipeError
 from featpipe.interrupt import Interrupted, handle_sigterm
 
 # Each module defines ``register(subparsers)``, which adds its subcommands and sets ``func``.
-COMMAND_MODULES = ("backbones", "extract", "heads", "export", "finetune", "run", "cache")
+COMMAND_MODULES = ("backbones", "extract", "heads", "export", "finetune", "run", "cache", "check")
 
 DESCRIPTION = """\
 featpipe: frozen-backbone features cached in HDF5, classical heads on them, and fine-tuning

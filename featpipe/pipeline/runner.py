@@ -107,7 +107,7 @@ class PipelineRunner:
                     f"{job.label}, seed {job.seed}: top-1 {100 * row['metrics']['top1']:.1f} % "
                     f"(fit {row['cost']['fit_seconds']:.1f} s)"
                 )
-            write_report(context.run_dir, rows, run_plan)
+            write_report(context.run_dir, rows, run_plan, source=self.source)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: finished rows are on disk
             finished = len(_keys(rows) & {j.key for j in jobs})
             raise _interrupted(exc, finished, len(jobs)) from None

@@ -3,10 +3,12 @@ report.html."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 from featpipe.errors import ConfigError
+from featpipe.evaluate.leakage import DataChecks, check_data, check_store, content_hashes
 from featpipe.report.content import Document, build_document
 from featpipe.report.html import render_html
 from featpipe.report.markdown import PLOTS_DIR, render_markdown
@@ -36,6 +38,7 @@ __all__ = [
     "RunPlan",
     "append_result",
     "build_document",
+    "data_checks",
     "ids_sha256",
     "read_plan",
     "read_results",
@@ -49,13 +52,21 @@ __all__ = [
 ]
 
 
+CHECKS_FILE = "checks.json"
+
+
 def write_report(
-    run_dir: str | Path, rows: list[dict] | None = None, plan: RunPlan | None = None
+    run_dir: str | Path,
+    rows: list[dict] | None = None,
+    plan: RunPlan | None = None,
+    source=None,
 ) -> dict[str, Path]:
     """Write report.md, plots/*.png and report.html into ``run_dir`` from the rows of its
     current plan. ``rows`` default to run_dir/results.jsonl and ``plan`` to run_dir/plan.json;
     rows outside the plan (earlier configurations) are left out. A run folder without a plan
     (older featpipe) reports the latest row of every method and seed, with a note saying so.
+    The data checks hash image contents when the run's ``source`` is given (saved in
+    checks.json for later rebuilds), else compare the stored features of the run's store.
     Returns the paths written, by name."""
     run_dir = Path(run_dir)
     if rows is None:
@@ -68,7 +79,8 @@ def write_report(
     if plan is None:
         plan = read_plan(run_dir)
     rows, notes = _current(rows, plan)
-    doc = build_document(rows, n_boot=plan.n_boot if plan else 1000, notes=notes)
+    checks = data_checks(run_dir, rows, source)
+    doc = build_document(rows, n_boot=plan.n_boot if plan else 1000, notes=notes, checks=checks)
     plots_dir = run_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -81,6 +93,40 @@ def write_report(
     written["report.html"] = run_dir / "report.html"
     written["report.html"].write_text(render_html(doc), encoding="utf-8")
     return written
+
+
+def data_checks(run_dir: Path, rows: list[dict], source=None) -> DataChecks | None:
+    """The data checks of a run: computed with content hashes when the source is at hand,
+    else those saved by the run (checks.json), else from the stored features of the probes'
+    store; None when there is neither a source nor a store to check."""
+    from featpipe.store import FeatureStore
+
+    saved = run_dir / CHECKS_FILE
+    paths = [r["provenance"].get("store", {}).get("path") for r in rows if r["kind"] == "probe"]
+    stores = [FeatureStore(p) for p in dict.fromkeys(paths) if p and Path(p).is_file()]
+    store = next((s for s in stores if "pooled" in s.layers), stores[0] if stores else None)
+    if source is not None:
+        hashes = content_hashes(source)
+        if store is not None and all(i in hashes for i in store.ids()):
+            checks = check_store(store, hashes)
+        else:  # no store (fine-tunes only): exact duplicates and class counts only
+            splits = [("train", "val", "test")[c] for c in source.splits]
+            checks = check_data(
+                list(source.ids),
+                source.labels,
+                splits,
+                list(source.classes),
+                hashes=[hashes[i] for i in source.ids],
+            )
+    elif saved.exists():
+        return DataChecks.from_json(json.loads(saved.read_text(encoding="utf-8")))
+    elif store is not None:
+        checks = check_store(store)
+    else:
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(checks.to_json()) + "\n", encoding="utf-8")
+    return checks
 
 
 def record_rows(run_dir: str | Path, rows: list[ResultRow], *, n_boot: int = 1000) -> Path:

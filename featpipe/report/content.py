@@ -7,10 +7,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from featpipe.report import plots
-from featpipe.report.results import MethodKind
+import numpy as np
+
+from featpipe.evaluate.leakage import DataChecks
+from featpipe.report import advice, plots
+from featpipe.report.results import MethodKind, ids_sha256
 from featpipe.report.summary import (
     MethodSummary,
+    all_pairs,
     best,
     comparisons,
     latest_rows,
@@ -20,9 +24,21 @@ from featpipe.report.summary import (
 
 
 @dataclass(frozen=True)
+class Folded:
+    """A table cell too long to show whole: ``short`` always, ``full`` on demand (HTML
+    ``<details>``; Markdown shows ``short`` and an ellipsis)."""
+
+    short: str
+    full: str
+
+    def __str__(self) -> str:
+        return f"{self.short}, …" if self.short else "…"
+
+
+@dataclass(frozen=True)
 class Table:
     header: list[str]
-    rows: list[list[str]]
+    rows: list[list[str | Folded]]
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,8 @@ class Figure:
 class Section:
     title: str
     blocks: list[str | Table | Figure | list[str]] = field(default_factory=list)
+    # Detail most readers skip: folded in HTML (<details>), an appendix at the end in Markdown.
+    appendix: bool = False
 
 
 @dataclass
@@ -86,8 +104,38 @@ def _mean(s: MethodSummary, metric: str) -> float | None:
     return agg["mean"] if agg else None
 
 
-def _params(params: dict) -> str:
-    return ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items())
+# Row bookkeeping rather than choices: left out of the parameter cell.
+_BOOKKEEPING = ("selection", "probabilistic", "hit_iteration_limit")
+# Shown first when no search varied anything: the knobs people look for.
+_KEY_PARAMS = (
+    *("C", "alpha", "n_neighbors", "gamma", "hidden_layer_sizes", "max_iter"),
+    *("lr", "weight_decay", "dropout", "loss", "epochs", "best_epoch"),
+)
+_SHOWN = 3
+
+
+def _value(v: object, short: bool) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list) and short and len(v) > _SHOWN:
+        return "[" + ", ".join(_value(x, short) for x in v[:_SHOWN]) + ", …]"
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x, short) for x in v) + "]"
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _params(s: MethodSummary) -> str | Folded:
+    """The chosen parameters, compactly: those its search varied (else the usual knobs)
+    first, e.g. ``C=0.1``; the rest folded away."""
+    params = {k: v for k, v in s.params.items() if k not in _BOOKKEEPING}
+    curve = s.rows[0].get("curve") or []
+    varied = [k for k in params if len({json.dumps(c["params"].get(k)) for c in curve}) > 1]
+    first = varied or [k for k in _KEY_PARAMS if k in params]
+    order = list(dict.fromkeys([*first[:_SHOWN], *params]))
+    short = ", ".join(f"{k}={_value(params[k], True)}" for k in order[:_SHOWN])
+    if len(order) <= _SHOWN and all(not isinstance(params[k], list) for k in order):
+        return short
+    return Folded(short, ", ".join(f"{k}={_value(params[k], False)}" for k in order))
 
 
 def _results_table(summaries: list[MethodSummary]) -> Table:
@@ -131,7 +179,7 @@ def _results_table(summaries: list[MethodSummary]) -> Table:
                 _mib(s.cost("peak_host_bytes")),
                 _mib(s.cost("peak_device_bytes")),
                 "" if trainable is None else f"{trainable:,.0f}",
-                _params(s.params),
+                _params(s),
             ]
         )
     return Table(header, rows)
@@ -192,61 +240,116 @@ def _skipped_notes(rows: list[dict]) -> list[str]:
     ]
 
 
-def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = ()) -> Document:
-    """Everything a report shows, from the rows of one configuration (see
-    :class:`featpipe.report.runplan.RunPlan`; rows repeating a method and seed: the latest
-    wins). ``n_boot`` resamples go into each paired comparison; ``notes`` open the report."""
-    rows = latest_rows(rows)
-    summaries = summarize(rows)
-    run = rows[0]["run"] if rows else "(empty)"
+def _dedup_table(summaries: list[MethodSummary], checks: DataChecks) -> Table | None:
+    """Test top-1 of each method (first seed) with the duplicated test images left out, so a
+    reader sees whether leakage inflates the numbers."""
+    drop_exact, drop_near = checks.duplicated_test, checks.near_test | checks.duplicated_test
+    if not drop_exact and not drop_near:
+        return None
+    key = ids_sha256(checks.test_ids)
+    keep_exact = np.array([i not in drop_exact for i in checks.test_ids])
+    keep_near = np.array([i not in drop_near for i in checks.test_ids])
+    rows = []
+    for s in summaries:
+        row = s.rows[0]
+        if row["test"]["ids_sha256"] != key:
+            continue  # tested on other images (e.g. a fine-tune that read skipped files)
+        correct = np.asarray(row["test"]["y_true"]) == np.asarray(row["test"]["y_pred"])
+        cells = [correct[k].mean() if k.any() else None for k in (keep_exact, keep_near)]
+        rows.append([s.label, _pct(correct.mean()), *(_pct(c) for c in cells)])
     if not rows:
-        empty = Section("Results", [*notes, "No results yet."])
-        return Document(f"featpipe report: {run}", [empty])
-    n_test = rows[0]["metrics"]["n"]
-    classes = rows[0]["classes"]
-    overview = Section(
-        "Results",
+        return None
+    return Table(
         [
-            *notes,
-            *_skipped_notes(rows),
-            f"{len(summaries)} methods on {n_test} test images of {len(classes)} classes. "
-            "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
-            "percentile bootstrap interval over test images; costs are wall seconds on the machine "
-            "named under provenance."
-            + (_SEED_NOTES if any(s.seed_note for s in summaries) else ""),
-            _results_table(summaries),
+            "method",
+            f"test top-1 % ({len(checks.test_ids)} images)",
+            f"without exact duplicates ({int(keep_exact.sum())})",
+            f"without exact and near-duplicates ({int(keep_near.sum())})",
         ],
+        rows,
     )
-    overview.blocks += [
-        "Wall seconds. Feature extraction is shared by every probe on the same store, so the "
-        "run's total counts it once; each probe's own total includes it, to compare probes "
-        "against fine-tuning from images.",
-        _cost_lines(rows),
+
+
+def _checks_section(summaries: list[MethodSummary], checks: DataChecks) -> Section:
+    blocks: list = [
+        "Checks on the data (also `featpipe check STORE`):",
+        checks.lines(),
     ]
-    sections = [overview]
+    table = _dedup_table(summaries, checks)
+    if table:
+        blocks += ["Test top-1 (first seed) with the duplicated test images left out:", table]
+    return Section("Data checks", blocks)
+
+
+def _recommendation_section(summaries: list[MethodSummary], n_boot: int) -> Section:
+    blocks: list = list(advice.recommendation(summaries, n_boot))
+    warnings = advice.warnings_for(summaries)
+    if warnings:
+        blocks += ["Warnings (results that look broken):", warnings]
+    return Section("Recommendation", blocks)
+
+
+def _comparison_sections(summaries: list[MethodSummary], n_boot: int) -> list[Section]:
+    interval = (
+        f"a paired bootstrap 95 % interval ({n_boot} resamples) and McNemar's test; a "
+        "method beats another only when both find the difference"
+        if n_boot
+        else "McNemar's test (no bootstrap interval: n_boot is 0)"
+    )
+    sections = []
     paired = comparisons(summaries, n_boot=n_boot)
     if paired:
-        interval = (
-            f"a paired bootstrap 95 % interval ({n_boot} resamples) and McNemar's test; a "
-            "method beats another only when both find the difference"
-            if n_boot
-            else "McNemar's test (no bootstrap interval: n_boot is 0)"
-        )
         pairs = (
-            "Each fine-tuning mode against each probe"
+            "Each fine-tune against the best probe (on validation) and the cheapest probe "
+            "statistically tied with it"
             if any(s.kind == MethodKind.FINETUNE for s in summaries)
-            else "The probe with the best validation accuracy against each other probe"
+            else "The probe with the best validation accuracy against the cheapest probe tied "
+            "with it and the runner-up on validation"
         )
         sections.append(
             Section(
                 "Paired comparisons",
                 [
                     f"{pairs}, on the same test images; difference in top-1 points with "
-                    f"{interval}; cost is total wall seconds.",
+                    f"{interval}; cost is total wall seconds. Every pair: see "
+                    '"All paired comparisons".',
                     [f"{p.comparison.sentence()} (seed {p.seed})." for p in paired],
                 ],
             )
         )
+    matrix = all_pairs(summaries, n_boot=n_boot)
+    if len(matrix) > len(paired):
+        sections.append(
+            Section(
+                "All paired comparisons",
+                [
+                    "Row method minus column method, top-1 points on the same test images "
+                    f"(lowest common seed); * marks a clear difference ({interval}).",
+                    _matrix_table(summaries, matrix),
+                ],
+                appendix=True,
+            )
+        )
+    return sections
+
+
+def _matrix_table(summaries: list[MethodSummary], matrix: dict) -> Table:
+    n = len(summaries)
+    rows = []
+    for i, s in enumerate(summaries):
+        cells = []
+        for j in range(n):
+            c = matrix.get((min(i, j), max(i, j)))
+            if c is None:
+                cells.append("")
+                continue
+            pts = 100 * c.difference * (1 if i < j else -1)
+            cells.append(f"{pts:+.1f}{'*' if c.verdict == 'clear' else ''}")
+        rows.append([f"{i + 1}. {s.label}", *cells])
+    return Table(["method", *(str(j + 1) for j in range(n))], rows)
+
+
+def _figures(summaries: list[MethodSummary]) -> Section:
     figures = Section(
         "Figures",
         [
@@ -262,6 +365,15 @@ def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = 
             ),
         ],
     )
+    if len({s.train_size for s in summaries if s.train_size is not None}) > 1:
+        figures.blocks.append(
+            Figure(
+                "accuracy_by_train_size",
+                "Test top-1 (95 % bootstrap intervals) against the number of training images, "
+                "one line per method (log scale).",
+                plots.accuracy_by_train_size(summaries),
+            )
+        )
     if len({s.layer for s in summaries if s.kind == MethodKind.PROBE and s.layer}) > 1:
         figures.blocks.append(
             Figure(
@@ -278,8 +390,56 @@ def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = 
                 plots.finetune_curves(summaries),
             )
         )
-    sections.append(figures)
-    picks = [s for s in (best(summaries, kind) for kind in MethodKind) if s]
+    return figures
+
+
+def build_document(
+    rows: list[dict],
+    n_boot: int = 1000,
+    notes: Sequence[str] = (),
+    checks: DataChecks | None = None,
+) -> Document:
+    """Everything a report shows, from the rows of one configuration (see
+    :class:`featpipe.report.runplan.RunPlan`; rows repeating a method and seed: the latest
+    wins). ``n_boot`` resamples go into each paired comparison; ``notes`` open the report;
+    ``checks`` (:mod:`featpipe.evaluate.leakage`) add the data checks."""
+    rows = latest_rows(rows)
+    summaries = summarize(rows)
+    run = rows[0]["run"] if rows else "(empty)"
+    if not rows:
+        empty = Section("Results", [*notes, "No results yet."])
+        return Document(f"featpipe report: {run}", [empty])
+    n_test = rows[0]["metrics"]["n"]
+    classes = rows[0]["classes"]
+    overview = Section(
+        "Results",
+        [
+            *_skipped_notes(rows),
+            f"{len(summaries)} methods on {n_test} test images of {len(classes)} classes. "
+            "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
+            "percentile bootstrap interval over test images; costs are wall seconds on the machine "
+            "named under provenance."
+            + (_SEED_NOTES if any(s.seed_note for s in summaries) else ""),
+            _results_table(summaries),
+        ],
+    )
+    overview.blocks += [
+        "Wall seconds. Feature extraction is shared by every probe on the same store, so the "
+        "run's total counts it once; each probe's own total includes it, to compare probes "
+        "against fine-tuning from images.",
+        _cost_lines(rows),
+    ]
+    recommendation = _recommendation_section(summaries, n_boot)
+    recommendation.blocks[:0] = notes  # what the report left out bears on its advice too
+    sections = [recommendation, overview]
+    if checks is not None:
+        sections.append(_checks_section(summaries, checks))
+    # With a sweep, comparisons and the best methods are those at the largest size.
+    main = advice.at_largest_size(summaries)
+    comparison_sections = _comparison_sections(main, n_boot)
+    sections += [s for s in comparison_sections if not s.appendix]
+    sections.append(_figures(summaries))
+    picks = [s for s in (best(main, kind) for kind in MethodKind) if s]
     if picks:
         sections.append(
             Section(
@@ -307,4 +467,5 @@ def build_document(rows: list[dict], n_boot: int = 1000, notes: Sequence[str] = 
             ],
         )
     )
+    sections += [s for s in comparison_sections if s.appendix]
     return Document(f"featpipe report: {run}", sections)

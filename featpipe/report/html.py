@@ -6,7 +6,7 @@ import base64
 import re
 from html import escape
 
-from featpipe.report.content import Document, Figure, Table
+from featpipe.report.content import Document, Figure, Folded, Table
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -17,6 +17,7 @@ th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-al
 th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 1em 0; } figcaption { font-size: 0.85em; color: #555; }
 img { max-width: 100%; }
+td details summary { cursor: pointer; } details > summary h2 { display: inline; }
 """
 
 
@@ -26,6 +27,8 @@ _BREAK_AFTER = re.compile(r"([+=,])(?=\S)")
 
 
 def _cell(text: object) -> str:
+    if isinstance(text, Folded):  # the short form, unfolding to the whole on a click
+        return f"<details><summary>{_cell(text.short)}</summary>{_cell(text.full)}</details>"
     return _BREAK_AFTER.sub(r"\1<wbr>", escape(str(text)))
 
 
@@ -56,7 +59,10 @@ def render_html(doc: Document) -> str:
         f"<h1>{escape(doc.title)}</h1>",
     ]
     for section in doc.sections:
-        parts.append(f"<h2>{escape(section.title)}</h2>")
+        if section.appendix:  # folded: a click opens it
+            parts.append(f"<details><summary><h2>{escape(section.title)}</h2></summary>")
+        else:
+            parts.append(f"<h2>{escape(section.title)}</h2>")
         for block in section.blocks:
             if isinstance(block, Table):
                 parts.append(_table(block))
@@ -66,5 +72,7 @@ def render_html(doc: Document) -> str:
                 parts.append("<ul>" + "".join(f"<li>{escape(i)}</li>" for i in block) + "</ul>")
             else:
                 parts.append(f"<p>{escape(block)}</p>")
+        if section.appendix:
+            parts.append("</details>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -24,7 +24,8 @@ def render_markdown(doc: Document) -> str:
     """The report as Markdown; figures point at ``plots/<name>.png`` beside report.md."""
     lines = [f"# {doc.title}", ""]
     for section in doc.sections:
-        lines += [f"## {section.title}", ""]
+        title = f"Appendix: {section.title}" if section.appendix else section.title
+        lines += [f"## {title}", ""]
         for block in section.blocks:
             if isinstance(block, Table):
                 lines += _table(block)

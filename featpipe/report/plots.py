@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+import warnings
 
+import matplotlib
 import numpy as np
+from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -16,14 +21,85 @@ _COLORS = {MethodKind.PROBE: "#4C72B0", MethodKind.FINETUNE: "#DD8452"}
 _SERIES = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
 
 
+# Fonts with CJK glyphs, tried in turn after the default font for any character it lacks
+# (class names such as 蚂蚁 or 蜜蜂); Debian ships Noto in fonts-noto-cjk.
+CJK_FONTS = (
+    "Noto Sans CJK JP",
+    "Noto Sans CJK SC",
+    "Noto Serif CJK JP",
+    "Noto Serif CJK SC",
+    "Source Han Sans",
+    "WenQuanYi Zen Hei",
+    "Droid Sans Fallback",
+)
+CJK_PACKAGE = "fonts-noto-cjk"
+
+
+@functools.cache
+def cjk_font() -> str | None:
+    """The first installed CJK-capable font family, or None. matplotlib's font list is cached
+    on disk and misses fonts installed after it was built: those are added from the system's
+    font files."""
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    if not installed.intersection(CJK_FONTS):
+        for path in font_manager.findSystemFonts():
+            if any(k in path.lower() for k in ("cjk", "wqy", "droidsansfallback", "sourcehan")):
+                with contextlib.suppress(OSError, RuntimeError, ValueError):
+                    font_manager.fontManager.addfont(path)
+        installed = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FONTS if name in installed), None)
+
+
+def font_family() -> list[str]:
+    """matplotlib's font.family with a CJK fallback after the default, when one is installed."""
+    default = list(matplotlib.rcParams["font.sans-serif"][:1]) or ["DejaVu Sans"]
+    fallback = cjk_font()
+    return default + ([fallback] if fallback else [])
+
+
+_warned_missing = False
+
+
+def _glyph_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Say once, in one line, that a label could not be drawn and what to install."""
+    global _warned_missing
+    missing = [w for w in caught if "Glyph" in str(w.message) and "missing" in str(w.message)]
+    for w in caught:
+        if w not in missing:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing and not _warned_missing:
+        _warned_missing = True
+        warnings.warn(
+            "Plot labels have characters no installed font draws (e.g. Chinese class names); "
+            f"install a CJK font such as Debian's {CJK_PACKAGE} to draw them.",
+            stacklevel=3,
+        )
+
+
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    # No Software metadata: rebuilding from the same rows gives the same bytes.
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # No Software metadata: rebuilding from the same rows gives the same bytes.
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    _glyph_warnings(caught)
     return buf.getvalue()
 
 
+def _fonts(plot):
+    """Draw ``plot``'s text with a CJK fallback for characters the default font lacks (text
+    takes its font when created, so the whole plot runs in the context)."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context({"font.family": font_family()}):
+            return plot(*args, **kwargs)
+
+    return wrapper
+
+
+@_fonts
 def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
     """Horizontal bars of mean top-1 with the 95 % bootstrap interval."""
     order = sorted(summaries, key=lambda s: s.top1)
@@ -50,6 +126,7 @@ def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
     return _png(fig)
 
 
+@_fonts
 def accuracy_vs_cost(summaries: list[MethodSummary]) -> bytes:
     """Top-1 against total wall seconds (extraction + fit + predict), log x axis."""
     fig = Figure(figsize=(8, 5))
@@ -110,6 +187,7 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+@_fonts
 def accuracy_by_layer(summaries: list[MethodSummary]) -> bytes:
     """One line per (backbone, head) across the layers, in extraction order."""
     # Probes on a feature layer (a probe-kind stage may read none, e.g. a baseline).
@@ -129,6 +207,49 @@ def accuracy_by_layer(summaries: list[MethodSummary]) -> bytes:
     return _png(fig)
 
 
+def _sweep_key(s: MethodSummary) -> tuple:
+    return s.backbone, s.kind, s.layer, s.head, s.mode
+
+
+def _sweep_name(s: MethodSummary, backbones: int) -> str:
+    name = f"{s.head} on {s.layer}" if s.kind == MethodKind.PROBE else f"fine-tuning ({s.mode})"
+    return f"{s.backbone}: {name}" if backbones > 1 else name
+
+
+@_fonts
+def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
+    """Test top-1 (95 % interval) against training images, one line per method, log x."""
+    swept = [s for s in summaries if s.train_size is not None]
+    backbones = len({s.backbone for s in swept})
+    fig = Figure(figsize=(8, 5))
+    ax = fig.add_subplot()
+    for key in dict.fromkeys(_sweep_key(s) for s in swept):
+        line = sorted((s for s in swept if _sweep_key(s) == key), key=lambda s: s.train_size)
+        x = [s.train_size for s in line]
+        y = np.array([100 * s.top1 for s in line])
+        ci = np.array([[100 * v for v in (s.top1_ci or (s.top1, s.top1))] for s in line])
+        style = "-" if key[1] == MethodKind.FINETUNE else "--"
+        ax.errorbar(
+            x,
+            y,
+            yerr=[y - ci[:, 0], ci[:, 1] - y],
+            marker="o",
+            linestyle=style,
+            capsize=3,
+            label=_sweep_name(line[0], backbones),
+        )
+    ax.set_xscale("log")
+    sizes = sorted({s.train_size for s in swept})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("training images (log scale)")
+    ax.set_ylabel("test top-1 accuracy (%), bars: 95 % bootstrap CI")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+@_fonts
 def finetune_curves(summaries: list[MethodSummary]) -> bytes:
     """Per fine-tune (first seed): losses on the left axis, accuracies on the right, by epoch."""
     tunes = [s for s in summaries if s.kind == MethodKind.FINETUNE and s.rows[0]["history"]]
@@ -173,6 +294,7 @@ def _numeric(history: list[dict], key: str) -> bool:
     )
 
 
+@_fonts
 def confusion(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
     """Row-normalised confusion matrix (rows = true class), counts in the cells when few."""
     cm = np.asarray(matrix, dtype=np.float64)

@@ -51,6 +51,11 @@ class MethodSummary:
         return float(np.mean(values)) if values else None
 
     @property
+    def train_size(self) -> int | None:
+        """Training images of a data-size sweep (None: the whole train split)."""
+        return self.rows[0].get("train_size")
+
+    @property
     def params(self) -> dict:
         return self.rows[0]["params"]
 
@@ -118,7 +123,7 @@ class PairedResult:
     seed: int
 
 
-def _compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResult | None:
+def compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResult | None:
     """A against B on the lowest seed both ran, if they tested the same images."""
     rows_b = {r["seed"]: r for r in b.rows}
     for row_a in a.rows:
@@ -138,16 +143,58 @@ def _compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResu
     return None
 
 
+def is_tie(c: Comparison) -> bool:
+    """Statistically tied: the paired bootstrap interval includes 0 (without an interval,
+    n_boot = 0: McNemar's test finds no difference)."""
+    return not c.distinguishable if c.ci_low is not None else not c.significant
+
+
+def references(summaries: list[MethodSummary], n_boot: int = 1000) -> list[MethodSummary]:
+    """The probes a fine-tune is compared with: the best probe (on validation) and the
+    cheapest probe tied with it on test (paired interval including 0), when that is another."""
+    top = best(summaries, MethodKind.PROBE)
+    if top is None:
+        return []
+    tied = [top]
+    for other in summaries:
+        if other.kind == MethodKind.PROBE and other is not top:
+            paired = compare_pair(top, other, n_boot)
+            if paired and is_tie(paired.comparison):
+                tied.append(other)
+    costed = [s for s in tied if s.cost("total_seconds")]
+    cheapest = min(costed, key=lambda s: s.cost("total_seconds")) if costed else top
+    return [top] if cheapest is top else [top, cheapest]
+
+
 def comparisons(summaries: list[MethodSummary], n_boot: int = 1000) -> list[PairedResult]:
-    """Each fine-tuning mode against each probe; without fine-tunes, the best probe against
-    the other probes."""
+    """Each fine-tune against the best probe and the cheapest probe tied with it; without
+    fine-tunes, those two probes against each other and the best probe against the runner-up
+    on validation."""
     finetunes = [s for s in summaries if s.kind == MethodKind.FINETUNE]
-    probes = [s for s in summaries if s.kind == MethodKind.PROBE]
-    if not finetunes:
-        top = best(summaries, MethodKind.PROBE)
-        finetunes, probes = ([top], [p for p in probes if p is not top]) if top else ([], [])
-    pairs = (_compare_pair(a, b, n_boot) for a in finetunes for b in probes)
+    probes = references(summaries, n_boot)
+    if not finetunes and probes:
+        top = probes[0]
+        others = sorted(
+            (s for s in summaries if s.kind == MethodKind.PROBE and s is not top),
+            key=lambda s: -(s.val_accuracy if s.val_accuracy is not None else -1),
+        )
+        extra = [s for s in others[:1] if all(s is not p for p in probes)]
+        finetunes, probes = [top], [*probes[1:], *extra]
+    pairs = (compare_pair(a, b, n_boot) for a in finetunes for b in probes)
     return [p for p in pairs if p is not None]
+
+
+def all_pairs(
+    summaries: list[MethodSummary], n_boot: int = 1000
+) -> dict[tuple[int, int], Comparison]:
+    """Every ordered pair (i, j), i before j, of methods that tested the same images."""
+    out = {}
+    for i, a in enumerate(summaries):
+        for j in range(i + 1, len(summaries)):
+            paired = compare_pair(a, summaries[j], n_boot)
+            if paired is not None:
+                out[i, j] = paired.comparison
+    return out
 
 
 def provenance(rows: list[dict]) -> list[tuple[str, str]]:

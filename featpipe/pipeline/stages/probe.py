@@ -127,6 +127,8 @@ def probe_row(
             **{k: plain(v) for k, v in result.params.items()},
             "selection": result.selection,
             "probabilistic": probabilistic,
+            # read by the report's warnings; present only when the solver stopped at max_iter
+            **({"hit_iteration_limit": True} if _hit_iteration_limit(result.estimator) else {}),
         },
         curve=[
             {"params": {k: plain(v) for k, v in p.items()}, "score": s} for p, s in result.curve
@@ -223,3 +225,9 @@ def store_row(
         seconds=float(stats.get("seconds", 0.0)), images=int(stats.get("images") or 0), reused=True
     )
     return probe_row(job, context, store, result, usage, extraction, image_size=None)
+
+
+def _hit_iteration_limit(estimator) -> bool:
+    """Whether an iterative head stopped at its iteration limit rather than converging."""
+    n_iter, max_iter = getattr(estimator, "n_iter_", None), getattr(estimator, "max_iter", None)
+    return n_iter is not None and bool(max_iter) and int(np.max(n_iter)) >= int(max_iter)

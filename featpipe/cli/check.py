@@ -1,0 +1,77 @@
+"""``featpipe check STORE``: the report's data checks on a feature store alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EPILOG = """\
+examples:
+  featpipe check data/cache/<store>.h5
+  featpipe check data/cache/<store>.h5 --source digits   # exact duplicates by content hash
+  featpipe check data/cache/<store>.h5 --json
+
+Checks: the same image in two splits (by content hash with --source, else by identical stored
+features), test images with a near-duplicate in train (cosine >= --cosine on the stored pooled
+features), and classes with fewer than --min-per-class validation or test images.
+Exit status 0 when nothing was found, 1 when something was.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "check",
+        help="look for duplicates across splits, near-duplicates and small classes in a store",
+        description="The report's data checks on one feature store.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("store", metavar="STORE", help="path of a .h5 feature store")
+    p.add_argument(
+        "--source",
+        metavar="SOURCE",
+        help="the image source the store was extracted from (as given to `featpipe extract`), "
+        "to find exact duplicates by content hash rather than by identical features",
+    )
+    p.add_argument("--cosine", type=float, default=None, help="near-duplicate threshold (0.99)")
+    p.add_argument(
+        "--min-per-class", type=int, default=None, help="fewest val/test images per class (10)"
+    )
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from featpipe.errors import ConfigError
+    from featpipe.evaluate.leakage import check_store, content_hashes
+    from featpipe.store import FeatureStore
+
+    try:
+        store = FeatureStore(args.store)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{exc} Pass the path of a .h5 file `featpipe extract` wrote.") from None
+    hashes = None
+    if args.source:
+        from featpipe.data import open_source
+
+        hashes = content_hashes(open_source(args.source))
+        missing = [i for i in store.ids() if i not in hashes]
+        if missing:
+            raise ConfigError(
+                f"{args.source} does not hold the store's images ({len(missing)} ids missing, "
+                f"e.g. {missing[0]!r}); give the source the store was extracted from."
+            )
+    options = {
+        k: v
+        for k, v in (("threshold", args.cosine), ("min_per_class", args.min_per_class))
+        if v is not None
+    }
+    checks = check_store(store, hashes, **options)
+    if args.json:
+        print(json.dumps(checks.to_json(), indent=1))
+    else:
+        counts = ", ".join(f"{n} {s}" for s, n in checks.counts.items())
+        print(f"{store.path}: {counts} images")
+        for line in checks.lines():
+            print(f"- {line}")
+    return 1 if checks.findings else 0

@@ -1,0 +1,204 @@
+"""Checks on the data behind a benchmark: the same image in two splits (exact duplicates by
+content hash), test images nearly identical to a training image (cosine similarity of their
+stored ``pooled`` features), and classes with too few validation or test images. Used by the
+report and by ``featpipe check STORE``."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from featpipe.data.source import SPLIT_NAMES, ImageSource
+
+NEAR_COSINE = 0.99  # at or above: a near-duplicate
+NEAR_LAYER = "pooled"
+MIN_PER_CLASS = 10  # fewer val or test images of a class than this: its accuracy is noise
+SHOWN = 5  # example ids listed per finding
+_BLOCK = 1024  # test rows per similarity block (memory: _BLOCK x train rows floats)
+
+CONTENT = "by content hash: sha256 of each image file, or of its pixels for in-memory images"
+FEATURES = "by identical stored features; the source was not at hand to hash image contents"
+
+
+@dataclass
+class DataChecks:
+    """What the checks found. Ids are sample ids; ``test_ids`` lists the test split in store
+    order, to pair with a result row's test predictions."""
+
+    basis: str  # how exact duplicates were found: CONTENT or FEATURES
+    duplicates: list[list[list[str]]]  # groups of [split, id] spanning splits
+    near: list[list]  # [test id, train id, cosine], most similar first
+    near_layer: str | None  # None: no pooled features, near-duplicates not checked
+    small_classes: dict[str, dict[str, int]]  # split -> {class: images}, below min_per_class
+    test_ids: list[str]
+    threshold: float = NEAR_COSINE
+    min_per_class: int = MIN_PER_CLASS
+    counts: dict[str, int] = field(default_factory=dict)  # images per split
+
+    @property
+    def duplicated_test(self) -> set[str]:
+        """Test ids whose exact copy is in train or val."""
+        return {i for g in self.duplicates for s, i in g if s == "test"}
+
+    @property
+    def near_test(self) -> set[str]:
+        return {t for t, _, _ in self.near}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> DataChecks:
+        return cls(**obj)
+
+    def lines(self) -> list[str]:
+        """One sentence per finding (and one saying what was checked)."""
+        n_test = self.counts.get("test", len(self.test_ids))
+        out = []
+        if self.duplicates:
+            examples = "; ".join(
+                " = ".join(f"{i} ({s})" for s, i in g[:3]) for g in self.duplicates[:SHOWN]
+            )
+            out.append(
+                f"{len(self.duplicates)} image(s) appear in more than one split ({self.basis}); "
+                f"{len(self.duplicated_test)} of the {n_test} test images have a copy in train "
+                f"or val. Examples: {examples}."
+            )
+        else:
+            out.append(f"No image appears in two splits ({self.basis}).")
+        if self.near_layer is None:
+            out.append(
+                f"Near-duplicates were not checked: the store holds no {NEAR_LAYER!r} layer."
+            )
+        elif self.near:
+            examples = "; ".join(f"{t} ~ {r} ({c:.4f})" for t, r, c in self.near[:SHOWN])
+            out.append(
+                f"{len(self.near)} of the {n_test} test images have a near-duplicate in train "
+                f"(cosine ≥ {self.threshold} on the stored {self.near_layer} features). "
+                f"Examples (test ~ train): {examples}."
+            )
+        else:
+            out.append(
+                f"No test image has a near-duplicate in train (cosine ≥ {self.threshold} on the "
+                f"stored {self.near_layer} features)."
+            )
+        for split, small in self.small_classes.items():
+            listed = ", ".join(f"{c} ({n})" for c, n in list(small.items())[:SHOWN])
+            more = f" and {len(small) - SHOWN} more" if len(small) > SHOWN else ""
+            out.append(
+                f"{len(small)} class(es) have fewer than {self.min_per_class} {split} images, "
+                f"too few for their per-class accuracy to mean much: {listed}{more}."
+            )
+        return out
+
+    @property
+    def findings(self) -> int:
+        """How many kinds of problem were found (0: clean)."""
+        return bool(self.duplicates) + bool(self.near) + len(self.small_classes)
+
+
+def content_hashes(source: ImageSource) -> dict[str, str]:
+    """``{sample id: hex digest}`` of each image's content (file bytes, or pixels)."""
+    parts = source._fingerprint_parts(content=True)
+    return {i: hashlib.sha256(p).hexdigest() for i, p in zip(source.ids, parts, strict=True)}
+
+
+def check_data(
+    ids: list[str],
+    labels: np.ndarray,
+    splits: list[str],
+    classes: list[str],
+    *,
+    hashes: list[str] | None = None,
+    features: np.ndarray | None = None,
+    basis: str = CONTENT,
+    threshold: float = NEAR_COSINE,
+    min_per_class: int = MIN_PER_CLASS,
+) -> DataChecks:
+    """Run every check on one row per sample. Exact duplicates use ``hashes`` (one digest per
+    row, found as ``basis`` says) when given, else identical rows of ``features``;
+    near-duplicates need ``features``."""
+    splits_arr = np.asarray(splits)
+    if hashes is None and features is not None:
+        basis = FEATURES
+        hashes = [hashlib.sha256(np.ascontiguousarray(r).tobytes()).hexdigest() for r in features]
+    groups: dict[str, list[list[str]]] = {}
+    for h, i, s in zip(hashes or [], ids, splits, strict=False):
+        groups.setdefault(h, []).append([s, i])
+    duplicates = [g for g in groups.values() if len({s for s, _ in g}) > 1]
+    near = []
+    if features is not None:
+        near = _near_duplicates(features, splits_arr, ids, threshold)
+    small = {}
+    for split in ("val", "test"):
+        counts = np.bincount(np.asarray(labels)[splits_arr == split], minlength=len(classes))
+        if counts.sum():
+            few = {classes[c]: int(n) for c, n in enumerate(counts) if n < min_per_class}
+            if few:
+                small[split] = few
+    return DataChecks(
+        basis=basis,
+        duplicates=duplicates,
+        near=near,
+        near_layer=NEAR_LAYER if features is not None else None,
+        small_classes=small,
+        test_ids=[i for i, s in zip(ids, splits, strict=True) if s == "test"],
+        threshold=threshold,
+        min_per_class=min_per_class,
+        counts={s: int((splits_arr == s).sum()) for s in SPLIT_NAMES},
+    )
+
+
+def _near_duplicates(
+    features: np.ndarray, splits: np.ndarray, ids: list[str], threshold: float
+) -> list[list]:
+    """[test id, most similar train id, cosine] for each test row at or above ``threshold``."""
+    unit = features.astype(np.float32)
+    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    test, train = np.flatnonzero(splits == "test"), np.flatnonzero(splits == "train")
+    if not len(test) or not len(train):
+        return []
+    found = []
+    for start in range(0, len(test), _BLOCK):
+        rows = test[start : start + _BLOCK]
+        sims = unit[rows] @ unit[train].T
+        top = sims.argmax(axis=1)
+        best = sims[np.arange(len(rows)), top]
+        for r, t, c in zip(rows, top, best, strict=True):
+            if c >= threshold:
+                found.append([ids[r], ids[train[t]], round(float(c), 6)])
+    return sorted(found, key=lambda f: -f[2])
+
+
+def check_store(store, hashes: dict[str, str] | None = None, **kwargs) -> DataChecks:
+    """The checks on a :class:`featpipe.store.FeatureStore` (skipped rows left out): exact
+    duplicates by ``hashes`` (``{id: digest}``, from :func:`content_hashes`) when given, else
+    by identical stored features; near-duplicates on its ``pooled`` layer when it has one."""
+    ids, labels, splits, blocks = [], [], [], []
+    layer = NEAR_LAYER if NEAR_LAYER in store.layers else None
+    for split in SPLIT_NAMES:
+        split_ids = store.ids(split)
+        ids += split_ids
+        labels.append(store.labels(split))
+        splits += [split] * len(split_ids)
+        if layer:
+            blocks.append(store.arrays(layer, split)[0])
+    features = np.concatenate(blocks) if layer else None
+    digests = None
+    if hashes is not None:
+        digests = [hashes[i] for i in ids]
+    elif features is None:  # no pooled layer: identical rows of the first stored layer
+        whole = np.concatenate([store.arrays(store.layers[0], s)[0] for s in SPLIT_NAMES])
+        digests = [hashlib.sha256(np.ascontiguousarray(r).tobytes()).hexdigest() for r in whole]
+    return check_data(
+        ids,
+        np.concatenate(labels),
+        splits,
+        store.classes,
+        hashes=digests,
+        features=features,
+        basis=CONTENT if hashes is not None else FEATURES,
+        **kwargs,
+    )

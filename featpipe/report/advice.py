@@ -1,0 +1,318 @@
+"""What a report advises: the Recommendation paragraph and the warnings on results that look
+broken. Every choice here reads validation accuracy, never test; test numbers are then quoted
+for the methods chosen, and paired test comparisons only say which methods are tied."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from featpipe.evaluate import Comparison
+from featpipe.report.results import MethodKind
+from featpipe.report.summary import MethodSummary, best, compare_pair, is_tie
+
+FINAL_LAYER = "pooled"  # the backbone's last pooled output: every other layer is intermediate
+MIN_TEST = 100  # below this many test images a 95 % interval on top-1 spans about ±10 points
+WIDE_CI = 0.10  # a top-1 interval wider than this (fraction) separates little
+
+
+def _val(s: MethodSummary) -> float:
+    return -1.0 if s.val_accuracy is None else s.val_accuracy
+
+
+def choose(summaries: list[MethodSummary]) -> MethodSummary | None:
+    """The method with the best mean validation accuracy (ties: the first in run order)."""
+    scored = [s for s in summaries if s.val_accuracy is not None]
+    return max(scored, key=_val) if scored else None
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def _test(s: MethodSummary) -> str:
+    ci = f", 95 % CI {100 * s.top1_ci[0]:.1f}–{100 * s.top1_ci[1]:.1f}" if s.top1_ci else ""
+    return f"{_pct(s.top1)} on test{ci}"
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.0f}" if x >= 10 else f"{x:.1f}"
+
+
+@dataclass
+class Advice:
+    """The methods the recommendation names, for the report and its comparisons."""
+
+    chosen: MethodSummary | None
+    tied: list[MethodSummary]  # tied with ``chosen`` on test (paired interval includes 0)
+    ahead: list[MethodSummary]  # better than ``chosen`` on test, though validation chose it
+    cheapest: MethodSummary | None  # the cheapest of ``chosen`` and ``tied``
+
+
+def advise(summaries: list[MethodSummary], n_boot: int) -> Advice:
+    chosen = choose(summaries)
+    tied, ahead = [], []
+    for other in summaries:
+        if chosen is None or other is chosen:
+            continue
+        paired = compare_pair(chosen, other, n_boot)
+        if paired is None:
+            continue
+        c = paired.comparison
+        if is_tie(c):
+            tied.append(other)
+        elif c.difference < 0:
+            ahead.append(other)
+    group = [chosen, *tied] if chosen else []
+    costed = [s for s in group if s.cost("total_seconds")]
+    cheapest = min(costed, key=lambda s: s.cost("total_seconds")) if costed else None
+    return Advice(chosen, tied, ahead, cheapest)
+
+
+def recommendation(summaries: list[MethodSummary], n_boot: int) -> list[str]:
+    """The Recommendation section's sentences, one paragraph each."""
+    if not summaries:
+        return []
+    swept = [s for s in summaries if s.train_size is not None]
+    largest = largest_size(summaries)
+    at_full = at_largest_size(summaries)
+    advice = advise(at_full, n_boot)
+    chosen = advice.chosen
+    if chosen is None:
+        return ["No method has a validation score, so the report makes no recommendation."]
+    size = f" at {largest} training images" if largest is not None else ""
+    text = [
+        f"Use {chosen.label}: it has the best validation accuracy{size} "
+        f"({_pct(chosen.val_accuracy)}) of {len(at_full)} methods, and scores {_test(chosen)}."
+        + _tie_sentence(advice)
+    ]
+    for paragraph in (
+        _finetune_sentence(at_full, n_boot),
+        _layer_sentence(at_full),
+        _crossover_sentence(summaries) if swept else None,
+    ):
+        if paragraph:
+            text.append(paragraph)
+    text.append(
+        "Every choice above is made on validation accuracy; test accuracy is only quoted for "
+        "the methods chosen, and the paired test comparisons only decide which are tied."
+    )
+    return text
+
+
+def largest_size(summaries: list[MethodSummary]) -> int | None:
+    """The training-set size of the main results: None (the whole train split) when any row
+    has it, else the largest size of the sweep."""
+    sizes = {s.train_size for s in summaries}
+    return None if None in sizes else max(sizes)
+
+
+def at_largest_size(summaries: list[MethodSummary]) -> list[MethodSummary]:
+    """The methods at the main results' training-set size (all of them without a sweep)."""
+    largest = largest_size(summaries)
+    return [s for s in summaries if s.train_size == largest]
+
+
+def _tie_sentence(advice: Advice) -> str:
+    chosen, tied = advice.chosen, advice.tied
+    if not tied:
+        text = " No other method is statistically tied with it on test."
+    else:
+        names = ", ".join(f"{s.label} ({_pct(s.top1)})" for s in tied)
+        text = (
+            f" Statistically tied with it on test (the paired bootstrap interval of the "
+            f"difference includes 0): {names}."
+        )
+    cheap = advice.cheapest
+    if cheap is not None and cheap is not chosen and tied:
+        ratio = chosen.cost("total_seconds") / cheap.cost("total_seconds")
+        cost = f"1/{_ratio(ratio)} of the cost" if ratio >= 1.5 else "about the same cost"
+        text += (
+            f" The cheapest of these is {cheap.label}, at {cost} "
+            f"({cheap.cost('total_seconds'):.1f} s against {chosen.cost('total_seconds'):.1f} s"
+            f" in all, shared feature extraction included; validation "
+            f"{_pct(cheap.val_accuracy or 0)}, {_test(cheap)})."
+        )
+    elif cheap is chosen and tied:
+        text += " It is also the cheapest of them."
+    if advice.ahead:
+        names = ", ".join(s.label for s in advice.ahead)
+        text += (
+            f" {names} scored higher on test, but validation did not pick "
+            f"{'it' if len(advice.ahead) == 1 else 'them'}: choosing on test would overstate it."
+        )
+    return text
+
+
+def _finetune_sentence(summaries: list[MethodSummary], n_boot: int) -> str | None:
+    tune, probe = best(summaries, MethodKind.FINETUNE), best(summaries, MethodKind.PROBE)
+    if tune is None or probe is None:
+        return None
+    paired = compare_pair(tune, probe, n_boot)
+    if paired is None:
+        return None
+    c: Comparison = paired.comparison
+    paid = c.verdict == "clear" and c.difference > 0
+    verdict = "paid for its cost" if paid else "did not pay for its cost"
+    return (
+        f"Fine-tuning {verdict}: of the methods chosen on validation, {c.sentence()} "
+        f"(test, seed {paired.seed})."
+    )
+
+
+def _layer_sentence(summaries: list[MethodSummary]) -> str | None:
+    by_layer: dict[str, MethodSummary] = {}
+    for s in summaries:
+        usable = s.kind == MethodKind.PROBE and s.layer and s.val_accuracy is not None
+        if usable and (s.layer not in by_layer or _val(s) > _val(by_layer[s.layer])):
+            by_layer[s.layer] = s
+    if len(by_layer) < 2:
+        return None
+    top = max(by_layer.values(), key=_val)
+    final = by_layer.get(FINAL_LAYER)
+    text = (
+        f"The best layer on validation is {top.layer} ({top.label}, validation "
+        f"{_pct(top.val_accuracy)}, {_test(top)})"
+    )
+    if final is None:
+        return text + "."
+    if top is final:
+        return text + "; no intermediate layer beat the final one."
+    return (
+        text + f": an intermediate layer beat the final one ({FINAL_LAYER}: best validation "
+        f"{_pct(final.val_accuracy)} with {final.label}, {_pct(final.top1)} on test)."
+    )
+
+
+def crossover(summaries: list[MethodSummary]) -> tuple[int | None, list[tuple]]:
+    """Per training-set size of a sweep: (size, best fine-tune, best probe), each chosen on
+    validation; and the smallest size from which the fine-tune's validation accuracy is
+    above the probe's at that size and every larger one (None: no crossover seen)."""
+    sizes = sorted({s.train_size for s in summaries if s.train_size is not None})
+    steps = []
+    for size in sizes:
+        at = [s for s in summaries if s.train_size == size]
+        tune, probe = best(at, MethodKind.FINETUNE), best(at, MethodKind.PROBE)
+        if tune and probe:
+            steps.append((size, tune, probe))
+    from_size = None
+    for size, tune, probe in reversed(steps):
+        if _val(tune) <= _val(probe):
+            break
+        from_size = size
+    return from_size, steps
+
+
+def _crossover_sentence(summaries: list[MethodSummary]) -> str | None:
+    from_size, steps = crossover(summaries)
+    if not steps:
+        return None
+    sizes = ", ".join(str(size) for size, _, _ in steps)
+    if from_size is None:
+        return (
+            f"No crossover was seen in the sweep ({sizes} training images): the best "
+            "fine-tune is ahead of the best probe on validation at some sizes, but not at the "
+            "largest."
+            if any(_val(t) > _val(p) for _, t, p in steps)
+            else f"No crossover was seen in the sweep ({sizes} training images): the best "
+            "probe stays ahead of the best fine-tune on validation at every size."
+        )
+    _, tune, probe = next(step for step in steps if step[0] == from_size)
+    return (
+        f"Fine-tuning starts to pay off from {from_size} training images (sweep: {sizes}): "
+        f"from there on the best fine-tune beats the best probe on validation; at "
+        f"{from_size}, {tune.label} {_pct(tune.val_accuracy)} against {probe.label} "
+        f"{_pct(probe.val_accuracy)} (test {_pct(tune.top1)} against {_pct(probe.top1)})."
+    )
+
+
+def warnings_for(summaries: list[MethodSummary]) -> list[str]:
+    """One line per result that looks broken, with its likely causes."""
+    lines = []
+    for s in summaries:
+        if s.kind == MethodKind.FINETUNE:
+            lines += _finetune_warnings(s)
+        elif any(r["params"].get("hit_iteration_limit") for r in s.rows):
+            lines.append(
+                f"{s.label} stopped at its iteration limit (max_iter) before converging: its "
+                "score may be below what the head can reach. Raise max_iter in its grid, or "
+                "standardise the features."
+            )
+    lines += _test_size_warnings(summaries)
+    return lines
+
+
+def _finetune_warnings(s: MethodSummary) -> list[str]:
+    row = s.rows[0]
+    history = row.get("history") or []
+    if not history:
+        return []
+    start = history[0].get("val_accuracy")
+    last = history[-1].get("val_accuracy")
+    probe = history[0].get("probe") or {}
+    probe_val = probe.get("val_accuracy") if isinstance(probe, dict) else None
+    problems = []
+    if start is not None and last is not None and len(history) > 1 and last < start:
+        problems.append(
+            f"its last epoch ends below its own starting point on validation "
+            f"({_pct(last)} after epoch {history[-1].get('epoch')}, {_pct(start)} at epoch 0)"
+        )
+    elif len(history) > 1 and row["params"].get("best_epoch") == 0:
+        problems.append("no epoch improved on its starting point (best epoch 0)")
+    end = row.get("val_accuracy")
+    if probe_val is not None and end is not None and end < probe_val:
+        problems.append(
+            f"it ends below the probe it started from ({_pct(end)} against the probe's "
+            f"{_pct(probe_val)} on validation)"
+        )
+    if not problems:
+        return []
+    return [
+        f"{s.label} (seed {row['seed']}) looks broken: {'; '.join(problems)}. "
+        f"Likely causes: {_likely_causes(s, row)}."
+    ]
+
+
+def _likely_causes(s: MethodSummary, row: dict) -> str:
+    params = row["params"]
+    causes = []
+    epochs = params.get("epochs")
+    if epochs is None or epochs <= 5:
+        causes.append(f"too few epochs ({epochs if epochs is not None else '?'})")
+    if (s.mode or "").startswith("lpft"):
+        lr = params.get("lr")
+        scale = params.get("backbone_lr_scale")
+        effective = lr * scale if lr is not None and scale is not None else lr
+        causes.append(
+            f"a learning rate too high for LP-FT (lr {effective:g}; LP-FT starts from a "
+            "trained head and wants a small one)"
+            if effective is not None
+            else "a learning rate too high for LP-FT"
+        )
+    augment = params.get("augment")
+    if augment not in (None, "none", False) and _looks_like_digits(row):
+        causes.append(
+            f'augment left on for digits (augment = "{augment}": flips and crops turn digits '
+            "into other digits)"
+        )
+    if not causes:
+        causes = ["too few epochs", "a learning rate too high", "augmentation that changes labels"]
+    return ", or ".join(causes)
+
+
+def _looks_like_digits(row: dict) -> bool:
+    return all(c.strip().isdigit() for c in row["classes"]) or "digits" in str(
+        row["provenance"].get("source", "")
+    )
+
+
+def _test_size_warnings(summaries: list[MethodSummary]) -> list[str]:
+    n = summaries[0].rows[0]["metrics"]["n"] if summaries else 0
+    widths = [s.top1_ci[1] - s.top1_ci[0] for s in summaries if s.top1_ci]
+    width = sum(widths) / len(widths) if widths else 0.0
+    if n >= MIN_TEST and width <= WIDE_CI:
+        return []
+    return [
+        f"Only {n} test images: the 95 % intervals on top-1 are {100 * width:.0f} points wide "
+        "on average, too wide to separate methods that differ by a few points. Use a larger "
+        "test split (source.test_fraction) before reading the comparisons."
+    ]
