@@ -90,9 +90,8 @@ def run(job: Job, context: RunContext) -> ResultRow:
         decode=context.config.features.decode,
         **settings,
     )
-    # A store that left images out is not read (the fine-tune's rows are fewer), nor one
-    # whose train rows are more than the sweep's subset.
-    probe_features = None if skipped or train_ids is not None else store
+    # A store that left images out is not read: the fine-tune's rows are fewer.
+    probe_features = None if skipped else store
     with measure(context.device) as usage:
         if grid:
             search = fit_grid(tuner, source, grid, probe_features=probe_features)
@@ -162,8 +161,9 @@ def finetune_row(
 def _reads_store(config: PipelineConfig, backbone: str, mode: str) -> bool:
     """Whether LP-FT's probe reads the ``pooled`` features of the run's feature store of
     ``backbone`` instead of running the backbone again: it does when the store has them at
-    the fine-tuning's image size. Decided from the config alone, so a resumed run makes the
-    same choice as an uninterrupted one."""
+    the fine-tuning's image size and over the same images (no train_sizes sweep, whose
+    subsets are fewer rows than the store's). Decided from the config alone, so a resumed run
+    makes the same choice as an uninterrupted one."""
     from featpipe.backbones import POOLED
     from featpipe.finetune.freezing import Mode
 
@@ -173,6 +173,7 @@ def _reads_store(config: PipelineConfig, backbone: str, mode: str) -> bool:
         and backbone in features.backbones
         and POOLED in features.layers
         and config.finetune.image_size == features.image_size
+        and not config.source.train_sizes
     )
 
 
