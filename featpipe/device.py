@@ -9,28 +9,34 @@ from collections.abc import Iterator
 
 import torch
 
+from featpipe.distributed.ranks import current_ranks
 from featpipe.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
 def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    """Cores this process may use: its CPU affinity (not the machine's count), shared
+    evenly among the processes a launcher started on this machine (``LOCAL_WORLD_SIZE``
+    under torchrun), so that N ranks do not each start a thread per core."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, cores // current_ranks().local_world_size)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` picks CUDA when available; ``cuda`` or ``cuda:N`` that this machine lacks
-    raises. ``cuda`` means the current CUDA device (usually ``cuda:0``)."""
+    raises. ``cuda`` means the current CUDA device (usually ``cuda:0``). Under torchrun,
+    ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK`` (one GPU per process; with fewer GPUs
+    than processes, they are shared in turn)."""
     device = str(device)
     kind, sep, index = device.partition(":")
     if kind not in DEVICES or (sep and (kind != "cuda" or not index.isdigit())):
         raise ConfigError(f"Unknown device {device!r}; valid: auto, cpu, cuda, cuda:N.")
-    if kind == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             f"Device {device!r} was asked for, but torch sees no CUDA device "
@@ -43,7 +49,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
             f"Device {device!r} was asked for, but torch sees {count} CUDA device(s): {valid} "
             "(CUDA_VISIBLE_DEVICES renumbers them from 0). Use one of those, or cuda."
         )
-    return torch.device(device)
+    if not sep and current_ranks().distributed:
+        return torch.device("cuda", current_ranks().local_rank % torch.cuda.device_count())
+    return torch.device("cuda" if kind == "auto" else device)
 
 
 @contextlib.contextmanager

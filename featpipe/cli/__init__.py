@@ -11,6 +11,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 
+from featpipe.distributed.ranks import current_ranks
 from featpipe.errors import FeaturePipeError
 from featpipe.interrupt import Interrupted, handle_sigterm
 
@@ -53,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """One line per warning, without the library's source path and line."""
     kind = "" if category is UserWarning else f" ({category.__name__})"
-    return f"featpipe: warning: {message}{kind}\n"
+    tag = current_ranks().tag  # in a multi-process job, whose warning it is
+    who = f" [{tag}]" if tag else ""
+    return f"featpipe{who}: warning: {message}{kind}\n"
 
 
 @contextlib.contextmanager

@@ -11,12 +11,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from featpipe.backbones.base import FeatureModel
 from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import first_failure
 from featpipe.device import available_cores
+from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError, ImageReadError
 from featpipe.extract.datapath import DataPath
 from featpipe.extract.host_copy import PendingCopy
@@ -197,14 +197,9 @@ def run_chunks(
     return stats
 
 
-def _progress_bar(path: Path, n_rows: int, done_rows: int, shown: bool) -> tqdm:
-    return tqdm(
-        total=n_rows,
-        initial=done_rows,
-        unit="img",
-        desc=f"extract {path.name}",
-        disable=not shown,
-        dynamic_ncols=True,
+def _progress_bar(path: Path, n_rows: int, done_rows: int, shown: bool):
+    return progress_bar(
+        n_rows, initial=done_rows, unit="img", desc=f"extract {path.name}", enabled=shown
     )
 
 

@@ -1,0 +1,142 @@
+"""Progress of long work: a tqdm bar on a terminal, plain lines in a log.
+
+Under Slurm or Kubernetes stdout and stderr are log files, where a carriage-return bar writes
+a new copy of itself many times a second (tens of MB over a long job). There progress is one
+plain line per interval instead: who (the rank, in a multi-process job), what, how far, how
+fast and how long still. ``FEATPIPE_PROGRESS=bar|lines`` forces either;
+``FEATPIPE_PROGRESS_INTERVAL`` sets the seconds between lines (default 30).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import IO
+
+from tqdm.auto import tqdm
+
+from featpipe.distributed.ranks import current_ranks
+from featpipe.errors import ConfigError
+
+DEFAULT_INTERVAL_S = 30.0
+MODES = ("bar", "lines")
+
+
+def progress_mode(stream: IO[str] | None = None) -> str:
+    """``bar`` on a terminal, ``lines`` otherwise, unless ``FEATPIPE_PROGRESS`` says."""
+    forced = os.environ.get("FEATPIPE_PROGRESS", "").strip().lower()
+    if forced:
+        if forced not in MODES:
+            raise ConfigError(
+                f"FEATPIPE_PROGRESS must be one of {', '.join(MODES)}; got {forced!r}. "
+                "Unset it to choose by whether stderr is a terminal."
+            )
+        return forced
+    stream = sys.stderr if stream is None else stream
+    return "bar" if getattr(stream, "isatty", lambda: False)() else "lines"
+
+
+def line_interval() -> float:
+    text = os.environ.get("FEATPIPE_PROGRESS_INTERVAL", str(DEFAULT_INTERVAL_S))
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"FEATPIPE_PROGRESS_INTERVAL must be seconds > 0; got {text!r}.")
+    return value
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class LineProgress:
+    """A tqdm-like counter (``update``, ``close``) that prints one plain line every
+    ``interval`` seconds, and a last one when closed."""
+
+    def __init__(
+        self,
+        total: int | None,
+        *,
+        initial: int = 0,
+        desc: str = "",
+        unit: str = "it",
+        interval: float | None = None,
+        stream: IO[str] | None = None,
+        clock=time.monotonic,
+    ):
+        self.total = total
+        self.n = initial
+        self.desc = desc
+        self.unit = unit
+        self.interval = line_interval() if interval is None else float(interval)
+        self.stream = stream
+        self._clock = clock
+        self._start = self._last = clock()
+        self._initial = initial
+        self._tag = current_ranks().tag
+        self._closed = False
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._clock() - self._last >= self.interval:
+            self._print()
+
+    def line(self) -> str:
+        """The progress line as it would be printed now."""
+        elapsed = self._clock() - self._start
+        rate = (self.n - self._initial) / elapsed if elapsed > 0 else 0.0
+        who = f"[{self._tag}] " if self._tag else ""
+        where = f"{self.n:,}" + (f" of {self.total:,}" if self.total else "")
+        text = f"featpipe {who}{self.desc}: {where} {self.unit}"
+        if self.total:
+            text += f" ({100 * self.n / self.total:.1f}%)"
+        text += f", {rate:.1f} {self.unit}/s, elapsed {_duration(elapsed)}"
+        if self.total and rate > 0 and self.n < self.total:
+            text += f", ETA {_duration((self.total - self.n) / rate)}"
+        return text
+
+    def _print(self) -> None:
+        stream = sys.stderr if self.stream is None else self.stream
+        print(self.line(), file=stream, flush=True)
+        self._last = self._clock()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._print()
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def progress_bar(
+    total: int | None,
+    *,
+    initial: int = 0,
+    desc: str = "",
+    unit: str = "it",
+    enabled: bool = True,
+) -> tqdm | LineProgress:
+    """A progress counter for long work: a bar on a terminal, plain lines in a log (see the
+    module), nothing when ``enabled`` is False."""
+    if not enabled or progress_mode() == "bar":
+        return tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit=unit,
+            disable=not enabled,
+            dynamic_ncols=True,
+        )
+    return LineProgress(total, initial=initial, desc=desc, unit=unit)

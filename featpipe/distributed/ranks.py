@@ -1,0 +1,115 @@
+"""Who this process is in a multi-process job, from the environment ``torchrun`` sets, and the
+process group featpipe uses for control.
+
+torchrun (and ``srun torchrun``) exports ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``LOCAL_WORLD_SIZE`` and ``TORCHELASTIC_RESTART_COUNT``; a plain ``python`` process has none
+of them and is rank 0 of 1. Control (plans, part claims, small gathers) always goes through
+gloo, which works on CPUs and beside NCCL on GPUs: on CUDA the group is made with
+``"cpu:gloo,cuda:nccl"``, so CPU tensors take gloo and CUDA tensors (DDP's gradients) NCCL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from featpipe.errors import ConfigError
+
+# torchrun sets all of these for every worker it starts.
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job: ``rank`` of ``world_size``, ``local_rank`` of the
+    ``local_world_size`` processes on this machine, and ``restart`` (how many times torchrun
+    restarted the workers: elastic restarts are resumes)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    restart: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 prints run-level messages and writes what only one process may write."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def tag(self) -> str:
+        """``"rank 1/4"``, or "" for a single process: a prefix for warnings and log lines."""
+        return f"rank {self.rank}/{self.world_size}" if self.distributed else ""
+
+
+def under_torchrun() -> bool:
+    """Whether this process was started by torchrun (or a launcher that sets the same
+    variables)."""
+    return all(name in os.environ for name in _TORCHRUN_VARS)
+
+
+def current_ranks() -> Ranks:
+    """The :class:`Ranks` of this process (rank 0 of 1 outside torchrun)."""
+    if not under_torchrun():
+        return Ranks()
+    values = {}
+    for field, name, default in (
+        ("rank", "RANK", None),
+        ("world_size", "WORLD_SIZE", None),
+        ("local_rank", "LOCAL_RANK", None),
+        ("local_world_size", "LOCAL_WORLD_SIZE", "1"),
+        ("restart", "TORCHELASTIC_RESTART_COUNT", "0"),
+    ):
+        text = os.environ.get(name, default)
+        try:
+            values[field] = int(text)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"The environment variable {name} must be an integer; got {text!r}. It is set "
+                "by torchrun: launch with `torchrun ... -m featpipe ...` rather than setting it."
+            ) from None
+    ranks = Ranks(**values)
+    if not (0 <= ranks.rank < ranks.world_size and ranks.local_rank >= 0):
+        raise ConfigError(
+            f"RANK={ranks.rank} and WORLD_SIZE={ranks.world_size} do not fit (0 <= RANK < "
+            "WORLD_SIZE); they are set by torchrun."
+        )
+    return ranks
+
+
+def backend_for(device: torch.device | str) -> str:
+    """gloo for control on every device; NCCL beside it for CUDA tensors."""
+    return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+@contextlib.contextmanager
+def process_group(
+    device: torch.device | str = "cpu", timeout_s: float = 1800.0
+) -> Iterator[dist.Store | None]:
+    """The default process group of this torchrun job, initialised from the environment
+    if it is not yet (and destroyed at the end if this call made it); yields the job's
+    key-value store (the TCPStore torchrun hosts), or None outside torchrun, where there is
+    no group and every process works alone."""
+    if not under_torchrun():
+        yield None
+        return
+    made = not dist.is_initialized()
+    if made:
+        dist.init_process_group(
+            backend=backend_for(device), timeout=dt.timedelta(seconds=timeout_s)
+        )
+    try:
+        yield dist.distributed_c10d._get_default_store()
+    finally:
+        if made and dist.is_initialized():
+            dist.destroy_process_group()
