@@ -399,6 +399,7 @@ def _scan(shard: Path, image_members: tuple[str, ...], fields: tuple[Field, ...]
                 members[-1][ext] = (member.offset_data, member.size)
                 if ext in texts:
                     read[-1][ext] = tar.extractfile(member).read()
+            _check_end(tar, shard, len(keys))
     except (tarfile.TarError, EOFError, OSError) as err:
         raise SourceError(
             f"Cannot read shard {str(shard)!r} as an uncompressed tar file: {err}. Check that "
@@ -424,6 +425,18 @@ def _scan(shard: Path, image_members: tuple[str, ...], fields: tuple[Field, ...]
         np.array([w[1] for w in where], dtype=np.int64),
         values,
     )
+
+
+def _check_end(tar: tarfile.TarFile, shard: Path, samples: int) -> None:
+    """tarfile stops without a word where a cut-off shard ends; a whole one ends in two zero
+    blocks after its last member."""
+    tar.fileobj.seek(tar.offset)
+    end = tar.fileobj.read(2 * tarfile.BLOCKSIZE)
+    if len(end) < 2 * tarfile.BLOCKSIZE or end.strip(b"\0"):
+        raise SourceError(
+            f"Shard {str(shard)!r} is truncated: it stops after {samples} sample(s) without the "
+            "end-of-archive blocks of a complete tar file. Copy or write it again."
+        )
 
 
 def _image_of(
