@@ -8,8 +8,9 @@ source is opened: one pass over its tar headers records where each sample's imag
 are skipped; only the small label members are read), and a row is then one read at that offset.
 webdataset supplies the conventions, so that shards read here as they do there: shard lists with
 braces and ``::``, how a member's name splits into key and extension, which members are metadata.
-(``wids``, webdataset's indexed reader, is now a separate package that copies shards into a cache
-of its own; an index of offsets is all that reading by row needs.)
+(``wids``, webdataset's indexed reader, is now a separate package; it copies even local shards
+into a cache folder and needs each shard's sample count in advance. An index of offsets is all
+that reading by row needs.)
 
 Shards must be uncompressed ``.tar`` files: a gzipped tar cannot be read at an offset.
 """
