@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "openclip": (("open_clip",), "open_clip: backbones (OpenCLIP image towers)"),
     "datasets": (("datasets",), "hf-dataset: sources (save_to_disk folders, parquet)"),
+    "wds": (("webdataset",), "wds: sources (WebDataset tar shards)"),
     "skops": (("skops",), ".skops head files, loaded without running code"),
     "parquet": (("pyarrow", "pandas"), "featpipe export --format parquet, FeatureStore.to_pandas"),
 }

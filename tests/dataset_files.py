@@ -150,3 +150,54 @@ def write_parquet_folder(root: Path, **kwargs) -> dict:
     for split, ds in data.items():
         ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
     return expected
+
+
+def write_shards(
+    root: Path,
+    samples: list[dict],
+    per_shard: int,
+    name: str = "shards",
+) -> list[Path]:
+    """WebDataset tar shards ``root/<name>-000000.tar``, ... written by webdataset's own
+    ``TarWriter``, ``per_shard`` samples each. A sample is a dict as TarWriter takes it:
+    ``{"__key__": ..., "png": bytes, "cls": 1, "json": {...}}``."""
+    import webdataset
+
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for start in range(0, len(samples), per_shard):
+        path = root / f"{name}-{start // per_shard:06d}.tar"
+        with webdataset.TarWriter(str(path)) as writer:
+            for sample in samples[start : start + per_shard]:
+                writer.write(sample)
+        paths.append(path)
+    return paths
+
+
+def write_wds_dataset(root: Path, *, bump: int = 0, splits=("train", "test")) -> dict:
+    """A WebDataset (train 12, test 6 PNGs of 10x12; train row 2 is gray) as shards
+    ``root/<split>-00000N.tar`` of 4 samples each, keys ``<split>/0000N``, an integer
+    ``.cls`` and a ``.json`` holding the class name. Returns {split: RGB pixels, in order}."""
+    sizes = {"train": 12, "val": 6, "test": 6}
+    expected = {}
+    for i, split in enumerate(splits):
+        y = np.arange(sizes[split]) % 3
+        x = _pixels(len(y), (10, 12, 3), y, seed=20 + i)
+        if split == "train":
+            x[0, 0, 0, 0] += bump
+            x[2] = np.repeat(x[2, :, :, :1], 3, axis=2)
+        encoded = [_png(p) for p in x]
+        if split == "train":
+            encoded[2] = _png(x[2, :, :, 0])  # gray
+        samples = [
+            {
+                "__key__": f"{split}/{j:05d}",
+                "png": png,
+                "cls": int(c),
+                "json": {"label": HF_CLASSES[c]},
+            }
+            for j, (png, c) in enumerate(zip(encoded, y, strict=True))
+        ]
+        write_shards(root, samples, per_shard=4, name=split)
+        expected[split] = x
+    return expected

@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_image_folder
-from dataset_files import write_cifar, write_hf_dataset, write_mnist, write_parquet_folder
+from dataset_files import (
+    write_cifar,
+    write_hf_dataset,
+    write_mnist,
+    write_parquet_folder,
+    write_wds_dataset,
+)
 from extract_child import read_features
 from PIL import Image
 
@@ -69,6 +75,14 @@ def _parquet(root: Path, monkeypatch, bump: int) -> Case:
     return Case(f"hf-dataset:{root}?image=img&label=fine_label", list(expected["train"][:3]))
 
 
+def _wds(root: Path, monkeypatch, bump: int) -> Case:
+    shutil.rmtree(root, ignore_errors=True)
+    expected = write_wds_dataset(root, bump=bump, splits=("train", "test"))
+    # train shards first (a folder lists test-000000.tar first); splits from the shard names
+    shards = "{train-000000,train-000001,train-000002,test-000000,test-000001}"
+    return Case(f"wds:{root}/{shards}.tar", list(expected["train"][:3]))
+
+
 CASES = {
     "folder": _folder,
     "torchvision-CIFAR10": _cifar(hundred=False),
@@ -77,6 +91,7 @@ CASES = {
     "torchvision-FashionMNIST": _mnist("FashionMNIST"),
     "hf-dataset": _hf,
     "parquet": _parquet,
+    "webdataset": _wds,
 }
 
 
@@ -85,6 +100,8 @@ def make_case(request, tmp_path, monkeypatch):
     """``make_case(bump=0)`` writes the dataset (again, with one pixel changed by ``bump``)."""
     if request.param in ("hf-dataset", "parquet"):
         pytest.importorskip("datasets")
+    if request.param == "webdataset":
+        pytest.importorskip("webdataset")
     make = CASES[request.param]
     return lambda bump=0: make(tmp_path / "data", monkeypatch, bump)
 

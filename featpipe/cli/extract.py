@@ -23,6 +23,7 @@ examples:
   featpipe extract cifar10/ --limit-train 5000 --limit-test 1000 --image-size 128 --out c10.h5
   featpipe extract torchvision:CIFAR10@/data/torchvision --val-fraction 0.1 --image-size 96
   featpipe extract hf-dataset:/data/beans --layers pooled     # a save_to_disk folder
+  featpipe extract 'wds:/data/shards-{000000..000099}.tar' --val-fraction 0.1  # quoted
 
 The same inputs reuse the cached store without computing anything; an interrupted run
 (Ctrl-C, SIGTERM, a kill, a full disk) resumes where it stopped when started again with the
@@ -49,8 +50,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "source",
         metavar="SOURCE",
-        help="built-in dataset (digits), image folder, CSV manifest, torchvision:NAME@ROOT "
-        "or hf-dataset:PATH[?image=COL&label=COL]",
+        help="built-in dataset (digits), image folder, CSV manifest, torchvision:NAME@ROOT, "
+        "hf-dataset:PATH[?image=COL&label=COL] or wds:SHARDS (tar shards, e.g. "
+        "/data/shards-{000000..000099}.tar)",
     )
     p.add_argument(
         "--backbone",

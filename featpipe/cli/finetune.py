@@ -75,8 +75,9 @@ def register(subparsers) -> None:
         "--data",
         required=True,
         metavar="SOURCE",
-        help="built-in dataset (digits), image folder, CSV manifest, torchvision:NAME@ROOT "
-        "or hf-dataset:PATH[?image=COL&label=COL]",
+        help="built-in dataset (digits), image folder, CSV manifest, torchvision:NAME@ROOT, "
+        "hf-dataset:PATH[?image=COL&label=COL] or wds:SHARDS (tar shards, e.g. "
+        "/data/shards-{000000..000099}.tar)",
     )
     p.add_argument(
         "--backbone",

@@ -1,5 +1,5 @@
 """Image sources: folders, CSV manifests, arrays, built-ins, torchvision and Hugging Face
-datasets on disk, parquet, with seeded splits."""
+datasets on disk, parquet, WebDataset shards, with seeded splits."""
 
 from featpipe.data.arrays import ArraySource
 from featpipe.data.builtin import (
@@ -12,6 +12,7 @@ from featpipe.data.folder import IMAGE_EXTENSIONS, ImageFolderSource
 from featpipe.data.images import load_rgb, to_rgb
 from featpipe.data.manifest import CSVSource
 from featpipe.data.resolve import open_source
+from featpipe.data.shards import WebDatasetSource
 from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, ImageSource, SubsetSource
 from featpipe.data.splits import (
     nested_subsets,
@@ -36,6 +37,7 @@ __all__ = [
     "ParquetSource",
     "SubsetSource",
     "TorchvisionSource",
+    "WebDatasetSource",
     "list_builtin_sources",
     "load_builtin",
     "load_rgb",

@@ -12,8 +12,9 @@ from featpipe.data.manifest import CSVSource
 from featpipe.data.source import ImageSource
 from featpipe.errors import ConfigError, SourceError, did_you_mean
 
-PREFIXES = ("torchvision:", "hf-dataset:")
+PREFIXES = ("torchvision:", "hf-dataset:", "wds:")
 TABLE_OPTIONS = ("image", "label")  # ``hf-dataset:PATH?image=img&label=fine_label``
+SHARD_OPTIONS = ("image", "label", "split")  # ``wds:SHARDS?image=jpg&label=json:label``
 # Files that ``save_to_disk`` writes: a folder holding one is a Hugging Face dataset.
 HF_MARKERS = ("dataset_dict.json", "state.json")
 _PREFIX = re.compile(r"^([A-Za-z][\w.-]*):(?!//)")
@@ -28,6 +29,8 @@ def open_source(spec: str | Path | ImageSource, **kwargs) -> ImageSource:
       FashionMNIST, KMNIST), official train/test splits;
     - ``hf-dataset:PATH[?image=COL&label=COL]``: a Hugging Face dataset saved with
       ``save_to_disk``, a parquet file or a folder of parquet files;
+    - ``wds:SHARDS[?image=EXT&label=FIELD&split=FIELD]``: WebDataset tar shards
+      (``/data/shards-{000000..000099}.tar``, a glob or a folder of ``.tar`` files);
     - a folder (ImageFolderSource; a ``save_to_disk`` folder is read as ``hf-dataset:``), a
       ``.csv`` manifest (CSVSource) or a ``.parquet`` file.
 
@@ -79,6 +82,15 @@ def _open_prefixed(prefix: str, rest: str, spec: str, kwargs: dict) -> ImageSour
         return TorchvisionSource(name, root, **kwargs)
     if prefix == "hf-dataset":
         return _open_table(rest, kwargs)
+    if prefix == "wds":
+        from featpipe.data.shards import WebDatasetSource
+
+        # "?" also is a glob wildcard: only a tail of key=value pairs is read as options.
+        shards, _, query = (
+            rest.rpartition("?") if re.search(r"\?\w+=[^/]*$", rest) else (rest, "", "")
+        )
+        options = _options(query, SHARD_OPTIONS, rest, "?image=jpg&label=json:label")
+        return WebDatasetSource(shards, **options, **kwargs)
     raise ConfigError(
         f"Unknown image source prefix {prefix + ':'!r} in {spec!r}."
         f"{did_you_mean(prefix + ':', PREFIXES)} Valid prefixes: {', '.join(PREFIXES)} "
@@ -91,18 +103,7 @@ def _open_table(rest: str, kwargs: dict) -> ImageSource:
     from featpipe.data.tables import HFDatasetSource, ParquetSource
 
     location, _, query = rest.partition("?")
-    try:
-        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
-    except ValueError:
-        raise ConfigError(
-            f"Cannot read the options {query!r} in {rest!r}: write ?image=COLUMN&label=COLUMN."
-        ) from None
-    for key in options:
-        if key not in TABLE_OPTIONS:
-            raise ConfigError(
-                f"Unknown option {key!r} in {rest!r}.{did_you_mean(key, TABLE_OPTIONS)} "
-                "Valid options: image=COLUMN, label=COLUMN, e.g. ?image=img&label=fine_label."
-            )
+    options = _options(query, TABLE_OPTIONS, rest, "?image=img&label=fine_label")
     path = Path(location)
     if not path.exists():
         raise SourceError(f"Hugging Face dataset {location!r} does not exist.")
@@ -111,3 +112,21 @@ def _open_table(rest: str, kwargs: dict) -> ImageSource:
     )
     cls = ParquetSource if is_parquet else HFDatasetSource
     return cls(path, **options, **kwargs)
+
+
+def _options(query: str, valid: tuple[str, ...], rest: str, example: str) -> dict[str, str]:
+    """The ``key=value&...`` options after a spec's ``?``, each one of ``valid``."""
+    try:
+        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    except ValueError:
+        raise ConfigError(
+            f"Cannot read the options {query!r} in {rest!r}: write KEY=VALUE pairs joined by "
+            f"&, e.g. {example}."
+        ) from None
+    for key in options:
+        if key not in valid:
+            raise ConfigError(
+                f"Unknown option {key!r} in {rest!r}.{did_you_mean(key, valid)} Valid options: "
+                f"{', '.join(valid)}, e.g. {example}."
+            )
+    return options
