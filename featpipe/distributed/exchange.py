@@ -8,15 +8,41 @@ processes that have already finished their share.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import os
 import pickle
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
+
+from featpipe.distributed.ranks import process_group
 
 T = TypeVar("T")
 POLL_S = 0.2
+
+
+@contextlib.contextmanager
+def job_store(device: torch.device | str = "cpu") -> Iterator[dist.Store | None]:
+    """The job's key-value store (None outside torchrun). Where torchrun's agent hosts it
+    (``TORCHELASTIC_USE_AGENT_STORE``, the default), this process connects to it directly,
+    with no process group: work that needs no collectives then needs no gloo mesh either,
+    which an elastic restart must build again. Otherwise (or when a group is already up) it
+    is the store of :func:`featpipe.distributed.ranks.process_group`."""
+    hosted = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if dist.is_initialized() or not hosted or "MASTER_PORT" not in os.environ:
+        with process_group(device) as kv:
+            yield kv
+        return
+    yield dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=dt.timedelta(seconds=1800),
+    )
 
 
 def publish(kv: dist.Store, key: str, value: Any) -> None:

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from featpipe.data.source import ImageSource
 from featpipe.device import resolve_device
-from featpipe.distributed.exchange import claims, publish, receive
+from featpipe.distributed.exchange import claims, job_store, publish, receive
 from featpipe.distributed.progress import progress_bar
-from featpipe.distributed.ranks import current_ranks, process_group
+from featpipe.distributed.ranks import current_ranks
 from featpipe.errors import ConfigError, FeaturePipeError, StoreInUseError
 from featpipe.extract.extractor import (
     NOTHING_COMPUTED,
@@ -103,7 +103,7 @@ def extract_ranks(
 ) -> FeatureStore:
     """:func:`featpipe.extract.extract` on every rank of a torchrun job (see the module)."""
     ranks = current_ranks()
-    with process_group(resolve_device(options.get("device", "auto"))) as kv:
+    with job_store(resolve_device(options.get("device", "auto"))) as kv:
         channel = _channel(backbone, layers, options, ranks.restart)
         if ranks.is_main:
             return _lead(kv, channel, source, backbone, layers, options)
