@@ -120,7 +120,7 @@ def test_a_killed_rank_is_restarted_and_the_store_is_equal(tmp_path):
     run, hold, pid = held_run(tmp_path, out, restarts=1)
     os.kill(pid, signal.SIGKILL)  # a lost node: no chance to drain
     hold.unlink()
-    stdout, stderr = run.communicate(timeout=300)
+    _, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr[-12000:]
     same_store(reference(tmp_path, NOISE, child=True, NOISE='{"n": 96}'), out)
 

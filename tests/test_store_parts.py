@@ -78,7 +78,7 @@ def test_two_shards_equal_one_file(tmp_path):
     same_store(single.path, out)
     cost = second.attrs["extraction"]
     assert cost["images"] == 61 and cost["filled_by"] == ["shard 0/2", "shard 1/2"]
-    X, y = second.arrays("pooled", "train")
+    X, _ = second.arrays("pooled", "train")
     assert np.array_equal(X, single.arrays("pooled", "train")[0])
 
 
