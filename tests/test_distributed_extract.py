@@ -146,3 +146,42 @@ def test_a_preempted_run_resumes_with_one_process(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     same_store(reference(tmp_path, NOISE, child=True, NOISE='{"n": 96}'), out)
+
+
+PIPELINE = """
+name = "ranks"
+n_boot = 50
+device = "cpu"
+[source]
+data = "digits"
+limits = { train = 120, val = 60, test = 90 }
+[features]
+backbones = ["toy"]
+image_size = 16
+batch_size = 8
+workers = 0
+cache_dir = "CACHE"
+[probes]
+heads = ["logreg", "knn"]
+grids.logreg = { C = [0.1, 1.0] }
+"""
+
+
+def test_a_pipeline_under_torchrun_extracts_on_every_rank_and_reports_once(tmp_path):
+    toml = tmp_path / "p.toml"
+    toml.write_text(PIPELINE.replace("CACHE", str(tmp_path / "cache")))
+    out = tmp_path / "run"
+    done = subprocess.run(
+        torchrun(str(CHILD), "cli", "run", str(toml), "--out", str(out)),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["method"] for r in rows) == ["knn:pooled", "logreg:pooled"]
+    assert (out / "report.md").is_file() and done.stdout.count("report: ") == 1
+    (store,) = (tmp_path / "cache").glob("*.h5")
+    with h5py.File(store, "r") as f:
+        assert f.attrs["layout"] == "parts" and f.attrs["complete"]
