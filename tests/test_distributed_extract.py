@@ -180,7 +180,7 @@ def test_a_pipeline_under_torchrun_extracts_on_every_rank_and_reports_once(tmp_p
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert sorted(r["method"] for r in rows) == ["knn:pooled", "logreg:pooled"]
+    assert sorted(r["method"] for r in rows) == ["toy/knn@pooled", "toy/logreg@pooled"]
     assert (out / "report.md").is_file() and done.stdout.count("report: ") == 1
     (store,) = (tmp_path / "cache").glob("*.h5")
     with h5py.File(store, "r") as f:

@@ -61,7 +61,7 @@ from featpipe.store.parts import (
 )
 from featpipe.store.schema import decode_attr, n_chunks_for
 
-WAIT_POLL_S = 1.0
+WAIT_POLL_S = 2.0
 _CALLS: Counter[str] = Counter()  # extraction calls of this process, per channel
 
 
@@ -308,6 +308,8 @@ def _fill_parts(plan, inference, parts: Iterable[Part], who: str, bar, stats: di
             stats[name] += run[name]
         stats["resumed"] |= bool(run.get("resumed"))
         stats["parts_filled"] += 1
+        if bar.total and bar.n > bar.total:  # a rank's share is a guess: it took more parts
+            bar.total = bar.n
         bar.desc = f"extract {plan.path.name}: {stats['parts_filled']} parts filled"
 
 
