@@ -172,3 +172,12 @@ def test_a_half_written_one_file_store_is_not_continued_in_parts(tmp_path):
 def test_a_bad_shard_is_one_line(tmp_path, text, capsys):
     assert main(["extract", "digits", "--out", str(tmp_path / "x.h5"), f"--shard={text}"]) == 2
     assert "A shard is I/N with 0 <= I < N" in capsys.readouterr().err
+
+
+def test_cache_prune_removes_a_parted_store_with_its_parts(tmp_path):
+    extract(NoiseSource(20), "toy", LAYERS, cache_dir=tmp_path, chunk_rows=2, shard=(0, 2), **FAST)
+    (store,) = tmp_path.glob("*.h5")
+    (parts_dir(store) / "part-00000.h5").unlink()
+    assert main(["cache", "list", str(tmp_path)]) == 0  # a missing part is a state, not a crash
+    assert main(["cache", "prune", str(tmp_path), "--incomplete", "--yes"]) == 0
+    assert not store.exists() and not parts_dir(store).exists()
