@@ -236,6 +236,13 @@ def run_extract(args: argparse.Namespace) -> int:
             f"extracted {s['images']} images in {s['seconds']:.1f} s "
             f"({s['images_per_s']:.1f} images/s) on {s['device']}{resumed}; "
             f"{format_bytes(s['bytes_written'])} written"
+            + (f" by {s['filled_by']}" if s.get("filled_by") else "")
+        )
+    if s.get("filled_by"):  # a parted store: what every process did
+        cost = store.attrs.get("extraction") or {}
+        print(
+            f"store complete: {len(store)} images in {len(store.parts or [])} parts, filled by "
+            f"{', '.join(cost.get('filled_by') or [])} ({cost.get('seconds')} process-seconds)"
         )
     if s.get("skipped"):
         print(f"skipped {s['skipped']} unreadable images (listed by `featpipe info {store.path}`)")
