@@ -241,11 +241,11 @@ def run_extraction(
     return store
 
 
-def _create_store(plan: ExtractionPlan, inference: Inference) -> None:
-    """Lay out a new, empty store for ``plan`` (its layers' widths from a dummy image)."""
+def store_layout(plan: ExtractionPlan, inference: Inference) -> dict:
+    """The layout of a new store for ``plan`` (the keyword arguments of
+    :meth:`StoreWriter.create`), its layers' widths from a dummy image."""
     src = plan.source
-    StoreWriter.create(
-        plan.path,
+    return dict(
         ids=src.ids,
         labels=src.labels,
         splits=src.splits,
@@ -254,7 +254,13 @@ def _create_store(plan: ExtractionPlan, inference: Inference) -> None:
         dtype=plan.dtype,
         rows_per_chunk=plan.rows_per_chunk,
         attrs=plan.request.store_attrs({**src.describe(), "hash_contents": plan.hash_contents}),
-    ).close()  # run_chunks reopens it once its DataLoader workers are started
+    )
+
+
+def _create_store(plan: ExtractionPlan, inference: Inference) -> None:
+    """Lay out a new, empty store for ``plan``."""
+    # run_chunks reopens it once its DataLoader workers are started
+    StoreWriter.create(plan.path, **store_layout(plan, inference)).close()
 
 
 def extract(

@@ -40,9 +40,10 @@ from featpipe.extract.extractor import (
     _reused,
     computing,
     plan_extraction,
+    store_layout,
 )
 from featpipe.extract.inference import Inference
-from featpipe.extract.loop import probe_layers, run_chunks
+from featpipe.extract.loop import run_chunks
 from featpipe.extract.target import Action
 from featpipe.extract.target import plan as decide
 from featpipe.interrupt import Interrupted
@@ -211,22 +212,11 @@ def _key(path: Path) -> str:
 
 
 def _create(plan: ExtractionPlan, inference: Inference) -> None:
-    src = plan.source
-    n_chunks = n_chunks_for(len(src.ids), plan.rows_per_chunk)
+    n_chunks = n_chunks_for(len(plan.source.ids), plan.rows_per_chunk)
     # A sharded source (tar files) says where its shards start: parts follow them.
-    starts = getattr(src, "shard_starts", None)
-    create_parted(
-        plan.path,
-        ids=src.ids,
-        labels=src.labels,
-        splits=src.splits,
-        classes=src.classes,
-        layers=probe_layers(inference.model, plan.backbone.preprocessing.crop, plan.device),
-        dtype=plan.dtype,
-        rows_per_chunk=plan.rows_per_chunk,
-        attrs=plan.request.store_attrs({**src.describe(), "hash_contents": plan.hash_contents}),
-        bounds=part_bounds(n_chunks, plan.rows_per_chunk, starts() if starts else None),
-    )
+    starts = getattr(plan.source, "shard_starts", None)
+    bounds = part_bounds(n_chunks, plan.rows_per_chunk, starts() if starts else None)
+    create_parted(plan.path, **store_layout(plan, inference), bounds=bounds)
 
 
 # -- filling -----------------------------------------------------------------------------------
