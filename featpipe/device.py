@@ -49,6 +49,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
             f"Device {device!r} was asked for, but torch sees {count} CUDA device(s): {valid} "
             "(CUDA_VISIBLE_DEVICES renumbers them from 0). Use one of those, or cuda."
         )
+    if kind == "cpu":
+        return torch.device("cpu")
     if not sep and current_ranks().distributed:
         return torch.device("cuda", current_ranks().local_rank % torch.cuda.device_count())
     return torch.device("cuda" if kind == "auto" else device)

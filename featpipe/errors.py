@@ -54,6 +54,10 @@ class IncompleteStoreError(FeaturePipeError, RuntimeError):
     """A feature store has chunks that are not written yet."""
 
 
+class MissingPartError(IncompleteStoreError):
+    """A part file of a parted store is missing (its rows would read as zeros)."""
+
+
 class UnreadableStoreError(StoreMismatchError):
     """A file at a store's path cannot be read as a featpipe store (truncated, damaged, a
     foreign HDF5 file or not HDF5 at all)."""

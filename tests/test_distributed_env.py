@@ -64,6 +64,10 @@ def test_auto_is_the_cpu_without_cuda_even_under_torchrun(rank1_of_2):
         assert resolve_device("auto") == torch.device("cpu")
 
 
+def test_cpu_stays_the_cpu_under_torchrun(rank1_of_2):
+    assert resolve_device("cpu") == torch.device("cpu")  # not cuda:LOCAL_RANK
+
+
 def test_warnings_name_their_rank(rank1_of_2):
     assert _format_warning("odd", UserWarning, "f.py", 1) == ("featpipe [rank 1/2]: warning: odd\n")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from featpipe.cli.options import (
     add_decode_option,
@@ -29,6 +30,11 @@ The same inputs reuse the cached store without computing anything; an interrupte
 (Ctrl-C, SIGTERM, a kill, a full disk) resumes where it stopped when started again with the
 same arguments. Two runs writing one store take turns: the second waits for the first (or
 for --lock-timeout seconds) and then reuses its store. `featpipe cache list` shows the stores.
+
+Many processes fill one store in parts (README "Scaling out"):
+  torchrun --nproc-per-node 8 -m featpipe extract data/pets --out pets.h5
+  featpipe extract data/pets --out pets.h5 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+Any later run, with any number of processes, continues a parted store.
 """
 
 INFO_EPILOG = """\
@@ -144,6 +150,12 @@ def register(subparsers) -> None:
         help="when another process is writing the same store, wait at most this long for it "
         "(default: wait until it finishes, then reuse its store)",
     )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="task I of a job array of N (Slurm array, Kubernetes indexed job) filling one "
+        "parted store; use --out (or the same --cache-dir) in every task",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_extract)
 
@@ -158,6 +170,16 @@ def register(subparsers) -> None:
     q.add_argument("--json", action="store_true", help="print the description as JSON")
     q.set_defaults(func=run_info)
 
+    c = subparsers.add_parser(
+        "consolidate",
+        help="copy a parted store into one self-contained file",
+        description="Copy a complete parted store (filled by torchrun ranks or --shard tasks) "
+        "into one HDF5 file without virtual datasets, readable by plain h5py.",
+    )
+    c.add_argument("store", metavar="STORE", help="the parted store's top-level .h5 file")
+    c.add_argument("--out", metavar="FILE", required=True, help="the one-file store to write")
+    c.set_defaults(func=run_consolidate)
+
 
 def _open_source(args: argparse.Namespace):
     from featpipe.data import open_source
@@ -171,8 +193,11 @@ def _open_source(args: argparse.Namespace):
 
 
 def run_extract(args: argparse.Namespace) -> int:
+    from featpipe.distributed.ranks import current_ranks
     from featpipe.extract import extract
+    from featpipe.extract.parted import parse_shard
 
+    shard = parse_shard(args.shard) if args.shard else None
     store = extract(
         _open_source(args),
         args.backbone,
@@ -193,8 +218,18 @@ def run_extract(args: argparse.Namespace) -> int:
         torch_compile=args.compile,
         on_error=args.on_error,
         lock_timeout=args.lock_timeout,
+        shard=shard,
     )
+    if not current_ranks().is_main:
+        return 0  # rank 0 says how the run went
     s = store.extraction
+    if s.get("filled_by") and not s.get("complete"):
+        print(
+            f"{s['filled_by']}: filled {s['parts_filled']} parts ({s['images']} images in "
+            f"{s['seconds']:.1f} s); the store is complete once the other tasks finish theirs "
+            f"(`featpipe info {store.path}`)"
+        )
+        return 0
     if s["reused"]:
         print(f"reused cached store: nothing to compute ({len(store)} images)")
     else:
@@ -203,6 +238,13 @@ def run_extract(args: argparse.Namespace) -> int:
             f"extracted {s['images']} images in {s['seconds']:.1f} s "
             f"({s['images_per_s']:.1f} images/s) on {s['device']}{resumed}; "
             f"{format_bytes(s['bytes_written'])} written"
+            + (f" by {s['filled_by']}" if s.get("filled_by") else "")
+        )
+    if s.get("filled_by"):  # a parted store: what every process did
+        cost = store.attrs.get("extraction") or {}
+        print(
+            f"store complete: {len(store)} images in {len(store.parts or [])} parts, filled by "
+            f"{', '.join(cost.get('filled_by') or [])} ({cost.get('seconds')} process-seconds)"
         )
     if s.get("skipped"):
         print(f"skipped {s['skipped']} unreadable images (listed by `featpipe info {store.path}`)")
@@ -232,6 +274,13 @@ def run_info(args: argparse.Namespace) -> int:
     lines = [
         f"store       {info['path']}  ({format_bytes(info['file_size'])}, {info['format']})",
         f"state       {state}: {done}/{total} chunks of {info['rows_per_chunk']} rows",
+    ]
+    if info["layout"] == "parts":
+        lines.append(
+            f"parts       {info['parts_done']} done, {info['parts_pending']} pending, of "
+            f"{info['parts']} in {Path(info['path']).with_suffix('.parts')}"
+        )
+    lines += [
         f"key         {info['key']}",
         f"backbone    {info['backbone']}",
         f"weights     sha256 {info['weights_sha256']}",
@@ -262,6 +311,16 @@ def run_info(args: argparse.Namespace) -> int:
             + (f", over {runs} runs" if runs > 1 else "")
         )
     print("\n".join(lines))
+    return 0
+
+
+def run_consolidate(args: argparse.Namespace) -> int:
+    from featpipe.store.consolidate import consolidate
+
+    store = consolidate(args.store, args.out)
+    print(
+        f"consolidated {args.store} into {store.path} ({format_bytes(store.path.stat().st_size)})"
+    )
     return 0
 
 

@@ -4,7 +4,8 @@ one call or in several)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from featpipe.backbones import Backbone, LayerSpec, get_backbone
 from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import check_on_error
 from featpipe.device import on_device, resolve_device, torch_threads
+from featpipe.distributed.ranks import under_torchrun
 from featpipe.errors import ConfigError, ImageReadError
 from featpipe.extract.datapath import DataPath, get_data_path
 from featpipe.extract.inference import Inference
@@ -22,6 +24,7 @@ from featpipe.extract.target import Action, Request, reusable
 from featpipe.extract.target import plan as decide
 from featpipe.store import FeatureStore, StoreWriter, store_filename
 from featpipe.store.lock import StoreLock
+from featpipe.store.parts import parted_at
 from featpipe.store.schema import DTYPES
 
 NOTHING_COMPUTED = {
@@ -118,11 +121,14 @@ def plan_extraction(
     torch_compile: bool = False,
     on_error: str = "fail",
     lock_timeout: float | None = None,
+    request: Request | None = None,
 ) -> ExtractionPlan:
     """The plan of :func:`extract` with these arguments (see there), checked: unknown layers,
     devices and options raise here. ``chunk_rows`` (None: ``batch_size``) is the store's
     rows per chunk, its unit of resuming and of :func:`run_extraction`'s ``chunks``; the
-    forward pass runs ``batch_size`` rows at a time within a chunk."""
+    forward pass runs ``batch_size`` rows at a time within a chunk. ``request`` is the
+    request another process (torchrun's rank 0) made for the same call: given, the source
+    is not fingerprinted again."""
     _check_options(dtype, batch_size, chunk_rows, workers, lock_timeout)
     check_on_error(on_error)
     dev = resolve_device(device)
@@ -131,13 +137,14 @@ def plan_extraction(
     stage = get_data_path(data_path, bb.preprocessing, dev, decode)
     names = tuple(LayerSpec.parse(layer).name for layer in layers)
     bb.features(names).remove()  # validates layer names before any file is touched
-    request = Request.build(
-        src.fingerprint(content=hash_contents),
-        bb.identity(),
-        list(names),
-        dtype,
-        compute_identity(dev, stage.name, stage.decode),
-    )
+    if request is None:
+        request = Request.build(
+            src.fingerprint(content=hash_contents),
+            bb.identity(),
+            list(names),
+            dtype,
+            compute_identity(dev, stage.name, stage.decode),
+        )
     cached = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
     return ExtractionPlan(
         source=src,
@@ -160,14 +167,52 @@ def plan_extraction(
     )
 
 
-def run_extraction(plan: ExtractionPlan, chunks: Sequence[int] | None = None) -> FeatureStore:
+@contextlib.contextmanager
+def computing(plan: ExtractionPlan) -> Iterator[Inference]:
+    """The plan's model ready to run on its device. On CPU the forward pass gets every core:
+    it dominates, and decoding workers beside it wait on a full queue most of the time. On
+    CUDA the device is made current, so that pinned memory and streams are not created on
+    GPU 0."""
+    dev = plan.device
+    with (
+        torch_threads() if dev.type == "cpu" else on_device(dev),
+        Inference.of_layers(
+            plan.backbone,
+            plan.layers,
+            dev,
+            compile=plan.torch_compile,
+            batch_size=plan.batch_size,
+        ) as inference,  # its hooks must not stay on the caller's backbone
+    ):
+        yield inference
+
+
+def run_extraction(
+    plan: ExtractionPlan,
+    chunks: Sequence[int] | None = None,
+    *,
+    shard: tuple[int, int] | None = None,
+) -> FeatureStore:
     """Carry out ``plan``: reuse its complete store, or create it (or resume it) and compute
     the chunks ``chunks`` (indices into the store's chunks of ``plan.rows_per_chunk`` rows;
     None: every chunk not done yet). The store is marked complete once every chunk is done;
     runs over disjoint chunks, in any order, give the same store as one run over all of them.
     ``plan.overwrite`` replaces the store at every call: a plan run in parts should overwrite
     in its first call only (``dataclasses.replace(plan, overwrite=False)``). Returns the
-    store, with this call's stats in ``store.extraction``."""
+    store, with this call's stats in ``store.extraction``.
+
+    ``shard=(i, n)`` makes this process task ``i`` of ``n`` of a job array filling one
+    parted store (see :mod:`featpipe.extract.parted`); a parted store at the path is
+    continued in parts, by any number of processes. Otherwise the store is one file."""
+    if shard is not None or (not plan.overwrite and parted_at(plan.path)):
+        if chunks is not None:
+            raise ConfigError(
+                "chunks= selects chunks of a one-file store; a parted store "
+                "is filled part by part (shard=)."
+            )
+        from featpipe.extract.parted import run_parted
+
+        return run_parted(plan, shard)
     store = reusable(plan.path, plan.request, plan.overwrite)
     if store is not None:
         return _reused(store, plan.on_error)
@@ -177,20 +222,7 @@ def run_extraction(plan: ExtractionPlan, chunks: Sequence[int] | None = None) ->
             _refuse_skipped(FeatureStore(plan.path), plan.on_error)
         if action is Action.REUSE:  # another process finished it while this one waited
             return _reused(FeatureStore(plan.path), plan.on_error)
-        # On CPU the forward pass gets every core: it dominates, and decoding workers
-        # beside it wait on a full queue most of the time. On CUDA the device is made
-        # current, so that pinned memory and streams are not created on GPU 0.
-        dev = plan.device
-        with (
-            torch_threads() if dev.type == "cpu" else on_device(dev),
-            Inference.of_layers(
-                plan.backbone,
-                plan.layers,
-                dev,
-                compile=plan.torch_compile,
-                batch_size=plan.batch_size,
-            ) as inference,  # its hooks must not stay on the caller's backbone
-        ):
+        with computing(plan) as inference:
             if action is Action.CREATE:
                 _create_store(plan, inference)
             stats = run_chunks(
@@ -209,11 +241,11 @@ def run_extraction(plan: ExtractionPlan, chunks: Sequence[int] | None = None) ->
     return store
 
 
-def _create_store(plan: ExtractionPlan, inference: Inference) -> None:
-    """Lay out a new, empty store for ``plan`` (its layers' widths from a dummy image)."""
+def store_layout(plan: ExtractionPlan, inference: Inference) -> dict:
+    """The layout of a new store for ``plan`` (the keyword arguments of
+    :meth:`StoreWriter.create`), its layers' widths from a dummy image."""
     src = plan.source
-    StoreWriter.create(
-        plan.path,
+    return dict(
         ids=src.ids,
         labels=src.labels,
         splits=src.splits,
@@ -222,7 +254,13 @@ def _create_store(plan: ExtractionPlan, inference: Inference) -> None:
         dtype=plan.dtype,
         rows_per_chunk=plan.rows_per_chunk,
         attrs=plan.request.store_attrs({**src.describe(), "hash_contents": plan.hash_contents}),
-    ).close()  # run_chunks reopens it once its DataLoader workers are started
+    )
+
+
+def _create_store(plan: ExtractionPlan, inference: Inference) -> None:
+    """Lay out a new, empty store for ``plan``."""
+    # run_chunks reopens it once its DataLoader workers are started
+    StoreWriter.create(plan.path, **store_layout(plan, inference)).close()
 
 
 def extract(
@@ -246,6 +284,7 @@ def extract(
     torch_compile: bool = False,
     on_error: str = "fail",
     lock_timeout: float | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> FeatureStore:
     """Features of ``layers`` of ``backbone`` over ``source``, in a complete store:
     ``run_extraction(plan_extraction(...))``.
@@ -273,9 +312,26 @@ def extract(
     leave it out and ``store.skipped()`` lists it. ``on_error`` is not part of the store key
     (the other rows' features are the same either way), but a store with skipped rows is
     refused under "fail", whose promise is that every image is in it.
+
+    Under ``torchrun`` every rank fills parts of one parted store (rank 0 plans it, the
+    others claim parts as they go; see :mod:`featpipe.extract.parted`); ``shard=(i, n)``
+    does the same for task ``i`` of a job array of ``n`` tasks without torchrun. Rank 0 (and
+    a single process) returns the complete store; other ranks and shards return once their
+    share is written, the store complete only if they were the last.
     """
-    options = {k: v for k, v in locals().items() if k not in ("source", "backbone", "layers")}
-    return run_extraction(plan_extraction(source, backbone, layers, **options))
+    options = {
+        k: v for k, v in locals().items() if k not in ("source", "backbone", "layers", "shard")
+    }
+    if under_torchrun():
+        if shard is not None:
+            raise ConfigError(
+                f"shard={shard} is for job arrays without torchrun; under torchrun the ranks "
+                "share the parts themselves. Leave --shard out."
+            )
+        from featpipe.extract.parted import extract_ranks
+
+        return extract_ranks(source, backbone, layers, options)
+    return run_extraction(plan_extraction(source, backbone, layers, **options), shard=shard)
 
 
 def _reused(store: FeatureStore, on_error: str) -> FeatureStore:
@@ -286,8 +342,10 @@ def _reused(store: FeatureStore, on_error: str) -> FeatureStore:
 
 def _refuse_skipped(store: FeatureStore, on_error: str, shown: int = 3) -> None:
     """Under on_error="fail", a store (complete or not) that left out images is not used."""
+    if on_error == "skip":
+        return
     skipped = store.skipped()
-    if on_error == "skip" or not skipped:
+    if not skipped:
         return
     names = "; ".join(f"{sid} ({reason})" for sid, reason in list(skipped.items())[:shown])
     more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""

@@ -91,10 +91,17 @@ class PieceDataset(Dataset):
     to the main process, which fails or skips it (a worker's own exception would arrive
     wrapped in its traceback)."""
 
-    def __init__(self, source: ImageSource, data_path: DataPath, pieces: Sequence[Piece]):
+    def __init__(
+        self,
+        source: ImageSource,
+        data_path: DataPath,
+        pieces: Sequence[Piece],
+        row_offset: int = 0,
+    ):
         self.source = source
         self.data_path = data_path
         self.pieces = list(pieces)
+        self.row_offset = row_offset  # store row r is source row row_offset + r (a part)
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -104,7 +111,7 @@ class PieceDataset(Dataset):
         items, failed = [], {}
         for row in range(piece.start, piece.stop):
             try:
-                items.append(self.data_path.load(self.source, row))
+                items.append(self.data_path.load(self.source, self.row_offset + row))
             except ImageReadError as err:
                 failed[row - piece.start] = err
                 items.append(self.data_path.blank())
@@ -148,14 +155,19 @@ def run_chunks(
     workers: int,
     progress: bool = True,
     on_error: str = "fail",
+    row_offset: int = 0,
+    bar=None,
+    filled_by: str | None = None,
 ) -> dict:
     """Compute and write the chunks ``chunks`` of the store at ``path`` (None: every chunk
     not done yet; chunks already done are not computed again) in forward batches of at most
     ``batch_size`` rows, then mark the store complete if every chunk is done; returns the
-    run's stats. The store's ``extraction`` attribute gets the cost summed over every run
-    that built it. An image that cannot be read stops the run (``on_error="fail"``) or is
-    recorded as skipped. On SIGINT/SIGTERM the chunks already computed are written and
-    Interrupted says how many are done."""
+    run's stats. A part of a parted store passes its ``row_offset`` (its row r is source row
+    ``row_offset + r``), the caller's progress ``bar`` (left open) and who fills it
+    (``filled_by``, recorded in its ``extraction`` attribute). The store's ``extraction``
+    attribute gets the cost summed over every run that built it. An image that cannot be
+    read stops the run (``on_error="fail"``) or is recorded as skipped. On SIGINT/SIGTERM the
+    chunks already computed are written and Interrupted says how many are done."""
     with StoreWriter.open(path) as writer:  # refuses at once when the disk cannot hold it
         pending = writer.pending_chunks()
         todo = pending if chunks is None else _selected(chunks, pending, writer.n_chunks)
@@ -163,8 +175,11 @@ def run_chunks(
         n_rows, n_chunks = writer.n_rows, writer.n_chunks
     pieces = cut_pieces([(i, *bounds[i]) for i in todo], batch_size)
     done_rows = n_rows - sum(stop - start for start, stop in bounds.values())
-    bar = _progress_bar(path, n_rows, done_rows, progress)
-    loader = _loader(PieceDataset(source, data_path, pieces), workers, inference.device)
+    own_bar = bar is None
+    if own_bar:
+        bar = _progress_bar(path, n_rows, done_rows, progress)
+    dataset = PieceDataset(source, data_path, pieces, row_offset)
+    loader = _loader(dataset, workers, inference.device)
     background: BackgroundWriter | None = None
     start_time = time.perf_counter()
     # Start the workers before the file is opened: forked workers would otherwise inherit its
@@ -181,7 +196,7 @@ def run_chunks(
             images = _compute(batches, inference, data_path, background, bar, on_error, writer)
             background.close()  # every chunk written before the store is marked complete
             stats = _stats(images, time.perf_counter() - start_time, background)
-            run = _finish(writer, inference.device, data_path.name, workers, on_error)
+            run = _finish(writer, inference.device, data_path.name, workers, on_error, filled_by)
             stats.update(resumed=len(pending) < n_chunks, **run)
     except KeyboardInterrupt as exc:  # the with blocks above wrote the chunks computed
         written = background.chunks_written if background is not None else 0
@@ -190,7 +205,8 @@ def run_chunks(
             f"interrupted: {done} of {n_chunks} chunks done; run the same command to resume"
         ) from None
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
         # Stop the workers now, not when the iterator is collected: an error's traceback keeps
         # it alive, and workers left at exit get SIGTERM, which they ignore (_worker_init).
         getattr(batches, "_shutdown_workers", lambda: None)()
@@ -204,7 +220,12 @@ def _progress_bar(path: Path, n_rows: int, done_rows: int, shown: bool):
 
 
 def _finish(
-    writer: StoreWriter, device: torch.device, data_path: str, workers: int, on_error: str
+    writer: StoreWriter,
+    device: torch.device,
+    data_path: str,
+    workers: int,
+    on_error: str,
+    filled_by: str | None = None,
 ) -> dict:
     """Mark the store complete if every chunk is done; returns what the run was."""
     run = {
@@ -215,6 +236,8 @@ def _finish(
         "on_error": on_error,
         "skipped": writer.skipped_count(),
     }
+    if filled_by:
+        run["filled_by"] = filled_by
     if not writer.pending_chunks():
         writer.finish(run)
     return run

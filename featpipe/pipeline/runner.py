@@ -10,6 +10,7 @@ What each job does is its stage's business (``featpipe.pipeline.stages``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -18,10 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from featpipe.data import ImageSource, open_source, subsample
+from featpipe.distributed.exchange import job_store, publish, receive
+from featpipe.distributed.ranks import current_ranks, process_group
+from featpipe.errors import FeaturePipeError
 from featpipe.interrupt import Interrupted
 from featpipe.pipeline.config import DEFAULT_FRACTIONS, PipelineConfig, SourceConfig
 from featpipe.pipeline.jobs import Job, PlanData, RunContext
+from featpipe.pipeline.stages import finetune as finetune_stage
 from featpipe.pipeline.stages import plan_jobs, run_job
+from featpipe.pipeline.stages.extract import feature_store
 from featpipe.pipeline.validate import check_grids, check_models, check_sizes
 from featpipe.provenance import versions
 from featpipe.report import (
@@ -87,10 +93,18 @@ class PipelineRunner:
 
     def run(self) -> Path:
         """Check the whole plan, run every unfinished job, then write the reports; returns
-        the run folder."""
+        the run folder. Under torchrun see :meth:`_run_ranks`."""
+        ranks = current_ranks()
+        if ranks.distributed:
+            return self._run_ranks(ranks)
         context, jobs, run_plan = self._prepare()
         results = context.run_dir / RESULTS_FILE
         rows = read_results(results, repair=True)
+        todo = self._announce(jobs, rows, results)
+        return self._run_jobs(context, jobs, run_plan, rows, todo)
+
+    def _announce(self, jobs: list[Job], rows: list[dict], results: Path) -> list[Job]:
+        """Say what is finished; returns the jobs still to run."""
         done = _keys(rows)
         self.log(
             f"{self.config.name}: {len(jobs)} method runs, "
@@ -99,24 +113,98 @@ class PipelineRunner:
         for job in jobs:
             if job.key in done:
                 self.log(f"reusing finished {job.label} (seed {job.seed})")
+        return [j for j in jobs if j.key not in done]
+
+    def _run_jobs(
+        self,
+        context: RunContext,
+        jobs: list[Job],
+        run_plan: RunPlan,
+        rows: list[dict],
+        todo: list[Job],
+        *,
+        write: bool = True,
+        report: bool = True,
+    ) -> Path:
+        """Run ``todo`` in order, appending each row to results.jsonl (only when ``write``:
+        not on torchrun's other ranks), then write the report (when ``report``)."""
+        results = context.run_dir / RESULTS_FILE
         try:
-            for job in (j for j in jobs if j.key not in done):
-                row = append_result(results, run_job(job, context).to_json())
+            for job in todo:
+                row = run_job(job, context).to_json()
+                if not write:
+                    continue
+                row = append_result(results, row)
                 rows.append(row)  # recorded at once: an interruption loses only the running job
                 self.log(
                     f"{job.label}, seed {job.seed}: top-1 {100 * row['metrics']['top1']:.1f} % "
                     f"(fit {row['cost']['fit_seconds']:.1f} s)"
                 )
-            write_report(context.run_dir, rows, run_plan, source=self.source)
+            if report:
+                write_report(context.run_dir, rows, run_plan, source=self.source)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: finished rows are on disk
             finished = len(_keys(rows) & {j.key for j in jobs})
             raise _interrupted(exc, finished, len(jobs)) from None
-        self.log(f"report: {context.run_dir / 'report.md'} and {context.run_dir / 'report.html'}")
+        if report:
+            self.log(
+                f"report: {context.run_dir / 'report.md'} and {context.run_dir / 'report.html'}"
+            )
         return context.run_dir
 
-    def _prepare(self) -> tuple[RunContext, list[Job], RunPlan]:
+    def _run_ranks(self, ranks) -> Path:
+        """The run as one rank of a torchrun job. Rank 0 plans (it alone fingerprints the
+        source) and publishes the fingerprint and the jobs to run; then every rank fills
+        its share of each feature store and runs each fine-tune (DDP), before rank 0 alone
+        runs the probes and writes results.jsonl and the report: no rank waits long at a
+        collective while rank 0 fits heads. Other ranks return once their share is done."""
+        from featpipe.device import resolve_device
+
+        device = resolve_device(self.config.device)
+        main = ranks.is_main
+        if not main:
+            self.log = _quiet  # rank 0 says how the run goes
+        with job_store(device) as kv:
+            key = f"featpipe/run/{ranks.restart}/plan"
+            if main:
+                try:
+                    context, jobs, run_plan = self._prepare()
+                    results = context.run_dir / RESULTS_FILE
+                    rows = read_results(results, repair=True)
+                    todo = self._announce(jobs, rows, results)
+                except BaseException as exc:
+                    publish(kv, key, {"error": str(exc) or type(exc).__name__})
+                    raise
+                fingerprint = context.provenance["source"]["fingerprint"]
+                publish(kv, key, {"fingerprint": fingerprint, "todo": [j.key for j in todo]})
+            else:
+                message = receive(kv, key)
+                if "error" in message:
+                    raise FeaturePipeError(f"rank 0 could not plan the run: {message['error']}")
+                context, jobs, run_plan = self._prepare(message["fingerprint"], write=False)
+                todo_keys = set(message["todo"])
+                todo, rows = [j for j in jobs if j.key in todo_keys], []
+        shared = [j for j in todo if j.stage == finetune_stage.NAME]
+        try:
+            for backbone in dict.fromkeys(
+                j.backbone for j in todo if j.stage != finetune_stage.NAME
+            ):
+                feature_store(context, backbone)  # every rank fills its parts
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc, len(_keys(rows) & {j.key for j in jobs}), len(jobs)) from None
+        # DDP fine-tuning, a rank per process; the group is made only when there is some
+        with process_group(device) if shared else contextlib.nullcontext():
+            self._run_jobs(context, jobs, run_plan, rows, shared, write=main, report=False)
+        if not main:
+            return context.run_dir
+        return self._run_jobs(context, jobs, run_plan, rows, [j for j in todo if j not in shared])
+
+    def _prepare(
+        self, fingerprint: str | None = None, *, write: bool = True
+    ) -> tuple[RunContext, list[Job], RunPlan]:
         """Check everything that can be checked before compute, then plan the run and save
-        the plan beside its config; nothing is written unless the checks pass."""
+        the plan beside its config (unless ``write`` is False: torchrun ranks but 0);
+        nothing is written unless the checks pass. ``fingerprint``, given, is the source's
+        (from rank 0), not computed again."""
         from featpipe.device import resolve_device
 
         cfg = self.config
@@ -126,7 +214,8 @@ class PipelineRunner:
             self.source = open_pipeline_source(cfg.source)
         check_sizes(cfg, self.source)
         check_models(cfg)
-        fingerprint = self.source.fingerprint(content=cfg.source.hash_contents)
+        if fingerprint is None:
+            fingerprint = self.source.fingerprint(content=cfg.source.hash_contents)
         jobs = plan(cfg, fingerprint, cv_selection=len(self.source.indices("val")) == 0)
         run_plan = RunPlan(
             cfg.name,
@@ -149,11 +238,17 @@ class PipelineRunner:
             progress=self.progress,
             log=self.log,
         )
+        if not write:
+            return context, jobs, run_plan
         context.run_dir.mkdir(parents=True, exist_ok=True)
         config_json = json.dumps(cfg.to_json(), indent=2) + "\n"
         write_text_atomic(context.run_dir / "config.json", config_json)
         write_plan(context.run_dir, run_plan)
         return context, jobs, run_plan
+
+
+def _quiet(_message: str) -> None:
+    return None
 
 
 def _keys(rows: list[dict]) -> set[tuple[str, int, str]]:

@@ -9,11 +9,17 @@ process is writing is never touched.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from featpipe.errors import StoreInUseError, StoreMismatchError, UnreadableStoreError
+from featpipe.errors import (
+    MissingPartError,
+    StoreInUseError,
+    StoreMismatchError,
+    UnreadableStoreError,
+)
 from featpipe.store.lock import (
     LOCK_SUFFIX,
     OWNER_SUFFIX,
@@ -23,6 +29,7 @@ from featpipe.store.lock import (
     lock_path,
     owner_path,
 )
+from featpipe.store.parts import parts_dir
 from featpipe.store.reader import FeatureStore
 
 STORE_SUFFIX = ".h5"
@@ -58,7 +65,10 @@ class CacheEntry:
 
 def _disk_size(path: Path) -> int:
     st = path.stat()
-    return st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+    size = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+    if path.name.endswith(STORE_SUFFIX) and parts_dir(path).is_dir():  # a parted store's parts
+        size += sum(_disk_size(part) for part in parts_dir(path).glob("part-*.h5"))
+    return size
 
 
 def _describe_store(path: Path) -> CacheEntry:
@@ -73,6 +83,9 @@ def _describe_store(path: Path) -> CacheEntry:
         entry.state = entry.state if owner is not None else "in use"
         return entry
     except (UnreadableStoreError, OSError):
+        return entry
+    except MissingPartError:
+        entry.state = "incomplete (part files missing)"
         return entry
     except StoreMismatchError:  # a newer format: not for this featpipe to judge
         entry.state = "newer format"
@@ -157,6 +170,8 @@ def remove(entry: CacheEntry) -> bool:
     try:
         with StoreLock(entry.store, timeout=0):
             entry.path.unlink(missing_ok=True)
+            if entry.is_store:
+                shutil.rmtree(parts_dir(entry.store), ignore_errors=True)
             if entry.is_store or not entry.store.exists():
                 owner_path(entry.store).unlink(missing_ok=True)
                 # deleted while held, so that no other process can take it in between

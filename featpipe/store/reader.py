@@ -10,10 +10,17 @@ import h5py
 import numpy as np
 
 from featpipe.data.source import SPLIT_NAMES, count_splits, split_code
-from featpipe.errors import ConfigError, IncompleteStoreError, StoreMismatchError, unknown_name
+from featpipe.errors import (
+    ConfigError,
+    FeaturePipeError,
+    IncompleteStoreError,
+    StoreMismatchError,
+    unknown_name,
+)
 from featpipe.extras import import_extra
 from featpipe.store import schema
 from featpipe.store.files import open_h5, unreadable
+from featpipe.store.parts import Part, check_parts, describe_parts, is_parted
 from featpipe.store.schema import decode_attrs, rows_done
 
 SKIPPED_SHOWN = 5  # skipped images that info() names
@@ -54,6 +61,8 @@ class FeatureStore:
                 )
             try:
                 self._read_layout(f)
+            except FeaturePipeError:
+                raise
             except (KeyError, ValueError, TypeError, OSError) as exc:
                 raise unreadable(self.path, f"its layout is damaged ({exc})") from exc
 
@@ -74,6 +83,11 @@ class FeatureStore:
         self.rows_per_chunk = int(self.attrs["rows_per_chunk"])
         if schema.CHUNK_DONE not in f:
             raise KeyError(f"no {schema.CHUNK_DONE} dataset")
+        # A parted store's features are virtual datasets that read zeros where a part file
+        # is missing: every part must be there (and, once complete, be a part of this store).
+        self.parts: list[Part] | None = None
+        if is_parted(f.attrs):
+            self.parts = check_parts(self.path, f.attrs, identity=bool(f.attrs["complete"]))
 
     def _open(self) -> h5py.File:
         return open_h5(self.path)
@@ -132,8 +146,20 @@ class FeatureStore:
             if len(rows) == 0:
                 return {}
             ids = f[schema.SAMPLES_ID].asstr()[rows]
-            reasons = f[schema.SAMPLES_ERROR].asstr()[rows]
+            if schema.SAMPLES_ERROR in f:
+                reasons = f[schema.SAMPLES_ERROR].asstr()[rows]
+            else:  # a parted store not complete yet: the reasons are in its parts
+                reasons = self._part_reasons(rows)
         return {str(i): str(r) for i, r in zip(ids, reasons, strict=True)}
+
+    def _part_reasons(self, rows: np.ndarray) -> list[str]:
+        reasons = []
+        for part in self.parts or []:
+            mine = rows[(rows >= part.first_row) & (rows < part.stop_row)]
+            if len(mine):
+                with open_h5(part.path) as p:
+                    reasons += list(p[schema.SAMPLES_ERROR].asstr()[mine - part.first_row])
+        return reasons
 
     def info(self) -> dict:
         """Everything ``featpipe info`` prints: provenance, layers, splits, completeness."""
@@ -168,6 +194,8 @@ class FeatureStore:
             "created": a.get("created"),
             "extraction": a.get("extraction"),
             "file_size": self.path.stat().st_size,
+            "layout": "parts" if self.parts else "file",
+            **(describe_parts(self.parts, done) if self.parts else {}),
         }
 
     # -- features ------------------------------------------------------------------------------

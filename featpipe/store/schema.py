@@ -68,6 +68,28 @@ Beside a store, ``<store>.lock`` is the lock that one writing process holds from
 resuming the store to finishing it, and ``<store>.lock.json`` names the holder (pid, host,
 since) while it is held. Readers take no lock.
 
+A store filled by several processes (torchrun ranks, ``--shard`` job-array tasks) has the
+**parted layout**, in the same format: its root has the attribute ``layout="parts"``,
+``n_rows`` and ``part_chunks`` (int64: the first chunk of every part, then ``n_chunks``). Parts
+are contiguous runs of whole chunks fixed from ``n_chunks`` alone (at least 4 chunks each, at
+most 1,000 parts; boundaries move to the nearest input-shard start when a source has shards),
+never from the number of processes, so that a rerun with any number of processes continues it.
+Part ``k`` is ``<store>.parts/part-<k:05d>.h5``, a store file of this layout over its rows,
+with the attributes ``parent_key``, ``part`` and ``first_row``; one process writes it at a time
+(its own ``.lock``). The top-level ``<store>.h5`` holds ``samples/id``, ``samples/label``,
+``samples/split``, ``classes`` and every root attribute; its ``features/<layer>``,
+``samples/ok`` and ``progress/*`` are HDF5 virtual datasets over the parts, by paths relative
+to the top-level file (HDF5 looks for them beside it, so the folder can be moved; a set
+``HDF5_VDS_PREFIX`` would change that). ``samples/error`` is copied into it when the store is
+completed. A virtual dataset reads its fill value where a source file is missing (zeros; False
+for ``chunk_done`` and ``ok``), so featpipe's reader checks first that every part file exists
+(and, once complete, belongs to the store) and otherwise raises one error naming the missing
+parts. Plain h5py reads a parted store as it reads a one-file store, as long as the parts
+folder is beside it; ``featpipe consolidate STORE --out FILE`` copies it into one
+self-contained file (no virtual datasets, no ``layout`` attribute). Its ``extraction``
+attribute sums the parts' costs (images, process-seconds) and lists ``parts``, ``filled_by``
+(e.g. ``["rank 0/2", "rank 1/2"]`` or ``["shard 0/4", ...]``) and one run per writer.
+
 Stores written before ``compute``, ``chunk_seconds`` and ``chunk_run`` existed have the same
 format version and stay readable; their keys differ from today's, so they are not reused, and
 resuming one (at ``--out``) is refused as made from other inputs.

@@ -74,6 +74,41 @@ def _create_run_records(f: h5py.File, n_chunks: int) -> None:
     f.create_dataset(schema.CHUNK_RUN, data=np.zeros(n_chunks, dtype=np.float64))
 
 
+def write_root(
+    f: h5py.File,
+    attrs: Mapping[str, Any],
+    layers: Sequence[str],
+    dtype: str,
+    rows_per_chunk: int,
+    n_chunks: int,
+) -> None:
+    """The root attributes of a new store file (not complete yet)."""
+    f.attrs["format"] = schema.FORMAT
+    f.attrs["format_version"] = schema.FORMAT_VERSION
+    f.attrs["featpipe_version"] = __version__
+    f.attrs["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    f.attrs["versions"] = encode_attr(versions())
+    for name, value in attrs.items():
+        f.attrs[name] = encode_attr(value)
+    f.attrs["layers"] = encode_attr(list(layers))
+    f.attrs["dtype"] = dtype
+    f.attrs["rows_per_chunk"] = int(rows_per_chunk)
+    f.attrs["n_chunks"] = int(n_chunks)
+    f.attrs["complete"] = False
+
+
+def write_samples(
+    f: h5py.File, ids: Sequence[str], labels: np.ndarray, splits: np.ndarray, classes: Sequence[str]
+) -> None:
+    """samples/id, samples/label, samples/split and classes of a new store file."""
+    text = h5py.string_dtype()
+    f.create_dataset(schema.SAMPLES_ID, data=list(ids), dtype=text)
+    f.create_dataset(schema.SAMPLES_LABEL, data=np.asarray(labels, dtype=np.int64))
+    split_ds = f.create_dataset(schema.SAMPLES_SPLIT, data=np.asarray(splits, dtype=np.uint8))
+    split_ds.attrs["names"] = list(SPLIT_NAMES)
+    f.create_dataset(schema.CLASSES, data=list(classes), dtype=text)
+
+
 def _all_finite(block: np.ndarray) -> bool:
     if block.dtype == np.float16:  # numpy's float16 isfinite is slow: read the exponent bits
         return not ((block.view(np.uint16) & 0x7C00) == 0x7C00).any()
@@ -156,28 +191,12 @@ class StoreWriter:
         row_bytes = sum(int(dim) for dim, _ in layers.values()) * np.dtype(dtype).itemsize
         check_free_space(path, n_chunks * min(rows_per_chunk, n) * row_bytes, "the store")
         tmp = path.with_name(path.name + ".tmp")
-        text = h5py.string_dtype()
         try:
             with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = schema.FORMAT
-                f.attrs["format_version"] = schema.FORMAT_VERSION
-                f.attrs["featpipe_version"] = __version__
-                f.attrs["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-                f.attrs["versions"] = encode_attr(versions())
-                for name, value in attrs.items():
-                    f.attrs[name] = encode_attr(value)
-                f.attrs["layers"] = encode_attr(list(layers))
-                f.attrs["dtype"] = dtype
-                f.attrs["rows_per_chunk"] = int(rows_per_chunk)
-                f.attrs["n_chunks"] = int(n_chunks)
-                f.attrs["complete"] = False
-                f.create_dataset(schema.SAMPLES_ID, data=list(ids), dtype=text)
-                f.create_dataset(schema.SAMPLES_LABEL, data=labels)
-                split_ds = f.create_dataset(schema.SAMPLES_SPLIT, data=splits)
-                split_ds.attrs["names"] = list(SPLIT_NAMES)
+                write_root(f, attrs, list(layers), dtype, rows_per_chunk, n_chunks)
+                write_samples(f, ids, labels, splits, classes)
                 f.create_dataset(schema.SAMPLES_OK, data=np.zeros(n, dtype=bool))
                 _create_reasons(f, n)
-                f.create_dataset(schema.CLASSES, data=list(classes), dtype=text)
                 group = f.create_group(schema.FEATURES)
                 for name, (dim, pooling) in layers.items():
                     ds = _create_features(group, name, n, int(dim), rows_per_chunk, dtype)

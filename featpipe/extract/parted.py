@@ -1,0 +1,322 @@
+"""Filling a parted store (layout in :mod:`featpipe.store.parts`) from one or many processes.
+
+- Under torchrun, rank 0 plans: it fingerprints the source, fixes the key and lays out the
+  store and its parts (or finds them from an earlier run), then publishes the plan through
+  torchrun's key-value store. The other ranks build their plan from it without scanning the
+  source. Every rank then claims parts one at a time from a shared counter, so fast ranks take
+  more; the row index is the write address: no sampler, no padding, no gathering, and no
+  collective in the loop.
+- A job array (``--shard I/N``): the first task to take the store's lock lays it out; task I
+  fills the parts ``k`` with ``k % N == I``.
+- A lone process on a parted store fills every part still to do.
+
+Each part is written by today's chunk loop under its own lock, taken without waiting: a part
+held by another process is left to it. A part already complete is skipped, so any later run,
+with any number of processes, continues from the per-chunk flags. When a process has no more
+parts to fill it takes the top-level file's lock for a moment and, if every part is complete,
+verifies them and marks the store complete: the last to finish completes the store, with no
+end barrier. Rank 0 (and a lone process) then waits for the store to be complete, filling
+any part that no one holds; other ranks and shards exit once their share is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from featpipe.data.source import ImageSource
+from featpipe.device import resolve_device
+from featpipe.distributed.exchange import claims, job_store, publish, receive
+from featpipe.distributed.progress import progress_bar
+from featpipe.distributed.ranks import current_ranks
+from featpipe.errors import ConfigError, FeaturePipeError, StoreInUseError
+from featpipe.extract.extractor import (
+    NOTHING_COMPUTED,
+    ExtractionPlan,
+    _refuse_skipped,
+    _reused,
+    computing,
+    plan_extraction,
+    store_layout,
+)
+from featpipe.extract.inference import Inference
+from featpipe.extract.loop import run_chunks
+from featpipe.extract.target import Action
+from featpipe.extract.target import plan as decide
+from featpipe.interrupt import Interrupted
+from featpipe.store import FeatureStore
+from featpipe.store.files import open_h5
+from featpipe.store.lock import StoreLock
+from featpipe.store.parts import (
+    Part,
+    create_parted,
+    finish_parted,
+    part_bounds,
+    part_complete,
+    parted_at,
+    parts_of,
+    repair_missing,
+)
+from featpipe.store.schema import decode_attr, n_chunks_for
+
+WAIT_POLL_S = 2.0
+_CALLS: Counter[str] = Counter()  # extraction calls of this process, per channel
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"1/4"`` -> (1, 4): task 1 of a job array of 4."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    check_shard((index, count), text)
+    return index, count
+
+
+def check_shard(shard: tuple[int, int], given: object = None) -> None:
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ConfigError(
+            f"A shard is I/N with 0 <= I < N (task I of a job array of N, e.g. 0/4 ... 3/4, "
+            f"from $SLURM_ARRAY_TASK_ID); got {given if given is not None else shard!r}."
+        )
+
+
+def run_parted(plan: ExtractionPlan, shard: tuple[int, int] | None) -> FeatureStore:
+    """Fill the parted store of ``plan`` as shard ``shard`` of a job array (None: a lone
+    process, which fills every part and returns the complete store)."""
+    if shard is not None:
+        check_shard(shard)
+    with computing(plan) as inference:
+        pending = prepare(plan, inference)
+        if pending is None:
+            return _reused(FeatureStore(plan.path), plan.on_error)
+        mine = pending if shard is None else [p for p in pending if p.index % shard[1] == shard[0]]
+        who = "one process" if shard is None else f"shard {shard[0]}/{shard[1]}"
+        return fill(plan, inference, mine, sum(p.rows for p in mine), who, wait=shard is None)
+
+
+def extract_ranks(
+    source: ImageSource | str, backbone, layers: Sequence[str], options: dict
+) -> FeatureStore:
+    """:func:`featpipe.extract.extract` on every rank of a torchrun job (see the module)."""
+    ranks = current_ranks()
+    with job_store(resolve_device(options.get("device", "auto"))) as kv:
+        channel = _channel(backbone, layers, options, ranks.restart)
+        if ranks.is_main:
+            return _lead(kv, channel, source, backbone, layers, options)
+        message = receive(kv, f"{channel}/plan")
+        if "error" in message:
+            raise FeaturePipeError(f"rank 0 could not plan the extraction: {message['error']}")
+        options = {**options, "out": message["path"], "overwrite": False}
+        plan = plan_extraction(source, backbone, layers, **options, request=message["request"])
+        if message["ids"] != ids_digest(plan.source):
+            raise ConfigError(
+                f"{ranks.tag} opened another image set than rank 0 (other sample ids). Every "
+                "rank must be started with the same source and split options."
+            )
+        if message["pending"] is None:
+            return _reused(FeatureStore(plan.path), plan.on_error)
+        parts = _parts(plan.path, message["pending"])
+        mine = claims(kv, f"{channel}/next", parts)
+        expected = sum(p.rows for p in parts) // ranks.world_size
+        with computing(plan) as inference:
+            return fill(plan, inference, mine, expected, ranks.tag, wait=False)
+
+
+def _lead(kv, channel: str, source, backbone, layers, options: dict) -> FeatureStore:
+    """Rank 0: plan, lay out, publish the plan, then fill parts like every rank."""
+    ranks = current_ranks()
+    published = False
+    try:
+        plan = plan_extraction(source, backbone, layers, **options)
+        with computing(plan) as inference:
+            pending = prepare(plan, inference)
+            publish(
+                kv,
+                f"{channel}/plan",
+                {
+                    "request": plan.request,
+                    "path": str(plan.path),
+                    "ids": ids_digest(plan.source),
+                    "pending": None if pending is None else [p.index for p in pending],
+                },
+            )
+            published = True
+            if pending is None:
+                return _reused(FeatureStore(plan.path), plan.on_error)
+            mine = claims(kv, f"{channel}/next", pending)
+            expected = sum(p.rows for p in pending) // ranks.world_size
+            return fill(plan, inference, mine, expected, ranks.tag, wait=True)
+    except BaseException as exc:
+        if not published:  # the other ranks wait for the plan: tell them it will not come
+            publish(kv, f"{channel}/plan", {"error": str(exc) or type(exc).__name__})
+        raise
+
+
+def _channel(backbone, layers, options: dict, restart: int) -> str:
+    """The keys of one extraction call in torchrun's store: the same on every rank for the
+    same call, new for each elastic restart (its counter of claims starts afresh)."""
+    spec = backbone if isinstance(backbone, str) else getattr(backbone, "spec", repr(backbone))
+    call = repr((spec, list(layers), sorted((k, repr(v)) for k, v in options.items())))
+    digest = hashlib.sha256(call.encode()).hexdigest()[:16]
+    _CALLS[digest] += 1
+    return f"featpipe/extract/{restart}/{digest}/{_CALLS[digest]}"
+
+
+def ids_digest(source: ImageSource) -> str:
+    h = hashlib.sha256()
+    for sample_id in source.ids:
+        h.update(str(sample_id).encode() + b"\0")
+    return h.hexdigest()
+
+
+def _parts(path: Path, indices: Sequence[int]) -> list[Part]:
+    with open_h5(path) as f:
+        parts = parts_of(path, f.attrs)
+    return [parts[i] for i in indices]
+
+
+# -- laying out --------------------------------------------------------------------------------
+def prepare(plan: ExtractionPlan, inference: Inference) -> list[Part] | None:
+    """Under the store's lock: lay out the parted store of ``plan`` (or find it, recreating
+    missing part files); returns the parts not complete yet, or None when the store is
+    complete and is reused."""
+    with StoreLock(plan.path, timeout=plan.lock_timeout):
+        if not plan.overwrite and parted_at(plan.path) and _key(plan.path) == plan.request.key:
+            repair_missing(plan.path)
+        action = decide(plan.path, plan.request, plan.overwrite)
+        if action is Action.REUSE:
+            return None
+        if action is Action.CREATE:
+            _create(plan, inference)
+        elif not parted_at(plan.path):
+            raise ConfigError(
+                f"{plan.path} is a one-file store, half written by a single process: finish "
+                "it with one process (the same command without torchrun or --shard), or "
+                "start it again in parts with --overwrite."
+            )
+        else:
+            _refuse_skipped(FeatureStore(plan.path), plan.on_error)
+        with open_h5(plan.path) as f:
+            parts = parts_of(plan.path, f.attrs)
+    return [p for p in parts if not part_complete(p)]
+
+
+def _key(path: Path) -> str:
+    with open_h5(path) as f:
+        return str(decode_attr("key", f.attrs.get("key", "")))
+
+
+def _create(plan: ExtractionPlan, inference: Inference) -> None:
+    n_chunks = n_chunks_for(len(plan.source.ids), plan.rows_per_chunk)
+    # A sharded source (tar files) says where its shards start: parts follow them.
+    starts = getattr(plan.source, "shard_starts", None)
+    bounds = part_bounds(n_chunks, plan.rows_per_chunk, starts() if starts else None)
+    create_parted(plan.path, **store_layout(plan, inference), bounds=bounds)
+
+
+# -- filling -----------------------------------------------------------------------------------
+def fill(
+    plan: ExtractionPlan,
+    inference: Inference,
+    parts: Iterable[Part],
+    expected_rows: int,
+    who: str,
+    *,
+    wait: bool,
+) -> FeatureStore:
+    """Fill ``parts`` (each under its own lock, skipped when another process holds it or it
+    is complete), then complete the store if every part is; with ``wait``, wait for the
+    others (filling what no one holds) until it is complete. Returns the store with this
+    process's stats in ``store.extraction``."""
+    bar = progress_bar(
+        expected_rows, unit="img", desc=f"extract {plan.path.name}", enabled=plan.progress
+    )
+    stats = {**NOTHING_COMPUTED, "parts_filled": 0, "resumed": False}
+    try:
+        _fill_parts(plan, inference, parts, who, bar, stats)
+        complete = _try_finish(plan, who)
+        if wait and not complete:
+            bar.desc = f"extract {plan.path.name} (waiting for the other processes' parts)"
+        while wait and not complete:
+            time.sleep(WAIT_POLL_S)
+            left = [p for p in _all_parts(plan.path) if not part_complete(p)]
+            _fill_parts(plan, inference, left, who, bar, stats)
+            complete = _try_finish(plan, who)
+    except KeyboardInterrupt as exc:  # run_chunks wrote what it had computed
+        raise Interrupted.from_exception(exc).with_message(
+            f"interrupted: this process filled {stats['parts_filled']} parts of "
+            f"{plan.path}; the finished chunks are kept, run the same command to resume"
+        ) from None
+    finally:
+        bar.close()
+    seconds = stats["seconds"]
+    stats["images_per_s"] = round(stats["images"] / seconds, 1) if seconds > 0 else 0.0
+    stats["seconds"] = round(seconds, 3)
+    stats.update(
+        device=str(plan.device),
+        data_path=plan.data_path.name,
+        filled_by=who,
+        complete=complete,
+    )
+    store = FeatureStore(plan.path)
+    stats["skipped"] = len(store.skipped()) if complete else 0
+    store.extraction = stats
+    return store
+
+
+def _fill_parts(plan, inference, parts: Iterable[Part], who: str, bar, stats: dict) -> None:
+    for part in parts:
+        lock = StoreLock(part.path, timeout=0, notify=lambda _message: None)
+        try:
+            lock.__enter__()
+        except StoreInUseError:
+            continue  # another process fills it
+        try:
+            if part_complete(part):
+                continue
+            run = run_chunks(
+                inference,
+                plan.source,
+                plan.data_path,
+                part.path,
+                batch_size=plan.batch_size,
+                workers=plan.workers,
+                progress=plan.progress,
+                on_error=plan.on_error,
+                row_offset=part.first_row,
+                bar=bar,
+                filled_by=who,
+            )
+        finally:
+            lock.__exit__(None, None, None)
+        for name in ("images", "seconds", "bytes_written", "computed_chunks"):
+            stats[name] += run[name]
+        stats["resumed"] |= bool(run.get("resumed"))
+        stats["parts_filled"] += 1
+        if bar.total and bar.n > bar.total:  # a rank's share is a guess: it took more parts
+            bar.total = bar.n
+        bar.desc = f"extract {plan.path.name}: {stats['parts_filled']} parts filled"
+
+
+def _try_finish(plan: ExtractionPlan, who: str) -> bool:
+    """Complete the store if every part is complete (the top-level lock held briefly)."""
+    run = {
+        "device": str(plan.device),
+        "data_path": plan.data_path.name,
+        "workers": plan.workers,
+        "rows_per_chunk": plan.rows_per_chunk,
+        "on_error": plan.on_error,
+        "completed_by": who,
+    }
+    with StoreLock(plan.path, notify=lambda _message: None):
+        return finish_parted(plan.path, run)
+
+
+def _all_parts(path: Path) -> list[Part]:
+    with open_h5(path) as f:
+        return parts_of(path, f.attrs)

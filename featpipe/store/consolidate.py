@@ -1,0 +1,73 @@
+"""``consolidate``: a parted store copied into one self-contained file (no virtual datasets),
+for tools that read plain HDF5 or to ship a store as one file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from featpipe.errors import ConfigError, IncompleteStoreError
+from featpipe.store import schema
+from featpipe.store.files import check_free_space, open_h5
+from featpipe.store.reader import FeatureStore
+
+PARTED_ONLY = ("layout", "part_chunks", "n_rows")  # root attributes of the parted layout
+
+
+def consolidate(store: str | Path, out: str | Path, *, block_chunks: int = 64) -> FeatureStore:
+    """Copy the complete parted store ``store`` into ``out``: the one-file layout, every
+    dataset and attribute equal, features copied ``block_chunks`` chunks at a time (memory
+    stays bounded). ``out`` is written under a temporary name and renamed when complete."""
+    source = FeatureStore(store)  # checks every part is there and belongs to it
+    out = Path(out)
+    if source.parts is None:
+        raise ConfigError(
+            f"{source.path} is already one file (not a parted store); copy it as it is."
+        )
+    if not source.complete:
+        raise IncompleteStoreError(
+            f"{source.path} is not complete ({source.info()['parts_pending']} parts pending): "
+            "finish it by rerunning the same extraction, then consolidate it."
+        )
+    if out.resolve() == source.path.resolve():
+        raise ConfigError(f"--out must be another file than the store itself ({out}).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    size = sum(part.path.stat().st_size for part in source.parts)
+    check_free_space(out, size, "the consolidated store")
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with open_h5(source.path) as f, h5py.File(tmp, "w") as g:
+            for name, value in f.attrs.items():
+                if name not in PARTED_ONLY:
+                    g.attrs[name] = value
+            _copy(f, g, int(f.attrs["rows_per_chunk"]), block_chunks)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return FeatureStore(out)
+
+
+def _copy(f: h5py.File, g: h5py.File, rows_per_chunk: int, block_chunks: int) -> None:
+    def visit(name: str, obj) -> None:
+        if not isinstance(obj, h5py.Dataset):
+            return
+        if name.startswith(schema.FEATURES + "/"):
+            n, dim = obj.shape
+            ds = g.create_dataset(
+                name, shape=obj.shape, dtype=obj.dtype, chunks=(max(1, min(rows_per_chunk, n)), dim)
+            )
+            step = rows_per_chunk * block_chunks
+            for start in range(0, n, step):
+                ds[start : start + step] = obj[start : start + step]
+        else:
+            kind = h5py.string_dtype() if h5py.check_string_dtype(obj.dtype) else obj.dtype
+            data = obj[()]
+            ds = g.create_dataset(name, data=np.asarray(data), dtype=kind)
+        for key, value in obj.attrs.items():
+            ds.attrs[key] = value
+
+    f.visititems(visit)

@@ -1,0 +1,381 @@
+"""The parted layout of a store: one file per part, and a top-level file that maps them.
+
+A store filled by several processes (torchrun ranks, ``--shard`` job-array tasks) is cut into
+**parts**, contiguous runs of whole chunks fixed from the number of chunks alone (never from
+the number of processes), so that any later run, with any number of processes, continues it.
+Part ``k`` is ``<store>.parts/part-<k:05d>.h5``, a normal store file over its rows (one
+writer per file, today's chunk loop writes it) with the attributes ``parent_key``, ``part``
+and ``first_row``. The top-level ``<store>.h5`` holds ``samples/*``, ``classes`` and every
+root attribute, plus ``layout="parts"`` and ``part_chunks`` (the first chunk of every part,
+then the number of chunks). Its ``features/<layer>``, ``samples/ok`` and ``progress/*`` are
+HDF5 virtual datasets over the parts, by paths relative to the top-level file (HDF5 looks for
+a relative source beside the file that maps it, so the store folder can be moved). A virtual
+dataset reads its fill value (zeros; False for ``chunk_done`` and ``ok``) where a source file
+is missing, so readers check the parts first (:func:`check_parts`). ``samples/error`` is
+copied into the top-level file when the store is completed (:func:`finish_parted`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from featpipe.errors import FeaturePipeError, MissingPartError, StoreMismatchError
+from featpipe.store import schema
+from featpipe.store.files import open_h5
+
+LAYOUT = "parts"  # the root attribute ``layout`` of a parted store (absent: one file)
+MAX_PARTS = 1000
+# A part restarts the loader and opens a file: ~0.1-0.3 s on a CPU (benchmarks/scaling.py),
+# so parts are kept at 4 chunks or more and tiny stores get only a few.
+MIN_PART_CHUNKS = 4
+
+
+@dataclass(frozen=True)
+class Part:
+    """Part ``index``: chunks ``[first_chunk, stop_chunk)``, rows ``[first_row, stop_row)``,
+    in the file ``path``."""
+
+    index: int
+    first_chunk: int
+    stop_chunk: int
+    first_row: int
+    stop_row: int
+    path: Path
+
+    @property
+    def rows(self) -> int:
+        return self.stop_row - self.first_row
+
+
+def parts_dir(store: str | Path) -> Path:
+    """``x.h5`` -> ``x.parts``: the folder of a parted store's part files."""
+    return Path(store).with_suffix(".parts")
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.h5"
+
+
+def part_bounds(
+    n_chunks: int,
+    rows_per_chunk: int,
+    shard_starts: Sequence[int] | None = None,
+    *,
+    max_parts: int = MAX_PARTS,
+    min_chunks: int = MIN_PART_CHUNKS,
+) -> list[int]:
+    """The first chunk of every part, then ``n_chunks``: parts as even as whole chunks allow,
+    at least ``min_chunks`` chunks each and at most ``max_parts`` of them. ``shard_starts``
+    (the first row of each input shard, e.g. each tar of a WebDataset) moves a boundary to the
+    chunk boundary nearest a shard start when one lies within half a part of it, so that a
+    part reads few shards."""
+    n_parts = max(1, min(max_parts, n_chunks // max(1, min_chunks)))
+    step = n_chunks / n_parts
+    bounds = [round(k * step) for k in range(n_parts + 1)]
+    if shard_starts:
+        natural = np.unique([min(n_chunks, round(s / rows_per_chunk)) for s in shard_starts])
+        for k in range(1, n_parts):
+            nearest = natural[np.argmin(np.abs(natural - bounds[k]))]
+            if abs(nearest - bounds[k]) <= step / 2:
+                bounds[k] = int(nearest)
+    return sorted(set(bounds))
+
+
+def is_parted(attrs: Mapping[str, Any]) -> bool:
+    value = attrs.get("layout")
+    return (value.decode() if isinstance(value, bytes) else value) == LAYOUT
+
+
+def parted_at(path: str | Path) -> bool:
+    """Whether a parted store's top-level file is at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return is_parted(f.attrs)
+    except OSError:
+        return False
+
+
+def parts_of(path: str | Path, attrs: Mapping[str, Any]) -> list[Part]:
+    """The parts of the parted store at ``path`` from its root attributes."""
+    path = Path(path)
+    bounds = [int(b) for b in np.asarray(attrs["part_chunks"]).ravel()]
+    rows, n = int(attrs["rows_per_chunk"]), int(attrs["n_rows"])
+    folder = parts_dir(path)
+    return [
+        Part(k, a, b, a * rows, min(n, b * rows), folder / part_name(k))
+        for k, (a, b) in enumerate(itertools.pairwise(bounds))
+    ]
+
+
+def create_parted(
+    path: str | Path,
+    *,
+    ids: Sequence[str],
+    labels: np.ndarray,
+    splits: np.ndarray,
+    classes: Sequence[str],
+    layers: Mapping[str, tuple[int, str]],
+    dtype: str,
+    rows_per_chunk: int,
+    attrs: Mapping[str, Any],
+    bounds: Sequence[int],
+) -> list[Part]:
+    """Lay out a new parted store at ``path`` (replacing any store there): every part file,
+    empty, then the top-level file (built under a temporary name and renamed), so a top-level
+    file always finds its parts made."""
+    from featpipe.store.writer import write_root, write_samples
+
+    path = Path(path)
+    n = len(ids)
+    n_chunks = schema.n_chunks_for(n, rows_per_chunk)
+    bounds = [int(b) for b in bounds]
+    if bounds[0] != 0 or bounds[-1] != n_chunks:
+        raise ValueError(f"part bounds must run from 0 to {n_chunks}; got {bounds}")
+    root = {**attrs, "layout": LAYOUT, "n_rows": n, "rows_per_chunk": rows_per_chunk}
+    root["part_chunks"] = np.asarray(bounds, dtype=np.int64)
+    parts = parts_of(path, root)
+    shutil.rmtree(parts_dir(path), ignore_errors=True)
+    parts_dir(path).mkdir(parents=True)
+    labels, splits = np.asarray(labels), np.asarray(splits)
+    for part in parts:
+        _create_part(part, ids, labels, splits, classes, layers, dtype, rows_per_chunk, attrs)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            write_root(f, root, list(layers), dtype, rows_per_chunk, n_chunks)
+            write_samples(f, ids, labels, splits, classes)
+            _map_parts(f, path, parts, n, n_chunks, layers, dtype)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return parts
+
+
+def _create_part(
+    part: Part, ids, labels, splits, classes, layers, dtype, rows_per_chunk, attrs
+) -> None:
+    from featpipe.store.writer import StoreWriter
+
+    rows = slice(part.first_row, part.stop_row)
+    StoreWriter.create(
+        part.path,
+        ids=list(ids[rows]),
+        labels=labels[rows],
+        splits=splits[rows],
+        classes=classes,
+        layers=layers,
+        dtype=dtype,
+        rows_per_chunk=rows_per_chunk,
+        attrs={
+            **attrs,
+            "parent_key": attrs["key"],
+            "part": part.index,
+            "first_row": part.first_row,
+        },
+    ).close()
+
+
+def _map_parts(f: h5py.File, path: Path, parts, n: int, n_chunks: int, layers, dtype) -> None:
+    """The virtual datasets of the top-level file over its parts (relative paths)."""
+
+    def virtual(name: str, shape: tuple, kind, by_rows: bool, fill) -> h5py.Dataset:
+        layout = h5py.VirtualLayout(shape=shape, dtype=kind)
+        for part in parts:
+            a, b = (
+                (part.first_row, part.stop_row) if by_rows else (part.first_chunk, part.stop_chunk)
+            )
+            source = str(part.path.relative_to(path.parent).as_posix())
+            layout[a:b] = h5py.VirtualSource(source, name, shape=(b - a, *shape[1:]))
+        return f.create_virtual_dataset(name, layout, fillvalue=fill)
+
+    for name, (dim, pooling) in layers.items():
+        ds = virtual(f"{schema.FEATURES}/{name}", (n, int(dim)), np.dtype(dtype), True, 0)
+        ds.attrs.update(layer=name, pooling=pooling, dim=int(dim), dtype=dtype)
+    virtual(schema.SAMPLES_OK, (n,), bool, True, False)
+    virtual(schema.CHUNK_DONE, (n_chunks,), bool, False, False)
+    virtual(schema.CHUNK_SECONDS, (n_chunks,), np.float64, False, 0.0)
+    virtual(schema.CHUNK_RUN, (n_chunks,), np.float64, False, 0.0)
+
+
+# -- checking ----------------------------------------------------------------------------------
+def missing_parts(parts: Sequence[Part]) -> list[Part]:
+    return [part for part in parts if not part.path.is_file()]
+
+
+def missing_message(path: Path, missing: Sequence[Part], n_parts: int) -> str:
+    names = ", ".join(str(p.path) for p in missing[:3])
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return (
+        f"{path} is a parted store and {len(missing)} of its {n_parts} part files are "
+        f"missing: {names}{more}. Its features there would read as zeros. Rerun the same "
+        "extraction (any number of processes) to recompute the missing parts, or restore the "
+        f"files into {parts_dir(path)}."
+    )
+
+
+def check_parts(path: Path, attrs: Mapping[str, Any], *, identity: bool) -> list[Part]:
+    """The parts of a parted store, each checked to exist (MissingPartError names the first
+    missing ones) and, with ``identity``, to be a part of this store (same key, index and
+    first row)."""
+    parts = parts_of(path, attrs)
+    missing = missing_parts(parts)
+    if missing:
+        raise MissingPartError(missing_message(path, missing, len(parts)))
+    if identity:
+        for part in parts:
+            with open_h5(part.path) as p:
+                _check_identity(part, p.attrs, str(attrs.get("key", "")))
+    return parts
+
+
+def _check_identity(part: Part, attrs, key: str) -> None:
+    found = (
+        schema.decode_attr("parent_key", attrs.get("parent_key")),
+        int(attrs.get("part", -1)),
+        int(attrs.get("first_row", -1)),
+    )
+    if found != (key, part.index, part.first_row):
+        raise StoreMismatchError(
+            f"{part.path} is not part {part.index} of store {key} (it says parent_key, part, "
+            f"first_row = {found}; expected {(key, part.index, part.first_row)}). Delete it and "
+            "rerun the same extraction to recompute it."
+        )
+
+
+def part_complete(part: Part) -> bool:
+    """Whether a part file is complete; False when it is missing or another process has it
+    open for writing."""
+    try:
+        with open_h5(part.path) as p:
+            return bool(p.attrs["complete"])
+    except (OSError, FeaturePipeError):
+        return False
+
+
+def repair_missing(path: Path) -> list[Part]:
+    """Recreate (empty) the missing part files of the parted store at ``path`` from its
+    top-level file, and mark it incomplete; returns the parts recreated."""
+    with open_h5(path) as f:
+        attrs = schema.decode_attrs(f.attrs)
+        parts = parts_of(path, f.attrs)
+        missing = missing_parts(parts)
+        if not missing:
+            return []
+        ids = f[schema.SAMPLES_ID].asstr()[()]
+        labels, splits = f[schema.SAMPLES_LABEL][:], f[schema.SAMPLES_SPLIT][:]
+        classes = list(f[schema.CLASSES].asstr()[()])
+        layers = {
+            name: (int(ds.attrs["dim"]), schema.decode_attr("pooling", ds.attrs["pooling"]))
+            for name, ds in ((n, f[schema.FEATURES][n]) for n in attrs["layers"])
+        }
+    inputs = {k: attrs[k] for k in _PART_ATTRS if k in attrs}
+    for part in missing:
+        _create_part(
+            part, ids, labels, splits, classes, layers, attrs["dtype"],
+            int(attrs["rows_per_chunk"]), inputs,
+        )  # fmt: skip
+    with open_h5(path, "r+") as f:
+        f.attrs["complete"] = False
+        if schema.SAMPLES_ERROR in f:  # copied at completion: stale once a part is redone
+            del f[schema.SAMPLES_ERROR]
+    return missing
+
+
+# The provenance attributes a part carries from its store (see Request.store_attrs).
+_PART_ATTRS = (
+    "key",
+    "backbone",
+    "weights_sha256",
+    "preprocessing",
+    "source_fingerprint",
+    "source",
+    "compute",
+)
+
+
+# -- finishing ---------------------------------------------------------------------------------
+def finish_parted(path: Path, run: Mapping[str, Any]) -> bool:
+    """Complete the parted store at ``path`` if every part is complete: verify each (complete,
+    parent key, index, ids), copy the skip reasons into the top-level file, record the summed
+    cost in its ``extraction`` attribute (with ``run``, the finishing run, and the writers
+    that filled its parts) and set ``complete``. Returns False, changing nothing, while a part
+    is not complete (or is open for writing). Call it holding the top-level file's lock."""
+    with open_h5(path) as f:
+        attrs = f.attrs
+        key = schema.decode_attr("key", attrs["key"])
+        if bool(attrs["complete"]):
+            return True
+        parts = parts_of(path, attrs)
+        ids = f[schema.SAMPLES_ID].asstr()[()]
+    reasons = np.full(len(ids), "", dtype=object)
+    costs = []
+    for part in parts:
+        try:
+            p = open_h5(part.path)
+        except (OSError, FeaturePipeError):
+            return False  # missing, or still open in its writer
+        with p:
+            if not bool(p.attrs["complete"]):
+                return False
+            _check_identity(part, p.attrs, key)
+            if not np.array_equal(
+                p[schema.SAMPLES_ID].asstr()[()], ids[part.first_row : part.stop_row]
+            ):
+                raise StoreMismatchError(
+                    f"{part.path} holds other sample ids than rows {part.first_row} to "
+                    f"{part.stop_row} of {path}. Delete it and rerun the same extraction."
+                )
+            bad = np.flatnonzero(~p[schema.SAMPLES_OK][:])
+            if len(bad):
+                reasons[part.first_row + bad] = p[schema.SAMPLES_ERROR].asstr()[bad]
+            costs.append(schema.decode_attr("extraction", p.attrs.get("extraction", "{}")))
+    with open_h5(path, "r+") as f:
+        if schema.SAMPLES_ERROR in f:
+            del f[schema.SAMPLES_ERROR]
+        f.create_dataset(schema.SAMPLES_ERROR, data=list(reasons), dtype=h5py.string_dtype())
+        f.attrs["extraction"] = schema.encode_attr({**dict(run), **summed_cost(costs)})
+        f.attrs["complete"] = True
+        f.flush()
+    return True
+
+
+def summed_cost(costs: Sequence[Mapping[str, Any]]) -> dict:
+    """The cost of a parted store from its parts' ``extraction`` attributes: images and
+    (process-)seconds summed, the number of parts, and one run per writer (``filled_by``:
+    ``rank 1/4``, ``shard 0/2``, ``one process``) with its images, seconds and parts."""
+    writers: dict[str, dict] = {}
+    for cost in costs:
+        who = str(cost.get("filled_by") or "one process")
+        w = writers.setdefault(who, {"filled_by": who, "images": 0, "seconds": 0.0, "parts": 0})
+        w["images"] += int(cost.get("images") or 0)
+        w["seconds"] += float(cost.get("seconds") or 0.0)
+        w["parts"] += 1
+    runs = [{**w, "seconds": round(w["seconds"], 3)} for _, w in sorted(writers.items())]
+    images = sum(w["images"] for w in runs)
+    seconds = sum(w["seconds"] for w in runs)
+    return {
+        "images": images,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(images / seconds, 1) if seconds > 0 else 0.0,
+        "parts": len(costs),
+        "filled_by": [w["filled_by"] for w in runs],
+        "runs": runs,
+    }
+
+
+def describe_parts(parts: Sequence[Part], chunk_done: np.ndarray) -> dict:
+    """``{"parts", "parts_done", "parts_pending"}`` from the per-chunk flags."""
+    done = [bool(np.all(chunk_done[p.first_chunk : p.stop_chunk])) for p in parts]
+    return {"parts": len(parts), "parts_done": sum(done), "parts_pending": len(parts) - sum(done)}
