@@ -30,14 +30,16 @@ from featpipe.finetune import FineTuner
 N_TRAIN, N_VAL, N_TEST, BATCH, EPOCHS = 48, 12, 12, 8, 3
 
 
-def synthetic_source(seed: int = 0) -> ArraySource:
+def synthetic_source(
+    seed: int = 0, *, n_train: int = N_TRAIN, n_val: int = N_VAL, n_test: int = N_TEST
+) -> ArraySource:
     """Three classes told apart by which colour channel is brighter, plus noise."""
     rng = np.random.default_rng(seed)
-    n = N_TRAIN + N_VAL + N_TEST
+    n = n_train + n_val + n_test
     labels = np.arange(n) % 3
     images = rng.integers(0, 90, (n, 24, 24, 3), dtype=np.uint8)
     images[np.arange(n), :, :, labels] += 100
-    splits = ["train"] * N_TRAIN + ["val"] * N_VAL + ["test"] * N_TEST
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     return ArraySource(images, labels, splits=splits, name="synthetic")
 
 
