@@ -44,17 +44,19 @@ def synthetic_source(
 
 
 class KillingSource(ImageSource):
-    """Delegates to ``parent``; SIGKILLs its own process at the ``kill_after``-th load."""
+    """Delegates to ``parent``; SIGKILLs (or sends ``signum`` to) its own process at the
+    ``kill_after``-th load."""
 
-    def __init__(self, parent: ImageSource, kill_after: int):
+    def __init__(self, parent: ImageSource, kill_after: int, signum: int = signal.SIGKILL):
         self.parent, self.kill_after, self.loads = parent, kill_after, 0
+        self.signum = signum
         self.classes, self.ids = parent.classes, parent.ids
         self.labels, self.splits = parent.labels, parent.splits
 
     def load(self, index: int):
         self.loads += 1
         if self.kill_after and self.loads >= self.kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.signum)
         return self.parent.load(index)
 
     def _fingerprint_parts(self, content: bool):
