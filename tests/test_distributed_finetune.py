@@ -197,7 +197,7 @@ def test_fit_in_a_one_rank_group_trains_ddp_and_records_it(one_rank_group):
 
 def test_the_global_batch_must_divide_among_the_ranks():
     assert ddp.per_rank_batch(32, 4) == 8
-    with pytest.raises(ConfigError, match="batch_size 30 is the global batch.*multiple of 4"):
+    with pytest.raises(ConfigError, match=r"batch_size 30 is the global batch.*multiple of 4"):
         ddp.per_rank_batch(30, 4)
 
 

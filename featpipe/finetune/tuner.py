@@ -89,6 +89,12 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     ``decode="fast"`` reads JPEG files at the smallest DCT scale that still covers the resize
     (evaluation) or the smallest random crop (training); see ``featpipe extract --decode``.
 
+    Under torchrun, ``fit`` trains one replica per process (``DistributedDataParallel``;
+    ``batch_size`` stays the global batch), evaluates exactly on each rank's share of the rows,
+    and only rank 0 writes and prints (see :mod:`featpipe.finetune.ddp`). ``sync_bn``: batch
+    norm statistics over the global batch (``SyncBatchNorm``; GPUs only, DDP only).
+    ``world_size_`` is the number of processes that trained.
+
     Labels are class indices into ``class_names_`` (``classes_`` is ``arange(C)``), as in
     ``ImageSource.labels``.
     """
@@ -195,7 +201,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             self._build(mode, len(train_loader), fitted_probe)
             if saved is not None:
                 self._restore(saved)
-            self._replica = ddp.wrap(self.model_, self.device_)  # what training steps run
+            replica = ddp.wrap(self.model_, self.device_)  # what training steps run through
             self._clock = (started, self.fit_seconds_)
 
             callbacks = self._callbacks()
@@ -217,7 +223,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 epoch += 1
                 logs = {
                     "epoch": epoch,
-                    **self._train_epoch(train_loader, epoch),
+                    **self._train_epoch(replica, train_loader, epoch),
                     "world_size": self.world_size_,
                     **self._validate(),
                 }
@@ -382,7 +388,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- loop
 
-    def _train_epoch(self, data: DataLoader, epoch: int) -> dict:
+    def _train_epoch(self, replica: nn.Module, data: DataLoader, epoch: int) -> dict:
         if ddp.active():
             data.sampler.set_epoch(epoch)
             ddp.seed_epoch(self.seed, epoch, self.generator_)
@@ -401,7 +407,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 images = images.to(self.device_, non_blocking=True, memory_format=self._layout)
                 labels = labels.to(self.device_, non_blocking=True)
                 with torch.autocast(self.device_.type, dtype=dtype, enabled=dtype is not None):
-                    logits = self._replica(images)
+                    logits = replica(images)
                     loss = self._loss(logits.float(), labels)
                 self.optimizer_.zero_grad(set_to_none=True)
                 self.scaler_.scale(loss).backward()  # fp16: scaled, so small gradients survive
