@@ -21,8 +21,10 @@ import torch.distributed as dist
 from ddp_finetune_child import N_TRAIN, N_VAL, PARAMS, source
 from torch import nn
 
+from featpipe.device import available_cores
 from featpipe.errors import ConfigError
 from featpipe.finetune import FineTuner, ddp
+from featpipe.finetune.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("ddp_finetune_child.py")
@@ -184,15 +186,26 @@ def test_collectives_in_a_one_rank_group(one_rank_group):
     np.testing.assert_array_equal(ddp.gather_rows(proba, 5), proba)
     np.testing.assert_array_equal(ddp.gather_rows(proba, 5, everywhere=False), proba)
     assert ddp.from_main({"stop": True}) == {"stop": True}
-    total, seen = ddp.all_sum([torch.tensor(2.5), torch.tensor(3)])
-    assert float(total) == 2.5 and int(seen) == 3
+    assert ddp.all_sum(torch.tensor([2.5, 3.0])).tolist() == [2.5, 3.0]
+
+
+class Threads(Callback):
+    """Records the torch CPU threads training runs on."""
+
+    def on_fit_start(self, tuner):
+        self.threads = torch.get_num_threads()
 
 
 def test_fit_in_a_one_rank_group_trains_ddp_and_records_it(one_rank_group):
-    tuner = FineTuner("toy", **{**PARAMS, "epochs": 1}).fit(source())
+    threads = Threads()
+    torch.set_num_threads(1)
+    params = {**PARAMS, "epochs": 1, "callbacks": [threads]}
+    tuner = FineTuner("toy", **params).fit(source())
     assert tuner.world_size_ == 1
     assert [h["world_size"] for h in tuner.history_] == [1, 1]
     assert not any(k.startswith("module.") for k in tuner.model_.state_dict())
+    # On the CPU a rank trains on its share of the cores, then the caller's setting returns.
+    assert threads.threads == available_cores() and torch.get_num_threads() == 1
 
 
 def test_the_global_batch_must_divide_among_the_ranks():

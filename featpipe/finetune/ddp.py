@@ -122,13 +122,11 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def all_sum(values: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each value summed over the ranks (one collective; the values stay on their device)."""
-    if not active():
-        return values
-    stacked = torch.stack([v.double() for v in values])
-    dist.all_reduce(stacked)
-    return list(stacked.unbind())
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over the ranks, in place (one collective, on their device)."""
+    if active():
+        dist.all_reduce(values)
+    return values
 
 
 def my_rows(rows: np.ndarray) -> np.ndarray:

@@ -419,10 +419,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 seen += len(labels)
                 bar.update(1)
         ddp.share_buffers(self.model_)
-        seen = torch.tensor(seen, device=self.device_)
-        total, correct, seen = ddp.all_sum([total, correct, seen])  # over every rank
+        sums = torch.stack([total.double(), correct.double(), total.new_tensor(seen).double()])
+        total, correct, seen = ddp.all_sum(sums).tolist()  # over every rank; one read
         seen = int(seen)
-        train_loss = total.item() / max(seen, 1)
+        train_loss = total / max(seen, 1)
         if not math.isfinite(train_loss):
             raise FloatingPointError(
                 f"Training loss became {train_loss} in epoch {epoch}; lower lr (now "
@@ -431,7 +431,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         seconds = time.perf_counter() - start
         return {
             "train_loss": train_loss,
-            "train_accuracy": int(correct) / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
             "lr": self.optimizer_.param_groups[0]["lr"],
             "seconds": seconds,
             "images_per_s": seen / seconds,
