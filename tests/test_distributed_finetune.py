@@ -64,10 +64,18 @@ def ddp_run(tmp_path_factory) -> tuple[Path, dict]:
     return root / "run", torch.load(root / "out.pt", weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def single() -> FineTuner:
-    """A single-process tuner over the same source, to evaluate saved weights with."""
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as in the children (the same reduction order), then as it was."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def single(one_thread) -> FineTuner:
+    """A single-process tuner over the same source, to evaluate saved weights with."""
     return FineTuner("toy", **{**PARAMS, "epochs": 0}).fit(source())
 
 
@@ -196,9 +204,8 @@ class Threads(Callback):
         self.threads = torch.get_num_threads()
 
 
-def test_fit_in_a_one_rank_group_trains_ddp_and_records_it(one_rank_group):
+def test_fit_in_a_one_rank_group_trains_ddp_and_records_it(one_rank_group, one_thread):
     threads = Threads()
-    torch.set_num_threads(1)
     params = {**PARAMS, "epochs": 1, "callbacks": [threads]}
     tuner = FineTuner("toy", **params).fit(source())
     assert tuner.world_size_ == 1
