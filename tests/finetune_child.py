@@ -30,29 +30,33 @@ from featpipe.finetune import FineTuner
 N_TRAIN, N_VAL, N_TEST, BATCH, EPOCHS = 48, 12, 12, 8, 3
 
 
-def synthetic_source(seed: int = 0) -> ArraySource:
+def synthetic_source(
+    seed: int = 0, *, n_train: int = N_TRAIN, n_val: int = N_VAL, n_test: int = N_TEST
+) -> ArraySource:
     """Three classes told apart by which colour channel is brighter, plus noise."""
     rng = np.random.default_rng(seed)
-    n = N_TRAIN + N_VAL + N_TEST
+    n = n_train + n_val + n_test
     labels = np.arange(n) % 3
     images = rng.integers(0, 90, (n, 24, 24, 3), dtype=np.uint8)
     images[np.arange(n), :, :, labels] += 100
-    splits = ["train"] * N_TRAIN + ["val"] * N_VAL + ["test"] * N_TEST
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     return ArraySource(images, labels, splits=splits, name="synthetic")
 
 
 class KillingSource(ImageSource):
-    """Delegates to ``parent``; SIGKILLs its own process at the ``kill_after``-th load."""
+    """Delegates to ``parent``; SIGKILLs (or sends ``signum`` to) its own process at the
+    ``kill_after``-th load."""
 
-    def __init__(self, parent: ImageSource, kill_after: int):
+    def __init__(self, parent: ImageSource, kill_after: int, signum: int = signal.SIGKILL):
         self.parent, self.kill_after, self.loads = parent, kill_after, 0
+        self.signum = signum
         self.classes, self.ids = parent.classes, parent.ids
         self.labels, self.splits = parent.labels, parent.splits
 
     def load(self, index: int):
         self.loads += 1
         if self.kill_after and self.loads >= self.kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.signum)
         return self.parent.load(index)
 
     def _fingerprint_parts(self, content: bool):

@@ -30,9 +30,9 @@ def test_the_training_step_reads_nothing_back_from_the_device(source, monkeypatc
     ft = tuner(mode="full", epochs=1, batch_size=4)
     original_epoch = type(ft)._train_epoch
 
-    def epoch(self, data, n):
+    def epoch(self, replica, data, n):
         reads.clear()
-        logs = original_epoch(self, data, n)
+        logs = original_epoch(self, replica, data, n)
         epoch.reads, epoch.steps = len(reads), len(data)
         return logs
 

@@ -344,8 +344,9 @@ def test_result_row_round_trips_and_refuses_other_versions(tmp_path, rows):
 
     row = ResultRow.from_json(rows[4])
     assert row.kind is MethodKind.FINETUNE and row.cost.fit_seconds == 60
-    # the same keys and values (rows written before `deterministic` existed read as False)
-    assert row.to_json() == {**rows[4], "deterministic": False}
+    # the same keys and values (rows written before `deterministic` and `world_size` existed
+    # read as False and 1)
+    assert row.to_json() == {**rows[4], "deterministic": False, "world_size": 1}
     assert ResultRow.from_json(row.to_json()) == row
     path = tmp_path / "results.jsonl"
     append_result(path, row)

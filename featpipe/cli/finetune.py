@@ -32,6 +32,9 @@ then full training), scratch (the same architecture from random initialisation: 
 --grid KEY=V1,V2 (repeatable) trains every combination of the listed settings (lr, weight_decay,
 dropout, ...), keeps the one with the best validation accuracy and tests only that one.
 Run again with the same --run-dir and arguments to resume an interrupted run.
+Under torchrun (`torchrun --nproc-per-node N -m featpipe finetune ...`) every process trains a
+replica (DistributedDataParallel); --batch-size stays the global batch, and rank 0 writes the
+run folder.
 """
 
 
@@ -92,6 +95,11 @@ def register(subparsers) -> None:
         recipe.add_argument(
             flag, type=kind, default=defaults[name], help=f"{text} (default: %(default)s)"
         )
+    recipe.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun on GPUs: batch norm statistics over the global batch",
+    )
     recipe.add_argument(
         "--grid",
         action="append",
@@ -168,13 +176,24 @@ def _record(
 
 def run_finetune(args: argparse.Namespace) -> int:
     from featpipe.device import resolve_device
+    from featpipe.distributed import process_group
+
+    # Under torchrun the whole command runs in the job's process group (fit, then the test
+    # predictions, shared among the ranks); elsewhere this is a plain run.
+    with process_group(resolve_device(args.device)):
+        return _finetune(args)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from featpipe.device import resolve_device
     from featpipe.evaluate import measure
-    from featpipe.finetune import FineTuner
+    from featpipe.finetune import FineTuner, ddp
     from featpipe.finetune.search import fit_grid
 
     grid = parse_grid(args.grid)  # a bad grid fails before the data is opened
     source = _source(args)
-    run_dir = _run_dir(args)
+    run_dir = ddp.from_main(_run_dir(args))  # one folder, named by rank 0's clock
+    main = ddp.is_main()  # rank 0 prints and writes the run folder
     params = {name: getattr(args, name) for name in (f[2:].replace("-", "_") for f, _, _ in RECIPE)}
     if params["probe_C"] != "auto":
         params["probe_C"] = float(params["probe_C"])
@@ -186,19 +205,25 @@ def run_finetune(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         resume=not args.no_resume,
         verbose=1 if args.no_progress else 2,
+        sync_bn=args.sync_bn,
         **params,
     )
     counts = source.split_counts()
-    print(f"{args.backbone} mode={args.mode} on {len(source)} images {counts}; run: {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {
-        **tuner.get_params(),
-        "run_dir": str(run_dir),
-        "data": str(args.data),
-        "grid": grid,
-        "limits": {s: getattr(args, f"limit_{s}") for s in ("train", "val", "test")},
-    }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if main:
+        world = f" on {ddp.world_size()} ranks" if ddp.active() else ""
+        print(
+            f"{args.backbone} mode={args.mode} on {len(source)} images {counts}{world}; "
+            f"run: {run_dir}"
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = {
+            **tuner.get_params(),
+            "run_dir": str(run_dir),
+            "data": str(args.data),
+            "grid": grid,
+            "limits": {s: getattr(args, f"limit_{s}") for s in ("train", "val", "test")},
+        }
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     with measure(str(resolve_device(args.device))) as usage:
         search = None
@@ -230,11 +255,14 @@ def run_finetune(args: argparse.Namespace) -> int:
         "fit_seconds": fit_seconds,
         "trainable_params": tuner.trainable_params_,
         "probe": tuner.probe_,
+        "world_size": tuner.world_size_,
     }
     if search is not None:
         metrics["grid"] = [{"params": p, "val_accuracy": v} for p, v in search.curve]
         metrics["chosen"] = search.params
         metrics["fit_seconds"] = fit_seconds = search.fit_seconds
+    if not main:
+        return 0
     if counts["test"]:
         row = _record(tuner, proba, usage, test_seconds, run_dir, args, search)
         metrics["test"] = row.metrics

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2 as T
 
 from featpipe.backbones import Preprocessing
@@ -139,14 +139,19 @@ def loader(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     pin_memory: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
+    """Batches of ``dataset``; ``shuffle`` for training (a ``sampler``, e.g. a rank's share
+    under DDP, then does the shuffling)."""
+    rows = len(sampler) if sampler is not None else len(dataset)
     return _Loader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         generator=generator,
         worker_init_fn=_seed_worker if workers else None,
-        drop_last=shuffle and len(dataset) > batch_size,  # no size-1 batch through batch norm
+        drop_last=shuffle and rows > batch_size,  # no size-1 batch through batch norm
         pin_memory=pin_memory,
     )

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from featpipe.backbones import POOLED, Backbone
 from featpipe.data.source import ImageSource
+from featpipe.distributed import progress_bar
 from featpipe.errors import StoreMismatchError
 from featpipe.extract.inference import Inference
 from featpipe.heads.torch_logreg import logreg_path
@@ -32,12 +32,14 @@ def pooled_features(
     """The backbone's ``pooled`` features and labels of every batch in ``data``, through
     extraction's forward pass (eval mode, the same autocast), as a store would hold them."""
     xs, ys = [], []
-    with Inference.of_layers(backbone, [POOLED], device, memory_format=memory_format) as run:
-        for images, labels in tqdm(
-            data, desc="probe features", unit="batch", leave=False, disable=not progress
-        ):
+    with (
+        Inference.of_layers(backbone, [POOLED], device, memory_format=memory_format) as run,
+        progress_bar(len(data), desc="probe features", unit="batch", enabled=progress) as bar,
+    ):
+        for images, labels in data:
             xs.append(run.arrays(images)[POOLED])
             ys.append(labels.numpy())
+            bar.update(1)
     return np.concatenate(xs), np.concatenate(ys)
 
 

@@ -16,17 +16,17 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from featpipe.backbones import Backbone, get_backbone
 from featpipe.backbones.registry import BackboneSpec
 from featpipe.data.images import check_decode
 from featpipe.data.source import ImageSource
 from featpipe.device import amp_dtype, cudnn_autotune, on_device, resolve_device
+from featpipe.distributed import progress_bar
 from featpipe.errors import ConfigError, HeadMismatchError
 from featpipe.evaluate.metrics import compute_metrics
 from featpipe.extract.inference import Inference
-from featpipe.finetune import checkpoint, probe
+from featpipe.finetune import checkpoint, ddp, probe
 from featpipe.finetune.callbacks import (
     Callback,
     Checkpoint,
@@ -51,7 +51,7 @@ from featpipe.store import FeatureStore
 NOT_RESULT_PARAMS = ("callbacks", "device", "resume", "run_dir", "verbose", "workers")
 # Settings added after runs were recorded, with the default they had before: left out of
 # config hashes and checkpoint configs while at it, so that those runs still resume.
-LATER_DEFAULTS = {"loss": "cross_entropy", "decode": "exact"}
+LATER_DEFAULTS = {"loss": "cross_entropy", "decode": "exact", "sync_bn": False}
 LOSSES = ("cross_entropy", "mse")
 
 
@@ -89,6 +89,12 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     ``decode="fast"`` reads JPEG files at the smallest DCT scale that still covers the resize
     (evaluation) or the smallest random crop (training); see ``featpipe extract --decode``.
 
+    Under torchrun, ``fit`` trains one replica per process (``DistributedDataParallel``;
+    ``batch_size`` stays the global batch), evaluates exactly on each rank's share of the rows,
+    and only rank 0 writes and prints (see :mod:`featpipe.finetune.ddp`). ``sync_bn``: batch
+    norm statistics over the global batch (``SyncBatchNorm``; GPUs only, DDP only).
+    ``world_size_`` is the number of processes that trained.
+
     Labels are class indices into ``class_names_`` (``classes_`` is ``arange(C)``), as in
     ``ImageSource.labels``.
     """
@@ -113,6 +119,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         image_size: int | None = None,
         decode: str = "exact",
         val_fraction: float = 0.1,
+        sync_bn: bool = False,
         patience: int | None = 3,
         probe_C: float | str = "auto",
         device: str = "auto",
@@ -140,6 +147,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.image_size = image_size
         self.decode = decode
         self.val_fraction = val_fraction
+        self.sync_bn = sync_bn
         self.patience = patience
         self.probe_C = probe_C
         self.device = device
@@ -166,13 +174,15 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         from anything else raises StoreMismatchError). Other modes do not use it."""
         mode = self._check_params()
         self.device_ = resolve_device(self.device)
-        with on_device(self.device_), cudnn_autotune(self.device_):
+        with on_device(self.device_), cudnn_autotune(self.device_), ddp.joined(self.device_):
             return self._fit(mode, source, probe_features)
 
     def _fit(
         self, mode: Mode, source: ImageSource, probe_features: FeatureStore | None
     ) -> FineTuner:
         started = time.perf_counter()
+        self.world_size_ = ddp.world_size()
+        self._rank_batch = ddp.per_rank_batch(self.batch_size, self.world_size_)
         self.backbone_ = get_backbone(_spec_for(self.backbone, mode), self.image_size)
         self.source_ = source
         self.class_names_ = list(source.classes)
@@ -191,6 +201,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             self._build(mode, len(train_loader), fitted_probe)
             if saved is not None:
                 self._restore(saved)
+            replica = ddp.wrap(self.model_, self.device_)  # what training steps run through
             self._clock = (started, self.fit_seconds_)
 
             callbacks = self._callbacks()
@@ -198,7 +209,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 cb.on_fit_start(self)
             if saved is None:
                 self._end_epoch(
-                    {"epoch": 0, "train_loss": None, **self._validate(), **self._start_notes()},
+                    {
+                        "epoch": 0,
+                        "train_loss": None,
+                        "world_size": self.world_size_,
+                        **self._validate(),
+                        **self._start_notes(),
+                    },
                     callbacks,
                 )
             epoch = self.history_[-1]["epoch"]
@@ -206,7 +223,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 epoch += 1
                 logs = {
                     "epoch": epoch,
-                    **self._train_epoch(train_loader, epoch),
+                    **self._train_epoch(replica, train_loader, epoch),
+                    "world_size": self.world_size_,
                     **self._validate(),
                 }
                 self._end_epoch(logs, callbacks)
@@ -236,13 +254,15 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         pre = self.backbone_.preprocessing
         augment = train_transform(pre, self.augment)
         self.generator_ = torch.Generator().manual_seed(self.seed)  # shuffling and worker seeds
+        dataset = SourceDataset(source, rows, augment, image_loader(pre, self.decode, self.augment))
         return loader(
-            SourceDataset(source, rows, augment, image_loader(pre, self.decode, self.augment)),
-            self.batch_size,
+            dataset,
+            self._rank_batch,
             self.workers,
             shuffle=True,
             generator=self.generator_,
             pin_memory=self.device_.type == "cuda",
+            sampler=ddp.train_sampler(dataset, self.seed),  # under DDP, this rank's share
         )
 
     def _build(
@@ -258,6 +278,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         if fitted_probe:
             probe.load_into(model.get_submodule(self.head_), fitted_probe[0])
         self.frozen_ = freeze(model, mode, self.backbone_.stages, self.head_)
+        if self.sync_bn and ddp.active():
+            model = ddp.convert_sync_bn(model, self.device_)
         self.model_ = model.to(self.device_, memory_format=self._layout)
         # An LP-FT head is already fitted: it moves at the backbone's pace, not at the fast
         # rate a fresh head needs (at that rate it diverged on digits).
@@ -317,11 +339,15 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         out: list[Callback] = []
         if self.patience is not None:
             out.append(EarlyStopping(self.patience))
-        if self.run_dir is not None:
+        if self.run_dir is not None and ddp.is_main():  # one writer
             out += [Checkpoint(self.run_dir), HistoryLogger(Path(self.run_dir) / "history.jsonl")]
-        if self.verbose >= 1:
+        if self._speaks(1):
             out.append(ProgressPrinter())
         return out + list(self.callbacks or [])
+
+    def _speaks(self, verbose: int) -> bool:
+        """Whether this process prints at ``verbose`` level: only rank 0 of a DDP job."""
+        return self.verbose >= verbose and ddp.is_main()
 
     @property
     def _layout(self) -> torch.memory_format:
@@ -340,27 +366,32 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         if store is not None:
             feats = probe.stored_features(store, self.backbone_, self.source_, *rows)
         else:
-            feats = [
-                probe.pooled_features(
-                    self.backbone_,
-                    self._eval_loader(self.source_, r),
-                    self.device_,
-                    self.verbose >= 2,
-                    memory_format=self._layout,
-                )
-                for r in rows
-            ]
+            feats = [self._pooled_features(r) for r in rows]
         tensors, summary = probe.fit_probe(*feats, len(self.classes_), self.probe_C, self.device)
         if store is not None:
             summary["features"] = str(store.path)
         return tensors, summary
+
+    def _pooled_features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled features and labels of ``rows``; under DDP each rank computes its share."""
+        X, _ = probe.pooled_features(
+            self.backbone_,
+            self._eval_loader(self.source_, ddp.my_rows(rows)),
+            self.device_,
+            self._speaks(2),
+            memory_format=self._layout,
+        )
+        return ddp.gather_rows(X, len(rows)), np.asarray(self.source_.labels, np.int64)[rows]
 
     def _eval_load(self):
         return image_loader(self.backbone_.preprocessing, self.decode)
 
     # ---------------------------------------------------------------- loop
 
-    def _train_epoch(self, data, epoch: int) -> dict:
+    def _train_epoch(self, replica: nn.Module, data: DataLoader, epoch: int) -> dict:
+        if ddp.active():
+            data.sampler.set_epoch(epoch)
+            ddp.seed_epoch(self.seed, epoch, self.generator_)
         set_train_mode(self.model_, self.frozen_)
         dtype = amp_dtype(self.device_)
         start, seen = time.perf_counter(), 0
@@ -368,23 +399,30 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         # tensor) would make the host wait for each step before queuing the next.
         total = torch.zeros((), device=self.device_)
         correct = torch.zeros((), dtype=torch.int64, device=self.device_)
-        for images, labels in tqdm(
-            data, desc=f"epoch {epoch}", unit="batch", leave=False, disable=self.verbose < 2
-        ):
-            images = images.to(self.device_, non_blocking=True, memory_format=self._layout)
-            labels = labels.to(self.device_, non_blocking=True)
-            with torch.autocast(self.device_.type, dtype=dtype, enabled=dtype is not None):
-                logits = self.model_(images)
-                loss = self._loss(logits.float(), labels)
-            self.optimizer_.zero_grad(set_to_none=True)
-            self.scaler_.scale(loss).backward()  # fp16: scaled, so small gradients survive
-            self.scaler_.step(self.optimizer_)
-            self.scaler_.update()
-            self.scheduler_.step()
-            total += loss.detach() * len(labels)
-            correct += (logits.argmax(1) == labels).sum()
-            seen += len(labels)
-        train_loss = total.item() / max(seen, 1)
+        # DDP keeps the ranks in step: rank 0's progress speaks for all.
+        with progress_bar(
+            len(data), desc=f"epoch {epoch}", unit="batch", enabled=self._speaks(2)
+        ) as bar:
+            for images, labels in data:
+                images = images.to(self.device_, non_blocking=True, memory_format=self._layout)
+                labels = labels.to(self.device_, non_blocking=True)
+                with torch.autocast(self.device_.type, dtype=dtype, enabled=dtype is not None):
+                    logits = replica(images)
+                    loss = self._loss(logits.float(), labels)
+                self.optimizer_.zero_grad(set_to_none=True)
+                self.scaler_.scale(loss).backward()  # fp16: scaled, so small gradients survive
+                self.scaler_.step(self.optimizer_)
+                self.scaler_.update()
+                self.scheduler_.step()
+                total += loss.detach() * len(labels)
+                correct += (logits.argmax(1) == labels).sum()
+                seen += len(labels)
+                bar.update(1)
+        ddp.share_buffers(self.model_)
+        sums = torch.stack([total.double(), correct.double(), total.new_tensor(seen).double()])
+        total, correct, seen = ddp.all_sum(sums).tolist()  # over every rank; one read
+        seen = int(seen)
+        train_loss = total / max(seen, 1)
         if not math.isfinite(train_loss):
             raise FloatingPointError(
                 f"Training loss became {train_loss} in epoch {epoch}; lower lr (now "
@@ -393,7 +431,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         seconds = time.perf_counter() - start
         return {
             "train_loss": train_loss,
-            "train_accuracy": int(correct) / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
             "lr": self.optimizer_.param_groups[0]["lr"],
             "seconds": seconds,
             "images_per_s": seen / seconds,
@@ -409,11 +447,15 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         return (torch.softmax(logits, dim=1) - target).pow(2).sum(dim=1).mean()
 
     def _validate(self) -> dict:
-        proba = self._proba(self.source_, self.val_rows_)
-        m = compute_metrics(
-            np.asarray(self.source_.labels)[self.val_rows_], proba, self.class_names_, n_boot=0
-        )
-        return {"val_loss": m["log_loss"], "val_accuracy": m["top1"]}
+        # Under DDP: every rank scores its share, rank 0 computes the metrics once (on all
+        # rows, in order), and every rank records rank 0's numbers.
+        proba = self._proba(self.source_, self.val_rows_, everywhere=False)
+        logs = None
+        if proba is not None:
+            labels = np.asarray(self.source_.labels)[self.val_rows_]
+            m = compute_metrics(labels, proba, self.class_names_, n_boot=0)
+            logs = {"val_loss": m["log_loss"], "val_accuracy": m["top1"]}
+        return ddp.from_main(logs)
 
     def _end_epoch(self, logs: dict, callbacks: list[Callback]) -> None:
         # Held signals: an epoch is recorded and checkpointed whole (best.pt, last.pt and
@@ -427,6 +469,12 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             self._tick()
             for cb in callbacks:
                 cb.on_epoch_end(self, logs)
+            if ddp.active():
+                # Rank 0's decision and checkpoint count; waiting for them here also means no
+                # rank goes on before this epoch's checkpoint is written.
+                self.stop_training_, self.saved_epoch_ = ddp.from_main(
+                    (self.stop_training_, self.saved_epoch_)
+                )
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -492,14 +540,20 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         """Batches of ``rows`` with the backbone's own preprocessing, for a forward pass."""
         transform = self.backbone_.preprocessing.transform()
         dataset = SourceDataset(source, rows, transform, self._eval_load())
-        return loader(dataset, 2 * self.batch_size, self.workers)
+        return loader(dataset, max(1, 2 * self.batch_size // ddp.world_size()), self.workers)
 
-    def _proba(self, source: ImageSource, rows: np.ndarray) -> np.ndarray:
+    def _proba(
+        self, source: ImageSource, rows: np.ndarray, everywhere: bool = True
+    ) -> np.ndarray | None:
+        """Probabilities of ``rows``; in a process group each rank scores its share and
+        the rows are gathered in order (on rank 0 only, unless ``everywhere``)."""
         run = self._inference()
-        logits = [run.array(images) for images, _ in self._eval_loader(source, rows)]
-        if not logits:
-            return np.zeros((0, len(self.classes_)), np.float32)
-        return torch.softmax(torch.from_numpy(np.concatenate(logits)), dim=1).numpy()
+        logits = [run.array(images) for images, _ in self._eval_loader(source, ddp.my_rows(rows))]
+        if logits:
+            proba = torch.softmax(torch.from_numpy(np.concatenate(logits)), dim=1).numpy()
+        else:
+            proba = np.zeros((0, len(self.classes_)), np.float32)
+        return ddp.gather_rows(proba, len(rows), everywhere)
 
     def _rows(self, X: ImageSource | str) -> tuple[ImageSource, np.ndarray]:
         check_is_fitted(self)

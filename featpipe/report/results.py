@@ -23,6 +23,8 @@ Fields (``?``: may be null):
   row for it, with its first seed.
 - ``train_size`` (int or null, optional; null when absent): the number of training images
   the method saw in a ``[source] train_sizes`` sweep; null when it used the whole train split.
+- ``world_size`` (int, optional; 1 when absent): how many processes trained the method
+  together (torchrun's ``WORLD_SIZE``: a fine-tune's DDP ranks).
 - ``config_hash`` (str): hash of the data fingerprint and of the settings this method depends
   on; a re-run skips a (method, seed, config_hash) already present. Reports use only the rows
   of the run's current plan (``plan.json``, see :mod:`featpipe.report.runplan`); rows of
@@ -38,7 +40,9 @@ Fields (``?``: may be null):
 - ``params`` (object): chosen hyper-parameters (probes) or fine-tuning settings and best epoch.
 - ``curve`` (list?): the probe's validation curve, ``[{"params": {...}, "score": x}, ...]``.
 - ``history`` (list?): the fine-tune's history, one object per epoch (``epoch``,
-  ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``, ...).
+  ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``,
+  ``world_size`` (the ranks that trained that epoch: a run resumed on another number of
+  processes shows it), ...).
 - ``cost`` (object): ``extraction_seconds`` (the feature store's extraction, shared by every
   probe on it: count it once), ``extraction_reused`` (bool: the store came from the cache and
   the seconds are those of the run that built it), ``fit_seconds`` (search + refit, or
@@ -133,6 +137,7 @@ class ResultRow:
     deterministic: bool = field(default=False, metadata=_OPTIONAL)
     # Training images used, with a [source] train_sizes sweep; None: the whole train split.
     train_size: int | None = field(default=None, metadata=_OPTIONAL)
+    world_size: int = field(default=1, metadata=_OPTIONAL)  # processes that trained it
     config_hash: str
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     classes: list[str]

@@ -138,6 +138,7 @@ def finetune_row(
         classes=list(source.classes),
         metrics=context.metrics(y, proba, source.classes, job.seed),
         val_accuracy=float(tuner.best_score_[0]),
+        world_size=int(tuner.world_size_),
         params={**settings, "best_epoch": int(tuner.best_epoch_)},
         history=[{k: plain(v) for k, v in h.items()} for h in tuner.history_],
         cost=Cost.of(
