@@ -9,6 +9,8 @@ the standardisation statistics) is combined across the ranks by :func:`row_stati
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import torch.distributed as dist
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from featpipe.distributed import Ranks
+from featpipe.distributed import Ranks, current_ranks, process_group, under_torchrun
 from featpipe.errors import ConfigError
 from featpipe.heads.preprocess import make_preprocessor
 from featpipe.heads.splits import layer_parts
@@ -69,6 +71,22 @@ class Chunks:
     def share(self, ranks: Ranks) -> list[int]:
         """The chunks one rank reads: ``rank::world_size``, every chunk for a single process."""
         return list(range(ranks.rank, self.n_chunks, ranks.world_size))
+
+
+_HELD_GROUP = contextlib.ExitStack()
+
+
+def job_ranks(distributed: bool) -> Ranks:
+    """The ranks a streamed fit shares its passes with: under torchrun (and ``distributed``)
+    the job's, with its gloo group joined on first use and held until the process exits, so
+    that fit after fit reuses it (a group torn down and made again from the same rendezvous
+    can find the previous one's addresses and fail to connect); otherwise rank 0 of 1."""
+    if not (distributed and under_torchrun()):
+        return Ranks()
+    if not dist.is_initialized():
+        _HELD_GROUP.enter_context(process_group("cpu"))
+        atexit.register(_HELD_GROUP.close)
+    return current_ranks()
 
 
 def check_chunk_rows(chunk_rows: int) -> int:

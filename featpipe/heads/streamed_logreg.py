@@ -12,7 +12,6 @@ steps, and N ranks give the result of one, up to the order of floating-point sum
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from functools import partial
 
@@ -23,13 +22,14 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
 from featpipe.device import on_device, resolve_device, torch_threads
-from featpipe.distributed import Ranks, current_ranks, process_group, progress_bar
+from featpipe.distributed import Ranks, progress_bar
 from featpipe.errors import ConfigError
 from featpipe.heads.chunks import (
     Chunks,
     all_reduce_sum,
     check_chunk_rows,
     fitted_preprocessor,
+    job_ranks,
     row_statistics,
 )
 from featpipe.heads.estimators import LogisticProbe
@@ -110,35 +110,33 @@ def streamed_logreg_path(
     reads every chunk itself."""
     if len(Cs) == 0:
         raise ConfigError("The C path of Logistic regression needs at least one C value.")
-    group = process_group("cpu") if distributed else contextlib.nullcontext()
-    with group:
-        ranks = current_ranks() if distributed else Ranks()
-        stats = row_statistics(train, ranks, moments=preprocess == "standardize")
-        if len(stats.classes) < 2:
-            raise ConfigError(
-                f"Logistic regression needs samples of at least 2 classes; got "
-                f"{list(stats.classes)}. Check the labels of the training split."
-            )
-        preprocessor = fitted_preprocessor(preprocess, None, stats, train.dim)
-        torch_device = resolve_device(device)
-        with on_device(torch_device), torch_threads(n_threads):
-            problem = _StreamedProblem(
-                train, preprocessor.transform, stats.classes, stats.n, torch_device, ranks
-            )
-            accuracy = None if val is None else partial(problem.streamed_accuracy, chunks=val)
-            bar = progress_bar(
-                len(Cs), desc="C path (streamed)", unit="C", enabled=progress and ranks.is_main
-            )
-            path = run_path(
-                problem,
-                Cs,
-                stats.classes,
-                TorchLogisticRegression,
-                accuracy,
-                tol=tol,
-                max_iter=max_iter,
-                progress=bar,
-            )
+    ranks = job_ranks(distributed)
+    stats = row_statistics(train, ranks, moments=preprocess == "standardize")
+    if len(stats.classes) < 2:
+        raise ConfigError(
+            f"Logistic regression needs samples of at least 2 classes; got "
+            f"{list(stats.classes)}. Check the labels of the training split."
+        )
+    preprocessor = fitted_preprocessor(preprocess, None, stats, train.dim)
+    torch_device = resolve_device(device)
+    with on_device(torch_device), torch_threads(n_threads):
+        problem = _StreamedProblem(
+            train, preprocessor.transform, stats.classes, stats.n, torch_device, ranks
+        )
+        accuracy = None if val is None else partial(problem.streamed_accuracy, chunks=val)
+        bar = progress_bar(
+            len(Cs), desc="C path (streamed)", unit="C", enabled=progress and ranks.is_main
+        )
+        path = run_path(
+            problem,
+            Cs,
+            stats.classes,
+            TorchLogisticRegression,
+            accuracy,
+            tol=tol,
+            max_iter=max_iter,
+            progress=bar,
+        )
     return path, preprocessor
 
 
