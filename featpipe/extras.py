@@ -19,6 +19,7 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "datasets": (("datasets",), "hf-dataset: sources (save_to_disk folders, parquet)"),
     "skops": (("skops",), ".skops head files, loaded without running code"),
     "parquet": (("pyarrow", "pandas"), "featpipe export --format parquet, FeatureStore.to_pandas"),
+    "faiss": (("faiss",), "the knn_faiss head (exact kNN through faiss)"),
 }
 
 

@@ -15,6 +15,8 @@ from featpipe.heads.estimators import (
     MLPProbe,
     RBFSVMProbe,
 )
+from featpipe.heads.faiss_knn import FaissKNNProbe
+from featpipe.heads.nystroem import NystroemSVMProbe
 from featpipe.heads.streamed_logreg import StreamingLogisticProbe
 from featpipe.registry import Registry
 
@@ -77,12 +79,28 @@ register_head(
 )
 register_head("mlp", MLPProbe, {"alpha": [1e-4, 1e-2, 1.0]}, seed_param="random_state", label="MLP")
 register_head("knn", KNNProbe, {"n_neighbors": [1, 5, 10, 20], "metric": ["cosine"]}, label="kNN")
-# For stores larger than RAM (README: "Heads on features larger than RAM").
+# For stores larger than RAM (README: "Heads on features larger than RAM"); pipelines run
+# them only when named.
 register_head(
     "logreg_stream",
     StreamingLogisticProbe,
     {"C": LOGREG_CS},
     label="logistic regression (streamed)",
+    default=False,
+)
+register_head(
+    "knn_faiss",
+    FaissKNNProbe,
+    {"n_neighbors": [1, 5, 10, 20], "metric": ["cosine"]},
+    label="kNN (faiss)",
+    default=False,
+)
+register_head(
+    "rbf_svm_nystroem",
+    NystroemSVMProbe,
+    {"C": [0.1, 1.0, 10.0, 100.0]},
+    seed_param="random_state",  # the landmarks
+    label="RBF SVM (Nystroem)",
     default=False,
 )
 

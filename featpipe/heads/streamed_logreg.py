@@ -115,7 +115,8 @@ def streamed_logreg_path(
     if len(stats.classes) < 2:
         raise ConfigError(
             f"Logistic regression needs samples of at least 2 classes; got "
-            f"{list(stats.classes)}. Check the labels of the training split."
+            f"{len(stats.classes)} class ({stats.classes.tolist()}). Check the labels of the "
+            "training split."
         )
     preprocessor = fitted_preprocessor(preprocess, None, stats, train.dim)
     torch_device = resolve_device(device)
