@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.neighbors import KNeighborsClassifier
+from test_heads_streamed import SPLITS, a_store, blobs
 
 from featpipe.errors import MissingExtraError
 from featpipe.extras import has_extra
@@ -22,7 +23,6 @@ from featpipe.heads import (
 )
 from featpipe.heads.registry import default_heads, list_heads
 from featpipe.store import FeatureStore, write_arrays
-from test_heads_streamed import SPLITS, a_store, blobs
 
 needs_faiss = pytest.mark.skipif(not has_extra("faiss"), reason='needs "featpipe[faiss]"')
 

@@ -45,7 +45,7 @@ ESTIMATORS = [
         [FaissKNNProbe(), FaissKNNProbe(metric="euclidean", weights="distance")]
         if has_extra("faiss")
         else []
-    ),  # fmt: skip
+    ),
 ]
 
 
