@@ -19,6 +19,9 @@ from featpipe.heads import (
     KNNProbe,
     NystroemSVMProbe,
     RBFSVMProbe,
+    StreamingLogisticProbe,
+    load_head,
+    save_head,
     select_and_fit,
 )
 from featpipe.heads.registry import default_heads, list_heads
@@ -112,3 +115,18 @@ def test_heads_at_scale_are_registered_outside_the_default_set() -> None:
         "logreg_stream",
         "rbf_svm_nystroem",
     }
+
+
+@needs_faiss
+@pytest.mark.skipif(not has_extra("skops"), reason='needs "featpipe[skops]"')
+def test_heads_at_scale_save_and_load_as_skops(tmp_path) -> None:
+    X, y = blobs(200, d=8, classes=3)
+    heads = [
+        FaissKNNProbe(3),  # its faiss index travels as faiss's own bytes
+        StreamingLogisticProbe(device="cpu"),
+        NystroemSVMProbe(n_components=20, device="cpu"),
+    ]
+    for head in heads:
+        path = save_head(head.fit(X, y), tmp_path / f"{type(head).__name__}.skops")
+        loaded, _ = load_head(path)
+        np.testing.assert_array_equal(loaded.predict(X), head.predict(X))

@@ -135,10 +135,12 @@ def select_and_fit(
 ) -> SelectionResult:
     """Choose hyper-parameters on val (or CV on train), refit on train+val, then predict test.
 
-    ``estimator`` is a head name (``logreg``, ``linear_svm``, ``rbf_svm``, ``mlp``, ``knn``) or
-    any scikit-learn classifier; ``source`` a FeatureStore or ``{"train": (X, y), ...}``;
-    ``grid`` a parameter grid (default: the head's own, e.g. 45 C values for ``logreg``).
-    Ties go to the first candidate in grid order.
+    ``estimator`` is a head name (``logreg``, ``linear_svm``, ``rbf_svm``, ``mlp``, ``knn``, ...:
+    ``list_heads()``) or any scikit-learn classifier; ``source`` a FeatureStore or
+    ``{"train": (X, y), ...}``; ``grid`` a parameter grid (default: the head's own, e.g. 45 C
+    values for ``logreg``). Ties go to the first candidate in grid order. Heads that stream
+    (``streams_store``: ``logreg_stream``, ``knn_faiss``) read a FeatureStore chunk by chunk,
+    never a whole split, and choose on its val split (one is required).
 
     ``seed`` seeds the CV folds and, for registered heads with randomness (``mlp``, the SVMs),
     the head's seed parameter; None keeps the head's own and folds seeded 0. ``device`` goes
@@ -176,12 +178,29 @@ def select_and_fit(
         X_fit, y_fit = X_tr, y_tr
         mode = f"cv{len(folds)}"
     select_seconds = time.perf_counter() - start
-    best = int(np.argmax(scores))
+    result = _refit(
+        head, name, candidates, scores, mode, select_seconds, lambda h: h.fit(X_fit, y_fit)
+    )
+    if data.has("test"):  # only now, after the refit, is the test split read
+        _test(result, [data.get("test")], data.ids("test"))
+    return result
 
+
+def _refit(
+    head: BaseEstimator,
+    name: str,
+    candidates: list[dict],
+    scores: list[float],
+    mode: str,
+    select_seconds: float,
+    fit,
+) -> SelectionResult:
+    """Refit the best candidate (``fit(head)``: on train+val, or train under CV); the first
+    of tied candidates wins."""
+    best = int(np.argmax(scores))
     start = time.perf_counter()
-    final = head.set_params(**candidates[best]).fit(X_fit, y_fit)
-    fit_seconds = time.perf_counter() - start
-    result = SelectionResult(
+    final = fit(head.set_params(**candidates[best]))
+    return SelectionResult(
         head=name,
         params=candidates[best],
         curve=list(zip(candidates, scores, strict=True)),
@@ -189,11 +208,8 @@ def select_and_fit(
         val_accuracy=float(scores[best]),
         selection=mode,
         select_seconds=select_seconds,
-        fit_seconds=fit_seconds,
+        fit_seconds=time.perf_counter() - start,
     )
-    if data.has("test"):  # only now, after the refit, is the test split read
-        _test(result, [data.get("test")], data.ids("test"))
-    return result
 
 
 def _test(result: SelectionResult, chunks, ids: list[str] | None) -> None:
@@ -247,18 +263,14 @@ def _select_streamed(
             hits = [(est.predict(X) == y).sum() for X, y in store.iter_chunks(layer, "val")]
             scores.append(float(np.sum(hits) / counts["val"]))
     select_seconds = time.perf_counter() - start
-    best = int(np.argmax(scores))
-    start = time.perf_counter()
-    final = head.set_params(**candidates[best]).fit_store(store, layer, ["train", "val"])
-    result = SelectionResult(
-        head=name,
-        params=candidates[best],
-        curve=list(zip(candidates, scores, strict=True)),
-        estimator=final,
-        val_accuracy=float(scores[best]),
-        selection="val",
-        select_seconds=select_seconds,
-        fit_seconds=time.perf_counter() - start,
+    result = _refit(
+        head,
+        name,
+        candidates,
+        scores,
+        "val",
+        select_seconds,
+        lambda h: h.fit_store(store, layer, ["train", "val"]),
     )
     if counts.get("test", 0):
         _test(result, store.iter_chunks(layer, "test"), store.ids("test"))
