@@ -13,6 +13,7 @@ import pytest
 import torch
 from test_heads_streamed import a_store
 
+from featpipe.cli import main
 from featpipe.device import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,3 +66,20 @@ def test_cpu_under_torchrun_is_cpu(monkeypatch) -> None:
                         "MASTER_PORT": "1"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_probe_writes_only_on_rank_0(tmp_path, monkeypatch, capsys) -> None:
+    # Every rank of `torchrun -m featpipe probe` fits; only rank 0 prints and writes.
+    store = tmp_path / "s.h5"
+    a_store(store, n=300)
+    argv = ["probe", str(store), "--heads", "knn", "--device", "cpu"]
+    outputs = ["--out", str(tmp_path / "r.json"), "--save-dir", str(tmp_path / "heads")]
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "x",
+                        "MASTER_PORT": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    assert main([*argv, *outputs]) == 0
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "heads").exists()
+    assert "knn" not in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "0")
+    assert main([*argv, *outputs]) == 0
+    assert (tmp_path / "r.json").exists() and "knn" in capsys.readouterr().out
