@@ -35,7 +35,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     kind, sep, index = device.partition(":")
     if kind not in DEVICES or (sep and (kind != "cuda" or not index.isdigit())):
         raise ConfigError(f"Unknown device {device!r}; valid: auto, cpu, cuda, cuda:N.")
-    if kind == "auto" and not torch.cuda.is_available():
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(

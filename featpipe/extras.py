@@ -20,6 +20,7 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "wds": (("webdataset",), "wds: sources (WebDataset tar shards)"),
     "skops": (("skops",), ".skops head files, loaded without running code"),
     "parquet": (("pyarrow", "pandas"), "featpipe export --format parquet, FeatureStore.to_pandas"),
+    "faiss": (("faiss",), "the knn_faiss head (exact kNN through faiss)"),
 }
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from featpipe.extras import has_extra
 from featpipe.heads import (
+    FaissKNNProbe,
     KNNProbe,
     LinearSVMProbe,
     LogisticProbe,
     MLPProbe,
+    NystroemClassifier,
+    NystroemSVMProbe,
     RBFSVMProbe,
     StreamingLinearHead,
+    StreamingLogisticProbe,
     TorchLinearSVC,
     TorchLogisticRegression,
     TorchMLPClassifier,
@@ -33,6 +38,14 @@ ESTIMATORS = [
     KNNProbe(),
     KNNProbe(metric="euclidean", preprocess="none"),
     StreamingLinearHead(),
+    StreamingLogisticProbe(chunk_rows=64, device="cpu", n_threads=1),
+    NystroemClassifier(n_components=50, device="cpu", n_threads=1),
+    NystroemSVMProbe(n_components=50, device="cpu", n_threads=1),
+    *(
+        [FaissKNNProbe(), FaissKNNProbe(metric="euclidean", weights="distance")]
+        if has_extra("faiss")
+        else []
+    ),
 ]
 
 

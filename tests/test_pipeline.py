@@ -56,7 +56,7 @@ def test_defaults_are_filled():
         (with_(source="digits"), r"source must be a table"),
         (
             with_(probes={"heads": ["logreg", "logeg"]}),
-            r"probes.heads\[1\]: unknown head 'logeg'\. Did you mean: 'logreg'\?.*Valid: knn",
+            r"probes.heads\[1\]: unknown head 'logeg'\. Did you mean: 'logreg'.*Valid: knn",
         ),
         (with_(finetune={"modes": ["full", "ful"]}), r"finetune.modes\[1\]: Unknown fine-tuning"),
         (with_(features={"dtype": "float64"}), r"features.dtype: unknown dtype 'float64'"),

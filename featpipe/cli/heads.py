@@ -19,6 +19,7 @@ examples:
   featpipe probe data/cache/digits-abc.h5 --layer pooled
   featpipe probe store.h5 --layer blocks.5:avg --heads logreg,knn --out results.json
   featpipe probe store.h5 --heads logreg --few-shot 5 --draws 10 --save-dir heads/
+  torchrun --nproc-per-node 4 -m featpipe probe store.h5 --heads logreg_stream --out r.json
 
 Hyper-parameters are chosen on the val split (stratified CV on train when there is none),
 the head is refitted on train+val, and only then is the test split read.
@@ -119,6 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_probe(args: argparse.Namespace) -> int:
     from featpipe.device import resolve_device
+    from featpipe.distributed import current_ranks
     from featpipe.evaluate import measure
     from featpipe.heads import few_shot, save_head, select_and_fit
     from featpipe.heads.registry import make_head
@@ -147,6 +149,8 @@ def run_probe(args: argparse.Namespace) -> int:
         },
     )
     device = str(resolve_device(args.device))
+    # Under torchrun every rank fits (streamed heads share their passes); rank 0 writes.
+    main = current_ranks().is_main
     results = []
     for name in names:
         with measure(device) as usage:
@@ -158,7 +162,7 @@ def run_probe(args: argparse.Namespace) -> int:
         if args.few_shot:
             fs = few_shot(name, store, layer, args.few_shot, draws=args.draws, seed=args.seed)
             entry["few_shot"] = fs.summary()
-        if args.save_dir:
+        if args.save_dir and main:
             path = save_head(
                 result.estimator,
                 args.save_dir / f"{name}{suffix}",
@@ -169,6 +173,8 @@ def run_probe(args: argparse.Namespace) -> int:
             entry["saved"] = str(path)
         report["heads"].append(entry)
         rows.append(_row(entry))
+    if not main:
+        return 0
     _print_table(rows, few_shot=bool(args.few_shot))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,13 @@ from featpipe.heads.estimators import (
     ProbeHead,
     RBFSVMProbe,
 )
+from featpipe.heads.faiss_knn import FaissKNeighborsClassifier, FaissKNNProbe
 from featpipe.heads.fewshot import FewShotResult, few_shot
+from featpipe.heads.nystroem import NystroemClassifier, NystroemSVMProbe
 from featpipe.heads.persistence import check_head_matches, load_head, read_sidecar, save_head
 from featpipe.heads.registry import default_grid, list_heads, make_head, register_head
 from featpipe.heads.selection import SelectionResult, select_and_fit
+from featpipe.heads.streamed_logreg import StreamingLogisticProbe, streamed_logreg_path
 from featpipe.heads.streaming import StreamingLinearHead
 from featpipe.heads.torch_logreg import (
     LinearPath,
@@ -25,6 +28,8 @@ from featpipe.heads.torch_svm import TorchLinearSVC, linear_svm_path, squared_hi
 
 __all__ = [
     "Embedder",
+    "FaissKNNProbe",
+    "FaissKNeighborsClassifier",
     "FewShotResult",
     "KNNProbe",
     "LinearPath",
@@ -33,10 +38,13 @@ __all__ = [
     "LogisticProbe",
     "MLPPath",
     "MLPProbe",
+    "NystroemClassifier",
+    "NystroemSVMProbe",
     "ProbeHead",
     "RBFSVMProbe",
     "SelectionResult",
     "StreamingLinearHead",
+    "StreamingLogisticProbe",
     "TorchLinearSVC",
     "TorchLogisticRegression",
     "TorchMLPClassifier",
@@ -55,6 +63,7 @@ __all__ = [
     "save_head",
     "select_and_fit",
     "squared_hinge_objective",
+    "streamed_logreg_path",
 ]
 
 

@@ -20,7 +20,10 @@ from sklearn.base import BaseEstimator
 from featpipe.errors import ConfigError, HeadMismatchError, UntrustedFileError
 from featpipe.extras import import_extra
 from featpipe.heads.estimators import KNNProbe, LinearSVMProbe, LogisticProbe, MLPProbe, RBFSVMProbe
+from featpipe.heads.faiss_knn import FaissKNeighborsClassifier, FaissKNNProbe
+from featpipe.heads.nystroem import NystroemClassifier, NystroemSVMProbe
 from featpipe.heads.registry import head_name
+from featpipe.heads.streamed_logreg import StreamingLogisticProbe
 from featpipe.heads.streaming import StreamingLinearHead
 from featpipe.heads.torch_logreg import TorchLogisticRegression
 from featpipe.heads.torch_mlp import TorchMLPClassifier
@@ -39,12 +42,17 @@ SKOPS_TRUSTED: tuple[str, ...] = (
     *(
         f"{cls.__module__}.{cls.__qualname__}"
         for cls in (
+            FaissKNeighborsClassifier,
+            FaissKNNProbe,
             KNNProbe,
             LinearSVMProbe,
             LogisticProbe,
             MLPProbe,
+            NystroemClassifier,
+            NystroemSVMProbe,
             RBFSVMProbe,
             StreamingLinearHead,
+            StreamingLogisticProbe,
             TorchLinearSVC,
             TorchLogisticRegression,
             TorchMLPClassifier,

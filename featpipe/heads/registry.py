@@ -15,6 +15,9 @@ from featpipe.heads.estimators import (
     MLPProbe,
     RBFSVMProbe,
 )
+from featpipe.heads.faiss_knn import FaissKNNProbe
+from featpipe.heads.nystroem import NystroemSVMProbe
+from featpipe.heads.streamed_logreg import StreamingLogisticProbe
 from featpipe.registry import Registry
 
 
@@ -27,6 +30,9 @@ class HeadEntry:
     # so seeds change nothing and pipelines run it once.
     seed_param: str | None = None
     label: str = ""  # how reports name the head, e.g. "logistic regression"; default: the name
+    # Whether a pipeline that names no heads runs it (heads for stores larger than RAM do not:
+    # on a store that fits they repeat an in-memory head, slower).
+    default: bool = True
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -43,12 +49,14 @@ def register_head(
     *,
     seed_param: str | None = None,
     label: str = "",
+    default: bool = True,
     replace: bool = False,
 ) -> None:
     """Add a head under ``name`` with its default grid; a taken name raises unless ``replace``.
     ``seed_param`` names the parameter that a run's seed sets, for heads with randomness;
-    ``label`` is how reports name the head (default: ``name``)."""
-    HEADS.add(name, HeadEntry(name, factory, grid, seed_param, label), replace=replace)
+    ``label`` is how reports name the head (default: ``name``); ``default``: whether pipelines
+    that name no heads run it."""
+    HEADS.add(name, HeadEntry(name, factory, grid, seed_param, label, default), replace=replace)
 
 
 # Kornblith et al. (2019): 45 log-spaced C values over [1e-6, 1e5] for logistic regression.
@@ -71,10 +79,39 @@ register_head(
 )
 register_head("mlp", MLPProbe, {"alpha": [1e-4, 1e-2, 1.0]}, seed_param="random_state", label="MLP")
 register_head("knn", KNNProbe, {"n_neighbors": [1, 5, 10, 20], "metric": ["cosine"]}, label="kNN")
+# For stores larger than RAM (README: "Heads on features larger than RAM"); pipelines run
+# them only when named.
+register_head(
+    "logreg_stream",
+    StreamingLogisticProbe,
+    {"C": LOGREG_CS},
+    label="logistic regression (streamed)",
+    default=False,
+)
+register_head(
+    "knn_faiss",
+    FaissKNNProbe,
+    {"n_neighbors": [1, 5, 10, 20], "metric": ["cosine"]},
+    label="kNN (faiss)",
+    default=False,
+)
+register_head(
+    "rbf_svm_nystroem",
+    NystroemSVMProbe,
+    {"C": [0.1, 1.0, 10.0, 100.0]},
+    seed_param="random_state",  # the landmarks
+    label="RBF SVM (Nystroem)",
+    default=False,
+)
 
 
 def list_heads() -> list[str]:
     return sorted(HEADS)
+
+
+def default_heads() -> list[str]:
+    """The heads a pipeline runs when it names none."""
+    return sorted(name for name, entry in HEADS.items() if entry.default)
 
 
 def _entry(name: str) -> HeadEntry:

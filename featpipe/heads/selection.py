@@ -80,20 +80,29 @@ def _path_scores(
     """The candidates' validation accuracy from the head's own path over its ``path_param``
     (a warm-started C path; MLPs for every alpha side by side), on features preprocessed once
     (fitted on train only); None when the grid varies anything else or the head has no path."""
-    param = getattr(head, "path_param", None)
-    if param is None or not all(set(c) == {param} for c in candidates):
+    if not _path_only(head, candidates):
         return None
     prep = head.preprocessor_for(X_tr).fit(X_tr)
-    values = [c[param] for c in candidates]
-    order = np.argsort(values, kind="stable")  # warm starts go from strong to weak penalty
-    accuracy = head.path_accuracy(
-        prep.transform(X_tr),
-        y_tr,
-        [values[i] for i in order],
-        prep.transform(X_va),
-        y_va,
-        progress,
+    Z_tr, Z_va = prep.transform(X_tr), prep.transform(X_va)
+    return _along_path(
+        head,
+        candidates,
+        lambda values: head.path_accuracy(Z_tr, y_tr, values, Z_va, y_va, progress),
     )
+
+
+def _path_only(head: BaseEstimator, candidates: list[dict]) -> bool:
+    """Whether the candidates vary only the head's ``path_param``."""
+    param = getattr(head, "path_param", None)
+    return param is not None and all(set(c) == {param} for c in candidates)
+
+
+def _along_path(head: BaseEstimator, candidates: list[dict], path) -> list[float] | None:
+    """The candidates' scores from ``path(values)`` (accuracy at each value of the head's
+    ``path_param``, given in increasing order, or None), in the candidates' order."""
+    values = [c[head.path_param] for c in candidates]
+    order = np.argsort(values, kind="stable")  # warm starts go from strong to weak penalty
+    accuracy = path([values[i] for i in order])
     if accuracy is None:
         return None
     scores = np.empty(len(values))
@@ -126,10 +135,12 @@ def select_and_fit(
 ) -> SelectionResult:
     """Choose hyper-parameters on val (or CV on train), refit on train+val, then predict test.
 
-    ``estimator`` is a head name (``logreg``, ``linear_svm``, ``rbf_svm``, ``mlp``, ``knn``) or
-    any scikit-learn classifier; ``source`` a FeatureStore or ``{"train": (X, y), ...}``;
-    ``grid`` a parameter grid (default: the head's own, e.g. 45 C values for ``logreg``).
-    Ties go to the first candidate in grid order.
+    ``estimator`` is a head name (``logreg``, ``linear_svm``, ``rbf_svm``, ``mlp``, ``knn``, ...:
+    ``list_heads()``) or any scikit-learn classifier; ``source`` a FeatureStore or
+    ``{"train": (X, y), ...}``; ``grid`` a parameter grid (default: the head's own, e.g. 45 C
+    values for ``logreg``). Ties go to the first candidate in grid order. Heads that stream
+    (``streams_store``: ``logreg_stream``, ``knn_faiss``) read a FeatureStore chunk by chunk,
+    never a whole split, and choose on its val split (one is required).
 
     ``seed`` seeds the CV folds and, for registered heads with randomness (``mlp``, the SVMs),
     the head's seed parameter; None keeps the head's own and folds seeded 0. ``device`` goes
@@ -146,6 +157,8 @@ def select_and_fit(
     candidates = list(ParameterGrid(grid))
     if not candidates:
         raise ConfigError(f"The grid {grid!r} has no candidates.")
+    if getattr(head, "streams_store", False) and _is_store(source):
+        return _select_streamed(head, name, candidates, source, layer, progress)
     data = FeatureSplits(source, layer)
 
     start = time.perf_counter()
@@ -165,12 +178,29 @@ def select_and_fit(
         X_fit, y_fit = X_tr, y_tr
         mode = f"cv{len(folds)}"
     select_seconds = time.perf_counter() - start
-    best = int(np.argmax(scores))
+    result = _refit(
+        head, name, candidates, scores, mode, select_seconds, lambda h: h.fit(X_fit, y_fit)
+    )
+    if data.has("test"):  # only now, after the refit, is the test split read
+        _test(result, [data.get("test")], data.ids("test"))
+    return result
 
+
+def _refit(
+    head: BaseEstimator,
+    name: str,
+    candidates: list[dict],
+    scores: list[float],
+    mode: str,
+    select_seconds: float,
+    fit,
+) -> SelectionResult:
+    """Refit the best candidate (``fit(head)``: on train+val, or train under CV); the first
+    of tied candidates wins."""
+    best = int(np.argmax(scores))
     start = time.perf_counter()
-    final = head.set_params(**candidates[best]).fit(X_fit, y_fit)
-    fit_seconds = time.perf_counter() - start
-    result = SelectionResult(
+    final = fit(head.set_params(**candidates[best]))
+    return SelectionResult(
         head=name,
         params=candidates[best],
         curve=list(zip(candidates, scores, strict=True)),
@@ -178,17 +208,72 @@ def select_and_fit(
         val_accuracy=float(scores[best]),
         selection=mode,
         select_seconds=select_seconds,
-        fit_seconds=fit_seconds,
+        fit_seconds=time.perf_counter() - start,
     )
-    if data.has("test"):  # only now, after the refit, is the test split read
-        X_te, y_te = data.get("test")
-        start = time.perf_counter()
-        result.test_pred = final.predict(X_te)
-        result.test_scores = _scores(final, X_te)
-        result.predict_seconds = time.perf_counter() - start
-        result.test_labels = y_te
-        result.test_accuracy = float(np.mean(result.test_pred == y_te))
-        result.test_ids = data.ids("test")
+
+
+def _test(result: SelectionResult, chunks, ids: list[str] | None) -> None:
+    """Predict the test rows, given as (X, y) chunks, with the refitted head."""
+    start = time.perf_counter()
+    preds, scores, labels = [], [], []
+    for X, y in chunks:
+        preds.append(result.estimator.predict(X))
+        scores.append(_scores(result.estimator, X))
+        labels.append(y)
+    result.predict_seconds = time.perf_counter() - start
+    result.test_pred = np.concatenate(preds)
+    result.test_scores = None if scores[0] is None else np.concatenate(scores)
+    result.test_labels = np.concatenate(labels)
+    result.test_accuracy = float(np.mean(result.test_pred == result.test_labels))
+    result.test_ids = ids
+
+
+def _is_store(source: object) -> bool:
+    from featpipe.store import FeatureStore  # late: heads run on arrays without the store
+
+    return isinstance(source, FeatureStore)
+
+
+def _select_streamed(
+    head: BaseEstimator, name: str, candidates: list[dict], store, layer: str, progress: bool
+) -> SelectionResult:
+    """Selection for heads that read a store chunk by chunk (``streams_store``), so no split
+    is ever held whole: choose on val, refit on train+val, then predict test chunk by chunk.
+    Under torchrun every rank runs it, and the heads share their passes over the rows."""
+    counts = store.split_counts()
+    if counts.get("val", 0) == 0:
+        raise ConfigError(
+            f"{type(head).__name__} reads {store.path} chunk by chunk and chooses its "
+            "parameters on the val split, which this store does not have (cross-validation "
+            "would need the rows in memory). Extract with a val split (--val-fraction), or use "
+            "an in-memory head."
+        )
+    start = time.perf_counter()
+    scores = None
+    if _path_only(head, candidates) and hasattr(head, "store_path"):
+        scores = _along_path(
+            head,
+            candidates,
+            lambda values: head.store_path(store, layer, values, progress).val_accuracy,
+        )
+    if scores is None:
+        scores = []
+        for params in tqdm(candidates, desc=type(head).__name__, disable=not progress):
+            est = clone(head).set_params(**params).fit_store(store, layer, ["train"])
+            hits = [(est.predict(X) == y).sum() for X, y in store.iter_chunks(layer, "val")]
+            scores.append(float(np.sum(hits) / counts["val"]))
+    select_seconds = time.perf_counter() - start
+    result = _refit(
+        head,
+        name,
+        candidates,
+        scores,
+        "val",
+        select_seconds,
+        lambda h: h.fit_store(store, layer, ["train", "val"]),
+    )
+    if counts.get("test", 0):
+        _test(result, store.iter_chunks(layer, "test"), store.ids("test"))
     return result
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -54,45 +55,82 @@ def logistic_objective(
 
 
 class _Problem:
-    """Training data on one device, and an L-BFGS minimiser of the scaled objective.
+    """Training rows on one device, and an L-BFGS minimiser of the scaled objective.
 
     Weights are (K, D+1) with the intercept in the last column; for two classes one row (the
     logit of class 1, class 0's logit fixed at 0), which makes the objective scikit-learn's
-    binomial one."""
+    binomial one. The objective is a sum over the row batches of :meth:`batches` (here one:
+    every row), combined by :meth:`reduce`, so a subclass can stream the rows from a store
+    and sum over processes (``streamed_logreg.py``) with the same arithmetic."""
 
     def __init__(self, X: np.ndarray, y_idx: np.ndarray, n_classes: int, device: torch.device):
         self.X = torch.as_tensor(np.ascontiguousarray(X, np.float32), device=device)
         self.y = torch.as_tensor(y_idx, dtype=torch.long, device=device)
+        self._shape(len(y_idx), self.X.shape[1], n_classes, device)
+
+    def _shape(self, n: int, dim: int, n_classes: int, device: torch.device) -> None:
+        self.n, self.dim, self.device = n, dim, device
         self.rows = 1 if n_classes == 2 else n_classes
-        self.rows_index = torch.arange(len(y_idx), device=device)
-        self.device = device
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The (X, class index) batches whose rows make up the objective."""
+        yield self.X, self.y
+
+    def reduce(self, total: torch.Tensor) -> torch.Tensor:
+        """The flat (loss, dW, db) sums over every process's rows; here this process's."""
+        return total
 
     def zeros(self) -> torch.Tensor:
-        return torch.zeros(self.rows, self.X.shape[1] + 1, device=self.device)
+        return torch.zeros(self.rows, self.dim + 1, device=self.device)
 
     def logits(self, X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(n, K) logits; in the binomial case with the reference class's zeros in front."""
         z = F.linear(X, W, b)
         return torch.cat([torch.zeros_like(z), z], dim=1) if self.rows == 1 else z
 
-    def loss_and_grad(self, W: torch.Tensor, b: torch.Tensor, reg: float) -> torch.Tensor:
-        """The scaled objective at (W, b) in float64, with its gradient written to ``.grad``.
+    def data_terms(
+        self, X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows' share of the data term ``sum_i log_loss_i / n`` (float64) and of its
+        gradients in W and b (float32).
 
         The gradient is written by hand rather than by autograd, whose backward of the weights
         computes X.T @ G: several times slower than (G.T @ X) on CPU, for one pass."""
-        n = self.X.shape[0]
-        log_p = self.logits(self.X, W, b).log_softmax(1)
+        index = torch.arange(len(y), device=X.device)
+        log_p = self.logits(X, W, b).log_softmax(1)
         # The loss in float64: at float32's resolution (~1e-7 of its value) the line search
         # sees no decrease and stops long before tol. The gradient stays float32.
-        loss = (
-            -log_p[self.rows_index, self.y].double().mean() + 0.5 * reg * W.double().square().sum()
-        )
+        loss = -log_p[index, y].double().sum() / self.n
         residual = log_p.exp_()
-        residual[self.rows_index, self.y] -= 1.0
-        residual = residual[:, -self.rows :] / n  # the reference class has no weights
-        W.grad = residual.T @ self.X + reg * W
-        b.grad = residual.sum(0)
-        return loss
+        residual[index, y] -= 1.0
+        residual = residual[:, -self.rows :] / self.n  # the reference class has no weights
+        return loss, residual.T @ X, residual.sum(0)
+
+    def penalty(
+        self, W: torch.Tensor, b: torch.Tensor, reg: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The L2 penalty (the intercept is not penalised) and its gradients in W and b."""
+        return 0.5 * reg * W.double().square().sum(), reg * W, torch.zeros_like(b)
+
+    def loss_and_grad(self, W: torch.Tensor, b: torch.Tensor, reg: float) -> torch.Tensor:
+        """The scaled objective at (W, b) in float64, with its gradient written to ``.grad``."""
+        loss, gW, gb = None, None, None
+        for X, y in self.batches():
+            part = self.data_terms(X, y, W, b)
+            if loss is None:
+                loss, gW, gb = part
+            else:  # several batches: sum the gradients in float64
+                loss, gW, gb = loss + part[0], gW.double() + part[1], gb.double() + part[2]
+        if loss is None:  # a process with no rows of its own
+            loss = torch.zeros((), dtype=torch.float64, device=W.device)
+            gW, gb = torch.zeros_like(W), torch.zeros_like(b)
+        flat = self.reduce(torch.cat([loss.reshape(1), gW.double().ravel(), gb.double()]))
+        loss = flat[0].to(W.device)
+        gW = flat[1 : 1 + W.numel()].view_as(W).to(W)
+        gb = flat[1 + W.numel() :].to(b)
+        p, pW, pb = self.penalty(W, b, reg)
+        W.grad, b.grad = gW + pW, gb + pb
+        return loss + p
 
     def minimise(
         self, C: float, start: torch.Tensor, tol: float, max_iter: int
@@ -100,7 +138,7 @@ class _Problem:
         """The weights, the iterations used and the final max |gradient| (compare to tol)."""
         W = start[:, :-1].clone().requires_grad_(True)  # contiguous, so matmuls stay fast
         b = start[:, -1].clone().requires_grad_(True)
-        reg = 1.0 / (C * self.X.shape[0])
+        reg = 1.0 / (C * self.n)
         opt = torch.optim.LBFGS(
             [W, b],
             lr=1.0,
@@ -321,10 +359,9 @@ def linear_path(
     if len(classes) < 2:
         raise ConfigError(f"{what} needs at least 2 classes; got {list(classes)}.")
     torch_device = resolve_device(device)
-    coefs, intercepts, iters, accs, fits = [], [], [], [], []
     with on_device(torch_device), torch_threads(n_threads):
         problem = estimator_class._problem(X, y_idx, len(classes), torch_device)
-        val = None
+        accuracy = None
         if X_val is not None and y_val is not None:
             pos = {c: i for i, c in enumerate(classes.tolist())}
             yv = np.array([pos.get(c, -1) for c in np.asarray(y_val).tolist()])
@@ -332,20 +369,44 @@ def linear_path(
                 torch.as_tensor(np.ascontiguousarray(X_val, np.float32), device=torch_device),
                 torch.as_tensor(yv, dtype=torch.long, device=torch_device),
             )
-        W = problem.zeros()
-        start = time.perf_counter()
-        for C in tqdm(list(Cs), desc="C path", unit="C", disable=not progress):
+            accuracy = partial(problem.accuracy, X=val[0], y=val[1])
+        return run_path(
+            problem, Cs, classes, estimator_class, accuracy, tol=tol, max_iter=max_iter,
+            progress=tqdm(total=len(Cs), desc="C path", unit="C", disable=not progress),
+        )  # fmt: skip
+
+
+def run_path(
+    problem: _Problem,
+    Cs: Sequence[float],
+    classes: np.ndarray,
+    estimator_class: type[TorchLinearClassifier],
+    accuracy: Callable[[torch.Tensor], float] | None,
+    *,
+    tol: float,
+    max_iter: int,
+    progress,
+) -> LinearPath:
+    """Minimise ``problem`` at every C in ``Cs`` in order, each from the previous solution,
+    recording ``accuracy(W)`` of each solution when given; ``progress`` (a tqdm-like
+    counter) counts the values of C."""
+    coefs, intercepts, iters, accs, fits = [], [], [], [], []
+    W = problem.zeros()
+    start = time.perf_counter()
+    with progress:
+        for C in Cs:
             W, n_iter, grad = problem.minimise(float(C), W, tol, max_iter)
             fits.append((C, n_iter, grad))
             coef, intercept = _sklearn_layout(W)
             coefs.append(coef)
             intercepts.append(intercept)
             iters.append(n_iter)
-            if val is not None:
-                accs.append(problem.accuracy(W, *val))
-        if torch_device.type == "cuda":
-            torch.cuda.synchronize(torch_device)
-        seconds = time.perf_counter() - start
+            if accuracy is not None:
+                accs.append(accuracy(W))
+            progress.update(1)
+    if problem.device.type == "cuda":
+        torch.cuda.synchronize(problem.device)
+    seconds = time.perf_counter() - start
     _warn_not_converged(fits, max_iter, tol)
     return LinearPath(
         Cs=np.asarray(Cs, dtype=np.float64),
@@ -353,7 +414,7 @@ def linear_path(
         coefs=coefs,
         intercepts=intercepts,
         n_iter=iters,
-        val_accuracy=np.asarray(accs) if val is not None else None,
+        val_accuracy=np.asarray(accs) if accuracy is not None else None,
         seconds=seconds,
         estimator_class=estimator_class,
     )

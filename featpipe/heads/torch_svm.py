@@ -48,15 +48,18 @@ class _HingeProblem(_Problem):
         super().__init__(X, y_idx, n_classes, device)
         self.t = torch.as_tensor(_targets(y_idx, self.rows), dtype=torch.float32, device=device)
 
-    def loss_and_grad(self, W: torch.Tensor, b: torch.Tensor, reg: float) -> torch.Tensor:
-        n = self.X.shape[0]
-        slack = (1.0 - self.t * F.linear(self.X, W, b)).clamp_(min=0.0)
+    def batches(self):
+        yield self.X, self.t  # the targets stand in for the labels
+
+    def data_terms(self, X, t, W, b):
+        slack = (1.0 - t * F.linear(X, W, b)).clamp_(min=0.0)
+        loss = slack.double().square().sum() / self.n  # float64, as for logreg
+        G = slack.mul_(t).mul_(-2.0 / self.n)  # d loss / d score
+        return loss, G.T @ X, G.sum(0)  # G.T @ X, not X.T @ G: see _Problem.data_terms
+
+    def penalty(self, W, b, reg):
         penalty = W.double().square().sum() + b.double().square().sum()
-        loss = slack.double().square().sum() / n + 0.5 * reg * penalty  # float64, as for logreg
-        G = slack.mul_(self.t).mul_(-2.0 / n)  # d loss / d score
-        W.grad = G.T @ self.X + reg * W  # G.T @ X, not X.T @ G: see _Problem.loss_and_grad
-        b.grad = G.sum(0) + reg * b
-        return loss
+        return 0.5 * reg * penalty, reg * W, reg * b
 
 
 class TorchLinearSVC(TorchLinearClassifier):

@@ -91,6 +91,12 @@ def _head_names() -> list[str]:
     return list_heads()
 
 
+def _default_heads() -> list[str]:
+    from featpipe.heads.registry import default_heads
+
+    return default_heads()
+
+
 def _decodes() -> tuple[str, ...]:
     from featpipe.data.images import DECODES
 
@@ -381,7 +387,7 @@ def _complete(config: PipelineConfig, default_name: str) -> PipelineConfig:
     name = config.name or default_name
     probes = replace(
         probes,
-        heads=tuple(_head_names()) if probes.heads is None else probes.heads,
+        heads=tuple(_default_heads()) if probes.heads is None else probes.heads,
         layers=features.layers if probes.layers is None else probes.layers,
     )
     for i, layer in enumerate(probes.layers):
