@@ -6,7 +6,11 @@ on the same standardised features, grids and tolerances, in one run:
 - linear_svm: the head's 6 values of C, the torch L-BFGS squared-hinge path against
   ``LinearSVC`` (liblinear, which has no warm start) at each C;
 - mlp: the head's 3 alphas, featpipe's torch MLP (every alpha side by side) against
-  ``MLPClassifier`` at each alpha, both with the head's settings (early stopping included).
+  ``MLPClassifier`` at each alpha, each as ``MLPProbe`` makes it by default (``solver="torch"``
+  and ``solver="sklearn"``: the same settings, early stopping included, except the patience,
+  whose ``"auto"`` is the torch head's step-based one and scikit-learn's 10 epochs). A second
+  line (``mlp-same``) gives ``MLPClassifier`` the torch head's patience too, to show how much
+  of the speed-up is the stopping rule.
 
     python benchmarks/heads_path.py data/cache/cifar10-....h5 --layer pooled
     python benchmarks/heads_path.py STORE --limit-train 5000 --heads linear_svm,mlp
@@ -99,6 +103,18 @@ def bench_linear_svm(d, args) -> str:
     return line("linear_svm", "C", ours, ours_s, "liblinear", ref, ref_s)
 
 
+def sklearn_mlp(d, alphas, params) -> tuple[tuple, float, list[int]]:
+    """MLPClassifier at each alpha: (chosen alpha, val, test), seconds, epochs per alpha."""
+    (X, y), (Xv, yv), (Xt, yt) = d
+    start, fits = time.perf_counter(), []
+    for alpha in alphas:
+        mlp = MLPClassifier(**{**params, "alpha": alpha}).fit(X, y)
+        fits.append((mlp.score(Xv, yv), mlp))
+    seconds = time.perf_counter() - start
+    i = int(np.argmax([a for a, _ in fits]))
+    return (alphas[i], fits[i][0], fits[i][1].score(Xt, yt)), seconds, [m.n_iter_ for _, m in fits]
+
+
 def bench_mlp(d, args) -> str:
     (X, y), (Xv, yv), (Xt, yt) = d
     shared = MLPProbe().get_params()
@@ -110,15 +126,17 @@ def bench_mlp(d, args) -> str:
     )  # fmt: skip
     best = path.best_index
     ours = (alphas[best], path.val_accuracy[best], path.estimators[best].score(Xt, yt))
-    start, fits = time.perf_counter(), []
-    for alpha in alphas:
-        mlp = MLPClassifier(alpha=alpha, **shared).fit(X, y)
-        fits.append((mlp.score(Xv, yv), mlp))
-    ref_s = time.perf_counter() - start
-    i = int(np.argmax([a for a, _ in fits]))
-    ref = (alphas[i], fits[i][0], fits[i][1].score(Xt, yt))
-    epochs = [e.n_iter_ for e in path.estimators], [m.n_iter_ for _, m in fits]
-    print(f"mlp epochs per alpha {alphas}: featpipe {epochs[0]}, sklearn {epochs[1]}")
+    sk_params = MLPProbe(solver="sklearn")._make_classifier(None).get_params()
+    ref, ref_s, ref_epochs = sklearn_mlp(d, alphas, sk_params)
+    patience = path.estimators[0].n_iter_no_change_
+    same, same_s, same_epochs = sklearn_mlp(d, alphas, {**sk_params, "n_iter_no_change": patience})
+    print(
+        f"mlp epochs per alpha {alphas}: featpipe {[e.n_iter_ for e in path.estimators]} "
+        f"(patience {patience}), sklearn {ref_epochs} (patience "
+        f"{sk_params['n_iter_no_change']}), sklearn at patience {patience} {same_epochs}"
+    )
+    print(line("mlp-same", "alpha", ours, ours_s, f"MLPClassifier(n_iter_no_change={patience})",
+               same, same_s))  # fmt: skip
     return line("mlp", "alpha", ours, ours_s, "MLPClassifier", ref, ref_s)
 
 
