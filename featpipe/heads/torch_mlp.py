@@ -8,12 +8,14 @@ accuracy on an internal stratified validation fraction (``early_stopping=True``,
 the best epoch's weights are kept) or in training loss. One difference by default: the patience
 (``n_iter_no_change="auto"``) is counted in Adam steps, not epochs, as the epochs that make
 :data:`PATIENCE_STEPS` steps (2 to 10). scikit-learn's 10 epochs are 70 steps on 1,500 rows but
-2,000 on 45,000, where the accuracy has long stopped moving; most of such a fit is spent waiting.
+2,000 on 45,000; on 8,100 rows of CIFAR-10 features the validation accuracy was on its plateau
+after 2 or 3 epochs, and most of such a fit is spent waiting.
 
 Models for several values of ``alpha`` train side by side in one set of batched tensors
 (:func:`mlp_path`): with the same ``random_state`` they share initial weights, validation split
 and batch order, so each one is the model a fit with that alpha alone gives, and a finished
-model leaves the batch. Training runs in float32; the fitted weights are float64 numpy arrays
+model leaves the batch. Their first layers, where the time goes, are one matrix product over
+the shared input rows. Training runs in float32 with a hand-written backward pass; the fitted weights are float64 numpy arrays
 (``coefs_``, ``intercepts_``, laid out as scikit-learn's) and prediction is plain numpy.
 Results are deterministic given ``random_state`` on CPU.
 """
