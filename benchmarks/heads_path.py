@@ -132,7 +132,12 @@ def bench_mlp(d, args) -> str:
     sk_params = MLPProbe(solver="sklearn")._make_classifier(None).get_params()
     ref, ref_s, ref_epochs = sklearn_mlp(d, alphas, sk_params)
     patience = path.estimators[0].n_iter_no_change_
-    same, same_s, same_epochs = sklearn_mlp(d, alphas, {**sk_params, "n_iter_no_change": patience})
+    if patience == sk_params["n_iter_no_change"]:  # small sets: the same rule on both sides
+        same, same_s, same_epochs = ref, ref_s, ref_epochs
+    else:
+        same, same_s, same_epochs = sklearn_mlp(
+            d, alphas, {**sk_params, "n_iter_no_change": patience}
+        )
     print(
         f"mlp epochs per alpha {alphas}: featpipe {[e.n_iter_ for e in path.estimators]} "
         f"(patience {patience}), sklearn {ref_epochs} (patience "
