@@ -15,8 +15,9 @@ Models for several values of ``alpha`` train side by side in one set of batched 
 (:func:`mlp_path`): with the same ``random_state`` they share initial weights, validation split
 and batch order, so each one is the model a fit with that alpha alone gives, and a finished
 model leaves the batch. Their first layers, where the time goes, are one matrix product over
-the shared input rows. Training runs in float32 with a hand-written backward pass; the fitted weights are float64 numpy arrays
-(``coefs_``, ``intercepts_``, laid out as scikit-learn's) and prediction is plain numpy.
+the shared input rows. Training runs in float32 with a hand-written backward pass; the fitted
+weights are float64 numpy arrays (``coefs_``, ``intercepts_``, laid out as scikit-learn's) and
+prediction is plain numpy.
 Results are deterministic given ``random_state`` on CPU.
 """
 
