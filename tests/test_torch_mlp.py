@@ -145,7 +145,9 @@ def test_selection_uses_the_path_and_keeps_sklearn_as_an_option(digits) -> None:
     [
         ({"alpha": -1.0}, "alpha must be >= 0"),
         ({"batch_size": 0}, "batch_size must be 'auto' or a positive integer"),
-        ({"validation_fraction": 1.0}, r"validation_fraction in \(0, 1\)"),
+        ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
+        ({"n_iter_no_change": "never"}, "n_iter_no_change must be 'auto' or >= 1; got 'never'"),
+        ({"n_iter_no_change": 0}, "n_iter_no_change must be 'auto' or >= 1; got 0"),
         ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes must be positive"),
     ],
 )

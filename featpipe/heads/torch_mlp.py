@@ -192,12 +192,11 @@ def _check_params(p: TorchMLPClassifier, alphas: list[float]) -> list[int]:
             "learning_rate_init must be > 0, max_iter >= 1 and tol >= 0; got "
             f"{p.learning_rate_init}, {p.max_iter}, {p.tol}"
         )
-    auto = isinstance(p.n_iter_no_change, str) and p.n_iter_no_change == "auto"
-    if not (auto or int(p.n_iter_no_change) >= 1) or not 0 < p.validation_fraction < 1:
-        bad.append(
-            "n_iter_no_change must be 'auto' or >= 1 and validation_fraction in (0, 1); got "
-            f"{p.n_iter_no_change}, {p.validation_fraction}"
-        )
+    patience = p.n_iter_no_change
+    if not (patience == "auto" if isinstance(patience, str) else int(patience) >= 1):
+        bad.append(f"n_iter_no_change must be 'auto' or >= 1; got {patience!r}")
+    if not 0 < p.validation_fraction < 1:
+        bad.append(f"validation_fraction must be in (0, 1); got {p.validation_fraction}")
     if bad:
         raise ConfigError("TorchMLPClassifier: " + "; ".join(bad) + ".")
     return [int(s) for s in sizes]
