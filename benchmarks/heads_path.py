@@ -6,14 +6,19 @@ on the same standardised features, grids and tolerances, in one run:
 - linear_svm: the head's 6 values of C, the torch L-BFGS squared-hinge path against
   ``LinearSVC`` (liblinear, which has no warm start) at each C;
 - mlp: the head's 3 alphas, featpipe's torch MLP (every alpha side by side) against
-  ``MLPClassifier`` at each alpha, both with the head's settings (early stopping included).
+  ``MLPClassifier`` at each alpha, each as ``MLPProbe`` makes it by default (``solver="torch"``
+  and ``solver="sklearn"``: the same settings, early stopping included, except the patience,
+  whose ``"auto"`` is the torch head's step-based one and scikit-learn's 10 epochs). A second
+  line (``mlp-same``) gives ``MLPClassifier`` the torch head's patience too, to show how much
+  of the speed-up is the stopping rule.
 
     python benchmarks/heads_path.py data/cache/cifar10-....h5 --layer pooled
     python benchmarks/heads_path.py STORE --limit-train 5000 --heads linear_svm,mlp
 
 Each head prints one line: the C or alpha each side chose on the val split (10 % of train is
 held out when the store has none), its val and test accuracy, both times and
-``speed-up (sklearn / featpipe): N.Nx``. Times include moving the features to the device.
+``speed-up (sklearn / featpipe): N.Nx``. Times include moving the features to the device;
+``--cpu-time`` measures CPU seconds instead of wall seconds (on CPU, one thread).
 """
 
 from __future__ import annotations
@@ -43,11 +48,13 @@ from featpipe.heads import (
 from featpipe.heads.estimators import _MLP_SHARED
 from featpipe.heads.registry import default_grid
 
+clock = time.perf_counter  # time.process_time with --cpu-time
+
 
 def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
+    start = clock()
     out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
+    return out, clock() - start
 
 
 def line(name, grid_name, ours, ours_s, ref_name, ref, ref_s) -> str:
@@ -73,7 +80,7 @@ def bench_logreg(d, args) -> str:
     )  # fmt: skip
     best = path.best_index
     ours = (Cs[best], path.val_accuracy[best], path.estimator(best).score(Xt, yt))
-    ref_s, accs, models, est = sklearn_path(X, y, Xv, yv, Cs, head.tol, head.max_iter)
+    (_, accs, models, est), ref_s = timed(sklearn_path, X, y, Xv, yv, Cs, head.tol, head.max_iter)
     i = int(np.argmax(accs))
     est.coef_, est.intercept_ = models[i]
     return line("logreg", "C", ours, ours_s, "sklearn", (Cs[i], accs[i], est.score(Xt, yt)), ref_s)
@@ -89,14 +96,26 @@ def bench_linear_svm(d, args) -> str:
     )  # fmt: skip
     best = path.best_index
     ours = (Cs[best], path.val_accuracy[best], path.estimator(best).score(Xt, yt))
-    start, fits = time.perf_counter(), []
+    start, fits = clock(), []
     for C in Cs:
         svc = LinearSVC(C=C, tol=head.tol, max_iter=head.max_iter, random_state=0).fit(X, y)
         fits.append((svc.score(Xv, yv), svc))
-    ref_s = time.perf_counter() - start
+    ref_s = clock() - start
     i = int(np.argmax([a for a, _ in fits]))
     ref = (Cs[i], fits[i][0], fits[i][1].score(Xt, yt))
     return line("linear_svm", "C", ours, ours_s, "liblinear", ref, ref_s)
+
+
+def sklearn_mlp(d, alphas, params) -> tuple[tuple, float, list[int]]:
+    """MLPClassifier at each alpha: (chosen alpha, val, test), seconds, epochs per alpha."""
+    (X, y), (Xv, yv), (Xt, yt) = d
+    start, fits = clock(), []
+    for alpha in alphas:
+        mlp = MLPClassifier(**{**params, "alpha": alpha}).fit(X, y)
+        fits.append((mlp.score(Xv, yv), mlp))
+    seconds = clock() - start
+    i = int(np.argmax([a for a, _ in fits]))
+    return (alphas[i], fits[i][0], fits[i][1].score(Xt, yt)), seconds, [m.n_iter_ for _, m in fits]
 
 
 def bench_mlp(d, args) -> str:
@@ -110,15 +129,22 @@ def bench_mlp(d, args) -> str:
     )  # fmt: skip
     best = path.best_index
     ours = (alphas[best], path.val_accuracy[best], path.estimators[best].score(Xt, yt))
-    start, fits = time.perf_counter(), []
-    for alpha in alphas:
-        mlp = MLPClassifier(alpha=alpha, **shared).fit(X, y)
-        fits.append((mlp.score(Xv, yv), mlp))
-    ref_s = time.perf_counter() - start
-    i = int(np.argmax([a for a, _ in fits]))
-    ref = (alphas[i], fits[i][0], fits[i][1].score(Xt, yt))
-    epochs = [e.n_iter_ for e in path.estimators], [m.n_iter_ for _, m in fits]
-    print(f"mlp epochs per alpha {alphas}: featpipe {epochs[0]}, sklearn {epochs[1]}")
+    sk_params = MLPProbe(solver="sklearn")._make_classifier(None).get_params()
+    ref, ref_s, ref_epochs = sklearn_mlp(d, alphas, sk_params)
+    patience = path.estimators[0].n_iter_no_change_
+    if patience == sk_params["n_iter_no_change"]:  # small sets: the same rule on both sides
+        same, same_s, same_epochs = ref, ref_s, ref_epochs
+    else:
+        same, same_s, same_epochs = sklearn_mlp(
+            d, alphas, {**sk_params, "n_iter_no_change": patience}
+        )
+    print(
+        f"mlp epochs per alpha {alphas}: featpipe {[e.n_iter_ for e in path.estimators]} "
+        f"(patience {patience}), sklearn {ref_epochs} (patience "
+        f"{sk_params['n_iter_no_change']}), sklearn at patience {patience} {same_epochs}"
+    )
+    print(line("mlp-same", "alpha", ours, ours_s, f"MLPClassifier(n_iter_no_change={patience})",
+               same, same_s))  # fmt: skip
     return line("mlp", "alpha", ours, ours_s, "MLPClassifier", ref, ref_s)
 
 
@@ -128,7 +154,16 @@ BENCHES = {"logreg": bench_logreg, "linear_svm": bench_linear_svm, "mlp": bench_
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--heads", default="logreg,linear_svm,mlp", help="comma-separated subset")
+    p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time by this process's CPU seconds, not the wall clock: steadier on a machine "
+        "busy with other jobs (use with --threads 1 and OMP/OPENBLAS_NUM_THREADS=1)",
+    )
     args = p.parse_args()
+    if args.cpu_time:
+        global clock
+        clock = time.process_time
     if not args.store and not args.synthetic:
         p.error("give a store path or --synthetic N D C")
     unknown = set(args.heads.split(",")) - set(BENCHES)

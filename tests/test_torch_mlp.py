@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
 from featpipe.errors import ConfigError
 from featpipe.heads import MLPProbe, TorchMLPClassifier, mlp_path, select_and_fit
+from featpipe.heads.torch_mlp import PATIENCE_STEPS, _Trainer, patience_epochs
 
 FAST = {"device": "cpu", "n_threads": 1}
 
@@ -74,6 +78,46 @@ def test_alpha_path_gives_each_alphas_own_fit(digits) -> None:
     assert path.best_index == int(np.argmax(path.val_accuracy))
 
 
+@pytest.mark.parametrize("sizes", [[6, 5, 4, 3], [6, 3]])
+def test_hand_written_gradients_match_autograd(sizes: list[int]) -> None:
+    alphas = [0.1, 2.0]
+    trainer = _Trainer(TorchMLPClassifier(), sizes, alphas, torch.device("cpu"))
+    for w in trainer.params:  # models that differ, unlike the shared initial weights
+        w.add_(0.3 * torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
+    X = torch.randn(7, sizes[0], generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 1])
+    losses, grads = trainer._gradients(X, y)
+    for j, alpha in enumerate(alphas):  # model j alone, in plain autograd
+        params = [trainer.params[0][:, j], trainer.params[1][j]]
+        params += [w[j] for w in trainer.params[2:]]
+        params = [w.detach().clone().requires_grad_(True) for w in params]
+        h = X
+        for i in range(0, len(params), 2):
+            h = (h.relu() if i else h) @ params[i] + params[i + 1]
+        l2 = sum(w.square().sum() for w in params[::2])
+        loss = F.cross_entropy(h.reshape(len(y), -1), y) + 0.5 * alpha * l2 / len(y)
+        loss.backward()
+        assert losses[j].item() == pytest.approx(loss.item(), rel=1e-5)
+        ours = [grads[0][:, j], grads[1][j]] + [g[j] for g in grads[2:]]
+        for mine, ref in zip(ours, params, strict=True):
+            torch.testing.assert_close(mine.reshape(ref.shape), ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_patience_counts_adam_steps(digits) -> None:
+    assert [patience_epochs("auto", s) for s in (1, 7, 41, 203)] == [10, 10, 3, 2]
+    assert patience_epochs(4, 203) == 4 and PATIENCE_STEPS == 100
+    X, y = digits[:2]
+    # 1,131 training rows in batches of 16: 71 steps an epoch, so 2 epochs of patience
+    est = TorchMLPClassifier((32,), batch_size=16, **FAST).fit(X, y)
+    scores = est.validation_scores_
+    assert est.n_iter_no_change_ == 2 and len(scores) == est.n_iter_ < est.max_iter
+    assert all(s < max(scores[:-3]) + est.tol for s in scores[-3:])
+    # batches of 200: 6 steps an epoch, so scikit-learn's 10 epochs
+    with pytest.warns(ConvergenceWarning, match="max_iter=3"):
+        assert TorchMLPClassifier((8,), max_iter=3, **FAST).fit(X, y).n_iter_no_change_ == 10
+    assert MLPProbe(solver="sklearn")._make_classifier(None).n_iter_no_change == 10
+
+
 def test_few_shot_sets_train_without_early_stopping() -> None:
     X = np.random.default_rng(0).normal(size=(3, 5))
     est = TorchMLPClassifier((8,), learning_rate_init=0.05, **FAST).fit(X, ["a", "b", "c"])
@@ -101,7 +145,9 @@ def test_selection_uses_the_path_and_keeps_sklearn_as_an_option(digits) -> None:
     [
         ({"alpha": -1.0}, "alpha must be >= 0"),
         ({"batch_size": 0}, "batch_size must be 'auto' or a positive integer"),
-        ({"validation_fraction": 1.0}, r"validation_fraction in \(0, 1\)"),
+        ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
+        ({"n_iter_no_change": "never"}, "n_iter_no_change must be 'auto' or >= 1; got 'never'"),
+        ({"n_iter_no_change": 0}, "n_iter_no_change must be 'auto' or >= 1; got 0"),
         ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes must be positive"),
     ],
 )

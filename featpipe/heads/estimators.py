@@ -269,7 +269,8 @@ class MLPProbe(ProbeHead):
     ``validation_fraction`` of the training rows: trained in torch (``solver="torch"``, CPU or
     CUDA; every alpha of a selection grid side by side) or by scikit-learn's ``MLPClassifier``
     (``solver="sklearn"``) with the same settings. ``device`` and ``n_threads`` only apply to
-    torch."""
+    torch. ``n_iter_no_change="auto"`` is the torch head's patience counted in Adam steps (see
+    :mod:`featpipe.heads.torch_mlp`) and scikit-learn's own 10 epochs for ``MLPClassifier``."""
 
     path_param = "alpha"
 
@@ -283,7 +284,7 @@ class MLPProbe(ProbeHead):
         batch_size: int | str = "auto",
         max_iter: int = 200,
         tol: float = 1e-4,
-        n_iter_no_change: int = 10,
+        n_iter_no_change: int | str = "auto",
         early_stopping: bool = True,
         validation_fraction: float = 0.1,
         preprocess: str = "standardize",
@@ -312,7 +313,10 @@ class MLPProbe(ProbeHead):
 
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
         if self.solver == "sklearn":
-            return MLPClassifier(**self._mlp_params())
+            params = self._mlp_params()
+            if params["n_iter_no_change"] == "auto":
+                params["n_iter_no_change"] = 10  # MLPClassifier's default
+            return MLPClassifier(**params)
         if self.solver != "torch":
             raise ConfigError(
                 f"Unknown MLP solver {self.solver!r}; valid: {', '.join(MLP_SOLVERS)}."
