@@ -162,8 +162,13 @@ batch_size = 8
 workers = 0
 cache_dir = "CACHE"
 [probes]
-heads = ["logreg", "knn"]
+heads = ["logreg", "knn", "logreg_stream"]
 grids.logreg = { C = [0.1, 1.0] }
+grids.logreg_stream = { C = [0.1, 1.0] }
+[finetune]
+modes = ["head"]
+epochs = 1
+batch_size = 16
 """
 
 
@@ -180,7 +185,12 @@ def test_a_pipeline_under_torchrun_extracts_on_every_rank_and_reports_once(tmp_p
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert sorted(r["method"] for r in rows) == ["toy/knn@pooled", "toy/logreg@pooled"]
+    # rank 0 fits the probes alone (logreg_stream does not wait for the ranks that left);
+    # the fine-tune ran on both ranks
+    probes = ["toy/knn@pooled", "toy/logreg@pooled", "toy/logreg_stream@pooled"]
+    assert sorted(r["method"] for r in rows if r["method"] in probes) == probes
+    (tuned,) = [r for r in rows if r["method"] not in probes]
+    assert tuned["world_size"] == 2
     assert (out / "report.md").is_file() and done.stdout.count("report: ") == 1
     (store,) = (tmp_path / "cache").glob("*.h5")
     with h5py.File(store, "r") as f:

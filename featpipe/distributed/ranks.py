@@ -11,6 +11,7 @@ gloo, which works on CPUs and beside NCCL on GPUs: on CUDA the group is made wit
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import os
 from collections.abc import Iterator
@@ -52,15 +53,35 @@ class Ranks:
         return f"rank {self.rank}/{self.world_size}" if self.distributed else ""
 
 
+_ALONE = contextvars.ContextVar("featpipe_alone", default=False)
+
+
 def under_torchrun() -> bool:
     """Whether this process was started by torchrun (or a launcher that sets the same
-    variables)."""
+    variables) and works with its other ranks: inside :func:`alone`, it does not."""
+    return _launched() and not _ALONE.get()
+
+
+def _launched() -> bool:
     return all(name in os.environ for name in _TORCHRUN_VARS)
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Work inside the block as a single process, though torchrun started this one: for
+    what one rank does after the others have left (rank 0 fitting a pipeline's probes),
+    where joining a process group or a collective would wait for ranks that are gone.
+    :func:`current_ranks` still says which rank this is (warnings keep their tag)."""
+    token = _ALONE.set(True)
+    try:
+        yield
+    finally:
+        _ALONE.reset(token)
 
 
 def current_ranks() -> Ranks:
     """The :class:`Ranks` of this process (rank 0 of 1 outside torchrun)."""
-    if not under_torchrun():
+    if not _launched():
         return Ranks()
     values = {}
     for field, name, default in (

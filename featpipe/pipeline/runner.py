@@ -20,7 +20,7 @@ from pathlib import Path
 
 from featpipe.data import ImageSource, open_source, subsample
 from featpipe.distributed.exchange import job_store, publish, receive
-from featpipe.distributed.ranks import current_ranks, process_group
+from featpipe.distributed.ranks import alone, current_ranks, process_group
 from featpipe.errors import FeaturePipeError
 from featpipe.interrupt import Interrupted
 from featpipe.pipeline.config import DEFAULT_FRACTIONS, PipelineConfig, SourceConfig
@@ -196,7 +196,11 @@ class PipelineRunner:
             self._run_jobs(context, jobs, run_plan, rows, shared, write=main, report=False)
         if not main:
             return context.run_dir
-        return self._run_jobs(context, jobs, run_plan, rows, [j for j in todo if j not in shared])
+        # The other ranks may be gone: a head that would share its passes among the ranks
+        # (logreg_stream) must not wait for them.
+        with alone():
+            rest = [j for j in todo if j not in shared]
+            return self._run_jobs(context, jobs, run_plan, rows, rest)
 
     def _prepare(
         self, fingerprint: str | None = None, *, write: bool = True

@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from featpipe.distributed.ranks import alone
 from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
 
 # A dry fit: enough rows for every head (3 classes, room for CV-free selection), tiny enough
@@ -47,7 +48,8 @@ def check_grids(config) -> None:
                 )
             for i, value in enumerate(values):
                 try:
-                    with warnings.catch_warnings():
+                    # a local dry fit: never one shared with torchrun's other ranks
+                    with warnings.catch_warnings(), alone():
                         warnings.simplefilter("ignore")  # convergence on random rows
                         clone(head).set_params(**{param: value}).fit(X, y)
                 except Exception as exc:  # the estimator's own validation, whatever its type
