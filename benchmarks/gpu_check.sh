@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue 14 in one run, for a session that has a GPU (about 8-9 minutes
+# Every GPU measurement of issues 14 and 13 in one run, for a session that has a GPU (about 8-9 minutes
 # on one H100/H200; run it with a timeout that leaves time to run it again):
 #
 #     bash benchmarks/gpu_check.sh [OUT_DIR]          # default OUT_DIR: ${OUT:-/tmp/gpu_check}
@@ -83,5 +83,24 @@ fi
 step "fine-tuning throughput on CUDA (bf16 autocast, or fp16 + GradScaler)"
 "$py" benchmarks/finetune_throughput.py --make-jpegs 5000 --n-images 2560 --device cuda \
     --batch-size 128 --json "$out/finetune.json" 2>&1 | tee "$out/finetune.log"
+
+step "scale-out: a 2-rank extraction sharing cuda:0 (gloo control), equal to one process"
+"$py" -m featpipe extract digits --backbone efficientnet_lite0 --image-size 64 --device cuda \
+    --out "$out/single.h5" --overwrite --no-progress 2>&1 | tee "$out/ranks_single.log"
+"$py" -m torch.distributed.run --standalone --nproc-per-node 2 -m featpipe extract digits \
+    --backbone efficientnet_lite0 --image-size 64 --device auto --out "$out/ranks.h5" \
+    --overwrite 2>&1 | tail -5 | tee "$out/ranks_extract.log"
+"$py" - "$out/single.h5" "$out/ranks.h5" <<'PY' 2>&1 | tee -a "$out/ranks_extract.log"
+import sys, numpy as np
+from featpipe import FeatureStore
+a, b = (FeatureStore(p).arrays("pooled")[0].astype(np.float32) for p in sys.argv[1:3])
+print("2 ranks vs 1 process on cuda: max |diff|", float(np.abs(a - b).max()), "shape", a.shape)
+PY
+
+step "scale-out: DDP fine-tune with NCCL at --nproc-per-node 1"
+"$py" -m torch.distributed.run --standalone --nproc-per-node 1 -m featpipe finetune --data digits \
+    --backbone efficientnet_lite0 --image-size 64 --mode full --epochs 2 --batch-size 64 \
+    --device cuda --sync-bn --run-dir "$out/ddp-gpu" --no-resume 2>&1 | tail -8 \
+    | tee "$out/ddp_finetune.log"
 
 step "done: figures in $out"
