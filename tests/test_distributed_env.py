@@ -10,7 +10,7 @@ import torch
 from featpipe.cli import _format_warning
 from featpipe.device import available_cores, resolve_device
 from featpipe.distributed import LineProgress, Ranks, current_ranks, progress_bar
-from featpipe.distributed.progress import progress_mode
+from featpipe.distributed.progress import progress_mode, track
 from featpipe.errors import ConfigError
 
 TORCHRUN_ENV = {
@@ -110,3 +110,9 @@ def test_a_disabled_progress_prints_nothing(capsys):
     bar.update(10)
     bar.close()
     assert capsys.readouterr().err == ""
+
+
+def test_track_counts_an_iterable_and_prints_plain_lines_in_a_log(capsys, monkeypatch):
+    monkeypatch.setenv("FEATPIPE_PROGRESS", "lines")
+    assert list(track(range(3), desc="C path", unit="C")) == [0, 1, 2]
+    assert capsys.readouterr().err.startswith("featpipe C path: 3 of 3 C (100.0%)")

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from featpipe.data.images import load_rgb, read_error
 from featpipe.data.source import ImageSource
+from featpipe.distributed.progress import track
 
 _HASH_PROGRESS_MIN = 2000  # hashing fewer files than this is quick enough to do silently
 
@@ -35,12 +35,11 @@ class FileSource(ImageSource):
         return str(self.files[index])
 
     def _fingerprint_parts(self, content: bool) -> Iterator[bytes]:
-        files = tqdm(
+        files = track(
             self.files,
             desc="hashing images",
             unit="file",
-            leave=False,
-            disable=not content or len(self.files) < _HASH_PROGRESS_MIN,  # stat() is quick
+            enabled=content and len(self.files) >= _HASH_PROGRESS_MIN,  # stat() is quick
         )
         for file in files:
             yield _file_digest(file) if content else _file_stat(file)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from featpipe.data.source import ImageSource
+from featpipe.distributed.progress import track
 from featpipe.errors import ConfigError, ImageReadError
 
 ON_ERROR = ("fail", "skip")
@@ -75,7 +75,7 @@ def unreadable_images(
     check_on_error(on_error)
     blocks = DataLoader(_RowBlocks(source), batch_size=None, num_workers=workers)
     failed: dict[int, ImageReadError] = {}
-    for found in tqdm(blocks, desc="checking images", unit="block", disable=not progress):
+    for found in track(blocks, desc="checking images", unit="block", enabled=progress):
         failed.update(found)
         if failed and on_error == "fail":
             raise first_failure(failed)

@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import IO
+from collections.abc import Iterable, Iterator
+from typing import IO, TypeVar
 
 from tqdm.auto import tqdm
 
 from featpipe.distributed.ranks import current_ranks
 from featpipe.errors import ConfigError
+
+T = TypeVar("T")
 
 DEFAULT_INTERVAL_S = 30.0
 MODES = ("bar", "lines")
@@ -140,3 +143,23 @@ def progress_bar(
             dynamic_ncols=True,
         )
     return LineProgress(total, initial=initial, desc=desc, unit=unit)
+
+
+def track(
+    items: Iterable[T],
+    *,
+    desc: str = "",
+    unit: str = "it",
+    enabled: bool = True,
+    total: int | None = None,
+) -> Iterator[T]:
+    """``items``, counted on a :func:`progress_bar` as they are consumed."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    bar = progress_bar(total, desc=desc, unit=unit, enabled=enabled)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import ParameterGrid, StratifiedKFold
-from tqdm.auto import tqdm
 
+from featpipe.distributed.progress import track
 from featpipe.errors import ConfigError
 from featpipe.heads.registry import default_grid, head_name, make_head, run_params
 from featpipe.heads.splits import FeatureSplits
@@ -68,7 +68,7 @@ def _candidate_scores(
     if scores is not None:
         return scores
     scores = []
-    for params in tqdm(candidates, desc=type(head).__name__, disable=not progress):
+    for params in track(candidates, desc=type(head).__name__, enabled=progress):
         est = clone(head).set_params(**params).fit(X_tr, y_tr)
         scores.append(float(est.score(X_va, y_va)))
     return scores
@@ -258,7 +258,7 @@ def _select_streamed(
         )
     if scores is None:
         scores = []
-        for params in tqdm(candidates, desc=type(head).__name__, disable=not progress):
+        for params in track(candidates, desc=type(head).__name__, enabled=progress):
             est = clone(head).set_params(**params).fit_store(store, layer, ["train"])
             hits = [(est.predict(X) == y).sum() for X, y in store.iter_chunks(layer, "val")]
             scores.append(float(np.sum(hits) / counts["val"]))

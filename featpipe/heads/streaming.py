@@ -19,8 +19,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from tqdm.auto import tqdm
 
+from featpipe.distributed.progress import track
 from featpipe.errors import ConfigError
 
 Chunks = Iterable[tuple[np.ndarray, np.ndarray]]
@@ -130,7 +130,7 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"A classifier needs at least 2 classes; got 1 class {classes}.")
         sgd = SGDClassifier(loss=self.loss, alpha=self.alpha, random_state=self.random_state)
         rng = np.random.default_rng(self.random_state)
-        for _ in tqdm(range(int(self.epochs)), desc="SGD epochs", disable=not self.progress):
+        for _ in track(range(int(self.epochs)), desc="SGD epochs", enabled=self.progress):
             order = rng.permutation(n_chunks)
             for X, y in _shuffled(chunks(order), int(self.buffer_chunks), rng):
                 sgd.partial_fit(scaler.transform(X), y, classes=classes)

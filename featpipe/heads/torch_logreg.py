@@ -32,9 +32,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from tqdm.auto import tqdm
 
 from featpipe.device import on_device, resolve_device, torch_threads
+from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError
 
 
@@ -372,7 +372,7 @@ def linear_path(
             accuracy = partial(problem.accuracy, X=val[0], y=val[1])
         return run_path(
             problem, Cs, classes, estimator_class, accuracy, tol=tol, max_iter=max_iter,
-            progress=tqdm(total=len(Cs), desc="C path", unit="C", disable=not progress),
+            progress=progress_bar(len(Cs), desc="C path", unit="C", enabled=progress),
         )  # fmt: skip
 
 
