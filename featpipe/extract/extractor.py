@@ -99,6 +99,22 @@ class ExtractionPlan:
     on_error: str = "fail"
     lock_timeout: float | None = None
 
+    def run_chunks(self, inference: Inference, path: Path, **options) -> dict:
+        """:func:`featpipe.extract.loop.run_chunks` of this plan into the store file at
+        ``path`` (the plan's store, or one of its parts), with this plan's source, data
+        path, batch size, workers, progress and on_error; ``options`` add the rest."""
+        return run_chunks(
+            inference,
+            self.source,
+            self.data_path,
+            path,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            progress=self.progress,
+            on_error=self.on_error,
+            **options,
+        )
+
 
 def plan_extraction(
     source: ImageSource | str,
@@ -225,17 +241,7 @@ def run_extraction(
         with computing(plan) as inference:
             if action is Action.CREATE:
                 _create_store(plan, inference)
-            stats = run_chunks(
-                inference,
-                plan.source,
-                plan.data_path,
-                plan.path,
-                batch_size=plan.batch_size,
-                chunks=chunks,
-                workers=plan.workers,
-                progress=plan.progress,
-                on_error=plan.on_error,
-            )
+            stats = plan.run_chunks(inference, plan.path, chunks=chunks)
     store = FeatureStore(plan.path)
     store.extraction = stats
     return store

@@ -21,6 +21,7 @@ any part that no one holds; other ranks and shards exit once their share is writ
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import Counter
@@ -43,7 +44,6 @@ from featpipe.extract.extractor import (
     store_layout,
 )
 from featpipe.extract.inference import Inference
-from featpipe.extract.loop import run_chunks
 from featpipe.extract.target import Action
 from featpipe.extract.target import plan as decide
 from featpipe.interrupt import Interrupted
@@ -271,29 +271,16 @@ def fill(
 
 def _fill_parts(plan, inference, parts: Iterable[Part], who: str, bar, stats: dict) -> None:
     for part in parts:
-        lock = StoreLock(part.path, timeout=0, notify=lambda _message: None)
-        try:
-            lock.__enter__()
-        except StoreInUseError:
-            continue  # another process fills it
-        try:
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(StoreLock(part.path, timeout=0, notify=lambda _m: None))
+            except StoreInUseError:
+                continue  # another process fills it
             if part_complete(part):
                 continue
-            run = run_chunks(
-                inference,
-                plan.source,
-                plan.data_path,
-                part.path,
-                batch_size=plan.batch_size,
-                workers=plan.workers,
-                progress=plan.progress,
-                on_error=plan.on_error,
-                row_offset=part.first_row,
-                bar=bar,
-                filled_by=who,
+            run = plan.run_chunks(
+                inference, part.path, row_offset=part.first_row, bar=bar, filled_by=who
             )
-        finally:
-            lock.__exit__(None, None, None)
         for name in ("images", "seconds", "bytes_written", "computed_chunks"):
             stats[name] += run[name]
         stats["resumed"] |= bool(run.get("resumed"))
