@@ -14,9 +14,17 @@ from sklearn.preprocessing import StandardScaler
 
 from featpipe.errors import ConfigError
 from featpipe.heads import MLPProbe, TorchMLPClassifier, mlp_path, select_and_fit
-from featpipe.heads.torch_mlp import PATIENCE_STEPS, _Trainer, patience_epochs
+from featpipe.heads.torch_mlp import (
+    PATIENCE_STEPS,
+    PLATEAU_DECAYS,
+    PLATEAU_FACTOR,
+    _Trainer,
+    native_bf16,
+    patience_epochs,
+)
 
 FAST = {"device": "cpu", "n_threads": 1}
+EXACT = {**FAST, "precision": "fp32"}  # float32 throughout: bitwise reproducible sums
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +74,86 @@ def test_accuracy_is_that_of_mlpclassifier(digits) -> None:
 def test_alpha_path_gives_each_alphas_own_fit(digits) -> None:
     X_tr, y_tr, X_te, y_te = digits
     alphas = [1e-4, 1.0, 10.0]
-    path = mlp_path(X_tr, y_tr, alphas, X_val=X_te, y_val=y_te, hidden_layer_sizes=(32,), **FAST)
+    path = mlp_path(X_tr, y_tr, alphas, X_val=X_te, y_val=y_te, hidden_layer_sizes=(32,), **EXACT)
     epochs = [m.n_iter_ for m in path.estimators]
     assert len(set(epochs)) > 1  # models left the batch at different epochs
     for alpha, model, acc in zip(alphas, path.estimators, path.val_accuracy, strict=True):
-        alone = TorchMLPClassifier((32,), alpha=alpha, **FAST).fit(X_tr, y_tr)
+        alone = TorchMLPClassifier((32,), alpha=alpha, **EXACT).fit(X_tr, y_tr)
         assert model.n_iter_ == alone.n_iter_ and model.alpha == alpha
         for a, b in zip(model.coefs_, alone.coefs_, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)
         assert acc == pytest.approx(alone.score(X_te, y_te))
     assert path.best_index == int(np.argmax(path.val_accuracy))
+
+
+def test_plateau_schedule_lowers_the_rate_before_it_stops(digits) -> None:
+    X_tr, y_tr, *_ = digits
+    plateau = TorchMLPClassifier((32,), **EXACT).fit(X_tr, y_tr)
+    constant = TorchMLPClassifier((32,), lr_schedule="constant", **EXACT).fit(X_tr, y_tr)
+    assert (plateau.lr_decays_, constant.lr_decays_) == (PLATEAU_DECAYS, 0)
+    assert plateau.n_iter_ > constant.n_iter_
+    # the same run up to the first plateau, where the constant rate stops
+    first = constant.n_iter_
+    assert plateau.validation_scores_[:first] == constant.validation_scores_
+    assert plateau.best_validation_score_ >= constant.best_validation_score_
+
+
+def test_a_lowered_rate_takes_that_fraction_of_adams_step() -> None:
+    X = torch.randn(24, 6, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(24) % 3
+    slowed = _Trainer(TorchMLPClassifier(**EXACT), [6, 5, 3], [0.1, 0.1], torch.device("cpu"))
+    slowed.rates = [1.0, 1 / PLATEAU_FACTOR]
+    ref = _Trainer(
+        TorchMLPClassifier(learning_rate_init=1e-3 / PLATEAU_FACTOR, **EXACT),
+        [6, 5, 3],
+        [0.1],
+        torch.device("cpu"),
+    )
+    for _ in range(3):
+        slowed._step(X, y)
+        ref._step(X, y)
+    for mine, theirs in zip(slowed._slices(1), ref._slices(0), strict=True):
+        torch.testing.assert_close(mine, theirs)
+    assert not torch.equal(slowed._slices(0)[0], ref._slices(0)[0])
+
+
+def test_restore_puts_the_kept_weights_back() -> None:
+    trainer = _Trainer(TorchMLPClassifier(**EXACT), [6, 5, 3], [0.1, 1.0], torch.device("cpu"))
+    kept = trainer.fits[1]
+    kept.weights, kept.biases = trainer._weights(1)
+    for w in trainer.params:
+        w.add_(1.0)
+    trainer._restore(1, kept)
+    for now, before in zip(trainer._weights(1), (kept.weights, kept.biases), strict=True):
+        for a, b in zip(now, before, strict=True):
+            assert torch.equal(a, b)
+    assert not torch.equal(trainer._weights(0)[0][0], kept.weights[0])
+
+
+def test_bf16_products_train_as_well_as_float32(digits) -> None:
+    X_tr, y_tr, X_te, y_te = digits
+    auto = TorchMLPClassifier((64,), **FAST).fit(X_tr, y_tr)
+    assert auto.precision_ == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    bf16 = TorchMLPClassifier((64,), precision="bf16", **FAST).fit(X_tr, y_tr)
+    fp32 = TorchMLPClassifier((64,), **EXACT).fit(X_tr, y_tr)
+    assert (bf16.precision_, fp32.precision_) == ("bf16", "fp32")
+    assert bf16.coefs_[0].dtype == np.float64  # the kept weights are the float32 masters
+    assert not np.array_equal(bf16.coefs_[0], fp32.coefs_[0])
+    assert bf16.score(X_te, y_te) >= fp32.score(X_te, y_te) - 0.01
+
+
+def test_bf16_gradients_match_float32_within_its_rounding() -> None:
+    trainer = _Trainer(
+        TorchMLPClassifier(precision="bf16"), [40, 16, 3], [0.1], torch.device("cpu")
+    )
+    X = torch.randn(32, 40, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(32) % 3
+    losses, grads = trainer._gradients(X.bfloat16(), y)
+    ref_losses, ref_grads = trainer._gradients(X, y)
+    assert grads[0].dtype == torch.float32
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-2, atol=0)
+    for mine, ref in zip(grads, ref_grads, strict=True):  # the same direction, within noise
+        assert F.cosine_similarity(mine.flatten(), ref.flatten(), dim=0) > 0.99
 
 
 @pytest.mark.parametrize("sizes", [[6, 5, 4, 3], [6, 3]])
@@ -149,6 +227,8 @@ def test_selection_uses_the_path_and_keeps_sklearn_as_an_option(digits) -> None:
         ({"n_iter_no_change": "never"}, "n_iter_no_change must be 'auto' or >= 1; got 'never'"),
         ({"n_iter_no_change": 0}, "n_iter_no_change must be 'auto' or >= 1; got 0"),
         ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes must be positive"),
+        ({"precision": "fp16"}, "precision must be one of auto, fp32, bf16; got 'fp16'"),
+        ({"lr_schedule": "cosine"}, "lr_schedule must be one of plateau, constant"),
     ],
 )
 def test_bad_params_raise_config_error(params: dict, match: str) -> None:

@@ -268,9 +268,11 @@ class MLPProbe(ProbeHead):
     """A small multilayer perceptron (ReLU, Adam) on the features, early stopping on a held-out
     ``validation_fraction`` of the training rows: trained in torch (``solver="torch"``, CPU or
     CUDA; every alpha of a selection grid side by side) or by scikit-learn's ``MLPClassifier``
-    (``solver="sklearn"``) with the same settings. ``device`` and ``n_threads`` only apply to
-    torch. ``n_iter_no_change="auto"`` is the torch head's patience counted in Adam steps (see
-    :mod:`featpipe.heads.torch_mlp`) and scikit-learn's own 10 epochs for ``MLPClassifier``."""
+    (``solver="sklearn"``) with the same settings. ``device``, ``n_threads``, ``precision``
+    (bfloat16 first-layer products where the hardware has them) and ``lr_schedule`` (a lower
+    learning rate at each plateau) only apply to torch: see :mod:`featpipe.heads.torch_mlp`.
+    ``n_iter_no_change="auto"`` is the torch head's patience counted in Adam steps and
+    scikit-learn's own 10 epochs for ``MLPClassifier``."""
 
     path_param = "alpha"
 
@@ -292,6 +294,8 @@ class MLPProbe(ProbeHead):
         random_state: int = 0,
         device: str = "auto",
         n_threads: int | None = None,
+        precision: str = "auto",
+        lr_schedule: str = "plateau",
     ):
         super().__init__(preprocess=preprocess, pca=pca)
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -307,9 +311,15 @@ class MLPProbe(ProbeHead):
         self.random_state = random_state
         self.device = device
         self.n_threads = n_threads
+        self.precision = precision
+        self.lr_schedule = lr_schedule
 
     def _mlp_params(self) -> dict:
         return {name: getattr(self, name) for name in _MLP_SHARED}
+
+    def _torch_options(self) -> dict:
+        names = ("device", "n_threads", "precision", "lr_schedule")
+        return {name: getattr(self, name) for name in names}
 
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
         if self.solver == "sklearn":
@@ -321,9 +331,7 @@ class MLPProbe(ProbeHead):
             raise ConfigError(
                 f"Unknown MLP solver {self.solver!r}; valid: {', '.join(MLP_SOLVERS)}."
             )
-        return TorchMLPClassifier(
-            **self._mlp_params(), device=self.device, n_threads=self.n_threads
-        )
+        return TorchMLPClassifier(**self._mlp_params(), **self._torch_options())
 
     def path_accuracy(
         self, Z_tr, y_tr, alphas: list, Z_va, y_va, progress: bool = False
@@ -339,8 +347,7 @@ class MLPProbe(ProbeHead):
             alphas,
             X_val=Z_va,
             y_val=y_va,
-            device=self.device,
-            n_threads=self.n_threads,
+            **self._torch_options(),
             **params,
         ).val_accuracy
 
