@@ -96,10 +96,12 @@ def bench_linear_svm(d, args) -> str:
     )  # fmt: skip
     best = path.best_index
     ours = (Cs[best], path.val_accuracy[best], path.estimator(best).score(Xt, yt))
+    print(f"linear_svm featpipe path: {ours_s:.1f} s for {len(Cs)} C", flush=True)
     start, fits = clock(), []
-    for C in Cs:
+    for C in Cs:  # one line per C: liblinear can take many minutes at a large C
         svc = LinearSVC(C=C, tol=head.tol, max_iter=head.max_iter, random_state=0).fit(X, y)
         fits.append((svc.score(Xv, yv), svc))
+        print(f"  liblinear C={C:g}: {clock() - start:.1f} s so far", flush=True)
     ref_s = clock() - start
     i = int(np.argmax([a for a, _ in fits]))
     ref = (Cs[i], fits[i][0], fits[i][1].score(Xt, yt))
@@ -140,7 +142,7 @@ def bench_mlp(d, args) -> str:
         )
     print(
         f"mlp epochs per alpha {alphas}: featpipe {[e.n_iter_ for e in path.estimators]} "
-        f"(patience {patience}), sklearn {ref_epochs} (patience "
+        f"(patience {patience}, {path.estimators[0].precision_} products), sklearn {ref_epochs} (patience "
         f"{sk_params['n_iter_no_change']}), sklearn at patience {patience} {same_epochs}"
     )
     print(line("mlp-same", "alpha", ours, ours_s, f"MLPClassifier(n_iter_no_change={patience})",
