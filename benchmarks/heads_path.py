@@ -142,8 +142,9 @@ def bench_mlp(d, args) -> str:
         )
     print(
         f"mlp epochs per alpha {alphas}: featpipe {[e.n_iter_ for e in path.estimators]} "
-        f"(patience {patience}, {path.estimators[0].precision_} products), sklearn {ref_epochs} (patience "
-        f"{sk_params['n_iter_no_change']}), sklearn at patience {patience} {same_epochs}"
+        f"(patience {patience}, {path.estimators[0].precision_} products), sklearn "
+        f"{ref_epochs} (patience {sk_params['n_iter_no_change']}), sklearn at patience "
+        f"{patience} {same_epochs}"
     )
     print(line("mlp-same", "alpha", ours, ours_s, f"MLPClassifier(n_iter_no_change={patience})",
                same, same_s))  # fmt: skip
