@@ -254,26 +254,75 @@ def test_featpipe_report_without_results(tmp_path, capsys):
     assert "No results.jsonl" in capsys.readouterr().err
 
 
+def _label_boxes(ax, points, labels, offsets, fontsize=7):
+    per_point = ax.figure.dpi / 72
+    boxes = []
+    for (x, y), (dx, dy), text in zip(points, offsets, labels, strict=True):
+        px, py = ax.transData.transform((x, y)) / per_point
+        width = 0.6 * fontsize * len(text)
+        left = px + dx if dx >= 0 else px + dx - width
+        boxes.append((left, py + dy, left + width, py + dy + fontsize + 2))
+    return boxes
+
+
 def test_point_labels_that_would_collide_are_moved_apart():
     from matplotlib.figure import Figure
 
     from featpipe.report.plots import _overlap, label_offsets
 
     ax = Figure(figsize=(8, 5)).add_subplot()
-    points = [(3.5, 98.1), (3.6, 98.1), (3.7, 98.0), (20.0, 90.0)]
-    labels = ["logistic regression on layer blocks.5:avg"] * 3 + ["lonely"]
+    points = [(3.5, 98.1), (3.6, 98.1), (3.7, 98.0), (20.0, 90.0), (5.0, 60.0)]
+    labels = ["logistic regression on layer blocks.5:avg"] * 3 + ["lonely at the right", "alone"]
     ax.scatter(*zip(*points, strict=True))
     ax.set_xscale("log")
     offsets = label_offsets(ax, points, labels, fontsize=7)
-    assert offsets[3] == (4.0, 2.0)  # nothing near it: the usual place
+    assert offsets[4] == (4.0, 2.0)  # nothing near it: the usual place
+    assert offsets[3] == (-4.0, 2.0)  # at the right edge: left of its point
     dys = sorted(dy for _, dy in offsets[:3])
     assert dys[2] - dys[1] >= 9 and dys[1] - dys[0] >= 9  # a line apart (fontsize + 2)
-    per_point = ax.figure.dpi / 72
-    boxes = []
-    for (x, y), (dx, dy), text in zip(points, offsets, labels, strict=True):
-        px, py = ax.transData.transform((x, y)) / per_point
-        boxes.append((px + dx, py + dy, px + dx + 0.6 * 7 * len(text), py + dy + 9))
+    boxes = _label_boxes(ax, points, labels, offsets)
     assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_point_labels_stay_inside_the_axes():
+    from matplotlib.figure import Figure
+
+    from featpipe.report.plots import label_offsets
+
+    ax = Figure(figsize=(8, 5)).add_subplot()
+    # A crowded bottom-left corner and a point in the bottom-right one.
+    points = [(3.0 + 0.01 * i, 30.0 + 0.2 * i) for i in range(6)] + [(30.0, 31.0), (3.0, 99.0)]
+    labels = [f"method number {i} on layer blocks.5:avg" for i in range(len(points))]
+    ax.scatter(*zip(*points, strict=True))
+    ax.set_xscale("log")
+    offsets = label_offsets(ax, points, labels, fontsize=7)
+    x0, y0, x1, y1 = (v / (ax.figure.dpi / 72) for v in ax.bbox.extents)
+    for left, bottom, right, top in _label_boxes(ax, points, labels, offsets):
+        assert x0 <= left and right <= x1 and y0 <= bottom and top <= y1
+
+
+def test_cost_plot_labels_the_frontier_and_the_best_finetune():
+    from featpipe.report.plots import labelled_points
+    from featpipe.report.results import MethodKind
+    from featpipe.report.summary import MethodSummary
+
+    def method(name, kind, top1, seconds):
+        row = {"seed": 0, "metrics": {"top1": top1, "ci": {}}, "cost": {"total_seconds": seconds}}
+        return MethodSummary(name, name, kind, "toy", None, None, None, [row])
+
+    probe, tune = MethodKind.PROBE, MethodKind.FINETUNE
+    methods = [
+        method("cheap", probe, 0.80, 1.0),  # frontier: the cheapest
+        method("better", probe, 0.90, 2.0),  # frontier
+        method("dominated", probe, 0.85, 3.0),  # "better" is cheaper and more accurate
+        method("tie-but-dearer", probe, 0.90, 2.5),  # as accurate as "better", dearer
+        method("best", probe, 0.95, 10.0),  # frontier: the most accurate
+        method("tune-a", tune, 0.70, 30.0),
+        method("tune-b", tune, 0.88, 40.0),  # the best fine-tune, off the frontier
+    ]
+    assert [methods[i].method for i in labelled_points(methods)] == [
+        "cheap", "better", "best", "tune-b"
+    ]  # fmt: skip
 
 
 def test_best_probe_is_chosen_by_validation_not_test(tmp_path):

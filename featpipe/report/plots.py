@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from featpipe.report.results import MethodKind
 from featpipe.report.summary import MethodSummary
@@ -128,58 +128,109 @@ def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
 
 @_fonts
 def accuracy_vs_cost(summaries: list[MethodSummary]) -> bytes:
-    """Top-1 against total wall seconds (extraction + fit + predict), log x axis."""
+    """Top-1 against total wall seconds (extraction + fit + predict), log x axis. Labels go to
+    the cost frontier and the most accurate fine-tune: a label per point is unreadable past a
+    dozen methods, and the table names them all."""
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
+    pts = [s for s in summaries if s.cost("total_seconds")]
     for kind, color in _COLORS.items():
-        pts = [s for s in summaries if s.kind == kind and s.cost("total_seconds")]
-        if pts:
+        of_kind = [s for s in pts if s.kind == kind]
+        if of_kind:
             ax.scatter(
-                [s.cost("total_seconds") for s in pts],
-                [100 * s.top1 for s in pts],
+                [s.cost("total_seconds") for s in of_kind],
+                [100 * s.top1 for s in of_kind],
                 color=color,
                 label=kind,
                 s=40,
+                zorder=3,
             )
     ax.set_xscale("log")
-    pts = [s for s in summaries if s.cost("total_seconds")]
-    xy = [(s.cost("total_seconds"), 100 * s.top1) for s in pts]
-    offsets = label_offsets(ax, xy, [s.label for s in pts], LABEL_FONTSIZE)
-    for s, point, offset in zip(pts, xy, offsets, strict=True):
+    labelled = [pts[i] for i in labelled_points(pts)]
+    xy = [(s.cost("total_seconds"), 100 * s.top1) for s in labelled]
+    offsets = label_offsets(ax, xy, [s.label for s in labelled], LABEL_FONTSIZE)
+    for s, point, (dx, dy) in zip(labelled, xy, offsets, strict=True):
         ax.annotate(
-            s.label, point, fontsize=LABEL_FONTSIZE, xytext=offset, textcoords="offset points"
+            s.label,
+            point,
+            fontsize=LABEL_FONTSIZE,
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha="left" if dx >= 0 else "right",
+            va="bottom",
+            # A label moved off its point keeps a thin line to it.
+            arrowprops=None if dy == LABEL_DY else {"arrowstyle": "-", "lw": 0.5, "color": "0.5"},
+            bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+            zorder=4,
         )
+    seconds = FuncFormatter(lambda v, _: f"{v:g}")  # 6 and 20, not 6x10^0 and 2x10^1
+    ax.xaxis.set_major_formatter(seconds)
+    ax.xaxis.set_minor_formatter(seconds)
     ax.set_xlabel("wall seconds (extraction + fit + predict, log scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(
+        "labelled: methods no other beats on both cost and accuracy, and the best fine-tune",
+        fontsize=8,
+    )
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(loc="lower right")
     return _png(fig)
 
 
+def labelled_points(summaries: list[MethodSummary]) -> list[int]:
+    """Indices of the cost frontier (no other method at most as costly and more accurate, or
+    cheaper and as accurate) and of the most accurate fine-tune."""
+    cost = [s.cost("total_seconds") or 0.0 for s in summaries]
+    top1 = [s.top1 for s in summaries]
+    keep = {
+        i
+        for i in range(len(summaries))
+        if not any(
+            (cost[j] <= cost[i] and top1[j] > top1[i]) or (cost[j] < cost[i] and top1[j] >= top1[i])
+            for j in range(len(summaries))
+        )
+    }
+    tunes = [i for i, s in enumerate(summaries) if s.kind == MethodKind.FINETUNE]
+    if tunes:
+        keep.add(max(tunes, key=lambda i: top1[i]))
+    return sorted(keep)
+
+
 LABEL_FONTSIZE = 7
+LABEL_DX, LABEL_DY = 4.0, 2.0
 
 
 def label_offsets(
     ax, points: list[tuple[float, float]], labels: list[str], fontsize: float
 ) -> list[tuple[float, float]]:
-    """Offsets (points) for point labels, so that no two labels cover each other: from the
-    top, a label that would overlap one already placed moves down a line at a time."""
+    """Offsets (points) for point labels, so that no two labels cover each other and none
+    leaves the axes: a label goes right of its point, or left where the axes end there; from
+    the top, one that would overlap a label already placed takes the nearest free line, below
+    before above."""
     ax.autoscale_view()
     per_point = ax.figure.dpi / 72  # display pixels per typographic point
+    x0, y0, x1, y1 = (v / per_point for v in ax.bbox.extents)
     line = fontsize + 2
     placed: list[tuple[float, float, float, float]] = []
-    offsets: list[tuple[float, float]] = [(4.0, 2.0)] * len(points)
+    offsets: list[tuple[float, float]] = [(LABEL_DX, LABEL_DY)] * len(points)
     for i in sorted(range(len(points)), key=lambda i: -points[i][1]):
         x, y = ax.transData.transform(points[i]) / per_point
         width = 0.6 * fontsize * len(labels[i])  # a generous estimate of the text's width
-        dy = 2.0
-        for _ in range(len(points)):
-            box = (x + 4, y + dy, x + 4 + width, y + dy + line)
+        dx = LABEL_DX if x + LABEL_DX + width <= x1 or x - LABEL_DX - width < x0 else -LABEL_DX
+        left = x + dx if dx > 0 else x + dx - width
+        candidates = [
+            LABEL_DY + k * line * sign for k in range(len(points) + 1) for sign in (-1, 1)
+        ]
+        candidates = sorted(
+            dict.fromkeys(candidates), key=lambda d: (abs(d - LABEL_DY), d > LABEL_DY)
+        )
+        inside = [d for d in candidates if y0 <= y + d and y + d + line <= y1] or candidates
+        for dy in inside:
+            box = (left, y + dy, left + width, y + dy + line)
             if not any(_overlap(box, other) for other in placed):
                 break
-            dy -= line
         placed.append(box)
-        offsets[i] = (4.0, dy)
+        offsets[i] = (dx, dy)
     return offsets
 
 
@@ -207,6 +258,17 @@ def accuracy_by_layer(summaries: list[MethodSummary]) -> bytes:
     return _png(fig)
 
 
+_PROBE_STYLES = ("--", ":", "-.")
+_MARKERS = ("s", "^", "D", "v", "P")
+
+
+def _palette(keys: set) -> dict:
+    """A distinct colour per key, in sorted order: tab10, or tab20 past ten keys."""
+    cmap = matplotlib.colormaps["tab10" if len(keys) <= 10 else "tab20"]
+    ordered = sorted(keys, key=str)
+    return {k: cmap(i % cmap.N) for i, k in enumerate(ordered)}
+
+
 def _sweep_key(s: MethodSummary) -> tuple:
     return s.backbone, s.kind, s.layer, s.head, s.mode
 
@@ -223,20 +285,30 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
     backbones = len({s.backbone for s in swept})
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
+    # A colour per head or fine-tuning mode, a line style and marker per layer (fine-tunes
+    # solid): twelve lines stay apart where one colour cycle would repeat.
+    colors = _palette({(s.backbone, s.head or s.mode) for s in swept})
+    layers = list(dict.fromkeys(s.layer for s in swept if s.kind == MethodKind.PROBE))
     for key in dict.fromkeys(_sweep_key(s) for s in swept):
         line = sorted((s for s in swept if _sweep_key(s) == key), key=lambda s: s.train_size)
         x = [s.train_size for s in line]
         y = np.array([100 * s.top1 for s in line])
         ci = np.array([[100 * v for v in (s.top1_ci or (s.top1, s.top1))] for s in line])
-        style = "-" if key[1] == MethodKind.FINETUNE else "--"
+        first = line[0]
+        if first.kind == MethodKind.FINETUNE:
+            style, marker = "-", "o"
+        else:
+            k = layers.index(first.layer)
+            style, marker = _PROBE_STYLES[k % len(_PROBE_STYLES)], _MARKERS[k % len(_MARKERS)]
         ax.errorbar(
             x,
             y,
             yerr=[y - ci[:, 0], ci[:, 1] - y],
-            marker="o",
+            marker=marker,
             linestyle=style,
+            color=colors[(first.backbone, first.head or first.mode)],
             capsize=3,
-            label=_sweep_name(line[0], backbones),
+            label=_sweep_name(first, backbones),
         )
     ax.set_xscale("log")
     sizes = sorted({s.train_size for s in swept})
