@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -377,7 +378,25 @@ def run_model(spec: str, args, root: Path, files: list[Path], device: torch.devi
         row["c_over_b"] = row["images_per_s"] / result["plain"]["images_per_s"]
         _print(f"(c) featpipe[{row['data_path']},{decode}]", row)
         print(f"      c/a = {row['c_over_a']:.3f}   c/b = {row['c_over_b']:.3f}", flush=True)
+        if args.repeat > 1:
+            # Each repeat's (c) against the (a) and (b) of the same repeat, seconds apart: the
+            # median of these pairs follows less of a machine whose speed drifts between runs.
+            for name, ref in (("c_over_a", "forward"), ("c_over_b", "plain")):
+                pairs = _paired(row, result[ref])
+                row[f"{name}_paired"] = pairs
+                row[f"{name}_paired_median"] = statistics.median(pairs)
+            print(
+                f"      paired median c/a = {row['c_over_a_paired_median']:.3f} "
+                f"({' / '.join(f'{r:.2f}' for r in row['c_over_a_paired'])})   "
+                f"c/b = {row['c_over_b_paired_median']:.3f}",
+                flush=True,
+            )
     return result
+
+
+def _paired(row: dict, ref: dict) -> list[float]:
+    """Per-repeat ratios of ``row``'s rates to ``ref``'s (runs in the same order)."""
+    return [c / a for c, a in zip(row["runs_images_per_s"], ref["runs_images_per_s"], strict=True)]
 
 
 def check_device(row: dict, device: torch.device) -> None:
