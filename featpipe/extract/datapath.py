@@ -60,9 +60,10 @@ class CPUDataPath:
     def __init__(self, preprocessing: Preprocessing, decode: str = "exact", uint8: bool = False):
         self.preprocessing = preprocessing
         self.decode = check_decode(decode)
-        # uint8: the workers ship resized uint8 pixels and to_batch normalises them on the
+        # uint8: load ships resized uint8 pixels and to_batch normalises the batch on the
         # device. For a GPU: a quarter of the bytes through shared memory (float32 chunks from
-        # many workers can fill a container's 64 MB /dev/shm) and of the copy to the device.
+        # many workers can fill a container's 64 MB /dev/shm) and of the copy to the device;
+        # on a CPU, one op per batch instead of one per image (0.2-0.3 ms an image less).
         self.uint8 = uint8
         self.transform = preprocessing.geometry() if uint8 else preprocessing.transform()
 
@@ -105,8 +106,8 @@ def get_data_path(
     check_decode(decode)
     if name == "auto":
         name = "gpu" if device.type == "cuda" else "cpu"
-    if name == "cpu":  # on a CPU device the workers normalise: the main process computes
-        return CPUDataPath(preprocessing, decode, uint8=device.type == "cuda")
+    if name == "cpu":  # uint8 batches, normalised in to_batch: one op per batch, not per image
+        return CPUDataPath(preprocessing, decode, uint8=True)
     from featpipe.extract.gpu_path import GPUDataPath  # torchvision.io only when asked for
 
     return GPUDataPath(preprocessing, device)
