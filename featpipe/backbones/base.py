@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -180,7 +181,9 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 class FeatureModel(nn.Module):
-    """Runs the backbone once and returns pooled activations of several layers."""
+    """Runs the backbone once and returns pooled activations of several layers. Threads may
+    run it at once (extraction's lanes on a CPU): each thread's hooks capture into its own
+    outputs."""
 
     def __init__(self, backbone: Backbone, specs: list[LayerSpec]):
         super().__init__()
@@ -188,7 +191,7 @@ class FeatureModel(nn.Module):
         self.model = backbone.model
         self.specs = specs
         self.poolings: dict[str, str] = {}  # resolved after the first forward pass
-        self._out: dict[str, torch.Tensor] = {}
+        self._captured = threading.local()  # .out: {layer name: features} of this thread's pass
         self._handles = []
         for spec in specs:
             module, read_input = backbone._module_for(spec)
@@ -205,22 +208,27 @@ class FeatureModel(nn.Module):
             self._handles.append(h)
 
     def _capture(self, spec: LayerSpec, out) -> None:
+        captured = getattr(self._captured, "out", None)
+        if captured is None:  # the backbone's model run by itself, not by this thread's forward
+            return
         if isinstance(out, (tuple, list)):
             out = out[0]
         pooling = resolve_pooling(spec.pooling, out, self.backbone.token_pooling)
         self.poolings[spec.name] = pooling
-        self._out[spec.name] = pool(out, pooling, spec.name).float()
+        captured[spec.name] = pool(out, pooling, spec.name).float()
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._out = {}
-        logits = self.model(x)
+        self._captured.out = out = {}
+        try:
+            logits = self.model(x)
+        finally:
+            self._captured.out = None
         for spec in self.specs:
             if spec.module == LOGITS:
                 self.poolings[spec.name] = resolve_pooling(
                     spec.pooling, logits, self.backbone.token_pooling
                 )
-                self._out[spec.name] = pool(logits, self.poolings[spec.name], spec.name).float()
-        out, self._out = self._out, {}
+                out[spec.name] = pool(logits, self.poolings[spec.name], spec.name).float()
         return {s.name: out[s.name] for s in self.specs}
 
     def remove(self) -> None:

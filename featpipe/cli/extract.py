@@ -108,8 +108,10 @@ def register(subparsers) -> None:
         "--workers",
         type=int,
         default=None,
-        help="DataLoader worker processes (default: min(4, cores); every core for CPU "
-        "decoding on CUDA; 0: decode in the main process)",
+        help="decoding in parallel (default: min(4, cores); on CUDA every core for CPU "
+        "decoding). On CUDA, DataLoader worker processes; on a CPU device, lanes: threads "
+        "that each decode a batch and run the model on it with cores/N threads. 0: decode "
+        "in the main process, then run the model on every core",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     add_image_size_option(p)

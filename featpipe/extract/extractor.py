@@ -185,10 +185,9 @@ def plan_extraction(
 
 @contextlib.contextmanager
 def computing(plan: ExtractionPlan) -> Iterator[Inference]:
-    """The plan's model ready to run on its device. On CPU the forward pass gets every core:
-    it dominates, and decoding workers beside it wait on a full queue most of the time. On
-    CUDA the device is made current, so that pinned memory and streams are not created on
-    GPU 0."""
+    """The plan's model ready to run on its device. On CPU the forward pass gets every core
+    (lanes then share them out: :mod:`featpipe.extract.lanes`). On CUDA the device is made
+    current, so that pinned memory and streams are not created on GPU 0."""
     dev = plan.device
     with (
         torch_threads() if dev.type == "cpu" else on_device(dev),

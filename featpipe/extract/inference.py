@@ -58,6 +58,7 @@ class Inference:
         self.model = model.eval().to(self.device, memory_format=self.memory_format)
         self._autocast_dtype = amp_dtype(self.device)
         self._run = self.model
+        self.compiled = compile
         if compile:
             compiled = torch.compile(self.model)
             self._run = FixedBatch(compiled, batch_size) if batch_size else compiled

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -15,21 +16,24 @@ from torch.utils.data import DataLoader, Dataset
 from featpipe.backbones.base import FeatureModel
 from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import first_failure
-from featpipe.device import available_cores
+from featpipe.device import available_cores, torch_threads
 from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError, ImageReadError
 from featpipe.extract.datapath import DataPath
 from featpipe.extract.host_copy import PendingCopy
 from featpipe.extract.inference import Inference, precision
+from featpipe.extract.lanes import Lanes, threads_per_lane, use_lanes
 from featpipe.extract.writer_thread import BackgroundWriter
 from featpipe.interrupt import Interrupted, forking, worker_ignores
 from featpipe.store import StoreWriter
 
 
 def default_workers(device: torch.device, data_path: str) -> int:
-    """Loader workers when the user gives none: the GPU path's workers only read bytes, so a
-    few suffice; decoding on the CPU for a GPU needs every core; on a CPU-only machine one
-    worker per core (at most 4) keeps decoding ahead of the forward pass."""
+    """Workers when the user gives none: the GPU path's workers only read bytes, so a few
+    suffice; decoding on the CPU for a GPU needs every core; on a CPU device they are lanes
+    (:mod:`featpipe.extract.lanes`), one per core up to 4, each computing on its share of
+    the cores (fewer barriers to wait at than one pass on every core, and less memory than
+    a batch in flight per core on a large machine)."""
     cores = available_cores()
     if device.type == "cuda" and data_path != "gpu":
         return cores
@@ -170,6 +174,7 @@ def run_chunks(
     chunks already computed are written and Interrupted says how many are done."""
     with StoreWriter.open(path) as writer:  # refuses at once when the disk cannot hold it
         pending = writer.pending_chunks()
+        dtype = getattr(torch, writer.dtype)
         todo = pending if chunks is None else _selected(chunks, pending, writer.n_chunks)
         bounds = {i: writer.chunk_rows(i) for i in pending}
         n_rows, n_chunks = writer.n_rows, writer.n_chunks
@@ -179,13 +184,11 @@ def run_chunks(
     if own_bar:
         bar = _progress_bar(path, n_rows, done_rows, progress)
     dataset = PieceDataset(source, data_path, pieces, row_offset)
-    loader = _loader(dataset, workers, inference.device)
     background: BackgroundWriter | None = None
     start_time = time.perf_counter()
-    # Start the workers before the file is opened: forked workers would otherwise inherit its
-    # descriptor and HDF5 lock, and keep the store locked after an error.
-    with forking():
-        batches = iter(loader)
+    # Start any loader workers before the file is opened: forked workers would otherwise
+    # inherit its descriptor and HDF5 lock, and keep the store locked after an error.
+    computed, stop = _start(dataset, inference, data_path, workers, dtype)
     try:
         with (
             StoreWriter.open(path) as writer,
@@ -193,10 +196,13 @@ def run_chunks(
                 lambda i, chunk: writer.write_chunk(i, chunk.arrays(), errors=chunk.reasons)
             ) as background,
         ):
-            images = _compute(batches, inference, data_path, background, bar, on_error, writer)
+            images = _compute(computed, background, bar, on_error)
             background.close()  # every chunk written before the store is marked complete
             stats = _stats(images, time.perf_counter() - start_time, background)
-            run = _finish(writer, inference.device, data_path.name, workers, on_error, filled_by)
+            lanes = workers if isinstance(computed, Lanes) else 0
+            run = _finish(
+                writer, inference.device, data_path.name, workers, lanes, on_error, filled_by
+            )
             stats.update(resumed=len(pending) < n_chunks, **run)
     except KeyboardInterrupt as exc:  # the with blocks above wrote the chunks computed
         written = background.chunks_written if background is not None else 0
@@ -207,9 +213,7 @@ def run_chunks(
     finally:
         if own_bar:
             bar.close()
-        # Stop the workers now, not when the iterator is collected: an error's traceback keeps
-        # it alive, and workers left at exit get SIGTERM, which they ignore (_worker_init).
-        getattr(batches, "_shutdown_workers", lambda: None)()
+        stop()
     return stats
 
 
@@ -224,14 +228,17 @@ def _finish(
     device: torch.device,
     data_path: str,
     workers: int,
+    lanes: int,
     on_error: str,
     filled_by: str | None = None,
 ) -> dict:
-    """Mark the store complete if every chunk is done; returns what the run was."""
+    """Mark the store complete if every chunk is done; returns what the run was (``lanes``:
+    how many lanes decoded and computed, 0 where loader workers decoded)."""
     run = {
         "device": str(device),
         "data_path": data_path,
         "workers": workers,
+        "lanes": lanes,
         "rows_per_chunk": writer.rows_per_chunk,
         "on_error": on_error,
         "skipped": writer.skipped_count(),
@@ -268,25 +275,51 @@ def _loader(dataset: PieceDataset, workers: int, device: torch.device) -> DataLo
     )
 
 
-def _compute(
-    batches,
+def _start(
+    dataset: PieceDataset,
     inference: Inference,
     data_path: DataPath,
+    workers: int,
+    dtype: torch.dtype,
+) -> tuple[Iterable[tuple[Piece, PendingCopy, dict]], Callable[[], None]]:
+    """The pieces of ``dataset`` computed in order, as ``(piece, host copy of its features,
+    {position: ImageReadError})``, and the call that stops computing them. On a CPU device
+    ``workers`` lanes decode and compute (:mod:`featpipe.extract.lanes`); otherwise a
+    DataLoader's worker processes decode beside the forward pass in this thread."""
+
+    def compute(item: tuple[Piece, Any, dict]) -> tuple[Piece, PendingCopy, dict]:
+        piece, batch, failed = item
+        features = inference(data_path.to_batch(batch, inference.device, failed))
+        return piece, inference.to_host(features, dtype), failed
+
+    if use_lanes(inference.device, workers, inference.compiled):
+        stack = contextlib.ExitStack()  # closes the lanes, then restores torch's threads
+        stack.enter_context(torch_threads(threads_per_lane(workers)))
+        lanes = stack.enter_context(
+            contextlib.closing(Lanes(lambda i: compute(dataset[i]), len(dataset), workers))
+        )
+        return lanes, stack.close
+    loader = _loader(dataset, workers, inference.device)
+    with forking():
+        batches = iter(loader)
+    # Stop the workers when asked, not when the iterator is collected: an error's traceback
+    # keeps it alive, and workers left at exit get SIGTERM, which they ignore (_worker_init).
+    return map(compute, batches), getattr(batches, "_shutdown_workers", lambda: None)
+
+
+def _compute(
+    computed: Iterable[tuple[Piece, PendingCopy, dict]],
     background: BackgroundWriter,
     bar,
     on_error: str,
-    writer: StoreWriter,
 ) -> int:
-    """Run every piece through the model and hand each finished chunk to the writer thread;
-    returns the number of images computed."""
-    dtype = getattr(torch, writer.dtype)
+    """Hand each finished chunk of the computed pieces to the writer thread; returns the
+    number of images computed."""
     images, chunk = 0, _Chunk()
-    for piece, batch, failed in batches:
-        pixels = data_path.to_batch(batch, inference.device, failed)
+    for piece, copy, failed in computed:
         if failed and on_error == "fail":
             raise first_failure(failed)
-        features = inference(pixels)
-        chunk.add(piece, inference.to_host(features, dtype), failed)
+        chunk.add(piece, copy, failed)
         if piece.last:
             background.submit(piece.chunk, chunk)
             chunk = _Chunk()

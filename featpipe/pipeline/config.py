@@ -215,7 +215,9 @@ class FeaturesConfig:
     image_size: int | None = option(None, doc="default: the weights' own size")
     dtype: str = option("float16", choices=lambda: ["float16", "float32"], kind="dtype")
     batch_size: int = option(64, check=_positive)
-    workers: int | None = option(None)
+    workers: int | None = option(
+        None, doc="decoding workers (CUDA) or lanes (CPU); default min(4, cores); see --workers"
+    )
     compile: bool = option(False)
     cache_dir: str = option("data/cache")
     on_error: str = option(

@@ -16,8 +16,8 @@ set, plus everything needed to tell where they came from. Plain ``h5py`` reads a
                                    extraction (JSON: the cost of building the store, summed
                                    over every run that wrote chunks: images, seconds,
                                    images_per_s, runs [{started, images, seconds, chunks}];
-                                   and the device, data_path, workers of the run that
-                                   completed it)
+                                   and the device, data_path, workers, lanes of the run
+                                   that completed it; lanes 0: loader workers decoded)
     /samples/id             (N,)  utf-8 strings, stable sample ids
     /samples/label          (N,)  int64, index into /classes
     /samples/split          (N,)  uint8 codes; attrs: names=["train","val","test"]
