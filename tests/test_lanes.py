@@ -146,7 +146,7 @@ def test_an_unreadable_image_stops_the_run_after_writing_the_chunks_before_it(
     tmp_path, monkeypatch, lanes
 ):
     if not lanes:  # the DataLoader's worker processes, which CUDA devices use
-        monkeypatch.setattr(loop, "use_lanes", lambda *_: False)
+        monkeypatch.setattr(loop, "lane_count", lambda *_: 0)
     with pytest.raises(ImageReadError, match=r"noise/img0009\.jpg"):
         extract(
             NoiseSource(16, fail_at=9), "toy", ["pooled"], out=tmp_path / "s.h5", workers=2, **FAST

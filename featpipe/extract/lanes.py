@@ -27,11 +27,11 @@ from featpipe.device import available_cores
 T = TypeVar("T")
 
 
-def use_lanes(device: torch.device, workers: int, compiled: bool) -> bool:
-    """Whether extraction runs in lanes: on a CPU device with workers (``workers=0`` keeps
-    everything in the main thread), and not for a ``torch.compile``d model, which is not
-    safe to call from several threads at once."""
-    return device.type == "cpu" and workers > 0 and not compiled
+def lane_count(device: torch.device, workers: int, compiled: bool) -> int:
+    """How many lanes extraction runs in: ``workers`` on a CPU device, 0 (loader workers, or
+    the main thread for ``workers=0``) on CUDA and for a ``torch.compile``d model, which is
+    not safe to call from several threads at once."""
+    return workers if device.type == "cpu" and not compiled else 0
 
 
 def threads_per_lane(lanes: int) -> int:

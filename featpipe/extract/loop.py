@@ -22,7 +22,7 @@ from featpipe.errors import ConfigError, ImageReadError
 from featpipe.extract.datapath import DataPath
 from featpipe.extract.host_copy import PendingCopy
 from featpipe.extract.inference import Inference, precision
-from featpipe.extract.lanes import Lanes, threads_per_lane, use_lanes
+from featpipe.extract.lanes import Lanes, lane_count, threads_per_lane
 from featpipe.extract.writer_thread import BackgroundWriter
 from featpipe.interrupt import Interrupted, forking, worker_ignores
 from featpipe.store import StoreWriter
@@ -188,7 +188,8 @@ def run_chunks(
     start_time = time.perf_counter()
     # Start any loader workers before the file is opened: forked workers would otherwise
     # inherit its descriptor and HDF5 lock, and keep the store locked after an error.
-    computed, stop = _start(dataset, inference, data_path, workers, dtype)
+    lanes = lane_count(inference.device, workers, inference.compiled)
+    computed, stop = _start(dataset, inference, data_path, workers, lanes, dtype)
     try:
         with (
             StoreWriter.open(path) as writer,
@@ -199,7 +200,6 @@ def run_chunks(
             images = _compute(computed, background, bar, on_error)
             background.close()  # every chunk written before the store is marked complete
             stats = _stats(images, time.perf_counter() - start_time, background)
-            lanes = workers if isinstance(computed, Lanes) else 0
             run = _finish(
                 writer, inference.device, data_path.name, workers, lanes, on_error, filled_by
             )
@@ -280,25 +280,26 @@ def _start(
     inference: Inference,
     data_path: DataPath,
     workers: int,
+    lanes: int,
     dtype: torch.dtype,
 ) -> tuple[Iterable[tuple[Piece, PendingCopy, dict]], Callable[[], None]]:
     """The pieces of ``dataset`` computed in order, as ``(piece, host copy of its features,
-    {position: ImageReadError})``, and the call that stops computing them. On a CPU device
-    ``workers`` lanes decode and compute (:mod:`featpipe.extract.lanes`); otherwise a
-    DataLoader's worker processes decode beside the forward pass in this thread."""
+    {position: ImageReadError})``, and the call that stops computing them: in ``lanes`` lanes
+    that decode and compute (:mod:`featpipe.extract.lanes`), or with none, a DataLoader whose
+    ``workers`` processes decode beside the forward pass in this thread."""
 
     def compute(item: tuple[Piece, Any, dict]) -> tuple[Piece, PendingCopy, dict]:
         piece, batch, failed = item
         features = inference(data_path.to_batch(batch, inference.device, failed))
         return piece, inference.to_host(features, dtype), failed
 
-    if use_lanes(inference.device, workers, inference.compiled):
+    if lanes:
         stack = contextlib.ExitStack()  # closes the lanes, then restores torch's threads
-        stack.enter_context(torch_threads(threads_per_lane(workers)))
-        lanes = stack.enter_context(
-            contextlib.closing(Lanes(lambda i: compute(dataset[i]), len(dataset), workers))
+        stack.enter_context(torch_threads(threads_per_lane(lanes)))
+        running = stack.enter_context(
+            contextlib.closing(Lanes(lambda i: compute(dataset[i]), len(dataset), lanes))
         )
-        return lanes, stack.close
+        return running, stack.close
     loader = _loader(dataset, workers, inference.device)
     with forking():
         batches = iter(loader)

@@ -44,7 +44,7 @@ from featpipe.extract.extractor import (
     store_layout,
 )
 from featpipe.extract.inference import Inference
-from featpipe.extract.lanes import use_lanes
+from featpipe.extract.lanes import lane_count
 from featpipe.extract.target import Action
 from featpipe.extract.target import plan as decide
 from featpipe.interrupt import Interrupted
@@ -297,7 +297,7 @@ def _try_finish(plan: ExtractionPlan, who: str) -> bool:
         "device": str(plan.device),
         "data_path": plan.data_path.name,
         "workers": plan.workers,
-        "lanes": plan.workers if use_lanes(plan.device, plan.workers, plan.torch_compile) else 0,
+        "lanes": lane_count(plan.device, plan.workers, plan.torch_compile),
         "rows_per_chunk": plan.rows_per_chunk,
         "on_error": plan.on_error,
         "completed_by": who,
