@@ -10,6 +10,7 @@ command to resume"``); the CLI prints it and exits with ``128 + signal`` (130 or
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -62,12 +63,23 @@ def handle_sigterm() -> Iterator[None]:
 def deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM until the block ends, then deliver them to the handlers that
     were in place: for writes that must not be cut in half, such as a checkpoint and the
-    record that names it. Outside the main thread it does nothing."""
+    record that names it. A process forked inside the block does not hold them: its first
+    stop signal puts the earlier handler back and goes to it. Outside the main thread it
+    does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _f: held.append(signum)) for s in _STOPS}
+    holder = os.getpid()
+
+    def hold(signum: int, frame) -> None:
+        if os.getpid() == holder:
+            held.append(signum)
+            return
+        signal.signal(signum, previous[signum])  # a forked worker: as before the block
+        signal.raise_signal(signum)
+
+    previous = {s: signal.signal(s, hold) for s in _STOPS}
     try:
         yield
     finally:
@@ -79,21 +91,25 @@ def deferred() -> Iterator[None]:
 
 @contextlib.contextmanager
 def forking() -> Iterator[None]:
-    """Block SIGINT and SIGTERM while worker processes are forked (a DataLoader's ``iter``).
+    """Hold SIGINT and SIGTERM while worker processes are forked (a DataLoader's ``iter``).
 
     A signal landing inside ``os.fork`` runs its handler in fork's after-fork hooks, where
     Python prints the exception and drops it, so the main process would run on; and a new
-    worker would die of it, with a traceback, before it can ignore it. Blocked, the signal
-    waits until the workers exist and then reaches the main process as usual; each worker
-    unblocks it in :func:`worker_ignores`. Outside the main thread it does nothing."""
+    worker would die of it, with a traceback, before it can ignore it. So the signals are
+    blocked in this thread, which the workers inherit (each unblocks them in
+    :func:`worker_ignores`), and held (:func:`deferred`): the kernel may hand a signal to
+    another thread (torch's intra-op threads, a writer thread), and Python then runs its
+    handler in this thread even while it is blocked here. Either way the signal reaches the
+    main process once the workers exist. Outside the main thread it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    with deferred():
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def worker_ignores(*signums: int) -> None:
