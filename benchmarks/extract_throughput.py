@@ -10,7 +10,9 @@ For each model, on the same JPEG files and the same preprocessing, in one proces
                 loaded on CPU, bf16 + channels-last on CUDA);
   (c) featpipe  ``featpipe.extract.extract(...)`` end to end into a fresh store, once per data
                 path (``auto``: gpu on CUDA, cpu on CPU; ``cpu`` too on CUDA for comparison);
-                on a CPU device in lanes (featpipe/extract/lanes.py).
+                on a CPU device in lanes (featpipe/extract/lanes.py). With ``--pillow-too``
+                and the jpeg extra installed, each cpu-path (c) runs with Pillow alone too,
+                and the extra's gain is printed ("jpeg extra / Pillow alone").
 
 It prints images/s, the ratios c/a and c/b, peak host memory (this process and its children)
 and peak device memory, and checks that the GPU data path's pixels and features agree with
@@ -21,6 +23,10 @@ the CPU path's on the device used ("parity"). Examples:
     # this 2-core CPU (a few minutes)
     python benchmarks/extract_throughput.py --make-jpegs 128 --n-images 64 --batch-size 16 \\
         --models torchvision:resnet50@none,efficientnet_lite0 --image-size 128
+    # what the jpeg extra gains on this CPU (about 5 minutes)
+    python benchmarks/make_jpegs.py /tmp/jpegs960 --n 960
+    python benchmarks/extract_throughput.py --images /tmp/jpegs960 --batch-size 16 \
+        --models efficientnet_lite0 --image-size 128 --decodes exact,fast --pillow-too --repeat 3
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from make_jpegs import DEFAULT_ARCHIVE, make_jpegs
 from featpipe.backbones import Backbone, get_backbone
 from featpipe.backbones.preprocessing import INTERPOLATIONS, Preprocessing
 from featpipe.data import ImageFolderSource
+from featpipe.data.images import jpeg_decoder, pillow_only
 from featpipe.extract import extract
 from featpipe.extract.gpu_path import GPUDataPath, Sample
 from featpipe.extract.inference import Inference
@@ -380,7 +387,12 @@ def run_model(spec: str, args, root: Path, files: list[Path], device: torch.devi
         one_batch = one_batch.repeat(reps, 1, 1, 1)[: args.batch_size]
     # (a), (b) and (c) alternate, best of --repeat each, so that load from other processes on
     # a shared machine (or a noisy virtual machine) hits all of them alike.
-    runs = [(path, decode) for path in args.data_paths for decode in args.decodes]
+    runs = [
+        (path, decode, pillow)
+        for path in args.data_paths
+        for decode in args.decodes
+        for pillow in _decoders(args, path, device)
+    ]
     for _ in range(args.repeat):
         model = prepare(backbone, device)
         try:
@@ -394,19 +406,20 @@ def run_model(spec: str, args, root: Path, files: list[Path], device: torch.devi
             _keep_best(result, "plain", bench_plain(model, pre, root, n, args.batch_size, device))
         finally:
             model.remove()
-        for data_path, decode in runs:
-            row = bench_featpipe(
-                backbone, root, n, args.batch_size, device, data_path, args.workers, decode
-            )
+        for data_path, decode, pillow in runs:
+            with pillow_only() if pillow else nullcontext():
+                row = bench_featpipe(
+                    backbone, root, n, args.batch_size, device, data_path, args.workers, decode
+                )
             check_device(row, device)
-            _keep_best(result, f"featpipe_{data_path}_{decode}", row)
+            _keep_best(result, _run_key(data_path, decode, pillow), row)
     _print("(a) forward", result["forward"])
     _print("(b) plain", result["plain"])
-    for data_path, decode in runs:
-        row = result[f"featpipe_{data_path}_{decode}"]
+    for data_path, decode, pillow in runs:
+        row = result[_run_key(data_path, decode, pillow)]
         row["c_over_a"] = row["images_per_s"] / result["forward"]["images_per_s"]
         row["c_over_b"] = row["images_per_s"] / result["plain"]["images_per_s"]
-        _print(f"(c) featpipe[{row['data_path']},{decode}]", row)
+        _print(f"(c) featpipe[{row['data_path']},{decode}{',pillow' if pillow else ''}]", row)
         print(f"      c/a = {row['c_over_a']:.3f}   c/b = {row['c_over_b']:.3f}", flush=True)
         if args.repeat > 1:
             # Each repeat's (c) against the (a) and (b) of the same repeat, seconds apart: the
@@ -421,7 +434,28 @@ def run_model(spec: str, args, root: Path, files: list[Path], device: torch.devi
                 f"c/b = {row['c_over_b_paired_median']:.3f}",
                 flush=True,
             )
+        if pillow:  # what the jpeg extra gains: the run with it over this one
+            extra = result[_run_key(data_path, decode, False)]
+            row["extra_over_pillow"] = extra["images_per_s"] / row["images_per_s"]
+            pairs = _paired(extra, row)
+            print(
+                f"      jpeg extra / Pillow alone = {row['extra_over_pillow']:.3f}   paired "
+                f"median {statistics.median(pairs):.3f} ({' / '.join(f'{r:.2f}' for r in pairs)})",
+                flush=True,
+            )
     return result
+
+
+def _decoders(args, data_path: str, device: torch.device) -> tuple[bool, ...]:
+    """Pillow alone (True) besides the installed decoders (False) for a (c) run: with
+    --pillow-too, where the jpeg extra is installed and the data path decodes on the CPU."""
+    on_cpu = data_path == "cpu" or (data_path == "auto" and device.type == "cpu")
+    extra = jpeg_decoder() != "pillow"
+    return (False, True) if args.pillow_too and extra and on_cpu else (False,)
+
+
+def _run_key(data_path: str, decode: str, pillow: bool) -> str:
+    return f"featpipe_{data_path}_{decode}" + ("_pillow" if pillow else "")
 
 
 def _paired(row: dict, ref: dict) -> list[float]:
@@ -524,6 +558,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="featpipe's decode option for (c), comma-separated: exact, fast (default: exact)",
     )
     parser.add_argument(
+        "--pillow-too",
+        action="store_true",
+        help="with the jpeg extra (simplejpeg) installed, run each (c) on the cpu data path "
+        "with Pillow alone as well, and print what the extra gains",
+    )
+    parser.add_argument(
         "--parity",
         type=int,
         default=16,
@@ -582,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_images": args.n_images,
         "batch_size": args.batch_size,
         "cores": cores(),
+        "jpeg_decoder": jpeg_decoder(),
     }
     print(json.dumps(header))
     results = []
@@ -609,8 +650,9 @@ def _print_table(results: list[dict]) -> None:
     for r in results:
         for key in (k for k in r if k.startswith("featpipe_")):
             c = r[key]
+            pillow = ", pillow" if key.endswith("_pillow") else ""
             print(
-                f"| {r['spec']} [{c['data_path']}, {c['decode']}] | "
+                f"| {r['spec']} [{c['data_path']}, {c['decode']}{pillow}] | "
                 f"{r['forward']['images_per_s']:.1f} | "
                 f"{r['plain']['images_per_s']:.1f} | {c['images_per_s']:.1f} | "
                 f"{c['c_over_a']:.3f} | {c['c_over_b']:.3f} |"

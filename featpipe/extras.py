@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "skops": (("skops",), ".skops head files, loaded without running code"),
     "parquet": (("pyarrow", "pandas"), "featpipe export --format parquet, FeatureStore.to_pandas"),
     "faiss": (("faiss",), "the knn_faiss head (exact kNN through faiss)"),
+    "jpeg": (("simplejpeg",), "faster JPEG decoding in extraction (the same pixels)"),
 }
 
 

@@ -10,9 +10,16 @@ import torch
 from PIL import Image
 
 from featpipe.backbones.preprocessing import Preprocessing
-from featpipe.data import ArraySource, ImageFolderSource
-from featpipe.data.images import DECODES, draft_scale, load_resized, load_rgb, load_source_image
-from featpipe.errors import UnknownNameError
+from featpipe.data import ArraySource, ImageFolderSource, images
+from featpipe.data.images import (
+    DECODES,
+    decode_rgb,
+    draft_scale,
+    load_resized,
+    load_rgb,
+    load_source_image,
+)
+from featpipe.errors import ImageReadError, UnknownNameError
 from featpipe.extract import extract, get_data_path
 from featpipe.extract.loop import compute_identity
 from featpipe.finetune.data import image_loader
@@ -157,3 +164,77 @@ def test_pipelines_take_features_decode_and_hash_it_only_when_fast():
     assert not hashes & {m.config_hash for m in plan(fast, "fp")}
     with pytest.raises(ConfigError, match="decode"):
         config_from_dict(raw, ["features.decode=quick"])
+
+
+# (size, Pillow's save options): every subsampling, progressive, grey, RGB kept as RGB, and
+# sizes that decode at 1/8, 1/4, 1/2 and full scale for a 64-pixel short side
+TURBO_CASES = [
+    ((640, 520), {}),
+    ((333, 275), {"progressive": True}),
+    ((255, 191), {"subsampling": 0}),
+    ((201, 150), {"subsampling": 1}),
+    ((101, 77), {}),
+    ((300, 220), {"mode": "L"}),
+    ((300, 220), {"keep_rgb": True}),
+]
+
+
+@pytest.mark.parametrize("size, save", TURBO_CASES)
+def test_fast_decode_through_simplejpeg_gives_pillows_pixels(tmp_path, size, save):
+    pytest.importorskip("simplejpeg")
+    mode = save.pop("mode", "RGB")
+    for name in ("c0", "c1"):  # a folder source needs two classes
+        (tmp_path / name).mkdir()
+        photo_like(size).convert(mode).save(tmp_path / name / "a.jpg", quality=90, **save)
+    source, path = ImageFolderSource(tmp_path), tmp_path / "c0" / "a.jpg"
+    assert images._turbo_decode(path, 64) is not None  # libjpeg-turbo took it
+    assert images._turbo_decode(path) is not None
+    turbo = load_resized(source, 0, 64, "bicubic")
+    full, data = np.asarray(source.load(0)), path.read_bytes()  # the exact decode
+    with images.pillow_only():
+        assert images._turbo_decode(path, 64) is None
+        assert torch.equal(turbo, load_resized(source, 0, 64, "bicubic"))
+        assert np.array_equal(full, np.asarray(source.load(0)))
+        assert np.array_equal(full, np.asarray(decode_rgb(data, "a.jpg")))
+    assert images._turbo_decode(path, 64) is not None  # back after the block
+    assert np.array_equal(full, np.asarray(decode_rgb(data, "a.jpg")))
+
+
+def test_fast_decode_leaves_to_pillow_what_simplejpeg_does_not_take(tmp_path, monkeypatch):
+    pytest.importorskip("simplejpeg")
+    c0, c1 = tmp_path / "img" / "c0", tmp_path / "img" / "c1"
+    c0.mkdir(parents=True)
+    c1.mkdir()
+    photo_like((200, 150)).convert("CMYK").save(c0 / "cmyk.jpg", quality=90)
+    photo_like((200, 150)).save(c0 / "png.jpg", format="PNG")  # a PNG named .jpg
+    photo_like((200, 150)).save(c1 / "ok.jpg", quality=90)
+    data = (c1 / "ok.jpg").read_bytes()
+    (c1 / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    source = ImageFolderSource(tmp_path / "img")
+    names = [Path(source.path(i)).name for i in range(len(source))]
+    files = {name: source.path(i) for i, name in enumerate(names)}
+
+    def decode_all() -> dict:
+        out = {}
+        for i, name in enumerate(names):
+            try:  # both decodes: fast, exact
+                fast = load_resized(source, i, 64, "bilinear").flatten()
+                out[name] = torch.cat([fast, torch.from_numpy(np.array(source.load(i))).flatten()])
+            except ImageReadError as err:
+                out[name] = str(err)
+        return out
+
+    for name in ("cmyk.jpg", "png.jpg", "truncated.jpg"):
+        assert images._turbo_decode(files[name], 64) is None, name
+    turbo = decode_all()
+    assert "truncated file" in turbo["truncated.jpg"]
+    with images.pillow_only():
+        pillow = decode_all()
+    for name in names:
+        same = turbo[name] == pillow[name]
+        assert same if isinstance(same, bool) else torch.equal(turbo[name], pillow[name]), name
+    # over Pillow's pixel limit: Pillow's error, not a decode
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)
+    assert images._turbo_decode(files["ok.jpg"], 64) is None
+    with pytest.raises(ImageReadError, match="image too large"):
+        load_resized(source, names.index("ok.jpg"), 64, "bilinear")

@@ -18,6 +18,12 @@ least ``min_size``; the resize that follows then starts from fewer pixels. The p
 little from a full decode (benchmarks/README.md measures how little); other formats, and JPEGs
 too small to halve, decode exactly.
 
+With the ``jpeg`` extra (simplejpeg) installed, a JPEG goes through libjpeg-turbo's own API
+instead of Pillow's, in every decode here: the same library at the same scale, so the same
+pixels (tests/test_decode.py checks bit equality), without Pillow's overhead around it. Any
+file it does not take as it is (CMYK, over the pixel limit, a decoder warning or error) goes to
+Pillow, whose pixels, or one-line error, stand.
+
 EXIF orientation is not applied, like torchvision's ``ImageFolder`` loader and ``decode_jpeg``,
 so that the CPU and GPU decoding paths see the same pixels.
 
@@ -60,6 +66,14 @@ _DECODE_ERRORS = (
 
 
 DECODES = ("exact", "fast")
+# JPEG colour spaces libjpeg-turbo turns into RGB as Pillow does (CMYK and YCCK: Pillow inverts
+# Adobe's CMYK itself)
+_TURBO_COLORSPACES = {"YCbCr", "Gray", "RGB"}
+
+try:  # the jpeg extra: the fast decode of JPEG files through libjpeg-turbo's own API
+    import simplejpeg as _simplejpeg
+except ImportError:
+    _simplejpeg = None
 
 
 def load_rgb(path: str | Path, min_size: int | None = None) -> Image.Image:
@@ -107,9 +121,8 @@ def load_resized(source, index: int, short_side: int, interpolation: str) -> tor
     path = source.path(index)
     if path is None:
         return pil_to_uint8(source.load(index))
-    img, full = _decode(path, path, min_size=short_side)
-    pixels = pil_to_uint8(img)
-    if img.size == full:
+    pixels, full = _decode_scaled(path, short_side)
+    if pixels.shape[1:] == (full[1], full[0]):
         return pixels
     width, height = full
     scale = draft_scale(full, short_side)  # how many original pixels one scaled pixel covers
@@ -128,6 +141,69 @@ def load_resized(source, index: int, short_side: int, interpolation: str) -> tor
         recompute_scale_factor=False,
     )[0]
     return resized[:, : size[1], : size[0]]  # floor(ceil(H / scale) * factor): size or size + 1
+
+
+@contextlib.contextmanager
+def pillow_only() -> Iterator[None]:
+    """Within the block, Pillow decodes every file even where the ``jpeg`` extra is installed
+    (benchmarks/extract_throughput.py measures what the extra gains; not thread-safe)."""
+    global _simplejpeg
+    saved, _simplejpeg = _simplejpeg, None
+    try:
+        yield
+    finally:
+        _simplejpeg = saved
+
+
+def jpeg_decoder() -> str:
+    """Which library decodes JPEG files here (for benchmark records)."""
+    if _simplejpeg is None:
+        return "pillow"
+    return f"simplejpeg {_simplejpeg.__version__}"
+
+
+def _decode_scaled(path: str | Path, min_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``path`` decoded at the scale :func:`draft_scale` allows, as uint8 (3, H, W) pixels,
+    and the file's full (width, height)."""
+    decoded = _turbo_decode(path, min_size)
+    if decoded is not None:
+        pixels, full = decoded
+        return torch.from_numpy(pixels).permute(2, 0, 1), full
+    img, full = _pil_decode(path, path, min_size=min_size)
+    return pil_to_uint8(img), full
+
+
+def _turbo_decode(
+    file: str | Path | io.BytesIO, min_size: int | None = None
+) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """(H, W, 3) uint8 pixels and the full (width, height) of a JPEG decoded by libjpeg-turbo
+    through simplejpeg, as Pillow would decode it (at the scale :func:`draft_scale` allows for
+    ``min_size``); None where Pillow must decode the file instead: simplejpeg missing, not a
+    JPEG, a colour space Pillow converts itself (CMYK), more pixels than Pillow's limit, any
+    decoder warning or error (Pillow then reads it as it always has, or raises its error)."""
+    if _simplejpeg is None:
+        return None
+    try:
+        if isinstance(file, io.BytesIO):
+            data = file.getvalue()
+        else:
+            with open(file, "rb") as f:
+                data = f.read()
+        if not data.startswith(b"\xff\xd8"):
+            return None
+        height, width, colorspace, _ = _simplejpeg.decode_jpeg_header(data)
+        limit = Image.MAX_IMAGE_PIXELS
+        if colorspace not in _TURBO_COLORSPACES or (limit and width * height > limit):
+            return None
+        scale = draft_scale((width, height), min_size) if min_size else 1
+        # libjpeg-turbo picks the smallest of its M/8 scales that covers these: 1/scale, the
+        # scale Pillow's draft decodes at (ceil, as libjpeg rounds the scaled size up)
+        pixels = _simplejpeg.decode_jpeg(
+            data, "RGB", min_height=-(-height // scale), min_width=-(-width // scale)
+        )
+    except (OSError, ValueError):
+        return None
+    return pixels, (width, height)
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
@@ -150,6 +226,19 @@ def _decode(
     min_size: int | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """The decoded RGB image and the file's full (width, height)."""
+    decoded = _turbo_decode(file, min_size)
+    if decoded is not None:
+        return Image.fromarray(decoded[0]), decoded[1]
+    return _pil_decode(file, name, size, min_size)
+
+
+def _pil_decode(
+    file: str | Path | io.BytesIO,
+    name: str | Path,
+    size: int | None = None,
+    min_size: int | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`_decode` by Pillow."""
     try:
         with _strict_size(), Image.open(file) as img:
             full = img.size

@@ -59,7 +59,9 @@ class ImageSource(ABC):
         return None
 
     def path(self, index: int) -> str | None:
-        """The file behind ``index``, when there is one."""
+        """The file behind ``index``, when there is one. ``--decode fast`` decodes that file
+        itself instead of calling ``load`` (``featpipe.data.images.load_resized``), so a source
+        whose ``load`` changes the file's pixels returns None here."""
         return None
 
     @abstractmethod
