@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ from toy_backbone import build_toy
 
 import featpipe
 from featpipe.backbones import get_backbone, register_backbone, unregister_backbone
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, ImageReadError
+from featpipe.extract import lanes as lanes_module
+from featpipe.extract import loop
 from featpipe.heads import Embedder
 
 IMAGES_FORWARDED = [0]
@@ -135,3 +138,47 @@ def test_features_are_the_stores_features_of_the_same_images(tmp_path) -> None:
     )
     out = Embedder("toy", batch_size=4, device="cpu").fit().transform(images)
     np.testing.assert_allclose(out, store.arrays("pooled")[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    """Two cores whatever the machine has: two lanes of one thread each."""
+    monkeypatch.setattr(loop, "available_cores", lambda: 2)
+    monkeypatch.setattr(lanes_module, "available_cores", lambda: 2)
+
+
+def test_transform_runs_its_batches_in_lanes_in_order(image_folder, two_cores, monkeypatch):
+    seen = []
+    forward = Embedder._forward
+
+    def spy(self, images):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return forward(self, images)
+
+    monkeypatch.setattr(Embedder, "_forward", spy)
+    paths, _ = image_paths(image_folder)
+    emb = Embedder("toy", batch_size=4, device="cpu").fit()
+    seen.clear()  # fit's probe pass
+    before = torch.get_num_threads()
+    out = emb.transform(paths)
+    assert len(seen) == 5  # 18 images in batches of 4
+    assert all(name.startswith("featpipe-lane") and threads == 1 for name, threads in seen)
+    assert torch.get_num_threads() == before  # restored after the lanes
+    one_by_one = np.concatenate([emb.transform([p]) for p in paths])  # one batch: no lanes
+    np.testing.assert_allclose(out, one_by_one, rtol=1e-5, atol=1e-6)
+    seen.clear()
+    serial = emb.set_params(n_jobs=1).transform(paths)
+    assert len(seen) == 5 and {name for name, _ in seen} == {threading.current_thread().name}
+    np.testing.assert_allclose(out, serial, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="n_jobs must be >= 1"):
+        Embedder("toy", n_jobs=0).fit()
+
+
+def test_an_unreadable_image_in_a_lane_raises_its_own_error(image_folder, two_cores, tmp_path):
+    paths, _ = image_paths(image_folder)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    before = torch.get_num_threads()
+    with pytest.raises(ImageReadError, match=r"broken\.jpg"):
+        Embedder("toy", batch_size=4, device="cpu").fit().transform([*paths, str(broken)])
+    assert torch.get_num_threads() == before

@@ -3,10 +3,11 @@ optional per-image cache so that cross-validation never recomputes a feature."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from featpipe.data.images import load_rgb, to_rgb
 from featpipe.device import on_device, resolve_device
 from featpipe.errors import ConfigError
 from featpipe.extract.inference import Inference, precision
+from featpipe.extract.lanes import lane_count, lanes_running
+from featpipe.extract.loop import default_workers
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
@@ -72,6 +75,11 @@ class Embedder(TransformerMixin, BaseEstimator):
     With ``cache_dir`` each image's feature is stored under a key of (backbone identity,
     layer, image identity), so ``GridSearchCV`` over a pipeline starting with this transformer
     computes every image once. ``fit`` learns nothing; it records the output width.
+
+    On a CPU device ``transform`` runs in ``n_jobs`` lanes, as extraction does
+    (featpipe.extract.lanes): each decodes a batch and runs it on its share of the cores.
+    None: one per core, at most 4; 1: one batch at a time on every core (fewer can be faster
+    on a machine shared with other jobs). On CUDA batches run one at a time.
     """
 
     def __init__(
@@ -82,6 +90,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         batch_size: int = 32,
         device: str = "auto",
         cache_dir: str | os.PathLike | None = None,
+        n_jobs: int | None = None,
     ):
         self.backbone = backbone
         self.layer = layer
@@ -89,6 +98,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.device = device
         self.cache_dir = cache_dir
+        self.n_jobs = n_jobs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -128,6 +138,10 @@ class Embedder(TransformerMixin, BaseEstimator):
         """Nothing to learn: records the backbone identity and the feature width."""
         if int(self.batch_size) < 1:
             raise ConfigError(f"batch_size must be >= 1; got {self.batch_size}.")
+        if self.n_jobs is not None and int(self.n_jobs) < 1:
+            raise ConfigError(
+                f"n_jobs must be >= 1, or None for one lane per core; got {self.n_jobs}."
+            )
         bb, _ = self._model()
         self.backbone_identity_ = bb.identity()
         self.n_features_out_ = self._width()
@@ -168,16 +182,36 @@ class Embedder(TransformerMixin, BaseEstimator):
             else:
                 todo.append(i)
         step = int(self.batch_size)
-        for start in range(0, len(todo), step):
-            rows = todo[start : start + step]
-            feats = self._forward([_to_pil(items[i]) for i in rows])
-            out[rows] = feats
-            if folder:
-                for i, f in zip(rows, feats, strict=True):
-                    tmp = folder / f"{keys[i]}.tmp.npy"
-                    np.save(tmp, f)
-                    tmp.replace(folder / f"{keys[i]}.npy")  # a reader never sees half a file
+        batches = [todo[start : start + step] for start in range(0, len(todo), step)]
+        with self._computed(items, batches) as computed:
+            for rows, feats in zip(batches, computed, strict=True):
+                out[rows] = feats
+                if folder:
+                    for i, f in zip(rows, feats, strict=True):
+                        tmp = folder / f"{keys[i]}.tmp.npy"
+                        np.save(tmp, f)
+                        tmp.replace(folder / f"{keys[i]}.npy")  # never half a file to read
         return out
+
+    @contextlib.contextmanager
+    def _computed(
+        self, items: list[ImageLike], batches: list[list[int]]
+    ) -> Iterator[Iterator[np.ndarray]]:
+        """The features of each batch of rows of ``items``, in order: on a CPU device in
+        lanes, as extraction computes (each lane decodes a batch and runs it on its share of
+        the cores: featpipe.extract.lanes), else one batch after another."""
+        _, inference = self._model()
+
+        def work(i: int) -> np.ndarray:
+            return self._forward([_to_pil(items[row]) for row in batches[i]])
+
+        jobs = default_workers(inference.device, "cpu") if self.n_jobs is None else self.n_jobs
+        lanes = min(len(batches), lane_count(inference.device, int(jobs), compiled=False))
+        if lanes < 2:
+            yield map(work, range(len(batches)))
+            return
+        with lanes_running(work, len(batches), lanes) as computed:
+            yield computed
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         check_is_fitted(self)

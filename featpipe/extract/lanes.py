@@ -15,6 +15,7 @@ torch's intra-op thread count is one setting for the whole process, so it is set
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +23,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-from featpipe.device import available_cores
+from featpipe.device import available_cores, torch_threads
 
 T = TypeVar("T")
 
@@ -69,3 +70,15 @@ class Lanes(Generic[T]):
         for future in self._ahead:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def lanes_running(work: Callable[[int], T], count: int, lanes: int) -> Iterator[Iterator[T]]:
+    """``work(0)``, ... ``work(count - 1)`` in ``lanes`` lanes, each on its share of the cores
+    (:func:`threads_per_lane`) for the block; yields their results in order. Leaving the block
+    stops the lanes (each finishes its item) and restores torch's thread count."""
+    with (
+        torch_threads(threads_per_lane(lanes)),
+        contextlib.closing(Lanes(work, count, lanes)) as running,
+    ):
+        yield iter(running)

@@ -16,13 +16,13 @@ from torch.utils.data import DataLoader, Dataset
 from featpipe.backbones.base import FeatureModel
 from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import first_failure
-from featpipe.device import available_cores, torch_threads
+from featpipe.device import available_cores
 from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError, ImageReadError
 from featpipe.extract.datapath import DataPath
 from featpipe.extract.host_copy import PendingCopy
 from featpipe.extract.inference import Inference, precision
-from featpipe.extract.lanes import Lanes, lane_count, threads_per_lane
+from featpipe.extract.lanes import lane_count, lanes_running
 from featpipe.extract.writer_thread import BackgroundWriter
 from featpipe.interrupt import Interrupted, forking, worker_ignores
 from featpipe.store import StoreWriter
@@ -294,10 +294,9 @@ def _start(
         return piece, inference.to_host(features, dtype), failed
 
     if lanes:
-        stack = contextlib.ExitStack()  # closes the lanes, then restores torch's threads
-        stack.enter_context(torch_threads(threads_per_lane(lanes)))
+        stack = contextlib.ExitStack()  # stop() closes the lanes
         running = stack.enter_context(
-            contextlib.closing(Lanes(lambda i: compute(dataset[i]), len(dataset), lanes))
+            lanes_running(lambda i: compute(dataset[i]), len(dataset), lanes)
         )
         return running, stack.close
     loader = _loader(dataset, workers, inference.device)
