@@ -20,6 +20,8 @@ LIBRARIES = (
     "scipy",
     "h5py",
     "joblib",
+    "pillow",  # decodes the images (its libjpeg-turbo: the pixels)
+    "simplejpeg",  # the jpeg extra: decodes JPEGs where installed
 )
 
 

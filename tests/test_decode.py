@@ -238,3 +238,20 @@ def test_fast_decode_leaves_to_pillow_what_simplejpeg_does_not_take(tmp_path, mo
     assert images._turbo_decode(files["ok.jpg"], 64) is None
     with pytest.raises(ImageReadError, match="image too large"):
         load_resized(source, names.index("ok.jpg"), 64, "bilinear")
+
+
+def test_decode_help_names_the_jpeg_decoder_and_provenance_its_version():
+    import argparse
+
+    from featpipe.cli.options import add_decode_option
+    from featpipe.provenance import versions
+
+    def help_text() -> str:
+        parser = argparse.ArgumentParser()
+        add_decode_option(parser)
+        return " ".join(parser.format_help().split())
+
+    with images.pillow_only():
+        assert 'JPEGs decode with pillow (pip install "featpipe[jpeg]"' in help_text()
+    assert f"JPEGs decode with {images.jpeg_decoder()}" in help_text()
+    assert "pillow" in versions()

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from featpipe.data import ImageSource, subsample
-from featpipe.data.images import DECODES
+from featpipe.data.images import DECODES, jpeg_decoder
 from featpipe.data.source import SPLIT_NAMES
 from featpipe.errors import ConfigError
 
@@ -26,14 +26,17 @@ def add_image_size_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_decode_option(parser: argparse.ArgumentParser) -> None:
-    """``--decode {exact,fast}``: how Pillow decodes JPEG files."""
+    """``--decode {exact,fast}``: the scale JPEG files decode at."""
+    decoder = jpeg_decoder()
+    if decoder == "pillow":
+        decoder += ' (pip install "featpipe[jpeg]": simplejpeg, the same pixels, sooner)'
     parser.add_argument(
         "--decode",
         choices=DECODES,
         default="exact",
         help="JPEG decoding: exact (full size, the default) or fast (libjpeg DCT scaling to "
         "the smallest 1/2, 1/4 or 1/8 scale that still covers the resize; faster on CPU, "
-        "features change a little: see benchmarks/README.md)",
+        f"features change a little: see benchmarks/README.md). JPEGs decode with {decoder}",
     )
 
 
