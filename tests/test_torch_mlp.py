@@ -19,6 +19,7 @@ from featpipe.heads.torch_mlp import (
     PLATEAU_DECAYS,
     PLATEAU_FACTOR,
     _Trainer,
+    decayed_patience,
     native_bf16,
     patience_epochs,
 )
@@ -96,6 +97,21 @@ def test_plateau_schedule_lowers_the_rate_before_it_stops(digits) -> None:
     first = constant.n_iter_
     assert plateau.validation_scores_[:first] == constant.validation_scores_
     assert plateau.best_validation_score_ >= constant.best_validation_score_
+
+
+def test_auto_patience_halves_once_the_rate_is_lowered(digits) -> None:
+    assert [decayed_patience(p) for p in (10, 5, 3, 2)] == [5, 3, 2, 2]
+    X_tr, y_tr, *_ = digits
+    # batches of 200: 6 steps an epoch, so "auto" waits 10 epochs, as explicit 10 does
+    auto = TorchMLPClassifier((32,), **EXACT).fit(X_tr, y_tr)
+    ten = TorchMLPClassifier((32,), n_iter_no_change=10, **EXACT).fit(X_tr, y_tr)
+    first = TorchMLPClassifier((32,), lr_schedule="constant", **EXACT).fit(X_tr, y_tr)
+    assert auto.n_iter_no_change_ == ten.n_iter_no_change_ == 10
+    assert auto.lr_decays_ == ten.lr_decays_ == PLATEAU_DECAYS
+    # the same run to the first plateau; after it "auto" waits 5 epochs, explicit 10 still 10
+    k = first.n_iter_
+    assert auto.validation_scores_[:k] == ten.validation_scores_[:k] == first.validation_scores_
+    assert auto.n_iter_ < ten.n_iter_
 
 
 def test_a_lowered_rate_takes_that_fraction_of_adams_step() -> None:
