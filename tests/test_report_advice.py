@@ -238,3 +238,17 @@ def test_without_a_cjk_font_one_line_names_the_package(monkeypatch):
         plots.accuracy_by_method(summarize([copy.deepcopy(make_row("蚂蚁@pooled"))]))
     (line,) = [str(w.message) for w in caught]
     assert "fonts-noto-cjk" in line
+
+
+def test_cost_axis_labels_thin_out_as_the_range_widens():
+    def labels(lo: float, hi: float, ticks: list[float]) -> list[str]:
+        formatter = plots.log_tick_labels(lo, hi)
+        return [formatter(t, None) for t in ticks]
+
+    # a narrow range: every tick
+    assert labels(5.5, 14, [6, 7, 8, 9, 10]) == ["6", "7", "8", "9", "10"]
+    # about a decade: 8, 9 and 10 would run into each other on an 8-inch plot
+    assert labels(4.5, 45, [5, 7, 8, 9, 10, 20, 30]) == ["5", "", "", "", "10", "20", "30"]
+    # plain numbers, never 6e-02 or 5x10^-1
+    assert labels(0.045, 0.45, [0.05, 0.06, 0.1, 0.2]) == ["0.05", "", "0.1", "0.2"]
+    assert labels(0.25, 1000, [0.5, 3, 10, 50, 70, 1000]) == ["0.5", "", "10", "50", "", "1000"]
