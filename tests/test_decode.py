@@ -255,3 +255,26 @@ def test_decode_help_names_the_jpeg_decoder_and_provenance_its_version():
         assert 'JPEGs decode with pillow (pip install "featpipe[jpeg]"' in help_text()
     assert f"JPEGs decode with {images.jpeg_decoder()}" in help_text()
     assert "pillow" in versions()
+
+
+def test_fast_decode_scales_a_multi_picture_jpeg_as_a_jpeg(tmp_path):
+    """MPO (a camera's JPEG with a second picture): Pillow once decoded it in full under
+    ``fast`` while libjpeg-turbo scaled it, so the two decoders gave different pixels."""
+    for name in ("c0", "c1"):
+        (tmp_path / name).mkdir()
+        photo_like((640, 480)).save(
+            tmp_path / name / "a.jpg",
+            format="MPO",
+            save_all=True,
+            append_images=[photo_like((640, 480), seed=1)],
+            quality=90,
+        )
+    source, path = ImageFolderSource(tmp_path), tmp_path / "c0" / "a.jpg"
+    with Image.open(path) as img:
+        assert img.format == "MPO"
+    with images.pillow_only():
+        assert load_rgb(path, min_size=64).size == (160, 120)  # 1/4 scale, as a JPEG
+        pillow = load_resized(source, 0, 64, "bilinear"), np.asarray(source.load(0))
+    if images.jpeg_decoder() != "pillow":
+        assert torch.equal(load_resized(source, 0, 64, "bilinear"), pillow[0])
+        assert np.array_equal(np.asarray(source.load(0)), pillow[1])

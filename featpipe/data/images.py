@@ -66,11 +66,14 @@ _DECODE_ERRORS = (
 
 
 DECODES = ("exact", "fast")
+# Pillow's formats that are JPEG streams (MPO: a camera's multi-picture JPEG, whose first image
+# Pillow and libjpeg-turbo decode alike)
+_JPEG_FORMATS = ("JPEG", "MPO")
 # JPEG colour spaces libjpeg-turbo turns into RGB as Pillow does (CMYK and YCCK: Pillow inverts
 # Adobe's CMYK itself)
 _TURBO_COLORSPACES = {"YCbCr", "Gray", "RGB"}
 
-try:  # the jpeg extra: the fast decode of JPEG files through libjpeg-turbo's own API
+try:  # the jpeg extra: JPEG files decoded through libjpeg-turbo's own API (module notes)
     import simplejpeg as _simplejpeg
 except ImportError:
     _simplejpeg = None
@@ -244,7 +247,7 @@ def _pil_decode(
             full = img.size
             # Only at a scale of 2 or more: at scale 1, draft would only change how Pillow
             # sets up the decoder, and a file that cannot shrink stays exact.
-            if min_size and img.format == "JPEG" and draft_scale(full, min_size) > 1:
+            if min_size and img.format in _JPEG_FORMATS and draft_scale(full, min_size) > 1:
                 img.draft("RGB", (min_size, min_size))
             img.load()  # decode now so that truncated files fail here, not later
             return to_rgb(img), full
