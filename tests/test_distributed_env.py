@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +18,7 @@ from featpipe.distributed import LineProgress, Ranks, current_ranks, progress_ba
 from featpipe.distributed.progress import progress_mode, track
 from featpipe.errors import ConfigError
 
+REPO = Path(__file__).resolve().parents[1]
 TORCHRUN_ENV = {
     "RANK": "1",
     "WORLD_SIZE": "2",
@@ -116,3 +122,43 @@ def test_track_counts_an_iterable_and_prints_plain_lines_in_a_log(capsys, monkey
     monkeypatch.setenv("FEATPIPE_PROGRESS", "lines")
     assert list(track(range(3), desc="C path", unit="C")) == [0, 1, 2]
     assert capsys.readouterr().err.startswith("featpipe C path: 3 of 3 C (100.0%)")
+
+
+RESTARTED_GROUP = """
+import os, signal, time
+import torch, torch.distributed as dist
+from featpipe.distributed.ranks import current_ranks, process_group
+
+ranks = current_ranks()
+if ranks.restart == 1 and ranks.rank == 1:
+    time.sleep(3)  # rank 0 of the new attempt reads rank 1's address first
+with process_group("cpu", timeout_s=60):
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    if ranks.restart == 0:
+        dist.barrier()
+        if ranks.rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # the agent restarts both workers
+        time.sleep(60)
+    print(f"rank {ranks.rank} restart {ranks.restart} sum {total.item():.0f}", flush=True)
+"""
+
+
+def test_a_process_group_comes_back_after_an_elastic_restart(tmp_path):
+    """torchrun's agent keeps its store across restarts: the group of the new attempt read the
+    dead workers' addresses under the old keys (gloo "connection refused", or a hang)."""
+    script = tmp_path / "restarted_group.py"
+    script.write_text(RESTARTED_GROUP)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    torchrun += ["--nproc-per-node", "2", "--max-restarts", "1", "--monitor-interval", "0.5"]
+    done = subprocess.run(
+        [*torchrun, str(script)],
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # both ranks of the restarted attempt, whose lines may interleave
+    lines = re.findall(r"rank (\d) restart (\d) sum (\d)", done.stdout)
+    assert sorted(lines) == [("0", "1", "2"), ("1", "1", "2")]

@@ -126,8 +126,18 @@ def process_group(
         return
     made = not dist.is_initialized()
     if made:
+        timeout = dt.timedelta(seconds=timeout_s)
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+        # torchrun's agent keeps its store across elastic restarts: under the keys of the
+        # attempt before, the group's workers found the dead workers' addresses (gloo:
+        # "connection refused", or a hang), so each restart gets keys of its own.
+        store = dist.PrefixStore(f"featpipe/restart-{current_ranks().restart}", store)
         dist.init_process_group(
-            backend=backend_for(device), timeout=dt.timedelta(seconds=timeout_s)
+            backend=backend_for(device),
+            store=store,
+            rank=rank,
+            world_size=world_size,
+            timeout=timeout,
         )
     try:
         yield dist.distributed_c10d._get_default_store()
