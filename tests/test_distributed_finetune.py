@@ -117,6 +117,21 @@ def test_a_preempted_ddp_run_resumes_to_the_same_weights(ddp_run, tmp_path):
     assert history(tmp_path / "run")[-1]["val_loss"] == uninterrupted["history"][-1]["val_loss"]
 
 
+def test_a_killed_rank_restarted_by_torchrun_resumes_to_the_same_weights(ddp_run, tmp_path):
+    """torchrun --max-restarts 1 restarts both workers after a SIGKILL mid-epoch 2; their
+    new process group must come up (it read the dead workers' addresses before: see
+    test_distributed_env.py -k elastic), and the run resumes from epoch 1's checkpoint."""
+    _, uninterrupted = ddp_run
+    kill_at = VAL_LOADS + EPOCH_LOADS + VAL_LOADS + 10
+    restarts = ("--max-restarts", "1", "--monitor-interval", "0.5")
+    done = torchrun(*restarts, CHILD, tmp_path / "run", tmp_path / "out.pt", kill_at)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert out["start"] == 1
+    for key, value in uninterrupted["model"].items():
+        assert torch.equal(out["model"][key], value), key
+
+
 def test_checkpoints_move_between_one_process_and_ddp(tmp_path):
     run, out = tmp_path / "run", tmp_path / "out.pt"
     # One process, killed in epoch 2 after epoch 1's checkpoint ...
