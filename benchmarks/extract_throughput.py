@@ -25,7 +25,7 @@ the CPU path's on the device used ("parity"). Examples:
         --models torchvision:resnet50@none,efficientnet_lite0 --image-size 128
     # what the jpeg extra gains on this CPU (about 5 minutes)
     python benchmarks/make_jpegs.py /tmp/jpegs960 --n 960
-    python benchmarks/extract_throughput.py --images /tmp/jpegs960 --batch-size 16 \
+    python benchmarks/extract_throughput.py --images /tmp/jpegs960 --batch-size 16 \\
         --models efficientnet_lite0 --image-size 128 --decodes exact,fast --pillow-too --repeat 3
 """
 

@@ -190,8 +190,9 @@ def _turbo_decode(
         if isinstance(file, io.BytesIO):
             data = file.getvalue()
         else:
-            with open(file, "rb") as f:
-                data = f.read()
+            with open(file, "rb") as f:  # a PNG is not read here in full, then by Pillow
+                data = f.read(2)
+                data += f.read() if data == b"\xff\xd8" else b""
         if not data.startswith(b"\xff\xd8"):
             return None
         height, width, colorspace, _ = _simplejpeg.decode_jpeg_header(data)
