@@ -158,3 +158,17 @@ def test_pipeline_grid_reads_test_once_for_the_winner(tmp_path, monkeypatch):
     test_rows = digits.indices("test")
     loaded_test = [i for i in recording.loaded if i in set(test_rows.tolist())]
     assert sorted(loaded_test) == sorted(test_rows.tolist())  # once each: the winner's test
+
+
+def test_the_split_seed_that_draws_the_subsets_is_in_their_hashes():
+    import toy_backbone  # noqa: F401
+
+    def hashes(seed: int, sizes: list[int]) -> list[str]:
+        raw = {**_raw(), "probes": {"heads": ["knn"]}}
+        raw["source"] = {"data": "digits", "split_seed": seed, "train_sizes": sizes}
+        return [j.config_hash for j in plan(config_from_dict(raw), "fp")]
+
+    # A source with its own splits keeps its fingerprint whatever the seed, while the
+    # subsets drawn from its train split change: their rows must not be reused.
+    assert hashes(0, [20]) != hashes(1, [20])
+    assert hashes(0, []) == hashes(1, [])  # without a sweep the seed draws nothing here

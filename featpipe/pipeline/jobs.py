@@ -135,16 +135,19 @@ def sweep(config: PipelineConfig) -> tuple[int | None, ...]:
     return tuple(sorted(config.source.train_sizes)) or (None,)
 
 
-def sized(job: Job, size: int | None) -> Job:
+def sized(job: Job, size: int | None, split_seed: int = 0) -> Job:
     """``job`` at one size of a data-size sweep: its own method name (reports keep one row
-    per method and seed), label and config hash. ``None`` leaves the job as it is."""
+    per method and seed), label and config hash. ``None`` leaves the job as it is.
+    ``split_seed`` draws the subset, so it is hashed too (only when not 0, so that sweeps
+    run before it was keep their hashes)."""
     if size is None:
         return job
+    drawn = {"split_seed": split_seed} if split_seed else {}
     return replace(
         job,
         method=f"{job.method}#n={size}",
         label=f"{job.label}, {size} train images",
-        config_hash=config_hash({"method": job.config_hash, "train_size": size}),
+        config_hash=config_hash({"method": job.config_hash, "train_size": size, **drawn}),
         train_size=size,
     )
 
@@ -152,7 +155,8 @@ def sized(job: Job, size: int | None) -> Job:
 def at_sizes(config: PipelineConfig, jobs: list[Job]) -> list[Job]:
     """Every job at every size of the config's sweep, smallest size first (``jobs`` as they
     are without a sweep)."""
-    return [sized(job, size) for size in sweep(config) for job in jobs]
+    seed = config.source.split_seed
+    return [sized(job, size, seed) for size in sweep(config) for job in jobs]
 
 
 def sweep_ids(context: RunContext, size: int | None) -> frozenset[str] | None:
