@@ -114,6 +114,7 @@ def test_without_val_split_uses_stratified_cv_on_train(tmp_path) -> None:
     assert "arrays:val" not in log
     assert log.index("arrays:test") == len(log) - 1  # test read last
     assert result.estimator.classifier_.n_samples_fit_ == SPLIT_SIZES["train"]
+    assert result.refit_on == "train"
 
 
 @pytest.mark.parametrize("name", ["linear_svm", "rbf_svm", "mlp", "knn"])

@@ -117,6 +117,7 @@ def test_every_method_runs_at_each_size(tmp_path, capsys):
     ]
     tests = {r["test"]["ids_sha256"] for r in rows}
     assert len(tests) == 1  # test fixed across sizes and methods
+    assert all(r["params"]["refit_on"] == "train" for r in rows if r["kind"] == "probe")
     assert "kNN on layer pooled, 30 train images" in (out / "report.md").read_text()
     # A size beyond the train split fails before any compute.
     big = ["run", str(toml), "--out", str(tmp_path / "big"), "--set", "source.train_sizes=[500]"]
@@ -172,3 +173,21 @@ def test_the_split_seed_that_draws_the_subsets_is_in_their_hashes():
     # subsets drawn from its train split change: their rows must not be reused.
     assert hashes(0, [20]) != hashes(1, [20])
     assert hashes(0, []) == hashes(1, [])  # without a sweep the seed draws nothing here
+
+
+def test_a_probe_at_a_sweep_size_is_refit_on_its_train_images_alone(tmp_path):
+    from featpipe.heads import select_and_fit
+
+    rng = np.random.default_rng(0)
+    splits = ["train"] * 40 + ["val"] * 30 + ["test"] * 10
+    X = rng.normal(size=(80, 4)).astype(np.float32)
+    store = write_arrays(tmp_path / "s.h5", {"pooled": X}, np.arange(80) % 2, splits, ["a", "b"])
+    view = TrainSubset(store, store.ids("train")[:6])
+    grid = {"n_neighbors": [1, 3]}
+    whole = select_and_fit("knn", view, "pooled", grid=grid)
+    alone = select_and_fit("knn", view, "pooled", grid=grid, refit_on="train")
+    assert whole.estimator.classifier_.n_samples_fit_ == 36 and whole.refit_on == "train+val"
+    assert alone.estimator.classifier_.n_samples_fit_ == 6 and alone.refit_on == "train"
+    assert alone.curve == whole.curve  # val still chooses
+    with pytest.raises(ConfigError, match="refit_on='val' is not one of train\\+val, train"):
+        select_and_fit("knn", view, "pooled", grid=grid, refit_on="val")

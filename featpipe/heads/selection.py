@@ -19,6 +19,8 @@ from featpipe.heads.registry import default_grid, head_name, make_head, run_para
 from featpipe.heads.splits import FeatureSplits
 from featpipe.provenance import plain
 
+REFITS = ("train+val", "train")  # what the chosen head is refitted on, given a val split
+
 
 @dataclass
 class SelectionResult:
@@ -43,6 +45,7 @@ class SelectionResult:
     test_pred: np.ndarray | None = None
     test_scores: np.ndarray | None = None
     test_ids: list[str] | None = None
+    refit_on: str = "train+val"  # or "train" (always under CV)
     extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
@@ -132,6 +135,7 @@ def select_and_fit(
     seed: int | None = None,
     device: str | None = None,
     progress: bool = False,
+    refit_on: str = "train+val",
 ) -> SelectionResult:
     """Choose hyper-parameters on val (or CV on train), refit on train+val, then predict test.
 
@@ -146,7 +150,12 @@ def select_and_fit(
     the head's seed parameter; None keeps the head's own and folds seeded 0. ``device`` goes
     to heads with a ``device`` parameter (``logreg``); None keeps the head's own. A grid
     that names either parameter wins over them.
+
+    ``refit_on="train"`` refits the chosen head on the train rows alone, val only choosing,
+    as fine-tuning uses it: a data-size sweep's "N train images" then means N.
     """
+    if refit_on not in REFITS:
+        raise ConfigError(f"refit_on={refit_on!r} is not one of {', '.join(REFITS)}.")
     head = make_head(estimator) if isinstance(estimator, str) else clone(estimator)
     head.set_params(**run_params(head, seed=seed, device=device))
     name = estimator if isinstance(estimator, str) else (head_name(head) or type(head).__name__)
@@ -158,7 +167,7 @@ def select_and_fit(
     if not candidates:
         raise ConfigError(f"The grid {grid!r} has no candidates.")
     if getattr(head, "streams_store", False) and _is_store(source):
-        return _select_streamed(head, name, candidates, source, layer, progress)
+        return _select_streamed(head, name, candidates, source, layer, progress, refit_on)
     data = FeatureSplits(source, layer)
 
     start = time.perf_counter()
@@ -166,7 +175,9 @@ def select_and_fit(
     if data.has("val"):
         X_va, y_va = data.get("val")
         scores = _candidate_scores(head, candidates, X_tr, y_tr, X_va, y_va, progress)
-        X_fit, y_fit = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
+        X_fit, y_fit = X_tr, y_tr
+        if refit_on == "train+val":
+            X_fit, y_fit = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
         mode = "val"
     else:
         folds = _cv_splits(y_tr, cv, 0 if seed is None else seed)
@@ -176,11 +187,12 @@ def select_and_fit(
         ]
         scores = np.mean(per_fold, axis=0).tolist()
         X_fit, y_fit = X_tr, y_tr
-        mode = f"cv{len(folds)}"
+        mode, refit_on = f"cv{len(folds)}", "train"
     select_seconds = time.perf_counter() - start
     result = _refit(
         head, name, candidates, scores, mode, select_seconds, lambda h: h.fit(X_fit, y_fit)
     )
+    result.refit_on = refit_on
     if data.has("test"):  # only now, after the refit, is the test split read
         _test(result, [data.get("test")], data.ids("test"))
     return result
@@ -235,10 +247,16 @@ def _is_store(source: object) -> bool:
 
 
 def _select_streamed(
-    head: BaseEstimator, name: str, candidates: list[dict], store, layer: str, progress: bool
+    head: BaseEstimator,
+    name: str,
+    candidates: list[dict],
+    store,
+    layer: str,
+    progress: bool,
+    refit_on: str,
 ) -> SelectionResult:
     """Selection for heads that read a store chunk by chunk (``streams_store``), so no split
-    is ever held whole: choose on val, refit on train+val, then predict test chunk by chunk.
+    is ever held whole: choose on val, refit (on ``refit_on``), then predict test chunk by chunk.
     Under torchrun every rank runs it, and the heads share their passes over the rows."""
     counts = store.split_counts()
     if counts.get("val", 0) == 0:
@@ -270,8 +288,9 @@ def _select_streamed(
         scores,
         "val",
         select_seconds,
-        lambda h: h.fit_store(store, layer, ["train", "val"]),
+        lambda h: h.fit_store(store, layer, refit_on.split("+")),
     )
+    result.refit_on = refit_on
     if counts.get("test", 0):
         _test(result, store.iter_chunks(layer, "test"), store.ids("test"))
     return result

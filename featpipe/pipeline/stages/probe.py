@@ -61,6 +61,8 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 }
                 if entry.seed_param:
                     settings["seed_param"] = entry.seed_param
+                if config.source.train_sizes:
+                    settings["refit_on"] = "train"  # see run
                 deterministic = not entry.seed_param and not data.cv_selection
                 label = f"{entry.label} on {layer_words(layer)}{suffix(bb)}"
                 jobs += [
@@ -88,6 +90,9 @@ def run(job: Job, context: RunContext) -> ResultRow:
             device=context.device,
             grid=context.config.probes.grids.get(job.head),
             progress=context.progress,
+            # At a sweep size, val (kept whole) only chooses, as in fine-tuning: refitting on
+            # it would train "N train images" on N plus every val image.
+            refit_on="train+val" if train_ids is None else "train",
         )
     image_size = context.config.features.image_size
     return probe_row(job, context, store, result, usage, extraction, image_size=image_size)
@@ -126,6 +131,7 @@ def probe_row(
         params={
             **{k: plain(v) for k, v in result.params.items()},
             "selection": result.selection,
+            **({"refit_on": result.refit_on} if result.refit_on != "train+val" else {}),
             "probabilistic": probabilistic,
             # read by the report's warnings; present only when the solver stopped at max_iter
             **({"hit_iteration_limit": True} if _hit_iteration_limit(result.estimator) else {}),
