@@ -117,6 +117,13 @@ def test_without_val_split_uses_stratified_cv_on_train(tmp_path) -> None:
     assert result.refit_on == "train"
 
 
+@pytest.mark.parametrize("cv", [0, 1])
+def test_fewer_than_two_folds_are_refused_as_such(tmp_path, cv: int) -> None:
+    store = make_store(tmp_path / "s.h5", with_val=False)
+    with pytest.raises(ConfigError, match=f"cv={cv} folds: cross-validation needs at least 2"):
+        select_and_fit(KNNProbe(), store, layer="pooled", grid={"n_neighbors": [1]}, cv=cv)
+
+
 @pytest.mark.parametrize("name", ["linear_svm", "rbf_svm", "mlp", "knn"])
 def test_every_head_name_selects_and_fits(name: str) -> None:
     result = select_and_fit(name, split_arrays())

@@ -114,6 +114,11 @@ def _along_path(head: BaseEstimator, candidates: list[dict], path) -> list[float
 
 
 def _cv_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    if int(cv) < 2:
+        raise ConfigError(
+            f"cv={cv} folds: cross-validation needs at least 2; pass cv=5 (--cv 5), or add "
+            "a val split to choose on instead."
+        )
     _, counts = np.unique(y, return_counts=True)
     folds = min(int(cv), int(counts.min()))
     if folds < 2:
