@@ -64,6 +64,22 @@ def test_unknown_loss_is_refused(source):
         tuner(loss="hinge").fit(source)
 
 
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ({"optimizer": "adamx"}, "Unknown optimizer 'adamx'. Valid optimizers: sgd, adamw"),
+        ({"augment": "flip"}, "Unknown augment 'flip'. Valid: standard, none"),
+        ({"momentum": -1}, r"momentum in \[0, 1\).*got momentum=-1"),
+        ({"warmup_epochs": -0.5}, "warmup_epochs >= 0.*warmup_epochs=-0.5"),
+        ({"seed": -1}, "seed must be an integer >= 0; got -1"),
+    ],
+)
+def test_settings_are_checked_before_anything_runs(setting, match):
+    # A pipeline checks every setting this way before its first job computes anything.
+    with pytest.raises(ConfigError, match=match):
+        tuner(**setting)._check_params()
+
+
 def test_grid_chooses_on_val_and_test_is_read_once_for_the_winner(source):
     recording = RecordingSource(source)
     grid = {"lr": [1e-6, 0.1], "weight_decay": [1e-4]}

@@ -7,6 +7,7 @@ import math
 import random
 import time
 from dataclasses import replace
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from featpipe.finetune.callbacks import (
     ProgressPrinter,
 )
 from featpipe.finetune.data import (
+    AUGMENTATIONS,
     SourceDataset,
     image_loader,
     loader,
@@ -42,7 +44,7 @@ from featpipe.finetune.data import (
     train_transform,
 )
 from featpipe.finetune.freezing import Mode, freeze, set_train_mode
-from featpipe.finetune.recipe import build_optimizer, param_groups, warmup_cosine
+from featpipe.finetune.recipe import OPTIMIZERS, build_optimizer, param_groups, warmup_cosine
 from featpipe.interrupt import Interrupted, deferred
 from featpipe.store import FeatureStore
 
@@ -329,6 +331,21 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             )
         if self.loss not in LOSSES:
             raise ConfigError(f"Unknown loss {self.loss!r}. Valid losses: {', '.join(LOSSES)}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"Unknown optimizer {self.optimizer!r}. Valid optimizers: {', '.join(OPTIMIZERS)}."
+            )
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(
+                f"Unknown augment {self.augment!r}. Valid: {', '.join(AUGMENTATIONS)}."
+            )
+        if not 0 <= self.momentum < 1 or self.warmup_epochs < 0:
+            raise ConfigError(
+                f"Need momentum in [0, 1) and warmup_epochs >= 0; got momentum={self.momentum}, "
+                f"warmup_epochs={self.warmup_epochs}."
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, Integral) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0; got {self.seed!r}.")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(
                 f"patience must be >= 1 or None (no early stopping); got {self.patience!r}."

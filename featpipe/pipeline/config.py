@@ -139,6 +139,14 @@ def _non_empty(value, where: str) -> None:
         raise ConfigError(f"{where} must list at least one entry.")
 
 
+def _seeds(value, where: str) -> None:
+    _non_empty(value, where)
+    for i, seed in enumerate(value):
+        _non_negative(seed, f"{where}[{i}]")
+    if len(set(value)) < len(value):  # the same jobs twice, rows with the same key
+        raise ConfigError(f"{where} lists a seed twice: {list(value)}. List each seed once.")
+
+
 def _limits(value: dict, where: str) -> None:
     for split, n in value.items():
         if split not in ("train", "val", "test"):
@@ -195,7 +203,7 @@ class SourceConfig:
     test_fraction: float | None = option(
         None, check=_fraction, doc="share of train carved as test where the source has none"
     )
-    split_seed: int = option(0)
+    split_seed: int = option(0, check=_non_negative)
     limits: dict[str, int] = option({}, check=_limits, doc="stratified subset per split")
     train_sizes: tuple[int, ...] = option(
         (),
@@ -296,7 +304,7 @@ class PipelineConfig:
 
     name: str | None = option(None, doc="run name (default: the file's stem)")
     out: str | None = option(None, doc="run folder (default: runs/<name>); --out overrides")
-    seeds: tuple[int, ...] = option((0,), check=_non_empty, doc="head-search and fine-tuning seeds")
+    seeds: tuple[int, ...] = option((0,), check=_seeds, doc="head-search and fine-tuning seeds")
     device: str = option("auto", doc="auto, cpu, cuda or cuda:N")
     n_boot: int = option(1000, check=_non_negative, doc="bootstrap resamples (0: none)")
     source: SourceConfig
@@ -400,10 +408,12 @@ def _complete(config: PipelineConfig, default_name: str) -> PipelineConfig:
                     f"{did_you_mean(part, features.layers)} Add it to features.layers "
                     f"({', '.join(features.layers)})."
                 )
-    if not probes.heads and not finetune.modes:
+    if not (probes.heads and probes.layers) and not finetune.modes:
+        empty = "probes.heads" if not probes.heads else "probes.layers"
         raise ConfigError(
-            "The pipeline runs no method: probes.heads is empty and finetune.modes is empty. "
-            f"Add a head ({', '.join(_head_names())}) or a fine-tuning mode (e.g. 'full')."
+            f"The pipeline runs no method: {empty} is empty and finetune.modes is empty. "
+            f"Add a head ({', '.join(_head_names())}) on a layer ("
+            f"{', '.join(features.layers)}) or a fine-tuning mode (e.g. 'full')."
         )
     finetune = replace(
         finetune,
