@@ -122,6 +122,8 @@ def test_compare_without_bootstrap():
     [
         (0.0496, "0.0496"),  # not 0.05: it is below the line
         (0.0504, "0.0504"),
+        (0.04996, "0.04996"),  # three digits would still round both onto the line
+        (0.05004, "0.05004"),
         (0.05, "0.050"),
         (0.06, "0.060"),
         (0.123, "0.12"),

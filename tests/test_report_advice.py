@@ -118,7 +118,21 @@ def test_warning_on_a_head_at_its_iteration_limit():
 
 def test_warning_on_too_few_test_images():
     (line,) = warnings_for(summarize([make_row("toy/logreg@pooled", n=30)]))
-    assert line.startswith("Only 30 test images")
+    assert line.startswith("Only 30 test images: the 95 % intervals on top-1 are ")
+    row = make_row("toy/logreg@pooled", n=30)
+    row["metrics"]["ci"] = {}  # n_boot 0: no intervals to quote a width of
+    (line,) = warnings_for(summarize([row]))
+    assert (
+        line.startswith("Only 30 test images: too few to separate methods")
+        and "0 points" not in line
+    )
+
+
+def test_an_interval_that_misses_its_point_still_plots():
+    # A percentile interval from a handful of resamples can lie beside the point estimate.
+    row = make_row("toy/logreg@pooled", acc=0.78)
+    row["metrics"]["ci"]["top1"] = [0.825, 0.825]
+    assert plots.accuracy_by_method(summarize([row])).startswith(b"\x89PNG")
 
 
 def test_compact_parameters_fold_long_lists(tmp_path):

@@ -164,11 +164,13 @@ def compare(
 
 
 def format_p(p: float) -> str:
-    """A p-value with two significant digits (``"0.0031"``, ``"3.1e-05"``), or three where
-    two would round onto the ``ALPHA`` line (0.0496 and 0.0504, not 0.050 for both)."""
-    text = f"{p:#.2g}"
-    if float(text) == ALPHA and p != ALPHA:
-        text = f"{p:#.3g}"
+    """A p-value with two significant digits (``"0.0031"``, ``"3.1e-05"``), or as many more
+    as keep it off the ``ALPHA`` line (0.0496 and 0.0504, 0.04996 and 0.05004, never 0.050
+    for a p on either side)."""
+    for digits in range(2, 17):
+        text = f"{p:#.{digits}g}"
+        if float(text) != ALPHA or p == ALPHA:
+            return text
     return text
 
 

@@ -311,8 +311,13 @@ def _test_size_warnings(summaries: list[MethodSummary]) -> list[str]:
     width = sum(widths) / len(widths) if widths else 0.0
     if n >= MIN_TEST and width <= WIDE_CI:
         return []
+    # Without intervals (n_boot 0) there is no width to quote, only the count.
+    spread = (
+        f"the 95 % intervals on top-1 are {100 * width:.0f} points wide on average, too wide"
+        if widths
+        else "too few"
+    )
     return [
-        f"Only {n} test images: the 95 % intervals on top-1 are {100 * width:.0f} points wide "
-        "on average, too wide to separate methods that differ by a few points. Use a larger "
-        "test split (source.test_fraction) before reading the comparisons."
+        f"Only {n} test images: {spread} to separate methods that differ by a few points. "
+        "Use a larger test split (source.test_fraction) before reading the comparisons."
     ]

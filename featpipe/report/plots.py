@@ -114,7 +114,8 @@ def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
             ax.errorbar(
                 acc[i],
                 i,
-                xerr=[[acc[i] - lo], [hi - acc[i]]],
+                # A percentile interval from few resamples can miss the point estimate.
+                xerr=[[max(0.0, acc[i] - lo)], [max(0.0, hi - acc[i])]],
                 fmt="none",
                 ecolor="black",
                 capsize=3,
