@@ -14,7 +14,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from featpipe.errors import ConfigError
-from featpipe.heads import TorchLogisticRegression, logistic_objective, logreg_path
+from featpipe.heads import TorchLinearSVC, TorchLogisticRegression, logistic_objective, logreg_path
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,16 @@ def test_warm_start_needs_fewer_iterations(digits) -> None:
 def test_bad_params_raise_config_error(params: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         TorchLogisticRegression(**params).fit(np.eye(4), [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("cls", [TorchLogisticRegression, TorchLinearSVC])
+def test_warm_start_on_another_width_starts_cold(cls) -> None:
+    X, y = make_classification(60, 6, n_informative=4, n_classes=3, random_state=0)
+    est = cls(warm_start=True, device="cpu", n_threads=1).fit(X, y)
+    est.fit(X[:, :4], y)  # same classes, fewer features: was a torch shape error
+    cold = cls(device="cpu", n_threads=1).fit(X[:, :4], y)
+    assert est.coef_.shape == (3, 4) and est.n_features_in_ == 4
+    np.testing.assert_allclose(est.coef_, cold.coef_, atol=1e-3)
 
 
 def test_one_class_is_refused() -> None:

@@ -247,10 +247,12 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         with on_device(device), torch_threads(self.n_threads):
             problem = self._problem(X, y_idx, len(classes), device)
             start = problem.zeros()
+            # A previous solution is a start only for the same classes and features.
             if (
                 self.warm_start
                 and hasattr(self, "coef_")
                 and np.array_equal(self.classes_, classes)
+                and self.coef_.shape[1] == X.shape[1]
             ):
                 start = torch.as_tensor(
                     np.column_stack([self.coef_, self.intercept_]),
