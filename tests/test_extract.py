@@ -16,7 +16,8 @@ import pytest
 import torch
 from extract_child import LAYERS, NoiseSource, read_features, wait_for_chunks
 
-from featpipe.backbones import get_backbone
+from featpipe.backbones import Backbone, get_backbone
+from featpipe.backbones.base import state_dict_sha256
 from featpipe.errors import (
     ConfigError,
     ImageReadError,
@@ -24,7 +25,7 @@ from featpipe.errors import (
     StoreMismatchError,
     UnknownNameError,
 )
-from featpipe.extract import CPUDataPath, extract, get_data_path
+from featpipe.extract import CPUDataPath, extract, get_data_path, plan_extraction
 from featpipe.extract.host_copy import start_copy
 from featpipe.extract.writer_thread import BackgroundWriter
 from featpipe.store import FeatureStore
@@ -82,6 +83,32 @@ def test_same_inputs_reuse_the_store_without_computing(tmp_path):
     assert again.extraction["computed_chunks"] == 0 and calls == []
     assert first.path.stat().st_mtime_ns == mtime
     assert first.path.name.startswith("noise-toy-") and first.path.name.endswith(".h5")
+
+
+def test_a_backbone_whose_weights_changed_gets_a_new_store(tmp_path):
+    source, backbone = NoiseSource(8), get_backbone("toy")
+    by_name = extract(source, "toy", ["pooled"], cache_dir=tmp_path, **FAST)
+    same = extract(source, backbone, ["pooled"], cache_dir=tmp_path, **FAST)
+    assert same.extraction["reused"] and same.key == by_name.key  # unchanged: one store
+    with torch.no_grad():
+        for p in backbone.model.parameters():
+            p.mul_(2.0)  # fine-tuned, or load_state_dict of other weights
+    changed = extract(source, backbone, ["pooled"], cache_dir=tmp_path, **FAST)
+    assert changed.key != by_name.key and not changed.extraction["reused"]
+    fresh = extract(source, backbone, ["pooled"], out=tmp_path / "fresh.h5", **FAST)
+    np.testing.assert_array_equal(changed.arrays("pooled")[0], fresh.arrays("pooled")[0])
+    assert fresh.key == changed.key
+
+
+def test_a_weights_file_hash_stands_until_the_weights_change(tmp_path):
+    toy = get_backbone("toy")
+    named = Backbone("toy@file", toy.model, toy.preprocessing, weights_sha256="f" * 64)
+    plan = plan_extraction(NoiseSource(4), named, cache_dir=tmp_path, **FAST)
+    assert plan.backbone.weights_sha256 == "f" * 64  # the file's hash, as a spec string gives
+    with torch.no_grad():
+        toy.model.fc.bias.add_(1.0)
+    plan = plan_extraction(NoiseSource(4), named, cache_dir=tmp_path, **FAST)
+    assert plan.backbone.weights_sha256 == state_dict_sha256(toy.model) != "f" * 64
 
 
 @pytest.mark.parametrize(

@@ -75,14 +75,28 @@ class Backbone:
     stages: list[tuple[str, ...]] = field(default_factory=list)
     classifier: str | None = None
     token_pooling: str = "cls"
+    # The state dict's sha256 when ``weights_sha256`` was set (the same value unless that is
+    # a weights file's hash): :meth:`with_current_weights` compares the model's weights to it.
+    state_sha256: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.stages = as_stages(self.stages)
         self.model.eval()
+        if not self.state_sha256:  # replace() carries it over: hashed once per loaded model
+            self.state_sha256 = state_dict_sha256(self.model)
         if not self.weights_sha256:
-            self.weights_sha256 = state_dict_sha256(self.model)
+            self.weights_sha256 = self.state_sha256
         if self.classifier is None:
             self.classifier = _last_linear(self.model)
+
+    def with_current_weights(self) -> Backbone:
+        """This backbone if its model still holds the weights it was built with; otherwise a
+        copy whose ``weights_sha256`` is the hash of the weights it holds now (after
+        ``load_state_dict`` or fine-tuning), so that its identity names those."""
+        now = state_dict_sha256(self.model)
+        if now == self.state_sha256:
+            return self
+        return replace(self, weights_sha256=now, state_sha256=now)
 
     def at_size(self, image_size: int | None) -> Backbone:
         """The same model fed at another input size (None keeps the weights' own size)."""

@@ -364,7 +364,10 @@ def _refuse_skipped(store: FeatureStore, on_error: str, shown: int = 3) -> None:
 
 def _sized_backbone(backbone: str | Backbone, image_size: int | None) -> Backbone:
     if isinstance(backbone, Backbone):
-        return backbone.at_size(image_size)
+        # Its weights may have changed since it was built (fine-tuning, load_state_dict): hash
+        # them now, or the store of the old weights would be reused. One pass over the
+        # weights, small next to extracting; a spec string builds a fresh, freshly hashed one.
+        return backbone.with_current_weights().at_size(image_size)
     return get_backbone(backbone, image_size=image_size)
 
 
