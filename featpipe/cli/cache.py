@@ -19,8 +19,9 @@ examples:
   featpipe cache list runs/cache
 
 STATE is complete, incomplete N/M (finished chunks; the same extract command resumes it),
-in use (another process is writing it), unreadable (damaged or not a store), or leftover
-(a temporary or lock file of a run that was killed). AGE counts from the last write.
+in use (another process is writing it, or one part of a parted store), unreadable (damaged
+or not a store), or leftover (a temporary or lock file of a run that was killed). AGE counts
+from the last write (to any part, for a parted store).
 """
 
 PRUNE_EPILOG = """\

@@ -5,21 +5,28 @@ old stores, finished or not, pile up. :func:`scan` describes each store and each
 file (a ``.tmp`` file of a creation that was killed, a lock file whose store is gone);
 :func:`remove` deletes one of them while holding its store's lock, so that a store some
 process is writing is never touched.
+
+A parted store is in use while its top-level lock or the lock of any of its part files is held
+(``--shard`` tasks and torchrun ranks write parts under the part's lock alone).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from featpipe.errors import (
+    FeaturePipeError,
     MissingPartError,
     StoreInUseError,
     StoreMismatchError,
     UnreadableStoreError,
 )
+from featpipe.store.files import describe_failure, os_error_number
 from featpipe.store.lock import (
     LOCK_SUFFIX,
     OWNER_SUFFIX,
@@ -66,15 +73,58 @@ class CacheEntry:
 def _disk_size(path: Path) -> int:
     st = path.stat()
     size = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
-    if path.name.endswith(STORE_SUFFIX) and parts_dir(path).is_dir():  # a parted store's parts
-        size += sum(_disk_size(part) for part in parts_dir(path).glob("part-*.h5"))
+    if path.name.endswith(STORE_SUFFIX):  # a parted store's parts
+        size += sum(_disk_size(part) for part in _part_files(path))
     return size
 
 
+def _part_files(store: Path) -> list[Path]:
+    """The part files in the parts folder of ``store`` (none for a one-file store)."""
+    folder = parts_dir(store)
+    return sorted(folder.glob("part-*.h5")) if folder.is_dir() else []
+
+
+def _part_locks(store: Path) -> list[Path]:
+    """Every part of ``store`` a writer may hold: its part files, and parts with a lock file."""
+    folder = parts_dir(store)
+    if not folder.is_dir():
+        return []
+    locked = {p.with_name(p.name[: -len(LOCK_SUFFIX)]) for p in folder.glob("part-*.h5.lock")}
+    return sorted(locked | set(_part_files(store)))
+
+
+def _holder(store: Path) -> dict | None:
+    """Who holds the lock of ``store`` or of one of its parts; None when no other process does."""
+    owner = holder(store)
+    for part in _part_locks(store) if owner is None else []:
+        owner = holder(part)
+        if owner is not None:
+            break
+    return owner
+
+
+def _modified(store: Path) -> float:
+    """The last write to a store: the newest of its file's and its parts' mtimes."""
+    times = [store.stat().st_mtime]
+    for part in _part_files(store):
+        with contextlib.suppress(OSError):  # deleted meanwhile
+            times.append(part.stat().st_mtime)
+    return max(times)
+
+
+def _unreadable_state(exc: BaseException) -> str:
+    """The state of a store whose data cannot be read now: in use when HDF5 reports another
+    process has one of its files open (a writer without featpipe's lock), else unreadable."""
+    if os_error_number(exc) in (errno.EAGAIN, errno.EWOULDBLOCK) or isinstance(
+        exc, StoreInUseError
+    ):
+        return "in use (open in another process)"
+    return f"unreadable ({describe_failure(exc)})"
+
+
 def _describe_store(path: Path) -> CacheEntry:
-    st = path.stat()
-    entry = CacheEntry(path, path, "unreadable", _disk_size(path), st.st_mtime)
-    owner = holder(path)
+    entry = CacheEntry(path, path, "unreadable", _disk_size(path), _modified(path))
+    owner = _holder(path)
     if owner is not None:
         entry.state = f"in use by {describe_owner(owner)}"
     try:
@@ -96,8 +146,12 @@ def _describe_store(path: Path) -> CacheEntry:
     entry.layers = list(store.layers)
     entry.rows = len(store)
     if owner is None:
-        done = store.chunk_done()
-        complete = store.complete
+        try:  # a parted store's flags are read through its part files
+            done = store.chunk_done()
+            complete = store.complete
+        except (OSError, FeaturePipeError) as exc:
+            entry.state = _unreadable_state(exc)
+            return entry
         entry.state = "complete" if complete else f"incomplete {int(done.sum())}/{len(done)}"
     return entry
 
@@ -165,10 +219,14 @@ def select(
 
 
 def remove(entry: CacheEntry) -> bool:
-    """Delete ``entry`` (a store with its lock files, or a leftover file) while holding its
-    store's lock; False, deleting nothing, when another process holds it."""
+    """Delete ``entry`` (a store with its lock files and parts, or a leftover file) while
+    holding its store's lock and every part's lock; False, deleting nothing, when another
+    process holds one of them."""
     try:
-        with StoreLock(entry.store, timeout=0):
+        with StoreLock(entry.store, timeout=0), contextlib.ExitStack() as parts:
+            if entry.is_store:
+                for part in _part_locks(entry.store):  # writers take only a part's lock
+                    parts.enter_context(StoreLock(part, timeout=0, notify=_quiet))
             entry.path.unlink(missing_ok=True)
             if entry.is_store:
                 shutil.rmtree(parts_dir(entry.store), ignore_errors=True)
@@ -179,3 +237,7 @@ def remove(entry: CacheEntry) -> bool:
     except StoreInUseError:
         return False
     return True
+
+
+def _quiet(_message: str) -> None:
+    return None
