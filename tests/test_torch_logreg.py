@@ -13,8 +13,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError
-from featpipe.heads import TorchLinearSVC, TorchLogisticRegression, logistic_objective, logreg_path
+from featpipe.heads import (
+    TorchLinearSVC,
+    TorchLogisticRegression,
+    linear_svm_path,
+    logistic_objective,
+    logreg_path,
+)
+from featpipe.heads.torch_logreg import _Problem, run_path
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +154,23 @@ def test_warm_start_on_another_width_starts_cold(cls) -> None:
     cold = cls(device="cpu", n_threads=1).fit(X[:, :4], y)
     assert est.coef_.shape == (3, 4) and est.n_features_in_ == 4
     np.testing.assert_allclose(est.coef_, cold.coef_, atol=1e-3)
+
+
+@pytest.mark.parametrize("path", [logreg_path, linear_svm_path])
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "1"])
+def test_c_path_checks_every_C_before_it_starts(monkeypatch, path, bad) -> None:
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the path started before its C values were checked")
+
+    monkeypatch.setattr(_Problem, "minimise", no_fit)
+    X, y = make_classification(30, 4, n_informative=3, n_redundant=0, random_state=0)
+    with pytest.raises(ConfigError, match=rf"C must be a positive finite number; got {bad!r}"):
+        path(X, y, [1.0, bad], device="cpu")
+    # run_path, which the streamed path calls, checks too
+    problem = _Problem(X, y, 2, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=rf"C must be a positive finite number; got {bad!r}"):
+        run_path(problem, [1.0, bad], np.array([0, 1]), TorchLogisticRegression, None,
+                 tol=1e-4, max_iter=10, progress=progress_bar(2, enabled=False))  # fmt: skip
 
 
 def test_one_class_is_refused() -> None:

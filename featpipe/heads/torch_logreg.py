@@ -18,6 +18,7 @@ The solver, the estimator base and the C path are shared with the linear SVM
 
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -191,6 +192,23 @@ def _warn_not_converged(fits: list[tuple[float, int, float]], max_iter: int, tol
         )
 
 
+def _check_C(C: object, where: str = "") -> None:
+    """One error for a bad C, whether a plain fit's or one of a path's (``where`` says which)."""
+    if isinstance(C, bool) or not (isinstance(C, numbers.Real) and np.isfinite(C) and C > 0):
+        raise ConfigError(
+            f"C must be a positive finite number; got {C!r}{where}. C is the inverse "
+            "regularisation strength: use e.g. 1.0, smaller to regularise more."
+        )
+
+
+def _check_Cs(Cs: Sequence[float], what: str) -> None:
+    """Every C of a path, before any is fitted (a bad one would fail mid-path)."""
+    if len(Cs) == 0:
+        raise ConfigError(f"The C path of {what} needs at least one C value.")
+    for i, C in enumerate(Cs):
+        _check_C(C, f" (value {i + 1} of {len(Cs)} of the C path)")
+
+
 class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
     """An L2-regularised linear classifier fitted by full-batch L-BFGS in torch (float32, CPU
     or CUDA); subclasses name the objective (``_problem``).
@@ -226,8 +244,7 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
 
     def _check_params(self) -> None:
-        if not (np.isfinite(self.C) and self.C > 0):
-            raise ConfigError(f"C must be a positive finite number; got {self.C!r}.")
+        _check_C(self.C)
         if self.tol < 0 or int(self.max_iter) < 1:
             raise ConfigError(
                 f"tol must be >= 0 and max_iter >= 1; got tol={self.tol}, max_iter={self.max_iter}."
@@ -354,8 +371,7 @@ def linear_path(
     is recorded (labels in ``y_val`` that never occur in ``y`` count as errors).
     """
     what = estimator_class._what
-    if len(Cs) == 0:
-        raise ConfigError(f"The C path of {what} needs at least one C value.")
+    _check_Cs(Cs, what)
     X = np.asarray(X)
     classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
     if len(classes) < 2:
@@ -392,6 +408,7 @@ def run_path(
     """Minimise ``problem`` at every C in ``Cs`` in order, each from the previous solution,
     recording ``accuracy(W)`` of each solution when given; ``progress`` (a tqdm-like
     counter) counts the values of C."""
+    _check_Cs(Cs, estimator_class._what)
     coefs, intercepts, iters, accs, fits = [], [], [], [], []
     W = problem.zeros()
     start = time.perf_counter()
