@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from featpipe.errors import ConfigError
-from featpipe.evaluate import compare, mcnemar, paired_bootstrap
+from featpipe.evaluate import Comparison, McNemarResult, compare, holm, mcnemar, paired_bootstrap
 from featpipe.evaluate.compare import format_p
+from featpipe.report.summary import clear_after_holm
 
 
 def pairs(both, a_only, b_only, neither):
@@ -135,3 +136,24 @@ def test_compare_without_bootstrap():
 )
 def test_p_values_have_two_significant_digits(p, text):
     assert format_p(p) == text
+
+
+def test_holm_adjusts_step_down_in_the_given_order():
+    # Sorted: 0.005*4, 0.01*3, 0.03*2, then 0.04*1 lifted to the running maximum 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_a_matrix_of_many_pairs_stars_only_what_survives_holm():
+    def pair(p: float, ci: tuple[float, float] | None = (0.01, 0.05)) -> Comparison:
+        lo, hi = ci or (None, None)
+        return Comparison("a", "b", 0.03, lo, hi, McNemarResult(9, 1, 0.0, p, "exact"), None)
+
+    # Ten pairs each at p = 0.01: every one "clear" alone, none once the family is counted.
+    matrix = {(0, j): pair(0.01) for j in range(1, 11)}
+    assert all(c.verdict == "clear" for c in matrix.values())
+    assert clear_after_holm(matrix) == set()
+    matrix[0, 11] = pair(0.001)  # 11 * 0.001 < 0.05
+    matrix[0, 12] = pair(0.0001, ci=(-0.01, 0.05))  # the interval still has to agree
+    matrix[0, 13] = pair(0.0001, ci=None)  # no bootstrap: McNemar alone
+    assert clear_after_holm(matrix) == {(0, 11), (0, 13)}

@@ -1,6 +1,13 @@
 """Evaluation harness: one metric function, paired comparisons and cost measurement."""
 
-from featpipe.evaluate.compare import Comparison, McNemarResult, compare, mcnemar, paired_bootstrap
+from featpipe.evaluate.compare import (
+    Comparison,
+    McNemarResult,
+    compare,
+    holm,
+    mcnemar,
+    paired_bootstrap,
+)
 from featpipe.evaluate.cost import (
     Cost,
     Extraction,
@@ -29,6 +36,7 @@ __all__ = [
     "compute_metrics",
     "confusion_matrix",
     "expected_calibration_error",
+    "holm",
     "mcnemar",
     "measure",
     "paired_bootstrap",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,6 +162,17 @@ def compare(
     diff, lo, hi = paired_bootstrap(correct_a, correct_b, n_boot=n_boot, seed=seed)
     ratio = cost_a / cost_b if cost_a and cost_b else None
     return Comparison(name_a, name_b, diff, lo, hi, mcnemar(correct_a, correct_b), ratio)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (one family of tests), in their order: an
+    adjusted p below ``ALPHA`` keeps the chance of any false call among them at ``ALPHA``."""
+    order = np.argsort(p_values, kind="stable")
+    m, running, adjusted = len(order), 0.0, [0.0] * len(order)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted
 
 
 def format_p(p: float) -> str:

@@ -16,6 +16,7 @@ from featpipe.report.summary import (
     MethodSummary,
     all_pairs,
     best,
+    clear_after_holm,
     comparisons,
     latest_rows,
     provenance,
@@ -324,7 +325,9 @@ def _comparison_sections(summaries: list[MethodSummary], n_boot: int) -> list[Se
                 "All paired comparisons",
                 [
                     "Row method minus column method, top-1 points on the same test images "
-                    f"(lowest common seed); * marks a clear difference ({interval}).",
+                    f"(lowest common seed); * marks a clear difference ({interval}), with "
+                    f"McNemar's p-values Holm-adjusted over the table's {len(matrix)} pairs so "
+                    "that the chance of any false * stays at 5 %.",
                     _matrix_table(summaries, matrix),
                 ],
                 appendix=True,
@@ -334,7 +337,7 @@ def _comparison_sections(summaries: list[MethodSummary], n_boot: int) -> list[Se
 
 
 def _matrix_table(summaries: list[MethodSummary], matrix: dict) -> Table:
-    n = len(summaries)
+    n, clear = len(summaries), clear_after_holm(matrix)
     rows = []
     for i, s in enumerate(summaries):
         cells = []
@@ -344,7 +347,7 @@ def _matrix_table(summaries: list[MethodSummary], matrix: dict) -> Table:
                 cells.append("")
                 continue
             pts = 100 * c.difference * (1 if i < j else -1)
-            cells.append(f"{pts:+.1f}{'*' if c.verdict == 'clear' else ''}")
+            cells.append(f"{pts:+.1f}{'*' if (min(i, j), max(i, j)) in clear else ''}")
         rows.append([f"{i + 1}. {s.label}", *cells])
     return Table(["method", *(str(j + 1) for j in range(n))], rows)
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featpipe.evaluate import Comparison, aggregate_over_seeds, compare
+from featpipe.evaluate import Comparison, aggregate_over_seeds, compare, holm
+from featpipe.evaluate.compare import ALPHA
 from featpipe.report.results import MethodKind
 
 
@@ -195,6 +196,19 @@ def all_pairs(
             if paired is not None:
                 out[i, j] = paired.comparison
     return out
+
+
+def clear_after_holm(matrix: dict[tuple[int, int], Comparison]) -> set[tuple[int, int]]:
+    """The pairs of ``matrix`` that differ clearly once McNemar's p-values are Holm-adjusted
+    over all of them (many pairs, many chances of a false call), with the paired interval,
+    where there is one, excluding zero as well."""
+    keys = list(matrix)
+    adjusted = holm([matrix[k].mcnemar.p_value for k in keys])
+    return {
+        k
+        for k, p in zip(keys, adjusted, strict=True)
+        if p < ALPHA and (matrix[k].ci_low is None or matrix[k].distinguishable)
+    }
 
 
 def provenance(rows: list[dict]) -> list[tuple[str, str]]:
