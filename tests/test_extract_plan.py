@@ -72,6 +72,21 @@ def test_chunks_out_of_range_are_refused(tmp_path):
         run_extraction(plan, chunks=[0, 3])
 
 
+@pytest.mark.parametrize("done", [True, False], ids=["overwrite", "new"])
+def test_bad_chunk_indices_touch_no_file(tmp_path, done):
+    out = tmp_path / "s.h5"
+    if done:
+        extract(NoiseSource(12), "toy", out=out, batch_size=5, **FAST)
+    before = out.read_bytes() if done else None
+    plan = plan_extraction(NoiseSource(12), "toy", out=out, overwrite=done, batch_size=5, **FAST)
+    with pytest.raises(ConfigError, match=r"in \[0, 3\).*got \[7\]"):
+        run_extraction(plan, chunks=[0, 7])
+    if done:  # the complete store is left as it was, not replaced by an empty one
+        assert out.read_bytes() == before
+    else:
+        assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("chunk_rows, batch_size", [(7, 3), (4, 10)])
 def test_chunk_size_apart_from_batch_size(tmp_path, chunk_rows, batch_size):
     ref = extract(NoiseSource(20), "toy", out=tmp_path / "ref.h5", batch_size=5, **FAST)

@@ -19,13 +19,19 @@ from featpipe.distributed.ranks import under_torchrun
 from featpipe.errors import ConfigError, ImageReadError
 from featpipe.extract.datapath import DataPath, get_data_path
 from featpipe.extract.inference import Inference
-from featpipe.extract.loop import compute_identity, default_workers, probe_layers, run_chunks
+from featpipe.extract.loop import (
+    check_chunks,
+    compute_identity,
+    default_workers,
+    probe_layers,
+    run_chunks,
+)
 from featpipe.extract.target import Action, Request, reusable
 from featpipe.extract.target import plan as decide
 from featpipe.store import FeatureStore, StoreWriter, store_filename
 from featpipe.store.lock import StoreLock
 from featpipe.store.parts import parted_at
-from featpipe.store.schema import DTYPES
+from featpipe.store.schema import DTYPES, n_chunks_for
 
 NOTHING_COMPUTED = {
     "images": 0,
@@ -228,12 +234,16 @@ def run_extraction(
         from featpipe.extract.parted import run_parted
 
         return run_parted(plan, shard)
+    if plan.overwrite or not plan.path.exists():
+        _check_new_chunks(plan, chunks)
     store = reusable(plan.path, plan.request, plan.overwrite)
     if store is not None:
         return _reused(store, plan.on_error)
     with StoreLock(plan.path, timeout=plan.lock_timeout):
         action = decide(plan.path, plan.request, plan.overwrite)
-        if action is not Action.CREATE:
+        if action is Action.CREATE:
+            _check_new_chunks(plan, chunks)  # again: the file may have gone while we waited
+        else:
             _refuse_skipped(FeatureStore(plan.path), plan.on_error)
         if action is Action.REUSE:  # another process finished it while this one waited
             return _reused(FeatureStore(plan.path), plan.on_error)
@@ -244,6 +254,14 @@ def run_extraction(
     store = FeatureStore(plan.path)
     store.extraction = stats
     return store
+
+
+def _check_new_chunks(plan: ExtractionPlan, chunks: Sequence[int] | None) -> None:
+    """Refuse chunk indices outside the store ``plan`` would create, before it is created (a
+    store being replaced would be lost to a typo). A resumed store's own layout is checked
+    when it is opened."""
+    if chunks is not None:
+        check_chunks(chunks, n_chunks_for(len(plan.source.ids), plan.rows_per_chunk))
 
 
 def store_layout(plan: ExtractionPlan, inference: Inference) -> dict:

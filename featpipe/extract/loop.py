@@ -250,15 +250,20 @@ def _finish(
     return run
 
 
-def _selected(chunks: Sequence[int], pending: list[int], n_chunks: int) -> list[int]:
-    """The asked-for chunks that are not done yet, in store order; raises for an index
-    outside the store."""
+def check_chunks(chunks: Sequence[int], n_chunks: int) -> None:
+    """Raise ConfigError for an index that is not a chunk of a store of ``n_chunks``."""
     wrong = [i for i in chunks if not (isinstance(i, (int, np.integer)) and 0 <= i < n_chunks)]
     if wrong:
         raise ConfigError(
             f"Chunk indices must be integers in [0, {n_chunks}) (the store has {n_chunks} "
             f"chunks); got {wrong}."
         )
+
+
+def _selected(chunks: Sequence[int], pending: list[int], n_chunks: int) -> list[int]:
+    """The asked-for chunks that are not done yet, in store order; raises for an index
+    outside the store."""
+    check_chunks(chunks, n_chunks)
     asked = {int(i) for i in chunks}
     return [i for i in pending if i in asked]
 
