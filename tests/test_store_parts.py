@@ -181,3 +181,12 @@ def test_cache_prune_removes_a_parted_store_with_its_parts(tmp_path):
     assert main(["cache", "list", str(tmp_path)]) == 0  # a missing part is a state, not a crash
     assert main(["cache", "prune", str(tmp_path), "--incomplete", "--yes"]) == 0
     assert not store.exists() and not parts_dir(store).exists()
+
+
+def test_the_extraction_attribute_records_the_stores_rows_per_chunk(tmp_path):
+    out = tmp_path / "p.h5"
+    extract(NoiseSource(32), "toy", LAYERS, out=out, shard=(0, 2), chunk_rows=4, **FAST)
+    # the second task asks for other chunks: the store keeps its own, and says so
+    store = extract(NoiseSource(32), "toy", LAYERS, out=out, shard=(1, 2), chunk_rows=16, **FAST)
+    assert store.complete and store.rows_per_chunk == 4
+    assert store.attrs["extraction"]["rows_per_chunk"] == 4

@@ -298,7 +298,6 @@ def _try_finish(plan: ExtractionPlan, who: str) -> bool:
         "data_path": plan.data_path.name,
         "workers": plan.workers,
         "lanes": lane_count(plan.device, plan.workers, plan.torch_compile),
-        "rows_per_chunk": plan.rows_per_chunk,
         "on_error": plan.on_error,
         "completed_by": who,
     }

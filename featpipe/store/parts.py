@@ -309,15 +309,17 @@ _PART_ATTRS = (
 def finish_parted(path: Path, run: Mapping[str, Any]) -> bool:
     """Complete the parted store at ``path`` if every part is complete: verify each (complete,
     parent key, index, ids), copy the skip reasons into the top-level file, record the summed
-    cost in its ``extraction`` attribute (with ``run``, the finishing run, and the writers
-    that filled its parts) and set ``complete``. Returns False, changing nothing, while a part
-    is not complete (or is open for writing). Call it holding the top-level file's lock."""
+    cost in its ``extraction`` attribute (with ``run``, the finishing run, the writers that
+    filled its parts and the store's ``rows_per_chunk``) and set ``complete``. Returns False,
+    changing nothing, while a part is not complete (or is open for writing). Call it holding
+    the top-level file's lock."""
     with open_h5(path) as f:
         attrs = f.attrs
         key = schema.decode_attr("key", attrs["key"])
         if bool(attrs["complete"]):
             return True
         parts = parts_of(path, attrs)
+        rows_per_chunk = int(attrs["rows_per_chunk"])
         ids = f[schema.SAMPLES_ID].asstr()[()]
     reasons = np.full(len(ids), "", dtype=object)
     costs = []
@@ -345,7 +347,9 @@ def finish_parted(path: Path, run: Mapping[str, Any]) -> bool:
         if schema.SAMPLES_ERROR in f:
             del f[schema.SAMPLES_ERROR]
         f.create_dataset(schema.SAMPLES_ERROR, data=list(reasons), dtype=h5py.string_dtype())
-        f.attrs["extraction"] = schema.encode_attr({**dict(run), **summed_cost(costs)})
+        # the store's chunks, not the finishing run's --chunk-rows (a resume keeps the store's)
+        cost = {**dict(run), "rows_per_chunk": rows_per_chunk, **summed_cost(costs)}
+        f.attrs["extraction"] = schema.encode_attr(cost)
         f.attrs["complete"] = True
         f.flush()
     return True
