@@ -252,3 +252,23 @@ def test_bad_params_raise_config_error(params: dict, match: str) -> None:
         TorchMLPClassifier(**params).fit(np.eye(4), [0, 1, 0, 1])
     with pytest.raises(ConfigError, match="Unknown MLP solver 'lbfgs'"):
         MLPProbe(solver="lbfgs").fit(np.eye(4), [0, 1, 0, 1])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("make", [TorchMLPClassifier, MLPProbe])
+def test_random_state_takes_sklearns_values(make) -> None:
+    X = np.random.default_rng(0).normal(size=(40, 4))
+    y = np.arange(40) % 2
+    fit = lambda rs: make((4,), random_state=rs, max_iter=3, **FAST).fit(X, y)  # noqa: E731
+    fit(None)  # was a TypeError from int(None)
+    a, b = fit(np.random.RandomState(1)), fit(np.random.RandomState(1))
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    with pytest.raises(ConfigError, match="random_state must be None, an int or a"):
+        fit("seven")
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_batch_size_takes_numpy_integers() -> None:
+    X = np.random.default_rng(0).normal(size=(40, 4))
+    est = TorchMLPClassifier((4,), batch_size=np.int64(8), max_iter=2, **FAST)
+    assert est.fit(X, np.arange(40) % 2).n_iter_ == 2  # np.int64(8) was refused

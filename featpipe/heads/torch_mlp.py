@@ -37,6 +37,7 @@ Results are deterministic given ``random_state`` and the precision on CPU.
 from __future__ import annotations
 
 import itertools
+import numbers
 import time
 import warnings
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -115,7 +117,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         stop on and keep the best epoch's weights. Needs at least 2 rows of every class and a
         held-out share of at least one row per class; with fewer (few-shot sets) training stops
         on the training loss instead, and ``validation_scores_`` is None.
-    random_state : seeds initial weights, validation split and batch order.
+    random_state : seeds initial weights, validation split and batch order: an int, a
+        ``np.random.RandomState`` (one seed is drawn from it) or None (a fresh seed each fit).
     device : ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
     n_threads : CPU threads for torch (None: all of them).
     precision : ``"auto"`` (bfloat16 first-layer products where the device has native
@@ -238,7 +241,8 @@ def _check_params(p: TorchMLPClassifier, alphas: list[float]) -> list[int]:
         bad.append(f"hidden_layer_sizes must be positive; got {p.hidden_layer_sizes!r}")
     if not all(np.isfinite(a) and a >= 0 for a in alphas):
         bad.append(f"alpha must be >= 0 and finite; got {alphas}")
-    if not (p.batch_size == "auto" or (isinstance(p.batch_size, int) and p.batch_size >= 1)):
+    batch = p.batch_size
+    if not (batch == "auto" or (isinstance(batch, numbers.Integral) and batch >= 1)):
         bad.append(f"batch_size must be 'auto' or a positive integer; got {p.batch_size!r}")
     if not (p.learning_rate_init > 0 and int(p.max_iter) >= 1 and p.tol >= 0):
         bad.append(
@@ -254,12 +258,28 @@ def _check_params(p: TorchMLPClassifier, alphas: list[float]) -> list[int]:
         bad.append(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {p.lr_schedule!r}")
     if not 0 < p.validation_fraction < 1:
         bad.append(f"validation_fraction must be in (0, 1); got {p.validation_fraction}")
+    try:
+        check_random_state(p.random_state)
+    except ValueError:
+        bad.append(
+            f"random_state must be None, an int or a np.random.RandomState; got {p.random_state!r}"
+        )
     if bad:
         raise ConfigError("TorchMLPClassifier: " + "; ".join(bad) + ".")
     return [int(s) for s in sizes]
 
 
-def _early_stopping_split(p: TorchMLPClassifier, X: np.ndarray, y_idx: np.ndarray, k: int):
+def _seed(random_state: object) -> int:
+    """An int seed for torch and the split: an int as given (the same fits as ever), else one
+    drawn as scikit-learn does (None: a fresh one each fit)."""
+    if isinstance(random_state, numbers.Integral):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def _early_stopping_split(
+    p: TorchMLPClassifier, X: np.ndarray, y_idx: np.ndarray, k: int, seed: int
+):
     """(X_train, y_train, X_val, y_val), the last two None when there is no early stopping."""
     if p.early_stopping:
         n_val = int(np.ceil(p.validation_fraction * len(y_idx)))
@@ -269,7 +289,7 @@ def _early_stopping_split(p: TorchMLPClassifier, X: np.ndarray, y_idx: np.ndarra
                 y_idx,
                 test_size=p.validation_fraction,
                 stratify=y_idx,
-                random_state=p.random_state,
+                random_state=seed,
             )
             return X_tr, y_tr, X_va, y_va
     return X, y_idx, None, None
@@ -286,10 +306,11 @@ def _fit_many(
             f"An MLP needs samples of at least 2 classes; got 1 class ({classes[0]!r}). "
             "Check the labels of the training split."
         )
-    X_tr, y_tr, X_va, y_va = _early_stopping_split(p, X, y_idx, len(classes))
+    seed = _seed(p.random_state)  # one seed for the split and the weights
+    X_tr, y_tr, X_va, y_va = _early_stopping_split(p, X, y_idx, len(classes), seed)
     device = resolve_device(p.device)
     with on_device(device), torch_threads(p.n_threads):
-        trainer = _Trainer(p, [X.shape[1], *hidden, len(classes)], alphas, device)
+        trainer = _Trainer(p, [X.shape[1], *hidden, len(classes)], alphas, device, seed)
         fits = trainer.run(X_tr, y_tr, X_va, y_va)
     models = []
     for alpha, fit in zip(alphas, fits, strict=True):
@@ -340,11 +361,17 @@ class _Trainer:
     (A, fan_in, fan_out) with biases (A, 1, fan_out)."""
 
     def __init__(
-        self, p: TorchMLPClassifier, sizes: list[int], alphas: list[float], device: torch.device
+        self,
+        p: TorchMLPClassifier,
+        sizes: list[int],
+        alphas: list[float],
+        device: torch.device,
+        seed: int | None = None,
     ):
         self.p, self.device = p, device
         self.low = matmul_dtype(p.precision, device)  # of the first layer's products
-        self.gen = torch.Generator().manual_seed(int(p.random_state))  # CPU: same on any device
+        seed = _seed(p.random_state) if seed is None else seed
+        self.gen = torch.Generator().manual_seed(seed)  # CPU: same on any device
         self.alphas = torch.tensor(alphas, device=device)  # of the active models
         a = len(alphas)
         self.params: list[torch.Tensor] = []
