@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from featpipe.cli import main
 from featpipe.data import ArraySource
 from featpipe.evaluate.leakage import check_data, check_store, content_hashes
 from featpipe.extract import extract
-from featpipe.report import plots, write_report
+from featpipe.report import PlannedRun, RunPlan, plots, write_report
 from featpipe.report.advice import crossover, recommendation, warnings_for
 from featpipe.report.summary import summarize
 
@@ -213,6 +214,15 @@ def test_report_lists_checks_and_top1_without_duplicates(dup_store, tmp_path):
     # rebuilt without the source: the saved checks (content hashes) are reused
     again = write_report(tmp_path / "run", [row])["report.md"].read_text()
     assert again == md
+    # ... but only for the data they checked: a run re-planned on other data (stopped
+    # before its report) compares stored features instead.
+    plan = RunPlan("unit", [PlannedRun(row["method"], 0, row["config_hash"])], 0, "first")
+    write_report(tmp_path / "run2", [row], plan, source=source)
+    same = write_report(tmp_path / "run2", [row], plan)["report.md"].read_text()
+    assert "by content hash" in same
+    other = replace(plan, source_fingerprint="second")
+    rebuilt = write_report(tmp_path / "run2", [row], other)["report.md"].read_text()
+    assert "by content hash" not in rebuilt and "by identical stored features" in rebuilt
 
 
 def test_featpipe_check_command(dup_store, capsys):

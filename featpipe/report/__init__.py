@@ -79,7 +79,7 @@ def write_report(
     if plan is None:
         plan = read_plan(run_dir)
     rows, notes = _current(rows, plan)
-    checks = data_checks(run_dir, rows, source)
+    checks = data_checks(run_dir, rows, source, plan.source_fingerprint if plan else None)
     doc = build_document(rows, n_boot=plan.n_boot if plan else 1000, notes=notes, checks=checks)
     plots_dir = run_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -95,10 +95,13 @@ def write_report(
     return written
 
 
-def data_checks(run_dir: Path, rows: list[dict], source=None) -> DataChecks | None:
+def data_checks(
+    run_dir: Path, rows: list[dict], source=None, fingerprint: str | None = None
+) -> DataChecks | None:
     """The data checks of a run: computed with content hashes when the source is at hand,
-    else those saved by the run (checks.json), else from the stored features of the probes'
-    store; None when there is neither a source nor a store to check."""
+    else those saved by the run (checks.json) if they were made from the data of
+    ``fingerprint`` (the plan's source fingerprint; None: any), else from the stored features
+    of the probes' store; None when there is neither a source nor a store to check."""
     from featpipe.store import FeatureStore
 
     saved = run_dir / CHECKS_FILE
@@ -118,15 +121,25 @@ def data_checks(run_dir: Path, rows: list[dict], source=None) -> DataChecks | No
                 list(source.classes),
                 hashes=[hashes[i] for i in source.ids],
             )
-    elif saved.exists():
-        return DataChecks.from_json(json.loads(saved.read_text(encoding="utf-8")))
+    elif saved.exists() and _saved_for(saved, fingerprint):
+        data = json.loads(saved.read_text(encoding="utf-8"))
+        data.pop("source_fingerprint", None)
+        return DataChecks.from_json(data)
     elif store is not None:
         checks = check_store(store)
     else:
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(checks.to_json()) + "\n", encoding="utf-8")
+    data = {**checks.to_json(), "source_fingerprint": fingerprint}
+    saved.write_text(json.dumps(data) + "\n", encoding="utf-8")
     return checks
+
+
+def _saved_for(saved: Path, fingerprint: str | None) -> bool:
+    """Whether checks.json checked the data of ``fingerprint``: a re-run on other data that
+    stopped before its report must not show the earlier data's checks."""
+    made_from = json.loads(saved.read_text(encoding="utf-8")).get("source_fingerprint")
+    return fingerprint is None or made_from is None or made_from == fingerprint
 
 
 def record_rows(run_dir: str | Path, rows: list[ResultRow], *, n_boot: int = 1000) -> Path:
