@@ -190,3 +190,21 @@ def test_the_extraction_attribute_records_the_stores_rows_per_chunk(tmp_path):
     store = extract(NoiseSource(32), "toy", LAYERS, out=out, shard=(1, 2), chunk_rows=16, **FAST)
     assert store.complete and store.rows_per_chunk == 4
     assert store.attrs["extraction"]["rows_per_chunk"] == 4
+
+
+def test_shard_overwrite_replaces_only_a_store_of_another_job(tmp_path):
+    source, out = NoiseSource(32), tmp_path / "s.h5"
+    single = extract(source, "toy", LAYERS, out=tmp_path / "one.h5", chunk_rows=4, **FAST)
+    extract(NoiseSource(32, seed=1), "toy", LAYERS, out=out, chunk_rows=4, shard=(0, 1), **FAST)
+    job = dict(out=out, chunk_rows=4, overwrite=True, **FAST)  # every task's command line
+    first = extract(source, "toy", LAYERS, shard=(0, 2), **job)  # other inputs: replaced
+    assert first.extraction["parts_filled"] == 1 and not first.complete
+    second = extract(source, "toy", LAYERS, shard=(1, 2), **job)  # this job's store: joined
+    assert second.complete and second.extraction["parts_filled"] == 1
+    same_store(single.path, out)
+    assert extract(source, "toy", LAYERS, shard=(0, 2), **job).extraction["reused"]
+    # laid out otherwise (other rows per chunk, one file): not this job's store, replaced
+    other = extract(source, "toy", LAYERS, shard=(0, 2), **{**job, "chunk_rows": 2})
+    assert other.rows_per_chunk == 2 and not other.complete
+    parted = extract(source, "toy", LAYERS, shard=(0, 1), **{**job, "out": single.path})
+    assert parted.parts is not None and parted.complete

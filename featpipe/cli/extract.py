@@ -83,7 +83,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a store at the path even if made from other inputs",
+        help="replace a store at the path even if made from other inputs (with --shard: only "
+        "a store that is not this job's, i.e. made from other inputs or laid out otherwise; "
+        "the tasks' parted store is joined, so every task can run the same command)",
     )
     p.add_argument(
         "--dtype",
@@ -156,7 +158,9 @@ def register(subparsers) -> None:
         "--shard",
         metavar="I/N",
         help="task I of a job array of N (Slurm array, Kubernetes indexed job) filling one "
-        "parted store; use --out (or the same --cache-dir) in every task",
+        "parted store; use --out (or the same --cache-dir) in every task. With --overwrite "
+        "the first task replaces a store of other inputs or --chunk-rows and the others join "
+        "it; delete a store of the same inputs to recompute it",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_extract)

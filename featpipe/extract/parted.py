@@ -92,7 +92,7 @@ def run_parted(plan: ExtractionPlan, shard: tuple[int, int] | None) -> FeatureSt
     if shard is not None:
         check_shard(shard)
     with computing(plan) as inference:
-        pending = prepare(plan, inference)
+        pending = prepare(plan, inference, join=shard is not None)
         if pending is None:
             return _reused(FeatureStore(plan.path), plan.on_error)
         mine = pending if shard is None else [p for p in pending if p.index % shard[1] == shard[0]]
@@ -182,14 +182,17 @@ def _parts(path: Path, indices: Sequence[int]) -> list[Part]:
 
 
 # -- laying out --------------------------------------------------------------------------------
-def prepare(plan: ExtractionPlan, inference: Inference) -> list[Part] | None:
+def prepare(plan: ExtractionPlan, inference: Inference, *, join: bool = False) -> list[Part] | None:
     """Under the store's lock: lay out the parted store of ``plan`` (or find it, recreating
     missing part files); returns the parts not complete yet, or None when the store is
-    complete and is reused."""
+    complete and is reused. With ``join`` (a ``--shard`` task), ``plan.overwrite`` replaces
+    only a store that is not this job's (:func:`_same_job`): every task of a job array runs
+    the same command, and the first one to get here has laid out the store the others fill."""
     with StoreLock(plan.path, timeout=plan.lock_timeout):
-        if not plan.overwrite and parted_at(plan.path) and _key(plan.path) == plan.request.key:
+        overwrite = plan.overwrite and not (join and _same_job(plan))
+        if not overwrite and parted_at(plan.path) and _key(plan.path) == plan.request.key:
             repair_missing(plan.path)
-        action = decide(plan.path, plan.request, plan.overwrite)
+        action = decide(plan.path, plan.request, overwrite)
         if action is Action.REUSE:
             return None
         if action is Action.CREATE:
@@ -210,6 +213,20 @@ def prepare(plan: ExtractionPlan, inference: Inference) -> list[Part] | None:
 def _key(path: Path) -> str:
     with open_h5(path) as f:
         return str(decode_attr("key", f.attrs.get("key", "")))
+
+
+def _same_job(plan: ExtractionPlan) -> bool:
+    """Whether the store at ``plan.path`` is the parted store ``plan`` would lay out: the same
+    inputs (key) and rows per chunk (then the same parts)."""
+    if not parted_at(plan.path):
+        return False
+    try:
+        with open_h5(plan.path) as f:
+            key = str(decode_attr("key", f.attrs.get("key", "")))
+            rows = int(f.attrs.get("rows_per_chunk", 0))
+    except (OSError, FeaturePipeError):
+        return False  # unreadable: not a store to join
+    return key == plan.request.key and rows == plan.rows_per_chunk
 
 
 def _create(plan: ExtractionPlan, inference: Inference) -> None:
