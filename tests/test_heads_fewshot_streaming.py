@@ -52,6 +52,16 @@ def test_few_shot_names_a_class_that_is_too_small(tmp_path) -> None:
         few_shot("knn", store, "pooled", k=3)
 
 
+def test_few_shot_on_string_labels() -> None:
+    (X, y), (X_te, y_te) = blobs(30), blobs(30, seed=1)
+    names = np.array(["cat", "dog", "eel"])
+    data = {"train": (X, names[y]), "test": (X_te, names[y_te])}
+    result = few_shot(KNNProbe(n_neighbors=1), data, k=3, draws=2)  # was int('cat')
+    assert result.mean > 0.5
+    with pytest.raises(ConfigError, match=r"k=11 .* 'cat' has 10"):
+        few_shot("knn", data, k=11)
+
+
 class ChunkOnlyStore:
     """A store that can only be read chunk by chunk; records the largest chunk handed out and
     the order of every pass."""

@@ -57,7 +57,7 @@ def few_shot(
     data = FeatureSplits(source, layer)
     X_tr, y_tr = data.get("train")
     labels = np.arange(len(data.classes)) if data.classes is not None else np.unique(y_tr)
-    counts = {int(c): int(np.sum(y_tr == c)) for c in labels}
+    counts = {c: int(np.sum(y_tr == c)) for c in labels}  # labels may be strings
     short = {c: n for c, n in counts.items() if n < k}
     if short:
         detail = ", ".join(f"{data.class_name(c)!r} has {n}" for c, n in short.items())
