@@ -46,6 +46,10 @@ class ImageReadError(FeaturePipeError, OSError):
         self.reason = reason or message
 
 
+class StoreNotFoundError(FeaturePipeError, FileNotFoundError):
+    """No feature store file at a path (nothing there, or a folder)."""
+
+
 class StoreMismatchError(FeaturePipeError, ValueError):
     """A feature store was made from other inputs than the ones asked for."""
 

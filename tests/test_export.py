@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from featpipe.cli import main
-from featpipe.errors import MissingExtraError
+from featpipe.errors import FeaturePipeError, MissingExtraError, StoreNotFoundError
 from featpipe.store import FeatureStore, write_arrays
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -106,6 +106,36 @@ def test_an_existing_file_is_kept_unless_forced(store, tmp_path, capsys):
     assert main(["export", str(store.path), "--layer", "pooled", "--out", "x.csv"]) == 2
     assert "--format npz or parquet" in capsys.readouterr().err
     assert not Path("x.csv").exists() and not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "info {missing}",
+        "export {missing} --out {tmp}/x.npz",
+        "consolidate {missing} --out {tmp}/y.h5",
+        "info {tmp}",  # a folder, not a store
+        "export {store} --layer pooled --out {tmp}/afile/x.npz",  # under a file
+        "export {store} --layer pooled --out {tmp}/adir --format npz --force",  # a folder
+    ],
+)
+def test_mistaken_paths_end_in_one_line(store, tmp_path, capsys, command):
+    (tmp_path / "afile").write_text("a file")
+    (tmp_path / "adir").mkdir()
+    args = command.format(missing=tmp_path / "nosuch.h5", tmp=tmp_path, store=store.path)
+    assert main(args.split()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"featpipe {args.split()[0]}: error: ") and err.count("\n") == 1
+    assert "afile" not in err or "is a file, not a folder" in err
+    assert (tmp_path / "afile").read_text() == "a file" and not any((tmp_path / "adir").iterdir())
+
+
+def test_a_missing_store_is_a_feature_pipe_error_and_a_file_not_found_error(tmp_path):
+    with pytest.raises(StoreNotFoundError, match=r"No feature store at .*nosuch\.h5") as err:
+        FeatureStore(tmp_path / "nosuch.h5")
+    assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, FeaturePipeError)
+    with pytest.raises(StoreNotFoundError, match="is a folder, not a feature store file"):
+        FeatureStore(tmp_path)
 
 
 def test_to_pandas(store, monkeypatch):

@@ -146,6 +146,20 @@ def test_mismatched_out_store_is_refused_unless_overwrite(tmp_path):
     assert replaced.attrs["backbone"]["spec"] == "toy@1" and replaced.complete
 
 
+@pytest.mark.parametrize("where", ["out_folder", "out_under_a_file", "cache_dir_a_file"])
+def test_an_output_path_that_cannot_be_a_file_is_refused_before_anything(tmp_path, where):
+    (tmp_path / "afile").write_text("a file")
+    target = {
+        "out_folder": {"out": tmp_path},
+        "out_under_a_file": {"out": tmp_path / "afile" / "s.h5"},
+        "cache_dir_a_file": {"cache_dir": tmp_path / "afile"},
+    }[where]
+    match = "is a folder" if where == "out_folder" else "afile is a file, not a folder"
+    with pytest.raises(ConfigError, match=match):
+        extract(NoiseSource(6), "toy", ["pooled"], **target, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_a_file_that_is_not_a_store_is_refused(tmp_path):
     out = tmp_path / "notes.h5"
     out.write_text("not hdf5")

@@ -32,6 +32,7 @@ from featpipe.store import FeatureStore, StoreWriter, store_filename
 from featpipe.store.lock import StoreLock
 from featpipe.store.parts import parted_at
 from featpipe.store.schema import DTYPES, n_chunks_for
+from featpipe.store.writer import check_out_file
 
 NOTHING_COMPUTED = {
     "images": 0,
@@ -168,11 +169,14 @@ def plan_extraction(
             compute_identity(dev, stage.name, stage.decode),
         )
     cached = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
+    path = check_out_file(
+        cached if out is None else out, option="--cache-dir" if out is None else "--out"
+    )
     return ExtractionPlan(
         source=src,
         backbone=bb,
         layers=names,
-        path=cached if out is None else Path(out),
+        path=path,
         request=request,
         dtype=dtype,
         rows_per_chunk=batch_size if chunk_rows is None else chunk_rows,

@@ -18,6 +18,7 @@ from featpipe.data.source import SPLIT_NAMES
 from featpipe.errors import ConfigError
 from featpipe.extras import import_extra
 from featpipe.store.reader import FeatureStore
+from featpipe.store.writer import check_out_file
 
 FORMATS = ("npz", "parquet")
 
@@ -41,8 +42,7 @@ def export_features(
             f"Cannot tell the export format of {str(out)!r}: give --format npz or parquet "
             "(or an .npz or .parquet file name)."
         )
-    if out.exists() and not force:
-        raise ConfigError(f"{out} exists; pass --force (force=True) to replace it.")
+    check_out_file(out, option="--out", replace=force, example=f"features.{fmt}")
     store.layer_info(layer)  # an unknown layer fails before anything is written
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

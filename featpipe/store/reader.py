@@ -15,6 +15,7 @@ from featpipe.errors import (
     FeaturePipeError,
     IncompleteStoreError,
     StoreMismatchError,
+    StoreNotFoundError,
     unknown_name,
 )
 from featpipe.extras import import_extra
@@ -24,6 +25,18 @@ from featpipe.store.parts import Part, check_parts, describe_parts, is_parted
 from featpipe.store.schema import decode_attrs, rows_done
 
 SKIPPED_SHOWN = 5  # skipped images that info() names
+
+
+def _not_found(path: Path) -> StoreNotFoundError:
+    if path.is_dir():
+        return StoreNotFoundError(
+            f"{path} is a folder, not a feature store file. Give the path of a store's .h5 "
+            f"file; `featpipe cache list {path}` lists the stores in that folder."
+        )
+    return StoreNotFoundError(
+        f"No feature store at {path}: no such file. Check the path; `featpipe cache list "
+        "[FOLDER]` lists the stores of a folder."
+    )
 
 
 class FeatureStore:
@@ -42,7 +55,7 @@ class FeatureStore:
         self.path = Path(path)
         self.extraction: dict | None = None
         if not self.path.is_file():
-            raise FileNotFoundError(f"No feature store at {self.path}.")
+            raise _not_found(self.path)
         with self._open() as f:
             if f.attrs.get("format") != schema.FORMAT:
                 raise unreadable(

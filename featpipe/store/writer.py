@@ -109,6 +109,31 @@ def write_samples(
     f.create_dataset(schema.CLASSES, data=list(classes), dtype=text)
 
 
+def check_out_file(
+    path: str | Path, *, option: str, replace: bool = True, example: str = "features.h5"
+) -> Path:
+    """Refuse (ConfigError), before anything is written, an output path that cannot become a
+    file: a folder, or a path below a file. Unless ``replace``, an existing file is refused
+    too. ``option`` names the setting the path came from (``--out``) in the messages, and
+    ``example`` a file name to suggest inside a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"{option} {path} is a folder; it must name a file, e.g. {path / example}."
+        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"Cannot write {path}: {parent} is a file, not a folder. Choose another "
+                    f"{option}."
+                )
+            break
+    if not replace and path.exists():
+        raise ConfigError(f"{path} exists; pass --force (force=True) to replace it.")
+    return path
+
+
 def _all_finite(block: np.ndarray) -> bool:
     if block.dtype == np.float16:  # numpy's float16 isfinite is slow: read the exponent bits
         return not ((block.view(np.uint16) & 0x7C00) == 0x7C00).any()
