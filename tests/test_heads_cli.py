@@ -6,11 +6,13 @@ import csv
 import json
 import warnings
 
+import numpy as np
 import pytest
 
 from featpipe.cli import main
 from featpipe.extract import extract
 from featpipe.report import read_results
+from featpipe.store import write_arrays
 
 
 @pytest.fixture
@@ -131,3 +133,47 @@ def test_probe_on_concatenated_layers(split_image_folder, tmp_path, capsys) -> N
     capsys.readouterr()
     assert main([*argv, "--layer", "pooled+stage1", "--save-dir", str(tmp_path / "h")]) == 2
     assert "cannot save a head on concatenated layers" in capsys.readouterr().err
+
+
+def small_store(path, splits=("train", "val", "test")):
+    """30 rows of 3 blobs in each of ``splits``: a store to probe in a fraction of a second."""
+    rng = np.random.default_rng(0)
+    y = np.tile(np.arange(30) % 3, len(splits))
+    X = (rng.normal(size=(len(y), 4)) + 3 * y[:, None]).astype(np.float32)
+    rows = [s for s in splits for _ in range(30)]
+    return write_arrays(path, {"pooled": X}, y, rows, ["cat", "dog", "fox"])
+
+
+def test_few_shot_on_a_store_without_test_fails_before_selection(tmp_path, monkeypatch, capsys):
+    store = small_store(tmp_path / "s.h5", ("train", "val"))
+
+    def no_selection(*args, **kwargs):
+        raise AssertionError("selection ran before the missing test split was noticed")
+
+    monkeypatch.setattr("featpipe.heads.select_and_fit", no_selection)
+    argv = ["probe", str(store.path), "--heads", "knn", "--few-shot", "2", "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no 'test' split" in err and "it has: train, val" in err and "Traceback" not in err
+
+
+def test_predict_on_a_split_the_store_lacks_names_the_splits(tmp_path, capsys) -> None:
+    full = small_store(tmp_path / "full.h5")
+    probe = ["probe", str(full.path), "--heads", "knn", "--save-format", "joblib"]
+    assert main([*probe, "--save-dir", str(tmp_path / "h")]) == 0
+    head = tmp_path / "h" / "knn.joblib"
+    notest = small_store(tmp_path / "notest.h5", ("train", "val"))
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a .joblib head warns about trust
+        assert main(["predict", str(head), str(notest.path), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "no rows in split 'test'" in err and "it has: train, val" in err
+
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_few_shot_needs_a_positive_k(tmp_path, capsys, k) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["probe", str(tmp_path / "s.h5"), "--few-shot", k])
+    assert stop.value.code == 2
+    assert f"--few-shot: must be a positive integer; got {k}" in capsys.readouterr().err

@@ -62,6 +62,14 @@ def test_few_shot_on_string_labels() -> None:
         few_shot("knn", data, k=11)
 
 
+def test_few_shot_without_a_test_split_names_it(tmp_path) -> None:
+    X, y = blobs(30)
+    store = write_arrays(tmp_path / "s.h5", {"pooled": X}, y, ["train"] * 30, ["a", "b", "c"])
+    for source, layer in [({"train": (X, y)}, None), (store, "pooled")]:
+        with pytest.raises(ConfigError, match=r"has no 'test' split .*\(it has: train\)"):
+            few_shot("knn", source, layer, k=2)
+
+
 class ChunkOnlyStore:
     """A store that can only be read chunk by chunk; records the largest chunk handed out and
     the order of every pass."""

@@ -39,6 +39,17 @@ when loaded (a warning says so): only load those from a source you trust.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option in its message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from featpipe.heads.registry import list_heads
 
@@ -77,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--few-shot",
-        type=int,
+        type=positive_int,
         metavar="K",
         help="also report K-examples-per-class accuracy (fixed default params)",
     )
@@ -123,8 +134,9 @@ def run_probe(args: argparse.Namespace) -> int:
     from featpipe.distributed import current_ranks
     from featpipe.evaluate import measure
     from featpipe.heads import few_shot, save_head, select_and_fit
+    from featpipe.heads.fewshot import require_test_split
     from featpipe.heads.registry import make_head
-    from featpipe.heads.splits import layer_parts
+    from featpipe.heads.splits import FeatureSplits, layer_parts
     from featpipe.store import FeatureStore
 
     store = FeatureStore(args.store)
@@ -137,6 +149,8 @@ def run_probe(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.heads.split(",") if n.strip()]
     for name in names:
         make_head(name)  # unknown names fail before any training
+    if args.few_shot:
+        require_test_split(FeatureSplits(store, layer))  # so does a missing test split
     suffix = _save_suffix(args.save_format) if args.save_dir else None
     rows, report = (
         [],
@@ -271,6 +285,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
         store = FeatureStore(args.inputs[0])
         check_head_matches(sidecar, store, layer)
+        if args.split:
+            _require_split(store, args.split)
         X, _ = store.arrays(layer, args.split)
         ids = store.ids(args.split)
     else:
@@ -292,6 +308,16 @@ def run_predict(args: argparse.Namespace) -> int:
             out.close()
             print(f"wrote {len(ids)} predictions to {args.out}", file=sys.stderr)
     return 0
+
+
+def _require_split(store, split: str) -> None:
+    """A clean error, naming the splits there are, for a split with no rows."""
+    if store.split_counts().get(split, 0) == 0:
+        have = [name for name, n in store.split_counts().items() if n > 0]
+        raise ConfigError(
+            f"{store.path} has no rows in split {split!r} (it has: {', '.join(have) or 'none'}). "
+            "Pass one of those to --split, or leave --split out to predict every row."
+        )
 
 
 def _embed(files: list[Path], sidecar: dict, args: argparse.Namespace) -> np.ndarray:

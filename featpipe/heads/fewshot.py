@@ -40,6 +40,25 @@ class FewShotResult:
         }
 
 
+def splits_with_rows(data: FeatureSplits) -> list[str]:
+    """The names of a source's splits that hold rows."""
+    if data.is_store:
+        return [name for name, n in data.source.split_counts().items() if n > 0]
+    return [name for name in data.source if data.has(name)]
+
+
+def require_test_split(data: FeatureSplits) -> None:
+    """Raise a ConfigError naming the splits there are when ``data`` has no test rows, which
+    few-shot scores every draw on."""
+    if not data.has("test"):
+        kind = "store" if data.is_store else "mapping of arrays"
+        raise ConfigError(
+            f"few-shot scores each draw on the 'test' split, but this {kind} has no 'test' "
+            f"split with rows (it has: {', '.join(splits_with_rows(data)) or 'none'}). Give "
+            "it a test split, or leave few-shot out."
+        )
+
+
 def few_shot(
     estimator: BaseEstimator | str,
     source: object,
@@ -55,6 +74,7 @@ def few_shot(
         raise ConfigError(f"few-shot needs k >= 1 and draws >= 1; got k={k}, draws={draws}.")
     head = make_head(estimator) if isinstance(estimator, str) else estimator
     data = FeatureSplits(source, layer)
+    require_test_split(data)  # before any draw is fitted
     X_tr, y_tr = data.get("train")
     labels = np.arange(len(data.classes)) if data.classes is not None else np.unique(y_tr)
     counts = {c: int(np.sum(y_tr == c)) for c in labels}  # labels may be strings
