@@ -10,12 +10,14 @@ import h5py
 import numpy as np
 import pytest
 from extract_child import NoiseSource
+from filelock import FileLock
 
 from featpipe.cli import main
 from featpipe.errors import ConfigError, MissingPartError
 from featpipe.extract import extract
 from featpipe.store import FeatureStore
 from featpipe.store.consolidate import consolidate
+from featpipe.store.lock import lock_path
 from featpipe.store.parts import MAX_PARTS, part_bounds, parts_dir
 
 FAST = dict(workers=0, device="cpu", progress=False, batch_size=4, dtype="float32")
@@ -208,3 +210,27 @@ def test_shard_overwrite_replaces_only_a_store_of_another_job(tmp_path):
     assert other.rows_per_chunk == 2 and not other.complete
     parted = extract(source, "toy", LAYERS, shard=(0, 1), **{**job, "out": single.path})
     assert parted.parts is not None and parted.complete
+
+
+def test_a_store_whose_parts_folder_is_another_stores_is_refused(tmp_path):
+    # x.v1 and x.v2 (or x.h5 and x.hdf5) differ in their last suffix only: one parts folder
+    v1, v2 = tmp_path / "run.v1", tmp_path / "run.v2"
+    options = dict(shard=(0, 1), chunk_rows=4, **FAST)
+    X = extract(NoiseSource(16, seed=1), "toy", LAYERS, out=v1, **options).arrays("pooled")[0]
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match=r"run\.v2 .*run\.parts.* run\.v1\b.*run-v2\.h5"):
+            extract(NoiseSource(16, seed=2), "toy", LAYERS, out=v2, overwrite=overwrite, **options)
+    assert np.array_equal(FeatureStore(v1).arrays("pooled")[0], X) and not v2.exists()
+    assert extract(NoiseSource(16, seed=2), "toy", LAYERS, out=tmp_path / "run-v2.h5", **options)
+    # a store being made now (its lock held, no file yet) may become a parted one
+    held = FileLock(str(lock_path(tmp_path / "feats.hdf5")))
+    held.acquire()
+    try:
+        with pytest.raises(ConfigError, match=r"feats\.hdf5"):
+            extract(NoiseSource(16), "toy", LAYERS, out=tmp_path / "feats.h5", **options)
+    finally:
+        held.release()
+    assert extract(NoiseSource(16), "toy", LAYERS, out=tmp_path / "feats.h5", **options).complete
+    assert parts_dir(tmp_path / "feats.h5") == tmp_path / "feats.parts"  # as before
+    with pytest.raises(ConfigError, match=r"cannot end in \.parts"):
+        extract(NoiseSource(16), "toy", LAYERS, out=tmp_path / "x.parts", **options)

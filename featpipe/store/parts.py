@@ -17,6 +17,7 @@ copied into the top-level file when the store is completed (:func:`finish_parted
 
 from __future__ import annotations
 
+import glob
 import itertools
 import shutil
 from collections.abc import Mapping, Sequence
@@ -27,9 +28,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from featpipe.errors import FeaturePipeError, MissingPartError, StoreMismatchError
+from featpipe.errors import ConfigError, FeaturePipeError, MissingPartError, StoreMismatchError
 from featpipe.store import schema
 from featpipe.store.files import open_h5
+from featpipe.store.lock import LOCK_SUFFIX, holder
 
 LAYOUT = "parts"  # the root attribute ``layout`` of a parted store (absent: one file)
 MAX_PARTS = 1000
@@ -56,8 +58,35 @@ class Part:
 
 
 def parts_dir(store: str | Path) -> Path:
-    """``x.h5`` -> ``x.parts``: the folder of a parted store's part files."""
+    """``x.h5`` -> ``x.parts``: the folder of a parted store's part files. Names that differ
+    in their last suffix only (``x.v1``, ``x.v2``) map to one folder: :func:`check_parts_dir`
+    refuses the second store."""
     return Path(store).with_suffix(".parts")
+
+
+def check_parts_dir(path: Path) -> None:
+    """Raise ConfigError when a parted store at ``path`` would lay out its parts in the parts
+    folder of another store: one that is parted, or being made now (its lock held, no file
+    yet). Call it holding the lock of ``path``; the other store's maker then sees this one."""
+    folder = parts_dir(path)
+    if folder == path:
+        raise ConfigError(
+            f"{path}: a parted store keeps its parts in <name without suffix>.parts, so its "
+            "own name cannot end in .parts. Write it to a file named *.h5."
+        )
+    for name in sorted({p.name for p in path.parent.glob(glob.escape(path.stem) + "*")}):
+        other = path.with_name(name.removesuffix(LOCK_SUFFIX))
+        if other in (path, folder) or parts_dir(other) != folder:
+            continue
+        if not (parted_at(other) or (not other.exists() and holder(other) is not None)):
+            continue
+        fix = path.with_name(f"{path.stem}-{path.suffix.lstrip('.') or '2'}.h5")
+        raise ConfigError(
+            f"{path} would keep its parts in {folder}, the parts folder of the parted store "
+            f"{other} (a name that differs from it in its last suffix only): laying it out "
+            f"would delete {other.name}'s parts. Write the store under another name (e.g. "
+            f"{fix.name}: its parts go to {parts_dir(fix).name})."
+        )
 
 
 def part_name(index: int) -> str:
@@ -133,7 +162,8 @@ def create_parted(
 ) -> list[Part]:
     """Lay out a new parted store at ``path`` (replacing any store there): every part file,
     empty, then the top-level file (built under a temporary name and renamed), so a top-level
-    file always finds its parts made."""
+    file always finds its parts made. Refused when its parts folder is another store's
+    (:func:`check_parts_dir`); call it holding the store's lock."""
     from featpipe.store.writer import write_root, write_samples
 
     path = Path(path)
@@ -145,6 +175,7 @@ def create_parted(
     root = {**attrs, "layout": LAYOUT, "n_rows": n, "rows_per_chunk": rows_per_chunk}
     root["part_chunks"] = np.asarray(bounds, dtype=np.int64)
     parts = parts_of(path, root)
+    check_parts_dir(path)
     shutil.rmtree(parts_dir(path), ignore_errors=True)
     parts_dir(path).mkdir(parents=True)
     labels, splits = np.asarray(labels), np.asarray(splits)
