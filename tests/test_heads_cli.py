@@ -177,3 +177,22 @@ def test_few_shot_needs_a_positive_k(tmp_path, capsys, k) -> None:
         main(["probe", str(tmp_path / "s.h5"), "--few-shot", k])
     assert stop.value.code == 2
     assert f"--few-shot: must be a positive integer; got {k}" in capsys.readouterr().err
+
+
+def test_few_shot_heads_get_the_runs_device_and_seed(tmp_path, monkeypatch) -> None:
+    import featpipe.heads.fewshot as fewshot
+
+    seen, clone = set(), fewshot.clone
+
+    def recording_clone(est, *args, **kwargs):
+        params = est.get_params()
+        seen.add((params.get("device"), params.get("random_state")))
+        return clone(est, *args, **kwargs)
+
+    monkeypatch.setattr(fewshot, "clone", recording_clone)
+    store = small_store(tmp_path / "s.h5")
+    argv = ["probe", str(store.path), "--heads", "mlp", "--few-shot", "2", "--draws", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tiny data: convergence warnings
+        assert main([*argv, "--device", "cpu", "--seed", "3"]) == 0
+    assert seen == {("cpu", 3)}  # were ("auto", 0): the head's defaults

@@ -174,7 +174,10 @@ def run_probe(args: argparse.Namespace) -> int:
         results.append((result, usage))
         entry = result.summary()
         if args.few_shot:
-            fs = few_shot(name, store, layer, args.few_shot, draws=args.draws, seed=args.seed)
+            fs = few_shot(
+                name, store, layer, args.few_shot, draws=args.draws, seed=args.seed,
+                head_seed=args.seed, device=args.device,
+            )  # fmt: skip
             entry["few_shot"] = fs.summary()
         if args.save_dir and main:
             path = save_head(

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, clone
 
 from featpipe.errors import ConfigError
-from featpipe.heads.registry import make_head
+from featpipe.heads.registry import make_head, run_params
 from featpipe.heads.splits import FeatureSplits
 
 
@@ -67,12 +67,19 @@ def few_shot(
     *,
     draws: int = 5,
     seed: int = 0,
+    head_seed: int | None = None,
+    device: str | None = None,
 ) -> FewShotResult:
     """Test accuracy of ``estimator`` (fixed hyper-parameters) fitted on ``k`` examples per
-    class drawn from train, over ``draws`` seeded draws (mean and sample std across draws)."""
+    class drawn from train, over ``draws`` seeded draws (mean and sample std across draws).
+
+    ``seed`` seeds the draws. ``head_seed`` and ``device`` are set on the head as
+    :func:`select_and_fit`'s ``seed`` and ``device`` are (its seed parameter, for registered
+    heads with randomness; ``device`` where it has one); None keeps the head's own."""
     if int(k) < 1 or int(draws) < 1:
         raise ConfigError(f"few-shot needs k >= 1 and draws >= 1; got k={k}, draws={draws}.")
-    head = make_head(estimator) if isinstance(estimator, str) else estimator
+    head = make_head(estimator) if isinstance(estimator, str) else clone(estimator)
+    head.set_params(**run_params(head, seed=head_seed, device=device))
     data = FeatureSplits(source, layer)
     require_test_split(data)  # before any draw is fitted
     X_tr, y_tr = data.get("train")
