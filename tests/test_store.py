@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -473,3 +475,56 @@ def test_a_folder_where_the_lock_cannot_be_made_is_one_clear_error(tmp_path, mon
     lock = StoreLock(tmp_path / "s.h5")
     with pytest.raises(StoreWriteError, match=r"Cannot lock .*s\.h5 for writing \(Permission"):
         lock.__enter__()
+
+
+# A --shard task writing a part, without featpipe's slow import: it holds the part's lock
+# (with its note) and has the file open for writing, which HDF5 locks.
+HOLD_PART = """
+import json, os, sys, h5py
+from filelock import FileLock
+part, lock, note = sys.argv[1:]
+held = FileLock(lock)  # kept: a collected FileLock lets go
+held.acquire()
+open(note, "w").write(json.dumps({"pid": os.getpid(), "host": "node7"}))
+f = h5py.File(part, "r+")
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_reading_a_parted_store_while_a_part_is_written_says_so(tmp_path):
+    from extract_child import NoiseSource
+
+    from featpipe.extract import extract
+
+    fast = dict(workers=0, device="cpu", progress=False, batch_size=2)
+    out = tmp_path / "p.h5"
+    extract(NoiseSource(16), "toy", ["pooled"], out=out, chunk_rows=2, shard=(0, 2), **fast)
+    store = FeatureStore(out)
+    assert not store.complete and len(store.parts) == 2
+    part = store.parts[1].path
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_PART, *map(str, (part, lock_path(part), owner_path(part)))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        reads = [
+            store.info,
+            store.chunk_done,
+            store.ids,
+            lambda: store.arrays("pooled", allow_incomplete=True),
+        ]
+        for read in reads:
+            with pytest.raises(StoreInUseError) as err:
+                read()
+            message = str(err.value)
+            assert "being written by another process" in message
+            assert f"part-00001.h5 by pid {writer.pid} on host node7" in message
+            assert "wait" in message.lower()
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=60)
+    assert store.chunk_done().sum() == 4  # readable again once the writer is gone

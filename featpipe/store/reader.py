@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,17 +16,24 @@ from featpipe.errors import (
     ConfigError,
     FeaturePipeError,
     IncompleteStoreError,
+    StoreInUseError,
     StoreMismatchError,
     StoreNotFoundError,
     unknown_name,
 )
 from featpipe.extras import import_extra
 from featpipe.store import schema
-from featpipe.store.files import open_h5, unreadable
+from featpipe.store.files import open_h5, os_error_number, unreadable
+from featpipe.store.lock import describe_owner, holder
 from featpipe.store.parts import Part, check_parts, describe_parts, is_parted
 from featpipe.store.schema import decode_attrs, rows_done
 
 SKIPPED_SHOWN = 5  # skipped images that info() names
+
+
+def _lock_conflict(exc: OSError) -> bool:
+    number = os_error_number(exc)
+    return number in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock" in str(exc)
 
 
 def _not_found(path: Path) -> StoreNotFoundError:
@@ -54,6 +63,7 @@ class FeatureStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.extraction: dict | None = None
+        self.parts: list[Part] | None = None
         if not self.path.is_file():
             raise _not_found(self.path)
         with self._open() as f:
@@ -98,22 +108,48 @@ class FeatureStore:
             raise KeyError(f"no {schema.CHUNK_DONE} dataset")
         # A parted store's features are virtual datasets that read zeros where a part file
         # is missing: every part must be there (and, once complete, be a part of this store).
-        self.parts: list[Part] | None = None
         if is_parted(f.attrs):
             self.parts = check_parts(self.path, f.attrs, identity=bool(f.attrs["complete"]))
 
     def _open(self) -> h5py.File:
         return open_h5(self.path)
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[h5py.File]:
+        """The open file, for reads. A parted store's virtual datasets open its part files as
+        they are read: one open for writing by another process (HDF5 locks it) raises
+        StoreInUseError naming that process, not h5py's BlockingIOError."""
+        with self._open() as f:
+            try:
+                yield f
+            except OSError as exc:
+                if self.parts is None or not _lock_conflict(exc):
+                    raise
+                raise self._part_in_use() from exc
+
+    def _part_in_use(self) -> StoreInUseError:
+        busy = [(p, owner) for p in self.parts or [] if (owner := holder(p.path)) is not None]
+        who = (
+            f"{busy[0][0].path.name} by {describe_owner(busy[0][1])}"
+            if busy
+            else "one of its parts"
+        )
+        return StoreInUseError(
+            f"{self.path} is being written by another process: a --shard task or torchrun "
+            f"rank is writing {who}, and HDF5 cannot read a part while it is open for "
+            "writing. Wait for that process to finish its part (the store is complete once "
+            "every part is), then read it again."
+        )
+
     # -- description ---------------------------------------------------------------------------
     @property
     def complete(self) -> bool:
         """Whether every chunk is written (read from the file each time)."""
-        with self._open() as f:
+        with self._reading() as f:
             return bool(f.attrs["complete"])
 
     def chunk_done(self) -> np.ndarray:
-        with self._open() as f:
+        with self._reading() as f:
             return f[schema.CHUNK_DONE][:]
 
     def __len__(self) -> int:
@@ -141,20 +177,20 @@ class FeatureStore:
     def ids(self, split: str | None = None) -> list[str]:
         """Sample ids of one split (all when None), skipped rows left out: in the order of the
         rows of :meth:`arrays` with the same split."""
-        with self._open() as f:
+        with self._reading() as f:
             ids = f[schema.SAMPLES_ID].asstr()[()]
         return [str(ids[i]) for i in self._rows(split)]
 
     def labels(self, split: str | None = None) -> np.ndarray:
         """Labels of one split (all when None), skipped rows left out."""
-        with self._open() as f:
+        with self._reading() as f:
             labels = f[schema.SAMPLES_LABEL][:]
         return labels[self._rows(split)].astype(np.int64)
 
     def skipped(self, split: str | None = None) -> dict[str, str]:
         """``{sample id: reason}`` of the rows of one split (all when None) whose image could
         not be read (extracted with ``on_error="skip"``), in row order."""
-        with self._open() as f:
+        with self._reading() as f:
             rows = np.flatnonzero(~self._kept(f) & self._in_split(split))
             if len(rows) == 0:
                 return {}
@@ -263,7 +299,7 @@ class FeatureStore:
         order: Sequence[int] | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         self._check_layer(layer)
-        with self._open() as f:
+        with self._reading() as f:
             ds = f[schema.FEATURES][layer]
             labels = f[schema.SAMPLES_LABEL][:]
             starts = range(0, self._n, rows)
@@ -298,7 +334,7 @@ class FeatureStore:
             raise unknown_name("layer", layer, self._layer_info, hint=f"Stored in {self.path}.")
 
     def _splits(self) -> np.ndarray:
-        with self._open() as f:
+        with self._reading() as f:
             return f[schema.SAMPLES_SPLIT][:]
 
     def _kept(self, f: h5py.File) -> np.ndarray:
@@ -315,7 +351,7 @@ class FeatureStore:
 
     def _rows(self, split: str | None) -> np.ndarray:
         """Row indices of ``split`` (all when None), skipped rows left out."""
-        with self._open() as f:
+        with self._reading() as f:
             kept = self._kept(f)
         return np.flatnonzero(kept & self._in_split(split))
 
