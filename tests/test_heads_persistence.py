@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import warnings
 import zipfile
@@ -12,12 +13,14 @@ import numpy as np
 import pytest
 
 from featpipe.errors import (
+    ConfigError,
     FeaturePipeError,
     HeadMismatchError,
     MissingExtraError,
     UntrustedFileError,
 )
 from featpipe.heads import check_head_matches, load_head, read_sidecar, save_head, select_and_fit
+from featpipe.heads.persistence import sidecar_path
 from featpipe.heads.registry import HEADS, make_head
 from featpipe.store import write_arrays
 
@@ -109,6 +112,37 @@ def test_a_sidecar_from_before_dtype_checks_warns_and_checks_the_rest(saved, tmp
     other = store_with(tmp_path / "other.h5", backbone={**TOY, "spec": "toy@1"})
     with pytest.raises(HeadMismatchError, match="backbone spec"), pytest.warns(UserWarning):
         check_head_matches(old, other, "pooled")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_joblib_head_is_one_clear_error(saved, damage) -> None:
+    path = saved[0]
+    path.write_bytes(path.read_bytes()[:50] if damage == "truncated" else b"not a pickle")
+    where = re.escape(str(path))
+    # were an EOFError and a KeyError
+    with (
+        pytest.warns(UserWarning, match="trust"),
+        pytest.raises(ConfigError, match=rf"{where} is not a readable \.joblib .* Save the head"),
+    ):
+        load_head(path)
+
+
+def test_a_joblib_head_of_missing_code_keeps_its_own_error(saved, monkeypatch) -> None:
+    def load(path):  # as for a head pickled from a module that is not installed here
+        raise ModuleNotFoundError("No module named 'my_heads'")
+
+    monkeypatch.setattr("featpipe.heads.persistence.joblib.load", load)
+    with pytest.warns(UserWarning, match="trust"), pytest.raises(ModuleNotFoundError):
+        load_head(saved[0])  # not a damaged file: not reported as one
+
+
+@pytest.mark.parametrize("text", ["{oops", "[]", "\udcff"])
+def test_an_unreadable_sidecar_is_one_clear_error(saved, text) -> None:
+    path = saved[0]
+    sidecar_path(path).write_text(text, errors="surrogateescape")  # not JSON, a list, not UTF-8
+    where = re.escape(str(sidecar_path(path)))
+    with pytest.raises(ConfigError, match=rf"{where} is not a readable head sidecar.* Save the"):
+        load_head(path)  # were a JSONDecodeError, an AttributeError and a UnicodeDecodeError
 
 
 # ---------------------------------------------------------------------------- skops files

@@ -9,6 +9,8 @@ pickle, which can run arbitrary code when loaded, so loading one warns.
 from __future__ import annotations
 
 import json
+import pickle
+import struct
 import warnings
 import zipfile
 from datetime import UTC, datetime
@@ -35,6 +37,9 @@ SIDECAR_FORMAT = "featpipe.head"
 SIDECAR_VERSION = 2
 _NO_STORE = {"store_key": None, "store_path": None, "backbone": None, "features": None}
 SKOPS_SUFFIX = ".skops"
+RESAVE = "Save the head again (featpipe probe --save-dir, or save_head) to rewrite it."
+# What unpickling a truncated or overwritten file raises (a damaged opcode, length or frame).
+_DAMAGED_PICKLE = (EOFError, pickle.UnpicklingError, KeyError, IndexError, ValueError, struct.error)
 
 # The types a .skops head file may hold beyond those skops trusts by default (numpy,
 # scikit-learn estimators): featpipe's heads, and the optimiser state MLPClassifier keeps.
@@ -153,7 +158,15 @@ def read_sidecar(path: str | Path) -> dict:
     side = sidecar_path(path)
     if not side.exists():
         raise ConfigError(f"{side} is missing; a head saved by featpipe has a JSON sidecar.")
-    data = json.loads(side.read_text())
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except ValueError as err:  # not JSON, or not UTF-8 text
+        raise ConfigError(f"{side} is not a readable head sidecar ({err}). {RESAVE}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{side} is not a readable head sidecar: it holds a JSON {type(data).__name__}, "
+            f"not an object. {RESAVE}"
+        )
     if data.get("format") != SIDECAR_FORMAT:
         raise ConfigError(f"{side} is not a featpipe head sidecar (format={data.get('format')!r}).")
     return data
@@ -176,7 +189,13 @@ def load_head(path: str | Path, trusted: tuple[str, ...] = ()) -> tuple[BaseEsti
         UserWarning,
         stacklevel=2,
     )
-    return joblib.load(path), sidecar
+    try:
+        return joblib.load(path), sidecar
+    except _DAMAGED_PICKLE as err:  # not missing code (ModuleNotFoundError etc.): that is raised
+        raise ConfigError(
+            f"{path} is not a readable .joblib head file: it is truncated or damaged "
+            f"({type(err).__name__}: {err}). {RESAVE}"
+        ) from err
 
 
 def _file_format(path: Path) -> str:
@@ -190,7 +209,7 @@ def _load_skops(path: Path, trusted: tuple[str, ...]) -> BaseEstimator:
         # Checked before loading: skops refuses them too, but only once it is building them.
         untrusted = sorted(set(sio.get_untrusted_types(file=path)) - set(allowed))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # not a skops archive
-        raise ConfigError(f"{path} is not a readable .skops head file ({err}).") from None
+        raise ConfigError(f"{path} is not a readable .skops head file ({err}). {RESAVE}") from None
     if untrusted:
         raise UntrustedFileError(
             f"{path} holds type(s) that featpipe does not trust: {', '.join(untrusted)}. "
