@@ -104,3 +104,9 @@ def test_rbf_svm_fits_on_a_stratified_subsample_when_asked() -> None:
     assert list(limited.classes_) == [0, 1, 2]
     assert full.classifier_.shape_fit_[0] == 120
     assert limited.score(X, y) > 0.9
+
+
+def test_make_head_names_the_valid_parameters() -> None:
+    with pytest.raises(ConfigError, match=r"'knn' has no parameter 'n_neighbours'.*n_neighbors"):
+        make_head("knn", n_neighbours=3)  # was a raw TypeError
+    assert make_head("knn", n_neighbors=3).n_neighbors == 3

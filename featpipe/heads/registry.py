@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from featpipe.errors import ConfigError, did_you_mean
 from featpipe.heads.estimators import (
     KNNProbe,
     LinearSVMProbe,
@@ -118,9 +120,29 @@ def _entry(name: str) -> HeadEntry:
     return HEADS.get_or_raise(name)
 
 
+def _param_names(factory: Callable[..., BaseEstimator]) -> list[str] | None:
+    """The keyword parameters ``factory`` takes; None when it takes any (``**kwargs``)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to read
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def make_head(name: str, **params) -> BaseEstimator:
     """A new, unfitted head by name, e.g. ``make_head("knn", n_neighbors=10)``."""
-    return _entry(name).factory(**params)
+    entry = _entry(name)
+    valid = _param_names(entry.factory)
+    unknown = sorted(set(params) - set(valid)) if valid is not None else []
+    if unknown:  # checked here: the constructor's TypeError names neither head nor choices
+        s = "s" if len(unknown) > 1 else ""
+        raise ConfigError(
+            f"Head {name!r} has no parameter{s} {', '.join(map(repr, unknown))}."
+            f"{did_you_mean(unknown[0], valid)} Valid: {', '.join(sorted(valid))}."
+        )
+    return entry.factory(**params)
 
 
 def seed_param(name: str) -> str | None:
