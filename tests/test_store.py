@@ -528,3 +528,43 @@ def test_reading_a_parted_store_while_a_part_is_written_says_so(tmp_path):
         writer.stdin.close()
         writer.wait(timeout=60)
     assert store.chunk_done().sum() == 4  # readable again once the writer is gone
+
+
+def _parted(path):
+    from extract_child import NoiseSource
+
+    from featpipe.extract import extract
+
+    fast = dict(workers=0, device="cpu", progress=False, batch_size=2)
+    return extract(NoiseSource(16), "toy", ["pooled"], out=path, chunk_rows=2, shard=(0, 1), **fast)
+
+
+def test_consolidate_keeps_an_existing_file_unless_forced_and_never_writes_into_its_source(
+    tmp_path, capsys
+):
+    from featpipe.cli import main
+    from featpipe.store.consolidate import consolidate
+    from featpipe.store.parts import parts_dir
+
+    parted = _parted(tmp_path / "s.h5")
+    other = write_arrays(
+        tmp_path / "other.h5", {"pooled": np.ones((3, 2))}, [0, 1, 0], ["train"] * 3, ["a", "b"]
+    )
+    args = ["consolidate", str(parted.path), "--out", str(other.path)]
+    assert main(args) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert FeatureStore(other.path).key == other.key  # kept
+    assert main([*args, "--force"]) == 0
+    assert FeatureStore(other.path).key == parted.key
+    X = parted.arrays("pooled")[0]
+    np.testing.assert_array_equal(FeatureStore(other.path).arrays("pooled")[0], X)
+    part = parts_dir(parted.path) / "part-00000.h5"
+    for out in (part, parts_dir(parted.path) / "new.h5", parted.path):
+        with pytest.raises(ConfigError, match="the store itself or inside its parts folder"):
+            consolidate(parted.path, out, force=True)
+    assert sorted(p.name for p in parts_dir(parted.path).iterdir() if p.suffix == ".h5") == [
+        "part-00000.h5",
+        "part-00001.h5",
+    ]
+    np.testing.assert_array_equal(FeatureStore(parted.path).arrays("pooled")[0], X)
+    assert not list(tmp_path.glob("*.tmp"))

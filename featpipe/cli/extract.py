@@ -184,6 +184,7 @@ def register(subparsers) -> None:
     )
     c.add_argument("store", metavar="STORE", help="the parted store's top-level .h5 file")
     c.add_argument("--out", metavar="FILE", required=True, help="the one-file store to write")
+    c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(func=run_consolidate)
 
 
@@ -323,7 +324,7 @@ def run_info(args: argparse.Namespace) -> int:
 def run_consolidate(args: argparse.Namespace) -> int:
     from featpipe.store.consolidate import consolidate
 
-    store = consolidate(args.store, args.out)
+    store = consolidate(args.store, args.out, force=args.force)
     print(
         f"consolidated {args.store} into {store.path} ({format_bytes(store.path.stat().st_size)})"
     )

@@ -12,15 +12,21 @@ import numpy as np
 from featpipe.errors import ConfigError, IncompleteStoreError
 from featpipe.store import schema
 from featpipe.store.files import check_free_space, open_h5
+from featpipe.store.parts import parts_dir
 from featpipe.store.reader import FeatureStore
+from featpipe.store.writer import check_out_file
 
 PARTED_ONLY = ("layout", "part_chunks", "n_rows")  # root attributes of the parted layout
 
 
-def consolidate(store: str | Path, out: str | Path, *, block_chunks: int = 64) -> FeatureStore:
+def consolidate(
+    store: str | Path, out: str | Path, *, force: bool = False, block_chunks: int = 64
+) -> FeatureStore:
     """Copy the complete parted store ``store`` into ``out``: the one-file layout, every
     dataset and attribute equal, features copied ``block_chunks`` chunks at a time (memory
-    stays bounded). ``out`` is written under a temporary name and renamed when complete."""
+    stays bounded). ``out`` is written under a temporary name and renamed when complete; an
+    existing file there is kept unless ``force``, and ``out`` is never the store itself or
+    inside its parts folder."""
     source = FeatureStore(store)  # checks every part is there and belongs to it
     out = Path(out)
     if source.parts is None:
@@ -32,8 +38,15 @@ def consolidate(store: str | Path, out: str | Path, *, block_chunks: int = 64) -
             f"{source.path} is not complete ({source.info()['parts_pending']} parts pending): "
             "finish it by rerunning the same extraction, then consolidate it."
         )
-    if out.resolve() == source.path.resolve():
-        raise ConfigError(f"--out must be another file than the store itself ({out}).")
+    resolved = out.resolve()
+    if resolved == source.path.resolve() or resolved.is_relative_to(
+        parts_dir(source.path).resolve()
+    ):
+        raise ConfigError(
+            f"--out {out} is the store itself or inside its parts folder "
+            f"({parts_dir(source.path)}), which it reads from. Write it to another path."
+        )
+    check_out_file(out, option="--out", replace=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     size = sum(part.path.stat().st_size for part in source.parts)
     check_free_space(out, size, "the consolidated store")
