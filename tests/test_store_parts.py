@@ -234,3 +234,36 @@ def test_a_store_whose_parts_folder_is_another_stores_is_refused(tmp_path):
     assert parts_dir(tmp_path / "feats.h5") == tmp_path / "feats.parts"  # as before
     with pytest.raises(ConfigError, match=r"cannot end in \.parts"):
         extract(NoiseSource(16), "toy", LAYERS, out=tmp_path / "x.parts", **options)
+
+
+def test_a_part_lock_probed_for_an_instant_is_not_left_unfilled(tmp_path, monkeypatch):
+    # `featpipe cache list` learns whether a part is being written by taking and dropping its
+    # lock. A shard task that met that instant left the part unfilled, and its job array ended
+    # with an incomplete store.
+    import threading
+
+    from featpipe.extract import parted
+    from featpipe.store.lock import StoreLock
+
+    probed, enter = [], StoreLock.__enter__
+
+    def enter_during_a_probe(self):
+        if self.store.name == "part-00001.h5" and not probed:
+            held, done = threading.Event(), threading.Event()
+
+            def probe():
+                with FileLock(str(lock_path(self.store))):
+                    held.set()
+                    done.wait(0.01)
+
+            probed.append(threading.Thread(target=probe))
+            probed[0].start()
+            held.wait()
+        return enter(self)
+
+    monkeypatch.setattr(parted.StoreLock, "__enter__", enter_during_a_probe)
+    out = tmp_path / "s.h5"
+    store = extract(NoiseSource(20), "toy", LAYERS, out=out, chunk_rows=2, shard=(0, 1), **FAST)
+    probed[0].join()
+    n_parts = len(list(parts_dir(out).glob("part-*.h5")))
+    assert store.complete and store.extraction["parts_filled"] == n_parts == 2

@@ -64,6 +64,7 @@ from featpipe.store.parts import (
 from featpipe.store.schema import decode_attr, n_chunks_for
 
 WAIT_POLL_S = 2.0
+PROBE_WAIT_S = 0.1  # how long a part's lock is waited for before the part is left to its holder
 _CALLS: Counter[str] = Counter()  # extraction calls of this process, per channel
 
 
@@ -291,7 +292,11 @@ def _fill_parts(plan, inference, parts: Iterable[Part], who: str, bar, stats: di
     for part in parts:
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(StoreLock(part.path, timeout=0, notify=lambda _m: None))
+                # `cache list` takes and drops a part's lock to see whether it is in use: wait
+                # out such an instant before leaving the part to another process.
+                held.enter_context(
+                    StoreLock(part.path, timeout=PROBE_WAIT_S, notify=lambda _m: None)
+                )
             except StoreInUseError:
                 continue  # another process fills it
             if part_complete(part):
