@@ -23,7 +23,14 @@ from featpipe.errors import (
     UnknownNameError,
     UnreadableStoreError,
 )
-from featpipe.store import FeatureStore, StoreWriter, store_filename, store_key, write_arrays
+from featpipe.store import (
+    FeatureStore,
+    StoreWriter,
+    TrainSubset,
+    store_filename,
+    store_key,
+    write_arrays,
+)
 from featpipe.store.lock import StoreLock, lock_path, owner_path
 
 SPLITS = ["train"] * 6 + ["val"] * 2 + ["test"] * 3
@@ -218,8 +225,34 @@ def test_rewriting_a_chunk_clears_an_earlier_skip(tmp_path):
 def test_skips_in_chunks_not_done_are_not_known_yet(tmp_path):
     _partial_store(tmp_path / "p.h5", done_chunks=(0,))
     store = FeatureStore(tmp_path / "p.h5")
-    assert store.skipped() == {} and store.split_counts()["train"] == 10
-    assert len(store.ids()) == 10  # rows not written yet are not called skipped
+    assert store.skipped() == {}  # rows not written yet are not called skipped
+    assert store.info()["splits"]["train"] == 10  # nor left out of what the store holds
+    assert store.split_counts()["train"] == len(store.ids()) == 3  # the rows arrays() reads
+
+
+def test_every_read_of_an_incomplete_store_lines_up_with_its_finished_rows(tmp_path):
+    # chunks 0 (rows 0-2) and 2 (rows 6-8) done; row 1 skipped; rows 3-5 and 9 not written
+    x = _partial_store(
+        tmp_path / "p.h5", splits=[0] * 6 + [1] * 2 + [2] * 2, skips={1: "truncated file"}
+    )
+    store = FeatureStore(tmp_path / "p.h5")
+    rows = {"train": [0, 2], "val": [6, 7], "test": [8], None: [0, 2, 6, 7, 8]}
+    for split, kept in rows.items():
+        X, y = store.arrays("pooled", split, allow_incomplete=True)
+        np.testing.assert_array_equal(X, x[kept])
+        assert store.ids(split) == [f"s{i}" for i in kept]  # row for row
+        np.testing.assert_array_equal(store.labels(split), y)
+    assert store.split_counts() == {"train": 2, "val": 2, "test": 1}
+    assert store.skipped() == {"s1": "truncated file"}  # unwritten rows are not skipped
+    sub = TrainSubset(store, store.ids("train"))  # every train id: the store itself
+    for split in rows:
+        a, b = (
+            sub.arrays("pooled", split, allow_incomplete=True),
+            store.arrays("pooled", split, allow_incomplete=True),
+        )
+        np.testing.assert_array_equal(a[0], b[0])
+    X, _ = TrainSubset(store, ["s2", "s4"]).arrays("pooled", allow_incomplete=True)
+    np.testing.assert_array_equal(X, x[[2, 6, 7, 8]])
 
 
 def _as_format_1(path) -> None:

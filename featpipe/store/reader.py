@@ -57,7 +57,9 @@ class FeatureStore:
 
     Rows whose image could not be read (``on_error="skip"``) are left out of every read:
     :meth:`arrays`, :meth:`iter_chunks`, :meth:`ids`, :meth:`labels` and :meth:`split_counts`
-    agree row for row; :meth:`skipped` lists them, and ``len(store)`` counts them.
+    agree row for row; :meth:`skipped` lists them, and ``len(store)`` counts them. In an
+    incomplete store, the rows of chunks not written yet are left out of them all as well
+    (``arrays`` and ``iter_chunks`` read it only with ``allow_incomplete``).
     """
 
     def __init__(self, path: str | Path):
@@ -171,18 +173,18 @@ class FeatureStore:
         return dict(self._layer_info[layer])
 
     def split_counts(self) -> dict[str, int]:
-        """Rows per split, skipped rows left out."""
+        """Rows per split, skipped and unwritten rows left out."""
         return count_splits(self._splits()[self._rows(None)])
 
     def ids(self, split: str | None = None) -> list[str]:
-        """Sample ids of one split (all when None), skipped rows left out: in the order of the
-        rows of :meth:`arrays` with the same split."""
+        """Sample ids of one split (all when None), skipped and unwritten rows left out: in the
+        order of the rows of :meth:`arrays` with the same split."""
         with self._reading() as f:
             ids = f[schema.SAMPLES_ID].asstr()[()]
         return [str(ids[i]) for i in self._rows(split)]
 
     def labels(self, split: str | None = None) -> np.ndarray:
-        """Labels of one split (all when None), skipped rows left out."""
+        """Labels of one split (all when None), skipped and unwritten rows left out."""
         with self._reading() as f:
             labels = f[schema.SAMPLES_LABEL][:]
         return labels[self._rows(split)].astype(np.int64)
@@ -191,7 +193,7 @@ class FeatureStore:
         """``{sample id: reason}`` of the rows of one split (all when None) whose image could
         not be read (extracted with ``on_error="skip"``), in row order."""
         with self._reading() as f:
-            rows = np.flatnonzero(~self._kept(f) & self._in_split(split))
+            rows = np.flatnonzero(self._skipped(f) & self._in_split(split))
             if len(rows) == 0:
                 return {}
             ids = f[schema.SAMPLES_ID].asstr()[rows]
@@ -214,6 +216,8 @@ class FeatureStore:
         """Everything ``featpipe info`` prints: provenance, layers, splits, completeness."""
         done = self.chunk_done()
         skipped = self.skipped()
+        with self._reading() as f:  # the splits of the whole store, unwritten rows included
+            listed = ~self._skipped(f)
         a = self.attrs
         return {
             "path": str(self.path),
@@ -225,7 +229,7 @@ class FeatureStore:
             "rows_per_chunk": self.rows_per_chunk,
             "samples": self._n,
             "classes": self.classes,
-            "splits": self.split_counts(),
+            "splits": count_splits(self._splits()[listed]),
             "skipped": len(skipped),
             "skipped_first": dict(list(skipped.items())[:SKIPPED_SHOWN]),
             "layers": {
@@ -337,12 +341,22 @@ class FeatureStore:
         with self._reading() as f:
             return f[schema.SAMPLES_SPLIT][:]
 
-    def _kept(self, f: h5py.File) -> np.ndarray:
-        """Per-row bool: not skipped (rows of chunks not done yet count as kept)."""
+    def _written(self, f: h5py.File) -> np.ndarray:
+        """Per-row bool: the row's chunk is done."""
+        return rows_done(f[schema.CHUNK_DONE][:], self.rows_per_chunk, self._n)
+
+    def _skipped(self, f: h5py.File) -> np.ndarray:
+        """Per-row bool: written, and its image could not be read (a row's ok flag means
+        nothing until its chunk is done)."""
         if schema.SAMPLES_OK not in f:  # format 1: no row is ever skipped
-            return np.ones(self._n, dtype=bool)
-        done = rows_done(f[schema.CHUNK_DONE][:], self.rows_per_chunk, self._n)
-        return ~done | f[schema.SAMPLES_OK][:]
+            return np.zeros(self._n, dtype=bool)
+        return self._written(f) & ~f[schema.SAMPLES_OK][:]
+
+    def _kept(self, f: h5py.File) -> np.ndarray:
+        """Per-row bool: the rows every read returns, those written and not skipped. Rows of
+        chunks not done yet are left out, as arrays(allow_incomplete=True) leaves them out,
+        so that ids and labels line up with the features row for row."""
+        return self._written(f) & ~self._skipped(f)
 
     def _in_split(self, split: str | None) -> np.ndarray:
         if split is None:
@@ -350,7 +364,7 @@ class FeatureStore:
         return self._splits() == split_code(split)
 
     def _rows(self, split: str | None) -> np.ndarray:
-        """Row indices of ``split`` (all when None), skipped rows left out."""
+        """Row indices of ``split`` (all when None), skipped and unwritten rows left out."""
         with self._reading() as f:
             kept = self._kept(f)
         return np.flatnonzero(kept & self._in_split(split))
@@ -359,14 +373,12 @@ class FeatureStore:
         """Rows of ``split`` whose chunk is done, skipped rows left out; raises on missing
         chunks unless allowed."""
         done = self.chunk_done()
-        mask = np.zeros(self._n, dtype=bool)
-        mask[self._rows(split)] = True
-        if done.all():
-            return mask
-        if not allow_incomplete:
+        if not done.all() and not allow_incomplete:
             raise IncompleteStoreError(
                 f"{self.path} is incomplete: {int((~done).sum())} of {len(done)} chunks are not "
                 "written. Rerun the same `featpipe extract` (or extract()) call to resume it, or "
                 "pass allow_incomplete=True to read the finished rows only."
             )
-        return mask & rows_done(done, self.rows_per_chunk, self._n)
+        mask = np.zeros(self._n, dtype=bool)
+        mask[self._rows(split)] = True
+        return mask
