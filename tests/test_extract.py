@@ -29,6 +29,8 @@ from featpipe.extract import CPUDataPath, extract, get_data_path, plan_extractio
 from featpipe.extract.host_copy import start_copy
 from featpipe.extract.writer_thread import BackgroundWriter
 from featpipe.store import FeatureStore
+from featpipe.store.consolidate import consolidate
+from featpipe.store.parts import parts_dir
 
 CHILD = Path(__file__).with_name("extract_child.py")
 FAST = dict(workers=0, device="cpu", progress=False, batch_size=5)
@@ -158,6 +160,21 @@ def test_an_output_path_that_cannot_be_a_file_is_refused_before_anything(tmp_pat
     with pytest.raises(ConfigError, match=match):
         extract(NoiseSource(6), "toy", ["pooled"], **target, **FAST)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_one_file_store_replacing_a_parted_one_leaves_no_parts_behind(tmp_path):
+    source, out, other = NoiseSource(16), tmp_path / "s.h5", tmp_path / "other.h5"
+    options = dict(out=out, chunk_rows=2, **FAST)
+    extract(source, "toy", ["pooled"], shard=(0, 1), **options)
+    assert parts_dir(out).is_dir()
+    one = extract(source, "toy", ["pooled"], overwrite=True, **options)
+    assert one.info()["layout"] == "file" and not parts_dir(out).exists()
+    # the same for a consolidated store written over a parted one
+    extract(source, "toy", ["pooled"], shard=(0, 1), **{**options, "out": other})
+    extract(source, "toy", ["pooled"], shard=(0, 1), overwrite=True, **options)
+    consolidate(other, out, force=True)
+    assert FeatureStore(out).info()["layout"] == "file" and not parts_dir(out).exists()
+    assert parts_dir(other).is_dir()  # the source keeps its parts
 
 
 def test_a_file_that_is_not_a_store_is_refused(tmp_path):

@@ -3,7 +3,6 @@ for tools that read plain HDF5 or to ship a store as one file."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
@@ -14,7 +13,7 @@ from featpipe.store import schema
 from featpipe.store.files import check_free_space, open_h5
 from featpipe.store.parts import parts_dir
 from featpipe.store.reader import FeatureStore
-from featpipe.store.writer import check_out_file
+from featpipe.store.writer import check_out_file, replace_store_file
 
 PARTED_ONLY = ("layout", "part_chunks", "n_rows")  # root attributes of the parted layout
 
@@ -57,7 +56,7 @@ def consolidate(
                 if name not in PARTED_ONLY:
                     g.attrs[name] = value
             _copy(f, g, int(f.attrs["rows_per_chunk"]), block_chunks)
-        os.replace(tmp, out)
+        replace_store_file(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from featpipe.store.files import (
     unreadable,
     unwritten_bytes,
 )
+from featpipe.store.parts import parted_at, parts_dir
 from featpipe.store.reader import FeatureStore
 from featpipe.store.schema import chunk_bounds, encode_attr, n_chunks_for
 
@@ -134,6 +136,16 @@ def check_out_file(
     return path
 
 
+def replace_store_file(tmp: Path, path: Path) -> None:
+    """Move the finished store file ``tmp`` to ``path``. A parted store replaced there takes
+    its parts folder with it: those part files belong to no store any more, and the cache
+    would count them into the new one."""
+    parted = parted_at(path)
+    os.replace(tmp, path)
+    if parted:
+        shutil.rmtree(parts_dir(path), ignore_errors=True)
+
+
 def _all_finite(block: np.ndarray) -> bool:
     if block.dtype == np.float16:  # numpy's float16 isfinite is slow: read the exponent bits
         return not ((block.view(np.uint16) & 0x7C00) == 0x7C00).any()
@@ -228,7 +240,7 @@ class StoreWriter:
                     ds.attrs.update(layer=name, pooling=pooling, dim=int(dim), dtype=dtype)
                 f.create_dataset(schema.CHUNK_DONE, data=np.zeros(n_chunks, dtype=bool))
                 _create_run_records(f, n_chunks)
-            os.replace(tmp, path)
+            replace_store_file(tmp, path)
         except (OSError, RuntimeError) as exc:
             tmp.unlink(missing_ok=True)
             raise _write_failed(path, "create", exc, "Nothing was written", RESUME_FIX) from exc
