@@ -177,6 +177,10 @@ def test_few_shot_needs_a_positive_k(tmp_path, capsys, k) -> None:
         main(["probe", str(tmp_path / "s.h5"), "--few-shot", k])
     assert stop.value.code == 2
     assert f"--few-shot: must be a positive integer; got {k}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused before the selection runs
+        main(["probe", str(tmp_path / "s.h5"), "--few-shot", "2", "--draws", k])
+    assert stop.value.code == 2
+    assert f"--draws: must be a positive integer; got {k}" in capsys.readouterr().err
 
 
 def test_few_shot_heads_get_the_runs_device_and_seed(tmp_path, monkeypatch) -> None:

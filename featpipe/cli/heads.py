@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="K",
         help="also report K-examples-per-class accuracy (fixed default params)",
     )
-    p.add_argument("--draws", type=int, default=5, help="few-shot draws (default: 5)")
+    p.add_argument("--draws", type=positive_int, default=5, help="few-shot draws (default: 5)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--save-dir", type=Path, help="save each fitted head (+ a JSON sidecar)")
     p.add_argument(
