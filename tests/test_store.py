@@ -255,6 +255,22 @@ def test_every_read_of_an_incomplete_store_lines_up_with_its_finished_rows(tmp_p
     np.testing.assert_array_equal(X, x[[2, 6, 7, 8]])
 
 
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        ([-1, 0, 1], r"in \[0, 2\) .*'cat', 'dog'.*got -1 at row 0"),
+        ([0, 1, 2], r"in \[0, 2\) .*got 2 at row 2"),
+        ([0.0, 1.5, 1.0], r"integer class indices; got 1\.5 at row 1"),
+    ],
+)
+def test_labels_that_name_no_class_are_refused(tmp_path, labels, match):
+    with pytest.raises(ConfigError, match=match):
+        write_arrays(
+            tmp_path / "s.h5", {"pooled": np.ones((3, 2))}, labels, ["train"] * 3, ["cat", "dog"]
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
 def _as_format_1(path) -> None:
     """Rewrite a store as featpipe wrote it before format 2 (no ok or error datasets)."""
     with h5py.File(path, "r+") as f:

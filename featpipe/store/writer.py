@@ -146,6 +146,37 @@ def replace_store_file(tmp: Path, path: Path) -> None:
         shutil.rmtree(parts_dir(path), ignore_errors=True)
 
 
+def _checked_labels(labels: Any, classes: Sequence[str]) -> np.ndarray:
+    """Labels as int64 indices into ``classes``; anything else is refused (a store has no
+    "no label" value: -1 would read as the last class)."""
+    raw = np.asarray(labels).ravel()
+    if raw.dtype.kind not in "iu":
+        if raw.dtype.kind in "fb":
+            with np.errstate(invalid="ignore"):  # NaN: reported below
+                wrong = np.flatnonzero(raw.astype(np.int64) != raw)
+        else:  # text, objects
+            wrong = np.arange(raw.size)
+        if len(wrong):
+            raise ConfigError(
+                f"Labels must be integer class indices; got {raw[wrong[0]]} at row "
+                f"{wrong[0]} ({len(wrong)} such rows). Give each row the index of its class."
+            )
+    raw = raw.astype(np.int64)
+    wrong = np.flatnonzero((raw < 0) | (raw >= len(classes)))
+    if len(wrong):
+        shown = ", ".join(f"{raw[i]} at row {i}" for i in wrong[:3])
+        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        names = ", ".join(repr(c) for c in list(classes)[:5]) + (
+            ", ..." if len(classes) > 5 else ""
+        )
+        raise ConfigError(
+            f"Labels must be in [0, {len(classes)}) (indices into the {len(classes)} classes "
+            f"{names}); got {shown}{more}. Fix those labels, or add the classes they stand "
+            'for (a store has no value for "no label": leave unlabelled rows out).'
+        )
+    return raw
+
+
 def _all_finite(block: np.ndarray) -> bool:
     if block.dtype == np.float16:  # numpy's float16 isfinite is slow: read the exponent bits
         return not ((block.view(np.uint16) & 0x7C00) == 0x7C00).any()
@@ -211,13 +242,13 @@ class StoreWriter:
         path = Path(path)
         dtype = _check_dtype(dtype)
         n = len(ids)
-        labels = np.asarray(labels, dtype=np.int64)
         splits = np.asarray(splits, dtype=np.uint8)
         if not (len(labels) == len(splits) == n) or n == 0:
             raise ConfigError(
                 f"A store needs ids, labels and splits of one non-zero length; got "
                 f"{n}, {len(labels)}, {len(splits)}."
             )
+        labels = _checked_labels(labels, classes)
         if rows_per_chunk < 1:
             raise ConfigError(f"rows_per_chunk must be at least 1; got {rows_per_chunk}.")
         bad = [name for name in layers if "/" in name or not name]
