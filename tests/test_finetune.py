@@ -239,17 +239,35 @@ def test_early_stopping_keeps_the_best_validation_epoch(source, monkeypatch):
     assert not torch.equal(final["fc.1.weight"], snaps.states[4]["fc.1.weight"])
 
 
-def test_val_is_carved_from_train_when_missing():
+def no_val_source() -> ArraySource:
+    """The synthetic source with its val rows made train: val must be carved."""
     src = synthetic_source()
-    no_val = ArraySource(
+    return ArraySource(
         np.stack([np.asarray(src.load(i)) for i in range(len(src))]),
         src.labels,
         splits=np.where(src.splits == 1, 0, src.splits),
     )
+
+
+def test_val_is_carved_from_train_when_missing():
+    no_val = no_val_source()
     ft = tuner(epochs=1, val_fraction=0.25).fit(no_val)
     assert ft.history_[0]["val_split"].startswith("carved 0.25 of train")
     counts = np.bincount(no_val.labels[ft.val_rows_], minlength=3)
     assert counts.sum() == 15 and counts.min() == 5  # stratified: 5 per class of 60 train rows
+
+
+def test_split_names_mean_the_rows_trained_and_chosen_on_when_val_is_carved():
+    source = no_val_source()
+    ft = tuner(epochs=0, val_fraction=0.25).fit(source)
+    assert len(ft.val_rows_) == 15
+    assert ft.predict("val").shape == (15,) and ft.predict_proba("train").shape == (45, 3)
+    chosen_on = ft.history_[ft.best_epoch_]["val_accuracy"]
+    assert ft.score("val") == pytest.approx(chosen_on)
+    assert ft.evaluate("val", n_boot=0)["top1"] == pytest.approx(chosen_on)
+    assert ft.predict("test").shape == (12,)
+    trained_on = np.setdiff1d(source.indices("train"), ft.val_rows_)
+    np.testing.assert_array_equal(ft.train_rows_, trained_on)
 
 
 def test_same_seed_same_weights_on_cpu(source):

@@ -189,17 +189,17 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.source_ = source
         self.class_names_ = list(source.classes)
         self.classes_ = np.arange(len(self.class_names_))
-        train_rows, self.val_rows_, self.val_carved_ = split_rows(
+        self.train_rows_, self.val_rows_, self.val_carved_ = split_rows(
             source, self.val_fraction, self.seed
         )
         saved = self._resumable(source)
         self.history_, self.stop_training_, self.start_epoch_ = [], False, 0
         self.saved_epoch_, self.fit_seconds_ = None, 0.0
         try:
-            train_loader = self._train_loader(source, train_rows)
+            train_loader = self._train_loader(source, self.train_rows_)
             fitted_probe = None
             if mode.kind == "lpft" and saved is None:  # a resumed run restores it from last.pt
-                fitted_probe = self._fit_probe(train_rows, probe_features)
+                fitted_probe = self._fit_probe(self.train_rows_, probe_features)
             self._build(mode, len(train_loader), fitted_probe)
             if saved is not None:
                 self._restore(saved)
@@ -575,7 +575,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     def _rows(self, X: ImageSource | str) -> tuple[ImageSource, np.ndarray]:
         check_is_fitted(self)
         if isinstance(X, str):
-            return self.source_, self.source_.indices(X)
+            # A val carved from train is not the source's own split: the rows trained and
+            # chosen on are.
+            fitted = {"train": self.train_rows_, "val": self.val_rows_}
+            return self.source_, fitted[X] if X in fitted else self.source_.indices(X)
         if isinstance(X, ImageSource):
             if list(X.classes) != self.class_names_:
                 raise HeadMismatchError(
@@ -589,7 +592,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         )
 
     def predict_proba(self, X: ImageSource | str) -> np.ndarray:
-        """(n, C) class probabilities for a source (all rows) or a split of the fitted one."""
+        """(n, C) class probabilities for a source (all rows) or a split of the fitted one:
+        ``"train"`` and ``"val"`` are the rows ``fit`` trained and chose its epoch on
+        (``train_rows_``, ``val_rows_``), a val carved from train included."""
         check_is_fitted(self)
         with on_device(self.device_):
             return self._proba(*self._rows(X))
