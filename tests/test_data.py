@@ -223,6 +223,38 @@ def test_folder_with_split_subfolders(split_image_folder):
         assert source.classes[source.labels[i]] == source.ids[i].split("/")[1]
 
 
+@pytest.mark.parametrize(
+    ("tops", "counts"),
+    [
+        (("Train", "Val", "Test"), {"train": 2, "val": 2, "test": 2}),
+        (("train", "validation"), {"train": 2, "val": 2, "test": 0}),
+        (("TRAIN", "valid", "testing"), {"train": 2, "val": 2, "test": 2}),
+    ],
+)
+def test_folder_split_names_in_any_case_and_alias(tmp_path, tops, counts):
+    root = make_image_folder(tmp_path / "r", classes=("cat", "dog"), per_class=1, splits=tops)
+    source = ImageFolderSource(root)
+    assert source.layout == "splits"
+    assert source.classes == ["cat", "dog"]
+    assert source.split_counts() == counts
+
+
+def test_folder_split_like_folders_beside_others_are_refused(tmp_path):
+    root = make_image_folder(tmp_path / "r", classes=("cat", "Test"), per_class=1)
+    with pytest.raises(SourceError, match=r"'Test'.*split.*'cat'"):
+        ImageFolderSource(root)
+    both = make_image_folder(
+        tmp_path / "b", classes=("cat", "dog"), per_class=1, splits=("train", "val", "validation")
+    )
+    with pytest.raises(SourceError, match=r"'val' and 'validation'.*same split"):
+        ImageFolderSource(both)
+    train_twice = make_image_folder(
+        tmp_path / "t", classes=("cat", "dog"), per_class=1, splits=("train", "Train")
+    )
+    with pytest.raises(SourceError, match=r"'Train' and 'train'.*same split"):
+        ImageFolderSource(train_twice)
+
+
 def test_folder_carves_missing_val_from_train(split_image_folder):
     shutil.rmtree(split_image_folder / "val")
     source = ImageFolderSource(split_image_folder, val_fraction=0.25, seed=0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from featpipe.data.files import FileSource
-from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES
+from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, SPLIT_NAMES, split_alias
 from featpipe.data.splits import assign_splits
 from featpipe.errors import ConfigError, SourceError
 
@@ -20,10 +20,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 class ImageFolderSource(FileSource):
     """Images laid out as ``root/<class>/<image>`` or ``root/<split>/<class>/<image>``.
 
-    The split layout is used when every folder under ``root`` is one of train/val/test
-    (``train`` is required). A missing ``val`` (or ``test``) folder is carved out of ``train``
-    with ``val_fraction`` (``test_fraction``); a fraction for a folder that exists is ignored
-    with a warning. The plain layout is split by both fractions, stratified and seeded.
+    The split layout is used when every folder under ``root`` is named after a split, in any
+    case: train/training, val/valid/validation/dev, test/testing (``train`` is required). Split
+    names beside other folders are refused: they could be splits or classes. A missing ``val``
+    (or ``test``) folder is carved out of ``train`` with ``val_fraction`` (``test_fraction``);
+    a fraction for a folder that exists is ignored with a warning. The plain layout is split
+    by both fractions, stratified and seeded.
 
     Class folders are searched recursively; hidden files and folders are skipped; extensions
     match case-insensitively. Classes are the sorted union of class folder names over all
@@ -50,22 +52,19 @@ class ImageFolderSource(FileSource):
             raise SourceError(f"Image folder {str(self.root)!r} {what}.")
 
         tops = _subfolders(self.root)
-        self.layout = "splits" if tops and set(tops) <= set(SPLIT_NAMES) else "flat"
-        if self.layout == "splits" and "train" not in tops:
-            raise SourceError(
-                f"{str(self.root)!r} has split folders {', '.join(sorted(tops))} but no 'train' "
-                "folder. Add root/train/<class>/..., or point at a folder of class folders."
-            )
-        split_dirs = {name: self.root / name for name in tops} if self.layout == "splits" else {}
-        per_split = {name: self._scan_classes(folder) for name, folder in split_dirs.items()}
+        split_of = _split_folders(self.root, tops)
+        self.layout = "splits" if split_of else "flat"
+        # {split folder's name as on disk: its classes}; the flat layout is one train "folder"
+        per_split = {name: self._scan_classes(self.root / name) for name in split_of}
         if self.layout == "flat":
-            per_split = {"train": self._scan_classes(self.root)}
+            split_of = {".": "train"}
+            per_split = {".": self._scan_classes(self.root)}
         self.classes = sorted({c for found in per_split.values() for c in found})
         self._check_classes(per_split)
 
         rows = sorted(
-            (file.relative_to(self.root).as_posix(), split, cls)
-            for split, found in per_split.items()
+            (file.relative_to(self.root).as_posix(), split_of[folder], cls)
+            for folder, found in per_split.items()
             for cls, files in found.items()
             for file in files
         )
@@ -131,6 +130,36 @@ class ImageFolderSource(FileSource):
                     UserWarning,
                     stacklevel=3,
                 )
+
+
+def _split_folders(root: Path, tops: list[str]) -> dict[str, str]:
+    """{folder name: featpipe split} when the folders ``tops`` under ``root`` are split
+    folders; {} when they are class folders. Raises SourceError where it cannot tell."""
+    split_of = {name: split_alias(name) for name in tops if split_alias(name)}
+    if not split_of:
+        return {}
+    others = [name for name in tops if name not in split_of]
+    if others:
+        raise SourceError(
+            f"{str(root)!r} has folder(s) {', '.join(map(repr, split_of))} named like a split "
+            f"beside folder(s) {', '.join(map(repr, others[:5]))} that are not: featpipe cannot "
+            "tell whether they are split folders or classes. For splits, move the class folders "
+            "into them (root/train/<class>/..., root/val/<class>/...); for classes, rename "
+            f"those named like a split ({', '.join(sorted(SPLIT_ALIASES))}, in any case)."
+        )
+    for split in SPLIT_NAMES:
+        same = sorted(name for name, s in split_of.items() if s == split)
+        if len(same) > 1:
+            raise SourceError(
+                f"{str(root)!r} has folders {' and '.join(map(repr, same))}, which name the same "
+                f"split ({split}). Merge them into one folder."
+            )
+    if "train" not in split_of.values():
+        raise SourceError(
+            f"{str(root)!r} has split folders {', '.join(tops)} but no 'train' folder. Add "
+            "root/train/<class>/..., or point at a folder of class folders."
+        )
+    return split_of
 
 
 def _normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:

@@ -37,9 +37,9 @@ from PIL import Image
 from featpipe.data.arrays import encode_labels
 from featpipe.data.folder import IMAGE_EXTENSIONS
 from featpipe.data.images import decode_rgb, read_error
-from featpipe.data.source import SPLIT_CODES, ImageSource
+from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource
 from featpipe.data.splits import assign_splits
-from featpipe.data.tables import SPLIT_ALIASES, _split_of
+from featpipe.data.tables import _split_of
 from featpipe.device import available_cores
 from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError, ImageReadError, SourceError, did_you_mean

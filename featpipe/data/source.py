@@ -13,6 +13,22 @@ from featpipe.errors import SourceError, UnknownNameError, did_you_mean
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 SPLIT_CODES: dict[str, int] = {name: code for code, name in enumerate(SPLIT_NAMES)}
+# A dataset's own split names (folders, files, columns, json fields) and the split each becomes.
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "validation": "val",
+    "valid": "val",
+    "val": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def split_alias(name: str) -> str | None:
+    """The featpipe split a dataset's own split name stands for (any case), or None."""
+    return SPLIT_ALIASES.get(name.lower())
 
 
 def count_splits(codes: np.ndarray) -> dict[str, int]:

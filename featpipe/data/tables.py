@@ -20,22 +20,11 @@ from PIL import Image
 
 from featpipe.data.arrays import encode_labels
 from featpipe.data.images import decode_rgb, load_rgb
-from featpipe.data.source import SPLIT_CODES, ImageSource, row_ids
+from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource, row_ids
 from featpipe.data.splits import assign_splits
 from featpipe.errors import SourceError, did_you_mean
 from featpipe.extras import import_extra
 
-# The dataset's own split names and the featpipe split each one becomes.
-SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "validation": "val",
-    "valid": "val",
-    "val": "val",
-    "dev": "val",
-    "test": "test",
-    "testing": "test",
-}
 # Column names tried, in order, when no column has the Image or ClassLabel type.
 IMAGE_COLUMNS = ("image", "img", "images", "picture", "photo")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "target", "category")
