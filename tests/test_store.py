@@ -305,7 +305,8 @@ def test_create_leaves_no_temporary_file(tmp_path):
 @pytest.mark.parametrize("rows", [1, 3, 4, 100])
 def test_iter_chunks_is_bounded_and_complete(tmp_path, rows):
     feats = _features()
-    store = write_arrays(tmp_path / "s.h5", feats, list(range(11)), SPLITS, ["a"])
+    classes = [f"c{i}" for i in range(11)]  # label i marks row i
+    store = write_arrays(tmp_path / "s.h5", feats, list(range(11)), SPLITS, classes)
     blocks = list(store.iter_chunks("pooled", rows=rows))
     assert all(len(x) <= rows for x, _ in blocks)
     np.testing.assert_array_equal(np.concatenate([x for x, _ in blocks]), feats["pooled"])
