@@ -85,6 +85,14 @@ def test_parquet_file_and_hub_folder(tmp_path):
     assert isinstance(bare, ParquetSource) and bare.label_column == "fine_label"
 
 
+def test_parquet_split_anywhere_in_the_file_names(tmp_path):
+    data, _ = hf_dataset(splits=("train", "test"))
+    for split, ds in data.items():
+        ds.to_parquet(str(tmp_path / "pq" / f"cifar-{split}-00000-of-00001.parquet"))
+    source = open_source(f"hf-dataset:{tmp_path / 'pq'}?label=fine_label")
+    assert source.split_counts() == {"train": 12, "val": 0, "test": 6}
+
+
 def test_table_sources_pickle_without_their_images(tmp_path):
     write_hf_dataset(tmp_path / "ds")
     source = open_source(f"hf-dataset:{tmp_path / 'ds'}?label=fine_label")

@@ -128,6 +128,25 @@ def test_splits_from_a_json_field_the_shard_names_or_the_fractions(tmp_path):
     )
 
 
+def test_a_split_anywhere_in_the_shard_names(tmp_path):
+    write_shards(tmp_path / "a", _samples(6), per_shard=4, name="imagenet1k-train")
+    write_shards(tmp_path / "a", _samples(4, prefix="v"), per_shard=4, name="imagenet1k-validation")
+    source = open_source(f"wds:{tmp_path / 'a'}")
+    assert source.split_counts() == {"train": 6, "val": 4, "test": 0}
+    assert all(source.ids[i].startswith("v") for i in source.indices("val"))
+
+    write_shards(tmp_path / "b", _samples(3), per_shard=3, name="data_train_val")
+    with pytest.raises(SourceError, match=r"'data_train_val-000000.tar' names two splits"):
+        open_source(f"wds:{tmp_path / 'b'}")
+
+    # split-like names featpipe does not read: all train, but not silently
+    write_shards(tmp_path / "c", _samples(6), per_shard=3, name="imagenet1k-trn")
+    write_shards(tmp_path / "c", _samples(3, prefix="v"), per_shard=3, name="imagenet1k-eval")
+    with pytest.warns(UserWarning, match=r"'eval', 'trn'.*read as train.*split=json:KEY"):
+        unread = open_source(f"wds:{tmp_path / 'c'}")
+    assert unread.split_counts() == {"train": 9, "val": 0, "test": 0}
+
+
 def test_keys_repeated_across_shards_are_qualified_by_the_shard(tmp_path):
     root = tmp_path / "wds"
     for name in ("a", "b"):  # each writer counted its keys from 0

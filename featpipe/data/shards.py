@@ -39,7 +39,7 @@ from featpipe.data.folder import IMAGE_EXTENSIONS
 from featpipe.data.images import decode_rgb, read_error
 from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource
 from featpipe.data.splits import assign_splits
-from featpipe.data.tables import _split_of
+from featpipe.data.tables import _split_of, warn_unread_split_words
 from featpipe.device import available_cores
 from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError, ImageReadError, SourceError, did_you_mean
@@ -229,6 +229,7 @@ class WebDatasetSource(ImageSource):
         else:
             named = [_split_of(p, self.root) for p in self.shards]
             if not any(named):
+                warn_unread_split_words(self.shards, self.root, f"The shards {self._where()}")
                 return None
             if not all(named):
                 unnamed = [str(p) for p, n in zip(self.shards, named, strict=True) if not n]

@@ -245,6 +245,11 @@ class ParquetSource(TableSource):
 
     kind = "parquet dataset"
 
+    def _known_splits(self, tables: dict) -> dict:
+        if list(tables) == [""]:
+            warn_unread_split_words(self._files[""], self.path, f"{self.kind} {str(self.path)!r}")
+        return super()._known_splits(tables)
+
     def _read(self):
         datasets = import_extra("datasets", "datasets", "Reading images from parquet")
         import pyarrow as pa
@@ -282,14 +287,63 @@ def _parquet_files(path: Path) -> list[Path]:
     return files
 
 
+# A split word in a name: an alias, alone or with a number (``val2017``).
+_SPLIT_WORD = re.compile(rf"({'|'.join(sorted(SPLIT_ALIASES, key=len, reverse=True))})\d*")
+# Words that look like a split but are none featpipe reads (only ever warned about).
+_SPLIT_LIKE = {
+    *("eval", "evaluation", "holdout", "heldout", "trn", "tst", "minival", "trainval"),
+    *("testdev", "trainset", "valset", "testset", "devset"),
+}
+
+
+def _name_tokens(part: str) -> list[str]:
+    return re.split(r"[-_.]", part.lower())
+
+
 def _split_of(file: Path, root: Path) -> str:
-    """The split a parquet file names (``train-0000-of-0001``, ``test/part.parquet``), or ""."""
+    """The split a file's name names (``train-0000-of-0001``, ``imagenet-validation-000.tar``,
+    ``test/part.parquet``), as written, or "": the split word among the name's tokens (split
+    at - _ .), else among those of the nearest folder above it that has one."""
     parts = file.relative_to(root).parts if file != root else (file.name,)
     for part in reversed(parts):
-        head = re.split(r"[-_.]", part, maxsplit=1)[0].lower()
-        if head in SPLIT_ALIASES:
-            return head
+        found: dict[str, str] = {}  # featpipe split: the word naming it
+        for token in _name_tokens(part):
+            word = _SPLIT_WORD.fullmatch(token)
+            if word:
+                found.setdefault(SPLIT_ALIASES[word.group(1)], word.group(1))
+        if len(found) > 1:
+            raise SourceError(
+                f"{str(file)!r}: {part!r} names two splits ({', '.join(found.values())}), so "
+                "featpipe cannot tell which one it holds. Rename it to name one "
+                f"({', '.join(sorted(SPLIT_ALIASES))}), or, for WebDataset shards, give each "
+                "sample its split with ?split=json:KEY."
+            )
+        if found:
+            return next(iter(found.values()))
     return ""
+
+
+def warn_unread_split_words(files: list[Path], root: Path, where: str) -> None:
+    """Warn when files that name no split differ by split-like words (``eval``, ``trn``,
+    ``trainval``): they may hold splits that are all read as train."""
+    tokens = [
+        {t.rstrip("0123456789") for part in f.relative_to(root).parts for t in _name_tokens(part)}
+        if f != root
+        else set()
+        for f in files
+    ]
+    varying = set().union(*tokens) - set.intersection(*tokens) if tokens else set()
+    words = sorted(varying & _SPLIT_LIKE)
+    if words:
+        warnings.warn(
+            f"{where}: file names differ by {', '.join(map(repr, words))}, which look like "
+            f"split names but are none featpipe reads ({', '.join(sorted(SPLIT_ALIASES))}), so "
+            "every file is read as train. If they hold splits, rename the files or folders after "
+            "their split (e.g. data-validation-000000.tar), or, for WebDataset shards, give each "
+            "sample its split with ?split=json:KEY.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _split_order(name: str) -> int:
