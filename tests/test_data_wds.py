@@ -147,6 +147,14 @@ def test_a_split_anywhere_in_the_shard_names(tmp_path):
     assert unread.split_counts() == {"train": 9, "val": 0, "test": 0}
 
 
+def test_a_split_field_missing_from_the_first_sample_only_is_refused(tmp_path):
+    samples = _samples(6, split=lambda i: "test" if i >= 4 else "train")
+    del samples[0]["json"]["split"]
+    write_shards(tmp_path / "a", samples, per_shard=6)
+    with pytest.raises(SourceError, match=r"Sample '00000' .*: its json:split has none"):
+        open_source(f"wds:{tmp_path / 'a'}")
+
+
 def test_keys_repeated_across_shards_are_qualified_by_the_shard(tmp_path):
     root = tmp_path / "wds"
     for name in ("a", "b"):  # each writer counted its keys from 0
@@ -291,7 +299,7 @@ def test_damaged_shards_and_samples(tmp_path, shards):
         s.pop("cls", None)
         s.pop("json")
     write_shards(tmp_path / "c", no_label, per_shard=3)
-    with pytest.raises(SourceError, match=r"has no label: no \.cls member.*\?label=json:KEY"):
+    with pytest.raises(SourceError, match=r"No sample .* has a label: no \.cls.*\?label=json:KEY"):
         open_source(f"wds:{tmp_path / 'c'}")
 
     mixed = _samples(4)

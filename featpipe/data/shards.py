@@ -87,7 +87,7 @@ class Field:
         return f"json:{self.key}" if self.key else self.member
 
 
-# What is looked for when ``label`` / ``split`` are not given: the first one the first sample has.
+# What is looked for when ``label`` / ``split`` are not given: the first one any sample has.
 DEFAULT_LABELS = (Field("cls"), Field("json", "label"))
 DEFAULT_SPLITS = (Field("json", "split"),)
 
@@ -155,9 +155,9 @@ class WebDatasetSource(ImageSource):
         self.label_field = label_given or _first_present(DEFAULT_LABELS, values)
         if self.label_field is None:
             raise SourceError(
-                f"Sample {self.ids[0]!r} of shard {str(self.shards[0])!r} has no label: no .cls "
-                "member and no 'label' key in a .json member. Name the field with ?label=EXT (a "
-                "text member) or ?label=json:KEY."
+                f"No sample of the shards {self._where()} has a label: no .cls member and no "
+                "'label' key in a .json member. Name the field with ?label=EXT (a text member) "
+                "or ?label=json:KEY."
             )
         labels = self._complete(self.label_field, values[self.label_field])
         self.classes, self.labels = _encode(labels, self.label_field, self._where())
@@ -477,8 +477,9 @@ def _field_value(f: Field, read: dict[str, bytes], shard: Path, key: str) -> obj
 
 
 def _first_present(fields: tuple[Field, ...], values: dict[Field, list]) -> Field | None:
-    """The first of ``fields`` that the first sample has."""
-    return next((f for f in fields if values[f][0] is not None), None)
+    """The first of ``fields`` that any sample has (then every sample must have it: a field
+    missing from the first sample only must not drop every sample's split)."""
+    return next((f for f in fields if any(v is not None for v in values[f])), None)
 
 
 def _image_members(image: str | Sequence[str] | None) -> tuple[str, ...]:
