@@ -276,6 +276,22 @@ def test_same_seed_same_weights_on_cpu(source):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_loader_workers_change_no_weights(source, tmp_path):
+    # `workers` is a NOT_RESULT_PARAM: left out of config hashes, changeable on resume.
+    def weights(ft):
+        return ft.model_.state_dict()
+
+    alone = weights(tuner(epochs=2, workers=0).fit(source))
+    for workers in (1, 2):
+        other = weights(tuner(epochs=2, workers=workers).fit(source))
+        assert all(torch.equal(alone[k], other[k]) for k in alone), workers
+    with pytest.raises(KeyboardInterrupt):
+        tuner(epochs=2, run_dir=tmp_path, callbacks=[StopAfter(1)]).fit(source)
+    resumed = tuner(epochs=2, workers=1, run_dir=tmp_path).fit(source)
+    assert resumed.start_epoch_ == 1
+    assert all(torch.equal(alone[k], weights(resumed)[k]) for k in alone)
+
+
 def test_run_dir_files_and_config_mismatch(source, tmp_path):
     ft = tuner(epochs=2, run_dir=tmp_path).fit(source)
     rows = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]

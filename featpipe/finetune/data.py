@@ -71,7 +71,12 @@ def _load(source: ImageSource, index: int):
 
 class SourceDataset(Dataset):
     """Rows ``indices`` of ``source`` as (image tensor, label) pairs; ``load`` reads a row
-    (see :func:`image_loader`)."""
+    (see :func:`image_loader`).
+
+    With ``seed`` (training), each image's transform draws from torch's RNG seeded by
+    (seed, epoch, row), ``epoch`` set by :meth:`set_epoch`: the same augmentation whichever
+    process, loader worker or rank transforms it, and again when a resumed run repeats an
+    epoch."""
 
     def __init__(
         self,
@@ -79,19 +84,41 @@ class SourceDataset(Dataset):
         indices: np.ndarray,
         transform: Callable,
         load: Callable[[ImageSource, int], object] = _load,
+        seed: int | None = None,
     ):
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(source.labels, dtype=np.int64)[self.indices]
         self.transform = transform
         self.load = load
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass draws its augmentation for (set before iterating, so
+        that loader workers, started by the pass, copy it)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = self.load(self.source, int(self.indices[i]))
-        return self.transform(image), int(self.labels[i])
+        row = int(self.indices[i])
+        image = self.load(self.source, row)
+        if self.seed is None:
+            return self.transform(image), int(self.labels[i])
+        # Per-worker RNG streams would make the draws (and the weights) depend on the number
+        # of workers; the caller's RNG state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            # The CPU generator the transforms draw from (torch.manual_seed would also seed
+            # every device, ~100x slower per image).
+            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, row))
+            return self.transform(image), int(self.labels[i])
+
+
+def sample_seed(seed: int, epoch: int, row: int) -> int:
+    """The torch seed of row ``row``'s augmentation in ``epoch``."""
+    return int(np.random.SeedSequence([seed, epoch, row]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def split_rows(

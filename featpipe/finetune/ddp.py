@@ -7,9 +7,9 @@ group is up (one model replica per rank, ``DistributedDataParallel`` averaging g
 - Evaluation is exact: rank r scores rows ``rows[r::world]`` (no padding, so no image is
   counted twice), then (row position, probabilities) are gathered and put back in row order;
   metrics are computed once, on rank 0, and what follows from them is broadcast.
-- Training randomness (augmentation, dropout, worker seeds) is drawn per rank from
-  (seed, epoch, rank), so a resumed run repeats the epochs it lost without saving every
-  rank's random state.
+- Training randomness is drawn per rank from (seed, epoch, rank) (dropout, worker seeds) or
+  per image from (seed, epoch, row) (augmentation, see ``SourceDataset``), so a resumed run
+  repeats the epochs it lost without saving every rank's random state.
 
 Outside a process group every function here is the single-process identity, so the tuner
 calls them unconditionally.
@@ -91,7 +91,7 @@ def train_sampler(dataset: Dataset, seed: int) -> DistributedSampler | None:
 
 def seed_epoch(seed: int, epoch: int, generator: torch.Generator) -> None:
     """Seed this rank's training randomness for ``epoch`` from (seed, epoch, rank): ranks draw
-    different augmentations, and a resumed epoch draws the same ones again."""
+    different dropout masks, and a resumed epoch draws the same ones again."""
     entropy = np.random.SeedSequence([seed, epoch, rank()]).generate_state(2, np.uint64)
     value = int(entropy[0]) >> 1
     torch.manual_seed(value)  # CPU and every CUDA device

@@ -256,7 +256,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         pre = self.backbone_.preprocessing
         augment = train_transform(pre, self.augment)
         self.generator_ = torch.Generator().manual_seed(self.seed)  # shuffling and worker seeds
-        dataset = SourceDataset(source, rows, augment, image_loader(pre, self.decode, self.augment))
+        dataset = SourceDataset(
+            source, rows, augment, image_loader(pre, self.decode, self.augment), seed=self.seed
+        )
         return loader(
             dataset,
             self._rank_batch,
@@ -406,6 +408,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     # ---------------------------------------------------------------- loop
 
     def _train_epoch(self, replica: nn.Module, data: DataLoader, epoch: int) -> dict:
+        data.dataset.set_epoch(epoch)
         if ddp.active():
             data.sampler.set_epoch(epoch)
             ddp.seed_epoch(self.seed, epoch, self.generator_)
