@@ -21,10 +21,12 @@ import torch.distributed as dist
 from ddp_finetune_child import N_TRAIN, N_VAL, PARAMS, source
 from torch import nn
 
+from featpipe.backbones import get_backbone
 from featpipe.device import available_cores
 from featpipe.errors import ConfigError
-from featpipe.finetune import FineTuner, ddp
+from featpipe.finetune import FineTuner, Mode, ddp
 from featpipe.finetune.callbacks import Callback
+from featpipe.finetune.freezing import set_train_mode
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("ddp_finetune_child.py")
@@ -243,3 +245,29 @@ def test_sync_bn_converts_batch_norm_on_gpus_and_is_refused_on_the_cpu():
         ddp.convert_sync_bn(model, torch.device("cpu"))
     synced = ddp.convert_sync_bn(model, torch.device("cuda", 0))  # conversion needs no GPU
     assert isinstance(synced[1], nn.SyncBatchNorm) and set(synced.state_dict()) == keys
+
+
+@pytest.mark.parametrize(
+    ("spec", "mode"),
+    [("toy", "bn"), ("toy", "lpft"), ("torchvision:resnet18@none", "partial:1")],
+)
+def test_sync_bn_keeps_frozen_batch_norm_in_eval_mode(spec, mode, monkeypatch):
+    # FineTuner._build as under DDP on GPUs: SyncBatchNorm replaces every batch norm, and the
+    # layers the mode keeps fixed must be the new ones that stay in eval mode.
+    convert = ddp.convert_sync_bn
+    monkeypatch.setattr(ddp, "active", lambda: True)
+    monkeypatch.setattr(ddp, "convert_sync_bn", lambda m, d: convert(m, torch.device("cuda", 0)))
+    tuner = FineTuner(spec, **{**PARAMS, "mode": mode, "sync_bn": True})
+    tuner.backbone_, tuner.classes_ = get_backbone(spec), np.arange(3)
+    tuner.device_ = torch.device("cpu")
+    tuner._build(Mode.parse(mode), steps=4, fitted_probe=None)
+    set_train_mode(tuner.model_, tuner.frozen_)
+    norms = {
+        n: m
+        for n, m in tuner.model_.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }
+    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms.values())
+    training = sorted(n for n, m in norms.items() if m.training)
+    # lpft: every batch norm keeps the probe's statistics; partial:1 freezes ResNet's stem.
+    assert training == ([n for n in norms if n != "bn1"] if mode == "partial:1" else [])

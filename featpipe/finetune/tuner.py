@@ -281,9 +281,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         )
         if fitted_probe:
             probe.load_into(model.get_submodule(self.head_), fitted_probe[0])
-        self.frozen_ = freeze(model, mode, self.backbone_.stages, self.head_)
         if self.sync_bn and ddp.active():
             model = ddp.convert_sync_bn(model, self.device_)
+        # After the conversion: frozen_ must hold the batch norms that train, not replaced ones.
+        self.frozen_ = freeze(model, mode, self.backbone_.stages, self.head_)
         self.model_ = model.to(self.device_, memory_format=self._layout)
         # An LP-FT head is already fitted: it moves at the backbone's pace, not at the fast
         # rate a fresh head needs (at that rate it diverged on digits).
