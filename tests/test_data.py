@@ -387,6 +387,23 @@ def test_csv_errors(image_folder, lines, match):
         CSVSource(csv)
 
 
+def test_subset_takes_indices_or_a_boolean_mask_and_refuses_repeats():
+    source = ArraySource(np.zeros((6, 2, 2), np.uint8), [0, 1] * 3, splits=[0, 0, 0, 0, 2, 2])
+    by_mask = source.subset(source.splits == 2)
+    assert by_mask.ids == ["arrays/000004", "arrays/000005"]
+    assert by_mask.split_counts() == {"train": 0, "val": 0, "test": 2}
+    assert source.subset([5, 1]).ids == ["arrays/000005", "arrays/000001"]
+    assert len(source.subset([])) == 0
+    with pytest.raises(ConfigError, match=r"boolean mask .* 6 rows.*got shape \(3,\)"):
+        source.subset([True, False, True])
+    with pytest.raises(ConfigError, match=r"row 1 .*more than once"):
+        source.subset([1, 2, 1])
+    with pytest.raises(ConfigError, match=r"\[0, 6\).* 6, -1"):
+        source.subset([0, 6, -1])
+    with pytest.raises(ConfigError, match=r"integer row indices.*float64"):
+        source.subset([0.0, 1.0])
+
+
 # ---------------------------------------------------------------------------- arrays and built-ins
 
 

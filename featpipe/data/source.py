@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from featpipe.errors import SourceError, UnknownNameError, did_you_mean
+from featpipe.errors import ConfigError, UnknownNameError, did_you_mean
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 SPLIT_CODES: dict[str, int] = {name: code for code, name in enumerate(SPLIT_NAMES)}
@@ -113,19 +113,16 @@ class ImageSource(ABC):
         return count_splits(self.splits)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSource:
-        """A view on some rows of this source (same classes, ids, splits)."""
-        return SubsetSource(self, np.asarray(indices, dtype=np.int64))
+        """A view on some rows of this source (same classes, ids, splits): row indices, each
+        at most once, in the order given, or a boolean mask with one entry per row."""
+        return SubsetSource(self, indices)
 
 
 class SubsetSource(ImageSource):
-    """Rows ``indices`` of a parent source."""
+    """Rows ``indices`` of a parent source (indices or a boolean mask, see ``subset``)."""
 
-    def __init__(self, parent: ImageSource, indices: np.ndarray):
-        if len(indices) and (indices.min() < 0 or indices.max() >= len(parent)):
-            raise SourceError(
-                f"Subset indices must lie in [0, {len(parent)}); "
-                f"got {indices.min()}..{indices.max()}."
-            )
+    def __init__(self, parent: ImageSource, indices: Sequence[int] | np.ndarray):
+        indices = _subset_rows(indices, len(parent))
         self.parent = parent
         self.rows = indices
         self.classes = list(parent.classes)
@@ -148,3 +145,39 @@ class SubsetSource(ImageSource):
 
     def describe(self) -> dict:
         return {**self.parent.describe(), "subset": len(self.rows)}
+
+
+def _subset_rows(indices: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    """int64 rows of a source of ``n`` rows from indices or a boolean mask, checked: a
+    repeated row would be two samples with one id (and one image in two splits)."""
+    given = np.asarray(indices)
+    if given.dtype == bool:
+        if given.shape != (n,):
+            raise ConfigError(
+                f"A boolean mask selects rows of a source of {n} rows with one entry per row; "
+                f"got shape {given.shape}. Build it from the source, e.g. source.splits == 2."
+            )
+        return np.flatnonzero(given)
+    if given.size == 0:
+        return np.zeros(0, np.int64)
+    if given.ndim != 1 or given.dtype.kind not in "iu":
+        raise ConfigError(
+            "subset takes integer row indices or a boolean mask with one entry per row; got "
+            f"an array of dtype {given.dtype} and shape {given.shape}."
+        )
+    rows = given.astype(np.int64)
+    outside = rows[(rows < 0) | (rows >= n)]
+    if len(outside):
+        raise ConfigError(
+            f"Subset indices must lie in [0, {n}) (the source's rows); got "
+            f"{', '.join(map(str, outside[:5]))}."
+        )
+    unique, counts = np.unique(rows, return_counts=True)
+    if (counts > 1).any():
+        twice = unique[counts > 1]
+        raise ConfigError(
+            f"Subset indices name row {twice[0]} more than once"
+            f"{f' (and {len(twice) - 1} other rows)' if len(twice) > 1 else ''}; each row may be "
+            "taken once. Pass np.unique(indices) to keep each row once."
+        )
+    return rows
