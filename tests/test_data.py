@@ -387,6 +387,17 @@ def test_csv_errors(image_folder, lines, match):
         CSVSource(csv)
 
 
+@pytest.mark.parametrize("spelling", ["absolute", "cat/../cat/000.jpg", "link.jpg"])
+def test_csv_refuses_one_file_under_two_spellings(image_folder, spelling):
+    os.symlink(image_folder / "cat" / "000.jpg", image_folder / "link.jpg")
+    if spelling == "absolute":
+        spelling = str(image_folder / "cat" / "000.jpg")
+    lines = ["path,label,split", "cat/000.jpg,cat,train", "dog/000.jpg,dog,train"]
+    csv = _write_csv(image_folder / "m.csv", [*lines, f"{spelling},cat,test"])
+    with pytest.raises(SourceError, match=r"line 4: .* same image as line 2 \('cat/000\.jpg'\)"):
+        CSVSource(csv)
+
+
 def test_subset_takes_indices_or_a_boolean_mask_and_refuses_repeats():
     source = ArraySource(np.zeros((6, 2, 2), np.uint8), [0, 1] * 3, splits=[0, 0, 0, 0, 2, 2])
     by_mask = source.subset(source.splits == 2)

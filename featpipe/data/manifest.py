@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ class CSVSource(FileSource):
         self.ids = [row["path"] for row in rows]
         self.files = [base / row["path"] for row in rows]  # an absolute path replaces base
         self._check_files(rows)
+        self._check_once(rows)
         self.classes = sorted({row["label"] for row in rows})
         if len(self.classes) < 2:
             raise SourceError(
@@ -103,14 +105,6 @@ class CSVSource(FileSource):
             ) from err
         if not rows:
             raise SourceError(f"CSV manifest {where!r} lists no images.")
-        seen: dict[str, int] = {}
-        for row in rows:
-            first = seen.setdefault(row["path"], row["line"])
-            if first != row["line"]:
-                raise SourceError(
-                    f"{where}, line {row['line']}: path {row['path']!r} is already listed on "
-                    f"line {first}; each image may appear once."
-                )
         return rows, "split" in header
 
     def _parse_row(self, values: list[str], header: list[str], line: int) -> dict:
@@ -134,6 +128,33 @@ class CSVSource(FileSource):
                 )
         row["path"] = Path(row["path"]).as_posix()
         return row
+
+    def _check_once(self, rows: list[dict]) -> None:
+        """Each image on one row, however its path is spelt (relative or absolute, with ..,
+        through a symlink): one image on two rows can land in train and in test."""
+        real_dirs: dict[str, str] = {}  # realpath of each folder, once per folder
+        seen: dict[str, dict] = {}
+        for row, file in zip(rows, self.files, strict=True):
+            folder, name = os.path.split(str(file))
+            if folder not in real_dirs:
+                real_dirs[folder] = os.path.realpath(folder)
+            real = os.path.join(real_dirs[folder], name)
+            if os.path.islink(real):
+                real = os.path.realpath(real)
+            first = seen.setdefault(real, row)
+            if first is row:
+                continue
+            where = f"{self.csv_path}, line {row['line']}: path {row['path']!r}"
+            if first["path"] == row["path"]:
+                raise SourceError(
+                    f"{where} is already listed on line {first['line']}; each image may appear "
+                    "once. Remove one of the rows."
+                )
+            raise SourceError(
+                f"{where} is the same image as line {first['line']} ({first['path']!r}): both "
+                f"are {real!r}. Each image may appear once (twice, it can land in train and in "
+                "test); remove one of the rows."
+            )
 
     def _check_files(self, rows: list[dict]) -> None:
         missing = [
