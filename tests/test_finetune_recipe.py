@@ -72,12 +72,23 @@ def test_unknown_loss_is_refused(source):
         ({"momentum": -1}, r"momentum in \[0, 1\).*got momentum=-1"),
         ({"warmup_epochs": -0.5}, "warmup_epochs >= 0.*warmup_epochs=-0.5"),
         ({"seed": -1}, "seed must be an integer >= 0; got -1"),
+        ({"workers": -1}, r"workers must be an integer >= 0 \(0: .*; got -1"),
+        ({"workers": 1.0}, "workers must be an integer >= 0 .*; got 1.0"),
     ],
 )
 def test_settings_are_checked_before_anything_runs(setting, match):
     # A pipeline checks every setting this way before its first job computes anything.
     with pytest.raises(ConfigError, match=match):
         tuner(**setting)._check_params()
+
+
+def test_numpy_integers_are_integers(source, tmp_path):
+    ints = {"epochs": np.int64(1), "batch_size": np.int64(8), "workers": np.int64(0)}
+    ft = tuner(**ints, run_dir=tmp_path).fit(source)
+    assert ft.history_[-1]["epoch"] == 1
+    # Its checkpoint holds plain numbers: the same run with Python ints resumes from it.
+    again = tuner(epochs=1, batch_size=8, run_dir=tmp_path).fit(source)
+    assert again.start_epoch_ == 1
 
 
 def test_grid_chooses_on_val_and_test_is_read_once_for_the_winner(source):

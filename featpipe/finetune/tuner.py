@@ -58,9 +58,10 @@ LOSSES = ("cross_entropy", "mse")
 
 
 def result_params(params: dict) -> dict:
-    """The settings of ``params`` that change a result, as configs and hashes hold them."""
+    """The settings of ``params`` that change a result, as configs and hashes hold them
+    (numpy scalars as Python numbers: checkpoints load plain types only)."""
     return {
-        k: v
+        k: v.item() if isinstance(v, np.generic) else v
         for k, v in params.items()
         if k not in NOT_RESULT_PARAMS and (k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k])
     }
@@ -184,7 +185,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     ) -> FineTuner:
         started = time.perf_counter()
         self.world_size_ = ddp.world_size()
-        self._rank_batch = ddp.per_rank_batch(self.batch_size, self.world_size_)
+        self._rank_batch = ddp.per_rank_batch(int(self.batch_size), self.world_size_)
         self.backbone_ = get_backbone(_spec_for(self.backbone, mode), self.image_size)
         self.source_ = source
         self.class_names_ = list(source.classes)
@@ -262,7 +263,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         return loader(
             dataset,
             self._rank_batch,
-            self.workers,
+            int(self.workers),
             shuffle=True,
             generator=self.generator_,
             pin_memory=self.device_.type == "cuda",
@@ -299,7 +300,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             "cuda", enabled=amp_dtype(self.device_) == torch.float16
         )
         self.scheduler_ = warmup_cosine(
-            self.optimizer_, round(self.warmup_epochs * steps), self.epochs * steps
+            self.optimizer_, round(self.warmup_epochs * steps), int(self.epochs) * steps
         )
         self.trainable_params_ = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -316,12 +317,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     def _check_params(self) -> Mode:
         mode = Mode.parse(self.mode)
         check_decode(self.decode)
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (name != "epochs"):
-                raise ConfigError(
-                    f"{name} must be an integer >= {int(name != 'epochs')}; got {value!r}."
-                )
+        _check_integer("epochs", self.epochs, 0)
+        _check_integer("batch_size", self.batch_size, 1)
+        _check_integer("workers", self.workers, 0, "0: images load in the main process")
         if not self.lr > 0 or self.backbone_lr_scale < 0 or self.weight_decay < 0:
             raise ConfigError(
                 f"Need lr > 0, backbone_lr_scale >= 0 and weight_decay >= 0; got lr={self.lr}, "
@@ -347,8 +345,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 f"Need momentum in [0, 1) and warmup_epochs >= 0; got momentum={self.momentum}, "
                 f"warmup_epochs={self.warmup_epochs}."
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, Integral) or self.seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0; got {self.seed!r}.")
+        _check_integer("seed", self.seed, 0)
         if self.patience is not None and self.patience < 1:
             raise ConfigError(
                 f"patience must be >= 1 or None (no early stopping); got {self.patience!r}."
@@ -561,7 +558,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         """Batches of ``rows`` with the backbone's own preprocessing, for a forward pass."""
         transform = self.backbone_.preprocessing.transform()
         dataset = SourceDataset(source, rows, transform, self._eval_load())
-        return loader(dataset, max(1, 2 * self.batch_size // ddp.world_size()), self.workers)
+        batch = max(1, 2 * int(self.batch_size) // ddp.world_size())
+        return loader(dataset, batch, int(self.workers))
 
     def _proba(
         self, source: ImageSource, rows: np.ndarray, everywhere: bool = True
@@ -622,6 +620,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_") and hasattr(self, "best_epoch_")
+
+
+def _check_integer(name: str, value, low: int, note: str = "") -> None:
+    """A ConfigError naming ``name`` unless ``value`` is an integer (numpy's too) >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        note = f" ({note})" if note else ""
+        raise ConfigError(f"{name} must be an integer >= {low}{note}; got {value!r}.")
 
 
 def _spec_for(backbone: str, mode: Mode) -> str:
