@@ -328,6 +328,16 @@ def test_fingerprint_tracks_files(image_folder):
     assert ImageFolderSource(image_folder, val_fraction=0.3).fingerprint() != base
 
 
+def test_fingerprint_of_a_file_name_that_is_not_utf8(image_folder):
+    cat = os.fsencode(image_folder / "cat")
+    os.rename(cat + b"/000.jpg", cat + b"/caf\xe9.jpg")  # a latin-1 name, as unzipped
+    source = ImageFolderSource(image_folder)
+    assert "cat/caf\udce9.jpg" in source.ids
+    assert len(source.fingerprint()) == 64 and len(source.fingerprint(content=True)) == 64
+    os.rename(cat + b"/caf\xe9.jpg", cat + b"/caf\xe8.jpg")
+    assert ImageFolderSource(image_folder).fingerprint() != source.fingerprint()
+
+
 # ---------------------------------------------------------------------------- CSV
 
 

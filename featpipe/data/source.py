@@ -95,8 +95,10 @@ class ImageSource(ABC):
     def fingerprint(self, content: bool = False) -> str:
         """sha256 over ids, labels, splits, class names and per-file size/mtime (or contents)."""
         h = hashlib.sha256()
-        h.update("\x1f".join(self.classes).encode())
-        h.update("\x1e".join(self.ids).encode())
+        # surrogateescape: file names that are not UTF-8 reach here as lone surrogates (valid
+        # UTF-8 encodes as before, so existing fingerprints stay)
+        h.update("\x1f".join(self.classes).encode("utf-8", "surrogateescape"))
+        h.update("\x1e".join(self.ids).encode("utf-8", "surrogateescape"))
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(self.splits, dtype=np.uint8).tobytes())
         for part in self._fingerprint_parts(content):
