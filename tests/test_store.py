@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
+from featpipe.cli import main
 from featpipe.errors import (
     ConfigError,
     IncompleteStoreError,
@@ -542,7 +543,7 @@ sys.stdin.read()
 """
 
 
-def test_reading_a_parted_store_while_a_part_is_written_says_so(tmp_path):
+def test_reading_a_parted_store_while_a_part_is_written_says_so(tmp_path, capsys):
     from extract_child import NoiseSource
 
     from featpipe.extract import extract
@@ -574,6 +575,12 @@ def test_reading_a_parted_store_while_a_part_is_written_says_so(tmp_path):
             assert "being written by another process" in message
             assert f"part-00001.h5 by pid {writer.pid} on host node7" in message
             assert "wait" in message.lower()
+        # `featpipe info` shows how far the job got instead.
+        assert main(["info", str(out)]) == 0
+        shown = capsys.readouterr().out
+        assert "being written" in shown
+        assert "1 done, 1 being written, 0 pending, of 2" in shown
+        assert f"part-00001.h5 by pid {writer.pid} on host node7" in shown
     finally:
         writer.stdin.close()
         writer.wait(timeout=60)

@@ -270,9 +270,16 @@ def _skipped_lines(info: dict) -> list[str]:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from featpipe.errors import StoreInUseError
     from featpipe.store import FeatureStore
+    from featpipe.store.parts import parted_at
 
-    info = FeatureStore(args.store).info()
+    try:
+        info = FeatureStore(args.store).info()
+    except StoreInUseError:  # shard tasks or ranks are writing parts: show how far they got
+        if not parted_at(args.store):
+            raise
+        return _print_progress(args.store, args.json)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
@@ -318,6 +325,26 @@ def run_info(args: argparse.Namespace) -> int:
             + (f", over {runs} runs" if runs > 1 else "")
         )
     print("\n".join(lines))
+    return 0
+
+
+def _print_progress(store: str, as_json: bool) -> int:
+    from featpipe.store.lock import describe_owner
+    from featpipe.store.parts import parts_dir, progress
+
+    state = progress(store)
+    if as_json:
+        print(json.dumps({"path": store, "being_written": True, **state}, indent=2))
+        return 0
+    writers = ", ".join(
+        f"{name} by {describe_owner(owner)}" for name, owner in state["parts_writing"].items()
+    )
+    print(
+        f"store       {store}  (being written: its full description once no part is)\n"
+        f"parts       {state['parts_done']} done, {len(state['parts_writing'])} being written, "
+        f"{state['parts_pending']} pending, of {state['parts']} in {parts_dir(store)}"
+        + (f"\nwriting     {writers}" if writers else "")
+    )
     return 0
 
 

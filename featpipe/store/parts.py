@@ -410,6 +410,28 @@ def summed_cost(costs: Sequence[Mapping[str, Any]]) -> dict:
     }
 
 
+def progress(path: str | Path) -> dict:
+    """Parts done, being written (part file name: its writer's note) and pending, read part
+    by part: what can be known of a parted store while processes write it, when HDF5 will
+    not read its virtual datasets."""
+    with open_h5(path) as f:  # the top-level file: only its attributes, no part is opened
+        parts = parts_of(path, f.attrs)
+    writing, done = {}, 0
+    for part in parts:
+        owner = holder(part.path)
+        if owner is not None:
+            writing[part.path.name] = owner
+        elif part_complete(part):
+            done += 1
+    pending = len(parts) - done - len(writing)
+    return {
+        "parts": len(parts),
+        "parts_done": done,
+        "parts_writing": writing,
+        "parts_pending": pending,
+    }
+
+
 def describe_parts(parts: Sequence[Part], chunk_done: np.ndarray) -> dict:
     """``{"parts", "parts_done", "parts_pending"}`` from the per-chunk flags."""
     done = [bool(np.all(chunk_done[p.first_chunk : p.stop_chunk])) for p in parts]
