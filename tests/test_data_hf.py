@@ -93,6 +93,19 @@ def test_parquet_split_anywhere_in_the_file_names(tmp_path):
     assert source.split_counts() == {"train": 12, "val": 0, "test": 6}
 
 
+@pytest.mark.parametrize("layout", ["parquet", "save_to_disk"])
+def test_table_fingerprint_is_the_same_however_the_path_is_spelt_or_moved(
+    tmp_path, monkeypatch, layout
+):
+    write = write_parquet_folder if layout == "parquet" else write_hf_dataset
+    write(tmp_path / "ds")
+    base = open_source(f"hf-dataset:{tmp_path / 'ds'}?label=fine_label").fingerprint()
+    monkeypatch.chdir(tmp_path)
+    assert open_source("hf-dataset:ds?label=fine_label").fingerprint() == base
+    (tmp_path / "ds").rename(tmp_path / "moved")  # keeps the files' mtimes
+    assert open_source("hf-dataset:./moved/?label=fine_label").fingerprint() == base
+
+
 def test_table_sources_pickle_without_their_images(tmp_path):
     write_hf_dataset(tmp_path / "ds")
     source = open_source(f"hf-dataset:{tmp_path / 'ds'}?label=fine_label")

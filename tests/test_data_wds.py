@@ -201,6 +201,16 @@ def test_fingerprint_is_stable_and_follows_the_shards(shards):
     assert changed.ids == source.ids and changed.fingerprint(content=True) != content
 
 
+def test_fingerprint_is_the_same_however_the_path_is_spelt_or_moved(shards, monkeypatch):
+    base = open_source(f"wds:{shards}").fingerprint()
+    monkeypatch.chdir(shards.parent)
+    assert open_source("wds:wds").fingerprint() == base
+    assert open_source("wds:./wds/").fingerprint() == base
+    assert open_source("wds:wds/shards-{000000..000002}.tar").fingerprint() == base
+    shards.rename(shards.parent / "moved")  # keeps the files' mtimes, as a folder source
+    assert open_source("wds:moved").fingerprint() == base
+
+
 def test_extract_end_to_end_with_the_toy_backbone(shards, tmp_path, capsys):
     spec = f"wds:{shards}/{BRACES}"
     args = ["extract", spec, *TOY, "--cache-dir", str(tmp_path / "cache"), "--batch-size", "3"]

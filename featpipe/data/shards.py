@@ -288,7 +288,7 @@ class WebDatasetSource(ImageSource):
             if content:
                 yield from _digests(shard, self._offsets[rows], self._lengths[rows])
                 continue
-            stat = _stat(shard)
+            stat = _stat(shard, self.root)
             for row in rows:
                 yield stat + struct.pack("<qq", self._offsets[row], self._lengths[row])
 
@@ -520,15 +520,15 @@ def _encode(values: list[int | str], f: Field, where: str) -> tuple[list[str], n
     return classes, labels
 
 
-def _stat(shard: Path) -> bytes:
-    """The shard's name, size and mtime, digested."""
+def _stat(shard: Path, root: Path) -> bytes:
+    """The shard's path under ``root`` (``root`` spelt relative or absolute, or moved, gives
+    the same key, as the relative ids of file sources do), size and mtime, digested."""
+    name = shard.relative_to(root).as_posix().encode("utf-8", "surrogateescape")
     try:
         st = os.stat(shard)
     except OSError as err:
-        return f"{shard}:unreadable:{err.errno}".encode()
-    return hashlib.sha256(
-        str(shard).encode() + struct.pack("<qq", st.st_size, st.st_mtime_ns)
-    ).digest()
+        return name + f":unreadable:{err.errno}".encode()
+    return hashlib.sha256(name + struct.pack("<qq", st.st_size, st.st_mtime_ns)).digest()
 
 
 def _digests(shard: Path, offsets: np.ndarray, lengths: np.ndarray) -> Iterator[bytes]:

@@ -9,6 +9,7 @@ encoded, in memory-mapped arrow tables, and decode one row at a time as files ar
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import struct
 import warnings
@@ -185,7 +186,7 @@ class TableSource(ImageSource):
                 yield hashlib.sha256(self.read_bytes(i)).digest()
             return
         # Without content: the size and mtime of the files that hold each split's rows.
-        stats = [_stat(self._files[name]) for name in self.split_names]
+        stats = [_stat(self._files[name], self.path) for name in self.split_names]
         for t in self._table_of:
             yield stats[t]
 
@@ -383,9 +384,24 @@ def _pick_column(given, role, columns, features, typed, names, path) -> str:
     return candidates[0]
 
 
-def _stat(files: list[Path]) -> bytes:
+def _stat(files: list[Path], root: Path) -> bytes:
+    """The files' paths under ``root`` (so that spelling ``root`` relative or absolute, or
+    moving it, keeps the key, as for file sources), sizes and mtimes, digested."""
     h = hashlib.sha256()
     for file in files:
         st = file.stat()
-        h.update(str(file).encode() + struct.pack("<qq", st.st_size, st.st_mtime_ns))
+        name = _under(file, root).encode("utf-8", "surrogateescape")
+        h.update(name + struct.pack("<qq", st.st_size, st.st_mtime_ns))
     return h.digest()
+
+
+def _under(file: Path, root: Path) -> str:
+    """``file``'s path under the folder ``root`` (or ``root`` itself, a file), else its real
+    path: datasets may give its cache files as absolute or resolved paths."""
+    top = root if root.is_dir() else root.parent
+    for resolve in (os.path.abspath, os.path.realpath):
+        try:
+            return Path(resolve(file)).relative_to(resolve(top)).as_posix()
+        except ValueError:
+            continue
+    return os.path.realpath(file)
