@@ -69,8 +69,16 @@ def test_unknown_loss_is_refused(source):
     [
         ({"optimizer": "adamx"}, "Unknown optimizer 'adamx'. Valid optimizers: sgd, adamw"),
         ({"augment": "flip"}, "Unknown augment 'flip'. Valid: standard, none"),
-        ({"momentum": -1}, r"momentum in \[0, 1\).*got momentum=-1"),
-        ({"warmup_epochs": -0.5}, "warmup_epochs >= 0.*warmup_epochs=-0.5"),
+        ({"momentum": -1}, r"momentum must be a number in \[0, 1\); got -1\."),
+        ({"warmup_epochs": -0.5}, "warmup_epochs must be a number >= 0; got -0.5"),
+        ({"lr": float("nan")}, "lr must be a number > 0; got nan"),
+        # Values of another type (a TOML string, a typo in Python) name the setting.
+        ({"lr": ".05"}, r"lr must be a number > 0; got '\.05' \(a str\)"),
+        ({"patience": "3"}, r"patience must be an integer >= 1 or None \(no early .*; got '3'"),
+        ({"dropout": "0.5"}, r"dropout must be a number in \[0, 1\); got '0.5' \(a str\)"),
+        ({"image_size": "x"}, r"image_size must be an integer >= 8 or None .*; got 'x'"),
+        ({"label_smoothing": None}, r"label_smoothing must be a number in \[0, 1\); got None"),
+        ({"val_fraction": "0.1"}, r"val_fraction must be a number in \[0, 1\); got '0.1'"),
         ({"seed": -1}, "seed must be an integer >= 0; got -1"),
         ({"workers": -1}, r"workers must be an integer >= 0 \(0: .*; got -1"),
         ({"workers": 1.0}, "workers must be an integer >= 0 .*; got 1.0"),
@@ -108,6 +116,31 @@ def test_grid_chooses_on_val_and_test_is_read_once_for_the_winner(source):
     result.best.predict_proba("test")
     read = recording.loaded[before:]
     assert sorted(read) == sorted(test_rows)  # each test image once, for the winner only
+
+
+def test_grid_candidates_are_checked_before_any_trains(source):
+    recording = RecordingSource(source)
+    with pytest.raises(ConfigError, match=r"grid candidate \{'lr': 'fast'\}: lr must be a number"):
+        fit_grid(tuner(epochs=1), recording, {"lr": [0.01, "fast"]})
+    with pytest.raises(ConfigError, match=r"\{'patience': 0\}: patience .* or None \(no early"):
+        fit_grid(tuner(epochs=1), recording, {"patience": [3, 0]})
+    assert recording.loaded == []  # no candidate trained
+
+
+def test_cli_grid_reads_values_as_the_flags_do(split_image_folder, tmp_path, capsys):
+    from featpipe.cli import main
+    from featpipe.cli.finetune import parse_grid
+
+    # --patience 0 is "never stop", and --lr .05 a number: the same in a grid.
+    grid = parse_grid(["patience=3,0", "lr=.05,1e-3", "augment=none"])
+    assert grid == {"patience": [3, None], "lr": [0.05, 1e-3], "augment": ["none"]}
+    run_dir = tmp_path / "run"
+    args = "finetune --backbone toy --epochs 1 --batch-size 4 --no-progress --grid lr=0.01,1e-3x"
+    where = ["--data", str(split_image_folder), "--run-dir", str(run_dir)]
+    assert main([*args.split(), *where]) == 2
+    err = capsys.readouterr().err
+    assert "--grid candidate {'lr': '1e-3x'}: lr must be a number > 0; got '1e-3x'" in err
+    assert not run_dir.exists()  # refused before the data was opened
 
 
 def test_grid_keys_are_checked():

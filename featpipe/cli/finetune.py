@@ -30,7 +30,9 @@ Modes: full, partial:N (stages 0 to N-1 frozen, stage 0 being the stem; see `fea
 SPEC`), bn (batch norm frozen), head (only the new head trains), lpft (logistic-regression probe,
 then full training), scratch (the same architecture from random initialisation: the baseline).
 --grid KEY=V1,V2 (repeatable) trains every combination of the listed settings (lr, weight_decay,
-dropout, ...), keeps the one with the best validation accuracy and tests only that one.
+dropout, ...), keeps the one with the best validation accuracy and tests only that one. Values
+read as the flags read them (lr=.05,1e-3; patience=3,0 where 0 is no early stopping, as
+--patience 0); every combination is checked before the first trains.
 Run again with the same --run-dir and arguments to resume an interrupted run.
 Under torchrun (`torchrun --nproc-per-node N -m featpipe finetune ...`) every process trains a
 replica (DistributedDataParallel); --batch-size stays the global batch, and rank 0 writes the
@@ -144,19 +146,35 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 def parse_grid(items: list[str]) -> dict[str, list]:
     """``["lr=0.01,0.05", "augment=none,standard"]`` -> ``{"lr": [0.01, 0.05], ...}``: each
-    value read as TOML (a number, a boolean), or else as a string."""
+    value read as TOML (a number, a boolean), else as a number the flags accept (``.05``),
+    or else as a string; ``patience`` 0 is None (no early stopping), as ``--patience 0``."""
     from featpipe.errors import ConfigError
     from featpipe.finetune.search import check_grid
-    from featpipe.pipeline.config import parse_override
 
     grid = {}
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not values:
             raise ConfigError(f"--grid needs KEY=V1,V2,...; got {item!r}.")
-        grid[key.strip()] = [parse_override(f"v={v.strip()}")[1] for v in values.split(",")]
+        key = key.strip()
+        grid[key] = [_grid_value(key, v.strip()) for v in values.split(",")]
     check_grid(grid, "--grid")
     return grid
+
+
+def _grid_value(key: str, text: str):
+    from featpipe.pipeline.config import parse_override
+
+    value = parse_override(f"v={text}")[1]
+    if isinstance(value, str):  # not TOML; perhaps a number as --lr reads it (.05, 5.)
+        for number in (int, float):
+            try:
+                return number(text)
+            except ValueError:
+                pass
+    if key == "patience" and value == 0 and not isinstance(value, bool):
+        return None
+    return value
 
 
 def _record(
@@ -188,26 +206,26 @@ def _finetune(args: argparse.Namespace) -> int:
     from featpipe.device import resolve_device
     from featpipe.evaluate import measure
     from featpipe.finetune import FineTuner, ddp
-    from featpipe.finetune.search import fit_grid
+    from featpipe.finetune.search import check_candidates, fit_grid
 
-    grid = parse_grid(args.grid)  # a bad grid fails before the data is opened
-    source = _source(args)
-    run_dir = ddp.from_main(_run_dir(args))  # one folder, named by rank 0's clock
-    main = ddp.is_main()  # rank 0 prints and writes the run folder
+    grid = parse_grid(args.grid)
     params = {name: getattr(args, name) for name in (f[2:].replace("-", "_") for f, _, _ in RECIPE)}
     if params["probe_C"] != "auto":
         params["probe_C"] = float(params["probe_C"])
     params["patience"] = params["patience"] or None
-    tuner = FineTuner(
-        args.backbone,
-        image_size=args.image_size,
-        decode=args.decode,
-        run_dir=run_dir,
-        resume=not args.no_resume,
-        verbose=1 if args.no_progress else 2,
-        sync_bn=args.sync_bn,
-        **params,
-    )
+    params |= {
+        "image_size": args.image_size,
+        "decode": args.decode,
+        "resume": not args.no_resume,
+        "verbose": 1 if args.no_progress else 2,
+        "sync_bn": args.sync_bn,
+    }
+    # Bad settings, and any grid combination's, fail before the data is opened.
+    check_candidates(FineTuner(args.backbone, **params), grid, "--grid")
+    source = _source(args)
+    run_dir = ddp.from_main(_run_dir(args))  # one folder, named by rank 0's clock
+    main = ddp.is_main()  # rank 0 prints and writes the run folder
+    tuner = FineTuner(args.backbone, run_dir=run_dir, **params)
     counts = source.split_counts()
     if main:
         world = f" on {ddp.world_size()} ranks" if ddp.active() else ""

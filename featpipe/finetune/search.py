@@ -15,7 +15,7 @@ from sklearn.base import clone
 from sklearn.model_selection import ParameterGrid
 
 from featpipe.data.source import ImageSource
-from featpipe.errors import ConfigError, did_you_mean
+from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
 from featpipe.finetune.tuner import NOT_RESULT_PARAMS, FineTuner
 from featpipe.store import FeatureStore
 
@@ -46,6 +46,19 @@ def check_grid(grid: dict, where: str = "grid") -> None:
             )
 
 
+def check_candidates(tuner: FineTuner, grid: dict, where: str = "grid") -> None:
+    """Every combination of ``grid`` over ``tuner``'s settings (``tuner`` alone for an empty
+    grid), checked before any trains: a ConfigError naming the first bad candidate."""
+    check_grid(grid, where)
+    for params in ParameterGrid(dict(grid)):
+        try:
+            type(tuner)(**{**tuner.get_params(), **params})._check_params()
+        except FeaturePipeError as exc:
+            if not params:
+                raise
+            raise ConfigError(f"{where} candidate {params}: {exc}") from None
+
+
 @dataclass
 class GridResult:
     """The fitted winner, its settings, and every candidate's validation accuracy."""
@@ -74,7 +87,7 @@ def fit_grid(
 ) -> GridResult:
     """Fit ``tuner`` once per combination of ``grid`` (``{"lr": [...], ...}``) and keep the
     one with the best validation accuracy. Only the winner is kept in memory."""
-    check_grid(grid)
+    check_candidates(tuner, grid)  # a bad value fails now, not after the others trained
     best, best_params, curve, seconds = None, None, [], 0.0
     for params in ParameterGrid(dict(grid)):
         candidate = clone(tuner).set_params(**params, run_dir=candidate_dir(tuner.run_dir, params))
@@ -87,4 +100,4 @@ def fit_grid(
     return GridResult(best, best_params, curve, dict(grid), seconds)
 
 
-__all__ = ["GridResult", "check_grid", "fit_grid", "searchable_params"]
+__all__ = ["GridResult", "check_candidates", "check_grid", "fit_grid", "searchable_params"]

@@ -7,7 +7,7 @@ import math
 import random
 import time
 from dataclasses import replace
-from numbers import Integral
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -320,16 +320,16 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         _check_integer("epochs", self.epochs, 0)
         _check_integer("batch_size", self.batch_size, 1)
         _check_integer("workers", self.workers, 0, "0: images load in the main process")
-        if not self.lr > 0 or self.backbone_lr_scale < 0 or self.weight_decay < 0:
-            raise ConfigError(
-                f"Need lr > 0, backbone_lr_scale >= 0 and weight_decay >= 0; got lr={self.lr}, "
-                f"backbone_lr_scale={self.backbone_lr_scale}, weight_decay={self.weight_decay}."
-            )
-        if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
-            raise ConfigError(
-                f"dropout and label_smoothing must be in [0, 1); got {self.dropout}, "
-                f"{self.label_smoothing}."
-            )
+        _check_integer("seed", self.seed, 0)
+        _check_integer(
+            "patience", self.patience, 1, "no early stopping; CLI and --grid: 0", none=True
+        )
+        _check_integer("image_size", self.image_size, 8, "the weights' own size", none=True)
+        _check_number("lr", self.lr, "> 0", lambda v: v > 0)
+        for name in ("backbone_lr_scale", "weight_decay", "warmup_epochs"):
+            _check_number(name, getattr(self, name), ">= 0", lambda v: v >= 0)
+        for name in ("momentum", "dropout", "label_smoothing", "val_fraction"):
+            _check_number(name, getattr(self, name), "in [0, 1)", lambda v: 0 <= v < 1)
         if self.loss not in LOSSES:
             raise ConfigError(f"Unknown loss {self.loss!r}. Valid losses: {', '.join(LOSSES)}.")
         if self.optimizer not in OPTIMIZERS:
@@ -339,16 +339,6 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(
                 f"Unknown augment {self.augment!r}. Valid: {', '.join(AUGMENTATIONS)}."
-            )
-        if not 0 <= self.momentum < 1 or self.warmup_epochs < 0:
-            raise ConfigError(
-                f"Need momentum in [0, 1) and warmup_epochs >= 0; got momentum={self.momentum}, "
-                f"warmup_epochs={self.warmup_epochs}."
-            )
-        _check_integer("seed", self.seed, 0)
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(
-                f"patience must be >= 1 or None (no early stopping); got {self.patience!r}."
             )
         return mode
 
@@ -622,11 +612,29 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         return hasattr(self, "model_") and hasattr(self, "best_epoch_")
 
 
-def _check_integer(name: str, value, low: int, note: str = "") -> None:
-    """A ConfigError naming ``name`` unless ``value`` is an integer (numpy's too) >= ``low``."""
+def _check_integer(name: str, value, low: int, note: str = "", none: bool = False) -> None:
+    """A ConfigError naming ``name`` unless ``value`` is an integer (numpy's too) >= ``low``
+    (or None, with ``none``, which ``note`` explains)."""
+    if none and value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        valid = f"an integer >= {low}" + (" or None" if none else "")
         note = f" ({note})" if note else ""
-        raise ConfigError(f"{name} must be an integer >= {low}{note}; got {value!r}.")
+        raise ConfigError(f"{name} must be {valid}{note}; got {value!r}{_kind(value)}.")
+
+
+def _check_number(name: str, value, valid: str, ok) -> None:
+    """A ConfigError naming ``name`` unless ``value`` is a finite number for which ``ok``."""
+    number = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or not ok(value):
+        raise ConfigError(f"{name} must be a number {valid}; got {value!r}{_kind(value)}.")
+
+
+def _kind(value) -> str:
+    """ " (a str)" for a value that is no number, where its repr may not say so."""
+    if value is None or (isinstance(value, Real) and not isinstance(value, bool)):
+        return ""
+    return f" (a {type(value).__name__})"
 
 
 def _spec_for(backbone: str, mode: Mode) -> str:
