@@ -110,6 +110,21 @@ def test_load_rgb_from_files(tmp_path, name, image, expected):
     assert [tuple(p) for p in np.asarray(rgb)[0]] == expected
 
 
+@pytest.mark.parametrize(
+    ("mode", "values", "key", "expected"),
+    [
+        ("L", (0, 100), 0, [(255, 255, 255), (100, 100, 100)]),
+        ("RGB", ((0, 0, 0), (9, 8, 7)), (0, 0, 0), [(255, 255, 255), (9, 8, 7)]),
+        ("1", (0, 1), 0, [(255, 255, 255), (255, 255, 255)]),
+        ("I;16", (0, 32768), 0, [(255, 255, 255), (128, 128, 128)]),
+    ],
+)
+def test_a_transparency_key_is_composited_on_white(tmp_path, mode, values, key, expected):
+    _image(mode, values).save(tmp_path / "keyed.png", transparency=key)  # a PNG tRNS chunk
+    rgb = load_rgb(tmp_path / "keyed.png")
+    assert [tuple(p) for p in np.asarray(rgb)[0]] == expected
+
+
 def test_load_rgb_names_the_bad_file(tmp_path):
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"this is not an image")

@@ -3,9 +3,10 @@
 Conversion rules (one place, so every source and backbone sees the same pixels):
 
 - ``1``, ``L``, ``P`` without transparency, ``CMYK``, ``YCbCr``, ...: Pillow's own conversion.
-- Anything with alpha (``RGBA``, ``LA``, ``PA``, ``P`` with a transparency key) is composited
-  onto white: transparent backgrounds are usually meant to be shown on paper-white, and
-  dropping alpha instead would expose whatever colour happens to sit under it.
+- Anything with alpha (``RGBA``, ``LA``, ``PA``, or any mode with a transparency key, as a
+  PNG ``tRNS`` chunk gives ``P``, ``L`` and ``RGB`` images) is composited onto white:
+  transparent backgrounds are usually meant to be shown on paper-white, and dropping alpha
+  instead would expose whatever colour happens to sit under it.
 - 16-bit integer (``I;16``, ``I;16B``, ...) is scaled by 255/65535, not clipped.
 - 32-bit integer ``I``: values within 0..65535 are treated as 16-bit data (this is how
   16-bit TIFF and older PNG decoders present it); wider ranges are rescaled min..max.
@@ -330,10 +331,17 @@ def _strict_size() -> Iterator[None]:
 def to_rgb(img: Image.Image) -> Image.Image:
     """An 8-bit RGB copy of an in-memory PIL image (see the module notes for the rules)."""
     mode = img.mode
+    key = img.info.get("transparency") if mode not in _ALPHA_MODES else None
+    if key is not None and (mode.startswith("I") or mode == "F"):
+        # scaled as below (Pillow's RGBA conversion would clip), then the keyed pixels white
+        pixels = np.asarray(img)
+        rgb = np.repeat(_scale_to_uint8(pixels, mode)[..., None], 3, axis=-1)
+        rgb[pixels == key] = _WHITE
+        return Image.fromarray(rgb)
+    if key is not None:  # P, L, RGB, 1 with a transparency key (PNG tRNS, GIF)
+        img, mode = img.convert("RGBA"), "RGBA"
     if mode == "RGB":
         return img
-    if mode == "P" and "transparency" in img.info:
-        img, mode = img.convert("RGBA"), "RGBA"
     if mode in _ALPHA_MODES:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
