@@ -178,6 +178,14 @@ def test_stratified_split_rejects_bad_fractions(val, test):
         stratified_split(_labels([5, 5]), val, test, seed=0)
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_seed_must_be_an_integer_at_least_zero(seed):
+    with pytest.raises(ConfigError, match=rf"seed must be an integer >= 0.*got {seed!r}"):
+        stratified_split(_labels([3, 3]), val_fraction=0.3, seed=seed)
+    with pytest.raises(ConfigError, match=r"seed must be an integer >= 0"):
+        open_source("digits", seed=seed)
+
+
 def test_subsample_is_stratified_seeded_and_bounded():
     images = np.zeros((300, 4, 4), np.uint8)
     labels = _labels([200, 100])

@@ -179,5 +179,9 @@ def _check_fractions(val_fraction: float, test_fraction: float) -> None:
 
 
 def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ConfigError(f"seed must be an integer (splits are reproducible); got {seed!r}.")
+    # numpy's generators take no negative seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ConfigError(
+            f"seed must be an integer >= 0 (splits are reproducible); got {seed!r}. "
+            "Use e.g. seed=0."
+        )
