@@ -90,6 +90,29 @@ def test_settings_are_checked_before_anything_runs(setting, match):
         tuner(**setting)._check_params()
 
 
+@pytest.mark.parametrize("value", ["Auto", "0.1", -1.0, 0, float("inf"), True, None])
+def test_probe_c_is_auto_or_a_positive_number(value):
+    # Checked up front: LP-FT computes the probe's features before it reads probe_C.
+    with pytest.raises(ConfigError, match=r"probe_C must be 'auto' .* or a positive number"):
+        tuner(mode="lpft", probe_C=value)._check_params()
+    for valid in ("auto", 0.5, np.float32(2.0), 3):
+        tuner(mode="lpft", probe_C=valid)._check_params()
+
+
+def test_cli_probe_c_is_auto_or_a_positive_number(split_image_folder, tmp_path, capsys):
+    from featpipe.cli import main
+
+    args = "finetune --backbone toy --mode lpft --epochs 1 --batch-size 4 --no-progress"
+    where = ["--data", str(split_image_folder), "--run-dir", str(tmp_path / "run")]
+    for value in ("Auto", "-1", "nan"):
+        with pytest.raises(SystemExit) as stop:
+            main([*args.split(), *where, "--probe-C", value])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert "--probe-C: must be auto (chosen on val) or a positive number" in err
+        assert f"got {value!r}" in err
+
+
 def test_numpy_integers_are_integers(source, tmp_path):
     ints = {"epochs": np.int64(1), "batch_size": np.int64(8), "workers": np.int64(0)}
     ft = tuner(**ints, run_dir=tmp_path).fit(source)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +41,19 @@ run folder.
 """
 
 
+def probe_c(text: str) -> float | str:
+    """``--probe-C``: ``auto``, or a positive number."""
+    try:
+        value = text if text == "auto" else float(text)
+    except ValueError:
+        value = None
+    if value is None or (value != "auto" and not (math.isfinite(value) and value > 0)):
+        raise argparse.ArgumentTypeError(
+            f"must be auto (chosen on val) or a positive number, e.g. 1.0; got {text!r}"
+        )
+    return value
+
+
 # Recipe options: (flag, type, help); defaults come from FineTuner so the two never drift.
 RECIPE = (
     ("--mode", str, "full, partial:N, bn, head, lpft or scratch"),
@@ -56,7 +70,7 @@ RECIPE = (
     ("--dropout", float, "dropout in front of the new head"),
     ("--augment", str, "standard (random resized crop + flip) or none"),
     ("--patience", int, "epochs without a better val score before stopping; 0: never stop"),
-    ("--probe-C", str, "C of the LP-FT probe, or auto (chosen on val)"),
+    ("--probe-C", probe_c, "C of the LP-FT probe, or auto (chosen on val)"),
     ("--val-fraction", float, "share of train used as val when the source has none"),
     ("--seed", int, "seed of subsampling, val carving, initialisation and shuffling"),
     ("--device", str, "auto, cpu, cuda or cuda:N"),
@@ -210,8 +224,6 @@ def _finetune(args: argparse.Namespace) -> int:
 
     grid = parse_grid(args.grid)
     params = {name: getattr(args, name) for name in (f[2:].replace("-", "_") for f, _, _ in RECIPE)}
-    if params["probe_C"] != "auto":
-        params["probe_C"] = float(params["probe_C"])
     params["patience"] = params["patience"] or None
     params |= {
         "image_size": args.image_size,

@@ -330,6 +330,12 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             _check_number(name, getattr(self, name), ">= 0", lambda v: v >= 0)
         for name in ("momentum", "dropout", "label_smoothing", "val_fraction"):
             _check_number(name, getattr(self, name), "in [0, 1)", lambda v: 0 <= v < 1)
+        C = self.probe_C  # checked now: LP-FT reads it only after computing the features
+        if not (isinstance(C, str) and C == "auto") and not (_is_number(C) and C > 0):
+            raise ConfigError(
+                f"probe_C must be 'auto' (chosen on val) or a positive number, e.g. 1.0; "
+                f"got {C!r}{_kind(C)}."
+            )
         if self.loss not in LOSSES:
             raise ConfigError(f"Unknown loss {self.loss!r}. Valid losses: {', '.join(LOSSES)}.")
         if self.optimizer not in OPTIMIZERS:
@@ -625,9 +631,13 @@ def _check_integer(name: str, value, low: int, note: str = "", none: bool = Fals
 
 def _check_number(name: str, value, valid: str, ok) -> None:
     """A ConfigError naming ``name`` unless ``value`` is a finite number for which ``ok``."""
-    number = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not number or not ok(value):
+    if not _is_number(value) or not ok(value):
         raise ConfigError(f"{name} must be a number {valid}; got {value!r}{_kind(value)}.")
+
+
+def _is_number(value) -> bool:
+    """A finite real number (numpy's too), not a bool."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _kind(value) -> str:
