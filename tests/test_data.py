@@ -411,8 +411,21 @@ def test_csv_without_split_column(image_folder):
         (["path,label", "cat/000.jpg,cat", "cat/000.jpg,dog"], r"line 3.*already listed on line 2"),
         (["file,label", "cat/000.jpg,cat"], r"missing path"),
         (["path,label", "cat/000.jpg,cat", "cat/001.jpg,cat"], r"found only 'cat'"),
+        (
+            ["path,label,split", "cat/000.jpg,cat,test", "dog/000.jpg,dog,val"],
+            r"No train rows in the split column of .*bad\.csv' \(it gives 1 val, 1 test\)",
+        ),
     ],
-    ids=["fields", "split", "missing-file", "empty-label", "duplicate", "header", "one-class"],
+    ids=[
+        "fields",
+        "split",
+        "missing-file",
+        "empty-label",
+        "duplicate",
+        "header",
+        "one-class",
+        "no-train",
+    ],
 )
 def test_csv_errors(image_folder, lines, match):
     csv = _write_csv(image_folder / "bad.csv", lines)

@@ -10,7 +10,7 @@ import numpy as np
 
 from featpipe.data.files import FileSource
 from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES
-from featpipe.data.splits import assign_splits
+from featpipe.data.splits import assign_splits, require_train
 from featpipe.errors import SourceError, did_you_mean
 
 _REQUIRED = ("path", "label")
@@ -53,11 +53,15 @@ class CSVSource(FileSource):
             )
         class_index = {name: i for i, name in enumerate(self.classes)}
         self.labels = np.array([class_index[row["label"]] for row in rows], dtype=np.int64)
-        given = (
-            np.array([SPLIT_CODES[row["split"]] for row in rows], dtype=np.uint8)
-            if has_split
-            else None
-        )
+        given = None
+        if has_split:
+            given = np.array([SPLIT_CODES[row["split"]] for row in rows], dtype=np.uint8)
+            require_train(
+                given,
+                f"the split column of {str(self.csv_path)!r}",
+                "Mark some rows train, or drop the split column to split the rows by "
+                "--val-fraction / --test-fraction.",
+            )
         self.splits = assign_splits(
             self.labels,
             given,

@@ -38,7 +38,7 @@ from featpipe.data.arrays import encode_labels
 from featpipe.data.folder import IMAGE_EXTENSIONS
 from featpipe.data.images import decode_rgb, read_error
 from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource
-from featpipe.data.splits import assign_splits
+from featpipe.data.splits import assign_splits, require_train
 from featpipe.data.tables import _split_of, warn_unread_split_words
 from featpipe.device import available_cores
 from featpipe.distributed.progress import progress_bar
@@ -241,11 +241,11 @@ class WebDatasetSource(ImageSource):
                 )
             codes = [SPLIT_CODES[SPLIT_ALIASES[n]] for n in named]
             given = np.repeat(np.array(codes, dtype=np.uint8), self._sizes)
-        if not (given == SPLIT_CODES["train"]).any():
-            raise SourceError(
-                f"The shards {self._where()} have no train samples; featpipe needs train rows "
-                "to fit on."
-            )
+        require_train(
+            given,
+            f"the shards {self._where()}",
+            f"Give some samples the train split (in their {self.split_field or 'shard names'}).",
+        )
         return given
 
     def _where(self) -> str:

@@ -9,8 +9,8 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from featpipe.data.source import SPLIT_CODES, ImageSource, split_code
-from featpipe.errors import ConfigError
+from featpipe.data.source import SPLIT_CODES, ImageSource, count_splits, split_code
+from featpipe.errors import ConfigError, SourceError
 
 TRAIN, VAL, TEST = (SPLIT_CODES[name] for name in ("train", "val", "test"))
 
@@ -44,6 +44,17 @@ def stratified_split(
         codes[rows[: n_val[c]]] = VAL
         codes[rows[n_val[c] : n_val[c] + n_test[c]]] = TEST
     return codes
+
+
+def require_train(splits: np.ndarray, origin: str, fix: str) -> None:
+    """Raise SourceError when the split codes a source gives name no train row: heads fit
+    on train, and carving val/test out of train would leave nothing either."""
+    if not (np.asarray(splits) == TRAIN).any():
+        counts = ", ".join(f"{n} {name}" for name, n in count_splits(splits).items() if n)
+        raise SourceError(
+            f"No train rows in {origin} (it gives {counts or 'none'}); featpipe needs train rows "
+            f"to fit on. {fix}"
+        )
 
 
 def assign_splits(
