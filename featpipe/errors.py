@@ -103,3 +103,7 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -
     if hint:
         msg += f" {hint}"
     return UnknownNameError(msg)
+
+
+class TrainingDivergedError(FeaturePipeError, FloatingPointError):
+    """A fine-tune's training loss became NaN or infinite; the message says what to lower."""

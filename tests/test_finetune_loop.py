@@ -8,6 +8,8 @@ import pytest
 import torch
 from test_finetune import synthetic_source, tuner
 
+from featpipe.errors import TrainingDivergedError
+
 
 @pytest.fixture(scope="module")
 def source():
@@ -43,5 +45,17 @@ def test_the_training_step_reads_nothing_back_from_the_device(source, monkeypatc
 
 
 def test_a_diverging_loss_still_stops_the_run(source):
-    with pytest.raises(FloatingPointError, match=r"Training loss became (nan|inf) in epoch 1"):
+    with pytest.raises(TrainingDivergedError, match=r"Training loss became (nan|inf) in epoch 1"):
         tuner(mode="full", epochs=1, lr=1e12, backbone_lr_scale=1.0, warmup_epochs=0).fit(source)
+    assert issubclass(TrainingDivergedError, FloatingPointError)  # what it raised before
+
+
+def test_cli_reports_a_diverging_loss_in_one_line(split_image_folder, tmp_path, capsys):
+    from featpipe.cli import main
+
+    args = "finetune --backbone toy --epochs 1 --batch-size 4 --no-progress --lr 1e12"
+    args += " --backbone-lr-scale 1 --warmup-epochs 0"
+    where = ["--data", str(split_image_folder), "--run-dir", str(tmp_path / "run")]
+    assert main([*args.split(), *where]) == 2
+    err = capsys.readouterr().err
+    assert "featpipe finetune: error: Training loss became" in err and "lower lr" in err

@@ -24,7 +24,7 @@ from featpipe.data.images import check_decode
 from featpipe.data.source import ImageSource
 from featpipe.device import amp_dtype, cudnn_autotune, on_device, resolve_device
 from featpipe.distributed import progress_bar
-from featpipe.errors import ConfigError, HeadMismatchError
+from featpipe.errors import ConfigError, HeadMismatchError, TrainingDivergedError
 from featpipe.evaluate.metrics import compute_metrics
 from featpipe.extract.inference import Inference
 from featpipe.finetune import checkpoint, ddp, probe
@@ -438,7 +438,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         seen = int(seen)
         train_loss = total / max(seen, 1)
         if not math.isfinite(train_loss):
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"Training loss became {train_loss} in epoch {epoch}; lower lr (now "
                 f"{self.lr}) or use more warm-up epochs."
             )
