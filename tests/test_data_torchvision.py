@@ -34,8 +34,20 @@ def test_a_missing_or_corrupted_root_names_the_files_torchvision_expects(tmp_pat
     assert "lacks 4 of them" in str(err.value) and "download=True" in str(err.value)
     write_cifar(tmp_path, monkeypatch)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"damaged")
-    with pytest.raises(SourceError, match="corrupted"):
+    with pytest.raises(SourceError, match=r"data_batch_3 looks truncated or damaged"):
         open_source(f"torchvision:CIFAR10@{tmp_path}")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_a_truncated_file_is_named(tmp_path, keep):
+    write_mnist(tmp_path, "MNIST")
+    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[: int(len(images.read_bytes()) * keep)])
+    with pytest.raises(SourceError) as err:
+        open_source(f"torchvision:MNIST@{tmp_path}")
+    message = str(err.value)
+    assert "MNIST/raw/train-images-idx3-ubyte looks truncated or damaged" in message
+    assert "labels" not in message and "Copy it again" in message and "download=True" in message
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -93,25 +96,81 @@ def _read(name: str, root: Path, train: bool) -> tuple[np.ndarray, np.ndarray, l
 
     try:
         data = getattr(tvd, name)(str(root), train=train, download=False)
-    except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
-        raise _not_found(name, root) from err
+    # RuntimeError: torchvision's "Dataset not found or corrupted"; the others: a damaged file
+    except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise _cannot_read(name, root, train, err) from err
     images = data.data.numpy() if hasattr(data.data, "numpy") else np.asarray(data.data)
     labels = np.asarray(data.targets, dtype=np.int64)
     return images.astype(np.uint8, copy=False), labels, [str(c) for c in data.classes]
 
 
-def _not_found(name: str, root: Path) -> SourceError:
+def _cannot_read(name: str, root: Path, train: bool, err: Exception) -> SourceError:
     expected = expected_files(name)
     missing = [f for f in expected if not (root / f).is_file()]
-    if not root.is_dir():
-        found = "does not exist"
-    elif missing:
+    fetch = (
+        f"torchvision.datasets.{name}(root, download=True) where there is internet (featpipe "
+        "never downloads)"
+    )
+    if root.is_dir() and not missing:  # every file is there: some are damaged
+        read = _split_files(name, expected, train)
+        damaged = [f for f in read if _looks_damaged(root / f)]
+        if damaged:
+            return SourceError(
+                f"torchvision dataset {name} in {str(root)!r}: {', '.join(damaged)} "
+                f"{'looks' if len(damaged) == 1 else 'look'} truncated or damaged "
+                f"(torchvision: {str(err).strip() or type(err).__name__}). Copy it again from "
+                f"where it came from, or download it again with {fetch}."
+            )
+        return SourceError(
+            f"torchvision dataset {name} in {str(root)!r} has all the files torchvision expects "
+            f"({', '.join(expected)}), but torchvision cannot read them "
+            f"({str(err).strip() or type(err).__name__}): one of {', '.join(read)} is corrupted "
+            f"(checksum mismatch) or damaged. Copy them again, or download them with {fetch}."
+        )
+    if root.is_dir():
         found = f"lacks {len(missing)} of them ({', '.join(missing)})"
-    else:  # every file is there, so torchvision's checksum failed
-        found = "has them all, but torchvision found some corrupted (checksum mismatch)"
+    else:
+        found = "does not exist"
     return SourceError(
         f"torchvision dataset {name} is not in {str(root)!r}: torchvision expects "
-        f"{', '.join(expected)} under that root, and it {found}. featpipe never downloads; "
-        f"fetch it once with torchvision.datasets.{name}(root, download=True) where there is "
-        "internet, or give the root that holds these files."
+        f"{', '.join(expected)} under that root, and it {found}. Fetch it once with {fetch}, "
+        "or give the root that holds these files."
     )
+
+
+def _split_files(name: str, expected: list[str], train: bool) -> list[str]:
+    """The files of ``expected`` that torchvision reads for the train or the test set."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name)
+    if hasattr(cls, "train_list"):
+        batches = cls.train_list if train else cls.test_list
+        names = {f for f, _ in batches} | {cls.meta["filename"]}
+        return [f for f in expected if f.rsplit("/", 1)[-1] in names]
+    prefix = "train" if train else "t10k"
+    return [f for f in expected if f.rsplit("/", 1)[-1].startswith(prefix)]
+
+
+def _looks_damaged(file: Path) -> bool:
+    """Whether ``file`` is empty, an idx file (MNIST family) shorter or longer than its
+    header says, or a pickle (CIFAR) that does not load."""
+    try:
+        data = file.read_bytes()
+    except OSError:  # unreadable, not known to be damaged: torchvision's error says why
+        return False
+    if not data:
+        return True
+    if "/raw/" in file.as_posix():  # idx: magic (type, dims), then each dim's size
+        if len(data) < 4:
+            return True
+        kind, dims = data[2], data[3]
+        itemsize = {8: 1, 9: 1, 11: 2, 12: 4, 13: 4, 14: 8}.get(kind)
+        if itemsize is None or len(data) < 4 + 4 * dims:
+            return True
+        sizes = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
+        return len(data) != 4 + 4 * dims + itemsize * math.prod(sizes)
+    try:
+        pickle.loads(data, encoding="latin1")
+    except Exception:  # any failure to unpickle means the file is damaged
+        return True
+    return False
