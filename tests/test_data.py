@@ -502,6 +502,21 @@ def test_array_source_errors():
         ArraySource(np.zeros((2, 3, 3), np.uint8), [0, 1], splits=["train", "dev"])
 
 
+def test_array_source_refuses_ragged_images_repeated_ids_and_classes():
+    ragged = [np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)]
+    with pytest.raises(SourceError, match=r"one shape.*\(4, 4, 3\) and \(5, 4, 3\).*Resize"):
+        ArraySource(ragged, [0, 1])
+    images = np.zeros((4, 2, 2), np.uint8)
+    with pytest.raises(SourceError, match=r"4 unique ids.*'a' is given 2 times"):
+        ArraySource(images, [0, 1, 0, 1], ids=(i for i in ["a", "a", "b", "c"]))
+    with pytest.raises(SourceError, match=r"4 unique ids.*got 3"):
+        ArraySource(images, [0, 1, 0, 1], ids=["a", "b", "c"])
+    with pytest.raises(SourceError, match=r"classes names 'a' twice"):
+        ArraySource(images, ["a", "b", "a", "b"], classes=["a", "b", "a"])
+    with pytest.raises(SourceError, match=r"classes names 'x' twice"):
+        ArraySource(images, [0, 1, 0, 1], classes=["x", "x"])
+
+
 def test_digits_builtin():
     source = load_builtin("digits")
     assert "digits" in list_builtin_sources()

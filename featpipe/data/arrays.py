@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -52,8 +53,16 @@ class ArraySource(ImageSource):
         )
         width = max(6, len(str(n - 1)))
         self.ids = [f"{name}/{i:0{width}d}" for i in range(n)] if ids is None else list(ids)
-        if len(self.ids) != n or len(set(self.ids)) != n:
-            raise SourceError(f"ArraySource needs {n} unique ids, one per image; got {len(ids)}.")
+        if len(self.ids) != n:
+            raise SourceError(
+                f"ArraySource needs {n} unique ids, one per image; got {len(self.ids)}."
+            )
+        if len(set(self.ids)) != n:
+            twice = next(i for i, c in Counter(self.ids).items() if c > 1)
+            raise SourceError(
+                f"ArraySource needs {n} unique ids, one per image; {twice!r} is given "
+                f"{self.ids.count(twice)} times. Give each image its own id, or leave ids out."
+            )
 
     def load(self, index: int) -> Image.Image:
         return to_rgb(Image.fromarray(self.images[index]))
@@ -69,7 +78,16 @@ class ArraySource(ImageSource):
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
+    try:
+        images = np.asarray(images)
+    except ValueError:  # numpy's "inhomogeneous shape": images of several sizes
+        shapes = list(dict.fromkeys(str(np.shape(image)) for image in images))
+        raise SourceError(
+            f"ArraySource needs images of one shape, stacked in one array; got "
+            f"{len(images)} images of shapes {' and '.join(shapes[:2])}"
+            f"{f' (and {len(shapes) - 2} more)' if len(shapes) > 2 else ''}. Resize them to "
+            "one size first, or write them to files and open the folder as a source."
+        ) from None
     if images.dtype != np.uint8:
         raise SourceError(
             f"ArraySource needs uint8 images; got dtype {images.dtype}. Scale to 0..255 and "
@@ -90,6 +108,11 @@ def encode_labels(
     labels: Sequence[int] | Sequence[str] | np.ndarray, classes: Sequence[str] | None, n: int
 ) -> tuple[list[str], np.ndarray]:
     """(class names, int64 label indices) from integer labels or class names (see ArraySource)."""
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        twice = next((c for c, k in Counter(classes).items() if k > 1), None)
+        if twice is not None:  # two indices for one name: labels would map to either
+            raise SourceError(f"classes names {twice!r} twice ({classes}); name each class once.")
     labels = np.asarray(labels)
     if labels.shape != (n,):
         raise SourceError(f"ArraySource needs one label per image ({n}); got shape {labels.shape}.")
