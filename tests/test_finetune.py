@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import json
 import math
@@ -307,6 +308,26 @@ def test_run_dir_files_and_config_mismatch(source, tmp_path):
     with pytest.raises(ConfigError, match=r"lr: checkpoint 0.05, now 0.1"):
         tuner(epochs=2, lr=0.1, run_dir=tmp_path).fit(source)
     tuner(epochs=1, lr=0.1, run_dir=tmp_path, resume=False).fit(source)  # starts over
+
+
+def test_a_run_folder_that_cannot_resume_says_how_to_start_over(source, tmp_path):
+    tuner(epochs=1, run_dir=tmp_path).fit(source)
+    last = (tmp_path / "last.pt").read_bytes()
+    start_over = r"resume=False \(CLI: --no-resume\), or delete the run folder"
+    (tmp_path / "best.pt").unlink()
+    with pytest.raises(ConfigError, match=rf"best\.pt is missing .*{start_over}"):
+        tuner(epochs=1, run_dir=tmp_path).fit(source)
+    for damaged in (b"not a checkpoint", b"", last[: len(last) // 2], _saved({"x": 1})):
+        (tmp_path / "last.pt").write_bytes(damaged)
+        with pytest.raises(ConfigError, match=rf"last\.pt is damaged or not .*{start_over}"):
+            tuner(epochs=1, run_dir=tmp_path).fit(source)
+    assert tuner(epochs=1, run_dir=tmp_path, resume=False).fit(source).history_[-1]["epoch"] == 1
+
+
+def _saved(state) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 @pytest.mark.slow

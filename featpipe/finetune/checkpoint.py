@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -68,6 +69,33 @@ def save(path: str | Path, state: dict) -> None:
 
 def load(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_to_resume(path: Path, keys: tuple[str, ...]) -> dict:
+    """The checkpoint at ``path`` of a run to resume, holding ``keys``; a ConfigError naming
+    the file and the way out when it is missing, damaged or something else."""
+    start_over = "Start over with resume=False (CLI: --no-resume), or delete the run folder."
+    if not path.is_file():
+        raise ConfigError(
+            f"Cannot resume the run in {path.parent}: {path.name} is missing ({LAST} is "
+            f"there; deleted, or copied without it). {start_over}"
+        )
+    reason = None
+    with open(path, "rb") as f:  # a file that cannot be opened (permissions) keeps its error
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, EOFError, RuntimeError, OSError) as exc:
+            # What torch.load raises on bytes it cannot read: garbage, empty, truncated.
+            reason = f"{type(exc).__name__}: {str(exc).partition(chr(10))[0][:100]}"
+    if reason is None:
+        missing = [k for k in keys if k not in state] if isinstance(state, dict) else keys
+        if not missing:
+            return state
+        reason = f"no {', '.join(missing)}"
+    raise ConfigError(
+        f"Cannot resume the run in {path.parent}: {path.name} is damaged or not a fine-tuning "
+        f"checkpoint ({reason}). {start_over}"
+    )
 
 
 def check_config(saved: dict, current: dict, path: Path) -> None:

@@ -55,6 +55,11 @@ NOT_RESULT_PARAMS = ("callbacks", "device", "resume", "run_dir", "verbose", "wor
 # config hashes and checkpoint configs while at it, so that those runs still resume.
 LATER_DEFAULTS = {"loss": "cross_entropy", "decode": "exact", "sync_bn": False}
 LOSSES = ("cross_entropy", "mse")
+# What _restore reads from last.pt (fit_seconds is optional: older checkpoints lack it).
+RESUMED_KEYS = (
+    *("config", "epoch", "model", "optimizer", "scheduler", "rng", "history"),
+    *("best_epoch", "best_score", "stopped", "probe"),
+)
 
 
 def result_params(params: dict) -> dict:
@@ -507,9 +512,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         path = Path(self.run_dir) / checkpoint.LAST
         if not path.exists():
             return None
-        saved = checkpoint.load(path)
+        saved = checkpoint.load_to_resume(path, RESUMED_KEYS)
         checkpoint.check_config(saved["config"], self.config_, path)
-        saved["best"] = checkpoint.load(Path(self.run_dir) / checkpoint.BEST)
+        saved["best"] = checkpoint.load_to_resume(Path(self.run_dir) / checkpoint.BEST, ("model",))
         return saved
 
     def training_state(self) -> dict:
