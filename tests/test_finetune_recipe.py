@@ -11,7 +11,7 @@ from finetune_child import synthetic_source
 from featpipe.backbones import get_backbone
 from featpipe.data import ImageSource
 from featpipe.errors import ConfigError
-from featpipe.finetune import FineTuner, Mode
+from featpipe.finetune import Callback, FineTuner, Mode
 from featpipe.finetune.search import check_grid, fit_grid
 
 
@@ -164,6 +164,21 @@ def test_cli_grid_reads_values_as_the_flags_do(split_image_folder, tmp_path, cap
     err = capsys.readouterr().err
     assert "--grid candidate {'lr': '1e-3x'}: lr must be a number > 0; got '1e-3x'" in err
     assert not run_dir.exists()  # refused before the data was opened
+
+
+class Epochs(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_epoch_end(self, tuner, logs):
+        self.seen.append(logs["epoch"])
+
+
+def test_grid_candidates_report_to_the_callers_callbacks(source):
+    watcher = Epochs()
+    result = fit_grid(tuner(epochs=1, callbacks=[watcher]), source, {"lr": [0.01, 0.05]})
+    assert watcher.seen == [0, 1, 0, 1]  # each candidate's epochs, not a copy's
+    assert result.best.callbacks == [watcher]
 
 
 def test_grid_keys_are_checked():

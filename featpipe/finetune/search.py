@@ -1,9 +1,10 @@
 """A fine-tuning grid: every combination trains, validation accuracy chooses.
 
-Each candidate is a clone of one ``FineTuner`` with some settings changed (``lr``,
-``weight_decay``, ``dropout``, ...). Candidates select their epoch on val as usual; the
-candidate with the best validation accuracy at its best epoch wins (ties: the first in grid
-order). Nothing here reads the test split: the caller tests the winner, once.
+Each candidate is a copy of one ``FineTuner`` with some settings changed (``lr``,
+``weight_decay``, ``dropout``, ...), reporting to the same ``callbacks`` objects. Candidates
+select their epoch on val as usual; the candidate with the best validation accuracy at its best
+epoch wins (ties: the first in grid order). Nothing here reads the test split: the caller
+tests the winner, once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sklearn.base import clone
 from sklearn.model_selection import ParameterGrid
 
 from featpipe.data.source import ImageSource
@@ -90,7 +90,9 @@ def fit_grid(
     check_candidates(tuner, grid)  # a bad value fails now, not after the others trained
     best, best_params, curve, seconds = None, None, [], 0.0
     for params in ParameterGrid(dict(grid)):
-        candidate = clone(tuner).set_params(**params, run_dir=candidate_dir(tuner.run_dir, params))
+        # Not sklearn's clone: it deep-copies the callbacks, and the caller's would see nothing.
+        run_dir = candidate_dir(tuner.run_dir, params)
+        candidate = type(tuner)(**{**tuner.get_params(), **params, "run_dir": run_dir})
         candidate.fit(source, probe_features=probe_features)
         score = float(candidate.best_score_[0])
         curve.append((params, score))
