@@ -12,7 +12,7 @@ from featpipe.backbones import get_backbone
 from featpipe.data import ImageSource
 from featpipe.errors import ConfigError
 from featpipe.finetune import Callback, FineTuner, Mode
-from featpipe.finetune.search import check_grid, fit_grid
+from featpipe.finetune.search import check_grid, fit_grid, searchable_params
 
 
 def tuner(**kw) -> FineTuner:
@@ -179,6 +179,13 @@ def test_grid_candidates_report_to_the_callers_callbacks(source):
     result = fit_grid(tuner(epochs=1, callbacks=[watcher]), source, {"lr": [0.01, 0.05]})
     assert watcher.seen == [0, 1, 0, 1]  # each candidate's epochs, not a copy's
     assert result.best.callbacks == [watcher]
+
+
+@pytest.mark.parametrize("name", ["val_fraction", "seed"])
+def test_a_grid_does_not_search_what_chooses_the_val_rows(name):
+    with pytest.raises(ConfigError, match=rf"grid\.{name}: .*compared on the same validation rows"):
+        check_grid({name: [0.1, 0.5] if name == "val_fraction" else [0, 1]})
+    assert name not in searchable_params()
 
 
 def test_grid_keys_are_checked():

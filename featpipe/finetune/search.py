@@ -19,8 +19,14 @@ from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
 from featpipe.finetune.tuner import NOT_RESULT_PARAMS, FineTuner
 from featpipe.store import FeatureStore
 
+# Candidates must be compared on the same validation rows; these choose them.
+SAME_VAL = {
+    "val_fraction": "it sets how many train rows are carved as val",
+    "seed": "it chooses which train rows are carved as val (and the initialisation: the "
+    "best of several seeds is a lucky draw, not a better recipe)",
+}
 # A grid varies the recipe, not what is fine-tuned or how the run is kept.
-NOT_SEARCHED = (*NOT_RESULT_PARAMS, "backbone", "mode", "seed")
+NOT_SEARCHED = (*NOT_RESULT_PARAMS, "backbone", "mode", *SAME_VAL)
 
 
 def searchable_params() -> list[str]:
@@ -34,6 +40,12 @@ def check_grid(grid: dict, where: str = "grid") -> None:
     if not isinstance(grid, dict):
         raise ConfigError(f"{where} must be a table of setting = [values]; got {grid!r}.")
     for name, values in grid.items():
+        if name in SAME_VAL:
+            raise ConfigError(
+                f"{where}.{name}: cannot be searched, because candidates must be compared on "
+                f"the same validation rows and {SAME_VAL[name]}. Set {name} once, for every "
+                "candidate."
+            )
         if name not in valid:
             raise ConfigError(
                 f"{where}.{name}: not a searchable fine-tuning setting.{did_you_mean(name, valid)}"
