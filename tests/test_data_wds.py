@@ -207,6 +207,8 @@ def test_fingerprint_is_the_same_however_the_path_is_spelt_or_moved(shards, monk
     assert open_source("wds:wds").fingerprint() == base
     assert open_source("wds:./wds/").fingerprint() == base
     assert open_source("wds:wds/shards-{000000..000002}.tar").fingerprint() == base
+    mixed = f"wds:wds/shards-{{000000..000001}}.tar::{shards}/shards-000002.tar"
+    assert open_source(mixed).fingerprint() == base  # a relative and an absolute part
     shards.rename(shards.parent / "moved")  # keeps the files' mtimes, as a folder source
     assert open_source("wds:moved").fingerprint() == base
 

@@ -136,6 +136,8 @@ class WebDatasetSource(ImageSource):
         label_given = None if label is None else Field.parse(label, "label")
         split_given = None if split is None else Field.parse(split, "split")
         self.shards = shard_paths(self.spec)
+        if len({p.is_absolute() for p in self.shards}) > 1:  # commonpath cannot mix them
+            self.shards = [p.absolute() for p in self.shards]
         self.root = Path(os.path.commonpath([str(p.parent) for p in self.shards]))
 
         fields = (
