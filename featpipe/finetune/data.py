@@ -136,7 +136,20 @@ def split_rows(
             f"The source has no val split, so val_fraction must be in (0, 1); got {val_fraction}."
         )
     codes = stratified_split(np.asarray(source.labels)[train], val_fraction=val_fraction, seed=seed)
-    return train[codes == SPLIT_CODES["train"]], train[codes == SPLIT_CODES["val"]], True
+    val = train[codes == SPLIT_CODES["val"]]
+    if len(val) == 0:  # nothing to choose the epoch on
+        n = len(train)
+        if n * val_fraction < 0.5:
+            why = f"{n} x {val_fraction:g} rounds to 0"
+            fix = f"Use a val_fraction of at least {min(0.5, math.ceil(100 / n) / 100):g}"
+        else:
+            why = "every class keeps at least one train row, and these have too few to spare"
+            fix = "Use more train images"
+        raise ConfigError(
+            f"The source has no val split, and val_fraction={val_fraction:g} of its {n} train "
+            f"rows carves no val row ({why}). {fix}, or a source with a val split."
+        )
+    return train[codes == SPLIT_CODES["train"]], val, True
 
 
 def _seed_worker(worker_id: int) -> None:
