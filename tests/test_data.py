@@ -28,6 +28,7 @@ from featpipe.data import (
 )
 from featpipe.data.images import to_rgb
 from featpipe.errors import ConfigError, ImageReadError, SourceError, UnknownNameError
+from featpipe.extract import extract
 
 # ---------------------------------------------------------------------------- RGB decoding
 
@@ -352,11 +353,16 @@ def test_fingerprint_tracks_files(image_folder):
 
 
 def test_fingerprint_of_a_file_name_that_is_not_utf8(image_folder):
+    import toy_backbone  # noqa: F401
+
     cat = os.fsencode(image_folder / "cat")
     os.rename(cat + b"/000.jpg", cat + b"/caf\xe9.jpg")  # a latin-1 name, as unzipped
     source = ImageFolderSource(image_folder)
     assert "cat/caf\udce9.jpg" in source.ids
     assert len(source.fingerprint()) == 64 and len(source.fingerprint(content=True)) == 64
+    # A store keeps names as UTF-8: extraction names the file before anything is computed.
+    with pytest.raises(SourceError, match=r"sample id b'cat/caf\\xe9.jpg' is not valid UTF-8"):
+        extract(source, "toy", ["pooled"], cache_dir=image_folder.parent / "cache", device="cpu")
     os.rename(cat + b"/caf\xe9.jpg", cat + b"/caf\xe8.jpg")
     assert ImageFolderSource(image_folder).fingerprint() != source.fingerprint()
 

@@ -20,6 +20,7 @@ from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, split_code
 from featpipe.errors import (
     ConfigError,
     NonFiniteFeaturesError,
+    SourceError,
     StoreMismatchError,
     StoreWriteError,
 )
@@ -146,6 +147,22 @@ def replace_store_file(tmp: Path, path: Path) -> None:
         shutil.rmtree(parts_dir(path), ignore_errors=True)
 
 
+def _check_text(ids: Sequence[str], classes: Sequence[str]) -> None:
+    """HDF5 keeps ids and class names as UTF-8: a file name in another encoding (read by
+    Python as surrogate escapes) cannot be stored, and is named here rather than in h5py."""
+    for what, names in (("sample id", ids), ("class name", classes)):
+        for name in names:
+            try:
+                name.encode()
+            except UnicodeEncodeError:
+                raise SourceError(
+                    f"The {what} {name.encode(errors='surrogateescape')!r} is not valid UTF-8 "
+                    "(a file or folder name written in another encoding, e.g. Latin-1), and a "
+                    "store keeps names as UTF-8. Rename such files to UTF-8, e.g. `convmv -f "
+                    "latin1 -t utf8 -r --notest DATA_DIR`."
+                ) from None
+
+
 def _checked_labels(labels: Any, classes: Sequence[str]) -> np.ndarray:
     """Labels as int64 indices into ``classes``; anything else is refused (a store has no
     "no label" value: -1 would read as the last class)."""
@@ -249,6 +266,7 @@ class StoreWriter:
                 f"{n}, {len(labels)}, {len(splits)}."
             )
         labels = _checked_labels(labels, classes)
+        _check_text(ids, classes)
         if rows_per_chunk < 1:
             raise ConfigError(f"rows_per_chunk must be at least 1; got {rows_per_chunk}.")
         bad = [name for name in layers if "/" in name or not name]
