@@ -86,7 +86,8 @@ def load_to_resume(path: Path, keys: tuple[str, ...]) -> dict:
             state = torch.load(f, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, EOFError, RuntimeError, OSError) as exc:
             # What torch.load raises on bytes it cannot read: garbage, empty, truncated.
-            reason = f"{type(exc).__name__}: {str(exc).partition(chr(10))[0][:100]}"
+            first = str(exc).strip().split("\n")[0].split(". ")[0][:100]  # torch's are long
+            reason = f"{type(exc).__name__}: {first}".rstrip(": ")
     if reason is None:
         missing = [k for k in keys if k not in state] if isinstance(state, dict) else keys
         if not missing:
