@@ -74,7 +74,7 @@ def test_unknown_loss_is_refused(source):
         ({"lr": float("nan")}, "lr must be a number > 0; got nan"),
         # Values of another type (a TOML string, a typo in Python) name the setting.
         ({"lr": ".05"}, r"lr must be a number > 0; got '\.05' \(a str\)"),
-        ({"patience": "3"}, r"patience must be an integer >= 1 or None \(no early .*; got '3'"),
+        ({"patience": "3"}, r"patience must be an integer >= 0 or None \(0 or None: no .*'3'"),
         ({"dropout": "0.5"}, r"dropout must be a number in \[0, 1\); got '0.5' \(a str\)"),
         ({"image_size": "x"}, r"image_size must be an integer >= 8 or None .*; got 'x'"),
         ({"label_smoothing": None}, r"label_smoothing must be a number in \[0, 1\); got None"),
@@ -145,8 +145,8 @@ def test_grid_candidates_are_checked_before_any_trains(source):
     recording = RecordingSource(source)
     with pytest.raises(ConfigError, match=r"grid candidate \{'lr': 'fast'\}: lr must be a number"):
         fit_grid(tuner(epochs=1), recording, {"lr": [0.01, "fast"]})
-    with pytest.raises(ConfigError, match=r"\{'patience': 0\}: patience .* or None \(no early"):
-        fit_grid(tuner(epochs=1), recording, {"patience": [3, 0]})
+    with pytest.raises(ConfigError, match=r"\{'patience': -1\}: patience .* or None \(0 or"):
+        fit_grid(tuner(epochs=1), recording, {"patience": [3, -1]})
     assert recording.loaded == []  # no candidate trained
 
 
@@ -260,3 +260,18 @@ def test_cli_finetune_grid_loss_and_scratch(split_image_folder, tmp_path, capsys
     assert row["provenance"]["backbone"]["spec"] == "toy@none"
     assert main([*args, "--grid", "lrr=0.1", *where]) == 2
     assert "Did you mean: 'lr'?" in capsys.readouterr().err
+
+
+def test_patience_0_is_no_early_stopping_also_in_a_pipeline():
+    # TOML has no None: a pipeline says "never stop early" as --patience does, with 0.
+    import toy_backbone  # noqa: F401
+
+    from featpipe.finetune.callbacks import EarlyStopping
+    from featpipe.pipeline import config_from_dict
+    from featpipe.pipeline.validate import check_models
+
+    stops = [c for c in tuner(patience=0)._callbacks() if isinstance(c, EarlyStopping)]
+    assert stops == [] and len(tuner(patience=2)._callbacks()) == 1
+    raw = {"source": {"data": "digits"}, "features": {"backbones": ["toy"]}}
+    raw["finetune"] = {"modes": ["head"], "patience": 0, "grid": {"patience": [2, 0]}}
+    check_models(config_from_dict(raw))

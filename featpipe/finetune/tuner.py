@@ -89,10 +89,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     the same for both. ``dropout`` sits in front of the new linear head.
 
     The epoch with the best validation accuracy (ties: lower val loss) is kept; with
-    ``patience`` set, training stops after that many epochs without improvement. With
-    ``run_dir`` the run writes ``history.jsonl``, ``best.pt`` and ``last.pt`` there and, with
-    ``resume=True``, continues from ``last.pt`` when its configuration matches. ``verbose``:
-    0 silent, 1 a line per epoch, 2 also progress bars within epochs.
+    ``patience`` set (0 or None: never), training stops after that many epochs without
+    improvement. With ``run_dir`` the run writes ``history.jsonl``, ``best.pt`` and
+    ``last.pt`` there and, with ``resume=True``, continues from ``last.pt`` when its
+    configuration matches. ``verbose``: 0 silent, 1 a line per epoch, 2 also progress bars
+    within epochs.
 
     ``decode="fast"`` reads JPEG files at the smallest DCT scale that still covers the resize
     (evaluation) or the smallest random crop (training); see ``featpipe extract --decode``.
@@ -326,9 +327,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         _check_integer("batch_size", self.batch_size, 1)
         _check_integer("workers", self.workers, 0, "0: images load in the main process")
         _check_integer("seed", self.seed, 0)
-        _check_integer(
-            "patience", self.patience, 1, "no early stopping; CLI and --grid: 0", none=True
-        )
+        _check_integer("patience", self.patience, 0, "0 or None: no early stopping", none=True)
         _check_integer("image_size", self.image_size, 8, "the weights' own size", none=True)
         _check_number("lr", self.lr, "> 0", lambda v: v > 0)
         for name in ("backbone_lr_scale", "weight_decay", "warmup_epochs"):
@@ -355,7 +354,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def _callbacks(self) -> list[Callback]:
         out: list[Callback] = []
-        if self.patience is not None:
+        if self.patience:  # 0 as None: TOML, --patience and --grid have no None
             out.append(EarlyStopping(self.patience))
         if self.run_dir is not None and ddp.is_main():  # one writer
             out += [Checkpoint(self.run_dir), HistoryLogger(Path(self.run_dir) / "history.jsonl")]
