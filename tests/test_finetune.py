@@ -543,6 +543,24 @@ class StopAfter(Callback):
             raise KeyboardInterrupt
 
 
+def test_a_resumed_fp16_run_continues_its_loss_scale(source, tmp_path, monkeypatch):
+    # fp16 (GPUs without bf16) scales the loss by a factor that grows while steps stay finite;
+    # a resume that restarted it would no longer match the uninterrupted run. A CPU scaler
+    # stands in for the CUDA one: the same state, growing every 2 finite steps here.
+    real = torch.amp.GradScaler
+
+    def cpu_scaler(device, enabled):
+        return real("cpu", init_scale=2.0**4, growth_interval=2)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", cpu_scaler)
+    whole = tuner(epochs=2).fit(source)
+    with pytest.raises(KeyboardInterrupt):
+        tuner(epochs=2, run_dir=tmp_path, callbacks=[StopAfter(1)]).fit(source)
+    resumed = tuner(epochs=2, run_dir=tmp_path).fit(source)
+    assert resumed.start_epoch_ == 1 and whole.scaler_.get_scale() > 2.0**4
+    assert resumed.scaler_.state_dict() == whole.scaler_.state_dict()
+
+
 def test_a_resumed_fine_tune_counts_the_time_of_every_epoch(tmp_path):
     # fit_seconds used to be the wall time of the last (resumed) piece only.
     first = tuner(epochs=2, run_dir=tmp_path, callbacks=[StopAfter(1)])

@@ -524,6 +524,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             "model": self.model_.state_dict(),
             "optimizer": self.optimizer_.state_dict(),
             "scheduler": self.scheduler_.state_dict(),
+            "scaler": self.scaler_.state_dict(),  # {} unless fp16: its loss scale
             "rng": checkpoint.rng_state(self.generator_),
             "history": self.history_,
             "best_epoch": self.best_epoch_,
@@ -540,6 +541,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.model_.load_state_dict(saved["model"])
         self.optimizer_.load_state_dict(saved["optimizer"])
         self.scheduler_.load_state_dict(saved["scheduler"])
+        if saved.get("scaler") and self.scaler_.is_enabled():  # fp16 runs continue its scale
+            self.scaler_.load_state_dict(saved["scaler"])
         self.history_ = list(saved["history"])
         self.best_epoch_, self.best_score_ = saved["best_epoch"], tuple(saved["best_score"])
         self._best_weights = saved["best"]["model"]
