@@ -80,15 +80,10 @@ def check_models(config) -> None:
         for i, mode in enumerate(finetune.modes):
             _check_finetune(built[spec], mode, finetune.params(), f"finetune.modes[{i}]")
     if finetune.modes and finetune.grid:
-        from sklearn.model_selection import ParameterGrid
-
         from featpipe.finetune import FineTuner
+        from featpipe.finetune.search import check_candidates
 
-        for candidate in ParameterGrid(dict(finetune.grid)):
-            try:
-                FineTuner(**{**finetune.params(), **candidate})._check_params()
-            except FeaturePipeError as exc:
-                raise ConfigError(f"finetune.grid {candidate}: {exc}") from None
+        check_candidates(FineTuner(**finetune.params()), dict(finetune.grid), "finetune.grid")
 
 
 def check_sizes(config, source) -> None:

@@ -13,7 +13,6 @@ A parted store is in use while its top-level lock or the lock of any of its part
 from __future__ import annotations
 
 import contextlib
-import errno
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from featpipe.errors import (
     StoreMismatchError,
     UnreadableStoreError,
 )
-from featpipe.store.files import describe_failure, os_error_number
+from featpipe.store.files import describe_failure, lock_conflict
 from featpipe.store.lock import (
     LOCK_SUFFIX,
     OWNER_SUFFIX,
@@ -115,9 +114,7 @@ def _modified(store: Path) -> float:
 def _unreadable_state(exc: BaseException) -> str:
     """The state of a store whose data cannot be read now: in use when HDF5 reports another
     process has one of its files open (a writer without featpipe's lock), else unreadable."""
-    if os_error_number(exc) in (errno.EAGAIN, errno.EWOULDBLOCK) or isinstance(
-        exc, StoreInUseError
-    ):
+    if isinstance(exc, StoreInUseError) or lock_conflict(exc):
         return "in use (open in another process)"
     return f"unreadable ({describe_failure(exc)})"
 

@@ -47,6 +47,13 @@ def os_error_number(exc: BaseException) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def lock_conflict(exc: BaseException) -> bool:
+    """Whether HDF5 failed because another process has the file open for writing (its file
+    lock), rather than because the file is damaged."""
+    number = os_error_number(exc)
+    return number in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock" in str(exc)
+
+
 def describe_failure(exc: BaseException) -> str:
     """``"no space left on device"`` for ENOSPC; the first line of the message otherwise."""
     number = os_error_number(exc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,12 @@ from featpipe.errors import (
 )
 from featpipe.extras import import_extra
 from featpipe.store import schema
-from featpipe.store.files import open_h5, os_error_number, unreadable
+from featpipe.store.files import lock_conflict, open_h5, unreadable
 from featpipe.store.lock import describe_owner, holder
 from featpipe.store.parts import Part, check_parts, describe_parts, is_parted
 from featpipe.store.schema import decode_attrs, rows_done
 
 SKIPPED_SHOWN = 5  # skipped images that info() names
-
-
-def _lock_conflict(exc: OSError) -> bool:
-    number = os_error_number(exc)
-    return number in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock" in str(exc)
 
 
 def _not_found(path: Path) -> StoreNotFoundError:
@@ -125,7 +119,7 @@ class FeatureStore:
             try:
                 yield f
             except OSError as exc:
-                if self.parts is None or not _lock_conflict(exc):
+                if self.parts is None or not lock_conflict(exc):
                     raise
                 raise self._part_in_use() from exc
 
@@ -356,7 +350,8 @@ class FeatureStore:
         """Per-row bool: the rows every read returns, those written and not skipped. Rows of
         chunks not done yet are left out, as arrays(allow_incomplete=True) leaves them out,
         so that ids and labels line up with the features row for row."""
-        return self._written(f) & ~self._skipped(f)
+        written = self._written(f)
+        return written & f[schema.SAMPLES_OK][:] if schema.SAMPLES_OK in f else written
 
     def _in_split(self, split: str | None) -> np.ndarray:
         if split is None:
