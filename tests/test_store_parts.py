@@ -267,3 +267,20 @@ def test_a_part_lock_probed_for_an_instant_is_not_left_unfilled(tmp_path, monkey
     probed[0].join()
     n_parts = len(list(parts_dir(out).glob("part-*.h5")))
     assert store.complete and store.extraction["parts_filled"] == n_parts == 2
+
+
+def test_a_parted_store_is_not_replaced_by_one_whose_names_cannot_be_stored(tmp_path):
+    # The old parts went before the new store's first part refused its ids: both were lost.
+    from featpipe.data import ArraySource
+    from featpipe.errors import SourceError
+
+    out = tmp_path / "s.h5"
+    old = extract(NoiseSource(20), "toy", LAYERS, out=out, chunk_rows=2, shard=(0, 1), **FAST)
+    images = np.zeros((20, 8, 8, 3), np.uint8)
+    ids = [f"caf\udce9-{i}" for i in range(20)]  # a Latin-1 file name, as Python reads it
+    latin = ArraySource(images, np.arange(20) % 2, ids=ids, splits=["train"] * 20)
+    with pytest.raises(SourceError, match="not valid UTF-8"):
+        extract(latin, "toy", LAYERS, out=out, chunk_rows=2, shard=(0, 1), overwrite=True, **FAST)
+    again = FeatureStore(out)
+    assert again.complete and again.key == old.key
+    assert np.array_equal(again.arrays("pooled")[0], old.arrays("pooled")[0])

@@ -164,9 +164,10 @@ def create_parted(
     empty, then the top-level file (built under a temporary name and renamed), so a top-level
     file always finds its parts made. Refused when its parts folder is another store's
     (:func:`check_parts_dir`); call it holding the store's lock."""
-    from featpipe.store.writer import write_root, write_samples
+    from featpipe.store.writer import check_samples, write_root, write_samples
 
     path = Path(path)
+    labels = check_samples(ids, labels, classes)  # before the store there loses its parts
     n = len(ids)
     n_chunks = schema.n_chunks_for(n, rows_per_chunk)
     bounds = [int(b) for b in bounds]
@@ -178,7 +179,7 @@ def create_parted(
     check_parts_dir(path)
     shutil.rmtree(parts_dir(path), ignore_errors=True)
     parts_dir(path).mkdir(parents=True)
-    labels, splits = np.asarray(labels), np.asarray(splits)
+    splits = np.asarray(splits)
     for part in parts:
         _create_part(part, ids, labels, splits, classes, layers, dtype, rows_per_chunk, attrs)
     tmp = path.with_name(path.name + ".tmp")

@@ -147,6 +147,14 @@ def replace_store_file(tmp: Path, path: Path) -> None:
         shutil.rmtree(parts_dir(path), ignore_errors=True)
 
 
+def check_samples(ids: Sequence[str], labels: Any, classes: Sequence[str]) -> np.ndarray:
+    """The labels as int64 class indices, after refusing what a store cannot hold (labels
+    that name no class, names that are not UTF-8): called before any file is replaced."""
+    labels = _checked_labels(labels, classes)
+    _check_text(ids, classes)
+    return labels
+
+
 def _check_text(ids: Sequence[str], classes: Sequence[str]) -> None:
     """HDF5 keeps ids and class names as UTF-8: a file name in another encoding (read by
     Python as surrogate escapes) cannot be stored, and is named here rather than in h5py."""
@@ -265,8 +273,7 @@ class StoreWriter:
                 f"A store needs ids, labels and splits of one non-zero length; got "
                 f"{n}, {len(labels)}, {len(splits)}."
             )
-        labels = _checked_labels(labels, classes)
-        _check_text(ids, classes)
+        labels = check_samples(ids, labels, classes)
         if rows_per_chunk < 1:
             raise ConfigError(f"rows_per_chunk must be at least 1; got {rows_per_chunk}.")
         bad = [name for name in layers if "/" in name or not name]
