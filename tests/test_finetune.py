@@ -718,3 +718,51 @@ def test_cuda_fine_tune_runs_on_its_device_and_resumes_on_cpu(tmp_path):
     ft = tuner(epochs=2, run_dir=tmp_path, device="cpu").fit(synthetic_source())
     assert ft.start_epoch_ == 1 and ft.history_[-1]["epoch"] == 2
     assert ft.fit_seconds_ >= sum(h["seconds"] for h in ft.history_[1:])
+
+
+class DiskFull(OSError):
+    pass
+
+
+def test_a_crash_between_best_and_last_leaves_them_agreeing(tmp_path, monkeypatch):
+    # A failed last.pt write (full disk, kill) after best.pt used to leave best.pt holding a
+    # newer epoch than the best_epoch last.pt names; a resume whose replayed epoch was not
+    # the best again (GPU nondeterminism) then reported those weights as another epoch's.
+    save = checkpoint.save
+
+    def full_at_epoch_1(path, state):
+        if Path(path).name == checkpoint.LAST and state["epoch"] == 1:
+            raise DiskFull("No space left on device")
+        save(path, state)
+
+    monkeypatch.setattr(checkpoint, "save", full_at_epoch_1)
+    with pytest.raises(DiskFull):
+        tuner(epochs=2, run_dir=tmp_path).fit(synthetic_source())
+    monkeypatch.setattr(checkpoint, "save", save)
+    last = checkpoint.load(tmp_path / "last.pt")
+    assert last["epoch"] == 0
+    assert checkpoint.load(tmp_path / "best.pt")["epoch"] == last["best_epoch"] == 0
+    resumed = tuner(epochs=2, run_dir=tmp_path).fit(synthetic_source())
+    assert resumed.start_epoch_ == 0 and not (tmp_path / checkpoint.PENDING).exists()
+    assert checkpoint.load(tmp_path / "best.pt")["epoch"] == resumed.best_epoch_
+
+
+def test_a_crash_after_last_promotes_the_waiting_best_on_resume(tmp_path, monkeypatch):
+    # last.pt written, best.pt.next not yet renamed: last.pt names the waiting file's epoch.
+    replace = os.replace
+
+    def killed(src, dst):
+        if Path(src).name == checkpoint.PENDING:
+            raise DiskFull("killed before the rename")
+        replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
+    with pytest.raises(DiskFull):
+        tuner(epochs=1, run_dir=tmp_path).fit(synthetic_source())
+    monkeypatch.undo()
+    assert not (tmp_path / "best.pt").exists() and (tmp_path / checkpoint.PENDING).exists()
+    resumed = tuner(epochs=1, run_dir=tmp_path).fit(synthetic_source())
+    assert resumed.start_epoch_ == 0 and not (tmp_path / checkpoint.PENDING).exists()
+    best = checkpoint.load(tmp_path / "best.pt")
+    assert best["epoch"] == resumed.best_epoch_
+    assert all(torch.equal(best["model"][k], v) for k, v in resumed._best_weights.items())

@@ -53,16 +53,15 @@ class EarlyStopping(Callback):
 
 class Checkpoint(Callback):
     """``best.pt`` (weights of the best validation epoch) and ``last.pt`` (everything needed to
-    resume) in ``run_dir``, each written atomically after every epoch."""
+    resume) in ``run_dir``, written after every epoch as a pair that a crash cannot split."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
 
     def on_epoch_end(self, tuner: Trainer, logs: dict) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if tuner.best_epoch_ == logs["epoch"]:  # best before last: last.pt never names a
-            checkpoint.save(self.run_dir / checkpoint.BEST, tuner.best_state())  # missing best
-        checkpoint.save(self.run_dir / checkpoint.LAST, tuner.training_state())
+        best = tuner.best_state() if tuner.best_epoch_ == logs["epoch"] else None
+        checkpoint.save_epoch(self.run_dir, tuner.training_state(), best)
         tuner.saved_epoch_ = logs["epoch"]
 
 

@@ -13,6 +13,8 @@ import torch
 from featpipe.errors import ConfigError
 
 BEST, LAST = "best.pt", "last.pt"
+# A new best.pt waits here until last.pt (which names the best epoch) is written.
+PENDING = BEST + ".next"
 
 
 def rng_state(generator: torch.Generator) -> dict:
@@ -65,6 +67,34 @@ def save(path: str | Path, state: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_epoch(run_dir: Path, last: dict, best: dict | None) -> None:
+    """One epoch's ``last.pt`` and, when the epoch is the best so far, ``best.pt``, so that a
+    crash at any point (a kill, a full disk) leaves the pair agreeing on the best epoch, or
+    one step from it that :func:`settle_best` finishes: the new best waits as ``best.pt.next``
+    until ``last.pt`` names it."""
+    if best is not None:
+        save(run_dir / PENDING, best)
+    save(run_dir / LAST, last)
+    if best is not None:
+        os.replace(run_dir / PENDING, run_dir / BEST)
+
+
+def settle_best(run_dir: Path, best_epoch: int) -> None:
+    """Finish the epoch write a crash interrupted: ``best.pt.next`` becomes ``best.pt`` when
+    ``last.pt`` names its epoch as the best, and is dropped when ``last.pt`` was not written."""
+    pending = run_dir / PENDING
+    if not pending.exists():
+        return
+    try:
+        epoch = load(pending).get("epoch")
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError):
+        epoch = None  # cannot be the best last.pt names: save() writes whole files only
+    if epoch == best_epoch:
+        os.replace(pending, run_dir / BEST)
+    else:
+        pending.unlink()
 
 
 def load(path: str | Path) -> dict:

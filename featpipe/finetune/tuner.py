@@ -513,6 +513,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             return None
         saved = checkpoint.load_to_resume(path, RESUMED_KEYS)
         checkpoint.check_config(saved["config"], self.config_, path)
+        if ddp.is_main():  # one writer; the other ranks read best.pt once it is settled
+            checkpoint.settle_best(Path(self.run_dir), saved["best_epoch"])
+        ddp.from_main(None)
         saved["best"] = checkpoint.load_to_resume(Path(self.run_dir) / checkpoint.BEST, ("model",))
         return saved
 
