@@ -22,6 +22,11 @@ LIBRARIES = (
     "joblib",
     "pillow",  # decodes the images (its libjpeg-turbo: the pixels)
     "simplejpeg",  # the jpeg extra: decodes JPEGs where installed
+    # The extras whose code computes features or predictions: hf: and openclip: backbones,
+    # the knn_faiss head.
+    "transformers",
+    "open_clip_torch",
+    "faiss-cpu",
 )
 
 
