@@ -3,7 +3,80 @@ before its fix."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featpipe.cli import main
+from featpipe.data.manifest import CSVSource
+from featpipe.errors import ConfigError
+from featpipe.evaluate.leakage import check_data, content_hashes
 from featpipe.provenance import versions
+
+
+def _csv_source(root: Path, n: int = 12) -> CSVSource:
+    """``n`` distinct random PNGs in train, val and test thirds, two classes."""
+    rng = np.random.default_rng(0)
+    rows = ["path,label,split"]
+    for i in range(n):
+        image = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / f"{i}.png")
+        rows.append(f"{i}.png,{'ab'[i % 2]},{('train', 'val', 'test')[i * 3 // n]}")
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    return CSVSource(root / "m.csv")
+
+
+def test_two_unreadable_images_are_not_reported_as_one_image_in_two_splits(tmp_path):
+    """A missing file's content part is "unreadable:<errno>", the same for every missing file:
+    two missing files, one in train and one in test, were reported as an exact duplicate."""
+    source = _csv_source(tmp_path)
+    (tmp_path / "0.png").unlink()  # train
+    (tmp_path / "9.png").unlink()  # test
+    hashes = content_hashes(source)
+    assert hashes["0.png"] != hashes["9.png"]
+    splits = [("train", "val", "test")[s] for s in source.splits]
+    checks = check_data(
+        list(source.ids),
+        source.labels,
+        splits,
+        list(source.classes),
+        hashes=[hashes[i] for i in source.ids],
+    )
+    assert checks.duplicates == []
+
+
+def test_a_test_image_nearly_identical_to_a_val_image_is_a_near_duplicate():
+    """Heads are refit on train+val before they read test, so a test image whose near-copy is
+    in val leaks as much as one whose copy is in train (exact duplicates count val too)."""
+    features = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0.01, 1]], float)
+    splits = ["train", "train", "val", "test"]
+    checks = check_data(list("abcd"), np.array([0, 1, 0, 1]), splits, ["x", "y"], features=features)
+    assert [t for t, _, _ in checks.near] == ["d"] and checks.near[0][1] == "c"
+    assert "near-duplicate in train or val" in " ".join(checks.lines())
+
+
+@pytest.mark.parametrize("threshold", [1.5, 0.0, -0.2, float("nan")])
+def test_a_cosine_threshold_outside_0_1_is_refused(threshold):
+    """A threshold above 1 found nothing and said "No test image has a near-duplicate"."""
+    features = np.eye(3)
+    with pytest.raises(ConfigError, match="threshold"):
+        check_data(list("abc"), np.zeros(3, int), ["train", "val", "test"], ["x"],
+                   features=features, threshold=threshold)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--cosine", "1.5"), ("--min-per-class", "-1"), ("--min-per-class", "0")]
+)
+def test_featpipe_check_refuses_meaningless_options_in_one_line(tmp_path, capsys, option, value):
+    """``featpipe check --cosine 2`` reported "No test image has a near-duplicate" (nothing can
+    reach a cosine of 2), and a negative --min-per-class silently turned the check off."""
+    store = tmp_path / "s.h5"
+    store.write_bytes(b"not read: the options are checked first")
+    assert main(["check", str(store), option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"{option} {value}" in err and len(err.strip().splitlines()) == 1
 
 
 def test_provenance_records_the_optional_libraries_that_compute_results():

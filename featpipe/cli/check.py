@@ -46,6 +46,17 @@ def run_check(args: argparse.Namespace) -> int:
     from featpipe.evaluate.leakage import check_store, content_hashes
     from featpipe.store import FeatureStore
 
+    # Before the store is read: with these values a check finds nothing and reports it clean.
+    if args.cosine is not None and not 0 < args.cosine <= 1:  # also NaN
+        raise ConfigError(
+            f"--cosine {args.cosine} is not a cosine similarity in (0, 1]; give e.g. --cosine "
+            "0.98, or leave it out for 0.99."
+        )
+    if args.min_per_class is not None and args.min_per_class < 1:
+        raise ConfigError(
+            f"--min-per-class {args.min_per_class} is not a number of images; give 1 or more, "
+            "or leave it out for 10."
+        )
     try:
         store = FeatureStore(args.store)
     except FileNotFoundError as exc:

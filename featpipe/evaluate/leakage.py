@@ -1,7 +1,7 @@
 """Checks on the data behind a benchmark: the same image in two splits (exact duplicates by
-content hash), test images nearly identical to a training image (cosine similarity of their
-stored ``pooled`` features), and classes with too few validation or test images. Used by the
-report and by ``featpipe check STORE``."""
+content hash), test images nearly identical to a train or val image (cosine similarity of
+their stored ``pooled`` features; heads are refit on train+val), and classes with too few
+validation or test images. Used by the report and by ``featpipe check STORE``."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from featpipe.data.source import SPLIT_NAMES, ImageSource
+from featpipe.errors import ConfigError
 
 NEAR_COSINE = 0.99  # at or above: a near-duplicate
 NEAR_LAYER = "pooled"
 MIN_PER_CLASS = 10  # fewer val or test images of a class than this: its accuracy is noise
 SHOWN = 5  # example ids listed per finding
-_BLOCK = 1024  # test rows per similarity block (memory: _BLOCK x train rows floats)
+_BLOCK = 1024  # test rows per similarity block (memory: _BLOCK x train+val rows floats)
 
 CONTENT = "by content hash: sha256 of each image file, or of its pixels for in-memory images"
 FEATURES = "by identical stored features; the source was not at hand to hash image contents"
+NEAR_REFERENCE = ("train", "val")  # what a test image is compared with: what heads refit on
+_UNREADABLE = b"unreadable:"  # a source's content part for an image it could not read
 
 
 @dataclass
@@ -29,7 +32,7 @@ class DataChecks:
 
     basis: str  # how exact duplicates were found: CONTENT or FEATURES
     duplicates: list[list[list[str]]]  # groups of [split, id] spanning splits
-    near: list[list]  # [test id, train id, cosine], most similar first
+    near: list[list]  # [test id, train or val id, cosine], most similar first
     near_layer: str | None  # None: no pooled features, near-duplicates not checked
     small_classes: dict[str, dict[str, int]]  # split -> {class: images}, below min_per_class
     test_ids: list[str]
@@ -76,13 +79,13 @@ class DataChecks:
             examples = "; ".join(f"{t} ~ {r} ({c:.4f})" for t, r, c in self.near[:SHOWN])
             out.append(
                 f"{len(self.near)} of the {n_test} test images have a near-duplicate in train "
-                f"(cosine ≥ {self.threshold} on the stored {self.near_layer} features). "
-                f"Examples (test ~ train): {examples}."
+                f"or val (cosine ≥ {self.threshold} on the stored {self.near_layer} features). "
+                f"Examples (test ~ train or val): {examples}."
             )
         else:
             out.append(
-                f"No test image has a near-duplicate in train (cosine ≥ {self.threshold} on the "
-                f"stored {self.near_layer} features)."
+                f"No test image has a near-duplicate in train or val (cosine ≥ {self.threshold} "
+                f"on the stored {self.near_layer} features)."
             )
         for split, small in self.small_classes.items():
             listed = ", ".join(f"{c} ({n})" for c, n in list(small.items())[:SHOWN])
@@ -100,9 +103,16 @@ class DataChecks:
 
 
 def content_hashes(source: ImageSource) -> dict[str, str]:
-    """``{sample id: hex digest}`` of each image's content (file bytes, or pixels)."""
+    """``{sample id: hex digest}`` of each image's content (file bytes, or pixels). An image
+    that cannot be read gets a digest of its own: its part says only why (the same for every
+    missing file), so two missing files would otherwise be one image in two splits."""
     parts = source._fingerprint_parts(content=True)
-    return {i: hashlib.sha256(p).hexdigest() for i, p in zip(source.ids, parts, strict=True)}
+    out = {}
+    for i, p in zip(source.ids, parts, strict=True):
+        if p.startswith(_UNREADABLE):
+            p += b"\x00" + i.encode("utf-8", "surrogateescape")
+        out[i] = hashlib.sha256(p).hexdigest()
+    return out
 
 
 def check_data(
@@ -120,6 +130,7 @@ def check_data(
     """Run every check on one row per sample. Exact duplicates use ``hashes`` (one digest per
     row, found as ``basis`` says) when given, else identical rows of ``features``;
     near-duplicates need ``features``."""
+    check_options(threshold, min_per_class)
     splits_arr = np.asarray(splits)
     if hashes is None and features is not None:
         basis = FEATURES
@@ -151,24 +162,40 @@ def check_data(
     )
 
 
+def check_options(threshold: float, min_per_class: int) -> None:
+    """Refuse values with which a check cannot find anything, yet would report it clean."""
+    if not 0 < threshold <= 1:  # also NaN
+        raise ConfigError(
+            f"The near-duplicate threshold is a cosine similarity in (0, 1]; got {threshold}. "
+            f"Use e.g. {NEAR_COSINE} (the default)."
+        )
+    if min_per_class < 1:
+        raise ConfigError(
+            f"min_per_class is the fewest val or test images a class should have, at least 1; "
+            f"got {min_per_class}. Use e.g. {MIN_PER_CLASS} (the default)."
+        )
+
+
 def _near_duplicates(
     features: np.ndarray, splits: np.ndarray, ids: list[str], threshold: float
 ) -> list[list]:
-    """[test id, most similar train id, cosine] for each test row at or above ``threshold``."""
+    """[test id, most similar train or val id, cosine] for each test row at or above
+    ``threshold``."""
     unit = features.astype(np.float32)
     unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-    test, train = np.flatnonzero(splits == "test"), np.flatnonzero(splits == "train")
-    if not len(test) or not len(train):
+    test = np.flatnonzero(splits == "test")
+    reference = np.flatnonzero(np.isin(splits, NEAR_REFERENCE))
+    if not len(test) or not len(reference):
         return []
-    found = []
+    found, ref = [], unit[reference].T
     for start in range(0, len(test), _BLOCK):
         rows = test[start : start + _BLOCK]
-        sims = unit[rows] @ unit[train].T
+        sims = unit[rows] @ ref
         top = sims.argmax(axis=1)
         best = sims[np.arange(len(rows)), top]
         for r, t, c in zip(rows, top, best, strict=True):
             if c >= threshold:
-                found.append([ids[r], ids[train[t]], round(float(c), 6)])
+                found.append([ids[r], ids[reference[t]], round(float(c), 6)])
     return sorted(found, key=lambda f: -f[2])
 
 
