@@ -276,3 +276,25 @@ def test_cost_axis_labels_thin_out_as_the_range_widens():
     # plain numbers, never 6e-02 or 5x10^-1
     assert labels(0.045, 0.45, [0.05, 0.06, 0.1, 0.2]) == ["0.05", "", "0.1", "0.2"]
     assert labels(0.25, 1000, [0.5, 3, 10, 50, 70, 1000]) == ["0.5", "", "10", "50", "", "1000"]
+
+
+def test_costs_from_different_devices_are_not_compared_silently(tmp_path):
+    # Probe rows reused from a CPU run beside a fine-tune on a GPU: the advice quoted "1/N of
+    # the cost" and the results table lined their seconds up as if from one machine.
+    rows = [
+        make_row("toy/logreg@pooled", acc=0.80, fit_seconds=1.0),
+        make_row("toy/finetune:full", "finetune", acc=0.81, mode="full", fit_seconds=60),
+    ]
+    rows[0]["val_accuracy"], rows[1]["val_accuracy"] = 0.8, 0.85
+    rows[1]["provenance"]["device"] = "cuda:0 (NVIDIA H100)"
+    text = " ".join(recommendation(summarize(rows), n_boot=200))
+    assert "The cheapest of these is toy/logreg@pooled" in text
+    assert "different devices (cpu against cuda:0 (NVIDIA H100)): the ratio is not like" in text
+    md = write_report(tmp_path, rows)["report.md"].read_text()
+    assert "Costs were measured on 2 devices (cpu: toy/logreg@pooled; cuda:0 (NVIDIA H100)" in md
+    one = copy.deepcopy(rows)
+    one[1]["provenance"]["device"] = "cpu"
+    assert "different devices" not in " ".join(recommendation(summarize(one), n_boot=200))
+    assert (
+        "Costs were measured on" not in write_report(tmp_path / "one", one)["report.md"].read_text()
+    )

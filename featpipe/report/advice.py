@@ -132,6 +132,11 @@ def _tie_sentence(advice: Advice) -> str:
             f" in all, shared feature extraction included; validation "
             f"{_pct(cheap.val_accuracy or 0)}, {_test(cheap)})."
         )
+        if cheap.devices and chosen.devices and cheap.devices != chosen.devices:
+            text += (
+                f" Their seconds come from different devices ({', '.join(cheap.devices)} "
+                f"against {', '.join(chosen.devices)}): the ratio is not like for like."
+            )
     elif cheap is chosen and tied:
         text += " It is also the cheapest of them."
     if advice.ahead:

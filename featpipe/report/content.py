@@ -18,6 +18,7 @@ from featpipe.report.summary import (
     best,
     clear_after_holm,
     comparisons,
+    cost_devices,
     latest_rows,
     provenance,
     summarize,
@@ -214,6 +215,21 @@ def _cost_lines(rows: list[dict]) -> list[str]:
         f"fitting {fit:.1f} s + prediction {predict:.1f} s"
     )
     return lines
+
+
+def _mixed_devices_note(summaries: list[MethodSummary]) -> list[str]:
+    """A warning when costs come from several devices: results reused from a run on another
+    device keep that run's seconds, which the others cannot be compared with."""
+    devices = cost_devices(summaries)
+    if len(devices) < 2:
+        return []
+    where = "; ".join(f"{device}: {', '.join(labels)}" for device, labels in devices.items())
+    return [
+        f"Costs were measured on {len(devices)} devices ({where}): compare seconds only "
+        "between methods of the same device. Results reused from an earlier run keep the "
+        "device and seconds of that run; to compare costs, run the pipeline on one device "
+        "into a new folder (`featpipe run FILE --out NEW_DIR`)."
+    ]
 
 
 def _per_class_table(picks: list[MethodSummary]) -> Table:
@@ -431,6 +447,7 @@ def build_document(
         "run's total counts it once; each probe's own total includes it, to compare probes "
         "against fine-tuning from images.",
         _cost_lines(rows),
+        *_mixed_devices_note(summaries),
     ]
     recommendation = _recommendation_section(summaries, n_boot)
     recommendation.blocks[:0] = notes  # what the report left out bears on its advice too

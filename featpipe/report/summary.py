@@ -52,6 +52,13 @@ class MethodSummary:
         return float(np.mean(values)) if values else None
 
     @property
+    def devices(self) -> list[str]:
+        """The devices its seeds' costs were measured on (rows may come from earlier runs)."""
+        return sorted(
+            {r["provenance"]["device"] for r in self.rows if r["provenance"].get("device")}
+        )
+
+    @property
     def train_size(self) -> int | None:
         """Training images of a data-size sweep (None: the whole train split)."""
         return self.rows[0].get("train_size")
@@ -209,6 +216,15 @@ def clear_after_holm(matrix: dict[tuple[int, int], Comparison]) -> set[tuple[int
         for k, p in zip(keys, adjusted, strict=True)
         if p < ALPHA and (matrix[k].ci_low is None or matrix[k].distinguishable)
     }
+
+
+def cost_devices(summaries: list[MethodSummary]) -> dict[str, list[str]]:
+    """Each device costs were measured on, with the methods measured there."""
+    out: dict[str, list[str]] = {}
+    for s in summaries:
+        for device in s.devices:
+            out.setdefault(device, []).append(s.label)
+    return out
 
 
 def provenance(rows: list[dict]) -> list[tuple[str, str]]:
