@@ -113,11 +113,17 @@ class Backbone:
 
     def identity(self) -> dict:
         """What identifies the features this backbone computes, for store keys and provenance."""
-        return {
+        ident = {
             "spec": self.spec,
             "weights_sha256": self.weights_sha256,
             "preprocessing": self.preprocessing.to_dict(),
         }
+        # The pooling of token layers asked for without one ('blocks.5'). Left out when it is
+        # 'cls', so that keys made before it was recorded stay valid; timm models without a
+        # class token defaulted to 'cls' then, so their old stores must not match now.
+        if self.token_pooling != "cls":
+            ident["token_pooling"] = self.token_pooling
+        return ident
 
     def module_names(self) -> list[str]:
         return [n for n, _ in self.model.named_modules() if n]
@@ -229,7 +235,9 @@ class FeatureModel(nn.Module):
             out = out[0]
         pooling = resolve_pooling(spec.pooling, out, self.backbone.token_pooling)
         self.poolings[spec.name] = pooling
-        captured[spec.name] = pool(out, pooling, spec.name).float()
+        # A copy: 'none' and 'cls' give views of the output, which the rest of the forward
+        # may change in place (ResNet's in-place ReLU and shortcut add after a batch norm).
+        captured[spec.name] = pool(out, pooling, spec.name).to(torch.float32, copy=True)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self._captured.out = out = {}

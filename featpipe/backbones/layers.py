@@ -39,7 +39,13 @@ class LayerSpec:
             )
         if not sep:
             return cls(module)
-        if (pooling not in POOLINGS or pooling == "grid:k") and not _GRID.match(pooling):
+        grid = _GRID.match(pooling)
+        if grid and int(grid.group(1)) < 1:  # refused here, not after a store is laid out
+            raise ConfigError(
+                f"Pooling {pooling!r} in layer request {text!r} needs k >= 1; write e.g. "
+                f"'{module}:grid:2'."
+            )
+        if (pooling not in POOLINGS or pooling == "grid:k") and not grid:
             raise ConfigError(
                 f"Unknown pooling {pooling!r} in layer request {text!r}. "
                 f"Valid poolings: {', '.join(POOLINGS)} (k a positive integer, e.g. grid:2)."

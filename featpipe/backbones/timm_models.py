@@ -105,14 +105,28 @@ def _block_containers(model: nn.Module) -> set[str]:
     return {m.split(".")[0] for m in modules if "." in m}
 
 
+def _token_pooling(model: nn.Module) -> str:
+    """``cls`` where the model has a class token; ``mean`` for token models without one (ViTs
+    with global average or attention pooling, SigLIP, MLP-Mixer), whose first token is a
+    patch or register token."""
+    from timm.models.mlp_mixer import MlpMixer
+
+    if any(n.endswith("cls_token") for n, _ in model.named_parameters()):
+        return "cls"
+    tokens = hasattr(model, "num_prefix_tokens") or isinstance(model, MlpMixer)
+    return "mean" if tokens else "cls"  # CNNs have no token layers: keep their keys
+
+
 def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Backbone:
-    """A Backbone around a timm model: its preprocessing, classifier and stages."""
+    """A Backbone around a timm model: its preprocessing, classifier, token pooling and
+    stages."""
     backbone = Backbone(
         spec=spec,
         model=model,
         preprocessing=preprocessing_of(model),
         weights_sha256=weights_sha256,
         classifier=_classifier_of(model),
+        token_pooling=_token_pooling(model),
     )
     backbone.stages = stages_of(model, _block_containers(model), exclude=backbone.classifier)
     return backbone

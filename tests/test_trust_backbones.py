@@ -1,0 +1,92 @@
+"""Trust review of backbones: features that must be what was asked for, and user mistakes
+that must be refused early with a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from featpipe.backbones import LayerSpec, get_backbone
+from featpipe.errors import ConfigError
+from featpipe.extract.inference import Inference
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return get_backbone("torchvision:resnet18@none")
+
+
+def _hooked_output(backbone, module: str, x: torch.Tensor) -> torch.Tensor:
+    """A module's output as it left the module (copied at once), flattened."""
+    seen = {}
+
+    def hook(_m, _i, out) -> None:  # must return None: a value would replace the output
+        seen.setdefault("out", out.detach().clone())
+
+    handle = dict(backbone.model.named_modules())[module].register_forward_hook(hook)
+    try:
+        with torch.inference_mode():
+            backbone.model(x)
+    finally:
+        handle.remove()
+    return seen["out"].flatten(1)
+
+
+def test_unpooled_features_are_not_changed_by_later_in_place_ops(resnet18):
+    # ResNet's block applies an in-place ReLU to bn1's output and adds the shortcut to bn2's
+    # in place: features read without pooling must be the values the module returned.
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fm = resnet18.features(["layer1.0.bn1:none", "layer1.0.bn2:none"])
+    try:
+        with torch.inference_mode():
+            out = fm(x)
+    finally:
+        fm.remove()
+    for module in ("layer1.0.bn1", "layer1.0.bn2"):
+        expected = _hooked_output(resnet18, module, x)
+        assert (expected < 0).any()  # a batch-norm output, before the ReLU
+        torch.testing.assert_close(out[f"{module}:none"], expected)
+
+
+def test_unpooled_1x1_map_equals_its_average_through_extraction(resnet18):
+    # At 32 px layer4 is 1×1, so 'none' and 'avg' must give the same vector; channels-last
+    # makes flatten a view there, which the in-place shortcut add then overwrote.
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with Inference.of_layers(resnet18, ["layer4.1.bn2:none", "layer4.1.bn2:avg"], "cpu") as inf:
+        out = inf.arrays(x)
+    np.testing.assert_allclose(out["layer4.1.bn2:none"], out["layer4.1.bn2:avg"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "spec, size, expected",
+    [
+        ("timm:vit_base_patch16_gap_224@none", 32, "mean"),  # average pooling, no class token
+        ("timm:mixer_s16_224@none", 224, "mean"),  # MLP-Mixer: tokens, no class token
+        ("timm:vit_tiny_patch16_224@none", 32, "cls"),
+    ],
+)
+def test_timm_token_models_without_class_token_default_to_mean(spec, size, expected):
+    bb = get_backbone(spec, image_size=size)
+    assert bb.token_pooling == expected
+    fm = bb.features(["blocks.0"])
+    try:
+        with torch.inference_mode():
+            fm(torch.zeros(1, 3, size, size))
+    finally:
+        fm.remove()
+    assert fm.poolings["blocks.0"] == expected
+
+
+def test_token_pooling_default_is_part_of_the_identity():
+    # Stores made when such a model defaulted to 'cls' must not be reused for 'mean'.
+    gap = get_backbone("timm:vit_base_patch16_gap_224@none", image_size=32)
+    assert gap.identity()["token_pooling"] == "mean"
+    cls = get_backbone("timm:vit_tiny_patch16_224@none", image_size=32)
+    assert "token_pooling" not in cls.identity()  # unchanged keys for class-token models
+
+
+@pytest.mark.parametrize("text", ["layer3:grid:0", "layer3:grid:00"])
+def test_grid_zero_is_refused_when_parsed(text):
+    with pytest.raises(ConfigError, match="grid"):
+        LayerSpec.parse(text)
