@@ -396,6 +396,15 @@ def test_csv_with_split_column(image_folder):
     assert source.read_bytes(1) == (image_folder / "dog" / "000.jpg").read_bytes()
 
 
+def test_csv_split_column_takes_the_aliases_of_split_folders(image_folder):
+    # "validation", "dev" or "Train" were refused in a CSV, though folders, shards and
+    # tables read them.
+    splits = ["Train", "training", "validation", "dev", "Test", "testing"]
+    rows = [f"{c}/{i:03d}.jpg,{c},{splits[i]}" for c in ("cat", "dog") for i in range(6)]
+    csv = _write_csv(image_folder / "aliases.csv", ["path,label,split", *rows])
+    assert CSVSource(csv).split_counts() == {"train": 4, "val": 4, "test": 4}
+
+
 def test_csv_without_split_column(image_folder):
     rows = [f"{c}/{i:03d}.jpg,{c}" for c in ("cat", "dog", "fox") for i in range(6)]
     csv = _write_csv(image_folder / "all.csv", ["path,label", *rows])
@@ -409,8 +418,8 @@ def test_csv_without_split_column(image_folder):
     [
         (["path,label", "cat/000.jpg,cat,extra"], r"line 2: expected 2 fields"),
         (
-            ["path,label,split", "cat/000.jpg,cat,train", "dog/000.jpg,dog,dev"],
-            r"line 3: unknown split 'dev'.*train, val, test",
+            ["path,label,split", "cat/000.jpg,cat,train", "dog/000.jpg,dog,holdout"],
+            r"line 3: unknown split 'holdout'.*train, val, test \(or dev, testing, training, ",
         ),
         (["path,label", "cat/000.jpg,cat", "dog/999.jpg,dog"], r"line 3: .*dog/999\.jpg"),
         (["path,label", "cat/000.jpg,", "dog/000.jpg,dog"], r"line 2: empty 'label'"),

@@ -63,6 +63,16 @@ def test_hf_splits_that_cannot_be_used(tmp_path):
         open_source(str(tmp_path / "unlabelled"))
 
 
+def test_hf_split_names_are_read_in_any_case(tmp_path):
+    # A DatasetDict saved with "Train"/"Validation" was warned about and all of it left out.
+    data, _ = hf_dataset(splits=("train", "validation", "test"))
+    data = data.remove_columns("coarse_label")
+    named = datasets.DatasetDict({k.capitalize(): v for k, v in data.items()})
+    named.save_to_disk(str(tmp_path / "capitals"))
+    source = open_source(str(tmp_path / "capitals"))
+    assert source.split_counts() == {"train": 12, "val": 6, "test": 6}
+
+
 def test_a_single_dataset_is_all_train_and_split_by_fractions(tmp_path):
     data, _ = hf_dataset(splits=("train",))
     data["train"].save_to_disk(str(tmp_path / "ds"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from featpipe.data.files import FileSource
-from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES
+from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, SPLIT_NAMES, split_alias
 from featpipe.data.splits import assign_splits, require_train
 from featpipe.errors import SourceError, did_you_mean
 
@@ -124,12 +124,14 @@ class CSVSource(FileSource):
             if not row[column]:
                 raise SourceError(f"{where}: empty {column!r} field.")
         if "split" in row:
-            row["split"] = row["split"].lower()
-            if row["split"] not in SPLIT_CODES:
+            split = split_alias(row["split"])  # the aliases split folders and shards take
+            if split is None:
+                others = ", ".join(sorted(set(SPLIT_ALIASES) - set(SPLIT_NAMES)))
                 raise SourceError(
                     f"{where}: unknown split {row['split']!r}. Valid splits: "
-                    f"{', '.join(SPLIT_NAMES)}."
+                    f"{', '.join(SPLIT_NAMES)} (or {others}), in any case."
                 )
+            row["split"] = split
         row["path"] = Path(row["path"]).as_posix()
         return row
 

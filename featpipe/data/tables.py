@@ -21,7 +21,7 @@ from PIL import Image
 
 from featpipe.data.arrays import encode_labels
 from featpipe.data.images import decode_rgb, load_rgb
-from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource, row_ids
+from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource, row_ids, split_alias
 from featpipe.data.splits import assign_splits
 from featpipe.errors import SourceError, did_you_mean
 from featpipe.extras import import_extra
@@ -82,7 +82,7 @@ class TableSource(ImageSource):
         ]
         given = np.concatenate(
             [
-                np.full(n, SPLIT_CODES[SPLIT_ALIASES[name]], np.uint8)
+                np.full(n, SPLIT_CODES[split_alias(name)], np.uint8)
                 for name, n in zip(tables, self._sizes, strict=True)
             ]
         )
@@ -103,7 +103,7 @@ class TableSource(ImageSource):
         raise NotImplementedError
 
     def _known_splits(self, tables: dict) -> dict:
-        unknown = [name for name in tables if name not in SPLIT_ALIASES]
+        unknown = [name for name in tables if split_alias(name) is None]
         if len(tables) == 1 and unknown:  # one unnamed table: all of it is train
             return {"train": next(iter(tables.values()))}
         if unknown:
@@ -114,9 +114,9 @@ class TableSource(ImageSource):
                 stacklevel=4,
             )
         # train, val, test order, whatever the order of the files or the saved dict
-        known = sorted((k for k in tables if k in SPLIT_ALIASES), key=_split_order)
+        known = sorted((k for k in tables if split_alias(k)), key=_split_order)
         tables = {k: tables[k] for k in known}
-        if "train" not in {SPLIT_ALIASES[name] for name in tables}:
+        if "train" not in {split_alias(name) for name in tables}:
             raise SourceError(
                 f"{self.kind} {str(self.path)!r} has no train split (it has "
                 f"{', '.join(map(repr, tables)) or 'none'}); featpipe needs train rows to fit on."
@@ -348,7 +348,7 @@ def warn_unread_split_words(files: list[Path], root: Path, where: str) -> None:
 
 
 def _split_order(name: str) -> int:
-    return SPLIT_CODES[SPLIT_ALIASES[name]]
+    return SPLIT_CODES[split_alias(name)]
 
 
 def _is_image(feature: object) -> bool:
