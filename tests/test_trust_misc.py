@@ -91,3 +91,20 @@ def test_provenance_records_the_optional_libraries_that_compute_results():
         except PackageNotFoundError:
             continue
         assert installed in recorded.values(), dist
+
+
+@pytest.mark.parametrize("command", [["extract", "digits"], ["finetune", "--data", "digits"]])
+def test_a_negative_limit_is_refused_naming_the_option(command, capsys):
+    """``--limit-train -5`` was refused by subsample in its own words (a Python dict to
+    write), not naming the option that was given."""
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--limit-train", "-5"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--limit-train" in err and "-5" in err and "0 or more" in err
+
+
+def test_featpipe_check_help_says_near_duplicates_are_looked_for_in_train_and_val(capsys):
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    assert "near-duplicate in train or val" in " ".join(capsys.readouterr().out.split())

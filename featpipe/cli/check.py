@@ -12,8 +12,9 @@ examples:
   featpipe check data/cache/<store>.h5 --json
 
 Checks: the same image in two splits (by content hash with --source, else by identical stored
-features), test images with a near-duplicate in train (cosine >= --cosine on the stored pooled
-features), and classes with fewer than --min-per-class validation or test images.
+features), test images with a near-duplicate in train or val (cosine >= --cosine on the stored
+pooled features; heads are refit on train+val), and classes with fewer than --min-per-class
+validation or test images.
 Exit status 0 when nothing was found, 1 when something was.
 """
 

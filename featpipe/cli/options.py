@@ -40,12 +40,23 @@ def add_decode_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _image_count(text: str) -> int:
+    """A ``--limit-*`` value, refused by argparse (naming the option) unless 0 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of images; give 0 or more")
+    return n
+
+
 def add_limit_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--limit-train/val/test N``: a stratified, seeded subset of each split."""
     for split in SPLIT_NAMES:
         parser.add_argument(
             f"--limit-{split}",
-            type=int,
+            type=_image_count,
             metavar="N",
             help=f"keep a stratified sample of at most N {split} images",
         )
