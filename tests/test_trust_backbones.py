@@ -90,3 +90,28 @@ def test_token_pooling_default_is_part_of_the_identity():
 def test_grid_zero_is_refused_when_parsed(text):
     with pytest.raises(ConfigError, match="grid"):
         LayerSpec.parse(text)
+
+
+@pytest.mark.parametrize(
+    "spec, stage",
+    [
+        ("torchvision:swin_t@none", "features.7"),
+        ("timm:swin_tiny_patch4_window7_224@none", "layers.3"),
+    ],
+)
+def test_swin_stages_are_pooled_over_height_and_width(spec, stage):
+    # Swin's stages give B×H×W×C maps: pooling them as B×C×H×W averaged over W and C.
+    bb = get_backbone(spec, image_size=64)
+    shapes = dict(bb.describe_layers())
+    assert shapes[stage] == shapes["norm"] == (768, 2, 2)
+    assert bb.identity()["nhwc_layers"]  # stores pooled the old way are not reused
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with Inference.of_layers(bb, [stage, f"{stage}:grid:2", "norm:avg", "pooled"], "cpu") as inf:
+        out = inf.arrays(x)
+    assert out[stage].shape == (2, 768) and out[f"{stage}:grid:2"].shape == (2, 768 * 4)
+    # The classifier's input is the average of the final norm over height and width.
+    np.testing.assert_allclose(out["norm:avg"], out["pooled"], rtol=1e-4, atol=1e-5)
+    # grid:2 of a 2×2 map is the map itself, channel by channel.
+    np.testing.assert_allclose(
+        out[f"{stage}:grid:2"].reshape(2, 768, 4).mean(2), out[stage], rtol=1e-4, atol=1e-5
+    )

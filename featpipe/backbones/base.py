@@ -65,7 +65,9 @@ class Backbone:
     stages in forward order, each a tuple of module or parameter names (a plain name is a
     stage of one), stage 0 being the stem (``partial:N`` fine-tuning freezes stages 0 to N-1);
     ``classifier`` is the module whose input is the ``pooled`` layer; ``token_pooling`` is the
-    default pooling of token outputs (``cls``, or ``mean`` for models without a class token).
+    default pooling of token outputs (``cls``, or ``mean`` for models without a class token);
+    ``nhwc_layers`` are the modules whose 4-D outputs are B×H×W×C (Swin's stages), turned to
+    B×C×H×W before pooling.
     """
 
     spec: str
@@ -75,6 +77,7 @@ class Backbone:
     stages: list[tuple[str, ...]] = field(default_factory=list)
     classifier: str | None = None
     token_pooling: str = "cls"
+    nhwc_layers: tuple[str, ...] = ()
     # The state dict's sha256 when ``weights_sha256`` was set (the same value unless that is
     # a weights file's hash): :meth:`with_current_weights` compares the model's weights to it.
     state_sha256: str = field(default="", repr=False, compare=False)
@@ -123,6 +126,9 @@ class Backbone:
         # class token defaulted to 'cls' then, so their old stores must not match now.
         if self.token_pooling != "cls":
             ident["token_pooling"] = self.token_pooling
+        # Swin's stages were pooled as B×C×H×W before they were turned: new keys for them.
+        if self.nhwc_layers:
+            ident["nhwc_layers"] = list(self.nhwc_layers)
         return ident
 
     def module_names(self) -> list[str]:
@@ -161,6 +167,11 @@ class Backbone:
             self._module_for(s)  # fail early on unknown names
         return FeatureModel(self, specs)
 
+    def channels_first(self, module: str, out: torch.Tensor) -> torch.Tensor:
+        """``out`` as B×C×H×W where ``module`` gives B×H×W×C maps (pooling averages dims 2
+        and 3: over W and C of such a map, not over H and W)."""
+        return out.permute(0, 3, 1, 2) if out.ndim == 4 and module in self.nhwc_layers else out
+
     def describe_layers(self) -> list[tuple[str, tuple[int, ...]]]:
         """(name, output shape for one image) for every module, from one dummy forward pass."""
         shapes: dict[str, tuple[int, ...]] = {}
@@ -173,7 +184,7 @@ class Backbone:
                 if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
                     out = out[0]
                 if isinstance(out, torch.Tensor) and name not in shapes:
-                    shapes[name] = tuple(out.shape[1:])
+                    shapes[name] = tuple(self.channels_first(name, out).shape[1:])
 
             handles.append(module.register_forward_hook(hook))
         if self.classifier:
@@ -233,6 +244,7 @@ class FeatureModel(nn.Module):
             return
         if isinstance(out, (tuple, list)):
             out = out[0]
+        out = self.backbone.channels_first(spec.module, out)
         pooling = resolve_pooling(spec.pooling, out, self.backbone.token_pooling)
         self.poolings[spec.name] = pooling
         # A copy: 'none' and 'cls' give views of the output, which the rest of the forward

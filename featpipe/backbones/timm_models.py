@@ -117,16 +117,31 @@ def _token_pooling(model: nn.Module) -> str:
     return "mean" if tokens else "cls"  # CNNs have no token layers: keep their keys
 
 
+def _nhwc_layers(model: nn.Module, classifier: str | None) -> tuple[str, ...]:
+    """For models whose features are B×H×W×C (``output_fmt`` NHWC: Swin, MambaOut): the
+    top-level modules before the head and the stages ``feature_info`` names. Modules inside
+    a stage are left as they are: some of them give B×C×H×W maps."""
+    if getattr(model, "output_fmt", "NCHW") != "NHWC":
+        return ()
+    head = (classifier or "head").split(".")[0]
+    info = getattr(model, "feature_info", None)
+    stages = [f.get("module", "") for f in info] if isinstance(info, list) else []
+    tops = [name for name, _ in model.named_children() if name != head]
+    return tuple(dict.fromkeys([*tops, *(s for s in stages if s)]))
+
+
 def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Backbone:
     """A Backbone around a timm model: its preprocessing, classifier, token pooling and
     stages."""
+    classifier = _classifier_of(model)
     backbone = Backbone(
         spec=spec,
         model=model,
         preprocessing=preprocessing_of(model),
         weights_sha256=weights_sha256,
-        classifier=_classifier_of(model),
+        classifier=classifier,
         token_pooling=_token_pooling(model),
+        nhwc_layers=_nhwc_layers(model, classifier),
     )
     backbone.stages = stages_of(model, _block_containers(model), exclude=backbone.classifier)
     return backbone

@@ -103,9 +103,26 @@ def build(spec: BackboneSpec) -> Backbone:
         model=model,
         preprocessing=preprocessing_of(meta),
         weights_sha256=sha,
+        nhwc_layers=_nhwc_layers(model),
     )
     backbone.stages = stages_of(model, expand=_containers(model), exclude=backbone.classifier)
     return backbone
+
+
+def _nhwc_layers(model: torch.nn.Module) -> tuple[str, ...]:
+    """Swin's stages, their blocks and its final norm give B×H×W×C maps (the patch
+    embedding's convolution, ``features.0.0``, gives B×C×H×W)."""
+    if not isinstance(model, models.SwinTransformer):
+        return ()
+    names = ["features", "norm"]
+    for i, stage in enumerate(model.features):
+        names.append(f"features.{i}")
+        names += [
+            f"features.{i}.{j}"
+            for j, block in stage.named_children()
+            if not isinstance(block, torch.nn.Conv2d)
+        ]
+    return tuple(names)
 
 
 def _containers(model: torch.nn.Module) -> list[str]:
