@@ -102,10 +102,12 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
     def fit_store(self, store, layer: str, split: str = "train") -> StreamingLinearHead:
         """Train on one split of a FeatureStore without loading it whole."""
         rows = self._chunk_rows()
+        # The classes are those of the split's rows, as ``fit`` learns them: the store's whole
+        # class list would give a class without a training row a column of predict_proba, and
+        # let a split of one class through.
         return self.fit_chunks(
             lambda order: store.iter_chunks(layer, split, rows=rows, order=order),
             math.ceil(len(store) / rows),
-            classes=np.arange(len(store.classes)),
         )
 
     def fit_chunks(
@@ -127,7 +129,10 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
             raise ConfigError("The training chunks are empty; nothing to fit.")
         classes = np.unique(np.concatenate(seen)) if classes is None else np.asarray(classes)
         if len(classes) < 2:
-            raise ConfigError(f"A classifier needs at least 2 classes; got 1 class {classes}.")
+            raise ConfigError(
+                f"A classifier needs at least 2 classes; got {len(classes)} class "
+                f"({classes.tolist()}). Check the labels of the training rows."
+            )
         sgd = SGDClassifier(loss=self.loss, alpha=self.alpha, random_state=self.random_state)
         rng = np.random.default_rng(self.random_state)
         for _ in track(range(int(self.epochs)), desc="SGD epochs", enabled=self.progress):
