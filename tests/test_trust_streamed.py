@@ -1,5 +1,5 @@
 """Trust review of the heads that work at scale and of exporting: each test failed on the code
-before its fix (a wrong class list)."""
+before its fix (a wrong class list, rows outside a train subset)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featpipe.errors import ConfigError
-from featpipe.heads import StreamingLinearHead
-from featpipe.store import FeatureStore, write_arrays
+from featpipe.errors import ConfigError, IncompleteStoreError
+from featpipe.heads import StreamingLinearHead, StreamingLogisticProbe
+from featpipe.store import FeatureStore, StoreWriter, TrainSubset, write_arrays
+from featpipe.store.export import export_features
 
 SPLITS = np.array(["train", "val", "test"])
 
@@ -38,3 +39,71 @@ def test_streaming_head_learns_the_classes_of_its_training_rows_only(tmp_path) -
     one = a_store(tmp_path / "one.h5", np.ones(300, dtype=int))
     with pytest.raises(ConfigError, match="at least 2 classes"):
         StreamingLinearHead(chunk_rows=32).fit_store(one, "pooled")
+
+
+def test_a_train_subset_streams_only_its_own_rows(tmp_path) -> None:
+    # TrainSubset handed iter_chunks to the store: every train row, not the subset's, and
+    # len() was a TypeError, so heads that stream from a store could not read it.
+    y = np.arange(200) // 3 % 3  # rows cycle through the splits, labels change every 3
+    store = a_store(tmp_path / "s.h5", y)
+    keep = store.ids("train")[5:40:2]
+    sub = TrainSubset(store, keep)
+    X_sub, y_sub = sub.arrays("pooled", "train")
+    for order in (None, [7, 3, 0, 9, 2, 5, 8, 1, 6, 4]):  # 10 blocks of 20 rows
+        chunks = list(sub.iter_chunks("pooled", "train", rows=20, order=order))
+        X, y = np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+        got = np.argsort(X[:, 0]) if order else slice(None)  # blocks in another order
+        want = np.argsort(X_sub[:, 0]) if order else slice(None)
+        np.testing.assert_array_equal(X[got], X_sub[want])
+        np.testing.assert_array_equal(y[got], y_sub[want])
+        assert len(y) == len(keep)
+    val = np.concatenate([c[0] for c in sub.iter_chunks("pooled", "val", rows=20)])
+    np.testing.assert_array_equal(val, store.arrays("pooled", "val")[0])
+
+    head = StreamingLinearHead(chunk_rows=16, epochs=1).fit_store(sub, "pooled")
+    np.testing.assert_allclose(head.scaler_.mean_, X_sub.mean(0), rtol=1e-5)
+    probe = StreamingLogisticProbe(chunk_rows=16, device="cpu", distributed=False)
+    probe.fit_store(sub, "pooled")
+    np.testing.assert_allclose(probe.preprocessor_[0].mean_, X_sub.mean(0), rtol=1e-5)
+
+
+def test_a_train_subset_exports_ids_that_match_its_rows(tmp_path) -> None:
+    y = np.arange(90) // 3 % 3
+    store = a_store(tmp_path / "s.h5", y)
+    sub = TrainSubset(store, store.ids("train")[::4])
+    out = export_features(sub, "pooled", tmp_path / "sub.npz", split="train")
+    with np.load(out) as data:
+        assert list(data["ids"]) == sub.ids("train")
+        np.testing.assert_array_equal(data["features"], sub.arrays("pooled", "train")[0])
+
+
+@pytest.mark.parametrize("done", [(0, 1, 2, 3), (0, 2)])
+def test_a_train_subset_streams_around_skipped_and_unwritten_rows(tmp_path, done) -> None:
+    n, x = 10, np.arange(20, dtype=np.float32).reshape(10, 2)
+    with StoreWriter.create(
+        tmp_path / "s.h5",
+        ids=[f"s{i}" for i in range(n)],
+        labels=np.arange(n) % 2,
+        splits=np.array([0, 0, 1, 0, 0, 2, 0, 0, 0, 1], np.uint8),
+        classes=["a", "b"],
+        layers={"pooled": (2, "none")},
+        dtype="float32",
+        rows_per_chunk=3,
+        attrs={"key": "k"},
+    ) as w:
+        for i in done:
+            start, stop = w.chunk_rows(i)
+            skips = {0: "truncated"} if i == 1 else {}  # s3, a row of the subset
+            w.write_chunk(i, {"pooled": x[start:stop]}, errors=skips)
+        if len(done) == w.n_chunks:
+            w.finish()
+    sub = TrainSubset(FeatureStore(tmp_path / "s.h5"), ["s0", "s3", "s4", "s7", "s8"])
+    incomplete = len(done) < 4
+    if incomplete:
+        with pytest.raises(IncompleteStoreError):
+            next(sub.iter_chunks("pooled", "train"))
+    want, _ = sub.arrays("pooled", "train", allow_incomplete=incomplete)
+    for rows, order in ((2, None), (2, [4, 1, 3, 0, 2]), (4, [2, 0, 1])):
+        chunks = sub.iter_chunks("pooled", "train", rows, order=order, allow_incomplete=incomplete)
+        got = np.concatenate([X for X, _ in chunks])
+        np.testing.assert_array_equal(np.sort(got, axis=0), np.sort(want, axis=0))

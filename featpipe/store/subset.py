@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import math
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from featpipe.errors import ConfigError
 from featpipe.store.reader import FeatureStore
 
 
@@ -22,6 +24,11 @@ class TrainSubset:
     def __getattr__(self, name: str) -> Any:  # path, key, attrs, classes, layers, skipped, ...
         return getattr(self.store, name)
 
+    def __len__(self) -> int:
+        """Rows in the store's file, as ``len(store)``: the blocks of ``iter_chunks`` (and of
+        the heads that stream from a store) are counted in stored rows."""
+        return len(self.store)
+
     def _keep(self, split: str | None) -> np.ndarray:
         """Which rows of ``store``'s split ``split`` this view keeps."""
         ids = self.store.ids(split)
@@ -36,6 +43,38 @@ class TrainSubset:
         X, y = self.store.arrays(layer, split, **kw)
         keep = self._keep(split)
         return X[keep], y[keep]
+
+    def iter_chunks(
+        self,
+        layer: str,
+        split: str | None = None,
+        rows: int | None = None,
+        *,
+        order: Sequence[int] | None = None,
+        **kw,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The store's ``iter_chunks`` (the same blocks, in the same ``order``) less the train
+        rows outside the subset; a block left with no row is skipped, as the store skips one.
+        Handed to the store as it is, it read every train row."""
+        rows = self.store.rows_per_chunk if rows is None else int(rows)
+        if rows < 1:
+            raise ConfigError(f"rows must be at least 1; got {rows}.")
+        # The stored row of each of the split's rows, in the order of ``ids`` and ``_keep``
+        # (raises on an incomplete store unless allow_incomplete).
+        stored = np.flatnonzero(self.store._row_mask(split, kw.get("allow_incomplete", False)))
+        keep = self._keep(split)
+        chunks = self.store.iter_chunks(layer, split, rows, order=order, **kw)
+        for i in range(math.ceil(len(self.store) / rows)) if order is None else order:
+            lo, hi = np.searchsorted(stored, [i * rows, (i + 1) * rows])
+            if hi > lo:  # the store yields this block, holding rows lo to hi of the split
+                X, y = next(chunks)
+                mine = keep[lo:hi]
+                if mine.any():
+                    yield X[mine], y[mine]
+
+    def to_pandas(self, layer: str, split: str | None = None, **kw):
+        frame = self.store.to_pandas(layer, split, **kw)  # rows in the order of ids(split)
+        return frame[self._keep(split)].reset_index(drop=True)
 
     def labels(self, split: str | None = None) -> np.ndarray:
         return self.store.labels(split)[self._keep(split)]
