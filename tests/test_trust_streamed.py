@@ -1,5 +1,5 @@
 """Trust review of the heads that work at scale and of exporting: each test failed on the code
-before its fix (a wrong class list, rows outside a train subset)."""
+before its fix (a wrong class list, rows outside a train subset, a store overwritten)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,15 @@ def test_a_train_subset_exports_ids_that_match_its_rows(tmp_path) -> None:
     with np.load(out) as data:
         assert list(data["ids"]) == sub.ids("train")
         np.testing.assert_array_equal(data["features"], sub.arrays("pooled", "train")[0])
+
+
+@pytest.mark.parametrize("fmt", ["npz", "parquet"])
+def test_export_never_writes_over_the_store_it_reads(tmp_path, fmt) -> None:
+    # With force, exporting to the store's own path replaced the store by the export.
+    store = a_store(tmp_path / "s.h5", np.arange(30) % 3)
+    with pytest.raises(ConfigError, match="store itself"):
+        export_features(store, "pooled", store.path, fmt=fmt, force=True)
+    assert len(FeatureStore(store.path).arrays("pooled")[0]) == 30
 
 
 @pytest.mark.parametrize("done", [(0, 1, 2, 3), (0, 2)])

@@ -17,6 +17,7 @@ import numpy as np
 from featpipe.data.source import SPLIT_NAMES
 from featpipe.errors import ConfigError
 from featpipe.extras import import_extra
+from featpipe.store.parts import parts_dir
 from featpipe.store.reader import FeatureStore
 from featpipe.store.writer import check_out_file
 
@@ -41,6 +42,13 @@ def export_features(
         raise ConfigError(
             f"Cannot tell the export format of {str(out)!r}: give --format npz or parquet "
             "(or an .npz or .parquet file name)."
+        )
+    # With force, the export would replace the file it reads (or one of its parts): the store.
+    resolved, source, parts = out.resolve(), Path(store.path), parts_dir(store.path)
+    if resolved == source.resolve() or resolved.is_relative_to(parts.resolve()):
+        raise ConfigError(
+            f"--out {out} is the store itself or inside its parts folder ({parts}), which the "
+            f"export reads from. Write it to another path, e.g. {source.with_suffix('.' + fmt)}."
         )
     check_out_file(out, option="--out", replace=force, example=f"features.{fmt}")
     store.layer_info(layer)  # an unknown layer fails before anything is written
