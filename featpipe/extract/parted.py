@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -65,7 +66,7 @@ from featpipe.store.schema import decode_attr, n_chunks_for
 
 WAIT_POLL_S = 2.0
 PROBE_WAIT_S = 0.1  # how long a part's lock is waited for before the part is left to its holder
-_CALLS: Counter[str] = Counter()  # extraction calls of this process, per channel
+_CALLS: Counter[str] = Counter()  # extraction calls of this process
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -106,13 +107,16 @@ def extract_ranks(
 ) -> FeatureStore:
     """:func:`featpipe.extract.extract` on every rank of a torchrun job (see the module)."""
     ranks = current_ranks()
-    with job_store(resolve_device(options.get("device", "auto"))) as kv:
-        channel = _channel(backbone, layers, options, ranks.restart)
+    device = resolve_device(options.get("device", "auto"))
+    with job_store(device) as kv:
+        channel = _channel(ranks.restart)
+        call = _call(backbone, layers, options, device)
         if ranks.is_main:
-            return _lead(kv, channel, source, backbone, layers, options)
+            return _lead(kv, channel, call, source, backbone, layers, options)
         message = receive(kv, f"{channel}/plan")
         if "error" in message:
             raise FeaturePipeError(f"rank 0 could not plan the extraction: {message['error']}")
+        _check_same_call(message["call"], call, ranks.tag)
         options = {**options, "out": message["path"], "overwrite": False}
         plan = plan_extraction(source, backbone, layers, **options, request=message["request"])
         if message["ids"] != ids_digest(plan.source):
@@ -129,7 +133,7 @@ def extract_ranks(
             return fill(plan, inference, mine, expected, ranks.tag, wait=False)
 
 
-def _lead(kv, channel: str, source, backbone, layers, options: dict) -> FeatureStore:
+def _lead(kv, channel: str, call: dict, source, backbone, layers, options: dict) -> FeatureStore:
     """Rank 0: plan, lay out, publish the plan, then fill parts like every rank."""
     ranks = current_ranks()
     published = False
@@ -141,6 +145,7 @@ def _lead(kv, channel: str, source, backbone, layers, options: dict) -> FeatureS
                 kv,
                 f"{channel}/plan",
                 {
+                    "call": call,
                     "request": plan.request,
                     "path": str(plan.path),
                     "ids": ids_digest(plan.source),
@@ -159,14 +164,43 @@ def _lead(kv, channel: str, source, backbone, layers, options: dict) -> FeatureS
         raise
 
 
-def _channel(backbone, layers, options: dict, restart: int) -> str:
-    """The keys of one extraction call in torchrun's store: the same on every rank for the
-    same call, new for each elastic restart (its counter of claims starts afresh)."""
+# Options a rank may set for itself (rank 0 alone showing progress, a GPU per rank): they
+# change how it works, not what it writes. Every other argument must agree across the ranks.
+OWN_OPTIONS = ("progress", "workers", "lock_timeout", "device")
+
+
+def _channel(restart: int) -> str:
+    """The keys of this process's next extraction call in torchrun's store: the n-th call of
+    every rank meets under the same keys, whatever its arguments (ranks whose arguments
+    differ must meet to find out, not wait under keys no one else writes); new for each
+    elastic restart (its counter of claims starts afresh)."""
+    _CALLS["extract"] += 1
+    return f"featpipe/extract/{restart}/{_CALLS['extract']}"
+
+
+def _call(backbone, layers, options: dict, device) -> dict[str, str]:
+    """The arguments of an extraction call that every rank must give alike, as text."""
     spec = backbone if isinstance(backbone, str) else getattr(backbone, "spec", repr(backbone))
-    call = repr((spec, list(layers), sorted((k, repr(v)) for k, v in options.items())))
-    digest = hashlib.sha256(call.encode()).hexdigest()[:16]
-    _CALLS[digest] += 1
-    return f"featpipe/extract/{restart}/{digest}/{_CALLS[digest]}"
+    call = {"backbone": repr(spec), "layers": repr(list(layers)), "device": repr(device.type)}
+    for name, value in sorted(options.items()):
+        if name not in OWN_OPTIONS:
+            call[name] = repr(os.fspath(value) if isinstance(value, os.PathLike) else value)
+    return call
+
+
+def _check_same_call(main: dict[str, str], mine: dict[str, str], who: str) -> None:
+    differ = [
+        f"{name} {mine.get(name)} (rank 0: {main.get(name)})"
+        for name in sorted(main.keys() | mine.keys())
+        if main.get(name) != mine.get(name)
+    ]
+    if differ:
+        raise ConfigError(
+            f"{who} was called with other extraction settings than rank 0: "
+            f"{'; '.join(differ)}. Every rank must make the same extract call (only "
+            f"{', '.join(OWN_OPTIONS)} may differ, the device by its index alone); rank 0 "
+            "fills the store without this rank."
+        )
 
 
 def ids_digest(source: ImageSource) -> str:

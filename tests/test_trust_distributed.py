@@ -1,0 +1,82 @@
+"""Trust review of the torchrun paths: ranks that disagree must fail with a message, never hang.
+
+Each test runs 2 gloo ranks on the CPU under torchrun, in a session of its own that is killed
+whole when it runs past its time (a hung rank would otherwise outlive the test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featpipe.store import FeatureStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+# extract() of 24 noise images with the toy backbone on every rank; rank 1 adds the keyword
+# arguments in $RANK1_OPTIONS (JSON) to its call.
+EXTRACT_CALL = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+from extract_child import NoiseSource
+from featpipe.distributed import current_ranks
+from featpipe.extract import extract
+
+ranks = current_ranks()
+options = dict(out=sys.argv[1], batch_size=4, workers=0, device="cpu", dtype="float32",
+               progress=False)
+if ranks.rank == 1:
+    options.update(json.loads(os.environ["RANK1_OPTIONS"]))
+store = extract(NoiseSource(24), "toy", ["pooled"], **options)
+print(f"rank {{ranks.rank}} complete {{store.extraction['complete']}}", flush=True)
+""".format(tests=str(REPO / "tests"))
+
+
+def torchrun(script: Path, *args: str, timeout: float = 60, **extra: str):
+    """(returncode, stdout, stderr) of 2 ranks running ``script``; the whole session is
+    killed after ``timeout`` seconds and the test fails as hung."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "--monitor-interval", "0.5", str(script), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+    job = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        out, err = job.communicate()
+        pytest.fail(f"the ranks hung for {timeout} s:\n{out[-2000:]}\n{err[-2000:]}")
+    return job.returncode, out, err
+
+
+def test_ranks_may_differ_in_progress_only_rank_0_showing_it(tmp_path):
+    """A script that shows progress on rank 0 alone (progress=rank == 0) hung: every option
+    was part of the keys the ranks meet under, so rank 1 waited for a plan never published."""
+    script = tmp_path / "call.py"
+    script.write_text(EXTRACT_CALL)
+    out = tmp_path / "store.h5"
+    rc, stdout, stderr = torchrun(script, str(out), RANK1_OPTIONS=json.dumps({"progress": True}))
+    assert rc == 0, stderr[-3000:]
+    assert "rank 0 complete True" in stdout and "rank 1 complete" in stdout
+    assert FeatureStore(out).complete
+
+
+def test_a_rank_with_other_settings_fails_naming_them(tmp_path):
+    """Settings that change what is written (here the dtype) must agree: the rank that
+    differs says which, rather than waiting forever; rank 0 completes the store alone."""
+    script = tmp_path / "call.py"
+    script.write_text(EXTRACT_CALL)
+    out = tmp_path / "store.h5"
+    rc, stdout, stderr = torchrun(script, str(out), RANK1_OPTIONS=json.dumps({"dtype": "float16"}))
+    assert rc != 0
+    assert "dtype" in stderr and "'float32'" in stderr and "'float16'" in stderr
+    assert "rank 0 complete True" in stdout
+    assert FeatureStore(out).complete
