@@ -115,3 +115,11 @@ def test_swin_stages_are_pooled_over_height_and_width(spec, stage):
     np.testing.assert_allclose(
         out[f"{stage}:grid:2"].reshape(2, 768, 4).mean(2), out[stage], rtol=1e-4, atol=1e-5
     )
+
+
+def test_fixed_size_timm_model_refuses_another_image_size():
+    # MLP-Mixer asserts its input size in the forward pass: refuse early, with the fix.
+    with pytest.raises(ConfigError, match=r"accepts 224×224 inputs only; got image size 32"):
+        get_backbone("timm:mixer_s16_224@none", image_size=32)
+    assert get_backbone("timm:mixer_s16_224@none", image_size=224).preprocessing.crop == 224
+    assert get_backbone("timm:vit_tiny_patch16_224@none", image_size=32).preprocessing.crop == 32

@@ -78,6 +78,9 @@ class Backbone:
     classifier: str | None = None
     token_pooling: str = "cls"
     nhwc_layers: tuple[str, ...] = ()
+    # The one input size the model takes, where it says so otherwise than by ``image_size``
+    # (timm models with a fixed input size: MLP-Mixer, ViTs without dynamic_img_size).
+    fixed_size: int | None = None
     # The state dict's sha256 when ``weights_sha256`` was set (the same value unless that is
     # a weights file's hash): :meth:`with_current_weights` compares the model's weights to it.
     state_sha256: str = field(default="", repr=False, compare=False)
@@ -105,12 +108,13 @@ class Backbone:
         """The same model fed at another input size (None keeps the weights' own size)."""
         if image_size is None:
             return self
-        fixed = getattr(self.model, "image_size", None)  # torchvision ViTs take one size only
+        # torchvision and OpenCLIP ViTs take one size only, and so do some timm models.
+        fixed = self.fixed_size or getattr(self.model, "image_size", None)
         if isinstance(fixed, int) and fixed != image_size:
             raise ConfigError(
                 f"{self.spec} accepts {fixed}×{fixed} inputs only; got image size {image_size}. "
-                f"Omit the image size, or use a timm ViT (timm:...), which resizes its position "
-                "embeddings."
+                f"Omit the image size, or use a model that takes other sizes (timm ViTs "
+                "resize their position embeddings)."
             )
         return replace(self, preprocessing=self.preprocessing.at_size(image_size))
 

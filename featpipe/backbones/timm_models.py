@@ -130,6 +130,14 @@ def _nhwc_layers(model: nn.Module, classifier: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*tops, *(s for s in stages if s)]))
 
 
+def _fixed_size(model: nn.Module) -> int | None:
+    """The input size of a model that takes no other (its forward asserts it), else None."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    if not cfg.get("fixed_input_size") or getattr(model, "dynamic_img_size", False):
+        return None
+    return int(cfg["input_size"][-1])
+
+
 def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Backbone:
     """A Backbone around a timm model: its preprocessing, classifier, token pooling and
     stages."""
@@ -142,6 +150,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
         classifier=classifier,
         token_pooling=_token_pooling(model),
         nhwc_layers=_nhwc_layers(model, classifier),
+        fixed_size=_fixed_size(model),
     )
     backbone.stages = stages_of(model, _block_containers(model), exclude=backbone.classifier)
     return backbone
