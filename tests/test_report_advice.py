@@ -4,6 +4,7 @@ data checks (also `featpipe check`), compact parameters, the sweep plot and CJK 
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from dataclasses import replace
 
@@ -223,6 +224,31 @@ def test_report_lists_checks_and_top1_without_duplicates(dup_store, tmp_path):
     other = replace(plan, source_fingerprint="second")
     rebuilt = write_report(tmp_path / "run2", [row], other)["report.md"].read_text()
     assert "by content hash" not in rebuilt and "by identical stored features" in rebuilt
+
+
+def test_a_damaged_or_older_checks_file_is_redone_from_the_store(dup_store, tmp_path):
+    # A checks.json cut short by a kill (it was not written atomically) stopped every later
+    # report with a bare JSONDecodeError; one saved before near-duplicates were looked for in
+    # val was shown as if they had been.
+    source, store = dup_store
+    row = make_row("toy/logreg@pooled", n=8)
+    row["provenance"]["store"] = {"path": str(store.path), "key": store.key}
+    run = tmp_path / "run"
+    write_report(run, [row], source=source)
+    saved = json.loads((run / "checks.json").read_text())
+    assert saved["near_reference"] == ["train", "val"]
+    (run / "checks.json").write_text('{"basis": "by con')
+    md = write_report(run, [row])["report.md"].read_text()
+    assert "by identical stored features" in md  # redone from the store
+    json.loads((run / "checks.json").read_text())  # and saved whole
+    del saved["near_reference"]  # as an older featpipe saved them
+    (run / "checks.json").write_text(json.dumps(saved))
+    assert "by identical stored features" in write_report(run, [row])["report.md"].read_text()
+    # Without a store to redo them, older checks are shown for what they were.
+    (run / "checks.json").write_text(json.dumps(saved))
+    row["provenance"]["store"] = {"path": str(tmp_path / "gone.h5"), "key": "k"}
+    md = write_report(run, [row])["report.md"].read_text()
+    assert "by content hash" in md and "a near-duplicate in train (cosine" in md
 
 
 def test_featpipe_check_command(dup_store, capsys):

@@ -39,6 +39,7 @@ class DataChecks:
     threshold: float = NEAR_COSINE
     min_per_class: int = MIN_PER_CLASS
     counts: dict[str, int] = field(default_factory=dict)  # images per split
+    near_reference: list[str] = field(default_factory=lambda: list(NEAR_REFERENCE))
 
     @property
     def duplicated_test(self) -> set[str]:
@@ -54,11 +55,13 @@ class DataChecks:
 
     @classmethod
     def from_json(cls, obj: dict) -> DataChecks:
-        return cls(**obj)
+        # Checks saved before val was searched compared test with train only.
+        return cls(**{"near_reference": ["train"], **obj})
 
     def lines(self) -> list[str]:
         """One sentence per finding (and one saying what was checked)."""
         n_test = self.counts.get("test", len(self.test_ids))
+        where = " or ".join(self.near_reference)
         out = []
         if self.duplicates:
             examples = "; ".join(
@@ -78,13 +81,13 @@ class DataChecks:
         elif self.near:
             examples = "; ".join(f"{t} ~ {r} ({c:.4f})" for t, r, c in self.near[:SHOWN])
             out.append(
-                f"{len(self.near)} of the {n_test} test images have a near-duplicate in train "
-                f"or val (cosine ≥ {self.threshold} on the stored {self.near_layer} features). "
-                f"Examples (test ~ train or val): {examples}."
+                f"{len(self.near)} of the {n_test} test images have a near-duplicate in {where} "
+                f"(cosine ≥ {self.threshold} on the stored {self.near_layer} features). "
+                f"Examples (test ~ {where}): {examples}."
             )
         else:
             out.append(
-                f"No test image has a near-duplicate in train or val (cosine ≥ {self.threshold} "
+                f"No test image has a near-duplicate in {where} (cosine ≥ {self.threshold} "
                 f"on the stored {self.near_layer} features)."
             )
         for split, small in self.small_classes.items():

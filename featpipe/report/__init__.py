@@ -8,7 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from featpipe.errors import ConfigError
-from featpipe.evaluate.leakage import DataChecks, check_data, check_store, content_hashes
+from featpipe.evaluate.leakage import (
+    NEAR_REFERENCE,
+    DataChecks,
+    check_data,
+    check_store,
+    content_hashes,
+)
 from featpipe.report.content import Document, build_document
 from featpipe.report.html import render_html
 from featpipe.report.markdown import PLOTS_DIR, render_markdown
@@ -23,6 +29,7 @@ from featpipe.report.results import (
     read_results,
     validate_row,
     write_results,
+    write_text_atomic,
 )
 from featpipe.report.runplan import PLAN_FILE, PlannedRun, RunPlan, read_plan, write_plan
 
@@ -89,9 +96,9 @@ def write_report(
         path.write_bytes(fig.png)
         written[fig.name] = path
     written["report.md"] = run_dir / "report.md"
-    written["report.md"].write_text(render_markdown(doc), encoding="utf-8")
+    write_text_atomic(written["report.md"], render_markdown(doc))
     written["report.html"] = run_dir / "report.html"
-    written["report.html"].write_text(render_html(doc), encoding="utf-8")
+    write_text_atomic(written["report.html"], render_html(doc))
     return written
 
 
@@ -121,25 +128,34 @@ def data_checks(
                 list(source.classes),
                 hashes=[hashes[i] for i in source.ids],
             )
-    elif saved.exists() and _saved_for(saved, fingerprint):
-        data = json.loads(saved.read_text(encoding="utf-8"))
-        data.pop("source_fingerprint", None)
-        return DataChecks.from_json(data)
+    elif (kept := _saved_checks(saved, fingerprint, recheck=store is not None)) is not None:
+        return kept
     elif store is not None:
         checks = check_store(store)
     else:
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
     data = {**checks.to_json(), "source_fingerprint": fingerprint}
-    saved.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    write_text_atomic(saved, json.dumps(data) + "\n")
     return checks
 
 
-def _saved_for(saved: Path, fingerprint: str | None) -> bool:
-    """Whether checks.json checked the data of ``fingerprint``: a re-run on other data that
-    stopped before its report must not show the earlier data's checks."""
-    made_from = json.loads(saved.read_text(encoding="utf-8")).get("source_fingerprint")
-    return fingerprint is None or made_from is None or made_from == fingerprint
+def _saved_checks(saved: Path, fingerprint: str | None, recheck: bool) -> DataChecks | None:
+    """The checks in checks.json, if they checked the data of ``fingerprint`` (a re-run on
+    other data that stopped before its report must not show the earlier data's checks). None
+    for a damaged file, and, when ``recheck`` can redo them, for checks an older featpipe made
+    with less (near-duplicates in train only)."""
+    try:
+        data = json.loads(saved.read_text(encoding="utf-8"))
+        made_from = data.pop("source_fingerprint", None)
+        checks = DataChecks.from_json(data)
+    except (OSError, ValueError, TypeError, AttributeError):  # missing, cut short, not ours
+        return None
+    if fingerprint is not None and made_from is not None and made_from != fingerprint:
+        return None
+    if recheck and checks.near_reference != list(NEAR_REFERENCE):
+        return None
+    return checks
 
 
 def record_rows(run_dir: str | Path, rows: list[ResultRow], *, n_boot: int = 1000) -> Path:
