@@ -123,3 +123,15 @@ def test_fixed_size_timm_model_refuses_another_image_size():
         get_backbone("timm:mixer_s16_224@none", image_size=32)
     assert get_backbone("timm:mixer_s16_224@none", image_size=224).preprocessing.crop == 224
     assert get_backbone("timm:vit_tiny_patch16_224@none", image_size=32).preprocessing.crop == 32
+
+
+@pytest.mark.parametrize("resample, expected", [(0, "nearest"), (3, "bicubic"), (None, "bilinear")])
+def test_hf_processor_resampling_is_recorded_as_given(resample, expected):
+    from types import SimpleNamespace
+
+    from featpipe.backbones.hf_models import preprocessing_of
+
+    processor = SimpleNamespace(
+        size={"shortest_edge": 32}, resample=resample, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    assert preprocessing_of(processor).interpolation == expected  # NEAREST (0) was bilinear

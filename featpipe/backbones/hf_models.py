@@ -169,10 +169,16 @@ def preprocessing_of(processor) -> Preprocessing:
     return Preprocessing(
         resize=max(resize, crop),
         crop=crop,
-        interpolation=_RESAMPLE.get(int(getattr(processor, "resample", 2) or 2), "bilinear"),
+        interpolation=_RESAMPLE.get(_resample_code(processor), "bilinear"),
         mean=tuple(mean),
         std=tuple(std),
     )
+
+
+def _resample_code(processor) -> int:
+    """The processor's PIL resampling code; 0 is NEAREST, not a missing value."""
+    code = getattr(processor, "resample", None)
+    return 2 if code is None else int(code)
 
 
 def _vision_parts(model: nn.Module, spec: str) -> tuple[nn.Module, nn.Module | None]:
