@@ -33,7 +33,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     than processes, they are shared in turn)."""
     device = str(device)
     kind, sep, index = device.partition(":")
-    if kind not in DEVICES or (sep and (kind != "cuda" or not index.isdigit())):
+    # ASCII digits only: "²".isdigit() holds but int("²") raises.
+    if kind not in DEVICES or (
+        sep and (kind != "cuda" or not (index.isascii() and index.isdigit()))
+    ):
         raise ConfigError(f"Unknown device {device!r}; valid: auto, cpu, cuda, cuda:N.")
     if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")

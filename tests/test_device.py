@@ -38,7 +38,9 @@ def two_gpus(monkeypatch) -> list:
     return calls
 
 
-@pytest.mark.parametrize("text", ["tpu", "cpu:0", "cuda:x", "cuda:-1", "cuda:", "auto:1"])
+@pytest.mark.parametrize(
+    "text", ["tpu", "cpu:0", "cuda:x", "cuda:-1", "cuda:", "auto:1", "cuda:²", "cuda:٣"]
+)
 def test_unknown_device_strings(text):
     with pytest.raises(ConfigError, match=rf"Unknown device '{text}'; valid: auto, cpu, cuda"):
         resolve_device(text)
