@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from featpipe.device import available_cores
+from featpipe.distributed import Ranks, current_ranks, under_torchrun
+from featpipe.errors import ConfigError
 from featpipe.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,3 +83,37 @@ def test_a_rank_with_other_settings_fails_naming_them(tmp_path):
     assert "dtype" in stderr and "'float32'" in stderr and "'float16'" in stderr
     assert "rank 0 complete True" in stdout
     assert FeatureStore(out).complete
+
+
+# ------------------------------------------------------------------ torchrun's environment
+
+LAUNCHED = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+LAUNCHED |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize("missing", ["MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"])
+def test_one_of_several_processes_without_torchruns_variables_is_refused(missing, monkeypatch):
+    """RANK=1 WORLD_SIZE=2 without the rest (a launcher script that exports only some) made
+    this process rank 0 of 1: each of the N processes worked alone on everything, writing
+    the same run folder and store."""
+    for name, value in LAUNCHED.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv(missing)
+    with pytest.raises(ConfigError, match=f"WORLD_SIZE=2.*{missing}"):
+        current_ranks()
+    with pytest.raises(ConfigError, match=missing):
+        under_torchrun()
+
+
+def test_a_world_size_of_one_without_torchrun_is_a_single_process(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert current_ranks() == Ranks() and not under_torchrun()
+
+
+def test_a_local_world_size_of_0_is_refused_not_divided_by(monkeypatch):
+    for name, value in LAUNCHED.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")
+    with pytest.raises(ConfigError, match="LOCAL_WORLD_SIZE=0"):
+        available_cores()

@@ -63,7 +63,25 @@ def under_torchrun() -> bool:
 
 
 def _launched() -> bool:
-    return all(name in os.environ for name in _TORCHRUN_VARS)
+    missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
+    if missing and _said_world_size() > 1:
+        # One of several processes that cannot meet the others: working alone, each would
+        # do the whole job and write the same store and run folder as the others.
+        raise ConfigError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} says this process is one of several, "
+            f"but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
+            "featpipe runs as several processes only under torchrun, which sets all of "
+            f"{', '.join(_TORCHRUN_VARS)}. Launch with `torchrun ... -m featpipe ...`, or "
+            "unset WORLD_SIZE to run one process alone."
+        )
+    return not missing
+
+
+def _said_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1  # not a number: current_ranks says so when the rest is set
 
 
 @contextlib.contextmanager
@@ -100,6 +118,11 @@ def current_ranks() -> Ranks:
                 "by torchrun: launch with `torchrun ... -m featpipe ...` rather than setting it."
             ) from None
     ranks = Ranks(**values)
+    if ranks.local_world_size < 1:
+        raise ConfigError(
+            f"LOCAL_WORLD_SIZE={ranks.local_world_size} must be >= 1 (the processes on this "
+            "machine); it is set by torchrun."
+        )
     if not (0 <= ranks.rank < ranks.world_size and ranks.local_rank >= 0):
         raise ConfigError(
             f"RANK={ranks.rank} and WORLD_SIZE={ranks.world_size} do not fit (0 <= RANK < "
