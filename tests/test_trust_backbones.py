@@ -135,3 +135,21 @@ def test_hf_processor_resampling_is_recorded_as_given(resample, expected):
         size={"shortest_edge": 32}, resample=resample, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     assert preprocessing_of(processor).interpolation == expected  # NEAREST (0) was bilinear
+
+
+def test_a_module_that_runs_twice_in_a_forward_pass_is_refused():
+    # torchvision ResNet's block relu runs twice (after bn1, and after the shortcut add):
+    # its features were the last call's, while `featpipe layers` showed the first call's.
+    bb = get_backbone("torchvision:resnet18@none", 32)
+    run = Inference.of_layers(bb, ["layer1.0.relu:avg"], torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"'layer1\.0\.relu' .* runs more than once.*'layer1\.0'"):
+        run.arrays(torch.zeros(2, 3, 32, 32))
+    once = Inference.of_layers(bb, ["layer1.0:avg", "layer1.0.bn2:avg"], torch.device("cpu"))
+    assert once.arrays(torch.zeros(2, 3, 32, 32))["layer1.0:avg"].shape == (2, 64)
+
+
+def test_embedder_layer_with_spaces_is_read_like_extraction():
+    from featpipe import Embedder
+
+    images = [np.zeros((8, 8, 3), np.uint8)] * 2
+    assert Embedder("toy", layer=" pooled ", device="cpu").fit().transform(images).shape[0] == 2

@@ -246,6 +246,14 @@ class FeatureModel(nn.Module):
         captured = getattr(self._captured, "out", None)
         if captured is None:  # the backbone's model run by itself, not by this thread's forward
             return
+        if spec.name in captured:
+            parent = spec.module.rpartition(".")[0] or "its parent"
+            raise ConfigError(
+                f"Layer {spec.module!r} of {self.backbone.spec} runs more than once in a "
+                "forward pass (one module reused, as ResNet's relu is within a block), so its "
+                f"features would be whichever call came last. Tap a module that runs once, such "
+                f"as {parent!r}; `featpipe layers {self.backbone.spec}` lists them."
+            )
         if isinstance(out, (tuple, list)):
             out = out[0]
         out = self.backbone.channels_first(spec.module, out)

@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from featpipe.backbones import Backbone, get_backbone
+from featpipe.backbones import Backbone, LayerSpec, get_backbone
 from featpipe.data.images import load_rgb, to_rgb
 from featpipe.device import on_device, resolve_device
 from featpipe.errors import ConfigError
@@ -166,7 +166,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         transform = bb.preprocessing.transform()
         batch = torch.stack([transform(img) for img in images])
         with on_device(inference.device):
-            return inference.arrays(batch)[self.layer]
+            return inference.arrays(batch)[LayerSpec.parse(self.layer).name]
 
     def transform(self, X: Iterable[ImageLike]) -> np.ndarray:
         check_is_fitted(self)
