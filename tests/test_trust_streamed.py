@@ -4,12 +4,14 @@ before its fix (a wrong class list, rows outside a train subset, a store overwri
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from featpipe.errors import ConfigError, IncompleteStoreError
-from featpipe.heads import StreamingLinearHead, StreamingLogisticProbe
+from featpipe.extras import has_extra
+from featpipe.heads import StreamingLinearHead, StreamingLogisticProbe, faiss_knn
 from featpipe.store import FeatureStore, StoreWriter, TrainSubset, write_arrays
 from featpipe.store.export import export_features
 
@@ -116,3 +118,26 @@ def test_a_train_subset_streams_around_skipped_and_unwritten_rows(tmp_path, done
         chunks = sub.iter_chunks("pooled", "train", rows, order=order, allow_incomplete=incomplete)
         got = np.concatenate([X for X, _ in chunks])
         np.testing.assert_array_equal(np.sort(got, axis=0), np.sort(want, axis=0))
+
+
+class _FlatIndex:
+    """Stands in for a faiss flat index where the extra is not installed: fit_chunks only adds."""
+
+    def __init__(self, dim: int):
+        self.ntotal = 0
+
+    def add(self, X: np.ndarray) -> None:
+        self.ntotal += len(X)
+
+
+def test_faiss_knn_refuses_a_label_missing_from_its_classes(monkeypatch) -> None:
+    # fit_chunks gave a label not in classes the index of a neighbouring class (searchsorted).
+    if not has_extra("faiss"):
+        stub = SimpleNamespace(IndexFlatIP=_FlatIndex, IndexFlatL2=_FlatIndex)
+        monkeypatch.setattr(faiss_knn, "_faiss", lambda: stub)
+    X = np.eye(4, dtype=np.float32)
+    knn = faiss_knn.FaissKNeighborsClassifier(1)
+    with pytest.raises(ConfigError, match=r"Labels \[5\].*valid: \[0, 2, 7\]"):
+        knn.fit_chunks([(X[:2], np.array([0, 2])), (X[2:], np.array([5, 7]))], 4, [0, 2, 7])
+    knn.fit_chunks([(X, np.array([0, 2, 7, 2]))], 4, np.array([0, 2, 7]))
+    assert list(knn.y_index_) == [0, 1, 2, 1]

@@ -1,13 +1,15 @@
 """k nearest neighbours through faiss (the ``faiss`` extra): exact search in a flat index, for
 train splits too large for scikit-learn's kNN, or on request.
 
-The neighbours, distances, votes and ties are scikit-learn's ``KNeighborsClassifier`` with
-``algorithm="brute"`` (what :class:`KNNProbe` uses): cosine distance is 1 - the inner product
-of L2-normalised rows (``IndexFlatIP``), Euclidean the square root of ``IndexFlatL2``'s squared
-distance, ``weights="distance"`` weighs by 1 / distance (exact matches alone when any), and a
-tied vote goes to the first class. :meth:`FaissKNNProbe.fit_store` builds the index chunk by
-chunk from a store, so the train split is held once, as float32, in the index (scikit-learn's
-kNN behind ``select_and_fit`` holds the split, its preprocessed copy and the fitted copy).
+The distances and votes are scikit-learn's ``KNeighborsClassifier`` with ``algorithm="brute"``
+(what :class:`KNNProbe` uses): cosine distance is 1 - the inner product of L2-normalised rows
+(``IndexFlatIP``), Euclidean the square root of ``IndexFlatL2``'s squared distance,
+``weights="distance"`` weighs by 1 / distance (exact matches alone when any), and a tied vote
+goes to the first class, as there. Ties in distance are not matched: when several training rows
+are equally far at the k-th place, faiss and scikit-learn may keep different ones (and so
+predict differently). :meth:`FaissKNNProbe.fit_store` builds the index chunk by chunk from a
+store, so the train split is held once, as float32, in the index (scikit-learn's kNN behind
+``select_and_fit`` holds the split, its preprocessed copy and the fitted copy).
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ SEARCH_ROWS = 4096  # queries searched at a time, so the (rows, k) results stay 
 
 def _faiss():
     return import_extra("faiss", "faiss", "kNN through faiss (the knn_faiss head)")
+
+
+def _class_index(classes: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The index of each label of ``y`` in ``classes`` (sorted); a label not in ``classes``
+    is refused (searchsorted alone would give it a neighbouring class's index)."""
+    y = np.asarray(y)
+    index = np.searchsorted(classes, y).clip(0, max(len(classes) - 1, 0))
+    unknown = ~np.isin(y, classes)
+    if unknown.any():
+        raise ConfigError(
+            f"Labels {np.unique(y[unknown]).tolist()} are not among the classes given to "
+            f"fit_chunks; valid: {np.asarray(classes).tolist()}. Pass every label of the "
+            "training rows in classes (sorted)."
+        )
+    return index
 
 
 class FaissKNeighborsClassifier(ClassifierMixin, BaseEstimator):
@@ -69,8 +86,8 @@ class FaissKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         index = faiss.IndexFlatIP(dim) if self.metric == "cosine" else faiss.IndexFlatL2(dim)
         classes, labels = np.asarray(classes), []
         for X, y in chunks:
+            labels.append(_class_index(classes, y))
             index.add(self._rows(X))
-            labels.append(np.searchsorted(classes, y))
         self.index_, self.classes_, self.n_features_in_ = index, classes, dim
         self.y_index_ = np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
         return self
