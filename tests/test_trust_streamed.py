@@ -3,6 +3,7 @@ before its fix (a wrong class list, rows outside a train subset, a store overwri
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,12 @@ import pytest
 
 from featpipe.errors import ConfigError, IncompleteStoreError
 from featpipe.extras import has_extra
-from featpipe.heads import StreamingLinearHead, StreamingLogisticProbe, faiss_knn
+from featpipe.heads import (
+    NystroemClassifier,
+    StreamingLinearHead,
+    StreamingLogisticProbe,
+    faiss_knn,
+)
 from featpipe.store import FeatureStore, StoreWriter, TrainSubset, write_arrays
 from featpipe.store.export import export_features
 
@@ -141,3 +147,13 @@ def test_faiss_knn_refuses_a_label_missing_from_its_classes(monkeypatch) -> None
         knn.fit_chunks([(X[:2], np.array([0, 2])), (X[2:], np.array([5, 7]))], 4, [0, 2, 7])
     knn.fit_chunks([(X, np.array([0, 2, 7, 2]))], 4, np.array([0, 2, 7]))
     assert list(knn.y_index_) == [0, 1, 2, 1]
+
+
+@pytest.mark.parametrize("n_components", ["abc", 2.5, 0, True, None])
+def test_nystroem_names_a_bad_n_components(n_components) -> None:
+    # int("abc") raised a bare ValueError at fit, and 2.5 was cut to 2 without a word.
+    X, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    want = rf"n_components must be a whole number >= 1.*got {re.escape(repr(n_components))}\."
+    with pytest.raises(ConfigError, match=want):
+        NystroemClassifier(n_components=n_components).fit(X, y)
+    assert NystroemClassifier(n_components=8.0, max_iter=5).fit(X, y).features_.n_components == 8

@@ -9,6 +9,8 @@ with the warm-started C path in selection.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.kernel_approximation import Nystroem
@@ -60,12 +62,22 @@ class NystroemClassifier(ClassifierMixin, BaseEstimator):
 
     def feature_map(self, X: np.ndarray) -> Nystroem:
         """The Nystroem map fitted on training rows ``X``."""
-        if int(self.n_components) < 1:
-            raise ConfigError(f"n_components must be >= 1; got {self.n_components}.")
+        n_components = self.n_components
+        # a whole number only: int() raised a bare ValueError on "abc" and cut 2.5 to 2
+        if (
+            isinstance(n_components, bool)
+            or not isinstance(n_components, numbers.Real)
+            or not float(n_components).is_integer()
+            or n_components < 1
+        ):
+            raise ConfigError(
+                f"NystroemClassifier: n_components must be a whole number >= 1 (the number of "
+                f"landmark rows, e.g. 1000); got {n_components!r}."
+            )
         return Nystroem(
             kernel="rbf",
             gamma=rbf_gamma(self.gamma, X),
-            n_components=min(int(self.n_components), len(X)),
+            n_components=min(int(n_components), len(X)),
             random_state=self.random_state,
         ).fit(X)
 
