@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from featpipe.cli import main
 from featpipe.errors import ConfigError, IncompleteStoreError
 from featpipe.extras import has_extra
 from featpipe.heads import (
@@ -157,3 +158,29 @@ def test_nystroem_names_a_bad_n_components(n_components) -> None:
     with pytest.raises(ConfigError, match=want):
         NystroemClassifier(n_components=n_components).fit(X, y)
     assert NystroemClassifier(n_components=8.0, max_iter=5).fit(X, y).features_.n_components == 8
+
+
+def test_exporting_an_incomplete_store_says_how_to_finish_it(tmp_path, capsys) -> None:
+    # The reader's error told export's caller to "pass allow_incomplete=True", which export
+    # (and `featpipe export`) does not take.
+    with StoreWriter.create(
+        tmp_path / "s.h5",
+        ids=[f"s{i}" for i in range(6)],
+        labels=np.arange(6) % 2,
+        splits=np.zeros(6, np.uint8),
+        classes=["a", "b"],
+        layers={"pooled": (2, "none")},
+        dtype="float32",
+        rows_per_chunk=3,
+        attrs={"key": "k"},
+    ) as w:
+        w.write_chunk(0, {"pooled": np.ones((3, 2), np.float32)})
+    store, out = FeatureStore(tmp_path / "s.h5"), tmp_path / "f.npz"
+    with pytest.raises(IncompleteStoreError) as error:
+        export_features(store, "pooled", out)
+    message = str(error.value)
+    assert "1 of 2 chunks" in message and "featpipe extract" in message
+    assert f"featpipe info {store.path}" in message and "allow_incomplete" not in message
+    assert not out.exists()
+    assert main(["export", str(store.path), "--out", str(out)]) == 2
+    assert "allow_incomplete" not in capsys.readouterr().err and not out.exists()
