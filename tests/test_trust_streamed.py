@@ -3,15 +3,19 @@ before its fix (a wrong class list, rows outside a train subset, a store overwri
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
+from extract_child import NoiseSource
 
 from featpipe.cli import main
 from featpipe.errors import ConfigError, IncompleteStoreError
+from featpipe.extract import extract
 from featpipe.extras import has_extra
 from featpipe.heads import (
     NystroemClassifier,
@@ -20,6 +24,7 @@ from featpipe.heads import (
     faiss_knn,
 )
 from featpipe.store import FeatureStore, StoreWriter, TrainSubset, write_arrays
+from featpipe.store.consolidate import consolidate
 from featpipe.store.export import export_features
 
 SPLITS = np.array(["train", "val", "test"])
@@ -184,3 +189,23 @@ def test_exporting_an_incomplete_store_says_how_to_finish_it(tmp_path, capsys) -
     assert not out.exists()
     assert main(["export", str(store.path), "--out", str(out)]) == 2
     assert "allow_incomplete" not in capsys.readouterr().err and not out.exists()
+
+
+def test_a_consolidated_parted_store_records_its_skipped_rows_as_one_file_does(tmp_path) -> None:
+    # finish_parted built the extraction record without "skipped", which the one-file writer
+    # records, so a consolidated parted store lacked it.
+    source = NoiseSource(12, fail_at=5)
+    options = dict(chunk_rows=2, on_error="skip", workers=0, device="cpu", progress=False)
+    one = extract(source, "toy", ["pooled"], out=tmp_path / "one.h5", **options)
+    parted = extract(source, "toy", ["pooled"], out=tmp_path / "p.h5", shard=(0, 1), **options)
+    merged = consolidate(parted.path, tmp_path / "merged.h5")
+    want, got = one.attrs["extraction"], merged.attrs["extraction"]
+    assert want["skipped"] == got["skipped"] == parted.attrs["extraction"]["skipped"] == 1
+    assert set(want) <= set(got)  # the parted record adds parts, filled_by and completed_by
+    # A parted store finished before the record had it: consolidate adds the count.
+    with h5py.File(parted.path, "r+") as f:
+        record = json.loads(f.attrs["extraction"])
+        record.pop("skipped", None)
+        f.attrs["extraction"] = json.dumps(record)
+    older = consolidate(parted.path, tmp_path / "older.h5")
+    assert older.attrs["extraction"]["skipped"] == 1

@@ -55,12 +55,23 @@ def consolidate(
             for name, value in f.attrs.items():
                 if name not in PARTED_ONLY:
                     g.attrs[name] = value
+            _record_skipped(g, source)
             _copy(f, g, int(f.attrs["rows_per_chunk"]), block_chunks)
         replace_store_file(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return FeatureStore(out)
+
+
+def _record_skipped(g: h5py.File, source: FeatureStore) -> None:
+    """Add the skipped row count that a one-file store's ``extraction`` record has, to the
+    record of a parted store finished before featpipe recorded it there."""
+    if "extraction" not in g.attrs:
+        return
+    record = schema.decode_attr("extraction", g.attrs["extraction"])
+    if "skipped" not in record:
+        g.attrs["extraction"] = schema.encode_attr({**record, "skipped": len(source.skipped())})
 
 
 def _copy(f: h5py.File, g: h5py.File, rows_per_chunk: int, block_chunks: int) -> None:

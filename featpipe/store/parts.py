@@ -342,9 +342,9 @@ def finish_parted(path: Path, run: Mapping[str, Any]) -> bool:
     """Complete the parted store at ``path`` if every part is complete: verify each (complete,
     parent key, index, ids), copy the skip reasons into the top-level file, record the summed
     cost in its ``extraction`` attribute (with ``run``, the finishing run, the writers that
-    filled its parts and the store's ``rows_per_chunk``) and set ``complete``. Returns False,
-    changing nothing, while a part is not complete (or is open for writing). Call it holding
-    the top-level file's lock."""
+    filled its parts, the store's ``rows_per_chunk`` and its ``skipped`` row count) and set
+    ``complete``. Returns False, changing nothing, while a part is not complete (or is open
+    for writing). Call it holding the top-level file's lock."""
     with open_h5(path) as f:
         attrs = f.attrs
         key = schema.decode_attr("key", attrs["key"])
@@ -354,7 +354,7 @@ def finish_parted(path: Path, run: Mapping[str, Any]) -> bool:
         rows_per_chunk = int(attrs["rows_per_chunk"])
         ids = f[schema.SAMPLES_ID].asstr()[()]
     reasons = np.full(len(ids), "", dtype=object)
-    costs = []
+    costs, skipped = [], 0
     for part in parts:
         try:
             p = open_h5(part.path)
@@ -372,6 +372,7 @@ def finish_parted(path: Path, run: Mapping[str, Any]) -> bool:
                     f"{part.stop_row} of {path}. Delete it and rerun the same extraction."
                 )
             bad = np.flatnonzero(~p[schema.SAMPLES_OK][:])
+            skipped += len(bad)
             if len(bad):
                 reasons[part.first_row + bad] = p[schema.SAMPLES_ERROR].asstr()[bad]
             costs.append(schema.decode_attr("extraction", p.attrs.get("extraction", "{}")))
@@ -380,7 +381,13 @@ def finish_parted(path: Path, run: Mapping[str, Any]) -> bool:
             del f[schema.SAMPLES_ERROR]
         f.create_dataset(schema.SAMPLES_ERROR, data=list(reasons), dtype=h5py.string_dtype())
         # the store's chunks, not the finishing run's --chunk-rows (a resume keeps the store's)
-        cost = {**dict(run), "rows_per_chunk": rows_per_chunk, **summed_cost(costs)}
+        # "skipped" as a one-file store records it, so a consolidated store's record matches
+        cost = {
+            **dict(run),
+            "rows_per_chunk": rows_per_chunk,
+            "skipped": skipped,
+            **summed_cost(costs),
+        }
         f.attrs["extraction"] = schema.encode_attr(cost)
         f.attrs["complete"] = True
         f.flush()
