@@ -99,14 +99,17 @@ def wait_for_lock_note(part: Path, seconds: float = 120) -> int:
     raise AssertionError(f"no process took {part}")
 
 
-def held_run(tmp_path: Path, out: Path, restarts: int) -> tuple[subprocess.Popen, Path, int]:
+def held_run(
+    tmp_path: Path, out: Path, restarts: int, extra: list[str] = ()
+) -> tuple[subprocess.Popen, Path, int]:
     """A 2-rank run over 96 noise images (6 parts of 16 rows) that stops inside part 2 (at
-    row 41) while the file ``hold`` exists; returns it with the pid of the rank holding it."""
+    row 41) while the file ``hold`` exists; returns it with the pid of the rank holding it.
+    ``extra``: more arguments of the command."""
     hold = tmp_path / "hold"
     hold.touch()
     noise = json.dumps({"n": 96, "hold_at": 41, "hold": str(hold)})
     run = subprocess.Popen(
-        torchrun(str(CHILD), "cli", *NOISE, "--out", str(out), restarts=restarts),
+        torchrun(str(CHILD), "cli", *NOISE, *extra, "--out", str(out), restarts=restarts),
         env=env(NOISE=noise),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

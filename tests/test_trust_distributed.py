@@ -13,12 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
+from test_distributed_extract import NOISE, held_run, reference
+from test_store_parts import same_store
 
 from featpipe.device import available_cores
 from featpipe.distributed import Ranks, current_ranks, under_torchrun
 from featpipe.errors import ConfigError
 from featpipe.store import FeatureStore
+from featpipe.store.parts import parts_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,3 +121,24 @@ def test_a_local_world_size_of_0_is_refused_not_divided_by(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")
     with pytest.raises(ConfigError, match="LOCAL_WORLD_SIZE=0"):
         available_cores()
+
+
+# ------------------------------------------------------------------ elastic restarts
+
+
+def test_an_elastic_restart_with_overwrite_keeps_the_parts_this_job_wrote(tmp_path):
+    """With --overwrite, rank 0 of the restarted attempt laid the store out again, deleting
+    every part the first attempt had written (a job preempted every hour never finished)."""
+    out = tmp_path / "ranks.h5"
+    run, hold, pid = held_run(tmp_path, out, restarts=1, extra=["--overwrite"])
+    first = parts_dir(out) / "part-00000.h5"
+    with h5py.File(first, "r", locking=False) as f:
+        assert f.attrs["complete"]  # filled before part 2 was taken
+    before = first.stat()
+    os.kill(pid, signal.SIGKILL)
+    hold.unlink()
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-12000:]
+    after = first.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    same_store(reference(tmp_path, NOISE, child=True, NOISE='{"n": 96}'), out)

@@ -139,8 +139,12 @@ def _lead(kv, channel: str, call: dict, source, backbone, layers, options: dict)
     published = False
     try:
         plan = plan_extraction(source, backbone, layers, **options)
+        # torchrun's agent keeps its store across elastic restarts: there the restarted rank 0
+        # finds that this job laid the store out, and resumes it rather than overwrite it.
+        laid_out = f"featpipe/extract/laid-out/{channel.rsplit('/', 1)[1]}/{plan.path}"
         with computing(plan) as inference:
-            pending = prepare(plan, inference)
+            pending = prepare(plan, inference, join=kv.check([laid_out]))
+            publish(kv, laid_out, True)
             publish(
                 kv,
                 f"{channel}/plan",
@@ -220,9 +224,10 @@ def _parts(path: Path, indices: Sequence[int]) -> list[Part]:
 def prepare(plan: ExtractionPlan, inference: Inference, *, join: bool = False) -> list[Part] | None:
     """Under the store's lock: lay out the parted store of ``plan`` (or find it, recreating
     missing part files); returns the parts not complete yet, or None when the store is
-    complete and is reused. With ``join`` (a ``--shard`` task), ``plan.overwrite`` replaces
-    only a store that is not this job's (:func:`_same_job`): every task of a job array runs
-    the same command, and the first one to get here has laid out the store the others fill."""
+    complete and is reused. With ``join`` (a ``--shard`` task, or rank 0 of a restarted
+    torchrun attempt), ``plan.overwrite`` replaces only a store that is not this job's
+    (:func:`_same_job`): every task of a job array runs the same command, and the first one
+    to get here has laid out the store the others fill."""
     with StoreLock(plan.path, timeout=plan.lock_timeout):
         overwrite = plan.overwrite and not (join and _same_job(plan))
         if not overwrite and parted_at(plan.path) and _key(plan.path) == plan.request.key:
