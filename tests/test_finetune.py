@@ -766,3 +766,27 @@ def test_a_crash_after_last_promotes_the_waiting_best_on_resume(tmp_path, monkey
     best = checkpoint.load(tmp_path / "best.pt")
     assert best["epoch"] == resumed.best_epoch_
     assert all(torch.equal(best["model"][k], v) for k, v in resumed._best_weights.items())
+
+
+def test_a_rank_that_does_not_see_rank_0s_checkpoint_is_refused(source, tmp_path, monkeypatch):
+    # Ranks decided alone whether to resume: with run_dir on a disk only rank 0 sees, rank 0
+    # resumed at epoch K and the others started at 0, and their collectives hung until the
+    # process group's timeout. Rank 0 now decides; a rank that disagrees stops at once.
+    from featpipe.finetune import ddp
+
+    def rank_0_finds_it(value):
+        return True if isinstance(value, bool) else value
+
+    monkeypatch.setattr(ddp, "from_main", rank_0_finds_it)
+    monkeypatch.setattr(ddp, "rank", lambda: 1)
+    with pytest.raises(ConfigError, match=r"Rank 1 does not find .*last\.pt, which rank 0 resumes"):
+        tuner(epochs=1, run_dir=tmp_path / "not-shared").fit(source)
+
+
+def test_pooled_features_of_an_empty_share_keep_their_width():
+    # A DDP rank whose share of a small split is empty: np.concatenate([]) raised.
+    bb = get_backbone("toy")
+    X, y = probe.pooled_features(bb, [], torch.device("cpu"))
+    images = torch.zeros(2, 3, bb.preprocessing.crop, bb.preprocessing.crop)
+    full, _ = probe.pooled_features(bb, [(images, torch.zeros(2))], torch.device("cpu"))
+    assert X.shape == (0, full.shape[1]) and X.dtype == full.dtype and y.shape == (0,)

@@ -509,7 +509,14 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         if self.run_dir is None or not self.resume:
             return None
         path = Path(self.run_dir) / checkpoint.LAST
-        if not path.exists():
+        exists = path.exists()
+        if ddp.from_main(exists) != exists:  # else ranks would train from different epochs
+            raise ConfigError(
+                f"Rank {ddp.rank()} {'finds' if exists else 'does not find'} {path}, which "
+                f"rank 0 {'does not' if exists else 'resumes from'}: give every rank the same "
+                "run_dir, in a folder they all see (a shared filesystem)."
+            )
+        if not exists:
             return None
         saved = checkpoint.load_to_resume(path, RESUMED_KEYS)
         checkpoint.check_config(saved["config"], self.config_, path)
