@@ -249,3 +249,26 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, capsys):
     assert row["provenance"]["backbone"]["spec"] == "toy"
     assert row["cost"]["trainable_params"] > 0
     assert second[-1]["history"] and second[-1]["cost"]["trainable_params"] > 0
+
+
+def test_a_rank_that_plans_other_method_runs_than_rank_0_is_refused(tmp_path, monkeypatch):
+    # A rank whose config differed (another --set) kept only the jobs it also planned and
+    # returned, while rank 0 waited for it in each DDP fine-tune until the group's timeout.
+    import contextlib
+
+    from featpipe.distributed.ranks import Ranks
+    from featpipe.pipeline import runner
+
+    data = make_image_folder(tmp_path / "images", per_class=4)
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(PIPELINE.format(cache=tmp_path / "cache"))
+    cfg = load_config(toml, data=str(data), out=str(tmp_path / "run"))
+    monkeypatch.setattr(runner, "current_ranks", lambda: Ranks(rank=1, world_size=2))
+    monkeypatch.setattr(runner, "job_store", lambda device: contextlib.nullcontext({}))
+    planned = runner.PipelineRunner(cfg, progress=False, log=lambda _: None)
+    context, jobs, _ = planned._prepare(write=False)
+    fingerprint = context.provenance["source"]["fingerprint"]
+    message = {"fingerprint": fingerprint, "todo": [j.key for j in jobs] + ["toy/other@pooled"]}
+    monkeypatch.setattr(runner, "receive", lambda kv, key: message)
+    with pytest.raises(ConfigError, match=r"Rank 1 plans other method runs than rank 0: 1 of"):
+        planned.run()

@@ -21,7 +21,7 @@ from pathlib import Path
 from featpipe.data import ImageSource, open_source, subsample
 from featpipe.distributed.exchange import job_store, publish, receive
 from featpipe.distributed.ranks import alone, current_ranks, process_group
-from featpipe.errors import FeaturePipeError
+from featpipe.errors import ConfigError, FeaturePipeError
 from featpipe.interrupt import Interrupted
 from featpipe.pipeline.config import DEFAULT_FRACTIONS, PipelineConfig, SourceConfig
 from featpipe.pipeline.jobs import Job, PlanData, RunContext
@@ -182,6 +182,13 @@ class PipelineRunner:
                     raise FeaturePipeError(f"rank 0 could not plan the run: {message['error']}")
                 context, jobs, run_plan = self._prepare(message["fingerprint"], write=False)
                 todo_keys = set(message["todo"])
+                if unplanned := todo_keys - {j.key for j in jobs}:
+                    # Else this rank would skip them, and rank 0 wait for it in each one.
+                    raise ConfigError(
+                        f"Rank {ranks.rank} plans other method runs than rank 0: "
+                        f"{len(unplanned)} of rank 0's are not in its plan. Start every rank "
+                        "with the same pipeline file, --set overrides and featpipe version."
+                    )
                 todo, rows = [j for j in jobs if j.key in todo_keys], []
         shared = [j for j in todo if j.stage == finetune_stage.NAME]
         try:
