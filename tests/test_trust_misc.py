@@ -12,7 +12,7 @@ from PIL import Image
 from featpipe.cli import main
 from featpipe.data.manifest import CSVSource
 from featpipe.errors import ConfigError
-from featpipe.evaluate.leakage import check_data, content_hashes
+from featpipe.evaluate.leakage import check_data, check_source, content_hashes
 from featpipe.provenance import versions
 
 
@@ -36,15 +36,7 @@ def test_two_unreadable_images_are_not_reported_as_one_image_in_two_splits(tmp_p
     (tmp_path / "9.png").unlink()  # test
     hashes = content_hashes(source)
     assert hashes["0.png"] != hashes["9.png"]
-    splits = [("train", "val", "test")[s] for s in source.splits]
-    checks = check_data(
-        list(source.ids),
-        source.labels,
-        splits,
-        list(source.classes),
-        hashes=[hashes[i] for i in source.ids],
-    )
-    assert checks.duplicates == []
+    assert check_source(source, hashes).duplicates == []
 
 
 def test_a_test_image_nearly_identical_to_a_val_image_is_a_near_duplicate():

@@ -100,20 +100,26 @@ def test_export_never_writes_over_the_store_it_reads(tmp_path, fmt) -> None:
     assert len(FeatureStore(store.path).arrays("pooled")[0]) == 30
 
 
-@pytest.mark.parametrize("done", [(0, 1, 2, 3), (0, 2)])
-def test_a_train_subset_streams_around_skipped_and_unwritten_rows(tmp_path, done) -> None:
-    n, x = 10, np.arange(20, dtype=np.float32).reshape(10, 2)
-    with StoreWriter.create(
-        tmp_path / "s.h5",
+def _writer(path, splits: np.ndarray) -> StoreWriter:
+    """A two-class store of one 2-wide float32 layer, 3 rows a chunk, to fill chunk by chunk."""
+    n = len(splits)
+    return StoreWriter.create(
+        path,
         ids=[f"s{i}" for i in range(n)],
         labels=np.arange(n) % 2,
-        splits=np.array([0, 0, 1, 0, 0, 2, 0, 0, 0, 1], np.uint8),
+        splits=splits,
         classes=["a", "b"],
         layers={"pooled": (2, "none")},
         dtype="float32",
         rows_per_chunk=3,
         attrs={"key": "k"},
-    ) as w:
+    )
+
+
+@pytest.mark.parametrize("done", [(0, 1, 2, 3), (0, 2)])
+def test_a_train_subset_streams_around_skipped_and_unwritten_rows(tmp_path, done) -> None:
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    with _writer(tmp_path / "s.h5", np.array([0, 0, 1, 0, 0, 2, 0, 0, 0, 1], np.uint8)) as w:
         for i in done:
             start, stop = w.chunk_rows(i)
             skips = {0: "truncated"} if i == 1 else {}  # s3, a row of the subset
@@ -168,17 +174,7 @@ def test_nystroem_names_a_bad_n_components(n_components) -> None:
 def test_exporting_an_incomplete_store_says_how_to_finish_it(tmp_path, capsys) -> None:
     # The reader's error told export's caller to "pass allow_incomplete=True", which export
     # (and `featpipe export`) does not take.
-    with StoreWriter.create(
-        tmp_path / "s.h5",
-        ids=[f"s{i}" for i in range(6)],
-        labels=np.arange(6) % 2,
-        splits=np.zeros(6, np.uint8),
-        classes=["a", "b"],
-        layers={"pooled": (2, "none")},
-        dtype="float32",
-        rows_per_chunk=3,
-        attrs={"key": "k"},
-    ) as w:
+    with _writer(tmp_path / "s.h5", np.zeros(6, np.uint8)) as w:
         w.write_chunk(0, {"pooled": np.ones((3, 2), np.float32)})
     store, out = FeatureStore(tmp_path / "s.h5"), tmp_path / "f.npz"
     with pytest.raises(IncompleteStoreError) as error:

@@ -202,6 +202,19 @@ def _near_duplicates(
     return sorted(found, key=lambda f: -f[2])
 
 
+def check_source(source: ImageSource, hashes: dict[str, str] | None = None) -> DataChecks:
+    """The checks a source allows without features: exact duplicates by content hash
+    (``hashes`` from :func:`content_hashes`, computed when not given) and class counts."""
+    hashes = content_hashes(source) if hashes is None else hashes
+    return check_data(
+        list(source.ids),
+        source.labels,
+        [SPLIT_NAMES[c] for c in source.splits],
+        list(source.classes),
+        hashes=[hashes[i] for i in source.ids],
+    )
+
+
 def check_store(store, hashes: dict[str, str] | None = None, **kwargs) -> DataChecks:
     """The checks on a :class:`featpipe.store.FeatureStore` (skipped rows left out): exact
     duplicates by ``hashes`` (``{id: digest}``, from :func:`content_hashes`) when given, else

@@ -11,7 +11,7 @@ from featpipe.errors import ConfigError
 from featpipe.evaluate.leakage import (
     NEAR_REFERENCE,
     DataChecks,
-    check_data,
+    check_source,
     check_store,
     content_hashes,
 )
@@ -120,14 +120,7 @@ def data_checks(
         if store is not None and all(i in hashes for i in store.ids()):
             checks = check_store(store, hashes)
         else:  # no store (fine-tunes only): exact duplicates and class counts only
-            splits = [("train", "val", "test")[c] for c in source.splits]
-            checks = check_data(
-                list(source.ids),
-                source.labels,
-                splits,
-                list(source.classes),
-                hashes=[hashes[i] for i in source.ids],
-            )
+            checks = check_source(source, hashes)
     elif (kept := _saved_checks(saved, fingerprint, recheck=store is not None)) is not None:
         return kept
     elif store is not None:
