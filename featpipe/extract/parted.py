@@ -202,8 +202,7 @@ def _check_same_call(main: dict[str, str], mine: dict[str, str], who: str) -> No
         raise ConfigError(
             f"{who} was called with other extraction settings than rank 0: "
             f"{'; '.join(differ)}. Every rank must make the same extract call (only "
-            f"{', '.join(OWN_OPTIONS)} may differ, the device by its index alone); rank 0 "
-            "fills the store without this rank."
+            f"{', '.join(OWN_OPTIONS)} may differ, the device by its index alone)."
         )
 
 
