@@ -324,3 +324,32 @@ def test_costs_from_different_devices_are_not_compared_silently(tmp_path):
     assert (
         "Costs were measured on" not in write_report(tmp_path / "one", one)["report.md"].read_text()
     )
+
+
+def test_a_fine_tune_on_several_processes_counts_each_ones_seconds(tmp_path):
+    # A store filled by 4 torchrun ranks sums their seconds, while a 4-rank DDP fine-tune
+    # recorded its wall seconds once: the fine-tune looked 4 times cheaper next to probes.
+    rows = [
+        make_row("toy/logreg@pooled", acc=0.80, fit_seconds=10.0),
+        make_row("toy/finetune:full", "finetune", acc=0.81, mode="full", fit_seconds=15.0),
+    ]
+    rows[0]["val_accuracy"], rows[1]["val_accuracy"] = 0.8, 0.85  # the fine-tune is chosen
+    rows[1]["world_size"] = 4
+    summaries = summarize(rows)
+    tune = next(s for s in summaries if s.kind == "finetune")
+    cost = rows[1]["cost"]
+    assert tune.cost("fit_seconds") == 4 * cost["fit_seconds"]
+    assert tune.cost("total_seconds") == pytest.approx(
+        cost["extraction_seconds"] + 4 * (cost["fit_seconds"] + cost["predict_seconds"])
+    )
+    # 13.1 s of probe against 15.1 wall seconds on 4 processes: the probe is the cheaper
+    text = " ".join(recommendation(summaries, n_boot=200))
+    assert "The cheapest of these is toy/logreg@pooled, at 1/4.6 of the cost" in text
+    md = write_report(tmp_path, rows)["report.md"].read_text()
+    assert "count the seconds of each: toy/finetune:full (4)" in md
+    one = copy.deepcopy(rows)
+    one[1]["world_size"] = 1
+    assert (
+        "count the seconds of each"
+        not in write_report(tmp_path / "1", one)["report.md"].read_text()
+    )

@@ -21,6 +21,7 @@ from featpipe.report.summary import (
     cost_devices,
     latest_rows,
     provenance,
+    row_cost,
     summarize,
 )
 
@@ -208,13 +209,26 @@ def _cost_lines(rows: list[dict]) -> list[str]:
             f"{reused if cost['extraction_reused'] else ''}"
         )
     extraction = sum(c["extraction_seconds"] for c in stores.values())
-    fit = sum(r["cost"]["fit_seconds"] for r in rows)
-    predict = sum(r["cost"]["predict_seconds"] for r in rows)
+    fit = sum(row_cost(r, "fit_seconds") for r in rows)
+    predict = sum(row_cost(r, "predict_seconds") for r in rows)
     lines.append(
         f"whole run: {extraction + fit + predict:.1f} s = extraction {extraction:.1f} s + "
         f"fitting {fit:.1f} s + prediction {predict:.1f} s"
     )
     return lines
+
+
+def _processes_note(summaries: list[MethodSummary]) -> list[str]:
+    """What the seconds of methods run on several processes at once mean."""
+    spread = [f"{s.label} ({s.processes})" for s in summaries if s.processes > 1]
+    if not spread:
+        return []
+    return [
+        f"Methods run on several processes at once count the seconds of each: "
+        f"{', '.join(spread)}. Their fit, predict and total seconds are wall seconds times "
+        "the processes (images/s is per process), as a store's extraction sums the seconds of "
+        "the processes that filled it: costs compare the work done, however it was spread."
+    ]
 
 
 def _mixed_devices_note(summaries: list[MethodSummary]) -> list[str]:
@@ -447,6 +461,7 @@ def build_document(
         "run's total counts it once; each probe's own total includes it, to compare probes "
         "against fine-tuning from images.",
         _cost_lines(rows),
+        *_processes_note(summaries),
         *_mixed_devices_note(summaries),
     ]
     recommendation = _recommendation_section(summaries, n_boot)

@@ -49,7 +49,9 @@ Fields (``?``: may be null):
   training), ``predict_seconds`` (test split), ``total_seconds`` (extraction + fit + predict),
   ``images_per_s``? (inference throughput on test images, backbone forward included),
   ``peak_host_bytes`` (peak RSS during fit and predict), ``peak_device_bytes``? (null off-GPU),
-  ``trainable_params``?.
+  ``trainable_params``?. Seconds are the wall seconds of the method's processes; a report counts
+  those of a method run on several processes at once (``world_size`` > 1) once per process, as
+  a store's extraction sums the seconds of the processes that filled it (process-seconds).
 - ``test`` (object): ``ids_sha256`` (sha256 of the test ids in row order; rows with equal values
   are paired in comparisons), ``y_true``, ``y_pred`` (class index per test image).
 - ``provenance`` (object): ``backbone`` ({spec, weights_sha256, preprocessing}), ``source``

@@ -47,9 +47,15 @@ class MethodSummary:
         return float(np.mean([c[0] for c in cis])), float(np.mean([c[1] for c in cis]))
 
     def cost(self, name: str) -> float | None:
-        """Mean of a cost field over seeds (None when no seed has it)."""
-        values = [r["cost"][name] for r in self.rows if r["cost"].get(name) is not None]
+        """Mean of a cost field over seeds, as :func:`row_cost` counts it (None when no seed
+        has it)."""
+        values = [v for r in self.rows if (v := row_cost(r, name)) is not None]
         return float(np.mean(values)) if values else None
+
+    @property
+    def processes(self) -> int:
+        """The most processes it ran on at once (a DDP fine-tune's ranks; else 1)."""
+        return max(r.get("world_size") or 1 for r in self.rows)
 
     @property
     def devices(self) -> list[str]:
@@ -81,6 +87,22 @@ class MethodSummary:
             return "deterministic"
         preds = {tuple(r["test"]["y_pred"]) for r in self.rows}
         return "identical" if len(self.rows) > 1 and len(preds) == 1 else None
+
+
+def row_cost(row: dict, name: str) -> float | None:
+    """A cost field of a row in process-seconds: the seconds of a method run on several
+    processes at once (``world_size``, a DDP fine-tune) count once per process, as a store's
+    extraction sums the seconds of every process that filled it. Costs then compare the work
+    done, however it was spread. Throughput is per process."""
+    cost, n = row["cost"], row.get("world_size") or 1
+    value = cost.get(name)
+    if n == 1 or value is None:
+        return value
+    if name == "total_seconds":
+        return cost["extraction_seconds"] + n * (cost["fit_seconds"] + cost["predict_seconds"])
+    if name in ("fit_seconds", "predict_seconds"):
+        return n * value
+    return value / n if name == "images_per_s" else value
 
 
 def latest_rows(rows: list[dict]) -> list[dict]:
@@ -142,8 +164,8 @@ def compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResul
                 _correct(row_a),
                 b.label,
                 _correct(row_b),
-                cost_a=row_a["cost"]["total_seconds"],
-                cost_b=row_b["cost"]["total_seconds"],
+                cost_a=row_cost(row_a, "total_seconds"),
+                cost_b=row_cost(row_b, "total_seconds"),
                 n_boot=n_boot,
                 seed=row_a["seed"],
             )
