@@ -177,3 +177,23 @@ def test_concatenated_layers_name_a_missing_part(tmp_path) -> None:
     store = two_layer_store(tmp_path / "two.h5")
     with pytest.raises(ConfigError, match=r"blocks\.9"):
         select_and_fit(LogisticProbe(), store, layer="pooled+blocks.9", grid={"C": [1.0]})
+
+
+def test_predict_seconds_time_the_predictions_not_the_scores_for_metrics(monkeypatch) -> None:
+    # The test split's probabilities (top-5, log loss, ECE) were timed as prediction, a second
+    # pass a fine-tune's predict_seconds does not hold: probes looked slower to serve.
+    from types import SimpleNamespace
+
+    from featpipe.heads import selection
+
+    clock = SimpleNamespace(now=0.0)
+    scores = selection._scores
+
+    def slow_scores(estimator, X):
+        clock.now += 100.0  # the scores take 100 s on this clock; nothing else moves it
+        return scores(estimator, X)
+
+    monkeypatch.setattr(selection, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    monkeypatch.setattr(selection, "_scores", slow_scores)
+    result = select_and_fit("logreg", split_arrays(), grid={"C": [1.0]})
+    assert result.test_scores is not None and result.predict_seconds == 0.0
