@@ -146,6 +146,8 @@ def test_a_module_that_runs_twice_in_a_forward_pass_is_refused():
         run.arrays(torch.zeros(2, 3, 32, 32))
     once = Inference.of_layers(bb, ["layer1.0:avg", "layer1.0.bn2:avg"], torch.device("cpu"))
     assert once.arrays(torch.zeros(2, 3, 32, 32))["layer1.0:avg"].shape == (2, 64)
+    listed = dict(bb.describe_layers())  # `featpipe layers` offers only what can be tapped
+    assert "layer1.0.relu" not in listed and listed["layer1.0.bn2"] == (64, 8, 8)
 
 
 def test_embedder_layer_with_spaces_is_read_like_extraction():

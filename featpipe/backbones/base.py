@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -177,14 +178,17 @@ class Backbone:
         return out.permute(0, 3, 1, 2) if out.ndim == 4 and module in self.nhwc_layers else out
 
     def describe_layers(self) -> list[tuple[str, tuple[int, ...]]]:
-        """(name, output shape for one image) for every module, from one dummy forward pass."""
+        """(name, output shape for one image) for every module that runs once in a dummy
+        forward pass (one that runs more often, such as ResNet's block relu, cannot be tapped)."""
         shapes: dict[str, tuple[int, ...]] = {}
+        calls: Counter[str] = Counter()
         handles = []
         for name, module in self.model.named_modules():
             if not name:
                 continue
 
             def hook(_m, _inp, out, name=name):
+                calls[name] += 1
                 if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
                     out = out[0]
                 if isinstance(out, torch.Tensor) and name not in shapes:
@@ -207,7 +211,7 @@ class Backbone:
         finally:
             for h in handles:
                 h.remove()
-        return [(n, shapes[n]) for n in self.layer_names() if n in shapes]
+        return [(n, shapes[n]) for n in self.layer_names() if n in shapes and calls[n] <= 1]
 
 
 def _device_of(model: nn.Module) -> torch.device:
