@@ -89,11 +89,13 @@ def _png(fig: Figure) -> bytes:
 
 def _fonts(plot):
     """Draw ``plot``'s text with a CJK fallback for characters the default font lacks (text
-    takes its font when created, so the whole plot runs in the context)."""
+    takes its font when created, so the whole plot runs in the context), and as plain text:
+    labels and class names come from users' data, and mathtext would read "$5 and $6" as
+    math and raise on "$x^$"."""
 
     @functools.wraps(plot)
     def wrapper(*args, **kwargs):
-        with matplotlib.rc_context({"font.family": font_family()}):
+        with matplotlib.rc_context({"font.family": font_family(), "text.parse_math": False}):
             return plot(*args, **kwargs)
 
     return wrapper
@@ -393,6 +395,9 @@ def _numeric(history: list[dict], key: str) -> bool:
     )
 
 
+_NAMED_CLASSES = 60
+
+
 @_fonts
 def confusion(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
     """Row-normalised confusion matrix (rows = true class), counts in the cells when few."""
@@ -402,11 +407,14 @@ def confusion(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
     fig = Figure(figsize=(size, size))
     ax = fig.add_subplot()
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(classes))
-    ax.set_xticks(ticks, classes, rotation=90, fontsize=7)
-    ax.set_yticks(ticks, classes, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    # Past 60 classes, names at 7 pt would be drawn over each other: every k-th is named.
+    step = -(-len(classes) // _NAMED_CLASSES)
+    ticks = range(0, len(classes), step)
+    every = f" (one class in {step} named)" if step > 1 else ""
+    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90, fontsize=7)
+    ax.set_yticks(ticks, [classes[i] for i in ticks], fontsize=7)
+    ax.set_xlabel("predicted" + every)
+    ax.set_ylabel("true" + every)
     ax.set_title(title, fontsize=9)
     if len(classes) <= 20:
         for (i, j), count in np.ndenumerate(cm.astype(int)):
