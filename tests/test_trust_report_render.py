@@ -3,12 +3,134 @@ HTML or mathtext must show as the text they are, in report.md, report.html and t
 
 from __future__ import annotations
 
+import html
 import itertools
+import re
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from test_report import make_row
 
-from featpipe.report import plots
+from featpipe.evaluate import compute_metrics
+from featpipe.report import plots, write_report
+
+CLASSES = [
+    "<img src=x onerror=alert(1)>",
+    "a|b",
+    "back\\|slash",
+    "*star* and **bold**",
+    "_under_",
+    "`tick` and ``",
+    "~~gone~~",
+    "price $5 and $6",
+    "two\nlines",
+    "[link](javascript:alert(1))",
+    "![img](http://example.com/x.png)",
+    "&lt;b&gt; &amp;",
+    "# heading",
+    "1. listed",
+    "蜜蜂",
+    "שלום",
+]
+LABELS = [
+    "<script>alert(1)</script> p1",
+    "[x](http://e.com) *p2* a|b",
+    "ft ](x) ] [ $x^$ `c`",
+]
+
+
+def evil_rows() -> list[dict]:
+    """Two probes and a fine-tune over CLASSES, labelled with LABELS."""
+    rows = []
+    methods = [("p1", "probe", 0.8), ("p2", "probe", 0.6), ("ft", "finetune", 0.9)]
+    for i, ((method, kind, acc), label) in enumerate(zip(methods, LABELS, strict=True)):
+        row = make_row(method, kind, acc=acc, mode="full" if kind == "finetune" else None)
+        n = len(row["test"]["y_true"])
+        y = np.arange(n) % len(CLASSES)
+        pred = np.where(np.random.default_rng(i).random(n) < acc, y, (y + 1) % len(CLASSES))
+        proba = np.full((n, len(CLASSES)), 0.01)
+        proba[np.arange(n), pred] = 0.9
+        row.update(classes=CLASSES, label=label, run="run <b>one</b>\n# not a heading")
+        row["metrics"] = compute_metrics(y, proba, CLASSES, n_boot=20, seed=0)
+        row["test"].update(y_true=y.tolist(), y_pred=pred.tolist())
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    return write_report(tmp_path_factory.mktemp("evil"), evil_rows())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())
+
+
+def test_markdown_shows_names_as_text(written):
+    markdown_it = pytest.importorskip("markdown_it")  # a CommonMark parser (rich brings it)
+    md = written["report.md"].read_text()
+    parser = markdown_it.MarkdownIt("commonmark").enable(["table", "strikethrough"])
+    tokens = parser.parse(md)
+
+    def cell_text(inline) -> str:
+        return "".join(t.content for t in inline.children if t.type in ("text", "code_inline"))
+
+    # The per-class table: one row per class, its first cell exactly the class name.
+    first_cells = [
+        cell_text(tokens[i + 1])
+        for i, t in enumerate(tokens)
+        if t.type == "td_open" and tokens[i - 1].type == "tr_open"
+    ]
+    for name in CLASSES:
+        assert _one_line(name) in first_cells, name
+    for label in LABELS:
+        assert label in first_cells, label
+    # One heading for the title, its text the run name on one line.
+    (title,) = [tokens[i + 1] for i, t in enumerate(tokens) if t.tag == "h1" and t.nesting == 1]
+    assert cell_text(title) == "featpipe report: run <b>one</b> # not a heading"
+    page = parser.render(md)
+    # No HTML from the names, no links; images only the plots, emphasis only their captions.
+    assert not [t for t in parser.parse(md) if t.type == "html_block"]
+    assert "<script" not in page and "<b>" not in page
+    assert "<a " not in page and "<del>" not in page and "<strong>" not in page
+    images = re.findall(r'<img src="([^"]*)"', page)
+    assert images and all(src.startswith("plots/") for src in images)
+    assert page.count("<img") == len(images)
+    assert page.count("<em>") == len(images)  # the captions
+    (alt,) = re.findall(r'<img src="plots/confusion_finetune.png" alt="([^"]*)"', page)
+    assert LABELS[2] in html.unescape(alt)
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_html_holds_no_markup_from_names(written):
+    parsed = _Tags()
+    parsed.feed(written["report.html"].read_text())
+    tags = {tag for tag, _ in parsed.tags}
+    assert tags <= {
+        *("html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "ul", "li"),
+        *("div", "table", "thead", "tbody", "tr", "th", "td", "details", "summary", "wbr"),
+        *("figure", "img", "figcaption"),
+    }
+    for tag, attrs in parsed.tags:
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        if tag == "img":
+            assert set(attrs) == {"alt", "src"} and attrs["src"].startswith("data:image/png")
+    text = "".join(parsed.text)
+    for name in CLASSES:
+        assert name in text, name
 
 
 def _captured(monkeypatch) -> list:

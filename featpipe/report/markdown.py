@@ -2,39 +2,58 @@
 
 from __future__ import annotations
 
+import re
+
 from featpipe.report.content import Document, Figure, Table
 
 PLOTS_DIR = "plots"
 
+# What Markdown reads as markup anywhere in a line: escapes, code spans, emphasis (and ``_``
+# not inside a word), strikethrough, GitHub's math, raw HTML and autolinks, entities, links
+# and images, table cells.
+_INLINE = re.compile(r"[\\`*~$<|]|(?<![^\W_])_|_(?![^\W_])|&(?=#?\w+;)|\](?=[(\[])")
+# What it reads as markup at the start of a line: headings, quotes, lists, rules, task boxes.
+_LINE_START = re.compile(r"^([#>+\-=\[])|^(\d+)([.)])")
+# Inside an image's alt text, a [ or ] alone ends it too.
+_ALT = re.compile(_INLINE.pattern + r"|[\[\]]")
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+
+def _text(text: object, pattern: re.Pattern = _INLINE) -> str:
+    """``text`` as Markdown that shows it as it is, on one line: class names, labels and run
+    names come from users' data, and a class folder named ``<img src=x onerror=…>`` or
+    ``a|b`` must neither become HTML nor break a table."""
+    return pattern.sub(r"\\\g<0>", " ".join(str(text).splitlines()))
+
+
+def _block(text: object) -> str:
+    """A paragraph or list item: ``_text``, and no heading or list where the text begins."""
+    return _LINE_START.sub(lambda m: f"\\{m[1]}" if m[1] else f"{m[2]}\\{m[3]}", _text(text))
 
 
 def _table(table: Table) -> list[str]:
     lines = [
-        "| " + " | ".join(_cell(h) for h in table.header) + " |",
+        "| " + " | ".join(_text(h) for h in table.header) + " |",
         "|" + "---|" * len(table.header),
     ]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table.rows]
+    lines += ["| " + " | ".join(_text(c) for c in row) + " |" for row in table.rows]
     return lines
 
 
 def render_markdown(doc: Document) -> str:
     """The report as Markdown; figures point at ``plots/<name>.png`` beside report.md."""
-    lines = [f"# {doc.title}", ""]
+    lines = [f"# {_text(doc.title)}", ""]
     for section in doc.sections:
         title = f"Appendix: {section.title}" if section.appendix else section.title
-        lines += [f"## {title}", ""]
+        lines += [f"## {_text(title)}", ""]
         for block in section.blocks:
             if isinstance(block, Table):
                 lines += _table(block)
             elif isinstance(block, Figure):
-                lines.append(f"![{block.caption}]({PLOTS_DIR}/{block.name}.png)")
-                lines.append(f"*{block.caption}*")
+                lines.append(f"![{_text(block.caption, _ALT)}]({PLOTS_DIR}/{block.name}.png)")
+                lines.append(f"*{_text(block.caption)}*")
             elif isinstance(block, list):
-                lines += [f"- {item}" for item in block]
+                lines += [f"- {_block(item)}" for item in block]
             else:
-                lines.append(block)
+                lines.append(_block(block))
             lines.append("")
     return "\n".join(lines)
