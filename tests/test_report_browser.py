@@ -269,3 +269,19 @@ def test_the_check_sees_overflow_broken_images_and_errors(chromium, tmp_path):
     assert all("too wide" in w for w in layout["wide"])
     assert {i["alt"]: i["width"] for i in layout["images"]} == {"missing": 0, "drawn": 4}
     assert any("boom" in e for e in errors) and any("missing.png" in e for e in errors), errors
+
+
+def test_report_of_hostile_names_stays_inert_and_within_the_page(chromium, tmp_path):
+    # Class names and labels holding HTML must load nothing and run nothing; a label of 320
+    # characters without a space scrolled the page sideways (paragraphs and list items did
+    # not wrap it: 3,223 px in a 1,265 px view).
+    from test_trust_report_render import evil_rows
+
+    rows = evil_rows()
+    rows[0]["label"] = "<img src=x onerror=alert(1)>" + "unbroken" * 40
+    written = write_report(tmp_path / "run", rows)
+    layout, errors, _ = look_at(chromium, written["report.html"], tmp_path / "profile")
+    figures = [name for name in written if name not in ("report.md", "report.html")]
+    assert len(layout["images"]) == len(figures) and all(i["width"] for i in layout["images"])
+    assert errors == []  # a live <img src=x> would have logged a failed load
+    assert layout["scrollWidth"] <= layout["view"], layout["wide"]

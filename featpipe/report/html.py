@@ -17,6 +17,7 @@ th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-al
 th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 1em 0; } figcaption { font-size: 0.85em; color: #555; }
 img { max-width: 100%; }
+p, li, figcaption, h1, h2 { overflow-wrap: anywhere; } /* a long name with no spaces wraps */
 td details summary { cursor: pointer; } details > summary h2 { display: inline; }
 """
 
