@@ -144,9 +144,9 @@ def _locate(spec: BackboneSpec) -> tuple[str, str | None, bool, str]:
 def preprocessing_of(processor) -> Preprocessing:
     """Resize, centre crop, interpolation, mean and std from an image processor.
 
-    A processor that resizes to exactly height×width (ViT, SigLIP) is recorded as a resize of
-    the short side to that size and a centre crop of it: the same on square images, a crop
-    instead of a squash on others."""
+    A processor that resizes to exactly height×width (ViT, DeiT, BEiT, SigLIP; ConvNeXt at
+    384 and above) squashes the image to that size (``crop_mode`` 'squash'), as it does;
+    non-square sizes are refused."""
     size = dict(getattr(processor, "size", None) or {})
     crop_size = dict(getattr(processor, "crop_size", None) or {})
     crop_pct = getattr(processor, "crop_pct", None)
@@ -156,6 +156,14 @@ def preprocessing_of(processor) -> Preprocessing:
             f"Cannot read an input size from the image processor {type(processor).__name__} "
             f"(size={size}); featpipe needs 'shortest_edge' or 'height'/'width'."
         )
+    if not size.get("shortest_edge") and size.get("height") != size.get("width", short):
+        raise ConfigError(
+            f"The image processor {type(processor).__name__} resizes to "
+            f"{size.get('height')}×{size.get('width')}; featpipe feeds square images only."
+        )
+    # the short side kept to its ratio, or both sides resized (ConvNeXt processors warp to
+    # shortest_edge × shortest_edge from 384 up)
+    crop_mode = "center" if size.get("shortest_edge") else "squash"
     if getattr(processor, "do_center_crop", False) and crop_size.get("height"):
         resize, crop = int(short), int(crop_size["height"])
     elif crop_pct and "shortest_edge" in size and short < 384:
@@ -163,6 +171,7 @@ def preprocessing_of(processor) -> Preprocessing:
         resize, crop = int(short / crop_pct), int(short)
     else:
         resize = crop = int(short)
+        crop_mode = "squash" if crop_pct else crop_mode
     normalize = getattr(processor, "do_normalize", True)
     mean = processor.image_mean if normalize else (0.0, 0.0, 0.0)
     std = processor.image_std if normalize else (1.0, 1.0, 1.0)
@@ -172,6 +181,7 @@ def preprocessing_of(processor) -> Preprocessing:
         interpolation=_RESAMPLE.get(_resample_code(processor), "bilinear"),
         mean=tuple(mean),
         std=tuple(std),
+        crop_mode=crop_mode,
     )
 
 

@@ -100,18 +100,27 @@ def _tag_file(name: str, tag: str, cfg: dict) -> Path:
 
 
 def preprocessing_of(cfg: dict) -> Preprocessing:
-    """Preprocessing from an open_clip preprocess config (``resize_mode`` 'shortest': resize
-    the short side and centre-crop; 'squash' is recorded the same way, a crop instead of a
-    squash on non-square images)."""
+    """Preprocessing from an open_clip preprocess config, as open_clip's ``image_transform``
+    applies it for evaluation: ``resize_mode`` 'shortest' resizes the short side and
+    centre-crops, 'squash' resizes both sides to the size. 'longest' (resize the long side,
+    pad) and non-square sizes are refused: featpipe would feed other pixels."""
     size = cfg["size"]
-    crop = int(size if isinstance(size, int) else size[0])
-    interpolation = cfg.get("interpolation", "bicubic")
+    height, crop = (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))
+    resize_mode = cfg.get("resize_mode") or "shortest"
+    if height != crop or resize_mode not in ("shortest", "squash"):
+        raise ConfigError(
+            f"open_clip preprocesses this model with resize_mode {resize_mode!r} at "
+            f"{height}×{crop}; featpipe feeds square crops ('shortest' or 'squash') only."
+        )
+    # open_clip resizes bilinear when asked for 'bilinear', else bicubic
+    interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
     return Preprocessing(
         resize=crop,
         crop=crop,
-        interpolation=interpolation if interpolation != "lanczos" else "bicubic",
+        interpolation=interpolation,
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
+        crop_mode="squash" if resize_mode == "squash" else "center",
     )
 
 
@@ -156,7 +165,9 @@ def build(spec: BackboneSpec) -> Backbone:
             )
         cfg = open_clip.get_pretrained_cfg(spec.name, weights)
         _load(model, _tag_file(spec.name, weights, cfg), f"open_clip:{spec.name}@{weights}")
-        pre_cfg.update({k: cfg[k] for k in ("mean", "std", "interpolation") if k in cfg})
+        # what open_clip's create_model takes from the tag (the size stays the tower's)
+        keys = ("mean", "std", "interpolation", "resize_mode")
+        pre_cfg.update({k: cfg[k] for k in keys if k in cfg})
     visual = model.visual
     preprocessing = preprocessing_of(pre_cfg)
     with torch.inference_mode():

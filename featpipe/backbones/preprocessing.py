@@ -17,12 +17,18 @@ INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
 }
+# How the image is resized before the centre crop: ``center`` keeps the aspect ratio (the short
+# side becomes ``resize``); ``squash`` resizes both sides to ``resize`` (timm's ``crop_mode``
+# 'squash', open_clip's ``resize_mode`` 'squash', image processors that resize to height×width).
+CROP_MODES = ("center", "squash")
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize the short side to ``resize``, centre-crop ``crop`` x ``crop``, scale to [0, 1],
-    normalise with ``mean``/``std``. Built from the weights' own metadata, never retyped."""
+    """Resize the short side to ``resize`` (``crop_mode`` 'squash': both sides, aspect ratio
+    not kept), centre-crop ``crop`` x ``crop`` (padded with zeros where ``crop`` > ``resize``,
+    as timm's crop_pct > 1 asks), scale to [0, 1], normalise with ``mean``/``std``. Built from
+    the weights' own metadata, never retyped."""
 
     resize: int
     crop: int
@@ -30,15 +36,20 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     antialias: bool = True
+    crop_mode: str = "center"
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(
                 f"Unknown interpolation {self.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}."
             )
-        if self.crop < 1 or self.resize < self.crop:
+        if self.crop_mode not in CROP_MODES:
             raise ConfigError(
-                "Preprocessing needs 1 <= crop <= resize; "
+                f"Unknown crop mode {self.crop_mode!r}; valid: {', '.join(CROP_MODES)}."
+            )
+        if self.crop < 1 or self.resize < 1:
+            raise ConfigError(
+                "Preprocessing needs crop >= 1 and resize >= 1; "
                 f"got resize={self.resize}, crop={self.crop}."
             )
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -52,22 +63,39 @@ class Preprocessing:
         """The same recipe at another input size, keeping the crop fraction."""
         if size < 8:
             raise ConfigError(f"image size must be at least 8 pixels; got {size}.")
-        return replace(self, crop=size, resize=max(size, round(size / self.crop_fraction)))
+        return replace(self, crop=size, resize=max(1, round(size / self.crop_fraction)))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.crop_mode == "center":  # left out, so that keys made before it stay valid
+            del d["crop_mode"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
         return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
 
+    @property
+    def resize_size(self) -> list[int]:
+        """The ``size`` argument of torchvision's resize: ``[short side]`` or ``[h, w]``."""
+        return [self.resize] if self.crop_mode == "center" else [self.resize, self.resize]
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of a ``height`` x ``width`` image after the resize, as torchvision
+        computes it."""
+        if self.crop_mode == "squash":
+            return self.resize, self.resize
+        if height <= width:
+            return self.resize, int(self.resize * width / height)
+        return int(self.resize * height / width), self.resize
+
     def geometry(self) -> T.Compose:
         """PIL or uint8 tensor in, resized and cropped image out (no dtype change)."""
+        interpolation = INTERPOLATIONS[self.interpolation]
         return T.Compose(
             [
-                T.Resize(self.resize, INTERPOLATIONS[self.interpolation], antialias=self.antialias),
+                T.Resize(self.resize_size, interpolation, antialias=self.antialias),
                 T.CenterCrop(self.crop),
             ]
         )

@@ -16,7 +16,7 @@ from torch import nn
 
 from featpipe.backbones import hub
 from featpipe.backbones.base import Backbone
-from featpipe.backbones.preprocessing import Preprocessing
+from featpipe.backbones.preprocessing import CROP_MODES, Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import (
     build_from_file,
@@ -25,7 +25,7 @@ from featpipe.backbones.weights import (
     seeded,
     stages_of,
 )
-from featpipe.errors import unknown_name
+from featpipe.errors import ConfigError, unknown_name
 
 # timm's file names in a hub repo, safetensors first as timm prefers them.
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -80,13 +80,26 @@ def preprocessing_of(model: nn.Module) -> Preprocessing:
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
-    crop = int(cfg["input_size"][-1])
+    name = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    height, crop = (int(v) for v in cfg["input_size"][-2:])
+    crop_mode = cfg.get("crop_mode") or "center"
+    if height != crop:
+        raise ConfigError(
+            f"timm's {name} takes {height}×{crop} inputs; featpipe feeds square crops only, "
+            "and a square crop of them would not be the pixels timm feeds it."
+        )
+    if crop_mode not in CROP_MODES:  # 'border': resize the long side, pad to the crop
+        raise ConfigError(
+            f"timm's {name} preprocesses with crop_mode {crop_mode!r}; featpipe knows "
+            f"{', '.join(CROP_MODES)} only, and another mode would not give timm's pixels."
+        )
     return Preprocessing(
         resize=math.floor(crop / cfg["crop_pct"]),
         crop=crop,
         interpolation=cfg["interpolation"],
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
+        crop_mode=crop_mode,
     )
 
 
