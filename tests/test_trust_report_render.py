@@ -170,3 +170,19 @@ def test_confusion_tick_labels_do_not_overlap(monkeypatch, n):
         boxes = sorted((t.get_window_extent(renderer) for t in shown), key=lambda b: (b.y0, b.x0))
         for a, b in itertools.pairwise(boxes):
             assert not a.overlaps(b), (a, b)
+
+
+# Bidirectional overrides, embeddings and isolates: one in a name reorders the rest of its
+# line, so "p2 beats p1 by 13.3 points" could show other digits.
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def test_bidi_controls_in_names_are_shown_not_obeyed(tmp_path):
+    rows = evil_rows()
+    rows[0]["label"] = "p1 \u202eevil"
+    rows[1]["label"] = "p2 \u2067isolated"
+    written = write_report(tmp_path, rows)
+    for name in ("report.md", "report.html"):
+        text = written[name].read_text()
+        assert not set(BIDI) & set(text), name
+        assert "p1 <U+202E>evil" in html.unescape(text).replace("\\", ""), name

@@ -4,6 +4,7 @@ and HTML by ``markdown.py`` and ``html.py`` so that both always say the same thi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,16 @@ from featpipe.report.summary import (
     row_cost,
     summarize,
 )
+
+# Unicode's bidirectional embeddings, overrides and isolates: one in a class name or label
+# would reorder the rest of its line as shown (digits of the results included).
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(text: object) -> str:
+    """``text`` for a renderer to escape, with bidirectional controls shown as their code
+    points (``<U+202E>``) instead of obeyed."""
+    return _BIDI_CONTROLS.sub(lambda m: f"<U+{ord(m[0]):04X}>", str(text))
 
 
 @dataclass(frozen=True)

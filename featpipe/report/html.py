@@ -6,7 +6,7 @@ import base64
 import re
 from html import escape
 
-from featpipe.report.content import Document, Figure, Folded, Table
+from featpipe.report.content import Document, Figure, Folded, Table, plain
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -27,10 +27,16 @@ td details summary { cursor: pointer; } details > summary h2 { display: inline; 
 _BREAK_AFTER = re.compile(r"([+=,])(?=\S)")
 
 
+def _text(text: object) -> str:
+    """``text`` as HTML text, quotes included (class names, labels and run names come from
+    users' data: a class folder named ``<img src=x onerror=…>`` must stay text)."""
+    return escape(plain(text))
+
+
 def _cell(text: object) -> str:
     if isinstance(text, Folded):  # the short form, unfolding to the whole on a click
         return f"<details><summary>{_cell(text.short)}</summary>{_cell(text.full)}</details>"
-    return _BREAK_AFTER.sub(r"\1<wbr>", escape(str(text)))
+    return _BREAK_AFTER.sub(r"\1<wbr>", _text(text))
 
 
 def _table(table: Table) -> str:
@@ -46,8 +52,8 @@ def _table(table: Table) -> str:
 def _figure(fig: Figure) -> str:
     data = base64.b64encode(fig.png).decode("ascii")
     return (
-        f'<figure><img alt="{escape(fig.caption)}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{escape(fig.caption)}</figcaption></figure>"
+        f'<figure><img alt="{_text(fig.caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{_text(fig.caption)}</figcaption></figure>"
     )
 
 
@@ -56,23 +62,23 @@ def render_html(doc: Document) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{escape(doc.title)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{escape(doc.title)}</h1>",
+        f"<title>{_text(doc.title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{_text(doc.title)}</h1>",
     ]
     for section in doc.sections:
         if section.appendix:  # folded: a click opens it
-            parts.append(f"<details><summary><h2>{escape(section.title)}</h2></summary>")
+            parts.append(f"<details><summary><h2>{_text(section.title)}</h2></summary>")
         else:
-            parts.append(f"<h2>{escape(section.title)}</h2>")
+            parts.append(f"<h2>{_text(section.title)}</h2>")
         for block in section.blocks:
             if isinstance(block, Table):
                 parts.append(_table(block))
             elif isinstance(block, Figure):
                 parts.append(_figure(block))
             elif isinstance(block, list):
-                parts.append("<ul>" + "".join(f"<li>{escape(i)}</li>" for i in block) + "</ul>")
+                parts.append("<ul>" + "".join(f"<li>{_text(i)}</li>" for i in block) + "</ul>")
             else:
-                parts.append(f"<p>{escape(block)}</p>")
+                parts.append(f"<p>{_text(block)}</p>")
         if section.appendix:
             parts.append("</details>")
     parts.append("</body></html>")

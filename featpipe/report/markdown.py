@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from featpipe.report.content import Document, Figure, Table
+from featpipe.report.content import Document, Figure, Table, plain
 
 PLOTS_DIR = "plots"
 
@@ -22,7 +22,7 @@ def _text(text: object, pattern: re.Pattern = _INLINE) -> str:
     """``text`` as Markdown that shows it as it is, on one line: class names, labels and run
     names come from users' data, and a class folder named ``<img src=x onerror=…>`` or
     ``a|b`` must neither become HTML nor break a table."""
-    return pattern.sub(r"\\\g<0>", " ".join(str(text).splitlines()))
+    return pattern.sub(r"\\\g<0>", " ".join(plain(text).splitlines()))
 
 
 def _block(text: object) -> str:
