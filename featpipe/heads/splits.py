@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from featpipe.errors import ConfigError
+from featpipe.heads.finite import check_finite
 
 SplitArrays = Mapping[str, tuple[np.ndarray, np.ndarray]]
 # ``pooled+blocks.5:avg``: several stored layers read as one, side by side.
@@ -82,7 +83,9 @@ class FeatureSplits:
             blocks = [self.source.arrays(part, split) for part in parts]
             return concatenated([X for X, _ in blocks], self._stats), blocks[0][1]
         X, y = self.source[split]
-        return np.asarray(X, dtype=np.float32), np.asarray(y)
+        X = np.asarray(X, dtype=np.float32)
+        check_finite(X, split)  # a store's reads check their own
+        return X, np.asarray(y)
 
     def ids(self, split: str) -> list[str] | None:
         return list(self.source.ids(split)) if self.is_store else None

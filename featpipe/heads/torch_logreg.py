@@ -36,7 +36,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.device import on_device, resolve_device, torch_threads
 from featpipe.distributed.progress import progress_bar
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, TrainingDivergedError
+from featpipe.heads.finite import check_finite
 
 
 def logistic_objective(
@@ -154,13 +155,29 @@ class _Problem:
         def closure() -> torch.Tensor:
             return self.loss_and_grad(W, b, reg)
 
-        opt.step(closure)
+        try:
+            opt.step(closure)
+        except RuntimeError as exc:
+            if "overflow" not in str(exc):  # out of memory, a lost rank...
+                raise
+            raise self._diverged(C) from exc  # a step length of NaN or inf
         n_iter = int(opt.state[W].get("n_iter", 0))  # LBFGS keeps its state on the first param
         # LBFGS also stops on tolerance_change or a failed line search, and its last closure
         # call may be a rejected trial point: evaluate the gradient where it stopped.
         closure()
+        if not (torch.isfinite(W).all() and torch.isfinite(b).all()):
+            raise self._diverged(C)  # NaN weights would predict one class for every row
         grad = max(W.grad.abs().max().item(), b.grad.abs().max().item())
         return torch.cat([W.detach(), b.detach()[:, None]], dim=1), n_iter, grad
+
+    def _diverged(self, C: float) -> TrainingDivergedError:
+        X = getattr(self, "X", None)  # a streamed problem holds no rows
+        reach = f" (|x| up to {X.abs().max().item():.3g})" if X is not None else ""
+        return TrainingDivergedError(
+            f"L-BFGS diverged at C={C:g}: its weights became NaN or infinite in float32, "
+            f"because the features are too large in magnitude{reach}. Standardise them "
+            "(preprocess='standardize', the default of the probe heads) or scale them down."
+        )
 
     def accuracy(self, W: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> float:
         logits = self.logits(X, W[:, :-1], W[:, -1])
@@ -373,6 +390,9 @@ def linear_path(
     what = estimator_class._what
     _check_Cs(Cs, what)
     X = np.asarray(X)
+    check_finite(X, "training")
+    if X_val is not None:
+        check_finite(X_val, "validation")
     classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
     if len(classes) < 2:
         raise ConfigError(f"{what} needs at least 2 classes; got {list(classes)}.")

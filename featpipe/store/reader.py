@@ -15,6 +15,7 @@ from featpipe.errors import (
     ConfigError,
     FeaturePipeError,
     IncompleteStoreError,
+    NonFiniteFeaturesError,
     StoreInUseError,
     StoreMismatchError,
     StoreNotFoundError,
@@ -28,6 +29,20 @@ from featpipe.store.parts import Part, check_parts, describe_parts, is_parted
 from featpipe.store.schema import decode_attrs, rows_done
 
 SKIPPED_SHOWN = 5  # skipped images that info() names
+IDS_SHOWN = 3  # ids of rows that are not finite that an error names
+
+
+def all_finite(block: np.ndarray) -> bool:
+    """Whether every value of a float array is finite (vectorised: it runs on every chunk)."""
+    if block.dtype == np.float16:  # numpy's float16 isfinite is slow: read the exponent bits
+        return not ((np.ascontiguousarray(block).view(np.uint16) & 0x7C00) == 0x7C00).any()
+    return bool(np.isfinite(block).all())
+
+
+def named_rows(ids: Sequence, count: int) -> str:
+    """``'a', 'b', 'c' and 4 more`` for the ids of ``count`` rows (the first ones given)."""
+    shown = ", ".join(repr(str(i)) for i in list(ids)[:IDS_SHOWN])
+    return shown + (f" and {count - IDS_SHOWN} more" if count > IDS_SHOWN else "")
 
 
 def _not_found(path: Path) -> StoreNotFoundError:
@@ -305,8 +320,39 @@ class FeatureStore:
                 keep = mask[start : start + rows]
                 if not keep.any():
                     continue
-                block = ds[start : start + len(keep)][keep]
-                yield block.astype(dtype, copy=False), labels[start : start + len(keep)][keep]
+                stored = ds[start : start + len(keep)][keep]
+                with np.errstate(over="ignore"):  # an overflow is reported just below
+                    block = stored.astype(dtype, copy=False)
+                # Not finite: a store written before writes were checked, or a narrower dtype
+                # asked for than stored (a value that is not finite stays so when cast).
+                if not all_finite(block):
+                    rows = start + np.flatnonzero(keep)
+                    raise self._not_finite(f, layer, stored, block, rows)
+                yield block, labels[start : start + len(keep)][keep]
+
+    def _not_finite(
+        self, f: h5py.File, layer: str, stored: np.ndarray, block: np.ndarray, rows: np.ndarray
+    ) -> NonFiniteFeaturesError:
+        """The error for a block read with values that are not finite (``rows``: its rows)."""
+        bad = ~np.isfinite(block).all(axis=1)
+        ids = f[schema.SAMPLES_ID].asstr()[rows[bad][:IDS_SHOWN]]
+        count = int(bad.sum())
+        where = f"{count} row{'s' if count > 1 else ''} (ids {named_rows(ids, count)})"
+        if all_finite(stored):  # finite as stored: the dtype asked for overflowed
+            return NonFiniteFeaturesError(
+                f"Layer {layer!r} of {self.path} read as {block.dtype} overflows in {where}: "
+                f"its values reach {float(np.abs(stored).max()):g}, beyond "
+                f"{block.dtype}'s {float(np.finfo(block.dtype).max):g}. Read it as float32 "
+                "(dtype=np.float32, the default)."
+            )
+        kind = "NaN" if np.isnan(stored).any() else "infinite"
+        return NonFiniteFeaturesError(
+            f"Layer {layer!r} of {self.path} holds values that are not finite ({kind}) in "
+            f"{where}, which no head can be trained or tested on. The store was written by a "
+            "featpipe that did not check features, or by another tool. Extract it again with "
+            "--overwrite (overwrite=True), and with --dtype float32 (dtype='float32') where "
+            "the layer's activations exceed float16's 65504."
+        )
 
     def to_pandas(self, layer: str, split: str | None = None, *, dtype: Any = np.float32):
         """A pandas DataFrame of one layer and split (all when None): columns ``id``,

@@ -35,7 +35,7 @@ from featpipe.store.files import (
     unwritten_bytes,
 )
 from featpipe.store.parts import parted_at, parts_dir
-from featpipe.store.reader import FeatureStore
+from featpipe.store.reader import IDS_SHOWN, FeatureStore, all_finite, named_rows
 from featpipe.store.schema import chunk_bounds, encode_attr, n_chunks_for
 
 
@@ -200,12 +200,6 @@ def _checked_labels(labels: Any, classes: Sequence[str]) -> np.ndarray:
             'for (a store has no value for "no label": leave unlabelled rows out).'
         )
     return raw
-
-
-def _all_finite(block: np.ndarray) -> bool:
-    if block.dtype == np.float16:  # numpy's float16 isfinite is slow: read the exponent bits
-        return not ((block.view(np.uint16) & 0x7C00) == 0x7C00).any()
-    return bool(np.isfinite(block).all())
 
 
 def _iso(timestamp: float) -> str:
@@ -412,26 +406,37 @@ class StoreWriter:
                 )
             if not ok.all():
                 block = np.where(ok[:, None], block, 0).astype(ds.dtype)
-            if not _all_finite(block):
-                raise self._not_finite(name, block, start)
+            if not all_finite(block):
+                raise self._not_finite(name, block, start, features[name])
             blocks[name] = block
         return blocks
 
-    def _not_finite(self, name: str, block: np.ndarray, start: int) -> NonFiniteFeaturesError:
+    def _not_finite(
+        self, name: str, block: np.ndarray, start: int, given: Any
+    ) -> NonFiniteFeaturesError:
+        """The error for a chunk's ``block`` of layer ``name`` (``given`` before the cast to
+        the store's dtype) holding values that are not finite; runs only on failure."""
         bad = ~np.isfinite(block)
         rows = np.flatnonzero(bad.any(axis=1)) + start
+        ids = self._file[schema.SAMPLES_ID].asstr()[rows[:IDS_SHOWN]]
         text = (
             f"Layer {name!r} has {int(bad.sum())} values that are not finite as {self.dtype} "
-            f"(rows {rows[0]} to {rows[-1]} of {self.path}); nothing of their chunk was written"
+            f"(rows {rows[0]} to {rows[-1]} of {self.path}, images {named_rows(ids, len(rows))})"
+            "; nothing of their chunk was written"
         )
         if np.isnan(block).any():
             return NonFiniteFeaturesError(
                 f"{text}. The backbone produced NaN: check its weights and the images."
             )
         if self.dtype == "float16":
+            given = np.asarray(given)
+            if given.dtype.itemsize > 2 and np.isfinite(given).all():  # the cast overflowed
+                reach = f" (|values| up to {float(np.abs(given).max()):g})"
+            else:  # cast to float16 already on the device: its values are lost
+                reach = ""
             return NonFiniteFeaturesError(
                 f"{text}. float16 holds magnitudes up to 65504 and this layer's activations "
-                "go beyond it, so they became inf. Store the features as float32 "
+                f"go beyond it{reach}, so they became inf. Store the features as float32 "
                 "(--dtype float32, or dtype='float32')."
             )
         return NonFiniteFeaturesError(
