@@ -6,10 +6,21 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+import torch
+from extract_child import NoiseSource
+from PIL import Image
 
+from featpipe.backbones import get_backbone
 from featpipe.cli import main
 from featpipe.errors import FeaturePipeError, NonFiniteFeaturesError, TrainingDivergedError
-from featpipe.heads import TorchLinearSVC, TorchLogisticRegression, logreg_path, select_and_fit
+from featpipe.extract import extract
+from featpipe.heads import (
+    Embedder,
+    TorchLinearSVC,
+    TorchLogisticRegression,
+    logreg_path,
+    select_and_fit,
+)
 from featpipe.store import FeatureStore, write_arrays
 
 N = 60
@@ -134,3 +145,42 @@ def test_float16_overflow_at_write_time_names_the_largest_value(tmp_path):
     X[4, 3] = -123456.0
     with pytest.raises(NonFiniteFeaturesError, match=r"123456.*--dtype float32"):
         write_arrays(tmp_path / "s.h5", {"pooled": X}, y, SPLITS, ["a", "b"], dtype="float16")
+
+
+def test_nan_from_the_model_stops_extraction_naming_the_images(tmp_path):
+    backbone = get_backbone("toy")
+    with torch.no_grad():
+        backbone.model.fc.bias[3] = float("nan")
+    with pytest.raises(NonFiniteFeaturesError, match=r"produced NaN") as err:
+        extract(NoiseSource(12), backbone, ["pooled", "logits"], out=tmp_path / "a.h5",
+                workers=0, device="cpu", progress=False, batch_size=5)  # fmt: skip
+    assert "'logits'" in str(err.value) and "images '" in str(err.value)
+    assert not FeatureStore(tmp_path / "a.h5").chunk_done().any()
+
+
+# -- the Embedder (images in, features out) ----------------------------------------------------
+
+
+def _nan_toy(spec):
+    from toy_backbone import build_toy
+
+    backbone = build_toy(spec)
+    with torch.no_grad():
+        backbone.model.fc.bias[3] = float("nan")
+    return backbone
+
+
+def test_the_embedder_refuses_nan_from_the_model_and_caches_none(tmp_path):
+    """It returned the NaN rows, and cached them per image: every later call, and every CV
+    fold, read them back, and the head downstream failed with sklearn's ValueError."""
+    from featpipe.backbones import register_backbone, unregister_backbone
+
+    register_backbone("nan_toy")(_nan_toy)
+    try:
+        images = [Image.new("RGB", (40, 40), (i * 20, 0, 0)) for i in range(3)]
+        emb = Embedder("nan_toy", layer="logits", device="cpu", cache_dir=tmp_path / "c").fit()
+        with pytest.raises(NonFiniteFeaturesError, match="NaN"):
+            emb.transform(images)
+        assert not list((tmp_path / "c").rglob("*.npy"))
+    finally:
+        unregister_backbone("nan_toy")

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from featpipe.backbones import Backbone, LayerSpec, get_backbone
 from featpipe.data.images import load_rgb, to_rgb
 from featpipe.device import on_device, resolve_device
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, NonFiniteFeaturesError
 from featpipe.extract.inference import Inference, precision
 from featpipe.extract.lanes import lane_count, lanes_running
 from featpipe.extract.loop import default_workers
@@ -185,6 +185,8 @@ class Embedder(TransformerMixin, BaseEstimator):
         batches = [todo[start : start + step] for start in range(0, len(todo), step)]
         with self._computed(items, batches) as computed:
             for rows, feats in zip(batches, computed, strict=True):
+                if not np.isfinite(feats).all():  # checked before anything is cached
+                    raise self._not_finite(items, rows, feats)
                 out[rows] = feats
                 if folder:
                     for i, f in zip(rows, feats, strict=True):
@@ -192,6 +194,25 @@ class Embedder(TransformerMixin, BaseEstimator):
                         np.save(tmp, f)
                         tmp.replace(folder / f"{keys[i]}.npy")  # never half a file to read
         return out
+
+    def _not_finite(
+        self, items: list[ImageLike], rows: list[int], feats: np.ndarray
+    ) -> NonFiniteFeaturesError:
+        bad = [row for row, ok in zip(rows, np.isfinite(feats).all(axis=1), strict=True) if not ok]
+        names = ", ".join(
+            str(items[i]) if isinstance(items[i], (str, os.PathLike)) else f"row {i}"
+            for i in bad[:3]
+        ) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        kind = "NaN" if np.isnan(feats).any() else "infinite"
+        _, inference = self._model()
+        autocast = precision(inference.device)
+        fix = "check the backbone's weights and these images"
+        if autocast != "fp32":
+            fix += f", or compute in fp32 on the CPU (device='cpu'; {autocast} autocast overflows)"
+        return NonFiniteFeaturesError(
+            f"Layer {self.layer!r} of {self.backbone} gave {kind} features for {len(bad)} "
+            f"images ({names}); nothing of their batch was returned or cached: {fix}."
+        )
 
     @contextlib.contextmanager
     def _computed(
