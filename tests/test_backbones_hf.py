@@ -86,6 +86,8 @@ def test_dinov2_folder_layers_preprocessing_and_stages(tiny):
     pre = bb.preprocessing
     assert (pre.resize, pre.crop, pre.interpolation) == (36, 32, "bicubic")
     assert pre.mean == (0.5, 0.4, 0.3) and pre.std == (0.2, 0.25, 0.3)
+    # it centre-crops at (W - crop) // 2, as transformers does: part of the store key
+    assert bb.identity()["preprocessing"]["crop_offset"] == "floor"
     assert bb.stages == [
         ("model.embeddings",),
         ("model.encoder.layer.0",),

@@ -11,6 +11,7 @@ more. A different geometry (a crop where the library squashes) differs by whole 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -233,9 +234,48 @@ def test_image_processors_that_resize_to_height_and_width_squash(kind, photos):
     processor = _hf_processors()[kind]
     pre = preprocessing_of(processor)
     assert pre.crop_mode == "squash"
+    assert pre.crop_offset == "round"  # no crop, or an even margin: the store key stays
     for label, image in photos.items():
         theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
         assert_same_pixels(pre.transform()(image), theirs, pre.std, label)
+
+
+def _hf_centre_croppers():
+    tr = pytest.importorskip("transformers")
+    clip = {
+        "size": {"shortest_edge": 48},
+        "crop_size": {"height": 48, "width": 48},
+        "resample": 3,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
+    return {
+        # on the 427 x 640 photos the margins are 23 (CLIP-like: 48 -> 48 x 71, crop 48) and
+        # 35 (DINOv2-like: 56 -> 56 x 83, crop 48): 3 modulo 4, where rounding half to even
+        # and transformers' floor start the crop a pixel apart
+        "clip": tr.CLIPImageProcessor(**clip),
+        "clip-pil": tr.CLIPImageProcessorPil(**clip),  # numpy center_crop
+        "dinov2": tr.BitImageProcessor(
+            size={"shortest_edge": 56}, crop_size={"height": 48, "width": 48}, resample=3
+        ),
+        # ConvNeXt below 384: shortest_edge / crop_pct, then crop shortest_edge: 54 x 80, 48
+        "convnext": tr.ConvNextImageProcessor(size={"shortest_edge": 48}, crop_pct=0.9),
+    }
+
+
+@pytest.mark.parametrize("kind", ["clip", "clip-pil", "dinov2", "convnext"])
+def test_image_processors_that_centre_crop_start_the_crop_where_they_do(kind, photos):
+    """transformers' center_crop starts at (W - crop) // 2; torchvision's rounds half to even.
+    Before crop_offset, featpipe fed CLIP, DINOv2 and ConvNeXt-224 a crop one pixel to the
+    right (below) of theirs on these photos: 1.3-3.0 apart after normalisation at 224."""
+    from featpipe.backbones.hf_models import preprocessing_of
+
+    processor = _hf_centre_croppers()[kind]
+    pre = preprocessing_of(processor)
+    assert (pre.crop_mode, pre.crop_offset) == ("center", "floor")
+    for label, image in photos.items():
+        theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
+        assert_same_pixels(pre.transform()(image), theirs, pre.std, f"{kind}, {label}")
 
 
 # the same pixels on every data path, and a new store key ----------------------------------
@@ -249,6 +289,31 @@ def test_squash_gives_the_same_pixels_on_the_gpu_data_path(photos):
     assert torch.equal(resize_crop(images, pre), expected)  # uint8 kernels, as on CPU
     via_float = resize_crop(images, pre, via_float=True).int()  # what CUDA computes
     assert (via_float - expected.int()).abs().max() <= 3
+
+
+@pytest.mark.parametrize(
+    "resize, crop, crop_mode",
+    [(48, 48, "center"), (56, 48, "center"), (51, 48, "squash"), (40, 48, "center")],
+    ids=["short side kept", "both sides cropped", "squash, margin 3", "padded"],
+)
+def test_a_floor_crop_gives_the_same_pixels_on_the_gpu_data_path(resize, crop, crop_mode, photos):
+    """The gpu data path crops with featpipe.extract.tensor_ops: its crop must start where the
+    CPU transform's does, floor or round."""
+    pre = Preprocessing(resize, crop, "bicubic", crop_mode=crop_mode, crop_offset="floor")
+    images = [pil_to_tensor(image) for image in photos.values()]
+    expected = torch.stack([pre.geometry()(image) for image in images])
+    assert expected.shape == (len(images), 3, crop, crop)
+    assert torch.equal(resize_crop(images, pre), expected)  # uint8 kernels, as on CPU
+    via_float = resize_crop(images, pre, via_float=True).int()  # what CUDA computes
+    assert (via_float - expected.int()).abs().max() <= 3
+    # PIL in (the CPU path) gives the same crop as a tensor in
+    pil = torch.stack([pil_to_tensor(pre.geometry()(image)) for image in photos.values()])
+    assert (pil.int() - expected.int()).abs().max() <= 8
+    rounded = replace(pre, crop_offset="round")
+    if crop_mode == "center" and resize <= crop:  # a margin of 23 on the 427 x 640 photos
+        moved = rounded.geometry()(images[0])
+        assert not torch.equal(moved, expected[0])  # the two offsets do differ here
+        assert torch.equal(moved[..., :-1], expected[0][..., 1:])  # by one column
 
 
 def test_fast_decode_squashes_too(tmp_path, photos):
@@ -286,6 +351,17 @@ def test_the_crop_mode_is_part_of_the_store_key_and_old_keys_stay():
     assert squash.at_size(112).crop_mode == "squash"
     with pytest.raises(ConfigError, match="crop mode"):
         Preprocessing(resize=256, crop=224, crop_mode="border")
+
+
+def test_the_crop_offset_is_part_of_the_store_key_and_old_keys_stay():
+    rounded = Preprocessing(resize=256, crop=224, interpolation="bicubic")
+    floor = Preprocessing(resize=256, crop=224, interpolation="bicubic", crop_offset="floor")
+    assert "crop_offset" not in rounded.to_dict()  # keys made before it stay valid
+    assert floor.to_dict() == {**rounded.to_dict(), "crop_offset": "floor"}
+    assert Preprocessing.from_dict(floor.to_dict()) == floor
+    assert floor.at_size(112).crop_offset == "floor"
+    with pytest.raises(ConfigError, match="crop offset"):
+        Preprocessing(resize=256, crop=224, crop_offset="ceil")
 
 
 def test_grey_images_give_three_equal_channels_before_normalising(photos):

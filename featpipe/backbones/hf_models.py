@@ -146,7 +146,8 @@ def preprocessing_of(processor) -> Preprocessing:
 
     A processor that resizes to exactly height×width (ViT, DeiT, BEiT, SigLIP; ConvNeXt at
     384 and above) squashes the image to that size (``crop_mode`` 'squash'), as it does;
-    non-square sizes are refused."""
+    non-square sizes are refused. Centre crops start at ``floor`` offsets, as
+    transformers' ``center_crop`` does (``crop_offset``)."""
     size = dict(getattr(processor, "size", None) or {})
     crop_size = dict(getattr(processor, "crop_size", None) or {})
     crop_pct = getattr(processor, "crop_pct", None)
@@ -164,6 +165,7 @@ def preprocessing_of(processor) -> Preprocessing:
     # the short side kept to its ratio, or both sides resized (ConvNeXt processors warp to
     # shortest_edge × shortest_edge from 384 up)
     crop_mode = "center" if size.get("shortest_edge") else "squash"
+    crops = True  # the processor centre-crops
     if getattr(processor, "do_center_crop", False) and crop_size.get("height"):
         resize, crop = int(short), int(crop_size["height"])
     elif crop_pct and "shortest_edge" in size and short < 384:
@@ -172,6 +174,12 @@ def preprocessing_of(processor) -> Preprocessing:
     else:
         resize = crop = int(short)
         crop_mode = "squash" if crop_pct else crop_mode
+        crops = False
+    # transformers' center_crop puts the corner at (W - crop) // 2 where torchvision rounds
+    # half to even: a pixel apart when the margin is odd. A squash's margin is resize - crop;
+    # where it is even both agree and the store key stays.
+    floor = crops and (crop_mode == "center" or (resize - crop) % 2 == 1)
+    crop_offset = "floor" if floor else "round"
     normalize = getattr(processor, "do_normalize", True)
     mean = processor.image_mean if normalize else (0.0, 0.0, 0.0)
     std = processor.image_std if normalize else (1.0, 1.0, 1.0)
@@ -182,6 +190,7 @@ def preprocessing_of(processor) -> Preprocessing:
         mean=tuple(mean),
         std=tuple(std),
         crop_mode=crop_mode,
+        crop_offset=crop_offset,
     )
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.functional import InterpolationMode
+from torchvision.transforms.v2 import functional as F
 
 from featpipe.errors import ConfigError
 
@@ -21,6 +23,11 @@ INTERPOLATIONS = {
 # side becomes ``resize``); ``squash`` resizes both sides to ``resize`` (timm's ``crop_mode``
 # 'squash', open_clip's ``resize_mode`` 'squash', image processors that resize to height×width).
 CROP_MODES = ("center", "squash")
+# Where the centre crop starts when the margin (resized size - crop) is odd: ``round`` at
+# round((W - crop) / 2), half to even, as torchvision's center_crop (torchvision weights, timm,
+# open_clip) does; ``floor`` at (W - crop) // 2, as transformers' image processors do (CLIP,
+# DINOv2/Bit, ConvNeXt). The two differ by a pixel when the margin is 3 modulo 4.
+CROP_OFFSETS = ("round", "floor")
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,8 @@ class Preprocessing:
     """Resize the short side to ``resize`` (``crop_mode`` 'squash': both sides, aspect ratio
     not kept), centre-crop ``crop`` x ``crop`` (padded with zeros where ``crop`` > ``resize``,
     as timm's crop_pct > 1 asks), scale to [0, 1], normalise with ``mean``/``std``. Built from
-    the weights' own metadata, never retyped."""
+    the weights' own metadata, never retyped. ``crop_offset`` rounds the crop's corner as
+    torchvision does (``round``) or as transformers' processors do (``floor``)."""
 
     resize: int
     crop: int
@@ -37,6 +45,7 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     antialias: bool = True
     crop_mode: str = "center"
+    crop_offset: str = "round"
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -46,6 +55,10 @@ class Preprocessing:
         if self.crop_mode not in CROP_MODES:
             raise ConfigError(
                 f"Unknown crop mode {self.crop_mode!r}; valid: {', '.join(CROP_MODES)}."
+            )
+        if self.crop_offset not in CROP_OFFSETS:
+            raise ConfigError(
+                f"Unknown crop offset {self.crop_offset!r}; valid: {', '.join(CROP_OFFSETS)}."
             )
         if self.crop < 1 or self.resize < 1:
             raise ConfigError(
@@ -68,8 +81,11 @@ class Preprocessing:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
-        if self.crop_mode == "center":  # left out, so that keys made before it stay valid
+        # left out at their defaults, so that keys made before they existed stay valid
+        if self.crop_mode == "center":
             del d["crop_mode"]
+        if self.crop_offset == "round":
+            del d["crop_offset"]
         return d
 
     @classmethod
@@ -93,11 +109,11 @@ class Preprocessing:
     def geometry(self) -> T.Compose:
         """PIL or uint8 tensor in, resized and cropped image out (no dtype change)."""
         interpolation = INTERPOLATIONS[self.interpolation]
+        crop = (
+            T.CenterCrop(self.crop) if self.crop_offset == "round" else FloorCenterCrop(self.crop)
+        )
         return T.Compose(
-            [
-                T.Resize(self.resize_size, interpolation, antialias=self.antialias),
-                T.CenterCrop(self.crop),
-            ]
+            [T.Resize(self.resize_size, interpolation, antialias=self.antialias), crop]
         )
 
     def transform(self) -> T.Compose:
@@ -110,3 +126,33 @@ class Preprocessing:
                 T.Normalize(self.mean, self.std),
             ]
         )
+
+
+def center_crop(image: Any, size: int, offset: str = "round") -> Any:
+    """Crop the centre ``size`` x ``size`` of a PIL image or (..., H, W) tensor, padded with
+    zeros where it is smaller, as torchvision's ``center_crop`` does; ``offset='floor'`` puts
+    the corner at ``(H - size) // 2``, ``(W - size) // 2`` (transformers' ``center_crop``)
+    instead of rounding half to even."""
+    if offset == "round":
+        return F.center_crop(image, [size])
+    if offset != "floor":
+        raise ConfigError(f"Unknown crop offset {offset!r}; valid: {', '.join(CROP_OFFSETS)}.")
+    height, width = F.get_size(image)
+    if size > height or size > width:  # torchvision's zero padding (no crop where equal)
+        image = F.center_crop(image, [max(size, height), max(size, width)])
+        height, width = F.get_size(image)
+    return F.crop(image, (height - size) // 2, (width - size) // 2, size, size)
+
+
+class FloorCenterCrop(T.Transform):
+    """``T.CenterCrop`` with the crop's corner rounded down, as transformers' processors do."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = int(size)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return center_crop(inpt, self.size, "floor")
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"

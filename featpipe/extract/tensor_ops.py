@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from featpipe.backbones.preprocessing import INTERPOLATIONS, Preprocessing
+from featpipe.backbones.preprocessing import INTERPOLATIONS, Preprocessing, center_crop
 
 # Working memory for the float32 copies made while resizing: images of one size are resized
 # together, in groups small enough that their float32 copies fit in this many bytes.
@@ -84,7 +84,7 @@ def _resize_crop_stacked(
     antialias = preprocessing.antialias
     if not via_float:
         resized = F.resize(images, size, interpolation, antialias=antialias)
-        return F.center_crop(resized, [preprocessing.crop])
+        return center_crop(resized, preprocessing.crop, preprocessing.crop_offset)
     # The uint8 kernel (like Pillow) resizes the width, rounds to uint8, then the height.
     # Doing the same in float32 cuts the pixels that differ from ~10 % to ~0.3 % and the
     # largest difference from 5 grey levels to 2 (bicubic overshoot is clamped in between).
@@ -93,7 +93,8 @@ def _resize_crop_stacked(
     x = F.resize(x, [x.shape[-2], width], interpolation, antialias=antialias)
     x = F.resize(x.clamp_(0, 255).round_(), [height, width], interpolation, antialias=antialias)
     resized = x.clamp_(0, 255).round_().to(torch.uint8)
-    return F.center_crop(resized, [preprocessing.crop])
+    # the crop's corner rounded as on the CPU path ('round' or 'floor')
+    return center_crop(resized, preprocessing.crop, preprocessing.crop_offset)
 
 
 def normalise(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
