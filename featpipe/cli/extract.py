@@ -181,6 +181,10 @@ def register(subparsers) -> None:
         help="copy a parted store into one self-contained file",
         description="Copy a complete parted store (filled by torchrun ranks or --shard tasks) "
         "into one HDF5 file without virtual datasets, readable by plain h5py.",
+        epilog="examples:\n"
+        "  featpipe consolidate /scratch/pets.h5 --out pets.h5\n"
+        "  featpipe consolidate /scratch/pets.h5 --out pets.h5 --force   # replace pets.h5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("store", metavar="STORE", help="the parted store's top-level .h5 file")
     c.add_argument("--out", metavar="FILE", required=True, help="the one-file store to write")

@@ -23,7 +23,7 @@ examples:
   featpipe finetune --data cifar10/ --limit-train 5000 --limit-test 1000 --image-size 96 \\
       --mode full --epochs 4 --run-dir runs/c10-full
   featpipe finetune --data data/pets --mode partial:3 --optimizer adamw --lr 1e-3
-  featpipe finetune --data digits --image-size 64 --epochs 3 \
+  featpipe finetune --data digits --image-size 64 --epochs 3 \\
       --grid lr=0.01,0.05 --grid weight_decay=0,1e-4      # 4 runs, the best on val tested
   featpipe finetune --data digits --image-size 64 --mode scratch   # the from-scratch baseline
 
@@ -206,6 +206,18 @@ def _record(
     return row
 
 
+def _shown_counts(source, counts: dict, args: argparse.Namespace) -> str:
+    """The split counts training uses: a source without val rows has val carved from train
+    (``--val-fraction``), so its counts as the source has them would show val 0."""
+    from featpipe.finetune.data import split_rows
+
+    if counts.get("val") or not counts.get("train"):
+        return str(counts)
+    train, val, _ = split_rows(source, args.val_fraction, args.seed)
+    shown = {**counts, "train": len(train), "val": len(val)}
+    return f"{shown} (val carved from train: --val-fraction {args.val_fraction:g})"
+
+
 def run_finetune(args: argparse.Namespace) -> int:
     from featpipe.device import resolve_device
     from featpipe.distributed import process_group
@@ -242,8 +254,8 @@ def _finetune(args: argparse.Namespace) -> int:
     if main:
         world = f" on {ddp.world_size()} ranks" if ddp.active() else ""
         print(
-            f"{args.backbone} mode={args.mode} on {len(source)} images {counts}{world}; "
-            f"run: {run_dir}"
+            f"{args.backbone} mode={args.mode} on {len(source)} images "
+            f"{_shown_counts(source, counts, args)}{world}; run: {run_dir}"
         )
         run_dir.mkdir(parents=True, exist_ok=True)
         config = {

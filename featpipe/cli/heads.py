@@ -73,7 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="logreg",
         help=f"comma-separated heads from: {', '.join(list_heads())} (default: logreg)",
     )
-    p.add_argument("--cv", type=int, default=5, help="folds when the store has no val split")
+    p.add_argument(
+        "--cv", type=int, default=5, help="folds when the store has no val split (default: 5)"
+    )
     p.add_argument(
         "--seed",
         type=int,
@@ -123,7 +125,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["train", "val", "test"],
         help="with a store: predict only this split (default: all rows)",
     )
-    q.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    q.add_argument(
+        "--batch-size", type=int, default=32, help="images per forward pass (default: 32)"
+    )
     q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (images only)")
     q.add_argument("--out", type=Path, help="CSV file to write (default: standard output)")
     q.set_defaults(func=run_predict)

@@ -39,8 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default: the file's `out`)")
     p.add_argument(
         "--data",
-        metavar="PATH",
-        help="image source: built-in name, folder or CSV (replaces source.data)",
+        metavar="SOURCE",
+        help="image source, any spec `featpipe extract` takes (built-in name, folder, CSV "
+        "manifest, torchvision:, hf-dataset:, wds:); replaces source.data",
     )
     p.add_argument(
         "--set",
@@ -62,12 +63,20 @@ def register(subparsers) -> None:
     r = subparsers.add_parser(
         "report",
         help="rebuild report.md and report.html of a run from its results.jsonl",
-        description="Rebuild RUN_DIR/report.md, RUN_DIR/plots/*.png and RUN_DIR/report.html "
-        "from the rows of RUN_DIR/results.jsonl that belong to the run's current configuration "
-        "(listed in RUN_DIR/plan.json; a folder without one, from an older featpipe, reports "
+        description="Rebuild RUN_DIR/report.md, RUN_DIR/plots/*.png and RUN_DIR/report.html\n"
+        "from the rows of RUN_DIR/results.jsonl that belong to the run's current configuration\n"
+        "(listed in RUN_DIR/plan.json; a folder without one, from an older featpipe, reports\n"
         "every method's latest rows, with a note).",
+        epilog="examples:\n"
+        "  featpipe report runs/demo\n"
+        "  featpipe report runs/heads   # rows appended by `featpipe probe --run-dir runs/heads`",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `featpipe run`")
+    r.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="folder written by `featpipe run` (or a --run-dir of probe, finetune)",
+    )
     r.set_defaults(func=report_command)
 
 
