@@ -109,11 +109,11 @@ class Preprocessing:
     def geometry(self) -> T.Compose:
         """PIL or uint8 tensor in, resized and cropped image out (no dtype change)."""
         interpolation = INTERPOLATIONS[self.interpolation]
-        crop = (
-            T.CenterCrop(self.crop) if self.crop_offset == "round" else FloorCenterCrop(self.crop)
-        )
         return T.Compose(
-            [T.Resize(self.resize_size, interpolation, antialias=self.antialias), crop]
+            [
+                T.Resize(self.resize_size, interpolation, antialias=self.antialias),
+                CenterCrop(self.crop, self.crop_offset),
+            ]
         )
 
     def transform(self) -> T.Compose:
@@ -144,15 +144,16 @@ def center_crop(image: Any, size: int, offset: str = "round") -> Any:
     return F.crop(image, (height - size) // 2, (width - size) // 2, size, size)
 
 
-class FloorCenterCrop(T.Transform):
-    """``T.CenterCrop`` with the crop's corner rounded down, as transformers' processors do."""
+class CenterCrop(T.Transform):
+    """``T.CenterCrop`` with the crop's corner rounded as ``offset`` says (:func:`center_crop`):
+    one transform for both roundings, the one the tensor path calls too."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, offset: str = "round"):
         super().__init__()
-        self.size = int(size)
+        self.size, self.offset = int(size), offset
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return center_crop(inpt, self.size, "floor")
+        return center_crop(inpt, self.size, self.offset)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}"
+        return f"size={self.size}, offset={self.offset}"
