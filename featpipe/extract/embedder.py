@@ -23,6 +23,7 @@ from featpipe.errors import ConfigError, NonFiniteFeaturesError
 from featpipe.extract.inference import Inference, precision
 from featpipe.extract.lanes import lane_count, lanes_running
 from featpipe.extract.loop import default_workers
+from featpipe.store.reader import named_rows
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
@@ -199,10 +200,8 @@ class Embedder(TransformerMixin, BaseEstimator):
         self, items: list[ImageLike], rows: list[int], feats: np.ndarray
     ) -> NonFiniteFeaturesError:
         bad = [row for row, ok in zip(rows, np.isfinite(feats).all(axis=1), strict=True) if not ok]
-        names = ", ".join(
-            str(items[i]) if isinstance(items[i], (str, os.PathLike)) else f"row {i}"
-            for i in bad[:3]
-        ) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        labels = [items[i] if isinstance(items[i], (str, os.PathLike)) else f"row {i}" for i in bad]
+        names = named_rows(labels, len(bad))
         kind = "NaN" if np.isnan(feats).any() else "infinite"
         _, inference = self._model()
         autocast = precision(inference.device)
