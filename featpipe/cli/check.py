@@ -14,8 +14,9 @@ examples:
 Checks: the same image in two splits (by content hash with --source, else by identical stored
 features), test images with a near-duplicate in train or val (cosine >= --cosine on the stored
 pooled features; heads are refit on train+val), and classes with fewer than --min-per-class
-validation or test images.
-Exit status 0 when nothing was found, 1 when something was.
+validation or test images. A store holding features that are not finite (NaN, inf) in any
+layer is an error naming them.
+Exit status 0 when nothing was found, 1 when something was, 2 on an error.
 """
 
 
@@ -43,9 +44,10 @@ def register(subparsers) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from featpipe.errors import ConfigError
+    from featpipe.errors import ConfigError, NonFiniteFeaturesError
     from featpipe.evaluate.leakage import check_store, content_hashes
     from featpipe.store import FeatureStore
+    from featpipe.store.reader import not_finite_message
 
     # Before the store is read: with these values a check finds nothing and reports it clean.
     if args.cosine is not None and not 0 < args.cosine <= 1:  # also NaN
@@ -62,6 +64,10 @@ def run_check(args: argparse.Namespace) -> int:
         store = FeatureStore(args.store)
     except FileNotFoundError as exc:
         raise ConfigError(f"{exc} Pass the path of a .h5 file `featpipe extract` wrote.") from None
+    # Every layer, not only the one the checks read: a store no head can use is not clean.
+    found = store.non_finite()
+    if found:
+        raise NonFiniteFeaturesError(not_finite_message(store.path, found))
     hashes = None
     if args.source:
         from featpipe.data import open_source

@@ -41,6 +41,9 @@ INFO_EPILOG = """\
 examples:
   featpipe info data/cache/digits-efficientnet_lite0-0123456789abcdef.h5
   featpipe info store.h5 --json
+
+info reads every stored feature once, to find values that are not finite (NaN, inf).
+Exit status 1 when a layer holds such values (no head can use them), 0 otherwise.
 """
 
 
@@ -277,6 +280,7 @@ def run_info(args: argparse.Namespace) -> int:
     from featpipe.errors import StoreInUseError
     from featpipe.store import FeatureStore
     from featpipe.store.parts import parted_at
+    from featpipe.store.reader import not_finite_message
 
     try:
         info = FeatureStore(args.store).info()
@@ -284,9 +288,10 @@ def run_info(args: argparse.Namespace) -> int:
         if not parted_at(args.store):
             raise
         return _print_progress(args.store, args.json)
+    status = 1 if info["non_finite"] else 0
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
-        return 0
+        return status
     done, total = info["chunks_done"], info["chunks_total"]
     state = "complete" if info["complete"] else "INCOMPLETE (resume with the same extract call)"
     lines = [
@@ -315,6 +320,8 @@ def run_info(args: argparse.Namespace) -> int:
     if info["skipped"]:
         at = lines.index("layers")
         lines[at:at] = _skipped_lines(info)
+    if info["non_finite"]:  # right below the state, which would otherwise look healthy
+        lines[2:2] = ["NOT FINITE  " + not_finite_message(Path(info["path"]), info["non_finite"])]
     for name, layer in info["layers"].items():
         lines.append(
             f"  {name:<24} {layer['shape'][0]} x {layer['dim']}  {layer['dtype']}  "
@@ -329,7 +336,7 @@ def run_info(args: argparse.Namespace) -> int:
             + (f", over {runs} runs" if runs > 1 else "")
         )
     print("\n".join(lines))
-    return 0
+    return status
 
 
 def _print_progress(store: str, as_json: bool) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 from featpipe.errors import ConfigError, IncompleteStoreError
 from featpipe.store import schema
 from featpipe.store.files import check_free_space, open_h5
-from featpipe.store.parts import parts_dir
+from featpipe.store.parts import describe_parts, parts_dir
 from featpipe.store.reader import FeatureStore
 from featpipe.store.writer import check_out_file, replace_store_file
 
@@ -33,8 +33,9 @@ def consolidate(
             f"{source.path} is already one file (not a parted store); copy it as it is."
         )
     if not source.complete:
+        pending = describe_parts(source.parts, source.chunk_done())["parts_pending"]
         raise IncompleteStoreError(
-            f"{source.path} is not complete ({source.info()['parts_pending']} parts pending): "
+            f"{source.path} is not complete ({pending} parts pending): "
             "finish it by rerunning the same extraction, then consolidate it."
         )
     resolved = out.resolve()

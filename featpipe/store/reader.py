@@ -30,6 +30,11 @@ from featpipe.store.schema import decode_attrs, rows_done
 
 SKIPPED_SHOWN = 5  # skipped images that info() names
 IDS_SHOWN = 3  # ids of rows that are not finite that an error names
+# The fix for a layer holding values that are not finite, in every message that finds one.
+REEXTRACT = (
+    "Extract it again with --overwrite (overwrite=True), and with --dtype float32 "
+    "(dtype='float32') where the layer's activations exceed float16's 65504"
+)
 
 
 def all_finite(block: np.ndarray) -> bool:
@@ -43,6 +48,20 @@ def named_rows(ids: Sequence, count: int) -> str:
     """``'a', 'b', 'c' and 4 more`` for the ids of ``count`` rows (the first ones given)."""
     shown = ", ".join(repr(str(i)) for i in list(ids)[:IDS_SHOWN])
     return shown + (f" and {count - IDS_SHOWN} more" if count > IDS_SHOWN else "")
+
+
+def not_finite_message(path: Path, found: dict[str, dict]) -> str:
+    """One sentence for the layers of :meth:`FeatureStore.non_finite` (not empty)."""
+    layers = "; ".join(
+        f"layer {name!r}: {v['rows']} row{'s' if v['rows'] > 1 else ''} ({v['kind']}; ids "
+        f"{named_rows(v['ids'], v['rows'])})"
+        for name, v in found.items()
+    )
+    return (
+        f"{path} holds features that are not finite, which no head can be trained or tested "
+        f"on: {layers}. The store was written by a featpipe that did not check features, or "
+        f"by another tool. {REEXTRACT}."
+    )
 
 
 def _not_found(path: Path) -> StoreNotFoundError:
@@ -258,7 +277,41 @@ class FeatureStore:
             "file_size": self.path.stat().st_size,
             "layout": "parts" if self.parts else "file",
             **(describe_parts(self.parts, done) if self.parts else {}),
+            "non_finite": self.non_finite(),
         }
+
+    SCAN_BYTES = 64 * 1024 * 1024  # what non_finite() reads at a time
+
+    def non_finite(self) -> dict[str, dict]:
+        """``{layer: {"rows", "ids", "kind"}}`` of the layers holding values that are not
+        finite in rows that reads return (written, not skipped): how many rows, the first
+        ids, and ``"NaN"``, ``"infinite"`` or ``"NaN and infinite"``; empty when every value
+        is finite. Reads every layer once, whole chunks of about ``SCAN_BYTES`` at a time."""
+        found = {}
+        with self._reading() as f:
+            kept = self._kept(f)
+            for layer in self.layers:
+                ds = f[schema.FEATURES][layer]
+                chunks = self.SCAN_BYTES // max(1, ds.shape[1] * ds.dtype.itemsize)
+                step = max(1, chunks // self.rows_per_chunk) * self.rows_per_chunk
+                bad, nan, inf = [], False, False
+                for start in range(0, self._n, step):
+                    keep = kept[start : start + step]
+                    if not keep.any():
+                        continue
+                    block = ds[start : start + len(keep)]
+                    if all_finite(block if keep.all() else block[keep]):
+                        continue  # the usual case: one vectorised check per block
+                    rows = ~np.isfinite(block).all(axis=1) & keep
+                    nan |= bool(np.isnan(block[rows]).any())
+                    inf |= bool(np.isinf(block[rows]).any())
+                    bad.append(start + np.flatnonzero(rows))
+                if bad:
+                    rows = np.concatenate(bad)
+                    ids = f[schema.SAMPLES_ID].asstr()[rows[:IDS_SHOWN]]
+                    kind = " and ".join(k for k, v in (("NaN", nan), ("infinite", inf)) if v)
+                    found[layer] = {"rows": len(rows), "ids": [str(i) for i in ids], "kind": kind}
+        return found
 
     # -- features ------------------------------------------------------------------------------
     def arrays(
@@ -349,9 +402,7 @@ class FeatureStore:
         return NonFiniteFeaturesError(
             f"Layer {layer!r} of {self.path} holds values that are not finite ({kind}) in "
             f"{where}, which no head can be trained or tested on. The store was written by a "
-            "featpipe that did not check features, or by another tool. Extract it again with "
-            "--overwrite (overwrite=True), and with --dtype float32 (dtype='float32') where "
-            "the layer's activations exceed float16's 65504."
+            f"featpipe that did not check features, or by another tool. {REEXTRACT}."
         )
 
     def to_pandas(self, layer: str, split: str | None = None, *, dtype: Any = np.float32):

@@ -1,0 +1,86 @@
+"""Stores holding features that are not finite: shown by ``featpipe info`` and ``check``,
+named at write time, and skipped under ``on_error="skip"``."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+
+from featpipe.cli import main
+from featpipe.store import FeatureStore
+
+N, D = 50, 6
+FAST = dict(workers=0, device="cpu", progress=False, batch_size=5)
+
+
+def _h5py_store(path, bad: dict[str, list[int]], value=np.nan, rows_per_chunk=8, skipped=()):
+    """A complete store written with plain h5py from the layout in featpipe/store/schema.py
+    (as another tool, or a featpipe that did not check features, would), with ``value`` in
+    the rows ``bad[layer]`` of each layer, and the rows ``skipped`` marked not ok."""
+    n_chunks = -(-N // rows_per_chunk)
+    layers = ["pooled", "stage1:avg"]
+    text = h5py.string_dtype()
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format="featpipe.store", format_version=2, key="0123456789abcdef")
+        f.attrs.update(layers=json.dumps(layers), dtype="float16", complete=True)
+        f.attrs.update(rows_per_chunk=rows_per_chunk, n_chunks=n_chunks)
+        f.create_dataset("samples/id", data=[f"img{i}" for i in range(N)], dtype=text)
+        f.create_dataset("samples/label", data=np.arange(N, dtype=np.int64) % 2)
+        split = f.create_dataset("samples/split", data=np.repeat([0, 1, 2], [30, 10, 10]))
+        split.attrs["names"] = ["train", "val", "test"]
+        ok = np.ones(N, dtype=bool)
+        ok[list(skipped)] = False
+        f.create_dataset("samples/ok", data=ok)
+        f.create_dataset("samples/error", data=["" if o else "broken" for o in ok], dtype=text)
+        f.create_dataset("classes", data=["a", "b"], dtype=text)
+        for layer in layers:
+            X = np.random.default_rng(0).normal(size=(N, D)).astype(np.float16)
+            X[bad.get(layer, []), 1] = value
+            ds = f.create_dataset(f"features/{layer}", data=X, chunks=(rows_per_chunk, D))
+            ds.attrs.update(layer=layer, pooling="avg", dim=D, dtype="float16")
+        f.create_dataset("progress/chunk_done", data=np.ones(n_chunks, dtype=bool))
+    return path
+
+
+# -- featpipe info and check -------------------------------------------------------------------
+
+
+def test_info_names_the_layers_holding_values_that_are_not_finite(tmp_path, capsys):
+    """info showed such a store as complete and healthy; reads then failed in every head."""
+    path = _h5py_store(tmp_path / "s.h5", {"stage1:avg": [3, 41, 42, 43, 44]}, np.inf)
+    assert main(["info", str(path)]) == 1
+    text = capsys.readouterr().out
+    assert "'stage1:avg'" in text and "5 rows" in text and "'img3'" in text
+    assert "infinite" in text and "--overwrite" in text and "--dtype float32" in text
+    assert "'pooled'" not in text  # only the bad layer is named
+    assert main(["info", str(path), "--json"]) == 1
+    info = json.loads(capsys.readouterr().out)
+    assert info["non_finite"] == {
+        "stage1:avg": {"rows": 5, "ids": ["img3", "img41", "img42"], "kind": "infinite"}
+    }
+
+
+def test_info_reads_in_blocks_and_leaves_out_skipped_and_unwritten_rows(tmp_path, capsys):
+    path = _h5py_store(tmp_path / "s.h5", {"pooled": [2, 9, 20]}, skipped=[9])
+    with h5py.File(path, "r+") as f:
+        f["progress/chunk_done"][2] = False  # rows 16-23 (row 20) not written yet
+        f.attrs["complete"] = False
+    store = FeatureStore(path)
+    store.SCAN_BYTES = 3 * D * 2  # a few rows at a time: blocks still hold whole chunks
+    assert store.non_finite() == {"pooled": {"rows": 1, "ids": ["img2"], "kind": "NaN"}}
+    clean = _h5py_store(tmp_path / "c.h5", {})
+    assert main(["info", str(clean)]) == 0
+    assert "not finite" not in capsys.readouterr().out
+    assert FeatureStore(clean).info()["non_finite"] == {}
+
+
+def test_check_names_every_layer_that_is_not_finite(tmp_path, capsys):
+    """check read only `pooled`: NaN in another layer was reported clean."""
+    path = _h5py_store(tmp_path / "s.h5", {"stage1:avg": [7]})
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    print(err)
+    assert "'stage1:avg'" in err and "'img7'" in err and "NaN" in err and "--overwrite" in err
+    assert "Traceback" not in err
