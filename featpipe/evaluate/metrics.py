@@ -147,10 +147,11 @@ def compute_metrics(
     """Every test metric of one method, as a JSON-serialisable dict.
 
     ``y_true`` holds class indices into the columns of ``proba`` (n, C). Returns ``n``, ``top1``,
-    ``top5`` (only when C > 5), ``balanced_accuracy``, ``macro_f1``, ``log_loss``, ``ece`` (15
-    bins), ``confusion`` (C×C list, rows = true class), ``per_class_accuracy`` ({class: recall or
-    None when the class is absent from the test set}) and ``ci`` ({metric: [lo, hi]}, 95 %
-    percentile bootstrap over test rows; empty when ``n_boot`` is 0).
+    ``top5`` (only when C > 5; classes tied with the true one count ahead of it),
+    ``balanced_accuracy``, ``macro_f1``, ``log_loss``, ``ece`` (15 bins), ``confusion`` (C×C
+    list, rows = true class), ``per_class_accuracy`` ({class: recall or None when the class is
+    absent from the test set}) and ``ci`` ({metric: [lo, hi]}, 95 % percentile bootstrap over
+    test rows; empty when ``n_boot`` is 0).
 
     ``y_pred`` are the method's own predictions (class indices), for heads whose ``predict``
     is not the argmax of the scores in ``proba`` (an SVM's ties); top-1, balanced accuracy,
@@ -164,8 +165,11 @@ def compute_metrics(
     nll = -np.log(np.clip(p[np.arange(len(y)), y], _EPS, None))
     top5_hit = None
     if n_classes > 5:
-        top5 = np.argpartition(-p, 5, axis=1)[:, :5]
-        top5_hit = (top5 == y[:, None]).any(axis=1).astype(np.float64)
+        # A hit when at most 5 classes, the true one included, score at least as high: ties
+        # count against it. An arbitrary tie order would credit classes given no probability
+        # (a kNN's zero-vote classes) and make top-5 depend on how classes are numbered.
+        true_p = p[np.arange(len(y)), y]
+        top5_hit = ((p >= true_p[:, None]).sum(axis=1) <= 5).astype(np.float64)
     support = cm.sum(axis=1)
     per_class = {
         name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(names)

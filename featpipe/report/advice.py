@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from featpipe.evaluate import Comparison
 from featpipe.report.results import MethodKind
-from featpipe.report.summary import MethodSummary, best, compare_pair, is_tie
+from featpipe.report.summary import MethodSummary, best, compare_pair, is_tie, tie_rule
 
 FINAL_LAYER = "pooled"  # the backbone's last pooled output: every other layer is intermediate
 MIN_TEST = 100  # below this many test images a 95 % interval on top-1 spans about ±10 points
@@ -83,7 +83,7 @@ def recommendation(summaries: list[MethodSummary], n_boot: int) -> list[str]:
     text = [
         f"Use {chosen.label}: it has the best validation accuracy{size} "
         f"({_pct(chosen.val_accuracy)}) of {len(at_full)} methods, and scores {_test(chosen)}."
-        + _tie_sentence(advice)
+        + _tie_sentence(advice, n_boot)
     ]
     for paragraph in (
         _finetune_sentence(at_full, n_boot),
@@ -112,16 +112,13 @@ def at_largest_size(summaries: list[MethodSummary]) -> list[MethodSummary]:
     return [s for s in summaries if s.train_size == largest]
 
 
-def _tie_sentence(advice: Advice) -> str:
+def _tie_sentence(advice: Advice, n_boot: int) -> str:
     chosen, tied = advice.chosen, advice.tied
     if not tied:
         text = " No other method is statistically tied with it on test."
     else:
         names = ", ".join(f"{s.label} ({_pct(s.top1)})" for s in tied)
-        text = (
-            f" Statistically tied with it on test (the paired bootstrap interval of the "
-            f"difference includes 0): {names}."
-        )
+        text = f" Statistically tied with it on test ({tie_rule(n_boot)}): {names}."
     cheap = advice.cheapest
     if cheap is not None and cheap is not chosen and tied:
         ratio = chosen.cost("total_seconds") / cheap.cost("total_seconds")

@@ -75,8 +75,12 @@ class MethodSummary:
 
     @property
     def val_accuracy(self) -> float | None:
-        """Mean validation accuracy over seeds (None when no seed has one)."""
-        values = [r["val_accuracy"] for r in self.rows if r.get("val_accuracy") is not None]
+        """Mean validation accuracy over seeds (None when no seed has one). NaN or infinity
+        (in a results file featpipe did not write: it refuses them) counts as none: a NaN won
+        or lost every choice on validation depending on run order."""
+        values = [
+            v for r in self.rows if (v := r.get("val_accuracy")) is not None and np.isfinite(v)
+        ]
         return float(np.mean(values)) if values else None
 
     @property
@@ -177,6 +181,13 @@ def is_tie(c: Comparison) -> bool:
     """Statistically tied: the paired bootstrap interval includes 0 (without an interval,
     n_boot = 0: McNemar's test finds no difference)."""
     return not c.distinguishable if c.ci_low is not None else not c.significant
+
+
+def tie_rule(n_boot: int) -> str:
+    """What :func:`is_tie` reads, in words, for comparisons run with ``n_boot`` resamples."""
+    if n_boot:
+        return "the paired bootstrap interval of the difference includes 0"
+    return "McNemar's test finds no difference; no bootstrap interval, n_boot is 0"
 
 
 def references(summaries: list[MethodSummary], n_boot: int = 1000) -> list[MethodSummary]:
