@@ -68,7 +68,9 @@ class Backbone:
     ``classifier`` is the module whose input is the ``pooled`` layer; ``token_pooling`` is the
     default pooling of token outputs (``cls``, or ``mean`` for models without a class token);
     ``nhwc_layers`` are the modules whose 4-D outputs are B×H×W×C (Swin's stages), turned to
-    B×C×H×W before pooling.
+    B×C×H×W before pooling; ``prefix_layers`` are the modules whose tokens begin with
+    ``prefix_tokens`` tokens that are not patches (the register tokens of a ViT without a class
+    token), which ``mean`` leaves out as the model's own average pooling does.
     """
 
     spec: str
@@ -79,6 +81,8 @@ class Backbone:
     classifier: str | None = None
     token_pooling: str = "cls"
     nhwc_layers: tuple[str, ...] = ()
+    prefix_tokens: int = 0
+    prefix_layers: tuple[str, ...] = ()
     # The one input size the model takes, where it says so otherwise than by ``image_size``
     # (timm models with a fixed input size: MLP-Mixer, ViTs without dynamic_img_size).
     fixed_size: int | None = None
@@ -134,6 +138,9 @@ class Backbone:
         # Swin's stages were pooled as B×C×H×W before they were turned: new keys for them.
         if self.nhwc_layers:
             ident["nhwc_layers"] = list(self.nhwc_layers)
+        # 'mean' averaged the register tokens too before it left them out: new keys for them.
+        if self.prefix_tokens:
+            ident["prefix_tokens"] = self.prefix_tokens
         return ident
 
     def module_names(self) -> list[str]:
@@ -176,6 +183,10 @@ class Backbone:
         """``out`` as B×C×H×W where ``module`` gives B×H×W×C maps (pooling averages dims 2
         and 3: over W and C of such a map, not over H and W)."""
         return out.permute(0, 3, 1, 2) if out.ndim == 4 and module in self.nhwc_layers else out
+
+    def patch_tokens(self, module: str, out: torch.Tensor) -> torch.Tensor:
+        """``out`` without its prefix tokens where ``module`` gives them (``mean`` pooling)."""
+        return out[:, self.prefix_tokens :] if module in self.prefix_layers else out
 
     def describe_layers(self) -> list[tuple[str, tuple[int, ...]]]:
         """(name, output shape for one image) for every module that runs once in a dummy
@@ -263,6 +274,8 @@ class FeatureModel(nn.Module):
         out = self.backbone.channels_first(spec.module, out)
         pooling = resolve_pooling(spec.pooling, out, self.backbone.token_pooling)
         self.poolings[spec.name] = pooling
+        if pooling == "mean":
+            out = self.backbone.patch_tokens(spec.module, out)
         # A copy: 'none' and 'cls' give views of the output, which the rest of the forward
         # may change in place (ResNet's in-place ReLU and shortcut add after a batch norm).
         captured[spec.name] = pool(out, pooling, spec.name).to(torch.float32, copy=True)

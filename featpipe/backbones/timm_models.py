@@ -12,6 +12,7 @@ import math
 from functools import cache
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from featpipe.backbones import hub
@@ -143,6 +144,32 @@ def _nhwc_layers(model: nn.Module, classifier: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*tops, *(s for s in stages if s)]))
 
 
+def _prefix_layers(model: nn.Module, size: int) -> tuple[str, ...]:
+    """The modules whose token outputs begin with the model's prefix tokens, for a model
+    without a class token (its register tokens, which timm's average pooling leaves out):
+    those with as many tokens as its final features. The patch embedding has fewer (or gives
+    a map). Found by one forward pass at ``size``."""
+    tokens: dict[str, int] = {}
+
+    def hook(_m, _inp, out, name: str) -> None:  # must return None: a value replaces `out`
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if isinstance(out, torch.Tensor) and out.ndim == 3:
+            tokens.setdefault(name, out.shape[1])
+
+    handles = [
+        m.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
+        for name, m in model.named_modules()
+        if name
+    ]
+    try:
+        with torch.inference_mode():
+            final = model.forward_features(torch.zeros(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    return tuple(n for n, t in tokens.items() if final.ndim == 3 and t == final.shape[1])
+
+
 def _fixed_size(model: nn.Module) -> int | None:
     """The input size of a model that takes no other (its forward asserts it), else None."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -155,15 +182,21 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
     """A Backbone around a timm model: its preprocessing, classifier, token pooling and
     stages."""
     classifier = _classifier_of(model)
+    preprocessing = preprocessing_of(model)
+    token_pooling = _token_pooling(model)
+    # Register tokens come first in a ViT without a class token ('mean' is its default).
+    prefix = getattr(model, "num_prefix_tokens", 0) if token_pooling == "mean" else 0
     backbone = Backbone(
         spec=spec,
         model=model,
-        preprocessing=preprocessing_of(model),
+        preprocessing=preprocessing,
         weights_sha256=weights_sha256,
         classifier=classifier,
-        token_pooling=_token_pooling(model),
+        token_pooling=token_pooling,
         nhwc_layers=_nhwc_layers(model, classifier),
         fixed_size=_fixed_size(model),
+        prefix_tokens=prefix,
+        prefix_layers=_prefix_layers(model, preprocessing.crop) if prefix else (),
     )
     backbone.stages = stages_of(model, _block_containers(model), exclude=backbone.classifier)
     return backbone
