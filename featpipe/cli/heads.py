@@ -328,8 +328,10 @@ def _require_split(store, split: str) -> None:
 
 
 def _embed(files: list[Path], sidecar: dict, args: argparse.Namespace) -> np.ndarray:
-    from featpipe.errors import HeadMismatchError
+    """The head's features of ``files``, as its store holds them: the same backbone, weights,
+    preprocessing and layer, rounded to the store's dtype."""
     from featpipe.heads import Embedder
+    from featpipe.heads.persistence import check_backbone_matches
 
     backbone = sidecar.get("backbone") or {}
     if not backbone.get("spec"):
@@ -345,10 +347,9 @@ def _embed(files: list[Path], sidecar: dict, args: argparse.Namespace) -> np.nda
         batch_size=args.batch_size,
         device=args.device,
     ).fit()
-    if emb.backbone_identity_["weights_sha256"] != backbone.get("weights_sha256"):
-        raise HeadMismatchError(
-            f"The weights of {backbone['spec']!r} on this machine (sha256 "
-            f"{emb.backbone_identity_['weights_sha256'][:12]}...) differ from those the head was "
-            f"trained on ({str(backbone.get('weights_sha256'))[:12]}...)."
-        )
-    return emb.transform([str(f) for f in files])
+    check_backbone_matches(sidecar, emb.backbone_identity_)
+    X = emb.transform([str(f) for f in files])
+    # A float16 store holds its features rounded: so must these, for the same predictions.
+    if (sidecar.get("features") or {}).get("dtype") == "float16":
+        X = X.astype(np.float16).astype(np.float32)
+    return X

@@ -8,7 +8,9 @@ pickle, which can run arbitrary code when loaded, so loading one warns.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle
 import struct
 import warnings
@@ -34,7 +36,11 @@ from featpipe.provenance import plain, versions
 
 SIDECAR_FORMAT = "featpipe.head"
 # 2: records the stored layer's pooling, width and dtype ("features").
-SIDECAR_VERSION = 2
+# 3: records the head file's sha256 ("file_sha256"), so a file from another save is refused,
+#    and the backbone's whole identity (token pooling, Swin's turned layers, ...), checked whole.
+SIDECAR_VERSION = 3
+# What sidecars before version 3 recorded of the backbone.
+_BACKBONE_KEYS = ("spec", "weights_sha256", "preprocessing")
 _NO_STORE = {"store_key": None, "store_path": None, "backbone": None, "features": None}
 SKOPS_SUFFIX = ".skops"
 RESAVE = "Save the head again (featpipe probe --save-dir, or save_head) to rewrite it."
@@ -83,6 +89,7 @@ def _store_provenance(store: object) -> dict:
         "store_key": getattr(store, "key", attrs.get("key")),
         "store_path": str(getattr(store, "path", "")),
         "backbone": {
+            **backbone,  # the whole identity (Backbone.identity()) the store was keyed by
             "spec": backbone.get("spec"),
             "weights_sha256": backbone.get("weights_sha256", attrs.get("weights_sha256")),
             "preprocessing": backbone.get("preprocessing", attrs.get("preprocessing")),
@@ -143,14 +150,36 @@ def save_head(
             else _NO_STORE
         ),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    if _file_format(path) == "skops":
-        import_extra("skops.io", "skops", "Saving a .skops head").dump(head, tmp)
-    else:
-        joblib.dump(head, tmp)
-    tmp.replace(path)  # never leave a half-written model under the real name
-    sidecar_path(path).write_text(json.dumps(sidecar, indent=2) + "\n")
+    # Both files are written whole under temporary names first, so an interrupted save leaves
+    # the previous pair as it was; were it stopped between the two renames, the sidecar's
+    # sha256 tells load_head that the files do not belong together.
+    tmp, side_tmp = _tmp(path), _tmp(sidecar_path(path))
+    try:
+        if _file_format(path) == "skops":
+            import_extra("skops.io", "skops", "Saving a .skops head").dump(head, tmp)
+        else:
+            joblib.dump(head, tmp)
+        sidecar["file_sha256"] = _sha256(tmp)
+        side_tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+        tmp.replace(path)
+        side_tmp.replace(sidecar_path(path))
+    finally:
+        tmp.unlink(missing_ok=True)
+        side_tmp.unlink(missing_ok=True)
     return path
+
+
+def _tmp(path: Path) -> Path:
+    """A temporary name beside ``path``, one per process (two saves never share one)."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_sidecar(path: str | Path) -> dict:
@@ -169,6 +198,14 @@ def read_sidecar(path: str | Path) -> dict:
         )
     if data.get("format") != SIDECAR_FORMAT:
         raise ConfigError(f"{side} is not a featpipe head sidecar (format={data.get('format')!r}).")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > SIDECAR_VERSION:
+        # A newer sidecar may record what this featpipe cannot check.
+        raise ConfigError(
+            f"{side} has head sidecar format version {version!r}; this featpipe reads up to "
+            f"{SIDECAR_VERSION}. Upgrade featpipe ({versions().get('featpipe')} here, "
+            f"{(data.get('versions') or {}).get('featpipe')} saved it)."
+        )
     return data
 
 
@@ -181,16 +218,32 @@ def load_head(path: str | Path, trusted: tuple[str, ...] = ()) -> tuple[BaseEsti
     if not path.exists():
         raise ConfigError(f"No saved head at {path}.")
     sidecar = read_sidecar(path)
+    head = _load(path, trusted)
+    if "file_sha256" in sidecar and _sha256(path) != sidecar["file_sha256"]:
+        raise ConfigError(
+            f"{path} is not the file its sidecar {sidecar_path(path)} describes (their sha256 "
+            "differ): one of them was replaced or changed after the save, or a save was "
+            f"interrupted between writing the two. {RESAVE}"
+        )
+    if not (hasattr(head, "predict") and hasattr(head, "classes_")):
+        raise ConfigError(
+            f"{path} holds a {type(head).__name__}, not a fitted classifier (one with predict "
+            f"and classes_). {RESAVE}"
+        )
+    return head, sidecar
+
+
+def _load(path: Path, trusted: tuple[str, ...]) -> object:
     if _file_format(path) == "skops":
-        return _load_skops(path, trusted), sidecar
+        return _load_skops(path, trusted)
     warnings.warn(
         f"Loading {path} with joblib, which can run arbitrary code on load: only load head "
         f"files from a source you trust. Heads saved as {SKOPS_SUFFIX} load safely.",
         UserWarning,
-        stacklevel=2,
+        stacklevel=3,
     )
     try:
-        return joblib.load(path), sidecar
+        return joblib.load(path)
     except _DAMAGED_PICKLE as err:  # not missing code (ModuleNotFoundError etc.): that is raised
         raise ConfigError(
             f"{path} is not a readable .joblib head file: it is truncated or damaged "
@@ -222,17 +275,12 @@ def _load_skops(path: Path, trusted: tuple[str, ...]) -> BaseEstimator:
 def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
     """Raise HeadMismatchError when ``store``/``layer`` are not the features the head was
     trained on: another backbone spec, weights or preprocessing (image size and crop among
-    it), another layer, pooling, width or dtype, or another class list.
+    it) or, for sidecars of version 3 on, any other part of its identity (token pooling,
+    Swin's turned layers), another layer, pooling, width or dtype, or another class list.
 
     Sidecars written before pooling and dtype were recorded (format version 1) are checked
     on what they hold, with a warning that names what cannot be checked."""
-    saved = sidecar.get("backbone") or {}
-    now = _store_provenance(store)["backbone"]
-    problems = [
-        f"backbone {key}: head {saved.get(key)!r}, store {now.get(key)!r}"
-        for key in ("spec", "weights_sha256", "preprocessing")
-        if not _same(saved.get(key), now.get(key))
-    ]
+    problems = _backbone_problems(sidecar, _store_provenance(store)["backbone"], "store")
     if sidecar.get("layer") != layer:
         problems.append(f"layer: head {sidecar.get('layer')!r}, requested {layer!r}")
     elif layer not in store.layers:
@@ -249,6 +297,29 @@ def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
         problems.append(f"features: head {sidecar['features']}, store {_features(store, layer)}")
     if list(sidecar.get("classes") or []) != list(store.classes):
         problems.append(f"classes: head {sidecar.get('classes')}, store {list(store.classes)}")
+    _raise_mismatch(problems)
+
+
+def check_backbone_matches(sidecar: dict, identity: dict) -> None:
+    """Raise HeadMismatchError when the backbone that computes features for the head now
+    (``identity``: ``Backbone.identity()``) differs from the one behind the head's store, as
+    check_head_matches compares them (a featpipe that preprocesses the model otherwise)."""
+    _raise_mismatch(_backbone_problems(sidecar, identity, "backbone here"))
+
+
+def _backbone_problems(sidecar: dict, now: dict, where: str) -> list[str]:
+    saved = sidecar.get("backbone") or {}
+    keys = list(_BACKBONE_KEYS)
+    if (sidecar.get("format_version") or 0) >= 3:  # older ones recorded only these
+        keys += sorted((set(saved) | set(now)) - set(keys))
+    return [
+        f"backbone {key}: head {saved.get(key)!r}, {where} {now.get(key)!r}"
+        for key in keys
+        if not _same(saved.get(key), now.get(key))
+    ]
+
+
+def _raise_mismatch(problems: list[str]) -> None:
     if problems:
         raise HeadMismatchError(
             "This head was trained on other features: "
