@@ -173,6 +173,17 @@ def test_a_store_with_another_class_list_is_refused(tmp_path, capsys, classes) -
     assert "classes: head ['cat', 'dog', 'fox']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["knn", "rbf_svm"])
+def test_every_head_refuses_a_train_split_of_one_class(tmp_path, capsys, name) -> None:
+    # rbf_svm failed with sklearn's traceback; knn fitted a head that predicts one class.
+    y = np.array([0] * 10 + [0, 1, 2] * 3)
+    X = (np.random.default_rng(0).normal(size=(len(y), 4)) + y[:, None]).astype(np.float32)
+    store = write_arrays(tmp_path / "s.h5", {"pooled": X}, y, ["train"] * 10 + ["val"] * 9, CLASSES)
+    assert main(["probe", str(store.path), "--heads", name, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "train split holds only class 'cat'" in err and "Traceback" not in err
+
+
 def test_a_store_of_the_same_model_keyed_otherwise_is_refused(tmp_path) -> None:
     # Only spec, weights and preprocessing were recorded: a store whose backbone identity
     # differs elsewhere (Swin's stages pooled before they were turned; the pooling of

@@ -177,6 +177,7 @@ def select_and_fit(
 
     start = time.perf_counter()
     X_tr, y_tr = data.get("train")
+    _require_two_classes(y_tr, data.class_name)
     if data.has("val"):
         X_va, y_va = data.get("val")
         scores = _candidate_scores(head, candidates, X_tr, y_tr, X_va, y_va, progress)
@@ -201,6 +202,18 @@ def select_and_fit(
     if data.has("test"):  # only now, after the refit, is the test split read
         _test(result, [data.get("test")], data.ids("test"))
     return result
+
+
+def _require_two_classes(y: np.ndarray, class_name) -> None:
+    """Every head is refused the same clear error for train rows of fewer than 2 classes
+    (some heads' own errors were tracebacks, and kNN fitted a head that predicts one class)."""
+    present = np.unique(y)
+    if len(present) < 2:
+        got = "no rows" if len(y) == 0 else f"only class {class_name(present[0])!r}"
+        raise ConfigError(
+            f"The train split holds {got}; a head needs rows of at least 2 classes to learn "
+            "from. Check the source's labels and splits."
+        )
 
 
 def _refit(
@@ -275,6 +288,7 @@ def _select_streamed(
             "would need the rows in memory). Extract with a val split (--val-fraction), or use "
             "an in-memory head."
         )
+    _require_two_classes(store.labels("train"), lambda label: store.classes[int(label)])
     start = time.perf_counter()
     scores = None
     if _path_only(head, candidates) and hasattr(head, "store_path"):
