@@ -132,7 +132,7 @@ def test_hf_processor_resampling_is_recorded_as_given(resample, expected):
     from featpipe.backbones.hf_models import preprocessing_of
 
     processor = SimpleNamespace(
-        size={"shortest_edge": 32}, resample=resample, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        size={"height": 32}, resample=resample, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     assert preprocessing_of(processor).interpolation == expected  # NEAREST (0) was bilinear
 

@@ -3,10 +3,14 @@ featpipe cannot follow, weights paths told apart from tags, and .safetensors sta
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 from featpipe.backbones import get_backbone
 from featpipe.backbones.timm_models import create, make_backbone
+from featpipe.errors import ConfigError
 
 
 def _tiny_vit(**kwargs):
@@ -74,3 +78,26 @@ def test_only_models_with_register_tokens_get_a_new_identity():
             "weights_sha256",
             "preprocessing",
         }
+
+
+# image processors that do not crop ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["CLIPImageProcessor", "BitImageProcessor", "ViTImageProcessor"])
+def test_processor_that_keeps_the_aspect_ratio_is_refused(kind):
+    tr = pytest.importorskip("transformers")
+    from featpipe.backbones.hf_models import preprocessing_of
+
+    processor = getattr(tr, kind)(size={"shortest_edge": 32}, do_center_crop=False)
+    image = Image.fromarray(np.zeros((40, 60, 3), np.uint8))
+    theirs = processor(images=image, return_tensors="pt")["pixel_values"]
+    assert tuple(theirs.shape[-2:]) == (32, 48)  # not the 32 × 32 crop featpipe fed
+    with pytest.raises(ConfigError, match=r"does not centre-crop.*do_center_crop=True"):
+        preprocessing_of(processor)
+    # the fix the message gives: a centre crop of the short side, as featpipe feeds
+    fixed = getattr(tr, kind)(
+        size={"shortest_edge": 32}, do_center_crop=True, crop_size={"height": 32, "width": 32}
+    )
+    pre = preprocessing_of(fixed)
+    ours = pre.transform()(image)
+    assert ours.shape == fixed(images=image, return_tensors="pt")["pixel_values"][0].shape

@@ -171,6 +171,17 @@ def preprocessing_of(processor) -> Preprocessing:
     elif crop_pct and "shortest_edge" in size and short < 384:
         # ConvNeXt processors: resize to shortest_edge / crop_pct, then crop shortest_edge.
         resize, crop = int(short / crop_pct), int(short)
+    elif crop_mode == "center" and not crop_pct:
+        # transformers resizes the short side and keeps the whole image: its shape follows
+        # each image's aspect ratio, while featpipe's batches need one square size.
+        raise ConfigError(
+            f"The image processor {type(processor).__name__} resizes the short side to {short} "
+            "and does not centre-crop (do_center_crop is off), so its images keep their aspect "
+            "ratio and differ in shape; featpipe feeds images of one square size. Save the "
+            f"processor with do_center_crop=True, crop_size={{'height': {short}, 'width': "
+            f"{short}}} (image_processor.save_pretrained) beside the model, and give that "
+            "folder as 'hf:/path/to/folder'."
+        )
     else:
         resize = crop = int(short)
         crop_mode = "squash" if crop_pct else crop_mode
