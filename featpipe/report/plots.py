@@ -76,6 +76,37 @@ def _glyph_warnings(caught: list[warnings.WarningMessage]) -> None:
         )
 
 
+_LONGEST = 60  # characters of a name drawn in a plot; the tables show it whole
+
+
+def _short(name: str) -> str:
+    """``name`` cut in the middle to _LONGEST characters, keeping both ends (method labels
+    often differ at the end: "... on layer blocks.6"). A 320-character label made a plot
+    2,900 px wide, which report.html shows at a third of its size."""
+    if len(name) <= _LONGEST:
+        return name
+    half = (_LONGEST - 1) // 2
+    return f"{name[:half]}…{name[-half:]}"
+
+
+def _legend(ax, artists: list, **kwargs) -> None:
+    """A legend of ``artists`` under their own labels. Handed over explicitly: matplotlib's
+    legend() on its own leaves out labels that start with "_" (its mark for "not in the
+    legend"), and a method, layer or class may well be named "_base"."""
+    if artists:
+        ax.legend(artists, [_short(a.get_label()) for a in artists], **kwargs)
+
+
+def _intervals(ax, at, ci: np.ndarray, horizontal: bool = False, **kwargs) -> None:
+    """Error bars from each interval's low end to its high end (``ci``: rows (lo, hi)), drawn
+    where they are rather than around the point estimate: a percentile interval from few
+    resamples can miss its point, and matplotlib refuses bars of negative length."""
+    if len(ci):
+        mid, half = ci.mean(axis=1), np.abs(ci[:, 1] - ci[:, 0]) / 2
+        xy, err = ((mid, at), "xerr") if horizontal else ((at, mid), "yerr")
+        ax.errorbar(*xy, **{err: half}, fmt="none", **kwargs)
+
+
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
@@ -110,21 +141,13 @@ def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
     y = np.arange(len(order))
     acc = [100 * s.top1 for s in order]
     ax.barh(y, acc, color=[_COLORS[s.kind] for s in order])
-    for i, s in enumerate(order):
-        if s.top1_ci:
-            lo, hi = (100 * v for v in s.top1_ci)
-            ax.errorbar(
-                acc[i],
-                i,
-                # A percentile interval from few resamples can miss the point estimate.
-                xerr=[[max(0.0, acc[i] - lo)], [max(0.0, hi - acc[i])]],
-                fmt="none",
-                ecolor="black",
-                capsize=3,
-            )
-    ax.set_yticks(y, [s.label for s in order], fontsize=8)
+    shown = [i for i, s in enumerate(order) if s.top1_ci]
+    ci = np.array([[100 * v for v in order[i].top1_ci] for i in shown]).reshape(-1, 2)
+    _intervals(ax, shown, ci, horizontal=True, ecolor="black", capsize=3)
+    ax.set_yticks(y, [_short(s.label) for s in order], fontsize=8)
     ax.set_xlabel("test top-1 accuracy (%), bars: 95 % bootstrap CI")
-    ax.set_xlim(max(0.0, min(acc) - 15), 100)
+    # Room left of the shortest bar, and of every interval, so that none is cut off.
+    ax.set_xlim(max(0.0, min([min(acc) - 15, *(ci[:, 0] - 2)])), 100)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
@@ -133,28 +156,39 @@ def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
 def accuracy_vs_cost(summaries: list[MethodSummary]) -> bytes:
     """Top-1 against total wall seconds (extraction + fit + predict), log x axis. Labels go to
     the cost frontier and the most accurate fine-tune: a label per point is unreadable past a
-    dozen methods, and the table names them all."""
+    dozen methods, and the table names them all. A log axis has no 0: methods measured at 0 s
+    are drawn at half the cheapest other cost, hollow and pointing left, and the legend says so."""
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
-    pts = [s for s in summaries if s.cost("total_seconds")]
+    pts = [s for s in summaries if s.cost("total_seconds") is not None]
+    floor = min((c for s in pts if (c := s.cost("total_seconds")) > 0), default=2.0) / 2
+    x = [s.cost("total_seconds") or floor for s in pts]
+    shown = []
     for kind, color in _COLORS.items():
-        of_kind = [s for s in pts if s.kind == kind]
-        if of_kind:
-            ax.scatter(
-                [s.cost("total_seconds") for s in of_kind],
-                [100 * s.top1 for s in of_kind],
-                color=color,
-                label=kind,
-                s=40,
-                zorder=3,
-            )
+        of_kind = [i for i, s in enumerate(pts) if s.kind == kind]
+        for zero in (False, True):
+            on = [i for i in of_kind if (pts[i].cost("total_seconds") == 0) == zero]
+            if on:
+                shown.append(
+                    ax.scatter(
+                        [x[i] for i in on],
+                        [100 * pts[i].top1 for i in on],
+                        label=f"{kind}, measured 0 s (drawn at {floor:.2g} s)" if zero else kind,
+                        marker="<" if zero else "o",
+                        facecolors="none" if zero else color,
+                        edgecolors=color,
+                        s=40,
+                        zorder=3,
+                    )
+                )
     ax.set_xscale("log")
-    labelled = [pts[i] for i in labelled_points(pts)]
-    xy = [(s.cost("total_seconds"), 100 * s.top1) for s in labelled]
-    offsets = label_offsets(ax, xy, [s.label for s in labelled], LABEL_FONTSIZE)
-    for s, point, (dx, dy) in zip(labelled, xy, offsets, strict=True):
+    labelled = labelled_points(pts)
+    xy = [(x[i], 100 * pts[i].top1) for i in labelled]
+    labels = [_short(pts[i].label) for i in labelled]
+    offsets = label_offsets(ax, xy, labels, LABEL_FONTSIZE)
+    for label, point, (dx, dy) in zip(labels, xy, offsets, strict=True):
         ax.annotate(
-            s.label,
+            label,
             point,
             fontsize=LABEL_FONTSIZE,
             xytext=(dx, dy),
@@ -176,7 +210,7 @@ def accuracy_vs_cost(summaries: list[MethodSummary]) -> bytes:
         fontsize=8,
     )
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="lower right")
+    _legend(ax, shown, loc="lower right")
     return _png(fig)
 
 
@@ -275,15 +309,19 @@ def accuracy_by_layer(summaries: list[MethodSummary]) -> bytes:
     layers = list(dict.fromkeys(s.layer for s in probes))
     fig = Figure(figsize=(8, 4.5))
     ax = fig.add_subplot()
-    for key in dict.fromkeys((s.backbone, s.head) for s in probes):
+    keys = dict.fromkeys((s.backbone, s.head) for s in probes)
+    colors = _palette(set(keys))  # the default cycle repeats its colours past ten lines
+    lines = []
+    for key in keys:
         by_layer = {s.layer: 100 * s.top1 for s in probes if (s.backbone, s.head) == key}
         xs = [i for i, layer in enumerate(layers) if layer in by_layer]
-        ax.plot(xs, [by_layer[layers[i]] for i in xs], marker="o", label=" / ".join(key))
-    ax.set_xticks(range(len(layers)), layers, fontsize=8)
+        y = [by_layer[layers[i]] for i in xs]
+        lines += ax.plot(xs, y, marker="o", color=colors[key], label=" / ".join(key))
+    ax.set_xticks(range(len(layers)), [_short(layer) for layer in layers], fontsize=8)
     ax.set_xlabel("layer")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax, lines, fontsize=7)
     return _png(fig)
 
 
@@ -318,6 +356,7 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
     # solid): twelve lines stay apart where one colour cycle would repeat.
     colors = _palette({(s.backbone, s.head or s.mode) for s in swept})
     layers = list(dict.fromkeys(s.layer for s in swept if s.kind == MethodKind.PROBE))
+    lines = []
     for key in dict.fromkeys(_sweep_key(s) for s in swept):
         line = sorted((s for s in swept if _sweep_key(s) == key), key=lambda s: s.train_size)
         x = [s.train_size for s in line]
@@ -329,16 +368,11 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
         else:
             k = layers.index(first.layer)
             style, marker = _PROBE_STYLES[k % len(_PROBE_STYLES)], _MARKERS[k % len(_MARKERS)]
-        ax.errorbar(
-            x,
-            y,
-            yerr=[y - ci[:, 0], ci[:, 1] - y],
-            marker=marker,
-            linestyle=style,
-            color=colors[(first.backbone, first.head or first.mode)],
-            capsize=3,
-            label=_sweep_name(first, backbones),
+        color = colors[(first.backbone, first.head or first.mode)]
+        lines += ax.plot(
+            x, y, marker=marker, linestyle=style, color=color, label=_sweep_name(first, backbones)
         )
+        _intervals(ax, x, ci, ecolor=color, capsize=3)
     ax.set_xscale("log")
     sizes = sorted({s.train_size for s in swept})
     ax.set_xticks(sizes, [str(n) for n in sizes])
@@ -346,7 +380,7 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
     ax.set_xlabel("training images (log scale)")
     ax.set_ylabel("test top-1 accuracy (%), bars: 95 % bootstrap CI")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax, lines, fontsize=7)
     return _png(fig)
 
 
@@ -360,12 +394,16 @@ def finetune_curves(summaries: list[MethodSummary]) -> bytes:
         ax = fig.add_subplot(len(tunes), 1, i + 1)
         ax2 = ax.twinx()
         epochs = [h.get("epoch", j + 1) for j, h in enumerate(history)]
-        keys = [k for k in history[0] if k != "epoch" and _numeric(history, k)]
+        # Keys of every epoch: epoch 0 (before training) logs no train_accuracy.
+        keys = [k for k in dict.fromkeys(k for h in history for k in h) if k != "epoch"]
+        keys = [k for k in keys if _numeric(history, k)]
         # One colour per quantity across both axes; dashed lines are accuracies (right axis).
         plotted = [k for k in keys if "loss" in k or "acc" in k]
+        lines: dict[bool, list] = {False: [], True: []}  # losses, then accuracies
         for key, color in zip(plotted, _SERIES, strict=False):
-            target, style = (ax, "-") if "loss" in key else (ax2, "--")
-            target.plot(
+            accuracy = "loss" not in key
+            target, style = (ax2, "--") if accuracy else (ax, "-")
+            lines[accuracy] += target.plot(
                 epochs,
                 [np.nan if h.get(key) is None else h[key] for h in history],
                 marker=".",
@@ -374,13 +412,11 @@ def finetune_curves(summaries: list[MethodSummary]) -> bytes:
                 label=key,
             )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(s.label, fontsize=9)
+        ax.set_title(_short(s.label), fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax2.set_ylabel("accuracy")
-        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-        if handles:
-            ax.legend(handles=handles, fontsize=7, loc="center right")
+        _legend(ax, lines[False] + lines[True], fontsize=7, loc="center right")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
@@ -411,11 +447,12 @@ def confusion(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
     step = -(-len(classes) // _NAMED_CLASSES)
     ticks = range(0, len(classes), step)
     every = f" (one class in {step} named)" if step > 1 else ""
-    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90, fontsize=7)
-    ax.set_yticks(ticks, [classes[i] for i in ticks], fontsize=7)
+    names = [_short(classes[i]) for i in ticks]
+    ax.set_xticks(ticks, names, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, names, fontsize=7)
     ax.set_xlabel("predicted" + every)
     ax.set_ylabel("true" + every)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_short(title), fontsize=9)
     if len(classes) <= 20:
         for (i, j), count in np.ndenumerate(cm.astype(int)):
             if count:

@@ -1,0 +1,185 @@
+"""Report plots of awkward names and numbers: names starting with "_", methods measured at
+0 s, intervals that miss their point, very long names, many heads, a single method."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from test_report import make_row
+
+from featpipe.report import plots, write_report
+from featpipe.report.summary import summarize
+
+
+def _captured(monkeypatch) -> list:
+    """The matplotlib figures the plots draw, kept for a look at their artists."""
+    figures = []
+    real = plots._png
+
+    def keep(fig):
+        figures.append(fig)
+        return real(fig)
+
+    monkeypatch.setattr(plots, "_png", keep)
+    return figures
+
+
+def _legend(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
+# Epoch 0 (before training) logs no train_accuracy, as FineTuner's history does.
+HISTORY = [
+    {"epoch": 0, "train_loss": None, "world_size": 1, "val_loss": 1.5, "val_accuracy": 0.3},
+    *(
+        {"epoch": e, "train_loss": 1 / e, "train_accuracy": e / 3, "val_loss": 1.2 / e}
+        | {"world_size": 1, "val_accuracy": e / 4}
+        for e in (1, 2)
+    ),
+]
+
+
+def test_names_starting_with_an_underscore_are_in_every_legend(monkeypatch):
+    # matplotlib's legend() leaves out labels starting with "_": the layer plot had an empty
+    # legend, the sweep plot lost the probes, the curves lost "_loss".
+    figures = _captured(monkeypatch)
+    history = [{**h, "_loss": h["val_loss"]} for h in HISTORY]
+    rows = [
+        make_row("_base/_lr@_l1", layer="_l1", head="_lr"),
+        make_row("_base/_lr@_l2", layer="_l2", head="_lr"),
+        make_row("_base/ft", "finetune", mode="_m", history=history),
+    ]
+    for row in rows:
+        row.update(backbone="_base", label="_" + row["method"])
+    swept = [
+        {**row, "method": f"{row['method']}#{n}", "train_size": n} for row in rows for n in (10, 20)
+    ]
+    plots.accuracy_by_layer(summarize(rows))
+    plots.finetune_curves(summarize(rows))
+    plots.accuracy_by_train_size(summarize(swept))
+    layer, curves, sweep = (fig.axes[0] for fig in figures)
+    assert _legend(layer) == ["_base / _lr"]
+    assert set(_legend(curves)) == {"train_loss", "val_loss", "_loss", "val_accuracy"} | {
+        "train_accuracy"
+    }
+    assert _legend(sweep) == ["_lr on _l1", "_lr on _l2", "fine-tuning (_m)"]
+
+
+def test_the_curves_show_train_accuracy_missing_from_epoch_0(monkeypatch):
+    # Keys were read from epoch 0 alone, which logs no train_accuracy: a real fine-tune's
+    # plot never showed it.
+    figures = _captured(monkeypatch)
+    plots.finetune_curves(summarize([make_row("ft", "finetune", mode="full", history=HISTORY)]))
+    ax, right = figures[0].axes
+    assert "train_accuracy" in _legend(ax)
+    (line,) = [line for line in right.get_lines() if line.get_label() == "train_accuracy"]
+    assert np.allclose(line.get_ydata(), [np.nan, 1 / 3, 2 / 3], equal_nan=True)
+
+
+def _zero_cost(row: dict) -> dict:
+    row["cost"].update(extraction_seconds=0.0, fit_seconds=0.0, predict_seconds=0.0)
+    row["cost"]["total_seconds"] = 0.0
+    return row
+
+
+def test_methods_measured_at_0_seconds_are_in_the_cost_plot(monkeypatch):
+    # A log axis has no 0: methods whose cost was 0 s were left out of the plot.
+    figures = _captured(monkeypatch)
+    rows = [
+        make_row("a", acc=0.7),  # 4.1 s
+        make_row("b", acc=0.8, fit_seconds=20),  # 23.1 s
+        _zero_cost(make_row("free", acc=0.6)),
+        _zero_cost(make_row("tuned", "finetune", acc=0.5, mode="full")),
+    ]
+    plots.accuracy_vs_cost(summarize(rows))
+    ax = figures[0].axes[0]
+    points = {(x, round(y, 6)): c for c in ax.collections for x, y in np.asarray(c.get_offsets())}
+    assert len(points) == 4
+    top1 = {s.label: round(100 * s.top1, 6) for s in summarize(rows)}
+    # The others where they were; the 0 s ones at half the cheapest cost, hollow.
+    assert {(4.1, top1["a"]), (23.1, top1["b"])} < set(points)
+    zero = [points.pop((2.05, top1[name])) for name in ("free", "tuned")]
+    assert all(len(c.get_facecolor()) == 0 for c in zero)
+    assert all(len(c.get_facecolor()) for c in points.values())
+    assert _legend(ax) == [
+        "probe",
+        "probe, measured 0 s (drawn at 2 s)",
+        "finetune, measured 0 s (drawn at 2 s)",
+    ]
+    assert "free" in [t.get_text() for t in ax.texts]  # cheapest: on the frontier
+    assert ax.get_xlim()[0] > 1.5  # the axis goes no further left than it must
+
+
+def test_a_cost_plot_where_every_method_took_0_seconds(monkeypatch):
+    figures = _captured(monkeypatch)
+    plots.accuracy_vs_cost(summarize([_zero_cost(make_row("only"))]))
+    ax = figures[0].axes[0]
+    assert [c.get_offsets()[0, 0] for c in ax.collections] == [1.0]
+    assert _legend(ax) == ["probe, measured 0 s (drawn at 1 s)"]
+
+
+def _bars(ax) -> list[tuple[float, float]]:
+    """(low, high) end of each error bar, along the bar."""
+    (bars,) = [c for c in ax.collections if c.get_segments()]
+    return sorted(
+        tuple(sorted(seg[:, 0 if np.ptp(seg[:, 0]) else 1])) for seg in bars.get_segments()
+    )
+
+
+def _with_ci(row: dict, ci: list[float]) -> dict:
+    row["metrics"]["ci"]["top1"] = ci
+    return row
+
+
+def test_intervals_that_miss_their_point_are_drawn_where_they_are(monkeypatch):
+    # A percentile interval from few resamples can lie wholly above or below its point: the
+    # sweep plot raised ValueError (negative error bar), the method plot drew the bar from
+    # the point instead of from the interval's low end.
+    figures = _captured(monkeypatch)
+    rows = [_with_ci(make_row(f"p{n}"), [0.9, 0.95]) for n in (10, 20)]
+    for n, row in zip((10, 20), rows, strict=True):
+        row["train_size"] = n
+    plots.accuracy_by_method(summarize(rows[:1]))
+    plots.accuracy_by_train_size(summarize(rows))
+    by_method, sweep = (fig.axes[0] for fig in figures)
+    assert np.allclose(_bars(by_method), [(90, 95)])
+    assert np.allclose(_bars(sweep), [(90, 95), (90, 95)])
+
+
+def test_a_wide_interval_is_not_cut_off_by_the_axis(monkeypatch):
+    figures = _captured(monkeypatch)
+    rows = [_with_ci(make_row("a", acc=0.8), [0.3, 0.95]), make_row("b", acc=0.9)]
+    plots.accuracy_by_method(summarize(rows))
+    ax = figures[0].axes[0]
+    assert ax.get_xlim()[0] <= 30
+
+
+def test_a_report_of_one_method_with_one_class_of_results(tmp_path):
+    written = write_report(tmp_path, [make_row("only")])
+    assert {"accuracy_by_method", "accuracy_vs_cost"} <= set(written)
+    assert written["accuracy_vs_cost"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_very_long_name_does_not_widen_the_plots(monkeypatch):
+    # A 320-character label made the method plot 2,903 px wide (report.html shows it at 40 %
+    # of its size) and the cost plot 2,021 px; the tables show the name whole.
+    figures = _captured(monkeypatch)
+    rows = [make_row("a", acc=0.7), make_row("b", acc=0.8, fit_seconds=20)]
+    rows[0]["label"] = "long" * 75 + " on layer blocks.6"
+    summaries = summarize(rows)
+    for plot in (plots.accuracy_by_method, plots.accuracy_vs_cost):
+        assert Image.open(io.BytesIO(plot(summaries))).width <= 1100, plot.__name__
+    ticks = [t.get_text() for t in figures[0].axes[0].get_yticklabels()]
+    assert any(t.startswith("longlong") and t.endswith("on layer blocks.6") for t in ticks)
+
+
+def test_a_layer_plot_of_many_heads_gives_each_its_own_colour(monkeypatch):
+    # Past ten heads the default colour cycle repeated: two lines, same colour and marker.
+    figures = _captured(monkeypatch)
+    rows = [make_row(f"m{i}@{x}", head=f"h{i}", layer=x) for i in range(12) for x in ("a", "b")]
+    plots.accuracy_by_layer(summarize(rows))
+    colours = [line.get_color() for line in figures[0].axes[0].get_lines()]
+    assert len(colours) == 12 and len(set(map(str, colours))) == 12
