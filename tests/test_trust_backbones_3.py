@@ -3,6 +3,8 @@ featpipe cannot follow, weights paths told apart from tags, and .safetensors sta
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from PIL import Image
 
 from featpipe.backbones import get_backbone
 from featpipe.backbones.timm_models import create, make_backbone
+from featpipe.backbones.weights import file_sha256
 from featpipe.errors import ConfigError
 
 
@@ -101,3 +104,44 @@ def test_processor_that_keeps_the_aspect_ratio_is_refused(kind):
     pre = preprocessing_of(fixed)
     ours = pre.transform()(image)
     assert ours.shape == fixed(images=image, return_tensors="pt")["pixel_values"][0].shape
+
+
+# .safetensors state dicts ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def torch_load_without_safetensors(monkeypatch):
+    """torch.load as the older torch releases the project supports (torch>=2.3) have it: it
+    reads pickles only (torch 2.14, installed here, also reads .safetensors files)."""
+    load = torch.load
+
+    def old_load(f, *args, **kwargs):
+        if str(f).endswith(".safetensors"):
+            raise pickle.UnpicklingError("invalid load key, '\\x08'.")
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", old_load)
+
+
+@pytest.mark.parametrize("spec", ["torchvision:squeezenet1_1", "timm:test_vit"])
+def test_safetensors_state_dicts_load_for_torchvision_and_timm(
+    spec, tmp_path, torch_load_without_safetensors
+):
+    from safetensors.torch import save_file
+
+    model = get_backbone(f"{spec}@none").model
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    bb = get_backbone(f"{spec}@{path}")
+    assert bb.spec == f"{spec}@{path}"
+    assert bb.weights_sha256 == file_sha256(path)
+    loaded = bb.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_a_broken_safetensors_file_is_refused_clearly(tmp_path):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match=r"Could not read .* with safetensors.*save_file"):
+        get_backbone(f"timm:test_vit@{path}")

@@ -13,7 +13,7 @@ from torch import nn
 
 from featpipe.errors import ConfigError, FeaturePipeError
 
-STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
+STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 class WeightsUnavailableError(FeaturePipeError, OSError):
@@ -40,19 +40,29 @@ def file_sha256(path: str | Path) -> str:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a plain state dict safely (``weights_only=True``, on CPU)."""
+    """Load a plain state dict safely, on CPU: a ``.safetensors`` file with safetensors,
+    any other with ``torch.load(weights_only=True)``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(
             f"Weights file {str(path)!r} does not exist. Give the path of a state-dict file "
             f"({', '.join(STATE_DICT_SUFFIXES)}), a weights name, or 'none' for random init."
         )
+    safetensors = path.suffix.lower() == ".safetensors"
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # pickle/zip errors have many types; keep the cause chained
+        if safetensors:
+            from safetensors.torch import load_file
+
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # pickle/zip/header errors have many types; keep the cause
+        how = "safetensors" if safetensors else "torch.load(weights_only=True)"
         raise ConfigError(
-            f"Could not read {str(path)!r} as a state dict with torch.load(weights_only=True): "
-            f"{exc}. Save weights with torch.save(model.state_dict(), path)."
+            f"Could not read {str(path)!r} as a state dict with {how}: "
+            f"{str(exc).rstrip('.')}. Save weights "
+            "with torch.save(model.state_dict(), path) or, for a .safetensors file, "
+            "safetensors.torch.save_file(model.state_dict(), path)."
         ) from exc
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
