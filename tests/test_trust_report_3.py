@@ -1,15 +1,21 @@
-"""Report plots of awkward names and numbers: names starting with "_", methods measured at
-0 s, intervals that miss their point, very long names, many heads, a single method."""
+"""Reports of awkward names and numbers: names starting with "_", methods measured at 0 s,
+intervals that miss their point, very long names, many heads, a single method, and
+right-to-left names beside numbers."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 from test_report import make_row
+from test_report_browser import Browser, find_browser
 
 from featpipe.report import plots, write_report
+from featpipe.report.content import Document, Section, Table
+from featpipe.report.html import render_html
+from featpipe.report.markdown import render_markdown
 from featpipe.report.summary import summarize
 
 
@@ -161,6 +167,92 @@ def test_a_report_of_one_method_with_one_class_of_results(tmp_path):
     written = write_report(tmp_path, [make_row("only")])
     assert {"accuracy_by_method", "accuracy_vs_cost"} <= set(written)
     assert written["accuracy_vs_cost"].read_bytes()[:4] == b"\x89PNG"
+
+
+# Right-to-left names in sentences and cells shaped as the report writes them: a name then
+# its number in brackets (advice's ties, the data checks' small classes, the processes note),
+# a name then a number (the sweep crossover), a number list in a cell.
+HEBREW, ARABIC = ("חתול", "כלב", "שלום עולם"), ("قطة", "كلب", "ذئب رمادي")
+SENTENCES = [
+    "Too few images for their per-class accuracy to mean much: {0} (2), {1} (3), {2} (4).",
+    "From 100 images, {0} 91.0 % against {1} 80.0 % on validation; {2} 70.0 %.",
+]
+
+
+def _document(names: tuple[str, ...]) -> Document:
+    texts = [s.format(*names) for s in SENTENCES]
+    table = Table(["class", "note"], [[n, f"{n} (7)"] for n in names])
+    return Document("bidi", [Section("text", [*texts, texts, table])])
+
+
+# For every element: where (left edge, px) each name and each number is drawn.
+POSITIONS = """(() => {
+  const out = [];
+  for (const el of document.querySelectorAll("p, li, td")) {
+    const nodes = [], walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    let text = "";
+    while (walk.nextNode()) { nodes.push([walk.currentNode, text.length]);
+      text += walk.currentNode.data; }
+    const at = (i) => { const [n, s] = nodes.filter(([, s]) => s <= i).pop();
+      return [n, i - s]; };
+    const left = (word) => {
+      const i = text.indexOf(word), r = document.createRange();
+      const [node, offset] = at(i + word.length - 1);
+      r.setStart(...at(i));
+      r.setEnd(node, offset + 1);
+      return Math.min(...[...r.getClientRects()].map((b) => b.left));
+    };
+    const words = WORDS.filter((w) => text.includes(w));
+    out.push({text, left: Object.fromEntries(words.map((w) => [w, left(w)]))});
+  }
+  return out;
+})()"""
+
+
+def _positions(exe: str, pages: dict[str, str], words: list[str], tmp_path) -> dict:
+    """Each page (HTML) opened in Chromium: per element, its text and each word's left edge."""
+    browser = Browser(exe, tmp_path / "profile")
+    out = {}
+    try:
+        browser.page("Page.enable")
+        browser.page("Page.setLifecycleEventsEnabled", enabled=True)
+        for name, page in pages.items():
+            path = tmp_path / f"{name}.html"
+            path.write_text(page, encoding="utf-8")
+            navigation = browser.page("Page.navigate", url=path.as_uri())
+            browser.wait_for("Page.lifecycleEvent", name="load", loaderId=navigation["loaderId"])
+            script = POSITIONS.replace("WORDS", repr(words))
+            result = browser.page("Runtime.evaluate", expression=script, returnByValue=True)
+            out[name] = result["result"]["value"]
+    finally:
+        browser.close()
+    return out
+
+
+@pytest.mark.parametrize("names", [HEBREW, ARABIC], ids=["hebrew", "arabic"])
+def test_right_to_left_names_leave_the_numbers_after_them_in_place(tmp_path, names):
+    # Without isolation "A (2), B (3)" with Hebrew names A, B was drawn as "3) B ,(2) A)":
+    # the numbers on the far side of the names, each count by the other class.
+    exe = find_browser()
+    if exe is None:
+        pytest.skip("no Chromium on PATH; `.ci/run` installs it")
+    markdown_it = pytest.importorskip("markdown_it")
+    doc = _document(names)
+    md = markdown_it.MarkdownIt("commonmark").enable("table").render(render_markdown(doc))
+    pages = {"html": render_html(doc), "md": f'<html lang="en"><meta charset="utf-8">{md}</html>'}
+    numbers = ["(2)", "(3)", "(4)", "91.0", "80.0", "70.0", "(7)"]
+    words = names[2].split()  # a name of two words
+    seen = _positions(exe, pages, [*names, *numbers, *words], tmp_path)
+    for page, elements in seen.items():
+        assert len(elements) == 4 + 2 * len(names), page  # p, p, li, li, cells
+        for element in elements:
+            left = element["left"]
+            shown = [(x, w) for w, x in left.items() if w not in words]
+            written = sorted(shown, key=lambda xw: element["text"].index(xw[1]))
+            # Left to right as written: each name, then its number.
+            assert sorted(shown) == written, (page, element["text"])
+            if names[2] in left:  # and the words of a name right to left
+                assert left[words[1]] < left[words[0]], (page, element["text"])
 
 
 def test_a_very_long_name_does_not_widen_the_plots(monkeypatch):

@@ -7,6 +7,7 @@ import re
 from html import escape
 
 from featpipe.report.content import Document, Figure, Folded, Table, plain
+from featpipe.report.markdown import RTL_RUN
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -27,10 +28,18 @@ td details summary { cursor: pointer; } details > summary h2 { display: inline; 
 _BREAK_AFTER = re.compile(r"([+=,])(?=\S)")
 
 
-def _text(text: object) -> str:
-    """``text`` as HTML text, quotes included (class names, labels and run names come from
-    users' data: a class folder named ``<img src=x onerror=…>`` must stay text)."""
+def _attr(text: object) -> str:
+    """``text`` as an attribute value or title, quotes included (class names, labels and run
+    names come from users' data: a class folder named ``<img src=x onerror=…>`` must stay
+    text)."""
     return escape(plain(text))
+
+
+def _text(text: object) -> str:
+    """``text`` as HTML text (``_attr``), each right-to-left run in its own ``<bdi>``, so that
+    the numbers and brackets after a Hebrew or Arabic name stay where they are written."""
+    pieces = RTL_RUN.split(plain(text))  # runs at odd places
+    return "".join(f"<bdi>{escape(p)}</bdi>" if i % 2 else escape(p) for i, p in enumerate(pieces))
 
 
 def _cell(text: object) -> str:
@@ -52,7 +61,7 @@ def _table(table: Table) -> str:
 def _figure(fig: Figure) -> str:
     data = base64.b64encode(fig.png).decode("ascii")
     return (
-        f'<figure><img alt="{_text(fig.caption)}" src="data:image/png;base64,{data}">'
+        f'<figure><img alt="{_attr(fig.caption)}" src="data:image/png;base64,{data}">'
         f"<figcaption>{_text(fig.caption)}</figcaption></figure>"
     )
 
@@ -62,7 +71,7 @@ def render_html(doc: Document) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_text(doc.title)}</title><style>{_STYLE}</style></head><body>",
+        f"<title>{_attr(doc.title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{_text(doc.title)}</h1>",
     ]
     for section in doc.sections:
