@@ -12,8 +12,8 @@ from PIL import Image
 
 from featpipe.backbones import get_backbone
 from featpipe.backbones.timm_models import create, make_backbone
-from featpipe.backbones.weights import file_sha256
-from featpipe.errors import ConfigError
+from featpipe.backbones.weights import file_sha256, is_weights_path
+from featpipe.errors import ConfigError, UnknownNameError
 
 
 def _tiny_vit(**kwargs):
@@ -104,6 +104,21 @@ def test_processor_that_keeps_the_aspect_ratio_is_refused(kind):
     pre = preprocessing_of(fixed)
     ours = pre.transform()(image)
     assert ours.shape == fixed(images=image, return_tensors="pt")["pixel_values"][0].shape
+
+
+# weights paths and tags ---------------------------------------------------------------------------
+
+
+def test_a_file_named_like_a_weights_tag_leaves_the_tag_a_tag(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("imagenet", "DEFAULT"):
+        (tmp_path / name).write_bytes(b"not weights")
+        assert not is_weights_path(name)  # a name, whatever the current folder holds
+        assert is_weights_path(f"./{name}")
+    assert is_weights_path("w.safetensors") and is_weights_path("/abs/w")
+    # read as an unknown weights name, with the rule and the way to name the file
+    with pytest.raises(UnknownNameError, match=r"weights for timm:resnet18 'imagenet'.*\./<name>"):
+        get_backbone("timm:resnet18@imagenet")
 
 
 # .safetensors state dicts ----------------------------------------------------------------------

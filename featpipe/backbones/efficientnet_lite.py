@@ -23,6 +23,7 @@ from featpipe.backbones.base import Backbone
 from featpipe.backbones.registry import BackboneSpec, register_backbone
 from featpipe.backbones.timm_models import create, make_backbone
 from featpipe.backbones.weights import (
+    PATH_RULE,
     WeightsUnavailableError,
     build_from_file,
     file_sha256,
@@ -143,7 +144,7 @@ def build(spec: BackboneSpec) -> Backbone:
             f"weights for {variant}",
             weights,
             ["none", "<path to state dict>"],
-            hint=f"Omit '@...' for the bundled ImageNet weights ('{variant}').",
+            hint=f"Omit '@...' for the bundled ImageNet weights ('{variant}'). {PATH_RULE}",
         )
     return make_backbone(str(BackboneSpec("builtin", variant, weights)), model, sha)
 

@@ -23,6 +23,7 @@ from featpipe.backbones.base import Backbone, IdentityHead
 from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import (
+    PATH_RULE,
     fetch_error,
     file_sha256,
     is_weights_path,
@@ -161,7 +162,7 @@ def build(spec: BackboneSpec) -> Backbone:
                 f"pretrained tag for open_clip:{spec.name}",
                 weights,
                 [*tags, "none", "<path to checkpoint>"],
-                hint="List tags with open_clip.list_pretrained_tags_by_model().",
+                hint=f"List tags with open_clip.list_pretrained_tags_by_model(). {PATH_RULE}",
             )
         cfg = open_clip.get_pretrained_cfg(spec.name, weights)
         _load(model, _tag_file(spec.name, weights, cfg), f"open_clip:{spec.name}@{weights}")

@@ -20,6 +20,7 @@ from featpipe.backbones.base import Backbone
 from featpipe.backbones.preprocessing import CROP_MODES, Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import (
+    PATH_RULE,
     build_from_file,
     fetch_error,
     is_weights_path,
@@ -218,7 +219,7 @@ def build(spec: BackboneSpec) -> Backbone:
             weights,
             ["none", "pretrained", "<path to state dict>"],
             hint="timm weights are 'none' (random init), 'pretrained' (hub download) or a "
-            "path to a state-dict file.",
+            f"path to a state-dict file. {PATH_RULE}",
         )
     return make_backbone(str(BackboneSpec("timm", spec.name, weights)), model, sha)
 

@@ -18,6 +18,7 @@ from featpipe.backbones.base import Backbone
 from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import (
+    PATH_RULE,
     build_from_file,
     fetch_error,
     is_weights_path,
@@ -63,7 +64,8 @@ def _resolve_member(enum: type[Enum] | None, spec: BackboneSpec) -> Enum:
             f"weights for torchvision:{spec.name}",
             spec.weights,
             valid,
-            hint="Use an enum name, 'none' for random init, or a path to a state-dict file.",
+            hint="Use an enum name, 'none' for random init, or a path to a state-dict file. "
+            + PATH_RULE,
         )
     return enum[spec.weights]
 

@@ -14,6 +14,13 @@ from torch import nn
 from featpipe.errors import ConfigError, FeaturePipeError
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+# How a spec's '@weights' part is told apart from a tag such as DEFAULT or pretrained.
+PATH_RULE = (
+    "A weights path contains a '/' or ends in "
+    f"{', '.join(STATE_DICT_SUFFIXES[:-1])} or {STATE_DICT_SUFFIXES[-1]}; anything else is a "
+    "weights name, even where a file of that name exists (write ./<name> for a file in "
+    "this folder)."
+)
 
 
 class WeightsUnavailableError(FeaturePipeError, OSError):
@@ -21,13 +28,10 @@ class WeightsUnavailableError(FeaturePipeError, OSError):
 
 
 def is_weights_path(weights: str) -> bool:
-    """Whether a spec's ``@weights`` part names a local state-dict file rather than a tag."""
-    return (
-        weights.lower().endswith(STATE_DICT_SUFFIXES)
-        or "/" in weights
-        or os.sep in weights
-        or Path(weights).is_file()
-    )
+    """Whether a spec's ``@weights`` part names a local weights file rather than a tag, by
+    its text alone (:data:`PATH_RULE`): a file named like a tag in the current folder does
+    not turn the tag into a path."""
+    return weights.lower().endswith(STATE_DICT_SUFFIXES) or "/" in weights or os.sep in weights
 
 
 def file_sha256(path: str | Path) -> str:

@@ -24,6 +24,7 @@ Spec grammar: [FAMILY:]NAME[@WEIGHTS]
   hf:/path/to/saved_model                 a folder written by save_pretrained()
   open_clip:ViT-B-32@laion2b_s34b_b79k    OpenCLIP tag from the HF cache ([openclip] extra)
   open_clip:ViT-B-32@/path/to/ckpt.bin    an OpenCLIP checkpoint file
+A weights path has a '/' or ends in .pth, .pt, .bin or .safetensors (./NAME for a file here).
 Hub weights come from the local cache ($TORCH_HOME/hub/checkpoints, $HF_HOME); not cached,
 they are downloaded only when the hub answers (never with HF_HUB_OFFLINE=1)."""
 
