@@ -112,6 +112,7 @@ def _on_error_modes() -> tuple[str, ...]:
 def _check_modes(value: tuple[str, ...], where: str) -> None:
     from featpipe.finetune.freezing import Mode
 
+    _each_once(value, where)
     for i, text in enumerate(value):
         try:
             Mode.parse(text)
@@ -137,6 +138,18 @@ def _fraction(value, where: str) -> None:
 def _non_empty(value, where: str) -> None:
     if not value:
         raise ConfigError(f"{where} must list at least one entry.")
+
+
+def _each_once(value, where: str) -> None:
+    # A repeated entry runs the same jobs twice, writing two rows with one key.
+    twice = [v for i, v in enumerate(value) if v in value[:i]]
+    if twice:
+        raise ConfigError(f"{where} lists {twice[0]!r} twice: {list(value)}. List each once.")
+
+
+def _listed(value, where: str) -> None:
+    _non_empty(value, where)
+    _each_once(value, where)
 
 
 def _seeds(value, where: str) -> None:
@@ -218,13 +231,15 @@ class SourceConfig:
 class FeaturesConfig:
     """[features]: the frozen backbones and the layers stored for the probes."""
 
-    backbones: tuple[str, ...] = option(check=_non_empty, doc="backbone specs")
-    layers: tuple[str, ...] = option(("pooled",), check=_non_empty)
+    backbones: tuple[str, ...] = option(check=_listed, doc="backbone specs")
+    layers: tuple[str, ...] = option(("pooled",), check=_listed)
     image_size: int | None = option(None, doc="default: the weights' own size")
     dtype: str = option("float16", choices=lambda: ["float16", "float32"], kind="dtype")
     batch_size: int = option(64, check=_positive)
     workers: int | None = option(
-        None, doc="decoding workers (CUDA) or lanes (CPU); default min(4, cores); see --workers"
+        None,
+        check=_non_negative,
+        doc="decoding workers (CUDA) or lanes (CPU); default min(4, cores); see --workers",
     )
     compile: bool = option(False)
     cache_dir: str = option("data/cache")
@@ -244,9 +259,10 @@ class ProbesConfig:
     """[probes]: the heads fitted on each stored layer (None until loaded: every head and
     every stored layer)."""
 
-    heads: tuple[str, ...] | None = option(None, choices=_head_names, kind="head")
+    heads: tuple[str, ...] | None = option(None, check=_each_once, choices=_head_names, kind="head")
     layers: tuple[str, ...] | None = option(
         None,
+        check=_each_once,
         doc="default: all of features.layers; 'pooled+blocks.5:avg' concatenates stored "
         "layers, each standardised on train",
     )
@@ -264,7 +280,11 @@ def _finetune_table() -> type:
     positive = {"epochs", "batch_size", "lr"}
     specs = [
         ("modes", tuple[str, ...], option((), check=_check_modes, doc="default: no fine-tuning")),
-        ("backbones", tuple[str, ...] | None, option(None, doc="default: features.backbones")),
+        (
+            "backbones",
+            tuple[str, ...] | None,
+            option(None, check=_each_once, doc="default: features.backbones"),
+        ),
         (
             "grid",
             dict[str, list],
@@ -414,6 +434,11 @@ def _complete(config: PipelineConfig, default_name: str) -> PipelineConfig:
             f"The pipeline runs no method: {empty} is empty and finetune.modes is empty. "
             f"Add a head ({', '.join(_head_names())}) on a layer ("
             f"{', '.join(features.layers)}) or a fine-tuning mode (e.g. 'full')."
+        )
+    if finetune.modes and finetune.backbones == ():
+        raise ConfigError(
+            "finetune.backbones is empty, so finetune.modes would run nothing. List a backbone, "
+            "or leave the key out to fine-tune features.backbones."
         )
     finetune = replace(
         finetune,
