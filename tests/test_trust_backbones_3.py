@@ -106,6 +106,29 @@ def test_processor_that_keeps_the_aspect_ratio_is_refused(kind):
     assert ours.shape == fixed(images=image, return_tensors="pt")["pixel_values"][0].shape
 
 
+def _smooth_image(height: int = 45, width: int = 70) -> Image.Image:
+    """A smooth non-square RGB image: resize kernels barely differ on it."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.stack([np.sin(xx / 9) + np.cos(yy / 7), np.sin(yy / 11), np.cos((xx + yy) / 13)], -1)
+    rgb = (rgb - rgb.min()) / (rgb.max() - rgb.min())
+    return Image.fromarray((rgb * 255).astype(np.uint8))
+
+
+def test_poolformer_processor_resizes_by_its_crop_pct_before_the_crop():
+    tr = pytest.importorskip("transformers")
+    from featpipe.backbones.hf_models import preprocessing_of
+
+    # sail/poolformer_s12's processor, at 32: the short side to int(32 / 0.9) = 35, crop 32
+    processor = tr.PoolFormerImageProcessor(
+        size={"shortest_edge": 32}, crop_pct=0.9, crop_size={"height": 32, "width": 32}
+    )
+    pre = preprocessing_of(processor)
+    assert (pre.resize, pre.crop, pre.crop_mode) == (35, 32, "center")  # resize was 32
+    image = _smooth_image()
+    theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(pre.transform()(image), theirs, atol=0.03, rtol=0)
+
+
 # weights paths and tags ---------------------------------------------------------------------------
 
 

@@ -168,6 +168,8 @@ def preprocessing_of(processor) -> Preprocessing:
     crops = True  # the processor centre-crops
     if getattr(processor, "do_center_crop", False) and crop_size.get("height"):
         resize, crop = int(short), int(crop_size["height"])
+        if crop_pct:  # PoolFormer: the short side to size / crop_pct, then the crop
+            resize, crop_mode = int(short / crop_pct), "center"
     elif crop_pct and "shortest_edge" in size and short < 384:
         # ConvNeXt processors: resize to shortest_edge / crop_pct, then crop shortest_edge.
         resize, crop = int(short / crop_pct), int(short)
