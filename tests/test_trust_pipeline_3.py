@@ -4,12 +4,18 @@ once, and results files damaged beyond an interrupted write."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from featpipe.errors import ConfigError
 from featpipe.pipeline import config_from_dict
+from featpipe.report import read_results
 
+TESTS = Path(__file__).resolve().parent
 BASE = {"source": {"data": "digits"}, "features": {"backbones": ["toy"]}}
 
 
@@ -44,3 +50,54 @@ def config(**tables) -> dict:
 def test_lists_that_repeat_an_entry_and_bad_workers_are_refused(raw, match):
     with pytest.raises(ConfigError, match=match):
         config_from_dict(raw)
+
+
+PIPELINE = """
+name = "two"
+n_boot = 20
+device = "cpu"
+[source]
+data = "digits"
+limits = { train = 60, val = 30, test = 30 }
+[features]
+backbones = ["toy"]
+image_size = 16
+workers = 0
+cache_dir = "CACHE"
+[probes]
+heads = ["knn", "logreg"]
+grids.logreg = { C = [1.0] }
+"""
+# `featpipe run` whose every probe takes 2 s more: long enough for two runs to overlap.
+CHILD = f"""
+import sys, time
+sys.path.insert(0, {str(TESTS)!r})
+import toy_backbone
+import featpipe.heads
+from featpipe.cli import main
+fit = featpipe.heads.select_and_fit
+def slow(*args, **kwargs):
+    time.sleep(2)
+    return fit(*args, **kwargs)
+featpipe.heads.select_and_fit = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_runs_into_one_folder_take_turns(tmp_path):
+    # Before: both ran every job and appended each row twice; the one writing the report
+    # second could fail with a traceback (FileNotFoundError on report.md.tmp).
+    toml = tmp_path / "two.toml"
+    toml.write_text(PIPELINE.replace("CACHE", str(tmp_path / "cache")))
+    out = tmp_path / "run"
+    argv = [sys.executable, "-c", CHILD, "run", str(toml), "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                             text=True) for _ in range(2)]  # fmt: skip
+    logs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], logs
+    rows = read_results(out / "results.jsonl")
+    assert sorted(r["method"] for r in rows) == ["toy/knn@pooled", "toy/logreg@pooled"]
+    stdout = "".join(log[0] for log in logs)
+    assert stdout.count("reusing finished") == 2  # the second run waited, then reused both
+    assert "in use by pid" in "".join(log[1] for log in logs)  # and said whom it waited for

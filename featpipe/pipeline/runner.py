@@ -40,6 +40,7 @@ from featpipe.report import (
     write_report,
 )
 from featpipe.report.results import write_text_atomic
+from featpipe.store.lock import StoreLock
 
 
 def plan(config: PipelineConfig, source_fingerprint: str, *, cv_selection: bool = False):
@@ -95,13 +96,14 @@ class PipelineRunner:
         """Check the whole plan, run every unfinished job, then write the reports; returns
         the run folder. Under torchrun see :meth:`_run_ranks`."""
         ranks = current_ranks()
-        if ranks.distributed:
-            return self._run_ranks(ranks)
-        context, jobs, run_plan = self._prepare()
-        results = context.run_dir / RESULTS_FILE
-        rows = read_results(results, repair=True)
-        todo = self._announce(jobs, rows, results)
-        return self._run_jobs(context, jobs, run_plan, rows, todo)
+        with contextlib.ExitStack() as held:  # the run folder's lock, from _prepare on
+            if ranks.distributed:
+                return self._run_ranks(ranks, held)
+            context, jobs, run_plan = self._prepare(held=held)
+            results = context.run_dir / RESULTS_FILE
+            rows = read_results(results, repair=True)
+            todo = self._announce(jobs, rows, results)
+            return self._run_jobs(context, jobs, run_plan, rows, todo)
 
     def _announce(self, jobs: list[Job], rows: list[dict], results: Path) -> list[Job]:
         """Say what is finished; returns the jobs still to run."""
@@ -151,7 +153,7 @@ class PipelineRunner:
             )
         return context.run_dir
 
-    def _run_ranks(self, ranks) -> Path:
+    def _run_ranks(self, ranks, held: contextlib.ExitStack) -> Path:
         """The run as one rank of a torchrun job. Rank 0 plans (it alone fingerprints the
         source) and publishes the fingerprint and the jobs to run; then every rank fills
         its share of each feature store and runs each fine-tune (DDP), before rank 0 alone
@@ -167,7 +169,7 @@ class PipelineRunner:
             key = f"featpipe/run/{ranks.restart}/plan"
             if main:
                 try:
-                    context, jobs, run_plan = self._prepare()
+                    context, jobs, run_plan = self._prepare(held=held)
                     results = context.run_dir / RESULTS_FILE
                     rows = read_results(results, repair=True)
                     todo = self._announce(jobs, rows, results)
@@ -210,12 +212,16 @@ class PipelineRunner:
             return self._run_jobs(context, jobs, run_plan, rows, rest)
 
     def _prepare(
-        self, fingerprint: str | None = None, *, write: bool = True
+        self,
+        fingerprint: str | None = None,
+        *,
+        write: bool = True,
+        held: contextlib.ExitStack | None = None,
     ) -> tuple[RunContext, list[Job], RunPlan]:
-        """Check everything that can be checked before compute, then plan the run and save
-        the plan beside its config (unless ``write`` is False: torchrun ranks but 0);
-        nothing is written unless the checks pass. ``fingerprint``, given, is the source's
-        (from rank 0), not computed again."""
+        """Check everything that can be checked before compute, then plan the run, lock the
+        run folder until ``held`` closes and save the plan beside its config (unless
+        ``write`` is False: torchrun ranks but 0); nothing is written unless the checks pass.
+        ``fingerprint``, given, is the source's (from rank 0), not computed again."""
         from featpipe.device import resolve_device
 
         cfg = self.config
@@ -251,7 +257,9 @@ class PipelineRunner:
         )
         if not write:
             return context, jobs, run_plan
-        context.run_dir.mkdir(parents=True, exist_ok=True)
+        # One run at a time per folder: a second one waits, then reuses the first's rows
+        # (else both ran every job, appended each row twice and raced on the report files).
+        held.enter_context(StoreLock(context.run_dir / RESULTS_FILE))
         config_json = json.dumps(cfg.to_json(), indent=2) + "\n"
         write_text_atomic(context.run_dir / "config.json", config_json)
         write_plan(context.run_dir, run_plan)
