@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_report import make_rows
 
 from featpipe.errors import ConfigError
 from featpipe.pipeline import config_from_dict
-from featpipe.report import read_results
+from featpipe.report import append_result, read_results
+from featpipe.report.results import ResultsFormatError
 
 TESTS = Path(__file__).resolve().parent
 BASE = {"source": {"data": "digits"}, "features": {"backbones": ["toy"]}}
@@ -101,3 +103,21 @@ def test_two_runs_into_one_folder_take_turns(tmp_path):
     stdout = "".join(log[0] for log in logs)
     assert stdout.count("reusing finished") == 2  # the second run waited, then reused both
     assert "in use by pid" in "".join(log[1] for log in logs)  # and said whom it waited for
+
+
+def test_a_results_line_that_is_not_utf8_is_one_clear_error(tmp_path):
+    # Before: UnicodeDecodeError, a traceback, for `featpipe run` and `featpipe report`.
+    rows = make_rows()[:3]
+    path = tmp_path / "results.jsonl"
+    for row in rows:
+        append_result(path, row)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + lines[1][:40] + b"\xff" + lines[1][41:] + lines[2])
+    with pytest.raises(ResultsFormatError, match=r"results.jsonl:2: .*not UTF-8.* Remove that"):
+        read_results(path)
+
+    # As the cut-off last line of a torn write, it is dropped like any partial line.
+    path.write_bytes(lines[0] + lines[1] + lines[2][:40] + b"\xff")
+    with pytest.warns(UserWarning, match="partial last line"):
+        assert len(read_results(path, repair=True)) == 2
+    assert path.read_bytes() == lines[0] + lines[1]

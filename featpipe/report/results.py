@@ -306,28 +306,32 @@ def read_results(path: str | Path, *, repair: bool = False) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
+    data = path.read_bytes()  # bytes: a damaged line need not be UTF-8
+    lines = data.split(b"\n")
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines) and not text.endswith("\n"):
+            row = json.loads(line.decode("utf-8"))
+        except ValueError as exc:  # not JSON (JSONDecodeError) or not UTF-8 (UnicodeDecodeError)
+            if number == len(lines) and not data.endswith(b"\n"):
                 warnings.warn(
                     f"{where}: ignoring a partial last line (interrupted write).", stacklevel=2
                 )
                 if repair:
-                    _truncate_to(path, len(text.encode("utf-8")) - len(line.encode("utf-8")))
+                    _truncate_to(path, len(data) - len(line))
                 break
-            raise ResultsFormatError(f"{where}: not valid JSON ({exc.msg}).") from None
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+            raise ResultsFormatError(
+                f"{where}: not valid JSON ({reason}). Remove that line to go on: `featpipe run` "
+                "computes again any method whose row is missing."
+            ) from None
         validate_row(row, where)
         rows.append(row)
     else:
-        if repair and text and not text.endswith("\n"):  # cut just before its newline
+        if repair and data and not data.endswith(b"\n"):  # cut just before its newline
             with path.open("a", encoding="utf-8") as fh:
                 fh.write("\n")
     return rows
