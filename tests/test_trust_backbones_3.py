@@ -3,6 +3,7 @@ featpipe cannot follow, weights paths told apart from tags, and .safetensors sta
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -81,6 +82,31 @@ def test_only_models_with_register_tokens_get_a_new_identity():
             "weights_sha256",
             "preprocessing",
         }
+
+
+def test_open_clip_timm_tower_without_a_class_token_pools_its_patch_tokens(tmp_path):
+    # open_clip's SigLIP models hold a timm ViT without a class token: its first token is a
+    # patch (or register) token, which 'cls' read by default.
+    open_clip = pytest.importorskip("open_clip")
+    name = "featpipe-tiny-timm-reg1"
+    vision = {"image_size": 256, "timm_model_name": "vit_pwee_patch16_reg1_gap_256"}
+    text = {"context_length": 8, "vocab_size": 100, "width": 16, "heads": 2, "layers": 1}
+    config = {"embed_dim": 16, "vision_cfg": {**vision, "timm_pool": ""}, "text_cfg": text}
+    (tmp_path / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / f"{name}.json")
+    bb = get_backbone(f"open_clip:{name}@none")
+    assert (bb.identity()["token_pooling"], bb.identity()["prefix_tokens"]) == ("mean", 1)
+    trunk = bb.model.visual.trunk
+    x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    fm = bb.features(["visual.trunk.norm"])
+    try:
+        with torch.inference_mode():
+            got = fm(x)["visual.trunk.norm"]
+            want = trunk.forward_features(x)[:, 1:].mean(1)  # timm's average pooling
+    finally:
+        fm.remove()
+    assert fm.poolings["visual.trunk.norm"] == "mean"
+    torch.testing.assert_close(got, want)
 
 
 # image processors that do not crop ------------------------------------------------------------

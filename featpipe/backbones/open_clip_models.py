@@ -22,6 +22,7 @@ from featpipe.backbones import hub
 from featpipe.backbones.base import Backbone, IdentityHead
 from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
+from featpipe.backbones.timm_models import token_layout
 from featpipe.backbones.weights import (
     PATH_RULE,
     fetch_error,
@@ -174,6 +175,12 @@ def build(spec: BackboneSpec) -> Backbone:
     with torch.inference_mode():
         embed_dim = visual(torch.zeros(1, 3, preprocessing.crop, preprocessing.crop)).shape[1]
     net = OpenCLIPImageModel(visual, embed_dim, preprocessing.crop)
+    # A timm tower (SigLIP's) pools its tokens as timm does; open_clip's own ViTs have a
+    # class token.
+    trunk = getattr(visual, "trunk", None)
+    tokens, prefix, layers = (
+        token_layout(trunk, preprocessing.crop) if trunk is not None else ("cls", 0, ())
+    )
     return Backbone(
         spec=str(BackboneSpec("open_clip", spec.name, weights)),
         model=net,
@@ -181,6 +188,9 @@ def build(spec: BackboneSpec) -> Backbone:
         weights_sha256=sha,
         stages=_stages(net),
         classifier="head",
+        token_pooling=tokens,
+        prefix_tokens=prefix,
+        prefix_layers=tuple(f"visual.trunk.{n}" for n in layers),
     )
 
 

@@ -171,6 +171,15 @@ def _prefix_layers(model: nn.Module, size: int) -> tuple[str, ...]:
     return tuple(n for n, t in tokens.items() if final.ndim == 3 and t == final.shape[1])
 
 
+def token_layout(model: nn.Module, size: int) -> tuple[str, int, tuple[str, ...]]:
+    """A timm model's default token pooling, and for a ViT without a class token ('mean' is
+    its default) the number of register tokens that come first and the modules that give
+    them (found at input ``size``)."""
+    pooling = _token_pooling(model)
+    prefix = getattr(model, "num_prefix_tokens", 0) if pooling == "mean" else 0
+    return pooling, prefix, _prefix_layers(model, size) if prefix else ()
+
+
 def _fixed_size(model: nn.Module) -> int | None:
     """The input size of a model that takes no other (its forward asserts it), else None."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -184,9 +193,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
     stages."""
     classifier = _classifier_of(model)
     preprocessing = preprocessing_of(model)
-    token_pooling = _token_pooling(model)
-    # Register tokens come first in a ViT without a class token ('mean' is its default).
-    prefix = getattr(model, "num_prefix_tokens", 0) if token_pooling == "mean" else 0
+    token_pooling, prefix, prefix_layers = token_layout(model, preprocessing.crop)
     backbone = Backbone(
         spec=spec,
         model=model,
@@ -197,7 +204,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
         nhwc_layers=_nhwc_layers(model, classifier),
         fixed_size=_fixed_size(model),
         prefix_tokens=prefix,
-        prefix_layers=_prefix_layers(model, preprocessing.crop) if prefix else (),
+        prefix_layers=prefix_layers,
     )
     backbone.stages = stages_of(model, _block_containers(model), exclude=backbone.classifier)
     return backbone
