@@ -7,8 +7,14 @@ import json
 
 import h5py
 import numpy as np
+import pytest
+import torch
+from extract_child import NoiseSource
 
+from featpipe.backbones import get_backbone
 from featpipe.cli import main
+from featpipe.errors import NonFiniteFeaturesError
+from featpipe.extract import extract
 from featpipe.store import FeatureStore
 
 N, D = 50, 6
@@ -84,3 +90,67 @@ def test_check_names_every_layer_that_is_not_finite(tmp_path, capsys):
     print(err)
     assert "'stage1:avg'" in err and "'img7'" in err and "NaN" in err and "--overwrite" in err
     assert "Traceback" not in err
+
+
+# -- writing features that are not finite ------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_float16_overflow_cast_during_extraction_names_the_largest_value(tmp_path, on_error):
+    """The features reach the writer already cast to float16 (on the device), so its error
+    could not say how large they were; an overflow is no image's fault: skip does not hide it."""
+    backbone = get_backbone("toy")
+    with torch.no_grad():
+        backbone.model.fc.bias[3] = 1e6
+    with pytest.raises(NonFiniteFeaturesError) as err:
+        extract(NoiseSource(12), backbone, ["pooled", "logits"], out=tmp_path / "a.h5",
+                dtype="float16", on_error=on_error, **FAST)  # fmt: skip
+    message = str(err.value)
+    print(message)
+    assert "'logits'" in message and "65504" in message and "--dtype float32" in message
+    assert "|values| up to 1e+06" in message
+    assert not FeatureStore(tmp_path / "a.h5").chunk_done().any()
+
+
+class _WhiteRows(NoiseSource):
+    """NoiseSource whose rows ``white`` are plain white images."""
+
+    def __init__(self, n: int, white: list[int]):
+        super().__init__(n)
+        self.pixels[white] = 255
+
+
+def _nan_on_white(backbone):
+    """The backbone's model gives NaN logits for white images (and only for them)."""
+    model = backbone.model
+    forward = model.forward
+
+    def nan_where_white(x):
+        out = forward(x)
+        return torch.where(x.flatten(1).mean(1, keepdim=True) > 1.5, torch.nan, out)
+
+    model.forward = nan_where_white
+    return backbone
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_nan_features_are_skipped_under_on_error_skip(tmp_path, dtype):
+    """NaN from the model for one image stopped the whole extraction, even under skip."""
+    layers = ["pooled", "logits"]
+    source = _WhiteRows(17, [4, 11, 12])
+    store = extract(source, _nan_on_white(get_backbone("toy")), layers, out=tmp_path / "s.h5",
+                    dtype=dtype, on_error="skip", **FAST)  # fmt: skip
+    reason = "its features are not finite (NaN in layer 'logits')"
+    assert store.skipped() == {"img0004": reason, "img0011": reason, "img0012": reason}
+    assert store.extraction["skipped"] == 3 and store.complete
+    assert store.non_finite() == {}
+    clean = extract(source, "toy", layers, out=tmp_path / "c.h5", dtype=dtype, **FAST)
+    keep = np.ones(17, dtype=bool)
+    keep[[4, 11, 12]] = False
+    for layer in layers:  # the other rows as without the NaN; skipped rows are zeros
+        np.testing.assert_array_equal(store.arrays(layer)[0], clean.arrays(layer)[0][keep])
+        with h5py.File(store.path) as f:
+            assert not f[f"features/{layer}"][[4, 11, 12]].any()
+    with pytest.raises(NonFiniteFeaturesError, match="--on-error skip"):
+        extract(source, _nan_on_white(get_backbone("toy")), layers, out=tmp_path / "f.h5",
+                dtype=dtype, **FAST)  # fmt: skip

@@ -136,8 +136,9 @@ def register(subparsers) -> None:
         "--on-error",
         choices=ON_ERROR,
         default="fail",
-        help="an image that cannot be read: stop with its name (fail, the default), or record "
-        "it as skipped and leave it out (skip; `featpipe info` lists them)",
+        help="an image that cannot be read, or whose features are NaN or infinite: stop with "
+        "its name (fail, the default), or record it as skipped and leave it out (skip; "
+        "`featpipe info` lists them)",
     )
     p.add_argument(
         "--hash-contents",

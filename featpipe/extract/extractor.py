@@ -334,8 +334,9 @@ def extract(
     (saying for whom) up to ``lock_timeout`` seconds (None: as long as it takes), then raises
     StoreInUseError; once the first finishes, the waiting one reuses its store.
 
-    An image that cannot be read stops the run with one line naming it (``on_error="fail"``),
-    or keeps its row, marked skipped with the reason (``on_error="skip"``): the store's reads
+    An image that cannot be read, or whose features the model gives as NaN or infinite, stops
+    the run with one line naming it (``on_error="fail"``), or keeps its row, marked skipped
+    with the reason (``on_error="skip"``; a float16 overflow still stops it): the store's reads
     leave it out and ``store.skipped()`` lists it. ``on_error`` is not part of the store key
     (the other rows' features are the same either way), but a store with skipped rows is
     refused under "fail", whose promise is that every image is in it.

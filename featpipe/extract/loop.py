@@ -142,10 +142,28 @@ class _Chunk:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every layer's rows of the chunk (waits for the copies; runs on the writer thread)."""
-        parts = [c.arrays() for c in self.copies]
-        if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return _joined([c.arrays() for c in self.copies])
+
+    def peaks(self) -> dict[str, np.ndarray]:
+        """Each row's largest |value| before the cast to float16, per layer (after arrays)."""
+        return _joined([c.peak_arrays() for c in self.copies])
+
+    def write(self, writer: StoreWriter, index: int, on_error: str) -> int:
+        """Write the chunk; under on_error="skip", rows whose features are not finite are
+        recorded as skipped, as unreadable images are."""
+        return writer.write_chunk(
+            index,
+            self.arrays(),
+            errors=self.reasons,
+            peaks=self.peaks(),
+            skip_non_finite=on_error == "skip",
+        )
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def run_chunks(
@@ -170,7 +188,8 @@ def run_chunks(
     ``row_offset + r``), the caller's progress ``bar`` (left open) and who fills it
     (``filled_by``, recorded in its ``extraction`` attribute). The store's ``extraction``
     attribute gets the cost summed over every run that built it. An image that cannot be
-    read stops the run (``on_error="fail"``) or is recorded as skipped. On SIGINT/SIGTERM the
+    read, or whose features are NaN or infinite, stops the run (``on_error="fail"``) or is
+    recorded as skipped. On SIGINT/SIGTERM the
     chunks already computed are written and Interrupted says how many are done."""
     with StoreWriter.open(path) as writer:  # refuses at once when the disk cannot hold it
         pending = writer.pending_chunks()
@@ -193,9 +212,7 @@ def run_chunks(
     try:
         with (
             StoreWriter.open(path) as writer,
-            BackgroundWriter(
-                lambda i, chunk: writer.write_chunk(i, chunk.arrays(), errors=chunk.reasons)
-            ) as background,
+            BackgroundWriter(lambda i, chunk: chunk.write(writer, i, on_error)) as background,
         ):
             images = _compute(computed, background, bar, on_error)
             background.close()  # every chunk written before the store is marked complete

@@ -83,7 +83,8 @@ class FeatureStore:
     ``extraction`` holds the stats of the :func:`featpipe.extract.extract` call that returned
     this object (None otherwise).
 
-    Rows whose image could not be read (``on_error="skip"``) are left out of every read:
+    Rows skipped at extraction (``on_error="skip"``: an image that could not be read, or
+    whose features were not finite) are left out of every read:
     :meth:`arrays`, :meth:`iter_chunks`, :meth:`ids`, :meth:`labels` and :meth:`split_counts`
     agree row for row; :meth:`skipped` lists them, and ``len(store)`` counts them. In an
     incomplete store, the rows of chunks not written yet are left out of them all as well

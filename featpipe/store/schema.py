@@ -51,14 +51,16 @@ percent, so they are part of the key and a store is never resumed or reused acro
 entries (e.g. a faster, inexact decode) are left out of ``compute`` at their exact default, so
 that existing keys stay valid.
 
-Skipped rows (``on_error="skip"``): an image that cannot be read keeps its row, with
-``samples/ok`` False, the reason in ``samples/error`` (e.g. "truncated file") and zeros as
-features. ``ok`` and ``error`` are written with the chunk's features, before its
-``chunk_done`` flag, so a done chunk's rows are final, skips included (a reason is the one
-write that touches HDF5 metadata, its global heap, and only skipped rows have one). Readers
-leave skipped rows out of everything they return (features, labels, ids, split counts); a row's
-``ok`` flag means nothing until its chunk is done. Format version 1 has neither dataset: every
-row of a version-1 store is ok.
+Skipped rows (``on_error="skip"``): an image that cannot be read, or whose features the model
+gave as NaN or infinite (in any layer), keeps its row, with ``samples/ok`` False, the reason in
+``samples/error`` (e.g. "truncated file", "its features are not finite (NaN in layer
+'logits')") and zeros as features in every layer. A float16 overflow is never skipped (the
+fix is a float32 store, not another image). ``ok`` and ``error`` are written with the chunk's
+features, before its ``chunk_done`` flag, so a done chunk's rows are final, skips included (a
+reason is the one write that touches HDF5 metadata, its global heap, and only skipped rows have
+one). Readers leave skipped rows out of everything they return (features, labels, ids, split
+counts); a row's ``ok`` flag means nothing until its chunk is done. Format version 1 has
+neither dataset: every row of a version-1 store is ok.
 
 Layer names are ``LayerSpec.name`` strings (``pooled``, ``blocks.5:avg``, ``layer3:grid:2``)
 used directly as dataset names. A file is created under a temporary name and renamed into place

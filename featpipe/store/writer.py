@@ -350,19 +350,25 @@ class StoreWriter:
         *,
         errors: Mapping[int, str] | None = None,
         seconds: float | None = None,
+        peaks: Mapping[str, np.ndarray] | None = None,
+        skip_non_finite: bool = False,
     ) -> int:
         """Write every layer's rows of chunk ``index`` (and their ok flags) and flush, then set
         its done flag and flush again: a flag on disk always means its rows are there.
         ``errors`` maps positions in the chunk to why that image was skipped: those rows are
         written as zeros and marked not ok. ``seconds`` is what the chunk cost (default: the
-        time since this run's previous chunk, or since it started). A failed write leaves the
-        flag clear and raises StoreWriteError. Returns the number of bytes of features
-        written."""
+        time since this run's previous chunk, or since it started). Features that are not
+        finite in the store's dtype raise NonFiniteFeaturesError, unless ``skip_non_finite``
+        and the model gave them (NaN, inf): those rows are skipped too, with their reason. A
+        float16 overflow always raises; ``peaks`` (``{layer: each row's largest |value|}``
+        before a cast to float16 made elsewhere, e.g. on the device) lets its message name
+        the largest value. A failed write leaves the flag clear and raises StoreWriteError.
+        Returns the number of bytes of features written."""
         start, stop = self.chunk_rows(index)
         errors = dict(errors or {})
+        blocks = self._checked_blocks(index, features, errors, peaks or {}, skip_non_finite)
         ok = np.ones(stop - start, dtype=bool)
         ok[list(errors)] = False
-        blocks = self._checked_blocks(index, features, ok)
         now = time.perf_counter()
         seconds = now - self._clock if seconds is None else float(seconds)
         done = self._file[schema.CHUNK_DONE]
@@ -386,15 +392,23 @@ class StoreWriter:
         return sum(block.nbytes for block in blocks.values())
 
     def _checked_blocks(
-        self, index: int, features: Mapping[str, np.ndarray], ok: np.ndarray
+        self,
+        index: int,
+        features: Mapping[str, np.ndarray],
+        errors: dict[int, str],
+        peaks: Mapping[str, np.ndarray],
+        skip_non_finite: bool,
     ) -> dict:
-        """Each layer's rows of the chunk in the store's dtype (skipped rows as zeros),
-        checked before any is written."""
+        """Each layer's rows of the chunk in the store's dtype, skipped rows (``errors``) as
+        zeros, checked before any is written. Rows the model gave non-finite features are
+        added to ``errors`` when ``skip_non_finite``; otherwise they raise."""
         start, stop = self.chunk_rows(index)
         missing = set(self.layers) - set(features)
         if missing:
             raise ConfigError(f"Chunk {index} lacks features for layers {sorted(missing)}.")
-        blocks = {}
+        ok = np.ones(stop - start, dtype=bool)
+        ok[list(errors)] = False
+        blocks, found = {}, {}
         for name in self.layers:
             ds = self._file[schema.FEATURES][name]
             with np.errstate(over="ignore"):  # an overflow is reported just below
@@ -406,41 +420,71 @@ class StoreWriter:
                 )
             if not ok.all():
                 block = np.where(ok[:, None], block, 0).astype(ds.dtype)
-            if not all_finite(block):
-                raise self._not_finite(name, block, start, features[name])
+            if not all_finite(block):  # rare: the cost of what follows is no concern
+                error, rows = self._not_finite(name, block, start, features[name], peaks.get(name))
+                if error is not None or not skip_non_finite:
+                    raise error or self._from_model(name, block, start)
+                for pos in rows:
+                    found.setdefault(int(pos), self._reason(name, block[pos]))
             blocks[name] = block
+        if found:  # a row not finite in one layer is skipped in every layer
+            errors.update(found)
+            ok[list(found)] = False
+            blocks = {n: np.where(ok[:, None], b, 0).astype(b.dtype) for n, b in blocks.items()}
         return blocks
 
-    def _not_finite(
-        self, name: str, block: np.ndarray, start: int, given: Any
-    ) -> NonFiniteFeaturesError:
-        """The error for a chunk's ``block`` of layer ``name`` (``given`` before the cast to
-        the store's dtype) holding values that are not finite; runs only on failure."""
+    @staticmethod
+    def _reason(name: str, row: np.ndarray) -> str:
+        kind = "NaN" if np.isnan(row).any() else "inf"
+        return f"its features are not finite ({kind} in layer {name!r})"
+
+    def _where(self, name: str, block: np.ndarray, start: int) -> str:
+        """``Layer 'x' has N values that are not finite ... (rows, images)``."""
         bad = ~np.isfinite(block)
         rows = np.flatnonzero(bad.any(axis=1)) + start
         ids = self._file[schema.SAMPLES_ID].asstr()[rows[:IDS_SHOWN]]
-        text = (
+        return (
             f"Layer {name!r} has {int(bad.sum())} values that are not finite as {self.dtype} "
             f"(rows {rows[0]} to {rows[-1]} of {self.path}, images {named_rows(ids, len(rows))})"
             "; nothing of their chunk was written"
         )
-        if np.isnan(block).any():
-            return NonFiniteFeaturesError(
-                f"{text}. The backbone produced NaN: check its weights and the images."
-            )
-        if self.dtype == "float16":
-            given = np.asarray(given)
-            if given.dtype.itemsize > 2 and np.isfinite(given).all():  # the cast overflowed
-                reach = f" (|values| up to {float(np.abs(given).max()):g})"
-            else:  # cast to float16 already on the device: its values are lost
-                reach = ""
-            return NonFiniteFeaturesError(
-                f"{text}. float16 holds magnitudes up to 65504 and this layer's activations "
-                f"go beyond it{reach}, so they became inf. Store the features as float32 "
-                "(--dtype float32, or dtype='float32')."
-            )
+
+    def _not_finite(
+        self, name: str, block: np.ndarray, start: int, given: Any, peaks: np.ndarray | None
+    ) -> tuple[NonFiniteFeaturesError | None, np.ndarray]:
+        """For a chunk's ``block`` of layer ``name`` holding values that are not finite
+        (``given``: before the cast to the store's dtype; ``peaks``: each row's largest
+        |value| before a cast made elsewhere): the error for a float16 overflow, or None
+        when the model gave them, with the positions of the rows not finite."""
+        rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if self.dtype != "float16":
+            return None, rows
+        given = np.asarray(given)
+        if given.dtype.itemsize > 2:  # cast here: the values before it are known
+            peaks = np.abs(given[rows]).max(axis=1)
+        elif peaks is not None:
+            peaks = np.asarray(peaks)[rows]
+        if peaks is None:  # cast to float16 elsewhere, size unknown: inf is taken as overflow
+            overflow = ~np.isnan(block[rows]).any(axis=1)
+            reach = ""
+        else:
+            overflow = np.isfinite(peaks)
+            reach = f" (|values| up to {float(peaks[overflow].max()):g})" if overflow.any() else ""
+        if not overflow.any():
+            return None, rows
         return NonFiniteFeaturesError(
-            f"{text}. The backbone produced inf: check its weights and the images."
+            f"{self._where(name, block, start)}. float16 holds magnitudes up to 65504 and this "
+            f"layer's activations go beyond it{reach}, so they became inf. Store the features "
+            "as float32 (--dtype float32, or dtype='float32')."
+        ), rows
+
+    def _from_model(self, name: str, block: np.ndarray, start: int) -> NonFiniteFeaturesError:
+        """The error for NaN or inf that the model gave (not a float16 overflow)."""
+        kind = "NaN" if np.isnan(block).any() else "inf"
+        return NonFiniteFeaturesError(
+            f"{self._where(name, block, start)}. The backbone produced {kind}: check its "
+            "weights and the images (extraction with --on-error skip, on_error='skip', "
+            "records such images as skipped and goes on)."
         )
 
     def _chunk_failed(self, index: int, exc: BaseException) -> StoreWriteError:
