@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -153,6 +154,26 @@ def test_poolformer_processor_resizes_by_its_crop_pct_before_the_crop():
     image = _smooth_image()
     theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
     torch.testing.assert_close(pre.transform()(image), theirs, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kind, options, step",
+    [
+        ("ViTImageProcessor", {"rescale_factor": 1 / 127.5}, "rescale_factor=0.00784"),
+        ("ViTImageProcessor", {"do_rescale": False}, "do_rescale=False"),
+        ("EfficientNetImageProcessor", {}, "include_top=True"),  # google/efficientnet-*
+        ("MobileViTImageProcessor", {}, "do_flip_channel_order=True"),  # apple/mobilevit-*
+    ],
+)
+def test_processor_pixel_steps_featpipe_does_not_take_are_refused(kind, options, step):
+    # featpipe fed [0, 1] pixels normalised once, in RGB: 1.0 to 264 apart from these
+    tr = pytest.importorskip("transformers")
+    from featpipe.backbones.hf_models import preprocessing_of
+
+    size = {"height": 32, "width": 32}
+    processor = getattr(tr, kind)(size=size, crop_size=size, **options)
+    with pytest.raises(ConfigError, match=re.escape(step)):
+        preprocessing_of(processor)
 
 
 # weights paths and tags ---------------------------------------------------------------------------

@@ -148,6 +148,7 @@ def preprocessing_of(processor) -> Preprocessing:
     384 and above) squashes the image to that size (``crop_mode`` 'squash'), as it does;
     non-square sizes are refused. Centre crops start at ``floor`` offsets, as
     transformers' ``center_crop`` does (``crop_offset``)."""
+    _check_pixel_steps(processor)
     size = dict(getattr(processor, "size", None) or {})
     crop_size = dict(getattr(processor, "crop_size", None) or {})
     crop_pct = getattr(processor, "crop_pct", None)
@@ -205,6 +206,31 @@ def preprocessing_of(processor) -> Preprocessing:
         crop_mode=crop_mode,
         crop_offset=crop_offset,
     )
+
+
+def _check_pixel_steps(processor) -> None:
+    """Refuse the processor steps featpipe does not take: it scales pixels to [0, 1] and
+    normalises once, in RGB order."""
+    normalize = getattr(processor, "do_normalize", True)
+    factor = getattr(processor, "rescale_factor", None)
+    steps = {
+        "do_rescale=False": getattr(processor, "do_rescale", True) is False,
+        f"rescale_factor={factor}": factor is not None and abs(factor - 1 / 255) > 1e-9,
+        "rescale_offset=True": bool(getattr(processor, "rescale_offset", False)),
+        "include_top=True (a second division by the std)": bool(
+            normalize and getattr(processor, "include_top", False)
+        ),
+        "do_flip_channel_order=True (BGR)": bool(
+            getattr(processor, "do_flip_channel_order", False)
+        ),
+    }
+    found = [step for step, taken in steps.items() if taken]
+    if found:
+        raise ConfigError(
+            f"The image processor {type(processor).__name__} uses {', '.join(found)}; featpipe "
+            "scales pixels to [0, 1] and normalises once with image_mean/image_std, in RGB "
+            "order, so it would feed other values. Use a model whose processor does that."
+        )
 
 
 def _resample_code(processor) -> int:
