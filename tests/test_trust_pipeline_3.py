@@ -121,3 +121,9 @@ def test_a_results_line_that_is_not_utf8_is_one_clear_error(tmp_path):
     with pytest.warns(UserWarning, match="partial last line"):
         assert len(read_results(path, repair=True)) == 2
     assert path.read_bytes() == lines[0] + lines[1]
+
+
+def test_an_empty_source_data_is_refused():
+    # Before: accepted and read as the working directory ("Class folder 'benchmarks' ...").
+    with pytest.raises(ConfigError, match=r"source.data is empty"):
+        config_from_dict(config(source={"data": ""}))

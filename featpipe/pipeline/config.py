@@ -140,6 +140,11 @@ def _non_empty(value, where: str) -> None:
         raise ConfigError(f"{where} must list at least one entry.")
 
 
+def _not_blank(value: str, where: str) -> None:
+    if not value.strip():
+        raise ConfigError(f"{where} is empty; give a built-in dataset name, a folder or a CSV.")
+
+
 def _each_once(value, where: str) -> None:
     # A repeated entry runs the same jobs twice, writing two rows with one key.
     twice = [v for i, v in enumerate(value) if v in value[:i]]
@@ -208,7 +213,9 @@ def _grids(value: dict, where: str) -> None:
 class SourceConfig:
     """[source]: the images, their splits and subsets."""
 
-    data: str = option(doc="built-in name, image folder or CSV manifest; --data overrides")
+    data: str = option(
+        check=_not_blank, doc="built-in name, image folder or CSV manifest; --data overrides"
+    )
     # None: DEFAULT_FRACTIONS where the source lacks the split, and no warning where not.
     val_fraction: float | None = option(
         None, check=_fraction, doc="share of train carved as val where the source has none"
