@@ -127,3 +127,16 @@ def test_an_empty_source_data_is_refused():
     # Before: accepted and read as the working directory ("Class folder 'benchmarks' ...").
     with pytest.raises(ConfigError, match=r"source.data is empty"):
         config_from_dict(config(source={"data": ""}))
+
+
+def test_a_source_without_test_images_fails_before_any_compute(tmp_path, capsys):
+    # Before: the features were extracted, then the first probe said there was no test row.
+    from featpipe.cli import main
+
+    toml = tmp_path / "two.toml"
+    toml.write_text(PIPELINE.replace("CACHE", str(tmp_path / "cache")))
+    argv = ["run", str(toml), "--out", str(tmp_path / "run"), "--quiet"]
+    sets = ["source.test_fraction=0", "source.limits={train=60, val=30}"]
+    assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 2
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+    assert "no test images" in capsys.readouterr().err

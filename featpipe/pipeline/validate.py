@@ -87,7 +87,13 @@ def check_models(config) -> None:
 
 
 def check_sizes(config, source) -> None:
-    """Every size of the data-size sweep fits in the source's train split."""
+    """The source has test images to evaluate every method on, and every size of the
+    data-size sweep fits in its train split."""
+    if len(source.indices("test")) == 0:
+        raise ConfigError(
+            f"The source has no test images ({source.split_counts()}), so no method can be "
+            "evaluated; set source.test_fraction > 0 or give the source a test split."
+        )
     n_train = len(source.indices("train"))
     too_big = [n for n in config.source.train_sizes if n > n_train]
     if too_big:
