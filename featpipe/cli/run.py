@@ -17,7 +17,9 @@ computed. Running the same file again skips every method already in OUT/results.
 same settings ("reusing finished ...") and reuses cached feature stores, so an interrupted run
 (Ctrl-C, SIGTERM, or a crash) resumes where it stopped. OUT/plan.json lists the rows of the
 current configuration: reports use only those; rows of earlier configurations stay in
-results.jsonl as history.
+results.jsonl as history. A second run into the same OUT waits for the first, then reuses its
+rows. Relative paths in the file (source.data, out, features.cache_dir) are read from the
+working directory, not from the file's folder.
 """
 
 
