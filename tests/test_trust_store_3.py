@@ -4,12 +4,15 @@ named at write time, and skipped under ``on_error="skip"``."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from extract_child import NoiseSource
+from extract_child import NoiseSource, fill_disk
 
 from featpipe.backbones import get_backbone
 from featpipe.cli import main
@@ -154,3 +157,53 @@ def test_nan_features_are_skipped_under_on_error_skip(tmp_path, dtype):
     with pytest.raises(NonFiniteFeaturesError, match="--on-error skip"):
         extract(source, _nan_on_white(get_backbone("toy")), layers, out=tmp_path / "f.h5",
                 dtype=dtype, **FAST)  # fmt: skip
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs with no byte free (needs root and mount: skips where not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _parted(tmp_path) -> str:
+    for shard in ((0, 2), (1, 2)):
+        extract(NoiseSource(40), "toy", ["pooled"], out=tmp_path / "p.h5", shard=shard, **FAST)
+    return str(tmp_path / "p.h5")
+
+
+@pytest.mark.parametrize("command", ["consolidate", "export-npz", "export-parquet"])
+def test_a_disk_full_while_consolidating_or_exporting_is_one_line(
+    tmp_path, full_disk, capsys, monkeypatch, command
+):
+    """A traceback (h5py's "Can't close file", or OSError from open) before."""
+    import featpipe.store.consolidate as consolidate
+
+    store = _parted(tmp_path)
+    # consolidate checks the free space first: here another program takes it right after.
+    monkeypatch.setattr(consolidate, "check_free_space", lambda *a: fill_disk(full_disk))
+    fill_disk(full_disk)
+    if command == "consolidate":
+        args = ["consolidate", store, "--out", str(full_disk / "c.h5")]
+    else:
+        fmt = command.split("-")[1]
+        if fmt == "parquet":
+            pytest.importorskip("pyarrow")
+        args = ["export", store, "--layer", "pooled", "--out", str(full_disk / f"e.{fmt}")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    print(err)
+    assert "Traceback" not in err and "no space left on device" in err and "--out" in err
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]

@@ -10,10 +10,10 @@ import numpy as np
 
 from featpipe.errors import ConfigError, IncompleteStoreError
 from featpipe.store import schema
-from featpipe.store.files import check_free_space, open_h5
+from featpipe.store.files import check_free_space, disk_refused, open_h5
 from featpipe.store.parts import describe_parts, parts_dir
 from featpipe.store.reader import FeatureStore
-from featpipe.store.writer import check_out_file, replace_store_file
+from featpipe.store.writer import check_out_file, copy_failed, replace_store_file
 
 PARTED_ONLY = ("layout", "part_chunks", "n_rows")  # root attributes of the parted layout
 
@@ -59,8 +59,10 @@ def consolidate(
             _record_skipped(g, source)
             _copy(f, g, int(f.attrs["rows_per_chunk"]), block_chunks)
         replace_store_file(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)) and disk_refused(exc):  # e.g. filled since
+            raise copy_failed(out, exc) from exc
         raise
     return FeatureStore(out)
 

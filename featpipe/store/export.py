@@ -17,9 +17,10 @@ import numpy as np
 from featpipe.data.source import SPLIT_NAMES
 from featpipe.errors import ConfigError, IncompleteStoreError
 from featpipe.extras import import_extra
+from featpipe.store.files import disk_refused
 from featpipe.store.parts import parts_dir
 from featpipe.store.reader import FeatureStore
-from featpipe.store.writer import check_out_file
+from featpipe.store.writer import check_out_file, copy_failed
 
 FORMATS = ("npz", "parquet")
 
@@ -66,6 +67,10 @@ def export_features(
     try:
         (_write_parquet if fmt == "parquet" else _write_npz)(store, layer, split, tmp)
         tmp.replace(out)  # never a half-written file under the real name
+    except (OSError, RuntimeError) as exc:
+        if not disk_refused(exc):
+            raise
+        raise copy_failed(out, exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return out

@@ -47,6 +47,12 @@ def os_error_number(exc: BaseException) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def disk_refused(exc: BaseException) -> bool:
+    """Whether a write failed because the disk refused it: full, over quota, a file too large
+    or a read-only file system (not a damaged file or a bug)."""
+    return os_error_number(exc) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
 def lock_conflict(exc: BaseException) -> bool:
     """Whether HDF5 failed because another process has the file open for writing (its file
     lock), rather than because the file is damaged."""

@@ -206,7 +206,7 @@ def _iso(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
-def _write_failed(path: Path, action: str, exc: BaseException, done: str, fix: str):
+def write_failed(path: Path, action: str, exc: BaseException, done: str, fix: str):
     """One sentence for a failed write: the file, the reason, what is safe, how to go on."""
     error = StoreWriteError(f"Cannot {action} {path}: {describe_failure(exc)}. {done}; {fix}.")
     error.errno = os_error_number(exc)
@@ -214,6 +214,17 @@ def _write_failed(path: Path, action: str, exc: BaseException, done: str, fix: s
 
 
 RESUME_FIX = "free some space (or fix the disk), then run the same command to resume"
+
+
+def copy_failed(out: Path, exc: BaseException) -> StoreWriteError:
+    """The error for a file made from a store (consolidated, exported) that the disk refused."""
+    return write_failed(
+        out,
+        "write",
+        exc,
+        "Nothing was written there, and the store is unchanged",
+        "free some space, or choose another --out, then run the same command again",
+    )
 
 
 class StoreWriter:
@@ -293,7 +304,7 @@ class StoreWriter:
             replace_store_file(tmp, path)
         except (OSError, RuntimeError) as exc:
             tmp.unlink(missing_ok=True)
-            raise _write_failed(path, "create", exc, "Nothing was written", RESUME_FIX) from exc
+            raise write_failed(path, "create", exc, "Nothing was written", RESUME_FIX) from exc
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -497,7 +508,7 @@ class StoreWriter:
             safe = f"{int(self.chunk_done().sum())} of {self.n_chunks} chunks are written and safe"
         except Exception:
             safe = "the chunks marked done are written and safe"
-        return _write_failed(self.path, "write", exc, safe, RESUME_FIX)
+        return write_failed(self.path, "write", exc, safe, RESUME_FIX)
 
     def cost(self) -> dict:
         """What building the store cost so far, summed over every run that wrote a finished
@@ -575,7 +586,7 @@ class StoreWriter:
             self._file.flush()
         except (OSError, RuntimeError) as exc:
             done = f"All {self.n_chunks} chunks are written"
-            raise _write_failed(self.path, "mark complete", exc, done, RESUME_FIX) from exc
+            raise write_failed(self.path, "mark complete", exc, done, RESUME_FIX) from exc
 
     def close(self) -> None:
         if self._file.id.valid:
