@@ -28,10 +28,12 @@ from featpipe.report.results import (
     ids_sha256,
     read_results,
     validate_row,
+    write_bytes_atomic,
     write_results,
     write_text_atomic,
 )
 from featpipe.report.runplan import PLAN_FILE, PlannedRun, RunPlan, read_plan, write_plan
+from featpipe.store.lock import StoreLock
 
 __all__ = [
     "PLAN_FILE",
@@ -93,7 +95,7 @@ def write_report(
     written = {}
     for fig in doc.figures():
         path = plots_dir / f"{fig.name}.png"
-        path.write_bytes(fig.png)
+        write_bytes_atomic(path, fig.png)
         written[fig.name] = path
     written["report.md"] = run_dir / "report.md"
     write_text_atomic(written["report.md"], render_markdown(doc))
@@ -156,13 +158,16 @@ def record_rows(run_dir: str | Path, rows: list[ResultRow], *, n_boot: int = 100
     of earlier rows of the same method and seed, so that ``featpipe report run_dir`` shows the
     latest of each (how `featpipe probe` and `featpipe finetune` record their results)."""
     run_dir = Path(run_dir)
-    plan = read_plan(run_dir) or RunPlan(rows[0].run if rows else run_dir.name, [], n_boot)
-    new = [PlannedRun(r.method, r.seed, r.config_hash, r.label, r.deterministic) for r in rows]
-    replaced = {(m.method, m.seed) for m in new}
-    kept = [m for m in plan.methods if (m.method, m.seed) not in replaced]
-    for row in rows:
-        append_result(run_dir / RESULTS_FILE, row)
-    write_plan(run_dir, replace(plan, methods=kept + new))
+    # The run folder's lock, as `featpipe run` holds it: a run writing this folder meanwhile
+    # would otherwise replace plan.json without these rows.
+    with StoreLock(run_dir / RESULTS_FILE):
+        plan = read_plan(run_dir) or RunPlan(rows[0].run if rows else run_dir.name, [], n_boot)
+        new = [PlannedRun(r.method, r.seed, r.config_hash, r.label, r.deterministic) for r in rows]
+        replaced = {(m.method, m.seed) for m in new}
+        kept = [m for m in plan.methods if (m.method, m.seed) not in replaced]
+        for row in rows:
+            append_result(run_dir / RESULTS_FILE, row)
+        write_plan(run_dir, replace(plan, methods=kept + new))
     return run_dir / RESULTS_FILE
 
 

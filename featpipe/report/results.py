@@ -292,6 +292,8 @@ def append_result(path: str | Path, row: ResultRow | dict) -> dict:
     line = json.dumps(row, separators=(",", ":"), allow_nan=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if _ends_mid_line(path):  # a killed writer: appending would glue this row to its half line
+        read_results(path, repair=True)
     with path.open("a", encoding="utf-8") as fh:
         fh.write(line + "\n")
         fh.flush()
@@ -337,6 +339,17 @@ def read_results(path: str | Path, *, repair: bool = False) -> list[dict]:
     return rows
 
 
+def _ends_mid_line(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            if fh.seek(0, os.SEEK_END) == 0:
+                return False
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
 def _truncate_to(path: Path, size: int) -> None:
     with path.open("r+b") as fh:
         fh.truncate(size)
@@ -353,6 +366,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it into place, so that
     a kill leaves the old file or the new one, never half of one."""
     path = Path(path)
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """:func:`write_text_atomic` for bytes (plot images)."""
+    path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
