@@ -78,3 +78,23 @@ def test_plots_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_report(tmp_path)
     assert png.read_bytes() == before
+
+
+def test_two_processes_writing_one_report_file_at_once_both_succeed(tmp_path):
+    # `featpipe report DIR` while `featpipe run` finishes the same folder: both write
+    # report.md; a shared temporary name made one of them fail on a file the other renamed.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from featpipe.report.results import write_text_atomic
+
+    target = tmp_path / "report.md"
+
+    def write(i: int) -> None:
+        for _ in range(200):
+            write_text_atomic(target, f"report {i}\n" * 1000)
+
+    with ThreadPoolExecutor(4) as pool:
+        for done in [pool.submit(write, i) for i in range(4)]:
+            done.result()
+    assert target.read_text().startswith("report ")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # no temporary left behind
