@@ -266,7 +266,7 @@ def test_a_rank_that_plans_other_method_runs_than_rank_0_is_refused(tmp_path, mo
     monkeypatch.setattr(runner, "current_ranks", lambda: Ranks(rank=1, world_size=2))
     monkeypatch.setattr(runner, "job_store", lambda device: contextlib.nullcontext({}))
     planned = runner.PipelineRunner(cfg, progress=False, log=lambda _: None)
-    context, jobs, _ = planned._prepare(write=False)
+    context, jobs, _, _ = planned._prepare(write=False)
     fingerprint = context.provenance["source"]["fingerprint"]
     message = {"fingerprint": fingerprint, "todo": [j.key for j in jobs] + ["toy/other@pooled"]}
     monkeypatch.setattr(runner, "receive", lambda kv, key: message)

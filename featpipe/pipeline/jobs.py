@@ -41,6 +41,9 @@ class Job:
     mode: str | None = None
     deterministic: bool = False  # the seed changes nothing: run once, with the first seed
     train_size: int | None = None  # train images of a data-size sweep; None: all of them
+    # The backbone (spec, image size) whose identity its row records: a finished row is
+    # reused only while that identity is unchanged (see backbone_identity, RunPlan.select).
+    backbone_at: tuple[str, int | None] | None = None
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -122,6 +125,21 @@ class RunContext(RowContext):
         if key not in self.made:
             self.made[key] = make()
         return self.made[key]
+
+
+def backbone_identity(context: RunContext, job: Job) -> dict | None:
+    """The identity (``Backbone.identity()``) of the backbone ``job`` uses now (see
+    ``Job.backbone_at``), found once per run; None for a job that records none."""
+    if job.backbone_at is None:
+        return None
+    spec, image_size = job.backbone_at
+
+    def make() -> dict:
+        from featpipe.backbones import get_backbone
+
+        return get_backbone(spec, image_size).identity()
+
+    return context.once(("identity", spec, image_size), make)
 
 
 def skip_summary(skipped: dict[str, str], shown: int = 5) -> dict:

@@ -3,7 +3,10 @@
 The whole plan is checked first (see validate.py), so a bad value fails before any compute.
 Resumable at two levels: feature stores come from extract's cache (an interrupted extraction
 resumes its missing chunks), and a job whose (method, seed, config hash) row is already in
-results.jsonl is skipped, so an interrupted run picks up at the first unfinished job.
+results.jsonl is skipped, so an interrupted run picks up at the first unfinished job. Config
+hashes leave out the backbone's identity (weights sha256, preprocessing, pooling), which may
+change under the same spec (a weights file rewritten, a featpipe release fixing a model's
+preprocessing): such a row is reused only if it records the backbone's identity of today.
 The run folder's plan.json lists the rows of the current config; reports use only those.
 What each job does is its stage's business (``featpipe.pipeline.stages``).
 """
@@ -24,7 +27,7 @@ from featpipe.distributed.ranks import alone, current_ranks, process_group
 from featpipe.errors import ConfigError, FeaturePipeError
 from featpipe.interrupt import Interrupted
 from featpipe.pipeline.config import DEFAULT_FRACTIONS, PipelineConfig, SourceConfig
-from featpipe.pipeline.jobs import Job, PlanData, RunContext
+from featpipe.pipeline.jobs import Job, PlanData, RunContext, backbone_identity
 from featpipe.pipeline.stages import finetune as finetune_stage
 from featpipe.pipeline.stages import plan_jobs, run_job
 from featpipe.pipeline.stages.extract import feature_store
@@ -40,6 +43,7 @@ from featpipe.report import (
     write_report,
 )
 from featpipe.report.results import write_text_atomic
+from featpipe.report.runplan import identity_hash
 from featpipe.store.lock import StoreLock
 
 
@@ -91,6 +95,8 @@ class PipelineRunner:
         self.source = source
         self.progress = progress
         self.log = log
+        # The backbone identity each finished row must record, by job key (set by _prepare).
+        self._identities: dict[tuple, dict] = {}
 
     def run(self) -> Path:
         """Check the whole plan, run every unfinished job, then write the reports; returns
@@ -99,23 +105,33 @@ class PipelineRunner:
         with contextlib.ExitStack() as held:  # the run folder's lock, from _prepare on
             if ranks.distributed:
                 return self._run_ranks(ranks, held)
-            context, jobs, run_plan = self._prepare(held=held)
-            results = context.run_dir / RESULTS_FILE
-            rows = read_results(results, repair=True)
-            todo = self._announce(jobs, rows, results)
+            context, jobs, run_plan, rows = self._prepare(held=held)
+            todo = self._announce(jobs, rows, run_plan, context.run_dir / RESULTS_FILE)
             return self._run_jobs(context, jobs, run_plan, rows, todo)
 
-    def _announce(self, jobs: list[Job], rows: list[dict], results: Path) -> list[Job]:
-        """Say what is finished; returns the jobs still to run."""
-        done = _keys(rows)
+    def _announce(
+        self, jobs: list[Job], rows: list[dict], run_plan: RunPlan, results: Path
+    ) -> list[Job]:
+        """Say what is finished, and which rows are not reused because another version of
+        their backbone made them; returns the jobs still to run."""
+        missing = {m.key: m for m in run_plan.select(rows)[1]}
         self.log(
             f"{self.config.name}: {len(jobs)} method runs, "
-            f"{len(done & {j.key for j in jobs})} already finished; results in {results}"
+            f"{len(jobs) - len(missing)} already finished; results in {results}"
         )
+        by_key = {(r["method"], r["seed"], r["config_hash"]): r for r in rows}
         for job in jobs:
-            if job.key in done:
+            if job.key not in missing:
                 self.log(f"reusing finished {job.label} (seed {job.seed})")
-        return [j for j in jobs if j.key not in done]
+            elif job.key in by_key:
+                made = (by_key[job.key].get("provenance") or {}).get("backbone") or {}
+                changed = _differs(made, self._identities[job.key])
+                self.log(
+                    f"recomputing {job.label} (seed {job.seed}): its row was made by another "
+                    f"version of backbone {job.backbone} (changed since: {changed}); that row "
+                    f"stays in {results.name} as history"
+                )
+        return [j for j in jobs if j.key in missing]
 
     def _run_jobs(
         self,
@@ -145,8 +161,7 @@ class PipelineRunner:
             if report:
                 write_report(context.run_dir, rows, run_plan, source=self.source)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: finished rows are on disk
-            finished = len(_keys(rows) & {j.key for j in jobs})
-            raise _interrupted(exc, finished, len(jobs)) from None
+            raise _interrupted(exc, _finished(run_plan, rows), len(jobs)) from None
         if report:
             self.log(
                 f"report: {context.run_dir / 'report.md'} and {context.run_dir / 'report.html'}"
@@ -169,10 +184,8 @@ class PipelineRunner:
             key = f"featpipe/run/{ranks.restart}/plan"
             if main:
                 try:
-                    context, jobs, run_plan = self._prepare(held=held)
-                    results = context.run_dir / RESULTS_FILE
-                    rows = read_results(results, repair=True)
-                    todo = self._announce(jobs, rows, results)
+                    context, jobs, run_plan, rows = self._prepare(held=held)
+                    todo = self._announce(jobs, rows, run_plan, context.run_dir / RESULTS_FILE)
                 except BaseException as exc:
                     publish(kv, key, {"error": str(exc) or type(exc).__name__})
                     raise
@@ -182,7 +195,7 @@ class PipelineRunner:
                 message = receive(kv, key)
                 if "error" in message:
                     raise FeaturePipeError(f"rank 0 could not plan the run: {message['error']}")
-                context, jobs, run_plan = self._prepare(message["fingerprint"], write=False)
+                context, jobs, run_plan, _ = self._prepare(message["fingerprint"], write=False)
                 todo_keys = set(message["todo"])
                 if unplanned := todo_keys - {j.key for j in jobs}:
                     # Else this rank would skip them, and rank 0 wait for it in each one.
@@ -199,7 +212,7 @@ class PipelineRunner:
             ):
                 feature_store(context, backbone)  # every rank fills its parts
         except KeyboardInterrupt as exc:
-            raise _interrupted(exc, len(_keys(rows) & {j.key for j in jobs}), len(jobs)) from None
+            raise _interrupted(exc, _finished(run_plan, rows), len(jobs)) from None
         # DDP fine-tuning, a rank per process; the group is made only when there is some
         with process_group(device) if shared else contextlib.nullcontext():
             self._run_jobs(context, jobs, run_plan, rows, shared, write=main, report=False)
@@ -217,11 +230,12 @@ class PipelineRunner:
         *,
         write: bool = True,
         held: contextlib.ExitStack | None = None,
-    ) -> tuple[RunContext, list[Job], RunPlan]:
+    ) -> tuple[RunContext, list[Job], RunPlan, list[dict]]:
         """Check everything that can be checked before compute, then plan the run, lock the
-        run folder until ``held`` closes and save the plan beside its config (unless
-        ``write`` is False: torchrun ranks but 0); nothing is written unless the checks pass.
-        ``fingerprint``, given, is the source's (from rank 0), not computed again."""
+        run folder until ``held`` closes, read its rows and save the plan beside its config
+        (unless ``write`` is False: torchrun ranks but 0, which read no rows); nothing is
+        written unless the checks pass. ``fingerprint``, given, is the source's (from rank
+        0), not computed again."""
         from featpipe.device import resolve_device
 
         cfg = self.config
@@ -230,16 +244,10 @@ class PipelineRunner:
         if self.source is None:
             self.source = open_pipeline_source(cfg.source)
         check_sizes(cfg, self.source)
-        check_models(cfg)
+        built = check_models(cfg)
         if fingerprint is None:
             fingerprint = self.source.fingerprint(content=cfg.source.hash_contents)
         jobs = plan(cfg, fingerprint, cv_selection=len(self.source.indices("val")) == 0)
-        run_plan = RunPlan(
-            cfg.name,
-            [PlannedRun(j.method, j.seed, j.config_hash, j.label, j.deterministic) for j in jobs],
-            n_boot=cfg.n_boot,
-            source_fingerprint=fingerprint,
-        )
         context = RunContext(
             run=cfg.name,
             n_boot=cfg.n_boot,
@@ -255,15 +263,45 @@ class PipelineRunner:
             progress=self.progress,
             log=self.log,
         )
+        for job in jobs:  # the identities of the backbones built by the checks: no second build
+            if job.backbone_at and job.backbone_at[0] in built:
+                spec, size = job.backbone_at
+                context.once(("identity", spec, size), built[spec].at_size(size).identity)
+        results = context.run_dir / RESULTS_FILE
         if not write:
-            return context, jobs, run_plan
+            return context, jobs, _run_plan(cfg, jobs, fingerprint, {}), []
         # One run at a time per folder: a second one waits, then reuses the first's rows
         # (else both ran every job, appended each row twice and raced on the report files).
-        held.enter_context(StoreLock(context.run_dir / RESULTS_FILE))
+        held.enter_context(StoreLock(results))
+        rows = read_results(results, repair=True)
+        finished = _keys(rows)
+        self._identities = {
+            j.key: backbone_identity(context, j)
+            for j in jobs
+            if j.backbone_at and j.key in finished
+        }
+        run_plan = _run_plan(cfg, jobs, fingerprint, self._identities)
         config_json = json.dumps(cfg.to_json(), indent=2) + "\n"
         write_text_atomic(context.run_dir / "config.json", config_json)
         write_plan(context.run_dir, run_plan)
-        return context, jobs, run_plan
+        return context, jobs, run_plan, rows
+
+
+def _run_plan(
+    config: PipelineConfig, jobs: list[Job], fingerprint: str, identities: dict[tuple, dict]
+) -> RunPlan:
+    """The run's plan: its jobs, each with the backbone its row must come from (when known)."""
+    methods = [
+        PlannedRun(j.method, j.seed, j.config_hash, j.label, j.deterministic,
+                   identity_hash(identities.get(j.key)))
+        for j in jobs
+    ]  # fmt: skip
+    return RunPlan(config.name, methods, n_boot=config.n_boot, source_fingerprint=fingerprint)
+
+
+def _differs(made: dict, now: dict) -> str:
+    """The fields of two backbone identities that differ."""
+    return ", ".join(sorted(k for k in set(made) | set(now) if made.get(k) != now.get(k)))
 
 
 def _quiet(_message: str) -> None:
@@ -272,6 +310,10 @@ def _quiet(_message: str) -> None:
 
 def _keys(rows: list[dict]) -> set[tuple[str, int, str]]:
     return {(r["method"], r["seed"], r["config_hash"]) for r in rows}
+
+
+def _finished(run_plan: RunPlan, rows: list[dict]) -> int:
+    return len(run_plan.methods) - len(run_plan.select(rows)[1])
 
 
 def _interrupted(exc: KeyboardInterrupt, done: int, total: int) -> Interrupted:

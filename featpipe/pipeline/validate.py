@@ -58,10 +58,11 @@ def check_grids(config) -> None:
                     ) from exc
 
 
-def check_models(config) -> None:
+def check_models(config) -> dict:
     """Every backbone builds at its image size, every feature layer exists and pools (one
     dummy image through the model), every fine-tuning mode fits its backbone and every
-    fine-tuning setting is valid. Raises ConfigError naming the key."""
+    fine-tuning setting is valid. Raises ConfigError naming the key. Returns the backbones
+    built, by spec (the runner reads their identities)."""
     from featpipe.backbones import get_backbone
 
     features, finetune = config.features, config.finetune
@@ -84,6 +85,7 @@ def check_models(config) -> None:
         from featpipe.finetune.search import check_candidates
 
         check_candidates(FineTuner(**finetune.params()), dict(finetune.grid), "finetune.grid")
+    return built
 
 
 def check_sizes(config, source) -> None:

@@ -3,16 +3,22 @@
 ``featpipe run`` writes it (beside ``config.json``) before computing anything. It lists every
 (method, seed, config_hash) the current config produces, so reports use exactly those rows:
 rows of earlier configurations stay in results.jsonl as history but never reach a table, a
-comparison or a plot. Layout::
+comparison or a plot. A method whose row was already there when the run began also names the
+backbone its row must come from (``backbone``: :func:`identity_hash` of
+``Backbone.identity()``, which config hashes leave out): a row made by another version of the
+backbone (its weights, preprocessing or pooling changed under the same spec) is history too.
+Layout::
 
     {"format": "featpipe.plan", "version": 1, "run": "demo", "n_boot": 1000,
      "source_fingerprint": "...",
      "methods": [{"method": "toy/knn@pooled", "seed": 0, "config_hash": "...",
-                  "label": "kNN on layer pooled", "deterministic": true}, ...]}
+                  "label": "kNN on layer pooled", "deterministic": true,
+                  "backbone": "..."}, ...]}
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +40,26 @@ class PlannedRun:
     config_hash: str
     label: str = ""
     deterministic: bool = False
+    backbone: str | None = None  # identity_hash its row must record; None: any row
 
     @property
     def key(self) -> tuple[str, int, str]:
         return self.method, self.seed, self.config_hash
+
+    def made_by(self, row: dict) -> bool:
+        """Whether ``row`` comes from this run's backbone. A row that records no backbone
+        (no featpipe wrote one since results.jsonl exists) cannot be checked, and passes."""
+        made = identity_hash((row.get("provenance") or {}).get("backbone"))
+        return self.backbone is None or made is None or made == self.backbone
+
+
+def identity_hash(identity: dict | None) -> str | None:
+    """A short hash of a backbone identity (spec, weights sha256, preprocessing, ...), as a
+    row's provenance records it; None for none."""
+    if not identity:
+        return None
+    text = json.dumps(identity, sort_keys=True)  # a tuple hashes as the list JSON reads back
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -50,10 +72,14 @@ class RunPlan:
     source_fingerprint: str | None = None
 
     def select(self, rows: list[dict]) -> tuple[list[dict], list[PlannedRun], int]:
-        """(rows of this plan in plan order, planned runs without a row, rows left out)."""
-        by_key = {(r["method"], r["seed"], r["config_hash"]): r for r in rows}
-        current = [by_key[m.key] for m in self.methods if m.key in by_key]
-        missing = [m for m in self.methods if m.key not in by_key]
+        """(rows of this plan in plan order, planned runs without a row, rows left out).
+        Of several rows of one planned run, the last one its backbone made is used."""
+        by_key: dict[tuple, list[dict]] = {}
+        for r in rows:
+            by_key.setdefault((r["method"], r["seed"], r["config_hash"]), []).append(r)
+        made = {m.key: [r for r in by_key.get(m.key, []) if m.made_by(r)] for m in self.methods}
+        current = [made[m.key][-1] for m in self.methods if made[m.key]]
+        missing = [m for m in self.methods if not made[m.key]]
         return current, missing, len(rows) - len(current)
 
     def to_json(self) -> dict:
@@ -70,6 +96,7 @@ class RunPlan:
                     "config_hash": m.config_hash,
                     "label": m.label,
                     "deterministic": m.deterministic,
+                    **({"backbone": m.backbone} if m.backbone else {}),
                 }
                 for m in self.methods
             ],
@@ -99,6 +126,7 @@ def read_plan(run_dir: str | Path) -> RunPlan | None:
                 str(m["config_hash"]),
                 str(m.get("label", "")),
                 bool(m.get("deterministic", False)),
+                m.get("backbone"),
             )
             for m in data["methods"]
         ]

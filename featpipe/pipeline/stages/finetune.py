@@ -10,13 +10,15 @@ from featpipe.data import ImageSource
 from featpipe.data.splits import with_train_ids
 from featpipe.data.unreadable import unreadable_images, without
 from featpipe.evaluate import Cost, Timer, Usage, measure
-from featpipe.finetune.tuner import result_params
+from featpipe.finetune.freezing import Mode
+from featpipe.finetune.tuner import _spec_for, result_params  # _spec_for: scratch builds @none
 from featpipe.pipeline.jobs import (
     Job,
     PlanData,
     RowContext,
     RunContext,
     at_sizes,
+    backbone_identity,
     backbone_suffix,
     config_hash,
     decode_setting,
@@ -26,6 +28,7 @@ from featpipe.pipeline.jobs import (
 from featpipe.pipeline.stages.extract import feature_store, opened_stores
 from featpipe.provenance import plain
 from featpipe.report.results import MethodKind, Predictions, ResultRow
+from featpipe.report.runplan import identity_hash
 
 if TYPE_CHECKING:
     from featpipe.finetune.search import GridResult
@@ -55,9 +58,10 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
             if _reads_store(config, bb, mode):  # the probe then sees stored features
                 settings["probe_features"] = {"dtype": config.features.dtype}
             label = f"fine-tuning ({mode}){suffix(bb)}"
+            built = (_spec_for(bb, Mode.parse(mode)), config.finetune.image_size)
             jobs += [
                 Job(NAME, f"{bb}/finetune:{mode}", MethodKind.FINETUNE, label, bb, seed,
-                    config_hash(settings), mode=mode)
+                    config_hash(settings), mode=mode, backbone_at=built)
                 for seed in config.seeds
             ]  # fmt: skip
     return at_sizes(config, jobs)
@@ -82,10 +86,11 @@ def run(job: Job, context: RunContext) -> ResultRow:
         mode=job.mode,
         seed=job.seed,
         device=context.config.device,
-        # Keyed by the config hash: an interrupted fine-tune resumes from its last.pt, a
-        # changed one starts afresh beside it.
+        # Keyed by the config hash and the backbone's identity (which the hash leaves out):
+        # an interrupted fine-tune resumes from its last.pt, a changed one (settings, or a
+        # rewritten weights file, a fixed preprocessing) starts afresh beside it.
         run_dir=context.run_dir / "finetune" / f"{safe}-{job.mode.replace(':', '')}-{job.seed}-"
-        f"{job.config_hash}",
+        f"{job.config_hash}-{identity_hash(backbone_identity(context, job))[:8]}",
         verbose=2 if context.progress else 0,
         decode=context.config.features.decode,
         **settings,
@@ -166,7 +171,6 @@ def _reads_store(config: PipelineConfig, backbone: str, mode: str) -> bool:
     subsets are fewer rows than the store's). Decided from the config alone, so a resumed run
     makes the same choice as an uninterrupted one."""
     from featpipe.backbones import POOLED
-    from featpipe.finetune.freezing import Mode
 
     features = config.features
     return (

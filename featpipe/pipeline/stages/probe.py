@@ -67,7 +67,8 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 label = f"{entry.label} on {layer_words(layer)}{suffix(bb)}"
                 jobs += [
                     Job(NAME, f"{bb}/{head}@{layer}", MethodKind.PROBE, label, bb, seed,
-                        config_hash(settings), layer=layer, head=head, deterministic=deterministic)
+                        config_hash(settings), layer=layer, head=head, deterministic=deterministic,
+                        backbone_at=(bb, features.image_size))
                     for seed in (config.seeds[:1] if deterministic else config.seeds)
                 ]  # fmt: skip
     return at_sizes(config, jobs)
