@@ -83,6 +83,8 @@ class Backbone:
     nhwc_layers: tuple[str, ...] = ()
     prefix_tokens: int = 0
     prefix_layers: tuple[str, ...] = ()
+    channels_last_layers: tuple[str, ...] = ()
+    class_token_stage: str | None = None
     # The one input size the model takes, where it says so otherwise than by ``image_size``
     # (timm models with a fixed input size: MLP-Mixer, ViTs without dynamic_img_size).
     fixed_size: int | None = None
@@ -141,6 +143,9 @@ class Backbone:
         # 'mean' averaged the register tokens too before it left them out: new keys for them.
         if self.prefix_tokens:
             ident["prefix_tokens"] = self.prefix_tokens
+        # Layers before the class token read a patch token as 'cls' by default: new keys.
+        if self.class_token_stage:
+            ident["class_token_stage"] = self.class_token_stage
         return ident
 
     def module_names(self) -> list[str]:
@@ -177,7 +182,38 @@ class Backbone:
             raise ConfigError(f"Layer requests repeat a name: {names}.")
         for s in specs:
             self._module_for(s)  # fail early on unknown names
+            self._check_pooling(s)  # before any store under the request's key is read
         return FeatureModel(self, specs)
+
+    def _check_pooling(self, spec: LayerSpec) -> None:
+        """Refuse poolings that would not read what their name says for this module."""
+        if spec.module in self.channels_last_layers and spec.pooling != "none":
+            later = [s[0] for s in self.stages[1:] if s[0] not in self.channels_last_layers]
+            such = f", such as {later[0]!r}" if later else ""
+            raise ConfigError(
+                f"Layer {spec.name!r} of {self.spec}: {spec.module!r} gives B×H×W×C maps "
+                "(channels last), which featpipe pools over the wrong dimensions. Ask for "
+                f"'{spec.module}:none' (the map flattened), or pool another layer that "
+                f"`featpipe layers {self.spec}` lists{such}."
+            )
+        if spec.pooling == "cls" and self.before_class_token(spec.module):
+            raise ConfigError(
+                f"Layer {spec.name!r} of {self.spec}: {spec.module!r} runs before the class "
+                f"token joins the tokens (at {self.class_token_stage!r}), so its first token "
+                f"is a patch. Ask for '{spec.module}:mean' or '{spec.module}' (mean by "
+                "default)."
+            )
+
+    def before_class_token(self, module: str) -> bool:
+        """Whether ``module`` runs before the class token joins the patch tokens."""
+        if not self.class_token_stage:
+            return False
+        tops = [n for n, _ in self.model.named_children()]
+        return module.split(".")[0] in tops[: tops.index(self.class_token_stage)]
+
+    def token_pooling_of(self, module: str) -> str:
+        """The default pooling of ``module``'s tokens: ``mean`` where they are patches only."""
+        return "mean" if self.before_class_token(module) else self.token_pooling
 
     def channels_first(self, module: str, out: torch.Tensor) -> torch.Tensor:
         """``out`` as B×C×H×W where ``module`` gives B×H×W×C maps (pooling averages dims 2
@@ -190,7 +226,8 @@ class Backbone:
 
     def describe_layers(self) -> list[tuple[str, tuple[int, ...]]]:
         """(name, output shape for one image) for every module that runs once in a dummy
-        forward pass (one that runs more often, such as ResNet's block relu, cannot be tapped)."""
+        forward pass (one that runs more often, such as ResNet's block relu, cannot be tapped),
+        leaving out ``channels_last_layers``: their shape would read as C×H×W."""
         shapes: dict[str, tuple[int, ...]] = {}
         calls: Counter[str] = Counter()
         handles = []
@@ -222,7 +259,11 @@ class Backbone:
         finally:
             for h in handles:
                 h.remove()
-        return [(n, shapes[n]) for n in self.layer_names() if n in shapes and calls[n] <= 1]
+        return [
+            (n, shapes[n])
+            for n in self.layer_names()
+            if n in shapes and calls[n] <= 1 and n not in self.channels_last_layers
+        ]
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -272,7 +313,7 @@ class FeatureModel(nn.Module):
         if isinstance(out, (tuple, list)):
             out = out[0]
         out = self.backbone.channels_first(spec.module, out)
-        pooling = resolve_pooling(spec.pooling, out, self.backbone.token_pooling)
+        pooling = resolve_pooling(spec.pooling, out, self.backbone.token_pooling_of(spec.module))
         self.poolings[spec.name] = pooling
         if pooling == "mean":
             out = self.backbone.patch_tokens(spec.module, out)

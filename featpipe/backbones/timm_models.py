@@ -145,6 +145,39 @@ def _nhwc_layers(model: nn.Module, classifier: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*tops, *(s for s in stages if s)]))
 
 
+def _is_nhwc(module: nn.Module) -> bool:
+    return str(getattr(module, "output_fmt", "")).endswith("NHWC")  # a Format or a str
+
+
+def _channels_last_layers(model: nn.Module, classifier: str | None, nhwc: tuple[str, ...]):
+    """The modules with B×H×W×C outputs that ``nhwc`` (the layers turned to B×C×H×W) leaves
+    out: a patch embedding that gives NHWC maps (ViTs with ``dynamic_img_size``) and its
+    norm; in an NHWC model (Swin, MambaOut), the modules inside its stages that are not
+    convolutions. Some of those give tokens or, rarely, B×C×H×W maps (MambaOut's stem.act):
+    only ``none`` may tap them, which is right for every layout."""
+    modules = dict(model.named_modules())
+    names = [n for n, m in modules.items() if n and _is_nhwc(m)]
+    names += [f"{n}.norm" for n in list(names) if f"{n}.norm" in modules]
+    if _is_nhwc(model):
+        head = (classifier or "head").split(".")[0]
+        convs = tuple(f"{n}." for n, m in modules.items() if isinstance(m, nn.Conv2d))
+        names += [
+            n
+            for n, m in modules.items()
+            if n
+            and n.split(".")[0] != head
+            and not isinstance(m, nn.Conv2d)
+            and not f"{n}.".startswith(convs)
+        ]
+    return tuple(n for n in dict.fromkeys(names) if n not in nhwc)
+
+
+def _class_token_stage(model: nn.Module) -> str | None:
+    """The top-level module where a late class token joins the patch tokens (CaiT, XCiT)."""
+    children = dict(model.named_children())
+    return next((n for n in ("blocks_token_only", "cls_attn_blocks") if n in children), None)
+
+
 def _prefix_layers(model: nn.Module, size: int) -> tuple[str, ...]:
     """The modules whose token outputs begin with the model's prefix tokens, for a model
     without a class token (its register tokens, which timm's average pooling leaves out):
@@ -194,6 +227,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
     classifier = _classifier_of(model)
     preprocessing = preprocessing_of(model)
     token_pooling, prefix, prefix_layers = token_layout(model, preprocessing.crop)
+    nhwc = _nhwc_layers(model, classifier)
     backbone = Backbone(
         spec=spec,
         model=model,
@@ -201,10 +235,12 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
         weights_sha256=weights_sha256,
         classifier=classifier,
         token_pooling=token_pooling,
-        nhwc_layers=_nhwc_layers(model, classifier),
+        nhwc_layers=nhwc,
         fixed_size=_fixed_size(model),
         prefix_tokens=prefix,
         prefix_layers=prefix_layers,
+        channels_last_layers=_channels_last_layers(model, classifier, nhwc),
+        class_token_stage=_class_token_stage(model),
     )
     backbone.stages = stages_of(model, _block_containers(model), exclude=backbone.classifier)
     return backbone

@@ -154,7 +154,7 @@ def run_layers(args: argparse.Namespace) -> int:
             "Omit --image-size to use the size its weights were trained at."
         ) from exc
     rows = [
-        (name, _shape_text(shape), *_default_pooling(shape, backbone.token_pooling))
+        (name, _shape_text(shape), *_default_pooling(shape, backbone.token_pooling_of(name)))
         for name, shape in layers
         if not args.filter or args.filter.lower() in name.lower()
     ]
