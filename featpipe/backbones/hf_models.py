@@ -171,6 +171,8 @@ def preprocessing_of(processor) -> Preprocessing:
         resize, crop = int(short), int(crop_size["height"])
         if crop_pct:  # PoolFormer: the short side to size / crop_pct, then the crop
             resize, crop_mode = int(short / crop_pct), "center"
+        elif type(processor).__name__.startswith("Levit") and size.get("shortest_edge"):
+            resize = int(256 / 224 * short)  # LeViT's resize scales the short side so
     elif crop_pct and "shortest_edge" in size and short < 384:
         # ConvNeXt processors: resize to shortest_edge / crop_pct, then crop shortest_edge.
         resize, crop = int(short / crop_pct), int(short)
