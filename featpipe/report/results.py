@@ -26,7 +26,9 @@ Fields (``?``: may be null):
 - ``world_size`` (int, optional; 1 when absent): how many processes trained the method
   together (torchrun's ``WORLD_SIZE``: a fine-tune's DDP ranks).
 - ``config_hash`` (str): hash of the data fingerprint and of the settings this method depends
-  on; a re-run skips a (method, seed, config_hash) already present. Reports use only the rows
+  on; a re-run skips a (method, seed, config_hash) already present while the row's
+  ``provenance.backbone`` is still the backbone's identity (else it computes the method again,
+  keeping the old row as history). Reports use only the rows
   of the run's current plan (``plan.json``, see :mod:`featpipe.report.runplan`); rows of
   earlier configurations stay in the file as history.
 - ``created`` (str): ISO 8601 UTC time the row was written.
@@ -35,7 +37,8 @@ Fields (``?``: may be null):
   ``top1``, ``top5`` (more than 5 classes), ``balanced_accuracy``, ``macro_f1``, ``log_loss``?
   and ``ece``? (null for heads without probabilities, such as SVMs), ``confusion`` (C×C,
   rows = true class), ``per_class_accuracy`` ({class: recall?}), ``ci`` ({metric: [lo, hi]},
-  95 % percentile bootstrap over test images).
+  95 %: Wilson score interval for top-1 and top-5, percentile bootstrap over test images for
+  the others).
 - ``val_accuracy`` (float?): validation accuracy of the chosen model.
 - ``params`` (object): chosen hyper-parameters (probes) or fine-tuning settings and best epoch.
 - ``curve`` (list?): the probe's validation curve, ``[{"params": {...}, "score": x}, ...]``.
