@@ -24,7 +24,7 @@ def test_perfect_predictions():
     assert m["ece"] == pytest.approx(0.0)
     assert m["confusion"] == [[2, 0, 0], [0, 2, 0], [0, 0, 2]]
     assert m["per_class_accuracy"] == {"a": 1.0, "b": 1.0, "c": 1.0}
-    assert m["ci"]["top1"] == [1.0, 1.0]
+    assert m["ci"]["top1"] == [pytest.approx(0.6097, abs=1e-4), 1.0]  # Wilson: 6 of 6
     assert "top5" not in m  # only with more than 5 classes
 
 

@@ -16,7 +16,7 @@ from featpipe.report import plots, write_report
 from featpipe.report.content import Document, Section, Table
 from featpipe.report.html import render_html
 from featpipe.report.markdown import render_markdown
-from featpipe.report.summary import summarize
+from featpipe.report.summary import MethodSummary, summarize
 
 
 def _captured(monkeypatch) -> list:
@@ -140,11 +140,19 @@ def _with_ci(row: dict, ci: list[float]) -> dict:
     return row
 
 
+def _stored_intervals(monkeypatch) -> None:
+    """Plot the top-1 intervals the rows hold: the report recomputes Wilson intervals from
+    the counts, which always hold their point; these tests draw any interval."""
+    stored = property(lambda s: tuple(s.rows[0]["metrics"]["ci"]["top1"]))
+    monkeypatch.setattr(MethodSummary, "top1_ci", stored)
+
+
 def test_intervals_that_miss_their_point_are_drawn_where_they_are(monkeypatch):
     # A percentile interval from few resamples can lie wholly above or below its point: the
     # sweep plot raised ValueError (negative error bar), the method plot drew the bar from
     # the point instead of from the interval's low end.
     figures = _captured(monkeypatch)
+    _stored_intervals(monkeypatch)
     rows = [_with_ci(make_row(f"p{n}"), [0.9, 0.95]) for n in (10, 20)]
     for n, row in zip((10, 20), rows, strict=True):
         row["train_size"] = n
@@ -157,6 +165,7 @@ def test_intervals_that_miss_their_point_are_drawn_where_they_are(monkeypatch):
 
 def test_a_wide_interval_is_not_cut_off_by_the_axis(monkeypatch):
     figures = _captured(monkeypatch)
+    _stored_intervals(monkeypatch)
     rows = [_with_ci(make_row("a", acc=0.8), [0.3, 0.95]), make_row("b", acc=0.9)]
     plots.accuracy_by_method(summarize(rows))
     ax = figures[0].axes[0]

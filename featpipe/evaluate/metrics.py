@@ -1,17 +1,21 @@
-"""One metric function for every method: accuracy, calibration, confusion, bootstrap intervals."""
+"""One metric function for every method: accuracy, calibration, confusion, 95 % intervals."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import norm
 
 from featpipe.errors import ConfigError
 
 ECE_BINS = 15
 CI_LEVEL = 0.95
-# Metrics that get a bootstrap interval; each is a function of the resampled test rows.
-CI_METRICS = ("top1", "top5", "balanced_accuracy", "macro_f1", "log_loss")
+# Hit rates over test rows get a Wilson interval (a percentile bootstrap of a proportion near
+# 1 collapses: 20 of 20 right gave 100.0-100.0); the other metrics get a percentile bootstrap,
+# each a function of the resampled test rows.
+WILSON_METRICS = ("top1", "top5")
+BOOTSTRAP_METRICS = ("balanced_accuracy", "macro_f1", "log_loss")
 _EPS = 1e-15
 _BOOT_BATCH = 100  # resamples per vectorised step, to bound memory on large test sets
 
@@ -101,6 +105,18 @@ def expected_calibration_error(
     return float(np.abs(acc_sum - conf_sum).sum() / len(y))
 
 
+def wilson_interval(p: float, n: int) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion ``p`` of ``n`` test rows (Wilson, 1927).
+
+    ``p`` may be a mean over seeds (a fractional count); at ``p`` = 0 or 1 the interval still
+    has a width, where a bootstrap's has none."""
+    z = norm.ppf(1 - (1 - CI_LEVEL) / 2)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
 def _percentile_ci(samples: np.ndarray) -> list[float]:
     alpha = (1 - CI_LEVEL) / 2
     lo, hi = np.nanquantile(samples, [alpha, 1 - alpha])
@@ -110,7 +126,6 @@ def _percentile_ci(samples: np.ndarray) -> list[float]:
 def _bootstrap(
     y: np.ndarray,
     pred: np.ndarray,
-    top5_hit: np.ndarray | None,
     nll: np.ndarray,
     n_classes: int,
     n_boot: int,
@@ -119,7 +134,7 @@ def _bootstrap(
     """Percentile intervals from ``n_boot`` resamples of the test rows (with replacement)."""
     rng = np.random.default_rng(seed)
     n = len(y)
-    draws: dict[str, list[np.ndarray]] = {m: [] for m in CI_METRICS}
+    draws: dict[str, list[np.ndarray]] = {m: [] for m in BOOTSTRAP_METRICS}
     flat = y * n_classes + pred
     for start in range(0, n_boot, _BOOT_BATCH):
         b = min(_BOOT_BATCH, n_boot - start)
@@ -128,12 +143,10 @@ def _bootstrap(
         cells = (np.arange(b)[:, None] * n_classes * n_classes + flat[idx]).ravel()
         cms = np.bincount(cells, minlength=b * n_classes * n_classes)
         scores = _scores_from_confusion(cms.reshape(b, n_classes, n_classes))
-        for name, values in scores.items():
-            draws[name].append(values)
+        for name in ("balanced_accuracy", "macro_f1"):
+            draws[name].append(scores[name])
         draws["log_loss"].append(nll[idx].mean(axis=1))
-        if top5_hit is not None:
-            draws["top5"].append(top5_hit[idx].mean(axis=1))
-    return {m: _percentile_ci(np.concatenate(v)) for m, v in draws.items() if v}
+    return {m: _percentile_ci(np.concatenate(v)) for m, v in draws.items()}
 
 
 def compute_metrics(
@@ -150,8 +163,9 @@ def compute_metrics(
     ``top5`` (only when C > 5; classes tied with the true one count ahead of it),
     ``balanced_accuracy``, ``macro_f1``, ``log_loss``, ``ece`` (15 bins), ``confusion`` (C×C
     list, rows = true class), ``per_class_accuracy`` ({class: recall or None when the class is
-    absent from the test set}) and ``ci`` ({metric: [lo, hi]}, 95 % percentile bootstrap over
-    test rows; empty when ``n_boot`` is 0).
+    absent from the test set}) and ``ci`` ({metric: [lo, hi]}, 95 %: the Wilson score interval
+    for top-1 and top-5, a percentile bootstrap over test rows for the others; empty when
+    ``n_boot`` is 0).
 
     ``y_pred`` are the method's own predictions (class indices), for heads whose ``predict``
     is not the argmax of the scores in ``proba`` (an SVM's ties); top-1, balanced accuracy,
@@ -174,6 +188,11 @@ def compute_metrics(
     per_class = {
         name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(names)
     }
+    ci = {}
+    if n_boot > 0:
+        hits = {"top1": scores["top1"], "top5": None if top5_hit is None else top5_hit.mean()}
+        ci = {m: list(wilson_interval(v, len(y))) for m, v in hits.items() if v is not None}
+        ci.update(_bootstrap(y, pred, nll, n_classes, n_boot, seed))
     out = {
         "n": len(y),
         "top1": scores["top1"],
@@ -184,7 +203,7 @@ def compute_metrics(
         "ece": expected_calibration_error(y, p),
         "confusion": cm.tolist(),
         "per_class_accuracy": per_class,
-        "ci": _bootstrap(y, pred, top5_hit, nll, n_classes, n_boot, seed) if n_boot > 0 else {},
+        "ci": ci,
     }
     return out
 

@@ -399,7 +399,7 @@ def _figures(summaries: list[MethodSummary]) -> Section:
         [
             Figure(
                 "accuracy_by_method",
-                "Test top-1 by method with 95 % bootstrap intervals.",
+                "Test top-1 by method with 95 % Wilson score intervals.",
                 plots.accuracy_by_method(summaries),
             ),
             Figure(
@@ -413,7 +413,7 @@ def _figures(summaries: list[MethodSummary]) -> Section:
         figures.blocks.append(
             Figure(
                 "accuracy_by_train_size",
-                "Test top-1 (95 % bootstrap intervals) against the number of training images, "
+                "Test top-1 (95 % Wilson score intervals) against the number of training images, "
                 "one line per method (log scale).",
                 plots.accuracy_by_train_size(summaries),
             )
@@ -461,7 +461,7 @@ def build_document(
             *_skipped_notes(rows),
             f"{len(summaries)} methods on {n_test} test images of {len(classes)} classes. "
             "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
-            "percentile bootstrap interval over test images; costs are wall seconds on the machine "
+            "Wilson score interval over the test images; costs are wall seconds on the machine "
             "named under provenance."
             + (_SEED_NOTES if any(s.seed_note for s in summaries) else ""),
             _results_table(summaries),

@@ -10,6 +10,7 @@ import numpy as np
 
 from featpipe.evaluate import Comparison, aggregate_over_seeds, compare, holm
 from featpipe.evaluate.compare import ALPHA
+from featpipe.evaluate.metrics import wilson_interval
 from featpipe.report.results import MethodKind
 
 
@@ -40,11 +41,16 @@ class MethodSummary:
 
     @property
     def top1_ci(self) -> tuple[float, float] | None:
-        """The bootstrap interval, averaged over seeds (each seed tests the same images)."""
-        cis = [r["metrics"]["ci"]["top1"] for r in self.rows if "top1" in r["metrics"]["ci"]]
-        if not cis:
+        """The Wilson interval of the mean top-1 over seeds, on one seed's test images (None
+        when the rows have no intervals: n_boot 0).
+
+        Seeds test the same images: pooling their counts would count each image once per seed
+        and narrow the interval by the square root of the number of seeds with no new test
+        evidence. It is recomputed from the counts, not read from the rows, so rows written
+        before the Wilson interval (a percentile bootstrap) are shown the same way."""
+        if not any("top1" in r["metrics"]["ci"] for r in self.rows):
             return None
-        return float(np.mean([c[0] for c in cis])), float(np.mean([c[1] for c in cis]))
+        return wilson_interval(self.top1, min(r["metrics"]["n"] for r in self.rows))
 
     def cost(self, name: str) -> float | None:
         """Mean of a cost field over seeds, as :func:`row_cost` counts it (None when no seed
