@@ -1,7 +1,9 @@
 """Trust review of the top-1 interval (Wilson, not a percentile bootstrap, whose coverage
-collapses near 100 %)."""
+collapses near 100 %) and of the Recommendation's cost sentence with costs of 0 s."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from featpipe.evaluate import compute_metrics
 from featpipe.evaluate.metrics import wilson_interval
 from featpipe.report.advice import recommendation
 from featpipe.report.content import build_document
-from featpipe.report.summary import summarize
+from featpipe.report.summary import references, summarize
 
 
 def _scipy_wilson(k: int, n: int) -> tuple[float, float]:
@@ -68,3 +70,39 @@ def test_no_report_text_calls_the_top1_interval_a_percentile_bootstrap():
     texts += [f.caption for f in doc.figures()]
     assert not [t for t in texts if "percentile bootstrap" in t]
     assert any("Wilson score interval" in t for t in texts)
+
+
+def _tied(*seconds):
+    """Methods with the same predictions (so tied on test), best validation first."""
+    rows = []
+    for i, total in enumerate(seconds):
+        row = copy.deepcopy(make_row("toy/logreg@pooled"))
+        row["method"] = row["label"] = f"m{i}"
+        row["val_accuracy"] = 0.9 - i / 100
+        row["cost"].update(extraction_seconds=0.0, fit_seconds=total, predict_seconds=0.0)
+        row["cost"]["total_seconds"] = total
+        rows.append(row)
+    return summarize(rows)
+
+
+def test_a_chosen_method_measured_at_0_seconds_is_the_cheapest():
+    # It was skipped as if unknown: "The cheapest of these is m1 ... (4.1 s against 0.0 s)".
+    text = recommendation(_tied(0.0, 4.1), n_boot=50)[0]
+    assert "It is also the cheapest of them." in text
+    assert "The cheapest of these" not in text
+
+
+def test_a_tied_method_measured_at_0_seconds_is_the_cheapest_without_a_ratio():
+    # It was skipped: the 4.1 s chosen method was "also the cheapest of them".
+    text = recommendation(_tied(4.1, 0.0), n_boot=50)[0]
+    assert "It is also the cheapest" not in text
+    assert "The cheapest of these is m1, at a cost measured as 0 s (0.0 s against 4.1 s" in text
+    assert "inf" not in text and "1/" not in text
+    # The probes a fine-tune is compared with: the best, and the cheapest tied with it.
+    summaries = _tied(4.1, 0.0)
+    assert references(summaries, n_boot=50) == summaries
+
+
+def test_one_method_is_one_method():
+    text = recommendation(summarize([make_row("toy/logreg@pooled")]), n_boot=0)[0]
+    assert "of 1 method, and scores" in text

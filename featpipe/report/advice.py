@@ -34,6 +34,10 @@ def _test(s: MethodSummary) -> str:
     return f"{_pct(s.top1)} on test{ci}"
 
 
+def _methods(n: int) -> str:
+    return "1 method" if n == 1 else f"{n} methods"
+
+
 def _ratio(x: float) -> str:
     return f"{x:.0f}" if x >= 10 else f"{x:.1f}"
 
@@ -63,7 +67,7 @@ def advise(summaries: list[MethodSummary], n_boot: int) -> Advice:
         elif c.difference < 0:
             ahead.append(other)
     group = [chosen, *tied] if chosen else []
-    costed = [s for s in group if s.cost("total_seconds")]
+    costed = [s for s in group if s.cost("total_seconds") is not None]  # 0 s is a cost
     cheapest = min(costed, key=lambda s: s.cost("total_seconds")) if costed else None
     return Advice(chosen, tied, ahead, cheapest)
 
@@ -82,7 +86,7 @@ def recommendation(summaries: list[MethodSummary], n_boot: int) -> list[str]:
     size = f" at {largest} training images" if largest is not None else ""
     text = [
         f"Use {chosen.label}: it has the best validation accuracy{size} "
-        f"({_pct(chosen.val_accuracy)}) of {len(at_full)} methods, and scores {_test(chosen)}."
+        f"({_pct(chosen.val_accuracy)}) of {_methods(len(at_full))}, and scores {_test(chosen)}."
         + _tie_sentence(advice, n_boot)
     ]
     for paragraph in (
@@ -121,11 +125,15 @@ def _tie_sentence(advice: Advice, n_boot: int) -> str:
         text = f" Statistically tied with it on test ({tie_rule(n_boot)}): {names}."
     cheap = advice.cheapest
     if cheap is not None and cheap is not chosen and tied:
-        ratio = chosen.cost("total_seconds") / cheap.cost("total_seconds")
-        cost = f"1/{_ratio(ratio)} of the cost" if ratio >= 1.5 else "about the same cost"
+        cheap_s, chosen_s = cheap.cost("total_seconds"), chosen.cost("total_seconds")
+        if cheap_s == 0:  # no ratio to 0 s
+            cost = "a cost measured as 0 s"
+        else:
+            ratio = chosen_s / cheap_s
+            cost = f"1/{_ratio(ratio)} of the cost" if ratio >= 1.5 else "about the same cost"
         text += (
             f" The cheapest of these is {cheap.label}, at {cost} "
-            f"({cheap.cost('total_seconds'):.1f} s against {chosen.cost('total_seconds'):.1f} s"
+            f"({cheap_s:.1f} s against {chosen_s:.1f} s"
             f" in all, shared feature extraction included; validation "
             f"{_pct(cheap.val_accuracy or 0)}, {_test(cheap)})."
         )

@@ -208,7 +208,7 @@ def references(summaries: list[MethodSummary], n_boot: int = 1000) -> list[Metho
             paired = compare_pair(top, other, n_boot)
             if paired and is_tie(paired.comparison):
                 tied.append(other)
-    costed = [s for s in tied if s.cost("total_seconds")]
+    costed = [s for s in tied if s.cost("total_seconds") is not None]  # 0 s is a cost
     cheapest = min(costed, key=lambda s: s.cost("total_seconds")) if costed else top
     return [top] if cheapest is top else [top, cheapest]
 
