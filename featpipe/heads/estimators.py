@@ -373,6 +373,12 @@ class KNNProbe(ProbeHead):
         self.metric = metric
         self.weights = weights
 
+    def params_fitted_on(self, params: dict, n_samples: int) -> dict:
+        """``params`` as a fit on ``n_samples`` rows uses them (``n_neighbors`` capped), so
+        that selection validates, and refits with, the k that really ran."""
+        k = params.get("n_neighbors", self.n_neighbors)
+        return {**params, "n_neighbors": n_samples} if k > n_samples else params
+
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
         if self.metric not in KNN_METRICS:
             raise ConfigError(

@@ -179,6 +179,7 @@ def select_and_fit(
     X_tr, y_tr = data.get("train")
     _require_two_classes(y_tr, data.class_name)
     if data.has("val"):
+        candidates = _as_fitted(head, candidates, len(y_tr))
         X_va, y_va = data.get("val")
         scores = _candidate_scores(head, candidates, X_tr, y_tr, X_va, y_va, progress)
         X_fit, y_fit = X_tr, y_tr
@@ -187,6 +188,7 @@ def select_and_fit(
         mode = "val"
     else:
         folds = _cv_splits(y_tr, cv, 0 if seed is None else seed)
+        candidates = _as_fitted(head, candidates, min(len(a) for a, _ in folds))
         per_fold = [
             _candidate_scores(head, candidates, X_tr[a], y_tr[a], X_tr[b], y_tr[b], progress)
             for a, b in folds
@@ -202,6 +204,21 @@ def select_and_fit(
     if data.has("test"):  # only now, after the refit, is the test split read
         _test(result, [data.get("test")], data.ids("test"))
     return result
+
+
+def _as_fitted(head: BaseEstimator, candidates: list[dict], n_samples: int) -> list[dict]:
+    """The candidates as a fit on ``n_samples`` rows runs them, each once (kNN's k is capped
+    at the rows: k=10 and k=20 on 6 rows both run k=6, and the refit on train+val must use
+    the 6 that was validated, not 10)."""
+    fitted = getattr(head, "params_fitted_on", None)
+    if fitted is None:
+        return candidates
+    out: list[dict] = []
+    for params in candidates:
+        params = fitted(params, n_samples)
+        if params not in out:
+            out.append(params)
+    return out
 
 
 def _require_two_classes(y: np.ndarray, class_name) -> None:
@@ -289,6 +306,7 @@ def _select_streamed(
             "an in-memory head."
         )
     _require_two_classes(store.labels("train"), lambda label: store.classes[int(label)])
+    candidates = _as_fitted(head, candidates, counts.get("train", 0))
     start = time.perf_counter()
     scores = None
     if _path_only(head, candidates) and hasattr(head, "store_path"):
