@@ -7,7 +7,7 @@ A pipeline file has these tables (every key optional unless marked required)::
     seeds = [0]                        # head-search / fine-tuning seeds (heads without
                                        # randomness run once, with the first seed)
     device = "auto"                    # auto, cpu, cuda, cuda:1, ...
-    n_boot = 1000                      # bootstrap resamples for intervals (0: none)
+    n_boot = 1000                      # bootstrap resamples for intervals (0: none; top-1 uses Wilson)
 
     [source]
     data = "digits"                    # required: built-in name, folder or CSV; --data overrides
@@ -333,7 +333,11 @@ class PipelineConfig:
     out: str | None = option(None, doc="run folder (default: runs/<name>); --out overrides")
     seeds: tuple[int, ...] = option((0,), check=_seeds, doc="head-search and fine-tuning seeds")
     device: str = option("auto", doc="auto, cpu, cuda or cuda:N")
-    n_boot: int = option(1000, check=_non_negative, doc="bootstrap resamples (0: none)")
+    n_boot: int = option(
+        1000,
+        check=_non_negative,
+        doc="bootstrap resamples for intervals (0: none; top-1 uses Wilson)",
+    )
     source: SourceConfig
     features: FeaturesConfig
     probes: ProbesConfig

@@ -99,8 +99,8 @@ def _legend(ax, artists: list, **kwargs) -> None:
 
 def _intervals(ax, at, ci: np.ndarray, horizontal: bool = False, **kwargs) -> None:
     """Error bars from each interval's low end to its high end (``ci``: rows (lo, hi)), drawn
-    where they are rather than around the point estimate: a percentile interval from few
-    resamples can miss its point, and matplotlib refuses bars of negative length."""
+    where they are rather than around the point estimate: an interval in a results file not
+    written by featpipe can miss its point, and matplotlib refuses bars of negative length."""
     if len(ci):
         mid, half = ci.mean(axis=1), np.abs(ci[:, 1] - ci[:, 0]) / 2
         xy, err = ((mid, at), "xerr") if horizontal else ((at, mid), "yerr")
@@ -134,7 +134,7 @@ def _fonts(plot):
 
 @_fonts
 def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
-    """Horizontal bars of mean top-1 with the 95 % bootstrap interval."""
+    """Horizontal bars of mean top-1 with the 95 % Wilson score interval."""
     order = sorted(summaries, key=lambda s: s.top1)
     fig = Figure(figsize=(8, 0.4 * len(order) + 1.2))
     ax = fig.add_subplot()
@@ -145,7 +145,7 @@ def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
     ci = np.array([[100 * v for v in order[i].top1_ci] for i in shown]).reshape(-1, 2)
     _intervals(ax, shown, ci, horizontal=True, ecolor="black", capsize=3)
     ax.set_yticks(y, [_short(s.label) for s in order], fontsize=8)
-    ax.set_xlabel("test top-1 accuracy (%), bars: 95 % bootstrap CI")
+    ax.set_xlabel("test top-1 accuracy (%), bars: 95 % Wilson CI")
     # Room left of the shortest bar, and of every interval, so that none is cut off.
     ax.set_xlim(max(0.0, min([min(acc) - 15, *(ci[:, 0] - 2)])), 100)
     ax.grid(axis="x", alpha=0.3)
@@ -378,7 +378,7 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.minorticks_off()
     ax.set_xlabel("training images (log scale)")
-    ax.set_ylabel("test top-1 accuracy (%), bars: 95 % bootstrap CI")
+    ax.set_ylabel("test top-1 accuracy (%), bars: 95 % Wilson CI")
     ax.grid(alpha=0.3)
     _legend(ax, lines, fontsize=7)
     return _png(fig)
