@@ -129,13 +129,20 @@ def load_to_resume(path: Path, keys: tuple[str, ...]) -> dict:
     )
 
 
+def _difference(key: str, saved, current) -> str:
+    """One setting's difference; for a dict (the backbone's identity), the fields that differ,
+    whose values (hashes, whole preprocessing) would drown the message."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        fields = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        return f"{key} differs in {', '.join(fields)}"
+    return f"{key}: checkpoint {saved!r}, now {current!r}"
+
+
 def check_config(saved: dict, current: dict, path: Path) -> None:
     """Resuming with other settings would silently mix two experiments: refuse."""
     keys = sorted(set(saved) | set(current))
     diff = [
-        f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
-        for k in keys
-        if saved.get(k) != current.get(k)
+        _difference(k, saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)
     ]
     if diff:
         raise ConfigError(

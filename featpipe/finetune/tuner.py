@@ -55,6 +55,9 @@ NOT_RESULT_PARAMS = ("callbacks", "device", "resume", "run_dir", "verbose", "wor
 # config hashes and checkpoint configs while at it, so that those runs still resume.
 LATER_DEFAULTS = {"loss": "cross_entropy", "decode": "exact", "sync_bn": False}
 LOSSES = ("cross_entropy", "mse")
+# The backbone's identity (``Backbone.identity()``) in checkpoint configs: what its spec
+# leaves out (a weights file rewritten under its path, a release's preprocessing or pooling).
+IDENTITY = "backbone_identity"
 # What _restore reads from last.pt (fit_seconds is optional: older checkpoints lack it).
 RESUMED_KEYS = (
     *("config", "epoch", "model", "optimizer", "scheduler", "rng", "history"),
@@ -499,6 +502,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     def _config(self, source: ImageSource) -> dict:
         return {
             **result_params(self.get_params()),
+            IDENTITY: self.backbone_.identity(),
             "source": source.fingerprint(),
             "classes": list(source.classes),
         }
@@ -519,7 +523,12 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         if not exists:
             return None
         saved = checkpoint.load_to_resume(path, RESUMED_KEYS)
-        checkpoint.check_config(saved["config"], self.config_, path)
+        expected = self.config_
+        if IDENTITY not in saved["config"]:
+            # Written before the identity was recorded: its spec, image size and other
+            # settings are still checked; the weights behind the spec cannot be, as before.
+            expected = {k: v for k, v in expected.items() if k != IDENTITY}
+        checkpoint.check_config(saved["config"], expected, path)
         if ddp.is_main():  # one writer; the other ranks read best.pt once it is settled
             checkpoint.settle_best(Path(self.run_dir), saved["best_epoch"])
         ddp.from_main(None)
