@@ -128,3 +128,19 @@ def test_cli_refuses_to_resume_over_rewritten_weights_in_one_line(
     assert err.startswith("featpipe finetune: error: Checkpoint ") and "\n" not in err
     assert "backbone_identity differs in weights_sha256" in err and "--no-resume" in err
     assert cli_main([*args.split(), "--no-resume"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("saved", "now", "said"),
+    [
+        ({"loss": "mse"}, {}, "loss: checkpoint 'mse', now 'cross_entropy'"),
+        ({}, {"decode": "fast"}, "decode: checkpoint 'exact', now 'fast'"),
+    ],
+)
+def test_a_refused_resume_names_a_default_setting_by_its_value(tmp_path, saved, now, said):
+    # Settings left out of checkpoint configs at their default were named as None ("loss:
+    # checkpoint 'mse', now None"), though the run asked for cross_entropy.
+    run_dir = tmp_path / "run"
+    tuner(epochs=1, run_dir=run_dir, **saved).fit(synthetic_source())
+    with pytest.raises(ConfigError, match=rf"\({said}\)"):
+        tuner(epochs=1, run_dir=run_dir, **now).fit(synthetic_source())

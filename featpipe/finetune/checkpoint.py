@@ -138,12 +138,13 @@ def _difference(key: str, saved, current) -> str:
     return f"{key}: checkpoint {saved!r}, now {current!r}"
 
 
-def check_config(saved: dict, current: dict, path: Path) -> None:
-    """Resuming with other settings would silently mix two experiments: refuse."""
+def check_config(saved: dict, current: dict, path: Path, defaults: dict | None = None) -> None:
+    """Resuming with other settings would silently mix two experiments: refuse. ``defaults``:
+    the values of settings a config leaves out at their default."""
+    defaults = defaults or {}
     keys = sorted(set(saved) | set(current))
-    diff = [
-        _difference(k, saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)
-    ]
+    pairs = [(k, saved.get(k, defaults.get(k)), current.get(k, defaults.get(k))) for k in keys]
+    diff = [_difference(k, before, now) for k, before, now in pairs if before != now]
     if diff:
         raise ConfigError(
             f"Checkpoint {path} was written with another configuration ({'; '.join(diff)}). "

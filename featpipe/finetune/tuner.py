@@ -528,7 +528,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             # Written before the identity was recorded: its spec, image size and other
             # settings are still checked; the weights behind the spec cannot be, as before.
             expected = {k: v for k, v in expected.items() if k != IDENTITY}
-        checkpoint.check_config(saved["config"], expected, path)
+        checkpoint.check_config(saved["config"], expected, path, LATER_DEFAULTS)
         if ddp.is_main():  # one writer; the other ranks read best.pt once it is settled
             checkpoint.settle_best(Path(self.run_dir), saved["best_epoch"])
         ddp.from_main(None)
