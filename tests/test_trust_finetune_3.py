@@ -4,6 +4,8 @@ a checkpoint trained on the old version."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import toy_backbone
@@ -144,3 +146,17 @@ def test_a_refused_resume_names_a_default_setting_by_its_value(tmp_path, saved, 
     tuner(epochs=1, run_dir=run_dir, **saved).fit(synthetic_source())
     with pytest.raises(ConfigError, match=rf"\({said}\)"):
         tuner(epochs=1, run_dir=run_dir, **now).fit(synthetic_source())
+
+
+def test_a_refused_resume_leaves_the_run_folders_config_json(split_image_folder, tmp_path):
+    # config.json was rewritten before the checkpoint refused the new settings: the folder
+    # then described lr 0.1 beside the checkpoint, metrics and result row of lr 0.05.
+    run_dir = tmp_path / "run"
+    args = "finetune --backbone toy --mode head --epochs 1 --batch-size 4 --no-progress"
+    args = [*args.split(), "--data", str(split_image_folder), "--run-dir", str(run_dir)]
+    assert cli_main([*args, "--lr", "0.05"]) == 0
+    written = (run_dir / "config.json").read_text()
+    assert cli_main([*args, "--lr", "0.1"]) == 2
+    assert (run_dir / "config.json").read_text() == written
+    assert cli_main([*args, "--lr", "0.1", "--no-resume"]) == 0  # starting over rewrites it
+    assert json.loads((run_dir / "config.json").read_text())["lr"] == 0.1

@@ -232,6 +232,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from featpipe.device import resolve_device
     from featpipe.evaluate import measure
     from featpipe.finetune import FineTuner, ddp
+    from featpipe.finetune.callbacks import WriteJson
     from featpipe.finetune.search import check_candidates, fit_grid
 
     grid = parse_grid(args.grid)
@@ -265,7 +266,9 @@ def _finetune(args: argparse.Namespace) -> int:
             "grid": grid,
             "limits": {s: getattr(args, f"limit_{s}") for s in ("train", "val", "test")},
         }
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        # Written once training starts: a resume the checkpoint refuses (other settings)
+        # leaves the folder's, which describes its checkpoint and results.
+        tuner.set_params(callbacks=[WriteJson(run_dir / "config.json", config)])
 
     with measure(str(resolve_device(args.device))) as usage:
         search = None

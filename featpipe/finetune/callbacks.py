@@ -79,6 +79,17 @@ class HistoryLogger(Callback):
         os.replace(tmp, self.path)
 
 
+class WriteJson(Callback):
+    """``path`` holding ``data`` as JSON, written when fit starts: once a resumed run's
+    settings are accepted, or a fresh one begins."""
+
+    def __init__(self, path: str | Path, data: dict):
+        self.path, self.data = Path(path), data
+
+    def on_fit_start(self, tuner: Trainer) -> None:
+        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
+
+
 class ProgressPrinter(Callback):
     """One line per epoch on stdout."""
 
