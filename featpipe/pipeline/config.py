@@ -7,7 +7,7 @@ A pipeline file has these tables (every key optional unless marked required)::
     seeds = [0]                        # head-search / fine-tuning seeds (heads without
                                        # randomness run once, with the first seed)
     device = "auto"                    # auto, cpu, cuda, cuda:1, ...
-    n_boot = 1000                      # bootstrap resamples for intervals (0: none; top-1 uses Wilson)
+    n_boot = 1000                      # bootstrap resamples (0: no intervals; top-1: Wilson)
 
     [source]
     data = "digits"                    # required: built-in name, folder or CSV; --data overrides
