@@ -86,7 +86,7 @@ def test_probes_and_finetunes_leave_out_the_same_images(broken_folder, tmp_path,
     assert probe["test"]["ids_sha256"] == ids_sha256(store.ids("test"))
     assert store.extraction is None and store.attrs["extraction"]["skipped"] == 2
     report = (out / "report.md").read_text()
-    assert "2 unreadable image(s) were left out of every method" in report
+    assert "Every method leaves out 2 unreadable images" in report
     assert all(f"{name} (truncated file)" in report for name in BROKEN)
 
 

@@ -14,6 +14,7 @@ from featpipe.cli.options import (
 )
 from featpipe.data.unreadable import ON_ERROR
 from featpipe.store.files import format_bytes
+from featpipe.store.schema import count_not_finite, skipped_images
 
 EXTRACT_EPILOG = """\
 examples:
@@ -262,7 +263,9 @@ def run_extract(args: argparse.Namespace) -> int:
             f"{', '.join(cost.get('filled_by') or [])} ({cost.get('seconds')} process-seconds)"
         )
     if s.get("skipped"):
-        print(f"skipped {s['skipped']} unreadable images (listed by `featpipe info {store.path}`)")
+        reasons = store.skipped().values()
+        described = skipped_images(s["skipped"], count_not_finite(reasons))
+        print(f"skipped {described}; `featpipe info {store.path}` lists them")
     print(f"features written to {store.path}")
     return 0
 
@@ -270,7 +273,8 @@ def run_extract(args: argparse.Namespace) -> int:
 def _skipped_lines(info: dict) -> list[str]:
     """The skipped images of a store: their count, then the first few with their reasons."""
     first = info["skipped_first"]
-    lines = [f"skipped     {info['skipped']} unreadable images, left out of every split:"]
+    described = skipped_images(info["skipped"], info["skipped_not_finite"])
+    lines = [f"skipped     {described}, left out of every split:"]
     lines += [f"  {sample_id}: {reason}" for sample_id, reason in first.items()]
     if info["skipped"] > len(first):
         lines.append(f"  ... and {info['skipped'] - len(first)} more (FeatureStore.skipped())")

@@ -56,8 +56,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--on-error",
         choices=ON_ERROR,
-        help="an image that cannot be read: stop (fail) or leave it out of every method "
-        "(skip); replaces features.on_error",
+        help="an image that cannot be read, or whose features are NaN or infinite: stop (fail) "
+        "or leave it out of every method (skip); replaces features.on_error",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_command, parser=p)

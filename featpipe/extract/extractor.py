@@ -31,7 +31,7 @@ from featpipe.extract.target import plan as decide
 from featpipe.store import FeatureStore, StoreWriter, store_filename
 from featpipe.store.lock import StoreLock
 from featpipe.store.parts import parted_at
-from featpipe.store.schema import DTYPES, n_chunks_for
+from featpipe.store.schema import DTYPES, count_not_finite, n_chunks_for, skipped_images
 from featpipe.store.writer import check_out_file
 
 NOTHING_COMPUTED = {
@@ -377,11 +377,11 @@ def _refuse_skipped(store: FeatureStore, on_error: str, shown: int = 3) -> None:
         return
     names = "; ".join(f"{sid} ({reason})" for sid, reason in list(skipped.items())[:shown])
     more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    left_out = skipped_images(len(skipped), count_not_finite(skipped.values()))
     raise ImageReadError(
-        f"{store.path} was extracted with on_error='skip' and leaves out {len(skipped)} "
-        f'unreadable image(s): {names}{more}. Run with --on-error skip (on_error="skip") to '
-        "use it as it is, or fix the files and run again (with --overwrite if only their "
-        "permissions changed)."
+        f"{store.path} was extracted with on_error='skip' and leaves out {left_out}: "
+        f'{names}{more}. Run with --on-error skip (on_error="skip") to use it as it is, or '
+        "fix their cause and run again (with --overwrite if only file permissions changed)."
     )
 
 

@@ -17,6 +17,7 @@ from featpipe.extract.inference import Inference
 from featpipe.heads.torch_logreg import logreg_path
 from featpipe.provenance import plain
 from featpipe.store import FeatureStore
+from featpipe.store.schema import count_not_finite, skipped_images
 
 PROBE_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # increasing: each warm-starts the next
 
@@ -75,8 +76,9 @@ def check_store(store: FeatureStore, backbone: Backbone, source: ImageSource) ->
     hashed = bool((store.attrs.get("source") or {}).get("hash_contents"))
     if store.attrs.get("source_fingerprint") != source.fingerprint(content=hashed):
         problems.append("it was extracted from other images (ids, labels, splits or files)")
-    if store.skipped():
-        problems.append(f"it leaves out {len(store.skipped())} unreadable images")
+    if skipped := store.skipped():
+        left_out = skipped_images(len(skipped), count_not_finite(skipped.values()))
+        problems.append(f"it leaves out {left_out}")
     if problems:
         raise StoreMismatchError(
             f"The probe features cannot come from {store.path}: " + "; ".join(problems) + ". "

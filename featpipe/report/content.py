@@ -25,6 +25,7 @@ from featpipe.report.summary import (
     row_cost,
     summarize,
 )
+from featpipe.store.schema import count_not_finite, skipped_images
 
 # Unicode's bidirectional embeddings, overrides and isolates: one in a class name or label
 # would reorder the rest of its line as shown (digits of the results included).
@@ -267,18 +268,22 @@ def _per_class_table(picks: list[MethodSummary]) -> Table:
 
 
 def _skipped_notes(rows: list[dict]) -> list[str]:
-    """One sentence when unreadable images were left out (``--on-error skip``): how many, and
-    the first few with their reasons. Every method of a run leaves out the same images."""
+    """One sentence when images were left out (``--on-error skip``: unreadable, or with
+    non-finite features): how many, and the first few with their reasons. Every method of a
+    run leaves out the same images."""
     worst = max(
         (r["provenance"].get("skipped") or {"count": 0} for r in rows), key=lambda s: s["count"]
     )
     if not worst["count"]:
         return []
+    reasons = worst["first"].values()
+    known = len(reasons) == worst["count"]  # else only the first few reasons are recorded
+    left_out = skipped_images(worst["count"], count_not_finite(reasons) if known else None)
     first = "; ".join(f"{sid} ({reason})" for sid, reason in worst["first"].items())
-    more = " among others" if worst["count"] > len(worst["first"]) else ""
+    more = "" if known else " among others"
     return [
-        f"{worst['count']} unreadable image(s) were left out of every method (on_error = "
-        f'"skip"): {first}{more}. `featpipe info STORE` lists them.'
+        f'Every method leaves out {left_out} under on_error = "skip": {first}{more}. '
+        "`featpipe info STORE` lists them."
     ]
 
 

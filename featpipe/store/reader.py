@@ -261,6 +261,7 @@ class FeatureStore:
             "splits": count_splits(self._splits()[listed]),
             "skipped": len(skipped),
             "skipped_first": dict(list(skipped.items())[:SKIPPED_SHOWN]),
+            "skipped_not_finite": schema.count_not_finite(skipped.values()),
             "layers": {
                 name: {"shape": [self._n, info["dim"]], **info}
                 for name, info in self._layer_info.items()

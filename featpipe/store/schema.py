@@ -108,6 +108,7 @@ Reading the pooled features of the train split with plain h5py::
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,31 @@ FEATURES = "features"
 CHUNK_DONE = "progress/chunk_done"
 CHUNK_SECONDS = "progress/chunk_seconds"
 CHUNK_RUN = "progress/chunk_run"
+
+# How the reason of a row skipped for NaN or infinite features starts; other skipped rows are
+# images that could not be read.
+NOT_FINITE = "its features are not finite"
+
+
+def count_not_finite(reasons: Iterable[str]) -> int:
+    """How many of the skipped rows' ``reasons`` are features that are not finite."""
+    return sum(reason.startswith(NOT_FINITE) for reason in reasons)
+
+
+def skipped_images(count: int, not_finite: int | None) -> str:
+    """``count`` skipped rows in words, each reason counted: '2 unreadable images', '1 image
+    with non-finite features', '3 images (1 unreadable, 2 with non-finite features)'.
+    ``not_finite`` None: not known (only the first few reasons are)."""
+    images = "image" if count == 1 else "images"
+    if not_finite is None:
+        return f"{count} {images} (unreadable or with non-finite features)"
+    if not not_finite:
+        return f"{count} unreadable {images}"
+    if not_finite == count:
+        return f"{count} {images} with non-finite features"
+    unreadable = count - not_finite
+    return f"{count} {images} ({unreadable} unreadable, {not_finite} with non-finite features)"
+
 
 # Root attributes stored as JSON text (decoded by the reader).
 JSON_ATTRS = ("backbone", "preprocessing", "source", "layers", "versions", "extraction", "compute")

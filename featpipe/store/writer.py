@@ -447,7 +447,7 @@ class StoreWriter:
     @staticmethod
     def _reason(name: str, row: np.ndarray) -> str:
         kind = "NaN" if np.isnan(row).any() else "inf"
-        return f"its features are not finite ({kind} in layer {name!r})"
+        return f"{schema.NOT_FINITE} ({kind} in layer {name!r})"
 
     def _where(self, name: str, block: np.ndarray, start: int) -> str:
         """``Layer 'x' has N values that are not finite ... (rows, images)``."""
