@@ -29,7 +29,7 @@ A pipeline file has these tables (every key optional unless marked required)::
     dtype = "float16"
     batch_size = 64
     cache_dir = "data/cache"
-    on_error = "fail"                  # unreadable image: stop, or "skip" it in every method
+    on_error = "fail"                  # unreadable image or NaN/inf features: stop, or "skip"
     decode = "exact"                   # or "fast": JPEGs decoded at reduced DCT scale, for
                                        # extraction and fine-tuning alike (--decode)
 
@@ -251,7 +251,10 @@ class FeaturesConfig:
     compile: bool = option(False)
     cache_dir: str = option("data/cache")
     on_error: str = option(
-        "fail", choices=_on_error_modes, kind="on_error", doc="an unreadable image: stop or skip"
+        "fail",
+        choices=_on_error_modes,
+        kind="on_error",
+        doc="an unreadable image, or NaN/inf features: stop or skip",
     )
     decode: str = option(
         "exact",
