@@ -298,6 +298,8 @@ def _finetune(args: argparse.Namespace) -> int:
         "val_accuracy": best["val_accuracy"],
         "val_loss": best["val_loss"],
         "fit_seconds": fit_seconds,
+        # Each resumed piece's seconds times its processes (pieces may differ in number).
+        "fit_process_seconds": tuner.fit_process_seconds_,
         "trainable_params": tuner.trainable_params_,
         "probe": tuner.probe_,
         "world_size": tuner.world_size_,
@@ -306,6 +308,7 @@ def _finetune(args: argparse.Namespace) -> int:
         metrics["grid"] = [{"params": p, "val_accuracy": v} for p, v in search.curve]
         metrics["chosen"] = search.params
         metrics["fit_seconds"] = fit_seconds = search.fit_seconds
+        del metrics["fit_process_seconds"]  # the winner's: only its seconds are known
     if not main:
         return 0
     if counts["test"]:

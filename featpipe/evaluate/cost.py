@@ -97,6 +97,8 @@ class Cost:
     # Written only for methods that read a feature store (rows may lack it).
     extraction_peak_host_bytes: int | None = field(default=None, metadata={"optional": True})
     fit_seconds: float
+    # A fine-tune's: each resumed piece's seconds once per process of that piece.
+    fit_process_seconds: float | None = field(default=None, metadata={"optional": True})
     predict_seconds: float
     total_seconds: float
     images_per_s: float | None
@@ -114,6 +116,7 @@ class Cost:
         n_test: int,
         trainable_params: int | None,
         extraction: Extraction | None = None,
+        fit_process_seconds: float | None = None,
     ) -> Cost:
         """The cost of a method that ran inside ``usage``, read ``extraction``'s store (None:
         it ran the backbone itself) and predicted ``n_test`` images in ``predict_seconds``.
@@ -125,6 +128,7 @@ class Cost:
             extraction_seconds=float(ext.seconds),
             extraction_reused=bool(ext.reused),
             fit_seconds=float(fit_seconds),
+            fit_process_seconds=None if fit_process_seconds is None else float(fit_process_seconds),
             predict_seconds=float(predict_seconds),
             total_seconds=float(ext.seconds + fit_seconds + predict_seconds),
             images_per_s=n_test / busy if predict_seconds else None,
@@ -135,10 +139,8 @@ class Cost:
         )
 
     def to_json(self) -> dict:
-        out = dict(self.__dict__)
-        if out["extraction_peak_host_bytes"] is None:
-            del out["extraction_peak_host_bytes"]
-        return out
+        optional = ("extraction_peak_host_bytes", "fit_process_seconds")
+        return {k: v for k, v in self.__dict__.items() if not (k in optional and v is None)}
 
 
 @contextmanager

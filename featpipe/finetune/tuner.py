@@ -58,7 +58,8 @@ LOSSES = ("cross_entropy", "mse")
 # The backbone's identity (``Backbone.identity()``) in checkpoint configs: what its spec
 # leaves out (a weights file rewritten under its path, a release's preprocessing or pooling).
 IDENTITY = "backbone_identity"
-# What _restore reads from last.pt (fit_seconds is optional: older checkpoints lack it).
+# What _restore reads from last.pt (fit_seconds and fit_process_seconds are optional: older
+# checkpoints lack them).
 RESUMED_KEYS = (
     *("config", "epoch", "model", "optimizer", "scheduler", "rng", "history"),
     *("best_epoch", "best_score", "stopped", "probe"),
@@ -105,7 +106,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     ``batch_size`` stays the global batch), evaluates exactly on each rank's share of the rows,
     and only rank 0 writes and prints (see :mod:`featpipe.finetune.ddp`). ``sync_bn``: batch
     norm statistics over the global batch (``SyncBatchNorm``; GPUs only, DDP only).
-    ``world_size_`` is the number of processes that trained.
+    ``world_size_`` is the number of processes that trained. ``fit_seconds_``: wall seconds of
+    training over every resumed piece; ``fit_process_seconds_``: each piece's seconds once per
+    process of that piece (a run may resume on another number of processes).
 
     Labels are class indices into ``class_names_`` (``classes_`` is ``arange(C)``), as in
     ``ImageSource.labels``.
@@ -204,7 +207,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         )
         saved = self._resumable(source)
         self.history_, self.stop_training_, self.start_epoch_ = [], False, 0
-        self.saved_epoch_, self.fit_seconds_ = None, 0.0
+        self.saved_epoch_, self.fit_seconds_, self.fit_process_seconds_ = None, 0.0, 0.0
         try:
             train_loader = self._train_loader(source, self.train_rows_)
             fitted_probe = None
@@ -214,7 +217,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             if saved is not None:
                 self._restore(saved)
             replica = ddp.wrap(self.model_, self.device_)  # what training steps run through
-            self._clock = (started, self.fit_seconds_)
+            self._clock = (started, self.fit_seconds_, self.fit_process_seconds_)
 
             callbacks = self._callbacks()
             for cb in callbacks:
@@ -250,9 +253,12 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         return self
 
     def _tick(self) -> None:
-        """``fit_seconds_``: training time of this run so far, over every resumed piece."""
-        started, before = self._clock
-        self.fit_seconds_ = before + time.perf_counter() - started
+        """``fit_seconds_`` and ``fit_process_seconds_`` of this run so far: the earlier
+        pieces' and this one's, which runs on ``world_size_`` processes."""
+        started, wall, process = self._clock
+        seconds = time.perf_counter() - started
+        self.fit_seconds_ = wall + seconds
+        self.fit_process_seconds_ = process + self.world_size_ * seconds
 
     def interrupted_message(self, command: str = "the same command") -> str:
         """What an interrupted ``fit`` kept, and how to go on."""
@@ -551,6 +557,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             "stopped": self.stop_training_,
             "probe": self.probe_,
             "fit_seconds": self.fit_seconds_,
+            "fit_process_seconds": self.fit_process_seconds_,
         }
 
     def best_state(self) -> dict:
@@ -568,10 +575,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.stop_training_ = saved["stopped"]
         self.probe_ = saved["probe"]
         self.start_epoch_ = self.saved_epoch_ = saved["epoch"]
-        # Checkpoints from before fit_seconds was saved: at least their epochs' time.
-        self.fit_seconds_ = saved.get(
-            "fit_seconds", sum(h.get("seconds") or 0.0 for h in self.history_)
-        )
+        self.fit_seconds_, self.fit_process_seconds_ = _resumed_seconds(saved)
         checkpoint.set_rng_state(saved["rng"], self.generator_)
 
     # ---------------------------------------------------------------- predict
@@ -642,6 +646,17 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_") and hasattr(self, "best_epoch_")
+
+
+def _resumed_seconds(saved: dict) -> tuple[float, float]:
+    """The wall seconds and process-seconds of the pieces a checkpoint holds."""
+    history = saved["history"]
+    # Checkpoints from before fit_seconds was saved: at least their epochs' time.
+    wall = saved.get("fit_seconds", sum(h.get("seconds") or 0.0 for h in history))
+    # From before fit_process_seconds: the wall seconds at the world size of the checkpoint's
+    # last epoch (1 in histories from before DDP), as reports counted a row of that run.
+    world = history[-1].get("world_size") or 1
+    return wall, saved.get("fit_process_seconds", wall * world)
 
 
 def _check_integer(name: str, value, low: int, note: str = "", none: bool = False) -> None:

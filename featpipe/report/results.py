@@ -49,12 +49,16 @@ Fields (``?``: may be null):
 - ``cost`` (object): ``extraction_seconds`` (the feature store's extraction, shared by every
   probe on it: count it once), ``extraction_reused`` (bool: the store came from the cache and
   the seconds are those of the run that built it), ``fit_seconds`` (search + refit, or
-  training), ``predict_seconds`` (test split), ``total_seconds`` (extraction + fit + predict),
+  training, over every resumed piece of it), ``fit_process_seconds`` (float, optional: a
+  fine-tune's, without a grid; each resumed piece's fit seconds times that piece's processes),
+  ``predict_seconds`` (test split), ``total_seconds`` (extraction + fit + predict),
   ``images_per_s``? (inference throughput on test images, backbone forward included),
   ``peak_host_bytes`` (peak RSS during fit and predict), ``peak_device_bytes``? (null off-GPU),
   ``trainable_params``?. Seconds are the wall seconds of the method's processes; a report counts
   those of a method run on several processes at once (``world_size`` > 1) once per process, as
-  a store's extraction sums the seconds of the processes that filled it (process-seconds).
+  a store's extraction sums the seconds of the processes that filled it (process-seconds): fit
+  seconds are ``fit_process_seconds`` where the row has it (a run resumed on another number of
+  processes counts each piece at its own), else ``fit_seconds`` times ``world_size``.
 - ``test`` (object): ``ids_sha256`` (sha256 of the test ids in row order; rows with equal values
   are paired in comparisons), ``y_true``, ``y_pred`` (class index per test image).
 - ``provenance`` (object): ``backbone`` ({spec, weights_sha256, preprocessing}), ``source``

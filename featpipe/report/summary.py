@@ -60,8 +60,11 @@ class MethodSummary:
 
     @property
     def processes(self) -> int:
-        """The most processes it ran on at once (a DDP fine-tune's ranks; else 1)."""
-        return max(r.get("world_size") or 1 for r in self.rows)
+        """The most processes it ran on at once (a DDP fine-tune's ranks, in any piece of a
+        run resumed on another number of them: its history's; else 1)."""
+        sizes = [r.get("world_size") or 1 for r in self.rows]
+        sizes += [h.get("world_size") or 1 for r in self.rows for h in r.get("history") or ()]
+        return max(sizes)
 
     @property
     def devices(self) -> list[str]:
@@ -103,14 +106,20 @@ def row_cost(row: dict, name: str) -> float | None:
     """A cost field of a row in process-seconds: the seconds of a method run on several
     processes at once (``world_size``, a DDP fine-tune) count once per process, as a store's
     extraction sums the seconds of every process that filled it. Costs then compare the work
-    done, however it was spread. Throughput is per process."""
+    done, however it was spread. Throughput is per process.
+
+    A fine-tune resumed on another number of processes counts each piece's fit seconds at
+    its own (``fit_process_seconds``); rows without it count them all at ``world_size``."""
     cost, n = row["cost"], row.get("world_size") or 1
-    value = cost.get(name)
-    if n == 1 or value is None:
+    value, process = cost.get(name), cost.get("fit_process_seconds")
+    if value is None or (n == 1 and process is None):
         return value
+    fit = n * cost["fit_seconds"] if process is None else process
     if name == "total_seconds":
-        return cost["extraction_seconds"] + n * (cost["fit_seconds"] + cost["predict_seconds"])
-    if name in ("fit_seconds", "predict_seconds"):
+        return cost["extraction_seconds"] + fit + n * cost["predict_seconds"]
+    if name == "fit_seconds":
+        return fit
+    if name == "predict_seconds":
         return n * value
     return value / n if name == "images_per_s" else value
 

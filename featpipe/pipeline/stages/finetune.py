@@ -130,12 +130,14 @@ def finetune_row(
     source = tuner.source_
     extra: dict = {}
     fit_seconds = tuner.fit_seconds_  # every resumed piece, not only this one
+    process_seconds = tuner.fit_process_seconds_
     if search is not None:
         settings = {**settings, **search.params, "selection": "val"}
         extra["curve"] = [
             {"params": {k: plain(v) for k, v in p.items()}, "score": s} for p, s in search.curve
         ]
-        fit_seconds = search.fit_seconds
+        # Only the winner is kept: reports count the grid's seconds at its world_size.
+        fit_seconds, process_seconds = search.fit_seconds, None
     rows = source.indices("test")
     y = np.asarray(source.labels)[rows]
     return context.row(
@@ -149,6 +151,7 @@ def finetune_row(
         cost=Cost.of(
             usage,
             fit_seconds=fit_seconds,
+            fit_process_seconds=process_seconds,
             predict_seconds=predict_seconds,
             n_test=len(y),
             trainable_params=int(tuner.trainable_params_),
