@@ -138,3 +138,17 @@ def test_run_help_names_non_finite_features_under_on_error(capsys):
         "--on-error {fail,skip} an image that cannot be read, or whose features are NaN or "
         "infinite: stop (fail)" in help_text
     )
+
+
+def test_the_fine_tuning_stage_says_the_features_were_not_finite(nan_on_white, folder, tmp_path):
+    config = config_from_dict({
+        "name": "skips", "seeds": [0], "n_boot": 10, "device": "cpu",
+        "out": str(tmp_path / "run"), "source": {"data": str(folder)},
+        "features": {"backbones": ["toy"], "batch_size": 8, "cache_dir": str(tmp_path / "c"),
+                     "on_error": "skip"},
+        "probes": {"heads": ["logreg"], "grids": {"logreg": {"C": [1.0]}}},
+        "finetune": {"modes": ["head"], "epochs": 1, "batch_size": 8, "workers": 0},
+    })  # fmt: skip
+    lines: list[str] = []
+    run_pipeline(config, progress=False, log=lines.append)
+    assert "fine-tuning leaves out 2 images with non-finite features" in lines

@@ -238,7 +238,8 @@ def _processes_note(summaries: list[MethodSummary]) -> list[str]:
     return [
         f"Methods run on several processes at once count the seconds of each: "
         f"{', '.join(spread)}. Their fit, predict and total seconds are wall seconds times "
-        "the processes (images/s is per process), as a store's extraction sums the seconds of "
+        "the processes (of each piece, for a run resumed on another number; images/s is per "
+        "process), as a store's extraction sums the seconds of "
         "the processes that filled it: costs compare the work done, however it was spread."
     ]
 
