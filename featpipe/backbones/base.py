@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -85,6 +86,8 @@ class Backbone:
     prefix_layers: tuple[str, ...] = ()
     channels_last_layers: tuple[str, ...] = ()
     class_token_stage: str | None = None
+    # patch_only_layers() once found; replace() (another image size) finds them again.
+    _patch_only: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
     # The one input size the model takes, where it says so otherwise than by ``image_size``
     # (timm models with a fixed input size: MLP-Mixer, ViTs without dynamic_img_size).
     fixed_size: int | None = None
@@ -191,29 +194,65 @@ class Backbone:
             later = [s[0] for s in self.stages[1:] if s[0] not in self.channels_last_layers]
             such = f", such as {later[0]!r}" if later else ""
             raise ConfigError(
-                f"Layer {spec.name!r} of {self.spec}: {spec.module!r} gives B×H×W×C maps "
-                "(channels last), which featpipe pools over the wrong dimensions. Ask for "
-                f"'{spec.module}:none' (the map flattened), or pool another layer that "
+                f"Layer {spec.name!r} of {self.spec}: {spec.module!r} gives its outputs "
+                "channels last (B×H×W×C maps, or B×windows×tokens×C in window attention), "
+                "which featpipe pools over the wrong dimensions. Ask for "
+                f"'{spec.module}:none' (the output flattened), or pool another layer that "
                 f"`featpipe layers {self.spec}` lists{such}."
             )
         if spec.pooling == "cls" and self.before_class_token(spec.module):
+            where = f" (at {self.class_token_stage!r})" if self.class_token_stage else ""
+            default = self.token_pooling_of(spec.module) == "mean"
             raise ConfigError(
                 f"Layer {spec.name!r} of {self.spec}: {spec.module!r} runs before the class "
-                f"token joins the tokens (at {self.class_token_stage!r}), so its first token "
-                f"is a patch. Ask for '{spec.module}:mean' or '{spec.module}' (mean by "
-                "default)."
+                f"token joins the tokens{where}, so its first token is a patch. Ask for "
+                f"'{spec.module}:mean'"
+                + (f" or {spec.module!r} (mean by default)." if default else ".")
+            )
+        if spec.pooling is None and self.refuses_default(spec.module):
+            raise ConfigError(
+                f"Layer {spec.name!r} of {self.spec}: {spec.module!r} gives the patch tokens "
+                "before the class token joins them, so its default pooling for tokens, "
+                f"'cls', would read a patch. Ask for '{spec.module}:mean' (or "
+                f"'{spec.module}:none')."
             )
 
     def before_class_token(self, module: str) -> bool:
-        """Whether ``module`` runs before the class token joins the patch tokens."""
+        """Whether ``module`` runs before the class token joins the patch tokens: a layer
+        before a late class token's stage (CaiT, XCiT), or one of :meth:`patch_only_layers`."""
+        return self._before_late_class_token(module) or module in self.patch_only_layers()
+
+    def _before_late_class_token(self, module: str) -> bool:
         if not self.class_token_stage:
             return False
         tops = [n for n, _ in self.model.named_children()]
         return module.split(".")[0] in tops[: tops.index(self.class_token_stage)]
 
+    def refuses_default(self, module: str) -> bool:
+        """Whether a request for ``module`` without a pooling is refused: its patch tokens
+        would be pooled by 'cls'. (Only a late class token's stage records 'mean' as their
+        default in the identity; elsewhere it would change keys of layers that were right.)"""
+        if module in (POOLED, LOGITS):  # no forward pass to find patch_only_layers
+            return False
+        return module in self.patch_only_layers() and self.token_pooling_of(module) == "cls"
+
+    def patch_only_layers(self) -> frozenset[str]:
+        """The token layers, in a model with a class token, that give the patch tokens before
+        it joins them (BEiT's patch_embed, transformers' ViT patch_embeddings): found by one
+        forward pass as those with fewer tokens than the longest token sequence that finish
+        before its first layer. Empty for a late class token's stage (see
+        :meth:`before_class_token`)."""
+        if self._patch_only is None:
+            found = ()
+            if not self.class_token_stage and _has_class_token(self.model):
+                found = _tokens_before_longest(self.model, self.preprocessing.crop)
+            self._patch_only = frozenset(found)
+        return self._patch_only
+
     def token_pooling_of(self, module: str) -> str:
-        """The default pooling of ``module``'s tokens: ``mean`` where they are patches only."""
-        return "mean" if self.before_class_token(module) else self.token_pooling
+        """The default pooling of ``module``'s tokens: ``mean`` where they are patches only,
+        before a late class token's stage (its identity records that stage)."""
+        return "mean" if self._before_late_class_token(module) else self.token_pooling
 
     def channels_first(self, module: str, out: torch.Tensor) -> torch.Tensor:
         """``out`` as B×C×H×W where ``module`` gives B×H×W×C maps (pooling averages dims 2
@@ -264,6 +303,42 @@ class Backbone:
             for n in self.layer_names()
             if n in shapes and calls[n] <= 1 and n not in self.channels_last_layers
         ]
+
+
+# timm (CrossViT: cls_token_0, CoaT: cls_token1), torchvision, transformers, OpenCLIP
+_CLASS_TOKEN = re.compile(r"(cls_token|class_token|class_embedding)(_?\d+)?$")
+
+
+def _has_class_token(model: nn.Module) -> bool:
+    return any(_CLASS_TOKEN.match(n.rpartition(".")[2]) for n, _ in model.named_parameters())
+
+
+def _tokens_before_longest(model: nn.Module, size: int) -> list[str]:
+    """The modules whose B×T×C outputs have fewer tokens than the longest ones in a forward
+    pass at ``size`` and that finish before the first module giving those."""
+    tokens: list[tuple[str, int]] = []  # in the order the modules finish
+
+    def hook(_m, _inp, out, name: str) -> None:  # must return None: a value replaces `out`
+        out = out[0] if isinstance(out, (tuple, list)) and out else out
+        if isinstance(out, torch.Tensor) and out.ndim == 3 and out.shape[0] == 2:
+            tokens.append((name, out.shape[1]))
+
+    handles = [
+        m.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
+        for name, m in model.named_modules()
+        if name
+    ]
+    training = model.training  # eval: a pass in training mode would update batch norms
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(2, 3, size, size, device=_device_of(model)))
+    finally:
+        model.train(training)
+        for h in handles:
+            h.remove()
+    longest = max((t for _, t in tokens), default=0)
+    first = next((i for i, (_, t) in enumerate(tokens) if t == longest), 0)
+    return [n for n, t in tokens[:first]]
 
 
 def _device_of(model: nn.Module) -> torch.device:

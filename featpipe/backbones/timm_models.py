@@ -149,12 +149,38 @@ def _is_nhwc(module: nn.Module) -> bool:
     return str(getattr(module, "output_fmt", "")).endswith("NHWC")  # a Format or a str
 
 
-def _channels_last_layers(model: nn.Module, classifier: str | None, nhwc: tuple[str, ...]):
+def _channels_first(model: nn.Module, size: int) -> set[str]:
+    """The modules whose outputs, in a forward pass at ``size``, are square B×C×H×W maps
+    (dims 2 and 3 equal, dim 1 not): in an NHWC model, those between a convolution and the
+    permute after it (MambaOut's stem.act)."""
+    maps: dict[str, tuple[int, ...]] = {}
+
+    def hook(_m, _inp, out, name: str) -> None:  # must return None: a value replaces `out`
+        if isinstance(out, torch.Tensor) and out.ndim == 4:
+            maps.setdefault(name, tuple(out.shape))
+
+    handles = [
+        m.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
+        for name, m in model.named_modules()
+        if name
+    ]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    return {n for n, (_, c, h, w) in maps.items() if h == w != c}
+
+
+def _channels_last_layers(
+    model: nn.Module, classifier: str | None, nhwc: tuple[str, ...], size: int
+) -> tuple[str, ...]:
     """The modules with B×H×W×C outputs that ``nhwc`` (the layers turned to B×C×H×W) leaves
     out: a patch embedding that gives NHWC maps (ViTs with ``dynamic_img_size``) and its
     norm; in an NHWC model (Swin, MambaOut), the modules inside its stages that are not
-    convolutions. Some of those give tokens or, rarely, B×C×H×W maps (MambaOut's stem.act):
-    only ``none`` may tap them, which is right for every layout."""
+    convolutions and whose maps at ``size`` are not B×C×H×W. Some of those give tokens
+    (Swin's windows): only ``none`` may tap them, which is right for every layout."""
     modules = dict(model.named_modules())
     names = [n for n, m in modules.items() if n and _is_nhwc(m)]
     names += [f"{n}.norm" for n in list(names) if f"{n}.norm" in modules]
@@ -169,6 +195,8 @@ def _channels_last_layers(model: nn.Module, classifier: str | None, nhwc: tuple[
             and not isinstance(m, nn.Conv2d)
             and not f"{n}.".startswith(convs)
         ]
+        first = _channels_first(model, size)
+        names = [n for n in names if n not in first]
     return tuple(n for n in dict.fromkeys(names) if n not in nhwc)
 
 
@@ -239,7 +267,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
         fixed_size=_fixed_size(model),
         prefix_tokens=prefix,
         prefix_layers=prefix_layers,
-        channels_last_layers=_channels_last_layers(model, classifier, nhwc),
+        channels_last_layers=_channels_last_layers(model, classifier, nhwc, preprocessing.crop),
         class_token_stage=_class_token_stage(model),
     )
     backbone.stages = stages_of(model, _block_containers(model), exclude=backbone.classifier)

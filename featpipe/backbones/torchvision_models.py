@@ -106,6 +106,7 @@ def build(spec: BackboneSpec) -> Backbone:
         preprocessing=preprocessing_of(meta),
         weights_sha256=sha,
         nhwc_layers=_nhwc_layers(model),
+        channels_last_layers=_channels_last_layers(model),
     )
     backbone.stages = stages_of(model, expand=_containers(model), exclude=backbone.classifier)
     return backbone
@@ -125,6 +126,30 @@ def _nhwc_layers(model: torch.nn.Module) -> tuple[str, ...]:
             if not isinstance(block, torch.nn.Conv2d)
         ]
     return tuple(names)
+
+
+def _channels_last_layers(model: torch.nn.Module) -> tuple[str, ...]:
+    """The modules whose 4-D outputs are channels last and that ``_nhwc_layers`` leaves
+    unturned: inside Swin's stages, the blocks' norms, attention and MLPs and the patch
+    merging's parts (B×H×W×C; v2's position-bias MLP gives 1×H×W×heads); inside MaxViT's
+    attention layers, all but the last (B×windows×tokens×C). Only ``none`` may tap them."""
+    modules = dict(model.named_modules())
+    if isinstance(model, models.SwinTransformer):
+        nhwc = set(_nhwc_layers(model))
+        return tuple(
+            n
+            for n, m in modules.items()
+            if n.startswith("features.") and n not in nhwc and not isinstance(m, torch.nn.Conv2d)
+        )
+    if isinstance(model, models.MaxVit):
+        tops = [n for n, m in modules.items() if type(m).__name__ == "PartitionAttentionLayer"]
+        return tuple(
+            n
+            for top in tops
+            for n in modules
+            if n.startswith(f"{top}.") and not n.startswith(f"{top}.departition_op")
+        )
+    return ()
 
 
 def _containers(model: torch.nn.Module) -> list[str]:

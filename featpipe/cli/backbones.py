@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from featpipe.backbones import POOLINGS, get_backbone, hub, list_backbones, list_families
+from featpipe.backbones.base import Backbone
 from featpipe.backbones.efficientnet_lite import VARIANTS, install_hint, weights_installed
 from featpipe.backbones.layers import pool, resolve_pooling
 from featpipe.backbones.registry import get_family
@@ -137,10 +138,14 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "×".join(map(str, shape))
 
 
-def _default_pooling(shape: tuple[int, ...], tokens: str) -> tuple[str, int]:
-    """The pooling a request without ':POOLING' gets, and the feature dimension it gives."""
+def _default_pooling(backbone: Backbone, name: str, shape: tuple[int, ...]) -> tuple[str, int]:
+    """The pooling a request without ':POOLING' gets, and the feature dimension it gives;
+    'ask :mean' (and mean's dimension) where such a request is refused (patch tokens before
+    the class token joins them)."""
     dummy = torch.empty((1, *shape), device="meta")  # shape only, no memory
-    pooling = resolve_pooling(None, dummy, tokens)
+    if backbone.refuses_default(name):
+        return "ask :mean", pool(dummy, "mean").shape[1]
+    pooling = resolve_pooling(None, dummy, backbone.token_pooling_of(name))
     return pooling, pool(dummy, pooling).shape[1]
 
 
@@ -154,7 +159,7 @@ def run_layers(args: argparse.Namespace) -> int:
             "Omit --image-size to use the size its weights were trained at."
         ) from exc
     rows = [
-        (name, _shape_text(shape), *_default_pooling(shape, backbone.token_pooling_of(name)))
+        (name, _shape_text(shape), *_default_pooling(backbone, name, shape))
         for name, shape in layers
         if not args.filter or args.filter.lower() in name.lower()
     ]
