@@ -97,15 +97,20 @@ def test_the_probe_check_names_rows_with_non_finite_features(nan_on_white, folde
     assert "it leaves out 2 images with non-finite features." in str(caught.value)
 
 
-def test_the_report_says_the_features_were_not_finite(nan_on_white, folder, tmp_path):
-    config = config_from_dict({
+def _skipping_pipeline(folder, tmp_path, finetune: dict):
+    """A toy pipeline over ``folder`` under on_error = "skip"."""
+    return config_from_dict({
         "name": "skips", "seeds": [0], "n_boot": 10, "device": "cpu",
         "out": str(tmp_path / "run"), "source": {"data": str(folder)},
         "features": {"backbones": ["toy"], "batch_size": 8, "cache_dir": str(tmp_path / "c"),
                      "on_error": "skip"},
         "probes": {"heads": ["logreg"], "grids": {"logreg": {"C": [1.0]}}},
-        "finetune": {"modes": []},
+        "finetune": finetune,
     })  # fmt: skip
+
+
+def test_the_report_says_the_features_were_not_finite(nan_on_white, folder, tmp_path):
+    config = _skipping_pipeline(folder, tmp_path, {"modes": []})
     out = run_pipeline(config, progress=False, log=lambda _: None)
     (row,) = read_results(out / "results.jsonl")
     assert row["provenance"]["skipped"] == {"count": 2, "first": dict.fromkeys(WHITE, NAN)}
@@ -141,14 +146,8 @@ def test_run_help_names_non_finite_features_under_on_error(capsys):
 
 
 def test_the_fine_tuning_stage_says_the_features_were_not_finite(nan_on_white, folder, tmp_path):
-    config = config_from_dict({
-        "name": "skips", "seeds": [0], "n_boot": 10, "device": "cpu",
-        "out": str(tmp_path / "run"), "source": {"data": str(folder)},
-        "features": {"backbones": ["toy"], "batch_size": 8, "cache_dir": str(tmp_path / "c"),
-                     "on_error": "skip"},
-        "probes": {"heads": ["logreg"], "grids": {"logreg": {"C": [1.0]}}},
-        "finetune": {"modes": ["head"], "epochs": 1, "batch_size": 8, "workers": 0},
-    })  # fmt: skip
+    finetune = {"modes": ["head"], "epochs": 1, "batch_size": 8, "workers": 0}
+    config = _skipping_pipeline(folder, tmp_path, finetune)
     lines: list[str] = []
     run_pipeline(config, progress=False, log=lines.append)
     assert "fine-tuning leaves out 2 images with non-finite features" in lines
