@@ -6,8 +6,9 @@ import hashlib
 import re
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -313,15 +314,19 @@ def _has_class_token(model: nn.Module) -> bool:
     return any(_CLASS_TOKEN.match(n.rpartition(".")[2]) for n, _ in model.named_parameters())
 
 
-def _tokens_before_longest(model: nn.Module, size: int) -> list[str]:
-    """The modules whose B×T×C outputs have fewer tokens than the longest ones in a forward
-    pass at ``size`` and that finish before the first module giving those."""
-    tokens: list[tuple[str, int]] = []  # in the order the modules finish
+def first_outputs(
+    model: nn.Module, batch: int, size: int, forward: Callable[[torch.Tensor], Any] | None = None
+) -> tuple[dict[str, tuple[int, ...]], Any]:
+    """The output shape of every named module's first call (the first tensor of a tuple),
+    in the order the calls finish, in one forward pass in eval mode of ``batch`` zero images
+    at ``size`` (``forward``: the model's own call, e.g. ``forward_features``), and that
+    pass's result."""
+    shapes: dict[str, tuple[int, ...]] = {}
 
     def hook(_m, _inp, out, name: str) -> None:  # must return None: a value replaces `out`
         out = out[0] if isinstance(out, (tuple, list)) and out else out
-        if isinstance(out, torch.Tensor) and out.ndim == 3 and out.shape[0] == 2:
-            tokens.append((name, out.shape[1]))
+        if isinstance(out, torch.Tensor):
+            shapes.setdefault(name, tuple(out.shape))
 
     handles = [
         m.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
@@ -331,11 +336,21 @@ def _tokens_before_longest(model: nn.Module, size: int) -> list[str]:
     training = model.training  # eval: a pass in training mode would update batch norms
     try:
         with torch.inference_mode():
-            model.eval()(torch.zeros(2, 3, size, size, device=_device_of(model)))
+            model.eval()
+            x = torch.zeros(batch, 3, size, size, device=_device_of(model))
+            result = (forward or model)(x)
     finally:
         model.train(training)
         for h in handles:
             h.remove()
+    return shapes, result
+
+
+def _tokens_before_longest(model: nn.Module, size: int) -> list[str]:
+    """The modules whose B×T×C outputs have fewer tokens than the longest ones in a forward
+    pass at ``size`` and that finish before the first module giving those."""
+    shapes, _ = first_outputs(model, 2, size)
+    tokens = [(n, s[1]) for n, s in shapes.items() if len(s) == 3 and s[0] == 2]
     longest = max((t for _, t in tokens), default=0)
     first = next((i for i, (_, t) in enumerate(tokens) if t == longest), 0)
     return [n for n, t in tokens[:first]]

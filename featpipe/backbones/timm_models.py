@@ -12,11 +12,10 @@ import math
 from functools import cache
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from featpipe.backbones import hub
-from featpipe.backbones.base import Backbone
+from featpipe.backbones.base import Backbone, first_outputs
 from featpipe.backbones.preprocessing import CROP_MODES, Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import (
@@ -153,24 +152,8 @@ def _channels_first(model: nn.Module, size: int) -> set[str]:
     """The modules whose outputs, in a forward pass at ``size``, are square B×C×H×W maps
     (dims 2 and 3 equal, dim 1 not): in an NHWC model, those between a convolution and the
     permute after it (MambaOut's stem.act)."""
-    maps: dict[str, tuple[int, ...]] = {}
-
-    def hook(_m, _inp, out, name: str) -> None:  # must return None: a value replaces `out`
-        if isinstance(out, torch.Tensor) and out.ndim == 4:
-            maps.setdefault(name, tuple(out.shape))
-
-    handles = [
-        m.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
-        for name, m in model.named_modules()
-        if name
-    ]
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, size, size))
-    finally:
-        for h in handles:
-            h.remove()
-    return {n for n, (_, c, h, w) in maps.items() if h == w != c}
+    shapes, _ = first_outputs(model, 1, size)
+    return {n for n, s in shapes.items() if len(s) == 4 and s[2] == s[3] != s[1]}
 
 
 def _channels_last_layers(
@@ -211,25 +194,10 @@ def _prefix_layers(model: nn.Module, size: int) -> tuple[str, ...]:
     without a class token (its register tokens, which timm's average pooling leaves out):
     those with as many tokens as its final features. The patch embedding has fewer (or gives
     a map). Found by one forward pass at ``size``."""
-    tokens: dict[str, int] = {}
-
-    def hook(_m, _inp, out, name: str) -> None:  # must return None: a value replaces `out`
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        if isinstance(out, torch.Tensor) and out.ndim == 3:
-            tokens.setdefault(name, out.shape[1])
-
-    handles = [
-        m.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
-        for name, m in model.named_modules()
-        if name
-    ]
-    try:
-        with torch.inference_mode():
-            final = model.forward_features(torch.zeros(1, 3, size, size))
-    finally:
-        for h in handles:
-            h.remove()
-    return tuple(n for n, t in tokens.items() if final.ndim == 3 and t == final.shape[1])
+    shapes, final = first_outputs(model, 1, size, model.forward_features)
+    if final.ndim != 3:
+        return ()
+    return tuple(n for n, s in shapes.items() if len(s) == 3 and s[1] == final.shape[1])
 
 
 def token_layout(model: nn.Module, size: int) -> tuple[str, int, tuple[str, ...]]:
