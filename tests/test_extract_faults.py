@@ -121,15 +121,14 @@ def test_a_full_disk_at_a_random_chunk_then_a_rerun_gives_the_uninterrupted_feat
     _assert_same_features(out, _reference(tmp_path, n, rows))
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs (needs root and mount: skips where the machine does not allow it)."""
-    disk = tmp_path / "disk"
+def tmpfs(disk: Path, size: str):
+    """A tmpfs of ``size`` ("2m") mounted at the new folder ``disk``, unmounted after the test
+    (needs root and mount: skips where the machine does not allow it)."""
     disk.mkdir()
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
         capture_output=True,
         text=True,
     )
@@ -137,6 +136,12 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs."""
+    yield from tmpfs(tmp_path / "disk", "2m")
 
 
 @pytest.mark.slow

@@ -10,13 +10,14 @@ import pytest
 import torch
 import toy_backbone
 from finetune_child import synthetic_source
+from test_finetune import StopAfter
+from test_trust_pipeline_4 import build_toy_file
 
-from featpipe.backbones import Backbone, Preprocessing, register_backbone, unregister_backbone
+from featpipe.backbones import Preprocessing, register_backbone, unregister_backbone
 from featpipe.backbones.registry import _BUILTINS
-from featpipe.backbones.weights import build_from_file
 from featpipe.cli import main as cli_main
 from featpipe.errors import ConfigError
-from featpipe.finetune import Callback, FineTuner, checkpoint
+from featpipe.finetune import FineTuner, checkpoint
 
 IDENTITY = "backbone_identity"  # the key of checkpoint configs that records it
 START_OVER = r"Use another run directory, or resume=False \(CLI: --no-resume\) to start over"
@@ -27,31 +28,9 @@ def tuner(backbone: str = "toy", **kw) -> FineTuner:
     return FineTuner(backbone, **{**params, **kw})
 
 
-class StopAfter(Callback):
-    """Ctrl-C at the end of epoch ``epoch``, once its checkpoint is written."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, tuner, logs):
-        if logs["epoch"] == self.epoch:
-            raise KeyboardInterrupt
-
-
 def interrupted_after_epoch_1(backbone: str, run_dir) -> None:
     with pytest.raises(KeyboardInterrupt):
         tuner(backbone, run_dir=run_dir, callbacks=[StopAfter(1)]).fit(synthetic_source())
-
-
-def build_toy_file(spec) -> Backbone:
-    model, sha, path = build_from_file(toy_backbone.ToyNet, spec.weights)
-    return Backbone(
-        spec=f"toyfile@{path}",
-        model=model,
-        preprocessing=Preprocessing(resize=36, crop=32),
-        weights_sha256=sha,
-        stages=["stem", "stage1", "stage2"],
-    )
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from test_report import make_rows
+from test_run_plan import PIPELINE
 
 from featpipe.errors import ConfigError
 from featpipe.pipeline import config_from_dict
@@ -54,22 +55,19 @@ def test_lists_that_repeat_an_entry_and_bad_workers_are_refused(raw, match):
         config_from_dict(raw)
 
 
-PIPELINE = """
-name = "two"
-n_boot = 20
-device = "cpu"
-[source]
-data = "digits"
-limits = { train = 60, val = 30, test = 30 }
-[features]
-backbones = ["toy"]
-image_size = 16
-workers = 0
-cache_dir = "CACHE"
-[probes]
-heads = ["knn", "logreg"]
-grids.logreg = { C = [1.0] }
-"""
+# test_run_plan's pipeline, smaller and with two probes.
+SMALL = ["n_boot=20", "source.limits={train=60, val=30, test=30}"]
+SMALL += ['probes.heads=["knn", "logreg"]', "probes.grids.logreg={C=[1.0]}"]
+
+
+def run_args(tmp_path, *overrides: str) -> list[str]:
+    """`featpipe run` arguments for that pipeline, its cache and run folder in ``tmp_path``."""
+    toml = tmp_path / "two.toml"
+    toml.write_text(PIPELINE.replace("CACHE", str(tmp_path / "cache")))
+    sets = [arg for o in [*SMALL, *overrides] for arg in ("--set", o)]
+    return ["run", str(toml), "--out", str(tmp_path / "run"), "--quiet", *sets]
+
+
 # `featpipe run` whose every probe takes 2 s more: long enough for two runs to overlap.
 CHILD = f"""
 import sys, time
@@ -89,10 +87,8 @@ sys.exit(main(sys.argv[1:]))
 def test_two_runs_into_one_folder_take_turns(tmp_path):
     # Before: both ran every job and appended each row twice; the one writing the report
     # second could fail with a traceback (FileNotFoundError on report.md.tmp).
-    toml = tmp_path / "two.toml"
-    toml.write_text(PIPELINE.replace("CACHE", str(tmp_path / "cache")))
     out = tmp_path / "run"
-    argv = [sys.executable, "-c", CHILD, "run", str(toml), "--out", str(out), "--quiet"]
+    argv = [sys.executable, "-c", CHILD, *run_args(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                              text=True) for _ in range(2)]  # fmt: skip
@@ -133,10 +129,7 @@ def test_a_source_without_test_images_fails_before_any_compute(tmp_path, capsys)
     # Before: the features were extracted, then the first probe said there was no test row.
     from featpipe.cli import main
 
-    toml = tmp_path / "two.toml"
-    toml.write_text(PIPELINE.replace("CACHE", str(tmp_path / "cache")))
-    argv = ["run", str(toml), "--out", str(tmp_path / "run"), "--quiet"]
     sets = ["source.test_fraction=0", "source.limits={train=60, val=30}"]
-    assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 2
+    assert main(run_args(tmp_path, *sets)) == 2
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
     assert "no test images" in capsys.readouterr().err

@@ -11,25 +11,13 @@ import pytest
 from PIL import Image
 from test_report import make_row
 from test_report_browser import Browser, find_browser
+from test_trust_report_render import _captured
 
 from featpipe.report import plots, write_report
 from featpipe.report.content import Document, Section, Table
 from featpipe.report.html import render_html
 from featpipe.report.markdown import render_markdown
 from featpipe.report.summary import MethodSummary, summarize
-
-
-def _captured(monkeypatch) -> list:
-    """The matplotlib figures the plots draw, kept for a look at their artists."""
-    figures = []
-    real = plots._png
-
-    def keep(fig):
-        figures.append(fig)
-        return real(fig)
-
-    monkeypatch.setattr(plots, "_png", keep)
-    return figures
 
 
 def _legend(ax) -> list[str]:

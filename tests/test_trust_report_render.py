@@ -134,6 +134,7 @@ def test_html_holds_no_markup_from_names(written):
 
 
 def _captured(monkeypatch) -> list:
+    """The matplotlib figures the plots draw, kept for a look at their artists."""
     figures = []
     real = plots._png
 

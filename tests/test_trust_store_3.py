@@ -4,15 +4,13 @@ named at write time, and skipped under ``on_error="skip"``."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 
 import h5py
 import numpy as np
 import pytest
 import torch
 from extract_child import NoiseSource, fill_disk
+from test_extract_faults import tmpfs
 
 from featpipe.backbones import get_backbone
 from featpipe.cli import main
@@ -164,18 +162,8 @@ def test_nan_features_are_skipped_under_on_error_skip(tmp_path, dtype):
 
 @pytest.fixture
 def full_disk(tmp_path):
-    """A 1 MiB tmpfs with no byte free (needs root and mount: skips where not allowed)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    """A 1 MiB tmpfs, filled by the tests (fill_disk) so that no byte is free."""
+    yield from tmpfs(tmp_path / "disk", "1m")
 
 
 def _parted(tmp_path) -> str:
