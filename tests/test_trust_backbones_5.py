@@ -8,21 +8,13 @@ import argparse
 
 import pytest
 import torch
+from test_trust_backbones_4 import _features
 from torchvision import models
 
 from featpipe.backbones import get_backbone
 from featpipe.backbones.timm_models import create, make_backbone
 from featpipe.cli.backbones import run_layers
 from featpipe.errors import ConfigError
-
-
-def _features(bb, layers, x):
-    fm = bb.features(layers)
-    try:
-        with torch.inference_mode():
-            return fm(x), dict(fm.poolings)
-    finally:
-        fm.remove()
 
 
 def _tiny_timm(name: str, size: int = 32, **kwargs):
