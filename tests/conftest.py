@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import tarfile
 from pathlib import Path
 
@@ -9,6 +10,12 @@ import numpy as np
 import pytest
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 from PIL import Image
+
+# A shell without job control starts background commands (`cmd &`) with SIGINT ignored, which
+# processes inherit: the Ctrl-C tests would see nothing. Ctrl-C's usual handling, for this
+# process and the children it starts.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpg.tar.gz"
