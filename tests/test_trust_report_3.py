@@ -272,3 +272,13 @@ def test_a_layer_plot_of_many_heads_gives_each_its_own_colour(monkeypatch):
     plots.accuracy_by_layer(summarize(rows))
     colours = [line.get_color() for line in figures[0].axes[0].get_lines()]
     assert len(colours) == 12 and len(set(map(str, colours))) == 12
+
+
+def test_the_method_plot_says_which_colour_is_which_kind(monkeypatch):
+    # Probes and fine-tunes were told apart by colour alone, with no legend saying which.
+    figures = _captured(monkeypatch)
+    rows = [make_row("a", acc=0.7), make_row("tuned", "finetune", acc=0.5, mode="full")]
+    plots.accuracy_by_method(summarize(rows))
+    assert _legend(figures[0].axes[0]) == ["probe", "finetune"]
+    plots.accuracy_by_method(summarize(rows[:1]))
+    assert _legend(figures[1].axes[0]) == ["probe"]

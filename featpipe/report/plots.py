@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from featpipe.report.results import MethodKind
@@ -146,6 +147,9 @@ def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
     _intervals(ax, shown, ci, horizontal=True, ecolor="black", capsize=3)
     ax.set_yticks(y, [_short(s.label) for s in order], fontsize=8)
     ax.set_xlabel("test top-1 accuracy (%), bars: 95 % Wilson CI")
+    kinds = [k for k in _COLORS if any(s.kind == k for s in order)]
+    patches = [Patch(color=_COLORS[k], label=str(k)) for k in kinds]
+    _legend(ax, patches, loc="lower right", fontsize=8)  # the shortest bars are at the bottom
     # Room left of the shortest bar, and of every interval, so that none is cut off.
     ax.set_xlim(max(0.0, min([min(acc) - 15, *(ci[:, 0] - 2)])), 100)
     ax.grid(axis="x", alpha=0.3)
