@@ -133,3 +133,16 @@ def test_a_source_without_test_images_fails_before_any_compute(tmp_path, capsys)
     assert main(run_args(tmp_path, *sets)) == 2
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
     assert "no test images" in capsys.readouterr().err
+
+
+def test_a_cache_dir_that_cannot_take_files_fails_before_any_compute(tmp_path, capsys):
+    # Before: found at extraction, after config.json and plan.json were written, in a message
+    # naming --cache-dir/--out rather than the key.
+    from featpipe.cli import main
+
+    (tmp_path / "taken").write_text("a file, not a folder")
+    sets = [f"features.cache_dir={str(tmp_path / 'taken' / 'cache')!r}"]
+    assert main(run_args(tmp_path, *sets)) == 2
+    err = capsys.readouterr().err
+    assert "features.cache_dir = " in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -31,7 +31,7 @@ from featpipe.pipeline.jobs import Job, PlanData, RunContext, backbone_identity
 from featpipe.pipeline.stages import finetune as finetune_stage
 from featpipe.pipeline.stages import plan_jobs, run_job
 from featpipe.pipeline.stages.extract import feature_store
-from featpipe.pipeline.validate import check_grids, check_models, check_sizes
+from featpipe.pipeline.validate import check_cache_dir, check_grids, check_models, check_sizes
 from featpipe.provenance import versions
 from featpipe.report import (
     RESULTS_FILE,
@@ -240,6 +240,7 @@ class PipelineRunner:
 
         cfg = self.config
         check_grids(cfg)  # before the source is even opened: the cheapest checks first
+        check_cache_dir(cfg)
         device = str(resolve_device(cfg.device))
         if self.source is None:
             self.source = open_pipeline_source(cfg.source)

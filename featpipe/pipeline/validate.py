@@ -10,7 +10,9 @@ against its backbone.
 
 from __future__ import annotations
 
+import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -86,6 +88,24 @@ def check_models(config) -> dict:
 
         check_candidates(FineTuner(**finetune.params()), dict(finetune.grid), "finetune.grid")
     return built
+
+
+def check_cache_dir(config) -> None:
+    """``features.cache_dir`` takes files, when probes will extract into it: found out now,
+    not after the plan is written and the first backbone is built."""
+    if not config.probes.heads:
+        return
+    folder = Path(config.features.cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"features.cache_dir = {str(folder)!r}: cannot write there "
+            f"({exc.strerror or exc}). Set features.cache_dir (or --set "
+            "features.cache_dir=DIR) to a folder you can write to."
+        ) from None
 
 
 def check_sizes(config, source) -> None:
