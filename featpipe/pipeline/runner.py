@@ -240,12 +240,12 @@ class PipelineRunner:
 
         cfg = self.config
         check_grids(cfg)  # before the source is even opened: the cheapest checks first
-        check_cache_dir(cfg)
         device = str(resolve_device(cfg.device))
         if self.source is None:
             self.source = open_pipeline_source(cfg.source)
         check_sizes(cfg, self.source)
         built = check_models(cfg)
+        check_cache_dir(cfg)  # the last check: it makes the folder
         if fingerprint is None:
             fingerprint = self.source.fingerprint(content=cfg.source.hash_contents)
         jobs = plan(cfg, fingerprint, cv_selection=len(self.source.indices("val")) == 0)
