@@ -69,6 +69,19 @@ def test_info_names_the_layers_holding_values_that_are_not_finite(tmp_path, caps
     }
 
 
+def test_info_no_scan_reads_no_feature_and_says_so(tmp_path, capsys, monkeypatch):
+    path = _h5py_store(tmp_path / "s.h5", {"pooled": [2]})
+
+    def refused(self):
+        raise AssertionError("--no-scan read the features")
+
+    monkeypatch.setattr(FeatureStore, "non_finite", refused)
+    assert main(["info", str(path), "--no-scan"]) == 0
+    assert "finite      not checked (--no-scan)" in capsys.readouterr().out
+    assert main(["info", str(path), "--no-scan", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["non_finite"] is None
+
+
 def test_info_reads_in_blocks_and_leaves_out_skipped_and_unwritten_rows(tmp_path, capsys):
     path = _h5py_store(tmp_path / "s.h5", {"pooled": [2, 9, 20]}, skipped=[9])
     with h5py.File(path, "r+") as f:

@@ -43,8 +43,9 @@ examples:
   featpipe info data/cache/digits-efficientnet_lite0-0123456789abcdef.h5
   featpipe info store.h5 --json
 
-info reads every stored feature once, to find values that are not finite (NaN, inf).
-Exit status 1 when a layer holds such values (no head can use them), 0 otherwise.
+info reads every stored feature once, to find values that are not finite (NaN, inf);
+--no-scan leaves that out. Exit status 1 when a layer holds such values (no head can use
+them), 0 otherwise.
 """
 
 
@@ -179,6 +180,12 @@ def register(subparsers) -> None:
     )
     q.add_argument("store", metavar="STORE", help="path of a .h5 feature store")
     q.add_argument("--json", action="store_true", help="print the description as JSON")
+    q.add_argument(
+        "--no-scan",
+        action="store_true",
+        help="do not read every feature to look for NaN/inf values (quick on a store of many "
+        "GB; non_finite is then null in --json)",
+    )
     q.set_defaults(func=run_info)
 
     c = subparsers.add_parser(
@@ -288,7 +295,7 @@ def run_info(args: argparse.Namespace) -> int:
     from featpipe.store.reader import not_finite_message
 
     try:
-        info = FeatureStore(args.store).info()
+        info = FeatureStore(args.store).info(scan=not args.no_scan)
     except StoreInUseError:  # shard tasks or ranks are writing parts: show how far they got
         if not parted_at(args.store):
             raise
@@ -327,6 +334,8 @@ def run_info(args: argparse.Namespace) -> int:
         lines[at:at] = _skipped_lines(info)
     if info["non_finite"]:  # right below the state, which would otherwise look healthy
         lines[2:2] = ["NOT FINITE  " + not_finite_message(Path(info["path"]), info["non_finite"])]
+    elif info["non_finite"] is None:
+        lines[2:2] = ["finite      not checked (--no-scan)"]
     for name, layer in info["layers"].items():
         lines.append(
             f"  {name:<24} {layer['shape'][0]} x {layer['dim']}  {layer['dtype']}  "

@@ -241,8 +241,9 @@ class FeatureStore:
                     reasons += list(p[schema.SAMPLES_ERROR].asstr()[mine - part.first_row])
         return reasons
 
-    def info(self) -> dict:
-        """Everything ``featpipe info`` prints: provenance, layers, splits, completeness."""
+    def info(self, scan: bool = True) -> dict:
+        """Everything ``featpipe info`` prints: provenance, layers, splits, completeness, and
+        (``scan``: reading every feature once) :meth:`non_finite`, None when not scanned."""
         done = self.chunk_done()
         skipped = self.skipped()
         with self._reading() as f:  # the splits of the whole store, unwritten rows included
@@ -279,7 +280,7 @@ class FeatureStore:
             "file_size": self.path.stat().st_size,
             "layout": "parts" if self.parts else "file",
             **(describe_parts(self.parts, done) if self.parts else {}),
-            "non_finite": self.non_finite(),
+            "non_finite": self.non_finite() if scan else None,
         }
 
     SCAN_BYTES = 64 * 1024 * 1024  # what non_finite() reads at a time
