@@ -8,7 +8,6 @@ pickle, which can run arbitrary code when loaded, so loading one warns.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -21,6 +20,7 @@ from pathlib import Path
 import joblib
 from sklearn.base import BaseEstimator
 
+from featpipe.backbones.weights import file_sha256
 from featpipe.errors import ConfigError, HeadMismatchError, UntrustedFileError
 from featpipe.extras import import_extra
 from featpipe.heads.estimators import KNNProbe, LinearSVMProbe, LogisticProbe, MLPProbe, RBFSVMProbe
@@ -159,7 +159,7 @@ def save_head(
             import_extra("skops.io", "skops", "Saving a .skops head").dump(head, tmp)
         else:
             joblib.dump(head, tmp)
-        sidecar["file_sha256"] = _sha256(tmp)
+        sidecar["file_sha256"] = file_sha256(tmp)
         side_tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
         tmp.replace(path)
         side_tmp.replace(sidecar_path(path))
@@ -172,14 +172,6 @@ def save_head(
 def _tmp(path: Path) -> Path:
     """A temporary name beside ``path``, one per process (two saves never share one)."""
     return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_sidecar(path: str | Path) -> dict:
@@ -219,7 +211,7 @@ def load_head(path: str | Path, trusted: tuple[str, ...] = ()) -> tuple[BaseEsti
         raise ConfigError(f"No saved head at {path}.")
     sidecar = read_sidecar(path)
     head = _load(path, trusted)
-    if "file_sha256" in sidecar and _sha256(path) != sidecar["file_sha256"]:
+    if "file_sha256" in sidecar and file_sha256(path) != sidecar["file_sha256"]:
         raise ConfigError(
             f"{path} is not the file its sidecar {sidecar_path(path)} describes (their sha256 "
             "differ): one of them was replaced or changed after the save, or a save was "
