@@ -95,8 +95,6 @@ class PipelineRunner:
         self.source = source
         self.progress = progress
         self.log = log
-        # The backbone identity each finished row must record, by job key (set by _prepare).
-        self._identities: dict[tuple, dict] = {}
 
     def run(self) -> Path:
         """Check the whole plan, run every unfinished job, then write the reports; returns
@@ -106,14 +104,15 @@ class PipelineRunner:
             if ranks.distributed:
                 return self._run_ranks(ranks, held)
             context, jobs, run_plan, rows = self._prepare(held=held)
-            todo = self._announce(jobs, rows, run_plan, context.run_dir / RESULTS_FILE)
+            todo = self._announce(context, jobs, rows, run_plan)
             return self._run_jobs(context, jobs, run_plan, rows, todo)
 
     def _announce(
-        self, jobs: list[Job], rows: list[dict], run_plan: RunPlan, results: Path
+        self, context: RunContext, jobs: list[Job], rows: list[dict], run_plan: RunPlan
     ) -> list[Job]:
         """Say what is finished, and which rows are not reused because another version of
         their backbone made them; returns the jobs still to run."""
+        results = context.run_dir / RESULTS_FILE
         missing = {m.key: m for m in run_plan.select(rows)[1]}
         self.log(
             f"{self.config.name}: {len(jobs)} method runs, "
@@ -125,7 +124,7 @@ class PipelineRunner:
                 self.log(f"reusing finished {job.label} (seed {job.seed})")
             elif job.key in by_key:
                 made = (by_key[job.key].get("provenance") or {}).get("backbone") or {}
-                changed = _differs(made, self._identities[job.key])
+                changed = _differs(made, backbone_identity(context, job))
                 self.log(
                     f"recomputing {job.label} (seed {job.seed}): its row was made by another "
                     f"version of backbone {job.backbone} (changed since: {changed}); that row "
@@ -185,7 +184,7 @@ class PipelineRunner:
             if main:
                 try:
                     context, jobs, run_plan, rows = self._prepare(held=held)
-                    todo = self._announce(jobs, rows, run_plan, context.run_dir / RESULTS_FILE)
+                    todo = self._announce(context, jobs, rows, run_plan)
                 except BaseException as exc:
                     publish(kv, key, {"error": str(exc) or type(exc).__name__})
                     raise
@@ -276,12 +275,12 @@ class PipelineRunner:
         held.enter_context(StoreLock(results))
         rows = read_results(results, repair=True)
         finished = _keys(rows)
-        self._identities = {
+        identities = {
             j.key: backbone_identity(context, j)
             for j in jobs
             if j.backbone_at and j.key in finished
         }
-        run_plan = _run_plan(cfg, jobs, fingerprint, self._identities)
+        run_plan = _run_plan(cfg, jobs, fingerprint, identities)
         config_json = json.dumps(cfg.to_json(), indent=2) + "\n"
         write_text_atomic(context.run_dir / "config.json", config_json)
         write_plan(context.run_dir, run_plan)
