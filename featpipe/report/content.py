@@ -31,6 +31,15 @@ from featpipe.store.schema import count_not_finite, skipped_images
 # would reorder the rest of its line as shown (digits of the results included).
 _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
+# A run of right-to-left text (Hebrew, Arabic, Syriac, Thaana, N'Ko, ... letters, with the
+# spaces, digits and marks between them), such as a class name or label; list punctuation
+# (commas, brackets, colons) ends a run. Numbers and brackets after a run would otherwise join
+# it and show on its far side: in "A (2), B (3)" with Hebrew names A and B, the 2 is drawn
+# between B and A and the 3 left of B. report.html isolates each run (<bdi>); report.md, which
+# has no markup for it, ends a run followed by more text with a left-to-right mark.
+_RTL = "\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefe\U00010800-\U00010fff\U0001e800-\U0001efff"
+RTL_RUN = re.compile(f"([{_RTL}](?:[{_RTL}\\s\\d.'\"_/-]*[{_RTL}])?)")  # split() keeps runs
+
 
 def plain(text: object) -> str:
     """``text`` for a renderer to escape, with bidirectional controls shown as their code

@@ -6,8 +6,7 @@ import base64
 import re
 from html import escape
 
-from featpipe.report.content import Document, Figure, Folded, Table, plain
-from featpipe.report.markdown import RTL_RUN
+from featpipe.report.content import RTL_RUN, Document, Figure, Folded, Table, plain
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from featpipe.report.content import Document, Figure, Table, plain
+from featpipe.report.content import RTL_RUN, Document, Figure, Table, plain
 
 PLOTS_DIR = "plots"
 
@@ -17,15 +17,7 @@ _LINE_START = re.compile(r"^([#>+\-=\[])|^(\d+)([.)])")
 # Inside an image's alt text, a [ or ] alone ends it too.
 _ALT = re.compile(_INLINE.pattern + r"|[\[\]]")
 
-# A run of right-to-left text (Hebrew, Arabic, Syriac, Thaana, N'Ko, ... letters, with the
-# spaces, digits and marks between them), such as a class name or label; list punctuation
-# (commas, brackets, colons) ends a run. Numbers and brackets after a run would otherwise join
-# it and show on its far side: in "A (2), B (3)" with Hebrew names A and B, the 2 is drawn
-# between B and A and the 3 left of B. report.html isolates each run (<bdi>); report.md, which
-# has no markup for it, ends a run followed by more text with a left-to-right mark.
-_RTL = "\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefe\U00010800-\U00010fff\U0001e800-\U0001efff"
-RTL_RUN = re.compile(f"([{_RTL}](?:[{_RTL}\\s\\d.'\"_/-]*[{_RTL}])?)")  # split() keeps runs
-_LRM = "\u200e"
+_LRM = "\u200e"  # ends a right-to-left run in report.md, which has no <bdi>
 
 
 def _text(text: object, pattern: re.Pattern = _INLINE) -> str:
