@@ -165,13 +165,14 @@ def accuracy_vs_cost(summaries: list[MethodSummary]) -> bytes:
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
     pts = [s for s in summaries if s.cost("total_seconds") is not None]
-    floor = min((c for s in pts if (c := s.cost("total_seconds")) > 0), default=2.0) / 2
-    x = [s.cost("total_seconds") or floor for s in pts]
+    cost = [s.cost("total_seconds") for s in pts]
+    floor = min((c for c in cost if c > 0), default=2.0) / 2
+    x = [c or floor for c in cost]
     shown = []
     for kind, color in _COLORS.items():
         of_kind = [i for i, s in enumerate(pts) if s.kind == kind]
         for zero in (False, True):
-            on = [i for i in of_kind if (pts[i].cost("total_seconds") == 0) == zero]
+            on = [i for i in of_kind if (cost[i] == 0) == zero]
             if on:
                 shown.append(
                     ax.scatter(
