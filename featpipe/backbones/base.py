@@ -245,7 +245,7 @@ class Backbone:
         :meth:`before_class_token`)."""
         if self._patch_only is None:
             found = ()
-            if not self.class_token_stage and _has_class_token(self.model):
+            if not self.class_token_stage and has_class_token(self.model):
                 found = _tokens_before_longest(self.model, self.preprocessing.crop)
             self._patch_only = frozenset(found)
         return self._patch_only
@@ -306,11 +306,13 @@ class Backbone:
         ]
 
 
-# timm (CrossViT: cls_token_0, CoaT: cls_token1), torchvision, transformers, OpenCLIP
+# timm (CrossViT: cls_token_0, CoaT: cls_token1), torchvision, transformers (ViT, DINOv2,
+# DeiT, BEiT: cls_token; CLIP: class_embedding), OpenCLIP
 _CLASS_TOKEN = re.compile(r"(cls_token|class_token|class_embedding)(_?\d+)?$")
 
 
-def _has_class_token(model: nn.Module) -> bool:
+def has_class_token(model: nn.Module) -> bool:
+    """Whether ``model`` has a class token parameter (SigLIP, Swin, CNNs have none)."""
     return any(_CLASS_TOKEN.match(n.rpartition(".")[2]) for n, _ in model.named_parameters())
 
 

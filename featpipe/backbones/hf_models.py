@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from featpipe.backbones import hub
-from featpipe.backbones.base import Backbone, IdentityHead
+from featpipe.backbones.base import Backbone, IdentityHead, has_class_token
 from featpipe.backbones.layers import pool
 from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
@@ -254,11 +254,6 @@ def _vision_parts(model: nn.Module, spec: str) -> tuple[nn.Module, nn.Module | N
     return model, None
 
 
-def _has_class_token(model: nn.Module) -> bool:
-    # ViT, DINOv2, DeiT, BEiT: cls_token; CLIP: class_embedding. SigLIP, Swin: none.
-    return any(n.endswith(("cls_token", "class_embedding")) for n, _ in model.named_parameters())
-
-
 def _blocks(model: nn.Module) -> str | None:
     """The encoder's list of layers: the ModuleList holding the most parameters."""
     lists = [
@@ -290,7 +285,7 @@ def build(spec: BackboneSpec) -> Backbone:
             f"transformers {transformers.__version__} cannot load {canonical}: {exc}"
         ) from exc
     tower, projection = _vision_parts(model, canonical)
-    net = HFImageModel(tower, projection, "cls" if _has_class_token(tower) else "mean")
+    net = HFImageModel(tower, projection, "cls" if has_class_token(tower) else "mean")
     preprocessing = preprocessing_of(processor)
     blank = torch.zeros(1, 3, preprocessing.crop, preprocessing.crop)
     with torch.inference_mode():  # how many hidden states, and how wide the embedding is

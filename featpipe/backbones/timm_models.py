@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from featpipe.backbones import hub
-from featpipe.backbones.base import Backbone, first_outputs
+from featpipe.backbones.base import Backbone, first_outputs, has_class_token
 from featpipe.backbones.preprocessing import CROP_MODES, Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import (
@@ -125,7 +125,7 @@ def _token_pooling(model: nn.Module) -> str:
     patch or register token."""
     from timm.models.mlp_mixer import MlpMixer
 
-    if any(n.endswith("cls_token") for n, _ in model.named_parameters()):
+    if has_class_token(model):
         return "cls"
     tokens = hasattr(model, "num_prefix_tokens") or isinstance(model, MlpMixer)
     return "mean" if tokens else "cls"  # CNNs have no token layers: keep their keys
