@@ -11,9 +11,14 @@ import numpy as np
 from featpipe.errors import ConfigError, IncompleteStoreError
 from featpipe.store import schema
 from featpipe.store.files import check_free_space, disk_refused, open_h5
-from featpipe.store.parts import describe_parts, parts_dir
+from featpipe.store.parts import describe_parts
 from featpipe.store.reader import FeatureStore
-from featpipe.store.writer import check_out_file, copy_failed, replace_store_file
+from featpipe.store.writer import (
+    check_not_source,
+    check_out_file,
+    copy_failed,
+    replace_store_file,
+)
 
 PARTED_ONLY = ("layout", "part_chunks", "n_rows")  # root attributes of the parted layout
 
@@ -38,14 +43,7 @@ def consolidate(
             f"{source.path} is not complete ({pending} parts pending): "
             "finish it by rerunning the same extraction, then consolidate it."
         )
-    resolved = out.resolve()
-    if resolved == source.path.resolve() or resolved.is_relative_to(
-        parts_dir(source.path).resolve()
-    ):
-        raise ConfigError(
-            f"--out {out} is the store itself or inside its parts folder "
-            f"({parts_dir(source.path)}), which it reads from. Write it to another path."
-        )
+    check_not_source(out, source.path)
     check_out_file(out, option="--out", replace=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     size = sum(part.path.stat().st_size for part in source.parts)

@@ -18,9 +18,8 @@ from featpipe.data.source import SPLIT_NAMES
 from featpipe.errors import ConfigError, IncompleteStoreError
 from featpipe.extras import import_extra
 from featpipe.store.files import disk_refused
-from featpipe.store.parts import parts_dir
 from featpipe.store.reader import FeatureStore
-from featpipe.store.writer import check_out_file, copy_failed
+from featpipe.store.writer import check_not_source, check_out_file, copy_failed
 
 FORMATS = ("npz", "parquet")
 
@@ -44,13 +43,8 @@ def export_features(
             f"Cannot tell the export format of {str(out)!r}: give --format npz or parquet "
             "(or an .npz or .parquet file name)."
         )
-    # With force, the export would replace the file it reads (or one of its parts): the store.
-    resolved, source, parts = out.resolve(), Path(store.path), parts_dir(store.path)
-    if resolved == source.resolve() or resolved.is_relative_to(parts.resolve()):
-        raise ConfigError(
-            f"--out {out} is the store itself or inside its parts folder ({parts}), which the "
-            f"export reads from. Write it to another path, e.g. {source.with_suffix('.' + fmt)}."
-        )
+    example = Path(store.path).with_suffix("." + fmt)
+    check_not_source(out, store.path, reader="the export", fix=f", e.g. {example}")
     check_out_file(out, option="--out", replace=force, example=f"features.{fmt}")
     store.layer_info(layer)  # an unknown layer fails before anything is written
     # The reader's own error says "pass allow_incomplete=True", which export does not take.

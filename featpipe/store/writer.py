@@ -137,6 +137,18 @@ def check_out_file(
     return path
 
 
+def check_not_source(out: Path, store: Path, *, reader: str = "it", fix: str = "") -> None:
+    """Refuse (ConfigError) an ``out`` that is the store file read from, or inside its parts
+    folder: with --force, writing it would replace what is being read. ``reader`` names who
+    reads the store in the message, ``fix`` adds to its way out (e.g. ", e.g. x.npz")."""
+    resolved, parts = Path(out).resolve(), parts_dir(store)
+    if resolved == Path(store).resolve() or resolved.is_relative_to(parts.resolve()):
+        raise ConfigError(
+            f"--out {out} is the store itself or inside its parts folder ({parts}), which "
+            f"{reader} reads from. Write it to another path{fix}."
+        )
+
+
 def replace_store_file(tmp: Path, path: Path) -> None:
     """Move the finished store file ``tmp`` to ``path``. A parted store replaced there takes
     its parts folder with it: those part files belong to no store any more, and the cache
