@@ -389,9 +389,7 @@ class StoreWriter:
         Returns the number of bytes of features written."""
         start, stop = self.chunk_rows(index)
         errors = dict(errors or {})
-        blocks = self._checked_blocks(index, features, errors, peaks or {}, skip_non_finite)
-        ok = np.ones(stop - start, dtype=bool)
-        ok[list(errors)] = False
+        blocks, ok = self._checked_blocks(index, features, errors, peaks or {}, skip_non_finite)
         now = time.perf_counter()
         seconds = now - self._clock if seconds is None else float(seconds)
         done = self._file[schema.CHUNK_DONE]
@@ -421,10 +419,11 @@ class StoreWriter:
         errors: dict[int, str],
         peaks: Mapping[str, np.ndarray],
         skip_non_finite: bool,
-    ) -> dict:
+    ) -> tuple[dict, np.ndarray]:
         """Each layer's rows of the chunk in the store's dtype, skipped rows (``errors``) as
-        zeros, checked before any is written. Rows the model gave non-finite features are
-        added to ``errors`` when ``skip_non_finite``; otherwise they raise."""
+        zeros, checked before any is written, and the rows' ok flags. Rows the model gave
+        non-finite features are added to ``errors`` when ``skip_non_finite``; otherwise they
+        raise."""
         start, stop = self.chunk_rows(index)
         missing = set(self.layers) - set(features)
         if missing:
@@ -454,7 +453,7 @@ class StoreWriter:
             errors.update(found)
             ok[list(found)] = False
             blocks = {n: np.where(ok[:, None], b, 0).astype(b.dtype) for n, b in blocks.items()}
-        return blocks
+        return blocks, ok
 
     @staticmethod
     def _reason(name: str, row: np.ndarray) -> str:
