@@ -198,7 +198,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         started = time.perf_counter()
         self.world_size_ = ddp.world_size()
         self._rank_batch = ddp.per_rank_batch(int(self.batch_size), self.world_size_)
-        self.backbone_ = get_backbone(_spec_for(self.backbone, mode), self.image_size)
+        self.backbone_ = get_backbone(spec_for(self.backbone, mode), self.image_size)
         self.source_ = source
         self.class_names_ = list(source.classes)
         self.classes_ = np.arange(len(self.class_names_))
@@ -688,7 +688,7 @@ def _kind(value) -> str:
     return f" (a {type(value).__name__})"
 
 
-def _spec_for(backbone: str, mode: Mode) -> str:
+def spec_for(backbone: str, mode: Mode) -> str:
     """The spec a mode builds: ``scratch`` swaps the weights for ``none`` (random init)."""
     if mode.pretrained:
         return backbone

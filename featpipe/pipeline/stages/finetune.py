@@ -11,7 +11,7 @@ from featpipe.data.splits import with_train_ids
 from featpipe.data.unreadable import unreadable_images, without
 from featpipe.evaluate import Cost, Timer, Usage, measure
 from featpipe.finetune.freezing import Mode
-from featpipe.finetune.tuner import _spec_for, result_params  # _spec_for: scratch builds @none
+from featpipe.finetune.tuner import result_params, spec_for
 from featpipe.pipeline.jobs import (
     Job,
     PlanData,
@@ -59,7 +59,7 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
             if _reads_store(config, bb, mode):  # the probe then sees stored features
                 settings["probe_features"] = {"dtype": config.features.dtype}
             label = f"fine-tuning ({mode}){suffix(bb)}"
-            built = (_spec_for(bb, Mode.parse(mode)), config.finetune.image_size)
+            built = (spec_for(bb, Mode.parse(mode)), config.finetune.image_size)
             jobs += [
                 Job(NAME, f"{bb}/finetune:{mode}", MethodKind.FINETUNE, label, bb, seed,
                     config_hash(settings), mode=mode, backbone_at=built)
