@@ -189,7 +189,9 @@ def preprocessing_of(processor) -> Preprocessing:
         )
     else:
         resize = crop = int(short)
-        crop_mode = "squash" if crop_pct else crop_mode
+        # height×width, or ConvNeXt's shortest_edge from 384 up (the branches above took
+        # every other short-side resize): both sides resized
+        crop_mode = "squash"
         crops = False
     # transformers' center_crop puts the corner at (W - crop) // 2 where torchvision rounds
     # half to even: a pixel apart when the margin is odd. A squash's margin is resize - crop;
