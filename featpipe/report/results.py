@@ -373,7 +373,6 @@ def write_results(path: str | Path, rows: Sequence[dict]) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it into place, so that
     a kill leaves the old file or the new one, never half of one."""
-    path = Path(path)
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
