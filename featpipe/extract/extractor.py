@@ -31,7 +31,7 @@ from featpipe.extract.target import plan as decide
 from featpipe.store import FeatureStore, StoreWriter, store_filename
 from featpipe.store.lock import StoreLock
 from featpipe.store.parts import parted_at
-from featpipe.store.schema import DTYPES, count_not_finite, n_chunks_for, skipped_images
+from featpipe.store.schema import DTYPES, n_chunks_for, skipped_rows
 from featpipe.store.writer import check_out_file
 
 NOTHING_COMPUTED = {
@@ -377,7 +377,7 @@ def _refuse_skipped(store: FeatureStore, on_error: str, shown: int = 3) -> None:
         return
     names = "; ".join(f"{sid} ({reason})" for sid, reason in list(skipped.items())[:shown])
     more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
-    left_out = skipped_images(len(skipped), count_not_finite(skipped.values()))
+    left_out = skipped_rows(skipped)
     raise ImageReadError(
         f"{store.path} was extracted with on_error='skip' and leaves out {left_out}: "
         f'{names}{more}. Run with --on-error skip (on_error="skip") to use it as it is, or '

@@ -17,7 +17,7 @@ from featpipe.extract.inference import Inference
 from featpipe.heads.torch_logreg import logreg_path
 from featpipe.provenance import plain
 from featpipe.store import FeatureStore
-from featpipe.store.schema import count_not_finite, skipped_images
+from featpipe.store.schema import skipped_rows
 
 PROBE_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # increasing: each warm-starts the next
 
@@ -77,7 +77,7 @@ def check_store(store: FeatureStore, backbone: Backbone, source: ImageSource) ->
     if store.attrs.get("source_fingerprint") != source.fingerprint(content=hashed):
         problems.append("it was extracted from other images (ids, labels, splits or files)")
     if skipped := store.skipped():
-        left_out = skipped_images(len(skipped), count_not_finite(skipped.values()))
+        left_out = skipped_rows(skipped)
         problems.append(f"it leaves out {left_out}")
     if problems:
         raise StoreMismatchError(

@@ -108,7 +108,7 @@ Reading the pooled features of the train split with plain h5py::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -151,6 +151,11 @@ def skipped_images(count: int, not_finite: int | None) -> str:
         return f"{count} {images} with non-finite features"
     unreadable = count - not_finite
     return f"{count} {images} ({unreadable} unreadable, {not_finite} with non-finite features)"
+
+
+def skipped_rows(skipped: Mapping[str, str]) -> str:
+    """:func:`skipped_images` of ``{id: reason}``, every reason known."""
+    return skipped_images(len(skipped), count_not_finite(skipped.values()))
 
 
 # Root attributes stored as JSON text (decoded by the reader).

@@ -29,7 +29,7 @@ from featpipe.pipeline.stages.extract import feature_store, opened_stores
 from featpipe.provenance import plain
 from featpipe.report.results import MethodKind, Predictions, ResultRow
 from featpipe.report.runplan import identity_hash
-from featpipe.store.schema import count_not_finite, skipped_images
+from featpipe.store.schema import skipped_rows
 
 if TYPE_CHECKING:
     from featpipe.finetune.search import GridResult
@@ -209,8 +209,7 @@ def _source(context: RunContext) -> tuple[ImageSource, dict[str, str]]:
             progress=context.progress,
         )
     if skipped:
-        not_finite = count_not_finite(skipped.values())
-        context.log(f"fine-tuning leaves out {skipped_images(len(skipped), not_finite)}")
+        context.log(f"fine-tuning leaves out {skipped_rows(skipped)}")
     return without(context.source, skipped), skipped
 
 
