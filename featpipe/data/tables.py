@@ -58,7 +58,10 @@ class TableSource(ImageSource):
         self.path = Path(path)
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         tables, features, self._files = self._read()
-        tables = self._known_splits(tables)
+        # {split name: its name as read}: a lone table that names no split is "train"
+        self._read_names = self._known_splits(tables)
+        tables = {name: tables[read] for name, read in self._read_names.items()}
+        self._files = {name: self._files[read] for name, read in self._read_names.items()}
         first = next(iter(tables.values()))
         self.image_column = _pick_column(
             image, "image", first.column_names, features, _is_image, IMAGE_COLUMNS, self.path
@@ -102,10 +105,11 @@ class TableSource(ImageSource):
         """({split name: pyarrow Table}, {column: datasets feature}, {split name: files})."""
         raise NotImplementedError
 
-    def _known_splits(self, tables: dict) -> dict:
+    def _known_splits(self, tables: dict) -> dict[str, str]:
+        """{split name: the name of its table as read}, in train, val, test order."""
         unknown = [name for name in tables if split_alias(name) is None]
         if len(tables) == 1 and unknown:  # one unnamed table: all of it is train
-            return {"train": next(iter(tables.values()))}
+            return {"train": unknown[0]}
         if unknown:
             warnings.warn(
                 f"{self.kind} {str(self.path)!r}: split(s) {', '.join(map(repr, unknown))} "
@@ -115,13 +119,12 @@ class TableSource(ImageSource):
             )
         # train, val, test order, whatever the order of the files or the saved dict
         known = sorted((k for k in tables if split_alias(k)), key=_split_order)
-        tables = {k: tables[k] for k in known}
-        if "train" not in {split_alias(name) for name in tables}:
+        if "train" not in {split_alias(name) for name in known}:
             raise SourceError(
                 f"{self.kind} {str(self.path)!r} has no train split (it has "
-                f"{', '.join(map(repr, tables)) or 'none'}); featpipe needs train rows to fit on."
+                f"{', '.join(map(repr, known)) or 'none'}); featpipe needs train rows to fit on."
             )
-        return tables
+        return {name: name for name in known}
 
     def _check_image_type(self, table) -> None:
         import pyarrow as pa
@@ -150,7 +153,10 @@ class TableSource(ImageSource):
     def _image_columns(self) -> list:
         if self._columns is None:
             tables, _, _ = self._read()
-            self._columns = [tables[name].column(self.image_column) for name in self.split_names]
+            self._columns = [
+                tables[self._read_names[name]].column(self.image_column)
+                for name in self.split_names
+            ]
         return self._columns
 
     def _cell(self, index: int) -> tuple[bytes | None, str | None]:
@@ -246,7 +252,7 @@ class ParquetSource(TableSource):
 
     kind = "parquet dataset"
 
-    def _known_splits(self, tables: dict) -> dict:
+    def _known_splits(self, tables: dict) -> dict[str, str]:
         if list(tables) == [""]:
             warn_unread_split_words(self._files[""], self.path, f"{self.kind} {str(self.path)!r}")
         return super()._known_splits(tables)
