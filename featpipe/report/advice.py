@@ -4,7 +4,7 @@ for the methods chosen, and paired test comparisons only say which methods are t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from featpipe.evaluate import Comparison
 from featpipe.report.results import MethodKind
@@ -13,6 +13,9 @@ from featpipe.report.summary import MethodSummary, best, compare_pair, is_tie, t
 FINAL_LAYER = "pooled"  # the backbone's last pooled output: every other layer is intermediate
 MIN_TEST = 100  # below this many test images a 95 % interval on top-1 spans about ±10 points
 WIDE_CI = 0.10  # a top-1 interval wider than this (fraction) separates little
+# Why a paired comparison is missing: rows record only a hash of their test ids, so images
+# tested in another order cannot be matched up, and are never paired by position.
+NOT_PAIRED = "no seed of both tested the same images in the same order"
 
 
 def _val(s: MethodSummary) -> float:
@@ -50,16 +53,19 @@ class Advice:
     tied: list[MethodSummary]  # tied with ``chosen`` on test (paired interval includes 0)
     ahead: list[MethodSummary]  # better than ``chosen`` on test, though validation chose it
     cheapest: MethodSummary | None  # the cheapest of ``chosen`` and ``tied``
+    # Not compared with ``chosen``: no seed of both tested the same images in the same order.
+    unpaired: list[MethodSummary] = field(default_factory=list)
 
 
 def advise(summaries: list[MethodSummary], n_boot: int) -> Advice:
     chosen = choose(summaries)
-    tied, ahead = [], []
+    tied, ahead, unpaired = [], [], []
     for other in summaries:
         if chosen is None or other is chosen:
             continue
         paired = compare_pair(chosen, other, n_boot)
         if paired is None:
+            unpaired.append(other)
             continue
         c = paired.comparison
         if is_tie(c):
@@ -69,7 +75,7 @@ def advise(summaries: list[MethodSummary], n_boot: int) -> Advice:
     group = [chosen, *tied] if chosen else []
     costed = [s for s in group if s.cost("total_seconds") is not None]  # 0 s is a cost
     cheapest = min(costed, key=lambda s: s.cost("total_seconds")) if costed else None
-    return Advice(chosen, tied, ahead, cheapest)
+    return Advice(chosen, tied, ahead, cheapest, unpaired)
 
 
 def recommendation(summaries: list[MethodSummary], n_boot: int) -> list[str]:
@@ -119,7 +125,8 @@ def at_largest_size(summaries: list[MethodSummary]) -> list[MethodSummary]:
 def _tie_sentence(advice: Advice, n_boot: int) -> str:
     chosen, tied = advice.chosen, advice.tied
     if not tied:
-        text = " No other method is statistically tied with it on test."
+        others = "other method it could be compared with" if advice.unpaired else "other method"
+        text = f" No {others} is statistically tied with it on test."
     else:
         names = ", ".join(f"{s.label} ({_pct(s.top1)})" for s in tied)
         text = f" Statistically tied with it on test ({tie_rule(n_boot)}): {names}."
@@ -150,6 +157,9 @@ def _tie_sentence(advice: Advice, n_boot: int) -> str:
             f" {names} scored higher on test, but validation did not pick "
             f"{'it' if len(advice.ahead) == 1 else 'them'}: choosing on test would overstate it."
         )
+    if advice.unpaired:
+        names = ", ".join(s.label for s in advice.unpaired)
+        text += f" {names} could not be compared with it ({NOT_PAIRED})."
     return text
 
 
@@ -159,7 +169,11 @@ def _finetune_sentence(summaries: list[MethodSummary], n_boot: int) -> str | Non
         return None
     paired = compare_pair(tune, probe, n_boot)
     if paired is None:
-        return None
+        return (
+            f"Whether fine-tuning paid for its cost is not known: the best fine-tune and the "
+            f"best probe on validation, {tune.label} and {probe.label}, could not be compared "
+            f"({NOT_PAIRED})."
+        )
     c: Comparison = paired.comparison
     paid = c.verdict == "clear" and c.difference > 0
     verdict = "paid for its cost" if paid else "did not pay for its cost"

@@ -1,0 +1,48 @@
+"""Trust review of evaluation and reports: methods that cannot be paired, near-duplicates of
+any feature scale, and data checks made from the store the rows name."""
+
+from __future__ import annotations
+
+import pytest
+from test_report import make_row
+
+from featpipe.report import ids_sha256
+from featpipe.report.advice import recommendation
+from featpipe.report.summary import summarize
+
+
+def _unpairable(case: str) -> list[dict]:
+    """A probe and a better fine-tune (on validation) that tested the same 120 images, but in
+    another order, or on another seed only (a `featpipe finetune --seed 3` into the run)."""
+    probe = make_row("toy/logreg@pooled", acc=0.80)
+    tune = make_row("toy/finetune:full", "finetune", acc=0.81, mode="full", fit_seconds=60)
+    probe["val_accuracy"], tune["val_accuracy"] = 0.80, 0.85
+    if case == "order":
+        tune["test"]["ids_sha256"] = ids_sha256(map(str, reversed(range(120))))
+    else:
+        tune["seed"] = 3
+    return [probe, tune]
+
+
+@pytest.mark.parametrize("case", ["order", "seed"])
+def test_methods_that_cannot_be_paired_are_not_called_untied(case):
+    # Rows keep only a hash of their test ids: images in another order cannot be matched up,
+    # so no comparison is made. The recommendation said "No other method is statistically
+    # tied with it on test" of methods it never compared, and left out whether fine-tuning
+    # paid for its cost without a word.
+    text = " ".join(recommendation(summarize(_unpairable(case)), n_boot=100))
+    assert text.startswith("Use toy/finetune:full")
+    assert "No other method is statistically tied" not in text
+    assert (
+        "toy/logreg@pooled could not be compared with it (no seed of both tested the same "
+        "images in the same order)."
+    ) in text
+    assert (
+        "Whether fine-tuning paid for its cost is not known: the best fine-tune and the best "
+        "probe on validation, toy/finetune:full and toy/logreg@pooled, could not be compared"
+    ) in text
+    # Paired as they should be, the usual sentences come back.
+    rows = _unpairable(case)
+    rows[1]["test"]["ids_sha256"], rows[1]["seed"] = rows[0]["test"]["ids_sha256"], 0
+    text = " ".join(recommendation(summarize(rows), n_boot=100))
+    assert "could not be compared" not in text and "Fine-tuning did not pay" in text
