@@ -3,10 +3,15 @@ labels, class names spelt two ways, one image reached twice, malformed manifests
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import pytest
 from dataset_files import hf_dataset
+from PIL import Image
 
 from featpipe.data import ParquetSource, open_source
+from featpipe.errors import SourceError
 
 
 def test_a_parquet_file_that_names_no_split_loads_its_images(tmp_path):
@@ -17,3 +22,28 @@ def test_a_parquet_file_that_names_no_split_loads_its_images(tmp_path):
     np.testing.assert_array_equal(np.asarray(source.load(0)), expected["train"][0])
     assert source.read_bytes(0)
     assert source.fingerprint() != source.fingerprint(content=True)  # both computed
+
+
+def _png(level: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (level, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "labels, says",
+    [
+        ([0.0, 1.0, float("nan"), 1.0], "without a label"),  # pandas' missing label
+        (["cat", "dog", "", "cat"], "without a label"),
+        ([[0], [1], [0], [1]], "holds list values"),
+    ],
+    ids=["nan", "empty", "list"],
+)
+def test_table_labels_that_are_no_class_are_refused(tmp_path, labels, says):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"image": [_png(i) for i in range(4)], "label": labels})
+    pq.write_table(table, tmp_path / "train.parquet")
+    with pytest.raises(SourceError, match=f"Column 'label' of .* {says}"):
+        ParquetSource(tmp_path / "train.parquet")

@@ -9,6 +9,7 @@ encoded, in memory-mapped arrow tables, and decode one row at a time as files ar
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import struct
@@ -73,13 +74,8 @@ class TableSource(ImageSource):
         self._sizes = [len(t) for t in tables.values()]
         self._columns: list | None = None  # read again after pickling (see __getstate__)
         self._check_image_type(first)
-        values = np.concatenate(
-            [
-                np.asarray(t.column(self.label_column).to_pylist(), dtype=object)
-                for t in tables.values()
-            ]
-        )
-        self.classes, self.labels = self._encode(values, features.get(self.label_column))
+        cells = [v for t in tables.values() for v in t.column(self.label_column).to_pylist()]
+        self.classes, self.labels = self._encode(cells, features.get(self.label_column))
         self.ids = [
             sid for name, n in zip(tables, self._sizes, strict=True) for sid in row_ids(name, n)
         ]
@@ -140,13 +136,21 @@ class TableSource(ImageSource):
             "encoded files (PNG, JPEG, ...). Name the image column with ?image=COLUMN."
         )
 
-    def _encode(self, values: np.ndarray, feature: object) -> tuple[list[str], np.ndarray]:
-        if any(v is None or (isinstance(v, int) and v < 0) for v in values):
+    def _encode(self, cells: list, feature: object) -> tuple[list[str], np.ndarray]:
+        where = f"Column {self.label_column!r} of {str(self.path)!r}"
+        others = [v for v in cells if not isinstance(v, (int, float, str, type(None)))]
+        if others:
             raise SourceError(
-                f"Column {self.label_column!r} of {str(self.path)!r} has rows without a label "
-                "(None or -1), as unlabelled test splits do. Leave that split out or label it."
+                f"{where} holds {type(others[0]).__name__} values ({others[0]!r}), not one class "
+                "label per row. Name the label column with ?label=COLUMN."
             )
-        kind = np.int64 if all(isinstance(v, int) for v in values) else str
+        if any(_unlabelled(v) for v in cells):
+            raise SourceError(
+                f"{where} has rows without a label (None, NaN, -1 or empty), as unlabelled test "
+                "splits do. Leave that split out or label it."
+            )
+        values = np.asarray(cells, dtype=object)
+        kind = np.int64 if all(isinstance(v, int) for v in cells) else str
         names = feature.names if _is_class_label(feature) else None
         return encode_labels(values.astype(kind), names, len(values))
 
@@ -351,6 +355,15 @@ def warn_unread_split_words(files: list[Path], root: Path, where: str) -> None:
             UserWarning,
             stacklevel=4,
         )
+
+
+def _unlabelled(value: object) -> bool:
+    """Whether a label cell stands for no label (a NaN would otherwise become class 'nan')."""
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or value < 0
 
 
 def _split_order(name: str) -> int:
