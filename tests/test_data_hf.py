@@ -59,7 +59,7 @@ def test_hf_splits_that_cannot_be_used(tmp_path):
         {"train": data["train"], "test": data["test"].map(lambda row: {"fine_label": -1})}
     )
     unlabelled.save_to_disk(str(tmp_path / "unlabelled"))
-    with pytest.raises(SourceError, match=r"rows without a label \(None or -1\)"):
+    with pytest.raises(SourceError, match=r"rows without a label \(None, NaN, -1 or empty\)"):
         open_source(str(tmp_path / "unlabelled"))
 
 
