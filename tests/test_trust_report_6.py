@@ -3,9 +3,11 @@ any feature scale, and data checks made from the store the rows name."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from test_report import make_row
 
+from featpipe.evaluate.leakage import check_data
 from featpipe.report import ids_sha256
 from featpipe.report.advice import recommendation
 from featpipe.report.summary import summarize
@@ -46,3 +48,22 @@ def test_methods_that_cannot_be_paired_are_not_called_untied(case):
     rows[1]["test"]["ids_sha256"], rows[1]["seed"] = rows[0]["test"]["ids_sha256"], 0
     text = " ".join(recommendation(summarize(rows), n_boot=100))
     assert "could not be compared" not in text and "Fine-tuning did not pay" in text
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-21, 1e21])
+def test_test_images_with_the_same_features_as_a_train_image_are_found_at_any_scale(scale):
+    # Near-duplicates divided each row by its norm, floored at 1e-12: rows of all-zero
+    # features (the same features: the model cannot tell the images apart) had cosine 0, as
+    # did rows whose squares underflow (1e-21) or overflow (1e21) in float32.
+    ids = ["same", "other", "val", "copy", "distinct"]
+    splits = ["train", "train", "val", "test", "test"]
+    features = np.array(
+        [[1, 2, 3, 4], [4, 0, 1, 0], [0, 1, 0, 0], [1, 2, 3, 4], [0, 0, 5, 1]], np.float32
+    )
+    features[[0, 3]] *= scale
+    checks = check_data(ids, np.zeros(5, int), splits, ["x"], features=features)
+    assert checks.near == [["copy", "same", pytest.approx(1.0, abs=1e-6)]]
+    # Distinct images stay apart: a zero row is no near-duplicate of a row with features.
+    features[0] = [1, 2, 3, 4]
+    checks = check_data(ids, np.zeros(5, int), splits, ["x"], features=features)
+    assert checks.near == ([] if scale == 0 else [["copy", "same", pytest.approx(1.0, 1e-6)]])

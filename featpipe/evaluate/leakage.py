@@ -184,16 +184,24 @@ def _near_duplicates(
 ) -> list[list]:
     """[test id, most similar train or val id, cosine] for each test row at or above
     ``threshold``."""
+    # Each row scaled to a largest |value| of 1 first: squaring features of any size in the
+    # norm would overflow (above 1e19) or underflow (below 1e-19) and lose their direction.
     unit = features.astype(np.float32)
-    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    peak = np.maximum(unit.max(axis=1), -unit.min(axis=1))[:, None]  # no |unit| copy
+    zero = peak[:, 0] == 0
+    unit /= np.where(zero[:, None], 1, peak)
+    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1)
     test = np.flatnonzero(splits == "test")
     reference = np.flatnonzero(np.isin(splits, NEAR_REFERENCE))
     if not len(test) or not len(reference):
         return []
     found, ref = [], unit[reference].T
+    ref_zero = np.flatnonzero(zero[reference])
     for start in range(0, len(test), _BLOCK):
         rows = test[start : start + _BLOCK]
         sims = unit[rows] @ ref
+        # All-zero rows have no direction, yet are the same features: cosine 1 between them.
+        sims[np.ix_(np.flatnonzero(zero[rows]), ref_zero)] = 1.0
         top = sims.argmax(axis=1)
         best = sims[np.arange(len(rows)), top]
         for r, t, c in zip(rows, top, best, strict=True):
