@@ -4,13 +4,14 @@ labels, class names spelt two ways, one image reached twice, malformed manifests
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
 from dataset_files import hf_dataset
 from PIL import Image
 
-from featpipe.data import ParquetSource, open_source
+from featpipe.data import CSVSource, ParquetSource, open_source
 from featpipe.errors import SourceError
 
 
@@ -47,3 +48,33 @@ def test_table_labels_that_are_no_class_are_refused(tmp_path, labels, says):
     pq.write_table(table, tmp_path / "train.parquet")
     with pytest.raises(SourceError, match=f"Column 'label' of .* {says}"):
         ParquetSource(tmp_path / "train.parquet")
+
+
+def _manifest(tmp_path, text: str) -> CSVSource:
+    for name in ("a", "b"):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{name}.png")
+    (tmp_path / "m.csv").write_text(text, encoding="utf-8")
+    return CSVSource(tmp_path / "m.csv")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "path,label,label\na.png,cat,dog\nb.png,dog,cat\n",  # which one is the label?
+        "path,Label,label \na.png,cat,dog\nb.png,dog,cat\n",
+        "path,label,split,Split\na.png,cat,train,test\nb.png,dog,train,test\n",
+    ],
+    ids=["label", "label-in-two-cases", "split"],
+)
+def test_a_manifest_naming_a_column_twice_is_refused(tmp_path, text):
+    with pytest.raises(SourceError, match=r"named twice in its header .*: (label|split)\. "):
+        _manifest(tmp_path, text)
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_a_manifest_split_by_another_delimiter_says_so(tmp_path, delimiter):
+    text = f"path{delimiter}label\na.png{delimiter}cat\nb.png{delimiter}dog\n"
+    said = re.escape(f"separated by {delimiter!r}: featpipe reads comma")
+    with pytest.raises(SourceError, match=said) as err:
+        _manifest(tmp_path, text)
+    assert "Did you mean" not in str(err.value)

@@ -14,6 +14,7 @@ from featpipe.data.splits import assign_splits, require_train
 from featpipe.errors import SourceError, did_you_mean
 
 _REQUIRED = ("path", "label")
+_OTHER_DELIMITERS = (";", "\t", "|")  # what a header read as one field may be split by
 _MAX_LISTED = 5  # how many offending lines an error message quotes
 
 
@@ -89,13 +90,7 @@ class CSVSource(FileSource):
             with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.reader(f)
                 header = [h.strip().lower() for h in next(reader, [])]
-                missing = [c for c in _REQUIRED if c not in header]
-                if missing:
-                    hint = "".join(did_you_mean(c, header) for c in missing)
-                    raise SourceError(
-                        f"CSV manifest {where!r} needs a header with columns path,label[,split]; "
-                        f"missing {', '.join(missing)} in header {header}.{hint}"
-                    )
+                self._check_header(header)
                 rows = [
                     self._parse_row(values, header, reader.line_num)
                     for values in reader
@@ -110,6 +105,29 @@ class CSVSource(FileSource):
         if not rows:
             raise SourceError(f"CSV manifest {where!r} lists no images.")
         return rows, "split" in header
+
+    def _check_header(self, header: list[str]) -> None:
+        where = str(self.csv_path)
+        missing = [c for c in _REQUIRED if c not in header]
+        if missing:
+            hint = "".join(dict.fromkeys(did_you_mean(c, header) for c in missing))
+            other = next((d for d in _OTHER_DELIMITERS if len(header) == 1 and d in header[0]), "")
+            if other:
+                hint = (
+                    f" Its header is separated by {other!r}: featpipe reads comma-separated "
+                    "manifests. Save it again with commas (e.g. pandas' to_csv)."
+                )
+            raise SourceError(
+                f"CSV manifest {where!r} needs a header with columns path,label[,split]; "
+                f"missing {', '.join(missing)} in header {header}.{hint}"
+            )
+        twice = sorted({c for c in (*_REQUIRED, "split") if header.count(c) > 1})
+        if twice:
+            raise SourceError(
+                f"CSV manifest {where!r} has {len(twice)} column(s) named twice in its header "
+                f"{header}: {', '.join(twice)}. featpipe cannot tell which one to read; rename "
+                "or remove the other."
+            )
 
     def _parse_row(self, values: list[str], header: list[str], line: int) -> dict:
         where = f"{self.csv_path}, line {line}"
