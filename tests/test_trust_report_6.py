@@ -67,3 +67,34 @@ def test_test_images_with_the_same_features_as_a_train_image_are_found_at_any_sc
     features[0] = [1, 2, 3, 4]
     checks = check_data(ids, np.zeros(5, int), splits, ["x"], features=features)
     assert checks.near == ([] if scale == 0 else [["copy", "same", pytest.approx(1.0, 1e-6)]])
+
+
+def test_data_checks_use_only_the_store_the_rows_were_computed_on(tmp_path):
+    # The data checks opened whatever file was at a probe row's store path: a store
+    # re-extracted there on other data (`featpipe extract ... --overwrite`) was checked as
+    # the run's data, and a damaged file there stopped the whole report with a store error.
+    import shutil
+
+    from test_report_advice import source_with_duplicates
+
+    from featpipe.data import ArraySource
+    from featpipe.extract import extract
+    from featpipe.report import write_report
+
+    store = extract(source_with_duplicates(), "toy", ["pooled"], cache_dir=tmp_path, progress=False)
+    row = make_row("toy/logreg@pooled", n=8)
+    where = tmp_path / "features.h5"
+    row["provenance"]["store"] = {"path": str(where), "key": store.key}
+    shutil.copy(store.path, where)
+    assert "## Data checks" in write_report(tmp_path / "a", [row])["report.md"].read_text()
+
+    rng = np.random.default_rng(1)  # other images, no duplicates: another key
+    other = ArraySource(
+        rng.integers(0, 255, (20, 8, 8, 3), dtype=np.uint8), np.arange(20) % 2, name="other"
+    )
+    shutil.copy(extract(other, "toy", ["pooled"], cache_dir=tmp_path, progress=False).path, where)
+    md = write_report(tmp_path / "b", [row])["report.md"].read_text()
+    assert "## Data checks" not in md and "other/" not in md
+    where.write_bytes(b"damaged")
+    md = write_report(tmp_path / "c", [row])["report.md"].read_text()
+    assert "## Data checks" not in md and "Use toy/logreg@pooled" in md

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, FeaturePipeError
 from featpipe.evaluate.leakage import (
     NEAR_REFERENCE,
     DataChecks,
@@ -111,11 +111,13 @@ def data_checks(
     else those saved by the run (checks.json) if they were made from the data of
     ``fingerprint`` (the plan's source fingerprint; None: any), else from the stored features
     of the probes' store; None when there is neither a source nor a store to check."""
-    from featpipe.store import FeatureStore
-
     saved = run_dir / CHECKS_FILE
-    paths = [r["provenance"].get("store", {}).get("path") for r in rows if r["kind"] == "probe"]
-    stores = [FeatureStore(p) for p in dict.fromkeys(paths) if p and Path(p).is_file()]
+    recorded = {
+        (store.get("path"), store.get("key")): None
+        for r in rows
+        if r["kind"] == "probe" and (store := r["provenance"].get("store"))
+    }
+    stores = [s for s in (_store_at(*pair) for pair in recorded) if s is not None]
     store = next((s for s in stores if "pooled" in s.layers), stores[0] if stores else None)
     if source is not None:
         hashes = content_hashes(source)
@@ -133,6 +135,21 @@ def data_checks(
     data = {**checks.to_json(), "source_fingerprint": fingerprint}
     write_text_atomic(saved, json.dumps(data) + "\n")
     return checks
+
+
+def _store_at(path: str | None, key: str | None):
+    """The store at ``path`` if it still holds the features of ``key`` (the store a row
+    records), else None: the checks must not describe other data extracted there since, nor
+    a damaged file stop the report."""
+    from featpipe.store import FeatureStore
+
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        store = FeatureStore(path)
+    except FeaturePipeError:  # damaged, or no featpipe store
+        return None
+    return store if store.key == key else None
 
 
 def _saved_checks(saved: Path, fingerprint: str | None, recheck: bool) -> DataChecks | None:
