@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import re
+import unicodedata
 
 import numpy as np
 import pytest
 from dataset_files import hf_dataset
 from PIL import Image
 
-from featpipe.data import CSVSource, ParquetSource, open_source
+from featpipe.data import ArraySource, CSVSource, ImageFolderSource, ParquetSource, open_source
 from featpipe.errors import SourceError
 
 
@@ -78,3 +79,25 @@ def test_a_manifest_split_by_another_delimiter_says_so(tmp_path, delimiter):
     with pytest.raises(SourceError, match=said) as err:
         _manifest(tmp_path, text)
     assert "Did you mean" not in str(err.value)
+
+
+CAFE_NFC, CAFE_NFD = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+
+
+@pytest.mark.parametrize("kind", ["folder", "csv", "arrays"])
+def test_one_class_name_in_two_unicode_forms_is_refused(tmp_path, kind):
+    names = [CAFE_NFC, CAFE_NFD, "tea"]  # the first two print alike: 'café'
+    with pytest.raises(SourceError, match=r"are one name in two Unicode forms \('caf"):
+        if kind == "folder":
+            for name in names:
+                (tmp_path / name).mkdir()
+                Image.new("RGB", (4, 4)).save(tmp_path / name / "a.png")
+            ImageFolderSource(tmp_path)
+        elif kind == "csv":
+            rows = "".join(f"{i}.png,{name}\n" for i, name in enumerate(names))
+            for i in range(len(names)):
+                Image.new("RGB", (4, 4)).save(tmp_path / f"{i}.png")
+            (tmp_path / "m.csv").write_text("path,label\n" + rows, encoding="utf-8")
+            CSVSource(tmp_path / "m.csv")
+        else:
+            ArraySource(np.zeros((3, 4, 4), np.uint8), names)

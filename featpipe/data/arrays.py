@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from featpipe.data.images import to_rgb
-from featpipe.data.source import ImageSource, split_code
+from featpipe.data.source import ImageSource, check_class_names, split_code
 from featpipe.data.splits import assign_splits
 from featpipe.errors import SourceError
 
@@ -134,6 +134,7 @@ def encode_labels(
         raise SourceError(f"Labels must be integers or class names; got dtype {labels.dtype}.")
     names = [str(label) for label in labels]
     classes = [str(c) for c in classes] if classes is not None else sorted(set(names))
+    check_class_names(classes, "The labels")
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted(set(names) - set(index))
     if unknown:

@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from featpipe.data.files import FileSource
-from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, SPLIT_NAMES, split_alias
+from featpipe.data.source import (
+    SPLIT_ALIASES,
+    SPLIT_CODES,
+    SPLIT_NAMES,
+    check_class_names,
+    split_alias,
+)
 from featpipe.data.splits import assign_splits
 from featpipe.errors import ConfigError, SourceError
 
@@ -114,6 +120,7 @@ class ImageFolderSource(FileSource):
         return found
 
     def _check_classes(self, per_split: dict[str, dict[str, list[Path]]]) -> None:
+        check_class_names(self.classes, f"Image folder {str(self.root)!r}")
         if len(self.classes) < 2:
             found = f"only {self.classes[0]!r}" if self.classes else "none"
             raise SourceError(

@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from featpipe.data.files import FileSource
-from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, SPLIT_NAMES, split_alias
+from featpipe.data.source import (
+    SPLIT_ALIASES,
+    SPLIT_CODES,
+    SPLIT_NAMES,
+    check_class_names,
+    split_alias,
+)
 from featpipe.data.splits import assign_splits, require_train
 from featpipe.errors import SourceError, did_you_mean
 
@@ -47,6 +53,7 @@ class CSVSource(FileSource):
         self._check_files(rows)
         self._check_once(rows)
         self.classes = sorted({row["label"] for row in rows})
+        check_class_names(self.classes, f"The label column of {str(self.csv_path)!r}")
         if len(self.classes) < 2:
             raise SourceError(
                 f"A classifier needs at least two classes; found only {self.classes[0]!r} in "

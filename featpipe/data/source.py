@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from featpipe.errors import ConfigError, UnknownNameError, did_you_mean
+from featpipe.errors import ConfigError, SourceError, UnknownNameError, did_you_mean
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 SPLIT_CODES: dict[str, int] = {name: code for code, name in enumerate(SPLIT_NAMES)}
@@ -34,6 +35,22 @@ def split_alias(name: str) -> str | None:
 def count_splits(codes: np.ndarray) -> dict[str, int]:
     """Rows per split name, from an array of split codes."""
     return {name: int((codes == code).sum()) for name, code in SPLIT_CODES.items()}
+
+
+def check_class_names(classes: Iterable[str], origin: str) -> None:
+    """Raise SourceError when two class names are one name in two Unicode forms (an accent
+    composed, NFC, or decomposed, NFD, as macOS file names are): they print alike, yet would
+    be two classes, each with part of the images."""
+    seen: dict[str, str] = {}
+    for name in classes:
+        first = seen.setdefault(unicodedata.normalize("NFC", name), name)
+        if first != name:
+            raise SourceError(
+                f"{origin}: classes {first!r} and {name!r} are one name in two Unicode forms "
+                f"({first!a} and {name!a}: an accent composed or decomposed), which "
+                "would be two classes that print alike. Spell them one way, e.g. rename to "
+                "unicodedata.normalize('NFC', name)."
+            )
 
 
 def split_code(split: str) -> int:
