@@ -48,8 +48,3 @@ def _extract(context: RunContext, backbone: str):
     verb = "reused" if extraction.reused else "extracted"
     context.log(f"features {verb}: {store.path} ({extraction.seconds:.1f} s)")
     return store, extraction
-
-
-def opened_stores(context: RunContext) -> list:
-    """The feature stores this run has opened so far."""
-    return [made[0] for key, made in context.made.items() if key[0] == "store"]

@@ -25,7 +25,7 @@ from featpipe.pipeline.jobs import (
     skip_summary,
     sweep_ids,
 )
-from featpipe.pipeline.stages.extract import feature_store, opened_stores
+from featpipe.pipeline.stages.extract import feature_store
 from featpipe.provenance import plain
 from featpipe.report.results import MethodKind, Predictions, ResultRow
 from featpipe.report.runplan import identity_hash
@@ -193,12 +193,26 @@ def _probe_store(job: Job, context: RunContext):
     return feature_store(context, job.backbone)[0]
 
 
+def _stores_read(config: PipelineConfig) -> list[str]:
+    """The backbones whose feature store the run reads: every feature backbone when it runs
+    probes, and those whose store LP-FT's probe reads."""
+    probes = bool(config.probes.heads and config.probes.layers)
+    tuned = [
+        bb
+        for bb in config.finetune.backbones
+        if any(_reads_store(config, bb, mode) for mode in config.finetune.modes)
+    ]
+    return list(dict.fromkeys([*(config.features.backbones if probes else ()), *tuned]))
+
+
 def _source(context: RunContext) -> tuple[ImageSource, dict[str, str]]:
     """The source fine-tunes train and are tested on, and the images it leaves out: those
-    the feature stores skipped, so that probes and fine-tunes are tested on the same
-    images (comparisons pair them). With no store opened now (no probe to run), every
-    image is decoded once to find them, by the same rules as extraction."""
-    stores = opened_stores(context)
+    the run's feature stores skip, so that probes and fine-tunes are tested on the same
+    images (comparisons pair them). Every store the run reads is opened (from the cache when
+    there), not only those its unfinished probes opened, so a resumed run leaves out the
+    same images as an uninterrupted one. With no store to read (no probe), every image is
+    decoded once to find them, by the same rules as extraction."""
+    stores = [feature_store(context, bb)[0] for bb in _stores_read(context.config)]
     if stores:
         skipped = {sid: why for store in stores for sid, why in store.skipped().items()}
     else:

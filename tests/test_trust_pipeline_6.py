@@ -1,0 +1,38 @@
+"""`featpipe run` re-runs and config mistakes: a resumed run gives the rows an uninterrupted
+run gives, and a key left empty by mistake is refused rather than read as the working folder."""
+
+from __future__ import annotations
+
+from test_trust_skips_3 import _skipping_pipeline, folder, nan_on_white  # noqa: F401
+
+from featpipe.pipeline import run_pipeline
+from featpipe.report import read_results
+
+FINETUNE = {"modes": ["head"], "epochs": 1, "batch_size": 8, "workers": 0}
+
+
+def test_a_resumed_fine_tune_leaves_out_the_images_the_stores_skip(
+    nan_on_white,  # noqa: F811
+    folder,  # noqa: F811
+    tmp_path,
+):
+    # Before: a re-run whose probes were all finished opened no store, so fine-tuning found
+    # only unreadable images and trained on the two with NaN features ("proba must be
+    # finite", or other test images than the uninterrupted run's).
+    (tmp_path / "a").mkdir()
+    whole = _skipping_pipeline(folder, tmp_path / "a", FINETUNE)
+    run_pipeline(whole, progress=False, log=lambda _: None)
+    (tmp_path / "b").mkdir()
+    probes = _skipping_pipeline(folder, tmp_path / "b", {"modes": []})
+    run_pipeline(probes, progress=False, log=lambda _: None)
+    said: list[str] = []
+    run_pipeline(_skipping_pipeline(folder, tmp_path / "b", FINETUNE), progress=False,
+                 log=said.append)  # fmt: skip
+    assert "fine-tuning leaves out 2 images with non-finite features" in said
+    tuned = [
+        next(r for r in read_results(d / "run" / "results.jsonl") if r["kind"] == "finetune")
+        for d in (tmp_path / "a", tmp_path / "b")
+    ]
+    assert tuned[0]["config_hash"] == tuned[1]["config_hash"]
+    assert tuned[0]["test"] == tuned[1]["test"]
+    assert tuned[1]["provenance"]["skipped"]["count"] == 2
