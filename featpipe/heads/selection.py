@@ -28,7 +28,9 @@ class SelectionResult:
 
     ``curve`` is every candidate with its validation score (mean over folds under CV);
     ``test_scores`` are ``predict_proba`` (or ``decision_function``) on test, for the
-    evaluation harness. Test fields are None when the source has no test rows.
+    evaluation harness: on a store, one column per class of the store (its label indices),
+    a class the head never saw scoring 0 (-inf for a decision function). Test fields are None
+    when the source has no test rows.
     """
 
     head: str
@@ -202,7 +204,7 @@ def select_and_fit(
     )
     result.refit_on = refit_on
     if data.has("test"):  # only now, after the refit, is the test split read
-        _test(result, [data.get("test")], data.ids("test"))
+        _test(result, [data.get("test")], data.ids("test"), data.classes)
     return result
 
 
@@ -259,8 +261,11 @@ def _refit(
     )
 
 
-def _test(result: SelectionResult, chunks, ids: list[str] | None) -> None:
-    """Predict the test rows, given as (X, y) chunks, with the refitted head."""
+def _test(
+    result: SelectionResult, chunks, ids: list[str] | None, classes: list[str] | None = None
+) -> None:
+    """Predict the test rows, given as (X, y) chunks, with the refitted head; ``classes``:
+    the store's class names (None for arrays)."""
     preds, scores, labels, seconds = [], [], [], 0.0
     start = time.perf_counter()
     for X, y in chunks:  # timed: reading each chunk and predicting it
@@ -274,9 +279,26 @@ def _test(result: SelectionResult, chunks, ids: list[str] | None) -> None:
     result.predict_seconds = seconds
     result.test_pred = np.concatenate(preds)
     result.test_scores = None if scores[0] is None else np.concatenate(scores)
+    if result.test_scores is not None and classes is not None:
+        result.test_scores = _store_columns(result.test_scores, result.estimator, len(classes))
     result.test_labels = np.concatenate(labels)
     result.test_accuracy = float(np.mean(result.test_pred == result.test_labels))
     result.test_ids = ids
+
+
+def _store_columns(scores: np.ndarray, estimator: BaseEstimator, n_classes: int) -> np.ndarray:
+    """``scores`` with one column per class of the store, as the evaluation reads them. A head
+    fitted on rows without some class (a small sweep size, a class only in test) has columns
+    for its ``classes_`` alone, and column j was read as class j."""
+    classes = np.asarray(estimator.classes_)
+    if np.array_equal(classes, np.arange(n_classes)):
+        return scores
+    probabilities = hasattr(estimator, "predict_proba")
+    if scores.ndim == 1:  # a binary decision function: positive means classes[1]
+        scores = np.stack([-scores, scores], axis=1)
+    out = np.full((len(scores), n_classes), 0.0 if probabilities else -np.inf)
+    out[:, classes] = scores
+    return out
 
 
 def _is_store(source: object) -> bool:
@@ -333,7 +355,7 @@ def _select_streamed(
     )
     result.refit_on = refit_on
     if counts.get("test", 0):
-        _test(result, store.iter_chunks(layer, "test"), store.ids("test"))
+        _test(result, store.iter_chunks(layer, "test"), store.ids("test"), store.classes)
     return result
 
 

@@ -1,0 +1,63 @@
+"""Trust sweep of the classical heads (6): what a fitted head hands the evaluation and reports."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from featpipe.cli import main
+from featpipe.heads import select_and_fit
+from featpipe.store import write_arrays
+
+SPLITS = np.array(["train", "val", "test"])
+
+
+def store_without_class_in_training(path, n: int = 60, classes: int = 3):
+    """A store whose last class has rows in test alone (train and val never show it)."""
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % classes
+    splits = SPLITS[(np.arange(n) // classes) % 3]
+    y[(splits != "test") & (y == classes - 1)] = 0
+    X = (rng.normal(size=(n, 4)) + y[:, None]).astype(np.float32)
+    return write_arrays(path, {"pooled": X}, y, splits, [f"c{i}" for i in range(classes)])
+
+
+@pytest.mark.parametrize("head", ["logreg", "knn", "linear_svm", "mlp"])
+def test_test_scores_have_a_column_per_store_class_even_one_the_head_never_saw(
+    tmp_path, head
+) -> None:
+    store = store_without_class_in_training(tmp_path / "s.h5")
+    grid = {
+        "logreg": {"C": [1.0]},
+        "linear_svm": {"C": [1.0]},
+        "mlp": {"alpha": [1e-4], "hidden_layer_sizes": [(8,)]},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = select_and_fit(head, store, "pooled", grid=grid.get(head), device="cpu")
+    est, (X_te, _) = result.estimator, store.arrays("pooled", "test")
+    assert est.classes_.tolist() == [0, 1]
+    assert result.test_scores.shape == (len(X_te), 3)  # column j is class j of the store
+    if hasattr(est, "predict_proba"):
+        np.testing.assert_allclose(result.test_scores[:, :2], est.predict_proba(X_te))
+        assert (result.test_scores[:, 2] == 0).all()
+    else:  # a binary decision function: positive means classes_[1]
+        score = est.decision_function(X_te)
+        np.testing.assert_allclose(result.test_scores[:, :2], np.stack([-score, score], 1))
+        assert (result.test_scores[:, 2] == -np.inf).all()
+
+
+@pytest.mark.parametrize("head", ["knn", "linear_svm"])
+def test_probe_run_dir_rows_a_head_that_never_saw_a_test_class(tmp_path, capsys, head) -> None:
+    store_without_class_in_training(tmp_path / "s.h5")
+    run = tmp_path / "run"
+    args = ["probe", str(tmp_path / "s.h5"), "--heads", head, "--run-dir", str(run)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*args, "--device", "cpu"]) == 0, capsys.readouterr().err
+    row = json.loads((run / "results.jsonl").read_text().splitlines()[0])
+    assert row["metrics"]["per_class_accuracy"]["c2"] == 0.0  # never predicted
+    assert len(row["metrics"]["confusion"]) == 3
