@@ -41,7 +41,10 @@ def _image_key(item: ImageLike) -> str:
         text = f"pil|{item.mode}|{item.size}|{hashlib.sha256(item.tobytes()).hexdigest()}"
     elif isinstance(item, np.ndarray):
         arr = np.ascontiguousarray(item)
-        text = f"array|{arr.dtype}|{arr.shape}|{hashlib.sha256(arr.tobytes()).hexdigest()}"
+        # RGBA arrays once lost their alpha instead of being composited on white: their
+        # features cached then are not theirs, so they get keys of their own
+        kind = "array-on-white" if arr.ndim == 3 and arr.shape[-1] == 4 else "array"
+        text = f"{kind}|{arr.dtype}|{arr.shape}|{hashlib.sha256(arr.tobytes()).hexdigest()}"
     else:
         raise ConfigError(
             f"Embedder takes image paths, PIL images or uint8 arrays; got {type(item).__name__}."
@@ -54,11 +57,17 @@ def _to_pil(item: ImageLike) -> Image.Image:
         return load_rgb(item)
     if isinstance(item, Image.Image):
         return to_rgb(item)
-    if item.dtype != np.uint8 or item.ndim not in (2, 3):
+    # The shapes ArraySource takes, read as it reads them (RGBA composited on white), so
+    # that an array's features are a store's features of the same array.
+    if item.ndim == 3 and item.shape[-1] == 1:
+        item = item[..., 0]
+    shape_ok = item.ndim == 2 or (item.ndim == 3 and item.shape[-1] in (3, 4))
+    if item.dtype != np.uint8 or not shape_ok or 0 in item.shape:
         raise ConfigError(
-            f"Image arrays must be uint8 (H, W) or (H, W, 3); got {item.dtype} {item.shape}."
+            f"Image arrays must be uint8 (H, W) or (H, W, 1|3|4), channels last, at least "
+            f"1x1; got {item.dtype} {item.shape}."
         )
-    return Image.fromarray(item).convert("RGB")
+    return to_rgb(Image.fromarray(item))
 
 
 def _as_items(X: Iterable[ImageLike] | np.ndarray) -> list[ImageLike]:
