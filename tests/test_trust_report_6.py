@@ -98,3 +98,16 @@ def test_data_checks_use_only_the_store_the_rows_were_computed_on(tmp_path):
     where.write_bytes(b"damaged")
     md = write_report(tmp_path / "c", [row])["report.md"].read_text()
     assert "## Data checks" not in md and "Use toy/logreg@pooled" in md
+
+
+def test_an_image_copied_many_times_is_shown_with_its_test_copy():
+    # Many copies of one image (all-black frames): the example listed the group's first three
+    # members, here three train images, so the finding never named the test image that leaks.
+    ids = [f"black{i}" for i in range(5)] + ["t0", "t1", "v0"]
+    splits = ["train"] * 5 + ["test", "test", "val"]
+    hashes = ["black"] * 6 + ["other", "black"]
+    checks = check_data(ids, np.zeros(8, int), splits, ["x"], hashes=hashes)
+    assert checks.duplicated_test == {"t0"}
+    assert "Examples: black0 (train) = t0 (test) = v0 (val) (7 copies)." in checks.lines()[0]
+    two = check_data(ids[5:], np.zeros(3, int), splits[5:], ["x"], hashes=["a", "b", "a"])
+    assert "Examples: t0 (test) = v0 (val)." in two.lines()[0]  # no count: each one shown

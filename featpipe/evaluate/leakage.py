@@ -64,9 +64,7 @@ class DataChecks:
         where = " or ".join(self.near_reference)
         out = []
         if self.duplicates:
-            examples = "; ".join(
-                " = ".join(f"{i} ({s})" for s, i in g[:3]) for g in self.duplicates[:SHOWN]
-            )
+            examples = "; ".join(_example(g) for g in self.duplicates[:SHOWN])
             out.append(
                 f"{len(self.duplicates)} image(s) appear in more than one split ({self.basis}); "
                 f"{len(self.duplicated_test)} of the {n_test} test images have a copy in train "
@@ -103,6 +101,16 @@ class DataChecks:
     def findings(self) -> int:
         """How many kinds of problem were found (0: clean)."""
         return bool(self.duplicates) + bool(self.near) + len(self.small_classes)
+
+
+def _example(group: list[list[str]]) -> str:
+    """A group of copies as its first image in each split, so that the example shows the
+    leak (the first three of many black images were all train images), and how many."""
+    firsts = [
+        next(m for m in group if m[0] == split) for split in dict.fromkeys(s for s, _ in group)
+    ]
+    more = f" ({len(group)} copies)" if len(group) > len(firsts) else ""
+    return " = ".join(f"{i} ({s})" for s, i in firsts) + more
 
 
 def content_hashes(source: ImageSource) -> dict[str, str]:
