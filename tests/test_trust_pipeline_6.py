@@ -3,6 +3,8 @@ run gives, and a key left empty by mistake is refused rather than read as the wo
 
 from __future__ import annotations
 
+import pytest
+from test_run_plan import PIPELINE
 from test_trust_skips_3 import _skipping_pipeline, folder, nan_on_white  # noqa: F401
 
 from featpipe.pipeline import run_pipeline
@@ -36,3 +38,24 @@ def test_a_resumed_fine_tune_leaves_out_the_images_the_stores_skip(
     assert tuned[0]["config_hash"] == tuned[1]["config_hash"]
     assert tuned[0]["test"] == tuned[1]["test"]
     assert tuned[1]["provenance"]["skipped"]["count"] == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (["--set", "features.cache_dir="], "features.cache_dir"),  # stores in the working folder
+        (["--set", "features.cache_dir=' '"], "features.cache_dir"),
+        (["--out", ""], "out"),  # ran into runs/<name>, the folder --out was to replace
+    ],
+)
+def test_a_folder_left_empty_is_refused_naming_the_key(tmp_path, capsys, monkeypatch, argv, key):
+    # Before: accepted, as an unset variable leaves it (--out "$OUT"): "" is the working folder.
+    from featpipe.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    toml = tmp_path / "t.toml"
+    toml.write_text(PIPELINE.replace("CACHE", str(tmp_path / "cache")))
+    assert main(["run", str(toml), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{key} is empty; give a folder" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [toml]

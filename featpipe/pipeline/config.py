@@ -145,6 +145,12 @@ def _not_blank(value: str, where: str) -> None:
         raise ConfigError(f"{where} is empty; give a built-in dataset name, a folder or a CSV.")
 
 
+def _folder(value: str, where: str) -> None:
+    # "" is the working folder: most likely an unset variable (--out "$OUT"), not a choice.
+    if not value.strip():
+        raise ConfigError(f"{where} is empty; give a folder, or leave the key out for its default.")
+
+
 def _each_once(value, where: str) -> None:
     # A repeated entry runs the same jobs twice, writing two rows with one key.
     twice = [v for i, v in enumerate(value) if v in value[:i]]
@@ -249,7 +255,7 @@ class FeaturesConfig:
         doc="decoding workers (CUDA) or lanes (CPU); default min(4, cores); see --workers",
     )
     compile: bool = option(False)
-    cache_dir: str = option("data/cache")
+    cache_dir: str = option("data/cache", check=_folder)
     on_error: str = option(
         "fail",
         choices=_on_error_modes,
@@ -333,7 +339,9 @@ class PipelineConfig:
     """A pipeline file (``pipelines/*.toml``)."""
 
     name: str | None = option(None, doc="run name (default: the file's stem)")
-    out: str | None = option(None, doc="run folder (default: runs/<name>); --out overrides")
+    out: str | None = option(
+        None, check=_folder, doc="run folder (default: runs/<name>); --out overrides"
+    )
     seeds: tuple[int, ...] = option((0,), check=_seeds, doc="head-search and fine-tuning seeds")
     device: str = option("auto", doc="auto, cpu, cuda or cuda:N")
     n_boot: int = option(
