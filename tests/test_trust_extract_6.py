@@ -46,3 +46,30 @@ def test_a_one_channel_array_is_read_as_grey():
     embedder = Embedder("toy", device="cpu", n_jobs=1).fit()
     grey = np.random.default_rng(1).integers(0, 256, (20, 20), dtype=np.uint8)
     assert np.array_equal(embedder.transform([grey[..., None]]), embedder.transform([grey]))
+
+
+def _palette_image(palette: list[int], transparency: int | None = None) -> Image.Image:
+    indices = np.random.default_rng(0).integers(0, 4, (20, 20), dtype=np.uint8)
+    image = Image.fromarray(indices, "P")
+    image.putpalette(palette)
+    if transparency is not None:
+        image.info["transparency"] = transparency
+    return image
+
+
+def test_the_cache_tells_palette_images_apart_by_their_colours(tmp_path):
+    # A palette image's bytes are its indices: two images with one set of indices and other
+    # palettes (or a transparency key) were one cache entry, and got the first's features.
+    colours = [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255]
+    images = [
+        _palette_image(colours),
+        _palette_image([255 - c for c in colours]),
+        _palette_image(colours, transparency=1),
+    ]
+    cached = Embedder("toy", device="cpu", n_jobs=1, cache_dir=tmp_path / "cache").fit()
+    plain = Embedder("toy", device="cpu", n_jobs=1).fit()
+    expected = plain.transform(images)
+    assert not np.array_equal(expected[0], expected[1])
+    assert not np.array_equal(expected[0], expected[2])
+    for image, features in zip(images, expected, strict=True):
+        assert np.array_equal(cached.transform([image])[0], features)

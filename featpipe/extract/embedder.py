@@ -38,7 +38,14 @@ def _image_key(item: ImageLike) -> str:
             raise ConfigError(f"Cannot read image {path}: {exc}") from exc
         text = f"file|{path}|{st.st_size}|{st.st_mtime_ns}"
     elif isinstance(item, Image.Image):
-        text = f"pil|{item.mode}|{item.size}|{hashlib.sha256(item.tobytes()).hexdigest()}"
+        pixels = hashlib.sha256(item.tobytes())
+        # A palette image's bytes are indices: its palette and transparency key give the
+        # colours (added only where there are any, so other images keep their keys).
+        if item.palette is not None:
+            pixels.update(item.palette.mode.encode() + bytes(item.palette.tobytes()))
+        if "transparency" in item.info:
+            pixels.update(repr(item.info["transparency"]).encode())
+        text = f"pil|{item.mode}|{item.size}|{pixels.hexdigest()}"
     elif isinstance(item, np.ndarray):
         arr = np.ascontiguousarray(item)
         # RGBA arrays once lost their alpha instead of being composited on white: their
