@@ -101,3 +101,16 @@ def test_one_class_name_in_two_unicode_forms_is_refused(tmp_path, kind):
             CSVSource(tmp_path / "m.csv")
         else:
             ArraySource(np.zeros((3, 4, 4), np.uint8), names)
+
+
+@pytest.mark.parametrize("link", ["folder-in-another-class", "file-in-its-class"])
+def test_a_folder_reaching_one_image_twice_through_a_symlink_is_refused(tmp_path, link):
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / f"{name}.png")
+    if link == "folder-in-another-class":  # dog's images would also be labelled cat
+        (tmp_path / "cat" / "more").symlink_to(tmp_path / "dog")
+    else:  # one image twice in cat: it could land in train and in test
+        (tmp_path / "cat" / "copy.png").symlink_to(tmp_path / "cat" / "cat.png")
+    with pytest.raises(SourceError, match="reaches one image twice, through a symlink: 'cat/"):
+        ImageFolderSource(tmp_path, test_fraction=0.4)

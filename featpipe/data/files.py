@@ -45,6 +45,25 @@ class FileSource(ImageSource):
             yield _file_digest(file) if content else _file_stat(file)
 
 
+def repeated_file(files: list[Path]) -> tuple[int, int, str] | None:
+    """(first row, later row, real path) of the first file listed twice, however its path is
+    spelt (relative or absolute, with .., through a symlinked file or folder), else None: one
+    image on two rows can land in train and in test, or in two classes."""
+    real_dirs: dict[str, str] = {}  # realpath of each folder, once per folder
+    seen: dict[str, int] = {}
+    for row, file in enumerate(files):
+        folder, name = os.path.split(str(file))
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder)
+        real = os.path.join(real_dirs[folder], name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        first = seen.setdefault(real, row)
+        if first != row:
+            return first, row, real
+    return None
+
+
 # A file that cannot be read is part of the image set as it is now: it gets a fingerprint part
 # of its own (so it changes when the file comes back), and reading its pixels raises the
 # ImageReadError that extraction fails on or records as a skipped row (on_error).

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featpipe.data.files import FileSource
+from featpipe.data.files import FileSource, repeated_file
 from featpipe.data.source import (
     SPLIT_ALIASES,
     SPLIT_CODES,
@@ -77,6 +77,7 @@ class ImageFolderSource(FileSource):
         class_index = {name: i for i, name in enumerate(self.classes)}
         self.ids = [row[0] for row in rows]
         self.files = [self.root / row[0] for row in rows]
+        self._check_once()
         self.labels = np.array([class_index[row[2]] for row in rows], dtype=np.int64)
         given = np.array([SPLIT_CODES[row[1]] for row in rows], dtype=np.uint8)
         self.splits = assign_splits(
@@ -118,6 +119,18 @@ class ImageFolderSource(FileSource):
                 f"{', '.join(self.extensions)}."
             )
         return found
+
+    def _check_once(self) -> None:
+        """Each image file listed once, though symlinks may reach it from two places."""
+        repeat = repeated_file(self.files)
+        if repeat is not None:
+            first, later, real = repeat
+            raise SourceError(
+                f"Image folder {str(self.root)!r} reaches one image twice, through a symlink: "
+                f"{self.ids[first]!r} and {self.ids[later]!r} are both {real!r}. Each image "
+                "may appear once (twice, it can land in train and in test, or in two classes); "
+                "remove one of the links."
+            )
 
     def _check_classes(self, per_split: dict[str, dict[str, list[Path]]]) -> None:
         check_class_names(self.classes, f"Image folder {str(self.root)!r}")

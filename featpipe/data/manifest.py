@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 
-from featpipe.data.files import FileSource
+from featpipe.data.files import FileSource, repeated_file
 from featpipe.data.source import (
     SPLIT_ALIASES,
     SPLIT_CODES,
@@ -161,31 +160,22 @@ class CSVSource(FileSource):
         return row
 
     def _check_once(self, rows: list[dict]) -> None:
-        """Each image on one row, however its path is spelt (relative or absolute, with ..,
-        through a symlink): one image on two rows can land in train and in test."""
-        real_dirs: dict[str, str] = {}  # realpath of each folder, once per folder
-        seen: dict[str, dict] = {}
-        for row, file in zip(rows, self.files, strict=True):
-            folder, name = os.path.split(str(file))
-            if folder not in real_dirs:
-                real_dirs[folder] = os.path.realpath(folder)
-            real = os.path.join(real_dirs[folder], name)
-            if os.path.islink(real):
-                real = os.path.realpath(real)
-            first = seen.setdefault(real, row)
-            if first is row:
-                continue
-            where = f"{self.csv_path}, line {row['line']}: path {row['path']!r}"
-            if first["path"] == row["path"]:
-                raise SourceError(
-                    f"{where} is already listed on line {first['line']}; each image may appear "
-                    "once. Remove one of the rows."
-                )
+        """Each image on one row, however its path is spelt (files.repeated_file)."""
+        repeat = repeated_file(self.files)
+        if repeat is None:
+            return
+        first, row = rows[repeat[0]], rows[repeat[1]]
+        where = f"{self.csv_path}, line {row['line']}: path {row['path']!r}"
+        if first["path"] == row["path"]:
             raise SourceError(
-                f"{where} is the same image as line {first['line']} ({first['path']!r}): both "
-                f"are {real!r}. Each image may appear once (twice, it can land in train and in "
-                "test); remove one of the rows."
+                f"{where} is already listed on line {first['line']}; each image may appear "
+                "once. Remove one of the rows."
             )
+        raise SourceError(
+            f"{where} is the same image as line {first['line']} ({first['path']!r}): both "
+            f"are {repeat[2]!r}. Each image may appear once (twice, it can land in train and in "
+            "test); remove one of the rows."
+        )
 
     def _check_files(self, rows: list[dict]) -> None:
         missing = [
