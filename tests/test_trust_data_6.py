@@ -114,3 +114,14 @@ def test_a_folder_reaching_one_image_twice_through_a_symlink_is_refused(tmp_path
         (tmp_path / "cat" / "copy.png").symlink_to(tmp_path / "cat" / "cat.png")
     with pytest.raises(SourceError, match="reaches one image twice, through a symlink: 'cat/"):
         ImageFolderSource(tmp_path, test_fraction=0.4)
+
+
+@pytest.mark.parametrize("where", [".", "train"])
+def test_images_in_no_class_folder_are_said_to_be_left_out(tmp_path, where):
+    classes = tmp_path if where == "." else tmp_path / "train"
+    for name in ("cat", "dog"):
+        (classes / name).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(classes / name / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / where / "stray.PNG")
+    with pytest.warns(UserWarning, match=r"1 image\(s\) directly in .* \(stray.PNG\) are in no"):
+        assert len(ImageFolderSource(tmp_path)) == 2

@@ -65,6 +65,8 @@ class ImageFolderSource(FileSource):
         if self.layout == "flat":
             split_of = {".": "train"}
             per_split = {".": self._scan_classes(self.root)}
+        for folder in sorted({self.root, *(self.root / name for name in split_of)}):
+            self._warn_loose_images(folder)
         self.classes = sorted({c for found in per_split.values() for c in found})
         self._check_classes(per_split)
 
@@ -119,6 +121,26 @@ class ImageFolderSource(FileSource):
                 f"{', '.join(self.extensions)}."
             )
         return found
+
+    def _warn_loose_images(self, folder: Path) -> None:
+        """Warn of images directly in ``folder``, where class folders are expected: they are
+        in no class, so they are left out."""
+        with os.scandir(folder) as entries:
+            loose = sorted(
+                e.name
+                for e in entries
+                if not e.name.startswith(".")
+                and e.name.lower().endswith(self.extensions)
+                and e.is_file()
+            )
+        if loose:
+            warnings.warn(
+                f"{len(loose)} image(s) directly in {str(folder)!r} ({', '.join(loose[:3])}"
+                f"{', ...' if len(loose) > 3 else ''}) are in no class folder and are left out. "
+                "Move each into its class folder if it belongs to the dataset.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _check_once(self) -> None:
         """Each image file listed once, though symlinks may reach it from two places."""
