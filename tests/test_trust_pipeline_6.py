@@ -7,7 +7,8 @@ import pytest
 from test_run_plan import PIPELINE
 from test_trust_skips_3 import _skipping_pipeline, folder, nan_on_white  # noqa: F401
 
-from featpipe.pipeline import run_pipeline
+from featpipe.errors import ConfigError
+from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.report import read_results
 
 FINETUNE = {"modes": ["head"], "epochs": 1, "batch_size": 8, "workers": 0}
@@ -59,3 +60,18 @@ def test_a_folder_left_empty_is_refused_naming_the_key(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert f"{key} is empty; give a folder" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == [toml]
+
+
+def test_home_and_variables_in_paths_are_expanded(tmp_path, monkeypatch):
+    # Before: read literally, so a run made folders named '~' and '$RUNS' in the working
+    # folder (and source.data = "$DATA" did not exist).
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("DATA", "digits")
+    raw = {"source": {"data": "$DATA"}, "features": {"backbones": ["toy"]}}
+    config = config_from_dict(raw, ["features.cache_dir='~/cache'", "out='${RUNS}/a'"])
+    assert config.features.cache_dir == str(tmp_path / "home" / "cache")
+    assert config.out == str(tmp_path / "runs" / "a")
+    assert config.source.data == "digits"
+    with pytest.raises(ConfigError, match=r"^out = '\$NOT_SET/a': environment variable \$NOT_SET"):
+        config_from_dict(raw, out="$NOT_SET/a")

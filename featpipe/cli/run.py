@@ -19,7 +19,7 @@ same settings ("reusing finished ...") and reuses cached feature stores, so an i
 current configuration: reports use only those; rows of earlier configurations stay in
 results.jsonl as history. A second run into the same OUT waits for the first, then reuses its
 rows. Relative paths in the file (source.data, out, features.cache_dir) are read from the
-working directory, not from the file's folder.
+working directory, not from the file's folder; ~ and $VAR in them are expanded.
 """
 
 

@@ -47,9 +47,11 @@ A pipeline file has these tables (every key optional unless marked required)::
     grid = { lr = [0.01, 0.05], weight_decay = [0.0, 1e-4] }  # each combination trains, the
                                        # best on val is tested (default: none)
 
-Relative paths are relative to the working directory. ``--set key=value`` overrides any key by
-its dotted path (``--set finetune.epochs=1``); the value is read as TOML, or as a string when it
-is not valid TOML. ``featpipe run --schema`` prints the JSON Schema of these tables.
+Relative paths are relative to the working directory; ``~`` and ``$VAR`` in source.data, out
+and features.cache_dir are expanded as a shell would (a file has no shell to do it).
+``--set key=value`` overrides any key by its dotted path (``--set finetune.epochs=1``); the
+value is read as TOML, or as a string when it is not valid TOML. ``featpipe run --schema``
+prints the JSON Schema of these tables.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import os
+import re
 import tomllib
 import typing
 from collections.abc import Iterable
@@ -467,5 +471,28 @@ def _complete(config: PipelineConfig, default_name: str) -> PipelineConfig:
         backbones=features.backbones if finetune.backbones is None else finetune.backbones,
         image_size=features.image_size if finetune.image_size is None else finetune.image_size,
     )
-    out = config.out or f"runs/{name}"
-    return replace(config, name=name, out=out, probes=probes, finetune=finetune)
+    out = _expand(config.out, "out") if config.out else f"runs/{name}"
+    source = replace(config.source, data=_expand(config.source.data, "source.data"))
+    features = replace(features, cache_dir=_expand(features.cache_dir, "features.cache_dir"))
+    return replace(
+        config,
+        name=name,
+        out=out,
+        source=source,
+        features=features,
+        probes=probes,
+        finetune=finetune,
+    )
+
+
+def _expand(path: str, where: str) -> str:
+    """``~`` and ``$VAR`` in a path key, expanded: else a folder named '~' or '$SCRATCH' was
+    made in the working directory. A variable that is not set is refused."""
+    expanded = os.path.expanduser(os.path.expandvars(path))
+    unset = re.search(r"\$\{?(\w+)", expanded)  # expandvars leaves those as they are
+    if unset:
+        raise ConfigError(
+            f"{where} = {path!r}: environment variable ${unset[1]} is not set. Set it, or "
+            "write the path in full."
+        )
+    return expanded
