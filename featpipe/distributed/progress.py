@@ -3,7 +3,8 @@
 Under Slurm or Kubernetes stdout and stderr are log files, where a carriage-return bar writes
 a new copy of itself many times a second (tens of MB over a long job). There progress is one
 plain line per interval instead: who (the rank, in a multi-process job), what, how far, how
-fast and how long still. ``FEATPIPE_PROGRESS=bar|lines`` forces either;
+fast and how long still. The processes of a torchrun job get lines on a terminal too: their
+bars would overwrite each other on its one line. ``FEATPIPE_PROGRESS=bar|lines`` forces either;
 ``FEATPIPE_PROGRESS_INTERVAL`` sets the seconds between lines (default 30).
 """
 
@@ -27,7 +28,8 @@ MODES = ("bar", "lines")
 
 
 def progress_mode(stream: IO[str] | None = None) -> str:
-    """``bar`` on a terminal, ``lines`` otherwise, unless ``FEATPIPE_PROGRESS`` says."""
+    """``bar`` on a terminal for a single process, ``lines`` otherwise, unless
+    ``FEATPIPE_PROGRESS`` says."""
     forced = os.environ.get("FEATPIPE_PROGRESS", "").strip().lower()
     if forced:
         if forced not in MODES:
@@ -36,6 +38,8 @@ def progress_mode(stream: IO[str] | None = None) -> str:
                 "Unset it to choose by whether stderr is a terminal."
             )
         return forced
+    if current_ranks().distributed:  # the ranks' bars would take turns on one line, untagged
+        return "lines"
     stream = sys.stderr if stream is None else stream
     return "bar" if getattr(stream, "isatty", lambda: False)() else "lines"
 
@@ -97,13 +101,15 @@ class LineProgress:
         elapsed = self._clock() - self._start
         rate = (self.n - self._initial) / elapsed if elapsed > 0 else 0.0
         who = f"[{self._tag}] " if self._tag else ""
-        where = f"{self.n:,}" + (f" of {self.total:,}" if self.total else "")
+        # A count past its total (a rank's share is a guess) has no known total: no '120 %'.
+        total = self.total if self.total and self.n <= self.total else None
+        where = f"{self.n:,}" + (f" of {total:,}" if total else "")
         text = f"featpipe {who}{self.desc}: {where} {self.unit}"
-        if self.total:
-            text += f" ({100 * self.n / self.total:.1f}%)"
+        if total:
+            text += f" ({100 * self.n / total:.1f}%)"
         text += f", {rate:.1f} {self.unit}/s, elapsed {_duration(elapsed)}"
-        if self.total and rate > 0 and self.n < self.total:
-            text += f", ETA {_duration((self.total - self.n) / rate)}"
+        if total and rate > 0 and self.n < total:
+            text += f", ETA {_duration((total - self.n) / rate)}"
         return text
 
     def _print(self) -> None:

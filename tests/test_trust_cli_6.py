@@ -1,0 +1,53 @@
+"""Trust review of the command line surface and of progress in multi-process jobs."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from test_distributed_env import TORCHRUN_ENV
+
+from featpipe.distributed import LineProgress, progress_bar
+from featpipe.distributed.progress import progress_mode
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def rank1_of_2(monkeypatch):
+    for name, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("FEATPIPE_PROGRESS", raising=False)
+
+
+def test_the_ranks_of_a_torchrun_job_print_lines_on_a_terminal(rank1_of_2, monkeypatch):
+    """torchrun's ranks share the terminal they were started from: their carriage-return bars,
+    untagged, took turns on its one line (rank 0 at '9 parts filled: 328img', then rank 1 at
+    '30% 64/210', left on screen as if rank 1 had stopped there)."""
+    monkeypatch.setattr("sys.stderr", Tty())
+    assert progress_mode(Tty()) == "lines"
+    assert isinstance(progress_bar(10, desc="extract s.h5"), LineProgress)
+    monkeypatch.setenv("FEATPIPE_PROGRESS", "bar")  # still forced at will
+    assert progress_mode(Tty()) == "bar"
+
+
+def test_a_single_process_keeps_its_bar_on_a_terminal(monkeypatch):
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("FEATPIPE_PROGRESS", raising=False)
+    assert progress_mode(Tty()) == "bar"
+
+
+def test_a_count_past_its_guessed_total_is_not_above_100_percent():
+    """A rank's share of the parts is a guess (rows / ranks); a rank that claimed more printed
+    'featpipe [rank 0/2] extract t2.h5: 264 of 232 img (113.8%)'."""
+    out = io.StringIO()
+    bar = LineProgress(232, desc="extract t2.h5", unit="img", interval=1e9, stream=out)
+    bar.update(264)
+    bar.close()
+    line = out.getvalue().strip()
+    assert line.startswith("featpipe extract t2.h5: 264 img, ")
+    assert "%" not in line and "of 232" not in line and "ETA" not in line
