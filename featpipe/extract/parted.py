@@ -304,6 +304,7 @@ def fill(
             left = [p for p in _all_parts(plan.path) if not part_complete(p)]
             _fill_parts(plan, inference, left, who, bar, stats)
             complete = _try_finish(plan, who)
+        bar.total = bar.n  # this process's share is done, whatever the guess said
     except KeyboardInterrupt as exc:  # run_chunks wrote what it had computed
         raise Interrupted.from_exception(exc).with_message(
             f"interrupted: this process filled {stats['parts_filled']} parts of "
