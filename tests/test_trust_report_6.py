@@ -111,3 +111,19 @@ def test_an_image_copied_many_times_is_shown_with_its_test_copy():
     assert "Examples: black0 (train) = t0 (test) = v0 (val) (7 copies)." in checks.lines()[0]
     two = check_data(ids[5:], np.zeros(3, int), splits[5:], ["x"], hashes=["a", "b", "a"])
     assert "Examples: t0 (test) = v0 (val)." in two.lines()[0]  # no count: each one shown
+
+
+def test_the_table_of_all_pairs_says_what_an_empty_cell_means():
+    # Methods that could not be paired left empty cells beside the differences, unexplained.
+    from featpipe.report.content import build_document
+    from featpipe.report.markdown import render_markdown
+
+    rows = [*_unpairable("order"), make_row("toy/knn@pooled", acc=0.6, head="knn")]
+    md = render_markdown(build_document(rows, n_boot=50))
+    appendix = md[md.index("## Appendix: All paired comparisons") :]
+    assert (
+        "An empty cell: the two could not be compared (no seed of both tested the same images "
+        "in the same order)."
+    ) in appendix
+    rows[1]["test"]["ids_sha256"] = rows[0]["test"]["ids_sha256"]  # every pair compared
+    assert "An empty cell" not in render_markdown(build_document(rows, n_boot=50))

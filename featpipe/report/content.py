@@ -375,6 +375,12 @@ def _comparison_sections(summaries: list[MethodSummary], n_boot: int) -> list[Se
             )
         )
     matrix = all_pairs(summaries, n_boot=n_boot)
+    n = len(summaries)
+    empty = (
+        f" An empty cell: the two could not be compared ({advice.NOT_PAIRED})."
+        if len(matrix) < n * (n - 1) // 2
+        else ""
+    )
     if len(matrix) > len(paired):
         sections.append(
             Section(
@@ -383,7 +389,7 @@ def _comparison_sections(summaries: list[MethodSummary], n_boot: int) -> list[Se
                     "Row method minus column method, top-1 points on the same test images "
                     f"(lowest common seed); * marks a clear difference ({interval}), with "
                     f"McNemar's p-values Holm-adjusted over the table's {len(matrix)} pairs so "
-                    "that the chance of any false * stays at 5 %.",
+                    f"that the chance of any false * stays at 5 %.{empty}",
                     _matrix_table(summaries, matrix),
                 ],
                 appendix=True,
