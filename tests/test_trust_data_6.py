@@ -125,3 +125,13 @@ def test_images_in_no_class_folder_are_said_to_be_left_out(tmp_path, where):
     Image.new("RGB", (4, 4)).save(tmp_path / where / "stray.PNG")
     with pytest.warns(UserWarning, match=r"1 image\(s\) directly in .* \(stray.PNG\) are in no"):
         assert len(ImageFolderSource(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("spellings", [("01", "1"), ("2", "2.0")])
+def test_one_number_spelt_two_ways_is_not_two_classes(tmp_path, spellings):
+    rows = "".join(f"{i}.png,{label}\n" for i, label in enumerate([*spellings, "3"]))
+    for i in range(3):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{i}.png")
+    (tmp_path / "m.csv").write_text("path,label\n" + rows, encoding="utf-8")
+    with pytest.raises(SourceError, match="are one number spelt two ways"):
+        CSVSource(tmp_path / "m.csv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -38,19 +39,36 @@ def count_splits(codes: np.ndarray) -> dict[str, int]:
 
 
 def check_class_names(classes: Iterable[str], origin: str) -> None:
-    """Raise SourceError when two class names are one name in two Unicode forms (an accent
-    composed, NFC, or decomposed, NFD, as macOS file names are): they print alike, yet would
-    be two classes, each with part of the images."""
-    seen: dict[str, str] = {}
+    """Raise SourceError when two class names are one name spelt two ways: in two Unicode
+    forms (an accent composed, NFC, or decomposed, NFD, as macOS file names are), which print
+    alike, or one number ('1' and '01', as a spreadsheet may write it). Either would be two
+    classes, each with part of the images."""
+    seen: dict[object, str] = {}
     for name in classes:
-        first = seen.setdefault(unicodedata.normalize("NFC", name), name)
-        if first != name:
+        first = seen.setdefault(_class_key(name), name)
+        if first == name:
+            continue
+        if unicodedata.normalize("NFC", first) == unicodedata.normalize("NFC", name):
             raise SourceError(
                 f"{origin}: classes {first!r} and {name!r} are one name in two Unicode forms "
                 f"({first!a} and {name!a}: an accent composed or decomposed), which "
                 "would be two classes that print alike. Spell them one way, e.g. rename to "
                 "unicodedata.normalize('NFC', name)."
             )
+        raise SourceError(
+            f"{origin}: classes {first!r} and {name!r} are one number spelt two ways, which "
+            "would be two classes. Spell each class one way (e.g. keep the leading zeros "
+            "everywhere, or nowhere)."
+        )
+
+
+def _class_key(name: str) -> object:
+    """What two spellings of one class name share (see check_class_names)."""
+    try:
+        number = float(name)
+    except ValueError:
+        return unicodedata.normalize("NFC", name)
+    return name if math.isnan(number) else number
 
 
 def split_code(split: str) -> int:
