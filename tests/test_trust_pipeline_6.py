@@ -75,3 +75,23 @@ def test_home_and_variables_in_paths_are_expanded(tmp_path, monkeypatch):
     assert config.source.data == "digits"
     with pytest.raises(ConfigError, match=r"^out = '\$NOT_SET/a': environment variable \$NOT_SET"):
         config_from_dict(raw, out="$NOT_SET/a")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ('finetune.lr="0.1"', "lr must be float; got str '0.1'. Write it without quotes: 0.1."),
+        ('features.compile="true"', "got str 'true'. Write it without quotes: true."),
+        ('seeds=["0", "1"]', "seeds[0] must be integer; got '0'. Write it without quotes: 0."),
+        ("seeds=0,1", "of integers; got str '0,1'. Write an array: seeds = [0, 1]."),
+        ("source.train_sizes=100", "Write an array: source.train_sizes = [100]."),
+        ("probes.heads=logreg", 'Write an array: probes.heads = ["logreg"].'),
+    ],
+)  # fmt: skip
+def test_a_value_of_the_wrong_type_says_how_to_write_it(override, message):
+    # Before: what was received and the type, not how to write it (a number in quotes, or
+    # one value or --set seeds=0,1 where an array is needed).
+    raw = {"source": {"data": "digits"}, "features": {"backbones": ["toy"]}}
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(raw, [override])
+    assert str(caught.value).endswith(message)

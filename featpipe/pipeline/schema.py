@@ -10,6 +10,8 @@ ConfigError with the key path, what was received, what is valid and a close matc
 
 from __future__ import annotations
 
+import json
+import tomllib
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -74,13 +76,44 @@ def _value(value: Any, hint: Any, where: str) -> Any:
     if item is not None and isinstance(value, list):
         for i, element in enumerate(value):
             if not _is(element, item):
-                raise ConfigError(f"{where}[{i}] must be {_type_name(item)}; got {element!r}.")
+                raise ConfigError(
+                    f"{where}[{i}] must be {_type_name(item)}; got {element!r}."
+                    f"{_fix(element, item, where)}"
+                )
         return tuple(value)
     if not _is(value, hint):
         raise ConfigError(
             f"{where} must be {_type_name(hint)}; got {type(value).__name__} {value!r}."
+            f"{_fix(value, hint, where)}"
         )
     return value
+
+
+def _fix(value: Any, hint: Any, where: str) -> str:
+    """How to write ``value`` as type ``hint``, where there is a plain way: a number or
+    boolean without quotes (``lr = "0.1"``), one value or ``--set seeds=0,1`` as an array."""
+    item = _array_item(hint)
+    if item is None:
+        parsed = _toml(value) if isinstance(value, str) else None
+        if parsed is None or not _is(parsed, hint):
+            return ""
+        return f" Write it without quotes: {json.dumps(parsed)}."
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+        values = parts if item is str else [_toml(part) for part in parts]
+    else:
+        values = [value]
+    if not all(v is not None and v != "" and _is(v, item) for v in values):
+        return ""
+    return f" Write an array: {where} = {json.dumps(values)}."
+
+
+def _toml(text: str) -> Any:
+    """``text`` read as a TOML value, or None."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return None
 
 
 def _check(value: Any, meta: typing.Mapping, where: str) -> None:
