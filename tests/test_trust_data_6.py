@@ -135,3 +135,19 @@ def test_one_number_spelt_two_ways_is_not_two_classes(tmp_path, spellings):
     (tmp_path / "m.csv").write_text("path,label\n" + rows, encoding="utf-8")
     with pytest.raises(SourceError, match="are one number spelt two ways"):
         CSVSource(tmp_path / "m.csv")
+
+
+def test_a_table_row_holding_an_image_path_is_fingerprinted_by_that_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / "imgs" / f"{i}.png")
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cells = [{"bytes": None, "path": f"imgs/{i % 2}.png"} for i in range(4)]
+    table = pa.table({"image": pa.array(cells, type=kind), "label": [0, 1, 0, 1]})
+    pq.write_table(table, tmp_path / "train.parquet")
+    before = ParquetSource(tmp_path / "train.parquet").fingerprint()
+    Image.new("RGB", (6, 6), (200, 0, 0)).save(tmp_path / "imgs" / "0.png")  # new pixels
+    assert ParquetSource(tmp_path / "train.parquet").fingerprint() != before

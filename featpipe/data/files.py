@@ -42,7 +42,7 @@ class FileSource(ImageSource):
             enabled=content and len(self.files) >= _HASH_PROGRESS_MIN,  # stat() is quick
         )
         for file in files:
-            yield _file_digest(file) if content else _file_stat(file)
+            yield _file_digest(file) if content else file_stat(file)
 
 
 def repeated_file(files: list[Path]) -> tuple[int, int, str] | None:
@@ -69,7 +69,7 @@ def repeated_file(files: list[Path]) -> tuple[int, int, str] | None:
 # ImageReadError that extraction fails on or records as a skipped row (on_error).
 
 
-def _file_stat(file: Path) -> bytes:
+def file_stat(file: Path) -> bytes:
     try:
         st = os.stat(file)
     except OSError as err:

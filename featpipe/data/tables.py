@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from featpipe.data.arrays import encode_labels
+from featpipe.data.files import file_stat
 from featpipe.data.images import decode_rgb, load_rgb
 from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource, row_ids, split_alias
 from featpipe.data.splits import assign_splits
@@ -195,10 +196,25 @@ class TableSource(ImageSource):
             for i in range(len(self)):
                 yield hashlib.sha256(self.read_bytes(i)).digest()
             return
-        # Without content: the size and mtime of the files that hold each split's rows.
+        # Without content: the size and mtime of the files that hold each split's rows, and
+        # of the image file of a row that holds only its path (rewriting it changes the row).
         stats = [_stat(self._files[name], self.path) for name in self.split_names]
-        for t in self._table_of:
-            yield stats[t]
+        for index, (t, path) in enumerate(zip(self._table_of, self._paths_only(), strict=True)):
+            yield stats[t] if path is None else stats[t] + file_stat(self._external(path, index))
+
+    def _paths_only(self) -> Iterator[str | None]:
+        """Each row's image path where the row holds no image bytes, else None (the paths
+        are read without the bytes)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        for column in self._image_columns():
+            if not pa.types.is_struct(column.type) or column.type.get_field_index("path") < 0:
+                yield from [None] * len(column)
+                continue
+            paths = pc.struct_field(column, "path").to_pylist()
+            bare = pc.is_null(pc.struct_field(column, "bytes")).to_pylist()
+            yield from (p if b and p else None for p, b in zip(paths, bare, strict=True))
 
     def __getstate__(self) -> dict:
         # Arrow columns would be copied whole into each worker process: reopen them there.
