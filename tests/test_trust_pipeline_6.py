@@ -95,3 +95,16 @@ def test_a_value_of_the_wrong_type_says_how_to_write_it(override, message):
     with pytest.raises(ConfigError) as caught:
         config_from_dict(raw, [override])
     assert str(caught.value).endswith(message)
+
+
+def test_a_pipeline_file_that_is_a_folder_or_not_utf8_is_one_line(tmp_path, capsys):
+    # Before: IsADirectoryError (`featpipe run pipelines/`) and UnicodeDecodeError tracebacks.
+    from featpipe.cli import main
+
+    (tmp_path / "latin1.toml").write_bytes('name = "café"\n'.encode("latin-1"))
+    assert main(["run", str(tmp_path / "latin1.toml")]) == 2
+    assert "latin1.toml is not UTF-8 text (byte 11: b'\\xe9'); TOML files are UTF-8" in (
+        capsys.readouterr().err
+    )
+    assert main(["run", str(tmp_path)]) == 2
+    assert f"Pipeline file {str(tmp_path)!r} is a folder" in capsys.readouterr().err

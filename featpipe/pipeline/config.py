@@ -411,6 +411,17 @@ def load_config(
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"Pipeline file {str(path)!r} does not exist.") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"Pipeline file {str(path)!r} is a folder; give one of its .toml files."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read pipeline file {str(path)!r}: {exc.strerror}.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.end]!r}); "
+            "TOML files are UTF-8: save it as UTF-8."
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}.") from None
     return config_from_dict(raw, overrides, data=data, out=out, default_name=path.stem)
