@@ -13,6 +13,7 @@ from dataset_files import hf_dataset
 from PIL import Image
 
 from featpipe.data import ArraySource, CSVSource, ImageFolderSource, ParquetSource, open_source
+from featpipe.data.images import load_resized, load_source_image
 from featpipe.errors import SourceError
 
 
@@ -151,3 +152,15 @@ def test_a_table_row_holding_an_image_path_is_fingerprinted_by_that_file(tmp_pat
     before = ParquetSource(tmp_path / "train.parquet").fingerprint()
     Image.new("RGB", (6, 6), (200, 0, 0)).save(tmp_path / "imgs" / "0.png")  # new pixels
     assert ParquetSource(tmp_path / "train.parquet").fingerprint() != before
+
+
+def test_table_sources_take_the_fast_decode(tmp_path):
+    data, expected = hf_dataset(splits=("train",))
+    data["train"].remove_columns("coarse_label").to_parquet(str(tmp_path / "train.parquet"))
+    source = ParquetSource(tmp_path / "train.parquet")
+    assert source.path(0) is None  # encoded bytes: no file to decode at a reduced scale
+    pixels = load_resized(source, 0, 16, "bilinear")  # --decode fast (the GPU path: path())
+    np.testing.assert_array_equal(pixels.permute(1, 2, 0).numpy(), expected["train"][0])
+    np.testing.assert_array_equal(
+        np.asarray(load_source_image(source, 0, 8)), pixels.permute(1, 2, 0)
+    )

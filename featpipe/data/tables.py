@@ -57,7 +57,7 @@ class TableSource(ImageSource):
         test_fraction: float = 0.0,
         seed: int = 0,
     ):
-        self.path = Path(path)
+        self.root = Path(path)
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         tables, features, self._files = self._read()
         # {split name: its name as read}: a lone table that names no split is "train"
@@ -66,10 +66,10 @@ class TableSource(ImageSource):
         self._files = {name: self._files[read] for name, read in self._read_names.items()}
         first = next(iter(tables.values()))
         self.image_column = _pick_column(
-            image, "image", first.column_names, features, _is_image, IMAGE_COLUMNS, self.path
+            image, "image", first.column_names, features, _is_image, IMAGE_COLUMNS, self.root
         )
         self.label_column = _pick_column(
-            label, "label", first.column_names, features, _is_class_label, LABEL_COLUMNS, self.path
+            label, "label", first.column_names, features, _is_class_label, LABEL_COLUMNS, self.root
         )
         self.split_names = list(tables)
         self._sizes = [len(t) for t in tables.values()]
@@ -92,7 +92,7 @@ class TableSource(ImageSource):
             val_fraction=val_fraction,
             test_fraction=test_fraction,
             seed=seed,
-            origin=f"{self.kind} {str(self.path)!r}",
+            origin=f"{self.kind} {str(self.root)!r}",
         )
         self._table_of = np.repeat(np.arange(len(self._sizes)), self._sizes)
         self._row_in_table = np.concatenate([np.arange(n) for n in self._sizes])
@@ -109,7 +109,7 @@ class TableSource(ImageSource):
             return {"train": unknown[0]}
         if unknown:
             warnings.warn(
-                f"{self.kind} {str(self.path)!r}: split(s) {', '.join(map(repr, unknown))} "
+                f"{self.kind} {str(self.root)!r}: split(s) {', '.join(map(repr, unknown))} "
                 f"are left out; featpipe reads {', '.join(sorted(SPLIT_ALIASES))}.",
                 UserWarning,
                 stacklevel=4,
@@ -118,7 +118,7 @@ class TableSource(ImageSource):
         known = sorted((k for k in tables if split_alias(k)), key=_split_order)
         if "train" not in {split_alias(name) for name in known}:
             raise SourceError(
-                f"{self.kind} {str(self.path)!r} has no train split (it has "
+                f"{self.kind} {str(self.root)!r} has no train split (it has "
                 f"{', '.join(map(repr, known)) or 'none'}); featpipe needs train rows to fit on."
             )
         return {name: name for name in known}
@@ -132,13 +132,13 @@ class TableSource(ImageSource):
         if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
             return
         raise SourceError(
-            f"Column {self.image_column!r} of {str(self.path)!r} holds {kind}, not encoded "
+            f"Column {self.image_column!r} of {str(self.root)!r} holds {kind}, not encoded "
             "images: featpipe reads an Image column (bytes and path) or a binary column of "
             "encoded files (PNG, JPEG, ...). Name the image column with ?image=COLUMN."
         )
 
     def _encode(self, cells: list, feature: object) -> tuple[list[str], np.ndarray]:
-        where = f"Column {self.label_column!r} of {str(self.path)!r}"
+        where = f"Column {self.label_column!r} of {str(self.root)!r}"
         others = [v for v in cells if not isinstance(v, (int, float, str, type(None)))]
         if others:
             raise SourceError(
@@ -173,7 +173,7 @@ class TableSource(ImageSource):
         return value, None
 
     def _name(self, index: int) -> str:
-        return f"{self.path} [{self.ids[index]}]"
+        return f"{self.root} [{self.ids[index]}]"
 
     def load(self, index: int) -> Image.Image:
         data, path = self._cell(index)
@@ -185,11 +185,16 @@ class TableSource(ImageSource):
         data, path = self._cell(index)
         return data if data is not None else self._external(path, index).read_bytes()
 
+    def path(self, index: int) -> str | None:
+        """The image file of a row that holds only its path; None for encoded bytes."""
+        data, path = self._cell(index)
+        return None if data is not None else str(self._external(path, index))
+
     def _external(self, path: str | None, index: int) -> Path:
         if not path:
             raise SourceError(f"{self._name(index)} has neither image bytes nor a file path.")
         file = Path(path)
-        return file if file.is_absolute() else self.path.parent / file
+        return file if file.is_absolute() else self.root.parent / file
 
     def _fingerprint_parts(self, content: bool) -> Iterator[bytes]:
         if content:
@@ -198,7 +203,7 @@ class TableSource(ImageSource):
             return
         # Without content: the size and mtime of the files that hold each split's rows, and
         # of the image file of a row that holds only its path (rewriting it changes the row).
-        stats = [_stat(self._files[name], self.path) for name in self.split_names]
+        stats = [_stat(self._files[name], self.root) for name in self.split_names]
         for index, (t, path) in enumerate(zip(self._table_of, self._paths_only(), strict=True)):
             yield stats[t] if path is None else stats[t] + file_stat(self._external(path, index))
 
@@ -223,7 +228,7 @@ class TableSource(ImageSource):
     def describe(self) -> dict:
         return {
             "kind": type(self).__name__,
-            "root": str(self.path.resolve()),
+            "root": str(self.root.resolve()),
             "image_column": self.image_column,
             "label_column": self.label_column,
             "splits": self.split_names,
@@ -244,10 +249,10 @@ class HFDatasetSource(TableSource):
     def _read(self):
         datasets = import_extra("datasets", "datasets", "Reading a Hugging Face dataset")
         try:
-            loaded = datasets.load_from_disk(str(self.path))
+            loaded = datasets.load_from_disk(str(self.root))
         except (FileNotFoundError, ValueError) as err:
             raise SourceError(
-                f"Cannot open {str(self.path)!r} as a Hugging Face dataset saved with "
+                f"Cannot open {str(self.root)!r} as a Hugging Face dataset saved with "
                 f"save_to_disk: {err}"
             ) from None
         parts = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
@@ -274,7 +279,7 @@ class ParquetSource(TableSource):
 
     def _known_splits(self, tables: dict) -> dict[str, str]:
         if list(tables) == [""]:
-            warn_unread_split_words(self._files[""], self.path, f"{self.kind} {str(self.path)!r}")
+            warn_unread_split_words(self._files[""], self.root, f"{self.kind} {str(self.root)!r}")
         return super()._known_splits(tables)
 
     def _read(self):
@@ -282,14 +287,14 @@ class ParquetSource(TableSource):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        files = _parquet_files(self.path)
+        files = _parquet_files(self.root)
         by_split: dict[str, list[Path]] = {}
         for file in files:
-            by_split.setdefault(_split_of(file, self.path), []).append(file)
+            by_split.setdefault(_split_of(file, self.root), []).append(file)
         if len(by_split) > 1 and "" in by_split:
             raise SourceError(
                 f"The parquet files {', '.join(str(f) for f in by_split[''][:3])} in "
-                f"{str(self.path)!r} name no split while others do; name each file or folder "
+                f"{str(self.root)!r} name no split while others do; name each file or folder "
                 f"after its split ({', '.join(sorted(SPLIT_ALIASES))})."
             )
         try:
@@ -298,7 +303,7 @@ class ParquetSource(TableSource):
                 for name, group in by_split.items()
             }
         except (pa.ArrowInvalid, OSError) as err:
-            raise SourceError(f"Cannot read parquet {str(self.path)!r}: {err}") from None
+            raise SourceError(f"Cannot read parquet {str(self.root)!r}: {err}") from None
         first = next(iter(tables.values()))
         features = dict(datasets.Features.from_arrow_schema(first.schema))
         return tables, features, by_split
