@@ -3,6 +3,8 @@ any feature scale, and data checks made from the store the rows name."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from test_report import make_row
@@ -127,3 +129,32 @@ def test_the_table_of_all_pairs_says_what_an_empty_cell_means():
     ) in appendix
     rows[1]["test"]["ids_sha256"] = rows[0]["test"]["ids_sha256"]  # every pair compared
     assert "An empty cell" not in render_markdown(build_document(rows, n_boot=50))
+
+
+@pytest.mark.parametrize(
+    "field, value, named",
+    [
+        ("val_accuracy", float("nan"), "'val_accuracy' is nan"),
+        (
+            "history",
+            [{"epoch": 1}, {"epoch": 2, "val_loss": float("inf")}],
+            "'history[1].val_loss'",
+        ),
+    ],
+)
+def test_a_row_holding_nan_or_infinity_is_refused_naming_the_field(tmp_path, field, value, named):
+    # append_result (public: rows of one's own) refused such a row with json's bare
+    # "ValueError: Out of range float values are not JSON compliant", naming nothing.
+    from featpipe.report import ResultsFormatError, append_result, write_results
+
+    row = make_row("toy/logreg@pooled")
+    row[field] = value
+    with pytest.raises(ResultsFormatError, match=re.escape(named)) as caught:
+        append_result(tmp_path / "results.jsonl", row)
+    assert "new row for 'toy/logreg@pooled'" in str(caught.value)
+    assert "write null for a value that is not known" in str(caught.value)
+    assert not (tmp_path / "results.jsonl").exists()
+    # write_results wrote it as NaN or Infinity, which no JSON reader but Python's takes.
+    with pytest.raises(ResultsFormatError, match=re.escape(named)):
+        write_results(tmp_path / "results.jsonl", [make_row("toy/knn@pooled"), row])
+    assert not (tmp_path / "results.jsonl").exists()

@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import types
@@ -296,7 +297,7 @@ def append_result(path: str | Path, row: ResultRow | dict) -> dict:
     the JSON object written."""
     if isinstance(row, ResultRow):
         row = row.to_json()
-    validate_row(row, f"new row for {row.get('method', '?')!r}")
+    _check_new(row, f"new row for {row.get('method', '?')!r}")
     line = json.dumps(row, separators=(",", ":"), allow_nan=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -307,6 +308,31 @@ def append_result(path: str | Path, row: ResultRow | dict) -> dict:
         fh.flush()
         os.fsync(fh.fileno())
     return row
+
+
+def _check_new(row: dict, where: str) -> None:
+    """A row about to be written: valid, and with finite numbers only (JSON has no NaN)."""
+    validate_row(row, where)
+    if (bad := _non_finite(row)) is not None:
+        raise ResultsFormatError(
+            f"{where}: field {bad[0]!r} is {bad[1]}; results.jsonl holds finite numbers "
+            "only: write null for a value that is not known."
+        )
+
+
+def _non_finite(value: Any, path: str = "") -> tuple[str, float] | None:
+    """The first NaN or infinity in a JSON value: (its path, e.g. ``history[3].val_loss``, and
+    the value), or None."""
+    if isinstance(value, dict):
+        items = [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return (path, value) if isinstance(value, float) and not math.isfinite(value) else None
+    for inner, item in items:
+        if (bad := _non_finite(item, inner)) is not None:
+            return bad
+    return None
 
 
 def read_results(path: str | Path, *, repair: bool = False) -> list[dict]:
@@ -366,8 +392,9 @@ def _truncate_to(path: Path, size: int) -> None:
 def write_results(path: str | Path, rows: Sequence[dict]) -> None:
     """Rewrite a results file with ``rows`` (validated), replacing it atomically."""
     for row in rows:
-        validate_row(row, f"row for {row.get('method', '?')!r}")
-    write_text_atomic(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+        _check_new(row, f"row for {row.get('method', '?')!r}")
+    lines = (json.dumps(r, separators=(",", ":"), allow_nan=False) + "\n" for r in rows)
+    write_text_atomic(path, "".join(lines))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
