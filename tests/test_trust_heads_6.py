@@ -61,3 +61,32 @@ def test_probe_run_dir_rows_a_head_that_never_saw_a_test_class(tmp_path, capsys,
     row = json.loads((run / "results.jsonl").read_text().splitlines()[0])
     assert row["metrics"]["per_class_accuracy"]["c2"] == 0.0  # never predicted
     assert len(row["metrics"]["confusion"]) == 3
+
+
+def small_store(path, n: int = 30):
+    rng = np.random.default_rng(1)
+    y = np.arange(n) % 3
+    X = (rng.normal(size=(n, 4)) + y[:, None]).astype(np.float32)
+    return write_arrays(path, {"pooled": X}, y, SPLITS[(np.arange(n) // 3) % 3], ["a", "b", "c"])
+
+
+def _no_selection(*args, **kwargs):
+    raise AssertionError("a head was selected before the arguments were checked")
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--heads", ","], "names no head"),
+        (["--heads", "knn,logreg, knn"], "knn more than once"),
+        (["--heads", "knn", "--few-shot", "50"], "'a' has 4"),
+    ],
+)
+def test_probe_refuses_its_arguments_before_any_head_is_fitted(
+    tmp_path, capsys, monkeypatch, extra, says
+) -> None:
+    small_store(tmp_path / "s.h5")
+    monkeypatch.setattr("featpipe.heads.select_and_fit", _no_selection)
+    assert main(["probe", str(tmp_path / "s.h5"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err

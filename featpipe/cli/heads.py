@@ -138,8 +138,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from featpipe.distributed import current_ranks
     from featpipe.evaluate import measure
     from featpipe.heads import few_shot, save_head, select_and_fit
-    from featpipe.heads.fewshot import require_test_split
-    from featpipe.heads.registry import make_head
+    from featpipe.heads.fewshot import require_k_per_class, require_test_split
     from featpipe.heads.splits import FeatureSplits, layer_parts
     from featpipe.store import FeatureStore
 
@@ -150,11 +149,11 @@ def run_probe(args: argparse.Namespace) -> int:
             f"--save-dir cannot save a head on concatenated layers ({layer!r}) yet: `featpipe "
             "predict` would need their train statistics. Save heads fitted on one layer."
         )
-    names = [n.strip() for n in args.heads.split(",") if n.strip()]
-    for name in names:
-        make_head(name)  # unknown names fail before any training
-    if args.few_shot:
-        require_test_split(FeatureSplits(store, layer))  # so does a missing test split
+    names = _head_names(args.heads)
+    if args.few_shot:  # so do a missing test split and too few rows of a class
+        data = FeatureSplits(store, layer)
+        require_test_split(data)
+        require_k_per_class(data, args.few_shot)
     suffix = _save_suffix(args.save_format) if args.save_dir else None
     rows, report = (
         [],
@@ -204,6 +203,25 @@ def run_probe(args: argparse.Namespace) -> int:
     if args.run_dir:
         _record(args, store, layer, device, results)
     return 0
+
+
+def _head_names(text: str) -> list[str]:
+    """The heads ``--heads`` names, checked before any training: unknown, repeated or no
+    names are refused (an empty list ran nothing and exited 0)."""
+    from featpipe.heads.registry import list_heads, make_head
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"--heads {text!r} names no head; valid: {', '.join(list_heads())}.")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(
+            f"--heads names {', '.join(twice)} more than once ({text!r}); each head is fitted "
+            "once per run: name it once."
+        )
+    for name in names:
+        make_head(name)  # an unknown name is a ConfigError naming the valid ones
+    return names
 
 
 def _record(args: argparse.Namespace, store, layer: str, device: str, results: list) -> None:

@@ -59,6 +59,26 @@ def require_test_split(data: FeatureSplits) -> None:
         )
 
 
+def require_k_per_class(
+    data: FeatureSplits, k: int, y_train: np.ndarray | None = None
+) -> np.ndarray:
+    """The classes a draw takes ``k`` training rows of (a store's every class), or a
+    ConfigError naming those with fewer; reads the train labels alone unless given."""
+    if y_train is None:
+        y_train = data.source.labels("train") if data.is_store else data.get("train")[1]
+    y_train = np.asarray(y_train)
+    labels = np.arange(len(data.classes)) if data.classes is not None else np.unique(y_train)
+    counts = {c: int(np.sum(y_train == c)) for c in labels}  # labels may be strings
+    short = {c: n for c, n in counts.items() if n < k}
+    if short:
+        detail = ", ".join(f"{data.class_name(c)!r} has {n}" for c, n in short.items())
+        raise ConfigError(
+            f"few-shot with k={k} needs {k} training examples per class, but {detail}. "
+            "Lower --few-shot or drop those classes."
+        )
+    return labels
+
+
 def few_shot(
     estimator: BaseEstimator | str,
     source: object,
@@ -83,15 +103,7 @@ def few_shot(
     data = FeatureSplits(source, layer)
     require_test_split(data)  # before any draw is fitted
     X_tr, y_tr = data.get("train")
-    labels = np.arange(len(data.classes)) if data.classes is not None else np.unique(y_tr)
-    counts = {c: int(np.sum(y_tr == c)) for c in labels}  # labels may be strings
-    short = {c: n for c, n in counts.items() if n < k}
-    if short:
-        detail = ", ".join(f"{data.class_name(c)!r} has {n}" for c, n in short.items())
-        raise ConfigError(
-            f"few-shot with k={k} needs {k} training examples per class, but {detail}. "
-            "Lower --few-shot or drop those classes."
-        )
+    labels = require_k_per_class(data, k, y_tr)
     X_te, y_te = data.get("test")
     rng = np.random.default_rng(seed)
     accuracies = []
