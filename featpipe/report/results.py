@@ -297,8 +297,7 @@ def append_result(path: str | Path, row: ResultRow | dict) -> dict:
     the JSON object written."""
     if isinstance(row, ResultRow):
         row = row.to_json()
-    _check_new(row, f"new row for {row.get('method', '?')!r}")
-    line = json.dumps(row, separators=(",", ":"), allow_nan=False)
+    line = _line(row, f"new row for {row.get('method', '?')!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if _ends_mid_line(path):  # a killed writer: appending would glue this row to its half line
@@ -310,14 +309,17 @@ def append_result(path: str | Path, row: ResultRow | dict) -> dict:
     return row
 
 
-def _check_new(row: dict, where: str) -> None:
-    """A row about to be written: valid, and with finite numbers only (JSON has no NaN)."""
+def _line(row: dict, where: str) -> str:
+    """A row about to be written, checked, as one JSON line (without its newline)."""
     validate_row(row, where)
-    if (bad := _non_finite(row)) is not None:
+    try:
+        return json.dumps(row, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # JSON has no NaN or infinity: name where it is
+        path, value = _non_finite(row) or ("?", "not finite")
         raise ResultsFormatError(
-            f"{where}: field {bad[0]!r} is {bad[1]}; results.jsonl holds finite numbers "
-            "only: write null for a value that is not known."
-        )
+            f"{where}: field {path!r} is {value}; results.jsonl holds finite numbers only: "
+            "write null for a value that is not known."
+        ) from None
 
 
 def _non_finite(value: Any, path: str = "") -> tuple[str, float] | None:
@@ -391,9 +393,7 @@ def _truncate_to(path: Path, size: int) -> None:
 
 def write_results(path: str | Path, rows: Sequence[dict]) -> None:
     """Rewrite a results file with ``rows`` (validated), replacing it atomically."""
-    for row in rows:
-        _check_new(row, f"row for {row.get('method', '?')!r}")
-    lines = (json.dumps(r, separators=(",", ":"), allow_nan=False) + "\n" for r in rows)
+    lines = [_line(row, f"row for {row.get('method', '?')!r}") + "\n" for row in rows]
     write_text_atomic(path, "".join(lines))
 
 
