@@ -164,3 +164,15 @@ def test_table_sources_take_the_fast_decode(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(load_source_image(source, 0, 8)), pixels.permute(1, 2, 0)
     )
+
+
+def test_a_class_given_no_train_row_is_warned_of(tmp_path):
+    rows = "a.png,cat,train\nb.png,dog,train\nc.png,fox,test\nd.png,cat,test\n"
+    for name in "abcd":
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{name}.png")
+    (tmp_path / "m.csv").write_text("path,label,split\n" + rows, encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"class\(es\) 'fox' have val or test rows but no train"):
+        CSVSource(tmp_path / "m.csv")
+    images, labels = np.zeros((4, 4, 4), np.uint8), ["cat", "dog", "fox", "cat"]
+    with pytest.warns(UserWarning, match=r"class\(es\) 'fox' have val or test rows but no train"):
+        ArraySource(images, labels, splits=["train", "train", "val", "test"])

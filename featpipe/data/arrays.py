@@ -50,6 +50,7 @@ class ArraySource(ImageSource):
             test_fraction=test_fraction,
             seed=seed,
             origin=f"the splits given to ArraySource {name!r}",
+            classes=self.classes,
         )
         width = max(6, len(str(n - 1)))
         self.ids = [f"{name}/{i:0{width}d}" for i in range(n)] if ids is None else list(ids)

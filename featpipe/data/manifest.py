@@ -76,6 +76,7 @@ class CSVSource(FileSource):
             test_fraction=test_fraction,
             seed=seed,
             origin=f"the split column of {str(self.csv_path)!r}",
+            classes=self.classes,
         )
 
     def describe(self) -> dict:

@@ -172,6 +172,7 @@ class WebDatasetSource(ImageSource):
             test_fraction=test_fraction,
             seed=seed,
             origin=f"the shards {self._where()}",
+            classes=self.classes,
         )
 
     def _index(self, fields: tuple[Field, ...]) -> list[_ShardIndex]:

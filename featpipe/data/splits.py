@@ -65,11 +65,14 @@ def assign_splits(
     test_fraction: float,
     seed: int,
     origin: str,
+    classes: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Split codes for a source: ``splits`` as given (or all train when None), with val and test
     carved out of the train rows by their fractions wherever the source names no such rows.
 
-    A fraction for a split the source already has is ignored with a warning naming ``origin``.
+    A fraction for a split the source already has is ignored with a warning naming ``origin``,
+    as are, when ``classes`` (the label names) are given, classes that the given splits leave
+    without a train row: no head can predict them, so each of their images counts as an error.
     """
     _check_fractions(val_fraction, test_fraction)
     labels = np.asarray(labels)
@@ -87,8 +90,28 @@ def assign_splits(
             )
         carve[name] = 0.0 if present else fraction
     train = np.flatnonzero(splits == TRAIN)
+    if classes is not None:
+        _warn_untrained(labels, splits, classes, origin)
     splits[train] = stratified_split(labels[train], carve["val"], carve["test"], seed)
     return splits
+
+
+def _warn_untrained(
+    labels: np.ndarray, splits: np.ndarray, classes: Sequence[str], origin: str
+) -> None:
+    untrained = sorted(
+        set(labels[splits != TRAIN].tolist()) - set(labels[splits == TRAIN].tolist())
+    )
+    if untrained:
+        names = ", ".join(repr(classes[c]) for c in untrained[:5])
+        more = f" (and {len(untrained) - 5} more)" if len(untrained) > 5 else ""
+        warnings.warn(
+            f"In {origin}, class(es) {names}{more} have val or test rows but no train row: "
+            "no head can predict them, so each of their images counts as an error. Give each "
+            "class some train rows, or leave those rows out.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> ImageSource:

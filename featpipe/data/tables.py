@@ -93,6 +93,7 @@ class TableSource(ImageSource):
             test_fraction=test_fraction,
             seed=seed,
             origin=f"{self.kind} {str(self.root)!r}",
+            classes=self.classes,
         )
         self._table_of = np.repeat(np.arange(len(self._sizes)), self._sizes)
         self._row_in_table = np.concatenate([np.arange(n) for n in self._sizes])
