@@ -176,3 +176,20 @@ def test_a_class_given_no_train_row_is_warned_of(tmp_path):
     images, labels = np.zeros((4, 4, 4), np.uint8), ["cat", "dog", "fox", "cat"]
     with pytest.warns(UserWarning, match=r"class\(es\) 'fox' have val or test rows but no train"):
         ArraySource(images, labels, splits=["train", "train", "val", "test"])
+
+
+def test_a_parquet_folder_reads_image_paths_relative_to_itself(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "ds" / "imgs").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (4, 4), (50 * i, 0, 0)).save(tmp_path / "ds" / "imgs" / f"{i}.png")
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cells = [{"bytes": None, "path": f"imgs/{i % 2}.png"} for i in range(4)]
+    table = pa.table({"image": pa.array(cells, type=kind), "label": [0, 1, 0, 1]})
+    pq.write_table(table, tmp_path / "ds" / "train.parquet")
+    for spec in (tmp_path / "ds", tmp_path / "ds" / "train.parquet"):  # folder, lone file
+        source = ParquetSource(spec)
+        assert source.path(1) == str(tmp_path / "ds" / "imgs" / "1.png")
+        assert np.asarray(source.load(1))[0, 0].tolist() == [50, 0, 0]

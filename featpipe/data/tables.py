@@ -42,7 +42,8 @@ class TableSource(ImageSource):
     ClassLabel names are the classes; other integer labels give classes "0".."max", string
     labels their sorted unique values. The dataset's train/validation/test splits are used,
     and a missing val or test split is carved out of train by its fraction, as for folders.
-    Ids are the dataset's split and row: ``train/00042``.
+    Ids are the dataset's split and row: ``train/00042``. A row that holds only its image's
+    file path reads it relative to the dataset's folder (a lone parquet file's own folder).
     """
 
     kind = "dataset"
@@ -194,8 +195,9 @@ class TableSource(ImageSource):
     def _external(self, path: str | None, index: int) -> Path:
         if not path:
             raise SourceError(f"{self._name(index)} has neither image bytes nor a file path.")
-        file = Path(path)
-        return file if file.is_absolute() else self.root.parent / file
+        # relative to the dataset's folder (a lone parquet file's own folder); an absolute
+        # path stays as it is
+        return (self.root if self.root.is_dir() else self.root.parent) / path
 
     def _fingerprint_parts(self, content: bool) -> Iterator[bytes]:
         if content:
