@@ -494,8 +494,15 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 self._best_weights = copy.deepcopy(self.model_.state_dict())
             self.history_.append(logs)
             self._tick()
+            written = None  # the checkpoint callback, and whether last.pt says "stopped"
             for cb in callbacks:
                 cb.on_epoch_end(self, logs)
+                if isinstance(cb, Checkpoint):
+                    written = (cb, self.stop_training_)
+            if written and self.stop_training_ and not written[1]:
+                # A later callback (the caller's) stopped training: last.pt must say so, or
+                # running the finished run again would train on.
+                written[0].on_epoch_end(self, logs)
             if ddp.active():
                 # Rank 0's decision and checkpoint count; waiting for them here also means no
                 # rank goes on before this epoch's checkpoint is written.
