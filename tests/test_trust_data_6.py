@@ -9,10 +9,17 @@ import unicodedata
 
 import numpy as np
 import pytest
-from dataset_files import hf_dataset
+from dataset_files import hf_dataset, write_shards
 from PIL import Image
 
-from featpipe.data import ArraySource, CSVSource, ImageFolderSource, ParquetSource, open_source
+from featpipe.data import (
+    ArraySource,
+    CSVSource,
+    ImageFolderSource,
+    ParquetSource,
+    WebDatasetSource,
+    open_source,
+)
 from featpipe.data.images import load_resized, load_source_image
 from featpipe.errors import SourceError
 
@@ -193,3 +200,18 @@ def test_a_parquet_folder_reads_image_paths_relative_to_itself(tmp_path):
         source = ParquetSource(spec)
         assert source.path(1) == str(tmp_path / "ds" / "imgs" / "1.png")
         assert np.asarray(source.load(1))[0, 0].tolist() == [50, 0, 0]
+
+
+def test_shard_labels_that_are_blank_or_padded_are_refused(tmp_path):
+    def samples(labels):
+        return [
+            {"__key__": f"k{i}", "png": _png(i), "json": {"label": label}}
+            for i, label in enumerate(labels)
+        ]
+
+    write_shards(tmp_path / "blank", samples(["cat", "dog", ""]), per_shard=3)
+    with pytest.raises(SourceError, match="its json:label has none"):
+        WebDatasetSource(str(tmp_path / "blank"))
+    write_shards(tmp_path / "padded", samples(["cat", "dog", "cat "]), per_shard=3)
+    with pytest.raises(SourceError, match="'cat' and 'cat ' differ only by spaces at their ends"):
+        WebDatasetSource(str(tmp_path / "padded"))

@@ -476,7 +476,8 @@ def _field_value(f: Field, read: dict[str, bytes], shard: Path, key: str) -> obj
         raise SourceError(f"Cannot read {where}: {err}.") from None
     if not isinstance(loaded, dict):
         raise SourceError(f"{where} holds {type(loaded).__name__}, not a json object.")
-    return loaded.get(f.key)
+    value = loaded.get(f.key)
+    return None if isinstance(value, str) and not value.strip() else value  # "" is no label
 
 
 def _first_present(fields: tuple[Field, ...], values: dict[Field, list]) -> Field | None:

@@ -41,13 +41,18 @@ def count_splits(codes: np.ndarray) -> dict[str, int]:
 def check_class_names(classes: Iterable[str], origin: str) -> None:
     """Raise SourceError when two class names are one name spelt two ways: in two Unicode
     forms (an accent composed, NFC, or decomposed, NFD, as macOS file names are), which print
-    alike, or one number ('1' and '01', as a spreadsheet may write it). Either would be two
-    classes, each with part of the images."""
+    alike, with spaces at the ends ('cat' and 'cat '), or one number ('1' and '01', as a
+    spreadsheet may write it). Any would be two classes, each with part of the images."""
     seen: dict[object, str] = {}
     for name in classes:
         first = seen.setdefault(_class_key(name), name)
         if first == name:
             continue
+        if first.strip() != first or name.strip() != name:
+            raise SourceError(
+                f"{origin}: classes {first!r} and {name!r} differ only by spaces at their ends, "
+                "which would make them two classes. Spell each class one way."
+            )
         if unicodedata.normalize("NFC", first) == unicodedata.normalize("NFC", name):
             raise SourceError(
                 f"{origin}: classes {first!r} and {name!r} are one name in two Unicode forms "
@@ -65,10 +70,10 @@ def check_class_names(classes: Iterable[str], origin: str) -> None:
 def _class_key(name: str) -> object:
     """What two spellings of one class name share (see check_class_names)."""
     try:
-        number = float(name)
+        number = float(name)  # float() ignores spaces at the ends
     except ValueError:
-        return unicodedata.normalize("NFC", name)
-    return name if math.isnan(number) else number
+        return unicodedata.normalize("NFC", name.strip())
+    return name.strip() if math.isnan(number) else number
 
 
 def split_code(split: str) -> int:
