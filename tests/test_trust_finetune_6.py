@@ -6,7 +6,8 @@ from __future__ import annotations
 from finetune_child import synthetic_source
 from test_finetune import tuner
 
-from featpipe.finetune import Callback, checkpoint
+from featpipe.cli import main as cli_main
+from featpipe.finetune import Callback, FineTuner, checkpoint
 
 
 class StopAt(Callback):
@@ -29,3 +30,33 @@ def test_a_run_stopped_by_a_callback_is_finished_when_run_again(tmp_path):
     assert checkpoint.load(tmp_path / checkpoint.LAST)["stopped"] is True
     again = tuner(epochs=3, run_dir=tmp_path, callbacks=[StopAt(1)]).fit(source)
     assert again.history_ == first.history_ and again.start_epoch_ == 1
+
+
+def test_a_grid_interrupted_without_a_run_dir_says_which_candidate_and_how_to_resume(
+    split_image_folder, tmp_path, monkeypatch, capsys
+):
+    # The CLI asked the grid's template (never fitted) what it kept: AttributeError traceback.
+    train_epoch = FineTuner._train_epoch
+
+    def interrupted(self, replica, data, epoch):
+        if self.lr == 0.05:
+            raise KeyboardInterrupt
+        return train_epoch(self, replica, data, epoch)
+
+    monkeypatch.setattr(FineTuner, "_train_epoch", interrupted)
+    monkeypatch.chdir(tmp_path)
+    args = "finetune --backbone toy --epochs 1 --batch-size 4 --no-progress --grid lr=0.01,0.05"
+    code = cli_main([*args.split(), "--data", str(split_image_folder)])
+    err = capsys.readouterr().err.strip().splitlines()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert code == 130, err
+    assert err[-1] == (
+        "featpipe finetune: grid candidate 2 of 2 (lr=0.05): interrupted: epoch 0 of 1 done; "
+        f"run the same command with --run-dir {run_dir.relative_to(tmp_path)} to resume"
+    )
+    monkeypatch.setattr(FineTuner, "_train_epoch", train_epoch)
+    data = ["--data", str(split_image_folder)]
+    assert cli_main([*args.split(), *data, "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("resumed from epoch 1") == 1  # the first candidate, not trained again
+    assert "grid: 2 settings, chosen on val" in out

@@ -270,19 +270,19 @@ def _finetune(args: argparse.Namespace) -> int:
         # leaves the folder's, which describes its checkpoint and results.
         tuner.set_params(callbacks=[WriteJson(run_dir / "config.json", config)])
 
+    # The default folder has the time in its name: resuming needs it named.
+    again = "the same command" + ("" if args.run_dir else f" with --run-dir {run_dir}")
     with measure(str(resolve_device(args.device))) as usage:
         search = None
         try:
-            if grid:
-                search = fit_grid(tuner, source, grid)
+            if grid:  # an interrupted grid says which candidate stopped, and `again`
+                search = fit_grid(tuner, source, grid, command=again)
                 tuner = search.best
             else:
                 tuner.fit(source)
         except Interrupted as exc:
-            if args.run_dir is None:  # the default folder has the time in its name
-                raise exc.with_message(
-                    tuner.interrupted_message(f"the same command with --run-dir {run_dir}")
-                ) from None
+            if args.run_dir is None and not grid:
+                raise exc.with_message(tuner.interrupted_message(again)) from None
             raise
         if counts["test"]:  # the one look at test, after selection
             start = time.perf_counter()

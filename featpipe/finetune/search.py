@@ -17,6 +17,7 @@ from sklearn.model_selection import ParameterGrid
 from featpipe.data.source import ImageSource
 from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
 from featpipe.finetune.tuner import NOT_RESULT_PARAMS, FineTuner
+from featpipe.interrupt import Interrupted
 from featpipe.store import FeatureStore
 
 # Candidates must be compared on the same validation rows; these choose them.
@@ -96,22 +97,34 @@ def fit_grid(
     grid: dict,
     *,
     probe_features: FeatureStore | None = None,
+    command: str = "the same command",
 ) -> GridResult:
     """Fit ``tuner`` once per combination of ``grid`` (``{"lr": [...], ...}``) and keep the
-    one with the best validation accuracy. Only the winner is kept in memory."""
+    one with the best validation accuracy. Only the winner is kept in memory. An interrupted
+    grid raises ``Interrupted`` saying which candidate stopped where, and to run ``command``."""
     check_candidates(tuner, grid)  # a bad value fails now, not after the others trained
     best, best_params, curve, seconds = None, None, [], 0.0
-    for params in ParameterGrid(dict(grid)):
+    candidates = list(ParameterGrid(dict(grid)))
+    for i, params in enumerate(candidates, 1):
         # Not sklearn's clone: it deep-copies the callbacks, and the caller's would see nothing.
         run_dir = candidate_dir(tuner.run_dir, params)
         candidate = type(tuner)(**{**tuner.get_params(), **params, "run_dir": run_dir})
-        candidate.fit(source, probe_features=probe_features)
+        try:
+            candidate.fit(source, probe_features=probe_features)
+        except KeyboardInterrupt as exc:
+            where = f"grid candidate {i} of {len(candidates)} ({_named(params)})"
+            message = f"{where}: {candidate.interrupted_message(command)}"
+            raise Interrupted.from_exception(exc).with_message(message) from None
         score = float(candidate.best_score_[0])
         curve.append((params, score))
         seconds += candidate.fit_seconds_
         if best is None or score > float(best.best_score_[0]):
             best, best_params = candidate, params
     return GridResult(best, best_params, curve, dict(grid), seconds)
+
+
+def _named(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
 __all__ = ["GridResult", "check_candidates", "check_grid", "fit_grid", "searchable_params"]
