@@ -90,3 +90,18 @@ def test_probe_refuses_its_arguments_before_any_head_is_fitted(
     assert main(["probe", str(tmp_path / "s.h5"), *extra]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+
+
+def test_predict_refuses_a_store_among_several_inputs(tmp_path, capsys) -> None:
+    # Two stores (or a store and images) were read as images: 'Cannot read image s.h5:
+    # cannot decode ... save it again as PNG or JPEG', or a note that the head names no
+    # backbone.
+    small_store(tmp_path / "s.h5")
+    assert (
+        main(["probe", str(tmp_path / "s.h5"), "--heads", "knn", "--save-dir", str(tmp_path)]) == 0
+    )
+    head, store = str(tmp_path / "knn.skops"), str(tmp_path / "s.h5")
+    capsys.readouterr()
+    assert main(["predict", head, store, store]) == 2
+    err = capsys.readouterr().err
+    assert "one feature store" in err and "Traceback" not in err

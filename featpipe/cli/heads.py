@@ -297,7 +297,16 @@ def _image_files(inputs: list[str]) -> list[Path]:
 
 
 def _is_store(inputs: list[str]) -> bool:
-    return len(inputs) == 1 and Path(inputs[0]).suffix.lower() in (".h5", ".hdf5")
+    """Whether ``inputs`` is one feature store; a store among several inputs is refused (it
+    was read as an image: 'cannot decode ... save it again as PNG or JPEG')."""
+    stores = [text for text in inputs if Path(text).suffix.lower() in (".h5", ".hdf5")]
+    if stores and len(inputs) > 1:
+        raise ConfigError(
+            f"featpipe predict reads one feature store, or image files and folders; got "
+            f"{len(inputs)} inputs with the store(s) {', '.join(stores)}. Predict on one store "
+            "at a time."
+        )
+    return bool(stores)
 
 
 def run_predict(args: argparse.Namespace) -> int:
