@@ -158,3 +158,31 @@ def test_a_row_holding_nan_or_infinity_is_refused_naming_the_field(tmp_path, fie
     with pytest.raises(ResultsFormatError, match=re.escape(named)):
         write_results(tmp_path / "results.jsonl", [make_row("toy/knn@pooled"), row])
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_near_duplicates_hold_a_bounded_block_of_similarities():
+    # Each block of 1024 test rows was compared with every train and val row at once: 1024 x
+    # 1.3 million cosines (5 GB) on ImageNet, at the end of a run, for its report.
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n_ref = 40_000
+    features = rng.normal(size=(n_ref + 1030, 4)).astype(np.float32)
+    features[n_ref + 1029] = features[123] * 3  # the last test row copies train row 123
+    splits = ["train"] * n_ref + ["test"] * 1030
+    ids = [str(i) for i in range(len(splits))]
+    tracemalloc.start()
+    try:
+        checks = check_data(ids, np.zeros(len(ids), int), splits, ["x"], features=features)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20  # 1024 x 40,000 float32 cosines are 156 MiB
+    assert [str(n_ref + 1029), "123", pytest.approx(1.0)] in checks.near
+    # The same findings as all similarities at once (the first of equals on ties).
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    sims = unit[n_ref:] @ unit[:n_ref].T
+    expected = {
+        (str(n_ref + i), str(j)) for i, j in enumerate(sims.argmax(1)) if sims[i, j] >= 0.99
+    }
+    assert {(t, r) for t, r, _ in checks.near} == expected

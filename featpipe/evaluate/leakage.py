@@ -17,7 +17,8 @@ NEAR_COSINE = 0.99  # at or above: a near-duplicate
 NEAR_LAYER = "pooled"
 MIN_PER_CLASS = 10  # fewer val or test images of a class than this: its accuracy is noise
 SHOWN = 5  # example ids listed per finding
-_BLOCK = 1024  # test rows per similarity block (memory: _BLOCK x train+val rows floats)
+_BLOCK = 1024  # test rows per similarity block
+_SIMILARITIES = 2**22  # at most this many cosines (16 MiB) at once
 
 CONTENT = "by content hash: sha256 of each image file, or of its pixels for in-memory images"
 FEATURES = "by identical stored features; the source was not at hand to hash image contents"
@@ -203,19 +204,35 @@ def _near_duplicates(
     reference = np.flatnonzero(np.isin(splits, NEAR_REFERENCE))
     if not len(test) or not len(reference):
         return []
-    found, ref = [], unit[reference].T
-    ref_zero = np.flatnonzero(zero[reference])
+    ref, ref_zero = unit[reference], zero[reference]
+    found = []
     for start in range(0, len(test), _BLOCK):
         rows = test[start : start + _BLOCK]
-        sims = unit[rows] @ ref
-        # All-zero rows have no direction, yet are the same features: cosine 1 between them.
-        sims[np.ix_(np.flatnonzero(zero[rows]), ref_zero)] = 1.0
-        top = sims.argmax(axis=1)
-        best = sims[np.arange(len(rows)), top]
+        best, top = _most_similar(unit[rows], zero[rows], ref, ref_zero)
         for r, t, c in zip(rows, top, best, strict=True):
             if c >= threshold:
                 found.append([ids[r], ids[reference[t]], round(float(c), 6)])
     return sorted(found, key=lambda f: -f[2])
+
+
+def _most_similar(
+    rows: np.ndarray, rows_zero: np.ndarray, ref: np.ndarray, ref_zero: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine, index into ``ref``) of each unit row's most similar ``ref`` row (the first of
+    ties), ``ref`` taken a slice at a time: a block's similarities to every train image at once
+    would take 1024 x 1.3 million floats (5 GB) on ImageNet."""
+    best = np.full(len(rows), -np.inf, np.float32)
+    top = np.zeros(len(rows), np.int64)
+    step = max(1, _SIMILARITIES // len(rows))
+    for start in range(0, len(ref), step):
+        sims = rows @ ref[start : start + step].T
+        # All-zero rows have no direction, yet are the same features: cosine 1 between them.
+        sims[np.ix_(rows_zero, ref_zero[start : start + step])] = 1.0
+        at = sims.argmax(axis=1)
+        value = sims[np.arange(len(rows)), at]
+        better = value > best
+        best[better], top[better] = value[better], start + at[better]
+    return best, top
 
 
 def check_source(source: ImageSource, hashes: dict[str, str] | None = None) -> DataChecks:
