@@ -1,12 +1,16 @@
-"""Fine-tuning under interruptions and re-runs: a grid interrupted without --run-dir, a run
-stopped by the caller's callback."""
+"""Fine-tuning under interruptions and re-runs: a run stopped by the caller's callback, a grid
+interrupted without --run-dir, two fits in one run folder."""
 
 from __future__ import annotations
 
+import json
+
+import torch
 from finetune_child import synthetic_source
 from test_finetune import tuner
 
 from featpipe.cli import main as cli_main
+from featpipe.errors import FeaturePipeError, StoreInUseError
 from featpipe.finetune import Callback, FineTuner, checkpoint
 
 
@@ -60,3 +64,40 @@ def test_a_grid_interrupted_without_a_run_dir_says_which_candidate_and_how_to_re
     out = capsys.readouterr().out
     assert out.count("resumed from epoch 1") == 1  # the first candidate, not trained again
     assert "grid: 2 settings, chosen on val" in out
+
+
+class SecondFit(Callback):
+    """At the end of epoch 1, fits ``second`` (the same run folder) and keeps what it raised."""
+
+    def __init__(self, second: FineTuner):
+        self.second, self.raised = second, None
+
+    def on_epoch_end(self, tuner, logs):
+        if logs["epoch"] == 1:
+            try:
+                self.second.fit(synthetic_source())
+            except FeaturePipeError as exc:
+                self.raised = exc
+
+
+def test_a_second_fit_in_a_run_folder_in_use_is_refused(tmp_path):
+    # Two fits in one folder overwrote each other's last.pt and best.pt; with both writing
+    # best.pt.next.tmp at once, one failed with FileNotFoundError.
+    source = synthetic_source()
+    alone = tuner(epochs=1).fit(source)
+    second = SecondFit(tuner(epochs=1, run_dir=tmp_path))
+    first = tuner(epochs=1, run_dir=tmp_path, callbacks=[second]).fit(source)
+    assert isinstance(second.raised, StoreInUseError), second.raised
+    assert str(second.raised).startswith(f"The run folder {tmp_path} is in use by pid ")
+    assert "another fine-tune is training in it" in str(second.raised)
+    assert first.history_ == json_rows(tmp_path / "history.jsonl")
+    assert checkpoint.load(tmp_path / checkpoint.LAST)["history"] == first.history_
+    a, b = alone.model_.state_dict(), first.model_.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Once the first has finished, the same fit resumes its finished run.
+    again = tuner(epochs=1, run_dir=tmp_path).fit(source)
+    assert again.start_epoch_ == 1 and again.history_ == first.history_
+
+
+def json_rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
@@ -24,7 +26,13 @@ from featpipe.data.images import check_decode
 from featpipe.data.source import ImageSource
 from featpipe.device import amp_dtype, cudnn_autotune, on_device, resolve_device
 from featpipe.distributed import progress_bar
-from featpipe.errors import ConfigError, HeadMismatchError, TrainingDivergedError
+from featpipe.errors import (
+    ConfigError,
+    HeadMismatchError,
+    StoreInUseError,
+    StoreWriteError,
+    TrainingDivergedError,
+)
 from featpipe.evaluate.metrics import compute_metrics
 from featpipe.extract.inference import Inference
 from featpipe.finetune import checkpoint, ddp, probe
@@ -47,6 +55,7 @@ from featpipe.finetune.freezing import Mode, freeze, set_train_mode
 from featpipe.finetune.recipe import OPTIMIZERS, build_optimizer, param_groups, warmup_cosine
 from featpipe.interrupt import Interrupted, deferred
 from featpipe.store import FeatureStore
+from featpipe.store.lock import StoreLock, describe_owner, read_owner
 
 # Parameters that change no result (the one list): a resumed run may change them, and a
 # pipeline leaves them out of its config hash.
@@ -96,7 +105,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     ``patience`` set (0 or None: never), training stops after that many epochs without
     improvement. With ``run_dir`` the run writes ``history.jsonl``, ``best.pt`` and
     ``last.pt`` there and, with ``resume=True``, continues from ``last.pt`` when its
-    configuration matches. ``verbose``: 0 silent, 1 a line per epoch, 2 also progress bars
+    configuration matches; one fit at a time holds ``run_dir`` (a second is refused).
+    ``verbose``: 0 silent, 1 a line per epoch, 2 also progress bars
     within epochs.
 
     ``decode="fast"`` reads JPEG files at the smallest DCT scale that still covers the resize
@@ -189,8 +199,44 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         from anything else raises StoreMismatchError). Other modes do not use it."""
         mode = self._check_params()
         self.device_ = resolve_device(self.device)
-        with on_device(self.device_), cudnn_autotune(self.device_), ddp.joined(self.device_):
+        with (
+            on_device(self.device_),
+            cudnn_autotune(self.device_),
+            ddp.joined(self.device_),
+            self._run_dir_held(),
+        ):
             return self._fit(mode, source, probe_features)
+
+    @contextlib.contextmanager
+    def _run_dir_held(self) -> Iterator[None]:
+        """One fit at a time in ``run_dir``: a second one, started meanwhile, is refused (two
+        would overwrite each other's checkpoints, and one failed on the other's files). Rank 0
+        holds the lock; every rank hears its refusal."""
+        if self.run_dir is None:
+            yield
+            return
+        with contextlib.ExitStack() as held:
+            refused = None
+            if ddp.is_main():
+                lock = StoreLock(Path(self.run_dir) / checkpoint.LAST, timeout=0)
+                try:
+                    held.enter_context(lock)
+                except StoreInUseError:
+                    owner = describe_owner(read_owner(lock.store))
+                    refused = StoreInUseError(
+                        f"The run folder {self.run_dir} is in use by {owner}: another fine-tune "
+                        "is training in it. Wait for it to finish (the same command then "
+                        "resumes its finished run), or use another run_dir (CLI: --run-dir)."
+                    )
+                except StoreWriteError as exc:
+                    refused = ConfigError(
+                        f"Cannot write the run folder {self.run_dir} ({exc.__cause__}). Use a "
+                        "run_dir you can write to (CLI: --run-dir)."
+                    )
+            refused = ddp.from_main(refused)
+            if refused:
+                raise refused
+            yield
 
     def _fit(
         self, mode: Mode, source: ImageSource, probe_features: FeatureStore | None
