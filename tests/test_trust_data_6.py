@@ -215,3 +215,12 @@ def test_shard_labels_that_are_blank_or_padded_are_refused(tmp_path):
     write_shards(tmp_path / "padded", samples(["cat", "dog", "cat "]), per_shard=3)
     with pytest.raises(SourceError, match="'cat' and 'cat ' differ only by spaces at their ends"):
         WebDatasetSource(str(tmp_path / "padded"))
+
+
+def test_a_macos_zips_resource_fork_folder_is_no_class(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "a.jpg")
+        (tmp_path / "__MACOSX" / name).mkdir(parents=True)
+        (tmp_path / "__MACOSX" / name / "._a.jpg").write_bytes(b"\x00\x05\x16\x07")
+    assert ImageFolderSource(tmp_path).classes == ["cat", "dog"]

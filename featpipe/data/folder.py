@@ -33,10 +33,11 @@ class ImageFolderSource(FileSource):
     a fraction for a folder that exists is ignored with a warning. The plain layout is split
     by both fractions, stratified and seeded.
 
-    Class folders are searched recursively; hidden files and folders are skipped; extensions
-    match case-insensitively. Classes are the sorted union of class folder names over all
-    splits. A split folder that lacks some class is allowed (small val/test sets often do)
-    but warns, since it is also what a misspelt class folder looks like.
+    Class folders are searched recursively; hidden files and folders (and macOS zips'
+    ``__MACOSX`` folders) are skipped; extensions match case-insensitively. Classes are the
+    sorted union of class folder names over all splits. A split folder that lacks some class is
+    allowed (small val/test sets often do) but warns, since it is also what a misspelt class
+    folder looks like.
     """
 
     def __init__(
@@ -221,9 +222,7 @@ def _subfolders(folder: Path) -> list[str]:
         return sorted(
             e.name
             for e in entries
-            if not e.name.startswith(".")
-            and e.is_dir()
-            and not _encloses(os.path.realpath(e.path), here)
+            if not _hidden(e.name) and e.is_dir() and not _encloses(os.path.realpath(e.path), here)
         )
 
 
@@ -244,13 +243,19 @@ def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
             continue
         seen.add(real)
         # sorted: which of two links to one folder is listed must not depend on the disk
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         files += [
             Path(dirpath, name)
             for name in filenames
             if not name.startswith(".") and name.lower().endswith(extensions)
         ]
     return files
+
+
+def _hidden(name: str) -> bool:
+    """Whether a file or folder is left out of the image set: hidden (.DS_Store, macOS's ._x.jpg
+    resource forks), or the __MACOSX folder of those forks that macOS zips hold."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def _encloses(outer: str, inner: str) -> bool:
