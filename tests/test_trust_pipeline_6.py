@@ -108,3 +108,38 @@ def test_a_pipeline_file_that_is_a_folder_or_not_utf8_is_one_line(tmp_path, caps
     )
     assert main(["run", str(tmp_path)]) == 2
     assert f"Pipeline file {str(tmp_path)!r} is a folder" in capsys.readouterr().err
+
+
+def test_a_re_run_of_another_configuration_stopped_early_leaves_no_report_of_the_old_one(
+    tmp_path, monkeypatch, capsys
+):
+    # Before: report.md still recommended the old grid's kNN (n_neighbors=1) beside a
+    # plan.json and config.json of the new one, which had no finished row.
+    import featpipe.heads
+    from featpipe.cli import main
+
+    toml = tmp_path / "t.toml"
+    toml.write_text(PIPELINE.replace("CACHE", str(tmp_path / "cache")))
+    out = tmp_path / "run"
+    small = ["--set", "source.limits={train=60, val=30, test=30}", "--set", "n_boot=10"]
+
+    def run(grid: str, *heads: str) -> int:
+        argv = ["run", str(toml), "--out", str(out), "--quiet", *small]
+        sets = [f"probes.grids.knn={{n_neighbors=[{grid}]}}", f"probes.heads={['knn', *heads]}"]
+        return main([*argv, *(arg for s in sets for arg in ("--set", s))])
+
+    assert run("1") == 0
+    fit = featpipe.heads.select_and_fit
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(featpipe.heads, "select_and_fit", stop)
+    assert run("1", "logreg") == 130  # a head added: the report's kNN row is still current
+    assert (out / "report.md").exists()
+    assert run("15") == 130
+    assert not (out / "report.md").exists() and not (out / "report.html").exists()
+    assert "removed the report of an earlier configuration" in capsys.readouterr().out
+    monkeypatch.setattr(featpipe.heads, "select_and_fit", fit)
+    assert run("15") == 0
+    assert "n_neighbors=15" in (out / "report.md").read_text()

@@ -43,8 +43,11 @@ from featpipe.report import (
     write_report,
 )
 from featpipe.report.results import write_text_atomic
-from featpipe.report.runplan import identity_hash
+from featpipe.report.runplan import identity_hash, read_plan
 from featpipe.store.lock import StoreLock
+
+# What write_report writes that shows rows as the run's results.
+REPORT_FILES = ("report.md", "report.html")
 
 
 def plan(config: PipelineConfig, source_fingerprint: str, *, cv_selection: bool = False):
@@ -282,6 +285,11 @@ class PipelineRunner:
         }
         run_plan = _run_plan(cfg, jobs, fingerprint, identities)
         config_json = json.dumps(cfg.to_json(), indent=2) + "\n"
+        if _remove_stale_reports(context.run_dir, rows, run_plan):
+            self.log(
+                "removed the report of an earlier configuration; this run writes its own "
+                f"(`featpipe report {context.run_dir}` shows the finished rows meanwhile)"
+            )
         write_text_atomic(context.run_dir / "config.json", config_json)
         write_plan(context.run_dir, run_plan)
         return context, jobs, run_plan, rows
@@ -297,6 +305,27 @@ def _run_plan(
         for j in jobs
     ]  # fmt: skip
     return RunPlan(config.name, methods, n_boot=config.n_boot, source_fingerprint=fingerprint)
+
+
+def _remove_stale_reports(run_dir: Path, rows: list[dict], run_plan: RunPlan) -> bool:
+    """Remove the reports of an earlier configuration, those that show a row the new plan does
+    not: a re-run stopped before its own report would leave them beside the new plan.json,
+    recommending methods of the old configuration as this run's results. Returns whether it
+    removed them."""
+    reports = [run_dir / name for name in REPORT_FILES if (run_dir / name).exists()]
+    if not reports:
+        return False
+    try:
+        before = read_plan(run_dir)
+    except ConfigError:  # a damaged plan.json: what the reports show cannot be known
+        before = None
+    shown = rows if before is None else before.select(rows)[0]
+    current = {id(row) for row in run_plan.select(rows)[0]}
+    if all(id(row) in current for row in shown):
+        return False
+    for path in reports:
+        path.unlink(missing_ok=True)
+    return True
 
 
 def _differs(made: dict, now: dict) -> str:
