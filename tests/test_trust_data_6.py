@@ -4,6 +4,7 @@ labels, class names spelt two ways, one image reached twice, malformed manifests
 from __future__ import annotations
 
 import io
+import os
 import re
 import unicodedata
 
@@ -224,3 +225,13 @@ def test_a_macos_zips_resource_fork_folder_is_no_class(tmp_path):
         (tmp_path / "__MACOSX" / name).mkdir(parents=True)
         (tmp_path / "__MACOSX" / name / "._a.jpg").write_bytes(b"\x00\x05\x16\x07")
     assert ImageFolderSource(tmp_path).classes == ["cat", "dog"]
+
+
+@pytest.mark.skipif(os.sep != "/", reason="a backslash separates folders on Windows")
+def test_a_manifest_with_windows_paths_says_to_use_slashes(tmp_path):
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "cat" / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.png")
+    (tmp_path / "m.csv").write_text("path,label\ncat\\a.png,cat\nb.png,dog\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"1 missing file.* Separate folders with '/'"):
+        CSVSource(tmp_path / "m.csv")

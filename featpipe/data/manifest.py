@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,11 @@ class CSVSource(FileSource):
                 f"line {row['line']}: {str(file)!r}" for row, file in missing[:_MAX_LISTED]
             )
             more = f" (and {len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
+            slashes = ""
+            if os.sep == "/" and any("\\" in row["path"] for row, _ in missing):
+                slashes = " Separate folders with '/': here '\\' is part of a file name."
             raise SourceError(
                 f"CSV manifest {str(self.csv_path)!r} lists {len(missing)} missing file(s): "
-                f"{listed}{more}. Paths are relative to the CSV's folder; fix or remove those rows."
+                f"{listed}{more}. Paths are relative to the CSV's folder; fix or remove those "
+                f"rows.{slashes}"
             )
