@@ -1,16 +1,17 @@
 """Fine-tuning under interruptions and re-runs: a run stopped by the caller's callback, a grid
-interrupted without --run-dir, two fits in one run folder."""
+interrupted without --run-dir, two fits in one run folder, a run folder that is a file."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from finetune_child import synthetic_source
 from test_finetune import tuner
 
 from featpipe.cli import main as cli_main
-from featpipe.errors import FeaturePipeError, StoreInUseError
+from featpipe.errors import ConfigError, FeaturePipeError, StoreInUseError
 from featpipe.finetune import Callback, FineTuner, checkpoint
 
 
@@ -101,3 +102,20 @@ def test_a_second_fit_in_a_run_folder_in_use_is_refused(tmp_path):
 
 def json_rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_run_dir_that_is_a_file_is_refused_in_one_line(split_image_folder, tmp_path, capsys):
+    # Both failed with a FileExistsError traceback (the CLI making the folder, the tuner its
+    # first checkpoint).
+    taken = tmp_path / "taken"
+    taken.write_text("notes")
+    with pytest.raises(ConfigError, match=rf"Cannot write the run folder {taken} \(.*File exists"):
+        tuner(epochs=1, run_dir=taken).fit(synthetic_source())
+    args = "finetune --backbone toy --epochs 1 --batch-size 4 --no-progress"
+    code = cli_main([*args.split(), "--data", str(split_image_folder), "--run-dir", str(taken)])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and line == (
+        f"featpipe finetune: error: Cannot make the run folder {taken} (File exists): give "
+        "--run-dir a folder you can write to."
+    )
+    assert taken.read_text() == "notes"

@@ -230,6 +230,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     from featpipe.device import resolve_device
+    from featpipe.errors import ConfigError
     from featpipe.evaluate import measure
     from featpipe.finetune import FineTuner, ddp
     from featpipe.finetune.callbacks import WriteJson
@@ -258,7 +259,13 @@ def _finetune(args: argparse.Namespace) -> int:
             f"{args.backbone} mode={args.mode} on {len(source)} images "
             f"{_shown_counts(source, counts, args)}{world}; run: {run_dir}"
         )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file of that name, a read-only folder
+            raise ConfigError(
+                f"Cannot make the run folder {run_dir} ({exc.strerror or exc}): give --run-dir "
+                "a folder you can write to."
+            ) from None
         config = {
             **tuner.get_params(),
             "run_dir": str(run_dir),

@@ -106,8 +106,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     improvement. With ``run_dir`` the run writes ``history.jsonl``, ``best.pt`` and
     ``last.pt`` there and, with ``resume=True``, continues from ``last.pt`` when its
     configuration matches; one fit at a time holds ``run_dir`` (a second is refused).
-    ``verbose``: 0 silent, 1 a line per epoch, 2 also progress bars
-    within epochs.
+    ``verbose``: 0 silent, 1 a line per epoch, 2 also progress bars within epochs.
 
     ``decode="fast"`` reads JPEG files at the smallest DCT scale that still covers the resize
     (evaluation) or the smallest random crop (training); see ``featpipe extract --decode``.
