@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from featpipe.cli import main
-from featpipe.heads import select_and_fit
+from featpipe.errors import ConfigError
+from featpipe.heads import KNNProbe, select_and_fit
 from featpipe.store import write_arrays
 
 SPLITS = np.array(["train", "val", "test"])
@@ -105,3 +106,13 @@ def test_predict_refuses_a_store_among_several_inputs(tmp_path, capsys) -> None:
     assert main(["predict", head, store, store]) == 2
     err = capsys.readouterr().err
     assert "one feature store" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("pca", ["abc", 2.5, True, "3"])
+def test_pca_takes_whole_numbers_only(pca) -> None:
+    # int() cut 2.5 to 2 components, read True as 1 and '3' as 3, and raised a bare
+    # ValueError on 'abc'.
+    X, y = np.random.default_rng(0).normal(size=(20, 4)), np.arange(20) % 2
+    with pytest.raises(ConfigError, match=rf"pca must be a positive whole number.*{pca!r}"):
+        KNNProbe(pca=pca).fit(X, y)
+    assert KNNProbe(pca=np.int64(3)).fit(X, y).preprocessor_["pca"].n_components == 3

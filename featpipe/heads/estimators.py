@@ -18,7 +18,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.errors import ConfigError
-from featpipe.heads.preprocess import make_preprocessor
+from featpipe.heads.preprocess import check_pca, make_preprocessor
 from featpipe.heads.torch_logreg import (
     TorchLinearClassifier,
     TorchLogisticRegression,
@@ -81,8 +81,8 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
     def preprocessor_for(self, X: np.ndarray) -> BaseEstimator:
         """The unfitted preprocessing step for training rows ``X``: PCA cannot keep more
         components than samples or features (few-shot draws are tiny)."""
-        pca = None if self.pca is None else min(int(self.pca), *X.shape)
-        return make_preprocessor(self.preprocess, pca)
+        pca = check_pca(self.pca)
+        return make_preprocessor(self.preprocess, None if pca is None else min(pca, *X.shape))
 
     def transform_features(self, X) -> np.ndarray:
         """The preprocessed features the classifier sees."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
@@ -26,7 +28,22 @@ def make_preprocessor(
         raise ConfigError(f"Unknown preprocess {preprocess!r}; valid: {', '.join(PREPROCESSING)}.")
     steps = [("scale", first)]
     if pca is not None:
-        if int(pca) < 1:
-            raise ConfigError(f"pca must be a positive number of components or None; got {pca}.")
-        steps.append(("pca", PCA(n_components=int(pca), random_state=random_state)))
+        steps.append(("pca", PCA(n_components=check_pca(pca), random_state=random_state)))
     return Pipeline(steps)
+
+
+def check_pca(pca: object) -> int | None:
+    """``pca`` as a number of components: a whole number >= 1, or None (no PCA). int() cut
+    2.5 to 2 and read True as 1, and raised a bare ValueError on 'abc'."""
+    if pca is None:
+        return None
+    if (
+        isinstance(pca, bool)
+        or not isinstance(pca, numbers.Real)
+        or not float(pca).is_integer()
+        or pca < 1
+    ):
+        raise ConfigError(
+            f"pca must be a positive whole number of components, or None for no PCA; got {pca!r}."
+        )
+    return int(pca)
