@@ -37,6 +37,11 @@ REEXTRACT = (
 )
 
 
+# What h5py raises for a file whose HDF5 structures are damaged (KeyError: an object header
+# it cannot read; RuntimeError: attributes it cannot iterate).
+DAMAGED = (KeyError, ValueError, TypeError, OSError, RuntimeError)
+
+
 def all_finite(block: np.ndarray) -> bool:
     """Whether every value of a float array is finite (vectorised: it runs on every chunk)."""
     if block.dtype == np.float16:  # numpy's float16 isfinite is slow: read the exponent bits
@@ -98,27 +103,30 @@ class FeatureStore:
         if not self.path.is_file():
             raise _not_found(self.path)
         with self._open() as f:
-            if f.attrs.get("format") != schema.FORMAT:
-                raise unreadable(
-                    self.path,
-                    "it is an HDF5 file but not a featpipe store (its 'format' attribute is "
-                    f"{f.attrs.get('format')!r}, expected {schema.FORMAT!r})",
-                )
             try:
-                version = int(f.attrs["format_version"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise unreadable(self.path, "its format_version attribute is missing") from exc
-            if version > schema.FORMAT_VERSION:
-                raise StoreMismatchError(
-                    f"{self.path} has store format version {version}; this featpipe reads up to "
-                    f"{schema.FORMAT_VERSION}. Upgrade featpipe."
-                )
-            try:
+                self._check_format(f)
                 self._read_layout(f)
             except FeaturePipeError:
                 raise
-            except (KeyError, ValueError, TypeError, OSError) as exc:
+            except DAMAGED as exc:
                 raise unreadable(self.path, f"its layout is damaged ({exc})") from exc
+
+    def _check_format(self, f: h5py.File) -> None:
+        if f.attrs.get("format") != schema.FORMAT:
+            raise unreadable(
+                self.path,
+                "it is an HDF5 file but not a featpipe store (its 'format' attribute is "
+                f"{f.attrs.get('format')!r}, expected {schema.FORMAT!r})",
+            )
+        try:
+            version = int(f.attrs["format_version"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise unreadable(self.path, "its format_version attribute is missing") from exc
+        if version > schema.FORMAT_VERSION:
+            raise StoreMismatchError(
+                f"{self.path} has store format version {version}; this featpipe reads up to "
+                f"{schema.FORMAT_VERSION}. Upgrade featpipe."
+            )
 
     def _read_layout(self, f: h5py.File) -> None:
         self.attrs: dict[str, Any] = decode_attrs(f.attrs)
@@ -149,14 +157,17 @@ class FeatureStore:
     def _reading(self) -> Iterator[h5py.File]:
         """The open file, for reads. A parted store's virtual datasets open its part files as
         they are read: one open for writing by another process (HDF5 locks it) raises
-        StoreInUseError naming that process, not h5py's BlockingIOError."""
+        StoreInUseError naming that process, not h5py's BlockingIOError. A read that HDF5
+        fails on (a damaged file) raises UnreadableStoreError naming the file and the fix."""
         with self._open() as f:
             try:
                 yield f
-            except OSError as exc:
-                if self.parts is None or not lock_conflict(exc):
-                    raise
-                raise self._part_in_use() from exc
+            except FeaturePipeError:
+                raise
+            except (OSError, KeyError, RuntimeError) as exc:
+                if self.parts is not None and lock_conflict(exc):
+                    raise self._part_in_use() from exc
+                raise unreadable(self.path, f"its data is damaged ({exc})") from exc
 
     def _part_in_use(self) -> StoreInUseError:
         busy = [(p, owner) for p in self.parts or [] if (owner := holder(p.path)) is not None]
