@@ -186,3 +186,27 @@ def test_near_duplicates_hold_a_bounded_block_of_similarities():
         (str(n_ref + i), str(j)) for i, j in enumerate(sims.argmax(1)) if sims[i, j] >= 0.99
     }
     assert {(t, r) for t, r, _ in checks.near} == expected
+
+
+def test_a_deterministic_method_is_compared_with_any_seed_of_another():
+    # A deterministic probe runs once, with the first seed: seeds change nothing for it. A
+    # fine-tune whose first seed did not finish (or was recorded with another --seed) was
+    # compared with nothing, though the probe's one row stands for every seed.
+    from featpipe.report.summary import compare_pair
+
+    knn = make_row("toy/knn@pooled", acc=0.8, head="knn")
+    knn["deterministic"], knn["val_accuracy"] = True, 0.80
+    tunes = [
+        make_row("toy/finetune:full", "finetune", acc=0.9, seed=s, mode="full") for s in (1, 2)
+    ]
+    for row in tunes:
+        row["val_accuracy"] = 0.85
+    probe, tune = summarize([knn, *tunes])
+    for a, b in ((tune, probe), (probe, tune)):
+        paired = compare_pair(a, b, n_boot=100)
+        assert paired is not None and paired.seed == 1  # the fine-tune's seed, not the probe's
+    text = " ".join(recommendation([probe, tune], n_boot=100))
+    assert "could not be compared" not in text and "(test, seed 1)" in text
+    # Two methods with seeds both ran still pair on a seed of both only.
+    other = summarize([make_row("toy/logreg@pooled", seed=0), *tunes])
+    assert compare_pair(other[1], other[0], n_boot=100) is None

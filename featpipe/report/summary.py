@@ -172,12 +172,23 @@ class PairedResult:
     seed: int
 
 
-def compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResult | None:
-    """A against B on the lowest seed both ran, if they tested the same images."""
+def _seed_pairs(a: MethodSummary, b: MethodSummary) -> list[tuple[dict, dict]]:
+    """The rows of A and B to pair, lowest seed first: those of one seed, and a deterministic
+    method's one row (it ran once, as seeds change nothing) with each row of the other."""
+    if a.seed_note == "deterministic":
+        return [(a.rows[0], row) for row in b.rows]
+    if b.seed_note == "deterministic":
+        return [(row, b.rows[0]) for row in a.rows]
     rows_b = {r["seed"]: r for r in b.rows}
-    for row_a in a.rows:
-        row_b = rows_b.get(row_a["seed"])
-        if row_b and row_a["test"]["ids_sha256"] == row_b["test"]["ids_sha256"]:
+    return [(row, rows_b[row["seed"]]) for row in a.rows if row["seed"] in rows_b]
+
+
+def compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResult | None:
+    """A against B on the lowest seed both ran (any seed, for a deterministic method), if they
+    tested the same images."""
+    for row_a, row_b in _seed_pairs(a, b):
+        if row_a["test"]["ids_sha256"] == row_b["test"]["ids_sha256"]:
+            seed = (row_b if a.seed_note == "deterministic" else row_a)["seed"]
             result = compare(
                 a.label,
                 _correct(row_a),
@@ -186,9 +197,9 @@ def compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResul
                 cost_a=row_cost(row_a, "total_seconds"),
                 cost_b=row_cost(row_b, "total_seconds"),
                 n_boot=n_boot,
-                seed=row_a["seed"],
+                seed=seed,
             )
-            return PairedResult(result, row_a["seed"])
+            return PairedResult(result, seed)
     return None
 
 
