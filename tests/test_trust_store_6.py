@@ -3,14 +3,22 @@ and a consolidate that other commands run beside."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+from extract_child import NoiseSource
 
 from featpipe.cli import main
 from featpipe.errors import UnreadableStoreError
+from featpipe.extract import extract
 from featpipe.store import FeatureStore, write_arrays
 
 TESTS = Path(__file__).resolve().parent
@@ -20,6 +28,23 @@ FAST = dict(workers=0, device="cpu", progress=False, batch_size=4, dtype="float3
 def _small_store(path: Path) -> FeatureStore:
     x = np.random.RandomState(0).randn(6, 3).astype(np.float32)
     return write_arrays(path, {"pooled": x}, [0, 1] * 3, ["train", "val", "test"] * 2, ["a", "b"])
+
+
+def test_a_foreign_hdf5_file_in_a_cache_folder_is_never_pruned(tmp_path, capsys):
+    """Another program's .h5 (e.g. a Keras model) in the cache folder was listed as an
+    unreadable store and deleted by prune --incomplete, --older-than and --all."""
+    model = tmp_path / "model.h5"
+    with h5py.File(model, "w") as f:
+        f.create_dataset("dense/kernel", data=np.ones((3, 3)))
+    old = time.time() - 40 * 86400
+    os.utime(model, (old, old))
+    _small_store(tmp_path / "s.h5")
+    assert main(["cache", "list", str(tmp_path)]) == 0
+    assert re.search(r"^not a featpipe store .* model\.h5$", capsys.readouterr().out, re.M)
+    for choice in (["--incomplete"], ["--older-than", "30"], ["--all"]):
+        assert main(["cache", "prune", str(tmp_path), *choice, "--yes"]) == 0
+        assert model.exists(), choice
+    assert not (tmp_path / "s.h5").exists()  # --all deleted the store, not the model
 
 
 def _damaged_copies(store: Path, folder: Path) -> list[Path]:
@@ -49,3 +74,46 @@ def test_a_damaged_store_is_one_error_naming_the_file_and_the_fix(tmp_path, caps
         out = tmp_path / "out.npz"
         assert main(["export", str(path), "--out", str(out)]) == 2, path
         assert capsys.readouterr().err.startswith(f"featpipe export: error: {path} is not")
+
+
+CONSOLIDATE = """
+import sys, time
+from pathlib import Path
+import featpipe.store.consolidate as c
+
+source, out, ready, go = sys.argv[1:]
+copy = c._copy
+
+def paused(*args):  # the copy is done; wait for the test before the rename
+    copy(*args)
+    Path(ready).touch()
+    while not Path(go).exists():
+        time.sleep(0.05)
+
+c._copy = paused
+c.consolidate(source, out)
+"""
+
+
+def test_cache_prune_leaves_a_consolidate_in_progress_alone(tmp_path):
+    """consolidate writes OUT.h5.tmp without the store's lock, so prune took it for the
+    leftover of a killed run and deleted it: the consolidate then failed on its rename."""
+    source = tmp_path / "parted.h5"
+    extract(NoiseSource(8), "toy", ["pooled"], out=source, chunk_rows=2, shard=(0, 1), **FAST)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    out, ready, go = cache / "one.h5", tmp_path / "ready", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    args = [sys.executable, "-c", textwrap.dedent(CONSOLIDATE), source, out, ready, go]
+    child = subprocess.Popen([str(a) for a in args], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), child.stderr.read() if child.poll() is not None else "timeout"
+        assert main(["cache", "prune", str(cache), "--all", "--yes"]) == 0
+        go.touch()
+        assert child.wait(timeout=60) == 0, child.stderr.read()
+    finally:
+        child.kill()
+    assert FeatureStore(out).complete

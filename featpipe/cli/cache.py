@@ -20,8 +20,9 @@ examples:
 
 STATE is complete, incomplete N/M (finished chunks; the same extract command resumes it),
 in use (another process is writing it, or one part of a parted store), unreadable (damaged
-or not a store), or leftover (a temporary or lock file of a run that was killed). AGE counts
-from the last write (to any part, for a parted store).
+or not HDF5), not a featpipe store (another program's HDF5 file, which prune never deletes),
+or leftover (a temporary or lock file of a run that was killed). AGE counts from the last
+write (to any part, for a parted store).
 """
 
 PRUNE_EPILOG = """\
@@ -33,7 +34,8 @@ examples:
   featpipe cache prune runs/cache --all  # every store
 
 prune lists what it is about to delete, asks before deleting (unless --yes), and never
-touches a store that another process is writing (it takes each store's lock first).
+touches a store that another process is writing (it takes each store's lock first), nor an
+HDF5 file that is not a featpipe store.
 """
 
 

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
+
 from featpipe.errors import (
     FeaturePipeError,
     MissingPartError,
@@ -25,6 +27,7 @@ from featpipe.errors import (
     StoreMismatchError,
     UnreadableStoreError,
 )
+from featpipe.store import schema
 from featpipe.store.files import describe_failure, lock_conflict
 from featpipe.store.lock import (
     LOCK_SUFFIX,
@@ -41,6 +44,7 @@ from featpipe.store.reader import FeatureStore
 STORE_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
 DAY = 86400.0
+NOT_A_STORE = "not a featpipe store"  # the state of another program's HDF5 file
 
 
 @dataclass
@@ -130,6 +134,8 @@ def _describe_store(path: Path) -> CacheEntry:
         entry.state = entry.state if owner is not None else "in use"
         return entry
     except (UnreadableStoreError, OSError):
+        if _foreign(path):
+            entry.state = NOT_A_STORE
         return entry
     except MissingPartError:
         entry.state = "incomplete (part files missing)"
@@ -151,6 +157,27 @@ def _describe_store(path: Path) -> CacheEntry:
             return entry
         entry.state = "complete" if complete else f"incomplete {int(done.sum())}/{len(done)}"
     return entry
+
+
+def _foreign(path: Path) -> bool:
+    """Whether ``path`` is an HDF5 file another program made (no featpipe store has ever been
+    without its ``format`` attribute at its path): listed, never deleted."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") != schema.FORMAT
+    except Exception:  # damaged, or not HDF5: what a store cut short looks like
+        return False
+
+
+def _open_elsewhere(path: Path) -> bool:
+    """Whether another process has the HDF5 file ``path`` open for writing (HDF5 locks it)."""
+    if not path.name.endswith(STORE_SUFFIX + TMP_SUFFIX):
+        return False
+    try:
+        with h5py.File(path, "r"):
+            return False
+    except OSError as exc:
+        return lock_conflict(exc)
 
 
 def _leftover_store(path: Path) -> Path | None:
@@ -183,6 +210,8 @@ def scan(folder: str | Path) -> list[CacheEntry]:
         st = path.stat()
         owner = holder(store)
         state = "leftover" if owner is None else f"in use by {describe_owner(owner)}"
+        if owner is None and _open_elsewhere(path):  # e.g. consolidate's, made without a lock
+            state = "in use (open in another process)"
         entries.append(CacheEntry(path, store, state, _disk_size(path), st.st_mtime))
     return entries
 
@@ -197,10 +226,11 @@ def select(
 ) -> list[CacheEntry]:
     """What ``featpipe cache prune`` deletes: leftover files always; stores when asked for
     (``incomplete``: incomplete or unreadable ones; ``older_than_days``: not written for that
-    long; both: both conditions; ``everything``: all). Never anything in use."""
+    long; both: both conditions; ``everything``: all). Never anything in use, nor another
+    program's HDF5 file."""
     chosen = []
     for entry in entries:
-        if entry.in_use:
+        if entry.in_use or entry.state == NOT_A_STORE:
             continue
         if not entry.is_store:
             chosen.append(entry)
