@@ -117,3 +117,30 @@ def test_cache_prune_leaves_a_consolidate_in_progress_alone(tmp_path):
     finally:
         child.kill()
     assert FeatureStore(out).complete
+
+
+def test_a_second_consolidate_into_the_same_out_leaves_the_first_alone(tmp_path):
+    """A second consolidate into the OUT a first is writing (job-array tasks each ending
+    with the same consolidate) failed to open OUT.tmp with h5py's OSError traceback, after
+    deleting the first one's OUT.tmp under it, so both failed."""
+    from featpipe.errors import StoreInUseError
+    from featpipe.store.consolidate import consolidate
+
+    source = tmp_path / "parted.h5"
+    extract(NoiseSource(8), "toy", ["pooled"], out=source, chunk_rows=2, shard=(0, 1), **FAST)
+    out, ready, go = tmp_path / "one.h5", tmp_path / "ready", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    args = [sys.executable, "-c", textwrap.dedent(CONSOLIDATE), source, out, ready, go]
+    child = subprocess.Popen([str(a) for a in args], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), child.stderr.read() if child.poll() is not None else "timeout"
+        with pytest.raises(StoreInUseError, match=f"consolidating into {out} now"):
+            consolidate(source, out, force=True)
+        go.touch()
+        assert child.wait(timeout=60) == 0, child.stderr.read()
+    finally:
+        child.kill()
+    assert FeatureStore(out).complete

@@ -8,9 +8,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featpipe.errors import ConfigError, IncompleteStoreError
+from featpipe.errors import ConfigError, IncompleteStoreError, StoreInUseError
 from featpipe.store import schema
-from featpipe.store.files import check_free_space, disk_refused, open_h5
+from featpipe.store.files import check_free_space, disk_refused, lock_conflict, open_h5
 from featpipe.store.parts import describe_parts
 from featpipe.store.reader import FeatureStore
 from featpipe.store.writer import (
@@ -50,19 +50,34 @@ def consolidate(
     check_free_space(out, size, "the consolidated store")
     tmp = out.with_name(out.name + ".tmp")
     try:
-        with open_h5(source.path) as f, h5py.File(tmp, "w") as g:
+        with open_h5(source.path) as f, _create(tmp, out) as g:
             for name, value in f.attrs.items():
                 if name not in PARTED_ONLY:
                     g.attrs[name] = value
             _record_skipped(g, source)
             _copy(f, g, int(f.attrs["rows_per_chunk"]), block_chunks)
         replace_store_file(tmp, out)
+    except StoreInUseError:  # tmp is another consolidate's, or nothing was made: not ours
+        raise
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, (OSError, RuntimeError)) and disk_refused(exc):  # e.g. filled since
             raise copy_failed(out, exc) from exc
         raise
     return FeatureStore(out)
+
+
+def _create(tmp: Path, out: Path) -> h5py.File:
+    """The new file ``tmp``, unless another process is writing it (HDF5 locks it)."""
+    try:
+        return h5py.File(tmp, "w")
+    except OSError as exc:
+        if not lock_conflict(exc):
+            raise
+        raise StoreInUseError(
+            f"Another process is consolidating into {out} now ({tmp.name} is open for writing "
+            f"there). Wait for it to finish: {out} is then complete."
+        ) from exc
 
 
 def _record_skipped(g: h5py.File, source: FeatureStore) -> None:
