@@ -235,3 +235,9 @@ def test_a_manifest_with_windows_paths_says_to_use_slashes(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\ncat\\a.png,cat\nb.png,dog\n", encoding="utf-8")
     with pytest.raises(SourceError, match=r"1 missing file.* Separate folders with '/'"):
         CSVSource(tmp_path / "m.csv")
+
+
+@pytest.mark.parametrize("ids", [[10, 11], "ab", ["a", None]], ids=["ints", "a-string", "none"])
+def test_array_ids_that_are_not_strings_are_refused(ids):
+    with pytest.raises(SourceError, match="ArraySource ids are"):
+        ArraySource(np.zeros((2, 4, 4), np.uint8), [0, 1], ids=ids).fingerprint()

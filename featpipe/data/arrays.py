@@ -53,7 +53,7 @@ class ArraySource(ImageSource):
             classes=self.classes,
         )
         width = max(6, len(str(n - 1)))
-        self.ids = [f"{name}/{i:0{width}d}" for i in range(n)] if ids is None else list(ids)
+        self.ids = [f"{name}/{i:0{width}d}" for i in range(n)] if ids is None else _ids(ids)
         if len(self.ids) != n:
             raise SourceError(
                 f"ArraySource needs {n} unique ids, one per image; got {len(self.ids)}."
@@ -76,6 +76,20 @@ class ArraySource(ImageSource):
 
     def describe(self) -> dict:
         return {"kind": type(self).__name__, "name": self.name, "shape": list(self.images.shape)}
+
+
+def _ids(ids: Sequence[str]) -> list[str]:
+    """``ids`` as a list of str, checked: stores write them and fingerprints hash them as text."""
+    if isinstance(ids, str):
+        raise SourceError(f"ArraySource ids are a list of strings, one per image; got {ids!r}.")
+    ids = list(ids)
+    other = [i for i in ids if not isinstance(i, str)]
+    if other:
+        raise SourceError(
+            f"ArraySource ids are strings; got {type(other[0]).__name__} {other[0]!r}. Pass "
+            "e.g. [str(i) for i in ids]."
+        )
+    return [str(i) for i in ids]  # numpy's str_ as plain str
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
