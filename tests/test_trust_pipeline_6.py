@@ -143,3 +143,18 @@ def test_a_re_run_of_another_configuration_stopped_early_leaves_no_report_of_the
     monkeypatch.setattr(featpipe.heads, "select_and_fit", fit)
     assert run("15") == 0
     assert "n_neighbors=15" in (out / "report.md").read_text()
+
+
+def test_a_cache_dir_lp_ft_alone_cannot_write_fails_before_any_compute(tmp_path, capsys):
+    # Before: checked only when probes ran; LP-FT's probe, which reads the store, failed at
+    # extraction after config.json and plan.json were written, naming a --cache-dir option.
+    from featpipe.cli import main
+
+    toml = tmp_path / "t.toml"
+    toml.write_text(PIPELINE.replace("CACHE", str(tmp_path / "taken" / "cache")))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    sets = ["probes.heads=[]", 'finetune.modes=["lpft"]', "finetune.epochs=1"]
+    argv = ["run", str(toml), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main([*argv, *(arg for s in sets for arg in ("--set", s))]) == 2
+    assert "features.cache_dir = " in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -91,9 +91,12 @@ def check_models(config) -> dict:
 
 
 def check_cache_dir(config) -> None:
-    """``features.cache_dir`` takes files, when probes will extract into it: found out now,
-    not after the plan is written and the first backbone is built."""
-    if not config.probes.heads:
+    """``features.cache_dir`` takes files, when the run will extract into it (probes, or
+    LP-FT's probe): found out now, not after the plan is written and the first backbone is
+    built."""
+    from featpipe.pipeline.stages.finetune import stores_read
+
+    if not stores_read(config):
         return
     folder = Path(config.features.cache_dir)
     try:

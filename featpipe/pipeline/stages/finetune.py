@@ -193,7 +193,7 @@ def _probe_store(job: Job, context: RunContext):
     return feature_store(context, job.backbone)[0]
 
 
-def _stores_read(config: PipelineConfig) -> list[str]:
+def stores_read(config: PipelineConfig) -> list[str]:
     """The backbones whose feature store the run reads: every feature backbone when it runs
     probes, and those whose store LP-FT's probe reads."""
     probes = bool(config.probes.heads and config.probes.layers)
@@ -212,7 +212,7 @@ def _source(context: RunContext) -> tuple[ImageSource, dict[str, str]]:
     there), not only those its unfinished probes opened, so a resumed run leaves out the
     same images as an uninterrupted one. With no store to read (no probe), every image is
     decoded once to find them, by the same rules as extraction."""
-    stores = [feature_store(context, bb)[0] for bb in _stores_read(context.config)]
+    stores = [feature_store(context, bb)[0] for bb in stores_read(context.config)]
     if stores:
         skipped = {sid: why for store in stores for sid, why in store.skipped().items()}
     else:
