@@ -210,3 +210,14 @@ def test_a_deterministic_method_is_compared_with_any_seed_of_another():
     # Two methods with seeds both ran still pair on a seed of both only.
     other = summarize([make_row("toy/logreg@pooled", seed=0), *tunes])
     assert compare_pair(other[1], other[0], n_boot=100) is None
+
+
+@pytest.mark.parametrize("val", [None, float("nan")])
+def test_a_tied_cheaper_method_without_a_validation_score_is_not_said_to_score_0(val):
+    # "validation 0.0 %" was quoted for a method that has no validation score.
+    chosen = make_row("toy/logreg@pooled", acc=0.8, fit_seconds=5.0)
+    cheap = make_row("toy/knn@pooled", acc=0.8, head="knn", fit_seconds=0.1)
+    cheap["val_accuracy"] = val
+    text = recommendation(summarize([chosen, cheap]), n_boot=100)[0]
+    assert "The cheapest of these is toy/knn@pooled" in text
+    assert "validation 0.0 %" not in text and "included; no validation score, 80.8 % on" in text

@@ -37,6 +37,12 @@ def _test(s: MethodSummary) -> str:
     return f"{_pct(s.top1)} on test{ci}"
 
 
+def _validation(s: MethodSummary) -> str:
+    if s.val_accuracy is None:  # none recorded, or NaN (a results file featpipe did not write)
+        return "no validation score"
+    return f"validation {_pct(s.val_accuracy)}"
+
+
 def _methods(n: int) -> str:
     return "1 method" if n == 1 else f"{n} methods"
 
@@ -141,8 +147,8 @@ def _tie_sentence(advice: Advice, n_boot: int) -> str:
         text += (
             f" The cheapest of these is {cheap.label}, at {cost} "
             f"({cheap_s:.1f} s against {chosen_s:.1f} s"
-            f" in all, shared feature extraction included; validation "
-            f"{_pct(cheap.val_accuracy or 0)}, {_test(cheap)})."
+            f" in all, shared feature extraction included; {_validation(cheap)}, "
+            f"{_test(cheap)})."
         )
         if cheap.devices and chosen.devices and cheap.devices != chosen.devices:
             text += (
