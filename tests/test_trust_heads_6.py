@@ -116,3 +116,19 @@ def test_pca_takes_whole_numbers_only(pca) -> None:
     with pytest.raises(ConfigError, match=rf"pca must be a positive whole number.*{pca!r}"):
         KNNProbe(pca=pca).fit(X, y)
     assert KNNProbe(pca=np.int64(3)).fit(X, y).preprocessor_["pca"].n_components == 3
+
+
+def test_probe_run_dir_on_a_store_without_test_rows_fails_before_fitting(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    # Every head was selected and fitted, then the row failed naming the pipeline's
+    # 'source.test_fraction', and no row was written.
+    rng = np.random.default_rng(0)
+    y = np.arange(30) % 3
+    X = (rng.normal(size=(30, 4)) + y[:, None]).astype(np.float32)
+    write_arrays(tmp_path / "s.h5", {"pooled": X}, y, SPLITS[np.arange(30) % 2], list("abc"))
+    monkeypatch.setattr("featpipe.heads.select_and_fit", _no_selection)
+    args = ["probe", str(tmp_path / "s.h5"), "--heads", "knn", "--run-dir", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--run-dir" in err and "no test rows" in err and "it has: train, val" in err

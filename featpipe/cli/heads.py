@@ -150,6 +150,13 @@ def run_probe(args: argparse.Namespace) -> int:
             "predict` would need their train statistics. Save heads fitted on one layer."
         )
     names = _head_names(args.heads)
+    if args.run_dir and not store.split_counts().get("test"):  # rows are test results
+        have = [name for name, n in store.split_counts().items() if n > 0]
+        raise ConfigError(
+            f"--run-dir records each head's test results, but {store.path} has no test rows "
+            f"(it has: {', '.join(have) or 'none'}). Leave --run-dir out, or extract the "
+            "store with a test split."
+        )
     if args.few_shot:  # so do a missing test split and too few rows of a class
         data = FeatureSplits(store, layer)
         require_test_split(data)
