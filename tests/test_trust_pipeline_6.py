@@ -75,6 +75,8 @@ def test_home_and_variables_in_paths_are_expanded(tmp_path, monkeypatch):
     assert config.source.data == "digits"
     with pytest.raises(ConfigError, match=r"^out = '\$NOT_SET/a': environment variable \$NOT_SET"):
         config_from_dict(raw, out="$NOT_SET/a")
+    (tmp_path / "$NOT_SET").mkdir()  # a folder of that very name is what it names
+    assert config_from_dict(raw, out=f"{tmp_path}/$NOT_SET").out == f"{tmp_path}/$NOT_SET"
 
 
 @pytest.mark.parametrize(

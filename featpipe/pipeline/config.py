@@ -498,10 +498,11 @@ def _complete(config: PipelineConfig, default_name: str) -> PipelineConfig:
 
 def _expand(path: str, where: str) -> str:
     """``~`` and ``$VAR`` in a path key, expanded: else a folder named '~' or '$SCRATCH' was
-    made in the working directory. A variable that is not set is refused."""
+    made in the working directory. A variable that is not set is refused, unless a file of
+    that very name exists."""
     expanded = os.path.expanduser(os.path.expandvars(path))
     unset = re.search(r"\$\{?(\w+)", expanded)  # expandvars leaves those as they are
-    if unset:
+    if unset and not Path(expanded).exists():
         raise ConfigError(
             f"{where} = {path!r}: environment variable ${unset[1]} is not set. Set it, or "
             "write the path in full."
