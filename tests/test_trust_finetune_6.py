@@ -1,5 +1,6 @@
 """Fine-tuning under interruptions and re-runs: a run stopped by the caller's callback, a grid
-interrupted without --run-dir, two fits in one run folder, a run folder that is a file."""
+interrupted without --run-dir, two fits in one run folder, a run folder that is a file, a
+history left behind by a crash."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from test_finetune import tuner
 from featpipe.cli import main as cli_main
 from featpipe.errors import ConfigError, FeaturePipeError, StoreInUseError
 from featpipe.finetune import Callback, FineTuner, checkpoint
+from featpipe.finetune.callbacks import HistoryLogger
 
 
 class StopAt(Callback):
@@ -119,3 +121,21 @@ def test_a_run_dir_that_is_a_file_is_refused_in_one_line(split_image_folder, tmp
         "--run-dir a folder you can write to."
     )
     assert taken.read_text() == "notes"
+
+
+def test_a_finished_run_resumed_after_a_crash_writes_its_whole_history(tmp_path, monkeypatch):
+    # A full disk after last.pt, before history.jsonl: the finished run resumed trains no
+    # epoch, so history.jsonl kept missing the last one.
+    write = HistoryLogger.on_epoch_end
+
+    def full_disk(self, tuner, logs):
+        if logs["epoch"] == 1:
+            raise OSError(28, "No space left on device")
+        write(self, tuner, logs)
+
+    monkeypatch.setattr(HistoryLogger, "on_epoch_end", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        tuner(epochs=1, run_dir=tmp_path).fit(synthetic_source())
+    monkeypatch.setattr(HistoryLogger, "on_epoch_end", write)
+    ft = tuner(epochs=1, run_dir=tmp_path).fit(synthetic_source())
+    assert ft.start_epoch_ == 1 and json_rows(tmp_path / "history.jsonl") == ft.history_

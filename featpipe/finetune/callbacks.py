@@ -67,10 +67,16 @@ class Checkpoint(Callback):
 
 class HistoryLogger(Callback):
     """``history.jsonl``: one JSON object per epoch, rewritten whole so that after a resume it
-    holds exactly the epochs of the restored run."""
+    holds exactly the epochs of the restored run; written again when a run resumes, for a
+    crash (a full disk) may have left it an epoch behind ``last.pt``, and a finished run
+    resumes without another epoch to write it."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    def on_fit_start(self, tuner: Trainer) -> None:
+        if tuner.history_:
+            self.on_epoch_end(tuner, tuner.history_[-1])
 
     def on_epoch_end(self, tuner: Trainer, logs: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
