@@ -7,6 +7,7 @@ import io
 import pytest
 from test_distributed_env import TORCHRUN_ENV
 
+from featpipe.cli import main
 from featpipe.distributed import LineProgress, progress_bar
 from featpipe.distributed.progress import progress_mode
 
@@ -51,3 +52,22 @@ def test_a_count_past_its_guessed_total_is_not_above_100_percent():
     line = out.getvalue().strip()
     assert line.startswith("featpipe extract t2.h5: 264 img, ")
     assert "%" not in line and "of 232" not in line and "ETA" not in line
+
+
+def test_an_error_in_a_torchrun_job_names_its_rank(rank1_of_2, tmp_path, capsys):
+    """Each rank prints its own error; they read 'featpipe extract: error: ...' alike, so a
+    log of 8 ranks did not say which failed (warnings and progress lines name their rank)."""
+    assert main(["info", str(tmp_path / "none.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("featpipe [rank 1/2] info: error: No feature store at ")
+    assert len(err.splitlines()) == 1
+
+
+def test_broken_torchrun_variables_are_one_line_without_a_rank(monkeypatch, tmp_path, capsys):
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["extract", "digits", "--out", str(tmp_path / "s.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("featpipe extract: error: WORLD_SIZE=2 says this process is one of")
+    assert len(err.splitlines()) == 1 and not list(tmp_path.iterdir())

@@ -71,6 +71,16 @@ def _plain_warnings() -> Iterator[None]:
         warnings.formatwarning = previous
 
 
+def _who(command: str) -> str:
+    """``featpipe extract``, or ``featpipe [rank 1/4] extract`` in a multi-process job: each
+    rank prints its own error (a failed rank 1, rank 0 stopped by torchrun)."""
+    try:
+        tag = current_ranks().tag
+    except FeaturePipeError:  # torchrun's variables are the error being reported
+        tag = ""
+    return f"featpipe [{tag}] {command}" if tag else f"featpipe {command}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -83,14 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     except FeaturePipeError as exc:
         if os.environ.get("FEATPIPE_DEBUG") == "1":  # the full traceback, for bug reports
             traceback.print_exc()
-        print(f"featpipe {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{_who(args.command)}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see featpipe.interrupt)
         stop = Interrupted.from_exception(exc)
-        print(f"featpipe {args.command}: {stop.message}", file=sys.stderr)
+        print(f"{_who(args.command)}: {stop.message}", file=sys.stderr)
         return stop.exit_code
 
 
