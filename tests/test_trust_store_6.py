@@ -144,3 +144,20 @@ def test_a_second_consolidate_into_the_same_out_leaves_the_first_alone(tmp_path)
     finally:
         child.kill()
     assert FeatureStore(out).complete
+
+
+def test_pruning_a_one_file_store_leaves_the_parts_of_its_namesake(tmp_path, capsys):
+    """feats.h5 (one file) and the parted feats.hdf5 share the folder name feats.parts:
+    prune counted feats.hdf5's parts into feats.h5 and deleted them with it, breaking the
+    parted store."""
+    parted = tmp_path / "feats.hdf5"
+    extract(NoiseSource(8), "toy", ["pooled"], out=parted, chunk_rows=2, shard=(0, 1), **FAST)
+    _small_store(tmp_path / "feats.h5")
+    assert main(["cache", "prune", str(tmp_path), "--all", "--yes"]) == 0
+    assert "deleted 1 files" in capsys.readouterr().out
+    assert not (tmp_path / "feats.h5").exists()
+    store = FeatureStore(parted)
+    assert store.complete and store.arrays("pooled")[0].shape == (
+        8,
+        store.layer_info("pooled")["dim"],
+    )

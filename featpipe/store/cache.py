@@ -13,6 +13,7 @@ A parted store is in use while its top-level lock or the lock of any of its part
 from __future__ import annotations
 
 import contextlib
+import glob
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from featpipe.store.lock import (
     lock_path,
     owner_path,
 )
-from featpipe.store.parts import parts_dir
+from featpipe.store.parts import is_parted, parted_at, parts_dir
 from featpipe.store.reader import FeatureStore
 
 STORE_SUFFIX = ".h5"
@@ -81,16 +82,31 @@ def _disk_size(path: Path) -> int:
     return size
 
 
+def _owns_parts(store: Path) -> bool:
+    """Whether the parts folder beside ``store`` is its own: it is a parted store, or it cannot
+    be read now and no other parted store shares the folder. A one-file store named as a
+    parted one but for its last suffix (feats.h5 beside feats.hdf5) has no parts there."""
+    folder = parts_dir(store)
+    if not folder.is_dir():
+        return False
+    try:
+        with h5py.File(store, "r") as f:
+            return is_parted(f.attrs)
+    except OSError:  # damaged, or open for writing by another process
+        pass
+    others = store.parent.glob(glob.escape(store.stem) + "*")
+    return not any(p != store and parts_dir(p) == folder and parted_at(p) for p in others)
+
+
 def _part_files(store: Path) -> list[Path]:
     """The part files in the parts folder of ``store`` (none for a one-file store)."""
-    folder = parts_dir(store)
-    return sorted(folder.glob("part-*.h5")) if folder.is_dir() else []
+    return sorted(parts_dir(store).glob("part-*.h5")) if _owns_parts(store) else []
 
 
 def _part_locks(store: Path) -> list[Path]:
     """Every part of ``store`` a writer may hold: its part files, and parts with a lock file."""
     folder = parts_dir(store)
-    if not folder.is_dir():
+    if not _owns_parts(store):
         return []
     locked = {p.with_name(p.name[: -len(LOCK_SUFFIX)]) for p in folder.glob("part-*.h5.lock")}
     return sorted(locked | set(_part_files(store)))
@@ -251,11 +267,11 @@ def remove(entry: CacheEntry) -> bool:
     process holds one of them."""
     try:
         with StoreLock(entry.store, timeout=0), contextlib.ExitStack() as parts:
-            if entry.is_store:
-                for part in _part_locks(entry.store):  # writers take only a part's lock
-                    parts.enter_context(StoreLock(part, timeout=0, notify=_quiet))
+            owned = entry.is_store and _owns_parts(entry.store)
+            for part in _part_locks(entry.store) if owned else []:  # writers lock a part only
+                parts.enter_context(StoreLock(part, timeout=0, notify=_quiet))
             entry.path.unlink(missing_ok=True)
-            if entry.is_store:
+            if owned:
                 shutil.rmtree(parts_dir(entry.store), ignore_errors=True)
             if entry.is_store or not entry.store.exists():
                 owner_path(entry.store).unlink(missing_ok=True)
