@@ -132,3 +132,14 @@ def test_probe_run_dir_on_a_store_without_test_rows_fails_before_fitting(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "--run-dir" in err and "no test rows" in err and "it has: train, val" in err
+
+
+def test_faiss_knn_refuses_chunks_of_another_width_than_dim() -> None:
+    pytest.importorskip("faiss")
+    from featpipe.heads import FaissKNeighborsClassifier
+
+    # faiss's own check failed with a bare AssertionError.
+    X, y = np.zeros((6, 5), np.float32), np.arange(6) % 2
+    for chunks in ([(X, y)], [(X[:, :4], y), (X, y)]):
+        with pytest.raises(ConfigError, match=r"dim=4.*\(6, 5\)"):
+            FaissKNeighborsClassifier(3).fit_chunks(chunks, 4, np.array([0, 1]))

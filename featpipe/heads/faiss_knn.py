@@ -86,6 +86,11 @@ class FaissKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         index = faiss.IndexFlatIP(dim) if self.metric == "cosine" else faiss.IndexFlatL2(dim)
         classes, labels = np.asarray(classes), []
         for X, y in chunks:
+            if np.ndim(X) != 2 or np.shape(X)[1] != dim:  # faiss's own check: a bare assert
+                raise ConfigError(
+                    f"fit_chunks was given dim={dim}, but a chunk of rows has shape "
+                    f"{np.shape(X)}; every chunk must be (rows, {dim})."
+                )
             labels.append(_class_index(classes, y))
             index.add(self._rows(X))
         self.index_, self.classes_, self.n_features_in_ = index, classes, dim
