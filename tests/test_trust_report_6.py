@@ -221,3 +221,17 @@ def test_a_tied_cheaper_method_without_a_validation_score_is_not_said_to_score_0
     text = recommendation(summarize([chosen, cheap]), n_boot=100)[0]
     assert "The cheapest of these is toy/knn@pooled" in text
     assert "validation 0.0 %" not in text and "included; no validation score, 80.8 % on" in text
+
+
+def test_a_p_value_that_underflows_is_not_printed_as_0():
+    # 4,000 against 1,000 discordant pairs (a large test set): the chi-square tail underflows
+    # to 0.0 and the sentence read "McNemar p=0.0", a p-value no test gives.
+    from featpipe.evaluate import compare
+
+    a = np.r_[np.ones(4000, bool), np.zeros(1000, bool), np.ones(5000, bool)]
+    b = np.r_[np.zeros(4000, bool), np.ones(1000, bool), np.ones(5000, bool)]
+    comparison = compare("A", a, "B", b, n_boot=0)
+    assert comparison.mcnemar.p_value == 0.0 and comparison.significant
+    assert comparison.sentence() == "A beats B by 30.0 points (McNemar p<1e-300)"
+    small = compare("A", a[:200], "B", b[:200], n_boot=0)  # p = 5.7e-45, printed as it is
+    assert "(McNemar p=5.7e-45)" in small.sentence()

@@ -14,6 +14,7 @@ from featpipe.errors import ConfigError
 EXACT_BELOW = 25
 # Level at which a paired comparison calls a difference real (with the 95 % interval).
 ALPHA = 0.05
+TINY_P = 1e-300  # below this a p-value is shown as "<1e-300" (floats underflow near 1e-308)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class Comparison:
         (95 % CI 2.2 to 4.0, McNemar p=0.0012) at 46 times the cost". "beats" and "trails"
         need both the interval and McNemar's test; when they disagree the sentence says so."""
         pts = 100 * self.difference
-        p = f"McNemar p={format_p(self.mcnemar.p_value)}"
+        p = f"McNemar p{_p_figure(self.mcnemar.p_value)}"
         if self.ci_low is None:
             figures = p
         elif pts >= 0 or self.verdict == "none":
@@ -184,6 +185,12 @@ def format_p(p: float) -> str:
         if float(text) != ALPHA or p == ALPHA:
             return text
     return text
+
+
+def _p_figure(p: float) -> str:
+    """``=0.0012``, or ``<1e-300`` for a p-value below what a float holds well: the chi-square
+    tail of thousands of discordant pairs underflows to 0.0, and p is never 0."""
+    return f"<{TINY_P:.0e}" if p < TINY_P else f"={format_p(p)}"
 
 
 def _format_ratio(ratio: float) -> str:
