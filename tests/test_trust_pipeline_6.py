@@ -1,5 +1,7 @@
-"""`featpipe run` re-runs and config mistakes: a resumed run gives the rows an uninterrupted
-run gives, and a key left empty by mistake is refused rather than read as the working folder."""
+"""`featpipe run` re-runs and config mistakes: a resumed fine-tune leaves out the images an
+uninterrupted run does, a report of an earlier configuration does not outlive a stopped re-run,
+and paths (empty, ~, $VAR), values of the wrong type and unreadable pipeline files get one
+line naming the key and the fix."""
 
 from __future__ import annotations
 
