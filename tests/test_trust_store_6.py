@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 from extract_child import NoiseSource
+from filelock import FileLock
 
 from featpipe.cli import main
 from featpipe.errors import UnreadableStoreError
@@ -161,3 +162,26 @@ def test_pruning_a_one_file_store_leaves_the_parts_of_its_namesake(tmp_path, cap
         8,
         store.layer_info("pooled")["dim"],
     )
+
+
+def test_consolidate_never_replaces_a_store_another_process_is_writing(tmp_path):
+    """consolidate --force into the path of a store an extraction is writing (its lock held)
+    swapped the file under that writer: the extraction went on into a deleted file and
+    returned the consolidated store as its own."""
+    from featpipe.errors import StoreInUseError
+    from featpipe.store.consolidate import consolidate
+    from featpipe.store.lock import lock_path, owner_path
+
+    source = tmp_path / "parted.h5"
+    extract(NoiseSource(8), "toy", ["pooled"], out=source, chunk_rows=2, shard=(0, 1), **FAST)
+    busy = _small_store(tmp_path / "busy.h5").path
+    before = busy.read_bytes()
+    held = FileLock(str(lock_path(busy)))
+    held.acquire()
+    owner_path(busy).write_text('{"pid": 4242, "host": "node7"}')
+    try:
+        with pytest.raises(StoreInUseError, match="in use by pid 4242 on host node7"):
+            consolidate(source, busy, force=True)
+    finally:
+        held.release()
+    assert busy.read_bytes() == before

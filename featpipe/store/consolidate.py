@@ -11,6 +11,7 @@ import numpy as np
 from featpipe.errors import ConfigError, IncompleteStoreError, StoreInUseError
 from featpipe.store import schema
 from featpipe.store.files import check_free_space, disk_refused, lock_conflict, open_h5
+from featpipe.store.lock import holder, in_use_message
 from featpipe.store.parts import describe_parts
 from featpipe.store.reader import FeatureStore
 from featpipe.store.writer import (
@@ -45,6 +46,9 @@ def consolidate(
         )
     check_not_source(out, source.path)
     check_out_file(out, option="--out", replace=force)
+    owner = holder(out)  # an extraction writing a store there: --force would swap it under it
+    if owner is not None:
+        raise StoreInUseError(in_use_message(out, owner))
     out.parent.mkdir(parents=True, exist_ok=True)
     size = sum(part.path.stat().st_size for part in source.parts)
     check_free_space(out, size, "the consolidated store")
