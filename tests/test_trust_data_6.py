@@ -241,3 +241,13 @@ def test_a_manifest_with_windows_paths_says_to_use_slashes(tmp_path):
 def test_array_ids_that_are_not_strings_are_refused(ids):
     with pytest.raises(SourceError, match="ArraySource ids are"):
         ArraySource(np.zeros((2, 4, 4), np.uint8), [0, 1], ids=ids).fingerprint()
+
+
+def test_photos_of_extensions_not_read_are_said_to_be_left_out(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "a.jpg")
+    Image.new("RGB", (4, 4)).save(tmp_path / "cat" / "b.JFIF", format="JPEG")  # a browser's
+    with pytest.warns(UserWarning, match=r"leaves out 1 \.jfif file\(s\): featpipe reads"):
+        assert len(ImageFolderSource(tmp_path)) == 2
+    assert len(ImageFolderSource(tmp_path, extensions=("jpg", "jfif"))) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from featpipe.data.splits import assign_splits
 from featpipe.errors import ConfigError, SourceError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Other extensions of photos (a browser's .jfif JPEGs, a phone's .heic): not read by default,
+# so files bearing them are counted and warned of, not left out silently.
+_OTHER_PHOTOS = (".jfif", ".jpe", ".avif", ".heic", ".heif", ".jp2", ".ppm", ".pgm", ".tga")
 
 
 class ImageFolderSource(FileSource):
@@ -58,6 +62,7 @@ class ImageFolderSource(FileSource):
             what = "is not a folder" if self.root.exists() else "does not exist"
             raise SourceError(f"Image folder {str(self.root)!r} {what}.")
 
+        self._left_out: Counter[str] = Counter()  # other photos' extensions: files
         tops = _subfolders(self.root)
         split_of = _split_folders(self.root, tops)
         self.layout = "splits" if split_of else "flat"
@@ -68,6 +73,15 @@ class ImageFolderSource(FileSource):
             per_split = {".": self._scan_classes(self.root)}
         for folder in sorted({self.root, *(self.root / name for name in split_of)}):
             self._warn_loose_images(folder)
+        if self._left_out:
+            counts = ", ".join(f"{n} {ext}" for ext, n in sorted(self._left_out.items()))
+            warnings.warn(
+                f"Image folder {str(self.root)!r} leaves out {counts} file(s): featpipe reads "
+                f"{', '.join(self.extensions)}. Convert them (e.g. to .jpg or .png), or give "
+                "them to ImageFolderSource's extensions if Pillow decodes them.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.classes = sorted({c for found in per_split.values() for c in found})
         self._check_classes(per_split)
 
@@ -108,7 +122,7 @@ class ImageFolderSource(FileSource):
         """{class name: image files} for the class folders directly under ``folder``."""
         found = {}
         for name in _subfolders(folder):
-            files = _image_files(folder / name, self.extensions)
+            files = _image_files(folder / name, self.extensions, self._left_out)
             if not files:
                 raise SourceError(
                     f"Class folder {str(folder / name)!r} contains no images with extensions "
@@ -226,7 +240,7 @@ def _subfolders(folder: Path) -> list[str]:
         )
 
 
-def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+def _image_files(folder: Path, extensions: tuple[str, ...], left_out: Counter[str]) -> list[Path]:
     """Image files anywhere under ``folder``, skipping hidden files and folders.
 
     Symlinks are followed, but each real folder is visited once and links back to ``folder``
@@ -244,11 +258,13 @@ def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
         seen.add(real)
         # sorted: which of two links to one folder is listed must not depend on the disk
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        files += [
-            Path(dirpath, name)
-            for name in filenames
-            if not name.startswith(".") and name.lower().endswith(extensions)
-        ]
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            if name.lower().endswith(extensions):
+                files.append(Path(dirpath, name))
+            elif name.lower().endswith(_OTHER_PHOTOS):
+                left_out[os.path.splitext(name)[1].lower()] += 1
     return files
 
 
