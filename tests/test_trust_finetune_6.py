@@ -12,8 +12,9 @@ from finetune_child import synthetic_source
 from test_finetune import tuner
 
 from featpipe.cli import main as cli_main
-from featpipe.errors import ConfigError, FeaturePipeError, StoreInUseError
+from featpipe.errors import ConfigError, FeaturePipeError, StoreInUseError, StoreWriteError
 from featpipe.finetune import Callback, FineTuner, checkpoint
+from featpipe.finetune import tuner as tuner_module
 from featpipe.finetune.callbacks import HistoryLogger
 
 
@@ -111,7 +112,7 @@ def test_a_run_dir_that_is_a_file_is_refused_in_one_line(split_image_folder, tmp
     # first checkpoint).
     taken = tmp_path / "taken"
     taken.write_text("notes")
-    with pytest.raises(ConfigError, match=rf"Cannot write the run folder {taken} \(.*File exists"):
+    with pytest.raises(ConfigError, match=rf"Cannot make the run folder {taken} \(File exists\)"):
         tuner(epochs=1, run_dir=taken).fit(synthetic_source())
     args = "finetune --backbone toy --epochs 1 --batch-size 4 --no-progress"
     code = cli_main([*args.split(), "--data", str(split_image_folder), "--run-dir", str(taken)])
@@ -139,3 +140,23 @@ def test_a_finished_run_resumed_after_a_crash_writes_its_whole_history(tmp_path,
     monkeypatch.setattr(HistoryLogger, "on_epoch_end", write)
     ft = tuner(epochs=1, run_dir=tmp_path).fit(synthetic_source())
     assert ft.start_epoch_ == 1 and json_rows(tmp_path / "history.jsonl") == ft.history_
+
+
+class NoLocks:
+    """A folder where no lock file can be made (read-only, or no flock on its filesystem)."""
+
+    def __init__(self, store, timeout=None):
+        self.store = store
+
+    def __enter__(self):
+        raise StoreWriteError(f"Cannot lock {self.store} for writing")
+
+    def __exit__(self, *exc):
+        pass
+
+
+def test_a_run_folder_without_locks_still_trains_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuner_module, "StoreLock", NoLocks)
+    ft = tuner(epochs=1, run_dir=tmp_path).fit(synthetic_source())
+    again = tuner(epochs=1, run_dir=tmp_path).fit(synthetic_source())
+    assert again.start_epoch_ == 1 and again.history_ == ft.history_

@@ -75,14 +75,22 @@ class HistoryLogger(Callback):
         self.path = Path(path)
 
     def on_fit_start(self, tuner: Trainer) -> None:
-        if tuner.history_:
+        try:
+            written = self.path.read_text()
+        except OSError:
+            written = None
+        if tuner.history_ and written != _lines(tuner.history_):
             self.on_epoch_end(tuner, tuner.history_[-1])
 
     def on_epoch_end(self, tuner: Trainer, logs: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in tuner.history_))
+        tmp.write_text(_lines(tuner.history_))
         os.replace(tmp, self.path)
+
+
+def _lines(history: list[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in history)
 
 
 class WriteJson(Callback):

@@ -217,20 +217,22 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         with contextlib.ExitStack() as held:
             refused = None
             if ddp.is_main():
-                lock = StoreLock(Path(self.run_dir) / checkpoint.LAST, timeout=0)
                 try:
-                    held.enter_context(lock)
+                    Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+                    held.enter_context(StoreLock(Path(self.run_dir) / checkpoint.LAST, timeout=0))
                 except StoreInUseError:
-                    owner = describe_owner(read_owner(lock.store))
+                    owner = describe_owner(read_owner(Path(self.run_dir) / checkpoint.LAST))
                     refused = StoreInUseError(
                         f"The run folder {self.run_dir} is in use by {owner}: another fine-tune "
                         "is training in it. Wait for it to finish (the same command then "
                         "resumes its finished run), or use another run_dir (CLI: --run-dir)."
                     )
-                except StoreWriteError as exc:
+                except StoreWriteError:
+                    pass  # no lock file here (a read-only folder of a finished run): unguarded
+                except OSError as exc:  # a file of that name
                     refused = ConfigError(
-                        f"Cannot write the run folder {self.run_dir} ({exc.__cause__}). Use a "
-                        "run_dir you can write to (CLI: --run-dir)."
+                        f"Cannot make the run folder {self.run_dir} ({exc.strerror or exc}). Use "
+                        "a run_dir you can write to (CLI: --run-dir)."
                     )
             refused = ddp.from_main(refused)
             if refused:
