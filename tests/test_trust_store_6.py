@@ -185,3 +185,12 @@ def test_consolidate_never_replaces_a_store_another_process_is_writing(tmp_path)
     finally:
         held.release()
     assert busy.read_bytes() == before
+
+
+def test_prune_older_than_nan_is_refused(tmp_path, capsys):
+    """--older-than nan passed the check for a negative number, and no age is <= NaN, so
+    prune deleted every store, however new."""
+    _small_store(tmp_path / "s.h5")
+    assert main(["cache", "prune", str(tmp_path), "--older-than", "nan", "--yes"]) == 2
+    assert "--older-than must be a number of days >= 0; got nan" in capsys.readouterr().err
+    assert (tmp_path / "s.h5").exists()

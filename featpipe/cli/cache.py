@@ -155,7 +155,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_prune(args: argparse.Namespace) -> int:
     from featpipe.store.cache import remove, select
 
-    if args.older_than is not None and args.older_than < 0:
+    if args.older_than is not None and not args.older_than >= 0:  # also NaN: every store
         raise ConfigError(f"--older-than must be a number of days >= 0; got {args.older_than}.")
     now = time.time()
     entries = _scan(args.dir)
