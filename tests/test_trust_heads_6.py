@@ -143,3 +143,14 @@ def test_faiss_knn_refuses_chunks_of_another_width_than_dim() -> None:
     for chunks in ([(X, y)], [(X[:, :4], y), (X, y)]):
         with pytest.raises(ConfigError, match=r"dim=4.*\(6, 5\)"):
             FaissKNeighborsClassifier(3).fit_chunks(chunks, 4, np.array([0, 1]))
+
+
+@pytest.mark.parametrize(("k", "draws"), [(2.5, 2), (2, 2.5), ("2", 2), (True, 2)])
+def test_few_shot_takes_whole_numbers_of_rows_and_draws(k, draws) -> None:
+    # k=2.5 and k='2' were TypeErrors from numpy, draws=2.5 ran 2 draws, k=True drew 1 row.
+    from featpipe.heads import few_shot
+
+    X, y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 3
+    with pytest.raises(ConfigError, match="whole numbers >= 1"):
+        few_shot("knn", {"train": (X, y), "test": (X, y)}, k=k, draws=draws)
+    assert few_shot("knn", {"train": (X, y), "test": (X, y)}, k=np.int64(2), draws=2).draws == 2

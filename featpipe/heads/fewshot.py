@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,11 @@ def require_k_per_class(
     return labels
 
 
+def _count(value: object) -> bool:
+    """Whether ``value`` is a whole number >= 1 (an int or a numpy integer, not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
 def few_shot(
     estimator: BaseEstimator | str,
     source: object,
@@ -96,8 +102,10 @@ def few_shot(
     ``seed`` seeds the draws. ``head_seed`` and ``device`` are set on the head as
     :func:`select_and_fit`'s ``seed`` and ``device`` are (its seed parameter, for registered
     heads with randomness; ``device`` where it has one); None keeps the head's own."""
-    if int(k) < 1 or int(draws) < 1:
-        raise ConfigError(f"few-shot needs k >= 1 and draws >= 1; got k={k}, draws={draws}.")
+    if not (_count(k) and _count(draws)):  # int() cut 2.5 draws to 2; k=2.5 was a TypeError
+        raise ConfigError(
+            f"few-shot needs k and draws to be whole numbers >= 1; got k={k!r}, draws={draws!r}."
+        )
     head = make_head(estimator) if isinstance(estimator, str) else clone(estimator)
     head.set_params(**run_params(head, seed=head_seed, device=device))
     data = FeatureSplits(source, layer)
