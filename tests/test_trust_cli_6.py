@@ -24,13 +24,17 @@ def rank1_of_2(monkeypatch):
     monkeypatch.delenv("FEATPIPE_PROGRESS", raising=False)
 
 
-def test_the_ranks_of_a_torchrun_job_print_lines_on_a_terminal(rank1_of_2, monkeypatch):
+def test_on_a_terminal_only_rank_0_of_a_torchrun_job_draws_a_bar(rank1_of_2, monkeypatch):
     """torchrun's ranks share the terminal they were started from: their carriage-return bars,
     untagged, took turns on its one line (rank 0 at '9 parts filled: 328img', then rank 1 at
     '30% 64/210', left on screen as if rank 1 had stopped there)."""
     monkeypatch.setattr("sys.stderr", Tty())
     assert progress_mode(Tty()) == "lines"
     assert isinstance(progress_bar(10, desc="extract s.h5"), LineProgress)
+    monkeypatch.setenv("RANK", "0")  # rank 0 keeps its bar (a DDP fine-tune shows only it)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert progress_mode(Tty()) == "bar"
+    monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("FEATPIPE_PROGRESS", "bar")  # still forced at will
     assert progress_mode(Tty()) == "bar"
 

@@ -3,8 +3,9 @@
 Under Slurm or Kubernetes stdout and stderr are log files, where a carriage-return bar writes
 a new copy of itself many times a second (tens of MB over a long job). There progress is one
 plain line per interval instead: who (the rank, in a multi-process job), what, how far, how
-fast and how long still. The processes of a torchrun job get lines on a terminal too: their
-bars would overwrite each other on its one line. ``FEATPIPE_PROGRESS=bar|lines`` forces either;
+fast and how long still. On a terminal only rank 0 of a torchrun job draws a bar, the other
+ranks print lines: bars of several processes would overwrite each other on its one line.
+``FEATPIPE_PROGRESS=bar|lines`` forces either;
 ``FEATPIPE_PROGRESS_INTERVAL`` sets the seconds between lines (default 30).
 """
 
@@ -28,8 +29,8 @@ MODES = ("bar", "lines")
 
 
 def progress_mode(stream: IO[str] | None = None) -> str:
-    """``bar`` on a terminal for a single process, ``lines`` otherwise, unless
-    ``FEATPIPE_PROGRESS`` says."""
+    """``bar`` on a terminal (for rank 0 alone in a multi-process job), ``lines`` otherwise,
+    unless ``FEATPIPE_PROGRESS`` says."""
     forced = os.environ.get("FEATPIPE_PROGRESS", "").strip().lower()
     if forced:
         if forced not in MODES:
@@ -38,7 +39,7 @@ def progress_mode(stream: IO[str] | None = None) -> str:
                 "Unset it to choose by whether stderr is a terminal."
             )
         return forced
-    if current_ranks().distributed:  # the ranks' bars would take turns on one line, untagged
+    if not current_ranks().is_main:  # the ranks' bars would take turns on one line, untagged
         return "lines"
     stream = sys.stderr if stream is None else stream
     return "bar" if getattr(stream, "isatty", lambda: False)() else "lines"
