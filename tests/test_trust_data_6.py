@@ -22,7 +22,7 @@ from featpipe.data import (
     open_source,
 )
 from featpipe.data.images import load_resized, load_source_image
-from featpipe.errors import SourceError
+from featpipe.errors import ConfigError, SourceError
 
 
 def test_a_parquet_file_that_names_no_split_loads_its_images(tmp_path):
@@ -251,3 +251,13 @@ def test_photos_of_extensions_not_read_are_said_to_be_left_out(tmp_path):
     with pytest.warns(UserWarning, match=r"leaves out 1 \.jfif file\(s\): featpipe reads"):
         assert len(ImageFolderSource(tmp_path)) == 2
     assert len(ImageFolderSource(tmp_path, extensions=("jpg", "jfif"))) == 3
+
+
+@pytest.mark.parametrize("spec", ["", "  ", None])
+def test_an_empty_source_spec_is_not_the_working_directory(tmp_path, monkeypatch, spec):
+    for name in ("cat", "dog"):  # a working directory that would open as an image folder
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "a.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="No image source given"):
+        open_source(spec)

@@ -44,6 +44,12 @@ def open_source(spec: str | Path | ImageSource, **kwargs) -> ImageSource:
                 "pass them when building it."
             )
         return spec
+    if not isinstance(spec, str | Path) or not str(spec).strip():
+        # Path("") is the working directory: an unset variable would read it as a dataset
+        raise ConfigError(
+            f"No image source given (got {spec!r}). Give a folder, a CSV manifest, a spec such "
+            "as torchvision:NAME@ROOT, or a built-in dataset name such as digits."
+        )
     if isinstance(spec, str):
         if spec in BUILTIN_SOURCES:
             return load_builtin(spec, **kwargs)
