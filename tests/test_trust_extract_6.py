@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import toy_backbone  # noqa: F401  (registers 'toy')
@@ -73,3 +75,28 @@ def test_the_cache_tells_palette_images_apart_by_their_colours(tmp_path):
     assert not np.array_equal(expected[0], expected[2])
     for image, features in zip(images, expected, strict=True):
         assert np.array_equal(cached.transform([image])[0], features)
+
+
+def test_two_jobs_caching_one_image_at_once_both_succeed(tmp_path, monkeypatch):
+    # GridSearchCV's jobs share one cache: a job saved its feature to a temporary file whose
+    # name every job used, and moved it into place; another job moving that file first made
+    # the move fail with FileNotFoundError. Here the other job runs between the two steps.
+    from featpipe.extract import embedder as embedder_module
+
+    image = np.random.default_rng(2).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    cache = tmp_path / "cache"
+    save, others, started = np.save, [], []
+
+    def save_then_let_another_job_cache_it(file, array, *args, **kwargs):
+        save(file, array, *args, **kwargs)
+        if not started:
+            started.append(True)
+            other = Embedder("toy", device="cpu", n_jobs=1, cache_dir=cache).fit()
+            job = threading.Thread(target=lambda: others.append(other.transform([image])))
+            job.start()
+            job.join()
+
+    monkeypatch.setattr(embedder_module.np, "save", save_then_let_another_job_cache_it)
+    features = Embedder("toy", device="cpu", n_jobs=1, cache_dir=cache).fit().transform([image])
+    assert np.array_equal(features, others[0])
+    assert sorted(p.suffix for p in next(cache.iterdir()).iterdir()) == [".json", ".npy"]
