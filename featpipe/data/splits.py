@@ -99,9 +99,7 @@ def assign_splits(
 def _warn_untrained(
     labels: np.ndarray, splits: np.ndarray, classes: Sequence[str], origin: str
 ) -> None:
-    untrained = sorted(
-        set(labels[splits != TRAIN].tolist()) - set(labels[splits == TRAIN].tolist())
-    )
+    untrained = np.setdiff1d(labels[splits != TRAIN], labels[splits == TRAIN]).tolist()
     if untrained:
         names = ", ".join(repr(classes[c]) for c in untrained[:5])
         more = f" (and {len(untrained) - 5} more)" if len(untrained) > 5 else ""
