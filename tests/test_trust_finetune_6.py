@@ -1,6 +1,6 @@
 """Fine-tuning under interruptions and re-runs: a run stopped by the caller's callback, a grid
 interrupted without --run-dir, two fits in one run folder, a run folder that is a file, a
-history left behind by a crash."""
+history left behind by a crash, a grid listing a value twice."""
 
 from __future__ import annotations
 
@@ -160,3 +160,17 @@ def test_a_run_folder_without_locks_still_trains_and_resumes(tmp_path, monkeypat
     ft = tuner(epochs=1, run_dir=tmp_path).fit(synthetic_source())
     again = tuner(epochs=1, run_dir=tmp_path).fit(synthetic_source())
     assert again.start_epoch_ == 1 and again.history_ == ft.history_
+
+
+def test_a_grid_value_listed_twice_is_refused_before_training(
+    split_image_folder, tmp_path, monkeypatch, capsys
+):
+    # lr=0.01,1e-2 trained once: the second candidate resumed the first's folder, and the
+    # grid's cost (metrics.json, the result row) counted its seconds twice.
+    monkeypatch.chdir(tmp_path)
+    args = "finetune --backbone toy --epochs 1 --batch-size 4 --grid lr=0.01,0.05,1e-2"
+    assert cli_main([*args.split(), "--data", str(split_image_folder)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "featpipe finetune: error: --grid.lr lists 0.01 more than once (in [0.01, 0.05, 0.01]); "
+        "list each value once."
+    )

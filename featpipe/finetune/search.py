@@ -57,6 +57,14 @@ def check_grid(grid: dict, where: str = "grid") -> None:
                 f"{where}.{name} must be a non-empty array of values, e.g. lr = [0.01, 0.05]; "
                 f"got {values!r}."
             )
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            # The same candidate twice shares a folder: the second resumes the first's run,
+            # and the grid's cost counts its seconds twice.
+            raise ConfigError(
+                f"{where}.{name} lists {repeated[0]!r} more than once (in {list(values)!r}); "
+                "list each value once."
+            )
 
 
 def check_candidates(tuner: FineTuner, grid: dict, where: str = "grid") -> None:
