@@ -154,3 +154,20 @@ def test_few_shot_takes_whole_numbers_of_rows_and_draws(k, draws) -> None:
     with pytest.raises(ConfigError, match="whole numbers >= 1"):
         few_shot("knn", {"train": (X, y), "test": (X, y)}, k=k, draws=draws)
     assert few_shot("knn", {"train": (X, y), "test": (X, y)}, k=np.int64(2), draws=2).draws == 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--heads", "knn"], ["--heads", "mlp"], ["--heads", "knn", "--few-shot", "2"]],
+)
+def test_probe_refuses_a_negative_seed_in_one_line(tmp_path, capsys, extra) -> None:
+    # --seed -1 was numpy's traceback from the CV folds or the few-shot draws, and the MLP
+    # said 'random_state must be None, an int or a np.random.RandomState; got -1'.
+    rng = np.random.default_rng(0)
+    y = np.arange(30) % 3
+    X = (rng.normal(size=(30, 4)) + y[:, None]).astype(np.float32)
+    splits = np.where(np.arange(30) % 2, "test", "train")  # no val: CV folds seeded
+    write_arrays(tmp_path / "s.h5", {"pooled": X}, y, splits, list("abc"))
+    assert main(["probe", str(tmp_path / "s.h5"), *extra, "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "seed must be an integer >= 0; got -1" in err and "Traceback" not in err

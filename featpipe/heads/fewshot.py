@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, clone
 
 from featpipe.errors import ConfigError
-from featpipe.heads.registry import make_head, run_params
+from featpipe.heads.registry import check_seed, make_head, run_params
 from featpipe.heads.splits import FeatureSplits
 
 
@@ -106,6 +106,7 @@ def few_shot(
         raise ConfigError(
             f"few-shot needs k and draws to be whole numbers >= 1; got k={k!r}, draws={draws!r}."
         )
+    check_seed(seed)  # of the draws
     head = make_head(estimator) if isinstance(estimator, str) else clone(estimator)
     head.set_params(**run_params(head, seed=head_seed, device=device))
     data = FeatureSplits(source, layer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -155,6 +156,7 @@ def run_params(
 ) -> dict[str, object]:
     """What a run sets on a head before fitting: its seed parameter (registered heads only)
     to ``seed``, and ``device`` for heads with a ``device`` parameter. None sets nothing."""
+    check_seed(seed)
     params: dict[str, object] = {}
     name = head_name(head)
     if seed is not None and name is not None and HEADS[name].seed_param:
@@ -162,6 +164,15 @@ def run_params(
     if device is not None and "device" in head.get_params(deep=False):
         params["device"] = device
     return params
+
+
+def check_seed(seed: object) -> None:
+    """A run's seed (None: keep the head's own) is an integer >= 0, as numpy's generators
+    take (-1 failed deep in the CV folds or few-shot draws with numpy's traceback)."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0; got {seed!r}. Use e.g. --seed 0.")
 
 
 def default_grid(name: str) -> dict[str, list]:
