@@ -117,12 +117,15 @@ class Cost:
         trainable_params: int | None,
         extraction: Extraction | None = None,
         fit_process_seconds: float | None = None,
+        tested_on_store: bool = True,
     ) -> Cost:
         """The cost of a method that ran inside ``usage``, read ``extraction``'s store (None:
         it ran the backbone itself) and predicted ``n_test`` images in ``predict_seconds``.
-        Throughput counts the backbone's share of each image: its extraction time per image."""
+        Throughput counts the backbone's share of each image: its extraction time per image,
+        when the test images were read from the store (not LP-FT's, whose store trained only
+        its probe)."""
         ext = extraction or Extraction()
-        per_image = ext.seconds / ext.images if ext.images else 0.0
+        per_image = ext.seconds / ext.images if ext.images and tested_on_store else 0.0
         busy = per_image * n_test + predict_seconds
         return cls(
             extraction_seconds=float(ext.seconds),

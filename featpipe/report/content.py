@@ -210,11 +210,11 @@ def _results_table(summaries: list[MethodSummary]) -> Table:
 
 
 def _store_costs(rows: list[dict]) -> dict[tuple[str, str], dict]:
-    """The cost record of each feature store (by backbone and store key), once."""
+    """The cost record of each feature store (by backbone and store key), once: a probe's, or
+    LP-FT's that read it."""
     stores: dict[tuple[str, str], dict] = {}
     for row in rows:
-        store = row["provenance"].get("store")
-        if row["kind"] == MethodKind.PROBE and store:
+        if store := row["provenance"].get("store"):
             stores.setdefault((row["backbone"], store.get("key", "")), row["cost"])
     return stores
 

@@ -9,7 +9,7 @@ import numpy as np
 from featpipe.data import ImageSource
 from featpipe.data.splits import with_train_ids
 from featpipe.data.unreadable import unreadable_images, without
-from featpipe.evaluate import Cost, Timer, Usage, measure
+from featpipe.evaluate import Cost, Extraction, Timer, Usage, measure
 from featpipe.finetune.freezing import Mode
 from featpipe.finetune.tuner import result_params, spec_for
 from featpipe.pipeline.jobs import (
@@ -34,6 +34,7 @@ from featpipe.store.schema import skipped_rows
 if TYPE_CHECKING:
     from featpipe.finetune.search import GridResult
     from featpipe.pipeline.config import PipelineConfig
+    from featpipe.store import FeatureStore
 
 NAME = "finetune"
 
@@ -74,7 +75,7 @@ def run(job: Job, context: RunContext) -> ResultRow:
     from featpipe.finetune import FineTuner
     from featpipe.finetune.search import fit_grid
 
-    store = _probe_store(job, context)  # opened first: _source then reads its skips
+    read = _probe_store(job, context)  # opened first: _source then reads its skips
     source, skipped = context.once("finetune source", lambda: _source(context))
     train_ids = sweep_ids(context, job.train_size)
     if train_ids is not None:
@@ -97,7 +98,8 @@ def run(job: Job, context: RunContext) -> ResultRow:
         **settings,
     )
     # A store that left images out is not read: the fine-tune's rows are fewer.
-    probe_features = None if skipped else store
+    read = None if skipped else read
+    probe_features = read[0] if read else None
     with measure(context.device) as usage:
         if grid:
             search = fit_grid(tuner, source, grid, probe_features=probe_features)
@@ -108,7 +110,16 @@ def run(job: Job, context: RunContext) -> ResultRow:
         with Timer() as predict:
             proba = tuner.predict_proba("test")  # the winner's only: test is read once
     return finetune_row(
-        job, context, tuner, proba, usage, predict.seconds, settings, skipped, search=search
+        job,
+        context,
+        tuner,
+        proba,
+        usage,
+        predict.seconds,
+        settings,
+        skipped,
+        search=search,
+        read=read,
     )
 
 
@@ -123,11 +134,13 @@ def finetune_row(
     skipped: dict[str, str],
     *,
     search: GridResult | None = None,
+    read: tuple[FeatureStore, Extraction] | None = None,
 ) -> ResultRow:
     """The row of a fitted FineTuner whose test-split probabilities are ``proba``; also
     written by ``featpipe finetune``. ``settings`` are the row's params; with a grid
     ``search``, the winner's settings replace them, its ``curve`` lists every candidate's
-    validation accuracy and the fitting time counts every candidate."""
+    validation accuracy and the fitting time counts every candidate. ``read``: the feature
+    store LP-FT's probe read and its extraction, part of the method's cost as for a probe."""
     source = tuner.source_
     extra: dict = {}
     fit_seconds = tuner.fit_seconds_  # every resumed piece, not only this one
@@ -156,11 +169,13 @@ def finetune_row(
             predict_seconds=predict_seconds,
             n_test=len(y),
             trainable_params=int(tuner.trainable_params_),
+            extraction=read[1] if read else None,
+            tested_on_store=False,
         ),
         test=Predictions.of([source.ids[i] for i in rows], y, proba.argmax(axis=1)),
         provenance={
             "backbone": tuner.backbone_.identity(),
-            "store": None,
+            "store": {"path": str(read[0].path), "key": read[0].key} if read else None,
             "image_size": settings.get("image_size"),
             "skipped": skip_summary(skipped),
         },
@@ -186,11 +201,12 @@ def _reads_store(config: PipelineConfig, backbone: str, mode: str) -> bool:
     )
 
 
-def _probe_store(job: Job, context: RunContext):
-    """The feature store LP-FT's probe reads (see ``_reads_store``), or None."""
+def _probe_store(job: Job, context: RunContext) -> tuple[FeatureStore, Extraction] | None:
+    """The feature store LP-FT's probe reads (see ``_reads_store``) and its extraction, or
+    None."""
     if not _reads_store(context.config, job.backbone, job.mode):
         return None
-    return feature_store(context, job.backbone)[0]
+    return feature_store(context, job.backbone)
 
 
 def stores_read(config: PipelineConfig) -> list[str]:
