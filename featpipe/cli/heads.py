@@ -138,7 +138,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from featpipe.distributed import current_ranks
     from featpipe.evaluate import measure
     from featpipe.heads import few_shot, save_head, select_and_fit
-    from featpipe.heads.fewshot import require_k_per_class, require_test_split
+    from featpipe.heads.fewshot import require_k_per_class, require_test_split, splits_with_rows
     from featpipe.heads.splits import FeatureSplits, layer_parts
     from featpipe.store import FeatureStore
 
@@ -150,15 +150,14 @@ def run_probe(args: argparse.Namespace) -> int:
             "predict` would need their train statistics. Save heads fitted on one layer."
         )
     names = _head_names(args.heads)
-    if args.run_dir and not store.split_counts().get("test"):  # rows are test results
-        have = [name for name, n in store.split_counts().items() if n > 0]
+    data = FeatureSplits(store, layer)
+    if args.run_dir and not data.has("test"):  # rows are test results
         raise ConfigError(
             f"--run-dir records each head's test results, but {store.path} has no test rows "
-            f"(it has: {', '.join(have) or 'none'}). Leave --run-dir out, or extract the "
-            "store with a test split."
+            f"(it has: {', '.join(splits_with_rows(data)) or 'none'}). Leave --run-dir out, or "
+            "extract the store with a test split."
         )
     if args.few_shot:  # so do a missing test split and too few rows of a class
-        data = FeatureSplits(store, layer)
         require_test_split(data)
         require_k_per_class(data, args.few_shot)
     suffix = _save_suffix(args.save_format) if args.save_dir else None
