@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from featpipe.errors import ConfigError, did_you_mean
-from featpipe.pipeline.schema import build, json_schema, option
+from featpipe.pipeline.schema import build, json_schema, option, toml_value
 
 # Split fractions a pipeline uses where the source lacks the split and the file sets none.
 DEFAULT_FRACTIONS = {"val_fraction": 0.1, "test_fraction": 0.2}
@@ -378,11 +378,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set needs KEY=VALUE with a dotted key; got {text!r}.")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.strip().split("."), value
+    value = toml_value(raw)
+    return key.strip().split("."), raw if value is None else value
 
 
 def _apply(raw: dict, path: list[str], value: Any) -> None:

@@ -94,13 +94,13 @@ def _fix(value: Any, hint: Any, where: str) -> str:
     boolean without quotes (``lr = "0.1"``), one value or ``--set seeds=0,1`` as an array."""
     item = _array_item(hint)
     if item is None:
-        parsed = _toml(value) if isinstance(value, str) else None
+        parsed = toml_value(value) if isinstance(value, str) else None
         if parsed is None or not _is(parsed, hint):
             return ""
         return f" Write it without quotes: {json.dumps(parsed)}."
     if isinstance(value, str):
         parts = [part.strip() for part in value.split(",")]
-        values = parts if item is str else [_toml(part) for part in parts]
+        values = parts if item is str else [toml_value(part) for part in parts]
     else:
         values = [value]
     if not all(v is not None and v != "" and _is(v, item) for v in values):
@@ -108,8 +108,8 @@ def _fix(value: Any, hint: Any, where: str) -> str:
     return f" Write an array: {where} = {json.dumps(values)}."
 
 
-def _toml(text: str) -> Any:
-    """``text`` read as a TOML value, or None."""
+def toml_value(text: str) -> Any:
+    """``text`` read as a TOML value (as ``--set`` reads one), or None when it is not one."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
