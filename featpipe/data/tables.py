@@ -61,6 +61,9 @@ class TableSource(ImageSource):
         self.root = Path(path)
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         tables, features, self._files = self._read()
+        # where a row's relative image path starts: the dataset's folder (a lone parquet
+        # file's own folder); found once, not for each row read
+        self._image_dir = self.root if self.root.is_dir() else self.root.parent
         # {split name: its name as read}: a lone table that names no split is "train"
         self._read_names = self._known_splits(tables)
         tables = {name: tables[read] for name, read in self._read_names.items()}
@@ -195,9 +198,7 @@ class TableSource(ImageSource):
     def _external(self, path: str | None, index: int) -> Path:
         if not path:
             raise SourceError(f"{self._name(index)} has neither image bytes nor a file path.")
-        # relative to the dataset's folder (a lone parquet file's own folder); an absolute
-        # path stays as it is
-        return (self.root if self.root.is_dir() else self.root.parent) / path
+        return self._image_dir / path  # an absolute path stays as it is
 
     def _fingerprint_parts(self, content: bool) -> Iterator[bytes]:
         if content:
