@@ -4,7 +4,7 @@ for the methods chosen, and paired test comparisons only say which methods are t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from featpipe.evaluate import Comparison
 from featpipe.report.results import MethodKind
@@ -60,7 +60,7 @@ class Advice:
     ahead: list[MethodSummary]  # better than ``chosen`` on test, though validation chose it
     cheapest: MethodSummary | None  # the cheapest of ``chosen`` and ``tied``
     # Not compared with ``chosen``: no seed of both tested the same images in the same order.
-    unpaired: list[MethodSummary] = field(default_factory=list)
+    unpaired: list[MethodSummary]
 
 
 def advise(summaries: list[MethodSummary], n_boot: int) -> Advice:
