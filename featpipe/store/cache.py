@@ -105,11 +105,11 @@ def _part_files(store: Path) -> list[Path]:
 
 def _part_locks(store: Path) -> list[Path]:
     """Every part of ``store`` a writer may hold: its part files, and parts with a lock file."""
-    folder = parts_dir(store)
     if not _owns_parts(store):
         return []
+    folder = parts_dir(store)
     locked = {p.with_name(p.name[: -len(LOCK_SUFFIX)]) for p in folder.glob("part-*.h5.lock")}
-    return sorted(locked | set(_part_files(store)))
+    return sorted(locked | set(folder.glob("part-*.h5")))
 
 
 def _holder(store: Path) -> dict | None:
