@@ -34,6 +34,8 @@ from featpipe.pipeline.stages.extract import feature_store
 from featpipe.pipeline.validate import check_cache_dir, check_grids, check_models, check_sizes
 from featpipe.provenance import versions
 from featpipe.report import (
+    REPORT_HTML,
+    REPORT_MD,
     RESULTS_FILE,
     PlannedRun,
     RunPlan,
@@ -45,9 +47,6 @@ from featpipe.report import (
 from featpipe.report.results import write_text_atomic
 from featpipe.report.runplan import identity_hash, read_plan
 from featpipe.store.lock import StoreLock
-
-# What write_report writes that shows rows as the run's results.
-REPORT_FILES = ("report.md", "report.html")
 
 
 def plan(config: PipelineConfig, source_fingerprint: str, *, cv_selection: bool = False):
@@ -312,7 +311,7 @@ def _remove_stale_reports(run_dir: Path, rows: list[dict], run_plan: RunPlan) ->
     not: a re-run stopped before its own report would leave them beside the new plan.json,
     recommending methods of the old configuration as this run's results. Returns whether it
     removed them."""
-    reports = [run_dir / name for name in REPORT_FILES if (run_dir / name).exists()]
+    reports = [run_dir / name for name in (REPORT_MD, REPORT_HTML) if (run_dir / name).exists()]
     if not reports:
         return False
     try:

@@ -35,8 +35,13 @@ from featpipe.report.results import (
 from featpipe.report.runplan import PLAN_FILE, PlannedRun, RunPlan, read_plan, write_plan
 from featpipe.store.lock import StoreLock
 
+# The files that show rows as a run's results (plots aside).
+REPORT_MD, REPORT_HTML = "report.md", "report.html"
+
 __all__ = [
     "PLAN_FILE",
+    "REPORT_HTML",
+    "REPORT_MD",
     "RESULTS_FILE",
     "SCHEMA_VERSION",
     "Document",
@@ -97,10 +102,10 @@ def write_report(
         path = plots_dir / f"{fig.name}.png"
         write_bytes_atomic(path, fig.png)
         written[fig.name] = path
-    written["report.md"] = run_dir / "report.md"
-    write_text_atomic(written["report.md"], render_markdown(doc))
-    written["report.html"] = run_dir / "report.html"
-    write_text_atomic(written["report.html"], render_html(doc))
+    written[REPORT_MD] = run_dir / REPORT_MD
+    write_text_atomic(written[REPORT_MD], render_markdown(doc))
+    written[REPORT_HTML] = run_dir / REPORT_HTML
+    write_text_atomic(written[REPORT_HTML], render_html(doc))
     return written
 
 
