@@ -85,7 +85,7 @@ def test_two_processes_writing_one_report_file_at_once_both_succeed(tmp_path):
     # report.md; a shared temporary name made one of them fail on a file the other renamed.
     from concurrent.futures import ThreadPoolExecutor
 
-    from featpipe.report.results import write_text_atomic
+    from featpipe.atomic import write_text_atomic
 
     target = tmp_path / "report.md"
 

@@ -7,8 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from featpipe.atomic import replace_with
 from featpipe.backbones import Backbone, LayerSpec, get_backbone
 from featpipe.data.images import load_rgb, to_rgb
 from featpipe.device import on_device, resolve_device
@@ -58,19 +58,6 @@ def _image_key(item: ImageLike) -> str:
             f"Embedder takes image paths, PIL images or uint8 arrays; got {type(item).__name__}."
         )
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _replace_with(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary file of this process and thread, then move it to ``path``:
-    never half a file to read, and processes sharing the cache (GridSearchCV's jobs) never
-    write or move each other's temporary file (a shared name failed with FileNotFoundError)."""
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _to_pil(item: ImageLike) -> Image.Image:
@@ -188,7 +175,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         blank = Image.new("RGB", (bb.preprocessing.crop, bb.preprocessing.crop))
         dim = int(self._forward([blank]).shape[1])
         if meta is not None:
-            _replace_with(meta, lambda tmp: tmp.write_text(json.dumps({"dim": dim})))
+            replace_with(meta, lambda tmp: tmp.write_text(json.dumps({"dim": dim})))
         return dim
 
     def _forward(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -221,7 +208,7 @@ class Embedder(TransformerMixin, BaseEstimator):
                 out[rows] = feats
                 if folder:
                     for i, f in zip(rows, feats, strict=True):
-                        _replace_with(folder / f"{keys[i]}.npy", lambda tmp, f=f: np.save(tmp, f))
+                        replace_with(folder / f"{keys[i]}.npy", lambda tmp, f=f: np.save(tmp, f))
         return out
 
     def _not_finite(

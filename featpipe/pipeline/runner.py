@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from featpipe.atomic import write_text_atomic
 from featpipe.data import ImageSource, open_source, subsample
 from featpipe.distributed.exchange import job_store, publish, receive
 from featpipe.distributed.ranks import alone, current_ranks, process_group
@@ -44,7 +45,6 @@ from featpipe.report import (
     write_plan,
     write_report,
 )
-from featpipe.report.results import write_text_atomic
 from featpipe.report.runplan import identity_hash, read_plan
 from featpipe.store.lock import StoreLock
 

@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from featpipe.atomic import write_bytes_atomic, write_text_atomic
 from featpipe.errors import ConfigError, FeaturePipeError
 from featpipe.evaluate.leakage import (
     NEAR_REFERENCE,
@@ -28,9 +29,7 @@ from featpipe.report.results import (
     ids_sha256,
     read_results,
     validate_row,
-    write_bytes_atomic,
     write_results,
-    write_text_atomic,
 )
 from featpipe.report.runplan import PLAN_FILE, PlannedRun, RunPlan, read_plan, write_plan
 from featpipe.store.lock import StoreLock

@@ -79,7 +79,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import types
 import typing
 import warnings
@@ -90,6 +89,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from featpipe.atomic import write_text_atomic
 from featpipe.errors import FeaturePipeError
 from featpipe.evaluate.cost import Cost
 
@@ -395,33 +395,3 @@ def write_results(path: str | Path, rows: Sequence[dict]) -> None:
     """Rewrite a results file with ``rows`` (validated), replacing it atomically."""
     lines = [_line(row, f"row for {row.get('method', '?')!r}") + "\n" for row in rows]
     write_text_atomic(path, "".join(lines))
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place, so that
-    a kill leaves the old file or the new one, never half of one."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """:func:`write_text_atomic` for bytes (plot images)."""
-    path = Path(path)
-    # A name of its own: `featpipe report` and a run finishing the same folder may both write.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once: setting it is process-wide, so not done while writing

@@ -23,8 +23,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from featpipe.atomic import write_text_atomic
 from featpipe.errors import ConfigError
-from featpipe.report.results import write_text_atomic
 
 PLAN_FILE = "plan.json"
 FORMAT = "featpipe.plan"

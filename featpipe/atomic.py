@@ -1,0 +1,48 @@
+"""Files written whole: a temporary file of this writer beside the target, renamed into place,
+so that a kill leaves the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def replace_with(path: str | Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it to ``path``. The temporary
+    name is unique to this call (two processes writing one path, as a report and a run
+    finishing the same folder or GridSearchCV's jobs sharing a cache, never touch each other's)
+    and keeps ``path``'s suffix (``np.save`` adds ``.npy`` to a name without it)."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
+    )
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the file from the group
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole (see :func:`replace_with`)."""
+    replace_with(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` whole (see :func:`replace_with`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once: setting it is process-wide, so not done while writing
