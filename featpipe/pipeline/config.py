@@ -124,6 +124,10 @@ def _check_modes(value: tuple[str, ...], where: str) -> None:
             raise ConfigError(f"{where}[{i}]: {exc}") from None
 
 
+# FineTuner settings a pipeline needs above 0 (FineTuner itself takes epochs = 0: LP-FT's probe).
+POSITIVE_FINETUNE = frozenset({"epochs", "batch_size", "lr"})
+
+
 def _positive(value, where: str) -> None:
     if value <= 0:
         raise ConfigError(f"{where} must be > 0; got {value}.")
@@ -197,6 +201,12 @@ def _finetune_grid(value: dict, where: str) -> None:
     from featpipe.finetune.search import check_grid
 
     check_grid(value, where)
+    # A grid value is held to its setting's bound: epochs = [0] would report the untrained
+    # network as a fine-tune, where finetune.epochs = 0 is refused.
+    for name in POSITIVE_FINETUNE & value.keys():
+        for v in value[name]:
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                _positive(v, f"{where}.{name}")
 
 
 def _grids(value: dict, where: str) -> None:
@@ -297,7 +307,6 @@ def _finetune_table() -> type:
     from featpipe.finetune.tuner import FineTuner
 
     hints = typing.get_type_hints(FineTuner.__init__)
-    positive = {"epochs", "batch_size", "lr"}
     specs = [
         ("modes", tuple[str, ...], option((), check=_check_modes, doc="default: no fine-tuning")),
         (
@@ -320,7 +329,7 @@ def _finetune_table() -> type:
     # In signature order (get_params sorts), the order rows and reports list them in.
     params = [p for p in inspect.signature(FineTuner).parameters if p not in SET_BY_RUNNER]
     for name in params:
-        check = _positive if name in positive else None
+        check = _positive if name in POSITIVE_FINETUNE else None
         specs.append((name, hints[name], option(defaults[name], check=check)))
 
     def finetuner_params(self) -> dict[str, Any]:
