@@ -9,8 +9,6 @@ with the warm-started C path in selection.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.kernel_approximation import Nystroem
@@ -19,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.errors import ConfigError
 from featpipe.heads.estimators import ProbeHead, _c_path_accuracy
+from featpipe.heads.preprocess import is_count
 from featpipe.heads.torch_svm import TorchLinearSVC
 
 _LINEAR = ("C", "tol", "max_iter", "device", "n_threads")  # what the linear SVM takes
@@ -63,13 +62,7 @@ class NystroemClassifier(ClassifierMixin, BaseEstimator):
     def feature_map(self, X: np.ndarray) -> Nystroem:
         """The Nystroem map fitted on training rows ``X``."""
         n_components = self.n_components
-        # a whole number only: int() raised a bare ValueError on "abc" and cut 2.5 to 2
-        if (
-            isinstance(n_components, bool)
-            or not isinstance(n_components, numbers.Real)
-            or not float(n_components).is_integer()
-            or n_components < 1
-        ):
+        if not is_count(n_components):
             raise ConfigError(
                 f"NystroemClassifier: n_components must be a whole number >= 1 (the number of "
                 f"landmark rows, e.g. 1000); got {n_components!r}."

@@ -32,17 +32,22 @@ def make_preprocessor(
     return Pipeline(steps)
 
 
-def check_pca(pca: object) -> int | None:
-    """``pca`` as a number of components: a whole number >= 1, or None (no PCA). int() cut
+def is_count(value: object) -> bool:
+    """Whether ``value`` is a whole number >= 1 (3 or 3.0; not True, 2.5 or '3'): int() cut
     2.5 to 2 and read True as 1, and raised a bare ValueError on 'abc'."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and float(value).is_integer()
+        and value >= 1
+    )
+
+
+def check_pca(pca: object) -> int | None:
+    """``pca`` as a number of components (see :func:`is_count`), or None (no PCA)."""
     if pca is None:
         return None
-    if (
-        isinstance(pca, bool)
-        or not isinstance(pca, numbers.Real)
-        or not float(pca).is_integer()
-        or pca < 1
-    ):
+    if not is_count(pca):
         raise ConfigError(
             f"pca must be a positive whole number of components, or None for no PCA; got {pca!r}."
         )
