@@ -3,6 +3,7 @@ and a consolidate that other commands run beside."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -96,14 +97,13 @@ c.consolidate(source, out)
 """
 
 
-def test_cache_prune_leaves_a_consolidate_in_progress_alone(tmp_path):
-    """consolidate writes OUT.h5.tmp without the store's lock, so prune took it for the
-    leftover of a killed run and deleted it: the consolidate then failed on its rename."""
+@contextlib.contextmanager
+def consolidate_paused(tmp_path: Path, out: Path):
+    """A consolidate of a small parted store into ``out`` in another process, paused after
+    its copy and before its rename while the body runs; it must then finish."""
     source = tmp_path / "parted.h5"
     extract(NoiseSource(8), "toy", ["pooled"], out=source, chunk_rows=2, shard=(0, 1), **FAST)
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    out, ready, go = cache / "one.h5", tmp_path / "ready", tmp_path / "go"
+    ready, go = tmp_path / "ready", tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     args = [sys.executable, "-c", textwrap.dedent(CONSOLIDATE), source, out, ready, go]
     child = subprocess.Popen([str(a) for a in args], env=env, stderr=subprocess.PIPE, text=True)
@@ -112,12 +112,21 @@ def test_cache_prune_leaves_a_consolidate_in_progress_alone(tmp_path):
         while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert ready.exists(), child.stderr.read() if child.poll() is not None else "timeout"
-        assert main(["cache", "prune", str(cache), "--all", "--yes"]) == 0
+        yield source
         go.touch()
         assert child.wait(timeout=60) == 0, child.stderr.read()
     finally:
         child.kill()
     assert FeatureStore(out).complete
+
+
+def test_cache_prune_leaves_a_consolidate_in_progress_alone(tmp_path):
+    """consolidate writes OUT.h5.tmp without the store's lock, so prune took it for the
+    leftover of a killed run and deleted it: the consolidate then failed on its rename."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with consolidate_paused(tmp_path, cache / "one.h5"):
+        assert main(["cache", "prune", str(cache), "--all", "--yes"]) == 0
 
 
 def test_a_second_consolidate_into_the_same_out_leaves_the_first_alone(tmp_path):
@@ -127,24 +136,10 @@ def test_a_second_consolidate_into_the_same_out_leaves_the_first_alone(tmp_path)
     from featpipe.errors import StoreInUseError
     from featpipe.store.consolidate import consolidate
 
-    source = tmp_path / "parted.h5"
-    extract(NoiseSource(8), "toy", ["pooled"], out=source, chunk_rows=2, shard=(0, 1), **FAST)
-    out, ready, go = tmp_path / "one.h5", tmp_path / "ready", tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    args = [sys.executable, "-c", textwrap.dedent(CONSOLIDATE), source, out, ready, go]
-    child = subprocess.Popen([str(a) for a in args], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ready.exists(), child.stderr.read() if child.poll() is not None else "timeout"
-        with pytest.raises(StoreInUseError, match=f"consolidating into {out} now"):
-            consolidate(source, out, force=True)
-        go.touch()
-        assert child.wait(timeout=60) == 0, child.stderr.read()
-    finally:
-        child.kill()
-    assert FeatureStore(out).complete
+    out = tmp_path / "one.h5"
+    refused = pytest.raises(StoreInUseError, match=f"consolidating into {out} now")
+    with consolidate_paused(tmp_path, out) as source, refused:
+        consolidate(source, out, force=True)
 
 
 def test_pruning_a_one_file_store_leaves_the_parts_of_its_namesake(tmp_path, capsys):
