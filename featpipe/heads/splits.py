@@ -19,8 +19,19 @@ LAYER_JOIN = "+"
 
 
 def layer_parts(layer: str) -> list[str]:
-    """The stored layers a (possibly concatenated) layer name reads."""
-    return [part.strip() for part in layer.split(LAYER_JOIN)]
+    """The stored layers a (possibly concatenated) layer name reads; a ConfigError for an
+    empty or repeated part (one layer twice side by side is a name that says two)."""
+    parts = [part.strip() for part in layer.split(LAYER_JOIN)]
+    if len(parts) > 1:
+        problem = "joins an empty name" if "" in parts else None
+        repeated = [p for i, p in enumerate(parts) if p in parts[:i]]
+        problem = problem or (f"names {repeated[0]!r} more than once" if repeated else None)
+        if problem:
+            raise ConfigError(
+                f"layer {layer!r} {problem}: join different stored layers with "
+                f"{LAYER_JOIN!r}, e.g. pooled{LAYER_JOIN}blocks.5:avg."
+            )
+    return parts
 
 
 def block_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,6 +64,8 @@ class FeatureSplits:
             raise ConfigError(
                 f"Name the feature layer to read; this store has: {', '.join(source.layers)}."
             )
+        if self.is_store:
+            layer_parts(layer)  # refuses an empty or repeated part before anything is read
         if not self.is_store and not isinstance(source, Mapping):
             raise ConfigError(
                 "Expected a FeatureStore or a mapping of split name -> (X, y); got "
