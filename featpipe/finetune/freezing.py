@@ -65,10 +65,31 @@ def _unstaged_stem(model: nn.Module, stages: list[tuple[str, ...]]) -> list[str]
     staged = [n for stage in stages for n in stage]
     out: dict[str, None] = {}
     for name, _ in model.named_parameters():
-        if any(name == s or name.startswith(s + ".") for s in staged):
+        if _within(name, staged):
             break
         out[name.split(".")[0]] = None
     return list(out)
+
+
+def _unstaged_tail(model: nn.Module, head: str, stages: list[tuple[str, ...]]) -> list[str]:
+    """Modules registered after the last stage and before the new head that no stage holds:
+    the part of the classifier that computes the ``pooled`` features (MobileNetV3's
+    ``classifier.0`` Linear + Hardswish, ConvNeXt's final LayerNorm), which stages leave out."""
+    staged = [n for stage in stages for n in stage]
+    names = [n for n, _ in model.named_modules()]
+    last = max((i for i, n in enumerate(names) if _within(n, staged)), default=len(names))
+    out: list[str] = []
+    for name in names[last + 1 :]:
+        if name == head:
+            break
+        if not _related(name, head) and not _within(name, out):
+            out.append(name)
+    return out
+
+
+def _within(name: str, names: list[str]) -> bool:
+    """True for a name in ``names`` or inside one of them."""
+    return any(name == n or name.startswith(n + ".") for n in names)
 
 
 def freeze(
@@ -77,7 +98,8 @@ def freeze(
     """Set ``requires_grad`` for ``mode`` on ``model`` whose new classifier is module ``head``.
 
     ``partial:N`` freezes stages 0 to N-1 of ``stages`` (stage 0: the stem), plus any
-    parameters registered before them that no stage holds."""
+    parameters registered before them that no stage holds; with every stage frozen, also the
+    modules between the last stage and the head (the whole feature extractor is frozen)."""
     stages = as_stages(stages)
     modules = dict(model.named_modules())
     frozen_modules: list[str] = []
@@ -93,6 +115,9 @@ def freeze(
         names = [n for stage in stages[: mode.stages] for n in stage]
         # Training a stem left out of the stages under frozen stages would make no sense.
         names += _unstaged_stem(model, stages)
+        if mode.stages == len(stages):
+            # They compute the pooled features: training them would be no frozen extractor.
+            names += _unstaged_tail(model, head, stages)
         params = dict(model.named_parameters())
         unknown = [n for n in names if n not in modules and n not in params]
         if unknown:
