@@ -3,6 +3,8 @@ with every stage frozen, and a best.pt left by another run in the same folder.""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from finetune_child import synthetic_source
@@ -10,7 +12,7 @@ from torch import nn
 
 from featpipe.backbones import Backbone, Preprocessing, get_backbone, register_backbone
 from featpipe.backbones.registry import _BUILTINS
-from featpipe.finetune import Mode
+from featpipe.finetune import FineTuner, Mode
 from featpipe.finetune.freezing import freeze
 from featpipe.finetune.tuner import _attach_head
 
@@ -47,6 +49,17 @@ if "toy_nobn" not in _BUILTINS:
 @pytest.fixture(scope="module")
 def source():
     return synthetic_source()
+
+
+def test_bn_mode_without_batch_norm_warns_and_is_recorded(source):
+    with pytest.warns(UserWarning, match=r"toy_nobn in mode 'bn': the backbone has no batch-norm"):
+        ft = FineTuner("toy_nobn", mode="bn", **PARAMS).fit(source)
+    assert "trains exactly like 'full'" in ft.history_[0]["mode_note"]
+    # On a backbone with batch norm, bn means what it says: no note, no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ft = FineTuner("toy", mode="bn", **PARAMS).fit(source)
+    assert "mode_note" not in ft.history_[0]
 
 
 def _trainable(spec: str, n: int | None) -> dict[str, int]:

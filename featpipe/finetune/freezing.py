@@ -48,6 +48,8 @@ class Frozen:
 
     params: list[str] = field(default_factory=list)
     eval_modules: list[nn.Module] = field(default_factory=list)
+    # Why the mode does not do what its name says on this model (``bn`` with no batch norm).
+    note: str | None = None
 
 
 def _is_bn(module: nn.Module) -> bool:
@@ -134,6 +136,12 @@ def freeze(
         frozen_modules = [n for n, m in modules.items() if n and _is_bn(m)]
 
     frozen = Frozen()
+    if mode.kind == "bn" and not frozen_modules:
+        # Refusing would stop a pipeline that sweeps its modes over several backbones.
+        frozen.note = (
+            "the backbone has no batch-norm layers, so mode 'bn' freezes nothing and trains "
+            "exactly like 'full'"
+        )
     for name in frozen_params:  # parameters held by no stage module (a class token)
         model.get_parameter(name).requires_grad_(False)
         frozen.params.append(name)

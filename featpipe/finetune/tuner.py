@@ -7,6 +7,7 @@ import copy
 import math
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from numbers import Integral, Real
@@ -348,6 +349,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             model = ddp.convert_sync_bn(model, self.device_)
         # After the conversion: frozen_ must hold the batch norms that train, not replaced ones.
         self.frozen_ = freeze(model, mode, self.backbone_.stages, self.head_)
+        if self.frozen_.note:
+            warnings.warn(
+                f"Fine-tuning {self.backbone_.spec} in mode {str(mode)!r}: {self.frozen_.note} "
+                "(recorded as mode_note in the run's history); use 'bn' on backbones with "
+                "batch norm.",
+                stacklevel=2,
+            )
         self.model_ = model.to(self.device_, memory_format=self._layout)
         # An LP-FT head is already fitted: it moves at the backbone's pace, not at the fast
         # rate a fresh head needs (at that rate it diverged on digits).
@@ -374,6 +382,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             )
         if self.probe_:
             notes["probe"] = self.probe_
+        if self.frozen_.note:
+            notes["mode_note"] = self.frozen_.note
         return notes
 
     def _check_params(self) -> Mode:
