@@ -12,7 +12,7 @@ from torch import nn
 
 from featpipe.backbones import Backbone, Preprocessing, get_backbone, register_backbone
 from featpipe.backbones.registry import _BUILTINS
-from featpipe.finetune import FineTuner, Mode
+from featpipe.finetune import FineTuner, Mode, checkpoint
 from featpipe.finetune.freezing import freeze
 from featpipe.finetune.tuner import _attach_head
 
@@ -95,3 +95,52 @@ def test_partial_every_stage_keeps_the_pre_pooled_dropout_off():
     frozen = freeze(model, Mode("partial", len(backbone.stages)), backbone.stages, head)
     dropout = model.get_submodule("classifier.2")  # before classifier.3, the new head
     assert any(m is dropout for m in frozen.eval_modules)
+
+
+def test_a_restart_crashed_before_last_pt_leaves_the_best_of_the_run_last_pt_names(
+    tmp_path, source, monkeypatch
+):
+    # Run A ends with its best at epoch 0 (the model before training).
+    monkeypatch.setattr(
+        FineTuner,
+        "_validate",
+        lambda self: {"val_loss": 1.0, "val_accuracy": 0.5 if self.history_ else 0.9},
+    )
+    a = FineTuner("toy", seed=0, run_dir=tmp_path, **PARAMS).fit(source)
+    assert a.best_epoch_ == 0
+    best_a = {k: v.clone() for k, v in a.model_.state_dict().items()}
+
+    # Run B starts over in the same folder (another seed) and fails writing last.pt at its
+    # epoch 0 (a full disk): its epoch-0 best waits as best.pt.next.
+    save = checkpoint.save
+
+    def disk_full(path, state):
+        if path.name == checkpoint.LAST:
+            raise OSError(28, "No space left on device")
+        save(path, state)
+
+    monkeypatch.setattr(checkpoint, "save", disk_full)
+    with pytest.raises(OSError):
+        FineTuner("toy", seed=1, run_dir=tmp_path, resume=False, **PARAMS).fit(source)
+    assert (tmp_path / checkpoint.PENDING).exists()
+    monkeypatch.setattr(checkpoint, "save", save)
+
+    # A's command again resumes A (its last.pt): the model must be A's best, not B's.
+    again = FineTuner("toy", seed=0, run_dir=tmp_path, **PARAMS).fit(source)
+    assert again.best_epoch_ == 0
+    final = again.model_.state_dict()
+    assert all(torch.equal(final[k], v) for k, v in best_a.items())
+    assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 0
+    assert not (tmp_path / checkpoint.PENDING).exists()
+
+
+def test_checkpoints_from_before_the_run_token_still_settle(tmp_path):
+    # last.pt and best.pt.next written before "run" was recorded: the epoch alone decides.
+    checkpoint.save(tmp_path / checkpoint.PENDING, {"epoch": 2, "model": {}})
+    checkpoint.settle_best(tmp_path, 2, None)
+    assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 2
+    # A token-bearing best.pt.next under a last.pt without one is from a later run: dropped.
+    checkpoint.save(tmp_path / checkpoint.PENDING, {"epoch": 0, "run": "b", "model": {}})
+    checkpoint.settle_best(tmp_path, 0, None)
+    assert not (tmp_path / checkpoint.PENDING).exists()
+    assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 2

@@ -81,17 +81,21 @@ def save_epoch(run_dir: Path, last: dict, best: dict | None) -> None:
         os.replace(run_dir / PENDING, run_dir / BEST)
 
 
-def settle_best(run_dir: Path, best_epoch: int) -> None:
+def settle_best(run_dir: Path, best_epoch: int, run: str | None = None) -> None:
     """Finish the epoch write a crash interrupted: ``best.pt.next`` becomes ``best.pt`` when
-    ``last.pt`` names its epoch as the best, and is dropped when ``last.pt`` was not written."""
+    ``last.pt`` names its epoch as the best and its ``run`` (a token each fresh start draws),
+    and is dropped when ``last.pt`` was not written. The token tells a restart's epoch 0 apart
+    from an earlier run's best epoch 0 (resume=False in the same folder, killed before its
+    first last.pt); checkpoints from before the token have None."""
     pending = run_dir / PENDING
     if not pending.exists():
         return
     try:
-        epoch = load(pending).get("epoch")
+        state = load(pending)
+        written = (state.get("epoch"), state.get("run"))
     except (pickle.UnpicklingError, EOFError, RuntimeError, OSError):
-        epoch = None  # cannot be the best last.pt names: save() writes whole files only
-    if epoch == best_epoch:
+        written = None  # cannot be the best last.pt names: save() writes whole files only
+    if written == (best_epoch, run):
         os.replace(pending, run_dir / BEST)
     else:
         pending.unlink()

@@ -7,6 +7,7 @@ import copy
 import math
 import random
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
@@ -254,6 +255,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             source, self.val_fraction, self.seed
         )
         saved = self._resumable(source)
+        # Which run best.pt and last.pt belong to (see checkpoint.settle_best).
+        self._run = saved.get("run") if saved else uuid.uuid4().hex
         self.history_, self.stop_training_, self.start_epoch_ = [], False, 0
         self.saved_epoch_, self.fit_seconds_, self.fit_process_seconds_ = None, 0.0, 0.0
         try:
@@ -600,7 +603,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             expected = {k: v for k, v in expected.items() if k != IDENTITY}
         checkpoint.check_config(saved["config"], expected, path, LATER_DEFAULTS)
         if ddp.is_main():  # one writer; the other ranks read best.pt once it is settled
-            checkpoint.settle_best(Path(self.run_dir), saved["best_epoch"])
+            checkpoint.settle_best(Path(self.run_dir), saved["best_epoch"], saved.get("run"))
         ddp.from_main(None)
         saved["best"] = checkpoint.load_to_resume(Path(self.run_dir) / checkpoint.BEST, ("model",))
         return saved
@@ -609,6 +612,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         """Everything ``last.pt`` holds: weights, optimiser, schedule, RNG states, history."""
         return {
             "config": self.config_,
+            "run": self._run,
             "epoch": self.history_[-1]["epoch"],
             "model": self.model_.state_dict(),
             "optimizer": self.optimizer_.state_dict(),
@@ -625,7 +629,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         }
 
     def best_state(self) -> dict:
-        return {"epoch": self.best_epoch_, "model": self._best_weights}
+        return {"epoch": self.best_epoch_, "run": self._run, "model": self._best_weights}
 
     def _restore(self, saved: dict) -> None:
         self.model_.load_state_dict(saved["model"])
