@@ -60,9 +60,8 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
         limit = self.max_train_samples
-        if limit is not None and X.shape[0] > limit:  # a seeded, stratified subsample
-            seed = getattr(self, "random_state", 0)
-            X, y = resample(X, y, replace=False, n_samples=limit, stratify=y, random_state=seed)
+        if limit is not None and X.shape[0] > limit:
+            X, y = _subsample(X, y, limit, getattr(self, "random_state", 0))
         self.preprocessor_ = self.preprocessor_for(X)
         Z = self.preprocessor_.fit_transform(X)
         self.classifier_ = self._make_classifier(n_samples=X.shape[0]).fit(Z, y)
@@ -103,6 +102,27 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         Z = self.transform_features(X)  # checks fitted first
         return self.classifier_.decision_function(Z)
+
+
+def _subsample(
+    X: np.ndarray, y: np.ndarray, limit: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, stratified subsample of ``limit`` rows that keeps every class: a class too
+    rare for its share to round to a row gets one row in place of a row of the class with the
+    most rows in the draw (more than ``limit`` rows only when there are more classes)."""
+    rows = resample(
+        np.arange(len(y)), replace=False, n_samples=limit, stratify=y, random_state=seed
+    )
+    missing = np.setdiff1d(np.unique(y), y[rows])
+    if len(missing):  # only draws that dropped a class change
+        rng = np.random.default_rng(seed)
+        for cls in missing:
+            kept, counts = np.unique(y[rows], return_counts=True)
+            add = rng.choice(np.flatnonzero(y == cls))
+            if len(rows) >= limit and counts.max() > 1:  # give up a row of the largest class
+                rows = np.delete(rows, np.flatnonzero(y[rows] == kept[counts.argmax()])[-1])
+            rows = np.append(rows, add)
+    return X[rows], y[rows]
 
 
 def _torch_linear(head: ProbeHead, cls: type[TorchLinearClassifier]) -> TorchLinearClassifier:
