@@ -8,12 +8,14 @@ import json
 EPILOG = """\
 examples:
   featpipe check data/cache/<store>.h5
-  featpipe check data/cache/<store>.h5 --source digits   # exact duplicates by content hash
+  featpipe check data/cache/<store>.h5 --source digits   # content and perceptual hashes
   featpipe check data/cache/<store>.h5 --json
 
 Checks: the same image in two splits (by content hash with --source, else by identical stored
-features), test images with a near-duplicate in train or val (cosine >= --cosine on the stored
-pooled features; heads are refit on train+val), and classes with fewer than --min-per-class
+features), test images with a near-duplicate in train or val (heads are refit on train+val):
+with --source, a perceptual hash of each image within --hash-bits bits (finds resized,
+recompressed, grayscale and brightened copies), and always cosine >= --cosine on the stored
+pooled features (misses most such copies); and classes with fewer than --min-per-class
 validation or test images. A store holding features that are not finite (NaN, inf) in any
 layer is an error naming them.
 Exit status 0 when nothing was found, 1 when something was, 2 on an error.
@@ -33,9 +35,16 @@ def register(subparsers) -> None:
         "--source",
         metavar="SOURCE",
         help="the image source the store was extracted from (as given to `featpipe extract`), "
-        "to find exact duplicates by content hash rather than by identical features",
+        "to find exact duplicates by content hash rather than by identical features, and "
+        "near-duplicates by perceptual hash",
     )
     p.add_argument("--cosine", type=float, default=None, help="near-duplicate threshold (0.99)")
+    p.add_argument(
+        "--hash-bits",
+        type=int,
+        default=None,
+        help="near-duplicate threshold in perceptual-hash bits, with --source (4)",
+    )
     p.add_argument(
         "--min-per-class", type=int, default=None, help="fewest val/test images per class (10)"
     )
@@ -45,7 +54,7 @@ def register(subparsers) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     from featpipe.errors import ConfigError, NonFiniteFeaturesError
-    from featpipe.evaluate.leakage import check_store, content_hashes
+    from featpipe.evaluate.leakage import check_store, source_hashes
     from featpipe.store import FeatureStore
     from featpipe.store.reader import not_finite_message
 
@@ -54,6 +63,16 @@ def run_check(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--cosine {args.cosine} is not a cosine similarity in (0, 1]; give e.g. --cosine "
             "0.98, or leave it out for 0.99."
+        )
+    if args.hash_bits is not None and not 0 <= args.hash_bits < 64:
+        raise ConfigError(
+            f"--hash-bits {args.hash_bits} is not a number of bits a 64-bit hash can differ "
+            "by and still be a near-duplicate; give 0 to 63, or leave it out for 4."
+        )
+    if args.hash_bits is not None and not args.source:
+        raise ConfigError(
+            "--hash-bits sets the perceptual-hash check, which hashes the images: give the "
+            "source too (--source SOURCE), or leave --hash-bits out."
         )
     if args.min_per_class is not None and args.min_per_class < 1:
         raise ConfigError(
@@ -68,11 +87,11 @@ def run_check(args: argparse.Namespace) -> int:
     found = store.non_finite()
     if found:
         raise NonFiniteFeaturesError(not_finite_message(store.path, found))
-    hashes = None
+    hashes = image_hashes = None
     if args.source:
         from featpipe.data import open_source
 
-        hashes = content_hashes(open_source(args.source))
+        hashes, image_hashes = source_hashes(open_source(args.source))
         missing = [i for i in store.ids() if i not in hashes]
         if missing:
             raise ConfigError(
@@ -81,10 +100,14 @@ def run_check(args: argparse.Namespace) -> int:
             )
     options = {
         k: v
-        for k, v in (("threshold", args.cosine), ("min_per_class", args.min_per_class))
+        for k, v in (
+            ("threshold", args.cosine),
+            ("hash_bits", args.hash_bits),
+            ("min_per_class", args.min_per_class),
+        )
         if v is not None
     }
-    checks = check_store(store, hashes, **options)
+    checks = check_store(store, hashes, image_hashes=image_hashes, **options)
     if args.json:
         print(json.dumps(checks.to_json(), indent=1))
     else:

@@ -1,7 +1,14 @@
 """Checks on the data behind a benchmark: the same image in two splits (exact duplicates by
-content hash), test images nearly identical to a train or val image (cosine similarity of
-their stored ``pooled`` features; heads are refit on train+val), and classes with too few
-validation or test images. Used by the report and by ``featpipe check STORE``."""
+content hash), test images nearly identical to a train or val image (a perceptual hash of
+each image when the source is at hand, and the cosine similarity of their stored ``pooled``
+features; heads are refit on train+val), and classes with too few validation or test images.
+Used by the report and by ``featpipe check STORE``.
+
+The perceptual hash finds what the features miss. On CIFAR-10 (benchmarks/near_duplicates.py)
+99-100 % of resized, JPEG-quality-50 and grayscale copies of train images were within 4 bits
+of their original, against 8 of 4 million distinct pairs (most of them CIFAR's own
+near-duplicates); their feature cosines reached 0.99 for at most 2 %. Neither finds copies
+shifted by a pixel or two."""
 
 from __future__ import annotations
 
@@ -9,12 +16,14 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from featpipe.data.source import SPLIT_NAMES, ImageSource
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, FeaturePipeError
 
 NEAR_COSINE = 0.99  # at or above: a near-duplicate
 NEAR_LAYER = "pooled"
+NEAR_BITS = 4  # perceptual hashes this many bits apart or fewer: a near-duplicate
 MIN_PER_CLASS = 10  # fewer val or test images of a class than this: its accuracy is noise
 SHOWN = 5  # example ids listed per finding
 _BLOCK = 1024  # test rows per similarity block
@@ -41,6 +50,10 @@ class DataChecks:
     min_per_class: int = MIN_PER_CLASS
     counts: dict[str, int] = field(default_factory=dict)  # images per split
     near_reference: list[str] = field(default_factory=lambda: list(NEAR_REFERENCE))
+    # [test id, train or val id, bits apart], closest first; hash_bits None: not checked
+    # (no source to hash, or checks saved before perceptual hashes).
+    near_hash: list[list] = field(default_factory=list)
+    hash_bits: int | None = None
 
     @property
     def duplicated_test(self) -> set[str]:
@@ -49,7 +62,7 @@ class DataChecks:
 
     @property
     def near_test(self) -> set[str]:
-        return {t for t, _, _ in self.near}
+        return {t for t, _, _ in self.near} | {t for t, _, _ in self.near_hash}
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -73,22 +86,7 @@ class DataChecks:
             )
         else:
             out.append(f"No image appears in two splits ({self.basis}).")
-        if self.near_layer is None:
-            out.append(
-                f"Near-duplicates were not checked: the store holds no {NEAR_LAYER!r} layer."
-            )
-        elif self.near:
-            examples = "; ".join(f"{t} ~ {r} ({c:.4f})" for t, r, c in self.near[:SHOWN])
-            out.append(
-                f"{len(self.near)} of the {n_test} test images have a near-duplicate in {where} "
-                f"(cosine ≥ {self.threshold} on the stored {self.near_layer} features). "
-                f"Examples (test ~ {where}): {examples}."
-            )
-        else:
-            out.append(
-                f"No test image has a near-duplicate in {where} (cosine ≥ {self.threshold} "
-                f"on the stored {self.near_layer} features)."
-            )
+        out += self._near_lines(n_test, where)
         for split, small in self.small_classes.items():
             listed = ", ".join(f"{c} ({n})" for c, n in list(small.items())[:SHOWN])
             more = f" and {len(small) - SHOWN} more" if len(small) > SHOWN else ""
@@ -101,7 +99,42 @@ class DataChecks:
     @property
     def findings(self) -> int:
         """How many kinds of problem were found (0: clean)."""
-        return bool(self.duplicates) + bool(self.near) + len(self.small_classes)
+        return bool(self.duplicates) + bool(self.near or self.near_hash) + len(self.small_classes)
+
+    def _near_lines(self, n_test: int, where: str) -> list[str]:
+        """The near-duplicate sentences, each naming its test: perceptual hash, feature cosine."""
+        out = []
+        hashed = f"(perceptual hash within {self.hash_bits} bits)"
+        cosine = f"(cosine ≥ {self.threshold} on the stored {self.near_layer} features)"
+        if self.near_hash:
+            examples = "; ".join(f"{t} ~ {r} ({b} bits)" for t, r, b in self.near_hash[:SHOWN])
+            out.append(
+                f"{len(self.near_hash)} of the {n_test} test images have a near-duplicate in "
+                f"{where} {hashed}: resized, recompressed or recoloured copies. "
+                f"Examples (test ~ {where}): {examples}."
+            )
+        elif self.hash_bits is not None:
+            out.append(f"No test image has a near-duplicate in {where} {hashed}.")
+        if self.near_layer is None:
+            if self.hash_bits is None:
+                out.append(
+                    f"Near-duplicates were not checked: the store holds no {NEAR_LAYER!r} layer."
+                )
+        elif self.near:
+            examples = "; ".join(f"{t} ~ {r} ({c:.4f})" for t, r, c in self.near[:SHOWN])
+            out.append(
+                f"{len(self.near)} of the {n_test} test images have a near-duplicate in {where} "
+                f"{cosine}. Examples (test ~ {where}): {examples}."
+            )
+        elif self.hash_bits is not None:
+            out.append(f"No test image has a near-duplicate in {where} {cosine}.")
+        else:  # the features alone miss most recompressed, resized or recoloured copies
+            out.append(
+                f"No test image has a near-duplicate in {where} {cosine}; this misses most "
+                "resized, recompressed or grayscale copies, which a perceptual hash of the "
+                "images finds when the source is given."
+            )
+        return out
 
 
 def _example(group: list[list[str]]) -> str:
@@ -119,12 +152,58 @@ def content_hashes(source: ImageSource) -> dict[str, str]:
     that cannot be read gets a digest of its own: its part says only why (the same for every
     missing file), so two missing files would otherwise be one image in two splits."""
     parts = source._fingerprint_parts(content=True)
-    out = {}
-    for i, p in zip(source.ids, parts, strict=True):
-        if p.startswith(_UNREADABLE):
-            p += b"\x00" + i.encode("utf-8", "surrogateescape")
-        out[i] = hashlib.sha256(p).hexdigest()
-    return out
+    return {i: _content_digest(i, p) for i, p in zip(source.ids, parts, strict=True)}
+
+
+def _content_digest(sample_id: str, part: bytes) -> str:
+    if part.startswith(_UNREADABLE):
+        part += b"\x00" + sample_id.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(part).hexdigest()
+
+
+_HASH_SIDE = 32  # the grayscale thumbnail a perceptual hash is taken from
+_FREQS = 8  # its 8 x 8 lowest frequencies: 64 bits
+# Rows of the DCT-II basis for those frequencies.
+_DCT = np.cos(
+    np.pi * np.arange(_FREQS)[:, None] * (2 * np.arange(_HASH_SIDE)[None, :] + 1) / (2 * _HASH_SIDE)
+)
+_BYTE_BITS = np.array([bin(b).count("1") for b in range(256)], np.uint8)
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    """A 64-bit DCT hash (pHash) of ``image``: which of the 8 x 8 lowest frequencies of its
+    32 x 32 grayscale thumbnail are above their median. Resizing, recompression, colour,
+    brightness and shifts of a pixel or two change few of its bits."""
+    thumb = image.convert("L").resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.LANCZOS)
+    low = _DCT @ np.asarray(thumb, np.float64) @ _DCT.T
+    return int.from_bytes(np.packbits(low.ravel() > np.median(low)).tobytes(), "big")
+
+
+def source_hashes(source: ImageSource) -> tuple[dict[str, str], dict[str, int]]:
+    """:func:`content_hashes` and ``{sample id: perceptual hash}`` in one pass: each image is
+    decoded (a JPEG at reduced scale) right after its file is hashed, so read from the page
+    cache. An image that cannot be read or decoded has no perceptual hash (extraction fails on
+    it or records it as skipped)."""
+    parts = source._fingerprint_parts(content=True)
+    content, perceptual = {}, {}
+    for index, (i, part) in enumerate(zip(source.ids, parts, strict=True)):
+        content[i] = _content_digest(i, part)
+        if part.startswith(_UNREADABLE):
+            continue
+        try:
+            perceptual[i] = _image_hash(source, index)
+        except (FeaturePipeError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
+    return content, perceptual
+
+
+def _image_hash(source: ImageSource, index: int) -> int:
+    path = source.path(index)
+    if path is None:  # in memory, or a source whose pixels are not its file's
+        return perceptual_hash(source.load(index))
+    with Image.open(path) as image:
+        image.draft("L", (_HASH_SIDE, _HASH_SIDE))  # a JPEG: decoded at up to 1/8 scale, gray
+        return perceptual_hash(image)
 
 
 def check_data(
@@ -136,13 +215,16 @@ def check_data(
     hashes: list[str] | None = None,
     features: np.ndarray | None = None,
     basis: str = CONTENT,
+    image_hashes: dict[str, int] | None = None,
     threshold: float = NEAR_COSINE,
+    hash_bits: int = NEAR_BITS,
     min_per_class: int = MIN_PER_CLASS,
 ) -> DataChecks:
     """Run every check on one row per sample. Exact duplicates use ``hashes`` (one digest per
     row, found as ``basis`` says) when given, else identical rows of ``features``;
-    near-duplicates need ``features``."""
-    check_options(threshold, min_per_class)
+    near-duplicates use ``image_hashes`` (``{id: perceptual hash}``; ids left out are not
+    compared) and ``features``, each when given."""
+    check_options(threshold, min_per_class, hash_bits)
     splits_arr = np.asarray(splits)
     if hashes is None and features is not None:
         basis = FEATURES
@@ -154,6 +236,9 @@ def check_data(
     near = []
     if features is not None:
         near = _near_duplicates(features, splits_arr, ids, threshold)
+    near_hash = []
+    if image_hashes is not None:
+        near_hash = _near_hashes(image_hashes, splits_arr, ids, hash_bits)
     small = {}
     for split in ("val", "test"):
         counts = np.bincount(np.asarray(labels)[splits_arr == split], minlength=len(classes))
@@ -171,11 +256,18 @@ def check_data(
         threshold=threshold,
         min_per_class=min_per_class,
         counts={s: int((splits_arr == s).sum()) for s in SPLIT_NAMES},
+        near_hash=near_hash,
+        hash_bits=hash_bits if image_hashes is not None else None,
     )
 
 
-def check_options(threshold: float, min_per_class: int) -> None:
+def check_options(threshold: float, min_per_class: int, hash_bits: int = NEAR_BITS) -> None:
     """Refuse values with which a check cannot find anything, yet would report it clean."""
+    if not 0 <= hash_bits < 64:
+        raise ConfigError(
+            f"The perceptual-hash threshold is a number of bits in 0..63; got {hash_bits}. "
+            f"Use e.g. {NEAR_BITS} (the default)."
+        )
     if not 0 < threshold <= 1:  # also NaN
         raise ConfigError(
             f"The near-duplicate threshold is a cosine similarity in (0, 1]; got {threshold}. "
@@ -215,6 +307,43 @@ def _near_duplicates(
     return sorted(found, key=lambda f: -f[2])
 
 
+def _near_hashes(
+    hashes: dict[str, int], splits: np.ndarray, ids: list[str], max_bits: int
+) -> list[list]:
+    """[test id, closest train or val id, bits apart] for each test row whose perceptual hash
+    is at most ``max_bits`` bits from one of theirs."""
+    known = np.array([i in hashes for i in ids], bool)
+    values = np.array([hashes.get(i, 0) for i in ids], np.uint64)
+    test = np.flatnonzero((splits == "test") & known)
+    reference = np.flatnonzero(np.isin(splits, NEAR_REFERENCE) & known)
+    if not len(test) or not len(reference):
+        return []
+    ref = values[reference]
+    found = []
+    for start in range(0, len(test), _BLOCK):
+        rows = test[start : start + _BLOCK]
+        best = np.full(len(rows), 65, np.int64)
+        top = np.zeros(len(rows), np.int64)
+        step = max(1, _SIMILARITIES // 2 // len(rows))  # 8-byte XORs: 16 MiB at once
+        for at in range(0, len(ref), step):
+            apart = _popcount(values[rows, None] ^ ref[None, at : at + step])
+            near = apart.argmin(axis=1)
+            value = apart[np.arange(len(rows)), near]
+            better = value < best
+            best[better], top[better] = value[better], at + near[better]
+        for r, t, b in zip(rows, top, best, strict=True):
+            if b <= max_bits:
+                found.append([ids[r], ids[reference[t]], int(b)])
+    return sorted(found, key=lambda f: f[2])
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (numpy < 2 has no bitwise_count: a byte table)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    return _BYTE_BITS[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
+
+
 def _most_similar(
     rows: np.ndarray, rows_zero: np.ndarray, ref: np.ndarray, ref_zero: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -235,23 +364,32 @@ def _most_similar(
     return best, top
 
 
-def check_source(source: ImageSource, hashes: dict[str, str] | None = None) -> DataChecks:
+def check_source(
+    source: ImageSource,
+    hashes: dict[str, str] | None = None,
+    image_hashes: dict[str, int] | None = None,
+) -> DataChecks:
     """The checks a source allows without features: exact duplicates by content hash
-    (``hashes`` from :func:`content_hashes`, computed when not given) and class counts."""
-    hashes = content_hashes(source) if hashes is None else hashes
+    (``hashes`` from :func:`content_hashes`), near-duplicates by perceptual hash
+    (``image_hashes``; both from :func:`source_hashes` when ``hashes`` is not given), and
+    class counts."""
+    if hashes is None:
+        hashes, image_hashes = source_hashes(source)
     return check_data(
         list(source.ids),
         source.labels,
         [SPLIT_NAMES[c] for c in source.splits],
         list(source.classes),
         hashes=[hashes[i] for i in source.ids],
+        image_hashes=image_hashes,
     )
 
 
 def check_store(store, hashes: dict[str, str] | None = None, **kwargs) -> DataChecks:
     """The checks on a :class:`featpipe.store.FeatureStore` (skipped rows left out): exact
     duplicates by ``hashes`` (``{id: digest}``, from :func:`content_hashes`) when given, else
-    by identical stored features; near-duplicates on its ``pooled`` layer when it has one."""
+    by identical stored features; near-duplicates on its ``pooled`` layer when it has one, and
+    by perceptual hash when ``image_hashes`` (from :func:`source_hashes`) is given."""
     ids, labels, splits, blocks = [], [], [], []
     layer = NEAR_LAYER if NEAR_LAYER in store.layers else None
     for split in SPLIT_NAMES:

@@ -14,7 +14,7 @@ from featpipe.evaluate.leakage import (
     DataChecks,
     check_source,
     check_store,
-    content_hashes,
+    source_hashes,
 )
 from featpipe.report.content import Document, build_document
 from featpipe.report.html import render_html
@@ -111,8 +111,8 @@ def write_report(
 def data_checks(
     run_dir: Path, rows: list[dict], source=None, fingerprint: str | None = None
 ) -> DataChecks | None:
-    """The data checks of a run: computed with content hashes when the source is at hand,
-    else those saved by the run (checks.json) if they were made from the data of
+    """The data checks of a run: computed with content and perceptual hashes when the source
+    is at hand, else those saved by the run (checks.json) if they were made from the data of
     ``fingerprint`` (the plan's source fingerprint; None: any), else from the stored features
     of the probes' store; None when there is neither a source nor a store to check."""
     saved = run_dir / CHECKS_FILE
@@ -124,11 +124,11 @@ def data_checks(
     stores = [s for s in (_store_at(*pair) for pair in recorded) if s is not None]
     store = next((s for s in stores if "pooled" in s.layers), stores[0] if stores else None)
     if source is not None:
-        hashes = content_hashes(source)
+        hashes, image_hashes = source_hashes(source)
         if store is not None and all(i in hashes for i in store.ids()):
-            checks = check_store(store, hashes)
-        else:  # no store (fine-tunes only): exact duplicates and class counts only
-            checks = check_source(source, hashes)
+            checks = check_store(store, hashes, image_hashes=image_hashes)
+        else:  # no store (fine-tunes only): no feature cosines
+            checks = check_source(source, hashes, image_hashes)
     elif (kept := _saved_checks(saved, fingerprint, recheck=store is not None)) is not None:
         return kept
     elif store is not None:
