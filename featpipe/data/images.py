@@ -219,9 +219,10 @@ def pil_to_uint8(img: Image.Image) -> torch.Tensor:
 
 def draft_scale(size: tuple[int, int], min_size: int) -> int:
     """The DCT scale (1, 2, 4 or 8) a ``size`` JPEG decodes at so that its short side stays
-    at least ``min_size`` (Pillow's own rule in ``JpegImageFile.draft``)."""
+    at least ``min_size`` (Pillow's own rule in ``JpegImageFile.draft``); 1 for a JPEG
+    already smaller than ``min_size``."""
     ratio = min(size) // max(1, min_size)
-    return next(scale for scale in (8, 4, 2, 1) if ratio >= scale)
+    return next((scale for scale in (8, 4, 2) if ratio >= scale), 1)
 
 
 def _decode(
