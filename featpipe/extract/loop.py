@@ -119,6 +119,8 @@ class PieceDataset(Dataset):
             except ImageReadError as err:
                 failed[row - piece.start] = err
                 items.append(self.data_path.blank())
+            except StopIteration as err:  # would end the DataLoader silently, rows unread
+                raise RuntimeError(f"reading row {row} raised StopIteration") from err
         return piece, self.data_path.collate(items), failed
 
 
@@ -214,7 +216,7 @@ def run_chunks(
             StoreWriter.open(path) as writer,
             BackgroundWriter(lambda i, chunk: chunk.write(writer, i, on_error)) as background,
         ):
-            images = _compute(computed, background, bar, on_error)
+            images = _compute(computed, len(dataset), background, bar, on_error)
             background.close()  # every chunk written before the store is marked complete
             stats = _stats(images, time.perf_counter() - start_time, background)
             run = _finish(
@@ -331,14 +333,16 @@ def _start(
 
 def _compute(
     computed: Iterable[tuple[Piece, PendingCopy, dict]],
+    n_pieces: int,
     background: BackgroundWriter,
     bar,
     on_error: str,
 ) -> int:
-    """Hand each finished chunk of the computed pieces to the writer thread; returns the
-    number of images computed."""
-    images, chunk = 0, _Chunk()
+    """Hand each finished chunk of the ``n_pieces`` computed pieces to the writer thread;
+    returns the number of images computed."""
+    images, chunk, seen = 0, _Chunk(), 0
     for piece, copy, failed in computed:
+        seen += 1
         if failed and on_error == "fail":
             raise first_failure(failed)
         chunk.add(piece, copy, failed)
@@ -347,6 +351,11 @@ def _compute(
             chunk = _Chunk()
         images += piece.stop - piece.start
         bar.update(piece.stop - piece.start)
+    if seen < n_pieces:  # the chunks written are kept: the same call resumes after a fix
+        raise RuntimeError(
+            f"the data loader ended after {seen} of {n_pieces} batches without an error; "
+            "the store is left incomplete"
+        )
     return images
 
 
