@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from featpipe.atomic import replace_with
 from featpipe.finetune import checkpoint
 
 
@@ -84,9 +84,8 @@ class HistoryLogger(Callback):
 
     def on_epoch_end(self, tuner: Trainer, logs: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(_lines(tuner.history_))
-        os.replace(tmp, self.path)
+        text = _lines(tuner.history_)
+        replace_with(self.path, lambda tmp: tmp.write_text(text))
 
 
 def _lines(history: list[dict]) -> str:
