@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
 
 from featpipe.atomic import replace_with
 from featpipe.backbones import Backbone, LayerSpec, get_backbone
@@ -92,7 +91,8 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     With ``cache_dir`` each image's feature is stored under a key of (backbone identity,
     layer, image identity), so ``GridSearchCV`` over a pipeline starting with this transformer
-    computes every image once. ``fit`` learns nothing; it records the output width.
+    computes every image once. ``fit`` learns nothing; it records the output width, and
+    ``transform`` fits again where ``set_params`` changed a parameter since.
 
     On a CPU device ``transform`` runs in ``n_jobs`` lanes, as extraction does
     (featpipe.extract.lanes): each decodes a batch and runs it on its share of the cores.
@@ -154,16 +154,33 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     def fit(self, X=None, y=None) -> Embedder:
         """Nothing to learn: records the backbone identity and the feature width."""
+        self._check_params()
+        bb, _ = self._model()
+        self.backbone_identity_ = bb.identity()
+        self.n_features_out_ = self._width()
+        self._fitted_for = self._output_params()
+        return self
+
+    def _check_params(self) -> None:
         if int(self.batch_size) < 1:
             raise ConfigError(f"batch_size must be >= 1; got {self.batch_size}.")
         if self.n_jobs is not None and int(self.n_jobs) < 1:
             raise ConfigError(
                 f"n_jobs must be >= 1, or None for one lane per core; got {self.n_jobs}."
             )
-        bb, _ = self._model()
-        self.backbone_identity_ = bb.identity()
-        self.n_features_out_ = self._width()
-        return self
+
+    def _output_params(self) -> tuple:
+        """The parameters what ``fit`` records (identity, width) depends on."""
+        return (self.backbone, self.layer, self.image_size)
+
+    def _fitted(self) -> None:
+        """Fit again where ``set_params`` changed what fit records, or it never ran: it is
+        of the parameters, not of any data (a width kept from before gave numpy's shape
+        error)."""
+        if getattr(self, "_fitted_for", None) != self._output_params():
+            self.fit()
+        else:
+            self._check_params()
 
     def _width(self) -> int:
         """Feature width, remembered in the cache folder so cached runs skip the probe pass."""
@@ -187,7 +204,7 @@ class Embedder(TransformerMixin, BaseEstimator):
             return inference.arrays(batch)[LayerSpec.parse(self.layer).name]
 
     def transform(self, X: Iterable[ImageLike]) -> np.ndarray:
-        check_is_fitted(self)
+        self._fitted()
         items = _as_items(X)
         out = np.empty((len(items), self.n_features_out_), dtype=np.float32)
         folder = self._cache_folder()
@@ -249,7 +266,7 @@ class Embedder(TransformerMixin, BaseEstimator):
             yield computed
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        check_is_fitted(self)
+        self._fitted()
         return np.array([f"{self.layer}_{i}" for i in range(self.n_features_out_)], dtype=object)
 
     def __getstate__(self) -> dict:

@@ -1,0 +1,37 @@
+"""Trust review of the command line, the Embedder and layer listing (session 8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featpipe.errors import ConfigError
+from featpipe.heads import Embedder
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
+
+
+def test_set_params_after_fit_gives_the_new_layers_features() -> None:
+    """set_params(layer=...) after fit kept the old width: transform failed with numpy's
+    'shape mismatch ... (3,16) ... (3,32)'; it now fits again, as fit learns no data."""
+    emb = Embedder("toy", device="cpu", n_jobs=1).fit(IMAGES)
+    assert emb.transform(IMAGES).shape == (3, 32)
+    emb.set_params(layer="stage1")
+    out = emb.transform(IMAGES)
+    fresh = Embedder("toy", layer="stage1", device="cpu", n_jobs=1).fit().transform(IMAGES)
+    np.testing.assert_array_equal(out, fresh)
+    assert emb.n_features_out_ == 16 and len(emb.get_feature_names_out()) == 16
+
+
+def test_transform_without_fit_works_as_its_tags_say() -> None:
+    """requires_fit is False, yet transform without fit raised AttributeError
+    'n_features_out_' (a traceback in a script)."""
+    emb = Embedder("toy", device="cpu", n_jobs=1)
+    assert emb.transform(IMAGES).shape == (3, 32)
+
+
+def test_set_params_with_a_bad_batch_size_after_fit_is_refused() -> None:
+    """batch_size=0 set after fit reached range() ('arg 3 must not be zero')."""
+    emb = Embedder("toy", device="cpu", n_jobs=1).fit()
+    with pytest.raises(ConfigError, match="batch_size must be >= 1; got 0"):
+        emb.set_params(batch_size=0).transform(IMAGES)
