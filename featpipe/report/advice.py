@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from featpipe.evaluate import Comparison
 from featpipe.report.results import MethodKind
-from featpipe.report.summary import MethodSummary, best, compare_pair, is_tie, tie_rule
+from featpipe.report.summary import MethodSummary, best, compare_pair, tie_rule, ties
 
 FINAL_LAYER = "pooled"  # the backbone's last pooled output: every other layer is intermediate
 MIN_TEST = 100  # below this many test images a 95 % interval on top-1 spans about ±10 points
@@ -56,32 +56,23 @@ class Advice:
     """The methods the recommendation names, for the report and its comparisons."""
 
     chosen: MethodSummary | None
-    tied: list[MethodSummary]  # tied with ``chosen`` on test (paired interval includes 0)
-    ahead: list[MethodSummary]  # better than ``chosen`` on test, though validation chose it
+    tied: list[MethodSummary]  # tied with ``chosen`` on test (summary.ties)
+    ahead: list[MethodSummary]  # clearly better than ``chosen`` on test, though validation chose it
     cheapest: MethodSummary | None  # the cheapest of ``chosen`` and ``tied``
     # Not compared with ``chosen``: no seed of both tested the same images in the same order.
     unpaired: list[MethodSummary]
+    compared: int  # methods compared with ``chosen`` (a family for Holm's correction)
 
 
 def advise(summaries: list[MethodSummary], n_boot: int) -> Advice:
     chosen = choose(summaries)
-    tied, ahead, unpaired = [], [], []
-    for other in summaries:
-        if chosen is None or other is chosen:
-            continue
-        paired = compare_pair(chosen, other, n_boot)
-        if paired is None:
-            unpaired.append(other)
-            continue
-        c = paired.comparison
-        if is_tie(c):
-            tied.append(other)
-        elif c.difference < 0:
-            ahead.append(other)
-    group = [chosen, *tied] if chosen else []
+    if chosen is None:
+        return Advice(None, [], [], None, [], 0)
+    found = ties(chosen, [s for s in summaries if s is not chosen], n_boot)
+    group = [chosen, *found.tied]
     costed = [s for s in group if s.cost("total_seconds") is not None]  # 0 s is a cost
     cheapest = min(costed, key=lambda s: s.cost("total_seconds")) if costed else None
-    return Advice(chosen, tied, ahead, cheapest, unpaired)
+    return Advice(chosen, found.tied, found.ahead, cheapest, found.unpaired, found.compared)
 
 
 def recommendation(summaries: list[MethodSummary], n_boot: int) -> list[str]:
@@ -135,7 +126,8 @@ def _tie_sentence(advice: Advice, n_boot: int) -> str:
         text = f" No {others} is statistically tied with it on test."
     else:
         names = ", ".join(f"{s.label} ({_pct(s.top1)})" for s in tied)
-        text = f" Statistically tied with it on test ({tie_rule(n_boot)}): {names}."
+        rule = tie_rule(n_boot, advice.compared)
+        text = f" Statistically tied with it on test ({rule}): {names}."
     cheap = advice.cheapest
     if cheap is not None and cheap is not chosen and tied:
         cheap_s, chosen_s = cheap.cost("total_seconds"), chosen.cost("total_seconds")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -12,6 +13,8 @@ from featpipe.evaluate import Comparison, aggregate_over_seeds, compare, holm
 from featpipe.evaluate.compare import ALPHA
 from featpipe.evaluate.metrics import wilson_interval
 from featpipe.report.results import MethodKind
+
+K = TypeVar("K")
 
 
 @dataclass
@@ -203,31 +206,56 @@ def compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResul
     return None
 
 
-def is_tie(c: Comparison) -> bool:
-    """Statistically tied: the paired bootstrap interval includes 0 (without an interval,
-    n_boot = 0: McNemar's test finds no difference)."""
-    return not c.distinguishable if c.ci_low is not None else not c.significant
+@dataclass
+class Ties:
+    """The methods compared with one on test: those tied with it, those clearly ahead of it,
+    and those that could not be paired with it; ``compared``: how many were paired."""
+
+    tied: list[MethodSummary]
+    ahead: list[MethodSummary]
+    unpaired: list[MethodSummary]
+    compared: int
 
 
-def tie_rule(n_boot: int) -> str:
-    """What :func:`is_tie` reads, in words, for comparisons run with ``n_boot`` resamples."""
+def ties(top: MethodSummary, others: list[MethodSummary], n_boot: int) -> Ties:
+    """Each of ``others`` against ``top``: tied unless the difference is clear, as in the table
+    of all pairs (:func:`clear_after_holm`): McNemar's p-values Holm-adjusted over every method
+    compared with ``top``, and the paired bootstrap interval, where there is one, excluding 0.
+    Uncorrected, some method of equal accuracy fell out of the tie by chance: of 12 methods on
+    360 test images, in 25 to 31 % of simulated runs (2 % corrected)."""
+    paired, unpaired = [], []
+    for other in others:
+        result = compare_pair(top, other, n_boot)
+        if result is None:
+            unpaired.append(other)
+        else:
+            paired.append((other, result.comparison))
+    clear = clear_after_holm(dict(enumerate(c for _, c in paired)))
+    tied = [s for i, (s, _) in enumerate(paired) if i not in clear]
+    ahead = [s for i, (s, c) in enumerate(paired) if i in clear and c.difference < 0]
+    return Ties(tied, ahead, unpaired, len(paired))
+
+
+def tie_rule(n_boot: int, compared: int) -> str:
+    """What :func:`ties` reads, in words, for ``compared`` methods compared with one, each
+    with ``n_boot`` resamples."""
+    holm = f", Holm-adjusted over the {compared} methods compared," if compared > 1 else ""
     if n_boot:
-        return "the paired bootstrap interval of the difference includes 0"
-    return "McNemar's test finds no difference; no bootstrap interval, n_boot is 0"
+        return (
+            "the paired bootstrap interval of the difference includes 0, or McNemar's "
+            f"test{holm} finds no difference"
+        )
+    return f"McNemar's test{holm} finds no difference; no bootstrap interval, n_boot is 0"
 
 
 def references(summaries: list[MethodSummary], n_boot: int = 1000) -> list[MethodSummary]:
     """The probes a fine-tune is compared with: the best probe (on validation) and the
-    cheapest probe tied with it on test (paired interval including 0), when that is another."""
+    cheapest probe tied with it on test (:func:`ties`, among probes), when that is another."""
     top = best(summaries, MethodKind.PROBE)
     if top is None:
         return []
-    tied = [top]
-    for other in summaries:
-        if other.kind == MethodKind.PROBE and other is not top:
-            paired = compare_pair(top, other, n_boot)
-            if paired and is_tie(paired.comparison):
-                tied.append(other)
+    probes = [s for s in summaries if s.kind == MethodKind.PROBE and s is not top]
+    tied = [top, *ties(top, probes, n_boot).tied]
     costed = [s for s in tied if s.cost("total_seconds") is not None]  # 0 s is a cost
     cheapest = min(costed, key=lambda s: s.cost("total_seconds")) if costed else top
     return [top] if cheapest is top else [top, cheapest]
@@ -264,10 +292,10 @@ def all_pairs(
     return out
 
 
-def clear_after_holm(matrix: dict[tuple[int, int], Comparison]) -> set[tuple[int, int]]:
-    """The pairs of ``matrix`` that differ clearly once McNemar's p-values are Holm-adjusted
-    over all of them (many pairs, many chances of a false call), with the paired interval,
-    where there is one, excluding zero as well."""
+def clear_after_holm(matrix: dict[K, Comparison]) -> set[K]:
+    """The keys of the comparisons in ``matrix`` that differ clearly once McNemar's p-values
+    are Holm-adjusted over all of them (many pairs, many chances of a false call), with the
+    paired interval, where there is one, excluding zero as well."""
     keys = list(matrix)
     adjusted = holm([matrix[k].mcnemar.p_value for k in keys])
     return {
