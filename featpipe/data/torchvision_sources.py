@@ -101,6 +101,17 @@ def _read(name: str, root: Path, train: bool) -> tuple[np.ndarray, np.ndarray, l
         raise _cannot_read(name, root, train, err) from err
     images = data.data.numpy() if hasattr(data.data, "numpy") else np.asarray(data.data)
     labels = np.asarray(data.targets, dtype=np.int64)
+    if len(images) != len(labels):
+        # torchvision pairs them by position without a check: images and labels of two
+        # downloads would shift rows into the other split, each with another image's label
+        files = ", ".join(_split_files(name, expected_files(name), train))
+        split = "train" if train else "test"
+        raise SourceError(
+            f"torchvision dataset {name} in {str(root)!r}: its {split} set has "
+            f"{len(images)} images but {len(labels)} labels ({files}), so featpipe cannot tell "
+            "which label is whose. The files come from different copies of the dataset: copy "
+            "them again from one place, or download them again."
+        )
     return images.astype(np.uint8, copy=False), labels, [str(c) for c in data.classes]
 
 
