@@ -3,14 +3,15 @@ manifests, WebDataset shards and splits. Each test builds its own tiny data."""
 
 from __future__ import annotations
 
+import io
 import struct
 
 import numpy as np
 import pytest
-from dataset_files import write_mnist
+from dataset_files import write_mnist, write_shards
 from PIL import Image, ImageCms
 
-from featpipe.data import load_rgb, open_source
+from featpipe.data import ArraySource, ParquetSource, load_rgb, open_source
 from featpipe.errors import SourceError
 
 
@@ -47,3 +48,32 @@ def test_torchvision_images_and_labels_of_different_copies_are_refused(tmp_path)
     message = str(err.value)
     assert "train set has 12 images but 10 labels" in message
     assert "MNIST/raw/train-labels-idx1-ubyte" in message and "copy them again" in message
+
+
+def _png(level: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (level, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_integer_label_too_large_for_a_class_index_is_refused(tmp_path):
+    # integer labels make classes 0..max: an id read as a label made millions of class names
+    # (1e9 fill the memory), and one beyond int64 was numpy's OverflowError
+    images = np.zeros((4, 2, 2), np.uint8)
+    with pytest.raises(SourceError, match=r"integer label 5000000 would make 5,000,001 classes"):
+        ArraySource(images, [0, 1, 0, 5_000_000])
+    samples = [
+        {"__key__": f"{i:03d}", "png": _png(i), "json": {"label": [0, 1, 0, 10**30][i]}}
+        for i in range(4)
+    ]
+    write_shards(tmp_path / "wds", samples, per_shard=4)
+    with pytest.raises(SourceError, match=r"json:label labels of the shards .* looks like an id"):
+        open_source(f"wds:{tmp_path / 'wds'}")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"image": [_png(i) for i in range(4)], "label": [0, 1, 0, 3_000_000]})
+    pq.write_table(table, tmp_path / "train.parquet")
+    with pytest.raises(SourceError, match=r"Column 'label' of .*: the integer label 3000000"):
+        ParquetSource(tmp_path / "train.parquet")
+    assert ArraySource(images, [0, 1, 0, 999_999]).classes[-1] == "999999"  # the bound

@@ -14,6 +14,9 @@ from featpipe.data.source import ImageSource, check_class_names, split_code
 from featpipe.data.splits import assign_splits
 from featpipe.errors import SourceError
 
+# The most classes integer labels make (0..max): a larger label is an id, not a class index.
+MAX_INT_CLASSES = 1_000_000
+
 
 class ArraySource(ImageSource):
     """Images from a uint8 array shaped (N, H, W) (gray) or (N, H, W, 1|3|4).
@@ -134,6 +137,8 @@ def encode_labels(
     if labels.dtype.kind in "iu":
         if labels.min() < 0:
             raise SourceError(f"Integer labels must be >= 0; got {labels.min()}.")
+        if classes is None:
+            check_label_max(int(labels.max()), "The labels")
         classes = (
             [str(c) for c in classes]
             if classes is not None
@@ -157,6 +162,20 @@ def encode_labels(
             f"Labels {unknown[:5]} are not in classes {classes}. Add them to classes or fix them."
         )
     return classes, np.array([index[name] for name in names], dtype=np.int64)
+
+
+def check_label_max(top: int, origin: str) -> None:
+    """Raise SourceError when the largest integer label ``top`` is too large to be a class
+    index. Integer labels make classes 0..max, so an id or a hash read as a label (a .cls or
+    a label column meaning something else) made that many class names: a billion of them
+    filled the memory, and one beyond int64 was an OverflowError."""
+    if top >= MAX_INT_CLASSES:
+        raise SourceError(
+            f"{origin}: the integer label {top} would make {top + 1:,} classes "
+            f"(integer labels are class indices 0..max; featpipe takes up to "
+            f"{MAX_INT_CLASSES:,}): it looks like an id, not a class. Give each image its "
+            "class index or class name, or name the field that holds them."
+        )
 
 
 def _encode_splits(splits: Sequence[str] | Sequence[int] | np.ndarray, n: int) -> np.ndarray:

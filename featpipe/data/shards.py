@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featpipe.data.arrays import encode_labels
+from featpipe.data.arrays import check_label_max, encode_labels
 from featpipe.data.folder import IMAGE_EXTENSIONS
 from featpipe.data.images import decode_rgb, read_error
 from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource
@@ -515,6 +515,8 @@ def _encode(values: list[int | str], f: Field, where: str) -> tuple[list[str], n
             f"and {text!r}); use one kind throughout."
         )
     kind = np.int64 if kinds == {int} else str
+    if kind is np.int64:  # before int64 holds them
+        check_label_max(max(values), f"The {f} labels of the shards {where}")
     classes, labels = encode_labels(np.asarray(values, dtype=kind), None, len(values))
     if len(classes) < 2:
         raise SourceError(

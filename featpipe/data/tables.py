@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featpipe.data.arrays import encode_labels
+from featpipe.data.arrays import check_label_max, encode_labels
 from featpipe.data.files import file_stat
 from featpipe.data.images import decode_rgb, load_rgb
 from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource, row_ids, split_alias
@@ -158,6 +158,8 @@ class TableSource(ImageSource):
         values = np.asarray(cells, dtype=object)
         kind = np.int64 if all(isinstance(v, int) for v in cells) else str
         names = feature.names if _is_class_label(feature) else None
+        if kind is np.int64 and names is None:  # before int64 holds them
+            check_label_max(max(cells), where)
         return encode_labels(values.astype(kind), names, len(values))
 
     def _image_columns(self) -> list:
