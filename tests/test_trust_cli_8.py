@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from featpipe.cli import main
 from featpipe.errors import ConfigError
 from featpipe.heads import Embedder
 
@@ -35,3 +36,18 @@ def test_set_params_with_a_bad_batch_size_after_fit_is_refused() -> None:
     emb = Embedder("toy", device="cpu", n_jobs=1).fit()
     with pytest.raises(ConfigError, match="batch_size must be >= 1; got 0"):
         emb.set_params(batch_size=0).transform(IMAGES)
+
+
+@pytest.mark.parametrize("size", ["100000", "4097", "7"])
+def test_an_absurd_image_size_is_refused_in_one_line(tmp_path, capsys, size) -> None:
+    """--image-size 100000 asked torch for a 120 GB input and ended in an allocator
+    traceback; sizes out of 8..4096 are refused before anything is built or read."""
+    out = tmp_path / "s.h5"
+    argv = ["extract", "digits", "--backbone", "toy", "--image-size", size, "--out", str(out)]
+    assert main([*argv, "--limit-train", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"image size must be from 8 to 4096 pixels; got {size}" in err
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="from 8 to 4096 pixels"):
+        Embedder("toy", image_size=int(size)).fit()

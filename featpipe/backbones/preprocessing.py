@@ -12,6 +12,9 @@ from torchvision.transforms.v2 import functional as F
 
 from featpipe.errors import ConfigError
 
+# Larger inputs take gigabytes per image in the first layers (100,000 px asked for a
+# 120 GB input tensor and failed with an allocator traceback).
+MAX_IMAGE_SIZE = 4096
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = {
@@ -74,8 +77,11 @@ class Preprocessing:
 
     def at_size(self, size: int) -> Preprocessing:
         """The same recipe at another input size, keeping the crop fraction."""
-        if size < 8:
-            raise ConfigError(f"image size must be at least 8 pixels; got {size}.")
+        if not 8 <= size <= MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"image size must be from 8 to {MAX_IMAGE_SIZE} pixels; got {size}. Omit it "
+                "to use the size the weights were trained at."
+            )
         return replace(self, crop=size, resize=max(1, round(size / self.crop_fraction)))
 
     def to_dict(self) -> dict:
