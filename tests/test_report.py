@@ -368,11 +368,12 @@ def test_report_keeps_to_the_rows_of_the_plan(tmp_path):
         ],
     )
     md = write_report(tmp_path, rows, plan)["report.md"].read_text()
-    assert "| toy/logreg@pooled | 0 |" in md
+    # the plan names the methods: its label, not the row's
+    assert "| logistic regression | 0 |" in md
     assert "toy/knn@pooled" not in md  # not in the plan
     assert "1 of 2 method runs of the current configuration have no result yet: MLP (seed 0)" in md
     assert "also holds 2 row(s) of earlier configurations" in md
-    cells = next(ln for ln in md.splitlines() if ln.startswith("| toy/logreg@pooled |"))
+    cells = next(ln for ln in md.splitlines() if ln.startswith("| logistic regression |"))
     assert f"{100 * rows[1]['metrics']['top1']:.1f} (" in cells
 
 

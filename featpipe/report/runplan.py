@@ -78,7 +78,9 @@ class RunPlan:
         for r in rows:
             by_key.setdefault((r["method"], r["seed"], r["config_hash"]), []).append(r)
         made = {m.key: [r for r in by_key.get(m.key, []) if m.made_by(r)] for m in self.methods}
-        current = [made[m.key][-1] for m in self.methods if made[m.key]]
+        # Under the plan's label: a reused row keeps the one of the run that made it (before
+        # a second backbone joined, "kNN on layer pooled" lacked the "[backbone]" suffix).
+        current = [_labelled(made[m.key][-1], m.label) for m in self.methods if made[m.key]]
         missing = [m for m in self.methods if not made[m.key]]
         return current, missing, len(rows) - len(current)
 
@@ -101,6 +103,11 @@ class RunPlan:
                 for m in self.methods
             ],
         }
+
+
+def _labelled(row: dict, label: str) -> dict:
+    """``row`` under ``label`` (a copy, only when that changes it); no label keeps its own."""
+    return row if not label or row.get("label") == label else {**row, "label": label}
 
 
 def write_plan(run_dir: str | Path, plan: RunPlan) -> Path:

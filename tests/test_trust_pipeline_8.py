@@ -1,0 +1,57 @@
+"""`featpipe run` re-runs after the pipeline file is edited: the report never shows an old
+configuration's name for a method of the new one."""
+
+from __future__ import annotations
+
+import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+
+from featpipe.pipeline import config_from_dict, run_pipeline
+from featpipe.report import read_results, write_report
+from featpipe.report.runplan import read_plan
+
+
+def pipeline(tmp_path, backbones: list[str], **finetune):
+    return config_from_dict(
+        {
+            "name": "edits",
+            "out": str(tmp_path / "run"),
+            "n_boot": 10,
+            "device": "cpu",
+            "source": {"data": "digits", "limits": {"train": 60, "val": 30, "test": 30}},
+            "features": {
+                "backbones": backbones,
+                "image_size": 16,
+                "workers": 0,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "probes": {"heads": ["knn"]},
+            "finetune": {"workers": 0, **finetune},
+        }
+    )
+
+
+def reported_labels(run_dir) -> list[str]:
+    rows = read_results(run_dir / "results.jsonl")
+    return [r["label"] for r in read_plan(run_dir).select(rows)[0]]
+
+
+def test_a_reused_row_takes_the_label_of_the_current_configuration(tmp_path):
+    # Before: a backbone added to a one-backbone pipeline left the reused row under its old
+    # label, 'kNN on layer pooled', beside 'kNN on layer pooled [toy@1]': the report said
+    # "Use kNN on layer pooled" without naming which of the two backbones it meant.
+    run_pipeline(pipeline(tmp_path, ["toy"]), progress=False, log=lambda _: None)
+    config = pipeline(tmp_path, ["toy", "toy@1"])
+    run_pipeline(config, progress=False, log=lambda _: None)
+    run_dir = tmp_path / "run"
+    want = ["kNN on layer pooled [toy]", "kNN on layer pooled [toy@1]"]
+    assert reported_labels(run_dir) == want
+    for _ in range(2):  # as `featpipe run` wrote it, then as `featpipe report` rebuilds it
+        report = (run_dir / "report.md").read_text()
+        assert "| kNN on layer pooled |" not in report and "Use kNN on layer pooled [" in report
+        write_report(run_dir)
+    # Back to one backbone: its row loses the suffix again, nothing is recomputed.
+    said: list[str] = []
+    run_pipeline(pipeline(tmp_path, ["toy"]), progress=False, log=said.append)
+    assert any("1 method runs, 1 already finished" in line for line in said)
+    assert reported_labels(run_dir) == ["kNN on layer pooled"]
+    assert "| kNN on layer pooled |" in (run_dir / "report.md").read_text()
