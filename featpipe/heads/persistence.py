@@ -27,6 +27,7 @@ from featpipe.heads.estimators import KNNProbe, LinearSVMProbe, LogisticProbe, M
 from featpipe.heads.faiss_knn import FaissKNeighborsClassifier, FaissKNNProbe
 from featpipe.heads.nystroem import NystroemClassifier, NystroemSVMProbe
 from featpipe.heads.registry import head_name
+from featpipe.heads.splits import LAYER_JOIN, layer_parts
 from featpipe.heads.streamed_logreg import StreamingLogisticProbe
 from featpipe.heads.streaming import StreamingLinearHead
 from featpipe.heads.torch_logreg import TorchLogisticRegression
@@ -272,6 +273,7 @@ def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
 
     Sidecars written before pooling and dtype were recorded (format version 1) are checked
     on what they hold, with a warning that names what cannot be checked."""
+    _require_one_layer(sidecar)
     problems = _backbone_problems(sidecar, _store_provenance(store)["backbone"], "store")
     if sidecar.get("layer") != layer:
         problems.append(f"layer: head {sidecar.get('layer')!r}, requested {layer!r}")
@@ -296,7 +298,23 @@ def check_backbone_matches(sidecar: dict, identity: dict) -> None:
     """Raise HeadMismatchError when the backbone that computes features for the head now
     (``identity``: ``Backbone.identity()``) differs from the one behind the head's store, as
     check_head_matches compares them (a featpipe that preprocesses the model otherwise)."""
+    _require_one_layer(sidecar)
     _raise_mismatch(_backbone_problems(sidecar, identity, "backbone here"))
+
+
+def _require_one_layer(sidecar: dict) -> None:
+    """Refuse a head fitted on joined layers (``pooled+blocks.5:avg``): each part was
+    standardised with the train statistics of the store it was fitted on, which the head file
+    does not hold, so no features given to it later are the ones it learnt from (the layer
+    check called such a head's layers missing from the very store it was fitted on)."""
+    layer = sidecar.get("layer")
+    if isinstance(layer, str) and len(layer_parts(layer)) > 1:
+        raise HeadMismatchError(
+            f"This head was fitted on the joined layers {layer!r}, each standardised with the "
+            "train statistics of its store, which the head file does not hold; featpipe cannot "
+            "give it those features again. To predict, fit and save a head on one stored "
+            f"layer (e.g. --layer {layer.split(LAYER_JOIN)[0].strip()})."
+        )
 
 
 def _backbone_problems(sidecar: dict, now: dict, where: str) -> list[str]:
