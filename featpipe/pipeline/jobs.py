@@ -139,7 +139,12 @@ def backbone_identity(context: RunContext, job: Job) -> dict | None:
 
         return get_backbone(spec, image_size).identity()
 
-    return context.once(("identity", spec, image_size), make)
+    identity = context.once(("identity", spec, image_size), make)
+    if job.stage == "finetune":  # and the images it leaves out (see with_left_out)
+        from featpipe.pipeline.stages.finetune import with_left_out
+
+        return with_left_out(context, identity)
+    return identity
 
 
 def skip_summary(skipped: dict[str, str], shown: int = 5) -> dict:

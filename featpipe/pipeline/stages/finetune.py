@@ -9,6 +9,7 @@ import numpy as np
 from featpipe.data import ImageSource
 from featpipe.data.splits import with_train_ids
 from featpipe.data.unreadable import unreadable_images, without
+from featpipe.distributed import current_ranks
 from featpipe.evaluate import Cost, Extraction, Timer, Usage, measure
 from featpipe.finetune.freezing import Mode
 from featpipe.finetune.tuner import result_params, spec_for
@@ -27,7 +28,7 @@ from featpipe.pipeline.jobs import (
 )
 from featpipe.pipeline.stages.extract import feature_store
 from featpipe.provenance import plain
-from featpipe.report.results import MethodKind, Predictions, ResultRow
+from featpipe.report.results import MethodKind, Predictions, ResultRow, ids_sha256
 from featpipe.report.runplan import identity_hash
 from featpipe.store.schema import skipped_rows
 
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from featpipe.store import FeatureStore
 
 NAME = "finetune"
+# The key of a fine-tune's identity that names the images the run leaves out (see left_out).
+LEFT_OUT = "images_left_out"
+SOURCE = "finetune source"  # the run's fine-tuning source, made once (see _source)
 
 
 def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
@@ -76,7 +80,7 @@ def run(job: Job, context: RunContext) -> ResultRow:
     from featpipe.finetune.search import fit_grid
 
     read = _probe_store(job, context)  # opened first: _source then reads its skips
-    source, skipped = context.once("finetune source", lambda: _source(context))
+    source, skipped = context.once(SOURCE, lambda: _source(context))
     train_ids = sweep_ids(context, job.train_size)
     if train_ids is not None:
         source = with_train_ids(source, train_ids)
@@ -174,7 +178,7 @@ def finetune_row(
         ),
         test=Predictions.of([source.ids[i] for i in rows], y, proba.argmax(axis=1)),
         provenance={
-            "backbone": tuner.backbone_.identity(),
+            "backbone": left_out(tuner.backbone_.identity(), skipped),
             "store": {"path": str(read[0].path), "key": read[0].key} if read else None,
             "image_size": settings.get("image_size"),
             "skipped": skip_summary(skipped),
@@ -219,6 +223,29 @@ def stores_read(config: PipelineConfig) -> list[str]:
         if any(_reads_store(config, bb, mode) for mode in config.finetune.modes)
     ]
     return list(dict.fromkeys([*(config.features.backbones if probes else ()), *tuned]))
+
+
+def left_out(identity: dict, skipped: dict[str, str]) -> dict:
+    """A fine-tune row's identity: its backbone's, and which images the run left out (sha256
+    of their ids) when it left some out. The config hash cannot hold them (they are known once
+    the stores are made), yet a fine-tune trained and tested without other images is another
+    result: a run whose stores skip other images (another feature backbone) must not reuse it,
+    nor resume its checkpoint. Runs that leave nothing out keep the identity they had."""
+    return {**identity, LEFT_OUT: ids_sha256(sorted(skipped))} if skipped else identity
+
+
+def with_left_out(context: RunContext, identity: dict) -> dict:
+    """``left_out`` for a fine-tune job of this run: the identity its plan checks finished
+    rows against, and its checkpoint folder's. Under on_error = "fail" nothing can be left
+    out, and no store is opened for it. Planning under torchrun does not open the stores
+    either (rank 0 alone would extract them, out of step with the other ranks): there a row
+    made without skips is reused as before, one made with skips is made again."""
+    if context.config.features.on_error != "skip":
+        return identity
+    if SOURCE not in context.made and current_ranks().distributed:
+        return identity
+    _, skipped = context.once(SOURCE, lambda: _source(context))
+    return left_out(identity, skipped)
 
 
 def _source(context: RunContext) -> tuple[ImageSource, dict[str, str]]:

@@ -1,0 +1,114 @@
+"""A pipeline's fine-tune belongs to the images the run leaves out: a run whose feature stores
+skip other images (another feature backbone) neither reuses its row nor resumes its checkpoint;
+a run that leaves nothing out keeps the identity, rows and run folder it had."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_image_folder
+from PIL import Image
+from toy_backbone import ToyNet, build_toy
+
+from featpipe.backbones import get_backbone, register_backbone
+from featpipe.backbones.registry import _BUILTINS
+from featpipe.pipeline import config_from_dict, run_pipeline
+from featpipe.report import read_results
+from featpipe.report.runplan import read_plan
+
+WHITE = ("test/cat/001.jpg", "train/dog/002.jpg")
+N_TEST = 12  # 3 classes x 4
+
+
+class WhiteNaN(ToyNet):
+    """The toy CNN giving NaN features for white images (and only for them)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        white = x.flatten(1).mean(1) > 2.3  # normalised white; the random images stay below 2
+        return super().forward(torch.where(white[:, None, None, None], torch.nan, x))
+
+
+if "toy_white_nan" not in _BUILTINS:
+
+    @register_backbone("toy_white_nan")
+    def _build(spec):
+        backbone = build_toy(spec)
+        backbone.model = WhiteNaN()
+        return backbone
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = make_image_folder(tmp_path / "images", per_class=4, splits=("train", "val", "test"))
+    for name in WHITE:
+        Image.new("RGB", (20, 16), "white").save(root / name, quality=90)
+    return root
+
+
+def _config(folder, tmp_path, feature_backbone: str):
+    """Probes on ``feature_backbone`` (its store decides which images the run leaves out) and
+    a fine-tune of ``toy``, under on_error = "skip"."""
+    return config_from_dict({
+        "name": "left-out", "seeds": [0], "n_boot": 10, "device": "cpu",
+        "out": str(tmp_path / "run"), "source": {"data": str(folder)},
+        "features": {"backbones": [feature_backbone], "batch_size": 8,
+                     "cache_dir": str(tmp_path / "c"), "on_error": "skip"},
+        "probes": {"heads": ["logreg"], "grids": {"logreg": {"C": [1.0]}}},
+        "finetune": {"backbones": ["toy"], "modes": ["head"], "epochs": 1, "batch_size": 8},
+    })  # fmt: skip
+
+
+def _tuned(folder, tmp_path, feature_backbone: str) -> dict:
+    """Run the pipeline; the fine-tune row its report shows."""
+    out = run_pipeline(_config(folder, tmp_path, feature_backbone), progress=False, log=print)
+    current, missing, _ = read_plan(out).select(read_results(out / "results.jsonl"))
+    assert not missing
+    (row,) = [r for r in current if r["kind"] == "finetune"]
+    assert f"{100 * row['metrics']['top1']:.1f}" in (out / "report.md").read_text()
+    return row
+
+
+def test_a_fine_tune_is_not_reused_by_a_run_that_leaves_out_other_images(folder, tmp_path):
+    """It was: the fine-tune's config hash leaves the skipped images out, so the run on toy's
+    store (nothing skipped) reused the fine-tune trained and tested without the 2 white images,
+    and the report could pair it with no probe."""
+    skipping = _tuned(folder, tmp_path, "toy_white_nan")
+    assert len(skipping["test"]["y_true"]) == N_TEST - 1
+    assert skipping["provenance"]["skipped"]["count"] == 2
+
+    whole = _tuned(folder, tmp_path, "toy")
+    assert len(whole["test"]["y_true"]) == N_TEST
+    assert whole["provenance"]["skipped"]["count"] == 0
+    assert whole["config_hash"] == skipping["config_hash"]
+
+    # Back to the skipping store: the first row is this run's again, reused as it is.
+    again = _tuned(folder, tmp_path, "toy_white_nan")
+    assert again == skipping
+    assert len(read_results(tmp_path / "run" / "results.jsonl")) == 4  # 2 probes, 2 fine-tunes
+
+
+def test_a_fine_tune_checkpoint_is_not_resumed_over_other_images(folder, tmp_path, capsys):
+    """Killed after training, before its row was written (e.g. while testing): the next run,
+    leaving out other images, resumed the same checkpoint folder and stopped with 'Checkpoint
+    ... was written with another configuration (source: ...)', which a pipeline cannot
+    answer (it has no --no-resume); it now trains in a folder of its own."""
+    _tuned(folder, tmp_path, "toy_white_nan")
+    results = tmp_path / "run" / "results.jsonl"
+    kept = [line for line in results.read_text().splitlines() if "finetune" not in line]
+    results.write_text("\n".join(kept) + "\n")
+
+    whole = _tuned(folder, tmp_path, "toy")
+    assert len(whole["test"]["y_true"]) == N_TEST
+    assert len(list((tmp_path / "run" / "finetune").iterdir())) == 2
+
+
+def test_a_run_that_leaves_nothing_out_keeps_its_identity(folder, tmp_path):
+    """Rows and checkpoint folders of runs that skip nothing stay valid: the identity is the
+    backbone's alone, under on_error = "skip" too."""
+    (folder / WHITE[0]).unlink()
+    (folder / WHITE[1]).unlink()
+    row = _tuned(folder, tmp_path, "toy")
+    assert row["provenance"]["backbone"] == get_backbone("toy").identity()
+    (run_dir,) = (tmp_path / "run" / "finetune").iterdir()
+    assert _tuned(folder, tmp_path, "toy") == row
+    assert list((tmp_path / "run" / "finetune").iterdir()) == [run_dir]
