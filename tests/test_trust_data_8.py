@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 
 import numpy as np
 import pytest
 from dataset_files import write_mnist, write_shards
 from PIL import Image, ImageCms
 
-from featpipe.data import ArraySource, ParquetSource, load_rgb, open_source
+from featpipe.data import ArraySource, CSVSource, ParquetSource, load_rgb, open_source
 from featpipe.errors import SourceError
 
 
@@ -77,3 +78,35 @@ def test_an_integer_label_too_large_for_a_class_index_is_refused(tmp_path):
     with pytest.raises(SourceError, match=r"Column 'label' of .*: the integer label 3000000"):
         ParquetSource(tmp_path / "train.parquet")
     assert ArraySource(images, [0, 1, 0, 999_999]).classes[-1] == "999999"  # the bound
+
+
+def test_a_column_of_splits_that_featpipe_does_not_read_is_warned_of(tmp_path):
+    # a manifest's 'subset' column, or a parquet table's 'split' column: featpipe reads neither,
+    # so their test rows were train rows (or carved at random by test_fraction) without a word
+    for name in ("a", "b", "c", "d"):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{name}.png")
+    rows = ["a.png,cat,train", "b.png,dog,train", "c.png,cat,Test", "d.png,dog,test"]
+    (tmp_path / "m.csv").write_text("path,label,subset\n" + "\n".join(rows) + "\n")
+    with pytest.warns(UserWarning, match=r"column 'subset' holds split names .* 'Test' rows"):
+        source = CSVSource(tmp_path / "m.csv", test_fraction=0.25)
+    assert source.split_counts()["test"] == 1  # the fraction's draw, as before
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    splits = ["train", "train", "train", "validation", "test", "test"]
+    table = pa.table({"image": [_png(i) for i in range(6)], "label": [0, 1] * 3, "split": splits})
+    pq.write_table(table, tmp_path / "all.parquet")
+    with pytest.warns(UserWarning, match=r"'test' rows are read as train; its 'validation' rows"):
+        ParquetSource(tmp_path / "all.parquet")
+    # tables named after their split, each holding its own name, are read as they say
+    (tmp_path / "parts").mkdir()
+    for split, rows in (("train", slice(0, 4)), ("test", slice(4, 6))):
+        pq.write_table(
+            table.slice(rows.start, rows.stop - rows.start).set_column(
+                2, "split", pa.array([split] * (rows.stop - rows.start))
+            ),
+            tmp_path / "parts" / f"{split}.parquet",
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ParquetSource(tmp_path / "parts").split_counts()["test"] == 2

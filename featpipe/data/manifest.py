@@ -16,7 +16,7 @@ from featpipe.data.source import (
     check_class_names,
     split_alias,
 )
-from featpipe.data.splits import assign_splits, require_train
+from featpipe.data.splits import assign_splits, require_train, warn_unread_split_column
 from featpipe.errors import SourceError, did_you_mean
 
 _REQUIRED = ("path", "label")
@@ -62,7 +62,15 @@ class CSVSource(FileSource):
         class_index = {name: i for i, name in enumerate(self.classes)}
         self.labels = np.array([class_index[row["label"]] for row in rows], dtype=np.int64)
         given = None
-        if has_split:
+        if not has_split:
+            for column in (c for c in rows[0] if c not in (*_REQUIRED, "line")):
+                warn_unread_split_column(
+                    column,
+                    {"train": (row[column] for row in rows)},
+                    f"CSV manifest {str(self.csv_path)!r}",
+                    "If it holds the rows' splits, rename it to split.",
+                )
+        else:
             given = np.array([SPLIT_CODES[row["split"]] for row in rows], dtype=np.uint8)
             require_train(
                 given,

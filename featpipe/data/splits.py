@@ -5,11 +5,17 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from featpipe.data.source import SPLIT_CODES, ImageSource, count_splits, split_code
+from featpipe.data.source import (
+    SPLIT_CODES,
+    ImageSource,
+    count_splits,
+    split_alias,
+    split_code,
+)
 from featpipe.errors import ConfigError, SourceError
 
 TRAIN, VAL, TEST = (SPLIT_CODES[name] for name in ("train", "val", "test"))
@@ -94,6 +100,33 @@ def assign_splits(
         _warn_untrained(labels, splits, classes, origin)
     splits[train] = stratified_split(labels[train], carve["val"], carve["test"], seed)
     return splits
+
+
+def warn_unread_split_column(
+    column: str, values: dict[str, Iterable[object]], origin: str, fix: str
+) -> None:
+    """Warn when ``column``, which featpipe reads no split from, holds only split names (any
+    alias, blank cells aside) and, in some rows, another split than the one they were read as
+    (``values``: {split name: the column's values in the rows read as that split}): a
+    'subset' or 'fold' column, or a table's 'split', whose test rows would be train rows."""
+    named = {
+        split: {str(v).strip() for v in found if v is not None} - {""}
+        for split, found in values.items()
+    }
+    words = set().union(*named.values())
+    if not words or any(split_alias(w) is None for w in words):
+        return
+    read_as = sorted({(w, split) for split, found in named.items() for w in found})
+    moved = [
+        f"its {w!r} rows are read as {split}" for w, split in read_as if split_alias(w) != split
+    ]
+    if moved:
+        warnings.warn(
+            f"{origin}: column {column!r} holds split names ({', '.join(sorted(words))}), but "
+            f"featpipe reads no split from it: {'; '.join(moved[:3])}. {fix}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _warn_untrained(

@@ -24,7 +24,7 @@ from featpipe.data.arrays import check_label_max, encode_labels
 from featpipe.data.files import file_stat
 from featpipe.data.images import decode_rgb, load_rgb
 from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource, row_ids, split_alias
-from featpipe.data.splits import assign_splits
+from featpipe.data.splits import assign_splits, warn_unread_split_column
 from featpipe.errors import SourceError, did_you_mean
 from featpipe.extras import import_extra
 
@@ -90,6 +90,7 @@ class TableSource(ImageSource):
                 for name, n in zip(tables, self._sizes, strict=True)
             ]
         )
+        self._warn_split_columns(tables)
         self.splits = assign_splits(
             self.labels,
             given,
@@ -101,6 +102,29 @@ class TableSource(ImageSource):
         )
         self._table_of = np.repeat(np.arange(len(self._sizes)), self._sizes)
         self._row_in_table = np.concatenate([np.arange(n) for n in self._sizes])
+
+    def _warn_split_columns(self, tables: dict) -> None:
+        """Warn of a text column holding splits other than the tables' (see
+        splits.warn_unread_split_column): featpipe takes splits from the tables alone."""
+        import pyarrow as pa
+
+        first = next(iter(tables.values()))
+        for field in first.schema:
+            if field.name in (self.image_column, self.label_column) or not (
+                pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+            ):
+                continue
+            warn_unread_split_column(
+                field.name,
+                {
+                    split_alias(n): t.column(field.name).unique().to_pylist()
+                    for n, t in tables.items()
+                },
+                f"{self.kind} {str(self.root)!r}",
+                "featpipe reads a table's split from its file or folder name (train.parquet, "
+                "data/test/...) or a saved DatasetDict's splits: save each split there, e.g. "
+                f"df[df[{field.name!r}] == 'test'].to_parquet('data/test.parquet').",
+            )
 
     # -- reading -------------------------------------------------------------------------------
     def _read(self) -> tuple[dict[str, object], dict, dict[str, list[Path]]]:
