@@ -3,8 +3,10 @@ configuration's name for a method of the new one."""
 
 from __future__ import annotations
 
+import pytest
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 
+from featpipe.errors import ConfigError
 from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.report import read_results, write_report
 from featpipe.report.runplan import read_plan
@@ -55,3 +57,18 @@ def test_a_reused_row_takes_the_label_of_the_current_configuration(tmp_path):
     assert any("1 method runs, 1 already finished" in line for line in said)
     assert reported_labels(run_dir) == ["kNN on layer pooled"]
     assert "| kNN on layer pooled |" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("other", [" toy", "builtin:toy"])
+def test_one_backbone_spelled_twice_is_refused_before_any_compute(tmp_path, other):
+    # Before: each spelling ran every method again on the same store, and the report listed
+    # 'kNN on layer pooled [toy]' and 'kNN on layer pooled [builtin:toy]' as two methods
+    # statistically tied with each other.
+    config = pipeline(tmp_path, ["toy", other])
+    with pytest.raises(
+        ConfigError,
+        match=r"features.backbones\[1\] = '(builtin:| )toy' names the "
+        r"same backbone as features.backbones\[0\] = 'toy' \('toy'\); list each",
+    ):
+        run_pipeline(config, progress=False, log=lambda _: None)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -71,6 +71,7 @@ def check_models(config) -> dict:
     built = {}
     tuned = finetune.backbones if finetune.modes else []
     for key, specs in (("features", features.backbones), ("finetune", tuned)):
+        _each_backbone_once(specs, f"{key}.backbones")
         for i, spec in enumerate(specs):
             if spec not in built:
                 try:
@@ -88,6 +89,26 @@ def check_models(config) -> dict:
 
         check_candidates(FineTuner(**finetune.params()), dict(finetune.grid), "finetune.grid")
     return built
+
+
+def _each_backbone_once(specs, where: str) -> None:
+    """No two specs of a list name one backbone ('toy', ' toy', 'builtin:toy'): each would run
+    every method again on the same store, and the report list it as several tied methods."""
+    from featpipe.backbones.registry import BackboneSpec
+
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        try:
+            canonical = str(BackboneSpec.parse(spec))
+        except FeaturePipeError:
+            continue  # an unknown family: get_backbone says so, naming the key
+        if canonical in seen:
+            j = seen[canonical]
+            raise ConfigError(
+                f"{where}[{i}] = {spec!r} names the same backbone as {where}[{j}] = "
+                f"{specs[j]!r} ({canonical!r}); list each backbone once."
+            )
+        seen[canonical] = i
 
 
 def check_cache_dir(config) -> None:
