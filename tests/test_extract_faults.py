@@ -159,9 +159,11 @@ def test_a_disk_that_fills_up_mid_run_fails_in_one_line_and_resumes_bitwise(tmp_
     print(run.stderr)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     (line,) = run.stderr.strip().splitlines()
-    assert line.startswith(f"featpipe extract: error: Cannot write {out}: no space left on device.")
+    # Every chunk's bytes are written (zeros) when the store is created (checksummed chunks
+    # cannot be sparse), so the full disk stops only the finish.
+    assert line.startswith(f"featpipe extract: error: Not enough free space for {out}: marking")
     done = chunks_done(out)
-    assert f" {done} of {n // rows} chunks are written and safe;" in line and 10 <= done < 30
+    assert done == n // rows
 
     # Still full: refused up front, nothing touched.
     again = subprocess.run(

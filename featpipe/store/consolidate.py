@@ -59,7 +59,7 @@ def consolidate(
                 if name not in PARTED_ONLY:
                     g.attrs[name] = value
             _record_skipped(g, source)
-            _copy(f, g, int(f.attrs["rows_per_chunk"]), block_chunks)
+            _copy(f, g, source, block_chunks)
         replace_store_file(tmp, out)
     except StoreInUseError:  # tmp is another consolidate's, or nothing was made: not ours
         raise
@@ -94,18 +94,23 @@ def _record_skipped(g: h5py.File, source: FeatureStore) -> None:
         g.attrs["extraction"] = schema.encode_attr({**record, "skipped": len(source.skipped())})
 
 
-def _copy(f: h5py.File, g: h5py.File, rows_per_chunk: int, block_chunks: int) -> None:
+def _copy(f: h5py.File, g: h5py.File, source: FeatureStore, block_chunks: int) -> None:
+    rows_per_chunk = source.rows_per_chunk
+
     def visit(name: str, obj) -> None:
         if not isinstance(obj, h5py.Dataset):
             return
         if name.startswith(schema.FEATURES + "/"):
             n, dim = obj.shape
+            chunks = (max(1, min(rows_per_chunk, n)), dim)
+            # checksummed as the parts are (see writer._create_features)
             ds = g.create_dataset(
-                name, shape=obj.shape, dtype=obj.dtype, chunks=(max(1, min(rows_per_chunk, n)), dim)
+                name, shape=obj.shape, dtype=obj.dtype, chunks=chunks, fletcher32=True
             )
             step = rows_per_chunk * block_chunks
+            layer = name[len(schema.FEATURES) + 1 :]
             for start in range(0, n, step):
-                ds[start : start + step] = obj[start : start + step]
+                ds[start : start + step] = source.read_rows(obj, layer, start, min(n, start + step))
         else:
             kind = h5py.string_dtype() if h5py.check_string_dtype(obj.dtype) else obj.dtype
             data = obj[()]

@@ -19,6 +19,7 @@ from featpipe.errors import (
     StoreInUseError,
     StoreMismatchError,
     StoreNotFoundError,
+    UnreadableStoreError,
     unknown_name,
 )
 from featpipe.extras import import_extra
@@ -40,6 +41,10 @@ REEXTRACT = (
 # What h5py raises for a file whose HDF5 structures are damaged (KeyError: an object header
 # it cannot read; RuntimeError: attributes it cannot iterate).
 DAMAGED = (KeyError, ValueError, TypeError, OSError, RuntimeError)
+
+
+# How h5py reports a chunk that fails its fletcher32 checksum (the one filter on features).
+CHECKSUM_FAILED = "filter returned failure during read"
 
 
 def all_finite(block: np.ndarray) -> bool:
@@ -183,6 +188,45 @@ class FeatureStore:
             "every part is), then read it again."
         )
 
+    def read_rows(self, ds: h5py.Dataset, layer: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of the features of ``layer``; a chunk that fails its
+        checksum is one UnreadableStoreError naming its rows and how to rewrite them."""
+        try:
+            return ds[start:stop]
+        except OSError as exc:
+            if CHECKSUM_FAILED not in str(exc):
+                raise
+            raise self._checksum_failed(ds, layer, start, stop) from exc
+
+    def _checksum_failed(self, ds: h5py.Dataset, layer: str, start: int, stop: int):
+        """The error for rows ``[start, stop)`` of which some chunk fails its checksum."""
+        step = self.rows_per_chunk
+        bad = []
+        for first in range(start - start % step, stop, step):  # rare: read chunk by chunk
+            try:
+                ds[first : min(first + step, self._n)]
+            except OSError:
+                bad.append(first)
+        first = bad[0] if bad else start
+        last = min(first + step, self._n) - 1 if bad else stop - 1
+        more = (
+            f" (and {len(bad) - 1} more chunks of rows {start} to {stop - 1})"
+            if len(bad) > 1
+            else ""
+        )
+        part = next((p for p in self.parts or [] if p.first_row <= first < p.stop_row), None)
+        fix = (
+            f"Delete {part.path} and run the same extraction again: it writes that part anew"
+            if part is not None
+            else "Extract it again with --overwrite (overwrite=True), or copy it again from "
+            "an intact copy"
+        )
+        return UnreadableStoreError(
+            f"{self.path}: rows {first} to {last} of layer {layer!r}{more} fail their "
+            "checksum: the file changed on disk after they were written (a failing disk, a "
+            f"damaged copy), so their features cannot be trusted. {fix}."
+        )
+
     # -- description ---------------------------------------------------------------------------
     @property
     def complete(self) -> bool:
@@ -313,7 +357,7 @@ class FeatureStore:
                     keep = kept[start : start + step]
                     if not keep.any():
                         continue
-                    block = ds[start : start + len(keep)]
+                    block = self.read_rows(ds, layer, start, start + len(keep))
                     if all_finite(block if keep.all() else block[keep]):
                         continue  # the usual case: one vectorised check per block
                     rows = ~np.isfinite(block).all(axis=1) & keep
@@ -387,7 +431,7 @@ class FeatureStore:
                 keep = mask[start : start + rows]
                 if not keep.any():
                     continue
-                stored = ds[start : start + len(keep)][keep]
+                stored = self.read_rows(ds, layer, start, start + len(keep))[keep]
                 with np.errstate(over="ignore"):  # an overflow is reported just below
                     block = stored.astype(dtype, copy=False)
                 # Not finite: a store written before writes were checked, or a narrower dtype

@@ -1,0 +1,141 @@
+"""Trust sweep of the feature store: a flipped bit in a feature chunk (checksums)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from extract_child import NoiseSource
+
+from featpipe.cli import main
+from featpipe.errors import UnreadableStoreError
+from featpipe.extract import extract
+from featpipe.store import FeatureStore
+from featpipe.store.consolidate import consolidate
+from featpipe.store.parts import parts_dir
+from featpipe.store.writer import StoreWriter
+
+FAST = dict(workers=0, device="cpu", progress=False, batch_size=4, dtype="float32")
+LAYERS = ["pooled", "stage1:avg"]
+
+
+def _flip(path: Path, layer: str, chunk: int, at: int = 17) -> None:
+    """Flip one bit inside the stored bytes of one chunk of ``layer`` (as a failing disk or a
+    bad copy would), leaving every HDF5 structure intact."""
+    with h5py.File(path, "r") as f:
+        offset = f[f"features/{layer}"].id.get_chunk_info(chunk).byte_offset + at
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0x40]))
+
+
+def _chunked_store(path: Path) -> np.ndarray:
+    """A complete store of 40 rows in chunks of 10."""
+    x = np.arange(40 * 8, dtype=np.float32).reshape(40, 8) + 1
+    with StoreWriter.create(
+        path,
+        ids=[f"img{i}" for i in range(40)],
+        labels=np.arange(40) % 2,
+        splits=np.repeat([0, 2], 20),
+        classes=["a", "b"],
+        layers={"pooled": (8, "avg")},
+        dtype="float32",
+        rows_per_chunk=10,
+        attrs={"key": "0123456789abcdef"},
+    ) as w:
+        for i in range(4):
+            w.write_chunk(i, {"pooled": x[i * 10 : (i + 1) * 10]})
+        w.finish()
+    return x
+
+
+def test_a_flipped_bit_in_a_feature_chunk_is_an_error_not_a_wrong_number(tmp_path, capsys):
+    """A flipped bit inside a feature chunk read back as a wrong number (5.0 as 5.0078125)
+    with no error, through featpipe and plain h5py alike."""
+    path = tmp_path / "s.h5"
+    x = _chunked_store(path)
+    _flip(path, "pooled", chunk=2)
+    store = FeatureStore(path)
+    with pytest.raises(UnreadableStoreError, match=r"rows 20 to 29 of layer 'pooled' fail their"):
+        store.arrays("pooled")
+    with pytest.raises(UnreadableStoreError, match="--overwrite"):
+        list(store.iter_chunks("pooled", "test"))
+    intact = store.iter_chunks("pooled", "train", rows=10)  # chunks 0 and 1 only
+    assert np.array_equal(np.concatenate([X for X, _ in intact]), x[:20])
+    with h5py.File(path, "r") as f, pytest.raises(OSError):
+        f["features/pooled"][20:30]  # plain h5py checks it too
+    for command in (["info", str(path)], ["export", str(path), "--out", str(tmp_path / "x.npz")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "rows 20 to 29" in err, command
+
+
+def test_rewriting_a_checksummed_chunk_touches_only_its_bytes(tmp_path):
+    """The checksum filter keeps every chunk where it was laid out: a chunk written again
+    (resume) changes no HDF5 metadata, so a kill mid-write cannot damage the file."""
+    path = tmp_path / "s.h5"
+    x = _chunked_store(path)
+    with h5py.File(path, "r") as f:
+        ds = f["features/pooled"]
+        assert ds.fletcher32
+        where = [ds.id.get_chunk_info(i) for i in range(4)]
+    before = np.frombuffer(path.read_bytes(), np.uint8)
+    with StoreWriter.open(path) as w:
+        w.write_chunk(1, {"pooled": -x[10:20]})
+    changed = np.flatnonzero(before != np.frombuffer(path.read_bytes(), np.uint8))
+    # what may change: the chunk, and the raw data of the chunk's flags and records
+    allowed = [(where[1].byte_offset, where[1].size)]
+    with h5py.File(path, "r") as f:
+        assert [f["features/pooled"].id.get_chunk_info(i) for i in range(4)] == where
+        for name in ("samples/ok", *(f"progress/{n}" for n in f["progress"])):
+            allowed.append((f[name].id.get_offset(), f[name].id.get_storage_size()))
+    outside = [i for i in changed if not any(a <= i < a + n for a, n in allowed)]
+    assert len(changed) and not outside
+    assert np.array_equal(FeatureStore(path).arrays("pooled")[0][10:20], -x[10:20])
+
+
+def test_a_store_without_checksums_still_reads_and_resumes(tmp_path):
+    """Stores written before the checksum filter keep reading (and resuming) as before."""
+    path = tmp_path / "old.h5"
+    x = _chunked_store(path)
+    with h5py.File(path, "r+") as f:  # the features as an older featpipe laid them out
+        del f["features/pooled"]
+        ds = f.create_dataset("features/pooled", data=x, chunks=(10, 8))
+        ds.attrs.update(layer="pooled", pooling="avg", dim=8, dtype="float32")
+        f["progress/chunk_done"][3] = False
+        f.attrs["complete"] = False
+    with StoreWriter.open(path) as w:
+        w.write_chunk(3, {"pooled": x[30:]})
+        w.finish()
+    X, _ = FeatureStore(path).arrays("pooled")
+    assert np.array_equal(X, x)
+
+
+def test_a_flipped_bit_in_a_part_names_the_part_and_rewriting_it_repairs_the_store(tmp_path):
+    """In a parted store the damaged chunk is in one part file: the error names it, and
+    deleting it and running the extraction again rewrites that part only. consolidate
+    refuses to copy the damage, and writes a checksummed file."""
+    source = NoiseSource(40)
+    single = extract(source, "toy", LAYERS, out=tmp_path / "one.h5", chunk_rows=2, **FAST)
+    out = tmp_path / "s.h5"
+    extract(source, "toy", LAYERS, out=out, chunk_rows=2, shard=(0, 1), **FAST)
+    part = parts_dir(out) / "part-00002.h5"
+    _flip(part, "stage1:avg", chunk=1, at=5)
+    with pytest.raises(UnreadableStoreError, match=rf"Delete {part}") as err:
+        FeatureStore(out).arrays("stage1:avg")
+    assert "of layer 'stage1:avg'" in str(err.value)
+    with pytest.raises(UnreadableStoreError, match="fail their checksum"):
+        consolidate(out, tmp_path / "c.h5")
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.tmp").exists()
+    part.unlink()
+    store = extract(source, "toy", LAYERS, out=out, chunk_rows=2, **FAST)
+    assert store.extraction["parts_filled"] == 1
+    for layer in LAYERS:
+        assert np.array_equal(store.arrays(layer)[0], single.arrays(layer)[0])
+    copy = consolidate(out, tmp_path / "c.h5")
+    with h5py.File(copy.path, "r") as f:
+        assert all(f[f"features/{layer}"].fletcher32 for layer in LAYERS)
