@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_image_folder
 
 from featpipe.cli import main
 from featpipe.errors import ConfigError
@@ -51,3 +52,19 @@ def test_an_absurd_image_size_is_refused_in_one_line(tmp_path, capsys, size) -> 
     assert not out.exists()
     with pytest.raises(ConfigError, match="from 8 to 4096 pixels"):
         Embedder("toy", image_size=int(size)).fit()
+
+
+def test_a_shard_task_counts_the_images_it_skipped(tmp_path, capsys) -> None:
+    """A shard task whose parts skipped an unreadable image said nothing of it, and its
+    store.extraction['skipped'] read 0 until the store was complete."""
+    folder = make_image_folder(tmp_path / "images")
+    sorted(folder.rglob("*.jpg"))[0].write_bytes(b"not a jpeg")  # row 0: shard 0's part
+    out = tmp_path / "s.h5"
+    argv = ["extract", str(folder), "--backbone", "toy", "--out", str(out), "--chunk-rows", "1"]
+    argv += ["--on-error", "skip", "--no-progress", "--workers", "0"]
+    assert main([*argv, "--shard", "0/2"]) == 0
+    said = capsys.readouterr().out
+    assert "shard 0/2: filled 2 parts (9 images in" in said and "1 of them skipped" in said
+    assert main([*argv, "--shard", "1/2"]) == 0
+    said = capsys.readouterr().out
+    assert "skipped 1 unreadable image" in said and "of them skipped" not in said

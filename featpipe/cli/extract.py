@@ -247,10 +247,12 @@ def run_extract(args: argparse.Namespace) -> int:
         return 0  # rank 0 says how the run went
     s = store.extraction
     if s.get("filled_by") and not s.get("complete"):
+        # the skip reasons reach the store's file when it completes: counted, not described
+        skipped = f", {s['skipped']} of them skipped" if s["skipped"] else ""
         print(
             f"{s['filled_by']}: filled {s['parts_filled']} parts ({s['images']} images in "
-            f"{s['seconds']:.1f} s); the store is complete once the other tasks finish theirs "
-            f"(`featpipe info {store.path}`)"
+            f"{s['seconds']:.1f} s{skipped}); the store is complete once the other tasks "
+            f"finish theirs (`featpipe info {store.path}`)"
         )
         return 0
     if s["reused"]:

@@ -322,7 +322,8 @@ def fill(
         complete=complete,
     )
     store = FeatureStore(plan.path)
-    stats["skipped"] = len(store.skipped()) if complete else 0
+    if complete:  # the whole store's; until then, those of the parts this process filled
+        stats["skipped"] = len(store.skipped())
     store.extraction = stats
     return store
 
@@ -343,7 +344,7 @@ def _fill_parts(plan, inference, parts: Iterable[Part], who: str, bar, stats: di
             run = plan.run_chunks(
                 inference, part.path, row_offset=part.first_row, bar=bar, filled_by=who
             )
-        for name in ("images", "seconds", "bytes_written", "computed_chunks"):
+        for name in ("images", "seconds", "bytes_written", "computed_chunks", "skipped"):
             stats[name] += run[name]
         stats["resumed"] |= bool(run.get("resumed"))
         stats["parts_filled"] += 1
