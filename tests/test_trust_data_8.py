@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
-from dataset_files import write_mnist, write_shards
+from dataset_files import write_cifar, write_mnist, write_shards
 from PIL import Image, ImageCms
 
 from featpipe.data import ArraySource, CSVSource, ParquetSource, load_rgb, open_source
@@ -110,3 +110,18 @@ def test_a_column_of_splits_that_featpipe_does_not_read_is_warned_of(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ParquetSource(tmp_path / "parts").split_counts()["test"] == 2
+
+
+def test_a_torchvision_root_inside_the_dataset_names_the_root_to_give(tmp_path, monkeypatch):
+    # the dataset's own folder (or a file in it) given as the root: the message said only to
+    # download the dataset, which is already there
+    write_cifar(tmp_path, monkeypatch)
+    with pytest.raises(SourceError, match=rf"give that folder, torchvision:CIFAR10@{tmp_path}\."):
+        open_source(f"torchvision:CIFAR10@{tmp_path / 'cifar-10-batches-py'}")
+    write_mnist(tmp_path, "MNIST")
+    for inside in ("MNIST/raw", "MNIST/raw/train-images-idx3-ubyte"):
+        with pytest.raises(SourceError) as err:
+            open_source(f"torchvision:MNIST@{tmp_path / inside}")
+        assert f"They are under {str(tmp_path)!r}" in str(err.value)
+        assert "download=True" not in str(err.value)
+    assert "is a file, not a folder" in str(err.value)

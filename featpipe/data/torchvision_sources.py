@@ -141,11 +141,17 @@ def _cannot_read(name: str, root: Path, train: bool, err: Exception) -> SourceEr
     if root.is_dir():
         found = f"lacks {len(missing)} of them ({', '.join(missing)})"
     else:
-        found = "does not exist"
+        found = "is a file, not a folder" if root.exists() else "does not exist"
+    # the root given is often the dataset's own folder or file (cifar-10-batches-py, MNIST/raw)
+    above = next((r for r in root.parents[:3] if all((r / f).is_file() for f in expected)), None)
+    fix = (
+        f"They are under {str(above)!r}: give that folder, torchvision:{name}@{above}."
+        if above
+        else f"Fetch it once with {fetch}, or give the root that holds these files."
+    )
     return SourceError(
         f"torchvision dataset {name} is not in {str(root)!r}: torchvision expects "
-        f"{', '.join(expected)} under that root, and it {found}. Fetch it once with {fetch}, "
-        "or give the root that holds these files."
+        f"{', '.join(expected)} under that root, and it {found}. {fix}"
     )
 
 
