@@ -125,3 +125,12 @@ def test_a_torchvision_root_inside_the_dataset_names_the_root_to_give(tmp_path, 
         assert f"They are under {str(tmp_path)!r}" in str(err.value)
         assert "download=True" not in str(err.value)
     assert "is a file, not a folder" in str(err.value)
+
+
+def test_a_shard_sample_labelled_minus_one_is_named(tmp_path):
+    # -1 marks an unlabelled sample: the message said 'Integer labels must be >= 0; got -1.',
+    # naming neither the sample nor the shard
+    samples = [{"__key__": f"{i:03d}", "png": _png(i), "cls": [0, 1, -1, 1][i]} for i in range(4)]
+    write_shards(tmp_path / "wds", samples, per_shard=2)
+    with pytest.raises(SourceError, match=r"Sample '002' of shard .*shards-000001.tar': its cls"):
+        open_source(f"wds:{tmp_path / 'wds'}")

@@ -162,6 +162,7 @@ class WebDatasetSource(ImageSource):
                 "or ?label=json:KEY."
             )
         labels = self._complete(self.label_field, values[self.label_field])
+        self._check_labelled(labels)
         self.classes, self.labels = _encode(labels, self.label_field, self._where())
         self.split_field = split_given or _first_present(DEFAULT_SPLITS, values)
         given = self._given_splits(values.get(self.split_field))
@@ -215,6 +216,16 @@ class WebDatasetSource(ImageSource):
                     f" its {f} {found}; featpipe needs an integer or a text value in every sample."
                 )
         return values
+
+    def _check_labelled(self, labels: list[int | str]) -> None:
+        """A negative integer label marks a sample without one, as in unlabelled test sets."""
+        row = next((r for r, v in enumerate(labels) if isinstance(v, int) and v < 0), None)
+        if row is not None:
+            raise SourceError(
+                f"Sample {self.ids[row]!r} of shard {str(self.shards[self._shard_of[row]])!r}: "
+                f"its {self.label_field} is {labels[row]}, which marks a sample without a label "
+                "(as unlabelled test sets do). Label such samples, or leave them out."
+            )
 
     def _given_splits(self, values: list | None) -> np.ndarray | None:
         """Split codes from the split field, else from the shards' names, else None."""
