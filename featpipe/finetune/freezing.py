@@ -56,6 +56,11 @@ def _is_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether mode ``bn`` freezes anything in ``model`` (else it trains like ``full``)."""
+    return any(_is_bn(m) for m in model.modules())
+
+
 def describe_stages(stages: list[tuple[str, ...]]) -> str:
     """``0 conv1 + bn1, 1 layer1, ...``: what ``partial:N`` counts."""
     return ", ".join(f"{i} {' + '.join(stage)}" for i, stage in enumerate(stages))

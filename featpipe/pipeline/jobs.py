@@ -57,6 +57,7 @@ class PlanData:
 
     fingerprint: str
     cv_selection: bool = False
+    backbones: dict = field(default_factory=dict)  # the Backbones the checks built, by spec
 
 
 @dataclass

@@ -35,6 +35,7 @@ from featpipe.pipeline.stages.extract import feature_store
 from featpipe.pipeline.validate import check_cache_dir, check_grids, check_models, check_sizes
 from featpipe.provenance import versions
 from featpipe.report import (
+    PLOTS_DIR,
     REPORT_HTML,
     REPORT_MD,
     RESULTS_FILE,
@@ -49,9 +50,16 @@ from featpipe.report.runplan import identity_hash, read_plan
 from featpipe.store.lock import StoreLock
 
 
-def plan(config: PipelineConfig, source_fingerprint: str, *, cv_selection: bool = False):
-    """Every job of a config in run order (see :mod:`featpipe.pipeline.stages`)."""
-    return plan_jobs(config, PlanData(source_fingerprint, cv_selection))
+def plan(
+    config: PipelineConfig,
+    source_fingerprint: str,
+    *,
+    cv_selection: bool = False,
+    backbones: dict | None = None,
+):
+    """Every job of a config in run order (see :mod:`featpipe.pipeline.stages`).
+    ``backbones``: those the checks built, by spec (labels say what they found in them)."""
+    return plan_jobs(config, PlanData(source_fingerprint, cv_selection, backbones or {}))
 
 
 def open_pipeline_source(section: SourceConfig) -> ImageSource:
@@ -249,7 +257,9 @@ class PipelineRunner:
         check_cache_dir(cfg)  # the last check: it makes the folder
         if fingerprint is None:
             fingerprint = self.source.fingerprint(content=cfg.source.hash_contents)
-        jobs = plan(cfg, fingerprint, cv_selection=len(self.source.indices("val")) == 0)
+        jobs = plan(
+            cfg, fingerprint, cv_selection=len(self.source.indices("val")) == 0, backbones=built
+        )
         context = RunContext(
             run=cfg.name,
             n_boot=cfg.n_boot,
@@ -309,9 +319,11 @@ def _run_plan(
 def _remove_stale_reports(run_dir: Path, rows: list[dict], run_plan: RunPlan) -> bool:
     """Remove the reports of an earlier configuration, those that show a row the new plan does
     not: a re-run stopped before its own report would leave them beside the new plan.json,
-    recommending methods of the old configuration as this run's results. Returns whether it
-    removed them."""
+    recommending methods of the old configuration as this run's results. Their plots go too:
+    the new report may draw fewer (no fine-tune, one layer), and would leave the others.
+    Returns whether it removed them."""
     reports = [run_dir / name for name in (REPORT_MD, REPORT_HTML) if (run_dir / name).exists()]
+    reports += sorted((run_dir / PLOTS_DIR).glob("*.png"))
     if not reports:
         return False
     try:

@@ -11,7 +11,7 @@ from featpipe.data.splits import with_train_ids
 from featpipe.data.unreadable import unreadable_images, without
 from featpipe.distributed import current_ranks
 from featpipe.evaluate import Cost, Extraction, Timer, Usage, measure
-from featpipe.finetune.freezing import Mode
+from featpipe.finetune.freezing import Mode, has_batch_norm
 from featpipe.finetune.tuner import result_params, spec_for
 from featpipe.pipeline.jobs import (
     Job,
@@ -33,6 +33,7 @@ from featpipe.report.runplan import identity_hash
 from featpipe.store.schema import skipped_rows
 
 if TYPE_CHECKING:
+    from featpipe.backbones import Backbone
     from featpipe.finetune.search import GridResult
     from featpipe.pipeline.config import PipelineConfig
     from featpipe.store import FeatureStore
@@ -63,7 +64,7 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 settings["grid"] = config.finetune.grid
             if _reads_store(config, bb, mode):  # the probe then sees stored features
                 settings["probe_features"] = {"dtype": config.features.dtype}
-            label = f"fine-tuning ({mode}){suffix(bb)}"
+            label = f"fine-tuning ({_mode_label(mode, data.backbones.get(bb))}){suffix(bb)}"
             built = (spec_for(bb, Mode.parse(mode)), config.finetune.image_size)
             jobs += [
                 Job(NAME, f"{bb}/finetune:{mode}", MethodKind.FINETUNE, label, bb, seed,
@@ -71,6 +72,14 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 for seed in config.seeds
             ]  # fmt: skip
     return at_sizes(config, jobs)
+
+
+def _mode_label(mode: str, backbone: Backbone | None) -> str:
+    """``mode`` as its label shows it: ``bn`` on a backbone without batch norm trains like
+    ``full`` (its history's mode_note), and says so, not to read as a third recipe."""
+    if Mode.parse(mode).kind == "bn" and backbone and not has_batch_norm(backbone.model):
+        return "bn without batch norm: as full"
+    return mode
 
 
 def run(job: Job, context: RunContext) -> ResultRow:
