@@ -9,10 +9,12 @@ import tracemalloc
 import numpy as np
 import pytest
 from sklearn import metrics as skm
-from test_report import CLASSES, make_row
+from test_report import CLASSES, make_row, make_rows
 
 from featpipe.evaluate import compute_metrics
 from featpipe.report.advice import advise, recommendation
+from featpipe.report.content import Table, build_document
+from featpipe.report.markdown import render_markdown
 from featpipe.report.summary import references, summarize
 
 N = 400
@@ -107,3 +109,67 @@ def test_resampled_scores_are_scikit_learns():
         assert scores["top1"][b] == skm.accuracy_score(yt, yp)
         assert np.isclose(scores["balanced_accuracy"][b], skm.balanced_accuracy_score(yt, yp))
         assert np.isclose(scores["macro_f1"][b], skm.f1_score(yt, yp, average="macro"))
+
+
+def _cells(doc, label: str) -> dict[str, str]:
+    results = next(s for s in doc.sections if s.title == "Results")
+    table = next(b for b in results.blocks if isinstance(b, Table))
+    row = next(r for r in table.rows if r[0] == label)
+    return dict(zip(table.header, row, strict=True))
+
+
+def test_the_results_table_gives_balanced_accuracy_and_macro_f1_their_intervals():
+    rows = [make_row("toy/logreg@pooled", acc=0.7, seed=s) for s in (0, 1)]
+    rows.append(make_row("toy/knn@pooled", acc=0.8, head="knn"))
+    cells = _cells(build_document(rows, n_boot=100), "toy/knn@pooled")
+    m = rows[2]["metrics"]
+    for metric, column in (("balanced_accuracy", "balanced acc %"), ("macro_f1", "macro F1 %")):
+        lo, hi = m["ci"][metric]
+        assert lo < m[metric] < hi
+        want = f"{100 * m[metric]:.1f} ({100 * lo:.1f}–{100 * hi:.1f})"
+        assert cells[f"{column} (95 % CI)"] == want
+    # Two seeds on the same test images: the mean of their intervals, about their mean.
+    cells = _cells(build_document(rows, n_boot=100), "toy/logreg@pooled")
+    ci = np.mean([r["metrics"]["ci"]["macro_f1"] for r in rows[:2]], axis=0)
+    assert cells["macro F1 % (95 % CI)"].endswith(f"({100 * ci[0]:.1f}–{100 * ci[1]:.1f})")
+    # Without a bootstrap (n_boot 0) the rows hold no interval, and the cell shows none.
+    for row in rows:
+        row["metrics"]["ci"] = {}
+    cells = _cells(build_document(rows, n_boot=0), "toy/knn@pooled")
+    assert cells["balanced acc % (95 % CI)"] == f"{100 * m['balanced_accuracy']:.1f}"
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_paired_balanced_accuracy_and_macro_f1_use_the_accuracy_resamples():
+    from featpipe.evaluate.compare import paired_bootstrap, paired_score_bootstrap
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 80)
+    a = np.where(rng.random(80) < 0.8, y, (y + 1) % 4)
+    b = np.where(rng.random(80) < 0.6, y, (y + 2) % 4)
+    got = paired_score_bootstrap(y, a, b, 4, n_boot=150, seed=7)
+    # By hand: the resamples paired_bootstrap draws with seed 7 (100 at a time).
+    draw = np.random.default_rng(7)
+    idx = np.concatenate([draw.integers(0, 80, size=(k, 80)) for k in (100, 50)])
+    for metric, score in (
+        ("balanced_accuracy", skm.balanced_accuracy_score),
+        ("macro_f1", lambda t, p: skm.f1_score(t, p, average="macro")),
+    ):
+        diffs = [score(y[i], a[i]) - score(y[i], b[i]) for i in idx]
+        want = (score(y, a) - score(y, b), *np.quantile(diffs, [0.025, 0.975]))
+        assert got[metric] == pytest.approx(want)
+    # The same draws give paired_bootstrap its accuracy interval.
+    acc = [np.mean(y[i] == a[i]) - np.mean(y[i] == b[i]) for i in idx]
+    lo, hi = np.quantile(acc, [0.025, 0.975])
+    assert paired_bootstrap(y == a, y == b, n_boot=150, seed=7)[1:] == pytest.approx((lo, hi))
+
+
+def test_the_paired_comparisons_give_balanced_accuracy_and_macro_f1_differences():
+    rows = make_rows()
+    text = render_markdown(build_document(rows, n_boot=100))
+    section = text[text.index("## Paired comparisons") :]
+    lines = [line for line in section.splitlines() if line.startswith("- toy/finetune")]
+    assert lines
+    for line in lines:
+        assert "; difference in balanced accuracy " in line and ", in macro F1 " in line
+        assert line.count("95 % CI") == 3

@@ -7,6 +7,7 @@ from featpipe.evaluate.compare import (
     holm,
     mcnemar,
     paired_bootstrap,
+    paired_score_bootstrap,
 )
 from featpipe.evaluate.cost import (
     Cost,
@@ -40,6 +41,7 @@ __all__ = [
     "mcnemar",
     "measure",
     "paired_bootstrap",
+    "paired_score_bootstrap",
     "peak_host_rss_bytes",
     "reset_peak_host_rss",
 ]

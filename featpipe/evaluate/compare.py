@@ -9,6 +9,7 @@ import numpy as np
 from scipy import stats
 
 from featpipe.errors import ConfigError
+from featpipe.evaluate.metrics import resampled_scores
 
 # Below this many discordant pairs the chi-square approximation is poor; use the exact test.
 EXACT_BELOW = 25
@@ -58,22 +59,68 @@ def paired_bootstrap(
     None)."""
     a, b = _paired(correct_a, correct_b)
     diff = a.astype(np.float64) - b.astype(np.float64)
+    _check_n_boot(n_boot)
+    if n_boot == 0:
+        return float(diff.mean()), None, None
+    means = np.concatenate([diff[idx].mean(axis=1) for idx in _resamples(len(diff), n_boot, seed)])
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(diff.mean()), float(lo), float(hi)
+
+
+def _check_n_boot(n_boot) -> None:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ConfigError(
             f"n_boot must be an integer >= 0 (0: no bootstrap interval); got {n_boot!r}."
         )
-    if n_boot == 0:
-        return float(diff.mean()), None, None
+
+
+def _resamples(n: int, n_boot: int, seed: int):
+    """The bootstrap's resamples of ``n`` test rows, (rows drawn with replacement), 100 at a
+    time: every paired interval of one comparison draws these (the same seed)."""
     rng = np.random.default_rng(seed)
-    means = np.concatenate(
-        [
-            diff[rng.integers(0, len(diff), size=(min(100, n_boot - s), len(diff)))].mean(axis=1)
-            for s in range(0, n_boot, 100)
-        ]
-    )
+    for start in range(0, n_boot, 100):
+        yield rng.integers(0, n, size=(min(100, n_boot - start), n))
+
+
+PAIRED_SCORES = ("balanced_accuracy", "macro_f1")
+
+
+def paired_score_bootstrap(
+    y_true: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    n_classes: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float | None, float | None]]:
+    """Balanced accuracy and macro F1 of A minus B on the same test images, each with its
+    percentile interval from the resamples :func:`paired_bootstrap` draws with this seed
+    (so the accuracy, balanced-accuracy and macro-F1 intervals share their test images)."""
+    y, a, b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
+    if not y.shape == a.shape == b.shape or y.ndim != 1 or not len(y):
+        raise ConfigError(
+            "A paired comparison needs true labels and two methods' predictions over the same "
+            f"test images, 1-d and of equal length; got shapes {y.shape}, {a.shape}, {b.shape}."
+        )
+    if min(v.min() for v in (y, a, b)) < 0 or max(v.max() for v in (y, a, b)) >= n_classes:
+        raise ConfigError(f"Labels and predictions must be class indices 0..{n_classes - 1}.")
+    _check_n_boot(n_boot)
+    whole = [resampled_scores(y, p, np.arange(len(y))[None], n_classes) for p in (a, b)]
+    out = {m: (float(whole[0][m][0] - whole[1][m][0]), None, None) for m in PAIRED_SCORES}
+    if n_boot == 0:
+        return out
+    draws = {m: [] for m in PAIRED_SCORES}
+    for idx in _resamples(len(y), n_boot, seed):
+        sa, sb = (resampled_scores(y, p, idx, n_classes) for p in (a, b))
+        for m in PAIRED_SCORES:
+            draws[m].append(sa[m] - sb[m])
     alpha = (1 - level) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(diff.mean()), float(lo), float(hi)
+    for m in PAIRED_SCORES:
+        lo, hi = np.nanquantile(np.concatenate(draws[m]), [alpha, 1 - alpha])
+        out[m] = (out[m][0], float(lo), float(hi))
+    return out
 
 
 def _paired(correct_a, correct_b) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,13 @@ from typing import TypeVar
 
 import numpy as np
 
-from featpipe.evaluate import Comparison, aggregate_over_seeds, compare, holm
+from featpipe.evaluate import (
+    Comparison,
+    aggregate_over_seeds,
+    compare,
+    holm,
+    paired_score_bootstrap,
+)
 from featpipe.evaluate.compare import ALPHA
 from featpipe.evaluate.metrics import wilson_interval
 from featpipe.report.results import MethodKind
@@ -54,6 +60,17 @@ class MethodSummary:
         if not any("top1" in r["metrics"]["ci"] for r in self.rows):
             return None
         return wilson_interval(self.top1, min(r["metrics"]["n"] for r in self.rows))
+
+    def score_ci(self, metric: str) -> tuple[float, float] | None:
+        """The 95 % bootstrap interval of a metric's mean over seeds (balanced accuracy, macro
+        F1): the mean of the seeds' own, each on the same test images, as :attr:`top1_ci` is
+        one seed's interval at the mean; None unless every seed has one (n_boot 0, or rows
+        from before)."""
+        cis = [r["metrics"]["ci"].get(metric) for r in self.rows]
+        if not cis or any(ci is None for ci in cis):
+            return None
+        lo, hi = np.mean(cis, axis=0)
+        return float(lo), float(hi)
 
     def cost(self, name: str) -> float | None:
         """Mean of a cost field over seeds, as :func:`row_cost` counts it (None when no seed
@@ -173,6 +190,10 @@ def _correct(row: dict) -> np.ndarray:
 class PairedResult:
     comparison: Comparison
     seed: int
+    # Balanced accuracy and macro F1 of A minus B, with paired intervals on the comparison's
+    # resamples: {metric: (difference, lo, hi)} (lo, hi None without a bootstrap); empty
+    # unless asked for, or when the rows label the test images differently.
+    scores: dict[str, tuple[float, float | None, float | None]] = field(default_factory=dict)
 
 
 def _seed_pairs(a: MethodSummary, b: MethodSummary) -> list[tuple[dict, dict]]:
@@ -186,9 +207,11 @@ def _seed_pairs(a: MethodSummary, b: MethodSummary) -> list[tuple[dict, dict]]:
     return [(row, rows_b[row["seed"]]) for row in a.rows if row["seed"] in rows_b]
 
 
-def compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResult | None:
+def compare_pair(
+    a: MethodSummary, b: MethodSummary, n_boot: int, with_scores: bool = False
+) -> PairedResult | None:
     """A against B on the lowest seed both ran (any seed, for a deterministic method), if they
-    tested the same images."""
+    tested the same images; ``with_scores`` adds balanced accuracy and macro F1."""
     for row_a, row_b in _seed_pairs(a, b):
         if row_a["test"]["ids_sha256"] == row_b["test"]["ids_sha256"]:
             seed = (row_b if a.seed_note == "deterministic" else row_a)["seed"]
@@ -202,7 +225,13 @@ def compare_pair(a: MethodSummary, b: MethodSummary, n_boot: int) -> PairedResul
                 n_boot=n_boot,
                 seed=seed,
             )
-            return PairedResult(result, seed)
+            test_a, test_b = row_a["test"], row_b["test"]
+            scores = {}
+            if with_scores and test_a["y_true"] == test_b["y_true"]:
+                y, pred_a, pred_b = test_a["y_true"], test_a["y_pred"], test_b["y_pred"]
+                n_classes = len(row_a["classes"])
+                scores = paired_score_bootstrap(y, pred_a, pred_b, n_classes, n_boot, seed)
+            return PairedResult(result, seed, scores)
     return None
 
 
@@ -275,7 +304,7 @@ def comparisons(summaries: list[MethodSummary], n_boot: int = 1000) -> list[Pair
         )
         extra = [s for s in others[:1] if all(s is not p for p in probes)]
         finetunes, probes = [top], [*probes[1:], *extra]
-    pairs = (compare_pair(a, b, n_boot) for a in finetunes for b in probes)
+    pairs = (compare_pair(a, b, n_boot, with_scores=True) for a in finetunes for b in probes)
     return [p for p in pairs if p is not None]
 
 
