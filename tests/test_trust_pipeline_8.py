@@ -3,6 +3,8 @@ configuration's name for a method of the new one."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 
@@ -72,3 +74,18 @@ def test_one_backbone_spelled_twice_is_refused_before_any_compute(tmp_path, othe
     ):
         run_pipeline(config, progress=False, log=lambda _: None)
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_plots_of_an_earlier_configuration_do_not_stay_beside_the_new_report(tmp_path):
+    # Before: plots/accuracy_by_layer.png of a run over two layers stayed after a re-run over
+    # one, beside a report that no longer shows it (as did a fine-tune's curves and confusion
+    # matrix once fine-tuning left the pipeline).
+    config = pipeline(tmp_path, ["toy"])
+    two_layers = replace(config, features=replace(config.features, layers=("pooled", "stage1")))
+    two_layers = replace(two_layers, probes=replace(config.probes, layers=("pooled", "stage1")))
+    run_pipeline(two_layers, progress=False, log=lambda _: None)
+    plots = tmp_path / "run" / "plots"
+    assert (plots / "accuracy_by_layer.png").exists()
+    run_pipeline(config, progress=False, log=lambda _: None)
+    assert not (plots / "accuracy_by_layer.png").exists()
+    assert (plots / "accuracy_by_method.png").exists()
