@@ -10,10 +10,11 @@ import pytest
 from extract_child import NoiseSource
 
 from featpipe.cli import main
-from featpipe.errors import UnreadableStoreError
+from featpipe.errors import StoreWriteError, UnreadableStoreError
 from featpipe.extract import extract
 from featpipe.store import FeatureStore
 from featpipe.store.consolidate import consolidate
+from featpipe.store.lock import StoreLock, holder
 from featpipe.store.parts import parts_dir
 from featpipe.store.writer import StoreWriter
 
@@ -139,3 +140,16 @@ def test_a_flipped_bit_in_a_part_names_the_part_and_rewriting_it_repairs_the_sto
     copy = consolidate(out, tmp_path / "c.h5")
     with h5py.File(copy.path, "r") as f:
         assert all(f[f"features/{layer}"].fletcher32 for layer in LAYERS)
+
+
+def test_out_where_no_lock_file_can_be_made_is_refused_at_once(tmp_path):
+    """--out /proc/x.h5 (no file can be made there) waited forever for the store's lock
+    (here: until lock_timeout, then 'in use by another process'): filelock took the lock
+    file it could not open for one another process holds."""
+    out = Path("/proc/featpipe-store-test.h5")
+    with pytest.raises(
+        StoreWriteError, match=r"Cannot lock .*: /proc/featpipe-store-test\.h5\.lock\)"
+    ):
+        extract(NoiseSource(8), "toy", ["pooled"], out=out, lock_timeout=5, **FAST)
+    with StoreLock(tmp_path / "s.h5"):  # a lock that can be made is still taken
+        assert holder(tmp_path / "s.h5") is None  # this process holds it

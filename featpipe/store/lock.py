@@ -105,15 +105,28 @@ class StoreLock:
             self.store.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire(timeout=0)
         except Timeout:
+            self._check_lockable()
             self._wait()
         except OSError as exc:  # e.g. a read-only folder
-            raise StoreWriteError(
-                f"Cannot lock {self.store} for writing ({exc.strerror or exc}): write the store "
-                "to a folder you can write to (--cache-dir or --out)."
-            ) from exc
+            raise self._cannot_lock(exc) from exc
         self._write_owner()
         _HELD.add(str(self.store.resolve()))
         return self
+
+    def _cannot_lock(self, exc: OSError) -> StoreWriteError:
+        return StoreWriteError(
+            f"Cannot lock {self.store} for writing ({exc.strerror or exc}"
+            f"{f': {exc.filename}' if exc.filename else ''}): write the store "
+            "to a folder you can write to (--cache-dir or --out)."
+        )
+
+    def _check_lockable(self) -> None:
+        """filelock takes a lock file it cannot open (/proc, a read-only folder) for one that
+        another process holds, and would wait for it forever: refuse it instead."""
+        try:
+            os.close(os.open(lock_path(self.store), os.O_RDWR | os.O_CREAT, 0o644))
+        except OSError as exc:
+            raise self._cannot_lock(exc) from None
 
     def _wait(self) -> None:
         owner = read_owner(self.store)
