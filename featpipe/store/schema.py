@@ -24,8 +24,9 @@ set, plus everything needed to tell where they came from. Plain ``h5py`` reads a
     /samples/ok             (N,)  bool: the image was read and its features are written
     /samples/error          (N,)  utf-8 strings: why an image was skipped ("" otherwise)
     /classes                (C,)  utf-8 class names
-    /features/<layer>       (N, D) float16 or float32, chunked (rows_per_chunk, D);
-                                   attrs: layer, pooling, dim, dtype
+    /features/<layer>       (N, D) float16 or float32, chunked (rows_per_chunk, D), with a
+                                   fletcher32 checksum per chunk (stores made before it have
+                                   none); attrs: layer, pooling, dim, dtype
     /progress/chunk_done    (n_chunks,) bool
     /progress/chunk_seconds (n_chunks,) float64: seconds the run that wrote the chunk spent
                                    on it
@@ -34,10 +35,13 @@ set, plus everything needed to tell where they came from. Plain ``h5py`` reads a
 Rows are cut into chunks of ``rows_per_chunk`` rows (the last one may be shorter); chunk ``i``
 holds rows ``[i * rows_per_chunk, min(N, (i + 1) * rows_per_chunk))``. Every array is allocated
 at full size when the file is created (chunks allocated early, so later writes touch only raw
-data, never HDF5 metadata). A writer writes a chunk's rows for every layer and flushes, then
-sets its ``chunk_done`` flag (with its ``chunk_seconds`` and ``chunk_run``) and flushes again,
-with HDF5's chunk cache off: a flag on disk always means its rows are there, and a failed
-write (a full disk) leaves the flag clear. ``complete`` is set only after every flag is set.
+data, never HDF5 metadata; HDF5 writes checksummed chunks at once, as zeros, so the file takes
+its full size on disk from the start). HDF5 checks a chunk's checksum on every read, plain
+h5py's too: a chunk whose bytes changed on disk is an error, never a wrong number. A writer
+writes a chunk's rows for every layer and flushes, then sets its ``chunk_done`` flag (with
+its ``chunk_seconds`` and ``chunk_run``) and flushes again, with HDF5's chunk cache off: a
+flag on disk always means its rows are there, and a failed write (a full disk) leaves the flag
+clear. ``complete`` is set only after every flag is set.
 Resuming writes only the chunks not marked done, so it is idempotent, and a killed run loses at
 most the chunks in flight. Rows of chunks not done hold unspecified values: read
 ``chunk_done`` first. Chunk bookkeeping does not depend on who writes a chunk, so several
