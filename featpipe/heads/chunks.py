@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from featpipe.distributed import Ranks, current_ranks, process_group, under_torchrun
 from featpipe.errors import ConfigError
-from featpipe.heads.preprocess import make_preprocessor
+from featpipe.heads.preprocess import is_count, make_preprocessor
 from featpipe.heads.splits import layer_parts
 from featpipe.heads.streaming import ChunkReader, _array_chunks
 
@@ -90,8 +90,8 @@ def job_ranks(distributed: bool) -> Ranks:
 
 
 def check_chunk_rows(chunk_rows: int) -> int:
-    if int(chunk_rows) < 1:
-        raise ConfigError(f"chunk_rows must be >= 1; got {chunk_rows}.")
+    if not is_count(chunk_rows):  # int() read 2.5 rows as 2
+        raise ConfigError(f"chunk_rows must be >= 1, a whole number; got {chunk_rows!r}.")
     return int(chunk_rows)
 
 

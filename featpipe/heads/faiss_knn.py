@@ -31,6 +31,7 @@ from featpipe.heads.chunks import (
     row_statistics,
 )
 from featpipe.heads.estimators import KNN_METRICS, KNNProbe
+from featpipe.heads.preprocess import is_count
 
 KNN_WEIGHTS = ("uniform", "distance")
 SEARCH_ROWS = 4096  # queries searched at a time, so the (rows, k) results stay small
@@ -80,8 +81,10 @@ class FaissKNeighborsClassifier(ClassifierMixin, BaseEstimator):
                 f"Unknown kNN metric {self.metric!r} or weights {self.weights!r}; valid metrics: "
                 f"{', '.join(KNN_METRICS)}; weights: {', '.join(KNN_WEIGHTS)}."
             )
-        if int(self.n_neighbors) < 1:
-            raise ConfigError(f"n_neighbors must be >= 1; got {self.n_neighbors}.")
+        if not is_count(self.n_neighbors):  # int() ran 2.5 as 2, where knn refuses it
+            raise ConfigError(
+                f"n_neighbors must be >= 1, a whole number; got {self.n_neighbors!r}."
+            )
         faiss = _faiss()
         index = faiss.IndexFlatIP(dim) if self.metric == "cosine" else faiss.IndexFlatL2(dim)
         classes, labels = np.asarray(classes), []

@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.distributed.progress import track
 from featpipe.errors import ConfigError
+from featpipe.heads.preprocess import is_count
 
 Chunks = Iterable[tuple[np.ndarray, np.ndarray]]
 # chunks(order): the (X, y) chunks with the indices in ``order``, in that order.
@@ -115,9 +116,10 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
     ) -> StreamingLinearHead:
         """``chunks(order)`` returns an iterator over the (X, y) chunks whose indices (0 to
         ``n_chunks - 1``) are in ``order``, in that order; a chunk may be empty or skipped."""
-        if int(self.epochs) < 1 or int(self.buffer_chunks) < 1:
+        if not (is_count(self.epochs) and is_count(self.buffer_chunks)):  # int() cut 2.5 to 2
             raise ConfigError(
-                f"epochs and buffer_chunks must be >= 1; got {self.epochs}, {self.buffer_chunks}."
+                "epochs and buffer_chunks must be >= 1, whole numbers; got "
+                f"{self.epochs!r}, {self.buffer_chunks!r}."
             )
         scaler, seen, n_features = StandardScaler(), [], None
         for X, y in chunks(range(n_chunks)):  # pass 1: mean and variance, and the label set
@@ -145,8 +147,8 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
         return self
 
     def _chunk_rows(self) -> int:
-        if int(self.chunk_rows) < 1:
-            raise ConfigError(f"chunk_rows must be >= 1; got {self.chunk_rows}.")
+        if not is_count(self.chunk_rows):
+            raise ConfigError(f"chunk_rows must be >= 1, a whole number; got {self.chunk_rows!r}.")
         return int(self.chunk_rows)
 
     def _transform(self, X) -> np.ndarray:

@@ -1,0 +1,71 @@
+"""Trust tests for the heads (round 8): a head fitted on joined layers is refused for what it
+is when used; whole-number parameters of the streamed and faiss heads are not cut."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featpipe.errors import ConfigError, HeadMismatchError
+from featpipe.heads import (
+    FaissKNNProbe,
+    StreamingLinearHead,
+    StreamingLogisticProbe,
+    check_head_matches,
+    load_head,
+    save_head,
+    select_and_fit,
+)
+from featpipe.heads.persistence import check_backbone_matches
+from featpipe.store import write_arrays
+
+
+def _store(path, n_per_split=(30, 12, 12)):
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.arange(n) % 3 for n in n_per_split])
+    X = (rng.normal(size=(len(y), 5)) + 3 * np.eye(3, 5)[y]).astype(np.float32)
+    splits = [
+        s for s, n in zip(("train", "val", "test"), n_per_split, strict=True) for _ in range(n)
+    ]
+    return write_arrays(path, {"pooled": X, "other": X[:, ::-1] * 100 + 50}, y, splits, list("abc"))
+
+
+def test_a_head_on_joined_layers_is_refused_for_what_it_is(tmp_path) -> None:
+    # The layer check said the head's layers were not in the very store it was fitted on
+    # ("not in the store (it holds ['pooled', 'other'])"); the head file lacks the parts'
+    # train statistics the features were standardised with, so no features can be given to it.
+    store = _store(tmp_path / "s.h5")
+    result = select_and_fit("logreg", store, "pooled+other", grid={"C": [1.0]})
+    path = save_head(result.estimator, tmp_path / "h.skops", store=store, layer="pooled+other")
+    _, sidecar = load_head(path)
+    for check in (
+        lambda: check_head_matches(sidecar, store, "pooled+other"),
+        lambda: check_backbone_matches(sidecar, sidecar["backbone"]),
+    ):
+        with pytest.raises(HeadMismatchError, match="joined layers 'pooled\\+other'") as err:
+            check()
+        assert "not in the store" not in str(err.value)
+        assert "--layer pooled)" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: FaissKNNProbe(2.5), id="faiss-n_neighbors-2.5"),
+        pytest.param(lambda: FaissKNNProbe(True), id="faiss-n_neighbors-True"),
+        pytest.param(lambda: StreamingLinearHead(epochs=2.5), id="sgd-epochs-2.5"),
+        pytest.param(lambda: StreamingLinearHead(buffer_chunks="3"), id="sgd-buffer-str"),
+        pytest.param(lambda: StreamingLinearHead(chunk_rows=2.5), id="sgd-chunk_rows-2.5"),
+        pytest.param(lambda: StreamingLogisticProbe(chunk_rows=7.9), id="stream-chunk_rows-7.9"),
+    ],
+)
+def test_whole_number_parameters_are_not_cut(make) -> None:
+    # int() ran them cut: knn_faiss with n_neighbors=2.5 searched 2 neighbours (knn refuses
+    # 2.5), epochs=2.5 trained 2 epochs, chunk_rows=7.9 read 7 rows at a time.
+    head = make()
+    if isinstance(head, FaissKNNProbe):
+        pytest.importorskip("faiss")
+    y = np.arange(20) % 2
+    X = np.random.default_rng(0).normal(size=(20, 3)) + y[:, None]
+    with pytest.raises(ConfigError, match=r"must be >= 1, (a )?whole number"):
+        head.fit(X, y)
