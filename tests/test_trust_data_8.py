@@ -12,7 +12,7 @@ import pytest
 from dataset_files import write_cifar, write_mnist, write_shards
 from PIL import Image, ImageCms
 
-from featpipe.data import ArraySource, CSVSource, ParquetSource, load_rgb, open_source
+from featpipe.data import ArraySource, CSVSource, ParquetSource, load_rgb, open_source, to_rgb
 from featpipe.errors import SourceError
 
 
@@ -134,3 +134,10 @@ def test_a_shard_sample_labelled_minus_one_is_named(tmp_path):
     write_shards(tmp_path / "wds", samples, per_shard=2)
     with pytest.raises(SourceError, match=r"Sample '002' of shard .*shards-000001.tar': its cls"):
         open_source(f"wds:{tmp_path / 'wds'}")
+
+
+def test_a_premultiplied_grey_image_with_alpha_is_composited_like_its_la_copy():
+    # mode La (premultiplied L and alpha, as Pillow resizes LA in) was a ValueError traceback:
+    # 'conversion from La to L not supported'
+    la = Image.merge("LA", (Image.new("L", (2, 2), 200), Image.new("L", (2, 2), 128)))
+    assert to_rgb(la.convert("La")).getpixel((0, 0)) == to_rgb(la).getpixel((0, 0))

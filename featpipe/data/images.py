@@ -344,7 +344,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in _ALPHA_MODES:
-        rgba = img.convert("RGBA")
+        # Pillow converts premultiplied La only to LA (RGBa goes straight to RGBA)
+        rgba = (img.convert("LA") if mode == "La" else img).convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode.startswith("I") or mode == "F":
