@@ -9,10 +9,12 @@ import torch
 from conftest import make_image_folder
 from PIL import Image
 from torch import nn
+from torch.utils.data import DistributedSampler
 from toy_backbone import ToyNet, build_toy
 
 from featpipe.backbones import Backbone, Preprocessing, get_backbone, register_backbone
 from featpipe.backbones.registry import _BUILTINS
+from featpipe.finetune.data import loader
 from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.report import read_results
 from featpipe.report.runplan import read_plan
@@ -165,3 +167,29 @@ def test_bn_mode_on_a_backbone_without_batch_norm_is_labelled_as_full(tmp_path):
         "| fine-tuning (bn without batch norm: as full) [toy_groupnorm] |"
         in (out / "report.md").read_text()
     )
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+@pytest.mark.parametrize("n", [5, 9, 31, 50])
+@pytest.mark.parametrize("batch_size", [4, 12])
+@pytest.mark.parametrize("world", [2, 4])
+def test_steps_per_epoch_do_not_depend_on_the_world_size(n, batch_size, world):
+    """The schedule is counted in steps, and last.pt carries its step count: a run resumed
+    on another number of ranks continues the same warm-up and cosine only while an epoch has
+    as many steps on every world size (each rank's share of the global batch, from its
+    DistributedSampler share of the rows, as FineTuner._train_loader builds them)."""
+    one = loader(_Rows(n), batch_size, 0, shuffle=True)
+    for rank in range(world):
+        sampler = DistributedSampler(_Rows(n), num_replicas=world, rank=rank, drop_last=True)
+        ranked = loader(_Rows(n), batch_size // world, 0, shuffle=True, sampler=sampler)
+        assert len(ranked) == len(one)
