@@ -11,6 +11,7 @@ import pytest
 from sklearn import metrics as skm
 from test_report import CLASSES, make_row, make_rows
 
+from featpipe.errors import ConfigError
 from featpipe.evaluate import compute_metrics
 from featpipe.report.advice import advise, recommendation
 from featpipe.report.content import Table, build_document
@@ -173,3 +174,13 @@ def test_the_paired_comparisons_give_balanced_accuracy_and_macro_f1_differences(
     for line in lines:
         assert "; difference in balanced accuracy " in line and ", in macro F1 " in line
         assert line.count("95 % CI") == 3
+
+
+@pytest.mark.parametrize("n_boot", [-1, 2.5, True, "100"])
+def test_compute_metrics_refuses_an_n_boot_that_is_not_a_whole_number(n_boot):
+    # -1 gave no interval without a word, True one resample ([1.0, 1.0]), 2.5 and "100" a
+    # TypeError from Python; paired_bootstrap already refused them (FineTuner.evaluate passes
+    # its n_boot here).
+    y = np.arange(6) % 3
+    with pytest.raises(ConfigError, match=r"n_boot must be an integer >= 0 .*got"):
+        compute_metrics(y, np.eye(3)[y], n_boot=n_boot)

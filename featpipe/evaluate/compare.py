@@ -9,7 +9,7 @@ import numpy as np
 from scipy import stats
 
 from featpipe.errors import ConfigError
-from featpipe.evaluate.metrics import resampled_scores
+from featpipe.evaluate.metrics import check_n_boot, resampled_scores
 
 # Below this many discordant pairs the chi-square approximation is poor; use the exact test.
 EXACT_BELOW = 25
@@ -59,20 +59,13 @@ def paired_bootstrap(
     None)."""
     a, b = _paired(correct_a, correct_b)
     diff = a.astype(np.float64) - b.astype(np.float64)
-    _check_n_boot(n_boot)
+    check_n_boot(n_boot)
     if n_boot == 0:
         return float(diff.mean()), None, None
     means = np.concatenate([diff[idx].mean(axis=1) for idx in _resamples(len(diff), n_boot, seed)])
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return float(diff.mean()), float(lo), float(hi)
-
-
-def _check_n_boot(n_boot) -> None:
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
-        raise ConfigError(
-            f"n_boot must be an integer >= 0 (0: no bootstrap interval); got {n_boot!r}."
-        )
 
 
 def _resamples(n: int, n_boot: int, seed: int):
@@ -106,7 +99,7 @@ def paired_score_bootstrap(
         )
     if min(v.min() for v in (y, a, b)) < 0 or max(v.max() for v in (y, a, b)) >= n_classes:
         raise ConfigError(f"Labels and predictions must be class indices 0..{n_classes - 1}.")
-    _check_n_boot(n_boot)
+    check_n_boot(n_boot)
     whole = [resampled_scores(y, p, np.arange(len(y))[None], n_classes) for p in (a, b)]
     out = {m: (float(whole[0][m][0] - whole[1][m][0]), None, None) for m in PAIRED_SCORES}
     if n_boot == 0:

@@ -52,6 +52,14 @@ def _check_inputs(y_true, proba, classes) -> tuple[np.ndarray, np.ndarray, list[
     return y.astype(np.int64), p, list(classes)
 
 
+def check_n_boot(n_boot) -> None:
+    """Bootstrap resamples: a whole number >= 0 (0: no bootstrap interval)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ConfigError(
+            f"n_boot must be an integer >= 0 (0: no bootstrap interval); got {n_boot!r}."
+        )
+
+
 def _check_pred(y_pred, n: int, n_classes: int) -> np.ndarray:
     pred = np.asarray(y_pred)
     if pred.shape != (n,) or not np.issubdtype(pred.dtype, np.integer):
@@ -189,6 +197,7 @@ def compute_metrics(
     macro F1, the confusion matrix and per-class accuracy use them. Default: the argmax.
     """
     y, p, names = _check_inputs(y_true, proba, classes)
+    check_n_boot(n_boot)
     n_classes = p.shape[1]
     pred = p.argmax(axis=1) if y_pred is None else _check_pred(y_pred, len(y), n_classes)
     cm = confusion_matrix(y, pred, n_classes)
