@@ -69,3 +69,20 @@ def test_whole_number_parameters_are_not_cut(make) -> None:
     X = np.random.default_rng(0).normal(size=(20, 3)) + y[:, None]
     with pytest.raises(ConfigError, match=r"must be >= 1, (a )?whole number"):
         head.fit(X, y)
+
+
+def test_faiss_knn_takes_its_classes_in_any_order() -> None:
+    # The labels were looked up in classes by binary search: classes [1, 0] gave every row the
+    # other class (0 % accuracy on the training rows), and a repeated class an extra column.
+    pytest.importorskip("faiss")
+    from featpipe.heads import FaissKNeighborsClassifier
+
+    rng = np.random.default_rng(0)
+    y = np.arange(20) % 2
+    X = (rng.normal(size=(20, 3)) + 4 * y[:, None]).astype(np.float32)
+    for classes in ([1, 0], [0, 1, 1]):
+        head = FaissKNeighborsClassifier(1, metric="euclidean")
+        head.fit_chunks([(X[:12], y[:12]), (X[12:], y[12:])], 3, np.array(classes))
+        assert head.classes_.tolist() == [0, 1]
+        assert head.predict(X).tolist() == y.tolist()
+        assert head.predict_proba(X).shape == (20, 2)

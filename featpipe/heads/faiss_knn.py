@@ -42,7 +42,7 @@ def _faiss():
 
 
 def _class_index(classes: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The index of each label of ``y`` in ``classes`` (sorted); a label not in ``classes``
+    """The index of each label of ``y`` in ``classes`` (sorted, unique); a label not in ``classes``
     is refused (searchsorted alone would give it a neighbouring class's index)."""
     y = np.asarray(y)
     index = np.searchsorted(classes, y).clip(0, max(len(classes) - 1, 0))
@@ -51,7 +51,7 @@ def _class_index(classes: np.ndarray, y: np.ndarray) -> np.ndarray:
         raise ConfigError(
             f"Labels {np.unique(y[unknown]).tolist()} are not among the classes given to "
             f"fit_chunks; valid: {np.asarray(classes).tolist()}. Pass every label of the "
-            "training rows in classes (sorted)."
+            "training rows in classes."
         )
     return index
 
@@ -74,8 +74,8 @@ class FaissKNeighborsClassifier(ClassifierMixin, BaseEstimator):
     def fit_chunks(
         self, chunks: Iterable[tuple[np.ndarray, np.ndarray]], dim: int, classes: np.ndarray
     ) -> FaissKNeighborsClassifier:
-        """Index the rows of ``chunks`` of (X (m, dim), y), labelled with ``classes`` (sorted),
-        one chunk at a time."""
+        """Index the rows of ``chunks`` of (X (m, dim), y), labelled with ``classes`` (every
+        label the rows hold, in any order), one chunk at a time."""
         if self.metric not in KNN_METRICS or self.weights not in KNN_WEIGHTS:
             raise ConfigError(
                 f"Unknown kNN metric {self.metric!r} or weights {self.weights!r}; valid metrics: "
@@ -87,7 +87,9 @@ class FaissKNeighborsClassifier(ClassifierMixin, BaseEstimator):
             )
         faiss = _faiss()
         index = faiss.IndexFlatIP(dim) if self.metric == "cosine" else faiss.IndexFlatL2(dim)
-        classes, labels = np.asarray(classes), []
+        # Sorted and unique, as classes_ are in scikit-learn (partial_fit's classes too): the
+        # labels are looked up by binary search, so an unsorted list gave rows other classes.
+        classes, labels = np.unique(np.asarray(classes)), []
         for X, y in chunks:
             if np.ndim(X) != 2 or np.shape(X)[1] != dim:  # faiss's own check: a bare assert
                 raise ConfigError(
