@@ -13,6 +13,7 @@ from dataset_files import write_cifar, write_mnist, write_shards
 from PIL import Image, ImageCms
 
 from featpipe.data import ArraySource, CSVSource, ParquetSource, load_rgb, open_source, to_rgb
+from featpipe.data.splits import subsample
 from featpipe.errors import SourceError
 
 
@@ -141,3 +142,19 @@ def test_a_premultiplied_grey_image_with_alpha_is_composited_like_its_la_copy():
     # 'conversion from La to L not supported'
     la = Image.merge("LA", (Image.new("L", (2, 2), 200), Image.new("L", (2, 2), 128)))
     assert to_rgb(la.convert("La")).getpixel((0, 0)) == to_rgb(la).getpixel((0, 0))
+
+
+def test_a_train_limit_that_drops_a_class_is_warned_of():
+    # --limit-train 2 over 3 classes kept 2 of them: each test image of the third counted as an
+    # error without a word, where a source giving a class no train row is warned of
+    labels = np.repeat([0, 1, 2], 6)
+    splits = np.tile(["train"] * 4 + ["test"] * 2, 3)
+    source = ArraySource(np.zeros((18, 2, 2), np.uint8), labels, splits=splits)
+    with pytest.warns(UserWarning, match=r"Subsampling to \{'train': 2\} leaves class\(es\) '"):
+        sub = subsample(source, {"train": 2})
+    assert sub.split_counts() == {"train": 2, "val": 0, "test": 6}  # the draw, as before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        subsample(source, {"train": 3, "test": 3})
+        # a class the source gives no train row was warned of when it was opened
+        subsample(source.subset(np.flatnonzero((labels != 2) | (splits == "test"))), {"train": 4})

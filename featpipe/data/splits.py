@@ -132,7 +132,7 @@ def warn_unread_split_column(
 def _warn_untrained(
     labels: np.ndarray, splits: np.ndarray, classes: Sequence[str], origin: str
 ) -> None:
-    untrained = np.setdiff1d(labels[splits != TRAIN], labels[splits == TRAIN]).tolist()
+    untrained = _untrained(labels, splits).tolist()
     if untrained:
         names = ", ".join(repr(classes[c]) for c in untrained[:5])
         more = f" (and {len(untrained) - 5} more)" if len(untrained) > 5 else ""
@@ -143,6 +143,11 @@ def _warn_untrained(
             UserWarning,
             stacklevel=4,
         )
+
+
+def _untrained(labels: np.ndarray, splits: np.ndarray) -> np.ndarray:
+    """The labels that val or test rows have and no train row has, sorted."""
+    return np.setdiff1d(labels[splits != TRAIN], labels[splits == TRAIN])
 
 
 def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> ImageSource:
@@ -169,7 +174,22 @@ def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> 
         counts = _allocate(sizes, int(n), rng)
         for c in range(len(classes)):
             keep.append(rng.choice(rows[inverse == c], size=counts[c], replace=False))
-    return source.subset(np.sort(np.concatenate(keep)))
+    rows = np.sort(np.concatenate(keep))
+    splits = np.asarray(source.splits)
+    # classes the source trains on that the limits leave with no train row (assign_splits
+    # already warned of those the source itself gives none)
+    dropped = np.setdiff1d(_untrained(labels[rows], splits[rows]), _untrained(labels, splits))
+    if len(dropped):
+        names = ", ".join(repr(source.classes[c]) for c in dropped[:5])
+        more = f" (and {len(dropped) - 5} more)" if len(dropped) > 5 else ""
+        warnings.warn(
+            f"Subsampling to {per_split} leaves class(es) {names}{more} with val or test rows "
+            "but no train row: no head can predict them, so each of their images counts as an "
+            f"error. Keep at least one train row per class ({len(source.classes)} classes).",
+            UserWarning,
+            stacklevel=2,
+        )
+    return source.subset(rows)
 
 
 def nested_subsets(
