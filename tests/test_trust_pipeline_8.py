@@ -1,11 +1,13 @@
 """`featpipe run` re-runs after the pipeline file is edited: the report never shows an old
-configuration's name for a method of the new one."""
+configuration's name or plots for the new one, and one backbone under two spellings is
+refused rather than run twice."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import pytest
+import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 
 from featpipe.errors import ConfigError
@@ -89,3 +91,16 @@ def test_plots_of_an_earlier_configuration_do_not_stay_beside_the_new_report(tmp
     run_pipeline(config, progress=False, log=lambda _: None)
     assert not (plots / "accuracy_by_layer.png").exists()
     assert (plots / "accuracy_by_method.png").exists()
+
+
+def test_one_weights_file_named_by_two_paths_is_refused(tmp_path, monkeypatch):
+    # Before: both ran every method on the same features (the built spec names the file by
+    # its absolute path, so both made one store) and the report listed them as two methods.
+    from torchvision import models
+
+    torch.save(models.squeezenet1_1(weights=None).state_dict(), tmp_path / "w.pth")
+    monkeypatch.chdir(tmp_path)
+    specs = [f"torchvision:squeezenet1_1@{tmp_path / 'w.pth'}", "torchvision:squeezenet1_1@w.pth"]
+    with pytest.raises(ConfigError, match=r"features.backbones\[1\] = .* names the same backbone"):
+        run_pipeline(pipeline(tmp_path, specs), progress=False, log=lambda _: None)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -71,13 +71,13 @@ def check_models(config) -> dict:
     built = {}
     tuned = finetune.backbones if finetune.modes else []
     for key, specs in (("features", features.backbones), ("finetune", tuned)):
-        _each_backbone_once(specs, f"{key}.backbones")
         for i, spec in enumerate(specs):
             if spec not in built:
                 try:
                     built[spec] = get_backbone(spec)
                 except FeaturePipeError as exc:
                     raise ConfigError(f"{key}.backbones[{i}]: {exc}") from None
+        _each_backbone_once(specs, built, f"{key}.backbones")
     for spec in features.backbones:
         _check_layers(built[spec], features.image_size, list(features.layers))
     for spec in tuned:
@@ -91,17 +91,13 @@ def check_models(config) -> dict:
     return built
 
 
-def _each_backbone_once(specs, where: str) -> None:
-    """No two specs of a list name one backbone ('toy', ' toy', 'builtin:toy'): each would run
-    every method again on the same store, and the report list it as several tied methods."""
-    from featpipe.backbones.registry import BackboneSpec
-
+def _each_backbone_once(specs, built: dict, where: str) -> None:
+    """No two specs of a list name one backbone ('toy' and 'builtin:toy', a weights file by
+    two paths): each would run every method again on the same features, and the report list
+    it as several tied methods. ``built``: the backbones by spec, whose ``spec`` is canonical."""
     seen: dict[str, int] = {}
     for i, spec in enumerate(specs):
-        try:
-            canonical = str(BackboneSpec.parse(spec))
-        except FeaturePipeError:
-            continue  # an unknown family: get_backbone says so, naming the key
+        canonical = built[spec].spec
         if canonical in seen:
             j = seen[canonical]
             raise ConfigError(
