@@ -68,3 +68,13 @@ def test_a_shard_task_counts_the_images_it_skipped(tmp_path, capsys) -> None:
     assert main([*argv, "--shard", "1/2"]) == 0
     said = capsys.readouterr().out
     assert "skipped 1 unreadable image" in said and "of them skipped" not in said
+
+
+def test_layers_names_the_modules_between_the_last_stage_and_the_classifier(capsys) -> None:
+    """The stage list ended at the last stage: MobileNetV3's classifier.0 to .2 (which compute
+    'pooled' and which partial:N with every stage freezes) were in no line of it."""
+    assert main(["layers", "torchvision:mobilenet_v3_small@none", "--image-size", "32"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    tail = "  then, before the classifier 'classifier.3': avgpool, classifier.0, classifier.1, "
+    assert said[-1] == tail + "classifier.2; frozen by partial:13 only"
+    assert any(line.startswith("classifier.0 ") for line in said)  # and a layer to read
