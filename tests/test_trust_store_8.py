@@ -1,20 +1,23 @@
-"""Trust sweep of the feature store: a flipped bit in a feature chunk (checksums)."""
+"""Trust sweep of the feature store: a flipped bit in a feature chunk (checksums), a lock
+file that cannot be made, and parts folders that no store maps (`featpipe cache prune`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from extract_child import NoiseSource
+from filelock import FileLock
 
 from featpipe.cli import main
 from featpipe.errors import StoreWriteError, UnreadableStoreError
 from featpipe.extract import extract
 from featpipe.store import FeatureStore
 from featpipe.store.consolidate import consolidate
-from featpipe.store.lock import StoreLock, holder
+from featpipe.store.lock import StoreLock, holder, lock_path
 from featpipe.store.parts import parts_dir
 from featpipe.store.writer import StoreWriter
 
@@ -153,3 +156,44 @@ def test_out_where_no_lock_file_can_be_made_is_refused_at_once(tmp_path):
         extract(NoiseSource(8), "toy", ["pooled"], out=out, lock_timeout=5, **FAST)
     with StoreLock(tmp_path / "s.h5"):  # a lock that can be made is still taken
         assert holder(tmp_path / "s.h5") is None  # this process holds it
+
+
+def _parted(path: Path) -> None:
+    extract(NoiseSource(40), "toy", ["pooled"], out=path, chunk_rows=2, shard=(0, 1), **FAST)
+
+
+def test_a_parts_folder_of_no_store_is_pruned_as_a_leftover(tmp_path, capsys):
+    """A parted store consolidated elsewhere and then deleted left its parts folder, which
+    `featpipe cache list` never showed and `prune` (even --all) never deleted."""
+    _parted(tmp_path / "x.h5")
+    consolidate(tmp_path / "x.h5", tmp_path / "y.h5")
+    (tmp_path / "x.h5").unlink()
+    assert main(["cache", "list", str(tmp_path)]) == 0
+    assert re.search(r"^leftover \(parts of no store\) .* x\.parts$", capsys.readouterr().out, re.M)
+    assert main(["cache", "prune", str(tmp_path), "--yes"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["y.h5"]
+    assert FeatureStore(tmp_path / "y.h5").complete
+
+
+def test_prune_keeps_parts_folders_a_store_or_a_process_may_use(tmp_path, capsys):
+    _parted(tmp_path / "live.h5")  # a parted store's own parts
+    _parted(tmp_path / "written.h5")  # its store deleted while a task still writes a part
+    (tmp_path / "written.h5").unlink()
+    writing = FileLock(str(lock_path(parts_dir(tmp_path / "written.h5") / "part-00001.h5")))
+    laid_out = FileLock(str(lock_path(tmp_path / "new.hdf5")))  # laid out now: no file yet
+    (tmp_path / "new.parts").mkdir()
+    (tmp_path / "new.parts" / "part-00000.h5").write_bytes(b"")
+    (tmp_path / "notes.parts").mkdir()  # not featpipe's
+    (tmp_path / "notes.parts" / "todo.txt").write_text("keep")
+    with writing, laid_out:
+        assert main(["cache", "list", str(tmp_path)]) == 0
+        listed = capsys.readouterr().out
+        assert main(["cache", "prune", str(tmp_path), "--all", "--yes"]) == 0
+    assert re.search(r"^in use .* written\.parts$", listed, re.M)
+    assert re.search(r"^in use .* new\.parts$", listed, re.M)
+    assert "live.parts" not in listed and "notes.parts" not in listed
+    kept = ["part-00000.h5", "part-00001.h5"]
+    assert all((parts_dir(tmp_path / "written.h5") / name).exists() for name in kept)
+    assert (tmp_path / "new.parts" / "part-00000.h5").exists()
+    assert (tmp_path / "notes.parts" / "todo.txt").exists()
+    assert not (tmp_path / "live.h5").exists() and not (tmp_path / "live.parts").exists()

@@ -21,8 +21,9 @@ examples:
 STATE is complete, incomplete N/M (finished chunks; the same extract command resumes it),
 in use (another process is writing it, or one part of a parted store), unreadable (damaged
 or not HDF5), not a featpipe store (another program's HDF5 file, which prune never deletes),
-or leftover (a temporary or lock file of a run that was killed). AGE counts from the last
-write (to any part, for a parted store).
+or leftover (a temporary or lock file of a run that was killed, or the parts folder of a
+parted store that was deleted, e.g. once consolidated: "parts of no store"). AGE counts from
+the last write (to any part, for a parted store).
 """
 
 PRUNE_EPILOG = """\

@@ -2,7 +2,8 @@
 
 Every change of an image set, backbone or layer list makes a new store under a new key, so
 old stores, finished or not, pile up. :func:`scan` describes each store and each leftover
-file (a ``.tmp`` file of a creation that was killed, a lock file whose store is gone);
+(a ``.tmp`` file of a creation that was killed, a lock file whose store is gone, a parts folder
+that no store maps);
 :func:`remove` deletes one of them while holding its store's lock, so that a store some
 process is writing is never touched.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -46,6 +48,10 @@ STORE_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
 DAY = 86400.0
 NOT_A_STORE = "not a featpipe store"  # the state of another program's HDF5 file
+PARTS_SUFFIX = ".parts"
+ORPHANED = "leftover (parts of no store)"  # the state of a parts folder no store maps
+# What a parts folder holds: part files, their creation's .tmp, their locks and lock notes.
+_PART_FILE = re.compile(r"part-\d{5}\.h5(\.tmp|\.lock(\.json(\.\d+\.tmp)?)?)?")
 
 
 @dataclass
@@ -210,11 +216,51 @@ def _leftover_store(path: Path) -> Path | None:
     return None
 
 
+def _claimants(folder: Path) -> list[Path]:
+    """The stores beside the parts folder ``folder`` whose parts it would hold: files there,
+    and stores with a lock file (a store being laid out takes its lock before its file)."""
+    found = folder.parent.glob(glob.escape(folder.stem) + "*")
+    stores = {folder.with_name(p.name.removesuffix(LOCK_SUFFIX)) for p in found}
+    return sorted(p for p in stores if p != folder and parts_dir(p) == folder)
+
+
+def _orphaned(folder: Path) -> CacheEntry | None:
+    """The parts folder ``folder`` when no store maps it (its parted store was deleted or
+    moved away, e.g. once consolidated, or its creation was killed before the top-level file
+    was made): a leftover, or in use while a store that may lay it out or one of its parts
+    is locked. None when it is not such a folder: a store's parts (listed with it), or a
+    folder holding anything but part files (not featpipe's)."""
+    try:
+        files = list(folder.iterdir())
+    except OSError:
+        return None
+    if not all(p.is_file() and _PART_FILE.fullmatch(p.name) for p in files):
+        return None
+    claimants = _claimants(folder)
+    if any(p.exists() and _owns_parts(p) for p in claimants):
+        return None
+    parts = {p.with_name(p.name.removesuffix(LOCK_SUFFIX)) for p in files if p.suffix == ".lock"}
+    parts |= {p for p in files if p.suffix == STORE_SUFFIX}
+    owner = None
+    for path in [*claimants, *sorted(parts)]:  # a store laid out, a part written
+        owner = holder(path)
+        if owner is not None:
+            break
+    state = ORPHANED if owner is None else f"in use by {describe_owner(owner)}"
+    size = sum(_disk_size(p) for p in files)
+    modified = max([folder.stat().st_mtime, *(p.stat().st_mtime for p in files)])
+    return CacheEntry(folder, folder.with_suffix(STORE_SUFFIX), state, size, modified)
+
+
 def scan(folder: str | Path) -> list[CacheEntry]:
     """Every store (``*.h5``) and leftover file directly in ``folder``, sorted by name."""
     folder = Path(folder)
     entries = []
     for path in sorted(folder.iterdir()):
+        if path.is_dir() and not path.is_symlink() and path.name.endswith(PARTS_SUFFIX):
+            orphaned = _orphaned(path)
+            entries += [orphaned] if orphaned is not None else []
+            continue
         if not path.is_file() or path.is_symlink():
             continue
         if path.name.endswith(STORE_SUFFIX):
@@ -262,23 +308,41 @@ def select(
 
 
 def remove(entry: CacheEntry) -> bool:
-    """Delete ``entry`` (a store with its lock files and parts, or a leftover file) while
-    holding its store's lock and every part's lock; False, deleting nothing, when another
-    process holds one of them."""
+    """Delete ``entry`` (a store with its lock files and parts, a leftover file, or a parts
+    folder of no store) while holding its store's lock and every part's lock; False,
+    deleting nothing, when another process holds one of them."""
     try:
         with StoreLock(entry.store, timeout=0), contextlib.ExitStack() as parts:
-            owned = entry.is_store and _owns_parts(entry.store)
-            for part in _part_locks(entry.store) if owned else []:  # writers lock a part only
-                parts.enter_context(StoreLock(part, timeout=0, notify=_quiet))
-            entry.path.unlink(missing_ok=True)
-            if owned:
-                shutil.rmtree(parts_dir(entry.store), ignore_errors=True)
+            if entry.path.is_dir():  # a parts folder of no store
+                if not _remove_orphaned(entry.path, parts):
+                    return False
+            else:
+                owned = entry.is_store and _owns_parts(entry.store)
+                for part in _part_locks(entry.store) if owned else []:  # writers lock a part
+                    parts.enter_context(StoreLock(part, timeout=0, notify=_quiet))
+                entry.path.unlink(missing_ok=True)
+                if owned:
+                    shutil.rmtree(parts_dir(entry.store), ignore_errors=True)
             if entry.is_store or not entry.store.exists():
                 owner_path(entry.store).unlink(missing_ok=True)
                 # deleted while held, so that no other process can take it in between
                 lock_path(entry.store).unlink(missing_ok=True)
     except StoreInUseError:
         return False
+    return True
+
+
+def _remove_orphaned(folder: Path, locks: contextlib.ExitStack) -> bool:
+    """Delete the parts folder of no store ``folder`` holding every part's lock (and, in
+    :func:`remove`, the lock of the store it is named for), once it is seen to be one still:
+    no other store took it meanwhile, no other process holds a lock of it."""
+    for part in sorted({p.with_name(p.name.removesuffix(LOCK_SUFFIX)) for p in folder.iterdir()}):
+        if part.suffix == STORE_SUFFIX:
+            locks.enter_context(StoreLock(part, timeout=0, notify=_quiet))
+    entry = _orphaned(folder)
+    if entry is None or entry.state != ORPHANED:
+        return False
+    shutil.rmtree(folder)
     return True
 
 
