@@ -86,3 +86,28 @@ def test_faiss_knn_takes_its_classes_in_any_order() -> None:
         assert head.classes_.tolist() == [0, 1]
         assert head.predict(X).tolist() == y.tolist()
         assert head.predict_proba(X).shape == (20, 2)
+
+
+def test_one_shot_knn_whose_votes_all_tie_is_said_so() -> None:
+    # With one row per class, kNN's 5 neighbours are of 5 classes: every vote ties and goes to
+    # the lowest class among them, so 1-shot kNN scored 20 % where the nearest neighbour
+    # scored 87 % (10 classes), and nothing said why.
+    import warnings
+
+    from featpipe.heads import KNNProbe, few_shot
+
+    rng = np.random.default_rng(0)
+
+    def part(n: int):
+        y = np.arange(n) % 10
+        return (rng.normal(size=(n, 16)) * 0.3 + 3 * np.eye(10, 16)[y]).astype(np.float32), y
+
+    src = {"train": part(100), "test": part(50)}
+    with pytest.warns(UserWarning, match="every vote ties"):
+        tied = few_shot("knn", src, k=1, draws=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning where the votes need not tie
+        nearest = few_shot(KNNProbe(1), src, k=1, draws=2)
+        few_shot(KNNProbe(5, weights="distance"), src, k=1, draws=1)
+        few_shot("knn", src, k=2, draws=1)
+    assert tied.mean < nearest.mean - 0.3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +86,28 @@ def _count(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
+def _warn_if_votes_all_tie(head: BaseEstimator, k: int) -> None:
+    """Warn when a kNN head's votes must all tie: with one row per class its neighbours are
+    all of different classes, and a tied vote goes to the lowest class among them, not to the
+    nearest (1-shot kNN at the default 5 neighbours scored 20 % where 1 neighbour scored 87 %)."""
+    params = head.get_params()
+    n_neighbors = params.get("n_neighbors")
+    if (
+        k == 1
+        and params.get("weights") == "uniform"
+        and isinstance(n_neighbors, numbers.Integral)
+        and n_neighbors > 1
+    ):
+        warnings.warn(
+            f"few-shot with k=1 and {type(head).__name__}(n_neighbors={n_neighbors}): the "
+            "neighbours are of different classes, so every vote ties and goes to the lowest "
+            "class among them; this accuracy is not the nearest neighbour's. Use "
+            "n_neighbors=1 or weights='distance', or k >= 2.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def few_shot(
     estimator: BaseEstimator | str,
     source: object,
@@ -113,6 +136,7 @@ def few_shot(
     require_test_split(data)  # before any draw is fitted
     X_tr, y_tr = data.get("train")
     labels = require_k_per_class(data, k, y_tr)
+    _warn_if_votes_all_tie(head, k)
     X_te, y_te = data.get("test")
     rng = np.random.default_rng(seed)
     accuracies = []
