@@ -48,7 +48,8 @@ def test_layers_toy_shapes_poolings_and_stages(capsys):
     assert rows["logits"] == ["10", "none", "10"]
     assert rows["stage1"] == ["16×8×8", "avg", "16"]
     stages = out.split("stages (fine-tuning with partial:N freezes stages 0 to N-1")[1]
-    assert stages.splitlines()[1:] == ["   0  stem", "   1  stage1", "   2  stage2"]
+    tail = "  then, before the classifier 'fc': pool; frozen by partial:3 only"
+    assert stages.splitlines()[1:] == ["   0  stem", "   1  stage1", "   2  stage2", tail]
 
 
 def test_layers_image_size_and_filter(capsys):
