@@ -4,6 +4,7 @@ with the chosen one) and of the intervals of balanced accuracy and macro F1."""
 from __future__ import annotations
 
 import copy
+import json
 import tracemalloc
 
 import numpy as np
@@ -16,6 +17,7 @@ from featpipe.evaluate import compute_metrics
 from featpipe.report.advice import advise, recommendation
 from featpipe.report.content import Table, build_document
 from featpipe.report.markdown import render_markdown
+from featpipe.report.results import ResultsFormatError, read_results
 from featpipe.report.summary import references, summarize
 
 N = 400
@@ -184,3 +186,17 @@ def test_compute_metrics_refuses_an_n_boot_that_is_not_a_whole_number(n_boot):
     y = np.arange(6) % 3
     with pytest.raises(ConfigError, match=r"n_boot must be an integer >= 0 .*got"):
         compute_metrics(y, np.eye(3)[y], n_boot=n_boot)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("y_pred", 6), ("y_pred", -1), ("y_true", 1.0), ("y_true", None)]
+)
+def test_a_row_whose_test_labels_are_not_class_indices_is_refused(tmp_path, field, value):
+    # A results file featpipe did not write: y_pred 6 of 6 classes counted as a wrong answer
+    # without a word, and the paired balanced accuracy could not count it by class.
+    row = make_row("toy/logreg@pooled")
+    row["test"][field][3] = value
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(ResultsFormatError, match=rf"results.jsonl:1: test.{field} holds"):
+        read_results(path)

@@ -284,6 +284,17 @@ def _check_shapes(row: dict, where: str) -> None:
             f"{where}: test.y_true, test.y_pred and metrics.n disagree "
             f"({len(test['y_true'])}, {len(test['y_pred'])}, {row['metrics']['n']})."
         )
+    for name in ("y_true", "y_pred"):  # indices into classes; comparisons count them by class
+        bad = [v for v in test[name] if not _is_index(v, n_classes)]
+        if bad:
+            raise ResultsFormatError(
+                f"{where}: test.{name} holds {bad[0]!r}; it holds class indices, whole numbers "
+                f"0..{n_classes - 1} into the row's {n_classes} classes."
+            )
+
+
+def _is_index(value: Any, n_classes: int) -> bool:
+    return type(value) is int and 0 <= value < n_classes
 
 
 def validate_row(row: dict, where: str = "row") -> ResultRow:
