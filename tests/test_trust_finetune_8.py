@@ -16,6 +16,7 @@ from featpipe.backbones import Backbone, Preprocessing, get_backbone, register_b
 from featpipe.backbones.registry import _BUILTINS
 from featpipe.finetune.data import loader
 from featpipe.pipeline import config_from_dict, run_pipeline
+from featpipe.pipeline.stages import finetune as finetune_stage
 from featpipe.report import read_results
 from featpipe.report.runplan import read_plan
 
@@ -193,3 +194,31 @@ def test_steps_per_epoch_do_not_depend_on_the_world_size(n, batch_size, world):
         sampler = DistributedSampler(_Rows(n), num_replicas=world, rank=rank, drop_last=True)
         ranked = loader(_Rows(n), batch_size // world, 0, shuffle=True, sampler=sampler)
         assert len(ranked) == len(one)
+
+
+def test_a_finished_run_without_stores_is_not_decoded_again(tmp_path, monkeypatch):
+    """Without a probe, only unreadable images are left out, which the data fingerprint in
+    the config hash decides: a re-run of the finished fine-tune reuses it without decoding
+    every image again to find them (and without naming them in its identity)."""
+    folder = make_image_folder(tmp_path / "images", per_class=4, splits=("train", "val", "test"))
+    broken = folder / "train/dog/002.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated
+    config = config_from_dict({
+        "name": "no-store", "seeds": [0], "n_boot": 10, "device": "cpu",
+        "out": str(tmp_path / "run"), "source": {"data": str(folder)},
+        "features": {"backbones": ["toy"], "cache_dir": str(tmp_path / "c"), "on_error": "skip"},
+        "probes": {"heads": []},
+        "finetune": {"backbones": ["toy"], "modes": ["head"], "epochs": 1, "batch_size": 8},
+    })  # fmt: skip
+    run_pipeline(config, progress=False, log=lambda _: None)
+    (row,) = read_results(tmp_path / "run" / "results.jsonl")
+    assert row["provenance"]["skipped"]["count"] == 1
+    assert row["provenance"]["backbone"] == get_backbone("toy").identity()
+
+    decoded = []
+    monkeypatch.setattr(finetune_stage, "unreadable_images", lambda *a, **k: decoded.append(a))
+    logs = []
+    run_pipeline(config, progress=False, log=logs.append)
+    assert not decoded
+    assert "reusing finished fine-tuning (head) (seed 0)" in logs
+    assert len(read_results(tmp_path / "run" / "results.jsonl")) == 1

@@ -133,6 +133,7 @@ def run(job: Job, context: RunContext) -> ResultRow:
         skipped,
         search=search,
         read=read,
+        identity=left_out(tuner.backbone_.identity(), skipped if _named(context.config) else {}),
     )
 
 
@@ -148,12 +149,14 @@ def finetune_row(
     *,
     search: GridResult | None = None,
     read: tuple[FeatureStore, Extraction] | None = None,
+    identity: dict | None = None,
 ) -> ResultRow:
     """The row of a fitted FineTuner whose test-split probabilities are ``proba``; also
     written by ``featpipe finetune``. ``settings`` are the row's params; with a grid
     ``search``, the winner's settings replace them, its ``curve`` lists every candidate's
     validation accuracy and the fitting time counts every candidate. ``read``: the feature
-    store LP-FT's probe read and its extraction, part of the method's cost as for a probe."""
+    store LP-FT's probe read and its extraction, part of the method's cost as for a probe.
+    ``identity``: what its row records as its backbone (default: the fitted backbone's)."""
     source = tuner.source_
     extra: dict = {}
     fit_seconds = tuner.fit_seconds_  # every resumed piece, not only this one
@@ -187,7 +190,7 @@ def finetune_row(
         ),
         test=Predictions.of([source.ids[i] for i in rows], y, proba.argmax(axis=1)),
         provenance={
-            "backbone": left_out(tuner.backbone_.identity(), skipped),
+            "backbone": identity or tuner.backbone_.identity(),
             "store": {"path": str(read[0].path), "key": read[0].key} if read else None,
             "image_size": settings.get("image_size"),
             "skipped": skip_summary(skipped),
@@ -245,16 +248,23 @@ def left_out(identity: dict, skipped: dict[str, str]) -> dict:
 
 def with_left_out(context: RunContext, identity: dict) -> dict:
     """``left_out`` for a fine-tune job of this run: the identity its plan checks finished
-    rows against, and its checkpoint folder's. Under on_error = "fail" nothing can be left
-    out, and no store is opened for it. Planning under torchrun does not open the stores
-    either (rank 0 alone would extract them, out of step with the other ranks): there a row
-    made without skips is reused as before, one made with skips is made again."""
-    if context.config.features.on_error != "skip":
+    rows against, and its checkpoint folder's (see ``_named``). Planning under torchrun opens
+    no store for it (rank 0 alone would extract them, out of step with the other ranks):
+    there a row made without skips is reused as before, one made with skips is made again."""
+    if not _named(context.config):
         return identity
     if SOURCE not in context.made and current_ranks().distributed:
         return identity
     _, skipped = context.once(SOURCE, lambda: _source(context))
     return left_out(identity, skipped)
+
+
+def _named(config: PipelineConfig) -> bool:
+    """Whether a fine-tune's identity names the images it leaves out: when the run's feature
+    stores decide them (on_error = "skip"; "fail" leaves none out). Without a store only
+    unreadable images are left out, which the data fingerprint in the config hash already
+    decides: a finished run is then not decoded again to find them."""
+    return config.features.on_error == "skip" and bool(stores_read(config))
 
 
 def _source(context: RunContext) -> tuple[ImageSource, dict[str, str]]:
