@@ -158,3 +158,38 @@ def test_a_train_limit_that_drops_a_class_is_warned_of():
         subsample(source, {"train": 3, "test": 3})
         # a class the source gives no train row was warned of when it was opened
         subsample(source.subset(np.flatnonzero((labels != 2) | (splits == "test"))), {"train": 4})
+
+
+def _classlabel_split(names: list[str], labels: list[int]):
+    import datasets
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=names)}
+    )
+    images = [{"bytes": _png(i), "path": None} for i in range(len(labels))]
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+@pytest.mark.parametrize("saved", ["parquet", "save_to_disk"])
+def test_splits_that_name_their_classes_differently_are_refused(tmp_path, saved):
+    # each split encoded on its own (class_encode_column): test names its classes c, b, a and
+    # train a, b, c; every label was read with the first file's names, so train's a and c
+    # were swapped without a word
+    import datasets
+
+    train = _classlabel_split(["a", "b", "c"], [0, 1, 2, 0, 1, 2])
+    test = _classlabel_split(["c", "b", "a"], [0, 2])
+    if saved == "parquet":
+        train.to_parquet(str(tmp_path / "train.parquet"))
+        test.to_parquet(str(tmp_path / "test.parquet"))
+        spec = f"hf-dataset:{tmp_path}"
+    else:
+        datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "hf"))
+        spec = str(tmp_path / "hf")
+    with pytest.raises(SourceError, match=r"'label' names its classes one way in .*label 0 is"):
+        open_source(spec)
+    same = _classlabel_split(["a", "b", "c"], [2, 0])  # one encoding: read as before
+    same.to_parquet(str(tmp_path / "same" / "test.parquet"))
+    train.to_parquet(str(tmp_path / "same" / "train.parquet"))
+    source = open_source(f"hf-dataset:{tmp_path / 'same'}")
+    assert [source.classes[y] for y in source.labels] == [*"abcabc", "c", "a"]

@@ -9,6 +9,7 @@ encoded, in memory-mapped arrow tables, and decode one row at a time as files ar
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -75,6 +76,7 @@ class TableSource(ImageSource):
         self.label_column = _pick_column(
             label, "label", first.column_names, features, _is_class_label, LABEL_COLUMNS, self.root
         )
+        _check_same_class_names(self._part_features, self.label_column, self.root)
         self.split_names = list(tables)
         self._sizes = [len(t) for t in tables.values()]
         self._columns: list | None = None  # read again after pickling (see __getstate__)
@@ -292,6 +294,7 @@ class HFDatasetSource(TableSource):
                 ds = ds.flatten_indices(keep_in_memory=True)
             tables[name] = ds.data.table
             files[name] = [Path(f["filename"]) for f in ds.cache_files]
+        self._part_features = {name: ds.features for name, ds in parts.items()}
         features = dict(next(iter(parts.values())).features)
         return tables, features, files
 
@@ -328,12 +331,16 @@ class ParquetSource(TableSource):
                 f"after its split ({', '.join(sorted(SPLIT_ALIASES))})."
             )
         try:
+            read = {f: pq.read_table(f, memory_map=True) for f in files}
             tables = {
-                name: pa.concat_tables([pq.read_table(f, memory_map=True) for f in group])
-                for name, group in by_split.items()
+                name: pa.concat_tables([read[f] for f in group]) for name, group in by_split.items()
             }
         except (pa.ArrowInvalid, OSError) as err:
             raise SourceError(f"Cannot read parquet {str(self.root)!r}: {err}") from None
+        self._part_features = {
+            _under(f, self.root): datasets.Features.from_arrow_schema(t.schema)
+            for f, t in read.items()
+        }
         first = next(iter(tables.values()))
         features = dict(datasets.Features.from_arrow_schema(first.schema))
         return tables, features, by_split
@@ -427,6 +434,30 @@ def _is_image(feature: object) -> bool:
 
 def _is_class_label(feature: object) -> bool:
     return type(feature).__name__ == "ClassLabel"
+
+
+def _check_same_class_names(features: dict[str, dict], column: str, root: Path) -> None:
+    """Raise SourceError when two parts of a dataset (``features``: {file or split: its
+    columns' features}) name the classes of the ClassLabel ``column`` differently: every
+    part's labels are read with one part's names, so label 0 of another could be another
+    class (two splits each encoded with class_encode_column on its own values)."""
+    named = [
+        (part, list(f[column].names))
+        for part, f in features.items()
+        if _is_class_label(f.get(column))
+    ]
+    for (first, names), (part, other) in itertools.pairwise(named):
+        if names != other:
+            pairs = enumerate(zip(names, other, strict=False))  # the first label they differ on
+            at = next((i for i, (a, b) in pairs if a != b), min(len(names), len(other)))
+            said = [n[at] if at < len(n) else "no class" for n in (names, other)]
+            raise SourceError(
+                f"{str(root)!r}: the ClassLabel column {column!r} names its classes one way in "
+                f"{first} and another in {part} (label {at} is {said[0]!r} in one, {said[1]!r} "
+                "in the other), so one integer would be two classes. Encode every split with "
+                "the same class names (cast_column or class_encode_column on the whole "
+                "DatasetDict) and save them again."
+            )
 
 
 def _pick_column(given, role, columns, features, typed, names, path) -> str:
