@@ -193,3 +193,13 @@ def test_splits_that_name_their_classes_differently_are_refused(tmp_path, saved)
     train.to_parquet(str(tmp_path / "same" / "train.parquet"))
     source = open_source(f"hf-dataset:{tmp_path / 'same'}")
     assert [source.classes[y] for y in source.labels] == [*"abcabc", "c", "a"]
+
+
+def test_a_folder_of_parquet_files_says_how_to_open_it(tmp_path):
+    # a Hub snapshot (data/train-00000-of-00001.parquet) given as a folder was read as image
+    # class folders: 'Class folder .../data contains no images', not a word about parquet
+    table = _classlabel_split(["a", "b"], [0, 1, 0, 1])
+    table.to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
+    with pytest.raises(SourceError, match=rf"contains no images.* give hf-dataset:{tmp_path}\."):
+        open_source(str(tmp_path))
+    assert len(open_source(f"hf-dataset:{tmp_path}")) == 4

@@ -60,7 +60,16 @@ def open_source(spec: str | Path | ImageSource, **kwargs) -> ImageSource:
     if path.is_dir():
         if any((path / marker).is_file() for marker in HF_MARKERS):
             return _open_table(str(path), kwargs)
-        return ImageFolderSource(path, **kwargs)
+        try:
+            return ImageFolderSource(path, **kwargs)
+        except SourceError as err:
+            # a Hub snapshot's parquet files (data/train-00000-of-00001.parquet) are no classes
+            if next(path.rglob("*.parquet"), None) is None:
+                raise
+            raise SourceError(
+                f"{err} {str(path)!r} holds parquet files: to read them as a dataset, give "
+                f"hf-dataset:{path}."
+            ) from None
     if path.is_file() and path.suffix.lower() == ".csv":
         return CSVSource(path, **kwargs)
     if path.is_file() and path.suffix.lower() == ".parquet":
