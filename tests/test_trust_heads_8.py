@@ -111,3 +111,30 @@ def test_one_shot_knn_whose_votes_all_tie_is_said_so() -> None:
         few_shot(KNNProbe(5, weights="distance"), src, k=1, draws=1)
         few_shot("knn", src, k=2, draws=1)
     assert tied.mean < nearest.mean - 0.3
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"hidden_layer_sizes": (2.5,)}, "hidden_layer_sizes must be positive whole numbers"),
+        ({"max_iter": 2.5}, r"max_iter >= 1 \(a whole number\)"),
+        ({"n_iter_no_change": 2.5}, "n_iter_no_change must be 'auto' or >= 1; got 2.5"),
+        ({"logreg": True, "max_iter": 2.5}, r"max_iter >= 1 \(a whole number\)"),
+        ({"logreg": True, "max_iter": "50"}, r"max_iter >= 1 \(a whole number\)"),
+        ({"svm": True, "max_iter": True}, r"max_iter >= 1 \(a whole number\)"),
+        ({"logreg": True, "tol": float("nan")}, "tol must be >= 0"),
+    ],
+)
+def test_torch_heads_take_whole_numbers_and_a_real_tol(params: dict, match: str) -> None:
+    # int() cut them: the MLP trained a hidden layer of 2 units for (2.5,), 2 epochs for
+    # max_iter=2.5; L-BFGS ran 1 iteration for max_iter=True, and tol=nan passed the check.
+    from featpipe.heads import TorchLinearSVC, TorchLogisticRegression, TorchMLPClassifier
+
+    params = dict(params)
+    kind = TorchMLPClassifier
+    if params.pop("logreg", False):
+        kind = TorchLogisticRegression
+    if params.pop("svm", False):
+        kind = TorchLinearSVC
+    with pytest.raises(ConfigError, match=match):
+        kind(**params, device="cpu").fit(np.eye(4), [0, 1, 0, 1])

@@ -38,6 +38,7 @@ from featpipe.device import on_device, resolve_device, torch_threads
 from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError, TrainingDivergedError
 from featpipe.heads.finite import check_finite
+from featpipe.heads.preprocess import is_count
 
 
 def logistic_objective(
@@ -275,9 +276,10 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> None:
         _check_C(self.C)
-        if self.tol < 0 or int(self.max_iter) < 1:
+        if not (self.tol >= 0 and is_count(self.max_iter)):  # NaN tol; int() cut 2.5 to 2
             raise ConfigError(
-                f"tol must be >= 0 and max_iter >= 1; got tol={self.tol}, max_iter={self.max_iter}."
+                f"tol must be >= 0 and max_iter >= 1 (a whole number); got tol={self.tol!r}, "
+                f"max_iter={self.max_iter!r}."
             )
 
     def fit(self, X, y) -> TorchLinearClassifier:

@@ -56,6 +56,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.device import on_device, resolve_device, torch_threads
 from featpipe.errors import ConfigError
+from featpipe.heads.preprocess import is_count
 
 PATIENCE_STEPS = 100  # n_iter_no_change="auto": stop after about this many steps without gain
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -237,20 +238,22 @@ def mlp_path(
 def _check_params(p: TorchMLPClassifier, alphas: list[float]) -> list[int]:
     sizes = [p.hidden_layer_sizes] if np.isscalar(p.hidden_layer_sizes) else p.hidden_layer_sizes
     bad = []
-    if not all(int(s) >= 1 for s in sizes):
-        bad.append(f"hidden_layer_sizes must be positive; got {p.hidden_layer_sizes!r}")
+    if not all(is_count(s) for s in sizes):  # int() made (2.5,) a layer of 2 units
+        bad.append(
+            f"hidden_layer_sizes must be positive whole numbers; got {p.hidden_layer_sizes!r}"
+        )
     if not all(np.isfinite(a) and a >= 0 for a in alphas):
         bad.append(f"alpha must be >= 0 and finite; got {alphas}")
     batch = p.batch_size
     if not (batch == "auto" or (isinstance(batch, numbers.Integral) and batch >= 1)):
         bad.append(f"batch_size must be 'auto' or a positive integer; got {p.batch_size!r}")
-    if not (p.learning_rate_init > 0 and int(p.max_iter) >= 1 and p.tol >= 0):
+    if not (p.learning_rate_init > 0 and is_count(p.max_iter) and p.tol >= 0):
         bad.append(
-            "learning_rate_init must be > 0, max_iter >= 1 and tol >= 0; got "
-            f"{p.learning_rate_init}, {p.max_iter}, {p.tol}"
+            "learning_rate_init must be > 0, max_iter >= 1 (a whole number) and tol >= 0; got "
+            f"{p.learning_rate_init!r}, {p.max_iter!r}, {p.tol!r}"
         )
     patience = p.n_iter_no_change
-    if not (patience == "auto" if isinstance(patience, str) else int(patience) >= 1):
+    if not (patience == "auto" if isinstance(patience, str) else is_count(patience)):
         bad.append(f"n_iter_no_change must be 'auto' or >= 1; got {patience!r}")
     if p.precision not in PRECISIONS:
         bad.append(f"precision must be one of {', '.join(PRECISIONS)}; got {p.precision!r}")
