@@ -203,3 +203,17 @@ def test_a_folder_of_parquet_files_says_how_to_open_it(tmp_path):
     with pytest.raises(SourceError, match=rf"contains no images.* give hf-dataset:{tmp_path}\."):
         open_source(str(tmp_path))
     assert len(open_source(f"hf-dataset:{tmp_path}")) == 4
+
+
+def test_a_split_column_only_some_splits_have_is_read_where_it_is(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = [_png(i) for i in range(4)]
+    train = pa.table(
+        {"image": images, "label": [0, 1, 0, 1], "split": ["train"] * 2 + ["test"] * 2}
+    )
+    pq.write_table(train, tmp_path / "train.parquet")
+    pq.write_table(pa.table({"image": images[:2], "label": [0, 1]}), tmp_path / "test.parquet")
+    with pytest.warns(UserWarning, match=r"'test' rows are read as train"):
+        assert ParquetSource(tmp_path).split_counts() == {"train": 4, "val": 0, "test": 2}

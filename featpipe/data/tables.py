@@ -121,6 +121,7 @@ class TableSource(ImageSource):
                 {
                     split_alias(n): t.column(field.name).unique().to_pylist()
                     for n, t in tables.items()
+                    if field.name in t.column_names  # splits may differ in their columns
                 },
                 f"{self.kind} {str(self.root)!r}",
                 "featpipe reads a table's split from its file or folder name (train.parquet, "
