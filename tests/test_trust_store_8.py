@@ -4,6 +4,7 @@ file that cannot be made, and parts folders that no store maps (`featpipe cache 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import h5py
@@ -13,7 +14,12 @@ from extract_child import NoiseSource
 from filelock import FileLock
 
 from featpipe.cli import main
-from featpipe.errors import StoreWriteError, UnreadableStoreError
+from featpipe.errors import (
+    MissingPartError,
+    StoreNotFoundError,
+    StoreWriteError,
+    UnreadableStoreError,
+)
 from featpipe.extract import extract
 from featpipe.store import FeatureStore
 from featpipe.store.consolidate import consolidate
@@ -197,3 +203,28 @@ def test_prune_keeps_parts_folders_a_store_or_a_process_may_use(tmp_path, capsys
     assert (tmp_path / "new.parts" / "part-00000.h5").exists()
     assert (tmp_path / "notes.parts" / "todo.txt").exists()
     assert not (tmp_path / "live.h5").exists() and not (tmp_path / "live.parts").exists()
+
+
+def test_parts_deleted_while_a_parted_store_is_read_are_an_error_not_zeros(tmp_path):
+    """HDF5 reads a part file it cannot open as zeros: parts deleted (cache prune, rm)
+    while a head read the store block by block gave 32 of its 40 rows as zeros."""
+    _parted(tmp_path / "x.h5")
+    store = FeatureStore(tmp_path / "x.h5")
+    blocks = store.iter_chunks("pooled", rows=8)
+    next(blocks)
+    shutil.rmtree(parts_dir(tmp_path / "x.h5"))
+    with pytest.raises(MissingPartError, match=r"part files are missing: .*part-0000"):
+        list(blocks)
+    with pytest.raises(MissingPartError):
+        store.chunk_done()  # flags of missing parts read as False
+
+
+def test_a_store_deleted_after_it_was_opened_is_one_error(tmp_path):
+    """Each read opens the file: a store deleted between two reads (cache prune --all while
+    a head reads it) raised h5py's FileNotFoundError, a traceback under the CLI."""
+    path = tmp_path / "s.h5"
+    _chunked_store(path)
+    store = FeatureStore(path)
+    path.unlink()
+    with pytest.raises(StoreNotFoundError, match=r"s\.h5 is gone: it was deleted or moved"):
+        store.arrays("pooled")

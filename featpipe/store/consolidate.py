@@ -60,6 +60,7 @@ def consolidate(
                     g.attrs[name] = value
             _record_skipped(g, source)
             _copy(f, g, source, block_chunks)
+            source.check_present()  # a part deleted meanwhile was copied as zeros
         replace_store_file(tmp, out)
     except StoreInUseError:  # tmp is another consolidate's, or nothing was made: not ours
         raise

@@ -15,6 +15,7 @@ from featpipe.errors import (
     ConfigError,
     FeaturePipeError,
     IncompleteStoreError,
+    MissingPartError,
     NonFiniteFeaturesError,
     StoreInUseError,
     StoreMismatchError,
@@ -26,7 +27,14 @@ from featpipe.extras import import_extra
 from featpipe.store import schema
 from featpipe.store.files import lock_conflict, open_h5, unreadable
 from featpipe.store.lock import describe_owner, holder
-from featpipe.store.parts import Part, check_parts, describe_parts, is_parted
+from featpipe.store.parts import (
+    Part,
+    check_parts,
+    describe_parts,
+    is_parted,
+    missing_message,
+    missing_parts,
+)
 from featpipe.store.schema import decode_attrs, rows_done
 
 SKIPPED_SHOWN = 5  # skipped images that info() names
@@ -156,7 +164,14 @@ class FeatureStore:
             self.parts = check_parts(self.path, f.attrs, identity=bool(f.attrs["complete"]))
 
     def _open(self) -> h5py.File:
-        return open_h5(self.path)
+        try:
+            return open_h5(self.path)
+        except FileNotFoundError:  # each read opens the file: it can go between two reads
+            raise StoreNotFoundError(
+                f"{self.path} is gone: it was deleted or moved after it was opened (e.g. by "
+                "`featpipe cache prune`, which does not see readers between two reads). "
+                "Extract it again, or give the path it was moved to."
+            ) from None
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[h5py.File]:
@@ -173,6 +188,21 @@ class FeatureStore:
                 if self.parts is not None and lock_conflict(exc):
                     raise self._part_in_use() from exc
                 raise unreadable(self.path, f"its data is damaged ({exc})") from exc
+            else:
+                self.check_present()
+
+    def check_present(self, start: int = 0, stop: int | None = None) -> None:
+        """Raise MissingPartError when a part file of rows ``[start, stop)`` (all rows when
+        None) is gone. HDF5 reads a part it cannot open as zeros (False for flags), so a part
+        deleted while the store is read (``featpipe cache prune``, rm) gave zeros, not an
+        error: call it after each read of a parted store."""
+        if self.parts is None:
+            return
+        stop = self._n if stop is None else stop
+        parts = [p for p in self.parts if p.first_row < stop and p.stop_row > start]
+        missing = missing_parts(parts)
+        if missing:
+            raise MissingPartError(missing_message(self.path, missing, len(self.parts)))
 
     def _part_in_use(self) -> StoreInUseError:
         busy = [(p, owner) for p in self.parts or [] if (owner := holder(p.path)) is not None]
@@ -190,13 +220,16 @@ class FeatureStore:
 
     def read_rows(self, ds: h5py.Dataset, layer: str, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` of the features of ``layer``; a chunk that fails its
-        checksum is one UnreadableStoreError naming its rows and how to rewrite them."""
+        checksum is one UnreadableStoreError naming its rows and how to rewrite them, and a
+        part file gone meanwhile a MissingPartError (:meth:`check_present`)."""
         try:
-            return ds[start:stop]
+            rows = ds[start:stop]
         except OSError as exc:
             if CHECKSUM_FAILED not in str(exc):
                 raise
             raise self._checksum_failed(ds, layer, start, stop) from exc
+        self.check_present(start, stop)
+        return rows
 
     def _checksum_failed(self, ds: h5py.Dataset, layer: str, start: int, stop: int):
         """The error for rows ``[start, stop)`` of which some chunk fails its checksum."""
