@@ -217,3 +217,16 @@ def test_a_split_column_only_some_splits_have_is_read_where_it_is(tmp_path):
     pq.write_table(pa.table({"image": images[:2], "label": [0, 1]}), tmp_path / "test.parquet")
     with pytest.warns(UserWarning, match=r"'test' rows are read as train"):
         assert ParquetSource(tmp_path).split_counts() == {"train": 4, "val": 0, "test": 2}
+
+
+def test_a_split_without_the_label_column_is_named(tmp_path):
+    # a competition's test split has no labels: pyarrow's KeyError traceback
+    # ('Field "label" does not exist in schema')
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = [_png(i) for i in range(4)]
+    pq.write_table(pa.table({"image": images, "label": [0, 1, 0, 1]}), tmp_path / "train.parquet")
+    pq.write_table(pa.table({"image": images[:2]}), tmp_path / "test.parquet")
+    with pytest.raises(SourceError, match=r"its test split has no column 'label' \(its columns"):
+        ParquetSource(tmp_path)

@@ -76,6 +76,18 @@ class TableSource(ImageSource):
         self.label_column = _pick_column(
             label, "label", first.column_names, features, _is_class_label, LABEL_COLUMNS, self.root
         )
+        for name, table in tables.items():
+            lacking = [
+                c for c in (self.image_column, self.label_column) if c not in table.column_names
+            ]
+            if lacking:  # e.g. a competition's test split, without labels
+                raise SourceError(
+                    f"{self.kind} {str(self.root)!r}: its {name} split has no column "
+                    f"{' or '.join(map(repr, lacking))} (its columns: "
+                    f"{', '.join(table.column_names)}), which featpipe reads from its "
+                    f"{next(iter(tables))} split. Give every split the same columns, or leave "
+                    "that split out (a split without labels cannot be scored)."
+                )
         _check_same_class_names(self._part_features, self.label_column, self.root)
         self.split_names = list(tables)
         self._sizes = [len(t) for t in tables.values()]
