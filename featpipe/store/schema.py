@@ -72,7 +72,9 @@ once its layout is written, so a file at a store's path always has the full layo
 
 Beside a store, ``<store>.lock`` is the lock that one writing process holds from creating or
 resuming the store to finishing it, and ``<store>.lock.json`` names the holder (pid, host,
-since) while it is held. Readers take no lock.
+since) while it is held. Readers take no lock: a store deleted or moved while it is read is an
+error at its next read, and a parted store's reader checks after each read that the part
+files it read are still there (HDF5 reads a missing part as zeros).
 
 A store filled by several processes (torchrun ranks, ``--shard`` job-array tasks) has the
 **parted layout**, in the same format: its root has the attribute ``layout="parts"``,
