@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 from dataset_files import write_cifar, write_mnist, write_shards
-from PIL import Image, ImageCms
+from PIL import Image
 
 from featpipe.data import ArraySource, CSVSource, ParquetSource, load_rgb, open_source, to_rgb
 from featpipe.data.splits import subsample
@@ -20,6 +20,7 @@ from featpipe.errors import SourceError
 def test_a_lab_tiff_is_converted_to_srgb(tmp_path):
     # Pillow's LAB -> RGB conversion is a colour conversion (the one ImageCms builds), not a
     # copy of the L, a and b bytes as R, G and B
+    ImageCms = pytest.importorskip("PIL.ImageCms")  # Pillow built with littlecms
     pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     Image.frombytes("LAB", (8, 8), pixels.tobytes()).save(tmp_path / "lab.tif")
     with Image.open(tmp_path / "lab.tif") as lab:
