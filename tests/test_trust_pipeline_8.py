@@ -104,3 +104,15 @@ def test_one_weights_file_named_by_two_paths_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"features.backbones\[1\] = .* names the same backbone"):
         run_pipeline(pipeline(tmp_path, specs), progress=False, log=lambda _: None)
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_renamed_pipeline_reports_under_its_new_name(tmp_path):
+    # Before: the report's title came from its first row, a reused one of the old name
+    # ("featpipe report: old"), beside the new name in config.json and plan.json.
+    config = replace(pipeline(tmp_path, ["toy"]), name="old")
+    run_pipeline(config, progress=False, log=lambda _: None)
+    renamed = replace(config, name="new", probes=replace(config.probes, heads=("knn", "logreg")))
+    run_pipeline(renamed, progress=False, log=lambda _: None)
+    for _ in range(2):  # as `featpipe run` wrote it, then as `featpipe report` rebuilds it
+        assert (tmp_path / "run" / "report.md").read_text().startswith("# featpipe report: new\n")
+        write_report(tmp_path / "run")

@@ -78,9 +78,11 @@ class RunPlan:
         for r in rows:
             by_key.setdefault((r["method"], r["seed"], r["config_hash"]), []).append(r)
         made = {m.key: [r for r in by_key.get(m.key, []) if m.made_by(r)] for m in self.methods}
-        # Under the plan's label: a reused row keeps the one of the run that made it (before
-        # a second backbone joined, "kNN on layer pooled" lacked the "[backbone]" suffix).
-        current = [_labelled(made[m.key][-1], m.label) for m in self.methods if made[m.key]]
+        # Under the plan's run name and label: a reused row keeps those of the run that made it
+        # (before a second backbone joined, "kNN on layer pooled" lacked the "[backbone]" suffix).
+        current = [
+            _as_planned(made[m.key][-1], self.run, m.label) for m in self.methods if made[m.key]
+        ]
         missing = [m for m in self.methods if not made[m.key]]
         return current, missing, len(rows) - len(current)
 
@@ -105,9 +107,11 @@ class RunPlan:
         }
 
 
-def _labelled(row: dict, label: str) -> dict:
-    """``row`` under ``label`` (a copy, only when that changes it); no label keeps its own."""
-    return row if not label or row.get("label") == label else {**row, "label": label}
+def _as_planned(row: dict, run: str, label: str) -> dict:
+    """``row`` under ``run`` and ``label`` where it records them (a copy, only when that
+    changes it); an empty label keeps the row's own."""
+    names = {k: v for k, v in (("run", run), ("label", label)) if v and k in row}
+    return row if all(row[k] == v for k, v in names.items()) else {**row, **names}
 
 
 def write_plan(run_dir: str | Path, plan: RunPlan) -> Path:
