@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from featpipe.distributed import Ranks, current_ranks, process_group, under_torchrun
 from featpipe.errors import ConfigError
-from featpipe.heads.preprocess import is_count, make_preprocessor
+from featpipe.heads.preprocess import is_count, make_preprocessor, standard_scale
 from featpipe.heads.splits import layer_parts
 from featpipe.heads.streaming import ChunkReader, _array_chunks
 
@@ -179,16 +179,8 @@ def fitted_preprocessor(preprocess: str, pca: int | None, stats: RowStatistics, 
     step = pipeline.steps[0][1]
     if isinstance(step, StandardScaler):
         step.mean_, step.var_, step.n_samples_seen_ = stats.mean, stats.var, stats.n
-        step.scale_ = _scale(stats.mean, stats.var, stats.n)
+        step.scale_ = standard_scale(stats.mean, stats.var, stats.n)
         step.n_features_in_ = dim
     else:  # stateless: fitting only records the width
         step.fit(np.zeros((1, dim), np.float32))
     return pipeline
-
-
-def _scale(mean: np.ndarray, var: np.ndarray, n: int) -> np.ndarray:
-    """StandardScaler's scale: the standard deviation, 1 for features constant up to rounding
-    (the bound of scikit-learn's ``_is_constant_feature``)."""
-    eps = np.finfo(np.float64).eps
-    constant = var <= n * eps * var + (n * mean * eps) ** 2
-    return np.where(constant, 1.0, np.sqrt(var))

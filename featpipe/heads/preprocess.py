@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
@@ -52,3 +53,12 @@ def check_pca(pca: object) -> int | None:
             f"pca must be a positive whole number of components, or None for no PCA; got {pca!r}."
         )
     return int(pca)
+
+
+def standard_scale(mean: np.ndarray, var: np.ndarray, n: int) -> np.ndarray:
+    """StandardScaler's scale of ``n`` rows of mean ``mean`` and variance ``var``: the standard
+    deviation, 1 for features constant up to rounding (scikit-learn's ``_is_constant_feature``
+    bound), whose variance is rounding error and not a spread to divide by."""
+    eps = np.finfo(np.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    return np.where(constant, 1.0, np.sqrt(var))

@@ -12,6 +12,7 @@ import numpy as np
 
 from featpipe.errors import ConfigError
 from featpipe.heads.finite import check_finite
+from featpipe.heads.preprocess import standard_scale
 
 SplitArrays = Mapping[str, tuple[np.ndarray, np.ndarray]]
 # ``pooled+blocks.5:avg``: several stored layers read as one, side by side.
@@ -35,9 +36,12 @@ def layer_parts(layer: str) -> list[str]:
 
 
 def block_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation (1 where constant) of one layer's train rows."""
-    std = train.std(axis=0)
-    return train.mean(axis=0), np.where(std > 0, std, 1.0)
+    """Mean and standard deviation of one layer's train rows, in float64, the deviation 1
+    where the feature is constant up to rounding, as StandardScaler's: a constant float32
+    column's mean was an ulp off, its deviation 1e-8, and test rows 1e-4 away read as 10^4."""
+    train = np.asarray(train, np.float64)
+    mean, var = train.mean(axis=0), train.var(axis=0)
+    return mean, standard_scale(mean, var, len(train))
 
 
 def concatenated(blocks: list[np.ndarray], stats: list[tuple[np.ndarray, np.ndarray]]):
