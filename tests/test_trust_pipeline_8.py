@@ -116,3 +116,17 @@ def test_a_renamed_pipeline_reports_under_its_new_name(tmp_path):
     for _ in range(2):  # as `featpipe run` wrote it, then as `featpipe report` rebuilds it
         assert (tmp_path / "run" / "report.md").read_text().startswith("# featpipe report: new\n")
         write_report(tmp_path / "run")
+
+
+def test_a_backbone_spelled_otherwise_for_fine_tuning_is_refused(tmp_path):
+    # Before: its probe rows were labelled '[toy]' and its fine-tune '[builtin:toy]', as if
+    # two backbones, and LP-FT ran the backbone again instead of reading its feature store.
+    config = pipeline(tmp_path, ["toy"], modes=["head"])
+    config = replace(config, finetune=replace(config.finetune, backbones=("builtin:toy",)))
+    with pytest.raises(
+        ConfigError,
+        match=r"finetune.backbones\[0\] = 'builtin:toy' names the "
+        r"backbone of features.backbones\[0\] = 'toy'; write it the same way",
+    ):
+        run_pipeline(config, progress=False, log=lambda _: None)
+    assert not (tmp_path / "run").exists()

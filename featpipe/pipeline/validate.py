@@ -78,6 +78,7 @@ def check_models(config) -> dict:
                 except FeaturePipeError as exc:
                     raise ConfigError(f"{key}.backbones[{i}]: {exc}") from None
         _each_backbone_once(specs, built, f"{key}.backbones")
+    _spelled_alike(features.backbones, tuned, built)
     for spec in features.backbones:
         _check_layers(built[spec], features.image_size, list(features.layers))
     for spec in tuned:
@@ -105,6 +106,19 @@ def _each_backbone_once(specs, built: dict, where: str) -> None:
                 f"{specs[j]!r} ({canonical!r}); list each backbone once."
             )
         seen[canonical] = i
+
+
+def _spelled_alike(features: tuple[str, ...], tuned, built: dict) -> None:
+    """A backbone in both lists is written the same in both: else its rows went under two
+    names ('[toy]', '[builtin:toy]') and LP-FT did not read its feature store."""
+    written = {built[spec].spec: (i, spec) for i, spec in enumerate(features)}
+    for i, spec in enumerate(tuned):
+        j, other = written.get(built[spec].spec, (None, spec))
+        if other != spec:
+            raise ConfigError(
+                f"finetune.backbones[{i}] = {spec!r} names the backbone of features.backbones"
+                f"[{j}] = {other!r}; write it the same way in both lists."
+            )
 
 
 def check_cache_dir(config) -> None:
