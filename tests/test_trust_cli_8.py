@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_image_folder
+from torch import nn
 
+from featpipe.backbones import Backbone, Preprocessing, register_backbone, unregister_backbone
 from featpipe.cli import main
 from featpipe.errors import ConfigError
 from featpipe.heads import Embedder
@@ -42,10 +45,10 @@ def test_set_params_with_a_bad_batch_size_after_fit_is_refused() -> None:
 @pytest.mark.parametrize("size", ["100000", "4097", "7"])
 def test_an_absurd_image_size_is_refused_in_one_line(tmp_path, capsys, size) -> None:
     """--image-size 100000 asked torch for a 120 GB input and ended in an allocator
-    traceback; sizes out of 8..4096 are refused before anything is built or read."""
+    traceback; sizes out of 8..4096 are refused before the backbone is built."""
     out = tmp_path / "s.h5"
     argv = ["extract", "digits", "--backbone", "toy", "--image-size", size, "--out", str(out)]
-    assert main([*argv, "--limit-train", "2", "--no-progress"]) == 2
+    assert main([*argv, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert f"image size must be from 8 to 4096 pixels; got {size}" in err
@@ -78,3 +81,50 @@ def test_layers_names_the_modules_between_the_last_stage_and_the_classifier(caps
     tail = "  then, before the classifier 'classifier.3': avgpool, classifier.0, classifier.1, "
     assert said[-1] == tail + "classifier.2; frozen by partial:13 only"
     assert any(line.startswith("classifier.0 ") for line in said)  # and a layer to read
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+def build_nhwc_toy(spec) -> Backbone:
+    """A ConvNeXt-like block, as torchvision's CNBlock is: LayerNorm and Linear on H×W×C."""
+    torch.manual_seed(0)
+    block = nn.Sequential(Permute(0, 2, 3, 1), nn.LayerNorm(6), nn.Linear(6, 12))
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, stride=4, padding=1), block, Permute(0, 3, 1, 2), nn.Flatten(1)
+    )
+    model.append(nn.Sequential(nn.LazyLinear(5)))
+    model(torch.zeros(1, 3, 32, 32))  # materialise the lazy layer
+    return Backbone(spec=str(spec), model=model, preprocessing=Preprocessing(36, 32))
+
+
+@pytest.fixture
+def nhwc_toy():
+    register_backbone("nhwc_toy")(build_nhwc_toy)
+    yield
+    unregister_backbone("nhwc_toy")
+
+
+def test_a_channels_last_map_is_pooled_only_by_none(nhwc_toy, capsys) -> None:
+    """torchvision's and transformers' ConvNeXt blocks (and timm's with conv_mlp off) run
+    their LayerNorm and Linears on H×W×C maps that no list of channels-last layers named:
+    'features.7.2.block.3' (2×2×3072 at 64 px) was averaged over W and C into 2 features."""
+    with pytest.raises(ConfigError, match=r"'1\.2' gives channels-last maps \(H×W×C = 8×8×12"):
+        Embedder("nhwc_toy", layer="1.2", n_jobs=1).fit()
+    with pytest.raises(ConfigError, match="pooling 'max' would reduce over W and C"):
+        Embedder("nhwc_toy", layer="1.1:max", n_jobs=1).fit()
+    assert Embedder("nhwc_toy", layer="1.2:none", n_jobs=1).transform(IMAGES).shape == (3, 768)
+    assert Embedder("nhwc_toy", layer="0", n_jobs=1).transform(IMAGES).shape == (3, 6)
+    assert main(["layers", "nhwc_toy", "--filter", "1."]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[4:7]]
+    assert rows == [
+        ["1.0", "8×8×6", "ask", ":none", "384"],
+        ["1.1", "8×8×6", "ask", ":none", "384"],
+        ["1.2", "8×8×12", "ask", ":none", "768"],
+    ]

@@ -358,6 +358,14 @@ def _tokens_before_longest(model: nn.Module, size: int) -> list[str]:
     return [n for n, t in tokens[:first]]
 
 
+def looks_channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether a 3-D map of one image is H×W×C: inputs are square, so its first two dims are
+    equal and its last is not (ConvNeXt's LayerNorm and Linears inside a torchvision or
+    transformers block, which no backbone's list of channels-last layers names). A map with
+    as many channels as rows and columns cannot be told either way."""
+    return len(shape) == 3 and shape[0] == shape[1] != shape[2]
+
+
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -406,6 +414,14 @@ class FeatureModel(nn.Module):
             out = out[0]
         out = self.backbone.channels_first(spec.module, out)
         pooling = resolve_pooling(spec.pooling, out, self.backbone.token_pooling_of(spec.module))
+        if pooling != "none" and out.ndim == 4 and looks_channels_last(tuple(out.shape[1:])):
+            raise ConfigError(
+                f"Layer {spec.name!r} of {self.backbone.spec}: {spec.module!r} gives "
+                f"channels-last maps (H×W×C = {'×'.join(map(str, out.shape[1:]))}), which "
+                f"pooling {pooling!r} would reduce over W and C. Ask for "
+                f"'{spec.module}:none' (the output flattened), or pool a layer that "
+                f"`featpipe layers {self.backbone.spec}` shows as C×H×W (the block's output)."
+            )
         self.poolings[spec.name] = pooling
         if pooling == "mean":
             out = self.backbone.patch_tokens(spec.module, out)

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from featpipe.backbones import POOLINGS, get_backbone, hub, list_backbones, list_families
-from featpipe.backbones.base import Backbone
+from featpipe.backbones.base import Backbone, looks_channels_last
 from featpipe.backbones.efficientnet_lite import VARIANTS, install_hint, weights_installed
 from featpipe.backbones.layers import pool, resolve_pooling
 from featpipe.backbones.registry import get_family
@@ -142,10 +142,12 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 def _default_pooling(backbone: Backbone, name: str, shape: tuple[int, ...]) -> tuple[str, int]:
     """The pooling a request without ':POOLING' gets, and the feature dimension it gives;
     'ask :mean' (and mean's dimension) where such a request is refused (patch tokens before
-    the class token joins them)."""
+    the class token joins them), 'ask :none' where only none is taken (channels-last maps)."""
     dummy = torch.empty((1, *shape), device="meta")  # shape only, no memory
     if backbone.refuses_default(name):
         return "ask :mean", pool(dummy, "mean").shape[1]
+    if looks_channels_last(shape):  # any pooling but none is refused
+        return "ask :none", pool(dummy, "none").shape[1]
     pooling = resolve_pooling(None, dummy, backbone.token_pooling_of(name))
     return pooling, pool(dummy, pooling).shape[1]
 
