@@ -128,3 +128,27 @@ def test_a_channels_last_map_is_pooled_only_by_none(nhwc_toy, capsys) -> None:
         ["1.1", "8×8×6", "ask", ":none", "384"],
         ["1.2", "8×8×12", "ask", ":none", "768"],
     ]
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("--out", "--out {d} is a folder; it must name a file, e.g. {d}/results.json"),
+        ("--save-dir", "--save-dir {f}: {f} is a file, not a folder"),
+        ("--run-dir", "--run-dir {f}: {f} is a file, not a folder"),
+    ],
+)
+def test_probe_refuses_an_output_it_cannot_write_before_fitting(
+    image_folder, tmp_path, capsys, monkeypatch, option, said
+) -> None:
+    """probe --out FOLDER fitted every head, then ended in IsADirectoryError; --save-dir FILE
+    in FileExistsError after the first head (tracebacks, and the fits lost)."""
+    store = tmp_path / "s.h5"
+    argv = ["extract", str(image_folder), "--backbone", "toy", "--out", str(store)]
+    assert main([*argv, "--no-progress", "--workers", "0"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("featpipe.heads.select_and_fit", lambda *a, **k: pytest.fail("fitted"))
+    where = tmp_path if option == "--out" else store
+    assert main(["probe", str(store), option, str(where), "--heads", "knn"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said.format(d=tmp_path, f=store) in err

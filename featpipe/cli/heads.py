@@ -141,7 +141,13 @@ def run_probe(args: argparse.Namespace) -> int:
     from featpipe.heads.fewshot import require_k_per_class, require_test_split, splits_with_rows
     from featpipe.heads.splits import FeatureSplits, layer_parts
     from featpipe.store import FeatureStore
+    from featpipe.store.writer import check_out_file
 
+    # Written after every head is fitted: a path that cannot be written is refused first.
+    if args.out:
+        check_out_file(args.out, option="--out", example="results.json")
+    for option, folder in (("--save-dir", args.save_dir), ("--run-dir", args.run_dir)):
+        _check_folder(folder, option)
     store = FeatureStore(args.store)
     layer = pick_layer(store, args.layer)
     if args.save_dir and len(layer_parts(layer)) > 1:
@@ -209,6 +215,18 @@ def run_probe(args: argparse.Namespace) -> int:
     if args.run_dir:
         _record(args, store, layer, device, results)
     return 0
+
+
+def _check_folder(path: Path | None, option: str) -> None:
+    """Refuse a folder option that names a file (the folder is made when missing)."""
+    for at in [path, *path.parents] if path else []:
+        if at.exists():
+            if not at.is_dir():
+                raise ConfigError(
+                    f"{option} {path}: {at} is a file, not a folder. Give a folder (it is "
+                    "created when missing)."
+                )
+            return
 
 
 def _head_names(text: str) -> list[str]:
@@ -317,7 +335,10 @@ def _is_store(inputs: list[str]) -> bool:
 
 def run_predict(args: argparse.Namespace) -> int:
     from featpipe.heads import check_head_matches, load_head
+    from featpipe.store.writer import check_out_file
 
+    if args.out:  # before the inputs are read and embedded
+        check_out_file(args.out, option="--out", example="predictions.csv")
     head, sidecar = load_head(args.head)
     layer = sidecar.get("layer")
     if _is_store(args.inputs):
