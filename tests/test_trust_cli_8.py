@@ -152,3 +152,14 @@ def test_probe_refuses_an_output_it_cannot_write_before_fitting(
     assert main(["probe", str(store), option, str(where), "--heads", "knn"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and said.format(d=tmp_path, f=store) in err
+
+
+@pytest.mark.parametrize("given", [["--epochs", "0"], ["--grid", "epochs=2,0"]])
+def test_finetune_refuses_zero_epochs_as_a_pipeline_does(tmp_path, capsys, given) -> None:
+    """featpipe finetune --epochs 0 trained nothing and reported the untrained network (10 %
+    on digits) as a fine-tune, in a run folder; the pipeline refuses finetune.epochs = 0."""
+    argv = ["finetune", "--data", "digits", "--backbone", "toy", "--run-dir", str(tmp_path / "r")]
+    assert main([*argv, *given, "--limit-train", "20", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs=0 trains no epoch" in err or "--epochs 0 trains no epoch" in err
+    assert not (tmp_path / "r").exists()

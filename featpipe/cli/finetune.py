@@ -15,6 +15,7 @@ from featpipe.cli.options import (
     add_limit_options,
     apply_limits,
 )
+from featpipe.errors import ConfigError
 from featpipe.interrupt import Interrupted
 
 EPILOG = """\
@@ -162,7 +163,6 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     """``["lr=0.01,0.05", "augment=none,standard"]`` -> ``{"lr": [0.01, 0.05], ...}``: each
     value read as TOML (a number, a boolean), else as a number the flags accept (``.05``),
     or else as a string; ``patience`` 0 is None (no early stopping), as ``--patience 0``."""
-    from featpipe.errors import ConfigError
     from featpipe.finetune.search import check_grid
 
     grid = {}
@@ -230,7 +230,6 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     from featpipe.device import resolve_device
-    from featpipe.errors import ConfigError
     from featpipe.evaluate import measure
     from featpipe.finetune import FineTuner, ddp
     from featpipe.finetune.callbacks import WriteJson
@@ -248,6 +247,14 @@ def _finetune(args: argparse.Namespace) -> int:
     }
     # Bad settings, and any grid combination's, fail before the data is opened.
     check_candidates(FineTuner(args.backbone, **params), grid, "--grid")
+    # As a pipeline refuses it: no epoch reports the untrained network as a fine-tune.
+    given = [f"--epochs {args.epochs}"] if args.epochs < 1 else []
+    given += [f"--grid epochs={v}" for v in grid.get("epochs", []) if v < 1]
+    if given:
+        raise ConfigError(
+            f"{given[0]} trains no epoch: the untrained network would be reported as a "
+            "fine-tune. Give 1 or more (`featpipe probe` fits heads on frozen features)."
+        )
     source = _source(args)
     run_dir = ddp.from_main(_run_dir(args))  # one folder, named by rank 0's clock
     main = ddp.is_main()  # rank 0 prints and writes the run folder
