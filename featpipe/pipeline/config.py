@@ -117,11 +117,20 @@ def _check_modes(value: tuple[str, ...], where: str) -> None:
     from featpipe.finetune.freezing import Mode
 
     _each_once(value, where)
+    parsed: dict[Mode, int] = {}
     for i, text in enumerate(value):
         try:
-            Mode.parse(text)
+            mode = Mode.parse(text)
         except ConfigError as exc:
             raise ConfigError(f"{where}[{i}]: {exc}") from None
+        # 'partial:02' is 'partial:2': the same fine-tune would train twice under two labels.
+        if mode in parsed:
+            j = parsed[mode]
+            raise ConfigError(
+                f"{where}[{i}] = {text!r} is the mode of {where}[{j}] = {value[j]!r} "
+                f"({str(mode)!r}); list each mode once."
+            )
+        parsed[mode] = i
 
 
 # FineTuner settings a pipeline needs above 0 (FineTuner itself takes epochs = 0: LP-FT's probe).
