@@ -8,7 +8,7 @@ import pytest
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 
 from featpipe.errors import ConfigError
-from featpipe.pipeline import config_from_dict
+from featpipe.pipeline import config_from_dict, run_pipeline
 
 
 def pipeline(tmp_path, probes: dict | None = None, **finetune):
@@ -46,3 +46,16 @@ def test_one_mode_written_two_ways_is_refused(tmp_path, modes, match):
     # 'fine-tuning (partial:02)', two methods of the report.
     with pytest.raises(ConfigError, match=match):
         pipeline(tmp_path, modes=modes)
+
+
+def test_a_grid_for_a_head_the_pipeline_does_not_run_is_warned_of(tmp_path):
+    # Before: the logreg grid (a typo'd or forgotten head) was ignored without a word.
+    grids = {"knn": {"n_neighbors": [1]}, "logreg": {"C": [1.0]}, "mlp": {"alpha": [0.1]}}
+    config = pipeline(tmp_path, {"heads": ["knn"], "grids": grids})
+    with pytest.warns(UserWarning) as caught:
+        run_pipeline(config, progress=False, log=lambda _: None)
+    said = [str(w.message) for w in caught if "probes.grids" in str(w.message)]
+    assert said == [
+        "probes.grids.logreg, probes.grids.mlp are not used: the pipeline runs no such head "
+        "(probes.heads: knn). Add the head to probes.heads, or remove its grid."
+    ]

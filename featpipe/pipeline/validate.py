@@ -34,6 +34,7 @@ def check_grids(config) -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(_DRY_ROWS, _DRY_DIM))
     y = np.arange(_DRY_ROWS) % _DRY_CLASSES
+    _unused_grids(config.probes)
     for name, grid in config.probes.grids.items():
         if name not in config.probes.heads:
             continue
@@ -58,6 +59,23 @@ def check_grids(config) -> None:
                     raise ConfigError(
                         f"{where}[{i}] = {value!r} is not a valid setting of head {name!r}: {exc}"
                     ) from exc
+
+
+def _unused_grids(probes) -> None:
+    """Warn of a grid given for a head the pipeline does not run: it changes nothing, most
+    likely a head left out of probes.heads (or a grid meant for another head). A warning, not
+    an error: narrowing probes.heads with --set keeps the file's other grids."""
+    unused = [name for name in probes.grids if name not in probes.heads]
+    if unused:
+        runs = ", ".join(probes.heads) if probes.heads else "none"
+        grids = ", ".join(f"probes.grids.{name}" for name in unused)
+        are = "is" if len(unused) == 1 else "are"
+        warnings.warn(
+            f"{grids} {are} not used: the pipeline runs no such head (probes.heads: {runs}). "
+            "Add the head to probes.heads, or remove its grid.",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def check_models(config) -> dict:
