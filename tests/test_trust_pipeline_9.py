@@ -5,8 +5,14 @@ over other left-out images is announced as such."""
 from __future__ import annotations
 
 import pytest
+import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from conftest import make_image_folder
+from PIL import Image
+from toy_backbone import ToyNet, build_toy
 
+from featpipe.backbones import register_backbone
+from featpipe.backbones.registry import _BUILTINS
 from featpipe.errors import ConfigError
 from featpipe.pipeline import config_from_dict, run_pipeline
 
@@ -58,4 +64,47 @@ def test_a_grid_for_a_head_the_pipeline_does_not_run_is_warned_of(tmp_path):
     assert said == [
         "probes.grids.logreg, probes.grids.mlp are not used: the pipeline runs no such head "
         "(probes.heads: knn). Add the head to probes.heads, or remove its grid."
+    ]
+
+
+class WhiteNaN(ToyNet):
+    """The toy CNN giving NaN features for white images (and only for them)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        white = x.flatten(1).mean(1) > 2.3  # normalised white; the random images stay below 2
+        return super().forward(torch.where(white[:, None, None, None], torch.nan, x))
+
+
+if "toy_white_nan9" not in _BUILTINS:
+
+    @register_backbone("toy_white_nan9")
+    def _build(spec):
+        backbone = build_toy(spec)
+        backbone.model = WhiteNaN()
+        return backbone
+
+
+def test_a_fine_tune_over_other_left_out_images_is_announced_so(tmp_path):
+    # Before: "recomputing fine-tuning (head) (seed 0): its row was made by another version
+    # of backbone toy (changed since: images_left_out)", though toy was the same.
+    root = make_image_folder(tmp_path / "images", per_class=4, splits=("train", "val", "test"))
+    Image.new("RGB", (20, 16), "white").save(root / "test/cat/001.jpg", quality=90)
+
+    def run(feature_backbone: str) -> list[str]:
+        config = config_from_dict({
+            "name": "left-out", "n_boot": 10, "device": "cpu", "out": str(tmp_path / "run"),
+            "source": {"data": str(root)},
+            "features": {"backbones": [feature_backbone], "batch_size": 8,
+                         "cache_dir": str(tmp_path / "c"), "on_error": "skip"},
+            "probes": {"heads": ["knn"]},
+            "finetune": {"backbones": ["toy"], "modes": ["head"], "epochs": 1, "batch_size": 8},
+        })  # fmt: skip
+        said: list[str] = []
+        run_pipeline(config, progress=False, log=said.append)
+        return [line for line in said if line.startswith("recomputing")]
+
+    assert run("toy_white_nan9") == []
+    assert run("toy") == [
+        "recomputing fine-tuning (head) (seed 0): its row was made over other images: the "
+        "feature stores leave out other images now; that row stays in results.jsonl as history"
     ]

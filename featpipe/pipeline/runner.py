@@ -134,11 +134,10 @@ class PipelineRunner:
                 self.log(f"reusing finished {job.label} (seed {job.seed})")
             elif job.key in by_key:
                 made = (by_key[job.key].get("provenance") or {}).get("backbone") or {}
-                changed = _differs(made, backbone_identity(context, job))
+                why = _made_otherwise(made, backbone_identity(context, job), job.backbone)
                 self.log(
-                    f"recomputing {job.label} (seed {job.seed}): its row was made by another "
-                    f"version of backbone {job.backbone} (changed since: {changed}); that row "
-                    f"stays in {results.name} as history"
+                    f"recomputing {job.label} (seed {job.seed}): its row was made {why}; "
+                    f"that row stays in {results.name} as history"
                 )
         return [j for j in jobs if j.key in missing]
 
@@ -339,9 +338,17 @@ def _remove_stale_reports(run_dir: Path, rows: list[dict], run_plan: RunPlan) ->
     return True
 
 
-def _differs(made: dict, now: dict) -> str:
-    """The fields of two backbone identities that differ."""
-    return ", ".join(sorted(k for k in set(made) | set(now) if made.get(k) != now.get(k)))
+def _made_otherwise(made: dict, now: dict, backbone: str) -> str:
+    """How the identity a row records differs from the run's: another version of its
+    backbone (the fields that differ), or, for a fine-tune, other images left out."""
+    changed = sorted(k for k in set(made) | set(now) if made.get(k) != now.get(k))
+    why = []
+    if changed != [finetune_stage.LEFT_OUT]:
+        fields = ", ".join(k for k in changed if k != finetune_stage.LEFT_OUT)
+        why.append(f"by another version of backbone {backbone} (changed since: {fields})")
+    if finetune_stage.LEFT_OUT in changed:
+        why.append("over other images: the feature stores leave out other images now")
+    return " and ".join(why)
 
 
 def _quiet(_message: str) -> None:
