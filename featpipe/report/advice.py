@@ -94,8 +94,8 @@ def recommendation(summaries: list[MethodSummary], n_boot: int) -> list[str]:
     ]
     for paragraph in (
         _finetune_sentence(at_full, n_boot),
-        _layer_sentence(at_full),
-        _crossover_sentence(summaries) if swept else None,
+        _layer_sentence(at_full, n_boot),
+        _crossover_sentence(summaries, n_boot) if swept else None,
     ):
         if paragraph:
             text.append(paragraph)
@@ -181,7 +181,17 @@ def _finetune_sentence(summaries: list[MethodSummary], n_boot: int) -> str | Non
     )
 
 
-def _layer_sentence(summaries: list[MethodSummary]) -> str | None:
+def _on_test(a: MethodSummary, b: MethodSummary, n_boot: int) -> tuple[bool, str]:
+    """Whether A clearly beats B on test (a validation gap can be noise: 0.1 point on a few
+    hundred images), and the paired comparison in words."""
+    paired = compare_pair(a, b, n_boot)
+    if paired is None:
+        return False, f"{a.label} and {b.label} could not be compared on test ({NOT_PAIRED})"
+    c = paired.comparison
+    return c.verdict == "clear" and c.difference > 0, f"{c.sentence()} (test, seed {paired.seed})"
+
+
+def _layer_sentence(summaries: list[MethodSummary], n_boot: int) -> str | None:
     by_layer: dict[str, MethodSummary] = {}
     for s in summaries:
         usable = s.kind == MethodKind.PROBE and s.layer and s.val_accuracy is not None
@@ -199,9 +209,16 @@ def _layer_sentence(summaries: list[MethodSummary]) -> str | None:
         return text + "."
     if top is final:
         return text + "; no intermediate layer beat the final one."
+    against = (
+        f"({FINAL_LAYER}: best validation {_pct(final.val_accuracy)} with {final.label}, "
+        f"{_pct(final.top1)} on test)"
+    )
+    clear, paired = _on_test(top, final, n_boot)
+    if clear:
+        return text + f": an intermediate layer beat the final one {against}."
     return (
-        text + f": an intermediate layer beat the final one ({FINAL_LAYER}: best validation "
-        f"{_pct(final.val_accuracy)} with {final.label}, {_pct(final.top1)} on test)."
+        text + f": an intermediate layer is ahead of the final one on validation {against}, "
+        f"but the test images do not confirm it: {paired}."
     )
 
 
@@ -224,7 +241,7 @@ def crossover(summaries: list[MethodSummary]) -> tuple[int | None, list[tuple]]:
     return from_size, steps
 
 
-def _crossover_sentence(summaries: list[MethodSummary]) -> str | None:
+def _crossover_sentence(summaries: list[MethodSummary], n_boot: int) -> str | None:
     from_size, steps = crossover(summaries)
     if not steps:
         return None
@@ -239,11 +256,23 @@ def _crossover_sentence(summaries: list[MethodSummary]) -> str | None:
             "probe stays ahead of the best fine-tune on validation at every size."
         )
     _, tune, probe = next(step for step in steps if step[0] == from_size)
+    at = (
+        f"at {from_size}, {tune.label} {_pct(tune.val_accuracy)} against {probe.label} "
+        f"{_pct(probe.val_accuracy)} (test {_pct(tune.top1)} against {_pct(probe.top1)})"
+    )
+    # Ahead on validation by any gap is not yet a crossover: each size's lead must hold on test.
+    unclear = [(size, _on_test(t, p, n_boot)) for size, t, p in steps if size >= from_size]
+    unclear = [(size, paired) for size, (clear, paired) in unclear if not clear]
+    if not unclear:
+        return (
+            f"Fine-tuning starts to pay off from {from_size} training images (sweep: {sizes}): "
+            f"from there on the best fine-tune beats the best probe on validation; {at}."
+        )
+    doubts = "; ".join(f"at {size}, {paired}" for size, paired in unclear)
     return (
-        f"Fine-tuning starts to pay off from {from_size} training images (sweep: {sizes}): "
-        f"from there on the best fine-tune beats the best probe on validation; at "
-        f"{from_size}, {tune.label} {_pct(tune.val_accuracy)} against {probe.label} "
-        f"{_pct(probe.val_accuracy)} (test {_pct(tune.top1)} against {_pct(probe.top1)})."
+        f"The best fine-tune is ahead of the best probe on validation from {from_size} training "
+        f"images on (sweep: {sizes}): {at}. The test images do not confirm a crossover: "
+        f"{doubts}."
     )
 
 
@@ -264,10 +293,14 @@ def warnings_for(summaries: list[MethodSummary]) -> list[str]:
 
 
 def _finetune_warnings(s: MethodSummary) -> list[str]:
-    row = s.rows[0]
+    """A line per seed that looks broken: one good seed does not vouch for the others."""
+    return [line for row in s.rows if (line := _broken_seed(s, row))]
+
+
+def _broken_seed(s: MethodSummary, row: dict) -> str | None:
     history = row.get("history") or []
     if not history:
-        return []
+        return None
     start = history[0].get("val_accuracy")
     last = history[-1].get("val_accuracy")
     probe = history[0].get("probe") or {}
@@ -287,11 +320,11 @@ def _finetune_warnings(s: MethodSummary) -> list[str]:
             f"{_pct(probe_val)} on validation)"
         )
     if not problems:
-        return []
-    return [
+        return None
+    return (
         f"{s.label} (seed {row['seed']}) looks broken: {'; '.join(problems)}. "
         f"Likely causes: {_likely_causes(s, row)}."
-    ]
+    )
 
 
 def _likely_causes(s: MethodSummary, row: dict) -> str:

@@ -315,44 +315,62 @@ def _skipped_notes(rows: list[dict]) -> list[str]:
     ]
 
 
-def _dedup_table(summaries: list[MethodSummary], checks: DataChecks) -> Table | None:
-    """Test top-1 of each method (first seed) with the duplicated test images left out, so a
-    reader sees whether leakage inflates the numbers."""
+def _dedup_blocks(summaries: list[MethodSummary], checks: DataChecks) -> list:
+    """Test top-1 of each method (the mean over its seeds, as in the results table) with the
+    duplicated test images left out, so a reader sees whether leakage inflates the numbers;
+    and which methods the table leaves out, since their predictions cannot be matched to the
+    checked test images."""
     drop_exact, drop_near = checks.duplicated_test, checks.near_test | checks.duplicated_test
     if not drop_exact and not drop_near:
-        return None
+        return []
     key = ids_sha256(checks.test_ids)
     keep_exact = np.array([i not in drop_exact for i in checks.test_ids])
     keep_near = np.array([i not in drop_near for i in checks.test_ids])
-    rows = []
+    rows, left_out = [], []
     for s in summaries:
-        row = s.rows[0]
-        if row["test"]["ids_sha256"] != key:
-            continue  # tested on other images (e.g. a fine-tune that read skipped files)
-        correct = np.asarray(row["test"]["y_true"]) == np.asarray(row["test"]["y_pred"])
-        cells = [correct[k].mean() if k.any() else None for k in (keep_exact, keep_near)]
-        rows.append([s.label, _pct(correct.mean()), *(_pct(c) for c in cells)])
-    if not rows:
-        return None
-    return Table(
-        [
-            "method",
-            f"test top-1 % ({len(checks.test_ids)} images)",
-            f"without exact duplicates ({int(keep_exact.sum())})",
-            f"without exact and near-duplicates ({int(keep_near.sum())})",
-        ],
-        rows,
-    )
+        tested = [r for r in s.rows if r["test"]["ids_sha256"] == key]
+        if not tested:  # tested on other images (e.g. a fine-tune that read skipped files)
+            left_out.append(s.label)
+            continue
+        # seeds × images: each seed tests the same images, so the mean is that of the seeds'
+        correct = np.array(
+            [np.asarray(r["test"]["y_true"]) == np.asarray(r["test"]["y_pred"]) for r in tested]
+        )
+        cells = [correct[:, k].mean() if k.any() else None for k in (keep_exact, keep_near)]
+        label = s.label
+        if len(tested) < len(s.rows):
+            label += f" (seeds {', '.join(str(r['seed']) for r in tested)})"
+        rows.append([label, _pct(correct.mean()), *(_pct(c) for c in cells)])
+    blocks: list = []
+    if rows:
+        blocks += [
+            "Test top-1 (mean over seeds) with the duplicated test images left out:",
+            Table(
+                [
+                    "method",
+                    f"test top-1 % ({len(checks.test_ids)} images)",
+                    f"without exact duplicates ({int(keep_exact.sum())})",
+                    f"without exact and near-duplicates ({int(keep_near.sum())})",
+                ],
+                rows,
+            ),
+        ]
+    if left_out:
+        blocks.append(
+            f"Not in {'this table' if rows else 'a table without the duplicated test images'}: "
+            f"{', '.join(left_out)}, which tested other images than the ones checked (or in "
+            "another order, e.g. a fine-tune that read images the feature store skipped), so "
+            "their predictions cannot be matched to the duplicated images."
+        )
+    return blocks
 
 
 def _checks_section(summaries: list[MethodSummary], checks: DataChecks) -> Section:
     blocks: list = [
         "Checks on the data (also `featpipe check STORE`):",
         checks.lines(),
+        *_dedup_blocks(summaries, checks),
     ]
-    table = _dedup_table(summaries, checks)
-    if table:
-        blocks += ["Test top-1 (first seed) with the duplicated test images left out:", table]
     return Section("Data checks", blocks)
 
 
