@@ -13,7 +13,7 @@ from featpipe.backbones.layers import pool, resolve_pooling
 from featpipe.backbones.registry import get_family
 from featpipe.errors import ConfigError
 from featpipe.extras import pip_line
-from featpipe.finetune.freezing import _unstaged_tail
+from featpipe.finetune.freezing import unstaged_tail
 
 SPEC_GRAMMAR = """\
 Spec grammar: [FAMILY:]NAME[@WEIGHTS]
@@ -187,7 +187,7 @@ def run_layers(args: argparse.Namespace) -> int:
         print("  none declared: partial:N cannot be used")
     elif backbone.classifier:
         # In no stage, yet they compute 'pooled': partial:N with every stage freezes them.
-        tail = _unstaged_tail(backbone.model, backbone.classifier, backbone.stages)
+        tail = unstaged_tail(backbone.model, backbone.classifier, backbone.stages)
         named = {name for name, _ in layers}
         tail = [n + ("" if n in named else " (not a layer)") for n in tail]
         if tail:

@@ -78,7 +78,7 @@ def _unstaged_stem(model: nn.Module, stages: list[tuple[str, ...]]) -> list[str]
     return list(out)
 
 
-def _unstaged_tail(model: nn.Module, head: str, stages: list[tuple[str, ...]]) -> list[str]:
+def unstaged_tail(model: nn.Module, head: str, stages: list[tuple[str, ...]]) -> list[str]:
     """Modules registered after the last stage and before the new head that no stage holds:
     the part of the classifier that computes the ``pooled`` features (MobileNetV3's
     ``classifier.0`` Linear + Hardswish, ConvNeXt's final LayerNorm), which stages leave out."""
@@ -124,7 +124,7 @@ def freeze(
         names += _unstaged_stem(model, stages)
         if mode.stages == len(stages):
             # They compute the pooled features: training them would be no frozen extractor.
-            names += _unstaged_tail(model, head, stages)
+            names += unstaged_tail(model, head, stages)
         params = dict(model.named_parameters())
         unknown = [n for n in names if n not in modules and n not in params]
         if unknown:
