@@ -4,6 +4,36 @@ public ``unstaged_tail``."""
 
 from __future__ import annotations
 
+import pytest
+from finetune_child import synthetic_source
+from test_finetune import tuner
+
+from featpipe.cli import main as cli_main
+from featpipe.errors import ConfigError
+
+
+def test_a_mode_the_backbone_cannot_take_is_refused_before_the_run_folder(
+    split_image_folder, tmp_path, capsys
+):
+    # partial:99 on a backbone of 3 stages was refused after the run folder was made: an
+    # empty folder holding last.pt.lock was left behind (by the CLI and by FineTuner.fit).
+    run_dir = tmp_path / "runs" / "ft"
+    with pytest.raises(ConfigError, match=r"'partial:99' freezes more stages .* \(3: 0 stem"):
+        tuner(mode="partial:99", run_dir=run_dir).fit(synthetic_source())
+    assert not run_dir.exists()
+    args = "finetune --backbone toy --epochs 1 --batch-size 4 --no-progress --mode partial:99"
+    code = cli_main([*args.split(), "--data", str(split_image_folder), "--run-dir", str(run_dir)])
+    assert code == 2 and "'partial:99' freezes more stages" in capsys.readouterr().err
+    assert not run_dir.exists() and (tmp_path / "runs").exists()
+
+
+def test_a_run_folder_that_existed_is_kept_when_the_mode_is_refused(split_image_folder, tmp_path):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    args = "finetune --backbone toy --epochs 1 --batch-size 4 --no-progress --mode partial:9"
+    assert cli_main([*args.split(), "--data", str(split_image_folder), "--run-dir", str(kept)]) == 2
+    assert kept.is_dir() and not any(kept.iterdir())
+
 
 def test_backbones_uses_the_public_unstaged_tail():
     from featpipe.cli import backbones

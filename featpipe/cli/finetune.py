@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -218,6 +219,13 @@ def _shown_counts(source, counts: dict, args: argparse.Namespace) -> str:
     return f"{shown} (val carved from train: --val-fraction {args.val_fraction:g})"
 
 
+def _remove_if_empty(run_dir: Path | None) -> None:
+    """Remove the run folder this command made if nothing was written in it."""
+    if run_dir is not None:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only an empty folder goes
+
+
 def run_finetune(args: argparse.Namespace) -> int:
     from featpipe.device import resolve_device
     from featpipe.distributed import process_group
@@ -258,6 +266,7 @@ def _finetune(args: argparse.Namespace) -> int:
     source = _source(args)
     run_dir = ddp.from_main(_run_dir(args))  # one folder, named by rank 0's clock
     main = ddp.is_main()  # rank 0 prints and writes the run folder
+    made = None
     tuner = FineTuner(args.backbone, run_dir=run_dir, **params)
     counts = source.split_counts()
     if main:
@@ -266,6 +275,7 @@ def _finetune(args: argparse.Namespace) -> int:
             f"{args.backbone} mode={args.mode} on {len(source)} images "
             f"{_shown_counts(source, counts, args)}{world}; run: {run_dir}"
         )
+        made = run_dir if not run_dir.exists() else None  # removed again if left empty
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file of that name, a read-only folder
@@ -295,8 +305,12 @@ def _finetune(args: argparse.Namespace) -> int:
             else:
                 tuner.fit(source)
         except Interrupted as exc:
+            _remove_if_empty(made)
             if args.run_dir is None and not grid:
                 raise exc.with_message(tuner.interrupted_message(again)) from None
+            raise
+        except BaseException:
+            _remove_if_empty(made)  # a fit refused before training (the mode, the backbone)
             raise
         if counts["test"]:  # the one look at test, after selection
             start = time.perf_counter()

@@ -99,6 +99,21 @@ def _within(name: str, names: list[str]) -> bool:
     return any(name == n or name.startswith(n + ".") for n in names)
 
 
+def check_mode(mode: Mode, stages: Sequence[str | Sequence[str]]) -> None:
+    """A ConfigError unless ``mode`` can be applied to a backbone with ``stages``: checked
+    before a fit makes its run folder, and again by ``freeze``."""
+    if mode.kind != "partial":
+        return
+    stages = as_stages(stages)
+    if not stages:
+        raise ConfigError("This backbone declares no stages, so 'partial:N' cannot be used.")
+    if mode.stages > len(stages):
+        raise ConfigError(
+            f"Mode 'partial:{mode.stages}' freezes more stages than the backbone has "
+            f"({len(stages)}: {describe_stages(stages)}); use N between 1 and {len(stages)}."
+        )
+
+
 def freeze(
     model: nn.Module, mode: Mode, stages: Sequence[str | Sequence[str]], head: str
 ) -> Frozen:
@@ -112,13 +127,7 @@ def freeze(
     frozen_modules: list[str] = []
     frozen_params: list[str] = []
     if mode.kind == "partial":
-        if not stages:
-            raise ConfigError("This backbone declares no stages, so 'partial:N' cannot be used.")
-        if mode.stages > len(stages):
-            raise ConfigError(
-                f"Mode 'partial:{mode.stages}' freezes more stages than the backbone has "
-                f"({len(stages)}: {describe_stages(stages)}); use N between 1 and {len(stages)}."
-            )
+        check_mode(mode, stages)
         names = [n for stage in stages[: mode.stages] for n in stage]
         # Training a stem left out of the stages under frozen stages would make no sense.
         names += _unstaged_stem(model, stages)

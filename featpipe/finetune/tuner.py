@@ -53,7 +53,7 @@ from featpipe.finetune.data import (
     split_rows,
     train_transform,
 )
-from featpipe.finetune.freezing import Mode, freeze, set_train_mode
+from featpipe.finetune.freezing import Mode, check_mode, freeze, set_train_mode
 from featpipe.finetune.recipe import OPTIMIZERS, build_optimizer, param_groups, warmup_cosine
 from featpipe.interrupt import Interrupted, deferred
 from featpipe.store import FeatureStore
@@ -200,13 +200,12 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         from anything else raises StoreMismatchError). Other modes do not use it."""
         mode = self._check_params()
         self.device_ = resolve_device(self.device)
-        with (
-            on_device(self.device_),
-            cudnn_autotune(self.device_),
-            ddp.joined(self.device_),
-            self._run_dir_held(),
-        ):
-            return self._fit(mode, source, probe_features)
+        with on_device(self.device_), cudnn_autotune(self.device_), ddp.joined(self.device_):
+            # Before the run folder is made: a mode the backbone cannot take leaves nothing.
+            self.backbone_ = get_backbone(spec_for(self.backbone, mode), self.image_size)
+            check_mode(mode, self.backbone_.stages)
+            with self._run_dir_held():
+                return self._fit(mode, source, probe_features)
 
     @contextlib.contextmanager
     def _run_dir_held(self) -> Iterator[None]:
@@ -247,7 +246,6 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         started = time.perf_counter()
         self.world_size_ = ddp.world_size()
         self._rank_batch = ddp.per_rank_batch(int(self.batch_size), self.world_size_)
-        self.backbone_ = get_backbone(spec_for(self.backbone, mode), self.image_size)
         self.source_ = source
         self.class_names_ = list(source.classes)
         self.classes_ = np.arange(len(self.class_names_))
