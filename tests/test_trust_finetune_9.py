@@ -35,6 +35,21 @@ def test_a_run_folder_that_existed_is_kept_when_the_mode_is_refused(split_image_
     assert kept.is_dir() and not any(kept.iterdir())
 
 
+@pytest.mark.parametrize("epochs, warmup", [(1, 2.0), (3, 3.5)])
+def test_a_warm_up_longer_than_the_training_is_refused(epochs, warmup, split_image_folder, capsys):
+    # The learning rate never reached its set value, silently.
+    with pytest.raises(ConfigError, match=rf"warmup_epochs {warmup:g} is longer than epochs"):
+        tuner(epochs=epochs, warmup_epochs=warmup).fit(synthetic_source())
+    args = f"finetune --backbone toy --epochs {epochs} --warmup-epochs {warmup} --no-progress"
+    assert cli_main([*args.split(), "--data", str(split_image_folder)]) == 2
+    assert f"warmup_epochs {warmup:g} is longer than epochs {epochs}" in capsys.readouterr().err
+
+
+def test_a_warm_up_as_long_as_the_training_and_no_training_are_accepted():
+    tuner(epochs=1, warmup_epochs=1.0)._check_params()
+    tuner(epochs=0, warmup_epochs=1.0)._check_params()  # LP-FT's probe alone: nothing warms
+
+
 def test_backbones_uses_the_public_unstaged_tail():
     from featpipe.cli import backbones
     from featpipe.finetune.freezing import unstaged_tail

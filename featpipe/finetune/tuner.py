@@ -401,6 +401,12 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             _check_number(name, getattr(self, name), ">= 0", lambda v: v >= 0)
         for name in ("momentum", "dropout", "label_smoothing", "val_fraction"):
             _check_number(name, getattr(self, name), "in [0, 1)", lambda v: 0 <= v < 1)
+        if self.epochs and self.warmup_epochs > self.epochs:
+            raise ConfigError(
+                f"warmup_epochs {self.warmup_epochs:g} is longer than epochs {self.epochs}: the "
+                "learning rate would never reach its set value (lr). Use warmup_epochs of at "
+                f"most {self.epochs}, or more epochs."
+            )
         C = self.probe_C  # checked now: LP-FT reads it only after computing the features
         if not (isinstance(C, str) and C == "auto") and not (_is_number(C) and C > 0):
             raise ConfigError(
