@@ -10,6 +10,8 @@ from test_finetune import tuner
 
 from featpipe.cli import main as cli_main
 from featpipe.errors import ConfigError
+from featpipe.finetune import ddp
+from featpipe.finetune import tuner as tuner_module
 
 
 def test_a_mode_the_backbone_cannot_take_is_refused_before_the_run_folder(
@@ -50,8 +52,38 @@ def test_a_warm_up_as_long_as_the_training_and_no_training_are_accepted():
     tuner(epochs=0, warmup_epochs=1.0)._check_params()  # LP-FT's probe alone: nothing warms
 
 
+def test_a_rank_with_no_training_step_is_refused(monkeypatch):
+    # Under DDP, DistributedSampler(drop_last=True) gives each of 4 ranks 3 // 4 = 0 of 3
+    # train rows: every rank "trained" epochs of no step, and the run reported them.
+    monkeypatch.setattr(ddp, "active", lambda: True)
+    monkeypatch.setattr(ddp, "world_size", lambda: 4)
+    monkeypatch.setattr(ddp, "rank", lambda: 0)
+    monkeypatch.setattr(tuner_module.ddp, "joined", _nothing)
+    source = synthetic_source(n_train=3, n_val=3, n_test=0)
+    with pytest.raises(ConfigError, match=r"3 train rows shared by 4 ranks give each rank none"):
+        tuner(batch_size=8).fit(source)
+
+
+def test_one_process_always_takes_a_step():
+    # Its loader drops the last batch only when there are more rows than a batch.
+    for n_train in (3, 8, 9):
+        fitted = tuner(epochs=1, batch_size=8).fit(synthetic_source(n_train=n_train, n_test=0))
+        assert fitted.history_[1]["train_loss"] > 0
+
+
 def test_backbones_uses_the_public_unstaged_tail():
     from featpipe.cli import backbones
     from featpipe.finetune.freezing import unstaged_tail
 
     assert backbones.unstaged_tail is unstaged_tail
+
+
+class _nothing:
+    def __init__(self, device):
+        pass
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

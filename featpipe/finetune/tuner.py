@@ -259,6 +259,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.saved_epoch_, self.fit_seconds_, self.fit_process_seconds_ = None, 0.0, 0.0
         try:
             train_loader = self._train_loader(source, self.train_rows_)
+            _check_steps(len(train_loader), len(self.train_rows_), self.world_size_)
             fitted_probe = None
             if mode.kind == "lpft" and saved is None:  # a resumed run restores it from last.pt
                 fitted_probe = self._fit_probe(self.train_rows_, probe_features)
@@ -729,6 +730,19 @@ def _resumed_seconds(saved: dict) -> tuple[float, float]:
     # last epoch (1 in histories from before DDP), as reports counted a row of that run.
     world = history[-1].get("world_size") or 1
     return wall, saved.get("fit_process_seconds", wall * world)
+
+
+def _check_steps(steps: int, rows: int, world: int) -> None:
+    """A ConfigError for an epoch of no training step, which would report the untrained
+    network as trained: under DDP, ``DistributedSampler(drop_last=True)`` gives each rank
+    ``rows // world`` rows (a single process always takes a step)."""
+    if steps:
+        return
+    raise ConfigError(
+        f"{rows} train rows shared by {world} ranks give each rank none (every rank takes the "
+        f"same number of rows; the rest are dropped), so no training step would run. Use at "
+        f"least {world} train rows, or fewer ranks."
+    )
 
 
 def _check_integer(name: str, value, low: int, note: str = "", none: bool = False) -> None:
