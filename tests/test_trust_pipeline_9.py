@@ -1,8 +1,11 @@
 """A pipeline's declarations mean what they say: one fine-tuning mode written two ways is
 refused, a grid for a head the pipeline does not run is warned of, and a fine-tune recomputed
-over other left-out images is announced as such."""
+over other left-out images is announced as such; a partial:N fine-tune is not reused, nor its
+checkpoint resumed, once its backbone's stage list freezes other modules."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -15,6 +18,8 @@ from featpipe.backbones import register_backbone
 from featpipe.backbones.registry import _BUILTINS
 from featpipe.errors import ConfigError
 from featpipe.pipeline import config_from_dict, run_pipeline
+from featpipe.report import read_results
+from featpipe.report.runplan import read_plan
 
 
 def pipeline(tmp_path, probes: dict | None = None, **finetune):
@@ -108,3 +113,69 @@ def test_a_fine_tune_over_other_left_out_images_is_announced_so(tmp_path):
         "recomputing fine-tuning (head) (seed 0): its row was made over other images: the "
         "feature stores leave out other images now; that row stays in results.jsonl as history"
     ]
+
+
+STAGES = {"toy_staged9": ["stem", "stage1", "stage2"]}  # the stage list its builder gives
+
+
+if "toy_staged9" not in _BUILTINS:
+
+    @register_backbone("toy_staged9")
+    def _build_staged(spec):
+        backbone = build_toy(spec)
+        backbone.stages = STAGES["toy_staged9"]
+        return backbone
+
+
+def _partial(tmp_path, monkeypatch, stages: list, said: list[str]) -> dict:
+    """Fine-tune toy_staged9 in partial:1 with its stages ``stages``; its row."""
+    monkeypatch.setitem(STAGES, "toy_staged9", stages)
+    config = config_from_dict({
+        "name": "stages", "n_boot": 10, "device": "cpu", "out": str(tmp_path / "run"),
+        "source": {"data": "digits", "limits": {"train": 60, "val": 30, "test": 30}},
+        "features": {"backbones": ["toy_staged9"], "image_size": 16, "workers": 0,
+                     "cache_dir": str(tmp_path / "c")},
+        "probes": {"heads": []},
+        "finetune": {"modes": ["partial:1"], "epochs": 1, "workers": 0},
+    })  # fmt: skip
+    out = run_pipeline(config, progress=False, log=said.append)
+    current, missing, _ = read_plan(out).select(read_results(out / "results.jsonl"))
+    assert not missing
+    return current[0]
+
+
+def test_a_partial_fine_tune_is_not_reused_after_the_stage_list_changed(tmp_path, monkeypatch):
+    # Before: stages are not in the backbone's identity, so the fine-tune that froze the stem
+    # was reused as the one that freezes stem and stage1 ("1 already finished"); without its
+    # row, the checkpoint was resumed and stopped in a traceback (the optimiser's groups).
+    said: list[str] = []
+    row = _partial(tmp_path, monkeypatch, ["stem", "stage1", "stage2"], said)
+    other = _partial(tmp_path, monkeypatch, [("stem", "stage1"), "stage2"], said)
+    assert len(read_results(tmp_path / "run" / "results.jsonl")) == 2  # trained again
+    assert (
+        "recomputing fine-tuning (partial:1) (seed 0): its row was made with stem frozen, "
+        "where the backbone's stages now freeze stem, stage1; that row stays in "
+        "results.jsonl as history"
+    ) in said
+    assert other["config_hash"] == row["config_hash"]
+    assert row["provenance"]["frozen"] == ["stem"]
+    assert other["provenance"]["frozen"] == ["stem", "stage1"]
+    # Its checkpoint is not resumed by the other stage list: each has a folder of its own.
+    results = tmp_path / "run" / "results.jsonl"
+    results.write_text(results.read_text().splitlines()[0] + "\n")
+    again = _partial(tmp_path, monkeypatch, [("stem", "stage1"), "stage2"], said)
+    assert again["provenance"]["frozen"] == ["stem", "stage1"]
+    assert len(list((tmp_path / "run" / "finetune").iterdir())) == 2
+
+
+def test_a_partial_fine_tune_row_that_records_no_frozen_modules_stays_valid(tmp_path, monkeypatch):
+    # Rows written before rows recorded them are reused as before.
+    row = _partial(tmp_path, monkeypatch, ["stem", "stage1", "stage2"], [])
+    results = tmp_path / "run" / "results.jsonl"
+    old = json.loads(results.read_text())
+    old["provenance"].pop("frozen", None)
+    results.write_text(json.dumps(old) + "\n")
+    said: list[str] = []
+    reused = _partial(tmp_path, monkeypatch, [("stem", "stage1"), "stage2"], said)
+    assert "reusing finished fine-tuning (partial:1) (seed 0)" in said
+    assert reused["test"] == row["test"] and len(results.read_text().splitlines()) == 1

@@ -44,6 +44,9 @@ class Job:
     # The backbone (spec, image size) whose identity its row records: a finished row is
     # reused only while that identity is unchanged (see backbone_identity, RunPlan.select).
     backbone_at: tuple[str, int | None] | None = None
+    # What a partial:N fine-tune freezes, which its backbone's identity leaves out (the stage
+    # list decides it): its row records it, and is reused only while it is the same.
+    frozen: tuple[str, ...] | None = None
 
     @property
     def key(self) -> tuple[str, int, str]:

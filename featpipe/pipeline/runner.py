@@ -133,8 +133,7 @@ class PipelineRunner:
             if job.key not in missing:
                 self.log(f"reusing finished {job.label} (seed {job.seed})")
             elif job.key in by_key:
-                made = (by_key[job.key].get("provenance") or {}).get("backbone") or {}
-                why = _made_otherwise(made, backbone_identity(context, job), job.backbone)
+                why = _made_otherwise(by_key[job.key], job, backbone_identity(context, job))
                 self.log(
                     f"recomputing {job.label} (seed {job.seed}): its row was made {why}; "
                     f"that row stays in {results.name} as history"
@@ -309,7 +308,7 @@ def _run_plan(
     """The run's plan: its jobs, each with the backbone its row must come from (when known)."""
     methods = [
         PlannedRun(j.method, j.seed, j.config_hash, j.label, j.deterministic,
-                   identity_hash(identities.get(j.key)))
+                   identity_hash(identities.get(j.key)), j.frozen)
         for j in jobs
     ]  # fmt: skip
     return RunPlan(config.name, methods, n_boot=config.n_boot, source_fingerprint=fingerprint)
@@ -338,17 +337,26 @@ def _remove_stale_reports(run_dir: Path, rows: list[dict], run_plan: RunPlan) ->
     return True
 
 
-def _made_otherwise(made: dict, now: dict, backbone: str) -> str:
-    """How the identity a row records differs from the run's: another version of its
-    backbone (the fields that differ), or, for a fine-tune, other images left out."""
+def _made_otherwise(row: dict, job: Job, now: dict | None) -> str:
+    """How a finished row of ``job`` differs from what the run would make: another version of
+    its backbone (the identity fields that differ), or, for a fine-tune, other images left
+    out or other modules frozen (the backbone's stage list changed)."""
+    made = (row.get("provenance") or {}).get("backbone") or {}
+    now = now or {}
     changed = sorted(k for k in set(made) | set(now) if made.get(k) != now.get(k))
+    fields = ", ".join(k for k in changed if k != finetune_stage.LEFT_OUT)
+    frozen = (row.get("provenance") or {}).get("frozen")
     why = []
-    if changed != [finetune_stage.LEFT_OUT]:
-        fields = ", ".join(k for k in changed if k != finetune_stage.LEFT_OUT)
-        why.append(f"by another version of backbone {backbone} (changed since: {fields})")
+    if fields:
+        why.append(f"by another version of backbone {job.backbone} (changed since: {fields})")
     if finetune_stage.LEFT_OUT in changed:
         why.append("over other images: the feature stores leave out other images now")
-    return " and ".join(why)
+    if frozen is not None and job.frozen is not None and tuple(frozen) != job.frozen:
+        why.append(
+            f"with {', '.join(frozen)} frozen, where the backbone's stages now freeze "
+            f"{', '.join(job.frozen)}"
+        )
+    return " and ".join(why) or f"by another version of backbone {job.backbone}"
 
 
 def _quiet(_message: str) -> None:

@@ -14,6 +14,9 @@ Layout::
      "methods": [{"method": "toy/knn@pooled", "seed": 0, "config_hash": "...",
                   "label": "kNN on layer pooled", "deterministic": true,
                   "backbone": "..."}, ...]}
+
+A partial:N fine-tune also names the modules it freezes (``frozen``), which backbone
+identities leave out (a backbone's stage list decides them): a row recording others is history.
 """
 
 from __future__ import annotations
@@ -41,16 +44,23 @@ class PlannedRun:
     label: str = ""
     deterministic: bool = False
     backbone: str | None = None  # identity_hash its row must record; None: any row
+    # What a partial:N fine-tune froze (stage lists are not in identities); None: any row
+    frozen: tuple[str, ...] | None = None
 
     @property
     def key(self) -> tuple[str, int, str]:
         return self.method, self.seed, self.config_hash
 
     def made_by(self, row: dict) -> bool:
-        """Whether ``row`` comes from this run's backbone. A row that records no backbone
-        (no featpipe wrote one since results.jsonl exists) cannot be checked, and passes."""
-        made = identity_hash((row.get("provenance") or {}).get("backbone"))
-        return self.backbone is None or made is None or made == self.backbone
+        """Whether ``row`` comes from this run's backbone, with the same modules frozen. A
+        row that records no backbone (no featpipe wrote one since results.jsonl exists), or
+        no frozen modules (written before rows recorded them), cannot be checked, and passes."""
+        provenance = row.get("provenance") or {}
+        made = identity_hash(provenance.get("backbone"))
+        frozen = provenance.get("frozen")
+        return (self.backbone is None or made is None or made == self.backbone) and (
+            self.frozen is None or frozen is None or tuple(frozen) == self.frozen
+        )
 
 
 def identity_hash(identity: dict | None) -> str | None:
@@ -101,6 +111,7 @@ class RunPlan:
                     "label": m.label,
                     "deterministic": m.deterministic,
                     **({"backbone": m.backbone} if m.backbone else {}),
+                    **({"frozen": list(m.frozen)} if m.frozen is not None else {}),
                 }
                 for m in self.methods
             ],
@@ -138,6 +149,7 @@ def read_plan(run_dir: str | Path) -> RunPlan | None:
                 str(m.get("label", "")),
                 bool(m.get("deterministic", False)),
                 m.get("backbone"),
+                None if m.get("frozen") is None else tuple(m["frozen"]),
             )
             for m in data["methods"]
         ]

@@ -11,7 +11,7 @@ from featpipe.data.splits import with_train_ids
 from featpipe.data.unreadable import unreadable_images, without
 from featpipe.distributed import current_ranks
 from featpipe.evaluate import Cost, Extraction, Timer, Usage, measure
-from featpipe.finetune.freezing import Mode, has_batch_norm
+from featpipe.finetune.freezing import Mode, freeze, has_batch_norm
 from featpipe.finetune.tuner import result_params, spec_for
 from featpipe.pipeline.jobs import (
     Job,
@@ -66,9 +66,10 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 settings["probe_features"] = {"dtype": config.features.dtype}
             label = f"fine-tuning ({_mode_label(mode, data.backbones.get(bb))}){suffix(bb)}"
             built = (spec_for(bb, Mode.parse(mode)), config.finetune.image_size)
+            frozen = frozen_modules(data.backbones.get(bb), mode)
             jobs += [
                 Job(NAME, f"{bb}/finetune:{mode}", MethodKind.FINETUNE, label, bb, seed,
-                    config_hash(settings), mode=mode, backbone_at=built)
+                    config_hash(settings), mode=mode, backbone_at=built, frozen=frozen)
                 for seed in config.seeds
             ]  # fmt: skip
     return at_sizes(config, jobs)
@@ -80,6 +81,21 @@ def _mode_label(mode: str, backbone: Backbone | None) -> str:
     if Mode.parse(mode).kind == "bn" and backbone and not has_batch_norm(backbone.model):
         return "bn without batch norm: as full"
     return mode
+
+
+def frozen_modules(backbone: Backbone | None, mode: str) -> tuple[str, ...] | None:
+    """The modules (and loose parameters) ``partial:N`` freezes in ``backbone``: its first N
+    stages, as ``freeze`` finds them. Its identity leaves the stage list out, so a row records
+    them: a fine-tune of another stage list is another result. None for other modes (their
+    freezing reads no stage list) and for a backbone not built."""
+    if backbone is None or Mode.parse(mode).kind != "partial":
+        return None
+    model = backbone.model  # built by the checks, which froze it likewise
+    frozen = freeze(model, Mode.parse(mode), backbone.stages, backbone.classifier or "")
+    names = {id(m): name for name, m in model.named_modules()}
+    modules = [names[id(m)] for m in frozen.eval_modules]
+    loose = [p for p in frozen.params if not any(p.startswith(f"{m}.") for m in modules)]
+    return (*modules, *loose)
 
 
 def run(job: Job, context: RunContext) -> ResultRow:
@@ -94,6 +110,9 @@ def run(job: Job, context: RunContext) -> ResultRow:
     if train_ids is not None:
         source = with_train_ids(source, train_ids)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job.backbone)
+    made_by = backbone_identity(context, job)
+    if job.frozen is not None:  # a checkpoint of other frozen modules cannot be resumed
+        made_by = {**made_by, "frozen": list(job.frozen)}
     settings = context.config.finetune.params()
     grid = context.config.finetune.grid
     tuner = FineTuner(
@@ -103,9 +122,10 @@ def run(job: Job, context: RunContext) -> ResultRow:
         device=context.config.device,
         # Keyed by the config hash and the backbone's identity (which the hash leaves out):
         # an interrupted fine-tune resumes from its last.pt, a changed one (settings, or a
-        # rewritten weights file, a fixed preprocessing) starts afresh beside it.
+        # rewritten weights file, a fixed preprocessing, other frozen stages) starts afresh
+        # beside it.
         run_dir=context.run_dir / "finetune" / f"{safe}-{job.mode.replace(':', '')}-{job.seed}-"
-        f"{job.config_hash}-{identity_hash(backbone_identity(context, job))[:8]}",
+        f"{job.config_hash}-{identity_hash(made_by)[:8]}",
         verbose=2 if context.progress else 0,
         decode=context.config.features.decode,
         **settings,
@@ -134,6 +154,7 @@ def run(job: Job, context: RunContext) -> ResultRow:
         search=search,
         read=read,
         identity=left_out(tuner.backbone_.identity(), skipped if _named(context.config) else {}),
+        frozen=job.frozen,
     )
 
 
@@ -150,13 +171,15 @@ def finetune_row(
     search: GridResult | None = None,
     read: tuple[FeatureStore, Extraction] | None = None,
     identity: dict | None = None,
+    frozen: tuple[str, ...] | None = None,
 ) -> ResultRow:
     """The row of a fitted FineTuner whose test-split probabilities are ``proba``; also
     written by ``featpipe finetune``. ``settings`` are the row's params; with a grid
     ``search``, the winner's settings replace them, its ``curve`` lists every candidate's
     validation accuracy and the fitting time counts every candidate. ``read``: the feature
     store LP-FT's probe read and its extraction, part of the method's cost as for a probe.
-    ``identity``: what its row records as its backbone (default: the fitted backbone's)."""
+    ``identity``: what its row records as its backbone (default: the fitted backbone's);
+    ``frozen``: what a partial:N fine-tune froze (see ``frozen_modules``), recorded if given."""
     source = tuner.source_
     extra: dict = {}
     fit_seconds = tuner.fit_seconds_  # every resumed piece, not only this one
@@ -194,6 +217,7 @@ def finetune_row(
             "store": {"path": str(read[0].path), "key": read[0].key} if read else None,
             "image_size": settings.get("image_size"),
             "skipped": skip_summary(skipped),
+            **({"frozen": list(frozen)} if frozen is not None else {}),
         },
         **extra,
     )
