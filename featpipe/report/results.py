@@ -63,7 +63,8 @@ Fields (``?``: may be null):
   are paired in comparisons), ``y_true``, ``y_pred`` (class index per test image).
 - ``provenance`` (object): ``backbone`` ({spec, weights_sha256, preprocessing}), ``source``
   ({description, fingerprint}), ``store`` ({path, key}?), ``image_size``?, ``versions``
-  ({python, featpipe, torch, ...}), ``device``.
+  ({python, featpipe, torch, ...}), ``device``, ``frozen``? (a ``partial:N`` fine-tune's frozen
+  modules: a row whose list differs from what the backbone's stages freeze now is recomputed).
 
 ``metrics``, ``test.y_pred`` and the confusion matrix come from the method's own predictions
 (a head's ``predict``); the probabilities (for SVMs a softmax of the decision function) give only
