@@ -123,6 +123,12 @@ def check_out_file(
     file: a folder, or a path below a file. Unless ``replace``, an existing file is refused
     too. ``option`` names the setting the path came from (``--out``) in the messages, and
     ``example`` a file name to suggest inside a folder."""
+    # Path() drops a trailing slash: "dir/" would become a file named dir.
+    if isinstance(path, str) and path.endswith((os.sep, os.altsep or os.sep)):
+        raise ConfigError(
+            f"{option} {path} ends with a slash, so it names a folder; it must name a file, "
+            f"e.g. {Path(path) / example}."
+        )
     path = Path(path)
     if path.is_dir():
         raise ConfigError(
