@@ -282,7 +282,9 @@ class PipelineRunner:
             return context, jobs, _run_plan(cfg, jobs, fingerprint, {}), []
         # One run at a time per folder: a second one waits, then reuses the first's rows
         # (else both ran every job, appended each row twice and raced on the report files).
-        held.enter_context(StoreLock(results))
+        held.enter_context(
+            StoreLock(results, what=f"the run folder {context.run_dir}", option="--out")
+        )
         rows = read_results(results, repair=True)
         finished = _keys(rows)
         identities = {

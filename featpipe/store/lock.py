@@ -87,15 +87,20 @@ def _stderr(message: str) -> None:
 class StoreLock:
     """Exclusive lock of one store, as a context manager. A store held by another process is
     waited for (saying for whom, through ``notify``) up to ``timeout`` seconds (None: as long
-    as it takes; 0: not at all), then StoreInUseError."""
+    as it takes; 0: not at all), then StoreInUseError. ``what`` names what is locked, and
+    ``option`` the setting that moves it, in the error for a lock that cannot be made."""
 
     def __init__(
         self,
         store: str | Path,
         timeout: float | None = None,
         notify: Callable[[str], None] = _stderr,
+        what: str | None = None,
+        option: str = "--cache-dir or --out",
     ):
         self.store = Path(store)
+        self.what = f"the store {self.store}" if what is None else what
+        self.option = option
         self.timeout = timeout
         self.notify = notify
         self._lock = FileLock(str(lock_path(self.store)))
@@ -115,9 +120,9 @@ class StoreLock:
 
     def _cannot_lock(self, exc: OSError) -> StoreWriteError:
         return StoreWriteError(
-            f"Cannot lock {self.store} for writing ({exc.strerror or exc}"
-            f"{f': {exc.filename}' if exc.filename else ''}): write the store "
-            "to a folder you can write to (--cache-dir or --out)."
+            f"Cannot lock {self.what} for writing ({exc.strerror or exc}"
+            f"{f': {exc.filename}' if exc.filename else ''}): put it in a folder you can "
+            f"write to ({self.option})."
         )
 
     def _check_lockable(self) -> None:
