@@ -9,7 +9,7 @@ import numpy as np
 from scipy import stats
 
 from featpipe.errors import ConfigError
-from featpipe.evaluate.metrics import check_n_boot, resampled_scores
+from featpipe.evaluate.metrics import check_n_boot, resampled_scores, resamples
 
 # Below this many discordant pairs the chi-square approximation is poor; use the exact test.
 EXACT_BELOW = 25
@@ -62,18 +62,10 @@ def paired_bootstrap(
     check_n_boot(n_boot)
     if n_boot == 0:
         return float(diff.mean()), None, None
-    means = np.concatenate([diff[idx].mean(axis=1) for idx in _resamples(len(diff), n_boot, seed)])
+    means = np.concatenate([diff[idx].mean(axis=1) for idx in resamples(len(diff), n_boot, seed)])
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return float(diff.mean()), float(lo), float(hi)
-
-
-def _resamples(n: int, n_boot: int, seed: int):
-    """The bootstrap's resamples of ``n`` test rows, (rows drawn with replacement), 100 at a
-    time: every paired interval of one comparison draws these (the same seed)."""
-    rng = np.random.default_rng(seed)
-    for start in range(0, n_boot, 100):
-        yield rng.integers(0, n, size=(min(100, n_boot - start), n))
 
 
 PAIRED_SCORES = ("balanced_accuracy", "macro_f1")
@@ -105,7 +97,7 @@ def paired_score_bootstrap(
     if n_boot == 0:
         return out
     draws = {m: [] for m in PAIRED_SCORES}
-    for idx in _resamples(len(y), n_boot, seed):
+    for idx in resamples(len(y), n_boot, seed):
         sa, sb = (resampled_scores(y, p, idx, n_classes) for p in (a, b))
         for m in PAIRED_SCORES:
             draws[m].append(sa[m] - sb[m])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from scipy.stats import norm
@@ -153,6 +153,14 @@ def _percentile_ci(samples: np.ndarray) -> list[float]:
     return [float(lo), float(hi)]
 
 
+def resamples(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """``n_boot`` resamples of ``n`` test rows (drawn with replacement), (B, n) at a time:
+    every interval with this seed, paired or not, draws the same test rows."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_boot, _BOOT_BATCH):
+        yield rng.integers(0, n, size=(min(_BOOT_BATCH, n_boot - start), n))
+
+
 def _bootstrap(
     y: np.ndarray,
     pred: np.ndarray,
@@ -162,11 +170,8 @@ def _bootstrap(
     seed: int,
 ) -> dict[str, list[float]]:
     """Percentile intervals from ``n_boot`` resamples of the test rows (with replacement)."""
-    rng = np.random.default_rng(seed)
-    n = len(y)
     draws: dict[str, list[np.ndarray]] = {m: [] for m in BOOTSTRAP_METRICS}
-    for start in range(0, n_boot, _BOOT_BATCH):
-        idx = rng.integers(0, n, size=(min(_BOOT_BATCH, n_boot - start), n))
+    for idx in resamples(len(y), n_boot, seed):
         scores = resampled_scores(y, pred, idx, n_classes)
         for name in ("balanced_accuracy", "macro_f1"):
             draws[name].append(scores[name])
