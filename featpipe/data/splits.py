@@ -132,12 +132,11 @@ def warn_unread_split_column(
 def _warn_untrained(
     labels: np.ndarray, splits: np.ndarray, classes: Sequence[str], origin: str
 ) -> None:
-    untrained = _untrained(labels, splits).tolist()
-    if untrained:
-        names = ", ".join(repr(classes[c]) for c in untrained[:5])
-        more = f" (and {len(untrained) - 5} more)" if len(untrained) > 5 else ""
+    untrained = _untrained(labels, splits)
+    if len(untrained):
+        names = _class_list(classes, untrained)
         warnings.warn(
-            f"In {origin}, class(es) {names}{more} have val or test rows but no train row: "
+            f"In {origin}, class(es) {names} have val or test rows but no train row: "
             "no head can predict them, so each of their images counts as an error. Give each "
             "class some train rows, or leave those rows out.",
             UserWarning,
@@ -148,6 +147,12 @@ def _warn_untrained(
 def _untrained(labels: np.ndarray, splits: np.ndarray) -> np.ndarray:
     """The labels that val or test rows have and no train row has, sorted."""
     return np.setdiff1d(labels[splits != TRAIN], labels[splits == TRAIN])
+
+
+def _class_list(classes: Sequence[str], codes: np.ndarray) -> str:
+    """The names of the classes ``codes``, the first five, for a warning."""
+    more = f" (and {len(codes) - 5} more)" if len(codes) > 5 else ""
+    return ", ".join(repr(classes[c]) for c in codes[:5]) + more
 
 
 def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> ImageSource:
@@ -180,10 +185,9 @@ def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> 
     # already warned of those the source itself gives none)
     dropped = np.setdiff1d(_untrained(labels[rows], splits[rows]), _untrained(labels, splits))
     if len(dropped):
-        names = ", ".join(repr(source.classes[c]) for c in dropped[:5])
-        more = f" (and {len(dropped) - 5} more)" if len(dropped) > 5 else ""
+        names = _class_list(source.classes, dropped)
         warnings.warn(
-            f"Subsampling to {per_split} leaves class(es) {names}{more} with val or test rows "
+            f"Subsampling to {per_split} leaves class(es) {names} with val or test rows "
             "but no train row: no head can predict them, so each of their images counts as an "
             f"error. Keep at least one train row per class ({len(source.classes)} classes).",
             UserWarning,
