@@ -111,9 +111,11 @@ def _part_files(store: Path) -> list[Path]:
 
 def _part_locks(store: Path) -> list[Path]:
     """Every part of ``store`` a writer may hold: its part files, and parts with a lock file."""
-    if not _owns_parts(store):
-        return []
-    folder = parts_dir(store)
+    return _parts_in(parts_dir(store)) if _owns_parts(store) else []
+
+
+def _parts_in(folder: Path) -> list[Path]:
+    """The parts of the parts folder ``folder``: part files, and parts with a lock file."""
     locked = {p.with_name(p.name[: -len(LOCK_SUFFIX)]) for p in folder.glob("part-*.h5.lock")}
     return sorted(locked | set(folder.glob("part-*.h5")))
 
@@ -239,10 +241,8 @@ def _orphaned(folder: Path) -> CacheEntry | None:
     claimants = _claimants(folder)
     if any(p.exists() and _owns_parts(p) for p in claimants):
         return None
-    parts = {p.with_name(p.name.removesuffix(LOCK_SUFFIX)) for p in files if p.suffix == ".lock"}
-    parts |= {p for p in files if p.suffix == STORE_SUFFIX}
     owner = None
-    for path in [*claimants, *sorted(parts)]:  # a store laid out, a part written
+    for path in [*claimants, *_parts_in(folder)]:  # a store laid out, a part written
         owner = holder(path)
         if owner is not None:
             break
@@ -336,9 +336,8 @@ def _remove_orphaned(folder: Path, locks: contextlib.ExitStack) -> bool:
     """Delete the parts folder of no store ``folder`` holding every part's lock (and, in
     :func:`remove`, the lock of the store it is named for), once it is seen to be one still:
     no other store took it meanwhile, no other process holds a lock of it."""
-    for part in sorted({p.with_name(p.name.removesuffix(LOCK_SUFFIX)) for p in folder.iterdir()}):
-        if part.suffix == STORE_SUFFIX:
-            locks.enter_context(StoreLock(part, timeout=0, notify=_quiet))
+    for part in _parts_in(folder):
+        locks.enter_context(StoreLock(part, timeout=0, notify=_quiet))
     entry = _orphaned(folder)
     if entry is None or entry.state != ORPHANED:
         return False
