@@ -153,7 +153,7 @@ def run(job: Job, context: RunContext) -> ResultRow:
         skipped,
         search=search,
         read=read,
-        identity=left_out(tuner.backbone_.identity(), skipped if _named(context.config) else {}),
+        identity=with_left_out(context, tuner.backbone_.identity()),
         frozen=job.frozen,
     )
 
@@ -272,9 +272,10 @@ def left_out(identity: dict, skipped: dict[str, str]) -> dict:
 
 def with_left_out(context: RunContext, identity: dict) -> dict:
     """``left_out`` for a fine-tune job of this run: the identity its plan checks finished
-    rows against, and its checkpoint folder's (see ``_named``). Planning under torchrun opens
-    no store for it (rank 0 alone would extract them, out of step with the other ranks):
-    there a row made without skips is reused as before, one made with skips is made again."""
+    rows against, its checkpoint folder's and its row's (see ``_named``). Planning under
+    torchrun opens no store for it (rank 0 alone would extract them, out of step with the
+    other ranks): there a row made without skips is reused as before, one made with skips is
+    made again."""
     if not _named(context.config):
         return identity
     if SOURCE not in context.made and current_ranks().distributed:
