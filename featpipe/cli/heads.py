@@ -219,14 +219,14 @@ def run_probe(args: argparse.Namespace) -> int:
 
 def _check_folder(path: Path | None, option: str) -> None:
     """Refuse a folder option that names a file (the folder is made when missing)."""
-    for at in [path, *path.parents] if path else []:
-        if at.exists():
-            if not at.is_dir():
-                raise ConfigError(
-                    f"{option} {path}: {at} is a file, not a folder. Give a folder (it is "
-                    "created when missing)."
-                )
-            return
+    from featpipe.store.writer import file_in_the_way
+
+    at = file_in_the_way(path) if path else None
+    if at is not None:
+        raise ConfigError(
+            f"{option} {path}: {at} is a file, not a folder. Give a folder (it is created "
+            "when missing)."
+        )
 
 
 def _head_names(text: str) -> list[str]:

@@ -134,17 +134,23 @@ def check_out_file(
         raise ConfigError(
             f"{option} {path} is a folder; it must name a file, e.g. {path / example}."
         )
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(
-                    f"Cannot write {path}: {parent} is a file, not a folder. Choose another "
-                    f"{option}."
-                )
-            break
+    blocking = file_in_the_way(path.parent)
+    if blocking is not None:
+        raise ConfigError(
+            f"Cannot write {path}: {blocking} is a file, not a folder. Choose another {option}."
+        )
     if not replace and path.exists():
         raise ConfigError(f"{path} exists; pass --force (force=True) to replace it.")
     return path
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file at ``folder`` or at its nearest existing parent, which keeps ``folder`` from
+    being a folder; None when that is a folder."""
+    for at in [folder, *folder.parents]:
+        if at.exists():
+            return None if at.is_dir() else at
+    return None
 
 
 def check_not_source(out: Path, store: Path, *, reader: str = "it", fix: str = "") -> None:
