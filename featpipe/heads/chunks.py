@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from featpipe.distributed import Ranks, current_ranks, process_group, under_torchrun
 from featpipe.errors import ConfigError
-from featpipe.heads.preprocess import is_count, make_preprocessor, standard_scale
+from featpipe.heads.preprocess import make_preprocessor, standard_scale
 from featpipe.heads.splits import layer_parts
 from featpipe.heads.streaming import ChunkReader, _array_chunks
 
@@ -87,12 +87,6 @@ def job_ranks(distributed: bool) -> Ranks:
         _HELD_GROUP.enter_context(process_group("cpu"))
         atexit.register(_HELD_GROUP.close)
     return current_ranks()
-
-
-def check_chunk_rows(chunk_rows: int) -> int:
-    if not is_count(chunk_rows):  # int() read 2.5 rows as 2
-        raise ConfigError(f"chunk_rows must be >= 1, a whole number; got {chunk_rows!r}.")
-    return int(chunk_rows)
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ from featpipe.errors import ConfigError
 from featpipe.heads.chunks import (
     Chunks,
     all_reduce_sum,
-    check_chunk_rows,
     fitted_preprocessor,
     job_ranks,
     row_statistics,
 )
 from featpipe.heads.estimators import LogisticProbe
+from featpipe.heads.streaming import check_chunk_rows
 from featpipe.heads.torch_logreg import (
     LinearPath,
     TorchLogisticRegression,

@@ -64,6 +64,13 @@ def _log_loss(head: StreamingLinearHead) -> bool:
     return head.loss in ("log_loss", "modified_huber")
 
 
+def check_chunk_rows(chunk_rows: int) -> int:
+    """``chunk_rows`` as rows read at a time: a whole number >= 1 (int() read 2.5 rows as 2)."""
+    if not is_count(chunk_rows):
+        raise ConfigError(f"chunk_rows must be >= 1, a whole number; got {chunk_rows!r}.")
+    return int(chunk_rows)
+
+
 class StreamingLinearHead(ClassifierMixin, BaseEstimator):
     """Standardise, then a linear classifier by SGD over chunks (``loss`` as in SGDClassifier).
 
@@ -95,14 +102,14 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
     def fit(self, X, y) -> StreamingLinearHead:
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
-        rows = self._chunk_rows()
+        rows = check_chunk_rows(self.chunk_rows)
         return self.fit_chunks(
             _array_chunks(X, y, rows), math.ceil(len(X) / rows), classes=np.unique(y)
         )
 
     def fit_store(self, store, layer: str, split: str = "train") -> StreamingLinearHead:
         """Train on one split of a FeatureStore without loading it whole."""
-        rows = self._chunk_rows()
+        rows = check_chunk_rows(self.chunk_rows)
         # The classes are those of the split's rows, as ``fit`` learns them: the store's whole
         # class list would give a class without a training row a column of predict_proba, and
         # let a split of one class through.
@@ -145,11 +152,6 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
         self.classes_ = sgd.classes_
         self.n_features_in_ = n_features
         return self
-
-    def _chunk_rows(self) -> int:
-        if not is_count(self.chunk_rows):
-            raise ConfigError(f"chunk_rows must be >= 1, a whole number; got {self.chunk_rows!r}.")
-        return int(self.chunk_rows)
 
     def _transform(self, X) -> np.ndarray:
         check_is_fitted(self)
