@@ -8,42 +8,13 @@ import warnings
 import pytest
 import torch
 from finetune_child import synthetic_source
-from torch import nn
 
-from featpipe.backbones import Backbone, Preprocessing, get_backbone, register_backbone
-from featpipe.backbones.registry import _BUILTINS
+from featpipe.backbones import get_backbone
 from featpipe.finetune import FineTuner, Mode, checkpoint
 from featpipe.finetune.freezing import freeze
 from featpipe.finetune.tuner import _attach_head
 
 PARAMS = dict(epochs=1, batch_size=8, lr=0.05, patience=None, verbose=0)
-
-
-class NormNet(nn.Module):
-    """A toy CNN with GroupNorm only (as a ConvNeXt or ViT has LayerNorm): no batch norm."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GroupNorm(2, 8))
-        self.stage1 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.stage1(self.stem(x))).flatten(1))
-
-
-if "toy_nobn" not in _BUILTINS:
-
-    @register_backbone("toy_nobn")
-    def _build(spec) -> Backbone:
-        torch.manual_seed(0)
-        return Backbone(
-            spec=str(spec),
-            model=NormNet(),
-            preprocessing=Preprocessing(resize=36, crop=32),
-            stages=["stem", "stage1"],
-        )
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ import pytest
 import torch
 from conftest import make_image_folder
 from PIL import Image
-from torch import nn
 from torch.utils.data import DistributedSampler
 from toy_backbone import ToyNet, build_toy
 
-from featpipe.backbones import Backbone, Preprocessing, get_backbone, register_backbone
+from featpipe.backbones import get_backbone, register_backbone
 from featpipe.backbones.registry import _BUILTINS
 from featpipe.finetune.data import loader
 from featpipe.pipeline import config_from_dict, run_pipeline
@@ -118,33 +117,6 @@ def test_a_run_that_leaves_nothing_out_keeps_its_identity(folder, tmp_path):
     assert list((tmp_path / "run" / "finetune").iterdir()) == [run_dir]
 
 
-class NormNet(nn.Module):
-    """A toy CNN with GroupNorm only (as a ConvNeXt or ViT has LayerNorm): no batch norm."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GroupNorm(2, 8))
-        self.stage1 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.stage1(self.stem(x))).flatten(1))
-
-
-if "toy_groupnorm" not in _BUILTINS:
-
-    @register_backbone("toy_groupnorm")
-    def _build_groupnorm(spec) -> Backbone:
-        torch.manual_seed(0)
-        return Backbone(
-            spec=str(spec),
-            model=NormNet(),
-            preprocessing=Preprocessing(resize=36, crop=32),
-            stages=["stem", "stage1"],
-        )
-
-
 def test_bn_mode_on_a_backbone_without_batch_norm_is_labelled_as_full(tmp_path):
     """Its rows and report said "fine-tuning (bn)" beside "fine-tuning (full)", two recipes
     where the run trained one twice (only the history's mode_note said so)."""
@@ -154,18 +126,18 @@ def test_bn_mode_on_a_backbone_without_batch_norm_is_labelled_as_full(tmp_path):
         "source": {"data": str(folder)},
         "features": {"backbones": ["toy"], "cache_dir": str(tmp_path / "c")},
         "probes": {"heads": []},
-        "finetune": {"backbones": ["toy_groupnorm", "toy"], "modes": ["bn"], "epochs": 1,
+        "finetune": {"backbones": ["toy_nobn", "toy"], "modes": ["bn"], "epochs": 1,
                      "batch_size": 8},
     })  # fmt: skip
-    with pytest.warns(UserWarning, match="toy_groupnorm in mode 'bn'"):
+    with pytest.warns(UserWarning, match="toy_nobn in mode 'bn'"):
         out = run_pipeline(config, progress=False, log=lambda _: None)
     labels = {r["backbone"]: r["label"] for r in read_results(out / "results.jsonl")}
     assert labels == {
-        "toy_groupnorm": "fine-tuning (bn without batch norm: as full) [toy_groupnorm]",
+        "toy_nobn": "fine-tuning (bn without batch norm: as full) [toy_nobn]",
         "toy": "fine-tuning (bn) [toy]",
     }
     assert (
-        "| fine-tuning (bn without batch norm: as full) [toy_groupnorm] |"
+        "| fine-tuning (bn without batch norm: as full) [toy_nobn] |"
         in (out / "report.md").read_text()
     )
 
