@@ -18,6 +18,7 @@ The solver, the estimator base and the C path are shared with the linear SVM
 
 from __future__ import annotations
 
+import math
 import numbers
 import time
 import warnings
@@ -136,14 +137,15 @@ class _Problem:
         return loss + p
 
     def minimise(
-        self, C: float, start: torch.Tensor, tol: float, max_iter: int
+        self, C: float, start: torch.Tensor, tol: float, max_iter: int, halve: bool = True
     ) -> tuple[torch.Tensor, int, float]:
         """The weights, the iterations used and the final max |gradient| (compare to tol).
 
-        L-BFGS stops at max |gradient| <= tol, and also not before it has halved the gradient
-        it started from: a warm start (the previous C's solution on a path) can already be
-        below tol, because the scaled gradient shrinks like 1/C; at large C it would stop
-        there with 0 iterations, its objective percents above the optimum and a cold fit's."""
+        L-BFGS stops at max |gradient| <= tol, and (``halve``) also not before it has halved
+        the gradient it started from: a warm start (the previous C's solution on a path) can
+        already be below tol, because the scaled gradient shrinks like 1/C; at large C it would
+        stop there with 0 iterations, its objective percents above the optimum and a cold
+        fit's. Without ``halve`` it stops at tol alone, as scikit-learn's warm starts do."""
         W = start[:, :-1].clone().requires_grad_(True)  # contiguous, so matmuls stay fast
         b = start[:, -1].clone().requires_grad_(True)
         reg = 1.0 / (C * self.n)
@@ -157,7 +159,7 @@ class _Problem:
             [W, b],
             lr=1.0,
             max_iter=max_iter,
-            tolerance_grad=min(tol, _START_GRADIENT_SHARE * _max_abs_grad(W, b)),
+            tolerance_grad=min(tol, _START_GRADIENT_SHARE * _max_abs_grad(W, b)) if halve else tol,
             tolerance_change=1e-14,
             history_size=20,
             line_search_fn="strong_wolfe",
@@ -192,6 +194,13 @@ class _Problem:
 
 
 _START_GRADIENT_SHARE = 0.5  # a fit ends below this share of its starting max |gradient|
+_PAST_PEAK_FITS = 3  # C values clearly below the best validation accuracy that end the peak
+
+
+def _clearly_below(accuracy: float, best: float, n_val: int) -> bool:
+    """Below ``best`` by more than two standard errors of a validation accuracy."""
+    se = max(math.sqrt(best * (1 - best) / n_val), 1 / n_val)
+    return accuracy < best - 2 * se
 
 
 def _max_abs_grad(W: torch.Tensor, b: torch.Tensor) -> float:
@@ -426,6 +435,7 @@ def linear_path(
         return run_path(
             problem, Cs, classes, estimator_class, accuracy, tol=tol, max_iter=max_iter,
             progress=progress_bar(len(Cs), desc="C path", unit="C", enabled=progress),
+            n_val=None if accuracy is None else len(yv),
         )  # fmt: skip
 
 
@@ -439,17 +449,28 @@ def run_path(
     tol: float,
     max_iter: int,
     progress,
+    n_val: int | None = None,
 ) -> LinearPath:
     """Minimise ``problem`` at every C in ``Cs`` in order, each from the previous solution,
     recording ``accuracy(W)`` of each solution when given; ``progress`` (a tqdm-like
-    counter) counts the values of C."""
+    counter) counts the values of C.
+
+    Given ``n_val`` (the rows ``accuracy`` counts), once the validation accuracy has been
+    clearly below its best for ``_PAST_PEAK_FITS`` C values in a row, the path is past its
+    peak: the remaining C values stop at ``tol`` alone, as scikit-learn's warm starts do,
+    instead of also halving their gradient. Such fits can stay at the previous C's weights,
+    whose accuracy is already clearly below the best, so they cannot be chosen, and the
+    gradient halving (about 3x the path's time on CIFAR-10 features) goes only to the C
+    values that can be."""
     _check_Cs(Cs, estimator_class._what)
     coefs, intercepts, iters, accs, fits = [], [], [], [], []
     W = problem.zeros()
+    best, below = -math.inf, 0
     start = time.perf_counter()
     with progress:
         for C in Cs:
-            W, n_iter, grad = problem.minimise(float(C), W, tol, max_iter)
+            halve = n_val is None or below < _PAST_PEAK_FITS
+            W, n_iter, grad = problem.minimise(float(C), W, tol, max_iter, halve=halve)
             fits.append((C, n_iter, grad))
             coef, intercept = _sklearn_layout(W)
             coefs.append(coef)
@@ -457,6 +478,9 @@ def run_path(
             iters.append(n_iter)
             if accuracy is not None:
                 accs.append(accuracy(W))
+                if halve and n_val:
+                    best = max(best, accs[-1])
+                    below = below + 1 if _clearly_below(accs[-1], best, n_val) else 0
             progress.update(1)
     if problem.device.type == "cuda":
         torch.cuda.synchronize(problem.device)
