@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from featpipe.errors import ConfigError, did_you_mean
-from featpipe.pipeline.schema import build, json_schema, option, toml_value
+from featpipe.pipeline.schema import build, first_repeat, json_schema, option, toml_value
 
 # Split fractions a pipeline uses where the source lacks the split and the file sets none.
 DEFAULT_FRACTIONS = {"val_fraction": 0.1, "test_fraction": 0.2}
@@ -117,20 +117,19 @@ def _check_modes(value: tuple[str, ...], where: str) -> None:
     from featpipe.finetune.freezing import Mode
 
     _each_once(value, where)
-    parsed: dict[Mode, int] = {}
+    modes = []
     for i, text in enumerate(value):
         try:
-            mode = Mode.parse(text)
+            modes.append(Mode.parse(text))
         except ConfigError as exc:
             raise ConfigError(f"{where}[{i}]: {exc}") from None
-        # 'partial:02' is 'partial:2': the same fine-tune would train twice under two labels.
-        if mode in parsed:
-            j = parsed[mode]
-            raise ConfigError(
-                f"{where}[{i}] = {text!r} is the mode of {where}[{j}] = {value[j]!r} "
-                f"({str(mode)!r}); list each mode once."
-            )
-        parsed[mode] = i
+    # 'partial:02' is 'partial:2': the same fine-tune would train twice under two labels.
+    if repeat := first_repeat(modes):
+        i, j = repeat
+        raise ConfigError(
+            f"{where}[{i}] = {value[i]!r} is the mode of {where}[{j}] = {value[j]!r} "
+            f"({str(modes[i])!r}); list each mode once."
+        )
 
 
 # FineTuner settings a pipeline needs above 0 (FineTuner itself takes epochs = 0: LP-FT's probe).

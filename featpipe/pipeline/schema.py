@@ -108,6 +108,17 @@ def _fix(value: Any, hint: Any, where: str) -> str:
     return f" Write an array: {where} = {json.dumps(values)}."
 
 
+def first_repeat(keys: Iterable) -> tuple[int, int] | None:
+    """``(i, j)``: the first key equal to an earlier one, at ``i``, and that one's index ``j``
+    (keys that name one thing in two spellings: a mode, a backbone); None when all differ."""
+    seen: dict[Any, int] = {}
+    for i, key in enumerate(keys):
+        if key in seen:
+            return i, seen[key]
+        seen[key] = i
+    return None
+
+
 def toml_value(text: str) -> Any:
     """``text`` read as a TOML value (as ``--set`` reads one), or None when it is not one."""
     try:

@@ -18,6 +18,7 @@ import numpy as np
 
 from featpipe.distributed.ranks import alone
 from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
+from featpipe.pipeline.schema import first_repeat
 
 # A dry fit: enough rows for every head (3 classes, room for CV-free selection), tiny enough
 # to cost milliseconds.
@@ -114,16 +115,13 @@ def _each_backbone_once(specs, built: dict, where: str) -> None:
     """No two specs of a list name one backbone ('toy' and 'builtin:toy', a weights file by
     two paths): each would run every method again on the same features, and the report list
     it as several tied methods. ``built``: the backbones by spec, whose ``spec`` is canonical."""
-    seen: dict[str, int] = {}
-    for i, spec in enumerate(specs):
-        canonical = built[spec].spec
-        if canonical in seen:
-            j = seen[canonical]
-            raise ConfigError(
-                f"{where}[{i}] = {spec!r} names the same backbone as {where}[{j}] = "
-                f"{specs[j]!r} ({canonical!r}); list each backbone once."
-            )
-        seen[canonical] = i
+    canonical = [built[spec].spec for spec in specs]
+    if repeat := first_repeat(canonical):
+        i, j = repeat
+        raise ConfigError(
+            f"{where}[{i}] = {specs[i]!r} names the same backbone as {where}[{j}] = "
+            f"{specs[j]!r} ({canonical[i]!r}); list each backbone once."
+        )
 
 
 def _spelled_alike(features: tuple[str, ...], tuned, built: dict) -> None:
