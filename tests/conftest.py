@@ -42,6 +42,18 @@ def make_image_folder(
     return root
 
 
+WHITE = ("test/cat/001.jpg", "train/dog/002.jpg")
+
+
+def make_white_folder(root: Path) -> Path:
+    """root/{train,val,test}/{cat,dog,fox}/NNN.jpg, 4 images a class, with the ``WHITE``
+    images plain white (for models made to give NaN features on white images)."""
+    make_image_folder(root, per_class=4, splits=("train", "val", "test"))
+    for name in WHITE:
+        Image.new("RGB", (20, 16), "white").save(root / name, quality=90)
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """root/{cat,dog,fox}/NNN.jpg, 6 images per class."""

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_image_folder
-from PIL import Image
+from conftest import WHITE, make_image_folder, make_white_folder
 from torch.utils.data import DistributedSampler
 from toy_backbone import ToyNet, build_toy
 
@@ -19,7 +18,6 @@ from featpipe.pipeline.stages import finetune as finetune_stage
 from featpipe.report import read_results
 from featpipe.report.runplan import read_plan
 
-WHITE = ("test/cat/001.jpg", "train/dog/002.jpg")
 N_TEST = 12  # 3 classes x 4
 
 
@@ -42,10 +40,7 @@ if "toy_white_nan" not in _BUILTINS:
 
 @pytest.fixture
 def folder(tmp_path):
-    root = make_image_folder(tmp_path / "images", per_class=4, splits=("train", "val", "test"))
-    for name in WHITE:
-        Image.new("RGB", (20, 16), "white").save(root / name, quality=90)
-    return root
+    return make_white_folder(tmp_path / "images")
 
 
 def _config(folder, tmp_path, feature_backbone: str):

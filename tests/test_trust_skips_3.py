@@ -9,8 +9,7 @@ import re
 
 import pytest
 import torch
-from conftest import make_image_folder
-from PIL import Image
+from conftest import WHITE, make_white_folder
 from toy_backbone import ToyNet
 
 from featpipe.backbones import get_backbone
@@ -24,7 +23,6 @@ from featpipe.report import read_results
 from featpipe.report.content import _skipped_notes
 
 TOY = ["--backbone", "toy", "--workers", "0", "--device", "cpu", "--no-progress"]
-WHITE = ("test/cat/001.jpg", "train/dog/002.jpg")
 NAN = "its features are not finite (NaN in layer 'pooled')"
 
 
@@ -42,10 +40,7 @@ def nan_on_white(monkeypatch):
 
 @pytest.fixture
 def folder(tmp_path):
-    root = make_image_folder(tmp_path / "images", per_class=4, splits=("train", "val", "test"))
-    for name in WHITE:
-        Image.new("RGB", (20, 16), "white").save(root / name, quality=90)
-    return root
+    return make_white_folder(tmp_path / "images")
 
 
 def _truncate(root, name="val/fox/003.jpg"):
