@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
@@ -43,7 +44,7 @@ class ArraySource(ImageSource):
         self.images = _check_images(images)
         self.name = name
         n = len(self.images)
-        self.classes, self.labels = encode_labels(labels, classes, n)
+        self.classes, self.labels = encode_labels(labels, classes, n, f"ArraySource {name!r}")
         if splits is not None:
             splits = _encode_splits(splits, n)
         self.splits = assign_splits(
@@ -123,9 +124,17 @@ def _check_images(images: np.ndarray) -> np.ndarray:
 
 
 def encode_labels(
-    labels: Sequence[int] | Sequence[str] | np.ndarray, classes: Sequence[str] | None, n: int
+    labels: Sequence[int] | Sequence[str] | np.ndarray,
+    classes: Sequence[str] | None,
+    n: int,
+    origin: str = "The labels",
 ) -> tuple[list[str], np.ndarray]:
-    """(class names, int64 label indices) from integer labels or class names (see ArraySource)."""
+    """(class names, int64 label indices) from integer labels or class names (see ArraySource).
+
+    Integer labels without ``classes`` that skip values (0, 5, 9; 1..10) are warned of: the
+    classes "0".."max" they make include some without any image, which reports count as
+    classes. They are not renumbered: an integer label stays its class's index."""
+    named = classes
     if classes is not None:
         classes = [str(c) for c in classes]
         twice = next((c for c, k in Counter(classes).items() if k > 1), None)
@@ -149,6 +158,8 @@ def encode_labels(
                 f"Integer label {labels.max()} has no class name: classes has {len(classes)} "
                 "entries. Pass one name per label value."
             )
+        if named is None:
+            _warn_empty_classes(labels, classes, origin)
         return classes, labels.astype(np.int64)
     if labels.dtype.kind not in "UO":
         raise SourceError(f"Labels must be integers or class names; got dtype {labels.dtype}.")
@@ -162,6 +173,24 @@ def encode_labels(
             f"Labels {unknown[:5]} are not in classes {classes}. Add them to classes or fix them."
         )
     return classes, np.array([index[name] for name in names], dtype=np.int64)
+
+
+def _warn_empty_classes(labels: np.ndarray, classes: list[str], origin: str) -> None:
+    empty = np.setdiff1d(np.arange(len(classes)), labels)
+    if not len(empty):
+        return
+    shown = ", ".join(repr(classes[c]) for c in empty[:5])
+    more = f" (and {len(empty) - 5:,} more)" if len(empty) > 5 else ""
+    warnings.warn(
+        f"{origin}: integer labels are class indices 0..{len(classes) - 1}, and no image has "
+        f"{len(empty):,} of them ({shown}{more}): they make {len(classes):,} classes where "
+        f"the images have {len(classes) - len(empty):,}, so reports list classes without images "
+        "(and top-5 over classes that cannot occur), and few-shot draws refuse them. If the "
+        "labels are names of their classes, give them as text ('5'); to keep classes without "
+        "images, name every class (ArraySource's classes, a ClassLabel column).",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def check_label_max(top: int, origin: str) -> None:

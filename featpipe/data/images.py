@@ -7,7 +7,11 @@ Conversion rules (one place, so every source and backbone sees the same pixels):
   PNG ``tRNS`` chunk gives ``P``, ``L`` and ``RGB`` images) is composited onto white:
   transparent backgrounds are usually meant to be shown on paper-white, and dropping alpha
   instead would expose whatever colour happens to sit under it.
-- 16-bit integer (``I;16``, ``I;16B``, ...) is scaled by 255/65535, not clipped.
+- 16-bit integer (``I;16``, ``I;16B``, ...) is scaled by 255/65535, not clipped. A file whose
+  values all fit in 12 bits is warned of (once a process): it is most likely 10- or 12-bit
+  sensor data saved unscaled, which decodes near-black. The depth is not guessed from the
+  values (that would brighten a dark 16-bit image), and PNG's ``sBIT`` chunk is no help: it
+  marks data already scaled up to 16 bits, which decodes right as it is.
 - 32-bit integer ``I``: values within 0..65535 are treated as 16-bit data (this is how
   16-bit TIFF and older PNG decoders present it); wider ranges are rescaled min..max.
 - float ``F``: values within [0, 1] are scaled by 255; other ranges are rescaled min..max.
@@ -253,6 +257,7 @@ def _pil_decode(
             if min_size and img.format in _JPEG_FORMATS and draft_scale(full, min_size) > 1:
                 img.draft("RGB", (min_size, min_size))
             img.load()  # decode now so that truncated files fail here, not later
+            _warn_low_bit_depth(img, name)
             return to_rgb(img), full
     except ImageReadError as err:  # from to_rgb
         raise ImageReadError(
@@ -262,6 +267,31 @@ def _pil_decode(
         ) from err
     except _DECODE_ERRORS as err:
         raise read_error(name, err, size) from err
+
+
+_LOW_BITS = 12  # a 16-bit image whose values fit in this many bits is warned of
+_warned_low_bits = False  # once a process: a 12-bit dataset has it in every file
+
+
+def _warn_low_bit_depth(img: Image.Image, name: str | Path) -> None:
+    """Warn (once) of a 16-bit image whose values all fit in 12 bits (module notes)."""
+    global _warned_low_bits
+    if _warned_low_bits or not (img.mode.startswith("I;16") or img.mode == "I"):
+        return
+    lo, hi = img.getextrema()
+    if lo < 0 or not 0 < hi < 1 << _LOW_BITS:
+        return
+    _warned_low_bits = True
+    bits = max(hi.bit_length(), 8)
+    warnings.warn(
+        f"Image {str(name)!r} is 16-bit but its values reach only {hi} (range {lo}..{hi}): "
+        f"16-bit images are scaled by 255/65535, so it decodes near-black (at most "
+        f"{round(hi * 255 / 65535)} of 255). If it holds {bits}-bit data saved unscaled (a "
+        f"camera or scanner's raw values), rescale the files to 16 bits (values << "
+        f"{16 - bits}) or save them as 8-bit. Later such images are not warned of again.",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def check_header(data: bytes, name: str) -> None:

@@ -526,9 +526,10 @@ def _encode(values: list[int | str], f: Field, where: str) -> tuple[list[str], n
             f"and {text!r}); use one kind throughout."
         )
     kind = np.int64 if kinds == {int} else str
+    origin = f"The {f} labels of the shards {where}"
     if kind is np.int64:  # before int64 holds them
-        check_label_max(max(values), f"The {f} labels of the shards {where}")
-    classes, labels = encode_labels(np.asarray(values, dtype=kind), None, len(values))
+        check_label_max(max(values), origin)
+    classes, labels = encode_labels(np.asarray(values, dtype=kind), None, len(values), origin)
     if len(classes) < 2:
         raise SourceError(
             f"A classifier needs at least two classes; the {f} labels of the shards {where} "

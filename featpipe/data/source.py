@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import unicodedata
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 
@@ -42,7 +43,10 @@ def check_class_names(classes: Iterable[str], origin: str) -> None:
     """Raise SourceError when two class names are one name spelt two ways: in two Unicode
     forms (an accent composed, NFC, or decomposed, NFD, as macOS file names are), which print
     alike, with spaces at the ends ('cat' and 'cat '), or one number ('1' and '01', as a
-    spreadsheet may write it). Any would be two classes, each with part of the images."""
+    spreadsheet may write it). Any would be two classes, each with part of the images.
+    Names that differ only in case ('Cat' and 'cat') are warned of (:func:`_warn_case_only`)."""
+    classes = list(classes)
+    _warn_case_only(classes, origin)
     seen: dict[object, str] = {}
     for name in classes:
         first = seen.setdefault(_class_key(name), name)
@@ -64,6 +68,28 @@ def check_class_names(classes: Iterable[str], origin: str) -> None:
             f"{origin}: classes {first!r} and {name!r} are one number spelt two ways, which "
             "would be two classes. Spell each class one way (e.g. keep the leading zeros "
             "everywhere, or nowhere)."
+        )
+
+
+def _warn_case_only(classes: list[str], origin: str) -> None:
+    """Warn of class names that differ only in case ('Cat' and 'cat', two copies of a dataset
+    merged): likely one class split in two, but not surely (letters 'A' and 'a' of a
+    handwriting set are two classes, and single characters are left alone), so not merged."""
+    spellings: dict[str, list[str]] = {}
+    for name in classes:
+        if len(name.strip()) > 1:
+            spellings.setdefault(name.casefold(), []).append(name)
+    alike = [names for names in spellings.values() if len(names) > 1]
+    if alike:
+        shown = "; ".join(" and ".join(map(repr, names)) for names in alike[:3])
+        more = f" (and {len(alike) - 3} more)" if len(alike) > 3 else ""
+        warnings.warn(
+            f"{origin}: classes {shown}{more} differ only in case. They are read as "
+            "separate classes, so if they are one class its images are split between them; "
+            "featpipe does not merge them (some datasets' classes differ only in case). To "
+            "make them one class, give its images one name (one folder, or fixed labels).",
+            UserWarning,
+            stacklevel=3,
         )
 
 

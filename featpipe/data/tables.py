@@ -199,7 +199,7 @@ class TableSource(ImageSource):
         names = feature.names if _is_class_label(feature) else None
         if kind is np.int64 and names is None:  # before int64 holds them
             check_label_max(max(cells), where)
-        return encode_labels(values.astype(kind), names, len(values))
+        return encode_labels(values.astype(kind), names, len(values), where)
 
     def _image_columns(self) -> list:
         if self._columns is None:

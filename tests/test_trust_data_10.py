@@ -1,0 +1,127 @@
+"""Trust sweep of the data sources (session 12): integer labels that skip values, 12-bit data
+in 16-bit files, class names that differ only in case. Each test builds its own tiny data."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import featpipe.data.images as images
+from featpipe.data import ArraySource, CSVSource, ImageFolderSource, ParquetSource, load_rgb
+
+
+def _quiet(build):
+    """What ``build()`` returns, and the messages of the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = build()
+    return out, [str(w.message) for w in caught]
+
+
+def _grey(n: int = 6) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, 4, 4), dtype=np.uint8)
+
+
+# -- integer labels that skip values ---------------------------------------------------------
+
+
+def test_integer_labels_that_skip_values_are_warned_of():
+    # 0, 5, 9 made classes '0'..'9': reports then counted 10 classes, listed seven empty ones
+    # in the per-class tables, gave top-5 over classes that cannot occur, and few-shot draws
+    # refused classes '1', '2', ... that the user never had
+    source, said = _quiet(lambda: ArraySource(_grey(), [0, 5, 9, 0, 5, 9]))
+    assert source.classes == [str(i) for i in range(10)]  # not renumbered
+    assert list(source.labels) == [0, 5, 9, 0, 5, 9]
+    (message,) = [m for m in said if "no image has" in m]
+    assert "ArraySource 'arrays'" in message and "7 of them" in message
+    assert "'1', '2', '3', '4', '6' (and 2 more)" in message
+    assert "10 classes where the images have 3" in message and "as text" in message
+
+
+def test_one_based_labels_name_the_empty_class_zero(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(
+        pa.table({"image": [buffer.getvalue()] * 4, "label": [1, 2, 1, 2]}),
+        tmp_path / "train.parquet",
+    )
+    _, said = _quiet(lambda: ParquetSource(tmp_path / "train.parquet"))
+    (message,) = [m for m in said if "no image has" in m]
+    assert "Column 'label'" in message and "1 of them ('0')" in message
+
+
+def test_dense_or_named_labels_are_not_warned_of():
+    _, said = _quiet(lambda: ArraySource(_grey(), [0, 1, 2, 0, 1, 2]))
+    assert not said
+    # classes named by the user may have no image (a test set without some classes)
+    _, said = _quiet(lambda: ArraySource(_grey(), [0, 5, 9, 0, 5, 9], classes=list("abcdefghij")))
+    assert not said
+
+
+# -- 12-bit data in 16-bit files -------------------------------------------------------------
+
+
+@pytest.fixture
+def warn_again(monkeypatch):
+    monkeypatch.setattr(images, "_warned_low_bits", False, raising=False)
+
+
+def test_twelve_bit_data_in_a_sixteen_bit_png_is_warned_of(tmp_path, warn_again):
+    pixels = (np.arange(64).reshape(8, 8) * 64).astype(np.uint16)  # 0..4032
+    Image.fromarray(pixels).save(tmp_path / "raw12.png")
+    rgb, said = _quiet(lambda: np.asarray(load_rgb(tmp_path / "raw12.png")))
+    assert rgb.max() == 16  # decoded as before: near-black, not guessed brighter
+    (message,) = said
+    assert "raw12.png" in message and "values reach only 4032 (range 0..4032)" in message
+    assert "12-bit data" in message and "values << 4" in message
+    _, again = _quiet(lambda: load_rgb(tmp_path / "raw12.png"))
+    assert not again  # once a process: a 12-bit dataset has it in every file
+
+
+def test_full_range_sixteen_bit_and_eight_bit_images_are_not_warned_of(tmp_path, warn_again):
+    full = (np.arange(64).reshape(8, 8) * 1024).astype(np.uint16)
+    Image.fromarray(full).save(tmp_path / "full16.png")
+    Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(np.uint8)).save(tmp_path / "8.png")
+    rgb, said = _quiet(lambda: np.asarray(load_rgb(tmp_path / "full16.png")))
+    assert not said and rgb.max() == round(63 * 1024 * 255 / 65535)
+    rgb, said = _quiet(lambda: np.asarray(load_rgb(tmp_path / "8.png")))
+    assert not said and rgb.max() == 252
+
+
+# -- class names that differ only in case ----------------------------------------------------
+
+
+def _folder(root, names):
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_class_folders_that_differ_only_in_case_are_warned_of_not_merged(tmp_path):
+    source, said = _quiet(lambda: ImageFolderSource(_folder(tmp_path, ["Cat", "cat", "dog"])))
+    assert source.classes == ["Cat", "cat", "dog"]
+    (message,) = said
+    assert "classes 'Cat' and 'cat' differ only in case" in message
+    assert "does not merge" in message
+
+
+def test_csv_labels_that_differ_only_in_case_are_warned_of(tmp_path):
+    _folder(tmp_path, ["img"])
+    rows = ["path,label", "img/0.png,Dog", "img/1.png,dog"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    _, said = _quiet(lambda: CSVSource(tmp_path / "m.csv"))
+    assert any("'Dog' and 'dog' differ only in case" in m for m in said)
+
+
+def test_single_letters_that_differ_in_case_are_not_warned_of(tmp_path):
+    # a handwriting set's 'A' and 'a' are two classes
+    _, said = _quiet(lambda: ImageFolderSource(_folder(tmp_path, ["A", "a", "b"])))
+    assert not said
