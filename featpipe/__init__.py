@@ -1,6 +1,13 @@
 """featpipe: transfer learning on images with frozen backbones, classical heads and fine-tuning."""
 
+# The Ctrl-C hook goes in before the slow imports (torch takes seconds).
+# ruff: noqa: E402
+
 from __future__ import annotations
+
+from featpipe.interrupt import quiet_while_importing as _quiet_while_importing
+
+_imported = _quiet_while_importing()
 
 from featpipe._version import __version__
 
@@ -29,3 +36,5 @@ __all__ = [
     "open_source",
     "register_backbone",
 ]
+
+_imported()

@@ -10,10 +10,12 @@ command to resume"``); the CLI prints it and exits with ``128 + signal`` (130 or
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class Interrupted(KeyboardInterrupt):
@@ -118,3 +120,42 @@ def worker_ignores(*signums: int) -> None:
     for signum in signums:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+
+
+def quiet_while_importing() -> Callable[[], None]:
+    """In the ``featpipe`` command, until the returned function is called, Ctrl-C ends the
+    program at once with one line and 130. ``featpipe/__init__`` calls this before its slow
+    imports (torch takes seconds) and the function after them: the CLI cannot catch what stops
+    it before :func:`featpipe.cli.main` starts, and a KeyboardInterrupt raised inside torch's
+    or numpy's import gives a long traceback, a RecursionError or a C++ abort. Nothing has been
+    done yet, so there is nothing to clean up. A program that imports featpipe keeps its
+    Ctrl-C, as does a command whose SIGINT is already handled or ignored."""
+    if (
+        not _the_command()
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        return lambda: None
+
+    def stop(signum: int, _frame) -> None:
+        sys.stderr.write("featpipe: interrupted while starting; nothing was done\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, stop)
+
+    def done() -> None:
+        if signal.getsignal(signal.SIGINT) is stop:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    return done
+
+
+def _the_command() -> bool:
+    """Whether this process is the ``featpipe`` command: its console script, or
+    ``python -m featpipe`` (whose ``sys.argv[0]`` reads ``-m`` while the package imports)."""
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if os.path.splitext(script)[0] == "featpipe":
+        return True
+    argv = sys.orig_argv
+    return any(a == "-m" and b == "featpipe" for a, b in itertools.pairwise(argv))

@@ -71,36 +71,40 @@ def _plain_warnings() -> Iterator[None]:
         warnings.formatwarning = previous
 
 
-def _who(command: str) -> str:
+def _who(command: str | None) -> str:
     """``featpipe extract``, or ``featpipe [rank 1/4] extract`` in a multi-process job: each
     rank prints its own error (a failed rank 1, rank 0 stopped by torchrun)."""
     try:
         tag = current_ranks().tag
     except FeaturePipeError:  # torchrun's variables are the error being reported
         tag = ""
-    return f"featpipe [{tag}] {command}" if tag else f"featpipe {command}"
+    who = f"featpipe [{tag}]" if tag else "featpipe"
+    return f"{who} {command}" if command else who
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    command = None  # known once the arguments are parsed
     try:
+        # Building the parser imports every command's module: a Ctrl-C then is one line too.
         with handle_sigterm(), _plain_warnings():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            command = args.command
             return int(args.func(args) or 0)
     except FeaturePipeError as exc:
         if os.environ.get("FEATPIPE_DEBUG") == "1":  # the full traceback, for bug reports
             traceback.print_exc()
-        print(f"{_who(args.command)}: error: {exc}", file=sys.stderr)
+        print(f"{_who(command)}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see featpipe.interrupt)
         stop = Interrupted.from_exception(exc)
-        print(f"{_who(args.command)}: {stop.message}", file=sys.stderr)
+        print(f"{_who(command)}: {stop.message}", file=sys.stderr)
         return stop.exit_code
 
 

@@ -1,0 +1,72 @@
+"""Trust sweep 10: the extraction loop and the CLI's entry (Ctrl-C while starting)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featpipe import cli
+
+# Sends Ctrl-C to its own process when torch starts to import (featpipe imports it first).
+CTRL_C_AT_TORCH = """\
+import os, signal, sys
+
+class CtrlCAtTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCAtTorch())
+"""
+
+
+def _run_with_ctrl_c_at_torch(tmp_path: Path, command: list[str]) -> subprocess.CompletedProcess:
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_AT_TORCH)
+    root = Path(cli.__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("how", ["console script", "python -m"])
+def test_ctrl_c_while_torch_imports_is_one_line_and_130(tmp_path, how):
+    """The command cannot catch a Ctrl-C before main() starts: it printed torch's import
+    traceback (or, by timing, a RecursionError from a half-imported numpy, or a C++ abort)."""
+    if how == "console script":  # as pip writes it
+        script = tmp_path / "featpipe"
+        script.write_text("import sys\nfrom featpipe.cli import main\nsys.exit(main())\n")
+        command = [sys.executable, str(script), "backbones"]
+    else:
+        command = [sys.executable, "-m", "featpipe", "backbones"]
+    done = _run_with_ctrl_c_at_torch(tmp_path, command)
+    assert done.returncode == 128 + signal.SIGINT, done.stderr
+    assert done.stderr == "featpipe: interrupted while starting; nothing was done\n"
+
+
+def test_a_program_importing_featpipe_keeps_its_ctrl_c(tmp_path):
+    """Only the featpipe command exits quietly: a program's own Ctrl-C stays a KeyboardInterrupt."""
+    code = "try:\n    import featpipe\nexcept KeyboardInterrupt:\n    print('caught')\n"
+    done = _run_with_ctrl_c_at_torch(tmp_path, [sys.executable, "-c", code])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "caught\n"
+
+
+def test_ctrl_c_while_the_parser_is_built_is_one_line(monkeypatch, capsys):
+    """build_parser imports every command's module, outside main's handling before."""
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    try:
+        code = cli.main(["backbones"])
+    except KeyboardInterrupt:  # raised into pytest, it would stop the whole session
+        pytest.fail("the Ctrl-C left main() as a KeyboardInterrupt")
+    assert code == 130
+    assert capsys.readouterr().err == "featpipe: interrupted\n"
