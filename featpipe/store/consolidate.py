@@ -17,7 +17,9 @@ from featpipe.store.reader import FeatureStore
 from featpipe.store.writer import (
     check_not_source,
     check_out_file,
+    checked_chunk,
     copy_failed,
+    create_checked,
     replace_store_file,
 )
 
@@ -112,6 +114,8 @@ def _copy(f: h5py.File, g: h5py.File, source: FeatureStore, block_chunks: int) -
             layer = name[len(schema.FEATURES) + 1 :]
             for start in range(0, n, step):
                 ds[start : start + step] = source.read_rows(obj, layer, start, min(n, start + step))
+        elif checked_chunk(name, rows_per_chunk) is not None:  # checksummed as a store's
+            ds = create_checked(g, name, obj[()], rows_per_chunk)
         else:
             kind = h5py.string_dtype() if h5py.check_string_dtype(obj.dtype) else obj.dtype
             data = obj[()]

@@ -32,6 +32,13 @@ set, plus everything needed to tell where they came from. Plain ``h5py`` reads a
                                    on it
     /progress/chunk_run     (n_chunks,) float64: start time (Unix seconds) of that run
 
+``samples/label``, ``samples/split``, ``samples/ok`` and ``progress/chunk_done`` carry a
+fletcher32 checksum per chunk too (``ok`` in chunks of ``rows_per_chunk`` rows, ``chunk_done``
+of 1,024 flags; stores made before them have none), so a flipped bit in a label, a split, an ok
+or a done flag is an error on read, not a wrong number. The text datasets (ids, class names,
+reasons: HDF5 keeps variable-length text outside the chunks) and the cost records
+(``chunk_seconds``, ``chunk_run``: read only to sum a store's cost) have none.
+
 Rows are cut into chunks of ``rows_per_chunk`` rows (the last one may be shorter); chunk ``i``
 holds rows ``[i * rows_per_chunk, min(N, (i + 1) * rows_per_chunk))``. Every array is allocated
 at full size when the file is created (chunks allocated early, so later writes touch only raw

@@ -77,8 +77,43 @@ def _create_reasons(file: h5py.File, n_rows: int) -> None:
 def _create_run_records(f: h5py.File, n_chunks: int) -> None:
     """Which run wrote each chunk (its start time) in how many seconds; written in full now,
     like ``chunk_done``, so that setting them later touches only raw data."""
+    # Not checksummed: they only feed the cost record, and readers never read them (a
+    # chunked dataset would add a B-tree whose damage no read would find).
     f.create_dataset(schema.CHUNK_SECONDS, data=np.zeros(n_chunks, dtype=np.float64))
     f.create_dataset(schema.CHUNK_RUN, data=np.zeros(n_chunks, dtype=np.float64))
+
+
+# Flags per checksummed chunk of progress/chunk_done: setting one flag rewrites its chunk
+# (read, checked, written back with its new checksum), so chunks stay small.
+PROGRESS_CHUNK = 1024
+# Entries per checksummed chunk of samples/label and samples/split (written once).
+SAMPLES_CHUNK = 65536
+
+
+def checked_chunk(name: str, rows_per_chunk: int = 0) -> int | None:
+    """Entries per checksummed chunk of the 1-D dataset ``name`` (``rows_per_chunk``: the
+    store's, for samples/ok); None for one kept without a checksum (ids, class names and
+    reasons are variable-length strings, whose text HDF5 keeps outside the chunks; the cost
+    records)."""
+    return {
+        schema.SAMPLES_LABEL: SAMPLES_CHUNK,
+        schema.SAMPLES_SPLIT: SAMPLES_CHUNK,
+        schema.SAMPLES_OK: rows_per_chunk,  # write_chunk rewrites exactly its chunk
+        schema.CHUNK_DONE: PROGRESS_CHUNK,
+    }.get(name)
+
+
+def create_checked(
+    f: h5py.File, name: str, data: np.ndarray, rows_per_chunk: int = 0
+) -> h5py.Dataset:
+    """The 1-D dataset ``name`` of ``data`` in chunks (:func:`checked_chunk`), each with a
+    fletcher32 checksum that HDF5 checks on every read, as the features have (a flipped bit
+    in a label or a done flag is an error, not a wrong number). Every chunk is written now,
+    and a checksum keeps a chunk one size, so rewriting entries later touches only its bytes."""
+    chunk = checked_chunk(name, rows_per_chunk)
+    return f.create_dataset(
+        name, data=data, chunks=(max(1, min(chunk, len(data))),), fletcher32=True
+    )
 
 
 def write_root(
@@ -110,8 +145,9 @@ def write_samples(
     """samples/id, samples/label, samples/split and classes of a new store file."""
     text = h5py.string_dtype()
     f.create_dataset(schema.SAMPLES_ID, data=list(ids), dtype=text)
-    f.create_dataset(schema.SAMPLES_LABEL, data=np.asarray(labels, dtype=np.int64))
-    split_ds = f.create_dataset(schema.SAMPLES_SPLIT, data=np.asarray(splits, dtype=np.uint8))
+    labels = np.asarray(labels, dtype=np.int64)
+    create_checked(f, schema.SAMPLES_LABEL, labels)
+    split_ds = create_checked(f, schema.SAMPLES_SPLIT, np.asarray(splits, dtype=np.uint8))
     split_ds.attrs["names"] = list(SPLIT_NAMES)
     f.create_dataset(schema.CLASSES, data=list(classes), dtype=text)
 
@@ -321,13 +357,13 @@ class StoreWriter:
             with h5py.File(tmp, "w") as f:
                 write_root(f, attrs, list(layers), dtype, rows_per_chunk, n_chunks)
                 write_samples(f, ids, labels, splits, classes)
-                f.create_dataset(schema.SAMPLES_OK, data=np.zeros(n, dtype=bool))
+                create_checked(f, schema.SAMPLES_OK, np.zeros(n, dtype=bool), rows_per_chunk)
                 _create_reasons(f, n)
                 group = f.create_group(schema.FEATURES)
                 for name, (dim, pooling) in layers.items():
                     ds = _create_features(group, name, n, int(dim), rows_per_chunk, dtype)
                     ds.attrs.update(layer=name, pooling=pooling, dim=int(dim), dtype=dtype)
-                f.create_dataset(schema.CHUNK_DONE, data=np.zeros(n_chunks, dtype=bool))
+                create_checked(f, schema.CHUNK_DONE, np.zeros(n_chunks, dtype=bool))
                 _create_run_records(f, n_chunks)
             replace_store_file(tmp, path)
         except (OSError, RuntimeError) as exc:

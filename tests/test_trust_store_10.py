@@ -1,0 +1,162 @@
+"""Trust sweep of the feature store, round 3: checksums on the samples and progress datasets
+(a flipped bit in a label or a done flag was a silent wrong number)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from extract_child import NoiseSource
+
+from featpipe.cli import main
+from featpipe.errors import UnreadableStoreError
+from featpipe.extract import extract
+from featpipe.store import FeatureStore
+from featpipe.store.consolidate import consolidate
+from featpipe.store.writer import StoreWriter
+
+FAST = dict(workers=0, device="cpu", progress=False, batch_size=4, dtype="float32")
+
+
+def _store(path: Path, done: int = 4) -> np.ndarray:
+    """A store of 40 rows in chunks of 10, ``done`` chunks written (complete when 4)."""
+    x = np.arange(40 * 8, dtype=np.float32).reshape(40, 8) + 1
+    with StoreWriter.create(
+        path,
+        ids=[f"img{i}" for i in range(40)],
+        labels=np.arange(40) % 2,
+        splits=np.repeat([0, 2], 20),
+        classes=["a", "b"],
+        layers={"pooled": (8, "avg")},
+        dtype="float32",
+        rows_per_chunk=10,
+        attrs={"key": "0123456789abcdef"},
+    ) as w:
+        for i in range(done):
+            w.write_chunk(i, {"pooled": x[i * 10 : (i + 1) * 10]})
+        if done == 4:
+            w.finish()
+    return x
+
+
+def _flip(path: Path, name: str, at: int) -> None:
+    """Flip the lowest bit of byte ``at`` of the stored data of dataset ``name`` (as a failing
+    disk or a bad copy would), leaving every HDF5 structure intact."""
+    with h5py.File(path, "r") as f:
+        ds = f[name]
+        offset = ds.id.get_offset() if ds.chunks is None else ds.id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as f:
+        f.seek(offset + at)
+        byte = f.read(1)[0]
+        f.seek(offset + at)
+        f.write(bytes([byte ^ 1]))
+
+
+@pytest.mark.parametrize("name", ["samples/label", "samples/split", "samples/ok"])
+def test_a_flipped_bit_in_the_samples_is_an_error_not_a_wrong_label(tmp_path, name):
+    """samples/label, split and ok had no checksum: a flipped bit made row 5's label 0
+    instead of 1 (or moved it to another split, or skipped it), read without a word."""
+    path = tmp_path / "s.h5"
+    _store(path)
+    _flip(path, name, at=40 if name == "samples/label" else 5)
+    store = FeatureStore(path)
+    with pytest.raises(UnreadableStoreError, match=r"s\.h5 is not a readable .*--overwrite"):
+        store.arrays("pooled", "train")
+    with h5py.File(path, "r") as f, pytest.raises(OSError):
+        f[name][:]  # plain h5py checks it too
+
+
+def test_a_flipped_done_flag_is_an_error_not_a_chunk_taken_as_written(tmp_path, capsys):
+    """progress/chunk_done had no checksum: a flipped bit marked an unwritten chunk done, and
+    its unspecified rows were read (and never extracted on resume)."""
+    path = tmp_path / "s.h5"
+    _store(path, done=3)
+    _flip(path, "progress/chunk_done", at=3)
+    with pytest.raises(UnreadableStoreError, match="--overwrite"):
+        FeatureStore(path).arrays("pooled", allow_incomplete=True)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--overwrite" in err
+
+
+def test_rewriting_a_chunk_keeps_the_checksummed_flags_in_place(tmp_path):
+    """Setting a chunk's ok flags and progress entries rewrites their checksummed chunks in
+    place: no HDF5 metadata changes, so a kill mid-write cannot damage the file."""
+    path = tmp_path / "s.h5"
+    x = _store(path)
+    names = ["samples/ok", "progress/chunk_done"]
+
+    def chunks(f):
+        return {
+            n: [f[n].id.get_chunk_info(i) for i in range(f[n].id.get_num_chunks())] for n in names
+        }
+
+    with h5py.File(path, "r") as f:
+        assert all(f[n].fletcher32 for n in [*names, "samples/label", "samples/split"])
+        where = chunks(f)
+        feature = f["features/pooled"].id.get_chunk_info(1)
+        ours = [(c.byte_offset, c.size) for n in names for c in where[n]]
+        ours.append((feature.byte_offset, feature.size))
+        for name in ("progress/chunk_seconds", "progress/chunk_run"):  # the cost records
+            ours.append((f[name].id.get_offset(), f[name].id.get_storage_size()))
+    before = np.frombuffer(path.read_bytes(), np.uint8)
+    with StoreWriter.open(path) as w:
+        w.write_chunk(1, {"pooled": -x[10:20]})
+    changed = np.flatnonzero(before != np.frombuffer(path.read_bytes(), np.uint8))
+    with h5py.File(path, "r") as f:
+        assert chunks(f) == where
+    outside = [i for i in changed if not any(a <= i < a + n for a, n in ours)]
+    assert len(changed) and not outside
+    assert np.array_equal(FeatureStore(path).arrays("pooled")[0][10:20], -x[10:20])
+
+
+def test_a_store_without_checksummed_samples_still_reads_and_resumes(tmp_path):
+    """Stores made before these checksums (contiguous samples and progress) read and resume
+    as before."""
+    path = tmp_path / "old.h5"
+    x = _store(path, done=3)
+    with h5py.File(path, "r+") as f:  # laid out as an older featpipe did
+        for name in [
+            "samples/label",
+            "samples/split",
+            "samples/ok",
+            "progress/chunk_done",
+            "progress/chunk_seconds",
+            "progress/chunk_run",
+        ]:
+            data, attrs = f[name][()], dict(f[name].attrs)
+            del f[name]
+            f.create_dataset(name, data=data).attrs.update(attrs)
+    with StoreWriter.open(path) as w:
+        w.write_chunk(3, {"pooled": x[30:]})
+        w.finish()
+    X, y = FeatureStore(path).arrays("pooled")
+    assert np.array_equal(X, x) and np.array_equal(y, np.arange(40) % 2)
+
+
+def test_a_parted_store_checksums_its_samples_and_the_parts_flags(tmp_path):
+    """The top-level file of a parted store and each part file carry the checksums too."""
+    out = tmp_path / "p.h5"
+    extract(NoiseSource(40), "toy", ["pooled"], out=out, chunk_rows=2, shard=(0, 1), **FAST)
+    store = FeatureStore(out)
+    assert store.parts and store.complete
+    with h5py.File(out, "r") as f:
+        assert f["samples/label"].fletcher32 and f["samples/split"].fletcher32
+    with h5py.File(store.parts[0].path, "r") as f:
+        assert f["samples/ok"].fletcher32 and f["progress/chunk_done"].fletcher32
+    _flip(out, "samples/label", at=0)
+    with pytest.raises(UnreadableStoreError, match="--overwrite"):
+        FeatureStore(out).labels()
+
+
+def test_a_consolidated_store_keeps_the_checksums(tmp_path):
+    """consolidate copied samples/label, split, ok and chunk_done without a checksum."""
+    out = tmp_path / "p.h5"
+    extract(NoiseSource(40), "toy", ["pooled"], out=out, chunk_rows=2, shard=(0, 1), **FAST)
+    one = consolidate(out, tmp_path / "one.h5")
+    names = ["samples/label", "samples/split", "samples/ok", "progress/chunk_done"]
+    with h5py.File(one.path, "r") as f:
+        assert all(f[name].fletcher32 for name in names)
+    assert np.array_equal(one.labels(), FeatureStore(out).labels())
