@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
-from featpipe.evaluate.leakage import check_data
+from featpipe.data import open_source
+from featpipe.evaluate.leakage import DataChecks, check_data, check_source
 
 
 def test_a_cosine_threshold_of_1_finds_every_test_image_with_a_train_images_features():
@@ -21,3 +23,29 @@ def test_a_cosine_threshold_of_1_finds_every_test_image_with_a_train_images_feat
     assert sorted(found) == sorted(ids[150:170])
     assert all(c == 1.0 for _, c in found.values())  # not 1.0000002
     assert all(found[f"i{150 + k}"][0] == f"i{k}" for k in range(20))
+
+
+def test_images_too_small_to_hash_are_named_not_reported_clean(tmp_path):
+    # Train images of 64 px, test images 24 px copies of them: no test image was hashed, and the
+    # checks said only 'No test image has a near-duplicate in train or val (perceptual hash
+    # within 4 bits).'
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        image = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((64, 64))
+        for split, side in (("train", 64), ("test", 24)):
+            folder = tmp_path / split / "ab"[k % 2]
+            folder.mkdir(parents=True, exist_ok=True)
+            image.resize((side, side)).save(folder / f"{k}.png")
+    checks = check_source(open_source(str(tmp_path)))
+    assert checks.hash_bits is not None and checks.unhashed == {"test": 4}
+    text = " ".join(checks.lines())
+    assert "The perceptual hash did not compare 4 test image(s)" in text
+    assert "smaller than 32 px" in text
+    assert DataChecks.from_json(checks.to_json()) == checks
+
+
+def test_checks_saved_without_the_unhashed_counts_still_read():
+    checks = check_data(["a", "b"], np.zeros(2, int), ["train", "test"], ["c"], hashes=["x", "y"])
+    saved = checks.to_json()
+    del saved["unhashed"]
+    assert DataChecks.from_json(saved) == checks

@@ -57,6 +57,9 @@ class DataChecks:
     # (no source to hash, or checks saved before perceptual hashes).
     near_hash: list[list] = field(default_factory=list)
     hash_bits: int | None = None
+    # {split: images} without a perceptual hash (too small or unreadable) when others have one:
+    # the hash check did not compare them.
+    unhashed: dict[str, int] = field(default_factory=dict)
 
     @property
     def duplicated_test(self) -> set[str]:
@@ -118,6 +121,12 @@ class DataChecks:
             )
         elif self.hash_bits is not None:
             out.append(f"No test image has a near-duplicate in {where} {hashed}.")
+        if self.hash_bits is not None and self.unhashed:
+            listed = ", ".join(f"{n} {split}" for split, n in self.unhashed.items())
+            out.append(
+                f"The perceptual hash did not compare {listed} image(s): they are smaller than "
+                f"{MIN_HASH_SIDE} px or could not be read."
+            )
         if self.near_layer is None:
             if self.hash_bits is None:
                 out.append(
@@ -248,9 +257,12 @@ def check_data(
     near = []
     if features is not None:
         near = _near_duplicates(features, splits_arr, ids, threshold)
-    near_hash = []
+    near_hash, unhashed = [], {}
     if image_hashes:  # none: no source, or images too small to hash
         near_hash = _near_hashes(image_hashes, splits_arr, ids, hash_bits)
+        for i, split in zip(ids, splits, strict=True):
+            if i not in image_hashes:
+                unhashed[split] = unhashed.get(split, 0) + 1
     small = {}
     for split in ("val", "test"):
         counts = np.bincount(np.asarray(labels)[splits_arr == split], minlength=len(classes))
@@ -270,6 +282,7 @@ def check_data(
         counts={s: int((splits_arr == s).sum()) for s in SPLIT_NAMES},
         near_hash=near_hash,
         hash_bits=hash_bits if image_hashes else None,
+        unhashed={split: unhashed[split] for split in SPLIT_NAMES if split in unhashed},
     )
 
 
