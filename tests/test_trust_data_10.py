@@ -8,10 +8,19 @@ import warnings
 
 import numpy as np
 import pytest
+from dataset_files import write_shards
 from PIL import Image
 
 import featpipe.data.images as images
-from featpipe.data import ArraySource, CSVSource, ImageFolderSource, ParquetSource, load_rgb
+from featpipe.data import (
+    ArraySource,
+    CSVSource,
+    ImageFolderSource,
+    ParquetSource,
+    load_rgb,
+    open_source,
+)
+from featpipe.errors import SourceError
 
 
 def _quiet(build):
@@ -125,3 +134,14 @@ def test_single_letters_that_differ_in_case_are_not_warned_of(tmp_path):
     # a handwriting set's 'A' and 'a' are two classes
     _, said = _quiet(lambda: ImageFolderSource(_folder(tmp_path, ["A", "a", "b"])))
     assert not said
+
+
+def test_shards_of_one_integer_class_are_refused_as_one_class(tmp_path):
+    # label 3 on every sample made classes '0'..'3', which passed the two-class check; the
+    # same shards with a class name were refused
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    samples = [{"__key__": f"k{i}", "png": buffer.getvalue(), "cls": 3} for i in range(4)]
+    write_shards(tmp_path, samples, 2)
+    with pytest.raises(SourceError, match=r"at least two classes.*give only \['3'\]"):
+        _quiet(lambda: open_source(f"wds:{tmp_path}"))

@@ -530,10 +530,11 @@ def _encode(values: list[int | str], f: Field, where: str) -> tuple[list[str], n
     if kind is np.int64:  # before int64 holds them
         check_label_max(max(values), origin)
     classes, labels = encode_labels(np.asarray(values, dtype=kind), None, len(values), origin)
-    if len(classes) < 2:
+    present = [classes[c] for c in np.unique(labels)]  # integer labels make empty classes
+    if len(present) < 2:
         raise SourceError(
             f"A classifier needs at least two classes; the {f} labels of the shards {where} "
-            f"give only {classes}."
+            f"give only {present}."
         )
     return classes, labels
 
