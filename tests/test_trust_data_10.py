@@ -4,7 +4,9 @@ in 16-bit files, class names that differ only in case. Each test builds its own 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -101,6 +103,35 @@ def test_full_range_sixteen_bit_and_eight_bit_images_are_not_warned_of(tmp_path,
     assert not said and rgb.max() == round(63 * 1024 * 255 / 65535)
     rgb, said = _quiet(lambda: np.asarray(load_rgb(tmp_path / "8.png")))
     assert not said and rgb.max() == 252
+
+
+def _rgb16_png(path, pixels: np.ndarray) -> None:
+    """A 16-bit RGB PNG of ``pixels`` (H, W, 3), written by hand: Pillow cannot save one."""
+    h, w, _ = pixels.shape
+    rows = pixels.astype(">u2")
+    raw = b"".join(b"\x00" + rows[y].tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    png = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png)
+
+
+def test_twelve_bit_data_in_a_sixteen_bit_rgb_png_is_warned_of(tmp_path, warn_again):
+    # Pillow keeps the high byte of a 16-bit RGB PNG: 12-bit values decode to at most 15
+    _rgb16_png(tmp_path / "rgb12.png", np.arange(48).reshape(4, 4, 3) * 85)  # 0..3995
+    rgb, said = _quiet(lambda: np.asarray(load_rgb(tmp_path / "rgb12.png")))
+    assert rgb.max() == 15
+    (message,) = said
+    assert "rgb12.png" in message and "values stay below 4096" in message
+    _rgb16_png(tmp_path / "rgb16.png", np.arange(48).reshape(4, 4, 3) * 1365)  # full range
+    images._warned_low_bits = False
+    rgb, said = _quiet(lambda: np.asarray(load_rgb(tmp_path / "rgb16.png")))
+    assert not said and rgb.max() == 64155 >> 8
 
 
 # -- class names that differ only in case ----------------------------------------------------

@@ -256,8 +256,9 @@ def _pil_decode(
             # sets up the decoder, and a file that cannot shrink stays exact.
             if min_size and img.format in _JPEG_FORMATS and draft_scale(full, min_size) > 1:
                 img.draft("RGB", (min_size, min_size))
+            high_byte = _high_byte_only(img)
             img.load()  # decode now so that truncated files fail here, not later
-            _warn_low_bit_depth(img, name)
+            _warn_low_bit_depth(img, name, high_byte)
             return to_rgb(img), full
     except ImageReadError as err:  # from to_rgb
         raise ImageReadError(
@@ -273,22 +274,40 @@ _LOW_BITS = 12  # a 16-bit image whose values fit in this many bits is warned of
 _warned_low_bits = False  # once a process: a 12-bit dataset has it in every file
 
 
-def _warn_low_bit_depth(img: Image.Image, name: str | Path) -> None:
-    """Warn (once) of a 16-bit image whose values all fit in 12 bits (module notes)."""
+def _high_byte_only(img: Image.Image) -> bool:
+    """Whether Pillow decodes the opened (not yet loaded) ``img`` to 8 bits per channel by
+    keeping the high byte of each 16-bit value: 16-bit colour and grey-with-alpha PNGs."""
+    return img.format == "PNG" and bool(img.tile) and str(img.tile[0].args).endswith(";16B")
+
+
+def _warn_low_bit_depth(img: Image.Image, name: str | Path, high_byte: bool) -> None:
+    """Warn (once) of a 16-bit image whose values all fit in 12 bits (module notes);
+    ``high_byte``: Pillow kept only the high byte of the file's values (_high_byte_only)."""
     global _warned_low_bits
-    if _warned_low_bits or not (img.mode.startswith("I;16") or img.mode == "I"):
+    if _warned_low_bits:
         return
-    lo, hi = img.getextrema()
-    if lo < 0 or not 0 < hi < 1 << _LOW_BITS:
+    if img.mode.startswith("I;16") or img.mode == "I":
+        lo, hi = img.getextrema()
+        if lo < 0 or not 0 < hi < 1 << _LOW_BITS:
+            return
+        seen = f"its values reach only {hi} (range {lo}..{hi})"
+    elif high_byte and img.mode in ("RGB", "RGBA", "LA"):
+        colour = img.getextrema()[: 1 if img.mode == "LA" else 3]  # alpha aside
+        top = max(band[1] for band in colour)  # the high byte of the largest value
+        if not 0 < top < 1 << (_LOW_BITS - 8):
+            return
+        hi = top * 256 + 255
+        seen = f"its values stay below {hi + 1}"
+    else:
         return
     _warned_low_bits = True
     bits = max(hi.bit_length(), 8)
     warnings.warn(
-        f"Image {str(name)!r} is 16-bit but its values reach only {hi} (range {lo}..{hi}): "
-        f"16-bit images are scaled by 255/65535, so it decodes near-black (at most "
-        f"{round(hi * 255 / 65535)} of 255). If it holds {bits}-bit data saved unscaled (a "
-        f"camera or scanner's raw values), rescale the files to 16 bits (values << "
-        f"{16 - bits}) or save them as 8-bit. Later such images are not warned of again.",
+        f"Image {str(name)!r} is 16-bit but {seen}: 16-bit images are scaled by "
+        f"255/65535, so it decodes near-black (at most {round(hi * 255 / 65535)} of 255). If "
+        f"it holds {bits}-bit data saved unscaled (a camera or scanner's raw values), rescale "
+        f"the files to 16 bits (values << {16 - bits}) or save them as 8-bit. Later such "
+        "images are not warned of again.",
         UserWarning,
         stacklevel=2,
     )
