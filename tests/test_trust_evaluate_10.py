@@ -49,3 +49,42 @@ def test_checks_saved_without_the_unhashed_counts_still_read():
     saved = checks.to_json()
     del saved["unhashed"]
     assert DataChecks.from_json(saved) == checks
+
+
+def _folder(root, images: dict[str, Image.Image]):
+    for name, image in images.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(root / name)
+    return open_source(str(root))
+
+
+def test_16_bit_images_are_hashed_as_the_backbone_sees_them_not_clipped_white(tmp_path):
+    # Pillow's convert("L") clips 16-bit values above 255: every image of values 300..65535
+    # was plain white to the hash, and each test image a near-duplicate (0 bits) of a train one.
+    rng = np.random.default_rng(1)
+    images = {}
+    for name in ["train/a/0.png", "train/b/1.png", "test/a/2.png", "test/b/3.png"]:
+        small = Image.fromarray((rng.random((8, 8)) * 60000 + 2000).astype(np.float32))
+        pixels = np.asarray(small.resize((64, 64), Image.Resampling.BICUBIC))
+        images[name] = Image.fromarray(pixels.clip(300, 65535).astype(np.uint16))
+    assert images["test/a/2.png"].mode == "I;16"
+    checks = check_source(_folder(tmp_path, images))
+    assert checks.hash_bits is not None and checks.near_hash == []
+
+
+def test_a_transparent_background_is_hashed_on_white_as_the_backbone_sees_it(tmp_path):
+    # The same icon over other hidden colours (alpha 0) is the same image to a backbone (alpha
+    # on white); the hash read the hidden colours and missed the copy.
+    rng = np.random.default_rng(2)
+    images = {}
+    for name in ("train/a/0.png", "test/a/0.png", "train/b/1.png", "test/b/1.png"):
+        rgba = np.zeros((64, 64, 4), np.uint8)
+        rgba[..., :3] = rng.integers(0, 256, (64, 64, 3))
+        side = 4 if "/a/" in name else 28  # two icons: a thin bar and a block
+        rgba[16:48, 20 : 20 + side] = (0, 0, 0, 255)
+        images[name] = Image.fromarray(rgba)
+    checks = check_source(_folder(tmp_path, images))
+    assert checks.near_hash == [
+        ["test/a/0.png", "train/a/0.png", 0],
+        ["test/b/1.png", "train/b/1.png", 0],
+    ]

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
+from featpipe.data.images import to_rgb
 from featpipe.data.source import SPLIT_NAMES, ImageSource
 from featpipe.errors import ConfigError, FeaturePipeError
 
@@ -224,7 +225,8 @@ def _image_hash(source: ImageSource, index: int) -> int | None:
         if min(image.size) < MIN_HASH_SIDE:
             return None
         image.draft("L", (_HASH_SIDE, _HASH_SIDE))  # a JPEG: decoded at up to 1/8 scale, gray
-        return perceptual_hash(image)
+        # The pixels a backbone sees: 16-bit scaled, not clipped to white; alpha on white.
+        return perceptual_hash(to_rgb(image))
 
 
 def check_data(
