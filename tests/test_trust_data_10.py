@@ -22,7 +22,7 @@ from featpipe.data import (
     load_rgb,
     open_source,
 )
-from featpipe.errors import SourceError
+from featpipe.errors import ConfigError, SourceError
 
 
 def _quiet(build):
@@ -176,3 +176,23 @@ def test_shards_of_one_integer_class_are_refused_as_one_class(tmp_path):
     write_shards(tmp_path, samples, 2)
     with pytest.raises(SourceError, match=r"at least two classes.*give only \['3'\]"):
         _quiet(lambda: open_source(f"wds:{tmp_path}"))
+
+
+@pytest.mark.parametrize(
+    "spec", ["hf-dataset:", "hf-dataset:?label=label", "wds:", "wds:?image=png"]
+)
+def test_a_prefix_with_no_path_does_not_read_the_working_directory(tmp_path, monkeypatch, spec):
+    # Path("") is the working directory: 'hf-dataset:' (an unset $DATA) read the parquet
+    # files lying there as the dataset, 'wds:' the shards
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    pq.write_table(
+        pa.table({"image": [buffer.getvalue()] * 4, "label": [0, 1, 0, 1]}), tmp_path / "x.parquet"
+    )
+    samples = [{"__key__": f"k{i}", "png": buffer.getvalue(), "cls": i % 2} for i in range(4)]
+    write_shards(tmp_path, samples, 2)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="names no dataset after its prefix"):
+        open_source(spec)

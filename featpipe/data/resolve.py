@@ -105,6 +105,7 @@ def _open_prefixed(prefix: str, rest: str, spec: str, kwargs: dict) -> ImageSour
             rest.rpartition("?") if re.search(r"\?\w+=[^/]*$", rest) else (rest, "", "")
         )
         options = _options(query, SHARD_OPTIONS, rest, "?image=jpg&label=json:label")
+        _check_location(shards, spec, "wds:/data/shards-{000000..000099}.tar")
         return WebDatasetSource(shards, **options, **kwargs)
     raise ConfigError(
         f"Unknown image source prefix {prefix + ':'!r} in {spec!r}."
@@ -119,6 +120,7 @@ def _open_table(rest: str, kwargs: dict) -> ImageSource:
 
     location, _, query = rest.partition("?")
     options = _options(query, TABLE_OPTIONS, rest, "?image=img&label=fine_label")
+    _check_location(location, f"hf-dataset:{rest}", "hf-dataset:/data/cifar100")
     path = Path(location)
     if not path.exists():
         raise SourceError(f"Hugging Face dataset {location!r} does not exist.")
@@ -127,6 +129,16 @@ def _open_table(rest: str, kwargs: dict) -> ImageSource:
     )
     cls = ParquetSource if is_parquet else HFDatasetSource
     return cls(path, **options, **kwargs)
+
+
+def _check_location(location: str, spec: str, example: str) -> None:
+    """Refuse a prefixed spec that names no path: Path("") is the working directory, so an
+    unset variable (hf-dataset:$DATA) would read whatever data lies there."""
+    if not location.strip():
+        raise ConfigError(
+            f"Image source {spec!r} names no dataset after its prefix. Give its path, e.g. "
+            f"{example}."
+        )
 
 
 def _options(query: str, valid: tuple[str, ...], rest: str, example: str) -> dict[str, str]:
