@@ -134,6 +134,23 @@ def test_twelve_bit_data_in_a_sixteen_bit_rgb_png_is_warned_of(tmp_path, warn_ag
     assert not said and rgb.max() == 64155 >> 8
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_an_icc_profile_is_not_applied_as_torchvision_does_not(tmp_path, suffix):
+    # a guard: pretrained models saw pixels decoded without colour management (torchvision's
+    # and timm's loaders: Image.open(f).convert("RGB")), so featpipe decodes them the same way
+    ImageCms = pytest.importorskip("PIL.ImageCms")
+    folder = pytest.importorskip("torchvision.datasets.folder")
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    path = tmp_path / f"icc{suffix}"
+    Image.fromarray(pixels).save(path, icc_profile=icc)
+    assert Image.open(path).info["icc_profile"] == icc
+    expected = np.asarray(folder.pil_loader(path))
+    np.testing.assert_array_equal(np.asarray(load_rgb(path)), expected)
+    with images.pillow_only():
+        np.testing.assert_array_equal(np.asarray(load_rgb(path)), expected)
+
+
 # -- class names that differ only in case ----------------------------------------------------
 
 
