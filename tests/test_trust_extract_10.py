@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from featpipe import cli
@@ -70,3 +71,35 @@ def test_ctrl_c_while_the_parser_is_built_is_one_line(monkeypatch, capsys):
         pytest.fail("the Ctrl-C left main() as a KeyboardInterrupt")
     assert code == 130
     assert capsys.readouterr().err == "featpipe: interrupted\n"
+
+
+def test_a_decoding_worker_that_dies_is_one_line_and_the_run_resumes(tmp_path, monkeypatch):
+    """A DataLoader worker killed by the system (out of memory; loader workers decode on CUDA
+    and for torch.compile) ended featpipe extract in torch's RuntimeError traceback; the
+    chunks written before it are kept and the same call resumes to the same features."""
+    import toy_backbone  # noqa: F401  (registers "toy")
+    from conftest import make_image_folder
+
+    from featpipe.data import ImageFolderSource
+    from featpipe.errors import IncompleteStoreError
+    from featpipe.extract import datapath, extract, loop
+
+    source = ImageFolderSource(make_image_folder(tmp_path / "img"))
+    options = dict(image_size=32, batch_size=3, chunk_rows=3, progress=False)
+    expected = extract(source, "toy", ["pooled"], out=tmp_path / "ref.h5", workers=0, **options)
+    load, test_process = datapath.CPUDataPath.load, os.getpid()
+
+    def dies_at_row_16(self, source, row):
+        if row == 16 and os.getpid() != test_process:  # in a loader worker only
+            os.kill(os.getpid(), signal.SIGKILL)
+        return load(self, source, row)
+
+    monkeypatch.setattr(loop, "lane_count", lambda *_: 0)  # loader workers, as on CUDA
+    monkeypatch.setattr(datapath.CPUDataPath, "load", dies_at_row_16)
+    out = tmp_path / "s.h5"
+    with pytest.raises(IncompleteStoreError, match=r"worker.*Run the same command to resume"):
+        extract(source, "toy", ["pooled"], out=out, workers=2, **options)
+    monkeypatch.setattr(datapath.CPUDataPath, "load", load)
+    store = extract(source, "toy", ["pooled"], out=out, workers=2, **options)
+    assert store.complete and store.ids() == expected.ids()
+    np.testing.assert_array_equal(store.arrays("pooled")[0], expected.arrays("pooled")[0])

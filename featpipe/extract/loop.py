@@ -18,7 +18,7 @@ from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import first_failure
 from featpipe.device import available_cores
 from featpipe.distributed.progress import progress_bar
-from featpipe.errors import ConfigError, ImageReadError
+from featpipe.errors import ConfigError, ImageReadError, IncompleteStoreError
 from featpipe.extract.datapath import DataPath
 from featpipe.extract.host_copy import PendingCopy
 from featpipe.extract.inference import Inference, precision
@@ -224,16 +224,28 @@ def run_chunks(
             )
             stats.update(resumed=len(pending) < n_chunks, **run)
     except KeyboardInterrupt as exc:  # the with blocks above wrote the chunks computed
-        written = background.chunks_written if background is not None else 0
-        done = n_chunks - len(pending) + written
+        done = n_chunks - len(pending) + _written(background)
         raise Interrupted.from_exception(exc).with_message(
             f"interrupted: {done} of {n_chunks} chunks done; run the same command to resume"
         ) from None
+    except RuntimeError as exc:
+        if not str(exc).startswith("DataLoader worker"):  # torch's words for a dead worker
+            raise
+        done = n_chunks - len(pending) + _written(background)
+        raise IncompleteStoreError(
+            f"{str(exc).strip().rstrip('.')}. A decoding worker died (the system kills one "
+            f"that runs out of memory); {done} of {n_chunks} chunks are done. Run the same "
+            "command to resume, with fewer --workers or a smaller --batch-size if memory ran out."
+        ) from exc
     finally:
         if own_bar:
             bar.close()
         stop()
     return stats
+
+
+def _written(background: BackgroundWriter | None) -> int:
+    return background.chunks_written if background is not None else 0
 
 
 def _progress_bar(path: Path, n_rows: int, done_rows: int, shown: bool):
