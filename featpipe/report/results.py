@@ -356,6 +356,11 @@ def read_results(path: str | Path, *, repair: bool = False) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
+    if path.is_dir():  # else IsADirectoryError, a traceback
+        raise ResultsFormatError(
+            f"{path} is a folder; the results must be a file of that name (one JSON row per "
+            "line). Move or rename that folder: `featpipe run` then writes the file anew."
+        )
     data = path.read_bytes()  # bytes: a damaged line need not be UTF-8
     lines = data.split(b"\n")
     rows = []
