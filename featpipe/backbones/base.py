@@ -33,7 +33,8 @@ def as_stages(stages: Sequence[str | Sequence[str]]) -> list[tuple[str, ...]]:
     return [(s,) if isinstance(s, str) else tuple(s) for s in stages]
 
 
-def _last_linear(model: nn.Module) -> str | None:
+def last_linear(model: nn.Module) -> str | None:
+    """The name of the model's last ``nn.Linear`` (its classifier, when none is named)."""
     name = None
     for n, m in model.named_modules():
         if isinstance(m, nn.Linear):
@@ -104,7 +105,7 @@ class Backbone:
         if not self.weights_sha256:
             self.weights_sha256 = self.state_sha256
         if self.classifier is None:
-            self.classifier = _last_linear(self.model)
+            self.classifier = last_linear(self.model)
 
     def with_current_weights(self) -> Backbone:
         """This backbone if its model still holds the weights it was built with; otherwise a
@@ -267,7 +268,8 @@ class Backbone:
     def describe_layers(self) -> list[tuple[str, tuple[int, ...]]]:
         """(name, output shape for one image) for every module that runs once in a dummy
         forward pass (one that runs more often, such as ResNet's block relu, cannot be tapped),
-        leaving out ``channels_last_layers``: their shape would read as C×H×W."""
+        leaving out ``channels_last_layers`` (their shape would read as C×H×W) and modules
+        whose first dimension is not the image (TNT's pixel tokens)."""
         shapes: dict[str, tuple[int, ...]] = {}
         calls: Counter[str] = Counter()
         handles = []
@@ -279,7 +281,8 @@ class Backbone:
                 calls[name] += 1
                 if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
                     out = out[0]
-                if isinstance(out, torch.Tensor) and name not in shapes:
+                # a first dimension other than the one image's rows cannot be tapped
+                if isinstance(out, torch.Tensor) and out.shape[:1] == (1,) and name not in shapes:
                     shapes[name] = tuple(self.channels_first(name, out).shape[1:])
 
             handles.append(module.register_forward_hook(hook))
@@ -349,13 +352,19 @@ def first_outputs(
 
 
 def _tokens_before_longest(model: nn.Module, size: int) -> list[str]:
-    """The modules whose B×T×C outputs have fewer tokens than the longest ones in a forward
-    pass at ``size`` and that finish before the first module giving those."""
+    """The modules whose B×T×C outputs, in a forward pass at ``size``, have fewer tokens than
+    the longest ones and finish before the first module giving those; and those followed by
+    a module giving T + 1 tokens of the same width: a class token joins each branch or stage
+    (CrossViT's second patch embedding, CoaT's later ones)."""
     shapes, _ = first_outputs(model, 2, size)
-    tokens = [(n, s[1]) for n, s in shapes.items() if len(s) == 3 and s[0] == 2]
-    longest = max((t for _, t in tokens), default=0)
-    first = next((i for i, (_, t) in enumerate(tokens) if t == longest), 0)
-    return [n for n, t in tokens[:first]]
+    tokens = [(n, s[1], s[2]) for n, s in shapes.items() if len(s) == 3 and s[0] == 2]
+    longest = max((t for _, t, _ in tokens), default=0)
+    first = next((i for i, (_, t, _) in enumerate(tokens) if t == longest), 0)
+    return [
+        n
+        for i, (n, t, c) in enumerate(tokens)
+        if i < first or any((t + 1, c) == (t2, c2) for _, t2, c2 in tokens[i + 1 :])
+    ]
 
 
 def looks_channels_last(shape: tuple[int, ...]) -> bool:
@@ -412,6 +421,15 @@ class FeatureModel(nn.Module):
             )
         if isinstance(out, (tuple, list)):
             out = out[0]
+        if out.shape[:1] != (self._captured.batch,):  # rows of another kind than images
+            raise ConfigError(
+                f"Layer {spec.module!r} of {self.backbone.spec} gives shape "
+                f"{tuple(out.shape)} for a batch of {self._captured.batch} (its first "
+                "dimension is not the images: "
+                "TNT's pixel tokens, windows of an attention layer), so its features would "
+                f"not belong to the images. Tap another layer that `featpipe layers "
+                f"{self.backbone.spec}` lists."
+            )
         out = self.backbone.channels_first(spec.module, out)
         pooling = resolve_pooling(spec.pooling, out, self.backbone.token_pooling_of(spec.module))
         if pooling != "none" and out.ndim == 4 and looks_channels_last(tuple(out.shape[1:])):
@@ -431,6 +449,7 @@ class FeatureModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self._captured.out = out = {}
+        self._captured.batch = x.shape[0]
         try:
             logits = self.model(x)
         finally:

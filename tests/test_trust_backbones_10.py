@@ -1,0 +1,63 @@
+"""Trust review of backbones (10): patch embeddings of later branches and stages (CrossViT,
+CoaT), layers whose rows are not the images (TNT's pixel tokens), and local state-dict files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_trust_backbones_4 import _features
+
+from featpipe.backbones.timm_models import create, make_backbone
+from featpipe.errors import ConfigError
+
+
+def _tiny(name: str, size: int, **kwargs):
+    torch.manual_seed(0)
+    model = create(name, pretrained_cfg_overlay={"input_size": (3, size, size)}, **kwargs)
+    return make_backbone(f"timm:{name}@none", model)
+
+
+@pytest.mark.parametrize(
+    "name, size, options, patches, joined",
+    [
+        # CoaT joins a class token to each stage's patch embedding: 'cls' read patch 0 of
+        # patch_embed2..4 (only patch_embed1 came before the longest tokens)
+        ("coat_lite_tiny", 32, dict(img_size=32, embed_dims=(16,) * 4, serial_depths=(1,) * 4,
+                                    num_heads=8, mlp_ratios=(1,) * 4),
+         ("patch_embed2", "patch_embed3.norm", "patch_embed4"), "serial_blocks2.0"),
+        # CrossViT's second branch embeds its patches after the first branch's tokens
+        ("crossvit_tiny_240", 48, dict(img_size=48, img_scale=(1.0, 32 / 48), patch_size=(12, 16),
+                                       embed_dim=(8, 16), depth=((1, 1, 0),), num_heads=(2, 2),
+                                       mlp_ratio=(1, 1, 1)),
+         ("patch_embed.1",), "norm.1"),
+    ],
+)  # fmt: skip
+def test_later_patch_embeddings_are_not_read_as_the_class_token(
+    name, size, options, patches, joined
+):
+    bb = _tiny(name, size, **options)
+    assert set(bb.identity()) == {"spec", "weights_sha256", "preprocessing"}  # keys kept
+    for layer in patches:
+        for request in (layer, f"{layer}:cls"):
+            with pytest.raises(ConfigError, match=rf"before the class token.*'{layer}:mean'"):
+                bb.features([request])
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    out, poolings = _features(bb, [f"{patches[0]}:mean", joined], x)
+    assert poolings[joined] == "cls"  # the class token has joined: as before
+    assert out[f"{patches[0]}:mean"].shape[0] == 2
+
+
+def test_a_layer_whose_rows_are_not_the_images_is_refused():
+    # TNT's blocks return (pixel tokens, patch tokens): the pixel tokens have B × patches rows,
+    # and blocks.0 gave 8 rows of features for 2 images
+    bb = _tiny("tnt_s_patch16_224", 32, img_size=32, depth=1, embed_dim=16, inner_dim=8,
+               num_heads_outer=2, num_heads_inner=2)  # fmt: skip
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for layer in ("blocks.0", "pixel_embed:mean", "blocks.0.mlp_in:none"):
+        with pytest.raises(ConfigError, match=r"shape \(8, .* for a batch of 2 .*featpipe layers"):
+            _features(bb, [layer], x)
+    listed = dict(bb.describe_layers())
+    assert "blocks.0" not in listed and "pixel_embed" not in listed
+    out, _ = _features(bb, ["norm", "pooled"], x)
+    assert out["norm"].shape == (2, 16) and out["pooled"].shape == (2, 16)
+
