@@ -61,3 +61,43 @@ def test_a_layer_whose_rows_are_not_the_images_is_refused():
     out, _ = _features(bb, ["norm", "pooled"], x)
     assert out["norm"].shape == (2, 16) and out["pooled"].shape == (2, 16)
 
+
+def test_a_state_dict_with_a_classifier_for_other_classes_loads_with_that_classifier(tmp_path):
+    # a network fine-tuned for 10 classes was refused ('fc.weight (10, 512) != (1000, 512)',
+    # 'check ... the same number of classes'), with no way to give featpipe that number
+    from torchvision import models
+
+    from featpipe.backbones import get_backbone
+
+    torch.manual_seed(1)
+    tuned = models.resnet18(num_classes=10)
+    torch.save(tuned.state_dict(), tmp_path / "tuned.pth")
+    bb = get_backbone(f"torchvision:resnet18@{tmp_path / 'tuned.pth'}", image_size=32)
+    for key, value in tuned.state_dict().items():
+        assert torch.equal(bb.model.state_dict()[key], value), key
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out, _ = _features(bb, ["logits", "pooled"], x)
+    tuned.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(out["logits"], tuned(x))
+    assert bb.classifier == "fc" and out["pooled"].shape == (2, 512)
+    # a file of another architecture is still refused
+    torch.save(models.resnet34(num_classes=10).state_dict(), tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match=r"unexpected keys.*same architecture"):
+        get_backbone(f"torchvision:resnet18@{tmp_path / 'other.pth'}")
+
+
+def test_a_wrapped_state_dict_or_a_checkpoint_is_refused_naming_the_fix(tmp_path):
+    from featpipe.backbones.weights import load_strict, read_state_dict
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    state = net.state_dict()
+    # saved from DistributedDataParallel: said 'check that the file was saved from the same
+    # architecture'
+    with pytest.raises(ConfigError, match=r"starts with 'module\.'.*removeprefix\('module\.'\)"):
+        load_strict(net, {f"module.{k}": v for k, v in state.items()}, source="x.pth")
+    torch.save({"epoch": 3, "state_dict": state}, tmp_path / "ckpt.pth")
+    with pytest.raises(ConfigError, match=r"entry 'state_dict' is a state dict.*\['state_dict'\]"):
+        read_state_dict(tmp_path / "ckpt.pth")
+    with pytest.raises(ConfigError, match="same architecture"):  # no common prefix: as before
+        load_strict(net, {"0.weight": state["0.weight"]}, source="x.pth")

@@ -124,8 +124,8 @@ def _bundled_state(variant: str) -> tuple[dict[str, torch.Tensor], str]:
     return map_keys(read_state_dict(path), template), file_sha256(path)
 
 
-def _architecture(variant: str) -> nn.Module:
-    return create(f"tf_{variant}")
+def _architecture(variant: str, **kwargs) -> nn.Module:
+    return create(f"tf_{variant}", **kwargs)
 
 
 def build(spec: BackboneSpec) -> Backbone:
@@ -138,7 +138,7 @@ def build(spec: BackboneSpec) -> Backbone:
     elif weights == "none":
         model, sha = seeded(lambda: _architecture(variant)), ""
     elif is_weights_path(weights):
-        model, sha, weights = build_from_file(lambda: _architecture(variant), weights)
+        model, sha, weights = build_from_file(lambda **kw: _architecture(variant, **kw), weights)
     else:
         raise unknown_name(
             f"weights for {variant}",

@@ -251,7 +251,7 @@ def build(spec: BackboneSpec) -> Backbone:
     elif weights == "pretrained":
         model = create_pretrained(spec.name)
     elif is_weights_path(weights):
-        model, sha, weights = build_from_file(lambda: create(spec.name), weights)
+        model, sha, weights = build_from_file(lambda **kw: create(spec.name, **kw), weights)
     else:
         raise unknown_name(
             f"weights for timm:{spec.name}",

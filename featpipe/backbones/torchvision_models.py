@@ -94,7 +94,7 @@ def build(spec: BackboneSpec) -> Backbone:
         model = seeded(lambda: models.get_model(spec.name, weights=None))
     elif is_weights_path(weights):
         model, sha, weights = build_from_file(
-            lambda: models.get_model(spec.name, weights=None), weights
+            lambda **kw: models.get_model(spec.name, weights=None, **kw), weights
         )
     else:
         meta = _resolve_member(enum, BackboneSpec(spec.family, spec.name, weights))

@@ -68,14 +68,29 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "with torch.save(model.state_dict(), path) or, for a .safetensors file, "
             "safetensors.torch.save_file(model.state_dict(), path)."
         ) from exc
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
+    if not isinstance(state, Mapping) or not _is_state_dict(state):
+        # a training checkpoint keeps the state dict under a key ('state_dict', 'model')
+        inner = (
+            [k for k, v in state.items() if _is_state_dict(v)] if isinstance(state, Mapping) else []
+        )
+        hint = (
+            f" Its entry {inner[0]!r} is a state dict (a training checkpoint?): save that "
+            f"alone, torch.save(checkpoint[{inner[0]!r}], path)."
+            if inner
+            else " Save weights with torch.save(model.state_dict(), path)."
+        )
         raise ConfigError(
-            f"{str(path)!r} holds a {type(state).__name__}, not a state dict of tensors. "
-            "Save weights with torch.save(model.state_dict(), path)."
+            f"{str(path)!r} holds a {type(state).__name__}, not a state dict of tensors.{hint}"
         )
     return dict(state)
+
+
+def _is_state_dict(value: object) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and len(value) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
 
 
 def _few(keys: Iterable[str], n: int = 5) -> str:
@@ -102,12 +117,50 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str
             parts.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
         if reshaped:
             parts.append(f"{len(reshaped)} shape mismatches ({'; '.join(reshaped[:3])})")
+        prefix = _wrapper_prefix(state.keys(), expected.keys())
+        fix = (
+            f"Every key in it starts with {prefix!r}, as in a state dict saved from a wrapper "
+            "(DistributedDataParallel, torch.compile, a training framework): save the inner "
+            "model's state dict, or strip the prefix with torch.save({k.removeprefix("
+            f"{prefix!r}): v for k, v in state.items()}}, path)."
+            if prefix
+            else "Check that the file was saved from the same architecture."
+        )
         raise ConfigError(
             f"The state dict from {source} does not fit {type(model).__name__}: "
-            f"{', '.join(parts)}. Check that the file was saved from the same architecture "
-            "(and the same number of classes)."
+            f"{', '.join(parts)}. {fix}"
         )
     model.load_state_dict(state, strict=True)
+
+
+def _wrapper_prefix(keys: Iterable[str], expected: Iterable[str]) -> str | None:
+    """The prefix ('module.', '_orig_mod.', 'model.') that every key in ``keys`` has and
+    that, stripped, leaves most of them ``expected`` keys; None if there is none."""
+    keys, expected = list(keys), set(expected)
+    head = keys[0].split(".")[:-1] if keys else []
+    for i in range(1, len(head) + 1):
+        prefix = ".".join(head[:i]) + "."
+        if not all(k.startswith(prefix) for k in keys):
+            break
+        if 2 * len({k[len(prefix) :] for k in keys} & expected) > len(expected):
+            return prefix
+    return None
+
+
+def _other_class_count(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
+    """The number of classes of a state dict that fits ``model`` but for its classifier (its
+    last Linear) sized for other classes, or None."""
+    from featpipe.backbones.base import last_linear
+
+    expected = model.state_dict()
+    classifier = last_linear(model)
+    if classifier is None or state.keys() != expected.keys():
+        return None
+    reshaped = {k for k, v in expected.items() if state[k].shape != v.shape}
+    ours = {f"{classifier}.weight", f"{classifier}.bias"}
+    sizes = {state[k].shape[0] for k in reshaped}
+    fits = all(state[k].shape[1:] == expected[k].shape[1:] for k in reshaped)
+    return sizes.pop() if reshaped and reshaped <= ours and len(sizes) == 1 and fits else None
 
 
 def seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
@@ -117,12 +170,18 @@ def seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
         return build()
 
 
-def build_from_file(build: Callable[[], nn.Module], weights: str) -> tuple[nn.Module, str, str]:
+def build_from_file(build: Callable[..., nn.Module], weights: str) -> tuple[nn.Module, str, str]:
     """The architecture from ``build`` with a local state-dict file loaded strictly; returns
-    the model, the file's sha256 and its absolute path (the spec's resolved weights)."""
+    the model, the file's sha256 and its absolute path (the spec's resolved weights). A file
+    whose classifier has another number of classes (a fine-tuned network) gets an
+    architecture built with that many (``build(num_classes=N)``)."""
     path = Path(weights).expanduser().resolve()
+    state = read_state_dict(path)
     model = seeded(build)
-    load_strict(model, read_state_dict(path), source=str(path))
+    classes = _other_class_count(model, state)
+    if classes is not None:
+        model = seeded(lambda: build(num_classes=classes))
+    load_strict(model, state, source=str(path))
     return model, file_sha256(path), str(path)
 
 
