@@ -46,7 +46,7 @@ from featpipe.report import (
     write_plan,
     write_report,
 )
-from featpipe.report.runplan import identity_hash, read_plan
+from featpipe.report.runplan import identity_hash, left_out, read_plan
 from featpipe.store.lock import StoreLock
 
 
@@ -133,7 +133,12 @@ class PipelineRunner:
             if job.key not in missing:
                 self.log(f"reusing finished {job.label} (seed {job.seed})")
             elif job.key in by_key:
-                why = _made_otherwise(by_key[job.key], job, backbone_identity(context, job))
+                why = _made_otherwise(
+                    by_key[job.key],
+                    job,
+                    backbone_identity(context, job),
+                    self.config.features.on_error,
+                )
                 self.log(
                     f"recomputing {job.label} (seed {job.seed}): its row was made {why}; "
                     f"that row stays in {results.name} as history"
@@ -308,9 +313,10 @@ def _run_plan(
     config: PipelineConfig, jobs: list[Job], fingerprint: str, identities: dict[tuple, dict]
 ) -> RunPlan:
     """The run's plan: its jobs, each with the backbone its row must come from (when known)."""
+    all_images = config.features.on_error == "fail"
     methods = [
         PlannedRun(j.method, j.seed, j.config_hash, j.label, j.deterministic,
-                   identity_hash(identities.get(j.key)), j.frozen)
+                   identity_hash(identities.get(j.key)), j.frozen, all_images)
         for j in jobs
     ]  # fmt: skip
     return RunPlan(config.name, methods, n_boot=config.n_boot, source_fingerprint=fingerprint)
@@ -339,10 +345,11 @@ def _remove_stale_reports(run_dir: Path, rows: list[dict], run_plan: RunPlan) ->
     return True
 
 
-def _made_otherwise(row: dict, job: Job, now: dict | None) -> str:
+def _made_otherwise(row: dict, job: Job, now: dict | None, on_error: str) -> str:
     """How a finished row of ``job`` differs from what the run would make: another version of
-    its backbone (the identity fields that differ), or, for a fine-tune, other images left
-    out or other modules frozen (the backbone's stage list changed)."""
+    its backbone (the identity fields that differ), images left out where on_error is now
+    "fail", or, for a fine-tune, other images left out or other modules frozen (the
+    backbone's stage list changed)."""
     made = (row.get("provenance") or {}).get("backbone") or {}
     now = now or {}
     changed = sorted(k for k in set(made) | set(now) if made.get(k) != now.get(k))
@@ -353,6 +360,8 @@ def _made_otherwise(row: dict, job: Job, now: dict | None) -> str:
         why.append(f"by another version of backbone {job.backbone} (changed since: {fields})")
     if finetune_stage.LEFT_OUT in changed:
         why.append("over other images: the feature stores leave out other images now")
+    if on_error == "fail" and (count := left_out(row)):
+        why.append(f'without {count} images (on_error = "skip"), where on_error is now "fail"')
     if frozen is not None and job.frozen is not None and tuple(frozen) != job.frozen:
         why.append(
             f"with {', '.join(frozen)} frozen, where the backbone's stages now freeze "

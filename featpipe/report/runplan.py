@@ -17,6 +17,8 @@ Layout::
 
 A partial:N fine-tune also names the modules it freezes (``frozen``), which backbone
 identities leave out (a backbone's stage list decides them): a row recording others is history.
+Under ``on_error = "fail"`` every method says ``"all_images": true``: a row that left images out
+(made under "skip", which config hashes leave out) is history too.
 """
 
 from __future__ import annotations
@@ -46,21 +48,32 @@ class PlannedRun:
     backbone: str | None = None  # identity_hash its row must record; None: any row
     # What a partial:N fine-tune froze (stage lists are not in identities); None: any row
     frozen: tuple[str, ...] | None = None
+    # Its row must leave out no image (on_error = "fail"): one made under "skip" that left
+    # some out is not reused (on_error is not hashed, so the config hash cannot tell).
+    all_images: bool = False
 
     @property
     def key(self) -> tuple[str, int, str]:
         return self.method, self.seed, self.config_hash
 
     def made_by(self, row: dict) -> bool:
-        """Whether ``row`` comes from this run's backbone, with the same modules frozen. A
-        row that records no backbone (no featpipe wrote one since results.jsonl exists), or
-        no frozen modules (written before rows recorded them), cannot be checked, and passes."""
+        """Whether ``row`` comes from this run's backbone, with the same modules frozen, and
+        leaves out no image when the plan asks for all of them. A row that records no
+        backbone (no featpipe wrote one since results.jsonl exists), or no frozen modules
+        (written before rows recorded them), cannot be checked, and passes."""
         provenance = row.get("provenance") or {}
         made = identity_hash(provenance.get("backbone"))
         frozen = provenance.get("frozen")
-        return (self.backbone is None or made is None or made == self.backbone) and (
-            self.frozen is None or frozen is None or tuple(frozen) == self.frozen
+        return (
+            (self.backbone is None or made is None or made == self.backbone)
+            and (self.frozen is None or frozen is None or tuple(frozen) == self.frozen)
+            and not (self.all_images and left_out(row))
         )
+
+
+def left_out(row: dict) -> int:
+    """How many images a row's method left out (on_error = "skip"), as its row records."""
+    return int(((row.get("provenance") or {}).get("skipped") or {}).get("count") or 0)
 
 
 def identity_hash(identity: dict | None) -> str | None:
@@ -112,6 +125,7 @@ class RunPlan:
                     "deterministic": m.deterministic,
                     **({"backbone": m.backbone} if m.backbone else {}),
                     **({"frozen": list(m.frozen)} if m.frozen is not None else {}),
+                    **({"all_images": True} if m.all_images else {}),
                 }
                 for m in self.methods
             ],
@@ -150,6 +164,7 @@ def read_plan(run_dir: str | Path) -> RunPlan | None:
                 bool(m.get("deterministic", False)),
                 m.get("backbone"),
                 None if m.get("frozen") is None else tuple(m["frozen"]),
+                bool(m.get("all_images", False)),
             )
             for m in data["methods"]
         ]
