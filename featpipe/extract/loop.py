@@ -234,8 +234,9 @@ def run_chunks(
         done = n_chunks - len(pending) + _written(background)
         raise IncompleteStoreError(
             f"{str(exc).strip().rstrip('.')}. A decoding worker died (the system kills one "
-            f"that runs out of memory); {done} of {n_chunks} chunks are done. Run the same "
-            "command to resume, with fewer --workers or a smaller --batch-size if memory ran out."
+            f"that runs out of memory); {done} of {n_chunks} chunks of {path.name} are done. "
+            "Run the same command to resume, with fewer --workers or a smaller --batch-size "
+            "if memory ran out."
         ) from exc
     finally:
         if own_bar:
