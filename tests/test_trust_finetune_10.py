@@ -9,12 +9,13 @@ import pytest
 import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 from finetune_child import synthetic_source
+from test_finetune import tuner
 from toy_backbone import build_toy
 
 from featpipe.backbones import register_backbone
 from featpipe.backbones.registry import _BUILTINS
 from featpipe.cli import main as cli_main
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, SourceError
 from featpipe.finetune import tuner as tuner_module
 from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.report import read_results
@@ -77,3 +78,36 @@ def test_featpipe_finetune_rows_record_the_frozen_modules(split_image_folder, tm
     assert cli_main([*args.split(), "--data", data, "--run-dir", str(run_dir)]) == 0
     [row] = read_results(run_dir / "results.jsonl")
     assert row["provenance"]["frozen"] == ["stem", "stage1"]
+
+
+@pytest.mark.filterwarnings("ignore:In the splits given")  # classes without train rows
+@pytest.mark.parametrize(
+    ("counts", "error", "match"),
+    [
+        ({"n_train": 2, "n_val": 0}, ConfigError, "carves no val row"),
+        ({"n_train": 0, "n_val": 3}, SourceError, "no train split"),
+    ],
+)
+def test_a_fit_refused_before_training_leaves_nothing_behind(tmp_path, counts, error, match):
+    # Before: the folders it made stayed, holding last.pt.lock.
+    run_dir = tmp_path / "runs" / "a" / "ft"
+    with pytest.raises(error, match=match):
+        tuner(run_dir=run_dir).fit(synthetic_source(n_test=3, **counts))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.filterwarnings("ignore:In the splits given")  # classes without train rows
+def test_a_refused_fit_keeps_what_an_earlier_run_made(tmp_path):
+    run_dir = tmp_path / "ft"
+    tuner(epochs=1, run_dir=run_dir).fit(synthetic_source())
+    made = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(ConfigError, match="another configuration"):
+        tuner(epochs=1, lr=0.5, run_dir=run_dir).fit(synthetic_source())
+    assert sorted(p.name for p in run_dir.iterdir()) == made and "last.pt.lock" in made
+    # A folder an earlier refused run left with its lock file alone: kept as it was.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "last.pt.lock").touch()
+    with pytest.raises(SourceError):
+        tuner(run_dir=old).fit(synthetic_source(n_train=0))
+    assert [p.name for p in old.iterdir()] == ["last.pt.lock"]

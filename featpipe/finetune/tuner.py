@@ -63,7 +63,7 @@ from featpipe.finetune.freezing import (
 from featpipe.finetune.recipe import OPTIMIZERS, build_optimizer, param_groups, warmup_cosine
 from featpipe.interrupt import Interrupted, deferred
 from featpipe.store import FeatureStore
-from featpipe.store.lock import StoreLock, describe_owner, read_owner
+from featpipe.store.lock import StoreLock, describe_owner, lock_path, read_owner
 
 # Parameters that change no result (the one list): a resumed run may change them, and a
 # pipeline leaves them out of its config hash.
@@ -224,6 +224,16 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         if self.run_dir is None:
             yield
             return
+        made = _missing(Path(self.run_dir)) if ddp.is_main() else []
+        try:
+            with self._run_dir_locked():
+                yield
+        except BaseException:
+            _remove_if_unused(made)  # a fit refused before training leaves nothing behind
+            raise
+
+    @contextlib.contextmanager
+    def _run_dir_locked(self) -> Iterator[None]:
         with contextlib.ExitStack() as held:
             refused = None
             if ddp.is_main():
@@ -734,6 +744,29 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_") and hasattr(self, "best_epoch_")
+
+
+def _missing(run_dir: Path) -> list[Path]:
+    """What taking ``run_dir``'s lock makes: its lock file and the folders not there yet,
+    deepest first."""
+    made = [lock_path(run_dir / checkpoint.LAST)]
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            break
+        made.append(folder)
+    return [path for path in made if not path.exists()]
+
+
+def _remove_if_unused(made: list[Path]) -> None:
+    """Remove what ``_missing`` listed when the fit left nothing else in it: a refusal
+    before the first checkpoint (too few rows, another configuration) left the lock file in
+    a folder that was empty, or made for nothing. What an earlier run made stays."""
+    for path in made:
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                path.rmdir()  # only an empty folder goes
+            elif [p.name for p in path.parent.iterdir()] == [path.name]:
+                path.unlink()  # the lock file, alone in its folder
 
 
 def _resumed_seconds(saved: dict) -> tuple[float, float]:
