@@ -64,24 +64,27 @@ def under_torchrun() -> bool:
 
 def _launched() -> bool:
     missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
-    if missing and _said_world_size() > 1:
-        # One of several processes that cannot meet the others: working alone, each would
-        # do the whole job and write the same store and run folder as the others.
+    said = next((n for n in ("WORLD_SIZE", "RANK") if _said(n) > (n == "WORLD_SIZE")), None)
+    if missing and said:
+        # One of several processes (WORLD_SIZE > 1, or RANK > 0) that cannot meet the others:
+        # working alone, each would do the whole job and write the same store and run folder.
         raise ConfigError(
-            f"WORLD_SIZE={os.environ['WORLD_SIZE']} says this process is one of several, "
+            f"{said}={os.environ[said]} says this process is one of several, "
             f"but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
             "featpipe runs as several processes only under torchrun, which sets all of "
             f"{', '.join(_TORCHRUN_VARS)}. Launch with `torchrun ... -m featpipe ...`, or "
-            "unset WORLD_SIZE to run one process alone."
+            f"unset {said} to run one process alone."
         )
     return not missing
 
 
-def _said_world_size() -> int:
+def _said(name: str) -> int:
+    """The integer in ``name`` (WORLD_SIZE or RANK), 0 when unset or not a number (then
+    current_ranks says so when the rest is set)."""
     try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
+        return int(os.environ.get(name, "0"))
     except ValueError:
-        return 1  # not a number: current_ranks says so when the rest is set
+        return 0
 
 
 @contextlib.contextmanager
