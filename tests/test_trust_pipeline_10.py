@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import test_trust_pipeline_9  # noqa: F401  (registers 'toy_white_nan9': NaN on white images)
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 from conftest import WHITE, make_white_folder
 
-from featpipe.errors import ImageReadError
+from featpipe.errors import ConfigError, ImageReadError
+from featpipe.heads import make_head
 from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.report import read_results
 from featpipe.report.results import ResultsFormatError
@@ -94,3 +96,39 @@ def test_a_reused_row_that_left_images_out_is_announced_so(tmp_path):
         '(on_error = "skip"), where on_error is now "fail"; that row stays in results.jsonl '
         "as history"
     ) in said
+
+
+def _rows(n: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 3
+    return rng.normal(size=(n, 6)) + 3 * np.eye(3, 6)[y], y
+
+
+@pytest.mark.parametrize(
+    ("head", "param", "value", "match"),
+    [
+        ("rbf_svm", "gamma", float("inf"), r"gamma must be 'scale' or 'auto' or a positive finite"),
+        ("rbf_svm", "gamma", 0.0, r"gamma must be .* got 0.0"),
+        ("rbf_svm", "C", float("inf"), r"C must be a positive finite number; got inf"),
+        ("rbf_svm_nystroem", "gamma", float("inf"), r"gamma must be 'scale' or a positive finite"),
+        ("knn", "n_neighbors", float("inf"), r"n_neighbors must be >= 1, a whole number; got inf"),
+        ("knn_faiss", "n_neighbors", float("inf"), r"n_neighbors must be >= 1, a whole number"),
+    ],
+)  # fmt: skip
+def test_a_head_refuses_a_setting_that_fits_nonsense(head, param, value, match):
+    # Before: gamma = 0 gave every image one prediction, C = inf a hard-margin SVC and
+    # n_neighbors = inf a vote of the whole train split (all accepted); gamma = inf ended in
+    # scikit-learn's own error (InvalidParameterError), not featpipe's.
+    X, y = _rows()
+    estimator = make_head(head, **{param: value})
+    if "device" in estimator.get_params():
+        estimator.set_params(device="cpu")
+    with pytest.raises(ConfigError, match=match):
+        estimator.fit(X, y)
+
+
+def test_a_pipeline_grid_with_an_infinite_k_is_refused_at_the_check(tmp_path):
+    grids = {"knn": {"n_neighbors": [1, float("inf")]}}
+    config = digits_pipeline(tmp_path, {"heads": ["knn"], "grids": grids})
+    with pytest.raises(ConfigError, match=r"probes.grids.knn.n_neighbors\[1\] = inf"):
+        run_pipeline(config, progress=False, log=lambda _: None)

@@ -7,6 +7,9 @@ flat parameter set.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.neighbors import KNeighborsClassifier
@@ -18,10 +21,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.errors import ConfigError
-from featpipe.heads.preprocess import check_pca, make_preprocessor
+from featpipe.heads.preprocess import check_pca, is_count, make_preprocessor
 from featpipe.heads.torch_logreg import (
     TorchLinearClassifier,
     TorchLogisticRegression,
+    check_C,
     linear_path,
 )
 from featpipe.heads.torch_mlp import TorchMLPClassifier, mlp_path
@@ -241,6 +245,22 @@ class LinearSVMProbe(ProbeHead):
         return _c_path_accuracy(self, TorchLinearSVC, Z_tr, y_tr, Cs, Z_va, y_va, progress)
 
 
+def check_gamma(gamma: object, names: tuple[str, ...] = ("scale",)) -> None:
+    """Refuse a gamma that is not one of ``names`` nor a positive finite number: 0 made every
+    kernel value 1 (one prediction for every image), inf every value but a row's own 0."""
+    if isinstance(gamma, str) and gamma in names:
+        return
+    if isinstance(gamma, bool | str) or not (
+        isinstance(gamma, numbers.Real) and math.isfinite(gamma) and gamma > 0
+    ):
+        allowed = " or ".join(repr(name) for name in names)
+        raise ConfigError(
+            f"gamma must be {allowed} or a positive finite number; got {gamma!r}. gamma is the "
+            "RBF kernel's inverse width: 'scale' (1 / (features x their variance)) suits "
+            "standardised features."
+        )
+
+
 class RBFSVMProbe(ProbeHead):
     """Kernel SVM with an RBF kernel (``gamma='scale'`` is 1 / (D * Var(X))).
 
@@ -266,6 +286,9 @@ class RBFSVMProbe(ProbeHead):
         self.random_state = random_state
 
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
+        # SVC took C = inf (a hard margin) and gamma = 0 (one prediction for every image)
+        check_C(self.C)
+        check_gamma(self.gamma, ("scale", "auto"))
         return SVC(C=self.C, kernel="rbf", gamma=self.gamma)
 
 
@@ -404,7 +427,16 @@ class KNNProbe(ProbeHead):
             raise ConfigError(
                 f"Unknown kNN metric {self.metric!r}; valid: {', '.join(KNN_METRICS)}."
             )
-        k = self.n_neighbors if n_samples is None else min(self.n_neighbors, n_samples)
         return KNeighborsClassifier(
-            n_neighbors=k, metric=self.metric, weights=self.weights, algorithm="brute"
-        )
+            n_neighbors=self._k(n_samples), metric=self.metric, weights=self.weights,
+            algorithm="brute",
+        )  # fmt: skip
+
+    def _k(self, n_samples: int | None) -> int:
+        """``n_neighbors`` capped at ``n_samples`` (when given), checked first: an infinite
+        one was capped to every training row, a vote of the whole train split."""
+        if not is_count(self.n_neighbors):
+            raise ConfigError(
+                f"n_neighbors must be >= 1, a whole number; got {self.n_neighbors!r}."
+            )
+        return int(self.n_neighbors if n_samples is None else min(self.n_neighbors, n_samples))

@@ -182,8 +182,9 @@ class FaissKNNProbe(KNNProbe):
         self.chunk_rows = chunk_rows
 
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
-        k = self.n_neighbors if n_samples is None else min(self.n_neighbors, n_samples)
-        return FaissKNeighborsClassifier(k, metric=self.metric, weights=self.weights)
+        return FaissKNeighborsClassifier(
+            self._k(n_samples), metric=self.metric, weights=self.weights
+        )
 
     def fit_store(
         self, store, layer: str, splits: Sequence[str] = ("train",), progress: bool = False

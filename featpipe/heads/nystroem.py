@@ -16,7 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.errors import ConfigError
-from featpipe.heads.estimators import ProbeHead, _c_path_accuracy
+from featpipe.heads.estimators import ProbeHead, _c_path_accuracy, check_gamma
 from featpipe.heads.preprocess import is_count
 from featpipe.heads.torch_svm import TorchLinearSVC
 
@@ -28,8 +28,7 @@ def rbf_gamma(gamma: float | str, X: np.ndarray) -> float:
     if gamma == "scale":
         var = float(np.var(X))
         return 1.0 / (X.shape[1] * var) if var > 0 else 1.0
-    if isinstance(gamma, str) or not gamma > 0:
-        raise ConfigError(f"gamma must be 'scale' or a positive number; got {gamma!r}.")
+    check_gamma(gamma)
     return float(gamma)
 
 

@@ -232,7 +232,7 @@ def _warn_not_converged(fits: list[tuple[float, int, float]], max_iter: int, tol
         )
 
 
-def _check_C(C: object, where: str = "") -> None:
+def check_C(C: object, where: str = "") -> None:
     """One error for a bad C, whether a plain fit's or one of a path's (``where`` says which)."""
     if isinstance(C, bool) or not (isinstance(C, numbers.Real) and np.isfinite(C) and C > 0):
         raise ConfigError(
@@ -246,7 +246,7 @@ def _check_Cs(Cs: Sequence[float], what: str) -> None:
     if len(Cs) == 0:
         raise ConfigError(f"The C path of {what} needs at least one C value.")
     for i, C in enumerate(Cs):
-        _check_C(C, f" (value {i + 1} of {len(Cs)} of the C path)")
+        check_C(C, f" (value {i + 1} of {len(Cs)} of the C path)")
 
 
 class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
@@ -284,7 +284,7 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
 
     def _check_params(self) -> None:
-        _check_C(self.C)
+        check_C(self.C)
         if not (self.tol >= 0 and is_count(self.max_iter)):  # NaN tol; int() cut 2.5 to 2
             raise ConfigError(
                 f"tol must be >= 0 and max_iter >= 1 (a whole number); got tol={self.tol!r}, "
