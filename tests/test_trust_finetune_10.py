@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from conftest import make_image_folder
 from finetune_child import synthetic_source
 from test_finetune import tuner
 from toy_backbone import build_toy
@@ -16,6 +17,7 @@ from featpipe.backbones import register_backbone
 from featpipe.backbones.registry import _BUILTINS
 from featpipe.cli import main as cli_main
 from featpipe.errors import ConfigError, SourceError
+from featpipe.finetune import ddp
 from featpipe.finetune import tuner as tuner_module
 from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.report import read_results
@@ -96,6 +98,16 @@ def test_a_fit_refused_before_training_leaves_nothing_behind(tmp_path, counts, e
     assert not (tmp_path / "runs").exists()
 
 
+def test_featpipe_finetune_refused_in_the_fit_leaves_no_run_folder(tmp_path, capsys):
+    # Refused after the fit took the run folder's lock: the folder stayed, holding it.
+    data = make_image_folder(tmp_path / "img", per_class=2, splits=("train", "val", "test"))
+    run_dir = tmp_path / "ft"
+    args = "finetune --backbone toy --epochs 1 --batch-size 1 --no-progress"
+    assert cli_main([*args.split(), "--data", str(data), "--run-dir", str(run_dir)]) == 2
+    assert "Training batches of 1 image (6 train rows, batch_size 1)" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
 @pytest.mark.filterwarnings("ignore:In the splits given")  # classes without train rows
 def test_a_refused_fit_keeps_what_an_earlier_run_made(tmp_path):
     run_dir = tmp_path / "ft"
@@ -111,3 +123,34 @@ def test_a_refused_fit_keeps_what_an_earlier_run_made(tmp_path):
     with pytest.raises(SourceError):
         tuner(run_dir=old).fit(synthetic_source(n_train=0))
     assert [p.name for p in old.iterdir()] == ["last.pt.lock"]
+
+
+def _nothing(device):
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+@pytest.mark.filterwarnings("ignore:In the splits given")  # classes without train rows
+def test_a_training_batch_of_one_image_through_batch_norm_is_refused(monkeypatch):
+    # Before: ValueError 'Expected more than 1 value per channel when training' mid-epoch
+    # (1x1 feature maps at image_size 8), or a training on single-image batch statistics.
+    source = synthetic_source(n_train=1, n_val=3, n_test=0)
+    with pytest.raises(ConfigError, match=r"batches of 1 image \(1 "):
+        tuner(image_size=8).fit(source)
+    with pytest.raises(ConfigError, match=r"batch_size 1\) through batch norm"):
+        tuner(image_size=8, batch_size=1).fit(synthetic_source(n_train=6, n_test=0))
+    # Under DDP: 2 train rows over 2 ranks, one each.
+    monkeypatch.setattr(ddp, "active", lambda: True)
+    monkeypatch.setattr(ddp, "world_size", lambda: 2)
+    monkeypatch.setattr(ddp, "rank", lambda: 0)
+    monkeypatch.setattr(tuner_module.ddp, "joined", _nothing)
+    with pytest.raises(ConfigError, match=r"\(2 train rows over 2 ranks, batch_size 8\)"):
+        tuner(image_size=8).fit(synthetic_source(n_train=2, n_val=3, n_test=0))
+
+
+@pytest.mark.filterwarnings("ignore:In the splits given")  # classes without train rows
+def test_a_batch_of_one_trains_where_batch_norm_is_frozen():
+    source = synthetic_source(n_train=1, n_val=3, n_test=0)
+    fitted = tuner(image_size=8, mode="bn", epochs=1).fit(source)
+    assert fitted.history_[1]["train_loss"] > 0

@@ -52,13 +52,13 @@ class Frozen:
     note: str | None = None
 
 
-def _is_bn(module: nn.Module) -> bool:
+def is_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
 def has_batch_norm(model: nn.Module) -> bool:
     """Whether mode ``bn`` freezes anything in ``model`` (else it trains like ``full``)."""
-    return any(_is_bn(m) for m in model.modules())
+    return any(is_bn(m) for m in model.modules())
 
 
 def describe_stages(stages: list[tuple[str, ...]]) -> str:
@@ -169,7 +169,7 @@ def freeze(
     elif mode.kind == "head":
         frozen_modules = [n for n in modules if n and not _related(n, head)]
     elif mode.kind == "bn":
-        frozen_modules = [n for n, m in modules.items() if n and _is_bn(m)]
+        frozen_modules = [n for n, m in modules.items() if n and is_bn(m)]
 
     frozen = Frozen()
     if mode.kind == "bn" and not frozen_modules:
@@ -192,7 +192,7 @@ def freeze(
         # Every parameter trains, but batch-norm statistics stay those the probe was fitted
         # under: batch statistics of the new images would change the features at the first
         # step, the probe's head would start from garbage, and training diverges.
-        frozen.eval_modules += [m for m in modules.values() if _is_bn(m)]
+        frozen.eval_modules += [m for m in modules.values() if is_bn(m)]
     return frozen
 
 

@@ -58,6 +58,7 @@ from featpipe.finetune.freezing import (
     check_mode,
     freeze,
     frozen_by,
+    is_bn,
     set_train_mode,
 )
 from featpipe.finetune.recipe import OPTIMIZERS, build_optimizer, param_groups, warmup_cosine
@@ -283,6 +284,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             if mode.kind == "lpft" and saved is None:  # a resumed run restores it from last.pt
                 fitted_probe = self._fit_probe(self.train_rows_, probe_features)
             self._build(mode, len(train_loader), fitted_probe)
+            self._check_batch_of_one(train_loader)
             if saved is not None:
                 self._restore(saved)
             replica = ddp.wrap(self.model_, self.device_)  # what training steps run through
@@ -394,6 +396,29 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             self.optimizer_, round(self.warmup_epochs * steps), int(self.epochs) * steps
         )
         self.trainable_params_ = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def _check_batch_of_one(self, data: DataLoader) -> None:
+        """A ConfigError for a training batch of one image through batch norm that trains:
+        in training mode it normalises by the batch's own statistics, which one image on a
+        1×1 feature map does not have (torch raised a ValueError mid-epoch), and elsewhere
+        are one image's. A rank's batches are all full (the last short one dropped) unless
+        its rows fit one batch; SyncBatchNorm (sync_bn) takes the batch of every rank."""
+        smallest = min(self._rank_batch, len(data.sampler))  # the sampler: this rank's rows
+        if smallest * (self.world_size_ if self.sync_bn and ddp.active() else 1) != 1:
+            return
+        kept = {id(m) for m in self.frozen_.eval_modules}
+        training = [n for n, m in self.model_.named_modules() if is_bn(m) and id(m) not in kept]
+        if not training:
+            return
+        rows = len(self.train_rows_)
+        ranks = f" over {self.world_size_} ranks" if self.world_size_ > 1 else ""
+        raise ConfigError(
+            f"Training batches of 1 image ({rows} train row{'s' * (rows != 1)}{ranks}, "
+            f"batch_size {self.batch_size}) through batch norm that trains (e.g. "
+            f"{training[0]}): in training mode it normalises each batch by its own statistics, "
+            "which one image cannot give. Use at least 2 train rows and a batch_size of at "
+            "least 2 per rank, or a mode that keeps batch norm frozen (bn, head, lpft)."
+        )
 
     def _start_notes(self) -> dict:
         notes = {"val_split": "source"}
