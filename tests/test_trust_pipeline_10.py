@@ -14,10 +14,11 @@ import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 from conftest import WHITE, make_white_folder
 
 from featpipe.errors import ConfigError, ImageReadError
-from featpipe.heads import make_head
+from featpipe.heads import check_head_matches, load_head, make_head, save_head, select_and_fit
 from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.report import read_results
 from featpipe.report.results import ResultsFormatError
+from featpipe.store import write_arrays
 
 
 def digits_pipeline(tmp_path, probes: dict | None = None):
@@ -132,3 +133,31 @@ def test_a_pipeline_grid_with_an_infinite_k_is_refused_at_the_check(tmp_path):
     config = digits_pipeline(tmp_path, {"heads": ["knn"], "grids": grids})
     with pytest.raises(ConfigError, match=r"probes.grids.knn.n_neighbors\[1\] = inf"):
         run_pipeline(config, progress=False, log=lambda _: None)
+
+
+def test_a_saved_head_is_not_refused_for_a_layer_field_one_side_lacks(tmp_path, monkeypatch):
+    # Before: the whole layer description was compared, so a field that another featpipe
+    # version records (in the sidecar, or in what the store says) refused every valid head.
+    X, y = _rows(54)
+    splits = ["train"] * 30 + ["val"] * 12 + ["test"] * 12
+    store = write_arrays(
+        tmp_path / "s.h5", {"pooled": X.astype(np.float32)}, y, splits, list("abc")
+    )
+    result = select_and_fit("knn", store, "pooled", grid={"n_neighbors": [1]})
+    _, sidecar = load_head(
+        save_head(result.estimator, tmp_path / "h.skops", store=store, layer="pooled")
+    )
+    newer = {**sidecar, "features": {**sidecar["features"], "normalised": False}}
+    check_head_matches(newer, store, "pooled")
+    info = type(store).layer_info
+    monkeypatch.setattr(type(store), "layer_info", lambda s, layer: {**info(s, layer), "new": 1})
+    check_head_matches(sidecar, store, "pooled")
+    # A field both record still counts, and a known one always does.
+    with pytest.raises(Exception, match=r"features: .*'new': 2.*, store .*'new': 1"):
+        check_head_matches(
+            {**sidecar, "features": {**sidecar["features"], "new": 2}}, store, "pooled"
+        )
+    with pytest.raises(Exception, match=r"features: head .*'dtype': 'float16'"):
+        check_head_matches(
+            {**sidecar, "features": {**sidecar["features"], "dtype": "float16"}}, store, "pooled"
+        )

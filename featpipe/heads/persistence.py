@@ -42,6 +42,8 @@ SIDECAR_FORMAT = "featpipe.head"
 SIDECAR_VERSION = 3
 # What sidecars before version 3 recorded of the backbone.
 _BACKBONE_KEYS = ("spec", "weights_sha256", "preprocessing")
+# What sidecars since version 2 record of the stored layer ("features"), always checked.
+_FEATURE_KEYS = ("layer", "dim", "pooling", "dtype")
 _NO_STORE = {"store_key": None, "store_path": None, "backbone": None, "features": None}
 SKOPS_SUFFIX = ".skops"
 RESAVE = "Save the head again (featpipe probe --save-dir, or save_head) to rewrite it."
@@ -287,11 +289,20 @@ def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
             UserWarning,
             stacklevel=2,
         )
-    elif not _same(sidecar["features"], _features(store, layer)):
-        problems.append(f"features: head {sidecar['features']}, store {_features(store, layer)}")
+    elif _features_differ(sidecar["features"] or {}, now := _features(store, layer)):
+        problems.append(f"features: head {sidecar['features']}, store {now}")
     if list(sidecar.get("classes") or []) != list(store.classes):
         problems.append(f"classes: head {sidecar.get('classes')}, store {list(store.classes)}")
     _raise_mismatch(problems)
+
+
+def _features_differ(saved: dict, now: dict) -> bool:
+    """Whether a stored layer differs from the one a head was fitted on: in the fields every
+    sidecar since version 2 records, or in any other field both sides record. A field only
+    one side knows (added by another featpipe version) is no difference: comparing the whole
+    dict refused every valid head over such a field."""
+    keys = {*_FEATURE_KEYS, *(set(saved) & set(now))}
+    return any(not _same(saved.get(key), now.get(key)) for key in keys)
 
 
 def check_backbone_matches(sidecar: dict, identity: dict) -> None:
