@@ -374,9 +374,11 @@ def _checks_section(summaries: list[MethodSummary], checks: DataChecks) -> Secti
     return Section("Data checks", blocks)
 
 
-def _recommendation_section(summaries: list[MethodSummary], n_boot: int) -> Section:
+def _recommendation_section(
+    summaries: list[MethodSummary], n_boot: int, n_val: int | None
+) -> Section:
     blocks: list = list(advice.recommendation(summaries, n_boot))
-    warnings = advice.warnings_for(summaries)
+    warnings = advice.warnings_for(summaries, n_val)
     if warnings:
         blocks += ["Warnings (results that look broken):", warnings]
     return Section("Recommendation", blocks)
@@ -538,7 +540,8 @@ def build_document(
         *_processes_note(summaries),
         *_mixed_devices_note(summaries),
     ]
-    recommendation = _recommendation_section(summaries, n_boot)
+    n_val = checks.counts.get("val") if checks else None  # the images validation gaps are on
+    recommendation = _recommendation_section(summaries, n_boot, n_val)
     recommendation.blocks[:0] = notes  # what the report left out bears on its advice too
     sections = [recommendation, overview]
     if checks is not None:
