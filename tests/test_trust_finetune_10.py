@@ -5,6 +5,9 @@ image through batch norm that trains is refused before training."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
@@ -16,6 +19,7 @@ from toy_backbone import build_toy
 from featpipe.backbones import register_backbone
 from featpipe.backbones.registry import _BUILTINS
 from featpipe.cli import main as cli_main
+from featpipe.data import open_source
 from featpipe.errors import ConfigError, SourceError
 from featpipe.finetune import ddp
 from featpipe.finetune import tuner as tuner_module
@@ -123,6 +127,41 @@ def test_a_refused_fit_keeps_what_an_earlier_run_made(tmp_path):
     with pytest.raises(SourceError):
         tuner(run_dir=old).fit(synthetic_source(n_train=0))
     assert [p.name for p in old.iterdir()] == ["last.pt.lock"]
+
+
+def test_files_touched_but_unchanged_resume_under_hash_contents(tmp_path):
+    # Before: the checkpoint recorded the sizes-and-mtimes fingerprint while the run folder
+    # was keyed by the contents one: the touched files refused the resume ("written with
+    # another configuration (source: ...) ... resume=False (CLI: --no-resume)"), which a
+    # pipeline cannot do.
+    data = make_image_folder(tmp_path / "img", per_class=4, splits=("train", "val", "test"))
+    config = config_from_dict({
+        "name": "ten", "out": str(tmp_path / "run"), "n_boot": 10, "device": "cpu",
+        "source": {"data": str(data), "hash_contents": True},
+        "features": {"backbones": ["toy"], "image_size": 16, "workers": 0,
+                     "cache_dir": str(tmp_path / "c")},
+        "probes": {"heads": []},
+        "finetune": {"modes": ["head"], "epochs": 1, "workers": 0},
+    })  # fmt: skip
+    [row] = read_results(run_pipeline(config, progress=False, log=lambda _: None) / "results.jsonl")
+    (tmp_path / "run" / "results.jsonl").write_text("")  # as if stopped after its checkpoint
+    later = time.time() + 100
+    for image in data.rglob("*.jpg"):
+        os.utime(image, (later, later))
+    said: list[str] = []
+    out = run_pipeline(config, progress=False, log=said.append)
+    [again] = read_results(out / "results.jsonl")
+    assert again["test"] == row["test"] and len(list((out / "finetune").iterdir())) == 1
+
+
+def test_a_checkpoint_of_file_times_resumes_under_hash_contents(tmp_path):
+    # Checkpoints recorded before (sizes and mtimes) resume while the files are untouched.
+    source = make_image_folder(tmp_path / "img", per_class=4, splits=("train", "val", "test"))
+    done = tuner(epochs=1, run_dir=tmp_path / "ft").fit(open_source(str(source)))
+    again = tuner(epochs=1, run_dir=tmp_path / "ft").fit(
+        open_source(str(source)), hash_contents=True
+    )
+    assert again.history_ == done.history_
 
 
 def _nothing(device):

@@ -128,13 +128,15 @@ def run(job: Job, context: RunContext) -> ResultRow:
     # A store that left images out is not read: the fine-tune's rows are fewer.
     read = None if skipped else read
     probe_features = read[0] if read else None
+    # Its checkpoint records the source's fingerprint of the kind the config hash has.
+    fit = {"probe_features": probe_features, "hash_contents": context.config.source.hash_contents}
     with measure(context.device) as usage:
         if grid:
-            search = fit_grid(tuner, source, grid, probe_features=probe_features)
+            search = fit_grid(tuner, source, grid, **fit)
             tuner = search.best
         else:
             search = None
-            tuner.fit(source, probe_features=probe_features)
+            tuner.fit(source, **fit)
         with Timer() as predict:
             proba = tuner.predict_proba("test")  # the winner's only: test is read once
     return finetune_row(
