@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from featpipe.data import open_source
+from featpipe.evaluate.cost import Cost, Extraction, Usage
 from featpipe.evaluate.leakage import DataChecks, check_data, check_source
 
 
@@ -88,3 +89,15 @@ def test_a_transparent_background_is_hashed_on_white_as_the_backbone_sees_it(tmp
         ["test/a/0.png", "train/a/0.png", 0],
         ["test/b/1.png", "train/b/1.png", 0],
     ]
+
+
+def test_a_reused_store_records_no_extraction_peak_of_its_own():
+    # The peak measured while a cached store was opened is not its extraction's: the row said
+    # extraction_peak_host_bytes = the process's memory at that moment.
+    usage = Usage(seconds=1.0, peak_host_bytes=5 << 20)
+    reused = Extraction(seconds=30.0, images=100, reused=True, peak_host_bytes=300 << 20)
+    made = Extraction(seconds=30.0, images=100, reused=False, peak_host_bytes=900 << 20)
+    kwargs = {"fit_seconds": 1.0, "predict_seconds": 0.5, "n_test": 10, "trainable_params": 3}
+    assert "extraction_peak_host_bytes" not in Cost.of(usage, extraction=reused, **kwargs).to_json()
+    assert Cost.of(usage, extraction=made, **kwargs).extraction_peak_host_bytes == 900 << 20
+    assert Cost.of(usage, **kwargs).extraction_peak_host_bytes is None

@@ -94,7 +94,8 @@ class Cost:
 
     extraction_seconds: float
     extraction_reused: bool
-    # Written only for methods that read a feature store (rows may lack it).
+    # Written only for methods that read a feature store this run extracted (rows may lack it):
+    # a reused store's extraction ran before, its peak unknown.
     extraction_peak_host_bytes: int | None = field(default=None, metadata={"optional": True})
     fit_seconds: float
     # A fine-tune's: each resumed piece's seconds once per process of that piece.
@@ -138,7 +139,7 @@ class Cost:
             peak_host_bytes=usage.peak_host_bytes,
             peak_device_bytes=usage.peak_device_bytes,
             trainable_params=trainable_params,
-            extraction_peak_host_bytes=None if extraction is None else ext.peak_host_bytes,
+            extraction_peak_host_bytes=None if ext.reused else ext.peak_host_bytes,
         )
 
     def to_json(self) -> dict:
