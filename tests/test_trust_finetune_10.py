@@ -154,12 +154,13 @@ def test_files_touched_but_unchanged_resume_under_hash_contents(tmp_path):
     assert again["test"] == row["test"] and len(list((out / "finetune").iterdir())) == 1
 
 
-def test_a_checkpoint_of_file_times_resumes_under_hash_contents(tmp_path):
-    # Checkpoints recorded before (sizes and mtimes) resume while the files are untouched.
+def test_a_checkpoint_of_file_times_resumes_under_a_given_fingerprint(tmp_path):
+    # Checkpoints recorded before (sizes and mtimes) resume while the files are untouched,
+    # under the fingerprint a pipeline now gives.
     source = make_image_folder(tmp_path / "img", per_class=4, splits=("train", "val", "test"))
     done = tuner(epochs=1, run_dir=tmp_path / "ft").fit(open_source(str(source)))
     again = tuner(epochs=1, run_dir=tmp_path / "ft").fit(
-        open_source(str(source)), hash_contents=True
+        open_source(str(source)), fingerprint="the caller's"
     )
     assert again.history_ == done.history_
 

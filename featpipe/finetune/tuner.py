@@ -202,7 +202,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         y=None,
         *,
         probe_features: FeatureStore | None = None,
-        hash_contents: bool = False,
+        fingerprint: str | None = None,
     ) -> FineTuner:
         """Train on the source's train split, select the epoch on val (carved from train,
         stratified and seeded, when the source has none). ``y`` is ignored.
@@ -214,12 +214,12 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         features from it instead of running the backbone over train and val (a store made
         from anything else raises StoreMismatchError). Other modes do not use it.
 
-        ``hash_contents``: the checkpoint records the source's fingerprint over file contents
-        (a pipeline's ``source.hash_contents``), not sizes and mtimes, so files touched but
-        unchanged do not stop a resume. A checkpoint recorded either way resumes when its
-        fingerprint matches the source's of that kind."""
+        ``fingerprint``: the source's fingerprint as the caller checked it (a pipeline's, over
+        file contents with ``source.hash_contents``, its run folder keyed by it), recorded in
+        the checkpoint instead of the sizes-and-mtimes one, so files touched but unchanged do
+        not stop a resume; a checkpoint holding the latter resumes while it matches."""
         mode = self._check_params()
-        self._hash_contents = hash_contents
+        self._fingerprint = fingerprint
         self.device_ = resolve_device(self.device)
         with on_device(self.device_), cudnn_autotune(self.device_), ddp.joined(self.device_):
             # Before the run folder is made: a mode the backbone cannot take leaves nothing.
@@ -640,7 +640,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         return {
             **result_params(self.get_params()),
             IDENTITY: backbone.identity(),
-            "source": source.fingerprint(content=self._hash_contents),
+            "source": self._fingerprint or source.fingerprint(),
             "classes": list(source.classes),
             # partial:N only: its identity leaves the stage list out
             **({FROZEN: list(frozen)} if frozen is not None else {}),
@@ -667,8 +667,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         # its spec, image size and other settings are still checked; the weights behind the
         # spec and the modules it froze cannot be, as before.
         expected = {k: v for k, v in expected.items() if k in saved["config"] or k not in LATER}
-        if saved["config"].get("source") == source.fingerprint(content=not self._hash_contents):
-            expected = {**expected, "source": saved["config"]["source"]}  # the other kind's
+        if self._fingerprint and saved["config"].get("source") == source.fingerprint():
+            expected = {**expected, "source": saved["config"]["source"]}  # sizes and mtimes
         checkpoint.check_config(saved["config"], expected, path, LATER_DEFAULTS)
         if ddp.is_main():  # one writer; the other ranks read best.pt once it is settled
             checkpoint.settle_best(Path(self.run_dir), saved["best_epoch"], saved.get("run"))

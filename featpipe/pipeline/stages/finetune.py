@@ -128,8 +128,11 @@ def run(job: Job, context: RunContext) -> ResultRow:
     # A store that left images out is not read: the fine-tune's rows are fewer.
     read = None if skipped else read
     probe_features = read[0] if read else None
-    # Its checkpoint records the source's fingerprint of the kind the config hash has.
-    fit = {"probe_features": probe_features, "hash_contents": context.config.source.hash_contents}
+    # Over file contents, its checkpoint records the run's fingerprint (its folder is keyed by
+    # it), not one of sizes and mtimes: touched files resume. Not computed again per fit.
+    contents = context.config.source.hash_contents
+    fingerprint = context.provenance["source"]["fingerprint"] if contents else None
+    fit = {"probe_features": probe_features, "fingerprint": fingerprint}
     with measure(context.device) as usage:
         if grid:
             search = fit_grid(tuner, source, grid, **fit)
