@@ -16,7 +16,7 @@ from conftest import WHITE, make_white_folder
 from featpipe.errors import ConfigError, ImageReadError
 from featpipe.heads import check_head_matches, load_head, make_head, save_head, select_and_fit
 from featpipe.pipeline import config_from_dict, run_pipeline
-from featpipe.report import read_results
+from featpipe.report import read_results, write_report
 from featpipe.report.results import ResultsFormatError
 from featpipe.store import write_arrays
 
@@ -43,7 +43,7 @@ def digits_pipeline(tmp_path, probes: dict | None = None):
 def test_a_folder_named_results_jsonl_is_refused_in_one_line(tmp_path):
     # Before: IsADirectoryError, a traceback from read_results (featpipe run and report alike).
     (tmp_path / "run" / "results.jsonl").mkdir(parents=True)
-    with pytest.raises(ResultsFormatError, match=r"results.jsonl is a folder; .* Move or rename"):
+    with pytest.raises(ConfigError, match=r"results.jsonl is a folder, where .* Move or rename"):
         run_pipeline(digits_pipeline(tmp_path), progress=False, log=lambda _: None)
     with pytest.raises(ResultsFormatError, match="is a folder"):
         read_results(tmp_path / "run" / "results.jsonl")
@@ -207,3 +207,23 @@ def test_a_clear_validation_drop_is_still_warned_as_broken():
     assert len(_warnings([_lpft(0.80, 0.80, 0.90)], n_val=360)) == 1
     # Without a validation count (no data checks) any gap is warned, as before.
     assert len(_warnings([_lpft(0.799, 0.797, 0.79)], n_val=None)) == 1
+
+
+@pytest.mark.parametrize("name", ["plan.json", "config.json", "report.md", "checks.json", "plots"])
+def test_a_run_folder_entry_of_the_wrong_kind_is_refused_before_any_job(tmp_path, name):
+    # Before: plan.json or config.json as a folder ended in IsADirectoryError (a traceback)
+    # from the atomic write; report.md or checks.json as a folder, or plots as a file, only
+    # after every job had run.
+    path = tmp_path / "run" / name
+    if name == "plots":
+        path.parent.mkdir(parents=True)
+        path.write_text("not a folder")
+    else:
+        path.mkdir(parents=True)
+    said: list[str] = []
+    with pytest.raises(ConfigError, match=rf"{name} is a (folder|file), where featpipe writes"):
+        run_pipeline(digits_pipeline(tmp_path), progress=False, log=said.append)
+    assert said == [] and not (tmp_path / "run" / "results.jsonl").exists()
+    if name != "config.json":  # featpipe run writes it, not the report
+        with pytest.raises(ConfigError, match=rf"{name} is a"):
+            write_report(tmp_path / "run", rows=[])

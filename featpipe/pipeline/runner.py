@@ -42,12 +42,15 @@ from featpipe.report import (
     PlannedRun,
     RunPlan,
     append_result,
+    check_run_folder,
     read_results,
     write_plan,
     write_report,
 )
 from featpipe.report.runplan import identity_hash, left_out, read_plan
 from featpipe.store.lock import StoreLock
+
+CONFIG_FILE = "config.json"  # the run's config, as run (beside plan.json)
 
 
 def plan(
@@ -285,6 +288,7 @@ class PipelineRunner:
         results = context.run_dir / RESULTS_FILE
         if not write:
             return context, jobs, _run_plan(cfg, jobs, fingerprint, {}), []
+        check_run_folder(context.run_dir, CONFIG_FILE)
         # One run at a time per folder: a second one waits, then reuses the first's rows
         # (else both ran every job, appended each row twice and raced on the report files).
         held.enter_context(
@@ -304,7 +308,7 @@ class PipelineRunner:
                 "removed the report of an earlier configuration; this run writes its own "
                 f"(`featpipe report {context.run_dir}` shows the finished rows meanwhile)"
             )
-        write_text_atomic(context.run_dir / "config.json", config_json)
+        write_text_atomic(context.run_dir / CONFIG_FILE, config_json)
         write_plan(context.run_dir, run_plan)
         return context, jobs, run_plan, rows
 

@@ -51,6 +51,7 @@ __all__ = [
     "RunPlan",
     "append_result",
     "build_document",
+    "check_run_folder",
     "data_checks",
     "ids_sha256",
     "read_plan",
@@ -68,6 +69,24 @@ __all__ = [
 CHECKS_FILE = "checks.json"
 
 
+def check_run_folder(run_dir: str | Path, *files: str) -> None:
+    """Refuse a folder where a run folder holds one of its files (results, plan, checks,
+    reports and ``files``), or a file where it holds its plots folder, before anything is
+    computed or written: else an IsADirectoryError traceback, at the latest after every job."""
+    run_dir = Path(run_dir)
+    names = (RESULTS_FILE, PLAN_FILE, CHECKS_FILE, REPORT_MD, REPORT_HTML, *files)
+    blocking = [(run_dir / n, "a folder", "file") for n in names if (run_dir / n).is_dir()]
+    plots = run_dir / PLOTS_DIR
+    if plots.exists() and not plots.is_dir():
+        blocking.append((plots, "a file", "plots folder"))
+    if blocking:
+        path, kind, what = blocking[0]
+        raise ConfigError(
+            f"{path} is {kind}, where featpipe writes the run's {what} {path.name!r}. Move or "
+            "rename it, or give another run folder (--out)."
+        )
+
+
 def write_report(
     run_dir: str | Path,
     rows: list[dict] | None = None,
@@ -82,6 +101,7 @@ def write_report(
     checks.json for later rebuilds), else compare the stored features of the run's store.
     Returns the paths written, by name."""
     run_dir = Path(run_dir)
+    check_run_folder(run_dir)
     if rows is None:
         results = run_dir / RESULTS_FILE
         if not results.exists():
