@@ -101,3 +101,20 @@ def test_a_wrapped_state_dict_or_a_checkpoint_is_refused_naming_the_fix(tmp_path
         read_state_dict(tmp_path / "ckpt.pth")
     with pytest.raises(ConfigError, match="same architecture"):  # no common prefix: as before
         load_strict(net, {"0.weight": state["0.weight"]}, source="x.pth")
+
+
+def test_the_download_command_for_a_missing_revision_names_the_revision(tmp_path, monkeypatch):
+    # 'hf download REPO' fetches main: the cache still lacked v9 and the run failed again
+    pytest.importorskip("transformers")
+    from featpipe.backbones import get_backbone
+    from featpipe.backbones.weights import WeightsUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsUnavailableError) as err:
+        get_backbone("hf:org/model@v9")
+    message = str(err.value)
+    assert "hf:org/model@v9 are not in" in message
+    assert "`hf download org/model --revision v9`" in message
+    with pytest.raises(WeightsUnavailableError, match=r"`hf download org/model` \("):
+        get_backbone("hf:org/model")

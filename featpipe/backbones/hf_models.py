@@ -133,10 +133,11 @@ def _locate(spec: BackboneSpec) -> tuple[str, str | None, bool, str]:
     if snapshot is not None:
         return str(snapshot), None, True, str(spec)
     hub.require_hub(
-        f"The weights of hf:{repo}",
+        f"The weights of {spec}",
         repo,
         "save the model and its image processor with save_pretrained() and give the folder "
         "as 'hf:/path/to/folder'",
+        revision,
     )
     return repo, revision, False, str(spec)
 

@@ -87,18 +87,22 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
         return None
 
 
-def not_cached(what: str, repo_id: str, reason: str, local_hint: str) -> WeightsUnavailableError:
+def not_cached(
+    what: str, repo_id: str, reason: str, local_hint: str, revision: str | None = None
+) -> WeightsUnavailableError:
     """The error for weights that are neither cached nor downloadable now."""
+    # without the revision, the command would fetch main and leave this one missing
+    args = f"{repo_id} --revision {revision}" if revision else repo_id
     return WeightsUnavailableError(
         f"{what} are not in the local Hugging Face cache ({cache_dir()}), and they cannot be "
-        f"downloaded: {reason}. On a machine with network run `hf download {repo_id}` "
-        f"(older huggingface_hub: `huggingface-cli download {repo_id}`) and copy its cache "
+        f"downloaded: {reason}. On a machine with network run `hf download {args}` "
+        f"(older huggingface_hub: `huggingface-cli download {args}`) and copy its cache "
         f"folder here (set HF_HOME or HF_HUB_CACHE to it), or {local_hint}."
     )
 
 
-def require_hub(what: str, repo_id: str, local_hint: str) -> None:
-    """Raise at once unless a download of ``repo_id`` can be tried now."""
+def require_hub(what: str, repo_id: str, local_hint: str, revision: str | None = None) -> None:
+    """Raise at once unless a download of ``repo_id`` (at ``revision``) can be tried now."""
     reason = unreachable_reason()
     if reason is not None:
-        raise not_cached(what, repo_id, reason, local_hint)
+        raise not_cached(what, repo_id, reason, local_hint, revision)

@@ -68,7 +68,7 @@ def create_pretrained(name: str) -> nn.Module:
         if path is not None:  # loaded as timm loads a local file (filters, class count)
             overlay = {"file": str(path), "source": None}
             return create(name, pretrained=True, pretrained_cfg_overlay=overlay)
-        hub.require_hub(f"timm pretrained weights for {name!r}", repo, local_hint)
+        hub.require_hub(f"timm pretrained weights for {name!r}", repo, local_hint, revision or None)
     try:  # the hub answers (or the weights come from a URL, cached by torch.hub)
         return create(name, pretrained=True)
     except OSError as exc:  # hub and URL download failures
