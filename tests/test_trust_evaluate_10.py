@@ -101,3 +101,11 @@ def test_a_reused_store_records_no_extraction_peak_of_its_own():
     assert "extraction_peak_host_bytes" not in Cost.of(usage, extraction=reused, **kwargs).to_json()
     assert Cost.of(usage, extraction=made, **kwargs).extraction_peak_host_bytes == 900 << 20
     assert Cost.of(usage, **kwargs).extraction_peak_host_bytes is None
+
+
+def test_a_source_too_small_to_hash_is_not_said_to_lack_a_pooled_layer():
+    # A fine-tune-only run on 8 px digits has no feature store: the checks said 'Near-duplicates
+    # were not checked: the store holds no 'pooled' layer.'
+    text = " ".join(check_source(open_source("digits")).lines())
+    assert "the store holds no" not in text
+    assert "Near-duplicates were not checked" in text and "smaller than 32 px" in text

@@ -131,7 +131,9 @@ class DataChecks:
         if self.near_layer is None:
             if self.hash_bits is None:
                 out.append(
-                    f"Near-duplicates were not checked: the store holds no {NEAR_LAYER!r} layer."
+                    f"Near-duplicates were not checked: no feature store with a {NEAR_LAYER!r} "
+                    "layer was read, and no image was hashed (the source was not at hand, or "
+                    f"its images are smaller than {MIN_HASH_SIDE} px)."
                 )
         elif self.near:
             examples = "; ".join(f"{t} ~ {r} ({c:.4f})" for t, r, c in self.near[:SHOWN])
