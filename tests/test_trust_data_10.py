@@ -213,3 +213,24 @@ def test_a_prefix_with_no_path_does_not_read_the_working_directory(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="names no dataset after its prefix"):
         open_source(spec)
+
+
+def test_a_saved_dataset_with_an_empty_split_is_one_line(tmp_path):
+    # datasets' load_from_disk fails with an IndexError on a split saved with no rows: it
+    # came out of featpipe extract as a traceback
+    datasets = pytest.importorskip("datasets")
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    )
+    image = {"bytes": buffer.getvalue(), "path": None}
+    splits = {
+        "train": datasets.Dataset.from_dict({"image": [], "label": []}, features=features),
+        "test": datasets.Dataset.from_dict(
+            {"image": [image] * 2, "label": [0, 1]}, features=features
+        ),
+    }
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(SourceError, match=r"its split\(s\) 'train' hold no rows\. Save it again"):
+        open_source(f"hf-dataset:{tmp_path / 'saved'}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 import os
 import re
@@ -300,6 +301,17 @@ class HFDatasetSource(TableSource):
                 f"Cannot open {str(self.root)!r} as a Hugging Face dataset saved with "
                 f"save_to_disk: {err}"
             ) from None
+        except IndexError as err:  # datasets' own failure on a split saved with no rows
+            empty = _empty_saved_splits(self.root)
+            which, fix = "", "Save it again without empty splits (they cannot be loaded back)."
+            if empty == ["."]:
+                which, fix = ": it holds no rows", "Save it again with its rows."
+            elif empty:
+                which = f": its split(s) {', '.join(map(repr, empty))} hold no rows"
+            raise SourceError(
+                f"datasets cannot load the Hugging Face dataset {str(self.root)!r} (IndexError: "
+                f"{err}){which}. {fix}"
+            ) from None
         parts = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
         tables, files = {}, {}
         for name, ds in parts.items():
@@ -357,6 +369,20 @@ class ParquetSource(TableSource):
         first = next(iter(tables.values()))
         features = dict(datasets.Features.from_arrow_schema(first.schema))
         return tables, features, by_split
+
+
+def _empty_saved_splits(root: Path) -> list[str]:
+    """The splits (``"."``: a lone Dataset) that ``save_to_disk`` wrote with no data file, as
+    it does for a split of no rows: ``load_from_disk`` then fails with an IndexError."""
+    empty = []
+    for state in sorted([root / "state.json", *root.glob("*/state.json")]):
+        try:
+            files = json.loads(state.read_text()).get("_data_files")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if files == []:
+            empty.append(state.parent.name if state.parent != root else ".")
+    return empty
 
 
 def _parquet_files(path: Path) -> list[Path]:
