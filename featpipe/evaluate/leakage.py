@@ -227,8 +227,11 @@ def _image_hash(source: ImageSource, index: int) -> int | None:
         if min(image.size) < MIN_HASH_SIDE:
             return None
         image.draft("L", (_HASH_SIDE, _HASH_SIDE))  # a JPEG: decoded at up to 1/8 scale, gray
-        # The pixels a backbone sees: 16-bit scaled, not clipped to white; alpha on white.
-        return perceptual_hash(to_rgb(image))
+        # The pixels a backbone sees: 16-bit scaled, not clipped to white; alpha on white
+        # (plain L and RGB are gray the same either way, without a copy of a large image).
+        if image.mode not in ("L", "RGB") or "transparency" in image.info:
+            image = to_rgb(image)
+        return perceptual_hash(image)
 
 
 def check_data(
