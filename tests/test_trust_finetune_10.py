@@ -194,3 +194,12 @@ def test_a_batch_of_one_trains_where_batch_norm_is_frozen():
     source = synthetic_source(n_train=1, n_val=3, n_test=0)
     fitted = tuner(image_size=8, mode="bn", epochs=1).fit(source)
     assert fitted.history_[1]["train_loss"] > 0
+
+
+def test_featpipe_finetune_refused_removes_the_folders_above_the_run_folder_it_made(tmp_path):
+    # Before: only the run folder went; runs/ and runs/a, made for it, stayed (empty).
+    data = make_image_folder(tmp_path / "img", per_class=2, splits=("train", "val", "test"))
+    run_dir = tmp_path / "runs" / "a" / "ft"
+    args = "finetune --backbone toy --epochs 1 --batch-size 1 --no-progress"
+    assert cli_main([*args.split(), "--data", str(data), "--run-dir", str(run_dir)]) == 2
+    assert not (tmp_path / "runs").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import time
@@ -219,11 +220,16 @@ def _shown_counts(source, counts: dict, args: argparse.Namespace) -> str:
     return f"{shown} (val carved from train: --val-fraction {args.val_fraction:g})"
 
 
-def _remove_if_empty(run_dir: Path | None) -> None:
-    """Remove the run folder this command made if nothing was written in it."""
-    if run_dir is not None:
+def _missing(run_dir: Path) -> list[Path]:
+    """The run folder and the folders above it that do not exist yet, deepest first."""
+    return list(itertools.takewhile(lambda p: not p.exists(), (run_dir, *run_dir.parents)))
+
+
+def _remove_if_empty(made: list[Path]) -> None:
+    """Remove the folders this command made (``_missing``) if nothing was written in them."""
+    for folder in made:
         with contextlib.suppress(OSError):
-            run_dir.rmdir()  # only an empty folder goes
+            folder.rmdir()  # only an empty folder goes
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -266,7 +272,7 @@ def _finetune(args: argparse.Namespace) -> int:
     source = _source(args)
     run_dir = ddp.from_main(_run_dir(args))  # one folder, named by rank 0's clock
     main = ddp.is_main()  # rank 0 prints and writes the run folder
-    made = None
+    made: list[Path] = []
     tuner = FineTuner(args.backbone, run_dir=run_dir, **params)
     counts = source.split_counts()
     if main:
@@ -275,7 +281,7 @@ def _finetune(args: argparse.Namespace) -> int:
             f"{args.backbone} mode={args.mode} on {len(source)} images "
             f"{_shown_counts(source, counts, args)}{world}; run: {run_dir}"
         )
-        made = run_dir if not run_dir.exists() else None  # removed again if left empty
+        made = _missing(run_dir)  # removed again if left empty
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file of that name, a read-only folder
