@@ -234,3 +234,31 @@ def test_a_saved_dataset_with_an_empty_split_is_one_line(tmp_path):
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved"))
     with pytest.raises(SourceError, match=r"its split\(s\) 'train' hold no rows\. Save it again"):
         open_source(f"hf-dataset:{tmp_path / 'saved'}")
+
+
+def _table(path, n: int) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    images_column = pa.array([buffer.getvalue()] * n, pa.binary())
+    labels = pa.array([i % 2 for i in range(n)], pa.int64())
+    pq.write_table(pa.table({"image": images_column, "label": labels}), path)
+
+
+def test_a_parquet_file_of_no_rows_is_one_line(tmp_path):
+    # max() of no labels: a ValueError traceback
+    _table(tmp_path / "empty.parquet", 0)
+    with pytest.raises(SourceError, match=r"empty\.parquet' holds no rows"):
+        open_source(str(tmp_path / "empty.parquet"))
+
+
+def test_a_table_whose_train_split_has_no_rows_is_refused(tmp_path):
+    # opened with every row in test (a warning that classes had no train row), as a source
+    # that names no train row is refused everywhere else
+    _table(tmp_path / "train.parquet", 0)
+    _table(tmp_path / "test.parquet", 4)
+    with pytest.raises(
+        SourceError, match=r"No train rows in parquet dataset .*\(it gives 4 test\)"
+    ):
+        _quiet(lambda: open_source(f"hf-dataset:{tmp_path}"))

@@ -26,7 +26,7 @@ from featpipe.data.arrays import check_label_max, encode_labels
 from featpipe.data.files import file_stat
 from featpipe.data.images import decode_rgb, load_rgb
 from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource, row_ids, split_alias
-from featpipe.data.splits import assign_splits, warn_unread_split_column
+from featpipe.data.splits import assign_splits, require_train, warn_unread_split_column
 from featpipe.errors import SourceError, did_you_mean
 from featpipe.extras import import_extra
 
@@ -92,6 +92,8 @@ class TableSource(ImageSource):
         _check_same_class_names(self._part_features, self.label_column, self.root)
         self.split_names = list(tables)
         self._sizes = [len(t) for t in tables.values()]
+        if not sum(self._sizes):
+            raise SourceError(f"{self.kind} {str(self.root)!r} holds no rows: no image to read.")
         self._columns: list | None = None  # read again after pickling (see __getstate__)
         self._check_image_type(first)
         cells = [v for t in tables.values() for v in t.column(self.label_column).to_pylist()]
@@ -104,6 +106,11 @@ class TableSource(ImageSource):
                 np.full(n, SPLIT_CODES[split_alias(name)], np.uint8)
                 for name, n in zip(tables, self._sizes, strict=True)
             ]
+        )
+        require_train(
+            given,
+            f"{self.kind} {str(self.root)!r}",
+            "Its train split holds no rows: save the dataset again with its train rows.",
         )
         self._warn_split_columns(tables)
         self.splits = assign_splits(
