@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -14,7 +17,9 @@ from featpipe.cli import main
 from featpipe.errors import UnreadableStoreError
 from featpipe.extract import extract
 from featpipe.store import FeatureStore
+from featpipe.store.cache import remove, scan
 from featpipe.store.consolidate import consolidate
+from featpipe.store.lock import NoReaders, StoreLock
 from featpipe.store.writer import StoreWriter
 
 FAST = dict(workers=0, device="cpu", progress=False, batch_size=4, dtype="float32")
@@ -160,3 +165,100 @@ def test_a_consolidated_store_keeps_the_checksums(tmp_path):
     with h5py.File(one.path, "r") as f:
         assert all(f[name].fletcher32 for name in names)
     assert np.array_equal(one.labels(), FeatureStore(out).labels())
+
+
+def _extracted(path: Path) -> np.ndarray:
+    """A complete store with the lock file that extraction leaves beside it."""
+    x = _store(path)
+    with StoreLock(path):
+        pass
+    return x
+
+
+def test_prune_all_keeps_a_store_a_head_is_reading(tmp_path, capsys):
+    """Readers took no lock: `featpipe cache prune --all` deleted a store between two reads
+    of a head training from it (the next read failed: 's.h5 is gone')."""
+    path = tmp_path / "s.h5"
+    x = _extracted(path)
+    store = FeatureStore(path)
+    blocks = store.iter_chunks("pooled", rows=10)  # a head half-way through its epoch
+    next(blocks)
+    assert main(["cache", "list", str(tmp_path)]) == 0
+    assert "in use (being read by another process)" in capsys.readouterr().out
+    assert main(["cache", "prune", str(tmp_path), "--all", "--yes"]) == 0
+    assert "in use, kept: s.h5" in capsys.readouterr().out
+    assert path.exists() and np.array_equal(np.concatenate([X for X, _ in blocks]), x[10:])
+    store.close()  # done reading: prune may delete it now, with every file of it
+    assert main(["cache", "prune", str(tmp_path), "--all", "--yes"]) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_started_after_a_prune_looked_is_not_deleted(tmp_path):
+    """remove() checks the readers again while it holds the store's locks: a store a reader
+    opened after prune listed it is kept."""
+    path = tmp_path / "s.h5"
+    _extracted(path)
+    (entry,) = [e for e in scan(tmp_path) if e.is_store]
+    assert entry.state == "complete"
+    store = FeatureStore(path)
+    assert not remove(entry) and path.exists()
+    del store  # a reader dropped without close() releases its lock too
+    assert remove(entry) and not path.exists()
+
+
+def test_readers_never_wait_and_leave_no_file(tmp_path):
+    """Readers share the lock (two at once, in one process or a copy sent to another), a
+    reader started while prune deletes reads without it instead of waiting, plain h5py reads
+    as before, and the last reader removes its lock file; a store without a lock file (not
+    extracted there) gets none."""
+    path = tmp_path / "s.h5"
+    _extracted(path)
+    first, second = FeatureStore(path), FeatureStore(path)
+    copy = pickle.loads(pickle.dumps(first))
+    with h5py.File(path, "r") as f:
+        assert f["samples/label"][3] == 1
+    assert all(s._read_lock.held for s in (first, second, copy))
+    for store in (first, second, copy):
+        assert (tmp_path / "s.h5.read.lock").exists()
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "s.h5.lock"]
+    with NoReaders(path):  # a prune deleting the store now
+        late = FeatureStore(path)
+        assert not late._read_lock.held and late.labels()[3] == 1
+    plain = tmp_path / "plain.h5"
+    _store(plain)
+    assert not FeatureStore(plain)._read_lock.held
+    assert not (tmp_path / "plain.h5.read.lock").exists()
+
+
+READER = """
+import sys
+from featpipe.store import FeatureStore
+store = FeatureStore(sys.argv[1])
+print(store.labels()[3], flush=True)
+sys.stdin.read()  # reading until the test closes stdin
+print(len(store.arrays("pooled")[0]), flush=True)
+"""
+
+
+def test_prune_keeps_a_store_another_process_is_reading(tmp_path, capsys):
+    """The same across processes: the store stays while the reader lives, and its read
+    after the prune finds every row."""
+    path = tmp_path / "s.h5"
+    _extracted(path)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout.readline().strip() == "1"
+        assert main(["cache", "prune", str(tmp_path), "--all", "--yes"]) == 0
+        assert "in use, kept: s.h5" in capsys.readouterr().out
+        out, _ = reader.communicate("", timeout=60)
+    finally:
+        reader.kill()
+    assert out.strip() == "40" and reader.returncode == 0
+    assert main(["cache", "prune", str(tmp_path), "--all", "--yes"]) == 0
+    assert not path.exists()

@@ -19,7 +19,8 @@ examples:
   featpipe cache list runs/cache
 
 STATE is complete, incomplete N/M (finished chunks; the same extract command resumes it),
-in use (another process is writing it, or one part of a parted store), unreadable (damaged
+in use (another process is writing it, or one part of a parted store, or is reading it
+through featpipe, e.g. training a head from it), unreadable (damaged
 or not HDF5), not a featpipe store (another program's HDF5 file, which prune never deletes),
 or leftover (a temporary or lock file of a run that was killed, or the parts folder of a
 parted store that was deleted, e.g. once consolidated: "parts of no store"). AGE counts from
@@ -35,8 +36,9 @@ examples:
   featpipe cache prune runs/cache --all  # every store
 
 prune lists what it is about to delete, asks before deleting (unless --yes), and never
-touches a store that another process is writing (it takes each store's lock first), nor an
-HDF5 file that is not a featpipe store.
+touches a store that another process is writing (it takes each store's lock first) or reading
+through featpipe (readers hold a shared lock, <store>.read.lock, while they may read), nor an
+HDF5 file that is not a featpipe store. Plain h5py readers take no lock.
 """
 
 

@@ -35,11 +35,15 @@ from featpipe.store.files import describe_failure, lock_conflict
 from featpipe.store.lock import (
     LOCK_SUFFIX,
     OWNER_SUFFIX,
+    READ_SUFFIX,
+    NoReaders,
     StoreLock,
+    being_read,
     describe_owner,
     holder,
     lock_path,
     owner_path,
+    read_lock_path,
 )
 from featpipe.store.parts import is_parted, parted_at, parts_dir
 from featpipe.store.reader import FeatureStore
@@ -49,6 +53,7 @@ TMP_SUFFIX = ".tmp"
 DAY = 86400.0
 NOT_A_STORE = "not a featpipe store"  # the state of another program's HDF5 file
 PARTS_SUFFIX = ".parts"
+BEING_READ = "in use (being read by another process)"
 ORPHANED = "leftover (parts of no store)"  # the state of a parts folder no store maps
 # What a parts folder holds: part files, their creation's .tmp, their locks and lock notes.
 _PART_FILE = re.compile(r"part-\d{5}\.h5(\.tmp|\.lock(\.json(\.\d+\.tmp)?)?)?")
@@ -148,12 +153,19 @@ def _unreadable_state(exc: BaseException) -> str:
 
 
 def _describe_store(path: Path) -> CacheEntry:
+    entry = _describe(path)
+    if not entry.in_use and being_read(path):  # a head is trained from it, say
+        entry.state = BEING_READ
+    return entry
+
+
+def _describe(path: Path) -> CacheEntry:
     entry = CacheEntry(path, path, "unreadable", _disk_size(path), _modified(path))
     owner = _holder(path)
     if owner is not None:
         entry.state = f"in use by {describe_owner(owner)}"
     try:
-        store = FeatureStore(path)
+        store = FeatureStore(path, read_lock=False)  # not a reader to count
     except StoreInUseError:  # open for writing, by this lock's holder or another program
         entry.state = entry.state if owner is not None else "in use"
         return entry
@@ -211,7 +223,7 @@ def _leftover_store(path: Path) -> Path | None:
         return path.with_name(name[: -len(TMP_SUFFIX)])
     if OWNER_SUFFIX + "." in name and name.endswith(TMP_SUFFIX):  # a note being written
         return path.with_name(name.split(OWNER_SUFFIX + ".", 1)[0])
-    for suffix in (OWNER_SUFFIX, LOCK_SUFFIX):
+    for suffix in (OWNER_SUFFIX, READ_SUFFIX, LOCK_SUFFIX):
         if name.endswith(STORE_SUFFIX + suffix):
             store = path.with_name(name[: -len(suffix)])
             return None if store.exists() else store  # kept while their store exists
@@ -317,6 +329,8 @@ def remove(entry: CacheEntry) -> bool:
                 if not _remove_orphaned(entry.path, parts):
                     return False
             else:
+                if entry.is_store:  # readers too: held while it is deleted
+                    parts.enter_context(NoReaders(entry.store))
                 owned = entry.is_store and _owns_parts(entry.store)
                 for part in _part_locks(entry.store) if owned else []:  # writers lock a part
                     parts.enter_context(StoreLock(part, timeout=0, notify=_quiet))
@@ -326,6 +340,7 @@ def remove(entry: CacheEntry) -> bool:
             if entry.is_store or not entry.store.exists():
                 owner_path(entry.store).unlink(missing_ok=True)
                 # deleted while held, so that no other process can take it in between
+                read_lock_path(entry.store).unlink(missing_ok=True)
                 lock_path(entry.store).unlink(missing_ok=True)
     except StoreInUseError:
         return False

@@ -4,8 +4,15 @@
 create/resume/write/finish of a store; the holder writes its pid, host and start time into
 ``<store>.lock.json``, so that a second process can say whom it waits for. The kernel drops
 the lock when its holder dies, even by SIGKILL; a note left behind by such a holder is
-overwritten by the next one. Readers take no lock. The lock file stays in place on release
-(waiters may hold it open), and ``featpipe cache prune`` removes it with its store.
+overwritten by the next one. The lock file stays in place on release (waiters may hold it
+open), and ``featpipe cache prune`` removes it with its store.
+
+Readers (:class:`ReadLock`) hold a shared ``flock`` of ``<store>.read.lock`` while they may
+read the store; ``featpipe cache prune`` deletes a store only while it holds that lock
+exclusively, so it skips a store being read (a head trained from it) instead of deleting it
+between two reads. Readers never wait: a reader never blocks another, and one that cannot
+take the lock (a prune deleting the store now, a folder it cannot write) reads without it.
+Writers ignore it, and plain h5py reads take none.
 """
 
 from __future__ import annotations
@@ -15,8 +22,14 @@ import json
 import os
 import socket
 import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): readers go unseen, as before read locks
+    fcntl = None
 
 from filelock import FileLock, Timeout
 
@@ -24,6 +37,7 @@ from featpipe.errors import StoreInUseError, StoreWriteError
 
 LOCK_SUFFIX = ".lock"
 OWNER_SUFFIX = ".lock.json"
+READ_SUFFIX = ".read.lock"
 
 _HELD: set[str] = set()  # stores this process holds: never "in use by another process"
 
@@ -36,6 +50,115 @@ def lock_path(store: str | Path) -> Path:
 def owner_path(store: str | Path) -> Path:
     store = Path(store)
     return store.with_name(store.name + OWNER_SUFFIX)
+
+
+def read_lock_path(store: str | Path) -> Path:
+    store = Path(store)
+    return store.with_name(store.name + READ_SUFFIX)
+
+
+def _lock_read_file(store: Path, flags: int, create: bool = True) -> int | None:
+    """An open file of ``<store>.read.lock`` (made unless ``create`` is False) flocked with
+    ``flags`` without waiting; None when it cannot be opened. BlockingIOError when another
+    open file holds a lock that conflicts. The file is deleted by its last reader and by
+    prune, so a lock is kept only once the path is seen to still be the file locked."""
+    path = read_lock_path(store)
+    for _ in range(10):  # deleted between our open and our lock: lock the new file
+        try:
+            fd = os.open(path, os.O_RDONLY | (os.O_CREAT if create else 0), 0o644)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, flags | fcntl.LOCK_NB)
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        except BlockingIOError:
+            os.close(fd)
+            raise
+        except OSError:  # a file system without flock: no read locks there
+            os.close(fd)
+            return None
+        os.close(fd)
+    return None
+
+
+def _release_read_lock(fd: int, path: Path) -> None:
+    """Close a reader's lock file, deleting it first when no other reader holds it (so a
+    store's folder keeps no file of its past readers)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # only when no other reader
+        if os.path.samestat(os.fstat(fd), os.stat(path)):
+            path.unlink()
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class ReadLock:
+    """A reader's shared lock of ``store`` (see the module's notes), held until
+    :meth:`release` or until the object is garbage-collected; never waits. It is taken only
+    beside a store that has a lock file (one featpipe extracted there: what ``featpipe cache
+    prune`` deletes), so reading a store written elsewhere leaves no file beside it. A copy
+    (pickled for another process) takes its own. ``store`` None: no lock."""
+
+    def __init__(self, store: str | Path | None):
+        self.store = store
+        self.held = False
+        if fcntl is None or store is None or not lock_path(store).exists():
+            return
+        try:
+            fd = _lock_read_file(Path(store), fcntl.LOCK_SH)
+        except OSError:  # a prune is deleting the store now: its next read says so
+            return
+        if fd is not None:
+            self.held = True
+            self._release = weakref.finalize(self, _release_read_lock, fd, read_lock_path(store))
+
+    def release(self) -> None:
+        if self.held:
+            self._release()
+            self.held = False
+
+    def __reduce__(self):
+        return ReadLock, (self.store,)
+
+
+def being_read(store: str | Path) -> bool:
+    """Whether a reader holds a :class:`ReadLock` of ``store`` (this process's included)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = _lock_read_file(Path(store), fcntl.LOCK_EX, create=False)
+    except BlockingIOError:
+        return True
+    if fd is not None:
+        os.close(fd)
+    return False
+
+
+class NoReaders:
+    """The exclusive lock of ``<store>.read.lock``, as a context manager, held while the
+    store is deleted: StoreInUseError at once while a reader holds it."""
+
+    def __init__(self, store: str | Path):
+        self.store = Path(store)
+        self._fd: int | None = None
+
+    def __enter__(self) -> NoReaders:
+        if fcntl is None:
+            return self
+        try:  # None: a folder where no reader could make it either
+            self._fd = _lock_read_file(self.store, fcntl.LOCK_EX)
+        except BlockingIOError:
+            raise StoreInUseError(f"{self.store} is being read by another process.") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
 
 
 def read_owner(store: str | Path) -> dict:

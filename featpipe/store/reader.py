@@ -26,7 +26,7 @@ from featpipe.errors import (
 from featpipe.extras import import_extra
 from featpipe.store import schema
 from featpipe.store.files import lock_conflict, open_h5, unreadable
-from featpipe.store.lock import describe_owner, holder
+from featpipe.store.lock import ReadLock, describe_owner, holder
 from featpipe.store.parts import (
     Part,
     check_parts,
@@ -97,6 +97,10 @@ def _not_found(path: Path) -> StoreNotFoundError:
 class FeatureStore:
     """A read-only view of a store file. Construction reads only the attributes; each read
     opens the file, reads and closes it, so a store object is cheap and safe to keep around.
+    Until :meth:`close` (or the end of a ``with`` block, or until it is garbage-collected) it
+    holds a shared read lock (:class:`~featpipe.store.lock.ReadLock`) that keeps
+    ``featpipe cache prune`` from deleting the store between two reads (``read_lock=False``:
+    none); reads work after it.
 
     ``extraction`` holds the stats of the :func:`featpipe.extract.extract` call that returned
     this object (None otherwise).
@@ -109,7 +113,7 @@ class FeatureStore:
     (``arrays`` and ``iter_chunks`` read it only with ``allow_incomplete``).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_lock: bool = True):
         self.path = Path(path)
         self.extraction: dict | None = None
         self.parts: list[Part] | None = None
@@ -123,6 +127,11 @@ class FeatureStore:
                 raise
             except DAMAGED as exc:
                 raise unreadable(self.path, f"its layout is damaged ({exc})") from exc
+        self._read_lock = ReadLock(self.path if read_lock else None)
+
+    def close(self) -> None:
+        """Release the read lock: ``featpipe cache prune`` may delete the store again."""
+        self._read_lock.release()
 
     def _check_format(self, f: h5py.File) -> None:
         if f.attrs.get("format") != schema.FORMAT:
@@ -282,7 +291,7 @@ class FeatureStore:
         return self
 
     def __exit__(self, *exc) -> None:
-        return None  # no handle is held between calls
+        self.close()  # no file handle is held between calls: only the read lock
 
     def layer_info(self, layer: str) -> dict:
         """``{"dim", "pooling", "dtype"}`` of one stored layer."""

@@ -79,9 +79,12 @@ once its layout is written, so a file at a store's path always has the full layo
 
 Beside a store, ``<store>.lock`` is the lock that one writing process holds from creating or
 resuming the store to finishing it, and ``<store>.lock.json`` names the holder (pid, host,
-since) while it is held. Readers take no lock: a store deleted or moved while it is read is an
-error at its next read, and a parted store's reader checks after each read that the part
-files it read are still there (HDF5 reads a missing part as zeros).
+since) while it is held. featpipe's readers hold a shared lock of ``<store>.read.lock`` while
+they may read a store that has its ``.lock`` (one extracted there; the last reader deletes the
+file), and ``featpipe cache prune`` skips a store so held; they never wait for it, and plain
+h5py takes none. A store deleted or moved while it is read anyway is an error at its next
+read, and a parted store's reader checks after each read that the part files it read are
+still there (HDF5 reads a missing part as zeros).
 
 A store filled by several processes (torchrun ranks, ``--shard`` job-array tasks) has the
 **parted layout**, in the same format: its root has the attribute ``layout="parts"``,
