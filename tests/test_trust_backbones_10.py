@@ -118,3 +118,28 @@ def test_the_download_command_for_a_missing_revision_names_the_revision(tmp_path
     assert "`hf download org/model --revision v9`" in message
     with pytest.raises(WeightsUnavailableError, match=r"`hf download org/model` \("):
         get_backbone("hf:org/model")
+
+
+def test_an_open_clip_file_that_is_no_checkpoint_is_refused_in_one_line(tmp_path):
+    # a broken .safetensors file and a pickled list ended in tracebacks (SafetensorError,
+    # AttributeError); a state dict of another model in a message of every missing key
+    open_clip = pytest.importorskip("open_clip")
+    import json
+
+    from featpipe.backbones import get_backbone
+
+    config = {
+        "embed_dim": 8,
+        "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "head_width": 8,
+                       "patch_size": 8},
+        "text_cfg": {"context_length": 4, "vocab_size": 10, "width": 8, "heads": 1, "layers": 1},
+    }  # fmt: skip
+    (tmp_path / "featpipe-bb10.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "featpipe-bb10.json")
+    (tmp_path / "broken.safetensors").write_bytes(b"garbage")
+    torch.save([1, 2], tmp_path / "list.pt")
+    torch.save({f"w{i}": torch.zeros(1) for i in range(200)}, tmp_path / "other.pt")
+    for name in ("broken.safetensors", "list.pt", "other.pt"):
+        with pytest.raises(ConfigError, match="open_clip checkpoint") as err:
+            get_backbone(f"open_clip:featpipe-bb10@{tmp_path / name}")
+        assert "\n" not in str(err.value) and len(str(err.value)) < 800, name

@@ -75,10 +75,14 @@ def _create(name: str) -> nn.Module:
 def _load(model: nn.Module, path: Path, what: str) -> None:
     try:
         _open_clip().load_checkpoint(model, str(path), weights_only=True)
-    except (RuntimeError, OSError, KeyError, ValueError) as exc:  # torch.load/strict-load errors
+    except Exception as exc:  # torch.load, safetensors, pickle and strict-load errors
+        # one line: a strict load's error lists every missing key (kilobytes)
+        cause = " ".join(str(exc).split())
+        cause = cause if len(cause) <= 300 else cause[:300] + "…"
         raise ConfigError(
             f"Could not load {what} from {str(path)!r} into open_clip's {type(model).__name__} "
-            f"({type(exc).__name__}: {exc}). Check that the checkpoint was saved from the same "
+            f"({type(exc).__name__}: {cause}). Check that the file is an open_clip checkpoint "
+            "(a state dict, or a dict with one under 'state_dict') saved from the same "
             "architecture."
         ) from exc
 
