@@ -103,3 +103,51 @@ def test_a_decoding_worker_that_dies_is_one_line_and_the_run_resumes(tmp_path, m
     store = extract(source, "toy", ["pooled"], out=out, workers=2, **options)
     assert store.complete and store.ids() == expected.ids()
     np.testing.assert_array_equal(store.arrays("pooled")[0], expected.arrays("pooled")[0])
+
+
+def test_a_second_ctrl_c_while_the_lanes_stop_keeps_the_resume_message(tmp_path, monkeypatch):
+    """Stopping waits for the batches the lanes are computing; a second Ctrl-C meanwhile
+    replaced 'interrupted: N of M chunks done; run the same command to resume' by a bare
+    'interrupted' (seen with two Ctrl-C 50 ms apart on featpipe extract)."""
+    import toy_backbone  # noqa: F401  (registers "toy")
+    from conftest import make_image_folder
+
+    from featpipe.data import ImageFolderSource
+    from featpipe.extract import extract, loop
+    from featpipe.interrupt import Interrupted
+
+    start = loop._start
+
+    def first_ctrl_c_at_the_third_batch(*args):
+        computed, stop = start(*args)
+
+        def pieces():
+            for i, piece in enumerate(computed):
+                if i == 2:
+                    raise KeyboardInterrupt
+                yield piece
+
+        def stop_then_second_ctrl_c():
+            stop()
+            raise KeyboardInterrupt
+
+        return pieces(), stop_then_second_ctrl_c
+
+    monkeypatch.setattr(loop, "_start", first_ctrl_c_at_the_third_batch)
+    source = ImageFolderSource(make_image_folder(tmp_path / "img"))
+    with pytest.raises(KeyboardInterrupt) as stopped:  # a bare one would stop pytest itself
+        extract(
+            source,
+            "toy",
+            ["pooled"],
+            out=tmp_path / "s.h5",
+            image_size=32,
+            batch_size=3,
+            chunk_rows=3,
+            workers=2,
+            progress=False,
+        )
+    assert isinstance(stopped.value, Interrupted), "a bare KeyboardInterrupt"
+    assert stopped.value.message == (
+        "interrupted: 2 of 6 chunks done; run the same command to resume"
+    )

@@ -211,6 +211,7 @@ def run_chunks(
     # inherit its descriptor and HDF5 lock, and keep the store locked after an error.
     lanes = lane_count(inference.device, workers, inference.compiled)
     computed, stop = _start(dataset, inference, data_path, workers, lanes, dtype)
+    interrupted = False
     try:
         with (
             StoreWriter.open(path) as writer,
@@ -224,6 +225,7 @@ def run_chunks(
             )
             stats.update(resumed=len(pending) < n_chunks, **run)
     except KeyboardInterrupt as exc:  # the with blocks above wrote the chunks computed
+        interrupted = True
         done = n_chunks - len(pending) + _written(background)
         raise Interrupted.from_exception(exc).with_message(
             f"interrupted: {done} of {n_chunks} chunks done; run the same command to resume"
@@ -241,7 +243,10 @@ def run_chunks(
     finally:
         if own_bar:
             bar.close()
-        stop()
+        # stop() waits for the batches being computed: a second Ctrl-C meanwhile must not
+        # replace the message saying how many chunks are done and how to resume.
+        with contextlib.suppress(KeyboardInterrupt) if interrupted else contextlib.nullcontext():
+            stop()
     return stats
 
 
