@@ -203,3 +203,20 @@ def test_featpipe_finetune_refused_removes_the_folders_above_the_run_folder_it_m
     args = "finetune --backbone toy --epochs 1 --batch-size 1 --no-progress"
     assert cli_main([*args.split(), "--data", str(data), "--run-dir", str(run_dir)]) == 2
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_pipeline_check_refuses_a_fine_tuning_batch_of_one_through_batch_norm(tmp_path):
+    # Before: FineTuner refused it only once the fine-tune started, after extraction.
+    def config(modes):
+        return config_from_dict({
+            "name": "ten", "out": str(tmp_path / "run"), "device": "cpu",
+            "source": {"data": "digits", "limits": {"train": 30, "val": 15, "test": 15}},
+            "features": {"backbones": ["toy"], "workers": 0, "cache_dir": str(tmp_path / "c")},
+            "probes": {"heads": ["knn"]},
+            "finetune": {"modes": modes, "batch_size": 1, "workers": 0},
+        })  # fmt: skip
+
+    said = r"finetune.modes\[1\] \('full' on toy\): finetune.batch_size 1 trains batches of 1 "
+    with pytest.raises(ConfigError, match=said + "image through batch norm that trains"):
+        run_pipeline(config(["bn", "full"]), progress=False, log=lambda _: None)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()

@@ -201,6 +201,13 @@ def _related(name: str, head: str) -> bool:
     return head == name or head.startswith(name + ".") or name.startswith(head + ".")
 
 
+def training_batch_norm(model: nn.Module, frozen: Frozen) -> list[str]:
+    """The batch-norm modules of ``model`` that train (``frozen`` keeps the others in eval
+    mode): a training batch of one image cannot go through them."""
+    kept = {id(m) for m in frozen.eval_modules}
+    return [n for n, m in model.named_modules() if is_bn(m) and id(m) not in kept]
+
+
 def set_train_mode(model: nn.Module, frozen: Frozen) -> None:
     """``model.train()`` except for frozen modules, which keep their statistics."""
     model.train()

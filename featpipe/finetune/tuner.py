@@ -58,8 +58,8 @@ from featpipe.finetune.freezing import (
     check_mode,
     freeze,
     frozen_by,
-    is_bn,
     set_train_mode,
+    training_batch_norm,
 )
 from featpipe.finetune.recipe import OPTIMIZERS, build_optimizer, param_groups, warmup_cosine
 from featpipe.interrupt import Interrupted, deferred
@@ -417,8 +417,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         smallest = min(self._rank_batch, len(data.sampler))  # the sampler: this rank's rows
         if smallest * (self.world_size_ if self.sync_bn and ddp.active() else 1) != 1:
             return
-        kept = {id(m) for m in self.frozen_.eval_modules}
-        training = [n for n, m in self.model_.named_modules() if is_bn(m) and id(m) not in kept]
+        training = training_batch_norm(self.model_, self.frozen_)
         if not training:
             return
         rows = len(self.train_rows_)

@@ -201,13 +201,26 @@ def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:
 
 
 def _check_finetune(backbone, mode: str, options: dict, where: str) -> None:
+    from featpipe.distributed import current_ranks
     from featpipe.finetune import FineTuner
-    from featpipe.finetune.freezing import Mode, freeze
+    from featpipe.finetune.freezing import Mode, freeze, training_batch_norm
 
     try:
         FineTuner(backbone.spec, mode=mode, **options)._check_params()
         backbone.at_size(options["image_size"])
         # The mode against the backbone's stages (partial:N beyond them); the model is ours.
-        freeze(backbone.model, Mode.parse(mode), backbone.stages, backbone.classifier or "")
+        frozen = freeze(
+            backbone.model, Mode.parse(mode), backbone.stages, backbone.classifier or ""
+        )
     except FeaturePipeError as exc:
         raise ConfigError(f"{where} ({mode!r} on {backbone.spec}): {exc}") from None
+    # FineTuner refuses it too, but only once the fine-tune starts (after extraction).
+    batch, ranks = options["batch_size"], current_ranks().world_size
+    if batch == ranks and (training := training_batch_norm(backbone.model, frozen)):
+        per_rank = f" ({ranks} ranks, 1 image each)" if ranks > 1 else ""
+        raise ConfigError(
+            f"{where} ({mode!r} on {backbone.spec}): finetune.batch_size {batch}{per_rank} "
+            f"trains batches of 1 image through batch norm that trains (e.g. {training[0]}), "
+            "which normalises each batch by its own statistics. Use a batch_size of at least "
+            "2 per rank, or a mode that keeps batch norm frozen (bn, head, lpft)."
+        )
