@@ -262,3 +262,25 @@ def test_prune_keeps_a_store_another_process_is_reading(tmp_path, capsys):
     assert out.strip() == "40" and reader.returncode == 0
     assert main(["cache", "prune", str(tmp_path), "--all", "--yes"]) == 0
     assert not path.exists()
+
+
+def test_consolidate_of_a_damaged_part_is_one_error_and_writes_nothing(tmp_path, capsys):
+    """consolidate read the parts through h5py directly: a part's damaged B-tree or a chunk
+    failing its checksum outside the features ended in h5py's OSError (a traceback)."""
+    out = tmp_path / "p.h5"
+    extract(NoiseSource(40), "toy", ["pooled"], out=out, chunk_rows=2, shard=(0, 1), **FAST)
+    part = FeatureStore(out).parts[1].path
+    intact = part.read_bytes()
+    damaged = bytearray(intact)
+    at = intact.index(b"TREE", intact.index(b"TREE") + 1)  # the second B-tree
+    damaged[at : at + 4] = b"XXXX"
+    part.write_bytes(bytes(damaged))
+    one = tmp_path / "one.h5"
+    assert main(["consolidate", str(out), "--out", str(one)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "p.h5 is not a readable" in err and "--overwrite" in err
+    part.write_bytes(intact)
+    _flip(part, "samples/ok", at=1)
+    assert main(["consolidate", str(out), "--out", str(one)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.h5", "p.h5.lock", "p.parts"]
