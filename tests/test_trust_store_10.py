@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from featpipe.extract import extract
 from featpipe.store import FeatureStore
 from featpipe.store.cache import remove, scan
 from featpipe.store.consolidate import consolidate
-from featpipe.store.lock import NoReaders, StoreLock
+from featpipe.store.lock import NoReaders, StoreLock, being_read
 from featpipe.store.writer import StoreWriter
 
 FAST = dict(workers=0, device="cpu", progress=False, batch_size=4, dtype="float32")
@@ -284,3 +285,19 @@ def test_consolidate_of_a_damaged_part_is_one_error_and_writes_nothing(tmp_path,
     assert main(["consolidate", str(out), "--out", str(one)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.h5", "p.h5.lock", "p.parts"]
+
+
+def test_a_forked_child_dropping_a_store_keeps_its_parents_read_lock(tmp_path):
+    """A forked child (a data-loader worker) shares its parent's lock file: releasing its
+    copy deleted the file while the parent still read, and prune then deleted the store."""
+    path = tmp_path / "s.h5"
+    _extracted(path)
+    store = FeatureStore(path)
+    pid = os.fork()
+    if pid == 0:  # the child drops its copy of the store, then exits
+        store.close()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert being_read(path) and (tmp_path / "s.h5.read.lock").exists()
+    store.close()
+    assert not being_read(path) and not (tmp_path / "s.h5.read.lock").exists()

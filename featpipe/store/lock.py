@@ -84,9 +84,13 @@ def _lock_read_file(store: Path, flags: int, create: bool = True) -> int | None:
     return None
 
 
-def _release_read_lock(fd: int, path: Path) -> None:
+def _release_read_lock(fd: int, path: Path, pid: int) -> None:
     """Close a reader's lock file, deleting it first when no other reader holds it (so a
-    store's folder keeps no file of its past readers)."""
+    store's folder keeps no file of its past readers). A forked child shares the lock of
+    its parent's open file (``pid``'s): it only closes its copy."""
+    if os.getpid() != pid:
+        os.close(fd)
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # only when no other reader
         if os.path.samestat(os.fstat(fd), os.stat(path)):
@@ -115,7 +119,8 @@ class ReadLock:
             return
         if fd is not None:
             self.held = True
-            self._release = weakref.finalize(self, _release_read_lock, fd, read_lock_path(store))
+            path = read_lock_path(store)
+            self._release = weakref.finalize(self, _release_read_lock, fd, path, os.getpid())
 
     def release(self) -> None:
         if self.held:
