@@ -143,3 +143,26 @@ def test_an_open_clip_file_that_is_no_checkpoint_is_refused_in_one_line(tmp_path
         with pytest.raises(ConfigError, match="open_clip checkpoint") as err:
             get_backbone(f"open_clip:featpipe-bb10@{tmp_path / name}")
         assert "\n" not in str(err.value) and len(str(err.value)) < 800, name
+
+
+def test_featpipe_layers_prints_a_squash_and_a_floored_crop_as_such(monkeypatch, capsys):
+    # a squashing model's preprocessing printed as 'resize 36, centre crop 32', which reads
+    # as a short-side resize keeping the aspect ratio
+    import argparse
+    from dataclasses import replace
+
+    import featpipe.cli.backbones as cli
+    from featpipe.backbones import Preprocessing, get_backbone
+    from featpipe.cli.backbones import run_layers
+
+    bb = get_backbone("torchvision:resnet18@none", image_size=32)
+    for options, expected in [
+        (dict(crop_mode="squash"), "preprocessing: squash to 36×36, centre crop 32, bilinear"),
+        (dict(crop_offset="floor"), "preprocessing: resize 36, centre crop 32 (corner floored),"),
+        ({}, "preprocessing: resize 36, centre crop 32, bilinear"),
+    ]:
+        pre = Preprocessing(resize=36, crop=32, **options)
+        monkeypatch.setattr(cli, "get_backbone", lambda spec, image_size=None, pre=pre: replace(
+            bb, preprocessing=pre))  # fmt: skip
+        run_layers(argparse.Namespace(spec="x", image_size=None, filter="layer4"))
+        assert expected in capsys.readouterr().out

@@ -168,8 +168,15 @@ def run_layers(args: argparse.Namespace) -> int:
     ]
     pre = backbone.preprocessing
     print(f"backbone: {backbone.spec}  (weights sha256 {backbone.weights_sha256[:12]}…)")
+    # a squash resizes both sides (aspect ratio not kept), not the short side
+    resize = (
+        f"resize {pre.resize}"
+        if pre.crop_mode == "center"
+        else f"squash to {pre.resize}×{pre.resize}"
+    )
+    corner = " (corner floored)" if pre.crop_offset == "floor" else ""
     print(
-        f"preprocessing: resize {pre.resize}, centre crop {pre.crop}, {pre.interpolation}, "
+        f"preprocessing: {resize}, centre crop {pre.crop}{corner}, {pre.interpolation}, "
         f"mean {pre.mean}, std {pre.std}"
     )
     if rows:
