@@ -6,6 +6,7 @@ saved head is not refused for a field of its layer that only one featpipe versio
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -227,3 +228,19 @@ def test_a_run_folder_entry_of_the_wrong_kind_is_refused_before_any_job(tmp_path
     if name != "config.json":  # featpipe run writes it, not the report
         with pytest.raises(ConfigError, match=rf"{name} is a"):
             write_report(tmp_path / "run", rows=[])
+
+
+@pytest.mark.parametrize("second", ["pooled + stage1", "stage1+pooled"])
+def test_one_joined_layer_written_two_ways_is_refused(tmp_path, second):
+    # Before: both were accepted (the duplicate check compared the text), and the same probes
+    # ran twice on the same features, as two methods of the report.
+    with pytest.raises(
+        ConfigError,
+        match=rf"probes.layers\[1\] = '{re.escape(second)}' joins the layers of "
+        r"probes.layers\[0\] = 'pooled\+stage1'; list each layer or join once",
+    ):
+        config_from_dict({
+            "name": "joins", "out": str(tmp_path / "run"), "source": {"data": "digits"},
+            "features": {"backbones": ["toy"], "layers": ["pooled", "stage1"]},
+            "probes": {"heads": ["knn"], "layers": ["pooled+stage1", second]},
+        })  # fmt: skip

@@ -132,6 +132,26 @@ def _check_modes(value: tuple[str, ...], where: str) -> None:
         )
 
 
+def _check_probe_layers(value: tuple[str, ...], where: str) -> None:
+    from featpipe.heads.splits import layer_parts  # late: sklearn is slow to import
+
+    _each_once(value, where)
+    joined = []
+    for i, text in enumerate(value):
+        try:
+            joined.append(frozenset(layer_parts(text)))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}[{i}]: {exc}") from None
+    # 'pooled + stage1' and 'stage1+pooled' are the features of 'pooled+stage1': the same
+    # probes would run twice, as two methods of the report.
+    if repeat := first_repeat(joined):
+        i, j = repeat
+        raise ConfigError(
+            f"{where}[{i}] = {value[i]!r} joins the layers of {where}[{j}] = {value[j]!r}; "
+            "list each layer or join once."
+        )
+
+
 # FineTuner settings a pipeline needs above 0 (FineTuner itself takes epochs = 0: LP-FT's probe).
 POSITIVE_FINETUNE = frozenset({"epochs", "batch_size", "lr"})
 
@@ -300,7 +320,7 @@ class ProbesConfig:
     heads: tuple[str, ...] | None = option(None, check=_each_once, choices=_head_names, kind="head")
     layers: tuple[str, ...] | None = option(
         None,
-        check=_each_once,
+        check=_check_probe_layers,
         doc="default: all of features.layers; 'pooled+blocks.5:avg' concatenates stored "
         "layers, each standardised on train",
     )
