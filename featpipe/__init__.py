@@ -38,3 +38,4 @@ __all__ = [
 ]
 
 _imported()
+del _imported, _quiet_while_importing
