@@ -244,3 +244,10 @@ def test_one_joined_layer_written_two_ways_is_refused(tmp_path, second):
             "features": {"backbones": ["toy"], "layers": ["pooled", "stage1"]},
             "probes": {"heads": ["knn"], "layers": ["pooled+stage1", second]},
         })  # fmt: skip
+
+
+def test_a_layer_name_with_spaces_is_refused_before_extraction(tmp_path):
+    # Before: ' pooled' passed the check (its part, stripped, is extracted) and the probe
+    # failed after the extraction: "Unknown layer ' pooled'. Did you mean: 'pooled'?".
+    with pytest.raises(ConfigError, match=r"probes.layers\[0\] = ' pooled' has spaces around"):
+        digits_pipeline(tmp_path, {"heads": ["knn"], "layers": [" pooled"]})

@@ -139,9 +139,14 @@ def _check_probe_layers(value: tuple[str, ...], where: str) -> None:
     joined = []
     for i, text in enumerate(value):
         try:
-            joined.append(frozenset(layer_parts(text)))
+            parts = layer_parts(text)
         except ConfigError as exc:
             raise ConfigError(f"{where}[{i}]: {exc}") from None
+        if len(parts) == 1 and parts[0] != text:  # a store names it without the spaces
+            raise ConfigError(
+                f"{where}[{i}] = {text!r} has spaces around the layer name; write {parts[0]!r}."
+            )
+        joined.append(frozenset(parts))
     # 'pooled + stage1' and 'stage1+pooled' are the features of 'pooled+stage1': the same
     # probes would run twice, as two methods of the report.
     if repeat := first_repeat(joined):
