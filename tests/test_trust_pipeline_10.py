@@ -251,3 +251,14 @@ def test_a_layer_name_with_spaces_is_refused_before_extraction(tmp_path):
     # failed after the extraction: "Unknown layer ' pooled'. Did you mean: 'pooled'?".
     with pytest.raises(ConfigError, match=r"probes.layers\[0\] = ' pooled' has spaces around"):
         digits_pipeline(tmp_path, {"heads": ["knn"], "layers": [" pooled"]})
+
+
+def test_an_extracted_layer_name_with_spaces_is_refused_for_what_it_is(tmp_path):
+    # Before: "probes.layers[0]: layer 'pooled' is not extracted. Did you mean: 'pooled '?
+    # Add it to features.layers (pooled )."
+    with pytest.raises(ConfigError, match=r"features.layers\[0\] = 'pooled ' has spaces around"):
+        config_from_dict({
+            "name": "spaces", "out": str(tmp_path / "run"), "source": {"data": "digits"},
+            "features": {"backbones": ["toy"], "layers": ["pooled "]},
+            "probes": {"heads": ["knn"]},
+        })  # fmt: skip

@@ -204,6 +204,15 @@ def _listed(value, where: str) -> None:
     _each_once(value, where)
 
 
+def _stored_layers(value: tuple[str, ...], where: str) -> None:
+    _listed(value, where)
+    for i, text in enumerate(value):
+        if text != text.strip():  # probes.layers reads it stripped: no probe could find it
+            raise ConfigError(
+                f"{where}[{i}] = {text!r} has spaces around the layer name; write {text.strip()!r}."
+            )
+
+
 def _seeds(value, where: str) -> None:
     _non_empty(value, where)
     for i, seed in enumerate(value):
@@ -292,7 +301,7 @@ class FeaturesConfig:
     """[features]: the frozen backbones and the layers stored for the probes."""
 
     backbones: tuple[str, ...] = option(check=_listed, doc="backbone specs")
-    layers: tuple[str, ...] = option(("pooled",), check=_listed)
+    layers: tuple[str, ...] = option(("pooled",), check=_stored_layers)
     image_size: int | None = option(None, doc="default: the weights' own size")
     dtype: str = option("float16", choices=lambda: ["float16", "float32"], kind="dtype")
     batch_size: int = option(64, check=_positive)
