@@ -166,3 +166,22 @@ def test_featpipe_layers_prints_a_squash_and_a_floored_crop_as_such(monkeypatch,
             bb, preprocessing=pre))  # fmt: skip
         run_layers(argparse.Namespace(spec="x", image_size=None, filter="layer4"))
         assert expected in capsys.readouterr().out
+
+
+def test_a_checkpoint_with_other_objects_is_refused_in_one_line_naming_the_fix(tmp_path):
+    # torch.load(weights_only=True)'s error spans paragraphs with terminal colours and
+    # advises weights_only=False, which featpipe cannot be told
+    import argparse
+
+    from featpipe.backbones.weights import read_state_dict
+
+    net = torch.nn.Linear(2, 2)
+    torch.save(
+        {"state_dict": net.state_dict(), "args": argparse.Namespace(lr=1)}, tmp_path / "c.pt"
+    )
+    with pytest.raises(ConfigError) as err:
+        read_state_dict(tmp_path / "c.pt")
+    message = str(err.value)
+    assert "\n" not in message and "\x1b" not in message and len(message) < 600
+    assert "unsupported global argparse.Namespace" in message
+    assert "torch.load(path, weights_only=False)" in message

@@ -28,6 +28,7 @@ from featpipe.backbones.weights import (
     fetch_error,
     file_sha256,
     is_weights_path,
+    one_line_cause,
     seeded,
     stages_of,
 )
@@ -76,14 +77,11 @@ def _load(model: nn.Module, path: Path, what: str) -> None:
     try:
         _open_clip().load_checkpoint(model, str(path), weights_only=True)
     except Exception as exc:  # torch.load, safetensors, pickle and strict-load errors
-        # one line: a strict load's error lists every missing key (kilobytes)
-        cause = " ".join(str(exc).split())
-        cause = cause if len(cause) <= 300 else cause[:300] + "…"
         raise ConfigError(
             f"Could not load {what} from {str(path)!r} into open_clip's {type(model).__name__} "
-            f"({type(exc).__name__}: {cause}). Check that the file is an open_clip checkpoint "
-            "(a state dict, or a dict with one under 'state_dict') saved from the same "
-            "architecture."
+            f"({type(exc).__name__}: {one_line_cause(exc)}). Check that the file is an "
+            "open_clip checkpoint (a state dict, or a dict with one under 'state_dict') "
+            "saved from the same architecture."
         ) from exc
 
 

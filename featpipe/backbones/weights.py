@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -62,11 +63,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # pickle/zip/header errors have many types; keep the cause
         how = "safetensors" if safetensors else "torch.load(weights_only=True)"
+        fix = (
+            "Save weights with torch.save(model.state_dict(), path) or, for a .safetensors "
+            "file, safetensors.torch.save_file(model.state_dict(), path)."
+        )
+        if "Unsupported global" in str(exc):  # objects beside the tensors (a checkpoint)
+            fix = (
+                "It holds objects other than tensors, which featpipe does not unpickle: if "
+                "you trust the file, load it with torch.load(path, weights_only=False) and "
+                "save its state dict alone with torch.save(state_dict, path)."
+            )
         raise ConfigError(
             f"Could not read {str(path)!r} as a state dict with {how}: "
-            f"{str(exc).rstrip('.')}. Save weights "
-            "with torch.save(model.state_dict(), path) or, for a .safetensors file, "
-            "safetensors.torch.save_file(model.state_dict(), path)."
+            f"{one_line_cause(exc).rstrip('.')}. {fix}"
         ) from exc
     if not isinstance(state, Mapping) or not _is_state_dict(state):
         # a training checkpoint keeps the state dict under a key ('state_dict', 'model')
@@ -83,6 +92,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"{str(path)!r} holds a {type(state).__name__}, not a state dict of tensors.{hint}"
         )
     return dict(state)
+
+
+def one_line_cause(exc: BaseException, limit: int = 300) -> str:
+    """A library's error text as one line of at most ``limit`` characters: torch.load's
+    weights-only error spans paragraphs (its cause: the unsupported global it names) and a
+    strict load's lists every missing key."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # terminal colours
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    cause = f"unsupported global {found.group(1)}" if found else " ".join(text.split())
+    return cause if len(cause) <= limit else cause[:limit] + "…"
 
 
 def _is_state_dict(value: object) -> bool:
