@@ -262,3 +262,13 @@ def test_an_extracted_layer_name_with_spaces_is_refused_for_what_it_is(tmp_path)
             "features": {"backbones": ["toy"], "layers": ["pooled "]},
             "probes": {"heads": ["knn"]},
         })  # fmt: skip
+
+
+def test_the_nystroem_svm_counts_its_landmarks_and_linear_svm_as_parameters():
+    # Before: 0 trainable params in the cost table (as for kNN): its numbers are in its parts.
+    from featpipe.pipeline.stages.probe import head_parameters
+
+    X, y = _rows(30)
+    head = make_head("rbf_svm_nystroem", n_components=10, device="cpu").fit(X, y)
+    clf = head.classifier_
+    assert head_parameters(head) == 10 * 6 + clf.linear_.coef_.size + clf.linear_.intercept_.size

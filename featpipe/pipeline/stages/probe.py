@@ -166,14 +166,18 @@ def layer_words(layer: str) -> str:
 
 
 def head_parameters(estimator) -> int:
-    """Learned numbers in a fitted head's classifier (weights, biases, support vectors); kNN,
-    which only stores its training set, has none."""
+    """Learned numbers in a fitted head's classifier (weights, biases, support vectors, and
+    the Nystroem SVM's landmarks and linear SVM, held in its parts); kNN, which only stores
+    its training set, has none."""
     clf = getattr(estimator, "classifier_", estimator)
+    parts = [clf, getattr(clf, "features_", None), getattr(clf, "linear_", None)]
+    names = ("coef_", "intercept_", "coefs_", "intercepts_", "dual_coef_", "support_vectors_")
     total = 0
-    for name in ("coef_", "intercept_", "coefs_", "intercepts_", "dual_coef_", "support_vectors_"):
-        value = getattr(clf, name, None)
-        arrays = value if isinstance(value, list) else [value]
-        total += sum(int(np.size(a)) for a in arrays if a is not None)
+    for part in (p for p in parts if p is not None):
+        for name in (*names, "components_"):
+            value = getattr(part, name, None)
+            arrays = value if isinstance(value, list) else [value]
+            total += sum(int(np.size(a)) for a in arrays if a is not None)
     return total
 
 
