@@ -158,7 +158,7 @@ def test_featpipe_layers_prints_a_squash_and_a_floored_crop_as_such(monkeypatch,
     bb = get_backbone("torchvision:resnet18@none", image_size=32)
     for options, expected in [
         (dict(crop_mode="squash"), "preprocessing: squash to 36×36, centre crop 32, bilinear"),
-        (dict(crop_offset="floor"), "preprocessing: resize 36, centre crop 32 (corner floored),"),
+        (dict(crop_offset="floor"), "0.225), crop corner floored\n"),
         ({}, "preprocessing: resize 36, centre crop 32, bilinear"),
     ]:
         pre = Preprocessing(resize=36, crop=32, **options)
@@ -185,3 +185,16 @@ def test_a_checkpoint_with_other_objects_is_refused_in_one_line_naming_the_fix(t
     assert "\n" not in message and "\x1b" not in message and len(message) < 600
     assert "unsupported global argparse.Namespace" in message
     assert "torch.load(path, weights_only=False)" in message
+
+
+def test_an_image_processor_that_does_not_resize_is_refused():
+    # do_resize=False feeds each image at its own size (a centre crop of the original):
+    # featpipe resized the short side first, other pixels
+    tr = pytest.importorskip("transformers")
+    from featpipe.backbones.hf_models import preprocessing_of
+
+    size = {"height": 32, "width": 32}
+    processor = tr.ViTImageProcessor(size=size, crop_size=size, do_resize=False)
+    with pytest.raises(ConfigError, match=r"do_resize=False .*featpipe resizes every image"):
+        preprocessing_of(processor)
+    preprocessing_of(tr.ViTImageProcessor(size=size))  # resizing processors as before

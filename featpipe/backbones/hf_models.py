@@ -214,11 +214,13 @@ def preprocessing_of(processor) -> Preprocessing:
 
 
 def _check_pixel_steps(processor) -> None:
-    """Refuse the processor steps featpipe does not take: it scales pixels to [0, 1] and
-    normalises once, in RGB order."""
+    """Refuse the processor steps featpipe does not take: it resizes every image, scales
+    pixels to [0, 1] and normalises once, in RGB order."""
     normalize = getattr(processor, "do_normalize", True)
     factor = getattr(processor, "rescale_factor", None)
     steps = {
+        "do_resize=False (each image at its own size)": getattr(processor, "do_resize", True)
+        is False,
         "do_rescale=False": getattr(processor, "do_rescale", True) is False,
         f"rescale_factor={factor}": factor is not None and abs(factor - 1 / 255) > 1e-9,
         "rescale_offset=True": bool(getattr(processor, "rescale_offset", False)),
@@ -233,8 +235,9 @@ def _check_pixel_steps(processor) -> None:
     if found:
         raise ConfigError(
             f"The image processor {type(processor).__name__} uses {', '.join(found)}; featpipe "
-            "scales pixels to [0, 1] and normalises once with image_mean/image_std, in RGB "
-            "order, so it would feed other values. Use a model whose processor does that."
+            "resizes every image, scales pixels to [0, 1] and normalises once with "
+            "image_mean/image_std, in RGB order, so it would feed other values. Use a model "
+            "whose processor does that."
         )
 
 

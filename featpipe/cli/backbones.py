@@ -174,10 +174,10 @@ def run_layers(args: argparse.Namespace) -> int:
         if pre.crop_mode == "center"
         else f"squash to {pre.resize}×{pre.resize}"
     )
-    corner = " (corner floored)" if pre.crop_offset == "floor" else ""
+    corner = ", crop corner floored" if pre.crop_offset == "floor" else ""
     print(
-        f"preprocessing: {resize}, centre crop {pre.crop}{corner}, {pre.interpolation}, "
-        f"mean {pre.mean}, std {pre.std}"
+        f"preprocessing: {resize}, centre crop {pre.crop}, {pre.interpolation}, "
+        f"mean {pre.mean}, std {pre.std}{corner}"
     )
     if rows:
         header = ("layer", "output shape", "default pooling", "dim")
