@@ -198,3 +198,13 @@ def test_an_image_processor_that_does_not_resize_is_refused():
     with pytest.raises(ConfigError, match=r"do_resize=False .*featpipe resizes every image"):
         preprocessing_of(processor)
     preprocessing_of(tr.ViTImageProcessor(size=size))  # resizing processors as before
+
+
+def test_a_folder_given_as_weights_file_is_named_a_folder(tmp_path):
+    # 'torchvision:resnet18@/tmp' said the folder 'does not exist'
+    from featpipe.backbones.weights import read_state_dict
+
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        read_state_dict(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_state_dict(tmp_path / "nothere.pth")

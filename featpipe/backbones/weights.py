@@ -49,8 +49,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     any other with ``torch.load(weights_only=True)``."""
     path = Path(path).expanduser()
     if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise ConfigError(
-            f"Weights file {str(path)!r} does not exist. Give the path of a state-dict file "
+            f"Weights file {str(path)!r} {what}. Give the path of a state-dict file "
             f"({', '.join(STATE_DICT_SUFFIXES)}), a weights name, or 'none' for random init."
         )
     safetensors = path.suffix.lower() == ".safetensors"
