@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from featpipe.backbones.base import last_linear
 from featpipe.errors import ConfigError, FeaturePipeError
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -78,7 +79,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"Could not read {str(path)!r} as a state dict with {how}: "
             f"{one_line_cause(exc).rstrip('.')}. {fix}"
         ) from exc
-    if not isinstance(state, Mapping) or not _is_state_dict(state):
+    if not _is_state_dict(state):
         # a training checkpoint keeps the state dict under a key ('state_dict', 'model')
         inner = (
             [k for k, v in state.items() if _is_state_dict(v)] if isinstance(state, Mapping) else []
@@ -170,8 +171,6 @@ def _wrapper_prefix(keys: Iterable[str], expected: Iterable[str]) -> str | None:
 def _other_class_count(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
     """The number of classes of a state dict that fits ``model`` but for its classifier (its
     last Linear) sized for other classes, or None."""
-    from featpipe.backbones.base import last_linear
-
     expected = model.state_dict()
     classifier = last_linear(model)
     if classifier is None or state.keys() != expected.keys():
