@@ -134,7 +134,6 @@ def encode_labels(
     Integer labels without ``classes`` that skip values (0, 5, 9; 1..10) are warned of: the
     classes "0".."max" they make include some without any image, which reports count as
     classes. They are not renumbered: an integer label stays its class's index."""
-    named = classes
     if classes is not None:
         classes = [str(c) for c in classes]
         twice = next((c for c, k in Counter(classes).items() if k > 1), None)
@@ -148,18 +147,13 @@ def encode_labels(
             raise SourceError(f"Integer labels must be >= 0; got {labels.min()}.")
         if classes is None:
             check_label_max(int(labels.max()), "The labels")
-        classes = (
-            [str(c) for c in classes]
-            if classes is not None
-            else [str(i) for i in range(int(labels.max()) + 1)]
-        )
+            classes = [str(i) for i in range(int(labels.max()) + 1)]
+            _warn_empty_classes(labels, classes, origin)
         if labels.max() >= len(classes):
             raise SourceError(
                 f"Integer label {labels.max()} has no class name: classes has {len(classes)} "
                 "entries. Pass one name per label value."
             )
-        if named is None:
-            _warn_empty_classes(labels, classes, origin)
         return classes, labels.astype(np.int64)
     if labels.dtype.kind not in "UO":
         raise SourceError(f"Labels must be integers or class names; got dtype {labels.dtype}.")
