@@ -8,12 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featpipe.errors import (
-    ConfigError,
-    FeaturePipeError,
-    IncompleteStoreError,
-    StoreInUseError,
-)
+from featpipe.errors import ConfigError, IncompleteStoreError, StoreInUseError
 from featpipe.store import schema
 from featpipe.store.files import check_free_space, disk_refused, lock_conflict, open_h5
 from featpipe.store.lock import holder, in_use_message
@@ -119,26 +114,18 @@ def _copy(f: h5py.File, g: h5py.File, source: FeatureStore, block_chunks: int) -
             layer = name[len(schema.FEATURES) + 1 :]
             for start in range(0, n, step):
                 stop = min(n, start + step)
-                ds[start:stop] = _read(source, source.read_rows, obj, layer, start, stop)
-        elif checked_chunk(name, rows_per_chunk) is not None:  # checksummed as a store's
-            ds = create_checked(g, name, _read(source, obj.__getitem__, ()), rows_per_chunk)
+                with source.read_errors():  # not the write to the copy: that stays what it is
+                    rows = source.read_rows(obj, layer, start, stop)
+                ds[start:stop] = rows
         else:
-            kind = h5py.string_dtype() if h5py.check_string_dtype(obj.dtype) else obj.dtype
-            data = _read(source, obj.__getitem__, ())
-            ds = g.create_dataset(name, data=np.asarray(data), dtype=kind)
+            with source.read_errors():
+                data = obj[()]
+            if checked_chunk(name, rows_per_chunk) is not None:  # checksummed as a store's
+                ds = create_checked(g, name, data, rows_per_chunk)
+            else:
+                kind = h5py.string_dtype() if h5py.check_string_dtype(obj.dtype) else obj.dtype
+                ds = g.create_dataset(name, data=np.asarray(data), dtype=kind)
         for key, value in obj.attrs.items():
             ds.attrs[key] = value
 
     f.visititems(visit)
-
-
-def _read(source: FeatureStore, read, *args):
-    """``read(*args)`` from ``source``, where HDF5 failing on a damaged part is the store's
-    error (naming the file and the fix), not h5py's OSError; a failed write to the copy
-    stays what it is."""
-    try:
-        return read(*args)
-    except FeaturePipeError:
-        raise
-    except (OSError, KeyError, RuntimeError) as exc:
-        raise source.read_failed(exc) from exc

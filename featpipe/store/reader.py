@@ -189,21 +189,22 @@ class FeatureStore:
         StoreInUseError naming that process, not h5py's BlockingIOError. A read that HDF5
         fails on (a damaged file) raises UnreadableStoreError naming the file and the fix."""
         with self._open() as f:
-            try:
+            with self.read_errors():
                 yield f
-            except FeaturePipeError:
-                raise
-            except (OSError, KeyError, RuntimeError) as exc:
-                raise self.read_failed(exc) from exc
-            else:
-                self.check_present()
+            self.check_present()
 
-    def read_failed(self, exc: BaseException) -> FeaturePipeError:
-        """The error for a read of this store that HDF5 failed on: a part open for writing
-        elsewhere, or damaged data (naming the file and the fix)."""
-        if self.parts is not None and lock_conflict(exc):
-            return self._part_in_use()
-        return unreadable(self.path, f"its data is damaged ({exc})")
+    @contextlib.contextmanager
+    def read_errors(self) -> Iterator[None]:
+        """HDF5 failing on a read of this store, inside the block, as the store's error: a
+        part open for writing elsewhere, or damaged data (naming the file and the fix)."""
+        try:
+            yield
+        except FeaturePipeError:
+            raise
+        except (OSError, KeyError, RuntimeError) as exc:
+            if self.parts is not None and lock_conflict(exc):
+                raise self._part_in_use() from exc
+            raise unreadable(self.path, f"its data is damaged ({exc})") from exc
 
     def check_present(self, start: int = 0, stop: int | None = None) -> None:
         """Raise MissingPartError when a part file of rows ``[start, stop)`` (all rows when
