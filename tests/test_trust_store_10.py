@@ -1,5 +1,6 @@
 """Trust sweep of the feature store, round 3: checksums on the samples and progress datasets
-(a flipped bit in a label or a done flag was a silent wrong number)."""
+(a flipped bit in a label or a done flag was a silent wrong number), read locks that keep
+`featpipe cache prune` from deleting a store being read, and consolidate of a damaged part."""
 
 from __future__ import annotations
 

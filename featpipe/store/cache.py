@@ -321,8 +321,8 @@ def select(
 
 def remove(entry: CacheEntry) -> bool:
     """Delete ``entry`` (a store with its lock files and parts, a leftover file, or a parts
-    folder of no store) while holding its store's lock and every part's lock; False,
-    deleting nothing, when another process holds one of them."""
+    folder of no store) while holding its store's lock, every part's lock and its readers'
+    lock exclusively; False, deleting nothing, when another process holds one of them."""
     try:
         with StoreLock(entry.store, timeout=0), contextlib.ExitStack() as parts:
             if entry.path.is_dir():  # a parts folder of no store

@@ -145,8 +145,7 @@ def write_samples(
     """samples/id, samples/label, samples/split and classes of a new store file."""
     text = h5py.string_dtype()
     f.create_dataset(schema.SAMPLES_ID, data=list(ids), dtype=text)
-    labels = np.asarray(labels, dtype=np.int64)
-    create_checked(f, schema.SAMPLES_LABEL, labels)
+    create_checked(f, schema.SAMPLES_LABEL, np.asarray(labels, dtype=np.int64))
     split_ds = create_checked(f, schema.SAMPLES_SPLIT, np.asarray(splits, dtype=np.uint8))
     split_ds.attrs["names"] = list(SPLIT_NAMES)
     f.create_dataset(schema.CLASSES, data=list(classes), dtype=text)
