@@ -225,6 +225,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             # Before the run folder is made: a mode the backbone cannot take leaves nothing.
             self.backbone_ = get_backbone(spec_for(self.backbone, mode), self.image_size)
             check_mode(mode, self.backbone_.stages)
+            check_one_classifier(self.backbone_)
             with self._run_dir_held():
                 return self._fit(mode, source, probe_features)
 
@@ -892,4 +893,22 @@ def _attach_head(
     return backbone.model, name
 
 
-__all__ = ["FineTuner"]
+def check_one_classifier(backbone: Backbone) -> None:
+    """A ConfigError for a model with several classifiers whose outputs it combines, as timm
+    names them: beside the main one, distilled DeiT, PiT, LeViT and EfficientFormer have
+    ``head_dist``, VOLO ``aux_head``, CrossViT one per branch. Replacing one left the others
+    giving 1000 classes (a size mismatch at the first batch)."""
+    names = (getattr(backbone.model, "pretrained_cfg", None) or {}).get("classifier")
+    names = [names] if isinstance(names, str) else list(names or ())
+    modules = dict(backbone.model.named_modules())
+    heads = [n for n in names if isinstance(modules.get(n), nn.Linear)]
+    if len(heads) > 1:
+        raise ConfigError(
+            f"Backbone {backbone.spec!r} has {len(heads)} classifiers ({', '.join(heads)}) whose "
+            "outputs it combines (distilled or auxiliary heads); fine-tuning replaces one "
+            "classifier only. Use a model with one classifier (e.g. a non-distilled variant), "
+            "or extract its features and fit a head on them."
+        )
+
+
+__all__ = ["FineTuner", "check_one_classifier"]

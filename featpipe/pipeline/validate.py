@@ -204,9 +204,11 @@ def _check_finetune(backbone, mode: str, options: dict, where: str) -> None:
     from featpipe.distributed import current_ranks
     from featpipe.finetune import FineTuner
     from featpipe.finetune.freezing import Mode, freeze, training_batch_norm
+    from featpipe.finetune.tuner import check_one_classifier
 
     try:
         FineTuner(backbone.spec, mode=mode, **options)._check_params()
+        check_one_classifier(backbone)
         backbone.at_size(options["image_size"])
         # The mode against the backbone's stages (partial:N beyond them); the model is ours.
         frozen = freeze(
