@@ -178,7 +178,8 @@ class FeatureStore:
         except FileNotFoundError:  # each read opens the file: it can go between two reads
             raise StoreNotFoundError(
                 f"{self.path} is gone: it was deleted or moved after it was opened (e.g. by "
-                "`featpipe cache prune`, which does not see readers between two reads). "
+                "rm, or by `featpipe cache prune` on a store without its `.lock`, whose readers "
+                "it cannot see). "
                 "Extract it again, or give the path it was moved to."
             ) from None
 
