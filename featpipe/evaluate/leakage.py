@@ -247,11 +247,13 @@ def check_data(
     threshold: float = NEAR_COSINE,
     hash_bits: int = NEAR_BITS,
     min_per_class: int = MIN_PER_CLASS,
+    overwrite_features: bool = False,
 ) -> DataChecks:
     """Run every check on one row per sample. Exact duplicates use ``hashes`` (one digest per
     row, found as ``basis`` says) when given, else identical rows of ``features``;
     near-duplicates use ``image_hashes`` (``{id: perceptual hash}``; ids left out are not
-    compared) and ``features``, each when given."""
+    compared) and ``features``, each when given. ``overwrite_features``: float32 ``features``
+    may be changed (scaled to unit rows) instead of copied."""
     check_options(threshold, min_per_class, hash_bits)
     splits_arr = np.asarray(splits)
     if hashes is None and features is not None:
@@ -263,7 +265,7 @@ def check_data(
     duplicates = [g for g in groups.values() if len({s for s, _ in g}) > 1]
     near = []
     if features is not None:
-        near = _near_duplicates(features, splits_arr, ids, threshold)
+        near = _near_duplicates(features, splits_arr, ids, threshold, overwrite_features)
     near_hash, unhashed = [], {}
     if image_hashes:  # none: no source, or images too small to hash
         near_hash = _near_hashes(image_hashes, splits_arr, ids, hash_bits)
@@ -313,26 +315,32 @@ def check_options(threshold: float, min_per_class: int, hash_bits: int = NEAR_BI
 
 
 def _near_duplicates(
-    features: np.ndarray, splits: np.ndarray, ids: list[str], threshold: float
+    features: np.ndarray,
+    splits: np.ndarray,
+    ids: list[str],
+    threshold: float,
+    overwrite: bool = False,
 ) -> list[list]:
     """[test id, most similar train or val id, cosine] for each test row at or above
-    ``threshold``."""
+    ``threshold``. ``overwrite``: ``features`` (float32) may be scaled in place, saving a copy
+    of them all (10 GB for ImageNet at 2048 features)."""
     # Each row scaled to a largest |value| of 1 first: squaring features of any size in the
     # norm would overflow (above 1e19) or underflow (below 1e-19) and lose their direction.
-    unit = features.astype(np.float32)
+    unit = features if overwrite and features.dtype == np.float32 else features.astype(np.float32)
     peak = np.maximum(unit.max(axis=1), -unit.min(axis=1))[:, None]  # no |unit| copy
     zero = peak[:, 0] == 0
     unit /= np.where(zero[:, None], 1, peak)
-    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1)
+    for start in range(0, len(unit), _BLOCK):  # the norm squares a copy: a block at a time
+        part = unit[start : start + _BLOCK]
+        part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1)
     test = np.flatnonzero(splits == "test")
     reference = np.flatnonzero(np.isin(splits, NEAR_REFERENCE))
     if not len(test) or not len(reference):
         return []
-    ref, ref_zero = unit[reference], zero[reference]
     found = []
     for start in range(0, len(test), _BLOCK):
         rows = test[start : start + _BLOCK]
-        best, top = _most_similar(unit[rows], zero[rows], ref, ref_zero)
+        best, top = _most_similar(unit[rows], zero[rows], unit, zero, reference)
         for r, t, c in zip(rows, top, best, strict=True):
             if c >= threshold - _ROUNDING:
                 found.append([ids[r], ids[reference[t]], round(min(float(c), 1.0), 6)])
@@ -377,18 +385,24 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 
 
 def _most_similar(
-    rows: np.ndarray, rows_zero: np.ndarray, ref: np.ndarray, ref_zero: np.ndarray
+    rows: np.ndarray,
+    rows_zero: np.ndarray,
+    unit: np.ndarray,
+    zero: np.ndarray,
+    reference: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine, index into ``ref``) of each unit row's most similar ``ref`` row (the first of
-    ties), ``ref`` taken a slice at a time: a block's similarities to every train image at once
-    would take 1024 x 1.3 million floats (5 GB) on ImageNet."""
+    """(cosine, index into ``reference``) of each unit row's most similar ``unit`` row among
+    ``reference`` (the first of ties), taken a slice at a time: a block's similarities to
+    every train image at once would take 1024 x 1.3 million floats (5 GB) on ImageNet, and a
+    copy of every reference row as many bytes as the features."""
     best = np.full(len(rows), -np.inf, np.float32)
     top = np.zeros(len(rows), np.int64)
     step = max(1, _SIMILARITIES // len(rows))
-    for start in range(0, len(ref), step):
-        sims = rows @ ref[start : start + step].T
+    for start in range(0, len(reference), step):
+        chunk = reference[start : start + step]
+        sims = rows @ unit[chunk].T
         # All-zero rows have no direction, yet are the same features: cosine 1 between them.
-        sims[np.ix_(rows_zero, ref_zero[start : start + step])] = 1.0
+        sims[np.ix_(rows_zero, zero[chunk])] = 1.0
         at = sims.argmax(axis=1)
         value = sims[np.arange(len(rows)), at]
         better = value > best
@@ -422,22 +436,31 @@ def check_store(store, hashes: dict[str, str] | None = None, **kwargs) -> DataCh
     duplicates by ``hashes`` (``{id: digest}``, from :func:`content_hashes`) when given, else
     by identical stored features; near-duplicates on its ``pooled`` layer when it has one, and
     by perceptual hash when ``image_hashes`` (from :func:`source_hashes`) is given."""
-    ids, labels, splits, blocks = [], [], [], []
+    ids, labels, splits = [], [], []
     layer = NEAR_LAYER if NEAR_LAYER in store.layers else None
     for split in SPLIT_NAMES:
         split_ids = store.ids(split)
         ids += split_ids
         labels.append(store.labels(split))
         splits += [split] * len(split_ids)
-        if layer:
-            blocks.append(store.arrays(layer, split)[0])
-    features = np.concatenate(blocks) if layer else None
+    features = None
+    if layer:  # read into one float32 array, which the check then scales in place
+        features = np.empty((len(ids), store.layer_info(layer)["dim"]), np.float32)
+        filled = 0
+        for split in SPLIT_NAMES:
+            for block, _ in store.iter_chunks(layer, split):
+                features[filled : filled + len(block)] = block
+                filled += len(block)
     digests = None
     if hashes is not None:
         digests = [hashes[i] for i in ids]
     elif features is None:  # no pooled layer: identical rows of the first stored layer
-        whole = np.concatenate([store.arrays(store.layers[0], s)[0] for s in SPLIT_NAMES])
-        digests = [hashlib.sha256(np.ascontiguousarray(r).tobytes()).hexdigest() for r in whole]
+        digests = [
+            hashlib.sha256(row.tobytes()).hexdigest()
+            for split in SPLIT_NAMES
+            for block, _ in store.iter_chunks(store.layers[0], split)
+            for row in block
+        ]
     return check_data(
         ids,
         np.concatenate(labels),
@@ -446,5 +469,6 @@ def check_store(store, hashes: dict[str, str] | None = None, **kwargs) -> DataCh
         hashes=digests,
         features=features,
         basis=CONTENT if hashes is not None else FEATURES,
+        overwrite_features=True,
         **kwargs,
     )
