@@ -64,7 +64,7 @@ def under_torchrun() -> bool:
 
 def _launched() -> bool:
     missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
-    said = next((n for n in ("WORLD_SIZE", "RANK") if _said(n) > (n == "WORLD_SIZE")), None)
+    said = "WORLD_SIZE" if _said("WORLD_SIZE") > 1 else "RANK" if _said("RANK") > 0 else None
     if missing and said:
         # One of several processes (WORLD_SIZE > 1, or RANK > 0) that cannot meet the others:
         # working alone, each would do the whole job and write the same store and run folder.
