@@ -170,11 +170,18 @@ def head_parameters(estimator) -> int:
     the Nystroem SVM's landmarks and linear SVM, held in its parts); kNN, which only stores
     its training set, has none."""
     clf = getattr(estimator, "classifier_", estimator)
-    parts = [clf, getattr(clf, "features_", None), getattr(clf, "linear_", None)]
-    names = ("coef_", "intercept_", "coefs_", "intercepts_", "dual_coef_", "support_vectors_")
+    names = (
+        "coef_",
+        "intercept_",
+        "coefs_",
+        "intercepts_",
+        "dual_coef_",
+        "support_vectors_",
+        "components_",
+    )
     total = 0
-    for part in (p for p in parts if p is not None):
-        for name in (*names, "components_"):
+    for part in (clf, getattr(clf, "features_", None), getattr(clf, "linear_", None)):
+        for name in names:
             value = getattr(part, name, None)
             arrays = value if isinstance(value, list) else [value]
             total += sum(int(np.size(a)) for a in arrays if a is not None)
