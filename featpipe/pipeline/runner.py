@@ -123,8 +123,8 @@ class PipelineRunner:
     def _announce(
         self, context: RunContext, jobs: list[Job], rows: list[dict], run_plan: RunPlan
     ) -> list[Job]:
-        """Say what is finished, and which rows are not reused because another version of
-        their backbone made them; returns the jobs still to run."""
+        """Say what is finished, and which rows are not reused and why (another version of
+        their backbone made them, ...); returns the jobs still to run."""
         results = context.run_dir / RESULTS_FILE
         missing = {m.key: m for m in run_plan.select(rows)[1]}
         self.log(
@@ -137,10 +137,7 @@ class PipelineRunner:
                 self.log(f"reusing finished {job.label} (seed {job.seed})")
             elif job.key in by_key:
                 why = _made_otherwise(
-                    by_key[job.key],
-                    job,
-                    backbone_identity(context, job),
-                    self.config.features.on_error,
+                    by_key[job.key], job, backbone_identity(context, job), missing[job.key]
                 )
                 self.log(
                     f"recomputing {job.label} (seed {job.seed}): its row was made {why}; "
@@ -349,11 +346,11 @@ def _remove_stale_reports(run_dir: Path, rows: list[dict], run_plan: RunPlan) ->
     return True
 
 
-def _made_otherwise(row: dict, job: Job, now: dict | None, on_error: str) -> str:
-    """How a finished row of ``job`` differs from what the run would make: another version of
-    its backbone (the identity fields that differ), images left out where on_error is now
-    "fail", or, for a fine-tune, other images left out or other modules frozen (the
-    backbone's stage list changed)."""
+def _made_otherwise(row: dict, job: Job, now: dict | None, planned: PlannedRun) -> str:
+    """How a finished row of ``job`` differs from what the run would make (``planned``):
+    another version of its backbone (the identity fields that differ), images left out where
+    the plan wants all (on_error is now "fail"), or, for a fine-tune, other images left out or
+    other modules frozen (the backbone's stage list changed)."""
     made = (row.get("provenance") or {}).get("backbone") or {}
     now = now or {}
     changed = sorted(k for k in set(made) | set(now) if made.get(k) != now.get(k))
@@ -364,7 +361,7 @@ def _made_otherwise(row: dict, job: Job, now: dict | None, on_error: str) -> str
         why.append(f"by another version of backbone {job.backbone} (changed since: {fields})")
     if finetune_stage.LEFT_OUT in changed:
         why.append("over other images: the feature stores leave out other images now")
-    if on_error == "fail" and (count := left_out(row)):
+    if planned.all_images and (count := left_out(row)):
         why.append(f'without {count} images (on_error = "skip"), where on_error is now "fail"')
     if frozen is not None and job.frozen is not None and tuple(frozen) != job.frozen:
         why.append(
