@@ -142,10 +142,8 @@ def _check_probe_layers(value: tuple[str, ...], where: str) -> None:
             parts = layer_parts(text)
         except ConfigError as exc:
             raise ConfigError(f"{where}[{i}]: {exc}") from None
-        if len(parts) == 1 and parts[0] != text:  # a store names it without the spaces
-            raise ConfigError(
-                f"{where}[{i}] = {text!r} has spaces around the layer name; write {parts[0]!r}."
-            )
+        if len(parts) == 1:  # joined names may space their '+'
+            _unspaced(text, f"{where}[{i}]")
         joined.append(frozenset(parts))
     # 'pooled + stage1' and 'stage1+pooled' are the features of 'pooled+stage1': the same
     # probes would run twice, as two methods of the report.
@@ -207,10 +205,16 @@ def _listed(value, where: str) -> None:
 def _stored_layers(value: tuple[str, ...], where: str) -> None:
     _listed(value, where)
     for i, text in enumerate(value):
-        if text != text.strip():  # probes.layers reads it stripped: no probe could find it
-            raise ConfigError(
-                f"{where}[{i}] = {text!r} has spaces around the layer name; write {text.strip()!r}."
-            )
+        _unspaced(text, f"{where}[{i}]")
+
+
+def _unspaced(layer: str, where: str) -> None:
+    # Stores name a layer without spaces around it, and probes.layers reads names stripped:
+    # a spaced name in either list matches no layer of the other.
+    if layer != layer.strip():
+        raise ConfigError(
+            f"{where} = {layer!r} has spaces around the layer name; write {layer.strip()!r}."
+        )
 
 
 def _seeds(value, where: str) -> None:
