@@ -272,16 +272,32 @@ def store_layout(plan: ExtractionPlan, inference: Inference) -> dict:
     """The layout of a new store for ``plan`` (the keyword arguments of
     :meth:`StoreWriter.create`), its layers' widths from a dummy image."""
     src = plan.source
+    layers = probe_layers(inference.model, plan.backbone.preprocessing.crop, plan.device)
+    _refuse_same_features(plan.backbone.spec, layers)
     return dict(
         ids=src.ids,
         labels=src.labels,
         splits=src.splits,
         classes=src.classes,
-        layers=probe_layers(inference.model, plan.backbone.preprocessing.crop, plan.device),
+        layers=layers,
         dtype=plan.dtype,
         rows_per_chunk=plan.rows_per_chunk,
         attrs=plan.request.store_attrs({**src.describe(), "hash_contents": plan.hash_contents}),
     )
+
+
+def _refuse_same_features(spec: str, layers: dict[str, tuple[int, str]]) -> None:
+    """Refuse two requests for one module with one pooling ('stage1' and 'stage1:avg' where
+    avg is its default): the store would hold the same features twice, under two names."""
+    seen: dict[tuple[str, str], str] = {}
+    for name, (_dim, pooling) in layers.items():
+        key = (LayerSpec.parse(name).module, pooling)
+        if key in seen:
+            raise ConfigError(
+                f"Layers {seen[key]!r} and {name!r} of {spec} are the same features "
+                f"({key[0]!r} pooled by {pooling!r}); ask for one of them."
+            )
+        seen[key] = name
 
 
 def _create_store(plan: ExtractionPlan, inference: Inference) -> None:
