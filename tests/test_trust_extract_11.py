@@ -4,6 +4,10 @@ command's exit."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from featpipe.cli import main
 from featpipe.store import FeatureStore
 
@@ -26,3 +30,17 @@ def test_a_layer_and_the_same_layer_with_its_default_pooling_are_refused(
     assert main([*args, "stage1", "stage1:max"]) == 0  # two poolings: two features
     capsys.readouterr()
     assert set(FeatureStore(out).layers) == {"stage1", "stage1:max"}
+
+
+@pytest.mark.parametrize("parted", [[], ["--shard", "0/1"]])
+def test_the_extracted_count_leaves_out_the_skipped_images(image_folder, tmp_path, capsys, parted):
+    """With 3 of 18 images unreadable, the CLI said 'extracted 18 images' and then 'skipped 3'."""
+    for name in ("dog/002.jpg", "fox/004.jpg", "cat/001.jpg"):
+        path = image_folder / name
+        path.write_bytes(path.read_bytes()[:300])  # truncated
+    out = tmp_path / "s.h5"
+    args = ["extract", str(image_folder), *TOY, "--out", str(out), "--on-error", "skip"]
+    assert main([*args, "--batch-size", "4", *parted]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"extracted 15 images \(3 skipped\) in [\d.]+ s", text), text
+    assert "skipped 3 unreadable images" in text

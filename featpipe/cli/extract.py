@@ -259,8 +259,10 @@ def run_extract(args: argparse.Namespace) -> int:
         print(f"reused cached store: nothing to compute ({len(store)} images)")
     else:
         resumed = " (resumed)" if s.get("resumed") else ""
+        skipped_now = s.get("skipped_now", 0)
+        left_out = f" ({skipped_now} skipped)" if skipped_now else ""
         print(
-            f"extracted {s['images']} images in {s['seconds']:.1f} s "
+            f"extracted {s['images'] - skipped_now} images{left_out} in {s['seconds']:.1f} s "
             f"({s['images_per_s']:.1f} images/s) on {s['device']}{resumed}; "
             f"{format_bytes(s['bytes_written'])} written"
             + (f" by {s['filled_by']}" if s.get("filled_by") else "")

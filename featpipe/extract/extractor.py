@@ -43,6 +43,7 @@ NOTHING_COMPUTED = {
     "reused": False,
     "resumed": False,
     "skipped": 0,
+    "skipped_now": 0,  # of this call's images (skipped: of every done chunk)
 }
 
 

@@ -199,6 +199,7 @@ def run_chunks(
         todo = pending if chunks is None else _selected(chunks, pending, writer.n_chunks)
         bounds = {i: writer.chunk_rows(i) for i in pending}
         n_rows, n_chunks = writer.n_rows, writer.n_chunks
+        skipped_before = writer.skipped_count()
     pieces = cut_pieces([(i, *bounds[i]) for i in todo], batch_size)
     done_rows = n_rows - sum(stop - start for start, stop in bounds.values())
     own_bar = bar is None
@@ -224,6 +225,8 @@ def run_chunks(
                 writer, inference.device, data_path.name, workers, lanes, on_error, filled_by
             )
             stats.update(resumed=len(pending) < n_chunks, **run)
+            # of this call's images: "skipped" counts every done chunk's, resumed ones too
+            stats["skipped_now"] = run["skipped"] - skipped_before
     except KeyboardInterrupt as exc:  # the with blocks above wrote the chunks computed
         interrupted = True
         done = n_chunks - len(pending) + _written(background)

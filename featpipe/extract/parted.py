@@ -344,7 +344,8 @@ def _fill_parts(plan, inference, parts: Iterable[Part], who: str, bar, stats: di
             run = plan.run_chunks(
                 inference, part.path, row_offset=part.first_row, bar=bar, filled_by=who
             )
-        for name in ("images", "seconds", "bytes_written", "computed_chunks", "skipped"):
+        summed = ("images", "seconds", "bytes_written", "computed_chunks", "skipped", "skipped_now")
+        for name in summed:
             stats[name] += run[name]
         stats["resumed"] |= bool(run.get("resumed"))
         stats["parts_filled"] += 1
