@@ -4,11 +4,15 @@ command's exit."""
 
 from __future__ import annotations
 
+import io
 import re
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from featpipe.cli import main
+from featpipe.extract.jpeg_header import nvjpeg_safe, read_header
 from featpipe.store import FeatureStore
 
 TOY = ["--backbone", "toy", "--workers", "0", "--device", "cpu", "--no-progress"]
@@ -44,3 +48,48 @@ def test_the_extracted_count_leaves_out_the_skipped_images(image_folder, tmp_pat
     text = capsys.readouterr().out
     assert re.search(r"extracted 15 images \(3 skipped\) in [\d.]+ s", text), text
     assert "skipped 3 unreadable images" in text
+
+
+def _segments(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The (marker, body) segments of a JPEG before its first scan, and the rest."""
+    pos, segments = 2, []
+    while data[pos + 1] != 0xDA:
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segments.append((data[pos + 1], data[pos + 4 : pos + 2 + length]))
+        pos += 2 + length
+    return segments, data[pos:]
+
+
+def _rgb_ids_jpeg(keep_jfif: bool = False) -> tuple[bytes, bytes]:
+    """A YCbCr JPEG written by Pillow, and the same file with no JFIF marker and component
+    ids 'R', 'G', 'B' (in its frame and scan headers): libjpeg reads its samples as RGB."""
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    segments, scan = _segments(data)
+    out = bytearray(b"\xff\xd8")
+    for marker, body in segments:
+        if marker == 0xE0 and not keep_jfif:
+            continue  # the JFIF marker
+        if marker == 0xC0:
+            body = bytearray(body)
+            body[6], body[9], body[12] = b"RGB"
+        out += bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + bytes(body)
+    scan = bytearray(scan)
+    scan[5], scan[7], scan[9] = b"RGB"  # FF DA, length, count, then (id, tables) each
+    return data, bytes(out + scan)
+
+
+def test_a_jpeg_with_rgb_component_ids_and_no_jfif_marker_goes_to_pillow():
+    """nvjpeg_safe sent it to nvJPEG, which may decode its RGB samples as YCbCr."""
+    ycbcr, rgb = _rgb_ids_jpeg()
+    assert nvjpeg_safe(ycbcr) and not nvjpeg_safe(rgb)
+    header = read_header(rgb)
+    assert (header.sof, header.components, header.adobe_transform) == (0xC0, 3, None)
+    assert header.complete and header.component_ids == b"RGB"
+    assert read_header(ycbcr).component_ids == b"\x01\x02\x03"
+    # libjpeg (Pillow) reads the same samples as other colours: the ids decide
+    decoded = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB"), float) for d in (ycbcr, rgb)]
+    assert np.abs(decoded[0] - decoded[1]).mean() > 20
+    assert not nvjpeg_safe(_rgb_ids_jpeg(keep_jfif=True)[1])  # ambiguous: Pillow decides

@@ -2,9 +2,10 @@
 nvJPEG may decode wrongly without an error to Pillow instead.
 
 nvJPEG's batched decoder raises on some files it cannot handle, but not on all: a CMYK or
-Adobe-RGB file can come out in the wrong colours, a progressive file goes to a slower
-software path, and a truncated file (no end-of-image marker) can decode with garbage in its
-lower part. libjpeg (Pillow) handles each of them, or fails with a clear error.
+RGB file (an Adobe marker, or component ids 'R', 'G', 'B') can come out in the wrong
+colours, a progressive file goes to a slower software path, and a truncated file (no
+end-of-image marker) can decode with garbage in its lower part. libjpeg (Pillow) handles
+each of them, or fails with a clear error.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class JpegHeader(NamedTuple):
     components: int  # 1 grey, 3 YCbCr (or RGB), 4 CMYK/YCCK
     adobe_transform: int | None  # APP14 "Adobe" colour transform (0: none, i.e. RGB/CMYK)
     complete: bool  # an end-of-image marker follows the first scan
+    component_ids: bytes = b""  # b"RGB" marks RGB in a file with no JFIF or Adobe marker
 
 
 def read_header(data: bytes) -> JpegHeader | None:
@@ -32,7 +34,7 @@ def read_header(data: bytes) -> JpegHeader | None:
     (not starting with SOI, or cut off before its first scan)."""
     if data[:2] != b"\xff\xd8":
         return None
-    sof, precision, components, adobe = None, 0, 0, None
+    sof, precision, components, adobe, ids = None, 0, 0, None, b""
     pos, end = 2, len(data)
     while pos + 4 <= end:
         if data[pos] != 0xFF:
@@ -50,13 +52,14 @@ def read_header(data: bytes) -> JpegHeader | None:
             return None  # cut off inside a segment
         if marker in _SOF and len(body) >= 6:
             sof, precision, components = marker, body[0], body[5]
+            ids = body[6::3][:components]  # each component: id, sampling, table
         elif marker == _APP14 and body[:5] == b"Adobe" and len(body) >= 12:
             adobe = body[11]
         elif marker == _SOS:
             if sof is None:
                 return None
             scan = pos + 2 + length
-            return JpegHeader(sof, precision, components, adobe, _has_eoi(data, scan))
+            return JpegHeader(sof, precision, components, adobe, _has_eoi(data, scan), ids)
         elif marker == _EOI:
             return None
         pos += 2 + length
@@ -78,6 +81,13 @@ def nvjpeg_safe(data: bytes) -> bool:
         and header.sof in _SEQUENTIAL_HUFFMAN
         and header.precision == 8
         and header.components in (1, 3)
-        and not (header.components == 3 and header.adobe_transform == 0)  # stored as RGB
+        and not (header.components == 3 and _maybe_rgb(header))
         and header.complete
     )
+
+
+def _maybe_rgb(header: JpegHeader) -> bool:
+    # libjpeg reads three components as RGB, not YCbCr, after an Adobe marker with transform
+    # 0, or, with no JFIF or Adobe marker, when their ids are 'R', 'G', 'B'. Either goes to
+    # Pillow, whatever other markers say: only a slower decode where nvJPEG would have agreed.
+    return header.adobe_transform == 0 or header.component_ids == b"RGB"
