@@ -151,6 +151,25 @@ def quiet_while_importing() -> Callable[[], None]:
     return done
 
 
+def stop_at_once() -> None:
+    """In the ``featpipe`` command, once :func:`featpipe.cli.main` has decided to end: a
+    further Ctrl-C or SIGTERM ends the process at once with ``128 + signal``. Raised during
+    the interpreter's exit, it would break into its atexit callbacks ("Exception ignored in
+    atexit callback ... KeyboardInterrupt") or abort it. A program that calls main() keeps
+    its handlers."""
+    if not _the_command() or threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, _frame) -> None:
+        with contextlib.suppress(Exception):  # what main printed, if still buffered
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(128 + signum)
+
+    for signum in _STOPS:
+        signal.signal(signum, stop)
+
+
 def _the_command() -> bool:
     """Whether this process is the ``featpipe`` command: its console script, or
     ``python -m featpipe`` (whose ``sys.argv[0]`` reads ``-m`` while the package imports)."""

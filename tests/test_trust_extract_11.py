@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import io
 import re
+import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -93,3 +97,35 @@ def test_a_jpeg_with_rgb_component_ids_and_no_jfif_marker_goes_to_pillow():
     decoded = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB"), float) for d in (ycbcr, rgb)]
     assert np.abs(decoded[0] - decoded[1]).mean() > 20
     assert not nvjpeg_safe(_rgb_ids_jpeg(keep_jfif=True)[1])  # ambiguous: Pillow decides
+
+
+SCRIPT = """
+import atexit, os, signal, sys, time
+sys.argv[0] = "featpipe"  # as the console script
+from featpipe.cli import main
+
+def late_ctrl_c():  # a Ctrl-C while the interpreter runs its exit callbacks
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(2)
+
+atexit.register(late_ctrl_c)
+sys.exit(main({argv}))
+"""
+
+
+@pytest.mark.parametrize("argv", [[], ["backbones"]])
+def test_a_ctrl_c_during_the_commands_exit_ends_it_at_once_with_130(argv):
+    """It printed 'Exception ignored in atexit callback ... KeyboardInterrupt'."""
+    script = textwrap.dedent(SCRIPT).format(argv=argv)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 128 + signal.SIGINT, done.stderr
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+    assert "featpipe" in done.stdout  # what main printed is not lost
+
+
+def test_main_called_by_a_program_keeps_its_ctrl_c(capsys):
+    assert main([]) == 2
+    capsys.readouterr()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

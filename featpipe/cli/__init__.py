@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from featpipe.distributed.ranks import current_ranks
 from featpipe.errors import FeaturePipeError
-from featpipe.interrupt import Interrupted, handle_sigterm
+from featpipe.interrupt import Interrupted, handle_sigterm, stop_at_once
 
 # Each module defines ``register(subparsers)``, which adds its subcommands and sets ``func``.
 COMMAND_MODULES = ("backbones", "extract", "heads", "export", "finetune", "run", "cache", "check")
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         stop = Interrupted.from_exception(exc)
         print(f"{_who(command)}: {stop.message}", file=sys.stderr)
         return stop.exit_code
+    finally:
+        stop_at_once()  # the command's exit is not to be broken into by a further Ctrl-C
 
 
 if __name__ == "__main__":
