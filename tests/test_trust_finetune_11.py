@@ -5,13 +5,18 @@ folder), not resume=False."""
 
 from __future__ import annotations
 
+import os
 import re
+import time
 
 import pytest
+import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from conftest import make_image_folder
 from finetune_child import synthetic_source
 
 from featpipe.backbones import get_backbone
+from featpipe.data import open_source
 from featpipe.errors import ConfigError
 from featpipe.finetune import FineTuner
 from featpipe.pipeline import config_from_dict, run_pipeline
@@ -53,3 +58,50 @@ def test_a_pipeline_check_refuses_a_model_with_several_classifiers(tmp_path):
     with pytest.raises(ConfigError, match=r"finetune.modes\[0\] \('head' on timm:levit_128s"):
         run_pipeline(config, progress=False, log=lambda _: None)
     assert not (tmp_path / "c").exists()
+
+
+def _touch(folder) -> None:
+    later = time.time() + 100
+    for image in folder.rglob("*.jpg"):
+        os.utime(image, (later, later))
+
+
+def test_a_pipeline_checkpoint_that_cannot_resume_names_the_folder_to_delete(tmp_path):
+    # Before: "... or resume=False (CLI: --no-resume) to start over", which a pipeline cannot
+    # set: a checkpoint of sizes and mtimes (as featpipe wrote before) under hash_contents,
+    # its files touched since.
+    data = make_image_folder(tmp_path / "img", per_class=4, splits=("train", "val", "test"))
+    config = config_from_dict({
+        "name": "eleven", "out": str(tmp_path / "run"), "n_boot": 10, "device": "cpu",
+        "source": {"data": str(data), "hash_contents": True},
+        "features": {"backbones": ["toy"], "image_size": 16, "workers": 0,
+                     "cache_dir": str(tmp_path / "c")},
+        "probes": {"heads": []},
+        "finetune": {"modes": ["head"], "epochs": 1, "workers": 0},
+    })  # fmt: skip
+    out = run_pipeline(config, progress=False, log=lambda _: None)
+    (out / "results.jsonl").write_text("")  # as if stopped after its checkpoint
+    [run_dir] = (out / "finetune").iterdir()
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    state["config"]["source"] = open_source(str(data)).fingerprint()  # sizes and mtimes
+    torch.save(state, run_dir / "last.pt")
+    _touch(data)
+    with pytest.raises(ConfigError, match="another configuration") as caught:
+        run_pipeline(config, progress=False, log=lambda _: None)
+    said = str(caught.value)
+    assert f"Delete the run folder {run_dir} to start over" in said
+    assert "resume=False" not in said
+    # A damaged checkpoint says the same.
+    (run_dir / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="is damaged") as caught:
+        run_pipeline(config, progress=False, log=lambda _: None)
+    assert f"Delete the run folder {run_dir} to start over" in str(caught.value)
+    assert "resume=False" not in str(caught.value)
+
+
+def test_featpipe_finetune_still_names_no_resume(tmp_path):
+    source = synthetic_source()
+    FineTuner("toy", epochs=1, batch_size=8, verbose=0, run_dir=tmp_path / "ft").fit(source)
+    again = FineTuner("toy", epochs=1, batch_size=8, lr=0.5, verbose=0, run_dir=tmp_path / "ft")
+    with pytest.raises(ConfigError, match=re.escape("resume=False (CLI: --no-resume)")):
+        again.fit(source)

@@ -105,10 +105,13 @@ def load(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_to_resume(path: Path, keys: tuple[str, ...]) -> dict:
+def load_to_resume(path: Path, keys: tuple[str, ...], start_over: str | None = None) -> dict:
     """The checkpoint at ``path`` of a run to resume, holding ``keys``; a ConfigError naming
-    the file and the way out when it is missing, damaged or something else."""
-    start_over = "Start over with resume=False (CLI: --no-resume), or delete the run folder."
+    the file and the way out (``start_over``, if given) when it is missing, damaged or
+    something else."""
+    start_over = start_over or (
+        "Start over with resume=False (CLI: --no-resume), or delete the run folder."
+    )
     if not path.is_file():
         raise ConfigError(
             f"Cannot resume the run in {path.parent}: {path.name} is missing ({LAST} is "
@@ -142,15 +145,25 @@ def _difference(key: str, saved, current) -> str:
     return f"{key}: checkpoint {saved!r}, now {current!r}"
 
 
-def check_config(saved: dict, current: dict, path: Path, defaults: dict | None = None) -> None:
+def check_config(
+    saved: dict,
+    current: dict,
+    path: Path,
+    defaults: dict | None = None,
+    start_over: str | None = None,
+) -> None:
     """Resuming with other settings would silently mix two experiments: refuse. ``defaults``:
-    the values of settings a config leaves out at their default."""
+    the values of settings a config leaves out at their default; ``start_over``: the way out
+    to name instead of resume=False."""
     defaults = defaults or {}
     keys = sorted(set(saved) | set(current))
     pairs = [(k, saved.get(k, defaults.get(k)), current.get(k, defaults.get(k))) for k in keys]
     diff = [_difference(k, before, now) for k, before, now in pairs if before != now]
     if diff:
+        start_over = start_over or (
+            "Use another run directory, or resume=False (CLI: --no-resume) to start over."
+        )
         raise ConfigError(
             f"Checkpoint {path} was written with another configuration ({'; '.join(diff)}). "
-            "Use another run directory, or resume=False (CLI: --no-resume) to start over."
+            f"{start_over}"
         )

@@ -107,11 +107,12 @@ def fit_grid(
     probe_features: FeatureStore | None = None,
     command: str = "the same command",
     fingerprint: str | None = None,
+    keyed_run_dir: bool = False,
 ) -> GridResult:
     """Fit ``tuner`` once per combination of ``grid`` (``{"lr": [...], ...}``) and keep the
     one with the best validation accuracy. Only the winner is kept in memory. An interrupted
     grid raises ``Interrupted`` saying which candidate stopped where, and to run ``command``.
-    ``fingerprint``: as ``FineTuner.fit``'s."""
+    ``fingerprint``, ``keyed_run_dir``: as ``FineTuner.fit``'s."""
     check_candidates(tuner, grid)  # a bad value fails now, not after the others trained
     best, best_params, curve, seconds = None, None, [], 0.0
     candidates = list(ParameterGrid(dict(grid)))
@@ -120,7 +121,12 @@ def fit_grid(
         run_dir = candidate_dir(tuner.run_dir, params)
         candidate = type(tuner)(**{**tuner.get_params(), **params, "run_dir": run_dir})
         try:
-            candidate.fit(source, probe_features=probe_features, fingerprint=fingerprint)
+            candidate.fit(
+                source,
+                probe_features=probe_features,
+                fingerprint=fingerprint,
+                keyed_run_dir=keyed_run_dir,
+            )
         except KeyboardInterrupt as exc:
             where = f"grid candidate {i} of {len(candidates)} ({_named(params)})"
             message = f"{where}: {candidate.interrupted_message(command)}"

@@ -203,6 +203,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         *,
         probe_features: FeatureStore | None = None,
         fingerprint: str | None = None,
+        keyed_run_dir: bool = False,
     ) -> FineTuner:
         """Train on the source's train split, select the epoch on val (carved from train,
         stratified and seeded, when the source has none). ``y`` is ignored.
@@ -217,9 +218,14 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         ``fingerprint``: the source's fingerprint as the caller checked it (a pipeline's, over
         file contents with ``source.hash_contents``, its run folder keyed by it), recorded in
         the checkpoint instead of the sizes-and-mtimes one, so files touched but unchanged do
-        not stop a resume; a checkpoint holding the latter resumes while it matches."""
+        not stop a resume; a checkpoint holding the latter resumes while it matches.
+        ``keyed_run_dir``: True where the caller keys ``run_dir`` and cannot set resume=False
+        (a pipeline): a checkpoint that cannot be resumed names its folder to delete instead."""
         mode = self._check_params()
         self._fingerprint = fingerprint
+        self._start_over = (
+            f"Delete the run folder {self.run_dir} to start over." if keyed_run_dir else None
+        )
         self.device_ = resolve_device(self.device)
         with on_device(self.device_), cudnn_autotune(self.device_), ddp.joined(self.device_):
             # Before the run folder is made: a mode the backbone cannot take leaves nothing.
@@ -661,7 +667,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             )
         if not exists:
             return None
-        saved = checkpoint.load_to_resume(path, RESUMED_KEYS)
+        saved = checkpoint.load_to_resume(path, RESUMED_KEYS, self._start_over)
         expected = self.config_
         # Written before the identity (or a partial fine-tune's frozen modules) was recorded:
         # its spec, image size and other settings are still checked; the weights behind the
@@ -669,11 +675,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         expected = {k: v for k, v in expected.items() if k in saved["config"] or k not in LATER}
         if self._fingerprint and saved["config"].get("source") == source.fingerprint():
             expected = {**expected, "source": saved["config"]["source"]}  # sizes and mtimes
-        checkpoint.check_config(saved["config"], expected, path, LATER_DEFAULTS)
+        checkpoint.check_config(saved["config"], expected, path, LATER_DEFAULTS, self._start_over)
         if ddp.is_main():  # one writer; the other ranks read best.pt once it is settled
             checkpoint.settle_best(Path(self.run_dir), saved["best_epoch"], saved.get("run"))
         ddp.from_main(None)
-        saved["best"] = checkpoint.load_to_resume(Path(self.run_dir) / checkpoint.BEST, ("model",))
+        saved["best"] = checkpoint.load_to_resume(
+            Path(self.run_dir) / checkpoint.BEST, ("model",), self._start_over
+        )
         return saved
 
     def training_state(self) -> dict:

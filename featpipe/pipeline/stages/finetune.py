@@ -132,7 +132,9 @@ def run(job: Job, context: RunContext) -> ResultRow:
     # it), not one of sizes and mtimes: touched files resume. Not computed again per fit.
     contents = context.config.source.hash_contents
     fingerprint = context.provenance["source"]["fingerprint"] if contents else None
-    fit = {"probe_features": probe_features, "fingerprint": fingerprint}
+    # keyed_run_dir: a checkpoint it cannot resume names the folder to delete (a pipeline
+    # cannot set resume=False).
+    fit = {"probe_features": probe_features, "fingerprint": fingerprint, "keyed_run_dir": True}
     with measure(context.device) as usage:
         if grid:
             search = fit_grid(tuner, source, grid, **fit)
