@@ -190,9 +190,10 @@ def compute_metrics(
     """Every test metric of one method, as a JSON-serialisable dict.
 
     ``y_true`` holds class indices into the columns of ``proba`` (n, C). Returns ``n``, ``top1``,
-    ``top5`` (only when C > 5; classes tied with the true one count ahead of it),
-    ``balanced_accuracy``, ``macro_f1``, ``log_loss``, ``ece`` (15 bins), ``confusion`` (C×C
-    list, rows = true class), ``per_class_accuracy`` ({class: recall or None when the class is
+    ``top5`` (only when more than 5 classes have test images or a score above 0; classes
+    tied with the true one count ahead of it), ``balanced_accuracy``, ``macro_f1`` (both over
+    the classes present, as scikit-learn), ``log_loss``, ``ece`` (15 bins), ``confusion``
+    (C×C list, rows = true class), ``per_class_accuracy`` ({class: recall or None when it is
     absent from the test set}) and ``ci`` ({metric: [lo, hi]}, 95 %: the Wilson score interval
     for top-1 and top-5, a percentile bootstrap over test rows for the others; empty when
     ``n_boot`` is 0).
@@ -209,7 +210,11 @@ def compute_metrics(
     scores = {k: float(v) for k, v in _scores_from_confusion(cm).items()}
     nll = -np.log(np.clip(p[np.arange(len(y)), y], _EPS, None))
     top5_hit = None
-    if n_classes > 5:
+    # Top-5 among 5 or fewer classes would be a trivial 100 %: a class with no test image
+    # and no score above 0 (a probe's head never saw it: integer labels with gaps leave the
+    # classes between them empty) is none to rank.
+    ranked = (p > 0).any(axis=0) | (np.bincount(y, minlength=n_classes) > 0)
+    if np.count_nonzero(ranked) > 5:
         # A hit when at most 5 classes, the true one included, score at least as high: ties
         # count against it. An arbitrary tie order would credit classes given no probability
         # (a kNN's zero-vote classes) and make top-5 depend on how classes are numbered.

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from featpipe.evaluate.compare import point_decimals
 from featpipe.evaluate.leakage import DataChecks
 from featpipe.report import advice, plots
 from featpipe.report.results import MethodKind, ids_sha256
@@ -286,13 +287,38 @@ def _mixed_devices_note(summaries: list[MethodSummary]) -> list[str]:
     ]
 
 
+_EMPTY_SHOWN = 10  # empty classes named
+
+
 def _per_class_table(picks: list[MethodSummary]) -> Table:
+    """A row per class with test images: a class without has no accuracy in any column."""
     classes = picks[0].rows[0]["classes"]
     rows = []
     for name in classes:
         cells = [s.rows[0]["metrics"]["per_class_accuracy"].get(name) for s in picks]
-        rows.append([name, *(_pct(c) for c in cells)])
+        if any(c is not None for c in cells):
+            rows.append([name, *(_pct(c) for c in cells)])
     return Table(["class", *(s.label for s in picks)], rows)
+
+
+def _empty_classes(row: dict) -> list[str]:
+    """The classes without test images (integer labels with gaps leave classes empty)."""
+    support = np.asarray(row["metrics"]["confusion"]).sum(axis=1)
+    return [name for name, n in zip(row["classes"], support, strict=True) if not n]
+
+
+def _empty_note(empty: list[str]) -> str:
+    """E.g. " (4 more classes have no test images: 1, 2, 3, 4; ...)": what leaves them out
+    (balanced accuracy averages over the classes with test images, macro F1 over those and
+    the classes a method predicts, as scikit-learn)."""
+    if not empty:
+        return ""
+    listed = ", ".join(empty[:_EMPTY_SHOWN]) + (" ..." if len(empty) > _EMPTY_SHOWN else "")
+    more = f"{len(empty)} more class{'es have' if len(empty) > 1 else ' has'}"
+    return (
+        f" ({more} no test images: {listed}; left out of the per-class table and the "
+        "class averages, in macro F1 unless a method predicts them)"
+    )
 
 
 def _skipped_notes(rows: list[dict]) -> list[str]:
@@ -452,7 +478,8 @@ def _matrix_table(summaries: list[MethodSummary], matrix: dict) -> Table:
                 cells.append("")
                 continue
             pts = 100 * c.difference * (1 if i < j else -1)
-            cells.append(f"{pts:+.1f}{'*' if (min(i, j), max(i, j)) in clear else ''}")
+            d = point_decimals(pts)
+            cells.append(f"{pts:+.{d}f}{'*' if (min(i, j), max(i, j)) in clear else ''}")
         rows.append([f"{i + 1}. {s.label}", *cells])
     return Table(["method", *(str(j + 1) for j in range(n))], rows)
 
@@ -519,11 +546,14 @@ def build_document(
         return Document(f"featpipe report: {run}", [empty])
     n_test = rows[0]["metrics"]["n"]
     classes = rows[0]["classes"]
+    empty = _empty_classes(rows[0])
+    present = len(classes) - len(empty)
     overview = Section(
         "Results",
         [
             *_skipped_notes(rows),
-            f"{len(summaries)} methods on {n_test} test images of {len(classes)} classes. "
+            f"{len(summaries)} methods on {n_test} test images of {present} classes"
+            f"{_empty_note(empty)}. "
             "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
             "Wilson score interval over the test images, balanced accuracy and macro F1 with a "
             "95 % bootstrap interval over the test images (the mean of the seeds'); costs are "
@@ -566,7 +596,8 @@ def build_document(
                         )
                         for s in picks
                     ),
-                    "Per-class accuracy (%) on test, first seed, of the methods chosen above:",
+                    "Per-class accuracy (%) on test, first seed, of the methods chosen above"
+                    + (" (classes without test images left out):" if empty else ":"),
                     _per_class_table(picks),
                 ],
             )

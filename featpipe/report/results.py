@@ -34,11 +34,11 @@ Fields (``?``: may be null):
 - ``created`` (str): ISO 8601 UTC time the row was written.
 - ``classes`` (list of str): class names; every label below indexes this list.
 - ``metrics`` (object): ``featpipe.evaluate.compute_metrics`` on the test split: ``n``,
-  ``top1``, ``top5`` (more than 5 classes), ``balanced_accuracy``, ``macro_f1``, ``log_loss``?
-  and ``ece``? (null for heads without probabilities, such as SVMs), ``confusion`` (C×C,
-  rows = true class), ``per_class_accuracy`` ({class: recall?}), ``ci`` ({metric: [lo, hi]},
-  95 %: Wilson score interval for top-1 and top-5, percentile bootstrap over test images for
-  the others).
+  ``top1``, ``top5`` (more than 5 classes to rank), ``balanced_accuracy``,
+  ``macro_f1``, ``log_loss``? and ``ece``? (null for heads without probabilities, such as
+  SVMs), ``confusion`` (C×C, rows = true class), ``per_class_accuracy`` ({class: recall?}),
+  ``ci`` ({metric: [lo, hi]}, 95 %: Wilson score interval for top-1 and top-5, percentile
+  bootstrap over test images for the others).
 - ``val_accuracy`` (float?): validation accuracy of the chosen model.
 - ``params`` (object): chosen hyper-parameters (probes) or fine-tuning settings and best epoch.
 - ``curve`` (list?): the probe's validation curve, ``[{"params": {...}, "score": x}, ...]``.
