@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -18,6 +19,14 @@ WILSON_METRICS = ("top1", "top5")
 BOOTSTRAP_METRICS = ("balanced_accuracy", "macro_f1", "log_loss")
 _EPS = 1e-15
 _BOOT_BATCH = 100  # resamples per vectorised step, to bound memory on large test sets
+
+
+def clearly_below(accuracy: float, reference: float, n: int) -> bool:
+    """Below ``reference`` by more than two standard errors of an accuracy over ``n`` images
+    (at least one image's worth): the noise rule for validation accuracies, which have no
+    per-image predictions to pair."""
+    se = max(math.sqrt(reference * (1 - reference) / n), 1 / n)
+    return accuracy < reference - 2 * se
 
 
 def _check_inputs(y_true, proba, classes) -> tuple[np.ndarray, np.ndarray, list[str]]:

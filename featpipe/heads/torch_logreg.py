@@ -38,6 +38,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from featpipe.device import on_device, resolve_device, torch_threads
 from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError, TrainingDivergedError
+from featpipe.evaluate.metrics import clearly_below
 from featpipe.heads.finite import check_finite
 from featpipe.heads.preprocess import is_count
 
@@ -195,12 +196,6 @@ class _Problem:
 
 _START_GRADIENT_SHARE = 0.5  # a fit ends below this share of its starting max |gradient|
 _PAST_PEAK_FITS = 3  # C values clearly below the best validation accuracy that end the peak
-
-
-def _clearly_below(accuracy: float, best: float, n_val: int) -> bool:
-    """Below ``best`` by more than two standard errors of a validation accuracy."""
-    se = max(math.sqrt(best * (1 - best) / n_val), 1 / n_val)
-    return accuracy < best - 2 * se
 
 
 def _max_abs_grad(W: torch.Tensor, b: torch.Tensor) -> float:
@@ -480,7 +475,7 @@ def run_path(
                 accs.append(accuracy(W))
                 if halve and n_val:
                     best = max(best, accs[-1])
-                    below = below + 1 if _clearly_below(accs[-1], best, n_val) else 0
+                    below = below + 1 if clearly_below(accs[-1], best, n_val) else 0
             progress.update(1)
     if problem.device.type == "cuda":
         torch.cuda.synchronize(problem.device)

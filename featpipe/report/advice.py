@@ -4,10 +4,10 @@ for the methods chosen, and paired test comparisons only say which methods are t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from featpipe.evaluate import Comparison
+from featpipe.evaluate.metrics import clearly_below
 from featpipe.report.results import MethodKind
 from featpipe.report.summary import MethodSummary, best, compare_pair, tie_rule, ties
 
@@ -301,13 +301,9 @@ def _finetune_warnings(s: MethodSummary, n_val: int | None) -> list[str]:
 
 
 def _clearly_below(accuracy: float, reference: float, n_val: int | None) -> bool:
-    """Below ``reference`` by more than two standard errors of a validation accuracy over
-    ``n_val`` images (the rule heads' C paths use); any gap when ``n_val`` is not known.
-    Validation rows have no per-image predictions in results.jsonl, so no paired test."""
-    if not n_val:
-        return accuracy < reference
-    se = max(math.sqrt(reference * (1 - reference) / n_val), 1 / n_val)
-    return accuracy < reference - 2 * se
+    """``clearly_below`` over ``n_val`` validation images (the rule heads' C paths use); any
+    gap when ``n_val`` is not known."""
+    return clearly_below(accuracy, reference, n_val) if n_val else accuracy < reference
 
 
 def _broken_seed(s: MethodSummary, row: dict, n_val: int | None) -> str | None:
