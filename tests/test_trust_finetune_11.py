@@ -105,3 +105,25 @@ def test_featpipe_finetune_still_names_no_resume(tmp_path):
     again = FineTuner("toy", epochs=1, batch_size=8, lr=0.5, verbose=0, run_dir=tmp_path / "ft")
     with pytest.raises(ConfigError, match=re.escape("resume=False (CLI: --no-resume)")):
         again.fit(source)
+
+
+@pytest.mark.filterwarnings("ignore:In the splits given")  # classes without train rows
+def test_a_grid_candidate_with_batches_of_one_is_refused_before_the_first_trains(
+    tmp_path, monkeypatch
+):
+    # Before: batch_size=8 trained in full, then batch_size=1 was refused.
+    from featpipe.finetune import search
+
+    fitted = []
+    real_fit = FineTuner.fit
+    monkeypatch.setattr(
+        FineTuner, "fit", lambda self, *a, **k: fitted.append(1) or real_fit(self, *a, **k)
+    )
+    tuner = FineTuner("toy", epochs=1, batch_size=8, image_size=8, verbose=0)
+    with pytest.raises(ConfigError, match=r"grid candidate \{'batch_size': 1\}: .*batch norm"):
+        search.fit_grid(tuner, synthetic_source(n_test=0), {"batch_size": [8, 1]})
+    assert fitted == []
+    # Where batch norm is frozen, batches of one train.
+    bn = FineTuner("toy", mode="bn", epochs=1, batch_size=8, image_size=8, verbose=0)
+    result = search.fit_grid(bn, synthetic_source(n_test=0), {"batch_size": [8, 1]})
+    assert len(result.curve) == 2

@@ -80,6 +80,34 @@ def check_candidates(tuner: FineTuner, grid: dict, where: str = "grid") -> None:
             raise ConfigError(f"{where} candidate {params}: {exc}") from None
 
 
+def _check_batches_of_one(tuner: FineTuner, candidates: list[dict]) -> None:
+    """A ConfigError for a candidate whose training batches hold one image through batch
+    norm that trains, before the first candidate trains (its own fit refuses it only when its
+    turn comes). Builds the backbone only for such candidates."""
+    from featpipe.backbones import get_backbone
+    from featpipe.finetune import ddp
+    from featpipe.finetune.freezing import Mode, freeze, training_batch_norm
+    from featpipe.finetune.tuner import spec_for
+
+    world = ddp.world_size()
+    mode = Mode.parse(tuner.mode)
+    for params in candidates:
+        settings = {**tuner.get_params(), **params}
+        one = ddp.per_rank_batch(int(settings["batch_size"]), world) == 1
+        if not one or (settings["sync_bn"] and world > 1):  # SyncBatchNorm: every rank's
+            continue
+        backbone = get_backbone(spec_for(tuner.backbone, mode), settings["image_size"])
+        frozen = freeze(backbone.model, mode, backbone.stages, backbone.classifier or "")
+        if training := training_batch_norm(backbone.model, frozen):
+            per_rank = f" ({world} ranks, 1 image each)" if world > 1 else ""
+            raise ConfigError(
+                f"grid candidate {params}: batch_size {settings['batch_size']}{per_rank} trains "
+                f"batches of 1 image through batch norm that trains (e.g. {training[0]}), "
+                "which normalises each batch by its own statistics. Use a batch_size of at "
+                "least 2 per rank, or a mode that keeps batch norm frozen (bn, head, lpft)."
+            )
+
+
 @dataclass
 class GridResult:
     """The fitted winner, its settings, and every candidate's validation accuracy."""
@@ -116,6 +144,7 @@ def fit_grid(
     check_candidates(tuner, grid)  # a bad value fails now, not after the others trained
     best, best_params, curve, seconds = None, None, [], 0.0
     candidates = list(ParameterGrid(dict(grid)))
+    _check_batches_of_one(tuner, candidates)
     for i, params in enumerate(candidates, 1):
         # Not sklearn's clone: it deep-copies the callbacks, and the caller's would see nothing.
         run_dir = candidate_dir(tuner.run_dir, params)
