@@ -290,14 +290,13 @@ def _mixed_devices_note(summaries: list[MethodSummary]) -> list[str]:
 _EMPTY_SHOWN = 10  # empty classes named
 
 
-def _per_class_table(picks: list[MethodSummary]) -> Table:
-    """A row per class with test images: a class without has no accuracy in any column."""
-    classes = picks[0].rows[0]["classes"]
-    rows = []
-    for name in classes:
-        cells = [s.rows[0]["metrics"]["per_class_accuracy"].get(name) for s in picks]
-        if any(c is not None for c in cells):
-            rows.append([name, *(_pct(c) for c in cells)])
+def _per_class_table(picks: list[MethodSummary], empty: list[str]) -> Table:
+    """A row per class with test images (``empty``: those without, no accuracy to show)."""
+    rows = [
+        [name, *(_pct(s.rows[0]["metrics"]["per_class_accuracy"].get(name)) for s in picks)]
+        for name in picks[0].rows[0]["classes"]
+        if name not in empty
+    ]
     return Table(["class", *(s.label for s in picks)], rows)
 
 
@@ -598,7 +597,7 @@ def build_document(
                     ),
                     "Per-class accuracy (%) on test, first seed, of the methods chosen above"
                     + (" (classes without test images left out):" if empty else ":"),
-                    _per_class_table(picks),
+                    _per_class_table(picks, empty),
                 ],
             )
         )
