@@ -208,6 +208,19 @@ def training_batch_norm(model: nn.Module, frozen: Frozen) -> list[str]:
     return [n for n, m in model.named_modules() if is_bn(m) and id(m) not in kept]
 
 
+def check_batches_of_one(model: nn.Module, frozen: Frozen, said: str, world: int) -> None:
+    """A ConfigError, starting with ``said`` (where and which batch_size), when batches of
+    one image go through batch norm that trains in ``model`` (checks before a fine-tune)."""
+    if training := training_batch_norm(model, frozen):
+        per_rank = f" ({world} ranks, 1 image each)" if world > 1 else ""
+        raise ConfigError(
+            f"{said}{per_rank} trains batches of 1 image through batch norm that trains (e.g. "
+            f"{training[0]}), which normalises each batch by its own statistics. Use a "
+            "batch_size of at least 2 per rank, or a mode that keeps batch norm frozen (bn, "
+            "head, lpft)."
+        )
+
+
 def set_train_mode(model: nn.Module, frozen: Frozen) -> None:
     """``model.train()`` except for frozen modules, which keep their statistics."""
     model.train()

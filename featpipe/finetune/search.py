@@ -86,7 +86,7 @@ def _check_batches_of_one(tuner: FineTuner, candidates: list[dict]) -> None:
     turn comes). Builds the backbone only for such candidates."""
     from featpipe.backbones import get_backbone
     from featpipe.finetune import ddp
-    from featpipe.finetune.freezing import Mode, freeze, training_batch_norm
+    from featpipe.finetune.freezing import Mode, check_batches_of_one, freeze
     from featpipe.finetune.tuner import spec_for
 
     world = ddp.world_size()
@@ -98,14 +98,8 @@ def _check_batches_of_one(tuner: FineTuner, candidates: list[dict]) -> None:
             continue
         backbone = get_backbone(spec_for(tuner.backbone, mode), settings["image_size"])
         frozen = freeze(backbone.model, mode, backbone.stages, backbone.classifier or "")
-        if training := training_batch_norm(backbone.model, frozen):
-            per_rank = f" ({world} ranks, 1 image each)" if world > 1 else ""
-            raise ConfigError(
-                f"grid candidate {params}: batch_size {settings['batch_size']}{per_rank} trains "
-                f"batches of 1 image through batch norm that trains (e.g. {training[0]}), "
-                "which normalises each batch by its own statistics. Use a batch_size of at "
-                "least 2 per rank, or a mode that keeps batch norm frozen (bn, head, lpft)."
-            )
+        said = f"grid candidate {params}: batch_size {settings['batch_size']}"
+        check_batches_of_one(backbone.model, frozen, said, world)
 
 
 @dataclass

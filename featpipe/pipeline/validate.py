@@ -203,7 +203,7 @@ def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:
 def _check_finetune(backbone, mode: str, options: dict, where: str) -> None:
     from featpipe.distributed import current_ranks
     from featpipe.finetune import FineTuner
-    from featpipe.finetune.freezing import Mode, freeze, training_batch_norm
+    from featpipe.finetune.freezing import Mode, check_batches_of_one, freeze
     from featpipe.finetune.tuner import check_one_classifier
 
     try:
@@ -218,11 +218,6 @@ def _check_finetune(backbone, mode: str, options: dict, where: str) -> None:
         raise ConfigError(f"{where} ({mode!r} on {backbone.spec}): {exc}") from None
     # FineTuner refuses it too, but only once the fine-tune starts (after extraction).
     batch, ranks = options["batch_size"], current_ranks().world_size
-    if batch == ranks and (training := training_batch_norm(backbone.model, frozen)):
-        per_rank = f" ({ranks} ranks, 1 image each)" if ranks > 1 else ""
-        raise ConfigError(
-            f"{where} ({mode!r} on {backbone.spec}): finetune.batch_size {batch}{per_rank} "
-            f"trains batches of 1 image through batch norm that trains (e.g. {training[0]}), "
-            "which normalises each batch by its own statistics. Use a batch_size of at least "
-            "2 per rank, or a mode that keeps batch norm frozen (bn, head, lpft)."
-        )
+    if batch == ranks:
+        said = f"{where} ({mode!r} on {backbone.spec}): finetune.batch_size {batch}"
+        check_batches_of_one(backbone.model, frozen, said, ranks)
