@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import math
 import time
@@ -220,13 +219,8 @@ def _shown_counts(source, counts: dict, args: argparse.Namespace) -> str:
     return f"{shown} (val carved from train: --val-fraction {args.val_fraction:g})"
 
 
-def _missing(run_dir: Path) -> list[Path]:
-    """The run folder and the folders above it that do not exist yet, deepest first."""
-    return list(itertools.takewhile(lambda p: not p.exists(), (run_dir, *run_dir.parents)))
-
-
 def _remove_if_empty(made: list[Path]) -> None:
-    """Remove the folders this command made (``_missing``) if nothing was written in them."""
+    """Remove the folders this command made (``missing_folders``) if left empty."""
     for folder in made:
         with contextlib.suppress(OSError):
             folder.rmdir()  # only an empty folder goes
@@ -248,6 +242,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from featpipe.finetune import FineTuner, ddp
     from featpipe.finetune.callbacks import WriteJson
     from featpipe.finetune.search import check_candidates, fit_grid
+    from featpipe.finetune.tuner import missing_folders
 
     grid = parse_grid(args.grid)
     params = {name: getattr(args, name) for name in (f[2:].replace("-", "_") for f, _, _ in RECIPE)}
@@ -281,7 +276,7 @@ def _finetune(args: argparse.Namespace) -> int:
             f"{args.backbone} mode={args.mode} on {len(source)} images "
             f"{_shown_counts(source, counts, args)}{world}; run: {run_dir}"
         )
-        made = _missing(run_dir)  # removed again if left empty
+        made = missing_folders(run_dir)  # removed again if left empty
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file of that name, a read-only folder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import random
 import time
@@ -792,15 +793,16 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         return hasattr(self, "model_") and hasattr(self, "best_epoch_")
 
 
+def missing_folders(run_dir: Path) -> list[Path]:
+    """The run folder and the folders above it that do not exist yet, deepest first."""
+    return list(itertools.takewhile(lambda p: not p.exists(), (run_dir, *run_dir.parents)))
+
+
 def _missing(run_dir: Path) -> list[Path]:
     """What taking ``run_dir``'s lock makes: its lock file and the folders not there yet,
     deepest first."""
-    made = [lock_path(run_dir / checkpoint.LAST)]
-    for folder in (run_dir, *run_dir.parents):
-        if folder.exists():
-            break
-        made.append(folder)
-    return [path for path in made if not path.exists()]
+    lock = lock_path(run_dir / checkpoint.LAST)
+    return ([] if lock.exists() else [lock]) + missing_folders(run_dir)
 
 
 def _remove_if_unused(made: list[Path]) -> None:
