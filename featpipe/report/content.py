@@ -132,8 +132,9 @@ def _score_differences(scores: dict) -> str:
     named = (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"))
     for metric, name in (pair for pair in named if pair[0] in scores):
         diff, lo, hi = scores[metric]
-        ci = "" if lo is None else f" (95 % CI {100 * lo:.1f} to {100 * hi:.1f})"
-        parts.append(f"in {name} {100 * diff:+.1f} points{ci}")
+        d = point_decimals(100 * diff)
+        ci = "" if lo is None else f" (95 % CI {100 * lo:.{d}f} to {100 * hi:.{d}f})"
+        parts.append(f"in {name} {100 * diff:+.{d}f} points{ci}")
     return "; difference " + ", ".join(parts) if parts else ""
 
 
