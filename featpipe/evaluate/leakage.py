@@ -264,7 +264,7 @@ def check_data(
         groups.setdefault(h, []).append([s, i])
     duplicates = [g for g in groups.values() if len({s for s, _ in g}) > 1]
     near = []
-    if features is not None:
+    if features is not None:  # after the row hashes above: this may scale features in place
         near = _near_duplicates(features, splits_arr, ids, threshold, overwrite_features)
     near_hash, unhashed = [], {}
     if image_hashes:  # none: no source, or images too small to hash
