@@ -229,14 +229,14 @@ def run_chunks(
             stats["skipped_now"] = run["skipped"] - skipped_before
     except KeyboardInterrupt as exc:  # the with blocks above wrote the chunks computed
         interrupted = True
-        done = n_chunks - len(pending) + _written(background)
+        done = _chunks_done(n_chunks, pending, background)
         raise Interrupted.from_exception(exc).with_message(
             f"interrupted: {done} of {n_chunks} chunks done; run the same command to resume"
         ) from None
     except RuntimeError as exc:
         if not str(exc).startswith("DataLoader worker"):  # torch's words for a dead worker
             raise
-        done = n_chunks - len(pending) + _written(background)
+        done = _chunks_done(n_chunks, pending, background)
         raise IncompleteStoreError(
             f"{str(exc).strip().rstrip('.')}. A decoding worker died (the system kills one "
             f"that runs out of memory); {done} of {n_chunks} chunks of {path.name} are done. "
@@ -253,8 +253,9 @@ def run_chunks(
     return stats
 
 
-def _written(background: BackgroundWriter | None) -> int:
-    return background.chunks_written if background is not None else 0
+def _chunks_done(n_chunks: int, pending: list[int], background: BackgroundWriter | None) -> int:
+    """Chunks done when a run stops: those done before it and those it wrote."""
+    return n_chunks - len(pending) + (background.chunks_written if background is not None else 0)
 
 
 def _progress_bar(path: Path, n_rows: int, done_rows: int, shown: bool):
