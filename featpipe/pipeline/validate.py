@@ -102,7 +102,8 @@ def check_models(config) -> dict:
         _check_layers(built[spec], features.image_size, list(features.layers))
     for spec in tuned:
         for i, mode in enumerate(finetune.modes):
-            _check_finetune(built[spec], mode, finetune.params(), f"finetune.modes[{i}]")
+            where = f"finetune.modes[{i}]"
+            _check_finetune(built[spec], mode, finetune.params(), finetune.grid, where)
     if finetune.modes and finetune.grid:
         from featpipe.finetune import FineTuner
         from featpipe.finetune.search import check_candidates
@@ -178,6 +179,7 @@ def check_sizes(config, source) -> None:
 def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:
     import torch
 
+    from featpipe.extract.extractor import _refuse_same_features
     from featpipe.extract.loop import probe_layers
 
     try:
@@ -190,7 +192,7 @@ def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:
         raise ConfigError(f"features.layers of {backbone.spec}: {exc}") from None
     crop = sized.preprocessing.crop
     try:
-        probe_layers(model, crop, torch.device("cpu"))
+        probed = probe_layers(model, crop, torch.device("cpu"))
     except (FeaturePipeError, RuntimeError) as exc:  # a pooling or a size the model refuses
         raise ConfigError(
             f"features.layers of {backbone.spec}: a dummy {crop}×{crop} image through the "
@@ -198,9 +200,15 @@ def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:
         ) from None
     finally:
         model.remove()
+    try:  # 'stage1' and 'stage1:avg': the pooling each resolved to is known only now
+        _refuse_same_features(backbone.spec, probed)
+    except ConfigError as exc:
+        raise ConfigError(f"features.layers: {exc}") from None
 
 
-def _check_finetune(backbone, mode: str, options: dict, where: str) -> None:
+def _check_finetune(backbone, mode: str, options: dict, grid: dict, where: str) -> None:
+    from sklearn.model_selection import ParameterGrid
+
     from featpipe.distributed import current_ranks
     from featpipe.finetune import FineTuner
     from featpipe.finetune.freezing import Mode, check_batches_of_one, freeze
@@ -216,8 +224,18 @@ def _check_finetune(backbone, mode: str, options: dict, where: str) -> None:
         )
     except FeaturePipeError as exc:
         raise ConfigError(f"{where} ({mode!r} on {backbone.spec}): {exc}") from None
-    # FineTuner refuses it too, but only once the fine-tune starts (after extraction).
-    batch, ranks = options["batch_size"], current_ranks().world_size
-    if batch == ranks:
-        said = f"{where} ({mode!r} on {backbone.spec}): finetune.batch_size {batch}"
+    # FineTuner and fit_grid refuse it too, but only once the fine-tune starts (after
+    # extraction): the base batch_size and every grid candidate's. SyncBatchNorm normalises
+    # over every rank's images.
+    ranks = current_ranks().world_size
+    for params in ParameterGrid(dict(grid)):
+        settings = {**options, **params}
+        batch = settings["batch_size"]
+        if batch != ranks or (settings["sync_bn"] and ranks > 1):
+            continue
+        said = f"{where} ({mode!r} on {backbone.spec}): "
+        if params.keys() & {"batch_size", "sync_bn"}:
+            said += f"finetune.grid candidate {params}: batch_size {batch}"
+        else:
+            said += f"finetune.batch_size {batch}"
         check_batches_of_one(backbone.model, frozen, said, ranks)
