@@ -292,13 +292,48 @@ _EMPTY_SHOWN = 10  # empty classes named
 
 
 def _per_class_table(picks: list[MethodSummary], empty: list[str]) -> Table:
-    """A row per class with test images (``empty``: those without, no accuracy to show)."""
+    """A row per class with test images (``empty``: those without, no accuracy to show), each
+    cell the mean over the method's seeds, as the results table's top-1."""
     rows = [
-        [name, *(_pct(s.rows[0]["metrics"]["per_class_accuracy"].get(name)) for s in picks)]
+        [name, *(_pct(_class_mean(s, name)) for s in picks)]
         for name in picks[0].rows[0]["classes"]
         if name not in empty
     ]
     return Table(["class", *(s.label for s in picks)], rows)
+
+
+def _class_mean(summary: MethodSummary, name: str) -> float | None:
+    """A class's accuracy, the mean over seeds (None without test images: then in every seed,
+    as seeds share the test images)."""
+    values = [
+        v for r in summary.rows if (v := r["metrics"]["per_class_accuracy"].get(name)) is not None
+    ]
+    return float(np.mean(values)) if values else None
+
+
+def _confusion_figure(summary: MethodSummary, empty: list[str]) -> Figure:
+    """The confusion matrix of a method's first seed (counts do not average), without the
+    classes that have no test images, unless it predicts them: their columns hold images of
+    the classes shown."""
+    row = summary.rows[0]
+    cm = np.asarray(row["metrics"]["confusion"])
+    keep = [i for i, name in enumerate(row["classes"]) if name not in empty or cm[:, i].any()]
+    keep = keep or list(range(len(cm)))  # an all-zero matrix (a hand-made row): all classes
+    left_out = len(keep) < len(row["classes"])
+    predicted = any(row["classes"][i] in empty for i in keep)
+    note = (
+        "; classes without test images left out" + (" unless predicted" if predicted else "")
+        if left_out
+        else ""
+    )
+    return Figure(
+        f"confusion_{summary.kind}",
+        f"Confusion matrix of the best {summary.kind} by validation accuracy: "
+        f"{summary.label} (seed {summary.seeds[0]}{note}).",
+        plots.confusion(
+            cm[np.ix_(keep, keep)].tolist(), [row["classes"][i] for i in keep], summary.label
+        ),
+    )
 
 
 def _empty_classes(row: dict) -> list[str]:
@@ -587,17 +622,9 @@ def build_document(
             Section(
                 "Best methods",
                 [
-                    *(
-                        Figure(
-                            f"confusion_{s.kind}",
-                            f"Confusion matrix of the best {s.kind} by validation accuracy: "
-                            f"{s.label} (seed {s.seeds[0]}).",
-                            plots.confusion(s.rows[0]["metrics"]["confusion"], classes, s.label),
-                        )
-                        for s in picks
-                    ),
-                    "Per-class accuracy (%) on test, first seed, of the methods chosen above"
-                    + (" (classes without test images left out):" if empty else ":"),
+                    *(_confusion_figure(s, empty) for s in picks),
+                    "Per-class accuracy (%) on test, the mean over seeds, of the methods chosen "
+                    "above" + (" (classes without test images left out):" if empty else ":"),
                     _per_class_table(picks, empty),
                 ],
             )
