@@ -29,6 +29,7 @@ if [ "$dry" = 1 ]; then
     n_mixed=(--make-jpegs 16 --n-images 8 --batch-size 8 --image-size 64 --parity 2)
     n_cifar=(--image-size 96 --limit-train 200 --limit-val 100 --limit-test 100)
     n_logreg=(--n-cs 3)
+    n_heads=()
     n_finetune=(--make-jpegs 32 --n-images 32 --batch-size 8 --image-size 64)
     n_ddp=(--image-size 32 --epochs 1 --limit-train 128 --limit-val 64 --limit-test 64)
     sync_bn=()
@@ -39,11 +40,19 @@ else
     n_mixed=(--make-jpegs 2000 --parity 8)
     n_cifar=(--image-size 96)
     n_logreg=()
+    n_heads=(--limit-train 10000)  # liblinear and MLPClassifier: minutes on the full store
     n_finetune=(--make-jpegs 5000 --n-images 2560 --batch-size 128)
     n_ddp=(--image-size 64 --epochs 2)
     sync_bn=(--sync-bn)
     sync_jpegs=64
 fi
+# The CIFAR-10 JPEGs: data/device/ travels to a lent GPU machine (gpu_prepare.sh), ../shared does not.
+cifar_tar="${CIFAR_TAR:-}"
+for c in data/device/cifar10-jpg.tar.gz ../shared/data/cifar10-jpg.tar.gz; do
+    [ -n "$cifar_tar" ] || { [ -f "$c" ] && cifar_tar="$c"; }
+done
+[ -n "$cifar_tar" ] || { echo "no cifar10-jpg.tar.gz: set CIFAR_TAR or run benchmarks/gpu_prepare.sh" >&2; exit 2; }
+export CIFAR_TAR="$cifar_tar"
 export GPU_CHECK_DEVICE="$dev" GPU_CHECK_JPEGS="$sync_jpegs"
 
 step "device"
@@ -106,23 +115,6 @@ step "extraction throughput: ${n_mixed[1]} mixed-size JPEGs, 1 in 8 progressive"
     --models torchvision:resnet50@none \
     --json "$out/extract_mixed.json" 2>&1 | tee "$out/extract_mixed.log"
 
-store="$out/cifar_store.h5"
-step "a CIFAR-10 store for the heads (Lite0 at 96 px, as data/README.md)"
-tmp=$(mktemp -d)
-tar -xzf ../shared/data/cifar10-jpg.tar.gz -C "$tmp"
-"$py" -m featpipe extract "$tmp" --backbone efficientnet_lite0 "${n_cifar[@]}" --device "$dev" \
-    --val-fraction 0.1 --out "$store" --no-progress 2>&1 | tee "$out/extract_cifar.log"
-rm -rf "$tmp"
-
-step "logistic-regression C path on $dev"
-"$py" benchmarks/logreg_path.py "$store" --layer pooled --device "$dev" ${n_logreg[@]+"${n_logreg[@]}"} \
-    2>&1 | tee "$out/logreg_path.log"
-if [ -f benchmarks/heads_path.py ]; then
-    step "SVM / MLP heads on $dev"
-    "$py" benchmarks/heads_path.py "$store" --layer pooled --device "$dev" \
-        2>&1 | tee "$out/heads_path.log"
-fi
-
 step "fine-tuning throughput on $dev (bf16 autocast, or fp16 + GradScaler)"
 "$py" benchmarks/finetune_throughput.py "${n_finetune[@]}" --device "$dev" \
     --json "$out/finetune.json" 2>&1 | tee "$out/finetune.log"
@@ -146,5 +138,22 @@ step "scale-out: DDP fine-tune at --nproc-per-node 1 (NCCL and --sync-bn on CUDA
     --backbone efficientnet_lite0 "${n_ddp[@]}" --mode full --batch-size 64 \
     --device "$dev" ${sync_bn[@]+"${sync_bn[@]}"} --run-dir "$out/ddp-$dev" --no-resume 2>&1 \
     | tee "$out/ddp_finetune.log" | tail -8
+
+store="$out/cifar_store.h5"
+step "a CIFAR-10 store for the heads (Lite0 at 96 px, as data/README.md)"
+tmp=$(mktemp -d)
+tar -xzf "$cifar_tar" -C "$tmp"
+"$py" -m featpipe extract "$tmp" --backbone efficientnet_lite0 "${n_cifar[@]}" --device "$dev" \
+    --val-fraction 0.1 --out "$store" --no-progress 2>&1 | tee "$out/extract_cifar.log"
+rm -rf "$tmp"
+
+step "logistic-regression C path on $dev"
+"$py" benchmarks/logreg_path.py "$store" --layer pooled --device "$dev" ${n_logreg[@]+"${n_logreg[@]}"} \
+    2>&1 | tee "$out/logreg_path.log"
+if [ -f benchmarks/heads_path.py ]; then
+    step "SVM / MLP heads on $dev"
+    "$py" benchmarks/heads_path.py "$store" --layer pooled --device "$dev" \
+        ${n_heads[@]+"${n_heads[@]}"} 2>&1 | tee "$out/heads_path.log"
+fi
 
 step "done: figures in $out"

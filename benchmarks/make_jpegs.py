@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
@@ -25,7 +26,14 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
+_ROOT = Path(__file__).resolve().parents[1]
+# $CIFAR_TAR, else data/device/ (it travels to a lent GPU machine: gpu_prepare.sh), else ../shared.
+_ARCHIVES = [_ROOT / "data" / "device", _ROOT.parent / "shared" / "data"]
+DEFAULT_ARCHIVE = Path(
+    os.environ.get("CIFAR_TAR")
+    or next((p for p in (a / "cifar10-jpg.tar.gz" for a in _ARCHIVES) if p.exists()), "")
+    or _ARCHIVES[-1] / "cifar10-jpg.tar.gz"
+)
 DEFAULT_SIZE = (500, 375)
 QUALITY = 90
 MIXED_SIZES = ((500, 375), (375, 500), (640, 480), (400, 400), (1024, 683), (333, 500))
