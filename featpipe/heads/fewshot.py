@@ -108,6 +108,21 @@ def _warn_if_votes_all_tie(head: BaseEstimator, k: int) -> None:
         )
 
 
+def _possible_draws(y_train: np.ndarray, labels: np.ndarray, k: int, draws: int) -> int:
+    """``draws``, or 1 with a warning when every class has exactly ``k`` training rows: then
+    every draw takes the same rows, and 5 copies of one fit read as a spread of 0."""
+    if draws > 1 and all(np.sum(y_train == c) == k for c in labels):
+        warnings.warn(
+            f"few-shot with k={k}: each of the {len(labels)} classes has exactly {k} training "
+            f"row(s), so every draw takes the same rows; fitting one draw, not {draws} (its "
+            "spread is unknown, not 0). Use a smaller k for draws that differ.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return 1
+    return draws
+
+
 def few_shot(
     estimator: BaseEstimator | str,
     source: object,
@@ -124,7 +139,8 @@ def few_shot(
 
     ``seed`` seeds the draws. ``head_seed`` and ``device`` are set on the head as
     :func:`select_and_fit`'s ``seed`` and ``device`` are (its seed parameter, for registered
-    heads with randomness; ``device`` where it has one); None keeps the head's own."""
+    heads with randomness; ``device`` where it has one); None keeps the head's own. When
+    every class has exactly ``k`` training rows, every draw would be the same: one is fitted."""
     if not (_count(k) and _count(draws)):  # int() cut 2.5 draws to 2; k=2.5 was a TypeError
         raise ConfigError(
             f"few-shot needs k and draws to be whole numbers >= 1; got k={k!r}, draws={draws!r}."
@@ -137,6 +153,7 @@ def few_shot(
     X_tr, y_tr = data.get("train")
     labels = require_k_per_class(data, k, y_tr)
     _warn_if_votes_all_tie(head, k)
+    draws = _possible_draws(y_tr, labels, k, draws)
     X_te, y_te = data.get("test")
     rng = np.random.default_rng(seed)
     accuracies = []

@@ -7,6 +7,7 @@ split), refit on train+val with the chosen values, and only then read and predic
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,6 +204,8 @@ def select_and_fit(
         head, name, candidates, scores, mode, select_seconds, lambda h: h.fit(X_fit, y_fit)
     )
     result.refit_on = refit_on
+    if mode == "val":
+        _warn_if_no_better_than_one_class(result, y_va, data.class_name)
     if data.has("test"):  # only now, after the refit, is the test split read
         _test(result, [data.get("test")], data.ids("test"), data.classes)
     return result
@@ -259,6 +262,30 @@ def _refit(
         select_seconds=select_seconds,
         fit_seconds=time.perf_counter() - start,
     )
+
+
+def _warn_if_no_better_than_one_class(
+    result: SelectionResult, y_va: np.ndarray, class_name
+) -> None:
+    """Warn when the chosen candidate's val accuracy is no better than predicting the most
+    common val class for every row: a few val rows (or rows of one class) cannot tell the
+    candidates from a head that ignores the features, and the first of tied candidates wins
+    (logreg's smallest C, whose head predicted the most common class for every test row:
+    100 % on 2 val rows, 17 % on test)."""
+    labels, counts = np.unique(y_va, return_counts=True)
+    share = counts.max() / len(y_va)
+    if result.val_accuracy <= share:
+        warnings.warn(
+            f"{result.head} chose {plain(result.params)} at {result.val_accuracy:.1%} on "
+            f"{len(y_va)} val rows, no better than predicting class "
+            f"{class_name(labels[counts.argmax()])!r} for every row ({share:.1%}): these val "
+            "rows cannot tell the candidates apart from a head that ignores the features, "
+            "and ties go to the first candidate in grid order (for logreg the smallest C). "
+            "Give the val split more rows of more classes, or leave it out to choose by "
+            "cross-validation on train.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _test(
@@ -354,6 +381,8 @@ def _select_streamed(
         lambda h: h.fit_store(store, layer, refit_on.split("+")),
     )
     result.refit_on = refit_on
+    y_va = store.labels("val")
+    _warn_if_no_better_than_one_class(result, y_va, lambda label: store.classes[int(label)])
     if counts.get("test", 0):
         _test(result, store.iter_chunks(layer, "test"), store.ids("test"), store.classes)
     return result
