@@ -24,6 +24,6 @@ CIFAR_TAR="${CIFAR_TAR:-data/device/cifar10-jpg.tar.gz}" PYTHON="$py" \
     timeout --signal INT --kill-after 20 "${BUDGET_S:-540}" bash benchmarks/gpu_check.sh "$work"
 rc=$?
 [ "$rc" = 124 ] && echo "gpu_device: stopped at ${BUDGET_S:-540} s; the steps done are in the bundle"
-tar -czf "$out/gpu_check.tgz" -C "$work" --exclude='*.h5' --exclude='*.pt' --exclude='ddp-*' .
+tar -czf "$out/gpu_check.tgz" -C "$work" --exclude='*.h5' --exclude='*.lock' --exclude='*.pt' --exclude='ddp-*' .
 ls -l "$out"
 exit "$rc"
