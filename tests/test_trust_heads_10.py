@@ -106,3 +106,27 @@ def test_cross_validation_on_classes_of_two_rows_uses_two_folds_and_one_row_is_r
     assert result.selection == "cv2" and result.refit_on == "train"
     with pytest.raises(ConfigError, match="rarest training class has 1 sample"):
         select_and_fit("knn", {"train": _rows([3, 3, 1], 1)})
+
+
+def test_a_streamed_head_warns_too_naming_the_callers_line(tmp_path):
+    y = np.r_[np.arange(30) % 3, [0, 0], np.arange(9) % 3]  # val: 2 rows of class 'a'
+    X = (np.eye(3, 6)[y] * 2 + np.random.default_rng(0).normal(size=(41, 6))).astype(np.float32)
+    with StoreWriter.create(
+        tmp_path / "v.h5",
+        ids=[f"s{i}" for i in range(41)],
+        labels=y,
+        splits=np.repeat(np.arange(3, dtype=np.uint8), [30, 2, 9]),
+        classes=["a", "b", "c"],
+        layers={"pooled": (6, "none")},
+        dtype="float32",
+        rows_per_chunk=8,
+        attrs={"key": "k"},
+    ) as w:
+        for i in range(w.n_chunks):
+            start, stop = w.chunk_rows(i)
+            w.write_chunk(i, {"pooled": X[start:stop]})
+        w.finish()
+    store = FeatureStore(tmp_path / "v.h5")
+    with pytest.warns(UserWarning, match="predicting class 'a' for every row") as caught:
+        select_and_fit("logreg_stream", store, "pooled", grid={"C": [1e-6, 1.0]})
+    assert any(w.filename == __file__ for w in caught if "predicting class" in str(w.message))

@@ -265,7 +265,7 @@ def _refit(
 
 
 def _warn_if_no_better_than_one_class(
-    result: SelectionResult, y_va: np.ndarray, class_name
+    result: SelectionResult, y_va: np.ndarray, class_name, stacklevel: int = 3
 ) -> None:
     """Warn when the chosen candidate's val accuracy is no better than predicting the most
     common val class for every row: a few val rows (or rows of one class) cannot tell the
@@ -276,15 +276,16 @@ def _warn_if_no_better_than_one_class(
     share = counts.max() / len(y_va)
     if result.val_accuracy <= share:
         warnings.warn(
-            f"{result.head} chose {plain(result.params)} at {result.val_accuracy:.1%} on "
-            f"{len(y_va)} val rows, no better than predicting class "
-            f"{class_name(labels[counts.argmax()])!r} for every row ({share:.1%}): these val "
-            "rows cannot tell the candidates apart from a head that ignores the features, "
-            "and ties go to the first candidate in grid order (for logreg the smallest C). "
+            f"{result.head} chose {plain(result.params)} at {100 * result.val_accuracy:.1f} % "
+            f"on {len(y_va)} val rows, no better than predicting class "
+            f"{class_name(labels[counts.argmax()])!r} for every row ({100 * share:.1f} %): "
+            "these val rows cannot tell the candidates apart from a head that ignores the "
+            "features, and ties go to the first candidate in grid order (for logreg the "
+            "smallest C). "
             "Give the val split more rows of more classes, or leave it out to choose by "
             "cross-validation on train.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,  # select_and_fit's caller
         )
 
 
@@ -382,7 +383,9 @@ def _select_streamed(
     )
     result.refit_on = refit_on
     y_va = store.labels("val")
-    _warn_if_no_better_than_one_class(result, y_va, lambda label: store.classes[int(label)])
+    _warn_if_no_better_than_one_class(
+        result, y_va, lambda label: store.classes[int(label)], stacklevel=4
+    )
     if counts.get("test", 0):
         _test(result, store.iter_chunks(layer, "test"), store.ids("test"), store.classes)
     return result
