@@ -61,3 +61,11 @@ def test_one_image_per_rank_under_sync_bn_passes_the_check(tmp_path, monkeypatch
     check_models(_config(tmp_path, finetune=finetune))
     with pytest.raises(ConfigError, match=r"finetune.batch_size 2 \(2 ranks, 1 image each\)"):
         check_models(_config(tmp_path, finetune={**finetune, "sync_bn": False}))
+
+
+def test_a_finetune_grid_image_size_the_backbone_refuses_is_refused_before_extraction(tmp_path):
+    # Before: only finetune.image_size was tried on the backbone; the grid's failed after
+    # extraction and probes.
+    finetune = {"modes": ["head"], "epochs": 1, "batch_size": 4, "grid": {"image_size": [9999]}}
+    said = r"finetune.modes\[0\] \('head' on toy\): finetune.grid candidate \{'image_size': 9999\}"
+    _refused(_config(tmp_path, finetune=finetune), said + ": image size must be from 8", tmp_path)

@@ -100,15 +100,15 @@ def check_models(config) -> dict:
     _spelled_alike(features.backbones, tuned, built)
     for spec in features.backbones:
         _check_layers(built[spec], features.image_size, list(features.layers))
-    for spec in tuned:
-        for i, mode in enumerate(finetune.modes):
-            where = f"finetune.modes[{i}]"
-            _check_finetune(built[spec], mode, finetune.params(), finetune.grid, where)
-    if finetune.modes and finetune.grid:
+    if finetune.modes and finetune.grid:  # first: _check_finetune reads valid candidates
         from featpipe.finetune import FineTuner
         from featpipe.finetune.search import check_candidates
 
         check_candidates(FineTuner(**finetune.params()), dict(finetune.grid), "finetune.grid")
+    for spec in tuned:
+        for i, mode in enumerate(finetune.modes):
+            where = f"finetune.modes[{i}]"
+            _check_finetune(built[spec], mode, finetune.params(), finetune.grid, where)
     return built
 
 
@@ -230,6 +230,14 @@ def _check_finetune(backbone, mode: str, options: dict, grid: dict, where: str) 
     ranks = current_ranks().world_size
     for params in ParameterGrid(dict(grid)):
         settings = {**options, **params}
+        if "image_size" in params:  # a size the backbone refuses (fixed, or out of range)
+            try:
+                backbone.at_size(params["image_size"])
+            except FeaturePipeError as exc:
+                raise ConfigError(
+                    f"{where} ({mode!r} on {backbone.spec}): finetune.grid candidate {params}: "
+                    f"{exc}"
+                ) from None
         batch = settings["batch_size"]
         if batch != ranks or (settings["sync_bn"] and ranks > 1):
             continue
