@@ -69,3 +69,22 @@ def test_a_finetune_grid_image_size_the_backbone_refuses_is_refused_before_extra
     finetune = {"modes": ["head"], "epochs": 1, "batch_size": 4, "grid": {"image_size": [9999]}}
     said = r"finetune.modes\[0\] \('head' on toy\): finetune.grid candidate \{'image_size': 9999\}"
     _refused(_config(tmp_path, finetune=finetune), said + ": image size must be from 8", tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:Subsampling")  # classes without train rows
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ({"train_sizes": [1, 10]}, r"source.train_sizes \[1\]: one train image is one class"),
+        ({"limits": {"train": 1}}, r"train split holds 1 image\(s\) of 1 class\(es\)"),
+    ],
+)
+def test_train_images_of_one_class_are_refused_before_extraction(tmp_path, source, said):
+    # Before: the first head refused them, after extraction.
+    config = config_from_dict({
+        "name": "eleven", "out": str(tmp_path / "run"), "device": "cpu",
+        "source": {"data": "digits", "limits": {"train": 30, "val": 15, "test": 15}, **source},
+        "features": {"backbones": ["toy"], "workers": 0, "cache_dir": str(tmp_path / "c")},
+        "probes": {"heads": ["knn"]},
+    })  # fmt: skip
+    _refused(config, said, tmp_path)

@@ -168,11 +168,32 @@ def check_sizes(config, source) -> None:
             "evaluated; set source.test_fraction > 0 or give the source a test split."
         )
     n_train = len(source.indices("train"))
+    if config.probes.heads and config.probes.layers:
+        _two_classes(config, source)
     too_big = [n for n in config.source.train_sizes if n > n_train]
     if too_big:
         raise ConfigError(
             f"source.train_sizes {too_big} exceed the {n_train} train images of the source; "
             f"use sizes up to {n_train}."
+        )
+
+
+def _two_classes(config, source) -> None:
+    """The heads' train rows hold at least 2 classes (each head refuses fewer, but only after
+    extraction): the train split's, and each size of the data-size sweep (one image is one
+    class)."""
+    train = source.indices("train")
+    classes = len(np.unique(np.asarray(source.labels)[train]))
+    if classes < 2:
+        raise ConfigError(
+            f"The source's train split holds {len(train)} image(s) of {classes} class(es); "
+            "a head needs train images of at least 2 classes. Raise source.limits.train, or "
+            "give the source images of more classes."
+        )
+    if ones := [n for n in config.source.train_sizes if n < 2]:
+        raise ConfigError(
+            f"source.train_sizes {ones}: one train image is one class, and a head needs train "
+            "images of at least 2 classes; use sizes of 2 or more."
         )
 
 
