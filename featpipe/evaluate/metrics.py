@@ -61,11 +61,19 @@ def _check_inputs(y_true, proba, classes) -> tuple[np.ndarray, np.ndarray, list[
     return y.astype(np.int64), p, list(classes)
 
 
+MAX_BOOT = 100_000  # far past where a 95 % percentile interval stops moving; 1e12 ran for days
+
+
 def check_n_boot(n_boot) -> None:
-    """Bootstrap resamples: a whole number >= 0 (0: no bootstrap interval)."""
+    """Bootstrap resamples: a whole number from 0 (no bootstrap interval) to ``MAX_BOOT``."""
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ConfigError(
             f"n_boot must be an integer >= 0 (0: no bootstrap interval); got {n_boot!r}."
+        )
+    if n_boot > MAX_BOOT:
+        raise ConfigError(
+            f"n_boot is {n_boot:,}; at most {MAX_BOOT:,} resamples are accepted (a 95 % interval "
+            "stops moving long before; the default is 1,000). Give a smaller n_boot."
         )
 
 

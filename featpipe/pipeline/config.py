@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from featpipe.errors import ConfigError, did_you_mean
+from featpipe.evaluate.metrics import check_n_boot
 from featpipe.pipeline.schema import build, first_repeat, json_schema, option, toml_value
 
 # Split fractions a pipeline uses where the source lacks the split and the file sets none.
@@ -167,6 +168,10 @@ def _positive(value, where: str) -> None:
 def _non_negative(value, where: str) -> None:
     if value < 0:
         raise ConfigError(f"{where} must be >= 0; got {value}.")
+
+
+def _n_boot(value, where: str) -> None:
+    check_n_boot(value)
 
 
 def _fraction(value, where: str) -> None:
@@ -405,7 +410,7 @@ class PipelineConfig:
     device: str = option("auto", doc="auto, cpu, cuda or cuda:N")
     n_boot: int = option(
         1000,
-        check=_non_negative,
+        check=_n_boot,
         doc="bootstrap resamples for intervals (0: none; top-1 uses Wilson)",
     )
     source: SourceConfig
