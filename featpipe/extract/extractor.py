@@ -274,7 +274,7 @@ def store_layout(plan: ExtractionPlan, inference: Inference) -> dict:
     :meth:`StoreWriter.create`), its layers' widths from a dummy image."""
     src = plan.source
     layers = probe_layers(inference.model, plan.backbone.preprocessing.crop, plan.device)
-    _refuse_same_features(plan.backbone.spec, layers)
+    refuse_same_features(plan.backbone.spec, layers)
     return dict(
         ids=src.ids,
         labels=src.labels,
@@ -287,7 +287,7 @@ def store_layout(plan: ExtractionPlan, inference: Inference) -> dict:
     )
 
 
-def _refuse_same_features(spec: str, layers: dict[str, tuple[int, str]]) -> None:
+def refuse_same_features(spec: str, layers: dict[str, tuple[int, str]]) -> None:
     """Refuse two requests for one module with one pooling ('stage1' and 'stage1:avg' where
     avg is its default): the store would hold the same features twice, under two names."""
     seen: dict[tuple[str, str], str] = {}

@@ -200,7 +200,7 @@ def _two_classes(config, source) -> None:
 def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:
     import torch
 
-    from featpipe.extract.extractor import _refuse_same_features
+    from featpipe.extract.extractor import refuse_same_features
     from featpipe.extract.loop import probe_layers
 
     try:
@@ -222,7 +222,7 @@ def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:
     finally:
         model.remove()
     try:  # 'stage1' and 'stage1:avg': the pooling each resolved to is known only now
-        _refuse_same_features(backbone.spec, probed)
+        refuse_same_features(backbone.spec, probed)
     except ConfigError as exc:
         raise ConfigError(f"features.layers: {exc}") from None
 
