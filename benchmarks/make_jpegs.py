@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 
 _ROOT = Path(__file__).resolve().parents[1]
 # $CIFAR_TAR, else data/device/ (it travels to a lent GPU machine: gpu_prepare.sh), else ../shared.
-_ARCHIVES = [_ROOT / "data" / "device", _ROOT.parent / "shared" / "data"]
+_ARCHIVES = [
+    _ROOT / "data/device/cifar10-jpg.tar.gz",
+    _ROOT.parent / "shared/data/cifar10-jpg.tar.gz",
+]
 DEFAULT_ARCHIVE = Path(
-    os.environ.get("CIFAR_TAR")
-    or next((p for p in (a / "cifar10-jpg.tar.gz" for a in _ARCHIVES) if p.exists()), "")
-    or _ARCHIVES[-1] / "cifar10-jpg.tar.gz"
+    os.environ.get("CIFAR_TAR") or next((p for p in _ARCHIVES if p.exists()), _ARCHIVES[-1])
 )
 DEFAULT_SIZE = (500, 375)
 QUALITY = 90
