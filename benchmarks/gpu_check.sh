@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issues 14 and 13 in one run, for a session that has a GPU (about 8-9 minutes
-# on one H100/H200; run it with a timeout that leaves time to run it again):
+# Every GPU measurement of issues 14 and 13 in one run, for a session that has a GPU (not yet timed
+# on one; on a lent machine run it through gpu_device.sh, which gives it a time limit):
 #
 #     bash benchmarks/gpu_check.sh [OUT_DIR]          # default OUT_DIR: ${OUT:-/tmp/gpu_check}
 #
