@@ -11,6 +11,9 @@ import pytest
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 from PIL import Image
 
+from featpipe.pipeline import config_from_dict
+from featpipe.store.writer import StoreWriter
+
 # A shell without job control starts background commands (`cmd &`) with SIGINT ignored, which
 # processes inherit: the Ctrl-C tests would see nothing. Ctrl-C's usual handling, for this
 # process and the children it starts.
@@ -52,6 +55,62 @@ def make_white_folder(root: Path) -> Path:
     for name in WHITE:
         Image.new("RGB", (20, 16), "white").save(root / name, quality=90)
     return root
+
+
+def make_chunked_store(path: Path, done: int = 4) -> np.ndarray:
+    """A store of 40 rows in chunks of 10, ``done`` chunks written (complete when 4); its rows."""
+    x = np.arange(40 * 8, dtype=np.float32).reshape(40, 8) + 1
+    with StoreWriter.create(
+        path,
+        ids=[f"img{i}" for i in range(40)],
+        labels=np.arange(40) % 2,
+        splits=np.repeat([0, 2], 20),
+        classes=["a", "b"],
+        layers={"pooled": (8, "avg")},
+        dtype="float32",
+        rows_per_chunk=10,
+        attrs={"key": "0123456789abcdef"},
+    ) as w:
+        for i in range(done):
+            w.write_chunk(i, {"pooled": x[i * 10 : (i + 1) * 10]})
+        if done == 4:
+            w.finish()
+    return x
+
+
+def digits_config(tmp_path: Path, name: str, probes: dict | None = None, finetune=None):
+    """A pipeline on 60/30/30 digits through ``toy`` at 16 px, out and cache under tmp_path;
+    the ``probes`` (knn when None) and a ``finetune`` section when given."""
+    raw = {
+        "name": name,
+        "out": str(tmp_path / "run"),
+        "n_boot": 10,
+        "device": "cpu",
+        "source": {"data": "digits", "limits": {"train": 60, "val": 30, "test": 30}},
+        "features": {
+            "backbones": ["toy"],
+            "image_size": 16,
+            "workers": 0,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "probes": probes or {"heads": ["knn"]},
+    }
+    if finetune is not None:
+        raw["finetune"] = finetune
+    return config_from_dict(raw)
+
+
+def hash_contents_config(tmp_path: Path, name: str, data: Path):
+    """A pipeline that fine-tunes ``toy`` (head, 1 epoch) on the image folder ``data`` under
+    hash_contents, with no probes."""
+    return config_from_dict({
+        "name": name, "out": str(tmp_path / "run"), "n_boot": 10, "device": "cpu",
+        "source": {"data": str(data), "hash_contents": True},
+        "features": {"backbones": ["toy"], "image_size": 16, "workers": 0,
+                     "cache_dir": str(tmp_path / "c")},
+        "probes": {"heads": []},
+        "finetune": {"modes": ["head"], "epochs": 1, "workers": 0},
+    })  # fmt: skip
 
 
 @pytest.fixture

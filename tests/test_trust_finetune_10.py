@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
-from conftest import make_image_folder
+from conftest import hash_contents_config, make_image_folder
 from finetune_child import synthetic_source
 from test_finetune import tuner
 from toy_backbone import build_toy
@@ -135,14 +135,7 @@ def test_files_touched_but_unchanged_resume_under_hash_contents(tmp_path):
     # another configuration (source: ...) ... resume=False (CLI: --no-resume)"), which a
     # pipeline cannot do.
     data = make_image_folder(tmp_path / "img", per_class=4, splits=("train", "val", "test"))
-    config = config_from_dict({
-        "name": "ten", "out": str(tmp_path / "run"), "n_boot": 10, "device": "cpu",
-        "source": {"data": str(data), "hash_contents": True},
-        "features": {"backbones": ["toy"], "image_size": 16, "workers": 0,
-                     "cache_dir": str(tmp_path / "c")},
-        "probes": {"heads": []},
-        "finetune": {"modes": ["head"], "epochs": 1, "workers": 0},
-    })  # fmt: skip
+    config = hash_contents_config(tmp_path, "ten", data)
     [row] = read_results(run_pipeline(config, progress=False, log=lambda _: None) / "results.jsonl")
     (tmp_path / "run" / "results.jsonl").write_text("")  # as if stopped after its checkpoint
     later = time.time() + 100

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
-from conftest import make_image_folder
+from conftest import hash_contents_config, make_image_folder
 from finetune_child import synthetic_source
 
 from featpipe.backbones import get_backbone
@@ -71,14 +71,7 @@ def test_a_pipeline_checkpoint_that_cannot_resume_names_the_folder_to_delete(tmp
     # set: a checkpoint of sizes and mtimes (as featpipe wrote before) under hash_contents,
     # its files touched since.
     data = make_image_folder(tmp_path / "img", per_class=4, splits=("train", "val", "test"))
-    config = config_from_dict({
-        "name": "eleven", "out": str(tmp_path / "run"), "n_boot": 10, "device": "cpu",
-        "source": {"data": str(data), "hash_contents": True},
-        "features": {"backbones": ["toy"], "image_size": 16, "workers": 0,
-                     "cache_dir": str(tmp_path / "c")},
-        "probes": {"heads": []},
-        "finetune": {"modes": ["head"], "epochs": 1, "workers": 0},
-    })  # fmt: skip
+    config = hash_contents_config(tmp_path, "eleven", data)
     out = run_pipeline(config, progress=False, log=lambda _: None)
     (out / "results.jsonl").write_text("")  # as if stopped after its checkpoint
     [run_dir] = (out / "finetune").iterdir()

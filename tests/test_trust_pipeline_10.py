@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import test_trust_pipeline_9  # noqa: F401  (registers 'toy_white_nan9': NaN on white images)
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
-from conftest import WHITE, make_white_folder
+from conftest import WHITE, digits_config, make_white_folder
 
 from featpipe.errors import ConfigError, ImageReadError
 from featpipe.heads import check_head_matches, load_head, make_head, save_head, select_and_fit
@@ -23,22 +23,7 @@ from featpipe.store import write_arrays
 
 
 def digits_pipeline(tmp_path, probes: dict | None = None):
-    return config_from_dict(
-        {
-            "name": "ten",
-            "out": str(tmp_path / "run"),
-            "n_boot": 10,
-            "device": "cpu",
-            "source": {"data": "digits", "limits": {"train": 60, "val": 30, "test": 30}},
-            "features": {
-                "backbones": ["toy"],
-                "image_size": 16,
-                "workers": 0,
-                "cache_dir": str(tmp_path / "cache"),
-            },
-            "probes": probes or {"heads": ["knn"]},
-        }
-    )
+    return digits_config(tmp_path, "ten", probes)
 
 
 def test_a_folder_named_results_jsonl_is_refused_in_one_line(tmp_path):

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
-from conftest import make_image_folder
+from conftest import digits_config, make_image_folder
 from PIL import Image
 from toy_backbone import ToyNet, build_toy
 
@@ -23,23 +23,7 @@ from featpipe.report.runplan import read_plan
 
 
 def pipeline(tmp_path, probes: dict | None = None, **finetune):
-    return config_from_dict(
-        {
-            "name": "nine",
-            "out": str(tmp_path / "run"),
-            "n_boot": 10,
-            "device": "cpu",
-            "source": {"data": "digits", "limits": {"train": 60, "val": 30, "test": 30}},
-            "features": {
-                "backbones": ["toy"],
-                "image_size": 16,
-                "workers": 0,
-                "cache_dir": str(tmp_path / "cache"),
-            },
-            "probes": probes or {"heads": ["knn"]},
-            "finetune": {"workers": 0, **finetune},
-        }
-    )
+    return digits_config(tmp_path, "nine", probes, {"workers": 0, **finetune})
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import make_chunked_store
 from extract_child import NoiseSource
 
 from featpipe.cli import main
@@ -25,27 +26,6 @@ from featpipe.store.lock import NoReaders, StoreLock, being_read
 from featpipe.store.writer import StoreWriter
 
 FAST = dict(workers=0, device="cpu", progress=False, batch_size=4, dtype="float32")
-
-
-def _store(path: Path, done: int = 4) -> np.ndarray:
-    """A store of 40 rows in chunks of 10, ``done`` chunks written (complete when 4)."""
-    x = np.arange(40 * 8, dtype=np.float32).reshape(40, 8) + 1
-    with StoreWriter.create(
-        path,
-        ids=[f"img{i}" for i in range(40)],
-        labels=np.arange(40) % 2,
-        splits=np.repeat([0, 2], 20),
-        classes=["a", "b"],
-        layers={"pooled": (8, "avg")},
-        dtype="float32",
-        rows_per_chunk=10,
-        attrs={"key": "0123456789abcdef"},
-    ) as w:
-        for i in range(done):
-            w.write_chunk(i, {"pooled": x[i * 10 : (i + 1) * 10]})
-        if done == 4:
-            w.finish()
-    return x
 
 
 def _flip(path: Path, name: str, at: int) -> None:
@@ -66,7 +46,7 @@ def test_a_flipped_bit_in_the_samples_is_an_error_not_a_wrong_label(tmp_path, na
     """samples/label, split and ok had no checksum: a flipped bit made row 5's label 0
     instead of 1 (or moved it to another split, or skipped it), read without a word."""
     path = tmp_path / "s.h5"
-    _store(path)
+    make_chunked_store(path)
     _flip(path, name, at=40 if name == "samples/label" else 5)
     store = FeatureStore(path)
     with pytest.raises(UnreadableStoreError, match=r"s\.h5 is not a readable .*--overwrite"):
@@ -79,7 +59,7 @@ def test_a_flipped_done_flag_is_an_error_not_a_chunk_taken_as_written(tmp_path, 
     """progress/chunk_done had no checksum: a flipped bit marked an unwritten chunk done, and
     its unspecified rows were read (and never extracted on resume)."""
     path = tmp_path / "s.h5"
-    _store(path, done=3)
+    make_chunked_store(path, done=3)
     _flip(path, "progress/chunk_done", at=3)
     with pytest.raises(UnreadableStoreError, match="--overwrite"):
         FeatureStore(path).arrays("pooled", allow_incomplete=True)
@@ -92,7 +72,7 @@ def test_rewriting_a_chunk_keeps_the_checksummed_flags_in_place(tmp_path):
     """Setting a chunk's ok flags and progress entries rewrites their checksummed chunks in
     place: no HDF5 metadata changes, so a kill mid-write cannot damage the file."""
     path = tmp_path / "s.h5"
-    x = _store(path)
+    x = make_chunked_store(path)
     names = ["samples/ok", "progress/chunk_done"]
 
     def chunks(f):
@@ -123,7 +103,7 @@ def test_a_store_without_checksummed_samples_still_reads_and_resumes(tmp_path):
     """Stores made before these checksums (contiguous samples and progress) read and resume
     as before."""
     path = tmp_path / "old.h5"
-    x = _store(path, done=3)
+    x = make_chunked_store(path, done=3)
     with h5py.File(path, "r+") as f:  # laid out as an older featpipe did
         for name in [
             "samples/label",
@@ -171,7 +151,7 @@ def test_a_consolidated_store_keeps_the_checksums(tmp_path):
 
 def _extracted(path: Path) -> np.ndarray:
     """A complete store with the lock file that extraction leaves beside it."""
-    x = _store(path)
+    x = make_chunked_store(path)
     with StoreLock(path):
         pass
     return x
@@ -228,7 +208,7 @@ def test_readers_never_wait_and_leave_no_file(tmp_path):
         late = FeatureStore(path)
         assert not late._read_lock.held and late.labels()[3] == 1
     plain = tmp_path / "plain.h5"
-    _store(plain)
+    make_chunked_store(plain)
     assert not FeatureStore(plain)._read_lock.held
     assert not (tmp_path / "plain.h5.read.lock").exists()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import make_chunked_store
 from extract_child import NoiseSource
 from filelock import FileLock
 
@@ -43,31 +44,11 @@ def _flip(path: Path, layer: str, chunk: int, at: int = 17) -> None:
         f.write(bytes([byte ^ 0x40]))
 
 
-def _chunked_store(path: Path) -> np.ndarray:
-    """A complete store of 40 rows in chunks of 10."""
-    x = np.arange(40 * 8, dtype=np.float32).reshape(40, 8) + 1
-    with StoreWriter.create(
-        path,
-        ids=[f"img{i}" for i in range(40)],
-        labels=np.arange(40) % 2,
-        splits=np.repeat([0, 2], 20),
-        classes=["a", "b"],
-        layers={"pooled": (8, "avg")},
-        dtype="float32",
-        rows_per_chunk=10,
-        attrs={"key": "0123456789abcdef"},
-    ) as w:
-        for i in range(4):
-            w.write_chunk(i, {"pooled": x[i * 10 : (i + 1) * 10]})
-        w.finish()
-    return x
-
-
 def test_a_flipped_bit_in_a_feature_chunk_is_an_error_not_a_wrong_number(tmp_path, capsys):
     """A flipped bit inside a feature chunk read back as a wrong number (5.0 as 5.0078125)
     with no error, through featpipe and plain h5py alike."""
     path = tmp_path / "s.h5"
-    x = _chunked_store(path)
+    x = make_chunked_store(path)
     _flip(path, "pooled", chunk=2)
     store = FeatureStore(path)
     with pytest.raises(UnreadableStoreError, match=r"rows 20 to 29 of layer 'pooled' fail their"):
@@ -88,7 +69,7 @@ def test_rewriting_a_checksummed_chunk_touches_only_its_bytes(tmp_path):
     """The checksum filter keeps every chunk where it was laid out: a chunk written again
     (resume) changes no HDF5 metadata, so a kill mid-write cannot damage the file."""
     path = tmp_path / "s.h5"
-    x = _chunked_store(path)
+    x = make_chunked_store(path)
     with h5py.File(path, "r") as f:
         ds = f["features/pooled"]
         assert ds.fletcher32
@@ -115,7 +96,7 @@ def test_rewriting_a_checksummed_chunk_touches_only_its_bytes(tmp_path):
 def test_a_store_without_checksums_still_reads_and_resumes(tmp_path):
     """Stores written before the checksum filter keep reading (and resuming) as before."""
     path = tmp_path / "old.h5"
-    x = _chunked_store(path)
+    x = make_chunked_store(path)
     with h5py.File(path, "r+") as f:  # the features as an older featpipe laid them out
         del f["features/pooled"]
         ds = f.create_dataset("features/pooled", data=x, chunks=(10, 8))
@@ -227,7 +208,7 @@ def test_a_store_deleted_after_it_was_opened_is_one_error(tmp_path):
     """Each read opens the file: a store deleted between two reads (cache prune --all while
     a head reads it) raised h5py's FileNotFoundError, a traceback under the CLI."""
     path = tmp_path / "s.h5"
-    _chunked_store(path)
+    make_chunked_store(path)
     store = FeatureStore(path)
     path.unlink()
     with pytest.raises(StoreNotFoundError, match=r"s\.h5 is gone: it was deleted or moved"):
