@@ -136,6 +136,36 @@ def load_to_resume(path: Path, keys: tuple[str, ...], start_over: str | None = N
     )
 
 
+def check_optimizer(
+    saved: dict, optimizer: torch.optim.Optimizer, path: Path, start_over: str | None = None
+) -> None:
+    """A ConfigError unless ``saved`` (an optimiser's state dict) fits ``optimizer``: the same
+    parameter groups, each of as many parameters, each per-parameter state (momentum, Adam's
+    averages) of its parameter's shape. Otherwise torch raises a ValueError, or where only
+    shapes differ loads one parameter's momentum into another. What a partial:N mode froze
+    changes them; checkpoints from before its ``frozen`` config key cannot say so."""
+    start_over = start_over or (
+        "Start over with resume=False (CLI: --no-resume), or delete the run folder."
+    )
+    before = [len(g["params"]) for g in saved["param_groups"]]
+    now = [len(g["params"]) for g in optimizer.param_groups]
+    fits = before == now
+    if fits:
+        state = saved["state"]
+        for old, new in zip(saved["param_groups"], optimizer.param_groups, strict=True):
+            for index, param in zip(old["params"], new["params"], strict=True):
+                values = state.get(index, {}).values()
+                shapes = [v.shape for v in values if isinstance(v, torch.Tensor) and v.dim()]
+                fits = fits and all(shape == param.shape for shape in shapes)
+    if not fits:
+        raise ConfigError(
+            f"Cannot resume the run in {path.parent}: {path.name}'s optimiser state does not "
+            f"fit the parameters that train now (parameter groups of {before} parameters in "
+            f"{path.name}, {now} now): what the mode freezes changed since it was written "
+            f"(e.g. the backbone's stage list). {start_over}"
+        )
+
+
 def _difference(key: str, saved, current) -> str:
     """One setting's difference; for a dict (the backbone's identity), the fields that differ,
     whose values (hashes, whole preprocessing) would drown the message."""

@@ -710,6 +710,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def _restore(self, saved: dict) -> None:
         self.model_.load_state_dict(saved["model"])
+        last = Path(self.run_dir) / checkpoint.LAST
+        checkpoint.check_optimizer(saved["optimizer"], self.optimizer_, last, self._start_over)
         self.optimizer_.load_state_dict(saved["optimizer"])
         self.scheduler_.load_state_dict(saved["scheduler"])
         if saved.get("scaler") and self.scaler_.is_enabled():  # fp16 runs continue its scale

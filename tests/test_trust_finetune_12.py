@@ -1,0 +1,51 @@
+"""A fine-tune checkpoint whose optimiser state does not fit the parameters that train now
+(an old partial:N checkpoint, which records no frozen modules, under another stage list) is
+refused in one line, not with torch's traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from conftest import make_image_folder
+from test_trust_finetune_10 import STAGES
+
+from featpipe.cli import main as cli_main
+from featpipe.errors import ConfigError
+from featpipe.finetune import checkpoint
+
+
+def test_an_old_partial_checkpoint_under_another_stage_list_is_refused_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    # Before: ValueError traceback from torch's Optimizer.load_state_dict.
+    data = make_image_folder(tmp_path / "img", per_class=4, splits=("train", "val", "test"))
+    run_dir = tmp_path / "ft"
+    args = "finetune --backbone toy_staged10 --mode partial:1 --epochs 1 --batch-size 4"
+    argv = [*args.split(), "--no-progress", "--data", str(data), "--run-dir", str(run_dir)]
+    assert cli_main(argv) == 0
+    last = run_dir / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["config"].pop("frozen") == ["stem"]
+    torch.save(state, last)  # as featpipe wrote it before checkpoints recorded 'frozen'
+    monkeypatch.setitem(STAGES, "toy_staged10", [("stem", "stage1"), "stage2"])
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "last.pt's optimiser state does not fit the parameters that train now" in err
+    assert "--no-resume" in err and "Traceback" not in err
+
+
+def test_optimiser_state_of_other_shapes_is_refused(tmp_path):
+    # Same group sizes, other parameters: momentum would load into the wrong ones.
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2))
+    before = torch.optim.SGD([a, b], lr=0.1, momentum=0.9)
+    (a.sum() + b.sum()).backward()
+    before.step()
+    saved = before.state_dict()
+    checkpoint.check_optimizer(saved, torch.optim.SGD([a, b], lr=0.1, momentum=0.9), Path("x"))
+    swapped = torch.optim.SGD([b, a], lr=0.1, momentum=0.9)
+    with pytest.raises(ConfigError, match=r"groups of \[2\] parameters in last.pt, \[2\] now"):
+        checkpoint.check_optimizer(saved, swapped, tmp_path / "last.pt")
