@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,22 +46,34 @@ class FileSource(ImageSource):
             yield _file_digest(file) if content else file_stat(file)
 
 
-def repeated_file(files: list[Path]) -> tuple[int, int, str] | None:
-    """(first row, later row, real path) of the first file listed twice, however its path is
-    spelt (relative or absolute, with .., through a symlinked file or folder), else None: one
-    image on two rows can land in train and in test, or in two classes."""
+def repeated_file(files: list[Path]) -> tuple[int, int, str, str] | None:
+    """(first row, later row, real path of each) of the first image listed twice, else None:
+    one image on two rows can land in train and in test, or in two classes. However its path is
+    spelt (relative or absolute, with .., through a symlinked file or folder) one image has one
+    real path; hard links give it two, so a file with more than one link is known by its inode,
+    from the stat that telling symlinks costs anyway."""
     real_dirs: dict[str, str] = {}  # realpath of each folder, once per folder
-    seen: dict[str, int] = {}
+    seen: dict[object, tuple[int, str]] = {}
     for row, file in enumerate(files):
         folder, name = os.path.split(str(file))
         if folder not in real_dirs:
             real_dirs[folder] = os.path.realpath(folder)
         real = os.path.join(real_dirs[folder], name)
-        if os.path.islink(real):
-            real = os.path.realpath(real)
-        first = seen.setdefault(real, row)
+        key: object = real
+        try:
+            st = os.lstat(real)
+            if stat.S_ISLNK(st.st_mode):
+                real = key = os.path.realpath(real)
+                st = os.stat(real)
+        except OSError:  # missing: refused or reported where the file is read
+            pass
+        else:
+            # st_ino is 0 where a file system has no inode numbers (some Windows ones)
+            if st.st_nlink > 1 and st.st_ino:
+                key = (st.st_dev, st.st_ino)
+        first, first_real = seen.setdefault(key, (row, real))
         if first != row:
-            return first, row, real
+            return first, row, first_real, real
     return None
 
 

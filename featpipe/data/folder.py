@@ -7,6 +7,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -140,14 +141,13 @@ class ImageFolderSource(FileSource):
     def _warn_loose_images(self, folder: Path) -> None:
         """Warn of images directly in ``folder``, where class folders are expected: they are
         in no class, so they are left out."""
-        with os.scandir(folder) as entries:
-            loose = sorted(
-                e.name
-                for e in entries
-                if not e.name.startswith(".")
-                and e.name.lower().endswith(self.extensions)
-                and e.is_file()
-            )
+        loose = sorted(
+            e.name
+            for e in _entries(folder)
+            if not e.name.startswith(".")
+            and e.name.lower().endswith(self.extensions)
+            and e.is_file()
+        )
         if loose:
             warnings.warn(
                 f"{len(loose)} image(s) directly in {str(folder)!r} ({', '.join(loose[:3])}"
@@ -158,13 +158,19 @@ class ImageFolderSource(FileSource):
             )
 
     def _check_once(self) -> None:
-        """Each image file listed once, though symlinks may reach it from two places."""
+        """Each image file listed once, though symlinks or hard links may reach it from two
+        places."""
         repeat = repeated_file(self.files)
         if repeat is not None:
-            first, later, real = repeat
+            first, later, real, other = repeat
+            how = (
+                f"through a symlink: {self.ids[first]!r} and {self.ids[later]!r} are both {real!r}"
+                if real == other
+                else f"through a hard link: {self.ids[first]!r} and {self.ids[later]!r} are one "
+                "file"
+            )
             raise SourceError(
-                f"Image folder {str(self.root)!r} reaches one image twice, through a symlink: "
-                f"{self.ids[first]!r} and {self.ids[later]!r} are both {real!r}. Each image "
+                f"Image folder {str(self.root)!r} reaches one image twice, {how}. Each image "
                 "may appear once (twice, it can land in train and in test, or in two classes); "
                 "remove one of the links."
             )
@@ -232,12 +238,27 @@ def _subfolders(folder: Path) -> list[str]:
     """Names of the visible sub-folders of ``folder`` (symlinks followed, except links back
     to ``folder`` or a folder above it, which would loop), sorted."""
     here = os.path.realpath(folder)
-    with os.scandir(folder) as entries:
-        return sorted(
-            e.name
-            for e in entries
-            if not _hidden(e.name) and e.is_dir() and not _encloses(os.path.realpath(e.path), here)
-        )
+    return sorted(
+        e.name
+        for e in _entries(folder)
+        if not _hidden(e.name) and e.is_dir() and not _encloses(os.path.realpath(e.path), here)
+    )
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as err:
+        _unlisted(err)
+
+
+def _unlisted(err: OSError) -> NoReturn:
+    """Refuse a folder that cannot be listed: skipping it would leave its images out silently."""
+    raise SourceError(
+        f"Cannot list the folder {err.filename!r} ({err.strerror or err}): its images would be "
+        "left out. Make it readable (e.g. chmod a+rx), or move it out of the image folder."
+    ) from err
 
 
 def _image_files(folder: Path, extensions: tuple[str, ...], left_out: Counter[str]) -> list[Path]:
@@ -250,7 +271,7 @@ def _image_files(folder: Path, extensions: tuple[str, ...], left_out: Counter[st
     top = os.path.realpath(folder)
     seen: set[str] = set()
     files = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_unlisted, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen or (real != top and _encloses(real, top)):
             dirnames[:] = []

@@ -181,9 +181,10 @@ class CSVSource(FileSource):
                 f"{where} is already listed on line {first['line']}; each image may appear "
                 "once. Remove one of the rows."
             )
+        both = f"both are {repeat[2]!r}" if repeat[2] == repeat[3] else "hard links to one file"
         raise SourceError(
-            f"{where} is the same image as line {first['line']} ({first['path']!r}): both "
-            f"are {repeat[2]!r}. Each image may appear once (twice, it can land in train and in "
+            f"{where} is the same image as line {first['line']} ({first['path']!r}): {both}. "
+            "Each image may appear once (twice, it can land in train and in "
             "test); remove one of the rows."
         )
 

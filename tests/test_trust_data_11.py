@@ -1,0 +1,88 @@
+"""Trust sweep of the data sources (session 13): one image reached through hard links, and
+folders a scan cannot list. Each test builds its own tiny data; an unreadable folder is
+simulated by failing os.scandir for it (tests run as root, where permissions do not bite)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import make_image_folder
+
+from featpipe.data import CSVSource, ImageFolderSource
+from featpipe.errors import SourceError
+
+
+def _refuse_listing(monkeypatch, name: str) -> None:
+    """os.scandir (which os.walk uses) fails with EACCES for the folders named ``name``."""
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.path.basename(os.fspath(path)) == name:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+# -- hard links ------------------------------------------------------------------------------
+
+
+def test_a_hard_link_in_two_classes_is_refused(tmp_path):
+    # a symlink was caught but a hard link (cp -l, a deduplicating tool) gave one image to two
+    # classes, or to train and to test
+    root = make_image_folder(tmp_path / "images", classes=("cat", "dog"), per_class=3)
+    os.link(root / "cat" / "000.jpg", root / "dog" / "dup.jpg")
+    with pytest.raises(SourceError, match=r"through a hard link: 'cat/000.jpg' and 'dog/dup.jpg'"):
+        ImageFolderSource(root)
+
+
+def test_a_hard_link_on_two_csv_rows_is_refused(tmp_path):
+    root = make_image_folder(tmp_path / "images", classes=("cat", "dog"), per_class=3)
+    os.link(root / "cat" / "000.jpg", root / "copy.jpg")
+    csv = root / "m.csv"
+    csv.write_text("path,label,split\ncat/000.jpg,cat,train\ncat/001.jpg,cat,train\n"
+                   "dog/000.jpg,dog,train\ncopy.jpg,cat,test\n")  # fmt: skip
+    with pytest.raises(SourceError, match=r"line 5: path 'copy.jpg' .* hard links to one file"):
+        CSVSource(csv)
+
+
+def test_hard_links_from_outside_the_dataset_are_not_refused(tmp_path):
+    # a file with two links, only one of them in the dataset (a `cp -al` snapshot), is one row
+    root = make_image_folder(tmp_path / "images", classes=("cat", "dog"), per_class=3)
+    os.link(root / "cat" / "000.jpg", tmp_path / "elsewhere.jpg")
+    assert len(ImageFolderSource(root)) == 6
+    (root / "m.csv").write_text("path,label\ncat/000.jpg,cat\ndog/000.jpg,dog\n")
+    assert len(CSVSource(root / "m.csv")) == 2
+
+
+def test_a_symlink_to_a_hard_linked_file_is_still_caught(tmp_path):
+    root = make_image_folder(tmp_path / "images", classes=("cat", "dog"), per_class=3)
+    os.link(root / "cat" / "000.jpg", tmp_path / "elsewhere.jpg")
+    os.symlink(root / "cat" / "000.jpg", root / "dog" / "link.jpg")
+    with pytest.raises(SourceError, match=r"through a symlink: 'cat/000.jpg' and 'dog/link.jpg'"):
+        ImageFolderSource(root)
+
+
+# -- folders that cannot be listed -----------------------------------------------------------
+
+
+def test_an_unreadable_subfolder_of_a_class_is_not_skipped_silently(tmp_path, monkeypatch):
+    # os.walk without onerror skipped it: the class lost its images and nothing said so
+    root = make_image_folder(tmp_path / "images", classes=("cat", "dog"), per_class=3)
+    make_image_folder(root / "cat", classes=("more",), per_class=3)
+    assert len(ImageFolderSource(root)) == 9
+    _refuse_listing(monkeypatch, "more")
+    with pytest.raises(SourceError, match=r"Cannot list the folder '.*cat/more'.*chmod"):
+        ImageFolderSource(root)
+
+
+@pytest.mark.parametrize("name", ["dog", "images", "train"])
+def test_an_unreadable_class_split_or_root_folder_is_one_line(tmp_path, monkeypatch, name):
+    # a class folder was called empty ("contains no images"); the root or a split folder
+    # raised a PermissionError traceback
+    splits = ("train", "test") if name == "train" else None
+    root = make_image_folder(tmp_path / "images", ("cat", "dog"), per_class=2, splits=splits)
+    _refuse_listing(monkeypatch, name)
+    with pytest.raises(SourceError, match=f"Cannot list the folder '.*{name}' \\(Permission"):
+        ImageFolderSource(root)
