@@ -5,7 +5,13 @@
 """
 
 from featpipe.distributed.progress import LineProgress, progress_bar
-from featpipe.distributed.ranks import Ranks, current_ranks, process_group, under_torchrun
+from featpipe.distributed.ranks import (
+    Ranks,
+    current_ranks,
+    process_group,
+    refuse_other_settings,
+    under_torchrun,
+)
 
 __all__ = [
     "LineProgress",
@@ -13,5 +19,6 @@ __all__ = [
     "current_ranks",
     "process_group",
     "progress_bar",
+    "refuse_other_settings",
     "under_torchrun",
 ]

@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
+import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -170,3 +172,50 @@ def process_group(
     finally:
         if made and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def refuse_other_settings(
+    settings: Mapping[str, object],
+    what: str,
+    *,
+    source: object = None,
+    own: Collection[str] = (),
+) -> None:
+    """In a process group, refuse on every rank (in one line) ``settings`` that differ from
+    rank 0's, compared as their repr, and a ``source`` with other images, labels or splits
+    (a digest of its ``ids``, ``labels``, ``splits`` and ``classes``). Ranks started with
+    other settings would otherwise mix them silently: DDP averages the gradients of ranks
+    that each step with their own learning rate. ``own``: settings a rank may set for itself
+    (its device, its verbosity). Outside a process group, nothing to compare."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    mine = {name: repr(value) for name, value in settings.items() if name not in own}
+    if source is not None:
+        mine["source"] = _source_digest(source)
+    every: list[dict[str, str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)  # every rank sees every difference, and refuses
+    main = every[0]
+    differ = [
+        f"rank {rank} {name} {theirs.get(name)} (rank 0: {main.get(name)})"
+        for rank, theirs in enumerate(every[1:], 1)
+        for name in sorted(main.keys() | theirs.keys())
+        if main.get(name) != theirs.get(name)
+    ]
+    if differ:
+        shown = "; ".join(differ[:4]) + (f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
+        raise ConfigError(
+            f"The ranks of this torchrun job were given other {what} settings than rank 0: "
+            f"{shown}. Start every rank with the same command, options and data."
+        )
+
+
+def _source_digest(source) -> str:
+    """A digest of the images a source holds (ids, labels, splits, class names): not of their
+    files, which would take a pass over them."""
+    h = hashlib.sha256()
+    for sample_id in source.ids:
+        h.update(str(sample_id).encode() + b"\0")
+    for name in ("labels", "splits"):
+        h.update(np.ascontiguousarray(np.asarray(getattr(source, name)), dtype=np.int64).data)
+    h.update("\0".join(map(str, source.classes)).encode())
+    return f"{len(source.ids)} images, digest {h.hexdigest()[:12]}"

@@ -28,7 +28,7 @@ from featpipe.backbones.registry import BackboneSpec
 from featpipe.data.images import check_decode
 from featpipe.data.source import ImageSource
 from featpipe.device import amp_dtype, cudnn_autotune, on_device, resolve_device
-from featpipe.distributed import progress_bar
+from featpipe.distributed import progress_bar, refuse_other_settings
 from featpipe.errors import (
     ConfigError,
     HeadMismatchError,
@@ -229,6 +229,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         )
         self.device_ = resolve_device(self.device)
         with on_device(self.device_), cudnn_autotune(self.device_), ddp.joined(self.device_):
+            own = ("callbacks", "device", "verbose", "workers")  # each rank's own to set
+            refuse_other_settings(self.get_params(), "fine-tune", source=source, own=own)
             # Before the run folder is made: a mode the backbone cannot take leaves nothing.
             self.backbone_ = get_backbone(spec_for(self.backbone, mode), self.image_size)
             check_mode(mode, self.backbone_.stages)
