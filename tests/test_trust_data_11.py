@@ -8,8 +8,9 @@ import os
 
 import pytest
 from conftest import make_image_folder
+from dataset_files import write_parquet_folder, write_wds_dataset
 
-from featpipe.data import CSVSource, ImageFolderSource
+from featpipe.data import CSVSource, ImageFolderSource, open_source
 from featpipe.errors import SourceError
 
 
@@ -86,3 +87,23 @@ def test_an_unreadable_class_split_or_root_folder_is_one_line(tmp_path, monkeypa
     _refuse_listing(monkeypatch, name)
     with pytest.raises(SourceError, match=f"Cannot list the folder '.*{name}' \\(Permission"):
         ImageFolderSource(root)
+
+
+def test_an_unreadable_folder_of_shards_is_not_skipped_silently(tmp_path, monkeypatch):
+    # Path.rglob skipped it: wds:<folder> read 18 of 36 samples without a word
+    pytest.importorskip("webdataset")
+    write_wds_dataset(tmp_path / "shards" / "part1")
+    write_wds_dataset(tmp_path / "shards" / "part2")
+    assert len(open_source(f"wds:{tmp_path / 'shards'}")) == 36
+    _refuse_listing(monkeypatch, "part2")
+    with pytest.raises(SourceError, match=r"Cannot list the folder '.*part2' \(Permission"):
+        open_source(f"wds:{tmp_path / 'shards'}")
+
+
+def test_an_unreadable_folder_of_parquet_files_is_not_skipped_silently(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    write_parquet_folder(tmp_path / "table")
+    assert len(open_source(f"hf-dataset:{tmp_path / 'table'}?label=fine_label")) > 0
+    _refuse_listing(monkeypatch, "data")
+    with pytest.raises(SourceError, match=r"Cannot list the folder '.*data' \(Permission"):
+        open_source(f"hf-dataset:{tmp_path / 'table'}?label=fine_label")

@@ -8,12 +8,14 @@ import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from PIL import Image
 
 from featpipe.data.images import load_rgb, read_error
 from featpipe.data.source import ImageSource
 from featpipe.distributed.progress import track
+from featpipe.errors import SourceError
 
 _HASH_PROGRESS_MIN = 2000  # hashing fewer files than this is quick enough to do silently
 
@@ -75,6 +77,24 @@ def repeated_file(files: list[Path]) -> tuple[int, int, str, str] | None:
         if first != row:
             return first, row, first_real, real
     return None
+
+
+def files_under(folder: Path, suffix: str) -> list[Path]:
+    """The files named ``*<suffix>`` (not hidden) anywhere under ``folder``, sorted, as
+    ``Path.rglob`` finds them (symlinked folders not followed), but refusing a folder that
+    cannot be listed, which rglob skips without a word."""
+    found = []
+    for dirpath, _, filenames in os.walk(folder, onerror=unlisted):
+        found += [Path(dirpath, n) for n in filenames if n.endswith(suffix) and n[0] != "."]
+    return sorted(found)
+
+
+def unlisted(err: OSError) -> NoReturn:
+    """Refuse a folder that cannot be listed: skipping it would leave its images out silently."""
+    raise SourceError(
+        f"Cannot list the folder {err.filename!r} ({err.strerror or err}): its images would be "
+        "left out. Make it readable (e.g. chmod a+rx), or move it out of the dataset."
+    ) from err
 
 
 # A file that cannot be read is part of the image set as it is now: it gets a fingerprint part

@@ -7,11 +7,10 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 
-from featpipe.data.files import FileSource, repeated_file
+from featpipe.data.files import FileSource, repeated_file, unlisted
 from featpipe.data.source import (
     SPLIT_ALIASES,
     SPLIT_CODES,
@@ -250,15 +249,7 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         with os.scandir(folder) as entries:
             return list(entries)
     except OSError as err:
-        _unlisted(err)
-
-
-def _unlisted(err: OSError) -> NoReturn:
-    """Refuse a folder that cannot be listed: skipping it would leave its images out silently."""
-    raise SourceError(
-        f"Cannot list the folder {err.filename!r} ({err.strerror or err}): its images would be "
-        "left out. Make it readable (e.g. chmod a+rx), or move it out of the image folder."
-    ) from err
+        unlisted(err)
 
 
 def _image_files(folder: Path, extensions: tuple[str, ...], left_out: Counter[str]) -> list[Path]:
@@ -271,7 +262,7 @@ def _image_files(folder: Path, extensions: tuple[str, ...], left_out: Counter[st
     top = os.path.realpath(folder)
     seen: set[str] = set()
     files = []
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=_unlisted, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unlisted, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen or (real != top and _encloses(real, top)):
             dirnames[:] = []

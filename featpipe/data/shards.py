@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from featpipe.data.arrays import check_label_max, encode_labels
+from featpipe.data.files import files_under
 from featpipe.data.folder import IMAGE_EXTENSIONS
 from featpipe.data.images import decode_rgb, read_error
 from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource
@@ -339,7 +340,7 @@ def shard_paths(spec: str | Path) -> list[Path]:
             )
         path = Path(part).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.tar") if not p.name.startswith("."))
+            found = files_under(path, ".tar")
             if not found:
                 raise SourceError(f"The folder {part!r} holds no .tar shards.")
             paths += found

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from featpipe.data.arrays import check_label_max, encode_labels
-from featpipe.data.files import file_stat
+from featpipe.data.files import file_stat, files_under
 from featpipe.data.images import decode_rgb, load_rgb
 from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource, row_ids, split_alias
 from featpipe.data.splits import assign_splits, require_train, warn_unread_split_column
@@ -395,7 +395,7 @@ def _empty_saved_splits(root: Path) -> list[str]:
 def _parquet_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+    files = files_under(path, ".parquet") if path.is_dir() else []
     if not files:
         what = "is not a folder" if not path.is_dir() else "has no .parquet files"
         raise SourceError(f"Parquet dataset {str(path)!r} {what}.")
