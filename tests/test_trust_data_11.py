@@ -107,3 +107,18 @@ def test_an_unreadable_folder_of_parquet_files_is_not_skipped_silently(tmp_path,
     _refuse_listing(monkeypatch, "data")
     with pytest.raises(SourceError, match=r"Cannot list the folder '.*data' \(Permission"):
         open_source(f"hf-dataset:{tmp_path / 'table'}?label=fine_label")
+
+
+# -- CSV manifests ---------------------------------------------------------------------------
+
+
+def test_a_csv_path_in_another_unicode_form_than_the_file_says_so(tmp_path):
+    # 'é' as one code point in the CSV, as two in the file's name (copied from macOS): the file
+    # was called missing though `ls` shows it
+    root = make_image_folder(tmp_path / "images", classes=("cat", "dog"), per_class=2)
+    os.rename(root / "cat" / "000.jpg", root / "cat" / "cafe\u0301.jpg")
+    (root / "m.csv").write_text(
+        "path,label\ncat/caf\u00e9.jpg,cat\ncat/001.jpg,cat\ndog/000.jpg,dog\n", encoding="utf-8"
+    )
+    with pytest.raises(SourceError, match=r"missing .* another Unicode form .*'NFD', path\)"):
+        CSVSource(root / "m.csv")

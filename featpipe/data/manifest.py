@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -197,11 +198,26 @@ class CSVSource(FileSource):
                 f"line {row['line']}: {str(file)!r}" for row, file in missing[:_MAX_LISTED]
             )
             more = f" (and {len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
-            slashes = ""
+            hint = ""
             if os.sep == "/" and any("\\" in row["path"] for row, _ in missing):
-                slashes = " Separate folders with '/': here '\\' is part of a file name."
+                hint = " Separate folders with '/': here '\\' is part of a file name."
+            other = next((form for _, file in missing for form in _other_forms(file)), None)
+            if other is not None:
+                hint += (
+                    f" {other[1]!r} exists, spelt in another Unicode form (macOS writes file "
+                    "names decomposed): write the paths as the files are named, e.g. with "
+                    f"unicodedata.normalize({other[0]!r}, path)."
+                )
             raise SourceError(
                 f"CSV manifest {str(self.csv_path)!r} lists {len(missing)} missing file(s): "
                 f"{listed}{more}. Paths are relative to the CSV's folder; fix or remove those "
-                f"rows.{slashes}"
+                f"rows.{hint}"
             )
+
+
+def _other_forms(file: Path) -> list[tuple[str, str]]:
+    """(Unicode form, path) of ``file`` spelt in the other forms that exist on disk: an é
+    is one code point (NFC) or two (NFD), and file systems keep whichever they were given."""
+    text = str(file)
+    forms = [(form, unicodedata.normalize(form, text)) for form in ("NFC", "NFD")]
+    return [(form, other) for form, other in forms if other != text and os.path.isfile(other)]
