@@ -49,3 +49,13 @@ def test_optimiser_state_of_other_shapes_is_refused(tmp_path):
     swapped = torch.optim.SGD([b, a], lr=0.1, momentum=0.9)
     with pytest.raises(ConfigError, match=r"groups of \[2\] parameters in last.pt, \[2\] now"):
         checkpoint.check_optimizer(saved, swapped, tmp_path / "last.pt")
+
+
+def test_a_grid_setting_given_twice_is_refused(tmp_path, capsys):
+    # Before: the second --grid lr replaced the first; a one-candidate grid (lr=0.2) trained.
+    run_dir = tmp_path / "ft"
+    args = "finetune --backbone toy --epochs 1 --no-progress --grid lr=0.1 --grid lr=0.2"
+    assert cli_main([*args.split(), "--data", str(tmp_path), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "--grid lr is given twice ('lr=0.1', 'lr=0.2')" in err and "--grid lr=V1,V2" in err
+    assert not run_dir.exists()

@@ -166,12 +166,18 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     or else as a string; ``patience`` 0 is None (no early stopping), as ``--patience 0``."""
     from featpipe.finetune.search import check_grid
 
-    grid = {}
+    grid, grid_items = {}, {}
     for item in items:
         key, sep, values = item.partition("=")
-        if not sep or not values:
-            raise ConfigError(f"--grid needs KEY=V1,V2,...; got {item!r}.")
         key = key.strip()
+        if not sep or not values or not key:
+            raise ConfigError(f"--grid needs KEY=V1,V2,...; got {item!r}.")
+        if key in grid:  # the later one would replace the earlier: a candidate lost silently
+            raise ConfigError(
+                f"--grid {key} is given twice ({grid_items[key]!r}, {item!r}); give each "
+                f"setting once, with all its values: --grid {key}=V1,V2,..."
+            )
+        grid_items[key] = item
         grid[key] = [_grid_value(key, v.strip()) for v in values.split(",")]
     check_grid(grid, "--grid")
     return grid
