@@ -217,6 +217,37 @@ def _fixed_size(model: nn.Module) -> int | None:
     return int(cfg["input_size"][-1])
 
 
+def _coat_stages(model: nn.Module) -> list[tuple[str, ...]] | None:
+    """CoaT's stages in forward order (None for other models): it registers every patch
+    embedding, then every positional encoding, then the blocks, so registration order is
+    not forward order. Scale i is its patch embedding with its class token, then its serial
+    blocks with the encodings (cpe, crpe) they share (the parallel blocks reuse the later
+    ones); then the parallel blocks with the norms, then ``aggregate``."""
+    from timm.models.coat import CoaT
+
+    if not isinstance(model, CoaT):
+        return None
+    held = {n for n, m in model.named_children() if next(m.parameters(), None) is not None}
+    held |= {n for n, _ in model.named_parameters(recurse=False)}
+    parts = [
+        names
+        for i in range(1, 5)
+        for names in (
+            (f"patch_embed{i}", f"cls_token{i}"),
+            (f"serial_blocks{i}", f"cpe{i}", f"crpe{i}"),
+        )
+    ]
+    parts += [("parallel_blocks", "norm2", "norm3", "norm4"), ("aggregate",)]
+    stages: list[tuple[str, ...]] = []
+    for names in parts:
+        stage = tuple(n for n in names if n in held)
+        if stage and stages and all(n.startswith("norm") for n in stage):
+            stages[-1] += stage  # a norm joins the stage before it (CoaT-Lite's norm4)
+        elif stage:
+            stages.append(stage)
+    return stages
+
+
 def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Backbone:
     """A Backbone around a timm model: its preprocessing, classifier, token pooling and
     stages."""
@@ -238,7 +269,9 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
         channels_last_layers=_channels_last_layers(model, classifier, nhwc, preprocessing.crop),
         class_token_stage=_class_token_stage(model),
     )
-    backbone.stages = stages_of(model, _block_containers(model), exclude=backbone.classifier)
+    backbone.stages = _coat_stages(model) or stages_of(
+        model, _block_containers(model), exclude=backbone.classifier
+    )
     return backbone
 
 
