@@ -1,6 +1,7 @@
 """A fine-tune checkpoint whose optimiser state does not fit the parameters that train now
 (an old partial:N checkpoint, which records no frozen modules, under another stage list) is
-refused in one line, not with torch's traceback."""
+refused in one line, not with torch's traceback; a --grid setting given twice is refused; mode
+'head' trains the head only, also on a model with parameters of its own (a ViT's cls_token)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from test_trust_finetune_10 import STAGES
 from featpipe.cli import main as cli_main
 from featpipe.errors import ConfigError
 from featpipe.finetune import checkpoint
+from featpipe.finetune.freezing import Mode, freeze
 
 
 def test_an_old_partial_checkpoint_under_another_stage_list_is_refused_in_one_line(
@@ -59,3 +61,22 @@ def test_a_grid_setting_given_twice_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--grid lr is given twice ('lr=0.1', 'lr=0.2')" in err and "--grid lr=V1,V2" in err
     assert not run_dir.exists()
+
+
+def test_mode_head_freezes_the_parameters_the_model_holds_itself():
+    # Before: a timm ViT's cls_token and pos_embed (parameters of the model, in no submodule)
+    # trained in mode 'head'.
+    class ViTLike(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls_token = torch.nn.Parameter(torch.zeros(1, 4))
+            self.blocks = torch.nn.Linear(4, 4)
+            self.head = torch.nn.Linear(4, 3)
+
+    model = ViTLike()
+    frozen = freeze(model, Mode.parse("head"), ["blocks"], "head")
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [
+        "head.weight",
+        "head.bias",
+    ]
+    assert "cls_token" in frozen.params

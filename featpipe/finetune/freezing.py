@@ -168,6 +168,10 @@ def freeze(
         frozen_modules, frozen_params = _partial_names(model, mode, stages, head)
     elif mode.kind == "head":
         frozen_modules = [n for n in modules if n and not _related(n, head)]
+        # Parameters of no frozen module (a ViT's cls_token and pos_embed, on the model
+        # itself): only the head trains.
+        kept = [*frozen_modules, head]
+        frozen_params = [n for n, _ in model.named_parameters() if not _within(n, kept)]
     elif mode.kind == "bn":
         frozen_modules = [n for n, m in modules.items() if n and is_bn(m)]
 
