@@ -32,7 +32,13 @@ from featpipe.pipeline.jobs import Job, PlanData, RunContext, backbone_identity
 from featpipe.pipeline.stages import finetune as finetune_stage
 from featpipe.pipeline.stages import plan_jobs, run_job
 from featpipe.pipeline.stages.extract import feature_store
-from featpipe.pipeline.validate import check_cache_dir, check_grids, check_models, check_sizes
+from featpipe.pipeline.validate import (
+    check_cache_dir,
+    check_grids,
+    check_models,
+    check_sizes,
+    finetune_rows,
+)
 from featpipe.provenance import versions
 from featpipe.report import (
     PLOTS_DIR,
@@ -256,7 +262,7 @@ class PipelineRunner:
         if self.source is None:
             self.source = open_pipeline_source(cfg.source)
         check_sizes(cfg, self.source)
-        built = check_models(cfg)
+        built = check_models(cfg, finetune_rows(cfg, self.source))
         check_cache_dir(cfg)  # the last check: it makes the folder
         if fingerprint is None:
             fingerprint = self.source.fingerprint(content=cfg.source.hash_contents)

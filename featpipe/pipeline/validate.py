@@ -79,11 +79,12 @@ def _unused_grids(probes) -> None:
         )
 
 
-def check_models(config) -> dict:
+def check_models(config, train_rows: tuple[int, ...] = ()) -> dict:
     """Every backbone builds at its image size, every feature layer exists and pools (one
     dummy image through the model), every fine-tuning mode fits its backbone and every
-    fine-tuning setting is valid. Raises ConfigError naming the key. Returns the backbones
-    built, by spec (the runner reads their identities)."""
+    fine-tuning setting is valid. ``train_rows``: the fine-tunes' train row counts known
+    before compute (see :func:`finetune_rows`). Raises ConfigError naming the key. Returns
+    the backbones built, by spec (the runner reads their identities)."""
     from featpipe.backbones import get_backbone
 
     features, finetune = config.features, config.finetune
@@ -108,7 +109,7 @@ def check_models(config) -> dict:
     for spec in tuned:
         for i, mode in enumerate(finetune.modes):
             where = f"finetune.modes[{i}]"
-            _check_finetune(built[spec], mode, finetune.params(), finetune.grid, where)
+            _check_finetune(built[spec], mode, finetune.params(), finetune.grid, where, train_rows)
     return built
 
 
@@ -168,7 +169,7 @@ def check_sizes(config, source) -> None:
             "evaluated; set source.test_fraction > 0 or give the source a test split."
         )
     n_train = len(source.indices("train"))
-    if config.probes.heads and config.probes.layers:
+    if (config.probes.heads and config.probes.layers) or _lpft(config):  # LP-FT fits a probe
         _two_classes(config, source)
     too_big = [n for n in config.source.train_sizes if n > n_train]
     if too_big:
@@ -176,6 +177,22 @@ def check_sizes(config, source) -> None:
             f"source.train_sizes {too_big} exceed the {n_train} train images of the source; "
             f"use sizes up to {n_train}."
         )
+
+
+def _lpft(config) -> bool:
+    from featpipe.finetune.freezing import Mode
+
+    modes = config.finetune.modes if config.finetune.backbones else ()
+    return any(Mode.parse(mode).kind == "lpft" for mode in modes)
+
+
+def finetune_rows(config, source) -> tuple[int, ...]:
+    """The train row counts of the fine-tunes, where known before compute: each size of the
+    data-size sweep, or the train split. Unknown (empty) without a val split: the fine-tune
+    then carves its val rows out of train."""
+    if not config.finetune.modes or len(source.indices("val")) == 0:
+        return ()
+    return tuple(config.source.train_sizes) or (len(source.indices("train")),)
 
 
 def _two_classes(config, source) -> None:
@@ -227,12 +244,19 @@ def _check_layers(backbone, image_size: int | None, layers: list[str]) -> None:
         raise ConfigError(f"features.layers: {exc}") from None
 
 
-def _check_finetune(backbone, mode: str, options: dict, grid: dict, where: str) -> None:
+def _check_finetune(
+    backbone, mode: str, options: dict, grid: dict, where: str, train_rows: tuple[int, ...]
+) -> None:
     from sklearn.model_selection import ParameterGrid
 
     from featpipe.distributed import current_ranks
     from featpipe.finetune import FineTuner
-    from featpipe.finetune.freezing import Mode, check_batches_of_one, freeze
+    from featpipe.finetune.freezing import (
+        Mode,
+        check_batches_of_one,
+        freeze,
+        training_batch_norm,
+    )
     from featpipe.finetune.tuner import check_one_classifier
 
     try:
@@ -249,6 +273,23 @@ def _check_finetune(backbone, mode: str, options: dict, grid: dict, where: str) 
     # extraction): the base batch_size and every grid candidate's. SyncBatchNorm normalises
     # over every rank's images.
     ranks = current_ranks().world_size
+    # One train image per rank is a batch of one too, whatever the batch_size (each rank
+    # draws n // ranks rows); FineTuner refuses it only once the fine-tune starts.
+    ones = [n for n in train_rows if n // ranks == 1]
+    synced = [bool(p.get("sync_bn", options["sync_bn"])) for p in ParameterGrid(dict(grid))]
+    if (
+        ones
+        and not (ranks > 1 and all(synced))
+        and (bn := training_batch_norm(backbone.model, frozen))
+    ):
+        per_rank = f" over {ranks} ranks" if ranks > 1 else ""
+        raise ConfigError(
+            f"{where} ({mode!r} on {backbone.spec}): {ones[0]} train image(s){per_rank} "
+            f"train batches of 1 image through batch norm that trains (e.g. {bn[0]}), which "
+            "normalises each batch by its own statistics. Use at least 2 train images per "
+            "rank (source.train_sizes, source.limits.train), or a mode that keeps batch norm "
+            "frozen (bn, head, lpft)."
+        )
     for params in ParameterGrid(dict(grid)):
         settings = {**options, **params}
         if "image_size" in params:  # a size the backbone refuses (fixed, or out of range)

@@ -1,0 +1,54 @@
+"""Pipeline trust checks, session 13: what a fine-tune-only pipeline refuses at the check."""
+
+from __future__ import annotations
+
+import pytest
+import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+
+from featpipe.errors import ConfigError
+from featpipe.pipeline import config_from_dict, run_pipeline
+
+
+def _finetune_only(tmp_path, modes, source):
+    return config_from_dict({
+        "name": "twelve", "out": str(tmp_path / "run"), "device": "cpu",
+        "source": {"data": "digits", "limits": {"train": 30, "val": 15, "test": 15}, **source},
+        "features": {"backbones": ["toy"], "workers": 0, "cache_dir": str(tmp_path / "c")},
+        "probes": {"heads": []},
+        "finetune": {"modes": modes, "epochs": 1, "batch_size": 4, "workers": 0},
+    })  # fmt: skip
+
+
+def _refused(config, match, tmp_path):
+    with pytest.raises(ConfigError, match=match):
+        run_pipeline(config, progress=False, log=lambda _: None)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Subsampling")  # classes without train rows
+@pytest.mark.parametrize(
+    ("modes", "source", "said"),
+    [
+        (["full"], {"train_sizes": [1, 10]}, r"\('full' on toy\): 1 train image\(s\) train "),
+        (["full"], {"limits": {"train": 1}}, r"\('full' on toy\): 1 train image\(s\) train "),
+        (["lpft"], {"train_sizes": [1, 10]}, r"source.train_sizes \[1\]: one train image"),
+        (["lpft"], {"limits": {"train": 1}}, r"train split holds 1 image\(s\) of 1 class"),
+    ],
+)
+def test_a_finetune_only_pipeline_on_one_train_image_is_refused_at_the_check(
+    tmp_path, modes, source, said
+):
+    # Before: refused at the fine-tune's start (batch of one through training batch norm,
+    # LP-FT's probe on one class), after plan.json was written (and LP-FT's extraction).
+    _refused(_finetune_only(tmp_path, modes, source), said, tmp_path)
+
+
+def test_one_train_image_where_batch_norm_is_frozen_passes_the_check(tmp_path):
+    from featpipe.data import open_source
+    from featpipe.pipeline.validate import check_models, check_sizes, finetune_rows
+
+    config = _finetune_only(tmp_path, ["head", "bn"], {"train_sizes": [1, 10]})
+    source = open_source("digits")
+    check_sizes(config, source)
+    assert finetune_rows(config, source) == (1, 10)
+    check_models(config, finetune_rows(config, source))
