@@ -110,14 +110,29 @@ def paired_score_bootstrap(
 
 
 def _paired(correct_a, correct_b) -> tuple[np.ndarray, np.ndarray]:
-    a = np.asarray(correct_a, dtype=bool)
-    b = np.asarray(correct_b, dtype=bool)
+    a, b = _correctness(correct_a), _correctness(correct_b)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ConfigError(
             f"A paired comparison needs two equal-length 1-d correctness vectors over the same "
             f"test images; got shapes {a.shape} and {b.shape}."
         )
     return a, b
+
+
+def _correctness(values) -> np.ndarray:
+    """Per-image correctness as booleans: True/False or 1/0 only. Anything else (class indices
+    passed for correctness, NaN for a missing prediction) would read as right wherever it is
+    not 0."""
+    array = np.asarray(values)
+    if array.dtype != bool and array.size:
+        odd = array[~np.isin(array, (0, 1))]
+        if odd.size:
+            raise ConfigError(
+                "A paired comparison needs each method's correctness per test image, True/False "
+                f"or 1/0; got values such as {odd.ravel()[:1].tolist()[0]!r}. Pass "
+                "y_pred == y_true."
+            )
+    return array.astype(bool)
 
 
 @dataclass(frozen=True)

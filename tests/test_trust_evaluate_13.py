@@ -1,0 +1,34 @@
+"""Trust sweep of featpipe.evaluate (session 13): paired comparisons on odd inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featpipe.errors import ConfigError
+from featpipe.evaluate.compare import compare, mcnemar, paired_bootstrap
+
+B = np.array([1, 0, 0, 1, 0, 0, 0, 1])
+
+
+@pytest.mark.parametrize(
+    "correct_a, shown",
+    [
+        (np.array([3, 1, 2, 4, 5, 6, 7, 8]), "3"),  # class indices, not correctness
+        (np.array([1.0, np.nan, np.nan, 1, np.nan, np.nan, np.nan, 1]), "nan"),  # missing
+    ],
+)
+def test_correctness_that_is_not_true_or_false_is_refused(correct_a, shown):
+    """Predicted classes passed for correctness read as right wherever they were not 0 ('A
+    beats B by 100.0 points'), and NaN for a missing prediction read as right."""
+    with pytest.raises(ConfigError, match=f"True/False or 1/0; got values such as {shown}"):
+        compare("A", correct_a, "B", B, n_boot=50)
+    with pytest.raises(ConfigError, match="y_pred == y_true"):
+        mcnemar(B, correct_a)
+
+
+def test_correctness_as_booleans_or_as_1_and_0_gives_the_same_comparison():
+    a = np.array([True, True, False, True, True, False, True, True])
+    for form in (a, a.astype(int), a.astype(float)):
+        assert paired_bootstrap(form, B, n_boot=50) == paired_bootstrap(a, B, n_boot=50)
+        assert mcnemar(form, B) == mcnemar(a, B)
