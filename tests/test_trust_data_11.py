@@ -9,9 +9,11 @@ import os
 import pytest
 from conftest import make_image_folder
 from dataset_files import write_parquet_folder, write_wds_dataset
+from PIL import Image
 
 from featpipe.data import CSVSource, ImageFolderSource, open_source
-from featpipe.errors import SourceError
+from featpipe.data.unreadable import unreadable_images
+from featpipe.errors import ImageReadError, SourceError
 
 
 def _refuse_listing(monkeypatch, name: str) -> None:
@@ -122,3 +124,45 @@ def test_a_csv_path_in_another_unicode_form_than_the_file_says_so(tmp_path):
     )
     with pytest.raises(SourceError, match=r"missing .* another Unicode form .*'NFD', path\)"):
         CSVSource(root / "m.csv")
+
+
+# -- tables: rows without their image --------------------------------------------------------
+
+
+def _table_of_paths(tmp_path, empty_row: int | None):
+    """A parquet file of six rows holding image paths (row 4's file is missing) and, at
+    ``empty_row``, no image at all (a null cell, as scraped datasets have)."""
+    datasets = pytest.importorskip("datasets")
+    for i in range(6):
+        Image.new("RGB", (4, 4), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    rows = [{"image": {"bytes": None, "path": f"{i}.png"}, "label": i % 2} for i in range(6)]
+    if empty_row is not None:
+        rows[empty_row]["image"] = None
+    features = {"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names="ab")}
+    table = datasets.Dataset.from_list(rows, features=datasets.Features(features))
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(table.data.table, tmp_path / "t.parquet")
+    (tmp_path / "4.png").unlink()
+    return open_source(f"hf-dataset:{tmp_path / 't.parquet'}")
+
+
+def test_a_table_row_without_an_image_is_skippable_like_an_unreadable_file(tmp_path):
+    # it raised SourceError, which on_error="skip" does not skip (and under --workers the
+    # message was DataLoader's traceback); --hash-contents ended in it too
+    source = _table_of_paths(tmp_path, empty_row=2)
+    assert source.path(2) is None
+    with pytest.raises(ImageReadError, match=r"train/00002.*holds no image"):
+        source.load(2)
+    skipped = {"train/00002": "no image in the row", "train/00004": "file not found"}
+    assert unreadable_images(source, "skip") == skipped
+    assert unreadable_images(source, "skip", workers=1) == skipped
+    assert source.fingerprint(content=True) != _table_of_paths(tmp_path, None).fingerprint(True)
+
+
+def test_hash_contents_of_a_table_whose_image_file_is_missing_is_no_traceback(tmp_path):
+    # FileNotFoundError came out of fingerprint(content=True); file sources record the row
+    # as unreadable, and extraction then fails on it or skips it
+    source = _table_of_paths(tmp_path, empty_row=None)
+    assert len(source.fingerprint(content=True)) > 0
+    with pytest.raises(ImageReadError, match=r"4\.png.*file not found"):
+        source.read_bytes(4)

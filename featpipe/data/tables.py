@@ -24,10 +24,10 @@ from PIL import Image
 
 from featpipe.data.arrays import check_label_max, encode_labels
 from featpipe.data.files import file_stat, files_under
-from featpipe.data.images import decode_rgb, load_rgb
+from featpipe.data.images import decode_rgb, load_rgb, read_error
 from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource, row_ids, split_alias
 from featpipe.data.splits import assign_splits, require_train, warn_unread_split_column
-from featpipe.errors import SourceError, did_you_mean
+from featpipe.errors import ImageReadError, SourceError, did_you_mean
 from featpipe.extras import import_extra
 
 # Column names tried, in order, when no column has the Image or ClassLabel type.
@@ -237,22 +237,37 @@ class TableSource(ImageSource):
 
     def read_bytes(self, index: int) -> bytes:
         data, path = self._cell(index)
-        return data if data is not None else self._external(path, index).read_bytes()
+        if data is not None:
+            return data
+        file = self._external(path, index)
+        try:
+            return file.read_bytes()
+        except OSError as err:
+            raise read_error(file, err) from err
 
     def path(self, index: int) -> str | None:
-        """The image file of a row that holds only its path; None for encoded bytes."""
+        """The image file of a row that holds only its path; None for encoded bytes (or no
+        image: ``load`` then says so)."""
         data, path = self._cell(index)
-        return None if data is not None else str(self._external(path, index))
+        return None if data is not None or not path else str(self._external(path, index))
 
     def _external(self, path: str | None, index: int) -> Path:
-        if not path:
-            raise SourceError(f"{self._name(index)} has neither image bytes nor a file path.")
+        if not path:  # an empty cell: an image missing from the dataset, skippable (on_error)
+            raise ImageReadError(
+                f"Cannot read image {self._name(index)!r}: its row holds no image (neither "
+                "bytes nor a file path). Add the image to the dataset, or remove the row.",
+                path=self._name(index),
+                reason="no image in the row",
+            )
         return self._image_dir / path  # an absolute path stays as it is
 
     def _fingerprint_parts(self, content: bool) -> Iterator[bytes]:
         if content:
             for i in range(len(self)):
-                yield hashlib.sha256(self.read_bytes(i)).digest()
+                try:
+                    yield hashlib.sha256(self.read_bytes(i)).digest()
+                except ImageReadError as err:  # as for files: extraction fails or skips it
+                    yield f"unreadable:{err.reason}".encode()
             return
         # Without content: the size and mtime of the files that hold each split's rows, and
         # of the image file of a row that holds only its path (rewriting it changes the row).
