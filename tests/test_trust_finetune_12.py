@@ -1,7 +1,8 @@
 """A fine-tune checkpoint whose optimiser state does not fit the parameters that train now
 (an old partial:N checkpoint, which records no frozen modules, under another stage list) is
 refused in one line, not with torch's traceback; a --grid setting given twice is refused; mode
-'head' trains the head only, also on a model with parameters of its own (a ViT's cls_token)."""
+'head' trains the head only, also on a model with parameters of its own (a ViT's cls_token); a
+pipeline's LP-FT grid of image sizes computes its probe's features (the store has one size)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from featpipe.cli import main as cli_main
 from featpipe.errors import ConfigError
 from featpipe.finetune import checkpoint
 from featpipe.finetune.freezing import Mode, freeze
+from featpipe.pipeline import config_from_dict, run_pipeline
+from featpipe.report import read_results
 
 
 def test_an_old_partial_checkpoint_under_another_stage_list_is_refused_in_one_line(
@@ -80,3 +83,21 @@ def test_mode_head_freezes_the_parameters_the_model_holds_itself():
         "head.bias",
     ]
     assert "cls_token" in frozen.params
+
+
+def test_a_pipeline_lpft_grid_of_image_sizes_computes_its_probe_features(tmp_path):
+    # Before: the probe read the store at the features' image size; the candidate at
+    # another size raised StoreMismatchError after the first candidate had trained.
+    config = config_from_dict({
+        "name": "grid", "out": str(tmp_path / "run"), "device": "cpu",
+        "source": {"data": "digits", "limits": {"train": 30, "val": 15, "test": 15}},
+        "features": {"backbones": ["toy"], "layers": ["pooled"], "workers": 0,
+                     "cache_dir": str(tmp_path / "c")},
+        "probes": {"heads": ["knn"]},
+        "finetune": {"modes": ["lpft"], "workers": 0, "epochs": 1, "batch_size": 8,
+                     "grid": {"image_size": [None, 24]}},
+    })  # fmt: skip
+    run_pipeline(config, progress=False, log=lambda _: None)
+    rows = read_results(tmp_path / "run" / "results.jsonl")
+    [row] = [r for r in rows if r["kind"] == "finetune"]
+    assert len(row["curve"]) == 2 and row["provenance"]["store"] is None

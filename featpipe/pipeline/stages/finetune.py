@@ -228,9 +228,9 @@ def finetune_row(
 def _reads_store(config: PipelineConfig, backbone: str, mode: str) -> bool:
     """Whether LP-FT's probe reads the ``pooled`` features of the run's feature store of
     ``backbone`` instead of running the backbone again: it does when the store has them at
-    the fine-tuning's image size and over the same images (no train_sizes sweep, whose
-    subsets are fewer rows than the store's). Decided from the config alone, so a resumed run
-    makes the same choice as an uninterrupted one."""
+    the fine-tuning's image size (which no grid varies) and over the same images (no
+    train_sizes sweep, whose subsets are fewer rows than the store's). Decided from the
+    config alone, so a resumed run makes the same choice as an uninterrupted one."""
     from featpipe.backbones import POOLED
 
     features = config.features
@@ -239,6 +239,8 @@ def _reads_store(config: PipelineConfig, backbone: str, mode: str) -> bool:
         and backbone in features.backbones
         and POOLED in features.layers
         and config.finetune.image_size == features.image_size
+        # A grid of image sizes: the candidates at other sizes need other features.
+        and "image_size" not in (config.finetune.grid or {})
         and not config.source.train_sizes
     )
 
