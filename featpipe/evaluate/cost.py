@@ -1,4 +1,5 @@
-"""What a method costs: wall time, peak host memory (RSS) and peak device memory.
+"""What a method costs: wall time, peak host memory (RSS of this process: DataLoader worker
+processes are not in it) and peak device memory.
 
 ``measure`` records the :class:`Usage` of a block; :meth:`Cost.of` turns usages and timings
 into the one cost record a result row holds, whatever stage produced it.
@@ -149,7 +150,9 @@ class Cost:
 
 @contextmanager
 def measure(device: str | None = None) -> Iterator[Usage]:
-    """Time a block and record the peak host RSS (and CUDA memory on ``device``) inside it."""
+    """Time a block and record the peak host RSS of this process (and CUDA memory on
+    ``device``) inside it. Worker processes are left out: forked, most of their RSS is pages
+    shared with this process (summed, they would count them twice)."""
     cost = Usage()
     cost.host_peak_is_lifetime = not reset_peak_host_rss()
     gpu = _cuda_device(device)

@@ -197,7 +197,7 @@ def _results_table(summaries: list[MethodSummary]) -> Table:
         "predict s",
         "total s",
         "images/s",
-        "peak host MiB",
+        "peak host MiB (main process)",
         "peak device MiB",
         "trainable params",
         "chosen parameters",

@@ -53,7 +53,8 @@ Fields (``?``: may be null):
   fine-tune's, without a grid; each resumed piece's fit seconds times that piece's processes),
   ``predict_seconds`` (test split), ``total_seconds`` (extraction + fit + predict),
   ``images_per_s``? (inference throughput on test images, backbone forward included),
-  ``peak_host_bytes`` (peak RSS during fit and predict), ``peak_device_bytes``? (null off-GPU),
+  ``peak_host_bytes`` (the main process's peak RSS during fit and predict, rank 0's under
+  torchrun; DataLoader worker processes not included), ``peak_device_bytes``? (null off-GPU),
   ``trainable_params``?. Seconds are the wall seconds of the method's processes; a report counts
   those of a method run on several processes at once (``world_size`` > 1) once per process, as
   a store's extraction sums the seconds of the processes that filled it (process-seconds): fit
