@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from featpipe.errors import ConfigError
-from featpipe.evaluate.compare import compare, mcnemar, paired_bootstrap
+from featpipe.evaluate.compare import compare, mcnemar, paired_bootstrap, paired_score_bootstrap
 
 B = np.array([1, 0, 0, 1, 0, 0, 0, 1])
 
@@ -32,3 +32,11 @@ def test_correctness_as_booleans_or_as_1_and_0_gives_the_same_comparison():
     for form in (a, a.astype(int), a.astype(float)):
         assert paired_bootstrap(form, B, n_boot=50) == paired_bootstrap(a, B, n_boot=50)
         assert mcnemar(form, B) == mcnemar(a, B)
+
+
+@pytest.mark.parametrize("y_true", [[0, 1, 2, np.nan], [0.0, 1.0, 2.0, 1.5]])
+def test_paired_scores_refuse_labels_that_are_not_class_indices_in_one_line(y_true):
+    """Float labels (NaN for a missing one) raised numpy's TypeError from a bincount."""
+    pred = np.array([0, 1, 2, 1])
+    with pytest.raises(ConfigError, match=r"integer class indices 0\.\.2; got float64 values"):
+        paired_score_bootstrap(np.array(y_true), pred, pred, 3, n_boot=20)

@@ -90,8 +90,15 @@ def paired_score_bootstrap(
             "A paired comparison needs true labels and two methods' predictions over the same "
             f"test images, 1-d and of equal length; got shapes {y.shape}, {a.shape}, {b.shape}."
         )
-    if min(v.min() for v in (y, a, b)) < 0 or max(v.max() for v in (y, a, b)) >= n_classes:
-        raise ConfigError(f"Labels and predictions must be class indices 0..{n_classes - 1}.")
+    values = np.concatenate([y, a, b])
+    if (
+        not np.issubdtype(values.dtype, np.integer)
+        or not 0 <= values.min() <= values.max() < n_classes
+    ):
+        raise ConfigError(
+            f"Labels and predictions must be integer class indices 0..{n_classes - 1}; got "
+            f"{values.dtype} values {values.min()}..{values.max()}."
+        )
     check_n_boot(n_boot)
     whole = [resampled_scores(y, p, np.arange(len(y))[None], n_classes) for p in (a, b)]
     out = {m: (float(whole[0][m][0] - whole[1][m][0]), None, None) for m in PAIRED_SCORES}
