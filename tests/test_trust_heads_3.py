@@ -119,6 +119,7 @@ def test_an_interrupted_save_leaves_the_previous_head_and_sidecar(tmp_path, monk
     assert side == before and type(head) is type(first.estimator)
     X, _ = store.arrays("pooled", "val")
     np.testing.assert_array_equal(head.predict(X), first.estimator.predict(X))
+    store.close()  # done reading: its read lock file goes
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("head")) == sorted(
         ["head.h5", path.name, sidecar_path(path).name]
     )  # no temporary file left behind

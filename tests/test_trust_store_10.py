@@ -191,8 +191,8 @@ def test_a_reader_started_after_a_prune_looked_is_not_deleted(tmp_path):
 def test_readers_never_wait_and_leave_no_file(tmp_path):
     """Readers share the lock (two at once, in one process or a copy sent to another), a
     reader started while prune deletes reads without it instead of waiting, plain h5py reads
-    as before, and the last reader removes its lock file; a store without a lock file (not
-    extracted there) gets none."""
+    as before, and the last reader removes its lock file (a store without a lock file:
+    tests/test_trust_store_11.py)."""
     path = tmp_path / "s.h5"
     _extracted(path)
     first, second = FeatureStore(path), FeatureStore(path)
@@ -207,10 +207,6 @@ def test_readers_never_wait_and_leave_no_file(tmp_path):
     with NoReaders(path):  # a prune deleting the store now
         late = FeatureStore(path)
         assert not late._read_lock.held and late.labels()[3] == 1
-    plain = tmp_path / "plain.h5"
-    make_chunked_store(plain)
-    assert not FeatureStore(plain)._read_lock.held
-    assert not (tmp_path / "plain.h5.read.lock").exists()
 
 
 READER = """

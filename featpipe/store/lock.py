@@ -103,15 +103,16 @@ def _release_read_lock(fd: int, path: Path, pid: int) -> None:
 
 class ReadLock:
     """A reader's shared lock of ``store`` (see the module's notes), held until
-    :meth:`release` or until the object is garbage-collected; never waits. It is taken only
-    beside a store that has a lock file (one featpipe extracted there: what ``featpipe cache
-    prune`` deletes), so reading a store written elsewhere leaves no file beside it. A copy
-    (pickled for another process) takes its own. ``store`` None: no lock."""
+    :meth:`release` or until the object is garbage-collected; never waits. It is taken
+    beside every store whose folder it can write to, a store copied into a cache folder
+    (without its ``.lock``) included: ``featpipe cache prune`` deletes those too. In a
+    read-only folder it reads without one. A copy (pickled for another process) takes its
+    own. ``store`` None: no lock."""
 
     def __init__(self, store: str | Path | None):
         self.store = store
         self.held = False
-        if fcntl is None or store is None or not lock_path(store).exists():
+        if fcntl is None or store is None:
             return
         try:
             fd = _lock_read_file(Path(store), fcntl.LOCK_SH)

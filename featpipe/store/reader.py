@@ -178,8 +178,8 @@ class FeatureStore:
         except FileNotFoundError:  # each read opens the file: it can go between two reads
             raise StoreNotFoundError(
                 f"{self.path} is gone: it was deleted or moved after it was opened (e.g. by "
-                "rm, or by `featpipe cache prune` on a store without its `.lock`, whose readers "
-                "it cannot see). "
+                "rm, or by `featpipe cache prune` while this reader held no read lock: its "
+                "folder was read-only, or its file system has no flock). "
                 "Extract it again, or give the path it was moved to."
             ) from None
 

@@ -1,0 +1,50 @@
+"""Trust sweep of the feature store, round 4: read locks beside stores without their `.lock`
+(copied into a cache folder), and export."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from conftest import make_chunked_store
+from test_extract_faults import tmpfs
+
+from featpipe.cli import main
+from featpipe.store import FeatureStore
+
+
+def test_prune_keeps_a_copied_store_a_reader_holds(tmp_path, capsys):
+    """A store copied into a cache folder has no `.lock`: its readers took no read lock, and
+    `featpipe cache prune --all` deleted it under them."""
+    make_chunked_store(tmp_path / "s.h5")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    path = cache / "s.h5"
+    shutil.copy(tmp_path / "s.h5", path)
+    store = FeatureStore(path)
+    assert main(["cache", "prune", str(cache), "--all", "--yes"]) == 0
+    assert "in use, kept: s.h5" in capsys.readouterr().out
+    assert path.exists() and store.labels()[3] == 1
+    store.close()  # the last reader removes its lock file: nothing of it is left
+    assert sorted(p.name for p in cache.iterdir()) == ["s.h5"]
+    assert main(["cache", "prune", str(cache), "--all", "--yes"]) == 0
+    assert list(cache.iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    yield from tmpfs(tmp_path / "disk", "2m")
+
+
+def test_a_store_in_a_read_only_folder_reads_without_a_lock(small_disk):
+    path = small_disk / "s.h5"
+    make_chunked_store(path)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        store = FeatureStore(path)
+        assert not store._read_lock.held and store.labels()[3] == 1
+        assert len(store.arrays("pooled", "train")[0]) == 20
+        store.close()
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
