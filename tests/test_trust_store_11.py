@@ -6,12 +6,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import make_chunked_store
 from test_extract_faults import tmpfs
 
 from featpipe.cli import main
+from featpipe.errors import ConfigError
 from featpipe.store import FeatureStore
+from featpipe.store.writer import write_arrays
 
 
 def test_prune_keeps_a_copied_store_a_reader_holds(tmp_path, capsys):
@@ -48,3 +51,18 @@ def test_a_store_in_a_read_only_folder_reads_without_a_lock(small_disk):
         store.close()
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+
+
+def test_write_arrays_refuses_a_text_source_attribute_instead_of_writing_a_damaged_store(
+    tmp_path,
+):
+    """attrs={"source": "cifar10"} was written as plain text and read back as JSON: the store
+    just written was "not a readable featpipe store: its layout is damaged"."""
+    path = tmp_path / "s.h5"
+    args = ({"pooled": np.ones((4, 3))}, [0, 1, 0, 1], ["train"] * 2 + ["test"] * 2, ["a", "b"])
+    with pytest.raises(ConfigError, match=r"'source' must be a dict .*got 'cifar10'"):
+        write_arrays(path, *args, attrs={"source": "cifar10"})
+    assert list(tmp_path.iterdir()) == []
+    store = write_arrays(path, *args, attrs={"source": {"name": "cifar10"}, "note": "kept"})
+    assert store.attrs["source"] == {"name": "cifar10"} and store.attrs["note"] == "kept"
+    store.close()

@@ -265,6 +265,18 @@ def _checked_labels(labels: Any, classes: Sequence[str]) -> np.ndarray:
     return raw
 
 
+def _check_attrs(attrs: Mapping[str, Any]) -> None:
+    """Refuse a root attribute that readers take as a JSON object (``source``, ``backbone``,
+    ...) but is not a mapping: a plain string there made a store that read as damaged."""
+    for name, value in attrs.items():
+        if name in schema.JSON_ATTRS and name != "layers" and not isinstance(value, Mapping):
+            raise ConfigError(
+                f"The store attribute {name!r} must be a dict (featpipe reads it as one); got "
+                f"{value!r}. Give a dict (e.g. {{'name': {value!r}}}), or another attribute "
+                "name."
+            )
+
+
 def _iso(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
@@ -347,6 +359,7 @@ class StoreWriter:
         bad = [name for name in layers if "/" in name or not name]
         if bad:
             raise ConfigError(f"Layer names must be non-empty and contain no '/'; got {bad}.")
+        _check_attrs(attrs)
         path.parent.mkdir(parents=True, exist_ok=True)
         n_chunks = n_chunks_for(n, rows_per_chunk)
         row_bytes = sum(int(dim) for dim, _ in layers.values()) * np.dtype(dtype).itemsize
