@@ -162,7 +162,7 @@ def check_optimizer(
             f"Cannot resume the run in {path.parent}: {path.name}'s optimiser state does not "
             f"fit the parameters that train now (parameter groups of {before} parameters in "
             f"{path.name}, {now} now): what the mode freezes changed since it was written "
-            f"(e.g. the backbone's stage list). {start_over}"
+            f"(the backbone's stage list, or featpipe's rule for the mode). {start_over}"
         )
 
 
