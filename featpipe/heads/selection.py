@@ -204,8 +204,8 @@ def select_and_fit(
         head, name, candidates, scores, mode, select_seconds, lambda h: h.fit(X_fit, y_fit)
     )
     result.refit_on = refit_on
-    if mode == "val":
-        _warn_if_no_better_than_one_class(result, y_va, data.class_name)
+    held_out = [y_va] if mode == "val" else [y_tr[b] for _, b in folds]
+    _warn_if_no_better_than_one_class(result, held_out, data.class_name)
     if data.has("test"):  # only now, after the refit, is the test split read
         _test(result, [data.get("test")], data.ids("test"), data.classes)
     return result
@@ -265,28 +265,41 @@ def _refit(
 
 
 def _warn_if_no_better_than_one_class(
-    result: SelectionResult, y_va: np.ndarray, class_name, stacklevel: int = 3
+    result: SelectionResult, held_out: list[np.ndarray], class_name, stacklevel: int = 3
 ) -> None:
     """Warn when the chosen candidate's val accuracy is no better than predicting the most
-    common val class for every row: a few val rows (or rows of one class) cannot tell the
-    candidates from a head that ignores the features, and the first of tied candidates wins
-    (logreg's smallest C, whose head predicted the most common class for every test row:
-    100 % on 2 val rows, 17 % on test)."""
-    labels, counts = np.unique(y_va, return_counts=True)
-    share = counts.max() / len(y_va)
-    if result.val_accuracy <= share:
-        warnings.warn(
-            f"{result.head} chose {plain(result.params)} at {100 * result.val_accuracy:.1f} % "
-            f"on {len(y_va)} val rows, no better than predicting class "
-            f"{class_name(labels[counts.argmax()])!r} for every row ({100 * share:.1f} %): "
-            "these val rows cannot tell the candidates apart from a head that ignores the "
-            "features, and ties go to the first candidate in grid order (for logreg the "
-            "smallest C). "
+    common class of the rows it was scored on for every row: a few val rows (or rows of one
+    class) cannot tell the candidates from a head that ignores the features, and the first of
+    tied candidates wins (logreg's smallest C, whose head predicted the most common class for
+    every test row: 100 % on 2 val rows, 17 % on test). ``held_out``: the labels of the val
+    split, or of each cross-validation fold's held-out rows (the score is their mean, so the
+    one-class share is too: kNN with k=5 on 8+2 train rows scored 80 % and predicted the
+    common class for every test row)."""
+    shares = [np.unique(y, return_counts=True)[1].max() / len(y) for y in held_out]
+    share = float(np.mean(shares))
+    if result.val_accuracy > share:
+        return
+    labels, counts = np.unique(np.concatenate(held_out), return_counts=True)
+    common = class_name(labels[counts.argmax()])
+    n = sum(len(y) for y in held_out)
+    if result.selection == "val":
+        rows = f"on {n} val rows"
+        fix = (
             "Give the val split more rows of more classes, or leave it out to choose by "
-            "cross-validation on train.",
-            UserWarning,
-            stacklevel=stacklevel,  # select_and_fit's caller
+            "cross-validation on train."
         )
+    else:
+        rows = f"by {len(held_out)}-fold cross-validation on {n} train rows"
+        fix = "Give the train split more rows of more classes, or add a val split."
+    warnings.warn(
+        f"{result.head} chose {plain(result.params)} at {100 * result.val_accuracy:.1f} % "
+        f"{rows}, no better than predicting class {common!r} for every row "
+        f"({100 * share:.1f} %): these rows cannot tell the candidates apart from a head "
+        "that ignores the features, and ties go to the first candidate in grid order (for "
+        f"logreg the smallest C). {fix}",
+        UserWarning,
+        stacklevel=stacklevel,  # select_and_fit's caller
+    )
 
 
 def _test(
@@ -330,9 +343,11 @@ def _store_columns(scores: np.ndarray, estimator: BaseEstimator, n_classes: int)
 
 
 def _is_store(source: object) -> bool:
-    from featpipe.store import FeatureStore  # late: heads run on arrays without the store
+    """Whether ``source`` is a store the streamed heads read chunk by chunk: a FeatureStore or
+    a data-size sweep's TrainSubset of one (which streams only its own train rows)."""
+    from featpipe.store import FeatureStore, TrainSubset  # late: heads run on arrays alone
 
-    return isinstance(source, FeatureStore)
+    return isinstance(source, (FeatureStore, TrainSubset))
 
 
 def _select_streamed(
@@ -384,7 +399,7 @@ def _select_streamed(
     result.refit_on = refit_on
     y_va = store.labels("val")
     _warn_if_no_better_than_one_class(
-        result, y_va, lambda label: store.classes[int(label)], stacklevel=4
+        result, [y_va], lambda label: store.classes[int(label)], stacklevel=4
     )
     if counts.get("test", 0):
         _test(result, store.iter_chunks(layer, "test"), store.ids("test"), store.classes)
