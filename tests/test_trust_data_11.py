@@ -5,6 +5,7 @@ simulated by failing os.scandir for it (tests run as root, where permissions do 
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from conftest import make_image_folder
@@ -166,3 +167,20 @@ def test_hash_contents_of_a_table_whose_image_file_is_missing_is_no_traceback(tm
     assert len(source.fingerprint(content=True)) > 0
     with pytest.raises(ImageReadError, match=r"4\.png.*file not found"):
         source.read_bytes(4)
+
+
+# -- specs -----------------------------------------------------------------------------------
+
+
+def test_a_home_folder_after_a_prefix_is_expanded(tmp_path, monkeypatch):
+    # the shell leaves ~ after 'hf-dataset:' or '@' as it is, and so does a pipeline file's
+    # ~ expansion (only a leading ~ is): these were 'does not exist' while wds: expanded it
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_image_folder(tmp_path / "images", classes=("cat", "dog"), per_class=2)
+    write_parquet_folder(tmp_path / "table")
+    assert len(open_source("~/images")) == 4
+    assert len(open_source("hf-dataset:~/table?label=fine_label")) > 0
+    where = re.escape(f"MNIST is not in '{tmp_path / 'tv'}'")
+    with pytest.raises(SourceError, match=where):
+        open_source("torchvision:MNIST@~/tv")

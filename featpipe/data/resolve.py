@@ -56,7 +56,7 @@ def open_source(spec: str | Path | ImageSource, **kwargs) -> ImageSource:
         prefixed = _PREFIX.match(spec)
         if prefixed and not Path(spec).exists():
             return _open_prefixed(prefixed.group(1), spec[prefixed.end() :], spec, kwargs)
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if path.is_dir():
         if any((path / marker).is_file() for marker in HF_MARKERS):
             return _open_table(str(path), kwargs)
@@ -94,7 +94,7 @@ def _open_prefixed(prefix: str, rest: str, spec: str, kwargs: dict) -> ImageSour
                 f"Image source {spec!r} needs a dataset name and its root folder: "
                 "torchvision:NAME@ROOT, e.g. torchvision:CIFAR10@/data/torchvision."
             )
-        return TorchvisionSource(name, root, **kwargs)
+        return TorchvisionSource(name, Path(root).expanduser(), **kwargs)
     if prefix == "hf-dataset":
         return _open_table(rest, kwargs)
     if prefix == "wds":
@@ -121,7 +121,7 @@ def _open_table(rest: str, kwargs: dict) -> ImageSource:
     location, _, query = rest.partition("?")
     options = _options(query, TABLE_OPTIONS, rest, "?image=img&label=fine_label")
     _check_location(location, f"hf-dataset:{rest}", "hf-dataset:/data/cifar100")
-    path = Path(location)
+    path = Path(location).expanduser()  # after a prefix the shell leaves ~ as it is
     if not path.exists():
         raise SourceError(f"Hugging Face dataset {location!r} does not exist.")
     is_parquet = path.suffix.lower() == ".parquet" or (
