@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
@@ -16,7 +17,7 @@ from test_trust_finetune_10 import STAGES
 
 from featpipe.cli import main as cli_main
 from featpipe.errors import ConfigError
-from featpipe.finetune import checkpoint
+from featpipe.finetune import FineTuner, checkpoint
 from featpipe.finetune.freezing import Mode, freeze
 from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.report import read_results
@@ -101,3 +102,12 @@ def test_a_pipeline_lpft_grid_of_image_sizes_computes_its_probe_features(tmp_pat
     rows = read_results(tmp_path / "run" / "results.jsonl")
     [row] = [r for r in rows if r["kind"] == "finetune"]
     assert len(row["curve"]) == 2 and row["provenance"]["store"] is None
+
+
+@pytest.mark.parametrize("given", ["digits", np.zeros((2, 8, 8, 3), np.uint8)])
+def test_fit_refuses_what_is_no_image_source_in_one_line(given, tmp_path):
+    # Before: AttributeError ("'str' object has no attribute 'classes'").
+    tuner = FineTuner("toy", epochs=1, verbose=0, run_dir=tmp_path / "ft")
+    with pytest.raises(ConfigError, match=r"FineTuner.fit takes an ImageSource; got (str|ndarray)"):
+        tuner.fit(given)
+    assert not (tmp_path / "ft").exists()

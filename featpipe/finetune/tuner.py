@@ -223,6 +223,12 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         ``keyed_run_dir``: True where the caller keys ``run_dir`` and cannot set resume=False
         (a pipeline): a checkpoint that cannot be resumed names its folder to delete instead."""
         mode = self._check_params()
+        if not isinstance(source, ImageSource):
+            named = f" {source!r}" if isinstance(source, str | Path) else ""
+            raise ConfigError(
+                f"FineTuner.fit takes an ImageSource; got {type(source).__name__}{named}. Open "
+                "one first: featpipe.data.open_source('digits'), or open_source(a folder's path)."
+            )
         self._fingerprint = fingerprint
         self._start_over = (
             f"Delete the run folder {self.run_dir} to start over." if keyed_run_dir else None
