@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,3 +67,16 @@ def test_write_arrays_refuses_a_text_source_attribute_instead_of_writing_a_damag
     store = write_arrays(path, *args, attrs={"source": {"name": "cifar10"}, "note": "kept"})
     assert store.attrs["source"] == {"name": "cifar10"} and store.attrs["note"] == "kept"
     store.close()
+
+
+@pytest.mark.parametrize("fmt", ["npz", "parquet"])
+def test_export_into_a_folder_that_takes_no_file_is_one_line(tmp_path, capsys, fmt):
+    """A folder where no file can be made (/proc here; one without write permission for a
+    user) ended the export in a FileNotFoundError or PermissionError traceback."""
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    make_chunked_store(tmp_path / "s.h5")
+    assert main(["export", str(tmp_path / "s.h5"), "--out", f"/proc/e.{fmt}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"Cannot write /proc/e.{fmt}" in err
+    assert "choose another --out" in err and not Path(f"/proc/e.{fmt}").exists()

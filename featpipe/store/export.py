@@ -19,7 +19,13 @@ from featpipe.errors import ConfigError, IncompleteStoreError
 from featpipe.extras import import_extra
 from featpipe.store.files import disk_refused
 from featpipe.store.reader import FeatureStore
-from featpipe.store.writer import check_not_source, check_out_file, copy_failed
+from featpipe.store.writer import (
+    UNCHANGED,
+    check_not_source,
+    check_out_file,
+    copy_failed,
+    write_failed,
+)
 
 FORMATS = ("npz", "parquet")
 
@@ -62,9 +68,13 @@ def export_features(
         (_write_parquet if fmt == "parquet" else _write_npz)(store, layer, split, tmp)
         tmp.replace(out)  # never a half-written file under the real name
     except (OSError, RuntimeError) as exc:
-        if not disk_refused(exc):
-            raise
-        raise copy_failed(out, exc) from exc
+        if disk_refused(exc):
+            raise copy_failed(out, exc) from exc
+        if isinstance(exc, OSError):  # reads fail as the store's errors: this is --out's folder
+            raise write_failed(
+                out, "write", exc, UNCHANGED, "choose another --out, in a folder you can write to"
+            ) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return out

@@ -291,13 +291,16 @@ def write_failed(path: Path, action: str, exc: BaseException, done: str, fix: st
 RESUME_FIX = "free some space (or fix the disk), then run the same command to resume"
 
 
+UNCHANGED = "Nothing was written there, and the store is unchanged"  # a failed copy or export
+
+
 def copy_failed(out: Path, exc: BaseException) -> StoreWriteError:
     """The error for a file made from a store (consolidated, exported) that the disk refused."""
     return write_failed(
         out,
         "write",
         exc,
-        "Nothing was written there, and the store is unchanged",
+        UNCHANGED,
         "free some space, or choose another --out, then run the same command again",
     )
 
