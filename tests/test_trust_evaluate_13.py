@@ -7,6 +7,7 @@ import pytest
 
 from featpipe.errors import ConfigError
 from featpipe.evaluate.compare import compare, mcnemar, paired_bootstrap, paired_score_bootstrap
+from featpipe.evaluate.metrics import compute_metrics
 
 B = np.array([1, 0, 0, 1, 0, 0, 0, 1])
 
@@ -40,3 +41,11 @@ def test_paired_scores_refuse_labels_that_are_not_class_indices_in_one_line(y_tr
     pred = np.array([0, 1, 2, 1])
     with pytest.raises(ConfigError, match=r"integer class indices 0\.\.2; got float64 values"):
         paired_score_bootstrap(np.array(y_true), pred, pred, 3, n_boot=20)
+
+
+def test_a_class_name_given_twice_is_refused_not_merged_in_per_class_accuracy():
+    """Classes ['a', 'a', 'b'] gave per_class_accuracy {'a': 0.5, 'b': None}: class 1's
+    recall overwrote class 0's 1.0."""
+    proba = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0]])
+    with pytest.raises(ConfigError, match="'a' is given twice"):
+        compute_metrics(np.array([0, 1, 1]), proba, classes=["a", "a", "b"], n_boot=0)

@@ -54,6 +54,9 @@ def _check_inputs(y_true, proba, classes) -> tuple[np.ndarray, np.ndarray, list[
         classes = [str(i) for i in range(n_classes)]
     elif len(classes) != n_classes:
         raise ConfigError(f"{len(classes)} class names for {n_classes} proba columns.")
+    elif len(set(classes)) < len(classes):  # per-class accuracy is keyed by name
+        twice = next(c for i, c in enumerate(classes) if c in classes[:i])
+        raise ConfigError(f"Class name {twice!r} is given twice; name each class once.")
     if not np.isfinite(p).all() or (p < 0).any():
         raise ConfigError("proba must be finite and non-negative (probabilities, not scores).")
     # Some heads (e.g. SVM via Platt scaling) give rows that sum to 1 only approximately.
