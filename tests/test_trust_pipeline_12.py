@@ -52,3 +52,19 @@ def test_one_train_image_where_batch_norm_is_frozen_passes_the_check(tmp_path):
     check_sizes(config, source)
     assert finetune_rows(config, source) == (1, 10)
     check_models(config, finetune_rows(config, source))
+
+
+def test_a_config_reads_back_from_its_config_json(tmp_path):
+    # Before: "source.val_fraction must be float; got NoneType None" (to_json writes the None
+    # of keys left out, which config_from_dict refused).
+    import json
+
+    from conftest import digits_config
+
+    finetune = {"modes": ["head", "partial:1"], "grid": {"lr": [0.1, 0.01]}, "image_size": None}
+    probes = {"heads": ["knn", "logreg"], "grids": {"logreg": {"C": [0.1, 1.0]}}}
+    config = digits_config(tmp_path, "back", probes=probes, finetune=finetune)
+    again = config_from_dict(json.loads(json.dumps(config.to_json())))
+    assert again == config
+    with pytest.raises(ConfigError, match=r"source\.split_seed must be integer; got NoneType"):
+        config_from_dict({**config.to_json(), "source": {"data": "digits", "split_seed": None}})

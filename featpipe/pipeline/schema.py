@@ -71,7 +71,10 @@ def build(cls: type, table: dict, prefix: str = "") -> Any:
 
 
 def _value(value: Any, hint: Any, where: str) -> Any:
-    """``value`` if it has type ``hint`` (arrays become tuples), else a ConfigError."""
+    """``value`` if it has type ``hint`` (arrays become tuples), else a ConfigError. None only
+    for ``X | None`` keys: TOML has none, but ``to_json`` (config.json) writes their None."""
+    if value is None and type(None) in typing.get_args(hint):
+        return None
     item = _array_item(hint)
     if item is not None and isinstance(value, list):
         for i, element in enumerate(value):
