@@ -177,3 +177,20 @@ def test_every_python_name_the_readme_imports_exists():
             importlib.import_module(f"{module}.{name}")
         except ModuleNotFoundError:
             assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
+
+
+def test_every_repository_file_the_readme_names_exists():
+    """Paths such as `benchmarks/heads_path.py`, `pipelines/demo.toml`, `.ci/run` and the
+    plots the README embeds (a renamed script leaves the README pointing at nothing)."""
+    paths = set(
+        re.findall(r"`((?:benchmarks|featpipe|docs|pipelines|tests|\.ci)/[\w./-]+)`", README)
+    )
+    paths |= {f"benchmarks/{name}" for name in re.findall(r"^- `(\w+\.(?:py|sh))`", README, re.M)}
+    paths |= set(re.findall(r"\]\((docs/[\w./-]+)\)", README))
+    paths |= set(re.findall(r"(?<![\w/])(pipelines/\w+\.toml)", README))
+    assert {
+        "pipelines/demo.toml",
+        "benchmarks/scaling.py",
+        "docs/demo-accuracy-vs-cost.png",
+    } <= paths
+    assert sorted(p for p in paths if not (ROOT / p).exists()) == []
