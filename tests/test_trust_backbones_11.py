@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_trust_backbones_4 import _features
 from test_trust_backbones_10 import _tiny
 
+from featpipe.errors import ConfigError
 from featpipe.finetune.freezing import Mode, frozen_by
 
 _COAT = dict(img_size=32, embed_dims=(16,) * 4, serial_depths=(2,) * 4, num_heads=8,
@@ -46,3 +48,31 @@ def test_coat_stages_follow_the_forward_pass(name, parallel):
     assert len(staged) == len(set(staged))
     for p in dict(bb.model.named_parameters()):
         assert p.startswith("head.") or any(p == n or p.startswith(n + ".") for n in staged), p
+
+
+def test_attention_weights_are_not_averaged_into_constant_features():
+    # ConViT's attn_drop (identity at eval) gives softmax weights heads×T×T: its default
+    # pooling, avg, gave 1/T for every image, and `featpipe layers` listed it as 'avg'
+    bb = _tiny("convit_tiny", 32, img_size=32, embed_dim=16, depth=1, num_heads=2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    layer = "blocks.0.attn.attn_drop"
+    for request in (layer, f"{layer}:avg", f"{layer}:avgmax", f"{layer}:grid:1"):
+        with pytest.raises(ConfigError, match=rf"attention weights .*1/4 .*'{layer}:max'"):
+            _features(bb, [request], x)
+    out, _ = _features(bb, [f"{layer}:max", "blocks.0.attn"], x)
+    assert not torch.equal(out[f"{layer}:max"][0], out[f"{layer}:max"][1])
+    listed = dict(bb.describe_layers())
+    assert layer not in listed and "blocks.0.attn" in listed and "blocks.0.attn.proj" in listed
+
+
+def test_tnt_norm1_proj_is_not_read_as_the_class_token_at_any_width():
+    # pixel_embed.unfold's B×768×patches output counted as the longest tokens, so norm1_proj
+    # (patches only) defaulted to 'cls' where its width differs from embed_dim's
+    bb = _tiny("tnt_s_patch16_224", 32, img_size=32, depth=1, embed_dim=16, inner_dim=8,
+               num_heads_outer=2, num_heads_inner=2)  # fmt: skip
+    for request in ("norm1_proj", "norm1_proj:cls"):
+        with pytest.raises(ConfigError, match=r"before the class token.*'norm1_proj:mean'"):
+            bb.features([request])
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out, poolings = _features(bb, ["norm1_proj:mean", "norm"], x)
+    assert poolings["norm"] == "cls" and out["norm1_proj:mean"].shape == (2, 128)

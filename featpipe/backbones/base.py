@@ -268,10 +268,12 @@ class Backbone:
     def describe_layers(self) -> list[tuple[str, tuple[int, ...]]]:
         """(name, output shape for one image) for every module that runs once in a dummy
         forward pass (one that runs more often, such as ResNet's block relu, cannot be tapped),
-        leaving out ``channels_last_layers`` (their shape would read as C×H×W) and modules
-        whose first dimension is not the image (TNT's pixel tokens)."""
+        leaving out ``channels_last_layers`` (their shape would read as C×H×W), modules
+        whose first dimension is not the image (TNT's pixel tokens) and attention weights
+        (:func:`is_attention_weights`: their default pooling is a constant)."""
         shapes: dict[str, tuple[int, ...]] = {}
         calls: Counter[str] = Counter()
+        weights: set[str] = set()
         handles = []
         for name, module in self.model.named_modules():
             if not name:
@@ -284,6 +286,8 @@ class Backbone:
                 # a first dimension other than the one image's rows cannot be tapped
                 if isinstance(out, torch.Tensor) and out.shape[:1] == (1,) and name not in shapes:
                     shapes[name] = tuple(self.channels_first(name, out).shape[1:])
+                    if is_attention_weights(out):
+                        weights.add(name)
 
             handles.append(module.register_forward_hook(hook))
         if self.classifier:
@@ -295,7 +299,9 @@ class Backbone:
             handles.append(cls_mod.register_forward_pre_hook(pre_hook))
         try:
             size = self.preprocessing.crop
-            x = torch.zeros(1, 3, size, size, device=_device_of(self.model))
+            # random pixels: maps of zeros can sum to 1 along a row (sigmoid(0) × 2 columns)
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(1, 3, size, size, generator=g).to(_device_of(self.model))
             with torch.inference_mode():
                 logits = self.model(x)
             shapes[LOGITS] = tuple(logits.shape[1:])
@@ -305,7 +311,10 @@ class Backbone:
         return [
             (n, shapes[n])
             for n in self.layer_names()
-            if n in shapes and calls[n] <= 1 and n not in self.channels_last_layers
+            if n in shapes
+            and calls[n] <= 1
+            and n not in self.channels_last_layers
+            and n not in weights
         ]
 
 
@@ -357,7 +366,11 @@ def _tokens_before_longest(model: nn.Module, size: int) -> list[str]:
     a module giving T + 1 tokens of the same width: a class token joins each branch or stage
     (CrossViT's second patch embedding, CoaT's later ones)."""
     shapes, _ = first_outputs(model, 2, size)
-    tokens = [(n, s[1], s[2]) for n, s in shapes.items() if len(s) == 3 and s[0] == 2]
+    # an Unfold gives B×(C·k·k)×patches, no tokens (TNT's pixel_embed.unfold was the longest)
+    unfolds = {n for n, m in model.named_modules() if isinstance(m, nn.Unfold)}
+    tokens = [
+        (n, s[1], s[2]) for n, s in shapes.items() if len(s) == 3 and s[0] == 2 and n not in unfolds
+    ]
     longest = max((t for _, t, _ in tokens), default=0)
     first = next((i for i, (_, t, _) in enumerate(tokens) if t == longest), 0)
     return [
@@ -373,6 +386,20 @@ def looks_channels_last(shape: tuple[int, ...]) -> bool:
     transformers block, which no backbone's list of channels-last layers names). A map with
     as many channels as rows and columns cannot be told either way."""
     return len(shape) == 3 and shape[0] == shape[1] != shape[2]
+
+
+def is_attention_weights(out: torch.Tensor) -> bool:
+    """Whether a 4-D output holds rows of probabilities (softmax attention weights, heads×T×T,
+    through an attention dropout that is the identity at eval): every row along the last
+    dimension is non-negative and sums to 1, so its average over the last two dimensions is
+    1/T for every image."""
+    if out.ndim != 4 or out.shape[-1] < 2 or not out.is_floating_point():
+        return False
+    rows = out.detach().float()
+    return bool(rows.min() >= 0) and torch.allclose(rows.sum(-1), torch.ones(()), atol=1e-2)
+
+
+_AVERAGES = ("avg", "avgmax", "grid:1")  # poolings that average every row of a map
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -439,6 +466,15 @@ class FeatureModel(nn.Module):
                 f"pooling {pooling!r} would reduce over W and C. Ask for "
                 f"'{spec.module}:none' (the output flattened), or pool a layer that "
                 f"`featpipe layers {self.backbone.spec}` shows as C×H×W (the block's output)."
+            )
+        if pooling in _AVERAGES and is_attention_weights(out):
+            t = out.shape[-1]
+            raise ConfigError(
+                f"Layer {spec.name!r} of {self.backbone.spec}: {spec.module!r} gives attention "
+                f"weights ({'×'.join(map(str, out.shape[1:]))}, rows that sum to 1), whose "
+                f"average is 1/{t} for every image: {pooling!r} would give constant features. "
+                f"Ask for '{spec.module}:max' or '{spec.module}:none', or tap the attention's "
+                "output (its parent module)."
             )
         self.poolings[spec.name] = pooling
         if pooling == "mean":
