@@ -1,5 +1,5 @@
-"""Heads: the selection warning under cross-validation, and streamed heads on a data-size
-sweep's TrainSubset."""
+"""Heads: the selection warning under cross-validation, streamed heads on a data-size sweep's
+TrainSubset, and few-shot kNN whose votes all tie beyond k=1."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from featpipe.errors import ConfigError
-from featpipe.heads import select_and_fit
+from featpipe.heads import KNNProbe, few_shot, select_and_fit
 from featpipe.store import FeatureStore, TrainSubset
 from featpipe.store.writer import StoreWriter
 
@@ -90,3 +90,18 @@ def test_a_train_subset_without_val_is_refused_by_a_streamed_head_as_its_store(t
     for source in (store, subset):
         with pytest.raises(ConfigError, match="chooses its parameters on the val split"):
             select_and_fit("logreg_stream", source, "pooled", grid={"C": [1.0]}, device="cpu")
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_two_shot_knn_whose_votes_all_tie_is_said_so(n_classes):
+    # k=2: the default 5 neighbours (capped at the 4 rows of 2 classes, or 5 of the 6 rows of
+    # 3 classes) always leave two classes with 2 votes each, and the lowest wins: 50 % and
+    # about 40 %, where the nearest neighbour did better.
+    data = {"train": _rows([10] * n_classes, 1), "test": _rows([10] * n_classes, 2)}
+    with pytest.warns(UserWarning, match="every vote ties"):
+        tied = few_shot("knn", data, k=2, draws=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*every vote ties")
+        nearest = few_shot(KNNProbe(1), data, k=2, draws=3)
+        few_shot("knn", data, k=3, draws=1)  # 5 of 3+3 (or 9) rows need not tie
+    assert tied.mean < nearest.mean

@@ -86,23 +86,25 @@ def _count(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
-def _warn_if_votes_all_tie(head: BaseEstimator, k: int) -> None:
-    """Warn when a kNN head's votes must all tie: with one row per class its neighbours are
-    all of different classes, and a tied vote goes to the lowest class among them, not to the
-    nearest (1-shot kNN at the default 5 neighbours scored 20 % where 1 neighbour scored 87 %)."""
+def _warn_if_votes_all_tie(head: BaseEstimator, k: int, n_classes: int) -> None:
+    """Warn when a kNN head's votes must all tie: among ``k`` rows of each of ``n_classes``
+    classes, m neighbours (``n_neighbors``, capped at the rows) always leave two classes with
+    the most votes once m > n_classes * (k - 1) + 1, and a tied vote goes to the lowest class
+    among them, not to the nearest. With k=1 that is any m > 1 (1-shot kNN at the default 5
+    neighbours scored 20 % where 1 neighbour scored 87 %); with k=2 of 2 classes the 5
+    neighbours, capped at 4, split 2-2 and every test row was given the first class (50 %)."""
     params = head.get_params()
     n_neighbors = params.get("n_neighbors")
-    if (
-        k == 1
-        and params.get("weights") == "uniform"
-        and isinstance(n_neighbors, numbers.Integral)
-        and n_neighbors > 1
-    ):
+    if not (params.get("weights") == "uniform" and isinstance(n_neighbors, numbers.Integral)):
+        return
+    m = min(int(n_neighbors), k * n_classes)
+    if m > n_classes * (k - 1) + 1:
         warnings.warn(
-            f"few-shot with k=1 and {type(head).__name__}(n_neighbors={n_neighbors}): the "
-            "neighbours are of different classes, so every vote ties and goes to the lowest "
-            "class among them; this accuracy is not the nearest neighbour's. Use "
-            "n_neighbors=1 or weights='distance', or k >= 2.",
+            f"few-shot with k={k} rows of each of {n_classes} classes and "
+            f"{type(head).__name__}(n_neighbors={n_neighbors}): the {m} neighbours always "
+            "leave two classes with the most votes, so every vote ties and goes to the lowest "
+            "class among them; this accuracy is not the nearest neighbours'. Use "
+            "n_neighbors=1 or weights='distance', or a larger k.",
             UserWarning,
             stacklevel=3,
         )
@@ -152,7 +154,7 @@ def few_shot(
     require_test_split(data)  # before any draw is fitted
     X_tr, y_tr = data.get("train")
     labels = require_k_per_class(data, k, y_tr)
-    _warn_if_votes_all_tie(head, k)
+    _warn_if_votes_all_tie(head, k, len(labels))
     draws = _possible_draws(y_tr, labels, k, draws)
     X_te, y_te = data.get("test")
     rng = np.random.default_rng(seed)
