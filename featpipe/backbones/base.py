@@ -467,7 +467,9 @@ class FeatureModel(nn.Module):
                 f"'{spec.module}:none' (the output flattened), or pool a layer that "
                 f"`featpipe layers {self.backbone.spec}` shows as C×H×W (the block's output)."
             )
-        if pooling in _AVERAGES and is_attention_weights(out):
+        # checked on the first batch only: the test syncs a GPU, and softmax rows stay rows
+        first = spec.name not in self.poolings
+        if first and pooling in _AVERAGES and is_attention_weights(out):
             t = out.shape[-1]
             raise ConfigError(
                 f"Layer {spec.name!r} of {self.backbone.spec}: {spec.module!r} gives attention "
