@@ -81,3 +81,42 @@ def test_ddp_ranks_with_another_learning_rate_or_split_are_refused_on_every_rank
 
 def test_settings_are_not_compared_outside_a_process_group():
     refuse_other_settings({"lr": 0.1}, "fine-tune", source=None)
+
+
+# A streamed logistic regression on every rank of 2; rank 1 adds $RANK1 (a Python dict) to
+# the head's parameters.
+STREAMED = """
+import os, sys
+from featpipe.distributed import current_ranks
+from featpipe.errors import FeaturePipeError
+from featpipe.heads.streamed_logreg import StreamingLogisticProbe
+from featpipe.store import FeatureStore
+
+rank = current_ranks().rank
+params = dict(C=0.5, chunk_rows=40, device="cpu", n_threads=1)
+if rank == 1:
+    params.update(eval(os.environ["RANK1"]))
+try:
+    StreamingLogisticProbe(**params).fit_store(FeatureStore(sys.argv[1]), "pooled", ["train"])
+except FeaturePipeError as exc:
+    print(f"rank {rank} refused: {exc}", flush=True)
+    sys.exit(2)
+print(f"rank {rank} fitted", flush=True)
+"""
+
+
+def test_streamed_logreg_ranks_with_another_c_are_refused_on_every_rank(tmp_path):
+    """Rank 1 with C=50 beside rank 0's C=0.5 fitted silently: the ranks summed one
+    objective with two regularisations, and rank 0's coefficients were neither C's."""
+    from test_heads_streamed import a_store
+
+    store = tmp_path / "s.h5"
+    a_store(store, n=200)
+    script = tmp_path / "streamed.py"
+    script.write_text(STREAMED)
+    rc, out, err = torchrun(script, str(store), RANK1='{"C": 50.0}')
+    assert rc != 0, out + err[-3000:]
+    assert "fitted" not in out
+    for rank in (0, 1):
+        line = next(x for x in out.splitlines() if x.startswith(f"rank {rank} refused"))
+        assert "rank 1 Cs [50.0] (rank 0: [0.5])" in line

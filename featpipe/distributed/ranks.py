@@ -186,8 +186,9 @@ def refuse_other_settings(
     (a digest of its ``ids``, ``labels``, ``splits`` and ``classes``). Ranks started with
     other settings would otherwise mix them silently: DDP averages the gradients of ranks
     that each step with their own learning rate. ``own``: settings a rank may set for itself
-    (its device, its verbosity). Outside a process group, nothing to compare."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    (its device, its verbosity). Outside a process group, or :func:`alone`, nothing to
+    compare."""
+    if not under_torchrun() or not dist.is_initialized() or dist.get_world_size() == 1:
         return
     mine = {name: repr(value) for name, value in settings.items() if name not in own}
     if source is not None:

@@ -22,7 +22,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
 from featpipe.device import on_device, resolve_device, torch_threads
-from featpipe.distributed import Ranks, progress_bar
+from featpipe.distributed import Ranks, progress_bar, refuse_other_settings
 from featpipe.errors import ConfigError
 from featpipe.heads.chunks import (
     Chunks,
@@ -111,6 +111,9 @@ def streamed_logreg_path(
     if len(Cs) == 0:
         raise ConfigError("The C path of Logistic regression needs at least one C value.")
     ranks = job_ranks(distributed)
+    shapes = [None if c is None else (c.n_chunks, c.dim, c.labels.tolist()) for c in (train, val)]
+    call = {"Cs": list(Cs), "preprocess": preprocess, "tol": tol, "max_iter": max_iter}
+    refuse_other_settings({**call, "chunks": shapes}, "logistic regression")  # same passes
     stats = row_statistics(train, ranks, moments=preprocess == "standardize")
     if len(stats.classes) < 2:
         raise ConfigError(
