@@ -76,3 +76,22 @@ def test_tnt_norm1_proj_is_not_read_as_the_class_token_at_any_width():
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     out, poolings = _features(bb, ["norm1_proj:mean", "norm"], x)
     assert poolings["norm"] == "cls" and out["norm1_proj:mean"].shape == (2, 128)
+
+
+@pytest.mark.parametrize("classes", [1000, 10])
+def test_a_state_dict_without_batch_norm_step_counters_loads(tmp_path, classes):
+    # files converted or filtered often leave out num_batches_tracked (torch's strict load
+    # allows it); featpipe refused them as '20 missing keys'
+    from safetensors.torch import save_file
+
+    from featpipe.backbones import get_backbone
+    from featpipe.backbones.timm_models import create
+
+    torch.manual_seed(1)
+    model = create("resnet18", num_classes=classes).eval()
+    state = {k: v for k, v in model.state_dict().items() if "num_batches_tracked" not in k}
+    save_file(state, tmp_path / "r18.safetensors")
+    bb = get_backbone(f"timm:resnet18@{tmp_path / 'r18.safetensors'}")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(bb.model(x), model(x))

@@ -123,6 +123,7 @@ def _few(keys: Iterable[str], n: int = 5) -> str:
 def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` with an error that names the differing keys."""
     expected = model.state_dict()
+    state = _with_counters(state, expected)
     missing = expected.keys() - state.keys()
     unexpected = state.keys() - expected.keys()
     reshaped = [
@@ -154,6 +155,16 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str
     model.load_state_dict(state, strict=True)
 
 
+def _with_counters(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` with the batch norms' step counters it leaves out taken from ``expected``:
+    files converted or filtered often drop them (torch's own strict load allows it), and they
+    only count training steps."""
+    counters = {k for k in expected.keys() - state.keys() if k.endswith(".num_batches_tracked")}
+    return {**state, **{k: expected[k] for k in counters}}
+
+
 def _wrapper_prefix(keys: Iterable[str], expected: Iterable[str]) -> str | None:
     """The prefix ('module.', '_orig_mod.', 'model.') that every key in ``keys`` has and
     that, stripped, leaves most of them ``expected`` keys; None if there is none."""
@@ -172,6 +183,7 @@ def _other_class_count(model: nn.Module, state: Mapping[str, torch.Tensor]) -> i
     """The number of classes of a state dict that fits ``model`` but for its classifier (its
     last Linear) sized for other classes, or None."""
     expected = model.state_dict()
+    state = _with_counters(state, expected)
     classifier = last_linear(model)
     if classifier is None or state.keys() != expected.keys():
         return None
