@@ -16,7 +16,6 @@ from conftest import make_image_folder
 from test_trust_finetune_10 import STAGES
 
 from featpipe.cli import main as cli_main
-from featpipe.data import ArraySource
 from featpipe.errors import ConfigError
 from featpipe.finetune import FineTuner, checkpoint
 from featpipe.finetune.freezing import Mode, freeze
@@ -112,17 +111,3 @@ def test_fit_refuses_what_is_no_image_source_in_one_line(given, tmp_path):
     with pytest.raises(ConfigError, match=r"FineTuner.fit takes an ImageSource; got (str|ndarray)"):
         tuner.fit(given)
     assert not (tmp_path / "ft").exists()
-
-
-@pytest.mark.parametrize("mode", ["full", "lpft"])
-def test_train_rows_of_one_class_are_refused(mode, tmp_path):
-    # Before: 'full' trained to predict that class for every image; 'lpft' was refused in
-    # logistic regression's words ("got [np.int64(0)]").
-    labels = np.array([0] * 8 + [0, 1] * 3 + [0, 1] * 3)
-    images = np.full((len(labels), 8, 8, 3), 100, np.uint8)
-    splits = ["train"] * 8 + ["val"] * 6 + ["test"] * 6
-    source = ArraySource(images, labels, splits=splits, name="one")
-    tuner = FineTuner("toy", mode=mode, epochs=1, batch_size=4, verbose=0, run_dir=tmp_path / "f")
-    with pytest.raises(ConfigError, match=r"train rows hold 8 image\(s\), all of class '0'"):
-        tuner.fit(source)
-    assert not (tmp_path / "f").exists()

@@ -299,7 +299,6 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.train_rows_, self.val_rows_, self.val_carved_ = split_rows(
             source, self.val_fraction, self.seed
         )
-        _check_two_classes(source, self.train_rows_)
         saved = self._resumable(source)
         # Which run best.pt and last.pt belong to (see checkpoint.settle_best).
         self._run = saved.get("run") if saved else uuid.uuid4().hex
@@ -837,19 +836,6 @@ def _resumed_seconds(saved: dict) -> tuple[float, float]:
     # last epoch (1 in histories from before DDP), as reports counted a row of that run.
     world = history[-1].get("world_size") or 1
     return wall, saved.get("fit_process_seconds", wall * world)
-
-
-def _check_two_classes(source: ImageSource, rows: np.ndarray) -> None:
-    """A ConfigError for train rows of one class: training would learn to predict it for
-    every image, and LP-FT's probe refused it in logistic regression's words."""
-    present = np.unique(np.asarray(source.labels)[rows])
-    if len(present) < 2:
-        name = source.classes[int(present[0])]
-        raise ConfigError(
-            f"The train rows hold {len(rows)} image(s), all of class {name!r}: fine-tuning "
-            "needs train images of at least 2 classes. Give the source's train split images "
-            "of more classes."
-        )
 
 
 def _check_steps(steps: int, rows: int, world: int) -> None:
