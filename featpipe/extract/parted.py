@@ -34,7 +34,12 @@ from featpipe.device import resolve_device
 from featpipe.distributed.exchange import claims, job_store, publish, receive
 from featpipe.distributed.progress import progress_bar
 from featpipe.distributed.ranks import current_ranks
-from featpipe.errors import ConfigError, FeaturePipeError, StoreInUseError
+from featpipe.errors import (
+    ConfigError,
+    FeaturePipeError,
+    StoreInUseError,
+    UnreadableStoreError,
+)
 from featpipe.extract.extractor import (
     NOTHING_COMPUTED,
     ExtractionPlan,
@@ -62,7 +67,7 @@ from featpipe.store.parts import (
     parts_of,
     repair_missing,
 )
-from featpipe.store.schema import decode_attr, n_chunks_for
+from featpipe.store.schema import CHUNK_DONE, decode_attr, n_chunks_for
 
 WAIT_POLL_S = 2.0
 PROBE_WAIT_S = 0.1  # how long a part's lock is waited for before the part is left to its holder
@@ -230,6 +235,7 @@ def prepare(plan: ExtractionPlan, inference: Inference, *, join: bool = False) -
     with StoreLock(plan.path, timeout=plan.lock_timeout):
         overwrite = plan.overwrite and not (join and _same_job(plan))
         if not overwrite and parted_at(plan.path) and _key(plan.path) == plan.request.key:
+            _refuse_damaged_parts(plan.path)
             repair_missing(plan.path)
         action = decide(plan.path, plan.request, overwrite)
         if action is Action.REUSE:
@@ -247,6 +253,28 @@ def prepare(plan: ExtractionPlan, inference: Inference, *, join: bool = False) -
         with open_h5(plan.path) as f:
             parts = parts_of(plan.path, f.attrs)
     return [p for p in parts if not part_complete(p)]
+
+
+def _refuse_damaged_parts(path: Path) -> None:
+    """A part file HDF5 cannot read (cut short by a kill or a full disk, overwritten) named
+    with its fix: read through the top-level file it was "the store is damaged", whose
+    advice (--overwrite) recomputes every part, and does nothing for a --shard task."""
+    for part in _all_parts(path):
+        if not part.path.is_file():
+            continue  # missing: recreated by repair_missing
+        try:
+            with open_h5(part.path) as p:
+                p[CHUNK_DONE][:]
+        except StoreInUseError:
+            continue  # another process is writing it
+        except (OSError, FeaturePipeError) as exc:
+            # open_h5's reason, without its advice for a one-file store
+            reason = str(exc).partition("store: ")[2].partition(". Delete it")[0] or str(exc)
+            raise UnreadableStoreError(
+                f"{part.path}, part {part.index} of the parted store {path}, is damaged "
+                f"({reason}). Delete that file and run the same command again: only its "
+                "rows are recomputed."
+            ) from exc
 
 
 def _key(path: Path) -> str:
