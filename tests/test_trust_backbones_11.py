@@ -95,3 +95,16 @@ def test_a_state_dict_without_batch_norm_step_counters_loads(tmp_path, classes):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(bb.model(x), model(x))
+
+
+def test_an_image_size_that_is_no_whole_number_is_refused_and_numpy_ints_keep_the_key():
+    # 64.0 gave crop 64.0 (another store key than 64) and '64' a TypeError traceback
+    import numpy as np
+
+    from featpipe.backbones import get_backbone
+
+    base = get_backbone("builtin:efficientnet_lite0@none")
+    assert type(base.at_size(np.int64(64)).preprocessing.crop) is int  # JSON-able key
+    for size in (64.0, "64"):
+        with pytest.raises(ConfigError, match="whole number of pixels"):
+            base.at_size(size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -77,6 +78,13 @@ class Preprocessing:
 
     def at_size(self, size: int) -> Preprocessing:
         """The same recipe at another input size, keeping the crop fraction."""
+        try:  # a whole number as a Python int: 64.0 or numpy's 64 would change the key
+            size = operator.index(size)
+        except TypeError:
+            raise ConfigError(
+                f"image size must be a whole number of pixels; got {size!r} "
+                f"({type(size).__name__}). Write e.g. 224."
+            ) from None
         if not 8 <= size <= MAX_IMAGE_SIZE:
             raise ConfigError(
                 f"image size must be from 8 to {MAX_IMAGE_SIZE} pixels; got {size}. Omit it "
