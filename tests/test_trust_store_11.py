@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ from conftest import make_chunked_store
 from test_extract_faults import tmpfs
 
 from featpipe.cli import main
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, StoreMismatchError
 from featpipe.store import FeatureStore
 from featpipe.store.writer import write_arrays
 
@@ -80,3 +81,21 @@ def test_export_into_a_folder_that_takes_no_file_is_one_line(tmp_path, capsys, f
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"Cannot write /proc/e.{fmt}" in err
     assert "choose another --out" in err and not Path(f"/proc/e.{fmt}").exists()
+
+
+def test_a_store_replaced_after_it_was_opened_is_an_error_not_its_rows(tmp_path):
+    """Each read opens the path anew: a store another extraction wrote there since (with
+    --overwrite) was read silently, its features and labels under the first store's classes."""
+    n = 6
+    first = write_arrays(
+        tmp_path / "s.h5", {"pooled": np.zeros((n, 3))}, np.arange(n) % 2, ["train"] * n, "ab"
+    )
+    other = write_arrays(
+        tmp_path / "t.h5", {"pooled": np.ones((n, 3))}, [1] * n, ["train"] * n, ["cat", "dog"]
+    )
+    other.close()
+    os.replace(tmp_path / "t.h5", tmp_path / "s.h5")  # what --overwrite does
+    with pytest.raises(StoreMismatchError, match=r"s\.h5 was replaced by another store"):
+        first.arrays("pooled", "train")
+    X, y = FeatureStore(tmp_path / "s.h5").arrays("pooled", "train")  # opened again: the new one
+    assert X.min() == 1 and y.tolist() == [1] * n

@@ -35,7 +35,7 @@ from featpipe.store.parts import (
     missing_message,
     missing_parts,
 )
-from featpipe.store.schema import decode_attrs, rows_done
+from featpipe.store.schema import decode_attr, decode_attrs, rows_done
 
 SKIPPED_SHOWN = 5  # skipped images that info() names
 IDS_SHOWN = 3  # ids of rows that are not finite that an error names
@@ -174,7 +174,7 @@ class FeatureStore:
 
     def _open(self) -> h5py.File:
         try:
-            return open_h5(self.path)
+            f = open_h5(self.path)
         except FileNotFoundError:  # each read opens the file: it can go between two reads
             raise StoreNotFoundError(
                 f"{self.path} is gone: it was deleted or moved after it was opened (e.g. by "
@@ -182,6 +182,18 @@ class FeatureStore:
                 "folder was read-only, or its file system has no flock). "
                 "Extract it again, or give the path it was moved to."
             ) from None
+        # Each read opens the path anew: a store written there since (an extraction with
+        # --overwrite) would be read with this one's ids, labels and classes.
+        key = getattr(self, "key", None)
+        now = str(decode_attr("key", f.attrs.get("key", ""))) if key else key
+        if now != key:
+            f.close()
+            raise StoreMismatchError(
+                f"{self.path} was replaced by another store (key {now!r}, was {key!r}) "
+                "after it was opened, e.g. by an extraction with --overwrite. "
+                "Open it again to read the new store."
+            )
+        return f
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[h5py.File]:
