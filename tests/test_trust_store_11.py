@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from conftest import make_chunked_store
@@ -99,3 +100,15 @@ def test_a_store_replaced_after_it_was_opened_is_an_error_not_its_rows(tmp_path)
         first.arrays("pooled", "train")
     X, y = FeatureStore(tmp_path / "s.h5").arrays("pooled", "train")  # opened again: the new one
     assert X.min() == 1 and y.tolist() == [1] * n
+
+
+def test_another_programs_hdf5_file_is_not_advised_for_deletion(tmp_path, capsys):
+    """`featpipe info model.h5` on another program's HDF5 file (weights, data) said "Delete
+    it, or run the extraction again with --overwrite"."""
+    path = tmp_path / "model.h5"
+    with h5py.File(path, "w") as f:
+        f["weights"] = np.zeros(3)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "but not a featpipe store" in err and "another program's data" in err
+    assert "Delete it" not in err and path.exists()

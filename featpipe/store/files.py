@@ -81,16 +81,18 @@ def _reason(exc: OSError) -> str:
     return f"HDF5 cannot open it ({text.splitlines()[0]})"
 
 
-def unreadable(path: Path, reason: str) -> FeaturePipeError:
+REPLACE_FIX = (
+    "Delete it, or run the extraction again with --overwrite (overwrite=True) to replace it"
+)
+
+
+def unreadable(path: Path, reason: str, fix: str = REPLACE_FIX) -> FeaturePipeError:
     """The error for a file at a store's path that is not a usable store. Replacing it is
     advised only when no other process holds the store's lock (otherwise it is being made)."""
     owner = holder(path)
     if owner is not None:
         return StoreInUseError(in_use_message(path, owner))
-    return UnreadableStoreError(
-        f"{path} is not a readable featpipe store: {reason}. Delete it, or run the "
-        "extraction again with --overwrite (overwrite=True) to replace it."
-    )
+    return UnreadableStoreError(f"{path} is not a readable featpipe store: {reason}. {fix}.")
 
 
 def open_h5(path: Path, mode: str = "r", **kwargs) -> h5py.File:

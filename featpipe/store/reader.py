@@ -139,6 +139,8 @@ class FeatureStore:
                 self.path,
                 "it is an HDF5 file but not a featpipe store (its 'format' attribute is "
                 f"{f.attrs.get('format')!r}, expected {schema.FORMAT!r})",
+                "It may hold another program's data: give the path of a featpipe store, or "
+                "another --out to extract to (--overwrite, overwrite=True, would replace it)",
             )
         try:
             version = int(f.attrs["format_version"])
