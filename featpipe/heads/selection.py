@@ -264,6 +264,21 @@ def _refit(
     )
 
 
+def no_better_than_one_class(
+    score: float, held_out: list[np.ndarray]
+) -> tuple[float, object] | None:
+    """``(share, label)`` when ``score``, an accuracy on the ``held_out`` label sets (their
+    mean for several), is no better than predicting the most common class of each set for
+    every row (share: that accuracy; label: the most common class over all); else None.
+    Fine-tuning's choice of epoch and candidate uses the same rule."""
+    shares = [np.unique(y, return_counts=True)[1].max() / len(y) for y in held_out]
+    share = float(np.mean(shares))
+    if score > share:
+        return None
+    labels, counts = np.unique(np.concatenate(held_out), return_counts=True)
+    return share, labels[counts.argmax()]
+
+
 def _warn_if_no_better_than_one_class(
     result: SelectionResult, held_out: list[np.ndarray], class_name, stacklevel: int = 3
 ) -> None:
@@ -275,12 +290,10 @@ def _warn_if_no_better_than_one_class(
     split, or of each cross-validation fold's held-out rows (the score is their mean, so the
     one-class share is too: kNN with k=5 on 8+2 train rows scored 80 % and predicted the
     common class for every test row)."""
-    shares = [np.unique(y, return_counts=True)[1].max() / len(y) for y in held_out]
-    share = float(np.mean(shares))
-    if result.val_accuracy > share:
+    found = no_better_than_one_class(result.val_accuracy, held_out)
+    if found is None:
         return
-    labels, counts = np.unique(np.concatenate(held_out), return_counts=True)
-    common = class_name(labels[counts.argmax()])
+    share, common = found[0], class_name(found[1])
     n = sum(len(y) for y in held_out)
     if result.selection == "val":
         rows = f"on {n} val rows"
