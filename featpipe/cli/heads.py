@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--device",
         default="auto",
         help="where heads with a torch solver (logreg, linear_svm, mlp) run: auto, cpu, cuda "
-        "or cuda:N",
+        "or cuda:N (default: %(default)s, the first GPU if there is one)",
     )
     p.add_argument(
         "--few-shot",
@@ -128,7 +128,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--batch-size", type=int, default=32, help="images per forward pass (default: 32)"
     )
-    q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (images only)")
+    q.add_argument(
+        "--device",
+        default="auto",
+        help="auto, cpu, cuda or cuda:N (images only; default: %(default)s)",
+    )
     q.add_argument("--out", type=Path, help="CSV file to write (default: standard output)")
     q.set_defaults(func=run_predict)
 
@@ -289,6 +293,7 @@ def _row(entry: dict) -> list[str]:
         params,
         f"{entry['val_accuracy']:.4f}",
         "-" if test is None else f"{test:.4f}",
+        f"{entry['select_seconds']:.2f}",
         f"{entry['fit_seconds']:.2f}",
     ]
     if "few_shot" in entry:
@@ -299,7 +304,9 @@ def _row(entry: dict) -> list[str]:
 
 
 def _print_table(rows: list[list[str]], few_shot: bool) -> None:
-    header = ["head", "chosen", "val acc", "test acc", "fit s"] + (["few-shot"] if few_shot else [])
+    # results.jsonl and the report count both columns as the head's fit cost
+    header = ["head", "chosen", "val acc", "test acc", "search s", "refit s"]
+    header += ["few-shot"] if few_shot else []
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
