@@ -1,4 +1,5 @@
-"""Extraction under damage and odd inputs: a damaged part file of a parted store."""
+"""Extraction under damage and odd inputs: a damaged part file of a parted store, limits
+that leave no image."""
 
 from __future__ import annotations
 
@@ -43,3 +44,17 @@ def test_a_damaged_part_file_is_named_and_deleting_it_recomputes_only_it(
     got, want = FeatureStore(out), FeatureStore(ref)
     assert list(got.ids()) == list(want.ids())
     np.testing.assert_array_equal(got.arrays("pooled")[0], want.arrays("pooled")[0])
+
+
+def test_limits_that_leave_no_image_name_the_limits(image_folder, tmp_path, capsys):
+    """--limit-train 0 on a folder of train images only said 'A store needs ids, labels and
+    splits of one non-zero length; got 0, 0, 0'."""
+    out = tmp_path / "s.h5"
+    args = ["extract", str(image_folder), *TOY, "--out", str(out)]
+    assert main([*args, "--limit-train", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not out.exists()
+    assert "--limit-train 0 leaves no images (18 train in the source)" in err
+    assert main([*args, "--limit-train", "0", "--test-fraction", "0.3"]) == 0  # test rows stay
+    capsys.readouterr()
+    assert FeatureStore(out).split_counts()["train"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from featpipe.data import ImageSource, subsample
@@ -66,7 +67,18 @@ def apply_limits(source: ImageSource, args: argparse.Namespace, seed: int) -> Im
     """The source cut down by the ``--limit-*`` options (unchanged when none is given)."""
     limits = {s: getattr(args, f"limit_{s}") for s in SPLIT_NAMES}
     limits = {s: n for s, n in limits.items() if n is not None}
-    return subsample(source, limits, seed=seed) if limits else source
+    if not limits:
+        return source
+    kept = subsample(source, limits, seed=seed)
+    if len(kept.ids) == 0 and len(source.ids) > 0:  # not the store's 'got 0, 0, 0' later
+        given = " ".join(f"--limit-{s} {n}" for s, n in limits.items())
+        counts = Counter(SPLIT_NAMES[int(c)] for c in source.splits)
+        has = ", ".join(f"{n} {s}" for s, n in counts.items())
+        raise ConfigError(
+            f"{given} leaves no images ({has} in the source): give a limit above 0 for a "
+            "split that has images, or leave the option out to keep that split whole."
+        )
+    return kept
 
 
 def pick_layer(store: FeatureStore, layer: str | None) -> str:
