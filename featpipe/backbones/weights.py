@@ -123,7 +123,7 @@ def _few(keys: Iterable[str], n: int = 5) -> str:
 def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` with an error that names the differing keys."""
     expected = model.state_dict()
-    state = _with_counters(state, expected)
+    given, state = state, _with_counters(state, expected)
     missing = expected.keys() - state.keys()
     unexpected = state.keys() - expected.keys()
     reshaped = [
@@ -139,7 +139,7 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str
             parts.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
         if reshaped:
             parts.append(f"{len(reshaped)} shape mismatches ({'; '.join(reshaped[:3])})")
-        prefix = _wrapper_prefix(state.keys(), expected.keys())
+        prefix = _wrapper_prefix(given.keys(), expected.keys())  # not our counters
         fix = (
             f"Every key in it starts with {prefix!r}, as in a state dict saved from a wrapper "
             "(DistributedDataParallel, torch.compile, a training framework): save the inner "
