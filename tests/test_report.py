@@ -353,7 +353,7 @@ def test_comparisons_use_the_plan_n_boot(tmp_path):
     assert "95 % CI" not in sentence and "McNemar p=" in sentence
     plan = RunPlan("unit", plan.methods, n_boot=200)
     md = write_report(tmp_path, rows, plan)["report.md"].read_text()
-    assert "(200 resamples)" in md
+    assert "Newcombe's 95 % interval" in md
 
 
 def test_report_keeps_to_the_rows_of_the_plan(tmp_path):

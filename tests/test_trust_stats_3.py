@@ -124,10 +124,10 @@ def test_the_tie_sentence_names_mcnemar_when_there_is_no_bootstrap_interval():
     # that was never computed.
     text = recommendation(summarize(_rows(0.9, 0.8)), n_boot=0)[0]
     assert "Statistically tied with it on test (McNemar's test finds no difference" in text
-    assert "bootstrap interval of the difference includes 0" not in text
+    assert "interval of the difference includes 0" not in text
     text = recommendation(summarize(_rows(0.9, 0.8)), n_boot=50)[0]
     assert (
-        "(the paired bootstrap interval of the difference includes 0, or McNemar's test finds "
+        "(the paired interval of the difference includes 0, or McNemar's test finds "
         "no difference): toy/other1"
     ) in text
 

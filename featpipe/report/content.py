@@ -447,12 +447,12 @@ def _recommendation_section(
 
 def _comparison_sections(summaries: list[MethodSummary], n_boot: int) -> list[Section]:
     interval = (
-        f"a paired bootstrap 95 % interval ({n_boot} resamples) and McNemar's test; a "
+        "Newcombe's 95 % interval for paired proportions and McNemar's test; a "
         "method beats another only when both find the difference"
         if n_boot
         else "McNemar's test (no bootstrap interval: n_boot is 0)"
     )
-    scores_ci = " (paired bootstrap intervals on the same resamples)" if n_boot else ""
+    scores_ci = f" (paired bootstrap intervals, {n_boot} resamples)" if n_boot else ""
     sections = []
     paired = comparisons(summaries, n_boot=n_boot)
     if paired:

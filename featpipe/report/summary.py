@@ -190,9 +190,9 @@ def _correct(row: dict) -> np.ndarray:
 class PairedResult:
     comparison: Comparison
     seed: int
-    # Balanced accuracy and macro F1 of A minus B, with paired intervals on the comparison's
-    # resamples: {metric: (difference, lo, hi)} (lo, hi None without a bootstrap); empty
-    # unless asked for, or when the rows label the test images differently.
+    # Balanced accuracy and macro F1 of A minus B, with paired bootstrap intervals drawn with
+    # the comparison's seed: {metric: (difference, lo, hi)} (lo, hi None without a
+    # bootstrap); empty unless asked for, or when the rows label the test images differently.
     scores: dict[str, tuple[float, float | None, float | None]] = field(default_factory=dict)
 
 
@@ -249,7 +249,7 @@ class Ties:
 def ties(top: MethodSummary, others: list[MethodSummary], n_boot: int) -> Ties:
     """Each of ``others`` against ``top``: tied unless the difference is clear, as in the table
     of all pairs (:func:`clear_after_holm`): McNemar's p-values Holm-adjusted over every method
-    compared with ``top``, and the paired bootstrap interval, where there is one, excluding 0.
+    compared with ``top``, and Newcombe's paired interval, where there is one, excluding 0.
     Uncorrected, some method of equal accuracy fell out of the tie by chance: of 12 methods on
     360 test images, in 25 to 31 % of simulated runs (2 % corrected)."""
     paired, unpaired = [], []
@@ -271,7 +271,7 @@ def tie_rule(n_boot: int, compared: int) -> str:
     holm = f", Holm-adjusted over the {compared} methods compared," if compared > 1 else ""
     if n_boot:
         return (
-            "the paired bootstrap interval of the difference includes 0, or McNemar's "
+            "the paired interval of the difference includes 0, or McNemar's "
             f"test{holm} finds no difference"
         )
     return f"McNemar's test{holm} finds no difference; no bootstrap interval, n_boot is 0"
