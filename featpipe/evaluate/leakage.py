@@ -61,6 +61,9 @@ class DataChecks:
     # {split: images} without a perceptual hash (too small or unreadable) when others have one:
     # the hash check did not compare them.
     unhashed: dict[str, int] = field(default_factory=dict)
+    # Groups of [split, id, class] holding one image (as ``basis`` finds it) under more than
+    # one class, in any splits: no method gets every copy right (checks saved before: none).
+    conflicts: list[list[list[str]]] = field(default_factory=list)
 
     @property
     def duplicated_test(self) -> set[str]:
@@ -93,6 +96,13 @@ class DataChecks:
             )
         else:
             out.append(f"No image appears in two splits ({self.basis}).")
+        if self.conflicts:
+            examples = "; ".join(_conflict_example(g) for g in self.conflicts[:SHOWN])
+            out.append(
+                f"{len(self.conflicts)} image(s) carry more than one label ({self.basis}): "
+                "no method can get every copy right, and a head trained on them learns noise. "
+                f"Examples: {examples}."
+            )
         out += self._near_lines(n_test, where)
         for split, small in self.small_classes.items():
             listed = ", ".join(f"{c} ({n})" for c, n in list(small.items())[:SHOWN])
@@ -106,7 +116,12 @@ class DataChecks:
     @property
     def findings(self) -> int:
         """How many kinds of problem were found (0: clean)."""
-        return bool(self.duplicates) + bool(self.near or self.near_hash) + len(self.small_classes)
+        return (
+            bool(self.duplicates)
+            + bool(self.conflicts)
+            + bool(self.near or self.near_hash)
+            + len(self.small_classes)
+        )
 
     def _near_lines(self, n_test: int, where: str) -> list[str]:
         """The near-duplicate sentences, each naming its test: perceptual hash, feature cosine."""
@@ -161,6 +176,13 @@ def _example(group: list[list[str]]) -> str:
     ]
     more = f" ({len(group)} copies)" if len(group) > len(firsts) else ""
     return " = ".join(f"{i} ({s})" for s, i in firsts) + more
+
+
+def _conflict_example(group: list[list[str]]) -> str:
+    """A group of copies under several labels as its first image of each label."""
+    firsts = [next(m for m in group if m[2] == c) for c in dict.fromkeys(c for _, _, c in group)]
+    more = f" ({len(group)} copies)" if len(group) > len(firsts) else ""
+    return " = ".join(f"{i} ({s}, {c})" for s, i, c in firsts) + more
 
 
 def content_hashes(source: ImageSource) -> dict[str, str]:
@@ -260,9 +282,10 @@ def check_data(
         basis = FEATURES
         hashes = [hashlib.sha256(np.ascontiguousarray(r).tobytes()).hexdigest() for r in features]
     groups: dict[str, list[list[str]]] = {}
-    for h, i, s in zip(hashes or [], ids, splits, strict=False):
-        groups.setdefault(h, []).append([s, i])
-    duplicates = [g for g in groups.values() if len({s for s, _ in g}) > 1]
+    for h, i, s, y in zip(hashes or [], ids, splits, labels, strict=False):
+        groups.setdefault(h, []).append([s, i, classes[y]])
+    duplicates = [[[s, i] for s, i, _ in g] for g in groups.values() if len({m[0] for m in g}) > 1]
+    conflicts = [g for g in groups.values() if len({m[2] for m in g}) > 1]
     near = []
     if features is not None:  # after the row hashes above: this may scale features in place
         near = _near_duplicates(features, splits_arr, ids, threshold, overwrite_features)
@@ -292,6 +315,7 @@ def check_data(
         near_hash=near_hash,
         hash_bits=hash_bits if image_hashes else None,
         unhashed={split: unhashed[split] for split in SPLIT_NAMES if split in unhashed},
+        conflicts=conflicts,
     )
 
 

@@ -1,0 +1,98 @@
+"""Data checks, round 8: what `featpipe check` and the report's checks said clean."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from test_trust_leakage_6 import _pattern
+
+from featpipe.cli import main
+from featpipe.data.manifest import CSVSource
+from featpipe.evaluate.leakage import DataChecks, check_data, check_source
+
+
+def _conflicting_source(root: Path) -> CSVSource:
+    """Train: 6 patterns, one of them also filed under the other class in train; test: 4 new
+    patterns, one of them filed under both classes in test. No image spans two splits."""
+    rows = ["path,label,split"]
+
+    def add(seed: int, name: str, split: str, label: str) -> None:
+        _pattern(seed).save(root / f"{name}.png")
+        rows.append(f"{name}.png,{label},{split}")
+
+    for i in range(6):
+        add(i, f"tr{i}", "train", "ab"[i % 2])
+    add(0, "tr0_again", "train", "b")  # tr0 is an 'a'
+    for i in range(6, 10):
+        add(i, f"te{i}", "test", "ab"[i % 2])
+    add(6, "te6_again", "test", "b")  # te6 is an 'a'
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    return CSVSource(root / "m.csv")
+
+
+def test_the_same_image_under_two_labels_in_one_split_is_a_finding(tmp_path):
+    # Before: 'No image appears in two splits' and nothing else: a test image filed under two
+    # classes caps every method's top-1, and was not mentioned.
+    checks = check_source(_conflicting_source(tmp_path))
+    assert not checks.duplicates
+    assert checks.findings >= 1
+    text = " ".join(checks.lines())
+    assert "2 image(s) carry more than one label (by content hash" in text
+    assert "tr0.png (train, a) = tr0_again.png (train, b)" in text
+    assert "te6.png (test, a) = te6_again.png (test, b)" in text
+    # The same image under one label twice is no conflict.
+    f = np.eye(4, dtype=np.float32)[[0, 0, 1, 2]]
+    same = check_data(
+        ["x", "y", "z", "w"], np.array([0, 0, 1, 1]), ["train"] * 4, ["a", "b"], features=f
+    )
+    assert same.conflicts == [] and same.findings == 0
+
+
+def test_identical_features_under_two_labels_are_a_conflict_and_old_checks_read():
+    f = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    f[3] = f[2]
+    checks = check_data(
+        list("pqrs"),
+        np.array([0, 1, 0, 1]),
+        ["train", "train", "test", "test"],
+        ["a", "b"],
+        features=f,
+        min_per_class=1,
+    )
+    assert checks.conflicts == [[["test", "r", "a"], ["test", "s", "b"]]]
+    assert "by identical stored features" in checks.lines()[1]
+    again = DataChecks.from_json(json.loads(json.dumps(checks.to_json())))
+    assert again.conflicts == checks.conflicts
+    old = checks.to_json()
+    del old["conflicts"]  # checks.json written before label conflicts were looked for
+    assert DataChecks.from_json(old).conflicts == []
+
+
+def test_featpipe_check_exits_1_on_a_label_conflict_and_its_json_names_it(tmp_path, capsys):
+    from featpipe import extract
+
+    source = _conflicting_source(tmp_path)
+    store = extract(source, "toy", ["pooled"], cache_dir=tmp_path, progress=False, device="cpu")
+    args = [
+        "check",
+        str(store.path),
+        "--source",
+        str(tmp_path / "m.csv"),
+        "--min-per-class",
+        "1",
+        "--cosine",
+        "1",
+    ]
+    assert main(args) == 1
+    assert "carry more than one label" in capsys.readouterr().out
+    assert main([*args, "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)["conflicts"]
+    assert sorted(m[1] for g in found for m in g) == [
+        "te6.png",
+        "te6_again.png",
+        "tr0.png",
+        "tr0_again.png",
+    ]
