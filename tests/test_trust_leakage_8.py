@@ -96,3 +96,23 @@ def test_featpipe_check_exits_1_on_a_label_conflict_and_its_json_names_it(tmp_pa
         "tr0.png",
         "tr0_again.png",
     ]
+
+
+def test_a_store_without_test_or_reference_images_is_not_said_to_have_no_near_duplicates():
+    # Before: 'No test image has a near-duplicate in train or val (...)' for a store with no
+    # test images, or with test images only: nothing was compared.
+    f = np.random.default_rng(1).normal(size=(4, 8)).astype(np.float32)
+    labels = np.array([0, 1, 0, 1])
+    for splits, missing in ((["train"] * 2 + ["val"] * 2, "test"), (["test"] * 4, "train or val")):
+        checks = check_data(
+            list("pqrs"),
+            labels,
+            splits,
+            ["a", "b"],
+            features=f.copy(),
+            image_hashes={i: k for k, i in enumerate("pqrs")},
+            min_per_class=1,
+        )
+        text = " ".join(checks.lines())
+        assert f"Near-duplicates were not looked for: there are no {missing} images." in text
+        assert "No test image has a near-duplicate" not in text

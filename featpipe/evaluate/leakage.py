@@ -125,6 +125,10 @@ class DataChecks:
 
     def _near_lines(self, n_test: int, where: str) -> list[str]:
         """The near-duplicate sentences, each naming its test: perceptual hash, feature cosine."""
+        n_reference = sum(self.counts.get(split, 0) for split in self.near_reference)
+        if not n_test or (self.counts and not n_reference):  # nothing to compare: not clean
+            missing = "test" if not n_test else where
+            return [f"Near-duplicates were not looked for: there are no {missing} images."]
         out = []
         hashed = f"(perceptual hash within {self.hash_bits} bits)"
         cosine = f"(cosine ≥ {self.threshold} on the stored {self.near_layer} features)"
