@@ -183,10 +183,13 @@ def _example(group: list[list[str]]) -> str:
 
 
 def _conflict_example(group: list[list[str]]) -> str:
-    """A group of copies under several labels as its first image of each label."""
-    firsts = [next(m for m in group if m[2] == c) for c in dict.fromkeys(c for _, _, c in group)]
-    more = f" ({len(group)} copies)" if len(group) > len(firsts) else ""
-    return " = ".join(f"{i} ({s}, {c})" for s, i, c in firsts) + more
+    """A group of copies under several labels as its first image of each of the first
+    ``SHOWN`` labels (one black frame may be filed under every class), and how many."""
+    labels = list(dict.fromkeys(c for _, _, c in group))
+    firsts = [next(m for m in group if m[2] == c) for c in labels[:SHOWN]]
+    more = f" and {len(labels) - SHOWN} more labels" if len(labels) > SHOWN else ""
+    copies = f" ({len(group)} copies)" if len(group) > len(firsts) else ""
+    return " = ".join(f"{i} ({s}, {c})" for s, i, c in firsts) + more + copies
 
 
 def content_hashes(source: ImageSource) -> dict[str, str]:
