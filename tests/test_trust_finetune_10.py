@@ -168,9 +168,10 @@ def _nothing(device):
 def test_a_training_batch_of_one_image_through_batch_norm_is_refused(monkeypatch):
     # Before: ValueError 'Expected more than 1 value per channel when training' mid-epoch
     # (1x1 feature maps at image_size 8), or a training on single-image batch statistics.
-    source = synthetic_source(n_train=1, n_val=3, n_test=0)
-    with pytest.raises(ConfigError, match=r"batches of 1 image \(1 "):
-        tuner(image_size=8).fit(source)
+    # 2 train rows (one train row is of one class, refused before this check).
+    source = synthetic_source(n_train=2, n_val=3, n_test=0)
+    with pytest.raises(ConfigError, match=r"batches of 1 image \(2 train rows, batch_size 1\)"):
+        tuner(image_size=8, batch_size=1).fit(source)
     with pytest.raises(ConfigError, match=r"batch_size 1\) through batch norm"):
         tuner(image_size=8, batch_size=1).fit(synthetic_source(n_train=6, n_test=0))
     # Under DDP: 2 train rows over 2 ranks, one each.
@@ -184,8 +185,8 @@ def test_a_training_batch_of_one_image_through_batch_norm_is_refused(monkeypatch
 
 @pytest.mark.filterwarnings("ignore:In the splits given")  # classes without train rows
 def test_a_batch_of_one_trains_where_batch_norm_is_frozen():
-    source = synthetic_source(n_train=1, n_val=3, n_test=0)
-    fitted = tuner(image_size=8, mode="bn", epochs=1).fit(source)
+    source = synthetic_source(n_train=2, n_val=3, n_test=0)  # of 2 classes
+    fitted = tuner(image_size=8, mode="bn", epochs=1, batch_size=1).fit(source)
     assert fitted.history_[1]["train_loss"] > 0
 
 

@@ -16,7 +16,8 @@ from sklearn.model_selection import ParameterGrid
 
 from featpipe.data.source import ImageSource
 from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
-from featpipe.finetune.tuner import NOT_RESULT_PARAMS, FineTuner
+from featpipe.finetune import ddp
+from featpipe.finetune.tuner import NOT_RESULT_PARAMS, FineTuner, warn_if_val_cannot_choose
 from featpipe.interrupt import Interrupted
 from featpipe.store import FeatureStore
 
@@ -85,7 +86,6 @@ def _check_batches_of_one(tuner: FineTuner, candidates: list[dict]) -> None:
     norm that trains, before the first candidate trains (its own fit refuses it only when its
     turn comes). Builds the backbone only for such candidates."""
     from featpipe.backbones import get_backbone
-    from featpipe.finetune import ddp
     from featpipe.finetune.freezing import Mode, check_batches_of_one, freeze
     from featpipe.finetune.tuner import spec_for
 
@@ -159,6 +159,10 @@ def fit_grid(
         seconds += candidate.fit_seconds_
         if best is None or score > float(best.best_score_[0]):
             best, best_params = candidate, params
+    if len(candidates) > 1 and ddp.is_main():
+        warn_if_val_cannot_choose(
+            best, f"grid candidate {_named(best_params)}", float(best.best_score_[0])
+        )
     return GridResult(best, best_params, curve, dict(grid), seconds)
 
 

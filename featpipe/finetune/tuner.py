@@ -63,6 +63,7 @@ from featpipe.finetune.freezing import (
     training_batch_norm,
 )
 from featpipe.finetune.recipe import OPTIMIZERS, build_optimizer, param_groups, warmup_cosine
+from featpipe.heads.selection import no_better_than_one_class
 from featpipe.interrupt import Interrupted, deferred
 from featpipe.store import FeatureStore
 from featpipe.store.lock import StoreLock, describe_owner, lock_path, read_owner
@@ -299,6 +300,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.train_rows_, self.val_rows_, self.val_carved_ = split_rows(
             source, self.val_fraction, self.seed
         )
+        _check_two_classes(source, self.train_rows_)
         saved = self._resumable(source)
         # Which run best.pt and last.pt belong to (see checkpoint.settle_best).
         self._run = saved.get("run") if saved else uuid.uuid4().hex
@@ -344,6 +346,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             self.model_.load_state_dict(self._best_weights)
             self.model_.eval()
             self._tick()
+            if ddp.is_main():
+                epoch = f"epoch {self.best_epoch_}"
+                warn_if_val_cannot_choose(self, epoch, self.best_score_[0], stacklevel=4)
             for cb in callbacks:
                 cb.on_fit_end(self)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under handle_sigterm()
@@ -836,6 +841,44 @@ def _resumed_seconds(saved: dict) -> tuple[float, float]:
     # last epoch (1 in histories from before DDP), as reports counted a row of that run.
     world = history[-1].get("world_size") or 1
     return wall, saved.get("fit_process_seconds", wall * world)
+
+
+def _check_two_classes(source: ImageSource, rows: np.ndarray) -> None:
+    """A ConfigError for train rows of one class (e.g. on_error="skip" left out every image of
+    the others): training learns to predict that class for every image, and LP-FT's probe
+    was refused in logistic regression's words."""
+    present = np.unique(np.asarray(source.labels)[rows])
+    if len(present) < 2:
+        raise ConfigError(
+            f"The train rows hold {len(rows)} image{'s' * (len(rows) != 1)}, all of class "
+            f"{source.classes[int(present[0])]!r}: a fine-tune needs train images of at least "
+            "2 classes to learn from. Check the source's labels and splits (and, under "
+            'on_error = "skip", which images were left out).'
+        )
+
+
+def warn_if_val_cannot_choose(
+    tuner: FineTuner, chosen: str, score: float, stacklevel: int = 3
+) -> None:
+    """Warn when ``tuner``'s val rows chose ``chosen`` (an epoch, a grid candidate) at a
+    ``score`` no better than predicting the most common val class for every row, the heads'
+    rule (a 1-row val split kept epoch 0, the untrained model, at 100 %)."""
+    labels = np.asarray(tuner.source_.labels)[tuner.val_rows_]
+    found = no_better_than_one_class(score, [labels])
+    if found is None:
+        return
+    share, common = found
+    n, name = len(labels), tuner.class_names_[int(common)]
+    carved = " (carved from train: raise val_fraction, CLI --val-fraction)" * tuner.val_carved_
+    warnings.warn(
+        f"The fine-tune chose {chosen} at {100 * score:.1f} % val accuracy on {n} val "
+        f"row{'s' * (n != 1)}, no better than predicting class {name!r} for every row "
+        f"({100 * share:.1f} %): on these rows it cannot be told from a model that ignores "
+        "the images (epoch 0 is the untrained model). Give the val split more rows of more "
+        f"classes{carved}; if it has enough, the fine-tune learned nothing they can see.",
+        UserWarning,
+        stacklevel=stacklevel,  # the line that called fit (or fit_grid)
+    )
 
 
 def _check_steps(steps: int, rows: int, world: int) -> None:
