@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 from test_trust_leakage_6 import _pattern
 
@@ -131,3 +132,10 @@ def test_one_image_under_every_class_is_shown_with_a_few_labels():
     assert "f0 (train, c0) = f1 (train, c1)" in line
     assert "and 295 more labels (300 copies)" in line and "c5)" not in line
     assert len(line) < 400
+
+
+def test_featpipe_check_help_names_the_label_conflict_check(capsys):
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the same image under more than one label in any splits" in text

@@ -11,11 +11,12 @@ examples:
   featpipe check data/cache/<store>.h5 --source digits   # content and perceptual hashes
   featpipe check data/cache/<store>.h5 --json
 
-Checks: the same image in two splits (by content hash with --source, else by identical stored
-features), test images with a near-duplicate in train or val (heads are refit on train+val):
-with --source, a perceptual hash of each image within --hash-bits bits (finds resized,
-recompressed, grayscale and brightened copies), and always cosine >= --cosine on the stored
-pooled features (misses most such copies); and classes with fewer than --min-per-class
+Checks: the same image in two splits, and the same image under more than one label in any
+splits (by content hash with --source, else by identical stored features); test images with
+a near-duplicate in train or val (heads are refit on train+val): with --source, a perceptual
+hash of each image within --hash-bits bits (finds resized, recompressed, grayscale and
+brightened copies), and always cosine >= --cosine on the stored pooled features (misses most
+such copies); and classes with fewer than --min-per-class
 validation or test images. A store holding features that are not finite (NaN, inf) in any
 layer is an error naming them.
 Exit status 0 when nothing was found, 1 when something was, 2 on an error.
@@ -25,7 +26,8 @@ Exit status 0 when nothing was found, 1 when something was, 2 on an error.
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "check",
-        help="look for duplicates across splits, near-duplicates and small classes in a store",
+        help="look for duplicates across splits, label conflicts, near-duplicates and small "
+        "classes in a store",
         description="The report's data checks on one feature store.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
