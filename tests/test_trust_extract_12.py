@@ -1,15 +1,26 @@
 """Extraction under damage and odd inputs: a damaged part file of a parted store, limits
-that leave no image."""
+that leave no image, images beyond a float16 head's range."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import torch
+import toy_backbone
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
 
+from featpipe import extract
+from featpipe.backbones import register_backbone
+from featpipe.backbones.registry import _BUILTINS
 from featpipe.cli import main
+from featpipe.heads import save_head
 from featpipe.store import FeatureStore
 
 TOY = ["--backbone", "toy", "--workers", "0", "--device", "cpu", "--no-progress"]
+QUIET = {"workers": 0, "device": "cpu", "progress": False}
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not hdf5"])
@@ -58,3 +69,45 @@ def test_limits_that_leave_no_image_name_the_limits(image_folder, tmp_path, caps
     assert main([*args, "--limit-train", "0", "--test-fraction", "0.3"]) == 0  # test rows stay
     capsys.readouterr()
     assert FeatureStore(out).split_counts()["train"] == 0
+
+
+def _bright_toy(spec):
+    """toy whose first convolution has large positive weights: its 'stem.0:max' features of
+    dark images fit in float16 (about -47000), those of a white image do not (about 80000)."""
+    bb = toy_backbone.build_toy(spec)
+    with torch.no_grad():
+        bb.model.stem[0].weight.abs_().mul_(1.15e4)
+        bb.model.stem[0].bias.zero_()
+    return bb
+
+
+def test_predicting_images_beyond_a_float16_heads_range_is_one_line(tmp_path, capsys):
+    """A head trained on a float16 store, predicting images whose features exceed 65504:
+    rounded to float16 as its store holds them they became inf, and sklearn's ValueError
+    ('Input X contains infinity') came as a traceback."""
+    if "bright_toy" not in _BUILTINS:
+        register_backbone("bright_toy")(_bright_toy)
+    rng = np.random.default_rng(0)
+    dark, bright = tmp_path / "dark", tmp_path / "bright"
+    for c in "ab":
+        (dark / c).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 40, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(dark / c / f"{i}.png")
+    bright.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(bright / "white.png")
+    layer = "stem.0:max"
+    store = extract(str(dark), "bright_toy", [layer], out=tmp_path / "s.h5", **QUIET)
+    X, y = store.arrays(layer)
+    head = tmp_path / "head.joblib"
+    save_head(LogisticRegression().fit(X, y), head, store=store, layer=layer)
+
+    assert main(["predict", str(head), str(dark / "a"), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no numpy overflow warning either
+        assert main(["predict", str(head), str(bright), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "1 images give 'stem.0:max' features beyond 65504, the largest float16" in err
+    assert "white.png): train a head on a store extracted with --dtype float32" in err

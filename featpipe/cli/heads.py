@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from featpipe.cli.options import pick_layer
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, NonFiniteFeaturesError
 
 PROBE_EXAMPLES = """\
 examples:
@@ -412,5 +412,14 @@ def _embed(files: list[Path], sidecar: dict, args: argparse.Namespace) -> np.nda
     X = emb.transform([str(f) for f in files])
     # A float16 store holds its features rounded: so must these, for the same predictions.
     if (sidecar.get("features") or {}).get("dtype") == "float16":
-        X = X.astype(np.float16).astype(np.float32)
+        with np.errstate(over="ignore"):  # an overflow is refused below, in its words
+            X = X.astype(np.float16).astype(np.float32)
+        if not np.isfinite(X).all():  # beyond 65504: the store would have refused them too
+            bad = [str(files[i]) for i in np.flatnonzero(~np.isfinite(X).all(axis=1))]
+            names = ", ".join(bad[:3]) + (" and more" if len(bad) > 3 else "")
+            raise NonFiniteFeaturesError(
+                f"{len(bad)} images give {sidecar['layer']!r} features beyond 65504, the largest "
+                f"float16, the dtype of the features {args.head} was trained on ({names}): "
+                "train a head on a store extracted with --dtype float32 to predict them."
+            )
     return X
