@@ -1,7 +1,8 @@
-"""Checks on the data behind a benchmark: the same image in two splits (exact duplicates by
-content hash), test images nearly identical to a train or val image (a perceptual hash of
-each image when the source is at hand, and the cosine similarity of their stored ``pooled``
-features; heads are refit on train+val), and classes with too few validation or test images.
+"""Checks on the data behind a benchmark: the same image in two splits or under two labels
+(exact duplicates by content hash), test images nearly identical to a train or val image (a
+perceptual hash of each image when the source is at hand, and the cosine similarity of their
+stored ``pooled`` features; heads are refit on train+val), and classes with too few
+validation or test images.
 Used by the report and by ``featpipe check STORE``.
 
 The perceptual hash finds what the features miss. On CIFAR-10 (benchmarks/near_duplicates.py)
@@ -278,8 +279,9 @@ def check_data(
     min_per_class: int = MIN_PER_CLASS,
     overwrite_features: bool = False,
 ) -> DataChecks:
-    """Run every check on one row per sample. Exact duplicates use ``hashes`` (one digest per
-    row, found as ``basis`` says) when given, else identical rows of ``features``;
+    """Run every check on one row per sample. Exact duplicates (across splits, and under
+    more than one label in any splits) use ``hashes`` (one digest per row, found as ``basis``
+    says) when given, else identical rows of ``features``;
     near-duplicates use ``image_hashes`` (``{id: perceptual hash}``; ids left out are not
     compared) and ``features``, each when given. ``overwrite_features``: float32 ``features``
     may be changed (scaled to unit rows) instead of copied."""
