@@ -83,6 +83,13 @@ def pool(output: torch.Tensor, pooling: str, layer: str = "") -> torch.Tensor:
         k = int(_GRID.match(pooling).group(1))
         if k < 1:
             raise ConfigError(f"grid pooling needs k >= 1; got {pooling!r}.")
+        height, width = output.shape[2:]
+        if k > min(height, width):  # cells past the map's size only repeat its values
+            raise ConfigError(
+                f"Pooling {pooling!r} asks for a {k}×{k} grid of layer {layer!r}, whose map is "
+                f"{height}×{width} at this image size; use grid:{min(height, width)} or less, or "
+                "none for every position."
+            )
         return F.adaptive_avg_pool2d(output, k).flatten(1)
     if pooling in ("cls", "mean"):
         if nd != 3:
