@@ -407,6 +407,7 @@ def _embed(files: list[Path], sidecar: dict, args: argparse.Namespace) -> np.nda
         image_size=size,
         batch_size=args.batch_size,
         device=args.device,
+        decode=_store_decode(sidecar, args),
     ).fit()
     check_backbone_matches(sidecar, emb.backbone_identity_)
     X = emb.transform([str(f) for f in files])
@@ -423,3 +424,38 @@ def _embed(files: list[Path], sidecar: dict, args: argparse.Namespace) -> np.nda
                 "train a head on a store extracted with --dtype float32 to predict them."
             )
     return X
+
+
+def _store_decode(sidecar: dict, args: argparse.Namespace) -> str:
+    """The ``decode`` that gives images the pixels the head's store had (``fast`` for a
+    ``--decode fast`` store). Warns where the store's features cannot be computed here as it
+    computed them (another precision, nvJPEG's decode) or where the sidecar does not say how
+    (saved before it was recorded): predictions then differ a little from the store's."""
+    from featpipe.device import resolve_device
+    from featpipe.extract.loop import compute_identity
+
+    if "compute" not in sidecar:
+        warnings.warn(
+            f"{args.head}'s sidecar (format version {sidecar.get('format_version')}) does not "
+            "record how its store decoded images, so they are decoded exactly: if the store was "
+            "extracted with --decode fast, probabilities differ a little from the store's. Save "
+            "the head again with this featpipe to record it.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return "exact"
+    saved = sidecar["compute"]
+    if not isinstance(saved, dict):  # a store made before featpipe recorded it: exact, fp32
+        return "exact"
+    decode = "fast" if saved.get("decode") == "pil-fast" else "exact"
+    here = compute_identity(resolve_device(args.device), "cpu", decode)
+    if any(saved.get(key) != value for key, value in here.items()):
+        warnings.warn(
+            f"{args.head} was trained on features computed with {saved}; these images are "
+            f"computed with {here}, so probabilities differ a little from the store's. For the "
+            "store's numbers, predict with --device like the store's extraction, or extract "
+            "these images into a store the same way and predict on it.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return decode

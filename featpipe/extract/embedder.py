@@ -11,15 +11,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from featpipe.atomic import replace_with
 from featpipe.backbones import Backbone, LayerSpec, get_backbone
-from featpipe.data.images import load_rgb, to_rgb
+from featpipe.data.images import check_decode, load_rgb, to_rgb
 from featpipe.device import on_device, resolve_device
 from featpipe.errors import ConfigError, NonFiniteFeaturesError
+from featpipe.extract.datapath import CPUDataPath
 from featpipe.extract.inference import Inference, precision
 from featpipe.extract.lanes import lane_count, lanes_running
 from featpipe.extract.loop import default_workers
@@ -77,6 +77,21 @@ def _to_pil(item: ImageLike) -> Image.Image:
     return to_rgb(Image.fromarray(item))
 
 
+class _Items:
+    """A list of images as the source a data path loads rows from: files keep their path,
+    so that ``decode="fast"`` can decode a JPEG file at reduced scale as extraction does."""
+
+    def __init__(self, items: Sequence[ImageLike]):
+        self.items = items
+
+    def load(self, index: int) -> Image.Image:
+        return _to_pil(self.items[index])
+
+    def path(self, index: int) -> str | None:
+        item = self.items[index]
+        return str(item) if isinstance(item, (str, os.PathLike)) else None
+
+
 def _as_items(X: Iterable[ImageLike] | np.ndarray) -> list[ImageLike]:
     """A batch of images as a list: a 4-D uint8 array (n, H, W, C) is split by rows."""
     if isinstance(X, (str, os.PathLike, Image.Image)):
@@ -88,6 +103,10 @@ class Embedder(TransformerMixin, BaseEstimator):
     """Images in, (n, D) float32 features of one backbone layer out, computed in batches with
     the backbone's own preprocessing by extraction's forward pass (eval mode, channels-last,
     bf16 or fp16 autocast on CUDA, fp32 on the CPU), so that they match a store's features.
+
+    ``decode`` is extraction's ``--decode``: ``"fast"`` decodes JPEG files at reduced DCT
+    scale, as a store extracted with ``--decode fast`` did (featpipe predict passes the
+    decode of the head's store).
 
     With ``cache_dir`` each image's feature is stored under a key of (backbone identity,
     layer, image identity), so ``GridSearchCV`` over a pipeline starting with this transformer
@@ -109,6 +128,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         device: str = "auto",
         cache_dir: str | os.PathLike | None = None,
         n_jobs: int | None = None,
+        decode: str = "exact",
     ):
         self.backbone = backbone
         self.layer = layer
@@ -117,6 +137,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         self.device = device
         self.cache_dir = cache_dir
         self.n_jobs = n_jobs
+        self.decode = decode
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -147,6 +168,8 @@ class Embedder(TransformerMixin, BaseEstimator):
         # CPU) is left out of the key, so that caches made before it was recorded stay valid.
         if (autocast := precision(inference.device)) != "fp32":
             key["precision"] = autocast
+        if self.decode != "exact":  # other pixels; left out at exact, as for precision
+            key["decode"] = self.decode
         ident = json.dumps(key, sort_keys=True)
         folder = Path(self.cache_dir) / hashlib.sha256(ident.encode()).hexdigest()[:24]
         folder.mkdir(parents=True, exist_ok=True)
@@ -168,6 +191,7 @@ class Embedder(TransformerMixin, BaseEstimator):
             raise ConfigError(
                 f"n_jobs must be >= 1, or None for one lane per core; got {self.n_jobs}."
             )
+        check_decode(self.decode)
 
     def _output_params(self) -> tuple:
         """The parameters what ``fit`` records (identity, width) depends on."""
@@ -195,12 +219,15 @@ class Embedder(TransformerMixin, BaseEstimator):
             replace_with(meta, lambda tmp: tmp.write_text(json.dumps({"dim": dim})))
         return dim
 
-    def _forward(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Features of a batch of images: extraction's forward pass (same precision)."""
+    def _forward(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """Features of a batch of images: extraction's cpu data path (decode, resize, crop,
+        normalise) and forward pass (same precision)."""
         bb, inference = self._model()
-        transform = bb.preprocessing.transform()
-        batch = torch.stack([transform(img) for img in images])
+        path = CPUDataPath(bb.preprocessing, self.decode, uint8=True)
+        source = _Items(images)
+        batch = path.collate([path.load(source, row) for row in range(len(images))])
         with on_device(inference.device):
+            batch = path.to_batch(batch, inference.device)
             return inference.arrays(batch)[LayerSpec.parse(self.layer).name]
 
     def transform(self, X: Iterable[ImageLike]) -> np.ndarray:
@@ -255,7 +282,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         _, inference = self._model()
 
         def work(i: int) -> np.ndarray:
-            return self._forward([_to_pil(items[row]) for row in batches[i]])
+            return self._forward([items[row] for row in batches[i]])
 
         jobs = default_workers(inference.device, "cpu") if self.n_jobs is None else self.n_jobs
         lanes = min(len(batches), lane_count(inference.device, int(jobs), compiled=False))

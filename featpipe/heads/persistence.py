@@ -39,12 +39,20 @@ SIDECAR_FORMAT = "featpipe.head"
 # 2: records the stored layer's pooling, width and dtype ("features").
 # 3: records the head file's sha256 ("file_sha256"), so a file from another save is refused,
 #    and the backbone's whole identity (token pooling, Swin's turned layers, ...), checked whole.
-SIDECAR_VERSION = 3
+# 4: records how the store computed its features ("compute": decode path and precision), so
+#    that featpipe predict on images decodes them as the store did.
+SIDECAR_VERSION = 4
 # What sidecars before version 3 recorded of the backbone.
 _BACKBONE_KEYS = ("spec", "weights_sha256", "preprocessing")
 # What sidecars since version 2 record of the stored layer ("features"), always checked.
 _FEATURE_KEYS = ("layer", "dim", "pooling", "dtype")
-_NO_STORE = {"store_key": None, "store_path": None, "backbone": None, "features": None}
+_NO_STORE = {
+    "store_key": None,
+    "store_path": None,
+    "backbone": None,
+    "compute": None,
+    "features": None,
+}
 SKOPS_SUFFIX = ".skops"
 RESAVE = "Save the head again (featpipe probe --save-dir, or save_head) to rewrite it."
 # What unpickling a truncated or overwritten file raises (a damaged opcode, length or frame).
@@ -88,7 +96,11 @@ def _store_provenance(store: object) -> dict:
     backbone = attrs.get("backbone") or {}
     if isinstance(backbone, str):
         backbone = json.loads(backbone)
+    compute = attrs.get("compute")  # None for stores made before it was recorded
+    if isinstance(compute, str):
+        compute = json.loads(compute)
     return {
+        "compute": compute,
         "store_key": getattr(store, "key", attrs.get("key")),
         "store_path": str(getattr(store, "path", "")),
         "backbone": {
@@ -122,8 +134,9 @@ def save_head(
     selection: object = None,
 ) -> Path:
     """Write ``path`` and ``<path>.json``: store key, backbone spec, weights sha and
-    preprocessing, the layer (pooling, width, dtype), classes, the head's preprocessing, the
-    chosen hyper-parameters and library versions. A path ending in ``.skops`` is written with
+    preprocessing, how the store computed its features (decode path, precision), the layer
+    (pooling, width, dtype), classes, the head's preprocessing, the chosen hyper-parameters
+    and library versions. A path ending in ``.skops`` is written with
     skops (safe to load), any other with joblib."""
     if not hasattr(head, "classes_"):
         raise ConfigError(f"Only a fitted head can be saved; {type(head).__name__} is not fitted.")
