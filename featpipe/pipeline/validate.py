@@ -169,14 +169,17 @@ def check_sizes(config, source) -> None:
             "evaluated; set source.test_fraction > 0 or give the source a test split."
         )
     n_train = len(source.indices("train"))
-    if (config.probes.heads and config.probes.layers) or _lpft(config):  # LP-FT fits a probe
-        _two_classes(config, source)
     too_big = [n for n in config.source.train_sizes if n > n_train]
     if too_big:
         raise ConfigError(
             f"source.train_sizes {too_big} exceed the {n_train} train images of the source; "
             f"use sizes up to {n_train}."
         )
+    probes = bool(config.probes.heads and config.probes.layers)
+    if probes or (config.finetune.modes and config.finetune.backbones):
+        _two_classes(config, source)
+    if probes:
+        _val_to_choose(config, source)
 
 
 def _lpft(config) -> bool:
@@ -196,21 +199,54 @@ def finetune_rows(config, source) -> tuple[int, ...]:
 
 
 def _two_classes(config, source) -> None:
-    """The heads' train rows hold at least 2 classes (each head refuses fewer, but only after
-    extraction): the train split's, and each size of the data-size sweep (one image is one
-    class)."""
+    """The train rows of the heads and fine-tunes hold at least 2 classes (each refuses fewer,
+    but only after extraction or once it starts): the train split's, and each size of the
+    data-size sweep (one image is one class; a small subset of an imbalanced split can hold
+    only its largest class)."""
+    from featpipe.data.splits import nested_subsets
+
     train = source.indices("train")
-    classes = len(np.unique(np.asarray(source.labels)[train]))
+    labels = np.asarray(source.labels)[train]
+    classes = len(np.unique(labels))
     if classes < 2:
         raise ConfigError(
             f"The source's train split holds {len(train)} image(s) of {classes} class(es); "
-            "a head needs train images of at least 2 classes. Raise source.limits.train, or "
-            "give the source images of more classes."
+            "a head or fine-tune needs train images of at least 2 classes. Raise "
+            "source.limits.train, or give the source images of more classes."
         )
     if ones := [n for n in config.source.train_sizes if n < 2]:
         raise ConfigError(
-            f"source.train_sizes {ones}: one train image is one class, and a head needs train "
-            "images of at least 2 classes; use sizes of 2 or more."
+            f"source.train_sizes {ones}: one train image is one class, and a head or "
+            "fine-tune needs train images of at least 2 classes; use sizes of 2 or more."
+        )
+    # The subsets the sweep will train on (jobs.sweep_ids draws them the same way, seeded).
+    drawn = nested_subsets(labels, config.source.train_sizes, config.source.split_seed)
+    if alone := [n for n, rows in drawn.items() if len(np.unique(labels[rows])) < 2]:
+        name = source.classes[int(labels[drawn[alone[0]][0]])]
+        raise ConfigError(
+            f"source.train_sizes {alone}: the train subset of {alone[0]} images holds only "
+            f"class {name!r} (subsets keep each class's share of the {len(train)} train "
+            "images), and a head or fine-tune needs train images of at least 2 classes; use "
+            "larger sizes."
+        )
+
+
+def _val_to_choose(config, source) -> None:
+    """Heads that read a store chunk by chunk (``logreg_stream``, ``knn_faiss``) choose on its
+    val split, having no cross-validation: refused now, not after extraction."""
+    from featpipe.heads.registry import HEADS
+
+    if len(source.indices("val")):
+        return
+    streamed = [h for h in config.probes.heads if getattr(HEADS[h].factory, "streams_store", 0)]
+    if streamed:
+        raise ConfigError(
+            f"probes.heads: {' and '.join(streamed)} read{'s' if len(streamed) == 1 else ''} "
+            "the feature store chunk by chunk and choose parameters on the val split, which "
+            "the source does not have "
+            f"({source.split_counts()}; cross-validation would need the rows in memory). Set "
+            "source.val_fraction above 0, give the source a val split, or use in-memory heads "
+            "(logreg, knn)."
         )
 
 
