@@ -212,10 +212,11 @@ class Comparison:
         p = f"McNemar p{_p_figure(self.mcnemar.p_value)}"
         if self.ci_low is None:
             figures = p
-        elif pts >= 0 or self.verdict == "none":
-            figures = f"95 % CI {100 * self.ci_low:.{d}f} to {100 * self.ci_high:.{d}f}, {p}"
-        else:  # the interval of the gap, stated as positive points like the gap itself
-            figures = f"95 % CI {-100 * self.ci_high:.{d}f} to {-100 * self.ci_low:.{d}f}, {p}"
+        else:  # a trailing gap's interval is stated as positive points like the gap itself
+            lo, hi = (self.ci_low, self.ci_high)
+            if pts < 0 and self.verdict != "none":
+                lo, hi = -hi, -lo
+            figures = f"95 % CI {bound_figure(100 * lo, d)} to {bound_figure(100 * hi, d)}, {p}"
         a, b = self.name_a, self.name_b
         if self.verdict == "none":
             text = (
@@ -265,6 +266,13 @@ def point_decimals(points: float) -> int:
     if points == 0 or abs(points) >= 0.05:
         return 1
     return 1 - math.floor(math.log10(abs(points)))
+
+
+def bound_figure(points: float, decimals: int) -> str:
+    """An interval bound of ``points`` with at least ``decimals`` (its gap's), and more where
+    they would round a bound that is not 0 to 0.0 (an interval excluding 0 by 0.02 points read
+    "0.0 to 1.5" beside "McNemar's test does not confirm it"); 0 never prints as -0.0."""
+    return f"{points + 0.0:.{max(decimals, point_decimals(points))}f}"
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

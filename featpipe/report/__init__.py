@@ -106,7 +106,8 @@ def write_report(
         results = run_dir / RESULTS_FILE
         if not results.exists():
             raise ConfigError(
-                f"No {RESULTS_FILE} in {run_dir}; pass the folder a `featpipe run` wrote to."
+                f"No {RESULTS_FILE} in {run_dir}; pass a folder that holds one: the --out of "
+                "`featpipe run`, or the --run-dir of `featpipe probe` or `featpipe finetune`."
             )
         rows = read_results(results)
     if plan is None:

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from featpipe.evaluate import Comparison
 from featpipe.evaluate.metrics import clearly_below
 from featpipe.report.results import MethodKind
-from featpipe.report.summary import MethodSummary, best, compare_pair, tie_rule, ties
+from featpipe.report.summary import (
+    MethodSummary,
+    best,
+    compare_pair,
+    counted,
+    tie_rule,
+    ties,
+)
 
 FINAL_LAYER = "pooled"  # the backbone's last pooled output: every other layer is intermediate
 MIN_TEST = 100  # below this many test images a 95 % interval on top-1 spans about ±10 points
@@ -42,10 +49,6 @@ def _validation(s: MethodSummary) -> str:
     if s.val_accuracy is None:  # none recorded, or NaN (a results file featpipe did not write)
         return "no validation score"
     return f"validation {_pct(s.val_accuracy)}"
-
-
-def _methods(n: int) -> str:
-    return "1 method" if n == 1 else f"{n} methods"
 
 
 def _ratio(x: float) -> str:
@@ -87,11 +90,11 @@ def recommendation(summaries: list[MethodSummary], n_boot: int) -> list[str]:
     chosen = advice.chosen
     if chosen is None:
         return ["No method has a validation score, so the report makes no recommendation."]
-    size = f" at {largest} training images" if largest is not None else ""
+    size = f" at {counted(largest, 'training image')}" if largest is not None else ""
     text = [
         f"Use {chosen.label}: it has the best validation accuracy{size} "
-        f"({_pct(chosen.val_accuracy)}) of {_methods(len(at_full))}, and scores {_test(chosen)}."
-        + _tie_sentence(advice, n_boot)
+        f"({_pct(chosen.val_accuracy)}) of {counted(len(at_full), 'method')}, and scores "
+        f"{_test(chosen)}." + _tie_sentence(advice, n_boot)
     ]
     for paragraph in (
         _finetune_sentence(at_full, n_boot),
@@ -385,6 +388,6 @@ def _test_size_warnings(summaries: list[MethodSummary]) -> list[str]:
         else "too few"
     )
     return [
-        f"Only {n} test images: {spread} to separate methods that differ by a few points. "
-        "Use a larger test split (source.test_fraction) before reading the comparisons."
+        f"Only {counted(n, 'test image')}: {spread} to separate methods that differ by a few "
+        "points. Use a larger test split (source.test_fraction) before reading the comparisons."
     ]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featpipe.evaluate.compare import point_decimals
+from featpipe.evaluate.compare import bound_figure, point_decimals
 from featpipe.evaluate.leakage import DataChecks
 from featpipe.report import advice, plots
 from featpipe.report.results import MethodKind, ids_sha256
@@ -21,6 +21,7 @@ from featpipe.report.summary import (
     clear_after_holm,
     comparisons,
     cost_devices,
+    counted,
     latest_rows,
     provenance,
     row_cost,
@@ -133,7 +134,11 @@ def _score_differences(scores: dict) -> str:
     for metric, name in (pair for pair in named if pair[0] in scores):
         diff, lo, hi = scores[metric]
         d = point_decimals(100 * diff)
-        ci = "" if lo is None else f" (95 % CI {100 * lo:.{d}f} to {100 * hi:.{d}f})"
+        ci = (
+            ""
+            if lo is None
+            else f" (95 % CI {bound_figure(100 * lo, d)} to {bound_figure(100 * hi, d)})"
+        )
         parts.append(f"in {name} {100 * diff:+.{d}f} points{ci}")
     return "; difference " + ", ".join(parts) if parts else ""
 
@@ -409,7 +414,7 @@ def _dedup_blocks(summaries: list[MethodSummary], checks: DataChecks) -> list:
             Table(
                 [
                     "method",
-                    f"test top-1 % ({len(checks.test_ids)} images)",
+                    f"test top-1 % ({counted(len(checks.test_ids), 'image')})",
                     f"without exact duplicates ({int(keep_exact.sum())})",
                     f"without exact and near-duplicates ({int(keep_near.sum())})",
                 ],
@@ -452,7 +457,7 @@ def _comparison_sections(summaries: list[MethodSummary], n_boot: int) -> list[Se
         if n_boot
         else "McNemar's test (no bootstrap interval: n_boot is 0)"
     )
-    scores_ci = f" (paired bootstrap intervals, {n_boot} resamples)" if n_boot else ""
+    scores_ci = f" (paired bootstrap intervals, {counted(n_boot, 'resample')})" if n_boot else ""
     sections = []
     paired = comparisons(summaries, n_boot=n_boot)
     if paired:
@@ -587,7 +592,8 @@ def build_document(
         "Results",
         [
             *_skipped_notes(rows),
-            f"{len(summaries)} methods on {n_test} test images of {present} classes"
+            f"{counted(len(summaries), 'method')} on {counted(n_test, 'test image')} of "
+            f"{counted(present, 'class', 'classes')}"
             f"{_empty_note(empty)}. "
             "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
             "Wilson score interval over the test images, balanced accuracy and macro F1 with a "

@@ -23,6 +23,11 @@ from featpipe.report.results import MethodKind
 K = TypeVar("K")
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """E.g. "1 method", "3 methods", "1 class": report text never says "1 methods"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 @dataclass
 class MethodSummary:
     """One method aggregated over its seeds (rows in seed order)."""
