@@ -82,7 +82,7 @@ def tables(md: str) -> list[list[list[str]]]:
                 rows.append([c.strip() for c in line.strip("|").split("|")])
             continue
         if rows and rows[0] != ["item", "value"]:
-            keep = [i for i, h in enumerate(rows[0]) if not re.search(r"( s|/s|MiB)$", h)]
+            keep = [i for i, h in enumerate(rows[0]) if not re.search(r"( s|/s)$|MiB", h)]
             out.append([[r[i] for i in keep] for r in rows])
         rows = []
     sentences = [re.sub(r" at [\d.]+ times the cost", "", ln) for ln in md.splitlines()]
