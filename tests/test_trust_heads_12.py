@@ -104,4 +104,18 @@ def test_a_store_computed_otherwise_than_here_warns(fast_head):
         warnings.simplefilter("always")
         assert main(["predict", str(head), str(root / "a"), "--device", "cpu"]) == 0
     said = [str(w.message) for w in caught if "trained on features computed with" in str(w.message)]
-    assert len(said) == 1 and "'precision': 'bf16'" in said[0] and "'fp32'" in said[0], said
+    assert len(said) == 1 and "'precision': 'bf16'" in said[0], said
+    assert "these images are computed with {'precision': 'fp32'" in said[0]
+
+
+def test_predict_on_a_store_computed_otherwise_warns(fast_head, tmp_path):
+    """A head of a --decode fast store predicting on an exact store of the same images: other
+    features, without a word."""
+    root, _, head = fast_head
+    exact = extract(str(root), "toy", ["pooled"], out=tmp_path / "exact.h5", **QUIET)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["predict", str(head), str(exact.path)]) == 0
+    said = [str(w.message) for w in caught if "trained on features computed with" in str(w.message)]
+    assert len(said) == 1 and "'decode': 'pil-fast'" in said[0], said
+    assert "the store's were computed with {'decode': 'pil'" in said[0]

@@ -433,6 +433,7 @@ def _store_decode(sidecar: dict, args: argparse.Namespace) -> str:
     (saved before it was recorded): predictions then differ a little from the store's."""
     from featpipe.device import resolve_device
     from featpipe.extract.loop import compute_identity
+    from featpipe.heads.persistence import warn_other_compute
 
     if "compute" not in sidecar:
         warnings.warn(
@@ -449,13 +450,5 @@ def _store_decode(sidecar: dict, args: argparse.Namespace) -> str:
         return "exact"
     decode = "fast" if saved.get("decode") == "pil-fast" else "exact"
     here = compute_identity(resolve_device(args.device), "cpu", decode)
-    if any(saved.get(key) != value for key, value in here.items()):
-        warnings.warn(
-            f"{args.head} was trained on features computed with {saved}; these images are "
-            f"computed with {here}, so probabilities differ a little from the store's. For the "
-            "store's numbers, predict with --device like the store's extraction, or extract "
-            "these images into a store the same way and predict on it.",
-            UserWarning,
-            stacklevel=2,
-        )
+    warn_other_compute(sidecar, here, "these images are")
     return decode

@@ -307,6 +307,23 @@ def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
     if list(sidecar.get("classes") or []) != list(store.classes):
         problems.append(f"classes: head {sidecar.get('classes')}, store {list(store.classes)}")
     _raise_mismatch(problems)
+    warn_other_compute(sidecar, _store_provenance(store)["compute"], "the store's were")
+
+
+def warn_other_compute(sidecar: dict, now: object, where: str) -> None:
+    """Warn when features given to a head were computed otherwise than its store's (another
+    decode path or precision: a ``--decode fast`` store, a store extracted on CUDA): the same
+    model on other pixels or in other rounding, so predictions differ a little, not refused.
+    Nothing is said where either side does not record it."""
+    saved = sidecar.get("compute")
+    if isinstance(saved, dict) and isinstance(now, dict) and not _same(saved, now):
+        warnings.warn(
+            f"This head was trained on features computed with {saved}; {where} computed with "
+            f"{now}, so probabilities differ a little from those on its store. For the same "
+            "numbers, compute features as its store did (the same --decode and device).",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _features_differ(saved: dict, now: dict) -> bool:
