@@ -31,7 +31,9 @@ examples:
   featpipe predict heads/logreg.skops photos/*.jpg
   featpipe predict heads/logreg.skops photos/             # every image in a folder
 
-Features for images are computed with the backbone and layer named in the head's sidecar.
+Features for images are computed with the backbone and layer named in the head's sidecar,
+decoded as its store's images were (--decode fast included); a warning says where they cannot
+be (a store extracted on CUDA, predicted on the CPU).
 .skops heads are loaded without running code; .joblib heads are pickles, which can run code
 when loaded (a warning says so): only load those from a source you trust.
 """
