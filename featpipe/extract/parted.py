@@ -38,6 +38,7 @@ from featpipe.errors import (
     ConfigError,
     FeaturePipeError,
     StoreInUseError,
+    StoreMismatchError,
     UnreadableStoreError,
 )
 from featpipe.extract.extractor import (
@@ -322,22 +323,27 @@ def fill(
         expected_rows, unit="img", desc=f"extract {plan.path.name}", enabled=plan.progress
     )
     stats = {**NOTHING_COMPUTED, "parts_filled": 0, "resumed": False}
+    layout = _file_id(plan.path)
     try:
-        _fill_parts(plan, inference, parts, who, bar, stats)
-        complete = _try_finish(plan, who)
+        _fill_parts(plan, inference, parts, who, bar, stats, layout)
+        complete = _try_finish(plan, who, layout)
         if wait and not complete:
             bar.desc = f"extract {plan.path.name} (waiting for the other processes' parts)"
         while wait and not complete:
             time.sleep(WAIT_POLL_S)
+            _refuse_replaced(plan.path, layout)
             left = [p for p in _all_parts(plan.path) if not part_complete(p)]
-            _fill_parts(plan, inference, left, who, bar, stats)
-            complete = _try_finish(plan, who)
+            _fill_parts(plan, inference, left, who, bar, stats, layout)
+            complete = _try_finish(plan, who, layout)
         bar.total = bar.n  # this process's share is done, whatever the guess said
     except KeyboardInterrupt as exc:  # run_chunks wrote what it had computed
         raise Interrupted.from_exception(exc).with_message(
             f"interrupted: this process filled {stats['parts_filled']} parts of "
             f"{plan.path}; the finished chunks are kept, run the same command to resume"
         ) from None
+    except Exception:  # a part file gone with its replaced store: say so, not what failed
+        _refuse_replaced(plan.path, layout)
+        raise
     finally:
         bar.close()
     seconds = stats["seconds"]
@@ -356,7 +362,7 @@ def fill(
     return store
 
 
-def _fill_parts(plan, inference, parts: Iterable[Part], who: str, bar, stats: dict) -> None:
+def _fill_parts(plan, inference, parts: Iterable[Part], who: str, bar, stats: dict, layout) -> None:
     for part in parts:
         with contextlib.ExitStack() as held:
             try:
@@ -367,6 +373,7 @@ def _fill_parts(plan, inference, parts: Iterable[Part], who: str, bar, stats: di
                 )
             except StoreInUseError:
                 continue  # another process fills it
+            _refuse_replaced(plan.path, layout)  # its parts could have other rows
             if part_complete(part):
                 continue
             run = plan.run_chunks(
@@ -382,7 +389,7 @@ def _fill_parts(plan, inference, parts: Iterable[Part], who: str, bar, stats: di
         bar.desc = f"extract {plan.path.name}: {stats['parts_filled']} parts filled"
 
 
-def _try_finish(plan: ExtractionPlan, who: str) -> bool:
+def _try_finish(plan: ExtractionPlan, who: str, layout) -> bool:
     """Complete the store if every part is complete (the top-level lock held briefly)."""
     run = {
         "device": str(plan.device),
@@ -393,7 +400,30 @@ def _try_finish(plan: ExtractionPlan, who: str) -> bool:
         "completed_by": who,
     }
     with StoreLock(plan.path, notify=lambda _message: None):
+        _refuse_replaced(plan.path, layout)
         return finish_parted(plan.path, run)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The file at ``path`` (device, inode): a store laid out again (``--overwrite`` by
+    another job) is a new file, made before the old one is replaced, so another inode."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _refuse_replaced(path: Path, layout: tuple[int, int] | None) -> None:
+    """Refuse to go on filling (or to complete) a store that another job replaced while
+    this process filled its parts: its writes went into the old store's deleted files."""
+    if _file_id(path) != layout:
+        raise StoreMismatchError(
+            f"{path} was replaced by another job (an extraction with --overwrite) while this "
+            "process filled its parts: what it wrote went to the replaced store and is lost, "
+            "and the store now there is not this process's to complete. Run the same command "
+            "again to continue or reuse the store now at that path."
+        )
 
 
 def _all_parts(path: Path) -> list[Part]:
