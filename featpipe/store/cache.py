@@ -179,9 +179,9 @@ def _describe(path: Path) -> CacheEntry:
     except StoreMismatchError:  # a newer format: not for this featpipe to judge
         entry.state = "newer format"
         return entry
-    source = store.attrs.get("source") or {}
-    entry.source = str(source.get("name") or source.get("kind") or "-")
-    entry.backbone = str((store.attrs.get("backbone") or {}).get("spec", "-"))
+    source, backbone = _object(store, "source"), _object(store, "backbone")
+    entry.source = DAMAGED if source is None else source_label(source)
+    entry.backbone = DAMAGED if backbone is None else str(backbone.get("spec", "-"))
     entry.layers = list(store.layers)
     entry.rows = len(store)
     if owner is None:
@@ -193,6 +193,30 @@ def _describe(path: Path) -> CacheEntry:
             return entry
         entry.state = "complete" if complete else f"incomplete {int(done.sum())}/{len(done)}"
     return entry
+
+
+DAMAGED = "(damaged)"  # an attribute that is not the JSON object featpipe writes
+
+
+def _object(store: FeatureStore, name: str) -> dict | None:
+    """A store's JSON attribute ``name``; None when the file holds something else there (its
+    features still read: listed and kept as they are, not as an unreadable store)."""
+    try:
+        return store.attr_object(name)
+    except UnreadableStoreError:
+        return None
+
+
+def source_label(source: dict) -> str:
+    """What tells a store's source apart in a listing: its name, else the name of the shard
+    pattern, folder or CSV file it was read from (every folder store has the same kind),
+    else its kind."""
+    if source.get("name"):
+        return str(source["name"])
+    for what in ("spec", "root", "csv"):
+        if source.get(what):
+            return Path(str(source[what])).name or str(source[what])
+    return str(source.get("kind") or "-")
 
 
 def _foreign(path: Path) -> bool:

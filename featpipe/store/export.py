@@ -149,7 +149,7 @@ def _provenance(store: FeatureStore, layer: str) -> dict:
         "layer": layer,
         **store.layer_info(layer),
         "classes": store.classes,
-        "backbone": (attrs.get("backbone") or {}).get("spec"),
+        "backbone": store.attr_object("backbone").get("spec"),
         "weights_sha256": attrs.get("weights_sha256"),
         "preprocessing": attrs.get("preprocessing"),
     }

@@ -359,6 +359,22 @@ class FeatureStore:
                     reasons += list(p[schema.SAMPLES_ERROR].asstr()[mine - part.first_row])
         return reasons
 
+    def attr_object(self, name: str) -> dict:
+        """The JSON attribute ``name`` (``backbone``, ``source``) as featpipe writes it, an
+        object ({} when absent). Anything else there is a damaged or foreign file's: refused
+        here, where it is described, while its features still read."""
+        value = self.attrs.get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise UnreadableStoreError(
+                f"{self.path} is damaged or was not written by featpipe: its {name!r} "
+                f"attribute is {shown}, where a store keeps a JSON object. Extract it again "
+                "(--overwrite) for a store featpipe can describe."
+            )
+        return value
+
     def info(self, scan: bool = True) -> dict:
         """Everything ``featpipe info`` prints: provenance, layers, splits, completeness, and
         (``scan``: reading every feature once) :meth:`non_finite`, None when not scanned."""
@@ -385,7 +401,7 @@ class FeatureStore:
                 name: {"shape": [self._n, info["dim"]], **info}
                 for name, info in self._layer_info.items()
             },
-            "backbone": a.get("backbone", {}).get("spec"),
+            "backbone": self.attr_object("backbone").get("spec"),
             "weights_sha256": a.get("weights_sha256"),
             "preprocessing": a.get("preprocessing"),
             "source_fingerprint": a.get("source_fingerprint"),
