@@ -106,3 +106,18 @@ def test_a_json_attribute_that_is_not_an_object_is_one_line(tmp_path, capsys, at
         else:
             assert code == 0, said.err
     assert FeatureStore(path).arrays("pooled")[0].shape == (4, 2)
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs /proc")
+def test_consolidate_into_proc_names_the_folder_not_free_space(tmp_path, capsys):
+    """`featpipe consolidate --out /proc/c.h5` said "Not enough free space ... 0 B free": the
+    cause is that /proc holds no files, which no freeing of space fixes."""
+    parted = extract(
+        NoiseSource(8), "toy", ["pooled"], out=tmp_path / "p.h5", shard=(0, 1), workers=0,
+        device="cpu", progress=False, batch_size=4, dtype="float32",
+    )  # fmt: skip
+    assert parted.complete and parted.parts
+    assert main(["consolidate", "--out", "/proc/c.h5", str(parted.path)]) == 2
+    said = capsys.readouterr().err
+    assert "Cannot write /proc/c.h5" in said and "holds no files" in said, said
+    assert "free space" not in said and "Traceback" not in said

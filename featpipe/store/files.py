@@ -121,10 +121,30 @@ def open_h5(path: Path, mode: str = "r", **kwargs) -> h5py.File:
 
 def free_bytes(folder: Path) -> int:
     """Free bytes on the file system of ``folder`` (or of its closest existing parent)."""
+    return shutil.disk_usage(_existing(folder)).free
+
+
+def _existing(folder: Path) -> Path:
+    """``folder``, or its closest existing parent."""
     folder = Path(folder).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    return shutil.disk_usage(folder).free
+    return folder
+
+
+def holds_no_files(folder: Path) -> str | None:
+    """Why no file can be written on the file system of ``folder`` whatever its free space
+    (read-only; no blocks at all, as /proc and /sys), or None: then "0 B free" is the wrong
+    cause to name."""
+    try:
+        st = os.statvfs(_existing(folder))
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "its file system is read-only"
+    if st.f_blocks == 0:
+        return "its file system holds no files (as /proc and /sys)"
+    return None
 
 
 def unwritten_bytes(path: Path) -> int:
@@ -139,6 +159,11 @@ def check_free_space(path: Path, needed: int, what: str) -> None:
     ``path`` lives."""
     free = free_bytes(Path(path).parent)
     needed += METADATA_RESERVE
+    if free < needed and (why := holds_no_files(Path(path).parent)):
+        raise StoreWriteError(
+            f"Cannot write {path} in {Path(path).parent}: {why}. Write the store elsewhere "
+            "(--cache-dir or --out), in a folder on a disk."
+        )
     if free < needed:
         error = StoreWriteError(
             f"Not enough free space for {path}: {what} needs {format_bytes(needed)} and "
