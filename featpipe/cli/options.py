@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from typing import TYPE_CHECKING
 
 from featpipe.data import ImageSource, subsample
@@ -72,8 +71,7 @@ def apply_limits(source: ImageSource, args: argparse.Namespace, seed: int) -> Im
     kept = subsample(source, limits, seed=seed)
     if len(kept.ids) == 0 and len(source.ids) > 0:  # not the store's 'got 0, 0, 0' later
         given = " ".join(f"--limit-{s} {n}" for s, n in limits.items())
-        counts = Counter(SPLIT_NAMES[int(c)] for c in source.splits)
-        has = ", ".join(f"{n} {s}" for s, n in counts.items())
+        has = ", ".join(f"{n} {s}" for s, n in source.split_counts().items() if n)
         raise ConfigError(
             f"{given} leaves no images ({has} in the source): give a limit above 0 for a "
             "split that has images, or leave the option out to keep that split whole."
