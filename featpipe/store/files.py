@@ -159,12 +159,12 @@ def check_free_space(path: Path, needed: int, what: str) -> None:
     ``path`` lives."""
     free = free_bytes(Path(path).parent)
     needed += METADATA_RESERVE
-    if free < needed and (why := holds_no_files(Path(path).parent)):
-        raise StoreWriteError(
-            f"Cannot write {path} in {Path(path).parent}: {why}. Write the store elsewhere "
-            "(--cache-dir or --out), in a folder on a disk."
-        )
     if free < needed:
+        if why := holds_no_files(Path(path).parent):  # no freeing of space would help
+            raise StoreWriteError(
+                f"Cannot write {path} in {Path(path).parent}: {why}. Write the store elsewhere "
+                "(--cache-dir or --out), in a folder on a disk."
+            )
         error = StoreWriteError(
             f"Not enough free space for {path}: {what} needs {format_bytes(needed)} and "
             f"{format_bytes(free)} is free on its disk. Free some space, or write the store "

@@ -115,6 +115,7 @@ class FeatureStore:
 
     def __init__(self, path: str | Path, *, read_lock: bool = True):
         self.path = Path(path)
+        self.key = ""  # read with the layout: until then, no store to compare the file with
         self.extraction: dict | None = None
         self.parts: list[Part] | None = None
         if not self.path.is_file():
@@ -186,12 +187,11 @@ class FeatureStore:
             ) from None
         # Each read opens the path anew: a store written there since (an extraction with
         # --overwrite) would be read with this one's ids, labels and classes.
-        key = getattr(self, "key", None)
-        now = str(decode_attr("key", f.attrs.get("key", ""))) if key else key
-        if now != key:
+        now = str(decode_attr("key", f.attrs.get("key", ""))) if self.key else ""
+        if now != self.key:
             f.close()
             raise StoreMismatchError(
-                f"{self.path} was replaced by another store (key {now!r}, was {key!r}) "
+                f"{self.path} was replaced by another store (key {now!r}, was {self.key!r}) "
                 "after it was opened, e.g. by an extraction with --overwrite. "
                 "Open it again to read the new store."
             )
@@ -367,7 +367,8 @@ class FeatureStore:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise UnreadableStoreError(
                 f"{self.path} is damaged or was not written by featpipe: its {name!r} "
                 f"attribute is {shown}, where a store keeps a JSON object. Extract it again "
