@@ -182,13 +182,6 @@ def check_sizes(config, source) -> None:
         _val_to_choose(config, source)
 
 
-def _lpft(config) -> bool:
-    from featpipe.finetune.freezing import Mode
-
-    modes = config.finetune.modes if config.finetune.backbones else ()
-    return any(Mode.parse(mode).kind == "lpft" for mode in modes)
-
-
 def finetune_rows(config, source) -> tuple[int, ...]:
     """The train row counts of the fine-tunes, where known before compute: each size of the
     data-size sweep, or the train split. Unknown (empty) without a val split: the fine-tune
