@@ -289,7 +289,8 @@ def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
     Sidecars written before pooling and dtype were recorded (format version 1) are checked
     on what they hold, with a warning that names what cannot be checked."""
     _require_one_layer(sidecar)
-    problems = _backbone_problems(sidecar, _store_provenance(store)["backbone"], "store")
+    provenance = _store_provenance(store)
+    problems = _backbone_problems(sidecar, provenance["backbone"], "store")
     if sidecar.get("layer") != layer:
         problems.append(f"layer: head {sidecar.get('layer')!r}, requested {layer!r}")
     elif layer not in store.layers:
@@ -307,7 +308,7 @@ def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
     if list(sidecar.get("classes") or []) != list(store.classes):
         problems.append(f"classes: head {sidecar.get('classes')}, store {list(store.classes)}")
     _raise_mismatch(problems)
-    warn_other_compute(sidecar, _store_provenance(store)["compute"], "the store's were")
+    warn_other_compute(sidecar, provenance["compute"], "the store's were")
 
 
 def warn_other_compute(sidecar: dict, now: object, where: str) -> None:
