@@ -159,10 +159,8 @@ def fit_grid(
         seconds += candidate.fit_seconds_
         if best is None or score > float(best.best_score_[0]):
             best, best_params = candidate, params
-    if len(candidates) > 1 and ddp.is_main():
-        warn_if_val_cannot_choose(
-            best, f"grid candidate {_named(best_params)}", float(best.best_score_[0])
-        )
+    if len(candidates) > 1:
+        warn_if_val_cannot_choose(best, f"grid candidate {_named(best_params)}")
     return GridResult(best, best_params, curve, dict(grid), seconds)
 
 

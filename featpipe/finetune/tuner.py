@@ -346,9 +346,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             self.model_.load_state_dict(self._best_weights)
             self.model_.eval()
             self._tick()
-            if ddp.is_main():
-                epoch = f"epoch {self.best_epoch_}"
-                warn_if_val_cannot_choose(self, epoch, self.best_score_[0], stacklevel=4)
+            warn_if_val_cannot_choose(self, f"epoch {self.best_epoch_}", stacklevel=4)
             for cb in callbacks:
                 cb.on_fit_end(self)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under handle_sigterm()
@@ -857,12 +855,14 @@ def _check_two_classes(source: ImageSource, rows: np.ndarray) -> None:
         )
 
 
-def warn_if_val_cannot_choose(
-    tuner: FineTuner, chosen: str, score: float, stacklevel: int = 3
-) -> None:
-    """Warn when ``tuner``'s val rows chose ``chosen`` (an epoch, a grid candidate) at a
-    ``score`` no better than predicting the most common val class for every row, the heads'
-    rule (a 1-row val split kept epoch 0, the untrained model, at 100 %)."""
+def warn_if_val_cannot_choose(tuner: FineTuner, chosen: str, stacklevel: int = 3) -> None:
+    """Warn, on rank 0, when ``tuner``'s val rows chose ``chosen`` (an epoch, a grid
+    candidate) at a val accuracy no better than predicting the most common val class for
+    every row, the heads' rule (a 1-row val split kept epoch 0, the untrained model, at
+    100 %)."""
+    if not ddp.is_main():
+        return
+    score = float(tuner.best_score_[0])
     labels = np.asarray(tuner.source_.labels)[tuner.val_rows_]
     found = no_better_than_one_class(score, [labels])
     if found is None:
