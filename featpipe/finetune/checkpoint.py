@@ -149,14 +149,13 @@ def check_optimizer(
     )
     before = [len(g["params"]) for g in saved["param_groups"]]
     now = [len(g["params"]) for g in optimizer.param_groups]
-    fits = before == now
-    if fits:
-        state = saved["state"]
-        for old, new in zip(saved["param_groups"], optimizer.param_groups, strict=True):
-            for index, param in zip(old["params"], new["params"], strict=True):
-                values = state.get(index, {}).values()
-                shapes = [v.shape for v in values if isinstance(v, torch.Tensor) and v.dim()]
-                fits = fits and all(shape == param.shape for shape in shapes)
+    fits = before == now and all(
+        value.shape == param.shape
+        for old, new in zip(saved["param_groups"], optimizer.param_groups, strict=True)
+        for index, param in zip(old["params"], new["params"], strict=True)
+        for value in saved["state"].get(index, {}).values()
+        if isinstance(value, torch.Tensor) and value.dim()  # not a step count
+    )
     if not fits:
         raise ConfigError(
             f"Cannot resume the run in {path.parent}: {path.name}'s optimiser state does not "
