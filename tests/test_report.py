@@ -348,7 +348,7 @@ def test_comparisons_use_the_plan_n_boot(tmp_path):
     rows = [make_row("toy/logreg@pooled", acc=0.8), make_row("toy/knn@pooled", acc=0.6)]
     plan = RunPlan("unit", [PlannedRun(r["method"], 0, "h") for r in rows], n_boot=0)
     md = write_report(tmp_path, rows, plan)["report.md"].read_text()
-    assert "McNemar's test (no bootstrap interval: n_boot is 0)" in md
+    assert "McNemar's test (no interval: n_boot is 0)" in md
     (sentence,) = [ln for ln in md.splitlines() if ln.startswith("- toy/logreg@pooled")]
     assert "95 % CI" not in sentence and "McNemar p=" in sentence
     plan = RunPlan("unit", plan.methods, n_boot=200)

@@ -68,10 +68,10 @@ MAX_BOOT = 100_000  # far past where a 95 % percentile interval stops moving; 1e
 
 
 def check_n_boot(n_boot) -> None:
-    """Bootstrap resamples: a whole number from 0 (no bootstrap interval) to ``MAX_BOOT``."""
+    """Bootstrap resamples: a whole number from 0 (no intervals) to ``MAX_BOOT``."""
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ConfigError(
-            f"n_boot must be an integer >= 0 (0: no bootstrap interval); got {n_boot!r}."
+            f"n_boot must be an integer >= 0 (0: no intervals); got {n_boot!r}."
         )
     if n_boot > MAX_BOOT:
         raise ConfigError(

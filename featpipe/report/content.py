@@ -455,7 +455,7 @@ def _comparison_sections(summaries: list[MethodSummary], n_boot: int) -> list[Se
         "Newcombe's 95 % interval for paired proportions and McNemar's test; a "
         "method beats another only when both find the difference"
         if n_boot
-        else "McNemar's test (no bootstrap interval: n_boot is 0)"
+        else "McNemar's test (no interval: n_boot is 0)"
     )
     scores_ci = f" (paired bootstrap intervals, {counted(n_boot, 'resample')})" if n_boot else ""
     sections = []

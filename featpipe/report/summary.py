@@ -279,7 +279,7 @@ def tie_rule(n_boot: int, compared: int) -> str:
             "the paired interval of the difference includes 0, or McNemar's "
             f"test{holm} finds no difference"
         )
-    return f"McNemar's test{holm} finds no difference; no bootstrap interval, n_boot is 0"
+    return f"McNemar's test{holm} finds no difference; no interval, n_boot is 0"
 
 
 def references(summaries: list[MethodSummary], n_boot: int = 1000) -> list[MethodSummary]:
