@@ -70,9 +70,7 @@ MAX_BOOT = 100_000  # far past where a 95 % percentile interval stops moving; 1e
 def check_n_boot(n_boot) -> None:
     """Bootstrap resamples: a whole number from 0 (no intervals) to ``MAX_BOOT``."""
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
-        raise ConfigError(
-            f"n_boot must be an integer >= 0 (0: no intervals); got {n_boot!r}."
-        )
+        raise ConfigError(f"n_boot must be an integer >= 0 (0: no intervals); got {n_boot!r}.")
     if n_boot > MAX_BOOT:
         raise ConfigError(
             f"n_boot is {n_boot:,}; at most {MAX_BOOT:,} resamples are accepted (a 95 % interval "
