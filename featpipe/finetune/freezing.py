@@ -182,7 +182,7 @@ def freeze(
             "the backbone has no batch-norm layers, so mode 'bn' freezes nothing and trains "
             "exactly like 'full'"
         )
-    for name in frozen_params:  # parameters held by no stage module (a class token)
+    for name in frozen_params:  # parameters held by no frozen module (a class token)
         model.get_parameter(name).requires_grad_(False)
         frozen.params.append(name)
     for name in frozen_modules:
