@@ -25,6 +25,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 # Other extensions of photos (a browser's .jfif JPEGs, a phone's .heic): not read by default,
 # so files bearing them are counted and warned of, not left out silently.
 _OTHER_PHOTOS = (".jfif", ".jpe", ".avif", ".heic", ".heif", ".jp2", ".ppm", ".pgm", ".tga")
+# A download that has not finished (Firefox, Chrome, Safari, temporary files): an image that
+# is missing from the set, so these are named in the same warning.
+_PARTIAL = (".part", ".crdownload", ".download", ".tmp")
 
 
 class ImageFolderSource(FileSource):
@@ -62,7 +65,7 @@ class ImageFolderSource(FileSource):
             what = "is not a folder" if self.root.exists() else "does not exist"
             raise SourceError(f"Image folder {str(self.root)!r} {what}.")
 
-        self._left_out: Counter[str] = Counter()  # other photos' extensions: files
+        self._left_out: list[Path] = []  # other photos and partial downloads
         tops = _subfolders(self.root)
         split_of = _split_folders(self.root, tops)
         self.layout = "splits" if split_of else "flat"
@@ -74,14 +77,7 @@ class ImageFolderSource(FileSource):
         for folder in sorted({self.root, *(self.root / name for name in split_of)}):
             self._warn_loose_images(folder)
         if self._left_out:
-            counts = ", ".join(f"{n} {ext}" for ext, n in sorted(self._left_out.items()))
-            warnings.warn(
-                f"Image folder {str(self.root)!r} leaves out {counts} file(s): featpipe reads "
-                f"{', '.join(self.extensions)}. Convert them (e.g. to .jpg or .png), or give "
-                "them to ImageFolderSource's extensions if Pillow decodes them.",
-                UserWarning,
-                stacklevel=2,
-            )
+            warnings.warn(self._left_out_message(), UserWarning, stacklevel=2)
         self.classes = sorted({c for found in per_split.values() for c in found})
         self._check_classes(per_split)
 
@@ -136,6 +132,25 @@ class ImageFolderSource(FileSource):
                 f"{', '.join(self.extensions)}."
             )
         return found
+
+    def _left_out_message(self) -> str:
+        partial = sorted(f for f in self._left_out if f.name.lower().endswith(_PARTIAL))
+        photos = Counter(f.suffix.lower() for f in self._left_out if f not in partial)
+        said = []
+        if photos:
+            counts = ", ".join(f"{n} {ext}" for ext, n in sorted(photos.items()))
+            said.append(
+                f"{counts} file(s): featpipe reads {', '.join(self.extensions)}. Convert them "
+                "(e.g. to .jpg or .png), or give them to ImageFolderSource's extensions if "
+                "Pillow decodes them"
+            )
+        if partial:
+            names = ", ".join(f.relative_to(self.root).as_posix() for f in partial[:3])
+            said.append(
+                f"{len(partial)} partial download(s) ({names}{', ...' if len(partial) > 3 else ''}"
+                "): finish or repeat each download, or delete the file"
+            )
+        return f"Image folder {str(self.root)!r} leaves out {'; and '.join(said)}."
 
     def _warn_loose_images(self, folder: Path) -> None:
         """Warn of images directly in ``folder``, where class folders are expected: they are
@@ -252,8 +267,9 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         unlisted(err)
 
 
-def _image_files(folder: Path, extensions: tuple[str, ...], left_out: Counter[str]) -> list[Path]:
-    """Image files anywhere under ``folder``, skipping hidden files and folders.
+def _image_files(folder: Path, extensions: tuple[str, ...], left_out: list[Path]) -> list[Path]:
+    """Image files anywhere under ``folder``, skipping hidden files and folders; other photos
+    and partial downloads are added to ``left_out``.
 
     Symlinks are followed, but each real folder is visited once and links back to ``folder``
     or a folder above it are not followed: a symlink loop would otherwise list the same
@@ -275,8 +291,8 @@ def _image_files(folder: Path, extensions: tuple[str, ...], left_out: Counter[st
                 continue
             if name.lower().endswith(extensions):
                 files.append(Path(dirpath, name))
-            elif name.lower().endswith(_OTHER_PHOTOS):
-                left_out[os.path.splitext(name)[1].lower()] += 1
+            elif name.lower().endswith(_OTHER_PHOTOS + _PARTIAL):
+                left_out.append(Path(dirpath, name))
     return files
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from featpipe.data.arrays import check_label_max, encode_labels
-from featpipe.data.files import files_under
+from featpipe.data.files import files_under, unlisted
 from featpipe.data.folder import IMAGE_EXTENSIONS
 from featpipe.data.images import decode_rgb, read_error
 from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource
@@ -345,7 +345,7 @@ def shard_paths(spec: str | Path) -> list[Path]:
                 raise SourceError(f"The folder {part!r} holds no .tar shards.")
             paths += found
         elif _GLOB.search(part) and not path.exists():
-            found = sorted(Path(p) for p in glob.glob(part, recursive=True))
+            found = _glob(part)
             if not found:
                 raise SourceError(f"No shards match {part!r}.")
             paths += found
@@ -369,6 +369,32 @@ def shard_paths(spec: str | Path) -> list[Path]:
             raise SourceError(f"Shard {str(path)!r} is listed twice in {str(spec)!r}.")
         seen.add(path.resolve())
     return paths
+
+
+def _glob(pattern: str) -> list[Path]:
+    """``glob.glob(pattern, recursive=True)``, sorted, refusing a folder the pattern lists but
+    cannot: glob skips it without a word, leaving its shards out."""
+    _check_listable(pattern)
+    return sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+
+
+def _check_listable(pattern: str) -> None:
+    """Refuse (``unlisted``) a folder that glob would list to match ``pattern``: the folders
+    matching its head when its last part is a pattern, and those ``**`` reaches."""
+    head, tail = os.path.split(pattern)
+    if head != pattern and glob.has_magic(head):
+        _check_listable(head)
+    if not glob.has_magic(tail):
+        return  # a plain name is looked up, not listed
+    folders = glob.glob(head, recursive=True) if head else ["."]
+    if tail == "**":
+        folders += glob.glob(pattern, recursive=True)
+    for folder in folders:
+        if os.path.isdir(folder):
+            try:
+                os.scandir(folder).close()
+            except OSError as err:
+                unlisted(err)
 
 
 def _check_extension(path: Path) -> None:
@@ -479,7 +505,7 @@ def _field_value(f: Field, read: dict[str, bytes], shard: Path, key: str) -> obj
         return None
     where = f"member {key}.{f.member} of shard {str(shard)!r}"
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a BOM (Windows Notepad) is no part of the label
         if f.key is None:
             text = text.strip()
             return int(text) if re.fullmatch(r"[+-]?\d+", text) else text or None
