@@ -90,12 +90,44 @@ def _short(name: str) -> str:
     return f"{name[:half]}…{name[-half:]}"
 
 
+_KEPT = 10  # characters kept at each end of a name cut around where it differs from another
+
+
+def _shorts(names: list[str]) -> list[str]:
+    """Each name as :func:`_short` draws it, except where other names would be drawn alike
+    (e.g. "logistic regression on layers stages.1:avg+stages.2:avg+... [timm:convnext...]" and
+    the same with stages.2:gem): those show, between their two ends, the text from a little
+    before where they differ from the most alike, so that no two methods, layers or classes
+    share a drawn name."""
+    cut = [_short(n) for n in names]
+    out = list(cut)
+    for i, name in enumerate(names):
+        alike = [m for m, c in zip(names, cut, strict=True) if c == cut[i] and m != name]
+        if alike:
+            differs = max(_common_prefix(name, m) for m in alike)
+            start = max(_KEPT, differs - 12)
+            room = _LONGEST - 2 * _KEPT - 2
+            end = (
+                f"…{name[-_KEPT:]}"
+                if len(name) - start > room + _KEPT + 1
+                else name[start + room :]
+            )
+            out[i] = f"{name[:_KEPT]}…{name[start : start + room]}{end}"
+    return out
+
+
+def _common_prefix(a: str, b: str) -> int:
+    return next(
+        (k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
 def _legend(ax, artists: list, **kwargs) -> None:
     """A legend of ``artists`` under their own labels. Handed over explicitly: matplotlib's
     legend() on its own leaves out labels that start with "_" (its mark for "not in the
     legend"), and a method, layer or class may well be named "_base"."""
     if artists:
-        ax.legend(artists, [_short(a.get_label()) for a in artists], **kwargs)
+        ax.legend(artists, _shorts([a.get_label() for a in artists]), **kwargs)
 
 
 def _intervals(ax, at, ci: np.ndarray, horizontal: bool = False, **kwargs) -> None:
@@ -145,7 +177,7 @@ def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
     shown = [i for i, s in enumerate(order) if s.top1_ci]
     ci = np.array([[100 * v for v in order[i].top1_ci] for i in shown]).reshape(-1, 2)
     _intervals(ax, shown, ci, horizontal=True, ecolor="black", capsize=3)
-    ax.set_yticks(y, [_short(s.label) for s in order], fontsize=8)
+    ax.set_yticks(y, _shorts([s.label for s in order]), fontsize=8)
     ax.set_xlabel("test top-1 accuracy (%), bars: 95 % Wilson CI")
     kinds = [k for k in _COLORS if any(s.kind == k for s in order)]
     patches = [Patch(color=_COLORS[k], label=str(k)) for k in kinds]
@@ -189,7 +221,8 @@ def accuracy_vs_cost(summaries: list[MethodSummary]) -> bytes:
     ax.set_xscale("log")
     labelled = labelled_points(pts)
     xy = [(x[i], 100 * pts[i].top1) for i in labelled]
-    labels = [_short(pts[i].label) for i in labelled]
+    names = _shorts([s.label for s in pts])
+    labels = [names[i] for i in labelled]
     offsets = label_offsets(ax, xy, labels, LABEL_FONTSIZE)
     for label, point, (dx, dy) in zip(labels, xy, offsets, strict=True):
         ax.annotate(
@@ -322,7 +355,7 @@ def accuracy_by_layer(summaries: list[MethodSummary]) -> bytes:
         xs = [i for i, layer in enumerate(layers) if layer in by_layer]
         y = [by_layer[layers[i]] for i in xs]
         lines += ax.plot(xs, y, marker="o", color=colors[key], label=" / ".join(key))
-    ax.set_xticks(range(len(layers)), [_short(layer) for layer in layers], fontsize=8)
+    ax.set_xticks(range(len(layers)), _shorts(layers), fontsize=8)
     ax.set_xlabel("layer")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.grid(alpha=0.3)
@@ -452,7 +485,7 @@ def confusion(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
     step = -(-len(classes) // _NAMED_CLASSES)
     ticks = range(0, len(classes), step)
     every = f" (one class in {step} named)" if step > 1 else ""
-    names = [_short(classes[i]) for i in ticks]
+    names = _shorts([classes[i] for i in ticks])
     ax.set_xticks(ticks, names, rotation=90, fontsize=7)
     ax.set_yticks(ticks, names, fontsize=7)
     ax.set_xlabel("predicted" + every)
