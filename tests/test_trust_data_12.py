@@ -8,12 +8,14 @@ import io
 import os
 import warnings
 
+import numpy as np
 import pytest
 from conftest import make_image_folder
 from dataset_files import write_shards, write_wds_dataset
 from PIL import Image
 
-from featpipe.data import ImageFolderSource, open_source
+from featpipe.data import ArraySource, ImageFolderSource, open_source
+from featpipe.data.splits import subsample
 from featpipe.errors import SourceError
 
 
@@ -121,3 +123,16 @@ def test_a_cls_label_with_a_byte_order_mark_is_its_number(tmp_path, bom_on):
     assert source.classes == [str(c) for c in range(12)]
     assert source.labels.tolist() == labels
     assert (source.splits == 2).sum() == 6
+
+
+# -- splits ----------------------------------------------------------------------------------
+
+
+def test_subsample_keeps_the_same_rows_whatever_the_order_of_the_limits():
+    # one generator draws every split in turn: {test = 5, train = 10} (a config's key order)
+    # kept other train and test rows than {train = 10, test = 5}
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (60, 4, 4, 3), dtype=np.uint8)
+    source = ArraySource(images, np.arange(60) % 3, splits=["train"] * 40 + ["test"] * 20)
+    first = subsample(source, {"train": 10, "test": 5}, seed=0).ids
+    assert subsample(source, {"test": 5, "train": 10}, seed=0).ids == first

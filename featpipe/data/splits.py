@@ -162,7 +162,9 @@ def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> 
     _check_seed(seed)
     rng = np.random.default_rng(seed)
     labels = np.asarray(source.labels)
-    named = {split_code(name): n for name, n in per_split.items()}
+    # drawn in split order, not the dict's: one generator serves every split, so the order
+    # of a config's keys ({test = .., train = ..}) must not change which rows are kept
+    named = dict(sorted((split_code(name), n) for name, n in per_split.items()))
     for name, n in per_split.items():
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ConfigError(
