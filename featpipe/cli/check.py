@@ -18,7 +18,8 @@ hash of each image within --hash-bits bits (finds resized, recompressed, graysca
 brightened copies), and always cosine >= --cosine on the stored pooled features (misses most
 such copies); and classes with fewer than --min-per-class
 validation or test images. A store holding features that are not finite (NaN, inf) in any
-layer is an error naming them.
+layer is an error naming them. With --source, a warning when its files are not those the
+store was extracted from (by the store's record of their sizes and times, or contents).
 Exit status 0 when nothing was found, 1 when something was, 2 on an error.
 """
 
@@ -93,13 +94,15 @@ def run_check(args: argparse.Namespace) -> int:
     if args.source:
         from featpipe.data import open_source
 
-        hashes, image_hashes = source_hashes(open_source(args.source))
+        source = open_source(args.source)
+        hashes, image_hashes = source_hashes(source)
         missing = [i for i in store.ids() if i not in hashes]
         if missing:
             raise ConfigError(
                 f"{args.source} does not hold the store's images ({len(missing)} ids missing, "
                 f"e.g. {missing[0]!r}); give the source the store was extracted from."
             )
+        _warn_if_other_source(store, source, args.source)
     options = {
         k: v
         for k, v in (
@@ -118,3 +121,38 @@ def run_check(args: argparse.Namespace) -> int:
         for line in checks.lines():
             print(f"- {line}")
     return 1 if checks.findings else 0
+
+
+def _warn_if_other_source(store, source, given: str) -> None:
+    """Warn when the files of ``source`` are not those the store was extracted from, as far
+    as its recorded fingerprint tells (file sizes and times, or contents for a store made with
+    hash_contents): another folder with the same file names would be hashed in their place.
+    Only when ``source`` lists the store's rows (ids, labels, splits) as they are: else (val
+    carved by `featpipe run`, a subsample, skipped rows) the fingerprint differs for those. A
+    warning, not an error: copying a folder changes file times, not images."""
+    import warnings
+
+    import numpy as np
+
+    from featpipe.data.source import SPLIT_NAMES
+
+    described = store.attrs.get("source")
+    content = bool(described.get("hash_contents")) if isinstance(described, dict) else False
+    same_rows = (
+        list(source.classes) == list(store.classes)
+        and list(source.ids) == store.ids()
+        and np.array_equal(source.labels, store.labels())
+        and all(store.ids(s) == [source.ids[i] for i in source.indices(s)] for s in SPLIT_NAMES)
+    )
+    recorded = store.attrs.get("source_fingerprint")
+    if not same_rows or recorded is None or recorded == source.fingerprint(content=content):
+        return
+    what = "contents" if content else "sizes or modification times"
+    warnings.warn(
+        f"The files of {given} are not those {store.path} was extracted from: their {what} "
+        f"differ from the store's record. If {given} is another folder with the same file "
+        "names, the duplicates and near-duplicates found are of its images, not the store's: "
+        "give the source the store was extracted from (or re-extract the store from this one).",
+        UserWarning,
+        stacklevel=2,
+    )
