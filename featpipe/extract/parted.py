@@ -56,7 +56,7 @@ from featpipe.extract.target import Action
 from featpipe.extract.target import plan as decide
 from featpipe.interrupt import Interrupted
 from featpipe.store import FeatureStore
-from featpipe.store.files import open_h5
+from featpipe.store.files import open_h5, unreadable_reason
 from featpipe.store.lock import StoreLock
 from featpipe.store.parts import (
     Part,
@@ -257,25 +257,30 @@ def prepare(plan: ExtractionPlan, inference: Inference, *, join: bool = False) -
 
 
 def _refuse_damaged_parts(path: Path) -> None:
-    """A part file HDF5 cannot read (cut short by a kill or a full disk, overwritten) named
-    with its fix: read through the top-level file it was "the store is damaged", whose
-    advice (--overwrite) recomputes every part, and does nothing for a --shard task."""
+    """A part file HDF5 cannot read (cut short by a kill or a full disk, overwritten) or that
+    is not a part (no chunk flags) named with its fix: read through the top-level file it was
+    "the store is damaged", whose advice (--overwrite) recomputes every part, and does
+    nothing for a --shard task."""
     for part in _all_parts(path):
         if not part.path.is_file():
             continue  # missing: recreated by repair_missing
         try:
             with open_h5(part.path) as p:
-                p[CHUNK_DONE][:]
+                if CHUNK_DONE in p:
+                    p[CHUNK_DONE][:]  # a file cut short can fail here
+                    continue
+            reason = f"it has no {CHUNK_DONE} dataset, as every part file has"
         except StoreInUseError:
             continue  # another process is writing it
         except (OSError, FeaturePipeError) as exc:
             # open_h5's reason, without its advice for a one-file store
-            reason = str(exc).partition("store: ")[2].partition(". Delete it")[0] or str(exc)
-            raise UnreadableStoreError(
-                f"{part.path}, part {part.index} of the parted store {path}, is damaged "
-                f"({reason}). Delete that file and run the same command again: only its "
-                "rows are recomputed."
-            ) from exc
+            cause = exc.__cause__ if isinstance(exc, FeaturePipeError) else exc
+            reason = unreadable_reason(cause) if isinstance(cause, OSError) else str(exc)
+        raise UnreadableStoreError(
+            f"{part.path}, part {part.index} of the parted store {path}, is damaged "
+            f"({reason}). Delete that file and run the same command again: only its rows are "
+            "recomputed."
+        )
 
 
 def _key(path: Path) -> str:

@@ -60,9 +60,10 @@ class Request:
         }
 
 
-def _stored_inputs(attrs: dict) -> dict:
+def _stored_inputs(store: FeatureStore) -> dict:
+    attrs = store.attrs
     return {
-        "spec": attrs.get("backbone", {}).get("spec"),
+        "spec": store.attr_object("backbone").get("spec"),  # a damaged file's: one line
         "weights_sha256": attrs.get("weights_sha256"),
         "preprocessing": attrs.get("preprocessing"),
         "source_fingerprint": attrs.get("source_fingerprint"),
@@ -101,7 +102,7 @@ def plan(path: Path, request: Request, overwrite: bool) -> Action:
     store = FeatureStore(path)  # a file that is not a store raises, saying so
     if store.key == request.key:
         return Action.REUSE if store.complete else Action.RESUME
-    stored, asked = _stored_inputs(store.attrs), request.as_attrs()
+    stored, asked = _stored_inputs(store), request.as_attrs()
     diffs = [
         f"{name}: store has {_short(stored[name])}, asked for {_short(asked[name])}"
         for name in asked

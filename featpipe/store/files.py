@@ -72,7 +72,8 @@ def _is_lock_conflict(exc: OSError) -> bool:
     return os_error_number(exc) in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock" in str(exc)
 
 
-def _reason(exc: OSError) -> str:
+def unreadable_reason(exc: OSError) -> str:
+    """Why HDF5 could not open a file (``exc``, its OSError), in words."""
     text = str(exc)
     if "truncated file" in text:
         return "the file is truncated (cut short by a full disk or an interrupted copy?)"
@@ -106,7 +107,7 @@ def open_h5(path: Path, mode: str = "r", **kwargs) -> h5py.File:
             raise
         except OSError as exc:
             if not _is_lock_conflict(exc):
-                raise unreadable(path, _reason(exc)) from exc
+                raise unreadable(path, unreadable_reason(exc)) from exc
             if time.monotonic() < deadline:
                 time.sleep(0.1)
                 continue
