@@ -314,6 +314,16 @@ def run_info(args: argparse.Namespace) -> int:
         f"store       {info['path']}  ({format_bytes(info['file_size'])}, {info['format']})",
         f"state       {state}: {done}/{total} chunks of {info['rows_per_chunk']} rows",
     ]
+    if part := info["part_of"]:  # its rows only: say where the whole store is
+        first, stop = part["rows"]
+        whole = (
+            f"of the parted store {part['store']}: open that store (featpipe info "
+            f"{part['store']}) for all its rows"
+            if part["store"]
+            else f"of a parted store (key {part['parent_key']}) whose top-level file is not "
+            f"beside {Path(info['path']).parent}"
+        )
+        lines.append(f"part of     part {part['part']} (rows {first}-{stop - 1}) {whole}")
     if info["layout"] == "parts":
         lines.append(
             f"parts       {info['parts_done']} done, {info['parts_pending']} pending, of "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from featpipe.store.parts import (
     is_parted,
     missing_message,
     missing_parts,
+    parts_dir,
 )
 from featpipe.store.schema import decode_attr, decode_attrs, rows_done
 
@@ -80,6 +82,15 @@ def not_finite_message(path: Path, found: dict[str, dict]) -> str:
         f"on: {layers}. The store was written by a featpipe that did not check features, or "
         f"by another tool. {REEXTRACT}."
     )
+
+
+def _key_of(path: Path) -> str | None:
+    """The key of the store at ``path``, or None when it cannot be read."""
+    try:
+        with open_h5(path) as f:
+            return str(decode_attr("key", f.attrs.get("key", "")))
+    except (OSError, FeaturePipeError):
+        return None
 
 
 def _not_found(path: Path) -> StoreNotFoundError:
@@ -416,6 +427,25 @@ class FeatureStore:
             "layout": "parts" if self.parts else "file",
             **(describe_parts(self.parts, done) if self.parts else {}),
             "non_finite": self.non_finite() if scan else None,
+            "part_of": self._part_of(),
+        }
+
+    def _part_of(self) -> dict | None:
+        """For a part file of a parted store (its rows only): which part, and the top-level
+        file that holds every row (None when it is not beside the parts folder)."""
+        if "parent_key" not in self.attrs:
+            return None
+        key, folder = str(self.attrs["parent_key"]), self.path.parent
+        first = int(self.attrs.get("first_row", 0))
+        found = None
+        for name in sorted(folder.parent.glob(glob.escape(folder.stem) + "*")):
+            if name.is_file() and parts_dir(name) == folder and _key_of(name) == key:
+                found = str(name)
+        return {
+            "part": int(self.attrs.get("part", -1)),
+            "rows": [first, first + self._n],
+            "parent_key": key,
+            "store": found,
         }
 
     SCAN_BYTES = 64 * 1024 * 1024  # what non_finite() reads at a time
