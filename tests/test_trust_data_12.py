@@ -136,3 +136,11 @@ def test_subsample_keeps_the_same_rows_whatever_the_order_of_the_limits():
     source = ArraySource(images, np.arange(60) % 3, splits=["train"] * 40 + ["test"] * 20)
     first = subsample(source, {"train": 10, "test": 5}, seed=0).ids
     assert subsample(source, {"test": 5, "train": 10}, seed=0).ids == first
+
+
+def test_a_home_folder_in_a_shard_pattern_is_expanded(tmp_path, monkeypatch):
+    # wds:~/shards expanded ~, but wds:~/shards/*.tar globbed a literal '~': "No shards match"
+    pytest.importorskip("webdataset")
+    write_wds_dataset(tmp_path / "shards")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert len(open_source("wds:~/shards/*.tar")) == 18

@@ -345,7 +345,7 @@ def shard_paths(spec: str | Path) -> list[Path]:
                 raise SourceError(f"The folder {part!r} holds no .tar shards.")
             paths += found
         elif _GLOB.search(part) and not path.exists():
-            found = _glob(part)
+            found = _glob(str(path))  # ~ expanded: no shell expands it after wds:
             if not found:
                 raise SourceError(f"No shards match {part!r}.")
             paths += found
