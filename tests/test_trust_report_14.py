@@ -53,3 +53,42 @@ def test_names_that_differ_at_the_end_are_still_cut_in_the_middle(drawn):
     plots.accuracy_by_method(_summaries(labels))
     names = [t.get_text() for t in drawn[-1].axes[0].get_yticklabels()]
     assert sorted(names) == sorted(plots._short(n) for n in labels)
+
+
+def _rows_without_intervals():
+    """Rows of a run with n_boot 0: compute_metrics gives no interval, Wilson's included."""
+    import numpy as np
+
+    from featpipe.evaluate import compute_metrics
+
+    rows = [make_row("toy/logreg@pooled", acc=0.8), make_row("toy/knn@pooled", acc=0.6)]
+    for row in rows:
+        y, pred = np.array(row["test"]["y_true"]), np.array(row["test"]["y_pred"])
+        proba = np.full((len(y), len(row["classes"])), 0.04)
+        proba[np.arange(len(y)), pred] = 0.8
+        row["metrics"] = compute_metrics(y, proba, row["classes"], n_boot=0)
+    return rows
+
+
+def test_a_report_without_intervals_promises_none(drawn):
+    # Before: the overview, the table's header, the caption and the plot's axis spoke of 95 %
+    # Wilson intervals that were neither in the table nor drawn.
+    from featpipe.report.content import build_document
+    from featpipe.report.markdown import render_markdown
+
+    md = render_markdown(build_document(_rows_without_intervals(), n_boot=0))
+    assert "Wilson" not in md and "(95 % CI)" not in md
+    assert "without intervals (n_boot is 0)" in md
+    (bars,) = [f for f in drawn if f.axes[0].get_yticklabels()[0].get_text().startswith("toy/")]
+    assert "CI" not in bars.axes[0].get_xlabel()
+
+
+def test_a_report_with_intervals_still_names_them(drawn):
+    # guard: the usual wording where the rows have intervals
+    from featpipe.report.content import build_document
+    from featpipe.report.markdown import render_markdown
+
+    rows = [make_row("toy/logreg@pooled", acc=0.8), make_row("toy/knn@pooled", acc=0.6)]
+    md = render_markdown(build_document(rows, n_boot=20))
+    assert "with 95 % Wilson score intervals." in md and "| top-1 % (95 % CI) |" in md
+    assert "with the 95 % Wilson score interval over the test images" in md

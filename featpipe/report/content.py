@@ -188,13 +188,14 @@ def _params(s: MethodSummary) -> str | Folded:
 
 
 def _results_table(summaries: list[MethodSummary]) -> Table:
+    ci = " (95 % CI)" if any(s.top1_ci for s in summaries) else ""  # none: n_boot 0
     header = [
         "method",
         "seeds",
-        "top-1 % (95 % CI)",
+        f"top-1 %{ci}",
         "top-5 %",
-        "balanced acc % (95 % CI)",
-        "macro F1 % (95 % CI)",
+        f"balanced acc %{ci}",
+        f"macro F1 %{ci}",
         "log loss",
         "ECE",
         "extraction s",
@@ -525,12 +526,19 @@ def _matrix_table(summaries: list[MethodSummary], matrix: dict) -> Table:
 
 
 def _figures(summaries: list[MethodSummary]) -> Section:
+    # Rows computed with n_boot 0 have no intervals: no caption may promise them.
+    wilson = any(s.top1_ci for s in summaries)
     figures = Section(
         "Figures",
         [
             Figure(
                 "accuracy_by_method",
-                "Test top-1 by method with 95 % Wilson score intervals.",
+                "Test top-1 by method"
+                + (
+                    " with 95 % Wilson score intervals."
+                    if wilson
+                    else " (no intervals: n_boot is 0)."
+                ),
                 plots.accuracy_by_method(summaries),
             ),
             Figure(
@@ -544,8 +552,9 @@ def _figures(summaries: list[MethodSummary]) -> Section:
         figures.blocks.append(
             Figure(
                 "accuracy_by_train_size",
-                "Test top-1 (95 % Wilson score intervals) against the number of training images, "
-                "one line per method (log scale).",
+                "Test top-1"
+                + (" (95 % Wilson score intervals)" if wilson else "")
+                + " against the number of training images, one line per method (log scale).",
                 plots.accuracy_by_train_size(summaries),
             )
         )
@@ -566,6 +575,21 @@ def _figures(summaries: list[MethodSummary]) -> Section:
             )
         )
     return figures
+
+
+def _spread(summaries: list[MethodSummary]) -> str:
+    """What the results table's figures are, intervals included only where the rows have
+    them (rows computed with n_boot 0 have none)."""
+    if any(s.top1_ci for s in summaries):
+        return (
+            "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
+            "Wilson score interval over the test images, balanced accuracy and macro F1 with a "
+            "95 % bootstrap interval over the test images (the mean of the seeds'); "
+        )
+    return (
+        "Top-1, balanced accuracy and macro F1 are the means over seeds (top-1 ± its standard "
+        "deviation when several), without intervals (n_boot is 0); "
+    )
 
 
 def build_document(
@@ -594,11 +618,8 @@ def build_document(
             *_skipped_notes(rows),
             f"{counted(len(summaries), 'method')} on {counted(n_test, 'test image')} of "
             f"{counted(present, 'class', 'classes')}"
-            f"{_empty_note(empty)}. "
-            "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
-            "Wilson score interval over the test images, balanced accuracy and macro F1 with a "
-            "95 % bootstrap interval over the test images (the mean of the seeds'); costs are "
-            "wall seconds on the machine named under provenance."
+            f"{_empty_note(empty)}. {_spread(summaries)}"
+            "costs are wall seconds on the machine named under provenance."
             + (_SEED_NOTES if any(s.seed_note for s in summaries) else ""),
             _results_table(summaries),
         ],

@@ -178,7 +178,7 @@ def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
     ci = np.array([[100 * v for v in order[i].top1_ci] for i in shown]).reshape(-1, 2)
     _intervals(ax, shown, ci, horizontal=True, ecolor="black", capsize=3)
     ax.set_yticks(y, _shorts([s.label for s in order]), fontsize=8)
-    ax.set_xlabel("test top-1 accuracy (%), bars: 95 % Wilson CI")
+    ax.set_xlabel("test top-1 accuracy (%)" + (", bars: 95 % Wilson CI" if shown else ""))
     kinds = [k for k in _COLORS if any(s.kind == k for s in order)]
     patches = [Patch(color=_COLORS[k], label=str(k)) for k in kinds]
     _legend(ax, patches, loc="lower right", fontsize=8)  # the shortest bars are at the bottom
@@ -399,7 +399,8 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
         line = sorted((s for s in swept if _sweep_key(s) == key), key=lambda s: s.train_size)
         x = [s.train_size for s in line]
         y = np.array([100 * s.top1 for s in line])
-        ci = np.array([[100 * v for v in (s.top1_ci or (s.top1, s.top1))] for s in line])
+        with_ci = [(s.train_size, s.top1_ci) for s in line if s.top1_ci]  # none: n_boot 0
+        ci = np.array([[100 * v for v in c] for _, c in with_ci]).reshape(-1, 2)
         first = line[0]
         if first.kind == MethodKind.FINETUNE:
             style, marker = "-", "o"
@@ -410,13 +411,14 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
         lines += ax.plot(
             x, y, marker=marker, linestyle=style, color=color, label=_sweep_name(first, backbones)
         )
-        _intervals(ax, x, ci, ecolor=color, capsize=3)
+        _intervals(ax, [n for n, _ in with_ci], ci, ecolor=color, capsize=3)
     ax.set_xscale("log")
     sizes = sorted({s.train_size for s in swept})
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.minorticks_off()
     ax.set_xlabel("training images (log scale)")
-    ax.set_ylabel("test top-1 accuracy (%), bars: 95 % Wilson CI")
+    bars = any(s.top1_ci for s in swept)
+    ax.set_ylabel("test top-1 accuracy (%)" + (", bars: 95 % Wilson CI" if bars else ""))
     ax.grid(alpha=0.3)
     _legend(ax, lines, fontsize=7)
     return _png(fig)
