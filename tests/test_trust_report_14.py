@@ -92,3 +92,32 @@ def test_a_report_with_intervals_still_names_them(drawn):
     md = render_markdown(build_document(rows, n_boot=20))
     assert "with 95 % Wilson score intervals." in md and "| top-1 % (95 % CI) |" in md
     assert "with the 95 % Wilson score interval over the test images" in md
+
+
+def _sized(method, layer, size, acc):
+    row = make_row(f"{method}#n={size}", acc=acc, layer=layer)
+    row["train_size"] = size
+    row["label"] = f"{method}, {size} train images"
+    return row
+
+
+def test_the_layer_plot_of_a_sweep_shows_the_largest_size_whatever_the_row_order(drawn):
+    # Before: each layer's point was the last row of the (backbone, head) in the file, so a
+    # smaller size written after the largest one (a folder without plan.json, rows re-made)
+    # was drawn, under a caption that named no size.
+    from featpipe.report.content import build_document
+    from featpipe.report.markdown import render_markdown
+    from featpipe.report.summary import summarize
+
+    rows = [
+        _sized("toy/logreg@pooled", "pooled", 40, 0.9),
+        _sized("toy/logreg@stage1", "stage1", 40, 0.7),
+        _sized("toy/logreg@pooled", "pooled", 10, 0.5),
+        _sized("toy/logreg@stage1", "stage1", 10, 0.3),
+    ]
+    md = render_markdown(build_document(rows, n_boot=20))
+    (fig,) = [f for f in drawn if f.axes[0].get_xlabel() == "layer"]
+    (line,) = fig.axes[0].get_lines()
+    at_40 = {s.layer: 100 * s.top1 for s in summarize(rows) if s.train_size == 40}
+    assert list(line.get_ydata()) == pytest.approx([at_40["pooled"], at_40["stage1"]])
+    assert "Test top-1 by layer for each head, at 40 training images." in md

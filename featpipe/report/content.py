@@ -558,12 +558,15 @@ def _figures(summaries: list[MethodSummary]) -> Section:
                 plots.accuracy_by_train_size(summaries),
             )
         )
-    if len({s.layer for s in summaries if s.kind == MethodKind.PROBE and s.layer}) > 1:
+    # One point per layer and head: with a sweep, those at the main results' size.
+    main, size = advice.at_largest_size(summaries), advice.largest_size(summaries)
+    if len({s.layer for s in main if s.kind == MethodKind.PROBE and s.layer}) > 1:
+        at = "" if size is None else f", at {counted(size, 'training image')}"
         figures.blocks.append(
             Figure(
                 "accuracy_by_layer",
-                "Test top-1 by layer for each head.",
-                plots.accuracy_by_layer(summaries),
+                f"Test top-1 by layer for each head{at}.",
+                plots.accuracy_by_layer(main),
             )
         )
     if any(s.kind == MethodKind.FINETUNE and s.rows[0]["history"] for s in summaries):
