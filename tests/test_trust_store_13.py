@@ -12,7 +12,7 @@ import pytest
 from extract_child import NoiseSource
 
 from featpipe.cli import main
-from featpipe.errors import UnreadableStoreError
+from featpipe.errors import StoreMismatchError, UnreadableStoreError
 from featpipe.extract import extract
 from featpipe.store.writer import write_arrays
 
@@ -108,3 +108,14 @@ def test_info_on_a_part_file_names_its_parted_store(tmp_path, capsys):
     store.path.rename(tmp_path / "moved.h5")  # no top-level file beside the parts: said so
     assert main(["info", "--no-scan", str(part)]) == 0
     assert "whose top-level file is not beside" in capsys.readouterr().out
+
+
+def test_extracting_to_a_part_file_is_refused_not_reused(tmp_path):
+    """A part file carries its parent's key: extracting the same 16 images to it "reused" its
+    8 rows as a complete store of the whole source."""
+    store = _parted(tmp_path / "p.h5")
+    part = store.parts[1].path
+    with pytest.raises(StoreMismatchError) as caught:
+        extract(NoiseSource(16), "toy", ["pooled"], out=part, chunk_rows=2, **OPTIONS)
+    said = str(caught.value)
+    assert f"is part 1 (rows 8-15) of the parted store {store.path}" in said, said

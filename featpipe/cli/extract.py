@@ -296,7 +296,7 @@ def run_info(args: argparse.Namespace) -> int:
     from featpipe.errors import StoreInUseError
     from featpipe.store import FeatureStore
     from featpipe.store.parts import parted_at
-    from featpipe.store.reader import not_finite_message
+    from featpipe.store.reader import not_finite_message, part_text
 
     try:
         info = FeatureStore(args.store).info(scan=not args.no_scan)
@@ -315,15 +315,8 @@ def run_info(args: argparse.Namespace) -> int:
         f"state       {state}: {done}/{total} chunks of {info['rows_per_chunk']} rows",
     ]
     if part := info["part_of"]:  # its rows only: say where the whole store is
-        first, stop = part["rows"]
-        whole = (
-            f"of the parted store {part['store']}: open that store (featpipe info "
-            f"{part['store']}) for all its rows"
-            if part["store"]
-            else f"of a parted store (key {part['parent_key']}) whose top-level file is not "
-            f"beside {Path(info['path']).parent}"
-        )
-        lines.append(f"part of     part {part['part']} (rows {first}-{stop - 1}) {whole}")
+        whole = ": open that store for all its rows" if part["store"] else ""
+        lines.append(f"part of     {part_text(Path(info['path']), part)}{whole}")
     if info["layout"] == "parts":
         lines.append(
             f"parts       {info['parts_done']} done, {info['parts_pending']} pending, of "

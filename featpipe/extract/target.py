@@ -9,6 +9,7 @@ from pathlib import Path
 
 from featpipe.errors import FeaturePipeError, StoreMismatchError
 from featpipe.store import FeatureStore, store_key
+from featpipe.store.reader import part_text
 
 
 class Action(Enum):
@@ -87,7 +88,8 @@ def reusable(path: Path, request: Request, overwrite: bool) -> FeatureStore | No
         return None
     try:
         store = FeatureStore(path)
-        return store if store.key == request.key and store.complete else None
+        mine = store.key == request.key and store.part_of() is None
+        return store if mine and store.complete else None
     except (FeaturePipeError, OSError):
         return None
 
@@ -100,6 +102,11 @@ def plan(path: Path, request: Request, overwrite: bool) -> Action:
         return Action.CREATE
     fix = "Pass overwrite=True (--overwrite) to replace it, or write to another path."
     store = FeatureStore(path)  # a file that is not a store raises, saying so
+    if part := store.part_of():  # its parent's key, and only its rows
+        raise StoreMismatchError(
+            f"{path} is {part_text(path, part)}, and holds only those rows: extract to the "
+            "parted store's top-level file (--out, out=) instead, or to another path."
+        )
     if store.key == request.key:
         return Action.REUSE if store.complete else Action.RESUME
     stored, asked = _stored_inputs(store), request.as_attrs()

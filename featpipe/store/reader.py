@@ -93,6 +93,18 @@ def _key_of(path: Path) -> str | None:
         return None
 
 
+def part_text(path: Path, part_of: dict) -> str:
+    """``part_of`` (:meth:`FeatureStore.part_of` of the part file ``path``) in words."""
+    first, stop = part_of["rows"]
+    whole = (
+        f"the parted store {part_of['store']}"
+        if part_of["store"]
+        else f"a parted store (key {part_of['parent_key']}) whose top-level file is not beside "
+        f"{path.parent}"
+    )
+    return f"part {part_of['part']} (rows {first}-{stop - 1}) of {whole}"
+
+
 def _not_found(path: Path) -> StoreNotFoundError:
     if path.is_dir():
         return StoreNotFoundError(
@@ -427,12 +439,13 @@ class FeatureStore:
             "layout": "parts" if self.parts else "file",
             **(describe_parts(self.parts, done) if self.parts else {}),
             "non_finite": self.non_finite() if scan else None,
-            "part_of": self._part_of(),
+            "part_of": self.part_of(),
         }
 
-    def _part_of(self) -> dict | None:
-        """For a part file of a parted store (its rows only): which part, and the top-level
-        file that holds every row (None when it is not beside the parts folder)."""
+    def part_of(self) -> dict | None:
+        """For a part file of a parted store (its rows only): which part, its rows, and the
+        top-level file that holds every row (None when it is not beside the parts folder);
+        None for any other store."""
         if "parent_key" not in self.attrs:
             return None
         key, folder = str(self.attrs["parent_key"]), self.path.parent
