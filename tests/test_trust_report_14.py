@@ -121,3 +121,13 @@ def test_the_layer_plot_of_a_sweep_shows_the_largest_size_whatever_the_row_order
     at_40 = {s.layer: 100 * s.top1 for s in summarize(rows) if s.train_size == 40}
     assert list(line.get_ydata()) == pytest.approx([at_40["pooled"], at_40["stage1"]])
     assert "Test top-1 by layer for each head, at 40 training images." in md
+
+
+def test_fine_tunes_with_long_labels_alike_at_both_ends_get_different_titles(drawn):
+    history = [{"epoch": 1, "train_loss": 1.0, "val_accuracy": 0.5}]
+    rows = [make_row(f"t{i}", "finetune", mode="full", history=history) for i in range(2)]
+    for row, label in zip(rows, _LABELS, strict=True):
+        row["label"] = label
+    plots.finetune_curves(summarize(rows))
+    titles = [ax.get_title() for ax in drawn[-1].axes if ax.get_title()]
+    assert len(titles) == 2 and len(set(titles)) == 2

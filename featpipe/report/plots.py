@@ -429,6 +429,7 @@ def finetune_curves(summaries: list[MethodSummary]) -> bytes:
     """Per fine-tune (first seed): losses on the left axis, accuracies on the right, by epoch."""
     tunes = [s for s in summaries if s.kind == MethodKind.FINETUNE and s.rows[0]["history"]]
     fig = Figure(figsize=(8, 3.2 * max(1, len(tunes))))
+    titles = _shorts([s.label for s in tunes])
     for i, s in enumerate(tunes):
         history = s.rows[0]["history"]
         ax = fig.add_subplot(len(tunes), 1, i + 1)
@@ -452,7 +453,7 @@ def finetune_curves(summaries: list[MethodSummary]) -> bytes:
                 label=key,
             )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(_short(s.label), fontsize=9)
+        ax.set_title(titles[i], fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax2.set_ylabel("accuracy")
