@@ -131,3 +131,17 @@ def test_fine_tunes_with_long_labels_alike_at_both_ends_get_different_titles(dra
     plots.finetune_curves(summarize(rows))
     titles = [ax.get_title() for ax in drawn[-1].axes if ax.get_title()]
     assert len(titles) == 2 and len(set(titles)) == 2
+
+
+def test_the_cost_plots_legend_covers_no_point(drawn):
+    # Before: the legend sat in the lower right, where the costliest and least accurate
+    # method's point is (here b: 5.1 s, 48 %), and hid it.
+    rows = [make_row("a", fit_seconds=0.0), make_row("b", acc=0.5, fit_seconds=2.0)]
+    rows[0]["cost"].update(extraction_seconds=0.0, predict_seconds=0.0, total_seconds=0.0)
+    plots.accuracy_vs_cost(summarize(rows))
+    fig = drawn[-1]
+    ax = fig.axes[0]
+    box = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    for collection in ax.collections:
+        for x, y in collection.get_offset_transform().transform(collection.get_offsets()):
+            assert not box.contains(x, y)

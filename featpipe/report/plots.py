@@ -248,7 +248,7 @@ def accuracy_vs_cost(summaries: list[MethodSummary]) -> bytes:
         fontsize=8,
     )
     ax.grid(alpha=0.3, which="both")
-    _legend(ax, shown, loc="lower right")
+    _legend(ax, shown, loc="best")  # where no point is: lower right hid the costliest
     return _png(fig)
 
 
