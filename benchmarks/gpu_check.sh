@@ -8,7 +8,7 @@
 # step's whole output, the console shows its tail); copy them into benchmarks/README.md with the
 # GPU's name. PYTHON overrides the interpreter.
 #
-# Check the script on a CPU before spending GPU time (about 3.5 minutes on a 2-core CPU):
+# Check the script on a CPU before spending GPU time (about 5 minutes on a loaded 2-core CPU):
 #
 #     DRY_RUN=1 bash benchmarks/gpu_check.sh /tmp/gpu_check_dry
 #
