@@ -346,6 +346,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             self.model_.load_state_dict(self._best_weights)
             self.model_.eval()
             self._tick()
+            warn_if_probe_cannot_choose(self, stacklevel=4)
             warn_if_val_cannot_choose(self, f"epoch {self.best_epoch_}", stacklevel=4)
             for cb in callbacks:
                 cb.on_fit_end(self)
@@ -860,25 +861,59 @@ def warn_if_val_cannot_choose(tuner: FineTuner, chosen: str, stacklevel: int = 3
     candidate) at a val accuracy no better than predicting the most common val class for
     every row, the heads' rule (a 1-row val split kept epoch 0, the untrained model, at
     100 %)."""
-    if not ddp.is_main():
-        return
     score = float(tuner.best_score_[0])
-    labels = np.asarray(tuner.source_.labels)[tuner.val_rows_]
-    found = no_better_than_one_class(score, [labels])
-    if found is None:
+    said = _no_better_than_one_class(tuner, score)
+    if said is None:
         return
-    share, common = found
-    n, name = len(labels), tuner.class_names_[int(common)]
-    carved = " (carved from train: raise val_fraction, CLI --val-fraction)" * tuner.val_carved_
+    rows, carved = said
     warnings.warn(
-        f"The fine-tune chose {chosen} at {100 * score:.1f} % val accuracy on {n} val "
-        f"row{'s' * (n != 1)}, no better than predicting class {name!r} for every row "
-        f"({100 * share:.1f} %): on these rows it cannot be told from a model that ignores "
-        "the images (epoch 0 is the untrained model). Give the val split more rows of more "
-        f"classes{carved}; if it has enough, the fine-tune learned nothing they can see.",
+        f"The fine-tune chose {chosen} at {100 * score:.1f} % val accuracy {rows}: on these "
+        "rows it cannot be told from a model that ignores the images (epoch 0 is the "
+        f"untrained model). Give the val split more rows of more classes{carved}; if it has "
+        "enough, the fine-tune learned nothing they can see.",
         UserWarning,
         stacklevel=stacklevel,  # the line that called fit (or fit_grid)
     )
+
+
+def warn_if_probe_cannot_choose(tuner: FineTuner, stacklevel: int = 3) -> None:
+    """Warn, on rank 0, when LP-FT's probe chose its C (``probe_C="auto"``) on the val rows at a
+    val accuracy no better than predicting the most common val class for every row: the
+    heads' rule, where ties go to the smallest C and the fine-tune starts from that probe."""
+    if Mode.parse(tuner.mode).kind != "lpft" or tuner.probe_C != "auto" or not tuner.probe_:
+        return
+    score = tuner.probe_["val_accuracy"]
+    said = _no_better_than_one_class(tuner, score)
+    if said is None:
+        return
+    rows, carved = said
+    warnings.warn(
+        f"LP-FT's probe chose C={tuner.probe_['C']:g} at {100 * score:.1f} % val accuracy "
+        f"{rows}: these rows cannot tell its C values apart from a head that ignores the "
+        "features, and ties go to the smallest C (the fine-tune starts from that probe). "
+        f"Give the val split more rows of more classes{carved}, or set probe_C (CLI --probe-C).",
+        UserWarning,
+        stacklevel=stacklevel,  # the line that called fit
+    )
+
+
+def _no_better_than_one_class(tuner: FineTuner, score: float) -> tuple[str, str] | None:
+    """On rank 0, where ``score`` on ``tuner``'s val rows is no better than predicting their
+    most common class for every row (heads.selection's rule): what the warning says of the
+    rows, and how to get more when val was carved from train. Else (or on other ranks) None."""
+    if not ddp.is_main():
+        return None
+    labels = np.asarray(tuner.source_.labels)[tuner.val_rows_]
+    found = no_better_than_one_class(score, [labels])
+    if found is None:
+        return None
+    share, common = found
+    n, name = len(labels), tuner.class_names_[int(common)]
+    rows = (
+        f"on {n} val row{'s' * (n != 1)}, no better than predicting class {name!r} for every "
+        f"row ({100 * share:.1f} %)"
+    )
+    return rows, " (carved from train: raise val_fraction, CLI --val-fraction)" * tuner.val_carved_
 
 
 def _check_steps(steps: int, rows: int, world: int) -> None:
