@@ -15,6 +15,7 @@ from pathlib import Path
 from sklearn.model_selection import ParameterGrid
 
 from featpipe.data.source import ImageSource
+from featpipe.device import resolve_device
 from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
 from featpipe.finetune import ddp
 from featpipe.finetune.tuner import NOT_RESULT_PARAMS, FineTuner, warn_if_val_cannot_choose
@@ -136,32 +137,35 @@ def fit_grid(
     grid raises ``Interrupted`` saying which candidate stopped where, and to run ``command``.
     ``fingerprint``, ``keyed_run_dir``: as ``FineTuner.fit``'s."""
     check_candidates(tuner, grid)  # a bad value fails now, not after the others trained
-    best, best_params, curve, seconds = None, None, [], 0.0
-    candidates = list(ParameterGrid(dict(grid)))
-    _check_batches_of_one(tuner, candidates)
-    for i, params in enumerate(candidates, 1):
-        # Not sklearn's clone: it deep-copies the callbacks, and the caller's would see nothing.
-        run_dir = candidate_dir(tuner.run_dir, params)
-        candidate = type(tuner)(**{**tuner.get_params(), **params, "run_dir": run_dir})
-        try:
-            candidate.fit(
-                source,
-                probe_features=probe_features,
-                fingerprint=fingerprint,
-                keyed_run_dir=keyed_run_dir,
-            )
-        except KeyboardInterrupt as exc:
-            where = f"grid candidate {i} of {len(candidates)} ({_named(params)})"
-            message = f"{where}: {candidate.interrupted_message(command)}"
-            raise Interrupted.from_exception(exc).with_message(message) from None
-        score = float(candidate.best_score_[0])
-        curve.append((params, score))
-        seconds += candidate.fit_seconds_
-        if best is None or score > float(best.best_score_[0]):
-            best, best_params = candidate, params
-    if len(candidates) > 1:
-        warn_if_val_cannot_choose(best, f"grid candidate {_named(best_params)}")
-    return GridResult(best, best_params, curve, dict(grid), seconds)
+    # Under torchrun, one process group around every candidate (each fit would make and
+    # destroy its own): the checks and warnings here then see the ranks, not rank 0 on each.
+    with ddp.joined(resolve_device(tuner.device)):
+        best, best_params, curve, seconds = None, None, [], 0.0
+        candidates = list(ParameterGrid(dict(grid)))
+        _check_batches_of_one(tuner, candidates)
+        for i, params in enumerate(candidates, 1):
+            # Not sklearn's clone: it deep-copies the callbacks; the caller's would see nothing.
+            run_dir = candidate_dir(tuner.run_dir, params)
+            candidate = type(tuner)(**{**tuner.get_params(), **params, "run_dir": run_dir})
+            try:
+                candidate.fit(
+                    source,
+                    probe_features=probe_features,
+                    fingerprint=fingerprint,
+                    keyed_run_dir=keyed_run_dir,
+                )
+            except KeyboardInterrupt as exc:
+                where = f"grid candidate {i} of {len(candidates)} ({_named(params)})"
+                message = f"{where}: {candidate.interrupted_message(command)}"
+                raise Interrupted.from_exception(exc).with_message(message) from None
+            score = float(candidate.best_score_[0])
+            curve.append((params, score))
+            seconds += candidate.fit_seconds_
+            if best is None or score > float(best.best_score_[0]):
+                best, best_params = candidate, params
+        if len(candidates) > 1:
+            warn_if_val_cannot_choose(best, f"grid candidate {_named(best_params)}")
+        return GridResult(best, best_params, curve, dict(grid), seconds)
 
 
 def _named(params: dict) -> str:
