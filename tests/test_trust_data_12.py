@@ -5,7 +5,6 @@ mark. An unreadable folder is simulated by failing os.scandir for it (tests run 
 from __future__ import annotations
 
 import io
-import os
 import warnings
 
 import numpy as np
@@ -13,23 +12,11 @@ import pytest
 from conftest import make_image_folder
 from dataset_files import write_shards, write_wds_dataset
 from PIL import Image
+from test_trust_data_11 import _refuse_listing
 
 from featpipe.data import ArraySource, ImageFolderSource, open_source
 from featpipe.data.splits import subsample
 from featpipe.errors import SourceError
-
-
-def _refuse_listing(monkeypatch, name: str) -> None:
-    """os.scandir (which os.walk and glob use) fails with EACCES for the folders named ``name``."""
-    real = os.scandir
-
-    def scandir(path="."):
-        if os.path.basename(os.fspath(path)) == name:
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
-
 
 # -- partial downloads -----------------------------------------------------------------------
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from test_trust_distributed import torchrun
 
 from featpipe.distributed import refuse_other_settings
 
@@ -43,23 +39,6 @@ print(f"rank {{rank}} trained", flush=True)
 """.format(tests=str(REPO / "tests"))
 
 
-def torchrun(script: Path, *args: str, timeout: float = 120, **extra: str):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", "2", "--monitor-interval", "0.5", str(script), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
-    job = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = job.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(job.pid, signal.SIGKILL)
-        out, err = job.communicate()
-        pytest.fail(f"the ranks hung for {timeout} s:\n{out[-2000:]}\n{err[-2000:]}")
-    return job.returncode, out, err
-
-
 def test_ddp_ranks_with_another_learning_rate_or_split_are_refused_on_every_rank(tmp_path):
     """Rank 1 started with lr 0.5 where rank 0 had 0.05 trained beside it: DDP averaged the
     gradients and each rank stepped with its own rate (the ranks ended with other weights,
@@ -67,7 +46,11 @@ def test_ddp_ranks_with_another_learning_rate_or_split_are_refused_on_every_rank
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     rc, out, err = torchrun(
-        script, str(tmp_path / "run"), RANK1='{"lr": 0.5, "verbose": 1}', RANK1_SPLITS="20,12"
+        script,
+        str(tmp_path / "run"),
+        timeout=120,
+        RANK1='{"lr": 0.5, "verbose": 1}',
+        RANK1_SPLITS="20,12",
     )
     assert rc != 0, out + err[-3000:]
     assert "trained" not in out
@@ -114,7 +97,7 @@ def test_streamed_logreg_ranks_with_another_c_are_refused_on_every_rank(tmp_path
     a_store(store, n=200)
     script = tmp_path / "streamed.py"
     script.write_text(STREAMED)
-    rc, out, err = torchrun(script, str(store), RANK1='{"C": 50.0}')
+    rc, out, err = torchrun(script, str(store), timeout=120, RANK1='{"C": 50.0}')
     assert rc != 0, out + err[-3000:]
     assert "fitted" not in out
     for rank in (0, 1):

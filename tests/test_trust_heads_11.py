@@ -7,19 +7,12 @@ import warnings
 
 import numpy as np
 import pytest
+from test_trust_heads_10 import _rows
 
 from featpipe.errors import ConfigError
 from featpipe.heads import KNNProbe, few_shot, select_and_fit
 from featpipe.store import FeatureStore, TrainSubset
 from featpipe.store.writer import StoreWriter
-
-CENTRES = np.random.default_rng(0).normal(size=(6, 32))
-
-
-def _rows(per_class: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(len(per_class)), per_class)
-    return (CENTRES[y] * 0.6 + rng.normal(size=(len(y), 32))).astype(np.float32), y
 
 
 def test_cross_validation_no_better_than_one_class_warns():
