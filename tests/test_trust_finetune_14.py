@@ -9,7 +9,7 @@ import warnings
 import pytest
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 from finetune_child import synthetic_source
-from test_trust_distributed_11 import REPO, torchrun
+from test_trust_distributed import REPO, torchrun
 
 from featpipe.finetune import FineTuner
 
@@ -73,11 +73,11 @@ def test_a_grid_under_torchrun_without_a_process_group_checks_and_warns_as_one_j
     script.write_text(GRID)
     # One grid per job: a process group made again in one process may meet the last one's
     # addresses (featpipe.distributed.process_group keys a group by its restart only).
-    rc, out, err = torchrun(script, str(tmp_path / "lr"), "lr", "[0.01, 0.02]")
+    rc, out, err = torchrun(script, str(tmp_path / "lr"), "lr", "[0.01, 0.02]", timeout=120)
     assert rc == 0, err[-3000:]
     chose = [line for line in out.splitlines() if "chose grid candidate" in line]
     assert len(chose) == 1 and chose[0].startswith("rank 0 warns"), out
-    rc, out, err = torchrun(script, str(tmp_path / "bs"), "batch_size", "[4, 2]")
+    rc, out, err = torchrun(script, str(tmp_path / "bs"), "batch_size", "[4, 2]", timeout=120)
     assert rc == 0, err[-3000:]
     refused = [line for line in out.splitlines() if "refused: grid candidate" in line]
     assert len(refused) == 2 and "(2 ranks, 1 image each)" in refused[0], out
