@@ -111,22 +111,28 @@ def test_cross_validation_on_classes_of_two_rows_uses_two_folds_and_one_row_is_r
 def test_a_streamed_head_warns_too_naming_the_callers_line(tmp_path):
     y = np.r_[np.arange(30) % 3, [0, 0], np.arange(9) % 3]  # val: 2 rows of class 'a'
     X = (np.eye(3, 6)[y] * 2 + np.random.default_rng(0).normal(size=(41, 6))).astype(np.float32)
+    store = chunked_store(tmp_path / "v.h5", X, y, [30, 2, 9], rows_per_chunk=8)
+    with pytest.warns(UserWarning, match="predicting class 'a' for every row") as caught:
+        select_and_fit("logreg_stream", store, "pooled", grid={"C": [1e-6, 1.0]})
+    assert any(w.filename == __file__ for w in caught if "predicting class" in str(w.message))
+
+
+def chunked_store(path, X, y, sizes: list[int], rows_per_chunk: int) -> FeatureStore:
+    """A complete 3-class store of ``pooled`` rows X, train/val/test of ``sizes``, written
+    ``rows_per_chunk`` rows a chunk (streamed heads read several chunks)."""
     with StoreWriter.create(
-        tmp_path / "v.h5",
-        ids=[f"s{i}" for i in range(41)],
+        path,
+        ids=[f"s{i}" for i in range(len(y))],
         labels=y,
-        splits=np.repeat(np.arange(3, dtype=np.uint8), [30, 2, 9]),
+        splits=np.repeat(np.arange(3, dtype=np.uint8), sizes),
         classes=["a", "b", "c"],
-        layers={"pooled": (6, "none")},
+        layers={"pooled": (X.shape[1], "none")},
         dtype="float32",
-        rows_per_chunk=8,
+        rows_per_chunk=rows_per_chunk,
         attrs={"key": "k"},
     ) as w:
         for i in range(w.n_chunks):
             start, stop = w.chunk_rows(i)
             w.write_chunk(i, {"pooled": X[start:stop]})
         w.finish()
-    store = FeatureStore(tmp_path / "v.h5")
-    with pytest.warns(UserWarning, match="predicting class 'a' for every row") as caught:
-        select_and_fit("logreg_stream", store, "pooled", grid={"C": [1e-6, 1.0]})
-    assert any(w.filename == __file__ for w in caught if "predicting class" in str(w.message))
+    return FeatureStore(path)

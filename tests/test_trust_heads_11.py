@@ -7,12 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
-from test_trust_heads_10 import _rows
+from test_trust_heads_10 import _rows, chunked_store
 
 from featpipe.errors import ConfigError
 from featpipe.heads import KNNProbe, few_shot, select_and_fit
 from featpipe.store import FeatureStore, TrainSubset
-from featpipe.store.writer import StoreWriter
 
 
 def test_cross_validation_no_better_than_one_class_warns():
@@ -38,22 +37,7 @@ def _store(path, val: int = 60) -> FeatureStore:
     n = 180 + val + 60
     y = np.arange(n) % 3
     X = (np.eye(3, 6)[y] * 1.5 + rng.normal(size=(n, 6))).astype(np.float32)
-    with StoreWriter.create(
-        path,
-        ids=[f"s{i}" for i in range(n)],
-        labels=y,
-        splits=np.repeat(np.array([0, 1, 2], np.uint8), [180, val, 60]),
-        classes=["a", "b", "c"],
-        layers={"pooled": (6, "none")},
-        dtype="float32",
-        rows_per_chunk=16,
-        attrs={"key": "k"},
-    ) as w:
-        for i in range(w.n_chunks):
-            start, stop = w.chunk_rows(i)
-            w.write_chunk(i, {"pooled": X[start:stop]})
-        w.finish()
-    return FeatureStore(path)
+    return chunked_store(path, X, y, [180, val, 60], rows_per_chunk=16)
 
 
 @pytest.mark.parametrize("head", ["logreg_stream", "knn_faiss"])
