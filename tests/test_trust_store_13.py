@@ -49,15 +49,7 @@ def test_a_part_without_chunk_flags_is_named_not_a_key_error(tmp_path):
     with h5py.File(store.parts[0].path, "r+") as f:
         del f["progress/chunk_done"]
     with pytest.raises(UnreadableStoreError) as caught:
-        extract(
-            NoiseSource(16),
-            "toy",
-            ["pooled"],
-            out=store.path,
-            shard=(0, 1),
-            chunk_rows=2,
-            **OPTIONS,
-        )
+        _parted(store.path)  # the same command again
     said = str(caught.value)
     assert "part-00000.h5, part 0 of the parted store" in said
     assert "no progress/chunk_done dataset" in said and "Delete that file" in said
@@ -72,15 +64,7 @@ def test_a_damaged_part_keeps_its_reason_whatever_its_folder_is_named(tmp_path):
     part = store.parts[0].path
     part.write_bytes(part.read_bytes()[:4096])  # cut short, as by a kill or a full disk
     with pytest.raises(UnreadableStoreError) as caught:
-        extract(
-            NoiseSource(16),
-            "toy",
-            ["pooled"],
-            out=store.path,
-            shard=(0, 1),
-            chunk_rows=2,
-            **OPTIONS,
-        )
+        _parted(store.path)  # the same command again
     said = str(caught.value)
     assert "part 0 of the parted store" in said
     assert "is damaged (the file is truncated" in said, said
