@@ -382,9 +382,9 @@ def _check_listable(pattern: str) -> None:
     """Refuse (``unlisted``) a folder that glob would list to match ``pattern``: the folders
     matching its head when its last part is a pattern, and those ``**`` reaches."""
     head, tail = os.path.split(pattern)
-    if head != pattern and glob.has_magic(head):
+    if head != pattern and _GLOB.search(head):
         _check_listable(head)
-    if not glob.has_magic(tail):
+    if not _GLOB.search(tail):
         return  # a plain name is looked up, not listed
     folders = glob.glob(head, recursive=True) if head else ["."]
     if tail == "**":
