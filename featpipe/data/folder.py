@@ -134,7 +134,7 @@ class ImageFolderSource(FileSource):
         return found
 
     def _left_out_message(self) -> str:
-        partial = sorted(f for f in self._left_out if f.name.lower().endswith(_PARTIAL))
+        partial = {f for f in self._left_out if f.name.lower().endswith(_PARTIAL)}
         photos = Counter(f.suffix.lower() for f in self._left_out if f not in partial)
         said = []
         if photos:
@@ -145,7 +145,7 @@ class ImageFolderSource(FileSource):
                 "Pillow decodes them"
             )
         if partial:
-            names = ", ".join(f.relative_to(self.root).as_posix() for f in partial[:3])
+            names = ", ".join(f.relative_to(self.root).as_posix() for f in sorted(partial)[:3])
             said.append(
                 f"{len(partial)} partial download(s) ({names}{', ...' if len(partial) > 3 else ''}"
                 "): finish or repeat each download, or delete the file"
