@@ -188,7 +188,7 @@ def _params(s: MethodSummary) -> str | Folded:
 
 
 def _results_table(summaries: list[MethodSummary]) -> Table:
-    ci = " (95 % CI)" if any(s.top1_ci for s in summaries) else ""  # none: n_boot 0
+    ci = " (95 % CI)" if _with_intervals(summaries) else ""
     header = [
         "method",
         "seeds",
@@ -526,8 +526,7 @@ def _matrix_table(summaries: list[MethodSummary], matrix: dict) -> Table:
 
 
 def _figures(summaries: list[MethodSummary]) -> Section:
-    # Rows computed with n_boot 0 have no intervals: no caption may promise them.
-    wilson = any(s.top1_ci for s in summaries)
+    wilson = _with_intervals(summaries)  # else no caption may promise them
     figures = Section(
         "Figures",
         [
@@ -580,10 +579,15 @@ def _figures(summaries: list[MethodSummary]) -> Section:
     return figures
 
 
+def _with_intervals(summaries: list[MethodSummary]) -> bool:
+    """Whether the rows have intervals to show (rows computed with n_boot 0 have none)."""
+    return any(s.top1_ci for s in summaries)
+
+
 def _spread(summaries: list[MethodSummary]) -> str:
     """What the results table's figures are, intervals included only where the rows have
-    them (rows computed with n_boot 0 have none)."""
-    if any(s.top1_ci for s in summaries):
+    them."""
+    if _with_intervals(summaries):
         return (
             "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
             "Wilson score interval over the test images, balanced accuracy and macro F1 with a "

@@ -167,7 +167,7 @@ def _fonts(plot):
 
 @_fonts
 def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
-    """Horizontal bars of mean top-1 with the 95 % Wilson score interval."""
+    """Horizontal bars of mean top-1 with the 95 % Wilson score interval (rows that have one)."""
     order = sorted(summaries, key=lambda s: s.top1)
     fig = Figure(figsize=(8, 0.4 * len(order) + 1.2))
     ax = fig.add_subplot()
@@ -385,7 +385,8 @@ def _sweep_name(s: MethodSummary, backbones: int) -> str:
 
 @_fonts
 def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
-    """Test top-1 (95 % interval) against training images, one line per method, log x."""
+    """Test top-1 (95 % interval, where the rows have one) against training images, one line
+    per method, log x."""
     swept = [s for s in summaries if s.train_size is not None]
     backbones = len({s.backbone for s in swept})
     fig = Figure(figsize=(8, 5))
@@ -399,8 +400,8 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
         line = sorted((s for s in swept if _sweep_key(s) == key), key=lambda s: s.train_size)
         x = [s.train_size for s in line]
         y = np.array([100 * s.top1 for s in line])
-        with_ci = [(s.train_size, s.top1_ci) for s in line if s.top1_ci]  # none: n_boot 0
-        ci = np.array([[100 * v for v in c] for _, c in with_ci]).reshape(-1, 2)
+        shown = [s for s in line if s.top1_ci]  # none: n_boot 0
+        ci = np.array([[100 * v for v in s.top1_ci] for s in shown]).reshape(-1, 2)
         first = line[0]
         if first.kind == MethodKind.FINETUNE:
             style, marker = "-", "o"
@@ -411,7 +412,7 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
         lines += ax.plot(
             x, y, marker=marker, linestyle=style, color=color, label=_sweep_name(first, backbones)
         )
-        _intervals(ax, [n for n, _ in with_ci], ci, ecolor=color, capsize=3)
+        _intervals(ax, [s.train_size for s in shown], ci, ecolor=color, capsize=3)
     ax.set_xscale("log")
     sizes = sorted({s.train_size for s in swept})
     ax.set_xticks(sizes, [str(n) for n in sizes])
