@@ -54,13 +54,15 @@ from featpipe.finetune.search import fit_grid
 rank = current_ranks().rank
 torch.set_num_threads(1)
 warnings.simplefilter("always")
-warnings.showwarning = lambda m, *a, **k: print(f"rank {{rank}} warns: {{m}}", flush=True)
+# One write per line (text and newline together): two ranks share one pipe.
+say = lambda line: print(line + "\\n", end="", flush=True)
+warnings.showwarning = lambda m, *a, **k: say(f"rank {{rank}} warns: {{m}}")
 source = synthetic_source(n_train=8, n_val=1, n_test=0)
 tuner = FineTuner("toy", epochs=1, batch_size=4, patience=None, verbose=0, run_dir=sys.argv[1])
 try:
     fit_grid(tuner, source, {{sys.argv[2]: eval(sys.argv[3])}})
 except FeaturePipeError as exc:
-    print(f"rank {{rank}} refused: {{exc}}", flush=True)
+    say(f"rank {{rank}} refused: {{exc}}")
 """.format(tests=str(REPO / "tests"))
 
 
