@@ -58,7 +58,7 @@ def test_a_reused_row_takes_the_label_of_the_current_configuration(tmp_path):
     # Back to one backbone: its row loses the suffix again, nothing is recomputed.
     said: list[str] = []
     run_pipeline(pipeline(tmp_path, ["toy"]), progress=False, log=said.append)
-    assert any("1 method runs, 1 already finished" in line for line in said)
+    assert any("1 method run, 1 already finished" in line for line in said)
     assert reported_labels(run_dir) == ["kNN on layer pooled"]
     assert "| kNN on layer pooled |" in (run_dir / "report.md").read_text()
 

@@ -54,6 +54,7 @@ from featpipe.report import (
     write_report,
 )
 from featpipe.report.runplan import identity_hash, left_out, read_plan
+from featpipe.report.summary import counted
 from featpipe.store.lock import StoreLock
 
 CONFIG_FILE = "config.json"  # the run's config, as run (beside plan.json)
@@ -134,7 +135,7 @@ class PipelineRunner:
         results = context.run_dir / RESULTS_FILE
         missing = {m.key: m for m in run_plan.select(rows)[1]}
         self.log(
-            f"{self.config.name}: {len(jobs)} method runs, "
+            f"{self.config.name}: {counted(len(jobs), 'method run')}, "
             f"{len(jobs) - len(missing)} already finished; results in {results}"
         )
         by_key = {(r["method"], r["seed"], r["config_hash"]): r for r in rows}
@@ -397,7 +398,8 @@ def _interrupted(exc: KeyboardInterrupt, done: int, total: int) -> Interrupted:
     inner = inner.removesuffix("run the same command to resume").strip(" ;")
     detail = f" ({inner})" if inner else ""
     return stop.with_message(
-        f"interrupted: {done} of {total} method runs done{detail}; run the same command to resume"
+        f"interrupted: {done} of {counted(total, 'method run')} done{detail}; "
+        "run the same command to resume"
     )
 
 
