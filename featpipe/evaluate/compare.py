@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -249,11 +250,20 @@ def compare(
     cost_a: float | None = None,
     cost_b: float | None = None,
     n_boot: int = 1000,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> Comparison:
     """Compare two methods from their per-image correctness on the same test images: the
     difference with Newcombe's interval (none when ``n_boot`` is 0, as for every interval of
-    a run without one) and McNemar's test. ``seed`` is unused (kept for callers)."""
+    a run without one) and McNemar's test. Both are exact, drawing nothing at random: a
+    ``seed`` (kept so that old calls run) changes nothing and is warned about."""
+    if seed is not None:
+        warnings.warn(
+            f"compare() ignores seed={seed!r}: Newcombe's interval and McNemar's test draw "
+            "nothing at random, so every seed gives the same result. Leave seed out (it will "
+            "be removed).",
+            FutureWarning,
+            stacklevel=2,
+        )
     a, b = _paired(correct_a, correct_b)
     check_n_boot(n_boot)
     diff = float((a.astype(np.float64) - b.astype(np.float64)).mean())

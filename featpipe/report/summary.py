@@ -228,7 +228,6 @@ def compare_pair(
                 cost_a=row_cost(row_a, "total_seconds"),
                 cost_b=row_cost(row_b, "total_seconds"),
                 n_boot=n_boot,
-                seed=seed,
             )
             test_a, test_b = row_a["test"], row_b["test"]
             scores = {}
