@@ -6,6 +6,7 @@ from featpipe.evaluate.compare import (
     compare,
     holm,
     mcnemar,
+    newcombe_interval,
     paired_bootstrap,
     paired_score_bootstrap,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "holm",
     "mcnemar",
     "measure",
+    "newcombe_interval",
     "paired_bootstrap",
     "paired_score_bootstrap",
     "peak_host_rss_bytes",
