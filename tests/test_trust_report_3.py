@@ -70,7 +70,7 @@ def test_the_curves_show_train_accuracy_missing_from_epoch_0(monkeypatch):
     ax, right = figures[0].axes
     assert "train_accuracy" in _legend(ax)
     (line,) = [line for line in right.get_lines() if line.get_label() == "train_accuracy"]
-    assert np.allclose(line.get_ydata(), [np.nan, 1 / 3, 2 / 3], equal_nan=True)
+    assert np.allclose(line.get_ydata(), [np.nan, 100 / 3, 200 / 3], equal_nan=True)
 
 
 def _zero_cost(row: dict) -> dict:

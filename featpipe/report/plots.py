@@ -181,7 +181,8 @@ def accuracy_by_method(summaries: list[MethodSummary]) -> bytes:
     ax.set_xlabel("test top-1 accuracy (%)" + (", bars: 95 % Wilson CI" if shown else ""))
     kinds = [k for k in _COLORS if any(s.kind == k for s in order)]
     patches = [Patch(color=_COLORS[k], label=str(k)) for k in kinds]
-    _legend(ax, patches, loc="lower right", fontsize=8)  # the shortest bars are at the bottom
+    # Above the axes: inside, the legend covered the ends of bars that all reach near 100 %.
+    _legend(ax, patches, loc="lower right", bbox_to_anchor=(1, 1), ncols=len(patches), fontsize=8)
     # Room left of the shortest bar, and of every interval, so that none is cut off.
     ax.set_xlim(max(0.0, min([min(acc) - 15, *(ci[:, 0] - 2)])), 100)
     ax.grid(axis="x", alpha=0.3)
@@ -427,7 +428,7 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
 
 @_fonts
 def finetune_curves(summaries: list[MethodSummary]) -> bytes:
-    """Per fine-tune (first seed): losses on the left axis, accuracies on the right, by epoch."""
+    """Per fine-tune (first seed): losses on the left axis, accuracies (%) on the right."""
     tunes = [s for s in summaries if s.kind == MethodKind.FINETUNE and s.rows[0]["history"]]
     fig = Figure(figsize=(8, 3.2 * max(1, len(tunes))))
     titles = _shorts([s.label for s in tunes])
@@ -445,9 +446,10 @@ def finetune_curves(summaries: list[MethodSummary]) -> bytes:
         for key, color in zip(plotted, _SERIES, strict=False):
             accuracy = "loss" not in key
             target, style = (ax2, "--") if accuracy else (ax, "-")
+            scale = 100 if accuracy else 1  # accuracies in %, as every other figure and table
             lines[accuracy] += target.plot(
                 epochs,
-                [np.nan if h.get(key) is None else h[key] for h in history],
+                [np.nan if h.get(key) is None else scale * h[key] for h in history],
                 marker=".",
                 linestyle=style,
                 color=color,
@@ -457,7 +459,7 @@ def finetune_curves(summaries: list[MethodSummary]) -> bytes:
         ax.set_title(titles[i], fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
-        ax2.set_ylabel("accuracy")
+        ax2.set_ylabel("accuracy (%)")
         _legend(ax, lines[False] + lines[True], fontsize=7, loc="center right")
         ax.grid(alpha=0.3)
     fig.tight_layout()
