@@ -260,6 +260,35 @@ def _vision_parts(model: nn.Module, spec: str) -> tuple[nn.Module, nn.Module | N
     return model, None
 
 
+def _check_loaded(
+    model: nn.Module, tower: nn.Module, projection: nn.Module | None, info: dict, spec: str
+) -> None:
+    """Refuse a model whose kept parts (``tower``, ``projection``) have tensors the weights
+    file lacks or holds at another shape: transformers fills those at random (unseeded), so
+    its features would be random and differ at every load. A pooler the file lacks (DINO and
+    MAE ViTs keep none) is dropped instead: ``pooled`` is then the model's pooling without
+    it (the class token of ``last_hidden_state``)."""
+    parts = [n for n, m in model.named_modules() if m is tower or m is projection]
+    prefixes = tuple(f"{n}." if n else "" for n in parts)
+    mismatched = [k[0] if isinstance(k, (tuple, list)) else k for k in info["mismatched_keys"]]
+    missing = sorted(k for k in info["missing_keys"] if k.startswith(prefixes))
+    bad = sorted(k for k in mismatched if k.startswith(prefixes))
+    pooler = f"{parts[0]}.pooler." if parts[0] else "pooler."
+    only_pooler = missing and all(k.startswith(pooler) for k in missing)
+    if only_pooler and not bad and getattr(tower, "pooler", None) is not None:
+        tower.pooler = None
+        return
+    if missing or bad:
+        names = [*(f"{k} (missing)" for k in missing), *(f"{k} (other shape)" for k in bad)]
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        raise ConfigError(
+            f"The weights of {spec} do not fit its config.json: {', '.join(names[:3])}{more}; "
+            f"transformers would fill {len(names)} tensor(s) at random, so its features would "
+            "be random. Give a folder whose weights and config.json were saved together by "
+            "model.save_pretrained()."
+        )
+
+
 def _blocks(model: nn.Module) -> str | None:
     """The encoder's list of layers: the ModuleList holding the most parameters."""
     lists = [
@@ -277,7 +306,14 @@ def build(spec: BackboneSpec) -> Backbone:
     load = {"revision": revision, "local_files_only": local_only}
     try:
         with _quiet():
-            model = transformers.AutoModel.from_pretrained(source, dtype=torch.float32, **load)
+            # mismatched shapes reported in the loading info, not raised without their names
+            model, info = transformers.AutoModel.from_pretrained(
+                source,
+                dtype=torch.float32,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                **load,
+            )
             processor = transformers.AutoImageProcessor.from_pretrained(source, **load)
     except OSError as exc:  # missing weights or processor files, hub errors
         raise WeightsUnavailableError(
@@ -291,6 +327,7 @@ def build(spec: BackboneSpec) -> Backbone:
             f"transformers {transformers.__version__} cannot load {canonical}: {exc}"
         ) from exc
     tower, projection = _vision_parts(model, canonical)
+    _check_loaded(model, tower, projection, info, canonical)
     net = HFImageModel(tower, projection, "cls" if has_class_token(tower) else "mean")
     preprocessing = preprocessing_of(processor)
     blank = torch.zeros(1, 3, preprocessing.crop, preprocessing.crop)
