@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,24 @@ def test_a_weights_file_that_does_not_fit_its_config_is_refused_in_one_line(tmp_
     text = str(err.value)
     assert "\n" not in text and f"({damage})" in text and "at random" in text
     assert "save_pretrained" in text
+
+
+def test_an_open_clip_checkpoint_path_that_is_a_folder_is_called_a_folder(tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "head_width": 16,
+            "patch_size": 8,
+        },
+        "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 16, "heads": 2, "layers": 1},
+    }
+    (tmp_path / "featpipe-tiny-vit-13.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "featpipe-tiny-vit-13.json")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        get_backbone(f"open_clip:featpipe-tiny-vit-13@{folder}")

@@ -152,8 +152,9 @@ def build(spec: BackboneSpec) -> Backbone:
     elif is_weights_path(weights):
         path = Path(weights).expanduser().resolve()
         if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
             raise ConfigError(
-                f"Checkpoint file {str(path)!r} does not exist. Give an open_clip checkpoint "
+                f"Checkpoint file {str(path)!r} {what}. Give an open_clip checkpoint "
                 "(.bin, .pt, .safetensors), a pretrained tag, or 'none' for random init."
             )
         _load(model, path, f"open_clip:{spec.name}")
