@@ -73,7 +73,11 @@ class Backbone:
     ``nhwc_layers`` are the modules whose 4-D outputs are B×H×W×C (Swin's stages), turned to
     B×C×H×W before pooling; ``prefix_layers`` are the modules whose tokens begin with
     ``prefix_tokens`` tokens that are not patches (the register tokens of a ViT without a class
-    token), which ``mean`` leaves out as the model's own average pooling does.
+    token), which ``mean`` leaves out as the model's own average pooling does. In a model
+    with a class token, ``mean`` averages every token, the class token and any register
+    tokens included (ViT-B/16 at 224: 1 of 197; DINOv2 with registers: 5 of 261), where
+    timm's, OpenCLIP's and transformers' own average pooling leave them out: left as is,
+    since recording a change would give every class-token model's stores new keys.
     """
 
     spec: str
