@@ -6,6 +6,8 @@ from test_report import HISTORY, make_row
 from test_trust_report_14 import drawn  # noqa: F401  (fixture)
 
 from featpipe.report import plots
+from featpipe.report.content import build_document
+from featpipe.report.markdown import render_markdown
 from featpipe.report.summary import summarize
 
 
@@ -40,3 +42,42 @@ def test_the_fine_tuning_curves_show_accuracy_in_percent(drawn):  # noqa: F811
     (line,) = ax2.get_lines()
     assert list(line.get_ydata()) == [60.0, 80.0]
     assert [list(line.get_ydata()) for line in ax.get_lines()] == [[1.2, 0.7], [1.0, 0.8]]
+
+
+def _mixed_seeds():
+    """One method's seeds on 40 and 400 test images (two `featpipe probe` calls from two
+    stores into one --run-dir: the method's name does not name the store)."""
+    return [
+        make_row("toy/logreg@pooled", acc=0.9, n=40, seed=0),
+        make_row("toy/logreg@pooled", acc=0.6, n=400, seed=1),
+        make_row("toy/knn@pooled", acc=0.7, head="knn", n=400, seed=1),
+    ]
+
+
+def test_a_method_whose_seeds_tested_different_images_is_warned():
+    # Before: "toy/logreg@pooled | 0, 1 | 76.0 ± 23.3 (60.9–86.6)" with no word that its
+    # seeds' accuracies came from different test sets.
+    md = render_markdown(build_document(_mixed_seeds(), n_boot=100))
+    warned = [line for line in md.splitlines() if "tested different test images" in line]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("- toy/logreg@pooled: its seeds tested different test images")
+    assert "(seed 0: 40 images, seed 1: 400 images)" in warned[0]
+
+
+def test_seeds_on_the_same_images_are_not_warned():
+    # guard: the usual case, every seed on one store's test split
+    rows = [make_row("m", acc=0.8, seed=0), make_row("m", acc=0.7, seed=1)]
+    md = render_markdown(build_document(rows, n_boot=100))
+    assert "tested different test images" not in md
+
+
+def test_the_interval_of_seeds_on_different_sets_is_never_narrower_than_their_mean_needs():
+    # The smallest set's Wilson interval at the mean covers the mean's normal interval.
+    import numpy as np
+
+    s = summarize(_mixed_seeds())[0]
+    p = [r["metrics"]["top1"] for r in s.rows]
+    n = [r["metrics"]["n"] for r in s.rows]
+    se = np.sqrt(sum(pi * (1 - pi) / ni for pi, ni in zip(p, n, strict=True))) / len(p)
+    lo, hi = s.top1_ci
+    assert lo <= s.top1 - 1.96 * se and hi >= s.top1 + 1.96 * se

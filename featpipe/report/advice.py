@@ -294,8 +294,23 @@ def warnings_for(summaries: list[MethodSummary], n_val: int | None = None) -> li
                 "score may be below what the head can reach. Raise max_iter in its grid, or "
                 "standardise the features."
             )
+        lines += _mixed_test_sets(s)
     lines += _test_size_warnings(summaries)
     return lines
+
+
+def _mixed_test_sets(s: MethodSummary) -> list[str]:
+    """A line when a method's seeds tested different images (e.g. `featpipe probe` into one
+    --run-dir from two stores, one --seed each): its mean top-1 then mixes test sets."""
+    tested = {r["test"]["ids_sha256"] for r in s.rows}
+    if len(tested) < 2:
+        return []
+    sizes = ", ".join(f"seed {r['seed']}: {counted(r['metrics']['n'], 'image')}" for r in s.rows)
+    return [
+        f"{s.label}: its seeds tested different test images ({sizes}), so its mean top-1 "
+        "mixes test sets and its interval is taken at the smallest set's size. Run every "
+        "seed on the same data (one store) to compare them."
+    ]
 
 
 def _finetune_warnings(s: MethodSummary, n_val: int | None) -> list[str]:

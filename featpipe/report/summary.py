@@ -61,7 +61,11 @@ class MethodSummary:
         Seeds test the same images: pooling their counts would count each image once per seed
         and narrow the interval by the square root of the number of seeds with no new test
         evidence. It is recomputed from the counts, not read from the rows, so rows written
-        before the Wilson interval (a percentile bootstrap) are shown the same way."""
+        before the Wilson interval (a percentile bootstrap) are shown the same way.
+
+        Seeds that tested different images (a report warns) take the smallest set's size: the
+        mean of independent proportions varies at most as one proportion at the mean does over
+        the smallest set, so the interval is wider than needed, never narrower."""
         if not any("top1" in r["metrics"]["ci"] for r in self.rows):
             return None
         return wilson_interval(self.top1, min(r["metrics"]["n"] for r in self.rows))
