@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -34,3 +35,64 @@ def test_newcombe_interval_is_exported():
     low, high = featpipe.evaluate.newcombe_interval(a, b)
     assert low < (a.mean() - b.mean()) < high
     assert set(featpipe.evaluate.__all__) <= set(dir(featpipe.evaluate))
+
+
+def _hashed_store(tmp_path):
+    """A store of six PNGs extracted with hash_contents, and its manifest."""
+    import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+    from test_trust_leakage_9 import _folder
+
+    from featpipe import extract
+    from featpipe.data.manifest import CSVSource
+
+    csv = _folder(tmp_path / "a", [0, 1, 2, 3, 4, 5])
+    store = extract(
+        CSVSource(csv),
+        "toy",
+        ["pooled"],
+        cache_dir=tmp_path,
+        progress=False,
+        device="cpu",
+        hash_contents=True,
+    )
+    return str(store.path), csv
+
+
+def test_check_reads_the_store_ids_and_the_source_files_once(tmp_path, monkeypatch):
+    # Before: `featpipe check --source` read every file twice on a hash_contents store (for
+    # the hashes, then for the fingerprint) and the store's ids 8 times.
+    from test_trust_leakage_9 import _check
+
+    from featpipe.data.manifest import CSVSource
+    from featpipe.store import FeatureStore
+
+    store, csv = _hashed_store(tmp_path)
+    calls = {"ids": 0, "files": 0}
+    ids, parts = FeatureStore.ids, CSVSource._fingerprint_parts
+
+    def counted_ids(self, split=None):
+        calls["ids"] += 1
+        return ids(self, split)
+
+    def counted_parts(self, content):
+        calls["files"] += content
+        return parts(self, content)
+
+    monkeypatch.setattr(FeatureStore, "ids", counted_ids)
+    monkeypatch.setattr(CSVSource, "_fingerprint_parts", counted_parts)
+    assert "not those" not in _check(store, csv)
+    assert calls == {"ids": 4, "files": 1}  # all rows, then one read per split
+
+
+def test_check_warns_when_a_hashed_store_source_has_other_contents(tmp_path):
+    # The single read still finds a file whose bytes changed under the same size and time.
+    from test_trust_leakage_9 import _check
+
+    store, csv = _hashed_store(tmp_path)
+    image = csv.parent / "im0.png"
+    stat = image.stat()
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 0xFF  # inside the last chunk's CRC: same size, other bytes
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert "their contents differ from the store's record" in _check(store, csv)

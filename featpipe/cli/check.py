@@ -57,7 +57,7 @@ def register(subparsers) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     from featpipe.errors import ConfigError, NonFiniteFeaturesError
-    from featpipe.evaluate.leakage import check_store, source_hashes
+    from featpipe.evaluate.leakage import check_store, source_hashes, store_rows
     from featpipe.store import FeatureStore
     from featpipe.store.reader import not_finite_message
 
@@ -91,18 +91,20 @@ def run_check(args: argparse.Namespace) -> int:
     if found:
         raise NonFiniteFeaturesError(not_finite_message(store.path, found))
     hashes = image_hashes = None
+    rows = store_rows(store)  # read once, for the checks and the source's comparison
     if args.source:
         from featpipe.data import open_source
 
         source = open_source(args.source)
-        hashes, image_hashes = source_hashes(source)
-        missing = [i for i in store.ids() if i not in hashes]
+        parts: list[bytes] = []  # the files' contents, hashed once for both uses
+        hashes, image_hashes = source_hashes(source, read=parts)
+        missing = [i for i in rows[0] if i not in hashes]
         if missing:
             raise ConfigError(
                 f"{args.source} does not hold the store's images ({len(missing)} ids missing, "
                 f"e.g. {missing[0]!r}); give the source the store was extracted from."
             )
-        _warn_if_other_source(store, source, args.source)
+        _warn_if_other_source(store, rows, source, parts, args.source)
     options = {
         k: v
         for k, v in (
@@ -112,7 +114,7 @@ def run_check(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    checks = check_store(store, hashes, image_hashes=image_hashes, **options)
+    checks = check_store(store, hashes, rows, image_hashes=image_hashes, **options)
     if args.json:
         print(json.dumps(checks.to_json(), indent=1))
     else:
@@ -123,31 +125,35 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if checks.findings else 0
 
 
-def _warn_if_other_source(store, source, given: str) -> None:
+def _warn_if_other_source(store, rows, source, parts: list[bytes], given: str) -> None:
     """Warn when the files of ``source`` are not those the store was extracted from, as far
     as its recorded fingerprint tells (file sizes and times, or contents for a store made with
     hash_contents): another folder with the same file names would be hashed in their place.
     Only when ``source`` lists the store's rows (ids, labels, splits) as they are: else (val
     carved by `featpipe run`, a subsample, skipped rows) the fingerprint differs for those. A
-    warning, not an error: copying a folder changes file times, not images."""
+    warning, not an error: copying a folder changes file times, not images. ``rows``: the
+    store's rows split by split (``store_rows``); ``parts``: the source's content parts."""
     import warnings
 
     import numpy as np
 
     from featpipe.data.source import SPLIT_NAMES
+    from featpipe.finetune.probe import extracted_from, hashed_contents
 
-    described = store.attrs.get("source")
-    content = bool(described.get("hash_contents")) if isinstance(described, dict) else False
+    ids, _, splits = rows
     same_rows = (
         list(source.classes) == list(store.classes)
         and list(source.ids) == store.ids()
         and np.array_equal(source.labels, store.labels())
-        and all(store.ids(s) == [source.ids[i] for i in source.indices(s)] for s in SPLIT_NAMES)
+        # each row in the same split (the store's rows are grouped by split)
+        and list(zip(ids, splits, strict=True))
+        == [(source.ids[i], s) for s in SPLIT_NAMES for i in source.indices(s)]
     )
-    recorded = store.attrs.get("source_fingerprint")
-    if not same_rows or recorded is None or recorded == source.fingerprint(content=content):
+    if not same_rows or store.attrs.get("source_fingerprint") is None:
         return
-    what = "contents" if content else "sizes or modification times"
+    if extracted_from(store, source, parts):
+        return
+    what = "contents" if hashed_contents(store) else "sizes or modification times"
     warnings.warn(
         f"The files of {given} are not those {store.path} was extracted from: their {what} "
         f"differ from the store's record. If {given} is another folder with the same file "

@@ -158,8 +158,9 @@ class ImageSource(ABC):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def fingerprint(self, content: bool = False) -> str:
-        """sha256 over ids, labels, splits, class names and per-file size/mtime (or contents)."""
+    def fingerprint(self, content: bool = False, parts: Iterable[bytes] | None = None) -> str:
+        """sha256 over ids, labels, splits, class names and per-file size/mtime (or contents).
+        ``parts``: this source's ``_fingerprint_parts(content)`` when already read."""
         h = hashlib.sha256()
         # surrogateescape: file names that are not UTF-8 reach here as lone surrogates (valid
         # UTF-8 encodes as before, so existing fingerprints stay)
@@ -167,7 +168,7 @@ class ImageSource(ABC):
         h.update("\x1e".join(self.ids).encode("utf-8", "surrogateescape"))
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(self.splits, dtype=np.uint8).tobytes())
-        for part in self._fingerprint_parts(content):
+        for part in self._fingerprint_parts(content) if parts is None else parts:
             h.update(part)
         return h.hexdigest()
 

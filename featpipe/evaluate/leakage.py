@@ -234,14 +234,20 @@ def perceptual_hash(image: Image.Image) -> int:
     return int.from_bytes(np.packbits(low.ravel() > np.median(low)).tobytes(), "big")
 
 
-def source_hashes(source: ImageSource) -> tuple[dict[str, str], dict[str, int]]:
+def source_hashes(
+    source: ImageSource, read: list[bytes] | None = None
+) -> tuple[dict[str, str], dict[str, int]]:
     """:func:`content_hashes` and ``{sample id: perceptual hash}`` in one pass: each image is
     decoded (a JPEG at reduced scale) right after its file is hashed, so read from the page
     cache. An image that cannot be read or decoded has no perceptual hash (extraction fails on
-    it or records it as skipped), nor has one smaller than ``MIN_HASH_SIDE``."""
+    it or records it as skipped), nor has one smaller than ``MIN_HASH_SIDE``. ``read``, when
+    given, receives each image's content fingerprint part, for
+    ``source.fingerprint(content=True, parts=read)`` without reading the files again."""
     parts = source._fingerprint_parts(content=True)
     content, perceptual = {}, {}
     for index, (i, part) in enumerate(zip(source.ids, parts, strict=True)):
+        if read is not None:
+            read.append(part)
         content[i] = _content_digest(i, part)
         if part.startswith(_UNREADABLE):
             continue
@@ -470,18 +476,31 @@ def check_source(
     )
 
 
-def check_store(store, hashes: dict[str, str] | None = None, **kwargs) -> DataChecks:
-    """The checks on a :class:`featpipe.store.FeatureStore` (skipped rows left out): exact
-    duplicates by ``hashes`` (``{id: digest}``, from :func:`content_hashes`) when given, else
-    by identical stored features; near-duplicates on its ``pooled`` layer when it has one, and
-    by perceptual hash when ``image_hashes`` (from :func:`source_hashes`) is given."""
+StoreRows = tuple[list[str], np.ndarray, list[str]]
+
+
+def store_rows(store) -> StoreRows:
+    """The ids, labels and split names of a store's rows (skipped rows left out), split by
+    split (train, val, test): the order of the rows :func:`check_store` checks."""
     ids, labels, splits = [], [], []
-    layer = NEAR_LAYER if NEAR_LAYER in store.layers else None
     for split in SPLIT_NAMES:
         split_ids = store.ids(split)
         ids += split_ids
         labels.append(store.labels(split))
         splits += [split] * len(split_ids)
+    return ids, np.concatenate(labels), splits
+
+
+def check_store(
+    store, hashes: dict[str, str] | None = None, rows: StoreRows | None = None, **kwargs
+) -> DataChecks:
+    """The checks on a :class:`featpipe.store.FeatureStore` (skipped rows left out): exact
+    duplicates by ``hashes`` (``{id: digest}``, from :func:`content_hashes`) when given, else
+    by identical stored features; near-duplicates on its ``pooled`` layer when it has one, and
+    by perceptual hash when ``image_hashes`` (from :func:`source_hashes`) is given. ``rows``:
+    :func:`store_rows` of the store, when already read."""
+    ids, labels, splits = store_rows(store) if rows is None else rows
+    layer = NEAR_LAYER if NEAR_LAYER in store.layers else None
     features = None
     if layer:  # read into one float32 array, which the check then scales in place
         features = np.empty((len(ids), store.layer_info(layer)["dim"]), np.float32)
@@ -502,7 +521,7 @@ def check_store(store, hashes: dict[str, str] | None = None, **kwargs) -> DataCh
         ]
     return check_data(
         ids,
-        np.concatenate(labels),
+        labels,
         splits,
         store.classes,
         hashes=digests,

@@ -4,6 +4,8 @@ layer."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -73,8 +75,7 @@ def check_store(store: FeatureStore, backbone: Backbone, source: ImageSource) ->
         if (stored or {}).get(field) != asked[field]:
             have = (stored or {}).get(field)
             problems.append(f"its backbone {field} is {have!r}, the fine-tuning's {asked[field]!r}")
-    hashed = bool((store.attrs.get("source") or {}).get("hash_contents"))
-    if store.attrs.get("source_fingerprint") != source.fingerprint(content=hashed):
+    if not extracted_from(store, source):
         problems.append("it was extracted from other images (ids, labels, splits or files)")
     if skipped := store.skipped():
         left_out = skipped_rows(skipped)
@@ -85,6 +86,24 @@ def check_store(store: FeatureStore, backbone: Backbone, source: ImageSource) ->
             "Pass a store extracted from the same source with the same backbone and image "
             "size (layer pooled), or no probe_features to compute them."
         )
+
+
+def hashed_contents(store: FeatureStore) -> bool:
+    """Whether ``store``'s source fingerprint covers file contents (extracted with
+    hash_contents), not file sizes and times."""
+    described = store.attrs.get("source")
+    return isinstance(described, dict) and bool(described.get("hash_contents"))
+
+
+def extracted_from(
+    store: FeatureStore, source: ImageSource, parts: Sequence[bytes] | None = None
+) -> bool:
+    """Whether ``store`` records the fingerprint of ``source`` as it is now: the same ids,
+    labels, splits and files (sizes and times, or contents: :func:`hashed_contents`).
+    ``parts``: the source's content fingerprint parts when already read (files read once)."""
+    content = hashed_contents(store)
+    now = source.fingerprint(content=content, parts=parts if content else None)
+    return store.attrs.get("source_fingerprint") == now
 
 
 class Standardize(nn.Module):
