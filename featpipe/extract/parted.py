@@ -62,6 +62,7 @@ from featpipe.store.parts import (
     Part,
     create_parted,
     finish_parted,
+    lost_datasets,
     part_bounds,
     part_complete,
     parted_at,
@@ -258,18 +259,20 @@ def prepare(plan: ExtractionPlan, inference: Inference, *, join: bool = False) -
 
 def _refuse_damaged_parts(path: Path) -> None:
     """A part file HDF5 cannot read (cut short by a kill or a full disk, overwritten) or that
-    is not a part (no chunk flags) named with its fix: read through the top-level file it was
-    "the store is damaged", whose advice (--overwrite) recomputes every part, and does
-    nothing for a --shard task."""
-    for part in _all_parts(path):
+    lacks a dataset the top-level file maps from it (a foreign file, one edited by hand),
+    named with its fix: read through the top-level file it was "the store is damaged", whose
+    advice (--overwrite) recomputes every part, and does nothing for a --shard task."""
+    with open_h5(path) as f:
+        parts, layers = parts_of(path, f.attrs), decode_attr("layers", f.attrs["layers"])
+    for part in parts:
         if not part.path.is_file():
             continue  # missing: recreated by repair_missing
         try:
             with open_h5(part.path) as p:
-                if CHUNK_DONE in p:
+                reason = lost_datasets(p, layers)  # e.g. deleted by hand: resuming fails on it
+                if reason is None:
                     p[CHUNK_DONE][:]  # a file cut short can fail here
                     continue
-            reason = f"it has no {CHUNK_DONE} dataset, as every part file has"
         except StoreInUseError:
             continue  # another process is writing it
         except (OSError, FeaturePipeError) as exc:

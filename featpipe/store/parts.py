@@ -28,7 +28,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from featpipe.errors import ConfigError, FeaturePipeError, MissingPartError, StoreMismatchError
+from featpipe.errors import (
+    ConfigError,
+    FeaturePipeError,
+    MissingPartError,
+    StoreMismatchError,
+    UnreadableStoreError,
+)
 from featpipe.store import schema
 from featpipe.store.files import open_h5
 from featpipe.store.lock import LOCK_SUFFIX, holder
@@ -241,6 +247,18 @@ def _map_parts(f: h5py.File, path: Path, parts, n: int, n_chunks: int, layers, d
     virtual(schema.CHUNK_RUN, (n_chunks,), np.float64, False, 0.0)
 
 
+def lost_datasets(p: h5py.File, layers: Sequence[str]) -> str | None:
+    """Why the open part file ``p`` is damaged: the datasets the top-level file maps from it
+    (:func:`_map_parts`) that it lacks, e.g. deleted by hand; None when it has them all. The
+    map reads a lost one as zeros, and a writer resuming the part fails on it."""
+    flags = [schema.SAMPLES_OK, schema.CHUNK_DONE, schema.CHUNK_SECONDS, schema.CHUNK_RUN]
+    names = [f"{schema.FEATURES}/{name}" for name in layers] + flags
+    gone = [name for name in names if name not in p]
+    if not gone:
+        return None
+    return f"it has no {', '.join(gone)} dataset{'s' * (len(gone) > 1)}, as every part file has"
+
+
 # -- checking ----------------------------------------------------------------------------------
 def missing_parts(parts: Sequence[Part]) -> list[Part]:
     return [part for part in parts if not part.path.is_file()]
@@ -260,15 +278,23 @@ def missing_message(path: Path, missing: Sequence[Part], n_parts: int) -> str:
 def check_parts(path: Path, attrs: Mapping[str, Any], *, identity: bool) -> list[Part]:
     """The parts of a parted store, each checked to exist (MissingPartError names the first
     missing ones) and, with ``identity``, to be a part of this store (same key, index and
-    first row)."""
+    first row) holding every dataset the top-level file maps from it."""
     parts = parts_of(path, attrs)
     missing = missing_parts(parts)
     if missing:
         raise MissingPartError(missing_message(path, missing, len(parts)))
     if identity:
+        layers = schema.decode_attr("layers", attrs["layers"])
         for part in parts:
             with open_h5(part.path) as p:
                 _check_identity(part, p.attrs, str(attrs.get("key", "")))
+                lost = lost_datasets(p, layers)
+            if lost:
+                raise UnreadableStoreError(
+                    f"{part.path}, part {part.index} of the parted store {path}, is damaged "
+                    f"({lost}), so its rows would read as zeros. Delete that file and run the "
+                    "same extraction again: only its rows are recomputed."
+                )
     return parts
 
 
