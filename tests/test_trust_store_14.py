@@ -1,6 +1,9 @@
-"""Trust sweep, store parts: a part file that lost a dataset its top-level file maps."""
+"""Trust sweep, store parts: a part file that lost a mapped dataset, and part files given
+where a whole store is expected (consolidate, export, probe, check, the reader API)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -9,7 +12,7 @@ from extract_child import NoiseSource
 from test_trust_store_13 import OPTIONS, _parted
 
 from featpipe.cli import main
-from featpipe.errors import UnreadableStoreError
+from featpipe.errors import StoreMismatchError, UnreadableStoreError
 from featpipe.extract import extract
 from featpipe.store import FeatureStore
 
@@ -34,6 +37,48 @@ def test_a_part_that_lost_its_features_is_refused_not_read_as_zeros(tmp_path, ca
     again = extract(NoiseSource(16), "toy", ["pooled"], out=out, shard=(0, 1), chunk_rows=2,
                     **OPTIONS)  # fmt: skip
     np.testing.assert_array_equal(again.arrays("pooled")[0], X)
+
+
+def test_consolidate_of_a_part_file_names_its_parted_store(tmp_path, capsys):
+    """`featpipe consolidate PART` said the part 'is already one file (not a parted store);
+    copy it as it is': advice to copy half of the store's rows."""
+    out = tmp_path / "p.h5"
+    part = _parted(out).parts[0].path
+    assert main(["consolidate", str(part), "--out", str(tmp_path / "c.h5")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "copy it as it is" not in err
+    assert f"part 0 (rows 0-7) of the parted store {out}" in err
+    assert not (tmp_path / "c.h5").exists()
+
+
+def _one_line(capsys, store: Path) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"of the parted store {store}" in err and "top-level file" in err, err
+    return err
+
+
+def test_commands_given_a_part_file_refuse_it_naming_the_parted_store(tmp_path, capsys):
+    """probe, export and check given a part file used its 8 rows as if they were the whole
+    16-row store, with no word. featpipe info (which names the parted store) and featpipe's
+    own readers of parts (part=True) still read it."""
+    out = tmp_path / "p.h5"
+    store = _parted(out)
+    part = store.parts[1].path
+    assert main(["export", str(part), "--out", str(tmp_path / "e.npz")]) == 2
+    _one_line(capsys, out)
+    assert not (tmp_path / "e.npz").exists()
+    assert main(["probe", str(part)]) == 2
+    _one_line(capsys, out)
+    assert main(["check", str(part)]) == 2
+    _one_line(capsys, out)
+    with pytest.raises(StoreMismatchError, match="holds only those rows"):
+        FeatureStore(part).arrays("pooled")
+    assert main(["info", str(part), "--no-scan"]) == 0
+    assert "part 1 (rows 8-15) of the parted store" in capsys.readouterr().out
+    np.testing.assert_array_equal(
+        FeatureStore(part, part=True).arrays("pooled")[0], store.arrays("pooled")[0][8:]
+    )
 
 
 @pytest.mark.parametrize("lost", ["features/pooled", "samples/ok", "progress/chunk_seconds"])

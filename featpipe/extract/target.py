@@ -88,7 +88,7 @@ def reusable(path: Path, request: Request, overwrite: bool) -> FeatureStore | No
         return None
     try:
         store = FeatureStore(path)
-        mine = store.key == request.key and store.part_of() is None
+        mine = store.key == request.key and not store.is_part
         return store if mine and store.complete else None
     except (FeaturePipeError, OSError):
         return None

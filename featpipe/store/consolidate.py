@@ -13,7 +13,7 @@ from featpipe.store import schema
 from featpipe.store.files import check_free_space, disk_refused, lock_conflict, open_h5
 from featpipe.store.lock import holder, in_use_message
 from featpipe.store.parts import describe_parts
-from featpipe.store.reader import FeatureStore
+from featpipe.store.reader import FeatureStore, part_text
 from featpipe.store.writer import (
     check_not_source,
     check_out_file,
@@ -36,6 +36,11 @@ def consolidate(
     inside its parts folder."""
     source = FeatureStore(store)  # checks every part is there and belongs to it
     out = Path(out)
+    if source.is_part:
+        raise ConfigError(
+            f"{source.path} is {part_text(source.path, source.part_of())}: consolidate that "
+            "parted store (give its top-level file) instead."
+        )
     if source.parts is None:
         raise ConfigError(
             f"{source.path} is already one file (not a parted store); copy it as it is."

@@ -134,10 +134,16 @@ class FeatureStore:
     agree row for row; :meth:`skipped` lists them, and ``len(store)`` counts them. In an
     incomplete store, the rows of chunks not written yet are left out of them all as well
     (``arrays`` and ``iter_chunks`` read it only with ``allow_incomplete``).
+
+    A part file of a parted store (:attr:`is_part`) holds only that part's rows: it opens and
+    describes itself (:meth:`info`, :meth:`part_of`), but its rows (:meth:`arrays`,
+    :meth:`iter_chunks`, :meth:`ids`, ...) are refused, naming the parted store to open
+    instead, unless ``part`` is True (featpipe's own readers of parts).
     """
 
-    def __init__(self, path: str | Path, *, read_lock: bool = True):
+    def __init__(self, path: str | Path, *, read_lock: bool = True, part: bool = False):
         self.path = Path(path)
+        self._part_rows = part
         self.key = ""  # read with the layout: until then, no store to compare the file with
         self.extraction: dict | None = None
         self.parts: list[Part] | None = None
@@ -442,11 +448,16 @@ class FeatureStore:
             "part_of": self.part_of(),
         }
 
+    @property
+    def is_part(self) -> bool:
+        """Whether this file is one part of a parted store (it carries its parent's key)."""
+        return "parent_key" in self.attrs
+
     def part_of(self) -> dict | None:
         """For a part file of a parted store (its rows only): which part, its rows, and the
         top-level file that holds every row (None when it is not beside the parts folder);
         None for any other store."""
-        if "parent_key" not in self.attrs:
+        if not self.is_part:
             return None
         key, folder = str(self.attrs["parent_key"]), self.path.parent
         first = int(self.attrs.get("first_row", 0))
@@ -638,6 +649,11 @@ class FeatureStore:
 
     def _rows(self, split: str | None) -> np.ndarray:
         """Row indices of ``split`` (all when None), skipped and unwritten rows left out."""
+        if self.is_part and not self._part_rows:  # every read of rows comes here
+            raise StoreMismatchError(
+                f"{self.path} is {part_text(self.path, self.part_of())}, and holds only those "
+                "rows: give the parted store's top-level file instead, for all its rows."
+            )
         with self._reading() as f:
             kept = self._kept(f)
         return np.flatnonzero(kept & self._in_split(split))
