@@ -81,3 +81,27 @@ def test_the_interval_of_seeds_on_different_sets_is_never_narrower_than_their_me
     se = np.sqrt(sum(pi * (1 - pi) / ni for pi, ni in zip(p, n, strict=True))) / len(p)
     lo, hi = s.top1_ci
     assert lo <= s.top1 - 1.96 * se and hi >= s.top1 + 1.96 * se
+
+
+def test_provenance_has_no_line_for_an_item_a_row_does_not_have():
+    # Before: a fine-tune's row (no store) added "store | null" under the probes' store,
+    # and a `featpipe probe` row "image_size | null".
+    from featpipe.report.summary import provenance
+
+    probe, tune = make_row("p"), make_row("t", "finetune", mode="full")
+    probe["provenance"]["store"] = {"path": "s.h5", "key": "k"}
+    tune["provenance"]["store"] = None
+    probe["provenance"]["image_size"], tune["provenance"]["image_size"] = None, 64
+    lines = provenance([probe, tune])
+    assert [v for k, v in lines if k == "store"] == ['{"key": "k", "path": "s.h5"}']
+    assert [v for k, v in lines if k == "image_size"] == ["64"]
+    assert all(v != "null" for _, v in lines)
+
+
+def test_the_table_without_duplicates_names_one_seed_in_the_singular():
+    # Before: "toy/logreg@pooled (seeds 0)" when only seed 0 tested the checked images.
+    from test_trust_report_8 import _data_checks
+
+    rows = [make_row("toy/logreg@pooled", n=120), make_row("toy/logreg@pooled", n=90, seed=1)]
+    text = _data_checks(rows)
+    assert "| toy/logreg@pooled (seed 0) |" in text and "(seeds 0)" not in text

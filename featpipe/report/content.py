@@ -406,7 +406,8 @@ def _dedup_blocks(summaries: list[MethodSummary], checks: DataChecks) -> list:
         cells = [correct[:, k].mean() if k.any() else None for k in (keep_exact, keep_near)]
         label = s.label
         if len(tested) < len(s.rows):
-            label += f" (seeds {', '.join(str(r['seed']) for r in tested)})"
+            seeds = ", ".join(str(r["seed"]) for r in tested)
+            label += f" ({'seed' if len(tested) == 1 else 'seeds'} {seeds})"
         rows.append([label, _pct(correct.mean()), *(_pct(c) for c in cells)])
     blocks: list = []
     if rows:

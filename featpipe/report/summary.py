@@ -352,11 +352,15 @@ def cost_devices(summaries: list[MethodSummary]) -> dict[str, list[str]]:
 
 
 def provenance(rows: list[dict]) -> list[tuple[str, str]]:
-    """(item, value) lines: each distinct backbone, source, version set and device."""
+    """(item, value) lines: each distinct backbone, source, version set and device. An item
+    a row does not have (null: a fine-tune's store) gets no line: "store null" beside the
+    probes' store read as if a store were missing."""
     seen: dict[str, list[str]] = {}
     for row in rows:
         prov = row["provenance"]
         for key, value in prov.items():
+            if value is None:
+                continue
             text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
             if text not in seen.setdefault(key, []):
                 seen[key].append(text)
