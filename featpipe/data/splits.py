@@ -82,8 +82,7 @@ def assign_splits(
     """
     _check_fractions(val_fraction, test_fraction)
     labels = np.asarray(labels)
-    if splits is None:
-        return stratified_split(labels, val_fraction, test_fraction, seed)
+    splits = np.full(len(labels), TRAIN, np.uint8) if splits is None else splits
     splits = np.asarray(splits, dtype=np.uint8).copy()
     carve = {}
     for name, fraction in (("val", val_fraction), ("test", test_fraction)):
@@ -99,7 +98,30 @@ def assign_splits(
     if classes is not None:
         _warn_untrained(labels, splits, classes, origin)
     splits[train] = stratified_split(labels[train], carve["val"], carve["test"], seed)
+    _warn_carved_nothing(splits[train], carve, origin)
     return splits
+
+
+def _warn_carved_nothing(codes: np.ndarray, carve: dict[str, float], origin: str) -> None:
+    """Warn, in one line, of each fraction asked for that carved no row from the train rows
+    ``codes`` were drawn from: the run would go on as if it had not been asked."""
+    n = len(codes)
+    said = []  # none without train rows: require_train refuses those
+    for name, fraction in carve.items():
+        if not fraction or not n or (codes == SPLIT_CODES[name]).any():
+            continue
+        if _round_half_up(n * fraction) == 0:
+            why = f"{n} x {fraction:g} rounds to 0"
+            fix = f"Use a {name}_fraction of at least {math.ceil(50 / n) / 100:g}"
+        else:
+            why = "every class keeps a train row, and these classes have too few to spare"
+            fix = "Use more train images"
+        said.append(
+            f"{name}_fraction={fraction:g} carved no {name} row from the {n} train rows "
+            f"of {origin} ({why}). {fix}, or give the source {name} rows."
+        )
+    if said:
+        warnings.warn(" ".join(said), UserWarning, stacklevel=4)
 
 
 def warn_unread_split_column(
