@@ -182,11 +182,8 @@ def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> 
     ``per_split`` (e.g. ``{"train": 5000, "test": 1000}``); splits not named are kept whole.
     Rows keep their original order."""
     _check_seed(seed)
-    rng = np.random.default_rng(seed)
     labels = np.asarray(source.labels)
-    # drawn in split order, not the dict's: one generator serves every split, so the order
-    # of a config's keys ({test = .., train = ..}) must not change which rows are kept
-    named = dict(sorted((split_code(name), n) for name, n in per_split.items()))
+    named = {split_code(name): n for name, n in per_split.items()}
     for name, n in per_split.items():
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ConfigError(
@@ -199,6 +196,10 @@ def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> 
         if len(rows) <= n:
             keep.append(rows)
             continue
+        # one generator per split, so that no split's limit (nor the order of the limits'
+        # keys) changes the rows kept of another; train's is the seed's own, as it always
+        # was, so that a limited train split keeps the rows it had
+        rng = np.random.default_rng(seed if code == TRAIN else [seed, code])
         classes, inverse, sizes = np.unique(labels[rows], return_inverse=True, return_counts=True)
         counts = _allocate(sizes, int(n), rng)
         for c in range(len(classes)):
