@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 import struct
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -82,11 +83,43 @@ def repeated_file(files: list[Path]) -> tuple[int, int, str, str] | None:
 def files_under(folder: Path, suffix: str) -> list[Path]:
     """The files named ``*<suffix>`` (not hidden) anywhere under ``folder``, sorted, as
     ``Path.rglob`` finds them (symlinked folders not followed), but refusing a folder that
-    cannot be listed, which rglob skips without a word."""
-    found = []
-    for dirpath, _, filenames in os.walk(folder, onerror=unlisted):
+    cannot be listed, which rglob skips without a word. Hidden folders are skipped, as image
+    folders' are (a ``.Trash-1000`` may hold deleted copies), with a warning when they hold
+    such files."""
+    found, hidden = [], []
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unlisted):
+        hidden += [Path(dirpath, d) for d in dirnames if is_hidden(d)]
+        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
         found += [Path(dirpath, n) for n in filenames if n.endswith(suffix) and n[0] != "."]
+    _warn_hidden(folder, suffix, hidden)
     return sorted(found)
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder is left out of a dataset: hidden (.DS_Store, macOS's ._x.jpg
+    resource forks), or the __MACOSX folder of those forks that macOS zips hold."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _warn_hidden(folder: Path, suffix: str, hidden: list[Path]) -> None:
+    """Warn of the ``*<suffix>`` files in the ``hidden`` folders under ``folder``, which are
+    left out (folders that cannot be listed there are not looked into: nothing is read)."""
+    where: dict[str, int] = {}
+    for top in hidden:
+        for dirpath, _, filenames in os.walk(top):
+            n = sum(1 for name in filenames if name.endswith(suffix) and name[0] != ".")
+            if n:
+                where[Path(dirpath).relative_to(folder).as_posix()] = n
+    if where:
+        names = sorted(where)
+        warnings.warn(
+            f"{str(folder)!r} leaves out {sum(where.values())} {suffix} file(s) in hidden "
+            f"folder(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): featpipe "
+            "skips hidden folders, as in image folders. Move the files out if they belong to "
+            "the dataset.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def unlisted(err: OSError) -> NoReturn:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featpipe.data.files import FileSource, repeated_file, unlisted
+from featpipe.data.files import FileSource, is_hidden, repeated_file, unlisted
 from featpipe.data.source import (
     SPLIT_ALIASES,
     SPLIT_CODES,
@@ -255,7 +255,7 @@ def _subfolders(folder: Path) -> list[str]:
     return sorted(
         e.name
         for e in _entries(folder)
-        if not _hidden(e.name) and e.is_dir() and not _encloses(os.path.realpath(e.path), here)
+        if not is_hidden(e.name) and e.is_dir() and not _encloses(os.path.realpath(e.path), here)
     )
 
 
@@ -285,7 +285,7 @@ def _image_files(folder: Path, extensions: tuple[str, ...], left_out: list[Path]
             continue
         seen.add(real)
         # sorted: which of two links to one folder is listed must not depend on the disk
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         for name in filenames:
             if name.startswith("."):
                 continue
@@ -294,12 +294,6 @@ def _image_files(folder: Path, extensions: tuple[str, ...], left_out: list[Path]
             elif name.lower().endswith(_OTHER_PHOTOS + _PARTIAL):
                 left_out.append(Path(dirpath, name))
     return files
-
-
-def _hidden(name: str) -> bool:
-    """Whether a file or folder is left out of the image set: hidden (.DS_Store, macOS's ._x.jpg
-    resource forks), or the __MACOSX folder of those forks that macOS zips hold."""
-    return name.startswith(".") or name == "__MACOSX"
 
 
 def _encloses(outer: str, inner: str) -> bool:
