@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import os
 import sys
@@ -82,13 +83,41 @@ def _who(command: str | None) -> str:
     return f"{who} {command}" if command else who
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse_args``, but an unknown option is the error of the (sub)command it was given to,
+    with a close match (argparse blamed ``featpipe`` under its top-level usage)."""
+    args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args
+    command = _chosen(parser, args)
+    known = [o for action in command._actions for o in action.option_strings if o[:2] == "--"]
+    hints = []
+    for given in (e.split("=")[0] for e in extras if e[:2] == "--"):
+        hints += [f"did you mean {m}?" for m in difflib.get_close_matches(given, known, n=1)]
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    command.error(
+        f"unrecognized arguments: {' '.join(extras)}{hint}; `{command.prog} --help` lists "
+        "the options"
+    )
+
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost subcommand's parser that ``args`` chose (``featpipe cache list``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None))
+            if chosen is not None:
+                return _chosen(chosen, args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     command = None  # known once the arguments are parsed
     try:
         # Building the parser imports every command's module: a Ctrl-C then is one line too.
         with handle_sigterm(), _plain_warnings():
             parser = build_parser()
-            args = parser.parse_args(argv)
+            args = _parse(parser, argv)
             if not getattr(args, "func", None):
                 parser.print_help()
                 return 2
