@@ -3,6 +3,8 @@ the fix, and Ctrl-C keeps what was finished."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import make_chunked_store
 
@@ -37,3 +39,42 @@ def test_a_misspelt_option_is_the_subcommands_error_with_a_close_match(argv, sai
     # the subcommand's usage and name (it was `featpipe: error:` under the top-level usage)
     assert f"featpipe {argv[0]}: error: unrecognized arguments: {argv[2]}" in err
     assert said in err and f"usage: featpipe {argv[0]}" in err
+
+
+def test_predict_given_a_store_as_its_head_says_the_order(chunked, capsys):
+    assert main(["predict", str(chunked), str(chunked)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"got the feature store {chunked} as HEAD" in err
+    assert "featpipe predict HEAD STORE" in err
+
+
+def test_predict_given_a_folder_as_its_head_names_the_heads_in_it(chunked, tmp_path, capsys):
+    main(["probe", str(chunked), "--heads", "knn", "--save-dir", str(tmp_path / "heads")])
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "heads"), str(chunked)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "is a folder" in err and "knn.skops" in err
+
+
+def test_ctrl_c_during_a_later_head_keeps_the_finished_heads_rows(
+    chunked, tmp_path, monkeypatch, capsys
+):
+    import featpipe.heads
+
+    fit = featpipe.heads.select_and_fit
+
+    def interrupted_at_mlp(name, *args, **kwargs):
+        if name == "mlp":
+            raise KeyboardInterrupt
+        return fit(name, *args, **kwargs)
+
+    monkeypatch.setattr(featpipe.heads, "select_and_fit", interrupted_at_mlp)
+    run_dir = tmp_path / "run"
+    argv = ["probe", str(chunked), "--heads", "knn,mlp", "--run-dir", str(run_dir)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["method"].split("/")[-1] for r in rows] == ["knn@pooled"]  # the finished head
+    assert "interrupted while fitting mlp; finished: knn" in err and str(run_dir) in err

@@ -13,6 +13,7 @@ import numpy as np
 
 from featpipe.cli.options import pick_layer
 from featpipe.errors import ConfigError, NonFiniteFeaturesError
+from featpipe.interrupt import Interrupted
 
 PROBE_EXAMPLES = """\
 examples:
@@ -38,6 +39,7 @@ be (a store extracted on CUDA, predicted on the CPU).
 when loaded (a warning says so): only load those from a source you trust.
 """
 
+STORE_SUFFIXES = (".h5", ".hdf5")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -186,20 +188,24 @@ def run_probe(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device))
     # Under torchrun every rank fits (streamed heads share their passes); rank 0 writes.
     main = current_ranks().is_main
-    results = []
+    recorded = 0
     for name in names:
-        with measure(device) as usage:
-            result = select_and_fit(
-                name, store, layer, cv=args.cv, seed=args.seed, device=args.device, progress=True
-            )
-        results.append((result, usage))
-        entry = result.summary()
-        if args.few_shot:
-            fs = few_shot(
-                name, store, layer, args.few_shot, draws=args.draws, seed=args.seed,
-                head_seed=args.seed, device=args.device,
-            )  # fmt: skip
-            entry["few_shot"] = fs.summary()
+        try:
+            with measure(device) as usage:
+                result = select_and_fit(
+                    name, store, layer, cv=args.cv, seed=args.seed, device=args.device,
+                    progress=True,
+                )  # fmt: skip
+            entry = result.summary()
+            if args.few_shot:
+                fs = few_shot(
+                    name, store, layer, args.few_shot, draws=args.draws, seed=args.seed,
+                    head_seed=args.seed, device=args.device,
+                )  # fmt: skip
+                entry["few_shot"] = fs.summary()
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what the heads before kept
+            stop = Interrupted.from_exception(exc)
+            raise stop.with_message(_interrupted_text(args, name, report["heads"])) from None
         if args.save_dir and main:
             path = save_head(
                 result.estimator,
@@ -209,6 +215,9 @@ def run_probe(args: argparse.Namespace) -> int:
                 selection=result,
             )
             entry["saved"] = str(path)
+        if args.run_dir and main:  # each head's row as it finishes: Ctrl-C keeps them
+            _record(args, store, layer, device, result, usage)
+            recorded += 1
         report["heads"].append(entry)
         rows.append(_row(entry))
     if not main:
@@ -219,8 +228,23 @@ def run_probe(args: argparse.Namespace) -> int:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
     if args.run_dir:
-        _record(args, store, layer, device, results)
+        print(f"appended {recorded} rows to {args.run_dir / 'results.jsonl'}")
     return 0
+
+
+def _interrupted_text(args: argparse.Namespace, name: str, done: list[dict]) -> str:
+    """What an interruption during head ``name`` kept of the heads before it."""
+    if not done:
+        return f"interrupted while fitting {name}; no head finished"
+    names = ", ".join(entry["head"] for entry in done)
+    kept = [f"their rows in {args.run_dir / 'results.jsonl'}"] if args.run_dir else []
+    kept += [f"their heads in {args.save_dir}"] if args.save_dir else []
+    where = f" ({'; '.join(kept)})" if kept else ""
+    out = f"; {args.out} not written" if args.out else ""
+    return (
+        f"interrupted while fitting {name}; finished: {names}{where}{out}. Run again with "
+        f"--heads for the heads left"
+    )
 
 
 def _check_folder(path: Path | None, option: str) -> None:
@@ -254,18 +278,16 @@ def _head_names(text: str) -> list[str]:
     return names
 
 
-def _record(args: argparse.Namespace, store, layer: str, device: str, results: list) -> None:
+def _record(args: argparse.Namespace, store, layer: str, device: str, result, usage) -> None:
+    """Append one head's result row to ``--run-dir``'s results.jsonl (as `featpipe run`)."""
     from featpipe.pipeline.stages.probe import store_row
     from featpipe.report import record_rows
 
-    rows = [
-        store_row(
-            store, layer, result, usage, seed=args.seed, cv=args.cv, device=device,
-            run=args.run_dir.name,
-        )
-        for result, usage in results
-    ]  # fmt: skip
-    print(f"appended {len(rows)} rows to {record_rows(args.run_dir, rows)}")
+    row = store_row(
+        store, layer, result, usage, seed=args.seed, cv=args.cv, device=device,
+        run=args.run_dir.name,
+    )  # fmt: skip
+    record_rows(args.run_dir, [row])
 
 
 def _save_suffix(choice: str | None) -> str:
@@ -332,7 +354,7 @@ def _image_files(inputs: list[str]) -> list[Path]:
 def _is_store(inputs: list[str]) -> bool:
     """Whether ``inputs`` is one feature store; a store among several inputs is refused (it
     was read as an image: 'cannot decode ... save it again as PNG or JPEG')."""
-    stores = [text for text in inputs if Path(text).suffix.lower() in (".h5", ".hdf5")]
+    stores = [text for text in inputs if Path(text).suffix.lower() in STORE_SUFFIXES]
     if stores and len(inputs) > 1:
         raise ConfigError(
             f"featpipe predict reads one feature store, or image files and folders; got "
@@ -348,6 +370,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.out:  # before the inputs are read and embedded
         check_out_file(args.out, option="--out", example="predictions.csv")
+    _check_head_path(args.head)
     head, sidecar = load_head(args.head)
     layer = sidecar.get("layer")
     if _is_store(args.inputs):
@@ -378,6 +401,24 @@ def run_predict(args: argparse.Namespace) -> int:
             out.close()
             print(f"wrote {len(ids)} predictions to {args.out}", file=sys.stderr)
     return 0
+
+
+def _check_head_path(path: Path) -> None:
+    """Refuse a store or a folder given as HEAD, saying what to give (load_head would say
+    that '<path>.json' is missing)."""
+    if path.suffix.lower() in STORE_SUFFIXES:
+        raise ConfigError(
+            f"featpipe predict HEAD STORE takes a saved head first; got the feature store {path} "
+            "as HEAD. Give the head saved by `featpipe probe --save-dir DIR` (DIR/logreg.skops) "
+            "first, then the store or images."
+        )
+    if path.is_dir():
+        heads = sorted(p.name for p in path.iterdir() if p.suffix in (".skops", ".joblib"))
+        found = f"it holds {', '.join(heads)}" if heads else "it holds no saved head"
+        raise ConfigError(
+            f"HEAD {path} is a folder ({found}); give one saved head file, e.g. "
+            f"{path / (heads[0] if heads else 'logreg.skops')}."
+        )
 
 
 def _require_split(store, split: str) -> None:
