@@ -96,3 +96,39 @@ def test_check_warns_when_a_hashed_store_source_has_other_contents(tmp_path):
     image.write_bytes(bytes(data))
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert "their contents differ from the store's record" in _check(store, csv)
+
+
+def test_check_refuses_an_incomplete_store_before_hashing_its_source(tmp_path, capsys):
+    # Before: `featpipe check STORE --source SRC` hashed every image of the source, then
+    # refused with the reader's "pass allow_incomplete=True", which check does not take.
+    import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+    from test_trust_leakage_9 import _folder
+
+    from featpipe.cli import main
+    from featpipe.data.manifest import CSVSource
+    from featpipe.extract.extractor import plan_extraction, run_extraction
+
+    csv = _folder(tmp_path / "a", [0, 1, 2, 3, 4, 5])
+    plan = plan_extraction(
+        CSVSource(csv),
+        "toy",
+        ["pooled"],
+        cache_dir=tmp_path,
+        progress=False,
+        device="cpu",
+        chunk_rows=3,
+    )
+    store = run_extraction(plan, chunks=[0])
+    hashed = []
+    parts = CSVSource._fingerprint_parts
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CSVSource, "_fingerprint_parts", lambda s, c: hashed.append(c) or parts(s, c))
+        assert main(["check", str(store.path), "--source", str(csv)]) == 2
+    assert True not in hashed
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"featpipe check: error: Cannot check {store.path}: the store is incomplete (1 of 2 "
+        "chunks are not written yet). Wait for its extraction to finish, or resume it by "
+        "rerunning the same `featpipe extract` (or extract()) call; `featpipe info "
+        f"{store.path}` shows its progress. Then check again."
+    )
