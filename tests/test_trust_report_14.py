@@ -129,7 +129,7 @@ def test_fine_tunes_with_long_labels_alike_at_both_ends_get_different_titles(dra
     for row, label in zip(rows, _LABELS, strict=True):
         row["label"] = label
     plots.finetune_curves(summarize(rows))
-    titles = [ax.get_title() for ax in drawn[-1].axes if ax.get_title()]
+    titles = [t for ax in drawn[-1].axes if (t := ax.get_title(loc="left"))]
     assert len(titles) == 2 and len(set(titles)) == 2
 
 

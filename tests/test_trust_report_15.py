@@ -105,3 +105,28 @@ def test_the_table_without_duplicates_names_one_seed_in_the_singular():
     rows = [make_row("toy/logreg@pooled", n=120), make_row("toy/logreg@pooled", n=90, seed=1)]
     text = _data_checks(rows)
     assert "| toy/logreg@pooled (seed 0) |" in text and "(seeds 0)" not in text
+
+
+def test_the_fine_tuning_curves_legend_covers_no_line(drawn):  # noqa: F811
+    # Before: the legend sat at the center right, over the lines that end there (here
+    # train_loss ends midway between the losses' extremes).
+    import itertools
+
+    import numpy as np
+
+    history = [
+        {"epoch": 1, "train_loss": 1.2, "val_loss": 1.0, "val_accuracy": 0.6},
+        {"epoch": 2, "train_loss": 1.0, "val_loss": 0.9, "val_accuracy": 0.7},
+        {"epoch": 3, "train_loss": 0.95, "val_loss": 0.7, "val_accuracy": 0.8},
+    ]
+    plots.finetune_curves(summarize([make_row("t", "finetune", mode="full", history=history)]))
+    fig = drawn[-1]
+    renderer = fig.canvas.get_renderer()
+    box = fig.axes[0].get_legend().get_window_extent(renderer)
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            xy = ax.transData.transform(np.column_stack(line.get_data()))
+            for a, b in itertools.pairwise(xy):  # points along each segment
+                for t in np.linspace(0, 1, 50):
+                    assert not box.contains(*(a + t * (b - a))), line.get_label()
+    assert fig.axes[0].get_title(loc="left") == "t"  # left of the legend above the axes

@@ -456,11 +456,13 @@ def finetune_curves(summaries: list[MethodSummary]) -> bytes:
                 label=key,
             )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(titles[i], fontsize=9)
+        ax.set_title(titles[i], fontsize=9, loc="left")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax2.set_ylabel("accuracy (%)")
-        _legend(ax, lines[False] + lines[True], fontsize=7, loc="center right")
+        # Above the axes, right of the title: inside, it hid the lines that cross it.
+        shown = lines[False] + lines[True]
+        _legend(ax, shown, fontsize=7, loc="lower right", bbox_to_anchor=(1, 1), ncols=2)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
