@@ -58,6 +58,14 @@ def test_predict_given_a_folder_as_its_head_names_the_heads_in_it(chunked, tmp_p
     assert "is a folder" in err and "knn.skops" in err
 
 
+def test_extract_layers_joined_by_commas_are_refused_naming_spaces(tmp_path, capsys):
+    argv = ["extract", "digits", "--backbone", "toy", "--layers", "pooled,stage1:max"]
+    assert main([*argv, "--out", str(tmp_path / "x.h5")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--layers pooled stage1:max" in err and not (tmp_path / "x.h5").exists()
+
+
 def test_ctrl_c_during_a_later_head_keeps_the_finished_heads_rows(
     chunked, tmp_path, monkeypatch, capsys
 ):

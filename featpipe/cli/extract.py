@@ -13,6 +13,7 @@ from featpipe.cli.options import (
     apply_limits,
 )
 from featpipe.data.unreadable import ON_ERROR
+from featpipe.errors import ConfigError
 from featpipe.store.files import format_bytes
 from featpipe.store.schema import count_not_finite, skipped_images
 
@@ -221,6 +222,7 @@ def run_extract(args: argparse.Namespace) -> int:
     from featpipe.extract.parted import parse_shard
 
     shard = parse_shard(args.shard) if args.shard else None
+    _check_layer_list(args.layers)
     store = extract(
         _open_source(args),
         args.backbone,
@@ -279,6 +281,18 @@ def run_extract(args: argparse.Namespace) -> int:
         print(f"skipped {described}; `featpipe info {store.path}` lists them")
     print(f"features written to {store.path}")
     return 0
+
+
+def _check_layer_list(layers: list[str]) -> None:
+    """Refuse layers joined by commas: the request parser read 'pooled,stage1:max' as the
+    layer 'pooled,stage1' pooled by max, and suggested five unrelated names."""
+    joined = next((text for text in layers if "," in text), None)
+    if joined is not None:
+        spaced = " ".join(name for text in layers for name in text.split(",") if name)
+        raise ConfigError(
+            f"--layers {joined!r}: layers are separated by spaces, not commas; write "
+            f"--layers {spaced}."
+        )
 
 
 def _skipped_lines(info: dict) -> list[str]:
