@@ -122,7 +122,11 @@ def test_check_refuses_an_incomplete_store_before_hashing_its_source(tmp_path, c
     hashed = []
     parts = CSVSource._fingerprint_parts
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(CSVSource, "_fingerprint_parts", lambda s, c: hashed.append(c) or parts(s, c))
+        mp.setattr(
+            CSVSource,
+            "_fingerprint_parts",
+            lambda s, content: hashed.append(content) or parts(s, content),
+        )
         assert main(["check", str(store.path), "--source", str(csv)]) == 2
     assert True not in hashed
     err = capsys.readouterr().err.strip()
