@@ -12,6 +12,7 @@ from dataset_files import write_parquet_folder, write_wds_dataset
 
 from featpipe.data import ArraySource, open_source
 from featpipe.data.splits import subsample
+from featpipe.errors import SourceError
 
 
 def _arrays(counts: list[int], **kwargs) -> ArraySource:
@@ -97,3 +98,23 @@ def test_parquet_files_in_a_hidden_folder_are_left_out_with_a_warning(tmp_path):
     shutil.copytree(tmp_path / "table" / "data", tmp_path / "table" / ".cache" / "data")
     with pytest.warns(UserWarning, match=r"in hidden folder\(s\) \(\.cache/data\)"):
         assert len(open_source(f"hf-dataset:{tmp_path / 'table'}?label=fine_label")) == n
+
+
+# -- arrays with missing labels --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "shown"),
+    [
+        ([0, 1, None, 1], "None"),
+        (["a", "b", "", "b"], "''"),
+        (["a", "b", float("nan"), "b"], "nan"),
+    ],
+)
+def test_an_array_label_that_is_missing_is_refused_not_a_class(labels, shown):
+    # None became class 'None', '' class '', NaN (a pandas column's) class 'nan': heads learnt
+    # them and reports counted them, where tables and CSVs refuse such rows
+    images = np.zeros((4, 4, 4, 3), dtype=np.uint8)
+    with pytest.raises(SourceError, match=rf"1 image\(s\) have no label .* row 2, {shown}\)"):
+        ArraySource(images, np.asarray(labels, dtype=object))
+    assert ArraySource(images, ["a", "b", "nan", "b"]).classes == ["a", "b", "nan"]  # a name

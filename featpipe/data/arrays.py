@@ -157,6 +157,7 @@ def encode_labels(
         return classes, labels.astype(np.int64)
     if labels.dtype.kind not in "UO":
         raise SourceError(f"Labels must be integers or class names; got dtype {labels.dtype}.")
+    _check_labelled(labels, origin)
     names = [str(label) for label in labels]
     classes = [str(c) for c in classes] if classes is not None else sorted(set(names))
     check_class_names(classes, "The labels")
@@ -167,6 +168,25 @@ def encode_labels(
             f"Labels {unknown[:5]} are not in classes {classes}. Add them to classes or fix them."
         )
     return classes, np.array([index[name] for name in names], dtype=np.int64)
+
+
+def _check_labelled(labels: np.ndarray, origin: str) -> None:
+    """Raise SourceError for a missing label (None, NaN, a blank name): as text it became a
+    class of its own ('None', 'nan', ''), which heads learnt and reports counted."""
+    missing = [
+        row
+        for row, label in enumerate(labels)
+        if label is None
+        or (isinstance(label, float) and label != label)  # NaN
+        or (isinstance(label, str) and not label.strip())
+    ]
+    if missing:
+        first = labels[missing[0] : missing[0] + 1].tolist()[0]  # a plain str, not np.str_
+        raise SourceError(
+            f"{origin}: {len(missing)} image(s) have no label (None, NaN or a blank name; the "
+            f"first is row {missing[0]}, {first!r}), which would make a class of its own. Give "
+            "every image its class, or leave the unlabelled images out."
+        )
 
 
 def _warn_empty_classes(labels: np.ndarray, classes: list[str], origin: str) -> None:
