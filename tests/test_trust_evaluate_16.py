@@ -136,3 +136,17 @@ def test_check_refuses_an_incomplete_store_before_hashing_its_source(tmp_path, c
         "rerunning the same `featpipe extract` (or extract()) call; `featpipe info "
         f"{store.path}` shows its progress. Then check again."
     )
+
+
+@pytest.mark.parametrize("n_bins", [0, -3, 2.5, True])
+def test_ece_refuses_a_bin_count_that_is_not_a_whole_number_from_1(n_bins):
+    # Before: numpy's "'list' argument must have no negative elements" (0), "'minlength' must
+    # not be negative" (-3) or a casting TypeError (2.5); True counted as 1 bin.
+    from featpipe.errors import ConfigError
+
+    proba = np.array([[0.9, 0.1], [0.4, 0.6]])
+    with pytest.raises(ConfigError, match=rf"n_bins .*; got {n_bins!r}\. Give e\.g\. 15"):
+        featpipe.evaluate.expected_calibration_error([0, 1], proba, n_bins=n_bins)
+    assert featpipe.evaluate.expected_calibration_error([0, 1], proba, n_bins=1) == pytest.approx(
+        0.25
+    )
