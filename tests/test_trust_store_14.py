@@ -99,3 +99,19 @@ def test_a_pending_part_that_lost_a_dataset_is_named_when_the_store_resumes(tmp_
     assert f"no {lost} dataset" in said and "Delete that file" in said
     part.unlink()
     assert extract(NoiseSource(16), "toy", ["pooled"], shard=(1, 2), **run).complete
+
+
+def test_cache_prune_of_a_parts_folder_does_not_delete_a_stores_parts(tmp_path, capsys):
+    """`featpipe cache list/prune p.parts` took the part files for stores of their own:
+    `prune p.parts --all --yes` deleted every part of the complete parted store p.h5."""
+    out = tmp_path / "p.h5"
+    _parted(out).close()
+    folder = tmp_path / "p.parts"
+    kept = sorted(folder.iterdir())
+    for args in (["list"], ["prune", "--all", "--yes"]):
+        assert main(["cache", *args, str(folder)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"parts folder of the parted store {out}" in err
+        assert f"({tmp_path})" in err
+    assert sorted(folder.iterdir()) == kept
+    assert FeatureStore(out).complete

@@ -24,6 +24,7 @@ from pathlib import Path
 import h5py
 
 from featpipe.errors import (
+    ConfigError,
     FeaturePipeError,
     MissingPartError,
     StoreInUseError,
@@ -289,8 +290,18 @@ def _orphaned(folder: Path) -> CacheEntry | None:
 
 
 def scan(folder: str | Path) -> list[CacheEntry]:
-    """Every store (``*.h5``) and leftover file directly in ``folder``, sorted by name."""
+    """Every store (``*.h5``) and leftover file directly in ``folder``, sorted by name. The
+    parts folder of a parted store is refused: its part files are that store's rows."""
     folder = Path(folder)
+    owners = (
+        [p for p in _claimants(folder) if parted_at(p)] if folder.suffix == PARTS_SUFFIX else []
+    )
+    if owners:  # its parts would be listed, and pruned, as stores of their own
+        raise ConfigError(
+            f"{folder} is the parts folder of the parted store {owners[0]}: its files are "
+            "that store's parts, not stores of their own. Give the folder that holds the "
+            f"store instead ({folder.parent})."
+        )
     entries = []
     for path in sorted(folder.iterdir()):
         if path.is_dir() and not path.is_symlink() and path.name.endswith(PARTS_SUFFIX):
