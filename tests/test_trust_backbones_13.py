@@ -78,3 +78,14 @@ def test_an_open_clip_checkpoint_path_that_is_a_folder_is_called_a_folder(tmp_pa
     folder.mkdir()
     with pytest.raises(ConfigError, match="is a folder, not a file"):
         get_backbone(f"open_clip:featpipe-tiny-vit-13@{folder}")
+
+
+def test_an_image_size_the_model_does_not_run_at_is_refused_before_extraction():
+    # the patch size must divide it: the first batch of an extraction gave a traceback
+    with pytest.raises(ConfigError) as err:
+        get_backbone("timm:vit_tiny_patch16_224", image_size=40)
+    text = str(err.value)
+    assert "\n" not in text and "does not run on 40×40 images" in text
+    assert "divisible by patch size (16)" in text
+    backbone = get_backbone("timm:vit_tiny_patch16_224", image_size=48)
+    assert backbone.preprocessing.crop == 48 and not backbone.model.training

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -132,7 +133,33 @@ class Backbone:
                 f"Omit the image size, or use a model that takes other sizes (timm ViTs "
                 "resize their position embeddings)."
             )
-        return replace(self, preprocessing=self.preprocessing.at_size(image_size))
+        sized = replace(self, preprocessing=self.preprocessing.at_size(image_size))
+        if image_size != self.preprocessing.crop:
+            sized._check_runs()
+        return sized
+
+    def _check_runs(self) -> None:
+        """Refuse an input size the model does not run at (a ViT's patch size that does not
+        divide it, LeViT's attention biases of one size) in one line, by one forward pass of
+        one blank image: otherwise the first batch of an extraction fails with a traceback."""
+        size = self.preprocessing.crop
+        tried = _RUNS_AT.setdefault(self.model, set())
+        if size in tried:
+            return
+        training = self.model.training  # a fine-tuned model may be training
+        try:
+            with torch.inference_mode():
+                self.model.eval()
+                self.model(torch.zeros(1, 3, size, size, device=_device_of(self.model)))
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            cause = " ".join(str(exc).split())[:300]
+            raise ConfigError(
+                f"{self.spec} does not run on {size}×{size} images ({cause}). Give another "
+                "image size, or omit it to use the size its weights were trained at."
+            ) from exc
+        finally:
+            self.model.train(training)
+        tried.add(size)
 
     def identity(self) -> dict:
         """What identifies the features this backbone computes, for store keys and provenance."""
@@ -402,6 +429,9 @@ def is_attention_weights(out: torch.Tensor) -> bool:
     rows = out.detach().float()
     return bool(rows.min() >= 0) and torch.allclose(rows.sum(-1), torch.ones(()), atol=1e-2)
 
+
+# the input sizes each model has run at (Backbone._check_runs), kept while the model lives
+_RUNS_AT: weakref.WeakKeyDictionary[nn.Module, set[int]] = weakref.WeakKeyDictionary()
 
 _AVERAGES = ("avg", "avgmax", "grid:1")  # poolings that average every row of a map
 
