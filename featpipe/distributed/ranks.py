@@ -141,6 +141,9 @@ def backend_for(device: torch.device | str) -> str:
     return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
+_groups_made = 0  # process groups this process has made: each gets its own store keys
+
+
 @contextlib.contextmanager
 def process_group(
     device: torch.device | str = "cpu", timeout_s: float = 1800.0
@@ -156,10 +159,15 @@ def process_group(
     if made:
         timeout = dt.timedelta(seconds=timeout_s)
         store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
-        # torchrun's agent keeps its store across elastic restarts: under the keys of the
-        # attempt before, the group's workers found the dead workers' addresses (gloo:
-        # "connection refused", or a hang), so each restart gets keys of its own.
-        store = dist.PrefixStore(f"featpipe/restart-{current_ranks().restart}", store)
+        # torchrun's agent keeps its store for the whole job: under the keys of a group
+        # before (the attempt before an elastic restart, or this process's last group: a
+        # script fine-tuning twice), the workers found its gone workers' addresses (gloo:
+        # "connection refused", or a hang), so each restart and each group gets keys of its
+        # own. Every rank makes the same groups in the same order, so the counts agree.
+        global _groups_made
+        _groups_made += 1
+        prefix = f"featpipe/restart-{current_ranks().restart}/group-{_groups_made}"
+        store = dist.PrefixStore(prefix, store)
         dist.init_process_group(
             backend=backend_for(device),
             store=store,

@@ -1,0 +1,36 @@
+"""Trust sweep of featpipe.distributed (session 14): several process groups in one process."""
+
+from __future__ import annotations
+
+from test_trust_distributed import torchrun
+
+# Five process groups, one after the other, in one script on every rank of 2 (as a script
+# calling FineTuner.fit five times makes: each fit makes and destroys its own group when the
+# script holds none), each summing a tensor over the ranks.
+GROUPS = """
+import sys
+import torch
+import torch.distributed as dist
+from featpipe.distributed import current_ranks, process_group
+
+rank = current_ranks().rank
+for i in range(5):
+    with process_group("cpu", timeout_s=60):
+        total = torch.ones(1)
+        dist.all_reduce(total)
+    sys.stdout.write(f"rank {rank} group {i} sum {total.item():.0f}\\n"); sys.stdout.flush()
+"""
+
+
+def test_one_process_makes_several_process_groups_under_torchrun(tmp_path):
+    """A group made after another in one process met the first group's keys in torchrun's
+    store (keys had the restart count only): its ranks could read the gone group's addresses,
+    and gloo failed ("connectFullMesh failed ... Connection refused"). A script fine-tuning
+    twice (two FineTuner.fit calls) failed so in its second fit. Each group now has keys of
+    its own."""
+    script = tmp_path / "groups.py"
+    script.write_text(GROUPS)
+    rc, out, err = torchrun(script, timeout=120)
+    assert rc == 0, err[-3000:]
+    done = {f"rank {rank} group {i} sum 2" for rank in (0, 1) for i in range(5)}
+    assert set(out.splitlines()) == done, out
