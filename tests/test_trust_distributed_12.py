@@ -1,8 +1,13 @@
-"""Trust sweep of featpipe.distributed (session 14): several process groups in one process."""
+"""Trust sweep of featpipe.distributed (session 14): several process groups in one process,
+and the ranks' lines in one shared log."""
 
 from __future__ import annotations
 
+import io
+
 from test_trust_distributed import torchrun
+
+from featpipe.distributed.progress import LineProgress
 
 # Five process groups, one after the other, in one script on every rank of 2 (as a script
 # calling FineTuner.fit five times makes: each fit makes and destroys its own group when the
@@ -34,3 +39,28 @@ def test_one_process_makes_several_process_groups_under_torchrun(tmp_path):
     assert rc == 0, err[-3000:]
     done = {f"rank {rank} group {i} sum 2" for rank in (0, 1) for i in range(5)}
     assert set(out.splitlines()) == done, out
+
+
+class _Writes(io.StringIO):
+    """A stream that records each write call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_a_progress_line_is_one_write_with_its_newline():
+    """Under torchrun's `python -u` print wrote a progress line and its newline apart (two
+    write calls, seen with strace), so in the ranks' shared log another rank's line could land
+    between them: two ranks' lines on one line, the last line of a rank read wrong."""
+    stream = _Writes()
+    bar = LineProgress(10, desc="extract", unit="img", interval=0.0, stream=stream)
+    bar.update(4)
+    bar.close()
+    assert len(stream.calls) == 2, stream.calls
+    assert all(call.endswith("\n") and call.count("\n") == 1 for call in stream.calls)
+    assert stream.getvalue().splitlines()[-1].startswith("featpipe extract: 4 of 10 img")

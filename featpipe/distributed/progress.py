@@ -115,7 +115,10 @@ class LineProgress:
 
     def _print(self) -> None:
         stream = sys.stderr if self.stream is None else self.stream
-        print(self.line(), file=stream, flush=True)
+        # One write per line: under torchrun's `python -u`, print writes the text and its
+        # newline apart, and the ranks share one log, where two ranks' lines then join.
+        stream.write(self.line() + "\n")
+        stream.flush()
         self._last = self._clock()
 
     def close(self) -> None:
