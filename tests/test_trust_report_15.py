@@ -6,6 +6,7 @@ from test_report import HISTORY, make_row
 from test_trust_report_14 import drawn  # noqa: F401  (fixture)
 
 from featpipe.report import plots
+from featpipe.report.advice import warnings_for
 from featpipe.report.content import build_document
 from featpipe.report.markdown import render_markdown
 from featpipe.report.summary import summarize
@@ -130,3 +131,17 @@ def test_the_fine_tuning_curves_legend_covers_no_line(drawn):  # noqa: F811
                 for t in np.linspace(0, 1, 50):
                     assert not box.contains(*(a + t * (b - a))), line.get_label()
     assert fig.axes[0].get_title(loc="left") == "t"  # left of the legend above the axes
+
+
+def test_a_method_no_better_than_predicting_one_class_is_warned():
+    # Before: a fine-tune at 10 % on 10 balanced classes (its log warned about its val
+    # score) stood in the report without a word under "Warnings".
+    good = make_row("toy/knn@pooled", acc=0.8, head="knn")
+    stuck = make_row("toy/finetune:head", "finetune", mode="head")
+    stuck["test"]["y_pred"] = [0] * len(stuck["test"]["y_true"])  # class 'a' for every image
+    stuck["metrics"]["top1"] = 1 / 6  # make_row's 6 classes, equally many test images each
+    lines = warnings_for(summarize([good, stuck]))
+    assert [line.split(" scores")[0] for line in lines if "no better than" in line] == [
+        "toy/finetune:head"
+    ]
+    assert "no better than predicting class 'a' for every test image (16.7 %)" in "".join(lines)

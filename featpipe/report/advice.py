@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from featpipe.evaluate import Comparison
 from featpipe.evaluate.metrics import clearly_below
 from featpipe.report.results import MethodKind
@@ -295,8 +297,28 @@ def warnings_for(summaries: list[MethodSummary], n_val: int | None = None) -> li
                 "standardise the features."
             )
         lines += _mixed_test_sets(s)
+        lines += _one_class_level(s)
     lines += _test_size_warnings(summaries)
     return lines
+
+
+def _one_class_level(s: MethodSummary) -> list[str]:
+    """A line when a method's mean top-1 is no better than predicting the most common test
+    class for every image (the heads' rule for val scores): the run's log said so about its
+    val score, and the report, which outlives the log, showed the score without a word."""
+    from featpipe.heads.selection import no_better_than_one_class
+
+    found = no_better_than_one_class(s.top1, [np.asarray(r["test"]["y_true"]) for r in s.rows])
+    if found is None:
+        return []
+    share, label = found
+    return [
+        f"{s.label} scores {_pct(s.top1)} on test, no better than predicting class "
+        f"{s.rows[0]['classes'][int(label)]!r} for every test image ({_pct(share)}): the "
+        "test split cannot tell it from a model that ignores the images. Check its warnings "
+        "in the run's log (too few val rows to choose on, too few epochs, a learning rate too "
+        "high)."
+    ]
 
 
 def _mixed_test_sets(s: MethodSummary) -> list[str]:
