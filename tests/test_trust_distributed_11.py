@@ -33,9 +33,9 @@ try:
     with process_group("cpu"):
         tuner.fit(synthetic_source(n_train=n_train, n_val=n_val, n_test=4))
 except FeaturePipeError as exc:
-    print(f"rank {{rank}} refused: {{exc}}", flush=True)
+    sys.stdout.write(f"rank {{rank}} refused: {{exc}}\\n"); sys.stdout.flush()  # one write
     sys.exit(2)
-print(f"rank {{rank}} trained", flush=True)
+sys.stdout.write(f"rank {{rank}} trained\\n"); sys.stdout.flush()
 """.format(tests=str(REPO / "tests"))
 
 
@@ -82,9 +82,9 @@ if rank == 1:
 try:
     StreamingLogisticProbe(**params).fit_store(FeatureStore(sys.argv[1]), "pooled", ["train"])
 except FeaturePipeError as exc:
-    print(f"rank {rank} refused: {exc}", flush=True)
+    sys.stdout.write(f"rank {rank} refused: {exc}\\n"); sys.stdout.flush()  # one write
     sys.exit(2)
-print(f"rank {rank} fitted", flush=True)
+sys.stdout.write(f"rank {rank} fitted\\n"); sys.stdout.flush()
 """
 
 
