@@ -89,3 +89,19 @@ def test_an_image_size_the_model_does_not_run_at_is_refused_before_extraction():
     assert "divisible by patch size (16)" in text
     backbone = get_backbone("timm:vit_tiny_patch16_224", image_size=48)
     assert backbone.preprocessing.crop == 48 and not backbone.model.training
+
+
+def test_a_clip_vision_tower_saved_with_its_projection_gives_the_image_embedding(tmp_path):
+    # AutoModel built CLIPVisionModel and dropped visual_projection: 'pooled' was 32-d, not 12
+    torch.manual_seed(0)
+    config = transformers.CLIPVisionConfig(**VIT, intermediate_size=64, projection_dim=12)
+    model = transformers.CLIPVisionModelWithProjection(config).eval()
+    model.save_pretrained(tmp_path)
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        pooled = get_backbone(f"hf:{tmp_path}").features(["pooled"])(x)["pooled"]
+        expected = model(pixel_values=x).image_embeds
+    torch.testing.assert_close(pooled, expected)

@@ -260,6 +260,18 @@ def _vision_parts(model: nn.Module, spec: str) -> tuple[nn.Module, nn.Module | N
     return model, None
 
 
+def _model_class(transformers, source: str, load: dict):
+    """AutoModel, or the class the config names where it is a vision tower with its
+    projection (CLIPVisionModelWithProjection): AutoModel builds the tower alone and drops
+    the projection's weights, so ``pooled`` would not be the image embedding."""
+    config = transformers.AutoConfig.from_pretrained(source, **load)
+    arch = next(iter(getattr(config, "architectures", None) or []), "")
+    named = (
+        getattr(transformers, arch, None) if arch.endswith("VisionModelWithProjection") else None
+    )
+    return named or transformers.AutoModel
+
+
 def _check_loaded(
     model: nn.Module, tower: nn.Module, projection: nn.Module | None, info: dict, spec: str
 ) -> None:
@@ -307,7 +319,7 @@ def build(spec: BackboneSpec) -> Backbone:
     try:
         with _quiet():
             # mismatched shapes reported in the loading info, not raised without their names
-            model, info = transformers.AutoModel.from_pretrained(
+            model, info = _model_class(transformers, source, load).from_pretrained(
                 source,
                 dtype=torch.float32,
                 output_loading_info=True,
