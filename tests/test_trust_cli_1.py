@@ -86,3 +86,32 @@ def test_ctrl_c_during_a_later_head_keeps_the_finished_heads_rows(
     rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     assert [r["method"].split("/")[-1] for r in rows] == ["knn@pooled"]  # the finished head
     assert "interrupted while fitting mlp; finished: knn" in err and str(run_dir) in err
+
+
+MY_COMMANDS = ("extract", "info", "consolidate", "probe", "predict", "finetune", "run", "report")
+
+
+@pytest.mark.parametrize("command", MY_COMMANDS)
+def test_help_fits_a_100_column_terminal(command, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    # descriptions were one unwrapped line of up to 142 characters
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    assert any(line.startswith("examples:") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("extract", "as val when the source has no val split (default: 0; digits: 0.2)"),
+        ("extract", "seed of splits and subsampling (default: 0)"),
+        ("probe", "CV folds and few-shot draws (default: 0)"),
+        ("probe", "(default: the table on standard output only)"),
+    ],
+)
+def test_help_shows_the_defaults_of_splits_seeds_and_outputs(command, said, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert said in " ".join(capsys.readouterr().out.split())

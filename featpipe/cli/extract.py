@@ -54,8 +54,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "extract",
         help="extract backbone features of an image set into a cached HDF5 store",
-        description="Run a frozen backbone over an image set and cache pooled features of one "
-        "or more layers in a resumable HDF5 store.",
+        description="Run a frozen backbone over an image set and cache pooled features of one\n"
+        "or more layers in a resumable HDF5 store (in --cache-dir, or the --out file).",
         epilog=EXTRACT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -131,9 +131,17 @@ def register(subparsers) -> None:
     )
     add_decode_option(p)
     split = p.add_argument_group("splits (passed to the source)")
-    split.add_argument("--val-fraction", type=float, metavar="F")
-    split.add_argument("--test-fraction", type=float, metavar="F")
-    split.add_argument("--seed", type=int, metavar="S", help="seed of splits and subsampling")
+    for name in ("val", "test"):
+        split.add_argument(
+            f"--{name}-fraction",
+            type=float,
+            metavar="F",
+            help=f"share of the images carved out as {name} when the source has no {name} "
+            "split (default: 0; digits: 0.2)",
+        )
+    split.add_argument(
+        "--seed", type=int, metavar="S", help="seed of splits and subsampling (default: 0)"
+    )
     add_limit_options(split)
     p.add_argument(
         "--on-error",
@@ -192,7 +200,7 @@ def register(subparsers) -> None:
     c = subparsers.add_parser(
         "consolidate",
         help="copy a parted store into one self-contained file",
-        description="Copy a complete parted store (filled by torchrun ranks or --shard tasks) "
+        description="Copy a complete parted store (filled by torchrun ranks or --shard tasks)\n"
         "into one HDF5 file without virtual datasets, readable by plain h5py.",
         epilog="examples:\n"
         "  featpipe consolidate /scratch/pets.h5 --out pets.h5\n"

@@ -88,7 +88,7 @@ def register(subparsers) -> None:
         "finetune",
         help="fine-tune a backbone with a new linear head",
         description="Fine-tune a backbone with a new linear head on an image set, choose the "
-        "epoch on validation, and report validation and test metrics.",
+        "epoch on\nvalidation, and report validation and test metrics (in --run-dir).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

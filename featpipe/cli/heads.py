@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "probe",
         help="select, refit and test classical heads on a feature store",
         description="Train classical heads on cached features with leakage-free "
-        "hyper-parameter selection, and report val/test accuracy.",
+        "hyper-parameter\nselection, and print their val and test accuracy as a table.",
         epilog=PROBE_EXAMPLES,
         formatter_class=fmt,
     )
@@ -84,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seed",
         type=int,
         default=0,
-        help="seed of the randomised heads (mlp, SVMs), CV folds and few-shot draws",
+        help="seed of the randomised heads (mlp, SVMs), CV folds and few-shot draws "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--device",
@@ -99,8 +100,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also report K-examples-per-class accuracy (fixed default params)",
     )
     p.add_argument("--draws", type=positive_int, default=5, help="few-shot draws (default: 5)")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument("--save-dir", type=Path, help="save each fitted head (+ a JSON sidecar)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="also write the results as JSON here (default: the table on standard output only)",
+    )
+    p.add_argument(
+        "--save-dir",
+        type=Path,
+        help="save each fitted head (+ a JSON sidecar) here, for `featpipe predict` (default: "
+        "heads are not saved)",
+    )
     p.add_argument(
         "--save-format",
         choices=["skops", "joblib"],

@@ -28,7 +28,8 @@ def register(subparsers) -> None:
         "run",
         help="run a declared experiment (pipelines/*.toml) and write its report",
         description="Extract features, fit every head, fine-tune, evaluate all methods on the "
-        "same test images, and write results.jsonl, report.md and report.html.",
+        "same test\nimages, and write results.jsonl, report.md and report.html in the run "
+        "folder (--out).",
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
