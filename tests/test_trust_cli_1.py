@@ -115,3 +115,22 @@ def test_help_shows_the_defaults_of_splits_seeds_and_outputs(command, said, caps
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert said in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_out_file_that_is_an_input_is_refused_before_it_is_overwritten(
+    chunked, tmp_path, capsys
+):
+    """--out naming the store (or the head) replaced it with the results: the store lost."""
+    before = chunked.read_bytes()
+    heads = tmp_path / "heads"
+    assert main(["probe", str(chunked), "--heads", "knn", "--out", str(chunked)]) == 2
+    assert "is the feature store this command reads" in capsys.readouterr().err
+    main(["probe", str(chunked), "--heads", "knn", "--save-dir", str(heads)])
+    capsys.readouterr()
+    head = heads / "knn.skops"
+    saved = head.read_bytes()
+    for out in (chunked, head, heads / "knn.skops.json"):
+        assert main(["predict", str(head), str(chunked), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--out {out} is the " in err
+    assert chunked.read_bytes() == before and head.read_bytes() == saved
