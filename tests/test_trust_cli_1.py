@@ -134,3 +134,19 @@ def test_an_out_file_that_is_an_input_is_refused_before_it_is_overwritten(
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"--out {out} is the " in err
     assert chunked.read_bytes() == before and head.read_bytes() == saved
+
+
+def test_extract_refuses_an_out_file_that_is_its_source_manifest(
+    split_image_folder, tmp_path, capsys
+):
+    """--out manifest.csv was 'not a readable featpipe store ... run again with --overwrite',
+    and --overwrite replaced the manifest with the store."""
+    manifest = tmp_path / "m.csv"
+    rows = [f"{p},{p.parent.name}" for p in sorted(split_image_folder.rglob("*.jpg"))]
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
+    before = manifest.read_bytes()
+    argv = ["extract", str(manifest), "--backbone", "toy", "--workers", "0", "--no-progress"]
+    assert main([*argv, "--out", str(manifest), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--out {manifest} is the image source" in err
+    assert manifest.read_bytes() == before
