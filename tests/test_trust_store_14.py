@@ -12,7 +12,7 @@ from extract_child import NoiseSource
 from test_trust_store_13 import OPTIONS, _parted
 
 from featpipe.cli import main
-from featpipe.errors import StoreMismatchError, UnreadableStoreError
+from featpipe.errors import MissingPartError, StoreMismatchError, UnreadableStoreError
 from featpipe.extract import extract
 from featpipe.store import FeatureStore
 
@@ -115,3 +115,36 @@ def test_cache_prune_of_a_parts_folder_does_not_delete_a_stores_parts(tmp_path, 
         assert f"({tmp_path})" in err
     assert sorted(folder.iterdir()) == kept
     assert FeatureStore(out).complete
+
+
+def test_a_renamed_parted_store_is_named_as_renamed_not_incomplete(tmp_path, capsys):
+    """A parted store renamed with its parts folder (p.h5, p.parts -> q.h5, q.parts) mapped
+    its parts from p.parts still: every part read as missing, so `info` said 'complete: 0/8
+    chunks' and reads said 'incomplete ... rerun the same extract', which the rerun could
+    not mend (it failed the same way)."""
+    store = _parted(tmp_path / "p.h5")
+    X = store.arrays("pooled")[0]
+    store.close()
+    (tmp_path / "p.h5").rename(tmp_path / "q.h5")
+    (tmp_path / "p.parts").rename(tmp_path / "q.parts")
+    assert main(["info", str(tmp_path / "q.h5"), "--no-scan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "reads its parts from the folder p.parts" in err
+    assert "Rename it back to p.h5 and its parts folder back to p.parts" in err
+    (tmp_path / "q.h5").rename(tmp_path / "p.h5")
+    (tmp_path / "q.parts").rename(tmp_path / "p.parts")
+    out = tmp_path / "p.h5"
+    assert main(["consolidate", str(out), "--out", str(tmp_path / "q.h5")]) == 0
+    np.testing.assert_array_equal(FeatureStore(tmp_path / "q.h5").arrays("pooled")[0], X)
+
+
+def test_extracting_to_a_renamed_parted_store_refuses_before_laying_out_parts(tmp_path):
+    """The same extraction run on a parted store renamed without its parts folder (p.h5 ->
+    q.h5) laid out empty parts in q.parts and marked q.h5 incomplete before it refused."""
+    _parted(tmp_path / "p.h5").close()
+    (tmp_path / "p.h5").rename(tmp_path / "q.h5")
+    with pytest.raises(MissingPartError, match=r"reads its parts from the folder p\.parts"):
+        _parted(tmp_path / "q.h5")
+    assert not (tmp_path / "q.parts").exists()
+    with h5py.File(tmp_path / "q.h5") as f:
+        assert bool(f.attrs["complete"])

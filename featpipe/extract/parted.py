@@ -60,6 +60,7 @@ from featpipe.store.files import open_h5, unreadable_reason
 from featpipe.store.lock import StoreLock
 from featpipe.store.parts import (
     Part,
+    check_renamed,
     create_parted,
     finish_parted,
     lost_datasets,
@@ -263,6 +264,7 @@ def _refuse_damaged_parts(path: Path) -> None:
     named with its fix: read through the top-level file it was "the store is damaged", whose
     advice (--overwrite) recomputes every part, and does nothing for a --shard task."""
     with open_h5(path) as f:
+        check_renamed(path, f)  # before repair_missing lays out parts where none are read
         parts, layers = parts_of(path, f.attrs), decode_attr("layers", f.attrs["layers"])
     for part in parts:
         if not part.path.is_file():

@@ -275,11 +275,14 @@ def missing_message(path: Path, missing: Sequence[Part], n_parts: int) -> str:
     )
 
 
-def check_parts(path: Path, attrs: Mapping[str, Any], *, identity: bool) -> list[Part]:
-    """The parts of a parted store, each checked to exist (MissingPartError names the first
-    missing ones) and, with ``identity``, to be a part of this store (same key, index and
-    first row) holding every dataset the top-level file maps from it."""
+def check_parts(path: Path, f: h5py.File, *, identity: bool) -> list[Part]:
+    """The parts of the parted store ``f`` (its top-level file, at ``path``), each checked to
+    be where its map reads them and to exist (MissingPartError names the first missing ones)
+    and, with ``identity``, to be a part of this store (same key, index and first row)
+    holding every dataset the top-level file maps from it."""
+    attrs = f.attrs
     parts = parts_of(path, attrs)
+    check_renamed(path, f)
     missing = missing_parts(parts)
     if missing:
         raise MissingPartError(missing_message(path, missing, len(parts)))
@@ -296,6 +299,22 @@ def check_parts(path: Path, attrs: Mapping[str, Any], *, identity: bool) -> list
                     "same extraction again: only its rows are recomputed."
                 )
     return parts
+
+
+def check_renamed(path: Path, f: h5py.File) -> None:
+    """Refuse a top-level file whose map reads its parts from another folder than its parts
+    folder: a store renamed (file and parts folder) reads every part as missing, zeros and
+    chunks not done, and a rerun of its extraction cannot mend it."""
+    mapped = {Path(s.file_name).parent.name for s in f[schema.CHUNK_DONE].virtual_sources()}
+    folder = parts_dir(path).name
+    if mapped and mapped != {folder}:
+        was = sorted(mapped)[0]
+        raise MissingPartError(
+            f"{path} reads its parts from the folder {was} beside it, not from {folder}: the "
+            f"store was renamed, and its rows would read as missing. Rename it back to "
+            f"{Path(was).stem}{path.suffix} and its parts folder back to {was}; for another "
+            "name, consolidate it from there (featpipe consolidate, --out NEW.h5)."
+        )
 
 
 def _check_identity(part: Part, attrs, key: str) -> None:

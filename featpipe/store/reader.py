@@ -202,7 +202,7 @@ class FeatureStore:
         # A parted store's features are virtual datasets that read zeros where a part file
         # is missing: every part must be there (and, once complete, be a part of this store).
         if is_parted(f.attrs):
-            self.parts = check_parts(self.path, f.attrs, identity=bool(f.attrs["complete"]))
+            self.parts = check_parts(self.path, f, identity=bool(f.attrs["complete"]))
 
     def _open(self) -> h5py.File:
         try:
