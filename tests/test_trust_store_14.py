@@ -148,3 +148,16 @@ def test_extracting_to_a_renamed_parted_store_refuses_before_laying_out_parts(tm
     assert not (tmp_path / "q.parts").exists()
     with h5py.File(tmp_path / "q.h5") as f:
         assert bool(f.attrs["complete"])
+
+
+def test_cache_prune_incomplete_keeps_a_renamed_parted_store(tmp_path, capsys):
+    """A parted store renamed with its parts folder is refused on open (above); the cache
+    listed it as 'incomplete (part files missing)' and `prune --incomplete` deleted it,
+    though renaming it back restores every row."""
+    _parted(tmp_path / "p.h5").close()
+    (tmp_path / "p.h5").rename(tmp_path / "q.h5")
+    (tmp_path / "p.parts").rename(tmp_path / "q.parts")
+    assert main(["cache", "list", str(tmp_path)]) == 0
+    assert "renamed (reads p.parts)" in capsys.readouterr().out
+    assert main(["cache", "prune", str(tmp_path), "--incomplete", "--yes"]) == 0
+    assert (tmp_path / "q.h5").exists() and len(list((tmp_path / "q.parts").iterdir())) >= 2

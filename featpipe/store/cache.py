@@ -32,7 +32,7 @@ from featpipe.errors import (
     UnreadableStoreError,
 )
 from featpipe.store import schema
-from featpipe.store.files import describe_failure, lock_conflict
+from featpipe.store.files import describe_failure, lock_conflict, open_h5
 from featpipe.store.lock import (
     LOCK_SUFFIX,
     OWNER_SUFFIX,
@@ -46,7 +46,7 @@ from featpipe.store.lock import (
     owner_path,
     read_lock_path,
 )
-from featpipe.store.parts import is_parted, parted_at, parts_dir
+from featpipe.store.parts import is_parted, mapped_folder, parted_at, parts_dir
 from featpipe.store.reader import FeatureStore
 
 STORE_SUFFIX = ".h5"
@@ -175,7 +175,7 @@ def _describe(path: Path) -> CacheEntry:
             entry.state = NOT_A_STORE
         return entry
     except MissingPartError:
-        entry.state = "incomplete (part files missing)"
+        entry.state = _missing_state(path)
         return entry
     except StoreMismatchError:  # a newer format: not for this featpipe to judge
         entry.state = "newer format"
@@ -194,6 +194,19 @@ def _describe(path: Path) -> CacheEntry:
             return entry
         entry.state = "complete" if complete else f"incomplete {int(done.sum())}/{len(done)}"
     return entry
+
+
+def _missing_state(path: Path) -> str:
+    """The state of a parted store that misses parts: renamed away from the folder its map
+    reads (kept by prune --incomplete: renaming it back restores it), or missing them."""
+    try:
+        with open_h5(path) as f:
+            was = mapped_folder(f)
+    except (OSError, FeaturePipeError):
+        was = None
+    if was is not None and was != parts_dir(path).name:
+        return f"renamed (reads {was})"
+    return "incomplete (part files missing)"
 
 
 DAMAGED = "(damaged)"  # an attribute that is not the JSON object featpipe writes

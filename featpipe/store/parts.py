@@ -301,14 +301,19 @@ def check_parts(path: Path, f: h5py.File, *, identity: bool) -> list[Part]:
     return parts
 
 
+def mapped_folder(f: h5py.File) -> str | None:
+    """The name of the folder the parted store ``f`` (its top-level file) reads its parts
+    from, beside it; None when it maps none."""
+    mapped = sorted(Path(s.file_name).parent.name for s in f[schema.CHUNK_DONE].virtual_sources())
+    return mapped[0] if mapped else None
+
+
 def check_renamed(path: Path, f: h5py.File) -> None:
     """Refuse a top-level file whose map reads its parts from another folder than its parts
     folder: a store renamed (file and parts folder) reads every part as missing, zeros and
     chunks not done, and a rerun of its extraction cannot mend it."""
-    mapped = {Path(s.file_name).parent.name for s in f[schema.CHUNK_DONE].virtual_sources()}
-    folder = parts_dir(path).name
-    if mapped and mapped != {folder}:
-        was = sorted(mapped)[0]
+    was, folder = mapped_folder(f), parts_dir(path).name
+    if was is not None and was != folder:
         raise MissingPartError(
             f"{path} reads its parts from the folder {was} beside it, not from {folder}: the "
             f"store was renamed, and its rows would read as missing. Rename it back to "
