@@ -469,7 +469,7 @@ class StoreWriter:
             self._write_ok(start, ok, errors)
             self._file[schema.CHUNK_SECONDS][index] = seconds
             self._file[schema.CHUNK_RUN][index] = self.run_started
-            self._file.flush()
+            self._sync()  # the rows on disk before their flag: a power cut may reorder writes
             done[index] = True
             self._file.flush()
         except StoreMismatchError:
@@ -478,6 +478,13 @@ class StoreWriter:
             raise self._chunk_failed(index, exc) from exc
         self._clock = now
         return sum(block.nbytes for block in blocks.values())
+
+    def _sync(self) -> None:
+        """Flush and fsync the file: HDF5's flush only hands the bytes to the OS, which may
+        write a later flag to disk before earlier rows (a power cut then leaves a done chunk
+        of never-written rows, whose zeros pass their checksum)."""
+        self._file.flush()
+        os.fsync(self._file.id.get_vfd_handle())
 
     def _checked_blocks(
         self,
@@ -657,6 +664,7 @@ class StoreWriter:
             )
         check_free_space(self.path, 0, "marking it complete")
         try:
+            self._sync()  # every done flag on disk before "complete" can be
             if extraction is not None:
                 value = {**dict(extraction), **self.cost()}
                 self._file.attrs["extraction"] = encode_attr(value)
