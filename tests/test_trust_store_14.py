@@ -161,3 +161,17 @@ def test_cache_prune_incomplete_keeps_a_renamed_parted_store(tmp_path, capsys):
     assert "renamed (reads p.parts)" in capsys.readouterr().out
     assert main(["cache", "prune", str(tmp_path), "--incomplete", "--yes"]) == 0
     assert (tmp_path / "q.h5").exists() and len(list((tmp_path / "q.parts").iterdir())) >= 2
+
+
+def test_cache_prune_keeps_the_parts_of_a_store_whose_file_was_renamed(tmp_path, capsys):
+    """A parted store whose top-level file alone was renamed (p.h5 -> q.h5) still reads its
+    parts from p.parts: plain `featpipe cache prune` (leftovers only) deleted that folder as
+    'parts of no store', so renaming q.h5 back no longer restored the store."""
+    _parted(tmp_path / "p.h5").close()
+    (tmp_path / "p.h5").rename(tmp_path / "q.h5")
+    assert main(["cache", "list", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out
+    assert "renamed (reads p.parts)" in listed and "p.parts" not in listed.replace("(reads p", "")
+    assert main(["cache", "prune", str(tmp_path), "--yes"]) == 0
+    (tmp_path / "q.h5").rename(tmp_path / "p.h5")
+    assert FeatureStore(tmp_path / "p.h5").arrays("pooled")[0].shape == (16, 32)

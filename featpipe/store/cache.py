@@ -276,6 +276,21 @@ def _claimants(folder: Path) -> list[Path]:
     return sorted(p for p in stores if p != folder and parts_dir(p) == folder)
 
 
+def _read_renamed(folder: Path) -> bool:
+    """Whether a parted store beside the parts folder ``folder``, renamed (listed so),
+    reads its parts from it: renaming it back restores it, so they are no leftover."""
+    for path in folder.parent.glob("*" + STORE_SUFFIX):
+        if parts_dir(path) == folder or not parted_at(path):
+            continue
+        try:
+            with open_h5(path) as f:
+                if mapped_folder(f) == folder.name:
+                    return True
+        except (OSError, FeaturePipeError):
+            continue
+    return False
+
+
 def _orphaned(folder: Path) -> CacheEntry | None:
     """The parts folder ``folder`` when no store maps it (its parted store was deleted or
     moved away, e.g. once consolidated, or its creation was killed before the top-level file
@@ -289,7 +304,7 @@ def _orphaned(folder: Path) -> CacheEntry | None:
     if not all(p.is_file() and _PART_FILE.fullmatch(p.name) for p in files):
         return None
     claimants = _claimants(folder)
-    if any(p.exists() and _owns_parts(p) for p in claimants):
+    if any(p.exists() and _owns_parts(p) for p in claimants) or _read_renamed(folder):
         return None
     owner = None
     for path in [*claimants, *_parts_in(folder)]:  # a store laid out, a part written
