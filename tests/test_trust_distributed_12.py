@@ -4,6 +4,8 @@ and the ranks' lines in one shared log."""
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 from test_trust_distributed import torchrun
 
@@ -64,3 +66,52 @@ def test_a_progress_line_is_one_write_with_its_newline():
     assert len(stream.calls) == 2, stream.calls
     assert all(call.endswith("\n") and call.count("\n") == 1 for call in stream.calls)
     assert stream.getvalue().splitlines()[-1].startswith("featpipe extract: 4 of 10 img")
+
+
+PIPELINE = """
+name = "twice"
+n_boot = 0
+device = "cpu"
+[source]
+data = "digits"
+limits = {{ train = {train}, val = 30, test = 40 }}
+[features]
+backbones = ["toy"]
+image_size = 16
+batch_size = 8
+workers = 0
+cache_dir = {cache!r}
+[probes]
+heads = ["knn"]
+"""
+FINETUNE = '\n[finetune]\nmodes = ["head"]\nepochs = 1\nbatch_size = 16\n'
+
+# Two pipeline runs, one after the other, in one script on every rank of 2.
+TWO_RUNS = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import toy_backbone  # registers 'toy'
+from featpipe.cli import main
+
+for i in (1, 2):
+    rc = main(["run", f"{{sys.argv[1]}}/p{{i}}.toml", "--out", f"{{sys.argv[1]}}/run{{i}}"])
+    sys.stdout.write(f"run {{i}} rc {{rc}}\\\\n"); sys.stdout.flush()
+"""
+
+
+def test_a_script_running_two_pipelines_under_torchrun_plans_each_on_every_rank(tmp_path):
+    """The ranks met under one key per restart for a run's plan: in a script's second run,
+    rank 1 read the first run's plan (its methods: no fine-tune) while rank 0 had planned a
+    fine-tune, so rank 1 left and rank 0 waited for it in the fine-tune's group (a hang, until
+    the group's 30-minute timeout). Each run now has keys of its own."""
+    cache = str(tmp_path / "cache")
+    (tmp_path / "p1.toml").write_text(PIPELINE.format(train=60, cache=cache))
+    (tmp_path / "p2.toml").write_text(PIPELINE.format(train=80, cache=cache) + FINETUNE)
+    script = tmp_path / "two_runs.py"
+    script.write_text(TWO_RUNS)
+    rc, out, err = torchrun(script, str(tmp_path), timeout=150)
+    assert rc == 0, err[-3000:]
+    assert out.count("run 2 rc 0") == 2, out
+    rows = [json.loads(r) for r in (tmp_path / "run2" / "results.jsonl").read_text().splitlines()]
+    tuned = [r for r in rows if r["kind"] == "finetune"]
+    assert len(rows) == 2 and len(tuned) == 1 and tuned[0]["world_size"] == 2

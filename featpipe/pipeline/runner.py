@@ -23,7 +23,7 @@ from pathlib import Path
 
 from featpipe.atomic import write_text_atomic
 from featpipe.data import ImageSource, open_source, subsample
-from featpipe.distributed.exchange import job_store, publish, receive
+from featpipe.distributed.exchange import channel, job_store, publish, receive
 from featpipe.distributed.ranks import alone, current_ranks, process_group
 from featpipe.errors import ConfigError, FeaturePipeError
 from featpipe.interrupt import Interrupted
@@ -200,7 +200,7 @@ class PipelineRunner:
         if not main:
             self.log = _quiet  # rank 0 says how the run goes
         with job_store(device) as kv:
-            key = f"featpipe/run/{ranks.restart}/plan"
+            key = f"{channel('run', ranks.restart)}/plan"  # a second run: keys of its own
             if main:
                 try:
                     context, jobs, run_plan, rows = self._prepare(held=held)
