@@ -32,7 +32,8 @@ def test_a_chunks_rows_are_on_disk_before_its_done_flag(tmp_path, monkeypatch):
 
     def fsync(fd):
         real_fsync(fd)
-        synced.append(path.read_bytes())
+        if os.readlink(f"/proc/self/fd/{fd}") == str(path):  # not the new store's temporary
+            synced.append(path.read_bytes())
 
     def setitem(ds, key, value):
         if ds.name == "/progress/chunk_done" and value is True:
@@ -135,3 +136,37 @@ def test_a_killed_extraction_resumes_to_the_uninterrupted_store_bit_for_bit(
             assert got[name] == want[name]
         else:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_a_new_store_is_on_disk_before_it_gets_its_name(tmp_path, monkeypatch):
+    """The store is laid out under a temporary name and renamed, without an fsync: after a
+    power cut the name could point to never-written blocks, whose zeros pass the checksums of
+    samples/label and samples/split (every label 0, every row "train", no error)."""
+    synced: dict[str, bytes] = {}  # each file as its last fsync left it on disk
+    renamed: list[tuple[bytes, bytes]] = []  # (its bytes, as synced) at each rename
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        real_fsync(fd)
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        synced[name] = Path(name).read_bytes()
+
+    def replace(src, dst):
+        renamed.append((Path(src).read_bytes(), synced.get(str(Path(src).resolve()), b"")))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    StoreWriter.create(
+        tmp_path / "s.h5",
+        ids=["x", "y"],
+        labels=np.array([1, 0]),
+        splits=np.array([2, 1], np.uint8),
+        classes=["a", "b"],
+        layers={"pooled": (3, "avg")},
+        dtype="float32",
+        rows_per_chunk=1,
+        attrs={"key": "k"},
+    ).close()
+    assert len(renamed) == 1
+    assert renamed[0][0] == renamed[0][1]

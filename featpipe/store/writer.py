@@ -200,6 +200,17 @@ def check_not_source(out: Path, store: Path, *, reader: str = "it", fix: str = "
         )
 
 
+def fsync_file(path: Path) -> None:
+    """Have the OS write ``path``'s bytes to disk: a power cut after a rename that was not
+    preceded by one can leave never-written blocks, zeros that pass HDF5's checksums (labels
+    and splits reading as 0, "train")."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replace_store_file(tmp: Path, path: Path) -> None:
     """Move the finished store file ``tmp`` to ``path``. A parted store replaced there takes
     its parts folder with it: those part files belong to no store any more, and the cache
@@ -380,6 +391,7 @@ class StoreWriter:
                     ds.attrs.update(layer=name, pooling=pooling, dim=int(dim), dtype=dtype)
                 create_checked(f, schema.CHUNK_DONE, np.zeros(n_chunks, dtype=bool))
                 _create_run_records(f, n_chunks)
+            fsync_file(tmp)  # its samples on disk before its name: else zeros may replace them
             replace_store_file(tmp, path)
         except (OSError, RuntimeError) as exc:
             tmp.unlink(missing_ok=True)
