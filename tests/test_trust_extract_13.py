@@ -138,12 +138,10 @@ def test_a_killed_extraction_resumes_to_the_uninterrupted_store_bit_for_bit(
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-def test_a_new_store_is_on_disk_before_it_gets_its_name(tmp_path, monkeypatch):
-    """The store is laid out under a temporary name and renamed, without an fsync: after a
-    power cut the name could point to never-written blocks, whose zeros pass the checksums of
-    samples/label and samples/split (every label 0, every row "train", no error)."""
-    synced: dict[str, bytes] = {}  # each file as its last fsync left it on disk
-    renamed: list[tuple[bytes, bytes]] = []  # (its bytes, as synced) at each rename
+def _watch_renames(monkeypatch) -> list[tuple[bytes, bytes]]:
+    """(a file's bytes, the same file as its last fsync left it) at each os.replace."""
+    synced: dict[str, bytes] = {}
+    renamed: list[tuple[bytes, bytes]] = []
     real_fsync, real_replace = os.fsync, os.replace
 
     def fsync(fd):
@@ -157,6 +155,14 @@ def test_a_new_store_is_on_disk_before_it_gets_its_name(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    return renamed
+
+
+def test_a_new_store_is_on_disk_before_it_gets_its_name(tmp_path, monkeypatch):
+    """The store is laid out under a temporary name and renamed, without an fsync: after a
+    power cut the name could point to never-written blocks, whose zeros pass the checksums of
+    samples/label and samples/split (every label 0, every row "train", no error)."""
+    renamed = _watch_renames(monkeypatch)
     StoreWriter.create(
         tmp_path / "s.h5",
         ids=["x", "y"],
@@ -170,3 +176,15 @@ def test_a_new_store_is_on_disk_before_it_gets_its_name(tmp_path, monkeypatch):
     ).close()
     assert len(renamed) == 1
     assert renamed[0][0] == renamed[0][1]
+
+
+def test_a_consolidated_store_is_on_disk_before_it_gets_its_name(tmp_path, monkeypatch):
+    """consolidate renamed its copy without an fsync, the same way (and the parts are gone)."""
+    from featpipe.store.consolidate import consolidate
+
+    parted = extract(
+        NoiseSource(8), "toy", ["pooled"], out=tmp_path / "p.h5", shard=(0, 1), chunk_rows=2, **FAST
+    )
+    renamed = _watch_renames(monkeypatch)
+    consolidate(parted.path, tmp_path / "one.h5")
+    assert len(renamed) == 1 and renamed[0][0] == renamed[0][1]

@@ -216,6 +216,7 @@ def replace_store_file(tmp: Path, path: Path) -> None:
     its parts folder with it: those part files belong to no store any more, and the cache
     would count them into the new one."""
     parted = parted_at(path)
+    fsync_file(tmp)  # its bytes on disk before its name: else zeros may stand for them
     os.replace(tmp, path)
     if parted:
         shutil.rmtree(parts_dir(path), ignore_errors=True)
@@ -391,7 +392,6 @@ class StoreWriter:
                     ds.attrs.update(layer=name, pooling=pooling, dim=int(dim), dtype=dtype)
                 create_checked(f, schema.CHUNK_DONE, np.zeros(n_chunks, dtype=bool))
                 _create_run_records(f, n_chunks)
-            fsync_file(tmp)  # its samples on disk before its name: else zeros may replace them
             replace_store_file(tmp, path)
         except (OSError, RuntimeError) as exc:
             tmp.unlink(missing_ok=True)
