@@ -195,7 +195,7 @@ def _two_classes(config, source) -> None:
     """The train rows of the heads and fine-tunes hold at least 2 classes (each refuses fewer,
     but only after extraction or once it starts): the train split's, and each size of the
     data-size sweep (one image is one class; a small subset of an imbalanced split can hold
-    only its largest class)."""
+    only its largest class). A subset that leaves out some of the split's classes warns."""
     from featpipe.data.splits import nested_subsets
 
     train = source.indices("train")
@@ -221,6 +221,17 @@ def _two_classes(config, source) -> None:
             f"class {name!r} (subsets keep each class's share of the {len(train)} train "
             "images), and a head or fine-tune needs train images of at least 2 classes; use "
             "larger sizes."
+        )
+    # A warning, not a refusal: such a run is valid, its smallest sizes just score low.
+    if short := [n for n, rows in drawn.items() if len(np.unique(labels[rows])) < classes]:
+        held = len(np.unique(labels[drawn[short[0]]]))
+        warnings.warn(
+            f"source.train_sizes {short}: the train subset of {short[0]} images holds {held} "
+            f"of the {classes} classes of the train split; what trains on it cannot predict "
+            "the others, so each of their test images counts as an error. Use larger sizes "
+            f"(at least {classes}, one image per class).",
+            UserWarning,
+            stacklevel=2,
         )
 
 

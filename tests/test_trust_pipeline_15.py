@@ -1,0 +1,49 @@
+"""Pipeline trust checks, session 15: a data-size sweep's subsets that leave classes out."""
+
+from __future__ import annotations
+
+import warnings
+
+import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+
+from featpipe.pipeline import config_from_dict
+from featpipe.pipeline.runner import open_pipeline_source
+from featpipe.pipeline.validate import check_sizes
+
+
+def _config(tmp_path, sizes):
+    return config_from_dict(
+        {
+            "name": "fifteen",
+            "out": str(tmp_path / "run"),
+            "device": "cpu",
+            "source": {
+                "data": "digits",
+                "limits": {"train": 60, "val": 20, "test": 20},
+                "train_sizes": sizes,
+            },
+            "features": {"backbones": ["toy"], "image_size": 16, "cache_dir": str(tmp_path)},
+            "probes": {"heads": ["knn"]},
+        }
+    )
+
+
+def _check(config) -> list[str]:
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        check_sizes(config, open_pipeline_source(config.source))
+    return [str(w.message) for w in said]
+
+
+def test_a_sweep_size_below_the_class_count_warns_at_the_check(tmp_path):
+    # Before: the subset of 5 of digits' 10 classes trained heads that cannot predict the
+    # other 5, whose test images all count as errors, and nothing said so.
+    said = _check(_config(tmp_path, [5, 8, 60]))
+    assert len(said) == 1, said
+    assert "\n" not in said[0]
+    assert said[0].startswith("source.train_sizes [5, 8]: ")
+    assert "10 classes" in said[0] and "Use larger sizes (at least 10" in said[0]
+
+
+def test_a_sweep_whose_subsets_hold_every_class_does_not_warn(tmp_path):
+    assert _check(_config(tmp_path, [10, 30, 60])) == []
