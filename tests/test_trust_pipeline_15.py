@@ -1,11 +1,14 @@
-"""Pipeline trust checks, session 15: a data-size sweep's subsets that leave classes out."""
+"""Pipeline and CLI trust checks, session 15: a data-size sweep's subsets that leave classes
+out, and each rank's last line written at once."""
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 
+from featpipe import cli
 from featpipe.pipeline import config_from_dict
 from featpipe.pipeline.runner import open_pipeline_source
 from featpipe.pipeline.validate import check_sizes
@@ -47,3 +50,47 @@ def test_a_sweep_size_below_the_class_count_warns_at_the_check(tmp_path):
 
 def test_a_sweep_whose_subsets_hold_every_class_does_not_warn(tmp_path):
     assert _check(_config(tmp_path, [10, 30, 60])) == []
+
+
+class _Writes(io.StringIO):
+    """A stream that records each write call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def _one_write(monkeypatch, run) -> str:
+    stream = _Writes()
+    monkeypatch.setattr("sys.stderr", stream)
+    run()
+    assert len(stream.calls) == 1 and stream.calls[0].endswith("\n"), stream.calls
+    assert stream.calls[0].count("\n") == 1
+    return stream.calls[0]
+
+
+def test_a_commands_error_is_one_write_with_its_newline(monkeypatch, tmp_path):
+    # Under torchrun's `python -u` print wrote the text and its newline apart, so in the
+    # ranks' shared log another rank's error could land between them (two on one line).
+    line = _one_write(monkeypatch, lambda: cli.main(["info", str(tmp_path / "none.h5")]))
+    assert line.startswith("featpipe info: error: ")
+
+
+def test_an_interrupted_command_says_so_in_one_write(monkeypatch):
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    build = cli.build_parser
+
+    def parser():
+        p = build()
+        p.set_defaults(func=stopped, command="probe")
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    line = _one_write(monkeypatch, lambda: cli.main([]))
+    assert line.startswith("featpipe probe: ")
