@@ -261,10 +261,10 @@ def test_val_is_carved_from_train_when_missing():
 def test_a_val_fraction_that_carves_no_val_row_says_so():
     images = np.random.default_rng(0).integers(0, 255, (12, 8, 8, 3), dtype=np.uint8)
     small = ArraySource(images, np.arange(12) % 3, splits=["train"] * 9 + ["test"] * 3)
-    match = r"val_fraction=0.05 of its 9 train rows carves no val row.*at least 0.12"
+    match = r"val_fraction=0.05 of its 9 train rows carves no val row.*at least 0.06"
     with pytest.raises(ConfigError, match=match):
         tuner(epochs=1, batch_size=4, val_fraction=0.05).fit(small)
-    assert len(tuner(epochs=0, batch_size=4, val_fraction=0.12).fit(small).val_rows_) == 1
+    assert len(tuner(epochs=0, batch_size=4, val_fraction=0.06).fit(small).val_rows_) == 1
 
 
 def test_split_names_mean_the_rows_trained_and_chosen_on_when_val_is_carved():

@@ -110,18 +110,23 @@ def _warn_carved_nothing(codes: np.ndarray, carve: dict[str, float], origin: str
     for name, fraction in carve.items():
         if not fraction or not n or (codes == SPLIT_CODES[name]).any():
             continue
-        if _round_half_up(n * fraction) == 0:
-            why = f"{n} x {fraction:g} rounds to 0"
-            fix = f"Use a {name}_fraction of at least {math.ceil(50 / n) / 100:g}"
-        else:
-            why = "every class keeps a train row, and these classes have too few to spare"
-            fix = "Use more train images"
+        why, fix = why_carved_nothing(name, n, fraction)
         said.append(
             f"{name}_fraction={fraction:g} carved no {name} row from the {n} train rows "
             f"of {origin} ({why}). {fix}, or give the source {name} rows."
         )
     if said:
         warnings.warn(" ".join(said), UserWarning, stacklevel=4)
+
+
+def why_carved_nothing(name: str, n: int, fraction: float) -> tuple[str, str]:
+    """Why a ``name``_fraction ``fraction`` of ``n`` train rows carved no row, and the fix
+    (a sentence without its end): the least fraction, in hundredths, that carves one."""
+    if _round_half_up(n * fraction) == 0:
+        least = math.ceil(50 / n) / 100  # n x least rounds to 1
+        return f"{n} x {fraction:g} rounds to 0", f"Use a {name}_fraction of at least {least:g}"
+    why = "every class keeps a train row, and these classes have too few to spare"
+    return why, "Use more train images"
 
 
 def warn_unread_split_column(

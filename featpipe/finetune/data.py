@@ -17,7 +17,7 @@ from featpipe.backbones import Preprocessing
 from featpipe.backbones.preprocessing import INTERPOLATIONS
 from featpipe.data.images import check_decode, load_resized, load_source_image
 from featpipe.data.source import SPLIT_CODES, ImageSource
-from featpipe.data.splits import stratified_split
+from featpipe.data.splits import stratified_split, why_carved_nothing
 from featpipe.errors import ConfigError, SourceError
 from featpipe.interrupt import forking, worker_ignores
 
@@ -139,12 +139,7 @@ def split_rows(
     val = train[codes == SPLIT_CODES["val"]]
     if len(val) == 0:  # nothing to choose the epoch on
         n = len(train)
-        if n * val_fraction < 0.5:
-            why = f"{n} x {val_fraction:g} rounds to 0"
-            fix = f"Use a val_fraction of at least {min(0.5, math.ceil(100 / n) / 100):g}"
-        else:
-            why = "every class keeps at least one train row, and these have too few to spare"
-            fix = "Use more train images"
+        why, fix = why_carved_nothing("val", n, val_fraction)
         raise ConfigError(
             f"The source has no val split, and val_fraction={val_fraction:g} of its {n} train "
             f"rows carves no val row ({why}). {fix}, or a source with a val split."
