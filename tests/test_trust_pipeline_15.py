@@ -6,15 +6,17 @@ from __future__ import annotations
 import io
 import warnings
 
+import pytest
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 
 from featpipe import cli
+from featpipe.errors import ConfigError
 from featpipe.pipeline import config_from_dict
 from featpipe.pipeline.runner import open_pipeline_source
 from featpipe.pipeline.validate import check_sizes
 
 
-def _config(tmp_path, sizes):
+def _config(tmp_path, sizes, heads=("knn",), **source):
     return config_from_dict(
         {
             "name": "fifteen",
@@ -24,9 +26,10 @@ def _config(tmp_path, sizes):
                 "data": "digits",
                 "limits": {"train": 60, "val": 20, "test": 20},
                 "train_sizes": sizes,
+                **source,
             },
             "features": {"backbones": ["toy"], "image_size": 16, "cache_dir": str(tmp_path)},
-            "probes": {"heads": ["knn"]},
+            "probes": {"heads": list(heads)},
         }
     )
 
@@ -94,3 +97,10 @@ def test_an_interrupted_command_says_so_in_one_write(monkeypatch):
     monkeypatch.setattr(cli, "build_parser", parser)
     line = _one_write(monkeypatch, lambda: cli.main([]))
     assert line.startswith("featpipe probe: ")
+
+
+def test_the_refusal_of_a_streamed_head_without_val_is_one_grammatical_sentence(tmp_path):
+    # Before: "logreg_stream reads the feature store chunk by chunk and choose parameters".
+    config = _config(tmp_path, [], ["logreg_stream"], val_fraction=0.0)
+    with pytest.raises(ConfigError, match="reads the feature store chunk by chunk and chooses "):
+        check_sizes(config, open_pipeline_source(config.source))

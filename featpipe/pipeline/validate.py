@@ -244,9 +244,10 @@ def _val_to_choose(config, source) -> None:
         return
     streamed = [h for h in config.probes.heads if getattr(HEADS[h].factory, "streams_store", 0)]
     if streamed:
+        s = "s" if len(streamed) == 1 else ""  # the verbs agree with one head or two
         raise ConfigError(
-            f"probes.heads: {' and '.join(streamed)} read{'s' if len(streamed) == 1 else ''} "
-            "the feature store chunk by chunk and choose parameters on the val split, which "
+            f"probes.heads: {' and '.join(streamed)} read{s} "
+            f"the feature store chunk by chunk and choose{s} parameters on the val split, which "
             "the source does not have "
             f"({source.split_counts()}; cross-validation would need the rows in memory). Set "
             "source.val_fraction above 0, give the source a val split, or use in-memory heads "
