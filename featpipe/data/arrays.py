@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from featpipe.data.images import to_rgb
-from featpipe.data.source import ImageSource, check_class_names, split_code
+from featpipe.data.source import ImageSource, check_class_names, is_missing_label, split_code
 from featpipe.data.splits import assign_splits
 from featpipe.errors import SourceError
 
@@ -171,19 +171,13 @@ def encode_labels(
 
 
 def _check_labelled(labels: np.ndarray, origin: str) -> None:
-    """Raise SourceError for a missing label (None, NaN, a blank name): as text it became a
-    class of its own ('None', 'nan', ''), which heads learnt and reports counted."""
-    missing = [
-        row
-        for row, label in enumerate(labels)
-        if label is None
-        or (isinstance(label, float) and label != label)  # NaN
-        or (isinstance(label, str) and not label.strip())
-    ]
+    """Raise SourceError for a missing label (see :func:`is_missing_label`)."""
+    missing = [row for row, label in enumerate(labels) if is_missing_label(label)]
     if missing:
-        first = labels[missing[0] : missing[0] + 1].tolist()[0]  # a plain str, not np.str_
+        first = labels[missing[0]]  # shown as 'nan', not np.float32(nan):
+        first = first.item() if isinstance(first, np.generic) else first
         raise SourceError(
-            f"{origin}: {len(missing)} image(s) have no label (None, NaN or a blank name; the "
+            f"{origin}: {len(missing)} image(s) have no label (None, NaN, NA or a blank name; the "
             f"first is row {missing[0]}, {first!r}), which would make a class of its own. Give "
             "every image its class, or leave the unlabelled images out."
         )

@@ -38,7 +38,7 @@ from featpipe.data.arrays import check_label_max, encode_labels
 from featpipe.data.files import files_under, unlisted
 from featpipe.data.folder import IMAGE_EXTENSIONS
 from featpipe.data.images import decode_rgb, read_error
-from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource
+from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource, is_missing_label
 from featpipe.data.splits import assign_splits, require_train
 from featpipe.data.tables import _split_of, warn_unread_split_words
 from featpipe.device import available_cores
@@ -515,7 +515,7 @@ def _field_value(f: Field, read: dict[str, bytes], shard: Path, key: str) -> obj
     if not isinstance(loaded, dict):
         raise SourceError(f"{where} holds {type(loaded).__name__}, not a json object.")
     value = loaded.get(f.key)
-    return None if isinstance(value, str) and not value.strip() else value  # "" is no label
+    return None if is_missing_label(value) else value  # "" or NaN is no label
 
 
 def _first_present(fields: tuple[Field, ...], values: dict[Field, list]) -> Field | None:

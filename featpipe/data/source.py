@@ -34,6 +34,18 @@ def split_alias(name: str) -> str | None:
     return SPLIT_ALIASES.get(name.lower())
 
 
+def is_missing_label(value: object) -> bool:
+    """Whether a label value stands for no label: None, a NaN of any float type (numpy's
+    float32 too), pandas' NA or a blank name. As text each would become a class of its own
+    ('None', 'nan', '<NA>', ''), which heads learn and reports count."""
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        return value is None or bool(value != value)  # only NaN differs from itself
+    except TypeError:
+        return True  # pandas' NA: its comparisons give NA, which has no truth value
+
+
 def count_splits(codes: np.ndarray) -> dict[str, int]:
     """Rows per split name, from an array of split codes."""
     return {name: int((codes == code).sum()) for name, code in SPLIT_CODES.items()}

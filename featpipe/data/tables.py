@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import os
 import re
 import struct
@@ -25,7 +24,14 @@ from PIL import Image
 from featpipe.data.arrays import check_label_max, encode_labels
 from featpipe.data.files import file_stat, files_under
 from featpipe.data.images import decode_rgb, load_rgb, read_error
-from featpipe.data.source import SPLIT_ALIASES, SPLIT_CODES, ImageSource, row_ids, split_alias
+from featpipe.data.source import (
+    SPLIT_ALIASES,
+    SPLIT_CODES,
+    ImageSource,
+    is_missing_label,
+    row_ids,
+    split_alias,
+)
 from featpipe.data.splits import assign_splits, require_train, warn_unread_split_column
 from featpipe.errors import ImageReadError, SourceError, did_you_mean
 from featpipe.extras import import_extra
@@ -477,12 +483,9 @@ def warn_unread_split_words(files: list[Path], root: Path, where: str) -> None:
 
 
 def _unlabelled(value: object) -> bool:
-    """Whether a label cell stands for no label (a NaN would otherwise become class 'nan')."""
-    if isinstance(value, float):
-        return math.isnan(value)
-    if isinstance(value, str):
-        return not value.strip()
-    return value is None or value < 0
+    """Whether a label cell stands for no label: a missing value, or a negative integer (-1
+    in unlabelled test splits)."""
+    return is_missing_label(value) or (isinstance(value, int) and value < 0)
 
 
 def _split_order(name: str) -> int:
