@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from featpipe.data import ArraySource
-from featpipe.errors import SourceError
+from featpipe.errors import ConfigError, SourceError
 
 pd = pytest.importorskip("pandas")
 
@@ -27,3 +27,13 @@ def test_a_label_missing_as_pandas_na_or_a_float32_nan_is_refused_not_a_class(la
     images = np.zeros((4, 4, 4, 3), dtype=np.uint8)
     with pytest.raises(SourceError, match=rf"1 image\(s\) have no label .* row 2, {shown}\)"):
         ArraySource(images, np.asarray(labels(), dtype=object))
+
+
+def test_fingerprint_takes_content_parts_only_with_content():
+    # the parts passed in are the images' contents (leakage.source_hashes reads them once):
+    # hashed under content=False they gave a fingerprint of neither kind, and no error
+    source = ArraySource(np.zeros((3, 4, 4, 3), dtype=np.uint8), [0, 1, 0])
+    parts = list(source._fingerprint_parts(content=True))
+    assert source.fingerprint(content=True, parts=parts) == source.fingerprint(content=True)
+    with pytest.raises(ConfigError, match=r"pass content=True with them, or leave parts out"):
+        source.fingerprint(parts=parts)

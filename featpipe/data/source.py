@@ -172,7 +172,15 @@ class ImageSource(ABC):
 
     def fingerprint(self, content: bool = False, parts: Iterable[bytes] | None = None) -> str:
         """sha256 over ids, labels, splits, class names and per-file size/mtime (or contents).
-        ``parts``: this source's ``_fingerprint_parts(content)`` when already read."""
+        ``parts``: with ``content`` only, each image's content, already read (as
+        :func:`featpipe.evaluate.leakage.source_hashes` collects them), so the files are read
+        once. Sizes and times are cheap to read again, so they are never passed in."""
+        if parts is not None and not content:
+            # parts are contents: hashed as sizes and times they would give a wrong fingerprint
+            raise ConfigError(
+                "fingerprint(parts=...) got parts with content=False; parts are the images' "
+                "contents: pass content=True with them, or leave parts out."
+            )
         h = hashlib.sha256()
         # surrogateescape: file names that are not UTF-8 reach here as lone surrogates (valid
         # UTF-8 encodes as before, so existing fingerprints stay)
