@@ -265,11 +265,13 @@ def test_vit_token_layers_cls_and_mean(vit_tiny):
     assert vit_tiny.stages[-1] == ("blocks.11", "norm") and len(vit_tiny.stages) == 13
 
 
-def test_vit_token_layer_rejects_avg(vit_tiny):
-    fm = vit_tiny.features(["blocks.0:avg"])
-    with pytest.raises(ConfigError, match="cls or mean"), torch.inference_mode():
-        fm(torch.zeros(1, 3, 64, 64))
+def test_vit_token_layer_avg_leaves_out_the_class_token(vit_tiny):
+    fm = vit_tiny.features(["blocks.0:avg", "blocks.0:none"])
+    with torch.inference_mode():
+        out = fm(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
     fm.remove()
+    tokens = out["blocks.0:none"].reshape(1, 17, 192)  # class token + 4×4 patches
+    assert torch.allclose(out["blocks.0:avg"], tokens[:, 1:].mean(dim=1), atol=1e-6)
 
 
 def test_toy_backbone_features():

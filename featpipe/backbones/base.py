@@ -76,9 +76,13 @@ class Backbone:
     ``prefix_tokens`` tokens that are not patches (the register tokens of a ViT without a class
     token), which ``mean`` leaves out as the model's own average pooling does. In a model
     with a class token, ``mean`` averages every token, the class token and any register
-    tokens included (ViT-B/16 at 224: 1 of 197; DINOv2 with registers: 5 of 261), where
-    timm's, OpenCLIP's and transformers' own average pooling leave them out: left as is,
-    since recording a change would give every class-token model's stores new keys.
+    tokens included (ViT-B/16 at 224: 1 of 197; DINOv2 with registers: 5 of 261): left as
+    is, since recording a change would give every class-token model's stores new keys.
+    ``avg`` of tokens is the patch-token average that timm's, OpenCLIP's and transformers'
+    own average pooling compute: ``mean`` in a model without a class token; in one with a
+    class token, the tokens after the first ``patch_start`` (timm's ``num_prefix_tokens``)
+    of the layers giving the full token sequence, or every token of a layer before the
+    class token joins them; refused where ``patch_start`` is None (not known).
     """
 
     spec: str
@@ -93,8 +97,12 @@ class Backbone:
     prefix_layers: tuple[str, ...] = ()
     channels_last_layers: tuple[str, ...] = ()
     class_token_stage: str | None = None
+    # Not in the identity: 'avg' of tokens was refused before it was offered, so no store
+    # holds it under another meaning.
+    patch_start: int | None = None
     # patch_only_layers() once found; replace() (another image size) finds them again.
     _patch_only: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _full_tokens: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
     # The one input size the model takes, where it says so otherwise than by ``image_size``
     # (timm models with a fixed input size: MLP-Mixer, ViTs without dynamic_img_size).
     fixed_size: int | None = None
@@ -223,6 +231,10 @@ class Backbone:
 
     def _check_pooling(self, spec: LayerSpec) -> None:
         """Refuse poolings that would not read what their name says for this module."""
+        if spec.pooling == "avg" and self.token_pooling == "cls" and self.patch_start is not None:
+            # what avg_tokens reads, found now: each takes a forward pass, not one inside a pass
+            self.full_token_layers()
+            self.patch_only_layers()
         if spec.module in self.channels_last_layers and spec.pooling != "none":
             later = [s[0] for s in self.stages[1:] if s[0] not in self.channels_last_layers]
             such = f", such as {later[0]!r}" if later else ""
@@ -295,6 +307,33 @@ class Backbone:
     def patch_tokens(self, module: str, out: torch.Tensor) -> torch.Tensor:
         """``out`` without its prefix tokens where ``module`` gives them (``mean`` pooling)."""
         return out[:, self.prefix_tokens :] if module in self.prefix_layers else out
+
+    def avg_tokens(self, spec: LayerSpec, out: torch.Tensor) -> torch.Tensor:
+        """The patch tokens of ``out`` (B×T×C) that ``avg`` averages (see the class doc)."""
+        if self.token_pooling == "mean":  # no class token: mean leaves out the registers
+            return self.patch_tokens(spec.module, out)
+        if self.patch_start is not None and spec.module in self.full_token_layers():
+            return out[:, self.patch_start :]
+        if self.patch_start is not None and self.before_class_token(spec.module):
+            return out
+        why = (
+            "the model does not say how many class or register tokens come first"
+            if self.patch_start is None
+            else f"{spec.module!r} gives neither the full token sequence nor patches only"
+        )
+        raise ConfigError(
+            f"Layer {spec.name!r} of {self.spec}: 'avg' of tokens averages the patch tokens, "
+            f"but {why}. Ask for '{spec.module}:cls' or '{spec.module}:mean' (every token)."
+        )
+
+    def full_token_layers(self) -> frozenset[str]:
+        """The token layers whose outputs have as many tokens as the longest in one forward
+        pass (the class and register tokens, then the patches): found once per image size."""
+        if self._full_tokens is None:
+            tokens = _token_outputs(self.model, self.preprocessing.crop)
+            longest = max((t for _, t, _ in tokens), default=0)
+            self._full_tokens = frozenset(n for n, t, _ in tokens if t == longest)
+        return self._full_tokens
 
     def describe_layers(self) -> list[tuple[str, tuple[int, ...]]]:
         """(name, output shape for one image) for every module that runs once in a dummy
@@ -391,17 +430,23 @@ def first_outputs(
     return shapes, result
 
 
+def _token_outputs(model: nn.Module, size: int) -> list[tuple[str, int, int]]:
+    """(name, tokens, width) of every module giving B×T×C tokens in a forward pass at
+    ``size``, in the order the calls finish."""
+    shapes, _ = first_outputs(model, 2, size)
+    # an Unfold gives B×(C·k·k)×patches, no tokens (TNT's pixel_embed.unfold was the longest)
+    unfolds = {n for n, m in model.named_modules() if isinstance(m, nn.Unfold)}
+    return [
+        (n, s[1], s[2]) for n, s in shapes.items() if len(s) == 3 and s[0] == 2 and n not in unfolds
+    ]
+
+
 def _tokens_before_longest(model: nn.Module, size: int) -> list[str]:
     """The modules whose B×T×C outputs, in a forward pass at ``size``, have fewer tokens than
     the longest ones and finish before the first module giving those; and those followed by
     a module giving T + 1 tokens of the same width: a class token joins each branch or stage
     (CrossViT's second patch embedding, CoaT's later ones)."""
-    shapes, _ = first_outputs(model, 2, size)
-    # an Unfold gives B×(C·k·k)×patches, no tokens (TNT's pixel_embed.unfold was the longest)
-    unfolds = {n for n, m in model.named_modules() if isinstance(m, nn.Unfold)}
-    tokens = [
-        (n, s[1], s[2]) for n, s in shapes.items() if len(s) == 3 and s[0] == 2 and n not in unfolds
-    ]
+    tokens = _token_outputs(model, size)
     longest = max((t for _, t, _ in tokens), default=0)
     first = next((i for i, (_, t, _) in enumerate(tokens) if t == longest), 0)
     return [
@@ -515,6 +560,9 @@ class FeatureModel(nn.Module):
         self.poolings[spec.name] = pooling
         if pooling == "mean":
             out = self.backbone.patch_tokens(spec.module, out)
+        if pooling == "avg" and out.ndim == 3:
+            out = self.backbone.avg_tokens(spec, out)
+            pooling = "mean"  # of the patch tokens; poolings records 'avg'
         # A copy: 'none' and 'cls' give views of the output, which the rest of the forward
         # may change in place (ResNet's in-place ReLU and shortcut add after a batch norm).
         captured[spec.name] = pool(out, pooling, spec.name).to(torch.float32, copy=True)

@@ -348,6 +348,14 @@ def build(spec: BackboneSpec) -> Backbone:
         n_hidden = len(out.hidden_states or ())
         net.set_taps(n_hidden, net.embed(blank).shape[1])
     blocks = _blocks(net)
+    # Tokens before the patches (class, distillation, register): all tokens but the grid's.
+    patch = getattr(tower.config, "patch_size", None)
+    last = out.last_hidden_state
+    patch_start = (
+        last.shape[1] - (preprocessing.crop // patch) ** 2
+        if net.token_pooling == "cls" and isinstance(patch, int) and last.ndim == 3
+        else None
+    )
     return Backbone(
         spec=canonical,
         model=net,
@@ -355,6 +363,7 @@ def build(spec: BackboneSpec) -> Backbone:
         stages=stages_of(net, expand=[blocks] if blocks else [], exclude="head"),
         classifier="head",
         token_pooling=net.token_pooling,
+        patch_start=patch_start if patch_start and patch_start > 0 else None,
     )
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from featpipe.backbones import hub
-from featpipe.backbones.base import Backbone, IdentityHead
+from featpipe.backbones.base import Backbone, IdentityHead, has_class_token
 from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.timm_models import token_layout
@@ -194,6 +194,10 @@ def build(spec: BackboneSpec) -> Backbone:
         token_pooling=tokens,
         prefix_tokens=prefix,
         prefix_layers=tuple(f"visual.trunk.{n}" for n in layers),
+        # open_clip's own ViTs: one class token before the patches, as its 'avg' pool has it
+        patch_start=getattr(trunk, "num_prefix_tokens", None)
+        if trunk is not None
+        else (1 if has_class_token(visual) else None),
     )
 
 

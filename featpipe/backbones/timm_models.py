@@ -268,6 +268,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
         prefix_layers=prefix_layers,
         channels_last_layers=_channels_last_layers(model, classifier, nhwc, preprocessing.crop),
         class_token_stage=_class_token_stage(model),
+        patch_start=getattr(model, "num_prefix_tokens", None),
     )
     backbone.stages = _coat_stages(model) or stages_of(
         model, _block_containers(model), exclude=backbone.classifier

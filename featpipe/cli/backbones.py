@@ -44,6 +44,7 @@ LAYERS_EPILOG = f"""\
 Every printed name can be requested as NAME or NAME:POOLING, e.g. 'pooled', 'layer3:avg',
 'blocks.5:grid:2', 'blocks.11:cls'. Poolings: {", ".join(POOLINGS)}.
 Without a pooling: avg for C×H×W maps, cls for T×C tokens, none for D vectors.
+'avg' of T×C tokens averages the patch tokens (class and register tokens left out).
 'pooled' is the input of the classifier (the final pooled features); 'logits' its output.
 
 examples:
