@@ -8,7 +8,6 @@ processes that have already finished their share.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime as dt
 import os
@@ -20,6 +19,9 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+# channel is defined in ranks (process_group uses it, and ranks cannot import this module);
+# the runner and extraction take it from here, beside publish and receive.
+from featpipe.distributed.ranks import channel as channel
 from featpipe.distributed.ranks import process_group
 
 T = TypeVar("T")
@@ -44,18 +46,6 @@ def job_store(device: torch.device | str = "cpu") -> Iterator[dist.Store | None]
         is_master=False,
         timeout=dt.timedelta(seconds=1800),
     )
-
-
-_CALLS: collections.Counter[str] = collections.Counter()
-
-
-def channel(kind: str, restart: int) -> str:
-    """The keys under which the ranks meet for this process's next ``kind`` call (a pipeline
-    run): the n-th call of every rank meets under the n-th channel. torchrun's store keeps
-    every key for the whole job, so a second call (a script running two pipelines) under the
-    first call's keys read its stale messages; new for each elastic restart too."""
-    _CALLS[kind] += 1
-    return f"featpipe/{kind}/{restart}/{_CALLS[kind]}"
 
 
 def publish(kv: dist.Store, key: str, value: Any) -> None:

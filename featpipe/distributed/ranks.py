@@ -10,6 +10,7 @@ gloo, which works on CPUs and beside NCCL on GPUs: on CUDA the group is made wit
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import datetime as dt
@@ -141,7 +142,18 @@ def backend_for(device: torch.device | str) -> str:
     return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-_groups_made = 0  # process groups this process has made: each gets its own store keys
+_CALLS: collections.Counter[str] = collections.Counter()
+
+
+def channel(kind: str, restart: int) -> str:
+    """The keys under which the ranks meet for this process's next ``kind`` call (a process
+    group, a pipeline run, a parted extraction): the n-th call of every rank meets under the
+    n-th channel. torchrun's store keeps every key for the whole job, so a second call (a
+    script running two pipelines) under the first call's keys read its stale messages; new
+    for each elastic restart too. Every rank makes the same calls in the same order, so the
+    counts agree."""
+    _CALLS[kind] += 1
+    return f"featpipe/{kind}/{restart}/{_CALLS[kind]}"
 
 
 @contextlib.contextmanager
@@ -163,11 +175,8 @@ def process_group(
         # before (the attempt before an elastic restart, or this process's last group: a
         # script fine-tuning twice), the workers found its gone workers' addresses (gloo:
         # "connection refused", or a hang), so each restart and each group gets keys of its
-        # own. Every rank makes the same groups in the same order, so the counts agree.
-        global _groups_made
-        _groups_made += 1
-        prefix = f"featpipe/restart-{current_ranks().restart}/group-{_groups_made}"
-        store = dist.PrefixStore(prefix, store)
+        # own.
+        store = dist.PrefixStore(channel("group", current_ranks().restart), store)
         dist.init_process_group(
             backend=backend_for(device),
             store=store,
