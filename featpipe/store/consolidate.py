@@ -80,16 +80,24 @@ def consolidate(
 
 
 def _create(tmp: Path, out: Path) -> h5py.File:
-    """The new file ``tmp``, unless another process is writing it (HDF5 locks it)."""
+    """The new file ``tmp``, unless another process is writing it (HDF5 locks it). Mode "w"
+    truncates a file before HDF5 finds its lock, which zeroed another consolidate's copy:
+    a ``tmp`` there is probed by reading it, and deleted only as a killed run's leftover."""
+    busy = StoreInUseError(
+        f"Another process is consolidating into {out} now ({tmp.name} is open for writing "
+        f"there). Wait for it to finish: {out} is then complete."
+    )
     try:
-        return h5py.File(tmp, "w")
+        if tmp.exists():
+            h5py.File(tmp, "r").close()
     except OSError as exc:
-        if not lock_conflict(exc):
-            raise
-        raise StoreInUseError(
-            f"Another process is consolidating into {out} now ({tmp.name} is open for writing "
-            f"there). Wait for it to finish: {out} is then complete."
-        ) from exc
+        if lock_conflict(exc):
+            raise busy from exc
+    tmp.unlink(missing_ok=True)  # a leftover (whole or damaged): no process holds it
+    try:
+        return h5py.File(tmp, "x")
+    except FileExistsError as exc:  # another consolidate made it since
+        raise busy from exc
 
 
 def _record_skipped(g: h5py.File, source: FeatureStore) -> None:
