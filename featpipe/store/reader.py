@@ -373,11 +373,14 @@ class FeatureStore:
             if len(rows) == 0:
                 return {}
             ids = f[schema.SAMPLES_ID].asstr()[rows]
-            if schema.SAMPLES_ERROR in f:
-                reasons = f[schema.SAMPLES_ERROR].asstr()[rows]
-            else:  # a parted store not complete yet: the reasons are in its parts
-                reasons = self._part_reasons(rows)
+            reasons = self._reasons(f, rows)
         return {str(i): str(r) for i, r in zip(ids, reasons, strict=True)}
+
+    def _reasons(self, f: h5py.File, rows: np.ndarray) -> list[str]:
+        """Why each of the skipped ``rows`` (increasing) was skipped."""
+        if schema.SAMPLES_ERROR in f:
+            return list(f[schema.SAMPLES_ERROR].asstr()[rows])
+        return self._part_reasons(rows)  # a parted store not complete yet: in its parts
 
     def _part_reasons(self, rows: np.ndarray) -> list[str]:
         reasons = []
@@ -633,14 +636,26 @@ class FeatureStore:
         nothing until its chunk is done)."""
         if schema.SAMPLES_OK not in f:  # format 1: no row is ever skipped
             return np.zeros(self._n, dtype=bool)
-        return self._written(f) & ~f[schema.SAMPLES_OK][:]
+        skipped = self._written(f) & ~f[schema.SAMPLES_OK][:]
+        # The writer records a reason for every skipped row: a skipped row without one is a
+        # damaged ok flag (a zeroed chunk passes its checksum), not a row to drop unnoticed.
+        rows = np.flatnonzero(skipped)
+        reasons = self._reasons(f, rows) if len(rows) else []
+        blank = [int(r) for r, why in zip(rows, reasons, strict=True) if not why]
+        if blank:
+            raise unreadable(
+                self.path,
+                f"{len(blank)} rows of finished chunks (between rows {blank[0]} and "
+                f"{blank[-1]}) are marked skipped with no reason recorded: its "
+                f"{schema.SAMPLES_OK} flags are damaged",
+            )
+        return skipped
 
     def _kept(self, f: h5py.File) -> np.ndarray:
         """Per-row bool: the rows every read returns, those written and not skipped. Rows of
         chunks not done yet are left out, as arrays(allow_incomplete=True) leaves them out,
         so that ids and labels line up with the features row for row."""
-        written = self._written(f)
-        return written & f[schema.SAMPLES_OK][:] if schema.SAMPLES_OK in f else written
+        return self._written(f) & ~self._skipped(f)
 
     def _in_split(self, split: str | None) -> np.ndarray:
         if split is None:
