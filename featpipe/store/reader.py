@@ -203,6 +203,15 @@ class FeatureStore:
         # is missing: every part must be there (and, once complete, be a part of this store).
         if is_parted(f.attrs):
             self.parts = check_parts(self.path, f, identity=bool(f.attrs["complete"]))
+        # A store is marked complete only after every chunk flag is set: a pending chunk in
+        # one means damaged flags, which a rerun (it reuses a complete store) never repairs.
+        pending = int((~f[schema.CHUNK_DONE][:]).sum()) if f.attrs["complete"] else 0
+        if pending:
+            raise unreadable(
+                self.path,
+                f"it is marked complete, yet {pending} of {f[schema.CHUNK_DONE].shape[0]} "
+                f"chunks are not marked done: its {schema.CHUNK_DONE} flags are damaged",
+            )
 
     def _open(self) -> h5py.File:
         try:
