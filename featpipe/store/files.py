@@ -72,13 +72,22 @@ def _is_lock_conflict(exc: OSError) -> bool:
     return os_error_number(exc) in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock" in str(exc)
 
 
+NOT_HDF5 = "it is not an HDF5 file"
+# Most often the user's own file given where a store goes (an image, a CSV manifest): advise
+# the right path, not deleting it; a store cut off at its start reads so too.
+NOT_HDF5_FIX = (
+    "Give the path of a featpipe store's .h5 file (if it was a store, its start is damaged: "
+    "extract it again with --overwrite)"
+)
+
+
 def unreadable_reason(exc: OSError) -> str:
     """Why HDF5 could not open a file (``exc``, its OSError), in words."""
     text = str(exc)
     if "truncated file" in text:
         return "the file is truncated (cut short by a full disk or an interrupted copy?)"
     if "file signature not found" in text:
-        return "it is not an HDF5 file"
+        return NOT_HDF5
     return f"HDF5 cannot open it ({text.splitlines()[0]})"
 
 
@@ -107,7 +116,9 @@ def open_h5(path: Path, mode: str = "r", **kwargs) -> h5py.File:
             raise
         except OSError as exc:
             if not _is_lock_conflict(exc):
-                raise unreadable(path, unreadable_reason(exc)) from exc
+                reason = unreadable_reason(exc)
+                fix = NOT_HDF5_FIX if reason == NOT_HDF5 else REPLACE_FIX
+                raise unreadable(path, reason, fix) from exc
             if time.monotonic() < deadline:
                 time.sleep(0.1)
                 continue
