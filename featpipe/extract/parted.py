@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import os
 import time
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from featpipe.data.source import ImageSource
 from featpipe.device import resolve_device
 from featpipe.distributed.exchange import claims, job_store, publish, receive
 from featpipe.distributed.progress import progress_bar
-from featpipe.distributed.ranks import current_ranks
+from featpipe.distributed.ranks import channel, current_ranks
 from featpipe.errors import (
     ConfigError,
     FeaturePipeError,
@@ -74,7 +73,6 @@ from featpipe.store.schema import CHUNK_DONE, decode_attr, n_chunks_for
 
 WAIT_POLL_S = 2.0
 PROBE_WAIT_S = 0.1  # how long a part's lock is waited for before the part is left to its holder
-_CALLS: Counter[str] = Counter()  # extraction calls of this process
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -117,11 +115,13 @@ def extract_ranks(
     ranks = current_ranks()
     device = resolve_device(options.get("device", "auto"))
     with job_store(device) as kv:
-        channel = _channel(ranks.restart)
+        # The n-th call of every rank meets under the same keys, whatever its arguments:
+        # ranks whose arguments differ must meet to find out (_check_same_call).
+        keys = channel("extract", ranks.restart)
         call = _call(backbone, layers, options, device)
         if ranks.is_main:
-            return _lead(kv, channel, call, source, backbone, layers, options)
-        message = receive(kv, f"{channel}/plan")
+            return _lead(kv, keys, call, source, backbone, layers, options)
+        message = receive(kv, f"{keys}/plan")
         if "error" in message:
             raise FeaturePipeError(f"rank 0 could not plan the extraction: {message['error']}")
         _check_same_call(message["call"], call, ranks.tag)
@@ -135,13 +135,13 @@ def extract_ranks(
         if message["pending"] is None:
             return _reused(FeatureStore(plan.path), plan.on_error)
         parts = _parts(plan.path, message["pending"])
-        mine = claims(kv, f"{channel}/next", parts)
+        mine = claims(kv, f"{keys}/next", parts)
         expected = sum(p.rows for p in parts) // ranks.world_size
         with computing(plan) as inference:
             return fill(plan, inference, mine, expected, ranks.tag, wait=False)
 
 
-def _lead(kv, channel: str, call: dict, source, backbone, layers, options: dict) -> FeatureStore:
+def _lead(kv, keys: str, call: dict, source, backbone, layers, options: dict) -> FeatureStore:
     """Rank 0: plan, lay out, publish the plan, then fill parts like every rank."""
     ranks = current_ranks()
     published = False
@@ -149,13 +149,13 @@ def _lead(kv, channel: str, call: dict, source, backbone, layers, options: dict)
         plan = plan_extraction(source, backbone, layers, **options)
         # torchrun's agent keeps its store across elastic restarts: there the restarted rank 0
         # finds that this job laid the store out, and resumes it rather than overwrite it.
-        laid_out = f"featpipe/extract/laid-out/{channel.rsplit('/', 1)[1]}/{plan.path}"
+        laid_out = f"featpipe/extract/laid-out/{keys.rsplit('/', 1)[1]}/{plan.path}"
         with computing(plan) as inference:
             pending = prepare(plan, inference, join=kv.check([laid_out]))
             publish(kv, laid_out, True)
             publish(
                 kv,
-                f"{channel}/plan",
+                f"{keys}/plan",
                 {
                     "call": call,
                     "request": plan.request,
@@ -167,27 +167,18 @@ def _lead(kv, channel: str, call: dict, source, backbone, layers, options: dict)
             published = True
             if pending is None:
                 return _reused(FeatureStore(plan.path), plan.on_error)
-            mine = claims(kv, f"{channel}/next", pending)
+            mine = claims(kv, f"{keys}/next", pending)
             expected = sum(p.rows for p in pending) // ranks.world_size
             return fill(plan, inference, mine, expected, ranks.tag, wait=True)
     except BaseException as exc:
         if not published:  # the other ranks wait for the plan: tell them it will not come
-            publish(kv, f"{channel}/plan", {"error": str(exc) or type(exc).__name__})
+            publish(kv, f"{keys}/plan", {"error": str(exc) or type(exc).__name__})
         raise
 
 
 # Options a rank may set for itself (rank 0 alone showing progress, a GPU per rank): they
 # change how it works, not what it writes. Every other argument must agree across the ranks.
 OWN_OPTIONS = ("progress", "workers", "lock_timeout", "device")
-
-
-def _channel(restart: int) -> str:
-    """The keys of this process's next extraction call in torchrun's store: the n-th call of
-    every rank meets under the same keys, whatever its arguments (ranks whose arguments
-    differ must meet to find out, not wait under keys no one else writes); new for each
-    elastic restart (its counter of claims starts afresh)."""
-    _CALLS["extract"] += 1
-    return f"featpipe/extract/{restart}/{_CALLS['extract']}"
 
 
 def _call(backbone, layers, options: dict, device) -> dict[str, str]:
