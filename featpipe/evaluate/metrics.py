@@ -9,6 +9,7 @@ import numpy as np
 from scipy.stats import norm
 
 from featpipe.errors import ConfigError
+from featpipe.validation import is_count
 
 ECE_BINS = 15
 CI_LEVEL = 0.95
@@ -144,11 +145,12 @@ def expected_calibration_error(
 ) -> float:
     """ECE over ``n_bins`` equal-width confidence bins (lo, hi]: sum of bin weight times
     |accuracy - mean confidence| (Guo et al., 2017), confidence = the top probability."""
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+    if not is_count(n_bins):
         raise ConfigError(
             f"n_bins is the number of confidence bins, a whole number from 1; got {n_bins!r}. "
             f"Give e.g. {ECE_BINS} (the default)."
         )
+    n_bins = int(n_bins)  # 10.0 is taken as 10
     y, p, _ = _check_inputs(y_true, proba, None)
     conf = p.max(axis=1)
     correct = p.argmax(axis=1) == y

@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, clone
 from featpipe.errors import ConfigError
 from featpipe.heads.registry import check_seed, make_head, run_params
 from featpipe.heads.splits import FeatureSplits
+from featpipe.validation import is_count
 
 
 @dataclass
@@ -81,11 +82,6 @@ def require_k_per_class(
     return labels
 
 
-def _count(value: object) -> bool:
-    """Whether ``value`` is a whole number >= 1 (an int or a numpy integer, not a bool)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-
-
 def _warn_if_votes_all_tie(head: BaseEstimator, k: int, n_classes: int) -> None:
     """Warn when a kNN head's votes must all tie: among ``k`` rows of each of ``n_classes``
     classes, m neighbours (``n_neighbors``, capped at the rows) always leave two classes with
@@ -143,10 +139,11 @@ def few_shot(
     :func:`select_and_fit`'s ``seed`` and ``device`` are (its seed parameter, for registered
     heads with randomness; ``device`` where it has one); None keeps the head's own. When
     every class has exactly ``k`` training rows, every draw would be the same: one is fitted."""
-    if not (_count(k) and _count(draws)):  # int() cut 2.5 draws to 2; k=2.5 was a TypeError
+    if not (is_count(k) and is_count(draws)):  # int() cut 2.5 draws to 2; k=2.5 was a TypeError
         raise ConfigError(
             f"few-shot needs k and draws to be whole numbers >= 1; got k={k!r}, draws={draws!r}."
         )
+    k, draws = int(k), int(draws)  # 3.0 is taken as 3
     check_seed(seed)  # of the draws
     head = make_head(estimator) if isinstance(estimator, str) else clone(estimator)
     head.set_params(**run_params(head, seed=head_seed, device=device))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 
 from featpipe.errors import ConfigError
+from featpipe.validation import is_count  # also imported from here by the heads
 
 PREPROCESSING = ("standardize", "l2", "none")
 
@@ -31,17 +30,6 @@ def make_preprocessor(
     if pca is not None:
         steps.append(("pca", PCA(n_components=check_pca(pca), random_state=random_state)))
     return Pipeline(steps)
-
-
-def is_count(value: object) -> bool:
-    """Whether ``value`` is a whole number >= 1 (3 or 3.0; not True, 2.5 or '3'): int() cut
-    2.5 to 2 and read True as 1, and raised a bare ValueError on 'abc'."""
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, numbers.Real)
-        and float(value).is_integer()
-        and value >= 1
-    )
 
 
 def check_pca(pca: object) -> int | None:
