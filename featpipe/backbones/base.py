@@ -160,10 +160,11 @@ class Backbone:
                 self.model.eval()
                 self.model(torch.zeros(1, 3, size, size, device=_device_of(self.model)))
         except (RuntimeError, AssertionError, ValueError) as exc:
-            cause = " ".join(str(exc).split())[:300]
+            cause = " ".join(str(exc).split())[:300].rstrip(".")  # no '.).' once in brackets
             raise ConfigError(
                 f"{self.spec} does not run on {size}×{size} images ({cause}). Give another "
-                "image size, or omit it to use the size its weights were trained at."
+                f"image size{_sizes_near(self.model, size)}, or omit it to use the size its "
+                "weights were trained at."
             ) from exc
         finally:
             self.model.train(training)
@@ -479,6 +480,21 @@ def is_attention_weights(out: torch.Tensor) -> bool:
 _RUNS_AT: weakref.WeakKeyDictionary[nn.Module, set[int]] = weakref.WeakKeyDictionary()
 
 _AVERAGES = ("avg", "avgmax", "grid:1")  # poolings that average every row of a map
+
+
+def _sizes_near(model: nn.Module, size: int) -> str:
+    """', e.g. 96 or 112 (multiples of its patch size 16)': the image sizes nearest ``size``
+    that the model's square patch size (timm's ``patch_embed.patch_size``) divides, where it
+    does not divide ``size``; '' where the model names no patch size."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if isinstance(patch, (tuple, list)) and len(set(patch)) == 1:
+        patch = patch[0]
+    if not isinstance(patch, int) or patch < 1 or size % patch == 0:
+        return ""
+    below = size // patch * patch
+    near = [str(n) for n in (below, below + patch) if n >= patch]
+    what = "multiples" if len(near) > 1 else "a multiple"
+    return f", e.g. {' or '.join(near)} ({what} of its patch size {patch})"
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -285,7 +285,9 @@ def _check_loaded(
     mismatched = [k[0] if isinstance(k, (tuple, list)) else k for k in info["mismatched_keys"]]
     missing = sorted(k for k in info["missing_keys"] if k.startswith(prefixes))
     bad = sorted(k for k in mismatched if k.startswith(prefixes))
-    pooler = f"{parts[0]}.pooler." if parts[0] else "pooler."
+    # the tower's own name: the projection may be registered before it
+    tower_name = next(n for n, m in model.named_modules() if m is tower)
+    pooler = f"{tower_name}.pooler." if tower_name else "pooler."
     only_pooler = missing and all(k.startswith(pooler) for k in missing)
     if only_pooler and not bad and getattr(tower, "pooler", None) is not None:
         tower.pooler = None

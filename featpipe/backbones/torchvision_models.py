@@ -107,6 +107,8 @@ def build(spec: BackboneSpec) -> Backbone:
         weights_sha256=sha,
         nhwc_layers=_nhwc_layers(model),
         channels_last_layers=_channels_last_layers(model),
+        # a torchvision ViT's tokens begin with its one class token ('avg' leaves it out)
+        patch_start=1 if isinstance(model, models.VisionTransformer) else None,
     )
     backbone.stages = stages_of(model, expand=_containers(model), exclude=backbone.classifier)
     return backbone
