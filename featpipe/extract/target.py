@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+import h5py
+
 from featpipe.errors import FeaturePipeError, StoreMismatchError
 from featpipe.store import FeatureStore, store_key
+from featpipe.store.files import NOT_HDF5
 from featpipe.store.reader import part_text
 
 
@@ -101,7 +104,10 @@ def plan(path: Path, request: Request, overwrite: bool) -> Action:
     if not path.exists() or overwrite:
         return Action.CREATE
     fix = "Pass overwrite=True (--overwrite) to replace it, or write to another path."
-    store = FeatureStore(path)  # a file that is not a store raises, saying so
+    # The user's own file (an image, a manifest), or a store cut short at its start.
+    if path.is_file() and not h5py.is_hdf5(path):
+        raise StoreMismatchError(f"{path} is there and is not a featpipe store ({NOT_HDF5}). {fix}")
+    store = FeatureStore(path)  # a damaged or foreign HDF5 file raises, saying so
     if part := store.part_of():  # its parent's key, and only its rows
         raise StoreMismatchError(
             f"{path} is {part_text(path, part)}, and holds only those rows: extract to the "
