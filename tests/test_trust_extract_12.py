@@ -46,7 +46,7 @@ def test_a_damaged_part_file_is_named_and_deleting_it_recomputes_only_it(
         err = capsys.readouterr().err
         assert err.count("\n") == 1, err
         assert f"{part}, part 0 of the parted store {out}, is damaged" in err
-        assert "Delete that file and run the same command again" in err
+        assert "Delete that file and run the same extraction again" in err
 
     part.unlink()
     assert main(args) == 0

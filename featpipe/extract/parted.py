@@ -38,7 +38,6 @@ from featpipe.errors import (
     FeaturePipeError,
     StoreInUseError,
     StoreMismatchError,
-    UnreadableStoreError,
 )
 from featpipe.extract.extractor import (
     NOTHING_COMPUTED,
@@ -61,6 +60,7 @@ from featpipe.store.parts import (
     Part,
     check_renamed,
     create_parted,
+    damaged_part,
     finish_parted,
     lost_datasets,
     part_bounds,
@@ -272,11 +272,7 @@ def _refuse_damaged_parts(path: Path) -> None:
             # open_h5's reason, without its advice for a one-file store
             cause = exc.__cause__ if isinstance(exc, FeaturePipeError) else exc
             reason = unreadable_reason(cause) if isinstance(cause, OSError) else str(exc)
-        raise UnreadableStoreError(
-            f"{part.path}, part {part.index} of the parted store {path}, is damaged "
-            f"({reason}). Delete that file and run the same command again: only its rows are "
-            "recomputed."
-        )
+        raise damaged_part(part, path, reason)
 
 
 def _key(path: Path) -> str:

@@ -46,7 +46,7 @@ from featpipe.store.lock import (
     owner_path,
     read_lock_path,
 )
-from featpipe.store.parts import is_parted, mapped_folder, parted_at, parts_dir
+from featpipe.store.parts import is_parted, parted_at, parts_dir, renamed_from
 from featpipe.store.reader import FeatureStore
 
 STORE_SUFFIX = ".h5"
@@ -201,10 +201,10 @@ def _missing_state(path: Path) -> str:
     reads (kept by prune --incomplete: renaming it back restores it), or missing them."""
     try:
         with open_h5(path) as f:
-            was = mapped_folder(f)
+            was = renamed_from(path, f)
     except (OSError, FeaturePipeError):
         was = None
-    if was is not None and was != parts_dir(path).name:
+    if was is not None:
         return f"renamed (reads {was})"
     return "incomplete (part files missing)"
 
@@ -276,19 +276,26 @@ def _claimants(folder: Path) -> list[Path]:
     return sorted(p for p in stores if p != folder and parts_dir(p) == folder)
 
 
-def _read_renamed(folder: Path) -> bool:
-    """Whether a parted store beside the parts folder ``folder``, renamed (listed so),
-    reads its parts from it: renaming it back restores it, so they are no leftover."""
+def _renamed_reader(folder: Path) -> Path | None:
+    """The parted store beside the parts folder ``folder``, renamed (listed so), that reads
+    its parts from it: renaming it back restores it, so they are no leftover. None if none."""
     for path in folder.parent.glob("*" + STORE_SUFFIX):
-        if parts_dir(path) == folder or not parted_at(path):
+        if not parted_at(path):
             continue
         try:
             with open_h5(path) as f:
-                if mapped_folder(f) == folder.name:
-                    return True
+                if renamed_from(path, f) == folder.name:
+                    return path
         except (OSError, FeaturePipeError):
             continue
-    return False
+    return None
+
+
+def _parts_owner(folder: Path) -> Path | None:
+    """The parted store that reads its parts from the folder ``folder``: its own store, or
+    one renamed alone (which still reads them). None when no store beside it does."""
+    owners = [p for p in _claimants(folder) if parted_at(p)]
+    return owners[0] if owners else _renamed_reader(folder)
 
 
 def _orphaned(folder: Path) -> CacheEntry | None:
@@ -304,7 +311,7 @@ def _orphaned(folder: Path) -> CacheEntry | None:
     if not all(p.is_file() and _PART_FILE.fullmatch(p.name) for p in files):
         return None
     claimants = _claimants(folder)
-    if any(p.exists() and _owns_parts(p) for p in claimants) or _read_renamed(folder):
+    if any(p.exists() and _owns_parts(p) for p in claimants) or _renamed_reader(folder):
         return None
     owner = None
     for path in [*claimants, *_parts_in(folder)]:  # a store laid out, a part written
@@ -321,12 +328,10 @@ def scan(folder: str | Path) -> list[CacheEntry]:
     """Every store (``*.h5``) and leftover file directly in ``folder``, sorted by name. The
     parts folder of a parted store is refused: its part files are that store's rows."""
     folder = Path(folder)
-    owners = (
-        [p for p in _claimants(folder) if parted_at(p)] if folder.suffix == PARTS_SUFFIX else []
-    )
-    if owners:  # its parts would be listed, and pruned, as stores of their own
+    owner = _parts_owner(folder) if folder.suffix == PARTS_SUFFIX else None
+    if owner is not None:  # its parts would be listed, and pruned, as stores of their own
         raise ConfigError(
-            f"{folder} is the parts folder of the parted store {owners[0]}: its files are "
+            f"{folder} is the parts folder of the parted store {owner}: its files are "
             "that store's parts, not stores of their own. Give the folder that holds the "
             f"store instead ({folder.parent})."
         )

@@ -210,7 +210,10 @@ def in_use_message(store: str | Path, owner: dict) -> str:
 
 
 def _stderr(message: str) -> None:
-    print(f"featpipe: {message}", file=sys.stderr, flush=True)
+    # one write: under torchrun's `python -u` print writes the text and its newline apart,
+    # and every rank may wait, so two ranks' lines could join in their shared log
+    sys.stderr.write(f"featpipe: {message}\n")
+    sys.stderr.flush()
 
 
 class StoreLock:

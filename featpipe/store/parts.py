@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from featpipe.errors import (
     ConfigError,
     FeaturePipeError,
     MissingPartError,
+    StoreInUseError,
     StoreMismatchError,
     UnreadableStoreError,
 )
@@ -170,7 +172,7 @@ def create_parted(
     empty, then the top-level file (built under a temporary name and renamed), so a top-level
     file always finds its parts made. Refused when its parts folder is another store's
     (:func:`check_parts_dir`); call it holding the store's lock."""
-    from featpipe.store.writer import check_samples, write_root, write_samples
+    from featpipe.store.writer import check_samples, fsync_file, write_root, write_samples
 
     path = Path(path)
     labels = check_samples(ids, labels, classes)  # before the store there loses its parts
@@ -194,6 +196,9 @@ def create_parted(
             write_root(f, root, list(layers), dtype, rows_per_chunk, n_chunks)
             write_samples(f, ids, labels, splits, classes)
             _map_parts(f, path, parts, n, n_chunks, layers, dtype)
+        # its bytes on disk before its name (samples/* live here); not replace_store_file,
+        # which would delete the parts folder just laid out when the old store was parted
+        fsync_file(tmp)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -275,29 +280,40 @@ def missing_message(path: Path, missing: Sequence[Part], n_parts: int) -> str:
     )
 
 
+def damaged_part(part: Part, path: Path, reason: str) -> UnreadableStoreError:
+    """The error for part ``part`` of the parted store at ``path`` being damaged (``reason``),
+    with its fix: redoing that part alone, not the whole store."""
+    return UnreadableStoreError(
+        f"{part.path}, part {part.index} of the parted store {path}, is damaged ({reason}), so "
+        "its rows would read as zeros. Delete that file and run the same extraction again: "
+        "only its rows are recomputed."
+    )
+
+
 def check_parts(path: Path, f: h5py.File, *, identity: bool) -> list[Part]:
     """The parts of the parted store ``f`` (its top-level file, at ``path``), each checked to
-    be where its map reads them and to exist (MissingPartError names the first missing ones)
-    and, with ``identity``, to be a part of this store (same key, index and first row)
-    holding every dataset the top-level file maps from it."""
+    be where its map reads them, to exist (MissingPartError names the first missing ones) and
+    to hold every dataset the top-level file maps from it, and, with ``identity``, to be a
+    part of this store (same key, index and first row)."""
     attrs = f.attrs
     parts = parts_of(path, attrs)
     check_renamed(path, f)
     missing = missing_parts(parts)
     if missing:
         raise MissingPartError(missing_message(path, missing, len(parts)))
-    if identity:
-        layers = schema.decode_attr("layers", attrs["layers"])
-        for part in parts:
+    layers = schema.decode_attr("layers", attrs["layers"])
+    for part in parts:
+        try:
             with open_h5(part.path) as p:
-                _check_identity(part, p.attrs, str(attrs.get("key", "")))
+                if identity:
+                    _check_identity(part, p.attrs, str(attrs.get("key", "")))
                 lost = lost_datasets(p, layers)
-            if lost:
-                raise UnreadableStoreError(
-                    f"{part.path}, part {part.index} of the parted store {path}, is damaged "
-                    f"({lost}), so its rows would read as zeros. Delete that file and run the "
-                    "same extraction again: only its rows are recomputed."
-                )
+        except StoreInUseError:
+            if identity:
+                raise
+            continue  # an incomplete store's part being written: its writer checks it
+        if lost:
+            raise damaged_part(part, path, lost)
     return parts
 
 
@@ -308,14 +324,22 @@ def mapped_folder(f: h5py.File) -> str | None:
     return mapped[0] if mapped else None
 
 
+def renamed_from(path: Path, f: h5py.File) -> str | None:
+    """The folder the parted store ``f`` (its top-level file, at ``path``) reads its parts
+    from when that is not its own parts folder (the store was renamed); else None."""
+    was = mapped_folder(f)
+    return was if was is not None and was != parts_dir(path).name else None
+
+
 def check_renamed(path: Path, f: h5py.File) -> None:
     """Refuse a top-level file whose map reads its parts from another folder than its parts
     folder: a store renamed (file and parts folder) reads every part as missing, zeros and
     chunks not done, and a rerun of its extraction cannot mend it."""
-    was, folder = mapped_folder(f), parts_dir(path).name
-    if was is not None and was != folder:
+    was = renamed_from(path, f)
+    if was is not None:
         raise MissingPartError(
-            f"{path} reads its parts from the folder {was} beside it, not from {folder}: the "
+            f"{path} reads its parts from the folder {was} beside it, not from "
+            f"{parts_dir(path).name}: the "
             f"store was renamed, and its rows would read as missing. Rename it back to "
             f"{Path(was).stem}{path.suffix} and its parts folder back to {was}; for another "
             "name, consolidate it from there (featpipe consolidate, --out NEW.h5)."
@@ -439,6 +463,8 @@ def finish_parted(path: Path, run: Mapping[str, Any]) -> bool:
             **summed_cost(costs),
         }
         f.attrs["extraction"] = schema.encode_attr(cost)
+        f.flush()  # the skip reasons on disk before "complete" can be, as a writer does
+        os.fsync(f.id.get_vfd_handle())
         f.attrs["complete"] = True
         f.flush()
     return True
