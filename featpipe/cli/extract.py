@@ -232,7 +232,7 @@ def run_extract(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     _check_layer_list(args.layers)
     if args.out:
-        _check_out_is_not_source(Path(args.out), args.source)
+        _check_out_is_not_source(args.out, args.source)
     store = extract(
         _open_source(args),
         args.backbone,
@@ -305,18 +305,14 @@ def _check_layer_list(layers: list[str]) -> None:
         )
 
 
-def _check_out_is_not_source(out: Path, source: str) -> None:
+def _check_out_is_not_source(out: str, source: str) -> None:
     """Refuse an --out that is the source's own file (a CSV manifest, a parquet or tar file):
     --overwrite replaced it with the store."""
+    from featpipe.store.writer import check_out_file
+
     _, sep, rest = source.partition(":")  # hf-dataset:PATH?image=COL, wds:SHARD.tar
     named = [source] + ([rest.split("?")[0]] if sep else [])
-    for text in named:
-        path = Path(text)
-        if out.is_file() and path.is_file() and out.samefile(path):
-            raise ConfigError(
-                f"--out {out} is the image source this command reads: the store would replace "
-                f"it. Give another file, e.g. --out {out.with_name(out.stem + '-features.h5')}."
-            )
+    check_out_file(out, option="--out", inputs=[("image source", text) for text in named])
 
 
 def _skipped_lines(info: dict) -> list[str]:

@@ -163,8 +163,8 @@ def run_probe(args: argparse.Namespace) -> int:
 
     # Written after every head is fitted: a path that cannot be written is refused first.
     if args.out:
-        check_out_file(args.out, option="--out", example="results.json")
-        _refuse_input_as_out(args.out, [("feature store", Path(args.store))], "results.json")
+        store_input = [("feature store", args.store)]
+        check_out_file(args.out, option="--out", example="results.json", inputs=store_input)
     for option, folder in (("--save-dir", args.save_dir), ("--run-dir", args.run_dir)):
         _check_folder(folder, option)
     store = FeatureStore(args.store)
@@ -256,17 +256,6 @@ def _interrupted_text(args: argparse.Namespace, name: str, done: list[dict]) -> 
         f"interrupted while fitting {name}; finished: {names}{where}{out}. Run again with "
         f"--heads for the heads left"
     )
-
-
-def _refuse_input_as_out(out: Path, inputs: list[tuple[str, Path]], example: str) -> None:
-    """Refuse an ``--out`` that is one of the command's input files: writing the results
-    would replace it (a store or head lost to a CSV)."""
-    for what, path in inputs:
-        if out.exists() and path.is_file() and out.samefile(path):
-            raise ConfigError(
-                f"--out {out} is the {what} this command reads: writing there would replace it. "
-                f"Give another file, e.g. --out {example}."
-            )
 
 
 def _check_folder(path: Path | None, option: str) -> None:
@@ -393,13 +382,12 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.out:  # before the inputs are read and embedded
         from featpipe.heads.persistence import sidecar_path
 
-        check_out_file(args.out, option="--out", example="predictions.csv")
         inputs = [("head", args.head), ("head's sidecar", sidecar_path(args.head))]
         inputs += [
             ("feature store" if Path(t).suffix.lower() in STORE_SUFFIXES else "image", Path(t))
             for t in args.inputs
         ]
-        _refuse_input_as_out(args.out, inputs, "predictions.csv")
+        check_out_file(args.out, option="--out", example="predictions.csv", inputs=inputs)
     _check_head_path(args.head)
     head, sidecar = load_head(args.head)
     layer = sidecar.get("layer")

@@ -152,12 +152,18 @@ def write_samples(
 
 
 def check_out_file(
-    path: str | Path, *, option: str, replace: bool = True, example: str = "features.h5"
+    path: str | Path,
+    *,
+    option: str,
+    replace: bool = True,
+    example: str = "features.h5",
+    inputs: Sequence[tuple[str, str | Path]] = (),
 ) -> Path:
     """Refuse (ConfigError), before anything is written, an output path that cannot become a
-    file: a folder, or a path below a file. Unless ``replace``, an existing file is refused
-    too. ``option`` names the setting the path came from (``--out``) in the messages, and
-    ``example`` a file name to suggest inside a folder."""
+    file: a folder, a path below a file, or one of ``inputs``, the (what, path) files the
+    command reads (writing there would replace one). Unless ``replace``, an existing file is
+    refused too. ``option`` names the setting the path came from (``--out``) in the messages,
+    and ``example`` a file name to suggest instead."""
     # Path() drops a trailing slash: "dir/" would become a file named dir.
     if isinstance(path, str) and path.endswith((os.sep, os.altsep or os.sep)):
         raise ConfigError(
@@ -174,9 +180,22 @@ def check_out_file(
         raise ConfigError(
             f"Cannot write {path}: {blocking} is a file, not a folder. Choose another {option}."
         )
+    for what, source in inputs:
+        if is_input(path, source):
+            raise ConfigError(
+                f"{option} {path} is the {what} this command reads: writing there would replace "
+                f"it. Give another file, e.g. {option} {path.with_name(example)}."
+            )
     if not replace and path.exists():
         raise ConfigError(f"{path} exists; pass --force (force=True) to replace it.")
     return path
+
+
+def is_input(out: str | Path, path: str | Path) -> bool:
+    """Whether the file ``out`` is the file ``path``, under any name (a link, another case on
+    a case-insensitive disk): writing ``out`` would replace it."""
+    out, path = Path(out), Path(path)
+    return out.is_file() and path.exists() and out.samefile(path)
 
 
 def file_in_the_way(folder: Path) -> Path | None:
@@ -192,8 +211,8 @@ def check_not_source(out: Path, store: Path, *, reader: str = "it", fix: str = "
     """Refuse (ConfigError) an ``out`` that is the store file read from, or inside its parts
     folder: with --force, writing it would replace what is being read. ``reader`` names who
     reads the store in the message, ``fix`` adds to its way out (e.g. ", e.g. x.npz")."""
-    resolved, parts = Path(out).resolve(), parts_dir(store)
-    if resolved == Path(store).resolve() or resolved.is_relative_to(parts.resolve()):
+    parts = parts_dir(store)
+    if is_input(out, store) or Path(out).resolve().is_relative_to(parts.resolve()):
         raise ConfigError(
             f"--out {out} is the store itself or inside its parts folder ({parts}), which "
             f"{reader} reads from. Write it to another path{fix}."
