@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from featpipe.errors import ConfigError, IncompleteStoreError, NonFiniteFeaturesError
+    from featpipe.errors import ConfigError, NonFiniteFeaturesError
     from featpipe.evaluate.leakage import check_store, source_hashes, store_rows
     from featpipe.store import FeatureStore
     from featpipe.store.reader import not_finite_message
@@ -86,16 +86,8 @@ def run_check(args: argparse.Namespace) -> int:
         store = FeatureStore(args.store)
     except FileNotFoundError as exc:
         raise ConfigError(f"{exc} Pass the path of a .h5 file `featpipe extract` wrote.") from None
-    # Before the source is hashed (minutes on a large one), and in words for the command line
-    # (the reader's own error says "pass allow_incomplete=True", which check does not take).
-    done = store.chunk_done()
-    if not done.all():
-        raise IncompleteStoreError(
-            f"Cannot check {store.path}: the store is incomplete ({int((~done).sum())} of "
-            f"{len(done)} chunks are not written yet). Wait for its extraction to finish, or "
-            "resume it by rerunning the same `featpipe extract` (or extract()) call; "
-            f"`featpipe info {store.path}` shows its progress. Then check again."
-        )
+    # Before the source is hashed (minutes on a large one).
+    store.require_complete("check")
     # Every layer, not only the one the checks read: a store no head can use is not clean.
     found = store.non_finite()
     if found:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from featpipe.data.source import SPLIT_NAMES
-from featpipe.errors import ConfigError, IncompleteStoreError
+from featpipe.errors import ConfigError
 from featpipe.extras import import_extra
 from featpipe.store.files import disk_refused
 from featpipe.store.reader import FeatureStore
@@ -53,15 +53,8 @@ def export_features(
     check_not_source(out, store.path, reader="the export", fix=f", e.g. {example}")
     check_out_file(out, option="--out", replace=force, example=f"features.{fmt}")
     store.layer_info(layer)  # an unknown layer fails before anything is written
-    # The reader's own error says "pass allow_incomplete=True", which export does not take.
-    done = store.chunk_done()
-    if not done.all():
-        raise IncompleteStoreError(
-            f"Cannot export {store.path}: the store is incomplete ({int((~done).sum())} of "
-            f"{len(done)} chunks are not written yet). Wait for its extraction to finish, or "
-            "resume it by rerunning the same `featpipe extract` (or extract()) call; "
-            f"`featpipe info {store.path}` shows its progress. Then export again."
-        )
+    # In words for a command: the reader's own says "pass allow_incomplete=True".
+    store.require_complete("export")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:

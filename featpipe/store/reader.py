@@ -138,7 +138,7 @@ class FeatureStore:
     A part file of a parted store (:attr:`is_part`) holds only that part's rows: it opens and
     describes itself (:meth:`info`, :meth:`part_of`), but its rows (:meth:`arrays`,
     :meth:`iter_chunks`, :meth:`ids`, ...) are refused, naming the parted store to open
-    instead, unless ``part`` is True (featpipe's own readers of parts).
+    instead, unless ``part`` is True (to read one part's rows on purpose: tests, debugging).
     """
 
     def __init__(self, path: str | Path, *, read_lock: bool = True, part: bool = False):
@@ -682,16 +682,32 @@ class FeatureStore:
             kept = self._kept(f)
         return np.flatnonzero(kept & self._in_split(split))
 
+    def require_complete(self, action: str | None = None) -> None:
+        """Refuse (IncompleteStoreError) a store with chunks not written yet. ``action`` (e.g.
+        "export") names a command, which reads whole stores only; without one, the way out
+        also offers allow_incomplete=True. (A store marked complete with chunks not done is
+        damaged, and refused so when opened.)"""
+        done = self.chunk_done()
+        if done.all():
+            return
+        missing = f"{int((~done).sum())} of {len(done)} chunks are not written yet"
+        call = "the same `featpipe extract` (or extract()) call"
+        if action is None:
+            raise IncompleteStoreError(
+                f"{self.path} is incomplete: {missing}. Rerun {call} to resume it, or pass "
+                "allow_incomplete=True to read the finished rows only."
+            )
+        raise IncompleteStoreError(
+            f"Cannot {action} {self.path}: the store is incomplete ({missing}). Wait for its "
+            f"extraction to finish, or resume it by rerunning {call}; `featpipe info {self.path}` "
+            f"shows its progress. Then {action} again."
+        )
+
     def _row_mask(self, split: str | None, allow_incomplete: bool) -> np.ndarray:
         """Rows of ``split`` whose chunk is done, skipped rows left out; raises on missing
         chunks unless allowed."""
-        done = self.chunk_done()
-        if not done.all() and not allow_incomplete:
-            raise IncompleteStoreError(
-                f"{self.path} is incomplete: {int((~done).sum())} of {len(done)} chunks are not "
-                "written. Rerun the same `featpipe extract` (or extract()) call to resume it, or "
-                "pass allow_incomplete=True to read the finished rows only."
-            )
+        if not allow_incomplete:
+            self.require_complete()
         mask = np.zeros(self._n, dtype=bool)
         mask[self._rows(split)] = True
         return mask
