@@ -140,7 +140,7 @@ def _warn_if_other_source(store, rows, source, parts: list[bytes], given: str) -
     import numpy as np
 
     from featpipe.data.source import SPLIT_NAMES
-    from featpipe.finetune.probe import extracted_from, hashed_contents
+    from featpipe.evaluate.leakage import extracted_from, hashed_contents
 
     ids, _, splits = rows
     same_rows = (

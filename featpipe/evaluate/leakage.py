@@ -14,7 +14,9 @@ shifted by a pixel or two."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -22,6 +24,9 @@ from PIL import Image
 from featpipe.data.images import to_rgb
 from featpipe.data.source import SPLIT_NAMES, ImageSource
 from featpipe.errors import ConfigError, FeaturePipeError
+
+if TYPE_CHECKING:
+    from featpipe.store import FeatureStore
 
 NEAR_COSINE = 0.99  # at or above: a near-duplicate
 NEAR_LAYER = "pooled"
@@ -489,6 +494,24 @@ def store_rows(store) -> StoreRows:
         labels.append(store.labels(split))
         splits += [split] * len(split_ids)
     return ids, np.concatenate(labels), splits
+
+
+def hashed_contents(store: FeatureStore) -> bool:
+    """Whether ``store``'s source fingerprint covers file contents (extracted with
+    hash_contents), not file sizes and times."""
+    described = store.attrs.get("source")
+    return isinstance(described, dict) and bool(described.get("hash_contents"))
+
+
+def extracted_from(
+    store: FeatureStore, source: ImageSource, parts: Sequence[bytes] | None = None
+) -> bool:
+    """Whether ``store`` records the fingerprint of ``source`` as it is now: the same ids,
+    labels, splits and files (sizes and times, or contents: :func:`hashed_contents`).
+    ``parts``: the source's content fingerprint parts when already read (files read once)."""
+    content = hashed_contents(store)
+    now = source.fingerprint(content=content, parts=parts if content else None)
+    return store.attrs.get("source_fingerprint") == now
 
 
 def check_store(

@@ -4,8 +4,6 @@ layer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 from torch import nn
@@ -15,6 +13,7 @@ from featpipe.backbones import POOLED, Backbone
 from featpipe.data.source import ImageSource
 from featpipe.distributed import progress_bar
 from featpipe.errors import StoreMismatchError
+from featpipe.evaluate.leakage import extracted_from
 from featpipe.extract.inference import Inference
 from featpipe.heads.torch_logreg import logreg_path
 from featpipe.provenance import plain
@@ -86,24 +85,6 @@ def check_store(store: FeatureStore, backbone: Backbone, source: ImageSource) ->
             "Pass a store extracted from the same source with the same backbone and image "
             "size (layer pooled), or no probe_features to compute them."
         )
-
-
-def hashed_contents(store: FeatureStore) -> bool:
-    """Whether ``store``'s source fingerprint covers file contents (extracted with
-    hash_contents), not file sizes and times."""
-    described = store.attrs.get("source")
-    return isinstance(described, dict) and bool(described.get("hash_contents"))
-
-
-def extracted_from(
-    store: FeatureStore, source: ImageSource, parts: Sequence[bytes] | None = None
-) -> bool:
-    """Whether ``store`` records the fingerprint of ``source`` as it is now: the same ids,
-    labels, splits and files (sizes and times, or contents: :func:`hashed_contents`).
-    ``parts``: the source's content fingerprint parts when already read (files read once)."""
-    content = hashed_contents(store)
-    now = source.fingerprint(content=content, parts=parts if content else None)
-    return store.attrs.get("source_fingerprint") == now
 
 
 class Standardize(nn.Module):
