@@ -158,6 +158,8 @@ def run_probe(args: argparse.Namespace) -> int:
     from featpipe.heads import few_shot, save_head, select_and_fit
     from featpipe.heads.fewshot import require_k_per_class, require_test_split, splits_with_rows
     from featpipe.heads.splits import FeatureSplits, layer_parts
+    from featpipe.report import RESULTS_FILE
+    from featpipe.report.summary import counted
     from featpipe.store import FeatureStore
     from featpipe.store.writer import check_out_file
 
@@ -239,16 +241,18 @@ def run_probe(args: argparse.Namespace) -> int:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
     if args.run_dir:
-        print(f"appended {recorded} rows to {args.run_dir / 'results.jsonl'}")
+        print(f"appended {counted(recorded, 'row')} to {args.run_dir / RESULTS_FILE}")
     return 0
 
 
 def _interrupted_text(args: argparse.Namespace, name: str, done: list[dict]) -> str:
     """What an interruption during head ``name`` kept of the heads before it."""
+    from featpipe.report import RESULTS_FILE
+
     if not done:
         return f"interrupted while fitting {name}; no head finished"
     names = ", ".join(entry["head"] for entry in done)
-    kept = [f"their rows in {args.run_dir / 'results.jsonl'}"] if args.run_dir else []
+    kept = [f"their rows in {args.run_dir / RESULTS_FILE}"] if args.run_dir else []
     kept += [f"their heads in {args.save_dir}"] if args.save_dir else []
     where = f" ({'; '.join(kept)})" if kept else ""
     out = f"; {args.out} not written" if args.out else ""
@@ -431,7 +435,7 @@ def _check_head_path(path: Path) -> None:
             "first, then the store or images."
         )
     if path.is_dir():
-        heads = sorted(p.name for p in path.iterdir() if p.suffix in (".skops", ".joblib"))
+        heads = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".skops", ".joblib"))
         found = f"it holds {', '.join(heads)}" if heads else "it holds no saved head"
         raise ConfigError(
             f"HEAD {path} is a folder ({found}); give one saved head file, e.g. "
