@@ -1,14 +1,18 @@
 """Round-2 review fixes: one completeness refusal, probe's run-dir line, predict's HEAD
-folder."""
+folder, a second writer of one store path."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 from conftest import make_chunked_store
 
 from featpipe.cli import main
-from featpipe.errors import IncompleteStoreError
-from featpipe.store import FeatureStore
+from featpipe.errors import IncompleteStoreError, StoreInUseError
+from featpipe.store import FeatureStore, write_arrays
 from featpipe.store.export import export_features
 
 
@@ -53,3 +57,38 @@ def test_check_and_export_refuse_an_incomplete_store_in_the_same_words(tmp_path,
     assert f"Cannot check {path}: {said}" in checked and checked.endswith("Then check again.")
     with pytest.raises(IncompleteStoreError, match="pass allow_incomplete=True"):
         store.arrays("pooled")
+
+
+_HOLDER = """
+import sys, h5py
+with h5py.File(sys.argv[1], "w") as f:
+    f["x"] = [1, 2, 3]
+    f.flush()
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_second_writer_of_a_store_path_leaves_the_first_ones_file_alone(tmp_path):
+    """A write_arrays (or StoreWriter.create) while another process creates the same store
+    failed on HDF5's lock of PATH.tmp, then deleted that file: the first writer's rename
+    failed with 'no such file'."""
+    path = tmp_path / "s.h5"
+    tmp = tmp_path / "s.h5.tmp"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreInUseError, match="Another process is creating a store at"):
+            write_arrays(path, {"pooled": np.ones((4, 2))}, [0, 1, 0, 1], ["train"] * 4, "ab")
+        assert tmp.exists() and not path.exists()
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
+    # with no process holding it, PATH.tmp is a killed run's leftover: replaced
+    store = write_arrays(path, {"pooled": np.ones((4, 2))}, [0, 1, 0, 1], ["train"] * 4, "ab")
+    assert store.complete and not tmp.exists()

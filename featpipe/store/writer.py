@@ -21,6 +21,7 @@ from featpipe.errors import (
     ConfigError,
     NonFiniteFeaturesError,
     SourceError,
+    StoreInUseError,
     StoreMismatchError,
     StoreWriteError,
 )
@@ -29,6 +30,7 @@ from featpipe.store import schema
 from featpipe.store.files import (
     check_free_space,
     describe_failure,
+    lock_conflict,
     open_h5,
     os_error_number,
     unreadable,
@@ -230,6 +232,23 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def create_new(tmp: Path, busy: StoreInUseError) -> h5py.File:
+    """The new HDF5 file ``tmp``, or ``busy`` raised when another process is writing it (HDF5
+    locks it). Mode "w" truncates a file before HDF5 finds its lock: a ``tmp`` there is probed
+    by reading it, and deleted only as a killed run's leftover."""
+    try:
+        if tmp.exists():
+            h5py.File(tmp, "r").close()
+    except OSError as exc:
+        if lock_conflict(exc):
+            raise busy from exc
+    tmp.unlink(missing_ok=True)  # a leftover (whole or damaged): no process holds it
+    try:
+        return h5py.File(tmp, "x")
+    except FileExistsError as exc:  # another process made it since
+        raise busy from exc
+
+
 def replace_store_file(tmp: Path, path: Path) -> None:
     """Move the finished store file ``tmp`` to ``path``. A parted store replaced there takes
     its parts folder with it: those part files belong to no store any more, and the cache
@@ -399,8 +418,12 @@ class StoreWriter:
         row_bytes = sum(int(dim) for dim, _ in layers.values()) * np.dtype(dtype).itemsize
         check_free_space(path, n_chunks * min(rows_per_chunk, n) * row_bytes, "the store")
         tmp = path.with_name(path.name + ".tmp")
+        busy = StoreInUseError(
+            f"Another process is creating a store at {path} now ({tmp.name} is open for "
+            "writing there). Wait for it to finish, or write to another path."
+        )
         try:
-            with h5py.File(tmp, "w") as f:
+            with create_new(tmp, busy) as f:
                 write_root(f, attrs, list(layers), dtype, rows_per_chunk, n_chunks)
                 write_samples(f, ids, labels, splits, classes)
                 create_checked(f, schema.SAMPLES_OK, np.zeros(n, dtype=bool), rows_per_chunk)
@@ -412,6 +435,8 @@ class StoreWriter:
                 create_checked(f, schema.CHUNK_DONE, np.zeros(n_chunks, dtype=bool))
                 _create_run_records(f, n_chunks)
             replace_store_file(tmp, path)
+        except StoreInUseError:
+            raise  # the tmp file is the other process's: left alone
         except (OSError, RuntimeError) as exc:
             tmp.unlink(missing_ok=True)
             raise write_failed(path, "create", exc, "Nothing was written", RESUME_FIX) from exc
