@@ -10,7 +10,7 @@ import numpy as np
 
 from featpipe.errors import ConfigError, IncompleteStoreError, StoreInUseError
 from featpipe.store import schema
-from featpipe.store.files import check_free_space, disk_refused, lock_conflict, open_h5
+from featpipe.store.files import check_free_space, disk_refused, open_h5
 from featpipe.store.lock import holder, in_use_message
 from featpipe.store.parts import describe_parts
 from featpipe.store.reader import FeatureStore, part_text
@@ -20,6 +20,7 @@ from featpipe.store.writer import (
     checked_chunk,
     copy_failed,
     create_checked,
+    create_new,
     replace_store_file,
 )
 
@@ -80,24 +81,12 @@ def consolidate(
 
 
 def _create(tmp: Path, out: Path) -> h5py.File:
-    """The new file ``tmp``, unless another process is writing it (HDF5 locks it). Mode "w"
-    truncates a file before HDF5 finds its lock, which zeroed another consolidate's copy:
-    a ``tmp`` there is probed by reading it, and deleted only as a killed run's leftover."""
+    """The new file ``tmp``, unless another consolidate is writing it."""
     busy = StoreInUseError(
         f"Another process is consolidating into {out} now ({tmp.name} is open for writing "
         f"there). Wait for it to finish: {out} is then complete."
     )
-    try:
-        if tmp.exists():
-            h5py.File(tmp, "r").close()
-    except OSError as exc:
-        if lock_conflict(exc):
-            raise busy from exc
-    tmp.unlink(missing_ok=True)  # a leftover (whole or damaged): no process holds it
-    try:
-        return h5py.File(tmp, "x")
-    except FileExistsError as exc:  # another consolidate made it since
-        raise busy from exc
+    return create_new(tmp, busy)
 
 
 def _record_skipped(g: h5py.File, source: FeatureStore) -> None:
