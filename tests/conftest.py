@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import tarfile
 from pathlib import Path
@@ -134,3 +135,15 @@ def cifar_root(tmp_path_factory) -> Path:
     with tarfile.open(CIFAR_ARCHIVE) as tar:
         tar.extractall(root, filter="data")
     return root
+
+
+class WriteRecorder(io.StringIO):
+    """A stream that records each write call: a line must reach a shared log in one write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)

@@ -3,10 +3,10 @@ and the ranks' lines in one shared log."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
+from conftest import WriteRecorder
 from test_trust_distributed import torchrun
 
 from featpipe.distributed.progress import LineProgress
@@ -43,23 +43,11 @@ def test_one_process_makes_several_process_groups_under_torchrun(tmp_path):
     assert set(out.splitlines()) == done, out
 
 
-class _Writes(io.StringIO):
-    """A stream that records each write call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.calls.append(text)
-        return super().write(text)
-
-
 def test_a_progress_line_is_one_write_with_its_newline():
     """Under torchrun's `python -u` print wrote a progress line and its newline apart (two
     write calls, seen with strace), so in the ranks' shared log another rank's line could land
     between them: two ranks' lines on one line, the last line of a rank read wrong."""
-    stream = _Writes()
+    stream = WriteRecorder()
     bar = LineProgress(10, desc="extract", unit="img", interval=0.0, stream=stream)
     bar.update(4)
     bar.close()

@@ -3,11 +3,11 @@ out, and each rank's last line written at once."""
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import pytest
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from conftest import WriteRecorder
 
 from featpipe import cli
 from featpipe.errors import ConfigError
@@ -55,20 +55,8 @@ def test_a_sweep_whose_subsets_hold_every_class_does_not_warn(tmp_path):
     assert _check(_config(tmp_path, [10, 30, 60])) == []
 
 
-class _Writes(io.StringIO):
-    """A stream that records each write call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.calls.append(text)
-        return super().write(text)
-
-
 def _one_write(monkeypatch, run) -> str:
-    stream = _Writes()
+    stream = WriteRecorder()
     monkeypatch.setattr("sys.stderr", stream)
     run()
     assert len(stream.calls) == 1 and stream.calls[0].endswith("\n"), stream.calls
