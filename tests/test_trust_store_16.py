@@ -3,13 +3,13 @@ a parts folder kept while a renamed store reads it, a part that lost a layer ref
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
 
 import h5py
 import pytest
+from conftest import WriteRecorder
 from extract_child import NoiseSource
 from test_cli_cache import _parted
 from test_trust_extract_13 import _watch_renames
@@ -109,16 +109,10 @@ def test_an_incomplete_parted_store_with_a_part_being_written_still_opens(tmp_pa
 def test_the_lock_wait_line_is_one_write(monkeypatch):
     """Under torchrun's ``python -u`` print writes the text and its newline apart, so two
     ranks waiting for one store could join their lines in the shared log."""
-    writes: list[str] = []
-
-    class Recorder(io.StringIO):
-        def write(self, text):
-            writes.append(text)
-            return len(text)
-
-    monkeypatch.setattr("sys.stderr", Recorder())
+    stream = WriteRecorder()
+    monkeypatch.setattr("sys.stderr", stream)
     store_lock._stderr("waiting for s.h5: in use by pid 1")
-    assert writes == ["featpipe: waiting for s.h5: in use by pid 1\n"]
+    assert stream.calls == ["featpipe: waiting for s.h5: in use by pid 1\n"]
 
 
 def test_a_renamed_store_is_listed_as_renamed(tmp_path, capsys):
