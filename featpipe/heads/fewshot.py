@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -91,7 +90,7 @@ def _warn_if_votes_all_tie(head: BaseEstimator, k: int, n_classes: int) -> None:
     neighbours, capped at 4, split 2-2 and every test row was given the first class (50 %)."""
     params = head.get_params()
     n_neighbors = params.get("n_neighbors")
-    if not (params.get("weights") == "uniform" and isinstance(n_neighbors, numbers.Integral)):
+    if not (params.get("weights") == "uniform" and is_count(n_neighbors)):  # 5.0 runs as 5
         return
     m = min(int(n_neighbors), k * n_classes)
     if m > n_classes * (k - 1) + 1:
