@@ -40,7 +40,6 @@ when loaded (a warning says so): only load those from a source you trust.
 """
 
 STORE_SUFFIXES = (".h5", ".hdf5")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def positive_int(text: str) -> int:
@@ -352,11 +351,16 @@ def _print_table(rows: list[list[str]], few_shot: bool) -> None:
 
 
 def _image_files(inputs: list[str]) -> list[Path]:
+    """The images ``inputs`` name, in their order; a folder's as an image folder lists them
+    (hidden files and folders such as macOS's ._x.jpg forks left out), sorted."""
+    from featpipe.data.folder import IMAGE_EXTENSIONS
+    from featpipe.data.folder import _image_files as images_under
+
     files = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(images_under(path, IMAGE_EXTENSIONS, []))
         elif path.is_file():
             files.append(path)
         else:

@@ -1,0 +1,54 @@
+"""featpipe predict on image folders: the images it reads are those an image folder reads,
+and its predictions on them equal its predictions on the store the head was trained on."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+
+import numpy as np
+import pytest
+import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+
+from featpipe import extract
+from featpipe.cli import main
+from featpipe.heads import save_head
+
+QUIET = {"workers": 0, "device": "cpu", "progress": False}
+
+
+@pytest.fixture
+def head(tmp_path):
+    """(image folder, a head saved on its store): 2 classes of 3 small PNGs each."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "img"
+    for c in "ab":
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), np.uint8)).save(root / c / f"{i}.png")
+    store = extract(str(root), "toy", ["pooled"], out=tmp_path / "s.h5", **QUIET)
+    X, y = store.arrays("pooled")
+    path = tmp_path / "head.joblib"
+    save_head(LogisticRegression(C=100).fit(X, y), path, store=store, layer="pooled")
+    return root, path
+
+
+def _predict(args, capsys) -> list[str]:
+    capsys.readouterr()
+    assert main(["predict", *args, "--device", "cpu"]) == 0
+    return [row["id"] for row in csv.DictReader(io.StringIO(capsys.readouterr().out))]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_predict_on_a_folder_leaves_out_hidden_files_as_an_image_folder_does(head, capsys):
+    """A macOS resource fork (a/._0.png) and a notebook's checkpoint copy were read: predict
+    failed on the fork ('not an image') where extraction of the same folder left both out."""
+    root, path = head
+    (root / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07Mac OS X resource fork")
+    (root / "b" / ".ipynb_checkpoints").mkdir()
+    shutil.copy(root / "b" / "0.png", root / "b" / ".ipynb_checkpoints" / "0.png")
+    ids = _predict([str(path), str(root)], capsys)
+    assert ids == [str(root / c / f"{i}.png") for c in "ab" for i in range(3)]
