@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader
 
 from featpipe.backbones import Backbone, get_backbone
 from featpipe.backbones.registry import BackboneSpec
+from featpipe.data.folder import ImageFolderSource
 from featpipe.data.images import check_decode
-from featpipe.data.source import ImageSource
+from featpipe.data.source import ImageSource, SubsetSource
 from featpipe.device import amp_dtype, cudnn_autotune, on_device, resolve_device
 from featpipe.distributed import progress_bar, refuse_other_settings
 from featpipe.errors import (
@@ -242,6 +243,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             self.backbone_ = get_backbone(spec_for(self.backbone, mode), self.image_size)
             check_mode(mode, self.backbone_.stages)
             check_one_classifier(self.backbone_)
+            check_run_dir_outside(source, self.run_dir)
             with self._run_dir_held():
                 return self._fit(mode, source, probe_features)
 
@@ -829,6 +831,25 @@ def _remove_if_unused(made: list[Path]) -> None:
                 path.rmdir()  # only an empty folder goes
             elif [p.name for p in path.parent.iterdir()] == [path.name]:
                 path.unlink()  # the lock file, alone in its folder
+
+
+def check_run_dir_outside(source: ImageSource, run_dir: str | Path | None) -> None:
+    """A ConfigError for a run folder inside the image folder the fine-tune reads: the next
+    scan of that folder (a resume, an extraction) takes the run folder for a class folder
+    without images (refused) or, inside a class folder, its report's plots/*.png for images
+    of that class (silently)."""
+    while isinstance(source, SubsetSource):
+        source = source.parent
+    if run_dir is None or not isinstance(source, ImageFolderSource):
+        return
+    root, folder = source.root.resolve(), Path(run_dir).resolve()
+    if folder == root or root in folder.parents:
+        raise ConfigError(
+            f"The run folder {run_dir} is inside the image folder {source.root} that the "
+            "fine-tune reads: a later scan of that folder (the resume, an extraction) would "
+            "take the run folder for a class folder, or its report's plots/*.png for images. "
+            "Use a run_dir outside the image folder (CLI: --run-dir)."
+        )
 
 
 def _resumed_seconds(saved: dict) -> tuple[float, float]:
