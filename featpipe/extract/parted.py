@@ -54,7 +54,7 @@ from featpipe.extract.target import Action
 from featpipe.extract.target import plan as decide
 from featpipe.interrupt import Interrupted
 from featpipe.store import FeatureStore
-from featpipe.store.files import open_h5, unreadable_reason
+from featpipe.store.files import open_h5
 from featpipe.store.lock import StoreLock
 from featpipe.store.parts import (
     Part,
@@ -63,6 +63,8 @@ from featpipe.store.parts import (
     damaged_part,
     finish_parted,
     lost_datasets,
+    mapped_shapes,
+    open_failure,
     part_bounds,
     part_complete,
     parted_at,
@@ -256,22 +258,20 @@ def _refuse_damaged_parts(path: Path) -> None:
     advice (--overwrite) recomputes every part, and does nothing for a --shard task."""
     with open_h5(path) as f:
         check_renamed(path, f)  # before repair_missing lays out parts where none are read
-        parts, layers = parts_of(path, f.attrs), decode_attr("layers", f.attrs["layers"])
+        parts, shapes = parts_of(path, f.attrs), mapped_shapes(f)
     for part in parts:
         if not part.path.is_file():
             continue  # missing: recreated by repair_missing
         try:
             with open_h5(part.path) as p:
-                reason = lost_datasets(p, layers)  # e.g. deleted by hand: resuming fails on it
+                reason = lost_datasets(p, part, shapes)  # e.g. deleted by hand
                 if reason is None:
                     p[CHUNK_DONE][:]  # a file cut short can fail here
                     continue
         except StoreInUseError:
             continue  # another process is writing it
         except (OSError, FeaturePipeError) as exc:
-            # open_h5's reason, without its advice for a one-file store
-            cause = exc.__cause__ if isinstance(exc, FeaturePipeError) else exc
-            reason = unreadable_reason(cause) if isinstance(cause, OSError) else str(exc)
+            reason = open_failure(exc)
         raise damaged_part(part, path, reason)
 
 

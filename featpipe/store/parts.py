@@ -38,7 +38,7 @@ from featpipe.errors import (
     UnreadableStoreError,
 )
 from featpipe.store import schema
-from featpipe.store.files import open_h5
+from featpipe.store.files import open_h5, unreadable_reason
 from featpipe.store.lock import LOCK_SUFFIX, holder
 
 LAYOUT = "parts"  # the root attribute ``layout`` of a parted store (absent: one file)
@@ -252,16 +252,40 @@ def _map_parts(f: h5py.File, path: Path, parts, n: int, n_chunks: int, layers, d
     virtual(schema.CHUNK_RUN, (n_chunks,), np.float64, False, 0.0)
 
 
-def lost_datasets(p: h5py.File, layers: Sequence[str]) -> str | None:
-    """Why the open part file ``p`` is damaged: the datasets the top-level file maps from it
-    (:func:`_map_parts`) that it lacks, e.g. deleted by hand; None when it has them all. The
-    map reads a lost one as zeros, and a writer resuming the part fails on it."""
-    flags = [schema.SAMPLES_OK, schema.CHUNK_DONE, schema.CHUNK_SECONDS, schema.CHUNK_RUN]
-    names = [f"{schema.FEATURES}/{name}" for name in layers] + flags
-    gone = [name for name in names if name not in p]
-    if not gone:
-        return None
-    return f"it has no {', '.join(gone)} dataset{'s' * (len(gone) > 1)}, as every part file has"
+_CHUNK_FLAGS = (schema.CHUNK_DONE, schema.CHUNK_SECONDS, schema.CHUNK_RUN)  # one per chunk
+
+
+def mapped_shapes(f: h5py.File) -> dict[str, tuple[int, ...]]:
+    """The datasets the top-level file ``f`` maps from its parts (:func:`_map_parts`), each
+    with the shape of one of its rows (or chunks): what :func:`lost_datasets` checks."""
+    layers = schema.decode_attr("layers", f.attrs["layers"])
+    names = [f"{schema.FEATURES}/{name}" for name in layers] + [schema.SAMPLES_OK, *_CHUNK_FLAGS]
+    return {name: f[name].shape[1:] for name in names if name in f}
+
+
+def lost_datasets(p: h5py.File, part: Part, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """Why the open file ``p`` of part ``part`` is damaged: datasets the top-level file maps
+    from it (``shapes``, from :func:`mapped_shapes`) that it lacks, e.g. deleted by hand, or
+    holds in another shape (the map would read a slice of it, or fail); None when it has
+    them all. Reads shapes only, no data. A writer resuming the part fails on either."""
+    gone, wrong = [], []
+    for name, tail in shapes.items():
+        want = (part.stop_chunk - part.first_chunk if name in _CHUNK_FLAGS else part.rows, *tail)
+        if name not in p:
+            gone.append(name)
+        elif p[name].shape != want:
+            size = "x".join(map(str, p[name].shape))
+            wrong.append(f"its {name} is {size} where the store maps {'x'.join(map(str, want))}")
+    if gone:
+        return f"it has no {', '.join(gone)} dataset{'s' * (len(gone) > 1)}, as every part file has"
+    return "; ".join(wrong) or None
+
+
+def open_failure(exc: BaseException) -> str:
+    """Why a part file could not be opened or read (``exc``), in open_h5's words without its
+    advice for a one-file store (delete it or --overwrite: every part recomputed)."""
+    cause = exc.__cause__ if isinstance(exc, FeaturePipeError) else exc
+    return unreadable_reason(cause) if isinstance(cause, OSError) else str(exc)
 
 
 # -- checking ----------------------------------------------------------------------------------
@@ -292,26 +316,29 @@ def damaged_part(part: Part, path: Path, reason: str) -> UnreadableStoreError:
 
 def check_parts(path: Path, f: h5py.File, *, identity: bool) -> list[Part]:
     """The parts of the parted store ``f`` (its top-level file, at ``path``), each checked to
-    be where its map reads them, to exist (MissingPartError names the first missing ones) and
-    to hold every dataset the top-level file maps from it, and, with ``identity``, to be a
-    part of this store (same key, index and first row)."""
+    be where its map reads them, to exist (MissingPartError names the first missing ones), to
+    open and hold every dataset the top-level file maps from it in the shape it maps
+    (:func:`damaged_part` names one that does not) and, with ``identity``, to be a part of
+    this store (same key, index and first row)."""
     attrs = f.attrs
     parts = parts_of(path, attrs)
     check_renamed(path, f)
     missing = missing_parts(parts)
     if missing:
         raise MissingPartError(missing_message(path, missing, len(parts)))
-    layers = schema.decode_attr("layers", attrs["layers"])
+    shapes = mapped_shapes(f)
     for part in parts:
         try:
             with open_h5(part.path) as p:
                 if identity:
                     _check_identity(part, p.attrs, str(attrs.get("key", "")))
-                lost = lost_datasets(p, layers)
+                lost = lost_datasets(p, part, shapes)
         except StoreInUseError:
             if identity:
                 raise
             continue  # an incomplete store's part being written: its writer checks it
+        except (OSError, UnreadableStoreError) as exc:  # cut short, overwritten: that part
+            lost = open_failure(exc)
         if lost:
             raise damaged_part(part, path, lost)
     return parts
