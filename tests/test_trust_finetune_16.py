@@ -4,6 +4,8 @@ images of a class)."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,21 @@ def test_a_run_dir_beside_the_image_folder_trains(tmp_path):
     run = Path(tmp_path / "imgs-runs" / "a")  # a sibling whose name starts like the folder's
     assert cli_main(["finetune", "--data", str(images), *ARGS, "--run-dir", str(run)]) == 0
     assert (run / "last.pt").exists()
+
+
+@pytest.mark.filterwarnings("ignore:The fine-tune chose epoch")
+def test_a_resume_over_changed_images_says_what_the_fingerprint_covers(tmp_path):
+    # Before: "source: checkpoint '85616bc0...', now 'f1316a6d...'": two 64-digit hashes, the
+    # same for a folder copied without its files' times as for new images.
+    images = make_image_folder(tmp_path / "imgs", per_class=4, splits=("train", "test"))
+    fit = dict(epochs=1, batch_size=4, val_fraction=0.3, run_dir=tmp_path / "run")
+    tuner(**fit).fit(open_source(images))
+    touched = images / "train" / "cat" / "000.jpg"
+    os.utime(touched, (touched.stat().st_atime, touched.stat().st_mtime + 5))
+    with pytest.raises(ConfigError) as caught:
+        tuner(**fit).fit(open_source(images))
+    said = str(caught.value)
+    assert "source: its images are not the checkpoint's (files added, removed or renamed" in said
+    assert "another size or modification time, as a copy that did not keep the times" in said
+    assert re.search(r"fingerprint [0-9a-f]{12}, now [0-9a-f]{12}\)", said)
+    assert "resume=False (CLI: --no-resume)" in said

@@ -171,6 +171,15 @@ def _difference(key: str, saved, current) -> str:
     if isinstance(saved, dict) and isinstance(current, dict):
         fields = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         return f"{key} differs in {', '.join(fields)}"
+    if key == "source" and isinstance(saved, str) and isinstance(current, str):
+        # Two bare hashes would not say what changed: a copy that reset the files' times reads
+        # the same as new images.
+        return (
+            "source: its images are not the checkpoint's (files added, removed or renamed, other "
+            "labels or splits, or a changed file: another size or modification time, as a copy "
+            "that did not keep the times gives, or other contents where they are hashed; "
+            f"fingerprint {saved[:12]}, now {current[:12]})"
+        )
     return f"{key}: checkpoint {saved!r}, now {current!r}"
 
 
