@@ -74,20 +74,20 @@ from featpipe.pipeline.schema import build, first_repeat, json_schema, option, t
 
 # Split fractions a pipeline uses where the source lacks the split and the file sets none.
 DEFAULT_FRACTIONS = {"val_fraction": 0.1, "test_fraction": 0.2}
-# FineTuner parameters a pipeline does not set in [finetune]: each job's backbone, mode and
-# seed, the top-level device, the runner's run folder and logging, and the source's split.
-SET_BY_RUNNER = (
-    "backbone",
-    "mode",
-    "seed",
-    "device",
-    "run_dir",
-    "resume",
-    "callbacks",
-    "verbose",
-    "val_fraction",
-    "decode",  # features.decode: one decode for extraction and fine-tuning
-)
+# FineTuner parameters a pipeline does not set in [finetune], each with what to do instead:
+# a user who writes one in [finetune] is told where it goes, not "unknown key".
+SET_BY_RUNNER = {
+    "backbone": "list backbones in finetune.backbones",
+    "mode": "list modes in finetune.modes",
+    "seed": "list seeds in the top-level seeds (each fine-tune runs once per seed)",
+    "device": "set the top-level device",
+    "run_dir": "set out, the run folder (each fine-tune gets its own folder in it)",
+    "resume": "remove it: featpipe run always resumes where it stopped",
+    "callbacks": "remove it: featpipe run logs each fine-tune itself",
+    "verbose": "remove it: featpipe run --quiet turns progress bars off",
+    "val_fraction": "set source.val_fraction (one val split for every method)",
+    "decode": "set features.decode (one decode for extraction and fine-tuning)",
+}
 
 
 def _head_names() -> list[str]:
@@ -496,11 +496,23 @@ def config_from_dict(
     raw = copy.deepcopy(raw)
     for text in overrides:
         _apply(raw, *parse_override(text))
+    _refuse_runner_keys(raw.get("finetune"))
     if data is not None:
         _apply(raw, ["source", "data"], str(data))
     if out is not None:
         _apply(raw, ["out"], str(out))
     return _complete(build(PipelineConfig, raw), default_name)
+
+
+def _refuse_runner_keys(table: Any) -> None:
+    """A FineTuner setting the run sets itself, written in [finetune], is refused saying where
+    it goes (else 'Unknown key', or a did-you-mean of another key: 'decode' -> 'modes')."""
+    for name in table if isinstance(table, dict) else ():
+        if name in SET_BY_RUNNER:
+            raise ConfigError(
+                f"finetune.{name} is set by featpipe run for each fine-tune, not in "
+                f"[finetune]: {SET_BY_RUNNER[name]}."
+            )
 
 
 def _complete(config: PipelineConfig, default_name: str) -> PipelineConfig:
