@@ -9,6 +9,7 @@ import pytest
 from extract_child import NoiseSource
 from test_cli_cache import _parted
 
+from featpipe.cli import main
 from featpipe.errors import UnreadableStoreError
 from featpipe.extract import extract
 from featpipe.store import FeatureStore
@@ -67,3 +68,15 @@ def test_a_sound_parted_store_still_reads_its_rows(tmp_path):
     partial, _ = _parted(tmp_path / "partial")
     X, _ = FeatureStore(partial).arrays("pooled", allow_incomplete=True)
     assert X.shape == (16, 32)
+
+
+def test_cache_list_names_the_damaged_part_of_a_parted_store(tmp_path, capsys):
+    """A complete parted store with one part cut short was listed as a bare 'unreadable',
+    which prune --incomplete deletes whole: the listing names the part whose deletion alone
+    (then a rerun) mends the store and keeps the other parts' rows."""
+    store, parts = _complete(tmp_path)
+    data = parts[0].read_bytes()
+    parts[0].write_bytes(data[: len(data) // 2])
+    assert main(["cache", "list", str(tmp_path)]) == 0
+    (line,) = [s for s in capsys.readouterr().out.splitlines() if s.endswith(store.name)]
+    assert line.startswith(f"unreadable ({parts[0].name} damaged)")

@@ -170,9 +170,11 @@ def _describe(path: Path) -> CacheEntry:
     except StoreInUseError:  # open for writing, by this lock's holder or another program
         entry.state = entry.state if owner is not None else "in use"
         return entry
-    except (UnreadableStoreError, OSError):
+    except (UnreadableStoreError, OSError) as exc:
         if _foreign(path):
             entry.state = NOT_A_STORE
+        elif (part := getattr(exc, "part", None)) is not None:  # the other parts are sound
+            entry.state = f"unreadable ({part.path.name} damaged)"
         return entry
     except MissingPartError:
         entry.state = _missing_state(path)

@@ -307,11 +307,13 @@ def missing_message(path: Path, missing: Sequence[Part], n_parts: int) -> str:
 def damaged_part(part: Part, path: Path, reason: str) -> UnreadableStoreError:
     """The error for part ``part`` of the parted store at ``path`` being damaged (``reason``),
     with its fix: redoing that part alone, not the whole store."""
-    return UnreadableStoreError(
+    error = UnreadableStoreError(
         f"{part.path}, part {part.index} of the parted store {path}, is damaged ({reason}), so "
         "its rows would read as zeros. Delete that file and run the same extraction again: "
         "only its rows are recomputed."
     )
+    error.part = part  # featpipe cache list names it: deleting it alone keeps the other parts
+    return error
 
 
 def check_parts(path: Path, f: h5py.File, *, identity: bool) -> list[Part]:
