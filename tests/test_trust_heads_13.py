@@ -1,12 +1,15 @@
-"""Heads: few-shot's tied-vote warning for a whole float n_neighbors, and more."""
+"""Heads: few-shot's tied-vote warning for a whole float n_neighbors, and selection's ties
+going to the same candidate whatever order the grid lists them in."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
 from test_trust_heads_10 import _rows
 
-from featpipe.heads import KNNProbe, few_shot
+from featpipe.heads import KNNProbe, few_shot, select_and_fit
 
 
 @pytest.mark.parametrize("n_neighbors", [5.0, np.float64(5)])
@@ -15,3 +18,15 @@ def test_few_shot_warns_of_tied_votes_for_a_whole_float_n_neighbors(n_neighbors)
     data = {"train": _rows([10] * 3, 1), "test": _rows([10] * 3, 2)}
     with pytest.warns(UserWarning, match="every vote ties"):
         few_shot(KNNProbe(n_neighbors), data, k=1, draws=2)
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["increasing", "decreasing"])
+def test_a_tie_goes_to_the_same_c_whatever_order_the_grid_lists_it_in(order):
+    # Val rows of one class: every C scores 100 %, and C=10 of the grid [10, 0.01] was chosen
+    # where [0.01, 10] chose 0.01, so a config's list order changed the test accuracy.
+    data = {"train": _rows([8, 6, 4], 1), "val": _rows([2], 2), "test": _rows([3] * 3, 3)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the val rows cannot tell the candidates apart
+        result = select_and_fit("logreg", data, grid={"C": [0.01, 10.0][::order]}, device="cpu")
+    assert result.params == {"C": 0.01}
+    assert [p["C"] for p, _ in result.curve] == [0.01, 10.0]

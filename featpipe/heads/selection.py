@@ -150,7 +150,8 @@ def select_and_fit(
     ``estimator`` is a head name (``logreg``, ``linear_svm``, ``rbf_svm``, ``mlp``, ``knn``, ...:
     ``list_heads()``) or any scikit-learn classifier; ``source`` a FeatureStore or
     ``{"train": (X, y), ...}``; ``grid`` a parameter grid (default: the head's own, e.g. 45 C
-    values for ``logreg``). Ties go to the first candidate in grid order. Heads that stream
+    values for ``logreg``). Ties go to the candidate of the smallest values (e.g. logreg's
+    smallest C), whatever order the grid lists them in. Heads that stream
     (``streams_store``: ``logreg_stream``, ``knn_faiss``) read a FeatureStore chunk by chunk,
     never a whole split, and choose on its val split (one is required).
 
@@ -171,7 +172,7 @@ def select_and_fit(
         if head_name(head) is None:
             raise ConfigError(f"{type(head).__name__} has no default grid; pass grid=.")
         grid = default_grid(head_name(head))
-    candidates = list(ParameterGrid(grid))
+    candidates = list(ParameterGrid(_in_increasing_order(grid)))
     if not candidates:
         raise ConfigError(f"The grid {grid!r} has no candidates.")
     if getattr(head, "streams_store", False) and _is_store(source):
@@ -209,6 +210,25 @@ def select_and_fit(
     if data.has("test"):  # only now, after the refit, is the test split read
         _test(result, [data.get("test")], data.ids("test"), data.classes)
     return result
+
+
+def _in_increasing_order(grid: dict | list[dict]) -> dict | list[dict]:
+    """``grid`` with each parameter's values in increasing order where they compare, so that
+    a tie goes to the same candidate, the first, whatever order the grid lists them in
+    (logreg chose C=10 of [10, 0.1] and C=0.1 of [0.1, 10] at the same val accuracy). Values
+    that do not compare (None and numbers) keep their order; ParameterGrid refuses a bad grid."""
+
+    def ordered(values):
+        try:
+            return sorted(values) if isinstance(values, (list, tuple, np.ndarray)) else values
+        except TypeError:
+            return values
+
+    if isinstance(grid, dict):
+        return {name: ordered(values) for name, values in grid.items()}
+    if isinstance(grid, list):
+        return [_in_increasing_order(g) if isinstance(g, dict) else g for g in grid]
+    return grid
 
 
 def _as_fitted(head: BaseEstimator, candidates: list[dict], n_samples: int) -> list[dict]:
@@ -308,7 +328,7 @@ def _warn_if_no_better_than_one_class(
         f"{result.head} chose {plain(result.params)} at {100 * result.val_accuracy:.1f} % "
         f"{rows}, no better than predicting class {common!r} for every row "
         f"({100 * share:.1f} %): these rows cannot tell the candidates apart from a head "
-        "that ignores the features, and ties go to the first candidate in grid order (for "
+        "that ignores the features, and ties go to the candidate of the smallest values (for "
         f"logreg the smallest C). {fix}",
         UserWarning,
         stacklevel=stacklevel,  # select_and_fit's caller
