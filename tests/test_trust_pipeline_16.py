@@ -3,6 +3,7 @@ itself, written in [finetune], says where it goes."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 
 import pytest
@@ -36,3 +37,24 @@ def test_a_setting_the_run_sets_itself_in_finetune_says_where_it_goes(key, value
         with pytest.raises(ConfigError, match=f"finetune.{key} is set by featpipe run") as info:
             config_from_dict(given, [] if given is raw else [f"finetune.{key}={value}"])
         assert said in str(info.value) and "Unknown key" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, fix",
+    [
+        ("name=2024", 'name must be string; got int 2024. Write it in quotes: "2024".'),
+        ("source.data=2024-01-01T10:00:00", 'Write it in quotes: "2024-01-01T10:00:00".'),
+        ('features.layers=["pooled", 5]', "features.layers[1] must be string; got 5. Write it "),
+    ],
+)
+def test_a_name_that_toml_reads_as_a_number_or_date_is_told_to_be_quoted(override, fix):
+    # Before: "name must be string; got int 2024." and no fix: --set reads its value as TOML,
+    # so a run, folder or layer named by digits or a date needs quotes, which nothing said.
+    with pytest.raises(ConfigError, match=re.escape(fix)):
+        config_from_dict(RAW, [override])
+
+
+def test_a_key_with_choices_is_not_told_to_quote_a_number():
+    # "16" in quotes is no dtype either: no fix is better than a wrong one.
+    with pytest.raises(ConfigError, match=r"features.dtype must be string; got int 16\.$"):
+        config_from_dict(RAW, ["features.dtype=16"])

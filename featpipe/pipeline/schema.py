@@ -10,6 +10,7 @@ ConfigError with the key path, what was received, what is valid and a close matc
 
 from __future__ import annotations
 
+import datetime
 import json
 import tomllib
 import types
@@ -23,6 +24,8 @@ from featpipe.errors import ConfigError, did_you_mean
 Check = Callable[[Any, str], None]
 _NAMES = {int: "integer", float: "float", str: "string", bool: "boolean", dict: "table"}
 _JSON = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object"}
+# TOML values other than strings that a string key may be given by mistake (dates, times too)
+_SCALARS = (int, float, datetime.date, datetime.time)
 
 
 def option(
@@ -63,14 +66,16 @@ def build(cls: type, table: dict, prefix: str = "") -> Any:
                 raise ConfigError(f"{where} must be a table ([{where}]); got {sub!r}.")
             values[f.name] = build(hint, sub, f"{where}.")
         elif f.name in table:
-            values[f.name] = _value(table[f.name], hint, where)
+            # a key with choices: quoting a number would not make it one of them
+            quote = f.metadata.get("choices") is None
+            values[f.name] = _value(table[f.name], hint, where, quote=quote)
             _check(values[f.name], f.metadata, where)
         elif f.default is MISSING and f.default_factory is MISSING:
             raise ConfigError(f"Missing required key {where!r}; add it to the file.")
     return cls(**values)
 
 
-def _value(value: Any, hint: Any, where: str) -> Any:
+def _value(value: Any, hint: Any, where: str, *, quote: bool = True) -> Any:
     """``value`` if it has type ``hint`` (arrays become tuples), else a ConfigError. None only
     for ``X | None`` keys: TOML has none, but ``to_json`` (config.json) writes their None."""
     if value is None and type(None) in typing.get_args(hint):
@@ -81,21 +86,28 @@ def _value(value: Any, hint: Any, where: str) -> Any:
             if not _is(element, item):
                 raise ConfigError(
                     f"{where}[{i}] must be {_type_name(item)}; got {element!r}."
-                    f"{_fix(element, item, where)}"
+                    f"{_fix(element, item, where, quote)}"
                 )
         return tuple(value)
     if not _is(value, hint):
         raise ConfigError(
             f"{where} must be {_type_name(hint)}; got {type(value).__name__} {value!r}."
-            f"{_fix(value, hint, where)}"
+            f"{_fix(value, hint, where, quote)}"
         )
     return value
 
 
-def _fix(value: Any, hint: Any, where: str) -> str:
+def _fix(value: Any, hint: Any, where: str, quote: bool = True) -> str:
     """How to write ``value`` as type ``hint``, where there is a plain way: a number or
-    boolean without quotes (``lr = "0.1"``), one value or ``--set seeds=0,1`` as an array."""
+    boolean without quotes (``lr = "0.1"``), a name that TOML read as a number, boolean or
+    date in quotes (``--set name=2024``; not where ``quote`` is False: a key with choices),
+    one value or ``--set seeds=0,1`` as an array."""
     item = _array_item(hint)
+    if quote and item is None and str in _options(hint) and isinstance(value, _SCALARS):
+        # --set name=2024 reads 2024 as TOML, an integer: a name or folder that looks like
+        # a number, a boolean or a date needs its quotes.
+        text = str(value).lower() if isinstance(value, bool) else _iso(value)
+        return f" Write it in quotes: {json.dumps(text)}."
     if item is None:
         parsed = toml_value(value) if isinstance(value, str) else None
         if parsed is None or not _is(parsed, hint):
@@ -109,6 +121,11 @@ def _fix(value: Any, hint: Any, where: str) -> str:
     if not all(v is not None and v != "" and _is(v, item) for v in values):
         return ""
     return f" Write an array: {where} = {json.dumps(values)}."
+
+
+def _iso(value: Any) -> str:
+    """A TOML date or time as TOML writes it (str() puts a space for its 'T')."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def first_repeat(keys: Iterable) -> tuple[int, int] | None:
