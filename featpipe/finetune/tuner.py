@@ -845,7 +845,7 @@ def check_run_dir_outside(source: ImageSource, run_dir: str | Path | None) -> No
     root, folder = source.root.resolve(), Path(run_dir).resolve()
     if folder == root or root in folder.parents:
         raise ConfigError(
-            f"The run folder {run_dir} is inside the image folder {source.root} that the "
+            f"The run folder {run_dir} is inside the image folder {root} that the "
             "fine-tune reads: a later scan of that folder (the resume, an extraction) would "
             "take the run folder for a class folder, or its report's plots/*.png for images. "
             "Use a run_dir outside the image folder (CLI: --run-dir)."
