@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 
 import numpy as np
@@ -52,3 +53,29 @@ def test_predict_on_a_folder_leaves_out_hidden_files_as_an_image_folder_does(hea
     shutil.copy(root / "b" / "0.png", root / "b" / ".ipynb_checkpoints" / "0.png")
     ids = _predict([str(path), str(root)], capsys)
     assert ids == [str(root / c / f"{i}.png") for c in "ab" for i in range(3)]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_predict_out_in_a_new_folder_is_written_there(head, tmp_path, capsys):
+    """--out preds/p.csv in a folder not made yet failed with a FileNotFoundError traceback,
+    after every image was embedded."""
+    root, path = head
+    out = tmp_path / "preds" / "p.csv"
+    assert main(["predict", str(path), str(root), "--out", str(out), "--device", "cpu"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["id"] for r in rows] == [str(root / c / f"{i}.png") for c in "ab" for i in range(3)]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_predict_out_ending_in_json_writes_json(head, tmp_path, capsys):
+    """--out p.json got CSV text under a .json name, which json.load refuses."""
+    root, path = head
+    out = tmp_path / "p.json"
+    assert main(["predict", str(path), str(root), "--out", str(out), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(path), str(root), "--device", "cpu"]) == 0
+    on_csv = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    records = json.loads(out.read_text())
+    assert [r["id"] for r in records] == [r["id"] for r in on_csv]
+    assert [r["predicted_class"] for r in records] == [r["predicted_class"] for r in on_csv]
+    assert [f"{r['probability']:.6f}" for r in records] == [r["probability"] for r in on_csv]

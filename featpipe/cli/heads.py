@@ -146,7 +146,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto, cpu, cuda or cuda:N (images only; default: %(default)s)",
     )
-    q.add_argument("--out", type=Path, help="CSV file to write (default: standard output)")
+    q.add_argument(
+        "--out",
+        type=Path,
+        help="file to write: JSON where it ends in .json, else CSV (default: CSV on standard "
+        "output)",
+    )
     q.set_defaults(func=run_predict)
 
 
@@ -415,18 +420,40 @@ def run_predict(args: argparse.Namespace) -> int:
     pred = head.predict(X)
     proba = head.predict_proba(X).max(axis=1) if hasattr(head, "predict_proba") else None
     names = sidecar.get("classes") or []
-    out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
-    try:
-        writer = csv.writer(out)
-        writer.writerow(["id", "predicted_class", "probability"])
-        for i, (sid, label) in enumerate(zip(ids, pred, strict=True)):
-            name = names[int(label)] if isinstance(label, (int, np.integer)) and names else label
-            writer.writerow([sid, name, "" if proba is None else f"{proba[i]:.6f}"])
-    finally:
-        if args.out:
-            out.close()
-            print(f"wrote {len(ids)} predictions to {args.out}", file=sys.stderr)
+    rows = []
+    for i, (sid, label) in enumerate(zip(ids, pred, strict=True)):
+        name = names[int(label)] if isinstance(label, (int, np.integer)) and names else label
+        name = name.item() if isinstance(name, np.generic) else name  # JSON's int, not "3"
+        rows.append([sid, name, None if proba is None else round(float(proba[i]), 6)])
+    if not args.out:
+        _write_csv(sys.stdout, rows)
+        return 0
+    from featpipe.atomic import replace_with
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    replace_with(args.out, lambda tmp: _write_rows(tmp, rows))
+    print(f"wrote {len(ids)} predictions to {args.out}", file=sys.stderr)
     return 0
+
+
+PREDICTION_FIELDS = ["id", "predicted_class", "probability"]
+
+
+def _write_rows(path: Path, rows: list[list]) -> None:
+    """``rows`` as a JSON list of objects where ``path`` ends in .json, else as CSV."""
+    if path.suffix.lower() == ".json":
+        records = [dict(zip(PREDICTION_FIELDS, row, strict=True)) for row in rows]
+        path.write_text(json.dumps(records, indent=1, default=str) + "\n")
+        return
+    with open(path, "w", newline="") as out:
+        _write_csv(out, rows)
+
+
+def _write_csv(out, rows: list[list]) -> None:
+    writer = csv.writer(out)
+    writer.writerow(PREDICTION_FIELDS)
+    for sid, name, prob in rows:
+        writer.writerow([sid, name, "" if prob is None else f"{prob:.6f}"])
 
 
 def _check_head_path(path: Path) -> None:
