@@ -309,8 +309,8 @@ def damaged_part(part: Part, path: Path, reason: str) -> UnreadableStoreError:
     with its fix: redoing that part alone, not the whole store."""
     error = UnreadableStoreError(
         f"{part.path}, part {part.index} of the parted store {path}, is damaged ({reason}), so "
-        "its rows would read as zeros. Delete that file and run the same extraction again: "
-        "only its rows are recomputed."
+        "its rows cannot be read through the store. Delete that file and run the same "
+        "extraction again: only its rows are recomputed."
     )
     error.part = part  # featpipe cache list names it: deleting it alone keeps the other parts
     return error
