@@ -158,7 +158,9 @@ class Backbone:
         try:
             with torch.inference_mode():
                 self.model.eval()
-                self.model(torch.zeros(1, 3, size, size, device=_device_of(self.model)))
+                self.model(_blank(self.model, 1, size))
+        except torch.OutOfMemoryError:  # a RuntimeError, but not the size's fault
+            raise
         except (RuntimeError, AssertionError, ValueError) as exc:
             cause = " ".join(str(exc).split())[:300].rstrip(".")  # no '.).' once in brackets
             raise ConfigError(
@@ -371,8 +373,7 @@ class Backbone:
         try:
             size = self.preprocessing.crop
             # random pixels: maps of zeros can sum to 1 along a row (sigmoid(0) × 2 columns)
-            g = torch.Generator().manual_seed(0)
-            x = torch.randn(1, 3, size, size, generator=g).to(_device_of(self.model))
+            x = _blank(self.model, 1, size, random=True)
             with torch.inference_mode():
                 logits = self.model(x)
             shapes[LOGITS] = tuple(logits.shape[1:])
@@ -422,8 +423,7 @@ def first_outputs(
     try:
         with torch.inference_mode():
             model.eval()
-            x = torch.zeros(batch, 3, size, size, device=_device_of(model))
-            result = (forward or model)(x)
+            result = (forward or model)(_blank(model, batch, size))
     finally:
         model.train(training)
         for h in handles:
@@ -497,9 +497,16 @@ def _sizes_near(model: nn.Module, size: int) -> str:
     return f", e.g. {' or '.join(near)} ({what} of its patch size {patch})"
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+def _blank(model: nn.Module, n: int, size: int, random: bool = False) -> torch.Tensor:
+    """``n`` zero images (``random``: pixels drawn with seed 0) of ``size``×``size`` for a probe
+    pass, on the device and in the dtype of the model's first floating-point parameter: float32
+    into float64 or bfloat16 weights fails as if the size were wrong."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device, dtype = (p.device, p.dtype) if p is not None else ("cpu", torch.float32)
+    shape = (n, 3, size, size)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g) if random else torch.zeros(shape)
+    return x.to(device, dtype)
 
 
 class FeatureModel(nn.Module):
