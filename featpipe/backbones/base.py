@@ -100,7 +100,11 @@ class Backbone:
     # Not in the identity: 'avg' of tokens was refused before it was offered, so no store
     # holds it under another meaning.
     patch_start: int | None = None
-    # patch_only_layers() once found; replace() (another image size) finds them again.
+    # Found once per image size (replace(), as at_size's, finds them again): the token
+    # outputs of one probe pass, and the patch_only_layers() and full_token_layers() read off it.
+    _tokens: list[tuple[str, int, int]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
     _patch_only: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
     _full_tokens: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
     # The one input size the model takes, where it says so otherwise than by ``image_size``
@@ -293,7 +297,7 @@ class Backbone:
         if self._patch_only is None:
             found = ()
             if not self.class_token_stage and has_class_token(self.model):
-                found = _tokens_before_longest(self.model, self.preprocessing.crop)
+                found = _tokens_before_longest(self._probed_tokens())
             self._patch_only = frozenset(found)
         return self._patch_only
 
@@ -333,10 +337,17 @@ class Backbone:
         """The token layers whose outputs have as many tokens as the longest in one forward
         pass (the class and register tokens, then the patches): found once per image size."""
         if self._full_tokens is None:
-            tokens = _token_outputs(self.model, self.preprocessing.crop)
+            tokens = self._probed_tokens()
             longest = max((t for _, t, _ in tokens), default=0)
             self._full_tokens = frozenset(n for n, t, _ in tokens if t == longest)
         return self._full_tokens
+
+    def _probed_tokens(self) -> list[tuple[str, int, int]]:
+        """:func:`_token_outputs` at this backbone's size, probed once (``:avg`` reads both
+        :meth:`full_token_layers` and :meth:`patch_only_layers` off it)."""
+        if self._tokens is None:
+            self._tokens = _token_outputs(self.model, self.preprocessing.crop)
+        return self._tokens
 
     def describe_layers(self) -> list[tuple[str, tuple[int, ...]]]:
         """(name, output shape for one image) for every module that runs once in a dummy
@@ -442,12 +453,11 @@ def _token_outputs(model: nn.Module, size: int) -> list[tuple[str, int, int]]:
     ]
 
 
-def _tokens_before_longest(model: nn.Module, size: int) -> list[str]:
-    """The modules whose B×T×C outputs, in a forward pass at ``size``, have fewer tokens than
-    the longest ones and finish before the first module giving those; and those followed by
-    a module giving T + 1 tokens of the same width: a class token joins each branch or stage
+def _tokens_before_longest(tokens: list[tuple[str, int, int]]) -> list[str]:
+    """The modules whose B×T×C outputs (``tokens``: :func:`_token_outputs`) have fewer tokens
+    than the longest ones and finish before the first module giving those; and those followed
+    by a module giving T + 1 tokens of the same width: a class token joins each branch or stage
     (CrossViT's second patch embedding, CoaT's later ones)."""
-    tokens = _token_outputs(model, size)
     longest = max((t for _, t, _ in tokens), default=0)
     first = next((i for i, (_, t, _) in enumerate(tokens) if t == longest), 0)
     return [
