@@ -116,7 +116,7 @@ class Backbone:
 
     def __post_init__(self) -> None:
         self.stages = as_stages(self.stages)
-        self.model.eval()
+        self.model.eval()  # for probes and extraction; again in every replace() (at_size)
         if not self.state_sha256:  # replace() carries it over: hashed once per loaded model
             self.state_sha256 = state_dict_sha256(self.model)
         if not self.weights_sha256:
@@ -158,10 +158,9 @@ class Backbone:
         tried = _RUNS_AT.setdefault(self.model, set())
         if size in tried:
             return
-        training = self.model.training  # a fine-tuned model may be training
         try:
+            # No train flag to restore: at_size's replace() has just put the model in eval.
             with torch.inference_mode():
-                self.model.eval()
                 self.model(_blank(self.model, 1, size))
         except torch.OutOfMemoryError:  # a RuntimeError, but not the size's fault
             raise
@@ -172,8 +171,6 @@ class Backbone:
                 f"image size{_sizes_near(self.model, size)}, or omit it to use the size its "
                 "weights were trained at."
             ) from exc
-        finally:
-            self.model.train(training)
         tried.add(size)
 
     def identity(self) -> dict:
