@@ -79,3 +79,22 @@ def test_predict_out_ending_in_json_writes_json(head, tmp_path, capsys):
     assert [r["id"] for r in records] == [r["id"] for r in on_csv]
     assert [r["predicted_class"] for r in records] == [r["predicted_class"] for r in on_csv]
     assert [f"{r['probability']:.6f}" for r in records] == [r["probability"] for r in on_csv]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_predict_on_images_refuses_split_which_only_a_store_has(head, capsys):
+    """--split test on images was ignored: every image was predicted, exit 0."""
+    root, path = head
+    assert main(["predict", str(path), str(root), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "--split test selects rows of a feature store; images have no split" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_predict_names_the_batch_size_option_it_refuses(head, capsys):
+    """--batch-size 0 said 'batch_size must be >= 1', the Embedder's parameter name."""
+    root, path = head
+    with pytest.raises(SystemExit):
+        main(["predict", str(path), str(root), "--batch-size", "0"])
+    assert "--batch-size: must be a positive integer; got 0" in capsys.readouterr().err

@@ -139,7 +139,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with a store: predict only this split (default: all rows)",
     )
     q.add_argument(
-        "--batch-size", type=int, default=32, help="images per forward pass (default: 32)"
+        "--batch-size",
+        type=positive_int,
+        default=32,
+        help="images per forward pass (default: 32)",
     )
     q.add_argument(
         "--device",
@@ -414,6 +417,11 @@ def run_predict(args: argparse.Namespace) -> int:
         X, _ = store.arrays(layer, args.split)
         ids = store.ids(args.split)
     else:
+        if args.split:  # it was ignored: every image was predicted
+            raise ConfigError(
+                f"--split {args.split} selects rows of a feature store; images have no split. "
+                "Leave --split out, or give the store."
+            )
         files = _image_files(args.inputs)
         X = _embed(files, sidecar, args)
         ids = [str(f) for f in files]
