@@ -1,5 +1,6 @@
 """Heads: few-shot's tied-vote warning for a whole float n_neighbors, and selection's ties
-going to the same candidate whatever order the grid lists them in."""
+going to the same candidate whatever order the grid lists them in, and arrays of the wrong
+shapes refused in one line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from test_trust_heads_10 import _rows
 
+from featpipe.errors import ConfigError
 from featpipe.heads import KNNProbe, few_shot, select_and_fit
 
 
@@ -30,3 +32,22 @@ def test_a_tie_goes_to_the_same_c_whatever_order_the_grid_lists_it_in(order):
         result = select_and_fit("logreg", data, grid={"C": [0.01, 10.0][::order]}, device="cpu")
     assert result.params == {"C": 0.01}
     assert [p["C"] for p, _ in result.curve] == [0.01, 10.0]
+
+
+def _wrong_shapes(case: str) -> dict:
+    X, y = _rows([6, 6], 1)
+    if case == "fewer val labels than rows":
+        return {"train": (X, y), "val": (X[:6], y[:5])}
+    if case == "labels as a column":
+        return {"train": (X, y[:, None])}
+    return {"train": (X, y), "val": (X[:6, :5], y[:6])}  # another width
+
+
+@pytest.mark.parametrize(
+    "case", ["fewer val labels than rows", "labels as a column", "another width"]
+)
+def test_arrays_of_the_wrong_shapes_are_refused_in_one_line(case):
+    # logreg failed deep inside: torch's 'size of tensor a (6) must match ... b (5)', and
+    # 'unhashable type: list' for y of shape (n, 1).
+    with pytest.raises(ConfigError, match=r"arrays are X of shape .* a head needs X \(n, 32\)"):
+        select_and_fit("logreg", _wrong_shapes(case), grid={"C": [1.0]}, device="cpu")

@@ -100,9 +100,24 @@ class FeatureSplits:
             blocks = [self.source.arrays(part, split) for part in parts]
             return concatenated([X for X, _ in blocks], self._stats), blocks[0][1]
         X, y = self.source[split]
-        X = np.asarray(X, dtype=np.float32)
+        X, y = np.asarray(X, dtype=np.float32), np.asarray(y)
+        self._check_shapes(split, X, y)
         check_finite(X, split)  # a store's reads check their own
-        return X, np.asarray(y)
+        return X, y
+
+    def _check_shapes(self, split: str, X: np.ndarray, y: np.ndarray) -> None:
+        """Refuse a split's arrays that are not X (n, D) and y (n,), D that of train: the heads
+        failed on them deep inside (torch's 'size of tensor a (6) must match ... b (5)' for
+        fewer val labels than rows, 'unhashable type: list' for y of shape (n, 1))."""
+        width = np.shape(self.source["train"][0])[1:] if split != "train" else X.shape[1:]
+        if X.ndim == 2 and y.ndim == 1 and len(X) == len(y) and X.shape[1:] == width:
+            return
+        want = f"(n, {width[0]})" if X.ndim == 2 and len(width) == 1 else "(n, D)"
+        raise ConfigError(
+            f"The {split!r} arrays are X of shape {X.shape} and y of shape {y.shape}; a head "
+            f"needs X {want}, the train split's width, and y (n,), one label per row. "
+            "Reshape them (X.reshape(len(X), -1), y.ravel())."
+        )
 
     def ids(self, split: str) -> list[str] | None:
         return list(self.source.ids(split)) if self.is_store else None
