@@ -98,3 +98,29 @@ def test_predict_names_the_batch_size_option_it_refuses(head, capsys):
     with pytest.raises(SystemExit):
         main(["predict", str(path), str(root), "--batch-size", "0"])
     assert "--batch-size: must be a positive integer; got 0" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:Loading")
+def test_predict_on_error_skip_leaves_out_what_a_skip_store_left_out(tmp_path, capsys):
+    """A store extracted with --on-error skip leaves an unreadable image out; predict on the
+    same images failed on it, with no way to predict the rest."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "img"
+    for c in "ab":
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), np.uint8)).save(root / c / f"{i}.png")
+    (root / "a" / "1.png").write_bytes(b"not a png")
+    store = extract(str(root), "toy", ["pooled"], out=tmp_path / "s.h5", on_error="skip", **QUIET)
+    X, y = store.arrays("pooled")
+    path = tmp_path / "head.joblib"
+    save_head(LogisticRegression(C=100).fit(X, y), path, store=store, layer="pooled")
+    capsys.readouterr()
+    assert main(["predict", str(path), str(store.path)]) == 0
+    on_store = capsys.readouterr().out.splitlines()
+    with pytest.warns(UserWarning, match=r"--on-error skip left out 1 of 6 images .*a/1\.png"):
+        assert (
+            main(["predict", str(path), str(root), "--on-error", "skip", "--batch-size", "4"]) == 0
+        )
+    on_images = capsys.readouterr().out.replace(f"{root}/", "").splitlines()
+    assert on_images == on_store and len(on_store) == 6  # header and 5 rows

@@ -150,6 +150,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="auto, cpu, cuda or cuda:N (images only; default: %(default)s)",
     )
     q.add_argument(
+        "--on-error",
+        choices=["fail", "skip"],
+        default="fail",
+        help="an image that cannot be read, or whose features are NaN or infinite: stop with "
+        "its name (fail, the default), or leave it out of the predictions with a warning "
+        "naming it (skip), as a store extracted with --on-error skip leaves it out",
+    )
+    q.add_argument(
         "--out",
         type=Path,
         help="file to write: JSON where it ends in .json, else CSV (default: CSV on standard "
@@ -423,7 +431,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 "Leave --split out, or give the store."
             )
         files = _image_files(args.inputs)
-        X = _embed(files, sidecar, args)
+        X, files = _embed(files, sidecar, args)
         ids = [str(f) for f in files]
     pred = head.predict(X)
     proba = head.predict_proba(X).max(axis=1) if hasattr(head, "predict_proba") else None
@@ -492,9 +500,12 @@ def _require_split(store, split: str) -> None:
         )
 
 
-def _embed(files: list[Path], sidecar: dict, args: argparse.Namespace) -> np.ndarray:
-    """The head's features of ``files``, as its store holds them: the same backbone, weights,
-    preprocessing and layer, rounded to the store's dtype."""
+def _embed(
+    files: list[Path], sidecar: dict, args: argparse.Namespace
+) -> tuple[np.ndarray, list[Path]]:
+    """(the head's features of ``files``, the files they are of): as its store holds them,
+    the same backbone, weights, preprocessing and layer, rounded to the store's dtype. With
+    --on-error skip, images that fail are left out."""
     from featpipe.heads import Embedder
     from featpipe.heads.persistence import check_backbone_matches
 
@@ -514,7 +525,10 @@ def _embed(files: list[Path], sidecar: dict, args: argparse.Namespace) -> np.nda
         decode=_store_decode(sidecar, args),
     ).fit()
     check_backbone_matches(sidecar, emb.backbone_identity_)
-    X = emb.transform([str(f) for f in files])
+    if args.on_error == "skip":
+        X, files = _embed_skipping(emb, files)
+    else:
+        X = emb.transform([str(f) for f in files])
     # A float16 store holds its features rounded: so must these, for the same predictions.
     if (sidecar.get("features") or {}).get("dtype") == "float16":
         with np.errstate(over="ignore"):  # an overflow is refused below, in its words
@@ -527,7 +541,42 @@ def _embed(files: list[Path], sidecar: dict, args: argparse.Namespace) -> np.nda
                 f"float16, the dtype of the features {args.head} was trained on ({names}): "
                 "train a head on a store extracted with --dtype float32 to predict them."
             )
-    return X
+    return X, files
+
+
+def _embed_skipping(emb, files: list[Path]) -> tuple[np.ndarray, list[Path]]:
+    """``emb``'s features of the ``files`` it can compute, batch by batch, and those files;
+    a batch that fails is computed image by image, and the images that fail are warned of."""
+    from featpipe.errors import ImageReadError
+    from featpipe.store.reader import named_rows
+
+    failed = (ImageReadError, NonFiniteFeaturesError)
+    feats, kept, skipped, first = [], [], [], None
+    step = int(emb.batch_size)
+    for batch in (files[start : start + step] for start in range(0, len(files), step)):
+        try:
+            feats.append(emb.transform([str(f) for f in batch]))
+            kept += batch
+            continue
+        except failed:
+            pass
+        for file in batch:
+            try:
+                feats.append(emb.transform([str(file)]))
+                kept.append(file)
+            except failed as err:
+                skipped.append(file)
+                first = first or err
+    if not kept:
+        raise ConfigError(f"--on-error skip left out all {len(files)} images; the first: {first}")
+    if skipped:
+        warnings.warn(
+            f"--on-error skip left out {len(skipped)} of {len(files)} images "
+            f"({named_rows(skipped, len(skipped))}); the first: {first}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return np.concatenate(feats), kept
 
 
 def _store_decode(sidecar: dict, args: argparse.Namespace) -> str:
