@@ -1,6 +1,6 @@
 """Heads: few-shot's tied-vote warning for a whole float n_neighbors, and selection's ties
 going to the same candidate whatever order the grid lists them in, and arrays of the wrong
-shapes refused in one line."""
+shapes and few-shot's train rows of one class refused in one line."""
 
 from __future__ import annotations
 
@@ -51,3 +51,12 @@ def test_arrays_of_the_wrong_shapes_are_refused_in_one_line(case):
     # 'unhashable type: list' for y of shape (n, 1).
     with pytest.raises(ConfigError, match=r"arrays are X of shape .* a head needs X \(n, 32\)"):
         select_and_fit("logreg", _wrong_shapes(case), grid={"C": [1.0]}, device="cpu")
+
+
+@pytest.mark.parametrize("head", ["knn", "rbf_svm"])
+def test_few_shot_refuses_train_rows_of_one_class_as_selection_does(head):
+    # kNN scored a head that predicts the one class (50 %); rbf_svm raised scikit-learn's
+    # ValueError.
+    data = {"train": _rows([6], 1), "test": _rows([3, 3], 2)}
+    with pytest.raises(ConfigError, match="holds only class '0'; a head needs rows of at least 2"):
+        few_shot(head, data, k=2, draws=2)

@@ -10,6 +10,7 @@ from sklearn.base import BaseEstimator, clone
 
 from featpipe.errors import ConfigError
 from featpipe.heads.registry import check_seed, make_head, run_params
+from featpipe.heads.selection import require_two_classes
 from featpipe.heads.splits import FeatureSplits
 from featpipe.validation import is_count
 
@@ -149,6 +150,7 @@ def few_shot(
     data = FeatureSplits(source, layer)
     require_test_split(data)  # before any draw is fitted
     X_tr, y_tr = data.get("train")
+    require_two_classes(y_tr, data.class_name)  # kNN scored a head of one class
     labels = require_k_per_class(data, k, y_tr)
     _warn_if_votes_all_tie(head, k, len(labels))
     draws = _possible_draws(y_tr, labels, k, draws)

@@ -181,7 +181,7 @@ def select_and_fit(
 
     start = time.perf_counter()
     X_tr, y_tr = data.get("train")
-    _require_two_classes(y_tr, data.class_name)
+    require_two_classes(y_tr, data.class_name)
     if data.has("val"):
         candidates = _as_fitted(head, candidates, len(y_tr))
         X_va, y_va = data.get("val")
@@ -246,9 +246,10 @@ def _as_fitted(head: BaseEstimator, candidates: list[dict], n_samples: int) -> l
     return out
 
 
-def _require_two_classes(y: np.ndarray, class_name) -> None:
+def require_two_classes(y: np.ndarray, class_name) -> None:
     """Every head is refused the same clear error for train rows of fewer than 2 classes
-    (some heads' own errors were tracebacks, and kNN fitted a head that predicts one class)."""
+    (some heads' own errors were tracebacks, and kNN fitted a head that predicts one class);
+    few-shot too."""
     present = np.unique(y)
     if len(present) < 2:
         got = "no rows" if len(y) == 0 else f"only class {class_name(present[0])!r}"
@@ -403,7 +404,7 @@ def _select_streamed(
             "would need the rows in memory). Extract with a val split (--val-fraction), or use "
             "an in-memory head."
         )
-    _require_two_classes(store.labels("train"), lambda label: store.classes[int(label)])
+    require_two_classes(store.labels("train"), lambda label: store.classes[int(label)])
     candidates = _as_fitted(head, candidates, counts.get("train", 0))
     start = time.perf_counter()
     scores = None
