@@ -1,7 +1,10 @@
 """Trust sweep of parted stores' damaged parts: a part HDF5 cannot read named as that part
-(delete it alone), and a part whose mapped dataset has another shape than the map refused."""
+(delete it alone, also in cache list), a part whose mapped dataset has another shape than the
+map refused, and another store's part refused in an incomplete store too."""
 
 from __future__ import annotations
+
+import shutil
 
 import h5py
 import numpy as np
@@ -10,7 +13,7 @@ from extract_child import NoiseSource
 from test_cli_cache import _parted
 
 from featpipe.cli import main
-from featpipe.errors import UnreadableStoreError
+from featpipe.errors import StoreMismatchError, UnreadableStoreError
 from featpipe.extract import extract
 from featpipe.store import FeatureStore
 
@@ -81,3 +84,17 @@ def test_cache_list_names_the_damaged_part_of_a_parted_store(tmp_path, capsys):
     assert main(["cache", "list", str(tmp_path)]) == 0
     (line,) = [s for s in capsys.readouterr().out.splitlines() if s.endswith(store.name)]
     assert line.startswith(f"unreadable ({parts[0].name} damaged)")
+
+
+def test_an_incomplete_parted_store_refuses_another_stores_part_copied_in(tmp_path):
+    """Only a complete store's parts were checked to be its own: part 0 of another store (48 px
+    images) copied into an incomplete one read as its rows with allow_incomplete."""
+    store, parts = _parted(tmp_path / "a")
+    other = extract(
+        NoiseSource(32), "toy", ["pooled"], cache_dir=tmp_path / "b", shard=(0, 2),
+        image_size=48, **FAST,
+    )  # fmt: skip
+    shutil.copy(other.parts[0].path, parts[0])
+    with pytest.raises(StoreMismatchError, match="is not part 0 of store") as info:
+        FeatureStore(store).arrays("pooled", allow_incomplete=True)
+    assert "Delete it and rerun the same extraction" in str(info.value)

@@ -316,12 +316,13 @@ def damaged_part(part: Part, path: Path, reason: str) -> UnreadableStoreError:
     return error
 
 
-def check_parts(path: Path, f: h5py.File, *, identity: bool) -> list[Part]:
+def check_parts(path: Path, f: h5py.File, *, complete: bool) -> list[Part]:
     """The parts of the parted store ``f`` (its top-level file, at ``path``), each checked to
     be where its map reads them, to exist (MissingPartError names the first missing ones), to
-    open and hold every dataset the top-level file maps from it in the shape it maps
-    (:func:`damaged_part` names one that does not) and, with ``identity``, to be a part of
-    this store (same key, index and first row)."""
+    be a part of this store (same key, index and first row), and to open and hold every
+    dataset the top-level file maps from it in the shape it maps (:func:`damaged_part` names
+    one that does not). A part another process has open for writing is skipped unless the
+    store is ``complete`` (its writer checks it)."""
     attrs = f.attrs
     parts = parts_of(path, attrs)
     check_renamed(path, f)
@@ -332,11 +333,11 @@ def check_parts(path: Path, f: h5py.File, *, identity: bool) -> list[Part]:
     for part in parts:
         try:
             with open_h5(part.path) as p:
-                if identity:
-                    _check_identity(part, p.attrs, str(attrs.get("key", "")))
+                # complete or not: another store's part copied in reads as this one's rows
+                _check_identity(part, p.attrs, str(attrs.get("key", "")))
                 lost = lost_datasets(p, part, shapes)
         except StoreInUseError:
-            if identity:
+            if complete:
                 raise
             continue  # an incomplete store's part being written: its writer checks it
         except (OSError, UnreadableStoreError) as exc:  # cut short, overwritten: that part

@@ -200,9 +200,9 @@ class FeatureStore:
         if schema.CHUNK_DONE not in f:
             raise KeyError(f"no {schema.CHUNK_DONE} dataset")
         # A parted store's features are virtual datasets that read zeros where a part file
-        # is missing: every part must be there (and, once complete, be a part of this store).
+        # is missing: every part must be there, sound, and a part of this store.
         if is_parted(f.attrs):
-            self.parts = check_parts(self.path, f, identity=bool(f.attrs["complete"]))
+            self.parts = check_parts(self.path, f, complete=bool(f.attrs["complete"]))
         # A store is marked complete only after every chunk flag is set: a pending chunk in
         # one means damaged flags, which a rerun (it reuses a complete store) never repairs.
         pending = int((~f[schema.CHUNK_DONE][:]).sum()) if f.attrs["complete"] else 0
