@@ -60,3 +60,12 @@ def test_few_shot_refuses_train_rows_of_one_class_as_selection_does(head):
     data = {"train": _rows([6], 1), "test": _rows([3, 3], 2)}
     with pytest.raises(ConfigError, match="holds only class '0'; a head needs rows of at least 2"):
         few_shot(head, data, k=2, draws=2)
+
+
+@pytest.mark.parametrize("cv", [2.5, float("inf")])
+def test_a_fractional_or_infinite_number_of_folds_is_refused(cv):
+    # 2.5 folds ran as 2 ('cv2'); inf raised OverflowError.
+    with pytest.raises(
+        ConfigError, match=r"cv=.* folds: cross-validation needs at least 2, a whole"
+    ):
+        select_and_fit("knn", {"train": _rows([6, 6], 1)}, cv=cv)

@@ -19,6 +19,7 @@ from featpipe.errors import ConfigError
 from featpipe.heads.registry import default_grid, head_name, make_head, run_params
 from featpipe.heads.splits import FeatureSplits
 from featpipe.provenance import plain
+from featpipe.validation import is_count
 
 REFITS = ("train+val", "train")  # what the chosen head is refitted on, given a val split
 
@@ -117,10 +118,10 @@ def _along_path(head: BaseEstimator, candidates: list[dict], path) -> list[float
 
 
 def _cv_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    if int(cv) < 2:
+    if not is_count(cv) or cv < 2:  # int() cut 2.5 folds to 2
         raise ConfigError(
-            f"cv={cv} folds: cross-validation needs at least 2; pass cv=5 (--cv 5), or add "
-            "a val split to choose on instead."
+            f"cv={cv!r} folds: cross-validation needs at least 2, a whole number; pass "
+            "cv=5 (--cv 5), or add a val split to choose on instead."
         )
     _, counts = np.unique(y, return_counts=True)
     folds = min(int(cv), int(counts.min()))
