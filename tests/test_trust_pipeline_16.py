@@ -1,5 +1,6 @@
 """`featpipe run`'s config under user mistakes and re-runs: a FineTuner setting the run sets
-itself, written in [finetune], says where it goes."""
+itself, written in [finetune], says where it goes; a string that TOML reads as a number is
+told to be quoted; a run folder or cache inside the image folder the run reads is refused."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import re
 import tomllib
 
 import pytest
+import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from conftest import make_image_folder
 
 from featpipe.errors import ConfigError
-from featpipe.pipeline import config_from_dict
+from featpipe.pipeline import config_from_dict, run_pipeline
 
 RAW = {
     "source": {"data": "digits"},
@@ -58,3 +61,49 @@ def test_a_key_with_choices_is_not_told_to_quote_a_number():
     # "16" in quotes is no dtype either: no fix is better than a wrong one.
     with pytest.raises(ConfigError, match=r"features.dtype must be string; got int 16\.$"):
         config_from_dict(RAW, ["features.dtype=16"])
+
+
+def folder_pipeline(images, out, cache, **source):
+    return config_from_dict(
+        {
+            "out": str(out),
+            "n_boot": 0,
+            "device": "cpu",
+            "source": {"data": str(images), **source},
+            "features": {"backbones": ["toy"], "image_size": 16, "workers": 0,
+                         "cache_dir": str(cache)},
+            "probes": {"heads": ["knn"]},
+        }
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "out, cache, key, source",
+    [
+        ("imgs", "cache", "out", {}),
+        ("imgs/train/cat/run", "cache", "out", {}),
+        ("imgs/train/cat/run", "cache", "out", {"limits": {"train": 6}}),  # a subset of it
+        ("run", "imgs/cache", "features.cache_dir", {}),
+    ],
+)
+def test_a_run_folder_or_cache_in_the_image_folder_is_refused_before_anything(
+    tmp_path, out, cache, key, source
+):
+    # Before: the run wrote there; the next run's scan took imgs/cache for a class folder
+    # without images (refused), or imgs/train/cat/run/plots/*.png for images of class cat:
+    # every row was computed again (another fingerprint), on the report's plots.
+    images = make_image_folder(tmp_path / "imgs", per_class=4, splits=("train", "val", "test"))
+    config = folder_pipeline(images, tmp_path / out, tmp_path / cache, **source)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(ConfigError, match=f"{key} = .* is in the image folder .* Give {key} a"):
+        run_pipeline(config, progress=False, log=lambda _: None)
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_a_run_folder_and_cache_beside_the_image_folder_run_twice_alike(tmp_path):
+    images = make_image_folder(tmp_path / "imgs", per_class=4, splits=("train", "val", "test"))
+    config = folder_pipeline(images, tmp_path / "run", tmp_path / "cache")
+    run_pipeline(config, progress=False, log=lambda _: None)
+    said: list[str] = []
+    run_pipeline(config, progress=False, log=said.append)
+    assert any("1 already finished" in line for line in said), said

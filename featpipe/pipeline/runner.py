@@ -34,6 +34,7 @@ from featpipe.pipeline.stages import plan_jobs, run_job
 from featpipe.pipeline.stages.extract import feature_store
 from featpipe.pipeline.validate import (
     check_cache_dir,
+    check_folders_outside_images,
     check_grids,
     check_models,
     check_sizes,
@@ -263,6 +264,7 @@ class PipelineRunner:
         if self.source is None:
             self.source = open_pipeline_source(cfg.source)
         check_sizes(cfg, self.source)
+        check_folders_outside_images(cfg, self.source)
         built = check_models(cfg, finetune_rows(cfg, self.source))
         check_cache_dir(cfg)  # the last check: it makes the folder
         if fingerprint is None:

@@ -160,6 +160,36 @@ def check_cache_dir(config) -> None:
         ) from None
 
 
+def check_folders_outside_images(config, source) -> None:
+    """``out`` and ``features.cache_dir`` (where the run writes stores) are not inside the image
+    folder the run reads: the next run's scan of that folder took such a folder for a class
+    folder without images (refused) or, inside a class folder, the report's plots/*.png for
+    images of that class (its rows were all computed again, on those)."""
+    from featpipe.data.folder import ImageFolderSource
+    from featpipe.data.source import SubsetSource
+    from featpipe.pipeline.stages.finetune import stores_read
+
+    while isinstance(source, SubsetSource):  # source.limits
+        source = source.parent
+    if not isinstance(source, ImageFolderSource):
+        return
+    root = source.root.resolve()
+    plots = "its folders for class folders, or its report's plots/*.png for images of a class"
+    folders = [("out", config.out, plots, "--out DIR")]
+    if stores_read(config):
+        empty = "it for a class folder without images"
+        cache = ("features.cache_dir", config.features.cache_dir)
+        folders.append((*cache, empty, "--set features.cache_dir=DIR"))
+    for key, folder, taken, option in folders:
+        path = Path(folder).resolve()
+        if path == root or root in path.parents:
+            raise ConfigError(
+                f"{key} = {folder!r} is in the image folder {root} that the pipeline reads: "
+                f"the next run's scan of that folder would take {taken}. Give {key} a "
+                f"folder outside the image folder ({option})."
+            )
+
+
 def check_sizes(config, source) -> None:
     """The source has test images to evaluate every method on, and every size of the
     data-size sweep fits in its train split."""
