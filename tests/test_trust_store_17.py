@@ -98,3 +98,16 @@ def test_an_incomplete_parted_store_refuses_another_stores_part_copied_in(tmp_pa
     with pytest.raises(StoreMismatchError, match="is not part 0 of store") as info:
         FeatureStore(store).arrays("pooled", allow_incomplete=True)
     assert "Delete it and rerun the same extraction" in str(info.value)
+
+
+def test_cache_list_names_another_stores_part_not_a_newer_format(tmp_path, capsys):
+    """A parted store holding another store's part was listed as 'newer format'."""
+    store, parts = _complete(tmp_path / "a")
+    other = extract(
+        NoiseSource(32), "toy", ["pooled"], cache_dir=tmp_path / "b", shard=(0, 1),
+        image_size=48, **FAST,
+    )  # fmt: skip
+    shutil.copy(other.parts[0].path, parts[0])
+    assert main(["cache", "list", str(tmp_path / "a")]) == 0
+    (line,) = [s for s in capsys.readouterr().out.splitlines() if s.endswith(store.name)]
+    assert line.startswith(f"unreadable ({parts[0].name} of another store)")

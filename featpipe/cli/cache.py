@@ -21,9 +21,10 @@ examples:
 STATE is complete, incomplete N/M (finished chunks; the same extract command resumes it),
 in use (another process is writing it, or one part of a parted store, or is reading it
 through featpipe, e.g. training a head from it), unreadable (damaged
-or not HDF5; "part-NNNNN.h5 damaged" names the one damaged part of a parted store: delete that
-file and run the same extraction again to recompute it alone, where prune deletes the whole
-store), not a featpipe store (another program's HDF5 file, which prune never deletes),
+or not HDF5; "part-NNNNN.h5 damaged" or "... of another store" names the one bad part of a
+parted store: delete that file and run the same extraction again to recompute it alone, where
+prune deletes the whole store), not a featpipe store (another program's HDF5 file, which
+prune never deletes),
 or leftover (a temporary or lock file of a run that was killed, or the parts folder of a
 parted store that was deleted, e.g. once consolidated: "parts of no store"). AGE counts from
 the last write (to any part, for a parted store).

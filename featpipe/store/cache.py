@@ -173,14 +173,14 @@ def _describe(path: Path) -> CacheEntry:
     except (UnreadableStoreError, OSError) as exc:
         if _foreign(path):
             entry.state = NOT_A_STORE
-        elif (part := getattr(exc, "part", None)) is not None:  # the other parts are sound
-            entry.state = f"unreadable ({part.path.name} damaged)"
+        else:
+            entry.state = _bad_part(exc) or entry.state
         return entry
     except MissingPartError:
         entry.state = _missing_state(path)
         return entry
-    except StoreMismatchError:  # a newer format: not for this featpipe to judge
-        entry.state = "newer format"
+    except StoreMismatchError as exc:  # a newer format: not for this featpipe to judge
+        entry.state = _bad_part(exc) or "newer format"
         return entry
     source, backbone = _object(store, "source"), _object(store, "backbone")
     entry.source = DAMAGED if source is None else source_label(source)
@@ -196,6 +196,17 @@ def _describe(path: Path) -> CacheEntry:
             return entry
         entry.state = "complete" if complete else f"incomplete {int(done.sum())}/{len(done)}"
     return entry
+
+
+def _bad_part(exc: BaseException) -> str | None:
+    """The state of a parted store refused for one part (damaged, or another store's part):
+    deleting that file alone and rerunning the extraction keeps the other parts. None when
+    ``exc`` names no part."""
+    part = getattr(exc, "part", None)
+    if part is None:
+        return None
+    why = "damaged" if isinstance(exc, UnreadableStoreError) else "of another store"
+    return f"unreadable ({part.path.name} {why})"
 
 
 def _missing_state(path: Path) -> str:

@@ -383,11 +383,13 @@ def _check_identity(part: Part, attrs, key: str) -> None:
         int(attrs.get("first_row", -1)),
     )
     if found != (key, part.index, part.first_row):
-        raise StoreMismatchError(
+        error = StoreMismatchError(
             f"{part.path} is not part {part.index} of store {key} (it says parent_key, part, "
             f"first_row = {found}; expected {(key, part.index, part.first_row)}). Delete it and "
             "rerun the same extraction to recompute it."
         )
+        error.part = part  # as damaged_part's: featpipe cache list names it
+        raise error
 
 
 def part_complete(part: Part) -> bool:
