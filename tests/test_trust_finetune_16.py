@@ -70,12 +70,3 @@ def test_a_resume_over_changed_images_says_what_the_fingerprint_covers(tmp_path)
     assert "another size or modification time, as a copy that did not keep the times" in said
     assert re.search(r"fingerprint [0-9a-f]{12}, now [0-9a-f]{12}\)", said)
     assert "resume=False (CLI: --no-resume)" in said
-
-
-def test_a_pipelines_run_folder_inside_the_image_folder_names_its_out_folder(tmp_path):
-    # A pipeline cannot set run_dir: its fine-tunes' run folders are under its out folder.
-    images = make_image_folder(tmp_path / "imgs", per_class=4, splits=("train", "test"))
-    run_dir = images / "train" / "cat" / "out" / "finetune" / "toy-head-0"
-    with pytest.raises(ConfigError, match="Give the pipeline an out folder outside the image"):
-        tuner(epochs=1, batch_size=4, run_dir=run_dir).fit(open_source(images), keyed_run_dir=True)
-    assert not (images / "train" / "cat" / "out").exists()

@@ -243,7 +243,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             self.backbone_ = get_backbone(spec_for(self.backbone, mode), self.image_size)
             check_mode(mode, self.backbone_.stages)
             check_one_classifier(self.backbone_)
-            check_run_dir_outside(source, self.run_dir, keyed_run_dir)
+            check_run_dir_outside(source, self.run_dir)
             with self._run_dir_held():
                 return self._fit(mode, source, probe_features)
 
@@ -833,13 +833,11 @@ def _remove_if_unused(made: list[Path]) -> None:
                 path.unlink()  # the lock file, alone in its folder
 
 
-def check_run_dir_outside(
-    source: ImageSource, run_dir: str | Path | None, keyed: bool = False
-) -> None:
+def check_run_dir_outside(source: ImageSource, run_dir: str | Path | None) -> None:
     """A ConfigError for a run folder inside the image folder the fine-tune reads: the next
     scan of that folder (a resume, an extraction) takes the run folder for a class folder
     without images (refused) or, inside a class folder, its report's plots/*.png for images
-    of that class (silently). ``keyed``: a pipeline's run folder, under its ``out``."""
+    of that class (silently). (A pipeline refuses such an out folder at its checks.)"""
     while isinstance(source, SubsetSource):
         source = source.parent
     if run_dir is None or not isinstance(source, ImageFolderSource):
@@ -850,11 +848,7 @@ def check_run_dir_outside(
             f"The run folder {run_dir} is inside the image folder {root} that the "
             "fine-tune reads: a later scan of that folder (the resume, an extraction) would "
             "take the run folder for a class folder, or its report's plots/*.png for images. "
-            + (
-                "Give the pipeline an out folder outside the image folder."
-                if keyed
-                else "Use a run_dir outside the image folder (CLI: --run-dir)."
-            )
+            "Use a run_dir outside the image folder (CLI: --run-dir)."
         )
 
 
