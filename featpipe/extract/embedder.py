@@ -24,6 +24,7 @@ from featpipe.extract.inference import Inference, precision
 from featpipe.extract.lanes import lane_count, lanes_running
 from featpipe.extract.loop import default_workers
 from featpipe.store.reader import named_rows
+from featpipe.store.schema import DTYPES
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
@@ -92,6 +93,11 @@ class _Items:
         return str(item) if isinstance(item, (str, os.PathLike)) else None
 
 
+def _label(items: Sequence[ImageLike], i: int) -> ImageLike:
+    """How messages name image ``i``: by its path, else by its row."""
+    return items[i] if isinstance(items[i], (str, os.PathLike)) else f"row {i}"
+
+
 def _as_items(X: Iterable[ImageLike] | np.ndarray) -> list[ImageLike]:
     """A batch of images as a list: a 4-D uint8 array (n, H, W, C) is split by rows."""
     if isinstance(X, (str, os.PathLike, Image.Image)):
@@ -103,6 +109,10 @@ class Embedder(TransformerMixin, BaseEstimator):
     """Images in, (n, D) float32 features of one backbone layer out, computed in batches with
     the backbone's own preprocessing by extraction's forward pass (eval mode, channels-last,
     bf16 or fp16 autocast on CUDA, fp32 on the CPU), so that they match a store's features.
+
+    ``dtype`` is the dtype of the store they should match: ``"float16"`` rounds them as a
+    float16 store holds them (still returned as float32, as the store's reads are), which a
+    head trained on such a store needs to make the store's predictions.
 
     ``decode`` is extraction's ``--decode``: ``"fast"`` decodes JPEG files at reduced DCT
     scale, as a store extracted with ``--decode fast`` did (featpipe predict passes the
@@ -129,6 +139,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         cache_dir: str | os.PathLike | None = None,
         n_jobs: int | None = None,
         decode: str = "exact",
+        dtype: str = "float32",
     ):
         self.backbone = backbone
         self.layer = layer
@@ -138,6 +149,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         self.cache_dir = cache_dir
         self.n_jobs = n_jobs
         self.decode = decode
+        self.dtype = dtype
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -192,6 +204,11 @@ class Embedder(TransformerMixin, BaseEstimator):
                 f"n_jobs must be >= 1, or None for one lane per core; got {self.n_jobs}."
             )
         check_decode(self.decode)
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
+            raise ConfigError(
+                f"dtype must be one of {', '.join(map(repr, DTYPES))}, the dtypes a store holds "
+                f"its features in; got {self.dtype!r}. Give the dtype of the store to match."
+            )
 
     def _output_params(self) -> tuple:
         """The parameters what ``fit`` records (identity, width) depends on."""
@@ -253,13 +270,31 @@ class Embedder(TransformerMixin, BaseEstimator):
                 if folder:
                     for i, f in zip(rows, feats, strict=True):
                         replace_with(folder / f"{keys[i]}.npy", lambda tmp, f=f: np.save(tmp, f))
+        return self._as_stored(out, items)
+
+    def _as_stored(self, out: np.ndarray, items: list[ImageLike]) -> np.ndarray:
+        """``out`` rounded as a store of ``dtype`` holds it (the cache keeps float32, so one
+        cache serves both dtypes). A float16 overflow is refused, as the store refuses it."""
+        if self.dtype == "float32":
+            return out
+        with np.errstate(over="ignore"):  # an overflow is refused below, in its words
+            out = out.astype(np.float16).astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if bad.size:
+            labels = [str(_label(items, i)) for i in bad]
+            names = ", ".join(labels[:3]) + (" and more" if len(labels) > 3 else "")
+            raise NonFiniteFeaturesError(
+                f"{len(bad)} images give {self.layer!r} features beyond 65504, the largest "
+                f"float16, the dtype they are rounded to ({names}): train a head on a store "
+                "extracted with --dtype float32 to predict them, and embed with dtype='float32'."
+            )
         return out
 
     def _not_finite(
         self, items: list[ImageLike], rows: list[int], feats: np.ndarray
     ) -> NonFiniteFeaturesError:
         bad = [row for row, ok in zip(rows, np.isfinite(feats).all(axis=1), strict=True) if not ok]
-        labels = [items[i] if isinstance(items[i], (str, os.PathLike)) else f"row {i}" for i in bad]
+        labels = [_label(items, i) for i in bad]
         names = named_rows(labels, len(bad))
         kind = "NaN" if np.isnan(feats).any() else "infinite"
         _, inference = self._model()
