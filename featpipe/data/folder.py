@@ -15,6 +15,8 @@ from featpipe.data.source import (
     SPLIT_ALIASES,
     SPLIT_CODES,
     SPLIT_NAMES,
+    ImageSource,
+    SubsetSource,
     check_class_names,
     split_alias,
 )
@@ -207,6 +209,18 @@ class ImageFolderSource(FileSource):
                     UserWarning,
                     stacklevel=3,
                 )
+
+
+def folder_enclosing(source: ImageSource, path: str | Path) -> Path | None:
+    """The root of the image folder ``source`` reads (through any subset) where ``path`` lies
+    inside it, else None: a folder written there would be read back by the next scan, as a
+    class folder without images or its files as images of a class."""
+    while isinstance(source, SubsetSource):
+        source = source.parent
+    if not isinstance(source, ImageFolderSource):
+        return None
+    root, inner = source.root.resolve(), Path(path).resolve()
+    return root if inner == root or root in inner.parents else None
 
 
 def _split_folders(root: Path, tops: list[str]) -> dict[str, str]:

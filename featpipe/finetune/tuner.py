@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 
 from featpipe.backbones import Backbone, get_backbone
 from featpipe.backbones.registry import BackboneSpec
-from featpipe.data.folder import ImageFolderSource
+from featpipe.data.folder import folder_enclosing
 from featpipe.data.images import check_decode
-from featpipe.data.source import ImageSource, SubsetSource
+from featpipe.data.source import ImageSource
 from featpipe.device import amp_dtype, cudnn_autotune, on_device, resolve_device
 from featpipe.distributed import progress_bar, refuse_other_settings
 from featpipe.errors import (
@@ -838,12 +838,8 @@ def check_run_dir_outside(source: ImageSource, run_dir: str | Path | None) -> No
     scan of that folder (a resume, an extraction) takes the run folder for a class folder
     without images (refused) or, inside a class folder, its report's plots/*.png for images
     of that class (silently). (A pipeline refuses such an out folder at its checks.)"""
-    while isinstance(source, SubsetSource):
-        source = source.parent
-    if run_dir is None or not isinstance(source, ImageFolderSource):
-        return
-    root, folder = source.root.resolve(), Path(run_dir).resolve()
-    if folder == root or root in folder.parents:
+    root = None if run_dir is None else folder_enclosing(source, run_dir)
+    if root is not None:
         raise ConfigError(
             f"The run folder {run_dir} is inside the image folder {root} that the "
             "fine-tune reads: a later scan of that folder (the resume, an extraction) would "

@@ -165,15 +165,9 @@ def check_folders_outside_images(config, source) -> None:
     folder the run reads: the next run's scan of that folder took such a folder for a class
     folder without images (refused) or, inside a class folder, the report's plots/*.png for
     images of that class (its rows were all computed again, on those)."""
-    from featpipe.data.folder import ImageFolderSource
-    from featpipe.data.source import SubsetSource
+    from featpipe.data.folder import folder_enclosing
     from featpipe.pipeline.stages.finetune import stores_read
 
-    while isinstance(source, SubsetSource):  # source.limits
-        source = source.parent
-    if not isinstance(source, ImageFolderSource):
-        return
-    root = source.root.resolve()
     plots = "its folders for class folders, or its report's plots/*.png for images of a class"
     folders = [("out", config.out, plots, "--out DIR")]
     if stores_read(config):
@@ -181,8 +175,8 @@ def check_folders_outside_images(config, source) -> None:
         cache = ("features.cache_dir", config.features.cache_dir)
         folders.append((*cache, empty, "--set features.cache_dir=DIR"))
     for key, folder, taken, option in folders:
-        path = Path(folder).resolve()
-        if path == root or root in path.parents:
+        root = folder_enclosing(source, folder)  # through source.limits' subset too
+        if root is not None:
             raise ConfigError(
                 f"{key} = {folder!r} is in the image folder {root} that the pipeline reads: "
                 f"the next run's scan of that folder would take {taken}. Give {key} a "
