@@ -365,8 +365,8 @@ def test_a_chunks_flag_is_flushed_only_after_its_rows(tmp_path):
 
         w._file.flush = recording_flush
         w.write_chunk(1, {"pooled": x[3:6]})
-    # rows first (flag still clear when they are flushed), then the flag
-    assert flags_at_flush == [False, True]
+    # rows first (flag still clear when they are flushed and fsynced), then the flag (at close)
+    assert flags_at_flush == [False, False, True]
 
 
 def test_a_failed_write_leaves_the_flag_clear_and_says_what_is_safe(tmp_path):
@@ -394,7 +394,7 @@ def test_rewriting_a_done_chunk_clears_its_flag_first(tmp_path):
         writes = []
         w._file.flush = lambda: writes.append(bool(w._file["progress/chunk_done"][0]))
         w.write_chunk(0, {"pooled": x[0:3]})
-    assert writes == [False, False, True]
+    assert writes == [False, False, False, True]  # cleared, rows, fsync, flag (at close)
 
 
 def test_a_store_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch):

@@ -112,9 +112,9 @@ def _dump(path: Path) -> dict:
     "cls, method, n",
     [
         ("Dataset", "__setitem__", 2),  # inside the first chunk, one layer written
-        ("File", "flush", 3),  # the second chunk's rows written, not yet flushed
-        ("File", "flush", 7),  # every chunk done, before the store is marked complete
-        ("File", "flush", 8),  # "complete" set, not yet flushed
+        ("File", "flush", 3),  # the third chunk's rows written, not yet flushed, no flag set
+        ("File", "flush", 6),  # every chunk done, before the store is marked complete
+        ("File", "flush", 7),  # "complete" set, not yet flushed
     ],
 )
 def test_a_killed_extraction_resumes_to_the_uninterrupted_store_bit_for_bit(

@@ -216,7 +216,9 @@ def run_chunks(
     try:
         with (
             StoreWriter.open(path) as writer,
-            BackgroundWriter(lambda i, chunk: chunk.write(writer, i, on_error)) as background,
+            BackgroundWriter(
+                lambda i, chunk: chunk.write(writer, i, on_error), idle=writer.commit
+            ) as background,
         ):
             images = _compute(computed, len(dataset), background, bar, on_error)
             background.close()  # every chunk written before the store is marked complete

@@ -17,11 +17,20 @@ class BackgroundWriter:
     ``submit`` blocks only when ``max_pending`` chunks are waiting. An error in the writer
     stops it and is raised again in the caller (by the next ``submit`` or by ``close``).
     Leaving the ``with`` block waits for the chunks already submitted to be written, even when
-    the block ends with an exception, so every computed chunk is kept.
+    the block ends with an exception, so every computed chunk is kept. ``idle`` (e.g. the
+    store's commit of its done flags) runs whenever no chunk came for ``idle_seconds``.
     """
 
-    def __init__(self, write: WriteChunk, max_pending: int = 4):
+    def __init__(
+        self,
+        write: WriteChunk,
+        max_pending: int = 4,
+        idle: Callable[[], None] | None = None,
+        idle_seconds: float = 0.5,
+    ):
         self._write = write
+        self._idle = idle
+        self._idle_seconds = idle_seconds
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self.bytes_written = 0
@@ -31,14 +40,20 @@ class BackgroundWriter:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self._idle_seconds if self._idle else None)
+            except queue.Empty:
+                item = None
             if item is _STOP:
                 return
             if self._error is not None:
                 continue  # keep draining so that a blocked submit() wakes up
             try:
-                self.bytes_written += self._write(*item)
-                self.chunks_written += 1
+                if item is None:
+                    self._idle()
+                else:
+                    self.bytes_written += self._write(*item)
+                    self.chunks_written += 1
             except BaseException as exc:  # handed to the main thread, never swallowed
                 self._error = exc
 

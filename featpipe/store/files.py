@@ -131,6 +131,13 @@ def open_h5(path: Path, mode: str = "r", **kwargs) -> h5py.File:
             ) from exc
 
 
+def sync_h5(f: h5py.File) -> None:
+    """Flush and fsync an open file: HDF5's flush only hands the bytes to the OS, which may
+    write later bytes (a done flag, "complete") to disk before earlier ones (rows, reasons)."""
+    f.flush()
+    os.fsync(f.id.get_vfd_handle())
+
+
 def free_bytes(folder: Path) -> int:
     """Free bytes on the file system of ``folder`` (or of its closest existing parent)."""
     return shutil.disk_usage(_existing(folder)).free

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from featpipe.errors import (
     UnreadableStoreError,
 )
 from featpipe.store import schema
-from featpipe.store.files import open_h5, unreadable_reason
+from featpipe.store.files import open_h5, sync_h5, unreadable_reason
 from featpipe.store.lock import LOCK_SUFFIX, holder
 
 LAYOUT = "parts"  # the root attribute ``layout`` of a parted store (absent: one file)
@@ -495,8 +494,7 @@ def finish_parted(path: Path, run: Mapping[str, Any]) -> bool:
             **summed_cost(costs),
         }
         f.attrs["extraction"] = schema.encode_attr(cost)
-        f.flush()  # the skip reasons on disk before "complete" can be, as a writer does
-        os.fsync(f.id.get_vfd_handle())
+        sync_h5(f)  # the skip reasons on disk before "complete" can be, as a writer does
         f.attrs["complete"] = True
         f.flush()
     return True

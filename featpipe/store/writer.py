@@ -33,6 +33,7 @@ from featpipe.store.files import (
     lock_conflict,
     open_h5,
     os_error_number,
+    sync_h5,
     unreadable,
     unwritten_bytes,
 )
@@ -85,6 +86,9 @@ def _create_run_records(f: h5py.File, n_chunks: int) -> None:
     f.create_dataset(schema.CHUNK_RUN, data=np.zeros(n_chunks, dtype=np.float64))
 
 
+# Done flags are set in groups, one fsync each, at most this often (a kill loses at most
+# the chunks written since: a resume computes them again).
+COMMIT_SECONDS = 0.5
 # Flags per checksummed chunk of progress/chunk_done: setting one flag rewrites its chunk
 # (read, checked, written back with its new checksum), so chunks stay small.
 PROGRESS_CHUNK = 1024
@@ -357,7 +361,8 @@ def copy_failed(out: Path, exc: BaseException) -> StoreWriteError:
 
 class StoreWriter:
     """Writes one store file: :meth:`create` lays it out, :meth:`open` resumes it;
-    :meth:`write_chunk` fills a chunk (rows, flush, done flag, flush); :meth:`finish` sets
+    :meth:`write_chunk` fills a chunk, :meth:`commit` sets the done flags of the chunks
+    filled (after one fsync of their rows); :meth:`finish` sets
     ``complete`` once every chunk is done. Use it as a context manager.
 
     Each open starts a *run*: the chunks it writes record its start time and their seconds
@@ -377,6 +382,8 @@ class StoreWriter:
         self._reasons = file.get(schema.SAMPLES_ERROR)
         self.run_started = time.time()
         self._clock = time.perf_counter()  # when this run last wrote a chunk (or started)
+        self._unflagged: list[int] = []  # chunks written, their done flags not set yet
+        self._committed = self._clock  # when flags were last set
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -478,6 +485,7 @@ class StoreWriter:
 
     # -- writing -------------------------------------------------------------------------------
     def chunk_done(self) -> np.ndarray:
+        self.commit()
         return self._file[schema.CHUNK_DONE][:]
 
     def pending_chunks(self) -> list[int]:
@@ -499,8 +507,8 @@ class StoreWriter:
         peaks: Mapping[str, np.ndarray] | None = None,
         skip_non_finite: bool = False,
     ) -> int:
-        """Write every layer's rows of chunk ``index`` (and their ok flags) and flush, then set
-        its done flag and flush again: a flag on disk always means its rows are there.
+        """Write every layer's rows of chunk ``index`` (and their ok flags); its done flag is
+        set by the next :meth:`commit`, after an fsync of its rows.
         ``errors`` maps positions in the chunk to why that image was skipped: those rows are
         written as zeros and marked not ok. ``seconds`` is what the chunk cost (default: the
         time since this run's previous chunk, or since it started). Features that are not
@@ -525,9 +533,11 @@ class StoreWriter:
             self._write_ok(start, ok, errors)
             self._file[schema.CHUNK_SECONDS][index] = seconds
             self._file[schema.CHUNK_RUN][index] = self.run_started
-            self._sync()  # the rows on disk before their flag: a power cut may reorder writes
-            done[index] = True
-            self._file.flush()
+            self._file.flush()  # a failed write (a full disk) raises here, for this chunk
+            if index not in self._unflagged:
+                self._unflagged.append(index)
+            if now - self._committed >= COMMIT_SECONDS:
+                self.commit()
         except StoreMismatchError:
             raise
         except Exception as exc:
@@ -535,12 +545,20 @@ class StoreWriter:
         self._clock = now
         return sum(block.nbytes for block in blocks.values())
 
-    def _sync(self) -> None:
-        """Flush and fsync the file: HDF5's flush only hands the bytes to the OS, which may
-        write a later flag to disk before earlier rows (a power cut then leaves a done chunk
-        of never-written rows, whose zeros pass their checksum)."""
+    def commit(self) -> None:
+        """Set the done flags of the chunks written since the last commit, after one fsync of
+        their rows: a flag on disk always means its rows are there (a power cut may reorder
+        writes). write_chunk commits at most every COMMIT_SECONDS, since an fsync costs 5-12
+        ms whatever the chunk's size; reading the flags, finish and close commit first."""
+        if not self._unflagged:
+            return
+        sync_h5(self._file)
+        done = self._file[schema.CHUNK_DONE]
+        for index in self._unflagged:
+            done[index] = True
         self._file.flush()
-        os.fsync(self._file.id.get_vfd_handle())
+        self._unflagged = []
+        self._committed = time.perf_counter()
 
     def _checked_blocks(
         self,
@@ -642,6 +660,8 @@ class StoreWriter:
     def _chunk_failed(self, index: int, exc: BaseException) -> StoreWriteError:
         """Clear the chunk's flag (best effort: it was set last, so it is most likely clear
         already) and say how much of the store is safe."""
+        if index in self._unflagged:
+            self._unflagged.remove(index)
         with contextlib.suppress(Exception):
             self._file[schema.CHUNK_DONE][index] = False
             self._file.flush()
@@ -720,7 +740,7 @@ class StoreWriter:
             )
         check_free_space(self.path, 0, "marking it complete")
         try:
-            self._sync()  # every done flag on disk before "complete" can be
+            sync_h5(self._file)  # every done flag on disk before "complete" can be
             if extraction is not None:
                 value = {**dict(extraction), **self.cost()}
                 self._file.attrs["extraction"] = encode_attr(value)
@@ -731,8 +751,12 @@ class StoreWriter:
             raise write_failed(self.path, "mark complete", exc, done, RESUME_FIX) from exc
 
     def close(self) -> None:
+        """Commit the chunks written (an interrupted run keeps them), then close."""
         if self._file.id.valid:
-            self._file.close()
+            try:
+                self.commit()
+            finally:
+                self._file.close()
 
     def __enter__(self) -> StoreWriter:
         return self
