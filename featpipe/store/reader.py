@@ -31,6 +31,7 @@ from featpipe.store.lock import ReadLock, describe_owner, holder
 from featpipe.store.parts import (
     Part,
     check_parts,
+    damaged_part,
     describe_parts,
     is_parted,
     missing_message,
@@ -147,6 +148,7 @@ class FeatureStore:
         self.key = ""  # read with the layout: until then, no store to compare the file with
         self.extraction: dict | None = None
         self.parts: list[Part] | None = None
+        self._reasons_checked = False  # once true (a complete store), _skipped trusts ok flags
         if not self.path.is_file():
             raise _not_found(self.path)
         with self._open() as f:
@@ -205,13 +207,18 @@ class FeatureStore:
             self.parts = check_parts(self.path, f, complete=bool(f.attrs["complete"]))
         # A store is marked complete only after every chunk flag is set: a pending chunk in
         # one means damaged flags, which a rerun (it reuses a complete store) never repairs.
-        pending = int((~f[schema.CHUNK_DONE][:]).sum()) if f.attrs["complete"] else 0
-        if pending:
-            raise unreadable(
-                self.path,
-                f"it is marked complete, yet {pending} of {f[schema.CHUNK_DONE].shape[0]} "
-                f"chunks are not marked done: its {schema.CHUNK_DONE} flags are damaged",
+        pending = np.flatnonzero(~f[schema.CHUNK_DONE][:]) if f.attrs["complete"] else []
+        if len(pending):
+            n_chunks = f[schema.CHUNK_DONE].shape[0]
+            reason = (
+                f"it is marked complete, yet {len(pending)} of {n_chunks} chunks are not "
+                f"marked done: its {schema.CHUNK_DONE} flags are damaged"
             )
+            # in a parted store the flags are its parts': redoing the first such part mends it
+            for part in self.parts or []:
+                if part.first_chunk <= pending[0] < part.stop_chunk:
+                    raise damaged_part(part, self.path, reason)
+            raise unreadable(self.path, reason)
 
     def _open(self) -> h5py.File:
         try:
@@ -646,8 +653,11 @@ class FeatureStore:
         if schema.SAMPLES_OK not in f:  # format 1: no row is ever skipped
             return np.zeros(self._n, dtype=bool)
         skipped = self._written(f) & ~f[schema.SAMPLES_OK][:]
+        if self._reasons_checked:
+            return skipped
         # The writer records a reason for every skipped row: a skipped row without one is a
         # damaged ok flag (a zeroed chunk passes its checksum), not a row to drop unnoticed.
+        # Checked once in a complete store (its rows no longer change), on each read before.
         rows = np.flatnonzero(skipped)
         reasons = self._reasons(f, rows) if len(rows) else []
         blank = [int(r) for r, why in zip(rows, reasons, strict=True) if not why]
@@ -658,6 +668,7 @@ class FeatureStore:
                 f"{blank[-1]}) are marked skipped with no reason recorded: its "
                 f"{schema.SAMPLES_OK} flags are damaged",
             )
+        self._reasons_checked = bool(f.attrs["complete"])
         return skipped
 
     def _kept(self, f: h5py.File) -> np.ndarray:
