@@ -122,6 +122,13 @@ def worker_ignores(*signums: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
 
 
+def say(line: str) -> None:
+    """``line`` on stderr in one write: under torchrun's ``python -u`` print writes the text
+    and its newline apart, and in the ranks' shared log two ranks' lines could join."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def quiet_while_importing() -> Callable[[], None]:
     """In the ``featpipe`` command, until the returned function is called, Ctrl-C ends the
     program at once with one line and 130. ``featpipe/__init__`` calls this before its slow
@@ -138,8 +145,7 @@ def quiet_while_importing() -> Callable[[], None]:
         return lambda: None
 
     def stop(signum: int, _frame) -> None:
-        sys.stderr.write("featpipe: interrupted while starting; nothing was done\n")
-        sys.stderr.flush()
+        say("featpipe: interrupted while starting; nothing was done")
         os._exit(128 + signum)
 
     signal.signal(signal.SIGINT, stop)

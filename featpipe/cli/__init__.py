@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from featpipe.distributed.ranks import current_ranks
 from featpipe.errors import FeaturePipeError
-from featpipe.interrupt import Interrupted, handle_sigterm, stop_at_once
+from featpipe.interrupt import Interrupted, handle_sigterm, say, stop_at_once
 
 # Each module defines ``register(subparsers)``, which adds its subcommands and sets ``func``.
 COMMAND_MODULES = ("backbones", "extract", "heads", "export", "finetune", "run", "cache", "check")
@@ -111,13 +111,6 @@ def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
     return parser
 
 
-def _say(line: str) -> None:
-    """``line`` on stderr in one write: under torchrun's ``python -u`` print writes the text
-    and its newline apart, and in the ranks' shared log two ranks' lines could join."""
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
 def main(argv: list[str] | None = None) -> int:
     command = None  # known once the arguments are parsed
     try:
@@ -133,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     except FeaturePipeError as exc:
         if os.environ.get("FEATPIPE_DEBUG") == "1":  # the full traceback, for bug reports
             traceback.print_exc()
-        _say(f"{_who(command)}: error: {exc}")
+        say(f"{_who(command)}: error: {exc}")
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see featpipe.interrupt)
         stop = Interrupted.from_exception(exc)
-        _say(f"{_who(command)}: {stop.message}")
+        say(f"{_who(command)}: {stop.message}")
         return stop.exit_code
     finally:
         stop_at_once()  # the command's exit is not to be broken into by a further Ctrl-C

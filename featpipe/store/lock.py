@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import os
 import socket
-import sys
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ except ImportError:  # no flock (Windows): readers go unseen, as before read loc
 from filelock import FileLock, Timeout
 
 from featpipe.errors import StoreInUseError, StoreWriteError
+from featpipe.interrupt import say
 
 LOCK_SUFFIX = ".lock"
 OWNER_SUFFIX = ".lock.json"
@@ -210,10 +210,7 @@ def in_use_message(store: str | Path, owner: dict) -> str:
 
 
 def _stderr(message: str) -> None:
-    # one write: under torchrun's `python -u` print writes the text and its newline apart,
-    # and every rank may wait, so two ranks' lines could join in their shared log
-    sys.stderr.write(f"featpipe: {message}\n")
-    sys.stderr.flush()
+    say(f"featpipe: {message}")  # every rank may wait: one line each in their shared log
 
 
 class StoreLock:
