@@ -352,9 +352,10 @@ def fill(
         filled_by=who,
         complete=complete,
     )
-    store = FeatureStore(plan.path)
-    if complete:  # the whole store's; until then, those of the parts this process filled
-        stats["skipped"] = len(store.skipped())
+    with _settled(plan.path):
+        store = FeatureStore(plan.path)
+        if complete:  # the whole store's; until then, those of the parts this process filled
+            stats["skipped"] = len(store.skipped())
     store.extraction = stats
     return store
 
@@ -424,5 +425,12 @@ def _refuse_replaced(path: Path, layout: tuple[int, int] | None) -> None:
 
 
 def _all_parts(path: Path) -> list[Part]:
-    with open_h5(path) as f:
+    with _settled(path), open_h5(path) as f:
         return parts_of(path, f.attrs)
+
+
+def _settled(path: Path) -> StoreLock:
+    """The store's lock, held to read its top-level file: another rank completing the store
+    holds it with the file open for writing, which a read would meet (HDF5 locks the file)
+    and fail on at once."""
+    return StoreLock(path, notify=lambda _message: None)
