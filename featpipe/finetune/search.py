@@ -19,6 +19,7 @@ from featpipe.device import resolve_device
 from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
 from featpipe.finetune import ddp
 from featpipe.finetune.tuner import NOT_RESULT_PARAMS, FineTuner, warn_if_val_cannot_choose
+from featpipe.heads.selection import in_increasing_order
 from featpipe.interrupt import Interrupted
 from featpipe.store import FeatureStore
 
@@ -141,7 +142,8 @@ def fit_grid(
     # destroy its own): the checks and warnings here then see the ranks, not rank 0 on each.
     with ddp.joined(resolve_device(tuner.device)):
         best, best_params, curve, seconds = None, None, [], 0.0
-        candidates = list(ParameterGrid(dict(grid)))
+        # a tie goes to the first: the same candidate whatever order the grid lists it in
+        candidates = list(ParameterGrid(in_increasing_order(dict(grid))))
         _check_batches_of_one(tuner, candidates)
         for i, params in enumerate(candidates, 1):
             # Not sklearn's clone: it deep-copies the callbacks; the caller's would see nothing.

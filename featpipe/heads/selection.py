@@ -173,7 +173,7 @@ def select_and_fit(
         if head_name(head) is None:
             raise ConfigError(f"{type(head).__name__} has no default grid; pass grid=.")
         grid = default_grid(head_name(head))
-    candidates = list(ParameterGrid(_in_increasing_order(grid)))
+    candidates = list(ParameterGrid(in_increasing_order(grid)))
     if not candidates:
         raise ConfigError(f"The grid {grid!r} has no candidates.")
     if getattr(head, "streams_store", False) and _is_store(source):
@@ -213,11 +213,12 @@ def select_and_fit(
     return result
 
 
-def _in_increasing_order(grid: dict | list[dict]) -> dict | list[dict]:
+def in_increasing_order(grid: dict | list[dict]) -> dict | list[dict]:
     """``grid`` with each parameter's values in increasing order where they compare, so that
     a tie goes to the same candidate, the first, whatever order the grid lists them in
-    (logreg chose C=10 of [10, 0.1] and C=0.1 of [0.1, 10] at the same val accuracy). Values
-    that do not compare (None and numbers) keep their order; ParameterGrid refuses a bad grid."""
+    (logreg chose C=10 of [10, 0.1] and C=0.1 of [0.1, 10] at the same val accuracy); the
+    fine-tune grid too. Values that do not compare (None and numbers) keep their order;
+    ParameterGrid refuses a bad grid."""
 
     def ordered(values):
         try:
@@ -228,7 +229,7 @@ def _in_increasing_order(grid: dict | list[dict]) -> dict | list[dict]:
     if isinstance(grid, dict):
         return {name: ordered(values) for name, values in grid.items()}
     if isinstance(grid, list):
-        return [_in_increasing_order(g) if isinstance(g, dict) else g for g in grid]
+        return [in_increasing_order(g) if isinstance(g, dict) else g for g in grid]
     return grid
 
 
