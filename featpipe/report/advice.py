@@ -131,7 +131,8 @@ def _tie_sentence(advice: Advice, n_boot: int) -> str:
         others = "other method it could be compared with" if advice.unpaired else "other method"
         text = f" No {others} is statistically tied with it on test."
     else:
-        names = ", ".join(f"{s.label} ({_pct(s.top1)})" for s in tied)
+        # "on test": the first figure in brackets in this paragraph is a validation accuracy
+        names = ", ".join(f"{s.label} ({_pct(s.top1)} on test)" for s in tied)
         rule = tie_rule(n_boot, advice.compared)
         text = f" Statistically tied with it on test ({rule}): {names}."
     cheap = advice.cheapest
