@@ -235,12 +235,15 @@ def run_chunks(
         raise Interrupted.from_exception(exc).with_message(
             f"interrupted: {done} of {n_chunks} chunks done; run the same command to resume"
         ) from None
-    except RuntimeError as exc:
-        if not str(exc).startswith("DataLoader worker"):  # torch's words for a dead worker
+    except (RuntimeError, ConnectionResetError, EOFError) as exc:
+        if not _dead_worker(exc, workers, lanes):
             raise
         done = _chunks_done(n_chunks, pending, background)
+        what = str(exc).strip().rstrip(".") or type(exc).__name__
+        if not isinstance(exc, RuntimeError):
+            what = f"A batch's handover from a loader worker failed ({what})"
         raise IncompleteStoreError(
-            f"{str(exc).strip().rstrip('.')}. A decoding worker died (the system kills one "
+            f"{what}. A decoding worker died (the system kills one "
             f"that runs out of memory); {done} of {n_chunks} chunks of {path.name} are done. "
             "Run the same command to resume, with fewer --workers or a smaller --batch-size "
             "if memory ran out."
@@ -253,6 +256,15 @@ def run_chunks(
         with contextlib.suppress(KeyboardInterrupt) if interrupted else contextlib.nullcontext():
             stop()
     return stats
+
+
+def _dead_worker(exc: BaseException, workers: int, lanes: int) -> bool:
+    """Whether ``exc`` is a loader worker's death: torch's RuntimeError, or, for a worker
+    killed while the main process fetched a batch's shared memory from it, the reset or
+    closed connection of that handover."""
+    if isinstance(exc, RuntimeError):
+        return str(exc).startswith("DataLoader worker")  # torch's words for a dead worker
+    return workers > 0 and lanes == 0  # loader workers decode (no lanes in this process)
 
 
 def _chunks_done(n_chunks: int, pending: list[int], background: BackgroundWriter | None) -> int:
