@@ -107,3 +107,8 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -
 
 class TrainingDivergedError(FeaturePipeError, FloatingPointError):
     """A fine-tune's training loss became NaN or infinite; the message says what to lower."""
+
+
+class WorkerDiedError(FeaturePipeError, RuntimeError):
+    """A DataLoader worker died (the system kills one that runs out of memory); the message
+    says what was kept and how to resume."""

@@ -122,6 +122,18 @@ def worker_ignores(*signums: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
 
 
+def dead_worker(exc: BaseException, loader_workers: bool) -> str | None:
+    """What ``exc`` says, where it is a DataLoader worker's death: torch's RuntimeError, or,
+    for a worker killed while the main process fetched a batch's shared memory from it, the
+    reset or closed connection of that handover (only where loader workers run); else None."""
+    if isinstance(exc, RuntimeError):
+        text = str(exc).strip().rstrip(".")
+        return text if text.startswith("DataLoader worker") else None  # torch's words
+    if loader_workers and isinstance(exc, (ConnectionResetError, EOFError)):
+        return f"A batch's handover from a loader worker failed ({str(exc) or type(exc).__name__})"
+    return None
+
+
 def say(line: str) -> None:
     """``line`` on stderr in one write: under torchrun's ``python -u`` print writes the text
     and its newline apart, and in the ranks' shared log two ranks' lines could join."""

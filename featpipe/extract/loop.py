@@ -24,7 +24,7 @@ from featpipe.extract.host_copy import PendingCopy
 from featpipe.extract.inference import Inference, precision
 from featpipe.extract.lanes import lane_count, lanes_running
 from featpipe.extract.writer_thread import BackgroundWriter
-from featpipe.interrupt import Interrupted, forking, worker_ignores
+from featpipe.interrupt import Interrupted, dead_worker, forking, worker_ignores
 from featpipe.store import StoreWriter
 
 
@@ -236,12 +236,10 @@ def run_chunks(
             f"interrupted: {done} of {n_chunks} chunks done; run the same command to resume"
         ) from None
     except (RuntimeError, ConnectionResetError, EOFError) as exc:
-        if not _dead_worker(exc, workers, lanes):
+        what = dead_worker(exc, loader_workers=workers > 0 and lanes == 0)
+        if what is None:
             raise
         done = _chunks_done(n_chunks, pending, background)
-        what = str(exc).strip().rstrip(".") or type(exc).__name__
-        if not isinstance(exc, RuntimeError):
-            what = f"A batch's handover from a loader worker failed ({what})"
         raise IncompleteStoreError(
             f"{what}. A decoding worker died (the system kills one "
             f"that runs out of memory); {done} of {n_chunks} chunks of {path.name} are done. "
@@ -256,15 +254,6 @@ def run_chunks(
         with contextlib.suppress(KeyboardInterrupt) if interrupted else contextlib.nullcontext():
             stop()
     return stats
-
-
-def _dead_worker(exc: BaseException, workers: int, lanes: int) -> bool:
-    """Whether ``exc`` is a loader worker's death: torch's RuntimeError, or, for a worker
-    killed while the main process fetched a batch's shared memory from it, the reset or
-    closed connection of that handover."""
-    if isinstance(exc, RuntimeError):
-        return str(exc).startswith("DataLoader worker")  # torch's words for a dead worker
-    return workers > 0 and lanes == 0  # loader workers decode (no lanes in this process)
 
 
 def _chunks_done(n_chunks: int, pending: list[int], background: BackgroundWriter | None) -> int:

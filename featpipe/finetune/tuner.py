@@ -36,6 +36,7 @@ from featpipe.errors import (
     StoreInUseError,
     StoreWriteError,
     TrainingDivergedError,
+    WorkerDiedError,
 )
 from featpipe.evaluate.metrics import compute_metrics
 from featpipe.extract.inference import Inference
@@ -65,7 +66,7 @@ from featpipe.finetune.freezing import (
 )
 from featpipe.finetune.recipe import OPTIMIZERS, build_optimizer, param_groups, warmup_cosine
 from featpipe.heads.selection import no_better_than_one_class
-from featpipe.interrupt import Interrupted, deferred
+from featpipe.interrupt import Interrupted, dead_worker, deferred
 from featpipe.store import FeatureStore
 from featpipe.store.lock import StoreLock, describe_owner, lock_path, read_owner
 
@@ -354,6 +355,16 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 cb.on_fit_end(self)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under handle_sigterm()
             raise Interrupted.from_exception(exc).with_message(self.interrupted_message()) from None
+        except (RuntimeError, ConnectionResetError, EOFError) as exc:
+            what = dead_worker(exc, loader_workers=int(self.workers) > 0)
+            if what is None:
+                raise
+            kept = self.interrupted_message().replace("interrupted", "stopped", 1)
+            raise WorkerDiedError(
+                f"{what}. A data loader worker died (the system kills one that runs out of "
+                f"memory): {kept}, with fewer --workers or a smaller --batch-size if memory ran "
+                "out."
+            ) from exc
         return self
 
     def _tick(self) -> None:
