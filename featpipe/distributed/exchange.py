@@ -19,9 +19,6 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-# channel is defined in ranks (process_group uses it, and ranks cannot import this module);
-# the runner and extraction take it from here, beside publish and receive.
-from featpipe.distributed.ranks import channel as channel
 from featpipe.distributed.ranks import process_group
 
 T = TypeVar("T")

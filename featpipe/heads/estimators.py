@@ -21,7 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.errors import ConfigError
-from featpipe.heads.preprocess import check_pca, is_count, make_preprocessor
+from featpipe.heads.preprocess import check_pca, make_preprocessor
 from featpipe.heads.torch_logreg import (
     TorchLinearClassifier,
     TorchLogisticRegression,
@@ -30,6 +30,7 @@ from featpipe.heads.torch_logreg import (
 )
 from featpipe.heads.torch_mlp import TorchMLPClassifier, mlp_path
 from featpipe.heads.torch_svm import TorchLinearSVC
+from featpipe.validation import is_count
 
 
 def _classifier_has(method: str):

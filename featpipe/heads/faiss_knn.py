@@ -26,8 +26,8 @@ from featpipe.errors import ConfigError
 from featpipe.extras import import_extra
 from featpipe.heads.chunks import Chunks, fitted_preprocessor, row_statistics
 from featpipe.heads.estimators import KNN_METRICS, KNNProbe
-from featpipe.heads.preprocess import is_count
 from featpipe.heads.streaming import check_chunk_rows
+from featpipe.validation import is_count
 
 KNN_WEIGHTS = ("uniform", "distance")
 SEARCH_ROWS = 4096  # queries searched at a time, so the (rows, k) results stay small

@@ -17,8 +17,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.errors import ConfigError
 from featpipe.heads.estimators import ProbeHead, _c_path_accuracy, check_gamma
-from featpipe.heads.preprocess import is_count
 from featpipe.heads.torch_svm import TorchLinearSVC
+from featpipe.validation import is_count
 
 _LINEAR = ("C", "tol", "max_iter", "device", "n_threads")  # what the linear SVM takes
 

@@ -8,7 +8,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 
 from featpipe.errors import ConfigError
-from featpipe.validation import is_count  # also imported from here by the heads
+from featpipe.validation import is_count
 
 PREPROCESSING = ("standardize", "l2", "none")
 

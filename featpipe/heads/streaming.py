@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.distributed.progress import track
 from featpipe.errors import ConfigError
-from featpipe.heads.preprocess import is_count
+from featpipe.validation import is_count
 
 Chunks = Iterable[tuple[np.ndarray, np.ndarray]]
 # chunks(order): the (X, y) chunks with the indices in ``order``, in that order.

@@ -40,7 +40,7 @@ from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError, TrainingDivergedError
 from featpipe.evaluate.metrics import clearly_below
 from featpipe.heads.finite import check_finite
-from featpipe.heads.preprocess import is_count
+from featpipe.validation import is_count
 
 
 def logistic_objective(

@@ -56,7 +56,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.device import on_device, resolve_device, torch_threads
 from featpipe.errors import ConfigError
-from featpipe.heads.preprocess import is_count
+from featpipe.validation import is_count
 
 PATIENCE_STEPS = 100  # n_iter_no_change="auto": stop after about this many steps without gain
 PRECISIONS = ("auto", "fp32", "bf16")

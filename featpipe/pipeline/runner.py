@@ -23,8 +23,8 @@ from pathlib import Path
 
 from featpipe.atomic import write_text_atomic
 from featpipe.data import ImageSource, open_source, subsample
-from featpipe.distributed.exchange import channel, job_store, publish, receive
-from featpipe.distributed.ranks import alone, current_ranks, process_group
+from featpipe.distributed.exchange import job_store, publish, receive
+from featpipe.distributed.ranks import alone, channel, current_ranks, process_group
 from featpipe.errors import ConfigError, FeaturePipeError
 from featpipe.interrupt import Interrupted
 from featpipe.pipeline.config import DEFAULT_FRACTIONS, PipelineConfig, SourceConfig
