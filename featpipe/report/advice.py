@@ -331,7 +331,7 @@ def _mixed_test_sets(s: MethodSummary) -> list[str]:
     sizes = ", ".join(f"seed {r['seed']}: {counted(r['metrics']['n'], 'image')}" for r in s.rows)
     return [
         f"{s.label}: its seeds tested different test images ({sizes}), so its mean top-1 "
-        "mixes test sets and its interval is taken at the smallest set's size. Run every "
+        "mixes test sets and its interval is taken at their sizes' harmonic mean. Run every "
         "seed on the same data (one store) to compare them."
     ]
 

@@ -63,12 +63,15 @@ class MethodSummary:
         evidence. It is recomputed from the counts, not read from the rows, so rows written
         before the Wilson interval (a percentile bootstrap) are shown the same way.
 
-        Seeds that tested different images (a report warns) take the smallest set's size: the
-        mean of independent proportions varies at most as one proportion at the mean does over
-        the smallest set, so the interval is wider than needed, never narrower."""
+        Seeds that tested different images (a report warns) take the harmonic mean of their
+        sets' sizes, whether the sets overlap or not: the mean's standard deviation is at most
+        the mean of the seeds' own (any correlation), which is at most one proportion's at the
+        mean over that many images (Cauchy-Schwarz, then p(1 - p) is concave). So the interval
+        is never narrower than the mean needs, and narrower than the smallest set's would be."""
         if not any("top1" in r["metrics"]["ci"] for r in self.rows):
             return None
-        return wilson_interval(self.top1, min(r["metrics"]["n"] for r in self.rows))
+        n = [r["metrics"]["n"] for r in self.rows]
+        return wilson_interval(self.top1, len(n) / sum(1 / k for k in n))
 
     def score_ci(self, metric: str) -> tuple[float, float] | None:
         """The 95 % bootstrap interval of a metric's mean over seeds (balanced accuracy, macro
