@@ -19,6 +19,7 @@ from pathlib import Path
 
 import joblib
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import InconsistentVersionWarning
 
 from featpipe.backbones.weights import file_sha256
 from featpipe.errors import ConfigError, HeadMismatchError, UntrustedFileError
@@ -221,12 +222,30 @@ def load_head(path: str | Path, trusted: tuple[str, ...] = ()) -> tuple[BaseEsti
     """(fitted head, sidecar dict). A ``.skops`` file is rebuilt without running code from
     the types on :data:`SKOPS_TRUSTED` plus ``trusted`` (module.Class names, for heads of your
     own); another type in it raises UntrustedFileError. Other files are loaded with joblib,
-    which runs code while loading (it warns): load trusted files only."""
+    which runs code while loading (it warns): load trusted files only.
+
+    A head saved with another scikit-learn, torch or featpipe than this one's (as its sidecar
+    records them) warns in one line naming both versions, since it may predict otherwise; one
+    whose classes this environment lacks is refused in one line naming them."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"No saved head at {path}.")
     sidecar = read_sidecar(path)
-    head = _load(path, trusted)
+    other = _other_versions(sidecar)
+    if other:
+        warnings.warn(
+            _versions_text(path, other, "may predict otherwise"), UserWarning, stacklevel=2
+        )
+    with warnings.catch_warnings():
+        if "scikit-learn" in other:  # said above in one line: not again in scikit-learn's
+            warnings.filterwarnings("ignore", category=InconsistentVersionWarning)
+        try:
+            head = _load(path, trusted)
+        except (ImportError, AttributeError) as err:  # a class this version does not have
+            if not other:
+                raise
+            text = _versions_text(path, other, "cannot be loaded here")
+            raise ConfigError(f"{text} ({type(err).__name__}: {err})") from None
     if "file_sha256" in sidecar and file_sha256(path) != sidecar["file_sha256"]:
         raise ConfigError(
             f"{path} is not the file its sidecar {sidecar_path(path)} describes (their sha256 "
@@ -239,6 +258,33 @@ def load_head(path: str | Path, trusted: tuple[str, ...] = ()) -> tuple[BaseEsti
             f"and classes_). {RESAVE}"
         )
     return head, sidecar
+
+
+# The libraries whose versions decide how a saved head loads and predicts.
+_HEAD_LIBRARIES = ("scikit-learn", "torch", "featpipe")
+
+
+def _other_versions(sidecar: dict) -> dict[str, tuple[str, str]]:
+    """{library: (version saved with, version here)} for those of _HEAD_LIBRARIES that differ
+    (a library the sidecar or this environment lacks is left out)."""
+    saved, here = sidecar.get("versions") or {}, versions()
+    if not isinstance(saved, dict):
+        return {}
+    return {
+        name: (str(saved[name]), here[name])
+        for name in _HEAD_LIBRARIES
+        if saved.get(name) and here.get(name) and str(saved[name]) != here[name]
+    }
+
+
+def _versions_text(path: Path, other: dict[str, tuple[str, str]], what: str) -> str:
+    """One line naming both versions of each library in ``other``, and the fix."""
+    pairs = ", ".join(f"{name} {then} (here {now})" for name, (then, now) in other.items())
+    pins = " ".join(f"{name}=={then}" for name, (then, _) in other.items())
+    return (
+        f"{path} was saved with {pairs}: a head saved by other library versions {what}. "
+        f"Fit and save it again here (featpipe probe --save-dir), or pip install {pins}"
+    )
 
 
 def _load(path: Path, trusted: tuple[str, ...]) -> object:
