@@ -16,8 +16,8 @@ from featpipe.report.summary import summarize
 
 
 def test_the_method_plots_bars_start_at_0_so_their_lengths_compare(drawn):  # noqa: F811
-    # Before: the axis started 15 points left of the shortest bar (75 % here), so the 90 %
-    # bar looked several times the 80 % one.
+    # Before: the axis started 15 points left of the shortest bar (at 65 % here), so the
+    # 90 % bar was drawn 1.7 times as long as the 80 % one.
     rows = [make_row("a", acc=0.8), make_row("b", acc=0.9, head="knn")]
     plots.accuracy_by_method(summarize(rows))
     ax = drawn[-1].axes[0]
