@@ -47,15 +47,6 @@ class ArraySource(ImageSource):
         self.classes, self.labels = encode_labels(labels, classes, n, f"ArraySource {name!r}")
         if splits is not None:
             splits = _encode_splits(splits, n)
-        self.splits = assign_splits(
-            self.labels,
-            splits,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            origin=f"the splits given to ArraySource {name!r}",
-            classes=self.classes,
-        )
         width = max(6, len(str(n - 1)))
         self.ids = [f"{name}/{i:0{width}d}" for i in range(n)] if ids is None else _ids(ids)
         if len(self.ids) != n:
@@ -68,6 +59,16 @@ class ArraySource(ImageSource):
                 f"ArraySource needs {n} unique ids, one per image; {twice!r} is given "
                 f"{self.ids.count(twice)} times. Give each image its own id, or leave ids out."
             )
+        self.splits = assign_splits(
+            self.labels,
+            splits,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            origin=f"the splits given to ArraySource {name!r}",
+            classes=self.classes,
+            ids=self.ids,
+        )
 
     def load(self, index: int) -> Image.Image:
         return to_rgb(Image.fromarray(self.images[index]))

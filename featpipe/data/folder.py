@@ -102,6 +102,7 @@ class ImageFolderSource(FileSource):
             test_fraction=test_fraction,
             seed=seed,
             origin=f"image folder {str(self.root)!r}",
+            ids=self.ids,
         )
 
     def describe(self) -> dict:

@@ -87,6 +87,7 @@ class CSVSource(FileSource):
             seed=seed,
             origin=f"the split column of {str(self.csv_path)!r}",
             classes=self.classes,
+            ids=self.ids,
         )
 
     def describe(self) -> dict:

@@ -175,6 +175,7 @@ class WebDatasetSource(ImageSource):
             seed=seed,
             origin=f"the shards {self._where()}",
             classes=self.classes,
+            ids=self.ids,
         )
 
     def _index(self, fields: tuple[Field, ...]) -> list[_ShardIndex]:

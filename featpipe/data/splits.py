@@ -22,13 +22,19 @@ TRAIN, VAL, TEST = (SPLIT_CODES[name] for name in ("train", "val", "test"))
 
 
 def stratified_split(
-    labels: np.ndarray, val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0
+    labels: np.ndarray,
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    ids: Sequence[str] | None = None,
 ) -> np.ndarray:
     """uint8 split codes (``SPLIT_CODES``) for ``labels``, stratified per class and seeded.
 
     Each class gives ``round(n_class * fraction)`` rows (give or take one, so that the totals
     match ``round(N * fraction)``) to val and to test; every class keeps at least one train row.
-    The same labels, fractions and seed always give the same split.
+    The same labels, fractions and seed always give the same split. With ``ids`` (unique, one
+    per row) each class's rows are drawn in the order of their ids, so the same images listed
+    in another order get the same splits; rows already in id order split as without ids.
     """
     _check_fractions(val_fraction, test_fraction)
     _check_seed(seed)
@@ -45,11 +51,19 @@ def stratified_split(
     from_val = np.minimum(excess, n_val)
     n_val -= from_val
     n_test -= excess - from_val
+    # rows in id order (sorted ids: each class's rows as flatnonzero lists them)
+    order = np.arange(len(labels)) if ids is None else _id_order(ids, len(labels))
     for c in range(len(classes)):
-        rows = rng.permutation(np.flatnonzero(inverse == c))
+        rows = rng.permutation(order[inverse[order] == c])
         codes[rows[: n_val[c]]] = VAL
         codes[rows[n_val[c] : n_val[c] + n_test[c]]] = TEST
     return codes
+
+
+def _id_order(ids: Sequence[str], n: int) -> np.ndarray:
+    if len(ids) != n:
+        raise ConfigError(f"stratified_split needs one id per label ({n}); got {len(ids)} ids.")
+    return np.array(sorted(range(n), key=list(ids).__getitem__), dtype=np.int64)
 
 
 def require_train(splits: np.ndarray, origin: str, fix: str) -> None:
@@ -72,9 +86,11 @@ def assign_splits(
     seed: int,
     origin: str,
     classes: Sequence[str] | None = None,
+    ids: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Split codes for a source: ``splits`` as given (or all train when None), with val and test
-    carved out of the train rows by their fractions wherever the source names no such rows.
+    carved out of the train rows by their fractions wherever the source names no such rows,
+    drawn in the order of the rows' ``ids`` (see :func:`stratified_split`).
 
     A fraction for a split the source already has is ignored with a warning naming ``origin``,
     as are, when ``classes`` (the label names) are given, classes that the given splits leave
@@ -97,7 +113,8 @@ def assign_splits(
     train = np.flatnonzero(splits == TRAIN)
     if classes is not None:
         _warn_untrained(labels, splits, classes, origin)
-    splits[train] = stratified_split(labels[train], carve["val"], carve["test"], seed)
+    train_ids = None if ids is None else [ids[r] for r in train]
+    splits[train] = stratified_split(labels[train], carve["val"], carve["test"], seed, train_ids)
     _warn_carved_nothing(splits[train], carve, origin)
     return splits
 

@@ -127,6 +127,7 @@ class TableSource(ImageSource):
             seed=seed,
             origin=f"{self.kind} {str(self.root)!r}",
             classes=self.classes,
+            ids=self.ids,
         )
         self._table_of = np.repeat(np.arange(len(self._sizes)), self._sizes)
         self._row_in_table = np.concatenate([np.arange(n) for n in self._sizes])
