@@ -4,14 +4,17 @@ and manifest paths that differ only in case on a file system that does not tell 
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from featpipe.data import ArraySource, CSVSource, load_builtin
 from featpipe.data.splits import stratified_split
+from featpipe.errors import SourceError
 
 
 def _carved(source) -> tuple[set[str], set[str]]:
@@ -69,3 +72,38 @@ def test_rows_in_id_order_carve_as_before():
         warnings.simplefilter("ignore")
         demo = load_builtin("digits", val_fraction=0.2, test_fraction=0.2, seed=0)
     assert hashlib.sha256(demo.splits.tobytes()).hexdigest()[:12] == "f6776238bf38"
+
+
+# -- paths that differ only in case ----------------------------------------------------------
+
+
+def _case_blind(monkeypatch) -> None:
+    """This file system as macOS's or Windows' sees it: a name opens the file whose name is
+    the same in lower case (the tests write both, as two files)."""
+    stat, lstat = os.stat, os.lstat
+
+    def folded(path):
+        folder, name = os.path.split(os.fspath(path))
+        return os.path.join(folder, name.lower())
+
+    monkeypatch.setattr(os, "stat", lambda path, *a, **k: stat(folded(path), *a, **k))
+    monkeypatch.setattr(os, "lstat", lambda path, *a, **k: lstat(folded(path), *a, **k))
+
+
+def test_manifest_paths_that_differ_only_in_case_are_one_image_where_case_is_not_told_apart(
+    tmp_path, monkeypatch
+):
+    # on macOS 'cat/a.png' and 'cat/A.png' open one file, yet each row was kept: one image in
+    # two rows could land in train and in test (or under two labels), which no check told
+    for name in ("a.png", "A.png", "b.png", "c.png", "d.png"):
+        Image.new("L", (4, 4), ord(name[0])).save(tmp_path / name)
+    rows = [("a.png", "x"), ("b.png", "x"), ("c.png", "y"), ("A.png", "y"), ("d.png", "y")]
+    manifest = _write_csv(tmp_path / "m.csv", rows)
+    assert len(CSVSource(manifest)) == 5  # a file system that tells case apart: five images
+    _case_blind(monkeypatch)
+    with pytest.raises(
+        SourceError,
+        match=r"line 5: path 'A.png' is the same image as line 2 \('a.png'\): their paths differ "
+        r"only in case, which this file system does not tell apart",
+    ):
+        CSVSource(manifest)

@@ -54,9 +54,12 @@ def repeated_file(files: list[Path]) -> tuple[int, int, str, str] | None:
     one image on two rows can land in train and in test, or in two classes. However its path is
     spelt (relative or absolute, with .., through a symlinked file or folder) one image has one
     real path; hard links give it two, so a file with more than one link is known by its inode,
-    from the stat that telling symlinks costs anyway."""
+    from the stat that telling symlinks costs anyway. Paths that differ only in case are one
+    file where the file system does not tell case apart (macOS's, Windows'): those are
+    compared by inode, one stat for each such pair."""
     real_dirs: dict[str, str] = {}  # realpath of each folder, once per folder
     seen: dict[object, tuple[int, str]] = {}
+    folded: dict[str, tuple[int, str]] = {}  # {real path casefolded: its first row, real path}
     for row, file in enumerate(files):
         folder, name = os.path.split(str(file))
         if folder not in real_dirs:
@@ -77,7 +80,30 @@ def repeated_file(files: list[Path]) -> tuple[int, int, str, str] | None:
         first, first_real = seen.setdefault(key, (row, real))
         if first != row:
             return first, row, first_real, real
+        first, first_real = folded.setdefault(real.casefold(), (row, real))
+        if first != row and _same_file(first_real, real):
+            return first, row, first_real, real
     return None
+
+
+def is_case_only(real: str, other: str) -> bool:
+    """Whether two real paths that :func:`repeated_file` found to be one file differ only in
+    case: one file (not two hard links), opened by either spelling, on a file system that does
+    not tell case apart."""
+    if real == other or real.casefold() != other.casefold():
+        return False
+    try:
+        return os.stat(real).st_nlink == 1
+    except OSError:
+        return False
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:  # missing: refused or reported where the file is read
+        return False
+    return bool(sa.st_ino) and (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def files_under(folder: Path, suffix: str) -> list[Path]:

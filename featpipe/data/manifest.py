@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featpipe.data.files import FileSource, repeated_file
+from featpipe.data.files import FileSource, is_case_only, repeated_file
 from featpipe.data.source import (
     SPLIT_ALIASES,
     SPLIT_CODES,
@@ -184,6 +184,8 @@ class CSVSource(FileSource):
                 "once. Remove one of the rows."
             )
         both = f"both are {repeat[2]!r}" if repeat[2] == repeat[3] else "hard links to one file"
+        if is_case_only(repeat[2], repeat[3]):
+            both = "their paths differ only in case, which this file system does not tell apart"
         raise SourceError(
             f"{where} is the same image as line {first['line']} ({first['path']!r}): {both}. "
             "Each image may appear once (twice, it can land in train and in "
