@@ -504,16 +504,21 @@ def _sizes_near(model: nn.Module, size: int) -> str:
     return f", e.g. {' or '.join(near)} ({what} of its patch size {patch})"
 
 
+def input_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of the model's first floating-point parameter (CPU, float32 for a
+    model without one): images are fed in that dtype, since float32 into float64 or bfloat16
+    weights fails (a convolution's "Input type (float) and bias type (double)")."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+
+
 def _blank(model: nn.Module, n: int, size: int, random: bool = False) -> torch.Tensor:
     """``n`` zero images (``random``: pixels drawn with seed 0) of ``size``×``size`` for a probe
-    pass, on the device and in the dtype of the model's first floating-point parameter: float32
-    into float64 or bfloat16 weights fails as if the size were wrong."""
-    p = next((p for p in model.parameters() if p.is_floating_point()), None)
-    device, dtype = (p.device, p.dtype) if p is not None else ("cpu", torch.float32)
+    pass, on the model's device and in its :func:`input_dtype`."""
     shape = (n, 3, size, size)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g) if random else torch.zeros(shape)
-    return x.to(device, dtype)
+    return x.to(*input_dtype(model))
 
 
 class FeatureModel(nn.Module):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featpipe.backbones.base import Backbone, FeatureModel
+from featpipe.backbones.base import Backbone, FeatureModel, input_dtype
 from featpipe.device import amp_dtype
 from featpipe.extract.fixed_batch import FixedBatch
 from featpipe.extract.host_copy import PendingCopy, start_copy
@@ -56,6 +56,8 @@ class Inference:
         self.device = torch.device(device)
         self.memory_format = memory_format
         self.model = model.eval().to(self.device, memory_format=self.memory_format)
+        # Images go in the model's own dtype (a float64 or bfloat16 user model), not float32.
+        self._input_dtype = input_dtype(self.model)[1]
         self._autocast_dtype = amp_dtype(self.device)
         self._run = self.model
         self.compiled = compile
@@ -72,11 +74,18 @@ class Inference:
         return cls(backbone.features(layers), device, **options)
 
     def __call__(self, images: torch.Tensor, *, eager: bool = False) -> Any:
-        """The model's output for a (B, 3, H, W) float batch, on the device. ``eager``
-        bypasses ``torch.compile`` (a one-off dummy batch must not trigger a compilation)."""
+        """The model's output for a (B, 3, H, W) float batch, on the device and in the model's
+        dtype. ``eager`` bypasses ``torch.compile`` (a one-off dummy batch must not trigger a
+        compilation)."""
         run = self.model if eager else self._run
         with torch.inference_mode(), self._autocast():
-            return run(images.to(self.device, non_blocking=True, memory_format=self.memory_format))
+            x = images.to(
+                self.device,
+                self._input_dtype,
+                non_blocking=True,
+                memory_format=self.memory_format,
+            )
+            return run(x)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         # amp_dtype is asked once, in __init__: it queries the GPU.
