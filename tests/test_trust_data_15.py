@@ -107,3 +107,14 @@ def test_manifest_paths_that_differ_only_in_case_are_one_image_where_case_is_not
         r"only in case, which this file system does not tell apart",
     ):
         CSVSource(manifest)
+
+
+def test_a_manifest_path_in_another_case_than_its_file_names_the_file(tmp_path):
+    # a manifest written on macOS (where 'cat/A.png' opens 'cat/a.png') listed a missing file
+    # here, with nothing to say that the file is there under another case
+    (tmp_path / "cat").mkdir()
+    for name in ("cat/a.png", "b.png"):
+        Image.new("L", (4, 4), 9).save(tmp_path / name)
+    manifest = _write_csv(tmp_path / "m.csv", [("cat/A.png", "x"), ("b.png", "y")])
+    with pytest.raises(SourceError, match=r"1 missing file.*'[^']*cat/a.png' exists, its name "):
+        CSVSource(manifest)

@@ -211,6 +211,15 @@ class CSVSource(FileSource):
                     "names decomposed): write the paths as the files are named, e.g. with "
                     f"unicodedata.normalize({other[0]!r}, path)."
                 )
+            case = next(
+                filter(None, (_other_case(file) for _, file in missing[:_MAX_LISTED])), None
+            )
+            if case is not None:
+                hint += (
+                    f" {case!r} exists, its name spelt in another case: this file system tells "
+                    "case apart (macOS's and Windows' do not); write the paths as the files are "
+                    "named."
+                )
             raise SourceError(
                 f"CSV manifest {str(self.csv_path)!r} lists {len(missing)} missing file(s): "
                 f"{listed}{more}. Paths are relative to the CSV's folder; fix or remove those "
@@ -224,3 +233,17 @@ def _other_forms(file: Path) -> list[tuple[str, str]]:
     text = str(file)
     forms = [(form, unicodedata.normalize(form, text)) for form in ("NFC", "NFD")]
     return [(form, other) for form, other in forms if other != text and os.path.isfile(other)]
+
+
+def _other_case(file: Path) -> str | None:
+    """The file beside ``file`` whose name differs from its name only in case, if any: a
+    manifest written where the file system does not tell case apart (macOS, Windows)."""
+    try:
+        names = os.listdir(file.parent)
+    except OSError:
+        return None
+    name = file.name.casefold()
+    return next(
+        (str(file.parent / n) for n in sorted(names) if n != file.name and n.casefold() == name),
+        None,
+    )
