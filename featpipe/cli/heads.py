@@ -7,6 +7,7 @@ import csv
 import json
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,9 @@ examples:
   featpipe predict heads/logreg.skops store.h5 --split test --out preds.csv
   featpipe predict heads/logreg.skops photos/*.jpg
   featpipe predict heads/logreg.skops photos/             # every image in a folder
+
+Columns (CSV) or keys (JSON): id, predicted_class, probability (the predicted class's), then
+probability_<class> for each class the head knows, for heads with probabilities (not the SVMs).
 
 Features for images are computed with the backbone and layer named in the head's sidecar,
 decoded as its store's images were (--decode fast included); a warning says where they cannot
@@ -161,7 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         help="file to write: JSON where it ends in .json, else CSV (default: CSV on standard "
-        "output)",
+        "output); the columns are listed below",
     )
     q.set_defaults(func=run_predict)
 
@@ -372,15 +376,26 @@ def _image_files(inputs: list[str]) -> list[Path]:
     from featpipe.data.folder import IMAGE_EXTENSIONS
     from featpipe.data.folder import _image_files as images_under
 
-    files = []
+    files, left_out = [], []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            files += sorted(images_under(path, IMAGE_EXTENSIONS, []))
+            files += sorted(images_under(path, IMAGE_EXTENSIONS, left_out))
         elif path.is_file():
             files.append(path)
         else:
             raise ConfigError(f"{path} is neither a file nor a folder.")
+    if left_out:  # other photos (.heic, ...) and partial downloads: say so, as a folder does
+        counts = Counter(f.suffix.lower() for f in left_out)
+        said = ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items()))
+        warnings.warn(
+            f"predict leaves out {len(left_out)} file(s) in the folders given ({said}; the "
+            f"first: {sorted(left_out)[0]}): featpipe reads {', '.join(IMAGE_EXTENSIONS)}. "
+            "Convert other photos (e.g. to .jpg or .png) to predict them; finish or repeat "
+            "partial downloads (.part, .crdownload, ...).",
+            UserWarning,
+            stacklevel=2,
+        )
     if not files:
         raise ConfigError(f"No images found in {', '.join(inputs)}.")
     return files
@@ -434,20 +449,32 @@ def run_predict(args: argparse.Namespace) -> int:
         X, files = _embed(files, sidecar, args)
         ids = [str(f) for f in files]
     pred = head.predict(X)
-    proba = head.predict_proba(X).max(axis=1) if hasattr(head, "predict_proba") else None
+    proba = head.predict_proba(X) if hasattr(head, "predict_proba") else None
     names = sidecar.get("classes") or []
+
+    def class_name(label):
+        name = names[int(label)] if isinstance(label, (int, np.integer)) and names else label
+        return name.item() if isinstance(name, np.generic) else name  # JSON's int, not "3"
+
+    # The predicted class's probability stays third, so readers of the three columns still
+    # work; one column per class the head knows follows, in the head's class order.
+    fields = PREDICTION_FIELDS + (
+        [] if proba is None else [f"probability_{class_name(c)}" for c in head.classes_]
+    )
     rows = []
     for i, (sid, label) in enumerate(zip(ids, pred, strict=True)):
-        name = names[int(label)] if isinstance(label, (int, np.integer)) and names else label
-        name = name.item() if isinstance(name, np.generic) else name  # JSON's int, not "3"
-        rows.append([sid, name, None if proba is None else round(float(proba[i]), 6)])
+        if proba is None:
+            rows.append([sid, class_name(label), None])
+            continue
+        rounded = [round(float(p), 6) for p in proba[i]]
+        rows.append([sid, class_name(label), max(rounded), *rounded])
     if not args.out:
-        _write_csv(sys.stdout, rows)
+        _write_csv(sys.stdout, fields, rows)
         return 0
     from featpipe.atomic import replace_with
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    replace_with(args.out, lambda tmp: _write_rows(tmp, rows))
+    replace_with(args.out, lambda tmp: _write_rows(tmp, fields, rows))
     print(f"wrote {len(ids)} predictions to {args.out}", file=sys.stderr)
     return 0
 
@@ -455,21 +482,21 @@ def run_predict(args: argparse.Namespace) -> int:
 PREDICTION_FIELDS = ["id", "predicted_class", "probability"]
 
 
-def _write_rows(path: Path, rows: list[list]) -> None:
+def _write_rows(path: Path, fields: list[str], rows: list[list]) -> None:
     """``rows`` as a JSON list of objects where ``path`` ends in .json, else as CSV."""
     if path.suffix.lower() == ".json":
-        records = [dict(zip(PREDICTION_FIELDS, row, strict=True)) for row in rows]
+        records = [dict(zip(fields, row, strict=True)) for row in rows]
         path.write_text(json.dumps(records, indent=1, default=str) + "\n")
         return
     with open(path, "w", newline="") as out:
-        _write_csv(out, rows)
+        _write_csv(out, fields, rows)
 
 
-def _write_csv(out, rows: list[list]) -> None:
+def _write_csv(out, fields: list[str], rows: list[list]) -> None:
     writer = csv.writer(out)
-    writer.writerow(PREDICTION_FIELDS)
-    for sid, name, prob in rows:
-        writer.writerow([sid, name, "" if prob is None else f"{prob:.6f}"])
+    writer.writerow(fields)
+    for sid, name, *probs in rows:
+        writer.writerow([sid, name, *("" if p is None else f"{p:.6f}" for p in probs)])
 
 
 def _check_head_path(path: Path) -> None:

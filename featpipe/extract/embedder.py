@@ -102,6 +102,15 @@ def _as_items(X: Iterable[ImageLike] | np.ndarray) -> list[ImageLike]:
     """A batch of images as a list: a 4-D uint8 array (n, H, W, C) is split by rows."""
     if isinstance(X, (str, os.PathLike, Image.Image)):
         raise ConfigError("Pass a sequence of images, not a single image (wrap it in a list).")
+    # One image's array would be split by rows into H images of one row each (read as H gray
+    # images of W x 3, or failing on each row): the first axis of an array is the images.
+    one = isinstance(X, np.ndarray) and X.dtype.kind in "biuf"
+    if one and (X.ndim == 2 or (X.ndim == 3 and X.shape[-1] in (3, 4))):
+        raise ConfigError(
+            f"Embedder got one array of shape {X.shape}, which reads as one image, but a batch's "
+            "first axis is its images: pass [image] or image[None] for one image; for gray "
+            "images of width 3 or 4, pass them as (N, H, W, 1)."
+        )
     return list(X)
 
 
