@@ -222,6 +222,11 @@ _DCT = np.cos(
     np.pi * np.arange(_FREQS)[:, None] * (2 * np.arange(_HASH_SIDE)[None, :] + 1) / (2 * _HASH_SIDE)
 )
 _ABSENT = 1e-6  # a DCT term this small is no frequency of the thumbnail but rounding noise
+# A thumbnail whose gray levels spread less than this (standard deviation, of 0..255) is a
+# blank frame with noise: hashed as flat, or its noise would set its bits by chance. Sensor
+# noise of 4 gray levels in a 64 px frame leaves 1.9 in the thumbnail (less in larger
+# frames); the least of CIFAR-10's 60,000 images is 4.1.
+_NEAR_BLANK = 2.0
 _BYTE_BITS = np.array([bin(b).count("1") for b in range(256)], np.uint8)
 
 
@@ -229,9 +234,13 @@ def perceptual_hash(image: Image.Image) -> int:
     """A 64-bit DCT hash (pHash) of ``image``: which of the 8 x 8 lowest frequencies of its
     32 x 32 grayscale thumbnail are above their median. Resizing, recompression, colour and
     brightness change few of its bits (a shift of a pixel or two, many). Flat images (a solid
-    colour: no frequency but the constant one) are within a bit of each other."""
+    colour: no frequency but the constant one), noisy blank frames among them, are within a bit
+    of each other."""
     thumb = image.convert("L").resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.LANCZOS)
-    low = _DCT @ np.asarray(thumb, np.float64) @ _DCT.T
+    thumb = np.asarray(thumb, np.float64)
+    if thumb.std() < _NEAR_BLANK:
+        thumb = np.full_like(thumb, thumb.mean())
+    low = _DCT @ thumb @ _DCT.T
     # A frequency absent from the thumbnail (every one but the constant in a flat image) comes
     # out as rounding noise (under 1e-10 at 0..255 gray), whose sign would set its bit by
     # chance: it counts as 0. Flat images then hash alike, a brightness change apart.
