@@ -29,6 +29,13 @@ def _refuse_listing(monkeypatch, name: str) -> None:
     monkeypatch.setattr(os, "scandir", scandir)
 
 
+def _two_shard_folders(tmp_path) -> None:
+    """tmp_path/shards/part1 and part2, a webdataset in each (18 samples, 36 in all)."""
+    pytest.importorskip("webdataset")
+    write_wds_dataset(tmp_path / "shards" / "part1")
+    write_wds_dataset(tmp_path / "shards" / "part2")
+
+
 # -- hard links ------------------------------------------------------------------------------
 
 
@@ -94,9 +101,7 @@ def test_an_unreadable_class_split_or_root_folder_is_one_line(tmp_path, monkeypa
 
 def test_an_unreadable_folder_of_shards_is_not_skipped_silently(tmp_path, monkeypatch):
     # Path.rglob skipped it: wds:<folder> read 18 of 36 samples without a word
-    pytest.importorskip("webdataset")
-    write_wds_dataset(tmp_path / "shards" / "part1")
-    write_wds_dataset(tmp_path / "shards" / "part2")
+    _two_shard_folders(tmp_path)
     assert len(open_source(f"wds:{tmp_path / 'shards'}")) == 36
     _refuse_listing(monkeypatch, "part2")
     with pytest.raises(SourceError, match=r"Cannot list the folder '.*part2' \(Permission"):

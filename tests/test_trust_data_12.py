@@ -12,7 +12,7 @@ import pytest
 from conftest import make_image_folder
 from dataset_files import write_shards, write_wds_dataset
 from PIL import Image
-from test_trust_data_11 import _refuse_listing
+from test_trust_data_11 import _refuse_listing, _two_shard_folders
 
 from featpipe.data import ArraySource, ImageFolderSource, open_source
 from featpipe.data.splits import subsample
@@ -58,9 +58,7 @@ def test_a_shard_pattern_over_an_unreadable_folder_is_not_skipped_silently(
     tmp_path, monkeypatch, pattern
 ):
     # glob.glob skips a folder it cannot list: 18 of 36 samples were read without a word
-    pytest.importorskip("webdataset")
-    write_wds_dataset(tmp_path / "shards" / "part1")
-    write_wds_dataset(tmp_path / "shards" / "part2")
+    _two_shard_folders(tmp_path)
     spec = f"wds:{tmp_path / 'shards' / pattern}"
     assert len(open_source(spec)) == (24 if "train" in pattern else 36)
     _refuse_listing(monkeypatch, "part2")
@@ -71,9 +69,7 @@ def test_a_shard_pattern_over_an_unreadable_folder_is_not_skipped_silently(
 def test_a_shard_pattern_does_not_refuse_folders_it_does_not_list(tmp_path, monkeypatch):
     # only folders the pattern lists count: a plain name in them is looked up, and folders the
     # pattern does not reach (lost+found beside the shards) are no concern of it
-    pytest.importorskip("webdataset")
-    write_wds_dataset(tmp_path / "shards" / "part1")
-    write_wds_dataset(tmp_path / "shards" / "part2")
+    _two_shard_folders(tmp_path)
     (tmp_path / "shards" / "lost+found").mkdir()
     _refuse_listing(monkeypatch, "lost+found")
     assert len(open_source(f"wds:{tmp_path / 'shards' / 'part*' / '*.tar'}")) == 36
