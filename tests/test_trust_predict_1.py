@@ -21,20 +21,30 @@ from featpipe.heads import save_head
 QUIET = {"workers": 0, "device": "cpu", "progress": False}
 
 
-@pytest.fixture
-def head(tmp_path):
-    """(image folder, a head saved on its store): 2 classes of 3 small PNGs each."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "img"
+def _pngs(root, seed: int):
+    """root/{a,b}/{0,1,2}.png: 2 classes of 3 small random PNGs each; root."""
+    rng = np.random.default_rng(seed)
     for c in "ab":
         (root / c).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (40, 50, 3), np.uint8)).save(root / c / f"{i}.png")
-    store = extract(str(root), "toy", ["pooled"], out=tmp_path / "s.h5", **QUIET)
+    return root
+
+
+def _saved_head(tmp_path, root, **extract_kw):
+    """The store of the images under root (tmp_path/s.h5) and a head saved on it (its path)."""
+    store = extract(str(root), "toy", ["pooled"], out=tmp_path / "s.h5", **extract_kw, **QUIET)
     X, y = store.arrays("pooled")
     path = tmp_path / "head.joblib"
     save_head(LogisticRegression(C=100).fit(X, y), path, store=store, layer="pooled")
-    return root, path
+    return store, path
+
+
+@pytest.fixture
+def head(tmp_path):
+    """(image folder, a head saved on its store): 2 classes of 3 small PNGs each."""
+    root = _pngs(tmp_path / "img", 0)
+    return root, _saved_head(tmp_path, root)[1]
 
 
 def _predict(args, capsys) -> list[str]:
@@ -104,17 +114,9 @@ def test_predict_names_the_batch_size_option_it_refuses(head, capsys):
 def test_predict_on_error_skip_leaves_out_what_a_skip_store_left_out(tmp_path, capsys):
     """A store extracted with --on-error skip leaves an unreadable image out; predict on the
     same images failed on it, with no way to predict the rest."""
-    rng = np.random.default_rng(1)
-    root = tmp_path / "img"
-    for c in "ab":
-        (root / c).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 50, 3), np.uint8)).save(root / c / f"{i}.png")
+    root = _pngs(tmp_path / "img", 1)
     (root / "a" / "1.png").write_bytes(b"not a png")
-    store = extract(str(root), "toy", ["pooled"], out=tmp_path / "s.h5", on_error="skip", **QUIET)
-    X, y = store.arrays("pooled")
-    path = tmp_path / "head.joblib"
-    save_head(LogisticRegression(C=100).fit(X, y), path, store=store, layer="pooled")
+    store, path = _saved_head(tmp_path, root, on_error="skip")
     capsys.readouterr()
     assert main(["predict", str(path), str(store.path)]) == 0
     on_store = capsys.readouterr().out.splitlines()
