@@ -26,6 +26,16 @@ def _complete(folder):
     return store.path, [part.path for part in store.parts]
 
 
+def _another_stores_part(folder, tasks: int):
+    """Part 0 of another store (the same images at 48 px), extracted into ``folder`` as task 0
+    of ``tasks`` (shard=)."""
+    other = extract(
+        NoiseSource(32), "toy", ["pooled"], cache_dir=folder, shard=(0, tasks), image_size=48,
+        **FAST,
+    )  # fmt: skip
+    return other.parts[0].path
+
+
 @pytest.mark.parametrize("complete", [False, True])
 def test_a_part_hdf5_cannot_read_is_named_as_a_damaged_part(tmp_path, complete):
     """A part cut short got open_h5's advice for a one-file store ('Delete it, or ...
@@ -90,11 +100,7 @@ def test_an_incomplete_parted_store_refuses_another_stores_part_copied_in(tmp_pa
     """Only a complete store's parts were checked to be its own: part 0 of another store (48 px
     images) copied into an incomplete one read as its rows with allow_incomplete."""
     store, parts = _parted(tmp_path / "a")
-    other = extract(
-        NoiseSource(32), "toy", ["pooled"], cache_dir=tmp_path / "b", shard=(0, 2),
-        image_size=48, **FAST,
-    )  # fmt: skip
-    shutil.copy(other.parts[0].path, parts[0])
+    shutil.copy(_another_stores_part(tmp_path / "b", tasks=2), parts[0])
     with pytest.raises(StoreMismatchError, match="is not part 0 of store") as info:
         FeatureStore(store).arrays("pooled", allow_incomplete=True)
     assert "Delete it and rerun the same extraction" in str(info.value)
@@ -103,11 +109,7 @@ def test_an_incomplete_parted_store_refuses_another_stores_part_copied_in(tmp_pa
 def test_cache_list_names_another_stores_part_not_a_newer_format(tmp_path, capsys):
     """A parted store holding another store's part was listed as 'newer format'."""
     store, parts = _complete(tmp_path / "a")
-    other = extract(
-        NoiseSource(32), "toy", ["pooled"], cache_dir=tmp_path / "b", shard=(0, 1),
-        image_size=48, **FAST,
-    )  # fmt: skip
-    shutil.copy(other.parts[0].path, parts[0])
+    shutil.copy(_another_stores_part(tmp_path / "b", tasks=1), parts[0])
     assert main(["cache", "list", str(tmp_path / "a")]) == 0
     (line,) = [s for s in capsys.readouterr().out.splitlines() if s.endswith(store.name)]
     assert line.startswith(f"unreadable ({parts[0].name} of another store)")
