@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
 
 from featpipe.pipeline import config_from_dict
 from featpipe.store.writer import StoreWriter
@@ -112,6 +115,16 @@ def hash_contents_config(tmp_path: Path, name: str, data: Path):
         "probes": {"heads": []},
         "finetune": {"modes": ["head"], "epochs": 1, "workers": 0},
     })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's digits, 70 % train / 30 % test (stratified), standardised on train:
+    X_tr, y_tr, X_te, y_te."""
+    X, y = load_digits(return_X_y=True)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    scaler = StandardScaler().fit(X_tr)
+    return scaler.transform(X_tr), y_tr, scaler.transform(X_te), y_te
 
 
 @pytest.fixture

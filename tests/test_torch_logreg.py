@@ -7,10 +7,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits, make_classification
+from sklearn.datasets import make_classification
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from featpipe.distributed.progress import progress_bar
@@ -23,14 +22,6 @@ from featpipe.heads import (
     logreg_path,
 )
 from featpipe.heads.torch_logreg import _Problem, run_path
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
-    scaler = StandardScaler().fit(X_tr)
-    return scaler.transform(X_tr), y_tr, scaler.transform(X_te), y_te
 
 
 @pytest.mark.parametrize("C", [1e-3, 1e-1, 1.0, 10.0])

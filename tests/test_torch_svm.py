@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits, make_classification
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
+from sklearn.datasets import make_classification
 from sklearn.svm import LinearSVC
 
 from featpipe.errors import ConfigError
@@ -21,14 +19,6 @@ from featpipe.heads import (
 FAST = {"device": "cpu", "n_threads": 1}
 # float32 scores leave max |gradient| around 1e-5, just above the tight tol used here
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
-    scaler = StandardScaler().fit(X_tr)
-    return scaler.transform(X_tr), y_tr, scaler.transform(X_te), y_te
 
 
 @pytest.mark.parametrize("C", [1e-3, 1e-1, 1.0])
