@@ -15,7 +15,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+import featpipe
 from featpipe.pipeline import config_from_dict
+from featpipe.store import FeatureStore
 from featpipe.store.writer import StoreWriter
 
 # A shell without job control starts background commands (`cmd &`) with SIGINT ignored, which
@@ -80,6 +82,23 @@ def make_chunked_store(path: Path, done: int = 4) -> np.ndarray:
         if done == 4:
             w.finish()
     return x
+
+
+def random_images_store(tmp_path: Path, dtype: str) -> tuple[np.ndarray, FeatureStore]:
+    """Ten random 40x30 RGB images (labels 0, 1, 0, ...) and their ``toy`` store at ``dtype``
+    (tmp_path/s.h5)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 40, 30, 3), dtype=np.uint8)
+    store = featpipe.extract(
+        featpipe.ArraySource(images, np.arange(10) % 2),
+        "toy",
+        out=tmp_path / "s.h5",
+        dtype=dtype,
+        device="cpu",
+        workers=0,
+        progress=False,
+    )
+    return images, store
 
 
 def digits_config(tmp_path: Path, name: str, probes: dict | None = None, finetune=None):

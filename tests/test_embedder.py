@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import random_images_store
 from PIL import Image
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
@@ -125,17 +126,7 @@ def test_sklearn_api_conventions() -> None:
 
 def test_features_are_the_stores_features_of_the_same_images(tmp_path) -> None:
     # One forward pass: the Embedder computes what extraction stores (same precision policy).
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (10, 40, 30, 3), dtype=np.uint8)
-    store = featpipe.extract(
-        featpipe.ArraySource(images, np.arange(10) % 2),
-        "toy",
-        out=tmp_path / "s.h5",
-        dtype="float32",
-        device="cpu",
-        workers=0,
-        progress=False,
-    )
+    images, store = random_images_store(tmp_path, "float32")
     out = Embedder("toy", batch_size=4, device="cpu").fit().transform(images)
     np.testing.assert_allclose(out, store.arrays("pooled")[0], rtol=1e-6, atol=1e-6)
 

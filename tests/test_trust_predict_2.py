@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from conftest import random_images_store
 
-import featpipe
 from featpipe.errors import ConfigError
 from featpipe.heads import Embedder
 
@@ -15,17 +14,7 @@ from featpipe.heads import Embedder
 def test_embedder_float16_gives_a_float16_stores_rows_exactly(tmp_path) -> None:
     """Embedder features were float32 only: up to 6e-5 off a float16 store's rows, which a
     head trained on that store saw rounded (only the CLI's predict rounded them)."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (10, 40, 30, 3), dtype=np.uint8)
-    store = featpipe.extract(
-        featpipe.ArraySource(images, np.arange(10) % 2),
-        "toy",
-        out=tmp_path / "s.h5",
-        dtype="float16",
-        device="cpu",
-        workers=0,
-        progress=False,
-    )
+    images, store = random_images_store(tmp_path, "float16")
     stored = store.arrays("pooled")[0]
     cache = tmp_path / "cache"
     full = Embedder("toy", batch_size=4, device="cpu", cache_dir=cache).fit().transform(images)
