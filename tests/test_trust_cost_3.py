@@ -16,6 +16,8 @@ from featpipe.cli import main as cli_main
 from featpipe.evaluate.cost import Cost, Usage
 from featpipe.finetune import FineTuner
 from featpipe.finetune import tuner as tuner_module
+from featpipe.finetune.callbacks import Callback
+from featpipe.interrupt import Interrupted
 from featpipe.pipeline.stages.finetune import tuner_row
 from featpipe.report.content import _processes_note
 from featpipe.report.results import ResultRow, ResultsFormatError
@@ -50,10 +52,17 @@ def test_a_ddp_fine_tune_resumed_on_one_process_counts_each_pieces_processes(tmp
     assert piece["fit_process_seconds"] == pytest.approx(2 * before)
 
 
-def test_a_resumed_finished_run_adds_its_own_seconds_once(tmp_path):
+class _StopAfterEpoch1(Callback):
+    def on_epoch_end(self, tuner, logs):
+        if logs["epoch"] == 1:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_adds_its_own_seconds_once(tmp_path):
     """A 1-process piece after a checkpoint holding a 4-rank run's process-seconds."""
-    params = {**PARAMS, "epochs": 1, "run_dir": tmp_path}
-    FineTuner("toy", **params).fit(source())
+    params = {**PARAMS, "epochs": 2, "run_dir": tmp_path}
+    with pytest.raises(Interrupted):
+        FineTuner("toy", callbacks=[_StopAfterEpoch1()], **params).fit(source())
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     before = saved["fit_seconds"]
     saved["fit_process_seconds"] = 4 * before
@@ -64,6 +73,18 @@ def test_a_resumed_finished_run_adds_its_own_seconds_once(tmp_path):
     assert 0 < added <= time.perf_counter() - started
     assert tuner.fit_process_seconds_ == pytest.approx(4 * before + added)
     assert tuner.training_state()["fit_process_seconds"] == tuner.fit_process_seconds_
+
+
+def test_a_finished_run_run_again_adds_no_seconds(tmp_path):
+    """Run again, a finished run trains nothing: it reports the seconds last.pt holds."""
+    params = {**PARAMS, "epochs": 1, "run_dir": tmp_path}
+    FineTuner("toy", **params).fit(source())
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    saved["fit_process_seconds"] = 4 * saved["fit_seconds"]
+    torch.save(saved, tmp_path / "last.pt")
+    tuner = FineTuner("toy", **params).fit(source())
+    assert tuner.fit_seconds_ == saved["fit_seconds"]
+    assert tuner.fit_process_seconds_ == saved["fit_process_seconds"]
 
 
 @pytest.mark.parametrize(

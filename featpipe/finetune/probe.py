@@ -15,6 +15,7 @@ from featpipe.distributed import progress_bar
 from featpipe.errors import StoreMismatchError
 from featpipe.evaluate.leakage import extracted_from
 from featpipe.extract.inference import Inference
+from featpipe.extract.loop import compute_identity
 from featpipe.heads.torch_logreg import logreg_path
 from featpipe.provenance import plain
 from featpipe.store import FeatureStore
@@ -49,23 +50,46 @@ def pooled_features(
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def own_compute(device: torch.device, decode: str) -> dict[str, str]:
+    """How a fine-tune on ``device`` computes features, as a store records it (``compute``):
+    its loaders decode with Pillow (``decode`` exact or fast), at the device's precision."""
+    return compute_identity(device, "cpu", decode)
+
+
+def computed_alike(store: FeatureStore, compute: dict[str, str]) -> bool:
+    """Whether ``store`` computed its features as ``compute`` says (a store that does not
+    record it, made before it was recorded, is taken as alike)."""
+    stored = plain(store.attrs.get("compute"))
+    return not isinstance(stored, dict) or stored == compute
+
+
 def stored_features(
-    store: FeatureStore, backbone: Backbone, source: ImageSource, *rows: np.ndarray
+    store: FeatureStore,
+    backbone: Backbone,
+    source: ImageSource,
+    *rows: np.ndarray,
+    compute: dict[str, str] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(pooled features, labels)`` of each of ``rows`` (row indices of ``source``), the
     features read from ``store`` instead of computed (in the store's dtype, float16 by
     default, then as float32); raises StoreMismatchError unless the store holds ``pooled``
     of the same backbone (spec, weights, preprocessing) over the same images (ids, labels,
-    splits and files: the source's fingerprint)."""
-    check_store(store, backbone, source)
+    splits and files: the source's fingerprint), computed as ``compute`` says (``own_compute``
+    of the fine-tune) when given."""
+    check_store(store, backbone, source, compute)
     X, _ = store.arrays(POOLED)  # every row: check_store refuses stores with skipped rows
     labels = np.asarray(source.labels)
     return [(X[r], labels[r]) for r in rows]
 
 
-def check_store(store: FeatureStore, backbone: Backbone, source: ImageSource) -> None:
+def check_store(
+    store: FeatureStore,
+    backbone: Backbone,
+    source: ImageSource,
+    compute: dict[str, str] | None = None,
+) -> None:
     """Raise StoreMismatchError, saying what differs, unless ``store`` has the ``pooled``
-    features that ``backbone`` computes over ``source``."""
+    features that ``backbone`` computes over ``source`` (as ``compute`` says, when given)."""
     problems = []
     if POOLED not in store.layers:
         problems.append(f"it has no {POOLED!r} layer (it has {store.layers})")
@@ -79,12 +103,25 @@ def check_store(store: FeatureStore, backbone: Backbone, source: ImageSource) ->
     if skipped := store.skipped():
         left_out = skipped_rows(skipped)
         problems.append(f"it leaves out {left_out}")
+    if compute is not None and not computed_alike(store, compute):
+        # Another decode or precision moves features by percent: the probe would start the
+        # fine-tune from a head fitted to features its model does not compute.
+        stored = plain(store.attrs["compute"])
+        problems.append(
+            f"its features were computed with {_described(stored)}, the fine-tuning computes "
+            f"them with {_described(compute)}"
+        )
     if problems:
         raise StoreMismatchError(
             f"The probe features cannot come from {store.path}: " + "; ".join(problems) + ". "
-            "Pass a store extracted from the same source with the same backbone and image "
-            "size (layer pooled), or no probe_features to compute them."
+            "Pass a store extracted from the same source with the same backbone, image size, "
+            "decode and device (layer pooled, --data-path cpu), or no probe_features to "
+            "compute them."
         )
+
+
+def _described(compute: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(compute.items()))
 
 
 class Standardize(nn.Module):

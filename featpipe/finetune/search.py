@@ -145,6 +145,7 @@ def fit_grid(
         # a tie goes to the first: the same candidate whatever order the grid lists it in
         candidates = list(ParameterGrid(in_increasing_order(dict(grid))))
         _check_batches_of_one(tuner, candidates)
+        probes: dict = {}  # LP-FT: one probe for the candidates that differ only in training
         for i, params in enumerate(candidates, 1):
             # Not sklearn's clone: it deep-copies the callbacks; the caller's would see nothing.
             run_dir = candidate_dir(tuner.run_dir, params)
@@ -155,6 +156,7 @@ def fit_grid(
                     probe_features=probe_features,
                     fingerprint=fingerprint,
                     keyed_run_dir=keyed_run_dir,
+                    probes=probes,
                 )
             except KeyboardInterrupt as exc:
                 where = f"grid candidate {i} of {len(candidates)} ({_named(params)})"

@@ -80,6 +80,13 @@ LOSSES = ("cross_entropy", "mse")
 # The backbone's identity (``Backbone.identity()``) in checkpoint configs: what its spec
 # leaves out (a weights file rewritten under its path, a release's preprocessing or pooling).
 IDENTITY = "backbone_identity"
+# Settings LP-FT's probe does not read (it fits on the backbone's eval features of the train
+# and val rows): a grid's candidates that differ only in these share one probe.
+NOT_PROBE_PARAMS = (
+    *("callbacks", "resume", "run_dir", "verbose", "workers", "epochs", "lr"),
+    *("backbone_lr_scale", "optimizer", "momentum", "weight_decay", "warmup_epochs"),
+    *("label_smoothing", "loss", "dropout", "augment", "patience", "sync_bn"),
+)
 # What a partial:N fine-tune froze (``freezing.frozen_by``), in its checkpoint config.
 FROZEN = "frozen"
 LATER = (IDENTITY, FROZEN)  # checkpoint config keys that older checkpoints lack
@@ -208,6 +215,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         probe_features: FeatureStore | None = None,
         fingerprint: str | None = None,
         keyed_run_dir: bool = False,
+        probes: dict | None = None,
     ) -> FineTuner:
         """Train on the source's train split, select the epoch on val (carved from train,
         stratified and seeded, when the source has none). ``y`` is ignored.
@@ -224,7 +232,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         the checkpoint instead of the sizes-and-mtimes one, so files touched but unchanged do
         not stop a resume; a checkpoint holding the latter resumes while it matches.
         ``keyed_run_dir``: True where the caller keys ``run_dir`` and cannot set resume=False
-        (a pipeline): a checkpoint that cannot be resumed names its folder to delete instead."""
+        (a pipeline): a checkpoint that cannot be resumed names its folder to delete instead.
+        ``probes``: LP-FT probes fitted by earlier fits of this source and ``probe_features``
+        (a grid's candidates), reused where no setting the probe reads differs; this fit's
+        probe is added."""
         mode = self._check_params()
         if not isinstance(source, ImageSource):
             named = f" {source!r}" if isinstance(source, str | Path) else ""
@@ -233,6 +244,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 "one first: featpipe.data.open_source('digits'), or open_source(a folder's path)."
             )
         self._fingerprint = fingerprint
+        self._probes = {} if probes is None else probes
         self._start_over = (
             f"Delete the run folder {self.run_dir} to start over." if keyed_run_dir else None
         )
@@ -346,9 +358,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                     **self._validate(),
                 }
                 self._end_epoch(logs, callbacks)
+            # Seconds stop at the last epoch's end, as last.pt records them: a finished run
+            # run again reports the cost it reported, not that plus its set-up.
             self.model_.load_state_dict(self._best_weights)
             self.model_.eval()
-            self._tick()
             warn_if_probe_cannot_choose(self, stacklevel=4)
             warn_if_val_cannot_choose(self, f"epoch {self.best_epoch_}", stacklevel=4)
             for cb in callbacks:
@@ -369,7 +382,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def _tick(self) -> None:
         """``fit_seconds_`` and ``fit_process_seconds_`` of this run so far: the earlier
-        pieces' and this one's, which runs on ``world_size_`` processes."""
+        pieces' and this one's, which runs on ``world_size_`` processes (from its start,
+        set-up included, to the end of its last epoch; a piece that trains no epoch, a
+        finished run run again, adds nothing)."""
         started, wall, process = self._clock
         seconds = time.perf_counter() - started
         self.fit_seconds_ = wall + seconds
@@ -540,9 +555,23 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     def _fit_probe(
         self, train_rows: np.ndarray, store: FeatureStore | None
     ) -> tuple[dict[str, torch.Tensor], dict]:
+        key = repr(
+            sorted((k, v) for k, v in self.get_params().items() if k not in NOT_PROBE_PARAMS)
+        )
+        if key not in self._probes:
+            self._probes[key] = self._fit_new_probe(train_rows, store)
+        tensors, summary = self._probes[key]
+        return tensors, dict(summary)
+
+    def _fit_new_probe(
+        self, train_rows: np.ndarray, store: FeatureStore | None
+    ) -> tuple[dict[str, torch.Tensor], dict]:
         rows = (train_rows, self.val_rows_)
         if store is not None:
-            feats = probe.stored_features(store, self.backbone_, self.source_, *rows)
+            compute = probe.own_compute(self.device_, self.decode)
+            feats = probe.stored_features(
+                store, self.backbone_, self.source_, *rows, compute=compute
+            )
         else:
             feats = [self._pooled_features(r) for r in rows]
         tensors, summary = probe.fit_probe(*feats, len(self.classes_), self.probe_C, self.device)

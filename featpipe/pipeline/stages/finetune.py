@@ -125,8 +125,10 @@ def run(job: Job, context: RunContext) -> ResultRow:
         decode=context.config.features.decode,
         **settings,
     )
-    # A store that left images out is not read: the fine-tune's rows are fewer.
-    read = None if skipped else read
+    # A store that left images out is not read: the fine-tune's rows are fewer. Nor one that
+    # computed its features otherwise (on CUDA the store's pixels come from nvJPEG, the
+    # fine-tune's from Pillow): the probe computes them as the fine-tune does.
+    read = None if skipped or (read and not _computed_alike(read[0], context)) else read
     probe_features = read[0] if read else None
     # Over file contents, its checkpoint records the run's fingerprint (its folder is keyed by
     # it), not one of sizes and mtimes: touched files resume. Not computed again per fit.
@@ -251,6 +253,16 @@ def _probe_store(job: Job, context: RunContext) -> tuple[FeatureStore, Extractio
     if not _reads_store(context.config, job.backbone, job.mode):
         return None
     return feature_store(context, job.backbone)
+
+
+def _computed_alike(store: FeatureStore, context: RunContext) -> bool:
+    """Whether ``store`` computed its features as the run's fine-tunes compute them."""
+    import torch
+
+    from featpipe.finetune.probe import computed_alike, own_compute
+
+    compute = own_compute(torch.device(context.device), context.config.features.decode)
+    return computed_alike(store, compute)
 
 
 def stores_read(config: PipelineConfig) -> list[str]:
