@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from toy_backbone import ToyNet
 
 from featpipe.backbones import Backbone, Preprocessing
 from featpipe.data import ArraySource
+from featpipe.errors import ConfigError
 from featpipe.extract import extract
 
 
@@ -46,3 +48,78 @@ def test_a_model_of_another_dtype_than_float32_is_fed_its_own_dtype(tmp_path, dt
     assert seen == {dtype}
     reference, _ = _pooled(tmp_path, torch.float32)
     assert np.allclose(features, reference, atol=atol)
+
+
+class _Gray(nn.Module):
+    """A model for 1-channel images."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+class _Sized(nn.Module):
+    """A model for 64×64 images only (a Linear on the flattened pixels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 64 * 64, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def _backbone(model: nn.Module) -> Backbone:
+    return Backbone(spec="mynet", model=model, preprocessing=Preprocessing(resize=36, crop=32))
+
+
+@pytest.mark.parametrize("model, words", [(_Gray, "to have 1 channels"), (_Sized, "mat1")])
+def test_a_user_model_that_does_not_take_the_images_is_refused_in_one_line(tmp_path, model, words):
+    # It was torch's RuntimeError traceback from the store's probe pass (and from
+    # describe_layers): the size check ran only at an image size other than the model's own.
+    bb = _backbone(model())
+    with pytest.raises(ConfigError, match=rf"mynet does not run on 32×32 images \(.*{words}"):
+        extract(_source(), bb, ["logits"], cache_dir=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="3-channel images at the preprocessing's crop size"):
+        bb.describe_layers()
+
+
+class _Returns(ToyNet):
+    def __init__(self, wrap):
+        super().__init__()
+        self.wrap = wrap
+
+    def forward(self, x: torch.Tensor):
+        return self.wrap(super().forward(x))
+
+
+@pytest.mark.parametrize(
+    "wrap, words",
+    [
+        (lambda y: (y, y), "is a tuple, not a tensor"),
+        (lambda y: {"logits": y}, "is a dict, not a tensor"),
+        (lambda y: y[:, 0], r"has shape \(1,\) for a batch of 1"),
+    ],
+)
+def test_logits_of_a_model_that_returns_no_rows_of_features_are_refused_in_one_line(
+    tmp_path, wrap, words
+):
+    # It was an AttributeError ('tuple' object has no attribute 'ndim') or IndexError traceback.
+    bb = _backbone(_Returns(wrap))
+    with pytest.raises(ConfigError, match=rf"The output \('logits'\) of mynet {words}"):
+        extract(_source(), bb, ["logits"], cache_dir=tmp_path, progress=False)
+    assert "logits" not in dict(bb.describe_layers())
+    assert "pooled" in dict(bb.describe_layers())
+
+
+def test_a_backbone_of_a_function_or_of_weights_without_values_is_refused_in_one_line():
+    # AttributeError ('function' object has no attribute 'eval') and NotImplementedError
+    # ('Cannot copy out of meta tensor') tracebacks before.
+    with pytest.raises(ConfigError, match=r"model must be a torch nn\.Module; got function"):
+        _backbone(lambda x: x)
+    with pytest.raises(ConfigError, match="weights are on the meta device"):
+        _backbone(ToyNet().to("meta"))

@@ -115,6 +115,17 @@ class Backbone:
     state_sha256: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise ConfigError(
+                f"Backbone {self.spec!r}: model must be a torch nn.Module; got "
+                f"{type(self.model).__name__}. Wrap a function in an nn.Module's forward."
+            )
+        if any(t.is_meta for t in self.model.state_dict().values()):
+            raise ConfigError(
+                f"Backbone {self.spec!r}: the model's weights are on the meta device (they "
+                "hold no values). Load its weights first (load_state_dict(..., assign=True)) "
+                "or build it on the CPU."
+            )
         self.stages = as_stages(self.stages)
         self.model.eval()  # for probes and extraction; again in every replace() (at_size)
         if not self.state_sha256:  # replace() carries it over: hashed once per loaded model
@@ -164,12 +175,13 @@ class Backbone:
                 self.model(_blank(self.model, 1, size))
         except torch.OutOfMemoryError:  # a RuntimeError, but not the size's fault
             raise
-        except (RuntimeError, AssertionError, ValueError) as exc:
-            cause = " ".join(str(exc).split())[:300].rstrip(".")  # no '.).' once in brackets
-            raise ConfigError(
-                f"{self.spec} does not run on {size}×{size} images ({cause}). Give another "
-                f"image size{_sizes_near(self.model, size)}, or omit it to use the size its "
-                "weights were trained at."
+        except RUN_ERRORS as exc:
+            raise does_not_run(
+                self.spec,
+                size,
+                exc,
+                f"Give another image size{_sizes_near(self.model, size)}, or omit it to use "
+                "the size its weights were trained at.",
             ) from exc
         tried.add(size)
 
@@ -384,7 +396,13 @@ class Backbone:
             x = _blank(self.model, 1, size, random=True)
             with torch.inference_mode():
                 logits = self.model(x)
-            shapes[LOGITS] = tuple(logits.shape[1:])
+            # a model giving a tuple, or one number per image, has no logits layer
+            if isinstance(logits, torch.Tensor) and logits.ndim >= 2:
+                shapes[LOGITS] = tuple(logits.shape[1:])
+        except torch.OutOfMemoryError:  # a RuntimeError, but not the model's input
+            raise
+        except RUN_ERRORS as exc:
+            raise does_not_run(self.spec, size, exc, FEEDS) from exc
         finally:
             for h in handles:
                 h.remove()
@@ -504,6 +522,23 @@ def _sizes_near(model: nn.Module, size: int) -> str:
     return f", e.g. {' or '.join(near)} ({what} of its patch size {patch})"
 
 
+# what a model's forward raises on inputs it does not take (OutOfMemoryError excepted)
+RUN_ERRORS = (RuntimeError, AssertionError, ValueError)
+
+
+FEEDS = (
+    "featpipe feeds 3-channel images at the preprocessing's crop size: give a model that takes "
+    "them, or a Preprocessing whose crop it takes."
+)
+
+
+def does_not_run(spec: str, size: int, exc: BaseException, fix: str) -> ConfigError:
+    """The one line for a model whose forward pass failed with ``exc`` on ``size``×``size``
+    images, torch's own words in brackets, then ``fix``."""
+    cause = " ".join(str(exc).split())[:300].rstrip(".")  # no '.).' once in brackets
+    return ConfigError(f"{spec} does not run on {size}×{size} images ({cause}). {fix}")
+
+
 def input_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """The device and dtype of the model's first floating-point parameter (CPU, float32 for a
     model without one): images are fed in that dtype, since float32 into float64 or bfloat16
@@ -562,15 +597,7 @@ class FeatureModel(nn.Module):
             )
         if isinstance(out, (tuple, list)):
             out = out[0]
-        if out.shape[:1] != (self._captured.batch,):  # rows of another kind than images
-            raise ConfigError(
-                f"Layer {spec.module!r} of {self.backbone.spec} gives shape "
-                f"{tuple(out.shape)} for a batch of {self._captured.batch} (its first "
-                "dimension is not the images: "
-                "TNT's pixel tokens, windows of an attention layer), so its features would "
-                f"not belong to the images. Tap another layer that `featpipe layers "
-                f"{self.backbone.spec}` lists."
-            )
+        out = self._rows(spec.module, out)
         out = self.backbone.channels_first(spec.module, out)
         pooling = resolve_pooling(spec.pooling, out, self.backbone.token_pooling_of(spec.module))
         if pooling != "none" and out.ndim == 4 and looks_channels_last(tuple(out.shape[1:])):
@@ -602,6 +629,25 @@ class FeatureModel(nn.Module):
         # may change in place (ResNet's in-place ReLU and shortcut add after a batch norm).
         captured[spec.name] = pool(out, pooling, spec.name).to(torch.float32, copy=True)
 
+    def _rows(self, module: str, out: Any) -> torch.Tensor:
+        """``out`` of ``module`` if it is a tensor of one row per image; a one-line refusal
+        otherwise (a model's output that is a tuple or dict, one number per image)."""
+        batch = self._captured.batch
+        what = f"Layer {module!r} of {self.backbone.spec}"
+        fix = f"Tap another layer that `featpipe layers {self.backbone.spec}` lists."
+        if module == LOGITS:  # the model's own output
+            what = f"The output ('logits') of {self.backbone.spec}"
+            fix = "Ask for 'pooled' or another layer, or give a model that returns a tensor."
+        if not isinstance(out, torch.Tensor):
+            raise ConfigError(f"{what} is a {type(out).__name__}, not a tensor. {fix}")
+        if out.ndim < 2 or out.shape[0] != batch:  # rows of another kind than images
+            raise ConfigError(
+                f"{what} has shape {tuple(out.shape)} for a batch of {batch} (not one row of "
+                "features per image: one number each, TNT's pixel tokens, windows of an "
+                f"attention layer), so its features would not belong to the images. {fix}"
+            )
+        return out
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self._captured.out = out = {}
         self._captured.batch = x.shape[0]
@@ -611,6 +657,7 @@ class FeatureModel(nn.Module):
             self._captured.out = None
         for spec in self.specs:
             if spec.module == LOGITS:
+                logits = self._rows(LOGITS, logits)
                 self.poolings[spec.name] = resolve_pooling(
                     spec.pooling, logits, self.backbone.token_pooling
                 )

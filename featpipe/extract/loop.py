@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from featpipe.backbones.base import FeatureModel
+from featpipe.backbones.base import FEEDS, RUN_ERRORS, FeatureModel, does_not_run
 from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import first_failure
 from featpipe.device import available_cores
 from featpipe.distributed.progress import progress_bar
-from featpipe.errors import ConfigError, ImageReadError, IncompleteStoreError
+from featpipe.errors import ConfigError, FeaturePipeError, ImageReadError, IncompleteStoreError
 from featpipe.extract.datapath import DataPath
 from featpipe.extract.host_copy import PendingCopy
 from featpipe.extract.inference import Inference, precision
@@ -63,7 +63,12 @@ def probe_layers(
 ) -> dict[str, tuple[int, str]]:
     """(dim, resolved pooling) of every layer, from one forward pass on a dummy image; the
     store's datasets must be allocated before the first real batch is written."""
-    out = Inference(model, device)(torch.zeros(1, 3, crop, crop), eager=True)
+    try:
+        out = Inference(model, device)(torch.zeros(1, 3, crop, crop), eager=True)
+    except (torch.OutOfMemoryError, FeaturePipeError):  # not the model's input / said already
+        raise
+    except RUN_ERRORS as exc:  # at its own size: a user model fed what it does not take
+        raise does_not_run(model.backbone.spec, crop, exc, FEEDS) from exc
     return {name: (int(t.shape[1]), model.poolings[name]) for name, t in out.items()}
 
 
