@@ -11,12 +11,12 @@ import pytest
 import torch
 from ddp_finetune_child import PARAMS, source
 from test_distributed_finetune import CHILD, EPOCH_LOADS, VAL_LOADS, torchrun
+from test_finetune import StopAfter
 
 from featpipe.cli import main as cli_main
 from featpipe.evaluate.cost import Cost, Usage
 from featpipe.finetune import FineTuner
 from featpipe.finetune import tuner as tuner_module
-from featpipe.finetune.callbacks import Callback
 from featpipe.interrupt import Interrupted
 from featpipe.pipeline.stages.finetune import tuner_row
 from featpipe.report.content import _processes_note
@@ -52,17 +52,11 @@ def test_a_ddp_fine_tune_resumed_on_one_process_counts_each_pieces_processes(tmp
     assert piece["fit_process_seconds"] == pytest.approx(2 * before)
 
 
-class _StopAfterEpoch1(Callback):
-    def on_epoch_end(self, tuner, logs):
-        if logs["epoch"] == 1:
-            raise KeyboardInterrupt
-
-
 def test_a_resumed_run_adds_its_own_seconds_once(tmp_path):
     """A 1-process piece after a checkpoint holding a 4-rank run's process-seconds."""
     params = {**PARAMS, "epochs": 2, "run_dir": tmp_path}
     with pytest.raises(Interrupted):
-        FineTuner("toy", callbacks=[_StopAfterEpoch1()], **params).fit(source())
+        FineTuner("toy", callbacks=[StopAfter(1)], **params).fit(source())
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     before = saved["fit_seconds"]
     saved["fit_process_seconds"] = 4 * before

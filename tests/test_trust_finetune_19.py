@@ -11,12 +11,12 @@ import pytest
 import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 from conftest import make_image_folder
+from test_finetune import StopAfter
 
 from featpipe.data import open_source
 from featpipe.errors import StoreMismatchError
 from featpipe.extract import extract
 from featpipe.finetune import FineTuner, probe
-from featpipe.finetune.callbacks import Callback
 from featpipe.finetune.search import fit_grid
 from featpipe.interrupt import Interrupted
 from featpipe.pipeline import config_from_dict, run_pipeline
@@ -29,17 +29,6 @@ QUIET = {"batch_size": 4, "device": "cpu", "verbose": 0, "workers": 0}
 def source(tmp_path):
     root = make_image_folder(tmp_path / "img", per_class=4, splits=("train", "val", "test"))
     return open_source(str(root))
-
-
-class StopAfter(Callback):
-    """Ctrl-C at the end of epoch ``epoch``, after the checkpoint is written."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, tuner, logs):
-        if logs["epoch"] == self.epoch:
-            raise KeyboardInterrupt
 
 
 def _saved(run_dir: Path) -> tuple[float, float]:
