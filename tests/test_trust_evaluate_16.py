@@ -37,24 +37,24 @@ def test_newcombe_interval_is_exported():
     assert set(featpipe.evaluate.__all__) <= set(dir(featpipe.evaluate))
 
 
-def _hashed_store(tmp_path):
-    """A store of six PNGs extracted with hash_contents, and its manifest."""
+def _six_pngs(tmp_path, call, **kwargs):
+    """``call`` (extract or plan_extraction) on a manifest of six PNGs through ``toy``'s pooled
+    layer, cached in tmp_path; its result and the manifest."""
     import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
     from test_trust_leakage_9 import _folder
 
-    from featpipe import extract
     from featpipe.data.manifest import CSVSource
 
     csv = _folder(tmp_path / "a", [0, 1, 2, 3, 4, 5])
-    store = extract(
-        CSVSource(csv),
-        "toy",
-        ["pooled"],
-        cache_dir=tmp_path,
-        progress=False,
-        device="cpu",
-        hash_contents=True,
-    )
+    kwargs.update(cache_dir=tmp_path, progress=False, device="cpu")
+    return call(CSVSource(csv), "toy", ["pooled"], **kwargs), csv
+
+
+def _hashed_store(tmp_path):
+    """A store of six PNGs extracted with hash_contents, and its manifest."""
+    from featpipe import extract
+
+    store, csv = _six_pngs(tmp_path, extract, hash_contents=True)
     return str(store.path), csv
 
 
@@ -101,23 +101,11 @@ def test_check_warns_when_a_hashed_store_source_has_other_contents(tmp_path):
 def test_check_refuses_an_incomplete_store_before_hashing_its_source(tmp_path, capsys):
     # Before: `featpipe check STORE --source SRC` hashed every image of the source, then
     # refused with the reader's "pass allow_incomplete=True", which check does not take.
-    import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
-    from test_trust_leakage_9 import _folder
-
     from featpipe.cli import main
     from featpipe.data.manifest import CSVSource
     from featpipe.extract.extractor import plan_extraction, run_extraction
 
-    csv = _folder(tmp_path / "a", [0, 1, 2, 3, 4, 5])
-    plan = plan_extraction(
-        CSVSource(csv),
-        "toy",
-        ["pooled"],
-        cache_dir=tmp_path,
-        progress=False,
-        device="cpu",
-        chunk_rows=3,
-    )
+    plan, csv = _six_pngs(tmp_path, plan_extraction, chunk_rows=3)
     store = run_extraction(plan, chunks=[0])
     hashed = []
     parts = CSVSource._fingerprint_parts
