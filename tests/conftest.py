@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import signal
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -167,6 +169,17 @@ def cifar_root(tmp_path_factory) -> Path:
     with tarfile.open(CIFAR_ARCHIVE) as tar:
         tar.extractall(root, filter="data")
     return root
+
+
+def python_child(code: str, *args: str) -> subprocess.Popen:
+    """``python -c code args...`` with text pipes to its stdin and from its stdout: a process
+    that holds a file until the test writes to (or closes) its stdin."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 class WriteRecorder(io.StringIO):

@@ -3,12 +3,9 @@ folder, a second writer of one store path."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from conftest import make_chunked_store
+from conftest import make_chunked_store, python_child
 
 from featpipe.cli import main
 from featpipe.errors import IncompleteStoreError, StoreInUseError
@@ -75,12 +72,7 @@ def test_a_second_writer_of_a_store_path_leaves_the_first_ones_file_alone(tmp_pa
     failed with 'no such file'."""
     path = tmp_path / "s.h5"
     tmp = tmp_path / "s.h5.tmp"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(tmp)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = python_child(_HOLDER, str(tmp))
     try:
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(StoreInUseError, match="Another process is creating a store at"):

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from conftest import make_chunked_store
+from conftest import make_chunked_store, python_child
 from extract_child import NoiseSource
 
 from featpipe.cli import main
@@ -224,12 +222,7 @@ def test_prune_keeps_a_store_another_process_is_reading(tmp_path, capsys):
     after the prune finds every row."""
     path = tmp_path / "s.h5"
     _extracted(path)
-    reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    reader = python_child(READER, str(path))
     try:
         assert reader.stdout.readline().strip() == "1"
         assert main(["cache", "prune", str(tmp_path), "--all", "--yes"]) == 0
