@@ -6,7 +6,9 @@ resumes its missing chunks), and a job whose (method, seed, config hash) row is 
 results.jsonl is skipped, so an interrupted run picks up at the first unfinished job. Config
 hashes leave out the backbone's identity (weights sha256, preprocessing, pooling), which may
 change under the same spec (a weights file rewritten, a featpipe release fixing a model's
-preprocessing): such a row is reused only if it records the backbone's identity of today.
+preprocessing): such a row is reused only if it records the backbone's identity of today. They
+also leave out how a probe's features were computed (precision and decode path, which the device
+decides): its row is reused only on features computed as the run computes them now.
 The run folder's plan.json lists the rows of the current config; reports use only those.
 What each job does is its stage's business (``featpipe.pipeline.stages``).
 """
@@ -31,7 +33,7 @@ from featpipe.pipeline.config import DEFAULT_FRACTIONS, PipelineConfig, SourceCo
 from featpipe.pipeline.jobs import Job, PlanData, RunContext, backbone_identity
 from featpipe.pipeline.stages import finetune as finetune_stage
 from featpipe.pipeline.stages import plan_jobs, run_job
-from featpipe.pipeline.stages.extract import feature_store
+from featpipe.pipeline.stages.extract import feature_store, planned_store
 from featpipe.pipeline.validate import (
     check_cache_dir,
     check_folders_outside_images,
@@ -293,7 +295,7 @@ class PipelineRunner:
                 context.once(("identity", spec, size), built[spec].at_size(size).identity)
         results = context.run_dir / RESULTS_FILE
         if not write:
-            return context, jobs, _run_plan(cfg, jobs, fingerprint, {}), []
+            return context, jobs, _run_plan(cfg, jobs, fingerprint, {}, {}), []
         check_run_folder(context.run_dir, CONFIG_FILE)
         # One run at a time per folder: a second one waits, then reuses the first's rows
         # (else both ran every job, appended each row twice and raced on the report files).
@@ -307,7 +309,12 @@ class PipelineRunner:
             for j in jobs
             if j.backbone_at and j.key in finished
         }
-        run_plan = _run_plan(cfg, jobs, fingerprint, identities)
+        stores = {
+            j.key: planned_store(context, j.store_of, built)
+            for j in jobs
+            if j.store_of and j.key in finished
+        }
+        run_plan = _run_plan(cfg, jobs, fingerprint, identities, stores)
         config_json = json.dumps(cfg.to_json(), indent=2) + "\n"
         if _remove_stale_reports(context.run_dir, rows, run_plan):
             self.log(
@@ -320,13 +327,18 @@ class PipelineRunner:
 
 
 def _run_plan(
-    config: PipelineConfig, jobs: list[Job], fingerprint: str, identities: dict[tuple, dict]
+    config: PipelineConfig,
+    jobs: list[Job],
+    fingerprint: str,
+    identities: dict[tuple, dict],
+    stores: dict[tuple, dict],
 ) -> RunPlan:
-    """The run's plan: its jobs, each with the backbone its row must come from (when known)."""
+    """The run's plan: its jobs, each with the backbone and the feature store its row must
+    come from (when known)."""
     all_images = config.features.on_error == "fail"
     methods = [
         PlannedRun(j.method, j.seed, j.config_hash, j.label, j.deterministic,
-                   identity_hash(identities.get(j.key)), j.frozen, all_images)
+                   identity_hash(identities.get(j.key)), j.frozen, all_images, stores.get(j.key))
         for j in jobs
     ]  # fmt: skip
     return RunPlan(config.name, methods, n_boot=config.n_boot, source_fingerprint=fingerprint)
@@ -372,12 +384,27 @@ def _made_otherwise(row: dict, job: Job, now: dict | None, planned: PlannedRun) 
         why.append("over other images: the feature stores leave out other images now")
     if planned.all_images and (count := left_out(row)):
         why.append(f'without {count} images (on_error = "skip"), where on_error is now "fail"')
+    if not planned.same_store(row):
+        why.append(f"on features computed otherwise ({_store_change(row, planned.store)})")
     if frozen is not None and job.frozen is not None and tuple(frozen) != job.frozen:
         why.append(
             f"with {', '.join(frozen)} frozen, where the backbone's stages now freeze "
             f"{', '.join(job.frozen)}"
         )
     return " and ".join(why) or f"by another version of backbone {job.backbone}"
+
+
+def _store_change(row: dict, now: dict) -> str:
+    """How a row's feature store differs from the run's: its compute (precision, decode
+    path) where the row records it, else its key."""
+    provenance = row.get("provenance") or {}
+    if provenance.get("compute") is None:
+        return f"store {(provenance.get('store') or {}).get('key')}, now {now['key']}"
+
+    def words(compute: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(compute.items()))
+
+    return f"{words(provenance['compute'])}; now {words(now['compute'])}"
 
 
 def _quiet(_message: str) -> None:

@@ -63,7 +63,9 @@ Fields (``?``: may be null):
 - ``test`` (object): ``ids_sha256`` (sha256 of the test ids in row order; rows with equal values
   are paired in comparisons), ``y_true``, ``y_pred`` (class index per test image).
 - ``provenance`` (object): ``backbone`` ({spec, weights_sha256, preprocessing}), ``source``
-  ({description, fingerprint}), ``store`` ({path, key}?), ``image_size``?, ``versions``
+  ({description, fingerprint}), ``store`` ({path, key}?), ``compute``? (a probe's: its
+  store's precision and decode path, which decide with the config hash whether a re-run reuses
+  the row, see :mod:`featpipe.report.runplan`), ``image_size``?, ``versions``
   ({python, featpipe, torch, ...}), ``device``, ``frozen``? (a ``partial:N`` fine-tune's frozen
   modules: a row whose list differs from what the backbone's stages freeze now is recomputed).
 

@@ -18,7 +18,10 @@ Layout::
 A partial:N fine-tune also names the modules it freezes (``frozen``), which backbone
 identities leave out (a backbone's stage list decides them): a row recording others is history.
 Under ``on_error = "fail"`` every method says ``"all_images": true``: a row that left images out
-(made under "skip", which config hashes leave out) is history too.
+(made under "skip", which config hashes leave out) is history too. A probe whose row was already
+there also names the feature store the run reads now (``store``: its ``key`` and ``compute``,
+the precision and decode path that the device decides and config hashes leave out): a row made
+on features computed otherwise (on the CPU, where the run now computes them on CUDA) is history.
 """
 
 from __future__ import annotations
@@ -51,16 +54,18 @@ class PlannedRun:
     # Its row must leave out no image (on_error = "fail"): one made under "skip" that left
     # some out is not reused (on_error is not hashed, so the config hash cannot tell).
     all_images: bool = False
+    # The feature store its row must be computed on ({key, compute}); None: any row
+    store: dict | None = None
 
     @property
     def key(self) -> tuple[str, int, str]:
         return self.method, self.seed, self.config_hash
 
     def made_by(self, row: dict) -> bool:
-        """Whether ``row`` comes from this run's backbone, with the same modules frozen, and
-        leaves out no image when the plan asks for all of them. A row that records no
-        backbone (no featpipe wrote one since results.jsonl exists), or no frozen modules
-        (written before rows recorded them), cannot be checked, and passes."""
+        """Whether ``row`` comes from this run's backbone, with the same modules frozen, on
+        features computed alike, and leaves out no image when the plan asks for all of them.
+        A row that records no backbone (no featpipe wrote one since results.jsonl exists), or
+        no frozen modules (written before rows recorded them), cannot be checked, and passes."""
         provenance = row.get("provenance") or {}
         made = identity_hash(provenance.get("backbone"))
         frozen = provenance.get("frozen")
@@ -68,7 +73,20 @@ class PlannedRun:
             (self.backbone is None or made is None or made == self.backbone)
             and (self.frozen is None or frozen is None or tuple(frozen) == self.frozen)
             and not (self.all_images and left_out(row))
+            and self.same_store(row)
         )
+
+    def same_store(self, row: dict) -> bool:
+        """Whether ``row`` was computed on features computed as the plan's store computes
+        them: the same ``compute`` where the row records it (a store of other layers holds
+        the same features), else, for a row written before rows recorded it, the same store
+        key. A row that records no store passes."""
+        provenance = row.get("provenance") or {}
+        if self.store is None:
+            return True
+        if provenance.get("compute") is not None:
+            return provenance["compute"] == self.store["compute"]
+        return (provenance.get("store") or {}).get("key") in (None, self.store["key"])
 
 
 def left_out(row: dict) -> int:
@@ -126,6 +144,7 @@ class RunPlan:
                     **({"backbone": m.backbone} if m.backbone else {}),
                     **({"frozen": list(m.frozen)} if m.frozen is not None else {}),
                     **({"all_images": True} if m.all_images else {}),
+                    **({"store": m.store} if m.store else {}),
                 }
                 for m in self.methods
             ],
@@ -165,6 +184,7 @@ def read_plan(run_dir: str | Path) -> RunPlan | None:
                 m.get("backbone"),
                 None if m.get("frozen") is None else tuple(m["frozen"]),
                 bool(m.get("all_images", False)),
+                m.get("store"),
             )
             for m in data["methods"]
         ]

@@ -48,3 +48,33 @@ def _extract(context: RunContext, backbone: str):
     verb = "reused" if extraction.reused else "extracted"
     context.log(f"features {verb}: {store.path} ({extraction.seconds:.1f} s)")
     return store, extraction
+
+
+def planned_store(context: RunContext, backbone: str, built: dict) -> dict:
+    """The store of ``backbone`` that the run's extraction would read or make now, found
+    without extracting: its ``key`` and its ``compute`` (precision and decode path, which
+    the device decides and the probes' config hashes leave out). ``built``: the Backbones
+    the checks built, by spec."""
+
+    def make() -> dict:
+        import torch
+
+        from featpipe.backbones import LayerSpec
+        from featpipe.extract.datapath import get_data_path
+        from featpipe.extract.loop import compute_identity
+        from featpipe.store import store_key
+
+        features = context.config.features
+        sized = built[backbone].at_size(features.image_size)
+        identity = context.once(("identity", backbone, features.image_size), sized.identity)
+        device = torch.device(context.device)
+        path = get_data_path("auto", sized.preprocessing, device, features.decode)  # as extract
+        compute = compute_identity(device, path.name, path.decode)
+        layers = [LayerSpec.parse(layer).name for layer in features.layers]
+        fingerprint = context.provenance["source"]["fingerprint"]
+        return {
+            "key": store_key(fingerprint, identity, layers, features.dtype, compute),
+            "compute": compute,
+        }
+
+    return context.once(("planned store", backbone), make)

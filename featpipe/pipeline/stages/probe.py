@@ -68,7 +68,7 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 jobs += [
                     Job(NAME, f"{bb}/{head}@{layer}", MethodKind.PROBE, label, bb, seed,
                         config_hash(settings), layer=layer, head=head, deterministic=deterministic,
-                        backbone_at=(bb, features.image_size))
+                        backbone_at=(bb, features.image_size), store_of=bb)
                     for seed in (config.seeds[:1] if deterministic else config.seeds)
                 ]  # fmt: skip
     return at_sizes(config, jobs)
@@ -152,6 +152,9 @@ def probe_row(
         provenance={
             "backbone": store.attrs.get("backbone"),
             "store": {"path": str(store.path), "key": store.key},
+            # how the store computed its features, which the config hash leaves out: a re-run
+            # reuses the row only on features computed alike (see Job.store_of)
+            "compute": store.attrs.get("compute"),
             "image_size": image_size,
             "skipped": skip_summary(store.skipped()),
         },
