@@ -3,6 +3,7 @@ so that a kill leaves the old file or the new one, never half of one."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -37,6 +38,22 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` whole (see :func:`replace_with`)."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def sync_folder(folder: str | Path) -> None:
+    """Have the OS write ``folder``'s entries to disk: a rename there is kept through a power
+    cut only then (else the old name, or the temporary one, may come back)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows opens no folder (and keeps its renames itself)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF):  # file systems that sync no folder
+            raise
+    finally:
+        os.close(fd)
 
 
 def _read_umask() -> int:

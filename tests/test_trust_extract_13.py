@@ -147,7 +147,8 @@ def _watch_renames(monkeypatch) -> list[tuple[bytes, bytes]]:
     def fsync(fd):
         real_fsync(fd)
         name = os.readlink(f"/proc/self/fd/{fd}")
-        synced[name] = Path(name).read_bytes()
+        if Path(name).is_file():  # not the folder, synced for the new name
+            synced[name] = Path(name).read_bytes()
 
     def replace(src, dst):
         renamed.append((Path(src).read_bytes(), synced.get(str(Path(src).resolve()), b"")))

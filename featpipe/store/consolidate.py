@@ -21,6 +21,8 @@ from featpipe.store.writer import (
     copy_failed,
     create_checked,
     create_new,
+    discard,
+    file_id,
     replace_store_file,
 )
 
@@ -61,32 +63,29 @@ def consolidate(
     size = sum(part.path.stat().st_size for part in source.parts)
     check_free_space(out, size, "the consolidated store")
     tmp = out.with_name(out.name + ".tmp")
+    busy = StoreInUseError(
+        f"Another process is consolidating into {out} now ({tmp.name} is open for writing "
+        f"there). Wait for it to finish: {out} is then complete."
+    )
+    made = None
     try:
-        with open_h5(source.path) as f, _create(tmp, out) as g:
+        with open_h5(source.path) as f, create_new(tmp, busy) as g:
+            made = file_id(g)
             for name, value in f.attrs.items():
                 if name not in PARTED_ONLY:
                     g.attrs[name] = value
             _record_skipped(g, source)
             _copy(f, g, source, block_chunks)
             source.check_present()  # a part deleted meanwhile was copied as zeros
-        replace_store_file(tmp, out)
+        replace_store_file(tmp, out, made, busy)
     except StoreInUseError:  # tmp is another consolidate's, or nothing was made: not ours
         raise
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        discard(tmp, made)
         if isinstance(exc, (OSError, RuntimeError)) and disk_refused(exc):  # e.g. filled since
             raise copy_failed(out, exc) from exc
         raise
     return FeatureStore(out)
-
-
-def _create(tmp: Path, out: Path) -> h5py.File:
-    """The new file ``tmp``, unless another consolidate is writing it."""
-    busy = StoreInUseError(
-        f"Another process is consolidating into {out} now ({tmp.name} is open for writing "
-        f"there). Wait for it to finish: {out} is then complete."
-    )
-    return create_new(tmp, busy)
 
 
 def _record_skipped(g: h5py.File, source: FeatureStore) -> None:

@@ -13,16 +13,21 @@ exclusively, so it skips a store being read (a head trained from it) instead of 
 between two reads. Readers never wait: a reader never blocks another, and one that cannot
 take the lock (a prune deleting the store now, a folder it cannot write) reads without it.
 Writers ignore it, and plain h5py reads take none.
+
+Two writers of one path (Python API calls, which take no store lock) build it under one
+temporary name: each renames or deletes that name only while holding the file there flocked
+(:func:`claimed`), as HDF5 holds it while open, and checked to be the file it made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import socket
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 try:
@@ -57,31 +62,69 @@ def read_lock_path(store: str | Path) -> Path:
     return store.with_name(store.name + READ_SUFFIX)
 
 
-def _lock_read_file(store: Path, flags: int, create: bool = True) -> int | None:
-    """An open file of ``<store>.read.lock`` (made unless ``create`` is False) flocked with
-    ``flags`` without waiting; None when it cannot be opened. BlockingIOError when another
-    open file holds a lock that conflicts. The file is deleted by its last reader and by
-    prune, so a lock is kept only once the path is seen to still be the file locked."""
-    path = read_lock_path(store)
-    for _ in range(10):  # deleted between our open and our lock: lock the new file
+def lock_named(
+    path: Path, flags: int, *, create: bool = False, required: bool = True
+) -> int | None:
+    """An open file of ``path`` (made if ``create``) flocked with ``flags`` without waiting,
+    kept only once ``path`` is seen to still name it (another process may delete or replace
+    it between our open and our lock); None when no file is there. BlockingIOError when
+    another open file holds a lock that conflicts; OSError where the file system has no
+    flock, unless not ``required`` (then, and without flock at all, the name check alone)."""
+    for _ in range(10):  # deleted or replaced between our open and our lock: lock the new file
         try:
             fd = os.open(path, os.O_RDONLY | (os.O_CREAT if create else 0), 0o644)
-        except OSError:
+        except FileNotFoundError:
             return None
         try:
-            fcntl.flock(fd, flags | fcntl.LOCK_NB)
+            _flock(fd, flags, required)
             if os.path.samestat(os.fstat(fd), os.stat(path)):
                 return fd
         except FileNotFoundError:
             pass
-        except BlockingIOError:
+        except BaseException:
             os.close(fd)
             raise
-        except OSError:  # a file system without flock: no read locks there
-            os.close(fd)
-            return None
         os.close(fd)
     return None
+
+
+def _flock(fd: int, flags: int, required: bool) -> None:
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, flags | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError:
+        if required:
+            raise
+
+
+@contextlib.contextmanager
+def claimed(path: Path) -> Iterator[int | None]:
+    """A descriptor of the file named ``path`` (None when there is none), exclusively flocked
+    while that name is renamed or deleted, so that this acts on the file checked. Writers
+    rename and delete their temporary store files only so, and HDF5 flocks a file while it
+    is open: BlockingIOError while another process has it."""
+    fd = lock_named(path, fcntl.LOCK_EX if fcntl else 0, required=False)
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock_read_file(store: Path, flags: int, create: bool = True) -> int | None:
+    """An open file of ``<store>.read.lock`` (made unless ``create`` is False) flocked with
+    ``flags`` (:func:`lock_named`); None when it cannot be opened or locked (a file system
+    without flock: no read locks there). The file is deleted by its last reader and by
+    prune."""
+    try:
+        return lock_named(read_lock_path(store), flags, create=create)
+    except BlockingIOError:
+        raise
+    except OSError:
+        return None
 
 
 def _release_read_lock(fd: int, path: Path, pid: int) -> None:

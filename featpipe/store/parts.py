@@ -171,7 +171,16 @@ def create_parted(
     empty, then the top-level file (built under a temporary name and renamed), so a top-level
     file always finds its parts made. Refused when its parts folder is another store's
     (:func:`check_parts_dir`); call it holding the store's lock."""
-    from featpipe.store.writer import check_samples, fsync_file, write_root, write_samples
+    from featpipe.store.writer import (
+        check_samples,
+        create_new,
+        creating_elsewhere,
+        discard,
+        file_id,
+        replace_store_file,
+        write_root,
+        write_samples,
+    )
 
     path = Path(path)
     labels = check_samples(ids, labels, classes)  # before the store there loses its parts
@@ -190,17 +199,18 @@ def create_parted(
     for part in parts:
         _create_part(part, ids, labels, splits, classes, layers, dtype, rows_per_chunk, attrs)
     tmp = path.with_name(path.name + ".tmp")
+    busy = creating_elsewhere(path, tmp)  # a Python API writer, which takes no store lock
+    made = None
     try:
-        with h5py.File(tmp, "w") as f:
+        with create_new(tmp, busy) as f:
+            made = file_id(f)
             write_root(f, root, list(layers), dtype, rows_per_chunk, n_chunks)
             write_samples(f, ids, labels, splits, classes)
             _map_parts(f, path, parts, n, n_chunks, layers, dtype)
-        # its bytes on disk before its name (samples/* live here); not replace_store_file,
-        # which would delete the parts folder just laid out when the old store was parted
-        fsync_file(tmp)
-        tmp.replace(path)
+        # keeping the parts folder just laid out, even when the old store was parted
+        replace_store_file(tmp, path, made, busy, drop_parts=False)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp, made)
         raise
     return parts
 

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from featpipe._version import __version__
+from featpipe.atomic import sync_folder
 from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, split_code
 from featpipe.errors import (
     ConfigError,
@@ -37,6 +38,7 @@ from featpipe.store.files import (
     unreadable,
     unwritten_bytes,
 )
+from featpipe.store.lock import claimed
 from featpipe.store.parts import parted_at, parts_dir
 from featpipe.store.reader import IDS_SHOWN, FeatureStore, all_finite, named_rows
 from featpipe.store.schema import chunk_bounds, encode_attr, n_chunks_for
@@ -225,43 +227,74 @@ def check_not_source(out: Path, store: Path, *, reader: str = "it", fix: str = "
         )
 
 
-def fsync_file(path: Path) -> None:
-    """Have the OS write ``path``'s bytes to disk: a power cut after a rename that was not
-    preceded by one can leave never-written blocks, zeros that pass HDF5's checksums (labels
-    and splits reading as 0, "train")."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def create_new(tmp: Path, busy: StoreInUseError) -> h5py.File:
     """The new HDF5 file ``tmp``, or ``busy`` raised when another process is writing it (HDF5
-    locks it). Mode "w" truncates a file before HDF5 finds its lock: a ``tmp`` there is probed
-    by reading it, and deleted only as a killed run's leftover."""
+    locks it while open). A ``tmp`` already there is a killed run's leftover, deleted, unless
+    another process holds it (mode "w" would truncate a file before HDF5 finds its lock)."""
     try:
-        if tmp.exists():
-            h5py.File(tmp, "r").close()
-    except OSError as exc:
-        if lock_conflict(exc):
-            raise busy from exc
-    tmp.unlink(missing_ok=True)  # a leftover (whole or damaged): no process holds it
-    try:
+        with claimed(tmp) as fd:
+            if fd is not None:
+                tmp.unlink()
         return h5py.File(tmp, "x")
     except FileExistsError as exc:  # another process made it since
         raise busy from exc
+    except OSError as exc:
+        if lock_conflict(exc):
+            raise busy from exc
+        with contextlib.suppress(OSError), claimed(tmp) as fd:  # what a failed create left
+            if fd is not None:
+                tmp.unlink()
+        raise
 
 
-def replace_store_file(tmp: Path, path: Path) -> None:
-    """Move the finished store file ``tmp`` to ``path``. A parted store replaced there takes
-    its parts folder with it: those part files belong to no store any more, and the cache
-    would count them into the new one."""
-    parted = parted_at(path)
-    fsync_file(tmp)  # its bytes on disk before its name: else zeros may stand for them
-    os.replace(tmp, path)
+def creating_elsewhere(path: Path, tmp: Path) -> StoreInUseError:
+    """The error for a store ``path`` whose temporary file ``tmp`` another process writes."""
+    return StoreInUseError(
+        f"Another process is creating a store at {path} now ({tmp.name} is open for writing "
+        "there). Wait for it to finish, or write to another path."
+    )
+
+
+def file_id(f: h5py.File) -> tuple[int, int]:
+    """The (device, inode) of the open file ``f``: which file a temporary name should still
+    name when it is renamed or deleted (another writer of the same path may have replaced it)."""
+    return _id(os.fstat(f.id.get_vfd_handle()))
+
+
+def replace_store_file(
+    tmp: Path, path: Path, made: tuple[int, int], busy: StoreInUseError, *, drop_parts: bool = True
+) -> None:
+    """Move the finished store file ``tmp`` (``made``: its :func:`file_id`) to ``path``, or
+    raise ``busy`` when ``tmp`` is no longer that file: another writer of ``path`` took the
+    name over, and what is there now is its half-made file. A parted store replaced there
+    takes its parts folder with it (unless not ``drop_parts``): those part files belong to no
+    store any more, and the cache would count them into the new one."""
+    parted = parted_at(path) and drop_parts
+    try:
+        with claimed(tmp) as fd:
+            if fd is None or _id(os.fstat(fd)) != made:
+                raise busy
+            os.fsync(fd)  # its bytes on disk before its name: else zeros may stand for them
+            os.replace(tmp, path)
+    except BlockingIOError as exc:  # another writer has it open: the name is its file now
+        raise busy from exc
+    sync_folder(path.parent)  # and the new name itself, which lives in the folder
     if parted:
         shutil.rmtree(parts_dir(path), ignore_errors=True)
+
+
+def discard(tmp: Path, made: tuple[int, int] | None) -> None:
+    """Delete ``tmp`` after a failed write, if it is still the file this process made
+    (``made``: its :func:`file_id`; None when it made none): else it is another writer's."""
+    # No lock taken: this process may hold the file still (HDF5 keeps a file whose close
+    # failed open), and a writer that took the name over has another file there.
+    with contextlib.suppress(OSError):
+        if made is not None and _id(os.stat(tmp)) == made:
+            tmp.unlink()
+
+
+def _id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def check_samples(ids: Sequence[str], labels: Any, classes: Sequence[str]) -> np.ndarray:
@@ -425,12 +458,11 @@ class StoreWriter:
         row_bytes = sum(int(dim) for dim, _ in layers.values()) * np.dtype(dtype).itemsize
         check_free_space(path, n_chunks * min(rows_per_chunk, n) * row_bytes, "the store")
         tmp = path.with_name(path.name + ".tmp")
-        busy = StoreInUseError(
-            f"Another process is creating a store at {path} now ({tmp.name} is open for "
-            "writing there). Wait for it to finish, or write to another path."
-        )
+        busy = creating_elsewhere(path, tmp)
+        made = None
         try:
             with create_new(tmp, busy) as f:
+                made = file_id(f)
                 write_root(f, attrs, list(layers), dtype, rows_per_chunk, n_chunks)
                 write_samples(f, ids, labels, splits, classes)
                 create_checked(f, schema.SAMPLES_OK, np.zeros(n, dtype=bool), rows_per_chunk)
@@ -441,14 +473,14 @@ class StoreWriter:
                     ds.attrs.update(layer=name, pooling=pooling, dim=int(dim), dtype=dtype)
                 create_checked(f, schema.CHUNK_DONE, np.zeros(n_chunks, dtype=bool))
                 _create_run_records(f, n_chunks)
-            replace_store_file(tmp, path)
+            replace_store_file(tmp, path, made, busy)
         except StoreInUseError:
             raise  # the tmp file is the other process's: left alone
         except (OSError, RuntimeError) as exc:
-            tmp.unlink(missing_ok=True)
+            discard(tmp, made)
             raise write_failed(path, "create", exc, "Nothing was written", RESUME_FIX) from exc
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            discard(tmp, made)
             raise
         return cls.open(path)
 
