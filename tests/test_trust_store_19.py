@@ -1,6 +1,7 @@
-"""Trust sweep of store renames: two Python-API writers of one path never rename or delete
-each other's temporary file, and each rename of a store file is followed by an fsync of its
-folder (a power cut keeps the new name)."""
+"""Trust sweep of store renames and pruning: two Python-API writers of one path never rename
+or delete each other's temporary file, each rename of a store file is followed by an fsync of
+its folder (a power cut keeps the new name), and prune names the one bad part of a parted
+store it deletes."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from test_trust_store_17 import _complete
 
 import featpipe.store.writer as writer_module
+from featpipe.cli import main
 from featpipe.errors import StoreInUseError
 from featpipe.store.writer import StoreWriter, create_new
 
@@ -130,3 +133,21 @@ def test_each_store_rename_is_followed_by_an_fsync_of_its_folder(monkeypatch, tm
     monkeypatch.setattr(os, "fsync", fsync)
     _create(tmp_path / "x.h5")
     assert synced and synced[-1] == os.stat(tmp_path / "x.h5").st_ino
+
+
+def test_prune_incomplete_names_the_one_bad_part_it_could_have_kept(tmp_path, capsys):
+    """prune --incomplete deleted a complete parted store with one part cut short, whole and
+    without a word on the other parts' rows. It still deletes it whole (an incomplete store,
+    as those it deletes with unfinished chunks), and now says that deleting the bad part
+    alone, then the same extraction, keeps the others."""
+    store, parts = _complete(tmp_path)
+    data = parts[0].read_bytes()
+    parts[0].write_bytes(data[: len(data) // 2])
+    assert main(["cache", "prune", str(tmp_path), "--incomplete", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"{store.name}: only {store.stem}.parts/{parts[0].name} is bad, and prune deletes the "
+        "whole store; to keep its other parts, delete that file alone and run the same "
+        "extraction again instead."
+    ) in out
+    assert not store.exists() and not parts[1].exists()

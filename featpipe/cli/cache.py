@@ -41,7 +41,9 @@ examples:
 prune lists what it is about to delete, asks before deleting (unless --yes), and never
 touches a store that another process is writing (it takes each store's lock first) or reading
 through featpipe (readers hold a shared lock, <store>.read.lock, while they may read), nor an
-HDF5 file that is not a featpipe store. Plain h5py readers take no lock.
+HDF5 file that is not a featpipe store. Plain h5py readers take no lock. --incomplete deletes
+a parted store with one bad part whole, as any unfinished store, and names that part: to keep
+the other parts, delete that file alone and run the same extraction again instead.
 """
 
 
@@ -160,6 +162,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_prune(args: argparse.Namespace) -> int:
     from featpipe.store.cache import remove, select
+    from featpipe.store.parts import parts_dir
 
     if args.older_than is not None and not args.older_than >= 0:  # also NaN: every store
         raise ConfigError(f"--older-than must be a number of days >= 0; got {args.older_than}.")
@@ -179,6 +182,13 @@ def run_prune(args: argparse.Namespace) -> int:
         print("nothing to delete")
         return 0
     print(_table(chosen, now))
+    for e in chosen:
+        if e.bad_part is not None:  # an incomplete store, deleted whole like the others
+            print(
+                f"{e.path.name}: only {parts_dir(e.path).name}/{e.bad_part} is bad, and "
+                "prune deletes the whole store; to keep its other parts, delete that file "
+                "alone and run the same extraction again instead."
+            )
     size = format_bytes(sum(e.size for e in chosen))
     if not args.yes and not _confirm(f"Delete these {len(chosen)} files ({size})? [y/N] "):
         print("nothing deleted (pass --yes to delete without asking)")

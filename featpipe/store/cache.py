@@ -73,6 +73,7 @@ class CacheEntry:
     backbone: str = "-"
     layers: list[str] = field(default_factory=list)
     rows: int | None = None
+    bad_part: str | None = None  # the one part file that makes a parted store unreadable
 
     @property
     def is_store(self) -> bool:
@@ -174,13 +175,14 @@ def _describe(path: Path) -> CacheEntry:
         if _foreign(path):
             entry.state = NOT_A_STORE
         else:
-            entry.state = _bad_part(exc) or entry.state
+            _bad_part(entry, exc)
         return entry
     except MissingPartError:
         entry.state = _missing_state(path)
         return entry
     except StoreMismatchError as exc:  # a newer format: not for this featpipe to judge
-        entry.state = _bad_part(exc) or "newer format"
+        entry.state = "newer format"
+        _bad_part(entry, exc)
         return entry
     source, backbone = _object(store, "source"), _object(store, "backbone")
     entry.source = DAMAGED if source is None else source_label(source)
@@ -198,15 +200,16 @@ def _describe(path: Path) -> CacheEntry:
     return entry
 
 
-def _bad_part(exc: BaseException) -> str | None:
-    """The state of a parted store refused for one part (damaged, or another store's part):
-    deleting that file alone and rerunning the extraction keeps the other parts. None when
-    ``exc`` names no part."""
+def _bad_part(entry: CacheEntry, exc: BaseException) -> None:
+    """Name the part in ``entry`` of a parted store refused for that one part (damaged, or
+    another store's part): deleting that file alone and rerunning the extraction keeps the
+    other parts. Nothing when ``exc`` names no part."""
     part = getattr(exc, "part", None)
     if part is None:
-        return None
+        return
     why = "damaged" if isinstance(exc, UnreadableStoreError) else "of another store"
-    return f"unreadable ({part.path.name} {why})"
+    entry.state = f"unreadable ({part.path.name} {why})"
+    entry.bad_part = part.path.name
 
 
 def _missing_state(path: Path) -> str:
