@@ -11,13 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+from toy_backbone import ToyNet, build_toy  # importing it registers the 'toy' backbone
 
 import featpipe
+from featpipe.backbones import register_backbone
+from featpipe.backbones.registry import _BUILTINS
 from featpipe.pipeline import config_from_dict
 from featpipe.store import FeatureStore
 from featpipe.store.writer import StoreWriter
@@ -63,6 +66,43 @@ def make_white_folder(root: Path) -> Path:
     for name in WHITE:
         Image.new("RGB", (20, 16), "white").save(root / name, quality=90)
     return root
+
+
+class WhiteNaN(ToyNet):
+    """The toy CNN giving NaN features for white images (and only for them)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        white = x.flatten(1).mean(1) > 2.3  # normalised white; the random images stay below 2
+        return super().forward(torch.where(white[:, None, None, None], torch.nan, x))
+
+
+def register_white_nan(name: str) -> None:
+    """Register the backbone ``name`` (once a process): ``toy`` with the WhiteNaN model."""
+    if name not in _BUILTINS:
+
+        @register_backbone(name)
+        def _build(spec):
+            backbone = build_toy(spec)
+            backbone.model = WhiteNaN()
+            return backbone
+
+
+# The stage list each staged toy's builder gives, read at each build: a test changes it
+# (monkeypatch.setitem) to change the backbone's stages and nothing else.
+STAGES: dict[str, list] = {}
+
+
+def register_staged_toy(name: str) -> None:
+    """Register the backbone ``name`` (once a process): ``toy`` with the stage list
+    STAGES[name], at first toy's own (stem, stage1, stage2)."""
+    STAGES.setdefault(name, ["stem", "stage1", "stage2"])
+    if name not in _BUILTINS:
+
+        @register_backbone(name)
+        def _build(spec):
+            backbone = build_toy(spec)
+            backbone.stages = STAGES[name]
+            return backbone
 
 
 def make_chunked_store(path: Path, done: int = 4) -> np.ndarray:

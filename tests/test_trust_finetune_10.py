@@ -11,13 +11,10 @@ import time
 import pytest
 import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
-from conftest import hash_contents_config, make_image_folder
+from conftest import STAGES, hash_contents_config, make_image_folder, register_staged_toy
 from finetune_child import synthetic_source
 from test_finetune import tuner
-from toy_backbone import build_toy
 
-from featpipe.backbones import register_backbone
-from featpipe.backbones.registry import _BUILTINS
 from featpipe.cli import main as cli_main
 from featpipe.data import open_source
 from featpipe.errors import ConfigError, SourceError
@@ -26,15 +23,7 @@ from featpipe.finetune import tuner as tuner_module
 from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.report import read_results
 
-STAGES = {"toy_staged10": ["stem", "stage1", "stage2"]}  # the stage list its builder gives
-
-if "toy_staged10" not in _BUILTINS:
-
-    @register_backbone("toy_staged10")
-    def _build_staged(spec):
-        backbone = build_toy(spec)
-        backbone.stages = STAGES["toy_staged10"]
-        return backbone
+register_staged_toy("toy_staged10")
 
 
 def _partial(run_dir, **kw):

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import WHITE, make_image_folder, make_white_folder
+from conftest import WHITE, make_image_folder, make_white_folder, register_white_nan
 from torch.utils.data import DistributedSampler
-from toy_backbone import ToyNet, build_toy
 
-from featpipe.backbones import get_backbone, register_backbone
-from featpipe.backbones.registry import _BUILTINS
+from featpipe.backbones import get_backbone
 from featpipe.finetune.data import loader
 from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.pipeline.stages import finetune as finetune_stage
@@ -21,21 +19,7 @@ from featpipe.report.runplan import read_plan
 N_TEST = 12  # 3 classes x 4
 
 
-class WhiteNaN(ToyNet):
-    """The toy CNN giving NaN features for white images (and only for them)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        white = x.flatten(1).mean(1) > 2.3  # normalised white; the random images stay below 2
-        return super().forward(torch.where(white[:, None, None, None], torch.nan, x))
-
-
-if "toy_white_nan" not in _BUILTINS:
-
-    @register_backbone("toy_white_nan")
-    def _build(spec):
-        backbone = build_toy(spec)
-        backbone.model = WhiteNaN()
-        return backbone
+register_white_nan("toy_white_nan")
 
 
 @pytest.fixture

@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
-from conftest import digits_config, make_image_folder
+from conftest import (
+    STAGES,
+    digits_config,
+    make_image_folder,
+    register_staged_toy,
+    register_white_nan,
+)
 from PIL import Image
-from toy_backbone import ToyNet, build_toy
 
-from featpipe.backbones import register_backbone
-from featpipe.backbones.registry import _BUILTINS
 from featpipe.errors import ConfigError
 from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.report import read_results
@@ -56,21 +58,7 @@ def test_a_grid_for_a_head_the_pipeline_does_not_run_is_warned_of(tmp_path):
     ]
 
 
-class WhiteNaN(ToyNet):
-    """The toy CNN giving NaN features for white images (and only for them)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        white = x.flatten(1).mean(1) > 2.3  # normalised white; the random images stay below 2
-        return super().forward(torch.where(white[:, None, None, None], torch.nan, x))
-
-
-if "toy_white_nan9" not in _BUILTINS:
-
-    @register_backbone("toy_white_nan9")
-    def _build(spec):
-        backbone = build_toy(spec)
-        backbone.model = WhiteNaN()
-        return backbone
+register_white_nan("toy_white_nan9")
 
 
 def test_a_fine_tune_over_other_left_out_images_is_announced_so(tmp_path):
@@ -99,16 +87,7 @@ def test_a_fine_tune_over_other_left_out_images_is_announced_so(tmp_path):
     ]
 
 
-STAGES = {"toy_staged9": ["stem", "stage1", "stage2"]}  # the stage list its builder gives
-
-
-if "toy_staged9" not in _BUILTINS:
-
-    @register_backbone("toy_staged9")
-    def _build_staged(spec):
-        backbone = build_toy(spec)
-        backbone.stages = STAGES["toy_staged9"]
-        return backbone
+register_staged_toy("toy_staged9")
 
 
 def _partial(tmp_path, monkeypatch, stages: list, said: list[str]) -> dict:
