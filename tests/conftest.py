@@ -143,9 +143,11 @@ def random_images_store(tmp_path: Path, dtype: str) -> tuple[np.ndarray, Feature
     return images, store
 
 
-def digits_config(tmp_path: Path, name: str, probes: dict | None = None, finetune=None):
-    """A pipeline on 60/30/30 digits through ``toy`` at 16 px, out and cache under tmp_path;
-    the ``probes`` (knn when None) and a ``finetune`` section when given."""
+def digits_config(
+    tmp_path: Path, name: str, probes: dict | None = None, finetune=None, backbones=("toy",)
+):
+    """A pipeline on 60/30/30 digits through ``backbones`` (toy) at 16 px, out and cache under
+    tmp_path; the ``probes`` (knn when None) and a ``finetune`` section when given."""
     raw = {
         "name": name,
         "out": str(tmp_path / "run"),
@@ -153,7 +155,7 @@ def digits_config(tmp_path: Path, name: str, probes: dict | None = None, finetun
         "device": "cpu",
         "source": {"data": "digits", "limits": {"train": 60, "val": 30, "test": 30}},
         "features": {
-            "backbones": ["toy"],
+            "backbones": list(backbones),
             "image_size": 16,
             "workers": 0,
             "cache_dir": str(tmp_path / "cache"),

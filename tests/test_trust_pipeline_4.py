@@ -9,33 +9,19 @@ import json
 
 import torch
 import toy_backbone
+from conftest import digits_config
 
 from featpipe.backbones import Backbone, Preprocessing, register_backbone, unregister_backbone
 from featpipe.backbones.registry import _BUILTINS
 from featpipe.backbones.weights import build_from_file
-from featpipe.pipeline import config_from_dict, run_pipeline
+from featpipe.pipeline import run_pipeline
 from featpipe.report import read_results
 from featpipe.report.runplan import read_plan
 
 
 def pipeline(tmp_path, backbone: str):
-    return config_from_dict(
-        {
-            "name": "same",
-            "out": str(tmp_path / "run"),
-            "n_boot": 10,
-            "device": "cpu",
-            "source": {"data": "digits", "limits": {"train": 60, "val": 30, "test": 30}},
-            "features": {
-                "backbones": [backbone],
-                "image_size": 16,
-                "workers": 0,
-                "cache_dir": str(tmp_path / "cache"),
-            },
-            "probes": {"heads": ["knn"]},
-            "finetune": {"backbones": [backbone], "modes": ["head"], "epochs": 1, "workers": 0},
-        }
-    )
+    finetune = {"backbones": [backbone], "modes": ["head"], "epochs": 1, "workers": 0}
+    return digits_config(tmp_path, "same", finetune=finetune, backbones=[backbone])
 
 
 def run(config) -> list[str]:

@@ -8,31 +8,17 @@ from dataclasses import replace
 
 import pytest
 import torch
-import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
+from conftest import digits_config
 
 from featpipe.errors import ConfigError
-from featpipe.pipeline import config_from_dict, run_pipeline
+from featpipe.pipeline import run_pipeline
 from featpipe.report import read_results, write_report
 from featpipe.report.runplan import read_plan
 
 
 def pipeline(tmp_path, backbones: list[str], **finetune):
-    return config_from_dict(
-        {
-            "name": "edits",
-            "out": str(tmp_path / "run"),
-            "n_boot": 10,
-            "device": "cpu",
-            "source": {"data": "digits", "limits": {"train": 60, "val": 30, "test": 30}},
-            "features": {
-                "backbones": backbones,
-                "image_size": 16,
-                "workers": 0,
-                "cache_dir": str(tmp_path / "cache"),
-            },
-            "probes": {"heads": ["knn"]},
-            "finetune": {"workers": 0, **finetune},
-        }
+    return digits_config(
+        tmp_path, "edits", finetune={"workers": 0, **finetune}, backbones=backbones
     )
 
 
