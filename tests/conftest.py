@@ -1,4 +1,5 @@
-"""Shared fixtures: the ``toy`` backbone, tiny image folders, and the shared CIFAR-10 archive."""
+"""Shared fixtures and helpers: the ``toy`` backbone and variants of it, tiny image folders,
+small stores and pipelines, and the shared CIFAR-10 archive."""
 
 from __future__ import annotations
 
@@ -211,6 +212,20 @@ def cifar_root(tmp_path_factory) -> Path:
     with tarfile.open(CIFAR_ARCHIVE) as tar:
         tar.extractall(root, filter="data")
     return root
+
+
+def record_calls(monkeypatch, owner, name: str) -> list:
+    """Wrap ``owner.name`` to record each call's first argument (and make the call); the
+    record."""
+    calls = []
+    real = getattr(owner, name)
+
+    def recorded(first, *args, **kwargs):
+        calls.append(first)
+        return real(first, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recorded)
+    return calls
 
 
 def python_child(code: str, *args: str) -> subprocess.Popen:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, record_calls
 
 from featpipe.cli import _plain_warnings, main
 from featpipe.heads import select_and_fit
@@ -161,14 +161,7 @@ def test_device_cpu_keeps_logistic_regression_off_the_gpu():
 def test_pipeline_device_reaches_logistic_regression(toml, tmp_path, monkeypatch):
     from featpipe.heads import torch_logreg
 
-    seen = []
-    real = torch_logreg.resolve_device
-
-    def spy(device):
-        seen.append(device)
-        return real(device)
-
-    monkeypatch.setattr(torch_logreg, "resolve_device", spy)
+    seen = record_calls(monkeypatch, torch_logreg, "resolve_device")
     heads = 'probes.heads=["logreg"]'
     assert run(toml, tmp_path / "run", heads, "probes.grids.logreg={C=[1.0]}") == 0
     # Before: "auto" reached the head, which picks CUDA where there is one.

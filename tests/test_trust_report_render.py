@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from conftest import record_calls
 from test_report import make_row
 
 from featpipe.evaluate import compute_metrics
@@ -135,15 +136,7 @@ def test_html_holds_no_markup_from_names(written):
 
 def _captured(monkeypatch) -> list:
     """The matplotlib figures the plots draw, kept for a look at their artists."""
-    figures = []
-    real = plots._png
-
-    def keep(fig):
-        figures.append(fig)
-        return real(fig)
-
-    monkeypatch.setattr(plots, "_png", keep)
-    return figures
+    return record_calls(monkeypatch, plots, "_png")
 
 
 def test_plots_draw_dollar_signs_as_text(monkeypatch):
