@@ -9,6 +9,7 @@ from torch import nn
 from toy_backbone import ToyNet
 
 from featpipe.backbones import Backbone, Preprocessing
+from featpipe.backbones.weights import read_state_dict
 from featpipe.data import ArraySource
 from featpipe.errors import ConfigError
 from featpipe.extract import extract
@@ -123,3 +124,19 @@ def test_a_backbone_of_a_function_or_of_weights_without_values_is_refused_in_one
         _backbone(lambda x: x)
     with pytest.raises(ConfigError, match="weights are on the meta device"):
         _backbone(ToyNet().to("meta"))
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", r"the file is empty \(0 bytes\)"),
+        (b"<!DOCTYPE html><html>", r"it is not a file torch\.save wrote \(it begins b'<!DOCTYPE"),
+    ],
+)
+def test_a_weights_file_that_is_empty_or_not_torchs_says_so(tmp_path, content, words):
+    # torch.load's own words were '' (EOFError) and '101' (KeyError) for these files, e.g. a
+    # web page saved in place of the weights.
+    path = tmp_path / "resnet.pth"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"Could not read .*resnet\.pth.*: {words}"):
+        read_state_dict(path)

@@ -77,7 +77,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             )
         raise ConfigError(
             f"Could not read {str(path)!r} as a state dict with {how}: "
-            f"{one_line_cause(exc).rstrip('.')}. {fix}"
+            f"{_read_cause(path, exc, safetensors)}. {fix}"
         ) from exc
     if not _is_state_dict(state):
         # a training checkpoint keeps the state dict under a key ('state_dict', 'model')
@@ -94,6 +94,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"{str(path)!r} holds a {type(state).__name__}, not a state dict of tensors.{hint}"
         )
     return dict(state)
+
+
+def _read_cause(path: Path, exc: BaseException, safetensors: bool) -> str:
+    """Why a weights file did not load: torch.load says only 'EOFError()' of an empty file
+    and 'KeyError(101)' of a text file (an HTML page saved in place of the weights)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "the file is empty (0 bytes)"
+    # torch.save writes a zip archive (PK) or, in its legacy format, a pickle (0x80)
+    if not safetensors and not head.startswith((b"PK", b"\x80")):
+        return f"it is not a file torch.save wrote (it begins {head!r})"
+    cause = one_line_cause(exc).rstrip(".")
+    return cause if any(c.isalpha() for c in cause) else f"{type(exc).__name__} {cause}".strip()
 
 
 def one_line_cause(exc: BaseException, limit: int = 300) -> str:
