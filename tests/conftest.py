@@ -152,7 +152,7 @@ def digits_config(
     raw = {
         "name": name,
         "out": str(tmp_path / "run"),
-        "n_boot": 10,
+        "n_boot": 40,
         "device": "cpu",
         "source": {"data": "digits", "limits": {"train": 60, "val": 30, "test": 30}},
         "features": {
@@ -172,7 +172,7 @@ def hash_contents_config(tmp_path: Path, name: str, data: Path):
     """A pipeline that fine-tunes ``toy`` (head, 1 epoch) on the image folder ``data`` under
     hash_contents, with no probes."""
     return config_from_dict({
-        "name": name, "out": str(tmp_path / "run"), "n_boot": 10, "device": "cpu",
+        "name": name, "out": str(tmp_path / "run"), "n_boot": 40, "device": "cpu",
         "source": {"data": str(data), "hash_contents": True},
         "features": {"backbones": ["toy"], "image_size": 16, "workers": 0,
                      "cache_dir": str(tmp_path / "c")},

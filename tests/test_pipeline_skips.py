@@ -17,7 +17,7 @@ BROKEN = ("test/cat/001.jpg", "train/dog/002.jpg")
 TOML = """
 name = "skips"
 seeds = [0]
-n_boot = 10
+n_boot = 40
 device = "cpu"
 [features]
 backbones = ["toy"]
@@ -45,7 +45,7 @@ def _config(tmp_path, data, **features):
     raw = {
         "name": "skips",
         "seeds": [0],
-        "n_boot": 10,
+        "n_boot": 40,
         "device": "cpu",
         "out": str(tmp_path / "run"),
         "source": {"data": str(data)},

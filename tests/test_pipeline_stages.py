@@ -61,7 +61,7 @@ def majority():
 def test_a_registered_stage_writes_its_rows(majority, tmp_path):
     raw = {
         "seeds": [0, 1],
-        "n_boot": 10,
+        "n_boot": 40,
         "device": "cpu",
         "out": str(tmp_path / "run"),
         "source": {"data": "digits", "limits": {"train": 60, "test": 40}},

@@ -40,7 +40,7 @@ def test_paired_scores_refuse_labels_that_are_not_class_indices_in_one_line(y_tr
     """Float labels (NaN for a missing one) raised numpy's TypeError from a bincount."""
     pred = np.array([0, 1, 2, 1])
     with pytest.raises(ConfigError, match=r"integer class indices 0\.\.2; got float64 values"):
-        paired_score_bootstrap(np.array(y_true), pred, pred, 3, n_boot=20)
+        paired_score_bootstrap(np.array(y_true), pred, pred, 3, n_boot=40)
 
 
 def test_a_class_name_given_twice_is_refused_not_merged_in_per_class_accuracy():

@@ -31,7 +31,7 @@ def _config(folder, tmp_path, feature_backbone: str):
     """Probes on ``feature_backbone`` (its store decides which images the run leaves out) and
     a fine-tune of ``toy``, under on_error = "skip"."""
     return config_from_dict({
-        "name": "left-out", "seeds": [0], "n_boot": 10, "device": "cpu",
+        "name": "left-out", "seeds": [0], "n_boot": 40, "device": "cpu",
         "out": str(tmp_path / "run"), "source": {"data": str(folder)},
         "features": {"backbones": [feature_backbone], "batch_size": 8,
                      "cache_dir": str(tmp_path / "c"), "on_error": "skip"},
@@ -101,7 +101,7 @@ def test_bn_mode_on_a_backbone_without_batch_norm_is_labelled_as_full(tmp_path):
     where the run trained one twice (only the history's mode_note said so)."""
     folder = make_image_folder(tmp_path / "images", per_class=3, splits=("train", "val", "test"))
     config = config_from_dict({
-        "name": "bn", "seeds": [0], "n_boot": 10, "device": "cpu", "out": str(tmp_path / "run"),
+        "name": "bn", "seeds": [0], "n_boot": 40, "device": "cpu", "out": str(tmp_path / "run"),
         "source": {"data": str(folder)},
         "features": {"backbones": ["toy"], "cache_dir": str(tmp_path / "c")},
         "probes": {"heads": []},
@@ -155,7 +155,7 @@ def test_a_finished_run_without_stores_is_not_decoded_again(tmp_path, monkeypatc
     broken = folder / "train/dog/002.jpg"
     broken.write_bytes(broken.read_bytes()[:300])  # truncated
     config = config_from_dict({
-        "name": "no-store", "seeds": [0], "n_boot": 10, "device": "cpu",
+        "name": "no-store", "seeds": [0], "n_boot": 40, "device": "cpu",
         "out": str(tmp_path / "run"), "source": {"data": str(folder)},
         "features": {"backbones": ["toy"], "cache_dir": str(tmp_path / "c"), "on_error": "skip"},
         "probes": {"heads": []},

@@ -42,7 +42,7 @@ def test_rows_that_left_images_out_are_not_reused_under_on_error_fail(tmp_path):
 
     def run(on_error: str) -> list[str]:
         config = config_from_dict({
-            "name": "skips", "n_boot": 10, "device": "cpu", "out": str(tmp_path / "run"),
+            "name": "skips", "n_boot": 40, "device": "cpu", "out": str(tmp_path / "run"),
             "source": {"data": str(root)},
             "features": {"backbones": ["toy_white_nan9"], "batch_size": 8, "workers": 0,
                          "cache_dir": str(tmp_path / "c"), "on_error": on_error},
@@ -67,7 +67,7 @@ def test_rows_that_left_images_out_are_not_reused_under_on_error_fail(tmp_path):
 def test_a_reused_row_that_left_images_out_is_announced_so(tmp_path):
     root = make_white_folder(tmp_path / "images")
     base = {
-        "name": "skips", "n_boot": 10, "device": "cpu", "out": str(tmp_path / "run"),
+        "name": "skips", "n_boot": 40, "device": "cpu", "out": str(tmp_path / "run"),
         "source": {"data": str(root)},
         "features": {"backbones": ["toy_white_nan9"], "batch_size": 8, "workers": 0,
                      "cache_dir": str(tmp_path / "c"), "on_error": "skip"},
@@ -172,7 +172,7 @@ def _warnings(rows: list[dict], n_val: int | None) -> list[str]:
     ids = [str(i) for i in range(120)]  # make_row's test ids
     counts = {"train": 600, "val": n_val, "test": 120} if n_val else {}
     checks = DataChecks("content", [], [], None, {}, ids, counts=counts)
-    md = render_markdown(build_document(rows, n_boot=20, checks=checks))
+    md = render_markdown(build_document(rows, n_boot=40, checks=checks))
     return [line for line in md.splitlines() if "looks broken" in line]
 
 

@@ -12,7 +12,7 @@ from featpipe.pipeline import config_from_dict, run_pipeline
 
 def _config(tmp_path, source, probes, finetune=None):
     raw = {
-        "name": "thirteen", "out": str(tmp_path / "run"), "device": "cpu", "n_boot": 10,
+        "name": "thirteen", "out": str(tmp_path / "run"), "device": "cpu", "n_boot": 40,
         "source": source,
         "features": {"backbones": ["toy"], "image_size": 16, "workers": 0,
                      "cache_dir": str(tmp_path / "c")},

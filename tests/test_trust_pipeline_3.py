@@ -56,7 +56,7 @@ def test_lists_that_repeat_an_entry_and_bad_workers_are_refused(raw, match):
 
 
 # test_run_plan's pipeline, smaller and with two probes.
-SMALL = ["n_boot=20", "source.limits={train=60, val=30, test=30}"]
+SMALL = ["n_boot=40", "source.limits={train=60, val=30, test=30}"]
 SMALL += ['probes.heads=["knn", "logreg"]', "probes.grids.logreg={C=[1.0]}"]
 
 

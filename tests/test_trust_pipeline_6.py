@@ -116,7 +116,7 @@ def test_a_re_run_of_another_configuration_stopped_early_leaves_no_report_of_the
     toml = tmp_path / "t.toml"
     toml.write_text(PIPELINE.replace("CACHE", str(tmp_path / "cache")))
     out = tmp_path / "run"
-    small = ["--set", "source.limits={train=60, val=30, test=30}", "--set", "n_boot=10"]
+    small = ["--set", "source.limits={train=60, val=30, test=30}", "--set", "n_boot=40"]
 
     def run(grid: str, *heads: str) -> int:
         argv = ["run", str(toml), "--out", str(out), "--quiet", *small]

@@ -69,7 +69,7 @@ def test_a_fine_tune_over_other_left_out_images_is_announced_so(tmp_path):
 
     def run(feature_backbone: str) -> list[str]:
         config = config_from_dict({
-            "name": "left-out", "n_boot": 10, "device": "cpu", "out": str(tmp_path / "run"),
+            "name": "left-out", "n_boot": 40, "device": "cpu", "out": str(tmp_path / "run"),
             "source": {"data": str(root)},
             "features": {"backbones": [feature_backbone], "batch_size": 8,
                          "cache_dir": str(tmp_path / "c"), "on_error": "skip"},
@@ -94,7 +94,7 @@ def _partial(tmp_path, monkeypatch, stages: list, said: list[str]) -> dict:
     """Fine-tune toy_staged9 in partial:1 with its stages ``stages``; its row."""
     monkeypatch.setitem(STAGES, "toy_staged9", stages)
     config = config_from_dict({
-        "name": "stages", "n_boot": 10, "device": "cpu", "out": str(tmp_path / "run"),
+        "name": "stages", "n_boot": 40, "device": "cpu", "out": str(tmp_path / "run"),
         "source": {"data": "digits", "limits": {"train": 60, "val": 30, "test": 30}},
         "features": {"backbones": ["toy_staged9"], "image_size": 16, "workers": 0,
                      "cache_dir": str(tmp_path / "c")},

@@ -27,7 +27,7 @@ def test_the_confusion_figure_leaves_out_classes_without_test_images(monkeypatch
     # Labels 0, 5 and 9 of classes '0'..'9': the figure drew 10 rows, 7 of them empty.
     drawn = _figures(monkeypatch)
     rows = [_gappy_row("toy/logreg@pooled", 0.8), _gappy_row("toy/finetune:full", 0.9, "finetune")]
-    md = render_markdown(build_document(rows, n_boot=20))
+    md = render_markdown(build_document(rows, n_boot=40))
     assert len(drawn) == 2
     for (matrix, classes), row in zip(drawn, rows, strict=True):
         assert classes == ["0", "5", "9"]
@@ -46,7 +46,7 @@ def test_a_predicted_class_without_test_images_stays_in_the_figure(monkeypatch):
     cm = np.zeros((10, 10), int)
     np.add.at(cm, (y, np.where(np.arange(120) < 4, 3, y)), 1)  # 4 images predicted as '3'
     row["metrics"]["confusion"] = cm.tolist()
-    md = render_markdown(build_document([row], n_boot=20))
+    md = render_markdown(build_document([row], n_boot=40))
     matrix, classes = drawn[0]
     assert classes == ["0", "3", "5", "9"]
     assert np.asarray(matrix).sum() == 120
@@ -56,7 +56,7 @@ def test_a_predicted_class_without_test_images_stays_in_the_figure(monkeypatch):
 def test_the_figure_is_unchanged_when_every_class_has_test_images(monkeypatch):
     drawn = _figures(monkeypatch)
     row = make_row("toy/logreg@pooled")
-    md = render_markdown(build_document([row], n_boot=20))
+    md = render_markdown(build_document([row], n_boot=40))
     assert drawn == [(row["metrics"]["confusion"], row["classes"])]
     assert "by validation accuracy: toy/logreg@pooled (seed 0)." in md
 
@@ -73,7 +73,7 @@ def _per_class(md: str) -> dict[str, str]:
 def test_the_per_class_table_shows_the_mean_over_seeds():
     # It showed seed 0's per-class accuracy beside a results table of the mean over seeds.
     rows = [make_row("toy/logreg@pooled", acc=a, seed=s) for s, a in [(0, 0.9), (1, 0.5)]]
-    md = render_markdown(build_document(rows, n_boot=20))
+    md = render_markdown(build_document(rows, n_boot=40))
     assert "Per-class accuracy (%) on test, the mean over seeds, of the methods" in md
     expected = {
         name: f"{100 * np.mean([r['metrics']['per_class_accuracy'][name] for r in rows]):.1f}"

@@ -12,5 +12,5 @@ def test_the_peak_host_memory_column_says_it_is_the_main_process_s():
     # peak_host_bytes is the main process's VmHWM: a fine-tune with 2 DataLoader workers wrote
     # 924 MiB while its workers held 1107 MiB RSS (45 MiB of it private). The column read
     # "peak host MiB", as if it were the method's whole host memory.
-    md = render_markdown(build_document([make_row("toy/logreg@pooled")], n_boot=20))
+    md = render_markdown(build_document([make_row("toy/logreg@pooled")], n_boot=40))
     assert "| peak host MiB (main process) |" in md

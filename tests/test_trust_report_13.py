@@ -16,7 +16,7 @@ from featpipe.report.markdown import render_markdown
 
 def test_a_report_of_one_method_on_one_test_image_counts_in_the_singular():
     # Before: "1 methods on 1 test images of 1 classes", "Only 1 test images: ...".
-    md = render_markdown(build_document([make_row("toy/logreg@pooled", n=1)], n_boot=20))
+    md = render_markdown(build_document([make_row("toy/logreg@pooled", n=1)], n_boot=40))
     assert "1 method on 1 test image of 1 class" in md
     assert "Only 1 test image:" in md
     assert "1 methods" not in md and "1 test images" not in md

@@ -89,7 +89,7 @@ def test_a_report_with_intervals_still_names_them(drawn):
     from featpipe.report.markdown import render_markdown
 
     rows = [make_row("toy/logreg@pooled", acc=0.8), make_row("toy/knn@pooled", acc=0.6)]
-    md = render_markdown(build_document(rows, n_boot=20))
+    md = render_markdown(build_document(rows, n_boot=40))
     assert "with 95 % Wilson score intervals." in md and "| top-1 % (95 % CI) |" in md
     assert "with the 95 % Wilson score interval over the test images" in md
 
@@ -115,7 +115,7 @@ def test_the_layer_plot_of_a_sweep_shows_the_largest_size_whatever_the_row_order
         _sized("toy/logreg@pooled", "pooled", 10, 0.5),
         _sized("toy/logreg@stage1", "stage1", 10, 0.3),
     ]
-    md = render_markdown(build_document(rows, n_boot=20))
+    md = render_markdown(build_document(rows, n_boot=40))
     (fig,) = [f for f in drawn if f.axes[0].get_xlabel() == "layer"]
     (line,) = fig.axes[0].get_lines()
     at_40 = {s.layer: 100 * s.top1 for s in summarize(rows) if s.train_size == 40}

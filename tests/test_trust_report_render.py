@@ -53,7 +53,7 @@ def evil_rows() -> list[dict]:
         proba = np.full((n, len(CLASSES)), 0.01)
         proba[np.arange(n), pred] = 0.9
         row.update(classes=CLASSES, label=label, run="run <b>one</b>\n# not a heading")
-        row["metrics"] = compute_metrics(y, proba, CLASSES, n_boot=20, seed=0)
+        row["metrics"] = compute_metrics(y, proba, CLASSES, n_boot=40, seed=0)
         row["test"].update(y_true=y.tolist(), y_pred=pred.tolist())
         rows.append(row)
     return rows

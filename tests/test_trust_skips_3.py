@@ -95,7 +95,7 @@ def test_the_probe_check_names_rows_with_non_finite_features(nan_on_white, folde
 def _skipping_pipeline(folder, tmp_path, finetune: dict):
     """A toy pipeline over ``folder`` under on_error = "skip"."""
     return config_from_dict({
-        "name": "skips", "seeds": [0], "n_boot": 10, "device": "cpu",
+        "name": "skips", "seeds": [0], "n_boot": 40, "device": "cpu",
         "out": str(tmp_path / "run"), "source": {"data": str(folder)},
         "features": {"backbones": ["toy"], "batch_size": 8, "cache_dir": str(tmp_path / "c"),
                      "on_error": "skip"},

@@ -66,12 +66,22 @@ def _check_inputs(y_true, proba, classes) -> tuple[np.ndarray, np.ndarray, list[
 
 
 MAX_BOOT = 100_000  # far past where a 95 % percentile interval stops moving; 1e12 ran for days
+# The fewest resamples that leave one in each 2.5 % tail of a 95 % percentile interval: with
+# fewer, its ends are the extreme resamples (n_boot 1 gave lo = hi), noise rather than 95 %.
+MIN_BOOT = 40
 
 
 def check_n_boot(n_boot) -> None:
-    """Bootstrap resamples: a whole number from 0 (no intervals) to ``MAX_BOOT``."""
+    """Bootstrap resamples: 0 (no intervals) or a whole number from ``MIN_BOOT`` to
+    ``MAX_BOOT``."""
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ConfigError(f"n_boot must be an integer >= 0 (0: no intervals); got {n_boot!r}.")
+    if 0 < n_boot < MIN_BOOT:
+        raise ConfigError(
+            f"n_boot is {n_boot}; a 95 % interval needs at least {MIN_BOOT} resamples (fewer "
+            "leave its ends to the most extreme ones). Give n_boot 0 (no intervals) or from "
+            f"{MIN_BOOT} (the default is 1,000)."
+        )
     if n_boot > MAX_BOOT:
         raise ConfigError(
             f"n_boot is {n_boot:,}; at most {MAX_BOOT:,} resamples are accepted (a 95 % interval "

@@ -7,7 +7,7 @@ A pipeline file has these tables (every key optional unless marked required)::
     seeds = [0]                        # head-search / fine-tuning seeds (heads without
                                        # randomness run once, with the first seed)
     device = "auto"                    # auto, cpu, cuda, cuda:1, ...
-    n_boot = 1000                      # bootstrap resamples (0: no intervals; top-1: Wilson)
+    n_boot = 1000                      # bootstrap resamples (0: none, else >= 40; top-1: Wilson)
 
     [source]
     data = "digits"                    # required: built-in name, folder or CSV; --data overrides

@@ -16,6 +16,7 @@ from featpipe.evaluate.leakage import (
     check_store,
     source_hashes,
 )
+from featpipe.evaluate.metrics import MIN_BOOT
 from featpipe.report.content import Document, build_document
 from featpipe.report.html import render_html
 from featpipe.report.markdown import PLOTS_DIR, render_markdown
@@ -114,7 +115,16 @@ def write_report(
         plan = read_plan(run_dir)
     rows, notes = _current(rows, plan)
     checks = data_checks(run_dir, rows, source, plan.source_fingerprint if plan else None)
-    doc = build_document(rows, n_boot=plan.n_boot if plan else 1000, notes=notes, checks=checks)
+    n_boot = plan.n_boot if plan else 1000
+    if 0 < n_boot < MIN_BOOT:  # a run made before that floor: report it, at the floor
+        notes.append(
+            f"Note: this run's n_boot is {n_boot}, fewer resamples than a 95 % interval needs "
+            f"({MIN_BOOT}): this report's comparisons use {MIN_BOOT}; its rows' balanced "
+            f"accuracy, macro F1 and log loss intervals came from {n_boot}. Run it again "
+            f"with n_boot {MIN_BOOT} or more (its results are then computed again) or 0."
+        )
+        n_boot = MIN_BOOT
+    doc = build_document(rows, n_boot=n_boot, notes=notes, checks=checks)
     plots_dir = run_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = {}
