@@ -61,8 +61,9 @@ def stratified_split(
 
 
 def _id_order(ids: Sequence[str], n: int) -> np.ndarray:
+    """The positions of ``n`` rows sorted by their ids (``arange(n)`` for ids in order)."""
     if len(ids) != n:
-        raise ConfigError(f"stratified_split needs one id per label ({n}); got {len(ids)} ids.")
+        raise ConfigError(f"Drawing {n} rows needs one id per row; got {len(ids)} ids.")
     return np.array(sorted(range(n), key=list(ids).__getitem__), dtype=np.int64)
 
 
@@ -202,7 +203,8 @@ def _class_list(classes: Sequence[str], codes: np.ndarray) -> str:
 def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> ImageSource:
     """A seeded, class-stratified subset with at most ``n`` rows of each split named in
     ``per_split`` (e.g. ``{"train": 5000, "test": 1000}``); splits not named are kept whole.
-    Rows keep their original order."""
+    Rows are drawn in the order of their ids (see :func:`stratified_split`) and keep their
+    original order."""
     _check_seed(seed)
     labels = np.asarray(source.labels)
     named = {split_code(name): n for name, n in per_split.items()}
@@ -213,8 +215,9 @@ def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> 
                 "Write e.g. {'train': 5000, 'test': 1000}."
             )
     keep = [np.flatnonzero(~np.isin(source.splits, list(named)))]
+    order = _id_order(source.ids, len(labels))
     for code, n in named.items():
-        rows = np.flatnonzero(source.splits == code)
+        rows = order[np.asarray(source.splits)[order] == code]
         if len(rows) <= n:
             keep.append(rows)
             continue
@@ -244,14 +247,15 @@ def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> 
 
 
 def nested_subsets(
-    labels: np.ndarray, sizes: Sequence[int], seed: int = 0
+    labels: np.ndarray, sizes: Sequence[int], seed: int = 0, ids: Sequence[str] | None = None
 ) -> dict[int, np.ndarray]:
     """Seeded, class-stratified, nested subsets of rows: ``{n: sorted positions in labels}``.
 
     Every row gets a rank: its place in a seeded shuffle of its own class, as a fraction of
     the class size (ties between classes broken at random). The subset of size n is the n
     lowest ranks, so a larger subset holds every smaller one, and each class fills it in
-    proportion to its size (within one row)."""
+    proportion to its size (within one row). With ``ids`` the rows are drawn in the order of
+    their ids (see :func:`stratified_split`)."""
     _check_seed(seed)
     labels = np.asarray(labels)
     for n in sizes:
@@ -260,12 +264,14 @@ def nested_subsets(
                 f"A subset size must be an integer from 1 to the {len(labels)} rows; got {n!r}."
             )
     rng = np.random.default_rng(seed)
-    rank = np.empty(len(labels))
+    order = np.arange(len(labels)) if ids is None else _id_order(ids, len(labels))
+    rank, tie = np.empty(len(labels)), np.empty(len(labels))
     for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
+        rows = order[labels[order] == c]
         rank[rng.permutation(rows)] = (np.arange(len(rows)) + 0.5) / len(rows)
-    order = np.lexsort((rng.random(len(labels)), rank))
-    return {int(n): np.sort(order[:n]) for n in sizes}
+    tie[order] = rng.random(len(labels))
+    drawn = np.lexsort((tie, rank))
+    return {int(n): np.sort(drawn[:n]) for n in sizes}
 
 
 def with_train_ids(source: ImageSource, ids: Collection[str]) -> ImageSource:
@@ -284,7 +290,8 @@ def train_subset(source: ImageSource, size: int, seed: int = 0) -> ImageSource:
             f"A training subset of {size} images needs at least that many; the source has "
             f"{len(train)} train images. Use a smaller size."
         )
-    rows = train[nested_subsets(np.asarray(source.labels)[train], [size], seed)[int(size)]]
+    labels, ids = np.asarray(source.labels)[train], [source.ids[r] for r in train]
+    rows = train[nested_subsets(labels, [size], seed, ids)[int(size)]]
     return with_train_ids(source, [source.ids[r] for r in rows])
 
 

@@ -125,7 +125,7 @@ def split_rows(
     source: ImageSource, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Train and val row indices; with no val split, a stratified, seeded ``val_fraction`` of
-    train becomes val (the bool says so)."""
+    train, drawn in the order of the rows' ids, becomes val (the bool says so)."""
     train, val = source.indices("train"), source.indices("val")
     if len(train) == 0:
         raise SourceError(f"The source has no train split (splits: {source.split_counts()}).")
@@ -135,7 +135,8 @@ def split_rows(
         raise ConfigError(
             f"The source has no val split, so val_fraction must be in (0, 1); got {val_fraction}."
         )
-    codes = stratified_split(np.asarray(source.labels)[train], val_fraction=val_fraction, seed=seed)
+    labels, ids = np.asarray(source.labels)[train], [source.ids[r] for r in train]
+    codes = stratified_split(labels, val_fraction=val_fraction, seed=seed, ids=ids)
     val = train[codes == SPLIT_CODES["val"]]
     if len(val) == 0:  # nothing to choose the epoch on
         n = len(train)

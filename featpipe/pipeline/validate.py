@@ -237,7 +237,8 @@ def _two_classes(config, source) -> None:
             "fine-tune needs train images of at least 2 classes; use sizes of 2 or more."
         )
     # The subsets the sweep will train on (jobs.sweep_ids draws them the same way, seeded).
-    drawn = nested_subsets(labels, config.source.train_sizes, config.source.split_seed)
+    ids = [source.ids[r] for r in train]
+    drawn = nested_subsets(labels, config.source.train_sizes, config.source.split_seed, ids)
     if alone := [n for n, rows in drawn.items() if len(np.unique(labels[rows])) < 2]:
         name = source.classes[int(labels[drawn[alone[0]][0]])]
         raise ConfigError(
