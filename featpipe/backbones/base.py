@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from featpipe.backbones.layers import LOGITS, POOLED, LayerSpec, pool, resolve_pooling
+from featpipe.backbones.layers import (
+    LOGITS,
+    POOLED,
+    LayerSpec,
+    layer_requests,
+    pool,
+    resolve_pooling,
+)
 from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.errors import ConfigError, unknown_name
 
@@ -127,6 +134,7 @@ class Backbone:
                 "or build it on the CPU."
             )
         self.stages = as_stages(self.stages)
+        self._check_names()
         self.model.eval()  # for probes and extraction; again in every replace() (at_size)
         if not self.state_sha256:  # replace() carries it over: hashed once per loaded model
             self.state_sha256 = state_dict_sha256(self.model)
@@ -134,6 +142,28 @@ class Backbone:
             self.weights_sha256 = self.state_sha256
         if self.classifier is None:
             self.classifier = last_linear(self.model)
+
+    def _check_names(self) -> None:
+        """Refuse a classifier that is no module of the model, or stages naming neither
+        modules nor parameters: found now, not as a KeyError at the first ``pooled`` or a
+        stage silently left unfrozen."""
+        modules = {n for n, _ in self.model.named_modules() if n}
+        if self.classifier is not None and self.classifier not in modules:
+            raise unknown_name(
+                "classifier module",
+                self.classifier,
+                modules,
+                hint=f"Backbone {self.spec!r}: name the module whose input is the pooled "
+                "features, or leave classifier out to use the model's last nn.Linear.",
+            )
+        params = {n for n, _ in self.model.named_parameters()}
+        unknown = [n for stage in self.stages for n in stage if n not in modules | params]
+        if unknown:
+            raise ConfigError(
+                f"Backbone {self.spec!r}: stages name {unknown}, which are neither modules "
+                "nor parameters of the model. Name its modules in forward order (print "
+                "[n for n, _ in model.named_children()]), or parameters such as a class token."
+            )
 
     def with_current_weights(self) -> Backbone:
         """This backbone if its model still holds the weights it was built with; otherwise a
@@ -232,9 +262,11 @@ class Backbone:
             hint=f"List them with `featpipe layers {self.spec}`.",
         )
 
-    def features(self, layers: Sequence[str | LayerSpec]) -> FeatureModel:
+    def features(self, layers: str | Sequence[str | LayerSpec]) -> FeatureModel:
         """A module that returns ``{layer name: (B, D) tensor}`` for every requested layer."""
-        specs = [s if isinstance(s, LayerSpec) else LayerSpec.parse(s) for s in layers]
+        specs = [
+            s if isinstance(s, LayerSpec) else LayerSpec.parse(s) for s in layer_requests(layers)
+        ]
         if not specs:
             raise ConfigError("Ask for at least one layer, e.g. 'pooled'.")
         names = [s.name for s in specs]

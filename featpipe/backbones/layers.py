@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,11 @@ class LayerSpec:
                 f"Valid poolings: {', '.join(POOLINGS)} (k a positive integer, e.g. grid:2)."
             )
         return cls(module, pooling)
+
+
+def layer_requests(layers: str | LayerSpec | Sequence[str | LayerSpec]) -> list:
+    """One request (``"pooled"``) as a list of one: a string is never a list of its letters."""
+    return [layers] if isinstance(layers, (str, LayerSpec)) else list(layers)
 
 
 def resolve_pooling(pooling: str | None, output: torch.Tensor, tokens: str = "cls") -> str:

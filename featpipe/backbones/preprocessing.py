@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -69,8 +70,13 @@ class Preprocessing:
                 "Preprocessing needs crop >= 1 and resize >= 1; "
                 f"got resize={self.resize}, crop={self.crop}."
             )
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "mean", _per_channel("mean", self.mean))
+        object.__setattr__(self, "std", _per_channel("std", self.std))
+        if min(self.std) <= 0:  # torchvision refuses 0 at the first image; < 0 flips signs
+            raise ConfigError(
+                f"Preprocessing std must be positive for each channel; got {self.std}. "
+                "Use the std the weights were trained with, e.g. (0.229, 0.224, 0.225)."
+            )
 
     @property
     def crop_fraction(self) -> float:
@@ -140,6 +146,21 @@ class Preprocessing:
                 T.Normalize(self.mean, self.std),
             ]
         )
+
+
+def _per_channel(name: str, values: Any) -> tuple[float, float, float]:
+    """``values`` as three finite floats, one per RGB channel (featpipe feeds RGB images):
+    one value for all three would be another store key for the same features."""
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise ConfigError(
+            f"Preprocessing {name} needs three finite numbers, one per RGB channel; got "
+            f"{values!r}. Write e.g. {name}=(0.5, 0.5, 0.5) for one value for every channel."
+        )
+    return out  # type: ignore[return-value]
 
 
 def center_crop(image: Any, size: int, offset: str = "round") -> Any:

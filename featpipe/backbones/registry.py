@@ -164,4 +164,11 @@ def get_backbone(spec: str | BackboneSpec, image_size: int | None = None) -> Bac
                 hint=f"See `featpipe backbones --family {parsed.family}`.",
             )
         backbone = entry.build(parsed)
+    if not isinstance(backbone, Backbone):
+        raise ConfigError(
+            f"The factory registered for backbone {str(parsed)!r} returned "
+            f"{type(backbone).__name__}, not a featpipe Backbone. Make it return "
+            "Backbone(spec=str(spec), model=..., preprocessing=Preprocessing(...)) around the "
+            "model (see register_backbone)."
+        )
     return backbone.at_size(image_size)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from featpipe.backbones import Backbone, LayerSpec, get_backbone
+from featpipe.backbones.layers import layer_requests
 from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import check_on_error
 from featpipe.device import on_device, resolve_device, torch_threads
@@ -127,7 +128,7 @@ class ExtractionPlan:
 def plan_extraction(
     source: ImageSource | str,
     backbone: str | Backbone = "efficientnet_lite0",
-    layers: Sequence[str] = ("pooled",),
+    layers: str | Sequence[str] = ("pooled",),
     *,
     cache_dir: str | Path = "data/cache",
     out: str | Path | None = None,
@@ -159,7 +160,7 @@ def plan_extraction(
     src = source if isinstance(source, ImageSource) else _open_source(source)
     bb = _sized_backbone(backbone, image_size)
     stage = get_data_path(data_path, bb.preprocessing, dev, decode)
-    names = tuple(LayerSpec.parse(layer).name for layer in layers)
+    names = tuple(LayerSpec.parse(layer).name for layer in layer_requests(layers))
     bb.features(names).remove()  # validates layer names before any file is touched
     if request is None:
         request = Request.build(
@@ -310,7 +311,7 @@ def _create_store(plan: ExtractionPlan, inference: Inference) -> None:
 def extract(
     source: ImageSource | str,
     backbone: str | Backbone = "efficientnet_lite0",
-    layers: Sequence[str] = ("pooled",),
+    layers: str | Sequence[str] = ("pooled",),
     *,
     cache_dir: str | Path = "data/cache",
     out: str | Path | None = None,
@@ -330,7 +331,8 @@ def extract(
     lock_timeout: float | None = None,
     shard: tuple[int, int] | None = None,
 ) -> FeatureStore:
-    """Features of ``layers`` of ``backbone`` over ``source``, in a complete store:
+    """Features of ``layers`` (one request such as ``"pooled"``, or a list) of ``backbone``
+    over ``source``, in a complete store:
     ``run_extraction(plan_extraction(...))``.
 
     The store lives at ``out``, or in ``cache_dir`` under a name keyed by every input that
