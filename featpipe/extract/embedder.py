@@ -111,6 +111,14 @@ def _as_items(X: Iterable[ImageLike] | np.ndarray) -> list[ImageLike]:
             "first axis is its images: pass [image] or image[None] for one image; for gray "
             "images of width 3 or 4, pass them as (N, H, W, 1)."
         )
+    # One channels-first image (torch's layout) would be read as 1, 3 or 4 gray images.
+    if one and X.ndim == 3 and X.shape[0] in (1, 3, 4) and X.shape[-1] not in (1, 3, 4):
+        raise ConfigError(
+            f"Embedder got one array of shape {X.shape}, which reads as one channels-first "
+            "image, but a batch's first axis is its images and images are channels last: pass "
+            "image.transpose(1, 2, 0)[None] for one image; for 1, 3 or 4 gray images, pass "
+            "them as (N, H, W, 1)."
+        )
     return list(X)
 
 
