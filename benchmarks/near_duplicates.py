@@ -9,11 +9,14 @@ check used when the source is not at hand, threshold 0.99).
 Data: the CIFAR-10 JPEGs of ``../shared/data/cifar10-jpg.tar.gz`` (extracted into ``--work``,
 a temporary folder by default). Copies of ``--copies`` train images: resized 32->24->32,
 JPEG quality 50, grayscale, shifted 1 and 2 px, 1 px cropped off each side then resized back,
-brightness x1.15 and x0.85; every copy saved as JPEG (quality 90 unless said) as a dataset's
-copy would be. Distinct pairs: the first ``--distinct`` test images against the first
-``--distinct`` train images (4 million pairs by default). ``--full`` also counts the test
-images of all 10,000 flagged against all 50,000 train images (this includes CIFAR-10's own
-near-duplicates across splits, about 3 % of its test set by Barz & Denzler 2020).
+brightness x1.15 and x0.85, turned a quarter and mirrored left to right; every copy saved as
+JPEG (quality 90 unless said) as a dataset's copy would be. pHash is compared in its eight
+orientations, as the data checks compare it (dHash as it is). Distinct pairs: the first
+``--distinct`` test images against the first ``--distinct`` train images (4 million pairs by
+default). ``--full`` also counts the test images of all 10,000 flagged against all 50,000
+train images (this includes CIFAR-10's own near-duplicates across splits, about 3 % of its
+test set by Barz & Denzler 2020), and times that comparison through the data checks' band
+index against comparing every pair (both must find the same pairs).
 
     python benchmarks/near_duplicates.py --full --features
 """
@@ -31,7 +34,15 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from featpipe.data import ImageFolderSource
-from featpipe.evaluate.leakage import NEAR_BITS, _popcount, perceptual_hash, source_hashes
+from featpipe.evaluate.leakage import (
+    NEAR_BITS,
+    _closest,
+    _closest_within,
+    _orientations,
+    _popcount,
+    perceptual_hash,
+    source_hashes,
+)
 
 TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
 BITS = range(0, 17)
@@ -65,6 +76,8 @@ EDITS = {
     "crop 1 px, resize back": lambda im: _jpeg(_crop(im, 1)),
     "brightness x1.15": lambda im: _jpeg(ImageEnhance.Brightness(im).enhance(1.15)),
     "brightness x0.85": lambda im: _jpeg(ImageEnhance.Brightness(im).enhance(0.85)),
+    "rotate 90": lambda im: _jpeg(im.transpose(Image.Transpose.ROTATE_90)),
+    "mirror": lambda im: _jpeg(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
 }
 
 
@@ -75,17 +88,16 @@ def dhash(image: Image.Image) -> int:
     return int.from_bytes(np.packbits((a[:, 1:] > a[:, :-1]).ravel()).tobytes(), "big")
 
 
-HASHES = {"pHash (featpipe)": perceptual_hash, "dHash": dhash}
+# name: (hash, compared in its eight orientations as the data checks compare pHash)
+HASHES = {"pHash (featpipe, 8 orientations)": (perceptual_hash, True), "dHash": (dhash, False)}
 
 
-def _nearest_bits(test: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Bits from each test hash to its closest ref hash, in bounded blocks."""
-    best = np.full(len(test), 64, np.int64)
-    for s in range(0, len(test), 256):
-        for r in range(0, len(ref), 8192):
-            d = _popcount(test[s : s + 256, None] ^ ref[None, r : r + 8192]).min(axis=1)
-            best[s : s + 256] = np.minimum(best[s : s + 256], d)
-    return best
+def _apart(a: np.ndarray, b: np.ndarray, turned: bool) -> np.ndarray:
+    """Bits between hashes ``a`` and ``b`` (broadcast), in ``a``'s closest orientation if
+    ``turned``."""
+    shape = a.shape
+    turns = _orientations(a.ravel()) if turned else [a.ravel()]
+    return np.min([_popcount(t.reshape(shape) ^ b) for t in turns], axis=0)
 
 
 def main() -> None:
@@ -115,17 +127,18 @@ def main() -> None:
         f"{args.copies} copies per edit; {len(a)} x {len(b)} = {len(a) * len(b):,} distinct pairs"
     )
     print(f"The data checks flag pHash within {NEAR_BITS} bits (leakage.NEAR_BITS).")
-    for name, fn in HASHES.items():
+    for name, (fn, turned) in HASHES.items():
         h0 = np.array([fn(im) for im in originals], np.uint64)
         ha = np.array([fn(im) for im in a], np.uint64)
         hb = np.array([fn(im) for im in b], np.uint64)
         bits = {
-            e: _popcount(h0 ^ np.array([fn(im) for im in c], np.uint64)) for e, c in copies.items()
+            e: _apart(np.array([fn(im) for im in c], np.uint64), h0, turned)
+            for e, c in copies.items()
         }
         distinct = np.bincount(
             np.concatenate(
                 [
-                    _popcount(ha[s : s + 256, None] ^ hb[None]).ravel()
+                    _apart(ha[s : s + 256, None], hb[None], turned).ravel()
                     for s in range(0, len(ha), 256)
                 ]
             ),
@@ -145,7 +158,22 @@ def main() -> None:
             f"{1e3 * took / len(source):.2f} ms per image"
         )
         all_hashes = np.array([hashes[i] for i in source.ids], np.uint64)
-        near = _nearest_bits(all_hashes[test], all_hashes[train])
+        # The data checks' comparison (8 orientations) two ways: every pair, and the band index
+        # that leakage._near_hashes uses; both must find the same pairs.
+        t0 = time.perf_counter()
+        near, top = _closest(all_hashes[test], all_hashes[train])
+        t1 = time.perf_counter()
+        best, found = _closest_within(all_hashes[test], all_hashes[train], NEAR_BITS)
+        t2 = time.perf_counter()
+        within = near <= NEAR_BITS
+        same = np.array_equal(np.where(within, near, 65), best) and np.array_equal(
+            np.where(within, top, 0), found
+        )
+        print(
+            f"comparing {len(test):,} x {len(train):,} hashes in 8 orientations, within "
+            f"{NEAR_BITS} bits: every pair {t1 - t0:.2f} s, band index {t2 - t1:.2f} s "
+            f"({(t1 - t0) / (t2 - t1):.1f}x); same pairs: {same}"
+        )
         print("test images (of 10,000) within N bits of a train image (whole set):")
         for n in BITS:
             print(f"{n:>3} {int((near <= n).sum()):>6}")
