@@ -224,20 +224,17 @@ def load_head(path: str | Path, trusted: tuple[str, ...] = ()) -> tuple[BaseEsti
     own); another type in it raises UntrustedFileError. Other files are loaded with joblib,
     which runs code while loading (it warns): load trusted files only.
 
-    A head saved with another scikit-learn, torch or featpipe than this one's (as its sidecar
-    records them) warns in one line naming both versions, since it may predict otherwise; one
-    whose classes this environment lacks is refused in one line naming them."""
+    A head saved with another scikit-learn, featpipe or (for a head holding torch objects)
+    torch than this one's, as its sidecar records them (local labels such as "+cu121" aside),
+    warns in one line naming both versions, since it may predict otherwise; one whose classes
+    this environment lacks is refused in one line naming them."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"No saved head at {path}.")
     sidecar = read_sidecar(path)
     other = _other_versions(sidecar)
-    if other:
-        warnings.warn(
-            _versions_text(path, other, "may predict otherwise"), UserWarning, stacklevel=2
-        )
     with warnings.catch_warnings():
-        if "scikit-learn" in other:  # said above in one line: not again in scikit-learn's
+        if "scikit-learn" in other:  # said below in one line: not again in scikit-learn's
             warnings.filterwarnings("ignore", category=InconsistentVersionWarning)
         try:
             head = _load(path, trusted)
@@ -246,6 +243,12 @@ def load_head(path: str | Path, trusted: tuple[str, ...] = ()) -> tuple[BaseEsti
                 raise
             text = _versions_text(path, other, "cannot be loaded here")
             raise ConfigError(f"{text} ({type(err).__name__}: {err})") from None
+    if not _holds_torch(head):  # fitted in torch or not, it predicts without torch
+        other.pop("torch", None)
+    if other:
+        warnings.warn(
+            _versions_text(path, other, "may predict otherwise"), UserWarning, stacklevel=2
+        )
     if "file_sha256" in sidecar and file_sha256(path) != sidecar["file_sha256"]:
         raise ConfigError(
             f"{path} is not the file its sidecar {sidecar_path(path)} describes (their sha256 "
@@ -265,22 +268,49 @@ _HEAD_LIBRARIES = ("scikit-learn", "torch", "featpipe")
 
 
 def _other_versions(sidecar: dict) -> dict[str, tuple[str, str]]:
-    """{library: (version saved with, version here)} for those of _HEAD_LIBRARIES that differ
-    (a library the sidecar or this environment lacks is left out)."""
+    """{library: (version saved with, version here)} for those of _HEAD_LIBRARIES whose public
+    versions differ (a library the sidecar or this environment lacks is left out)."""
     saved, here = sidecar.get("versions") or {}, versions()
     if not isinstance(saved, dict):
         return {}
     return {
         name: (str(saved[name]), here[name])
         for name in _HEAD_LIBRARIES
-        if saved.get(name) and here.get(name) and str(saved[name]) != here[name]
+        if saved.get(name) and here.get(name) and _public(str(saved[name])) != _public(here[name])
     }
+
+
+def _public(version: str) -> str:
+    """``version`` without its local label: "2.4.1+cu121" is torch 2.4.1 built for CUDA 12.1,
+    which computes as 2.4.1 does, and PyPI installs "2.4.1" only."""
+    return version.split("+", 1)[0]
+
+
+def _holds_torch(head: object) -> bool:
+    """Whether a torch object (a tensor, a module) is among ``head``'s attributes, at any
+    depth: only such a head may predict otherwise under another torch. featpipe's heads fitted
+    in torch keep numpy arrays."""
+    todo, seen = [head], set()
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if type(obj).__module__.split(".")[0] == "torch":
+            return True
+        if isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            todo.extend(obj)
+        elif type(obj).__module__ != "builtins" and hasattr(obj, "__dict__"):  # instances only
+            todo.extend(vars(obj).values())
+    return False
 
 
 def _versions_text(path: Path, other: dict[str, tuple[str, str]], what: str) -> str:
     """One line naming both versions of each library in ``other``, and the fix."""
     pairs = ", ".join(f"{name} {then} (here {now})" for name, (then, now) in other.items())
-    pins = " ".join(f"{name}=={then}" for name, (then, _) in other.items())
+    pins = " ".join(f"{name}=={_public(then)}" for name, (then, _) in other.items())
     return (
         f"{path} was saved with {pairs}: a head saved by other library versions {what}. "
         f"Fit and save it again here (featpipe probe --save-dir), or pip install {pins}"
