@@ -11,6 +11,7 @@ from featpipe.data.splits import with_train_ids
 from featpipe.data.unreadable import unreadable_images, without
 from featpipe.distributed import current_ranks
 from featpipe.evaluate import Cost, Extraction, Timer, Usage, measure
+from featpipe.finetune import probe
 from featpipe.finetune.freezing import Mode, frozen_by, has_batch_norm
 from featpipe.finetune.tuner import FROZEN, result_params, spec_for
 from featpipe.pipeline.jobs import (
@@ -26,7 +27,7 @@ from featpipe.pipeline.jobs import (
     skip_summary,
     sweep_ids,
 )
-from featpipe.pipeline.stages.extract import feature_store
+from featpipe.pipeline.stages.extract import feature_store, planned_store
 from featpipe.provenance import plain
 from featpipe.report.results import MethodKind, Predictions, ResultRow, ids_sha256
 from featpipe.report.runplan import identity_hash
@@ -69,7 +70,8 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
             frozen = frozen_modules(data.backbones.get(bb), mode)
             jobs += [
                 Job(NAME, f"{bb}/finetune:{mode}", MethodKind.FINETUNE, label, bb, seed,
-                    config_hash(settings), mode=mode, backbone_at=built, frozen=frozen)
+                    config_hash(settings), mode=mode, backbone_at=built, frozen=frozen,
+                    store_of=bb)  # its row is reused only where computed alike (see planned)
                 for seed in config.seeds
             ]  # fmt: skip
     return at_sizes(config, jobs)
@@ -108,6 +110,9 @@ def run(job: Job, context: RunContext) -> ResultRow:
     made_by = backbone_identity(context, job)
     if job.frozen is not None:  # a checkpoint of other frozen modules cannot be resumed
         made_by = {**made_by, "frozen": list(job.frozen)}
+    precision = own_compute(context)["precision"]
+    if precision != "fp32":  # nor one trained at another precision (fp32: folders as before)
+        made_by = {**made_by, "precision": precision}
     settings = context.config.finetune.params()
     grid = context.config.finetune.grid
     tuner = FineTuner(
@@ -219,6 +224,9 @@ def finetune_row(
         provenance={
             "backbone": identity or tuner.backbone_.identity(),
             "store": {"path": str(read[0].path), "key": read[0].key} if read else None,
+            # its training's (and probe's) precision and decode, which the config hash leaves
+            # out: a re-run reuses the row only where it computes alike (see planned)
+            "compute": probe.own_compute(tuner.device_, tuner.decode),
             "image_size": settings.get("image_size"),
             "skipped": skip_summary(skipped),
             **({"frozen": list(frozen)} if frozen is not None else {}),
@@ -257,12 +265,25 @@ def _probe_store(job: Job, context: RunContext) -> tuple[FeatureStore, Extractio
 
 def _computed_alike(store: FeatureStore, context: RunContext) -> bool:
     """Whether ``store`` computed its features as the run's fine-tunes compute them."""
+    return probe.computed_alike(store, own_compute(context))
+
+
+def own_compute(context: RunContext) -> dict[str, str]:
+    """How the run's fine-tunes compute (``probe.own_compute``): Pillow's decode, at the
+    device's precision (fp32 on the CPU, bf16 or fp16 autocast on CUDA)."""
     import torch
 
-    from featpipe.finetune.probe import computed_alike, own_compute
+    return probe.own_compute(torch.device(context.device), context.config.features.decode)
 
-    compute = own_compute(torch.device(context.device), context.config.features.decode)
-    return computed_alike(store, compute)
+
+def planned(context: RunContext, job: Job, built: dict) -> dict:
+    """What a finished fine-tune row must have been computed as to be reused (see
+    ``PlannedRun.same_store``): the run's own ``compute``, which its config hash leaves out
+    (a CPU run folder re-run on CUDA trains at bf16), and, for rows written before rows
+    recorded it, the ``key`` of the store its LP-FT probe reads (None: it reads none)."""
+    reads = _reads_store(context.config, job.backbone, job.mode)
+    key = planned_store(context, job.backbone, built)["key"] if reads else None
+    return {"key": key, "compute": own_compute(context)}
 
 
 def stores_read(config: PipelineConfig) -> list[str]:
