@@ -21,13 +21,12 @@ temporary name: each renames or deletes that name only while holding the file th
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import socket
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -100,18 +99,28 @@ def _flock(fd: int, flags: int, required: bool) -> None:
             raise
 
 
-@contextlib.contextmanager
-def claimed(path: Path) -> Iterator[int | None]:
-    """A descriptor of the file named ``path`` (None when there is none), exclusively flocked
-    while that name is renamed or deleted, so that this acts on the file checked. Writers
-    rename and delete their temporary store files only so, and HDF5 flocks a file while it
-    is open: BlockingIOError while another process has it."""
+def claimed(
+    path: Path, act: Callable[[], object], check: Callable[[int], object] | None = None
+) -> bool:
+    """Rename or delete the file named ``path`` (``act``) while holding it exclusively
+    flocked, so that ``act`` moves the file that ``check`` (given its descriptor, raising to
+    stop) saw; False when no file is there. Writers rename and delete their temporary store
+    files only so, and HDF5 flocks a file while it is open: BlockingIOError while another
+    process has it. Without flock (Windows) the file is closed before ``act``: there, an open
+    file can be neither renamed nor deleted, and there is no lock to hold."""
     fd = lock_named(path, fcntl.LOCK_EX if fcntl else 0, required=False)
+    if fd is None:
+        return False
     try:
-        yield fd
+        if check is not None:
+            check(fd)
+        if fcntl is not None:
+            act()
     finally:
-        if fd is not None:
-            os.close(fd)
+        os.close(fd)
+    if fcntl is None:
+        act()
+    return True
 
 
 def _lock_read_file(store: Path, flags: int, create: bool = True) -> int | None:

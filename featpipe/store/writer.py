@@ -232,18 +232,15 @@ def create_new(tmp: Path, busy: StoreInUseError) -> h5py.File:
     locks it while open). A ``tmp`` already there is a killed run's leftover, deleted, unless
     another process holds it (mode "w" would truncate a file before HDF5 finds its lock)."""
     try:
-        with claimed(tmp) as fd:
-            if fd is not None:
-                tmp.unlink()
+        claimed(tmp, tmp.unlink)
         return h5py.File(tmp, "x")
     except FileExistsError as exc:  # another process made it since
         raise busy from exc
     except OSError as exc:
         if lock_conflict(exc):
             raise busy from exc
-        with contextlib.suppress(OSError), claimed(tmp) as fd:  # what a failed create left
-            if fd is not None:
-                tmp.unlink()
+        with contextlib.suppress(OSError):  # what a failed create left
+            claimed(tmp, tmp.unlink)
         raise
 
 
@@ -270,17 +267,29 @@ def replace_store_file(
     takes its parts folder with it (unless not ``drop_parts``): those part files belong to no
     store any more, and the cache would count them into the new one."""
     parted = parted_at(path) and drop_parts
+
+    def check(fd: int) -> None:
+        if _id(os.fstat(fd)) != made:
+            raise busy
+        os.fsync(fd)  # its bytes on disk before its name: else zeros may stand for them
+
     try:
-        with claimed(tmp) as fd:
-            if fd is None or _id(os.fstat(fd)) != made:
-                raise busy
-            os.fsync(fd)  # its bytes on disk before its name: else zeros may stand for them
-            os.replace(tmp, path)
+        if not claimed(tmp, lambda: os.replace(tmp, path), check):
+            raise busy
     except BlockingIOError as exc:  # another writer has it open: the name is its file now
         raise busy from exc
-    sync_folder(path.parent)  # and the new name itself, which lives in the folder
     if parted:
         shutil.rmtree(parts_dir(path), ignore_errors=True)
+    try:
+        sync_folder(path.parent)  # and the new name itself, which lives in the folder
+    except OSError as exc:  # the store is in place: say so, not "nothing was written"
+        raise write_failed(
+            path.parent,
+            "sync the folder",
+            exc,
+            f"{path} is in place, but until that folder reaches the disk a power cut may lose it",
+            "check the disk (the store itself is whole)",
+        ) from exc
 
 
 def discard(tmp: Path, made: tuple[int, int] | None) -> None:
@@ -474,8 +483,8 @@ class StoreWriter:
                 create_checked(f, schema.CHUNK_DONE, np.zeros(n_chunks, dtype=bool))
                 _create_run_records(f, n_chunks)
             replace_store_file(tmp, path, made, busy)
-        except StoreInUseError:
-            raise  # the tmp file is the other process's: left alone
+        except (StoreInUseError, StoreWriteError):
+            raise  # the tmp file is the other process's, or the store is in place already
         except (OSError, RuntimeError) as exc:
             discard(tmp, made)
             raise write_failed(path, "create", exc, "Nothing was written", RESUME_FIX) from exc
