@@ -68,10 +68,6 @@ def describe_failure(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _is_lock_conflict(exc: OSError) -> bool:
-    return os_error_number(exc) in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock" in str(exc)
-
-
 NOT_HDF5 = "it is not an HDF5 file"
 # Most often the user's own file given where a store goes (an image, a CSV manifest): advise
 # the right path, not deleting it; a store cut off at its start reads so too.
@@ -115,7 +111,7 @@ def open_h5(path: Path, mode: str = "r", **kwargs) -> h5py.File:
         except FileNotFoundError:
             raise
         except OSError as exc:
-            if not _is_lock_conflict(exc):
+            if not lock_conflict(exc):
                 reason = unreadable_reason(exc)
                 fix = NOT_HDF5_FIX if reason == NOT_HDF5 else REPLACE_FIX
                 raise unreadable(path, reason, fix) from exc
