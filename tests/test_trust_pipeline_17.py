@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 
 import toy_backbone  # noqa: F401  (registers the 'toy' backbone)
 from conftest import digits_config
@@ -60,8 +61,8 @@ def test_a_probe_row_is_not_reused_on_features_computed_otherwise(tmp_path, monk
 
 
 def test_rows_that_record_no_compute_are_reused_on_the_same_store_only(tmp_path, monkeypatch):
-    # Rows written before rows recorded the store's compute (the README demo's) are reused
-    # while the run's store key is theirs, and recomputed when it is not.
+    # Rows written before rows recorded the store's compute (the README demo's), whose store
+    # is gone, are reused while the run's store key is theirs, and recomputed when it is not.
     config = digits_config(tmp_path, "d")
     run(config)
     path = tmp_path / "run" / RESULTS_FILE
@@ -69,6 +70,7 @@ def test_rows_that_record_no_compute_are_reused_on_the_same_store_only(tmp_path,
     for row in old:
         row["provenance"].pop("compute", None)
     path.write_text("".join(json.dumps(row) + "\n" for row in old))
+    Path(old[0]["provenance"]["store"]["path"]).unlink()  # gone: only its key tells
     assert "1 already finished" in run(config)[0]
     on_bf16_device(monkeypatch)
     said = run(config)

@@ -56,7 +56,7 @@ from featpipe.report import (
     write_plan,
     write_report,
 )
-from featpipe.report.runplan import identity_hash, left_out, read_plan
+from featpipe.report.runplan import identity_hash, left_out, read_plan, recorded_compute
 from featpipe.report.summary import counted
 from featpipe.store.lock import StoreLock
 
@@ -387,7 +387,7 @@ def _made_otherwise(row: dict, job: Job, now: dict | None, planned: PlannedRun) 
     if planned.all_images and (count := left_out(row)):
         why.append(f'without {count} images (on_error = "skip"), where on_error is now "fail"')
     if not planned.same_store(row):
-        why.append(f"on features computed otherwise ({_store_change(row, planned.store)})")
+        why.append(_store_change(row, planned.store))
     if frozen is not None and job.frozen is not None and tuple(frozen) != job.frozen:
         why.append(
             f"with {', '.join(frozen)} frozen, where the backbone's stages now freeze "
@@ -398,15 +398,17 @@ def _made_otherwise(row: dict, job: Job, now: dict | None, planned: PlannedRun) 
 
 def _store_change(row: dict, now: dict) -> str:
     """How a row's feature store differs from the run's: its compute (precision, decode
-    path) where the row records it, else its key."""
-    provenance = row.get("provenance") or {}
-    if provenance.get("compute") is None:
-        return f"store {(provenance.get('store') or {}).get('key')}, now {now['key']}"
+    path) where the row or its store tells it, else its key, which covers more than how the
+    features were computed (an old row whose store is gone)."""
+    compute = recorded_compute(row)
+    if compute is None:
+        key = ((row.get("provenance") or {}).get("store") or {}).get("key")
+        return f"on another feature store (store {key}, now {now['key']})"
 
     def words(compute: dict) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(compute.items()))
 
-    return f"{words(provenance['compute'])}; now {words(now['compute'])}"
+    return f"on features computed otherwise ({words(compute)}; now {words(now['compute'])})"
 
 
 def _quiet(_message: str) -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from featpipe.atomic import write_bytes_atomic, write_text_atomic
-from featpipe.errors import ConfigError, FeaturePipeError
+from featpipe.errors import ConfigError
 from featpipe.evaluate.leakage import (
     NEAR_REFERENCE,
     DataChecks,
@@ -32,7 +32,14 @@ from featpipe.report.results import (
     validate_row,
     write_results,
 )
-from featpipe.report.runplan import PLAN_FILE, PlannedRun, RunPlan, read_plan, write_plan
+from featpipe.report.runplan import (
+    PLAN_FILE,
+    PlannedRun,
+    RunPlan,
+    read_plan,
+    store_at,
+    write_plan,
+)
 from featpipe.store.lock import StoreLock
 
 # The files that show rows as a run's results (plots aside).
@@ -152,7 +159,7 @@ def data_checks(
         for r in rows
         if r["kind"] == "probe" and (store := r["provenance"].get("store"))
     }
-    stores = [s for s in (_store_at(*pair) for pair in recorded) if s is not None]
+    stores = [s for s in (store_at(*pair) for pair in recorded) if s is not None]
     store = next((s for s in stores if "pooled" in s.layers), stores[0] if stores else None)
     if source is not None:
         hashes, image_hashes = source_hashes(source)
@@ -170,21 +177,6 @@ def data_checks(
     data = {**checks.to_json(), "source_fingerprint": fingerprint}
     write_text_atomic(saved, json.dumps(data) + "\n")
     return checks
-
-
-def _store_at(path: str | None, key: str | None):
-    """The store at ``path`` if it still holds the features of ``key`` (the store a row
-    records), else None: the checks must not describe other data extracted there since, nor
-    a damaged file stop the report."""
-    from featpipe.store import FeatureStore
-
-    if not path or not Path(path).is_file():
-        return None
-    try:
-        store = FeatureStore(path)
-    except FeaturePipeError:  # damaged, or no featpipe store
-        return None
-    return store if store.key == key else None
 
 
 def _saved_checks(saved: Path, fingerprint: str | None, recheck: bool) -> DataChecks | None:

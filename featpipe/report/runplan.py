@@ -29,10 +29,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from featpipe.atomic import write_text_atomic
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, FeaturePipeError
 
 PLAN_FILE = "plan.json"
 FORMAT = "featpipe.plan"
@@ -78,15 +79,55 @@ class PlannedRun:
 
     def same_store(self, row: dict) -> bool:
         """Whether ``row`` was computed on features computed as the plan's store computes
-        them: the same ``compute`` where the row records it (a store of other layers holds
-        the same features), else, for a row written before rows recorded it, the same store
+        them: the same ``compute`` where the row or its store tells it (a store of other
+        layers holds the same features, see :func:`recorded_compute`), else the same store
         key. A row that records no store passes."""
-        provenance = row.get("provenance") or {}
         if self.store is None:
             return True
-        if provenance.get("compute") is not None:
-            return provenance["compute"] == self.store["compute"]
+        if (compute := recorded_compute(row)) is not None:
+            return compute == self.store["compute"]
+        provenance = row.get("provenance") or {}
         return (provenance.get("store") or {}).get("key") in (None, self.store["key"])
+
+
+def recorded_compute(row: dict) -> dict | None:
+    """How ``row``'s features were computed (precision, decode path): as its provenance
+    records it, else, for a row written before rows recorded it, as the store it records
+    says while that store is still at its path with its key; None where neither tells."""
+    provenance = row.get("provenance") or {}
+    if provenance.get("compute") is not None:
+        return provenance["compute"]
+    store = provenance.get("store") or {}
+    if not (path := store.get("path")):
+        return None
+    try:
+        stamp = Path(path).stat()
+    except OSError:  # gone
+        return None
+    return _store_compute(path, store.get("key"), (stamp.st_mtime_ns, stamp.st_size))
+
+
+@lru_cache(maxsize=64)
+def _store_compute(path: str, key: str | None, _stamp: tuple) -> dict | None:
+    """The ``compute`` of the store at ``path`` if it holds ``key``; cached per file version
+    (``_stamp``): a plan checks every row of a folder, several times a run."""
+    found = store_at(path, key, read_lock=False)
+    return None if found is None else found.attrs.get("compute")
+
+
+def store_at(path: str | None, key: str | None, *, read_lock: bool = True):
+    """The store at ``path`` if it still holds the features of ``key`` (the store a row
+    records), else None: nothing may describe other data extracted there since, nor a
+    damaged file stop a report."""
+    from featpipe.store import FeatureStore
+
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        store = FeatureStore(path, read_lock=read_lock)
+    except FeaturePipeError:  # damaged, or no featpipe store
+        return None
+    return store if store.key == key else None
 
 
 def left_out(row: dict) -> int:
