@@ -225,11 +225,17 @@ _DCT = np.cos(
     np.pi * np.arange(_FREQS)[:, None] * (2 * np.arange(_HASH_SIDE)[None, :] + 1) / (2 * _HASH_SIDE)
 )
 _ABSENT = 1e-6  # a DCT term this small is no frequency of the thumbnail but rounding noise
-# A thumbnail whose gray levels spread less than this (standard deviation, of 0..255) is a
-# blank frame with noise: hashed as flat, or its noise would set its bits by chance. Sensor
-# noise of 4 gray levels in a 64 px frame leaves 1.9 in the thumbnail (less in larger
-# frames); the least of CIFAR-10's 60,000 images is 4.1.
+# A blank frame with noise is hashed as flat, or its noise would set its bits by chance. It is
+# one whose thumbnail's gray levels spread less than _NEAR_BLANK (standard deviation, of
+# 0..255; sensor noise of 4 gray levels in a 64 px frame leaves 1.9, less in larger frames;
+# the least of CIFAR-10's 60,000 images is 4.1), and whose hash terms are at noise level: under
+# _NOISE_TERMS times what noise of that spread gives them (each term of white noise of std s
+# has std s * _HASH_SIDE / 2). Noisy frames measured 0.9-1.5 times that, pale line drawings
+# 2.0-4.7 (but some fainter than a spread of 0.32, lost in the thumbnail's whole gray levels):
+# those keep their own bits. So does a 64 px noisy frame saved as JPEG at quality 75 or less
+# (up to 3.6: its 8 px blocks are a faint pattern at the hash's scale).
 _NEAR_BLANK = 2.0
+_NOISE_TERMS = 2.0
 _BYTE_BITS = np.array([bin(b).count("1") for b in range(256)], np.uint8)
 # A hash's bits are its 8 x 8 terms row by row (vertical frequency u, horizontal v). A mirrored
 # image has the terms of odd v of opposite sign; one flipped upside down, those of odd u; a
@@ -246,9 +252,11 @@ def perceptual_hash(image: Image.Image) -> int:
     of each other."""
     thumb = image.convert("L").resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.LANCZOS)
     thumb = np.asarray(thumb, np.float64)
-    if thumb.std() < _NEAR_BLANK:
-        thumb = np.full_like(thumb, thumb.mean())
     low = _DCT @ thumb @ _DCT.T
+    spread = thumb.std()
+    noise = spread * _HASH_SIDE / 2  # a term's std, were all of that spread white noise
+    if spread < _NEAR_BLANK and np.sqrt(np.mean(low.flat[1:] ** 2)) < _NOISE_TERMS * noise:
+        low.flat[1:] = 0  # a blank frame: only its constant term, as a flat image
     # A frequency absent from the thumbnail (every one but the constant in a flat image) comes
     # out as rounding noise (under 1e-10 at 0..255 gray), whose sign would set its bit by
     # chance: it counts as 0. Flat images then hash alike, a brightness change apart.
