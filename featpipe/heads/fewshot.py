@@ -149,7 +149,7 @@ def few_shot(
     head.set_params(**run_params(head, seed=head_seed, device=device))
     data = FeatureSplits(source, layer)
     require_test_split(data)  # before any draw is fitted
-    X_tr, y_tr = data.get("train")
+    X_tr, y_tr = data.fit_rows("train")
     require_two_classes(y_tr, data.class_name)  # kNN scored a head of one class
     labels = require_k_per_class(data, k, y_tr)
     _warn_if_votes_all_tie(head, k, len(labels))

@@ -181,11 +181,11 @@ def select_and_fit(
     data = FeatureSplits(source, layer)
 
     start = time.perf_counter()
-    X_tr, y_tr = data.get("train")
+    X_tr, y_tr = data.fit_rows("train")
     require_two_classes(y_tr, data.class_name)
     if data.has("val"):
         candidates = _as_fitted(head, candidates, len(y_tr))
-        X_va, y_va = data.get("val")
+        X_va, y_va = data.fit_rows("val")
         scores = _candidate_scores(head, candidates, X_tr, y_tr, X_va, y_va, progress)
         X_fit, y_fit = X_tr, y_tr
         if refit_on == "train+val":

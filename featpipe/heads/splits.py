@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from featpipe.data.splits import _id_order
 from featpipe.errors import ConfigError
 from featpipe.heads.finite import check_finite
 from featpipe.heads.preprocess import standard_scale
@@ -104,6 +105,18 @@ class FeatureSplits:
         self._check_shapes(split, X, y)
         check_finite(X, split)  # a store's reads check their own
         return X, y
+
+    def fit_rows(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`get`, a store's rows in the order of their ids (arrays keep theirs): heads
+        fit on these, so that their draws (a subsample, CV folds, few-shot rows) keep the same
+        images when the source lists them in another order; rows in id order are not copied."""
+        X, y = self.get(split)
+        if not self.is_store:
+            return X, y
+        order = _id_order(self.source.ids(split), len(y))
+        if np.array_equal(order, np.arange(len(y))):
+            return X, y
+        return X[order], y[order]
 
     def _check_shapes(self, split: str, X: np.ndarray, y: np.ndarray) -> None:
         """Refuse a split's arrays that are not X (n, D) and y (n,), D that of train: the heads
