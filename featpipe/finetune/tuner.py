@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from featpipe.backbones import Backbone, get_backbone
+from featpipe.backbones.base import input_dtype
 from featpipe.backbones.registry import BackboneSpec
 from featpipe.data.folder import folder_enclosing
 from featpipe.data.images import check_decode
@@ -602,6 +603,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             ddp.seed_epoch(self.seed, epoch, self.generator_)
         set_train_mode(self.model_, self.frozen_)
         dtype = amp_dtype(self.device_)
+        fed = input_dtype(self.model_)[1]  # a float64 or bfloat16 model trains in its dtype
         start, seen = time.perf_counter(), 0
         # Sums stay on the device: reading them every step (.item(), int(), an `if` on a
         # tensor) would make the host wait for each step before queuing the next.
@@ -612,7 +614,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             len(data), desc=f"epoch {epoch}", unit="batch", enabled=self._speaks(2)
         ) as bar:
             for images, labels in data:
-                images = images.to(self.device_, non_blocking=True, memory_format=self._layout)
+                images = images.to(self.device_, fed, non_blocking=True, memory_format=self._layout)
                 labels = labels.to(self.device_, non_blocking=True)
                 with torch.autocast(self.device_.type, dtype=dtype, enabled=dtype is not None):
                     logits = replica(images)
@@ -1044,7 +1046,8 @@ def _attach_head(
     layers = [probe.Standardize(old.in_features)] if standardize else []
     layers += [nn.Dropout(dropout)] if dropout > 0 else []
     head = nn.Sequential(*layers, linear) if layers else linear
-    backbone.model.set_submodule(name, head)
+    # In the classifier's dtype: a float32 head behind a float64 or bfloat16 model fails.
+    backbone.model.set_submodule(name, head.to(old.weight.dtype))
     return backbone.model, name
 
 
