@@ -159,17 +159,12 @@ def plan_extraction(
     dev = resolve_device(device)
     src = source if isinstance(source, ImageSource) else _open_source(source)
     bb = _sized_backbone(backbone, image_size)
-    stage = get_data_path(data_path, bb.preprocessing, dev, decode)
-    names = tuple(LayerSpec.parse(layer).name for layer in layer_requests(layers))
+    names = layer_names(layers)
     bb.features(names).remove()  # validates layer names before any file is touched
-    if request is None:
-        request = Request.build(
-            src.fingerprint(content=hash_contents),
-            bb.identity(),
-            list(names),
-            dtype,
-            compute_identity(dev, stage.name, stage.decode),
-        )
+    # torchrun's other ranks take rank 0's request: the source is fingerprinted once.
+    fingerprint = request.source_fingerprint if request else src.fingerprint(content=hash_contents)
+    asked, stage = store_request(fingerprint, bb, names, dtype, dev, data_path, decode)
+    request = request or asked
     cached = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
     path = check_out_file(
         cached if out is None else out, option="--cache-dir" if out is None else "--out"
@@ -193,6 +188,30 @@ def plan_extraction(
         on_error=on_error,
         lock_timeout=lock_timeout,
     )
+
+
+def layer_names(layers: str | Sequence[str]) -> tuple[str, ...]:
+    """The names of layer requests as a store records them (the pooling included)."""
+    return tuple(LayerSpec.parse(layer).name for layer in layer_requests(layers))
+
+
+def store_request(
+    fingerprint: str,
+    backbone: Backbone,
+    layers: str | Sequence[str],
+    dtype: str,
+    device: torch.device,
+    data_path: str = "auto",
+    decode: str = "exact",
+) -> tuple[Request, DataPath]:
+    """The request (store key and ``compute``) of features of ``layers`` of ``backbone``, at
+    its image size, over the source of ``fingerprint``, and the data path computing them:
+    the one place a store key is made, for :func:`plan_extraction` and for plans that look
+    for its store without extracting (the pipeline's probe rows)."""
+    stage = get_data_path(data_path, backbone.preprocessing, device, decode)
+    compute = compute_identity(device, stage.name, stage.decode)
+    names = list(layer_names(layers))
+    return Request.build(fingerprint, backbone.identity(), names, dtype, compute), stage
 
 
 @contextlib.contextmanager

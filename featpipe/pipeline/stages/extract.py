@@ -59,22 +59,17 @@ def planned_store(context: RunContext, backbone: str, built: dict) -> dict:
     def make() -> dict:
         import torch
 
-        from featpipe.backbones import LayerSpec
-        from featpipe.extract.datapath import get_data_path
-        from featpipe.extract.loop import compute_identity
-        from featpipe.store import store_key
+        from featpipe.extract.extractor import store_request
 
         features = context.config.features
-        sized = built[backbone].at_size(features.image_size)
-        identity = context.once(("identity", backbone, features.image_size), sized.identity)
-        device = torch.device(context.device)
-        path = get_data_path("auto", sized.preprocessing, device, features.decode)  # as extract
-        compute = compute_identity(device, path.name, path.decode)
-        layers = [LayerSpec.parse(layer).name for layer in features.layers]
-        fingerprint = context.provenance["source"]["fingerprint"]
-        return {
-            "key": store_key(fingerprint, identity, layers, features.dtype, compute),
-            "compute": compute,
-        }
+        request, _ = store_request(  # as _extract's extract() call asks
+            context.provenance["source"]["fingerprint"],
+            built[backbone].at_size(features.image_size),
+            features.layers,
+            features.dtype,
+            torch.device(context.device),
+            decode=features.decode,
+        )
+        return {"key": request.key, "compute": request.compute}
 
     return context.once(("planned store", backbone), make)
