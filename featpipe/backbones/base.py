@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
 import threading
 import weakref
@@ -27,10 +28,14 @@ from featpipe.errors import ConfigError, unknown_name
 
 
 def state_dict_sha256(model: nn.Module) -> str:
-    """sha256 over a module's state dict (names, dtypes, shapes and values), for provenance."""
+    """sha256 over a module's state dict (names, dtypes, shapes and values), for provenance.
+    A module's extra state (``get_extra_state``: any object, no tensor) counts by its pickle."""
     h = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
+    for key, value in sorted(model.state_dict().items()):
+        if not isinstance(value, torch.Tensor):
+            h.update(f"{key}|extra".encode() + pickle.dumps(value, protocol=4))
+            continue
+        t = value.detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
@@ -127,7 +132,8 @@ class Backbone:
                 f"Backbone {self.spec!r}: model must be a torch nn.Module; got "
                 f"{type(self.model).__name__}. Wrap a function in an nn.Module's forward."
             )
-        if any(t.is_meta for t in self.model.state_dict().values()):
+        state = self.model.state_dict().values()
+        if any(isinstance(t, torch.Tensor) and t.is_meta for t in state):
             raise ConfigError(
                 f"Backbone {self.spec!r}: the model's weights are on the meta device (they "
                 "hold no values). Load its weights first (load_state_dict(..., assign=True)) "
