@@ -47,9 +47,10 @@ class Job:
     # What a partial:N fine-tune freezes, which its backbone's identity leaves out (the stage
     # list decides it): its row records it, and is reused only while it is the same.
     frozen: tuple[str, ...] | None = None
-    # The backbone whose feature store its row is computed on: its row records how that
-    # store's features were computed (precision, decode path), which its config hash leaves
-    # out, and is reused only while the run would compute them alike (see planned_store).
+    # The backbone whose compute its row records (precision, decode path), which its config
+    # hash leaves out: a probe's feature store (see planned_store), a fine-tune's own training
+    # and LP-FT probe (see stages/finetune.planned). The row is reused only while the run
+    # would compute alike.
     store_of: str | None = None
 
     @property
