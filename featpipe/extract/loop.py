@@ -58,6 +58,11 @@ def compute_identity(device: torch.device, data_path: str, decode: str = "exact"
     return {"precision": precision(device), "decode": pixels}
 
 
+def compute_words(compute: dict) -> str:
+    """A ``compute`` record in words, for messages: ``decode pil, precision fp32``."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(compute.items()))
+
+
 def probe_layers(
     model: FeatureModel, crop: int, device: torch.device
 ) -> dict[str, tuple[int, str]]:

@@ -15,7 +15,7 @@ from featpipe.distributed import progress_bar
 from featpipe.errors import StoreMismatchError
 from featpipe.evaluate.leakage import extracted_from
 from featpipe.extract.inference import Inference
-from featpipe.extract.loop import compute_identity
+from featpipe.extract.loop import compute_identity, compute_words
 from featpipe.heads.torch_logreg import logreg_path
 from featpipe.provenance import plain
 from featpipe.store import FeatureStore
@@ -108,8 +108,8 @@ def check_store(
         # fine-tune from a head fitted to features its model does not compute.
         stored = plain(store.attrs["compute"])
         problems.append(
-            f"its features were computed with {_described(stored)}, the fine-tuning computes "
-            f"them with {_described(compute)}"
+            f"its features were computed with {compute_words(stored)}, the fine-tuning computes "
+            f"them with {compute_words(compute)}"
         )
     if problems:
         raise StoreMismatchError(
@@ -118,10 +118,6 @@ def check_store(
             "decode and device (layer pooled, --data-path cpu), or no probe_features to "
             "compute them."
         )
-
-
-def _described(compute: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(compute.items()))
 
 
 class Standardize(nn.Module):

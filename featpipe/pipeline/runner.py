@@ -28,6 +28,7 @@ from featpipe.data import ImageSource, open_source, subsample
 from featpipe.distributed.exchange import job_store, publish, receive
 from featpipe.distributed.ranks import alone, channel, current_ranks, process_group
 from featpipe.errors import ConfigError, FeaturePipeError
+from featpipe.extract.loop import compute_words
 from featpipe.interrupt import Interrupted
 from featpipe.pipeline.config import DEFAULT_FRACTIONS, PipelineConfig, SourceConfig
 from featpipe.pipeline.jobs import Job, PlanData, RunContext, backbone_identity
@@ -405,10 +406,8 @@ def _store_change(row: dict, now: dict) -> str:
         key = ((row.get("provenance") or {}).get("store") or {}).get("key")
         return f"on another feature store (store {key}, now {now['key']})"
 
-    def words(compute: dict) -> str:
-        return ", ".join(f"{k} {v}" for k, v in sorted(compute.items()))
-
-    return f"on features computed otherwise ({words(compute)}; now {words(now['compute'])})"
+    words = compute_words(compute)
+    return f"on features computed otherwise ({words}; now {compute_words(now['compute'])})"
 
 
 def _quiet(_message: str) -> None:
