@@ -52,7 +52,7 @@ def stratified_split(
     n_val -= from_val
     n_test -= excess - from_val
     # rows in id order (sorted ids: each class's rows as flatnonzero lists them)
-    order = np.arange(len(labels)) if ids is None else _id_order(ids, len(labels))
+    order = np.arange(len(labels)) if ids is None else id_order(ids, len(labels))
     for c in range(len(classes)):
         rows = rng.permutation(order[inverse[order] == c])
         codes[rows[: n_val[c]]] = VAL
@@ -60,8 +60,10 @@ def stratified_split(
     return codes
 
 
-def _id_order(ids: Sequence[str], n: int) -> np.ndarray:
-    """The positions of ``n`` rows sorted by their ids (``arange(n)`` for ids in order)."""
+def id_order(ids: Sequence[str], n: int) -> np.ndarray:
+    """The positions of ``n`` rows sorted by their ids (``arange(n)`` for ids in order): the
+    splits' draws and the heads' fit rows follow it, so the same images listed in another
+    order are drawn alike."""
     if len(ids) != n:
         raise ConfigError(f"Drawing {n} rows needs one id per row; got {len(ids)} ids.")
     return np.array(sorted(range(n), key=list(ids).__getitem__), dtype=np.int64)
@@ -215,7 +217,7 @@ def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> 
                 "Write e.g. {'train': 5000, 'test': 1000}."
             )
     keep = [np.flatnonzero(~np.isin(source.splits, list(named)))]
-    order = _id_order(source.ids, len(labels))
+    order = id_order(source.ids, len(labels))
     for code, n in named.items():
         rows = order[np.asarray(source.splits)[order] == code]
         if len(rows) <= n:
@@ -264,7 +266,7 @@ def nested_subsets(
                 f"A subset size must be an integer from 1 to the {len(labels)} rows; got {n!r}."
             )
     rng = np.random.default_rng(seed)
-    order = np.arange(len(labels)) if ids is None else _id_order(ids, len(labels))
+    order = np.arange(len(labels)) if ids is None else id_order(ids, len(labels))
     rank, tie = np.empty(len(labels)), np.empty(len(labels))
     for c in np.unique(labels):
         rows = order[labels[order] == c]
