@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import pickle
 import re
 import threading
 import weakref
@@ -12,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,17 +27,54 @@ from featpipe.backbones.preprocessing import Preprocessing
 from featpipe.errors import ConfigError, unknown_name
 
 
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous()
+    head = f"{t.dtype}|{tuple(t.shape)}".encode()
+    return head + (t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+_SCALARS = (str, bytes, int, float, bool, type(None))
+
+
+def _state_bytes(value: Any, key: str) -> bytes:
+    """Extra state as bytes that are the same in every process: a pickle is not (a tensor's
+    holds its memory address, a set's follows the hash seed). Each part carries its type and
+    length, so that no two values share an encoding."""
+
+    def framed(tag: str, parts: list[bytes]) -> bytes:
+        return f"{tag}|{len(parts)}|".encode() + b"".join(f"{len(p)}:".encode() + p for p in parts)
+
+    if isinstance(value, torch.Tensor):
+        return b"tensor|" + _tensor_bytes(value)
+    if isinstance(value, (np.ndarray, np.generic)) and not np.asarray(value).dtype.hasobject:
+        a = np.ascontiguousarray(value)
+        return f"ndarray|{a.dtype.str}|{a.shape}|".encode() + a.tobytes()
+    if isinstance(value, _SCALARS):
+        return f"{type(value).__name__}|{value!r}".encode()
+    if isinstance(value, (list, tuple)):
+        return framed("list", [_state_bytes(v, key) for v in value])
+    if isinstance(value, dict):
+        items = sorted((_state_bytes(k, key), _state_bytes(v, key)) for k, v in value.items())
+        return framed("dict", [part for item in items for part in item])
+    if isinstance(value, (set, frozenset)):
+        return framed("set", sorted(_state_bytes(v, key) for v in value))
+    raise ConfigError(
+        f"The model's extra state {key!r} holds a {type(value).__name__}, which featpipe cannot "
+        "hash for the store key; return tensors, numpy arrays, numbers, strings, lists, sets "
+        "or dicts from get_extra_state."
+    )
+
+
 def state_dict_sha256(model: nn.Module) -> str:
     """sha256 over a module's state dict (names, dtypes, shapes and values), for provenance.
-    A module's extra state (``get_extra_state``: any object, no tensor) counts by its pickle."""
+    A module's extra state (``get_extra_state``: any object, no tensor) counts by a canonical
+    encoding of its tensors, arrays, numbers, strings, lists, sets and dicts."""
     h = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
-        if not isinstance(value, torch.Tensor):
-            h.update(f"{key}|extra".encode() + pickle.dumps(value, protocol=4))
-            continue
-        t = value.detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if isinstance(value, torch.Tensor):
+            h.update(f"{key}|".encode() + _tensor_bytes(value))
+        else:
+            h.update(f"{key}|extra".encode() + _state_bytes(value, key))
     return h.hexdigest()
 
 
@@ -268,11 +305,9 @@ class Backbone:
             hint=f"List them with `featpipe layers {self.spec}`.",
         )
 
-    def features(self, layers: str | Sequence[str | LayerSpec]) -> FeatureModel:
+    def features(self, layers: str | LayerSpec | Sequence[str | LayerSpec]) -> FeatureModel:
         """A module that returns ``{layer name: (B, D) tensor}`` for every requested layer."""
-        specs = [
-            s if isinstance(s, LayerSpec) else LayerSpec.parse(s) for s in layer_requests(layers)
-        ]
+        specs = [LayerSpec.of(s) for s in layer_requests(layers)]
         if not specs:
             raise ConfigError("Ask for at least one layer, e.g. 'pooled'.")
         names = [s.name for s in specs]

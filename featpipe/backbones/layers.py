@@ -31,6 +31,11 @@ class LayerSpec:
         return self.module if self.pooling is None else f"{self.module}:{self.pooling}"
 
     @classmethod
+    def of(cls, request: str | LayerSpec) -> LayerSpec:
+        """A layer request as a spec: a LayerSpec as it is, a string parsed."""
+        return request if isinstance(request, LayerSpec) else cls.parse(request)
+
+    @classmethod
     def parse(cls, text: str) -> LayerSpec:
         text = text.strip()
         module, sep, pooling = text.partition(":")

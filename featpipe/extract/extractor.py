@@ -190,9 +190,9 @@ def plan_extraction(
     )
 
 
-def layer_names(layers: str | Sequence[str]) -> tuple[str, ...]:
+def layer_names(layers: str | LayerSpec | Sequence[str | LayerSpec]) -> tuple[str, ...]:
     """The names of layer requests as a store records them (the pooling included)."""
-    return tuple(LayerSpec.parse(layer).name for layer in layer_requests(layers))
+    return tuple(LayerSpec.of(layer).name for layer in layer_requests(layers))
 
 
 def store_request(
