@@ -1,5 +1,5 @@
 """A model whose state dict holds extra state (``get_extra_state``: an object, not a tensor)
-builds a Backbone and extracts; its weights hash counts that state by its pickle, and the
+builds a Backbone and extracts; its weights hash counts that state by a fixed encoding, and the
 hash of ordinary models is the one it was."""
 
 from __future__ import annotations
