@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featpipe.errors import ConfigError, IncompleteStoreError, StoreInUseError, StoreWriteError
+from featpipe.errors import ConfigError, IncompleteStoreError, StoreInUseError
 from featpipe.store import schema
 from featpipe.store.files import check_free_space, disk_refused, open_h5
 from featpipe.store.lock import holder, in_use_message
@@ -24,6 +24,7 @@ from featpipe.store.writer import (
     discard,
     file_id,
     replace_store_file,
+    sync_placed,
 )
 
 PARTED_ONLY = ("layout", "part_chunks", "n_rows")  # root attributes of the parted layout
@@ -78,13 +79,14 @@ def consolidate(
             _copy(f, g, source, block_chunks)
             source.check_present()  # a part deleted meanwhile was copied as zeros
         replace_store_file(tmp, out, made, busy)
-    except (StoreInUseError, StoreWriteError):  # tmp is another's, or none (not made, or
-        raise  # renamed into place before its folder failed to sync): nothing to delete
+    except StoreInUseError:  # tmp is another's, or none: nothing to delete
+        raise
     except BaseException as exc:
         discard(tmp, made)
         if isinstance(exc, (OSError, RuntimeError)) and disk_refused(exc):  # e.g. filled since
             raise copy_failed(out, exc) from exc
         raise
+    sync_placed(out)
     return FeatureStore(out)
 
 

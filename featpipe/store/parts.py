@@ -178,6 +178,7 @@ def create_parted(
         discard,
         file_id,
         replace_store_file,
+        sync_placed,
         write_root,
         write_samples,
     )
@@ -212,6 +213,7 @@ def create_parted(
     except BaseException:
         discard(tmp, made)
         raise
+    sync_placed(path)
     return parts
 
 

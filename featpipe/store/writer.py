@@ -265,7 +265,8 @@ def replace_store_file(
     raise ``busy`` when ``tmp`` is no longer that file: another writer of ``path`` took the
     name over, and what is there now is its half-made file. A parted store replaced there
     takes its parts folder with it (unless not ``drop_parts``): those part files belong to no
-    store any more, and the cache would count them into the new one."""
+    store any more, and the cache would count them into the new one. The caller then calls
+    :func:`sync_placed`, outside the block that deletes ``tmp`` on failure."""
     parted = parted_at(path) and drop_parts
 
     def check(fd: int) -> None:
@@ -280,8 +281,14 @@ def replace_store_file(
         raise busy from exc
     if parted:
         shutil.rmtree(parts_dir(path), ignore_errors=True)
+
+
+def sync_placed(path: Path) -> None:
+    """Sync the folder of a store file just moved to ``path`` by :func:`replace_store_file`:
+    the new name itself lives in the folder. Called after the write's try block, since its
+    failure leaves no temporary file to delete (the store is in place)."""
     try:
-        sync_folder(path.parent)  # and the new name itself, which lives in the folder
+        sync_folder(path.parent)
     except OSError as exc:  # the store is in place: say so, not "nothing was written"
         raise write_failed(
             path.parent,
@@ -483,14 +490,18 @@ class StoreWriter:
                 create_checked(f, schema.CHUNK_DONE, np.zeros(n_chunks, dtype=bool))
                 _create_run_records(f, n_chunks)
             replace_store_file(tmp, path, made, busy)
-        except (StoreInUseError, StoreWriteError):
-            raise  # the tmp file is the other process's, or the store is in place already
+        except StoreInUseError:
+            raise  # the tmp file is the other process's
+        except StoreWriteError:
+            discard(tmp, made)
+            raise  # it says what failed already
         except (OSError, RuntimeError) as exc:
             discard(tmp, made)
             raise write_failed(path, "create", exc, "Nothing was written", RESUME_FIX) from exc
         except BaseException:
             discard(tmp, made)
             raise
+        sync_placed(path)
         return cls.open(path)
 
     @classmethod
