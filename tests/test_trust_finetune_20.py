@@ -44,7 +44,7 @@ def test_a_fine_tune_row_is_not_reused_where_the_run_computes_otherwise(tmp_path
     assert "d: 3 method runs, 0 already finished" in said[1]
     for mode in ("lpft", "head"):
         assert any(
-            f"recomputing fine-tuning ({mode}) (seed 0): its row was made on features computed "
+            f"recomputing fine-tuning ({mode}) (seed 0): its row was made by training "
             "otherwise (decode pil, precision fp32; now decode pil, precision bf16)" in line
             for line in said
         )

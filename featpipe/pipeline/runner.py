@@ -400,14 +400,16 @@ def _made_otherwise(row: dict, job: Job, now: dict | None, planned: PlannedRun) 
 def _store_change(row: dict, now: dict) -> str:
     """How a row's feature store differs from the run's: its compute (precision, decode
     path) where the row or its store tells it, else its key, which covers more than how the
-    features were computed (an old row whose store is gone)."""
+    features were computed (an old row whose store is gone). A fine-tune's compute is how it
+    trained (a full fine-tune reads no features)."""
     compute = recorded_compute(row)
     if compute is None:
         key = ((row.get("provenance") or {}).get("store") or {}).get("key")
         return f"on another feature store (store {key}, now {now['key']})"
 
-    words = compute_words(compute)
-    return f"on features computed otherwise ({words}; now {compute_words(now['compute'])})"
+    fine_tune = row.get("kind") == "finetune"
+    how = "by training otherwise" if fine_tune else "on features computed otherwise"
+    return f"{how} ({compute_words(compute)}; now {compute_words(now['compute'])})"
 
 
 def _quiet(_message: str) -> None:
