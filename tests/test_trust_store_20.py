@@ -10,28 +10,13 @@ import os
 import stat
 from pathlib import Path
 
-import numpy as np
 import pytest
 from test_trust_store_17 import _complete
+from test_trust_store_19 import _create
 
 import featpipe.store.lock as lock
 from featpipe.errors import StoreWriteError
 from featpipe.store.consolidate import consolidate
-from featpipe.store.writer import StoreWriter
-
-
-def _create(path: Path) -> None:
-    StoreWriter.create(
-        path,
-        ids=["a", "b", "c"],
-        labels=np.array([0, 1, 0]),
-        splits=np.zeros(3),
-        classes=["cat", "dog"],
-        layers={"pooled": (4, "avg")},
-        dtype="float32",
-        rows_per_chunk=2,
-        attrs={},
-    ).close()
 
 
 def _open_here(path: Path) -> bool:
