@@ -1046,8 +1046,9 @@ def _attach_head(
     layers = [probe.Standardize(old.in_features)] if standardize else []
     layers += [nn.Dropout(dropout)] if dropout > 0 else []
     head = nn.Sequential(*layers, linear) if layers else linear
-    # In the classifier's dtype: a float32 head behind a float64 or bfloat16 model fails.
-    backbone.model.set_submodule(name, head.to(old.weight.dtype))
+    # In the model's dtype: a float32 head behind a float64 or bfloat16 model fails. Not the
+    # old classifier's: an IdentityHead (a CLIP or DINOv2 tower) has no weight.
+    backbone.model.set_submodule(name, head.to(input_dtype(backbone.model)[1]))
     return backbone.model, name
 
 
