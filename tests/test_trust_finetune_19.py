@@ -102,7 +102,7 @@ def test_a_pipeline_lpft_computes_its_probe_when_the_store_computed_otherwise(
 ):
     # As on CUDA, where the store's pixels come from nvJPEG and the fine-tune's from Pillow.
     # Before: the probe read the store's features all the same.
-    def on_cuda(device, decode):
+    def on_cuda(device, decode, dtype):
         return {"decode": "pil", "precision": "bf16"}
 
     monkeypatch.setattr(probe, "own_compute", on_cuda, raising=False)

@@ -39,7 +39,7 @@ def test_a_fine_tune_row_is_not_reused_where_the_run_computes_otherwise(tmp_path
     # fp32 rows (the LP-FT's probe fitted on the fp32 store) stood as the bf16 run's.
     config = digits_config(tmp_path, "d", finetune=FINETUNE)
     run(config)
-    monkeypatch.setattr(LOOP, "precision", lambda device: "bf16")
+    monkeypatch.setattr(LOOP, "precision", lambda device, dtype: "bf16")
     said = run(config)
     assert "d: 3 method runs, 0 already finished" in said[1]
     for mode in ("lpft", "head"):
@@ -73,7 +73,7 @@ def test_fine_tune_rows_that_record_no_compute_are_reused_as_before(tmp_path, mo
         row["provenance"].pop("compute", None)
     path.write_text("".join(json.dumps(row) + "\n" for row in old))
     assert "3 already finished" in run(config)[0]
-    monkeypatch.setattr(LOOP, "precision", lambda device: "bf16")
+    monkeypatch.setattr(LOOP, "precision", lambda device, dtype: "bf16")
     said = run(config)
     assert "d: 3 method runs, 1 already finished" in said[1]
     assert "reusing finished fine-tuning (head) (seed 0)" in said

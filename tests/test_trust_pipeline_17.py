@@ -33,7 +33,7 @@ def rows(config) -> list[dict]:
 
 def on_bf16_device(monkeypatch) -> None:
     """Extraction computes as under a CUDA device's bf16 autocast (as the store records it)."""
-    monkeypatch.setattr(LOOP, "precision", lambda device: "bf16")
+    monkeypatch.setattr(LOOP, "precision", lambda device, dtype: "bf16")
 
 
 def test_a_probe_row_is_not_reused_on_features_computed_otherwise(tmp_path, monkeypatch):

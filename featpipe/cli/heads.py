@@ -9,12 +9,16 @@ import sys
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from featpipe.cli.options import pick_layer
 from featpipe.errors import ConfigError, NonFiniteFeaturesError
 from featpipe.interrupt import Interrupted
+
+if TYPE_CHECKING:
+    import torch
 
 PROBE_EXAMPLES = """\
 examples:
@@ -543,17 +547,19 @@ def _embed(
             "on a feature store instead."
         )
     size = (backbone.get("preprocessing") or {}).get("crop")
+    decode = _store_decode(sidecar, args)
     emb = Embedder(
         backbone["spec"],
         layer=sidecar["layer"],
         image_size=size,
         batch_size=args.batch_size,
         device=args.device,
-        decode=_store_decode(sidecar, args),
+        decode=decode,
         # rounded as the head's store holds them, for the store's predictions
         dtype=(sidecar.get("features") or {}).get("dtype") or "float32",
     ).fit()
     check_backbone_matches(sidecar, emb.backbone_identity_)
+    _warn_other_compute(sidecar, args, decode, emb._model()[0].model)
     if args.on_error == "skip":
         X, files = _embed_skipping(emb, files)
     else:
@@ -598,13 +604,8 @@ def _embed_skipping(emb, files: list[Path]) -> tuple[np.ndarray, list[Path]]:
 
 def _store_decode(sidecar: dict, args: argparse.Namespace) -> str:
     """The ``decode`` that gives images the pixels the head's store had (``fast`` for a
-    ``--decode fast`` store). Warns where the store's features cannot be computed here as it
-    computed them (another precision, nvJPEG's decode) or where the sidecar does not say how
-    (saved before it was recorded): predictions then differ a little from the store's."""
-    from featpipe.device import resolve_device
-    from featpipe.extract.loop import compute_identity
-    from featpipe.heads.persistence import warn_other_compute
-
+    ``--decode fast`` store). Warns where the sidecar does not say how (saved before it was
+    recorded): predictions then differ a little from the store's."""
     if "compute" not in sidecar:
         warnings.warn(
             f"{args.head}'s sidecar (format version {sidecar.get('format_version')}) does not "
@@ -618,7 +619,20 @@ def _store_decode(sidecar: dict, args: argparse.Namespace) -> str:
     saved = sidecar["compute"]
     if not isinstance(saved, dict):  # a store made before featpipe recorded it: exact, fp32
         return "exact"
-    decode = "fast" if saved.get("decode") == "pil-fast" else "exact"
-    here = compute_identity(resolve_device(args.device), "cpu", decode)
+    return "fast" if saved.get("decode") == "pil-fast" else "exact"
+
+
+def _warn_other_compute(
+    sidecar: dict, args: argparse.Namespace, decode: str, model: torch.nn.Module
+) -> None:
+    """Warn where the store's features cannot be computed here as it computed them (another
+    precision, nvJPEG's decode, a model of another dtype): predictions then differ a little
+    from the store's."""
+    from featpipe.backbones.base import input_dtype
+    from featpipe.device import resolve_device
+    from featpipe.extract.loop import compute_identity
+    from featpipe.heads.persistence import warn_other_compute
+
+    device = resolve_device(args.device)
+    here = compute_identity(device, "cpu", decode, input_dtype(model)[1])
     warn_other_compute(sidecar, here, "these images are")
-    return decode

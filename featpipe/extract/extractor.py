@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from featpipe.backbones import Backbone, LayerSpec, get_backbone
+from featpipe.backbones.base import input_dtype
 from featpipe.backbones.layers import layer_requests
 from featpipe.data.source import ImageSource
 from featpipe.data.unreadable import check_on_error
@@ -209,7 +210,8 @@ def store_request(
     the one place a store key is made, for :func:`plan_extraction` and for plans that look
     for its store without extracting (the pipeline's probe rows)."""
     stage = get_data_path(data_path, backbone.preprocessing, device, decode)
-    compute = compute_identity(device, stage.name, stage.decode)
+    weights = input_dtype(backbone.model)[1]  # a float64 model computes in fp64
+    compute = compute_identity(device, stage.name, stage.decode, weights)
     names = list(layer_names(layers))
     return Request.build(fingerprint, backbone.identity(), names, dtype, compute), stage
 

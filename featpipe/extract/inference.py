@@ -22,13 +22,23 @@ from featpipe.device import amp_dtype
 from featpipe.extract.fixed_batch import FixedBatch
 from featpipe.extract.host_copy import PendingCopy, start_copy
 
-PRECISIONS = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+PRECISIONS = {
+    None: "fp32",
+    torch.float32: "fp32",
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.float64: "fp64",
+}
 
 
-def precision(device: torch.device) -> str:
-    """The forward pass's precision on ``device`` as the store records it: ``fp32`` on the CPU
-    (exact and reproducible features), ``bf16`` or ``fp16`` autocast on CUDA."""
-    return PRECISIONS[amp_dtype(device)]
+def precision(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The forward pass's precision on ``device`` as the store records it, for a model whose
+    weights are ``dtype`` (:func:`~featpipe.backbones.base.input_dtype`): ``fp32`` on the CPU
+    (exact and reproducible features), ``bf16`` or ``fp16`` autocast on CUDA. A model of
+    another dtype computes in it on the CPU, and a float64 one on CUDA too (autocast leaves
+    float64 alone)."""
+    autocast = amp_dtype(device)
+    return PRECISIONS[dtype if autocast is None or dtype == torch.float64 else autocast]
 
 
 class Inference:

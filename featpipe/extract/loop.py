@@ -40,10 +40,16 @@ def default_workers(device: torch.device, data_path: str) -> int:
     return min(4, cores)
 
 
-def compute_identity(device: torch.device, data_path: str, decode: str = "exact") -> dict[str, str]:
+def compute_identity(
+    device: torch.device,
+    data_path: str,
+    decode: str = "exact",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, str]:
     """How features are computed beyond the model's inputs (the store's ``compute``
     attribute, part of its key): ``precision`` (``fp32`` on CPU, the autocast dtype on CUDA,
-    see :func:`featpipe.extract.inference.precision`) and ``decode``, where the pixels come
+    for a model whose weights are ``dtype``, see :func:`featpipe.extract.inference.precision`)
+    and ``decode``, where the pixels come
     from. ``pil`` is Pillow's decode and resize: the cpu data path, and also the gpu data path
     on a CPU device, which gives the same pixels bit for bit (torchvision's CPU JPEG decoder is
     libjpeg-turbo, as Pillow's, and its uint8 resize kernels match). ``nvjpeg`` is the gpu
@@ -55,7 +61,7 @@ def compute_identity(device: torch.device, data_path: str, decode: str = "exact"
     pixels = "nvjpeg" if on_cuda and data_path == "gpu" else "pil"
     if decode == "fast" and data_path == "cpu":
         pixels = "pil-fast"
-    return {"precision": precision(device), "decode": pixels}
+    return {"precision": precision(device, dtype), "decode": pixels}
 
 
 def compute_words(compute: dict) -> str:

@@ -50,10 +50,13 @@ def pooled_features(
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def own_compute(device: torch.device, decode: str) -> dict[str, str]:
-    """How a fine-tune on ``device`` computes features, as a store records it (``compute``):
-    its loaders decode with Pillow (``decode`` exact or fast), at the device's precision."""
-    return compute_identity(device, "cpu", decode)
+def own_compute(
+    device: torch.device, decode: str, dtype: torch.dtype = torch.float32
+) -> dict[str, str]:
+    """How a fine-tune on ``device`` of a model whose weights are ``dtype`` computes features,
+    as a store records it (``compute``): its loaders decode with Pillow (``decode`` exact or
+    fast), at the device's precision for that dtype (``fp64`` for a float64 model)."""
+    return compute_identity(device, "cpu", decode, dtype)
 
 
 def computed_alike(store: FeatureStore, compute: dict[str, str]) -> bool:

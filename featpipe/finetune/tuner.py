@@ -569,7 +569,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     ) -> tuple[dict[str, torch.Tensor], dict]:
         rows = (train_rows, self.val_rows_)
         if store is not None:
-            compute = probe.own_compute(self.device_, self.decode)
+            compute = probe.own_compute(
+                self.device_, self.decode, input_dtype(self.backbone_.model)[1]
+            )
             feats = probe.stored_features(
                 store, self.backbone_, self.source_, *rows, compute=compute
             )

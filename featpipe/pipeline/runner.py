@@ -294,6 +294,8 @@ class PipelineRunner:
             if job.backbone_at and job.backbone_at[0] in built:
                 spec, size = job.backbone_at
                 context.once(("identity", spec, size), built[spec].at_size(size).identity)
+            if job.stage == finetune_stage.NAME and job.backbone in built:  # its dtype too
+                finetune_stage.model_dtype(context, job.backbone, built)
         results = context.run_dir / RESULTS_FILE
         if not write:
             return context, jobs, _run_plan(cfg, jobs, fingerprint, {}, {}), []

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from featpipe.backbones.base import input_dtype
 from featpipe.data import ImageSource
 from featpipe.data.splits import with_train_ids
 from featpipe.data.unreadable import unreadable_images, without
@@ -34,6 +35,8 @@ from featpipe.report.runplan import identity_hash
 from featpipe.store.schema import skipped_rows
 
 if TYPE_CHECKING:
+    import torch
+
     from featpipe.backbones import Backbone
     from featpipe.finetune.search import GridResult
     from featpipe.pipeline.config import PipelineConfig
@@ -110,7 +113,7 @@ def run(job: Job, context: RunContext) -> ResultRow:
     made_by = backbone_identity(context, job)
     if job.frozen is not None:  # a checkpoint of other frozen modules cannot be resumed
         made_by = {**made_by, "frozen": list(job.frozen)}
-    precision = own_compute(context)["precision"]
+    precision = own_compute(context, job.backbone)["precision"]
     if precision != "fp32":  # nor one trained at another precision (fp32: folders as before)
         made_by = {**made_by, "precision": precision}
     settings = context.config.finetune.params()
@@ -133,7 +136,7 @@ def run(job: Job, context: RunContext) -> ResultRow:
     # A store that left images out is not read: the fine-tune's rows are fewer. Nor one that
     # computed its features otherwise (on CUDA the store's pixels come from nvJPEG, the
     # fine-tune's from Pillow): the probe computes them as the fine-tune does.
-    read = None if skipped or (read and not _computed_alike(read[0], context)) else read
+    read = None if skipped or (read and not _computed_alike(read[0], context, job)) else read
     probe_features = read[0] if read else None
     # Over file contents, its checkpoint records the run's fingerprint (its folder is keyed by
     # it), not one of sizes and mtimes: touched files resume. Not computed again per fit.
@@ -226,7 +229,9 @@ def finetune_row(
             "store": {"path": str(read[0].path), "key": read[0].key} if read else None,
             # its training's (and probe's) precision and decode, which the config hash leaves
             # out: a re-run reuses the row only where it computes alike (see planned)
-            "compute": probe.own_compute(tuner.device_, tuner.decode),
+            "compute": probe.own_compute(
+                tuner.device_, tuner.decode, input_dtype(tuner.backbone_.model)[1]
+            ),
             "image_size": settings.get("image_size"),
             "skipped": skip_summary(skipped),
             **({"frozen": list(frozen)} if frozen is not None else {}),
@@ -263,17 +268,35 @@ def _probe_store(job: Job, context: RunContext) -> tuple[FeatureStore, Extractio
     return feature_store(context, job.backbone)
 
 
-def _computed_alike(store: FeatureStore, context: RunContext) -> bool:
-    """Whether ``store`` computed its features as the run's fine-tunes compute them."""
-    return probe.computed_alike(store, own_compute(context))
+def _computed_alike(store: FeatureStore, context: RunContext, job: Job) -> bool:
+    """Whether ``store`` computed its features as the job's fine-tune computes them."""
+    return probe.computed_alike(store, own_compute(context, job.backbone))
 
 
-def own_compute(context: RunContext) -> dict[str, str]:
-    """How the run's fine-tunes compute (``probe.own_compute``): Pillow's decode, at the
-    device's precision (fp32 on the CPU, bf16 or fp16 autocast on CUDA)."""
+def own_compute(context: RunContext, backbone: str, built: dict | None = None) -> dict[str, str]:
+    """How the run's fine-tunes of ``backbone`` compute (``probe.own_compute``): Pillow's
+    decode, at the device's precision for the model's dtype (fp32 on the CPU, bf16 or fp16
+    autocast on CUDA; fp64 for a float64 model)."""
     import torch
 
-    return probe.own_compute(torch.device(context.device), context.config.features.decode)
+    return probe.own_compute(
+        torch.device(context.device),
+        context.config.features.decode,
+        model_dtype(context, backbone, built),
+    )
+
+
+def model_dtype(context: RunContext, backbone: str, built: dict | None = None) -> torch.dtype:
+    """The dtype of ``backbone``'s weights (``input_dtype``), found once per run: from the
+    Backbone the checks built (``built``, by spec) when there is one."""
+
+    def make():
+        from featpipe.backbones import get_backbone
+
+        model = built[backbone].model if built and backbone in built else None
+        return input_dtype(model if model is not None else get_backbone(backbone).model)[1]
+
+    return context.once(("dtype", backbone), make)
 
 
 def planned(context: RunContext, job: Job, built: dict) -> dict:
@@ -283,7 +306,7 @@ def planned(context: RunContext, job: Job, built: dict) -> dict:
     recorded it, the ``key`` of the store its LP-FT probe reads (None: it reads none)."""
     reads = _reads_store(context.config, job.backbone, job.mode)
     key = planned_store(context, job.backbone, built)["key"] if reads else None
-    return {"key": key, "compute": own_compute(context)}
+    return {"key": key, "compute": own_compute(context, job.backbone, built)}
 
 
 def stores_read(config: PipelineConfig) -> list[str]:
