@@ -9,16 +9,12 @@ import sys
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from featpipe.cli.options import pick_layer
 from featpipe.errors import ConfigError, NonFiniteFeaturesError
 from featpipe.interrupt import Interrupted
-
-if TYPE_CHECKING:
-    import torch
 
 PROBE_EXAMPLES = """\
 examples:
@@ -538,7 +534,7 @@ def _embed(
     the same backbone, weights, preprocessing and layer, rounded to the store's dtype. With
     --on-error skip, images that fail are left out."""
     from featpipe.heads import Embedder
-    from featpipe.heads.persistence import check_backbone_matches
+    from featpipe.heads.persistence import check_backbone_matches, warn_other_compute
 
     backbone = sidecar.get("backbone") or {}
     if not backbone.get("spec"):
@@ -547,19 +543,20 @@ def _embed(
             "on a feature store instead."
         )
     size = (backbone.get("preprocessing") or {}).get("crop")
-    decode = _store_decode(sidecar, args)
     emb = Embedder(
         backbone["spec"],
         layer=sidecar["layer"],
         image_size=size,
         batch_size=args.batch_size,
         device=args.device,
-        decode=decode,
+        decode=_store_decode(sidecar, args),
         # rounded as the head's store holds them, for the store's predictions
         dtype=(sidecar.get("features") or {}).get("dtype") or "float32",
     ).fit()
     check_backbone_matches(sidecar, emb.backbone_identity_)
-    _warn_other_compute(sidecar, args, decode, emb._model()[0].model)
+    # the store's features cannot be computed here as it computed them (another precision,
+    # nvJPEG's decode, a model of another dtype): predictions then differ a little
+    warn_other_compute(sidecar, emb.compute_, "these images are")
     if args.on_error == "skip":
         X, files = _embed_skipping(emb, files)
     else:
@@ -620,19 +617,3 @@ def _store_decode(sidecar: dict, args: argparse.Namespace) -> str:
     if not isinstance(saved, dict):  # a store made before featpipe recorded it: exact, fp32
         return "exact"
     return "fast" if saved.get("decode") == "pil-fast" else "exact"
-
-
-def _warn_other_compute(
-    sidecar: dict, args: argparse.Namespace, decode: str, model: torch.nn.Module
-) -> None:
-    """Warn where the store's features cannot be computed here as it computed them (another
-    precision, nvJPEG's decode, a model of another dtype): predictions then differ a little
-    from the store's."""
-    from featpipe.backbones.base import input_dtype
-    from featpipe.device import resolve_device
-    from featpipe.extract.loop import compute_identity
-    from featpipe.heads.persistence import warn_other_compute
-
-    device = resolve_device(args.device)
-    here = compute_identity(device, "cpu", decode, input_dtype(model)[1])
-    warn_other_compute(sidecar, here, "these images are")

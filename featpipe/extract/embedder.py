@@ -16,13 +16,14 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from featpipe.atomic import replace_with
 from featpipe.backbones import Backbone, LayerSpec, get_backbone
+from featpipe.backbones.base import input_dtype
 from featpipe.data.images import check_decode, load_rgb, to_rgb
 from featpipe.device import on_device, resolve_device
 from featpipe.errors import ConfigError, NonFiniteFeaturesError
 from featpipe.extract.datapath import CPUDataPath
 from featpipe.extract.inference import Inference, precision
 from featpipe.extract.lanes import lane_count, lanes_running
-from featpipe.extract.loop import default_workers
+from featpipe.extract.loop import compute_identity, default_workers
 from featpipe.store.reader import named_rows
 from featpipe.store.schema import DTYPES
 
@@ -205,10 +206,14 @@ class Embedder(TransformerMixin, BaseEstimator):
         return folder
 
     def fit(self, X=None, y=None) -> Embedder:
-        """Nothing to learn: records the backbone identity and the feature width."""
+        """Nothing to learn: records the backbone identity, how it computes features (a
+        store's ``compute``: Pillow's decode, the device's precision for the model's dtype)
+        and the feature width."""
         self._check_params()
-        bb, _ = self._model()
+        bb, inference = self._model()
         self.backbone_identity_ = bb.identity()
+        dtype = input_dtype(bb.model)[1]
+        self.compute_ = compute_identity(inference.device, "cpu", self.decode, dtype)
         self.n_features_out_ = self._width()
         self._fitted_for = self._output_params()
         return self
