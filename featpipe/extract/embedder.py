@@ -189,15 +189,21 @@ class Embedder(TransformerMixin, BaseEstimator):
             self._built = built
         return built[1], built[2]
 
+    def _compute(self) -> dict[str, str]:
+        """How features are computed, as a store records it (its ``compute``): Pillow's
+        decode, and the device's precision for the model's dtype."""
+        bb, inference = self._model()
+        return compute_identity(inference.device, "cpu", self.decode, input_dtype(bb.model)[1])
+
     def _cache_folder(self) -> Path | None:
         if self.cache_dir is None:
             return None
-        bb, inference = self._model()
-        key = {**bb.identity(), "layer": self.layer}
-        # Autocast features differ from fp32 ones by percent: never in one cache. fp32 (the
-        # CPU) is left out of the key, so that caches made before it was recorded stay valid.
-        if (autocast := precision(inference.device)) != "fp32":
-            key["precision"] = autocast
+        key = {**self._model()[0].identity(), "layer": self.layer}
+        # Features of another precision (autocast, a float64 or bfloat16 model) differ: never
+        # in one cache. fp32 is left out of the key, so that caches made before it was
+        # recorded stay valid.
+        if (computed := self._compute()["precision"]) != "fp32":
+            key["precision"] = computed
         if self.decode != "exact":  # other pixels; left out at exact, as for precision
             key["decode"] = self.decode
         ident = json.dumps(key, sort_keys=True)
@@ -210,10 +216,8 @@ class Embedder(TransformerMixin, BaseEstimator):
         store's ``compute``: Pillow's decode, the device's precision for the model's dtype)
         and the feature width."""
         self._check_params()
-        bb, inference = self._model()
-        self.backbone_identity_ = bb.identity()
-        dtype = input_dtype(bb.model)[1]
-        self.compute_ = compute_identity(inference.device, "cpu", self.decode, dtype)
+        self.backbone_identity_ = self._model()[0].identity()
+        self.compute_ = self._compute()
         self.n_features_out_ = self._width()
         self._fitted_for = self._output_params()
         return self
