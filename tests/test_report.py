@@ -371,8 +371,8 @@ def test_report_keeps_to_the_rows_of_the_plan(tmp_path):
     # the plan names the methods: its label, not the row's
     assert "| logistic regression | 0 |" in md
     assert "toy/knn@pooled" not in md  # not in the plan
-    assert "1 of 2 method runs of the current configuration have no result yet: MLP (seed 0)" in md
-    assert "also holds 2 row(s) of earlier configurations" in md
+    assert "1 of 2 method runs of the current configuration has no result yet: MLP (seed 0)" in md
+    assert "also holds 2 rows of earlier configurations" in md
     cells = next(ln for ln in md.splitlines() if ln.startswith("| logistic regression |"))
     assert f"{100 * rows[1]['metrics']['top1']:.1f} (" in cells
 

@@ -81,7 +81,7 @@ def test_reports_use_only_the_rows_of_the_current_plan(toml, tmp_path, capsys):
     # Before: seeds "0, 1", the new seed 0 averaged with the old seed 1.
     assert cells[1] == "0" and cells[-1].split(",")[0] == "n_neighbors=15"
     assert cells[2].startswith(f"{100 * new['metrics']['top1']:.1f} (")
-    assert "also holds 2 row(s) of earlier configurations" in md
+    assert "also holds 2 rows of earlier configurations" in md
     rebuilt = tmp_path / "rebuilt.md"
     rebuilt.write_bytes(md.encode())
     assert main(["report", str(out)]) == 0  # from the plan saved in the run folder
@@ -93,7 +93,7 @@ def test_reports_use_only_the_rows_of_the_current_plan(toml, tmp_path, capsys):
     md = (out / "report.md").read_text()
     cells = table_row(md, "kNN on layer pooled")
     assert cells[1].startswith("0, 1") and cells[-1].split(",")[0] == "n_neighbors=1"  # before: =15
-    assert "also holds 1 row(s) of earlier configurations" in md
+    assert "also holds 1 row of earlier configurations" in md
     assert len(read_results(out / "results.jsonl")) == 3  # history is kept
 
     # A run folder from before plan.json: every method and seed's latest row, with a note.

@@ -110,10 +110,12 @@ def _possible_draws(y_train: np.ndarray, labels: np.ndarray, k: int, draws: int)
     """``draws``, or 1 with a warning when every class has exactly ``k`` training rows: then
     every draw takes the same rows, and 5 copies of one fit read as a spread of 0."""
     if draws > 1 and all(np.sum(y_train == c) == k for c in labels):
+        from featpipe.report.summary import counted  # only here: the report imports matplotlib
+
         warnings.warn(
-            f"few-shot with k={k}: each of the {len(labels)} classes has exactly {k} training "
-            f"row(s), so every draw takes the same rows; fitting one draw, not {draws} (its "
-            "spread is unknown, not 0). Use a smaller k for draws that differ.",
+            f"few-shot with k={k}: each of the {len(labels)} classes has exactly "
+            f"{counted(k, 'training row')}, so every draw takes the same rows; fitting one draw, "
+            f"not {draws} (its spread is unknown, not 0). Use a smaller k for draws that differ.",
             UserWarning,
             stacklevel=3,
         )

@@ -40,6 +40,7 @@ from featpipe.report.runplan import (
     store_at,
     write_plan,
 )
+from featpipe.report.summary import counted
 from featpipe.store.lock import StoreLock
 
 # The files that show rows as a run's results (plots aside).
@@ -228,14 +229,15 @@ def _current(rows: list[dict], plan: RunPlan | None) -> tuple[list[dict], list[s
     notes = []
     if missing:
         runs = ", ".join(f"{m.label or m.method} (seed {m.seed})" for m in missing)
+        verb = "has" if len(missing) == 1 else "have"
         notes.append(
-            f"Note: {len(missing)} of {len(plan.methods)} method runs of the current "
-            f"configuration have no result yet: {runs}. Run the same `featpipe run` command "
-            "to finish them."
+            f"Note: {len(missing)} of {counted(len(plan.methods), 'method run')} of the "
+            f"current configuration {verb} no result yet: {runs}. Run the same `featpipe run` "
+            "command to finish them."
         )
     if history:
         notes.append(
-            f"{RESULTS_FILE} also holds {history} row(s) of earlier configurations, kept as "
-            "history and left out of this report."
+            f"{RESULTS_FILE} also holds {counted(history, 'row')} of earlier configurations, "
+            "kept as history and left out of this report."
         )
     return current, notes
