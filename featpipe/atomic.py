@@ -9,12 +9,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from featpipe.errors import FileWriteError
+
 
 def replace_with(path: str | Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary file beside ``path``, then rename it to ``path``. The temporary
-    name is unique to this call (two processes writing one path, as a report and a run
-    finishing the same folder or GridSearchCV's jobs sharing a cache, never touch each other's)
-    and keeps ``path``'s suffix (``np.save`` adds ``.npy`` to a name without it)."""
+    """``write`` a temporary file beside ``path``, then rename it to ``path``, durably: its
+    bytes reach the disk before its new name, and its folder after (a power cut then leaves
+    the old file or the new one, never an empty one). The temporary name is unique to this
+    call (two processes writing one path, as a report and a run finishing the same folder or
+    GridSearchCV's jobs sharing a cache, never touch each other's) and keeps ``path``'s
+    suffix (``np.save`` adds ``.npy`` to a name without it)."""
     path = Path(path)
     fd, name = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
@@ -24,10 +28,12 @@ def replace_with(path: str | Path, write: Callable[[Path], object]) -> None:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the file from the group
+        _sync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    sync_placed(path)  # outside the try: the file is in place, there is nothing to delete
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -52,6 +58,32 @@ def sync_folder(folder: str | Path) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.EBADF):  # file systems that sync no folder
             raise
+    finally:
+        os.close(fd)
+
+
+def sync_placed(path: Path) -> None:
+    """Sync the folder of a file just renamed to ``path``; on failure say that the file is in
+    place (not that nothing was written) and what is still at risk."""
+    try:
+        sync_folder(path.parent)
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        error = FileWriteError(
+            f"Cannot sync the folder {path.parent}: {reason}. {path} is written "
+            "whole and in place, but until that folder reaches the disk a power cut may lose "
+            "it; check the disk, then write it again if it is gone after a restart."
+        )
+        error.errno = exc.errno
+        raise error from exc
+
+
+def _sync_file(path: Path) -> None:
+    """Have the OS write ``path``'s bytes to disk: renamed before that, the new name may
+    come back from a power cut naming an empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -71,6 +71,11 @@ class StoreInUseError(FeaturePipeError, RuntimeError):
     """Another process holds a feature store's lock (it is being written)."""
 
 
+class FileWriteError(FeaturePipeError, OSError):
+    """A file featpipe writes whole (a report, a results file, an export) could not be made
+    durable; the message says whether it is in place."""
+
+
 class StoreWriteError(FeaturePipeError, OSError):
     """Writing a feature store failed (full disk, I/O error); finished chunks stay valid."""
 

@@ -8,14 +8,14 @@ store's provenance (key, backbone, layer, classes) in the file's metadata under 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from featpipe.atomic import replace_with
 from featpipe.data.source import SPLIT_NAMES
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, FileWriteError
 from featpipe.extras import import_extra
 from featpipe.store.files import disk_refused
 from featpipe.store.reader import FeatureStore
@@ -56,10 +56,11 @@ def export_features(
     # In words for a command: the reader's own says "pass allow_incomplete=True".
     store.require_complete("export")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        (_write_parquet if fmt == "parquet" else _write_npz)(store, layer, split, tmp)
-        tmp.replace(out)  # never a half-written file under the real name
+    write = _write_parquet if fmt == "parquet" else _write_npz
+    try:  # never a half-written (or, after a power cut, empty) file under the real name
+        replace_with(out, lambda tmp: write(store, layer, split, tmp))
+    except FileWriteError:  # the file is in place and the error says so
+        raise
     except (OSError, RuntimeError) as exc:
         if disk_refused(exc):
             raise copy_failed(out, exc) from exc
@@ -68,8 +69,6 @@ def export_features(
                 out, "write", exc, UNCHANGED, "choose another --out, in a folder you can write to"
             ) from exc
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
