@@ -168,6 +168,11 @@ def check_optimizer(
 def _difference(key: str, saved, current) -> str:
     """One setting's difference; for a dict (the backbone's identity), the fields that differ,
     whose values (hashes, whole preprocessing) would drown the message."""
+    if key == "precision":
+        return (
+            f"precision: trained at {saved}, this fit trains at {current} (the device's: fp32 "
+            "on the CPU, bf16 or fp16 autocast on CUDA; resume on the device it was trained on)"
+        )
     if isinstance(saved, dict) and isinstance(current, dict):
         fields = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         return f"{key} differs in {', '.join(fields)}"

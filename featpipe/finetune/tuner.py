@@ -90,7 +90,11 @@ NOT_PROBE_PARAMS = (
 )
 # What a partial:N fine-tune froze (``freezing.frozen_by``), in its checkpoint config.
 FROZEN = "frozen"
-LATER = (IDENTITY, FROZEN)  # checkpoint config keys that older checkpoints lack
+# The precision the fine-tune computes at (``probe.own_compute``'s; its decode is the decode
+# setting), in its checkpoint config: the device's (fp32 on the CPU, bf16 or fp16 autocast on
+# CUDA) is no setting, yet a run trained at one and continued at another reports as either.
+PRECISION = "precision"
+LATER = (IDENTITY, FROZEN, PRECISION)  # checkpoint config keys that older checkpoints lack
 # What _restore reads from last.pt (fit_seconds and fit_process_seconds are optional: older
 # checkpoints lack them).
 RESUMED_KEYS = (
@@ -707,6 +711,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             IDENTITY: backbone.identity(),
             "source": self._fingerprint or source.fingerprint(),
             "classes": list(source.classes),
+            PRECISION: probe.own_compute(self.device_, self.decode, input_dtype(backbone.model)[1])[
+                "precision"
+            ],
             # partial:N only: its identity leaves the stage list out
             **({FROZEN: list(frozen)} if frozen is not None else {}),
         }
@@ -728,9 +735,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             return None
         saved = checkpoint.load_to_resume(path, RESUMED_KEYS, self._start_over)
         expected = self.config_
-        # Written before the identity (or a partial fine-tune's frozen modules) was recorded:
-        # its spec, image size and other settings are still checked; the weights behind the
-        # spec and the modules it froze cannot be, as before.
+        # Written before the identity (or a partial fine-tune's frozen modules, or the precision)
+        # was recorded: its spec, image size and other settings are still checked; the
+        # weights behind the spec, the modules it froze and the precision it trained at
+        # cannot be, as before. Its last.pt records them from the resumed epochs on.
         expected = {k: v for k, v in expected.items() if k in saved["config"] or k not in LATER}
         if self._fingerprint and saved["config"].get("source") == source.fingerprint():
             expected = {**expected, "source": saved["config"]["source"]}  # sizes and mtimes
