@@ -16,6 +16,8 @@ from featpipe.backbones.base import last_linear
 from featpipe.errors import ConfigError, FeaturePipeError
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+# The key suffix under which a module's get_extra_state() is saved in its state dict.
+_EXTRA_STATE = "_extra_state"
 # How a spec's '@weights' part is told apart from a tag such as DEFAULT or pretrained.
 PATH_RULE = (
     "A weights path contains a '/' or ends in "
@@ -121,11 +123,27 @@ def one_line_cause(exc: BaseException, limit: int = 300) -> str:
 
 
 def _is_state_dict(value: object) -> bool:
+    """A mapping of names to tensors, but for modules' extra state (any object)."""
     return (
         isinstance(value, Mapping)
         and len(value) > 0
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+        and all(
+            isinstance(k, str) and (isinstance(v, torch.Tensor) or k.endswith(_EXTRA_STATE))
+            for k, v in value.items()
+        )
     )
+
+
+def _reshaped(state: Mapping[str, object], expected: Mapping[str, object]) -> list[str]:
+    """The keys of ``expected`` whose tensor in ``state`` has another shape; a module's extra
+    state (``get_extra_state``: any object) has none, and its own set_extra_state checks it."""
+    return [
+        k
+        for k, v in expected.items()
+        if isinstance(v, torch.Tensor)
+        and isinstance(state.get(k), torch.Tensor)
+        and state[k].shape != v.shape
+    ]
 
 
 def _few(keys: Iterable[str], n: int = 5) -> str:
@@ -141,9 +159,8 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str
     missing = expected.keys() - state.keys()
     unexpected = state.keys() - expected.keys()
     reshaped = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in _reshaped(state, expected)
     ]
     if missing or unexpected or reshaped:
         parts = []
@@ -201,7 +218,7 @@ def _other_class_count(model: nn.Module, state: Mapping[str, torch.Tensor]) -> i
     classifier = last_linear(model)
     if classifier is None or state.keys() != expected.keys():
         return None
-    reshaped = {k for k, v in expected.items() if state[k].shape != v.shape}
+    reshaped = set(_reshaped(state, expected))
     ours = {f"{classifier}.weight", f"{classifier}.bias"}
     sizes = {state[k].shape[0] for k in reshaped}
     fits = all(state[k].shape[1:] == expected[k].shape[1:] for k in reshaped)
