@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_trust_store_20 import _folder_fsync_fails
 
 from featpipe.atomic import replace_with, write_text_atomic
 from featpipe.cli import main
@@ -39,17 +40,6 @@ def record_syncs(monkeypatch) -> list[tuple]:
     return events
 
 
-def fail_folder_sync(monkeypatch) -> None:
-    real_fsync = os.fsync
-
-    def fsync(fd):
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-
-
 def assert_synced_in_order(events: list[tuple], path: Path) -> None:
     """The file now at ``path`` was synced, then renamed there, then its folder synced."""
     ino, folder = path.stat().st_ino, path.parent.stat().st_ino
@@ -70,7 +60,7 @@ def test_replace_with_syncs_the_file_before_its_rename_and_the_folder_after(tmp_
 def test_a_failed_folder_sync_leaves_the_new_file_in_place_and_says_so(tmp_path, monkeypatch):
     path = tmp_path / "history.jsonl"
     path.write_text("old\n")
-    fail_folder_sync(monkeypatch)
+    _folder_fsync_fails(monkeypatch)
     with pytest.raises(FileWriteError) as caught:
         replace_with(path, lambda tmp: tmp.write_text("new\n"))
     message = str(caught.value)
@@ -122,10 +112,26 @@ def test_export_with_a_failed_folder_sync_keeps_the_file_and_says_so_in_one_line
 ):
     store = small_store(tmp_path / "s.h5")
     out = tmp_path / "features.npz"
-    fail_folder_sync(monkeypatch)
+    _folder_fsync_fails(monkeypatch)
     assert main(["export", str(store.path), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("featpipe export: error: Cannot sync")
     assert f"{out} is written whole and in place" in err and "Nothing was written" not in err
     assert np.load(out)["features"].shape == (12, 4)
     assert issubclass(FileWriteError, FeaturePipeError)
+
+
+def test_the_first_row_appended_to_results_syncs_the_new_file_and_its_folder(tmp_path, monkeypatch):
+    from test_report import make_row
+
+    from featpipe.report import RESULTS_FILE, append_result, read_results
+
+    path = tmp_path / RESULTS_FILE
+    events = record_syncs(monkeypatch)
+    append_result(path, make_row("a"))
+    ino, folder = path.stat().st_ino, tmp_path.stat().st_ino
+    assert events == [("file", ino), ("folder", folder)]  # its row, then its name
+    events.clear()
+    append_result(path, make_row("b"))
+    assert events == [("file", ino)]  # a row more: the name is already on disk
+    assert [r["method"] for r in read_results(path)] == ["a", "b"]

@@ -93,7 +93,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from featpipe.atomic import write_text_atomic
+from featpipe.atomic import sync_placed, write_text_atomic
 from featpipe.errors import FeaturePipeError
 from featpipe.evaluate.cost import Cost
 
@@ -317,10 +317,13 @@ def append_result(path: str | Path, row: ResultRow | dict) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     if _ends_mid_line(path):  # a killed writer: appending would glue this row to its half line
         read_results(path, repair=True)
+    new = not path.exists()
     with path.open("a", encoding="utf-8") as fh:
         fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+    if new:  # a new file's name lives in its folder: synced too, or a power cut may lose it
+        sync_placed(path)
     return row
 
 
