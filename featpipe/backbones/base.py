@@ -146,6 +146,10 @@ class Backbone:
     prefix_layers: tuple[str, ...] = ()
     channels_last_layers: tuple[str, ...] = ()
     class_token_stage: str | None = None
+    # A model that averages two classifiers reading different tokens (distilled DeiT and PiT:
+    # the class and distillation tokens): ``pooled`` is the mean of these modules' inputs, as
+    # timm's pre-logits are, not the input of ``classifier`` alone.
+    pooled_inputs: tuple[str, ...] = ()
     # Not in the identity: 'avg' of tokens was refused before it was offered, so no store
     # holds it under another meaning.
     patch_start: int | None = None
@@ -191,14 +195,15 @@ class Backbone:
         modules nor parameters: found now, not as a KeyError at the first ``pooled`` or a
         stage silently left unfrozen."""
         modules = {n for n, _ in self.model.named_modules() if n}
-        if self.classifier is not None and self.classifier not in modules:
-            raise unknown_name(
-                "classifier module",
-                self.classifier,
-                modules,
-                hint=f"Backbone {self.spec!r}: name the module whose input is the pooled "
-                "features, or leave classifier out to use the model's last nn.Linear.",
-            )
+        for name in (self.classifier, *self.pooled_inputs):
+            if name is not None and name not in modules:
+                raise unknown_name(
+                    "classifier module",
+                    name,
+                    modules,
+                    hint=f"Backbone {self.spec!r}: name the module whose input is the pooled "
+                    "features, or leave classifier out to use the model's last nn.Linear.",
+                )
         params = {n for n, _ in self.model.named_parameters()}
         unknown = [n for stage in self.stages for n in stage if n not in modules | params]
         if unknown:
@@ -279,6 +284,9 @@ class Backbone:
         # Layers before the class token read a patch token as 'cls' by default: new keys.
         if self.class_token_stage:
             ident["class_token_stage"] = self.class_token_stage
+        # 'pooled' read one classifier's input (the distillation token) before: new keys.
+        if self.pooled_inputs:
+            ident["pooled_inputs"] = list(self.pooled_inputs)
         return ident
 
     def module_names(self) -> list[str]:
@@ -286,14 +294,19 @@ class Backbone:
 
     def layer_names(self) -> list[str]:
         """Every name a layer request may use: ``pooled``, ``logits`` and the module names."""
-        extra = [POOLED] if self.classifier else []
+        extra = [POOLED] if self.pooled_modules() else []
         return [*extra, LOGITS, *self.module_names()]
 
+    def pooled_modules(self) -> tuple[str, ...]:
+        """The modules whose inputs ``pooled`` averages: ``pooled_inputs``, else the classifier."""
+        return self.pooled_inputs or ((self.classifier,) if self.classifier else ())
+
     def _module_for(self, spec: LayerSpec) -> tuple[nn.Module, bool]:
-        """The module to hook, and whether to read its input (True) instead of its output."""
+        """The module to hook (the first of :meth:`pooled_modules` for ``pooled``), and whether
+        to read its input (True) instead of its output."""
         modules = dict(self.model.named_modules())
-        if spec.module == POOLED and self.classifier:
-            return modules[self.classifier], True
+        if spec.module == POOLED and self.pooled_modules():
+            return modules[self.pooled_modules()[0]], True
         if spec.module == LOGITS:
             return self.model, False
         if spec.module in modules and spec.module:
@@ -456,8 +469,8 @@ class Backbone:
                         weights.add(name)
 
             handles.append(module.register_forward_hook(hook))
-        if self.classifier:
-            cls_mod = dict(self.model.named_modules())[self.classifier]
+        if self.pooled_modules():
+            cls_mod = dict(self.model.named_modules())[self.pooled_modules()[0]]
 
             def pre_hook(_m, inp) -> None:  # must return None: a value would replace the input
                 shapes.setdefault(POOLED, tuple(inp[0].shape[1:]))
@@ -642,9 +655,18 @@ class FeatureModel(nn.Module):
         self.poolings: dict[str, str] = {}  # resolved after the first forward pass
         self._captured = threading.local()  # .out: {layer name: features} of this thread's pass
         self._handles = []
+        modules = dict(self.model.named_modules())
         for spec in specs:
             module, read_input = backbone._module_for(spec)
             if spec.module == LOGITS:
+                continue
+            if spec.module == POOLED and backbone.pooled_inputs:
+                self._handles += [
+                    modules[name].register_forward_pre_hook(
+                        lambda _m, inp, spec=spec: self._capture_part(spec, inp[0])
+                    )
+                    for name in backbone.pooled_inputs
+                ]
                 continue
             if read_input:
                 h = module.register_forward_pre_hook(
@@ -655,6 +677,16 @@ class FeatureModel(nn.Module):
                     lambda _m, _i, out, spec=spec: self._capture(spec, out)
                 )
             self._handles.append(h)
+
+    def _capture_part(self, spec: LayerSpec, part: torch.Tensor) -> None:
+        """One of the inputs ``pooled`` averages (:attr:`Backbone.pooled_inputs`); their mean,
+        (a + b) / 2 as timm computes it, is captured once the last has come."""
+        if getattr(self._captured, "out", None) is None:  # the model run by itself
+            return
+        parts = self._captured.parts.setdefault(spec.name, [])
+        parts.append(part)
+        if len(parts) == len(self.backbone.pooled_inputs):
+            self._capture(spec, sum(parts) / len(parts))
 
     def _capture(self, spec: LayerSpec, out) -> None:
         captured = getattr(self._captured, "out", None)
@@ -723,6 +755,7 @@ class FeatureModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self._captured.out = out = {}
+        self._captured.parts = {}
         self._captured.batch = x.shape[0]
         try:
             logits = self.model(x)

@@ -111,6 +111,19 @@ def _classifier_of(model: nn.Module) -> str | None:
     return name if isinstance(name, str) and isinstance(modules.get(name), nn.Linear) else None
 
 
+def _distilled_heads(model: nn.Module) -> tuple[str, ...]:
+    """``('head', 'head_dist')`` for a distilled DeiT or PiT, whose heads read the class and the
+    distillation token and whose pre-logits (``forward_head(pre_logits=True)``) are the mean
+    of the two; () for other models (LeViT's and EfficientFormer's heads share one input)."""
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.pit import PoolingVisionTransformer
+
+    distilled = isinstance(model, VisionTransformerDistilled) or (
+        isinstance(model, PoolingVisionTransformer) and model.head_dist is not None
+    )
+    return ("head", "head_dist") if distilled else ()
+
+
 def _block_containers(model: nn.Module) -> set[str]:
     # feature_info names stage outputs such as 'blocks.2' or 'stages.1': their parent holds
     # the stages, while names without a dot ('layer1') are stages already.
@@ -268,6 +281,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
         prefix_layers=prefix_layers,
         channels_last_layers=_channels_last_layers(model, classifier, nhwc, preprocessing.crop),
         class_token_stage=_class_token_stage(model),
+        pooled_inputs=_distilled_heads(model),
         patch_start=getattr(model, "num_prefix_tokens", None),
     )
     backbone.stages = _coat_stages(model) or stages_of(
