@@ -706,7 +706,7 @@ class CurrentDevice(Callback):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_cuda_fine_tune_runs_on_its_device_and_resumes_on_cpu(tmp_path):
+def test_cuda_fine_tune_runs_on_its_device_and_resumes_at_its_precision_only(tmp_path):
     last = torch.cuda.device_count() - 1
     seen = CurrentDevice()
     with pytest.raises(KeyboardInterrupt, match="epoch 1 of 2 done"):
@@ -715,7 +715,10 @@ def test_cuda_fine_tune_runs_on_its_device_and_resumes_on_cpu(tmp_path):
         ).fit(synthetic_source())
     assert seen.seen == [last, last] and torch.cuda.current_device() == 0
     assert len(checkpoint.load(tmp_path / "last.pt")["rng"]["cuda"]) == torch.cuda.device_count()
-    ft = tuner(epochs=2, run_dir=tmp_path, device="cpu").fit(synthetic_source())
+    # Its epochs ran under bf16 (or fp16) autocast: the CPU's fp32 would mix two precisions.
+    with pytest.raises(ConfigError, match=r"precision: trained at (bf16|fp16), this fit .* fp32"):
+        tuner(epochs=2, run_dir=tmp_path, device="cpu").fit(synthetic_source())
+    ft = tuner(epochs=2, run_dir=tmp_path, device="cuda:0").fit(synthetic_source())
     assert ft.start_epoch_ == 1 and ft.history_[-1]["epoch"] == 2
     assert ft.fit_seconds_ >= sum(h["seconds"] for h in ft.history_[1:])
 
