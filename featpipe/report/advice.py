@@ -42,6 +42,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _apart(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` as ``_pct`` shows them, with as many more decimals (up to 4) as tell
+    them apart: advice that says one is ahead must not show "80.0 % against 80.0 %"."""
+    for d in range(1, 5):
+        x, y = f"{100 * a:.{d}f} %", f"{100 * b:.{d}f} %"
+        if x != y:
+            break
+    return x, y
+
+
 def _test(s: MethodSummary) -> str:
     ci = f", 95 % CI {100 * s.top1_ci[0]:.1f}–{100 * s.top1_ci[1]:.1f}" if s.top1_ci else ""
     return f"{_pct(s.top1)} on test{ci}"
@@ -206,18 +216,20 @@ def _layer_sentence(summaries: list[MethodSummary], n_boot: int) -> str | None:
             by_layer[s.layer] = s
     if len(by_layer) < 2:
         return None
-    top = max(by_layer.values(), key=_val)
     final = by_layer.get(FINAL_LAYER)
+    # A tie on validation goes to the final layer: no intermediate one is ahead of it.
+    top = max(by_layer.values(), key=lambda s: (_val(s), s is final))
+    top_val, final_val = _apart(top.val_accuracy, (final or top).val_accuracy)
     text = (
-        f"The best layer on validation is {top.layer} ({top.label}, validation "
-        f"{_pct(top.val_accuracy)}, {_test(top)})"
+        f"The best layer on validation is {top.layer} ({top.label}, validation {top_val}, "
+        f"{_test(top)})"
     )
     if final is None:
         return text + "."
     if top is final:
         return text + "; no intermediate layer beat the final one."
     against = (
-        f"({FINAL_LAYER}: best validation {_pct(final.val_accuracy)} with {final.label}, "
+        f"({FINAL_LAYER}: best validation {final_val} with {final.label}, "
         f"{_pct(final.top1)} on test)"
     )
     clear, paired = _on_test(top, final, n_boot)
@@ -263,9 +275,10 @@ def _crossover_sentence(summaries: list[MethodSummary], n_boot: int) -> str | No
             "probe stays ahead of the best fine-tune on validation at every size."
         )
     _, tune, probe = next(step for step in steps if step[0] == from_size)
+    tune_val, probe_val = _apart(tune.val_accuracy, probe.val_accuracy)
     at = (
-        f"at {from_size}, {tune.label} {_pct(tune.val_accuracy)} against {probe.label} "
-        f"{_pct(probe.val_accuracy)} (test {_pct(tune.top1)} against {_pct(probe.top1)})"
+        f"at {from_size}, {tune.label} {tune_val} against {probe.label} {probe_val} "
+        f"(test {_pct(tune.top1)} against {_pct(probe.top1)})"
     )
     # Ahead on validation by any gap is not yet a crossover: each size's lead must hold on test.
     unclear = [(size, _on_test(t, p, n_boot)) for size, t, p in steps if size >= from_size]
