@@ -28,7 +28,7 @@ def replace_with(path: str | Path, write: Callable[[Path], object]) -> None:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the file from the group
-        _sync_file(tmp)
+        sync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -78,7 +78,7 @@ def sync_placed(path: Path) -> None:
         raise error from exc
 
 
-def _sync_file(path: Path) -> None:
+def sync_file(path: Path) -> None:
     """Have the OS write ``path``'s bytes to disk: renamed before that, the new name may
     come back from a power cut naming an empty file."""
     fd = os.open(path, os.O_RDONLY)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,24 @@ def test_the_first_row_appended_to_results_syncs_the_new_file_and_its_folder(tmp
     append_result(path, make_row("b"))
     assert events == [("file", ino)]  # a row more: the name is already on disk
     assert [r["method"] for r in read_results(path)] == ["a", "b"]
+
+
+def test_a_saved_head_and_its_sidecar_are_synced_before_their_renames_and_the_folder_after(
+    tmp_path, monkeypatch
+):
+    from sklearn.linear_model import LogisticRegression
+
+    from featpipe.heads import load_head, save_head
+    from featpipe.heads.persistence import sidecar_path
+
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    head = LogisticRegression().fit(X, np.arange(20) % 2)
+    path = tmp_path / "head.joblib"
+    events = record_syncs(monkeypatch)
+    save_head(head, path)
+    assert_synced_in_order(events, path)
+    assert_synced_in_order(events, sidecar_path(path))
+    with warnings.catch_warnings():  # joblib's "runs code while loading", said elsewhere
+        warnings.simplefilter("ignore")
+        loaded, _ = load_head(path)
+    np.testing.assert_array_equal(loaded.predict(X), head.predict(X))

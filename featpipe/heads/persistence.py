@@ -21,6 +21,7 @@ import joblib
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import InconsistentVersionWarning
 
+from featpipe.atomic import sync_file, sync_placed
 from featpipe.backbones.weights import file_sha256
 from featpipe.errors import ConfigError, HeadMismatchError, UntrustedFileError
 from featpipe.extras import import_extra
@@ -178,11 +179,14 @@ def save_head(
             joblib.dump(head, tmp)
         sidecar["file_sha256"] = file_sha256(tmp)
         side_tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+        sync_file(tmp)  # on disk before their names: a power cut then leaves no empty file
+        sync_file(side_tmp)
         tmp.replace(path)
         side_tmp.replace(sidecar_path(path))
     finally:
         tmp.unlink(missing_ok=True)
         side_tmp.unlink(missing_ok=True)
+    sync_placed(path)  # both names, one folder; after the try: the pair is in place
     return path
 
 
