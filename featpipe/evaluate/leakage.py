@@ -16,6 +16,7 @@ finds copies shifted by a pixel or two."""
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -448,28 +449,56 @@ def _closest_within(
 ) -> tuple[np.ndarray, np.ndarray]:
     """What :func:`_closest` gives for each hash of ``values`` whose closest ``ref`` is at most
     ``max_bits`` apart (65 for the others), found through an index rather than by comparing
-    every pair: split into ``max_bits + 1`` bands, two hashes that many bits apart or fewer
-    agree on a whole band (pigeonhole). So only the ``ref`` hashes that share a band with an
-    orientation of a hash are compared with it. A hash with more such candidates than a
-    bounded block, or than all of ``ref`` in 8 orientations (a crowded band: many flat
-    images), is compared with every ``ref`` hash."""
-    bands = max_bits + 1
-    if 64 // bands < 8:  # bands under a byte match too many hashes to save time (from 8 bits)
-        return _within(*_closest(values, ref), max_bits)
-    masks = np.array([sum(1 << b for b in range(k, 64, bands)) for k in range(bands)], np.uint64)
+    every pair (multi-index hashing). The 64 bits are dealt into bands, each given a radius,
+    the radii plus one summing to more than ``max_bits``: two hashes that many bits apart or
+    fewer then differ in some band by at most its radius (pigeonhole). So only the ``ref``
+    hashes in the buckets of each band's key with up to its radius of bits flipped are
+    compared with an orientation of a hash. A hash with more such candidates than a bounded
+    block, or than all of ``ref`` in 8 orientations (a crowded bucket: many flat images), is
+    compared with every ``ref`` hash; so is every hash when no split into bands would probe
+    fewer (very large thresholds)."""
     unique, first = np.unique(ref, return_index=True)  # a repeated hash: its first index
-    keys = unique[None] & masks[:, None]  # (band, unique hash)
-    order = np.argsort(keys, axis=1, kind="stable")
-    keys = np.take_along_axis(keys, order, axis=1)
+    plan = _band_plan(max_bits, unique)
+    if plan is None:
+        return _within(*_closest(values, ref), max_bits)
+    bands = [np.arange(k, 64, len(plan)) for k in range(len(plan))]  # bits dealt in turn
+    tables = []  # per band: bucket key -> (start in order, count), hashes by bucket
+    base = 0
+    for k, bits in enumerate(bands):
+        keys = _band_key(unique, bits)
+        counts = np.bincount(keys, minlength=2 ** len(bits))
+        tables.append((counts, np.cumsum(counts) - counts + k * len(unique)))
+        base += len(counts)
+    count = np.concatenate([c for c, _ in tables])
+    begin = np.concatenate([b for _, b in tables])
+    order = np.concatenate([np.argsort(_band_key(unique, bits), kind="stable") for bits in bands])
+    offsets = np.cumsum([0] + [len(c) for c, _ in tables[:-1]])
+    flips = [_flips(len(bits), radius) for bits, radius in zip(bands, plan, strict=True)]
+    n_probes = 8 * sum(map(len, flips))
     queries = np.stack(_orientations(values))  # (orientation, hash)
-    lo = np.empty((bands, *queries.shape), np.int64)
-    hi = np.empty_like(lo)
-    for k in range(bands):
-        lo[k] = np.searchsorted(keys[k], queries & masks[k], "left")
-        hi[k] = np.searchsorted(keys[k], queries & masks[k], "right")
-    hi -= lo  # candidates per band and orientation
-    lo += (np.arange(bands) * len(unique))[:, None, None]  # into order.ravel()
-    counts = hi.sum(axis=(0, 1))
+
+    def buckets(block: np.ndarray) -> np.ndarray:
+        """(orientation, hash, probe) bucket numbers of the hashes ``block`` of values."""
+        q = queries[:, block]
+        return np.concatenate(
+            [
+                at + (_band_key(q, bits)[..., None] ^ flip)
+                for at, bits, flip in zip(offsets, bands, flips, strict=True)
+            ],
+            axis=-1,
+        )
+
+    per = max(1, _candidates() // n_probes)  # hashes whose probes fit in a block
+    counts = (
+        np.concatenate(
+            [
+                count[buckets(np.arange(s, min(s + per, len(values))))].sum(axis=(0, 2))
+                for s in range(0, len(values), per)
+            ]
+        )
+        if len(values)
+        else np.zeros(0, np.int64)
+    )
     best = np.full(len(values), 65, np.int64)
     top = np.zeros(len(values), np.int64)
     crowded = counts > min(8 * len(unique), _candidates())
@@ -480,13 +509,18 @@ def _closest_within(
     start = 0
     while start < len(rows):  # blocks of rows with at most _candidates() candidates
         room = ends[start] - counts[rows[start]] + _candidates()
-        stop = max(start + 1, int(np.searchsorted(ends, room, "right")))
+        stop = min(start + per, max(start + 1, int(np.searchsorted(ends, room, "right"))))
         block = rows[start:stop]
-        low, n = lo[:, :, block].ravel(), hi[:, :, block].ravel()
-        owner = np.broadcast_to(np.arange(len(block)), (bands, 8, len(block))).ravel()
-        query = np.broadcast_to(queries[:, block], (bands, 8, len(block))).ravel()
+        probes = buckets(block)
+        shape = probes.shape
+        probes = probes.ravel()
+        n = count[probes]
+        hit = n > 0
+        n, low = n[hit], begin[probes[hit]]
+        owner = np.broadcast_to(np.arange(len(block))[:, None], shape).ravel()[hit]
+        query = np.broadcast_to(queries[:, block, None], shape).ravel()[hit]
         at = np.repeat(low - (np.cumsum(n) - n), n) + np.arange(n.sum())
-        match = order.ravel()[at]
+        match = order[at]
         apart = _popcount(np.repeat(query, n) ^ unique[match])
         near = apart <= max_bits
         # The closest, then the first index of ties: one number to take the least of.
@@ -496,6 +530,50 @@ def _closest_within(
         best[block], top[block] = np.divmod(least, len(ref))
         start = stop
     return _within(best, top, max_bits)
+
+
+_BAND_BITS = 16  # the widest band: a table of 65,536 buckets
+_PROBE = 2  # a bucket probed costs about as much as two hashes compared (timed at 4-12 bits)
+_PLAN_SAMPLE = 20_000  # hashes the plan's costs are estimated on
+
+
+def _band_plan(max_bits: int, ref: np.ndarray) -> list[int] | None:
+    """The radius of each band (``len`` bands of bits dealt in turn, the first ones a bit
+    wider) that costs least per orientation of a hash, in buckets probed and hashes compared
+    (estimated on a sample of the distinct ``ref`` hashes, which crowd some buckets: flat
+    images); None where comparing every hash costs less."""
+    sample = ref[:: max(1, len(ref) // _PLAN_SAMPLE)]
+    best, plan = len(ref), None
+    for m in range(-(-64 // _BAND_BITS), 17):
+        widths = [64 // m + (k < 64 % m) for k in range(m)]
+        share = max_bits + 1  # radii + 1 to deal out, the wider bands first
+        radii = [max(0, share // m + (k < share % m) - 1) for k in range(m)]
+        cost = 0.0
+        for k, (w, r) in enumerate(zip(widths, radii, strict=True)):
+            filled = np.bincount(_band_key(sample, np.arange(k, 64, m))) / len(sample)
+            # a probe's hashes: all of ref times the chance that two hashes share a bucket
+            cost += _n_flips(w, r) * (_PROBE + len(ref) * (filled**2).sum())
+        if cost < best:
+            best, plan = cost, radii
+    return plan
+
+
+def _n_flips(width: int, radius: int) -> int:
+    return sum(math.comb(width, j) for j in range(radius + 1))
+
+
+def _flips(width: int, radius: int) -> np.ndarray:
+    """The ``width``-bit numbers of at most ``radius`` set bits: the flips a band probes."""
+    every = np.arange(2**width, dtype=np.uint64)
+    return every[_popcount(every) <= radius].astype(np.int64)
+
+
+def _band_key(values: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """The bits ``bits`` of each uint64 hash in ``values``, packed into a number."""
+    key = np.zeros(values.shape, np.int64)
+    for j, b in enumerate(bits):
+        key |= ((values >> np.uint64(b)) & np.uint64(1)).astype(np.int64) << j
+    return key
 
 
 def _within(best: np.ndarray, top: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray]:
