@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -41,7 +41,8 @@ class Preprocessing:
     not kept), centre-crop ``crop`` x ``crop`` (padded with zeros where ``crop`` > ``resize``,
     as timm's crop_pct > 1 asks), scale to [0, 1], normalise with ``mean``/``std``. Built from
     the weights' own metadata, never retyped. ``crop_offset`` rounds the crop's corner as
-    torchvision does (``round``) or as transformers' processors do (``floor``)."""
+    torchvision does (``round``) or as transformers' processors do (``floor``). ``crop_pct``
+    (timm's) makes :meth:`at_size` resize as timm does at any input size."""
 
     resize: int
     crop: int
@@ -51,6 +52,8 @@ class Preprocessing:
     antialias: bool = True
     crop_mode: str = "center"
     crop_offset: str = "round"
+    # Not in the identity (the resize it gives is) nor in equality: at_size's rule only.
+    crop_pct: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -96,11 +99,16 @@ class Preprocessing:
                 f"image size must be from 8 to {MAX_IMAGE_SIZE} pixels; got {size}. Omit it "
                 "to use the size the weights were trained at."
             )
-        return replace(self, crop=size, resize=max(1, round(size / self.crop_fraction)))
+        if self.crop_pct:  # timm's floor(size / crop_pct): round() of the kept fraction was
+            resize = math.floor(size / self.crop_pct)  # a pixel off in 3 of 10 configs
+        else:
+            resize = round(size / self.crop_fraction)
+        return replace(self, crop=size, resize=max(1, resize))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        del d["crop_pct"]
         # left out at their defaults, so that keys made before they existed stay valid
         if self.crop_mode == "center":
             del d["crop_mode"]

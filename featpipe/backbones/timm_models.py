@@ -101,6 +101,7 @@ def preprocessing_of(model: nn.Module) -> Preprocessing:
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
         crop_mode=crop_mode,
+        crop_pct=cfg["crop_pct"],
     )
 
 
