@@ -21,6 +21,8 @@ def test_report_notes_say_one_method_run_and_one_row(tmp_path):
     md = write_report(tmp_path, [old], plan)["report.md"].read_text()
     assert "1 of 1 method run of the current configuration has no result yet: MLP" in md
     assert "also holds 1 row of earlier configurations" in md
+    # Before: titled "featpipe report: (empty)", though the plan names its run.
+    assert md.startswith("# featpipe report: unit\n")
 
 
 def test_few_shot_says_one_training_row_not_row_s():

@@ -132,7 +132,8 @@ def write_report(
             f"with n_boot {MIN_BOOT} or more (its results are then computed again) or 0."
         )
         n_boot = MIN_BOOT
-    doc = build_document(rows, n_boot=n_boot, notes=notes, checks=checks)
+    run = plan.run if plan else None
+    doc = build_document(rows, n_boot=n_boot, notes=notes, checks=checks, run=run)
     plots_dir = run_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = {}

@@ -605,14 +605,16 @@ def build_document(
     n_boot: int = 1000,
     notes: Sequence[str] = (),
     checks: DataChecks | None = None,
+    run: str | None = None,
 ) -> Document:
     """Everything a report shows, from the rows of one configuration (see
     :class:`featpipe.report.runplan.RunPlan`; rows repeating a method and seed: the latest
     wins). ``n_boot`` resamples go into each paired comparison; ``notes`` open the report;
-    ``checks`` (:mod:`featpipe.evaluate.leakage`) add the data checks."""
+    ``checks`` (:mod:`featpipe.evaluate.leakage`) add the data checks; ``run`` names a run
+    with no rows yet (its plan's name)."""
     rows = latest_rows(rows)
     summaries = summarize(rows)
-    run = rows[0]["run"] if rows else "(empty)"
+    run = rows[0]["run"] if rows else run or "(empty)"
     if not rows:
         empty = Section("Results", [*notes, "No results yet."])
         return Document(f"featpipe report: {run}", [empty])
