@@ -35,6 +35,7 @@ examples:
 
 Columns (CSV) or keys (JSON): id, predicted_class, probability (the predicted class's), then
 probability_<class> for each class the head knows, for heads with probabilities (not the SVMs).
+A class of the head's store that it never saw (no train rows) has no column: a warning names it.
 
 Features for images are computed with the backbone and layer named in the head's sidecar,
 decoded as its store's images were (--decode fast included); a warning says where they cannot
@@ -461,6 +462,7 @@ def run_predict(args: argparse.Namespace) -> int:
     fields = PREDICTION_FIELDS + (
         [] if proba is None else [f"probability_{class_name(c)}" for c in head.classes_]
     )
+    _warn_unseen_classes(args.head, [class_name(c) for c in head.classes_], names)
     rows = []
     for i, (sid, label) in enumerate(zip(ids, pred, strict=True)):
         if proba is None:
@@ -480,6 +482,21 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 PREDICTION_FIELDS = ["id", "predicted_class", "probability"]
+
+
+def _warn_unseen_classes(head: Path, known: list, classes: list) -> None:
+    """Warn of the store's classes the head never saw (no train rows): it cannot predict them,
+    and they get no probability column (a column of zeros would read as a measured 0)."""
+    unseen = [c for c in classes if c not in known]
+    if unseen:
+        warnings.warn(
+            f"{head} knows {len(known)} of the {len(classes)} classes of its store "
+            f"({', '.join(map(str, known))}); it never predicts {', '.join(map(str, unseen))}, "
+            "which had no rows to fit on, and the output has no probability column for them. "
+            "Extract a store with train images of every class to predict them.",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _write_rows(path: Path, fields: list[str], rows: list[list]) -> None:
