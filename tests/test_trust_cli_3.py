@@ -59,3 +59,13 @@ def test_predict_names_the_classes_its_head_never_saw(head_missing_a_class, caps
     said = [str(w.message) for w in warned if "never" in str(w.message)]
     assert len(said) == 1, [str(w.message) for w in warned]
     assert "c" in said[0].split("never predicts ")[1] and "2 of the 3 classes" in said[0]
+
+
+def test_predict_with_a_missing_head_names_the_heads_beside_it(head_missing_a_class, capsys):
+    """A mistyped head path said only "No saved head at PATH": not which heads are there,
+    nor how to save one."""
+    head, store = head_missing_a_class
+    capsys.readouterr()
+    assert main(["predict", str(head.with_name("logreg.skops")), str(store.path)]) == 2
+    err = capsys.readouterr().err
+    assert "logreg.joblib" in err and "--save-dir" in err and "Traceback" not in err

@@ -525,13 +525,25 @@ def _check_head_path(path: Path) -> None:
             "as HEAD. Give the head saved by `featpipe probe --save-dir DIR` (DIR/logreg.skops) "
             "first, then the store or images."
         )
+    if not path.exists():  # load_head said only "No saved head at PATH"
+        folder = path.parent
+        heads = _saved_heads(folder) if folder.is_dir() else []
+        there = f"{folder} holds {', '.join(heads)}" if heads else f"{folder} holds no saved head"
+        raise ConfigError(
+            f"No saved head at {path} ({there}). Give a head saved by `featpipe probe STORE "
+            "--save-dir DIR` (DIR/logreg.skops), or save one that way first."
+        )
     if path.is_dir():
-        heads = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".skops", ".joblib"))
+        heads = _saved_heads(path)
         found = f"it holds {', '.join(heads)}" if heads else "it holds no saved head"
         raise ConfigError(
             f"HEAD {path} is a folder ({found}); give one saved head file, e.g. "
             f"{path / (heads[0] if heads else 'logreg.skops')}."
         )
+
+
+def _saved_heads(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".skops", ".joblib"))
 
 
 def _require_split(store, split: str) -> None:
