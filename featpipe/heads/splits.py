@@ -93,13 +93,7 @@ class FeatureSplits:
     def get(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(X float32 (n, D), y (n,)) of one split."""
         if self.is_store:
-            parts = layer_parts(self.layer)
-            if len(parts) == 1:
-                return self.source.arrays(self.layer, split)
-            if self._stats is None:
-                self._stats = [block_stats(self.source.arrays(p, "train")[0]) for p in parts]
-            blocks = [self.source.arrays(part, split) for part in parts]
-            return concatenated([X for X, _ in blocks], self._stats), blocks[0][1]
+            return self._read(split, None)
         X, y = self.source[split]
         X, y = np.asarray(X, dtype=np.float32), np.asarray(y)
         self._check_shapes(split, X, y)
@@ -109,18 +103,31 @@ class FeatureSplits:
     def fit_rows(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`get`, a store's rows in the order of their ids (arrays keep theirs): heads
         fit on these, so that their draws (a subsample, CV folds, few-shot rows) keep the same
-        images when the source lists them in another order; rows in id order are not copied.
-        Rows in another order are copied while the split is held: memory peaks at twice the
-        split (1.28M x 2048 float32: 10.5 GB, briefly 21 GB). The head's own fit (an SVM's
-        subsample, an MLP's batches, a solver's sums) depends on row order too, so the rows
-        are permuted rather than the draws handed an order."""
-        X, y = self.get(split)
+        images when the source lists them in another order. The store reads them in that
+        order (``arrays(order=...)``), so memory holds the split once, as :meth:`get`. The
+        head's own fit (an SVM's subsample, an MLP's batches, a solver's sums) depends on row
+        order too, so the rows are permuted rather than the draws handed an order."""
         if not self.is_store:
-            return X, y
-        order = id_order(self.source.ids(split), len(y))
-        if np.array_equal(order, np.arange(len(y))):
-            return X, y
-        return X[order], y[order]
+            return self.get(split)
+        return self._read(split, self._id_order(split))
+
+    def _id_order(self, split: str) -> np.ndarray:
+        ids = self.source.ids(split)
+        return id_order(ids, len(ids))
+
+    def _read(self, split: str, order: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """A store's (X, y) of one split, its rows at positions ``order`` (None: as stored)."""
+        kw = {} if order is None else {"order": order}
+        parts = layer_parts(self.layer)
+        if len(parts) == 1:
+            return self.source.arrays(self.layer, split, **kw)
+        if self._stats is None:  # from train in id order: the same sums for any listing
+            train = self._id_order("train")
+            self._stats = [
+                block_stats(self.source.arrays(part, "train", order=train)[0]) for part in parts
+            ]
+        blocks = [self.source.arrays(part, split, **kw) for part in parts]
+        return concatenated([X for X, _ in blocks], self._stats), blocks[0][1]
 
     def _check_shapes(self, split: str, X: np.ndarray, y: np.ndarray) -> None:
         """Refuse a split's arrays that are not X (n, D) and y (n,), D that of train: the heads

@@ -532,19 +532,45 @@ class FeatureStore:
         *,
         allow_incomplete: bool = False,
         dtype: Any = np.float32,
+        order: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Features ``X`` (n, D) and labels ``y`` (n,) of one layer and split (all rows when
         ``split`` is None). An incomplete store raises unless ``allow_incomplete``, which
-        returns only the rows of finished chunks."""
+        returns only the rows of finished chunks.
+
+        ``order``: distinct positions among the split's rows (as :meth:`ids` lists them), to
+        return those rows only, in that order (``X[i]`` is row ``order[i]``). Each block read
+        is put in place as it comes, so memory holds the result and one block, never the
+        split twice."""
         mask = self._row_mask(split, allow_incomplete)
+        place = None  # where each row read goes in X: in stored order unless ``order``
+        if order is not None:
+            mask, place = self._ordered(mask, order)
         X = np.empty((int(mask.sum()), self.layer_info(layer)["dim"]), dtype=dtype)
         y = np.empty(len(X), dtype=np.int64)
         filled = 0
         for xb, yb in self._blocks(layer, mask, self.rows_per_chunk * 8, dtype):
-            X[filled : filled + len(xb)] = xb
-            y[filled : filled + len(yb)] = yb
+            rows = slice(filled, filled + len(xb))
+            to = rows if place is None else place[rows]
+            X[to], y[to] = xb, yb
             filled += len(xb)
         return X, y
+
+    def _ordered(self, mask: np.ndarray, order: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of ``mask`` at positions ``order``, as a mask, and the place in the result
+        of each, in stored order."""
+        order = np.asarray(order, dtype=np.int64).reshape(-1)
+        stored = np.flatnonzero(mask)
+        repeated = len(order) - len(np.unique(order))
+        if repeated or not ((order >= 0) & (order < len(stored))).all():
+            raise ConfigError(
+                f"order must list distinct positions among the split's {len(stored)} rows "
+                f"(0 to {len(stored) - 1}); got positions from {order.min(initial=0)} to "
+                f"{order.max(initial=0)}, {repeated} repeated."
+            )
+        picked = np.zeros_like(mask)
+        picked[stored[order]] = True
+        return picked, np.argsort(order, kind="stable")
 
     def iter_chunks(
         self,
@@ -584,7 +610,13 @@ class FeatureStore:
                 keep = mask[start : start + rows]
                 if not keep.any():
                     continue
-                stored = self.read_rows(ds, layer, start, start + len(keep))[keep]
+                # Only the span from the first row kept to the last (rows picked by an order
+                # may fill a small part of the block).
+                kept = np.flatnonzero(keep)
+                lo, hi = start + kept[0], start + kept[-1] + 1
+                stored = self.read_rows(ds, layer, lo, hi)
+                if len(kept) < hi - lo:  # a copy only when rows inside the span are left out
+                    stored = stored[keep[lo - start : hi - start]]
                 with np.errstate(over="ignore"):  # an overflow is reported just below
                     block = stored.astype(dtype, copy=False)
                 # Not finite: a store written before writes were checked, or a narrower dtype

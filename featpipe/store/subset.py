@@ -39,10 +39,13 @@ class TrainSubset:
             return np.array([sid not in train or sid in self.train_ids for sid in ids], bool)
         return np.ones(len(ids), dtype=bool)
 
-    def arrays(self, layer: str, split: str | None = None, **kw) -> tuple[np.ndarray, np.ndarray]:
-        X, y = self.store.arrays(layer, split, **kw)
-        keep = self._keep(split)
-        return X[keep], y[keep]
+    def arrays(
+        self, layer: str, split: str | None = None, *, order: Sequence[int] | None = None, **kw
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The store's ``arrays`` of the rows kept (``order``: positions among them), read as
+        such: the store's split is not loaded whole and then cut."""
+        kept = np.flatnonzero(self._keep(split))
+        return self.store.arrays(layer, split, order=kept if order is None else kept[order], **kw)
 
     def iter_chunks(
         self,
