@@ -12,13 +12,19 @@ from pathlib import Path
 from featpipe.errors import FileWriteError
 
 
-def replace_with(path: str | Path, write: Callable[[Path], object]) -> None:
+def replace_with(
+    path: str | Path, write: Callable[[Path], object], *, durable: bool = True
+) -> None:
     """``write`` a temporary file beside ``path``, then rename it to ``path``, durably: its
     bytes reach the disk before its new name, and its folder after (a power cut then leaves
     the old file or the new one, never an empty one). The temporary name is unique to this
     call (two processes writing one path, as a report and a run finishing the same folder or
     GridSearchCV's jobs sharing a cache, never touch each other's) and keeps ``path``'s
-    suffix (``np.save`` adds ``.npy`` to a name without it)."""
+    suffix (``np.save`` adds ``.npy`` to a name without it).
+
+    ``durable=False`` skips both syncs (each costs milliseconds): a kill still leaves the old
+    file or the new one, but a power cut may leave an empty or partly written file. Only for
+    files whose reader checks them and can make them again, as a cache's entries."""
     path = Path(path)
     fd, name = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
@@ -28,12 +34,14 @@ def replace_with(path: str | Path, write: Callable[[Path], object]) -> None:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the file from the group
-        sync_file(tmp)
+        if durable:
+            sync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    sync_placed(path)  # outside the try: the file is in place, there is nothing to delete
+    if durable:
+        sync_placed(path)  # outside the try: the file is in place, there is nothing to delete
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -281,9 +281,9 @@ class Embedder(TransformerMixin, BaseEstimator):
         todo = []  # rows whose features are not cached
         keys = [_image_key(item) for item in items] if folder else [None] * len(items)
         for i, key in enumerate(keys):
-            file = folder / f"{key}.npy" if folder else None
-            if file is not None and file.exists():
-                out[i] = np.load(file)
+            cached = self._cached(folder / f"{key}.npy") if folder else None
+            if cached is not None:
+                out[i] = cached
             else:
                 todo.append(i)
         step = int(self.batch_size)
@@ -295,8 +295,26 @@ class Embedder(TransformerMixin, BaseEstimator):
                 out[rows] = feats
                 if folder:
                     for i, f in zip(rows, feats, strict=True):
-                        replace_with(folder / f"{keys[i]}.npy", lambda tmp, f=f: np.save(tmp, f))
+                        # not synced (milliseconds an entry): _cached checks what it reads
+                        file = folder / f"{keys[i]}.npy"
+                        replace_with(file, lambda tmp, f=f: np.save(tmp, f), durable=False)
         return self._as_stored(out, items)
+
+    def _cached(self, file: Path) -> np.ndarray | None:
+        """The feature cached in ``file``, or None where there is none to trust: no file, or
+        one that cannot be read whole as a finite float32 row of this width (an entry is not
+        synced, so a power cut can leave it empty or cut short). Such an entry is a miss: it
+        is computed and written again."""
+        try:
+            feature = np.load(file)
+        except (OSError, ValueError, EOFError):  # missing, empty, cut short, not a .npy
+            return None
+        ok = (
+            isinstance(feature, np.ndarray)  # not a zip's NpzFile
+            and feature.shape == (self.n_features_out_,)
+            and feature.dtype == np.float32
+        )
+        return feature if ok and np.isfinite(feature).all() else None
 
     def _as_stored(self, out: np.ndarray, items: list[ImageLike]) -> np.ndarray:
         """``out`` rounded as a store of ``dtype`` holds it (the cache keeps float32, so one

@@ -1,0 +1,57 @@
+"""Embedder's feature cache: entries written whole but not synced, checked when read (one that
+cannot be trusted is computed again)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import toy_backbone  # noqa: F401  (registers 'toy')
+from conftest import record_calls
+
+from featpipe.heads import Embedder
+
+
+def images(n: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 200, (20, 24, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def cached_embedder(tmp_path) -> Embedder:
+    return Embedder("toy", device="cpu", n_jobs=1, cache_dir=tmp_path / "cache").fit()
+
+
+def entries(tmp_path) -> list:
+    return sorted((tmp_path / "cache").glob("*/*.npy"))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda file: file.write_bytes(b""), id="empty"),
+        pytest.param(lambda file: file.write_bytes(file.read_bytes()[:-7]), id="cut-short"),
+        pytest.param(lambda file: file.write_bytes(file.read_bytes()[:60]), id="header-cut"),
+        pytest.param(lambda file: np.save(file, np.ones(5, np.float32)), id="wrong-shape"),
+        pytest.param(lambda file: np.save(file, np.ones(32, np.float64)), id="wrong-dtype"),
+        pytest.param(lambda file: np.save(file, np.full(32, np.nan, np.float32)), id="nan"),
+    ],
+)
+def test_an_entry_that_cannot_be_trusted_is_computed_and_written_again(tmp_path, damage) -> None:
+    emb = cached_embedder(tmp_path)
+    expected = emb.transform(images())
+    [first, *_] = entries(tmp_path)
+    saved = np.load(first)
+    damage(first)
+    again = cached_embedder(tmp_path).transform(images())
+    # no error, not the damaged entry (computed alone, not in a batch of 3: a rounding apart)
+    np.testing.assert_allclose(again, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.load(first), saved, rtol=1e-5, atol=1e-7)  # whole again
+
+
+def test_cache_entries_are_written_without_syncing(tmp_path, monkeypatch) -> None:
+    emb = cached_embedder(tmp_path)  # fit writes the folder's meta.json, synced
+    syncs = record_calls(monkeypatch, os, "fsync")
+    emb.transform(images(4))
+    assert len(entries(tmp_path)) == 4
+    assert syncs == []
