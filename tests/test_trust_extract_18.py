@@ -1,5 +1,5 @@
 """Embedder's feature cache: entries written whole but not synced, checked when read (one that
-cannot be trusted is computed again)."""
+cannot be trusted is computed again); the non-finite message's precision."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ import os
 
 import numpy as np
 import pytest
+import torch
 import toy_backbone  # noqa: F401  (registers 'toy')
-from conftest import record_calls
+from conftest import WhiteNaN, record_calls, register_white_nan
+from toy_backbone import build_toy
 
+from featpipe.backbones import register_backbone
+from featpipe.backbones.registry import _BUILTINS
+from featpipe.errors import NonFiniteFeaturesError
+from featpipe.extract import inference as inference_module
 from featpipe.heads import Embedder
 
 
@@ -55,3 +61,47 @@ def test_cache_entries_are_written_without_syncing(tmp_path, monkeypatch) -> Non
     emb.transform(images(4))
     assert len(entries(tmp_path)) == 4
     assert syncs == []
+
+
+class WhiteNaN64(WhiteNaN):
+    """WhiteNaN in float64: NaN features for white images, computed in fp64."""
+
+    def __init__(self):
+        super().__init__()
+        self.double()
+
+
+if "white_nan_f64" not in _BUILTINS:
+
+    @register_backbone("white_nan_f64")
+    def _build(spec):
+        backbone = build_toy(spec)
+        backbone.model = WhiteNaN64()
+        return backbone
+
+
+register_white_nan("white_nan")
+
+
+def on_simulated_cuda(monkeypatch) -> None:
+    """The device autocasts to bf16, as CUDA does (the forward pass runs on the CPU)."""
+    monkeypatch.setattr(inference_module, "amp_dtype", lambda device: torch.bfloat16)
+
+
+WHITE = [np.full((20, 24, 3), 255, np.uint8)]
+
+
+def test_a_float64_model_is_not_told_that_autocast_overflows(monkeypatch) -> None:
+    on_simulated_cuda(monkeypatch)
+    emb = Embedder("white_nan_f64", device="cpu", n_jobs=1).fit()
+    assert emb.compute_["precision"] == "fp64"
+    with pytest.raises(NonFiniteFeaturesError) as error:
+        emb.transform(WHITE)
+    assert "autocast" not in str(error.value) and "device='cpu'" not in str(error.value)
+
+
+def test_a_float32_model_under_autocast_is_told_to_compute_in_fp32(monkeypatch) -> None:
+    on_simulated_cuda(monkeypatch)
+    emb = Embedder("white_nan", device="cpu", n_jobs=1).fit()
+    with pytest.raises(NonFiniteFeaturesError, match=r"device='cpu'; bf16 autocast overflows"):
+        emb.transform(WHITE)

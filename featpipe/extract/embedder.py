@@ -21,7 +21,7 @@ from featpipe.data.images import check_decode, load_rgb, to_rgb
 from featpipe.device import on_device, resolve_device
 from featpipe.errors import ConfigError, NonFiniteFeaturesError
 from featpipe.extract.datapath import CPUDataPath
-from featpipe.extract.inference import Inference, precision
+from featpipe.extract.inference import PRECISIONS, Inference
 from featpipe.extract.lanes import lane_count, lanes_running
 from featpipe.extract.loop import compute_identity, default_workers
 from featpipe.store.reader import named_rows
@@ -341,11 +341,13 @@ class Embedder(TransformerMixin, BaseEstimator):
         labels = [_label(items, i) for i in bad]
         names = named_rows(labels, len(bad))
         kind = "NaN" if np.isnan(feats).any() else "infinite"
-        _, inference = self._model()
-        autocast = precision(inference.device)
+        bb, _ = self._model()
+        # autocast only where the model computes in another precision than its weights' own
+        # (a float64 model computes in fp64 on CUDA too: autocast is not to blame there)
+        computed = self._compute()["precision"]
         fix = "check the backbone's weights and these images"
-        if autocast != "fp32":
-            fix += f", or compute in fp32 on the CPU (device='cpu'; {autocast} autocast overflows)"
+        if computed != PRECISIONS[input_dtype(bb.model)[1]]:
+            fix += f", or compute in fp32 on the CPU (device='cpu'; {computed} autocast overflows)"
         return NonFiniteFeaturesError(
             f"Layer {self.layer!r} of {self.backbone} gave {kind} features for {len(bad)} "
             f"images ({names}); nothing of their batch was returned or cached: {fix}."
