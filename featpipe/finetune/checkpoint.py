@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from featpipe.atomic import replace_with
 from featpipe.errors import ConfigError
 
 BEST, LAST = "best.pt", "last.pt"
@@ -58,15 +59,9 @@ def _as_tuples(value):
 
 
 def save(path: str | Path, state: dict) -> None:
-    """Write ``state`` to ``path`` via a temporary file, synced before it takes the real name,
-    so that a crash or power loss never leaves half a checkpoint under that name."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``state`` to ``path`` whole and durably (see :func:`featpipe.atomic.replace_with`):
+    a crash or power loss never leaves half a checkpoint, or a lost rename, under that name."""
+    replace_with(path, lambda tmp: torch.save(state, tmp))
 
 
 def save_epoch(run_dir: Path, last: dict, best: dict | None) -> None:

@@ -1,0 +1,38 @@
+"""A fine-tuning run folder's checkpoints are written whole and durably: synced before and
+after their rename, under a temporary name of their own."""
+
+from __future__ import annotations
+
+from test_trust_store_22 import assert_synced_in_order, record_syncs
+
+from featpipe.finetune import checkpoint
+
+
+def test_a_checkpoint_is_synced_before_its_rename_and_its_folder_after(tmp_path, monkeypatch):
+    events = record_syncs(monkeypatch)
+    path = tmp_path / checkpoint.LAST
+    checkpoint.save(path, {"epoch": 3})
+    assert checkpoint.load(path) == {"epoch": 3}
+    assert_synced_in_order(events, path)
+
+
+def test_an_epoch_names_its_best_only_once_that_best_is_on_disk(tmp_path, monkeypatch):
+    events = record_syncs(monkeypatch)
+    checkpoint.save_epoch(tmp_path, {"epoch": 1, "best_epoch": 1}, {"epoch": 1, "model": {}})
+    last = tmp_path / checkpoint.LAST
+    assert_synced_in_order(events, last)
+    # The pending best's bytes and name reach the disk before last.pt names its epoch.
+    best = (tmp_path / checkpoint.BEST).stat().st_ino
+    moved = next(i for i, e in enumerate(events) if e[0] == "replace" and e[2] == last)
+    placed = events.index(("replace", best, tmp_path / checkpoint.PENDING))
+    assert ("file", best) in events[:placed], events
+    assert ("folder", tmp_path.stat().st_ino) in events[placed + 1 : moved], events
+
+
+def test_a_checkpoint_leaves_another_writers_temporary_file_alone(tmp_path):
+    # A fixed ".tmp" name was shared by every writer of that checkpoint.
+    other = tmp_path / (checkpoint.LAST + ".tmp")
+    other.write_bytes(b"another writer's half")
+    checkpoint.save(tmp_path / checkpoint.LAST, {"epoch": 1})
+    assert other.read_bytes() == b"another writer's half"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.LAST, other.name]
