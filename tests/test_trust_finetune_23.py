@@ -1,11 +1,17 @@
-"""A fine-tuning run folder's checkpoints are written whole and durably: synced before and
-after their rename, under a temporary name of their own."""
+"""A fine-tuning run folder's files are written whole and durably: checkpoints synced before
+and after their rename, under a temporary name of their own; config.json whole."""
 
 from __future__ import annotations
 
+import errno
+import json
+from pathlib import Path
+
+import pytest
 from test_trust_store_22 import assert_synced_in_order, record_syncs
 
 from featpipe.finetune import checkpoint
+from featpipe.finetune.callbacks import WriteJson
 
 
 def test_a_checkpoint_is_synced_before_its_rename_and_its_folder_after(tmp_path, monkeypatch):
@@ -36,3 +42,25 @@ def test_a_checkpoint_leaves_another_writers_temporary_file_alone(tmp_path):
     checkpoint.save(tmp_path / checkpoint.LAST, {"epoch": 1})
     assert other.read_bytes() == b"another writer's half"
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.LAST, other.name]
+
+
+def _fails_midway(monkeypatch) -> None:
+    """Every Path.write_text and Path.write_bytes writes half its data, then the disk fills."""
+
+    def half(self, data, *args, **kwargs):
+        with open(self, "wb") as f:
+            f.write((data.encode() if isinstance(data, str) else data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half)
+    monkeypatch.setattr(Path, "write_bytes", half)
+
+
+def test_a_run_config_that_fails_midway_leaves_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "config.json"
+    WriteJson(path, {"lr": 0.1}).on_fit_start(None)
+    _fails_midway(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        WriteJson(path, {"lr": 0.2, "note": "x" * 100}).on_fit_start(None)
+    assert json.loads(path.read_text()) == {"lr": 0.1}
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]

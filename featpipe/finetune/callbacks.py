@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from featpipe.atomic import replace_with
+from featpipe.atomic import replace_with, write_text_atomic
 from featpipe.finetune import checkpoint
 
 
@@ -100,7 +100,8 @@ class WriteJson(Callback):
         self.path, self.data = Path(path), data
 
     def on_fit_start(self, tuner: Trainer) -> None:
-        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
+        # Whole or not at all: a failed write (a full disk) keeps the file the run had.
+        write_text_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
 class ProgressPrinter(Callback):
