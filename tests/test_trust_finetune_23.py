@@ -1,5 +1,6 @@
-"""A fine-tuning run folder's files are written whole and durably: checkpoints synced before
-and after their rename, under a temporary name of their own; config.json whole."""
+"""A fine-tuning run folder's files are written whole and durably (checkpoints synced before
+and after their rename, config.json whole), and its best.pt is resumed only as the best of
+the run its last.pt names."""
 
 from __future__ import annotations
 
@@ -8,10 +9,17 @@ import json
 from pathlib import Path
 
 import pytest
+from finetune_child import synthetic_source
 from test_trust_store_22 import assert_synced_in_order, record_syncs
 
-from featpipe.finetune import checkpoint
+from featpipe.cli import main
+from featpipe.errors import ConfigError
+from featpipe.finetune import FineTuner, checkpoint
 from featpipe.finetune.callbacks import WriteJson
+
+# The toy learns little in an epoch: what is checked here is the files.
+pytestmark = pytest.mark.filterwarnings("ignore:The fine-tune chose epoch")
+PARAMS = dict(epochs=1, batch_size=8, lr=0.05, patience=None, verbose=0)
 
 
 def test_a_checkpoint_is_synced_before_its_rename_and_its_folder_after(tmp_path, monkeypatch):
@@ -64,3 +72,36 @@ def test_a_run_config_that_fails_midway_leaves_the_old_one(tmp_path, monkeypatch
         WriteJson(path, {"lr": 0.2, "note": "x" * 100}).on_fit_start(None)
     assert json.loads(path.read_text()) == {"lr": 0.1}
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+@pytest.fixture(scope="module")
+def source():
+    return synthetic_source()
+
+
+@pytest.mark.parametrize(
+    "other", [{"run": "another run"}, {"epoch": 7}], ids=["another-run", "another-epoch"]
+)
+def test_a_best_pt_other_than_the_one_last_pt_names_is_refused(tmp_path, source, other):
+    FineTuner("toy", seed=0, run_dir=tmp_path, **PARAMS).fit(source)
+    best = tmp_path / checkpoint.BEST
+    checkpoint.save(best, {**checkpoint.load(best), **other})  # a best.pt copied in by hand
+    with pytest.raises(ConfigError) as info:
+        FineTuner("toy", seed=0, run_dir=tmp_path, **PARAMS).fit(source)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "best.pt is not the best model last.pt names (it holds epoch" in message
+    assert "resume=False" in message
+
+
+def test_the_cli_refuses_a_copied_best_pt_in_one_line(split_image_folder, tmp_path, capsys):
+    folder = tmp_path / "run"
+    args = "finetune --backbone toy --mode head --epochs 1 --batch-size 4 --no-progress"
+    args += f" --data {split_image_folder} --run-dir {folder}"
+    assert main(args.split()) == 0
+    best = folder / checkpoint.BEST
+    checkpoint.save(best, {**checkpoint.load(best), "run": "another run"})
+    capsys.readouterr()
+    assert main(args.split()) == 2
+    err = capsys.readouterr().err.strip()
+    assert "best.pt is not the best model last.pt names" in err and "\n" not in err

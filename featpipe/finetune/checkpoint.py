@@ -16,6 +16,8 @@ from featpipe.errors import ConfigError
 BEST, LAST = "best.pt", "last.pt"
 # A new best.pt waits here until last.pt (which names the best epoch) is written.
 PENDING = BEST + ".next"
+# The way out of a run folder that cannot be resumed, where the caller names none.
+START_OVER = "Start over with resume=False (CLI: --no-resume), or delete the run folder."
 
 
 def rng_state(generator: torch.Generator) -> dict:
@@ -104,9 +106,7 @@ def load_to_resume(path: Path, keys: tuple[str, ...], start_over: str | None = N
     """The checkpoint at ``path`` of a run to resume, holding ``keys``; a ConfigError naming
     the file and the way out (``start_over``, if given) when it is missing, damaged or
     something else."""
-    start_over = start_over or (
-        "Start over with resume=False (CLI: --no-resume), or delete the run folder."
-    )
+    start_over = start_over or START_OVER
     if not path.is_file():
         raise ConfigError(
             f"Cannot resume the run in {path.parent}: {path.name} is missing ({LAST} is "
@@ -131,6 +131,23 @@ def load_to_resume(path: Path, keys: tuple[str, ...], start_over: str | None = N
     )
 
 
+def check_best(best: dict, last: dict, path: Path, start_over: str | None = None) -> None:
+    """A ConfigError unless ``best`` (``path``, a best.pt) is the epoch and run ``last``
+    names as its best. :func:`save_epoch` and :func:`settle_best` keep the two in step, so
+    a mismatch is a file copied in from another run folder: resuming would report that
+    run's model as this one's."""
+    written = (best.get("epoch"), best.get("run"))
+    named = (last.get("best_epoch"), last.get("run"))
+    if written != named:
+        start_over = start_over or START_OVER
+        raise ConfigError(
+            f"Cannot resume the run in {path.parent}: {path.name} is not the best model "
+            f"{LAST} names (it holds epoch {written[0]} of run {written[1]}, {LAST} names "
+            f"epoch {named[0]} of run {named[1]}): copied from another run folder? Copy both "
+            f"files of one run together. {start_over}"
+        )
+
+
 def check_optimizer(
     saved: dict, optimizer: torch.optim.Optimizer, path: Path, start_over: str | None = None
 ) -> None:
@@ -139,9 +156,7 @@ def check_optimizer(
     averages) of its parameter's shape. Otherwise torch raises a ValueError, or where only
     shapes differ loads one parameter's momentum into another. What a partial:N mode froze
     changes them; checkpoints from before its ``frozen`` config key cannot say so."""
-    start_over = start_over or (
-        "Start over with resume=False (CLI: --no-resume), or delete the run folder."
-    )
+    start_over = start_over or START_OVER
     before = [len(g["params"]) for g in saved["param_groups"]]
     now = [len(g["params"]) for g in optimizer.param_groups]
     fits = before == now and all(

@@ -746,9 +746,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         if ddp.is_main():  # one writer; the other ranks read best.pt once it is settled
             checkpoint.settle_best(Path(self.run_dir), saved["best_epoch"], saved.get("run"))
         ddp.from_main(None)
-        saved["best"] = checkpoint.load_to_resume(
-            Path(self.run_dir) / checkpoint.BEST, ("model",), self._start_over
-        )
+        best = Path(self.run_dir) / checkpoint.BEST
+        saved["best"] = checkpoint.load_to_resume(best, ("model",), self._start_over)
+        checkpoint.check_best(saved["best"], saved, best, self._start_over)
         return saved
 
     def training_state(self) -> dict:
