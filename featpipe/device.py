@@ -11,6 +11,7 @@ import torch
 
 from featpipe.distributed.ranks import current_ranks
 from featpipe.errors import ConfigError
+from featpipe.words import counted
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -49,7 +50,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if sep and int(index) >= (count := torch.cuda.device_count()):
         valid = ", ".join(f"cuda:{i}" for i in range(count))
         raise ConfigError(
-            f"Device {device!r} was asked for, but torch sees {count} CUDA device(s): {valid} "
+            f"Device {device!r} was asked for, but torch sees {counted(count, 'CUDA device')}: "
+            f"{valid} "
             "(CUDA_VISIBLE_DEVICES renumbers them from 0). Use one of those, or cuda."
         )
     if kind == "cpu":

@@ -48,7 +48,7 @@ def test_hf_splits_that_cannot_be_used(tmp_path):
     data = data.remove_columns("coarse_label")
     extra = datasets.DatasetDict({**data, "unsupervised": data["test"]})
     extra.save_to_disk(str(tmp_path / "extra"))
-    with pytest.warns(UserWarning, match=r"split\(s\) 'unsupervised' are left out"):
+    with pytest.warns(UserWarning, match=r"split 'unsupervised' is left out"):
         assert len(open_source(str(tmp_path / "extra"))) == 18
     datasets.DatasetDict({"test": data["test"], "validation": data["test"]}).save_to_disk(
         str(tmp_path / "no_train")

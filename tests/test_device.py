@@ -48,7 +48,7 @@ def test_unknown_device_strings(text):
 
 def test_a_cuda_index_this_machine_lacks_is_refused(two_gpus):
     assert resolve_device("cuda:1") == torch.device("cuda:1")
-    with pytest.raises(ConfigError, match=r"'cuda:2' .* 2 CUDA device\(s\): cuda:0, cuda:1"):
+    with pytest.raises(ConfigError, match=r"'cuda:2' .* 2 CUDA devices: cuda:0, cuda:1"):
         resolve_device("cuda:2")
 
 

@@ -181,7 +181,7 @@ def test_data_checks_find_duplicates_near_duplicates_and_small_classes(dup_store
     assert {"dups/000032", "dups/000033"} <= checks.near_test
     assert checks.small_classes == {"val": {"0": 4, "1": 4}, "test": {"0": 4, "1": 4}}
     text = " ".join(checks.lines())
-    assert "1 image(s) appear in more than one split" in text
+    assert "1 image appears in more than one split" in text
     assert "of the 8 test images have a near-duplicate in train" in text
     # By stored features when the source is not at hand: the same exact duplicate.
     assert check_store(store).duplicates == checks.duplicates

@@ -232,7 +232,7 @@ def test_a_saved_dataset_with_an_empty_split_is_one_line(tmp_path):
         ),
     }
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved"))
-    with pytest.raises(SourceError, match=r"its split\(s\) 'train' hold no rows\. Save it again"):
+    with pytest.raises(SourceError, match=r"its split 'train' holds no rows\. Save it again"):
         open_source(f"hf-dataset:{tmp_path / 'saved'}")
 
 

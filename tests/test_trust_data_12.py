@@ -27,7 +27,7 @@ def test_partial_downloads_in_a_class_folder_are_named_in_the_warning(tmp_path):
     root = make_image_folder(tmp_path / "images", classes=("cat", "dog"), per_class=2)
     for name in ("a.jpg.part", "b.jpg.crdownload"):
         (root / "cat" / name).write_bytes(b"\xff\xd8\xff")
-    with pytest.warns(UserWarning, match=r"leaves out 2 partial download\(s\) \(cat/a\.jpg\.part, "
+    with pytest.warns(UserWarning, match=r"leaves out 2 partial downloads \(cat/a\.jpg\.part, "
                       r"cat/b\.jpg\.crdownload\): finish or repeat"):  # fmt: skip
         assert len(ImageFolderSource(root)) == 4
 
@@ -39,8 +39,8 @@ def test_partial_downloads_and_other_photos_share_one_warning(tmp_path):
     with pytest.warns(UserWarning) as caught:
         ImageFolderSource(root)
     [message] = [str(w.message) for w in caught if "leaves out" in str(w.message)]
-    assert "leaves out 1 .jfif file(s): featpipe reads" in message
-    assert "; and 1 partial download(s) (dog/d.png.TMP)" in message
+    assert "leaves out 1 .jfif file: featpipe reads" in message
+    assert "; and 1 partial download (dog/d.png.TMP)" in message
 
 
 def test_a_folder_without_left_out_files_still_does_not_warn(tmp_path):

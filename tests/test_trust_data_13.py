@@ -82,7 +82,7 @@ def test_shards_in_a_hidden_folder_are_left_out_with_a_warning(tmp_path):
     pytest.importorskip("webdataset")
     write_wds_dataset(tmp_path / "shards")
     shutil.copytree(tmp_path / "shards", tmp_path / "shards" / ".Trash-1000" / "files")
-    with pytest.warns(UserWarning, match=r"leaves out 5 \.tar file\(s\) in hidden folder\(s\) "
+    with pytest.warns(UserWarning, match=r"leaves out 5 \.tar files in a hidden folder "
                       r"\(\.Trash-1000/files\)"):  # fmt: skip
         source = open_source(f"wds:{tmp_path / 'shards'}")
     assert len(source) == 18
@@ -96,7 +96,7 @@ def test_parquet_files_in_a_hidden_folder_are_left_out_with_a_warning(tmp_path):
     write_parquet_folder(tmp_path / "table")
     n = len(open_source(f"hf-dataset:{tmp_path / 'table'}?label=fine_label"))
     shutil.copytree(tmp_path / "table" / "data", tmp_path / "table" / ".cache" / "data")
-    with pytest.warns(UserWarning, match=r"in hidden folder\(s\) \(\.cache/data\)"):
+    with pytest.warns(UserWarning, match=r"in a hidden folder \(\.cache/data\)"):
         assert len(open_source(f"hf-dataset:{tmp_path / 'table'}?label=fine_label")) == n
 
 
@@ -115,6 +115,6 @@ def test_an_array_label_that_is_missing_is_refused_not_a_class(labels, shown):
     # None became class 'None', '' class '', NaN (a pandas column's) class 'nan': heads learnt
     # them and reports counted them, where tables and CSVs refuse such rows
     images = np.zeros((4, 4, 4, 3), dtype=np.uint8)
-    with pytest.raises(SourceError, match=rf"1 image\(s\) have no label .* row 2, {shown}\)"):
+    with pytest.raises(SourceError, match=rf"1 image has no label .* row 2, {shown}\)"):
         ArraySource(images, np.asarray(labels, dtype=object))
     assert ArraySource(images, ["a", "b", "nan", "b"]).classes == ["a", "b", "nan"]  # a name

@@ -25,7 +25,7 @@ def test_a_label_missing_as_pandas_na_or_a_float32_nan_is_refused_not_a_class(la
     # pandas' NA (string and nullable dtypes, convert_dtypes()) became a class '<NA>', and a
     # float32 NaN a class 'nan': only None, a float NaN and blank names were seen as missing
     images = np.zeros((4, 4, 4, 3), dtype=np.uint8)
-    with pytest.raises(SourceError, match=rf"1 image\(s\) have no label .* row 2, {shown}\)"):
+    with pytest.raises(SourceError, match=rf"1 image has no label .* row 2, {shown}\)"):
         ArraySource(images, np.asarray(labels(), dtype=object))
 
 

@@ -41,7 +41,7 @@ def test_the_same_image_under_two_labels_in_one_split_is_a_finding(tmp_path):
     assert not checks.duplicates
     assert checks.findings >= 1
     text = " ".join(checks.lines())
-    assert "2 image(s) carry more than one label (by content hash" in text
+    assert "2 images carry more than one label (by content hash" in text
     assert "tr0.png (train, a) = tr0_again.png (train, b)" in text
     assert "te6.png (test, a) = te6_again.png (test, b)" in text
     # The same image under one label twice is no conflict.

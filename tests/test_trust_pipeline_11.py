@@ -76,7 +76,7 @@ def test_a_finetune_grid_image_size_the_backbone_refuses_is_refused_before_extra
     ("source", "said"),
     [
         ({"train_sizes": [1, 10]}, r"source.train_sizes \[1\]: one train image is one class"),
-        ({"limits": {"train": 1}}, r"train split holds 1 image\(s\) of 1 class\(es\)"),
+        ({"limits": {"train": 1}}, r"train split holds 1 image of 1 class;"),
     ],
 )
 def test_train_images_of_one_class_are_refused_before_extraction(tmp_path, source, said):

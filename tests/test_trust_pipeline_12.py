@@ -30,9 +30,9 @@ def _refused(config, match, tmp_path):
     ("modes", "source", "said"),
     [
         (["full"], {"train_sizes": [1, 10]}, r"source.train_sizes \[1\]: one train image"),
-        (["full"], {"limits": {"train": 1}}, r"train split holds 1 image\(s\) of 1 class"),
+        (["full"], {"limits": {"train": 1}}, r"train split holds 1 image of 1 class"),
         (["lpft"], {"train_sizes": [1, 10]}, r"source.train_sizes \[1\]: one train image"),
-        (["lpft"], {"limits": {"train": 1}}, r"train split holds 1 image\(s\) of 1 class"),
+        (["lpft"], {"limits": {"train": 1}}, r"train split holds 1 image of 1 class"),
     ],
 )
 def test_a_finetune_only_pipeline_on_one_train_image_is_refused_at_the_check(

@@ -14,6 +14,7 @@ from featpipe.data.images import to_rgb
 from featpipe.data.source import ImageSource, check_class_names, is_missing_label, split_code
 from featpipe.data.splits import assign_splits
 from featpipe.errors import SourceError
+from featpipe.words import agrees, counted
 
 # The most classes integer labels make (0..max): a larger label is an id, not a class index.
 MAX_INT_CLASSES = 1_000_000
@@ -178,7 +179,8 @@ def _check_labelled(labels: np.ndarray, origin: str) -> None:
         first = labels[missing[0]]  # shown as 'nan', not np.float32(nan):
         first = first.item() if isinstance(first, np.generic) else first
         raise SourceError(
-            f"{origin}: {len(missing)} image(s) have no label (None, NaN, NA or a blank name; the "
+            f"{origin}: {counted(len(missing), 'image')} {agrees(len(missing), 'has', 'have')} "
+            "no label (None, NaN, NA or a blank name; the "
             f"first is row {missing[0]}, {first!r}), which would make a class of its own. Give "
             "every image its class, or leave the unlabelled images out."
         )

@@ -17,6 +17,7 @@ from featpipe.data.images import load_rgb, read_error
 from featpipe.data.source import ImageSource
 from featpipe.distributed.progress import track
 from featpipe.errors import SourceError
+from featpipe.words import agrees, counted
 
 _HASH_PROGRESS_MIN = 2000  # hashing fewer files than this is quick enough to do silently
 
@@ -139,8 +140,9 @@ def _warn_hidden(folder: Path, suffix: str, hidden: list[Path]) -> None:
     if where:
         names = sorted(where)
         warnings.warn(
-            f"{str(folder)!r} leaves out {sum(where.values())} {suffix} file(s) in hidden "
-            f"folder(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): featpipe "
+            f"{str(folder)!r} leaves out {counted(sum(where.values()), f'{suffix} file')} in "
+            f"{agrees(len(names), 'a hidden folder', 'hidden folders')} "
+            f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): featpipe "
             "skips hidden folders, as in image folders. Move the files out if they belong to "
             "the dataset.",
             UserWarning,

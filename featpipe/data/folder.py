@@ -22,6 +22,7 @@ from featpipe.data.source import (
 )
 from featpipe.data.splits import assign_splits
 from featpipe.errors import ConfigError, SourceError
+from featpipe.words import agrees, counted
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Other extensions of photos (a browser's .jfif JPEGs, a phone's .heic): not read by default,
@@ -141,16 +142,17 @@ class ImageFolderSource(FileSource):
         photos = Counter(f.suffix.lower() for f in self._left_out if f not in partial)
         said = []
         if photos:
-            counts = ", ".join(f"{n} {ext}" for ext, n in sorted(photos.items()))
+            counts = ", ".join(counted(n, f"{ext} file") for ext, n in sorted(photos.items()))
             said.append(
-                f"{counts} file(s): featpipe reads {', '.join(self.extensions)}. Convert them "
+                f"{counts}: featpipe reads {', '.join(self.extensions)}. Convert them "
                 "(e.g. to .jpg or .png), or give them to ImageFolderSource's extensions if "
                 "Pillow decodes them"
             )
         if partial:
             names = ", ".join(f.relative_to(self.root).as_posix() for f in sorted(partial)[:3])
             said.append(
-                f"{len(partial)} partial download(s) ({names}{', ...' if len(partial) > 3 else ''}"
+                f"{counted(len(partial), 'partial download')} "
+                f"({names}{', ...' if len(partial) > 3 else ''}"
                 "): finish or repeat each download, or delete the file"
             )
         return f"Image folder {str(self.root)!r} leaves out {'; and '.join(said)}."
@@ -167,9 +169,11 @@ class ImageFolderSource(FileSource):
         )
         if loose:
             warnings.warn(
-                f"{len(loose)} image(s) directly in {str(folder)!r} ({', '.join(loose[:3])}"
-                f"{', ...' if len(loose) > 3 else ''}) are in no class folder and are left out. "
-                "Move each into its class folder if it belongs to the dataset.",
+                f"{counted(len(loose), 'image')} directly in {str(folder)!r} "
+                f"({', '.join(loose[:3])}"
+                f"{', ...' if len(loose) > 3 else ''}) {agrees(len(loose), 'is', 'are')} in no "
+                f"class folder and {agrees(len(loose), 'is', 'are')} left out. Move each into "
+                "its class folder if it belongs to the dataset.",
                 UserWarning,
                 stacklevel=3,
             )
@@ -204,7 +208,8 @@ class ImageFolderSource(FileSource):
             missing = sorted(set(self.classes) - set(found))
             if missing:
                 warnings.warn(
-                    f"Split folder {str(self.root / split)!r} has no folder for class(es) "
+                    f"Split folder {str(self.root / split)!r} has no folder for "
+                    f"{agrees(len(missing), 'class', 'classes')} "
                     f"{', '.join(map(repr, missing))} that other splits have; check the spelling "
                     "if this is not intended.",
                     UserWarning,
@@ -233,8 +238,10 @@ def _split_folders(root: Path, tops: list[str]) -> dict[str, str]:
     others = [name for name in tops if name not in split_of]
     if others:
         raise SourceError(
-            f"{str(root)!r} has folder(s) {', '.join(map(repr, split_of))} named like a split "
-            f"beside folder(s) {', '.join(map(repr, others[:5]))} that are not: featpipe cannot "
+            f"{str(root)!r} has {agrees(len(split_of), 'folder', 'folders')} "
+            f"{', '.join(map(repr, split_of))} named like a split beside "
+            f"{agrees(len(others), 'folder', 'folders')} {', '.join(map(repr, others[:5]))} "
+            f"that {agrees(len(others), 'is', 'are')} not: featpipe cannot "
             "tell whether they are split folders or classes. For splits, move the class folders "
             "into them (root/train/<class>/..., root/val/<class>/...); for classes, rename "
             f"those named like a split ({', '.join(sorted(SPLIT_ALIASES))}, in any case)."

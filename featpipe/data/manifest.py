@@ -19,6 +19,7 @@ from featpipe.data.source import (
 )
 from featpipe.data.splits import assign_splits, require_train, warn_unread_split_column
 from featpipe.errors import SourceError, did_you_mean
+from featpipe.words import counted
 
 _REQUIRED = ("path", "label")
 _OTHER_DELIMITERS = (";", "\t", "|")  # what a header read as one field may be split by
@@ -142,7 +143,8 @@ class CSVSource(FileSource):
         twice = sorted({c for c in (*_REQUIRED, "split") if header.count(c) > 1})
         if twice:
             raise SourceError(
-                f"CSV manifest {where!r} has {len(twice)} column(s) named twice in its header "
+                f"CSV manifest {where!r} has {counted(len(twice), 'column')} named twice in its "
+                f"header "
                 f"{header}: {', '.join(twice)}. featpipe cannot tell which one to read; rename "
                 "or remove the other."
             )
@@ -221,7 +223,8 @@ class CSVSource(FileSource):
                     "named."
                 )
             raise SourceError(
-                f"CSV manifest {str(self.csv_path)!r} lists {len(missing)} missing file(s): "
+                f"CSV manifest {str(self.csv_path)!r} lists "
+                f"{counted(len(missing), 'missing file')}: "
                 f"{listed}{more}. Paths are relative to the CSV's folder; fix or remove those "
                 f"rows.{hint}"
             )

@@ -45,6 +45,7 @@ from featpipe.device import available_cores
 from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError, ImageReadError, SourceError, did_you_mean
 from featpipe.extras import import_extra
+from featpipe.words import agrees, counted
 
 # Image members tried in this order when ``image`` is not given (webdataset's "jpg;png" rule).
 IMAGE_MEMBERS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
@@ -237,7 +238,8 @@ class WebDatasetSource(ImageSource):
             if unknown:
                 raise SourceError(
                     f"The {self.split_field} of the shards {self._where()} holds unknown "
-                    f"split(s) {', '.join(map(repr, unknown[:_MAX_LISTED]))}."
+                    f"{agrees(len(unknown), 'split', 'splits')} "
+                    f"{', '.join(map(repr, unknown[:_MAX_LISTED]))}."
                     f"{did_you_mean(unknown[0], SPLIT_ALIASES)} "
                     f"Valid: {', '.join(sorted(SPLIT_ALIASES))}."
                 )
@@ -478,7 +480,8 @@ def _check_end(tar: tarfile.TarFile, shard: Path, samples: int) -> None:
     end = tar.fileobj.read(2 * tarfile.BLOCKSIZE)
     if len(end) < 2 * tarfile.BLOCKSIZE or end.strip(b"\0"):
         raise SourceError(
-            f"Shard {str(shard)!r} is truncated: it stops after {samples} sample(s) without the "
+            f"Shard {str(shard)!r} is truncated: it stops after {counted(samples, 'sample')} "
+            "without the "
             "end-of-archive blocks of a complete tar file. Copy or write it again."
         )
 
@@ -536,7 +539,8 @@ def _image_members(image: str | Sequence[str] | None) -> tuple[str, ...]:
     unknown = [m for m in members if m not in decodable]
     if unknown or not members:
         raise ConfigError(
-            f"Unknown image extension(s) {', '.join(map(repr, unknown or [image]))} in "
+            f"Unknown image {agrees(len(unknown or [image]), 'extension', 'extensions')} "
+            f"{', '.join(map(repr, unknown or [image]))} in "
             f"image={image!r}.{did_you_mean(unknown[0], decodable) if unknown else ''} Name the "
             f"image member by an extension Pillow decodes, e.g. image=jpg or image=png,webp "
             "(the first a sample has is used)."

@@ -17,6 +17,7 @@ from featpipe.data.source import (
     split_code,
 )
 from featpipe.errors import ConfigError, SourceError
+from featpipe.words import agrees
 
 TRAIN, VAL, TEST = (SPLIT_CODES[name] for name in ("train", "val", "test"))
 
@@ -183,7 +184,8 @@ def _warn_untrained(
     if len(untrained):
         names = _class_list(classes, untrained)
         warnings.warn(
-            f"In {origin}, class(es) {names} have val or test rows but no train row: "
+            f"In {origin}, {agrees(len(untrained), 'class', 'classes')} {names} "
+            f"{agrees(len(untrained), 'has', 'have')} val or test rows but no train row: "
             "no head can predict them, so each of their images counts as an error. Give each "
             "class some train rows, or leave those rows out.",
             UserWarning,
@@ -239,7 +241,8 @@ def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> 
     if len(dropped):
         names = _class_list(source.classes, dropped)
         warnings.warn(
-            f"Subsampling to {per_split} leaves class(es) {names} with val or test rows "
+            f"Subsampling to {per_split} leaves {agrees(len(dropped), 'class', 'classes')} "
+            f"{names} with val or test rows "
             "but no train row: no head can predict them, so each of their images counts as an "
             f"error. Keep at least one train row per class ({len(source.classes)} classes).",
             UserWarning,

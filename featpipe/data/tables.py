@@ -35,6 +35,7 @@ from featpipe.data.source import (
 from featpipe.data.splits import assign_splits, require_train, warn_unread_split_column
 from featpipe.errors import ImageReadError, SourceError, did_you_mean
 from featpipe.extras import import_extra
+from featpipe.words import agrees
 
 # Column names tried, in order, when no column has the Image or ClassLabel type.
 IMAGE_COLUMNS = ("image", "img", "images", "picture", "photo")
@@ -168,8 +169,9 @@ class TableSource(ImageSource):
             return {"train": unknown[0]}
         if unknown:
             warnings.warn(
-                f"{self.kind} {str(self.root)!r}: split(s) {', '.join(map(repr, unknown))} "
-                f"are left out; featpipe reads {', '.join(sorted(SPLIT_ALIASES))}.",
+                f"{self.kind} {str(self.root)!r}: {agrees(len(unknown), 'split', 'splits')} "
+                f"{', '.join(map(repr, unknown))} {agrees(len(unknown), 'is', 'are')} left out; "
+                f"featpipe reads {', '.join(sorted(SPLIT_ALIASES))}.",
                 UserWarning,
                 stacklevel=4,
             )
@@ -336,7 +338,10 @@ class HFDatasetSource(TableSource):
             if empty == ["."]:
                 which, fix = ": it holds no rows", "Save it again with its rows."
             elif empty:
-                which = f": its split(s) {', '.join(map(repr, empty))} hold no rows"
+                which = (
+                    f": its {agrees(len(empty), 'split', 'splits')} "
+                    f"{', '.join(map(repr, empty))} {agrees(len(empty), 'holds', 'hold')} no rows"
+                )
             raise SourceError(
                 f"datasets cannot load the Hugging Face dataset {str(self.root)!r} (IndexError: "
                 f"{err}){which}. {fix}"

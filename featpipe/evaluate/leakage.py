@@ -27,6 +27,7 @@ from PIL import Image
 from featpipe.data.images import to_rgb
 from featpipe.data.source import SPLIT_NAMES, ImageSource
 from featpipe.errors import ConfigError, FeaturePipeError
+from featpipe.words import agrees, counted
 
 if TYPE_CHECKING:
     from featpipe.store import FeatureStore
@@ -98,8 +99,10 @@ class DataChecks:
         out = []
         if self.duplicates:
             examples = "; ".join(_example(g) for g in self.duplicates[:SHOWN])
+            n = len(self.duplicates)
             out.append(
-                f"{len(self.duplicates)} image(s) appear in more than one split ({self.basis}); "
+                f"{counted(n, 'image')} {agrees(n, 'appears', 'appear')} in more than one split "
+                f"({self.basis}); "
                 f"{len(self.duplicated_test)} of the {n_test} test images have a copy in train "
                 f"or val. Examples: {examples}."
             )
@@ -107,8 +110,10 @@ class DataChecks:
             out.append(f"No image appears in two splits ({self.basis}).")
         if self.conflicts:
             examples = "; ".join(_conflict_example(g) for g in self.conflicts[:SHOWN])
+            n = len(self.conflicts)
             out.append(
-                f"{len(self.conflicts)} image(s) carry more than one label ({self.basis}): "
+                f"{counted(n, 'image')} {agrees(n, 'carries', 'carry')} more than one label "
+                f"({self.basis}): "
                 "no method can get every copy right, and a head trained on them learns noise. "
                 f"Examples: {examples}."
             )
@@ -117,7 +122,8 @@ class DataChecks:
             listed = ", ".join(f"{c} ({n})" for c, n in list(small.items())[:SHOWN])
             more = f" and {len(small) - SHOWN} more" if len(small) > SHOWN else ""
             out.append(
-                f"{len(small)} class(es) have fewer than {self.min_per_class} {split} images, "
+                f"{counted(len(small), 'class', 'classes')} {agrees(len(small), 'has', 'have')} "
+                f"fewer than {counted(self.min_per_class, f'{split} image')}, "
                 f"too few for their per-class accuracy to mean much: {listed}{more}."
             )
         return out
@@ -152,9 +158,9 @@ class DataChecks:
         elif self.hash_bits is not None:
             out.append(f"No test image has a near-duplicate in {where} {hashed}.")
         if self.hash_bits is not None and self.unhashed:
-            listed = ", ".join(f"{n} {split}" for split, n in self.unhashed.items())
+            listed = ", ".join(counted(n, f"{split} image") for split, n in self.unhashed.items())
             out.append(
-                f"The perceptual hash did not compare {listed} image(s): they are smaller than "
+                f"The perceptual hash did not compare {listed}: they are smaller than "
                 f"{MIN_HASH_SIDE} px or could not be read."
             )
         if self.near_layer is None:

@@ -13,6 +13,7 @@ from featpipe.heads.registry import check_seed, make_head, run_params
 from featpipe.heads.selection import require_two_classes
 from featpipe.heads.splits import FeatureSplits
 from featpipe.validation import is_count
+from featpipe.words import counted
 
 
 @dataclass
@@ -110,8 +111,6 @@ def _possible_draws(y_train: np.ndarray, labels: np.ndarray, k: int, draws: int)
     """``draws``, or 1 with a warning when every class has exactly ``k`` training rows: then
     every draw takes the same rows, and 5 copies of one fit read as a spread of 0."""
     if draws > 1 and all(np.sum(y_train == c) == k for c in labels):
-        from featpipe.report.summary import counted  # only here: the report imports matplotlib
-
         warnings.warn(
             f"few-shot with k={k}: each of the {len(labels)} classes has exactly "
             f"{counted(k, 'training row')}, so every draw takes the same rows; fitting one draw, "

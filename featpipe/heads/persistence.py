@@ -36,6 +36,7 @@ from featpipe.heads.torch_logreg import TorchLogisticRegression
 from featpipe.heads.torch_mlp import TorchMLPClassifier
 from featpipe.heads.torch_svm import TorchLinearSVC
 from featpipe.provenance import plain, versions
+from featpipe.words import agrees
 
 SIDECAR_FORMAT = "featpipe.head"
 # 2: records the stored layer's pooling, width and dtype ("features").
@@ -353,7 +354,8 @@ def _load_skops(path: Path, trusted: tuple[str, ...]) -> BaseEstimator:
         raise ConfigError(f"{path} is not a readable .skops head file ({err}). {RESAVE}") from None
     if untrusted:
         raise UntrustedFileError(
-            f"{path} holds type(s) that featpipe does not trust: {', '.join(untrusted)}. "
+            f"{path} holds {agrees(len(untrusted), 'a type', 'types')} that featpipe does not "
+            f"trust: {', '.join(untrusted)}. "
             "Nothing in it was run. If you made this file and trust these types, pass them as "
             "load_head(path, trusted=[...]); otherwise do not use it."
         )

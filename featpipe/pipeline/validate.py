@@ -19,6 +19,7 @@ import numpy as np
 from featpipe.distributed.ranks import alone
 from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
 from featpipe.pipeline.schema import first_repeat
+from featpipe.words import agrees, counted
 
 # A dry fit: enough rows for every head (3 classes, room for CV-free selection), tiny enough
 # to cost milliseconds.
@@ -227,7 +228,8 @@ def _two_classes(config, source) -> None:
     classes = len(np.unique(labels))
     if classes < 2:
         raise ConfigError(
-            f"The source's train split holds {len(train)} image(s) of {classes} class(es); "
+            f"The source's train split holds {counted(len(train), 'image')} of "
+            f"{counted(classes, 'class', 'classes')}; "
             "a head or fine-tune needs train images of at least 2 classes. Raise "
             "source.limits.train, or give the source images of more classes."
         )
@@ -350,8 +352,9 @@ def _check_finetune(
     ):
         per_rank = f" over {ranks} ranks" if ranks > 1 else ""
         raise ConfigError(
-            f"{where} ({mode!r} on {backbone.spec}): {ones[0]} train image(s){per_rank} "
-            f"train batches of 1 image through batch norm that trains (e.g. {bn[0]}), which "
+            f"{where} ({mode!r} on {backbone.spec}): {counted(ones[0], 'train image')}{per_rank} "
+            f"{agrees(ones[0], 'trains', 'train')} batches of 1 image through batch norm that "
+            f"trains (e.g. {bn[0]}), which "
             "normalises each batch by its own statistics. Use at least 2 train images per "
             "rank (source.train_sizes, source.limits.train), or a mode that keeps batch norm "
             "frozen (bn, head, lpft)."

@@ -21,13 +21,13 @@ from featpipe.report.summary import (
     clear_after_holm,
     comparisons,
     cost_devices,
-    counted,
     latest_rows,
     provenance,
     row_cost,
     summarize,
 )
 from featpipe.store.schema import count_not_finite, skipped_images
+from featpipe.words import counted
 
 # Unicode's bidirectional embeddings, overrides and isolates: one in a class name or label
 # would reorder the rest of its line as shown (digits of the results included).

@@ -19,13 +19,9 @@ from featpipe.evaluate import (
 from featpipe.evaluate.compare import ALPHA
 from featpipe.evaluate.metrics import wilson_interval
 from featpipe.report.results import MethodKind
+from featpipe.words import counted  # noqa: F401  (re-exported: the report modules import it here)
 
 K = TypeVar("K")
-
-
-def counted(n: int, noun: str, plural: str | None = None) -> str:
-    """E.g. "1 method", "3 methods", "1 class": report text never says "1 methods"."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 @dataclass

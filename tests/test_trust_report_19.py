@@ -1,0 +1,55 @@
+"""Wording and drawing of what the report shows: counts without "(s)", a run's total that its
+rounded parts add up to, and the training-size plot's legend and error bars."""
+
+from __future__ import annotations
+
+import pytest
+
+from featpipe.evaluate.leakage import DataChecks
+
+
+def _checks(n: int) -> DataChecks:
+    """Checks that find ``n`` of each problem: duplicates, conflicting labels, small classes and
+    images the perceptual hash did not compare."""
+    return DataChecks(
+        basis="by content hash",
+        duplicates=[[["train", f"a{i}"], ["test", f"b{i}"]] for i in range(n)],
+        near=[],
+        near_layer="pooled",
+        small_classes={"val": {f"class{i}": 2 for i in range(n)}},
+        test_ids=[f"b{i}" for i in range(n)],
+        counts={"train": 20, "val": 10, "test": 5},
+        hash_bits=6,
+        unhashed={"train": n},
+        conflicts=[[["train", f"a{i}", "cat"], ["val", f"c{i}", "dog"]] for i in range(n)],
+    )
+
+
+@pytest.mark.parametrize(
+    ("n", "said"),
+    [
+        (
+            1,
+            [
+                "1 image appears in more than one split",
+                "1 image carries more than one label",
+                "1 class has fewer than 10 val images",
+                "The perceptual hash did not compare 1 train image:",
+            ],
+        ),
+        (
+            2,
+            [
+                "2 images appear in more than one split",
+                "2 images carry more than one label",
+                "2 classes have fewer than 10 val images",
+                "The perceptual hash did not compare 2 train images:",
+            ],
+        ),
+    ],
+)
+def test_data_checks_count_images_and_classes_without_s_in_brackets(n, said):
+    text = " ".join(_checks(n).lines())
+    for sentence in said:
+        assert sentence in text
+    assert "(s)" not in text and "(es)" not in text
