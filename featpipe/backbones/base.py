@@ -146,9 +146,10 @@ class Backbone:
     prefix_layers: tuple[str, ...] = ()
     channels_last_layers: tuple[str, ...] = ()
     class_token_stage: str | None = None
-    # A model that averages two classifiers reading different tokens (distilled DeiT and PiT:
-    # the class and distillation tokens): ``pooled`` is the mean of these modules' inputs, as
-    # timm's pre-logits are, not the input of ``classifier`` alone.
+    # Where timm's pre-logits are not the input of ``classifier``: ``pooled`` is the mean of
+    # these modules' inputs. A distilled DeiT or PiT averages two classifiers reading the class
+    # and the distillation token; a LeViT's classifier (its Linear) comes after its head's
+    # BatchNorm, so ``pooled`` reads the input of the whole head.
     pooled_inputs: tuple[str, ...] = ()
     # Not in the identity: 'avg' of tokens was refused before it was offered, so no store
     # holds it under another meaning.
@@ -284,7 +285,8 @@ class Backbone:
         # Layers before the class token read a patch token as 'cls' by default: new keys.
         if self.class_token_stage:
             ident["class_token_stage"] = self.class_token_stage
-        # 'pooled' read one classifier's input (the distillation token) before: new keys.
+        # 'pooled' read one classifier's input before (the distillation token, or the output
+        # of a head's BatchNorm): new keys.
         if self.pooled_inputs:
             ident["pooled_inputs"] = list(self.pooled_inputs)
         return ident

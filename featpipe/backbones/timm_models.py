@@ -112,17 +112,38 @@ def _classifier_of(model: nn.Module) -> str | None:
     return name if isinstance(name, str) and isinstance(modules.get(name), nn.Linear) else None
 
 
-def _distilled_heads(model: nn.Module) -> tuple[str, ...]:
-    """``('head', 'head_dist')`` for a distilled DeiT or PiT, whose heads read the class and the
-    distillation token and whose pre-logits (``forward_head(pre_logits=True)``) are the mean
-    of the two; () for other models (LeViT's and EfficientFormer's heads share one input)."""
+def _pooled_inputs(model: nn.Module) -> tuple[str, ...]:
+    """The modules whose inputs are timm's pre-logits (``forward_head(pre_logits=True)``)
+    where the input of the classifier timm names is not: () for other models."""
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.pit import PoolingVisionTransformer
 
-    distilled = isinstance(model, VisionTransformerDistilled) or (
+    # A distilled DeiT or PiT: its heads read the class and the distillation token, and its
+    # pre-logits are their mean.
+    if isinstance(model, VisionTransformerDistilled) or (
         isinstance(model, PoolingVisionTransformer) and model.head_dist is not None
+    ):
+        return ("head", "head_dist")
+    # A BatchNorm + Linear head (LeViT, EfficientViT-MSRA, RepViT, SHViT, iFormer): timm
+    # names the Linear, but its pre-logits are the input of the whole head, before the norm.
+    # A distilled LeViT's head_dist reads the same input as its head.
+    named = getattr(model, "pretrained_cfg", {}).get("classifier")
+    first = named if isinstance(named, str) else (named or [""])[0]
+    head = first.split(".")[0]
+    if head != first and _is_norm_linear(dict(model.named_children()).get(head)):
+        return (head,)
+    return ()
+
+
+def _is_norm_linear(head: nn.Module | None) -> bool:
+    """A classifier made of a BatchNorm1d and Linears alone (and dropouts)."""
+    if head is None:
+        return False
+    leaves = [m for m in head.modules() if not list(m.children())]
+    kinds = (nn.BatchNorm1d, nn.Linear, nn.Dropout, nn.Identity)
+    return all(isinstance(m, kinds) for m in leaves) and any(
+        isinstance(m, nn.BatchNorm1d) for m in leaves
     )
-    return ("head", "head_dist") if distilled else ()
 
 
 def _block_containers(model: nn.Module) -> set[str]:
@@ -282,7 +303,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
         prefix_layers=prefix_layers,
         channels_last_layers=_channels_last_layers(model, classifier, nhwc, preprocessing.crop),
         class_token_stage=_class_token_stage(model),
-        pooled_inputs=_distilled_heads(model),
+        pooled_inputs=_pooled_inputs(model),
         patch_start=getattr(model, "num_prefix_tokens", None),
     )
     backbone.stages = _coat_stages(model) or stages_of(
