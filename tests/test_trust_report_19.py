@@ -3,9 +3,13 @@ rounded parts add up to, and the training-size plot's legend and error bars."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from test_report import make_row
 
 from featpipe.evaluate.leakage import DataChecks
+from featpipe.report.content import _cost_lines
 
 
 def _checks(n: int) -> DataChecks:
@@ -53,3 +57,13 @@ def test_data_checks_count_images_and_classes_without_s_in_brackets(n, said):
     for sentence in said:
         assert sentence in text
     assert "(s)" not in text and "(es)" not in text
+
+
+def test_the_whole_run_is_the_sum_of_its_rounded_parts():
+    # 1.44 + 245.94 + 0.04 = 247.42 s, shown 247.4, while its parts show 1.4 + 245.9 + 0.0
+    row = make_row("toy/logreg@pooled", fit_seconds=245.94)
+    row["cost"].update(extraction_seconds=1.44, predict_seconds=0.04)
+    (line,) = [ln for ln in _cost_lines([row]) if ln.startswith("whole run")]
+    total, *parts = map(float, re.findall(r"(\d+\.\d) s", line))
+    assert parts == [1.4, 245.9, 0.0]
+    assert f"{total:.1f}" == f"{sum(parts):.1f}" == "247.3"

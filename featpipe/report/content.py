@@ -246,7 +246,8 @@ def _store_costs(rows: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 def _cost_lines(rows: list[dict]) -> list[str]:
-    """Each store's extraction once, however many probes share it, and the run's total."""
+    """Each store's extraction once, however many probes share it, and the run's total.
+    Every figure is rounded to 0.1 s before it is added, so the sums shown add up."""
     stores = _store_costs(rows)
     lines = []
     for (backbone, _key), cost in stores.items():
@@ -255,9 +256,9 @@ def _cost_lines(rows: list[dict]) -> list[str]:
             f"extraction, {backbone}: {cost['extraction_seconds']:.1f} s"
             f"{reused if cost['extraction_reused'] else ''}"
         )
-    extraction = sum(c["extraction_seconds"] for c in stores.values())
-    fit = sum(row_cost(r, "fit_seconds") for r in rows)
-    predict = sum(row_cost(r, "predict_seconds") for r in rows)
+    extraction = sum(round(c["extraction_seconds"], 1) for c in stores.values())
+    fit = round(sum(row_cost(r, "fit_seconds") for r in rows), 1)
+    predict = round(sum(row_cost(r, "predict_seconds") for r in rows), 1)
     lines.append(
         f"whole run: {extraction + fit + predict:.1f} s = extraction {extraction:.1f} s + "
         f"fitting {fit:.1f} s + prediction {predict:.1f} s"
