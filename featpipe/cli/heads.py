@@ -45,6 +45,7 @@ when loaded (a warning says so): only load those from a source you trust.
 """
 
 STORE_SUFFIXES = (".h5", ".hdf5")
+CV_FOLDS = 5  # --cv left out: select_and_fit's default
 
 
 def positive_int(text: str) -> int:
@@ -82,7 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"comma-separated heads from: {', '.join(list_heads())} (default: logreg)",
     )
     p.add_argument(
-        "--cv", type=int, default=5, help="folds when the store has no val split (default: 5)"
+        "--cv",
+        type=int,
+        help=f"folds of the cross-validation that chooses each head's settings when the store "
+        f"has no val split (default: {CV_FOLDS}); refused with a val split, which chooses them",
     )
     p.add_argument(
         "--seed",
@@ -198,6 +202,12 @@ def run_probe(args: argparse.Namespace) -> int:
         )
     names = _head_names(args.heads)
     data = FeatureSplits(store, layer)
+    if args.cv is not None and data.has("val"):  # else it would be accepted and ignored
+        raise ConfigError(
+            f"--cv {args.cv} sets the cross-validation folds used on a store without a val "
+            f"split, but {store.path} has {store.split_counts()['val']} val rows, on which "
+            "each head's settings are chosen. Leave --cv out."
+        )
     if args.run_dir and not data.has("test"):  # rows are test results
         raise ConfigError(
             f"--run-dir records each head's test results, but {store.path} has no test rows "
@@ -226,7 +236,7 @@ def run_probe(args: argparse.Namespace) -> int:
         try:
             with measure(device) as usage:
                 result = select_and_fit(
-                    name, store, layer, cv=args.cv, seed=args.seed, device=args.device,
+                    name, store, layer, cv=_cv(args), seed=args.seed, device=args.device,
                     progress=True,
                 )  # fmt: skip
             entry = result.summary()
@@ -263,6 +273,11 @@ def run_probe(args: argparse.Namespace) -> int:
     if args.run_dir:
         print(f"appended {counted(recorded, 'row')} to {args.run_dir / RESULTS_FILE}")
     return 0
+
+
+def _cv(args: argparse.Namespace) -> int:
+    """The folds ``--cv`` asks for, or the default."""
+    return CV_FOLDS if args.cv is None else args.cv
 
 
 def _interrupted_text(args: argparse.Namespace, name: str, done: list[dict]) -> str:
@@ -319,7 +334,7 @@ def _record(args: argparse.Namespace, store, layer: str, device: str, result, us
     from featpipe.report import record_rows
 
     row = store_row(
-        store, layer, result, usage, seed=args.seed, cv=args.cv, device=device,
+        store, layer, result, usage, seed=args.seed, cv=_cv(args), device=device,
         run=args.run_dir.name,
     )  # fmt: skip
     record_rows(args.run_dir, [row])

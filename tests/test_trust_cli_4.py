@@ -1,0 +1,31 @@
+"""Command-line sweep: `probe --cv` on a store with a val split, `cache` given a file, and
+`check --help`'s defaults."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_heads_cli import small_store as _store
+
+from featpipe.cli import main
+
+
+def test_probe_refuses_cv_on_a_store_with_a_val_split(tmp_path, capsys):
+    """`--cv 3` on a store with val rows was accepted and ignored: the heads were chosen on
+    val, and nothing said that the folds asked for were not used."""
+    store = _store(tmp_path / "s.h5", ("train", "val", "test"))
+    assert main(["probe", str(store.path), "--heads", "knn", "--cv", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--cv 3" in err and "30 val rows" in err and "Leave --cv out" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("cv, selection", [([], "cv5"), (["--cv", "3"], "cv3")])
+def test_probe_without_val_uses_the_folds_asked_for(tmp_path, cv, selection):
+    """Without a val split --cv sets the folds, and leaving it out gives 5, as before."""
+    store = _store(tmp_path / "s.h5", ("train", "test"))
+    out = tmp_path / "r.json"
+    assert main(["probe", str(store.path), "--heads", "knn", *cv, "--out", str(out)]) == 0
+    (head,) = json.loads(out.read_text())["heads"]
+    assert head["selection"] == selection
