@@ -29,3 +29,16 @@ def test_probe_without_val_uses_the_folds_asked_for(tmp_path, cv, selection):
     assert main(["probe", str(store.path), "--heads", "knn", *cv, "--out", str(out)]) == 0
     (head,) = json.loads(out.read_text())["heads"]
     assert head["selection"] == selection
+
+
+@pytest.mark.parametrize("action", [["list"], ["prune", "--all", "--yes"]])
+def test_cache_given_a_file_says_it_is_a_file_and_names_its_folder(tmp_path, capsys, action):
+    """`cache prune x.h5` said "No cache folder at x.h5" though the file was there."""
+    store = _store(tmp_path / "s.h5", ("train", "test"))
+    capsys.readouterr()
+    assert main(["cache", action[0], str(store.path), *action[1:]]) == 2
+    err = capsys.readouterr().err
+    assert f"{store.path} is a file, not a cache folder" in err
+    assert f"({tmp_path.resolve()} holds this file)" in err and "data/cache" in err
+    assert "No cache folder" not in err and len(err.strip().splitlines()) == 1
+    assert store.path.exists()

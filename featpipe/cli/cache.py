@@ -142,6 +142,11 @@ def _scan(folder: str):
     from featpipe.store.cache import scan
 
     path = Path(folder)
+    if path.exists() and not path.is_dir():  # e.g. a store's .h5 given for its folder
+        raise ConfigError(
+            f"{path} is a file, not a cache folder: give the folder extract wrote to "
+            f"({path.resolve().parent} holds this file), or leave DIR out for {DEFAULT_DIR}."
+        )
     if not path.is_dir():
         raise ConfigError(f"No cache folder at {path}: give the folder extract wrote to.")
     return scan(path)
