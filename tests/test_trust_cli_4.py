@@ -42,3 +42,13 @@ def test_cache_given_a_file_says_it_is_a_file_and_names_its_folder(tmp_path, cap
     assert f"({tmp_path.resolve()} holds this file)" in err and "data/cache" in err
     assert "No cache folder" not in err and len(err.strip().splitlines()) == 1
     assert store.path.exists()
+
+
+def test_check_help_writes_its_defaults_as_the_other_commands(capsys):
+    """check --help wrote "(0.99)", "(4)", "(10)" where every other command writes
+    "(default: ...)"."""
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    for default in ("0.99", "4", "10"):
+        assert f"(default: {default})" in text and f" ({default})" not in text

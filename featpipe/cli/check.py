@@ -25,6 +25,8 @@ Exit status 0 when nothing was found, 1 when something was, 2 on an error.
 
 
 def register(subparsers) -> None:
+    from featpipe.evaluate.leakage import MIN_PER_CLASS, NEAR_BITS, NEAR_COSINE
+
     p = subparsers.add_parser(
         "check",
         help="look for duplicates across splits, label conflicts, near-duplicates and small "
@@ -41,15 +43,24 @@ def register(subparsers) -> None:
         "to find exact duplicates by content hash rather than by identical features, and "
         "near-duplicates by perceptual hash",
     )
-    p.add_argument("--cosine", type=float, default=None, help="near-duplicate threshold (0.99)")
+    p.add_argument(
+        "--cosine",
+        type=float,
+        default=None,
+        help=f"near-duplicate threshold (default: {NEAR_COSINE})",
+    )
     p.add_argument(
         "--hash-bits",
         type=int,
         default=None,
-        help="near-duplicate threshold in perceptual-hash bits, with --source (4)",
+        help="near-duplicate threshold in perceptual-hash bits, with --source "
+        f"(default: {NEAR_BITS})",
     )
     p.add_argument(
-        "--min-per-class", type=int, default=None, help="fewest val/test images per class (10)"
+        "--min-per-class",
+        type=int,
+        default=None,
+        help=f"fewest val/test images per class (default: {MIN_PER_CLASS})",
     )
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.set_defaults(func=run_check)
