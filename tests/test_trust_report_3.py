@@ -59,7 +59,7 @@ def test_names_starting_with_an_underscore_are_in_every_legend(monkeypatch):
     assert set(_legend(curves)) == {"train_loss", "val_loss", "_loss", "val_accuracy"} | {
         "train_accuracy"
     }
-    assert _legend(sweep) == ["_lr on _l1", "_lr on _l2", "fine-tuning (_m)"]
+    assert _legend(sweep) == ["__base/_lr@_l1", "__base/_lr@_l2", "__base/ft"]  # their labels
 
 
 def test_the_curves_show_train_accuracy_missing_from_epoch_0(monkeypatch):

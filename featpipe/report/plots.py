@@ -380,9 +380,26 @@ def _sweep_key(s: MethodSummary) -> tuple:
     return s.backbone, s.kind, s.layer, s.head, s.mode
 
 
-def _sweep_name(s: MethodSummary, backbones: int) -> str:
-    name = f"{s.head} on {s.layer}" if s.kind == MethodKind.PROBE else f"fine-tuning ({s.mode})"
-    return f"{s.backbone}: {name}" if backbones > 1 else name
+def _sweep_name(s: MethodSummary) -> str:
+    """The method's label as the tables show it, less the size that each point of its line
+    has on its own (``featpipe.pipeline.jobs.sized`` adds ", N train images")."""
+    return s.label.removesuffix(f", {s.train_size} train images")
+
+
+_DODGE_STEP = 0.03  # decades between neighbouring lines at one training size
+_DODGE = 0.1  # decades: the most that all the lines at one size are spread across
+
+
+def _dodges(sizes: list[int], lines: int) -> np.ndarray:
+    """A factor per line that moves its points a little along the log x axis, so that the
+    error bars of methods at the same size sit side by side rather than on top of each
+    other: together they spread at most _DODGE decades, and at most a third of the gap
+    between the two closest sizes, so each point stays nearer its own size than any other."""
+    if lines < 2:
+        return np.ones(max(lines, 1))
+    gaps = np.diff(np.log10(sorted(set(sizes))))
+    spread = min(_DODGE_STEP * (lines - 1), _DODGE, *(gaps / 3))
+    return 10 ** np.linspace(-spread / 2, spread / 2, lines)
 
 
 @_fonts
@@ -390,7 +407,6 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
     """Test top-1 (95 % interval, where the rows have one) against training images, one line
     per method, log x."""
     swept = [s for s in summaries if s.train_size is not None]
-    backbones = len({s.backbone for s in swept})
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
     # A colour per head or fine-tuning mode, a line style and marker per layer (fine-tunes
@@ -398,9 +414,11 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
     colors = _palette({(s.backbone, s.head or s.mode) for s in swept})
     layers = list(dict.fromkeys(s.layer for s in swept if s.kind == MethodKind.PROBE))
     lines = []
-    for key in dict.fromkeys(_sweep_key(s) for s in swept):
+    keys = list(dict.fromkeys(_sweep_key(s) for s in swept))
+    dodges = _dodges([s.train_size for s in swept], len(keys))
+    for key, dodge in zip(keys, dodges, strict=True):
         line = sorted((s for s in swept if _sweep_key(s) == key), key=lambda s: s.train_size)
-        x = [s.train_size for s in line]
+        x = [s.train_size * dodge for s in line]
         y = np.array([100 * s.top1 for s in line])
         shown = [s for s in line if s.top1_ci]  # none: n_boot 0
         ci = np.array([[100 * v for v in s.top1_ci] for s in shown]).reshape(-1, 2)
@@ -412,14 +430,15 @@ def accuracy_by_train_size(summaries: list[MethodSummary]) -> bytes:
             style, marker = _PROBE_STYLES[k % len(_PROBE_STYLES)], _MARKERS[k % len(_MARKERS)]
         color = colors[(first.backbone, first.head or first.mode)]
         lines += ax.plot(
-            x, y, marker=marker, linestyle=style, color=color, label=_sweep_name(first, backbones)
+            x, y, marker=marker, linestyle=style, color=color, label=_sweep_name(first)
         )
-        _intervals(ax, [s.train_size for s in shown], ci, ecolor=color, capsize=3)
+        _intervals(ax, [s.train_size * dodge for s in shown], ci, ecolor=color, capsize=3)
     ax.set_xscale("log")
     sizes = sorted({s.train_size for s in swept})
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.minorticks_off()
-    ax.set_xlabel("training images (log scale)")
+    apart = ", methods drawn slightly apart at each size" if len(keys) > 1 else ""
+    ax.set_xlabel(f"training images (log scale{apart})")
     bars = any(s.top1_ci for s in swept)
     ax.set_ylabel("test top-1 accuracy (%)" + (", bars: 95 % Wilson CI" if bars else ""))
     ax.grid(alpha=0.3)
