@@ -1,5 +1,6 @@
 """Embedder's feature cache: entries written whole but not synced, checked when read (one that
-cannot be trusted is computed again); the non-finite message's precision."""
+cannot be trusted is computed again); the non-finite message's precision; a fit that follows
+the device and decode."""
 
 from __future__ import annotations
 
@@ -105,3 +106,17 @@ def test_a_float32_model_under_autocast_is_told_to_compute_in_fp32(monkeypatch) 
     emb = Embedder("white_nan", device="cpu", n_jobs=1).fit()
     with pytest.raises(NonFiniteFeaturesError, match=r"device='cpu'; bf16 autocast overflows"):
         emb.transform(WHITE)
+
+
+def test_decode_set_after_fit_is_what_compute_records() -> None:
+    emb = Embedder("toy", device="cpu", n_jobs=1).fit()
+    emb.set_params(decode="fast").transform(images(1))
+    assert emb.compute_["decode"] == "pil-fast"
+
+
+def test_device_set_after_fit_is_what_compute_records(monkeypatch) -> None:
+    emb = Embedder("toy", device="cpu", n_jobs=1).fit()
+    assert emb.compute_["precision"] == "fp32"
+    on_simulated_cuda(monkeypatch)  # the device set next computes under bf16 autocast
+    emb.set_params(device="auto").transform(images(1))
+    assert emb.compute_["precision"] == "bf16"

@@ -237,8 +237,9 @@ class Embedder(TransformerMixin, BaseEstimator):
             )
 
     def _output_params(self) -> tuple:
-        """The parameters what ``fit`` records (identity, width) depends on."""
-        return (self.backbone, self.layer, self.image_size)
+        """The parameters what ``fit`` records (identity, compute, width) depends on: the
+        device and decode give ``compute_`` (precision, pixels)."""
+        return (self.backbone, self.layer, self.image_size, self.device, self.decode)
 
     def _fitted(self) -> None:
         """Fit again where ``set_params`` changed what fit records, or it never ran: it is
