@@ -1,6 +1,7 @@
 """A fine-tuning run folder's files are written whole and durably (checkpoints synced before
 and after their rename, config.json whole), and its best.pt is resumed only as the best of
-the run its last.pt names."""
+the run its last.pt names. A grid's cost counts each candidate at the processes that trained
+it."""
 
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ from test_trust_store_22 import assert_synced_in_order, record_syncs
 
 from featpipe.cli import main
 from featpipe.errors import ConfigError
+from featpipe.evaluate.cost import Usage
 from featpipe.finetune import FineTuner, checkpoint
 from featpipe.finetune.callbacks import WriteJson
+from featpipe.finetune.search import fit_grid
+from featpipe.pipeline.stages.finetune import tuner_row
+from featpipe.report.results import ResultRow
+from featpipe.report.summary import row_cost
 
 # The toy learns little in an epoch: what is checked here is the files.
 pytestmark = pytest.mark.filterwarnings("ignore:The fine-tune chose epoch")
@@ -105,3 +111,22 @@ def test_the_cli_refuses_a_copied_best_pt_in_one_line(split_image_folder, tmp_pa
     assert main(args.split()) == 2
     err = capsys.readouterr().err.strip()
     assert "best.pt is not the best model last.pt names" in err and "\n" not in err
+
+
+def test_a_grid_counts_each_candidate_at_the_processes_that_trained_it(tmp_path, source):
+    """A finished grid run again on another number of processes (here its checkpoints say 2
+    trained, 1 runs now) trains nothing: its row's fit cost is the candidates' own."""
+    tuner = FineTuner("toy", seed=0, run_dir=tmp_path, **PARAMS)
+    first = fit_grid(tuner, source, {"lr": [0.01, 0.05]})
+    for last in tmp_path.glob(f"*/{checkpoint.LAST}"):
+        saved = checkpoint.load(last)
+        checkpoint.save(last, {**saved, "fit_process_seconds": 2 * saved["fit_seconds"]})
+    again = fit_grid(tuner, source, {"lr": [0.01, 0.05]})
+    assert again.fit_seconds == first.fit_seconds
+    proba = again.best.predict_proba("test")
+    row = tuner_row(again.best, proba, Usage(), 0.5, run="r", limits={}, search=again)
+    row = ResultRow.from_json(json.loads(json.dumps(row.to_json()))).to_json()  # read back
+    assert row["world_size"] == 1  # the processes that predicted now
+    # Before: the fit seconds counted at the world size of now (1), not the 2 that trained.
+    assert row_cost(row, "fit_seconds") == pytest.approx(2 * first.fit_seconds)
+    assert row_cost(row, "predict_seconds") == 0.5

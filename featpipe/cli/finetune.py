@@ -343,7 +343,7 @@ def _finetune(args: argparse.Namespace) -> int:
         metrics["grid"] = [{"params": p, "val_accuracy": v} for p, v in search.curve]
         metrics["chosen"] = search.params
         metrics["fit_seconds"] = fit_seconds = search.fit_seconds
-        del metrics["fit_process_seconds"]  # the winner's: only its seconds are known
+        metrics["fit_process_seconds"] = search.fit_process_seconds
     if not main:
         return 0
     if counts["test"]:

@@ -113,6 +113,9 @@ class GridResult:
     curve: list[tuple[dict, float]]
     grid: dict  # what was searched
     fit_seconds: float  # all candidates together: the grid's real cost
+    # The same in process-seconds: each candidate's pieces at the processes that trained them
+    # (a finished candidate run again trained nothing now, whatever the world size now).
+    fit_process_seconds: float
 
 
 def candidate_dir(run_dir: str | Path | None, params: dict) -> Path | None:
@@ -141,7 +144,7 @@ def fit_grid(
     # Under torchrun, one process group around every candidate (each fit would make and
     # destroy its own): the checks and warnings here then see the ranks, not rank 0 on each.
     with ddp.joined(resolve_device(tuner.device)):
-        best, best_params, curve, seconds = None, None, [], 0.0
+        best, best_params, curve, seconds, process_seconds = None, None, [], 0.0, 0.0
         # a tie goes to the first: the same candidate whatever order the grid lists it in
         candidates = list(ParameterGrid(in_increasing_order(dict(grid))))
         _check_batches_of_one(tuner, candidates)
@@ -165,11 +168,12 @@ def fit_grid(
             score = float(candidate.best_score_[0])
             curve.append((params, score))
             seconds += candidate.fit_seconds_
+            process_seconds += candidate.fit_process_seconds_
             if best is None or score > float(best.best_score_[0]):
                 best, best_params = candidate, params
         if len(candidates) > 1:
             warn_if_val_cannot_choose(best, f"grid candidate {_named(best_params)}")
-        return GridResult(best, best_params, curve, dict(grid), seconds)
+        return GridResult(best, best_params, curve, dict(grid), seconds, process_seconds)
 
 
 def _named(params: dict) -> str:

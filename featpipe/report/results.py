@@ -50,7 +50,8 @@ Fields (``?``: may be null):
   probe on it: count it once), ``extraction_reused`` (bool: the store came from the cache and
   the seconds are those of the run that built it), ``fit_seconds`` (search + refit, or
   training, over every resumed piece of it), ``fit_process_seconds`` (float, optional: a
-  fine-tune's, without a grid; each resumed piece's fit seconds times that piece's processes),
+  fine-tune's, a grid's over every candidate; each resumed piece's fit seconds times that
+  piece's processes),
   ``predict_seconds`` (test split), ``total_seconds`` (extraction + fit + predict),
   ``images_per_s``? (inference throughput on test images, backbone forward included),
   ``peak_host_bytes`` (the main process's peak RSS during fit and predict, rank 0's under

@@ -201,8 +201,7 @@ def finetune_row(
         extra["curve"] = [
             {"params": {k: plain(v) for k, v in p.items()}, "score": s} for p, s in search.curve
         ]
-        # Only the winner is kept: reports count the grid's seconds at its world_size.
-        fit_seconds, process_seconds = search.fit_seconds, None
+        fit_seconds, process_seconds = search.fit_seconds, search.fit_process_seconds
     rows = source.indices("test")
     y = np.asarray(source.labels)[rows]
     return context.row(
