@@ -35,7 +35,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featpipe.device import on_device, resolve_device, torch_threads
+from featpipe.device import available_cores, on_device, resolve_device, torch_threads
 from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError, TrainingDivergedError
 from featpipe.evaluate.metrics import clearly_below
@@ -195,11 +195,27 @@ class _Problem:
 
 
 _START_GRADIENT_SHARE = 0.5  # a fit ends below this share of its starting max |gradient|
+# Multiply-adds of one pass over the rows (rows x features x weight rows) per CPU thread.
+_MACS_PER_THREAD = 2**24
 _PAST_PEAK_FITS = 3  # C values clearly below the best validation accuracy that end the peak
 
 
 def _max_abs_grad(W: torch.Tensor, b: torch.Tensor) -> float:
     return max(W.grad.abs().max().item(), b.grad.abs().max().item())
+
+
+def solver_threads(n_threads: int | None, n: int, dim: int, n_classes: int) -> int:
+    """The torch CPU threads for an L-BFGS fit on ``n`` rows of ``dim`` features: ``n_threads``
+    when given, else one per ``_MACS_PER_THREAD`` multiply-adds of a pass, at most one per core.
+
+    A smaller pass takes a few milliseconds on one core, about a scheduler time slice: each of
+    its ops then waits at a barrier for a second thread, which on a busy machine waits for a
+    core. The C path of 34 x 1280 rows in 3 classes (a probe's CV fold) took 247 s on 2 threads
+    of a loaded 2-core CPU against 8.8 s on one (benchmarks/README.md)."""
+    if n_threads:
+        return int(n_threads)
+    rows = 1 if n_classes == 2 else n_classes
+    return max(1, min(available_cores(), n * dim * rows // _MACS_PER_THREAD))
 
 
 def _sklearn_layout(W: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +270,7 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
     tol : stop when max |gradient| of the scaled objective falls below it.
     max_iter : most L-BFGS iterations.
     device : ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-    n_threads : CPU threads for torch (None: all of them).
+    n_threads : CPU threads for torch (None: by the problem's size, see :func:`solver_threads`).
     warm_start : start from the previous fit's solution (same classes and features).
     """
 
@@ -297,7 +313,8 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
                 f"({classes[0]!r}). Check the labels of the training split."
             )
         device = resolve_device(self.device)
-        with on_device(device), torch_threads(self.n_threads):
+        threads = solver_threads(self.n_threads, *X.shape, len(classes))
+        with on_device(device), torch_threads(threads):
             problem = self._problem(X, y_idx, len(classes), device)
             start = problem.zeros()
             # A previous solution is a start only for the same classes and features.
@@ -416,7 +433,8 @@ def linear_path(
     if len(classes) < 2:
         raise ConfigError(f"{what} needs at least 2 classes; got {list(classes)}.")
     torch_device = resolve_device(device)
-    with on_device(torch_device), torch_threads(n_threads):
+    threads = solver_threads(n_threads, *X.shape, len(classes))
+    with on_device(torch_device), torch_threads(threads):
         problem = estimator_class._problem(X, y_idx, len(classes), torch_device)
         accuracy = None
         if X_val is not None and y_val is not None:
