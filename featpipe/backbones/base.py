@@ -18,6 +18,7 @@ from torch import nn
 from featpipe.backbones.layers import (
     LOGITS,
     POOLED,
+    POOLED_COMBINES,
     LayerSpec,
     layer_requests,
     pool,
@@ -151,6 +152,9 @@ class Backbone:
     # and the distillation token; a LeViT's classifier (its Linear) comes after its head's
     # BatchNorm, so ``pooled`` reads the input of the whole head.
     pooled_inputs: tuple[str, ...] = ()
+    # How ``pooled`` puts the inputs of ``pooled_inputs`` together: their ``mean``, or ``cat``
+    # (CrossViT's pre-logits join the class tokens of its two branches, in that order).
+    pooled_combine: str = "mean"
     # Not in the identity: 'avg' of tokens was refused before it was offered, so no store
     # holds it under another meaning.
     patch_start: int | None = None
@@ -183,6 +187,10 @@ class Backbone:
             )
         self.stages = as_stages(self.stages)
         self._check_names()
+        if self.pooled_combine not in POOLED_COMBINES:
+            raise unknown_name(
+                f"Backbone {self.spec!r}: pooled_combine", self.pooled_combine, POOLED_COMBINES
+            )
         self.model.eval()  # for probes and extraction; again in every replace() (at_size)
         if not self.state_sha256:  # replace() carries it over: hashed once per loaded model
             self.state_sha256 = state_dict_sha256(self.model)
@@ -289,6 +297,9 @@ class Backbone:
         # of a head's BatchNorm): new keys.
         if self.pooled_inputs:
             ident["pooled_inputs"] = list(self.pooled_inputs)
+        # CrossViT's 'pooled' read one branch's class token before: new keys.
+        if self.pooled_combine != "mean":
+            ident["pooled_combine"] = self.pooled_combine
         return ident
 
     def module_names(self) -> list[str]:
@@ -302,6 +313,12 @@ class Backbone:
     def pooled_modules(self) -> tuple[str, ...]:
         """The modules whose inputs ``pooled`` averages: ``pooled_inputs``, else the classifier."""
         return self.pooled_inputs or ((self.classifier,) if self.classifier else ())
+
+    def combine_pooled(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """``pooled`` from the inputs of :meth:`pooled_modules`, in their order."""
+        if self.pooled_combine == "cat":
+            return torch.cat(parts, dim=-1)
+        return parts[0] if len(parts) == 1 else sum(parts) / len(parts)
 
     def _module_for(self, spec: LayerSpec) -> tuple[nn.Module, bool]:
         """The module to hook (the first of :meth:`pooled_modules` for ``pooled``), and whether
@@ -471,13 +488,14 @@ class Backbone:
                         weights.add(name)
 
             handles.append(module.register_forward_hook(hook))
-        if self.pooled_modules():
-            cls_mod = dict(self.model.named_modules())[self.pooled_modules()[0]]
+        modules = dict(self.model.named_modules())
+        pooled_parts: dict[str, torch.Tensor] = {}
+        for name in self.pooled_modules():
 
-            def pre_hook(_m, inp) -> None:  # must return None: a value would replace the input
-                shapes.setdefault(POOLED, tuple(inp[0].shape[1:]))
+            def pre_hook(_m, inp, name=name) -> None:  # a value returned would replace the input
+                pooled_parts.setdefault(name, inp[0])
 
-            handles.append(cls_mod.register_forward_pre_hook(pre_hook))
+            handles.append(modules[name].register_forward_pre_hook(pre_hook))
         try:
             size = self.preprocessing.crop
             # random pixels: maps of zeros can sum to 1 along a row (sigmoid(0) × 2 columns)
@@ -487,6 +505,9 @@ class Backbone:
             # a model giving a tuple, or one number per image, has no logits layer
             if isinstance(logits, torch.Tensor) and logits.ndim >= 2:
                 shapes[LOGITS] = tuple(logits.shape[1:])
+            if len(pooled_parts) == len(self.pooled_modules()) > 0:
+                parts = [pooled_parts[n] for n in self.pooled_modules()]
+                shapes[POOLED] = tuple(self.combine_pooled(parts).shape[1:])
         except torch.OutOfMemoryError:  # a RuntimeError, but not the model's input
             raise
         except RUN_ERRORS as exc:
@@ -665,7 +686,7 @@ class FeatureModel(nn.Module):
             if spec.module == POOLED and backbone.pooled_inputs:
                 self._handles += [
                     modules[name].register_forward_pre_hook(
-                        lambda _m, inp, spec=spec: self._capture_part(spec, inp[0])
+                        lambda _m, inp, spec=spec, name=name: self._capture_part(spec, name, inp[0])
                     )
                     for name in backbone.pooled_inputs
                 ]
@@ -680,15 +701,16 @@ class FeatureModel(nn.Module):
                 )
             self._handles.append(h)
 
-    def _capture_part(self, spec: LayerSpec, part: torch.Tensor) -> None:
-        """One of the inputs ``pooled`` averages (:attr:`Backbone.pooled_inputs`); their mean,
-        (a + b) / 2 as timm computes it, is captured once the last has come."""
+    def _capture_part(self, spec: LayerSpec, name: str, part: torch.Tensor) -> None:
+        """The input of one of :attr:`Backbone.pooled_inputs`; once the last has come, they
+        are put together (their mean, (a + b) / 2 as timm computes it, or joined)."""
         if getattr(self._captured, "out", None) is None:  # the model run by itself
             return
-        parts = self._captured.parts.setdefault(spec.name, [])
-        parts.append(part)
+        parts = self._captured.parts.setdefault(spec.name, {})
+        parts[name] = part
         if len(parts) == len(self.backbone.pooled_inputs):
-            self._capture(spec, sum(parts) / len(parts))
+            names = self.backbone.pooled_inputs
+            self._capture(spec, self.backbone.combine_pooled([parts[n] for n in names]))
 
     def _capture(self, spec: LayerSpec, out) -> None:
         captured = getattr(self._captured, "out", None)

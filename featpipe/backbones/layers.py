@@ -13,6 +13,7 @@ from featpipe.errors import ConfigError
 
 POOLED = "pooled"  # the input of the backbone's classifier: its final pooled features
 LOGITS = "logits"  # the backbone's own output
+POOLED_COMBINES = ("mean", "cat")  # how pooled puts several modules' inputs together
 POOLINGS = ("avg", "max", "avgmax", "grid:k", "cls", "mean", "none")
 _GRID = re.compile(r"grid:(\d+)$")
 

@@ -112,18 +112,32 @@ def _classifier_of(model: nn.Module) -> str | None:
     return name if isinstance(name, str) and isinstance(modules.get(name), nn.Linear) else None
 
 
-def _pooled_inputs(model: nn.Module) -> tuple[str, ...]:
-    """The modules whose inputs are timm's pre-logits (``forward_head(pre_logits=True)``)
-    where the input of the classifier timm names is not: () for other models."""
+def _pooled_inputs(model: nn.Module) -> tuple[tuple[str, ...], str]:
+    """The modules whose inputs make timm's pre-logits (``forward_head(pre_logits=True)``)
+    where the input of the classifier timm names does not, and how they are put together
+    (:attr:`Backbone.pooled_combine`); ((), 'mean') for other models."""
+    from timm.models.crossvit import CrossVit
     from timm.models.deit import VisionTransformerDistilled
+
+    try:
+        from timm.models.efficientvim import EfficientViM
+    except ImportError:  # older timm releases have no EfficientViM
+        EfficientViM = ()
     from timm.models.pit import PoolingVisionTransformer
+
+    # One head per branch, each reading its branch's pooled tokens; the pre-logits join them
+    # all: CrossViT's class tokens, EfficientViM's stage averages (a distilled one's
+    # heads_dist read the same).
+    for kind, heads in ((CrossVit, "head"), (EfficientViM, "heads")):
+        if isinstance(model, kind):
+            return tuple(f"{heads}.{i}" for i in range(len(getattr(model, heads)))), "cat"
 
     # A distilled DeiT or PiT: its heads read the class and the distillation token, and its
     # pre-logits are their mean.
     if isinstance(model, VisionTransformerDistilled) or (
         isinstance(model, PoolingVisionTransformer) and model.head_dist is not None
     ):
-        return ("head", "head_dist")
+        return ("head", "head_dist"), "mean"
     # A BatchNorm + Linear head (LeViT, EfficientViT-MSRA, RepViT, SHViT, iFormer): timm
     # names the Linear, but its pre-logits are the input of the whole head, before the norm.
     # A distilled LeViT's head_dist reads the same input as its head.
@@ -131,8 +145,8 @@ def _pooled_inputs(model: nn.Module) -> tuple[str, ...]:
     first = named if isinstance(named, str) else (named or [""])[0]
     head = first.split(".")[0]
     if head != first and _is_norm_linear(dict(model.named_children()).get(head)):
-        return (head,)
-    return ()
+        return (head,), "mean"
+    return (), "mean"
 
 
 def _is_norm_linear(head: nn.Module | None) -> bool:
@@ -290,6 +304,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
     preprocessing = preprocessing_of(model)
     token_pooling, prefix, prefix_layers = token_layout(model, preprocessing.crop)
     nhwc = _nhwc_layers(model, classifier)
+    pooled_inputs, pooled_combine = _pooled_inputs(model)
     backbone = Backbone(
         spec=spec,
         model=model,
@@ -303,7 +318,8 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
         prefix_layers=prefix_layers,
         channels_last_layers=_channels_last_layers(model, classifier, nhwc, preprocessing.crop),
         class_token_stage=_class_token_stage(model),
-        pooled_inputs=_pooled_inputs(model),
+        pooled_inputs=pooled_inputs,
+        pooled_combine=pooled_combine,
         patch_start=getattr(model, "num_prefix_tokens", None),
     )
     backbone.stages = _coat_stages(model) or stages_of(
