@@ -58,8 +58,8 @@ from featpipe.report import (
     write_report,
 )
 from featpipe.report.runplan import identity_hash, left_out, read_plan, recorded_compute
-from featpipe.report.summary import counted
 from featpipe.store.lock import StoreLock
+from featpipe.words import counted
 
 CONFIG_FILE = "config.json"  # the run's config, as run (beside plan.json)
 

@@ -40,8 +40,8 @@ from featpipe.report.runplan import (
     store_at,
     write_plan,
 )
-from featpipe.report.summary import counted
 from featpipe.store.lock import StoreLock
+from featpipe.words import counted
 
 # The files that show rows as a run's results (plots aside).
 REPORT_MD, REPORT_HTML = "report.md", "report.html"

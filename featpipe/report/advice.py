@@ -15,10 +15,10 @@ from featpipe.report.summary import (
     MethodSummary,
     best,
     compare_pair,
-    counted,
     tie_rule,
     ties,
 )
+from featpipe.words import counted
 
 FINAL_LAYER = "pooled"  # the backbone's last pooled output: every other layer is intermediate
 MIN_TEST = 100  # below this many test images a 95 % interval on top-1 spans about ±10 points
@@ -44,12 +44,14 @@ def _pct(x: float) -> str:
 
 def _apart(a: float, b: float) -> tuple[str, str]:
     """``a`` and ``b`` as ``_pct`` shows them, with as many more decimals (up to 4) as tell
-    them apart: advice that says one is ahead must not show "80.0 % against 80.0 %"."""
+    them apart: advice that says one is ahead must not show "80.0 % against 80.0 %". Values
+    that 4 decimals do not tell apart (equal ones: the final layer best, or no final layer
+    run) show as ``_pct`` does."""
     for d in range(1, 5):
         x, y = f"{100 * a:.{d}f} %", f"{100 * b:.{d}f} %"
         if x != y:
-            break
-    return x, y
+            return x, y
+    return _pct(a), _pct(b)
 
 
 def _test(s: MethodSummary) -> str:
