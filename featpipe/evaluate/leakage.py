@@ -103,7 +103,7 @@ class DataChecks:
             out.append(
                 f"{counted(n, 'image')} {agrees(n, 'appears', 'appear')} in more than one split "
                 f"({self.basis}); "
-                f"{len(self.duplicated_test)} of the {n_test} test images have a copy in train "
+                f"{_of_test(len(self.duplicated_test), n_test)} a copy in train "
                 f"or val. Examples: {examples}."
             )
         else:
@@ -150,7 +150,7 @@ class DataChecks:
         if self.near_hash:
             examples = "; ".join(f"{t} ~ {r} ({b} bits)" for t, r, b in self.near_hash[:SHOWN])
             out.append(
-                f"{len(self.near_hash)} of the {n_test} test images have a near-duplicate in "
+                f"{_of_test(len(self.near_hash), n_test)} a near-duplicate in "
                 f"{where} {hashed}: resized, recompressed, recoloured, rotated or mirrored "
                 f"copies. "
                 f"Examples (test ~ {where}): {examples}."
@@ -173,7 +173,7 @@ class DataChecks:
         elif self.near:
             examples = "; ".join(f"{t} ~ {r} ({c:.4f})" for t, r, c in self.near[:SHOWN])
             out.append(
-                f"{len(self.near)} of the {n_test} test images have a near-duplicate in {where} "
+                f"{_of_test(len(self.near), n_test)} a near-duplicate in {where} "
                 f"{cosine}. Examples (test ~ {where}): {examples}."
             )
         elif self.hash_bits is not None:
@@ -186,6 +186,11 @@ class DataChecks:
                 "or larger."
             )
         return out
+
+
+def _of_test(k: int, n_test: int) -> str:
+    """E.g. "1 of the 5 test images has": the verb agrees with ``k``."""
+    return f"{k} of the {counted(n_test, 'test image')} {agrees(k, 'has', 'have')}"
 
 
 def _example(group: list[list[str]]) -> str:
@@ -469,12 +474,10 @@ def _closest_within(
         return _within(*_closest(values, ref), max_bits)
     bands = [np.arange(k, 64, len(plan)) for k in range(len(plan))]  # bits dealt in turn
     tables = []  # per band: bucket key -> (start in order, count), hashes by bucket
-    base = 0
     for k, bits in enumerate(bands):
         keys = _band_key(unique, bits)
         counts = np.bincount(keys, minlength=2 ** len(bits))
         tables.append((counts, np.cumsum(counts) - counts + k * len(unique)))
-        base += len(counts)
     count = np.concatenate([c for c, _ in tables])
     begin = np.concatenate([b for _, b in tables])
     order = np.concatenate([np.argsort(_band_key(unique, bits), kind="stable") for bits in bands])
