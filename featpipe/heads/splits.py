@@ -53,8 +53,12 @@ def concatenated(blocks: list[np.ndarray], stats: list[tuple[np.ndarray, np.ndar
 
 
 class FeatureSplits:
-    """Per-split (X, y) of one layer. ``source`` is a FeatureStore (anything with ``arrays``,
-    ``split_counts`` and ``classes``) or a mapping ``{"train": (X, y), "val": ..., "test": ...}``.
+    """Per-split (X, y) of one layer. ``source`` is a FeatureStore or a mapping
+    ``{"train": (X, y), "val": ..., "test": ...}``. Anything else read as a store needs
+    ``arrays(layer, split, order=None)`` (``order``: the positions of the split's rows to
+    return, in that order, as :meth:`FeatureStore.arrays` takes them), ``ids(split)`` (in the
+    order of ``arrays``' rows), ``split_counts()``, ``classes`` and ``layers``: heads fit on
+    rows read in id order (:meth:`fit_rows`).
 
     A store's layer may join several stored layers with ``+`` (``pooled+blocks.5:avg``): their
     features are concatenated, each block standardised on its own with train-split statistics.
