@@ -72,7 +72,8 @@ def test_few_shot_without_a_test_split_names_it(tmp_path) -> None:
 
 class ChunkOnlyStore:
     """A store that can only be read chunk by chunk; records the largest chunk handed out and
-    the order of every pass."""
+    the order of every pass. Its rows are listed in id order: read by id, they are its
+    stored blocks."""
 
     def __init__(self, X: np.ndarray, y: np.ndarray):
         self.X, self.y, self.classes, self.max_rows, self.orders = X, y, ["a", "b", "c"], 0, []
@@ -83,7 +84,7 @@ class ChunkOnlyStore:
     def arrays(self, *args, **kw):
         raise AssertionError("the streaming head must not load the whole split")
 
-    def iter_chunks(self, layer, split=None, rows=None, order=None):
+    def iter_chunks(self, layer, split=None, rows=None, order=None, by_id=False):
         self.orders.append(list(order))
         for i in order:
             chunk = self.X[i * rows : (i + 1) * rows]

@@ -32,10 +32,11 @@ def blobs(n: int, d: int = 12, classes: int = 4, seed: int = 0) -> tuple[np.ndar
 
 
 def a_store(path: Path, n: int = 900, classes: int = 4, **kw) -> FeatureStore:
+    """Its rows listed in id order: streamed heads read them in stored chunks, as arrays."""
     X, y = blobs(n, classes=classes, **kw)
-    return write_arrays(
-        path, {"pooled": X}, y, SPLITS[np.arange(n) % 3], [f"c{i}" for i in range(classes)]
-    )
+    ids = [f"s{i:05d}" for i in range(n)]
+    splits, names = SPLITS[np.arange(n) % 3], [f"c{i}" for i in range(classes)]
+    return write_arrays(path, {"pooled": X}, y, splits, names, ids=ids)
 
 
 def objective(head, X: np.ndarray, y: np.ndarray) -> float:

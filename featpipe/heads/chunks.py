@@ -45,8 +45,11 @@ class Chunks:
 
     @classmethod
     def of_store(cls, store, layer: str, splits: Sequence[str], rows: int) -> Chunks:
-        """The rows of ``splits`` of one stored layer: block i of each split in turn (block i:
-        stored rows ``i*rows`` to ``(i+1)*rows``), one read of the file per split and pass."""
+        """The rows of ``splits`` of one stored layer: block i of each split in turn, block i
+        holding the split's rows whose ids rank from ``i*rows`` to ``(i+1)*rows`` among the
+        file's, in id order (``iter_chunks(by_id=True)``: the same images listed in another
+        order read alike; in a file in id order, stored rows ``i*rows`` to ``(i+1)*rows``),
+        one iter_chunks call per split and pass."""
         if len(layer_parts(layer)) > 1:
             raise ConfigError(
                 f"Heads that stream from a store read one stored layer; got {layer!r}. Stream "
@@ -60,7 +63,7 @@ class Chunks:
                 if run and (i is None or i // per_split != run[0] // per_split):
                     split = splits[run[0] // per_split]
                     blocks = [j % per_split for j in run]
-                    yield from store.iter_chunks(layer, split, rows=rows, order=blocks)
+                    yield from store.iter_chunks(layer, split, rows=rows, order=blocks, by_id=True)
                     run = []
                 if i is not None:
                     run.append(i)

@@ -153,7 +153,10 @@ class StreamingLogisticProbe(LogisticProbe):
     and the fit costs a pass per evaluation. Under torchrun (``distributed=True``, every rank
     calling the same fit) the ranks share the chunks and all-reduce the loss and gradient.
     Standardisation uses the mean and standard deviation of the training rows, computed in a
-    first pass; ``pca`` is not available (it needs every row at once)."""
+    first pass; ``pca`` is not available (it needs every row at once). A store's chunks hold
+    its rows by id (:meth:`Chunks.of_store`), so the same images listed in another order
+    train the same head; a store far from id order costs more reading per pass (see
+    :class:`~featpipe.heads.streaming.StreamingLinearHead`)."""
 
     streams_store = True  # select_and_fit fits it with fit_store on a FeatureStore
 

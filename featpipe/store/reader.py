@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import h5py
 import numpy as np
 
 from featpipe.data.source import SPLIT_NAMES, count_splits, split_code
+from featpipe.data.splits import id_order
 from featpipe.errors import (
     ConfigError,
     FeaturePipeError,
@@ -149,6 +151,7 @@ class FeatureStore:
         self.extraction: dict | None = None
         self.parts: list[Part] | None = None
         self._reasons_checked = False  # once true (a complete store), _skipped trusts ok flags
+        self._by_id: np.ndarray | None = None  # every stored row, in id order (_id_positions)
         if not self.path.is_file():
             raise _not_found(self.path)
         with self._open() as f:
@@ -581,17 +584,66 @@ class FeatureStore:
         allow_incomplete: bool = False,
         dtype: Any = np.float32,
         order: Sequence[int] | None = None,
+        by_id: bool = False,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(X, y)`` blocks of one layer and split, reading at most ``rows`` stored rows at a
         time (default: the store's chunk size), so memory stays bounded. ``order`` visits the
         blocks (block i: stored rows ``i*rows`` to ``(i+1)*rows``) in that order instead of the
-        file's, for training that must not see the rows grouped as they were stored."""
+        file's, for training that must not see the rows grouped as they were stored.
+
+        ``by_id``: block i holds instead the split's rows whose ids rank from ``i*rows`` to
+        ``(i+1)*rows`` among all the file's ids, in id order (``data.splits.id_order``), so
+        that the same images listed in another order read as the same blocks; a file in id
+        order reads as without it. Memory still holds a block and ``rows`` stored rows, but
+        in a file far from id order each block gathers its rows from many stored blocks, and
+        a pass reads more of the file the more blocks there are."""
+        mask = self._row_mask(split, allow_incomplete)
+        yield from self._chunks(layer, mask, rows, dtype, order, by_id)
+
+    def _chunks(
+        self,
+        layer: str,
+        mask: np.ndarray,
+        rows: int | None,
+        dtype: Any,
+        order: Sequence[int] | None,
+        by_id: bool,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The blocks of :meth:`iter_chunks` holding the rows of ``mask``."""
         rows = self.rows_per_chunk if rows is None else int(rows)
         if rows < 1:
             raise ConfigError(f"rows must be at least 1; got {rows}.")
-        self.layer_info(layer)
-        mask = self._row_mask(split, allow_incomplete)
-        yield from self._blocks(layer, mask, rows, dtype, order)
+        dim = self.layer_info(layer)["dim"]
+        if not by_id:
+            yield from self._blocks(layer, mask, rows, dtype, order)
+            return
+        by_id_rows = self._id_positions()
+        with self._reading() as f:
+            _held = f[schema.FEATURES][layer]  # open throughout: its chunk cache serves all
+            for i in range(math.ceil(self._n / rows)) if order is None else order:
+                positions = by_id_rows[i * rows : (i + 1) * rows]
+                positions = positions[mask[positions]]
+                if not len(positions):
+                    continue
+                picked = np.zeros_like(mask)
+                picked[positions] = True
+                place = np.argsort(positions, kind="stable")  # read in stored order, put by id
+                X, y = np.empty((len(positions), dim), dtype), np.empty(len(positions), np.int64)
+                filled = 0
+                windows = np.unique(positions // rows)  # the stored blocks holding them
+                for xb, yb in self._blocks(layer, picked, rows, dtype, windows, opened=f):
+                    to = place[filled : filled + len(xb)]
+                    X[to], y[to] = xb, yb
+                    filled += len(xb)
+                yield X, y
+
+    def _id_positions(self) -> np.ndarray:
+        """Every stored row's position, in id order (the ids never change in a file)."""
+        if self._by_id is None:
+            with self._reading() as f:
+                ids = f[schema.SAMPLES_ID].asstr()[()]
+            self._by_id = id_order(ids, len(ids))
+        return self._by_id
 
     def _blocks(
         self,
@@ -600,11 +652,13 @@ class FeatureStore:
         rows: int,
         dtype: Any,
         order: Sequence[int] | None = None,
+        opened: h5py.File | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``opened``: the file already open for reading (one open for many calls)."""
         self._check_layer(layer)
-        with self._reading() as f:
+        with contextlib.nullcontext(opened) if opened else self._reading() as f:
             ds = f[schema.FEATURES][layer]
-            labels = f[schema.SAMPLES_LABEL][:]
+            labels = f[schema.SAMPLES_LABEL]  # read a block's at a time, as its features
             starts = range(0, self._n, rows)
             for start in starts if order is None else (starts[i] for i in order):
                 keep = mask[start : start + rows]

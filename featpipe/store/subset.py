@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from featpipe.errors import ConfigError
 from featpipe.store.reader import FeatureStore
 
 
@@ -53,27 +51,18 @@ class TrainSubset:
         split: str | None = None,
         rows: int | None = None,
         *,
+        allow_incomplete: bool = False,
+        dtype: Any = np.float32,
         order: Sequence[int] | None = None,
-        **kw,
+        by_id: bool = False,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The store's ``iter_chunks`` (the same blocks, in the same ``order``) less the train
-        rows outside the subset; a block left with no row is skipped, as the store skips one.
-        Handed to the store as it is, it read every train row."""
-        rows = self.store.rows_per_chunk if rows is None else int(rows)
-        if rows < 1:
-            raise ConfigError(f"rows must be at least 1; got {rows}.")
-        # The stored row of each of the split's rows, in the order of ``ids`` and ``_keep``
-        # (raises on an incomplete store unless allow_incomplete).
-        stored = np.flatnonzero(self.store._row_mask(split, kw.get("allow_incomplete", False)))
-        keep = self._keep(split)
-        chunks = self.store.iter_chunks(layer, split, rows, order=order, **kw)
-        for i in range(math.ceil(len(self.store) / rows)) if order is None else order:
-            lo, hi = np.searchsorted(stored, [i * rows, (i + 1) * rows])
-            if hi > lo:  # the store yields this block, holding rows lo to hi of the split
-                X, y = next(chunks)
-                mine = keep[lo:hi]
-                if mine.any():
-                    yield X[mine], y[mine]
+        """The store's ``iter_chunks`` (the same blocks, in the same ``order``, stored or
+        ``by_id``) less the train rows outside the subset; a block left with no row is
+        skipped, as the store skips one. Handed to the store as it is, it read every train
+        row."""
+        mask = self.store._row_mask(split, allow_incomplete)
+        mask[mask] = self._keep(split)  # the split's rows, in stored order, as _keep lists them
+        yield from self.store._chunks(layer, mask, rows, dtype, order, by_id)
 
     def to_pandas(self, layer: str, split: str | None = None, **kw):
         frame = self.store.to_pandas(layer, split, **kw)  # rows in the order of ids(split)
