@@ -97,7 +97,7 @@ def test_list_shows_every_store_and_leftover_with_its_state(cache, capsys):
     assert lines["pets-toy-busy.h5"].startswith("in use by pid 4242 on host node7")
     assert lines["pets-toy-broken.h5"].startswith("unreadable")
     assert lines["pets-toy-killed.h5.tmp"].startswith("leftover")
-    assert out.splitlines()[-1].startswith("4 store(s), 2 leftover file(s)")
+    assert out.splitlines()[-1].startswith("4 stores, 2 leftover files")
 
 
 def test_prune_without_a_choice_removes_only_leftovers(cache, capsys):

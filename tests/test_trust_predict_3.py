@@ -88,7 +88,7 @@ def test_predict_on_a_folder_says_which_photos_it_leaves_out(saved, tmp_path, ca
     with pytest.warns(UserWarning) as caught:
         assert main(["predict", str(heads / "logreg.joblib"), str(folder), "--device", "cpu"]) == 0
     (said,) = [str(w.message) for w in caught if "leaves out" in str(w.message)]
-    assert "3 file(s)" in said and "2 .heic" in said and "1 .part" in said
+    assert "3 files" in said and "2 .heic" in said and "1 .part" in said
     assert "Convert" in said and "\n" not in said
     assert len(capsys.readouterr().out.splitlines()) == 2  # the header and the one png
 

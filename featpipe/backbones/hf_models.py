@@ -34,6 +34,7 @@ from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import WeightsUnavailableError, stages_of
 from featpipe.errors import ConfigError
 from featpipe.extras import import_extra
+from featpipe.words import counted
 
 # PIL resampling codes used by image processors -> torchvision interpolation names. Lanczos
 # (1) and box/hamming (4, 5) have no torchvision tensor equivalent: bicubic is the closest.
@@ -297,9 +298,9 @@ def _check_loaded(
         more = f" and {len(names) - 3} more" if len(names) > 3 else ""
         raise ConfigError(
             f"The weights of {spec} do not fit its config.json: {', '.join(names[:3])}{more}; "
-            f"transformers would fill {len(names)} tensor(s) at random, so its features would "
-            "be random. Give a folder whose weights and config.json were saved together by "
-            "model.save_pretrained()."
+            f"transformers would fill {counted(len(names), 'tensor')} at random, so its "
+            "features would be random. Give a folder whose weights and config.json were saved "
+            "together by model.save_pretrained()."
         )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from featpipe.errors import ConfigError
 from featpipe.store.files import format_bytes
+from featpipe.words import counted
 
 DEFAULT_DIR = "data/cache"
 
@@ -161,7 +162,8 @@ def run_list(args: argparse.Namespace) -> int:
     stores = [e for e in entries if e.is_store]
     total = sum(e.size for e in entries)
     leftovers = len(entries) - len(stores)
-    print(f"{len(stores)} store(s), {leftovers} leftover file(s), {format_bytes(total)} on disk")
+    counts = f"{counted(len(stores), 'store')}, {counted(leftovers, 'leftover file')}"
+    print(f"{counts}, {format_bytes(total)} on disk")
     return 0
 
 

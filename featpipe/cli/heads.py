@@ -15,6 +15,7 @@ import numpy as np
 from featpipe.cli.options import pick_layer
 from featpipe.errors import ConfigError, NonFiniteFeaturesError
 from featpipe.interrupt import Interrupted
+from featpipe.words import agrees, counted
 
 PROBE_EXAMPLES = """\
 examples:
@@ -183,7 +184,6 @@ def run_probe(args: argparse.Namespace) -> int:
     from featpipe.heads.fewshot import require_k_per_class, require_test_split, splits_with_rows
     from featpipe.heads.splits import FeatureSplits, layer_parts
     from featpipe.report import RESULTS_FILE
-    from featpipe.report.summary import counted
     from featpipe.store import FeatureStore
     from featpipe.store.writer import check_out_file
 
@@ -405,10 +405,10 @@ def _image_files(inputs: list[str]) -> list[Path]:
         counts = Counter(f.suffix.lower() for f in left_out)
         said = ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items()))
         warnings.warn(
-            f"predict leaves out {len(left_out)} file(s) in the folders given ({said}; the "
-            f"first: {sorted(left_out)[0]}): featpipe reads {', '.join(IMAGE_EXTENSIONS)}. "
-            "Convert other photos (e.g. to .jpg or .png) to predict them; finish or repeat "
-            "partial downloads (.part, .crdownload, ...).",
+            f"predict leaves out {counted(len(left_out), 'file')} in the folders given "
+            f"({said}; the first: {sorted(left_out)[0]}): featpipe reads "
+            f"{', '.join(IMAGE_EXTENSIONS)}. Convert other photos (e.g. to .jpg or .png) to "
+            "predict them; finish or repeat partial downloads (.part, .crdownload, ...).",
             UserWarning,
             stacklevel=2,
         )
@@ -424,8 +424,8 @@ def _is_store(inputs: list[str]) -> bool:
     if stores and len(inputs) > 1:
         raise ConfigError(
             f"featpipe predict reads one feature store, or image files and folders; got "
-            f"{len(inputs)} inputs with the store(s) {', '.join(stores)}. Predict on one store "
-            "at a time."
+            f"{len(inputs)} inputs with the {agrees(len(stores), 'store', 'stores')} "
+            f"{', '.join(stores)}. Predict on one store at a time."
         )
     return bool(stores)
 
@@ -497,16 +497,18 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 PREDICTION_FIELDS = ["id", "predicted_class", "probability"]
+UNSEEN_SHOWN = 10  # classes named in the warning of those a head never saw
 
 
 def _warn_unseen_classes(head: Path, known: list, classes: list) -> None:
     """Warn of the store's classes the head never saw (no train rows): it cannot predict them,
     and they get no probability column (a column of zeros would read as a measured 0)."""
-    unseen = [c for c in classes if c not in known]
-    if unseen:
+    unseen = [str(c) for c in classes if c not in known]
+    if unseen:  # named, not the known ones: a 1000-class head missing one listed 999
+        more = f" and {len(unseen) - UNSEEN_SHOWN} more" if len(unseen) > UNSEEN_SHOWN else ""
         warnings.warn(
-            f"{head} knows {len(known)} of the {len(classes)} classes of its store "
-            f"({', '.join(map(str, known))}); it never predicts {', '.join(map(str, unseen))}, "
+            f"{head} knows {len(known)} of the {len(classes)} classes of its store; it never "
+            f"predicts {', '.join(unseen[:UNSEEN_SHOWN])}{more}, "
             "which had no rows to fit on, and the output has no probability column for them. "
             "Extract a store with train images of every class to predict them.",
             UserWarning,
@@ -540,25 +542,15 @@ def _check_head_path(path: Path) -> None:
             "as HEAD. Give the head saved by `featpipe probe --save-dir DIR` (DIR/logreg.skops) "
             "first, then the store or images."
         )
-    if not path.exists():  # load_head said only "No saved head at PATH"
-        folder = path.parent
-        heads = _saved_heads(folder) if folder.is_dir() else []
-        there = f"{folder} holds {', '.join(heads)}" if heads else f"{folder} holds no saved head"
-        raise ConfigError(
-            f"No saved head at {path} ({there}). Give a head saved by `featpipe probe STORE "
-            "--save-dir DIR` (DIR/logreg.skops), or save one that way first."
-        )
     if path.is_dir():
-        heads = _saved_heads(path)
+        from featpipe.heads.persistence import saved_heads
+
+        heads = saved_heads(path)
         found = f"it holds {', '.join(heads)}" if heads else "it holds no saved head"
         raise ConfigError(
             f"HEAD {path} is a folder ({found}); give one saved head file, e.g. "
             f"{path / (heads[0] if heads else 'logreg.skops')}."
         )
-
-
-def _saved_heads(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".skops", ".joblib"))
 
 
 def _require_split(store, split: str) -> None:

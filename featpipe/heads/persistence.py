@@ -235,7 +235,7 @@ def load_head(path: str | Path, trusted: tuple[str, ...] = ()) -> tuple[BaseEsti
     this environment lacks is refused in one line naming them."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"No saved head at {path}.")
+        raise ConfigError(_no_head_text(path))
     sidecar = read_sidecar(path)
     other = _other_versions(sidecar)
     with warnings.catch_warnings():
@@ -266,6 +266,26 @@ def load_head(path: str | Path, trusted: tuple[str, ...] = ()) -> tuple[BaseEsti
             f"and classes_). {RESAVE}"
         )
     return head, sidecar
+
+
+def _no_head_text(path: Path) -> str:
+    """What a missing head path gets: the heads saved beside it, or that its folder is
+    missing, and how to save one."""
+    folder = path.parent
+    if not folder.is_dir():
+        there = f"there is no folder {folder}"
+    else:
+        heads = saved_heads(folder)
+        there = f"{folder} holds {', '.join(heads)}" if heads else f"{folder} holds no saved head"
+    return (
+        f"No saved head at {path} ({there}). Give a head saved by `featpipe probe STORE "
+        "--save-dir DIR` (DIR/logreg.skops), or save one that way first."
+    )
+
+
+def saved_heads(folder: Path) -> list[str]:
+    """The names of the head files in ``folder`` (.skops and .joblib, any case), sorted."""
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".skops", ".joblib"))
 
 
 # The libraries whose versions decide how a saved head loads and predicts.
@@ -385,10 +405,13 @@ def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
             UserWarning,
             stacklevel=2,
         )
-    elif _features_differ(sidecar["features"] or {}, now := _features(store, layer)):
-        problems.append(f"features: head {sidecar['features']}, store {now}")
+    elif keys := _features_differing(sidecar["features"] or {}, now := _features(store, layer)):
+        saved = sidecar["features"]
+        was, is_ = ({k: d.get(k) for k in keys} for d in (saved, now))
+        problems.append(f"features: head {was}, store {is_}")
     if list(sidecar.get("classes") or []) != list(store.classes):
         problems.append(f"classes: head {sidecar.get('classes')}, store {list(store.classes)}")
+    _require_same_spec(sidecar, provenance["backbone"], "the store's are")
     _raise_mismatch(problems)
     warn_other_compute(sidecar, provenance["compute"], "the store's were")
 
@@ -409,13 +432,13 @@ def warn_other_compute(sidecar: dict, now: object, where: str) -> None:
         )
 
 
-def _features_differ(saved: dict, now: dict) -> bool:
-    """Whether a stored layer differs from the one a head was fitted on: in the fields every
-    sidecar since version 2 records, or in any other field both sides record. A field only
-    one side knows (added by another featpipe version) is no difference: comparing the whole
-    dict refused every valid head over such a field."""
-    keys = {*_FEATURE_KEYS, *(set(saved) & set(now))}
-    return any(not _same(saved.get(key), now.get(key)) for key in keys)
+def _features_differing(saved: dict, now: dict) -> list[str]:
+    """The fields in which a stored layer differs from the one a head was fitted on: of those
+    every sidecar since version 2 records, and any other both sides record. A field only one
+    side knows (added by another featpipe version) is no difference: comparing the whole dict
+    refused every valid head over such a field."""
+    keys = [*_FEATURE_KEYS, *sorted((set(saved) & set(now)) - set(_FEATURE_KEYS))]
+    return [key for key in keys if not _same(saved.get(key), now.get(key))]
 
 
 def check_backbone_matches(sidecar: dict, identity: dict) -> None:
@@ -423,6 +446,7 @@ def check_backbone_matches(sidecar: dict, identity: dict) -> None:
     (``identity``: ``Backbone.identity()``) differs from the one behind the head's store, as
     check_head_matches compares them (a featpipe that preprocesses the model otherwise)."""
     _require_one_layer(sidecar)
+    _require_same_spec(sidecar, identity, "these are")
     _raise_mismatch(_backbone_problems(sidecar, identity, "backbone here"))
 
 
@@ -441,16 +465,44 @@ def _require_one_layer(sidecar: dict) -> None:
         )
 
 
+def _require_same_spec(sidecar: dict, now: dict, theirs: str) -> None:
+    """Refuse features of another backbone in one short line: its weights, preprocessing
+    and widths differ too, and listing them all hid the one fix."""
+    spec, other = (sidecar.get("backbone") or {}).get("spec"), now.get("spec")
+    if spec and other and spec != other:
+        raise HeadMismatchError(
+            f"This head was trained on features of the backbone {spec!r}; {theirs} of "
+            f"{other!r}. Predict on a store extracted with `featpipe extract ... --backbone "
+            f"{spec}`, or train a head on this one with `featpipe probe STORE --save-dir DIR`."
+        )
+
+
 def _backbone_problems(sidecar: dict, now: dict, where: str) -> list[str]:
     saved = sidecar.get("backbone") or {}
     keys = list(_BACKBONE_KEYS)
     if (sidecar.get("format_version") or 0) >= 3:  # older ones recorded only these
         keys += sorted((set(saved) | set(now)) - set(keys))
     return [
-        f"backbone {key}: head {saved.get(key)!r}, {where} {now.get(key)!r}"
+        f"backbone {key}: head {a}, {where} {b}"
         for key in keys
         if not _same(saved.get(key), now.get(key))
+        for a, b in [_shown_apart(saved.get(key), now.get(key))]
     ]
+
+
+def _shown_apart(a: object, b: object) -> tuple[str, str]:
+    """``a`` and ``b`` as a mismatch names them: of two dicts only the keys that differ
+    (a preprocessing dict is long), a sha256 by its first 12 digits."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = [k for k in {**a, **b} if not _same(a.get(k), b.get(k))]
+        a, b = {k: a.get(k) for k in keys}, {k: b.get(k) for k in keys}
+    return _short(a), _short(b)
+
+
+def _short(value: object) -> str:
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return repr(value[:12] + "...")
+    return repr(value)
 
 
 def _raise_mismatch(problems: list[str]) -> None:

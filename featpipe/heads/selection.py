@@ -20,6 +20,7 @@ from featpipe.heads.registry import default_grid, head_name, make_head, run_para
 from featpipe.heads.splits import FeatureSplits
 from featpipe.provenance import plain
 from featpipe.validation import is_count
+from featpipe.words import counted
 
 REFITS = ("train+val", "train")  # what the chosen head is refitted on, given a val split
 
@@ -127,7 +128,8 @@ def _cv_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.n
     folds = min(int(cv), int(counts.min()))
     if folds < 2:
         raise ConfigError(
-            f"No validation split and the rarest training class has {counts.min()} sample(s); "
+            f"No validation split and the rarest training class has "
+            f"{counted(int(counts.min()), 'sample')}; "
             "cross-validation needs at least 2 per class. Add a val split or more samples."
         )
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
