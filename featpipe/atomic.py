@@ -70,14 +70,16 @@ def sync_folder(folder: str | Path) -> None:
         os.close(fd)
 
 
-def sync_placed(path: Path) -> None:
-    """Sync the folder of a file just renamed to ``path``; on failure say that the file is in
-    place (not that nothing was written) and what is still at risk."""
+def sync_placed(path: Path, error_type: type[FileWriteError] = FileWriteError) -> None:
+    """Sync the folder of a file just renamed to ``path``; on failure raise ``error_type``
+    (a store's writers give StoreWriteError) saying that the file is in place (not that
+    nothing was written) and what is still at risk. Called after the write's block that
+    deletes its temporary file on failure: there is none left."""
     try:
         sync_folder(path.parent)
     except OSError as exc:
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-        error = FileWriteError(
+        error = error_type(
             f"Cannot sync the folder {path.parent}: {reason}. {path} is written "
             "whole and in place, but until that folder reaches the disk a power cut may lose "
             "it; check the disk, then write it again if it is gone after a restart."

@@ -72,11 +72,11 @@ class StoreInUseError(FeaturePipeError, RuntimeError):
 
 
 class FileWriteError(FeaturePipeError, OSError):
-    """A file featpipe writes whole (a report, a results file, an export) could not be made
-    durable; the message says whether it is in place."""
+    """A file featpipe writes (a report, a results file, an export, a feature store) could not
+    be written or made durable; the message says what is safe, e.g. whether it is in place."""
 
 
-class StoreWriteError(FeaturePipeError, OSError):
+class StoreWriteError(FileWriteError):
     """Writing a feature store failed (full disk, I/O error); finished chunks stay valid."""
 
 

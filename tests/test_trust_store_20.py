@@ -93,9 +93,9 @@ def test_a_folder_that_fails_to_sync_after_the_rename_says_the_store_is_in_place
         run()
     monkeypatch.undo()
     assert str(info.value) == (
-        f"Cannot sync the folder {tmp_path}: input/output error. {path} is in place, but "
-        "until that folder reaches the disk a power cut may lose it; check the disk (the "
-        "store itself is whole)."
+        f"Cannot sync the folder {tmp_path}: input/output error. {path} is written whole and "
+        "in place, but until that folder reaches the disk a power cut may lose it; check the "
+        "disk, then write it again if it is gone after a restart."
     )
     assert info.value.errno == errno.EIO
     assert path.exists() and not path.with_name(path.name + ".tmp").exists()

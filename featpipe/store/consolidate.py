@@ -8,7 +8,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featpipe.errors import ConfigError, IncompleteStoreError, StoreInUseError
+from featpipe.atomic import sync_placed
+from featpipe.errors import (
+    ConfigError,
+    IncompleteStoreError,
+    StoreInUseError,
+    StoreWriteError,
+)
 from featpipe.store import schema
 from featpipe.store.files import check_free_space, disk_refused, open_h5
 from featpipe.store.lock import holder, in_use_message
@@ -24,7 +30,6 @@ from featpipe.store.writer import (
     discard,
     file_id,
     replace_store_file,
-    sync_placed,
 )
 
 PARTED_ONLY = ("layout", "part_chunks", "n_rows")  # root attributes of the parted layout
@@ -86,7 +91,7 @@ def consolidate(
         if isinstance(exc, (OSError, RuntimeError)) and disk_refused(exc):  # e.g. filled since
             raise copy_failed(out, exc) from exc
         raise
-    sync_placed(out)
+    sync_placed(out, StoreWriteError)
     return FeatureStore(out)
 
 

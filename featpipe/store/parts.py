@@ -28,12 +28,14 @@ from typing import Any
 import h5py
 import numpy as np
 
+from featpipe.atomic import sync_placed
 from featpipe.errors import (
     ConfigError,
     FeaturePipeError,
     MissingPartError,
     StoreInUseError,
     StoreMismatchError,
+    StoreWriteError,
     UnreadableStoreError,
 )
 from featpipe.store import schema
@@ -178,7 +180,6 @@ def create_parted(
         discard,
         file_id,
         replace_store_file,
-        sync_placed,
         write_root,
         write_samples,
     )
@@ -213,7 +214,7 @@ def create_parted(
     except BaseException:
         discard(tmp, made)
         raise
-    sync_placed(path)
+    sync_placed(path, StoreWriteError)
     return parts
 
 

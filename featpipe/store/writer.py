@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from featpipe._version import __version__
-from featpipe.atomic import sync_folder
+from featpipe.atomic import sync_placed
 from featpipe.data.source import SPLIT_CODES, SPLIT_NAMES, split_code
 from featpipe.errors import (
     ConfigError,
@@ -266,7 +266,8 @@ def replace_store_file(
     name over, and what is there now is its half-made file. A parted store replaced there
     takes its parts folder with it (unless not ``drop_parts``): those part files belong to no
     store any more, and the cache would count them into the new one. The caller then calls
-    :func:`sync_placed`, outside the block that deletes ``tmp`` on failure."""
+    :func:`~featpipe.atomic.sync_placed` (with StoreWriteError), outside the block that
+    deletes ``tmp`` on failure."""
     parted = parted_at(path) and drop_parts
 
     def check(fd: int) -> None:
@@ -281,22 +282,6 @@ def replace_store_file(
         raise busy from exc
     if parted:
         shutil.rmtree(parts_dir(path), ignore_errors=True)
-
-
-def sync_placed(path: Path) -> None:
-    """Sync the folder of a store file just moved to ``path`` by :func:`replace_store_file`:
-    the new name itself lives in the folder. Called after the write's try block, since its
-    failure leaves no temporary file to delete (the store is in place)."""
-    try:
-        sync_folder(path.parent)
-    except OSError as exc:  # the store is in place: say so, not "nothing was written"
-        raise write_failed(
-            path.parent,
-            "sync the folder",
-            exc,
-            f"{path} is in place, but until that folder reaches the disk a power cut may lose it",
-            "check the disk (the store itself is whole)",
-        ) from exc
 
 
 def discard(tmp: Path, made: tuple[int, int] | None) -> None:
@@ -501,7 +486,7 @@ class StoreWriter:
         except BaseException:
             discard(tmp, made)
             raise
-        sync_placed(path)
+        sync_placed(path, StoreWriteError)
         return cls.open(path)
 
     @classmethod
