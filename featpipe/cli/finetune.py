@@ -10,6 +10,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from featpipe.atomic import write_text_atomic
 from featpipe.cli.options import (
     add_decode_option,
     add_image_size_option,
@@ -78,6 +79,17 @@ RECIPE = (
     ("--device", str, "auto, cpu, cuda or cuda:N"),
     ("--workers", int, "DataLoader worker processes (0: the main process)"),
 )
+
+
+def _as_flags(message: str) -> str:
+    """FineTuner's message about a setting, as the command line gives it: a leading parameter
+    name (``lr must be ...``) as its flag, and None, which no flag can give, as leaving the
+    flag out. A grid candidate's message already names the ``--grid`` key it was given as."""
+    name, sep, rest = message.partition(" ")
+    flag = "--" + name.replace("_", "-")
+    if not sep or flag not in {f for f, _, _ in RECIPE}:
+        return message
+    return f"{flag} {rest.replace(' or None', ' or left out')}"
 
 
 def register(subparsers) -> None:
@@ -150,6 +162,18 @@ def _source(args: argparse.Namespace):
     from featpipe.data import open_source
 
     return apply_limits(open_source(args.data), args, seed=args.seed)
+
+
+def _check_backbone(backbone: str, mode: str) -> None:
+    """Refuse an unknown backbone, or a mode its stages cannot give (``partial:99``), before
+    the source is opened and scanned. Builds the architecture only (random weights): the
+    names and stages are the weights', at no download or load."""
+    from featpipe.backbones import get_backbone
+    from featpipe.finetune.freezing import Mode, frozen_by
+    from featpipe.finetune.tuner import spec_for
+
+    built = get_backbone(spec_for(backbone, Mode.parse("scratch")))
+    frozen_by(built.model, Mode.parse(mode), built.stages, built.classifier or "")
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
@@ -261,7 +285,15 @@ def _finetune(args: argparse.Namespace) -> int:
         "sync_bn": args.sync_bn,
     }
     # Bad settings, and any grid combination's, fail before the data is opened.
-    check_candidates(FineTuner(args.backbone, **params), grid, "--grid")
+    try:
+        check_candidates(FineTuner(args.backbone, **params), grid, "--grid")
+    except ConfigError as exc:
+        raise ConfigError(_as_flags(str(exc))) from None
+    if args.limit_train == 0:  # else "no train split" later, the cause unnamed
+        raise ConfigError(
+            "--limit-train 0 leaves no images to train on: give a number above 0, or leave "
+            "the option out to train on the whole train split."
+        )
     # As a pipeline refuses it: no epoch reports the untrained network as a fine-tune.
     given = [f"--epochs {args.epochs}"] if args.epochs < 1 else []
     given += [f"--grid epochs={v}" for v in grid.get("epochs", []) if v < 1]
@@ -270,6 +302,7 @@ def _finetune(args: argparse.Namespace) -> int:
             f"{given[0]} trains no epoch: the untrained network would be reported as a "
             "fine-tune. Give 1 or more (`featpipe probe` fits heads on frozen features)."
         )
+    _check_backbone(args.backbone, args.mode)
     source = _source(args)
     run_dir = ddp.from_main(_run_dir(args))  # one folder, named by rank 0's clock
     main = ddp.is_main()  # rank 0 prints and writes the run folder
@@ -350,7 +383,7 @@ def _finetune(args: argparse.Namespace) -> int:
         row = _record(tuner, proba, usage, test_seconds, run_dir, args, search)
         metrics["test"] = row.metrics
         metrics["test_seconds"] = test_seconds
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
     if search is not None:
         chosen = ", ".join(f"{k}={v}" for k, v in search.params.items())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from featpipe.backbones.preprocessing import MAX_IMAGE_SIZE
 from featpipe.data import ImageSource, subsample
 from featpipe.data.images import DECODES, jpeg_decoder
 from featpipe.data.source import SPLIT_NAMES
@@ -14,11 +15,26 @@ if TYPE_CHECKING:
     from featpipe.store import FeatureStore
 
 
+def _image_size(text: str) -> int:
+    """An ``--image-size`` value: whole pixels in the range every backbone's preprocessing
+    takes (refused by argparse, naming the option, before any data is opened)."""
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if not 8 <= size <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of pixels from 8 to {MAX_IMAGE_SIZE}; got {text!r}. "
+            "Leave it out to use the size the weights were trained at."
+        )
+    return size
+
+
 def add_image_size_option(parser: argparse.ArgumentParser) -> None:
     """``--image-size N``: feed the backbone at another size, keeping its crop fraction."""
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=_image_size,
         default=None,
         metavar="N",
         help="input size in pixels (default: the weights' own)",
