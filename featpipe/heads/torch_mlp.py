@@ -56,6 +56,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.device import on_device, resolve_device, torch_threads
 from featpipe.errors import ConfigError
+from featpipe.heads.torch_logreg import solver_threads
 from featpipe.validation import is_count
 
 PATIENCE_STEPS = 100  # n_iter_no_change="auto": stop after about this many steps without gain
@@ -121,7 +122,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
     random_state : seeds initial weights, validation split and batch order: an int, a
         ``np.random.RandomState`` (one seed is drawn from it) or None (a fresh seed each fit).
     device : ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-    n_threads : CPU threads for torch (None: all of them).
+    n_threads : CPU threads for torch (None: by the size of a step, as
+        :func:`~featpipe.heads.torch_logreg.solver_threads` chooses).
     precision : ``"auto"`` (bfloat16 first-layer products where the device has native
         bfloat16, else float32), ``"fp32"`` or ``"bf16"``; ``precision_`` says what was used.
     lr_schedule : ``"plateau"`` (the default): when the stopping rule is met, go back to the
@@ -298,6 +300,11 @@ def _early_stopping_split(
     return X, y_idx, None, None
 
 
+def _batch_rows(p: TorchMLPClassifier, n: int) -> int:
+    """Rows of one Adam step on ``n`` training rows (``"auto"``: scikit-learn's 200)."""
+    return min(200, n) if p.batch_size == "auto" else min(int(p.batch_size), n)
+
+
 def _fit_many(
     p: TorchMLPClassifier, X: np.ndarray, y: np.ndarray, alphas: list[float]
 ) -> list[TorchMLPClassifier]:
@@ -312,8 +319,14 @@ def _fit_many(
     seed = _seed(p.random_state)  # one seed for the split and the weights
     X_tr, y_tr, X_va, y_va = _early_stopping_split(p, X, y_idx, len(classes), seed)
     device = resolve_device(p.device)
-    with on_device(device), torch_threads(p.n_threads):
-        trainer = _Trainer(p, [X.shape[1], *hidden, len(classes)], alphas, device, seed)
+    widths = [X.shape[1], *hidden, len(classes)]
+    # Threads by the largest matrix product of one step (every alpha's batch through the
+    # widest layer), as the L-BFGS heads choose theirs: a small step runs best on one thread.
+    step_rows = _batch_rows(p, len(y_tr)) * len(alphas)
+    fan_in, fan_out = max(itertools.pairwise(widths), key=lambda w: w[0] * w[1])
+    threads = solver_threads(p.n_threads, step_rows, fan_in, fan_out)
+    with on_device(device), torch_threads(threads):
+        trainer = _Trainer(p, widths, alphas, device, seed)
         fits = trainer.run(X_tr, y_tr, X_va, y_va)
     models = []
     for alpha, fit in zip(alphas, fits, strict=True):
@@ -442,7 +455,7 @@ class _Trainer:
                 torch.as_tensor(y_va, dtype=torch.long, device=dev),
             )
         n = len(y)
-        batch = min(200, n) if p.batch_size == "auto" else min(int(p.batch_size), n)
+        batch = _batch_rows(p, n)
         self.patience = patience_epochs(p.n_iter_no_change, -(-n // batch))
         auto = p.n_iter_no_change == "auto"
         later = decayed_patience(self.patience) if auto else self.patience
