@@ -70,6 +70,28 @@ def test_finetune_refuses_before_opening_the_source(
 
 
 @pytest.mark.filterwarnings("ignore:The fine-tune chose epoch")
+def test_a_backbone_built_only_with_its_weights_still_fine_tunes(split_image_folder, tmp_path):
+    """The early check builds the architecture without weights; a registered model that
+    refuses that was refused before its fit, which builds it with its weights, could run."""
+    from toy_backbone import build_toy
+
+    from featpipe.backbones import register_backbone, unregister_backbone
+    from featpipe.errors import ConfigError
+
+    def build(spec):
+        if spec.weights == "none":
+            raise ConfigError("this model has no random initialisation")
+        return build_toy(spec)
+
+    register_backbone("weights_only", replace=True)(build)
+    try:
+        argv = ["finetune", "--data", str(split_image_folder), *TINY, "--backbone", "weights_only"]
+        assert main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
+    finally:
+        unregister_backbone("weights_only")
+
+
+@pytest.mark.filterwarnings("ignore:The fine-tune chose epoch")
 def test_a_failing_metrics_write_leaves_the_old_file(split_image_folder, tmp_path, monkeypatch):
     """metrics.json was written in place: a full disk left it cut short."""
     run_dir = tmp_path / "run"

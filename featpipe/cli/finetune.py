@@ -17,7 +17,7 @@ from featpipe.cli.options import (
     add_limit_options,
     apply_limits,
 )
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, MissingExtraError, UnknownNameError
 from featpipe.interrupt import Interrupted
 
 EPILOG = """\
@@ -172,7 +172,12 @@ def _check_backbone(backbone: str, mode: str) -> None:
     from featpipe.finetune.freezing import Mode, frozen_by
     from featpipe.finetune.tuner import spec_for
 
-    built = get_backbone(spec_for(backbone, Mode.parse("scratch")))
+    try:
+        built = get_backbone(spec_for(backbone, Mode.parse("scratch")))
+    except (UnknownNameError, MissingExtraError):
+        raise
+    except Exception:  # a model that cannot be built without its weights: the fit checks it
+        return
     frozen_by(built.model, Mode.parse(mode), built.stages, built.classifier or "")
 
 
