@@ -293,8 +293,9 @@ class Backbone:
         # Layers before the class token read a patch token as 'cls' by default: new keys.
         if self.class_token_stage:
             ident["class_token_stage"] = self.class_token_stage
-        # 'pooled' read one classifier's input before (the distillation token, or the output
-        # of a head's BatchNorm): new keys.
+        # 'pooled' read one classifier's input before (the distillation token, the output of
+        # a head's BatchNorm or a MetaFormer MLP head's hidden layer), or in a timm model
+        # without a classifier the last block's MLP: new keys.
         if self.pooled_inputs:
             ident["pooled_inputs"] = list(self.pooled_inputs)
         # CrossViT's 'pooled' read one branch's class token before: new keys.

@@ -105,11 +105,40 @@ def preprocessing_of(model: nn.Module) -> Preprocessing:
     )
 
 
-def _classifier_of(model: nn.Module) -> str | None:
-    """The classifier timm names in ``pretrained_cfg`` (None lets Backbone guess)."""
-    name = getattr(model, "pretrained_cfg", {}).get("classifier")
+def _named_classifier(model: nn.Module) -> str:
+    """The (first) classifier timm names in ``pretrained_cfg``; '' where it names none."""
+    named = getattr(model, "pretrained_cfg", {}).get("classifier")
+    return named if isinstance(named, str) else (named or [""])[0]
+
+
+def _is_conv_classifier(module: nn.Module | None) -> bool:
+    # A 1x1 convolution after the global pool (DLA, DPN, ResNetV2): its input, flattened,
+    # is timm's pre-logits.
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
+
+
+def _empty_head(model: nn.Module) -> str | None:
+    """In a model built without a classifier (``num_classes=0``), the Identity that stands
+    where timm names one, or in place of the module holding it (a MetaFormer's MLP head, a
+    LeViT's BatchNorm + Linear head); its input is timm's pre-logits. None elsewhere."""
     modules = dict(model.named_modules())
-    return name if isinstance(name, str) and isinstance(modules.get(name), nn.Linear) else None
+    parts = _named_classifier(model).split(".")
+    while parts and ".".join(parts) not in modules:
+        parts.pop()
+    name = ".".join(parts)
+    return name if name and isinstance(modules[name], nn.Identity) else None
+
+
+def _classifier_of(model: nn.Module) -> str | None:
+    """The classifier timm names in ``pretrained_cfg`` where it is a Linear or a 1x1
+    convolution, else the Identity of a model built without one: never a Linear inside a
+    block, which :func:`~featpipe.backbones.base.last_linear` would guess there. None lets
+    Backbone guess."""
+    name = getattr(model, "pretrained_cfg", {}).get("classifier")
+    module = dict(model.named_modules()).get(name) if isinstance(name, str) else None
+    if isinstance(module, nn.Linear) or _is_conv_classifier(module):
+        return name
+    return _empty_head(model)
 
 
 def _pooled_inputs(model: nn.Module) -> tuple[tuple[str, ...], str]:
@@ -123,6 +152,7 @@ def _pooled_inputs(model: nn.Module) -> tuple[tuple[str, ...], str]:
         from timm.models.efficientvim import EfficientViM
     except ImportError:  # older timm releases have no EfficientViM
         EfficientViM = ()
+    from timm.models.metaformer import MlpHead
     from timm.models.pit import PoolingVisionTransformer
 
     # One head per branch, each reading its branch's pooled tokens; the pre-logits join them
@@ -141,12 +171,19 @@ def _pooled_inputs(model: nn.Module) -> tuple[tuple[str, ...], str]:
     # A BatchNorm + Linear head (LeViT, EfficientViT-MSRA, RepViT, SHViT, iFormer): timm
     # names the Linear, but its pre-logits are the input of the whole head, before the norm.
     # A distilled LeViT's head_dist reads the same input as its head.
-    named = getattr(model, "pretrained_cfg", {}).get("classifier")
-    first = named if isinstance(named, str) else (named or [""])[0]
+    first = _named_classifier(model)
     head = first.split(".")[0]
     if head != first and _is_norm_linear(dict(model.named_children()).get(head)):
         return (head,), "mean"
-    return (), "mean"
+    # A MetaFormer's MLP head (CAFormer, ConvFormer): timm names its last Linear, whose input
+    # is the head's hidden layer; the pre-logits are the input of the whole MLP head.
+    holder = first.rpartition(".")[0]
+    if holder and isinstance(dict(model.named_modules()).get(holder), MlpHead):
+        return (holder,), "mean"
+    # A model built without a classifier: the input of the Identity in its place (before,
+    # Backbone guessed the last Linear, inside the last block): new keys.
+    empty = _empty_head(model)
+    return ((empty,), "mean") if empty else ((), "mean")
 
 
 def _is_norm_linear(head: nn.Module | None) -> bool:
