@@ -67,7 +67,9 @@ def id_order(ids: Sequence[str], n: int) -> np.ndarray:
     order are drawn alike."""
     if len(ids) != n:
         raise ConfigError(f"Drawing {n} rows needs one id per row; got {len(ids)} ids.")
-    return np.array(sorted(range(n), key=list(ids).__getitem__), dtype=np.int64)
+    # numpy strings sort by code point, as str does, and stably: sorted()'s order, without
+    # a Python object per row (a store's ids are read as one object array).
+    return np.argsort(np.asarray(ids, dtype=str), kind="stable").astype(np.int64, copy=False)
 
 
 def require_train(splits: np.ndarray, origin: str, fix: str) -> None:

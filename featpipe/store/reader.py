@@ -67,6 +67,24 @@ def all_finite(block: np.ndarray) -> bool:
     return bool(np.isfinite(block).all())
 
 
+def _windows(positions: np.ndarray, rows: int, chunk: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of sorted ``positions``, each spanning at most ``rows`` stored
+    rows and ending, where it can, before an HDF5 chunk (``chunk`` rows) that the next one
+    starts in, so that a chunk is read (and checksummed) once unless its rows span more than
+    ``rows``. All in one when they span ``rows`` or less."""
+    windows, start = [], 0
+    while start < len(positions):
+        first = int(positions[start])
+        stop = int(np.searchsorted(positions, first + rows))  # as far as ``rows`` reach
+        if stop < len(positions):
+            cut = int(positions[stop]) // chunk * chunk  # where the chunk of the next starts
+            if cut > first:  # leave that chunk whole to the next window
+                stop = int(np.searchsorted(positions, cut))
+        windows.append((start, stop))
+        start = stop
+    return windows
+
+
 def named_rows(ids: Sequence, count: int) -> str:
     """``'a', 'b', 'c' and 4 more`` for the ids of ``count`` rows (the first ones given)."""
     shown = ", ".join(repr(str(i)) for i in list(ids)[:IDS_SHOWN])
@@ -613,29 +631,76 @@ class FeatureStore:
         rows = self.rows_per_chunk if rows is None else int(rows)
         if rows < 1:
             raise ConfigError(f"rows must be at least 1; got {rows}.")
-        dim = self.layer_info(layer)["dim"]
         if not by_id:
             yield from self._blocks(layer, mask, rows, dtype, order)
             return
+        self._check_layer(layer)
         by_id_rows = self._id_positions()
         with self._reading() as f:
-            _held = f[schema.FEATURES][layer]  # open throughout: its chunk cache serves all
+            ds, labels = f[schema.FEATURES][layer], f[schema.SAMPLES_LABEL]  # open throughout
             for i in range(math.ceil(self._n / rows)) if order is None else order:
                 positions = by_id_rows[i * rows : (i + 1) * rows]
                 positions = positions[mask[positions]]
-                if not len(positions):
-                    continue
-                picked = np.zeros_like(mask)
-                picked[positions] = True
-                place = np.argsort(positions, kind="stable")  # read in stored order, put by id
-                X, y = np.empty((len(positions), dim), dtype), np.empty(len(positions), np.int64)
-                filled = 0
-                windows = np.unique(positions // rows)  # the stored blocks holding them
-                for xb, yb in self._blocks(layer, picked, rows, dtype, windows, opened=f):
-                    to = place[filled : filled + len(xb)]
-                    X[to], y[to] = xb, yb
-                    filled += len(xb)
-                yield X, y
+                if len(positions):
+                    yield self._gather(f, ds, labels, layer, positions, rows, dtype)
+
+    def _gather(
+        self,
+        f: h5py.File,
+        ds: h5py.Dataset,
+        labels: h5py.Dataset,
+        layer: str,
+        positions: np.ndarray,
+        rows: int,
+        dtype: Any,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The rows at stored ``positions``, in that order, read at most ``rows`` stored rows
+        at a time. A run of increasing positions (a store in id order) is read as plain
+        slices; others in stored order, window by window, each HDF5 chunk read once."""
+        ascending = bool((np.diff(positions) > 0).all())
+        place = None if ascending else np.argsort(positions, kind="stable")
+        wanted = positions if ascending else positions[place]
+        windows = _windows(wanted, rows, self.rows_per_chunk)
+        if ascending and len(windows) == 1 and wanted[-1] - wanted[0] + 1 == len(wanted):
+            lo, hi = int(wanted[0]), int(wanted[-1]) + 1  # one slice: yield it as read
+            return self._window(f, ds, labels, layer, lo, hi, None, dtype)
+        X = np.empty((len(positions), ds.shape[1]), dtype)
+        y = np.empty(len(positions), np.int64)
+        for start, stop in windows:
+            lo, hi = int(wanted[start]), int(wanted[stop - 1]) + 1
+            keep = None
+            if hi - lo > stop - start:  # rows inside the span are left out
+                keep = np.zeros(hi - lo, bool)
+                keep[wanted[start:stop] - lo] = True
+            to = slice(start, stop) if place is None else place[start:stop]
+            X[to], y[to] = self._window(f, ds, labels, layer, lo, hi, keep, dtype)
+        return X, y
+
+    def _window(
+        self,
+        f: h5py.File,
+        ds: h5py.Dataset,
+        labels: h5py.Dataset,
+        layer: str,
+        lo: int,
+        hi: int,
+        keep: np.ndarray | None,
+        dtype: Any,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Stored rows ``[lo, hi)`` (those of ``keep`` only, when given) as ``dtype``, and
+        their labels; a value that is not finite raises NonFiniteFeaturesError."""
+        stored = self.read_rows(ds, layer, lo, hi)
+        if keep is not None:
+            stored = stored[keep]
+        with np.errstate(over="ignore"):  # an overflow is reported just below
+            block = stored.astype(dtype, copy=False)
+        # Not finite: a store written before writes were checked, or a narrower dtype
+        # asked for than stored (a value that is not finite stays so when cast).
+        if not all_finite(block):
+            rows = lo + (np.arange(hi - lo) if keep is None else np.flatnonzero(keep))
+            raise self._not_finite(f, layer, stored, block, rows)
+        y = labels[lo:hi]
+        return block, (y if keep is None else y[keep])
 
     def _id_positions(self) -> np.ndarray:
         """Every stored row's position, in id order (the ids never change in a file)."""
@@ -652,11 +717,9 @@ class FeatureStore:
         rows: int,
         dtype: Any,
         order: Sequence[int] | None = None,
-        opened: h5py.File | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``opened``: the file already open for reading (one open for many calls)."""
         self._check_layer(layer)
-        with contextlib.nullcontext(opened) if opened else self._reading() as f:
+        with self._reading() as f:
             ds = f[schema.FEATURES][layer]
             labels = f[schema.SAMPLES_LABEL]  # read a block's at a time, as its features
             starts = range(0, self._n, rows)
@@ -668,17 +731,9 @@ class FeatureStore:
                 # may fill a small part of the block).
                 kept = np.flatnonzero(keep)
                 lo, hi = start + kept[0], start + kept[-1] + 1
-                stored = self.read_rows(ds, layer, lo, hi)
-                if len(kept) < hi - lo:  # a copy only when rows inside the span are left out
-                    stored = stored[keep[lo - start : hi - start]]
-                with np.errstate(over="ignore"):  # an overflow is reported just below
-                    block = stored.astype(dtype, copy=False)
-                # Not finite: a store written before writes were checked, or a narrower dtype
-                # asked for than stored (a value that is not finite stays so when cast).
-                if not all_finite(block):
-                    rows = start + np.flatnonzero(keep)
-                    raise self._not_finite(f, layer, stored, block, rows)
-                yield block, labels[start : start + len(keep)][keep]
+                inside = keep[lo - start : hi - start]
+                gaps = len(kept) < hi - lo  # a copy only when rows inside the span are left out
+                yield self._window(f, ds, labels, layer, lo, hi, inside if gaps else None, dtype)
 
     def _not_finite(
         self, f: h5py.File, layer: str, stored: np.ndarray, block: np.ndarray, rows: np.ndarray
