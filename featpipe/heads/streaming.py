@@ -83,8 +83,8 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
     from id order (rows appended, or shuffled, after its ids were given) has each chunk
     gathered from many stored blocks: memory stays bounded, but a pass reads more of the
     file the more chunks there are: a pass over 60,000 rows listed in random order read
-    14.8x slower than its stored blocks in 15 chunks, 68x in 60, and 1.7-2x in a store in id
-    order (``benchmarks/streamed_by_id_reads.py``).
+    about 15x slower than its stored blocks in 15 chunks and about 50x in 60, while a store
+    in id order reads as fast as its stored blocks (``benchmarks/streamed_by_id_reads.py``).
     """
 
     def __init__(
