@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import math
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -82,13 +83,15 @@ RECIPE = (
 
 
 def _as_flags(message: str) -> str:
-    """FineTuner's message about a setting, as the command line gives it: a leading parameter
-    name (``lr must be ...``) as its flag, and None, which no flag can give, as leaving the
-    flag out. A grid candidate's message already names the ``--grid`` key it was given as."""
+    """FineTuner's message about a setting, as the command line gives it: the parameter it
+    leads with (``lr must be ...``) as its flag wherever it is named, and None, which no flag
+    can give, as leaving the flag out. A grid candidate's message already names the ``--grid``
+    key it was given as."""
     name, sep, rest = message.partition(" ")
     flag = "--" + name.replace("_", "-")
     if not sep or flag not in {f for f, _, _ in RECIPE}:
         return message
+    rest = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag, rest)
     return f"{flag} {rest.replace(' or None', ' or left out')}"
 
 
