@@ -19,7 +19,6 @@ from featpipe.evaluate import (
 from featpipe.evaluate.compare import ALPHA
 from featpipe.evaluate.metrics import wilson_interval
 from featpipe.report.results import MethodKind
-from featpipe.words import counted  # noqa: F401  (re-exported: the report modules import it here)
 
 K = TypeVar("K")
 
