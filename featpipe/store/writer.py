@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import numbers
 import os
 import shutil
 import time
@@ -42,6 +43,16 @@ from featpipe.store.lock import claimed
 from featpipe.store.parts import parted_at, parts_dir
 from featpipe.store.reader import IDS_SHOWN, FeatureStore, all_finite, named_rows
 from featpipe.store.schema import chunk_bounds, encode_attr, n_chunks_for
+
+
+def _check_rows_per_chunk(rows: Any) -> int:
+    """``rows`` as an int, after refusing what cannot size a chunk (0, 2.5, "8", True)."""
+    if isinstance(rows, bool) or not isinstance(rows, numbers.Integral) or rows < 1:
+        raise ConfigError(
+            f"rows_per_chunk (rows per HDF5 chunk of the store) must be a whole number of at "
+            f"least 1, e.g. 256; got {rows!r}."
+        )
+    return int(rows)
 
 
 def _check_dtype(dtype: str) -> str:
@@ -448,8 +459,7 @@ class StoreWriter:
                 f"{n}, {len(labels)}, {len(splits)}."
             )
         labels = check_samples(ids, labels, classes)
-        if rows_per_chunk < 1:
-            raise ConfigError(f"rows_per_chunk must be at least 1; got {rows_per_chunk}.")
+        rows_per_chunk = _check_rows_per_chunk(rows_per_chunk)
         bad = [name for name in layers if "/" in name or not name]
         if bad:
             raise ConfigError(f"Layer names must be non-empty and contain no '/'; got {bad}.")
@@ -816,10 +826,12 @@ def write_arrays(
     ids: Sequence[str] | None = None,
     attrs: Mapping[str, Any] | None = None,
     dtype: str = "float32",
+    rows_per_chunk: int | None = None,
 ) -> FeatureStore:
     """Write a complete store from in-memory arrays (tests, examples) and open it.
     ``splits`` may be names ("train") or uint8 codes; ``attrs`` adds root attributes
-    (a ``key`` among them names the store; otherwise one is hashed from the arrays)."""
+    (a ``key`` among them names the store; otherwise one is hashed from the arrays).
+    ``rows_per_chunk`` sets the store's chunks, HDF5's too (``schema``); None: min(n, 4096)."""
     features = {name: np.asarray(x) for name, x in features.items()}
     if not features:
         raise ConfigError("write_arrays needs at least one layer of features.")
@@ -836,7 +848,7 @@ def write_arrays(
     layers = {
         name: (x.shape[1], name.partition(":")[2] or "unknown") for name, x in features.items()
     }
-    rows = max(1, min(n, 4096))
+    rows = max(1, min(n, 4096)) if rows_per_chunk is None else rows_per_chunk
     with StoreWriter.create(
         path,
         ids=ids,
