@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,6 +29,32 @@ from featpipe.store.reader import named_rows
 from featpipe.store.schema import DTYPES
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+# A cache entry is a .npy of its row followed by a digest of those bytes: an entry is not
+# synced, and a power cut can leave its bytes zeros under a valid header.
+_DIGEST_SIZE = 16
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE).digest()
+
+
+def _entry_bytes(feature: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, feature)
+    return buffer.getvalue() + _digest(buffer.getvalue())
+
+
+def _entry_row(data: bytes) -> np.ndarray | None:
+    """The array an entry's bytes hold where their digest checks (an entry written before
+    digests, a cache is a cache, fails it and is computed again), else None."""
+    body, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
+    if len(data) <= _DIGEST_SIZE or _digest(body) != digest:
+        return None
+    try:
+        return np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, EOFError):  # not a .npy: a digest of bytes this cache never wrote
+        return None
 
 
 def _image_key(item: ImageLike) -> str:
@@ -296,22 +323,23 @@ class Embedder(TransformerMixin, BaseEstimator):
                 out[rows] = feats
                 if folder:
                     for i, f in zip(rows, feats, strict=True):
-                        # not synced (milliseconds an entry): _cached checks what it reads
+                        # not synced (milliseconds an entry): _cached checks its digest
                         file = folder / f"{keys[i]}.npy"
-                        replace_with(file, lambda tmp, f=f: np.save(tmp, f), durable=False)
+                        data = _entry_bytes(f)
+                        replace_with(file, lambda tmp, d=data: tmp.write_bytes(d), durable=False)
         return self._as_stored(out, items)
 
     def _cached(self, file: Path) -> np.ndarray | None:
         """The feature cached in ``file``, or None where there is none to trust: no file, or
-        one that cannot be read whole as a finite float32 row of this width (an entry is not
-        synced, so a power cut can leave it empty or cut short). Such an entry is a miss: it
-        is computed and written again."""
+        one whose bytes fail their digest or are not a finite float32 row of this width (an
+        entry is not synced, so a power cut can leave it empty, cut short or zeros). Such an
+        entry is a miss: it is computed and written again."""
         try:
-            feature = np.load(file)
-        except (OSError, ValueError, EOFError):  # missing, empty, cut short, not a .npy
+            feature = _entry_row(file.read_bytes())
+        except OSError:  # missing, unreadable
             return None
         ok = (
-            isinstance(feature, np.ndarray)  # not a zip's NpzFile
+            feature is not None
             and feature.shape == (self.n_features_out_,)
             and feature.dtype == np.float32
         )
