@@ -24,29 +24,22 @@ import numpy as np
 from featpipe.data.splits import id_order
 from featpipe.heads.splits import FeatureSplits
 from featpipe.store.reader import FeatureStore
-from featpipe.store.writer import StoreWriter
+from featpipe.store.writer import write_arrays
 
 
 def _store(path: Path, rows: int, dim: int, rows_per_chunk: int) -> FeatureStore:
     rng = np.random.default_rng(0)
     order = rng.permutation(rows)  # the images listed in another order than their ids'
-    with StoreWriter.create(
+    return write_arrays(
         path,
+        {"pooled": rng.standard_normal((rows, dim), dtype=np.float32)},
+        order % 10,
+        np.zeros(rows, np.uint8),
+        list("abcdefghij"),
         ids=[f"img{i:08d}" for i in order],
-        labels=order % 10,
-        splits=np.zeros(rows, np.uint8),
-        classes=list("abcdefghij"),
-        layers={"pooled": (dim, "avg")},
-        dtype="float32",
-        rows_per_chunk=rows_per_chunk,
         attrs={"key": "bench"},
-    ) as writer:
-        for index in range(writer.n_chunks):
-            start, stop = writer.chunk_rows(index)
-            block = rng.standard_normal((stop - start, dim), dtype=np.float32)
-            writer.write_chunk(index, {"pooled": block})
-        writer.finish()
-    return FeatureStore(path)
+        rows_per_chunk=rows_per_chunk,
+    )
 
 
 def _peak(load) -> tuple[int, np.ndarray]:

@@ -24,7 +24,7 @@ from featpipe.backbones import register_backbone
 from featpipe.backbones.registry import _BUILTINS
 from featpipe.pipeline import config_from_dict
 from featpipe.store import FeatureStore
-from featpipe.store.writer import StoreWriter
+from featpipe.store.writer import StoreWriter, write_arrays
 
 # A shell without job control starts background commands (`cmd &`) with SIGINT ignored, which
 # processes inherit: the Ctrl-C tests would see nothing. Ctrl-C's usual handling, for this
@@ -125,6 +125,29 @@ def make_chunked_store(path: Path, done: int = 4) -> np.ndarray:
         if done == 4:
             w.finish()
     return x
+
+
+def listed_store(
+    path: Path,
+    order: np.ndarray,
+    features: dict[str, np.ndarray],
+    labels: np.ndarray,
+    splits: np.ndarray,
+    ids: np.ndarray,
+    rows_per_chunk: int,
+) -> FeatureStore:
+    """A complete store (key "k", classes a, b, c) of these rows listed in ``order``: the same
+    images as another order lists them, for results that must not depend on the listing."""
+    return write_arrays(
+        path,
+        {name: x[order] for name, x in features.items()},
+        labels[order],
+        splits[order],
+        ["a", "b", "c"],
+        ids=np.asarray(ids)[order],
+        attrs={"key": "k"},
+        rows_per_chunk=rows_per_chunk,
+    )
 
 
 def random_images_store(tmp_path: Path, dtype: str) -> tuple[np.ndarray, FeatureStore]:

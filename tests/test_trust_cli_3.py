@@ -11,8 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 from featpipe.cli import main
 from featpipe.heads import save_head
-from featpipe.store import FeatureStore
-from featpipe.store.writer import StoreWriter
+from featpipe.store.writer import write_arrays
 
 
 @pytest.fixture
@@ -23,20 +22,16 @@ def head_missing_a_class(tmp_path):
     labels = np.array([0, 1] * 6 + [0, 1, 2, 2])
     splits = np.array([0] * 12 + [2] * 4)  # c (2) only in test
     x = rng.normal(size=(16, 4)).astype(np.float32) + labels[:, None]
-    with StoreWriter.create(
+    store = write_arrays(
         tmp_path / "s.h5",
+        {"pooled": x},
+        labels,
+        splits,
+        ["a", "b", "c"],
         ids=[f"img{i}" for i in range(16)],
-        labels=labels,
-        splits=splits,
-        classes=["a", "b", "c"],
-        layers={"pooled": (4, "avg")},
-        dtype="float32",
-        rows_per_chunk=16,
         attrs={"key": "0123456789abcdef"},
-    ) as w:
-        w.write_chunk(0, {"pooled": x})
-        w.finish()
-    store = FeatureStore(tmp_path / "s.h5")
+        rows_per_chunk=16,
+    )
     X, y = store.arrays("pooled", "train")
     path = tmp_path / "logreg.joblib"
     save_head(LogisticRegression().fit(X, y), path, store=store, layer="pooled")

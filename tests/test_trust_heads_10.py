@@ -12,7 +12,7 @@ import pytest
 from featpipe.errors import ConfigError
 from featpipe.heads import few_shot, select_and_fit
 from featpipe.store import FeatureStore
-from featpipe.store.writer import StoreWriter
+from featpipe.store.writer import StoreWriter, write_arrays
 
 CENTRES = np.random.default_rng(0).normal(size=(6, 32))
 
@@ -120,19 +120,15 @@ def test_a_streamed_head_warns_too_naming_the_callers_line(tmp_path):
 def chunked_store(path, X, y, sizes: list[int], rows_per_chunk: int) -> FeatureStore:
     """A complete 3-class store of ``pooled`` rows X, train/val/test of ``sizes``, written
     ``rows_per_chunk`` rows a chunk (streamed heads read several chunks)."""
-    with StoreWriter.create(
+    splits = np.repeat(np.arange(3, dtype=np.uint8), sizes)
+    ids = [f"s{i}" for i in range(len(y))]
+    return write_arrays(
         path,
-        ids=[f"s{i}" for i in range(len(y))],
-        labels=y,
-        splits=np.repeat(np.arange(3, dtype=np.uint8), sizes),
-        classes=["a", "b", "c"],
-        layers={"pooled": (X.shape[1], "none")},
-        dtype="float32",
-        rows_per_chunk=rows_per_chunk,
+        {"pooled": X},
+        y,
+        splits,
+        ["a", "b", "c"],
+        ids=ids,
         attrs={"key": "k"},
-    ) as w:
-        for i in range(w.n_chunks):
-            start, stop = w.chunk_rows(i)
-            w.write_chunk(i, {"pooled": X[start:stop]})
-        w.finish()
-    return FeatureStore(path)
+        rows_per_chunk=rows_per_chunk,
+    )

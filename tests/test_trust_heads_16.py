@@ -8,10 +8,10 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import listed_store
 
 from featpipe.heads import few_shot, select_and_fit
 from featpipe.store import FeatureStore
-from featpipe.store.writer import StoreWriter
 
 N, SIZES = 90, [60, 15, 15]  # train, val, test
 SORTED = np.arange(N)
@@ -32,20 +32,7 @@ def _store(path, order: np.ndarray, val: bool = True) -> FeatureStore:
     X = (np.eye(3, 6)[y] + rng.normal(size=(N, 6))).astype(np.float32)
     ids = np.array([f"s{i:03d}" for i in range(N)])
     splits = np.repeat(np.array([0, 1 if val else 0, 2], dtype=np.uint8), SIZES)
-    with StoreWriter.create(
-        path,
-        ids=list(ids[order]),
-        labels=y[order],
-        splits=splits[order],
-        classes=["a", "b", "c"],
-        layers={"pooled": (6, "none")},
-        dtype="float32",
-        rows_per_chunk=N,
-        attrs={"key": "k"},
-    ) as w:
-        w.write_chunk(0, {"pooled": X[order]})
-        w.finish()
-    return FeatureStore(path)
+    return listed_store(path, order, {"pooled": X}, y, splits, ids, rows_per_chunk=N)
 
 
 def _by_id(result) -> dict[str, tuple]:

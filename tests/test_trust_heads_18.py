@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import listed_store
 
 from featpipe.data.splits import id_order
 from featpipe.errors import ConfigError
 from featpipe.heads.splits import FeatureSplits
 from featpipe.store import FeatureStore
 from featpipe.store.subset import TrainSubset
-from featpipe.store.writer import StoreWriter
 
 N, ROWS_PER_CHUNK = 300, 16  # several stored chunks, and several read blocks of 8 chunks
 SORTED = np.arange(N)
@@ -30,22 +30,7 @@ def _store(path, order: np.ndarray) -> FeatureStore:
     }
     splits = rng.choice(np.array([0, 1, 2], dtype=np.uint8), size=N, p=[0.6, 0.2, 0.2])
     ids = np.array([f"s{i:04d}" for i in range(N)])
-    with StoreWriter.create(
-        path,
-        ids=list(ids[order]),
-        labels=y[order],
-        splits=splits[order],
-        classes=["a", "b", "c"],
-        layers={"pooled": (8, "none"), "blocks.1:avg": (5, "avg")},
-        dtype="float32",
-        rows_per_chunk=ROWS_PER_CHUNK,
-        attrs={"key": "k"},
-    ) as w:
-        for index in range(w.n_chunks):
-            start, stop = w.chunk_rows(index)
-            w.write_chunk(index, {k: x[order][start:stop] for k, x in X.items()})
-        w.finish()
-    return FeatureStore(path)
+    return listed_store(path, order, X, y, splits, ids, ROWS_PER_CHUNK)
 
 
 @pytest.fixture
