@@ -198,11 +198,32 @@ def _is_norm_linear(head: nn.Module | None) -> bool:
 
 
 def _block_containers(model: nn.Module) -> set[str]:
-    # feature_info names stage outputs such as 'blocks.2' or 'stages.1': their parent holds
-    # the stages, while names without a dot ('layer1') are stages already.
+    """The modules holding the blocks that ``feature_info``'s stage taps name: opened into
+    their blocks by :func:`~featpipe.backbones.weights.stages_of`."""
     info = getattr(model, "feature_info", None)
-    modules = [f.get("module", "") for f in info] if isinstance(info, list) else []
-    return {m.split(".")[0] for m in modules if "." in m}
+    names = [f.get("module", "") for f in info] if isinstance(info, list) else []
+    modules = dict(model.named_modules())
+    return {c for c in (_container_of(name, modules) for name in names) if c}
+
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _container_of(name: str, modules: dict[str, nn.Module]) -> str | None:
+    """The container of blocks on the path of a ``feature_info`` tap: the first Sequential or
+    ModuleList whose child on that path holds parameters ('stages' of 'stages.1', 'blocks' of
+    Xception41's 'blocks.0.stack.act3', 'encoder.blocks' of 'encoder.blocks.3'). A tap on an
+    activation inside a block (legacy Xception's 'block2.rep.0', NASNet's
+    'cell_4.conv_1x1.act') names none: the block is one stage, whole. Failing those, the top
+    of a two-part name ('stem.conv1': the stem's parts)."""
+    parts = name.split(".")
+    for depth in range(1, len(parts)):
+        container = ".".join(parts[:depth])
+        child = modules.get(".".join(parts[: depth + 1]))
+        holds = child is not None and next(child.parameters(), None) is not None
+        if holds and isinstance(modules.get(container), _CONTAINERS):
+            return container
+    return parts[0] if len(parts) == 2 else None
 
 
 def _token_pooling(model: nn.Module) -> str:
@@ -334,6 +355,11 @@ def _coat_stages(model: nn.Module) -> list[tuple[str, ...]] | None:
     return stages
 
 
+def model_stages(model: nn.Module, classifier: str | None) -> list[tuple[str, ...]]:
+    """A timm model's stages in forward order (:attr:`Backbone.stages`), whole blocks each."""
+    return _coat_stages(model) or stages_of(model, _block_containers(model), exclude=classifier)
+
+
 def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Backbone:
     """A Backbone around a timm model: its preprocessing, classifier, token pooling and
     stages."""
@@ -359,9 +385,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
         pooled_combine=pooled_combine,
         patch_start=getattr(model, "num_prefix_tokens", None),
     )
-    backbone.stages = _coat_stages(model) or stages_of(
-        model, _block_containers(model), exclude=backbone.classifier
-    )
+    backbone.stages = model_stages(model, backbone.classifier)
     return backbone
 
 
