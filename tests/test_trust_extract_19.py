@@ -1,30 +1,20 @@
 """Embedder's feature cache: an entry carries a checksum of its bytes, so that one a power cut
 left valid in its header over zeros (or any other change to its bytes, or an entry written
-before the checksum) is computed and written again."""
+before the checksum) is computed and written again; a meta.json that does not hold a width is
+probed again, and one that holds another width than the backbone's is named in one line."""
 
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
 import toy_backbone  # noqa: F401  (registers 'toy')
 from conftest import record_calls
+from test_trust_extract_18 import cached_embedder, entries, images
 
-from featpipe.heads import Embedder
-
-
-def images(n: int = 3) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    return [rng.integers(0, 200, (20, 24, 3), dtype=np.uint8) for _ in range(n)]
-
-
-def cached_embedder(tmp_path) -> Embedder:
-    return Embedder("toy", device="cpu", n_jobs=1, cache_dir=tmp_path / "cache").fit()
-
-
-def entries(tmp_path) -> list:
-    return sorted((tmp_path / "cache").glob("*/*.npy"))
+from featpipe.errors import ConfigError
 
 
 def npy_bytes(row: np.ndarray) -> bytes:
@@ -85,3 +75,47 @@ def test_entries_with_their_checksum_are_read_not_computed(tmp_path, monkeypatch
     forwards = record_calls(monkeypatch, emb, "_forward")
     np.testing.assert_array_equal(emb.transform(images()), expected)
     assert forwards == []
+
+
+def meta_file(tmp_path):
+    [meta] = (tmp_path / "cache").glob("*/meta.json")
+    return meta
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b'{"dim": 3', id="cut-short"),
+        pytest.param(b"\xff\xfe\x00", id="not-utf8"),
+        pytest.param(b"[32]", id="a-list"),
+        pytest.param(b'{"width": 32}', id="no-dim"),
+        pytest.param(b'{"dim": "32"}', id="dim-a-string"),
+        pytest.param(b'{"dim": 0}', id="dim-zero"),
+        pytest.param(b'{"dim": true}', id="dim-a-bool"),
+        pytest.param(b'{"dim": 32.5}', id="dim-a-float"),
+    ],
+)
+def test_a_meta_json_without_a_width_is_a_miss_probed_and_written_again(tmp_path, text) -> None:
+    width = cached_embedder(tmp_path).n_features_out_
+    meta = meta_file(tmp_path)
+    meta.write_bytes(text)
+    emb = cached_embedder(tmp_path)
+    assert emb.n_features_out_ == width
+    assert json.loads(meta.read_text()) == {"dim": width}
+    assert emb.transform(images(1)).shape == (1, width)
+
+
+def test_a_meta_json_of_another_width_is_named_in_one_line(tmp_path) -> None:
+    width = cached_embedder(tmp_path).n_features_out_
+    meta = meta_file(tmp_path)
+    meta.write_text(json.dumps({"dim": width + 5}))
+    emb = cached_embedder(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        emb.transform(images(2))
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(meta) in message and f"{width + 5}" in message and f"{width} features" in message
+    assert "delete it" in message
+    meta.unlink()  # as the message says: then the cache works again
+    assert cached_embedder(tmp_path).transform(images(2)).shape == (2, width)

@@ -150,6 +150,16 @@ def _as_items(X: Iterable[ImageLike] | np.ndarray) -> list[ImageLike]:
     return list(X)
 
 
+def _recorded_width(meta: Path) -> int | None:
+    """The width a cache folder's meta.json records, or None where it records none (missing,
+    damaged, not this cache's format): a miss, probed and written again like an entry."""
+    try:
+        dim = json.loads(meta.read_bytes()).get("dim")
+    except (OSError, ValueError, AttributeError):  # missing, not JSON or UTF-8, not an object
+        return None
+    return dim if type(dim) is int and dim >= 1 else None
+
+
 class Embedder(TransformerMixin, BaseEstimator):
     """Images in, (n, D) float32 features of one backbone layer out, computed in batches with
     the backbone's own preprocessing by extraction's forward pass (eval mode, channels-last,
@@ -281,8 +291,8 @@ class Embedder(TransformerMixin, BaseEstimator):
         """Feature width, remembered in the cache folder so cached runs skip the probe pass."""
         folder = self._cache_folder()
         meta = folder / "meta.json" if folder else None
-        if meta is not None and meta.exists():
-            return int(json.loads(meta.read_text())["dim"])
+        if meta is not None and (dim := _recorded_width(meta)) is not None:
+            return dim
         bb, _ = self._model()
         blank = Image.new("RGB", (bb.preprocessing.crop, bb.preprocessing.crop))
         dim = int(self._forward([blank]).shape[1])
@@ -320,6 +330,8 @@ class Embedder(TransformerMixin, BaseEstimator):
             for rows, feats in zip(batches, computed, strict=True):
                 if not np.isfinite(feats).all():  # checked before anything is cached
                     raise self._not_finite(items, rows, feats)
+                if folder and feats.shape[1] != out.shape[1]:
+                    raise self._wrong_width(folder / "meta.json", feats.shape[1])
                 out[rows] = feats
                 if folder:
                     for i, f in zip(rows, feats, strict=True):
@@ -362,6 +374,13 @@ class Embedder(TransformerMixin, BaseEstimator):
                 "extracted with --dtype float32 to predict them, and embed with dtype='float32'."
             )
         return out
+
+    def _wrong_width(self, meta: Path, width: int) -> ConfigError:
+        return ConfigError(
+            f"The feature cache's {meta} records {self.n_features_out_} features, but layer "
+            f"{self.layer!r} of {self.backbone} gives {width} features: that file is not this "
+            "cache's; delete it (the cache writes it again) and run again."
+        )
 
     def _not_finite(
         self, items: list[ImageLike], rows: list[int], feats: np.ndarray
