@@ -66,3 +66,25 @@ def test_containers_of_blocks_are_still_opened(name, first, last, count):
     model = _meta(name)
     stages = model_stages(model, model.pretrained_cfg["classifier"])
     assert (stages[0], stages[-1], len(stages)) == (first, last, count)
+
+
+@pytest.mark.parametrize(
+    "name, shrink",
+    [
+        ("xcit_nano_12_p16_224", {"depth": 1}),  # class-attention blocks after the patch blocks
+        ("ese_vovnet19b_slim_dw", {}),
+        ("xception41", {}),
+        ("vitamin_small_224", {}),
+        ("samvit_base_patch16_224", {"depth": 1}),  # its neck, then a pooled map
+    ],
+)
+def test_pooled_is_timms_pre_logits_in_modules_not_surveyed_before(name, shrink):
+    """``pooled`` equals timm's ``forward_head(forward_features(x), pre_logits=True)`` at a
+    small input: fine as it was (VOLO is pinned in test_trust_backbones_22)."""
+    model = seeded(lambda: create(name, **shrink))
+    backbone = make_backbone(f"timm:{name}@none", model)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model.forward_head(model.forward_features(x), pre_logits=True)
+        got = backbone.features("pooled")(x)["pooled"]
+    assert torch.equal(got, expected)
