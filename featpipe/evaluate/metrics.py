@@ -196,21 +196,26 @@ def resamples(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
         yield rng.integers(0, n, size=(min(_BOOT_BATCH, n_boot - start), n))
 
 
-def _bootstrap(
+def bootstrap_intervals(
     y: np.ndarray,
     pred: np.ndarray,
-    nll: np.ndarray,
     n_classes: int,
     n_boot: int,
     seed: int,
+    nll: np.ndarray | None = None,
 ) -> dict[str, list[float]]:
-    """Percentile intervals from ``n_boot`` resamples of the test rows (with replacement)."""
-    draws: dict[str, list[np.ndarray]] = {m: [] for m in BOOTSTRAP_METRICS}
+    """Percentile intervals of balanced accuracy and macro F1 (and of log loss, given each test
+    row's negative log likelihood ``nll``) from ``n_boot`` resamples of the test rows drawn with
+    ``seed``: the same whether computed with the row (``compute_metrics``) or later from its
+    predictions (a report at another ``n_boot``)."""
+    names = [m for m in BOOTSTRAP_METRICS if m != "log_loss" or nll is not None]
+    draws: dict[str, list[np.ndarray]] = {m: [] for m in names}
     for idx in resamples(len(y), n_boot, seed):
         scores = resampled_scores(y, pred, idx, n_classes)
         for name in ("balanced_accuracy", "macro_f1"):
             draws[name].append(scores[name])
-        draws["log_loss"].append(nll[idx].mean(axis=1))
+        if nll is not None:
+            draws["log_loss"].append(nll[idx].mean(axis=1))
     return {m: _percentile_ci(np.concatenate(v)) for m, v in draws.items()}
 
 
@@ -263,7 +268,7 @@ def compute_metrics(
     if n_boot > 0:
         hits = {"top1": scores["top1"], "top5": None if top5_hit is None else top5_hit.mean()}
         ci = {m: list(wilson_interval(v, len(y))) for m, v in hits.items() if v is not None}
-        ci.update(_bootstrap(y, pred, nll, n_classes, n_boot, seed))
+        ci.update(bootstrap_intervals(y, pred, n_classes, n_boot, seed, nll))
     out = {
         "n": len(y),
         "top1": scores["top1"],

@@ -210,6 +210,12 @@ def backbone_suffix(config: PipelineConfig) -> Callable[[str], str]:
     return (lambda bb: f" [{bb}]") if several else (lambda bb: "")
 
 
+# Config hashes held the run's n_boot until reports computed their intervals from a row's test
+# predictions at the run's n_boot (another n_boot reuses every row): the default stays in
+# them, so that rows made at it keep their hashes.
+HASHED_N_BOOT = {"n_boot": 1000}
+
+
 def decode_setting(config: PipelineConfig) -> dict[str, str]:
     """``features.decode`` for a job's config hash: hashed only when not ``exact``, so that
     runs made before the option existed keep their hashes."""

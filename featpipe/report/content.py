@@ -614,7 +614,7 @@ def build_document(
     ``checks`` (:mod:`featpipe.evaluate.leakage`) add the data checks; ``run`` names a run
     with no rows yet (its plan's name)."""
     rows = latest_rows(rows)
-    summaries = summarize(rows)
+    summaries = summarize(rows, n_boot)
     run = rows[0]["run"] if rows else run or "(empty)"
     if not rows:
         empty = Section("Results", [*notes, "No results yet."])

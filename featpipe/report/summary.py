@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TypeVar
 
 import numpy as np
@@ -17,7 +18,7 @@ from featpipe.evaluate import (
     paired_score_bootstrap,
 )
 from featpipe.evaluate.compare import ALPHA
-from featpipe.evaluate.metrics import wilson_interval
+from featpipe.evaluate.metrics import bootstrap_intervals, wilson_interval
 from featpipe.report.results import MethodKind
 
 K = TypeVar("K")
@@ -35,6 +36,9 @@ class MethodSummary:
     head: str | None
     mode: str | None
     rows: list[dict] = field(default_factory=list)
+    # Resamples of the report's intervals (0: none): the run's n_boot now, which may differ
+    # from the one its rows were computed with (a re-run at another n_boot reuses them).
+    n_boot: int = 1000
 
     @property
     def seeds(self) -> list[int]:
@@ -51,7 +55,7 @@ class MethodSummary:
     @property
     def top1_ci(self) -> tuple[float, float] | None:
         """The Wilson interval of the mean top-1 over seeds, on one seed's test images (None
-        when the rows have no intervals: n_boot 0).
+        when ``n_boot`` is 0).
 
         Seeds test the same images: pooling their counts would count each image once per seed
         and narrow the interval by the square root of the number of seeds with no new test
@@ -63,7 +67,7 @@ class MethodSummary:
         the mean of the seeds' own (any correlation), which is at most one proportion's at the
         mean over that many images (Cauchy-Schwarz, then p(1 - p) is concave). So the interval
         is never narrower than the mean needs, and narrower than the smallest set's would be."""
-        if not any("top1" in r["metrics"]["ci"] for r in self.rows):
+        if not self.n_boot:
             return None
         n = [r["metrics"]["n"] for r in self.rows]
         return wilson_interval(self.top1, len(n) / sum(1 / k for k in n))
@@ -71,13 +75,26 @@ class MethodSummary:
     def score_ci(self, metric: str) -> tuple[float, float] | None:
         """The 95 % bootstrap interval of a metric's mean over seeds (balanced accuracy, macro
         F1): the mean of the seeds' own, each on the same test images, as :attr:`top1_ci` is
-        one seed's interval at the mean; None unless every seed has one (n_boot 0, or rows
-        from before)."""
-        cis = [r["metrics"]["ci"].get(metric) for r in self.rows]
-        if not cis or any(ci is None for ci in cis):
-            return None
-        lo, hi = np.mean(cis, axis=0)
-        return float(lo), float(hi)
+        one seed's interval at the mean; None when ``n_boot`` is 0."""
+        return self._score_cis.get(metric)
+
+    @cached_property
+    def _score_cis(self) -> dict[str, tuple[float, float]]:
+        """:meth:`score_ci` of each metric, computed from the rows' test predictions at
+        ``n_boot`` with each row's seed: what the rows hold when made at this ``n_boot``."""
+        if not self.n_boot or not self.rows:
+            return {}
+        cis = [
+            bootstrap_intervals(
+                np.asarray(r["test"]["y_true"]),
+                np.asarray(r["test"]["y_pred"]),
+                len(r["classes"]),
+                self.n_boot,
+                r["seed"],
+            )
+            for r in self.rows
+        ]
+        return {m: tuple(float(v) for v in np.mean([c[m] for c in cis], axis=0)) for m in cis[0]}
 
     def cost(self, name: str) -> float | None:
         """Mean of a cost field over seeds, as :func:`row_cost` counts it (None when no seed
@@ -160,8 +177,9 @@ def latest_rows(rows: list[dict]) -> list[dict]:
     return list(latest.values())
 
 
-def summarize(rows: list[dict]) -> list[MethodSummary]:
-    """One summary per method, in the order methods first appear."""
+def summarize(rows: list[dict], n_boot: int = 1000) -> list[MethodSummary]:
+    """One summary per method, in the order methods first appear, with intervals from
+    ``n_boot`` resamples (0: none)."""
     by_method: dict[str, MethodSummary] = {}
     for row in rows:
         summary = by_method.get(row["method"])
@@ -174,6 +192,7 @@ def summarize(rows: list[dict]) -> list[MethodSummary]:
                 row["layer"],
                 row["head"],
                 row["mode"],
+                n_boot=n_boot,
             )
         summary.rows.append(row)
     for summary in by_method.values():

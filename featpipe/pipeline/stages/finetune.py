@@ -16,6 +16,7 @@ from featpipe.finetune import probe
 from featpipe.finetune.freezing import Mode, frozen_by, has_batch_norm
 from featpipe.finetune.tuner import FROZEN, result_params, spec_for
 from featpipe.pipeline.jobs import (
+    HASHED_N_BOOT,
     Job,
     PlanData,
     RowContext,
@@ -58,7 +59,7 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
         for mode in config.finetune.modes:
             settings = {
                 "data": data.fingerprint,
-                "n_boot": config.n_boot,
+                **HASHED_N_BOOT,
                 **tune,
                 "backbone": bb,
                 "mode": mode,

@@ -9,6 +9,7 @@ import numpy as np
 from featpipe.errors import ConfigError
 from featpipe.evaluate import Cost, Extraction, Usage, measure
 from featpipe.pipeline.jobs import (
+    HASHED_N_BOOT,
     Job,
     PlanData,
     RowContext,
@@ -50,7 +51,7 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 entry = HEADS[head]
                 settings = {
                     "data": data.fingerprint,
-                    "n_boot": config.n_boot,
+                    **HASHED_N_BOOT,
                     "backbone": bb,
                     "image_size": features.image_size,
                     "dtype": features.dtype,
