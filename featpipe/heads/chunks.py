@@ -95,22 +95,24 @@ def job_ranks(distributed: bool) -> Ranks:
 @dataclass(frozen=True)
 class RowStatistics:
     """Over every rank's rows: the count, the label values present (sorted), and the
-    features' mean and variance (None when not asked for)."""
+    features' mean and variance (None when not asked for); and the most rows of one chunk
+    this rank read (the rows of its largest matrix product)."""
 
     n: int
     classes: np.ndarray
     mean: np.ndarray | None
     var: np.ndarray | None
+    chunk_rows: int
 
 
 def row_statistics(chunks: Chunks, ranks: Ranks, moments: bool) -> RowStatistics:
     """One pass over this rank's share of ``chunks``; the figures are combined across the
     ranks (an all-gather of one small vector per rank), so every rank gets the same."""
     present = np.zeros(len(chunks.labels), dtype=bool)
-    scaler, n = StandardScaler(), 0
+    scaler, n, most = StandardScaler(), 0, 0
     for X, y in chunks.read(chunks.share(ranks)):
         if len(y):
-            n += len(y)
+            n, most = n + len(y), max(most, len(y))
             present[np.searchsorted(chunks.labels, np.unique(y))] = True
             if moments:
                 scaler.partial_fit(X)  # float64 accumulators, as StandardScaler.fit
@@ -130,7 +132,7 @@ def row_statistics(chunks: Chunks, ranks: Ranks, moments: bool) -> RowStatistics
         raise ConfigError("The training rows are empty; nothing to fit.")
     classes = chunks.labels[gathered[:, 1 : 1 + len(present)].any(axis=0)]
     if not moments:
-        return RowStatistics(total, classes, None, None)
+        return RowStatistics(total, classes, None, None, most)
     means = gathered[:, 1 + len(present) : 1 + len(present) + dim]
     variances = gathered[:, 1 + len(present) + dim :]
     mean, var, seen = np.zeros(dim), np.zeros(dim), 0
@@ -142,7 +144,7 @@ def row_statistics(chunks: Chunks, ranks: Ranks, moments: bool) -> RowStatistics
             )
             mean = mean + delta * count / (seen + count)
             seen += count
-    return RowStatistics(total, classes, mean, var)
+    return RowStatistics(total, classes, mean, var, most)
 
 
 def _all_gather(vector: np.ndarray, ranks: Ranks) -> np.ndarray:

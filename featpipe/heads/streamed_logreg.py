@@ -38,6 +38,7 @@ from featpipe.heads.torch_logreg import (
     TorchLogisticRegression,
     _Problem,
     run_path,
+    solver_threads,
 )
 
 
@@ -123,7 +124,10 @@ def streamed_logreg_path(
         )
     preprocessor = fitted_preprocessor(preprocess, None, stats, train.dim)
     torch_device = resolve_device(device)
-    with on_device(torch_device), torch_threads(n_threads):
+    # Threads by one chunk's matrix product, as the in-memory heads choose theirs by a pass:
+    # a small product runs best on one thread.
+    threads = solver_threads(n_threads, stats.chunk_rows, train.dim, len(stats.classes))
+    with on_device(torch_device), torch_threads(threads):
         problem = _StreamedProblem(
             train, preprocessor.transform, stats.classes, stats.n, torch_device, ranks
         )
