@@ -13,6 +13,8 @@ import featpipe.heads
 from featpipe.evaluate.metrics import bootstrap_intervals
 from featpipe.finetune import FineTuner
 from featpipe.pipeline import config_from_dict, run_pipeline
+from featpipe.report.content import build_document
+from featpipe.report.markdown import render_markdown
 from featpipe.report.summary import summarize
 
 SCORES = ("balanced_accuracy", "macro_f1")
@@ -101,3 +103,25 @@ def test_intervals_from_predictions_equal_those_the_rows_hold_at_their_n_boot(tm
         for metric in SCORES:
             stored = np.mean([r["metrics"]["ci"][metric] for r in s.rows], axis=0)
             assert s.score_ci(metric) == tuple(float(v) for v in stored)
+
+
+@pytest.mark.parametrize("acc", [0.7, 0.95, 1.0])
+def test_the_seed_mean_interval_is_a_wilson_interval_never_narrower_than_its_image_spread(acc):
+    # What the report says of it: the Wilson interval of one proportion at the seeds' mean,
+    # over the test images, at least as wide as the mean's spread over them (a percentile
+    # bootstrap of the mean over images, seeds kept paired) and still wide at 100 %.
+    from test_report import make_row
+
+    from featpipe.evaluate.metrics import wilson_interval
+
+    rows = [make_row("toy/mlp@pooled", acc=acc, seed=s, n=200) for s in range(5)]
+    (s,) = summarize(rows)
+    hits = np.array([np.equal(r["test"]["y_true"], r["test"]["y_pred"]) for r in rows])
+    assert s.top1_ci == wilson_interval(hits.mean(), 200)
+    idx = np.random.default_rng(0).integers(0, 200, size=(4000, 200))
+    lo, hi = np.quantile(hits.mean(axis=0)[idx].mean(axis=1), [0.025, 0.975])
+    assert s.top1_ci[0] <= lo and hi <= s.top1_ci[1] + 1e-12
+    assert s.top1_ci[1] - s.top1_ci[0] > (hi - lo) + (0.01 if acc == 1.0 else 0.0)
+    md = render_markdown(build_document(rows, n_boot=40))
+    assert "Wilson score interval over the test images of one proportion at that mean" in md
+    assert "as if each image were right in all of them or in none" in md

@@ -592,7 +592,10 @@ def _spread(summaries: list[MethodSummary]) -> str:
     if _with_intervals(summaries):
         return (
             "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
-            "Wilson score interval over the test images, balanced accuracy and macro F1 with a "
+            "Wilson score interval over the test images of one proportion at that mean (with "
+            "several seeds, as if each image were right in all of them or in none: at least as "
+            "wide as the mean needs, and how the seeds differ is the ±), balanced accuracy and "
+            "macro F1 with a "
             "95 % bootstrap interval over the test images (the mean of the seeds'); "
         )
     return (
