@@ -5,7 +5,8 @@ Two stores of the same ``--rows`` rows of ``--dim`` float32 features (all train)
 in id order, one in a random order of its ids. Each is read in ``--chunks`` blocks (several
 counts: the cost of a store far from id order grows with them, as each block gathers its rows
 from up to every stored block). Passes alternate, ``--repeats`` times; the best of each is
-kept, so the ratios hold on a loaded machine.
+kept, so the ratios hold on a loaded machine. Each ratio is followed by the heads' estimate
+of it (``by_id_read_cost``: the warning a store far from id order gets).
 
     python benchmarks/streamed_by_id_reads.py --rows 30000 --dim 128 --chunks 4 15 60
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featpipe.heads.streaming import by_id_read_cost
 from featpipe.store import FeatureStore, write_arrays
 
 
@@ -62,7 +64,9 @@ def main() -> None:
                     best[name] = min(best[name], _pass(store, rows, by_id))
             base = best["stored blocks"]
             print(f"{chunks} chunks of {rows} rows: stored blocks {base:.3f} s; " + "; ".join(
-                f"{name} {t / base:.2f}x" for name, t in best.items() if name != "stored blocks"
+                f"{name} {best[name] / base:.2f}x (estimated "
+                f"{by_id_read_cost(store, rows):.1f}x)"
+                for name, (store, _) in runs.items() if name != "stored blocks"
             ))  # fmt: skip
 
 

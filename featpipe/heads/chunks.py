@@ -25,7 +25,7 @@ from featpipe.distributed import Ranks, current_ranks, process_group, under_torc
 from featpipe.errors import ConfigError
 from featpipe.heads.preprocess import make_preprocessor, standard_scale
 from featpipe.heads.splits import layer_parts
-from featpipe.heads.streaming import ChunkReader, _array_chunks
+from featpipe.heads.streaming import ChunkReader, _array_chunks, warn_far_from_id_order
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Chunks:
                 f"Heads that stream from a store read one stored layer; got {layer!r}. Stream "
                 "one layer, or concatenate the layers into arrays and use an in-memory head."
             )
+        warn_far_from_id_order(store, rows)
         per_split = math.ceil(len(store) / rows)
 
         def read(order: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -10,6 +10,7 @@ So every epoch visits the chunks in a new seeded order and shuffles the rows wit
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -60,6 +61,55 @@ def _mix(
     ]
 
 
+# Reading by id costing this many times a pass in stored order is worth a warning.
+_FAR_FROM_ID_ORDER = 4
+_CHECKED: set[tuple[str, int]] = set()  # (store file, rows) whose cost was estimated
+_WARNED: set[str] = set()  # store files warned about: once each per process
+
+
+def by_id_read_cost(store, rows: int) -> float:
+    """About how many times its rows a pass of ``store.iter_chunks(by_id=True)`` reads, in
+    chunks of ``rows`` ids (1: each row once, as a store in id order). A chunk of ids stored
+    as one run reads just its rows; any other reads each HDF5 chunk (``rows_per_chunk``
+    stored rows) that holds one of its rows."""
+    # The reader's own id order over the file's rows (cached in the store, and read for the
+    # chunks anyway): no second copy of the ids, and a TrainSubset's chunks use it too.
+    positions, stored = store._id_positions(), store.rows_per_chunk
+    read = 0
+    for start in range(0, len(positions), rows):
+        block = positions[start : start + rows]
+        if block[-1] - block[0] + 1 == len(block) and (np.diff(block) > 0).all():
+            read += len(block)
+        else:
+            touched = np.unique(block // stored)
+            read += np.minimum(stored, len(positions) - touched * stored).sum()
+    return read / max(1, len(positions))
+
+
+def warn_far_from_id_order(store, rows: int) -> None:
+    """Warn, once per store file, when the streamed heads' chunks of ``rows`` ids read the
+    file ``_FAR_FROM_ID_ORDER`` times a pass or more (:func:`by_id_read_cost`)."""
+    if getattr(store, "path", None) is None:
+        return  # a source of chunks with no file behind it (fit_store reads any iter_chunks)
+    path = str(store.path)
+    if path in _WARNED or (path, rows) in _CHECKED:
+        return
+    _CHECKED.add((path, rows))
+    times = by_id_read_cost(store, rows)
+    if times < _FAR_FROM_ID_ORDER:
+        return
+    _WARNED.add(path)
+    warnings.warn(
+        f"{path} is stored far from id order, so each pass of a streamed head over it reads "
+        f"about {times:.0f} times its rows: its {math.ceil(len(store) / rows)} chunks of "
+        f"{rows} rows hold the rows by id (the same images in another order train the same "
+        "model), and each gathers its rows from across the file. To read each row once a "
+        "pass, write the store with its images in id order (sort the manifest's rows by id "
+        "and extract again), or raise chunk_rows: fewer chunks read the file fewer times.",
+        stacklevel=2,
+    )
+
+
 def _log_loss(head: StreamingLinearHead) -> bool:
     return head.loss in ("log_loss", "modified_huber")
 
@@ -85,6 +135,8 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
     file the more chunks there are: a pass over 60,000 rows listed in random order read
     about 15x slower than its stored blocks in 15 chunks and about 50x in 60, while a store
     in id order reads as fast as its stored blocks (``benchmarks/streamed_by_id_reads.py``).
+    The streamed heads warn, once per store, where a pass reads its rows about
+    4 times or more, and say how to read them once.
     """
 
     def __init__(
@@ -119,6 +171,7 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
         rows by id (``iter_chunks(by_id=True)``), as every other head takes its rows in id
         order: the same images listed in another order train the same model."""
         rows = check_chunk_rows(self.chunk_rows)
+        warn_far_from_id_order(store, rows)
         # The classes are those of the split's rows, as ``fit`` learns them: the store's whole
         # class list would give a class without a training row a column of predict_proba, and
         # let a split of one class through.
