@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from featpipe.backbones import hub
-from featpipe.backbones.base import Backbone, first_outputs, has_class_token
+from featpipe.backbones.base import Backbone, IdentityHead, first_outputs, has_class_token
 from featpipe.backbones.preprocessing import CROP_MODES, Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import (
@@ -105,10 +105,16 @@ def preprocessing_of(model: nn.Module) -> Preprocessing:
     )
 
 
+def _named_classifiers(model: nn.Module) -> list[str]:
+    """The classifiers timm names in ``pretrained_cfg``: several where the model combines
+    distilled or auxiliary heads."""
+    named = getattr(model, "pretrained_cfg", {}).get("classifier")
+    return [named] if isinstance(named, str) else list(named or ())
+
+
 def _named_classifier(model: nn.Module) -> str:
     """The (first) classifier timm names in ``pretrained_cfg``; '' where it names none."""
-    named = getattr(model, "pretrained_cfg", {}).get("classifier")
-    return named if isinstance(named, str) else (named or [""])[0]
+    return (_named_classifiers(model) or [""])[0]
 
 
 def _is_conv_classifier(module: nn.Module | None) -> bool:
@@ -126,7 +132,20 @@ def _empty_head(model: nn.Module) -> str | None:
     while parts and ".".join(parts) not in modules:
         parts.pop()
     name = ".".join(parts)
-    return name if name and isinstance(modules[name], nn.Identity) else None
+    return name if name and isinstance(modules[name], nn.Identity | IdentityHead) else None
+
+
+def _give_empty_head_a_width(model: nn.Module) -> None:
+    """Put an :class:`IdentityHead` of the pre-logits' width in place of the Identity of a
+    model built without a classifier, so that fine-tuning replaces it as it does any
+    classifier (it refused the Identity). It has no parameters: the state-dict hash, so the
+    store keys, stay the same. Not where timm names several classifiers (distilled DeiT,
+    LeViT, VOLO's aux_head): the others would go on giving the pre-logits beside the new one."""
+    empty = _empty_head(model)
+    one = len(_named_classifiers(model)) == 1
+    if empty and one and type(model.get_submodule(empty)) is nn.Identity:
+        width = getattr(model, "head_hidden_size", None) or model.num_features
+        model.set_submodule(empty, IdentityHead(width))
 
 
 def _classifier_of(model: nn.Module) -> str | None:
@@ -363,6 +382,7 @@ def model_stages(model: nn.Module, classifier: str | None) -> list[tuple[str, ..
 def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Backbone:
     """A Backbone around a timm model: its preprocessing, classifier, token pooling and
     stages."""
+    _give_empty_head_a_width(model)
     classifier = _classifier_of(model)
     preprocessing = preprocessing_of(model)
     token_pooling, prefix, prefix_layers = token_layout(model, preprocessing.crop)

@@ -1,0 +1,105 @@
+"""timm models built without a classifier (``num_classes=0``, timm's default for image encoders
+such as NaFlexViT RADIO, SigLIP, EVA02, AIMv2) fine-tune: make_backbone puts an IdentityHead of
+the pre-logits' width where timm left an Identity, which fine-tuning replaces. Their store keys
+and ``pooled`` stay as they were; models with several classifiers are still refused."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("timm")
+
+from finetune_child import synthetic_source
+from test_trust_backbones_22 import _images, _pooled, _pre_logits
+from test_trust_backbones_23 import _backbone
+
+from featpipe.backbones import register_backbone
+from featpipe.backbones.base import IdentityHead, state_dict_sha256
+from featpipe.backbones.registry import _BUILTINS
+from featpipe.backbones.timm_models import create, make_backbone
+from featpipe.backbones.weights import seeded
+from featpipe.errors import ConfigError
+from featpipe.finetune import FineTuner
+
+TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+def _register(name: str, model_name: str, **kwargs) -> str:
+    """A builtin backbone ``name``: the timm model ``model_name`` built with ``kwargs``."""
+    if name not in _BUILTINS:
+
+        @register_backbone(name)
+        def _build(spec):
+            return make_backbone(str(spec), seeded(lambda: create(model_name, **kwargs)))
+
+    return name
+
+
+@pytest.mark.parametrize(
+    "name, shrink",
+    [
+        ("vit_tiny_patch16_224", {**TINY_VIT, "num_classes": 0}),
+        ("convnext_atto", {"depths": (1, 1, 1, 1), "num_classes": 0}),  # norm before pre-logits
+        ("naflexvit_base_patch16_radio_v3", {"depth": 1}),  # num_classes=0 by default
+        ("caformer_s18", {"num_classes": 0}),  # its MLP head is gone too
+    ],
+)
+def test_a_headless_model_keeps_its_key_and_pooled(name, shrink):
+    """The IdentityHead has no parameters: the state-dict hash (the store keys) is the one of
+    the model as timm built it, a second make_backbone gives the same identity, and ``pooled``
+    is still timm's pre-logits, whose width the head takes."""
+    built = seeded(lambda: create(name, **shrink))
+    as_timm_built = state_dict_sha256(built)
+    backbone, model = _backbone(name, **shrink)
+    head = model.get_submodule(backbone.classifier)
+    x = _images(backbone.preprocessing.crop)
+    pre_logits = _pre_logits(model, x)
+    assert torch.equal(_pooled(backbone, x), pre_logits)
+    assert isinstance(head, IdentityHead) and head.in_features == pre_logits.shape[1]
+    assert backbone.identity()["pooled_inputs"] == [backbone.classifier]
+    assert backbone.weights_sha256 == state_dict_sha256(model) == as_timm_built
+    assert make_backbone(backbone.spec, model).identity() == backbone.identity()
+
+
+@pytest.mark.filterwarnings("ignore:The fine-tune chose epoch 0")  # 4 val rows: a coin toss
+def test_a_headless_model_fine_tunes():
+    """Before: "Backbone 'headless_tiny_vit' has no linear classifier to replace (found
+    Identity)"."""
+    spec = _register("headless_tiny_vit", "vit_tiny_patch16_224", **TINY_VIT, num_classes=0)
+    source = synthetic_source(n_train=8, n_val=4, n_test=4)
+    tuner = FineTuner(spec, epochs=1, batch_size=8, image_size=32, verbose=0, patience=None)
+    tuner.fit(source)
+    head = tuner.model_.get_submodule(tuner.head_)
+    linear = head[-1] if isinstance(head, nn.Sequential) else head
+    assert type(linear) is nn.Linear and (linear.in_features, linear.out_features) == (32, 3)
+    untrained, stepped = tuner.history_  # epoch 0 (before training), epoch 1: one step
+    assert stepped["epoch"] == 1 and math.isfinite(stepped["train_loss"])
+    assert stepped["val_loss"] != untrained["val_loss"]  # the step changed the model
+    assert tuner.predict_proba(source).shape == (16, 3)
+
+
+@pytest.mark.parametrize(
+    "name, shrink, classifiers",
+    [
+        ("deit_tiny_distilled_patch16_224", {"depth": 1}, "head, head_dist"),
+        ("levit_128s", {"depth": (1, 1, 1)}, "head.linear, head_dist.linear"),
+    ],
+)
+def test_a_headless_model_with_several_classifiers_is_still_refused(
+    tmp_path, name, shrink, classifiers
+):
+    """Replacing one Identity would leave the other giving the pre-logits beside the logits:
+    they stay Identities, which fine-tuning refuses before training."""
+    spec = _register(f"headless_{name}", name, **shrink, num_classes=0)
+    _, model = _backbone(name, **shrink, num_classes=0)
+    assert all(
+        type(model.get_submodule(n.split(".")[0])) is nn.Identity for n in classifiers.split(", ")
+    )
+    tuner = FineTuner(spec, epochs=1, batch_size=4, verbose=0, run_dir=tmp_path / "ft")
+    with pytest.raises(ConfigError, match="no linear classifier to replace"):
+        tuner.fit(synthetic_source(n_train=8, n_val=4, n_test=4))
+    assert not (tmp_path / "ft").exists()
