@@ -49,7 +49,7 @@ def test_integer_labels_that_skip_values_are_warned_of():
     assert list(source.labels) == [0, 5, 9, 0, 5, 9]
     (message,) = [m for m in said if "no image has" in m]
     assert "ArraySource 'arrays'" in message and "7 of them" in message
-    assert "'1', '2', '3', '4', '6' (and 2 more)" in message
+    assert "'1', '2', '3', '4', '6' and 2 more" in message
     assert "10 classes where the images have 3" in message and "as text" in message
 
 

@@ -119,8 +119,8 @@ def test_a_store_without_test_or_reference_images_is_not_said_to_have_no_near_du
         assert "No test image has a near-duplicate" not in text
 
 
-def test_one_image_under_every_class_is_shown_with_a_few_labels():
-    n = 300  # one blank frame filed under each of 300 classes
+def conflict_line(n: int) -> str:
+    """The data check's line for one blank frame filed under each of ``n`` classes."""
     checks = check_data(
         [f"f{k}" for k in range(n)],
         np.arange(n),
@@ -128,7 +128,11 @@ def test_one_image_under_every_class_is_shown_with_a_few_labels():
         [f"c{k}" for k in range(n)],
         features=np.zeros((n, 4), np.float32),
     )
-    line = next(t for t in checks.lines() if "more than one label" in t)
+    return next(t for t in checks.lines() if "more than one label" in t)
+
+
+def test_one_image_under_every_class_is_shown_with_a_few_labels():
+    line = conflict_line(300)
     assert "f0 (train, c0) = f1 (train, c1)" in line
     assert "and 295 more labels (300 copies)" in line and "c5)" not in line
     assert len(line) < 400

@@ -34,7 +34,7 @@ from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import WeightsUnavailableError, stages_of
 from featpipe.errors import ConfigError
 from featpipe.extras import import_extra
-from featpipe.words import counted
+from featpipe.words import counted, listed
 
 # PIL resampling codes used by image processors -> torchvision interpolation names. Lanczos
 # (1) and box/hamming (4, 5) have no torchvision tensor equivalent: bicubic is the closest.
@@ -295,9 +295,8 @@ def _check_loaded(
         return
     if missing or bad:
         names = [*(f"{k} (missing)" for k in missing), *(f"{k} (other shape)" for k in bad)]
-        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
         raise ConfigError(
-            f"The weights of {spec} do not fit its config.json: {', '.join(names[:3])}{more}; "
+            f"The weights of {spec} do not fit its config.json: {listed(names)}; "
             f"transformers would fill {counted(len(names), 'tensor')} at random, so its "
             "features would be random. Give a folder whose weights and config.json were saved "
             "together by model.save_pretrained()."

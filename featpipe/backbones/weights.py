@@ -14,6 +14,7 @@ from torch import nn
 
 from featpipe.backbones.base import last_linear
 from featpipe.errors import ConfigError, FeaturePipeError
+from featpipe.words import listed
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 # The key suffix under which a module's get_extra_state() is saved in its state dict.
@@ -147,9 +148,7 @@ def _reshaped(state: Mapping[str, object], expected: Mapping[str, object]) -> li
 
 
 def _few(keys: Iterable[str], n: int = 5) -> str:
-    keys = sorted(keys)
-    more = f" and {len(keys) - n} more" if len(keys) > n else ""
-    return ", ".join(repr(k) for k in keys[:n]) + more
+    return listed(map(repr, sorted(keys)), n)
 
 
 def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -169,7 +168,7 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
         if reshaped:
-            parts.append(f"{len(reshaped)} shape mismatches ({'; '.join(reshaped[:3])})")
+            parts.append(f"{len(reshaped)} shape mismatches ({listed(reshaped, sep='; ')})")
         prefix = _wrapper_prefix(given.keys(), expected.keys())  # not our counters
         fix = (
             f"Every key in it starts with {prefix!r}, as in a state dict saved from a wrapper "

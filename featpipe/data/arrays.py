@@ -14,7 +14,7 @@ from featpipe.data.images import to_rgb
 from featpipe.data.source import ImageSource, check_class_names, is_missing_label, split_code
 from featpipe.data.splits import assign_splits
 from featpipe.errors import SourceError
-from featpipe.words import agrees, counted
+from featpipe.words import agrees, counted, listed
 
 # The most classes integer labels make (0..max): a larger label is an id, not a class index.
 MAX_INT_CLASSES = 1_000_000
@@ -105,8 +105,7 @@ def _check_images(images: np.ndarray) -> np.ndarray:
         shapes = list(dict.fromkeys(str(np.shape(image)) for image in images))
         raise SourceError(
             f"ArraySource needs images of one shape, stacked in one array; got "
-            f"{len(images)} images of shapes {' and '.join(shapes[:2])}"
-            f"{f' (and {len(shapes) - 2} more)' if len(shapes) > 2 else ''}. Resize them to "
+            f"{len(images)} images of shapes {listed(shapes, 2, sep=' and ')}. Resize them to "
             "one size first, or write them to files and open the folder as a source."
         ) from None
     if images.dtype != np.uint8:
@@ -190,11 +189,10 @@ def _warn_empty_classes(labels: np.ndarray, classes: list[str], origin: str) -> 
     empty = np.setdiff1d(np.arange(len(classes)), labels)
     if not len(empty):
         return
-    shown = ", ".join(repr(classes[c]) for c in empty[:5])
-    more = f" (and {len(empty) - 5:,} more)" if len(empty) > 5 else ""
+    shown = listed((repr(classes[c]) for c in empty), 5, total=len(empty))
     warnings.warn(
         f"{origin}: integer labels are class indices 0..{len(classes) - 1}, and no image has "
-        f"{len(empty):,} of them ({shown}{more}): they make {len(classes):,} classes where "
+        f"{len(empty):,} of them ({shown}): they make {len(classes):,} classes where "
         f"the images have {len(classes) - len(empty):,}, so reports list classes without images "
         "(and top-5 over classes that cannot occur), and few-shot draws refuse them. If the "
         "labels are names of their classes, give them as text ('5'); to keep classes without "

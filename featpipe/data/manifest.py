@@ -19,7 +19,7 @@ from featpipe.data.source import (
 )
 from featpipe.data.splits import assign_splits, require_train, warn_unread_split_column
 from featpipe.errors import SourceError, did_you_mean
-from featpipe.words import counted
+from featpipe.words import counted, listed
 
 _REQUIRED = ("path", "label")
 _OTHER_DELIMITERS = (";", "\t", "|")  # what a header read as one field may be split by
@@ -199,10 +199,8 @@ class CSVSource(FileSource):
             (row, file) for row, file in zip(rows, self.files, strict=True) if not file.is_file()
         ]
         if missing:
-            listed = "; ".join(
-                f"line {row['line']}: {str(file)!r}" for row, file in missing[:_MAX_LISTED]
-            )
-            more = f" (and {len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
+            lines = (f"line {row['line']}: {str(file)!r}" for row, file in missing)
+            names = listed(lines, _MAX_LISTED, sep="; ", total=len(missing))
             hint = ""
             if os.sep == "/" and any("\\" in row["path"] for row, _ in missing):
                 hint = " Separate folders with '/': here '\\' is part of a file name."
@@ -225,7 +223,7 @@ class CSVSource(FileSource):
             raise SourceError(
                 f"CSV manifest {str(self.csv_path)!r} lists "
                 f"{counted(len(missing), 'missing file')}: "
-                f"{listed}{more}. Paths are relative to the CSV's folder; fix or remove those "
+                f"{names}. Paths are relative to the CSV's folder; fix or remove those "
                 f"rows.{hint}"
             )
 

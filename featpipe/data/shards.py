@@ -45,7 +45,7 @@ from featpipe.device import available_cores
 from featpipe.distributed.progress import progress_bar
 from featpipe.errors import ConfigError, ImageReadError, SourceError, did_you_mean
 from featpipe.extras import import_extra
-from featpipe.words import agrees, counted
+from featpipe.words import agrees, counted, listed
 
 # Image members tried in this order when ``image`` is not given (webdataset's "jpg;png" rule).
 IMAGE_MEMBERS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
@@ -357,11 +357,10 @@ def shard_paths(spec: str | Path) -> list[Path]:
         else:
             missing.append(part)
     if missing:
-        listed = ", ".join(map(repr, missing[:_MAX_LISTED]))
-        more = f" (and {len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
+        names = listed(map(repr, missing), _MAX_LISTED, total=len(missing))
         raise SourceError(
             f"{len(missing)} of the {len(missing) + len(paths)} shards of {str(spec)!r} do not "
-            f"exist: {listed}{more}. Check the pattern: ten shards are "
+            f"exist: {names}. Check the pattern: ten shards are "
             "wds:/data/shards-{000000..000009}.tar, for example."
         )
     for path in paths:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from featpipe.errors import ConfigError, SourceError, UnknownNameError, did_you_mean
+from featpipe.words import listed
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 SPLIT_CODES: dict[str, int] = {name: code for code, name in enumerate(SPLIT_NAMES)}
@@ -93,10 +94,10 @@ def _warn_case_only(classes: list[str], origin: str) -> None:
             spellings.setdefault(name.casefold(), []).append(name)
     alike = [names for names in spellings.values() if len(names) > 1]
     if alike:
-        shown = "; ".join(" and ".join(map(repr, names)) for names in alike[:3])
-        more = f" (and {len(alike) - 3} more)" if len(alike) > 3 else ""
+        groups = (" and ".join(map(repr, names)) for names in alike)
+        shown = listed(groups, sep="; ", total=len(alike))
         warnings.warn(
-            f"{origin}: classes {shown}{more} differ only in case. They are read as "
+            f"{origin}: classes {shown} differ only in case. They are read as "
             "separate classes, so if they are one class its images are split between them; "
             "featpipe does not merge them (some datasets' classes differ only in case). To "
             "make them one class, give its images one name (one folder, or fixed labels).",

@@ -17,7 +17,7 @@ from featpipe.data.source import (
     split_code,
 )
 from featpipe.errors import ConfigError, SourceError
-from featpipe.words import agrees
+from featpipe.words import agrees, listed
 
 TRAIN, VAL, TEST = (SPLIT_CODES[name] for name in ("train", "val", "test"))
 
@@ -202,8 +202,7 @@ def _untrained(labels: np.ndarray, splits: np.ndarray) -> np.ndarray:
 
 def _class_list(classes: Sequence[str], codes: np.ndarray) -> str:
     """The names of the classes ``codes``, the first five, for a warning."""
-    more = f" (and {len(codes) - 5} more)" if len(codes) > 5 else ""
-    return ", ".join(repr(classes[c]) for c in codes[:5]) + more
+    return listed((repr(classes[c]) for c in codes), 5, total=len(codes))
 
 
 def subsample(source: ImageSource, per_split: dict[str, int], seed: int = 0) -> ImageSource:

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from featpipe.errors import ConfigError
+from featpipe.words import listed
 
 # torchrun sets all of these for every worker it starts.
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -220,7 +221,7 @@ def refuse_other_settings(
         if main.get(name) != theirs.get(name)
     ]
     if differ:
-        shown = "; ".join(differ[:4]) + (f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
+        shown = listed(differ, 4, sep="; ")
         raise ConfigError(
             f"The ranks of this torchrun job were given other {what} settings than rank 0: "
             f"{shown}. Start every rank with the same command, options and data."

@@ -27,7 +27,7 @@ from PIL import Image
 from featpipe.data.images import to_rgb
 from featpipe.data.source import SPLIT_NAMES, ImageSource
 from featpipe.errors import ConfigError, FeaturePipeError
-from featpipe.words import agrees, counted
+from featpipe.words import agrees, counted, listed
 
 if TYPE_CHECKING:
     from featpipe.store import FeatureStore
@@ -119,12 +119,11 @@ class DataChecks:
             )
         out += self._near_lines(n_test, where)
         for split, small in self.small_classes.items():
-            listed = ", ".join(f"{c} ({n})" for c, n in list(small.items())[:SHOWN])
-            more = f" and {len(small) - SHOWN} more" if len(small) > SHOWN else ""
+            names = listed((f"{c} ({n})" for c, n in small.items()), SHOWN, total=len(small))
             out.append(
                 f"{counted(len(small), 'class', 'classes')} {agrees(len(small), 'has', 'have')} "
                 f"fewer than {counted(self.min_per_class, f'{split} image')}, "
-                f"too few for their per-class accuracy to mean much: {listed}{more}."
+                f"too few for their per-class accuracy to mean much: {names}."
             )
         return out
 
@@ -208,9 +207,9 @@ def _conflict_example(group: list[list[str]]) -> str:
     ``SHOWN`` labels (one black frame may be filed under every class), and how many."""
     labels = list(dict.fromkeys(c for _, _, c in group))
     firsts = [next(m for m in group if m[2] == c) for c in labels[:SHOWN]]
-    more = f" and {len(labels) - SHOWN} more labels" if len(labels) > SHOWN else ""
     copies = f" ({len(group)} copies)" if len(group) > len(firsts) else ""
-    return " = ".join(f"{i} ({s}, {c})" for s, i, c in firsts) + more + copies
+    shown = (f"{i} ({s}, {c})" for s, i, c in firsts)
+    return listed(shown, SHOWN, sep=" = ", noun="label", total=len(labels)) + copies
 
 
 def content_hashes(source: ImageSource) -> dict[str, str]:

@@ -27,6 +27,7 @@ from featpipe.extract.lanes import lane_count, lanes_running
 from featpipe.extract.loop import compute_identity, default_workers
 from featpipe.store.reader import named_rows
 from featpipe.store.schema import DTYPES
+from featpipe.words import listed
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
@@ -367,7 +368,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         if bad.size:
             labels = [str(_label(items, i)) for i in bad]
-            names = ", ".join(labels[:3]) + (" and more" if len(labels) > 3 else "")
+            names = listed(labels)
             raise NonFiniteFeaturesError(
                 f"{len(bad)} images give {self.layer!r} features beyond 65504, the largest "
                 f"float16, the dtype they are rounded to ({names}): train a head on a store "

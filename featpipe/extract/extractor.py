@@ -35,6 +35,7 @@ from featpipe.store.lock import StoreLock
 from featpipe.store.parts import parted_at
 from featpipe.store.schema import DTYPES, n_chunks_for, skipped_rows
 from featpipe.store.writer import check_out_file
+from featpipe.words import listed
 
 NOTHING_COMPUTED = {
     "images": 0,
@@ -415,12 +416,12 @@ def _refuse_skipped(store: FeatureStore, on_error: str, shown: int = 3) -> None:
     skipped = store.skipped()
     if not skipped:
         return
-    names = "; ".join(f"{sid} ({reason})" for sid, reason in list(skipped.items())[:shown])
-    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    reasons = (f"{sid} ({why})" for sid, why in skipped.items())
+    names = listed(reasons, shown, sep="; ", total=len(skipped))
     left_out = skipped_rows(skipped)
     raise ImageReadError(
         f"{store.path} was extracted with on_error='skip' and leaves out {left_out}: "
-        f'{names}{more}. Run with --on-error skip (on_error="skip") to use it as it is, or '
+        f'{names}. Run with --on-error skip (on_error="skip") to use it as it is, or '
         "fix their cause and run again (with --overwrite if only file permissions changed)."
     )
 

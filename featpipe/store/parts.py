@@ -41,6 +41,7 @@ from featpipe.errors import (
 from featpipe.store import schema
 from featpipe.store.files import open_h5, sync_h5, unreadable_reason
 from featpipe.store.lock import LOCK_SUFFIX, holder
+from featpipe.words import listed
 
 LAYOUT = "parts"  # the root attribute ``layout`` of a parted store (absent: one file)
 MAX_PARTS = 1000
@@ -306,11 +307,10 @@ def missing_parts(parts: Sequence[Part]) -> list[Part]:
 
 
 def missing_message(path: Path, missing: Sequence[Part], n_parts: int) -> str:
-    names = ", ".join(str(p.path) for p in missing[:3])
-    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    names = listed((p.path for p in missing), total=len(missing))
     return (
         f"{path} is a parted store and {len(missing)} of its {n_parts} part files are "
-        f"missing: {names}{more}. Its features there would read as zeros. Rerun the same "
+        f"missing: {names}. Its features there would read as zeros. Rerun the same "
         "extraction (any number of processes) to recompute the missing parts, or restore the "
         f"files into {parts_dir(path)}."
     )

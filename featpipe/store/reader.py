@@ -41,6 +41,7 @@ from featpipe.store.parts import (
     parts_dir,
 )
 from featpipe.store.schema import decode_attr, decode_attrs, rows_done
+from featpipe.words import listed
 
 SKIPPED_SHOWN = 5  # skipped images that info() names
 IDS_SHOWN = 3  # ids of rows that are not finite that an error names
@@ -87,8 +88,7 @@ def _windows(positions: np.ndarray, rows: int, chunk: int) -> list[tuple[int, in
 
 def named_rows(ids: Sequence, count: int) -> str:
     """``'a', 'b', 'c' and 4 more`` for the ids of ``count`` rows (the first ones given)."""
-    shown = ", ".join(repr(str(i)) for i in list(ids)[:IDS_SHOWN])
-    return shown + (f" and {count - IDS_SHOWN} more" if count > IDS_SHOWN else "")
+    return listed((repr(str(i)) for i in ids), IDS_SHOWN, total=count)
 
 
 def not_finite_message(path: Path, found: dict[str, dict]) -> str:
@@ -337,12 +337,7 @@ class FeatureStore:
             except OSError:
                 bad.append(first)
         first = bad[0] if bad else start
-        last = min(first + step, self._n) - 1 if bad else stop - 1
-        more = (
-            f" (and {len(bad) - 1} more chunks of rows {start} to {stop - 1})"
-            if len(bad) > 1
-            else ""
-        )
+        spans = [f"{b} to {min(b + step, self._n) - 1}" for b in bad] or [f"{start} to {stop - 1}"]
         part = next((p for p in self.parts or [] if p.first_row <= first < p.stop_row), None)
         fix = (
             f"Delete {part.path} and run the same extraction again: it writes that part anew"
@@ -351,7 +346,7 @@ class FeatureStore:
             "an intact copy"
         )
         return UnreadableStoreError(
-            f"{self.path}: rows {first} to {last} of layer {layer!r}{more} fail their "
+            f"{self.path}: rows {listed(spans, noun='chunk')} of layer {layer!r} fail their "
             "checksum: the file changed on disk after they were written (a failing disk, a "
             f"damaged copy), so their features cannot be trusted. {fix}."
         )

@@ -43,6 +43,7 @@ from featpipe.store.lock import claimed
 from featpipe.store.parts import parted_at, parts_dir
 from featpipe.store.reader import IDS_SHOWN, FeatureStore, all_finite, named_rows
 from featpipe.store.schema import chunk_bounds, encode_attr, n_chunks_for
+from featpipe.words import listed
 
 
 def _check_rows_per_chunk(rows: Any) -> int:
@@ -351,14 +352,11 @@ def _checked_labels(labels: Any, classes: Sequence[str]) -> np.ndarray:
     raw = raw.astype(np.int64)
     wrong = np.flatnonzero((raw < 0) | (raw >= len(classes)))
     if len(wrong):
-        shown = ", ".join(f"{raw[i]} at row {i}" for i in wrong[:3])
-        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
-        names = ", ".join(repr(c) for c in list(classes)[:5]) + (
-            ", ..." if len(classes) > 5 else ""
-        )
+        shown = listed((f"{raw[i]} at row {i}" for i in wrong), total=len(wrong))
+        names = listed(map(repr, classes), 5, total=len(classes))
         raise ConfigError(
             f"Labels must be in [0, {len(classes)}) (indices into the {len(classes)} classes "
-            f"{names}); got {shown}{more}. Fix those labels, or add the classes they stand "
+            f"{names}); got {shown}. Fix those labels, or add the classes they stand "
             'for (a store has no value for "no label": leave unlabelled rows out).'
         )
     return raw
