@@ -400,7 +400,10 @@ def _image_files(inputs: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise ConfigError(f"{path} is neither a file nor a folder.")
+            raise ConfigError(
+                f"{path} does not exist: give image files, folders of images or one feature "
+                "store (.h5)."
+            )
     if left_out:  # other photos (.heic, ...) and partial downloads: say so, as a folder does
         counts = Counter(f.suffix.lower() for f in left_out)
         said = ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items()))
@@ -492,7 +495,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     replace_with(args.out, lambda tmp: _write_rows(tmp, fields, rows))
-    print(f"wrote {len(ids)} predictions to {args.out}", file=sys.stderr)
+    print(f"wrote {counted(len(ids), 'prediction')} to {args.out}", file=sys.stderr)
     return 0
 
 
