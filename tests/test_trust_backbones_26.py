@@ -16,14 +16,16 @@ pytest.importorskip("timm")
 from finetune_child import synthetic_source
 from test_trust_backbones_22 import _images, _pooled, _pre_logits
 from test_trust_backbones_23 import _backbone
+from test_trust_backbones_25 import _meta
 
 from featpipe.backbones import register_backbone
 from featpipe.backbones.base import IdentityHead, state_dict_sha256
 from featpipe.backbones.registry import _BUILTINS
-from featpipe.backbones.timm_models import create, make_backbone
+from featpipe.backbones.timm_models import create, make_backbone, model_stages
 from featpipe.backbones.weights import seeded
 from featpipe.errors import ConfigError
 from featpipe.finetune import FineTuner
+from featpipe.finetune.freezing import Mode, frozen_by
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
 
@@ -103,3 +105,16 @@ def test_a_headless_model_with_several_classifiers_is_still_refused(
     with pytest.raises(ConfigError, match="no linear classifier to replace"):
         tuner.fit(synthetic_source(n_train=8, n_val=4, n_test=4))
     assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.parametrize("name, stem", [("mvitv2_tiny", ()), ("mvitv2_small_cls", ("cls_token",))])
+def test_mvitv2_stages_are_its_stages(name, stem):
+    """Its feature_info taps name 'block.N', which is no module: nothing was opened, and its
+    four stages were one (with the norm), so partial:2 froze all but the head and partial:3
+    was refused."""
+    model = _meta(name)
+    stages = model_stages(model, "head")
+    blocks = [(f"stages.{i}",) for i in range(3)]
+    assert stages == [(*stem, "patch_embed"), *blocks, ("stages.3", "norm")]
+    frozen = frozen_by(model, Mode.parse("partial:2"), stages, "head")
+    assert set(frozen) == {*stem, "patch_embed", "stages.0"}

@@ -219,6 +219,12 @@ def _is_norm_linear(head: nn.Module | None) -> bool:
 def _block_containers(model: nn.Module) -> set[str]:
     """The modules holding the blocks that ``feature_info``'s stage taps name: opened into
     their blocks by :func:`~featpipe.backbones.weights.stages_of`."""
+    from timm.models.mvitv2 import MultiScaleVit
+
+    # MViTv2's taps name 'block.N', a module it does not have; its stages are 'stages.N' (it
+    # was two stages: the patch embedding, then all the others).
+    if isinstance(model, MultiScaleVit):
+        return {"stages"}
     info = getattr(model, "feature_info", None)
     names = [f.get("module", "") for f in info] if isinstance(info, list) else []
     modules = dict(model.named_modules())
