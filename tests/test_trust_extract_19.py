@@ -1,7 +1,8 @@
 """Embedder's feature cache: an entry carries a checksum of its bytes, so that one a power cut
 left valid in its header over zeros (or any other change to its bytes, or an entry written
 before the checksum) is computed and written again; a meta.json that does not hold a width is
-probed again, and one that holds another width than the backbone's is named in one line."""
+probed again, and one that holds another width than the backbone's is corrected by the first
+batch computed, on the same fitted Embedder."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from conftest import record_calls
 from test_trust_extract_18 import cached_embedder, entries, images
 
 from featpipe.errors import ConfigError
+from featpipe.extract.embedder import Embedder, _entry_bytes
 
 
 def npy_bytes(row: np.ndarray) -> bytes:
@@ -106,16 +108,47 @@ def test_a_meta_json_without_a_width_is_a_miss_probed_and_written_again(tmp_path
     assert emb.transform(images(1)).shape == (1, width)
 
 
-def test_a_meta_json_of_another_width_is_named_in_one_line(tmp_path) -> None:
-    width = cached_embedder(tmp_path).n_features_out_
+def foreign_entry(file, width: int) -> None:
+    """An entry of another width that passes its checksum: what a cache whose meta.json
+    records that width could hold."""
+    file.write_bytes(_entry_bytes(np.ones(width, np.float32)))
+
+
+def test_a_meta_json_of_another_width_is_corrected_by_the_first_computed_batch(
+    tmp_path, monkeypatch
+) -> None:
+    """The width read at fit is corrected on the same fitted object: no refit, no file to
+    delete; an entry of the recorded width is not returned."""
+    expected = Embedder("toy", device="cpu", n_jobs=1).fit().transform(images(3))
+    width = expected.shape[1]
+    cached_embedder(tmp_path).transform(images(1))  # the other two rows are not cached
+    [first] = entries(tmp_path)
+    foreign_entry(first, width + 5)
     meta = meta_file(tmp_path)
     meta.write_text(json.dumps({"dim": width + 5}))
     emb = cached_embedder(tmp_path)
+    assert emb.n_features_out_ == width + 5
+    forwards = record_calls(monkeypatch, emb, "_forward")
+    features = emb.transform(images(3))
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-7)
+    # rows 1 and 2 found the width out, and are then read; the foreign row 0 is computed
+    assert [len(batch) for batch in forwards] == [2, 1]
+    assert emb.n_features_out_ == width and len(emb.get_feature_names_out()) == width
+    assert json.loads(meta.read_text()) == {"dim": width}
+    assert np.load(first).shape == (width,)
+    np.testing.assert_array_equal(emb.transform(images(3)), features)
+    assert [len(batch) for batch in forwards] == [2, 1]  # all read
+    assert cached_embedder(tmp_path).n_features_out_ == width
+
+
+def test_a_width_that_changes_between_passes_is_named_in_one_line(tmp_path, monkeypatch) -> None:
+    emb = Embedder("toy", device="cpu", n_jobs=1).fit()
+    width = emb.n_features_out_
+    real = emb._forward
+    widths = iter([width + 1, width + 2])
+    monkeypatch.setattr(emb, "_forward", lambda batch: real(batch)[:, :1].repeat(next(widths), 1))
     with pytest.raises(ConfigError) as error:
         emb.transform(images(2))
     message = str(error.value)
     assert "\n" not in message
-    assert str(meta) in message and f"{width + 5}" in message and f"{width} features" in message
-    assert "delete it" in message
-    meta.unlink()  # as the message says: then the cache works again
-    assert cached_embedder(tmp_path).transform(images(2)).shape == (2, width)
+    assert f"gave {width + 2} features, but {width + 1} in a pass before" in message

@@ -161,6 +161,14 @@ def _recorded_width(meta: Path) -> int | None:
     return dim if type(dim) is int and dim >= 1 else None
 
 
+class _OtherWidth(ConfigError):
+    """A computed batch's width is not ``n_features_out_``: corrected once by ``transform``."""
+
+    def __init__(self, width: int, message: str):
+        super().__init__(message)
+        self.width = width
+
+
 class Embedder(TransformerMixin, BaseEstimator):
     """Images in, (n, D) float32 features of one backbone layer out, computed in batches with
     the backbone's own preprocessing by extraction's forward pass (eval mode, channels-last,
@@ -252,7 +260,8 @@ class Embedder(TransformerMixin, BaseEstimator):
     def fit(self, X=None, y=None) -> Embedder:
         """Nothing to learn: records the backbone identity, how it computes features (a
         store's ``compute``: Pillow's decode, the device's precision for the model's dtype)
-        and the feature width."""
+        and the feature width (with a cache, its meta.json's: the first batch ``transform``
+        computes corrects a stale one)."""
         self._check_params()
         self.backbone_identity_ = self._model()[0].identity()
         self.compute_ = self._compute()
@@ -291,14 +300,16 @@ class Embedder(TransformerMixin, BaseEstimator):
     def _width(self) -> int:
         """Feature width, remembered in the cache folder so cached runs skip the probe pass."""
         folder = self._cache_folder()
-        meta = folder / "meta.json" if folder else None
-        if meta is not None and (dim := _recorded_width(meta)) is not None:
+        if folder and (dim := _recorded_width(folder / "meta.json")) is not None:
             return dim
         bb, _ = self._model()
         blank = Image.new("RGB", (bb.preprocessing.crop, bb.preprocessing.crop))
-        dim = int(self._forward([blank]).shape[1])
-        if meta is not None:
-            replace_with(meta, lambda tmp: tmp.write_text(json.dumps({"dim": dim})))
+        return self._remember_width(int(self._forward([blank]).shape[1]))
+
+    def _remember_width(self, dim: int) -> int:
+        """``dim``, written to the cache folder's meta.json (where there is a cache)."""
+        if folder := self._cache_folder():
+            replace_with(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps({"dim": dim})))
         return dim
 
     def _forward(self, images: Sequence[ImageLike]) -> np.ndarray:
@@ -315,6 +326,19 @@ class Embedder(TransformerMixin, BaseEstimator):
     def transform(self, X: Iterable[ImageLike]) -> np.ndarray:
         self._fitted()
         items = _as_items(X)
+        try:
+            out = self._features(items)
+        except _OtherWidth as other:
+            # meta.json, read at fit, recorded another width than the layer computes (a stale
+            # or foreign file): the computed width is the truth. Cached rows were checked
+            # against the recorded one, so all are read again against it.
+            self.n_features_out_ = self._remember_width(other.width)
+            out = self._features(items)
+        return self._as_stored(out, items)
+
+    def _features(self, items: list[ImageLike]) -> np.ndarray:
+        """(n, n_features_out_) float32 features of ``items``: cached rows read, the others
+        computed and cached. Raises _OtherWidth where a computed batch has another width."""
         out = np.empty((len(items), self.n_features_out_), dtype=np.float32)
         folder = self._cache_folder()
         todo = []  # rows whose features are not cached
@@ -331,16 +355,16 @@ class Embedder(TransformerMixin, BaseEstimator):
             for rows, feats in zip(batches, computed, strict=True):
                 if not np.isfinite(feats).all():  # checked before anything is cached
                     raise self._not_finite(items, rows, feats)
-                if folder and feats.shape[1] != out.shape[1]:
-                    raise self._wrong_width(folder / "meta.json", feats.shape[1])
-                out[rows] = feats
-                if folder:
+                if folder:  # before the width check: a pass again reads them, not computes
                     for i, f in zip(rows, feats, strict=True):
                         # not synced (milliseconds an entry): _cached checks its digest
                         file = folder / f"{keys[i]}.npy"
                         data = _entry_bytes(f)
                         replace_with(file, lambda tmp, d=data: tmp.write_bytes(d), durable=False)
-        return self._as_stored(out, items)
+                if feats.shape[1] != out.shape[1]:
+                    raise self._other_width(feats.shape[1])
+                out[rows] = feats
+        return out
 
     def _cached(self, file: Path) -> np.ndarray | None:
         """The feature cached in ``file``, or None where there is none to trust: no file, or
@@ -376,11 +400,13 @@ class Embedder(TransformerMixin, BaseEstimator):
             )
         return out
 
-    def _wrong_width(self, meta: Path, width: int) -> ConfigError:
-        return ConfigError(
-            f"The feature cache's {meta} records {self.n_features_out_} features, but layer "
-            f"{self.layer!r} of {self.backbone} gives {width} features: that file is not this "
-            "cache's; delete it (the cache writes it again) and run again."
+    def _other_width(self, width: int) -> _OtherWidth:
+        # transform corrects the width once; this message shows where a pass again differs
+        return _OtherWidth(
+            width,
+            f"Layer {self.layer!r} of {self.backbone} gave {width} features, but "
+            f"{self.n_features_out_} in a pass before: its width changes from one forward pass "
+            "to the next, which no feature matrix can hold; check the backbone's forward.",
         )
 
     def _not_finite(
