@@ -118,3 +118,31 @@ def test_mvitv2_stages_are_its_stages(name, stem):
     assert stages == [(*stem, "patch_embed"), *blocks, ("stages.3", "norm")]
     frozen = frozen_by(model, Mode.parse("partial:2"), stages, "head")
     assert set(frozen) == {*stem, "patch_embed", "stages.0"}
+
+
+@pytest.mark.parametrize("name", ["twins_svt_small", "twins_pcpvt_small"])
+def test_twins_stages_are_its_scales_in_forward_order(name):
+    """Its taps name 'block.N' too, and it registers every patch embedding, then every scale's
+    blocks, then every positional convolution: its stages were [patch_embeds, blocks,
+    (pos_block, norm)], so partial:1 froze every patch embedding and partial:2 every block."""
+    model = _meta(name)
+    stages = model_stages(model, "head")
+    assert stages == [
+        *[s for i in range(3) for s in ((f"patch_embeds.{i}",), (f"blocks.{i}", f"pos_block.{i}"))],
+        ("patch_embeds.3",),
+        ("blocks.3", "pos_block.3", "norm"),
+    ]
+    # every part that holds parameters is in one stage, once
+    held = [n for n, m in model.named_modules() if n.count(".") == 1 and list(m.parameters())]
+    assert sorted(n for stage in stages for n in stage) == sorted([*held, "norm"])
+    # and the stages run in their order
+    ran = []
+    for i, stage in enumerate(stages):
+        for part in stage:
+            for m in model.get_submodule(part).modules():
+                m.register_forward_hook(lambda *_, i=i: ran.append(i))
+    with torch.device("meta"), torch.no_grad():
+        model.forward_features(torch.empty(1, 3, 224, 224))
+    assert ran == sorted(ran) and set(ran) == set(range(len(stages)))
+    frozen = frozen_by(model, Mode.parse("partial:2"), stages, "head")
+    assert set(frozen) == {"patch_embeds.0", "blocks.0", "pos_block.0"}

@@ -380,9 +380,29 @@ def _coat_stages(model: nn.Module) -> list[tuple[str, ...]] | None:
     return stages
 
 
+def _twins_stages(model: nn.Module) -> list[tuple[str, ...]] | None:
+    """Twins' stages in forward order (None for other models): it registers every patch
+    embedding, then every scale's blocks, then every positional convolution (run after its
+    scale's first block). Scale i is its patch embedding, then its blocks with that
+    convolution; the last scale's take the norm."""
+    from timm.models.twins import Twins
+
+    if not isinstance(model, Twins):
+        return None
+    scales = range(len(model.blocks))
+    stages = [
+        s for i in scales for s in ((f"patch_embeds.{i}",), (f"blocks.{i}", f"pos_block.{i}"))
+    ]
+    return [*stages[:-1], (*stages[-1], "norm")]
+
+
 def model_stages(model: nn.Module, classifier: str | None) -> list[tuple[str, ...]]:
     """A timm model's stages in forward order (:attr:`Backbone.stages`), whole blocks each."""
-    return _coat_stages(model) or stages_of(model, _block_containers(model), exclude=classifier)
+    return (
+        _coat_stages(model)
+        or _twins_stages(model)
+        or stages_of(model, _block_containers(model), exclude=classifier)
+    )
 
 
 def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Backbone:
