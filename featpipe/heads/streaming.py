@@ -21,6 +21,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from featpipe.distributed import current_ranks
 from featpipe.distributed.progress import track
 from featpipe.errors import ConfigError
 from featpipe.validation import is_count
@@ -74,7 +75,7 @@ def by_id_read_cost(store, rows: int) -> float:
     stored rows) that holds one of its rows."""
     # The reader's own id order over the file's rows (cached in the store, and read for the
     # chunks anyway): no second copy of the ids, and a TrainSubset's chunks use it too.
-    positions, stored = store._id_positions(), store.rows_per_chunk
+    positions, stored = store.id_positions(), store.rows_per_chunk
     read = 0
     for start in range(0, len(positions), rows):
         block = positions[start : start + rows]
@@ -88,9 +89,12 @@ def by_id_read_cost(store, rows: int) -> float:
 
 def warn_far_from_id_order(store, rows: int) -> None:
     """Warn, once per store file, when the streamed heads' chunks of ``rows`` ids read the
-    file ``_FAR_FROM_ID_ORDER`` times a pass or more (:func:`by_id_read_cost`)."""
+    file ``_FAR_FROM_ID_ORDER`` times a pass or more (:func:`by_id_read_cost`). Under
+    torchrun rank 0 alone says it: every rank reads the same file."""
     if getattr(store, "path", None) is None:
         return  # a source of chunks with no file behind it (fit_store reads any iter_chunks)
+    if not current_ranks().is_main:
+        return
     path = str(store.path)
     if path in _WARNED or (path, rows) in _CHECKED:
         return

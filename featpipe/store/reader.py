@@ -169,7 +169,7 @@ class FeatureStore:
         self.extraction: dict | None = None
         self.parts: list[Part] | None = None
         self._reasons_checked = False  # once true (a complete store), _skipped trusts ok flags
-        self._by_id: np.ndarray | None = None  # every stored row, in id order (_id_positions)
+        self._by_id: np.ndarray | None = None  # every stored row, in id order (id_positions)
         if not self.path.is_file():
             raise _not_found(self.path)
         with self._open() as f:
@@ -630,7 +630,7 @@ class FeatureStore:
             yield from self._blocks(layer, mask, rows, dtype, order)
             return
         self._check_layer(layer)
-        by_id_rows = self._id_positions()
+        by_id_rows = self.id_positions()
         with self._reading() as f:
             ds, labels = f[schema.FEATURES][layer], f[schema.SAMPLES_LABEL]  # open throughout
             for i in range(math.ceil(self._n / rows)) if order is None else order:
@@ -697,8 +697,10 @@ class FeatureStore:
         y = labels[lo:hi]
         return block, (y if keep is None else y[keep])
 
-    def _id_positions(self) -> np.ndarray:
-        """Every stored row's position, in id order (the ids never change in a file)."""
+    def id_positions(self) -> np.ndarray:
+        """Every stored row's position (skipped and unwritten rows too), in id order: the
+        order :meth:`iter_chunks` with ``by_id=True`` reads the rows in. Read once and kept
+        (the ids never change in a file); a store in id order gives ``arange`` of its rows."""
         if self._by_id is None:
             with self._reading() as f:
                 ids = f[schema.SAMPLES_ID].asstr()[()]
