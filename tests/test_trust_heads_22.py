@@ -9,13 +9,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import record_calls
 
 import featpipe.device
 import featpipe.heads.torch_logreg as torch_logreg
 from featpipe.heads.streamed_logreg import StreamingLogisticProbe
 from featpipe.heads.streaming import StreamingLinearHead, by_id_read_cost
 from featpipe.store import write_arrays
-from tests.conftest import record_calls
 
 # The fits stop after a few L-BFGS steps: what they show is their threads and reads.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

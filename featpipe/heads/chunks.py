@@ -103,6 +103,9 @@ class RowStatistics:
     classes: np.ndarray
     mean: np.ndarray | None
     var: np.ndarray | None
+    # Not gathered: it sets this rank's torch threads, so ranks may pick different counts.
+    # Harmless: the ranks' gradients and losses are all-reduced, so every rank takes the same
+    # step whatever each one's threads (they change only its speed and last bits).
     chunk_rows: int
 
 
