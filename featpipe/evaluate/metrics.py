@@ -18,6 +18,10 @@ CI_LEVEL = 0.95
 # each a function of the resampled test rows.
 WILSON_METRICS = ("top1", "top5")
 BOOTSTRAP_METRICS = ("balanced_accuracy", "macro_f1", "log_loss")
+# Those of them that predictions alone give (log loss needs probabilities, which rows do not
+# keep): a report can draw their intervals again from a row's test predictions.
+PREDICTION_METRICS = ("balanced_accuracy", "macro_f1")
+DEFAULT_BOOT = 1000  # resamples of a run's intervals unless its config sets n_boot
 _EPS = 1e-15
 _BOOT_BATCH = 100  # resamples per vectorised step, to bound memory on large test sets
 
@@ -212,7 +216,7 @@ def bootstrap_intervals(
     draws: dict[str, list[np.ndarray]] = {m: [] for m in names}
     for idx in resamples(len(y), n_boot, seed):
         scores = resampled_scores(y, pred, idx, n_classes)
-        for name in ("balanced_accuracy", "macro_f1"):
+        for name in PREDICTION_METRICS:
             draws[name].append(scores[name])
         if nll is not None:
             draws["log_loss"].append(nll[idx].mean(axis=1))
@@ -223,7 +227,7 @@ def compute_metrics(
     y_true: Sequence[int] | np.ndarray,
     proba: np.ndarray,
     classes: Sequence[str] | None = None,
-    n_boot: int = 1000,
+    n_boot: int = DEFAULT_BOOT,
     seed: int = 0,
     y_pred: Sequence[int] | np.ndarray | None = None,
 ) -> dict:
@@ -234,9 +238,10 @@ def compute_metrics(
     tied with the true one count ahead of it), ``balanced_accuracy``, ``macro_f1`` (both over
     the classes present, as scikit-learn), ``log_loss``, ``ece`` (15 bins), ``confusion``
     (C×C list, rows = true class), ``per_class_accuracy`` ({class: recall or None when it is
-    absent from the test set}) and ``ci`` ({metric: [lo, hi]}, 95 %: the Wilson score interval
+    absent from the test set}), ``ci`` ({metric: [lo, hi]}, 95 %: the Wilson score interval
     for top-1 and top-5, a percentile bootstrap over test rows for the others; empty when
-    ``n_boot`` is 0).
+    ``n_boot`` is 0) and ``n_boot`` (the resamples ``ci`` was drawn with: a report at the same
+    number reuses it).
 
     ``y_pred`` are the method's own predictions (class indices), for heads whose ``predict``
     is not the argmax of the scores in ``proba`` (an SVM's ties); top-1, balanced accuracy,
@@ -280,6 +285,7 @@ def compute_metrics(
         "confusion": cm.tolist(),
         "per_class_accuracy": per_class,
         "ci": ci,
+        "n_boot": int(n_boot),
     }
     return out
 

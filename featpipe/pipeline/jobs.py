@@ -212,7 +212,9 @@ def backbone_suffix(config: PipelineConfig) -> Callable[[str], str]:
 
 # Config hashes held the run's n_boot until reports computed their intervals from a row's test
 # predictions at the run's n_boot (another n_boot reuses every row): the default stays in
-# them, so that rows made at it keep their hashes.
+# them, so that rows made at it keep their hashes. Rows made then at another n_boot are
+# fitted again once (the README says so at `n_boot`): reusing them would take a second hash
+# for every job and row lookup, for a cost each run folder pays once.
 HASHED_N_BOOT = {"n_boot": 1000}
 
 

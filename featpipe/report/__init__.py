@@ -16,7 +16,7 @@ from featpipe.evaluate.leakage import (
     check_store,
     source_hashes,
 )
-from featpipe.evaluate.metrics import MIN_BOOT
+from featpipe.evaluate.metrics import DEFAULT_BOOT, MIN_BOOT
 from featpipe.report.content import Document, build_document
 from featpipe.report.html import render_html
 from featpipe.report.markdown import PLOTS_DIR, render_markdown
@@ -123,13 +123,13 @@ def write_report(
         plan = read_plan(run_dir)
     rows, notes = _current(rows, plan)
     checks = data_checks(run_dir, rows, source, plan.source_fingerprint if plan else None)
-    n_boot = plan.n_boot if plan else 1000
+    n_boot = plan.n_boot if plan else DEFAULT_BOOT
     if 0 < n_boot < MIN_BOOT:  # a run made before that floor: report it, at the floor
         notes.append(
             f"Note: this run's n_boot is {n_boot}, fewer resamples than a 95 % interval needs "
-            f"({MIN_BOOT}): this report's comparisons use {MIN_BOOT}; its rows' balanced "
-            f"accuracy, macro F1 and log loss intervals came from {n_boot}. Run it again "
-            f"with n_boot {MIN_BOOT} or more (its results are then computed again) or 0."
+            f"({MIN_BOOT}): this report computes its intervals and comparisons with "
+            f"{MIN_BOOT}. Set n_boot to {MIN_BOOT} or more, or 0, and run it again: its rows "
+            "are reused, nothing is fitted again."
         )
         n_boot = MIN_BOOT
     run = plan.run if plan else None
@@ -199,7 +199,7 @@ def _saved_checks(saved: Path, fingerprint: str | None, recheck: bool) -> DataCh
     return checks
 
 
-def record_rows(run_dir: str | Path, rows: list[ResultRow], *, n_boot: int = 1000) -> Path:
+def record_rows(run_dir: str | Path, rows: list[ResultRow], *, n_boot: int = DEFAULT_BOOT) -> Path:
     """Append ``rows`` to ``run_dir``/results.jsonl and put them in the folder's plan in place
     of earlier rows of the same method and seed, so that ``featpipe report run_dir`` shows the
     latest of each (how `featpipe probe` and `featpipe finetune` record their results)."""

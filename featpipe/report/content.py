@@ -12,6 +12,7 @@ import numpy as np
 
 from featpipe.evaluate.compare import bound_figure, point_decimals
 from featpipe.evaluate.leakage import DataChecks
+from featpipe.evaluate.metrics import DEFAULT_BOOT
 from featpipe.report import advice, plots
 from featpipe.report.results import MethodKind, ids_sha256
 from featpipe.report.summary import (
@@ -582,21 +583,22 @@ def _figures(summaries: list[MethodSummary]) -> Section:
 
 
 def _with_intervals(summaries: list[MethodSummary]) -> bool:
-    """Whether the rows have intervals to show (rows computed with n_boot 0 have none)."""
+    """Whether the report shows intervals (none when its n_boot is 0)."""
     return any(s.top1_ci for s in summaries)
 
 
 def _spread(summaries: list[MethodSummary]) -> str:
-    """What the results table's figures are, intervals included only where the rows have
-    them."""
+    """What the results table's figures are, intervals included unless the report's n_boot is
+    0."""
     if _with_intervals(summaries):
         return (
             "Top-1 is the mean over seeds (± standard deviation when several) with the 95 % "
             "Wilson score interval over the test images of one proportion at that mean (with "
-            "several seeds, as if each image were right in all of them or in none: at least as "
-            "wide as the mean needs, and how the seeds differ is the ±), balanced accuracy and "
-            "macro F1 with a "
-            "95 % bootstrap interval over the test images (the mean of the seeds'); "
+            "several seeds, as if each image were right in all of them or in none: it assumes "
+            "the most variance the seeds' mean can have over these images, which it has when "
+            "the seeds agree image by image, and how the seeds differ is the ±), balanced "
+            "accuracy and macro F1 with a 95 % bootstrap interval over the test images (the "
+            "mean of the seeds'); "
         )
     return (
         "Top-1, balanced accuracy and macro F1 are the means over seeds (top-1 ± its standard "
@@ -606,7 +608,7 @@ def _spread(summaries: list[MethodSummary]) -> str:
 
 def build_document(
     rows: list[dict],
-    n_boot: int = 1000,
+    n_boot: int = DEFAULT_BOOT,
     notes: Sequence[str] = (),
     checks: DataChecks | None = None,
     run: str | None = None,

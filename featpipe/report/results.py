@@ -38,7 +38,11 @@ Fields (``?``: may be null):
   ``macro_f1``, ``log_loss``? and ``ece``? (null for heads without probabilities, such as
   SVMs), ``confusion`` (C×C, rows = true class), ``per_class_accuracy`` ({class: recall?}),
   ``ci`` ({metric: [lo, hi]}, 95 %: Wilson score interval for top-1 and top-5, percentile
-  bootstrap over test images for the others).
+  bootstrap over test images for the others) and ``n_boot`` (int, optional: the resamples of
+  ``ci``). ``ci`` is at the n_boot of the run that made the row: a re-run at another n_boot
+  reuses the row, and its report draws balanced accuracy's and macro F1's intervals again from
+  ``test`` at its own n_boot (or takes ``ci``'s where the row's ``n_boot`` is the same), and
+  top-1's Wilson interval from ``n``.
 - ``val_accuracy`` (float?): validation accuracy of the chosen model.
 - ``params`` (object): chosen hyper-parameters (probes) or fine-tuning settings and best epoch.
 - ``curve`` (list?): the probe's validation curve, ``[{"params": {...}, "score": x}, ...]``.

@@ -18,7 +18,12 @@ from featpipe.evaluate import (
     paired_score_bootstrap,
 )
 from featpipe.evaluate.compare import ALPHA
-from featpipe.evaluate.metrics import bootstrap_intervals, wilson_interval
+from featpipe.evaluate.metrics import (
+    DEFAULT_BOOT,
+    PREDICTION_METRICS,
+    bootstrap_intervals,
+    wilson_interval,
+)
 from featpipe.report.results import MethodKind
 
 K = TypeVar("K")
@@ -37,8 +42,9 @@ class MethodSummary:
     mode: str | None
     rows: list[dict] = field(default_factory=list)
     # Resamples of the report's intervals (0: none): the run's n_boot now, which may differ
-    # from the one its rows were computed with (a re-run at another n_boot reuses them).
-    n_boot: int = 1000
+    # from the one its rows were computed with (a re-run at another n_boot reuses them). The
+    # default is the runs' default: rows made at it are not resampled again.
+    n_boot: int = DEFAULT_BOOT
 
     @property
     def seeds(self) -> list[int]:
@@ -63,19 +69,23 @@ class MethodSummary:
         before the Wilson interval (a percentile bootstrap) are shown the same way.
 
         What it approximates: the mean is taken for one proportion, as if each image were right
-        in every seed or in none. Seeds that differ image by image make the per-image hit rate
-        fractional, whose variance is below p(1 - p): the interval is then wider than the
-        mean's spread over test images (13 % wider than a bootstrap of it over images, for 5
-        MLP seeds on 300 digits), never narrower. Which seeds were drawn is not in it: the
-        standard deviation over seeds shows that. A bootstrap over images would be exact but
-        collapses near 100 % (see ``WILSON_METRICS``); a t-interval over seeds measures the
-        seeds on these images only.
+        in every seed or in none, so it assumes the variance p(1 - p) / n. That is the most the
+        seeds' mean can vary over test images: seeds that differ image by image make the
+        per-image hit rate fractional, with less variance (then 13 % wider than a bootstrap of
+        the mean over images, for 5 MLP seeds on 300 digits); seeds that agree image by image
+        (one seed, a deterministic head) have exactly that variance, and the interval's ends
+        then differ from a percentile bootstrap's only as Wilson's do (50 % of 200 images:
+        43.1-56.9 against 43.0-57.0). Which seeds were drawn is not in it: the standard
+        deviation over seeds shows that. A bootstrap over images would be exact but collapses
+        near 100 % (see ``WILSON_METRICS``); a t-interval over seeds measures the seeds on
+        these images only.
 
         Seeds that tested different images (a report warns) take the harmonic mean of their
         sets' sizes, whether the sets overlap or not: the mean's standard deviation is at most
         the mean of the seeds' own (any correlation), which is at most one proportion's at the
-        mean over that many images (Cauchy-Schwarz, then p(1 - p) is concave). So the interval
-        is never narrower than the mean needs, and narrower than the smallest set's would be."""
+        mean over that many images (Cauchy-Schwarz, then p(1 - p) is concave). So the variance
+        it assumes is at least the mean's, and the interval narrower than the smallest set's
+        would be."""
         if not self.n_boot:
             return None
         n = [r["metrics"]["n"] for r in self.rows]
@@ -89,21 +99,24 @@ class MethodSummary:
 
     @cached_property
     def _score_cis(self) -> dict[str, tuple[float, float]]:
-        """:meth:`score_ci` of each metric, computed from the rows' test predictions at
-        ``n_boot`` with each row's seed: what the rows hold when made at this ``n_boot``."""
+        """:meth:`score_ci` of each metric: a row's stored intervals where it records that they
+        were drawn at ``n_boot`` (``metrics.n_boot``), else computed from its test predictions
+        at ``n_boot`` with its seed, which gives what a row made at ``n_boot`` holds. Rows
+        written before ``metrics.n_boot`` are computed: a re-run at another n_boot may have
+        reused them, so their intervals' n_boot is not known."""
         if not self.n_boot or not self.rows:
             return {}
-        cis = [
-            bootstrap_intervals(
-                np.asarray(r["test"]["y_true"]),
-                np.asarray(r["test"]["y_pred"]),
-                len(r["classes"]),
-                self.n_boot,
-                r["seed"],
-            )
-            for r in self.rows
-        ]
-        return {m: tuple(float(v) for v in np.mean([c[m] for c in cis], axis=0)) for m in cis[0]}
+        cis = [self._row_cis(r) for r in self.rows]
+        means = {m: np.mean([c[m] for c in cis], axis=0) for m in PREDICTION_METRICS}
+        return {m: (float(lo), float(hi)) for m, (lo, hi) in means.items()}
+
+    def _row_cis(self, row: dict) -> dict[str, list[float]]:
+        stored = row["metrics"]
+        if stored.get("n_boot") == self.n_boot and stored["ci"].keys() >= set(PREDICTION_METRICS):
+            return stored["ci"]
+        test = row["test"]
+        y_true, y_pred = np.asarray(test["y_true"]), np.asarray(test["y_pred"])
+        return bootstrap_intervals(y_true, y_pred, len(row["classes"]), self.n_boot, row["seed"])
 
     def cost(self, name: str) -> float | None:
         """Mean of a cost field over seeds, as :func:`row_cost` counts it (None when no seed
@@ -186,7 +199,7 @@ def latest_rows(rows: list[dict]) -> list[dict]:
     return list(latest.values())
 
 
-def summarize(rows: list[dict], n_boot: int = 1000) -> list[MethodSummary]:
+def summarize(rows: list[dict], n_boot: int = DEFAULT_BOOT) -> list[MethodSummary]:
     """One summary per method, in the order methods first appear, with intervals from
     ``n_boot`` resamples (0: none)."""
     by_method: dict[str, MethodSummary] = {}
@@ -311,7 +324,7 @@ def tie_rule(n_boot: int, compared: int) -> str:
     return f"McNemar's test{holm} finds no difference; no interval, n_boot is 0"
 
 
-def references(summaries: list[MethodSummary], n_boot: int = 1000) -> list[MethodSummary]:
+def references(summaries: list[MethodSummary], n_boot: int = DEFAULT_BOOT) -> list[MethodSummary]:
     """The probes a fine-tune is compared with: the best probe (on validation) and the
     cheapest probe tied with it on test (:func:`ties`, among probes), when that is another."""
     top = best(summaries, MethodKind.PROBE)
@@ -324,7 +337,7 @@ def references(summaries: list[MethodSummary], n_boot: int = 1000) -> list[Metho
     return [top] if cheapest is top else [top, cheapest]
 
 
-def comparisons(summaries: list[MethodSummary], n_boot: int = 1000) -> list[PairedResult]:
+def comparisons(summaries: list[MethodSummary], n_boot: int = DEFAULT_BOOT) -> list[PairedResult]:
     """Each fine-tune against the best probe and the cheapest probe tied with it; without
     fine-tunes, those two probes against each other and the best probe against the runner-up
     on validation."""
@@ -343,7 +356,7 @@ def comparisons(summaries: list[MethodSummary], n_boot: int = 1000) -> list[Pair
 
 
 def all_pairs(
-    summaries: list[MethodSummary], n_boot: int = 1000
+    summaries: list[MethodSummary], n_boot: int = DEFAULT_BOOT
 ) -> dict[tuple[int, int], Comparison]:
     """Every ordered pair (i, j), i before j, of methods that tested the same images."""
     out = {}
