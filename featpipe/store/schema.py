@@ -24,9 +24,9 @@ set, plus everything needed to tell where they came from. Plain ``h5py`` reads a
     /samples/ok             (N,)  bool: the image was read and its features are written
     /samples/error          (N,)  utf-8 strings: why an image was skipped ("" otherwise)
     /classes                (C,)  utf-8 class names
-    /features/<layer>       (N, D) float16 or float32, chunked (rows_per_chunk, D), with a
-                                   fletcher32 checksum per chunk (stores made before it have
-                                   none); attrs: layer, pooling, dim, dtype
+    /features/<layer>       (N, D) float16 or float32, chunked (min(rows_per_chunk, N), D),
+                                   with a fletcher32 checksum per chunk (stores made before it
+                                   have none); attrs: layer, pooling, dim, dtype
     /progress/chunk_done    (n_chunks,) bool
     /progress/chunk_seconds (n_chunks,) float64: seconds the run that wrote the chunk spent
                                    on it
