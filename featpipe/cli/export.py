@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from featpipe.cli.options import pick_layer
+from featpipe.cli.options import add_force_option, pick_layer
 
 EXAMPLES = """\
 examples:
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="file format (default: from the --out suffix); parquet needs pyarrow",
     )
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="file to write")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_force_option(p)
     p.set_defaults(func=run_export)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from featpipe.cli.options import (
     add_decode_option,
+    add_force_option,
     add_image_size_option,
     add_limit_options,
     apply_limits,
@@ -209,7 +210,7 @@ def register(subparsers) -> None:
     )
     c.add_argument("store", metavar="STORE", help="the parted store's top-level .h5 file")
     c.add_argument("--out", metavar="FILE", required=True, help="the one-file store to write")
-    c.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_force_option(c)
     c.set_defaults(func=run_consolidate)
 
 

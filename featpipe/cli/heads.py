@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featpipe.cli.options import pick_layer
+from featpipe.cli.options import add_force_option, pick_layer
 from featpipe.errors import ConfigError, NonFiniteFeaturesError
 from featpipe.interrupt import Interrupted
 from featpipe.words import agrees, counted
@@ -132,6 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also append a result row per head to DIR/results.jsonl (the rows `featpipe run` "
         "writes), for `featpipe report DIR`",
     )
+    add_force_option(p, "--out, and heads in --save-dir saved from another store or layer,")
     p.set_defaults(func=run_probe)
 
     q = subparsers.add_parser(
@@ -173,6 +174,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="file to write: JSON where it ends in .json, else CSV (default: CSV on standard "
         "output); the columns are listed below",
     )
+    add_force_option(q)
     q.set_defaults(func=run_predict)
 
 
@@ -190,7 +192,10 @@ def run_probe(args: argparse.Namespace) -> int:
     # Written after every head is fitted: a path that cannot be written is refused first.
     if args.out:
         store_input = [("feature store", args.store)]
-        check_out_file(args.out, option="--out", example="results.json", inputs=store_input)
+        check_out_file(
+            args.out, option="--out", replace=args.force, example="results.json",
+            inputs=store_input,
+        )  # fmt: skip
     for option, folder in (("--save-dir", args.save_dir), ("--run-dir", args.run_dir)):
         _check_folder(folder, option)
     store = FeatureStore(args.store)
@@ -218,6 +223,8 @@ def run_probe(args: argparse.Namespace) -> int:
         require_test_split(data)
         require_k_per_class(data, args.few_shot)
     suffix = _save_suffix(args.save_format) if args.save_dir else None
+    if args.save_dir and not args.force:
+        _keep_other_heads([args.save_dir / f"{n}{suffix}" for n in names], store, layer)
     rows, report = (
         [],
         {
@@ -307,6 +314,28 @@ def _check_folder(path: Path | None, option: str) -> None:
             f"{option} {path}: {at} is a file, not a folder. Give a folder (it is created "
             "when missing)."
         )
+
+
+def _keep_other_heads(paths: list[Path], store, layer: str) -> None:
+    """Refuse to replace a saved head that a re-run would not save again: one fitted on
+    another store or layer (or whose sidecar cannot tell). The same store's and layer's head
+    is replaced, so probing again, or the heads an interrupted run left, just works."""
+    from featpipe.heads.persistence import read_sidecar
+
+    for path in paths:
+        if not path.exists():
+            continue
+        try:
+            sidecar = read_sidecar(path)
+            saved = f"store {sidecar.get('store_path')}, layer {sidecar.get('layer')}"
+        except ConfigError:
+            sidecar, saved = {}, "a sidecar that cannot be read"
+        if (sidecar.get("store_key"), sidecar.get("layer")) != (store.key, layer):
+            raise ConfigError(
+                f"--save-dir: {path} holds a head saved from {saved}, not from this store's "
+                f"layer {layer}; saving here would replace it. Give another --save-dir, or "
+                "pass --force to replace it."
+            )
 
 
 def _head_names(text: str) -> list[str]:
@@ -445,7 +474,10 @@ def run_predict(args: argparse.Namespace) -> int:
             ("feature store" if Path(t).suffix.lower() in STORE_SUFFIXES else "image", Path(t))
             for t in args.inputs
         ]
-        check_out_file(args.out, option="--out", example="predictions.csv", inputs=inputs)
+        check_out_file(
+            args.out, option="--out", replace=args.force, example="predictions.csv",
+            inputs=inputs,
+        )  # fmt: skip
     _check_head_path(args.head)
     head, sidecar = load_head(args.head)
     layer = sidecar.get("layer")

@@ -56,6 +56,13 @@ def add_decode_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_force_option(parser: argparse.ArgumentParser, what: str = "--out") -> None:
+    """``--force``: every command's one way to replace an output that exists. Without it the
+    command refuses to write there (``check_out_file(..., replace=args.force)``): what the file
+    holds may not come back from a re-run (another store's head, another run's results)."""
+    parser.add_argument("--force", action="store_true", help=f"replace {what} if it exists")
+
+
 def _image_count(text: str) -> int:
     """A ``--limit-*`` value, refused by argparse (naming the option) unless 0 or more."""
     try:
