@@ -11,6 +11,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Iterator
+from typing import NoReturn
 
 from featpipe.distributed.ranks import current_ranks
 from featpipe.errors import FeaturePipeError
@@ -37,8 +38,19 @@ Errors print one line; FEATPIPE_DEBUG=1 prints their full traceback as well.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors (a bad choice, a missing argument) are one line
+    as the others, with the way to the usage, not the whole usage before it."""
+
+    def error(self, message: str) -> NoReturn:
+        if "--help" not in message:
+            message += f" (`{self.prog} --help` lists the options)"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Subcommands' parsers are built by add_parser as the same class as this one.
+    parser = _Parser(
         prog="featpipe",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -112,7 +124,7 @@ def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
 
 
 def main(argv: list[str] | None = None) -> int:
-    command = None  # known once the arguments are parsed
+    command, chosen = None, None  # known once the arguments are parsed
     try:
         # Building the parser imports every command's module: a Ctrl-C then is one line too.
         with handle_sigterm(), _plain_warnings():
@@ -121,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             if not getattr(args, "func", None):
                 parser.print_help()
                 return 2
-            command = args.command
+            # "cache list", not "cache": the words the user typed
+            chosen = _chosen(parser, args)
+            command = chosen.prog.removeprefix(parser.prog).strip()
             return int(args.func(args) or 0)
     except FeaturePipeError as exc:
         if os.environ.get("FEATPIPE_DEBUG") == "1":  # the full traceback, for bug reports

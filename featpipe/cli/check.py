@@ -93,10 +93,7 @@ def run_check(args: argparse.Namespace) -> int:
             f"--min-per-class {args.min_per_class} is not a number of images; give 1 or more, "
             "or leave it out for 10."
         )
-    try:
-        store = FeatureStore(args.store)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{exc} Pass the path of a .h5 file `featpipe extract` wrote.") from None
+    store = FeatureStore(args.store)  # a missing one is StoreNotFoundError, with its hint
     # Before the source is hashed (minutes on a large one).
     store.require_complete("check")
     # Every layer, not only the one the checks read: a store no head can use is not clean.
