@@ -40,11 +40,9 @@ Errors print one line; FEATPIPE_DEBUG=1 prints their full traceback as well.
 
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, whose usage errors (a bad choice, a missing argument) are one line
-    as the others, with the way to the usage, not the whole usage before it."""
+    as the others: the whole usage before it buried it (`--help` shows it)."""
 
     def error(self, message: str) -> NoReturn:
-        if "--help" not in message:
-            message += f" (`{self.prog} --help` lists the options)"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
