@@ -139,7 +139,7 @@ def test_bad_file_through_extract(tmp_path, kind, name, write, reason, data_path
     with pytest.raises(ImageReadError) as caught:
         extract(source, out=fail, data_path=data_path, **FAST)
     message = str(caught.value)
-    assert "\n" not in message and "--on-error skip" in message
+    assert "\n" not in message and 'on_error="skip"' in message
     assert f"a/{name}': {reason}" in message
 
 
@@ -182,7 +182,7 @@ def test_unreadable_file_is_named_and_skipped(tmp_path, monkeypatch, data_path):
     _deny(monkeypatch, Path(source.path(row)))
     with pytest.raises(ImageReadError, match=r"a/locked\.jpg': permission denied\. Make it"):
         source.load(row)
-    with pytest.raises(ImageReadError, match=r"a/locked\.jpg': permission denied.*--on-error"):
+    with pytest.raises(ImageReadError, match=r"a/locked\.jpg': permission denied.*on_error="):
         extract(source, out=tmp_path / "fail.h5", data_path=data_path, **FAST)
     store = extract(source, out=tmp_path / "s.h5", data_path=data_path, on_error="skip", **FAST)
     assert store.skipped() == {"a/locked.jpg": "permission denied"}

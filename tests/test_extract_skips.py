@@ -73,7 +73,7 @@ def test_interrupted_run_with_skips_resumes_to_the_same_store(tmp_path):
 
 def test_a_failed_run_resumes_under_skip_without_recomputing(tmp_path):
     out = tmp_path / "s.h5"
-    with pytest.raises(ImageReadError, match=r"img0007\.jpg': truncated file.*--on-error skip"):
+    with pytest.raises(ImageReadError, match=r"img0007\.jpg': truncated file.*on_error=\"skip\""):
         extract(BadRows(23, BAD), "toy", LAYERS, out=out, **FAST)
     assert FeatureStore(out).chunk_done().tolist() == [True, False, False, False, False]
     store = extract(BadRows(23, BAD), "toy", LAYERS, out=out, on_error="skip", **FAST)
@@ -123,7 +123,7 @@ def test_failure_in_a_worker_process_is_one_line(tmp_path):
         )
     message = str(caught.value)
     assert message.startswith("Cannot read image 'noise/img0007.jpg': broken.")
-    assert "\n" not in message and "Traceback" not in message and "--on-error skip" in message
+    assert "\n" not in message and "Traceback" not in message and 'on_error="skip"' in message
 
 
 def test_skips_in_worker_processes(tmp_path):

@@ -47,3 +47,22 @@ def test_an_error_of_a_sub_action_names_it(tmp_path, capsys):
     """`featpipe cache list MISSING` called itself 'featpipe cache' in its error."""
     err = _error(["cache", "list", str(tmp_path / "nonexist")], capsys)
     assert err.startswith("featpipe cache list: error: No cache folder at")
+
+
+def test_an_unreadable_image_names_the_flag_on_the_command_line_and_the_parameter_in_python(
+    image_folder, tmp_path, capsys
+):
+    """The hint said '--on-error skip (on_error="skip", features.on_error = "skip" in a
+    pipeline)' to everyone: Python wording on the command line, a flag in Python."""
+    import featpipe
+    from featpipe.errors import ImageReadError
+
+    broken = image_folder / "cat" / "001.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated
+    out = tmp_path / "s.h5"
+    argv = ["extract", str(image_folder), "--backbone", "toy", "--workers", "0", "--out", str(out)]
+    err = _error([*argv, "--device", "cpu", "--no-progress"], capsys)
+    assert "pass --on-error skip." in err and "on_error" not in err
+    with pytest.raises(ImageReadError) as caught:
+        featpipe.extract(str(image_folder), "toy", out=out, device="cpu", workers=0, progress=False)
+    assert 'pass on_error="skip".' in str(caught.value) and "--on-error" not in str(caught.value)

@@ -7,6 +7,7 @@ import contextlib
 import difflib
 import importlib
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -121,6 +122,23 @@ def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
     return parser
 
 
+# A setting as the API names it in a message: on_error="skip", resume=False.
+_SETTING = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=\"?([\w.-]+)\"?")
+
+
+def as_flags(message: str, command: argparse.ArgumentParser) -> str:
+    """A library message as ``command`` gives it: each setting the API names (``on_error=
+    "skip"``) that is one of the command's options, as its flag (``--on-error skip``). A
+    message that names the flag already is left as it is."""
+    flags = {o for action in command._actions for o in action.option_strings}
+
+    def flag(m: re.Match) -> str:
+        name = "--" + m[1].replace("_", "-")
+        return f"{name} {m[2]}" if name in flags and name not in message else m[0]
+
+    return _SETTING.sub(flag, message)
+
+
 def main(argv: list[str] | None = None) -> int:
     command, chosen = None, None  # known once the arguments are parsed
     try:
@@ -138,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except FeaturePipeError as exc:
         if os.environ.get("FEATPIPE_DEBUG") == "1":  # the full traceback, for bug reports
             traceback.print_exc()
-        say(f"{_who(command)}: error: {exc}")
+        say(f"{_who(command)}: error: {as_flags(str(exc), chosen) if chosen else exc}")
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()

@@ -36,8 +36,9 @@ def first_failure(failed: Mapping[int, ImageReadError]) -> ImageReadError:
     text = str(err).rstrip()
     text += "" if text.endswith(".") else "."
     stop = ImageReadError(
-        f"{text} To leave out unreadable images instead (recorded as skipped), run with "
-        '--on-error skip (on_error="skip", features.on_error = "skip" in a pipeline).',
+        # In the API's words; the command line names its flag (featpipe.cli.as_flags).
+        f"{text} To leave out unreadable images instead (recorded as skipped), pass "
+        'on_error="skip".',
         path=err.path,
         reason=err.reason,
     )
