@@ -66,3 +66,33 @@ def test_an_unreadable_image_names_the_flag_on_the_command_line_and_the_paramete
     with pytest.raises(ImageReadError) as caught:
         featpipe.extract(str(image_folder), "toy", out=out, device="cpu", workers=0, progress=False)
     assert 'pass on_error="skip".' in str(caught.value) and "--on-error" not in str(caught.value)
+
+
+def test_a_head_mismatch_is_said_in_words(tmp_path):
+    """A head on another layer said "it holds ['pooled', 'stage1']" and another image size
+    "preprocessing: head {'crop': 64, 'resize': 73}, ...": Python's list and dict forms."""
+    import numpy as np
+
+    import featpipe
+    from featpipe.errors import HeadMismatchError
+    from featpipe.heads import check_head_matches, load_head
+
+    images = np.random.default_rng(0).integers(0, 256, (10, 40, 30, 3), dtype=np.uint8)
+
+    def store(name: str, size: int):
+        source = featpipe.ArraySource(images, np.arange(10) % 2)
+        kw = {"device": "cpu", "workers": 0, "progress": False, "image_size": size}
+        return featpipe.extract(source, "toy", ["pooled", "stage1"], out=tmp_path / name, **kw)
+
+    small, large = store("small.h5", 32), store("large.h5", 48)
+    assert main(["probe", str(small.path), "--layer", "pooled", "--heads", "knn", "--cv", "2",
+                 "--save-dir", str(tmp_path / "h")]) == 0  # fmt: skip
+    _, sidecar = load_head(tmp_path / "h" / "knn.skops")
+    with pytest.raises(HeadMismatchError) as caught:
+        check_head_matches({**sidecar, "layer": "stage2"}, small, "stage2")
+    assert "not in the store (it holds pooled, stage1)" in str(caught.value)
+    with pytest.raises(HeadMismatchError) as caught:
+        check_head_matches(sidecar, large, "pooled")
+    said = str(caught.value)
+    assert "backbone preprocessing crop: head 32, store 48" in said
+    assert "{" not in said and "[" not in said

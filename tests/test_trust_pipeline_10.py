@@ -139,11 +139,11 @@ def test_a_saved_head_is_not_refused_for_a_layer_field_one_side_lacks(tmp_path, 
     monkeypatch.setattr(type(store), "layer_info", lambda s, layer: {**info(s, layer), "new": 1})
     check_head_matches(sidecar, store, "pooled")
     # A field both record still counts, and a known one always does.
-    with pytest.raises(Exception, match=r"features: .*'new': 2.*, store .*'new': 1"):
+    with pytest.raises(Exception, match=r"features new: head 2, store 1"):
         check_head_matches(
             {**sidecar, "features": {**sidecar["features"], "new": 2}}, store, "pooled"
         )
-    with pytest.raises(Exception, match=r"features: head .*'dtype': 'float16'"):
+    with pytest.raises(Exception, match=r"features dtype: head 'float16'"):
         check_head_matches(
             {**sidecar, "features": {**sidecar["features"], "dtype": "float16"}}, store, "pooled"
         )

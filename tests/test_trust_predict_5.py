@@ -85,7 +85,7 @@ def test_a_store_of_another_backbone_is_refused_naming_the_two_backbones(tmp_pat
         ({**TOY, "weights_sha256": "b" * 64}, "head 'aaaaaaaaaaaa...', store 'bbbbbbbbbbbb...'",
          "a" * 13),
         ({**TOY, "preprocessing": {"resize": 36, "crop": 64}},
-         "preprocessing: head {'crop': 32}, store {'crop': 64}", "resize"),
+         "preprocessing crop: head 32, store 64", "resize"),
     ],
 )  # fmt: skip
 def test_the_same_backbone_otherwise_names_only_what_differs(tmp_path, backbone, said, unsaid):

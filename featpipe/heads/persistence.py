@@ -396,7 +396,9 @@ def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
     if sidecar.get("layer") != layer:
         problems.append(f"layer: head {sidecar.get('layer')!r}, requested {layer!r}")
     elif layer not in store.layers:
-        problems.append(f"layer: head {layer!r}, not in the store (it holds {store.layers})")
+        problems.append(
+            f"layer: head {layer!r}, not in the store (it holds {', '.join(store.layers)})"
+        )
     elif "features" not in sidecar:
         warnings.warn(
             f"This head's sidecar (format version {sidecar.get('format_version')}) does not "
@@ -406,9 +408,8 @@ def check_head_matches(sidecar: dict, store: object, layer: str) -> None:
             stacklevel=2,
         )
     elif keys := _features_differing(sidecar["features"] or {}, now := _features(store, layer)):
-        saved = sidecar["features"]
-        was, is_ = ({k: d.get(k) for k in keys} for d in (saved, now))
-        problems.append(f"features: head {was}, store {is_}")
+        was, is_ = ({k: d.get(k) for k in keys} for d in (sidecar["features"], now))
+        problems += _apart("features", was, is_, "store")
     if list(sidecar.get("classes") or []) != list(store.classes):
         problems.append(f"classes: head {sidecar.get('classes')}, store {list(store.classes)}")
     _require_same_spec(sidecar, provenance["backbone"], "the store's are")
@@ -483,20 +484,21 @@ def _backbone_problems(sidecar: dict, now: dict, where: str) -> list[str]:
     if (sidecar.get("format_version") or 0) >= 3:  # older ones recorded only these
         keys += sorted((set(saved) | set(now)) - set(keys))
     return [
-        f"backbone {key}: head {a}, {where} {b}"
+        problem
         for key in keys
         if not _same(saved.get(key), now.get(key))
-        for a, b in [_shown_apart(saved.get(key), now.get(key))]
+        for problem in _apart(f"backbone {key}", saved.get(key), now.get(key), where)
     ]
 
 
-def _shown_apart(a: object, b: object) -> tuple[str, str]:
-    """``a`` and ``b`` as a mismatch names them: of two dicts only the keys that differ
-    (a preprocessing dict is long), a sha256 by its first 12 digits."""
+def _apart(name: str, a: object, b: object, where: str) -> list[str]:
+    """How ``a`` (the head's) and ``b`` differ, in words: of two dicts each key that differs
+    on its own ("backbone preprocessing crop: head 32, store 64"; a preprocessing dict is
+    long), a sha256 by its first 12 digits."""
     if isinstance(a, dict) and isinstance(b, dict):
         keys = [k for k in {**a, **b} if not _same(a.get(k), b.get(k))]
-        a, b = {k: a.get(k) for k in keys}, {k: b.get(k) for k in keys}
-    return _short(a), _short(b)
+        return [f"{name} {k}: head {_short(a.get(k))}, {where} {_short(b.get(k))}" for k in keys]
+    return [f"{name}: head {_short(a)}, {where} {_short(b)}"]
 
 
 def _short(value: object) -> str:
