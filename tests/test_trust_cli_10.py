@@ -96,3 +96,17 @@ def test_a_head_mismatch_is_said_in_words(tmp_path):
     said = str(caught.value)
     assert "backbone preprocessing crop: head 32, store 48" in said
     assert "{" not in said and "[" not in said
+
+
+def test_the_commands_a_report_names_are_code_in_report_md():
+    """report.md read 'Checks on the data (also \\`featpipe check STORE\\`):': the report's
+    own code span was escaped as if it were data, so it showed its backticks."""
+    from featpipe.report.content import Document, Section, Table
+    from featpipe.report.markdown import render_markdown
+
+    said = "Checks on the data (also `featpipe check STORE`):"
+    table = Table(["class"], [["`featpipe x|y`"], ["*b*"]])  # classes from users' data
+    md = render_markdown(Document("r", [Section("Data checks", [said, ["`a` run"], table])]))
+    assert said in md.splitlines()
+    assert "- \\`a\\` run" in md
+    assert "| \\`featpipe x\\|y\\` |" in md and "| \\*b\\* |" in md

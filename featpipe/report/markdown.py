@@ -17,6 +17,9 @@ _LINE_START = re.compile(r"^([#>+\-=\[])|^(\d+)([.)])")
 # Inside an image's alt text, a [ or ] alone ends it too.
 _ALT = re.compile(_INLINE.pattern + r"|[\[\]]")
 
+# A command line the report tells the reader to run, as it writes it: kept a code span.
+_COMMAND = re.compile(r"(`featpipe [^`|\\]*`)")
+
 _LRM = "\u200e"  # ends a right-to-left run in report.md, which has no <bdi>
 
 
@@ -26,7 +29,11 @@ def _text(text: object, pattern: re.Pattern = _INLINE) -> str:
     ``a|b`` must neither become HTML nor break a table."""
     line = " ".join(plain(text).splitlines())
     line = RTL_RUN.sub(lambda m: m[0] + _LRM if m.end() < len(line) else m[0], line)
-    return pattern.sub(r"\\\g<0>", line)
+    # A command the report names (`featpipe check STORE`) stays a code span: escaped, its
+    # backticks showed as they are; a code span's text is shown as it is, never as markup.
+    parts = _COMMAND.split(line)
+    parts[::2] = [pattern.sub(r"\\\g<0>", part) for part in parts[::2]]
+    return "".join(parts)
 
 
 def _block(text: object) -> str:
