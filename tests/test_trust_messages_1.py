@@ -137,7 +137,8 @@ def test_the_list_reads_the_same_in_every_module():
     own = [
         f"{path.relative_to(root)}:{n}"
         for path in sorted(root.rglob("*.py"))
-        if path.parts[-2] not in ("cli", "heads", "finetune")  # not yet: see the report
+        # but a listing of one image a line, where "and N more" is a line of its own
+        if path.relative_to(root).as_posix() != "cli/extract.py"
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if by_hand.search(line)
     ]

@@ -15,7 +15,7 @@ import numpy as np
 from featpipe.cli.options import add_force_option, pick_layer
 from featpipe.errors import ConfigError, NonFiniteFeaturesError
 from featpipe.interrupt import Interrupted
-from featpipe.words import agrees, counted
+from featpipe.words import agrees, counted, listed
 
 PROBE_EXAMPLES = """\
 examples:
@@ -540,10 +540,9 @@ def _warn_unseen_classes(head: Path, known: list, classes: list) -> None:
     and they get no probability column (a column of zeros would read as a measured 0)."""
     unseen = [str(c) for c in classes if c not in known]
     if unseen:  # named, not the known ones: a 1000-class head missing one listed 999
-        more = f" and {len(unseen) - UNSEEN_SHOWN} more" if len(unseen) > UNSEEN_SHOWN else ""
         warnings.warn(
             f"{head} knows {len(known)} of the {len(classes)} classes of its store; it never "
-            f"predicts {', '.join(unseen[:UNSEEN_SHOWN])}{more}, "
+            f"predicts {listed(unseen, UNSEEN_SHOWN)}, "
             "which had no rows to fit on, and the output has no probability column for them. "
             "Extract a store with train images of every class to predict them.",
             UserWarning,
