@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,6 +119,49 @@ def _along_path(head: BaseEstimator, candidates: list[dict], path) -> list[float
     return scores.tolist()
 
 
+def best_candidate(accuracy: Sequence[float], log_loss: Sequence[float] | None = None) -> int:
+    """The index of the best candidate: the highest validation accuracy; among candidates tied
+    on it, the lowest validation log loss (``log_loss``: heads with ``predict_proba``; NaN
+    where unknown), then the first (the smallest values). Few val rows tie many candidates:
+    logreg's smallest C won a 31-way tie on 40 CIFAR val rows with every probability 0.100."""
+    accuracy = np.asarray(accuracy, dtype=float)
+    tied = np.flatnonzero(accuracy == accuracy.max())
+    if log_loss is not None and len(tied) > 1:
+        losses = np.asarray(log_loss, dtype=float)[tied]
+        if not np.isnan(losses).all():
+            tied = tied[losses == np.nanmin(losses)]
+    return int(tied[0])
+
+
+def val_log_loss(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray) -> float:
+    """Mean log loss of ``estimator.predict_proba`` on (X, y); a label the estimator never saw
+    has probability 0, clipped to 1e-15 as the evaluation does."""
+    proba = estimator.predict_proba(X)
+    column = {label: i for i, label in enumerate(np.asarray(estimator.classes_).tolist())}
+    p = np.zeros(len(y))
+    for row, label in enumerate(np.asarray(y).tolist()):
+        if label in column:
+            p[row] = proba[row, column[label]]
+    return float(-np.mean(np.log(np.clip(p, 1e-15, None))))
+
+
+def tied_log_loss(
+    head: object, scores: Sequence[float], loss_of: Callable[[int], float]
+) -> list[float] | None:
+    """``loss_of(i)``, the validation log loss of candidate i, for the candidates tied at the
+    best score, NaN for the others; None when there is no tie or ``head`` (an estimator or its
+    class) has no ``predict_proba``. Only tied candidates are scored: a path records accuracy
+    alone, and a tie on many val rows is rare."""
+    scores = np.asarray(scores, dtype=float)
+    tied = np.flatnonzero(scores == scores.max())
+    if len(tied) < 2 or not hasattr(head, "predict_proba"):
+        return None
+    losses = np.full(len(scores), np.nan)
+    for i in tied:
+        losses[i] = loss_of(i)
+    return losses.tolist()
+
+
 def _cv_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     if not is_count(cv) or cv < 2:  # int() cut 2.5 folds to 2
         raise ConfigError(
@@ -153,8 +197,9 @@ def select_and_fit(
     ``estimator`` is a head name (``logreg``, ``linear_svm``, ``rbf_svm``, ``mlp``, ``knn``, ...:
     ``list_heads()``) or any scikit-learn classifier; ``source`` a FeatureStore or
     ``{"train": (X, y), ...}``; ``grid`` a parameter grid (default: the head's own, e.g. 45 C
-    values for ``logreg``). Ties go to the candidate of the smallest values (e.g. logreg's
-    smallest C), whatever order the grid lists them in. Heads that stream
+    values for ``logreg``). Ties in validation accuracy go to the lowest validation log loss
+    (heads with ``predict_proba``), then to the smallest values (e.g. logreg's smallest C),
+    whatever order the grid lists them in: :func:`best_candidate`. Heads that stream
     (``streams_store``: ``logreg_stream``, ``knn_faiss``) read a FeatureStore chunk by chunk,
     never a whole split, and choose on its val split (one is required).
 
@@ -189,6 +234,7 @@ def select_and_fit(
         candidates = _as_fitted(head, candidates, len(y_tr))
         X_va, y_va = data.fit_rows("val")
         scores = _candidate_scores(head, candidates, X_tr, y_tr, X_va, y_va, progress)
+        pairs = [(X_tr, y_tr, X_va, y_va)]
         X_fit, y_fit = X_tr, y_tr
         if refit_on == "train+val":
             X_fit, y_fit = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
@@ -201,14 +247,21 @@ def select_and_fit(
             for a, b in folds
         ]
         scores = np.mean(per_fold, axis=0).tolist()
+        pairs = [(X_tr[a], y_tr[a], X_tr[b], y_tr[b]) for a, b in folds]
         X_fit, y_fit = X_tr, y_tr
         mode, refit_on = f"cv{len(folds)}", "train"
+
+    def loss_of(i: int) -> float:  # the mean over the folds under CV
+        fit = clone(head).set_params(**candidates[i]).fit
+        return float(np.mean([val_log_loss(fit(X, y), X_v, y_v) for X, y, X_v, y_v in pairs]))
+
+    losses = tied_log_loss(head, scores, loss_of)
     select_seconds = time.perf_counter() - start
     result = _refit(
-        head, name, candidates, scores, mode, select_seconds, lambda h: h.fit(X_fit, y_fit)
+        head, name, candidates, scores, losses, mode, select_seconds, lambda h: h.fit(X_fit, y_fit)
     )
     result.refit_on = refit_on
-    held_out = [y_va] if mode == "val" else [y_tr[b] for _, b in folds]
+    held_out = [y for *_, y in pairs]
     _warn_if_no_better_than_one_class(result, held_out, data.class_name)
     if data.has("test"):  # only now, after the refit, is the test split read
         _test(result, [data.get("test")], data.ids("test"), data.classes)
@@ -217,7 +270,7 @@ def select_and_fit(
 
 def in_increasing_order(grid: dict | list[dict]) -> dict | list[dict]:
     """``grid`` with each parameter's values in increasing order where they compare, so that
-    a tie goes to the same candidate, the first, whatever order the grid lists them in
+    an exact tie goes to the same candidate, the first, whatever order the grid lists them in
     (logreg chose C=10 of [10, 0.1] and C=0.1 of [0.1, 10] at the same val accuracy); the
     fine-tune grid too. Values that do not compare (None and numbers) keep their order;
     ParameterGrid refuses a bad grid."""
@@ -268,13 +321,14 @@ def _refit(
     name: str,
     candidates: list[dict],
     scores: list[float],
+    losses: list[float] | None,
     mode: str,
     select_seconds: float,
     fit,
 ) -> SelectionResult:
-    """Refit the best candidate (``fit(head)``: on train+val, or train under CV); the first
-    of tied candidates wins."""
-    best = int(np.argmax(scores))
+    """Refit the best candidate (:func:`best_candidate` of the scores and the tied candidates'
+    validation log ``losses``) with ``fit(head)``: on train+val, or train under CV."""
+    best = best_candidate(scores, losses)
     start = time.perf_counter()
     final = fit(head.set_params(**candidates[best]))
     return SelectionResult(
@@ -309,9 +363,9 @@ def _warn_if_no_better_than_one_class(
 ) -> None:
     """Warn when the chosen candidate's val accuracy is no better than predicting the most
     common class of the rows it was scored on for every row: a few val rows (or rows of one
-    class) cannot tell the candidates from a head that ignores the features, and the first of
-    tied candidates wins (logreg's smallest C, whose head predicted the most common class for
-    every test row: 100 % on 2 val rows, 17 % on test). ``held_out``: the labels of the val
+    class) cannot tell the candidates from a head that ignores the features, and a tie can go
+    to one (logreg's smallest C, whose head predicted the most common class for every test
+    row: 100 % on 2 val rows, 17 % on test). ``held_out``: the labels of the val
     split, or of each cross-validation fold's held-out rows (the score is their mean, so the
     one-class share is too: kNN with k=5 on 8+2 train rows scored 80 % and predicted the
     common class for every test row)."""
@@ -333,8 +387,8 @@ def _warn_if_no_better_than_one_class(
         f"{result.head} chose {plain(result.params)} at {100 * result.val_accuracy:.1f} % "
         f"{rows}, no better than predicting class {common!r} for every row "
         f"({100 * share:.1f} %): these rows cannot tell the candidates apart from a head "
-        "that ignores the features, and ties go to the candidate of the smallest values (for "
-        f"logreg the smallest C). {fix}",
+        "that ignores the features, and ties go to the lowest validation log loss, then to "
+        f"the candidate of the smallest values (for logreg the smallest C). {fix}",
         UserWarning,
         stacklevel=stacklevel,  # select_and_fit's caller
     )
@@ -424,12 +478,20 @@ def _select_streamed(
             est = clone(head).set_params(**params).fit_store(store, layer, ["train"])
             hits = [(est.predict(X) == y).sum() for X, y in store.iter_chunks(layer, "val")]
             scores.append(float(np.sum(hits) / counts["val"]))
+
+    def loss_of(i: int) -> float:
+        est = clone(head).set_params(**candidates[i]).fit_store(store, layer, ["train"])
+        losses = [val_log_loss(est, X, y) * len(y) for X, y in store.iter_chunks(layer, "val")]
+        return float(np.sum(losses) / counts["val"])
+
+    losses = tied_log_loss(head, scores, loss_of)
     select_seconds = time.perf_counter() - start
     result = _refit(
         head,
         name,
         candidates,
         scores,
+        losses,
         "val",
         select_seconds,
         lambda h: h.fit_store(store, layer, refit_on.split("+")),

@@ -376,13 +376,17 @@ class LinearPath:
     val_accuracy: np.ndarray | None
     seconds: float
     estimator_class: type[TorchLinearClassifier] = TorchLogisticRegression
+    val_log_loss: list[float] | None = None  # of the Cs tied at the best accuracy, else NaN
 
     @property
     def best_index(self) -> int:
-        """Index of the highest validation accuracy (the smaller C wins a tie)."""
+        """Index of the highest validation accuracy; a tie goes to the lowest validation log
+        loss (logistic regression), then to the smaller C: selection's rule."""
+        from featpipe.heads.selection import best_candidate  # late: selection imports the heads
+
         if self.val_accuracy is None:
             raise ConfigError("This path was fitted without validation data; pass X_val, y_val.")
-        return int(np.argmax(self.val_accuracy))
+        return best_candidate(self.val_accuracy, self.val_log_loss)
 
     def estimator(self, index: int, **params) -> TorchLinearClassifier:
         """A fitted estimator (``estimator_class``) holding the solution at ``index``."""
@@ -421,7 +425,8 @@ def linear_path(
 
     Pass ``Cs`` in increasing order (strong to weak regularisation): each solution is then a
     good start for the next. With ``X_val``/``y_val`` the validation accuracy of each solution
-    is recorded (labels in ``y_val`` that never occur in ``y`` count as errors).
+    is recorded (labels in ``y_val`` that never occur in ``y`` count as errors), and the log
+    loss of those tied at the best accuracy (logistic regression), for ``best_index``.
     """
     what = estimator_class._what
     _check_Cs(Cs, what)
@@ -445,11 +450,20 @@ def linear_path(
                 torch.as_tensor(yv, dtype=torch.long, device=torch_device),
             )
             accuracy = partial(problem.accuracy, X=val[0], y=val[1])
-        return run_path(
+        path = run_path(
             problem, Cs, classes, estimator_class, accuracy, tol=tol, max_iter=max_iter,
             progress=progress_bar(len(Cs), desc="C path", unit="C", enabled=progress),
             n_val=None if accuracy is None else len(yv),
         )  # fmt: skip
+    if accuracy is not None:
+        from featpipe.heads.selection import tied_log_loss, val_log_loss  # late, as best_index
+
+        path.val_log_loss = tied_log_loss(
+            estimator_class,
+            path.val_accuracy,
+            lambda i: val_log_loss(path.estimator(i), X_val, y_val),
+        )
+    return path
 
 
 def run_path(
