@@ -99,7 +99,7 @@ def test_a_store_with_skips_is_refused_under_fail(tmp_path):
         extract(BadRows(23, BAD), "toy", ["pooled"], out=out, **FAST)
     message = str(caught.value)
     assert "leaves out 3 unreadable images: img0007 (truncated file);" in message
-    assert "--on-error skip" in message and "\n" not in message
+    assert 'Pass on_error="skip"' in message and "\n" not in message
     reused = extract(BadRows(23, BAD), "toy", ["pooled"], out=out, on_error="skip", **FAST)
     assert reused.extraction["reused"] and reused.extraction["skipped"] == 3
 

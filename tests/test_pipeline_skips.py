@@ -111,6 +111,6 @@ def test_fail_stops_with_one_line_before_training(broken_folder, tmp_path, heads
     with pytest.raises(ImageReadError) as caught:
         run_pipeline(config, progress=False, log=lambda _: None)
     message = str(caught.value)
-    assert "\n" not in message and 'on_error="skip"' in message
+    assert "\n" not in message and 'features.on_error = "skip"' in message
     assert "test/cat/001.jpg': truncated file" in message  # the first broken row
     assert not read_results(tmp_path / "run" / "results.jsonl")

@@ -127,16 +127,25 @@ _SETTING = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=\"?([\w.-]+)\"?")
 
 
 def as_flags(message: str, command: argparse.ArgumentParser) -> str:
-    """A library message as ``command`` gives it: each setting the API names (``on_error=
-    "skip"``) that is one of the command's options, as its flag (``--on-error skip``). A
-    message that names the flag already is left as it is."""
+    """A library message in the words of ``command``, for each API parameter that is one of
+    its options: a rule on it (``lr must be ...``) names its flag wherever it names it, and
+    None, which no flag gives, as leaving the flag out; a setting (``on_error="skip"``) is the
+    flag and its value (``--on-error skip``), unless the message names the flag already."""
     flags = {o for action in command._actions for o in action.option_strings}
 
-    def flag(m: re.Match) -> str:
-        name = "--" + m[1].replace("_", "-")
-        return f"{name} {m[2]}" if name in flags and name not in message else m[0]
+    def flag(name: str) -> str | None:
+        option = "--" + name.replace("_", "-")
+        return option if option in flags else None
 
-    return _SETTING.sub(flag, message)
+    def setting(m: re.Match) -> str:
+        option = flag(m[1])
+        return f"{option} {m[2]}" if option and option not in message else m[0]
+
+    name, _, rest = message.partition(" ")
+    if rest.startswith("must ") and (lead := flag(name)):
+        rest = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", lead, rest)
+        message = f"{lead} {rest.replace(' or None', ' or left out')}"
+    return _SETTING.sub(setting, message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import math
-import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -80,19 +79,6 @@ RECIPE = (
     ("--device", str, "auto, cpu, cuda or cuda:N"),
     ("--workers", int, "DataLoader worker processes (0: the main process)"),
 )
-
-
-def _as_flags(message: str) -> str:
-    """FineTuner's message about a setting, as the command line gives it: the parameter it
-    leads with (``lr must be ...``) as its flag wherever it is named, and None, which no flag
-    can give, as leaving the flag out. A grid candidate's message already names the ``--grid``
-    key it was given as."""
-    name, sep, rest = message.partition(" ")
-    flag = "--" + name.replace("_", "-")
-    if not sep or flag not in {f for f, _, _ in RECIPE}:
-        return message
-    rest = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag, rest)
-    return f"{flag} {rest.replace(' or None', ' or left out')}"
 
 
 def register(subparsers) -> None:
@@ -292,11 +278,9 @@ def _finetune(args: argparse.Namespace) -> int:
         "verbose": 1 if args.no_progress else 2,
         "sync_bn": args.sync_bn,
     }
-    # Bad settings, and any grid combination's, fail before the data is opened.
-    try:
-        check_candidates(FineTuner(args.backbone, **params), grid, "--grid")
-    except ConfigError as exc:
-        raise ConfigError(_as_flags(str(exc))) from None
+    # Bad settings, and any grid combination's, fail before the data is opened (in flags:
+    # featpipe.cli.as_flags).
+    check_candidates(FineTuner(args.backbone, **params), grid, "--grid")
     if args.limit_train == 0:  # else "no train split" later, the cause unnamed
         raise ConfigError(
             "--limit-train 0 leaves no images to train on: give a number above 0, or leave "

@@ -421,8 +421,9 @@ def _refuse_skipped(store: FeatureStore, on_error: str, shown: int = 3) -> None:
     left_out = skipped_rows(skipped)
     raise ImageReadError(
         f"{store.path} was extracted with on_error='skip' and leaves out {left_out}: "
-        f'{names}. Run with --on-error skip (on_error="skip") to use it as it is, or '
-        "fix their cause and run again (with --overwrite if only file permissions changed)."
+        # In the API's words; the command line names its flag (featpipe.cli.as_flags).
+        f'{names}. Pass on_error="skip" to use it as it is, or fix their cause and run again '
+        "(with --overwrite if only file permissions changed)."
     )
 
 

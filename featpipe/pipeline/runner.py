@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +63,9 @@ from featpipe.store.lock import StoreLock
 from featpipe.words import counted
 
 CONFIG_FILE = "config.json"  # the run's config, as run (beside plan.json)
+# API settings an error's hint may name (on_error="skip"), as a pipeline file sets them.
+FILE_KEYS = {"on_error": "features.on_error"}
+_SETTING = re.compile(rf'(?<![\w.-])({"|".join(FILE_KEYS)})="([\w.-]+)"')
 
 
 def plan(
@@ -124,12 +128,17 @@ class PipelineRunner:
         """Check the whole plan, run every unfinished job, then write the reports; returns
         the run folder. Under torchrun see :meth:`_run_ranks`."""
         ranks = current_ranks()
-        with contextlib.ExitStack() as held:  # the run folder's lock, from _prepare on
-            if ranks.distributed:
-                return self._run_ranks(ranks, held)
-            context, jobs, run_plan, rows = self._prepare(held=held)
-            todo = self._announce(context, jobs, rows, run_plan)
-            return self._run_jobs(context, jobs, run_plan, rows, todo)
+        try:
+            with contextlib.ExitStack() as held:  # the run folder's lock, from _prepare on
+                if ranks.distributed:
+                    return self._run_ranks(ranks, held)
+                context, jobs, run_plan, rows = self._prepare(held=held)
+                todo = self._announce(context, jobs, rows, run_plan)
+                return self._run_jobs(context, jobs, run_plan, rows, todo)
+        except FeaturePipeError as exc:
+            if (said := in_file_words(str(exc))) != str(exc):
+                exc.args = (said,)  # the same error, its type and fields kept
+            raise
 
     def _announce(
         self, context: RunContext, jobs: list[Job], rows: list[dict], run_plan: RunPlan
@@ -412,6 +421,12 @@ def _store_change(row: dict, now: dict) -> str:
     fine_tune = row.get("kind") == "finetune"
     how = "by training otherwise" if fine_tune else "on features computed otherwise"
     return f"{how} ({compute_words(compute)}; now {compute_words(now['compute'])})"
+
+
+def in_file_words(message: str) -> str:
+    """An error's hint as a pipeline file gives it: ``on_error="skip"`` (the API's words) is
+    ``features.on_error = "skip"``."""
+    return _SETTING.sub(lambda m: f'{FILE_KEYS[m[1]]} = "{m[2]}"', message)
 
 
 def _quiet(_message: str) -> None:
