@@ -23,12 +23,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from featpipe.errors import ConfigError
 from featpipe.heads.preprocess import check_pca, make_preprocessor
 from featpipe.heads.torch_logreg import (
+    LinearPath,
     TorchLinearClassifier,
     TorchLogisticRegression,
     check_C,
     linear_path,
 )
-from featpipe.heads.torch_mlp import TorchMLPClassifier, mlp_path
+from featpipe.heads.torch_mlp import MLPPath, TorchMLPClassifier, mlp_path
 from featpipe.heads.torch_svm import TorchLinearSVC
 from featpipe.validation import is_count
 
@@ -51,7 +52,8 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
     # Heads whose fit cost grows faster than linearly expose this as a parameter.
     max_train_samples: int | None = None
     # Heads that fit a whole grid over this one parameter faster than candidate by candidate
-    # set it and implement ``path_accuracy`` (selection then calls it).
+    # set it and implement ``path_accuracy`` (selection then calls it and reads the path's
+    # ``val_accuracy`` and ``val_log_loss``).
     path_param: str | None = None
 
     def __init__(self, preprocess: str = "standardize", pca: int | None = None):
@@ -77,9 +79,10 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
 
     def path_accuracy(
         self, Z_tr, y_tr, values: list, Z_va, y_va, progress: bool = False
-    ) -> np.ndarray | None:
-        """Validation accuracy on (Z_va, y_va) at each value of ``path_param`` (increasing),
-        fitted on (Z_tr, y_tr), both already preprocessed; None: no fast path (the default)."""
+    ) -> LinearPath | MLPPath | None:
+        """The path over ``path_param``'s ``values`` (increasing) fitted on (Z_tr, y_tr), with
+        its validation accuracy on (Z_va, y_va) at each value and the log loss of the values
+        tied at the best (both already preprocessed); None: no fast path (the default)."""
         return None
 
     def preprocessor_for(self, X: np.ndarray) -> BaseEstimator:
@@ -138,8 +141,9 @@ def _torch_linear(head: ProbeHead, cls: type[TorchLinearClassifier]) -> TorchLin
 
 def _c_path_accuracy(
     head: ProbeHead, cls: type[TorchLinearClassifier], Z_tr, y_tr, Cs, Z_va, y_va, progress
-) -> np.ndarray:
-    """Validation accuracy along ``cls``'s warm-started C path, with the head's settings."""
+) -> LinearPath:
+    """``cls``'s warm-started C path with the head's settings, with its validation accuracy
+    and the tied Cs' log loss, read from the path's own solutions: selection refits none."""
     est = _torch_linear(head, cls)
     return linear_path(
         cls,
@@ -153,7 +157,7 @@ def _c_path_accuracy(
         device=est.device,
         n_threads=est.n_threads,
         progress=progress,
-    ).val_accuracy
+    )
 
 
 class LogisticProbe(ProbeHead):
@@ -182,11 +186,8 @@ class LogisticProbe(ProbeHead):
     def _make_classifier(self, n_samples: int | None) -> BaseEstimator:
         return _torch_linear(self, TorchLogisticRegression)
 
-    def path_accuracy(
-        self, Z_tr, y_tr, Cs: list, Z_va, y_va, progress: bool = False
-    ) -> np.ndarray | None:
-        """Validation accuracy at each C (increasing) from one warm-started L-BFGS path on
-        preprocessed features."""
+    def path_accuracy(self, Z_tr, y_tr, Cs: list, Z_va, y_va, progress: bool = False) -> LinearPath:
+        """One warm-started L-BFGS path over the Cs (increasing) on preprocessed features."""
         return _c_path_accuracy(self, TorchLogisticRegression, Z_tr, y_tr, Cs, Z_va, y_va, progress)
 
 
@@ -238,9 +239,9 @@ class LinearSVMProbe(ProbeHead):
 
     def path_accuracy(
         self, Z_tr, y_tr, Cs: list, Z_va, y_va, progress: bool = False
-    ) -> np.ndarray | None:
-        """Validation accuracy at each C (increasing) from one warm-started L-BFGS path on
-        preprocessed features; None for liblinear."""
+    ) -> LinearPath | None:
+        """One warm-started L-BFGS path over the Cs (increasing) on preprocessed features;
+        None for liblinear."""
         if self.solver != "lbfgs":
             return None
         return _c_path_accuracy(self, TorchLinearSVC, Z_tr, y_tr, Cs, Z_va, y_va, progress)
@@ -379,9 +380,9 @@ class MLPProbe(ProbeHead):
 
     def path_accuracy(
         self, Z_tr, y_tr, alphas: list, Z_va, y_va, progress: bool = False
-    ) -> np.ndarray | None:
-        """Validation accuracy at each alpha, all trained side by side on preprocessed
-        features; None for scikit-learn."""
+    ) -> MLPPath | None:
+        """One model per alpha, all trained side by side on preprocessed features; None for
+        scikit-learn."""
         if self.solver != "torch":
             return None
         params = {k: v for k, v in self._mlp_params().items() if k != "alpha"}
@@ -393,7 +394,7 @@ class MLPProbe(ProbeHead):
             y_val=y_va,
             **self._torch_options(),
             **params,
-        ).val_accuracy
+        )
 
 
 KNN_METRICS = ("cosine", "euclidean")

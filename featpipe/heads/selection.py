@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
@@ -71,24 +72,25 @@ class SelectionResult:
 
 def _candidate_scores(
     head: BaseEstimator, candidates: list[dict], X_tr, y_tr, X_va, y_va, progress: bool
-) -> list[float]:
-    """Validation accuracy of each candidate fitted on (X_tr, y_tr)."""
-    scores = _path_scores(head, candidates, X_tr, y_tr, X_va, y_va, progress)
-    if scores is not None:
-        return scores
+) -> tuple[list[float], list[float] | None]:
+    """Validation accuracy of each candidate fitted on (X_tr, y_tr), and the validation log
+    loss that a path already knows (NaN where it does not; None: nothing known)."""
+    found = _path_scores(head, candidates, X_tr, y_tr, X_va, y_va, progress)
+    if found is not None:
+        return found
     scores = []
     for params in track(candidates, desc=type(head).__name__, enabled=progress):
         est = clone(head).set_params(**params).fit(X_tr, y_tr)
         scores.append(float(est.score(X_va, y_va)))
-    return scores
+    return scores, None
 
 
 def _path_scores(
     head: BaseEstimator, candidates: list[dict], X_tr, y_tr, X_va, y_va, progress: bool
-) -> list[float] | None:
-    """The candidates' validation accuracy from the head's own path over its ``path_param``
-    (a warm-started C path; MLPs for every alpha side by side), on features preprocessed once
-    (fitted on train only); None when the grid varies anything else or the head has no path."""
+) -> tuple[list[float], list[float] | None] | None:
+    """:func:`_along_path` of the head's own path over its ``path_param`` (a warm-started C
+    path; MLPs for every alpha side by side), on features preprocessed once (fitted on train
+    only); None when the grid varies anything else or the head has no path."""
     if not _path_only(head, candidates):
         return None
     prep = head.preprocessor_for(X_tr).fit(X_tr)
@@ -106,17 +108,28 @@ def _path_only(head: BaseEstimator, candidates: list[dict]) -> bool:
     return param is not None and all(set(c) == {param} for c in candidates)
 
 
-def _along_path(head: BaseEstimator, candidates: list[dict], path) -> list[float] | None:
-    """The candidates' scores from ``path(values)`` (accuracy at each value of the head's
-    ``path_param``, given in increasing order, or None), in the candidates' order."""
+def _along_path(
+    head: BaseEstimator, candidates: list[dict], path
+) -> tuple[list[float], list[float] | None] | None:
+    """The candidates' validation accuracy and log loss (as :func:`_candidate_scores`), in the
+    candidates' order, from ``path(values)``: a path over the values of the head's
+    ``path_param``, given in increasing order, or None. The log loss of the tied values comes
+    from the path's own solutions, so selection refits none of them."""
     values = [c[head.path_param] for c in candidates]
     order = np.argsort(values, kind="stable")  # warm starts go from strong to weak penalty
-    accuracy = path([values[i] for i in order])
-    if accuracy is None:
+    fitted = path([values[i] for i in order])
+    if fitted is None:
         return None
-    scores = np.empty(len(values))
-    scores[order] = accuracy
-    return scores.tolist()
+
+    def in_candidate_order(along: Sequence[float]) -> list[float]:
+        out = np.empty(len(values))
+        out[order] = along
+        return out.tolist()
+
+    losses = getattr(fitted, "val_log_loss", None)  # None: no tie, or no probabilities
+    if losses is not None:
+        losses = in_candidate_order(losses)
+    return in_candidate_order(fitted.val_accuracy), losses
 
 
 def best_candidate(accuracy: Sequence[float], log_loss: Sequence[float] | None = None) -> int:
@@ -150,8 +163,8 @@ def tied_log_loss(
 ) -> list[float] | None:
     """``loss_of(i)``, the validation log loss of candidate i, for the candidates tied at the
     best score, NaN for the others; None when there is no tie or ``head`` (an estimator or its
-    class) has no ``predict_proba``. Only tied candidates are scored: a path records accuracy
-    alone, and a tie on many val rows is rare."""
+    class) has no ``predict_proba``. Only tied candidates are scored: a tie on many val rows
+    is rare, and a path's accuracy costs less than its log loss."""
     scores = np.asarray(scores, dtype=float)
     tied = np.flatnonzero(scores == scores.max())
     if len(tied) < 2 or not hasattr(head, "predict_proba"):
@@ -160,6 +173,11 @@ def tied_log_loss(
     for i in tied:
         losses[i] = loss_of(i)
     return losses.tolist()
+
+
+def _known_or(known: list[float] | None, i: int, refit: Callable[[], float]) -> float:
+    """Candidate i's validation log loss as its path knows it, else ``refit()``'s."""
+    return known[i] if known is not None and not np.isnan(known[i]) else refit()
 
 
 def _cv_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -233,7 +251,8 @@ def select_and_fit(
     if data.has("val"):
         candidates = _as_fitted(head, candidates, len(y_tr))
         X_va, y_va = data.fit_rows("val")
-        scores = _candidate_scores(head, candidates, X_tr, y_tr, X_va, y_va, progress)
+        scores, known = _candidate_scores(head, candidates, X_tr, y_tr, X_va, y_va, progress)
+        known_losses = [known]
         pairs = [(X_tr, y_tr, X_va, y_va)]
         X_fit, y_fit = X_tr, y_tr
         if refit_on == "train+val":
@@ -246,14 +265,18 @@ def select_and_fit(
             _candidate_scores(head, candidates, X_tr[a], y_tr[a], X_tr[b], y_tr[b], progress)
             for a, b in folds
         ]
-        scores = np.mean(per_fold, axis=0).tolist()
+        scores = np.mean([fold_scores for fold_scores, _ in per_fold], axis=0).tolist()
+        known_losses = [known for _, known in per_fold]
         pairs = [(X_tr[a], y_tr[a], X_tr[b], y_tr[b]) for a, b in folds]
         X_fit, y_fit = X_tr, y_tr
         mode, refit_on = f"cv{len(folds)}", "train"
 
+    def refit_loss(i: int, X, y, X_v, y_v) -> float:
+        return val_log_loss(clone(head).set_params(**candidates[i]).fit(X, y), X_v, y_v)
+
     def loss_of(i: int) -> float:  # the mean over the folds under CV
-        fit = clone(head).set_params(**candidates[i]).fit
-        return float(np.mean([val_log_loss(fit(X, y), X_v, y_v) for X, y, X_v, y_v in pairs]))
+        pairs_known = zip(pairs, known_losses, strict=True)
+        return float(np.mean([_known_or(k, i, partial(refit_loss, i, *p)) for p, k in pairs_known]))
 
     losses = tied_log_loss(head, scores, loss_of)
     select_seconds = time.perf_counter() - start
@@ -466,12 +489,13 @@ def _select_streamed(
     candidates = _as_fitted(head, candidates, counts.get("train", 0))
     start = time.perf_counter()
     scores = None
+    known = None  # the validation log loss a path knows, NaN where it does not
     if _path_only(head, candidates) and hasattr(head, "store_path"):
-        scores = _along_path(
-            head,
-            candidates,
-            lambda values: head.store_path(store, layer, values, progress).val_accuracy,
+        found = _along_path(
+            head, candidates, lambda values: head.store_path(store, layer, values, progress)
         )
+        if found is not None:
+            scores, known = found
     if scores is None:
         scores = []
         for params in track(candidates, desc=type(head).__name__, enabled=progress):
@@ -479,10 +503,13 @@ def _select_streamed(
             hits = [(est.predict(X) == y).sum() for X, y in store.iter_chunks(layer, "val")]
             scores.append(float(np.sum(hits) / counts["val"]))
 
-    def loss_of(i: int) -> float:
+    def refit_loss(i: int) -> float:
         est = clone(head).set_params(**candidates[i]).fit_store(store, layer, ["train"])
         losses = [val_log_loss(est, X, y) * len(y) for X, y in store.iter_chunks(layer, "val")]
         return float(np.sum(losses) / counts["val"])
+
+    def loss_of(i: int) -> float:
+        return _known_or(known, i, lambda: refit_loss(i))
 
     losses = tied_log_loss(head, scores, loss_of)
     select_seconds = time.perf_counter() - start

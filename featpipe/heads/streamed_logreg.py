@@ -217,15 +217,26 @@ class StreamingLogisticProbe(LogisticProbe):
         self, store, layer: str, Cs: Sequence[float], progress: bool = False
     ) -> LinearPath:
         """The warm-started C path fitted on the store's train split, with the validation
-        accuracy of each C on its val split (used by ``select_and_fit``)."""
+        accuracy of each C on its val split and the log loss of the Cs tied at the best (used
+        by ``select_and_fit``, which then refits none of them)."""
+        from featpipe.heads.selection import tied_log_loss, val_log_loss  # late: it imports us
+
         rows = check_chunk_rows(self.chunk_rows)
         self._check_pca()
-        path, _ = self._path(
-            Chunks.of_store(store, layer, ["train"], rows),
-            Cs,
-            val=Chunks.of_store(store, layer, ["val"], rows),
-            progress=progress,
+        val = Chunks.of_store(store, layer, ["val"], rows)
+        path, preprocessor = self._path(
+            Chunks.of_store(store, layer, ["train"], rows), Cs, val=val, progress=progress
         )
+
+        def loss_of(i: int) -> float:  # every rank reads the whole val split, as selection
+            est, total, n = path.estimator(i), 0.0, 0
+            for X, y in val.read(range(val.n_chunks)):
+                if len(y):
+                    total += val_log_loss(est, preprocessor.transform(X), y) * len(y)
+                    n += len(y)
+            return total / n
+
+        path.val_log_loss = tied_log_loss(TorchLogisticRegression, path.val_accuracy, loss_of)
         return path
 
     def _path(self, chunks: Chunks, Cs, **kwargs):

@@ -202,13 +202,17 @@ class MLPPath:
     estimators: list[TorchMLPClassifier]
     val_accuracy: np.ndarray | None
     seconds: float
+    val_log_loss: list[float] | None = None  # of the alphas tied at the best accuracy, else NaN
 
     @property
     def best_index(self) -> int:
-        """Index of the highest validation accuracy (the first wins a tie)."""
+        """Index of the highest validation accuracy; a tie goes to the lowest validation log
+        loss, then to the smaller alpha: selection's rule."""
+        from featpipe.heads.selection import best_candidate  # late: selection imports the heads
+
         if self.val_accuracy is None:
             raise ConfigError("This path was fitted without validation data; pass X_val, y_val.")
-        return int(np.argmax(self.val_accuracy))
+        return best_candidate(self.val_accuracy, self.val_log_loss)
 
 
 def mlp_path(
@@ -222,7 +226,8 @@ def mlp_path(
 ) -> MLPPath:
     """Train one model per alpha side by side (see the module docstring); ``params`` are
     :class:`TorchMLPClassifier`'s other parameters. With ``X_val``/``y_val`` each model's
-    accuracy there is recorded (early stopping still uses the internal split of ``X``)."""
+    accuracy there is recorded, and the log loss of those tied at the best accuracy, for
+    ``best_index`` (early stopping still uses the internal split of ``X``)."""
     if len(alphas) == 0:
         raise ConfigError("mlp_path needs at least one alpha.")
     template = TorchMLPClassifier(**params)
@@ -231,10 +236,17 @@ def mlp_path(
     start = time.perf_counter()
     models = _fit_many(template, X, y, [float(a) for a in alphas])
     seconds = time.perf_counter() - start
-    accs = None
+    path = MLPPath(np.asarray(alphas, np.float64), models, None, seconds)
     if X_val is not None and y_val is not None:
-        accs = np.array([m.score(X_val, y_val) for m in models])
-    return MLPPath(np.asarray(alphas, np.float64), models, accs, seconds)
+        from featpipe.heads.selection import tied_log_loss, val_log_loss  # late, as best_index
+
+        path.val_accuracy = np.array([m.score(X_val, y_val) for m in models])
+        path.val_log_loss = tied_log_loss(
+            TorchMLPClassifier,
+            path.val_accuracy,
+            lambda i: val_log_loss(models[i], X_val, y_val),
+        )
+    return path
 
 
 def _check_params(p: TorchMLPClassifier, alphas: list[float]) -> list[int]:
