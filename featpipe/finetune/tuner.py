@@ -948,7 +948,8 @@ def warn_if_val_cannot_choose(tuner: FineTuner, chosen: str, stacklevel: int = 3
 def warn_if_probe_cannot_choose(tuner: FineTuner, stacklevel: int = 3) -> None:
     """Warn, on rank 0, when LP-FT's probe chose its C (``probe_C="auto"``) on the val rows at a
     val accuracy no better than predicting the most common val class for every row: the
-    heads' rule, where ties go to the smallest C and the fine-tune starts from that probe."""
+    heads' rule (ties: the lowest val log loss, then the smallest C), and the fine-tune starts
+    from that probe."""
     if Mode.parse(tuner.mode).kind != "lpft" or tuner.probe_C != "auto" or not tuner.probe_:
         return
     score = tuner.probe_["val_accuracy"]
@@ -959,7 +960,8 @@ def warn_if_probe_cannot_choose(tuner: FineTuner, stacklevel: int = 3) -> None:
     warnings.warn(
         f"LP-FT's probe chose C={tuner.probe_['C']:g} at {100 * score:.1f} % val accuracy "
         f"{rows}: these rows cannot tell its C values apart from a head that ignores the "
-        "features, and ties go to the smallest C (the fine-tune starts from that probe). "
+        "features, and ties go to the lowest val log loss, then the smallest C (the "
+        "fine-tune starts from that probe). "
         f"Give the val split more rows of more classes{carved}, or set probe_C (CLI --probe-C).",
         UserWarning,
         stacklevel=stacklevel,  # the line that called fit

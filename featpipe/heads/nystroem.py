@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featpipe.errors import ConfigError
 from featpipe.heads.estimators import ProbeHead, _c_path_accuracy, check_gamma
+from featpipe.heads.torch_logreg import LinearPath
 from featpipe.heads.torch_svm import TorchLinearSVC
 from featpipe.validation import is_count
 
@@ -133,11 +134,9 @@ class NystroemSVMProbe(ProbeHead):
         names = ("gamma", "n_components", "random_state", *_LINEAR)
         return NystroemClassifier(**{name: getattr(self, name) for name in names})
 
-    def path_accuracy(
-        self, Z_tr, y_tr, Cs: list, Z_va, y_va, progress: bool = False
-    ) -> np.ndarray | None:
-        """Validation accuracy at each C (increasing): one Nystroem map, then the linear
-        SVM's warm-started C path on its features."""
+    def path_accuracy(self, Z_tr, y_tr, Cs: list, Z_va, y_va, progress: bool = False) -> LinearPath:
+        """The linear SVM's warm-started C path (increasing C, with its validation accuracy)
+        on one Nystroem map's features."""
         features = self._make_classifier(None).feature_map(Z_tr)
         F_tr, F_va = _transform(features, Z_tr), _transform(features, Z_va)
         return _c_path_accuracy(self, TorchLinearSVC, F_tr, y_tr, Cs, F_va, y_va, progress)
