@@ -122,30 +122,45 @@ def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
     return parser
 
 
-# A setting as the API names it in a message: on_error="skip", resume=False.
-_SETTING = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=\"?([\w.-]+)\"?")
+# A setting as the API names it in a message: on_error="skip", resume=False (a full stop
+# after it is not part of its value).
+_SETTING = r"([a-z][a-z0-9_]*)=\"?([\w-]+(?:\.[\w-]+)*)\"?"
+_SETTINGS = re.compile(rf"(?<![\w.-]){_SETTING}")
+# A flag followed by its API spelling, for the library's callers: --force (force=True).
+_SPELLED = re.compile(rf"(--[\w-]+(?: [\w.-]+)?) \({_SETTING}\)")
 
 
 def as_flags(message: str, command: argparse.ArgumentParser) -> str:
     """A library message in the words of ``command``, for each API parameter that is one of
     its options: a rule on it (``lr must be ...``) names its flag wherever it names it, and
-    None, which no flag gives, as leaving the flag out; a setting (``on_error="skip"``) is the
-    flag and its value (``--on-error skip``), unless the message names the flag already."""
-    flags = {o for action in command._actions for o in action.option_strings}
+    None, which no flag gives, as leaving the flag out; a setting is the flag and its value
+    (``on_error="skip"`` as ``--on-error skip``), a switch's True its bare flag and False its
+    ``--no-`` flag where there is one (else the setting stays), unless the message names the
+    flag already; and a flag's API spelling after it (``--force (force=True)``) is dropped."""
+    options = {o: action for action in command._actions for o in action.option_strings}
 
     def flag(name: str) -> str | None:
         option = "--" + name.replace("_", "-")
-        return option if option in flags else None
+        return option if option in options else None
+
+    def words(name: str, value: str) -> str | None:
+        """The command's words for the setting ``name=value``; None when it has none."""
+        if value in ("True", "False"):
+            option = "--" + ("no-" if value == "False" else "") + name.replace("_", "-")
+            return option if getattr(options.get(option), "nargs", None) == 0 else None
+        option = flag(name)
+        return f"{option} {value}" if option and options[option].nargs != 0 else None
 
     def setting(m: re.Match) -> str:
-        option = flag(m[1])
-        return f"{option} {m[2]}" if option and option not in message else m[0]
+        said = words(m[1], m[2])
+        return said if said and said.split()[0] not in message else m[0]
 
     name, _, rest = message.partition(" ")
     if rest.startswith("must ") and (lead := flag(name)):
         rest = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", lead, rest)
         message = f"{lead} {rest.replace(' or None', ' or left out')}"
-    return _SETTING.sub(setting, message)
+    message = _SPELLED.sub(lambda m: m[1] if words(m[2], m[3]) == m[1] else m[0], message)
+    return _SETTINGS.sub(setting, message)
 
 
 def main(argv: list[str] | None = None) -> int:

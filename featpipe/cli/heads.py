@@ -142,8 +142,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=PREDICT_EXAMPLES,
         formatter_class=fmt,
     )
-    q.add_argument("head", type=Path, help="saved head (.skops or .joblib) with its .json sidecar")
-    q.add_argument("inputs", nargs="+", help="one feature store (.h5), or image files/folders")
+    q.add_argument(
+        "head",
+        metavar="HEAD",
+        type=Path,
+        help="saved head (.skops or .joblib) with its .json sidecar",
+    )
+    q.add_argument(
+        "inputs", metavar="INPUT", nargs="+", help="one feature store (.h5), or image files/folders"
+    )
     q.add_argument(
         "--split",
         choices=["train", "val", "test"],
@@ -327,15 +334,34 @@ def _keep_other_heads(paths: list[Path], store, layer: str) -> None:
             continue
         try:
             sidecar = read_sidecar(path)
-            saved = f"store {sidecar.get('store_path')}, layer {sidecar.get('layer')}"
         except ConfigError:
             sidecar, saved = {}, "a sidecar that cannot be read"
+        else:
+            saved = _saved_from(sidecar, store, layer)
         if (sidecar.get("store_key"), sidecar.get("layer")) != (store.key, layer):
             raise ConfigError(
-                f"--save-dir: {path} holds a head saved from {saved}, not from this store's "
-                f"layer {layer}; saving here would replace it. Give another --save-dir, or "
-                "pass --force to replace it."
+                f"--save-dir: {path} holds a head saved from {saved}; saving here would "
+                "replace it. Give another --save-dir, or pass --force to replace it."
             )
+
+
+def _saved_from(sidecar: dict, store, layer: str) -> str:
+    """Where the head ``sidecar`` describes came from, with what differs from ``store``'s
+    ``layer``: the same file extracted again since shows as its store keys, the path alone
+    being the same."""
+    was, now = [f"store {sidecar.get('store_path')}"], []
+    if sidecar.get("store_key") != store.key:
+        if Path(str(sidecar.get("store_path"))).resolve() == Path(store.path).resolve():
+            was[0] += (
+                f" before it was extracted again (store key {sidecar.get('store_key')}, now "
+                f"{store.key})"
+            )
+        else:
+            now.append(f"this store {store.path}")
+    if sidecar.get("layer") != layer:
+        was.append(f"layer {sidecar.get('layer')}")
+        now.append(f"layer {layer}")
+    return ", ".join(was) + (f", not from {', '.join(now)}" if now else "")
 
 
 def _head_names(text: str) -> list[str]:
