@@ -31,7 +31,9 @@ from featpipe.report import RESULTS_FILE
 INFERENCE = importlib.import_module("featpipe.extract.inference")
 DTYPES = {"float64": torch.float64, "bfloat16": torch.bfloat16}
 STORE_KEY = "b3404d4a8274b9fc"  # of toy, float32, at 16 px over the digits of digits_config
-FOLDER = "toy-lpft-0-05682ef5c07d90f4-e593b736"  # its LP-FT checkpoint folder
+# Its LP-FT checkpoint folder; the config hash moved on purpose when n_boot left job keys
+# (200d550) and when LP-FT got its gradient cap (max_grad_norm 10 in the hash).
+FOLDER = "toy-lpft-0-a4e8a319afb519f4-e593b736"
 FINETUNE = {"modes": ["lpft"], "epochs": 1, "workers": 0, "batch_size": 16, "image_size": 16}
 
 

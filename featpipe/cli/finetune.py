@@ -57,6 +57,22 @@ def probe_c(text: str) -> float | str:
     return value
 
 
+def max_grad_norm(text: str) -> float | str | None:
+    """``--max-grad-norm``: ``auto``, ``none`` (or 0), or a positive number."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(
+            f"must be auto (LP-FT capped at 10, other modes not), none (or 0) or a positive "
+            f"number, e.g. 5; got {text!r}"
+        )
+    return value
+
+
 # Recipe options: (flag, type, help); defaults come from FineTuner so the two never drift.
 RECIPE = (
     ("--mode", str, "full, partial:N, bn, head, lpft or scratch"),
@@ -69,6 +85,12 @@ RECIPE = (
     ("--weight-decay", float, "weight decay (never on biases or norm parameters)"),
     ("--warmup-epochs", float, "linear warm-up before the cosine decay, in epochs"),
     ("--label-smoothing", float, "label smoothing of the training loss"),
+    (
+        "--max-grad-norm",
+        max_grad_norm,
+        "cap on the gradient's global norm per step: auto (LP-FT 10, other modes none), none "
+        "or a number",
+    ),
     ("--loss", str, "cross_entropy, or mse (squared error of softmax vs one-hot)"),
     ("--dropout", float, "dropout in front of the new head"),
     ("--augment", str, "standard (random resized crop + flip) or none"),

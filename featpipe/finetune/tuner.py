@@ -65,7 +65,13 @@ from featpipe.finetune.freezing import (
     set_train_mode,
     training_batch_norm,
 )
-from featpipe.finetune.recipe import OPTIMIZERS, build_optimizer, param_groups, warmup_cosine
+from featpipe.finetune.recipe import (
+    OPTIMIZERS,
+    build_optimizer,
+    max_grad_norm,
+    param_groups,
+    warmup_cosine,
+)
 from featpipe.heads.selection import no_better_than_one_class
 from featpipe.interrupt import Interrupted, dead_worker, deferred
 from featpipe.store import FeatureStore
@@ -76,7 +82,12 @@ from featpipe.store.lock import StoreLock, describe_owner, lock_path, read_owner
 NOT_RESULT_PARAMS = ("callbacks", "device", "resume", "run_dir", "verbose", "workers")
 # Settings added after runs were recorded, with the default they had before: left out of
 # config hashes and checkpoint configs while at it, so that those runs still resume.
-LATER_DEFAULTS = {"loss": "cross_entropy", "decode": "exact", "sync_bn": False}
+LATER_DEFAULTS = {
+    "loss": "cross_entropy",
+    "decode": "exact",
+    "sync_bn": False,
+    "max_grad_norm": None,  # as resolved (result_params): no cap, as every mode had
+}
 LOSSES = ("cross_entropy", "mse")
 # The backbone's identity (``Backbone.identity()``) in checkpoint configs: what its spec
 # leaves out (a weights file rewritten under its path, a release's preprocessing or pooling).
@@ -86,7 +97,7 @@ IDENTITY = "backbone_identity"
 NOT_PROBE_PARAMS = (
     *("callbacks", "resume", "run_dir", "verbose", "workers", "epochs", "lr"),
     *("backbone_lr_scale", "optimizer", "momentum", "weight_decay", "warmup_epochs"),
-    *("label_smoothing", "loss", "dropout", "augment", "patience", "sync_bn"),
+    *("label_smoothing", "loss", "dropout", "augment", "patience", "sync_bn", "max_grad_norm"),
 )
 # What a partial:N fine-tune froze (``freezing.frozen_by``), in its checkpoint config.
 FROZEN = "frozen"
@@ -105,7 +116,12 @@ RESUMED_KEYS = (
 
 def result_params(params: dict) -> dict:
     """The settings of ``params`` that change a result, as configs and hashes hold them
-    (numpy scalars as Python numbers: checkpoints load plain types only)."""
+    (numpy scalars as Python numbers: checkpoints load plain types only). ``max_grad_norm``
+    is held as the cap the mode trains with (``"auto"`` resolved), so a mode with no cap
+    keeps the hash it had before the setting existed."""
+    if "max_grad_norm" in params and "mode" in params:
+        kind = Mode.parse(params["mode"]).kind
+        params = {**params, "max_grad_norm": max_grad_norm(params["max_grad_norm"], kind)}
     return {
         k: v.item() if isinstance(v, np.generic) else v
         for k, v in params.items()
@@ -124,6 +140,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     or ``scratch`` (the same architecture from random initialisation, ``@none`` weights, with
     the same recipe and splits: the baseline a transfer result is read against; with nothing
     pretrained to preserve, the backbone learns at the head's rate, ``backbone_lr_scale`` 1).
+
+    ``max_grad_norm`` caps the global norm of the gradient at each step (0 or None: no cap);
+    ``"auto"`` caps LP-FT's at 10 (its fitted head amplifies backbone steps, and unclipped it
+    ran away in its first epoch) and leaves the other modes uncapped.
 
     ``loss`` is ``cross_entropy`` or ``mse`` (squared error between the softmax output and
     the one-hot target, label-smoothed like cross-entropy's); validation and test metrics are
@@ -165,6 +185,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         weight_decay: float = 1e-4,
         warmup_epochs: float = 1.0,
         label_smoothing: float = 0.1,
+        max_grad_norm: float | str | None = "auto",
         loss: str = "cross_entropy",
         dropout: float = 0.2,
         augment: str = "standard",
@@ -193,6 +214,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.warmup_epochs = warmup_epochs
         self.label_smoothing = label_smoothing
+        self.max_grad_norm = max_grad_norm
         self.loss = loss
         self.dropout = dropout
         self.augment = augment
@@ -444,6 +466,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 stacklevel=2,
             )
         self.model_ = model.to(self.device_, memory_format=self._layout)
+        self.max_grad_norm_ = max_grad_norm(self.max_grad_norm, mode.kind)
         # An LP-FT head is already fitted: it moves at the backbone's pace, not at the fast
         # rate a fresh head needs (at that rate it diverged on digits).
         backbone_lr = self.lr * (self.backbone_lr_scale if mode.pretrained else 1.0)
@@ -515,6 +538,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 "learning rate would never reach its set value (lr). Use warmup_epochs of at "
                 f"most {self.epochs}, or more epochs."
             )
+        cap = self.max_grad_norm
+        if not (cap is None or (isinstance(cap, str) and cap == "auto")):
+            valid = ">= 0 (0 or None: no cap), or 'auto'"
+            _check_number("max_grad_norm", cap, valid, lambda v: v >= 0)
         C = self.probe_C  # checked now: LP-FT reads it only after computing the features
         if not (isinstance(C, str) and C == "auto") and not (_is_number(C) and C > 0):
             raise ConfigError(
@@ -627,6 +654,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                     loss = self._loss(logits.float(), labels)
                 self.optimizer_.zero_grad(set_to_none=True)
                 self.scaler_.scale(loss).backward()  # fp16: scaled, so small gradients survive
+                if self.max_grad_norm_ is not None:
+                    self.scaler_.unscale_(self.optimizer_)  # the cap is on the true gradient
+                    nn.utils.clip_grad_norm_(self.model_.parameters(), self.max_grad_norm_)
                 self.scaler_.step(self.optimizer_)
                 self.scaler_.update()
                 self.scheduler_.step()

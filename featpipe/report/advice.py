@@ -411,6 +411,11 @@ def _likely_causes(s: MethodSummary, row: dict) -> str:
             if effective is not None
             else "a learning rate too high for LP-FT"
         )
+        if params.get("max_grad_norm") is None:  # rows hold the cap the run trained with
+            causes.append(
+                "an uncapped gradient (max_grad_norm none: LP-FT's trained head amplifies "
+                "every backbone step; 'auto' caps it at 10)"
+            )
     augment = params.get("augment")
     if augment not in (None, "none", False) and _looks_like_digits(row):
         causes.append(

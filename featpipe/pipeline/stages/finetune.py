@@ -53,16 +53,14 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
     """One job per (backbone, mode, seed); the config hash covers the data and every
     fine-tuning setting that changes a result."""
     suffix = backbone_suffix(config)
-    tune = result_params(config.finetune.params())
     jobs = []
     for bb in config.finetune.backbones:
         for mode in config.finetune.modes:
             settings = {
                 "data": data.fingerprint,
                 **HASHED_N_BOOT,
-                **tune,
+                **result_params({**config.finetune.params(), "mode": mode}),  # as the mode trains
                 "backbone": bb,
-                "mode": mode,
                 **decode_setting(config),
             }
             if config.finetune.grid:  # left out when empty: hashes stay as they were
