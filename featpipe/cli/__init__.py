@@ -128,6 +128,7 @@ _SETTING = r"([a-z][a-z0-9_]*)=\"?([\w-]+(?:\.[\w-]+)*)\"?"
 _SETTINGS = re.compile(rf"(?<![\w.-]){_SETTING}")
 # A flag followed by its API spelling, for the library's callers: --force (force=True).
 _SPELLED = re.compile(rf"(--[\w-]+(?: [\w.-]+)?) \({_SETTING}\)")
+_FLAG_BEFORE = re.compile(r"--[\w-]+ $")  # a setting right after a flag is the flag's value
 
 
 def as_flags(message: str, command: argparse.ArgumentParser) -> str:
@@ -152,11 +153,16 @@ def as_flags(message: str, command: argparse.ArgumentParser) -> str:
         return f"{option} {value}" if option and options[option].nargs != 0 else None
 
     def setting(m: re.Match) -> str:
+        before = m.string[: m.start()]
+        if before.endswith("'") or _FLAG_BEFORE.search(before):  # typed input (--grid lr=0.1)
+            return m[0]
         said = words(m[1], m[2])
         return said if said and said.split()[0] not in message else m[0]
 
     name, _, rest = message.partition(" ")
-    if rest.startswith("must ") and (lead := flag(name)):
+    # A rule on a setting (lr must be ...), or one naming its value (warmup_epochs 2 is ...):
+    # a lone English word (layer, split) that happens to be an option is not a setting.
+    if (rest.startswith("must ") or "_" in name) and (lead := flag(name)):
         rest = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", lead, rest)
         message = f"{lead} {rest.replace(' or None', ' or left out')}"
     message = _SPELLED.sub(lambda m: m[1] if words(m[2], m[3]) == m[1] else m[0], message)
