@@ -11,7 +11,13 @@ import numpy as np
 from scipy import stats
 
 from featpipe.errors import ConfigError
-from featpipe.evaluate.metrics import check_n_boot, resampled_scores, resamples, wilson_interval
+from featpipe.evaluate.metrics import (
+    PREDICTION_METRICS,
+    check_n_boot,
+    resampled_scores,
+    resamples,
+    wilson_interval,
+)
 
 # Below this many discordant pairs the chi-square approximation is poor; use the exact test.
 EXACT_BELOW = 25
@@ -101,9 +107,6 @@ def newcombe_interval(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[flo
     return max(-1.0, diff - below), min(1.0, diff + above)
 
 
-PAIRED_SCORES = ("balanced_accuracy", "macro_f1")
-
-
 def paired_score_bootstrap(
     y_true: np.ndarray,
     pred_a: np.ndarray,
@@ -134,16 +137,16 @@ def paired_score_bootstrap(
         )
     check_n_boot(n_boot)
     whole = [resampled_scores(y, p, np.arange(len(y))[None], n_classes) for p in (a, b)]
-    out = {m: (float(whole[0][m][0] - whole[1][m][0]), None, None) for m in PAIRED_SCORES}
+    out = {m: (float(whole[0][m][0] - whole[1][m][0]), None, None) for m in PREDICTION_METRICS}
     if n_boot == 0:
         return out
-    draws = {m: [] for m in PAIRED_SCORES}
+    draws = {m: [] for m in PREDICTION_METRICS}
     for idx in resamples(len(y), n_boot, seed):
         sa, sb = (resampled_scores(y, p, idx, n_classes) for p in (a, b))
-        for m in PAIRED_SCORES:
+        for m in PREDICTION_METRICS:
             draws[m].append(sa[m] - sb[m])
     alpha = (1 - level) / 2
-    for m in PAIRED_SCORES:
+    for m in PREDICTION_METRICS:
         lo, hi = np.nanquantile(np.concatenate(draws[m]), [alpha, 1 - alpha])
         out[m] = (out[m][0], float(lo), float(hi))
     return out

@@ -75,6 +75,12 @@ MAX_BOOT = 100_000  # far past where a 95 % percentile interval stops moving; 1e
 MIN_BOOT = 40
 
 
+def row_nll(p_true: np.ndarray) -> np.ndarray:
+    """Each row's negative log likelihood from its true class's probability, clipped at
+    1e-15 (a probability of 0 costs about 34.5, not infinity)."""
+    return -np.log(np.clip(p_true, _EPS, None))
+
+
 def check_n_boot(n_boot) -> None:
     """Bootstrap resamples: 0 (no intervals) or a whole number from ``MIN_BOOT`` to
     ``MAX_BOOT``."""
@@ -253,7 +259,7 @@ def compute_metrics(
     pred = p.argmax(axis=1) if y_pred is None else _check_pred(y_pred, len(y), n_classes)
     cm = confusion_matrix(y, pred, n_classes)
     scores = {k: float(v) for k, v in _scores_from_confusion(cm).items()}
-    nll = -np.log(np.clip(p[np.arange(len(y)), y], _EPS, None))
+    nll = row_nll(p[np.arange(len(y)), y])
     top5_hit = None
     # Top-5 among 5 or fewer classes would be a trivial 100 %: a class with no test image
     # and no score above 0 (a probe's head never saw it: integer labels with gaps leave the

@@ -18,6 +18,7 @@ from sklearn.model_selection import ParameterGrid, StratifiedKFold
 
 from featpipe.distributed.progress import track
 from featpipe.errors import ConfigError
+from featpipe.evaluate.metrics import row_nll
 from featpipe.heads.registry import default_grid, head_name, make_head, run_params
 from featpipe.heads.splits import FeatureSplits
 from featpipe.provenance import plain
@@ -148,14 +149,14 @@ def best_candidate(accuracy: Sequence[float], log_loss: Sequence[float] | None =
 
 def val_log_loss(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray) -> float:
     """Mean log loss of ``estimator.predict_proba`` on (X, y); a label the estimator never saw
-    has probability 0, clipped to 1e-15 as the evaluation does."""
+    has probability 0, clipped as the evaluation clips it (``row_nll``)."""
     proba = estimator.predict_proba(X)
     column = {label: i for i, label in enumerate(np.asarray(estimator.classes_).tolist())}
     p = np.zeros(len(y))
     for row, label in enumerate(np.asarray(y).tolist()):
         if label in column:
             p[row] = proba[row, column[label]]
-    return float(-np.mean(np.log(np.clip(p, 1e-15, None))))
+    return float(row_nll(p).mean())
 
 
 def tied_log_loss(
