@@ -420,10 +420,11 @@ def _refuse_skipped(store: FeatureStore, on_error: str, shown: int = 3) -> None:
     names = listed(reasons, shown, sep="; ", total=len(skipped))
     left_out = skipped_rows(skipped)
     raise ImageReadError(
-        f"{store.path} was extracted with on_error='skip' and leaves out {left_out}: "
-        # In the API's words; the command line names its flag (featpipe.cli.as_flags).
+        # In the API's words, settings as name="value": the command line names their flags
+        # (featpipe.cli.as_flags) and a pipeline its keys (in_file_words).
+        f'{store.path} was extracted with on_error="skip" and leaves out {left_out}: '
         f'{names}. Pass on_error="skip" to use it as it is, or fix their cause and run again '
-        "(with --overwrite if only file permissions changed)."
+        "(with overwrite=True if only file permissions changed)."
     )
 
 
