@@ -21,7 +21,9 @@ BOOTSTRAP_METRICS = ("balanced_accuracy", "macro_f1", "log_loss")
 # Those of them that predictions alone give (log loss needs probabilities, which rows do not
 # keep): a report can draw their intervals again from a row's test predictions.
 PREDICTION_METRICS = ("balanced_accuracy", "macro_f1")
-DEFAULT_BOOT = 1000  # resamples of a run's intervals unless its config sets n_boot
+# Resamples of a run's intervals unless its config sets n_boot: the default's one home (the
+# pipeline option, plans and reports read it; job hashes do not, see jobs.HASHED_N_BOOT).
+DEFAULT_BOOT = 1000
 _EPS = 1e-15
 _BOOT_BATCH = 100  # resamples per vectorised step, to bound memory on large test sets
 

@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from featpipe.errors import ConfigError, did_you_mean
-from featpipe.evaluate.metrics import check_n_boot
+from featpipe.evaluate.metrics import DEFAULT_BOOT, check_n_boot
 from featpipe.pipeline.schema import build, first_repeat, json_schema, option, toml_value
 
 # Split fractions a pipeline uses where the source lacks the split and the file sets none.
@@ -409,7 +409,7 @@ class PipelineConfig:
     seeds: tuple[int, ...] = option((0,), check=_seeds, doc="head-search and fine-tuning seeds")
     device: str = option("auto", doc="auto, cpu, cuda or cuda:N")
     n_boot: int = option(
-        1000,
+        DEFAULT_BOOT,
         check=_n_boot,
         doc="bootstrap resamples for intervals (0: none; top-1 uses Wilson)",
     )

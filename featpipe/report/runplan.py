@@ -34,6 +34,7 @@ from pathlib import Path
 
 from featpipe.atomic import write_text_atomic
 from featpipe.errors import ConfigError, FeaturePipeError
+from featpipe.evaluate.metrics import DEFAULT_BOOT
 
 PLAN_FILE = "plan.json"
 FORMAT = "featpipe.plan"
@@ -150,7 +151,7 @@ class RunPlan:
 
     run: str
     methods: list[PlannedRun]
-    n_boot: int = 1000
+    n_boot: int = DEFAULT_BOOT
     source_fingerprint: str | None = None
 
     def select(self, rows: list[dict]) -> tuple[list[dict], list[PlannedRun], int]:
