@@ -52,6 +52,10 @@ class Job:
     # and LP-FT probe (see stages/finetune.planned). The row is reused only while the run
     # would compute alike.
     store_of: str | None = None
+    # The job's config hash had the run been at another n_boot under the featpipe versions
+    # that hashed it (see HASHED_N_BOOT): it tells a row those made, which this run fits
+    # again, so that the run can say why. None where the stage does not say.
+    hash_at_n_boot: Callable[[int], str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -175,12 +179,18 @@ def sized(job: Job, size: int | None, split_seed: int = 0) -> Job:
     if size is None:
         return job
     drawn = {"split_seed": split_seed} if split_seed else {}
+
+    def at_size(method_hash: str) -> str:
+        return config_hash({"method": method_hash, "train_size": size, **drawn})
+
+    old = job.hash_at_n_boot
     return replace(
         job,
         method=f"{job.method}#n={size}",
         label=f"{job.label}, {size} train images",
-        config_hash=config_hash({"method": job.config_hash, "train_size": size, **drawn}),
+        config_hash=at_size(job.config_hash),
         train_size=size,
+        hash_at_n_boot=None if old is None else lambda n_boot: at_size(old(n_boot)),
     )
 
 
@@ -211,11 +221,19 @@ def backbone_suffix(config: PipelineConfig) -> Callable[[str], str]:
 
 
 # Config hashes held the run's n_boot until reports computed their intervals from a row's test
-# predictions at the run's n_boot (another n_boot reuses every row): the default stays in
-# them, so that rows made at it keep their hashes. Rows made then at another n_boot are
-# fitted again once (the README says so at `n_boot`): reusing them would take a second hash
-# for every job and row lookup, for a cost each run folder pays once.
+# predictions at the run's n_boot (another n_boot reuses every row): the default of then stays
+# in them, so that rows made at it keep their hashes. It is 1000 forever, not DEFAULT_BOOT:
+# were the default to change, every row made since would lose its hash. Rows made then at
+# another n_boot are fitted again once, and the run says so (see hashes_at_n_boot): reusing
+# them would take a second hash for every job and row lookup, for a cost each run folder pays
+# once.
 HASHED_N_BOOT = {"n_boot": 1000}
+
+
+def hashes_at_n_boot(settings: dict) -> Callable[[int], str]:
+    """The config hash of a job's ``settings`` at any n_boot, as featpipe versions that keyed
+    jobs on the run's n_boot gave it (see :attr:`Job.hash_at_n_boot`)."""
+    return lambda n_boot: config_hash({**settings, "n_boot": n_boot})
 
 
 def decode_setting(config: PipelineConfig) -> dict[str, str]:

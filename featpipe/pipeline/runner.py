@@ -60,7 +60,7 @@ from featpipe.report import (
 )
 from featpipe.report.runplan import identity_hash, left_out, read_plan, recorded_compute
 from featpipe.store.lock import StoreLock
-from featpipe.words import counted
+from featpipe.words import agrees, counted
 
 CONFIG_FILE = "config.json"  # the run's config, as run (beside plan.json)
 # API settings an error's hint may name (on_error="skip"), as a pipeline file sets them.
@@ -123,6 +123,9 @@ class PipelineRunner:
         self.source = source
         self.progress = progress
         self.log = log
+        # The n_boot of the run folder's earlier run, read before this run rewrites its plan
+        # (see _earlier_n_boots); none until then.
+        self.earlier_n_boots: set[int] = set()
 
     def run(self) -> Path:
         """Check the whole plan, run every unfinished job, then write the reports; returns
@@ -151,6 +154,8 @@ class PipelineRunner:
             f"{self.config.name}: {counted(len(jobs), 'method run')}, "
             f"{len(jobs) - len(missing)} already finished; results in {results}"
         )
+        for line in _n_boot_refits(jobs, rows, set(missing), self.earlier_n_boots):
+            self.log(line)
         by_key = {(r["method"], r["seed"], r["config_hash"]): r for r in rows}
         for job in jobs:
             if job.key not in missing:
@@ -335,6 +340,7 @@ class PipelineRunner:
                 "removed the report of an earlier configuration; this run writes its own "
                 f"(`featpipe report {context.run_dir}` shows the finished rows meanwhile)"
             )
+        self.earlier_n_boots = _earlier_n_boots(context.run_dir)
         write_text_atomic(context.run_dir / CONFIG_FILE, config_json)
         write_plan(context.run_dir, run_plan)
         return context, jobs, run_plan, rows
@@ -356,6 +362,49 @@ def _run_plan(
         for j in jobs
     ]  # fmt: skip
     return RunPlan(config.name, methods, n_boot=config.n_boot, source_fingerprint=fingerprint)
+
+
+def _earlier_n_boots(run_dir: Path) -> set[int]:
+    """The n_boot of the folder's earlier run, as its plan.json and config.json say (before
+    this run rewrites them). Rows do not record theirs where it matters: those made when job
+    hashes held n_boot predate metrics.n_boot."""
+    found = set()
+    with contextlib.suppress(ConfigError):  # a damaged plan: the config may still tell
+        if (before := read_plan(run_dir)) is not None:
+            found.add(before.n_boot)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        n_boot = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("n_boot")
+        if isinstance(n_boot, int):
+            found.add(n_boot)
+    return found
+
+
+def _n_boot_refits(
+    jobs: list[Job], rows: list[dict], todo: set[tuple], n_boots: set[int]
+) -> list[str]:
+    """One line per stage counting its jobs to run whose row is there but under the hash an
+    older featpipe gave at another n_boot (see jobs.HASHED_N_BOOT): without it a user sees
+    minutes of fitting and no reason."""
+    made = _keys(rows)
+    found: dict[str, dict[int, int]] = {}  # stage -> n_boot -> jobs
+    for job in jobs:
+        if job.key not in todo or job.key in made or job.hash_at_n_boot is None:
+            continue  # finished, or its row was made otherwise (said per job)
+        for n_boot in sorted(n_boots):
+            if (job.method, job.seed, job.hash_at_n_boot(n_boot)) in made:
+                by_n = found.setdefault(job.stage, {})
+                by_n[n_boot] = by_n.get(n_boot, 0) + 1
+                break
+    lines = []
+    for stage, by_n in found.items():
+        n = sum(by_n.values())
+        word = "fine-tune" if stage == finetune_stage.NAME else stage
+        lines.append(
+            f"{counted(n, f'{word} row')} {agrees(n, 'was', 'were')} made with n_boot "
+            f"{' or '.join(map(str, sorted(by_n)))}, which older featpipe versions keyed jobs on; "
+            f"re-fitting {agrees(n, 'it', 'them')} once"
+        )
+    return lines
 
 
 def _remove_stale_reports(run_dir: Path, rows: list[dict], run_plan: RunPlan) -> bool:

@@ -8,6 +8,7 @@ import numpy as np
 
 from featpipe.errors import ConfigError
 from featpipe.evaluate import Cost, Extraction, Usage, measure
+from featpipe.evaluate.metrics import DEFAULT_BOOT
 from featpipe.pipeline.jobs import (
     HASHED_N_BOOT,
     Job,
@@ -18,6 +19,7 @@ from featpipe.pipeline.jobs import (
     backbone_suffix,
     config_hash,
     decode_setting,
+    hashes_at_n_boot,
     skip_summary,
     sweep_ids,
 )
@@ -69,7 +71,8 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
                 jobs += [
                     Job(NAME, f"{bb}/{head}@{layer}", MethodKind.PROBE, label, bb, seed,
                         config_hash(settings), layer=layer, head=head, deterministic=deterministic,
-                        backbone_at=(bb, features.image_size), store_of=bb)
+                        backbone_at=(bb, features.image_size), store_of=bb,
+                        hash_at_n_boot=hashes_at_n_boot(settings))
                     for seed in (config.seeds[:1] if deterministic else config.seeds)
                 ]  # fmt: skip
     return at_sizes(config, jobs)
@@ -240,7 +243,9 @@ def store_row(
         "fingerprint": store.attrs.get("source_fingerprint"),
     }
     context = RowContext(
-        run, 1000, {"source": source, "versions": versions(), "device": describe_device(device)}
+        run,
+        DEFAULT_BOOT,
+        {"source": source, "versions": versions(), "device": describe_device(device)},
     )
     stats = store.attrs.get("extraction") or {}
     extraction = Extraction(
