@@ -228,7 +228,19 @@ def _block_containers(model: nn.Module) -> set[str]:
     info = getattr(model, "feature_info", None)
     names = [f.get("module", "") for f in info] if isinstance(info, list) else []
     modules = dict(model.named_modules())
-    return {c for c in (_container_of(name, modules) for name in names) if c}
+    taps = (_tap_module(name, modules) for name in names)
+    return {c for c in (_container_of(name, modules) for name in taps) if c}
+
+
+def _tap_module(name: str, modules: dict[str, nn.Module]) -> str:
+    """A ``feature_info`` tap as a module name of the model. A wrapper that copies its
+    encoder's ``feature_info`` (Gemma 4's classifier) names the encoder's modules
+    ('blocks.3' for 'encoder.blocks.3'): the one module whose name ends so. As given where
+    it is a module, or where none or several end so."""
+    if not name or name in modules:
+        return name
+    found = [n for n in modules if n.endswith(f".{name}")]
+    return found[0] if len(found) == 1 else name
 
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
