@@ -18,7 +18,7 @@ from featpipe.report.summary import (
     tie_rule,
     ties,
 )
-from featpipe.words import counted
+from featpipe.words import agrees, counted, listed
 
 FINAL_LAYER = "pooled"  # the backbone's last pooled output: every other layer is intermediate
 MIN_TEST = 100  # below this many test images a 95 % interval on top-1 spans about ±10 points
@@ -379,7 +379,8 @@ def _broken_seed(s: MethodSummary, row: dict, n_val: int | None) -> str | None:
             f"its last epoch ends below its own starting point on validation "
             f"({_pct(last)} after epoch {history[-1].get('epoch')}, {_pct(start)} at epoch 0)"
         )
-    elif len(history) > 1 and row["params"].get("best_epoch") == 0:
+    elif len(history) > 1 and row["params"].get("best_epoch") == 0 and probe_val is None:
+        # From a trained probe (LP-FT) best epoch 0 keeps the probe: see kept_probe_notes.
         problems.append("no epoch improved on its starting point (best epoch 0)")
     end = row.get("val_accuracy")
     if probe_val is not None and end is not None and _clearly_below(end, probe_val, n_val):
@@ -392,6 +393,39 @@ def _broken_seed(s: MethodSummary, row: dict, n_val: int | None) -> str | None:
     return (
         f"{s.label} (seed {row['seed']}) looks broken: {'; '.join(problems)}. "
         f"Likely causes: {_likely_causes(s, row)}."
+    )
+
+
+def kept_probe_notes(summaries: list[MethodSummary], n_val: int | None = None) -> list[str]:
+    """A line per fine-tune that started from a trained probe (LP-FT) and kept it: no epoch
+    beat the probe on validation and none fell clearly below it. Not broken (the run said
+    "looks broken" for it), but its scores are the probe's, bought at fine-tuning's cost."""
+    lines = []
+    for s in summaries:
+        if s.kind != MethodKind.FINETUNE:
+            continue
+        kept = [r for r in s.rows if _kept_probe(r) and not _broken_seed(s, r, n_val)]
+        if not kept:
+            continue
+        seeds = listed([r["seed"] for r in kept], len(kept))
+        probe = listed([_pct(r["history"][0]["probe"]["val_accuracy"]) for r in kept], len(kept))
+        lines.append(
+            f"{s.label} ({agrees(len(kept), 'seed', 'seeds')} {seeds}) kept the linear probe "
+            f"it started from: no epoch beat its validation accuracy ({probe}), so its scores "
+            "are the probe's at fine-tuning's cost. More epochs or another learning rate may "
+            "let it improve."
+        )
+    return lines
+
+
+def _kept_probe(row: dict) -> bool:
+    history = row.get("history") or []
+    probe = history[0].get("probe") if history else None
+    return (
+        len(history) > 1
+        and isinstance(probe, dict)
+        and probe.get("val_accuracy") is not None
+        and row["params"].get("best_epoch") == 0
     )
 
 

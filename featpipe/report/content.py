@@ -451,6 +451,9 @@ def _recommendation_section(
     warnings = advice.warnings_for(summaries, n_val)
     if warnings:
         blocks += ["Warnings (results that look broken):", warnings]
+    kept = advice.kept_probe_notes(summaries, n_val)
+    if kept:
+        blocks += ["Fine-tunes that kept their probe:", kept]
     return Section("Recommendation", blocks)
 
 
