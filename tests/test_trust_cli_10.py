@@ -21,7 +21,7 @@ def _error(argv: list[str], capsys) -> str:
     ("argv", "said"),
     [
         (["extract", "digits", "--dtype", "float61"], "invalid choice: 'float61'"),
-        (["probe"], "the following arguments are required: store"),
+        (["probe"], "the following arguments are required: STORE"),
         (["cache", "lisst"], "invalid choice: 'lisst'"),
     ],
 )

@@ -72,7 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=PROBE_EXAMPLES,
         formatter_class=fmt,
     )
-    p.add_argument("store", help="feature store (.h5) written by `featpipe extract`")
+    # metavar: named as in the other commands' usage and in argparse's "required" error.
+    p.add_argument(
+        "store", metavar="STORE", help="feature store (.h5) written by `featpipe extract`"
+    )
     p.add_argument(
         "--layer",
         help="feature layer (default: the store's only layer); join stored layers with '+' "
