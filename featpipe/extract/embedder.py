@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -36,26 +37,37 @@ ImageLike = str | os.PathLike | Image.Image | np.ndarray
 _DIGEST_SIZE = 16
 
 
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE).digest()
+# The digest is keyed by the model's architecture (``_architecture``): the cache key names the
+# backbone's weights, not its modules without any, so a model changed under its name and
+# weights (a pooling's output size) shares the folder, and its entries must not check. An
+# entry written before the key (``architecture`` None) still checks, as a legacy one.
 
 
-def _entry_bytes(feature: np.ndarray) -> bytes:
+def _digest(data: bytes, architecture: str | None = None) -> bytes:
+    key = b"" if architecture is None else bytes.fromhex(architecture)
+    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, key=key).digest()
+
+
+def _entry_bytes(feature: np.ndarray, architecture: str | None = None) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, feature)
-    return buffer.getvalue() + _digest(buffer.getvalue())
+    return buffer.getvalue() + _digest(buffer.getvalue(), architecture)
 
 
-def _entry_row(data: bytes) -> np.ndarray | None:
+def _entry_row(data: bytes, architecture: str) -> tuple[np.ndarray | None, bool]:
     """The array an entry's bytes hold where their digest checks (an entry written before
-    digests, a cache is a cache, fails it and is computed again), else None."""
+    digests, a cache is a cache, fails it and is computed again), else None; and whether its
+    digest is a legacy one, not keyed by ``architecture``."""
     body, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
-    if len(data) <= _DIGEST_SIZE or _digest(body) != digest:
-        return None
+    if len(data) <= _DIGEST_SIZE:
+        return None, False
+    legacy = _digest(body, architecture) != digest
+    if legacy and _digest(body) != digest:
+        return None, False
     try:
-        return np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
+        return np.lib.format.read_array(io.BytesIO(body), allow_pickle=False), legacy
     except (ValueError, EOFError):  # not a .npy: a digest of bytes this cache never wrote
-        return None
+        return None, False
 
 
 def _image_key(item: ImageLike) -> str:
@@ -161,6 +173,15 @@ def _recorded_width(meta: Path) -> int | None:
     return dim if type(dim) is int and dim >= 1 else None
 
 
+def _architecture(model) -> str:
+    """A hash of the model's modules as ``repr`` prints them (classes and settings, such as a
+    pooling's output size), which the backbone's identity leaves out: it names the weights,
+    not modules without any. Object addresses a module may print are left out, so that the
+    hash is one in every process."""
+    text = re.sub(r"0x[0-9a-fA-F]+", "0x", repr(model))
+    return hashlib.sha256(text.encode()).hexdigest()  # 32 bytes: a blake2b key
+
+
 class _OtherWidth(ConfigError):
     """A computed batch's width is not ``n_features_out_``: corrected once by ``transform``."""
 
@@ -183,9 +204,10 @@ class Embedder(TransformerMixin, BaseEstimator):
     decode of the head's store).
 
     With ``cache_dir`` each image's feature is stored under a key of (backbone identity,
-    layer, image identity), so ``GridSearchCV`` over a pipeline starting with this transformer
-    computes every image once. ``fit`` learns nothing; it records the output width, and
-    ``transform`` fits again where ``set_params`` changed a parameter since.
+    layer, image identity), its digest keyed by the model's architecture, so
+    ``GridSearchCV`` over a pipeline starting with this transformer computes every image
+    once. ``fit`` learns nothing; it records the output width, and ``transform`` fits again
+    where ``set_params`` changed a parameter since.
 
     On a CPU device ``transform`` runs in ``n_jobs`` lanes, as extraction does
     (featpipe.extract.lanes): each decodes a batch and runs it on its share of the cores.
@@ -231,9 +253,14 @@ class Embedder(TransformerMixin, BaseEstimator):
         if built is None or built[0] != params:
             bb = get_backbone(self.backbone, self.image_size)
             inference = Inference.of_layers(bb, [self.layer], resolve_device(self.device))
-            built = (params, bb, inference)
+            built = (params, bb, inference, _architecture(bb.model))
             self._built = built
         return built[1], built[2]
+
+    def _architecture(self) -> str:
+        """The built model's architecture hash (see ``_architecture``)."""
+        self._model()
+        return self._built[3]
 
     def _compute(self) -> dict[str, str]:
         """How features are computed, as a store records it (its ``compute``): Pillow's
@@ -266,7 +293,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         self.backbone_identity_ = self._model()[0].identity()
         self.compute_ = self._compute()
         self.n_features_out_ = self._width()
-        self._fitted_for = self._output_params()
+        self._fitted_for = self._fit_inputs()
         return self
 
     def _check_params(self) -> None:
@@ -288,11 +315,16 @@ class Embedder(TransformerMixin, BaseEstimator):
         device and decode give ``compute_`` (precision, pixels)."""
         return (self.backbone, self.layer, self.image_size, self.device, self.decode)
 
+    def _fit_inputs(self) -> tuple:
+        """What ``fit`` records is of: the parameters, and the architecture of the model they
+        build (a model's code can change under its name and weights, as when unpickled)."""
+        return (*self._output_params(), self._architecture())
+
     def _fitted(self) -> None:
         """Fit again where ``set_params`` changed what fit records, or it never ran: it is
         of the parameters, not of any data (a width kept from before gave numpy's shape
         error)."""
-        if getattr(self, "_fitted_for", None) != self._output_params():
+        if getattr(self, "_fitted_for", None) != self._fit_inputs():
             self.fit()
         else:
             self._check_params()
@@ -342,13 +374,17 @@ class Embedder(TransformerMixin, BaseEstimator):
         out = np.empty((len(items), self.n_features_out_), dtype=np.float32)
         folder = self._cache_folder()
         todo = []  # rows whose features are not cached
+        legacy = []  # rows read from entries written before digests named the architecture
         keys = [_image_key(item) for item in items] if folder else [None] * len(items)
         for i, key in enumerate(keys):
-            cached = self._cached(folder / f"{key}.npy") if folder else None
+            cached, old = self._cached(folder / f"{key}.npy") if folder else (None, False)
             if cached is not None:
                 out[i] = cached
+                legacy += [i] if old else []
             else:
                 todo.append(i)
+        if legacy and not todo:  # no computed batch checks their width: one probe does
+            self._check_legacy(folder, [keys[i] for i in legacy], out[legacy])
         step = int(self.batch_size)
         batches = [todo[start : start + step] for start in range(0, len(todo), step)]
         with self._computed(items, batches) as computed:
@@ -359,28 +395,44 @@ class Embedder(TransformerMixin, BaseEstimator):
                     for i, f in zip(rows, feats, strict=True):
                         # not synced (milliseconds an entry): _cached checks its digest
                         file = folder / f"{keys[i]}.npy"
-                        data = _entry_bytes(f)
+                        data = _entry_bytes(f, self._architecture())
                         replace_with(file, lambda tmp, d=data: tmp.write_bytes(d), durable=False)
                 if feats.shape[1] != out.shape[1]:
                     raise self._other_width(feats.shape[1])
                 out[rows] = feats
         return out
 
-    def _cached(self, file: Path) -> np.ndarray | None:
+    def _cached(self, file: Path) -> tuple[np.ndarray | None, bool]:
         """The feature cached in ``file``, or None where there is none to trust: no file, or
         one whose bytes fail their digest or are not a finite float32 row of this width (an
         entry is not synced, so a power cut can leave it empty, cut short or zeros). Such an
-        entry is a miss: it is computed and written again."""
+        entry is a miss: it is computed and written again. And whether the entry is a
+        legacy one (its digest not keyed by the architecture)."""
         try:
-            feature = _entry_row(file.read_bytes())
+            feature, legacy = _entry_row(file.read_bytes(), self._architecture())
         except OSError:  # missing, unreadable
-            return None
+            return None, False
         ok = (
             feature is not None
             and feature.shape == (self.n_features_out_,)
             and feature.dtype == np.float32
         )
-        return feature if ok and np.isfinite(feature).all() else None
+        return (feature, legacy) if ok and np.isfinite(feature).all() else (None, False)
+
+    def _check_legacy(self, folder: Path, keys: list[str], rows: np.ndarray) -> None:
+        """Legacy entries, read at meta.json's width, may be another architecture's: a probe
+        of one blank image checks the width (raising _OtherWidth, which transform corrects,
+        where it differs); then they are written again keyed, so as not to probe again."""
+        bb, _ = self._model()
+        blank = Image.new("RGB", (bb.preprocessing.crop, bb.preprocessing.crop))
+        width = int(self._forward([blank]).shape[1])
+        if width != self.n_features_out_:
+            raise self._other_width(width)
+        for key, row in zip(keys, rows, strict=True):
+            data = _entry_bytes(row, self._architecture())
+            replace_with(
+                folder / f"{key}.npy", lambda tmp, d=data: tmp.write_bytes(d), durable=False
+            )
 
     def _as_stored(self, out: np.ndarray, items: list[ImageLike]) -> np.ndarray:
         """``out`` rounded as a store of ``dtype`` holds it (the cache keeps float32, so one
