@@ -12,6 +12,7 @@ from scipy import stats
 
 from featpipe.errors import ConfigError
 from featpipe.evaluate.metrics import (
+    DEFAULT_BOOT,
     PREDICTION_METRICS,
     check_n_boot,
     resampled_scores,
@@ -60,7 +61,7 @@ def mcnemar(
 def paired_bootstrap(
     correct_a: np.ndarray,
     correct_b: np.ndarray,
-    n_boot: int = 1000,
+    n_boot: int = DEFAULT_BOOT,
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float | None, float | None]:
@@ -112,7 +113,7 @@ def paired_score_bootstrap(
     pred_a: np.ndarray,
     pred_b: np.ndarray,
     n_classes: int,
-    n_boot: int = 1000,
+    n_boot: int = DEFAULT_BOOT,
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, tuple[float, float | None, float | None]]:
@@ -252,7 +253,7 @@ def compare(
     *,
     cost_a: float | None = None,
     cost_b: float | None = None,
-    n_boot: int = 1000,
+    n_boot: int = DEFAULT_BOOT,
     seed: int | None = None,
 ) -> Comparison:
     """Compare two methods from their per-image correctness on the same test images: the

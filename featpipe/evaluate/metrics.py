@@ -92,12 +92,12 @@ def check_n_boot(n_boot) -> None:
         raise ConfigError(
             f"n_boot is {n_boot}; a 95 % interval needs at least {MIN_BOOT} resamples (fewer "
             "leave its ends to the most extreme ones). Give n_boot 0 (no intervals) or from "
-            f"{MIN_BOOT} (the default is 1,000)."
+            f"{MIN_BOOT} (the default is {DEFAULT_BOOT:,})."
         )
     if n_boot > MAX_BOOT:
         raise ConfigError(
             f"n_boot is {n_boot:,}; at most {MAX_BOOT:,} resamples are accepted (a 95 % interval "
-            "stops moving long before; the default is 1,000). Give a smaller n_boot."
+            f"stops moving long before; the default is {DEFAULT_BOOT:,}). Give a smaller n_boot."
         )
 
 
