@@ -828,7 +828,8 @@ def write_arrays(
 ) -> FeatureStore:
     """Write a complete store from in-memory arrays (tests, examples) and open it.
     ``splits`` may be names ("train") or uint8 codes; ``attrs`` adds root attributes
-    (a ``key`` among them names the store; otherwise one is hashed from the arrays).
+    (a ``key`` among them names the store; otherwise one is hashed from the arrays and ids).
+    ``ids`` default to the row numbers, zero-padded so that the rows are in id order.
     ``rows_per_chunk`` sets the store's chunks, HDF5's too (``schema``); None: min(n, 4096)."""
     features = {name: np.asarray(x) for name, x in features.items()}
     if not features:
@@ -840,9 +841,9 @@ def write_arrays(
                 f"Features of layer {name!r} must be (n, D) with n={n} rows; got {x.shape}."
             )
     codes = _split_codes(splits, n)
-    ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
+    ids = default_ids(n) if ids is None else [str(i) for i in ids]
     attrs = dict(attrs or {})
-    attrs.setdefault("key", _hash_arrays(features, labels, codes))
+    attrs.setdefault("key", _hash_arrays(features, labels, codes, ids))
     layers = {
         name: (x.shape[1], name.partition(":")[2] or "unknown") for name, x in features.items()
     }
@@ -880,11 +881,26 @@ def _split_codes(splits: Sequence[str | int] | np.ndarray, n: int) -> np.ndarray
     return np.asarray(codes, dtype=np.uint8)
 
 
-def _hash_arrays(features: Mapping[str, np.ndarray], labels: Any, codes: np.ndarray) -> str:
+def default_ids(n: int) -> list[str]:
+    """Ids for ``n`` rows that sort as their numbers ("07" before "10"): stores keep their
+    rows in id order for reading by id, and "10" sorts before "2", so ``str(i)`` would leave
+    every store of more than 10 rows out of id order (streamed heads read it many times)."""
+    width = len(str(max(n - 1, 0)))
+    return [f"{i:0{width}d}" for i in range(n)]
+
+
+def _hash_arrays(
+    features: Mapping[str, np.ndarray], labels: Any, codes: np.ndarray, ids: Sequence[str]
+) -> str:
+    """The key of a store written from arrays. The ids are part of it: heads take their rows,
+    and draw their folds, in id order, so the same arrays under other ids may fit other
+    heads, whose results must not be taken for these."""
     h = hashlib.sha256()
     for name in sorted(features):
         h.update(name.encode())
         h.update(np.ascontiguousarray(features[name]).tobytes())
     h.update(np.asarray(labels, dtype=np.int64).tobytes())
     h.update(codes.tobytes())
+    for text in ids:  # each id ended by a NUL: ["ab", "c"] and ["a", "bc"] differ
+        h.update(text.encode() + b"\0")
     return h.hexdigest()[:16]
