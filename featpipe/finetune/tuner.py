@@ -39,7 +39,7 @@ from featpipe.errors import (
     TrainingDivergedError,
     WorkerDiedError,
 )
-from featpipe.evaluate.metrics import compute_metrics
+from featpipe.evaluate.metrics import DEFAULT_BOOT, compute_metrics
 from featpipe.extract.inference import Inference
 from featpipe.finetune import checkpoint, ddp, probe
 from featpipe.finetune.callbacks import (
@@ -879,7 +879,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         y = np.asarray(source.labels)[rows] if y is None else np.asarray(y)
         return float(np.average(self.predict(X) == y, weights=sample_weight))
 
-    def evaluate(self, X: ImageSource | str, n_boot: int = 1000) -> dict:
+    def evaluate(self, X: ImageSource | str, n_boot: int = DEFAULT_BOOT) -> dict:
         """``compute_metrics`` (the heads' metric code) on a source or a split of the fitted one."""
         source, rows = self._rows(X)
         proba = self.predict_proba(X)
