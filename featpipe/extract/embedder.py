@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -171,6 +172,15 @@ def _recorded_width(meta: Path) -> int | None:
     except (OSError, ValueError, AttributeError):  # missing, not JSON or UTF-8, not an object
         return None
     return dim if type(dim) is int and dim >= 1 else None
+
+
+def _warn_unwritable(folder: Path, exc: OSError) -> None:
+    warnings.warn(
+        f"Embedder cache {folder} could not be written ({exc.strerror or exc}): the features "
+        "are returned, but are not cached from here on in this call. Free space there, or "
+        "pass cache_dir=None to compute without a cache.",
+        stacklevel=4,
+    )
 
 
 def _architecture(model) -> str:
@@ -341,7 +351,11 @@ class Embedder(TransformerMixin, BaseEstimator):
     def _remember_width(self, dim: int) -> int:
         """``dim``, written to the cache folder's meta.json (where there is a cache)."""
         if folder := self._cache_folder():
-            replace_with(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps({"dim": dim})))
+            try:
+                text = json.dumps({"dim": dim})
+                replace_with(folder / "meta.json", lambda tmp: tmp.write_text(text))
+            except OSError as exc:  # read back as a miss: the width is computed again
+                _warn_unwritable(folder, exc)
         return dim
 
     def _forward(self, images: Sequence[ImageLike]) -> np.ndarray:
@@ -392,11 +406,8 @@ class Embedder(TransformerMixin, BaseEstimator):
                 if not np.isfinite(feats).all():  # checked before anything is cached
                     raise self._not_finite(items, rows, feats)
                 if folder:  # before the width check: a pass again reads them, not computes
-                    for i, f in zip(rows, feats, strict=True):
-                        # not synced (milliseconds an entry): _cached checks its digest
-                        file = folder / f"{keys[i]}.npy"
-                        data = _entry_bytes(f, self._architecture())
-                        replace_with(file, lambda tmp, d=data: tmp.write_bytes(d), durable=False)
+                    entries = {keys[i]: f for i, f in zip(rows, feats, strict=True)}
+                    folder = folder if self._cache_rows(folder, entries) else None
                 if feats.shape[1] != out.shape[1]:
                     raise self._other_width(feats.shape[1])
                 out[rows] = feats
@@ -428,11 +439,23 @@ class Embedder(TransformerMixin, BaseEstimator):
         width = int(self._forward([blank]).shape[1])
         if width != self.n_features_out_:
             raise self._other_width(width)
-        for key, row in zip(keys, rows, strict=True):
-            data = _entry_bytes(row, self._architecture())
-            replace_with(
-                folder / f"{key}.npy", lambda tmp, d=data: tmp.write_bytes(d), durable=False
-            )
+        self._cache_rows(folder, dict(zip(keys, rows, strict=True)))
+
+    def _cache_rows(self, folder: Path, rows: dict[str, np.ndarray]) -> bool:
+        """Cache each row under its key (not synced, milliseconds an entry: _cached checks its
+        digest). A cache that cannot be written (a full disk, no permission) costs only its
+        speed: one warning, the features are still returned; False then, so that the caller
+        stops writing to it."""
+        try:
+            for key, row in rows.items():
+                data = _entry_bytes(row, self._architecture())
+                replace_with(
+                    folder / f"{key}.npy", lambda tmp, d=data: tmp.write_bytes(d), durable=False
+                )
+        except OSError as exc:
+            _warn_unwritable(folder, exc)
+            return False
+        return True
 
     def _as_stored(self, out: np.ndarray, items: list[ImageLike]) -> np.ndarray:
         """``out`` rounded as a store of ``dtype`` holds it (the cache keeps float32, so one
