@@ -64,42 +64,64 @@ def _mix(
 
 # Reading by id costing this many times a pass in stored order is worth a warning.
 _FAR_FROM_ID_ORDER = 4
-_CHECKED: set[tuple[str, int]] = set()  # (store file, rows) whose cost was estimated
+_CHECKED: set[tuple] = set()  # (store file, rows, split) whose cost was estimated
 _WARNED: set[str] = set()  # store files warned about: once each per process
 
 
-def by_id_read_cost(store, rows: int) -> float:
-    """About how many times its rows a pass of ``store.iter_chunks(by_id=True)`` reads, in
-    chunks of ``rows`` ids (1: each row once, as a store in id order). A chunk of ids stored
-    as one run reads just its rows; any other reads each HDF5 chunk (``rows_per_chunk``
-    stored rows) that holds one of its rows."""
+def by_id_read_cost(store, rows: int, split: str | None = None) -> float:
+    """About how many times its rows a pass of ``store.iter_chunks(split, by_id=True)``
+    reads, in chunks of ``rows`` ids, against a pass in stored order (1: no more; None: the
+    whole file). A chunk holds the split's rows among ``rows`` ids of the file, so a store in
+    id order within each split reads as such even where the splits' ids interleave. A chunk
+    stored as one run reads just its rows; any other reads each HDF5 chunk
+    (``rows_per_chunk`` stored rows) that holds one of its rows."""
     # The reader's own id order over the file's rows (cached in the store, and read for the
     # chunks anyway): no second copy of the ids, and a TrainSubset's chunks use it too.
     positions, stored = store.id_positions(), store.rows_per_chunk
+    n = len(positions)
+    if split is None:
+        return _rows_read(positions, rows, stored, n) / max(1, n)
+    # The rows the reader keeps of the split (a TrainSubset's: its store's whole split).
+    mask = store._row_mask(split, allow_incomplete=True)
+    by_id = _rows_read(positions, rows, stored, n, mask)
+    in_stored_order = _rows_read(np.arange(n), rows, stored, n, mask)
+    return by_id / max(1, in_stored_order)
+
+
+def _rows_read(
+    positions: np.ndarray, rows: int, stored: int, n: int, mask: np.ndarray | None = None
+) -> int:
+    """Stored rows read for the chunks of ``rows`` entries of ``positions`` (those of
+    ``mask`` in each)."""
     read = 0
     for start in range(0, len(positions), rows):
         block = positions[start : start + rows]
+        if mask is not None:
+            block = block[mask[block]]
+        if not len(block):
+            continue
         if block[-1] - block[0] + 1 == len(block) and (np.diff(block) > 0).all():
             read += len(block)
         else:
             touched = np.unique(block // stored)
-            read += np.minimum(stored, len(positions) - touched * stored).sum()
-    return read / max(1, len(positions))
+            read += np.minimum(stored, n - touched * stored).sum()
+    return int(read)
 
 
-def warn_far_from_id_order(store, rows: int) -> None:
-    """Warn, once per store file, when the streamed heads' chunks of ``rows`` ids read the
-    file ``_FAR_FROM_ID_ORDER`` times a pass or more (:func:`by_id_read_cost`). Under
+def warn_far_from_id_order(store, rows: int, split: str | None = None) -> None:
+    """Warn, once per store file, when the streamed heads' chunks of ``rows`` ids of
+    ``split`` (None: every row) read ``_FAR_FROM_ID_ORDER`` times a pass in stored order or
+    more (:func:`by_id_read_cost`). Under
     torchrun rank 0 alone says it: every rank reads the same file."""
     if getattr(store, "path", None) is None:
         return  # a source of chunks with no file behind it (fit_store reads any iter_chunks)
     if not current_ranks().is_main:
         return
     path = str(store.path)
-    if path in _WARNED or (path, rows) in _CHECKED:
+    if path in _WARNED or (path, rows, split) in _CHECKED:
         return
-    _CHECKED.add((path, rows))
-    times = by_id_read_cost(store, rows)
+    _CHECKED.add((path, rows, split))
+    times = by_id_read_cost(store, rows, split)
     if times < _FAR_FROM_ID_ORDER:
         return
     _WARNED.add(path)
@@ -175,7 +197,7 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
         rows by id (``iter_chunks(by_id=True)``), as every other head takes its rows in id
         order: the same images listed in another order train the same model."""
         rows = check_chunk_rows(self.chunk_rows)
-        warn_far_from_id_order(store, rows)
+        warn_far_from_id_order(store, rows, split)
         # The classes are those of the split's rows, as ``fit`` learns them: the store's whole
         # class list would give a class without a training row a column of predict_proba, and
         # let a split of one class through.
