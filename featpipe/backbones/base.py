@@ -171,6 +171,10 @@ class Backbone:
     # The state dict's sha256 when ``weights_sha256`` was set (the same value unless that is
     # a weights file's hash): :meth:`with_current_weights` compares the model's weights to it.
     state_sha256: str = field(default="", repr=False, compare=False)
+    # Whether a ``classifier`` left out is guessed as the model's last ``nn.Linear``. A family
+    # that found the model has none turns it off: a timm encoder without a head (Gemma 4's
+    # ViT encoder) would get a Linear inside its last block.
+    guess_classifier: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -196,7 +200,7 @@ class Backbone:
             self.state_sha256 = state_dict_sha256(self.model)
         if not self.weights_sha256:
             self.weights_sha256 = self.state_sha256
-        if self.classifier is None:
+        if self.classifier is None and self.guess_classifier:
             self.classifier = last_linear(self.model)
 
     def _check_names(self) -> None:

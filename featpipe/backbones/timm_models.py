@@ -15,7 +15,13 @@ from pathlib import Path
 from torch import nn
 
 from featpipe.backbones import hub
-from featpipe.backbones.base import Backbone, IdentityHead, first_outputs, has_class_token
+from featpipe.backbones.base import (
+    Backbone,
+    IdentityHead,
+    first_outputs,
+    has_class_token,
+    last_linear,
+)
 from featpipe.backbones.preprocessing import CROP_MODES, Preprocessing
 from featpipe.backbones.registry import BackboneSpec, register_family
 from featpipe.backbones.weights import (
@@ -151,13 +157,23 @@ def _give_empty_head_a_width(model: nn.Module) -> None:
 def _classifier_of(model: nn.Module) -> str | None:
     """The classifier timm names in ``pretrained_cfg`` where it is a Linear or a 1x1
     convolution, else the Identity of a model built without one: never a Linear inside a
-    block, which :func:`~featpipe.backbones.base.last_linear` would guess there. None lets
-    Backbone guess."""
+    block, which :func:`~featpipe.backbones.base.last_linear` would guess there. None where
+    it is neither: :func:`_guessed_classifier` guesses."""
     name = getattr(model, "pretrained_cfg", {}).get("classifier")
     module = dict(model.named_modules()).get(name) if isinstance(name, str) else None
     if isinstance(module, nn.Linear) or _is_conv_classifier(module):
         return name
     return _empty_head(model)
+
+
+def _guessed_classifier(model: nn.Module) -> str | None:
+    """The model's last Linear, for a model whose classifier timm does not name as one
+    (the projector's last layer of Qwen3's and DeepSeek's ViT encoders, a distilled model's
+    head_dist); None where that Linear lies inside a block: the model has no head at its top
+    (Gemma 4's ViT encoder got its last block's MLP, blocks.15.mlp.down_proj.linear)."""
+    name = last_linear(model)
+    blocks = tuple(f"{c}." for c in _block_containers(model))
+    return None if name is None or name.startswith(blocks) else name
 
 
 def _pooled_inputs(model: nn.Module) -> tuple[tuple[str, ...], str]:
@@ -421,7 +437,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
     """A Backbone around a timm model: its preprocessing, classifier, token pooling and
     stages."""
     _give_empty_head_a_width(model)
-    classifier = _classifier_of(model)
+    classifier = _classifier_of(model) or _guessed_classifier(model)
     preprocessing = preprocessing_of(model)
     token_pooling, prefix, prefix_layers = token_layout(model, preprocessing.crop)
     nhwc = _nhwc_layers(model, classifier)
@@ -442,6 +458,7 @@ def make_backbone(spec: str, model: nn.Module, weights_sha256: str = "") -> Back
         pooled_inputs=pooled_inputs,
         pooled_combine=pooled_combine,
         patch_start=getattr(model, "num_prefix_tokens", None),
+        guess_classifier=False,  # guessed above, never inside a block
     )
     backbone.stages = model_stages(model, backbone.classifier)
     return backbone
