@@ -129,11 +129,14 @@ _SETTINGS = re.compile(rf"(?<![\w.-]){_SETTING}")
 # A flag followed by its API spelling, for the library's callers: --force (force=True).
 _SPELLED = re.compile(rf"(--[\w-]+(?: [\w.-]+)?) \({_SETTING}\)")
 _FLAG_BEFORE = re.compile(r"--[\w-]+ $")  # a setting right after a flag is the flag's value
+# A parameter followed by its flag, for both callers: workers (CLI: --workers).
+_BOTH_WORDS = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*) \(CLI: (--[\w-]+)\)")
 
 
 def as_flags(message: str, command: argparse.ArgumentParser) -> str:
     """A library message in the words of ``command``, for each API parameter that is one of
-    its options: a rule on it (``lr must be ...``) names its flag wherever it names it, and
+    its options: a parameter named with its flag (``workers (CLI: --workers)``) is the flag
+    alone; a rule on it (``lr must be ...``) names its flag wherever it names it, and
     None, which no flag gives, as leaving the flag out; a setting is the flag and its value
     (``on_error="skip"`` as ``--on-error skip``), a switch's True its bare flag and False its
     ``--no-`` flag where there is one (else the setting stays), unless the message names the
@@ -159,6 +162,8 @@ def as_flags(message: str, command: argparse.ArgumentParser) -> str:
         said = words(m[1], m[2])
         return said if said and said.split()[0] not in message else m[0]
 
+    # The command's flag alone where a message names a parameter and its flag side by side.
+    message = _BOTH_WORDS.sub(lambda m: m[2] if flag(m[1]) == m[2] else m[0], message)
     name, _, rest = message.partition(" ")
     # A rule on a setting (lr must be ...), or one naming its value (warmup_epochs 2 is ...):
     # a lone English word (layer, split) that happens to be an option is not a setting.

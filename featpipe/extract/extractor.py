@@ -168,8 +168,11 @@ def plan_extraction(
     asked, stage = store_request(fingerprint, bb, names, dtype, dev, data_path, decode)
     request = request or asked
     cached = Path(cache_dir) / store_filename(source_name(src), bb.spec, request.key)
+    # The parameter's name (featpipe.cli.as_flags shows cache_dir's flag; the command line
+    # checks --out itself before this).
     path = check_out_file(
-        cached if out is None else out, option="--cache-dir" if out is None else "--out"
+        cached if out is None else out,
+        option="cache_dir (CLI: --cache-dir)" if out is None else "out",
     )
     return ExtractionPlan(
         source=src,
@@ -394,13 +397,21 @@ def extract(
     if under_torchrun():
         if shard is not None:
             raise ConfigError(
-                f"shard={shard} is for job arrays without torchrun; under torchrun the ranks "
-                "share the parts themselves. Leave --shard out."
+                f"shard={shard}{_shard_flag(shard)} is for job arrays without torchrun; under "
+                "torchrun the ranks share the parts themselves. Leave it out."
             )
         from featpipe.extract.parted import extract_ranks
 
         return extract_ranks(source, backbone, layers, options)
     return run_extraction(plan_extraction(source, backbone, layers, **options), shard=shard)
+
+
+def _shard_flag(shard: object) -> str:
+    """The command line's words for ``shard`` (``(0, 2)`` is ``--shard 0/2``), which
+    featpipe.cli.as_flags cannot give: a tuple is not a flag's value."""
+    if isinstance(shard, tuple) and len(shard) == 2:
+        return f" (CLI: --shard {shard[0]}/{shard[1]})"
+    return " (CLI: --shard)"
 
 
 def _reused(store: FeatureStore, on_error: str) -> FeatureStore:

@@ -256,12 +256,7 @@ def run_chunks(
         if what is None:
             raise
         done = _chunks_done(n_chunks, pending, background)
-        raise IncompleteStoreError(
-            f"{what}. A decoding worker died (the system kills one "
-            f"that runs out of memory); {done} of {n_chunks} chunks of {path.name} are done. "
-            "Run the same command to resume, with fewer --workers or a smaller --batch-size "
-            "if memory ran out."
-        ) from exc
+        raise worker_died(what, done, n_chunks, path) from exc
     finally:
         if own_bar:
             bar.close()
@@ -270,6 +265,17 @@ def run_chunks(
         with contextlib.suppress(KeyboardInterrupt) if interrupted else contextlib.nullcontext():
             stop()
     return stats
+
+
+def worker_died(what: str, done: int, n_chunks: int, path: Path) -> IncompleteStoreError:
+    """The error of an extraction whose decoding worker died, naming the settings that use
+    less memory in both callers' words (featpipe.cli.as_flags shows the flags alone)."""
+    return IncompleteStoreError(
+        f"{what}. A decoding worker died (the system kills one that runs out of memory); "
+        f"{done} of {n_chunks} chunks of {path.name} are done. Run the same command to "
+        "resume, with fewer workers (CLI: --workers) or a smaller batch_size "
+        "(CLI: --batch-size) if memory ran out."
+    )
 
 
 def _chunks_done(n_chunks: int, pending: list[int], background: BackgroundWriter | None) -> int:

@@ -241,8 +241,8 @@ def prepare(plan: ExtractionPlan, inference: Inference, *, join: bool = False) -
         elif not parted_at(plan.path):
             raise ConfigError(
                 f"{plan.path} is a one-file store, half written by a single process: finish "
-                "it with one process (the same command without torchrun or --shard), or "
-                "start it again in parts with --overwrite."
+                "it with one process (the same call without torchrun and without a shard "
+                "(CLI: --shard)), or start it again in parts with overwrite=True."
             )
         else:
             _refuse_skipped(FeatureStore(plan.path), plan.on_error)
@@ -417,7 +417,7 @@ def _refuse_replaced(path: Path, layout: tuple[int, int] | None) -> None:
     this process filled its parts: its writes went into the old store's deleted files."""
     if _file_id(path) != layout:
         raise StoreMismatchError(
-            f"{path} was replaced by another job (an extraction with --overwrite) while this "
+            f"{path} was replaced by another job (an extraction that overwrote it) while this "
             "process filled its parts: what it wrote went to the replaced store and is lost, "
             "and the store now there is not this process's to complete. Run the same command "
             "again to continue or reuse the store now at that path."

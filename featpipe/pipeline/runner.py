@@ -66,6 +66,8 @@ CONFIG_FILE = "config.json"  # the run's config, as run (beside plan.json)
 # API settings an error's hint may name (on_error="skip"), as a pipeline file sets them.
 FILE_KEYS = {"on_error": "features.on_error"}
 _SETTING = re.compile(rf'(?<![\w.-])({"|".join(FILE_KEYS)})="([\w.-]+)"')
+# A pipeline has no overwrite setting: what replaces its store is deleting it first.
+_OVERWRITE = re.compile(r"(?<![\w.-])with overwrite=True(?!\w)")
 
 
 def plan(
@@ -474,7 +476,9 @@ def _store_change(row: dict, now: dict) -> str:
 
 def in_file_words(message: str) -> str:
     """An error's hint as a pipeline file gives it: ``on_error="skip"`` (the API's words) is
-    ``features.on_error = "skip"``."""
+    ``features.on_error = "skip"``, and "run again (with overwrite=True ...)", a setting no
+    pipeline has, "run again (after deleting the store ...)"."""
+    message = _OVERWRITE.sub("after deleting the store", message)
     return _SETTING.sub(lambda m: f'{FILE_KEYS[m[1]]} = "{m[2]}"', message)
 
 
