@@ -118,8 +118,8 @@ def check_store(
         raise StoreMismatchError(
             f"The probe features cannot come from {store.path}: " + "; ".join(problems) + ". "
             "Pass a store extracted from the same source with the same backbone, image size, "
-            "decode and device (layer pooled, --data-path cpu), or no probe_features to "
-            "compute them."
+            'decode and device, with its "pooled" layer and data_path="cpu" (CLI: featpipe '
+            "extract --data-path cpu), or no probe_features to compute them."
         )
 
 

@@ -76,9 +76,12 @@ def require_k_per_class(
     short = {c: n for c, n in counts.items() if n < k}
     if short:
         detail = ", ".join(f"{data.class_name(c)!r} has {n}" for c, n in short.items())
+        most = min(short.values())
+        # few_shot's k is the command line's --few-shot: both words, as_flags maps no k=.
+        lower = f"Use k={most} or less (CLI: --few-shot {most}), or drop" if most else "Drop"
         raise ConfigError(
             f"few-shot with k={k} needs {k} training examples per class, but {detail}. "
-            "Lower --few-shot or drop those classes."
+            f"{lower} those classes."
         )
     return labels
 

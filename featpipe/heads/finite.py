@@ -20,6 +20,7 @@ def check_finite(X: np.ndarray, what: str) -> None:
     raise NonFiniteFeaturesError(
         f"The {what} features hold {kind} values in {len(rows)} of {len(X)} rows (first: row "
         f"{rows[0]}); a head cannot be trained or tested on them. Fix where they come from "
-        "(features stored as float16 overflow beyond 65504: extract with --dtype float32), "
+        "(features stored as float16 overflow beyond 65504: extract with "
+        'dtype="float32" (CLI: --dtype float32)), '
         "or leave those rows out (np.isfinite(X).all(axis=1))."
     )

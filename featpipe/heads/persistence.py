@@ -427,7 +427,7 @@ def warn_other_compute(sidecar: dict, now: object, where: str) -> None:
         warnings.warn(
             f"This head was trained on features computed with {saved}; {where} computed with "
             f"{now}, so probabilities differ a little from those on its store. For the same "
-            "numbers, compute features as its store did (the same --decode and device).",
+            "numbers, compute features as its store did (the same decode and device).",
             UserWarning,
             stacklevel=3,
         )
@@ -458,11 +458,13 @@ def _require_one_layer(sidecar: dict) -> None:
     check called such a head's layers missing from the very store it was fitted on)."""
     layer = sidecar.get("layer")
     if isinstance(layer, str) and len(layer_parts(layer)) > 1:
+        first = layer.split(LAYER_JOIN)[0].strip()
         raise HeadMismatchError(
             f"This head was fitted on the joined layers {layer!r}, each standardised with the "
             "train statistics of its store, which the head file does not hold; featpipe cannot "
             "give it those features again. To predict, fit and save a head on one stored "
-            f"layer (e.g. --layer {layer.split(LAYER_JOIN)[0].strip()})."
+            # The command that fits heads is not the one that predicts: both words given.
+            f'layer (e.g. layer="{first}"; CLI: --layer {first}).'
         )
 
 

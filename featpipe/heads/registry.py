@@ -172,7 +172,8 @@ def check_seed(seed: object) -> None:
     if seed is None:
         return
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0; got {seed!r}. Use e.g. --seed 0.")
+        # No flag named: the command line shows the rule on its --seed (featpipe.cli.as_flags).
+        raise ConfigError(f"seed must be an integer >= 0; got {seed!r}.")
 
 
 def default_grid(name: str) -> dict[str, list]:

@@ -92,7 +92,7 @@ def check_run_folder(run_dir: str | Path, *files: str) -> None:
         path, kind, what = blocking[0]
         raise ConfigError(
             f"{path} is {kind}, where featpipe writes the run's {what} {path.name!r}. Move or "
-            "rename it, or give another run folder (--out)."
+            "rename it, or give another run folder (a pipeline's out; CLI: featpipe run --out)."
         )
 
 
