@@ -35,6 +35,9 @@ def test_fine_tuning_a_model_without_a_head_is_refused_before_training(tmp_path)
     tuner = FineTuner(
         NAME, epochs=1, batch_size=4, image_size=48, verbose=0, run_dir=tmp_path / "ft"
     )
-    with pytest.raises(ConfigError, match="no linear classifier to replace"):
+    with pytest.raises(ConfigError, match="no linear classifier to replace") as refused:
         tuner.fit(synthetic_source(n_train=8, n_val=4, n_test=4))
+    # Before the tuner checked: "found NoneType", which named neither the cause nor a fix.
+    assert "an encoder without a classifier at its top" in str(refused.value)
+    assert "NoneType" not in str(refused.value)
     assert not (tmp_path / "ft").exists()

@@ -1078,7 +1078,14 @@ def _attach_head(
     """Replace the backbone's classifier by a fresh ([standardise +] [dropout +]) linear layer
     for ``n_classes``."""
     name = backbone.classifier
-    old = backbone.model.get_submodule(name) if name else None
+    if not name:  # a feature encoder without a head at its top (timm's Gemma 4 ViT encoder)
+        raise ConfigError(
+            f"Backbone {backbone.spec!r} has no linear classifier to replace: it is an encoder "
+            "without a classifier at its top, whose output is its features. Fine-tune a "
+            "variant of it with a classifier, or extract its 'logits' (its output) and fit a "
+            "head on them."
+        )
+    old = backbone.model.get_submodule(name)
     if not isinstance(old, nn.Linear):
         raise ConfigError(
             f"Backbone {backbone.spec!r} has no linear classifier to replace (found "
@@ -1103,6 +1110,16 @@ def check_one_classifier(backbone: Backbone) -> None:
     names = [names] if isinstance(names, str) else list(names or ())
     modules = dict(backbone.model.named_modules())
     heads = [n for n in names if isinstance(modules.get(n), nn.Linear)]
+    if len(names) > 1 and not heads:
+        # Built without classifiers (num_classes=0): each is an Identity, and replacing one
+        # would leave the others giving the pre-logits beside the new logits.
+        raise ConfigError(
+            f"Backbone {backbone.spec!r} has no linear classifier to replace: it was built "
+            f"without classifiers (num_classes=0) and combines {len(names)} "
+            f"({', '.join(names)}), and fine-tuning replaces one classifier only. Build it "
+            "with its classifiers (leave num_classes out), use a model with one classifier "
+            "(e.g. a non-distilled variant), or extract its features and fit a head on them."
+        )
     if len(heads) > 1:
         raise ConfigError(
             f"Backbone {backbone.spec!r} has {len(heads)} classifiers ({', '.join(heads)}) whose "
