@@ -8,7 +8,9 @@ import signal
 
 import pytest
 from finetune_child import synthetic_source
+from test_trust_messages_2 import command
 
+from featpipe.cli import as_flags
 from featpipe.data import ArraySource
 from featpipe.errors import WorkerDiedError
 from featpipe.finetune import FineTuner
@@ -32,8 +34,12 @@ def test_a_killed_loader_worker_is_one_line_naming_what_was_kept(tmp_path, monke
         tuner.fit(synthetic_source(n_train=24, n_val=12, n_test=6))
     text = str(info.value)
     assert text.startswith("DataLoader worker") and "A data loader worker died" in text
-    assert "run the same command to start over" in text and "fewer --workers" in text
-    assert "\n" not in text
+    assert "run the same command to start over" in text and "\n" not in text
+    # A Python caller reads its parameters, the command line its flags (as_flags); both once
+    # read "fewer --workers or a smaller --batch-size".
+    assert "fewer workers (CLI: --workers) or a smaller batch_size (CLI: --batch-size)" in text
+    cli = as_flags(text, command("finetune"))
+    assert "with fewer --workers or a smaller --batch-size if memory ran out." in cli
 
 
 def test_a_runtime_error_that_is_not_a_worker_dying_is_left_as_it_is(monkeypatch):

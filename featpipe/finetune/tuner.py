@@ -402,8 +402,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             kept = self.interrupted_message().replace("interrupted", "stopped", 1)
             raise WorkerDiedError(
                 f"{what}. A data loader worker died (the system kills one that runs out of "
-                f"memory): {kept}, with fewer --workers or a smaller --batch-size if memory ran "
-                "out."
+                f"memory): {kept}, with fewer workers (CLI: --workers) or a smaller batch_size "
+                "(CLI: --batch-size) if memory ran out."
             ) from exc
         return self
 
