@@ -15,20 +15,22 @@ from featpipe.evaluate.metrics import DEFAULT_BOOT
 from featpipe.pipeline import config_from_dict, run_pipeline
 from featpipe.pipeline.config import PipelineConfig
 from featpipe.pipeline.jobs import HASHED_N_BOOT
+from featpipe.pipeline.stages import finetune as finetune_stage
 from featpipe.pipeline.stages import probe as probe_stage
 from featpipe.report.runplan import RunPlan
 
 SAID = "which older featpipe versions keyed jobs on"
 
 
-def _config(tmp_path, n_boot: int, **source):
-    """kNN (deterministic: one job per size) on the toy backbone, no fine-tuning."""
+def _config(tmp_path, n_boot: int, finetune: dict | None = None, **source):
+    """kNN (deterministic: one job per size) on the toy backbone, and ``finetune``."""
     return config_from_dict({
         "name": "old", "out": str(tmp_path / "run"), "device": "cpu", "n_boot": n_boot,
         "source": {"data": "digits", "limits": {"train": 60, "val": 30, "test": 30}, **source},
         "features": {"backbones": ["toy"], "image_size": 16, "workers": 0,
                      "cache_dir": str(tmp_path / "cache")},
         "probes": {"heads": ["knn"]},
+        **({"finetune": finetune} if finetune else {}),
     })  # fmt: skip
 
 
@@ -38,12 +40,13 @@ def _run(config) -> list[str]:
     return lines
 
 
-def _run_as_older_featpipe(tmp_path, monkeypatch, n_boot: int, **source) -> None:
+def _run_as_older_featpipe(tmp_path, monkeypatch, n_boot: int, finetune=None, **source) -> None:
     """A run folder as featpipe made it when job hashes held the run's n_boot: its rows are
     hashed at ``n_boot`` and do not record metrics.n_boot (added later)."""
     with monkeypatch.context() as patched:
         patched.setattr(probe_stage, "HASHED_N_BOOT", {"n_boot": n_boot})
-        _run(_config(tmp_path, n_boot, **source))
+        patched.setattr(finetune_stage, "HASHED_N_BOOT", {"n_boot": n_boot})
+        _run(_config(tmp_path, n_boot, finetune, **source))
     results = tmp_path / "run" / "results.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     for row in rows:
@@ -75,6 +78,16 @@ def test_rows_keyed_on_an_older_n_boot_are_refit_once_and_the_run_says_why(
     fits.clear()
     again = _run(_config(tmp_path, 500, **source))
     assert fits == [] and not any(SAID in line for line in again)
+
+
+def test_fine_tunes_keyed_on_an_older_n_boot_are_named_too(tmp_path, monkeypatch):
+    # Before: probes were named, fine-tunes re-trained without a word.
+    finetune = {"modes": ["head"], "epochs": 1, "batch_size": 16, "image_size": 16}
+    _run_as_older_featpipe(tmp_path, monkeypatch, 500, finetune)
+    lines = _run(_config(tmp_path, 500, finetune))
+    assert "1 fine-tune row was made with n_boot 500, " + SAID + "; re-fitting it once" in lines
+    again = _run(_config(tmp_path, 500, finetune))
+    assert not any(SAID in line for line in again)
 
 
 def test_a_row_that_differs_in_more_than_n_boot_is_refit_without_the_n_boot_line(

@@ -26,6 +26,7 @@ from featpipe.pipeline.jobs import (
     backbone_suffix,
     config_hash,
     decode_setting,
+    hashes_at_n_boot,
     skip_summary,
     sweep_ids,
 )
@@ -73,7 +74,8 @@ def plan(config: PipelineConfig, data: PlanData) -> list[Job]:
             jobs += [
                 Job(NAME, f"{bb}/finetune:{mode}", MethodKind.FINETUNE, label, bb, seed,
                     config_hash(settings), mode=mode, backbone_at=built, frozen=frozen,
-                    store_of=bb)  # its row is reused only where computed alike (see planned)
+                    store_of=bb,  # its row is reused only where computed alike (see planned)
+                    hash_at_n_boot=hashes_at_n_boot(settings))
                 for seed in config.seeds
             ]  # fmt: skip
     return at_sizes(config, jobs)
