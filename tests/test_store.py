@@ -424,7 +424,7 @@ def test_resuming_checks_the_space_its_unfinished_chunks_need(tmp_path, monkeypa
 @pytest.mark.parametrize(
     "value, dtype, match",
     [
-        (1e5, "float16", r"float16 holds magnitudes up to 65504.*--dtype float32"),
+        (1e5, "float16", r'float16 holds magnitudes up to 65504.*dtype="float32"'),
         (np.inf, "float32", "produced inf"),
         (np.nan, "float16", "produced NaN"),
     ],
@@ -435,7 +435,7 @@ def test_features_that_are_not_finite_are_refused_naming_the_layer(tmp_path, val
     with pytest.raises(NonFiniteFeaturesError, match=match) as err:
         write_arrays(tmp_path / "s.h5", feats, [0] * 11, SPLITS, ["a"], dtype=dtype)
     assert "'stage1:grid:2'" in str(err.value) and "rows 4 to 4" in str(err.value)
-    assert "--dtype float32" not in str(err.value) or value == 1e5
+    assert 'dtype="float32"' not in str(err.value) or value == 1e5
     assert not FeatureStore(tmp_path / "s.h5").chunk_done().any()
 
 

@@ -143,7 +143,7 @@ def test_nan_at_write_time_names_the_image_ids(tmp_path):
 def test_float16_overflow_at_write_time_names_the_largest_value(tmp_path):
     X, y = _data()
     X[4, 3] = -123456.0
-    with pytest.raises(NonFiniteFeaturesError, match=r"123456.*--dtype float32"):
+    with pytest.raises(NonFiniteFeaturesError, match=r'123456.*dtype="float32"'):
         write_arrays(tmp_path / "s.h5", {"pooled": X}, y, SPLITS, ["a", "b"], dtype="float16")
 
 

@@ -470,8 +470,10 @@ class Embedder(TransformerMixin, BaseEstimator):
             names = listed(labels)
             raise NonFiniteFeaturesError(
                 f"{len(bad)} images give {self.layer!r} features beyond 65504, the largest "
-                f"float16, the dtype they are rounded to ({names}): train a head on a store "
-                "extracted with --dtype float32 to predict them, and embed with dtype='float32'."
+                f"float16, the dtype they are rounded to ({names}): to predict them, train a "
+                'head on a store extracted with dtype="float32" (CLI: featpipe extract --dtype '
+                'float32) and embed them with dtype="float32", as featpipe predict does for '
+                "such a head."
             )
         return out
 

@@ -483,8 +483,8 @@ def _select_streamed(
         raise ConfigError(
             f"{type(head).__name__} reads {store.path} chunk by chunk and chooses its "
             "parameters on the val split, which this store does not have (cross-validation "
-            "would need the rows in memory). Extract with a val split (--val-fraction), or use "
-            "an in-memory head."
+            "would need the rows in memory). Extract with a val split (val_fraction=0.1; CLI: "
+            "featpipe extract --val-fraction 0.1), or use an in-memory head."
         )
     require_two_classes(store.labels("train"), lambda label: store.classes[int(label)])
     candidates = _as_fitted(head, candidates, counts.get("train", 0))

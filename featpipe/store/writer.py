@@ -398,7 +398,8 @@ def copy_failed(out: Path, exc: BaseException) -> StoreWriteError:
         "write",
         exc,
         UNCHANGED,
-        "free some space, or choose another --out, then run the same command again",
+        # out's flag is --out wherever a command writes such a file (featpipe.cli.as_flags)
+        "free some space, or choose another out (CLI: --out), then run the same command again",
     )
 
 
@@ -690,7 +691,7 @@ class StoreWriter:
         return NonFiniteFeaturesError(
             f"{self._where(name, block, start)}. float16 holds magnitudes up to 65504 and this "
             f"layer's activations go beyond it{reach}, so they became inf. Store the features "
-            "as float32 (--dtype float32, or dtype='float32')."
+            'as float32 (dtype="float32").'
         ), rows
 
     def _from_model(self, name: str, block: np.ndarray, start: int) -> NonFiniteFeaturesError:
@@ -698,8 +699,8 @@ class StoreWriter:
         kind = "NaN" if np.isnan(block).any() else "inf"
         return NonFiniteFeaturesError(
             f"{self._where(name, block, start)}. The backbone produced {kind}: check its "
-            "weights and the images (extraction with --on-error skip, on_error='skip', "
-            "records such images as skipped and goes on)."
+            'weights and the images (an extraction with on_error="skip" records such images '
+            "as skipped and goes on)."
         )
 
     def _chunk_failed(self, index: int, exc: BaseException) -> StoreWriteError:
