@@ -21,6 +21,7 @@ from featpipe.store.lock import holder, in_use_message
 from featpipe.store.parts import describe_parts
 from featpipe.store.reader import FeatureStore, part_text
 from featpipe.store.writer import (
+    OUT,
     check_not_source,
     check_out_file,
     checked_chunk,
@@ -61,7 +62,7 @@ def consolidate(
             "finish it by rerunning the same extraction, then consolidate it."
         )
     check_not_source(out, source.path)
-    check_out_file(out, option="--out", replace=force)
+    check_out_file(out, option=OUT, replace=force)
     owner = holder(out)  # an extraction writing a store there: --force would swap it under it
     if owner is not None:
         raise StoreInUseError(in_use_message(out, owner))

@@ -20,6 +20,7 @@ from featpipe.extras import import_extra
 from featpipe.store.files import disk_refused
 from featpipe.store.reader import FeatureStore
 from featpipe.store.writer import (
+    OUT,
     UNCHANGED,
     check_not_source,
     check_out_file,
@@ -46,12 +47,12 @@ def export_features(
     fmt = fmt or out.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise ConfigError(
-            f"Cannot tell the export format of {str(out)!r}: give --format npz or parquet "
-            "(or an .npz or .parquet file name)."
+            f'Cannot tell the export format of {str(out)!r}: give fmt="npz" or "parquet" '
+            "(CLI: --format npz or parquet), or an .npz or .parquet file name."
         )
     example = Path(store.path).with_suffix("." + fmt)
     check_not_source(out, store.path, reader="the export", fix=f", e.g. {example}")
-    check_out_file(out, option="--out", replace=force, example=f"features.{fmt}")
+    check_out_file(out, option=OUT, replace=force, example=f"features.{fmt}")
     store.layer_info(layer)  # an unknown layer fails before anything is written
     # In words for a command: the reader's own says "pass allow_incomplete=True".
     store.require_complete("export")
@@ -66,7 +67,7 @@ def export_features(
             raise copy_failed(out, exc) from exc
         if isinstance(exc, OSError):  # reads fail as the store's errors: this is --out's folder
             raise write_failed(
-                out, "write", exc, UNCHANGED, "choose another --out, in a folder you can write to"
+                out, "write", exc, UNCHANGED, f"choose another {OUT}, in a folder you can write to"
             ) from exc
         raise
     return out

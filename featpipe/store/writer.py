@@ -171,6 +171,11 @@ def write_samples(
     f.create_dataset(schema.CLASSES, data=list(classes), dtype=text)
 
 
+# The output file's parameter, named as each caller sets it: featpipe.cli.as_flags shows the
+# flag alone (export, consolidate).
+OUT = "out (CLI: --out)"
+
+
 def check_out_file(
     path: str | Path,
     *,
@@ -398,8 +403,7 @@ def copy_failed(out: Path, exc: BaseException) -> StoreWriteError:
         "write",
         exc,
         UNCHANGED,
-        # out's flag is --out wherever a command writes such a file (featpipe.cli.as_flags)
-        "free some space, or choose another out (CLI: --out), then run the same command again",
+        f"free some space, or choose another {OUT}, then run the same command again",
     )
 
 
