@@ -16,10 +16,10 @@ from sklearn.model_selection import ParameterGrid
 
 from featpipe.data.source import ImageSource
 from featpipe.device import resolve_device
-from featpipe.errors import ConfigError, FeaturePipeError, did_you_mean
+from featpipe.errors import ConfigError, FeaturePipeError
 from featpipe.finetune import ddp
 from featpipe.finetune.tuner import NOT_RESULT_PARAMS, FineTuner, warn_if_val_cannot_choose
-from featpipe.heads.selection import in_increasing_order
+from featpipe.heads.selection import check_grid_entries, in_increasing_order
 from featpipe.interrupt import Interrupted
 from featpipe.store import FeatureStore
 
@@ -43,23 +43,20 @@ def check_grid(grid: dict, where: str = "grid") -> None:
     valid = searchable_params()
     if not isinstance(grid, dict):
         raise ConfigError(f"{where} must be a table of setting = [values]; got {grid!r}.")
-    for name, values in grid.items():
+    for name in grid:
         if name in SAME_VAL:
             raise ConfigError(
                 f"{where}.{name}: cannot be searched, because candidates must be compared on "
                 f"the same validation rows and {SAME_VAL[name]}. Set {name} once, for every "
                 "candidate."
             )
-        if name not in valid:
-            raise ConfigError(
-                f"{where}.{name}: not a searchable fine-tuning setting.{did_you_mean(name, valid)}"
-                f" Valid: {', '.join(valid)}."
-            )
-        if not isinstance(values, list | tuple) or not values:
-            raise ConfigError(
-                f"{where}.{name} must be a non-empty array of values, e.g. lr = [0.01, 0.05]; "
-                f"got {values!r}."
-            )
+
+    def example(_name: str, _values: object) -> str:
+        return "lr = [0.01, 0.05]"
+
+    # Lists and tuples only: a grid is kept in the run's JSON (and read from TOML or --grid).
+    check_grid_entries(grid, valid, where, "searchable fine-tuning setting", example, (list, tuple))
+    for name, values in grid.items():
         repeated = [v for i, v in enumerate(values) if v in values[:i]]
         if repeated:
             # The same candidate twice shares a folder: the second resumes the first's run,

@@ -6,9 +6,10 @@ split), refit on train+val with the chosen values, and only then read and predic
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -17,7 +18,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import ParameterGrid, StratifiedKFold
 
 from featpipe.distributed.progress import track
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, UnknownNameError, did_you_mean
 from featpipe.evaluate.metrics import row_nll
 from featpipe.heads.registry import default_grid, head_name, make_head, run_params
 from featpipe.heads.splits import FeatureSplits
@@ -239,6 +240,7 @@ def select_and_fit(
         if head_name(head) is None:
             raise ConfigError(f"{type(head).__name__} has no default grid; pass grid=.")
         grid = default_grid(head_name(head))
+    check_head_grid(head, grid)
     candidates = list(ParameterGrid(in_increasing_order(grid)))
     if not candidates:
         raise ConfigError(f"The grid {grid!r} has no candidates.")
@@ -290,6 +292,76 @@ def select_and_fit(
     if data.has("test"):  # only now, after the refit, is the test split read
         _test(result, [data.get("test")], data.ids("test"), data.classes)
     return result
+
+
+def check_grid_entries(
+    grid: Mapping,
+    valid: Collection[str],
+    where: str,
+    what: str,
+    example: Callable[[str, object], str],
+    sequences: tuple[type, ...] = (Sequence, np.ndarray),
+) -> None:
+    """Every key of ``grid`` one of ``valid`` (else an UnknownNameError naming the closest,
+    ``what`` saying what the names are) and every value a non-empty 1-D sequence of values
+    (else a ConfigError whose fix is ``example(name, value)``, in the caller's words): checked
+    before any candidate is built, so a bad key is not found at the first candidate's
+    set_params. The head grids' and the fine-tune grid's checker."""
+    for name, values in grid.items():
+        if name not in valid:
+            # did_you_mean compares case: 'c' came closer to 'pca' than to 'C'.
+            same = [v for v in valid if v.lower() == str(name).lower()]
+            hint = f" Did you mean: {same[0]!r}?" if same else did_you_mean(str(name), valid)
+            raise UnknownNameError(
+                f"{where}.{name}: not a {what}.{hint} Valid: {', '.join(sorted(valid))}."
+            )
+        # A str is a Sequence, but "0.1" would be searched as the values "0", ".", "1"; a
+        # list may hold tuples (an MLP's layer sizes), an array is one value per entry.
+        flat = not isinstance(values, str) and getattr(values, "ndim", 1) == 1
+        if not (isinstance(values, sequences) and flat and len(values)):
+            raise ConfigError(
+                f"{where}.{name} must be a non-empty array of values, e.g. "
+                f"{example(name, values)}; got {values!r}."
+            )
+
+
+def check_head_grid(head: BaseEstimator, grid: object) -> None:
+    """A ConfigError for a ``select_and_fit`` grid that is not a dict of parameter -> list
+    of values (or a list of such dicts, as scikit-learn allows), or whose parameter ``head``
+    does not have (UnknownNameError), in a Python caller's words (pipelines check their grids
+    before they get here; ``featpipe probe`` searches each head's default grid)."""
+    dicts = [grid] if isinstance(grid, Mapping) else grid
+    if not isinstance(dicts, list | tuple) or not all(isinstance(g, Mapping) for g in dicts):
+        raise ConfigError(
+            "grid must be a dict of parameter -> list of values (or a list of such dicts), "
+            f"e.g. grid={{'C': [0.1, 1.0]}}; got {grid!r}."
+        )
+    params = head.get_params()
+
+    def example(name: str, values: object) -> str:
+        # The values given, as a list: the head's own value where none were given.
+        return f"grid={{{name!r}: {_as_list(values, params[name])!r}}}"
+
+    for i, each in enumerate(dicts):
+        where = "grid" if each is grid else f"grid[{i}]"
+        check_grid_entries(each, params, where, f"parameter of {type(head).__name__}", example)
+
+
+def _as_list(values: object, own: object) -> list:
+    """``values`` as the list of values a grid takes: a number written as a str read as the
+    number ("0.1" -> [0.1]), a set listed, one value wrapped, nothing the head's ``own``."""
+    if isinstance(values, str):
+        for number in (int, float):
+            with contextlib.suppress(ValueError):
+                return [number(values)]
+        return [values]
+    if isinstance(values, set | frozenset):
+        return in_increasing_order({"": list(values)})[""]
+    if isinstance(values, np.ndarray):
+        return np.ravel(values).tolist() or [own]
+    if isinstance(values, Sequence):
+        return list(values) or [own]
+    return [values]
 
 
 def in_increasing_order(grid: dict | list[dict]) -> dict | list[dict]:
