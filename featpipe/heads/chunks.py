@@ -55,7 +55,8 @@ class Chunks:
                 f"Heads that stream from a store read one stored layer; got {layer!r}. Stream "
                 "one layer, or concatenate the layers into arrays and use an in-memory head."
             )
-        warn_far_from_id_order(store, rows)
+        for split in splits:  # each is read by id on its own: judged as iter_chunks reads it
+            warn_far_from_id_order(store, rows, split)
         per_split = math.ceil(len(store) / rows)
 
         def read(order: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:

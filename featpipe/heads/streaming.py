@@ -82,7 +82,8 @@ def by_id_read_cost(store, rows: int, split: str | None = None) -> float:
     if split is None:
         return _rows_read(positions, rows, stored, n) / max(1, n)
     # The rows the reader keeps of the split (a TrainSubset's: its store's whole split).
-    mask = store._row_mask(split, allow_incomplete=True)
+    mask = np.zeros(n, dtype=bool)
+    mask[store.split_rows(split)] = True
     by_id = _rows_read(positions, rows, stored, n, mask)
     in_stored_order = _rows_read(np.arange(n), rows, stored, n, mask)
     return by_id / max(1, in_stored_order)

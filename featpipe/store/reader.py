@@ -391,6 +391,12 @@ class FeatureStore:
             ids = f[schema.SAMPLES_ID].asstr()[()]
         return [str(ids[i]) for i in self._rows(split)]
 
+    def split_rows(self, split: str | None = None) -> np.ndarray:
+        """Positions in the file (0 to ``len(store) - 1``, increasing) of one split's rows (all
+        when None), skipped and unwritten rows left out: the stored rows that :meth:`arrays`
+        with ``allow_incomplete=True`` returns, e.g. to tell where a split lies in the file."""
+        return self._rows(split)
+
     def labels(self, split: str | None = None) -> np.ndarray:
         """Labels of one split (all when None), skipped and unwritten rows left out."""
         with self._reading() as f:
