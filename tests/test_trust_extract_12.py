@@ -111,6 +111,6 @@ def test_predicting_images_beyond_a_float16_heads_range_is_one_line(tmp_path, ca
         assert main(["predict", str(head), str(bright), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
-    assert "1 images give 'stem.0:max' features beyond 65504, the largest float16" in err
+    assert "1 image gives 'stem.0:max' features beyond 65504, the largest float16" in err
     fix = 'white.png): to predict them, train a head on a store extracted with dtype="float32"'
     assert fix in err

@@ -29,7 +29,7 @@ from featpipe.extract.lanes import lane_count, lanes_running
 from featpipe.extract.loop import compute_identity, default_workers
 from featpipe.store.reader import named_rows
 from featpipe.store.schema import DTYPES
-from featpipe.words import listed
+from featpipe.words import agrees, counted, listed
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
@@ -140,10 +140,20 @@ def _label(items: Sequence[ImageLike], i: int) -> ImageLike:
     return items[i] if isinstance(items[i], (str, os.PathLike)) else f"row {i}"
 
 
+def _one_image(X: str | os.PathLike | Image.Image) -> str:
+    """How a message names one image given where a batch belongs."""
+    if isinstance(X, Image.Image):
+        return f"a PIL image of {X.width}x{X.height}"
+    return f"the {type(X).__name__} {os.fspath(X)!r}"
+
+
 def _as_items(X: Iterable[ImageLike] | np.ndarray) -> list[ImageLike]:
     """A batch of images as a list: a 4-D uint8 array (n, H, W, C) is split by rows."""
     if isinstance(X, (str, os.PathLike, Image.Image)):
-        raise ConfigError("Pass a sequence of images, not a single image (wrap it in a list).")
+        raise ConfigError(
+            f"Embedder takes a sequence of images; got one image, {_one_image(X)}: wrap it in "
+            f"a list, [{'image' if isinstance(X, Image.Image) else repr(X)}]."
+        )
     # One image's array would be split by rows into H images of one row each (read as H gray
     # images of W x 3, or failing on each row): the first axis of an array is the images.
     one = isinstance(X, np.ndarray) and X.dtype.kind in "biuf"
@@ -469,7 +479,8 @@ class Embedder(TransformerMixin, BaseEstimator):
             labels = [str(_label(items, i)) for i in bad]
             names = listed(labels)
             raise NonFiniteFeaturesError(
-                f"{len(bad)} images give {self.layer!r} features beyond 65504, the largest "
+                f"{counted(len(bad), 'image')} {agrees(len(bad), 'gives', 'give')} "
+                f"{self.layer!r} features beyond 65504, the largest "
                 f"float16, the dtype they are rounded to ({names}): to predict them, train a "
                 'head on a store extracted with dtype="float32" (CLI: featpipe extract --dtype '
                 'float32) and embed them with dtype="float32", as featpipe predict does for '
