@@ -45,10 +45,12 @@ from featpipe.words import listed
 
 SKIPPED_SHOWN = 5  # skipped images that info() names
 IDS_SHOWN = 3  # ids of rows that are not finite that an error names
-# The fix for a layer holding values that are not finite, in every message that finds one.
+# The fix for a layer holding values that are not finite, in every message that finds one:
+# in Python's words, with the extract flags that featpipe probe, info or export lack.
 REEXTRACT = (
-    "Extract it again with --overwrite (overwrite=True), and with --dtype float32 "
-    "(dtype='float32') where the layer's activations exceed float16's 65504"
+    "Extract it again with overwrite=True (CLI: featpipe extract --overwrite), and with "
+    'dtype="float32" (CLI: featpipe extract --dtype float32) where the layer\'s activations '
+    "exceed float16's 65504"
 )
 
 
@@ -192,8 +194,10 @@ class FeatureStore:
                 self.path,
                 "it is an HDF5 file but not a featpipe store (its 'format' attribute is "
                 f"{f.attrs.get('format')!r}, expected {schema.FORMAT!r})",
+                # featpipe extract's flags: probe's or export's --out is not the store's
                 "It may hold another program's data: give the path of a featpipe store, or "
-                "another --out to extract to (--overwrite, overwrite=True, would replace it)",
+                "extract to another out, or extract again with overwrite=True, which replaces "
+                "it (CLI: featpipe extract --out, --overwrite)",
             )
         try:
             version = int(f.attrs["format_version"])
