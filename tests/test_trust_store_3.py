@@ -121,7 +121,7 @@ def test_float16_overflow_cast_during_extraction_names_the_largest_value(tmp_pat
                 dtype="float16", on_error=on_error, **FAST)  # fmt: skip
     message = str(err.value)
     print(message)
-    assert "'logits'" in message and "65504" in message and "--dtype float32" in message
+    assert "'logits'" in message and "65504" in message and 'dtype="float32"' in message
     assert "|values| up to 1e+06" in message
     assert not FeatureStore(tmp_path / "a.h5").chunk_done().any()
 
@@ -165,7 +165,7 @@ def test_nan_features_are_skipped_under_on_error_skip(tmp_path, dtype):
         np.testing.assert_array_equal(store.arrays(layer)[0], clean.arrays(layer)[0][keep])
         with h5py.File(store.path) as f:
             assert not f[f"features/{layer}"][[4, 11, 12]].any()
-    with pytest.raises(NonFiniteFeaturesError, match="--on-error skip"):
+    with pytest.raises(NonFiniteFeaturesError, match='on_error="skip"'):
         extract(source, _nan_on_white(get_backbone("toy")), layers, out=tmp_path / "f.h5",
                 dtype=dtype, **FAST)  # fmt: skip
 
