@@ -188,7 +188,7 @@ def test_float16_overflow_names_the_layer_and_suggests_float32(tmp_path):
     backbone = get_backbone("toy")
     with torch.no_grad():
         backbone.model.fc.weight.mul_(1e6)  # logits far beyond float16's 65504
-    with pytest.raises(NonFiniteFeaturesError, match=r"Layer 'logits' .*--dtype float32") as err:
+    with pytest.raises(NonFiniteFeaturesError, match=r"Layer 'logits' .*dtype=\"float32\"") as err:
         extract(NoiseSource(12), backbone, ["pooled", "logits"], out=tmp_path / "a.h5", **FAST)
     print(err.value)
     assert not FeatureStore(tmp_path / "a.h5").chunk_done().any()
