@@ -108,10 +108,10 @@ def test_a_meta_json_without_a_width_is_a_miss_probed_and_written_again(tmp_path
     assert emb.transform(images(1)).shape == (1, width)
 
 
-def foreign_entry(file, width: int) -> None:
+def foreign_entry(file, width: int, architecture: str) -> None:
     """An entry of another width that passes its checksum: what a cache whose meta.json
     records that width could hold."""
-    file.write_bytes(_entry_bytes(np.ones(width, np.float32)))
+    file.write_bytes(_entry_bytes(np.ones(width, np.float32), architecture))
 
 
 def test_a_meta_json_of_another_width_is_corrected_by_the_first_computed_batch(
@@ -123,7 +123,7 @@ def test_a_meta_json_of_another_width_is_corrected_by_the_first_computed_batch(
     width = expected.shape[1]
     cached_embedder(tmp_path).transform(images(1))  # the other two rows are not cached
     [first] = entries(tmp_path)
-    foreign_entry(first, width + 5)
+    foreign_entry(first, width + 5, cached_embedder(tmp_path)._architecture())
     meta = meta_file(tmp_path)
     meta.write_text(json.dumps({"dim": width + 5}))
     emb = cached_embedder(tmp_path)

@@ -73,3 +73,13 @@ def test_a_real_full_tmpfs(tmp_path):
         assert not list(folder.glob("*/.*.tmp*"))  # no temporary file left behind
     finally:
         subprocess.run(["umount", str(folder)])
+
+
+def test_a_cache_folder_that_cannot_be_made_warns_and_returns_the_features(tmp_path):
+    """A cache_dir below a file (or without permission) raised a bare OSError from mkdir."""
+    blocking = tmp_path / "file"
+    blocking.write_text("not a folder")
+    expected = _embedder(None).fit().transform(images(3))
+    with pytest.warns(UserWarning, match="could not be written"):
+        got = _embedder(blocking / "cache").fit().transform(images(3))
+    np.testing.assert_array_equal(got, expected)

@@ -41,7 +41,8 @@ _DIGEST_SIZE = 16
 # The digest is keyed by the model's architecture (``_architecture``): the cache key names the
 # backbone's weights, not its modules without any, so a model changed under its name and
 # weights (a pooling's output size) shares the folder, and its entries must not check. An
-# entry written before the key (``architecture`` None) still checks, as a legacy one.
+# entry written before the key does not check either: computed again once, as no probe of its
+# width or values could tell whether it is this model's.
 
 
 def _digest(data: bytes, architecture: str | None = None) -> bytes:
@@ -55,20 +56,17 @@ def _entry_bytes(feature: np.ndarray, architecture: str | None = None) -> bytes:
     return buffer.getvalue() + _digest(buffer.getvalue(), architecture)
 
 
-def _entry_row(data: bytes, architecture: str) -> tuple[np.ndarray | None, bool]:
-    """The array an entry's bytes hold where their digest checks (an entry written before
-    digests, a cache is a cache, fails it and is computed again), else None; and whether its
-    digest is a legacy one, not keyed by ``architecture``."""
+def _entry_row(data: bytes, architecture: str) -> np.ndarray | None:
+    """The array an entry's bytes hold where their digest, keyed by ``architecture``, checks,
+    else None (an entry of another architecture, or written before digests or their key: a
+    cache is a cache, it is computed again)."""
     body, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
-    if len(data) <= _DIGEST_SIZE:
-        return None, False
-    legacy = _digest(body, architecture) != digest
-    if legacy and _digest(body) != digest:
-        return None, False
+    if len(data) <= _DIGEST_SIZE or _digest(body, architecture) != digest:
+        return None
     try:
-        return np.lib.format.read_array(io.BytesIO(body), allow_pickle=False), legacy
+        return np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
     except (ValueError, EOFError):  # not a .npy: a digest of bytes this cache never wrote
-        return None, False
+        return None
 
 
 def _image_key(item: ImageLike) -> str:
@@ -301,7 +299,11 @@ class Embedder(TransformerMixin, BaseEstimator):
             key["decode"] = self.decode
         ident = json.dumps(key, sort_keys=True)
         folder = Path(self.cache_dir) / hashlib.sha256(ident.encode()).hexdigest()[:24]
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # computed without a cache, as when its entries cannot be written
+            _warn_unwritable(folder, exc)
+            return None
         return folder
 
     def fit(self, X=None, y=None) -> Embedder:
@@ -398,17 +400,13 @@ class Embedder(TransformerMixin, BaseEstimator):
         out = np.empty((len(items), self.n_features_out_), dtype=np.float32)
         folder = self._cache_folder()
         todo = []  # rows whose features are not cached
-        legacy = []  # rows read from entries written before digests named the architecture
         keys = [_image_key(item) for item in items] if folder else [None] * len(items)
         for i, key in enumerate(keys):
-            cached, old = self._cached(folder / f"{key}.npy") if folder else (None, False)
+            cached = self._cached(folder / f"{key}.npy") if folder else None
             if cached is not None:
                 out[i] = cached
-                legacy += [i] if old else []
             else:
                 todo.append(i)
-        if legacy and not todo:  # no computed batch checks their width: one probe does
-            self._check_legacy(folder, [keys[i] for i in legacy], out[legacy])
         step = int(self.batch_size)
         batches = [todo[start : start + step] for start in range(0, len(todo), step)]
         with self._computed(items, batches) as computed:
@@ -423,33 +421,21 @@ class Embedder(TransformerMixin, BaseEstimator):
                 out[rows] = feats
         return out
 
-    def _cached(self, file: Path) -> tuple[np.ndarray | None, bool]:
+    def _cached(self, file: Path) -> np.ndarray | None:
         """The feature cached in ``file``, or None where there is none to trust: no file, or
         one whose bytes fail their digest or are not a finite float32 row of this width (an
         entry is not synced, so a power cut can leave it empty, cut short or zeros). Such an
-        entry is a miss: it is computed and written again. And whether the entry is a
-        legacy one (its digest not keyed by the architecture)."""
+        entry is a miss: it is computed and written again."""
         try:
-            feature, legacy = _entry_row(file.read_bytes(), self._architecture())
+            feature = _entry_row(file.read_bytes(), self._architecture())
         except OSError:  # missing, unreadable
-            return None, False
+            return None
         ok = (
             feature is not None
             and feature.shape == (self.n_features_out_,)
             and feature.dtype == np.float32
         )
-        return (feature, legacy) if ok and np.isfinite(feature).all() else (None, False)
-
-    def _check_legacy(self, folder: Path, keys: list[str], rows: np.ndarray) -> None:
-        """Legacy entries, read at meta.json's width, may be another architecture's: a probe
-        of one blank image checks the width (raising _OtherWidth, which transform corrects,
-        where it differs); then they are written again keyed, so as not to probe again."""
-        bb, _ = self._model()
-        blank = Image.new("RGB", (bb.preprocessing.crop, bb.preprocessing.crop))
-        width = int(self._forward([blank]).shape[1])
-        if width != self.n_features_out_:
-            raise self._other_width(width)
-        self._cache_rows(folder, dict(zip(keys, rows, strict=True)))
+        return feature if ok and np.isfinite(feature).all() else None
 
     def _cache_rows(self, folder: Path, rows: dict[str, np.ndarray]) -> bool:
         """Cache each row under its key (not synced, milliseconds an entry: _cached checks its
