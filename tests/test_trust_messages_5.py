@@ -44,10 +44,10 @@ def test_values_not_finite_name_the_settings_and_extracts_flags():
     assert said.endswith(REEXTRACT), said
     for name in ("check", "probe", "info", "export", "extract"):  # none rewrites it
         assert as_flags(said, command(name)) == said
+    # A pipeline has no flags: its key, and no command line aside (test_trust_pipeline_20).
     assert in_file_words(said).endswith(
-        "Extract it again after deleting the store (CLI: featpipe extract --overwrite), and "
-        'with dtype="float32" (CLI: featpipe extract --dtype float32) where the layer\'s '
-        "activations exceed float16's 65504."
+        'Extract it again after deleting the store, and with features.dtype = "float32" where '
+        "the layer's activations exceed float16's 65504."
     )
 
 

@@ -63,11 +63,28 @@ from featpipe.store.lock import StoreLock
 from featpipe.words import agrees, counted
 
 CONFIG_FILE = "config.json"  # the run's config, as run (beside plan.json)
-# API settings an error's hint may name (on_error="skip"), as a pipeline file sets them.
-FILE_KEYS = {"on_error": "features.on_error"}
-_SETTING = re.compile(rf'(?<![\w.-])({"|".join(FILE_KEYS)})="([\w.-]+)"')
+# API settings a library message names (on_error="skip", cache_dir (CLI: --cache-dir)), by
+# the pipeline key that sets each. Only names one key sets: workers, batch_size and
+# image_size are keys of [features] and [finetune], layers of [features] and [probes], and a
+# message does not say which table it is about, so those stay in the API's words.
+FILE_KEYS = {
+    "on_error": "features.on_error",
+    "dtype": "features.dtype",
+    "cache_dir": "features.cache_dir",
+    "val_fraction": "source.val_fraction",
+    "sync_bn": "finetune.sync_bn",
+}
+# The command line's aside after a setting (CLI: --dtype float32), or after its "; ": a
+# pipeline has no flags.
+_CLI_ASIDE = r"(?: \(CLI: [^()]*\)|; CLI: [^()]*(?=\)))?"
+# name="v" or name=V (a full stop after it ends the sentence, as featpipe.cli reads it), or
+# the name alone before its flag: name (CLI: --flag).
+_SETTING = re.compile(
+    rf"(?<![\w.-])({'|'.join(FILE_KEYS)})"
+    rf'(?:=("?)([\w-]+(?:\.[\w-]+)*)\2(?![\w"])|(?= \(CLI: )){_CLI_ASIDE}'
+)
 # A pipeline has no overwrite setting: what replaces its store is deleting it first.
-_OVERWRITE = re.compile(r"(?<![\w.-])with overwrite=True(?!\w)")
+_OVERWRITE = re.compile(rf"(?<![\w.-])with overwrite=True(?!\w){_CLI_ASIDE}")
 
 
 def plan(
@@ -475,11 +492,25 @@ def _store_change(row: dict, now: dict) -> str:
 
 
 def in_file_words(message: str) -> str:
-    """An error's hint as a pipeline file gives it: ``on_error="skip"`` (the API's words) is
-    ``features.on_error = "skip"``, and "run again (with overwrite=True ...)", a setting no
-    pipeline has, "run again (after deleting the store ...)"."""
+    """An error's hint as a pipeline file gives it: each setting of FILE_KEYS as its key,
+    ``on_error="skip"`` as ``features.on_error = "skip"``, ``sync_bn=True`` as
+    ``finetune.sync_bn = true`` and ``cache_dir (CLI: --cache-dir)`` as
+    ``features.cache_dir``, without the command line's aside; and "run again (with
+    overwrite=True ...)", a setting no pipeline has, "run again (after deleting the store ...)"."""
     message = _OVERWRITE.sub("after deleting the store", message)
-    return _SETTING.sub(lambda m: f'{FILE_KEYS[m[1]]} = "{m[2]}"', message)
+    return _SETTING.sub(_file_setting, message)
+
+
+def _file_setting(m: re.Match) -> str:
+    """The pipeline key of a setting _SETTING found, with its value in TOML's words."""
+    key, quote, value = FILE_KEYS[m[1]], m[2], m[3]
+    if value is None:  # named with its flag, no value
+        return key
+    if not quote and value in ("True", "False"):
+        value = value.lower()
+    elif not quote and not re.fullmatch(r"[\d.e+-]+", value):  # None, a name: no TOML value
+        return m[0]
+    return f"{key} = {quote}{value}{quote}"
 
 
 def _quiet(_message: str) -> None:
