@@ -16,6 +16,19 @@ LOGITS = "logits"  # the backbone's own output
 POOLED_COMBINES = ("mean", "cat")  # how pooled puts several modules' inputs together
 POOLINGS = ("avg", "max", "avgmax", "grid:k", "cls", "mean", "none")
 _GRID = re.compile(r"grid:(\d+)$")
+_REQUEST_SEP = re.compile(r"[,\s]+")  # how several requests get written as one string
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _several(requests: list[str]) -> str:
+    """How to ask for several layers, by caller: extract() takes a list, an Embedder one."""
+    return (
+        f"extract() takes several as a list, layers={requests!r}; an Embedder takes one "
+        f"(layer={requests[0]!r}): for several, put one Embedder per layer in a FeatureUnion."
+    )
 
 
 @dataclass(frozen=True)
@@ -38,7 +51,19 @@ class LayerSpec:
 
     @classmethod
     def parse(cls, text: str) -> LayerSpec:
+        if not isinstance(text, str):  # a list here meant several layers, or one in brackets
+            named = isinstance(text, (list, tuple)) and text and all(map(_is_str, text))
+            raise ConfigError(
+                f"A layer request is one layer name as a str, e.g. 'pooled' or 'blocks.5:avg'; "
+                f"got the {type(text).__name__} {text!r}. "
+                + _several(list(text) if named else ["pooled", "blocks.5:avg"])
+            )
         text = text.strip()
+        parts = [part for part in _REQUEST_SEP.split(text) if part]
+        if len(parts) > 1:  # module names hold neither commas nor spaces
+            raise ConfigError(
+                f"Layer request {text!r} holds {len(parts)} requests. {_several(parts)}"
+            )
         module, sep, pooling = text.partition(":")
         if not module:
             raise ConfigError(
