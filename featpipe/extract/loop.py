@@ -26,6 +26,7 @@ from featpipe.extract.lanes import lane_count, lanes_running
 from featpipe.extract.writer_thread import BackgroundWriter
 from featpipe.interrupt import Interrupted, dead_worker, forking, worker_ignores
 from featpipe.store import StoreWriter
+from featpipe.words import counted
 
 
 def default_workers(device: torch.device, data_path: str) -> int:
@@ -321,8 +322,10 @@ def check_chunks(chunks: Sequence[int], n_chunks: int) -> None:
     wrong = [i for i in chunks if not (isinstance(i, (int, np.integer)) and 0 <= i < n_chunks)]
     if wrong:
         raise ConfigError(
-            f"Chunk indices must be integers in [0, {n_chunks}) (the store has {n_chunks} "
-            f"chunks); got {wrong}."
+            f"Chunk indices must be integers in [0, {n_chunks}): the store has "
+            f"{counted(n_chunks, 'chunk')} (its rows over chunk_rows, rounded up); got {wrong}. "
+            f"Pass indices below {n_chunks}; a new store planned with a smaller chunk_rows has "
+            "more chunks."
         )
 
 

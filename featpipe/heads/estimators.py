@@ -20,7 +20,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featpipe.errors import ConfigError
+from featpipe.errors import ConfigError, HeadMismatchError
 from featpipe.heads.preprocess import check_pca, make_preprocessor
 from featpipe.heads.torch_logreg import (
     LinearPath,
@@ -64,6 +64,7 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
         raise NotImplementedError
 
     def fit(self, X, y) -> ProbeHead:
+        self.__dict__.pop("fitted_on_", None)  # a loaded head fitted again: other features
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
         limit = self.max_train_samples
@@ -94,6 +95,7 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
     def transform_features(self, X) -> np.ndarray:
         """The preprocessed features the classifier sees."""
         check_is_fitted(self)
+        check_width(self, X)
         X = validate_data(self, X, reset=False)
         return self.preprocessor_.transform(X)
 
@@ -110,6 +112,28 @@ class ProbeHead(ClassifierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         Z = self.transform_features(X)  # checks fitted first
         return self.classifier_.decision_function(Z)
+
+
+def check_width(head: BaseEstimator, X) -> None:
+    """Raise HeadMismatchError for features of another width than ``head`` was fitted on,
+    naming what it was fitted on where known (``fitted_on_``, (width, words), which
+    load_head sets from the sidecar). The message keeps scikit-learn's own words ("X has N
+    features, but ... is expecting M features"), which its estimator checks look for."""
+    expected = getattr(head, "n_features_in_", None)
+    try:
+        shape = np.shape(X)
+    except (ValueError, TypeError):  # ragged rows: validate_data says what is wrong
+        return
+    if expected is None or len(shape) != 2 or shape[1] == expected:
+        return
+    width, fitted_on = getattr(head, "fitted_on_", None) or (None, None)
+    if width != expected:  # fitted again since load_head set it, on other features
+        fitted_on = None
+    wanted = f"features of {fitted_on}" if fitted_on else "the features it was fitted on"
+    raise HeadMismatchError(
+        f"X has {shape[1]} features, but {type(head).__name__} is expecting {expected} "
+        f"features as input: give it {wanted}, or fit a new head on these."
+    )
 
 
 def _subsample(

@@ -265,7 +265,22 @@ def load_head(path: str | Path, trusted: tuple[str, ...] = ()) -> tuple[BaseEsti
             f"{path} holds a {type(head).__name__}, not a fitted classifier (one with predict "
             f"and classes_). {RESAVE}"
         )
+    if fitted_on := _fitted_on(sidecar):  # named when given features of another width
+        head.fitted_on_ = (sidecar.get("n_features"), fitted_on)
     return head, sidecar
+
+
+def _fitted_on(sidecar: dict) -> str | None:
+    """The features a saved head was fitted on, in words ("layer 'pooled' of the backbone
+    'efficientnet_lite0' at image size 64"), as far as its sidecar records them."""
+    layer, backbone = sidecar.get("layer"), sidecar.get("backbone") or {}
+    if not isinstance(layer, str) or not isinstance(backbone, dict):
+        return None
+    text = f"layer {layer!r}"
+    if backbone.get("spec"):
+        text += f" of the backbone {backbone['spec']!r}"
+    crop = (backbone.get("preprocessing") or {}).get("crop")
+    return f"{text} at image size {crop}" if crop else text
 
 
 def _no_head_text(path: Path) -> str:
@@ -278,8 +293,9 @@ def _no_head_text(path: Path) -> str:
         heads = saved_heads(folder)
         there = f"{folder} holds {', '.join(heads)}" if heads else f"{folder} holds no saved head"
     return (
-        f"No saved head at {path} ({there}). Give a head saved by `featpipe probe STORE "
-        "--save-dir DIR` (DIR/logreg.skops), or save one that way first."
+        f"No saved head at {path} ({there}). Give a head saved by save_head(head, path, "
+        "store=store, layer=layer) or by `featpipe probe STORE --save-dir DIR` "
+        "(DIR/logreg.skops), or save one first."
     )
 
 
