@@ -91,7 +91,10 @@ class HeadMismatchError(FeaturePipeError, ValueError):
 def did_you_mean(name: str, choices: Iterable[str], n: int = 5) -> str:
     """A hint naming the closest valid choices, e.g. " Did you mean: 'resnet18', 'resnet34'?"."""
     choices = list(choices)
-    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    # A name that differs only in case first: difflib compares case ('c' came closer to
+    # 'pca' than to 'C').
+    close = [c for c in choices if c.lower() == name.lower()][:n]
+    close = close or difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
     if not close:
         close = [c for c in choices if name.lower() in c.lower()][:n]
     if not close:

@@ -309,9 +309,7 @@ def check_grid_entries(
     set_params. The head grids' and the fine-tune grid's checker."""
     for name, values in grid.items():
         if name not in valid:
-            # did_you_mean compares case: 'c' came closer to 'pca' than to 'C'.
-            same = [v for v in valid if v.lower() == str(name).lower()]
-            hint = f" Did you mean: {same[0]!r}?" if same else did_you_mean(str(name), valid)
+            hint = did_you_mean(str(name), valid)
             raise UnknownNameError(
                 f"{where}.{name}: not a {what}.{hint} Valid: {', '.join(sorted(valid))}."
             )
